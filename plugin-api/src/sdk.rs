@@ -1,0 +1,327 @@
+//! The safe side of the ABI: the trait a plugin implements and the handle it talks to the host
+//! through.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use abi_stable::std_types::RSlice;
+
+pub use crate::abi::ConnError;
+use crate::abi::{ConnId, RawFrame, RawHostRef, RawSockAddr, TimerId};
+
+/// What a plugin's framing step says about the bytes buffered on a connection (Workerman's
+/// `input()` contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// No complete message yet: wait for more bytes.
+    NeedMore,
+    /// The next message is this many bytes long. It may be longer than what is buffered: the host
+    /// then waits for the rest, or refuses it at once when it is over the max package size.
+    Complete(usize),
+    /// The bytes can never become a valid message: the host closes the connection once what the
+    /// plugin queued is flushed (queue an error response first, if the protocol has one).
+    Invalid,
+}
+
+impl From<Frame> for RawFrame {
+    fn from(f: Frame) -> Self {
+        match f {
+            Frame::NeedMore => RawFrame::NeedMore,
+            Frame::Complete(n) => RawFrame::Complete(n as u64),
+            Frame::Invalid => RawFrame::Invalid,
+        }
+    }
+}
+
+/// Identity of the worker a plugin instance runs in, given to [`Protocol::new`].
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub service: String,
+    pub slot: u32,
+    pub pid: u32,
+}
+
+/// The host, as a plugin sees it during one callback.
+pub struct Host<'a> {
+    raw: RawHostRef<'a>,
+}
+
+impl<'a> Host<'a> {
+    #[doc(hidden)]
+    pub fn from_raw(raw: RawHostRef<'a>) -> Self {
+        Host { raw }
+    }
+
+    /// Queues `data` on the connection; it is written at the end of the worker's loop turn,
+    /// together with everything else queued in that turn. False when the connection is closed or
+    /// its send buffer is full.
+    pub fn send(&mut self, conn: ConnId, data: &[u8]) -> bool {
+        self.raw.send(conn, RSlice::from_slice(data))
+    }
+
+    /// Closes the connection once everything queued on it is flushed.
+    pub fn close(&mut self, conn: ConnId) {
+        self.raw.close(conn, RSlice::from_slice(&[]))
+    }
+
+    /// Queues `last`, then closes the connection once everything is flushed.
+    pub fn close_with(&mut self, conn: ConnId, last: &[u8]) {
+        self.raw.close(conn, RSlice::from_slice(last))
+    }
+
+    /// Stops reading from the connection until [`Host::resume_recv`].
+    pub fn pause_recv(&mut self, conn: ConnId) {
+        self.raw.pause_recv(conn, true)
+    }
+
+    pub fn resume_recv(&mut self, conn: ConnId) {
+        self.raw.pause_recv(conn, false)
+    }
+
+    pub fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        sock_addr(self.raw.peer_addr(conn))
+    }
+
+    pub fn local_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        sock_addr(self.raw.local_addr(conn))
+    }
+
+    /// Bytes queued on the connection and not yet written.
+    pub fn pending_send(&self, conn: ConnId) -> usize {
+        self.raw.pending_send(conn) as usize
+    }
+
+    /// A timer that fires once after `delay`; `data` comes back in [`Protocol::on_timer`].
+    pub fn add_timer(&mut self, delay: Duration, data: u64) -> TimerId {
+        self.raw.add_timer(millis(delay), 0, data)
+    }
+
+    /// A timer that fires every `interval` until deleted.
+    pub fn add_interval(&mut self, interval: Duration, data: u64) -> TimerId {
+        let ms = millis(interval).max(1);
+        self.raw.add_timer(ms, ms, data)
+    }
+
+    pub fn del_timer(&mut self, timer: TimerId) -> bool {
+        self.raw.del_timer(timer)
+    }
+
+    /// The worker's slot within its service (0-based).
+    pub fn slot(&self) -> u32 {
+        self.raw.slot()
+    }
+
+    pub fn service(&self) -> &str {
+        self.raw.service().as_str()
+    }
+
+    /// True once the worker was asked to drain (graceful stop or reload).
+    pub fn is_draining(&self) -> bool {
+        self.raw.is_draining()
+    }
+
+    /// The worker's monotonic clock in milliseconds, read once per loop turn.
+    pub fn now_ms(&self) -> u64 {
+        self.raw.now_ms()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn sock_addr(raw: RawSockAddr) -> Option<SocketAddr> {
+    let ip = match raw.family {
+        4 => IpAddr::V4(Ipv4Addr::new(raw.ip[0], raw.ip[1], raw.ip[2], raw.ip[3])),
+        6 => IpAddr::V6(Ipv6Addr::from(raw.ip)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, raw.port))
+}
+
+/// Converts a socket address for the ABI (used by the host).
+pub fn raw_sock_addr(addr: Option<SocketAddr>) -> RawSockAddr {
+    match addr {
+        Some(SocketAddr::V4(a)) => {
+            let mut ip = [0u8; 16];
+            ip[..4].copy_from_slice(&a.ip().octets());
+            RawSockAddr {
+                family: 4,
+                port: a.port(),
+                ip,
+            }
+        }
+        Some(SocketAddr::V6(a)) => RawSockAddr {
+            family: 6,
+            port: a.port(),
+            ip: a.ip().octets(),
+        },
+        None => RawSockAddr {
+            family: 0,
+            port: 0,
+            ip: [0; 16],
+        },
+    }
+}
+
+/// A protocol handler: one instance per worker. Only [`Protocol::new`], [`Protocol::input`] and
+/// [`Protocol::on_message`] are required; every other event has a sensible default.
+///
+/// A panic in any of these is caught by the glue: the connection concerned is closed, the panic
+/// is logged, and the worker goes on serving.
+pub trait Protocol: Sized + 'static {
+    /// Builds the instance from the service's `config` (TOML text; empty when there is none).
+    fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String>;
+
+    /// Called once the worker is up, before it accepts. An error stops the worker before it
+    /// reports ready (a reload is then aborted and the old workers keep serving).
+    fn on_worker_start(&mut self, _host: &mut Host<'_>) -> Result<(), String> {
+        Ok(())
+    }
+    fn on_worker_stop(&mut self, _host: &mut Host<'_>) {}
+    /// Called instead of a restart on services that are not reloadable.
+    fn on_worker_reload(&mut self, _host: &mut Host<'_>) {}
+    fn on_connect(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
+
+    /// Framing: how long is the next message in `buf` (the bytes buffered on `conn`)?
+    fn input(&mut self, host: &mut Host<'_>, conn: ConnId, buf: &[u8]) -> Frame;
+
+    /// One complete message, as delimited by [`Protocol::input`].
+    fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]);
+
+    fn on_close(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
+    /// The default closes the connection (after whatever is queued).
+    fn on_error(&mut self, host: &mut Host<'_>, conn: ConnId, _err: ConnError) {
+        host.close(conn);
+    }
+    /// The connection's send buffer is full: the host stops reading from it until it drains.
+    fn on_buffer_full(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
+    fn on_buffer_drain(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
+    fn on_timer(&mut self, _host: &mut Host<'_>, _timer: TimerId, _data: u64) {}
+    /// The worker is draining (graceful stop or reload). The default closes the connection once
+    /// what is queued is flushed; a request/response protocol closes after the response in flight.
+    fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
+        host.close(conn);
+    }
+}
+
+/// Per-connection state of a plugin, indexed by [`ConnId`] in O(1). Entries of a closed
+/// connection must be removed in `on_close`; a stale id never reaches a newer entry.
+#[derive(Debug)]
+pub struct ConnMap<T> {
+    slots: Vec<Option<(ConnId, T)>>,
+}
+
+impl<T> Default for ConnMap<T> {
+    fn default() -> Self {
+        ConnMap { slots: Vec::new() }
+    }
+}
+
+impl<T> ConnMap<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, conn: ConnId, value: T) -> Option<T> {
+        let i = conn.index();
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.slots[i]
+            .replace((conn, value))
+            .filter(|(c, _)| *c == conn)
+            .map(|(_, v)| v)
+    }
+
+    pub fn get(&self, conn: ConnId) -> Option<&T> {
+        match self.slots.get(conn.index()) {
+            Some(Some((c, v))) if *c == conn => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut T> {
+        match self.slots.get_mut(conn.index()) {
+            Some(Some((c, v))) if *c == conn => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The entry for `conn`, created with `T::default()` when missing.
+    pub fn entry(&mut self, conn: ConnId) -> &mut T
+    where
+        T: Default,
+    {
+        if self.get(conn).is_none() {
+            self.insert(conn, T::default());
+        }
+        self.get_mut(conn).expect("just inserted")
+    }
+
+    pub fn remove(&mut self, conn: ConnId) -> Option<T> {
+        let slot = self.slots.get_mut(conn.index())?;
+        match slot {
+            Some((c, _)) if *c == conn => slot.take().map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(|s| s.is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_map_ignores_stale_ids() {
+        let mut m = ConnMap::new();
+        let old = ConnId::new(3, 1);
+        let new = ConnId::new(3, 2);
+        m.insert(old, "old");
+        assert_eq!(m.get(old), Some(&"old"));
+        assert_eq!(m.get(new), None);
+        assert_eq!(
+            m.remove(new),
+            None,
+            "a stale id must not remove a newer entry"
+        );
+        m.insert(new, "new");
+        assert_eq!(m.get(old), None);
+        assert_eq!(m.remove(new), Some("new"));
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn conn_map_entry_defaults() {
+        let mut m: ConnMap<u32> = ConnMap::new();
+        let c = ConnId::new(0, 7);
+        *m.entry(c) += 2;
+        *m.entry(c) += 3;
+        assert_eq!(m.get(c), Some(&5));
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn sock_addr_round_trips() {
+        for a in ["127.0.0.1:8080", "[::1]:443"] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(sock_addr(raw_sock_addr(Some(a))), Some(a));
+        }
+        assert_eq!(sock_addr(raw_sock_addr(None)), None);
+    }
+
+    #[test]
+    fn conn_id_packs_index_and_generation() {
+        let c = ConnId::new(42, 9);
+        assert_eq!(c.index(), 42);
+        assert_eq!(c.generation(), 9);
+    }
+}
