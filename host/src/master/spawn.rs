@@ -1,0 +1,110 @@
+//! Starting processes from the master: workers (fork + exec of this binary, never a bare fork:
+//! the master has threads) and the throwaway `check-plugin` probe.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use nix::unistd::Pid;
+
+use crate::config::WorkerSpec;
+use crate::{ctl, sys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("could not find the host binary to exec: {0}")]
+    Exe(std::io::Error),
+    #[error("could not start a worker process: {0}")]
+    Spawn(std::io::Error),
+    #[error("could not send the worker its spec: {0}")]
+    Spec(std::io::Error),
+    #[error("{0}")]
+    Probe(String),
+}
+
+/// A started worker: its pid and the master's end of its control socket.
+pub struct Spawned {
+    pub pid: Pid,
+    pub control: UnixStream,
+}
+
+/// Starts a worker for `spec` on `listener` (one slot's socket, which the master keeps).
+pub fn spawn_worker(
+    spec: &WorkerSpec,
+    plugin_label: &str,
+    listener: &OwnedFd,
+) -> Result<Spawned, SpawnError> {
+    let exe = std::env::current_exe().map_err(SpawnError::Exe)?;
+    let (ours, theirs) = UnixStream::pair().map_err(SpawnError::Spawn)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg0(format!(
+        "host: worker {} #{} {}",
+        spec.service, spec.slot, plugin_label
+    ))
+    .arg("worker")
+    .stdin(Stdio::null());
+    let child = sys::spawn_with_fds(&mut cmd, &[listener.as_raw_fd(), theirs.as_raw_fd()])
+        .map_err(SpawnError::Spawn)?;
+    // Only the worker may hold this end, or the master would never see it close.
+    drop(theirs);
+    let pid = Pid::from_raw(child.id() as i32);
+    // The master reaps its children itself (waitpid on SIGCHLD); `Child` needs no wait.
+    drop(child);
+    (&ours)
+        .write_all(&ctl::encode_spec(&spec.encode()))
+        .map_err(SpawnError::Spec)?;
+    ours.set_nonblocking(true).map_err(SpawnError::Spec)?;
+    Ok(Spawned { pid, control: ours })
+}
+
+/// What `host check-plugin` found in a plugin file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// `name version (ABI n)`, as the probe printed it.
+    pub summary: String,
+}
+
+/// Loads `path` in a throwaway exec'd child (`host check-plugin`), so that a broken file can
+/// crash nothing but the probe. Blocking; it takes a few milliseconds.
+pub fn probe_plugin(path: &Path) -> Result<ProbeReport, SpawnError> {
+    let exe = std::env::current_exe().map_err(SpawnError::Exe)?;
+    let out = Command::new(exe)
+        .arg("check-plugin")
+        .arg(path)
+        .arg("--log-level")
+        .arg("error")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(SpawnError::Spawn)?;
+    if out.status.success() {
+        let summary = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        return Ok(ProbeReport { summary });
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reason = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let reason = reason
+        .strip_prefix("error: ")
+        .unwrap_or(&reason)
+        .to_string();
+    Err(SpawnError::Probe(match out.status.signal() {
+        Some(sig) => format!(
+            "loading plugin {} crashed the probe (signal {sig}): the file is damaged or truncated",
+            path.display()
+        ),
+        None if reason.is_empty() => format!(
+            "plugin {} was refused (exit {:?})",
+            path.display(),
+            out.status.code()
+        ),
+        None => reason,
+    }))
+}

@@ -1,0 +1,162 @@
+//! Finding a plugin file and loading it. Only workers and the `check-plugin` probe load plugins;
+//! the master only finds files (see DESIGN.md: the master never dlopens a plugin).
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::lib_header_from_path;
+use plugin_api::abi::{PluginModRef, ABI_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin `{name}` not found; looked for {tried}")]
+    NotFound { name: String, tried: String },
+    #[error("could not load plugin {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error(
+        "plugin {path} was built for ABI version {found}, this host speaks version {expected}"
+    )]
+    AbiVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+}
+
+/// Where plugins are looked up when no `--plugin-dir` is given: `plugins/` in the current
+/// directory, then the directory of the host binary (so a workspace build runs as it is).
+pub fn default_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("plugins")];
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        dirs.push(dir);
+    }
+    dirs
+}
+
+/// The file names a plugin called `name` may have, in order of preference.
+fn file_names(name: &str) -> [String; 2] {
+    [format!("{name}.so"), format!("lib{name}.so")]
+}
+
+/// Finds the file of plugin `name`: `name` itself when it is a path (contains `/`), else the
+/// first `DIR/NAME.so` or `DIR/libNAME.so` in `dirs`. The result is absolute.
+pub fn find(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, PluginError> {
+    let mut tried = Vec::new();
+    let candidates: Vec<PathBuf> = if name.contains('/') {
+        vec![PathBuf::from(name)]
+    } else {
+        dirs.iter()
+            .flat_map(|d| file_names(name).map(|f| d.join(f)))
+            .collect()
+    };
+    for path in candidates {
+        if path.is_file() {
+            return Ok(std::path::absolute(&path).unwrap_or(path));
+        }
+        tried.push(path.display().to_string());
+    }
+    Err(PluginError::NotFound {
+        name: name.to_string(),
+        tried: tried.join(", "),
+    })
+}
+
+/// A plugin loaded in this process.
+pub struct Loaded {
+    pub module: PluginModRef,
+    pub name: String,
+    pub version: String,
+}
+
+/// Loads the plugin at `path` and checks its ABI. Never use `RootModule::load_from_file`: it
+/// caches one module per type for the life of the process (DESIGN.md pitfall 3).
+pub fn load(path: &Path) -> Result<Loaded, PluginError> {
+    let load_err = |reason: String| PluginError::Load {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let header =
+        lib_header_from_path(path).map_err(|e| load_err(essential_error(&e.to_string())))?;
+    let module = header
+        .init_root_module::<PluginModRef>()
+        .map_err(|e| load_err(essential_error(&e.to_string())))?;
+    let found = module.abi_version();
+    if found != ABI_VERSION {
+        return Err(PluginError::AbiVersion {
+            path: path.to_path_buf(),
+            found,
+            expected: ABI_VERSION,
+        });
+    }
+    Ok(Loaded {
+        module,
+        name: module.name().to_string(),
+        version: module.version().to_string(),
+    })
+}
+
+/// abi_stable's layout report runs to hundreds of lines. Keep the gist: the last `Error:` block,
+/// cut to a few lines; the whole report goes to the debug log.
+pub fn essential_error(report: &str) -> String {
+    tracing::debug!(report, "full plugin load error");
+    let tail = match report.rfind("Error:") {
+        Some(i) => &report[i + "Error:".len()..],
+        None => report,
+    };
+    let lines: Vec<&str> = tail
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("---"))
+        .take(6)
+        .collect();
+    let gist = lines.join(" ");
+    if gist.is_empty() {
+        report.lines().next().unwrap_or("unknown error").to_string()
+    } else {
+        gist
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_both_file_name_forms_in_order() {
+        let dir = std::env::temp_dir().join(format!("host-plugin-find-{}", std::process::id()));
+        let a = dir.join("a");
+        let b = dir.join("b");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(b.join("libweb.so"), b"x").unwrap();
+        assert_eq!(
+            find("web", &[a.clone(), b.clone()]).unwrap(),
+            b.join("libweb.so")
+        );
+        std::fs::write(a.join("web.so"), b"x").unwrap();
+        assert_eq!(
+            find("web", &[a.clone(), b.clone()]).unwrap(),
+            a.join("web.so")
+        );
+        let err = find("nope", &[a.clone(), b.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`nope`") && err.contains("a/nope.so") && err.contains("b/libnope.so"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn keeps_the_last_error_block() {
+        let report = "Compared <this> to <other>\n--- lots\nError:first\nblah\nError:\n mismatched type\n Expected: u8\n Found: u32\n";
+        assert_eq!(
+            essential_error(report),
+            "mismatched type Expected: u8 Found: u32"
+        );
+        assert_eq!(essential_error("plain failure"), "plain failure");
+    }
+}

@@ -1,0 +1,371 @@
+//! The worker's connection table and the host handle plugins call into.
+//!
+//! Plugin calls never close or free a connection directly: they set flags and queue work, and
+//! the event loop acts on them between plugin calls, so no callback sees a connection vanish
+//! under it and no callback re-enters the plugin.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+
+use abi_stable::std_types::{RSlice, RStr};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use plugin_api::abi::{ConnError, RawHost, RawSockAddr};
+use plugin_api::{raw_sock_addr, ConnId, TimerId};
+
+use super::timers::Timers;
+use crate::config::Limits;
+
+/// Tokens below this are the listener, the control socket and the signal descriptor.
+pub const CONN_TOKEN_BASE: usize = 16;
+
+/// Work for the event loop that arose inside a plugin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferred {
+    BufferFull,
+    BufferDrain,
+    Error(ConnError),
+    /// Reading was resumed: dispatch what is buffered, then read again.
+    Resume,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Open,
+    /// Close once the output is flushed; nothing more is read or dispatched.
+    Closing,
+    /// Output flushed and our side shut down; reading and discarding until the peer closes or
+    /// the deadline, so a client still sending gets our last response instead of a reset.
+    Lingering {
+        until_ms: u64,
+    },
+}
+
+pub struct Conn {
+    pub id: ConnId,
+    pub stream: TcpStream,
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub state: ConnState,
+    /// Bytes received and not yet consumed by a message.
+    pub input: Vec<u8>,
+    /// Length of the next message when the plugin announced one longer than what is buffered.
+    pub expect: Option<usize>,
+    pub output: Vec<u8>,
+    pub output_pos: usize,
+    /// The socket may have unread bytes (edge-triggered: read until WouldBlock).
+    pub readable: bool,
+    /// The peer closed its sending side (read returned 0).
+    pub peer_closed: bool,
+    pub paused_by_plugin: bool,
+    pub send_buffer_full: bool,
+    pub write_interest: bool,
+    pub dirty: bool,
+    pub last_active_ms: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Conn {
+    pub fn pending_output(&self) -> usize {
+        self.output.len() - self.output_pos
+    }
+
+    /// Reading and dispatching are on hold.
+    pub fn receive_paused(&self) -> bool {
+        self.paused_by_plugin || self.send_buffer_full || self.state != ConnState::Open
+    }
+
+    /// Writes as much of the output as the socket takes. Ok(true) when all of it is written.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while self.output_pos < self.output.len() {
+            match self.stream.write(&self.output[self.output_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.output_pos += n;
+                    self.bytes_out += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.output.clear();
+        self.output_pos = 0;
+        Ok(true)
+    }
+}
+
+/// Counters for the whole worker.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub accepted: u64,
+    pub messages: u64,
+    pub send_failures: u64,
+    pub plugin_panics: u64,
+    pub closed: u64,
+}
+
+pub struct Core {
+    conns: Vec<Option<Conn>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    live: usize,
+    pub timers: Timers,
+    pub now_ms: u64,
+    pub draining: bool,
+    pub limits: Limits,
+    pub service: String,
+    pub slot: u32,
+    /// Connections with output to flush or a close to carry out.
+    pub dirty: Vec<usize>,
+    pub deferred: VecDeque<(ConnId, Deferred)>,
+    pub stats: Stats,
+    registry: Registry,
+}
+
+impl Core {
+    pub fn new(registry: Registry, service: String, slot: u32, limits: Limits) -> Self {
+        Core {
+            conns: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            timers: Timers::default(),
+            now_ms: 0,
+            draining: false,
+            limits,
+            service,
+            slot,
+            dirty: Vec::new(),
+            deferred: VecDeque::new(),
+            stats: Stats::default(),
+            registry,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Connections that still matter to a drain: all but those lingering after their close.
+    pub fn open_count(&self) -> usize {
+        self.conns
+            .iter()
+            .flatten()
+            .filter(|c| !matches!(c.state, ConnState::Lingering { .. }))
+            .count()
+    }
+
+    pub fn stats_closed(&self) -> u64 {
+        self.stats.closed
+    }
+
+    /// Registers an accepted stream and returns its id.
+    pub fn insert(&mut self, mut stream: TcpStream) -> io::Result<ConnId> {
+        let index = match self.free.pop() {
+            Some(i) => i as usize,
+            None => {
+                self.conns.push(None);
+                self.generations.push(0);
+                self.conns.len() - 1
+            }
+        };
+        self.generations[index] = self.generations[index].wrapping_add(1);
+        let id = ConnId::new(index as u32, self.generations[index]);
+        if let Err(e) = self.registry.register(
+            &mut stream,
+            Token(index + CONN_TOKEN_BASE),
+            Interest::READABLE,
+        ) {
+            self.free.push(index as u32);
+            return Err(e);
+        }
+        let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            id,
+            peer: stream.peer_addr().ok(),
+            local: stream.local_addr().ok(),
+            stream,
+            state: ConnState::Open,
+            input: Vec::new(),
+            expect: None,
+            output: Vec::new(),
+            output_pos: 0,
+            readable: true,
+            peer_closed: false,
+            paused_by_plugin: false,
+            send_buffer_full: false,
+            write_interest: false,
+            dirty: false,
+            last_active_ms: self.now_ms,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        self.conns[index] = Some(conn);
+        self.live += 1;
+        Ok(id)
+    }
+
+    /// Deregisters and drops the connection (the socket closes). The caller tells the plugin.
+    pub fn remove(&mut self, index: usize) -> Option<Conn> {
+        let mut conn = self.conns.get_mut(index)?.take()?;
+        let _ = self.registry.deregister(&mut conn.stream);
+        self.free.push(index as u32);
+        self.live -= 1;
+        self.stats.closed += 1;
+        Some(conn)
+    }
+
+    pub fn by_index(&mut self, index: usize) -> Option<&mut Conn> {
+        self.conns.get_mut(index)?.as_mut()
+    }
+
+    pub fn get(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(id.index())?.as_ref().filter(|c| c.id == id)
+    }
+
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(id.index())?
+            .as_mut()
+            .filter(|c| c.id == id)
+    }
+
+    pub fn ids(&self) -> Vec<ConnId> {
+        self.conns.iter().flatten().map(|c| c.id).collect()
+    }
+
+    pub fn mark_dirty(&mut self, index: usize) {
+        if let Some(Some(c)) = self.conns.get_mut(index) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(index);
+            }
+        }
+    }
+
+    /// Asks for (or drops) write readiness on a connection, only when it changes.
+    pub fn set_write_interest(&mut self, index: usize, on: bool) -> io::Result<()> {
+        let Some(Some(c)) = self.conns.get_mut(index) else {
+            return Ok(());
+        };
+        if c.write_interest == on {
+            return Ok(());
+        }
+        c.write_interest = on;
+        let interest = if on {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        self.registry
+            .reregister(&mut c.stream, Token(index + CONN_TOKEN_BASE), interest)
+    }
+
+    /// Marks the connection for closing once its output is flushed.
+    pub fn close_after_flush(&mut self, id: ConnId) {
+        if let Some(c) = self.get_mut(id) {
+            if c.state == ConnState::Open {
+                c.state = ConnState::Closing;
+            }
+            let index = id.index();
+            self.mark_dirty(index);
+        }
+    }
+
+    fn send(&mut self, id: ConnId, data: &[u8]) -> bool {
+        let max = self.limits.max_send_buffer;
+        let Some(c) = self.get_mut(id) else {
+            return false;
+        };
+        if c.state != ConnState::Open && c.state != ConnState::Closing {
+            return false;
+        }
+        // Like Workerman: a send is refused once the buffer is already full, but one large send
+        // into a buffer below the limit is taken whole (a big response is one send).
+        if c.pending_output() >= max {
+            self.stats.send_failures += 1;
+            self.deferred
+                .push_back((id, Deferred::Error(ConnError::SendFailed)));
+            return false;
+        }
+        c.output.extend_from_slice(data);
+        let now_full = c.pending_output() >= max && !c.send_buffer_full;
+        if now_full {
+            c.send_buffer_full = true;
+            self.deferred.push_back((id, Deferred::BufferFull));
+        }
+        self.mark_dirty(id.index());
+        true
+    }
+}
+
+/// The host handle a plugin gets during one call.
+pub struct Ctx<'a> {
+    pub core: &'a mut Core,
+}
+
+impl RawHost for Ctx<'_> {
+    fn send(&mut self, conn: ConnId, data: RSlice<'_, u8>) -> bool {
+        self.core.send(conn, data.as_slice())
+    }
+
+    fn close(&mut self, conn: ConnId, last: RSlice<'_, u8>) {
+        if !last.is_empty() {
+            self.core.send(conn, last.as_slice());
+        }
+        self.core.close_after_flush(conn);
+    }
+
+    fn pause_recv(&mut self, conn: ConnId, paused: bool) {
+        let Some(c) = self.core.get_mut(conn) else {
+            return;
+        };
+        let was = c.paused_by_plugin;
+        c.paused_by_plugin = paused;
+        if was && !paused {
+            self.core.deferred.push_back((conn, Deferred::Resume));
+        }
+    }
+
+    fn peer_addr(&self, conn: ConnId) -> RawSockAddr {
+        raw_sock_addr(self.core.get(conn).and_then(|c| c.peer))
+    }
+
+    fn local_addr(&self, conn: ConnId) -> RawSockAddr {
+        raw_sock_addr(self.core.get(conn).and_then(|c| c.local))
+    }
+
+    fn pending_send(&self, conn: ConnId) -> u64 {
+        self.core.get(conn).map_or(0, |c| c.pending_output() as u64)
+    }
+
+    fn add_timer(&mut self, delay_ms: u64, interval_ms: u64, data: u64) -> TimerId {
+        self.core
+            .timers
+            .add(self.core.now_ms, delay_ms, interval_ms, data)
+    }
+
+    fn del_timer(&mut self, timer: TimerId) -> bool {
+        self.core.timers.remove(timer)
+    }
+
+    fn slot(&self) -> u32 {
+        self.core.slot
+    }
+
+    fn service(&self) -> RStr<'_> {
+        RStr::from_str(&self.core.service)
+    }
+
+    fn is_draining(&self) -> bool {
+        self.core.draining
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.core.now_ms
+    }
+}

@@ -1,0 +1,364 @@
+//! Everything that calls into the plugin: framing and message dispatch, connection events,
+//! timers, and the end-of-turn settling (deferred events, one flush per connection).
+//!
+//! These are free functions over the plugin and the core (not methods of the worker) so that a
+//! read buffer owned by the worker can be lent to them while both are borrowed mutably.
+
+use std::io::{self, Read};
+use std::net::Shutdown;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RSlice, RString};
+use plugin_api::abi::{CallStatus, ConnError, RawFrame, RawHost_TO, RawPluginBox};
+use plugin_api::{ConnId, TimerId};
+
+use super::core::{ConnState, Core, Ctx, Deferred};
+use super::LINGER_MS;
+
+/// Calls the plugin with a host handle borrowing the core.
+macro_rules! call {
+    ($plugin:expr, $core:expr, $method:ident $(, $arg:expr)*) => {{
+        let mut ctx = Ctx { core: &mut *$core };
+        let host = RawHost_TO::from_ptr(&mut ctx, TD_Opaque);
+        $plugin.$method(host $(, $arg)*)
+    }};
+}
+
+/// Handles the result of a plugin call about one connection: a panic closes that connection.
+fn check(core: &mut Core, id: ConnId, status: CallStatus, what: &str) {
+    if status == CallStatus::Panicked {
+        core.stats.plugin_panics += 1;
+        tracing::error!(
+            conn = id.0,
+            "plugin panicked in {what}; closing the connection"
+        );
+        if let Some(c) = core.get_mut(id) {
+            // What the plugin queued may be half a response: drop it.
+            c.output.clear();
+            c.output_pos = 0;
+        }
+        core.close_after_flush(id);
+    }
+}
+
+pub fn worker_start(plugin: &mut RawPluginBox, core: &mut Core) -> RResult<(), RString> {
+    call!(plugin, core, on_worker_start)
+}
+
+pub fn worker_stop(plugin: &mut RawPluginBox, core: &mut Core) {
+    if call!(plugin, core, on_worker_stop) == CallStatus::Panicked {
+        tracing::error!("plugin panicked in its worker-stop hook");
+    }
+}
+
+pub fn connect(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
+    let status = call!(plugin, core, on_connect, id);
+    check(core, id, status, "on_connect");
+}
+
+pub fn drain(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
+    if core.get(id).is_some_and(|c| c.state == ConnState::Open) {
+        let status = call!(plugin, core, on_drain, id);
+        check(core, id, status, "on_drain");
+    }
+}
+
+pub fn timer(plugin: &mut RawPluginBox, core: &mut Core, timer: TimerId, data: u64) {
+    if call!(plugin, core, on_timer, timer, data) == CallStatus::Panicked {
+        core.stats.plugin_panics += 1;
+        tracing::error!(timer = timer.0, "plugin panicked in on_timer");
+    }
+}
+
+/// Reads what the socket has and dispatches complete messages. `hup`: the peer closed or the
+/// socket failed, so read until EOF instead of stopping at the first short read.
+pub fn read(
+    plugin: &mut RawPluginBox,
+    core: &mut Core,
+    scratch: &mut [u8],
+    index: usize,
+    hup: bool,
+) {
+    loop {
+        let Some(c) = core.by_index(index) else {
+            return;
+        };
+        if !c.readable {
+            return;
+        }
+        let lingering = matches!(c.state, ConnState::Lingering { .. });
+        if !lingering && c.receive_paused() {
+            return;
+        }
+        let (id, now) = (c.id, core.now_ms);
+        let c = core.by_index(index).expect("checked above");
+        match c.stream.read(scratch) {
+            Ok(0) => {
+                c.readable = false;
+                c.peer_closed = true;
+                if lingering {
+                    close_now(plugin, core, index);
+                } else {
+                    // The peer finished sending: answer what it sent, then close.
+                    core.close_after_flush(id);
+                }
+                return;
+            }
+            Ok(n) => {
+                c.bytes_in += n as u64;
+                c.last_active_ms = now;
+                if !lingering {
+                    deliver(plugin, core, id, &scratch[..n]);
+                }
+                if n < scratch.len() && !hup {
+                    // A short read emptied the socket; new data raises a new edge.
+                    if let Some(c) = core.by_index(index) {
+                        c.readable = false;
+                    }
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.readable = false;
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!(conn = id.0, "read failed: {e}");
+                fail(plugin, core, id, ConnError::Io);
+                return;
+            }
+        }
+    }
+}
+
+/// Hands freshly read bytes to the plugin: straight from the read buffer when nothing was
+/// pending (no copy), else appended to the connection's input.
+fn deliver(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, bytes: &[u8]) {
+    let Some(c) = core.get_mut(id) else { return };
+    if c.input.is_empty() {
+        let used = dispatch(plugin, core, id, bytes);
+        if let Some(c) = core.get_mut(id) {
+            if c.state == ConnState::Open {
+                c.input.extend_from_slice(&bytes[used..]);
+            }
+        }
+    } else {
+        c.input.extend_from_slice(bytes);
+        dispatch_buffered(plugin, core, id);
+    }
+}
+
+/// Dispatches what is buffered on the connection (after more bytes came, or a resume).
+fn dispatch_buffered(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
+    let Some(c) = core.get_mut(id) else { return };
+    let mut input = std::mem::take(&mut c.input);
+    let used = dispatch(plugin, core, id, &input);
+    input.drain(..used);
+    if let Some(c) = core.get_mut(id) {
+        if c.state == ConnState::Open {
+            c.input = input;
+        }
+    }
+}
+
+/// Frames and dispatches messages from `buf`; returns how many bytes were consumed.
+fn dispatch(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, buf: &[u8]) -> usize {
+    let max = core.limits.max_package_size;
+    let mut pos = 0;
+    loop {
+        let Some(c) = core.get_mut(id) else {
+            return pos;
+        };
+        if c.receive_paused() || pos == buf.len() {
+            return pos;
+        }
+        let rest = &buf[pos..];
+        let frame = match c.expect {
+            Some(len) => RawFrame::Complete(len as u64),
+            None => call!(plugin, core, input, id, RSlice::from_slice(rest)),
+        };
+        match frame {
+            RawFrame::NeedMore if rest.len() >= max => return too_large(plugin, core, id, pos),
+            RawFrame::NeedMore => return pos,
+            RawFrame::Complete(len) if len > max as u64 => return too_large(plugin, core, id, pos),
+            RawFrame::Complete(0) | RawFrame::Invalid => {
+                core.close_after_flush(id);
+                return pos;
+            }
+            RawFrame::Complete(len) if len as usize > rest.len() => {
+                if let Some(c) = core.get_mut(id) {
+                    c.expect = Some(len as usize);
+                }
+                return pos;
+            }
+            RawFrame::Complete(len) => {
+                let len = len as usize;
+                if let Some(c) = core.get_mut(id) {
+                    c.expect = None;
+                }
+                core.stats.messages += 1;
+                let status = call!(
+                    plugin,
+                    core,
+                    on_message,
+                    id,
+                    RSlice::from_slice(&rest[..len])
+                );
+                check(core, id, status, "on_message");
+                pos += len;
+            }
+            RawFrame::Panicked => {
+                check(core, id, CallStatus::Panicked, "input");
+                return pos;
+            }
+        }
+    }
+}
+
+fn too_large(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, pos: usize) -> usize {
+    tracing::debug!(
+        conn = id.0,
+        max = core.limits.max_package_size,
+        "message over the max package size"
+    );
+    let status = call!(plugin, core, on_error, id, ConnError::PackageTooLarge);
+    check(core, id, status, "on_error");
+    core.close_after_flush(id);
+    pos
+}
+
+/// Reports an error to the plugin and closes the connection at once.
+fn fail(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, err: ConnError) {
+    let status = call!(plugin, core, on_error, id, err);
+    check(core, id, status, "on_error");
+    close_now(plugin, core, id.index());
+}
+
+/// Closes idle connections and ends lingering ones past their deadline.
+pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
+    let idle_ms = core.limits.idle_timeout_ms;
+    for id in core.ids() {
+        let Some(c) = core.get(id) else { continue };
+        match c.state {
+            ConnState::Lingering { until_ms } if now >= until_ms => {
+                close_now(plugin, core, id.index())
+            }
+            ConnState::Open if idle_ms > 0 && now.saturating_sub(c.last_active_ms) >= idle_ms => {
+                tracing::debug!(conn = id.0, "idle timeout");
+                let status = call!(plugin, core, on_error, id, ConnError::Timeout);
+                check(core, id, status, "on_error");
+                core.close_after_flush(id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Delivers deferred events and flushes dirty connections until nothing is left to do.
+pub fn settle(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8]) {
+    let mut dirty = Vec::new();
+    for _ in 0..64 {
+        while let Some((id, what)) = core.deferred.pop_front() {
+            if core.get(id).is_none() {
+                continue;
+            }
+            match what {
+                Deferred::BufferFull => {
+                    let status = call!(plugin, core, on_buffer_full, id);
+                    check(core, id, status, "on_buffer_full");
+                }
+                Deferred::BufferDrain => {
+                    let status = call!(plugin, core, on_buffer_drain, id);
+                    check(core, id, status, "on_buffer_drain");
+                }
+                Deferred::Error(err) => {
+                    let status = call!(plugin, core, on_error, id, err);
+                    check(core, id, status, "on_error");
+                }
+                Deferred::Resume => {
+                    dispatch_buffered(plugin, core, id);
+                    read(plugin, core, scratch, id.index(), false);
+                }
+            }
+        }
+        if core.dirty.is_empty() {
+            return;
+        }
+        std::mem::swap(&mut dirty, &mut core.dirty);
+        for index in dirty.drain(..) {
+            flush(plugin, core, index);
+        }
+    }
+    tracing::warn!("events still pending after 64 rounds; continuing next turn");
+}
+
+fn flush(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
+    let Some(c) = core.by_index(index) else {
+        return;
+    };
+    c.dirty = false;
+    let id = c.id;
+    if matches!(c.state, ConnState::Lingering { .. }) {
+        return;
+    }
+    match c.flush() {
+        Ok(true) => {
+            let drained = std::mem::replace(&mut c.send_buffer_full, false);
+            let closing = c.state == ConnState::Closing;
+            if drained {
+                core.deferred.push_back((id, Deferred::BufferDrain));
+                core.deferred.push_back((id, Deferred::Resume));
+            }
+            let _ = core.set_write_interest(index, false);
+            if closing {
+                begin_close(plugin, core, index);
+            }
+        }
+        Ok(false) => {
+            if let Err(e) = core.set_write_interest(index, true) {
+                tracing::debug!(conn = id.0, "could not wait for writability: {e}");
+                fail(plugin, core, id, ConnError::Io);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(conn = id.0, "write failed: {e}");
+            fail(plugin, core, id, ConnError::Io);
+        }
+    }
+}
+
+/// Everything is flushed: shut our side down and linger, so that bytes the client is still
+/// sending do not make the kernel reset the connection before it read our last response.
+fn begin_close(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
+    let until_ms = core.now_ms + LINGER_MS;
+    let Some(c) = core.by_index(index) else {
+        return;
+    };
+    let id = c.id;
+    if c.peer_closed || c.stream.shutdown(Shutdown::Write).is_err() {
+        close_now(plugin, core, index);
+        return;
+    }
+    c.state = ConnState::Lingering { until_ms };
+    c.input = Vec::new();
+    c.output = Vec::new();
+    c.readable = true;
+    let status = call!(plugin, core, on_close, id);
+    if status == CallStatus::Panicked {
+        tracing::error!(conn = id.0, "plugin panicked in on_close");
+    }
+}
+
+/// Closes the socket now and tells the plugin (unless it was told when lingering began).
+pub fn close_now(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
+    let Some(conn) = core.remove(index) else {
+        return;
+    };
+    if !matches!(conn.state, ConnState::Lingering { .. }) {
+        let status = call!(plugin, core, on_close, conn.id);
+        if status == CallStatus::Panicked {
+            tracing::error!(conn = conn.id.0, "plugin panicked in on_close");
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! A worker process: loads its plugin, then runs one mio event loop until the master tells it to
+//! stop (or goes away). Started by the master as `host worker` with the listening socket at fd 3
+//! and the control socket at fd 4 (see `ctl`).
+
+mod core;
+mod dispatch;
+mod timers;
+
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RResult, RStr};
+use anyhow::Context as _;
+use mio::net::{TcpListener, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use plugin_api::abi::{LogLevel, RawPluginBox, RawWorkerInfo};
+
+use self::core::{Core, CONN_TOKEN_BASE};
+use crate::config::WorkerSpec;
+use crate::ctl::{self, ToMaster, ToWorker};
+use crate::{plugin, sys};
+
+const LISTENER: Token = Token(0);
+const CONTROL: Token = Token(1);
+const SIGNALS: Token = Token(2);
+/// How often idle connections and lingering closes are checked, while there are connections.
+const SWEEP_INTERVAL_MS: u64 = 1000;
+/// How long a closed connection keeps reading and discarding what the client still sends.
+const LINGER_MS: u64 = 2000;
+/// Bytes read from a socket per read call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why the worker's loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Stopped,
+    Drained,
+    MasterGone,
+}
+
+/// Entry point of `host worker`.
+pub fn run() -> anyhow::Result<()> {
+    let listener = sys::inherited_listener(sys::FIRST_INHERITED_FD)
+        .context("could not take the listening socket")?;
+    let control = sys::inherited_stream(sys::FIRST_INHERITED_FD + 1)
+        .context("could not take the control socket")?;
+    let spec_text =
+        ctl::read_spec(&mut BufReader::new(&control)).context("could not read the worker spec")?;
+    let spec = WorkerSpec::decode(&spec_text).context("could not parse the worker spec")?;
+
+    let span = tracing::info_span!("worker", service = %spec.service, slot = spec.slot, pid = std::process::id());
+    let _entered = span.enter();
+    sys::set_thread_name(&format!("host:{}#{}", spec.service, spec.slot));
+
+    match Worker::start(listener, control.try_clone()?, &spec) {
+        Ok(mut worker) => {
+            let exit = worker.run_loop()?;
+            worker.shut_down();
+            tracing::info!(?exit, timers = worker.core.timers.len(), "worker exits");
+            Ok(())
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!("worker could not start: {msg}");
+            let _ = (&control).write_all(ToMaster::Error(msg).encode().as_bytes());
+            std::process::exit(2);
+        }
+    }
+}
+
+pub struct Worker {
+    poll: Poll,
+    listener: TcpListener,
+    control: UnixStream,
+    control_buf: Vec<u8>,
+    signals: SignalFd,
+    plugin: RawPluginBox,
+    core: Core,
+    scratch: Vec<u8>,
+    epoch: Instant,
+    accepting: bool,
+    /// Accepting stopped at the connection limit; resumed when a connection closes.
+    accept_blocked: bool,
+    next_sweep_ms: Option<u64>,
+    drain_deadline_ms: Option<u64>,
+    exit: Option<Exit>,
+}
+
+impl Worker {
+    fn start(
+        listener: std::net::TcpListener,
+        control: StdUnixStream,
+        spec: &WorkerSpec,
+    ) -> anyhow::Result<Self> {
+        sys::ignore_sigpipe()?;
+        // SIGTERM/SIGQUIT: drain then exit; SIGINT: stop now. The master normally says so over
+        // the control socket; the signals serve someone who signals a worker by hand.
+        let signals = sys::signal_fd(&[
+            Signal::SIGTERM,
+            Signal::SIGQUIT,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ])?;
+        let loaded = plugin::load(&spec.plugin_path)?;
+        tracing::info!(plugin = %loaded.name, version = %loaded.version, path = %spec.plugin_path.display(), "plugin loaded");
+        let info = RawWorkerInfo {
+            service: RStr::from_str(&spec.service),
+            slot: spec.slot,
+            pid: std::process::id(),
+            max_log_level: max_log_level(),
+            log: plugin_log,
+        };
+        let plugin = match (loaded.module.new())(RStr::from_str(&spec.plugin_config), &info) {
+            RResult::ROk(p) => p,
+            RResult::RErr(e) => anyhow::bail!("plugin {} refused its config: {}", loaded.name, e),
+        };
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        control.set_nonblocking(true)?;
+        let mut worker = Worker {
+            listener: TcpListener::from_std(listener),
+            control: UnixStream::from_std(control),
+            control_buf: Vec::new(),
+            signals,
+            plugin,
+            core: Core::new(registry, spec.service.clone(), spec.slot, spec.limits),
+            scratch: vec![0; READ_CHUNK],
+            epoch: Instant::now(),
+            accepting: true,
+            accept_blocked: false,
+            next_sweep_ms: None,
+            drain_deadline_ms: None,
+            exit: None,
+            poll,
+        };
+        if let RResult::RErr(e) = dispatch::worker_start(&mut worker.plugin, &mut worker.core) {
+            anyhow::bail!("plugin {} failed to start: {}", loaded.name, e);
+        }
+        let registry = worker.poll.registry();
+        registry.register(&mut worker.listener, LISTENER, Interest::READABLE)?;
+        registry.register(&mut worker.control, CONTROL, Interest::READABLE)?;
+        registry.register(
+            &mut SourceFd(&worker.signals.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        (&worker.control)
+            .write_all(ToMaster::Ready.encode().as_bytes())
+            .context("could not report ready")?;
+        tracing::info!("worker ready");
+        Ok(worker)
+    }
+
+    fn run_loop(&mut self) -> io::Result<Exit> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            self.core.now_ms = self.epoch.elapsed().as_millis() as u64;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    CONTROL => self.read_control(),
+                    SIGNALS => self.read_signals(),
+                    Token(t) => {
+                        let index = t - CONN_TOKEN_BASE;
+                        if event.is_writable() {
+                            self.core.mark_dirty(index);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_conn(index, event.is_read_closed() || event.is_error());
+                        }
+                    }
+                }
+            }
+            self.run_timers();
+            self.settle();
+            if let Some(exit) = self.exit {
+                return Ok(exit);
+            }
+            if let Some(deadline) = self.drain_deadline_ms {
+                if self.core.open_count() == 0 || self.core.now_ms >= deadline {
+                    return Ok(Exit::Drained);
+                }
+            }
+        }
+    }
+
+    /// The time to the nearest deadline, or None (block: no CPU use when idle).
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.core.now_ms = now;
+        if self.core.len() > 0 && self.next_sweep_ms.is_none() {
+            self.next_sweep_ms = Some(now + SWEEP_INTERVAL_MS);
+        }
+        let deadlines = [
+            self.core.timers.next_timeout_ms(now).map(|ms| now + ms),
+            self.next_sweep_ms,
+            self.drain_deadline_ms,
+        ];
+        deadlines
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| Duration::from_millis(d.saturating_sub(now)))
+    }
+
+    fn accept_all(&mut self) {
+        while self.accepting {
+            if self.core.len() >= self.core.limits.max_connections {
+                self.accept_blocked = true;
+                return;
+            }
+            match self.listener.accept() {
+                Ok((stream, _)) => match self.core.insert(stream) {
+                    Ok(id) => {
+                        self.core.stats.accepted += 1;
+                        dispatch::connect(&mut self.plugin, &mut self.core, id);
+                    }
+                    Err(e) => tracing::warn!("could not register a connection: {e}"),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and the like: the queue keeps the client; try again at the next sweep.
+                    tracing::warn!("accept failed: {e}");
+                    self.accept_blocked = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_control(&mut self) {
+        let mut buf = [0u8; 512];
+        loop {
+            match self.control.read(&mut buf) {
+                Ok(0) => {
+                    tracing::warn!("the master is gone; stopping");
+                    self.exit = Some(Exit::MasterGone);
+                    return;
+                }
+                Ok(n) => self.control_buf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::error!("control socket failed: {e}; stopping");
+                    self.exit = Some(Exit::MasterGone);
+                    return;
+                }
+            }
+        }
+        for line in ctl::take_lines(&mut self.control_buf) {
+            match ToWorker::parse(&line) {
+                Some(ToWorker::Stop) => self.exit = Some(Exit::Stopped),
+                Some(ToWorker::Drain { timeout_ms }) => self.start_drain(timeout_ms),
+                None => tracing::warn!(line = line.trim_end(), "unknown control message"),
+            }
+        }
+    }
+
+    fn read_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGINT) => self.exit = Some(Exit::Stopped),
+                Ok(Signal::SIGTERM | Signal::SIGQUIT) => {
+                    self.start_drain(crate::config::DRAIN_TIMEOUT.as_millis() as u64)
+                }
+                Ok(other) => tracing::debug!(signal = ?other, "signal ignored"),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Stops accepting and asks the plugin to wind down every connection; the loop exits when
+    /// none is left or at the deadline.
+    fn start_drain(&mut self, timeout_ms: u64) {
+        if self.drain_deadline_ms.is_some() {
+            return;
+        }
+        tracing::info!(connections = self.core.open_count(), timeout_ms, "draining");
+        self.accepting = false;
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        self.core.draining = true;
+        self.drain_deadline_ms = Some(self.core.now_ms + timeout_ms);
+        for id in self.core.ids() {
+            dispatch::drain(&mut self.plugin, &mut self.core, id);
+        }
+    }
+
+    fn read_conn(&mut self, index: usize, hup: bool) {
+        if let Some(c) = self.core.by_index(index) {
+            c.readable = true;
+        }
+        dispatch::read(
+            &mut self.plugin,
+            &mut self.core,
+            &mut self.scratch,
+            index,
+            hup,
+        );
+    }
+
+    fn run_timers(&mut self) {
+        let now = self.core.now_ms;
+        while let Some(timer) = self.core.timers.pop_due(now) {
+            dispatch::timer(&mut self.plugin, &mut self.core, timer.id, timer.data);
+        }
+        if self.next_sweep_ms.is_some_and(|t| t <= now) {
+            self.next_sweep_ms = None;
+            dispatch::sweep(&mut self.plugin, &mut self.core, now);
+            if self.accept_blocked {
+                self.accept_blocked = false;
+                self.accept_all();
+            }
+        }
+    }
+
+    /// Delivers deferred events and flushes output until nothing is left to do this turn.
+    fn settle(&mut self) {
+        let closed_before = self.core.stats_closed();
+        dispatch::settle(&mut self.plugin, &mut self.core, &mut self.scratch);
+        if self.accept_blocked && self.core.stats_closed() != closed_before {
+            self.accept_blocked = false;
+            self.accept_all();
+            dispatch::settle(&mut self.plugin, &mut self.core, &mut self.scratch);
+        }
+    }
+
+    fn shut_down(&mut self) {
+        dispatch::worker_stop(&mut self.plugin, &mut self.core);
+        for id in self.core.ids() {
+            dispatch::close_now(&mut self.plugin, &mut self.core, id.index());
+        }
+    }
+}
+
+fn max_log_level() -> LogLevel {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => LogLevel::Trace,
+        LevelFilter::DEBUG => LogLevel::Debug,
+        LevelFilter::INFO => LogLevel::Info,
+        LevelFilter::WARN => LogLevel::Warn,
+        _ => LogLevel::Error,
+    }
+}
+
+/// Where a plugin's log records land: the host's subscriber, with the plugin's target as a field.
+extern "C" fn plugin_log(level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
+    let (t, m) = (target.as_str(), message.as_str());
+    match level {
+        LogLevel::Error => tracing::error!(target: "plugin", plugin_target = t, "{m}"),
+        LogLevel::Warn => tracing::warn!(target: "plugin", plugin_target = t, "{m}"),
+        LogLevel::Info => tracing::info!(target: "plugin", plugin_target = t, "{m}"),
+        LogLevel::Debug => tracing::debug!(target: "plugin", plugin_target = t, "{m}"),
+        LogLevel::Trace => tracing::trace!(target: "plugin", plugin_target = t, "{m}"),
+    }
+}
