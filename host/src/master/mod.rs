@@ -1,13 +1,18 @@
 //! The master: binds every listening socket, starts and watches the workers, replaces any that
-//! dies, and stops them all on SIGINT (now) or SIGTERM (after draining). One thread, one mio
-//! loop: signals arrive through a signalfd, workers talk over their control sockets.
+//! dies, runs the reload chain, and stops them all on SIGINT (now) or SIGTERM (after draining).
+//! One thread, one mio loop: signals arrive through a signalfd, workers talk over their control
+//! sockets. The master never loads a plugin: it copies and probes plugin files (`snapshot`).
 
 mod backoff;
+mod reload;
+mod snapshot;
 mod spawn;
+mod table;
 
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -19,13 +24,16 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-pub use self::spawn::probe_plugin;
+use self::reload::{Chain, Outcome, Reloader, Request, SlotKey, Step};
+use self::snapshot::{RuntimeDir, Snapshot};
+use self::table::{Readiness, Role, Slot, Table, Worker};
 use crate::config::{self, Service, WorkerSpec};
 use crate::ctl::{self, ToMaster, ToWorker};
 use crate::{plugin, sys};
 
 const SIGNALS: Token = Token(0);
-const SLOT_TOKEN_BASE: usize = 1;
+/// Worker tokens are unique ids above this.
+const WORKER_TOKEN_BASE: usize = 16;
 
 /// Where the master is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,52 +45,34 @@ enum Phase {
     Stopping,
 }
 
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WorkerState {
-    Starting,
-    Ready,
-    Stopping,
-}
-
-struct Worker {
-    pid: Pid,
-    control: UnixStream,
-    control_buf: Vec<u8>,
-    state: WorkerState,
-    started: Instant,
-    /// SIGKILL at this time (start timeout, or stop/drain timeout).
-    kill_at: Option<Instant>,
-    /// What the worker said before it exited, if it could not start.
-    error: Option<String>,
-}
-
-/// One worker slot of a service; successive workers of a slot share its listening socket.
-struct Slot {
-    service: usize,
-    slot: u32,
-    worker: Option<Worker>,
-    /// Quick deaths in a row (see `backoff`).
-    failures: u32,
-    restart_at: Option<Instant>,
-}
-
 struct ServiceState {
     service: Service,
-    plugin_path: PathBuf,
-    plugin_label: String,
+    /// The plugin file as found in the plugin directories (snapshots are copies of it).
+    source: PathBuf,
+    /// The name the plugin must report (None when the service names it by path).
+    expected_name: Option<String>,
     /// One SO_REUSEPORT socket per slot, held for the master's whole life.
     sockets: Vec<OwnedFd>,
+    /// The snapshot a reload chain under way is moving this service to.
+    candidate: Option<Rc<Snapshot>>,
 }
 
 pub struct Master {
     poll: Poll,
     signals: SignalFd,
     services: Vec<ServiceState>,
-    slots: Vec<Slot>,
+    table: Table,
     phase: Phase,
     /// Why the start failed, once a first worker failed.
     start_error: Option<String>,
+    reloader: Reloader,
+    /// When the current chain step (one slot's replacement) began.
+    step_started: Instant,
+    chain_started: Instant,
+    /// The outcome of the last reload, for the log and status.
+    last_reload: Option<String>,
+    // Dropped last: removes the snapshots.
+    runtime: RuntimeDir,
 }
 
 /// Runs the master in the foreground until it is stopped.
@@ -92,37 +82,48 @@ pub fn run(services: Vec<Service>, plugin_dirs: Vec<PathBuf>) -> anyhow::Result<
     } else {
         plugin_dirs
     };
+    let runtime = RuntimeDir::create().context("could not create the runtime directory")?;
     let mut states = Vec::new();
-    for service in services {
-        let plugin_path = plugin::find(&service.plugin, &plugin_dirs)?;
-        let report = probe_plugin(&plugin_path)?;
-        tracing::info!(service = %service.name, plugin = %report.summary, path = %plugin_path.display(), "plugin checked");
-        let plugin_label = report
-            .summary
-            .split(" (")
-            .next()
-            .unwrap_or(&service.plugin)
-            .to_string();
+    let mut slots = Vec::new();
+    for (index, service) in services.into_iter().enumerate() {
+        let source = plugin::find(&service.plugin, &plugin_dirs)?;
+        let expected_name = (!service.plugin.contains('/')).then(|| service.plugin.clone());
+        let snap = Rc::new(snapshot::take(&source, &runtime, expected_name.as_deref())?);
+        tracing::info!(service = %service.name, plugin = %snap.name, version = %snap.version, hash = %snap.short_hash(), path = %source.display(), "plugin checked");
         let (bound, sockets) = sys::listen_reuseport(service.listen, service.count as usize)
             .with_context(|| format!("could not listen on {}", service.listen))?;
         tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening");
+        slots.extend((0..service.count).map(|slot| Slot {
+            key: SlotKey {
+                service: index,
+                slot,
+            },
+            snapshot: snap.clone(),
+            failures: 0,
+            restart_at: None,
+        }));
         let service = Service {
             listen: bound,
             ..service
         };
         states.push(ServiceState {
             service,
-            plugin_path,
-            plugin_label,
+            source,
+            expected_name,
             sockets,
+            candidate: None,
         });
     }
-    let mut master = Master::new(states)?;
+    let mut master = Master::new(states, slots, runtime)?;
     master.run_loop()
 }
 
 impl Master {
-    fn new(services: Vec<ServiceState>) -> anyhow::Result<Self> {
+    fn new(
+        services: Vec<ServiceState>,
+        slots: Vec<Slot>,
+        runtime: RuntimeDir,
+    ) -> anyhow::Result<Self> {
         sys::ignore_sigpipe()?;
         let signals = sys::signal_fd(&[
             Signal::SIGINT,
@@ -140,33 +141,27 @@ impl Master {
             SIGNALS,
             Interest::READABLE,
         )?;
-        let slots = services
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| {
-                (0..s.service.count).map(move |slot| Slot {
-                    service: i,
-                    slot,
-                    worker: None,
-                    failures: 0,
-                    restart_at: None,
-                })
-            })
-            .collect();
+        let table = Table::new(slots);
         Ok(Master {
             poll,
             signals,
             services,
-            slots,
+            table,
             phase: Phase::Starting,
             start_error: None,
+            reloader: Reloader::default(),
+            step_started: Instant::now(),
+            chain_started: Instant::now(),
+            last_reload: None,
+            runtime,
         })
     }
 
     fn run_loop(&mut self) -> anyhow::Result<()> {
         sys::set_thread_name("host: master");
-        for index in 0..self.slots.len() {
-            self.spawn_slot(index);
+        let keys: Vec<SlotKey> = self.table.slots.iter().map(|s| s.key).collect();
+        for key in keys {
+            self.spawn(key, Role::Serving);
         }
         let mut events = Events::with_capacity(64);
         loop {
@@ -181,23 +176,16 @@ impl Master {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.read_signals(),
-                    Token(t) => self.read_control(t - SLOT_TOKEN_BASE),
+                    Token(id) => self.read_control(id),
                 }
             }
             self.reap_children();
             self.run_deadlines();
-            if self.phase == Phase::Starting
-                && self.slots.iter().all(|s| {
-                    s.worker
-                        .as_ref()
-                        .is_some_and(|w| w.state == WorkerState::Ready)
-                })
-            {
+            if self.phase == Phase::Starting && self.table.all_ready() {
                 self.phase = Phase::Running;
-                let workers = self.slots.len();
-                tracing::info!(workers, "host ready");
+                tracing::info!(workers = self.table.slots.len(), "host ready");
             }
-            if self.phase == Phase::Stopping && self.slots.iter().all(|s| s.worker.is_none()) {
+            if self.phase == Phase::Stopping && self.table.workers.is_empty() {
                 tracing::info!("all workers stopped; master exits");
                 return match self.start_error.take() {
                     Some(e) => Err(anyhow::anyhow!(e)),
@@ -207,49 +195,66 @@ impl Master {
         }
     }
 
-    fn spawn_slot(&mut self, index: usize) {
-        let slot = &mut self.slots[index];
+    /// Starts a worker for `key` running the slot's snapshot (or, for a replacement, the
+    /// service's reload candidate). Returns false when the process could not be started.
+    fn spawn(&mut self, key: SlotKey, role: Role) -> bool {
+        let state = &self.services[key.service];
+        let Some(slot) = self.table.slot_mut(key) else {
+            return false;
+        };
         slot.restart_at = None;
-        let state = &self.services[slot.service];
+        let snap = match (role, &state.candidate) {
+            (Role::Replacement, Some(c)) => c.clone(),
+            _ => slot.snapshot.clone(),
+        };
         let spec = WorkerSpec {
             service: state.service.name.clone(),
-            slot: slot.slot,
-            plugin_path: state.plugin_path.clone(),
+            slot: key.slot,
+            plugin_path: snap.path.clone(),
             plugin_config: state.service.plugin_config.clone(),
             limits: state.service.limits,
         };
-        match spawn::spawn_worker(
-            &spec,
-            &state.plugin_label,
-            &state.sockets[slot.slot as usize],
-        ) {
+        let label = format!("{} {}", snap.name, snap.version);
+        match spawn::spawn_worker(&spec, &label, &state.sockets[key.slot as usize]) {
             Ok(spawned) => {
+                let id = self.table.next_id(WORKER_TOKEN_BASE);
                 let mut control = UnixStream::from_std(spawned.control);
-                if let Err(e) = self.poll.registry().register(
-                    &mut control,
-                    Token(index + SLOT_TOKEN_BASE),
-                    Interest::READABLE,
-                ) {
-                    tracing::error!(service = %spec.service, slot = spec.slot, "could not watch a worker: {e}");
+                if let Err(e) =
+                    self.poll
+                        .registry()
+                        .register(&mut control, Token(id), Interest::READABLE)
+                {
+                    tracing::error!(service = %spec.service, slot = key.slot, "could not watch a worker: {e}");
                 }
-                tracing::info!(service = %spec.service, slot = spec.slot, pid = spawned.pid.as_raw(), "worker started");
-                slot.worker = Some(Worker {
+                tracing::info!(service = %spec.service, slot = key.slot, pid = spawned.pid.as_raw(), hash = %snap.short_hash(), ?role, "worker started");
+                self.table.workers.push(Worker {
+                    id,
+                    key,
                     pid: spawned.pid,
                     control,
                     control_buf: Vec::new(),
-                    state: WorkerState::Starting,
+                    role,
+                    readiness: Readiness::Starting,
+                    snapshot: snap,
                     started: Instant::now(),
                     kill_at: Some(Instant::now() + config::START_TIMEOUT),
                     error: None,
                 });
+                true
             }
             Err(e) => {
-                tracing::error!(service = %spec.service, slot = spec.slot, "{e}");
-                slot.failures += 1;
-                slot.restart_at = Some(
-                    Instant::now()
-                        + backoff::restart_delay(slot.failures).max(Duration::from_millis(100)),
-                );
+                tracing::error!(service = %spec.service, slot = key.slot, "{e}");
+                if role == Role::Serving {
+                    if let Some(slot) = self.table.slot_mut(key) {
+                        slot.failures += 1;
+                        slot.restart_at = Some(
+                            Instant::now()
+                                + backoff::restart_delay(slot.failures)
+                                    .max(Duration::from_millis(100)),
+                        );
+                    }
+                }
+                false
             }
         }
     }
@@ -263,6 +268,8 @@ impl Master {
                 Signal::SIGCHLD => {} // reaped after every poll
                 Signal::SIGINT => self.stop(false),
                 Signal::SIGTERM => self.stop(true),
+                Signal::SIGUSR1 => self.request_reload(false, "SIGUSR1"),
+                Signal::SIGQUIT | Signal::SIGHUP => self.request_reload(true, &format!("{sig}")),
                 other => tracing::warn!(signal = %other, "signal not handled yet; ignored"),
             }
         }
@@ -272,51 +279,61 @@ impl Master {
     fn stop(&mut self, graceful: bool) {
         if self.phase == Phase::Stopping {
             if !graceful {
-                // A second SIGINT during a graceful stop: stop now.
                 tracing::info!("stopping now");
-                self.signal_workers(&ToWorker::Stop, config::KILL_TIMEOUT);
+                self.retire_all(false);
             }
             return;
         }
         tracing::info!(graceful, "stopping");
         self.phase = Phase::Stopping;
-        if graceful {
-            let drain_ms = config::DRAIN_TIMEOUT.as_millis() as u64;
-            self.signal_workers(
-                &ToWorker::Drain {
-                    timeout_ms: drain_ms,
-                },
-                config::DRAIN_TIMEOUT + config::KILL_TIMEOUT,
-            );
-        } else {
-            self.signal_workers(&ToWorker::Stop, config::KILL_TIMEOUT);
+        if let (Some(chain), _) = self.reloader.finish() {
+            tracing::warn!(reason = %chain.request.reason, "reload abandoned: the master is stopping");
         }
-    }
-
-    fn signal_workers(&mut self, msg: &ToWorker, kill_after: Duration) {
-        let kill_at = Instant::now() + kill_after;
-        for slot in &mut self.slots {
+        for slot in &mut self.table.slots {
             slot.restart_at = None;
-            if let Some(w) = slot.worker.as_mut() {
-                send_control(w, msg);
-                w.state = WorkerState::Stopping;
-                w.kill_at = Some(w.kill_at.map_or(kill_at, |k| k.min(kill_at)));
-            }
+        }
+        self.retire_all(graceful);
+    }
+
+    fn retire_all(&mut self, graceful: bool) {
+        let ids: Vec<usize> = self.table.workers.iter().map(|w| w.id).collect();
+        for id in ids {
+            self.retire(id, graceful);
         }
     }
 
-    fn read_control(&mut self, index: usize) {
-        let Some(slot) = self.slots.get_mut(index) else {
+    /// Asks one worker to go: drain (graceful) or stop now, killed at the deadline either way.
+    fn retire(&mut self, id: usize, graceful: bool) {
+        let Some(w) = self.table.by_id(id) else {
             return;
         };
-        let service = &self.services[slot.service].service.name;
-        let Some(w) = slot.worker.as_mut() else {
+        let (msg, kill_after) = if graceful {
+            (
+                ToWorker::Drain {
+                    timeout_ms: config::DRAIN_TIMEOUT.as_millis() as u64,
+                },
+                config::DRAIN_TIMEOUT + config::KILL_TIMEOUT,
+            )
+        } else {
+            (ToWorker::Stop, config::KILL_TIMEOUT)
+        };
+        if let Err(e) = (&w.control).write_all_msg(&msg) {
+            // It is exiting already; the kill deadline still applies.
+            tracing::debug!(pid = w.pid.as_raw(), "could not message a worker: {e}");
+        }
+        w.role = Role::Retiring;
+        let kill_at = Instant::now() + kill_after;
+        w.kill_at = Some(w.kill_at.map_or(kill_at, |k| k.min(kill_at)));
+    }
+
+    fn read_control(&mut self, id: usize) {
+        let Some(w) = self.table.by_id(id) else {
             return;
         };
         let mut buf = [0u8; 1024];
         loop {
             match w.control.read(&mut buf) {
-                Ok(0) => break, // exited: reaped on SIGCHLD
+                Ok(0) => break, // it exited: reaped on SIGCHLD
                 Ok(n) => w.control_buf.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
@@ -324,21 +341,43 @@ impl Master {
         }
         for line in ctl::take_lines(&mut w.control_buf) {
             match ToMaster::parse(&line) {
-                Some(ToMaster::Ready) if w.state == WorkerState::Starting => {
-                    w.state = WorkerState::Ready;
-                    w.kill_at = None;
-                    let ms = w.started.elapsed().as_millis() as u64;
-                    tracing::info!(service = %service, slot = slot.slot, pid = w.pid.as_raw(), start_ms = ms, "worker ready");
+                Some(ToMaster::Ready) => self.worker_ready(id),
+                Some(ToMaster::Error(e)) => {
+                    if let Some(w) = self.table.by_id(id) {
+                        w.error = Some(e);
+                    }
                 }
-                Some(ToMaster::Ready) => {}
-                Some(ToMaster::Error(e)) => w.error = Some(e),
                 None => tracing::warn!(line = line.trim_end(), "unknown message from a worker"),
             }
         }
     }
 
-    /// Collects every exited child (`waitpid(WNOHANG)` until none is left) and decides what
-    /// each exit means for its slot.
+    fn worker_ready(&mut self, id: usize) {
+        let Some(w) = self.table.by_id(id) else {
+            return;
+        };
+        if w.readiness == Readiness::Ready {
+            return;
+        }
+        w.readiness = Readiness::Ready;
+        w.kill_at = None;
+        let (key, role, pid, ms) = (w.key, w.role, w.pid.as_raw(), w.uptime().as_millis() as u64);
+        let service = &self.services[key.service].service.name;
+        tracing::info!(service = %service, slot = key.slot, pid, start_ms = ms, "worker ready");
+        if role == Role::Replacement {
+            let steps = self
+                .reloader
+                .chain
+                .as_mut()
+                .map(|c| c.ready(key))
+                .unwrap_or_default();
+            for step in steps {
+                self.apply(step);
+            }
+        }
+    }
+
+    /// Collects every exited child (`waitpid(WNOHANG)` until none is left).
     fn reap_children(&mut self) {
         loop {
             let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -359,107 +398,281 @@ impl Master {
                 _ => continue,
             };
             let clean = matches!(status, WaitStatus::Exited(_, 0));
-            if let Some(index) = self
-                .slots
-                .iter()
-                .position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
-            {
-                self.worker_exited(index, clean, &how);
+            if let Some(w) = self.table.take_by_pid(pid) {
+                self.worker_exited(w, clean, &how);
             }
         }
     }
 
-    fn worker_exited(&mut self, index: usize, clean: bool, how: &str) {
-        let slot = &mut self.slots[index];
-        let Some(mut w) = slot.worker.take() else {
+    fn worker_exited(&mut self, mut w: Worker, clean: bool, how: &str) {
+        let _ = self.poll.registry().deregister(&mut w.control);
+        let key = w.key;
+        let service = self.services[key.service].service.name.clone();
+        let (pid, lived) = (w.pid.as_raw(), w.uptime());
+        let why = w
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("it exited with {how} before it was ready"));
+        match w.role {
+            Role::Retiring if clean => {
+                tracing::info!(service = %service, slot = key.slot, pid, "worker stopped")
+            }
+            Role::Retiring => {
+                tracing::warn!(service = %service, slot = key.slot, pid, "worker stopped with {how}")
+            }
+            Role::Replacement => {
+                tracing::error!(service = %service, slot = key.slot, pid, "replacement worker failed: {why}");
+                if let Some(step) = self
+                    .reloader
+                    .chain
+                    .as_mut()
+                    .and_then(|c| c.failed(key, &why))
+                {
+                    self.apply(step);
+                }
+            }
+            Role::Serving => {
+                let detail = w
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                tracing::error!(service = %service, slot = key.slot, pid, lived_ms = lived.as_millis() as u64, "worker died with {how}{detail}");
+                match self.phase {
+                    Phase::Stopping => {}
+                    Phase::Starting if w.readiness == Readiness::Starting => {
+                        self.start_error = Some(format!(
+                            "worker #{} of service {service} could not start: {why}",
+                            key.slot
+                        ));
+                        self.stop(false);
+                    }
+                    Phase::Starting | Phase::Running => self.schedule_respawn(
+                        key,
+                        w.readiness == Readiness::Ready && lived >= backoff::MIN_UPTIME,
+                    ),
+                }
+            }
+        }
+    }
+
+    fn schedule_respawn(&mut self, key: SlotKey, lived_long: bool) {
+        if self.table.has_serving(key) {
+            return;
+        }
+        let service = self.services[key.service].service.name.clone();
+        let Some(slot) = self.table.slot_mut(key) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut w.control);
-        let service = &self.services[slot.service].service.name;
-        let (pid, lived) = (w.pid.as_raw(), w.started.elapsed());
-        let expected = w.state == WorkerState::Stopping;
-        if expected && clean {
-            tracing::info!(service = %service, slot = slot.slot, pid, "worker stopped");
-        } else if expected {
-            tracing::warn!(service = %service, slot = slot.slot, pid, "worker stopped with {how}");
-        } else {
-            let why = w
-                .error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default();
-            tracing::error!(service = %service, slot = slot.slot, pid, lived_ms = lived.as_millis() as u64, "worker died with {how}{why}");
+        slot.failures = if lived_long { 1 } else { slot.failures + 1 };
+        let delay = backoff::restart_delay(slot.failures);
+        if delay > Duration::ZERO {
+            tracing::warn!(service = %service, slot = key.slot, failures = slot.failures, delay_ms = delay.as_millis() as u64, "worker keeps dying; restarting after a delay");
         }
-        match self.phase {
-            Phase::Stopping => {}
-            Phase::Starting if w.state == WorkerState::Starting => {
-                let why = w
-                    .error
-                    .take()
-                    .unwrap_or_else(|| format!("it exited with {how} before it was ready"));
-                self.start_error = Some(format!(
-                    "worker #{} of service {service} could not start: {why}",
-                    slot.slot
-                ));
-                self.stop(false);
-            }
-            Phase::Starting | Phase::Running => {
-                let quick = w.state != WorkerState::Ready || lived < backoff::MIN_UPTIME;
-                slot.failures = if quick { slot.failures + 1 } else { 1 };
-                let delay = backoff::restart_delay(slot.failures);
-                if delay > Duration::ZERO {
-                    tracing::warn!(service = %service, slot = slot.slot, failures = slot.failures, delay_ms = delay.as_millis() as u64, "worker keeps dying; restarting after a delay");
-                }
-                slot.restart_at = Some(Instant::now() + delay);
-            }
-        }
+        slot.restart_at = Some(Instant::now() + delay);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .flat_map(|s| [s.restart_at, s.worker.as_ref().and_then(|w| w.kill_at)])
-            .flatten()
-            .min()
+        let restarts = self.table.slots.iter().filter_map(|s| s.restart_at);
+        let kills = self.table.workers.iter().filter_map(|w| w.kill_at);
+        restarts.chain(kills).min()
     }
 
     fn run_deadlines(&mut self) {
         let now = Instant::now();
-        for index in 0..self.slots.len() {
-            let slot = &mut self.slots[index];
-            if let Some(w) = slot.worker.as_mut() {
-                if w.kill_at.is_some_and(|k| k <= now) {
-                    let service = &self.services[slot.service].service.name;
-                    let why = if w.state == WorkerState::Starting {
-                        "was not ready in time"
-                    } else {
-                        "did not stop in time"
+        for w in &mut self.table.workers {
+            if w.kill_at.is_some_and(|k| k <= now) {
+                let service = &self.services[w.key.service].service.name;
+                let why = if w.readiness == Readiness::Starting {
+                    "was not ready in time"
+                } else {
+                    "did not stop in time"
+                };
+                tracing::warn!(service = %service, slot = w.key.slot, pid = w.pid.as_raw(), "worker {why}; killing it");
+                if w.readiness == Readiness::Starting && w.error.is_none() {
+                    w.error = Some(format!(
+                        "it was not ready within {} s",
+                        config::START_TIMEOUT.as_secs()
+                    ));
+                }
+                let _ = signal::kill(w.pid, Signal::SIGKILL);
+                w.kill_at = None;
+            }
+        }
+        if self.phase == Phase::Stopping {
+            return;
+        }
+        let due: Vec<SlotKey> = self
+            .table
+            .slots
+            .iter()
+            .filter(|s| s.restart_at.is_some_and(|t| t <= now))
+            .map(|s| s.key)
+            .collect();
+        for key in due {
+            self.spawn(key, Role::Serving);
+        }
+    }
+
+    /// A reload was asked for (signal, command or watcher).
+    fn request_reload(&mut self, graceful: bool, reason: &str) {
+        if self.phase != Phase::Running {
+            tracing::warn!(
+                reason,
+                "reload ignored: the master is not running yet (or stopping)"
+            );
+            return;
+        }
+        let request = Request {
+            graceful,
+            reason: reason.to_string(),
+            waiters: Vec::new(),
+        };
+        match self.reloader.trigger(request) {
+            Some(request) => self.start_chain(request),
+            None => tracing::info!(reason, "reload queued: a reload is under way"),
+        }
+    }
+
+    /// Checks every service's plugin file again and starts a chain over all slots.
+    fn start_chain(&mut self, request: Request) {
+        self.chain_started = Instant::now();
+        self.step_started = Instant::now();
+        tracing::info!(reason = %request.reason, graceful = request.graceful, "reload starting");
+        for i in 0..self.services.len() {
+            let state = &self.services[i];
+            match snapshot::take(&state.source, &self.runtime, state.expected_name.as_deref()) {
+                Ok(snap) => self.services[i].candidate = Some(Rc::new(snap)),
+                Err(e) => {
+                    let slot = SlotKey {
+                        service: i,
+                        slot: 0,
                     };
-                    tracing::warn!(service = %service, slot = slot.slot, pid = w.pid.as_raw(), "worker {why}; killing it");
-                    if w.state == WorkerState::Starting && w.error.is_none() {
-                        w.error = Some(format!(
-                            "it was not ready within {} s",
-                            config::START_TIMEOUT.as_secs()
-                        ));
-                    }
-                    let _ = signal::kill(w.pid, Signal::SIGKILL);
-                    w.kill_at = None;
+                    self.reloader.chain = Some(Chain::new(Vec::new(), request));
+                    self.apply(Step::Finished(Outcome::Aborted {
+                        slot,
+                        replaced: 0,
+                        reason: e.to_string(),
+                    }));
+                    return;
                 }
             }
-            if self.phase != Phase::Stopping
-                && slot.worker.is_none()
-                && slot.restart_at.is_some_and(|t| t <= now)
-            {
-                self.spawn_slot(index);
+        }
+        let keys: Vec<SlotKey> = self.table.slots.iter().map(|s| s.key).collect();
+        let mut chain = Chain::new(keys, request);
+        let step = chain.first();
+        self.reloader.chain = Some(chain);
+        self.apply(step);
+    }
+
+    fn apply(&mut self, step: Step) {
+        match step {
+            Step::Start(key) => {
+                self.step_started = Instant::now();
+                if !self.spawn(key, Role::Replacement) {
+                    if let Some(step) = self
+                        .reloader
+                        .chain
+                        .as_mut()
+                        .and_then(|c| c.failed(key, "could not start a process"))
+                    {
+                        self.apply(step);
+                    }
+                }
             }
+            Step::Retire(key) => self.promote(key),
+            Step::Finished(outcome) => self.finish_chain(outcome),
+        }
+    }
+
+    /// The replacement of `key` is ready: it becomes the slot's worker, the old one goes.
+    fn promote(&mut self, key: SlotKey) {
+        let graceful = self
+            .reloader
+            .chain
+            .as_ref()
+            .is_some_and(|c| c.request.graceful);
+        let Some(new) = self
+            .table
+            .workers
+            .iter_mut()
+            .find(|w| w.key == key && w.role == Role::Replacement)
+        else {
+            return;
+        };
+        new.role = Role::Serving;
+        let (new_id, new_pid, new_snap) = (new.id, new.pid.as_raw(), new.snapshot.clone());
+        let old: Vec<(usize, i32, String)> = self
+            .table
+            .workers
+            .iter()
+            .filter(|w| w.key == key && w.role == Role::Serving && w.id != new_id)
+            .map(|w| (w.id, w.pid.as_raw(), w.snapshot.short_hash()))
+            .collect();
+        if let Some(slot) = self.table.slot_mut(key) {
+            slot.snapshot = new_snap.clone();
+            slot.failures = 0;
+        }
+        let service = self.services[key.service].service.name.clone();
+        let old_pids: Vec<i32> = old.iter().map(|o| o.1).collect();
+        let old_hash = old
+            .first()
+            .map(|o| o.2.clone())
+            .unwrap_or_else(|| "-".into());
+        tracing::info!(
+            service = %service, slot = key.slot, old_pid = ?old_pids, new_pid, old_hash = %old_hash, new_hash = %new_snap.short_hash(),
+            step_ms = self.step_started.elapsed().as_millis() as u64, "reload step: slot replaced"
+        );
+        for (id, _, _) in old {
+            self.retire(id, graceful);
+        }
+    }
+
+    fn finish_chain(&mut self, outcome: Outcome) {
+        let ms = self.chain_started.elapsed().as_millis() as u64;
+        let summary = match &outcome {
+            Outcome::Done { replaced } => {
+                tracing::info!(replaced, total_ms = ms, "reload done");
+                format!("done: {replaced} workers replaced in {ms} ms")
+            }
+            Outcome::Aborted {
+                slot,
+                replaced,
+                reason,
+            } => {
+                let service = &self.services[slot.service].service.name;
+                tracing::error!(service = %service, slot = slot.slot, replaced, "reload aborted: {reason}; the old workers keep serving");
+                format!("aborted at {service} #{}: {reason}", slot.slot)
+            }
+        };
+        self.last_reload = Some(summary);
+        for state in &mut self.services {
+            state.candidate = None;
+        }
+        let in_use: Vec<PathBuf> = self
+            .table
+            .slots
+            .iter()
+            .map(|s| s.snapshot.path.clone())
+            .chain(self.table.workers.iter().map(|w| w.snapshot.path.clone()))
+            .collect();
+        let refs: Vec<&std::path::Path> = in_use.iter().map(PathBuf::as_path).collect();
+        self.runtime.remove_unused(&refs);
+        let (_, next) = self.reloader.finish();
+        if let Some(next) = next {
+            self.start_chain(next);
         }
     }
 }
 
-fn send_control(w: &mut Worker, msg: &ToWorker) {
-    use std::io::Write;
-    if let Err(e) = (&w.control).write_all(msg.encode().as_bytes()) {
-        // It is exiting already; the kill deadline still applies.
-        tracing::debug!(pid = w.pid.as_raw(), "could not message a worker: {e}");
+trait WriteMsg {
+    fn write_all_msg(self, msg: &ToWorker) -> io::Result<()>;
+}
+
+impl WriteMsg for &UnixStream {
+    fn write_all_msg(self, msg: &ToWorker) -> io::Result<()> {
+        use std::io::Write;
+        let mut s = self;
+        s.write_all(msg.encode().as_bytes())
     }
 }
