@@ -1,4 +1,5 @@
-//! The command line: `host --plugin http --count 4` runs a service in the foreground.
+//! The command line, after Workerman: `host start [-d]`, `stop [-g]`, `restart`, `reload [-g]`,
+//! `status [--live]`, `connections`; `host --plugin http --count 4` is `start` in the foreground.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,11 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{self, Limits, Service};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "host",
-    version,
-    about = "A prefork server whose protocol handlers are plugins"
-)]
+#[command(name = "host", version, about = "A prefork server whose protocol handlers are plugins")]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -20,13 +17,34 @@ pub struct Cli {
     #[command(flatten)]
     pub start: StartArgs,
     #[command(flatten)]
-    pub log: LogArgs,
+    pub global: GlobalArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start the master and its workers in the foreground (the default command).
-    Start(StartArgs),
+    /// Start the master and its workers (in the foreground unless -d).
+    Start(StartCmd),
+    /// Stop the running master and its workers (-g: let them finish their connections first).
+    Stop {
+        #[arg(short, long)]
+        graceful: bool,
+    },
+    /// Stop the running master (if any), then start again.
+    Restart(StartCmd),
+    /// Replace every worker, one at a time, with the plugin files as they are now.
+    Reload {
+        /// Old workers drain their connections instead of closing them.
+        #[arg(short, long)]
+        graceful: bool,
+    },
+    /// Show the master, its services and every worker.
+    Status {
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        live: bool,
+    },
+    /// List every connection of every worker.
+    Connections,
     /// Load a plugin file in this process, check its ABI, print its name and version.
     CheckPlugin {
         /// The plugin's `.so` file.
@@ -38,37 +56,31 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct StartArgs {
-    /// The protocol plugin: a name looked up in the plugin directories, or a path to a `.so`.
-    #[arg(long, short = 'p')]
-    pub plugin: Option<String>,
-    /// Worker processes for the service.
-    #[arg(long, short = 'n', default_value_t = 1)]
-    pub count: u32,
-    /// Address to listen on (port 0: the system picks one, and the log says which).
-    #[arg(long, short = 'l', default_value = config::DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
-    /// The service's name in logs (default: the plugin's name).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Where plugins are looked up, in order (default: ./plugins, then the host binary's directory).
-    #[arg(long = "plugin-dir", value_name = "DIR")]
-    pub plugin_dirs: Vec<PathBuf>,
-    /// Configuration handed to the plugin, as TOML (e.g. 'root = "/srv/www"' for http).
-    #[arg(long, value_name = "TOML", default_value = "")]
-    pub plugin_config: String,
-    /// The largest message a connection may send, in bytes.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_PACKAGE_SIZE)]
-    pub max_package_size: usize,
-    /// Bytes queued for a connection above which reading from it pauses.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_SEND_BUFFER)]
-    pub max_send_buffer: usize,
-    /// Connections one worker serves at most.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
-    pub max_connections: usize,
-    /// Seconds without traffic after which a connection is closed (0: never).
-    #[arg(long, value_name = "SECONDS", default_value_t = config::DEFAULT_IDLE_TIMEOUT.as_secs())]
-    pub idle_timeout: u64,
+pub struct StartCmd {
+    /// Run in the background (returns once every worker is ready); logs go to --log-file.
+    #[arg(short, long)]
+    pub daemon: bool,
+    /// With restart: stop the running master gracefully.
+    #[arg(short, long)]
+    pub graceful: bool,
+    #[command(flatten)]
+    pub args: StartArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Services from a TOML file (see examples/host.toml) instead of --plugin/--count/--listen.
+    #[arg(short = 'c', long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the master writes its pid; the control socket sits beside it (`.sock`).
+    /// Default: the config file's `pid_file`, else ./host.pid.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Log filter (`info`, `debug`, `host=debug,plugin=trace`…); RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,40 +89,85 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct LogArgs {
-    /// Log filter (`info`, `debug`, `host=debug,plugin=trace`…); RUST_LOG wins when set.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+#[derive(Debug, Clone, Default, Args)]
+pub struct StartArgs {
+    /// The protocol plugin: a name looked up in the plugin directories, or a path to a `.so`.
+    #[arg(long, short = 'p')]
+    pub plugin: Option<String>,
+    /// Worker processes for the service [default: 1].
+    #[arg(long, short = 'n')]
+    pub count: Option<u32>,
+    /// Address to listen on (port 0: the system picks one, and the log says which) [default: 127.0.0.1:8080].
+    #[arg(long, short = 'l')]
+    pub listen: Option<SocketAddr>,
+    /// The service's name in logs (default: the plugin's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where plugins are looked up, in order (default: ./plugins, then the host binary's directory).
+    #[arg(long = "plugin-dir", value_name = "DIR")]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Configuration handed to the plugin, as TOML (e.g. 'root = "/srv/www"' for http).
+    #[arg(long, value_name = "TOML")]
+    pub plugin_config: Option<String>,
+    /// The largest message a connection may send, in bytes [default: 1 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_package_size: Option<usize>,
+    /// Bytes queued for a connection above which reading from it pauses [default: 1 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_send_buffer: Option<usize>,
+    /// Connections one worker serves at most [default: 10000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Seconds without traffic after which a connection is closed (0: never) [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_timeout: Option<u64>,
+    /// Where a daemon's logs go [default: ./host.log].
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 impl StartArgs {
+    /// Flags that describe a service (they may not be mixed with a config file).
+    pub fn service_flags(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        let flags: [(&'static str, bool); 9] = [
+            ("--plugin", self.plugin.is_some()),
+            ("--count", self.count.is_some()),
+            ("--listen", self.listen.is_some()),
+            ("--name", self.name.is_some()),
+            ("--plugin-config", self.plugin_config.is_some()),
+            ("--max-package-size", self.max_package_size.is_some()),
+            ("--max-send-buffer", self.max_send_buffer.is_some()),
+            ("--max-connections", self.max_connections.is_some()),
+            ("--idle-timeout", self.idle_timeout.is_some()),
+        ];
+        for (flag, given) in flags {
+            if given {
+                set.push(flag);
+            }
+        }
+        set
+    }
+
     /// The service these flags describe.
     pub fn service(&self) -> Result<Service, String> {
-        let plugin = self
-            .plugin
-            .clone()
-            .ok_or("no plugin given: use --plugin NAME (e.g. --plugin http)")?;
+        let plugin = self.plugin.clone().ok_or("no plugin given: use --plugin NAME (e.g. --plugin http) or -c FILE")?;
         let name = self.name.clone().unwrap_or_else(|| {
-            let stem = std::path::Path::new(&plugin)
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("service");
+            let stem = std::path::Path::new(&plugin).file_stem().and_then(|s| s.to_str()).unwrap_or("service");
             stem.strip_prefix("lib").unwrap_or(stem).to_string()
         });
+        let defaults = Limits::default();
         let service = Service {
             name,
             plugin,
-            listen: self.listen,
-            count: self.count,
-            plugin_config: self.plugin_config.clone(),
+            listen: self.listen.unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default")),
+            count: self.count.unwrap_or(1),
+            plugin_config: self.plugin_config.clone().unwrap_or_default(),
             limits: Limits {
-                max_package_size: self.max_package_size,
-                max_send_buffer: self.max_send_buffer,
-                max_connections: self.max_connections,
-                idle_timeout_ms: self.idle_timeout.saturating_mul(1000),
+                max_package_size: self.max_package_size.unwrap_or(defaults.max_package_size),
+                max_send_buffer: self.max_send_buffer.unwrap_or(defaults.max_send_buffer),
+                max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+                idle_timeout_ms: self.idle_timeout.map_or(defaults.idle_timeout_ms, |s| s.saturating_mul(1000)),
             },
         };
         config::validate(&service)?;
@@ -131,33 +188,38 @@ mod tests {
         let cli = parse(&["--plugin", "http", "--count", "4"]);
         assert!(cli.command.is_none());
         let s = cli.start.service().unwrap();
-        assert_eq!(
-            (s.name.as_str(), s.count, s.listen.to_string().as_str()),
-            ("http", 4, "127.0.0.1:8080")
-        );
+        assert_eq!((s.name.as_str(), s.count, s.listen.to_string().as_str()), ("http", 4, "127.0.0.1:8080"));
     }
 
     #[test]
-    fn service_name_from_a_plugin_path() {
-        let cli = parse(&["start", "--plugin", "/x/libtext.so"]);
-        let Some(Command::Start(args)) = cli.command else {
-            panic!("start expected")
-        };
-        assert_eq!(args.service().unwrap().name, "text");
+    fn workerman_verbs_parse() {
+        let cli = parse(&["start", "-d", "--plugin", "/x/libtext.so", "--pid-file", "/tmp/h.pid"]);
+        let Some(Command::Start(cmd)) = cli.command else { panic!("start expected") };
+        assert!(cmd.daemon);
+        assert_eq!(cmd.args.service().unwrap().name, "text");
+        assert_eq!(cli.global.pid_file, Some(PathBuf::from("/tmp/h.pid")));
+        assert!(matches!(parse(&["stop", "-g"]).command, Some(Command::Stop { graceful: true })));
+        assert!(matches!(parse(&["reload"]).command, Some(Command::Reload { graceful: false })));
+        assert!(matches!(parse(&["status", "--live"]).command, Some(Command::Status { live: true })));
+        assert!(matches!(parse(&["connections", "-c", "h.toml"]).command, Some(Command::Connections)));
+        assert!(matches!(
+            parse(&["restart", "-d", "-g"]).command,
+            Some(Command::Restart(StartCmd { daemon: true, graceful: true, .. }))
+        ));
     }
 
     #[test]
     fn bad_flags_are_refused() {
         assert!(Cli::try_parse_from(["host", "--count", "x"]).is_err());
         assert!(Cli::try_parse_from(["host", "--listen", "nowhere"]).is_err());
-        assert!(parse(&["--count", "2"])
-            .start
-            .service()
-            .unwrap_err()
-            .contains("--plugin"));
-        assert!(parse(&["--plugin", "http", "--count", "0"])
-            .start
-            .service()
-            .is_err());
+        assert!(Cli::try_parse_from(["host", "stop", "--plugin", "http"]).is_err());
+        assert!(parse(&["--count", "2"]).start.service().unwrap_err().contains("--plugin"));
+        assert!(parse(&["--plugin", "http", "--count", "0"]).start.service().is_err());
+    }
+
+    #[test]
+    fn service_flags_are_listed() {
+        assert_eq!(parse(&["--plugin", "http", "-n", "2"]).start.service_flags(), vec!["--plugin", "--count"]);
+        assert!(parse(&[]).start.service_flags().is_empty());
     }
 }

@@ -11,6 +11,8 @@ pub const DEFAULT_MAX_PACKAGE_SIZE: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SEND_BUFFER: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most workers one service may have.
+pub const MAX_COUNT: u32 = 1024;
 /// How long a worker may take from exec to "ready".
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopped worker has before it is killed.
@@ -80,11 +82,8 @@ pub fn validate(service: &Service) -> Result<(), String> {
     if service.count == 0 {
         return Err("--count must be at least 1".into());
     }
-    if service.count > 1024 {
-        return Err(format!(
-            "--count {} is more than 1024 workers",
-            service.count
-        ));
+    if service.count > MAX_COUNT {
+        return Err(format!("--count {} is more than {MAX_COUNT} workers", service.count));
     }
     if service.plugin.is_empty() {
         return Err("--plugin must name a plugin".into());
@@ -128,16 +127,8 @@ mod tests {
     #[test]
     fn validation_refuses_what_cannot_run() {
         assert!(validate(&service()).is_ok());
-        assert!(validate(&Service {
-            count: 0,
-            ..service()
-        })
-        .unwrap_err()
-        .contains("--count"));
-        let bad = Service {
-            plugin_config: "root = ".into(),
-            ..service()
-        };
+        assert!(validate(&Service { count: 0, ..service() }).unwrap_err().contains("--count"));
+        let bad = Service { plugin_config: "root = ".into(), ..service() };
         assert!(validate(&bad).unwrap_err().contains("TOML"));
     }
 }

@@ -1,18 +1,55 @@
-//! The line protocol on the socket pair between the master and each worker.
+//! Line protocols between processes.
 //!
-//! master → worker: `spec <len>\n<len bytes of TOML>` once at start, then `drain <ms>\n` or
-//! `stop\n`. worker → master: `ready\n` once serving, or `error <text>\n` before exiting when it
-//! cannot start. The master closing its end means it is gone: the worker stops.
+//! master ↔ worker, on the socket pair made at spawn: master → worker `spec <len>\n<TOML>` once
+//! at start, then `drain <ms>`, `stop`, `reload-hook`, or `report <id> status|connections`;
+//! worker → master `ready` once serving, `error <text>` before exiting when it cannot start, and
+//! `report <id> <kind> <json>` answering a report request. The master closing its end means it
+//! is gone: the worker stops.
+//!
+//! CLI ↔ master, on the control socket beside the pid file: one request line (`stop`,
+//! `stop graceful`, `reload`, `reload graceful`, `status`, `connections`), one JSON answer line.
 
-use std::io::{self, BufRead};
+use std::io::{self, Read, Write};
+
+/// What a report request asks a worker for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    Status,
+    Connections,
+}
+
+impl ReportKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::Status => "status",
+            ReportKind::Connections => "connections",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "status" => Some(ReportKind::Status),
+            "connections" => Some(ReportKind::Connections),
+            _ => None,
+        }
+    }
+}
 
 /// A message from the master to a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToWorker {
     /// Stop accepting, drain connections, exit within this many milliseconds.
-    Drain { timeout_ms: u64 },
+    Drain {
+        timeout_ms: u64,
+    },
     /// Close everything and exit now.
     Stop,
+    /// The service is not reloadable: call the plugin's reload hook instead of a restart.
+    ReloadHook,
+    Report {
+        id: u64,
+        kind: ReportKind,
+    },
 }
 
 /// A message from a worker to the master.
@@ -20,6 +57,12 @@ pub enum ToWorker {
 pub enum ToMaster {
     Ready,
     Error(String),
+    /// `json` is one line of JSON (see `status`).
+    Report {
+        id: u64,
+        kind: ReportKind,
+        json: String,
+    },
 }
 
 impl ToWorker {
@@ -27,19 +70,23 @@ impl ToWorker {
         match self {
             ToWorker::Drain { timeout_ms } => format!("drain {timeout_ms}\n"),
             ToWorker::Stop => "stop\n".to_string(),
+            ToWorker::ReloadHook => "reload-hook\n".to_string(),
+            ToWorker::Report { id, kind } => format!("report {id} {}\n", kind.as_str()),
         }
     }
 
     pub fn parse(line: &str) -> Option<Self> {
-        let line = line.trim_end();
-        match line.split_once(' ') {
-            Some(("drain", ms)) => ms
-                .parse()
-                .ok()
-                .map(|timeout_ms| ToWorker::Drain { timeout_ms }),
-            None if line == "stop" => Some(ToWorker::Stop),
-            _ => None,
-        }
+        let mut words = line.split_whitespace();
+        let msg = match (words.next()?, words.next(), words.next()) {
+            ("drain", Some(ms), None) => ToWorker::Drain { timeout_ms: ms.parse().ok()? },
+            ("stop", None, None) => ToWorker::Stop,
+            ("reload-hook", None, None) => ToWorker::ReloadHook,
+            ("report", Some(id), Some(kind)) => {
+                ToWorker::Report { id: id.parse().ok()?, kind: ReportKind::parse(kind)? }
+            }
+            _ => return None,
+        };
+        words.next().is_none().then_some(msg)
     }
 }
 
@@ -49,6 +96,7 @@ impl ToMaster {
             ToMaster::Ready => "ready\n".to_string(),
             // One line: the master reads line by line.
             ToMaster::Error(e) => format!("error {}\n", e.replace(['\n', '\r'], " ")),
+            ToMaster::Report { id, kind, json } => format!("report {id} {} {json}\n", kind.as_str()),
         }
     }
 
@@ -57,8 +105,13 @@ impl ToMaster {
         if line == "ready" {
             return Some(ToMaster::Ready);
         }
-        line.strip_prefix("error ")
-            .map(|e| ToMaster::Error(e.to_string()))
+        if let Some(e) = line.strip_prefix("error ") {
+            return Some(ToMaster::Error(e.to_string()));
+        }
+        let rest = line.strip_prefix("report ")?;
+        let (id, rest) = rest.split_once(' ')?;
+        let (kind, json) = rest.split_once(' ')?;
+        Some(ToMaster::Report { id: id.parse().ok()?, kind: ReportKind::parse(kind)?, json: json.to_string() })
     }
 }
 
@@ -68,21 +121,21 @@ pub fn encode_spec(spec_toml: &str) -> Vec<u8> {
     out
 }
 
-/// Reads the spec the master sends first (blocking).
-pub fn read_spec(r: &mut impl BufRead) -> io::Result<String> {
-    let bad = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad spec from master: {what}"),
-        )
-    };
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let len: usize = line
-        .trim_end()
-        .strip_prefix("spec ")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| bad("no header"))?;
+/// Reads the spec the master sends first (blocking), and not a byte more: what follows is read
+/// by the event loop.
+pub fn read_spec(r: &mut impl Read) -> io::Result<String> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad spec from master: {what}"));
+    let mut header = Vec::new();
+    let mut byte = [0u8];
+    while header.len() < 32 {
+        r.read_exact(&mut byte)?;
+        if byte[0] == b'\n' {
+            break;
+        }
+        header.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&header);
+    let len: usize = line.strip_prefix("spec ").and_then(|n| n.parse().ok()).ok_or_else(|| bad("no header"))?;
     if len > 1 << 20 {
         return Err(bad("too long"));
     }
@@ -93,12 +146,77 @@ pub fn read_spec(r: &mut impl BufRead) -> io::Result<String> {
 
 /// Splits complete lines off the front of `buf`, leaving a partial line in place.
 pub fn take_lines(buf: &mut Vec<u8>) -> Vec<String> {
-    let mut lines = Vec::new();
-    while let Some(i) = buf.iter().position(|&b| b == b'\n') {
-        let line: Vec<u8> = buf.drain(..=i).collect();
-        lines.push(String::from_utf8_lossy(&line).into_owned());
-    }
+    let Some(last) = buf.iter().rposition(|&b| b == b'\n') else { return Vec::new() };
+    let lines: Vec<String> =
+        buf[..last].split(|&b| b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+    buf.drain(..=last);
     lines
+}
+
+/// A non-blocking stream carrying lines both ways, with an output buffer: a large answer is
+/// written as the peer reads it, never with a blocking write.
+#[derive(Debug)]
+pub struct LineConn<S> {
+    pub stream: S,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// The peer closed its end (a read returned 0) or the stream failed.
+    pub closed: bool,
+}
+
+impl<S: Read + Write> LineConn<S> {
+    pub fn new(stream: S) -> Self {
+        LineConn { stream, input: Vec::new(), output: Vec::new(), closed: false }
+    }
+
+    /// Reads what is available and returns the complete lines (without their newline).
+    pub fn read_lines(&mut self) -> Vec<String> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.closed = true;
+                    break;
+                }
+                Ok(n) => self.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        take_lines(&mut self.input)
+    }
+
+    /// Queues `bytes` and writes what the peer takes now. Ok(true) when nothing is left queued.
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<bool> {
+        self.output.extend_from_slice(bytes);
+        self.flush()
+    }
+
+    pub fn flush(&mut self) -> io::Result<bool> {
+        let mut written = 0;
+        let result = loop {
+            if written == self.output.len() {
+                break Ok(true);
+            }
+            match self.stream.write(&self.output[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                Err(e) => break Err(e),
+            }
+        };
+        self.output.drain(..written);
+        result
+    }
+
+    pub fn pending(&self) -> bool {
+        !self.output.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -107,37 +225,71 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        for m in [ToWorker::Stop, ToWorker::Drain { timeout_ms: 5000 }] {
+        for m in [
+            ToWorker::Stop,
+            ToWorker::Drain { timeout_ms: 5000 },
+            ToWorker::ReloadHook,
+            ToWorker::Report { id: 7, kind: ReportKind::Connections },
+        ] {
             assert_eq!(ToWorker::parse(&m.encode()), Some(m));
         }
         for m in [
             ToMaster::Ready,
-            ToMaster::Error("plugin: bad\nthing".into()),
+            ToMaster::Error("plugin: bad thing".into()),
+            ToMaster::Report { id: 3, kind: ReportKind::Status, json: r#"{"a": [1, 2]}"#.into() },
         ] {
             let line = m.encode();
             assert_eq!(line.matches('\n').count(), 1);
-            assert!(ToMaster::parse(&line).is_some());
+            assert_eq!(ToMaster::parse(&line), Some(m));
         }
+        assert_eq!(ToMaster::parse(&ToMaster::Error("a\nb".into()).encode()), Some(ToMaster::Error("a b".into())));
         assert_eq!(ToWorker::parse("drain x\n"), None);
+        assert_eq!(ToWorker::parse("stop now\n"), None);
         assert_eq!(ToMaster::parse("what\n"), None);
     }
 
     #[test]
     fn spec_is_length_prefixed() {
         let enc = encode_spec("a = 1\nb = \"x\"\n");
-        let mut r = io::BufReader::new(&enc[..]);
+        let mut with_more = enc.clone();
+        with_more.extend_from_slice(b"stop\n");
+        let mut r = &with_more[..];
         assert_eq!(read_spec(&mut r).unwrap(), "a = 1\nb = \"x\"\n");
-        let mut r = io::BufReader::new(&b"nonsense\n"[..]);
-        assert!(read_spec(&mut r).is_err());
+        assert_eq!(r, b"stop\n", "what follows the spec is left unread");
+        assert!(read_spec(&mut &b"nonsense\n"[..]).is_err());
     }
 
     #[test]
     fn lines_are_split_and_partial_kept() {
         let mut buf = b"ready\nerror x\npart".to_vec();
-        assert_eq!(
-            take_lines(&mut buf),
-            vec!["ready\n".to_string(), "error x\n".to_string()]
-        );
+        assert_eq!(take_lines(&mut buf), vec!["ready".to_string(), "error x".to_string()]);
         assert_eq!(buf, b"part");
+        assert!(take_lines(&mut buf).is_empty());
+    }
+
+    #[test]
+    fn line_conn_queues_what_the_peer_does_not_take() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut a = LineConn::new(a);
+        let mut b = LineConn::new(b);
+        let big = vec![b'x'; 4 << 20];
+        assert!(!a.send(&big).unwrap(), "4 MiB do not fit in a socket buffer");
+        a.send(b"\nhello\n").unwrap();
+        let mut got = Vec::new();
+        for _ in 0..10_000 {
+            got.extend(b.read_lines());
+            if !a.flush().unwrap() {
+                continue;
+            }
+            got.extend(b.read_lines());
+            if got.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].len(), big.len());
+        assert_eq!(got[1], "hello");
     }
 }

@@ -3,31 +3,35 @@
 #![deny(unsafe_code)]
 
 mod cli;
+mod client;
 mod config;
+mod config_file;
 mod ctl;
 mod master;
+mod pidfile;
 mod plugin;
+mod status;
 mod sys;
+mod watcher;
 mod worker;
 
-use std::io::IsTerminal;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::{bail, Context as _};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, LogArgs, LogFormat};
+use crate::cli::{Cli, Command, GlobalArgs, LogFormat, StartCmd};
+use crate::config::Service;
+
+/// Set in the environment of the master once it re-executed itself with its title.
+const TITLED: &str = "HOST_MASTER_TITLED";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
-    let result = match cli.command {
-        None => start(&cli.start),
-        Some(Command::Start(ref args)) => start(args),
-        Some(Command::CheckPlugin { ref path }) => check_plugin(path),
-        Some(Command::Worker) => worker::run(),
-    };
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -36,39 +40,130 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: &cli::StartArgs) -> anyhow::Result<()> {
-    let service = args.service().map_err(anyhow::Error::msg)?;
-    master::run(vec![service], args.plugin_dirs.clone())
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = &cli.global;
+    match cli.command {
+        None => start(global, &StartCmd { daemon: false, graceful: false, args: cli.start }),
+        Some(Command::Start(ref cmd)) => start(global, cmd),
+        Some(Command::Restart(ref cmd)) => {
+            let pid_file = pid_file(global, None)?;
+            if pidfile::read_running(&pid_file).is_ok() {
+                init_logging(global);
+                client::stop(&pid_file, cmd.graceful)?;
+            }
+            start(global, cmd)
+        }
+        Some(Command::Stop { graceful }) => with_logging(global, |g| client::stop(&pid_file(g, None)?, graceful)),
+        Some(Command::Reload { graceful }) => with_logging(global, |g| client::reload(&pid_file(g, None)?, graceful)),
+        Some(Command::Status { live }) => with_logging(global, |g| client::status(&pid_file(g, None)?, live)),
+        Some(Command::Connections) => with_logging(global, |g| client::connections(&pid_file(g, None)?)),
+        Some(Command::CheckPlugin { ref path }) => with_logging(global, |_| check_plugin(path)),
+        Some(Command::Worker) => with_logging(global, |_| worker::run()),
+    }
+}
+
+fn with_logging(global: &GlobalArgs, f: impl FnOnce(&GlobalArgs) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    init_logging(global);
+    f(global)
+}
+
+/// The pid file: --pid-file, else the config file's, else ./host.pid; always absolute.
+fn pid_file(global: &GlobalArgs, from_file: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let from_file = match (from_file, &global.config) {
+        (Some(p), _) => Some(p),
+        (None, Some(path)) => config_file::load(path)?.pid_file,
+        (None, None) => None,
+    };
+    let path = global.pid_file.clone().or(from_file).unwrap_or_else(|| PathBuf::from(pidfile::DEFAULT_PID_FILE));
+    Ok(std::path::absolute(&path).unwrap_or(path))
+}
+
+fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
+    let args = &cmd.args;
+    let (services, file_dirs, file_pid, file_log, title) = match &global.config {
+        Some(path) => {
+            let flags = args.service_flags();
+            if !flags.is_empty() {
+                bail!("{} cannot be used with --config: the file describes the services", flags.join(", "));
+            }
+            let file = config_file::load(path)?;
+            let services: Vec<(Service, bool)> = file.services.into_iter().map(|s| (s.service, s.reloadable)).collect();
+            let name =
+                path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+            (services, file.plugin_dirs, file.pid_file, file.log_file, name)
+        }
+        None => {
+            let service = args.service().map_err(anyhow::Error::msg)?;
+            let title = format!("{} {}", service.plugin, service.listen);
+            (vec![(service, true)], Vec::new(), None, None, title)
+        }
+    };
+    let pid_file = pid_file(global, file_pid)?;
+    if let Ok(pid) = pidfile::read_running(&pid_file) {
+        bail!("host is already running (pid {pid}, pid file {})", pid_file.display());
+    }
+    let dirs = if args.plugin_dirs.is_empty() { file_dirs } else { args.plugin_dirs.clone() };
+    let dirs = if dirs.is_empty() { plugin::default_dirs() } else { dirs };
+    let plugin_dirs: Vec<PathBuf> = dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
+
+    if std::env::var_os(TITLED).is_none() {
+        let e = sys::exec_with_title(&format!("host: master ({title})"), TITLED);
+        eprintln!("warning: could not re-execute with a process title: {e}");
+    }
+    std::env::remove_var(TITLED);
+
+    let mut ready = None;
+    if cmd.daemon {
+        let log_file = args.log_file.clone().or(file_log).unwrap_or_else(|| PathBuf::from("host.log"));
+        let log_file = std::path::absolute(&log_file).unwrap_or(log_file);
+        match sys::daemonize(&log_file)? {
+            sys::Daemonized::Parent(pipe) => return wait_for_daemon(pipe, &pid_file, &log_file),
+            sys::Daemonized::Daemon(pipe) => ready = Some(pipe),
+        }
+    }
+    init_logging(global);
+    let report = ready.as_ref().and_then(|f| f.try_clone().ok());
+    let options = master::Options { plugin_dirs, pid_file, ready };
+    let result = master::run(services, options);
+    if let (Err(e), Some(mut pipe)) = (&result, report) {
+        let _ = writeln!(pipe, "{e:#}");
+    }
+    result
+}
+
+/// In the process the user started with `start -d`: wait for the daemon's word.
+fn wait_for_daemon(mut pipe: std::fs::File, pid_file: &Path, log_file: &Path) -> anyhow::Result<()> {
+    // One line: the daemon keeps its end open while it runs.
+    let mut word = String::new();
+    std::io::BufReader::new(&mut pipe).read_line(&mut word).context("could not hear from the daemon")?;
+    match word.trim() {
+        "ok" => {
+            let pid = std::fs::read_to_string(pid_file).unwrap_or_default();
+            println!("host started (master pid {}, logs in {})", pid.trim(), log_file.display());
+            Ok(())
+        }
+        "" => bail!("the daemon exited before it was ready; see {}", log_file.display()),
+        error => bail!("{}", error.strip_prefix("ok").unwrap_or(error).trim()),
+    }
 }
 
 /// Loads a plugin in this process and prints `name version (ABI n)`.
-fn check_plugin(path: &std::path::Path) -> anyhow::Result<()> {
+fn check_plugin(path: &Path) -> anyhow::Result<()> {
     if !path.is_file() {
-        anyhow::bail!("no plugin file at {}", path.display());
+        bail!("no plugin file at {}", path.display());
     }
     let loaded = plugin::load(path)?;
-    println!(
-        "{} {} (ABI {})",
-        loaded.name,
-        loaded.version,
-        plugin_api::ABI_VERSION
-    );
+    println!("{} {} (ABI {})", loaded.name, loaded.version, plugin_api::ABI_VERSION);
     Ok(())
 }
 
-fn init_logging(args: &LogArgs) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&args.log_level))
-        .unwrap_or_else(|e| {
-            eprintln!(
-                "warning: bad --log-level {:?} ({e}); using info",
-                args.log_level
-            );
+fn init_logging(args: &GlobalArgs) {
+    let filter =
+        EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&args.log_level)).unwrap_or_else(|e| {
+            eprintln!("warning: bad --log-level {:?} ({e}); using info", args.log_level);
             EnvFilter::new("info")
         });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

@@ -12,24 +12,15 @@ pub enum PluginError {
     NotFound { name: String, tried: String },
     #[error("could not load plugin {path}: {reason}")]
     Load { path: PathBuf, reason: String },
-    #[error(
-        "plugin {path} was built for ABI version {found}, this host speaks version {expected}"
-    )]
-    AbiVersion {
-        path: PathBuf,
-        found: u32,
-        expected: u32,
-    },
+    #[error("plugin {path} was built for ABI version {found}, this host speaks version {expected}")]
+    AbiVersion { path: PathBuf, found: u32, expected: u32 },
 }
 
 /// Where plugins are looked up when no `--plugin-dir` is given: `plugins/` in the current
 /// directory, then the directory of the host binary (so a workspace build runs as it is).
 pub fn default_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from("plugins")];
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-    {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
         dirs.push(dir);
     }
     dirs
@@ -47,9 +38,7 @@ pub fn find(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, PluginError> {
     let candidates: Vec<PathBuf> = if name.contains('/') {
         vec![PathBuf::from(name)]
     } else {
-        dirs.iter()
-            .flat_map(|d| file_names(name).map(|f| d.join(f)))
-            .collect()
+        dirs.iter().flat_map(|d| file_names(name).map(|f| d.join(f))).collect()
     };
     for path in candidates {
         if path.is_file() {
@@ -57,10 +46,7 @@ pub fn find(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, PluginError> {
         }
         tried.push(path.display().to_string());
     }
-    Err(PluginError::NotFound {
-        name: name.to_string(),
-        tried: tried.join(", "),
-    })
+    Err(PluginError::NotFound { name: name.to_string(), tried: tried.join(", ") })
 }
 
 /// A plugin loaded in this process.
@@ -73,28 +59,14 @@ pub struct Loaded {
 /// Loads the plugin at `path` and checks its ABI. Never use `RootModule::load_from_file`: it
 /// caches one module per type for the life of the process (DESIGN.md pitfall 3).
 pub fn load(path: &Path) -> Result<Loaded, PluginError> {
-    let load_err = |reason: String| PluginError::Load {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let header =
-        lib_header_from_path(path).map_err(|e| load_err(essential_error(&e.to_string())))?;
-    let module = header
-        .init_root_module::<PluginModRef>()
-        .map_err(|e| load_err(essential_error(&e.to_string())))?;
+    let load_err = |reason: String| PluginError::Load { path: path.to_path_buf(), reason };
+    let header = lib_header_from_path(path).map_err(|e| load_err(essential_error(&e.to_string())))?;
+    let module = header.init_root_module::<PluginModRef>().map_err(|e| load_err(essential_error(&e.to_string())))?;
     let found = module.abi_version();
     if found != ABI_VERSION {
-        return Err(PluginError::AbiVersion {
-            path: path.to_path_buf(),
-            found,
-            expected: ABI_VERSION,
-        });
+        return Err(PluginError::AbiVersion { path: path.to_path_buf(), found, expected: ABI_VERSION });
     }
-    Ok(Loaded {
-        module,
-        name: module.name().to_string(),
-        version: module.version().to_string(),
-    })
+    Ok(Loaded { module, name: module.name().to_string(), version: module.version().to_string() })
 }
 
 /// abi_stable's layout report runs to hundreds of lines. Keep the gist: the last `Error:` block,
@@ -105,12 +77,8 @@ pub fn essential_error(report: &str) -> String {
         Some(i) => &report[i + "Error:".len()..],
         None => report,
     };
-    let lines: Vec<&str> = tail
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("---"))
-        .take(6)
-        .collect();
+    let lines: Vec<&str> =
+        tail.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("---")).take(6).collect();
     let gist = lines.join(" ");
     if gist.is_empty() {
         report.lines().next().unwrap_or("unknown error").to_string()
@@ -131,32 +99,18 @@ mod tests {
         std::fs::create_dir_all(&a).unwrap();
         std::fs::create_dir_all(&b).unwrap();
         std::fs::write(b.join("libweb.so"), b"x").unwrap();
-        assert_eq!(
-            find("web", &[a.clone(), b.clone()]).unwrap(),
-            b.join("libweb.so")
-        );
+        assert_eq!(find("web", &[a.clone(), b.clone()]).unwrap(), b.join("libweb.so"));
         std::fs::write(a.join("web.so"), b"x").unwrap();
-        assert_eq!(
-            find("web", &[a.clone(), b.clone()]).unwrap(),
-            a.join("web.so")
-        );
-        let err = find("nope", &[a.clone(), b.clone()])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("`nope`") && err.contains("a/nope.so") && err.contains("b/libnope.so"),
-            "{err}"
-        );
+        assert_eq!(find("web", &[a.clone(), b.clone()]).unwrap(), a.join("web.so"));
+        let err = find("nope", &[a.clone(), b.clone()]).unwrap_err().to_string();
+        assert!(err.contains("`nope`") && err.contains("a/nope.so") && err.contains("b/libnope.so"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn keeps_the_last_error_block() {
         let report = "Compared <this> to <other>\n--- lots\nError:first\nblah\nError:\n mismatched type\n Expected: u8\n Found: u32\n";
-        assert_eq!(
-            essential_error(report),
-            "mismatched type Expected: u8 Found: u32"
-        );
+        assert_eq!(essential_error(report), "mismatched type Expected: u8 Found: u32");
         assert_eq!(essential_error("plain failure"), "plain failure");
     }
 }

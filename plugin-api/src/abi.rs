@@ -159,8 +159,7 @@ pub trait RawPlugin {
     fn on_worker_reload(&mut self, host: RawHostRef<'_>) -> CallStatus;
     fn on_connect(&mut self, host: RawHostRef<'_>, conn: ConnId) -> CallStatus;
     fn input(&mut self, host: RawHostRef<'_>, conn: ConnId, buf: RSlice<'_, u8>) -> RawFrame;
-    fn on_message(&mut self, host: RawHostRef<'_>, conn: ConnId, msg: RSlice<'_, u8>)
-        -> CallStatus;
+    fn on_message(&mut self, host: RawHostRef<'_>, conn: ConnId, msg: RSlice<'_, u8>) -> CallStatus;
     fn on_close(&mut self, host: RawHostRef<'_>, conn: ConnId) -> CallStatus;
     fn on_error(&mut self, host: RawHostRef<'_>, conn: ConnId, err: ConnError) -> CallStatus;
     fn on_buffer_full(&mut self, host: RawHostRef<'_>, conn: ConnId) -> CallStatus;
@@ -188,8 +187,7 @@ pub struct PluginMod {
     pub version: RStr<'static>,
     /// Builds the worker's plugin instance from the service's config (TOML text, may be empty).
     #[sabi(last_prefix_field)]
-    pub new:
-        extern "C" fn(config: RStr<'_>, info: &RawWorkerInfo<'_>) -> RResult<RawPluginBox, RString>,
+    pub new: extern "C" fn(config: RStr<'_>, info: &RawWorkerInfo<'_>) -> RResult<RawPluginBox, RString>,
 }
 
 impl RootModule for PluginModRef {

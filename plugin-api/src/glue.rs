@@ -11,8 +11,8 @@ use abi_stable::{
 };
 
 use crate::abi::{
-    CallStatus, ConnError, ConnId, PluginMod, PluginModRef, RawFrame, RawHostRef, RawPlugin,
-    RawPluginBox, RawPlugin_TO, RawWorkerInfo, TimerId, ABI_VERSION,
+    CallStatus, ConnError, ConnId, PluginMod, PluginModRef, RawFrame, RawHostRef, RawPlugin, RawPluginBox,
+    RawPlugin_TO, RawWorkerInfo, TimerId, ABI_VERSION,
 };
 use crate::log;
 use crate::sdk::{Host, Protocol, WorkerInfo};
@@ -28,23 +28,14 @@ pub fn root_module<P: Protocol>(name: &'static str, version: &'static str) -> Pl
     .leak_into_prefix()
 }
 
-extern "C" fn new_instance<P: Protocol>(
-    config: RStr<'_>,
-    info: &RawWorkerInfo<'_>,
-) -> RResult<RawPluginBox, RString> {
+extern "C" fn new_instance<P: Protocol>(config: RStr<'_>, info: &RawWorkerInfo<'_>) -> RResult<RawPluginBox, RString> {
     log::install(info.log, info.max_log_level);
     install_panic_hook();
-    let worker = WorkerInfo {
-        service: info.service.to_string(),
-        slot: info.slot,
-        pid: info.pid,
-    };
+    let worker = WorkerInfo { service: info.service.to_string(), slot: info.slot, pid: info.pid };
     match panic::catch_unwind(|| P::new(config.as_str(), &worker)) {
         Ok(Ok(p)) => ROk(RawPlugin_TO::from_value(Glue(p), TD_Opaque)),
         Ok(Err(e)) => RErr(RString::from(e)),
-        Err(_) => RErr(RString::from(
-            "the plugin panicked while starting (see the log)",
-        )),
+        Err(_) => RErr(RString::from("the plugin panicked while starting (see the log)")),
     }
 }
 
@@ -60,15 +51,8 @@ fn install_panic_hook() {
                 .copied()
                 .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("(non-string panic payload)");
-            let at = info
-                .location()
-                .map(|l| format!(" at {}:{}", l.file(), l.line()))
-                .unwrap_or_default();
-            log::emit(
-                crate::abi::LogLevel::Error,
-                "plugin::panic",
-                &format!("plugin panicked{at}: {msg}"),
-            );
+            let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            log::emit(crate::abi::LogLevel::Error, "plugin::panic", &format!("plugin panicked{at}: {msg}"));
         }))
     });
 }
@@ -89,9 +73,7 @@ impl<P: Protocol> RawPlugin for Glue<P> {
         match panic::catch_unwind(AssertUnwindSafe(|| self.0.on_worker_start(&mut host))) {
             Ok(Ok(())) => ROk(()),
             Ok(Err(e)) => RErr(RString::from(e)),
-            Err(_) => RErr(RString::from(
-                "the plugin panicked in its worker-start hook",
-            )),
+            Err(_) => RErr(RString::from("the plugin panicked in its worker-start hook")),
         }
     }
 
@@ -112,20 +94,13 @@ impl<P: Protocol> RawPlugin for Glue<P> {
 
     fn input(&mut self, host: RawHostRef<'_>, conn: ConnId, buf: RSlice<'_, u8>) -> RawFrame {
         let mut host = Host::from_raw(host);
-        match panic::catch_unwind(AssertUnwindSafe(|| {
-            self.0.input(&mut host, conn, buf.as_slice())
-        })) {
+        match panic::catch_unwind(AssertUnwindSafe(|| self.0.input(&mut host, conn, buf.as_slice()))) {
             Ok(frame) => frame.into(),
             Err(_) => RawFrame::Panicked,
         }
     }
 
-    fn on_message(
-        &mut self,
-        host: RawHostRef<'_>,
-        conn: ConnId,
-        msg: RSlice<'_, u8>,
-    ) -> CallStatus {
+    fn on_message(&mut self, host: RawHostRef<'_>, conn: ConnId, msg: RSlice<'_, u8>) -> CallStatus {
         let mut host = Host::from_raw(host);
         guard(|| self.0.on_message(&mut host, conn, msg.as_slice()))
     }

@@ -44,10 +44,7 @@ macro_rules! export_plugin {
     ($protocol:ty) => {
         #[$crate::abi_stable::export_root_module]
         pub fn host_plugin_root_module() -> $crate::abi::PluginModRef {
-            $crate::glue::root_module::<$protocol>(
-                env!("CARGO_CRATE_NAME"),
-                env!("CARGO_PKG_VERSION"),
-            )
+            $crate::glue::root_module::<$protocol>(env!("CARGO_CRATE_NAME"), env!("CARGO_PKG_VERSION"))
         }
     };
 }

@@ -18,10 +18,7 @@ static SINK: OnceLock<(LogFn, LogLevel)> = OnceLock::new();
 /// Installs the forwarder as this plugin's global default (once; later calls are no-ops).
 pub(crate) fn install(log: LogFn, max: LogLevel) {
     if SINK.set((log, max)).is_ok() {
-        let _ =
-            tracing_core::dispatcher::set_global_default(tracing_core::Dispatch::new(Forwarder {
-                max,
-            }));
+        let _ = tracing_core::dispatcher::set_global_default(tracing_core::Dispatch::new(Forwarder { max }));
     }
 }
 

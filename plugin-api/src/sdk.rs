@@ -145,22 +145,10 @@ pub fn raw_sock_addr(addr: Option<SocketAddr>) -> RawSockAddr {
         Some(SocketAddr::V4(a)) => {
             let mut ip = [0u8; 16];
             ip[..4].copy_from_slice(&a.ip().octets());
-            RawSockAddr {
-                family: 4,
-                port: a.port(),
-                ip,
-            }
+            RawSockAddr { family: 4, port: a.port(), ip }
         }
-        Some(SocketAddr::V6(a)) => RawSockAddr {
-            family: 6,
-            port: a.port(),
-            ip: a.ip().octets(),
-        },
-        None => RawSockAddr {
-            family: 0,
-            port: 0,
-            ip: [0; 16],
-        },
+        Some(SocketAddr::V6(a)) => RawSockAddr { family: 6, port: a.port(), ip: a.ip().octets() },
+        None => RawSockAddr { family: 0, port: 0, ip: [0; 16] },
     }
 }
 
@@ -228,10 +216,7 @@ impl<T> ConnMap<T> {
         if i >= self.slots.len() {
             self.slots.resize_with(i + 1, || None);
         }
-        self.slots[i]
-            .replace((conn, value))
-            .filter(|(c, _)| *c == conn)
-            .map(|(_, v)| v)
+        self.slots[i].replace((conn, value)).filter(|(c, _)| *c == conn).map(|(_, v)| v)
     }
 
     pub fn get(&self, conn: ConnId) -> Option<&T> {
@@ -288,11 +273,7 @@ mod tests {
         m.insert(old, "old");
         assert_eq!(m.get(old), Some(&"old"));
         assert_eq!(m.get(new), None);
-        assert_eq!(
-            m.remove(new),
-            None,
-            "a stale id must not remove a newer entry"
-        );
+        assert_eq!(m.remove(new), None, "a stale id must not remove a newer entry");
         m.insert(new, "new");
         assert_eq!(m.get(old), None);
         assert_eq!(m.remove(new), Some("new"));

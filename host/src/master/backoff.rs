@@ -12,9 +12,7 @@ pub const MAX_DELAY: Duration = Duration::from_secs(30);
 pub fn restart_delay(failures: u32) -> Duration {
     match failures {
         0 | 1 => Duration::ZERO,
-        n => FIRST_DELAY
-            .saturating_mul(1u32 << (n - 2).min(16))
-            .min(MAX_DELAY),
+        n => FIRST_DELAY.saturating_mul(1u32 << (n - 2).min(16)).min(MAX_DELAY),
     }
 }
 

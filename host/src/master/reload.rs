@@ -29,11 +29,7 @@ pub enum Outcome {
     Done { replaced: usize },
     /// A replacement failed: the chain stopped there; slots not yet replaced keep their old
     /// workers, those already replaced keep their new ones.
-    Aborted {
-        slot: SlotKey,
-        replaced: usize,
-        reason: String,
-    },
+    Aborted { slot: SlotKey, replaced: usize, reason: String },
 }
 
 /// Who asked for a reload, and how.
@@ -44,6 +40,10 @@ pub struct Request {
     pub reason: String,
     /// Opaque ids of control clients waiting for the outcome.
     pub waiters: Vec<u64>,
+    /// The services to reload (indices).
+    pub services: Vec<usize>,
+    /// Skip services whose plugin file did not change (a watcher event, not a command).
+    pub only_changed: bool,
 }
 
 /// A chain under way.
@@ -58,12 +58,7 @@ pub struct Chain {
 impl Chain {
     /// A chain over `slots`, in order. Call [`Chain::first`] to get its first step.
     pub fn new(slots: Vec<SlotKey>, request: Request) -> Self {
-        Chain {
-            request,
-            pending: slots.into(),
-            current: None,
-            replaced: 0,
-        }
+        Chain { request, pending: slots.into(), current: None, replaced: 0 }
     }
 
     pub fn first(&mut self) -> Step {
@@ -78,9 +73,7 @@ impl Chain {
             }
             None => {
                 self.current = None;
-                Step::Finished(Outcome::Done {
-                    replaced: self.replaced,
-                })
+                Step::Finished(Outcome::Done { replaced: self.replaced })
             }
         }
     }
@@ -101,11 +94,7 @@ impl Chain {
         }
         self.current = None;
         self.pending.clear();
-        Some(Step::Finished(Outcome::Aborted {
-            slot: key,
-            replaced: self.replaced,
-            reason: reason.to_string(),
-        }))
+        Some(Step::Finished(Outcome::Aborted { slot: key, replaced: self.replaced, reason: reason.to_string() }))
     }
 }
 
@@ -130,6 +119,12 @@ impl Reloader {
                 q.graceful &= request.graceful;
                 q.reason = format!("{}; {}", q.reason, request.reason);
                 q.waiters.extend(request.waiters);
+                q.only_changed &= request.only_changed;
+                for s in request.services {
+                    if !q.services.contains(&s) {
+                        q.services.push(s);
+                    }
+                }
             }
             None => self.queued = Some(request),
         }
@@ -151,11 +146,7 @@ mod tests {
     }
 
     fn request(reason: &str, waiter: u64) -> Request {
-        Request {
-            graceful: true,
-            reason: reason.into(),
-            waiters: vec![waiter],
-        }
+        Request { graceful: true, reason: reason.into(), waiters: vec![waiter], services: vec![0], only_changed: true }
     }
 
     #[test]
@@ -164,21 +155,9 @@ mod tests {
         assert_eq!(chain.first(), Step::Start(key(0)));
         // a ready from another slot changes nothing
         assert!(chain.ready(key(1)).is_empty());
-        assert_eq!(
-            chain.ready(key(0)),
-            vec![Step::Retire(key(0)), Step::Start(key(1))]
-        );
-        assert_eq!(
-            chain.ready(key(1)),
-            vec![Step::Retire(key(1)), Step::Start(key(2))]
-        );
-        assert_eq!(
-            chain.ready(key(2)),
-            vec![
-                Step::Retire(key(2)),
-                Step::Finished(Outcome::Done { replaced: 3 })
-            ]
-        );
+        assert_eq!(chain.ready(key(0)), vec![Step::Retire(key(0)), Step::Start(key(1))]);
+        assert_eq!(chain.ready(key(1)), vec![Step::Retire(key(1)), Step::Start(key(2))]);
+        assert_eq!(chain.ready(key(2)), vec![Step::Retire(key(2)), Step::Finished(Outcome::Done { replaced: 3 })]);
     }
 
     #[test]
@@ -186,11 +165,7 @@ mod tests {
         let mut chain = Chain::new(vec![key(0), key(1), key(2)], request("test", 1));
         chain.first();
         chain.ready(key(0));
-        assert_eq!(
-            chain.failed(key(0), "late"),
-            None,
-            "only the current slot can fail"
-        );
+        assert_eq!(chain.failed(key(0), "late"), None, "only the current slot can fail");
         let step = chain.failed(key(1), "plugin refused to start");
         assert_eq!(
             step,
@@ -212,23 +187,24 @@ mod tests {
     #[test]
     fn triggers_during_a_chain_queue_and_merge() {
         let mut r = Reloader::default();
-        let first = r
-            .trigger(request("SIGHUP", 1))
-            .expect("idle: starts at once");
+        let first = r.trigger(request("SIGHUP", 1)).expect("idle: starts at once");
         r.chain = Some(Chain::new(vec![key(0)], first));
         assert!(r.trigger(request("file changed", 2)).is_none());
-        assert!(r
-            .trigger(Request {
-                graceful: false,
-                reason: "SIGUSR1".into(),
-                waiters: vec![3]
-            })
-            .is_none());
+        let plain = Request {
+            graceful: false,
+            reason: "SIGUSR1".into(),
+            waiters: vec![3],
+            services: vec![1, 0],
+            only_changed: false,
+        };
+        assert!(r.trigger(plain).is_none());
         let (done, next) = r.finish();
         assert_eq!(done.unwrap().request.waiters, vec![1]);
         let next = next.expect("queued request runs next");
         assert_eq!(next.waiters, vec![2, 3]);
         assert!(!next.graceful, "a plain reload wins over a graceful one");
+        assert!(!next.only_changed, "a command reloads even an unchanged file");
+        assert_eq!(next.services, vec![0, 1]);
         assert!(r.chain.is_none());
         assert_eq!(r.finish().1, None);
     }

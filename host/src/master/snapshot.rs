@@ -21,11 +21,7 @@ pub enum SnapshotError {
     #[error("{0}")]
     Probe(#[from] SpawnError),
     #[error("plugin {path} calls itself `{found}`, but the service expects `{expected}`")]
-    WrongName {
-        path: PathBuf,
-        found: String,
-        expected: String,
-    },
+    WrongName { path: PathBuf, found: String, expected: String },
 }
 
 /// A checked private copy of a plugin file.
@@ -95,30 +91,14 @@ impl Drop for RuntimeDir {
 
 /// Checks `source`, copies it into `dir` and probes the copy. `expected_name`: the name the
 /// plugin must report (None when the service named it by path).
-pub fn take(
-    source: &Path,
-    dir: &RuntimeDir,
-    expected_name: Option<&str>,
-) -> Result<Snapshot, SnapshotError> {
-    let bytes = fs::read(source).map_err(|e| SnapshotError::Read {
-        path: source.to_path_buf(),
-        source: e,
-    })?;
-    elf_complete(&bytes).map_err(|reason| SnapshotError::NotElf {
-        path: source.to_path_buf(),
-        reason,
-    })?;
+pub fn take(source: &Path, dir: &RuntimeDir, expected_name: Option<&str>) -> Result<Snapshot, SnapshotError> {
+    let bytes = fs::read(source).map_err(|e| SnapshotError::Read { path: source.to_path_buf(), source: e })?;
+    elf_complete(&bytes).map_err(|reason| SnapshotError::NotElf { path: source.to_path_buf(), reason })?;
     let hash = fnv1a(&bytes);
-    let stem = source
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("plugin");
+    let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
     let path = dir.path.join(format!("{stem}-{hash:016x}.so"));
     if !path.exists() {
-        write_new(&path, &bytes).map_err(|e| SnapshotError::Copy {
-            path: source.to_path_buf(),
-            source: e,
-        })?;
+        write_new(&path, &bytes).map_err(|e| SnapshotError::Copy { path: source.to_path_buf(), source: e })?;
     }
     let report = match probe_plugin(&path) {
         Ok(r) => r,
@@ -140,25 +120,14 @@ pub fn take(
             });
         }
     }
-    Ok(Snapshot {
-        path,
-        source: source.to_path_buf(),
-        hash,
-        name,
-        version,
-    })
+    Ok(Snapshot { path, source: source.to_path_buf(), hash, name, version })
 }
 
 /// Writes a new file under a temporary name and renames it into place, so a reader never sees
 /// it half-written. A copy, never a hard link: dlopen matches libraries by inode (pitfall 2).
 fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("so.tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o500)
-        .open(&tmp)?;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o500).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     fs::rename(&tmp, path)
@@ -166,9 +135,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// 64-bit FNV-1a: enough to tell plugin builds apart and to name snapshots.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Checks that `bytes` is an ELF file whose section header table ends inside the file: a file
@@ -184,36 +151,16 @@ pub fn elf_complete(bytes: &[u8]) -> Result<(), String> {
     };
     let u16_at = |o: usize| {
         let b = [bytes[o], bytes[o + 1]];
-        u64::from(if le {
-            u16::from_le_bytes(b)
-        } else {
-            u16::from_be_bytes(b)
-        })
+        u64::from(if le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) })
     };
     let (shoff, shentsize, shnum) = match bytes[4] {
         1 => {
             let b = [bytes[0x20], bytes[0x21], bytes[0x22], bytes[0x23]];
-            (
-                u64::from(if le {
-                    u32::from_le_bytes(b)
-                } else {
-                    u32::from_be_bytes(b)
-                }),
-                u16_at(0x2e),
-                u16_at(0x30),
-            )
+            (u64::from(if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) }), u16_at(0x2e), u16_at(0x30))
         }
         2 => {
             let b: [u8; 8] = bytes[0x28..0x30].try_into().expect("8 bytes");
-            (
-                if le {
-                    u64::from_le_bytes(b)
-                } else {
-                    u64::from_be_bytes(b)
-                },
-                u16_at(0x3a),
-                u16_at(0x3c),
-            )
+            (if le { u64::from_le_bytes(b) } else { u64::from_be_bytes(b) }, u16_at(0x3a), u16_at(0x3c))
         }
         _ => return Err("unknown ELF class".into()),
     };
@@ -223,9 +170,7 @@ pub fn elf_complete(bytes: &[u8]) -> Result<(), String> {
     let end = shoff.saturating_add(shnum.saturating_mul(shentsize));
     let size = bytes.len() as u64;
     if end > size {
-        return Err(format!(
-            "truncated: section headers end at byte {end}, the file has {size}"
-        ));
+        return Err(format!("truncated: section headers end at byte {end}, the file has {size}"));
     }
     Ok(())
 }
@@ -252,10 +197,7 @@ mod tests {
         let err = elf_complete(&elf(1000, 4, 1200)).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
         assert!(elf_complete(&elf(0, 0, 100)).is_err());
-        assert!(
-            elf_complete(b"not an elf file at all, just some text that is long enough......")
-                .is_err()
-        );
+        assert!(elf_complete(b"not an elf file at all, just some text that is long enough......").is_err());
         assert!(elf_complete(b"\x7fELF").is_err());
     }
 
@@ -277,10 +219,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = RuntimeDir::create().unwrap();
         let path = dir.path.clone();
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o700);
         fs::write(path.join("a.so"), b"x").unwrap();
         fs::write(path.join("b.so"), b"x").unwrap();
         dir.remove_unused(&[path.join("a.so").as_path()]);

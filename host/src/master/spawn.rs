@@ -32,30 +32,21 @@ pub struct Spawned {
 }
 
 /// Starts a worker for `spec` on `listener` (one slot's socket, which the master keeps).
-pub fn spawn_worker(
-    spec: &WorkerSpec,
-    plugin_label: &str,
-    listener: &OwnedFd,
-) -> Result<Spawned, SpawnError> {
+pub fn spawn_worker(spec: &WorkerSpec, plugin_label: &str, listener: &OwnedFd) -> Result<Spawned, SpawnError> {
     let exe = std::env::current_exe().map_err(SpawnError::Exe)?;
     let (ours, theirs) = UnixStream::pair().map_err(SpawnError::Spawn)?;
     let mut cmd = Command::new(exe);
-    cmd.arg0(format!(
-        "host: worker {} #{} {}",
-        spec.service, spec.slot, plugin_label
-    ))
-    .arg("worker")
-    .stdin(Stdio::null());
-    let child = sys::spawn_with_fds(&mut cmd, &[listener.as_raw_fd(), theirs.as_raw_fd()])
-        .map_err(SpawnError::Spawn)?;
+    cmd.arg0(format!("host: worker {} #{} {}", spec.service, spec.slot, plugin_label))
+        .arg("worker")
+        .stdin(Stdio::null());
+    let child =
+        sys::spawn_with_fds(&mut cmd, &[listener.as_raw_fd(), theirs.as_raw_fd()]).map_err(SpawnError::Spawn)?;
     // Only the worker may hold this end, or the master would never see it close.
     drop(theirs);
     let pid = Pid::from_raw(child.id() as i32);
     // The master reaps its children itself (waitpid on SIGCHLD); `Child` needs no wait.
     drop(child);
-    (&ours)
-        .write_all(&ctl::encode_spec(&spec.encode()))
-        .map_err(SpawnError::Spec)?;
+    (&ours).write_all(&ctl::encode_spec(&spec.encode())).map_err(SpawnError::Spec)?;
     ours.set_nonblocking(true).map_err(SpawnError::Spec)?;
     Ok(Spawned { pid, control: ours })
 }
@@ -84,27 +75,14 @@ pub fn probe_plugin(path: &Path) -> Result<ProbeReport, SpawnError> {
         return Ok(ProbeReport { summary });
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let reason = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let reason = reason
-        .strip_prefix("error: ")
-        .unwrap_or(&reason)
-        .to_string();
+    let reason = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    let reason = reason.strip_prefix("error: ").unwrap_or(&reason).to_string();
     Err(SpawnError::Probe(match out.status.signal() {
         Some(sig) => format!(
             "loading plugin {} crashed the probe (signal {sig}): the file is damaged or truncated",
             path.display()
         ),
-        None if reason.is_empty() => format!(
-            "plugin {} was refused (exit {:?})",
-            path.display(),
-            out.status.code()
-        ),
+        None if reason.is_empty() => format!("plugin {} was refused (exit {:?})", path.display(), out.status.code()),
         None => reason,
     }))
 }

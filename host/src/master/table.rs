@@ -8,6 +8,7 @@ use nix::unistd::Pid;
 
 use super::reload::SlotKey;
 use super::snapshot::Snapshot;
+use crate::ctl::LineConn;
 
 /// What a worker process is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +33,7 @@ pub struct Worker {
     pub id: usize,
     pub key: SlotKey,
     pub pid: Pid,
-    pub control: UnixStream,
-    pub control_buf: Vec<u8>,
+    pub control: LineConn<UnixStream>,
     pub role: Role,
     pub readiness: Readiness,
     pub snapshot: Rc<Snapshot>,
@@ -69,11 +69,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(slots: Vec<Slot>) -> Self {
-        Table {
-            slots,
-            workers: Vec::new(),
-            next_id: 0,
-        }
+        Table { slots, workers: Vec::new(), next_id: 0 }
     }
 
     pub fn next_id(&mut self, base: usize) -> usize {
@@ -96,16 +92,12 @@ impl Table {
 
     /// Whether the slot has a worker serving or starting to serve it.
     pub fn has_serving(&self, key: SlotKey) -> bool {
-        self.workers
-            .iter()
-            .any(|w| w.key == key && w.role == Role::Serving)
+        self.workers.iter().any(|w| w.key == key && w.role == Role::Serving)
     }
 
     pub fn all_ready(&self) -> bool {
         self.slots.iter().all(|s| {
-            self.workers.iter().any(|w| {
-                w.key == s.key && w.role == Role::Serving && w.readiness == Readiness::Ready
-            })
+            self.workers.iter().any(|w| w.key == s.key && w.role == Role::Serving && w.readiness == Readiness::Ready)
         })
     }
 }

@@ -37,27 +37,15 @@ pub fn listen_reuseport(addr: SocketAddr, count: usize) -> io::Result<(SocketAdd
         socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
         socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
         socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(bound))?;
-        socket::listen(
-            &fd,
-            socket::Backlog::new(LISTEN_BACKLOG).unwrap_or(socket::Backlog::MAXCONN),
-        )?;
+        socket::listen(&fd, socket::Backlog::new(LISTEN_BACKLOG).unwrap_or(socket::Backlog::MAXCONN))?;
         fds.push(fd);
     }
     Ok((bound, fds))
 }
 
 fn new_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
     if addr.is_ipv6() {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
     }
@@ -71,10 +59,7 @@ fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     } else if let Some(v6) = ss.as_sockaddr_in6() {
         Ok(SocketAddr::V6((*v6).into()))
     } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not an IP socket",
-        ))
+        Err(io::Error::new(io::ErrorKind::InvalidData, "not an IP socket"))
     }
 }
 
@@ -97,23 +82,13 @@ pub fn spawn_with_fds(cmd: &mut Command, fds: &[RawFd]) -> io::Result<Child> {
                 return Err(io::Error::from_raw_os_error(nix::libc::EMFILE));
             }
             for (i, &fd) in fds.iter().enumerate() {
-                scratch[i] = cvt(nix::libc::fcntl(
-                    fd,
-                    nix::libc::F_DUPFD_CLOEXEC,
-                    FD_SCRATCH_BASE,
-                ))?;
+                scratch[i] = cvt(nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, FD_SCRATCH_BASE))?;
             }
             for (i, &fd) in scratch[..fds.len()].iter().enumerate() {
                 // dup2 to a different number gives a descriptor without FD_CLOEXEC.
                 cvt(nix::libc::dup2(fd, FIRST_INHERITED_FD + i as RawFd))?;
             }
-            cvt(nix::libc::prctl(
-                nix::libc::PR_SET_PDEATHSIG,
-                nix::libc::SIGKILL as nix::libc::c_ulong,
-                0,
-                0,
-                0,
-            ))?;
+            cvt(nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL as nix::libc::c_ulong, 0, 0, 0))?;
             Ok(())
         });
     }
@@ -144,10 +119,7 @@ pub fn inherited_stream(fd: RawFd) -> io::Result<UnixStream> {
     // SAFETY: as for `inherited_listener`: the descriptor was passed to us at exec and is owned
     // by nothing else; the UnixStream closes it on drop.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    nix::fcntl::fcntl(
-        stream.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )?;
+    nix::fcntl::fcntl(stream.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
     Ok(stream)
 }
 
@@ -160,10 +132,7 @@ fn check_socket(fd: RawFd) -> io::Result<()> {
         )
     })?;
     if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("descriptor {fd} is not a socket"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {fd} is not a socket")));
     }
     Ok(())
 }
@@ -177,10 +146,7 @@ pub fn signal_fd(signals: &[Signal]) -> io::Result<SignalFd> {
         set.add(*s);
     }
     set.thread_block()?;
-    Ok(SignalFd::with_flags(
-        &set,
-        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
-    )?)
+    Ok(SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?)
 }
 
 /// Writes to a closed socket return EPIPE instead of killing the process.
@@ -196,4 +162,62 @@ pub fn set_thread_name(name: &str) {
     if let Ok(c) = std::ffi::CString::new(short) {
         let _ = nix::sys::prctl::set_name(&c);
     }
+}
+
+/// The two ends of `start -d`: the process the user started waits for a word from the daemon.
+pub enum Daemonized {
+    /// The process the user started: read the daemon's `ok` (or its error) from here.
+    Parent(std::fs::File),
+    /// The detached master: write `ok` here once ready (or the error that stopped it).
+    Daemon(std::fs::File),
+}
+
+/// Detaches like a classic Unix daemon: fork, setsid, fork, chdir to `/`, stdin from /dev/null,
+/// stdout and stderr to `log_file`. The umask is left as the user set it. Must be called while
+/// the process has one thread (before logging, the watcher, anything that starts threads).
+pub fn daemonize(log_file: &std::path::Path) -> io::Result<Daemonized> {
+    use nix::unistd::{fork, ForkResult};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(log_file).map_err(|e| {
+            io::Error::new(e.kind(), format!("could not open the log file {}: {e}", log_file.display()))
+        })?;
+    let null = std::fs::File::open("/dev/null")?;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: the caller guarantees this process has a single thread, so the child cannot
+    // inherit a lock held by another thread; both sides go on running ordinary Rust code.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            drop(write);
+            // The intermediate child exits at once: reap it.
+            let _ = nix::sys::wait::waitpid(child, None);
+            return Ok(Daemonized::Parent(std::fs::File::from(read)));
+        }
+        ForkResult::Child => {}
+    }
+    drop(read);
+    nix::unistd::setsid()?;
+    // SAFETY: still a single thread (we are the child of a single-threaded fork).
+    if let ForkResult::Parent { .. } = unsafe { fork() }? {
+        // SAFETY: _exit ends the intermediate process at once, without running exit handlers or
+        // flushing stdio buffers that belong to the original process.
+        unsafe { nix::libc::_exit(0) };
+    }
+    nix::unistd::chdir("/")?;
+    nix::unistd::dup2(null.as_raw_fd(), 0)?;
+    nix::unistd::dup2(log.as_raw_fd(), 1)?;
+    nix::unistd::dup2(log.as_raw_fd(), 2)?;
+    Ok(Daemonized::Daemon(std::fs::File::from(write)))
+}
+
+/// Replaces this process with the host binary run with the same arguments but `title` as its
+/// argv[0], so `ps` shows e.g. `host: master (host.toml)`. `marker` is set in the environment so
+/// the new image knows it is titled. Returns only if exec failed.
+pub fn exec_with_title(title: &str, marker: &str) -> io::Error {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    Command::new(exe).arg0(title).args(std::env::args_os().skip(1)).env(marker, "1").exec()
 }

@@ -16,6 +16,7 @@ use plugin_api::{raw_sock_addr, ConnId, TimerId};
 
 use super::timers::Timers;
 use crate::config::Limits;
+use crate::status::{ConnReport, WorkerReport};
 
 /// Tokens below this are the listener, the control socket and the signal descriptor.
 pub const CONN_TOKEN_BASE: usize = 16;
@@ -106,6 +107,9 @@ pub struct Stats {
     pub send_failures: u64,
     pub plugin_panics: u64,
     pub closed: u64,
+    /// Bytes of connections already closed (live ones count their own).
+    pub closed_bytes_in: u64,
+    pub closed_bytes_out: u64,
 }
 
 pub struct Core {
@@ -152,11 +156,7 @@ impl Core {
 
     /// Connections that still matter to a drain: all but those lingering after their close.
     pub fn open_count(&self) -> usize {
-        self.conns
-            .iter()
-            .flatten()
-            .filter(|c| !matches!(c.state, ConnState::Lingering { .. }))
-            .count()
+        self.conns.iter().flatten().filter(|c| !matches!(c.state, ConnState::Lingering { .. })).count()
     }
 
     pub fn stats_closed(&self) -> u64 {
@@ -175,11 +175,7 @@ impl Core {
         };
         self.generations[index] = self.generations[index].wrapping_add(1);
         let id = ConnId::new(index as u32, self.generations[index]);
-        if let Err(e) = self.registry.register(
-            &mut stream,
-            Token(index + CONN_TOKEN_BASE),
-            Interest::READABLE,
-        ) {
+        if let Err(e) = self.registry.register(&mut stream, Token(index + CONN_TOKEN_BASE), Interest::READABLE) {
             self.free.push(index as u32);
             return Err(e);
         }
@@ -216,6 +212,8 @@ impl Core {
         self.free.push(index as u32);
         self.live -= 1;
         self.stats.closed += 1;
+        self.stats.closed_bytes_in += conn.bytes_in;
+        self.stats.closed_bytes_out += conn.bytes_out;
         Some(conn)
     }
 
@@ -228,14 +226,49 @@ impl Core {
     }
 
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(id.index())?
-            .as_mut()
-            .filter(|c| c.id == id)
+        self.conns.get_mut(id.index())?.as_mut().filter(|c| c.id == id)
     }
 
     pub fn ids(&self) -> Vec<ConnId> {
         self.conns.iter().flatten().map(|c| c.id).collect()
+    }
+
+    pub fn report(&self) -> WorkerReport {
+        let live = self.conns.iter().flatten();
+        WorkerReport {
+            connections: self.open_count() as u64,
+            accepted: self.stats.accepted,
+            messages: self.stats.messages,
+            bytes_in: self.stats.closed_bytes_in + live.clone().map(|c| c.bytes_in).sum::<u64>(),
+            bytes_out: self.stats.closed_bytes_out + live.map(|c| c.bytes_out).sum::<u64>(),
+            send_failures: self.stats.send_failures,
+            plugin_panics: self.stats.plugin_panics,
+            timers: self.timers.len() as u64,
+            draining: self.draining,
+        }
+    }
+
+    pub fn connections(&self) -> Vec<ConnReport> {
+        let addr = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
+        self.conns
+            .iter()
+            .flatten()
+            .map(|c| ConnReport {
+                id: c.id.0,
+                local: addr(c.local),
+                peer: addr(c.peer),
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+                pending_send: c.pending_output() as u64,
+                state: match c.state {
+                    ConnState::Open if c.paused_by_plugin || c.send_buffer_full => "paused",
+                    ConnState::Open => "open",
+                    ConnState::Closing => "closing",
+                    ConnState::Lingering { .. } => "lingering",
+                }
+                .to_string(),
+            })
+            .collect()
     }
 
     pub fn mark_dirty(&mut self, index: usize) {
@@ -256,13 +289,8 @@ impl Core {
             return Ok(());
         }
         c.write_interest = on;
-        let interest = if on {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        self.registry
-            .reregister(&mut c.stream, Token(index + CONN_TOKEN_BASE), interest)
+        let interest = if on { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        self.registry.reregister(&mut c.stream, Token(index + CONN_TOKEN_BASE), interest)
     }
 
     /// Marks the connection for closing once its output is flushed.
@@ -288,8 +316,7 @@ impl Core {
         // into a buffer below the limit is taken whole (a big response is one send).
         if c.pending_output() >= max {
             self.stats.send_failures += 1;
-            self.deferred
-                .push_back((id, Deferred::Error(ConnError::SendFailed)));
+            self.deferred.push_back((id, Deferred::Error(ConnError::SendFailed)));
             return false;
         }
         c.output.extend_from_slice(data);
@@ -344,9 +371,7 @@ impl RawHost for Ctx<'_> {
     }
 
     fn add_timer(&mut self, delay_ms: u64, interval_ms: u64, data: u64) -> TimerId {
-        self.core
-            .timers
-            .add(self.core.now_ms, delay_ms, interval_ms, data)
+        self.core.timers.add(self.core.now_ms, delay_ms, interval_ms, data)
     }
 
     fn del_timer(&mut self, timer: TimerId) -> bool {

@@ -28,10 +28,7 @@ macro_rules! call {
 fn check(core: &mut Core, id: ConnId, status: CallStatus, what: &str) {
     if status == CallStatus::Panicked {
         core.stats.plugin_panics += 1;
-        tracing::error!(
-            conn = id.0,
-            "plugin panicked in {what}; closing the connection"
-        );
+        tracing::error!(conn = id.0, "plugin panicked in {what}; closing the connection");
         if let Some(c) = core.get_mut(id) {
             // What the plugin queued may be half a response: drop it.
             c.output.clear();
@@ -48,6 +45,12 @@ pub fn worker_start(plugin: &mut RawPluginBox, core: &mut Core) -> RResult<(), R
 pub fn worker_stop(plugin: &mut RawPluginBox, core: &mut Core) {
     if call!(plugin, core, on_worker_stop) == CallStatus::Panicked {
         tracing::error!("plugin panicked in its worker-stop hook");
+    }
+}
+
+pub fn worker_reload(plugin: &mut RawPluginBox, core: &mut Core) {
+    if call!(plugin, core, on_worker_reload) == CallStatus::Panicked {
+        tracing::error!("plugin panicked in its worker-reload hook");
     }
 }
 
@@ -72,13 +75,7 @@ pub fn timer(plugin: &mut RawPluginBox, core: &mut Core, timer: TimerId, data: u
 
 /// Reads what the socket has and dispatches complete messages. `hup`: the peer closed or the
 /// socket failed, so read until EOF instead of stopping at the first short read.
-pub fn read(
-    plugin: &mut RawPluginBox,
-    core: &mut Core,
-    scratch: &mut [u8],
-    index: usize,
-    hup: bool,
-) {
+pub fn read(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], index: usize, hup: bool) {
     loop {
         let Some(c) = core.by_index(index) else {
             return;
@@ -198,13 +195,7 @@ fn dispatch(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, buf: &[u8]) 
                     c.expect = None;
                 }
                 core.stats.messages += 1;
-                let status = call!(
-                    plugin,
-                    core,
-                    on_message,
-                    id,
-                    RSlice::from_slice(&rest[..len])
-                );
+                let status = call!(plugin, core, on_message, id, RSlice::from_slice(&rest[..len]));
                 check(core, id, status, "on_message");
                 pos += len;
             }
@@ -217,11 +208,7 @@ fn dispatch(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, buf: &[u8]) 
 }
 
 fn too_large(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, pos: usize) -> usize {
-    tracing::debug!(
-        conn = id.0,
-        max = core.limits.max_package_size,
-        "message over the max package size"
-    );
+    tracing::debug!(conn = id.0, max = core.limits.max_package_size, "message over the max package size");
     let status = call!(plugin, core, on_error, id, ConnError::PackageTooLarge);
     check(core, id, status, "on_error");
     core.close_after_flush(id);
@@ -241,9 +228,7 @@ pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
     for id in core.ids() {
         let Some(c) = core.get(id) else { continue };
         match c.state {
-            ConnState::Lingering { until_ms } if now >= until_ms => {
-                close_now(plugin, core, id.index())
-            }
+            ConnState::Lingering { until_ms } if now >= until_ms => close_now(plugin, core, id.index()),
             ConnState::Open if idle_ms > 0 && now.saturating_sub(c.last_active_ms) >= idle_ms => {
                 tracing::debug!(conn = id.0, "idle timeout");
                 let status = call!(plugin, core, on_error, id, ConnError::Timeout);

@@ -6,7 +6,7 @@ mod core;
 mod dispatch;
 mod timers;
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use plugin_api::abi::{LogLevel, RawPluginBox, RawWorkerInfo};
 
 use self::core::{Core, CONN_TOKEN_BASE};
 use crate::config::WorkerSpec;
-use crate::ctl::{self, ToMaster, ToWorker};
+use crate::ctl::{self, LineConn, ReportKind, ToMaster, ToWorker};
 use crate::{plugin, sys};
 
 const LISTENER: Token = Token(0);
@@ -45,12 +45,9 @@ enum Exit {
 
 /// Entry point of `host worker`.
 pub fn run() -> anyhow::Result<()> {
-    let listener = sys::inherited_listener(sys::FIRST_INHERITED_FD)
-        .context("could not take the listening socket")?;
-    let control = sys::inherited_stream(sys::FIRST_INHERITED_FD + 1)
-        .context("could not take the control socket")?;
-    let spec_text =
-        ctl::read_spec(&mut BufReader::new(&control)).context("could not read the worker spec")?;
+    let listener = sys::inherited_listener(sys::FIRST_INHERITED_FD).context("could not take the listening socket")?;
+    let control = sys::inherited_stream(sys::FIRST_INHERITED_FD + 1).context("could not take the control socket")?;
+    let spec_text = ctl::read_spec(&mut &control).context("could not read the worker spec")?;
     let spec = WorkerSpec::decode(&spec_text).context("could not parse the worker spec")?;
 
     let span = tracing::info_span!("worker", service = %spec.service, slot = spec.slot, pid = std::process::id());
@@ -76,8 +73,7 @@ pub fn run() -> anyhow::Result<()> {
 pub struct Worker {
     poll: Poll,
     listener: TcpListener,
-    control: UnixStream,
-    control_buf: Vec<u8>,
+    control: LineConn<UnixStream>,
     signals: SignalFd,
     plugin: RawPluginBox,
     core: Core,
@@ -92,20 +88,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn start(
-        listener: std::net::TcpListener,
-        control: StdUnixStream,
-        spec: &WorkerSpec,
-    ) -> anyhow::Result<Self> {
+    fn start(listener: std::net::TcpListener, control: StdUnixStream, spec: &WorkerSpec) -> anyhow::Result<Self> {
         sys::ignore_sigpipe()?;
         // SIGTERM/SIGQUIT: drain then exit; SIGINT: stop now. The master normally says so over
         // the control socket; the signals serve someone who signals a worker by hand.
-        let signals = sys::signal_fd(&[
-            Signal::SIGTERM,
-            Signal::SIGQUIT,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-        ])?;
+        let signals = sys::signal_fd(&[Signal::SIGTERM, Signal::SIGQUIT, Signal::SIGINT, Signal::SIGHUP])?;
         let loaded = plugin::load(&spec.plugin_path)?;
         tracing::info!(plugin = %loaded.name, version = %loaded.version, path = %spec.plugin_path.display(), "plugin loaded");
         let info = RawWorkerInfo {
@@ -124,8 +111,7 @@ impl Worker {
         control.set_nonblocking(true)?;
         let mut worker = Worker {
             listener: TcpListener::from_std(listener),
-            control: UnixStream::from_std(control),
-            control_buf: Vec::new(),
+            control: LineConn::new(UnixStream::from_std(control)),
             signals,
             plugin,
             core: Core::new(registry, spec.service.clone(), spec.slot, spec.limits),
@@ -143,15 +129,9 @@ impl Worker {
         }
         let registry = worker.poll.registry();
         registry.register(&mut worker.listener, LISTENER, Interest::READABLE)?;
-        registry.register(&mut worker.control, CONTROL, Interest::READABLE)?;
-        registry.register(
-            &mut SourceFd(&worker.signals.as_raw_fd()),
-            SIGNALS,
-            Interest::READABLE,
-        )?;
-        (&worker.control)
-            .write_all(ToMaster::Ready.encode().as_bytes())
-            .context("could not report ready")?;
+        registry.register(&mut worker.control.stream, CONTROL, Interest::READABLE)?;
+        registry.register(&mut SourceFd(&worker.signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        worker.send_control(&ToMaster::Ready);
         tracing::info!("worker ready");
         Ok(worker)
     }
@@ -202,16 +182,9 @@ impl Worker {
         if self.core.len() > 0 && self.next_sweep_ms.is_none() {
             self.next_sweep_ms = Some(now + SWEEP_INTERVAL_MS);
         }
-        let deadlines = [
-            self.core.timers.next_timeout_ms(now).map(|ms| now + ms),
-            self.next_sweep_ms,
-            self.drain_deadline_ms,
-        ];
-        deadlines
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| Duration::from_millis(d.saturating_sub(now)))
+        let deadlines =
+            [self.core.timers.next_timeout_ms(now).map(|ms| now + ms), self.next_sweep_ms, self.drain_deadline_ms];
+        deadlines.into_iter().flatten().min().map(|d| Duration::from_millis(d.saturating_sub(now)))
     }
 
     fn accept_all(&mut self) {
@@ -241,31 +214,47 @@ impl Worker {
     }
 
     fn read_control(&mut self) {
-        let mut buf = [0u8; 512];
-        loop {
-            match self.control.read(&mut buf) {
-                Ok(0) => {
-                    tracing::warn!("the master is gone; stopping");
-                    self.exit = Some(Exit::MasterGone);
-                    return;
-                }
-                Ok(n) => self.control_buf.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::error!("control socket failed: {e}; stopping");
-                    self.exit = Some(Exit::MasterGone);
-                    return;
-                }
-            }
-        }
-        for line in ctl::take_lines(&mut self.control_buf) {
+        let lines = self.control.read_lines();
+        for line in lines {
             match ToWorker::parse(&line) {
                 Some(ToWorker::Stop) => self.exit = Some(Exit::Stopped),
                 Some(ToWorker::Drain { timeout_ms }) => self.start_drain(timeout_ms),
-                None => tracing::warn!(line = line.trim_end(), "unknown control message"),
+                Some(ToWorker::ReloadHook) => dispatch::worker_reload(&mut self.plugin, &mut self.core),
+                Some(ToWorker::Report { id, kind }) => {
+                    let json = match kind {
+                        ReportKind::Status => serde_json::to_string(&self.core.report()),
+                        ReportKind::Connections => serde_json::to_string(&self.core.connections()),
+                    }
+                    .expect("reports always serialize");
+                    self.send_control(&ToMaster::Report { id, kind, json });
+                }
+                None => tracing::warn!(line, "unknown control message"),
             }
         }
+        if self.control.closed && self.exit.is_none() {
+            tracing::warn!("the master is gone; stopping");
+            self.exit = Some(Exit::MasterGone);
+        }
+        self.flush_control();
+    }
+
+    fn send_control(&mut self, msg: &ToMaster) {
+        self.control.send(msg.encode().as_bytes()).ok();
+        self.flush_control();
+    }
+
+    /// Writes what the master takes now; waits for writability while some is left.
+    fn flush_control(&mut self) {
+        let done = match self.control.flush() {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!("control socket failed: {e}; stopping");
+                self.exit = Some(Exit::MasterGone);
+                return;
+            }
+        };
+        let interest = if done { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+        let _ = self.poll.registry().reregister(&mut self.control.stream, CONTROL, interest);
     }
 
     fn read_signals(&mut self) {
@@ -301,13 +290,7 @@ impl Worker {
         if let Some(c) = self.core.by_index(index) {
             c.readable = true;
         }
-        dispatch::read(
-            &mut self.plugin,
-            &mut self.core,
-            &mut self.scratch,
-            index,
-            hup,
-        );
+        dispatch::read(&mut self.plugin, &mut self.core, &mut self.scratch, index, hup);
     }
 
     fn run_timers(&mut self) {

@@ -27,15 +27,7 @@ impl Timers {
         self.next_id += 1;
         let id = TimerId(self.next_id);
         let deadline_ms = now_ms.saturating_add(delay_ms);
-        self.live.insert(
-            id.0,
-            Timer {
-                id,
-                deadline_ms,
-                interval_ms,
-                data,
-            },
-        );
+        self.live.insert(id.0, Timer { id, deadline_ms, interval_ms, data });
         self.heap.push(Reverse((deadline_ms, id.0)));
         id
     }
@@ -52,9 +44,7 @@ impl Timers {
     pub fn next_timeout_ms(&mut self, now_ms: u64) -> Option<u64> {
         while let Some(Reverse((deadline, id))) = self.heap.peek().copied() {
             match self.live.get(&id) {
-                Some(t) if t.deadline_ms == deadline => {
-                    return Some(deadline.saturating_sub(now_ms))
-                }
+                Some(t) if t.deadline_ms == deadline => return Some(deadline.saturating_sub(now_ms)),
                 _ => {
                     self.heap.pop();
                 }

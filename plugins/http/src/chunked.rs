@@ -141,9 +141,7 @@ impl ChunkScan {
 
 /// Decodes a complete chunked body (as delimited by [`ChunkScan::advance`]) into `out`.
 pub fn decode(body: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
-    ChunkScan::default()
-        .advance(body, u64::MAX, Some(out))?
-        .ok_or(ChunkError::Malformed)
+    ChunkScan::default().advance(body, u64::MAX, Some(out))?.ok_or(ChunkError::Malformed)
 }
 
 fn hex_value(b: u8) -> u8 {
@@ -197,11 +195,7 @@ mod tests {
             if split < BODY.len() {
                 assert_eq!(first, Ok(None), "split at {split}");
             }
-            assert_eq!(
-                scan.advance(BODY, u64::MAX, None),
-                Ok(Some(BODY.len())),
-                "split at {split}"
-            );
+            assert_eq!(scan.advance(BODY, u64::MAX, None), Ok(Some(BODY.len())), "split at {split}");
         }
     }
 
@@ -232,12 +226,7 @@ mod tests {
             b"0x5\r\n",
             b"11111111111111111\r\n",
         ] {
-            assert_eq!(
-                scan_whole(bad),
-                Err(ChunkError::Malformed),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_eq!(scan_whole(bad), Err(ChunkError::Malformed), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
@@ -250,9 +239,6 @@ mod tests {
         assert_eq!(scan.advance(body, 12, None), Err(ChunkError::TooLarge));
         // Refused as soon as the size line announces it, before the data arrives.
         let mut scan = ChunkScan::default();
-        assert_eq!(
-            scan.advance(b"ffffffff\r\n", 1 << 20, None),
-            Err(ChunkError::TooLarge)
-        );
+        assert_eq!(scan.advance(b"ffffffff\r\n", 1 << 20, None), Err(ChunkError::TooLarge));
     }
 }

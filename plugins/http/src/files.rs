@@ -45,8 +45,7 @@ impl Files {
     /// `root` must name an existing directory; a relative one is taken from the worker's working
     /// directory at start.
     pub fn new(root: &str) -> Result<Self, String> {
-        let root =
-            fs::canonicalize(root).map_err(|e| format!("could not open root {root:?}: {e}"))?;
+        let root = fs::canonicalize(root).map_err(|e| format!("could not open root {root:?}: {e}"))?;
         if !root.is_dir() {
             return Err(format!("root {} is not a directory", root.display()));
         }
@@ -80,17 +79,8 @@ impl Files {
         if !meta.is_file() {
             return Lookup::NotFound;
         }
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
-        Lookup::Found(FileInfo {
-            content_type: content_type(&path),
-            len: meta.len(),
-            modified,
-            path,
-        })
+        let modified = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+        Lookup::Found(FileInfo { content_type: content_type(&path), len: meta.len(), modified, path })
     }
 
     /// Canonicalizes `path` and checks that it is still under the root.

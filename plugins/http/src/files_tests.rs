@@ -13,10 +13,7 @@ impl TempDir {
         let dir = std::env::temp_dir().join(format!(
             "host-http-{tag}-{}-{n}-{}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
+            std::time::SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
         ));
         fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -63,10 +60,7 @@ fn serves_files_and_indexes() {
     assert_eq!(index.len, 11);
     assert_eq!(index.content_type, "text/html; charset=utf-8");
     assert!(index.modified > 0);
-    assert_eq!(
-        found(files.lookup(b"/style.css")).content_type,
-        "text/css; charset=utf-8"
-    );
+    assert_eq!(found(files.lookup(b"/style.css")).content_type, "text/css; charset=utf-8");
     assert_eq!(found(files.lookup(b"/sub/a.txt")).len, 1);
     assert_eq!(found(files.lookup(b"/sub")).len, 3);
     assert_eq!(found(files.lookup(b"/sub/")).len, 3);
@@ -104,12 +98,7 @@ fn no_way_out_of_the_root() {
         b"sub/a.txt",
         b"",
     ] {
-        assert_eq!(
-            files.lookup(path),
-            Lookup::BadPath,
-            "{}",
-            String::from_utf8_lossy(path)
-        );
+        assert_eq!(files.lookup(path), Lookup::BadPath, "{}", String::from_utf8_lossy(path));
     }
     assert_eq!(files.lookup(b"/out/secret"), Lookup::Forbidden);
     assert_eq!(files.lookup(b"/leak.txt"), Lookup::Forbidden);

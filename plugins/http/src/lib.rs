@@ -45,19 +45,13 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            root: None,
-            max_header: 64 * 1024,
-            max_body: 1024 * 1024,
-            max_file: 64 * 1024 * 1024,
-        }
+        Config { root: None, max_header: 64 * 1024, max_body: 1024 * 1024, max_file: 64 * 1024 * 1024 }
     }
 }
 
 impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| format!("invalid http config: {e}"))?;
+        let config: Config = toml::from_str(text).map_err(|e| format!("invalid http config: {e}"))?;
         if config.max_header == 0 {
             return Err("invalid http config: max_header must be positive".into());
         }
@@ -99,10 +93,7 @@ impl Protocol for Http {
         let config = Config::parse(config)?;
         let files = config.root.as_deref().map(Files::new).transpose()?;
         Ok(Http {
-            limits: Limits {
-                max_header: config.max_header,
-                max_body: config.max_body,
-            },
+            limits: Limits { max_header: config.max_header, max_body: config.max_body },
             files,
             max_file: config.max_file,
             conns: ConnMap::new(),
@@ -209,13 +200,7 @@ impl Http {
         state.in_flight = false;
         self.date.update(host.now_ms());
         self.out.clear();
-        response::write_error(
-            &mut self.out,
-            status,
-            self.date.get(),
-            Persist::Close,
-            false,
-        );
+        response::write_error(&mut self.out, status, self.date.get(), Persist::Close, false);
         host.close_with(conn, &self.out);
     }
 
@@ -238,9 +223,7 @@ impl Http {
             _ => None,
         };
         match (head.method, lookup) {
-            (Method::Get | Method::Head, Some(Lookup::Found(info))) => {
-                self.file(head, msg, &info, persist)
-            }
+            (Method::Get | Method::Head, Some(Lookup::Found(info))) => self.file(head, msg, &info, persist),
             (Method::Get | Method::Head, None | Some(Lookup::NotFound)) if is_root => {
                 response::begin(&mut self.out, Status::Ok, self.date.get());
                 response::header(&mut self.out, "Content-Type", b"text/plain");
@@ -294,16 +277,9 @@ impl Http {
             );
             return self.error(Status::InternalError, persist, head_only);
         }
-        let since = head
-            .if_modified_since
-            .as_ref()
-            .and_then(|r| response::parse_http_date(&msg[r.clone()]));
+        let since = head.if_modified_since.as_ref().and_then(|r| response::parse_http_date(&msg[r.clone()]));
         let not_modified = since.is_some_and(|since| info.modified <= since);
-        let status = if not_modified {
-            Status::NotModified
-        } else {
-            Status::Ok
-        };
+        let status = if not_modified { Status::NotModified } else { Status::Ok };
         let start = self.out.len();
         response::begin(&mut self.out, status, self.date.get());
         response::header(&mut self.out, "Content-Type", info.content_type.as_bytes());
@@ -336,8 +312,7 @@ const HELLO: &[u8] = b"Hello, World!";
 /// The path of a request target: the query and fragment dropped, and for the absolute form
 /// (`http://host/path`, RFC 9112 §3.2.2) the scheme and authority too.
 pub fn request_path(target: &[u8]) -> &[u8] {
-    let has_prefix =
-        |p: &[u8]| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p);
+    let has_prefix = |p: &[u8]| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p);
     let skip = if target.first() == Some(&b'/') {
         0
     } else if has_prefix(b"http://") {
@@ -350,18 +325,12 @@ pub fn request_path(target: &[u8]) -> &[u8] {
     let mut t = target;
     if skip > 0 {
         let rest = &target[skip..];
-        t = match rest
-            .iter()
-            .position(|&b| b == b'/' || b == b'?' || b == b'#')
-        {
+        t = match rest.iter().position(|&b| b == b'/' || b == b'?' || b == b'#') {
             Some(i) if rest[i] == b'/' => &rest[i..],
             _ => return b"/",
         };
     }
-    let end = t
-        .iter()
-        .position(|&b| b == b'?' || b == b'#')
-        .unwrap_or(t.len());
+    let end = t.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(t.len());
     &t[..end]
 }
 

@@ -65,13 +65,9 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, St
     let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(buf, &mut headers) {
-        Ok(httparse::Status::Partial) if buf.len() > limits.max_header => {
-            Err(Status::HeadersTooLarge)
-        }
+        Ok(httparse::Status::Partial) if buf.len() > limits.max_header => Err(Status::HeadersTooLarge),
         Ok(httparse::Status::Partial) => Ok(None),
-        Ok(httparse::Status::Complete(len)) if len > limits.max_header => {
-            Err(Status::HeadersTooLarge)
-        }
+        Ok(httparse::Status::Complete(len)) if len > limits.max_header => Err(Status::HeadersTooLarge),
         Ok(httparse::Status::Complete(len)) => check_head(buf, &req, len, limits).map(Some),
         Err(httparse::Error::TooManyHeaders) => Err(Status::HeadersTooLarge),
         Err(httparse::Error::Version) => Err(version_error(buf)),
@@ -82,15 +78,9 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, St
 /// httparse refuses every version but 1.0 and 1.1 alike; a well-formed other version
 /// (`HTTP/2.0`, `HTTP/1.2`, `HTTP/3`) is 505, anything else in its place is 400.
 fn version_error(buf: &[u8]) -> Status {
-    let start = buf
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(0);
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(0);
     let line = &buf[start..];
-    let line = &line[..line
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(line.len())];
+    let line = &line[..line.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(line.len())];
     let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
     match version.strip_prefix(b"HTTP/") {
         Some(rest)
@@ -103,12 +93,7 @@ fn version_error(buf: &[u8]) -> Status {
     }
 }
 
-fn check_head(
-    buf: &[u8],
-    req: &httparse::Request<'_, '_>,
-    len: usize,
-    limits: &Limits,
-) -> Result<RequestHead, Status> {
+fn check_head(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, limits: &Limits) -> Result<RequestHead, Status> {
     let bad = Err(Status::BadRequest);
     let method = match req.method.unwrap_or_default() {
         "GET" => Method::Get,
@@ -208,10 +193,7 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
 
 /// The non-empty elements of a comma-separated field value, trimmed.
 fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(|s| s.trim_ascii())
-        .filter(|s| !s.is_empty())
+    value.split(|&b| b == b',').map(|s| s.trim_ascii()).filter(|s| !s.is_empty())
 }
 
 /// Where `part` (a subslice of `buf`) lies in `buf`.
@@ -243,10 +225,7 @@ impl Framer {
     /// Looks at the bytes buffered for the request (`buf` starts at its first byte and only
     /// grows between calls until [`Framer::finish`]).
     pub fn frame(&mut self, buf: &[u8], limits: &Limits) -> Result<Framed, Status> {
-        let need_more = Framed {
-            len: None,
-            send_continue: false,
-        };
+        let need_more = Framed { len: None, send_continue: false };
         if self.head.is_none() {
             // An incomplete head is parsed again only when a line ended since the last look:
             // a head trickling in byte by byte costs one parse per line, not one per byte.
@@ -270,10 +249,8 @@ impl Framer {
         let (len, complete) = match head.body {
             Body::None => (Some(head.len), true),
             Body::Length(n) => {
-                let len = usize::try_from(n)
-                    .ok()
-                    .and_then(|n| n.checked_add(head.len))
-                    .ok_or(Status::ContentTooLarge)?;
+                let len =
+                    usize::try_from(n).ok().and_then(|n| n.checked_add(head.len)).ok_or(Status::ContentTooLarge)?;
                 (Some(len), buf.len() >= len)
             }
             Body::Chunked => {

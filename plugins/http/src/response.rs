@@ -149,11 +149,7 @@ pub struct DateCache {
 impl Default for DateCache {
     fn default() -> Self {
         let secs = unix_now();
-        DateCache {
-            last_ms: None,
-            secs,
-            text: format_http_date(secs),
-        }
+        DateCache { last_ms: None, secs, text: format_http_date(secs) }
     }
 }
 
@@ -177,15 +173,12 @@ impl DateCache {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 const DAYS: [&[u8; 3]; 7] = [b"Sun", b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat"];
-const MONTHS: [&[u8; 3]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
-];
+const MONTHS: [&[u8; 3]; 12] =
+    [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
 
 /// Formats seconds since the Unix epoch as an IMF-fixdate (RFC 9110 §5.6.7).
 pub fn format_http_date(secs: u64) -> [u8; DATE_LEN] {
@@ -226,9 +219,7 @@ pub fn parse_http_date(s: &[u8]) -> Option<u64> {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<u64> {
-        s[r].iter().try_fold(0u64, |acc, &b| {
-            b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
-        })
+        s[r].iter().try_fold(0u64, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0')))
     };
     let day = num(5..7)?;
     let month = MONTHS.iter().position(|m| &s[8..11] == m.as_slice())? as u64 + 1;
@@ -276,18 +267,9 @@ mod tests {
     #[test]
     fn formats_known_dates() {
         assert_eq!(s(&format_http_date(0)), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(
-            s(&format_http_date(784_111_777)),
-            "Sun, 06 Nov 1994 08:49:37 GMT"
-        );
-        assert_eq!(
-            s(&format_http_date(951_782_400)),
-            "Tue, 29 Feb 2000 00:00:00 GMT"
-        );
-        assert_eq!(
-            s(&format_http_date(4_102_444_799)),
-            "Thu, 31 Dec 2099 23:59:59 GMT"
-        );
+        assert_eq!(s(&format_http_date(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(s(&format_http_date(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(s(&format_http_date(4_102_444_799)), "Thu, 31 Dec 2099 23:59:59 GMT");
     }
 
     #[test]
@@ -295,10 +277,7 @@ mod tests {
         for secs in (0..5_000_000_000u64).step_by(7_777_777) {
             assert_eq!(parse_http_date(&format_http_date(secs)), Some(secs));
         }
-        assert_eq!(
-            parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784_111_777)
-        );
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
     }
 
     #[test]
@@ -338,13 +317,7 @@ mod tests {
              Content-Length: 13\r\nConnection: keep-alive\r\n\r\n"
         );
         v.clear();
-        write_error(
-            &mut v,
-            Status::MethodNotAllowed,
-            b"D",
-            Persist::Close,
-            false,
-        );
+        write_error(&mut v, Status::MethodNotAllowed, b"D", Persist::Close, false);
         assert_eq!(
             s(&v),
             "HTTP/1.1 405 Method Not Allowed\r\nServer: host\r\nDate: D\r\nAllow: GET, HEAD\r\n\

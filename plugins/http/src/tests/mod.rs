@@ -74,22 +74,14 @@ struct Client {
     max_package: usize,
 }
 
-fn call<R>(
-    http: &mut Http,
-    fake: &mut FakeHost,
-    f: impl FnOnce(&mut Http, &mut Host<'_>) -> R,
-) -> R {
+fn call<R>(http: &mut Http, fake: &mut FakeHost, f: impl FnOnce(&mut Http, &mut Host<'_>) -> R) -> R {
     let raw: RawHostRef<'_> = RawHost_TO::from_ptr(RMut::new(fake), TD_Opaque);
     f(http, &mut Host::from_raw(raw))
 }
 
 impl Client {
     fn new(config: &str) -> Self {
-        let worker = WorkerInfo {
-            service: "web".into(),
-            slot: 0,
-            pid: 1,
-        };
+        let worker = WorkerInfo { service: "web".into(), slot: 0, pid: 1 };
         let mut c = Client {
             http: Http::new(config, &worker).unwrap(),
             host: FakeHost::default(),
@@ -111,29 +103,21 @@ impl Client {
                 Some(n) => Frame::Complete(n),
                 None => {
                     let buf = &self.buf;
-                    call(&mut self.http, &mut self.host, |h, host| {
-                        h.input(host, conn, buf)
-                    })
+                    call(&mut self.http, &mut self.host, |h, host| h.input(host, conn, buf))
                 }
             };
             match frame {
-                Frame::Complete(n) if n > self.max_package => {
-                    return self.error(ConnError::PackageTooLarge)
-                }
+                Frame::Complete(n) if n > self.max_package => return self.error(ConnError::PackageTooLarge),
                 Frame::Complete(n) if n <= self.buf.len() => {
                     self.pending = None;
                     let msg: Vec<u8> = self.buf.drain(..n).collect();
-                    call(&mut self.http, &mut self.host, |h, host| {
-                        h.on_message(host, conn, &msg)
-                    });
+                    call(&mut self.http, &mut self.host, |h, host| h.on_message(host, conn, &msg));
                 }
                 Frame::Complete(n) => {
                     self.pending = Some(n);
                     break;
                 }
-                Frame::NeedMore if self.buf.len() > self.max_package => {
-                    return self.error(ConnError::PackageTooLarge)
-                }
+                Frame::NeedMore if self.buf.len() > self.max_package => return self.error(ConnError::PackageTooLarge),
                 Frame::NeedMore => break,
                 Frame::Invalid => {
                     self.host.closed = true;
@@ -146,17 +130,13 @@ impl Client {
 
     fn error(&mut self, err: ConnError) -> &mut Self {
         let conn = self.conn;
-        call(&mut self.http, &mut self.host, |h, host| {
-            h.on_error(host, conn, err)
-        });
+        call(&mut self.http, &mut self.host, |h, host| h.on_error(host, conn, err));
         self
     }
 
     fn drain(&mut self) -> &mut Self {
         let conn = self.conn;
-        call(&mut self.http, &mut self.host, |h, host| {
-            h.on_drain(host, conn)
-        });
+        call(&mut self.http, &mut self.host, |h, host| h.on_drain(host, conn));
         self.host.draining = true;
         self
     }

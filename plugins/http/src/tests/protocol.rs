@@ -6,10 +6,7 @@ use super::*;
 fn plaintext_hello() {
     let mut c = Client::new("");
     let r = c.feed(GET).take();
-    assert!(
-        r.starts_with("HTTP/1.1 200 OK\r\nServer: host\r\nDate: "),
-        "{r}"
-    );
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\nServer: host\r\nDate: "), "{r}");
     assert!(response::parse_http_date(header(&r, "Date").unwrap().as_bytes()).is_some());
     assert_eq!(header(&r, "Content-Type"), Some("text/plain"));
     assert_eq!(header(&r, "Content-Length"), Some("13"));
@@ -29,13 +26,8 @@ fn pipelined_requests_are_answered_in_order() {
         batch.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
     }
     let out = c.feed(&batch).take();
-    let statuses: Vec<&str> = out
-        .match_indices("HTTP/1.1 ")
-        .map(|(i, _)| &out[i + 9..i + 12])
-        .collect();
-    let expected: Vec<&str> = (0..16)
-        .map(|i| if i % 2 == 0 { "200" } else { "404" })
-        .collect();
+    let statuses: Vec<&str> = out.match_indices("HTTP/1.1 ").map(|(i, _)| &out[i + 9..i + 12]).collect();
+    let expected: Vec<&str> = (0..16).map(|i| if i % 2 == 0 { "200" } else { "404" }).collect();
     assert_eq!(statuses, expected);
     assert!(!c.host.closed);
 }
@@ -56,13 +48,8 @@ fn a_request_arriving_byte_by_byte() {
 #[test]
 fn echoes_bodies() {
     let mut c = Client::new("");
-    let r = c
-        .feed(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
-        .take();
-    assert_eq!(
-        (header(&r, "Content-Length"), body(&r)),
-        (Some("5"), "hello")
-    );
+    let r = c.feed(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello").take();
+    assert_eq!((header(&r, "Content-Length"), body(&r)), (Some("5"), "hello"));
     let r = c.feed(b"DELETE / HTTP/1.1\r\nHost: a\r\n\r\n").take();
     assert_eq!((header(&r, "Content-Length"), body(&r)), (Some("0"), ""));
     let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -71,10 +58,7 @@ fn echoes_bodies() {
         let mut c = Client::new("");
         c.feed(&chunked[..split]).feed(&chunked[split..]).feed(GET);
         let r = c.take();
-        assert!(
-            r.contains("Content-Length: 13\r\n\r\nHello, World!HTTP/1.1 200"),
-            "split {split}: {r}"
-        );
+        assert!(r.contains("Content-Length: 13\r\n\r\nHello, World!HTTP/1.1 200"), "split {split}: {r}");
     }
 }
 
@@ -94,9 +78,7 @@ fn http_1_0_and_connection_close() {
     assert!(c.host.closed);
 
     let mut c = Client::new("");
-    let r = c
-        .feed(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        .take();
+    let r = c.feed(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").take();
     assert_eq!(header(&r, "Connection"), Some("keep-alive"));
     assert!(r.starts_with("HTTP/1.1 200 OK"));
     assert!(!c.host.closed);
@@ -122,9 +104,7 @@ fn expect_100_continue() {
     assert_eq!(body(&r), "data");
 
     let mut c = Client::new("");
-    c.feed(
-        b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
-    );
+    c.feed(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n");
     c.feed(b"2\r\nab\r\n").feed(b"1\r\nc\r\n");
     assert_eq!(c.take(), "HTTP/1.1 100 Continue\r\n\r\n");
     assert_eq!(body(&c.feed(b"0\r\n\r\n").take()), "abc");
@@ -155,28 +135,20 @@ fn bad_requests_are_refused_and_closed() {
 fn size_limits() {
     // Over the plugin's max_body: refused by the plugin as soon as the head is in.
     let mut c = Client::new("max_body = 4");
-    let r = c
-        .feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
-        .take();
+    let r = c.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").take();
     assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
     // Over the host's max package size: the host reports it, the plugin tells which part.
     let mut c = Client::new("");
     c.max_package = 100;
-    let r = c
-        .feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n")
-        .take();
+    let r = c.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n").take();
     assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
     assert!(c.host.closed);
     let mut c = Client::new("");
     c.max_package = 100;
-    let r = c
-        .feed(format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(200)).as_bytes())
-        .take();
+    let r = c.feed(format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(200)).as_bytes()).take();
     assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
     let mut c = Client::new("max_header = 64");
-    let r = c
-        .feed(format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(100)).as_bytes())
-        .take();
+    let r = c.feed(format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(100)).as_bytes()).take();
     assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
 }
 
@@ -218,11 +190,7 @@ fn config() {
     assert!(Config::parse("max_header = 0").is_err());
     assert!(Config::parse("root = \"\"").is_err());
     assert!(Config::parse("max_body = \"big\"").is_err());
-    let worker = WorkerInfo {
-        service: "web".into(),
-        slot: 0,
-        pid: 1,
-    };
+    let worker = WorkerInfo { service: "web".into(), slot: 0, pid: 1 };
     assert!(Http::new("root = \"/nonexistent/host-http-test\"", &worker).is_err());
     let c = Config::parse("max_body = 10\nmax_header = 100").unwrap();
     assert_eq!((c.max_body, c.max_header, c.root), (10, 100, None));
@@ -255,15 +223,11 @@ fn plaintext_throughput() {
     for _ in 0..rounds {
         let mut rest = &batch[..];
         while !rest.is_empty() {
-            let n = match call(&mut c.http, &mut c.host, |h, host| {
-                h.input(host, conn, rest)
-            }) {
+            let n = match call(&mut c.http, &mut c.host, |h, host| h.input(host, conn, rest)) {
                 Frame::Complete(n) => n,
                 other => panic!("{other:?}"),
             };
-            call(&mut c.http, &mut c.host, |h, host| {
-                h.on_message(host, conn, &rest[..n])
-            });
+            call(&mut c.http, &mut c.host, |h, host| h.on_message(host, conn, &rest[..n]));
             rest = &rest[n..];
         }
         c.host.sent.clear();

@@ -16,14 +16,12 @@ fn static_files() {
     assert_eq!(body(&r), "body{}");
     let modified = header(&r, "Last-Modified").unwrap().to_string();
 
-    let r = get(
-        &mut c,
-        &format!("GET /style.css?v=1 HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: {modified}\r\n\r\n"),
-    );
+    let r = get(&mut c, &format!("GET /style.css?v=1 HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: {modified}\r\n\r\n"));
     assert!(r.starts_with("HTTP/1.1 304 Not Modified"), "{r}");
     assert_eq!(header(&r, "Content-Length"), Some("6"));
     assert!(r.ends_with("\r\n\r\n"));
-    let r = get(&mut c, "GET /style.css HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n");
+    let r =
+        get(&mut c, "GET /style.css HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
 
     let r = get(&mut c, "HEAD /style.css HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -36,16 +34,10 @@ fn static_files() {
     assert_eq!(body(&r), "a");
 
     for (req, code) in [
-        (
-            "POST /style.css HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
-            "405",
-        ),
+        ("POST /style.css HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", "405"),
         ("GET /missing HTTP/1.1\r\nHost: a\r\n\r\n", "404"),
         ("GET /../etc/passwd HTTP/1.1\r\nHost: a\r\n\r\n", "400"),
-        (
-            "GET /%2e%2e/outside/secret HTTP/1.1\r\nHost: a\r\n\r\n",
-            "400",
-        ),
+        ("GET /%2e%2e/outside/secret HTTP/1.1\r\nHost: a\r\n\r\n", "400"),
         ("GET /a/%2F../x HTTP/1.1\r\nHost: a\r\n\r\n", "400"),
         ("GET /out/secret HTTP/1.1\r\nHost: a\r\n\r\n", "403"),
         ("GET /leak.txt HTTP/1.1\r\nHost: a\r\n\r\n", "403"),
@@ -54,24 +46,15 @@ fn static_files() {
         assert!(r.starts_with(&format!("HTTP/1.1 {code} ")), "{req}: {r}");
         assert!(!r.contains("secret\n") && !body(&r).contains("secret"));
     }
-    let r = get(
-        &mut c,
-        "POST /style.css HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
-    );
+    let r = get(&mut c, "POST /style.css HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(header(&r, "Allow"), Some("GET, HEAD"));
     // The echo endpoint stays, and errors on a file path keep the connection.
-    let r = get(
-        &mut c,
-        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
-    );
+    let r = get(&mut c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
     assert_eq!(body(&r), "hi");
     assert!(!c.host.closed);
 
     std::fs::remove_file(root.join("index.html")).unwrap();
-    assert_eq!(
-        body(&get(&mut c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")),
-        "Hello, World!"
-    );
+    assert_eq!(body(&get(&mut c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")), "Hello, World!");
 }
 
 #[test]
@@ -81,8 +64,5 @@ fn file_size_limit() {
     let mut c = Client::new(&config);
     let r = c.feed(b"GET /style.css HTTP/1.1\r\nHost: a\r\n\r\n").take();
     assert!(r.starts_with("HTTP/1.1 500 "), "{r}");
-    assert_eq!(
-        body(&c.feed(b"GET /sub/a.txt HTTP/1.1\r\nHost: a\r\n\r\n").take()),
-        "a"
-    );
+    assert_eq!(body(&c.feed(b"GET /sub/a.txt HTTP/1.1\r\nHost: a\r\n\r\n").take()), "a");
 }

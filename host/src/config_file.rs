@@ -1,0 +1,530 @@
+//! The config file (`host -c host.toml`): parsed and validated here, no syscalls but reading it.
+//!
+//! ```toml
+//! pid_file = "host.pid"            # relative paths are relative to the file's directory
+//! plugin_dirs = ["plugins"]
+//! [[service]]
+//! name = "web"
+//! plugin = "http"
+//! listen = "127.0.0.1:8080"
+//! count = 4
+//! [service.config]                 # handed to the plugin as TOML text
+//! root = "/srv/www"
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::{self, Limits, Service, MAX_COUNT};
+
+/// A whole config file, validated, with every path absolute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileConfig {
+    pub pid_file: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
+    /// Where plugins named by name are looked up, in order.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// At least one, with unique names and unique listen addresses.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One `[[service]]`: what the flags can say ([`Service`]) and what only the file can.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub service: Service,
+    /// Whether a changed plugin file reloads this service's workers.
+    pub reloadable: bool,
+    /// The user the workers switch to.
+    pub user: Option<String>,
+    /// The group the workers switch to.
+    pub group: Option<String>,
+}
+
+/// A 1-based position in the config file (the column counts characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.column)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read config {file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Not TOML, or TOML that does not fit: an unknown or missing key, a value of the wrong type.
+    #[error("could not read config {file}: {}{message}", at_prefix(.at))]
+    Parse { file: String, at: Option<Location>, message: String },
+    /// Well-formed, but describes something that cannot run; `message` names the key.
+    #[error("config {file}: {}{}{message}", at_prefix(.at), service_prefix(.service))]
+    Invalid { file: String, at: Option<Location>, service: Option<String>, message: String },
+}
+
+fn at_prefix(at: &Option<Location>) -> String {
+    at.map(|at| format!("{at}: ")).unwrap_or_default()
+}
+
+fn service_prefix(service: &Option<String>) -> String {
+    service.as_ref().map(|name| format!("service {name:?}: ")).unwrap_or_default()
+}
+
+/// Reads and validates the config file at `path`; relative paths in it are taken from its directory.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let file_label = path.display().to_string();
+    let read_error = |source| ConfigError::Read { file: file_label.clone(), source };
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    let absolute = std::path::absolute(path).map_err(read_error)?;
+    let base_dir = absolute.parent().unwrap_or(Path::new("/"));
+    parse(&text, base_dir, &file_label)
+}
+
+/// Parses and validates config text. `base_dir` (absolute) anchors relative paths; `file_label`
+/// names the file in errors.
+pub fn parse(text: &str, base_dir: &Path, file_label: &str) -> Result<FileConfig, ConfigError> {
+    let ctx = Context { text, file: file_label };
+    let raw: RawFile = toml::from_str(text).map_err(|e| ctx.parse_error(&e))?;
+    raw.validate(&ctx, base_dir)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    pid_file: Option<Spanned<PathBuf>>,
+    log_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    plugin_dirs: Vec<Spanned<PathBuf>>,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    plugin: Spanned<String>,
+    listen: Spanned<SocketAddr>,
+    count: Option<Spanned<u32>>,
+    reloadable: Option<bool>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    max_package_size: Option<Spanned<usize>>,
+    max_send_buffer: Option<Spanned<usize>>,
+    max_connections: Option<Spanned<usize>>,
+    /// Seconds; 0: never.
+    idle_timeout: Option<u64>,
+    config: Option<Spanned<toml::Table>>,
+}
+
+/// The text being parsed and its name, to turn byte offsets into messages.
+struct Context<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Context<'_> {
+    fn locate(&self, offset: usize) -> Location {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Location { line: before.matches('\n').count() + 1, column: before[line_start..].chars().count() + 1 }
+    }
+
+    /// toml's error as one line: its position, the key when toml's message leaves it out, its message.
+    fn parse_error(&self, error: &toml::de::Error) -> ConfigError {
+        let message = match error.message().trim_end() {
+            "" => "invalid TOML".to_string(),
+            message => message.replace('\n', "; "),
+        };
+        let message = match error.span().and_then(|span| key_at(self.text, span.start)) {
+            Some(key) if !message.contains(&format!("`{key}`")) => format!("`{key}`: {message}"),
+            _ => message,
+        };
+        ConfigError::Parse { file: self.file.into(), at: error.span().map(|s| self.locate(s.start)), message }
+    }
+
+    fn invalid(&self, span: Option<Range<usize>>, service: Option<&str>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.into(),
+            at: span.map(|s| self.locate(s.start)),
+            service: service.map(String::from),
+            message,
+        }
+    }
+}
+
+/// The key an error at `offset` is about: the key of a `key = value` whose value starts there, or
+/// the name of a `[table]` or `[[table]]` header that starts there.
+fn key_at(text: &str, offset: usize) -> Option<&str> {
+    let line_start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let (before, from) = (&text[line_start..offset], &text[offset..line_end]);
+    let key = if before.trim().is_empty() && from.starts_with('[') {
+        from.trim_start_matches('[').split(']').next()?.trim()
+    } else {
+        let lhs = before.trim_end().strip_suffix('=')?.trim_end();
+        &lhs[lhs.rfind(|c: char| !(c.is_ascii_alphanumeric() || "_-.".contains(c))).map_or(0, |i| i + 1)..]
+    };
+    Some(key).filter(|key| !key.is_empty())
+}
+
+impl RawFile {
+    fn validate(self, ctx: &Context<'_>, base_dir: &Path) -> Result<FileConfig, ConfigError> {
+        let path = |key: &str, value: Spanned<PathBuf>| {
+            if value.get_ref().as_os_str().is_empty() {
+                return Err(ctx.invalid(Some(value.span()), None, format!("{key} must not be empty")));
+            }
+            Ok(base_dir.join(value.into_inner()))
+        };
+        let pid_file = self.pid_file.map(|p| path("pid_file", p)).transpose()?;
+        let log_file = self.log_file.map(|p| path("log_file", p)).transpose()?;
+        let plugin_dirs = self.plugin_dirs.into_iter().map(|p| path("plugin_dirs", p)).collect::<Result<_, _>>()?;
+        if self.services.is_empty() {
+            return Err(ctx.invalid(None, None, "no [[service]]: the file must describe at least one service".into()));
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut listens: HashMap<SocketAddr, String> = HashMap::new();
+        let mut services = Vec::with_capacity(self.services.len());
+        for raw in self.services {
+            let name = raw.name.get_ref().clone();
+            if let Some(first) = names.insert(name.clone(), raw.name.span().start) {
+                let first = ctx.locate(first).line;
+                let message = format!("name is already used by the service on line {first}");
+                return Err(ctx.invalid(Some(raw.name.span()), Some(&name), message));
+            }
+            let listen = *raw.listen.get_ref();
+            // Port 0: each service gets a port of its own from the system.
+            if let Some(other) = listens.insert(listen, name.clone()).filter(|_| listen.port() != 0) {
+                let message = format!("listen {listen} is already used by service {other:?}");
+                return Err(ctx.invalid(Some(raw.listen.span()), Some(&name), message));
+            }
+            services.push(raw.validate(ctx, base_dir)?);
+        }
+        Ok(FileConfig { pid_file, log_file, plugin_dirs, services })
+    }
+}
+
+impl RawService {
+    fn validate(self, ctx: &Context<'_>, base_dir: &Path) -> Result<ServiceConfig, ConfigError> {
+        let name = self.name.get_ref().as_str();
+        let invalid = |span: Range<usize>, message: String| ctx.invalid(Some(span), Some(name), message);
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(invalid(self.name.span(), "name may only have letters, digits, '_' and '-'".into()));
+        }
+        let plugin = match self.plugin.get_ref().as_str() {
+            "" => return Err(invalid(self.plugin.span(), "plugin must name a plugin or a path to one".into())),
+            path if path.contains('/') => base_dir
+                .join(path)
+                .into_os_string()
+                .into_string()
+                .map_err(|_| invalid(self.plugin.span(), "plugin path is not valid UTF-8".into()))?,
+            plugin_name => plugin_name.to_string(),
+        };
+        let count = match self.count {
+            None => 1,
+            Some(count) if (1..=MAX_COUNT).contains(count.get_ref()) => count.into_inner(),
+            Some(count) => {
+                let message = format!("count must be between 1 and {MAX_COUNT}, not {}", count.get_ref());
+                return Err(invalid(count.span(), message));
+            }
+        };
+        let defaults = Limits::default();
+        let limit = |key: &str, value: Option<Spanned<usize>>, default: usize| match value {
+            None => Ok(default),
+            Some(value) if *value.get_ref() == 0 => Err(invalid(value.span(), format!("{key} must be above 0"))),
+            Some(value) => Ok(value.into_inner()),
+        };
+        let limits = Limits {
+            max_package_size: limit("max_package_size", self.max_package_size, defaults.max_package_size)?,
+            max_send_buffer: limit("max_send_buffer", self.max_send_buffer, defaults.max_send_buffer)?,
+            max_connections: limit("max_connections", self.max_connections, defaults.max_connections)?,
+            idle_timeout_ms: self.idle_timeout.map_or(defaults.idle_timeout_ms, |secs| secs.saturating_mul(1000)),
+        };
+        let account = |key: &str, value: Option<Spanned<String>>| match value {
+            Some(value) if value.get_ref().is_empty() => Err(invalid(value.span(), format!("{key} must not be empty"))),
+            value => Ok(value.map(Spanned::into_inner)),
+        };
+        let user = account("user", self.user)?;
+        let group = account("group", self.group)?;
+        let plugin_config = match &self.config {
+            None => String::new(),
+            Some(table) => toml::to_string(table.get_ref())
+                .map_err(|e| invalid(table.span(), format!("config could not be handed to the plugin: {e}")))?,
+        };
+        let service =
+            Service { name: name.to_string(), plugin, listen: *self.listen.get_ref(), count, plugin_config, limits };
+        // What the flags refuse, the file refuses too (a backstop: the checks above name the keys).
+        config::validate(&service).map_err(|message| ctx.invalid(None, Some(name), message))?;
+        Ok(ServiceConfig { service, reloadable: self.reloadable.unwrap_or(true), user, group })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "/etc/host";
+
+    fn parse_ok(text: &str) -> FileConfig {
+        parse(text, Path::new(BASE), "host.toml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The error's message, checked to be one line naming the file.
+    fn parse_err(text: &str) -> String {
+        let message = parse(text, Path::new(BASE), "host.toml").expect_err("an error expected").to_string();
+        assert!(message.contains("host.toml"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+        message
+    }
+
+    fn with_service(extra: &str) -> String {
+        format!("[[service]]\nname = \"web\"\nplugin = \"http\"\nlisten = \"127.0.0.1:8080\"\n{extra}")
+    }
+
+    #[test]
+    fn a_full_file() {
+        let config = parse_ok(
+            r#"
+pid_file = "host.pid"
+log_file = "/var/log/host.log"
+plugin_dirs = ["plugins", "/usr/lib/host"]
+
+[[service]]
+name = "web"
+plugin = "http"
+listen = "127.0.0.1:8080"
+count = 4
+reloadable = false
+user = "www-data"
+group = "www-data"
+max_package_size = 2048
+max_send_buffer = 4096
+max_connections = 100
+idle_timeout = 30
+[service.config]
+root = "/srv/www"
+"#,
+        );
+        assert_eq!(config.pid_file.as_deref(), Some(Path::new("/etc/host/host.pid")));
+        assert_eq!(config.log_file.as_deref(), Some(Path::new("/var/log/host.log")));
+        assert_eq!(config.plugin_dirs, [PathBuf::from("/etc/host/plugins"), PathBuf::from("/usr/lib/host")]);
+        let expected = ServiceConfig {
+            service: Service {
+                name: "web".into(),
+                plugin: "http".into(),
+                listen: "127.0.0.1:8080".parse().unwrap(),
+                count: 4,
+                plugin_config: "root = \"/srv/www\"\n".into(),
+                limits: Limits {
+                    max_package_size: 2048,
+                    max_send_buffer: 4096,
+                    max_connections: 100,
+                    idle_timeout_ms: 30_000,
+                },
+            },
+            reloadable: false,
+            user: Some("www-data".into()),
+            group: Some("www-data".into()),
+        };
+        assert_eq!(config.services, [expected]);
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let config = parse_ok(&with_service(""));
+        assert_eq!((config.pid_file, config.log_file, config.plugin_dirs.len()), (None, None, 0));
+        let [ServiceConfig { service, reloadable, user, group }] = &config.services[..] else { panic!("one service") };
+        assert_eq!((service.count, *reloadable, user, group), (1, true, &None, &None));
+        assert_eq!(service.limits, Limits::default());
+        assert_eq!(service.plugin_config, "");
+        let never = parse_ok(&with_service("idle_timeout = 0"));
+        assert_eq!(never.services[0].service.limits.idle_timeout_ms, 0);
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_files_directory() {
+        let text = "pid_file = \"run/host.pid\"\nplugin_dirs = [\"../plugins\"]\n\
+                    [[service]]\nname = \"a\"\nplugin = \"./target/libtext.so\"\nlisten = \"127.0.0.1:1\"";
+        let config = parse_ok(text);
+        assert_eq!(config.pid_file.unwrap(), Path::new("/etc/host/run/host.pid"));
+        assert_eq!(config.plugin_dirs, [PathBuf::from("/etc/host/../plugins")]);
+        assert_eq!(config.services[0].service.plugin, "/etc/host/./target/libtext.so");
+        let absolute = parse_ok(&with_service("").replace("\"http\"", "\"/opt/libhttp.so\""));
+        assert_eq!(absolute.services[0].service.plugin, "/opt/libhttp.so");
+    }
+
+    #[test]
+    fn the_plugin_config_round_trips() {
+        let text = with_service(
+            r#"[service.config]
+root = "/srv"
+ports = [1, 2, 3]
+mixed = [{ a = 1 }, { b = "x" }]
+[service.config.tls]
+cert = "c.pem"
+ciphers = ["a", "b"]
+[service.config.tls.deep]
+on = true
+[[service.config.routes]]
+path = "/"
+[[service.config.routes]]
+path = "/api"
+"#,
+        );
+        let passed: toml::Table = parse_ok(&text).services[0].service.plugin_config.parse().unwrap();
+        let written: toml::Table = text.parse().unwrap();
+        assert_eq!(passed, written["service"][0]["config"].as_table().unwrap().clone());
+        assert_eq!(passed["tls"]["deep"]["on"].as_bool(), Some(true));
+        assert_eq!(passed["routes"][1]["path"].as_str(), Some("/api"));
+    }
+
+    #[test]
+    fn two_services_on_two_ports() {
+        let config = parse_ok(
+            r#"
+[[service]]
+name = "web"
+plugin = "http"
+listen = "127.0.0.1:8080"
+count = 2
+[service.config]
+root = "/srv/www"
+
+[[service]]
+name = "chat"
+plugin = "text"
+listen = "[::1]:9000"
+"#,
+        );
+        let summary: Vec<_> = config
+            .services
+            .iter()
+            .map(|s| (s.service.name.as_str(), s.service.plugin.as_str(), s.service.listen.port(), s.service.count))
+            .collect();
+        assert_eq!(summary, [("web", "http", 8080, 2), ("chat", "text", 9000, 1)]);
+        assert_eq!(config.services[1].service.plugin_config, "");
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let message = parse_err(&with_service("cuont = 4"));
+        assert!(message.starts_with("could not read config host.toml: line 5, column 1: "), "{message}");
+        assert!(message.contains("`cuont`"), "{message}");
+        let message = parse_err("pid_flie = \"x\"\n");
+        assert!(message.contains("line 1") && message.contains("`pid_flie`"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_key_is_named() {
+        let message = parse_err("[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\n");
+        assert!(message.contains("line 1") && message.contains("`plugin`"), "{message}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let message = parse_err(&with_service("count = \"four\""));
+        assert!(message.contains("line 5, column 9") && message.contains("`count`"), "{message}");
+        let message = parse_err(&with_service("").replace("127.0.0.1:8080", "nowhere"));
+        assert!(message.contains("line 4, column 10") && message.contains("`listen`"), "{message}");
+        let message = parse_err(&with_service("max_connections = -1"));
+        assert!(message.contains("line 5") && message.contains("`max_connections`"), "{message}");
+    }
+
+    #[test]
+    fn a_syntax_error_has_its_line() {
+        let message = parse_err(&with_service("count = "));
+        assert!(message.starts_with("could not read config host.toml: line 5, column 9: `count`: "), "{message}");
+        let message = parse_err("[service]\nname = \"web\"");
+        assert!(message.contains("line 1, column 1: `service`: "), "{message}");
+        let message = parse_err(&with_service("count = 1\ncount = 2"));
+        assert!(message.contains("line 6") && message.contains("`count`"), "{message}");
+    }
+
+    #[test]
+    fn a_count_out_of_range_is_refused() {
+        for count in [0, 1025] {
+            let message = parse_err(&with_service(&format!("count = {count}")));
+            assert!(message.starts_with("config host.toml: line 5, column 9: service \"web\": count"), "{message}");
+            assert!(message.contains("between 1 and 1024"), "{message}");
+        }
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        for key in ["max_package_size", "max_send_buffer", "max_connections"] {
+            let message = parse_err(&with_service(&format!("\n{key} = 0")));
+            assert!(message.contains("line 6") && message.contains("service \"web\""), "{message}");
+            assert!(message.contains(&format!("{key} must be above 0")), "{message}");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_and_addresses_are_refused() {
+        let twice = format!("{}\n{}", with_service(""), with_service("").replace("8080", "8081"));
+        let message = parse_err(&twice);
+        assert!(message.contains("line 7, column 8: service \"web\": name"), "{message}");
+        assert!(message.contains("already used by the service on line 2"), "{message}");
+        let message = parse_err(&format!("{}\n{}", with_service(""), with_service("").replace("web", "api")));
+        assert!(message.contains("line 9, column 10: service \"api\": listen 127.0.0.1:8080"), "{message}");
+        assert!(message.contains("already used by service \"web\""), "{message}");
+        let any_port = format!("{}\n{}", with_service(""), with_service("").replace("web", "api")).replace("8080", "0");
+        assert_eq!(parse_ok(&any_port).services.len(), 2);
+    }
+
+    #[test]
+    fn a_file_without_a_service_is_refused() {
+        assert_eq!(parse_err(""), "config host.toml: no [[service]]: the file must describe at least one service");
+        assert!(parse_err("pid_file = \"p\"\nservice = []").contains("[[service]]"));
+    }
+
+    #[test]
+    fn a_bad_name_is_refused() {
+        for name in ["", "my web", "wéb", "a/b"] {
+            let message = parse_err(&with_service("").replace("\"web\"", &format!("{name:?}")));
+            assert!(message.contains("line 2, column 8") && message.contains("name may only have"), "{message}");
+        }
+        assert!(parse_ok(&with_service("").replace("\"web\"", "\"Web_2-x\"")).services.len() == 1);
+    }
+
+    #[test]
+    fn empty_strings_are_refused() {
+        let message = parse_err(&with_service("").replace("\"http\"", "\"\""));
+        assert!(message.contains("line 3") && message.contains("plugin must name"), "{message}");
+        let message = parse_err(&format!("log_file = \"\"\n{}", with_service("")));
+        assert!(message.contains("line 1") && message.contains("log_file must not be empty"), "{message}");
+        let message = parse_err(&with_service("user = \"\""));
+        assert!(message.contains("line 5") && message.contains("user must not be empty"), "{message}");
+    }
+
+    #[test]
+    fn load_anchors_paths_at_the_files_directory() {
+        let dir = std::env::temp_dir().join(format!("host-config-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("host.toml");
+        std::fs::write(&file, format!("pid_file = \"host.pid\"\n{}", with_service(""))).unwrap();
+        let config = load(&file);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(config.unwrap().pid_file.unwrap(), dir.join("host.pid"));
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let message = load(Path::new("/nonexistent/host.toml")).unwrap_err().to_string();
+        assert!(message.starts_with("could not read config /nonexistent/host.toml: "), "{message}");
+    }
+}

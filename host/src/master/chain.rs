@@ -1,0 +1,199 @@
+//! Driving the reload chain (`reload::Chain`) with real processes: checking plugin files,
+//! starting replacements, promoting them, retiring the old workers, reporting the outcome.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::reload::{Chain, Outcome, Request, SlotKey, Step};
+use super::table::Role;
+use super::{snapshot, Master, Phase};
+use crate::plugin;
+use crate::status::Answer;
+
+impl Master {
+    /// A reload of every service was asked for (signal, or a command whose client waits).
+    pub(super) fn request_reload(&mut self, graceful: bool, reason: &str, waiter: Option<u64>) {
+        // Services that are not reloadable only hear their plugin's reload hook.
+        for w in &mut self.table.workers {
+            if !self.services[w.key.service].reloadable && w.role == Role::Serving {
+                let _ = w.control.send(crate::ctl::ToWorker::ReloadHook.encode().as_bytes());
+            }
+        }
+        for id in self.table.workers.iter().map(|w| w.id).collect::<Vec<_>>() {
+            self.watch_control_output(id);
+        }
+        let services = (0..self.services.len()).filter(|&i| self.services[i].reloadable).collect();
+        let waiters = waiter.into_iter().collect();
+        self.submit_reload(Request { graceful, reason: reason.to_string(), waiters, services, only_changed: false });
+    }
+
+    /// The watcher reports `path` written: reload the services it is (now) the plugin of.
+    pub(super) fn plugin_file_changed(&mut self, path: &Path) {
+        let mut services = Vec::new();
+        for (i, state) in self.services.iter_mut().enumerate() {
+            let source = match &state.expected_name {
+                // Named: the lookup decides (a new file in an earlier directory takes over).
+                Some(name) => match plugin::find(name, &self.plugin_dirs) {
+                    Ok(found) => found,
+                    Err(_) => continue,
+                },
+                None => state.source.clone(),
+            };
+            if source == path {
+                if source != state.source {
+                    tracing::info!(service = %state.service.name, from = %state.source.display(), to = %source.display(), "plugin file moves");
+                    state.source = source;
+                }
+                services.push(i);
+            }
+        }
+        if services.is_empty() {
+            tracing::debug!(path = %path.display(), "changed file is no service's plugin");
+            return;
+        }
+        let reason = format!("{} changed", path.display());
+        self.submit_reload(Request { graceful: true, reason, waiters: Vec::new(), services, only_changed: true });
+    }
+
+    pub(super) fn submit_reload(&mut self, request: Request) {
+        if self.phase != Phase::Running {
+            let message = "reload refused: the master is still starting or is stopping".to_string();
+            tracing::warn!(reason = %request.reason, "{message}");
+            self.answer_all(&request.waiters, &Answer::Error { message });
+            return;
+        }
+        let reason = request.reason.clone();
+        match self.reloader.trigger(request) {
+            Some(request) => self.start_chain(request),
+            None => tracing::info!(reason, "reload queued: a reload is under way"),
+        }
+    }
+
+    /// Checks the requested services' plugin files again and starts a chain over their slots.
+    pub(super) fn start_chain(&mut self, request: Request) {
+        self.chain_started = Instant::now();
+        self.step_started = Instant::now();
+        let mut reload = Vec::new();
+        for &i in &request.services {
+            let state = &self.services[i];
+            match snapshot::take(&state.source, &self.runtime, state.expected_name.as_deref()) {
+                Ok(snap) => {
+                    let mut slots = self.table.slots.iter().filter(|s| s.key.service == i);
+                    if request.only_changed && slots.all(|s| s.snapshot.hash == snap.hash) {
+                        tracing::info!(service = %state.service.name, hash = %snap.short_hash(), "plugin file unchanged; not reloaded");
+                        continue;
+                    }
+                    self.services[i].candidate = Some(Rc::new(snap));
+                    reload.push(i);
+                }
+                Err(e) => {
+                    tracing::info!(reason = %request.reason, "reload refused");
+                    let slot = SlotKey { service: i, slot: 0 };
+                    self.reloader.chain = Some(Chain::new(Vec::new(), request));
+                    self.apply(Step::Finished(Outcome::Aborted { slot, replaced: 0, reason: e.to_string() }));
+                    return;
+                }
+            }
+        }
+        if reload.is_empty() && request.only_changed {
+            // Nothing changed: no chain, but a queued request may be waiting behind this one.
+            self.reloader.chain = Some(Chain::new(Vec::new(), request));
+            if let (_, Some(next)) = self.reloader.finish() {
+                self.start_chain(next);
+            }
+            return;
+        }
+        tracing::info!(reason = %request.reason, graceful = request.graceful, "reload starting");
+        let keys: Vec<SlotKey> =
+            self.table.slots.iter().map(|s| s.key).filter(|k| reload.contains(&k.service)).collect();
+        let mut chain = Chain::new(keys, request);
+        let step = chain.first();
+        self.reloader.chain = Some(chain);
+        self.apply(step);
+    }
+
+    pub(super) fn apply(&mut self, step: Step) {
+        match step {
+            Step::Start(key) => {
+                self.step_started = Instant::now();
+                if !self.spawn(key, Role::Replacement) {
+                    if let Some(step) =
+                        self.reloader.chain.as_mut().and_then(|c| c.failed(key, "could not start a process"))
+                    {
+                        self.apply(step);
+                    }
+                }
+            }
+            Step::Retire(key) => self.promote(key),
+            Step::Finished(outcome) => self.finish_chain(outcome),
+        }
+    }
+
+    /// The replacement of `key` is ready: it becomes the slot's worker, the old one goes.
+    pub(super) fn promote(&mut self, key: SlotKey) {
+        let graceful = self.reloader.chain.as_ref().is_some_and(|c| c.request.graceful);
+        let Some(new) = self.table.workers.iter_mut().find(|w| w.key == key && w.role == Role::Replacement) else {
+            return;
+        };
+        new.role = Role::Serving;
+        let (new_id, new_pid, new_snap) = (new.id, new.pid.as_raw(), new.snapshot.clone());
+        let old: Vec<(usize, i32, String)> = self
+            .table
+            .workers
+            .iter()
+            .filter(|w| w.key == key && w.role == Role::Serving && w.id != new_id)
+            .map(|w| (w.id, w.pid.as_raw(), w.snapshot.short_hash()))
+            .collect();
+        if let Some(slot) = self.table.slot_mut(key) {
+            slot.snapshot = new_snap.clone();
+            slot.failures = 0;
+        }
+        let service = self.services[key.service].service.name.clone();
+        let old_pids: Vec<i32> = old.iter().map(|o| o.1).collect();
+        let old_hash = old.first().map(|o| o.2.clone()).unwrap_or_else(|| "-".into());
+        tracing::info!(
+            service = %service, slot = key.slot, old_pid = ?old_pids, new_pid, old_hash = %old_hash, new_hash = %new_snap.short_hash(),
+            step_ms = self.step_started.elapsed().as_millis() as u64, "reload step: slot replaced"
+        );
+        for (id, _, _) in old {
+            self.retire(id, graceful);
+        }
+    }
+
+    pub(super) fn finish_chain(&mut self, outcome: Outcome) {
+        let ms = self.chain_started.elapsed().as_millis() as u64;
+        let (summary, answer) = match &outcome {
+            Outcome::Done { replaced } => {
+                tracing::info!(replaced, total_ms = ms, "reload done");
+                let summary = format!("done: {replaced} workers replaced in {ms} ms");
+                (summary.clone(), Answer::Ok { message: format!("reload {summary}") })
+            }
+            Outcome::Aborted { slot, replaced, reason } => {
+                let service = &self.services[slot.service].service.name;
+                tracing::error!(service = %service, slot = slot.slot, replaced, "reload aborted: {reason}; the old workers keep serving");
+                let summary = format!("aborted at {service} #{} ({replaced} replaced before): {reason}", slot.slot);
+                (summary.clone(), Answer::Error { message: format!("reload {summary}; the old workers keep serving") })
+            }
+        };
+        self.last_reload = Some(summary);
+        let waiters = self.reloader.chain.as_ref().map(|c| c.request.waiters.clone()).unwrap_or_default();
+        self.answer_all(&waiters, &answer);
+        for state in &mut self.services {
+            state.candidate = None;
+        }
+        let in_use: Vec<PathBuf> = self
+            .table
+            .slots
+            .iter()
+            .map(|s| s.snapshot.path.clone())
+            .chain(self.table.workers.iter().map(|w| w.snapshot.path.clone()))
+            .collect();
+        let refs: Vec<&Path> = in_use.iter().map(PathBuf::as_path).collect();
+        self.runtime.remove_unused(&refs);
+        let (_, next) = self.reloader.finish();
+        if let Some(next) = next {
+            self.start_chain(next);
+        }
+    }
+}

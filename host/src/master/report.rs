@@ -1,0 +1,185 @@
+//! `status` and `connections`: the master asks every worker for its counters over the control
+//! socket pair and answers once all replied or after 1 s (a worker that did not answer in time
+//! is shown as busy). Each request has its own id, so concurrent requests never mix.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::table::{Readiness, Role};
+use super::Master;
+use crate::ctl::{ReportKind, ToWorker};
+use crate::status::{self, Answer, ConnReport, ConnRow, ExitRow, ServiceRow, Status, WorkerReport, WorkerRow};
+
+/// How long a worker may take to answer a report request before it counts as busy.
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A report request under way.
+pub struct Gather {
+    kind: ReportKind,
+    /// The control client to answer; None: log the result (SIGUSR2, SIGIO).
+    client: Option<u64>,
+    /// Worker ids still to answer.
+    waiting: Vec<usize>,
+    replies: HashMap<usize, String>,
+    pub deadline: Instant,
+}
+
+impl Master {
+    pub(super) fn start_gather(&mut self, kind: ReportKind, client: Option<u64>) {
+        self.next_gather += 1;
+        let id = self.next_gather;
+        let mut waiting = Vec::new();
+        for w in &mut self.table.workers {
+            if w.readiness == Readiness::Ready && !w.control.closed {
+                let _ = w.control.send(ToWorker::Report { id, kind }.encode().as_bytes());
+                waiting.push(w.id);
+            }
+        }
+        for w in self.table.workers.iter().map(|w| w.id).collect::<Vec<_>>() {
+            self.watch_control_output(w);
+        }
+        let gather =
+            Gather { kind, client, waiting, replies: HashMap::new(), deadline: Instant::now() + REPORT_TIMEOUT };
+        self.gathers.insert(id, gather);
+        self.finish_gathers(false);
+    }
+
+    pub(super) fn gather_reply(&mut self, worker: usize, id: u64, json: String) {
+        if let Some(g) = self.gathers.get_mut(&id) {
+            g.waiting.retain(|&w| w != worker);
+            g.replies.insert(worker, json);
+        }
+        self.finish_gathers(false);
+    }
+
+    /// A worker exited: nobody waits for it any more.
+    pub(super) fn gather_forget(&mut self, worker: usize) {
+        for g in self.gathers.values_mut() {
+            g.waiting.retain(|&w| w != worker);
+        }
+    }
+
+    /// Answers every request whose workers all replied (or, with `timed_out`, whose deadline passed).
+    pub(super) fn finish_gathers(&mut self, timed_out: bool) {
+        let now = Instant::now();
+        let done: Vec<u64> = self
+            .gathers
+            .iter()
+            .filter(|(_, g)| g.waiting.is_empty() || (timed_out && g.deadline <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            let Some(g) = self.gathers.remove(&id) else { continue };
+            let answer = match g.kind {
+                ReportKind::Status => Answer::Status(self.compose_status(&g.replies)),
+                ReportKind::Connections => self.compose_connections(&g.replies),
+            };
+            match g.client {
+                Some(client) => self.answer_all(&[client], &answer),
+                None => match &answer {
+                    Answer::Status(s) => tracing::info!("status\n{}", status::render_status(s)),
+                    Answer::Connections { rows, busy } => {
+                        tracing::info!("connections\n{}", status::render_connections(rows, busy))
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    fn compose_status(&self, replies: &HashMap<usize, String>) -> Status {
+        let mut workers: Vec<WorkerRow> = self
+            .table
+            .workers
+            .iter()
+            .map(|w| {
+                let report: Option<WorkerReport> = replies.get(&w.id).and_then(|j| serde_json::from_str(j).ok());
+                let state = match (w.role, w.readiness, &report) {
+                    (Role::Retiring, _, _) => "draining",
+                    (_, Readiness::Starting, _) => "starting",
+                    (_, _, Some(r)) if r.draining => "draining",
+                    (_, _, Some(_)) => "ready",
+                    (_, _, None) => "busy",
+                };
+                let svc = &self.services[w.key.service].service;
+                WorkerRow {
+                    service: svc.name.clone(),
+                    slot: w.key.slot,
+                    pid: w.pid.as_raw(),
+                    rss_kb: rss_kb(w.pid.as_raw()),
+                    listen: svc.listen.to_string(),
+                    plugin: format!("{} {}", w.snapshot.name, w.snapshot.version),
+                    hash: w.snapshot.short_hash(),
+                    state: state.to_string(),
+                    uptime_s: w.uptime().as_secs(),
+                    report,
+                }
+            })
+            .collect();
+        workers.sort_by(|a, b| (&a.service, a.slot, a.pid).cmp(&(&b.service, b.slot, b.pid)));
+        let services = self
+            .services
+            .iter()
+            .map(|s| {
+                let snap =
+                    self.table.slots.iter().find(|x| self.services[x.key.service].service.name == s.service.name);
+                ServiceRow {
+                    name: s.service.name.clone(),
+                    listen: s.service.listen.to_string(),
+                    plugin: snap.map_or_else(
+                        || s.service.plugin.clone(),
+                        |x| format!("{} {}", x.snapshot.name, x.snapshot.version),
+                    ),
+                    count: s.service.count,
+                    reloadable: s.reloadable,
+                }
+            })
+            .collect();
+        let exits = self
+            .exits
+            .iter()
+            .map(|((service, how), count)| ExitRow { service: service.clone(), how: how.clone(), count: *count })
+            .collect();
+        Status {
+            master_pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: self.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            uptime_s: SystemTime::now().duration_since(self.started_at).map_or(0, |d| d.as_secs()),
+            load_avg: std::fs::read_to_string("/proc/loadavg")
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
+            services,
+            workers,
+            exits,
+            last_reload: self.last_reload.clone(),
+        }
+    }
+
+    fn compose_connections(&self, replies: &HashMap<usize, String>) -> Answer {
+        let mut rows = Vec::new();
+        let mut busy = Vec::new();
+        for w in &self.table.workers {
+            let svc = &self.services[w.key.service].service;
+            match replies.get(&w.id).and_then(|j| serde_json::from_str::<Vec<ConnReport>>(j).ok()) {
+                Some(conns) => rows.extend(conns.into_iter().map(|conn| ConnRow {
+                    pid: w.pid.as_raw(),
+                    service: svc.name.clone(),
+                    protocol: w.snapshot.name.clone(),
+                    conn,
+                })),
+                None => busy.push(w.pid.as_raw()),
+            }
+        }
+        Answer::Connections { rows, busy }
+    }
+}
+
+/// Resident memory of a process, from /proc (0 when it is gone).
+fn rss_kb(pid: i32) -> u64 {
+    let pages: u64 = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
+        .unwrap_or(0);
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    pages * page / 1024
+}

@@ -1,0 +1,328 @@
+//! What `host status` and `host connections` show: the data (JSON between the processes) and
+//! its rendering as tables. Pure: no syscalls.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// A worker's own counters, sent to the master on request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub connections: u64,
+    pub accepted: u64,
+    pub messages: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub send_failures: u64,
+    pub plugin_panics: u64,
+    pub timers: u64,
+    pub draining: bool,
+}
+
+/// One connection of a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnReport {
+    pub id: u64,
+    pub local: String,
+    pub peer: String,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub pending_send: u64,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub master_pid: u32,
+    pub version: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    pub uptime_s: u64,
+    pub load_avg: String,
+    pub services: Vec<ServiceRow>,
+    pub workers: Vec<WorkerRow>,
+    pub exits: Vec<ExitRow>,
+    pub last_reload: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    pub name: String,
+    pub listen: String,
+    pub plugin: String,
+    pub count: u32,
+    pub reloadable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRow {
+    pub service: String,
+    pub slot: u32,
+    pub pid: i32,
+    pub rss_kb: u64,
+    pub listen: String,
+    pub plugin: String,
+    pub hash: String,
+    /// starting, ready, draining, or busy (did not answer in time).
+    pub state: String,
+    pub uptime_s: u64,
+    pub report: Option<WorkerReport>,
+}
+
+/// How a service's workers ended, counted (Workerman's `worker_exit_info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRow {
+    pub service: String,
+    pub how: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnRow {
+    pub pid: i32,
+    pub service: String,
+    pub protocol: String,
+    pub conn: ConnReport,
+}
+
+/// The master's answer on the control socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    Ok { message: String },
+    Error { message: String },
+    Status(Status),
+    Connections { rows: Vec<ConnRow>, busy: Vec<i32> },
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
+fn human_duration(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// Lays out rows in columns as wide as their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
+        let parts: Vec<String> = cells.zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &mut header.iter().copied());
+    for row in rows {
+        line(&mut out, &mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "host {}   master pid {}   up {}   load {}",
+        s.version,
+        s.master_pid,
+        human_duration(s.uptime_s),
+        s.load_avg
+    );
+    let _ = writeln!(out, "last reload: {}", s.last_reload.as_deref().unwrap_or("none"));
+    out.push('\n');
+    let services: Vec<Vec<String>> = s
+        .services
+        .iter()
+        .map(|r| {
+            vec![r.name.clone(), r.listen.clone(), r.plugin.clone(), r.count.to_string(), r.reloadable.to_string()]
+        })
+        .collect();
+    out.push_str(&table(&["SERVICE", "LISTEN", "PLUGIN", "WORKERS", "RELOADABLE"], &services));
+    if !s.exits.is_empty() {
+        out.push('\n');
+        let exits: Vec<Vec<String>> =
+            s.exits.iter().map(|e| vec![e.service.clone(), e.how.clone(), e.count.to_string()]).collect();
+        out.push_str(&table(&["SERVICE", "WORKER EXITS", "COUNT"], &exits));
+    }
+    out.push('\n');
+    let workers: Vec<Vec<String>> = s
+        .workers
+        .iter()
+        .map(|w| {
+            let r = w.report.clone().unwrap_or_default();
+            let known = |v: u64| if w.report.is_some() { v.to_string() } else { "-".into() };
+            vec![
+                w.service.clone(),
+                format!("#{}", w.slot),
+                w.pid.to_string(),
+                human_bytes(w.rss_kb * 1024),
+                w.listen.clone(),
+                w.plugin.clone(),
+                w.hash.clone(),
+                known(r.connections),
+                known(r.messages),
+                if w.report.is_some() { human_bytes(r.bytes_in) } else { "-".into() },
+                if w.report.is_some() { human_bytes(r.bytes_out) } else { "-".into() },
+                known(r.send_failures),
+                known(r.timers),
+                human_duration(w.uptime_s),
+                w.state.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "SERVICE",
+            "SLOT",
+            "PID",
+            "MEMORY",
+            "LISTEN",
+            "PLUGIN",
+            "HASH",
+            "CONNS",
+            "MESSAGES",
+            "IN",
+            "OUT",
+            "SEND_FAIL",
+            "TIMERS",
+            "UP",
+            "STATE",
+        ],
+        &workers,
+    ));
+    out
+}
+
+pub fn render_connections(rows: &[ConnRow], busy: &[i32]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.pid.to_string(),
+                r.service.clone(),
+                r.conn.id.to_string(),
+                r.protocol.clone(),
+                r.conn.local.clone(),
+                r.conn.peer.clone(),
+                human_bytes(r.conn.bytes_in),
+                human_bytes(r.conn.bytes_out),
+                human_bytes(r.conn.pending_send),
+                r.conn.state.clone(),
+            ]
+        })
+        .collect();
+    let mut out =
+        table(&["PID", "SERVICE", "ID", "PROTOCOL", "LOCAL", "REMOTE", "RECV", "SENT", "PENDING", "STATE"], &cells);
+    let _ = writeln!(out, "{} connections", rows.len());
+    if !busy.is_empty() {
+        let _ = writeln!(out, "busy workers (no answer within 1 s): {busy:?}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Status {
+        Status {
+            master_pid: 10,
+            version: "0.1.0".into(),
+            started_at: 0,
+            uptime_s: 3725,
+            load_avg: "0.10 0.20 0.30".into(),
+            services: vec![ServiceRow {
+                name: "web".into(),
+                listen: "127.0.0.1:8080".into(),
+                plugin: "http 0.1.0".into(),
+                count: 2,
+                reloadable: true,
+            }],
+            workers: vec![
+                WorkerRow {
+                    service: "web".into(),
+                    slot: 0,
+                    pid: 11,
+                    rss_kb: 2048,
+                    listen: "127.0.0.1:8080".into(),
+                    plugin: "http 0.1.0".into(),
+                    hash: "abcdef012345".into(),
+                    state: "ready".into(),
+                    uptime_s: 5,
+                    report: Some(WorkerReport {
+                        connections: 3,
+                        messages: 1500,
+                        bytes_in: 3 << 20,
+                        ..Default::default()
+                    }),
+                },
+                WorkerRow {
+                    service: "web".into(),
+                    slot: 1,
+                    pid: 12,
+                    rss_kb: 2048,
+                    listen: "127.0.0.1:8080".into(),
+                    plugin: "http 0.1.0".into(),
+                    hash: "abcdef012345".into(),
+                    state: "busy".into(),
+                    uptime_s: 5,
+                    report: None,
+                },
+            ],
+            exits: vec![ExitRow { service: "web".into(), how: "signal SIGKILL".into(), count: 2 }],
+            last_reload: Some("done: 2 workers replaced in 40 ms".into()),
+        }
+    }
+
+    #[test]
+    fn status_table_has_a_row_per_worker() {
+        let text = render_status(&status());
+        assert!(text.contains("master pid 10"), "{text}");
+        assert!(text.contains("up 1h2m"), "{text}");
+        assert!(text.contains("signal SIGKILL  2"), "{text}");
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("web ") && l.contains('#')).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(rows[0].contains("1500") && rows[0].contains("3.0M") && rows[0].ends_with("ready"), "{}", rows[0]);
+        assert!(rows[1].ends_with("busy") && rows[1].contains(" - "), "{}", rows[1]);
+    }
+
+    #[test]
+    fn answers_round_trip_as_json() {
+        let a = Answer::Status(status());
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(!json.contains('\n'));
+        assert_eq!(serde_json::from_str::<Answer>(&json).unwrap(), a);
+        let e = Answer::Error { message: "no".into() };
+        assert_eq!(serde_json::from_str::<Answer>(&serde_json::to_string(&e).unwrap()).unwrap(), e);
+    }
+
+    #[test]
+    fn sizes_and_durations_read_well() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(1536), "1.5K");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(90000), "1d1h");
+    }
+}
