@@ -65,6 +65,11 @@ pub struct WorkerSpec {
     pub plugin_path: PathBuf,
     pub plugin_config: String,
     pub limits: Limits,
+    /// The user and group the worker switches to before it loads its plugin (master runs as root).
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 impl WorkerSpec {
@@ -120,6 +125,8 @@ mod tests {
             plugin_path: "/tmp/x/libhttp.so".into(),
             plugin_config: "root = \"/srv\"\n[nested]\na = 1\n".into(),
             limits: Limits::default(),
+            user: Some("www-data".into()),
+            group: None,
         };
         assert_eq!(WorkerSpec::decode(&spec.encode()).unwrap(), spec);
     }

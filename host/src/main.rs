@@ -24,7 +24,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, GlobalArgs, LogFormat, StartCmd};
-use crate::config::Service;
+use crate::config_file::ServiceConfig;
 
 /// Set in the environment of the master once it re-executed itself with its title.
 const TITLED: &str = "HOST_MASTER_TITLED";
@@ -87,7 +87,7 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
                 bail!("{} cannot be used with --config: the file describes the services", flags.join(", "));
             }
             let file = config_file::load(path)?;
-            let services: Vec<(Service, bool)> = file.services.into_iter().map(|s| (s.service, s.reloadable)).collect();
+            let services = file.services;
             let name =
                 path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
             (services, file.plugin_dirs, file.pid_file, file.log_file, name)
@@ -95,7 +95,7 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
         None => {
             let service = args.service().map_err(anyhow::Error::msg)?;
             let title = format!("{} {}", service.plugin, service.listen);
-            (vec![(service, true)], Vec::new(), None, None, title)
+            (vec![ServiceConfig { service, reloadable: true, user: None, group: None }], Vec::new(), None, None, title)
         }
     };
     let pid_file = pid_file(global, file_pid)?;

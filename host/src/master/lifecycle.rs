@@ -32,6 +32,8 @@ impl Master {
             plugin_path: snap.path.clone(),
             plugin_config: state.service.plugin_config.clone(),
             limits: state.service.limits,
+            user: state.user.clone(),
+            group: state.group.clone(),
         };
         let label = format!("{} {}", snap.name, snap.version);
         match spawn::spawn_worker(&spec, &label, &state.sockets[key.slot as usize]) {

@@ -35,6 +35,7 @@ use self::report::Gather;
 use self::snapshot::{RuntimeDir, Snapshot};
 use self::table::{Role, Slot, Table};
 use crate::config::Service;
+use crate::config_file::ServiceConfig;
 use crate::ctl::{ReportKind, ToMaster};
 use crate::pidfile::{self, PidFile};
 use crate::status::Answer;
@@ -65,6 +66,8 @@ struct ServiceState {
     /// The name the plugin must report (None when the service names it by path).
     expected_name: Option<String>,
     reloadable: bool,
+    user: Option<String>,
+    group: Option<String>,
     /// One SO_REUSEPORT socket per slot, held for the master's whole life.
     sockets: Vec<OwnedFd>,
     /// The snapshot a reload chain under way is moving this service to.
@@ -108,7 +111,7 @@ pub struct Master {
 }
 
 /// Runs the master until it is stopped.
-pub fn run(services: Vec<(Service, bool)>, options: Options) -> anyhow::Result<()> {
+pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()> {
     let plugin_dirs: Vec<PathBuf> =
         if options.plugin_dirs.is_empty() { plugin::default_dirs() } else { options.plugin_dirs };
     let plugin_dirs: Vec<PathBuf> = plugin_dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
@@ -116,7 +119,9 @@ pub fn run(services: Vec<(Service, bool)>, options: Options) -> anyhow::Result<(
     let runtime = RuntimeDir::create().context("could not create the runtime directory")?;
     let mut states = Vec::new();
     let mut slots = Vec::new();
-    for (index, (service, reloadable)) in services.into_iter().enumerate() {
+    for (index, ServiceConfig { service, reloadable, user, group }) in services.into_iter().enumerate() {
+        sys::check_identity(user.as_deref(), group.as_deref())
+            .with_context(|| format!("service {} cannot run as the configured user/group", service.name))?;
         let source = plugin::find(&service.plugin, &plugin_dirs)?;
         let expected_name = (!service.plugin.contains('/')).then(|| service.plugin.clone());
         let snap = Rc::new(snapshot::take(&source, &runtime, expected_name.as_deref())?);
@@ -131,7 +136,7 @@ pub fn run(services: Vec<(Service, bool)>, options: Options) -> anyhow::Result<(
             restart_at: None,
         }));
         let service = Service { listen: bound, ..service };
-        states.push(ServiceState { service, source, expected_name, reloadable, sockets, candidate: None });
+        states.push(ServiceState { service, source, expected_name, reloadable, user, group, sockets, candidate: None });
     }
     let mut master = Master::new(states, slots, runtime, plugin_dirs, pid_file, options.ready)?;
     master.run_loop()

@@ -60,7 +60,9 @@ impl RuntimeDir {
             // A previous master with our pid (pids are reused) left it behind.
             fs::remove_dir_all(&path)?;
         }
-        fs::DirBuilder::new().mode(0o700).create(&path)?;
+        // Others may enter (workers that switched user load snapshots from here) but not list;
+        // only the master can write.
+        fs::DirBuilder::new().mode(0o711).create(&path)?;
         Ok(RuntimeDir { path })
     }
 
@@ -127,7 +129,7 @@ pub fn take(source: &Path, dir: &RuntimeDir, expected_name: Option<&str>) -> Res
 /// it half-written. A copy, never a hard link: dlopen matches libraries by inode (pitfall 2).
 fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("so.tmp");
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o500).open(&tmp)?;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o444).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     fs::rename(&tmp, path)
@@ -215,11 +217,11 @@ mod tests {
     }
 
     #[test]
-    fn runtime_dir_is_private_and_removed() {
+    fn runtime_dir_is_owner_writable_and_removed() {
         use std::os::unix::fs::PermissionsExt;
         let dir = RuntimeDir::create().unwrap();
         let path = dir.path.clone();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o711);
         fs::write(path.join("a.so"), b"x").unwrap();
         fs::write(path.join("b.so"), b"x").unwrap();
         dir.remove_unused(&[path.join("a.so").as_path()]);

@@ -52,6 +52,12 @@ pub fn run() -> anyhow::Result<()> {
 
     let span = tracing::info_span!("worker", service = %spec.service, slot = spec.slot, pid = std::process::id());
     let _entered = span.enter();
+    if let Err(e) = sys::switch_identity(spec.user.as_deref(), spec.group.as_deref()) {
+        let msg = format!("could not switch user/group: {e}");
+        tracing::error!("{msg}");
+        let _ = (&control).write_all(ToMaster::Error(msg).encode().as_bytes());
+        std::process::exit(2);
+    }
     sys::set_thread_name(&format!("host:{}#{}", spec.service, spec.slot));
 
     match Worker::start(listener, control.try_clone()?, &spec) {
