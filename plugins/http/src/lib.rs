@@ -178,17 +178,12 @@ impl Protocol for Http {
         }
     }
 
-    fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
-        // A request being received is answered (with `Connection: close`, since the host now
-        // says it is draining) and the connection closed after it; an idle one closes now.
-        match self.conns.get_mut(conn) {
-            Some(state) if state.in_flight => {}
-            Some(state) => {
-                state.closing = true;
-                host.close(conn);
-            }
-            None => host.close(conn),
-        }
+    fn on_drain(&mut self, _host: &mut Host<'_>, _conn: ConnId) {
+        // Nothing to do now: from here on `host.is_draining()` makes every response carry
+        // `Connection: close` and close its connection once flushed. An idle keep-alive
+        // connection is left open, not closed at once: its client may have a request on the
+        // wire already, and closing under it would lose that request (the close race every
+        // keep-alive server has). The host closes what is left at the drain deadline.
     }
 }
 

@@ -153,12 +153,18 @@ fn size_limits() {
 }
 
 #[test]
-fn drain_closes_idle_and_finishes_in_flight() {
+fn drain_answers_the_next_request_with_close_and_leaves_idle_open() {
+    // An idle keep-alive connection is not closed under its client (a request may be on the
+    // wire): its next request is answered with `Connection: close`.
     let mut c = Client::new("");
     c.feed(GET).take();
     c.drain();
-    assert!(c.host.closed);
+    assert!(!c.host.closed);
     assert_eq!(c.take(), "");
+    let r = c.feed(GET).take();
+    assert_eq!(body(&r), "Hello, World!");
+    assert_eq!(header(&r, "Connection"), Some("close"));
+    assert!(c.host.closed);
 
     let mut c = Client::new("");
     c.feed(b"GET / HTTP/1.1\r\nHo");
