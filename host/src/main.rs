@@ -123,7 +123,7 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     }
     init_logging(global);
     let report = ready.as_ref().and_then(|f| f.try_clone().ok());
-    let options = master::Options { plugin_dirs, pid_file, ready };
+    let options = master::Options { plugin_dirs, pid_file, ready, wait_for_plugins: global.config.is_some() };
     let result = master::run(services, options);
     if let (Err(e), Some(mut pipe)) = (&result, report) {
         let _ = writeln!(pipe, "{e:#}");

@@ -30,8 +30,12 @@ impl Master {
 
     /// The watcher reports `path` written: reload the services it is (now) the plugin of.
     pub(super) fn plugin_file_changed(&mut self, path: &Path) {
+        self.start_waiting_services(path);
         let mut services = Vec::new();
         for (i, state) in self.services.iter_mut().enumerate() {
+            if state.waiting {
+                continue;
+            }
             let source = match &state.expected_name {
                 // Named: the lookup decides (a new file in an earlier directory takes over).
                 Some(name) => match plugin::find(name, &self.plugin_dirs) {
@@ -54,6 +58,35 @@ impl Master {
         }
         let reason = format!("{} changed", path.display());
         self.submit_reload(Request { graceful: true, reason, waiters: Vec::new(), services, only_changed: true });
+    }
+
+    /// Starts the services that were waiting for their plugin file, if `path` is it.
+    fn start_waiting_services(&mut self, path: &Path) {
+        for i in 0..self.services.len() {
+            let state = &self.services[i];
+            let Some(name) = state.expected_name.as_deref().filter(|_| state.waiting) else { continue };
+            if plugin::find(name, &self.plugin_dirs).ok().as_deref() != Some(path) {
+                continue;
+            }
+            match snapshot::take(path, &self.runtime, Some(name)) {
+                Ok(snap) => {
+                    let snap = Rc::new(snap);
+                    let state = &mut self.services[i];
+                    tracing::info!(service = %state.service.name, plugin = %snap.name, hash = %snap.short_hash(), "plugin appeared; starting the service");
+                    state.waiting = false;
+                    state.source = path.to_path_buf();
+                    let slots: Vec<_> = super::service_slots(i, state.service.count, &snap).collect();
+                    let keys: Vec<SlotKey> = slots.iter().map(|s| s.key).collect();
+                    self.table.slots.extend(slots);
+                    for key in keys {
+                        self.spawn(key, Role::Serving);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(service = %state.service.name, "plugin file refused; the service keeps waiting: {e}")
+                }
+            }
+        }
     }
 
     pub(super) fn submit_reload(&mut self, request: Request) {

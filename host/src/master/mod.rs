@@ -72,6 +72,8 @@ struct ServiceState {
     sockets: Vec<OwnedFd>,
     /// The snapshot a reload chain under way is moving this service to.
     candidate: Option<Rc<Snapshot>>,
+    /// Its plugin file does not exist yet: no workers until it appears.
+    waiting: bool,
 }
 
 /// How the master is run.
@@ -80,6 +82,9 @@ pub struct Options {
     pub pid_file: PathBuf,
     /// Written `ok` once every worker is ready (`start -d` waits for it).
     pub ready: Option<std::fs::File>,
+    /// A service whose plugin file is missing waits for it (config files) instead of failing
+    /// the start (`--plugin`).
+    pub wait_for_plugins: bool,
 }
 
 pub struct Master {
@@ -122,24 +127,49 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     for (index, ServiceConfig { service, reloadable, user, group }) in services.into_iter().enumerate() {
         sys::check_identity(user.as_deref(), group.as_deref())
             .with_context(|| format!("service {} cannot run as the configured user/group", service.name))?;
-        let source = plugin::find(&service.plugin, &plugin_dirs)?;
         let expected_name = (!service.plugin.contains('/')).then(|| service.plugin.clone());
-        let snap = Rc::new(snapshot::take(&source, &runtime, expected_name.as_deref())?);
-        tracing::info!(service = %service.name, plugin = %snap.name, version = %snap.version, hash = %snap.short_hash(), path = %source.display(), "plugin checked");
+        let source = match plugin::find(&service.plugin, &plugin_dirs) {
+            Ok(source) => Some(source),
+            Err(e) if options.wait_for_plugins && expected_name.is_some() => {
+                tracing::warn!(service = %service.name, "{e}; the service starts when the file appears");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
         let (bound, sockets) = sys::listen_reuseport(service.listen, service.count as usize)
             .with_context(|| format!("could not listen on {}", service.listen))?;
         tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening");
-        slots.extend((0..service.count).map(|slot| Slot {
-            key: SlotKey { service: index, slot },
-            snapshot: snap.clone(),
-            failures: 0,
-            restart_at: None,
-        }));
+        if let Some(source) = &source {
+            let snap = Rc::new(snapshot::take(source, &runtime, expected_name.as_deref())?);
+            tracing::info!(service = %service.name, plugin = %snap.name, version = %snap.version, hash = %snap.short_hash(), path = %source.display(), "plugin checked");
+            slots.extend(service_slots(index, service.count, &snap));
+        }
         let service = Service { listen: bound, ..service };
-        states.push(ServiceState { service, source, expected_name, reloadable, user, group, sockets, candidate: None });
+        let waiting = source.is_none();
+        let source = source.unwrap_or_default();
+        states.push(ServiceState {
+            service,
+            source,
+            expected_name,
+            reloadable,
+            user,
+            group,
+            sockets,
+            candidate: None,
+            waiting,
+        });
     }
     let mut master = Master::new(states, slots, runtime, plugin_dirs, pid_file, options.ready)?;
     master.run_loop()
+}
+
+fn service_slots(service: usize, count: u32, snap: &Rc<Snapshot>) -> impl Iterator<Item = Slot> + '_ {
+    (0..count).map(move |slot| Slot {
+        key: SlotKey { service, slot },
+        snapshot: snap.clone(),
+        failures: 0,
+        restart_at: None,
+    })
 }
 
 impl Master {
@@ -209,6 +239,21 @@ impl Master {
         }
         let mut events = Events::with_capacity(64);
         loop {
+            // Checked before every wait, so a start with nothing to wait for is ready at once.
+            if self.phase == Phase::Starting && self.table.all_ready() {
+                self.phase = Phase::Running;
+                tracing::info!(workers = self.table.slots.len(), pid = std::process::id(), "host ready");
+                if let Some(mut ready) = self.ready.take() {
+                    let _ = ready.write_all(b"ok\n");
+                }
+            }
+            if self.phase == Phase::Stopping && self.table.workers.is_empty() {
+                tracing::info!("all workers stopped; master exits");
+                return match self.start_error.take() {
+                    Some(e) => Err(anyhow::anyhow!(e)),
+                    None => Ok(()),
+                };
+            }
             let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -234,20 +279,6 @@ impl Master {
             }
             self.reap_children();
             self.run_deadlines();
-            if self.phase == Phase::Starting && self.table.all_ready() {
-                self.phase = Phase::Running;
-                tracing::info!(workers = self.table.slots.len(), pid = std::process::id(), "host ready");
-                if let Some(mut ready) = self.ready.take() {
-                    let _ = ready.write_all(b"ok\n");
-                }
-            }
-            if self.phase == Phase::Stopping && self.table.workers.is_empty() {
-                tracing::info!("all workers stopped; master exits");
-                return match self.start_error.take() {
-                    Some(e) => Err(anyhow::anyhow!(e)),
-                    None => Ok(()),
-                };
-            }
         }
     }
 

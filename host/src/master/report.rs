@@ -126,10 +126,10 @@ impl Master {
                 ServiceRow {
                     name: s.service.name.clone(),
                     listen: s.service.listen.to_string(),
-                    plugin: snap.map_or_else(
-                        || s.service.plugin.clone(),
-                        |x| format!("{} {}", x.snapshot.name, x.snapshot.version),
-                    ),
+                    plugin: match snap {
+                        Some(x) => format!("{} {}", x.snapshot.name, x.snapshot.version),
+                        None => format!("waiting for {}", s.service.plugin),
+                    },
                     count: s.service.count,
                     reloadable: s.reloadable,
                 }
