@@ -246,7 +246,8 @@ pub fn check_identity(user: Option<&str>, group: Option<&str>) -> io::Result<()>
     let euid = nix::unistd::geteuid();
     let same_user = user.as_ref().is_none_or(|u| u.uid == euid);
     let same_group = gid.is_none_or(|g| g == nix::unistd::getegid());
-    if !euid.is_root() && !(same_user && same_group) {
+    let allowed = euid.is_root() || (same_user && same_group);
+    if !allowed {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "switching user or group needs the master to run as root",
