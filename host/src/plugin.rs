@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::lib_header_from_path;
+use abi_stable::library::{lib_header_from_path, LibraryError};
 use plugin_api::abi::{PluginModRef, ABI_VERSION};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,13 @@ pub struct Loaded {
 /// caches one module per type for the life of the process (DESIGN.md pitfall 3).
 pub fn load(path: &Path) -> Result<Loaded, PluginError> {
     let load_err = |reason: String| PluginError::Load { path: path.to_path_buf(), reason };
-    let header = lib_header_from_path(path).map_err(|e| load_err(essential_error(&e.to_string())))?;
+    let header = lib_header_from_path(path).map_err(|e| match e {
+        // A shared library, but without abi_stable's root module symbol.
+        LibraryError::GetSymbolError { .. } => {
+            load_err("it is a shared library but not a host plugin (it exports no plugin root module)".into())
+        }
+        other => load_err(essential_error(&other.to_string())),
+    })?;
     let module = header.init_root_module::<PluginModRef>().map_err(|e| load_err(essential_error(&e.to_string())))?;
     let found = module.abi_version();
     if found != ABI_VERSION {
@@ -79,7 +85,7 @@ pub fn essential_error(report: &str) -> String {
     };
     let lines: Vec<&str> =
         tail.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("---")).take(6).collect();
-    let gist = lines.join(" ");
+    let gist = lines.join(" ").replace('\0', "");
     if gist.is_empty() {
         report.lines().next().unwrap_or("unknown error").to_string()
     } else {

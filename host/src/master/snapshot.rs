@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::spawn::{probe_plugin, SpawnError};
+use super::spawn::probe_plugin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -18,8 +18,9 @@ pub enum SnapshotError {
     NotElf { path: PathBuf, reason: String },
     #[error("could not copy plugin {path} to the runtime directory: {source}")]
     Copy { path: PathBuf, source: io::Error },
-    #[error("{0}")]
-    Probe(#[from] SpawnError),
+    /// The probe refused the file; the reason names the file the user gave, not our copy.
+    #[error("{reason}")]
+    Probe { reason: String },
     #[error("plugin {path} calls itself `{found}`, but the service expects `{expected}`")]
     WrongName { path: PathBuf, found: String, expected: String },
 }
@@ -106,7 +107,8 @@ pub fn take(source: &Path, dir: &RuntimeDir, expected_name: Option<&str>) -> Res
         Ok(r) => r,
         Err(e) => {
             let _ = fs::remove_file(&path);
-            return Err(e.into());
+            let reason = e.to_string().replace(&path.display().to_string(), &source.display().to_string());
+            return Err(SnapshotError::Probe { reason });
         }
     };
     let mut words = report.summary.split_whitespace();

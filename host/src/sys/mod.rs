@@ -21,26 +21,37 @@ const LISTEN_BACKLOG: i32 = 1024;
 
 /// Binds `count` SO_REUSEPORT listening sockets on `addr` (one per worker slot).
 ///
-/// A plain socket without SO_REUSEPORT probes the address first: it fails when anything listens
-/// there, even another process with SO_REUSEPORT that we would otherwise silently share the port
-/// with. When `addr` has port 0 the probe picks the port and every socket binds that one.
+/// For a given port, a plain socket without SO_REUSEPORT probes the address first: it fails when
+/// anything listens there, even another process with SO_REUSEPORT that we would otherwise
+/// silently share the port with. For port 0 the first socket lets the system pick the port (the
+/// kernel never picks one that is shared through SO_REUSEPORT) and the others bind that one.
 pub fn listen_reuseport(addr: SocketAddr, count: usize) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
-    let bound = {
+    let mut fds = Vec::with_capacity(count);
+    let bound = if addr.port() == 0 {
+        // The system picks a port no socket uses: the first socket binds it, the others join.
+        let fd = reuseport_socket(addr)?;
+        let bound = local_addr(&fd)?;
+        fds.push(fd);
+        bound
+    } else {
         let probe = new_socket(addr)?;
         socket::setsockopt(&probe, sockopt::ReuseAddr, &true)?;
         socket::bind(probe.as_raw_fd(), &SockaddrStorage::from(addr))?;
         local_addr(&probe)?
     };
-    let mut fds = Vec::with_capacity(count);
-    for _ in 0..count {
-        let fd = new_socket(bound)?;
-        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
-        socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(bound))?;
-        socket::listen(&fd, socket::Backlog::new(LISTEN_BACKLOG).unwrap_or(socket::Backlog::MAXCONN))?;
-        fds.push(fd);
+    while fds.len() < count {
+        fds.push(reuseport_socket(bound)?);
     }
     Ok((bound, fds))
+}
+
+fn reuseport_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let fd = new_socket(addr)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    socket::listen(&fd, socket::Backlog::new(LISTEN_BACKLOG).unwrap_or(socket::Backlog::MAXCONN))?;
+    Ok(fd)
 }
 
 fn new_socket(addr: SocketAddr) -> io::Result<OwnedFd> {

@@ -24,18 +24,28 @@ macro_rules! call {
     }};
 }
 
-/// Handles the result of a plugin call about one connection: a panic closes that connection.
-fn check(core: &mut Core, id: ConnId, status: CallStatus, what: &str) {
-    if status == CallStatus::Panicked {
-        core.stats.plugin_panics += 1;
-        tracing::error!(conn = id.0, "plugin panicked in {what}; closing the connection");
-        if let Some(c) = core.get_mut(id) {
-            // What the plugin queued may be half a response: drop it.
-            c.output.clear();
-            c.output_pos = 0;
-        }
-        core.close_after_flush(id);
+/// Calls the plugin about connection `id` (see `settle_panic`).
+macro_rules! conn_call {
+    ($plugin:expr, $core:expr, $id:expr, $what:literal, $method:ident $(, $arg:expr)*) => {{
+        let before = $core.get($id).map(|c| c.output.len());
+        let status = call!($plugin, $core, $method $(, $arg)*);
+        settle_panic($core, $id, status, before, $what);
+    }};
+}
+
+/// A plugin call about one connection panicked: what that call queued (maybe half a response)
+/// is dropped, what earlier calls queued (complete answers to earlier messages) still goes out,
+/// then the connection closes.
+fn settle_panic(core: &mut Core, id: ConnId, status: CallStatus, output_before: Option<usize>, what: &str) {
+    if status != CallStatus::Panicked {
+        return;
     }
+    core.stats.plugin_panics += 1;
+    tracing::error!(conn = id.0, "plugin panicked in {what}; closing the connection");
+    if let (Some(c), Some(len)) = (core.get_mut(id), output_before) {
+        c.output.truncate(len.max(c.output_pos));
+    }
+    core.close_after_flush(id);
 }
 
 pub fn worker_start(plugin: &mut RawPluginBox, core: &mut Core) -> RResult<(), RString> {
@@ -55,14 +65,12 @@ pub fn worker_reload(plugin: &mut RawPluginBox, core: &mut Core) {
 }
 
 pub fn connect(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
-    let status = call!(plugin, core, on_connect, id);
-    check(core, id, status, "on_connect");
+    conn_call!(plugin, core, id, "on_connect", on_connect, id);
 }
 
 pub fn drain(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
     if core.get(id).is_some_and(|c| c.state == ConnState::Open) {
-        let status = call!(plugin, core, on_drain, id);
-        check(core, id, status, "on_drain");
+        conn_call!(plugin, core, id, "on_drain", on_drain, id);
     }
 }
 
@@ -171,6 +179,7 @@ fn dispatch(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, buf: &[u8]) 
             return pos;
         }
         let rest = &buf[pos..];
+        let output_before = Some(c.output.len());
         let frame = match c.expect {
             Some(len) => RawFrame::Complete(len as u64),
             None => call!(plugin, core, input, id, RSlice::from_slice(rest)),
@@ -195,12 +204,11 @@ fn dispatch(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, buf: &[u8]) 
                     c.expect = None;
                 }
                 core.stats.messages += 1;
-                let status = call!(plugin, core, on_message, id, RSlice::from_slice(&rest[..len]));
-                check(core, id, status, "on_message");
+                conn_call!(plugin, core, id, "on_message", on_message, id, RSlice::from_slice(&rest[..len]));
                 pos += len;
             }
             RawFrame::Panicked => {
-                check(core, id, CallStatus::Panicked, "input");
+                settle_panic(core, id, CallStatus::Panicked, output_before, "input");
                 return pos;
             }
         }
@@ -209,16 +217,14 @@ fn dispatch(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, buf: &[u8]) 
 
 fn too_large(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, pos: usize) -> usize {
     tracing::debug!(conn = id.0, max = core.limits.max_package_size, "message over the max package size");
-    let status = call!(plugin, core, on_error, id, ConnError::PackageTooLarge);
-    check(core, id, status, "on_error");
+    conn_call!(plugin, core, id, "on_error", on_error, id, ConnError::PackageTooLarge);
     core.close_after_flush(id);
     pos
 }
 
 /// Reports an error to the plugin and closes the connection at once.
 fn fail(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, err: ConnError) {
-    let status = call!(plugin, core, on_error, id, err);
-    check(core, id, status, "on_error");
+    conn_call!(plugin, core, id, "on_error", on_error, id, err);
     close_now(plugin, core, id.index());
 }
 
@@ -231,8 +237,7 @@ pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
             ConnState::Lingering { until_ms } if now >= until_ms => close_now(plugin, core, id.index()),
             ConnState::Open if idle_ms > 0 && now.saturating_sub(c.last_active_ms) >= idle_ms => {
                 tracing::debug!(conn = id.0, "idle timeout");
-                let status = call!(plugin, core, on_error, id, ConnError::Timeout);
-                check(core, id, status, "on_error");
+                conn_call!(plugin, core, id, "on_error", on_error, id, ConnError::Timeout);
                 core.close_after_flush(id);
             }
             _ => {}
@@ -250,16 +255,13 @@ pub fn settle(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8]) {
             }
             match what {
                 Deferred::BufferFull => {
-                    let status = call!(plugin, core, on_buffer_full, id);
-                    check(core, id, status, "on_buffer_full");
+                    conn_call!(plugin, core, id, "on_buffer_full", on_buffer_full, id);
                 }
                 Deferred::BufferDrain => {
-                    let status = call!(plugin, core, on_buffer_drain, id);
-                    check(core, id, status, "on_buffer_drain");
+                    conn_call!(plugin, core, id, "on_buffer_drain", on_buffer_drain, id);
                 }
                 Deferred::Error(err) => {
-                    let status = call!(plugin, core, on_error, id, err);
-                    check(core, id, status, "on_error");
+                    conn_call!(plugin, core, id, "on_error", on_error, id, err);
                 }
                 Deferred::Resume => {
                     dispatch_buffered(plugin, core, id);

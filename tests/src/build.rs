@@ -1,0 +1,78 @@
+//! Building the workspace once per test process and finding what it built.
+//!
+//! Under `cargo nextest run` every test is a process of its own, so each one asks cargo; after the
+//! first it is a no-op that takes a fraction of a second. The profile is the tests' own: a test
+//! binary in `target/debug/deps/` builds and runs `target/debug/host`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The profile directory the running test binary lives in (`target/debug`), which is where the
+/// host binary and the plugins are built. This follows `CARGO_TARGET_DIR` and `--target-dir`
+/// by construction.
+pub fn target_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let dir = exe.parent().expect("the test binary's directory");
+        // target/debug/deps/integration-xxxx → target/debug
+        let dir = if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.parent().expect("the profile directory")
+        } else {
+            dir
+        };
+        dir.to_path_buf()
+    })
+}
+
+/// Builds the workspace (once per process) and panics with cargo's output when it fails.
+pub fn build() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(e) = BUILT.get_or_init(run_cargo_build) {
+        panic!("{e}");
+    }
+}
+
+fn run_cargo_build() -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let profile_dir = target_dir();
+    let target = profile_dir.parent().ok_or("the test binary is not under a target directory")?;
+    let mut cmd = Command::new(&cargo);
+    cmd.arg("build").arg("--workspace").arg("--manifest-path").arg(&manifest).arg("--target-dir").arg(target);
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.arg("--profile").arg(other);
+        }
+    }
+    let out = cmd.output().map_err(|e| format!("could not run {cargo:?} build: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`cargo build --workspace` failed ({}), so the host cannot be tested:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// The host binary, freshly built.
+pub fn host_bin() -> PathBuf {
+    build();
+    let bin = target_dir().join("host");
+    assert!(bin.is_file(), "no host binary at {}", bin.display());
+    bin
+}
+
+/// A plugin built by the workspace, by library name: `http` → `target/debug/libhttp.so`.
+pub fn plugin_file(lib: &str) -> PathBuf {
+    build();
+    let path = target_dir().join(format!("lib{lib}.so"));
+    assert!(path.is_file(), "no plugin at {}", path.display());
+    path
+}

@@ -1,0 +1,317 @@
+//! The `host` master under test: spawned in a process group of its own, its stderr (the log of
+//! the master and of every worker) captured by a reader thread.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::procfs::{children, cmdline, group_pids, is_alive};
+use crate::{poll_until, TempDir, READY_TIMEOUT};
+
+/// The captured stderr of a host: every line, appended as it arrives.
+#[derive(Debug, Default)]
+pub struct Log {
+    state: Mutex<LogState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    text: String,
+    /// Every writer closed stderr: the master and all its workers are gone.
+    closed: bool,
+}
+
+impl Log {
+    pub fn text(&self) -> String {
+        self.state.lock().unwrap().text.clone()
+    }
+
+    /// Waits until a line contains `pattern` and returns it; Err (with the log) at the timeout or
+    /// when stderr closed without one.
+    pub fn wait_for(&self, pattern: &str, timeout: Duration) -> Result<String, String> {
+        self.wait_for_nth(pattern, 1, timeout)
+    }
+
+    /// Waits until a line contains every one of `patterns` and returns it.
+    pub fn wait_for_all(&self, patterns: &[&str], timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock().unwrap();
+        loop {
+            let found = state.text.lines().find(|l| patterns.iter().all(|p| l.contains(p)));
+            if let Some(line) = found {
+                return Ok(line.to_string());
+            }
+            let now = Instant::now();
+            if state.closed || now >= deadline {
+                return Err(format!("no line with all of {patterns:?} in {timeout:?}; log so far:\n{}", state.text));
+            }
+            state = self.changed.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until `n` lines contain `pattern` and returns the `n`th.
+    pub fn wait_for_nth(&self, pattern: &str, n: usize, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock().unwrap();
+        loop {
+            if let Some(line) = state.text.lines().filter(|l| l.contains(pattern)).nth(n - 1) {
+                return Ok(line.to_string());
+            }
+            let now = Instant::now();
+            if state.closed || now >= deadline {
+                let why = if state.closed { "the host's stderr closed" } else { "timed out" };
+                return Err(format!("{why} waiting for {n} line(s) with {pattern:?}; log so far:\n{}", state.text));
+            }
+            state = self.changed.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Lines that contain `pattern`.
+    pub fn count(&self, pattern: &str) -> usize {
+        self.state.lock().unwrap().text.lines().filter(|l| l.contains(pattern)).count()
+    }
+
+    fn push_line(&self, line: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.text.push_str(line);
+        state.text.push('\n');
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap().closed = true;
+        self.changed.notify_all();
+    }
+}
+
+/// A running `host` master (with its workers).
+pub struct Host {
+    child: Child,
+    log: Arc<Log>,
+    exit: Option<ExitStatus>,
+    /// The master's working and runtime directory (plugin snapshots); removed after the kill.
+    dir: TempDir,
+}
+
+impl Host {
+    /// Runs `host ARGS…` without waiting for anything. It runs in a temp dir of its own, which is
+    /// also its runtime dir (`XDG_RUNTIME_DIR`: plugin snapshots), with `RUST_LOG` unset.
+    pub fn spawn<I, S>(args: I) -> Host
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let dir = TempDir::new();
+        let mut cmd = host_command(&dir);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own process group: Drop kills the master and every worker with one killpg.
+            .process_group(0);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("could not run the host: {e}"));
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                match line {
+                    Ok(line) => sink.push_line(&line),
+                    Err(_) => break,
+                }
+            }
+            sink.close();
+        });
+        Host { child, log, exit: None, dir }
+    }
+
+    /// Runs `host --plugin PLUGIN --listen 127.0.0.1:0 EXTRA…` and waits until it is ready.
+    pub fn start(plugin: &str, extra: &[&str]) -> Host {
+        let mut args = vec!["--plugin", plugin, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let host = Host::spawn(&args);
+        if let Err(e) = host.log.wait_for("host ready", READY_TIMEOUT) {
+            panic!("host {args:?} did not get ready: {e}");
+        }
+        host
+    }
+
+    /// The master's working directory (removed when the host is dropped).
+    pub fn dir(&self) -> &TempDir {
+        &self.dir
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// The captured log so far.
+    pub fn log_text(&self) -> String {
+        self.log.text()
+    }
+
+    pub fn wait_for_log(&self, pattern: &str, timeout: Duration) -> Result<String, String> {
+        self.log.wait_for(pattern, timeout)
+    }
+
+    /// The port the master listens on, from its `listening … address=127.0.0.1:PORT` line.
+    pub fn port(&self) -> u16 {
+        let line = self.log.wait_for("listening", READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix("address="))
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no address=IP:PORT in {line:?}"))
+    }
+
+    /// The master's live worker processes (its children titled `host: worker …`), sorted.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = children(self.pid())
+            .into_iter()
+            .filter(|&p| is_alive(p) && cmdline(p).is_some_and(|c| c.starts_with("host: worker")))
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Waits until exactly `n` workers run and `ok` accepts their pids; returns them.
+    pub fn wait_workers(&self, n: usize, timeout: Duration, ok: impl Fn(&[i32]) -> bool) -> Result<Vec<i32>, String> {
+        let mut last = Vec::new();
+        poll_until(timeout, || {
+            last = self.worker_pids();
+            (last.len() == n && ok(&last)).then(|| last.clone())
+        })
+        .ok_or_else(|| format!("wanted {n} workers in {timeout:?}, last saw {last:?}"))
+    }
+
+    /// Sends `sig` to the master (by pid).
+    pub fn signal(&self, sig: Signal) {
+        if self.exit.is_none() {
+            kill(Pid::from_raw(self.pid()), sig).unwrap_or_else(|e| panic!("could not send {sig} to the master: {e}"));
+        }
+    }
+
+    /// Waits up to `timeout` for the master to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            let child = &mut self.child;
+            self.exit = poll_until(timeout, || child.try_wait().ok().flatten());
+        }
+        self.exit
+    }
+
+    /// Waits for the master to exit and every process it started (its process group) to be gone.
+    /// Returns the master's exit status, or Err with what is still there.
+    pub fn wait_all_gone(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let start = Instant::now();
+        let status = self.wait_exit(timeout).ok_or_else(|| format!("the master did not exit within {timeout:?}"))?;
+        let pgid = self.pid();
+        let left = timeout.saturating_sub(start.elapsed());
+        poll_until(left, || group_pids(pgid).is_empty().then_some(())).ok_or_else(|| {
+            format!(
+                "processes left in the host's process group: {:?}",
+                group_pids(pgid)
+                    .into_iter()
+                    .map(|p| format!("{p} {:?}", cmdline(p).unwrap_or_default()))
+                    .collect::<Vec<_>>()
+            )
+        })?;
+        Ok(status)
+    }
+
+    /// Waits for the master to exit and returns its status and whole stderr.
+    pub fn finish(&mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = self.wait_exit(timeout).unwrap_or_else(|| panic!("host did not exit within {timeout:?}"));
+        // The log closes once the master and any worker still holding stderr are gone.
+        let _ = poll_until(Duration::from_secs(2), || self.log.state.lock().unwrap().closed.then_some(()));
+        (status, self.log.text())
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let pgid = self.pid();
+        // Read before the kill: the master's children are listed only while it lives.
+        let mut pids = self.worker_pids();
+        if self.exit.is_none() {
+            // The master is our unreaped child, so its pid (its group's id) is still ours.
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+        // Anything that outlived the master or left its group, by pid, if it is a host process.
+        pids.extend(group_pids(pgid));
+        for pid in pids {
+            if cmdline(pid).is_some_and(|c| c.starts_with("host")) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        if std::thread::panicking() {
+            let how = match self.exit {
+                Some(s) => match (s.code(), s.signal()) {
+                    (Some(c), _) => format!("exited with code {c}"),
+                    (_, Some(sig)) => format!("killed by signal {sig}"),
+                    _ => format!("{s}"),
+                },
+                None => "killed by the harness".to_string(),
+            };
+            eprintln!("\n---- host (pid {pgid}, {how}) log ----\n{}---- end of host log ----\n", self.log.text());
+        }
+    }
+}
+
+/// `host`, freshly built, to run in `dir` (working and runtime directory), with `RUST_LOG` unset.
+fn host_command(dir: &TempDir) -> Command {
+    let mut cmd = Command::new(crate::host_bin());
+    cmd.current_dir(dir.path()).env("XDG_RUNTIME_DIR", dir.path()).env_remove("RUST_LOG");
+    cmd
+}
+
+/// What a short-lived `host` command (like `check-plugin`) did.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `host ARGS…` to completion, killing it (and failing the test) after `timeout`.
+pub fn run_host<I, S>(args: I, timeout: Duration) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let dir = TempDir::new();
+    let mut child = host_command(&dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not run the host: {e}"));
+    let read_all = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let Some(status) = poll_until(timeout, || child.try_wait().ok().flatten()) else {
+        let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = child.wait();
+        panic!("host did not exit within {timeout:?}");
+    };
+    Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
+}

@@ -1,0 +1,17 @@
+//! host's integration tests: one binary that runs the real `host` and talks to it over TCP, as
+//! ripgrep's `tests/tests.rs` does for `rg`. The harness (build once, temp dirs, the `Host`
+//! wrapper that kills what it started, the raw client) is the `host-tests` library in `tests/src`.
+//!
+//! Every test starts its own master on a port the system picks (`--listen 127.0.0.1:0`), so the
+//! tests run in parallel, under `cargo test` and `cargo nextest run` alike.
+
+// HTTP/1.1 through the `http` plugin: keep-alive, pipelining, bodies, errors, static files.
+mod http;
+// Process supervision: worker count, replacement after a crash, SIGINT/SIGTERM, bind errors.
+mod process;
+// Finding and checking plugins: missing, garbage, not-a-plugin, wrong ABI, failing start.
+mod plugins;
+// A plugin that panics: the host closes that connection only and logs the panic.
+mod panic;
+// Workerman's Text protocol through the `text` plugin: framing and the max package size.
+mod text;
