@@ -2,7 +2,7 @@
 //!
 //! A plugin is a `cdylib` that implements [`Protocol`] and exports it with [`export_plugin!`]:
 //!
-//! ```ignore
+//! ```
 //! use plugin_api::{export_plugin, ConnId, Frame, Host, Protocol, WorkerInfo};
 //!
 //! struct Echo;
