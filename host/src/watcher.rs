@@ -19,9 +19,18 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 /// How long a file must be quiet before it is reported.
 pub const QUIET: Duration = Duration::from_millis(300);
 
+/// What happened to a plugin file, once it has been quiet for [`QUIET`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Written, renamed into place or created: a candidate for a reload.
+    Written,
+    /// Removed and not re-created (as `cargo build` does within milliseconds).
+    Removed,
+}
+
 pub struct Watcher {
     _inner: RecommendedWatcher,
-    rx: Receiver<(PathBuf, bool)>,
+    rx: Receiver<(PathBuf, FileEvent)>,
     debouncer: Debouncer,
 }
 
@@ -31,7 +40,7 @@ impl Watcher {
         let (tx, rx) = channel();
         let mut inner = notify::recommended_watcher(move |res: notify::Result<Event>| match res {
             Ok(event) => {
-                let Some(arms) = classify(&event.kind) else { return };
+                let Some(what) = classify(&event.kind) else { return };
                 // A rename with both names: the destination is the one that changed.
                 let paths = match event.kind {
                     EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
@@ -41,7 +50,7 @@ impl Watcher {
                 };
                 let mut sent = false;
                 for path in paths.into_iter().filter(|p| is_plugin_file(p)) {
-                    sent |= tx.send((path, arms)).is_ok();
+                    sent |= tx.send((path, what)).is_ok();
                 }
                 if sent {
                     let _ = waker.wake();
@@ -60,13 +69,13 @@ impl Watcher {
 
     /// Takes the events the watcher thread sent (call when the waker fired).
     pub fn collect(&mut self, now: Instant) {
-        while let Ok((path, arms)) = self.rx.try_recv() {
-            self.debouncer.note(path, arms, now);
+        while let Ok((path, what)) = self.rx.try_recv() {
+            self.debouncer.note(path, what, now);
         }
     }
 
-    /// Files armed and quiet for [`QUIET`].
-    pub fn due(&mut self, now: Instant) -> Vec<PathBuf> {
+    /// Files written or removed, and quiet since for [`QUIET`].
+    pub fn due(&mut self, now: Instant) -> Vec<(PathBuf, Change)> {
         self.debouncer.due(now)
     }
 
@@ -79,14 +88,24 @@ fn is_plugin_file(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "so")
 }
 
-/// Some(true): the event can complete a new file; Some(false): activity on the file (postpones
-/// a report); None: of no interest.
-pub fn classify(kind: &EventKind) -> Option<bool> {
+/// What one raw event means for a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileEvent {
+    /// It can complete a new file (close after write, rename to, create).
+    Arms,
+    /// Activity on the file: postpones a report.
+    Touches,
+    /// The file is gone (removed, or renamed away).
+    Removes,
+}
+
+pub fn classify(kind: &EventKind) -> Option<FileEvent> {
     match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
-        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => Some(true),
-        EventKind::Create(CreateKind::File | CreateKind::Any) => Some(true),
-        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Metadata(_)) => Some(false),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(FileEvent::Arms),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => Some(FileEvent::Arms),
+        EventKind::Create(CreateKind::File | CreateKind::Any) => Some(FileEvent::Arms),
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Metadata(_)) => Some(FileEvent::Touches),
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => Some(FileEvent::Removes),
         _ => None,
     }
 }
@@ -94,6 +113,7 @@ pub fn classify(kind: &EventKind) -> Option<bool> {
 #[derive(Debug, Default)]
 struct Pending {
     armed: bool,
+    removed: bool,
     last: Option<Instant>,
 }
 
@@ -104,29 +124,34 @@ pub struct Debouncer {
 }
 
 impl Debouncer {
-    pub fn note(&mut self, path: PathBuf, arms: bool, now: Instant) {
+    pub fn note(&mut self, path: PathBuf, what: FileEvent, now: Instant) {
         let p = self.pending.entry(path).or_default();
-        p.armed |= arms;
+        match what {
+            FileEvent::Arms => (p.armed, p.removed) = (true, false),
+            FileEvent::Removes => (p.armed, p.removed) = (false, true),
+            FileEvent::Touches => {}
+        }
         p.last = Some(now);
     }
 
-    pub fn due(&mut self, now: Instant) -> Vec<PathBuf> {
-        let ready: Vec<PathBuf> = self
+    pub fn due(&mut self, now: Instant) -> Vec<(PathBuf, Change)> {
+        let quiet = |p: &Pending| p.last.is_some_and(|t| now.duration_since(t) >= QUIET);
+        let ready: Vec<(PathBuf, Change)> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.armed && p.last.is_some_and(|t| now.duration_since(t) >= QUIET))
-            .map(|(path, _)| path.clone())
+            .filter(|(_, p)| (p.armed || p.removed) && quiet(p))
+            .map(|(path, p)| (path.clone(), if p.armed { Change::Written } else { Change::Removed }))
             .collect();
-        for path in &ready {
+        for (path, _) in &ready {
             self.pending.remove(path);
         }
         // Activity that never armed (a chmod, say) is forgotten once quiet.
-        self.pending.retain(|_, p| p.armed || p.last.is_some_and(|t| now.duration_since(t) < QUIET));
+        self.pending.retain(|_, p| !quiet(p));
         ready
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.pending.values().filter(|p| p.armed).filter_map(|p| p.last).min().map(|t| t + QUIET)
+        self.pending.values().filter(|p| p.armed || p.removed).filter_map(|p| p.last).min().map(|t| t + QUIET)
     }
 }
 
@@ -136,13 +161,13 @@ mod tests {
     use notify::event::{DataChange, RemoveKind};
 
     #[test]
-    fn only_completing_events_arm() {
-        assert_eq!(classify(&EventKind::Access(AccessKind::Close(AccessMode::Write))), Some(true));
-        assert_eq!(classify(&EventKind::Modify(ModifyKind::Name(RenameMode::To))), Some(true));
-        assert_eq!(classify(&EventKind::Create(CreateKind::File)), Some(true));
-        assert_eq!(classify(&EventKind::Modify(ModifyKind::Data(DataChange::Any))), Some(false));
-        assert_eq!(classify(&EventKind::Modify(ModifyKind::Name(RenameMode::From))), None);
-        assert_eq!(classify(&EventKind::Remove(RemoveKind::File)), None);
+    fn events_are_classified() {
+        assert_eq!(classify(&EventKind::Access(AccessKind::Close(AccessMode::Write))), Some(FileEvent::Arms));
+        assert_eq!(classify(&EventKind::Modify(ModifyKind::Name(RenameMode::To))), Some(FileEvent::Arms));
+        assert_eq!(classify(&EventKind::Create(CreateKind::File)), Some(FileEvent::Arms));
+        assert_eq!(classify(&EventKind::Modify(ModifyKind::Data(DataChange::Any))), Some(FileEvent::Touches));
+        assert_eq!(classify(&EventKind::Modify(ModifyKind::Name(RenameMode::From))), Some(FileEvent::Removes));
+        assert_eq!(classify(&EventKind::Remove(RemoveKind::File)), Some(FileEvent::Removes));
         assert_eq!(classify(&EventKind::Access(AccessKind::Open(AccessMode::Any))), None);
     }
 
@@ -151,11 +176,11 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Debouncer::default();
         let p = PathBuf::from("/p/libhttp.so");
-        d.note(p.clone(), true, t0);
-        d.note(p.clone(), false, t0 + Duration::from_millis(200));
+        d.note(p.clone(), FileEvent::Arms, t0);
+        d.note(p.clone(), FileEvent::Touches, t0 + Duration::from_millis(200));
         assert!(d.due(t0 + Duration::from_millis(400)).is_empty(), "activity postpones the report");
         assert_eq!(d.next_deadline(), Some(t0 + Duration::from_millis(500)));
-        assert_eq!(d.due(t0 + Duration::from_millis(500)), vec![p]);
+        assert_eq!(d.due(t0 + Duration::from_millis(500)), vec![(p, Change::Written)]);
         assert!(d.due(t0 + Duration::from_secs(5)).is_empty());
         assert_eq!(d.next_deadline(), None);
     }
@@ -164,9 +189,21 @@ mod tests {
     fn writes_without_a_close_are_not_reported() {
         let t0 = Instant::now();
         let mut d = Debouncer::default();
-        d.note(PathBuf::from("/p/x.so"), false, t0);
+        d.note(PathBuf::from("/p/x.so"), FileEvent::Touches, t0);
         assert!(d.due(t0 + Duration::from_secs(1)).is_empty());
         assert_eq!(d.next_deadline(), None);
+    }
+
+    #[test]
+    fn cargo_remove_then_create_is_a_write_a_lone_remove_a_removal() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::default();
+        let p = PathBuf::from("/p/libhttp.so");
+        d.note(p.clone(), FileEvent::Removes, t0);
+        d.note(p.clone(), FileEvent::Arms, t0 + Duration::from_millis(4));
+        assert_eq!(d.due(t0 + Duration::from_secs(1)), vec![(p.clone(), Change::Written)]);
+        d.note(p.clone(), FileEvent::Removes, t0 + Duration::from_secs(2));
+        assert_eq!(d.due(t0 + Duration::from_secs(3)), vec![(p, Change::Removed)]);
     }
 
     #[test]

@@ -60,6 +60,13 @@ impl Master {
         self.submit_reload(Request { graceful: true, reason, waiters: Vec::new(), services, only_changed: true });
     }
 
+    /// A plugin file is gone: its workers keep running the snapshot they loaded.
+    pub(super) fn plugin_file_removed(&mut self, path: &Path) {
+        for state in self.services.iter().filter(|s| !s.waiting && s.source == path) {
+            tracing::warn!(service = %state.service.name, path = %path.display(), "plugin file removed; the workers keep running the copy they loaded");
+        }
+    }
+
     /// Starts the services that were waiting for their plugin file, if `path` is it.
     fn start_waiting_services(&mut self, path: &Path) {
         for i in 0..self.services.len() {

@@ -39,7 +39,7 @@ use crate::config_file::ServiceConfig;
 use crate::ctl::{ReportKind, ToMaster};
 use crate::pidfile::{self, PidFile};
 use crate::status::Answer;
-use crate::watcher::Watcher;
+use crate::watcher::{Change, Watcher};
 use crate::{plugin, sys};
 
 const SIGNALS: Token = Token(0);
@@ -369,8 +369,11 @@ impl Master {
         }
         let now = Instant::now();
         let changed = self.watcher.as_mut().map(|w| w.due(now)).unwrap_or_default();
-        for path in changed {
-            self.plugin_file_changed(&path);
+        for (path, change) in changed {
+            match change {
+                Change::Written => self.plugin_file_changed(&path),
+                Change::Removed => self.plugin_file_removed(&path),
+            }
         }
         self.respawn_due(now);
     }
