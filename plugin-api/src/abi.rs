@@ -115,6 +115,8 @@ pub struct RawWorkerInfo<'a> {
     pub service: RStr<'a>,
     pub slot: u32,
     pub pid: u32,
+    /// The service's largest message: the host refuses longer ones (`on_error(PackageTooLarge)`).
+    pub max_package_size: u64,
     /// Records less severe than this are dropped inside the plugin, before formatting.
     pub max_log_level: LogLevel,
     pub log: extern "C" fn(level: LogLevel, target: RStr<'_>, message: RStr<'_>),

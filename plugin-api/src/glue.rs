@@ -31,7 +31,12 @@ pub fn root_module<P: Protocol>(name: &'static str, version: &'static str) -> Pl
 extern "C" fn new_instance<P: Protocol>(config: RStr<'_>, info: &RawWorkerInfo<'_>) -> RResult<RawPluginBox, RString> {
     log::install(info.log, info.max_log_level);
     install_panic_hook();
-    let worker = WorkerInfo { service: info.service.to_string(), slot: info.slot, pid: info.pid };
+    let worker = WorkerInfo {
+        service: info.service.to_string(),
+        slot: info.slot,
+        pid: info.pid,
+        max_package_size: usize::try_from(info.max_package_size).unwrap_or(usize::MAX),
+    };
     match panic::catch_unwind(|| P::new(config.as_str(), &worker)) {
         Ok(Ok(p)) => ROk(RawPlugin_TO::from_value(Glue(p), TD_Opaque)),
         Ok(Err(e)) => RErr(RString::from(e)),

@@ -39,6 +39,9 @@ pub struct WorkerInfo {
     pub service: String,
     pub slot: u32,
     pub pid: u32,
+    /// The service's largest message: the host refuses longer ones (`on_error(PackageTooLarge)`),
+    /// so a protocol can refuse them itself first (HTTP: 413 before `100 Continue`).
+    pub max_package_size: usize,
 }
 
 /// The host, as a plugin sees it during one callback.

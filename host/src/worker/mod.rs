@@ -105,6 +105,7 @@ impl Worker {
             service: RStr::from_str(&spec.service),
             slot: spec.slot,
             pid: std::process::id(),
+            max_package_size: spec.limits.max_package_size as u64,
             max_log_level: max_log_level(),
             log: plugin_log,
         };

@@ -89,11 +89,13 @@ struct Conn {
 }
 
 impl Protocol for Http {
-    fn new(config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
+    fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         let config = Config::parse(config)?;
         let files = config.root.as_deref().map(Files::new).transpose()?;
+        // A body the host would refuse anyway is refused at its head (413, no `100 Continue`).
+        let max_body = config.max_body.min(worker.max_package_size as u64);
         Ok(Http {
-            limits: Limits { max_header: config.max_header, max_body: config.max_body },
+            limits: Limits { max_header: config.max_header, max_body },
             files,
             max_file: config.max_file,
             conns: ConnMap::new(),

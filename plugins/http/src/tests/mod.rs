@@ -81,7 +81,7 @@ fn call<R>(http: &mut Http, fake: &mut FakeHost, f: impl FnOnce(&mut Http, &mut 
 
 impl Client {
     fn new(config: &str) -> Self {
-        let worker = WorkerInfo { service: "web".into(), slot: 0, pid: 1 };
+        let worker = WorkerInfo { service: "web".into(), slot: 0, pid: 1, max_package_size: 1 << 20 };
         let mut c = Client {
             http: Http::new(config, &worker).unwrap(),
             host: FakeHost::default(),
