@@ -195,8 +195,14 @@ impl Master {
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         let socket = pidfile::socket_path(pid_file.path());
-        let control = ControlServer::bind(&socket, poll.registry(), CONTROL, CLIENT_TOKEN_BASE)
-            .with_context(|| format!("could not create the control socket {}", socket.display()))?;
+        // Without it the master still runs; only the control commands (not the signals) are lost.
+        let control = match ControlServer::bind(&socket, poll.registry(), CONTROL, CLIENT_TOKEN_BASE) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(path = %socket.display(), "could not create the control socket ({e}); use signals");
+                None
+            }
+        };
         // The watcher is a thread; workers are started by fork + exec, which is safe with
         // threads around (a bare fork is not: DESIGN.md pitfall 4).
         let waker = Arc::new(mio::Waker::new(poll.registry(), WATCHER)?);
@@ -220,7 +226,7 @@ impl Master {
             last_reload: None,
             plugin_dirs,
             watcher,
-            control: Some(control),
+            control,
             gathers: HashMap::new(),
             next_gather: 0,
             exits: BTreeMap::new(),
