@@ -10,7 +10,6 @@ use crate::config::{self, Limits, Service};
 
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about = "A prefork server whose protocol handlers are plugins")]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -149,6 +148,18 @@ impl StartArgs {
         set
     }
 
+    /// Every start flag given (service flags, plugin directories, log file).
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut set = self.service_flags();
+        if !self.plugin_dirs.is_empty() {
+            set.push("--plugin-dir");
+        }
+        if self.log_file.is_some() {
+            set.push("--log-file");
+        }
+        set
+    }
+
     /// The service these flags describe.
     pub fn service(&self) -> Result<Service, String> {
         let plugin = self.plugin.clone().ok_or("no plugin given: use --plugin NAME (e.g. --plugin http) or -c FILE")?;
@@ -213,6 +224,13 @@ mod tests {
         assert!(Cli::try_parse_from(["host", "--count", "x"]).is_err());
         assert!(Cli::try_parse_from(["host", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["host", "stop", "--plugin", "http"]).is_err());
+        // Global options may come before the subcommand.
+        let cli = parse(&["-c", "h.toml", "status"]);
+        assert!(matches!(cli.command, Some(Command::Status { live: false })));
+        assert_eq!(cli.global.config, Some(PathBuf::from("h.toml")));
+        assert!(matches!(parse(&["--pid-file", "x.pid", "stop"]).command, Some(Command::Stop { .. })));
+        // Start flags before a subcommand are parsed, then refused by `main`.
+        assert_eq!(parse(&["--plugin", "http", "stop"]).start.given(), vec!["--plugin"]);
         assert!(parse(&["--count", "2"]).start.service().unwrap_err().contains("--plugin"));
         assert!(parse(&["--plugin", "http", "--count", "0"]).start.service().is_err());
     }

@@ -62,12 +62,8 @@ impl fmt::Display for Location {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("could not read config {file}: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("could not read config {file}: {cause}")]
+    Read { file: String, cause: io::Error },
     /// Not TOML, or TOML that does not fit: an unknown or missing key, a value of the wrong type.
     #[error("could not read config {file}: {}{message}", at_prefix(.at))]
     Parse { file: String, at: Option<Location>, message: String },
@@ -87,7 +83,7 @@ fn service_prefix(service: &Option<String>) -> String {
 /// Reads and validates the config file at `path`; relative paths in it are taken from its directory.
 pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
     let file_label = path.display().to_string();
-    let read_error = |source| ConfigError::Read { file: file_label.clone(), source };
+    let read_error = |cause| ConfigError::Read { file: file_label.clone(), cause };
     let text = std::fs::read_to_string(path).map_err(read_error)?;
     let absolute = std::path::absolute(path).map_err(read_error)?;
     let base_dir = absolute.parent().unwrap_or(Path::new("/"));

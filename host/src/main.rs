@@ -42,6 +42,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let global = &cli.global;
+    let stray = cli.start.given();
+    if let (Some(_), false) = (&cli.command, stray.is_empty()) {
+        bail!("{} must follow the subcommand (e.g. `host start {} …`)", stray.join(", "), stray[0]);
+    }
     match cli.command {
         None => start(global, &StartCmd { daemon: false, graceful: false, args: cli.start }),
         Some(Command::Start(ref cmd)) => start(global, cmd),
@@ -123,7 +127,13 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     }
     init_logging(global);
     let report = ready.as_ref().and_then(|f| f.try_clone().ok());
-    let options = master::Options { plugin_dirs, pid_file, ready, wait_for_plugins: global.config.is_some() };
+    let format = match global.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    let worker_args = vec!["--log-level".into(), global.log_level.clone(), "--log-format".into(), format.into()];
+    let options =
+        master::Options { plugin_dirs, pid_file, ready, wait_for_plugins: global.config.is_some(), worker_args };
     let result = master::run(services, options);
     if let (Err(e), Some(mut pipe)) = (&result, report) {
         let _ = writeln!(pipe, "{e:#}");

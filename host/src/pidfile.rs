@@ -20,10 +20,10 @@ pub enum PidFileError {
     NotRunning(PathBuf),
     #[error("host is not running (pid file {path} names pid {pid}, which is not a running host; remove the file)")]
     Stale { pid: i32, path: PathBuf },
-    #[error("could not write pid file {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("could not read pid file {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("could not write pid file {path}: {cause}")]
+    Write { path: PathBuf, cause: io::Error },
+    #[error("could not read pid file {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
 }
 
 /// The control socket that goes with a pid file.
@@ -32,13 +32,20 @@ pub fn socket_path(pid_file: &Path) -> PathBuf {
 }
 
 /// Whether `pid` is a live host master (not just any process that reused the pid).
+/// A process that exited but is not yet reaped (a zombie) is not running.
 pub fn is_host_master(pid: i32) -> bool {
     if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() {
         return false;
     }
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, None | Some("Z" | "X")) {
+        return false;
+    }
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    comm.starts_with("host") || cmdline.starts_with(b"host: master")
+    cmdline.starts_with(b"host: master") || comm.trim_end() == "host: master"
 }
 
 /// The pid of the running master named by `path`.
@@ -46,7 +53,7 @@ pub fn read_running(path: &Path) -> Result<i32, PidFileError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PidFileError::NotRunning(path.to_path_buf())),
-        Err(e) => return Err(PidFileError::Read { path: path.to_path_buf(), source: e }),
+        Err(e) => return Err(PidFileError::Read { path: path.to_path_buf(), cause: e }),
     };
     let pid: i32 = text.trim().parse().unwrap_or(0);
     if is_host_master(pid) {
@@ -65,7 +72,7 @@ pub struct PidFile {
 impl PidFile {
     /// Writes our pid to `path`, refusing when a live master owns it and replacing a stale one.
     pub fn acquire(path: &Path) -> Result<Self, PidFileError> {
-        let write_err = |e| PidFileError::Write { path: path.to_path_buf(), source: e };
+        let write_err = |e| PidFileError::Write { path: path.to_path_buf(), cause: e };
         for _ in 0..2 {
             match fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(path) {
                 Ok(mut f) => {

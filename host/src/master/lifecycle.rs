@@ -36,7 +36,7 @@ impl Master {
             group: state.group.clone(),
         };
         let label = format!("{} {}", snap.name, snap.version);
-        match spawn::spawn_worker(&spec, &label, &state.sockets[key.slot as usize]) {
+        match spawn::spawn_worker(&spec, &label, &state.sockets[key.slot as usize], &self.worker_args) {
             Ok(spawned) => {
                 let id = self.table.next_id(WORKER_TOKEN_BASE);
                 let mut control = UnixStream::from_std(spawned.control);

@@ -85,6 +85,8 @@ pub struct Options {
     /// A service whose plugin file is missing waits for it (config files) instead of failing
     /// the start (`--plugin`).
     pub wait_for_plugins: bool,
+    /// Arguments every worker gets after `worker` (the log level and format).
+    pub worker_args: Vec<String>,
 }
 
 pub struct Master {
@@ -110,6 +112,7 @@ pub struct Master {
     exits: BTreeMap<(String, String), u64>,
     started_at: SystemTime,
     ready: Option<std::fs::File>,
+    worker_args: Vec<String>,
     _pid_file: PidFile,
     // Dropped last: removes the snapshots.
     runtime: RuntimeDir,
@@ -160,6 +163,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         });
     }
     let mut master = Master::new(states, slots, runtime, plugin_dirs, pid_file, options.ready)?;
+    master.worker_args = options.worker_args;
     master.run_loop()
 }
 
@@ -232,6 +236,7 @@ impl Master {
             exits: BTreeMap::new(),
             started_at: SystemTime::now(),
             ready,
+            worker_args: Vec::new(),
             _pid_file: pid_file,
             runtime,
         })
@@ -370,11 +375,12 @@ impl Master {
     fn run_deadlines(&mut self) {
         self.kill_overdue();
         self.finish_gathers(true);
+        // Taken even when stopping, or its deadline would stay in the past and the poll spin.
+        let now = Instant::now();
+        let changed = self.watcher.as_mut().map(|w| w.due(now)).unwrap_or_default();
         if self.phase == Phase::Stopping {
             return;
         }
-        let now = Instant::now();
-        let changed = self.watcher.as_mut().map(|w| w.due(now)).unwrap_or_default();
         for (path, change) in changed {
             match change {
                 Change::Written => self.plugin_file_changed(&path),

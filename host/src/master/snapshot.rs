@@ -12,12 +12,12 @@ use super::spawn::probe_plugin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("could not read plugin {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("could not read plugin {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
     #[error("plugin {path} is not a complete ELF file: {reason}")]
     NotElf { path: PathBuf, reason: String },
-    #[error("could not copy plugin {path} to the runtime directory: {source}")]
-    Copy { path: PathBuf, source: io::Error },
+    #[error("could not copy plugin {path} to the runtime directory: {cause}")]
+    Copy { path: PathBuf, cause: io::Error },
     /// The probe refused the file; the reason names the file the user gave, not our copy.
     #[error("{reason}")]
     Probe { reason: String },
@@ -95,13 +95,13 @@ impl Drop for RuntimeDir {
 /// Checks `source`, copies it into `dir` and probes the copy. `expected_name`: the name the
 /// plugin must report (None when the service named it by path).
 pub fn take(source: &Path, dir: &RuntimeDir, expected_name: Option<&str>) -> Result<Snapshot, SnapshotError> {
-    let bytes = fs::read(source).map_err(|e| SnapshotError::Read { path: source.to_path_buf(), source: e })?;
+    let bytes = fs::read(source).map_err(|e| SnapshotError::Read { path: source.to_path_buf(), cause: e })?;
     elf_complete(&bytes).map_err(|reason| SnapshotError::NotElf { path: source.to_path_buf(), reason })?;
     let hash = fnv1a(&bytes);
     let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
     let path = dir.path.join(format!("{stem}-{hash:016x}.so"));
     if !path.exists() {
-        write_new(&path, &bytes).map_err(|e| SnapshotError::Copy { path: source.to_path_buf(), source: e })?;
+        write_new(&path, &bytes).map_err(|e| SnapshotError::Copy { path: source.to_path_buf(), cause: e })?;
     }
     let report = match probe_plugin(&path) {
         Ok(r) => r,

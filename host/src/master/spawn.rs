@@ -32,12 +32,18 @@ pub struct Spawned {
 }
 
 /// Starts a worker for `spec` on `listener` (one slot's socket, which the master keeps).
-pub fn spawn_worker(spec: &WorkerSpec, plugin_label: &str, listener: &OwnedFd) -> Result<Spawned, SpawnError> {
+pub fn spawn_worker(
+    spec: &WorkerSpec,
+    plugin_label: &str,
+    listener: &OwnedFd,
+    args: &[String],
+) -> Result<Spawned, SpawnError> {
     let exe = std::env::current_exe().map_err(SpawnError::Exe)?;
     let (ours, theirs) = UnixStream::pair().map_err(SpawnError::Spawn)?;
     let mut cmd = Command::new(exe);
     cmd.arg0(format!("host: worker {} #{} {}", spec.service, spec.slot, plugin_label))
         .arg("worker")
+        .args(args)
         .stdin(Stdio::null());
     let child =
         sys::spawn_with_fds(&mut cmd, &[listener.as_raw_fd(), theirs.as_raw_fd()]).map_err(SpawnError::Spawn)?;
