@@ -123,6 +123,8 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     let plugin_dirs: Vec<PathBuf> =
         if options.plugin_dirs.is_empty() { plugin::default_dirs() } else { options.plugin_dirs };
     let plugin_dirs: Vec<PathBuf> = plugin_dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
+    // Remember where the binary is now, before anyone replaces it (see `spawn::host_exe`).
+    spawn::host_exe().context("could not find the host binary")?;
     let pid_file = PidFile::acquire(&options.pid_file)?;
     let runtime = RuntimeDir::create().context("could not create the runtime directory")?;
     let mut states = Vec::new();

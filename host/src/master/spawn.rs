@@ -5,8 +5,9 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use nix::unistd::Pid;
 
@@ -25,6 +26,21 @@ pub enum SpawnError {
     Probe(String),
 }
 
+/// The host binary workers and probes are started from: the path the master was started from,
+/// read once (after the file is replaced, `/proc/self/exe` reads `… (deleted)`), so a new binary
+/// installed there takes over with the next worker; or, when that path is gone, the running
+/// image itself.
+pub fn host_exe() -> std::io::Result<PathBuf> {
+    static STARTED_FROM: OnceLock<Option<PathBuf>> = OnceLock::new();
+    match STARTED_FROM.get_or_init(|| std::env::current_exe().ok()) {
+        Some(path) if path.is_file() => Ok(path.clone()),
+        _ => {
+            let running = PathBuf::from("/proc/self/exe");
+            running.metadata().map(|_| running)
+        }
+    }
+}
+
 /// A started worker: its pid and the master's end of its control socket.
 pub struct Spawned {
     pub pid: Pid,
@@ -38,7 +54,7 @@ pub fn spawn_worker(
     listener: &OwnedFd,
     args: &[String],
 ) -> Result<Spawned, SpawnError> {
-    let exe = std::env::current_exe().map_err(SpawnError::Exe)?;
+    let exe = host_exe().map_err(SpawnError::Exe)?;
     let (ours, theirs) = UnixStream::pair().map_err(SpawnError::Spawn)?;
     let mut cmd = Command::new(exe);
     cmd.arg0(format!("host: worker {} #{} {}", spec.service, spec.slot, plugin_label))
@@ -67,7 +83,7 @@ pub struct ProbeReport {
 /// Loads `path` in a throwaway exec'd child (`host check-plugin`), so that a broken file can
 /// crash nothing but the probe. Blocking; it takes a few milliseconds.
 pub fn probe_plugin(path: &Path) -> Result<ProbeReport, SpawnError> {
-    let exe = std::env::current_exe().map_err(SpawnError::Exe)?;
+    let exe = host_exe().map_err(SpawnError::Exe)?;
     let out = Command::new(exe)
         .arg("check-plugin")
         .arg(path)
