@@ -1,8 +1,10 @@
 //! The `host` master under test: spawned in a process group of its own, its stderr (the log of
 //! the master and of every worker) captured by a reader thread.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -194,6 +196,29 @@ impl Host {
         .ok_or_else(|| format!("wanted {n} workers in {timeout:?}, last saw {last:?}"))
     }
 
+    /// Runs the control command `host ARGS…` (`stop`, `reload -g`, `status`…) in the master's
+    /// directory, so that the default pid file (`./host.pid`) is this master's, and returns what
+    /// it did. Meanwhile the master is reaped if it exits: the master is this process's child,
+    /// and until it is reaped it is a zombie that a command waiting for it to be gone still sees.
+    pub fn command<I, S>(&mut self, args: I, timeout: Duration) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        let dir = self.dir.path().to_path_buf();
+        std::thread::scope(|scope| {
+            let command = scope.spawn(|| run_host_in(&dir, &args, timeout));
+            while !command.is_finished() {
+                if self.exit.is_none() {
+                    self.exit = self.child.try_wait().ok().flatten();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            command.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// Sends `sig` to the master (by pid).
     pub fn signal(&self, sig: Signal) {
         if self.exit.is_none() {
@@ -271,8 +296,13 @@ impl Drop for Host {
 
 /// `host`, freshly built, to run in `dir` (working and runtime directory), with `RUST_LOG` unset.
 fn host_command(dir: &TempDir) -> Command {
+    host_command_in(dir.path())
+}
+
+/// `host`, freshly built, to run in `dir` (working and runtime directory), with `RUST_LOG` unset.
+pub fn host_command_in(dir: &Path) -> Command {
     let mut cmd = Command::new(crate::host_bin());
-    cmd.current_dir(dir.path()).env("XDG_RUNTIME_DIR", dir.path()).env_remove("RUST_LOG");
+    cmd.current_dir(dir).env("XDG_RUNTIME_DIR", dir).env_remove("RUST_LOG");
     cmd
 }
 
@@ -291,7 +321,17 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     let dir = TempDir::new();
-    let mut child = host_command(&dir)
+    run_host_in(dir.path(), args, timeout)
+}
+
+/// Runs `host ARGS…` to completion in `dir` (its working and runtime directory: `./host.pid` is
+/// `dir/host.pid`), killing it (and failing the test) after `timeout`.
+pub fn run_host_in<I, S>(dir: &Path, args: I, timeout: Duration) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut child = host_command_in(dir)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -12,9 +12,14 @@
 //! Every wait polls up to a deadline: a broken host fails a test within seconds, never hangs it.
 
 mod build;
+pub mod cargo_plugin;
 mod client;
+pub mod copied_host;
 mod host;
+pub mod load;
+pub mod plugin_dir;
 mod procfs;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,8 +27,8 @@ use std::time::{Duration, Instant};
 
 pub use crate::build::{build, host_bin, plugin_file, target_dir};
 pub use crate::client::{get, post, post_chunked, Client, Response};
-pub use crate::host::{run_host, Host, Log, Output};
-pub use crate::procfs::{cmdline, group_pids, is_alive};
+pub use crate::host::{host_command_in, run_host, run_host_in, Host, Log, Output};
+pub use crate::procfs::{children, cmdline, group_pids, is_alive};
 pub use nix::sys::signal::Signal;
 
 /// Sends `sig` to one process, by pid.

@@ -7,6 +7,9 @@
 
 // HTTP/1.1 through the `http` plugin: keep-alive, pipelining, bodies, errors, static files.
 mod http;
+// The master's lifecycle and control: reload, stop, status, pid file, daemon, config file,
+// crash-loop back-off, logging, users, restart.
+mod lifecycle;
 // Process supervision: worker count, replacement after a crash, SIGINT/SIGTERM, bind errors.
 mod process;
 // Finding and checking plugins: missing, garbage, not-a-plugin, wrong ABI, failing start.
@@ -15,3 +18,5 @@ mod plugins;
 mod panic;
 // Workerman's Text protocol through the `text` plugin: framing and the max package size.
 mod text;
+// Hot reload: plugin files replaced by mv, cp, a refused file, a missing one, cargo build.
+mod reload;

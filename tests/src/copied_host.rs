@@ -1,0 +1,98 @@
+//! A host master run from a private copy of the host binary, so that a test can replace that
+//! binary on disk while the master runs, as `cargo build`, `install` and package upgrades do
+//! (a new file renamed over the path: the running master's file is unlinked, not rewritten).
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::{host_bin, poll_until, TempDir, READY_TIMEOUT};
+
+/// A master started from `DIR/bin/host`, in `DIR` (working and runtime directory), its log in
+/// `DIR/host.log`. Drop kills it and its workers.
+pub struct CopiedHost {
+    dir: TempDir,
+    child: Child,
+}
+
+impl CopiedHost {
+    /// Copies the host binary, runs `host ARGS…` from the copy and waits until it is ready.
+    pub fn start(args: &[&str]) -> CopiedHost {
+        let dir = TempDir::new();
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        fs::copy(host_bin(), dir.join("bin/host")).unwrap_or_else(|e| panic!("could not copy the host binary: {e}"));
+        let log = fs::File::create(dir.join("host.log")).unwrap();
+        let child = Command::new(dir.join("bin/host"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not run the copied host: {e}"));
+        let host = CopiedHost { dir, child };
+        if let Err(e) = host.wait_for_log("host ready", READY_TIMEOUT) {
+            panic!("the copied host did not get ready: {e}");
+        }
+        host
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The master's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("host.log")).unwrap_or_default()
+    }
+
+    /// Waits until a line of the log contains `pattern` and returns it.
+    pub fn wait_for_log(&self, pattern: &str, timeout: Duration) -> Result<String, String> {
+        poll_until(timeout, || self.log().lines().find(|l| l.contains(pattern)).map(String::from))
+            .ok_or_else(|| format!("no line with {pattern:?} in {timeout:?}; log:\n{}", self.log()))
+    }
+
+    /// The master's worker processes (its children titled `host: worker …`), sorted.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        let pid = self.pid();
+        let mut pids: Vec<i32> = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|&p| crate::cmdline(p).is_some_and(|c| c.starts_with("host: worker")) && crate::is_alive(p))
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Puts a new copy of the binary in place by rename, as `cargo build` and `install` do.
+    pub fn replace_binary(&self) {
+        let (new, path) = (self.dir.join("bin/host.new"), self.dir.join("bin/host"));
+        fs::copy(host_bin(), &new).unwrap_or_else(|e| panic!("could not copy the host binary: {e}"));
+        fs::rename(&new, &path).unwrap_or_else(|e| panic!("could not replace {}: {e}", path.display()));
+    }
+}
+
+impl Drop for CopiedHost {
+    fn drop(&mut self) {
+        // Workers run in process groups of their own: by pid, read while the master lives.
+        let workers = self.worker_pids();
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        let _ = self.child.wait();
+        for pid in workers {
+            if crate::cmdline(pid).is_some_and(|c| c.starts_with("host")) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("\n---- copied host (pid {}) log ----\n{}---- end ----\n", self.pid(), self.log());
+        }
+    }
+}
