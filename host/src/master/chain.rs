@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::prepare::{Done, Job, Purpose};
 use super::reload::{Chain, Outcome, Request, SlotKey, Step};
 use super::table::Role;
-use super::{snapshot, Master, Phase};
+use super::{Master, Phase, Prep};
 use crate::plugin;
 use crate::status::Answer;
 
@@ -67,31 +68,66 @@ impl Master {
         }
     }
 
-    /// Starts the services that were waiting for their plugin file, if `path` is it.
+    /// Checks `path` for the services that were waiting for it (they start once it passes).
     fn start_waiting_services(&mut self, path: &Path) {
-        for i in 0..self.services.len() {
-            let state = &self.services[i];
+        for (i, state) in self.services.iter().enumerate() {
             let Some(name) = state.expected_name.as_deref().filter(|_| state.waiting) else { continue };
-            if plugin::find(name, &self.plugin_dirs).ok().as_deref() != Some(path) {
-                continue;
+            if plugin::find(name, &self.plugin_dirs).ok().as_deref() == Some(path) {
+                let job = Job {
+                    purpose: Purpose::Activate,
+                    service: i,
+                    source: path.to_path_buf(),
+                    expected_name: Some(name.into()),
+                };
+                self.preparer.submit(job);
             }
-            match snapshot::take(path, &self.runtime, Some(name)) {
-                Ok(snap) => {
-                    let snap = Rc::new(snap);
-                    let state = &mut self.services[i];
-                    tracing::info!(service = %state.service.name, plugin = %snap.name, hash = %snap.short_hash(), "plugin appeared; starting the service");
-                    state.waiting = false;
-                    state.source = path.to_path_buf();
-                    let slots: Vec<_> = super::service_slots(i, state.service.count, &snap).collect();
-                    let keys: Vec<SlotKey> = slots.iter().map(|s| s.key).collect();
-                    self.table.slots.extend(slots);
-                    for key in keys {
-                        self.spawn(key, Role::Serving);
+        }
+    }
+
+    /// Takes the files the preparer checked: starts waiting services, goes on with a reload.
+    pub(super) fn prepared(&mut self) {
+        for done in self.preparer.take() {
+            match done.purpose {
+                Purpose::Activate => self.activate(done),
+                Purpose::Reload(id) if self.prep.as_ref().is_some_and(|p| p.id == id) => {
+                    let prep = self.prep.as_mut().expect("checked above");
+                    prep.pending.retain(|&s| s != done.service);
+                    match done.result {
+                        Ok(snap) => prep.ready.push((done.service, snap)),
+                        Err(e) => prep.failure = prep.failure.take().or(Some((done.service, e))),
+                    }
+                    if prep.pending.is_empty() {
+                        let prep = self.prep.take().expect("checked above");
+                        self.launch_chain(prep);
                     }
                 }
-                Err(e) => {
-                    tracing::error!(service = %state.service.name, "plugin file refused; the service keeps waiting: {e}")
+                // A reload abandoned (the master is stopping) while its files were checked.
+                Purpose::Reload(_) => {}
+            }
+        }
+    }
+
+    fn activate(&mut self, done: Done) {
+        let i = done.service;
+        let state = &mut self.services[i];
+        if !state.waiting || self.phase == Phase::Stopping {
+            return;
+        }
+        match done.result {
+            Ok(snap) => {
+                let snap = Rc::new(snap);
+                tracing::info!(service = %state.service.name, plugin = %snap.name, hash = %snap.short_hash(), "plugin appeared; starting the service");
+                state.waiting = false;
+                state.source = done.source;
+                let slots: Vec<_> = super::service_slots(i, state.service.count, &snap).collect();
+                let keys: Vec<SlotKey> = slots.iter().map(|s| s.key).collect();
+                self.table.slots.extend(slots);
+                for key in keys {
+                    self.spawn(key, Role::Serving);
                 }
+            }
+            Err(e) => {
+                tracing::error!(service = %state.service.name, "plugin file refused; the service keeps waiting: {e}")
             }
         }
     }
@@ -110,35 +146,56 @@ impl Master {
         }
     }
 
-    /// Checks the requested services' plugin files again and starts a chain over their slots.
+    /// Has the requested services' plugin files checked again (off the loop, see `prepare`);
+    /// the chain starts in `launch_chain` once they all are.
     pub(super) fn start_chain(&mut self, request: Request) {
         self.chain_started = Instant::now();
-        self.step_started = Instant::now();
-        let mut reload = Vec::new();
+        self.prep_seq += 1;
+        let id = self.prep_seq;
         for &i in &request.services {
             let state = &self.services[i];
-            match snapshot::take(&state.source, &self.runtime, state.expected_name.as_deref()) {
-                Ok(snap) => {
-                    let mut slots = self.table.slots.iter().filter(|s| s.key.service == i);
-                    if request.only_changed && slots.all(|s| s.snapshot.hash == snap.hash) {
-                        tracing::info!(service = %state.service.name, hash = %snap.short_hash(), "plugin file unchanged; not reloaded");
-                        continue;
-                    }
-                    self.services[i].candidate = Some(Rc::new(snap));
-                    reload.push(i);
-                }
-                Err(e) => {
-                    tracing::info!(reason = %request.reason, "reload refused");
-                    let slot = SlotKey { service: i, slot: 0 };
-                    self.reloader.chain = Some(Chain::new(Vec::new(), request));
-                    self.apply(Step::Finished(Outcome::Aborted { slot, replaced: 0, reason: e.to_string() }));
-                    return;
-                }
+            let job = Job {
+                purpose: Purpose::Reload(id),
+                service: i,
+                source: state.source.clone(),
+                expected_name: state.expected_name.clone(),
+            };
+            self.preparer.submit(job);
+        }
+        let prep = Prep { id, pending: request.services.clone(), ready: Vec::new(), failure: None };
+        // A chain with no slots yet stands for the reload while its files are checked: triggers
+        // queue behind it and a stop abandons it.
+        self.reloader.chain = Some(Chain::new(Vec::new(), request));
+        if prep.pending.is_empty() {
+            self.launch_chain(prep);
+        } else {
+            self.prep = Some(prep);
+        }
+    }
+
+    /// Every candidate file was checked: abort, skip unchanged services, or run the chain.
+    fn launch_chain(&mut self, prep: Prep) {
+        let Some(placeholder) = self.reloader.chain.take() else { return };
+        let request = placeholder.request;
+        if let Some((i, reason)) = prep.failure {
+            tracing::info!(reason = %request.reason, "reload refused");
+            self.reloader.chain = Some(Chain::new(Vec::new(), request));
+            self.apply(Step::Finished(Outcome::Aborted { slot: SlotKey { service: i, slot: 0 }, replaced: 0, reason }));
+            return;
+        }
+        let mut reload = Vec::new();
+        for (i, snap) in prep.ready {
+            let state = &self.services[i];
+            let mut slots = self.table.slots.iter().filter(|s| s.key.service == i);
+            if request.only_changed && slots.all(|s| s.snapshot.hash == snap.hash) {
+                tracing::info!(service = %state.service.name, hash = %snap.short_hash(), "plugin file unchanged; not reloaded");
+                continue;
             }
+            self.services[i].candidate = Some(Rc::new(snap));
+            reload.push(i);
         }
         if reload.is_empty() && request.only_changed {
             // Nothing changed: no chain, but a queued request may be waiting behind this one.
-            self.reloader.chain = Some(Chain::new(Vec::new(), request));
             if let (_, Some(next)) = self.reloader.finish() {
                 self.start_chain(next);
             }
@@ -151,6 +208,19 @@ impl Master {
         let step = chain.first();
         self.reloader.chain = Some(chain);
         self.apply(step);
+    }
+
+    /// Deletes the snapshots no slot and no worker (draining ones included) uses any more.
+    pub(super) fn remove_unused_snapshots(&self) {
+        let in_use: Vec<PathBuf> = self
+            .table
+            .slots
+            .iter()
+            .map(|s| s.snapshot.path.clone())
+            .chain(self.table.workers.iter().map(|w| w.snapshot.path.clone()))
+            .collect();
+        let refs: Vec<&Path> = in_use.iter().map(PathBuf::as_path).collect();
+        self.runtime.remove_unused(&refs);
     }
 
     pub(super) fn apply(&mut self, step: Step) {
@@ -222,15 +292,7 @@ impl Master {
         for state in &mut self.services {
             state.candidate = None;
         }
-        let in_use: Vec<PathBuf> = self
-            .table
-            .slots
-            .iter()
-            .map(|s| s.snapshot.path.clone())
-            .chain(self.table.workers.iter().map(|w| w.snapshot.path.clone()))
-            .collect();
-        let refs: Vec<&Path> = in_use.iter().map(PathBuf::as_path).collect();
-        self.runtime.remove_unused(&refs);
+        self.remove_unused_snapshots();
         let (_, next) = self.reloader.finish();
         if let Some(next) = next {
             self.start_chain(next);

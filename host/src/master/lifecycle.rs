@@ -83,6 +83,7 @@ impl Master {
         }
         tracing::info!(graceful, "stopping");
         self.phase = Phase::Stopping;
+        self.prep = None;
         if let (Some(chain), queued) = self.reloader.finish() {
             tracing::warn!(reason = %chain.request.reason, "reload abandoned: the master is stopping");
             let mut waiters = chain.request.waiters;
@@ -140,26 +141,31 @@ impl Master {
         }
     }
 
-    /// Collects every exited child (`waitpid(WNOHANG)` until none is left).
+    /// Collects every exited worker: `waitpid(pid, WNOHANG)` for each one in the table. Not
+    /// `waitpid(-1)`: the preparer thread waits for its own probe processes, and reaping one of
+    /// those here would leave it with ECHILD.
     pub(super) fn reap_children(&mut self) {
-        loop {
-            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
-                Ok(status) => status,
-                Err(nix::errno::Errno::EINTR) => continue,
+        let pids: Vec<Pid> = self.table.workers.iter().map(|w| w.pid).collect();
+        for pid in pids {
+            let status = loop {
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other,
+                }
+            };
+            let how = match status {
+                Ok(WaitStatus::Exited(_, code)) => format!("exit code {code}"),
+                Ok(WaitStatus::Signaled(_, sig, core)) => {
+                    format!("signal {sig}{}", if core { " (core dumped)" } else { "" })
+                }
+                Ok(_) => continue,
                 Err(e) => {
-                    tracing::error!("waitpid failed: {e}");
-                    return;
+                    // ECHILD: not our child any more (cannot happen for a worker we started).
+                    tracing::error!(pid = pid.as_raw(), "waitpid failed: {e}");
+                    format!("waitpid error {e}")
                 }
             };
-            let (pid, how) = match status {
-                WaitStatus::Exited(pid, code) => (pid, format!("exit code {code}")),
-                WaitStatus::Signaled(pid, sig, core) => {
-                    (pid, format!("signal {sig}{}", if core { " (core dumped)" } else { "" }))
-                }
-                _ => continue,
-            };
-            let clean = matches!(status, WaitStatus::Exited(_, 0));
+            let clean = matches!(status, Ok(WaitStatus::Exited(_, 0)));
             if let Some(w) = self.table.take_by_pid(pid) {
                 self.worker_exited(w, clean, &how);
             }
@@ -175,8 +181,16 @@ impl Master {
         let (pid, lived) = (w.pid.as_raw(), w.uptime());
         let why = w.error.clone().unwrap_or_else(|| format!("it exited with {how} before it was ready"));
         match w.role {
-            Role::Retiring if clean => tracing::info!(service = %service, slot = key.slot, pid, "worker stopped"),
-            Role::Retiring => tracing::warn!(service = %service, slot = key.slot, pid, "worker stopped with {how}"),
+            Role::Retiring => {
+                if clean {
+                    tracing::info!(service = %service, slot = key.slot, pid, "worker stopped");
+                } else {
+                    tracing::warn!(service = %service, slot = key.slot, pid, "worker stopped with {how}");
+                }
+                if self.phase != Phase::Stopping && self.reloader.chain.is_none() {
+                    self.remove_unused_snapshots();
+                }
+            }
             Role::Replacement => {
                 tracing::error!(service = %service, slot = key.slot, pid, "replacement worker failed: {why}");
                 if let Some(step) = self.reloader.chain.as_mut().and_then(|c| c.failed(key, &why)) {

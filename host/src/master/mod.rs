@@ -8,6 +8,7 @@ mod backoff;
 mod chain;
 mod control;
 mod lifecycle;
+mod prepare;
 mod reload;
 mod report;
 mod snapshot;
@@ -30,6 +31,7 @@ use nix::sys::signalfd::SignalFd;
 
 pub use self::control::Request as ControlRequest;
 use self::control::{ControlServer, Request};
+use self::prepare::Preparer;
 use self::reload::{Reloader, SlotKey};
 use self::report::Gather;
 use self::snapshot::{RuntimeDir, Snapshot};
@@ -43,7 +45,8 @@ use crate::watcher::{Change, Watcher};
 use crate::{plugin, sys};
 
 const SIGNALS: Token = Token(0);
-const WATCHER: Token = Token(1);
+/// The one waker of the poll (mio allows one): the watcher and the preparer threads share it.
+const WAKER: Token = Token(1);
 const CONTROL: Token = Token(2);
 /// Worker tokens are unique ids above this; control clients' above `CLIENT_TOKEN_BASE`.
 const WORKER_TOKEN_BASE: usize = 16;
@@ -74,6 +77,16 @@ struct ServiceState {
     candidate: Option<Rc<Snapshot>>,
     /// Its plugin file does not exist yet: no workers until it appears.
     waiting: bool,
+}
+
+/// A reload whose candidate files are being checked (see `prepare`).
+struct Prep {
+    id: u64,
+    /// Services whose file is still being checked.
+    pending: Vec<usize>,
+    ready: Vec<(usize, Snapshot)>,
+    /// The first service whose file was refused, and why.
+    failure: Option<(usize, String)>,
 }
 
 /// How the master is run.
@@ -113,6 +126,10 @@ pub struct Master {
     started_at: SystemTime,
     ready: Option<std::fs::File>,
     worker_args: Vec<String>,
+    preparer: Preparer,
+    /// The reload whose candidate files are being checked.
+    prep: Option<Prep>,
+    prep_seq: u64,
     _pid_file: PidFile,
     // Dropped last: removes the snapshots.
     runtime: RuntimeDir,
@@ -145,7 +162,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
             .with_context(|| format!("could not listen on {}", service.listen))?;
         tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening");
         if let Some(source) = &source {
-            let snap = Rc::new(snapshot::take(source, &runtime, expected_name.as_deref())?);
+            let snap = Rc::new(snapshot::take(source, &runtime.path, expected_name.as_deref())?);
             tracing::info!(service = %service.name, plugin = %snap.name, version = %snap.version, hash = %snap.short_hash(), path = %source.display(), "plugin checked");
             slots.extend(service_slots(index, service.count, &snap));
         }
@@ -209,9 +226,10 @@ impl Master {
                 None
             }
         };
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let preparer = Preparer::start(runtime.path.clone(), waker.clone())?;
         // The watcher is a thread; workers are started by fork + exec, which is safe with
         // threads around (a bare fork is not: DESIGN.md pitfall 4).
-        let waker = Arc::new(mio::Waker::new(poll.registry(), WATCHER)?);
         let watcher = match Watcher::start(&plugin_dirs, waker) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -239,6 +257,9 @@ impl Master {
             started_at: SystemTime::now(),
             ready,
             worker_args: Vec::new(),
+            preparer,
+            prep: None,
+            prep_seq: 0,
             _pid_file: pid_file,
             runtime,
         })
@@ -276,10 +297,11 @@ impl Master {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.read_signals(),
-                    WATCHER => {
+                    WAKER => {
                         if let Some(w) = self.watcher.as_mut() {
                             w.collect(Instant::now());
                         }
+                        self.prepared();
                     }
                     CONTROL => {
                         if let Some(c) = self.control.as_mut() {

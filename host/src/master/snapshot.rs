@@ -25,6 +25,9 @@ pub enum SnapshotError {
     WrongName { path: PathBuf, found: String, expected: String },
 }
 
+/// How long a snapshot nobody uses is kept: a check under way may be about to hand it out.
+const SNAPSHOT_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A checked private copy of a plugin file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -67,14 +70,18 @@ impl RuntimeDir {
         Ok(RuntimeDir { path })
     }
 
-    /// Removes snapshots that none of `in_use` names.
+    /// Removes snapshots that none of `in_use` names, but for the youngest: a check under way
+    /// (see `prepare`) may have just written one.
     pub fn remove_unused(&self, in_use: &[&Path]) {
         let Ok(entries) = fs::read_dir(&self.path) else {
             return;
         };
+        let fresh = |e: &fs::DirEntry| {
+            e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age < SNAPSHOT_GRACE))
+        };
         for entry in entries.flatten() {
             let p = entry.path();
-            if p.extension().is_some_and(|e| e == "so") && !in_use.contains(&p.as_path()) {
+            if p.extension().is_some_and(|e| e == "so") && !in_use.contains(&p.as_path()) && !fresh(&entry) {
                 match fs::remove_file(&p) {
                     Ok(()) => tracing::debug!(path = %p.display(), "snapshot removed"),
                     Err(e) => {
@@ -94,12 +101,12 @@ impl Drop for RuntimeDir {
 
 /// Checks `source`, copies it into `dir` and probes the copy. `expected_name`: the name the
 /// plugin must report (None when the service named it by path).
-pub fn take(source: &Path, dir: &RuntimeDir, expected_name: Option<&str>) -> Result<Snapshot, SnapshotError> {
+pub fn take(source: &Path, dir: &Path, expected_name: Option<&str>) -> Result<Snapshot, SnapshotError> {
     let bytes = fs::read(source).map_err(|e| SnapshotError::Read { path: source.to_path_buf(), cause: e })?;
     elf_complete(&bytes).map_err(|reason| SnapshotError::NotElf { path: source.to_path_buf(), reason })?;
     let hash = fnv1a(&bytes);
     let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
-    let path = dir.path.join(format!("{stem}-{hash:016x}.so"));
+    let path = dir.join(format!("{stem}-{hash:016x}.so"));
     if !path.exists() {
         write_new(&path, &bytes).map_err(|e| SnapshotError::Copy { path: source.to_path_buf(), cause: e })?;
     }
@@ -132,8 +139,9 @@ pub fn take(source: &Path, dir: &RuntimeDir, expected_name: Option<&str>) -> Res
 fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("so.tmp");
     let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o444).open(&tmp)?;
+    // No fsync: the copy only has to outlive this master, and the rename makes it whole for
+    // every reader; the page cache serves it to the workers either way.
     f.write_all(bytes)?;
-    f.sync_all()?;
     fs::rename(&tmp, path)
 }
 
@@ -226,8 +234,15 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o711);
         fs::write(path.join("a.so"), b"x").unwrap();
         fs::write(path.join("b.so"), b"x").unwrap();
+        fs::write(path.join("new.so"), b"x").unwrap();
+        let old = std::time::SystemTime::now() - SNAPSHOT_GRACE * 2;
+        for name in ["a.so", "b.so"] {
+            fs::File::options().write(true).open(path.join(name)).unwrap().set_modified(old).unwrap();
+        }
         dir.remove_unused(&[path.join("a.so").as_path()]);
-        assert!(path.join("a.so").exists() && !path.join("b.so").exists());
+        assert!(path.join("a.so").exists(), "in use");
+        assert!(!path.join("b.so").exists(), "unused and old");
+        assert!(path.join("new.so").exists(), "unused but maybe just made by a check under way");
         drop(dir);
         assert!(!path.exists());
     }
