@@ -20,3 +20,5 @@ mod panic;
 mod text;
 // Hot reload: plugin files replaced by mv, cp, a refused file, a missing one, cargo build.
 mod reload;
+// The max send buffer: a client that does not read is paused, then served in full.
+mod backpressure;

@@ -1,0 +1,46 @@
+//! The max send buffer: a client that does not read makes the worker stop reading from it (the
+//! plugin hears `buffer_full`), and everything is delivered, in order and whole, once it reads.
+
+use std::time::Duration;
+
+use host_tests::{get, poll_until, Client, Host, TempDir};
+
+const FILE_SIZE: usize = 32 << 20;
+
+// A 32 MiB response to a client that does not read: the connection's pending output stays far
+// above the 1 MiB send buffer (loopback socket buffers take a few MiB at most), so the worker
+// pauses reading it and leaves the pipelined second request unread; `host connections` shows
+// it paused. Once the client reads, the file arrives whole and then the second answer.
+#[test]
+fn a_client_that_does_not_read_is_paused_then_served_in_full() {
+    let dir = TempDir::new();
+    let content: Vec<u8> = (0..FILE_SIZE).map(|i| (i % 251) as u8).collect();
+    dir.write("www/big.bin", &content);
+    let config = format!("root = {:?}", dir.join("www").display().to_string());
+    let mut host = Host::start("http", &["--plugin-config", &config, "--max-send-buffer", "1048576"]);
+    let port = host.port();
+
+    let mut c = Client::connect(port);
+    let mut both = get("/big.bin");
+    both.extend_from_slice(&get("/"));
+    c.send(&both);
+
+    let paused = poll_until(Duration::from_secs(10), || {
+        let out = host.command(["connections"], Duration::from_secs(10));
+        let row = out.stdout.lines().find(|l| l.ends_with(" paused"))?.to_string();
+        Some(row)
+    })
+    .unwrap_or_else(|| panic!("the connection was never shown paused:\n{}", host.log_text()));
+    // PENDING is the 9th column: at least the send buffer's worth is still queued.
+    let pending = paused.split_whitespace().nth(8).unwrap_or_default().to_string();
+    assert!(pending.ends_with('M'), "pending output {pending:?} in {paused:?}");
+
+    let big = c.read_response().expect("the big response");
+    assert_eq!(big.status, 200, "{}", big.head);
+    assert_eq!(big.body.len(), FILE_SIZE);
+    assert!(big.body == content, "the file arrived changed");
+    let hello = c.read_response().expect("the second, pipelined response");
+    assert_eq!(hello.body_text(), "Hello, World!");
+    // Reading resumed for good: the connection serves on.
+    assert_eq!(c.request(&get("/")).status, 200);
+}
