@@ -120,6 +120,12 @@ pub struct StartArgs {
     /// Seconds without traffic after which a connection is closed (0: never) [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
+    /// Seconds draining workers may keep their connections on a graceful stop or reload [default: 5].
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_timeout: Option<f64>,
+    /// Seconds a worker told to stop has before it is killed [default: 2].
+    #[arg(long, value_name = "SECONDS")]
+    pub kill_timeout: Option<f64>,
     /// Where a daemon's logs go [default: ./host.log].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
@@ -156,6 +162,12 @@ impl StartArgs {
         }
         if self.log_file.is_some() {
             set.push("--log-file");
+        }
+        if self.drain_timeout.is_some() {
+            set.push("--drain-timeout");
+        }
+        if self.kill_timeout.is_some() {
+            set.push("--kill-timeout");
         }
         set
     }

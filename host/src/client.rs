@@ -40,18 +40,20 @@ fn ask(pid_file: &Path, request: ControlRequest, wait: Duration) -> anyhow::Resu
 /// Stops the master and waits until it is gone.
 pub fn stop(pid_file: &Path, graceful: bool) -> anyhow::Result<()> {
     let pid = pidfile::read_running(pid_file)?;
-    match ask(pid_file, ControlRequest::Stop { graceful }, ANSWER_WAIT) {
+    let default_wait = if graceful { config::DRAIN_TIMEOUT } else { Duration::ZERO } + config::KILL_TIMEOUT;
+    let wait = match ask(pid_file, ControlRequest::Stop { graceful }, ANSWER_WAIT) {
         Ok(Answer::Error { message }) => bail!("{message}"),
-        Ok(_) => {}
+        Ok(Answer::Ok { wait_ms, .. }) if wait_ms > 0 => Duration::from_millis(wait_ms),
+        Ok(_) => default_wait,
         Err(e) => {
             // The socket may be gone (removed by hand): signals still work.
             let sig = if graceful { Signal::SIGTERM } else { Signal::SIGINT };
             tracing::debug!("control socket failed ({e:#}); sending {sig}");
             kill(Pid::from_raw(pid), sig).with_context(|| format!("could not signal the master (pid {pid})"))?;
+            default_wait
         }
-    }
-    let limit =
-        if graceful { config::DRAIN_TIMEOUT } else { Duration::ZERO } + config::KILL_TIMEOUT + Duration::from_secs(5);
+    };
+    let limit = wait + Duration::from_secs(5);
     let deadline = Instant::now() + limit;
     while pidfile::is_host_master(pid) {
         if Instant::now() > deadline {
@@ -66,7 +68,7 @@ pub fn stop(pid_file: &Path, graceful: bool) -> anyhow::Result<()> {
 /// Runs the reload chain and reports how it ended.
 pub fn reload(pid_file: &Path, graceful: bool) -> anyhow::Result<()> {
     match ask(pid_file, ControlRequest::Reload { graceful }, RELOAD_WAIT)? {
-        Answer::Ok { message } => {
+        Answer::Ok { message, .. } => {
             println!("{message}");
             Ok(())
         }

@@ -18,6 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -33,6 +34,10 @@ pub struct FileConfig {
     pub plugin_dirs: Vec<PathBuf>,
     /// At least one, with unique names and unique listen addresses.
     pub services: Vec<ServiceConfig>,
+    /// How long draining workers may keep connections open (graceful stop and reload).
+    pub drain_timeout: Option<Duration>,
+    /// How long a worker told to stop has before it is killed.
+    pub kill_timeout: Option<Duration>,
 }
 
 /// One `[[service]]`: what the flags can say ([`Service`]) and what only the file can.
@@ -105,6 +110,10 @@ struct RawFile {
     log_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     plugin_dirs: Vec<Spanned<PathBuf>>,
+    /// Seconds.
+    drain_timeout: Option<f64>,
+    /// Seconds.
+    kill_timeout: Option<f64>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -211,7 +220,15 @@ impl RawFile {
             }
             services.push(raw.validate(ctx, base_dir)?);
         }
-        Ok(FileConfig { pid_file, log_file, plugin_dirs, services })
+        let seconds = |key: &str, value: Option<f64>| match value {
+            Some(s) if !(0.0..=86400.0).contains(&s) => {
+                Err(ctx.invalid(None, None, format!("{key} must be between 0 and 86400 seconds, not {s}")))
+            }
+            value => Ok(value.map(Duration::from_secs_f64)),
+        };
+        let drain_timeout = seconds("drain_timeout", self.drain_timeout)?;
+        let kill_timeout = seconds("kill_timeout", self.kill_timeout)?;
+        Ok(FileConfig { pid_file, log_file, plugin_dirs, services, drain_timeout, kill_timeout })
     }
 }
 
@@ -290,6 +307,16 @@ mod tests {
 
     fn with_service(extra: &str) -> String {
         format!("[[service]]\nname = \"web\"\nplugin = \"http\"\nlisten = \"127.0.0.1:8080\"\n{extra}")
+    }
+
+    #[test]
+    fn drain_and_kill_timeouts_are_seconds() {
+        let file = parse_ok("drain_timeout = 1.5\nkill_timeout = 3\n[[service]]\nname = \"a\"\nplugin = \"http\"\nlisten = \"127.0.0.1:1\"\n");
+        assert_eq!(file.drain_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(file.kill_timeout, Some(Duration::from_secs(3)));
+        let message =
+            parse_err("drain_timeout = -1\n[[service]]\nname = \"a\"\nplugin = \"http\"\nlisten = \"127.0.0.1:1\"\n");
+        assert!(message.contains("drain_timeout"), "{message}");
     }
 
     #[test]

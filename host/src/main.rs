@@ -84,7 +84,7 @@ fn pid_file(global: &GlobalArgs, from_file: Option<PathBuf>) -> anyhow::Result<P
 
 fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     let args = &cmd.args;
-    let (services, file_dirs, file_pid, file_log, title) = match &global.config {
+    let (services, file_dirs, file_pid, file_log, title, file_drain, file_kill) = match &global.config {
         Some(path) => {
             let flags = args.service_flags();
             if !flags.is_empty() {
@@ -94,14 +94,21 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
             let services = file.services;
             let name =
                 path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-            (services, file.plugin_dirs, file.pid_file, file.log_file, name)
+            (services, file.plugin_dirs, file.pid_file, file.log_file, name, file.drain_timeout, file.kill_timeout)
         }
         None => {
             let service = args.service().map_err(anyhow::Error::msg)?;
             let title = format!("{} {}", service.plugin, service.listen);
-            (vec![ServiceConfig { service, reloadable: true, user: None, group: None }], Vec::new(), None, None, title)
+            let service = ServiceConfig { service, reloadable: true, user: None, group: None };
+            (vec![service], Vec::new(), None, None, title, None, None)
         }
     };
+    let seconds = |flag: &str, value: Option<f64>| match value {
+        Some(s) if !(0.0..=86400.0).contains(&s) => bail!("{flag} must be between 0 and 86400 seconds"),
+        value => Ok(value.map(std::time::Duration::from_secs_f64)),
+    };
+    let drain_timeout = seconds("--drain-timeout", args.drain_timeout)?.or(file_drain).unwrap_or(config::DRAIN_TIMEOUT);
+    let kill_timeout = seconds("--kill-timeout", args.kill_timeout)?.or(file_kill).unwrap_or(config::KILL_TIMEOUT);
     let pid_file = pid_file(global, file_pid)?;
     if let Ok(pid) = pidfile::read_running(&pid_file) {
         bail!("host is already running (pid {pid}, pid file {})", pid_file.display());
@@ -132,8 +139,15 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
         LogFormat::Json => "json",
     };
     let worker_args = vec!["--log-level".into(), global.log_level.clone(), "--log-format".into(), format.into()];
-    let options =
-        master::Options { plugin_dirs, pid_file, ready, wait_for_plugins: global.config.is_some(), worker_args };
+    let options = master::Options {
+        plugin_dirs,
+        pid_file,
+        ready,
+        wait_for_plugins: global.config.is_some(),
+        worker_args,
+        drain_timeout,
+        kill_timeout,
+    };
     let result = master::run(services, options);
     if let (Err(e), Some(mut pipe)) = (&result, report) {
         let _ = writeln!(pipe, "{e:#}");

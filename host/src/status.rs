@@ -89,10 +89,20 @@ pub struct ConnRow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum Answer {
-    Ok { message: String },
-    Error { message: String },
+    Ok {
+        message: String,
+        /// How long the asker should wait for the effect (a stop: drain and kill timeouts).
+        #[serde(default)]
+        wait_ms: u64,
+    },
+    Error {
+        message: String,
+    },
     Status(Status),
-    Connections { rows: Vec<ConnRow>, busy: Vec<i32> },
+    Connections {
+        rows: Vec<ConnRow>,
+        busy: Vec<i32>,
+    },
 }
 
 fn human_bytes(n: u64) -> String {
@@ -108,6 +118,21 @@ fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1}{}", UNITS[unit])
     }
+}
+
+/// `2026-11-22 17:01:11 UTC` for seconds since the Unix epoch (the civil-from-days algorithm).
+fn utc_time(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 fn human_duration(s: u64) -> String {
@@ -144,9 +169,10 @@ pub fn render_status(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "host {}   master pid {}   up {}   load {}",
+        "host {}   master pid {}   started {}   up {}   load {}",
         s.version,
         s.master_pid,
+        utc_time(s.started_at),
         human_duration(s.uptime_s),
         s.load_avg
     );
@@ -324,5 +350,8 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5K");
         assert_eq!(human_duration(59), "59s");
         assert_eq!(human_duration(90000), "1d1h");
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_time(1_795_366_871), "2026-11-22 17:01:11 UTC");
     }
 }

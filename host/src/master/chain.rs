@@ -277,7 +277,7 @@ impl Master {
             Outcome::Done { replaced } => {
                 tracing::info!(replaced, total_ms = ms, "reload done");
                 let summary = format!("done: {replaced} workers replaced in {ms} ms");
-                (summary.clone(), Answer::Ok { message: format!("reload {summary}") })
+                (summary.clone(), Answer::Ok { message: format!("reload {summary}"), wait_ms: 0 })
             }
             Outcome::Aborted { slot, replaced, reason } => {
                 let service = &self.services[slot.service].service.name;

@@ -106,14 +106,12 @@ impl Master {
 
     /// Asks one worker to go: drain (graceful) or stop now, killed at the deadline either way.
     pub(super) fn retire(&mut self, id: usize, graceful: bool) {
+        let (drain, kill) = (self.drain_timeout, self.kill_timeout);
         let Some(w) = self.table.by_id(id) else { return };
         let (msg, kill_after) = if graceful {
-            (
-                ToWorker::Drain { timeout_ms: config::DRAIN_TIMEOUT.as_millis() as u64 },
-                config::DRAIN_TIMEOUT + config::KILL_TIMEOUT,
-            )
+            (ToWorker::Drain { timeout_ms: drain.as_millis() as u64 }, drain + kill)
         } else {
-            (ToWorker::Stop, config::KILL_TIMEOUT)
+            (ToWorker::Stop, kill)
         };
         // A worker already exiting does not read it; the kill deadline still applies.
         let _ = w.control.send(msg.encode().as_bytes());

@@ -21,7 +21,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use mio::unix::SourceFd;
@@ -36,7 +36,7 @@ use self::reload::{Reloader, SlotKey};
 use self::report::Gather;
 use self::snapshot::{RuntimeDir, Snapshot};
 use self::table::{Role, Slot, Table};
-use crate::config::Service;
+use crate::config::{self, Service};
 use crate::config_file::ServiceConfig;
 use crate::ctl::{ReportKind, ToMaster};
 use crate::pidfile::{self, PidFile};
@@ -100,6 +100,10 @@ pub struct Options {
     pub wait_for_plugins: bool,
     /// Arguments every worker gets after `worker` (the log level and format).
     pub worker_args: Vec<String>,
+    /// How long draining workers may keep connections open (graceful stop and reload).
+    pub drain_timeout: Duration,
+    /// How long a worker told to stop has before it is killed.
+    pub kill_timeout: Duration,
 }
 
 pub struct Master {
@@ -126,6 +130,8 @@ pub struct Master {
     started_at: SystemTime,
     ready: Option<std::fs::File>,
     worker_args: Vec<String>,
+    drain_timeout: Duration,
+    kill_timeout: Duration,
     preparer: Preparer,
     /// The reload whose candidate files are being checked.
     prep: Option<Prep>,
@@ -183,6 +189,8 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     }
     let mut master = Master::new(states, slots, runtime, plugin_dirs, pid_file, options.ready)?;
     master.worker_args = options.worker_args;
+    master.drain_timeout = options.drain_timeout;
+    master.kill_timeout = options.kill_timeout;
     master.run_loop()
 }
 
@@ -257,6 +265,8 @@ impl Master {
             started_at: SystemTime::now(),
             ready,
             worker_args: Vec::new(),
+            drain_timeout: config::DRAIN_TIMEOUT,
+            kill_timeout: config::KILL_TIMEOUT,
             preparer,
             prep: None,
             prep_seq: 0,
@@ -340,7 +350,8 @@ impl Master {
         match request {
             Request::Stop { graceful } => {
                 let message = format!("stopping (master pid {})", std::process::id());
-                self.answer_all(&[client], &Answer::Ok { message });
+                let wait = if graceful { self.drain_timeout } else { Duration::ZERO } + self.kill_timeout;
+                self.answer_all(&[client], &Answer::Ok { message, wait_ms: wait.as_millis() as u64 });
                 self.stop(graceful);
             }
             Request::Reload { graceful } => {

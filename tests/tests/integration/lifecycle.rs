@@ -430,6 +430,23 @@ fn graceful_stop_command_ends_by_the_drain_deadline() {
     assert_eq!(status.code(), Some(0));
 }
 
+// --drain-timeout reaches the draining workers (and `stop -g` waits for that deadline, not 5 s).
+#[test]
+fn drain_timeout_flag_sets_the_workers_deadline() {
+    let plugins = TempDir::new();
+    std::fs::copy(host_tests::plugin_file("http"), plugins.join("http.so")).unwrap();
+    let plugin_dir = plugins.path().display().to_string();
+    let mut host = Host::start("http", &["--plugin-dir", &plugin_dir, "--drain-timeout", "0.5"]);
+    let mut c = Client::connect(host.port());
+    assert_eq!(c.request(&get("/")).status, 200);
+    let out = host.command(["stop", "-g"], COMMAND_TIMEOUT);
+    assert_ok(&out, "stop -g");
+    assert_contains!(host.log_text(), "timeout_ms=500");
+    c.wait_closed(Duration::from_secs(1)).expect("the idle connection is closed at the deadline");
+    let status = host.wait_all_gone(EXIT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(0));
+}
+
 // BUG: `host stop` waits until the master's pid is no longer a live process, but counts a
 // zombie as live (pidfile::is_host_master: kill(pid, 0) and /proc/PID/comm both succeed for a
 // zombie). A master whose parent does not reap it at once (here: the test process; in a
