@@ -126,6 +126,9 @@ pub struct StartArgs {
     /// Seconds a worker told to stop has before it is killed [default: 2].
     #[arg(long, value_name = "SECONDS")]
     pub kill_timeout: Option<f64>,
+    /// Seconds one message may take to arrive whole, from its first byte (0: never) [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub message_timeout: Option<u64>,
     /// Where a daemon's logs go [default: ./host.log].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
@@ -135,7 +138,7 @@ impl StartArgs {
     /// Flags that describe a service (they may not be mixed with a config file).
     pub fn service_flags(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
-        let flags: [(&'static str, bool); 9] = [
+        let flags: [(&'static str, bool); 10] = [
             ("--plugin", self.plugin.is_some()),
             ("--count", self.count.is_some()),
             ("--listen", self.listen.is_some()),
@@ -145,6 +148,7 @@ impl StartArgs {
             ("--max-send-buffer", self.max_send_buffer.is_some()),
             ("--max-connections", self.max_connections.is_some()),
             ("--idle-timeout", self.idle_timeout.is_some()),
+            ("--message-timeout", self.message_timeout.is_some()),
         ];
         for (flag, given) in flags {
             if given {
@@ -191,6 +195,9 @@ impl StartArgs {
                 max_send_buffer: self.max_send_buffer.unwrap_or(defaults.max_send_buffer),
                 max_connections: self.max_connections.unwrap_or(defaults.max_connections),
                 idle_timeout_ms: self.idle_timeout.map_or(defaults.idle_timeout_ms, |s| s.saturating_mul(1000)),
+                message_timeout_ms: self
+                    .message_timeout
+                    .map_or(defaults.message_timeout_ms, |s| s.saturating_mul(1000)),
             },
         };
         config::validate(&service)?;

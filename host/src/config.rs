@@ -11,6 +11,9 @@ pub const DEFAULT_MAX_PACKAGE_SIZE: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SEND_BUFFER: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one message may take to arrive whole (slowloris: 1 byte a second keeps a connection
+/// active, but not its message).
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most workers one service may have.
 pub const MAX_COUNT: u32 = 1024;
 /// How long a worker may take from exec to "ready".
@@ -43,6 +46,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// A connection with no traffic for this long is closed (0: never).
     pub idle_timeout_ms: u64,
+    /// A message not complete this long after its first byte closes the connection (0: never).
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+}
+
+fn default_message_timeout_ms() -> u64 {
+    DEFAULT_MESSAGE_TIMEOUT.as_millis() as u64
 }
 
 impl Default for Limits {
@@ -52,6 +62,7 @@ impl Default for Limits {
             max_send_buffer: DEFAULT_MAX_SEND_BUFFER,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
+            message_timeout_ms: default_message_timeout_ms(),
         }
     }
 }

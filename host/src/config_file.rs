@@ -133,6 +133,8 @@ struct RawService {
     max_connections: Option<Spanned<usize>>,
     /// Seconds; 0: never.
     idle_timeout: Option<u64>,
+    /// Seconds; 0: never.
+    message_timeout: Option<u64>,
     config: Option<Spanned<toml::Table>>,
 }
 
@@ -267,6 +269,9 @@ impl RawService {
             max_send_buffer: limit("max_send_buffer", self.max_send_buffer, defaults.max_send_buffer)?,
             max_connections: limit("max_connections", self.max_connections, defaults.max_connections)?,
             idle_timeout_ms: self.idle_timeout.map_or(defaults.idle_timeout_ms, |secs| secs.saturating_mul(1000)),
+            message_timeout_ms: self
+                .message_timeout
+                .map_or(defaults.message_timeout_ms, |secs| secs.saturating_mul(1000)),
         };
         let account = |key: &str, value: Option<Spanned<String>>| match value {
             Some(value) if value.get_ref().is_empty() => Err(invalid(value.span(), format!("{key} must not be empty"))),
@@ -358,6 +363,7 @@ root = "/srv/www"
                     max_send_buffer: 4096,
                     max_connections: 100,
                     idle_timeout_ms: 30_000,
+                    message_timeout_ms: Limits::default().message_timeout_ms,
                 },
             },
             reloadable: false,

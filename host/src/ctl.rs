@@ -144,14 +144,10 @@ pub fn read_spec(r: &mut impl Read) -> io::Result<String> {
     String::from_utf8(body).map_err(|_| bad("not UTF-8"))
 }
 
-/// Splits complete lines off the front of `buf`, leaving a partial line in place.
-pub fn take_lines(buf: &mut Vec<u8>) -> Vec<String> {
-    let Some(last) = buf.iter().rposition(|&b| b == b'\n') else { return Vec::new() };
-    let lines: Vec<String> =
-        buf[..last].split(|&b| b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned()).collect();
-    buf.drain(..=last);
-    lines
-}
+/// The longest request line on the control socket.
+pub const MAX_REQUEST_LINE: usize = 4096;
+/// The longest line a worker sends the master (a report listing every connection).
+pub const MAX_REPORT_LINE: usize = 64 << 20;
 
 /// A non-blocking stream carrying lines both ways, with an output buffer: a large answer is
 /// written as the peer reads it, never with a blocking write.
@@ -160,13 +156,17 @@ pub struct LineConn<S> {
     pub stream: S,
     input: Vec<u8>,
     output: Vec<u8>,
+    /// A longer line closes the connection (the peer may be less trusted than we are).
+    max_line: usize,
+    /// Bytes of `input` after its last newline.
+    partial: usize,
     /// The peer closed its end (a read returned 0) or the stream failed.
     pub closed: bool,
 }
 
 impl<S: Read + Write> LineConn<S> {
-    pub fn new(stream: S) -> Self {
-        LineConn { stream, input: Vec::new(), output: Vec::new(), closed: false }
+    pub fn new(stream: S, max_line: usize) -> Self {
+        LineConn { stream, input: Vec::new(), output: Vec::new(), max_line, partial: 0, closed: false }
     }
 
     /// Reads what is available and returns the complete lines (without their newline).
@@ -178,7 +178,20 @@ impl<S: Read + Write> LineConn<S> {
                     self.closed = true;
                     break;
                 }
-                Ok(n) => self.input.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    self.input.extend_from_slice(&buf[..n]);
+                    // Only the new bytes are scanned: a long line is read in linear time.
+                    self.partial = match buf[..n].iter().rposition(|&b| b == b'\n') {
+                        Some(i) => n - i - 1,
+                        None => self.partial + n,
+                    };
+                    if self.partial > self.max_line {
+                        self.closed = true;
+                        self.input.clear();
+                        self.partial = 0;
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -187,7 +200,18 @@ impl<S: Read + Write> LineConn<S> {
                 }
             }
         }
-        take_lines(&mut self.input)
+        if self.partial >= self.input.len() {
+            // No newline in the buffer: nothing to split (and no rescan of a long partial line).
+            return Vec::new();
+        }
+        let end = self.input.len() - self.partial;
+        let lines = self.input[..end - 1]
+            .split(|&b| b == b'\n')
+            .filter(|l| l.len() <= self.max_line)
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        self.input.drain(..end);
+        lines
     }
 
     /// Queues `bytes` and writes what the peer takes now. Ok(true) when nothing is left queued.
@@ -261,10 +285,15 @@ mod tests {
 
     #[test]
     fn lines_are_split_and_partial_kept() {
-        let mut buf = b"ready\nerror x\npart".to_vec();
-        assert_eq!(take_lines(&mut buf), vec!["ready".to_string(), "error x".to_string()]);
-        assert_eq!(buf, b"part");
-        assert!(take_lines(&mut buf).is_empty());
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut b = LineConn::new(b, 1024);
+        (&a).write_all(b"ready\nerror x\npart").unwrap();
+        assert_eq!(b.read_lines(), vec!["ready".to_string(), "error x".to_string()]);
+        assert!(b.read_lines().is_empty());
+        (&a).write_all(b"ial\n").unwrap();
+        assert_eq!(b.read_lines(), vec!["partial".to_string()]);
+        assert!(!b.closed);
     }
 
     #[test]
@@ -272,8 +301,8 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         b.set_nonblocking(true).unwrap();
-        let mut a = LineConn::new(a);
-        let mut b = LineConn::new(b);
+        let mut a = LineConn::new(a, 1 << 30);
+        let mut b = LineConn::new(b, 1 << 30);
         let big = vec![b'x'; 4 << 20];
         assert!(!a.send(&big).unwrap(), "4 MiB do not fit in a socket buffer");
         a.send(b"\nhello\n").unwrap();
@@ -291,5 +320,17 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].len(), big.len());
         assert_eq!(got[1], "hello");
+    }
+
+    #[test]
+    fn an_overlong_line_closes_the_connection() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut b = LineConn::new(b, 16);
+        (&a).write_all(b"short\n").unwrap();
+        assert_eq!(b.read_lines(), vec!["short".to_string()]);
+        (&a).write_all(&[b'x'; 100]).unwrap();
+        assert!(b.read_lines().is_empty());
+        assert!(b.closed, "a line over the limit closes the connection");
     }
 }

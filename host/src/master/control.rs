@@ -82,7 +82,10 @@ impl ControlServer {
                     self.next_token += 1;
                     let token = self.token_base + self.next_token;
                     if registry.register(&mut stream, Token(token), Interest::READABLE).is_ok() {
-                        self.clients.insert(token, Client { conn: LineConn::new(stream), answered: false });
+                        self.clients.insert(
+                            token,
+                            Client { conn: LineConn::new(stream, crate::ctl::MAX_REQUEST_LINE), answered: false },
+                        );
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -48,7 +48,7 @@ impl Master {
                     id,
                     key,
                     pid: spawned.pid,
-                    control: LineConn::new(control),
+                    control: LineConn::new(control, crate::ctl::MAX_REPORT_LINE),
                     role,
                     readiness: Readiness::Starting,
                     snapshot: snap,

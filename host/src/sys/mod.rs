@@ -282,5 +282,11 @@ pub fn switch_identity(user: Option<&str>, group: Option<&str>) -> io::Result<()
     if let Some(u) = user {
         nix::unistd::setuid(u.uid)?;
     }
+    // Changing credentials clears the parent-death signal: set it again, and if the master died
+    // before that (we were re-parented), go now.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if nix::unistd::getppid().as_raw() == 1 {
+        return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the master is gone"));
+    }
     Ok(())
 }

@@ -18,6 +18,9 @@ use super::timers::Timers;
 use crate::config::Limits;
 use crate::status::{ConnReport, WorkerReport};
 
+/// Written output is dropped from the front of the buffer once this much of it was written.
+const COMPACT_AT: usize = 64 * 1024;
+
 /// Tokens below this are the listener, the control socket and the signal descriptor.
 pub const CONN_TOKEN_BASE: usize = 16;
 
@@ -60,6 +63,10 @@ pub struct Conn {
     pub readable: bool,
     /// The peer closed its sending side (read returned 0).
     pub peer_closed: bool,
+    /// epoll said the peer hung up: read to EOF, not just to the first short read.
+    pub hup: bool,
+    /// When the incomplete message now buffered began to arrive (None: nothing buffered).
+    pub message_started_ms: Option<u64>,
     pub paused_by_plugin: bool,
     pub send_buffer_full: bool,
     pub write_interest: bool,
@@ -80,22 +87,38 @@ impl Conn {
     }
 
     /// Writes as much of the output as the socket takes. Ok(true) when all of it is written.
-    pub fn flush(&mut self) -> io::Result<bool> {
-        while self.output_pos < self.output.len() {
+    /// Writes as much of the output as the socket takes (`now_ms`: a write that makes progress
+    /// counts as activity). Ok(true) when all of it is written.
+    pub fn flush(&mut self, now_ms: u64) -> io::Result<bool> {
+        let start = self.output_pos;
+        let result = loop {
+            if self.output_pos == self.output.len() {
+                break Ok(true);
+            }
             match self.stream.write(&self.output[self.output_pos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.output_pos += n;
                     self.bytes_out += n as u64;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
+        };
+        if self.output_pos > start {
+            self.last_active_ms = now_ms;
         }
-        self.output.clear();
-        self.output_pos = 0;
-        Ok(true)
+        if self.output_pos == self.output.len() {
+            self.output.clear();
+            self.output_pos = 0;
+        } else if self.output_pos >= COMPACT_AT && self.output_pos * 2 >= self.output.len() {
+            // Written bytes must not pile up while some output is always pending (a client that
+            // reads a little slower than it is sent to).
+            self.output.drain(..self.output_pos);
+            self.output_pos = 0;
+        }
+        result
     }
 }
 
@@ -125,6 +148,8 @@ pub struct Core {
     pub slot: u32,
     /// Connections with output to flush or a close to carry out.
     pub dirty: Vec<usize>,
+    /// The other half of `dirty`, swapped in while it is worked through (no allocation a turn).
+    pub dirty_spare: Vec<usize>,
     pub deferred: VecDeque<(ConnId, Deferred)>,
     pub stats: Stats,
     registry: Registry,
@@ -144,6 +169,7 @@ impl Core {
             service,
             slot,
             dirty: Vec::new(),
+            dirty_spare: Vec::new(),
             deferred: VecDeque::new(),
             stats: Stats::default(),
             registry,
@@ -192,6 +218,8 @@ impl Core {
             output_pos: 0,
             readable: true,
             peer_closed: false,
+            hup: false,
+            message_started_ms: None,
             paused_by_plugin: false,
             send_buffer_full: false,
             write_interest: false,

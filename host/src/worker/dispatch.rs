@@ -84,6 +84,10 @@ pub fn timer(plugin: &mut RawPluginBox, core: &mut Core, timer: TimerId, data: u
 /// Reads what the socket has and dispatches complete messages. `hup`: the peer closed or the
 /// socket failed, so read until EOF instead of stopping at the first short read.
 pub fn read(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], index: usize, hup: bool) {
+    if let Some(c) = core.by_index(index) {
+        // Remembered: a read resumed later must still read to EOF.
+        c.hup |= hup;
+    }
     loop {
         let Some(c) = core.by_index(index) else {
             return;
@@ -115,7 +119,7 @@ pub fn read(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], inde
                 if !lingering {
                     deliver(plugin, core, id, &scratch[..n]);
                 }
-                if n < scratch.len() && !hup {
+                if n < scratch.len() && !core.by_index(index).is_some_and(|c| c.hup) {
                     // A short read emptied the socket; new data raises a new edge.
                     if let Some(c) = core.by_index(index) {
                         c.readable = false;
@@ -143,9 +147,11 @@ fn deliver(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, bytes: &[u8])
     let Some(c) = core.get_mut(id) else { return };
     if c.input.is_empty() {
         let used = dispatch(plugin, core, id, bytes);
+        let now = core.now_ms;
         if let Some(c) = core.get_mut(id) {
             if c.state == ConnState::Open {
                 c.input.extend_from_slice(&bytes[used..]);
+                note_message_start(c, used > 0, now);
             }
         }
     } else {
@@ -160,11 +166,23 @@ fn dispatch_buffered(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
     let mut input = std::mem::take(&mut c.input);
     let used = dispatch(plugin, core, id, &input);
     input.drain(..used);
+    let now = core.now_ms;
     if let Some(c) = core.get_mut(id) {
         if c.state == ConnState::Open {
             c.input = input;
+            note_message_start(c, used > 0, now);
         }
     }
+}
+
+/// Keeps the time the incomplete message now buffered began to arrive (for the message timeout):
+/// a new one when messages were consumed, none when nothing is left.
+fn note_message_start(c: &mut super::core::Conn, consumed: bool, now: u64) {
+    c.message_started_ms = match (c.input.is_empty(), consumed, c.message_started_ms) {
+        (true, _, _) => None,
+        (false, true, _) | (false, false, None) => Some(now),
+        (false, false, started) => started,
+    };
 }
 
 /// Frames and dispatches messages from `buf`; returns how many bytes were consumed.
@@ -229,16 +247,30 @@ fn fail(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, err: ConnError) 
 }
 
 /// Closes idle connections and ends lingering ones past their deadline.
+/// Closes idle connections, messages too slow to arrive, closing connections whose output makes
+/// no progress, and lingering ones past their deadline.
 pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
     let idle_ms = core.limits.idle_timeout_ms;
+    let message_ms = core.limits.message_timeout_ms;
     for id in core.ids() {
         let Some(c) = core.get(id) else { continue };
+        let idle = idle_ms > 0 && now.saturating_sub(c.last_active_ms) >= idle_ms;
+        let slow = message_ms > 0 && c.message_started_ms.is_some_and(|t| now.saturating_sub(t) >= message_ms);
         match c.state {
             ConnState::Lingering { until_ms } if now >= until_ms => close_now(plugin, core, id.index()),
-            ConnState::Open if idle_ms > 0 && now.saturating_sub(c.last_active_ms) >= idle_ms => {
-                tracing::debug!(conn = id.0, "idle timeout");
+            ConnState::Open if idle || slow => {
+                tracing::debug!(conn = id.0, idle, slow_message = slow, "timeout");
                 conn_call!(plugin, core, id, "on_error", on_error, id, ConnError::Timeout);
                 core.close_after_flush(id);
+                if let Some(c) = core.get_mut(id) {
+                    // From now on it must make progress writing, or it is closed at the next timeout.
+                    c.last_active_ms = now;
+                }
+            }
+            // Its client does not read what is left to send.
+            ConnState::Closing if idle => {
+                tracing::debug!(conn = id.0, pending = c.pending_output(), "closing connection stalled; closed");
+                close_now(plugin, core, id.index());
             }
             _ => {}
         }
@@ -247,7 +279,7 @@ pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
 
 /// Delivers deferred events and flushes dirty connections until nothing is left to do.
 pub fn settle(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8]) {
-    let mut dirty = Vec::new();
+    let mut dirty = std::mem::take(&mut core.dirty_spare);
     for _ in 0..64 {
         while let Some((id, what)) = core.deferred.pop_front() {
             if core.get(id).is_none() {
@@ -270,6 +302,7 @@ pub fn settle(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8]) {
             }
         }
         if core.dirty.is_empty() {
+            core.dirty_spare = dirty;
             return;
         }
         std::mem::swap(&mut dirty, &mut core.dirty);
@@ -277,10 +310,12 @@ pub fn settle(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8]) {
             flush(plugin, core, index);
         }
     }
+    core.dirty_spare = dirty;
     tracing::warn!("events still pending after 64 rounds; continuing next turn");
 }
 
 fn flush(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
+    let now = core.now_ms;
     let Some(c) = core.by_index(index) else {
         return;
     };
@@ -289,7 +324,7 @@ fn flush(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     if matches!(c.state, ConnState::Lingering { .. }) {
         return;
     }
-    match c.flush() {
+    match c.flush(now) {
         Ok(true) => {
             let drained = std::mem::replace(&mut c.send_buffer_full, false);
             let closing = c.state == ConnState::Closing;
@@ -331,6 +366,9 @@ fn begin_close(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     c.input = Vec::new();
     c.output = Vec::new();
     c.readable = true;
+    c.message_started_ms = None;
+    // Read (and drop) what the client already sent: only a read to EOF avoids a reset.
+    core.deferred.push_back((id, Deferred::Resume));
     let status = call!(plugin, core, on_close, id);
     if status == CallStatus::Panicked {
         tracing::error!(conn = id.0, "plugin panicked in on_close");

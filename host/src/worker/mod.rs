@@ -118,7 +118,7 @@ impl Worker {
         control.set_nonblocking(true)?;
         let mut worker = Worker {
             listener: TcpListener::from_std(listener),
-            control: LineConn::new(UnixStream::from_std(control)),
+            control: LineConn::new(UnixStream::from_std(control), ctl::MAX_REQUEST_LINE),
             signals,
             plugin,
             core: Core::new(registry, spec.service.clone(), spec.slot, spec.limits),
@@ -188,6 +188,10 @@ impl Worker {
         self.core.now_ms = now;
         if self.core.len() > 0 && self.next_sweep_ms.is_none() {
             self.next_sweep_ms = Some(now + SWEEP_INTERVAL_MS);
+        }
+        if !self.core.deferred.is_empty() || !self.core.dirty.is_empty() {
+            // settle() stopped before it was done: go on at once.
+            return Some(Duration::ZERO);
         }
         let deadlines =
             [self.core.timers.next_timeout_ms(now).map(|ms| now + ms), self.next_sweep_ms, self.drain_deadline_ms];

@@ -44,3 +44,46 @@ fn a_client_that_does_not_read_is_paused_then_served_in_full() {
     // Reading resumed for good: the connection serves on.
     assert_eq!(c.request(&get("/")).status, 200);
 }
+
+// A client that never reads is not kept forever: the idle timeout closes it, even though its
+// unsent output would otherwise keep the connection "closing" (and its memory held) for good.
+#[test]
+fn a_client_that_never_reads_is_closed_after_the_idle_timeout() {
+    let dir = TempDir::new();
+    dir.write("www/big.bin", vec![7u8; FILE_SIZE]);
+    let config = format!("root = {:?}", dir.join("www").display().to_string());
+    let mut host = Host::start("http", &["--plugin-config", &config, "--idle-timeout", "1"]);
+    let mut c = Client::connect(host.port());
+    c.send(&get("/big.bin"));
+    let gone = poll_until(Duration::from_secs(15), || {
+        let out = host.command(["connections"], Duration::from_secs(10));
+        out.stdout.contains("\n0 connections").then_some(())
+    });
+    assert!(gone.is_some(), "the stalled connection was never closed:\n{}", host.log_text());
+}
+
+// Slowloris: a request whose bytes keep trickling in (so the connection is never idle) is cut
+// off by the message timeout with a 408.
+#[test]
+fn a_request_that_trickles_in_hits_the_message_timeout() {
+    let host = Host::start("http", &["--message-timeout", "1"]);
+    let mut c = Client::connect(host.port());
+    c.send(b"GET / HTTP/1.1\r\n");
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(10) {
+        if c.try_send(b"X").is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let rest = c.wait_closed(Duration::from_secs(5));
+    assert!(closed || rest.is_ok(), "the trickling request was never cut off: {rest:?}");
+    if let Ok(bytes) = rest {
+        assert!(String::from_utf8_lossy(&bytes).starts_with("HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&bytes));
+    }
+}
