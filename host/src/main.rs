@@ -109,9 +109,21 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     };
     let drain_timeout = seconds("--drain-timeout", args.drain_timeout)?.or(file_drain).unwrap_or(config::DRAIN_TIMEOUT);
     let kill_timeout = seconds("--kill-timeout", args.kill_timeout)?.or(file_kill).unwrap_or(config::KILL_TIMEOUT);
+    let file_pid_given = file_pid.is_some();
     let pid_file = pid_file(global, file_pid)?;
     if let Ok(pid) = pidfile::read_running(&pid_file) {
         bail!("host is already running (pid {pid}, pid file {})", pid_file.display());
+    }
+    // A flag wins over the config file, but never silently.
+    let overridden = [
+        ("--plugin-dir", "plugin_dirs", !args.plugin_dirs.is_empty() && !file_dirs.is_empty()),
+        ("--pid-file", "pid_file", global.pid_file.is_some() && file_pid_given),
+        ("--log-file", "log_file", args.log_file.is_some() && file_log.is_some()),
+        ("--drain-timeout", "drain_timeout", args.drain_timeout.is_some() && file_drain.is_some()),
+        ("--kill-timeout", "kill_timeout", args.kill_timeout.is_some() && file_kill.is_some()),
+    ];
+    for (flag, key) in overridden.iter().filter(|o| o.2).map(|o| (o.0, o.1)) {
+        eprintln!("note: {flag} overrides `{key}` of the config file");
     }
     let dirs = if args.plugin_dirs.is_empty() { file_dirs } else { args.plugin_dirs.clone() };
     let dirs = if dirs.is_empty() { plugin::default_dirs() } else { dirs };
