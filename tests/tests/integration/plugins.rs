@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use host_tests::{assert_contains, assert_not_contains, plugin_file, run_host, target_dir, Host, TempDir};
+use host_tests::{assert_contains, assert_not_contains, garbage, plugin_file, run_host, target_dir, Host, TempDir};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(8);
 /// What a user can read at a glance.
@@ -70,19 +70,6 @@ fn missing_plugin_lists_the_default_directories() {
     let log = start_must_fail("no_such_plugin", &[]);
     assert_contains!(log, "plugins/no_such_plugin.so");
     assert_contains!(log, format!("{}/libno_such_plugin.so", target_dir().display()));
-}
-
-/// `len` bytes that look random (no ELF magic), from a fixed seed.
-fn garbage(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 // A file of random bytes named `.so`: refused in a line or two that names it.

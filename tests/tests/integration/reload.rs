@@ -20,8 +20,8 @@ use host_tests::load::{Load, Tally};
 use host_tests::plugin_dir::{file_hash, short_hash, variant, PluginDir};
 use host_tests::status::{status, wait_status};
 use host_tests::{
-    assert_contains, assert_not_contains, get, is_alive, plugin_file, poll_until, signal_pid, Client, Host, Signal,
-    READY_TIMEOUT,
+    assert_contains, assert_not_contains, garbage, get, is_alive, plugin_file, poll_until, signal_pid, Client, Host,
+    Signal, READY_TIMEOUT,
 };
 
 /// From a file write to the end of its chain: 300 ms of quiet, the check and the probe, then one
@@ -166,19 +166,6 @@ fn identical_file_is_not_reloaded() {
     assert!(s.all_on("http", 2, &short_hash(&bytes)), "{}", s.text);
     assert_eq!(s.last_reload, "none", "{}", s.text);
     hello(host.port());
-}
-
-/// `len` bytes that look random (no ELF magic), from a fixed seed.
-fn garbage(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// How far a refused candidate gets.
