@@ -44,3 +44,28 @@ fn overlong_line_closes_the_connection() {
     other.send(b"fine\n");
     assert_eq!(read_line(&mut other), "fine\n");
 }
+
+// Draining (graceful stop) closes an idle connection at once, and one with half a line only
+// after that line was answered.
+#[test]
+fn drain_closes_idle_connections_and_finishes_half_lines() {
+    let mut host = Host::start("text", &["--drain-timeout", "30"]);
+    let mut idle = Client::connect(host.port());
+    idle.send(b"ping\n");
+    assert_eq!(read_line(&mut idle), "ping\n");
+    let mut busy = Client::connect(host.port());
+    busy.send(b"half a");
+    // The worker has read the half line once `connections` counts its bytes.
+    host_tests::poll_until(Duration::from_secs(5), || {
+        let out = host.command(["connections"], Duration::from_secs(5));
+        out.stdout.lines().any(|l| l.contains(" 6B ")).then_some(())
+    })
+    .expect("the half line never reached the worker");
+    host.signal(nix::sys::signal::Signal::SIGTERM);
+    idle.wait_closed(Duration::from_secs(5)).expect("the idle connection is closed at once");
+    busy.send(b" line\n");
+    assert_eq!(read_line(&mut busy), "half a line\n");
+    busy.wait_closed(Duration::from_secs(5)).expect("closed after the line in flight");
+    let status = host.wait_all_gone(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(0));
+}
