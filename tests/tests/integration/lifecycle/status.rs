@@ -1,0 +1,152 @@
+//! Status and connections.
+
+use super::*;
+
+// `host status`: the master's pid, the service row, one `ready` row per worker, whose pids are
+// the master's children.
+#[test]
+fn status_shows_the_service_and_every_worker() {
+    let mut host = Host::start("http", &["--count", "3"]);
+    let port = host.port();
+    let workers = host.wait_workers(3, Duration::from_secs(2), |_| true).unwrap();
+    let out = host.command(["status"], COMMAND_TIMEOUT);
+    assert_ok(&out, "status");
+    let text = &out.stdout;
+    assert_contains!(text, format!("master pid {} ", host.pid()));
+    let service = text.lines().find(|l| l.starts_with("http ") && !l.contains('#')).unwrap_or_else(|| panic!("{text}"));
+    let cells: Vec<&str> = service.split_whitespace().collect();
+    assert_eq!(cells, ["http", &format!("127.0.0.1:{port}"), "http", env!("CARGO_PKG_VERSION"), "3", "true"], "{text}");
+    let rows = worker_rows(text);
+    assert_eq!(rows.len(), 3, "{text}");
+    for (slot, row) in rows.iter().enumerate() {
+        assert_eq!((row[0], row[1]), ("http", format!("#{slot}").as_str()), "{text}");
+        assert_eq!(row.last(), Some(&"ready"), "{text}");
+    }
+    assert_eq!(row_pids(text), workers, "{text}");
+}
+
+// `host status --live` prints the table again and again (read two refreshes, then kill it).
+#[test]
+fn status_live_refreshes_the_table() {
+    let host = Host::start("http", &["--count", "2"]);
+    let workers = host.wait_workers(2, Duration::from_secs(2), |_| true).unwrap();
+    let mut child = host_command_in(host.dir().path())
+        .args(["status", "--live"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let live = Guarded(child);
+    let seen = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    });
+    const CLEAR: &str = "\x1b[H\x1b[2J";
+    // Two whole tables: the second refresh holds every worker's row.
+    let complete = |text: &str| text.split(CLEAR).nth(2).is_some_and(|t| row_pids(t) == workers);
+    let got = poll_until(Duration::from_secs(6), || {
+        let text = seen.lock().unwrap().clone();
+        complete(&text).then_some(text)
+    });
+    drop(live);
+    let text = got.unwrap_or_else(|| panic!("no second refresh in 6 s; got {:?}", seen.lock().unwrap()));
+    for table in text.split(CLEAR).skip(1).take(2) {
+        assert_contains!(table, format!("master pid {} ", host.pid()));
+        assert_eq!(row_pids(table), workers, "{table}");
+    }
+}
+
+// `host connections` lists each open connection with the client's address.
+#[test]
+fn connections_lists_open_connections() {
+    let mut host = Host::start("http", &["--count", "2"]);
+    let port = host.port();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut c = KeepAlive::connect(port);
+        c.get(); // accepted and answered: the worker has it
+        clients.push(c);
+    }
+    let out = host.command(["connections"], COMMAND_TIMEOUT);
+    assert_ok(&out, "connections");
+    let text = &out.stdout;
+    assert_contains!(text, "REMOTE");
+    assert_contains!(text, "2 connections");
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    let remote = header.iter().position(|&h| h == "REMOTE").unwrap();
+    let workers = host.worker_pids();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > remote && f[0].parse::<i32>().is_ok())
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for c in &clients {
+        let me = c.stream.local_addr().unwrap().to_string();
+        let row = rows.iter().find(|r| r[remote] == me).unwrap_or_else(|| panic!("no row for {me}:\n{text}"));
+        assert!(workers.contains(&row[0].parse().unwrap()), "{text}");
+        assert_eq!(row[1], "http", "{text}");
+    }
+}
+
+// SIGUSR2 writes the status table into the log, SIGIO the connections table.
+#[test]
+fn sigusr2_and_sigio_log_the_tables() {
+    let host = Host::start("http", &["--count", "2"]);
+    let workers = host.wait_workers(2, Duration::from_secs(2), |_| true).unwrap();
+    let mut c = KeepAlive::connect(host.port());
+    c.get();
+    host.signal(Signal::SIGUSR2);
+    let logged = poll_until(Duration::from_secs(5), || {
+        let text = host.log_text();
+        let table = &text[text.find("master pid")?..];
+        (table.contains("SEND_FAIL") && row_pids(table) == workers).then(|| table.to_string())
+    })
+    .unwrap_or_else(|| panic!("no status table with workers {workers:?} in the log:\n{}", host.log_text()));
+    assert_contains!(logged, format!("master pid {} ", host.pid()));
+    host.signal(Signal::SIGIO);
+    host.log().wait_for("1 connections", Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
+    let text = host.log_text();
+    let table = &text[text.find("REMOTE").expect("the connections header")..];
+    assert_contains!(table, c.stream.local_addr().unwrap().to_string());
+}
+
+// Many `status` commands at once: each gets a whole table of its own.
+#[test]
+fn concurrent_status_answers_never_mix() {
+    let host = Host::start("http", &["--count", "2"]);
+    let workers = host.wait_workers(2, Duration::from_secs(2), |_| true).unwrap();
+    let dir = host.dir().path().to_path_buf();
+    let master = host.pid();
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| (0..5).map(|_| run_host_in(&dir, ["status"], COMMAND_TIMEOUT)).collect::<Vec<Output>>())
+            })
+            .collect();
+        for t in threads {
+            for out in t.join().unwrap() {
+                assert_ok(&out, "status");
+                let text = &out.stdout;
+                assert_eq!(text.matches("master pid").count(), 1, "{text}");
+                assert_contains!(text, format!("master pid {master} "));
+                assert_eq!(text.matches("SERVICE  LISTEN").count(), 1, "{text}");
+                assert_eq!(text.matches("SERVICE  SLOT").count(), 1, "{text}");
+                assert_eq!(row_pids(text), workers, "{text}");
+                // `busy`: a worker that did not answer within 1 s (a loaded machine).
+                let states = worker_rows(text).iter().map(|r| *r.last().unwrap()).collect::<Vec<_>>();
+                assert!(states.iter().all(|&s| s == "ready" || s == "busy"), "{text}");
+            }
+        }
+    });
+}
