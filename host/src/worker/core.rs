@@ -86,7 +86,6 @@ impl Conn {
         self.paused_by_plugin || self.send_buffer_full || self.state != ConnState::Open
     }
 
-    /// Writes as much of the output as the socket takes. Ok(true) when all of it is written.
     /// Writes as much of the output as the socket takes (`now_ms`: a write that makes progress
     /// counts as activity). Ok(true) when all of it is written.
     pub fn flush(&mut self, now_ms: u64) -> io::Result<bool> {

@@ -246,7 +246,6 @@ fn fail(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, err: ConnError) 
     close_now(plugin, core, id.index());
 }
 
-/// Closes idle connections and ends lingering ones past their deadline.
 /// Closes idle connections, messages too slow to arrive, closing connections whose output makes
 /// no progress, and lingering ones past their deadline.
 pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
