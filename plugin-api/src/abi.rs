@@ -117,6 +117,9 @@ pub struct RawWorkerInfo<'a> {
     pub pid: u32,
     /// The service's largest message: the host refuses longer ones (`on_error(PackageTooLarge)`).
     pub max_package_size: u64,
+    /// The send buffer: output queued above it makes the connection "full" (`on_buffer_full`,
+    /// later `on_buffer_drain`), so a plugin streaming a large answer sends up to it at a time.
+    pub max_send_buffer: u64,
     /// Records less severe than this are dropped inside the plugin, before formatting.
     pub max_log_level: LogLevel,
     pub log: extern "C" fn(level: LogLevel, target: RStr<'_>, message: RStr<'_>),

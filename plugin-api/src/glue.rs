@@ -36,6 +36,7 @@ extern "C" fn new_instance<P: Protocol>(config: RStr<'_>, info: &RawWorkerInfo<'
         slot: info.slot,
         pid: info.pid,
         max_package_size: usize::try_from(info.max_package_size).unwrap_or(usize::MAX),
+        max_send_buffer: usize::try_from(info.max_send_buffer).unwrap_or(usize::MAX),
     };
     match panic::catch_unwind(|| P::new(config.as_str(), &worker)) {
         Ok(Ok(p)) => ROk(RawPlugin_TO::from_value(Glue(p), TD_Opaque)),

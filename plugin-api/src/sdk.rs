@@ -42,6 +42,9 @@ pub struct WorkerInfo {
     /// The service's largest message: the host refuses longer ones (`on_error(PackageTooLarge)`),
     /// so a protocol can refuse them itself first (HTTP: 413 before `100 Continue`).
     pub max_package_size: usize,
+    /// The send buffer: output queued above it makes the connection full (`on_buffer_full`, then
+    /// `on_buffer_drain` once written). A plugin streaming a large answer sends up to it at a time.
+    pub max_send_buffer: usize,
 }
 
 /// The host, as a plugin sees it during one callback.

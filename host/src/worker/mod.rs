@@ -106,6 +106,7 @@ impl Worker {
             slot: spec.slot,
             pid: std::process::id(),
             max_package_size: spec.limits.max_package_size as u64,
+            max_send_buffer: spec.limits.max_send_buffer as u64,
             max_log_level: max_log_level(),
             log: plugin_log,
         };

@@ -16,7 +16,7 @@
 //! root = "/srv/www"        # serve files from here (no default: no files)
 //! max_header = 65536       # request line + header fields, bytes (over it: 431)
 //! max_body = 1048576       # request body, bytes (over it: 413)
-//! max_file = 67108864      # largest file served, bytes (over it: 500)
+//! max_file = 67108864      # largest file served, bytes (over it: 500; default: no limit)
 //! ```
 //! The host's max package size (default 1 MiB) also bounds a whole request; raise both
 //! together. Files are read whole into memory with blocking `std::fs` calls (see [`files`]).
@@ -45,7 +45,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { root: None, max_header: 64 * 1024, max_body: 1024 * 1024, max_file: 64 * 1024 * 1024 }
+        Config { root: None, max_header: 64 * 1024, max_body: 1024 * 1024, max_file: u64::MAX }
     }
 }
 
@@ -73,9 +73,13 @@ pub struct Http {
     conns: ConnMap<Conn>,
     /// The response being written (reused: no allocation per request).
     out: Vec<u8>,
-    /// A decoded chunked body (reused).
+    /// A decoded chunked body, or a chunk of a streamed file (reused).
     body: Vec<u8>,
     date: response::DateCache,
+    /// The file whose head `respond` just wrote, to be streamed by `on_message`.
+    stream_next: Option<(std::fs::File, u64)>,
+    /// Output queued per connection at most while streaming (the host's send buffer).
+    send_window: usize,
 }
 
 /// Per-connection state.
@@ -86,7 +90,24 @@ struct Conn {
     in_flight: bool,
     /// The connection closes after what is queued: further input is ignored.
     closing: bool,
+    /// A file body being sent a send buffer at a time.
+    stream: Option<Stream>,
 }
+
+/// A large file body, sent as the connection drains (reading the connection is paused meanwhile,
+/// so pipelined requests behind it are answered after it, in order).
+#[derive(Debug)]
+struct Stream {
+    file: std::fs::File,
+    remaining: u64,
+    /// Close the connection after the last byte.
+    close: bool,
+}
+
+/// Files larger than this are streamed instead of read whole into one response.
+const STREAM_AT: u64 = 256 * 1024;
+/// Bytes read from a streamed file at a time.
+const STREAM_CHUNK: usize = 64 * 1024;
 
 impl Protocol for Http {
     fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String> {
@@ -102,6 +123,8 @@ impl Protocol for Http {
             out: Vec::with_capacity(4096),
             body: Vec::new(),
             date: Default::default(),
+            stream_next: None,
+            send_window: worker.max_send_buffer.max(STREAM_CHUNK),
         })
     }
 
@@ -148,7 +171,14 @@ impl Protocol for Http {
         self.date.update(host.now_ms());
         self.out.clear();
         self.respond(&head, msg, persist);
-        if persist == Persist::Close {
+        if let Some(file) = self.stream_next.take() {
+            // The head goes now; the body follows as the connection drains.
+            host.send(conn, &self.out);
+            let remaining = file.1;
+            self.conns.entry(conn).stream = Some(Stream { file: file.0, remaining, close: persist == Persist::Close });
+            host.pause_recv(conn);
+            self.pump(host, conn);
+        } else if persist == Persist::Close {
             self.conns.entry(conn).closing = true;
             host.close_with(conn, &self.out);
         } else {
@@ -159,6 +189,10 @@ impl Protocol for Http {
 
     fn on_close(&mut self, _host: &mut Host<'_>, conn: ConnId) {
         self.conns.remove(conn);
+    }
+
+    fn on_buffer_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
+        self.pump(host, conn);
     }
 
     fn on_error(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
@@ -190,6 +224,44 @@ impl Protocol for Http {
 }
 
 impl Http {
+    /// Sends the next part of a streamed file: up to the send buffer (the host then reports the
+    /// connection full, and drained once it is written, which calls this again).
+    fn pump(&mut self, host: &mut Host<'_>, conn: ConnId) {
+        use std::io::Read;
+        let Some(state) = self.conns.get_mut(conn) else { return };
+        let Some(stream) = state.stream.as_mut() else { return };
+        while stream.remaining > 0 && host.pending_send(conn) < self.send_window {
+            let want = usize::try_from(stream.remaining).unwrap_or(usize::MAX).min(STREAM_CHUNK);
+            self.body.resize(want, 0);
+            match stream.file.read(&mut self.body) {
+                Ok(0) | Err(_) => {
+                    // The file shrank (or broke) under us: the length is promised, so the only
+                    // honest end is a closed connection.
+                    plugin_api::tracing::warn!(remaining = stream.remaining, "streamed file ended early; closing");
+                    state.stream = None;
+                    state.closing = true;
+                    host.close(conn);
+                    return;
+                }
+                Ok(n) => {
+                    host.send(conn, &self.body[..n]);
+                    stream.remaining -= n as u64;
+                }
+            }
+        }
+        if stream.remaining == 0 {
+            let close = stream.close;
+            state.stream = None;
+            if close {
+                state.closing = true;
+                host.close(conn);
+            } else {
+                host.resume_recv(conn);
+            }
+            self.trim_buffers();
+        }
+    }
+
     /// Answers with an error status and closes the connection after it.
     fn reject(&mut self, host: &mut Host<'_>, conn: ConnId, status: Status) {
         let state = self.conns.entry(conn);
@@ -285,6 +357,17 @@ impl Http {
         // A 304 carries the length a 200 would have (RFC 9110 §8.6), and no body.
         response::finish(&mut self.out, info.len, persist);
         if head_only || not_modified {
+            return;
+        }
+        if info.len > STREAM_AT {
+            match std::fs::File::open(&info.path) {
+                Ok(file) => self.stream_next = Some((file, info.len)),
+                Err(e) => {
+                    plugin_api::tracing::warn!(path = %info.path.display(), error = %e, "could not open file");
+                    self.out.truncate(start);
+                    self.error(Status::InternalError, persist, false);
+                }
+            }
             return;
         }
         if let Err(e) = files::read_into(info, &mut self.out) {

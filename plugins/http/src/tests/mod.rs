@@ -81,7 +81,8 @@ fn call<R>(http: &mut Http, fake: &mut FakeHost, f: impl FnOnce(&mut Http, &mut 
 
 impl Client {
     fn new(config: &str) -> Self {
-        let worker = WorkerInfo { service: "web".into(), slot: 0, pid: 1, max_package_size: 1 << 20 };
+        let worker =
+            WorkerInfo { service: "web".into(), slot: 0, pid: 1, max_package_size: 1 << 20, max_send_buffer: 1 << 20 };
         let mut c = Client {
             http: Http::new(config, &worker).unwrap(),
             host: FakeHost::default(),
@@ -144,6 +145,10 @@ impl Client {
     /// Everything sent since the last call.
     fn take(&mut self) -> String {
         String::from_utf8(std::mem::take(&mut self.host.sent)).unwrap()
+    }
+
+    fn take_bytes(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.host.sent)
     }
 }
 

@@ -66,3 +66,24 @@ fn file_size_limit() {
     assert!(r.starts_with("HTTP/1.1 500 "), "{r}");
     assert_eq!(body(&c.feed(b"GET /sub/a.txt HTTP/1.1\r\nHost: a\r\n\r\n").take()), "a");
 }
+
+// A file over the streaming threshold is sent in chunks after its head (the fake host's buffer
+// never fills, so it all goes in one call): same bytes, same length, and a request pipelined
+// behind it is answered after it.
+#[test]
+fn large_files_are_streamed_whole() {
+    let (_tmp, root) = tree("stream");
+    let content: Vec<u8> = (0..(STREAM_AT as usize * 3 + 12345)).map(|i| (i % 253) as u8).collect();
+    std::fs::write(root.join("big.bin"), &content).unwrap();
+    let config = format!("root = {:?}", root.to_str().unwrap());
+    let mut c = Client::new(&config);
+    let out =
+        c.feed(b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /sub/a.txt HTTP/1.1\r\nHost: a\r\n\r\n").take_bytes();
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&out[..head_end]);
+    assert_eq!(header(&head, "Content-Length"), Some(content.len().to_string().as_str()));
+    assert!(out[head_end..].starts_with(&content), "the streamed body differs");
+    let rest = String::from_utf8_lossy(&out[head_end + content.len()..]).into_owned();
+    assert!(rest.starts_with("HTTP/1.1 200 OK") && body(&rest) == "a", "{rest}");
+    assert!(!c.host.closed);
+}
