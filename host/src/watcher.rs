@@ -59,6 +59,11 @@ impl Watcher {
             Err(e) => tracing::warn!("plugin watcher error: {e}"),
         })?;
         for dir in dirs {
+            if !dir.is_dir() {
+                // The default ./plugins often does not exist; nothing to watch there.
+                tracing::debug!(dir = %dir.display(), "plugin directory missing; not watched");
+                continue;
+            }
             match inner.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => tracing::info!(dir = %dir.display(), "watching for plugin changes"),
                 Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch plugin directory: {e}"),
