@@ -28,8 +28,14 @@ pub enum Change {
     Removed,
 }
 
+/// How often plugin directories that do not exist yet are looked for.
+const MISSING_DIR_CHECK: Duration = Duration::from_secs(2);
+
 pub struct Watcher {
-    _inner: RecommendedWatcher,
+    inner: RecommendedWatcher,
+    /// Plugin directories that did not exist yet: watched once they appear.
+    missing: Vec<PathBuf>,
+    next_check: Option<Instant>,
     rx: Receiver<(PathBuf, FileEvent)>,
     debouncer: Debouncer,
 }
@@ -38,7 +44,7 @@ impl Watcher {
     /// Watches `dirs` (those that exist); `waker` wakes the master's poll when an event came.
     pub fn start(dirs: &[PathBuf], waker: Arc<mio::Waker>) -> notify::Result<Self> {
         let (tx, rx) = channel();
-        let mut inner = notify::recommended_watcher(move |res: notify::Result<Event>| match res {
+        let inner = notify::recommended_watcher(move |res: notify::Result<Event>| match res {
             Ok(event) => {
                 let Some(what) = classify(&event.kind) else { return };
                 // A rename with both names: the destination is the one that changed.
@@ -58,18 +64,42 @@ impl Watcher {
             }
             Err(e) => tracing::warn!("plugin watcher error: {e}"),
         })?;
+        let mut watcher = Watcher { inner, missing: Vec::new(), next_check: None, rx, debouncer: Debouncer::default() };
         for dir in dirs {
-            if !dir.is_dir() {
-                // The default ./plugins often does not exist; nothing to watch there.
-                tracing::debug!(dir = %dir.display(), "plugin directory missing; not watched");
-                continue;
-            }
-            match inner.watch(dir, RecursiveMode::NonRecursive) {
-                Ok(()) => tracing::info!(dir = %dir.display(), "watching for plugin changes"),
-                Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch plugin directory: {e}"),
+            if dir.is_dir() {
+                watcher.watch(dir);
+            } else {
+                // The default ./plugins often does not exist: looked for again every 2 s.
+                tracing::debug!(dir = %dir.display(), "plugin directory missing; watched once it appears");
+                watcher.missing.push(dir.clone());
             }
         }
-        Ok(Watcher { _inner: inner, rx, debouncer: Debouncer::default() })
+        if !watcher.missing.is_empty() {
+            watcher.next_check = Some(Instant::now() + MISSING_DIR_CHECK);
+        }
+        Ok(watcher)
+    }
+
+    fn watch(&mut self, dir: &Path) {
+        match self.inner.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "watching for plugin changes"),
+            Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch plugin directory: {e}"),
+        }
+    }
+
+    /// Starts watching the missing plugin directories that exist now (when their check is due)
+    /// and returns them: files already in them were never seen by the watcher.
+    pub fn appeared_dirs(&mut self, now: Instant) -> Vec<PathBuf> {
+        if self.next_check.is_none_or(|t| t > now) {
+            return Vec::new();
+        }
+        let (found, missing): (Vec<PathBuf>, Vec<PathBuf>) = self.missing.drain(..).partition(|d| d.is_dir());
+        self.missing = missing;
+        self.next_check = (!self.missing.is_empty()).then(|| now + MISSING_DIR_CHECK);
+        for dir in &found {
+            self.watch(dir);
+        }
+        found
     }
 
     /// Takes the events the watcher thread sent (call when the waker fired).
@@ -85,7 +115,7 @@ impl Watcher {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.debouncer.next_deadline()
+        [self.debouncer.next_deadline(), self.next_check].into_iter().flatten().min()
     }
 }
 

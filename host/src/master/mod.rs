@@ -413,8 +413,16 @@ impl Master {
         // Taken even when stopping, or its deadline would stay in the past and the poll spin.
         let now = Instant::now();
         let changed = self.watcher.as_mut().map(|w| w.due(now)).unwrap_or_default();
+        let appeared = self.watcher.as_mut().map(|w| w.appeared_dirs(now)).unwrap_or_default();
         if self.phase == Phase::Stopping {
             return;
+        }
+        // A plugin directory that appeared: its files count as written.
+        for dir in appeared {
+            let files = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path());
+            for path in files.filter(|p| p.extension().is_some_and(|e| e == "so")).collect::<Vec<_>>() {
+                self.plugin_file_changed(&path);
+            }
         }
         for (path, change) in changed {
             match change {

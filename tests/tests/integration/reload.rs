@@ -283,6 +283,30 @@ fn failing_replacement_aborts_the_chain_and_the_old_workers_serve() {
     );
 }
 
+// The same when even the plugin directory does not exist yet: it is watched once it appears,
+// and a plugin already in it when that happens counts.
+#[test]
+fn config_service_starts_when_its_plugin_directory_appears() {
+    let root = host_tests::TempDir::new();
+    let config = root.write(
+        "host.toml",
+        "plugin_dirs = [\"plugins\"]\n\n[[service]]\nname = \"text\"\nplugin = \"text\"\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let host = Host::spawn([Path::new("-c"), &config]);
+    host.wait_for_log("host ready", READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let port = host.port();
+    // Made elsewhere and moved in whole: the directory appears with the plugin already inside.
+    let staging = root.join("staging");
+    fs::create_dir(&staging).unwrap();
+    fs::copy(plugin_file("text"), staging.join("text.so")).unwrap();
+    fs::rename(&staging, root.join("plugins")).unwrap();
+    host.log().wait_for("plugin appeared; starting the service", RELOAD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    host.wait_for_log("worker ready", READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = Client::connect(port);
+    c.send(b"here\n");
+    assert_eq!(c.read_line().unwrap(), b"here\n");
+}
+
 // A service from a config file whose plugin file does not exist yet: the host starts, `status`
 // says what the service waits for, and the service starts when the file is moved in.
 #[test]
