@@ -121,7 +121,7 @@ fn human_bytes(n: u64) -> String {
 }
 
 /// `2026-11-22 17:01:11 UTC` for seconds since the Unix epoch (the civil-from-days algorithm).
-fn utc_time(secs: u64) -> String {
+pub fn utc_time(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);

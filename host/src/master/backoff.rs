@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-/// A worker that lived at least this long counts as having started fine.
-pub const MIN_UPTIME: Duration = Duration::from_secs(2);
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 pub const MAX_DELAY: Duration = Duration::from_secs(30);
 

@@ -1,29 +1,35 @@
 //! The master: binds every listening socket, starts and watches the workers, replaces any that
 //! dies, runs the reload chain, answers control commands, and stops everything on SIGINT (now)
-//! or SIGTERM (after draining). One thread, one mio loop: signals arrive through a signalfd,
-//! workers talk over their control socket pairs, commands over the control socket. The master
-//! never loads a plugin: it copies and probes plugin files (`snapshot`).
+//! or SIGTERM (after draining). The master never loads a plugin: it copies and probes plugin
+//! files (`snapshot`, off its loop in `prepare`).
+//!
+//! Its decisions live in the [`supervisor`] (services, the typed slot table of [`slots`], the
+//! reload pipeline of [`reload`]), which acts on processes only through [`process::Processes`].
+//! This file is its I/O: one thread, one mio loop; signals arrive through a signalfd, workers
+//! talk over their channels, commands come over the control socket; it feeds what happened to
+//! the supervisor and carries out the supervisor's outputs.
 
 mod backoff;
-mod chain;
 mod control;
-mod lifecycle;
 mod prepare;
+mod process;
 mod reload;
 mod report;
+mod slots;
 mod snapshot;
 mod spawn;
-mod table;
+mod supervisor;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
+use mio::net::UnixStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
@@ -32,13 +38,15 @@ use nix::sys::signalfd::SignalFd;
 pub use self::control::Request as ControlRequest;
 use self::control::{ControlServer, Request};
 use self::prepare::Preparer;
-use self::reload::{Reloader, SlotKey};
+use self::process::OsProcesses;
+use self::reload::state::Trigger;
 use self::report::Gather;
-use self::snapshot::{RuntimeDir, Snapshot};
-use self::table::{Role, Slot, Table};
+use self::slots::{ClientId, WorkerId};
+use self::snapshot::RuntimeDir;
+use self::supervisor::{Output, Phase, ServiceState, Supervisor, Timeouts};
 use crate::config::{self, Service};
 use crate::config_file::ServiceConfig;
-use crate::ctl::{ReportKind, ToMaster};
+use crate::ctl::{LineConn, ReportKind, ToMaster, ToWorker};
 use crate::pidfile::{self, PidFile};
 use crate::status::Answer;
 use crate::watcher::{Change, Watcher};
@@ -48,46 +56,9 @@ const SIGNALS: Token = Token(0);
 /// The one waker of the poll (mio allows one): the watcher and the preparer threads share it.
 const WAKER: Token = Token(1);
 const CONTROL: Token = Token(2);
-/// Worker tokens are unique ids above this; control clients' above `CLIENT_TOKEN_BASE`.
+/// Worker channels' tokens are their ids above this; control clients' above `CLIENT_TOKEN_BASE`.
 const WORKER_TOKEN_BASE: usize = 16;
 const CLIENT_TOKEN_BASE: usize = 1 << 40;
-
-/// Where the master is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for every first worker's "ready"; a worker that fails now fails the start.
-    Starting,
-    Running,
-    /// Workers were told to stop (or drain); the master exits when the last one is reaped.
-    Stopping,
-}
-
-struct ServiceState {
-    service: Service,
-    /// The plugin file as found in the plugin directories (snapshots are copies of it).
-    source: PathBuf,
-    /// The name the plugin must report (None when the service names it by path).
-    expected_name: Option<String>,
-    reloadable: bool,
-    user: Option<String>,
-    group: Option<String>,
-    /// One SO_REUSEPORT socket per slot, held for the master's whole life.
-    sockets: Vec<OwnedFd>,
-    /// The snapshot a reload chain under way is moving this service to.
-    candidate: Option<Rc<Snapshot>>,
-    /// Its plugin file does not exist yet: no workers until it appears.
-    waiting: bool,
-}
-
-/// A reload whose candidate files are being checked (see `prepare`).
-struct Prep {
-    id: u64,
-    /// Services whose file is still being checked.
-    pending: Vec<usize>,
-    ready: Vec<(usize, Snapshot)>,
-    /// The first service whose file was refused, and why.
-    failure: Option<(usize, String)>,
-}
 
 /// How the master is run.
 pub struct Options {
@@ -109,33 +80,18 @@ pub struct Options {
 pub struct Master {
     poll: Poll,
     signals: SignalFd,
-    services: Vec<ServiceState>,
-    table: Table,
-    phase: Phase,
-    /// Why the start failed, once a first worker failed.
-    start_error: Option<String>,
-    reloader: Reloader,
-    /// When the current chain step (one slot's replacement) began.
-    step_started: Instant,
-    chain_started: Instant,
-    /// The outcome of the last reload, for the log and status.
-    last_reload: Option<String>,
-    plugin_dirs: Vec<PathBuf>,
+    sup: Supervisor<OsProcesses>,
+    /// Each worker's channel, by worker id.
+    channels: HashMap<WorkerId, LineConn<UnixStream>>,
     watcher: Option<Watcher>,
     control: Option<ControlServer>,
     gathers: HashMap<u64, Gather>,
     next_gather: u64,
-    /// (service, how it ended) → count, like Workerman's `worker_exit_info`.
-    exits: BTreeMap<(String, String), u64>,
     started_at: SystemTime,
     ready: Option<std::fs::File>,
-    worker_args: Vec<String>,
-    drain_timeout: Duration,
-    kill_timeout: Duration,
     preparer: Preparer,
-    /// The reload whose candidate files are being checked.
-    prep: Option<Prep>,
-    prep_seq: u64,
+    /// A worker exited or a file was checked since unused snapshots were last removed.
+    snapshots_dirty: bool,
     _pid_file: PidFile,
     // Dropped last: removes the snapshots.
     runtime: RuntimeDir,
@@ -151,8 +107,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     let pid_file = PidFile::acquire(&options.pid_file)?;
     let runtime = RuntimeDir::create().context("could not create the runtime directory")?;
     let mut states = Vec::new();
-    let mut slots = Vec::new();
-    for (index, ServiceConfig { service, reloadable, user, group }) in services.into_iter().enumerate() {
+    for ServiceConfig { service, reloadable, user, group } in services {
         sys::check_identity(user.as_deref(), group.as_deref())
             .with_context(|| format!("service {} cannot run as the configured user/group", service.name))?;
         let expected_name = (!service.plugin.contains('/')).then(|| service.plugin.clone());
@@ -167,48 +122,38 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         let (bound, sockets) = sys::listen_reuseport(service.listen, service.count as usize)
             .with_context(|| format!("could not listen on {}", service.listen))?;
         tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening");
-        if let Some(source) = &source {
-            let snap = Rc::new(snapshot::take(source, &runtime.path, expected_name.as_deref())?);
-            tracing::info!(service = %service.name, plugin = %snap.name, version = %snap.version, hash = %snap.short_hash(), path = %source.display(), "plugin checked");
-            slots.extend(service_slots(index, service.count, &snap));
-        }
-        let service = Service { listen: bound, ..service };
-        let waiting = source.is_none();
-        let source = source.unwrap_or_default();
-        states.push(ServiceState {
-            service,
-            source,
+        let snapshot = match &source {
+            Some(source) => {
+                let snap = Rc::new(snapshot::take(source, &runtime.path, expected_name.as_deref())?);
+                tracing::info!(service = %service.name, plugin = %snap.name, version = %snap.version, hash = %snap.short_hash(), path = %source.display(), "plugin checked");
+                Some(snap)
+            }
+            None => None,
+        };
+        let state = ServiceState {
+            service: Service { listen: bound, ..service },
+            waiting: source.is_none(),
+            source: source.unwrap_or_default(),
             expected_name,
             reloadable,
             user,
             group,
             sockets,
-            candidate: None,
-            waiting,
-        });
+        };
+        states.push((state, snapshot));
     }
-    let mut master = Master::new(states, slots, runtime, plugin_dirs, pid_file, options.ready)?;
-    master.worker_args = options.worker_args;
-    master.drain_timeout = options.drain_timeout;
-    master.kill_timeout = options.kill_timeout;
+    let timeouts = Timeouts { start: config::START_TIMEOUT, drain: options.drain_timeout, kill: options.kill_timeout };
+    let procs = OsProcesses { worker_args: options.worker_args };
+    let sup = Supervisor::new(procs, states, plugin_dirs.clone(), timeouts);
+    let mut master = Master::new(sup, runtime, &plugin_dirs, pid_file, options.ready)?;
     master.run_loop()
-}
-
-fn service_slots(service: usize, count: u32, snap: &Rc<Snapshot>) -> impl Iterator<Item = Slot> + '_ {
-    (0..count).map(move |slot| Slot {
-        key: SlotKey { service, slot },
-        snapshot: snap.clone(),
-        failures: 0,
-        restart_at: None,
-    })
 }
 
 impl Master {
     fn new(
-        services: Vec<ServiceState>,
-        slots: Vec<Slot>,
+        sup: Supervisor<OsProcesses>,
         runtime: RuntimeDir,
-        plugin_dirs: Vec<PathBuf>,
+        plugin_dirs: &[PathBuf],
         pid_file: PidFile,
         ready: Option<std::fs::File>,
     ) -> anyhow::Result<Self> {
@@ -238,7 +183,7 @@ impl Master {
         let preparer = Preparer::start(runtime.path.clone(), waker.clone())?;
         // The watcher is a thread; workers are started by fork + exec, which is safe with
         // threads around (a bare fork is not: DESIGN.md pitfall 4).
-        let watcher = match Watcher::start(&plugin_dirs, waker) {
+        let watcher = match Watcher::start(plugin_dirs, waker) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!("plugin files are not watched (reload with SIGHUP): {e}");
@@ -248,28 +193,16 @@ impl Master {
         Ok(Master {
             poll,
             signals,
-            services,
-            table: Table::new(slots),
-            phase: Phase::Starting,
-            start_error: None,
-            reloader: Reloader::default(),
-            step_started: Instant::now(),
-            chain_started: Instant::now(),
-            last_reload: None,
-            plugin_dirs,
+            sup,
+            channels: HashMap::new(),
             watcher,
             control,
             gathers: HashMap::new(),
             next_gather: 0,
-            exits: BTreeMap::new(),
             started_at: SystemTime::now(),
             ready,
-            worker_args: Vec::new(),
-            drain_timeout: config::DRAIN_TIMEOUT,
-            kill_timeout: config::KILL_TIMEOUT,
             preparer,
-            prep: None,
-            prep_seq: 0,
+            snapshots_dirty: false,
             _pid_file: pid_file,
             runtime,
         })
@@ -277,26 +210,13 @@ impl Master {
 
     fn run_loop(&mut self) -> anyhow::Result<()> {
         sys::set_thread_name("host: master");
-        let keys: Vec<SlotKey> = self.table.slots.iter().map(|s| s.key).collect();
-        for key in keys {
-            self.spawn(key, Role::Serving);
-        }
+        self.sup.start();
         let mut events = Events::with_capacity(64);
         loop {
-            // Checked before every wait, so a start with nothing to wait for is ready at once.
-            if self.phase == Phase::Starting && self.table.all_ready() {
-                self.phase = Phase::Running;
-                tracing::info!(workers = self.table.slots.len(), pid = std::process::id(), "host ready");
-                if let Some(mut ready) = self.ready.take() {
-                    let _ = ready.write_all(b"ok\n");
-                }
-            }
-            if self.phase == Phase::Stopping && self.table.workers.is_empty() {
+            self.carry_out();
+            if let Some(result) = self.sup.finished() {
                 tracing::info!("all workers stopped; master exits");
-                return match self.start_error.take() {
-                    Some(e) => Err(anyhow::anyhow!(e)),
-                    None => Ok(()),
-                };
+                return result.map_err(anyhow::Error::msg);
             }
             let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
@@ -311,7 +231,10 @@ impl Master {
                         if let Some(w) = self.watcher.as_mut() {
                             w.collect(Instant::now());
                         }
-                        self.prepared();
+                        for done in self.preparer.take() {
+                            self.sup.checked(done);
+                            self.snapshots_dirty = true;
+                        }
                     }
                     CONTROL => {
                         if let Some(c) = self.control.as_mut() {
@@ -319,12 +242,67 @@ impl Master {
                         }
                     }
                     Token(t) if t >= CLIENT_TOKEN_BASE => self.read_client(Token(t)),
-                    Token(id) => self.read_worker(id),
+                    Token(t) => self.read_worker(WorkerId((t - WORKER_TOKEN_BASE) as u64)),
                 }
             }
-            self.reap_children();
+            self.sup.reap();
             self.run_deadlines();
         }
+    }
+
+    /// Carries out what the supervisor decided.
+    fn carry_out(&mut self) {
+        loop {
+            let outputs = self.sup.take_outputs();
+            if outputs.is_empty() {
+                return;
+            }
+            for output in outputs {
+                match output {
+                    Output::Attach(id, stream) => self.attach(id, stream),
+                    Output::Detach(id) => {
+                        if let Some(mut channel) = self.channels.remove(&id) {
+                            let _ = self.poll.registry().deregister(&mut channel.stream);
+                        }
+                        self.gather_forget(id);
+                        self.snapshots_dirty = true;
+                    }
+                    Output::Send(id, msg) => self.send(id, &msg),
+                    Output::Answer(client, answer) => self.answer_all(&[client], &answer),
+                    Output::Check(job) => self.preparer.submit(job),
+                    Output::Started => {
+                        let workers = self.sup.slots.workers().count();
+                        tracing::info!(workers, pid = std::process::id(), "host ready");
+                        if let Some(mut ready) = self.ready.take() {
+                            let _ = ready.write_all(b"ok\n");
+                        }
+                    }
+                }
+            }
+            if self.snapshots_dirty && self.sup.phase() != Phase::Stopping && self.sup.reloader_idle() {
+                self.snapshots_dirty = false;
+                self.remove_unused_snapshots();
+            }
+        }
+    }
+
+    fn attach(&mut self, id: WorkerId, stream: std::os::unix::net::UnixStream) {
+        if let Err(e) = stream.set_nonblocking(true) {
+            tracing::error!(worker = id.0, "could not watch a worker: {e}");
+        }
+        let mut stream = UnixStream::from_std(stream);
+        let token = Token(WORKER_TOKEN_BASE + id.0 as usize);
+        if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE) {
+            tracing::error!(worker = id.0, "could not watch a worker: {e}");
+        }
+        self.channels.insert(id, LineConn::new(stream, crate::ctl::MAX_REPORT_LINE));
+    }
+
+    fn send(&mut self, id: WorkerId, msg: &ToWorker) {
+        if let Some(channel) = self.channels.get_mut(&id) {
+            let _ = channel.send(msg.encode().as_bytes());
+        }
+        self.watch_channel_output(id);
     }
 
     fn read_signals(&mut self) {
@@ -332,10 +310,11 @@ impl Master {
             let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
             match sig {
                 Signal::SIGCHLD => {} // reaped after every poll
-                Signal::SIGINT => self.stop(false),
-                Signal::SIGTERM => self.stop(true),
-                Signal::SIGUSR1 => self.request_reload(false, "SIGUSR1", None),
-                Signal::SIGQUIT | Signal::SIGHUP => self.request_reload(true, sig.as_str(), None),
+                Signal::SIGINT => self.sup.stop(false),
+                Signal::SIGTERM => self.sup.stop(true),
+                Signal::SIGUSR1 => self.sup.request_reload(false, Trigger::Signal("SIGUSR1"), None),
+                Signal::SIGQUIT => self.sup.request_reload(true, Trigger::Signal("SIGQUIT"), None),
+                Signal::SIGHUP => self.sup.request_reload(true, Trigger::Signal("SIGHUP"), None),
                 Signal::SIGUSR2 => self.start_gather(ReportKind::Status, None),
                 Signal::SIGIO => self.start_gather(ReportKind::Connections, None),
                 other => tracing::debug!(signal = %other, "signal ignored"),
@@ -346,90 +325,90 @@ impl Master {
     fn read_client(&mut self, token: Token) {
         let Some(control) = self.control.as_mut() else { return };
         let Some((client, request)) = control.read(token, self.poll.registry()) else { return };
+        let client = ClientId(client);
         tracing::debug!(?request, "control request");
         match request {
             Request::Stop { graceful } => {
                 let message = format!("stopping (master pid {})", std::process::id());
-                let wait = if graceful { self.drain_timeout } else { Duration::ZERO } + self.kill_timeout;
+                let (drain, kill) = self.sup.drain_and_kill();
+                let wait = if graceful { drain } else { Duration::ZERO } + kill;
                 self.answer_all(&[client], &Answer::Ok { message, wait_ms: wait.as_millis() as u64 });
-                self.stop(graceful);
+                self.sup.stop(graceful);
             }
-            Request::Reload { graceful } => {
-                let reason = if graceful { "host reload -g" } else { "host reload" };
-                self.request_reload(graceful, reason, Some(client));
-            }
+            Request::Reload { graceful } => self.sup.request_reload(graceful, Trigger::Command, Some(client)),
             Request::Status => self.start_gather(ReportKind::Status, Some(client)),
             Request::Connections => self.start_gather(ReportKind::Connections, Some(client)),
         }
     }
 
-    fn answer_all(&mut self, clients: &[u64], answer: &Answer) {
+    fn answer_all(&mut self, clients: &[ClientId], answer: &Answer) {
         if let Some(control) = self.control.as_mut() {
             for &client in clients {
-                control.answer(client, answer, self.poll.registry());
+                control.answer(client.0, answer, self.poll.registry());
             }
         }
     }
 
-    fn read_worker(&mut self, id: usize) {
-        let Some(w) = self.table.by_id(id) else { return };
-        let lines = w.control.read_lines();
-        for line in lines {
+    fn read_worker(&mut self, id: WorkerId) {
+        let Some(channel) = self.channels.get_mut(&id) else { return };
+        for line in channel.read_lines() {
             match ToMaster::parse(&line) {
-                Some(ToMaster::Ready) => self.worker_ready(id),
-                Some(ToMaster::Error(e)) => {
-                    if let Some(w) = self.table.by_id(id) {
-                        w.error = Some(e);
-                    }
-                }
+                Some(ToMaster::Ready) => self.sup.worker_ready(id),
+                Some(ToMaster::Error(e)) => self.sup.worker_error(id, e),
                 Some(ToMaster::Report { id: gather, json, .. }) => self.gather_reply(id, gather, json),
                 None => tracing::warn!(line, "unknown message from a worker"),
             }
         }
-        self.watch_control_output(id);
+        self.watch_channel_output(id);
     }
 
     /// Flushes what is queued for a worker and waits for writability while some is left.
-    fn watch_control_output(&mut self, id: usize) {
-        let Some(w) = self.table.by_id(id) else { return };
-        let interest = match w.control.flush() {
+    fn watch_channel_output(&mut self, id: WorkerId) {
+        let Some(channel) = self.channels.get_mut(&id) else { return };
+        let interest = match channel.flush() {
             Ok(false) => Interest::READABLE | Interest::WRITABLE,
             _ => Interest::READABLE,
         };
-        let _ = self.poll.registry().reregister(&mut w.control.stream, Token(id), interest);
+        let token = Token(WORKER_TOKEN_BASE + id.0 as usize);
+        let _ = self.poll.registry().reregister(&mut channel.stream, token, interest);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let restarts = self.table.slots.iter().filter_map(|s| s.restart_at);
-        let kills = self.table.workers.iter().filter_map(|w| w.kill_at);
         let watch = self.watcher.as_ref().and_then(Watcher::next_deadline);
         let gathers = self.gathers.values().map(|g| g.deadline);
-        restarts.chain(kills).chain(watch).chain(gathers).min()
+        self.sup.next_deadline().into_iter().chain(watch).chain(gathers).min()
     }
 
     fn run_deadlines(&mut self) {
-        self.kill_overdue();
+        self.sup.tick();
         self.finish_gathers(true);
         // Taken even when stopping, or its deadline would stay in the past and the poll spin.
         let now = Instant::now();
         let changed = self.watcher.as_mut().map(|w| w.due(now)).unwrap_or_default();
         let appeared = self.watcher.as_mut().map(|w| w.appeared_dirs(now)).unwrap_or_default();
-        if self.phase == Phase::Stopping {
+        if self.sup.phase() == Phase::Stopping {
             return;
         }
         // A plugin directory that appeared: its files count as written.
         for dir in appeared {
             let files = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path());
             for path in files.filter(|p| p.extension().is_some_and(|e| e == "so")).collect::<Vec<_>>() {
-                self.plugin_file_changed(&path);
+                self.sup.plugin_file_changed(&path);
             }
         }
         for (path, change) in changed {
             match change {
-                Change::Written => self.plugin_file_changed(&path),
-                Change::Removed => self.plugin_file_removed(&path),
+                Change::Written => self.sup.plugin_file_changed(&path),
+                Change::Removed => self.sup.plugin_file_removed(&path),
             }
         }
-        self.respawn_due(now);
+    }
+
+    /// Deletes the snapshots no slot and no worker (draining ones included) uses any more.
+    fn remove_unused_snapshots(&self) {
+        let slots = self.sup.slots.slots().map(|s| s.snapshot.path.clone());
+        let in_use: Vec<PathBuf> = slots.chain(self.sup.slots.workers().map(|w| w.snapshot.path.clone())).collect();
+        let refs: Vec<&std::path::Path> = in_use.iter().map(PathBuf::as_path).collect();
+        self.runtime.remove_unused(&refs);
     }
 }

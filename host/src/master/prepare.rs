@@ -9,13 +9,15 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use super::reload::state::CheckId;
+use super::slots::ServiceId;
 use super::snapshot::{self, Snapshot};
 
 /// What a checked file is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
-    /// A candidate of the reload being prepared under this id.
-    Reload(u64),
+    /// A candidate of the reload whose files are checked in this round.
+    Reload(CheckId),
     /// The plugin a waiting service waits for.
     Activate,
 }
@@ -23,7 +25,7 @@ pub enum Purpose {
 #[derive(Debug)]
 pub struct Job {
     pub purpose: Purpose,
-    pub service: usize,
+    pub service: ServiceId,
     pub source: PathBuf,
     /// The name the plugin must report (None: named by path).
     pub expected_name: Option<String>,
@@ -32,7 +34,7 @@ pub struct Job {
 #[derive(Debug)]
 pub struct Done {
     pub purpose: Purpose,
-    pub service: usize,
+    pub service: ServiceId,
     pub source: PathBuf,
     pub result: Result<Snapshot, String>,
 }

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::table::{Readiness, Role};
-use super::Master;
+use super::slots::{ClientId, Readiness, Role, WorkerId};
+use super::{slots, Master};
 use crate::ctl::{ReportKind, ToWorker};
 use crate::status::{self, Answer, ConnReport, ConnRow, ExitRow, ServiceRow, Status, WorkerReport, WorkerRow};
 
@@ -17,26 +17,25 @@ pub const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Gather {
     kind: ReportKind,
     /// The control client to answer; None: log the result (SIGUSR2, SIGIO).
-    client: Option<u64>,
-    /// Worker ids still to answer.
-    waiting: Vec<usize>,
-    replies: HashMap<usize, String>,
+    client: Option<ClientId>,
+    /// Workers still to answer.
+    waiting: Vec<WorkerId>,
+    replies: HashMap<WorkerId, String>,
     pub deadline: Instant,
 }
 
 impl Master {
-    pub(super) fn start_gather(&mut self, kind: ReportKind, client: Option<u64>) {
+    pub(super) fn start_gather(&mut self, kind: ReportKind, client: Option<ClientId>) {
         self.next_gather += 1;
         let id = self.next_gather;
+        let ready: Vec<WorkerId> =
+            self.sup.slots.workers().filter(|w| w.readiness == Readiness::Ready).map(|w| w.id).collect();
         let mut waiting = Vec::new();
-        for w in &mut self.table.workers {
-            if w.readiness == Readiness::Ready && !w.control.closed {
-                let _ = w.control.send(ToWorker::Report { id, kind }.encode().as_bytes());
-                waiting.push(w.id);
+        for w in ready {
+            if self.channels.get(&w).is_some_and(|c| !c.closed) {
+                self.send(w, &ToWorker::Report { id, kind });
+                waiting.push(w);
             }
-        }
-        for w in self.table.workers.iter().map(|w| w.id).collect::<Vec<_>>() {
-            self.watch_control_output(w);
         }
         let gather =
             Gather { kind, client, waiting, replies: HashMap::new(), deadline: Instant::now() + REPORT_TIMEOUT };
@@ -44,7 +43,7 @@ impl Master {
         self.finish_gathers(false);
     }
 
-    pub(super) fn gather_reply(&mut self, worker: usize, id: u64, json: String) {
+    pub(super) fn gather_reply(&mut self, worker: WorkerId, id: u64, json: String) {
         if let Some(g) = self.gathers.get_mut(&id) {
             g.waiting.retain(|&w| w != worker);
             g.replies.insert(worker, json);
@@ -53,7 +52,7 @@ impl Master {
     }
 
     /// A worker exited: nobody waits for it any more.
-    pub(super) fn gather_forget(&mut self, worker: usize) {
+    pub(super) fn gather_forget(&mut self, worker: WorkerId) {
         for g in self.gathers.values_mut() {
             g.waiting.retain(|&w| w != worker);
         }
@@ -87,21 +86,23 @@ impl Master {
         }
     }
 
-    fn compose_status(&self, replies: &HashMap<usize, String>) -> Status {
+    fn compose_status(&self, replies: &HashMap<WorkerId, String>) -> Status {
+        let now = self.sup.now();
         let mut workers: Vec<WorkerRow> = self
-            .table
-            .workers
-            .iter()
+            .sup
+            .slots
+            .workers()
             .map(|w| {
                 let report: Option<WorkerReport> = replies.get(&w.id).and_then(|j| serde_json::from_str(j).ok());
-                let state = match (w.role, w.readiness, &report) {
+                let role = self.sup.slots.role(w.id).unwrap_or(Role::Retiring);
+                let state = match (role, w.readiness, &report) {
                     (Role::Retiring, _, _) => "draining",
                     (_, Readiness::Starting, _) => "starting",
                     (_, _, Some(r)) if r.draining => "draining",
                     (_, _, Some(_)) => "ready",
                     (_, _, None) => "busy",
                 };
-                let svc = &self.services[w.key.service].service;
+                let svc = &self.sup.services[w.key.service.0].service;
                 WorkerRow {
                     service: svc.name.clone(),
                     slot: w.key.slot,
@@ -111,18 +112,19 @@ impl Master {
                     plugin: format!("{} {}", w.snapshot.name, w.snapshot.version),
                     hash: w.snapshot.short_hash(),
                     state: state.to_string(),
-                    uptime_s: w.uptime().as_secs(),
+                    uptime_s: w.uptime(now).as_secs(),
                     report,
                 }
             })
             .collect();
         workers.sort_by(|a, b| (&a.service, a.slot, a.pid).cmp(&(&b.service, b.slot, b.pid)));
         let services = self
+            .sup
             .services
             .iter()
-            .map(|s| {
-                let snap =
-                    self.table.slots.iter().find(|x| self.services[x.key.service].service.name == s.service.name);
+            .enumerate()
+            .map(|(i, s)| {
+                let snap = self.sup.slots.service_slots(slots::ServiceId(i)).next();
                 ServiceRow {
                     name: s.service.name.clone(),
                     listen: s.service.listen.to_string(),
@@ -136,6 +138,7 @@ impl Master {
             })
             .collect();
         let exits = self
+            .sup
             .exits
             .iter()
             .map(|((service, how), count)| ExitRow { service: service.clone(), how: how.clone(), count: *count })
@@ -151,15 +154,26 @@ impl Master {
             services,
             workers,
             exits,
-            last_reload: self.last_reload.clone(),
+            last_reload: {
+                let show = |r: &super::supervisor::ReloadRecord| {
+                    let at = r.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    format!("{} (trigger: {}; at {})", r.summary, r.trigger, status::utc_time(at))
+                };
+                match (&self.sup.last_reload, &self.sup.last_unchanged) {
+                    (Some(r), Some(u)) => Some(format!("{}; since then: {}", show(r), show(u))),
+                    (Some(r), None) => Some(show(r)),
+                    (None, Some(u)) => Some(format!("none; since then: {}", show(u))),
+                    (None, None) => None,
+                }
+            },
         }
     }
 
-    fn compose_connections(&self, replies: &HashMap<usize, String>) -> Answer {
+    fn compose_connections(&self, replies: &HashMap<WorkerId, String>) -> Answer {
         let mut rows = Vec::new();
         let mut busy = Vec::new();
-        for w in &self.table.workers {
-            let svc = &self.services[w.key.service].service;
+        for w in self.sup.slots.workers() {
+            let svc = &self.sup.services[w.key.service.0].service;
             match replies.get(&w.id).and_then(|j| serde_json::from_str::<Vec<ConnReport>>(j).ok()) {
                 Some(conns) => rows.extend(conns.into_iter().map(|conn| ConnRow {
                     pid: w.pid.as_raw(),

@@ -45,6 +45,18 @@ impl Snapshot {
     pub fn short_hash(&self) -> String {
         format!("{:016x}", self.hash)[..12].to_string()
     }
+
+    /// A snapshot that names no file, for unit tests of the master's logic.
+    #[cfg(test)]
+    pub fn fake(name: &str, hash: u64) -> Self {
+        Snapshot {
+            path: PathBuf::from(format!("/nonexistent/{name}-{hash:016x}.so")),
+            source: PathBuf::from(format!("/plugins/lib{name}.so")),
+            hash,
+            name: name.to_string(),
+            version: "0.1.0".to_string(),
+        }
+    }
 }
 
 /// A directory only the master's user can enter, removed when the master exits.

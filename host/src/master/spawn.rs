@@ -2,7 +2,7 @@
 //! the master has threads) and the throwaway `check-plugin` probe.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -51,7 +51,7 @@ pub struct Spawned {
 pub fn spawn_worker(
     spec: &WorkerSpec,
     plugin_label: &str,
-    listener: &OwnedFd,
+    listener: BorrowedFd<'_>,
     args: &[String],
 ) -> Result<Spawned, SpawnError> {
     let exe = host_exe().map_err(SpawnError::Exe)?;

@@ -1,0 +1,287 @@
+//! Carrying out the reload pipeline's decisions ([`super::state`]) with real workers: what
+//! triggers a reload (signals, commands, the watcher), checking files, starting replacements,
+//! promoting them, reporting the outcome.
+
+use std::path::Path;
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use super::state::{Effect, Finished, Outcome, Request, ServiceView, Trigger};
+use crate::ctl::ToWorker;
+use crate::master::prepare::{Done, Job, Purpose};
+use crate::master::process::Processes;
+use crate::master::slots::{ClientId, Role, ServiceId, SlotKey, WorkerId};
+use crate::master::snapshot::Snapshot;
+use crate::master::supervisor::{Output, Phase, ReloadRecord, Supervisor};
+use crate::status::Answer;
+
+impl<P: Processes> Supervisor<P> {
+    /// What the reload pipeline needs to know of the services now.
+    pub(in crate::master) fn views(&self) -> Vec<ServiceView<Rc<Snapshot>>> {
+        self.services
+            .iter()
+            .enumerate()
+            .map(|(i, state)| {
+                let slots = self.slots.service_slots(ServiceId(i));
+                ServiceView {
+                    name: state.service.name.clone(),
+                    reloadable: state.reloadable,
+                    waiting: state.waiting,
+                    current: self.slots.service_slots(ServiceId(i)).next().map(|s| s.snapshot.clone()),
+                    slots: slots.map(|s| (s.key, s.snapshot.hash)).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// A reload of every service, asked for by a signal or a command (`waiter` hears how it ends).
+    pub fn request_reload(&mut self, graceful: bool, trigger: Trigger, waiter: Option<ClientId>) {
+        // Services that are not reloadable only hear their plugin's reload hook.
+        let hooks: Vec<WorkerId> = self
+            .slots
+            .slots()
+            .filter(|s| !self.services[s.key.service.0].reloadable)
+            .filter_map(|s| s.serving())
+            .collect();
+        for id in hooks {
+            self.out.push(Output::Send(id, ToWorker::ReloadHook));
+        }
+        let services = (0..self.services.len()).map(ServiceId).collect();
+        let request = Request::new(graceful, trigger, services, false).with_waiter(waiter);
+        self.submit(request);
+    }
+
+    pub(in crate::master) fn submit(&mut self, request: Request) {
+        if self.phase != Phase::Running {
+            let message = "reload refused: the master is still starting or is stopping".to_string();
+            tracing::warn!(reason = %request.reason(), "{message}");
+            for &w in &request.waiters {
+                self.out.push(Output::Answer(w, Answer::Error { message: message.clone() }));
+            }
+            return;
+        }
+        if self.reloader.is_idle() {
+            self.reload_started = self.procs.now();
+        } else {
+            tracing::info!(reason = %request.reason(), "reload queued: takes effect at the next step");
+        }
+        let fx = self.reloader.request(request, &self.views());
+        self.apply(fx);
+    }
+
+    /// The watcher reports `path` written: reload the services it is (now) the plugin of.
+    pub fn plugin_file_changed(&mut self, path: &Path) {
+        self.activate_waiting(path);
+        let mut services = Vec::new();
+        for i in 0..self.services.len() {
+            let state = &self.services[i];
+            if state.waiting {
+                continue;
+            }
+            let source = match &state.expected_name {
+                // Named: the lookup decides (a new file in an earlier directory takes over).
+                Some(name) => match self.procs.find_plugin(name, &self.plugin_dirs) {
+                    Some(found) => found,
+                    None => continue,
+                },
+                None => state.source.clone(),
+            };
+            if source != path {
+                continue;
+            }
+            let state = &mut self.services[i];
+            if source != state.source {
+                tracing::info!(service = %state.service.name, from = %state.source.display(), to = %source.display(), "plugin file moves");
+                state.source = source;
+            }
+            if !state.reloadable {
+                tracing::info!(service = %state.service.name, path = %path.display(), "plugin file changed; the service is not reloadable, its workers keep running");
+                continue;
+            }
+            services.push(ServiceId(i));
+        }
+        if services.is_empty() {
+            tracing::debug!(path = %path.display(), "changed file is no reloadable service's plugin");
+            return;
+        }
+        self.submit(Request::new(true, Trigger::File(path.to_path_buf()), services, true));
+    }
+
+    /// A plugin file is gone: its workers keep running the snapshot they loaded.
+    pub fn plugin_file_removed(&self, path: &Path) {
+        for state in self.services.iter().filter(|s| !s.waiting && s.source == path) {
+            tracing::warn!(service = %state.service.name, path = %path.display(), "plugin file removed; the workers keep running the copy they loaded");
+        }
+    }
+
+    /// Has `path` checked for the services waiting for it (they start once it passes).
+    pub(in crate::master) fn activate_waiting(&mut self, path: &Path) {
+        for i in 0..self.services.len() {
+            let state = &self.services[i];
+            let Some(name) = state.expected_name.clone().filter(|_| state.waiting) else { continue };
+            if self.procs.find_plugin(&name, &self.plugin_dirs).as_deref() == Some(path) {
+                let job = Job {
+                    purpose: Purpose::Activate,
+                    service: ServiceId(i),
+                    source: path.to_path_buf(),
+                    expected_name: Some(name),
+                };
+                self.out.push(Output::Check(job));
+            }
+        }
+    }
+
+    /// A plugin file was checked.
+    pub fn checked(&mut self, done: Done) {
+        match done.purpose {
+            Purpose::Activate => self.activate(done),
+            Purpose::Reload(check) => {
+                let result = done.result.map(Rc::new);
+                let fx = self.reloader.checked(check, done.service, result, &self.views());
+                self.apply(fx);
+            }
+        }
+    }
+
+    pub(in crate::master) fn activate(&mut self, done: Done) {
+        let i = done.service;
+        if !self.services[i.0].waiting || self.phase == Phase::Stopping {
+            return;
+        }
+        let state = &mut self.services[i.0];
+        match done.result {
+            Ok(snap) => {
+                let snap = Rc::new(snap);
+                tracing::info!(service = %state.service.name, plugin = %snap.name, hash = %snap.short_hash(), "plugin appeared; starting the service");
+                state.waiting = false;
+                state.source = done.source;
+                let count = state.service.count;
+                for key in self.slots.add_service(i, count, &snap) {
+                    self.spawn_serving(key);
+                }
+            }
+            Err(e) => {
+                tracing::error!(service = %state.service.name, "plugin file refused; the service keeps waiting: {e}")
+            }
+        }
+    }
+
+    pub(in crate::master) fn apply(&mut self, effects: Vec<Effect<Rc<Snapshot>>>) {
+        for effect in effects {
+            match effect {
+                Effect::Check { check, service } => {
+                    let state = &self.services[service.0];
+                    let job = Job {
+                        purpose: Purpose::Reload(check),
+                        service,
+                        source: state.source.clone(),
+                        expected_name: state.expected_name.clone(),
+                    };
+                    self.out.push(Output::Check(job));
+                }
+                Effect::Unchanged { service, hash } => {
+                    let name = self.service_name(service);
+                    tracing::info!(service = %name, hash = %format!("{hash:016x}")[..12], "plugin file unchanged; not reloaded");
+                }
+                Effect::Began { reason, graceful, slots } => {
+                    tracing::info!(reason = %reason, graceful, slots, "reload starting")
+                }
+                Effect::Preempted { reason } => {
+                    tracing::info!(reason = %reason, "a newer reload takes over at this step; checking the files again")
+                }
+                Effect::Start { slot, snapshot } => self.start_replacement(slot, &snapshot),
+                Effect::Promote { slot, graceful } => self.promote(slot, graceful),
+                Effect::Finished(finished) => self.reload_finished(finished),
+            }
+        }
+    }
+
+    pub(in crate::master) fn start_replacement(&mut self, key: SlotKey, snap: &Rc<Snapshot>) {
+        self.step_started = self.procs.now();
+        let result = self
+            .launch(key, snap, Role::Replacement)
+            .and_then(|w| self.slots.insert_replacement(w).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            tracing::error!(service = %self.service_name(key.service), slot = key.slot, "could not start a replacement: {e}");
+            let fx = self.reloader.failed(key, &e, &self.views());
+            self.apply(fx);
+        }
+    }
+
+    /// The replacement of `key` is ready: it becomes the slot's worker, the old one goes.
+    pub(in crate::master) fn promote(&mut self, key: SlotKey, graceful: bool) {
+        let old = match self.slots.promote(key) {
+            Ok(old) => old,
+            Err(e) => return tracing::error!(slot = key.slot, "internal: could not promote: {e}"),
+        };
+        let new = self.slots.slot(key).and_then(|s| s.serving()).and_then(|id| self.slots.worker(id));
+        let (new_pid, new_hash) = new.map_or((0, String::new()), |w| (w.pid.as_raw(), w.snapshot.short_hash()));
+        let old_w = old.and_then(|id| self.slots.worker(id));
+        let (old_pid, old_hash) = old_w.map_or((0, "-".to_string()), |w| (w.pid.as_raw(), w.snapshot.short_hash()));
+        let step_ms = self.procs.now().saturating_duration_since(self.step_started).as_millis() as u64;
+        tracing::info!(service = %self.service_name(key.service), slot = key.slot, old_pid, new_pid, old_hash = %old_hash, new_hash = %new_hash, step_ms, "reload step: slot replaced");
+        if let Some(old) = old {
+            self.retire(old, graceful);
+        }
+    }
+
+    pub(in crate::master) fn reload_finished(&mut self, Finished { request, outcome }: Finished) {
+        let ms = self.procs.now().saturating_duration_since(self.reload_started).as_millis() as u64;
+        let reason = request.reason();
+        let notes =
+            |notes: &[String]| if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };
+        let (summary, ok) = match &outcome {
+            Outcome::Done { replaced, notes: n } => {
+                tracing::info!(replaced, total_ms = ms, reason = %reason, "reload done{}", notes(n));
+                (format!("done: {replaced} workers replaced in {ms} ms{}", notes(n)), true)
+            }
+            Outcome::Unchanged { notes: n } => {
+                tracing::info!(reason = %reason, "reload: nothing to replace{}", notes(n));
+                self.last_unchanged = Some(ReloadRecord {
+                    at: SystemTime::now(),
+                    trigger: reason,
+                    summary: format!("unchanged, not reloaded{}", notes(n)),
+                });
+                let message = format!("reload: nothing to replace{}", notes(n));
+                for &w in &request.waiters {
+                    self.out.push(Output::Answer(w, Answer::Ok { message: message.clone(), wait_ms: 0 }));
+                }
+                return self.note_next_reload();
+            }
+            Outcome::Refused { service, reason: why } => {
+                let service = self.service_name(*service).to_string();
+                tracing::info!(reason = %reason, "reload refused");
+                tracing::error!(service = %service, slot = 0, replaced = 0, "reload aborted: {why}; the old workers keep serving");
+                (format!("aborted at {service} #0 (0 replaced before): {why}; the old workers keep serving"), false)
+            }
+            Outcome::Aborted { slot, replaced, reason: why } => {
+                let service = self.service_name(slot.service).to_string();
+                tracing::error!(service = %service, slot = slot.slot, replaced, "reload aborted: {why}; the old workers keep serving");
+                let summary = format!(
+                    "aborted at {service} #{} ({replaced} replaced before): {why}; the old workers keep serving",
+                    slot.slot
+                );
+                (summary, false)
+            }
+            Outcome::Abandoned => {
+                tracing::warn!(reason = %reason, "reload abandoned: the master is stopping");
+                ("abandoned: the master is stopping".to_string(), false)
+            }
+        };
+        let message = format!("reload {summary}");
+        let answer = if ok { Answer::Ok { message, wait_ms: 0 } } else { Answer::Error { message } };
+        for &w in &request.waiters {
+            self.out.push(Output::Answer(w, answer.clone()));
+        }
+        self.last_reload = Some(ReloadRecord { at: SystemTime::now(), trigger: reason, summary });
+        self.last_unchanged = None;
+        self.note_next_reload();
+    }
+
+    /// A queued request may have started as this one ended.
+    fn note_next_reload(&mut self) {
+        if !self.reloader.is_idle() {
+            self.reload_started = self.procs.now();
+        }
+    }
+}

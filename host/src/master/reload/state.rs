@@ -1,0 +1,738 @@
+//! The reload pipeline as one state machine: pure transitions (no processes, no clock, no files)
+//! that return the effects the master must carry out. DESIGN.md section 3.
+//!
+//! ```text
+//!            request                       all checked                ready(last slot)
+//!   Idle ───────────────▶ Checking ───────────────────▶ Replacing ─────────────────────▶ Idle
+//!    ▲                      │  ▲ request: checks again      │ ready(slot): promote, next   │
+//!    │                      │  └─ with the newest files     │ request: queued; at the next │
+//!    │   nothing to replace │                               │ step the chain is preempted  │
+//!    └──────────────────────┴── stop / refused / failed ────┴──── and checked again ───────┘
+//! ```
+//!
+//! - **Checking**: every requested service's plugin file is checked (copied, probed) off the
+//!   loop. A request during a check merges with it and checks again, so the newest files win.
+//! - **Replacing**: one slot at a time, make before break: start the replacement, wait for it to
+//!   be ready, promote it (the old worker drains or stops), go on. A request during a step is
+//!   queued; when the step ends the chain stops there and the merged request is checked again:
+//!   slots already on the newest file are not replaced twice.
+//! - Services that are waiting for their plugin file, or not reloadable, are never in a chain.
+//!   A watcher event skips slots already running the file; a command replaces every slot (a
+//!   refused newer file then recycles the workers on the last good snapshot, and says so).
+//! - A replacement that fails aborts the chain; if that left a service on mixed versions, the
+//!   chain is retried (bounded), then given up with the mix shown in `status`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::PathBuf;
+
+use std::rc::Rc;
+
+use crate::master::slots::{ClientId, ServiceId, SlotKey};
+use crate::master::snapshot::Snapshot;
+
+/// How many times a chain that failed half-way is run again.
+pub const MAX_RETRIES: u32 = 2;
+
+/// What a chain replaces workers with: a checked plugin snapshot, compared by content hash.
+pub trait Candidate: Clone {
+    fn hash(&self) -> u64;
+}
+
+impl Candidate for Rc<Snapshot> {
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// Identifies one round of checks; results of an older round are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckId(pub u64);
+
+/// What started a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// The watcher saw this plugin file written.
+    File(PathBuf),
+    Signal(&'static str),
+    /// `host reload` (graceful or not).
+    Command,
+    /// A chain that failed half-way, run again.
+    Retry,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::File(p) => write!(f, "{} changed", p.display()),
+            Trigger::Signal(s) => f.write_str(s),
+            Trigger::Command => f.write_str("host reload"),
+            Trigger::Retry => f.write_str("retry"),
+        }
+    }
+}
+
+/// A reload asked for, possibly several merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub graceful: bool,
+    pub triggers: Vec<Trigger>,
+    /// Control clients waiting for the outcome.
+    pub waiters: Vec<ClientId>,
+    pub services: Vec<ServiceId>,
+    /// A watcher event: slots already running the checked file are skipped. A command replaces
+    /// every slot.
+    pub only_changed: bool,
+    /// Slots a chain this request took over already replaced (not replaced again by a command,
+    /// unless their file changed since).
+    pub done: Vec<SlotKey>,
+    /// How often this request was retried after failing half-way.
+    pub retries: u32,
+    /// A chain of this request (or of one it took over) began replacing workers.
+    pub began: bool,
+}
+
+impl Request {
+    pub fn new(graceful: bool, trigger: Trigger, services: Vec<ServiceId>, only_changed: bool) -> Self {
+        Request {
+            graceful,
+            triggers: vec![trigger],
+            waiters: Vec::new(),
+            services,
+            only_changed,
+            done: Vec::new(),
+            retries: 0,
+            began: false,
+        }
+    }
+
+    pub fn with_waiter(mut self, waiter: Option<ClientId>) -> Self {
+        self.waiters.extend(waiter);
+        self
+    }
+
+    /// What triggered it, for logs and status.
+    pub fn reason(&self) -> String {
+        self.triggers.iter().map(Trigger::to_string).collect::<Vec<_>>().join("; ")
+    }
+
+    /// Both at once: graceful only if both asked for it, every slot if either was a command,
+    /// everyone waiting hears the one outcome.
+    fn merge(mut self, other: Request) -> Request {
+        self.graceful &= other.graceful;
+        self.only_changed &= other.only_changed;
+        for t in other.triggers {
+            if !self.triggers.contains(&t) {
+                self.triggers.push(t);
+            }
+        }
+        self.waiters.extend(other.waiters);
+        for s in other.services {
+            if !self.services.contains(&s) {
+                self.services.push(s);
+            }
+        }
+        self.done.extend(other.done);
+        self.retries = self.retries.max(other.retries);
+        self.began |= other.began;
+        self
+    }
+}
+
+/// What the master knows of a service when the pipeline decides.
+#[derive(Debug, Clone)]
+pub struct ServiceView<S> {
+    pub name: String,
+    pub reloadable: bool,
+    /// Its plugin file does not exist yet: it has no workers.
+    pub waiting: bool,
+    /// The snapshot its slots run (the last good one).
+    pub current: Option<S>,
+    /// Its slots, with the hash of the snapshot each one's serving worker runs.
+    pub slots: Vec<(SlotKey, u64)>,
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every slot that needed it runs a new worker. `notes`: files refused on the way.
+    Done { replaced: usize, notes: Vec<String> },
+    /// Nothing needed replacing (files unchanged, or no service to reload).
+    Unchanged { notes: Vec<String> },
+    /// The new plugin file was refused: nothing was replaced.
+    Refused { service: ServiceId, reason: String },
+    /// A replacement failed: slots not replaced yet keep their old workers.
+    Aborted { slot: SlotKey, replaced: usize, reason: String },
+    /// The master is stopping.
+    Abandoned,
+}
+
+/// A request that ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub request: Request,
+    pub outcome: Outcome,
+}
+
+/// What the master must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect<S> {
+    /// Check the plugin file of `service` (off the loop), then call [`Reloader::checked`].
+    Check {
+        check: CheckId,
+        service: ServiceId,
+    },
+    /// A service's checked file is the one its slots run already: nothing to replace there.
+    Unchanged {
+        service: ServiceId,
+        hash: u64,
+    },
+    /// The first chain of a request begins replacing workers.
+    Began {
+        reason: String,
+        graceful: bool,
+        slots: usize,
+    },
+    /// A newer request took effect between two steps: the files are checked again.
+    Preempted {
+        reason: String,
+    },
+    /// Start the replacement worker of `slot` on `snapshot`; then call [`Reloader::ready`] or
+    /// [`Reloader::failed`].
+    Start {
+        slot: SlotKey,
+        snapshot: S,
+    },
+    /// The replacement of `slot` is ready: it becomes the slot's worker, the old one drains
+    /// (graceful) or stops.
+    Promote {
+        slot: SlotKey,
+        graceful: bool,
+    },
+    Finished(Finished),
+}
+
+#[derive(Debug)]
+struct Chain<S> {
+    request: Request,
+    candidates: Vec<(ServiceId, S)>,
+    queue: VecDeque<SlotKey>,
+    current: Option<SlotKey>,
+    replaced: usize,
+    notes: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+enum State<S> {
+    #[default]
+    Idle,
+    Checking {
+        request: Request,
+        check: CheckId,
+        pending: Vec<ServiceId>,
+        results: Vec<(ServiceId, Result<S, String>)>,
+    },
+    Replacing(Chain<S>),
+}
+
+/// The reload pipeline: at most one reload under way, plus the request waiting for its next step.
+#[derive(Debug)]
+pub struct Reloader<S> {
+    state: State<S>,
+    queued: Option<Request>,
+    checks: u64,
+}
+
+impl<S> Default for Reloader<S> {
+    fn default() -> Self {
+        Reloader { state: State::Idle, queued: None, checks: 0 }
+    }
+}
+
+type Effects<S> = Vec<Effect<S>>;
+
+impl<S: Candidate> Reloader<S> {
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Idle)
+    }
+
+    /// Asks for a reload.
+    pub fn request(&mut self, request: Request, views: &[ServiceView<S>]) -> Effects<S> {
+        let mut fx = Vec::new();
+        match std::mem::take(&mut self.state) {
+            State::Idle => self.begin(request, views, &mut fx),
+            // Check again, with whatever files are newest now.
+            State::Checking { request: checking, .. } => self.begin(checking.merge(request), views, &mut fx),
+            replacing @ State::Replacing(_) => {
+                self.state = replacing;
+                self.queued = Some(match self.queued.take() {
+                    Some(q) => q.merge(request),
+                    None => request,
+                });
+            }
+        }
+        fx
+    }
+
+    /// A check of round `check` ended for `service`.
+    pub fn checked(
+        &mut self,
+        check: CheckId,
+        service: ServiceId,
+        result: Result<S, String>,
+        views: &[ServiceView<S>],
+    ) -> Effects<S> {
+        let mut fx = Vec::new();
+        let State::Checking { check: current, pending, results, .. } = &mut self.state else { return fx };
+        if *current != check || !pending.contains(&service) {
+            return fx;
+        }
+        pending.retain(|&s| s != service);
+        results.push((service, result));
+        if !pending.is_empty() {
+            return fx;
+        }
+        let State::Checking { request, results, .. } = std::mem::take(&mut self.state) else { unreachable!() };
+        self.launch(request, results, views, &mut fx);
+        fx
+    }
+
+    /// The replacement of `slot` is ready.
+    pub fn ready(&mut self, slot: SlotKey, views: &[ServiceView<S>]) -> Effects<S> {
+        let mut fx = Vec::new();
+        let State::Replacing(chain) = &mut self.state else { return fx };
+        if chain.current != Some(slot) {
+            return fx;
+        }
+        chain.current = None;
+        chain.replaced += 1;
+        chain.request.done.push(slot);
+        fx.push(Effect::Promote { slot, graceful: chain.request.graceful });
+        match self.queued.take() {
+            // Preempted between two steps: check again with the newest files.
+            Some(queued) => {
+                let State::Replacing(chain) = std::mem::take(&mut self.state) else { unreachable!() };
+                fx.push(Effect::Preempted { reason: queued.reason() });
+                self.begin(chain.request.merge(queued), views, &mut fx);
+            }
+            None => self.step(views, &mut fx),
+        }
+        fx
+    }
+
+    /// The replacement of `slot` failed (did not start, exited, or was not ready in time).
+    pub fn failed(&mut self, slot: SlotKey, reason: &str, views: &[ServiceView<S>]) -> Effects<S> {
+        let mut fx = Vec::new();
+        let State::Replacing(chain) = &self.state else { return fx };
+        if chain.current != Some(slot) {
+            return fx;
+        }
+        let State::Replacing(chain) = std::mem::take(&mut self.state) else { unreachable!() };
+        // `done`: slots this request (and the chains it took over) already moved.
+        if !chain.request.done.is_empty() && chain.request.retries < MAX_RETRIES {
+            // Half the service moved: try again (slots already moved are skipped).
+            let mut retry = chain.request.clone();
+            retry.retries += 1;
+            retry.triggers.push(Trigger::Retry);
+            let retry = match self.queued.take() {
+                Some(q) => retry.merge(q),
+                None => retry,
+            };
+            self.begin(retry, views, &mut fx);
+            return fx;
+        }
+        let outcome = Outcome::Aborted { slot, replaced: chain.replaced, reason: reason.to_string() };
+        self.finish(chain.request, outcome, views, &mut fx);
+        fx
+    }
+
+    /// The master is stopping: everything under way or queued is abandoned.
+    pub fn stop(&mut self) -> Effects<S> {
+        let request = match std::mem::take(&mut self.state) {
+            State::Idle => None,
+            State::Checking { request, .. } => Some(request),
+            State::Replacing(chain) => Some(chain.request),
+        };
+        let request = match (request, self.queued.take()) {
+            (Some(r), Some(q)) => Some(r.merge(q)),
+            (r, q) => r.or(q),
+        };
+        request.map(|request| Effect::Finished(Finished { request, outcome: Outcome::Abandoned })).into_iter().collect()
+    }
+
+    fn begin(&mut self, mut request: Request, views: &[ServiceView<S>], fx: &mut Effects<S>) {
+        request.services.retain(|s| views.get(s.0).is_some_and(|v| v.reloadable && !v.waiting));
+        if request.services.is_empty() {
+            let notes = vec!["no service to reload".to_string()];
+            return self.finish(request, Outcome::Unchanged { notes }, views, fx);
+        }
+        self.checks += 1;
+        let check = CheckId(self.checks);
+        fx.extend(request.services.iter().map(|&service| Effect::Check { check, service }));
+        let pending = request.services.clone();
+        self.state = State::Checking { request, check, pending, results: Vec::new() };
+    }
+
+    /// Every file was checked: decide what to replace.
+    fn launch(
+        &mut self,
+        mut request: Request,
+        mut results: Vec<(ServiceId, Result<S, String>)>,
+        views: &[ServiceView<S>],
+        fx: &mut Effects<S>,
+    ) {
+        results.sort_by_key(|(s, _)| request.services.iter().position(|x| x == s));
+        let mut candidates = Vec::new();
+        let mut notes = Vec::new();
+        let mut refused = None;
+        for (service, result) in results {
+            let view = &views[service.0];
+            match result {
+                Ok(snap) => candidates.push((service, snap)),
+                Err(reason) => match (&view.current, request.only_changed) {
+                    // A command recycles the workers even when the newer file is bad.
+                    (Some(current), false) => {
+                        notes.push(format!(
+                            "service {}: plugin file refused ({reason}); workers recycled on the last good snapshot",
+                            view.name
+                        ));
+                        candidates.push((service, current.clone()));
+                    }
+                    _ => {
+                        notes.push(format!("service {}: plugin file refused: {reason}", view.name));
+                        refused.get_or_insert((service, reason));
+                    }
+                },
+            }
+        }
+        if request.only_changed {
+            for (service, snap) in &candidates {
+                if views[service.0].slots.iter().all(|&(_, hash)| hash == snap.hash()) {
+                    fx.push(Effect::Unchanged { service: *service, hash: snap.hash() });
+                }
+            }
+        }
+        let queue: VecDeque<SlotKey> = candidates
+            .iter()
+            .flat_map(|(service, snap)| {
+                let request = &request;
+                views[service.0].slots.iter().filter_map(move |&(slot, hash)| {
+                    let stale = hash != snap.hash();
+                    let recycle = !request.only_changed && !request.done.contains(&slot);
+                    (stale || recycle).then_some(slot)
+                })
+            })
+            .collect();
+        if queue.is_empty() {
+            let outcome = match refused {
+                Some((service, reason)) if candidates.is_empty() => Outcome::Refused { service, reason },
+                _ => Outcome::Unchanged { notes },
+            };
+            return self.finish(request, outcome, views, fx);
+        }
+        if !request.began {
+            request.began = true;
+            fx.push(Effect::Began { reason: request.reason(), graceful: request.graceful, slots: queue.len() });
+        }
+        self.state = State::Replacing(Chain { request, candidates, queue, current: None, replaced: 0, notes });
+        self.step(views, fx);
+    }
+
+    /// Starts the next slot's replacement, or ends the chain.
+    fn step(&mut self, views: &[ServiceView<S>], fx: &mut Effects<S>) {
+        let State::Replacing(chain) = &mut self.state else { return };
+        match chain.queue.pop_front() {
+            Some(slot) => {
+                chain.current = Some(slot);
+                let snapshot = chain
+                    .candidates
+                    .iter()
+                    .find(|(s, _)| *s == slot.service)
+                    .map(|(_, c)| c.clone())
+                    .expect("every queued slot belongs to a service with a candidate");
+                fx.push(Effect::Start { slot, snapshot });
+            }
+            None => {
+                let State::Replacing(chain) = std::mem::take(&mut self.state) else { unreachable!() };
+                let outcome = Outcome::Done { replaced: chain.replaced, notes: chain.notes };
+                self.finish(chain.request, outcome, views, fx);
+            }
+        }
+    }
+
+    fn finish(&mut self, request: Request, outcome: Outcome, views: &[ServiceView<S>], fx: &mut Effects<S>) {
+        self.state = State::Idle;
+        fx.push(Effect::Finished(Finished { request, outcome }));
+        if let Some(queued) = self.queued.take() {
+            self.begin(queued, views, fx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Snap(u64);
+
+    impl Candidate for Snap {
+        fn hash(&self) -> u64 {
+            self.0
+        }
+    }
+
+    fn key(service: usize, slot: u32) -> SlotKey {
+        SlotKey { service: ServiceId(service), slot }
+    }
+
+    /// Services each with `count` slots running snapshot `hash`.
+    fn views(services: &[(u32, u64)]) -> Vec<ServiceView<Snap>> {
+        services
+            .iter()
+            .enumerate()
+            .map(|(i, &(count, hash))| ServiceView {
+                name: format!("s{i}"),
+                reloadable: true,
+                waiting: false,
+                current: Some(Snap(hash)),
+                slots: (0..count).map(|n| (key(i, n), hash)).collect(),
+            })
+            .collect()
+    }
+
+    fn file(services: &[usize]) -> Request {
+        let services = services.iter().map(|&s| ServiceId(s)).collect();
+        Request::new(true, Trigger::File("/p/libhttp.so".into()), services, true)
+    }
+
+    fn command(services: &[usize], waiter: u64) -> Request {
+        let services = services.iter().map(|&s| ServiceId(s)).collect();
+        Request::new(false, Trigger::Command, services, false).with_waiter(Some(ClientId(waiter)))
+    }
+
+    /// The effects that act on workers (not the ones that only inform).
+    fn main(fx: &[Effect<Snap>]) -> Vec<Effect<Snap>> {
+        fx.iter()
+            .filter(|e| !matches!(e, Effect::Began { .. } | Effect::Unchanged { .. } | Effect::Preempted { .. }))
+            .cloned()
+            .collect()
+    }
+
+    fn checks(fx: &[Effect<Snap>]) -> Vec<(CheckId, ServiceId)> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Check { check, service } => Some((*check, *service)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn finished(fx: &[Effect<Snap>]) -> Vec<&Finished> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Finished(f) => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_replaces_slots_one_at_a_time_make_before_break() {
+        let v = views(&[(3, 1)]);
+        let mut r = Reloader::default();
+        let fx = r.request(file(&[0]), &v);
+        let [(check, service)] = checks(&fx)[..] else { panic!("{fx:?}") };
+        let fx = r.checked(check, service, Ok(Snap(2)), &v);
+        assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 0), snapshot: Snap(2) }]);
+        assert!(r.ready(key(0, 1), &v).is_empty(), "a ready from another slot changes nothing");
+        assert_eq!(
+            main(&r.ready(key(0, 0), &v)),
+            vec![
+                Effect::Promote { slot: key(0, 0), graceful: true },
+                Effect::Start { slot: key(0, 1), snapshot: Snap(2) }
+            ]
+        );
+        r.ready(key(0, 1), &v);
+        let fx = r.ready(key(0, 2), &v);
+        assert_eq!(main(&fx)[0], Effect::Promote { slot: key(0, 2), graceful: true });
+        assert_eq!(finished(&fx)[0].outcome, Outcome::Done { replaced: 3, notes: vec![] });
+        assert!(r.is_idle());
+    }
+
+    #[test]
+    fn an_unchanged_file_replaces_nothing_but_a_command_recycles() {
+        let v = views(&[(2, 7)]);
+        let mut r = Reloader::default();
+        let fx = r.request(file(&[0]), &v);
+        let (check, service) = checks(&fx)[0];
+        let fx = r.checked(check, service, Ok(Snap(7)), &v);
+        assert!(matches!(finished(&fx)[0].outcome, Outcome::Unchanged { .. }), "{fx:?}");
+        assert!(fx.contains(&Effect::Unchanged { service: ServiceId(0), hash: 7 }));
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Began { .. })));
+        let fx = r.request(command(&[0], 1), &v);
+        let (check, service) = checks(&fx)[0];
+        let fx = r.checked(check, service, Ok(Snap(7)), &v);
+        assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 0), snapshot: Snap(7) }]);
+    }
+
+    #[test]
+    fn waiting_and_non_reloadable_services_are_never_in_a_chain() {
+        let mut v = views(&[(1, 1), (1, 1), (1, 1)]);
+        v[0].waiting = true;
+        v[0].current = None;
+        v[1].reloadable = false;
+        let mut r = Reloader::default();
+        // A command (every service) reloads only the one that can be.
+        let fx = r.request(command(&[0, 1, 2], 9), &v);
+        assert_eq!(checks(&fx).iter().map(|c| c.1).collect::<Vec<_>>(), vec![ServiceId(2)]);
+        // A file event of a non-reloadable service does nothing.
+        let mut r = Reloader::default();
+        let fx = r.request(file(&[1]), &v);
+        assert!(checks(&fx).is_empty());
+        assert!(matches!(finished(&fx)[0].outcome, Outcome::Unchanged { .. }));
+        assert!(r.is_idle());
+    }
+
+    #[test]
+    fn a_refused_file_aborts_a_file_reload_but_a_command_recycles_on_the_last_good_snapshot() {
+        let v = views(&[(2, 1)]);
+        let mut r = Reloader::default();
+        let fx = r.request(file(&[0]), &v);
+        let (check, service) = checks(&fx)[0];
+        let fx = r.checked(check, service, Err("truncated".into()), &v);
+        assert_eq!(finished(&fx)[0].outcome, Outcome::Refused { service: ServiceId(0), reason: "truncated".into() });
+        let fx = r.request(command(&[0], 1), &v);
+        let (check, service) = checks(&fx)[0];
+        let fx = r.checked(check, service, Err("truncated".into()), &v);
+        assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 0), snapshot: Snap(1) }]);
+        r.ready(key(0, 0), &v);
+        let fx = r.ready(key(0, 1), &v);
+        match &finished(&fx)[0].outcome {
+            Outcome::Done { replaced: 2, notes } => assert!(notes[0].contains("last good snapshot"), "{notes:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_during_a_check_checks_again_and_old_results_are_ignored() {
+        let v = views(&[(1, 1), (1, 1)]);
+        let mut r = Reloader::default();
+        let fx = r.request(file(&[0]), &v);
+        let (old, _) = checks(&fx)[0];
+        let fx = r.request(file(&[1]), &v);
+        let new = checks(&fx);
+        assert_eq!(new.len(), 2, "both services checked again: {fx:?}");
+        assert!(r.checked(old, ServiceId(0), Ok(Snap(2)), &v).is_empty(), "stale round ignored");
+        assert!(r.checked(new[0].0, ServiceId(0), Ok(Snap(2)), &v).is_empty());
+        let fx = r.checked(new[1].0, ServiceId(1), Ok(Snap(3)), &v);
+        assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 0), snapshot: Snap(2) }]);
+    }
+
+    #[test]
+    fn a_trigger_during_a_chain_takes_effect_at_the_next_step_with_the_newest_file() {
+        let mut v = views(&[(3, 1)]);
+        let mut r = Reloader::default();
+        let fx = r.request(file(&[0]), &v);
+        let (check, _) = checks(&fx)[0];
+        r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
+        // The file changes again while slot 0 is replaced.
+        assert!(r.request(file(&[0]), &v).is_empty(), "queued until the step ends");
+        v[0].slots[0].1 = 2; // slot 0 now runs snapshot 2
+        let fx = r.ready(key(0, 0), &v);
+        assert_eq!(main(&fx)[0], Effect::Promote { slot: key(0, 0), graceful: true });
+        assert!(fx.iter().any(|e| matches!(e, Effect::Preempted { .. })));
+        let (check, _) = checks(&fx)[0];
+        // The newest file replaces every slot, slot 0 included (it runs the outdated one)...
+        let fx = r.checked(check, ServiceId(0), Ok(Snap(3)), &v);
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Began { .. })), "one request, one beginning");
+        assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 0), snapshot: Snap(3) }]);
+        // ...and had the file not changed again, slot 0 would not have been replaced twice.
+        let mut r = Reloader::default();
+        let mut v = views(&[(2, 1)]);
+        let (check, _) = checks(&r.request(file(&[0]), &v))[0];
+        r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
+        r.request(file(&[0]), &v);
+        v[0].slots[0].1 = 2;
+        let (check, _) = checks(&r.ready(key(0, 0), &v))[0];
+        let fx = r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
+        assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 1), snapshot: Snap(2) }]);
+    }
+
+    #[test]
+    fn a_preempted_command_does_not_recycle_slots_it_already_replaced() {
+        let mut v = views(&[(2, 1)]);
+        let mut r = Reloader::default();
+        let (check, _) = checks(&r.request(command(&[0], 1), &v))[0];
+        r.checked(check, ServiceId(0), Ok(Snap(1)), &v);
+        r.request(command(&[0], 2), &v);
+        v[0].slots[0].1 = 1;
+        let (check, _) = checks(&r.ready(key(0, 0), &v))[0];
+        let fx = r.checked(check, ServiceId(0), Ok(Snap(1)), &v);
+        assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 1), snapshot: Snap(1) }]);
+        let fx = r.ready(key(0, 1), &v);
+        let done = finished(&fx);
+        assert_eq!(done[0].request.waiters, vec![ClientId(1), ClientId(2)], "both waiters hear the outcome");
+    }
+
+    #[test]
+    fn a_failed_replacement_aborts_and_a_half_done_chain_is_retried_then_given_up() {
+        let v = views(&[(2, 1)]);
+        let mut r = Reloader::default();
+        let (check, _) = checks(&r.request(file(&[0]), &v))[0];
+        r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
+        // Nothing replaced yet: the chain aborts at once.
+        let fx = r.failed(key(0, 0), "plugin refused to start", &v);
+        assert_eq!(
+            finished(&fx)[0].outcome,
+            Outcome::Aborted { slot: key(0, 0), replaced: 0, reason: "plugin refused to start".into() }
+        );
+        assert!(r.is_idle());
+        // Half-way: retried (the slot already moved is skipped), at most MAX_RETRIES times.
+        let mut v = views(&[(2, 1)]);
+        let (check, _) = checks(&r.request(file(&[0]), &v))[0];
+        r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
+        r.ready(key(0, 0), &v);
+        v[0].slots[0].1 = 2;
+        for attempt in 0..=MAX_RETRIES {
+            let fx = r.failed(key(0, 1), "killed", &v);
+            if attempt == MAX_RETRIES {
+                assert!(matches!(finished(&fx)[0].outcome, Outcome::Aborted { .. }), "{fx:?}");
+                break;
+            }
+            let (check, _) = checks(&fx)[0];
+            let fx = r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
+            assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 1), snapshot: Snap(2) }], "retry {attempt}");
+        }
+        assert!(r.is_idle());
+    }
+
+    #[test]
+    fn stop_abandons_the_check_or_chain_and_the_queued_request() {
+        let v = views(&[(2, 1)]);
+        let mut r = Reloader::default();
+        r.request(command(&[0], 1), &v);
+        let fx = r.stop();
+        assert_eq!(finished(&fx)[0].outcome, Outcome::Abandoned);
+        assert!(r.is_idle());
+        let (check, _) = checks(&r.request(file(&[0]), &v))[0];
+        r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
+        r.request(command(&[0], 2), &v);
+        let fx = r.stop();
+        assert_eq!(fx.len(), 1);
+        assert_eq!(finished(&fx)[0].request.waiters, vec![ClientId(2)]);
+        assert!(r.stop().is_empty());
+        // Results of an abandoned check are ignored.
+        assert!(r.checked(check, ServiceId(0), Ok(Snap(2)), &v).is_empty());
+    }
+
+    #[test]
+    fn merged_requests_keep_every_waiter_and_the_strictest_mode() {
+        let a = command(&[1], 1);
+        let b = file(&[0]);
+        let m = a.merge(b);
+        assert!(!m.graceful && !m.only_changed);
+        assert_eq!(m.services, vec![ServiceId(1), ServiceId(0)]);
+        assert_eq!(m.reason(), "host reload; /p/libhttp.so changed");
+    }
+}

@@ -1,0 +1,700 @@
+//! The supervisor: the master's decisions, without its I/O. It owns the services, the slot table
+//! and the reload pipeline, starts, signals and reaps processes through [`Processes`], and
+//! leaves everything else (messages to workers, answers to control clients, files to check) as
+//! [`Output`]s for the master's loop to carry out. With fake processes its scenarios are
+//! millisecond unit tests.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+
+use super::backoff;
+use super::prepare::Job;
+use super::process::{Exit, Processes};
+use super::reload::state::Reloader;
+use super::slots::{ClientId, Readiness, Role, ServiceId, SlotKey, SlotTable, Worker, WorkerId};
+use super::snapshot::Snapshot;
+use crate::config::{Service, WorkerSpec};
+use crate::ctl::ToWorker;
+use crate::status::Answer;
+
+/// Where the master is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for every first worker's "ready"; a worker that fails now fails the start.
+    Starting,
+    Running,
+    /// Workers were told to stop (or drain); the master exits when the last one is reaped.
+    Stopping,
+}
+
+/// One configured service and what the master holds for it.
+pub struct ServiceState {
+    pub service: Service,
+    /// The plugin file as found in the plugin directories (snapshots are copies of it).
+    pub source: PathBuf,
+    /// The name the plugin must report (None when the service names it by path).
+    pub expected_name: Option<String>,
+    pub reloadable: bool,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// One SO_REUSEPORT socket per slot, held for the master's whole life.
+    pub sockets: Vec<OwnedFd>,
+    /// Its plugin file does not exist yet: no workers until it appears.
+    pub waiting: bool,
+}
+
+/// How long things may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From exec to "ready".
+    pub start: Duration,
+    /// How long draining workers may keep connections open.
+    pub drain: Duration,
+    /// How long a worker told to stop has before it is killed.
+    pub kill: Duration,
+}
+
+/// What the master's loop must do for the supervisor.
+#[derive(Debug)]
+pub enum Output {
+    /// A worker was started: watch its channel.
+    Attach(WorkerId, UnixStream),
+    /// A worker is gone: drop its channel.
+    Detach(WorkerId),
+    Send(WorkerId, ToWorker),
+    Answer(ClientId, Answer),
+    /// Check a plugin file off the loop; the result comes back through [`Supervisor::checked`].
+    Check(Job),
+    /// Every first worker is ready.
+    Started,
+}
+
+/// The last reload, for the log and `status`.
+#[derive(Debug, Clone)]
+pub struct ReloadRecord {
+    pub at: SystemTime,
+    pub trigger: String,
+    pub summary: String,
+}
+
+pub struct Supervisor<P> {
+    pub(in crate::master) procs: P,
+    pub services: Vec<ServiceState>,
+    pub slots: SlotTable,
+    pub(in crate::master) reloader: Reloader<Rc<Snapshot>>,
+    pub(in crate::master) phase: Phase,
+    /// Why the start failed, once a first worker failed.
+    pub(in crate::master) start_error: Option<String>,
+    /// (service, how it ended) → count, like Workerman's `worker_exit_info`.
+    pub exits: BTreeMap<(String, String), u64>,
+    pub last_reload: Option<ReloadRecord>,
+    /// A check since the last reload that found nothing to replace.
+    pub last_unchanged: Option<ReloadRecord>,
+    pub(in crate::master) plugin_dirs: Vec<PathBuf>,
+    pub(in crate::master) timeouts: Timeouts,
+    pub(in crate::master) out: Vec<Output>,
+    /// When the current chain step (one slot's replacement) and the reload began.
+    pub(in crate::master) step_started: Instant,
+    pub(in crate::master) reload_started: Instant,
+}
+
+impl<P: Processes> Supervisor<P> {
+    /// A supervisor for `services` whose slots run the given snapshots (None: waiting).
+    pub fn new(
+        procs: P,
+        services: Vec<(ServiceState, Option<Rc<Snapshot>>)>,
+        plugin_dirs: Vec<PathBuf>,
+        timeouts: Timeouts,
+    ) -> Self {
+        let now = procs.now();
+        let mut slots = SlotTable::default();
+        let mut states = Vec::new();
+        for (i, (state, snapshot)) in services.into_iter().enumerate() {
+            if let Some(snap) = &snapshot {
+                slots.add_service(ServiceId(i), state.service.count, snap);
+            }
+            states.push(state);
+        }
+        Supervisor {
+            procs,
+            services: states,
+            slots,
+            reloader: Reloader::default(),
+            phase: Phase::Starting,
+            start_error: None,
+            exits: BTreeMap::new(),
+            last_reload: None,
+            last_unchanged: None,
+            plugin_dirs,
+            timeouts,
+            out: Vec::new(),
+            step_started: now,
+            reload_started: now,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn reloader_idle(&self) -> bool {
+        self.reloader.is_idle()
+    }
+
+    /// The drain and kill timeouts (a stop waits for both).
+    pub fn drain_and_kill(&self) -> (Duration, Duration) {
+        (self.timeouts.drain, self.timeouts.kill)
+    }
+
+    pub fn now(&self) -> Instant {
+        self.procs.now()
+    }
+
+    #[cfg(test)]
+    pub fn procs(&mut self) -> &mut P {
+        &mut self.procs
+    }
+
+    /// What the loop must do now.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Stopping and every worker gone: the master exits, with the start error if there was one.
+    pub fn finished(&mut self) -> Option<Result<(), String>> {
+        (self.phase == Phase::Stopping && self.slots.is_empty()).then(|| self.start_error.take().map_or(Ok(()), Err))
+    }
+
+    pub fn service_name(&self, service: ServiceId) -> &str {
+        &self.services[service.0].service.name
+    }
+
+    /// Starts the first worker of every slot.
+    pub fn start(&mut self) {
+        let keys: Vec<SlotKey> = self.slots.slots().map(|s| s.key).collect();
+        for key in keys {
+            self.spawn_serving(key);
+        }
+        self.check_started();
+    }
+
+    fn check_started(&mut self) {
+        if self.phase == Phase::Starting && self.slots.all_ready() {
+            self.phase = Phase::Running;
+            self.out.push(Output::Started);
+        }
+    }
+
+    fn spec(&self, key: SlotKey, snap: &Snapshot) -> WorkerSpec {
+        let state = &self.services[key.service.0];
+        WorkerSpec {
+            service: state.service.name.clone(),
+            slot: key.slot,
+            plugin_path: snap.path.clone(),
+            plugin_config: state.service.plugin_config.clone(),
+            limits: state.service.limits,
+            user: state.user.clone(),
+            group: state.group.clone(),
+        }
+    }
+
+    /// Starts a process for `key` running `snap`; returns the new worker, unregistered.
+    pub(in crate::master) fn launch(
+        &mut self,
+        key: SlotKey,
+        snap: &Rc<Snapshot>,
+        role: Role,
+    ) -> Result<Worker, String> {
+        let spec = self.spec(key, snap);
+        let label = format!("{} {}", snap.name, snap.version);
+        let socket = self.services[key.service.0].sockets[key.slot as usize].as_fd();
+        let spawned = self.procs.spawn_worker(&spec, &label, socket, snap).map_err(|e| e.to_string())?;
+        let now = self.procs.now();
+        let id = self.slots.next_worker_id();
+        tracing::info!(service = %spec.service, slot = key.slot, pid = spawned.pid.as_raw(), hash = %snap.short_hash(), ?role, "worker started");
+        self.out.push(Output::Attach(id, spawned.channel));
+        Ok(Worker {
+            id,
+            key,
+            pid: spawned.pid,
+            readiness: Readiness::Starting,
+            snapshot: snap.clone(),
+            started: now,
+            kill_at: Some(now + self.timeouts.start),
+            error: None,
+        })
+    }
+
+    /// Starts the serving worker of a slot that has none; on failure, tries again later.
+    pub(in crate::master) fn spawn_serving(&mut self, key: SlotKey) {
+        let Some(slot) = self.slots.slot(key) else { return };
+        if slot.serving().is_some() {
+            return;
+        }
+        let snap = slot.snapshot.clone();
+        match self.launch(key, &snap, Role::Serving) {
+            Ok(worker) => {
+                if let Err(e) = self.slots.insert_serving(worker) {
+                    tracing::error!(slot = key.slot, "internal: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::error!(service = %self.service_name(key.service), slot = key.slot, "{e}");
+                let failures = self.slots.note_failure(key, true);
+                let delay = backoff::restart_delay(failures).max(Duration::from_millis(100));
+                self.slots.schedule_restart(key, self.procs.now() + delay);
+            }
+        }
+    }
+
+    /// A worker said it is serving.
+    pub fn worker_ready(&mut self, id: WorkerId) {
+        let Some(w) = self.slots.worker_mut(id) else { return };
+        if w.readiness == Readiness::Ready {
+            return;
+        }
+        w.readiness = Readiness::Ready;
+        let (key, pid) = (w.key, w.pid.as_raw());
+        let ms = w.uptime(self.procs.now()).as_millis() as u64;
+        let role = self.slots.role(id);
+        if role != Some(Role::Retiring) {
+            // The start deadline is met (a retiring worker keeps its stop deadline).
+            if let Some(w) = self.slots.worker_mut(id) {
+                w.kill_at = None;
+            }
+        }
+        tracing::info!(service = %self.service_name(key.service), slot = key.slot, pid, start_ms = ms, "worker ready");
+        match role {
+            Some(Role::Replacement) => {
+                let fx = self.reloader.ready(key, &self.views());
+                self.apply(fx);
+            }
+            Some(Role::Serving) => {
+                self.slots.note_failure(key, false);
+            }
+            _ => {}
+        }
+        self.check_started();
+    }
+
+    /// A worker reported why it cannot start (it exits next).
+    pub fn worker_error(&mut self, id: WorkerId, error: String) {
+        if let Some(w) = self.slots.worker_mut(id) {
+            w.error = Some(error);
+        }
+    }
+
+    /// Collects every exited worker.
+    pub fn reap(&mut self) {
+        let pids: Vec<(WorkerId, nix::unistd::Pid)> = self.slots.workers().map(|w| (w.id, w.pid)).collect();
+        for (id, pid) in pids {
+            if let Some(exit) = self.procs.reap(pid) {
+                self.worker_exited(id, &exit);
+            }
+        }
+    }
+
+    fn worker_exited(&mut self, id: WorkerId, exit: &Exit) {
+        let Some((w, role)) = self.slots.remove(id) else { return };
+        self.out.push(Output::Detach(id));
+        let key = w.key;
+        let service = self.service_name(key.service).to_string();
+        *self.exits.entry((service.clone(), exit.how.clone())).or_default() += 1;
+        let pid = w.pid.as_raw();
+        let lived_ms = w.uptime(self.procs.now()).as_millis() as u64;
+        let why = w.error.clone().unwrap_or_else(|| format!("it exited with {} before it was ready", exit.how));
+        match role {
+            Role::Retiring if exit.clean => tracing::info!(service = %service, slot = key.slot, pid, "worker stopped"),
+            Role::Retiring => {
+                tracing::warn!(service = %service, slot = key.slot, pid, "worker stopped with {}", exit.how)
+            }
+            Role::Replacement => {
+                tracing::error!(service = %service, slot = key.slot, pid, "replacement worker failed: {why}");
+                let fx = self.reloader.failed(key, &why, &self.views());
+                self.apply(fx);
+                // The slot lost its serving worker meanwhile: it needs one again.
+                self.restart_if_empty(key, false);
+            }
+            Role::Serving => {
+                let detail = w.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                tracing::error!(service = %service, slot = key.slot, pid, lived_ms, "worker died with {}{detail}", exit.how);
+                match self.phase {
+                    Phase::Stopping => {}
+                    Phase::Starting if w.readiness == Readiness::Starting => {
+                        self.start_error =
+                            Some(format!("worker #{} of service {service} could not start: {why}", key.slot));
+                        self.stop(false);
+                    }
+                    // A worker that served is replaced at once; back-off is for slots whose
+                    // workers cannot start.
+                    Phase::Starting | Phase::Running => self.restart_if_empty(key, w.readiness == Readiness::Starting),
+                }
+            }
+        }
+    }
+
+    /// Schedules a serving worker for a slot left without one (unless a replacement is about to
+    /// take it over, or the master stops).
+    pub(in crate::master) fn restart_if_empty(&mut self, key: SlotKey, failed_start: bool) {
+        if self.phase == Phase::Stopping {
+            return;
+        }
+        let Some(slot) = self.slots.slot(key) else { return };
+        if slot.serving().is_some() || slot.replacement().is_some() {
+            return;
+        }
+        let failures = self.slots.note_failure(key, failed_start);
+        let delay = backoff::restart_delay(failures);
+        if delay > Duration::ZERO {
+            tracing::warn!(service = %self.service_name(key.service), slot = key.slot, failures, delay_ms = delay.as_millis() as u64, "worker keeps dying at start; restarting after a delay");
+        }
+        self.slots.schedule_restart(key, self.procs.now() + delay);
+    }
+
+    /// Kills workers past their deadline and starts the restarts that are due.
+    pub fn tick(&mut self) {
+        let now = self.procs.now();
+        let overdue: Vec<WorkerId> =
+            self.slots.workers().filter(|w| w.kill_at.is_some_and(|k| k <= now)).map(|w| w.id).collect();
+        for id in overdue {
+            let start = self.timeouts.start;
+            let Some(w) = self.slots.worker_mut(id) else { continue };
+            let starting = w.readiness == Readiness::Starting;
+            let why = if starting { "was not ready in time" } else { "did not stop in time" };
+            if starting && w.error.is_none() {
+                w.error = Some(format!("it was not ready within {} s", start.as_secs_f64()));
+            }
+            w.kill_at = None;
+            let (pid, key) = (w.pid, w.key);
+            tracing::warn!(service = %self.service_name(key.service), slot = key.slot, pid = pid.as_raw(), "worker {why}; killing it");
+            self.procs.kill(pid, Signal::SIGKILL);
+        }
+        if self.phase != Phase::Stopping {
+            for key in self.slots.take_due_restarts(now) {
+                self.spawn_serving(key);
+            }
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.slots.next_deadline()
+    }
+
+    /// Tells every worker to stop (graceful: drain first), with a deadline after which it is killed.
+    pub fn stop(&mut self, graceful: bool) {
+        if self.phase == Phase::Stopping {
+            if !graceful {
+                tracing::info!("stopping now");
+                self.retire_all(false);
+            }
+            return;
+        }
+        tracing::info!(graceful, "stopping");
+        self.phase = Phase::Stopping;
+        let fx = self.reloader.stop();
+        self.apply(fx);
+        self.slots.cancel_restarts();
+        self.retire_all(graceful);
+    }
+
+    fn retire_all(&mut self, graceful: bool) {
+        let ids: Vec<WorkerId> = self.slots.workers().map(|w| w.id).collect();
+        for id in ids {
+            self.retire(id, graceful);
+        }
+    }
+
+    /// Asks one worker to go: drain (graceful) or stop now, killed at the deadline either way.
+    pub(in crate::master) fn retire(&mut self, id: WorkerId, graceful: bool) {
+        let (drain, kill) = (self.timeouts.drain, self.timeouts.kill);
+        let now = self.procs.now();
+        let Some(w) = self.slots.worker_mut(id) else { return };
+        let (msg, kill_after) = if graceful {
+            (ToWorker::Drain { timeout_ms: drain.as_millis() as u64 }, drain + kill)
+        } else {
+            (ToWorker::Stop, kill)
+        };
+        let kill_at = now + kill_after;
+        w.kill_at = Some(w.kill_at.map_or(kill_at, |k| k.min(kill_at)));
+        self.slots.retire(id);
+        // A worker already exiting does not read it; the kill deadline still applies.
+        self.out.push(Output::Send(id, msg));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+    use std::path::Path;
+
+    use super::super::prepare::{Done, Purpose};
+    use super::super::process::fake::FakeProcesses;
+    use super::super::reload::state::{CheckId, Trigger};
+    use super::*;
+    use crate::config::Limits;
+
+    fn socket() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").unwrap())
+    }
+
+    fn state(name: &str, count: u32, reloadable: bool) -> ServiceState {
+        ServiceState {
+            service: Service {
+                name: name.into(),
+                plugin: name.into(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                count,
+                plugin_config: String::new(),
+                limits: Limits::default(),
+            },
+            source: PathBuf::from(format!("/plugins/lib{name}.so")),
+            expected_name: Some(name.into()),
+            reloadable,
+            user: None,
+            group: None,
+            sockets: (0..count).map(|_| socket()).collect(),
+            waiting: false,
+        }
+    }
+
+    const TIMEOUTS: Timeouts =
+        Timeouts { start: Duration::from_secs(10), drain: Duration::from_secs(5), kill: Duration::from_secs(2) };
+
+    fn supervisor(services: Vec<(ServiceState, Option<u64>)>) -> Supervisor<FakeProcesses> {
+        let mut procs = FakeProcesses::default();
+        for (s, _) in &services {
+            procs.plugins.insert(s.service.name.clone(), s.source.clone());
+        }
+        let services = services
+            .into_iter()
+            .map(|(s, hash)| {
+                let snap = hash.map(|h| Rc::new(Snapshot::fake(&s.service.name, h)));
+                (s, snap)
+            })
+            .collect();
+        Supervisor::new(procs, services, Vec::new(), TIMEOUTS)
+    }
+
+    /// Every worker id attached so far, in order, and the outputs.
+    fn outputs(sup: &mut Supervisor<FakeProcesses>) -> Vec<Output> {
+        sup.take_outputs()
+    }
+
+    fn attached(out: &[Output]) -> Vec<WorkerId> {
+        out.iter().filter_map(|o| if let Output::Attach(id, _) = o { Some(*id) } else { None }).collect()
+    }
+
+    fn checks(out: &[Output]) -> Vec<&Job> {
+        out.iter().filter_map(|o| if let Output::Check(j) = o { Some(j) } else { None }).collect()
+    }
+
+    fn serving(sup: &Supervisor<FakeProcesses>, service: usize, slot: u32) -> Option<WorkerId> {
+        sup.slots.slot(SlotKey { service: ServiceId(service), slot }).and_then(|s| s.serving())
+    }
+
+    fn pid(sup: &Supervisor<FakeProcesses>, id: WorkerId) -> nix::unistd::Pid {
+        sup.slots.worker(id).unwrap().pid
+    }
+
+    /// Starts the supervisor and makes every first worker ready.
+    fn started(services: Vec<(ServiceState, Option<u64>)>) -> Supervisor<FakeProcesses> {
+        let mut sup = supervisor(services);
+        sup.start();
+        let out = outputs(&mut sup);
+        for id in attached(&out) {
+            sup.worker_ready(id);
+        }
+        assert_eq!(sup.phase(), Phase::Running);
+        assert!(matches!(outputs(&mut sup).last(), Some(Output::Started)));
+        sup
+    }
+
+    fn done(job: &Job, hash: u64) -> Done {
+        let Purpose::Reload(check) = job.purpose else { panic!("reload job expected") };
+        Done {
+            purpose: Purpose::Reload(check),
+            service: job.service,
+            source: job.source.clone(),
+            result: Ok(Snapshot::fake("http", hash)),
+        }
+    }
+
+    #[test]
+    fn a_worker_that_fails_at_start_fails_the_start() {
+        let mut sup = supervisor(vec![(state("http", 2, true), Some(1))]);
+        sup.start();
+        let ids = attached(&outputs(&mut sup));
+        assert_eq!(ids.len(), 2);
+        sup.worker_error(ids[0], "plugin refused its config".into());
+        let p = pid(&sup, ids[0]);
+        sup.procs().exit(p, "exit code 2");
+        sup.reap();
+        assert_eq!(sup.phase(), Phase::Stopping);
+        let p = pid(&sup, ids[1]);
+        sup.procs().exit(p, "exit code 0");
+        sup.reap();
+        let err = sup.finished().unwrap().unwrap_err();
+        assert!(err.contains("plugin refused its config"), "{err}");
+    }
+
+    #[test]
+    fn a_serving_worker_that_dies_is_replaced_at_once_even_when_young() {
+        let mut sup = started(vec![(state("http", 1, true), Some(1))]);
+        for _ in 0..5 {
+            let id = serving(&sup, 0, 0).unwrap();
+            let p = pid(&sup, id);
+            sup.procs().exit(p, "signal SIGSEGV");
+            sup.reap();
+            sup.tick();
+            let new = attached(&outputs(&mut sup));
+            assert_eq!(new.len(), 1, "replaced at once, no back-off for a worker that served");
+            sup.worker_ready(new[0]);
+        }
+        assert_eq!(sup.exits.get(&("http".into(), "signal SIGSEGV".into())), Some(&5));
+    }
+
+    #[test]
+    fn a_slot_whose_workers_cannot_start_backs_off() {
+        let mut sup = started(vec![(state("http", 1, true), Some(1))]);
+        let id = serving(&sup, 0, 0).unwrap();
+        let p = pid(&sup, id);
+        sup.procs().exit(p, "signal SIGKILL");
+        sup.reap();
+        sup.tick();
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            let new = attached(&outputs(&mut sup));
+            assert_eq!(new.len(), 1);
+            let p = pid(&sup, new[0]);
+            sup.procs().exit(p, "exit code 2");
+            sup.reap();
+            let at = sup.next_deadline().unwrap();
+            delays.push(at.saturating_duration_since(sup.now()));
+            sup.procs().advance(delays.last().copied().unwrap());
+            sup.tick();
+        }
+        assert!(delays.windows(2).all(|d| d[1] > d[0]), "growing delays: {delays:?}");
+    }
+
+    #[test]
+    fn a_serving_worker_dying_while_its_replacement_starts_never_gives_two_serving_workers() {
+        let mut sup = started(vec![(state("http", 1, true), Some(1))]);
+        let old = serving(&sup, 0, 0).unwrap();
+        sup.request_reload(true, Trigger::Command, Some(ClientId(7)));
+        let out = outputs(&mut sup);
+        let job = checks(&out)[0];
+        sup.checked(done(job, 2));
+        let replacement = attached(&outputs(&mut sup))[0];
+        // The old serving worker dies young while the replacement starts.
+        let p = pid(&sup, old);
+        sup.procs().exit(p, "signal SIGSEGV");
+        sup.reap();
+        sup.tick();
+        assert!(attached(&outputs(&mut sup)).is_empty(), "the replacement takes the slot over; no restart");
+        sup.worker_ready(replacement);
+        assert_eq!(serving(&sup, 0, 0), Some(replacement));
+        // Much later, nothing else starts for that slot.
+        sup.procs().advance(Duration::from_secs(60));
+        sup.tick();
+        let out = outputs(&mut sup);
+        assert!(attached(&out).is_empty());
+        assert!(out.iter().any(|o| matches!(o, Output::Answer(ClientId(7), Answer::Ok { .. }))), "{out:?}");
+        assert_eq!(sup.slots.workers().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_replacement_of_a_slot_without_a_worker_restarts_the_old_snapshot() {
+        let mut sup = started(vec![(state("http", 1, true), Some(1))]);
+        let old = serving(&sup, 0, 0).unwrap();
+        sup.request_reload(true, Trigger::Signal("SIGHUP"), None);
+        let out = outputs(&mut sup);
+        sup.checked(done(checks(&out)[0], 2));
+        let replacement = attached(&outputs(&mut sup))[0];
+        let p = pid(&sup, old);
+        sup.procs().exit(p, "signal SIGKILL");
+        sup.reap();
+        let p = pid(&sup, replacement);
+        sup.procs().exit(p, "exit code 2");
+        sup.reap();
+        sup.tick();
+        let new = attached(&outputs(&mut sup));
+        assert_eq!(new.len(), 1, "the slot gets a serving worker again");
+        assert_eq!(sup.procs().last().hash, 1, "on the last good snapshot");
+        assert!(sup.last_reload.as_ref().unwrap().summary.starts_with("aborted"), "{:?}", sup.last_reload);
+    }
+
+    #[test]
+    fn a_manual_reload_skips_a_waiting_service_and_only_hooks_a_non_reloadable_one() {
+        let mut waiting = state("later", 1, true);
+        waiting.waiting = true;
+        let mut sup =
+            started(vec![(state("http", 1, true), Some(1)), (state("fixed", 1, false), Some(1)), (waiting, None)]);
+        let fixed = serving(&sup, 1, 0).unwrap();
+        sup.request_reload(false, Trigger::Command, Some(ClientId(1)));
+        let out = outputs(&mut sup);
+        assert!(out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::ReloadHook) if *id == fixed)));
+        let jobs = checks(&out);
+        assert_eq!(jobs.len(), 1, "only the reloadable, started service is checked: {out:?}");
+        assert_eq!(jobs[0].service, ServiceId(0));
+    }
+
+    #[test]
+    fn a_file_change_of_a_non_reloadable_service_reloads_nothing() {
+        let mut sup = started(vec![(state("fixed", 1, false), Some(1))]);
+        sup.plugin_file_changed(Path::new("/plugins/libfixed.so"));
+        assert!(checks(&outputs(&mut sup)).is_empty());
+    }
+
+    #[test]
+    fn a_waiting_service_starts_when_its_file_passes() {
+        let mut waiting = state("later", 2, true);
+        waiting.waiting = true;
+        let mut sup = started(vec![(state("http", 1, true), Some(1)), (waiting, None)]);
+        sup.plugin_file_changed(Path::new("/plugins/liblater.so"));
+        let out = outputs(&mut sup);
+        let job = checks(&out)[0];
+        assert_eq!(job.purpose, Purpose::Activate);
+        let d = Done {
+            purpose: Purpose::Activate,
+            service: job.service,
+            source: job.source.clone(),
+            result: Ok(Snapshot::fake("later", 5)),
+        };
+        sup.checked(d);
+        assert_eq!(attached(&outputs(&mut sup)).len(), 2);
+        assert!(!sup.services[1].waiting);
+    }
+
+    #[test]
+    fn stop_during_a_check_answers_the_waiter_and_ignores_the_result() {
+        let mut sup = started(vec![(state("http", 1, true), Some(1))]);
+        sup.request_reload(true, Trigger::Command, Some(ClientId(3)));
+        let out = outputs(&mut sup);
+        let job = checks(&out)[0];
+        let late = done(job, 2);
+        sup.stop(true);
+        let out = outputs(&mut sup);
+        assert!(out.iter().any(|o| matches!(o, Output::Answer(ClientId(3), Answer::Error { .. }))));
+        assert!(out.iter().any(|o| matches!(o, Output::Send(_, ToWorker::Drain { .. }))));
+        sup.checked(late);
+        assert!(attached(&outputs(&mut sup)).is_empty());
+        let _ = CheckId(0);
+    }
+
+    #[test]
+    fn workers_that_do_not_stop_in_time_are_killed() {
+        let mut sup = started(vec![(state("http", 2, true), Some(1))]);
+        sup.stop(false);
+        sup.procs().advance(TIMEOUTS.kill);
+        sup.tick();
+        assert_eq!(sup.procs().signals.iter().filter(|(_, s)| *s == Signal::SIGKILL).count(), 2);
+        sup.reap();
+        assert_eq!(sup.finished(), Some(Ok(())));
+    }
+}
