@@ -81,6 +81,13 @@ pub struct WorkerSpec {
     pub user: Option<String>,
     #[serde(default)]
     pub group: Option<String>,
+    /// How long the worker drains when it is sent SIGTERM by hand (the master says so itself).
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    DRAIN_TIMEOUT.as_millis() as u64
 }
 
 impl WorkerSpec {
@@ -138,6 +145,7 @@ mod tests {
             limits: Limits::default(),
             user: Some("www-data".into()),
             group: None,
+            drain_timeout_ms: 1500,
         };
         assert_eq!(WorkerSpec::decode(&spec.encode()).unwrap(), spec);
     }

@@ -201,6 +201,7 @@ impl<P: Processes> Supervisor<P> {
             limits: state.service.limits,
             user: state.user.clone(),
             group: state.group.clone(),
+            drain_timeout_ms: self.timeouts.drain.as_millis() as u64,
         }
     }
 

@@ -34,6 +34,8 @@ const SWEEP_INTERVAL_MS: u64 = 1000;
 const LINGER_MS: u64 = 2000;
 /// Bytes read from a socket per read call.
 const READ_CHUNK: usize = 64 * 1024;
+/// How soon accepting is tried again after the system ran out of descriptors or memory.
+const ACCEPT_RETRY_MS: u64 = 100;
 
 /// Why the worker's loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +90,12 @@ pub struct Worker {
     accepting: bool,
     /// Accepting stopped at the connection limit; resumed when a connection closes.
     accept_blocked: bool,
+    /// Accepting failed for lack of resources (EMFILE, ENOBUFS…): tried again at this time.
+    accept_retry_ms: Option<u64>,
     next_sweep_ms: Option<u64>,
     drain_deadline_ms: Option<u64>,
+    /// The service's drain timeout, for a SIGTERM sent to the worker by hand.
+    drain_timeout_ms: u64,
     exit: Option<Exit>,
 }
 
@@ -98,7 +104,17 @@ impl Worker {
         sys::ignore_sigpipe()?;
         // SIGTERM/SIGQUIT: drain then exit; SIGINT: stop now. The master normally says so over
         // the control socket; the signals serve someone who signals a worker by hand.
-        let signals = sys::signal_fd(&[Signal::SIGTERM, Signal::SIGQUIT, Signal::SIGINT, Signal::SIGHUP])?;
+        // SIGUSR1/2 and SIGIO mean something to the master only: a `pkill -USR2 host` must not
+        // kill the workers (their default action is to terminate).
+        let signals = sys::signal_fd(&[
+            Signal::SIGTERM,
+            Signal::SIGQUIT,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+            Signal::SIGIO,
+        ])?;
         let loaded = plugin::load(&spec.plugin_path)?;
         tracing::info!(plugin = %loaded.name, version = %loaded.version, path = %spec.plugin_path.display(), "plugin loaded");
         let info = RawWorkerInfo {
@@ -127,8 +143,10 @@ impl Worker {
             epoch: Instant::now(),
             accepting: true,
             accept_blocked: false,
+            accept_retry_ms: None,
             next_sweep_ms: None,
             drain_deadline_ms: None,
+            drain_timeout_ms: spec.drain_timeout_ms,
             exit: None,
             poll,
         };
@@ -194,8 +212,12 @@ impl Worker {
             // settle() stopped before it was done: go on at once.
             return Some(Duration::ZERO);
         }
-        let deadlines =
-            [self.core.timers.next_timeout_ms(now).map(|ms| now + ms), self.next_sweep_ms, self.drain_deadline_ms];
+        let deadlines = [
+            self.core.timers.next_timeout_ms(now).map(|ms| now + ms),
+            self.next_sweep_ms,
+            self.drain_deadline_ms,
+            self.accept_retry_ms,
+        ];
         deadlines.into_iter().flatten().min().map(|d| Duration::from_millis(d.saturating_sub(now)))
     }
 
@@ -215,10 +237,21 @@ impl Worker {
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The client gave up before it was accepted (or a firewall refused it): the next
+                // one in the queue is fine.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(nix::libc::ECONNABORTED | nix::libc::EPROTO | nix::libc::EPERM)
+                    ) =>
+                {
+                    tracing::debug!("accept: {e}; accepting the next one");
+                }
                 Err(e) => {
-                    // EMFILE and the like: the queue keeps the client; try again at the next sweep.
-                    tracing::warn!("accept failed: {e}");
-                    self.accept_blocked = true;
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the queue keeps the clients; try again
+                    // shortly, whether or not any connection is open.
+                    tracing::warn!("accept failed: {e}; trying again in {ACCEPT_RETRY_MS} ms");
+                    self.accept_retry_ms = Some(self.core.now_ms + ACCEPT_RETRY_MS);
                     return;
                 }
             }
@@ -273,9 +306,7 @@ impl Worker {
         while let Ok(Some(info)) = self.signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGINT) => self.exit = Some(Exit::Stopped),
-                Ok(Signal::SIGTERM | Signal::SIGQUIT) => {
-                    self.start_drain(crate::config::DRAIN_TIMEOUT.as_millis() as u64)
-                }
+                Ok(Signal::SIGTERM | Signal::SIGQUIT) => self.start_drain(self.drain_timeout_ms),
                 Ok(other) => tracing::debug!(signal = ?other, "signal ignored"),
                 Err(_) => {}
             }
@@ -307,8 +338,15 @@ impl Worker {
 
     fn run_timers(&mut self) {
         let now = self.core.now_ms;
+        // One round: a timer the plugin re-arms at 0 ms fires next turn, after I/O was served.
+        self.core.timers.begin_round();
         while let Some(timer) = self.core.timers.pop_due(now) {
             dispatch::timer(&mut self.plugin, &mut self.core, timer.id, timer.data);
+        }
+        self.core.timers.end_round();
+        if self.accept_retry_ms.is_some_and(|t| t <= now) {
+            self.accept_retry_ms = None;
+            self.accept_all();
         }
         if self.next_sweep_ms.is_some_and(|t| t <= now) {
             self.next_sweep_ms = None;

@@ -22,3 +22,5 @@ mod text;
 mod reload;
 // The max send buffer: a client that does not read is paused, then served in full.
 mod backpressure;
+// The worker's loop: timers that never end, signals meant for the master, SIGTERM by hand.
+mod worker_loop;
