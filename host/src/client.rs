@@ -23,8 +23,14 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 fn ask(pid_file: &Path, request: ControlRequest, wait: Duration) -> anyhow::Result<Answer> {
     let pid = pidfile::read_running(pid_file)?;
     let socket = pidfile::socket_path(pid_file);
-    let mut stream = UnixStream::connect(&socket)
-        .with_context(|| format!("could not reach the master (pid {pid}) at {}", socket.display()))?;
+    let mut stream = match UnixStream::connect(&socket) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "host is running (pid {pid}), but its control socket {} is not open to this user: run the command as the user that started it (or root)",
+            socket.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("could not reach the master (pid {pid}) at {}", socket.display())),
+    };
     stream.set_read_timeout(Some(wait))?;
     stream.write_all(request.encode().as_bytes())?;
     let mut line = String::new();

@@ -34,7 +34,8 @@ pub fn socket_path(pid_file: &Path) -> PathBuf {
 /// Whether `pid` is a live host master (not just any process that reused the pid).
 /// A process that exited but is not yet reaped (a zombie) is not running.
 pub fn is_host_master(pid: i32) -> bool {
-    if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() {
+    // EPERM: it exists, it just is not ours to signal (a master started by another user).
+    if pid <= 0 || matches!(kill(Pid::from_raw(pid), None), Err(e) if e != nix::errno::Errno::EPERM) {
         return false;
     }
     // The state follows the command name, which is in parentheses and may hold spaces.
@@ -63,35 +64,54 @@ pub fn read_running(path: &Path) -> Result<i32, PidFileError> {
     }
 }
 
-/// A pid file this process wrote; removed on drop if it still names this process.
+/// A pid file this process wrote and holds locked (`flock`) for its whole life: two masters
+/// started at once cannot both own it. Removed on drop if it still names this process.
 #[derive(Debug)]
 pub struct PidFile {
     path: PathBuf,
+    /// Open and locked while the master lives (close-on-exec: workers do not inherit the lock).
+    _lock: fs::File,
 }
 
 impl PidFile {
-    /// Writes our pid to `path`, refusing when a live master owns it and replacing a stale one.
+    /// Locks `path` and writes our pid to it, refusing when a live master owns it; a stale file
+    /// (its master died) is taken over.
     pub fn acquire(path: &Path) -> Result<Self, PidFileError> {
         let write_err = |e| PidFileError::Write { path: path.to_path_buf(), cause: e };
-        for _ in 0..2 {
-            match fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(path) {
-                Ok(mut f) => {
-                    writeln!(f, "{}", std::process::id()).map_err(write_err)?;
-                    return Ok(PidFile { path: path.to_path_buf() });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match read_running(path) {
-                    Ok(pid) if pid as u32 != std::process::id() => {
-                        return Err(PidFileError::Running { pid, path: path.to_path_buf() })
-                    }
-                    _ => {
-                        tracing::info!(path = %path.display(), "replacing a stale pid file");
-                        fs::remove_file(path).map_err(write_err)?;
-                    }
-                },
-                Err(e) => return Err(write_err(e)),
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .map_err(write_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                // Another master holds it: it may not have written its pid yet.
+                let pid = read_running(path).unwrap_or(0);
+                return Err(PidFileError::Running { pid, path: path.to_path_buf() });
             }
+            Err(fs::TryLockError::Error(e)) => return Err(write_err(e)),
         }
-        Err(write_err(io::Error::new(io::ErrorKind::AlreadyExists, "another host keeps creating it")))
+        match read_running(path) {
+            // A master that does not lock (an older host) still runs.
+            Ok(pid) if pid as u32 != std::process::id() => {
+                return Err(PidFileError::Running { pid, path: path.to_path_buf() })
+            }
+            Err(PidFileError::Stale { pid, .. }) if pid != 0 => {
+                tracing::info!(path = %path.display(), stale_pid = pid, "replacing a stale pid file")
+            }
+            _ => {}
+        }
+        // One write of the whole content, then the length: a reader sees a whole pid.
+        let text = format!("{}\n", std::process::id());
+        use std::io::Seek;
+        file.seek(io::SeekFrom::Start(0)).map_err(write_err)?;
+        file.write_all(text.as_bytes()).map_err(write_err)?;
+        file.set_len(text.len() as u64).map_err(write_err)?;
+        Ok(PidFile { path: path.to_path_buf(), _lock: file })
     }
 
     pub fn path(&self) -> &Path {
@@ -136,6 +156,19 @@ mod tests {
         assert!(!is_host_master(1) || fs::read_to_string("/proc/1/comm").unwrap().starts_with("host"));
         assert!(!is_host_master(0));
         assert!(!is_host_master(-5));
+    }
+
+    #[test]
+    fn a_locked_pid_file_is_refused_even_before_its_pid_is_written() {
+        let path = temp("locked");
+        let first = PidFile::acquire(&path).unwrap();
+        // Same process, another open file description: the lock is taken.
+        fs::write(&path, "").unwrap();
+        assert!(matches!(PidFile::acquire(&path), Err(PidFileError::Running { .. })));
+        drop(first);
+        let again = PidFile::acquire(&path).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap().trim(), std::process::id().to_string());
+        drop(again);
     }
 
     #[test]

@@ -32,6 +32,8 @@ mod stop;
 mod status;
 // 6. The pid file
 mod pid_file;
+// The pid file as a lock; control commands by a user who may not reach the master.
+mod pid_lock;
 // 7. Daemon mode
 mod daemon;
 // 8. Config files
