@@ -33,6 +33,8 @@ const MISSING_DIR_CHECK: Duration = Duration::from_secs(2);
 
 pub struct Watcher {
     inner: RecommendedWatcher,
+    /// The directories watched now.
+    watched: Vec<PathBuf>,
     /// Plugin directories that did not exist yet: watched once they appear.
     missing: Vec<PathBuf>,
     next_check: Option<Instant>,
@@ -64,7 +66,14 @@ impl Watcher {
             }
             Err(e) => tracing::warn!("plugin watcher error: {e}"),
         })?;
-        let mut watcher = Watcher { inner, missing: Vec::new(), next_check: None, rx, debouncer: Debouncer::default() };
+        let mut watcher = Watcher {
+            inner,
+            watched: Vec::new(),
+            missing: Vec::new(),
+            next_check: None,
+            rx,
+            debouncer: Debouncer::default(),
+        };
         for dir in dirs {
             if dir.is_dir() {
                 watcher.watch(dir);
@@ -82,9 +91,17 @@ impl Watcher {
 
     fn watch(&mut self, dir: &Path) {
         match self.inner.watch(dir, RecursiveMode::NonRecursive) {
-            Ok(()) => tracing::info!(dir = %dir.display(), "watching for plugin changes"),
+            Ok(()) => {
+                tracing::debug!(dir = %dir.display(), "watching for plugin changes");
+                self.watched.push(dir.to_path_buf());
+            }
             Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch plugin directory: {e}"),
         }
+    }
+
+    /// The directories watched now, and those watched once they appear.
+    pub fn directories(&self) -> (&[PathBuf], &[PathBuf]) {
+        (&self.watched, &self.missing)
     }
 
     /// Starts watching the missing plugin directories that exist now (when their check is due)

@@ -92,10 +92,28 @@ impl Log {
     }
 }
 
+/// Appends every line read from `stream` to a new [`Log`], on a thread of its own.
+fn capture(stream: impl std::io::Read + Send + 'static) -> Arc<Log> {
+    let log = Arc::new(Log::default());
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(line) => sink.push_line(&line),
+                Err(_) => break,
+            }
+        }
+        sink.close();
+    });
+    log
+}
+
 /// A running `host` master (with its workers).
 pub struct Host {
     child: Child,
     log: Arc<Log>,
+    /// What the master printed on stdout (the start banner).
+    stdout: Arc<Log>,
     exit: Option<ExitStatus>,
     /// The master's working and runtime directory (plugin snapshots); removed after the kill.
     dir: TempDir,
@@ -113,24 +131,19 @@ impl Host {
         let mut cmd = host_command(&dir);
         cmd.args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group: Drop kills the master and every worker with one killpg.
             .process_group(0);
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("could not run the host: {e}"));
-        let log = Arc::new(Log::default());
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                match line {
-                    Ok(line) => sink.push_line(&line),
-                    Err(_) => break,
-                }
-            }
-            sink.close();
-        });
-        Host { child, log, exit: None, dir }
+        let log = capture(child.stderr.take().expect("piped stderr"));
+        let stdout = capture(child.stdout.take().expect("piped stdout"));
+        Host { child, log, stdout, exit: None, dir }
+    }
+
+    /// What the master printed on stdout so far (the start banner).
+    pub fn stdout(&self) -> &Log {
+        &self.stdout
     }
 
     /// Runs `host --plugin PLUGIN --listen 127.0.0.1:0 EXTRA…` and waits until it is ready.

@@ -42,6 +42,7 @@ use self::process::OsProcesses;
 use self::reload::state::Trigger;
 use self::report::Gather;
 use self::slots::{ClientId, WorkerId};
+
 use self::snapshot::RuntimeDir;
 use self::supervisor::{Output, Phase, ServiceState, Supervisor, Timeouts};
 use crate::config::{self, Service};
@@ -144,8 +145,18 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     }
     let timeouts = Timeouts { start: config::START_TIMEOUT, drain: options.drain_timeout, kill: options.kill_timeout };
     let procs = OsProcesses { worker_args: options.worker_args };
-    let sup = Supervisor::new(procs, states, plugin_dirs.clone(), timeouts);
-    let mut master = Master::new(sup, runtime, &plugin_dirs, pid_file, options.ready)?;
+    // The plugin directories, and the directory of every plugin given by path: a plugin in use
+    // is always watched.
+    let mut watched = plugin_dirs.clone();
+    for (state, _) in &states {
+        if state.expected_name.is_none() {
+            if let Some(dir) = state.source.parent().filter(|d| !watched.iter().any(|w| w == d)) {
+                watched.push(dir.to_path_buf());
+            }
+        }
+    }
+    let sup = Supervisor::new(procs, states, plugin_dirs, timeouts);
+    let mut master = Master::new(sup, runtime, &watched, pid_file, options.ready)?;
     master.run_loop()
 }
 
@@ -273,8 +284,11 @@ impl Master {
                     Output::Started => {
                         let workers = self.sup.slots.workers().count();
                         tracing::info!(workers, pid = std::process::id(), "host ready");
-                        if let Some(mut ready) = self.ready.take() {
-                            let _ = ready.write_all(b"ok\n");
+                        match self.ready.take() {
+                            Some(mut ready) => {
+                                let _ = ready.write_all(b"ok\n");
+                            }
+                            None => self.print_banner(),
                         }
                     }
                 }
@@ -402,6 +416,32 @@ impl Master {
                 Change::Removed => self.sup.plugin_file_removed(&path),
             }
         }
+    }
+
+    /// What runs, in a few lines on stdout (a foreground start): services, addresses, workers,
+    /// plugins, the watched directories, the pid file, how to stop.
+    fn print_banner(&self) {
+        let mut out = format!("host {} ready (master pid {})\n", env!("CARGO_PKG_VERSION"), std::process::id());
+        for (i, state) in self.sup.services.iter().enumerate() {
+            let svc = &state.service;
+            let plugin = match self.sup.slots.service_slots(slots::ServiceId(i)).next() {
+                Some(slot) => format!("{} {} ({})", slot.snapshot.name, slot.snapshot.version, state.source.display()),
+                None => format!("waiting for plugin {}", svc.plugin),
+            };
+            let workers = if svc.count == 1 { "worker" } else { "workers" };
+            out.push_str(&format!("  {:<12} {:<22} {} {workers:<7}  {plugin}\n", svc.name, svc.listen, svc.count));
+        }
+        if let Some(w) = &self.watcher {
+            let (watched, missing) = w.directories();
+            let mut dirs: Vec<String> = watched.iter().map(|d| d.display().to_string()).collect();
+            dirs.extend(missing.iter().map(|d| format!("{} (once it exists)", d.display())));
+            out.push_str(&format!("  plugins watched in: {}\n", dirs.join(", ")));
+        }
+        out.push_str(&format!("  pid file: {}\n", self._pid_file.path().display()));
+        out.push_str("  stop: Ctrl+C, or `host stop [-g]`; reload: `host reload [-g]`; status: `host status`\n");
+        let mut stdout = io::stdout().lock();
+        let _ = stdout.write_all(out.as_bytes());
+        let _ = stdout.flush();
     }
 
     /// Deletes the snapshots no slot and no worker (draining ones included) uses any more.

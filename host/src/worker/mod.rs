@@ -158,7 +158,8 @@ impl Worker {
         registry.register(&mut worker.control.stream, CONTROL, Interest::READABLE)?;
         registry.register(&mut SourceFd(&worker.signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         worker.send_control(&ToMaster::Ready);
-        tracing::info!("worker ready");
+        // The master logs it (with its start time): once is enough at info.
+        tracing::debug!("worker ready");
         Ok(worker)
     }
 

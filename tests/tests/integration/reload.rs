@@ -639,3 +639,22 @@ fn reload_and_respawn_work_after_the_host_binary_is_replaced() {
     })
     .unwrap_or_else(|| panic!("worker {victim} was not replaced (workers before: {before:?}):\n{}", host.log()));
 }
+
+// A plugin given by path is watched in its own directory, with no --plugin-dir naming it, and
+// the start banner says which directories are watched.
+#[test]
+fn a_plugin_given_by_path_is_watched_in_its_directory() {
+    let dir = PluginDir::new();
+    let bytes = http_bytes();
+    dir.mv("libhttp.so", &bytes);
+    let path = dir.file("libhttp.so");
+    let host = Host::start(path.to_str().unwrap(), &[]);
+    let banner = host.stdout().wait_for("plugins watched in:", RELOAD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_contains!(banner, dir.arg());
+    let next = http_variant("by-path");
+    dir.mv("libhttp.so", &next);
+    host.log().wait_for("reload done replaced=1", RELOAD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let s = status(&host);
+    assert!(s.all_on("http", 1, &short_hash(&next)), "{}", s.text);
+    hello(host.port());
+}
