@@ -25,8 +25,8 @@ fn json_log_lines_are_json_and_carry_the_worker_span() {
     let lines = json_lines(&log);
     let ready = lines
         .iter()
-        .find(|v| v["target"] == "host::worker" && v["fields"]["message"] == "worker ready")
-        .unwrap_or_else(|| panic!("no worker ready line from the worker:\n{log}"));
+        .find(|v| v["target"] == "host::worker" && v["fields"]["message"] == "plugin loaded")
+        .unwrap_or_else(|| panic!("no plugin loaded line from the worker:\n{log}"));
     let span = &ready["span"];
     assert_eq!(span["name"], "worker", "{ready}");
     assert_eq!(span["service"], "http", "{ready}");
