@@ -1,7 +1,7 @@
 //! The control commands' side: find the master through the pid file, ask over the control
 //! socket, wait for the effect with a bounded timeout, print the answer.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -94,8 +94,13 @@ pub fn status(pid_file: &Path, live: bool) -> anyhow::Result<()> {
             print!("{text}");
             return Ok(());
         }
-        // Home the cursor and clear the screen: the table refreshes in place.
-        print!("\x1b[H\x1b[2J{text}");
+        if std::io::stdout().is_terminal() {
+            // Home the cursor and clear the screen: the table refreshes in place.
+            print!("\x1b[H\x1b[2J{text}");
+        } else {
+            // A pipe or a file gets plain tables, one after the other.
+            println!("{text}");
+        }
         std::io::stdout().flush()?;
         std::thread::sleep(Duration::from_secs(1));
     }

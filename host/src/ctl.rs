@@ -11,6 +11,9 @@
 
 use std::io::{self, Read, Write};
 
+/// The id of the status report a worker sends unasked as it exits (requests count from 1).
+pub const FINAL_REPORT: u64 = 0;
+
 /// What a report request asks a worker for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportKind {

@@ -6,8 +6,11 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 /// A worker's own counters, sent to the master on request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerReport {
+    /// Messages per second over the last few seconds.
+    #[serde(default)]
+    pub messages_per_s: f64,
     pub connections: u64,
     pub accepted: u64,
     pub messages: u64,
@@ -19,10 +22,32 @@ pub struct WorkerReport {
     pub draining: bool,
 }
 
+impl WorkerReport {
+    /// Adds `other`'s counters (not its gauges: connections, timers, rate) to these.
+    pub fn add_counters(&mut self, other: &WorkerReport) {
+        self.accepted += other.accepted;
+        self.messages += other.messages;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.send_failures += other.send_failures;
+        self.plugin_panics += other.plugin_panics;
+    }
+}
+
 /// One connection of a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnReport {
     pub id: u64,
+    /// The worker slot and the connection's index in it: `#slot/index` is its readable id.
+    #[serde(default)]
+    pub slot: u32,
+    #[serde(default)]
+    pub index: u64,
+    /// Seconds since it was accepted, and since its last traffic.
+    #[serde(default)]
+    pub age_s: u64,
+    #[serde(default)]
+    pub idle_s: u64,
     pub local: String,
     pub peer: String,
     pub bytes_in: u64,
@@ -34,6 +59,8 @@ pub struct ConnReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub master_pid: u32,
+    #[serde(default)]
+    pub master_rss_kb: u64,
     pub version: String,
     /// Seconds since the Unix epoch.
     pub started_at: u64,
@@ -60,6 +87,9 @@ pub struct WorkerRow {
     pub slot: u32,
     pub pid: i32,
     pub rss_kb: u64,
+    /// Peak resident memory (VmHWM).
+    #[serde(default)]
+    pub peak_kb: u64,
     pub listen: String,
     pub plugin: String,
     pub hash: String,
@@ -67,6 +97,10 @@ pub struct WorkerRow {
     pub state: String,
     pub uptime_s: u64,
     pub report: Option<WorkerReport>,
+    /// The slot's counters: this worker's plus those of the workers it replaced (serving
+    /// workers; others show their own).
+    #[serde(default)]
+    pub slot_totals: Option<WorkerReport>,
 }
 
 /// How a service's workers ended, counted (Workerman's `worker_exit_info`).
@@ -169,9 +203,10 @@ pub fn render_status(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "host {}   master pid {}   started {}   up {}   load {}",
+        "host {}   master pid {} ({})   started {}   up {}   load {}",
         s.version,
         s.master_pid,
+        human_bytes(s.master_rss_kb * 1024),
         utc_time(s.started_at),
         human_duration(s.uptime_s),
         s.load_avg
@@ -193,50 +228,85 @@ pub fn render_status(s: &Status) -> String {
         out.push_str(&table(&["SERVICE", "WORKER EXITS", "COUNT"], &exits));
     }
     out.push('\n');
-    let workers: Vec<Vec<String>> = s
-        .workers
-        .iter()
-        .map(|w| {
-            let r = w.report.clone().unwrap_or_default();
-            let known = |v: u64| if w.report.is_some() { v.to_string() } else { "-".into() };
-            vec![
-                w.service.clone(),
-                format!("#{}", w.slot),
-                w.pid.to_string(),
-                human_bytes(w.rss_kb * 1024),
-                w.listen.clone(),
-                w.plugin.clone(),
-                w.hash.clone(),
-                known(r.connections),
-                known(r.messages),
-                if w.report.is_some() { human_bytes(r.bytes_in) } else { "-".into() },
-                if w.report.is_some() { human_bytes(r.bytes_out) } else { "-".into() },
-                known(r.send_failures),
-                known(r.timers),
-                human_duration(w.uptime_s),
-                w.state.clone(),
-            ]
-        })
-        .collect();
+    let mut total = WorkerReport::default();
+    let (mut total_rss, mut total_rate) = (0, 0.0);
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for w in &s.workers {
+        let known = w.report.is_some();
+        let r = w.report.clone().unwrap_or_default();
+        let slot = w.slot_totals.clone().unwrap_or_else(|| r.clone());
+        total.add_counters(&slot);
+        total.connections += r.connections;
+        total.timers += r.timers;
+        total_rss += w.rss_kb;
+        total_rate += r.messages_per_s;
+        let num = |v: u64| if known { v.to_string() } else { "-".into() };
+        let bytes = |v: u64| if known { human_bytes(v) } else { "-".into() };
+        rows.push(vec![
+            w.service.clone(),
+            format!("#{}", w.slot),
+            w.pid.to_string(),
+            human_bytes(w.rss_kb * 1024),
+            human_bytes(w.peak_kb * 1024),
+            w.listen.clone(),
+            w.plugin.clone(),
+            w.hash.clone(),
+            num(r.connections),
+            if known { format!("{:.0}", r.messages_per_s) } else { "-".into() },
+            num(slot.messages),
+            bytes(slot.bytes_in),
+            bytes(slot.bytes_out),
+            num(slot.send_failures),
+            num(slot.plugin_panics),
+            num(r.timers),
+            human_duration(w.uptime_s),
+            w.state.clone(),
+        ]);
+    }
+    if s.workers.len() > 1 {
+        rows.push(vec![
+            "total".into(),
+            String::new(),
+            String::new(),
+            human_bytes(total_rss * 1024),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            total.connections.to_string(),
+            format!("{total_rate:.0}"),
+            total.messages.to_string(),
+            human_bytes(total.bytes_in),
+            human_bytes(total.bytes_out),
+            total.send_failures.to_string(),
+            total.plugin_panics.to_string(),
+            total.timers.to_string(),
+            String::new(),
+            String::new(),
+        ]);
+    }
     out.push_str(&table(
         &[
             "SERVICE",
             "SLOT",
             "PID",
             "MEMORY",
+            "PEAK",
             "LISTEN",
             "PLUGIN",
             "HASH",
             "CONNS",
+            "MSG/S",
             "MESSAGES",
             "IN",
             "OUT",
             "SEND_FAIL",
+            "PANICS",
             "TIMERS",
             "UP",
             "STATE",
         ],
-        &workers,
+        &rows,
     ));
     out
 }
@@ -248,19 +318,23 @@ pub fn render_connections(rows: &[ConnRow], busy: &[i32]) -> String {
             vec![
                 r.pid.to_string(),
                 r.service.clone(),
-                r.conn.id.to_string(),
+                format!("#{}/{}", r.conn.slot, r.conn.index),
                 r.protocol.clone(),
                 r.conn.local.clone(),
                 r.conn.peer.clone(),
                 human_bytes(r.conn.bytes_in),
                 human_bytes(r.conn.bytes_out),
                 human_bytes(r.conn.pending_send),
+                human_duration(r.conn.age_s),
+                human_duration(r.conn.idle_s),
                 r.conn.state.clone(),
             ]
         })
         .collect();
-    let mut out =
-        table(&["PID", "SERVICE", "ID", "PROTOCOL", "LOCAL", "REMOTE", "RECV", "SENT", "PENDING", "STATE"], &cells);
+    let mut out = table(
+        &["PID", "SERVICE", "ID", "PROTOCOL", "LOCAL", "REMOTE", "RECV", "SENT", "PENDING", "AGE", "IDLE", "STATE"],
+        &cells,
+    );
     let _ = writeln!(out, "{} connections", rows.len());
     if !busy.is_empty() {
         let _ = writeln!(out, "busy workers (no answer within 1 s): {busy:?}");
@@ -275,6 +349,7 @@ mod tests {
     fn status() -> Status {
         Status {
             master_pid: 10,
+            master_rss_kb: 1500,
             version: "0.1.0".into(),
             started_at: 0,
             uptime_s: 3725,
@@ -292,6 +367,7 @@ mod tests {
                     slot: 0,
                     pid: 11,
                     rss_kb: 2048,
+                    peak_kb: 4096,
                     listen: "127.0.0.1:8080".into(),
                     plugin: "http 0.1.0".into(),
                     hash: "abcdef012345".into(),
@@ -303,18 +379,21 @@ mod tests {
                         bytes_in: 3 << 20,
                         ..Default::default()
                     }),
+                    slot_totals: None,
                 },
                 WorkerRow {
                     service: "web".into(),
                     slot: 1,
                     pid: 12,
                     rss_kb: 2048,
+                    peak_kb: 4096,
                     listen: "127.0.0.1:8080".into(),
                     plugin: "http 0.1.0".into(),
                     hash: "abcdef012345".into(),
                     state: "busy".into(),
                     uptime_s: 5,
                     report: None,
+                    slot_totals: None,
                 },
             ],
             exits: vec![ExitRow { service: "web".into(), how: "signal SIGKILL".into(), count: 2 }],
@@ -332,6 +411,18 @@ mod tests {
         assert_eq!(rows.len(), 2, "{text}");
         assert!(rows[0].contains("1500") && rows[0].contains("3.0M") && rows[0].ends_with("ready"), "{}", rows[0]);
         assert!(rows[1].ends_with("busy") && rows[1].contains(" - "), "{}", rows[1]);
+        let total = text.lines().find(|l| l.starts_with("total ")).expect("a totals row");
+        assert!(total.contains("1500") && total.contains("4.0M"), "{total}");
+    }
+
+    #[test]
+    fn slot_totals_count_the_replaced_workers() {
+        let mut s = status();
+        s.workers[0].slot_totals =
+            Some(WorkerReport { messages: 2500, connections: 3, bytes_in: 3 << 20, ..Default::default() });
+        let text = render_status(&s);
+        let row = text.lines().find(|l| l.starts_with("web ") && l.contains("#0")).unwrap();
+        assert!(row.contains("2500"), "{row}");
     }
 
     #[test]

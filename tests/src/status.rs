@@ -109,7 +109,8 @@ pub fn parse(text: &str) -> Result<Status, String> {
         if names.iter().any(|n| n == "SLOT") {
             let (service, slot, pid, plugin, hash, state) =
                 (col("SERVICE")?, col("SLOT")?, col("PID")?, col("PLUGIN")?, col("HASH")?, col("STATE")?);
-            for row in table {
+            // The last row of several workers is their total.
+            for row in table.into_iter().filter(|r| r[service] != "total") {
                 status.workers.push(WorkerRow {
                     service: row[service].clone(),
                     slot: row[slot].trim_start_matches('#').parse().map_err(|_| format!("bad slot in {row:?}"))?,

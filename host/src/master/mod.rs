@@ -41,7 +41,7 @@ use self::prepare::Preparer;
 use self::process::OsProcesses;
 use self::reload::state::Trigger;
 use self::report::Gather;
-use self::slots::{ClientId, WorkerId};
+use self::slots::{ClientId, SlotKey, WorkerId};
 
 use self::snapshot::RuntimeDir;
 use self::supervisor::{Output, Phase, ServiceState, Supervisor, Timeouts};
@@ -49,7 +49,7 @@ use crate::config::{self, Service};
 use crate::config_file::ServiceConfig;
 use crate::ctl::{LineConn, ReportKind, ToMaster, ToWorker};
 use crate::pidfile::{self, PidFile};
-use crate::status::Answer;
+use crate::status::{Answer, WorkerReport};
 use crate::watcher::{Change, Watcher};
 use crate::{plugin, sys};
 
@@ -88,6 +88,10 @@ pub struct Master {
     control: Option<ControlServer>,
     gathers: HashMap<u64, Gather>,
     next_gather: u64,
+    /// The last counters each worker reported (a status request, or its final report).
+    last_reports: HashMap<WorkerId, WorkerReport>,
+    /// Per slot, the counters of its workers that exited: a slot's totals survive replacements.
+    carried: HashMap<SlotKey, WorkerReport>,
     started_at: SystemTime,
     ready: Option<std::fs::File>,
     preparer: Preparer,
@@ -210,6 +214,8 @@ impl Master {
             control,
             gathers: HashMap::new(),
             next_gather: 0,
+            last_reports: HashMap::new(),
+            carried: HashMap::new(),
             started_at: SystemTime::now(),
             ready,
             preparer,
@@ -271,11 +277,14 @@ impl Master {
             for output in outputs {
                 match output {
                     Output::Attach(id, stream) => self.attach(id, stream),
-                    Output::Detach(id) => {
+                    Output::Detach(id, key) => {
+                        // Its last words (the final report) may still be unread.
+                        self.read_worker(id);
                         if let Some(mut channel) = self.channels.remove(&id) {
                             let _ = self.poll.registry().deregister(&mut channel.stream);
                         }
                         self.gather_forget(id);
+                        self.carry_counters(id, key);
                         self.snapshots_dirty = true;
                     }
                     Output::Send(id, msg) => self.send(id, &msg),

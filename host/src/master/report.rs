@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::slots::{ClientId, Readiness, Role, WorkerId};
+use super::slots::{ClientId, Readiness, Role, SlotKey, WorkerId};
 use super::{slots, Master};
 use crate::ctl::{ReportKind, ToWorker};
 use crate::status::{self, Answer, ConnReport, ConnRow, ExitRow, ServiceRow, Status, WorkerReport, WorkerRow};
@@ -43,7 +43,20 @@ impl Master {
         self.finish_gathers(false);
     }
 
+    /// An exited worker's last counters join its slot's totals.
+    pub(super) fn carry_counters(&mut self, worker: WorkerId, key: SlotKey) {
+        if let Some(last) = self.last_reports.remove(&worker) {
+            self.carried.entry(key).or_default().add_counters(&last);
+        }
+    }
+
     pub(super) fn gather_reply(&mut self, worker: WorkerId, id: u64, json: String) {
+        if let Ok(report) = serde_json::from_str::<WorkerReport>(&json) {
+            self.last_reports.insert(worker, report);
+        }
+        if id == crate::ctl::FINAL_REPORT {
+            return;
+        }
         if let Some(g) = self.gathers.get_mut(&id) {
             g.waiting.retain(|&w| w != worker);
             g.replies.insert(worker, json);
@@ -88,10 +101,11 @@ impl Master {
 
     fn compose_status(&self, replies: &HashMap<WorkerId, String>) -> Status {
         let now = self.sup.now();
-        let mut workers: Vec<WorkerRow> = self
-            .sup
-            .slots
-            .workers()
+        let mut workers: Vec<_> = self.sup.slots.workers().collect();
+        // Rows in config order: service, slot, then the older worker first.
+        workers.sort_by_key(|w| (w.key, w.started, w.pid.as_raw()));
+        let workers: Vec<WorkerRow> = workers
+            .into_iter()
             .map(|w| {
                 let report: Option<WorkerReport> = replies.get(&w.id).and_then(|j| serde_json::from_str(j).ok());
                 let role = self.sup.slots.role(w.id).unwrap_or(Role::Retiring);
@@ -102,22 +116,33 @@ impl Master {
                     (_, _, Some(_)) => "ready",
                     (_, _, None) => "busy",
                 };
+                // The slot's totals: this worker's counters plus those of the workers it replaced.
+                let slot_totals = match (&report, self.carried.get(&w.key), role) {
+                    (Some(r), Some(carried), Role::Serving) => {
+                        let mut t = r.clone();
+                        t.add_counters(carried);
+                        Some(t)
+                    }
+                    (r, _, _) => r.clone(),
+                };
                 let svc = &self.sup.services[w.key.service.0].service;
+                let (rss_kb, peak_kb) = memory_kb(w.pid.as_raw());
                 WorkerRow {
                     service: svc.name.clone(),
                     slot: w.key.slot,
                     pid: w.pid.as_raw(),
-                    rss_kb: rss_kb(w.pid.as_raw()),
+                    rss_kb,
+                    peak_kb,
                     listen: svc.listen.to_string(),
                     plugin: format!("{} {}", w.snapshot.name, w.snapshot.version),
                     hash: w.snapshot.short_hash(),
                     state: state.to_string(),
                     uptime_s: w.uptime(now).as_secs(),
                     report,
+                    slot_totals,
                 }
             })
             .collect();
-        workers.sort_by(|a, b| (&a.service, a.slot, a.pid).cmp(&(&b.service, b.slot, b.pid)));
         let services = self
             .sup
             .services
@@ -145,6 +170,7 @@ impl Master {
             .collect();
         Status {
             master_pid: std::process::id(),
+            master_rss_kb: memory_kb(std::process::id() as i32).0,
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: self.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             uptime_s: SystemTime::now().duration_since(self.started_at).map_or(0, |d| d.as_secs()),
@@ -188,12 +214,15 @@ impl Master {
     }
 }
 
-/// Resident memory of a process, from /proc (0 when it is gone).
-fn rss_kb(pid: i32) -> u64 {
-    let pages: u64 = std::fs::read_to_string(format!("/proc/{pid}/statm"))
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
-        .unwrap_or(0);
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
-    pages * page / 1024
+/// Resident and peak resident memory of a process in KiB, from /proc (0 when it is gone).
+pub fn memory_kb(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }

@@ -65,8 +65,8 @@ pub struct Timeouts {
 pub enum Output {
     /// A worker was started: watch its channel.
     Attach(WorkerId, UnixStream),
-    /// A worker is gone: drop its channel.
-    Detach(WorkerId),
+    /// A worker of this slot is gone: read what is left on its channel, then drop it.
+    Detach(WorkerId, SlotKey),
     Send(WorkerId, ToWorker),
     Answer(ClientId, Answer),
     /// Check a plugin file off the loop; the result comes back through [`Supervisor::checked`].
@@ -303,8 +303,8 @@ impl<P: Processes> Supervisor<P> {
 
     fn worker_exited(&mut self, id: WorkerId, exit: &Exit) {
         let Some((w, role)) = self.slots.remove(id) else { return };
-        self.out.push(Output::Detach(id));
         let key = w.key;
+        self.out.push(Output::Detach(id, key));
         let service = self.service_name(key.service).to_string();
         *self.exits.entry((service.clone(), exit.how.clone())).or_default() += 1;
         let pid = w.pid.as_raw();

@@ -72,6 +72,7 @@ pub struct Conn {
     pub write_interest: bool,
     pub dirty: bool,
     pub last_active_ms: u64,
+    pub created_ms: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -121,9 +122,48 @@ impl Conn {
     }
 }
 
+/// Messages per second over the last few seconds, kept without a timer: the loop rolls it once
+/// a turn (an idle worker does not wake up for it; a report is a turn of its own).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RateMeter {
+    /// The second being counted, and the message count when it began.
+    second: u64,
+    at_start: u64,
+    /// Messages in each of the last complete seconds (a ring).
+    last: [u64; RATE_SECONDS],
+    next: usize,
+}
+
+/// Seconds the message rate is averaged over.
+const RATE_SECONDS: usize = 5;
+
+impl RateMeter {
+    /// Rolls the meter to `now_ms` given the total message count.
+    pub fn roll(&mut self, now_ms: u64, messages: u64) {
+        let second = now_ms / 1000;
+        if second == self.second {
+            return;
+        }
+        let skipped = second.saturating_sub(self.second).min(RATE_SECONDS as u64 + 1);
+        // The second that ended got what came since it began; seconds with no turn got nothing.
+        for i in 0..skipped.min(RATE_SECONDS as u64) {
+            self.last[self.next] = if i == 0 { messages - self.at_start } else { 0 };
+            self.next = (self.next + 1) % RATE_SECONDS;
+        }
+        self.second = second;
+        self.at_start = messages;
+    }
+
+    /// Messages per second over the last complete seconds.
+    pub fn per_second(&self) -> f64 {
+        self.last.iter().sum::<u64>() as f64 / RATE_SECONDS as f64
+    }
+}
+
 /// Counters for the whole worker.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
+    pub rate: RateMeter,
     pub accepted: u64,
     pub messages: u64,
     pub send_failures: u64,
@@ -224,6 +264,7 @@ impl Core {
             write_interest: false,
             dirty: false,
             last_active_ms: self.now_ms,
+            created_ms: self.now_ms,
             bytes_in: 0,
             bytes_out: 0,
         };
@@ -260,9 +301,11 @@ impl Core {
         self.conns.iter().flatten().map(|c| c.id).collect()
     }
 
-    pub fn report(&self) -> WorkerReport {
+    pub fn report(&mut self) -> WorkerReport {
+        self.stats.rate.roll(self.now_ms, self.stats.messages);
         let live = self.conns.iter().flatten();
         WorkerReport {
+            messages_per_s: self.stats.rate.per_second(),
             connections: self.open_count() as u64,
             accepted: self.stats.accepted,
             messages: self.stats.messages,
@@ -282,6 +325,10 @@ impl Core {
             .flatten()
             .map(|c| ConnReport {
                 id: c.id.0,
+                slot: self.slot,
+                index: c.id.index() as u64,
+                age_s: self.now_ms.saturating_sub(c.created_ms) / 1000,
+                idle_s: self.now_ms.saturating_sub(c.last_active_ms) / 1000,
                 local: addr(c.local),
                 peer: addr(c.peer),
                 bytes_in: c.bytes_in,
@@ -419,5 +466,25 @@ impl RawHost for Ctx<'_> {
 
     fn now_ms(&self) -> u64 {
         self.core.now_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateMeter;
+
+    #[test]
+    fn the_rate_is_the_average_of_the_last_complete_seconds() {
+        let mut r = RateMeter::default();
+        r.roll(0, 0);
+        r.roll(999, 400);
+        assert_eq!(r.per_second(), 0.0, "no second is complete yet");
+        r.roll(1000, 500);
+        assert_eq!(r.per_second(), 100.0, "500 messages in 1 of 5 seconds");
+        r.roll(2000, 1000);
+        assert_eq!(r.per_second(), 200.0);
+        // Idle for a minute: the rate falls to nothing.
+        r.roll(62_000, 1000);
+        assert_eq!(r.per_second(), 0.0);
     }
 }

@@ -191,6 +191,7 @@ impl Worker {
             }
             self.run_timers();
             self.settle();
+            self.core.stats.rate.roll(self.core.now_ms, self.core.stats.messages);
             if let Some(exit) = self.exit {
                 return Ok(exit);
             }
@@ -375,6 +376,10 @@ impl Worker {
         for id in self.core.ids() {
             dispatch::close_now(&mut self.plugin, &mut self.core, id.index());
         }
+        // The final counters (report id 0): the master adds them to the slot's totals, so a
+        // replacement does not reset them. Best effort: a master that is gone does not read it.
+        let json = serde_json::to_string(&self.core.report()).expect("reports always serialize");
+        self.send_control(&ToMaster::Report { id: ctl::FINAL_REPORT, kind: ReportKind::Status, json });
     }
 }
 

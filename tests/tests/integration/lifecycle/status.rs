@@ -50,16 +50,31 @@ fn status_live_refreshes_the_table() {
             sink.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
         }
     });
-    const CLEAR: &str = "\x1b[H\x1b[2J";
+    // Not a terminal: no screen control codes, the tables one after the other.
+    const HEADER: &str = "host ";
+    let tables = |text: &str| -> Vec<String> {
+        let mut tables: Vec<String> = Vec::new();
+        for line in text.lines() {
+            if line.starts_with(HEADER) && line.contains("master pid") {
+                tables.push(String::new());
+            }
+            if let Some(t) = tables.last_mut() {
+                t.push_str(line);
+                t.push('\n');
+            }
+        }
+        tables
+    };
     // Two whole tables: the second refresh holds every worker's row.
-    let complete = |text: &str| text.split(CLEAR).nth(2).is_some_and(|t| row_pids(t) == workers);
+    let complete = |text: &str| tables(text).get(1).is_some_and(|t| row_pids(t) == workers);
     let got = poll_until(Duration::from_secs(6), || {
         let text = seen.lock().unwrap().clone();
         complete(&text).then_some(text)
     });
     drop(live);
     let text = got.unwrap_or_else(|| panic!("no second refresh in 6 s; got {:?}", seen.lock().unwrap()));
-    for table in text.split(CLEAR).skip(1).take(2) {
+    assert!(!text.contains('\x1b'), "screen control codes on a pipe: {text:?}");
+    for table in tables(&text).iter().take(2) {
         assert_contains!(table, format!("master pid {} ", host.pid()));
         assert_eq!(row_pids(table), workers, "{table}");
     }
@@ -96,7 +111,44 @@ fn connections_lists_open_connections() {
         let row = rows.iter().find(|r| r[remote] == me).unwrap_or_else(|| panic!("no row for {me}:\n{text}"));
         assert!(workers.contains(&row[0].parse().unwrap()), "{text}");
         assert_eq!(row[1], "http", "{text}");
+        // A readable id: `#slot/index`.
+        let (slot, index) = row[2].trim_start_matches('#').split_once('/').unwrap_or_else(|| panic!("{text}"));
+        assert!(slot.parse::<u32>().is_ok() && index.parse::<u32>().is_ok(), "{text}");
     }
+    for column in ["AGE", "IDLE"] {
+        assert!(header.contains(&column), "no {column} column: {text}");
+    }
+}
+
+// A slot's counters survive the replacement of its worker: after a reload the new worker's row
+// still counts the requests the old one served; the totals row adds up every worker.
+#[test]
+fn slot_counters_survive_a_reload() {
+    let mut host = Host::start("http", &["--count", "2"]);
+    let port = host.port();
+    for _ in 0..10 {
+        let mut c = KeepAlive::connect(port);
+        c.get();
+    }
+    let out = host.command(["reload", "-g"], COMMAND_TIMEOUT);
+    assert_ok(&out, "reload -g");
+    let out = host.command(["status"], COMMAND_TIMEOUT);
+    assert_ok(&out, "status");
+    let text = &out.stdout;
+    let header = text.lines().find(|l| l.starts_with("SERVICE") && l.contains("SLOT")).unwrap();
+    // The MESSAGES cell of a row: under the header's column (a cell may hold spaces).
+    let start = header.find(" MESSAGES").unwrap() + 1;
+    let end = start + header[start..].find("  ").unwrap();
+    let per_slot: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("http ") && l.contains('#'))
+        .map(|l| l[start..end.min(l.len())].trim().parse::<u64>().unwrap_or_else(|e| panic!("{e}: {l}")))
+        .sum();
+    assert!(per_slot >= 10, "the slots forgot the old workers' requests:\n{text}");
+    let total = text.lines().find(|l| l.starts_with("total ")).unwrap_or_else(|| panic!("no totals row:\n{text}"));
+    assert!(total.split_whitespace().any(|f| f == per_slot.to_string()), "{total}\n{text}");
+    assert_contains!(text, "MSG/S");
+    assert_contains!(text, "PEAK");
 }
 
 // SIGUSR2 writes the status table into the log, SIGIO the connections table.
