@@ -127,8 +127,18 @@ impl Host {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        Host::spawn_with_env(args, &[])
+    }
+
+    /// [`Host::spawn`] with more environment variables.
+    pub fn spawn_with_env<I, S>(args: I, env: &[(&str, &std::ffi::OsStr)]) -> Host
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let dir = TempDir::new();
         let mut cmd = host_command(&dir);
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

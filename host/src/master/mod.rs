@@ -19,6 +19,7 @@ mod slots;
 mod snapshot;
 mod spawn;
 mod supervisor;
+mod systemd;
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -97,6 +98,8 @@ pub struct Master {
     preparer: Preparer,
     /// A worker exited or a file was checked since unused snapshots were last removed.
     snapshots_dirty: bool,
+    /// systemd's service manager, when it started us (`NOTIFY_SOCKET`).
+    notifier: systemd::Notifier,
     _pid_file: PidFile,
     // Dropped last: removes the snapshots.
     runtime: RuntimeDir,
@@ -220,6 +223,7 @@ impl Master {
             ready,
             preparer,
             snapshots_dirty: false,
+            notifier: systemd::Notifier::from_env(),
             _pid_file: pid_file,
             runtime,
         })
@@ -302,6 +306,8 @@ impl Master {
                     }
                 }
             }
+            let sup = &self.sup;
+            self.notifier.update(sup.phase(), sup.reloader_idle(), || summary(sup));
             if self.snapshots_dirty && self.sup.phase() != Phase::Stopping && self.sup.reloader_idle() {
                 self.snapshots_dirty = false;
                 self.remove_unused_snapshots();
@@ -460,4 +466,11 @@ impl Master {
         let refs: Vec<&std::path::Path> = in_use.iter().map(PathBuf::as_path).collect();
         self.runtime.remove_unused(&refs);
     }
+}
+
+/// One line for systemd's STATUS=: workers, last reload.
+fn summary(sup: &Supervisor<OsProcesses>) -> String {
+    let ready = sup.slots.workers().filter(|w| w.readiness == slots::Readiness::Ready).count();
+    let last = sup.last_reload.as_ref().map_or("none".to_string(), |r| r.summary.clone());
+    format!("{ready} workers ready; last reload: {last}")
 }

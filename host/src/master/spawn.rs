@@ -60,6 +60,8 @@ pub fn spawn_worker(
     cmd.arg0(format!("host: worker {} #{} {}", spec.service, spec.slot, plugin_label))
         .arg("worker")
         .args(args)
+        // Only the master talks to systemd.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null());
     let child =
         sys::spawn_with_fds(&mut cmd, &[listener.as_raw_fd(), theirs.as_raw_fd()]).map_err(SpawnError::Spawn)?;

@@ -24,3 +24,5 @@ mod reload;
 mod backpressure;
 // The worker's loop: timers that never end, signals meant for the master, SIGTERM by hand.
 mod worker_loop;
+// systemd: Type=notify messages, recorded by a socket the test owns.
+mod systemd;
