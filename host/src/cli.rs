@@ -132,6 +132,9 @@ pub struct StartArgs {
     /// Where a daemon's logs go [default: ./host.log].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Serve `GET /metrics` (Prometheus) and `GET /healthz` on this address [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl StartArgs {
@@ -172,6 +175,9 @@ impl StartArgs {
         }
         if self.kill_timeout.is_some() {
             set.push("--kill-timeout");
+        }
+        if self.admin_listen.is_some() {
+            set.push("--admin-listen");
         }
         set
     }

@@ -38,6 +38,8 @@ pub struct FileConfig {
     pub drain_timeout: Option<Duration>,
     /// How long a worker told to stop has before it is killed.
     pub kill_timeout: Option<Duration>,
+    /// The admin listener's address (`/metrics`, `/healthz`); None: off.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// One `[[service]]`: what the flags can say ([`Service`]) and what only the file can.
@@ -114,6 +116,7 @@ struct RawFile {
     drain_timeout: Option<f64>,
     /// Seconds.
     kill_timeout: Option<f64>,
+    admin_listen: Option<SocketAddr>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -230,7 +233,8 @@ impl RawFile {
         };
         let drain_timeout = seconds("drain_timeout", self.drain_timeout)?;
         let kill_timeout = seconds("kill_timeout", self.kill_timeout)?;
-        Ok(FileConfig { pid_file, log_file, plugin_dirs, services, drain_timeout, kill_timeout })
+        let admin_listen = self.admin_listen;
+        Ok(FileConfig { pid_file, log_file, plugin_dirs, services, drain_timeout, kill_timeout, admin_listen })
     }
 }
 

@@ -84,6 +84,10 @@ fn pid_file(global: &GlobalArgs, from_file: Option<PathBuf>) -> anyhow::Result<P
 
 fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     let args = &cmd.args;
+    let file_admin = match &global.config {
+        Some(path) => config_file::load(path)?.admin_listen,
+        None => None,
+    };
     let (services, file_dirs, file_pid, file_log, title, file_drain, file_kill) = match &global.config {
         Some(path) => {
             let flags = args.service_flags();
@@ -121,6 +125,7 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
         ("--log-file", "log_file", args.log_file.is_some() && file_log.is_some()),
         ("--drain-timeout", "drain_timeout", args.drain_timeout.is_some() && file_drain.is_some()),
         ("--kill-timeout", "kill_timeout", args.kill_timeout.is_some() && file_kill.is_some()),
+        ("--admin-listen", "admin_listen", args.admin_listen.is_some() && file_admin.is_some()),
     ];
     for (flag, key) in overridden.iter().filter(|o| o.2).map(|o| (o.0, o.1)) {
         eprintln!("note: {flag} overrides `{key}` of the config file");
@@ -159,6 +164,7 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
         worker_args,
         drain_timeout,
         kill_timeout,
+        admin_listen: args.admin_listen.or(file_admin),
     };
     let result = master::run(services, options);
     if let (Err(e), Some(mut pipe)) = (&result, report) {

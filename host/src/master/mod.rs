@@ -9,6 +9,7 @@
 //! talk over their channels, commands come over the control socket; it feeds what happened to
 //! the supervisor and carries out the supervisor's outputs.
 
+mod admin;
 mod backoff;
 mod control;
 mod prepare;
@@ -41,7 +42,7 @@ use self::control::{ControlServer, Request};
 use self::prepare::Preparer;
 use self::process::OsProcesses;
 use self::reload::state::Trigger;
-use self::report::Gather;
+use self::report::{Gather, Requester};
 use self::slots::{ClientId, SlotKey, WorkerId};
 
 use self::snapshot::RuntimeDir;
@@ -58,9 +59,12 @@ const SIGNALS: Token = Token(0);
 /// The one waker of the poll (mio allows one): the watcher and the preparer threads share it.
 const WAKER: Token = Token(1);
 const CONTROL: Token = Token(2);
+const ADMIN: Token = Token(3);
 /// Worker channels' tokens are their ids above this; control clients' above `CLIENT_TOKEN_BASE`.
 const WORKER_TOKEN_BASE: usize = 16;
 const CLIENT_TOKEN_BASE: usize = 1 << 40;
+/// Admin listener clients' tokens are above this.
+const ADMIN_TOKEN_BASE: usize = 1 << 42;
 
 /// How the master is run.
 pub struct Options {
@@ -77,6 +81,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// How long a worker told to stop has before it is killed.
     pub kill_timeout: Duration,
+    /// Where the admin listener (`/metrics`, `/healthz`) listens; None: no admin listener.
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 pub struct Master {
@@ -87,6 +93,8 @@ pub struct Master {
     channels: HashMap<WorkerId, LineConn<UnixStream>>,
     watcher: Option<Watcher>,
     control: Option<ControlServer>,
+    admin: Option<admin::AdminServer>,
+    metrics: admin::MasterMetrics,
     gathers: HashMap<u64, Gather>,
     next_gather: u64,
     /// The last counters each worker reported (a status request, or its final report).
@@ -164,6 +172,12 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     }
     let sup = Supervisor::new(procs, states, plugin_dirs, timeouts);
     let mut master = Master::new(sup, runtime, &watched, pid_file, options.ready)?;
+    if let Some(address) = options.admin_listen {
+        let server = admin::AdminServer::bind(address, master.poll.registry(), ADMIN, ADMIN_TOKEN_BASE)
+            .with_context(|| format!("could not listen on {address} for the admin listener"))?;
+        tracing::info!(address = %server.address, "admin listener: /metrics, /healthz");
+        master.admin = Some(server);
+    }
     master.run_loop()
 }
 
@@ -215,6 +229,8 @@ impl Master {
             channels: HashMap::new(),
             watcher,
             control,
+            admin: None,
+            metrics: admin::MasterMetrics::default(),
             gathers: HashMap::new(),
             next_gather: 0,
             last_reports: HashMap::new(),
@@ -262,6 +278,12 @@ impl Master {
                             c.accept_all(self.poll.registry());
                         }
                     }
+                    ADMIN => {
+                        if let Some(a) = self.admin.as_mut() {
+                            a.accept_all(self.poll.registry());
+                        }
+                    }
+                    Token(t) if t >= ADMIN_TOKEN_BASE => self.read_admin(Token(t), event.is_writable()),
                     Token(t) if t >= CLIENT_TOKEN_BASE => self.read_client(Token(t)),
                     Token(t) => self.read_worker(WorkerId((t - WORKER_TOKEN_BASE) as u64)),
                 }
@@ -294,6 +316,8 @@ impl Master {
                     Output::Send(id, msg) => self.send(id, &msg),
                     Output::Answer(client, answer) => self.answer_all(&[client], &answer),
                     Output::Check(job) => self.preparer.submit(job),
+                    Output::ReloadDone { outcome, duration } => self.metrics.reload_finished(outcome, duration),
+                    Output::Drained(duration) => self.metrics.drained(duration),
                     Output::Started => {
                         let workers = self.sup.slots.workers().count();
                         tracing::info!(workers, pid = std::process::id(), "host ready");
@@ -344,8 +368,8 @@ impl Master {
                 Signal::SIGUSR1 => self.sup.request_reload(false, Trigger::Signal("SIGUSR1"), None),
                 Signal::SIGQUIT => self.sup.request_reload(true, Trigger::Signal("SIGQUIT"), None),
                 Signal::SIGHUP => self.sup.request_reload(true, Trigger::Signal("SIGHUP"), None),
-                Signal::SIGUSR2 => self.start_gather(ReportKind::Status, None),
-                Signal::SIGIO => self.start_gather(ReportKind::Connections, None),
+                Signal::SIGUSR2 => self.start_gather(ReportKind::Status, Requester::Log),
+                Signal::SIGIO => self.start_gather(ReportKind::Connections, Requester::Log),
                 other => tracing::debug!(signal = %other, "signal ignored"),
             }
         }
@@ -365,9 +389,54 @@ impl Master {
                 self.sup.stop(graceful);
             }
             Request::Reload { graceful } => self.sup.request_reload(graceful, Trigger::Command, Some(client)),
-            Request::Status => self.start_gather(ReportKind::Status, Some(client)),
-            Request::Connections => self.start_gather(ReportKind::Connections, Some(client)),
+            Request::Status => self.start_gather(ReportKind::Status, Requester::Control(client)),
+            Request::Connections => self.start_gather(ReportKind::Connections, Requester::Control(client)),
         }
+    }
+
+    fn read_admin(&mut self, token: Token, writable: bool) {
+        let Some(admin) = self.admin.as_mut() else { return };
+        if writable {
+            admin.flush(token.0, self.poll.registry());
+        }
+        let Some(admin) = self.admin.as_mut() else { return };
+        let Some((id, request)) = admin.read(token, self.poll.registry()) else { return };
+        match request {
+            admin::AdminRequest::Metrics => self.start_gather(ReportKind::Status, Requester::Admin(id)),
+            admin::AdminRequest::Health => {
+                let (status, body) = match self.health() {
+                    Ok(()) => ("200 OK", "ok\n".to_string()),
+                    Err(why) => ("503 Service Unavailable", format!("{why}\n")),
+                };
+                if let Some(a) = self.admin.as_mut() {
+                    a.answer(id, status, "text/plain; charset=utf-8", &body, self.poll.registry());
+                }
+            }
+        }
+    }
+
+    /// Healthy while running with every service's workers ready.
+    fn health(&self) -> Result<(), String> {
+        match self.sup.phase() {
+            Phase::Starting => return Err("starting".into()),
+            Phase::Stopping => return Err("stopping".into()),
+            Phase::Running => {}
+        }
+        for (i, state) in self.sup.services.iter().enumerate() {
+            let name = &state.service.name;
+            if state.waiting {
+                return Err(format!("service {name} is waiting for its plugin file"));
+            }
+            let ready = |slot: &slots::Slot| {
+                slot.serving()
+                    .and_then(|id| self.sup.slots.worker(id))
+                    .is_some_and(|w| w.readiness == slots::Readiness::Ready)
+            };
+            if let Some(slot) = self.sup.slots.service_slots(slots::ServiceId(i)).find(|s| !ready(s)) {
+                return Err(format!("service {name} has no ready worker in slot #{}", slot.key.slot));
+            }
+        }
+        Ok(())
     }
 
     fn answer_all(&mut self, clients: &[ClientId], answer: &Answer) {
@@ -405,11 +474,15 @@ impl Master {
     fn next_deadline(&self) -> Option<Instant> {
         let watch = self.watcher.as_ref().and_then(Watcher::next_deadline);
         let gathers = self.gathers.values().map(|g| g.deadline);
-        self.sup.next_deadline().into_iter().chain(watch).chain(gathers).min()
+        let admin = self.admin.as_ref().and_then(admin::AdminServer::next_deadline);
+        self.sup.next_deadline().into_iter().chain(watch).chain(gathers).chain(admin).min()
     }
 
     fn run_deadlines(&mut self) {
         self.sup.tick();
+        if let Some(a) = self.admin.as_mut() {
+            a.expire(Instant::now(), self.poll.registry());
+        }
         self.finish_gathers(true);
         // Taken even when stopping, or its deadline would stay in the past and the poll spin.
         let now = Instant::now();

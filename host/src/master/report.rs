@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::admin::{self, AdminId};
 use super::slots::{ClientId, Readiness, Role, SlotKey, WorkerId};
 use super::{slots, Master};
 use crate::ctl::{ReportKind, ToWorker};
@@ -13,11 +14,21 @@ use crate::status::{self, Answer, ConnReport, ConnRow, ExitRow, ServiceRow, Stat
 /// How long a worker may take to answer a report request before it counts as busy.
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Who asked for a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requester {
+    /// A signal (SIGUSR2, SIGIO): the table goes into the log.
+    Log,
+    /// `host status` / `host connections`.
+    Control(ClientId),
+    /// A scrape of the admin listener's `/metrics`.
+    Admin(AdminId),
+}
+
 /// A report request under way.
 pub struct Gather {
     kind: ReportKind,
-    /// The control client to answer; None: log the result (SIGUSR2, SIGIO).
-    client: Option<ClientId>,
+    to: Requester,
     /// Workers still to answer.
     waiting: Vec<WorkerId>,
     replies: HashMap<WorkerId, String>,
@@ -25,7 +36,7 @@ pub struct Gather {
 }
 
 impl Master {
-    pub(super) fn start_gather(&mut self, kind: ReportKind, client: Option<ClientId>) {
+    pub(super) fn start_gather(&mut self, kind: ReportKind, to: Requester) {
         self.next_gather += 1;
         let id = self.next_gather;
         let ready: Vec<WorkerId> =
@@ -37,8 +48,7 @@ impl Master {
                 waiting.push(w);
             }
         }
-        let gather =
-            Gather { kind, client, waiting, replies: HashMap::new(), deadline: Instant::now() + REPORT_TIMEOUT };
+        let gather = Gather { kind, to, waiting, replies: HashMap::new(), deadline: Instant::now() + REPORT_TIMEOUT };
         self.gathers.insert(id, gather);
         self.finish_gathers(false);
     }
@@ -86,9 +96,18 @@ impl Master {
                 ReportKind::Status => Answer::Status(self.compose_status(&g.replies)),
                 ReportKind::Connections => self.compose_connections(&g.replies),
             };
-            match g.client {
-                Some(client) => self.answer_all(&[client], &answer),
-                None => match &answer {
+            match g.to {
+                Requester::Control(client) => self.answer_all(&[client], &answer),
+                Requester::Admin(id) => {
+                    if let Answer::Status(s) = &answer {
+                        let text = admin::render_metrics(s, &self.metrics);
+                        if let Some(a) = self.admin.as_mut() {
+                            let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                            a.answer(id, "200 OK", kind, &text, self.poll.registry());
+                        }
+                    }
+                }
+                Requester::Log => match &answer {
                     Answer::Status(s) => tracing::info!("status\n{}", status::render_status(s)),
                     Answer::Connections { rows, busy } => {
                         tracing::info!("connections\n{}", status::render_connections(rows, busy))

@@ -70,6 +70,8 @@ pub struct Worker {
     pub kill_at: Option<Instant>,
     /// What the worker said before it exited, if it could not start.
     pub error: Option<String>,
+    /// When it was told to stop or drain.
+    pub retired_at: Option<Instant>,
 }
 
 /// One worker slot of a service: successive workers of a slot share its listening socket.
@@ -325,6 +327,7 @@ mod tests {
             started: Instant::now(),
             kill_at: None,
             error: None,
+            retired_at: None,
         }
     }
 

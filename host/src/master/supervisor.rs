@@ -73,6 +73,13 @@ pub enum Output {
     Check(Job),
     /// Every first worker is ready.
     Started,
+    /// A reload ended (`done`, `unchanged`, `refused`, `aborted`, `abandoned`) after `duration`.
+    ReloadDone {
+        outcome: &'static str,
+        duration: Duration,
+    },
+    /// A retired worker exited this long after it was told to go.
+    Drained(Duration),
 }
 
 /// The last reload, for the log and `status`.
@@ -229,6 +236,7 @@ impl<P: Processes> Supervisor<P> {
             started: now,
             kill_at: Some(now + self.timeouts.start),
             error: None,
+            retired_at: None,
         })
     }
 
@@ -310,6 +318,9 @@ impl<P: Processes> Supervisor<P> {
         let pid = w.pid.as_raw();
         let lived_ms = w.uptime(self.procs.now()).as_millis() as u64;
         let why = w.error.clone().unwrap_or_else(|| format!("it exited with {} before it was ready", exit.how));
+        if let Some(at) = w.retired_at {
+            self.out.push(Output::Drained(self.procs.now().saturating_duration_since(at)));
+        }
         match role {
             Role::Retiring if exit.clean => tracing::info!(service = %service, slot = key.slot, pid, "worker stopped"),
             Role::Retiring => {
@@ -423,6 +434,7 @@ impl<P: Processes> Supervisor<P> {
         };
         let kill_at = now + kill_after;
         w.kill_at = Some(w.kill_at.map_or(kill_at, |k| k.min(kill_at)));
+        w.retired_at.get_or_insert(now);
         self.slots.retire(id);
         // A worker already exiting does not read it; the kill deadline still applies.
         self.out.push(Output::Send(id, msg));

@@ -26,3 +26,5 @@ mod backpressure;
 mod worker_loop;
 // systemd: Type=notify messages, recorded by a socket the test owns.
 mod systemd;
+// The admin listener: /metrics through a real OpenMetrics parser, /healthz.
+mod metrics;

@@ -62,6 +62,8 @@ impl<P: Processes> Supervisor<P> {
         }
         if self.reloader.is_idle() {
             self.reload_started = self.procs.now();
+        } else if self.reloader.is_checking() {
+            tracing::info!(reason = %request.reason(), "reload merged into the check under way (checking the newest files)");
         } else {
             tracing::info!(reason = %request.reason(), "reload queued: takes effect at the next step");
         }
@@ -226,7 +228,16 @@ impl<P: Processes> Supervisor<P> {
     }
 
     pub(in crate::master) fn reload_finished(&mut self, Finished { request, outcome }: Finished) {
-        let ms = self.procs.now().saturating_duration_since(self.reload_started).as_millis() as u64;
+        let took = self.procs.now().saturating_duration_since(self.reload_started);
+        let ms = took.as_millis() as u64;
+        let kind = match &outcome {
+            Outcome::Done { .. } => "done",
+            Outcome::Unchanged { .. } => "unchanged",
+            Outcome::Refused { .. } => "refused",
+            Outcome::Aborted { .. } => "aborted",
+            Outcome::Abandoned => "abandoned",
+        };
+        self.out.push(Output::ReloadDone { outcome: kind, duration: took });
         let reason = request.reason();
         let notes =
             |notes: &[String]| if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };

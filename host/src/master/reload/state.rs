@@ -256,6 +256,11 @@ impl<S: Candidate> Reloader<S> {
         matches!(self.state, State::Idle)
     }
 
+    /// Files are being checked (a request now merges with the check and checks again).
+    pub fn is_checking(&self) -> bool {
+        matches!(self.state, State::Checking { .. })
+    }
+
     /// Asks for a reload.
     pub fn request(&mut self, request: Request, views: &[ServiceView<S>]) -> Effects<S> {
         let mut fx = Vec::new();

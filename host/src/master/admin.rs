@@ -1,0 +1,374 @@
+//! The optional admin listener (`--admin-listen`, `admin_listen` in the config file; off by
+//! default): `GET /metrics` in the Prometheus/OpenMetrics text format and `GET /healthz` for load
+//! balancers and probes. It runs in the master's loop: a scrape asks every worker for its counters
+//! (like `host status`) and is answered once they replied or after the report timeout.
+//!
+//! One request per connection, answered with `Connection: close`; a request head over 8 KiB, or
+//! one that is not complete within the timeout, is closed.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry as Metrics;
+
+use crate::status::Status;
+
+/// The longest request head.
+const MAX_HEAD: usize = 8 * 1024;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An admin client waiting for its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AdminId(pub usize);
+
+/// What a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRequest {
+    Metrics,
+    Health,
+}
+
+struct Client {
+    stream: TcpStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    /// The request was read: nothing more is.
+    asked: bool,
+    /// Answered: close once written.
+    answered: bool,
+    deadline: Instant,
+}
+
+pub struct AdminServer {
+    listener: TcpListener,
+    pub address: SocketAddr,
+    clients: HashMap<usize, Client>,
+    next: usize,
+    base: usize,
+}
+
+impl AdminServer {
+    pub fn bind(address: SocketAddr, registry: &Registry, token: Token, base: usize) -> io::Result<Self> {
+        let mut listener = TcpListener::bind(address)?;
+        let address = listener.local_addr()?;
+        registry.register(&mut listener, token, Interest::READABLE)?;
+        Ok(AdminServer { listener, address, clients: HashMap::new(), next: 0, base })
+    }
+
+    pub fn accept_all(&mut self, registry: &Registry) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    self.next += 1;
+                    let token = self.base + self.next;
+                    if registry.register(&mut stream, Token(token), Interest::READABLE).is_ok() {
+                        let deadline = Instant::now() + REQUEST_TIMEOUT;
+                        let client = Client {
+                            stream,
+                            input: Vec::new(),
+                            output: Vec::new(),
+                            written: 0,
+                            asked: false,
+                            answered: false,
+                            deadline,
+                        };
+                        self.clients.insert(token, client);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!("admin listener: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads a client's request; bad ones are answered here.
+    pub fn read(&mut self, token: Token, registry: &Registry) -> Option<(AdminId, AdminRequest)> {
+        let client = self.clients.get_mut(&token.0)?;
+        let mut request = None;
+        let mut buf = [0u8; 2048];
+        let mut closed = false;
+        while !client.asked {
+            match client.stream.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => client.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+            if client.input.len() > MAX_HEAD {
+                client.asked = true;
+                self.answer_raw(
+                    token.0,
+                    "431 Request Header Fields Too Large",
+                    "text/plain",
+                    "request head too large\n",
+                );
+                return None;
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&client.input) {
+                Ok(httparse::Status::Complete(_)) => {
+                    client.asked = true;
+                    let (method, path) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
+                    let path = path.split('?').next().unwrap_or("");
+                    request = match (method, path) {
+                        ("GET" | "HEAD", "/metrics") => Some(AdminRequest::Metrics),
+                        ("GET" | "HEAD", "/healthz") => Some(AdminRequest::Health),
+                        (_, "/metrics" | "/healthz") => {
+                            self.answer_raw(token.0, "405 Method Not Allowed", "text/plain", "GET only\n");
+                            None
+                        }
+                        _ => {
+                            self.answer_raw(token.0, "404 Not Found", "text/plain", "/metrics or /healthz\n");
+                            None
+                        }
+                    };
+                    break;
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => {
+                    client.asked = true;
+                    self.answer_raw(token.0, "400 Bad Request", "text/plain", "bad request\n");
+                    return None;
+                }
+            }
+        }
+        if closed && request.is_none() {
+            self.drop_client(token.0, registry);
+            return None;
+        }
+        self.flush(token.0, registry);
+        request.map(|r| (AdminId(token.0), r))
+    }
+
+    /// Answers a client (gone clients are skipped) and closes it once written.
+    pub fn answer(&mut self, id: AdminId, status: &str, content_type: &str, body: &str, registry: &Registry) {
+        self.answer_raw(id.0, status, content_type, body);
+        self.flush(id.0, registry);
+    }
+
+    fn answer_raw(&mut self, token: usize, status: &str, content_type: &str, body: &str) {
+        let Some(c) = self.clients.get_mut(&token) else { return };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        c.output.extend_from_slice(head.as_bytes());
+        c.output.extend_from_slice(body.as_bytes());
+        c.answered = true;
+    }
+
+    /// Writes what is queued for a client; closes it once its answer is out.
+    pub fn flush(&mut self, token: usize, registry: &Registry) {
+        let Some(c) = self.clients.get_mut(&token) else { return };
+        let mut failed = false;
+        while c.written < c.output.len() {
+            match c.stream.write(&c.output[c.written..]) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => c.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let done = c.answered && c.written == c.output.len();
+        if failed || done {
+            self.drop_client(token, registry);
+        } else {
+            let interest =
+                if c.written < c.output.len() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            let _ = registry.reregister(&mut c.stream, Token(token), interest);
+        }
+    }
+
+    fn drop_client(&mut self, token: usize, registry: &Registry) {
+        if let Some(mut c) = self.clients.remove(&token) {
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+
+    /// Closes clients that did not send their request in time.
+    pub fn expire(&mut self, now: Instant, registry: &Registry) {
+        let late: Vec<usize> =
+            self.clients.iter().filter(|(_, c)| !c.asked && c.deadline <= now).map(|(t, _)| *t).collect();
+        for token in late {
+            self.drop_client(token, registry);
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.clients.values().filter(|c| !c.asked).map(|c| c.deadline).min()
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// What the master measures itself, across scrapes.
+#[derive(Debug, Clone)]
+pub struct MasterMetrics {
+    pub reloads: Family<Labels, Counter>,
+    pub reload_seconds: Histogram,
+    pub drain_seconds: Histogram,
+}
+
+impl Default for MasterMetrics {
+    fn default() -> Self {
+        MasterMetrics {
+            reloads: Family::default(),
+            reload_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            drain_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+        }
+    }
+}
+
+impl MasterMetrics {
+    pub fn reload_finished(&self, outcome: &str, duration: Duration) {
+        self.reloads.get_or_create(&labels(&[("outcome", outcome)])).inc();
+        self.reload_seconds.observe(duration.as_secs_f64());
+    }
+
+    pub fn drained(&self, duration: Duration) {
+        self.drain_seconds.observe(duration.as_secs_f64());
+    }
+}
+
+/// The metrics text (OpenMetrics) for a status the master composed, with its own measurements.
+pub fn render_metrics(status: &Status, master: &MasterMetrics) -> String {
+    let mut registry = Metrics::with_prefix("host");
+    let counter = |registry: &mut Metrics, name: &str, help: &str| {
+        let family = Family::<Labels, Counter>::default();
+        registry.register(name, help, family.clone());
+        family
+    };
+    let gauge = |registry: &mut Metrics, name: &str, help: &str| {
+        let family = Family::<Labels, Gauge>::default();
+        registry.register(name, help, family.clone());
+        family
+    };
+    let messages = counter(&mut registry, "messages", "Messages (requests) handled, per worker slot");
+    let accepted = counter(&mut registry, "connections_accepted", "Connections accepted, per worker slot");
+    let bytes_in = counter(&mut registry, "received_bytes", "Bytes received, per worker slot");
+    let bytes_out = counter(&mut registry, "sent_bytes", "Bytes sent, per worker slot");
+    let panics = counter(&mut registry, "plugin_panics", "Plugin panics caught, per worker slot");
+    let send_failures = counter(&mut registry, "send_failures", "Sends refused (connection closed or full)");
+    let open = gauge(&mut registry, "connections_open", "Connections open now, per worker slot");
+    let workers = gauge(&mut registry, "workers", "Worker processes by service and state");
+    let memory = gauge(&mut registry, "worker_resident_bytes", "Resident memory of each worker slot's worker");
+    let restarts = counter(&mut registry, "worker_exits", "Worker processes that ended, by service and how");
+    let plugin = gauge(&mut registry, "plugin_info", "The plugin each worker slot runs (always 1)");
+    let uptime = gauge(&mut registry, "master_uptime_seconds", "Seconds since the master started");
+    let started = gauge(&mut registry, "master_start_time_seconds", "When the master started (Unix time)");
+    registry.register("reloads", "Reloads by outcome", master.reloads.clone());
+    registry.register("reload_duration_seconds", "How long reloads took", master.reload_seconds.clone());
+    registry.register("drain_duration_seconds", "How long retired workers took to exit", master.drain_seconds.clone());
+
+    for w in &status.workers {
+        let slot = w.slot.to_string();
+        let state_labels = labels(&[("service", &w.service), ("state", &w.state)]);
+        workers.get_or_create(&state_labels).inc();
+        // Serving rows carry the slot's totals; a draining worker's counters join them when it exits.
+        if w.state == "draining" {
+            continue;
+        }
+        let l = labels(&[("service", &w.service), ("slot", &slot)]);
+        let info = labels(&[("service", &w.service), ("slot", &slot), ("plugin", &w.plugin), ("hash", &w.hash)]);
+        plugin.get_or_create(&info).set(1);
+        memory.get_or_create(&l).set((w.rss_kb * 1024) as i64);
+        let Some(t) = w.slot_totals.as_ref().or(w.report.as_ref()) else { continue };
+        messages.get_or_create(&l).inc_by(t.messages);
+        accepted.get_or_create(&l).inc_by(t.accepted);
+        bytes_in.get_or_create(&l).inc_by(t.bytes_in);
+        bytes_out.get_or_create(&l).inc_by(t.bytes_out);
+        panics.get_or_create(&l).inc_by(t.plugin_panics);
+        send_failures.get_or_create(&l).inc_by(t.send_failures);
+        if let Some(r) = &w.report {
+            open.get_or_create(&l).set(r.connections as i64);
+        }
+    }
+    for e in &status.exits {
+        restarts.get_or_create(&labels(&[("service", &e.service), ("how", &e.how)])).inc_by(e.count);
+    }
+    uptime.get_or_create(&Vec::new()).set(status.uptime_s as i64);
+    started.get_or_create(&Vec::new()).set(status.started_at as i64);
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{ExitRow, WorkerReport, WorkerRow};
+
+    #[test]
+    fn metrics_name_every_slot_and_count_from_its_totals() {
+        let row = |slot: u32, messages: u64| WorkerRow {
+            service: "web".into(),
+            slot,
+            pid: 10 + slot as i32,
+            rss_kb: 1024,
+            peak_kb: 2048,
+            listen: "127.0.0.1:80".into(),
+            plugin: "http 0.1.0".into(),
+            hash: "abc".into(),
+            state: "ready".into(),
+            uptime_s: 1,
+            report: Some(WorkerReport { messages: 1, connections: 2, ..Default::default() }),
+            slot_totals: Some(WorkerReport { messages, ..Default::default() }),
+        };
+        let status = Status {
+            master_pid: 1,
+            master_rss_kb: 1,
+            version: "0.1.0".into(),
+            started_at: 100,
+            uptime_s: 5,
+            load_avg: String::new(),
+            services: vec![],
+            workers: vec![row(0, 40), row(1, 2)],
+            exits: vec![ExitRow { service: "web".into(), how: "signal SIGKILL".into(), count: 3 }],
+            last_reload: None,
+        };
+        let m = MasterMetrics::default();
+        m.reload_finished("done", Duration::from_millis(120));
+        let text = render_metrics(&status, &m);
+        assert!(text.contains("host_messages_total{service=\"web\",slot=\"0\"} 40"), "{text}");
+        assert!(text.contains("host_messages_total{service=\"web\",slot=\"1\"} 2"), "{text}");
+        assert!(text.contains("host_connections_open{service=\"web\",slot=\"0\"} 2"), "{text}");
+        assert!(text.contains("host_worker_exits_total{service=\"web\",how=\"signal SIGKILL\"} 3"), "{text}");
+        assert!(text.contains("host_reloads_total{outcome=\"done\"} 1"), "{text}");
+        assert!(text.contains("host_reload_duration_seconds_count 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
