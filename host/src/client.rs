@@ -45,7 +45,15 @@ fn ask(pid_file: &Path, request: ControlRequest, wait: Duration) -> anyhow::Resu
 
 /// Stops the master and waits until it is gone.
 pub fn stop(pid_file: &Path, graceful: bool) -> anyhow::Result<()> {
-    let pid = pidfile::read_running(pid_file)?;
+    // Stopping what is not running succeeds (LSB): the wanted state holds.
+    let pid = match pidfile::read_running(pid_file) {
+        Ok(pid) => pid,
+        Err(e @ (pidfile::PidFileError::NotRunning(_) | pidfile::PidFileError::Stale { .. })) => {
+            println!("{e}; nothing to stop");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let default_wait = if graceful { config::DRAIN_TIMEOUT } else { Duration::ZERO } + config::KILL_TIMEOUT;
     let wait = match ask(pid_file, ControlRequest::Stop { graceful }, ANSWER_WAIT) {
         Ok(Answer::Error { message }) => bail!("{message}"),

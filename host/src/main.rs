@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod config_file;
 mod ctl;
+mod logging;
 mod master;
 mod pidfile;
 mod plugin;
@@ -29,13 +30,28 @@ use crate::config_file::ServiceConfig;
 /// Set in the environment of the master once it re-executed itself with its title.
 const TITLED: &str = "HOST_MASTER_TITLED";
 
+/// `host status` when no host runs (LSB init-script convention: "program is not running").
+const EXIT_NOT_RUNNING: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let is_status = matches!(cli.command, Some(Command::Status { .. }));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Not eprintln!: it panics when stderr is a closed pipe.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            let not_running = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<pidfile::PidFileError>(),
+                    Some(pidfile::PidFileError::NotRunning(_) | pidfile::PidFileError::Stale { .. })
+                )
+            });
+            if is_status && not_running {
+                ExitCode::from(EXIT_NOT_RUNNING)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -205,7 +221,7 @@ fn init_logging(args: &GlobalArgs) {
             eprintln!("warning: bad --log-level {:?} ({e}); using info", args.log_level);
             EnvFilter::new("info")
         });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(logging::Stderr);
     match args.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

@@ -28,3 +28,5 @@ mod worker_loop;
 mod systemd;
 // The admin listener: /metrics through a real OpenMetrics parser, /healthz.
 mod metrics;
+// A closed log pipe never kills the master or its workers.
+mod log_pipe;

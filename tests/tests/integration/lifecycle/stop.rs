@@ -21,9 +21,14 @@ fn stop_command_stops_everything_and_cleans_up() {
     }
     assert!(!pid_file.exists(), "the pid file is left");
     assert!(!sock.exists(), "the control socket is left");
+    // As init scripts expect: stopping what does not run succeeds and says so; `status` of
+    // what does not run exits 3.
     let again = host.command(["stop"], COMMAND_TIMEOUT);
-    assert_failed(&again, "stop");
-    assert_contains!(again.stderr, "not running");
+    assert_ok(&again, "stop");
+    assert_contains!(again.stdout, "not running");
+    let status = host.command(["status"], COMMAND_TIMEOUT);
+    assert_eq!(status.status.code(), Some(3), "{status:?}");
+    assert_contains!(status.stderr, "not running");
 }
 
 // `host stop -g` with an idle keep-alive connection: the server closes it at the drain deadline
