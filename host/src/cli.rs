@@ -72,7 +72,8 @@ pub struct GlobalArgs {
     #[arg(short = 'c', long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where the master writes its pid; the control socket sits beside it (`.sock`).
-    /// Default: the config file's `pid_file`, else ./host.pid.
+    /// Default: the config file's `pid_file`, else $XDG_RUNTIME_DIR/host/host.pid (/run/host for
+    /// root, /tmp/host-UID without XDG_RUNTIME_DIR).
     #[arg(long, global = true, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
     /// Log filter (`info`, `debug`, `host=debug,plugin=trace`…); RUST_LOG wins when set.

@@ -87,14 +87,14 @@ fn with_logging(global: &GlobalArgs, f: impl FnOnce(&GlobalArgs) -> anyhow::Resu
     f(global)
 }
 
-/// The pid file: --pid-file, else the config file's, else ./host.pid; always absolute.
+/// The pid file: --pid-file, else the config file's, else the per-user default; always absolute.
 fn pid_file(global: &GlobalArgs, from_file: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let from_file = match (from_file, &global.config) {
         (Some(p), _) => Some(p),
         (None, Some(path)) => config_file::load(path)?.pid_file,
         (None, None) => None,
     };
-    let path = global.pid_file.clone().or(from_file).unwrap_or_else(|| PathBuf::from(pidfile::DEFAULT_PID_FILE));
+    let path = global.pid_file.clone().or(from_file).unwrap_or_else(pidfile::default_pid_file);
     Ok(std::path::absolute(&path).unwrap_or(path))
 }
 

@@ -1,6 +1,10 @@
 //! The pid file: how `host stop`, `reload`, `status` and `connections` find the master, and how a
 //! second `start` knows one is running. The control socket lives beside it (`host.pid` →
 //! `host.sock`).
+//!
+//! Where: `--pid-file`, else the config file's `pid_file`, else a per-user runtime directory
+//! ([`default_dir`]), so that control commands find a master started without either from any
+//! directory.
 
 use std::fs;
 use std::io::{self, Write};
@@ -12,11 +16,50 @@ use nix::unistd::Pid;
 
 pub const DEFAULT_PID_FILE: &str = "host.pid";
 
+/// The per-user runtime directory of a host started without `--pid-file` or `pid_file`:
+/// `$XDG_RUNTIME_DIR/host`, else `/run/host` for root, else `/tmp/host-UID`.
+pub fn default_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|d| d.is_absolute()) {
+        return dir.join("host");
+    }
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        PathBuf::from("/run/host")
+    } else {
+        std::env::temp_dir().join(format!("host-{uid}"))
+    }
+}
+
+/// The default pid file, in [`default_dir`].
+pub fn default_pid_file() -> PathBuf {
+    default_dir().join(DEFAULT_PID_FILE)
+}
+
+/// Creates the directory of a pid file in the default runtime directory (mode 0700); refuses one
+/// that another user owns (someone could otherwise pre-create it and hold our pid file).
+pub fn prepare_default_dir(pid_file: &Path) -> Result<(), PidFileError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let Some(dir) = pid_file.parent().filter(|d| *d == default_dir()) else { return Ok(()) };
+    let err = |cause| PidFileError::Write { path: pid_file.to_path_buf(), cause };
+    match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) => return Err(err(e)),
+    }
+    let meta = fs::metadata(dir).map_err(err)?;
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        let msg = format!("{} belongs to another user; pass --pid-file", dir.display());
+        return Err(err(io::Error::new(io::ErrorKind::PermissionDenied, msg)));
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PidFileError {
     #[error("host is already running (pid {pid}, pid file {path})")]
     Running { pid: i32, path: PathBuf },
-    #[error("host is not running (no pid file {0})")]
+    #[error(
+        "host is not running (no pid file {0}; a host started with --pid-file or -c is found with the same option)"
+    )]
     NotRunning(PathBuf),
     #[error("host is not running (pid file {path} names pid {pid}, which is not a running host; remove the file)")]
     Stale { pid: i32, path: PathBuf },
@@ -24,6 +67,10 @@ pub enum PidFileError {
     Write { path: PathBuf, cause: io::Error },
     #[error("could not read pid file {path}: {cause}")]
     Read { path: PathBuf, cause: io::Error },
+    #[error(
+        "cannot read pid file {0}: permission denied (a host of another user? run the command as that user, or root)"
+    )]
+    NoPermission(PathBuf),
 }
 
 /// The control socket that goes with a pid file.
@@ -54,6 +101,9 @@ pub fn read_running(path: &Path) -> Result<i32, PidFileError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PidFileError::NotRunning(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(PidFileError::NoPermission(path.to_path_buf()))
+        }
         Err(e) => return Err(PidFileError::Read { path: path.to_path_buf(), cause: e }),
     };
     let pid: i32 = text.trim().parse().unwrap_or(0);

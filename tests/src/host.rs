@@ -172,6 +172,12 @@ impl Host {
         &self.dir
     }
 
+    /// Its pid file: the default one, in `XDG_RUNTIME_DIR/host/` (the harness sets
+    /// `XDG_RUNTIME_DIR` to the host's directory).
+    pub fn pid_file(&self) -> std::path::PathBuf {
+        default_pid_file(self.dir.path())
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -315,6 +321,11 @@ impl Drop for Host {
             eprintln!("\n---- host (pid {pgid}, {how}) log ----\n{}---- end of host log ----\n", self.log.text());
         }
     }
+}
+
+/// The default pid file of a host run in `dir` (its `XDG_RUNTIME_DIR`).
+pub fn default_pid_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("host").join("host.pid")
 }
 
 /// `host`, freshly built, to run in `dir` (working and runtime directory), with `RUST_LOG` unset.

@@ -69,7 +69,7 @@ impl Status {
 
 /// Runs `host status` for the master of `host` (pid file `./host.pid` in its directory).
 pub fn status(host: &Host) -> Status {
-    status_of(&host.dir().join("host.pid"))
+    status_of(&host.pid_file())
 }
 
 /// Runs `host status --pid-file PID_FILE` and parses its output.

@@ -120,6 +120,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     let plugin_dirs: Vec<PathBuf> = plugin_dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
     // Remember where the binary is now, before anyone replaces it (see `spawn::host_exe`).
     spawn::host_exe().context("could not find the host binary")?;
+    pidfile::prepare_default_dir(&options.pid_file)?;
     let pid_file = PidFile::acquire(&options.pid_file)?;
     let runtime = RuntimeDir::create().context("could not create the runtime directory")?;
     let mut states = Vec::new();

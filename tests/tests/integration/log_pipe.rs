@@ -47,7 +47,7 @@ fn the_master_survives_its_log_pipe_closing() {
     let port = port.expect("the log names the port");
     // The reader goes away: every later log write fails with EPIPE.
     drop(stderr);
-    let pid_file = dir.join("host.pid");
+    let pid_file = host_tests::default_pid_file(dir.path());
     let pid_arg = pid_file.to_str().unwrap();
     // Plenty to log: a reload (every worker replaced) and a status table into the log.
     let out = run_host_in(dir.path(), ["reload", "--pid-file", pid_arg], Duration::from_secs(30));

@@ -44,7 +44,7 @@ fn the_master_tells_the_service_manager_its_state() {
     let ready = read_until(&socket, "READY=1", Duration::from_secs(10));
     let last = ready.last().unwrap();
     assert!(last.contains("STATUS=2 workers ready"), "{ready:?}");
-    let pid_file = host.dir().join("host.pid");
+    let pid_file = host.pid_file();
     let out =
         run_host_in(host.dir().path(), ["reload", "--pid-file", pid_file.to_str().unwrap()], Duration::from_secs(30));
     assert!(out.status.success(), "{out:?}");

@@ -87,7 +87,7 @@ fn global_options_before_the_subcommand_are_accepted() {
     host.wait_for_log("host ready", READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let out = host.command(["-c", &cfg, "status"], COMMAND_TIMEOUT);
     assert_ok(&out, "-c FILE status");
-    let pid_file = host.dir().join("host.pid").display().to_string();
+    let pid_file = host.pid_file().display().to_string();
     let out = host.command(["--pid-file", &pid_file, "stop"], COMMAND_TIMEOUT);
     assert_ok(&out, "--pid-file F stop");
 }

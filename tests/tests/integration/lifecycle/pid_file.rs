@@ -9,7 +9,7 @@ fn second_start_is_refused_naming_the_running_master() {
     let out = run_host_in(host.dir().path(), ["start", "--plugin", "http", "--listen", "127.0.0.1:0"], COMMAND_TIMEOUT);
     assert_failed(&out, "start");
     assert_contains!(out.stderr, format!("already running (pid {}", host.pid()));
-    assert_eq!(std::fs::read_to_string(host.dir().join("host.pid")).unwrap().trim(), host.pid().to_string());
+    assert_eq!(std::fs::read_to_string(host.pid_file()).unwrap().trim(), host.pid().to_string());
     hello(host.port());
 }
 

@@ -30,16 +30,41 @@ fn status_by_another_user_names_the_permission_problem() {
         eprintln!("note: not root, cannot run a command as another user; skipped");
         return;
     }
-    let host = Host::start("http", &[]);
-    let pid_file = host.dir().join("host.pid");
-    let out = host_command_in(host.dir().path())
-        .args(["status", "--pid-file", pid_file.to_str().unwrap()])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // A pid file others may read (its directory is 0755): the socket (0600) is what refuses.
+    let shared = TempDir::new();
+    let pid_file = shared.join("host.pid");
+    let pid_arg = pid_file.to_str().unwrap();
+    let host = Host::start("http", &["--pid-file", pid_arg]);
+    let as_nobody = |args: &[&str]| {
+        let out = host_command_in(host.dir().path()).args(args).uid(65534).gid(65534).output().unwrap();
+        assert!(!out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let stderr = as_nobody(&["status", "--pid-file", pid_arg]);
     assert_contains!(stderr, "not open to this user");
     assert_contains!(stderr, &host.pid().to_string());
+    // The default pid file sits in a 0700 directory: not even readable, and said so.
+    let other = Host::start("http", &[]);
+    let out = host_command_in(other.dir().path()).args(["status"]).uid(65534).gid(65534).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert_contains!(stderr, "permission denied");
+}
+
+// A host started without --pid-file is found by control commands run from any directory (its
+// pid file is in the per-user runtime directory); when none runs, the error says where it looked.
+#[test]
+fn control_commands_find_the_master_from_another_directory() {
+    let host = Host::start("http", &[]);
+    let out = host_command_in(host.dir().path()).current_dir("/").args(["status"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_contains!(stdout, format!("master pid {} ", host.pid()));
+    let nothing = TempDir::new();
+    let out = host_command_in(nothing.path()).current_dir("/").args(["status"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let looked = nothing.join("host").join("host.pid").display().to_string();
+    assert_contains!(stderr, looked);
+    assert_contains!(stderr, "--pid-file");
 }

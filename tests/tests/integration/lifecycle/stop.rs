@@ -8,7 +8,7 @@ use super::*;
 fn stop_command_stops_everything_and_cleans_up() {
     let mut host = Host::start("http", &["--count", "2"]);
     let workers = host.wait_workers(2, Duration::from_secs(2), |_| true).unwrap();
-    let (pid_file, sock) = (host.dir().join("host.pid"), host.dir().join("host.sock"));
+    let (pid_file, sock) = (host.pid_file(), host.pid_file().with_extension("sock"));
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), host.pid().to_string());
     assert!(sock.exists(), "no control socket at {}", sock.display());
     let out = host.command(["stop"], COMMAND_TIMEOUT);
