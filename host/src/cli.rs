@@ -36,14 +36,28 @@ pub enum Command {
         #[arg(short, long)]
         graceful: bool,
     },
-    /// Show the master, its services and every worker.
+    /// Show the master, its services and every worker (exit code 3 when no host runs).
     Status {
         /// Refresh every second until interrupted.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "json")]
         live: bool,
+        /// The same data as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// List every connection of every worker.
-    Connections,
+    Connections {
+        /// The same data as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (e.g. `host completions bash > /etc/bash_completion.d/host`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; e.g. `host man > host.1 && man ./host.1`).
+    Man,
     /// Load a plugin file in this process, check its ABI, print its name and version.
     CheckPlugin {
         /// The plugin's `.so` file.
@@ -237,8 +251,10 @@ mod tests {
         assert_eq!(cli.global.pid_file, Some(PathBuf::from("/tmp/h.pid")));
         assert!(matches!(parse(&["stop", "-g"]).command, Some(Command::Stop { graceful: true })));
         assert!(matches!(parse(&["reload"]).command, Some(Command::Reload { graceful: false })));
-        assert!(matches!(parse(&["status", "--live"]).command, Some(Command::Status { live: true })));
-        assert!(matches!(parse(&["connections", "-c", "h.toml"]).command, Some(Command::Connections)));
+        assert!(matches!(parse(&["status", "--live"]).command, Some(Command::Status { live: true, .. })));
+        assert!(matches!(parse(&["status", "--json"]).command, Some(Command::Status { json: true, .. })));
+        assert!(Cli::try_parse_from(["host", "status", "--json", "--live"]).is_err());
+        assert!(matches!(parse(&["connections", "-c", "h.toml"]).command, Some(Command::Connections { json: false })));
         assert!(matches!(
             parse(&["restart", "-d", "-g"]).command,
             Some(Command::Restart(StartCmd { daemon: true, graceful: true, .. }))
@@ -252,7 +268,7 @@ mod tests {
         assert!(Cli::try_parse_from(["host", "stop", "--plugin", "http"]).is_err());
         // Global options may come before the subcommand.
         let cli = parse(&["-c", "h.toml", "status"]);
-        assert!(matches!(cli.command, Some(Command::Status { live: false })));
+        assert!(matches!(cli.command, Some(Command::Status { live: false, .. })));
         assert_eq!(cli.global.config, Some(PathBuf::from("h.toml")));
         assert!(matches!(parse(&["--pid-file", "x.pid", "stop"]).command, Some(Command::Stop { .. })));
         // Start flags before a subcommand are parsed, then refused by `main`.

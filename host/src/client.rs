@@ -91,9 +91,10 @@ pub fn reload(pid_file: &Path, graceful: bool) -> anyhow::Result<()> {
     }
 }
 
-pub fn status(pid_file: &Path, live: bool) -> anyhow::Result<()> {
+pub fn status(pid_file: &Path, live: bool, json: bool) -> anyhow::Result<()> {
     loop {
         let text = match ask(pid_file, ControlRequest::Status, ANSWER_WAIT)? {
+            Answer::Status(s) if json => format!("{}\n", serde_json::to_string_pretty(&s)?),
             Answer::Status(s) => status::render_status(&s),
             Answer::Error { message } => bail!("{message}"),
             other => bail!("unexpected answer: {other:?}"),
@@ -114,8 +115,13 @@ pub fn status(pid_file: &Path, live: bool) -> anyhow::Result<()> {
     }
 }
 
-pub fn connections(pid_file: &Path) -> anyhow::Result<()> {
+pub fn connections(pid_file: &Path, json: bool) -> anyhow::Result<()> {
     match ask(pid_file, ControlRequest::Connections, ANSWER_WAIT)? {
+        Answer::Connections { rows, busy } if json => {
+            let value = serde_json::json!({ "connections": rows, "busy_workers": busy });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
         Answer::Connections { rows, busy } => {
             print!("{}", status::render_connections(&rows, &busy));
             Ok(())

@@ -75,8 +75,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Stop { graceful }) => with_logging(global, |g| client::stop(&pid_file(g, None)?, graceful)),
         Some(Command::Reload { graceful }) => with_logging(global, |g| client::reload(&pid_file(g, None)?, graceful)),
-        Some(Command::Status { live }) => with_logging(global, |g| client::status(&pid_file(g, None)?, live)),
-        Some(Command::Connections) => with_logging(global, |g| client::connections(&pid_file(g, None)?)),
+        Some(Command::Status { live, json }) => {
+            with_logging(global, |g| client::status(&pid_file(g, None)?, live, json))
+        }
+        Some(Command::Connections { json }) => with_logging(global, |g| client::connections(&pid_file(g, None)?, json)),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "host",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Some(Command::Man) => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Some(Command::CheckPlugin { ref path }) => with_logging(global, |_| check_plugin(path)),
         Some(Command::Worker) => with_logging(global, |_| worker::run()),
     }

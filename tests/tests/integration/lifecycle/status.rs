@@ -202,3 +202,39 @@ fn concurrent_status_answers_never_mix() {
         }
     });
 }
+
+// `status --json` and `connections --json`: the tables' data as JSON for scripts.
+#[test]
+fn status_and_connections_as_json() {
+    let mut host = Host::start("http", &["--count", "2"]);
+    let mut c = KeepAlive::connect(host.port());
+    c.get();
+    let out = host.command(["status", "--json"], COMMAND_TIMEOUT);
+    assert_ok(&out, "status --json");
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(status["master_pid"], host.pid());
+    assert_eq!(status["workers"].as_array().unwrap().len(), 2, "{status}");
+    assert_eq!(status["services"][0]["name"], "http");
+    let out = host.command(["connections", "--json"], COMMAND_TIMEOUT);
+    assert_ok(&out, "connections --json");
+    let conns: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let me = c.stream.local_addr().unwrap().to_string();
+    let rows = conns["connections"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["conn"]["peer"] == me.as_str()), "{conns}");
+}
+
+// Completion scripts and the man page are generated from the command line's definition.
+#[test]
+fn completions_and_man_page_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run_host(["completions", shell], COMMAND_TIMEOUT);
+        assert!(out.status.success(), "{out:?}");
+        for word in ["reload", "status", "--plugin"] {
+            assert_contains!(out.stdout, word, "{shell}");
+        }
+    }
+    let man = run_host(["man"], COMMAND_TIMEOUT);
+    assert!(man.status.success(), "{man:?}");
+    assert_contains!(man.stdout, ".TH host");
+    assert_contains!(man.stdout, "reload");
+}
