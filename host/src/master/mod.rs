@@ -289,7 +289,12 @@ impl Master {
                     Token(t) => self.read_worker(WorkerId((t - WORKER_TOKEN_BASE) as u64)),
                 }
             }
-            self.sup.reap();
+            // What an exited worker said last (why it could not start, its final counters) is
+            // read before its exit is acted on.
+            for (id, exit) in self.sup.take_exits() {
+                self.read_worker(id);
+                self.sup.worker_exited(id, &exit);
+            }
             self.run_deadlines();
         }
     }
@@ -305,8 +310,6 @@ impl Master {
                 match output {
                     Output::Attach(id, stream) => self.attach(id, stream),
                     Output::Detach(id, key) => {
-                        // Its last words (the final report) may still be unread.
-                        self.read_worker(id);
                         if let Some(mut channel) = self.channels.remove(&id) {
                             let _ = self.poll.registry().deregister(&mut channel.stream);
                         }

@@ -299,17 +299,23 @@ impl<P: Processes> Supervisor<P> {
         }
     }
 
-    /// Collects every exited worker.
+    /// Collects every exited worker and acts on it.
+    #[cfg(test)]
     pub fn reap(&mut self) {
-        let pids: Vec<(WorkerId, nix::unistd::Pid)> = self.slots.workers().map(|w| (w.id, w.pid)).collect();
-        for (id, pid) in pids {
-            if let Some(exit) = self.procs.reap(pid) {
-                self.worker_exited(id, &exit);
-            }
+        for (id, exit) in self.take_exits() {
+            self.worker_exited(id, &exit);
         }
     }
 
-    fn worker_exited(&mut self, id: WorkerId, exit: &Exit) {
+    /// The workers that exited since the last call (reaped, not acted on yet: the loop first reads
+    /// what they said last, then calls [`Supervisor::worker_exited`]).
+    pub fn take_exits(&mut self) -> Vec<(WorkerId, Exit)> {
+        let pids: Vec<(WorkerId, nix::unistd::Pid)> = self.slots.workers().map(|w| (w.id, w.pid)).collect();
+        pids.into_iter().filter_map(|(id, pid)| self.procs.reap(pid).map(|exit| (id, exit))).collect()
+    }
+
+    /// A worker exited (reaped by [`Supervisor::take_exits`]).
+    pub fn worker_exited(&mut self, id: WorkerId, exit: &Exit) {
         let Some((w, role)) = self.slots.remove(id) else { return };
         let key = w.key;
         self.out.push(Output::Detach(id, key));

@@ -111,6 +111,14 @@ impl Request {
         self
     }
 
+    /// How many slots this request (with the chains it took over) moved to a new worker.
+    pub fn moved(&self) -> usize {
+        let mut slots = self.done.clone();
+        slots.sort();
+        slots.dedup();
+        slots.len()
+    }
+
     /// What triggered it, for logs and status.
     pub fn reason(&self) -> String {
         self.triggers.iter().map(Trigger::to_string).collect::<Vec<_>>().join("; ")
@@ -431,6 +439,8 @@ impl<S: Candidate> Reloader<S> {
         if queue.is_empty() {
             let outcome = match refused {
                 Some((service, reason)) if candidates.is_empty() => Outcome::Refused { service, reason },
+                // A preempted chain whose slots are all on the newest file by now: it is done.
+                _ if request.began => Outcome::Done { replaced: request.moved(), notes },
                 _ => Outcome::Unchanged { notes },
             };
             return self.finish(request, outcome, views, fx);
@@ -459,7 +469,7 @@ impl<S: Candidate> Reloader<S> {
             }
             None => {
                 let State::Replacing(chain) = std::mem::take(&mut self.state) else { unreachable!() };
-                let outcome = Outcome::Done { replaced: chain.replaced, notes: chain.notes };
+                let outcome = Outcome::Done { replaced: chain.request.moved(), notes: chain.notes };
                 self.finish(chain.request, outcome, views, fx);
             }
         }
@@ -662,6 +672,21 @@ mod tests {
         let (check, _) = checks(&r.ready(key(0, 0), &v))[0];
         let fx = r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
         assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 1), snapshot: Snap(2) }]);
+    }
+
+    #[test]
+    fn a_chain_preempted_at_its_last_step_is_done_not_unchanged() {
+        let mut v = views(&[(2, 1)]);
+        let mut r = Reloader::default();
+        let (check, _) = checks(&r.request(file(&[0]), &v))[0];
+        r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
+        r.ready(key(0, 0), &v);
+        v[0].slots[0].1 = 2;
+        r.request(file(&[0]), &v);
+        v[0].slots[1].1 = 2;
+        let (check, _) = checks(&r.ready(key(0, 1), &v))[0];
+        let fx = r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
+        assert_eq!(finished(&fx)[0].outcome, Outcome::Done { replaced: 2, notes: vec![] });
     }
 
     #[test]
