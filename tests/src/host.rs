@@ -109,8 +109,18 @@ impl Host {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        Host::spawn_with(args, |_| {})
+    }
+
+    /// [`Host::spawn`], with `configure` applied to the command first (e.g. another environment).
+    pub fn spawn_with<I, S>(args: I, configure: impl FnOnce(&mut Command)) -> Host
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let dir = TempDir::new();
         let mut cmd = host_command(&dir);
+        configure(&mut cmd);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,7 +1,7 @@
 //! Driving the reload chain (`reload::Chain`) with real processes: checking plugin files,
 //! starting replacements, promoting them, retiring the old workers, reporting the outcome.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -210,19 +210,6 @@ impl Master {
         self.apply(step);
     }
 
-    /// Deletes the snapshots no slot and no worker (draining ones included) uses any more.
-    pub(super) fn remove_unused_snapshots(&self) {
-        let in_use: Vec<PathBuf> = self
-            .table
-            .slots
-            .iter()
-            .map(|s| s.snapshot.path.clone())
-            .chain(self.table.workers.iter().map(|w| w.snapshot.path.clone()))
-            .collect();
-        let refs: Vec<&Path> = in_use.iter().map(PathBuf::as_path).collect();
-        self.runtime.remove_unused(&refs);
-    }
-
     pub(super) fn apply(&mut self, step: Step) {
         match step {
             Step::Start(key) => {
@@ -292,7 +279,6 @@ impl Master {
         for state in &mut self.services {
             state.candidate = None;
         }
-        self.remove_unused_snapshots();
         let (_, next) = self.reloader.finish();
         if let Some(next) = next {
             self.start_chain(next);

@@ -29,14 +29,14 @@ impl Master {
         let spec = WorkerSpec {
             service: state.service.name.clone(),
             slot: key.slot,
-            plugin_path: snap.path.clone(),
+            plugin_path: snap.source.clone(),
             plugin_config: state.service.plugin_config.clone(),
             limits: state.service.limits,
             user: state.user.clone(),
             group: state.group.clone(),
         };
         let label = format!("{} {}", snap.name, snap.version);
-        match spawn::spawn_worker(&spec, &label, &state.sockets[key.slot as usize], &self.worker_args) {
+        match spawn::spawn_worker(&spec, &label, &state.sockets[key.slot as usize], snap.fd(), &self.worker_args) {
             Ok(spawned) => {
                 let id = self.table.next_id(WORKER_TOKEN_BASE);
                 let mut control = UnixStream::from_std(spawned.control);
@@ -184,9 +184,6 @@ impl Master {
                     tracing::info!(service = %service, slot = key.slot, pid, "worker stopped");
                 } else {
                     tracing::warn!(service = %service, slot = key.slot, pid, "worker stopped with {how}");
-                }
-                if self.phase != Phase::Stopping && self.reloader.chain.is_none() {
-                    self.remove_unused_snapshots();
                 }
             }
             Role::Replacement => {

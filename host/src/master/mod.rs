@@ -34,7 +34,7 @@ use self::control::{ControlServer, Request};
 use self::prepare::Preparer;
 use self::reload::{Reloader, SlotKey};
 use self::report::Gather;
-use self::snapshot::{RuntimeDir, Snapshot};
+use self::snapshot::Snapshot;
 use self::table::{Role, Slot, Table};
 use crate::config::{self, Service};
 use crate::config_file::ServiceConfig;
@@ -137,8 +137,6 @@ pub struct Master {
     prep: Option<Prep>,
     prep_seq: u64,
     _pid_file: PidFile,
-    // Dropped last: removes the snapshots.
-    runtime: RuntimeDir,
 }
 
 /// Runs the master until it is stopped.
@@ -149,7 +147,6 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     // Remember where the binary is now, before anyone replaces it (see `spawn::host_exe`).
     spawn::host_exe().context("could not find the host binary")?;
     let pid_file = PidFile::acquire(&options.pid_file)?;
-    let runtime = RuntimeDir::create().context("could not create the runtime directory")?;
     let mut states = Vec::new();
     let mut slots = Vec::new();
     for (index, ServiceConfig { service, reloadable, user, group }) in services.into_iter().enumerate() {
@@ -168,7 +165,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
             .with_context(|| format!("could not listen on {}", service.listen))?;
         tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening");
         if let Some(source) = &source {
-            let snap = Rc::new(snapshot::take(source, &runtime.path, expected_name.as_deref())?);
+            let snap = Rc::new(snapshot::take(source, expected_name.as_deref())?);
             tracing::info!(service = %service.name, plugin = %snap.name, version = %snap.version, hash = %snap.short_hash(), path = %source.display(), "plugin checked");
             slots.extend(service_slots(index, service.count, &snap));
         }
@@ -187,7 +184,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
             waiting,
         });
     }
-    let mut master = Master::new(states, slots, runtime, plugin_dirs, pid_file, options.ready)?;
+    let mut master = Master::new(states, slots, plugin_dirs, pid_file, options.ready)?;
     master.worker_args = options.worker_args;
     master.drain_timeout = options.drain_timeout;
     master.kill_timeout = options.kill_timeout;
@@ -207,7 +204,6 @@ impl Master {
     fn new(
         services: Vec<ServiceState>,
         slots: Vec<Slot>,
-        runtime: RuntimeDir,
         plugin_dirs: Vec<PathBuf>,
         pid_file: PidFile,
         ready: Option<std::fs::File>,
@@ -235,7 +231,7 @@ impl Master {
             }
         };
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
-        let preparer = Preparer::start(runtime.path.clone(), waker.clone())?;
+        let preparer = Preparer::start(waker.clone())?;
         // The watcher is a thread; workers are started by fork + exec, which is safe with
         // threads around (a bare fork is not: DESIGN.md pitfall 4).
         let watcher = match Watcher::start(&plugin_dirs, waker) {
@@ -271,7 +267,6 @@ impl Master {
             prep: None,
             prep_seq: 0,
             _pid_file: pid_file,
-            runtime,
         })
     }
 

@@ -22,3 +22,6 @@ mod text;
 mod reload;
 // The max send buffer: a client that does not read is paused, then served in full.
 mod backpressure;
+// Descriptors: what the master and each worker hold (nothing inherited by accident), and plugin
+// snapshots as sealed memfds.
+mod fds;
