@@ -57,7 +57,7 @@ pub fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Fails unless `fd` is a socket; `what` names it in the error.
-pub fn socket_from(fd: OwnedFd, what: &str) -> io::Result<OwnedFd> {
+pub fn expect_socket(fd: OwnedFd, what: &str) -> io::Result<OwnedFd> {
     let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(io::Error::new(

@@ -47,9 +47,9 @@ enum Exit {
 /// Entry point of `host worker`.
 pub fn run() -> anyhow::Result<()> {
     let [listener, control, snapshot] = sys::take_inherited().context("could not take the inherited descriptors")?;
-    let listener = std::net::TcpListener::from(sys::socket_from(listener, "the listening socket")?);
+    let listener = std::net::TcpListener::from(sys::expect_socket(listener, "the listening socket")?);
     listener.set_nonblocking(true)?;
-    let control = StdUnixStream::from(sys::socket_from(control, "the control socket")?);
+    let control = StdUnixStream::from(sys::expect_socket(control, "the control socket")?);
     let spec_text = ctl::read_spec(&mut &control).context("could not read the worker spec")?;
     let spec = WorkerSpec::decode(&spec_text).context("could not parse the worker spec")?;
 
