@@ -82,10 +82,15 @@ pub fn cloexec_strays() -> io::Result<()> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors (Linux 5.11);
     // it closes nothing and touches no memory.
     let ret = unsafe { syscall!(syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)) };
-    if ret.is_ok() {
-        return Ok(());
+    match ret {
+        Ok(_) => Ok(()),
+        // An older kernel (ENOSYS, or EINVAL for the flag): one by one.
+        Err(_) => cloexec_each_open(),
     }
-    // An older kernel (ENOSYS, or EINVAL for the flag): one by one.
+}
+
+/// `cloexec_strays` without close_range: every descriptor above stderr that `/proc/self/fd` lists.
+fn cloexec_each_open() -> io::Result<()> {
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else { continue };
         if fd > 2 {
@@ -112,6 +117,14 @@ mod tests {
         nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
         assert!(!cloexec(file.as_fd()));
         cloexec_strays().unwrap();
+        assert!(cloexec(file.as_fd()));
+    }
+
+    #[test]
+    fn strays_become_close_on_exec_without_close_range() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        cloexec_each_open().unwrap();
         assert!(cloexec(file.as_fd()));
     }
 
