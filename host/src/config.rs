@@ -72,7 +72,8 @@ impl Default for Limits {
 pub struct WorkerSpec {
     pub service: String,
     pub slot: u32,
-    /// The plugin file the worker loads.
+    /// The plugin file the snapshot was taken from (named in messages; the worker loads the
+    /// snapshot, a memfd it inherits).
     pub plugin_path: PathBuf,
     pub plugin_config: String,
     pub limits: Limits,

@@ -165,6 +165,9 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     let dirs = if dirs.is_empty() { plugin::default_dirs() } else { dirs };
     let plugin_dirs: Vec<PathBuf> = dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
 
+    // Descriptors whoever started us left open must reach no worker: close-on-exec, so the
+    // re-exec just below closes them.
+    sys::cloexec_strays().context("could not mark inherited descriptors close-on-exec")?;
     if std::env::var_os(TITLED).is_none() {
         let e = sys::exec_with_title(&format!("host: master ({title})"), TITLED);
         eprintln!("warning: could not re-execute with a process title: {e}");

@@ -127,7 +127,7 @@ impl Host {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        Host::spawn_with_env(args, &[])
+        Host::spawn_with(args, |_| {})
     }
 
     /// [`Host::spawn`] with more environment variables.
@@ -136,9 +136,22 @@ impl Host {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        let env: Vec<(String, std::ffi::OsString)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_os_string())).collect();
+        Host::spawn_with(args, move |cmd| {
+            cmd.envs(env);
+        })
+    }
+
+    /// [`Host::spawn`], with `configure` applied to the command first (e.g. another environment).
+    pub fn spawn_with<I, S>(args: I, configure: impl FnOnce(&mut Command)) -> Host
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let dir = TempDir::new();
         let mut cmd = host_command(&dir);
-        cmd.envs(env.iter().copied());
+        configure(&mut cmd);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

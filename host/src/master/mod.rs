@@ -45,7 +45,6 @@ use self::reload::state::Trigger;
 use self::report::{Gather, Requester};
 use self::slots::{ClientId, SlotKey, WorkerId};
 
-use self::snapshot::RuntimeDir;
 use self::supervisor::{Output, Phase, ServiceState, Supervisor, Timeouts};
 use crate::config::{self, Service};
 use crate::config_file::ServiceConfig;
@@ -104,13 +103,9 @@ pub struct Master {
     started_at: SystemTime,
     ready: Option<std::fs::File>,
     preparer: Preparer,
-    /// A worker exited or a file was checked since unused snapshots were last removed.
-    snapshots_dirty: bool,
     /// systemd's service manager, when it started us (`NOTIFY_SOCKET`).
     notifier: systemd::Notifier,
     _pid_file: PidFile,
-    // Dropped last: removes the snapshots.
-    runtime: RuntimeDir,
 }
 
 /// Runs the master until it is stopped.
@@ -122,7 +117,6 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     spawn::host_exe().context("could not find the host binary")?;
     pidfile::prepare_default_dir(&options.pid_file)?;
     let pid_file = PidFile::acquire(&options.pid_file)?;
-    let runtime = RuntimeDir::create().context("could not create the runtime directory")?;
     let mut states = Vec::new();
     for ServiceConfig { service, reloadable, user, group } in services {
         sys::check_identity(user.as_deref(), group.as_deref())
@@ -141,7 +135,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening");
         let snapshot = match &source {
             Some(source) => {
-                let snap = Rc::new(snapshot::take(source, &runtime.path, expected_name.as_deref())?);
+                let snap = Rc::new(snapshot::take(source, expected_name.as_deref())?);
                 tracing::info!(service = %service.name, plugin = %snap.name, version = %snap.version, hash = %snap.short_hash(), path = %source.display(), "plugin checked");
                 Some(snap)
             }
@@ -172,7 +166,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         }
     }
     let sup = Supervisor::new(procs, states, plugin_dirs, timeouts);
-    let mut master = Master::new(sup, runtime, &watched, pid_file, options.ready)?;
+    let mut master = Master::new(sup, &watched, pid_file, options.ready)?;
     if let Some(address) = options.admin_listen {
         let server = admin::AdminServer::bind(address, master.poll.registry(), ADMIN, ADMIN_TOKEN_BASE)
             .with_context(|| format!("could not listen on {address} for the admin listener"))?;
@@ -185,7 +179,6 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
 impl Master {
     fn new(
         sup: Supervisor<OsProcesses>,
-        runtime: RuntimeDir,
         plugin_dirs: &[PathBuf],
         pid_file: PidFile,
         ready: Option<std::fs::File>,
@@ -213,7 +206,7 @@ impl Master {
             }
         };
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
-        let preparer = Preparer::start(runtime.path.clone(), waker.clone())?;
+        let preparer = Preparer::start(waker.clone())?;
         // The watcher is a thread; workers are started by fork + exec, which is safe with
         // threads around (a bare fork is not: DESIGN.md pitfall 4).
         let watcher = match Watcher::start(plugin_dirs, waker) {
@@ -239,10 +232,8 @@ impl Master {
             started_at: SystemTime::now(),
             ready,
             preparer,
-            snapshots_dirty: false,
             notifier: systemd::Notifier::from_env(),
             _pid_file: pid_file,
-            runtime,
         })
     }
 
@@ -271,7 +262,6 @@ impl Master {
                         }
                         for done in self.preparer.take() {
                             self.sup.checked(done);
-                            self.snapshots_dirty = true;
                         }
                     }
                     CONTROL => {
@@ -315,7 +305,6 @@ impl Master {
                         }
                         self.gather_forget(id);
                         self.carry_counters(id, key);
-                        self.snapshots_dirty = true;
                     }
                     Output::Send(id, msg) => self.send(id, &msg),
                     Output::Answer(client, answer) => self.answer_all(&[client], &answer),
@@ -336,10 +325,6 @@ impl Master {
             }
             let sup = &self.sup;
             self.notifier.update(sup.phase(), sup.reloader_idle(), || summary(sup));
-            if self.snapshots_dirty && self.sup.phase() != Phase::Stopping && self.sup.reloader_idle() {
-                self.snapshots_dirty = false;
-                self.remove_unused_snapshots();
-            }
         }
     }
 
@@ -534,14 +519,6 @@ impl Master {
         let mut stdout = io::stdout().lock();
         let _ = stdout.write_all(out.as_bytes());
         let _ = stdout.flush();
-    }
-
-    /// Deletes the snapshots no slot and no worker (draining ones included) uses any more.
-    fn remove_unused_snapshots(&self) {
-        let slots = self.sup.slots.slots().map(|s| s.snapshot.path.clone());
-        let in_use: Vec<PathBuf> = slots.chain(self.sup.slots.workers().map(|w| w.snapshot.path.clone())).collect();
-        let refs: Vec<&std::path::Path> = in_use.iter().map(PathBuf::as_path).collect();
-        self.runtime.remove_unused(&refs);
     }
 }
 

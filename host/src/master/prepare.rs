@@ -46,13 +46,13 @@ pub struct Preparer {
 }
 
 impl Preparer {
-    /// Starts the thread; snapshots go to `dir`; `waker` wakes the master when a job is done.
-    pub fn start(dir: PathBuf, waker: Arc<mio::Waker>) -> std::io::Result<Self> {
+    /// Starts the thread; `waker` wakes the master when a job is done.
+    pub fn start(waker: Arc<mio::Waker>) -> std::io::Result<Self> {
         let (jobs, job_rx) = channel::<Job>();
         let (done_tx, done) = channel();
         let thread = std::thread::Builder::new().name("host: snapshots".into()).spawn(move || {
             for job in job_rx {
-                let result = snapshot::take(&job.source, &dir, job.expected_name.as_deref()).map_err(|e| e.to_string());
+                let result = snapshot::take(&job.source, job.expected_name.as_deref()).map_err(|e| e.to_string());
                 let done = Done { purpose: job.purpose, service: job.service, source: job.source, result };
                 if done_tx.send(done).is_err() {
                     return;

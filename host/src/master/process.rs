@@ -61,9 +61,9 @@ impl Processes for OsProcesses {
         spec: &WorkerSpec,
         label: &str,
         listener: BorrowedFd<'_>,
-        _snapshot: &Snapshot,
+        snapshot: &Snapshot,
     ) -> Result<Spawned, SpawnError> {
-        let spawned = spawn::spawn_worker(spec, label, listener, &self.worker_args)?;
+        let spawned = spawn::spawn_worker(spec, label, listener, snapshot.fd(), &self.worker_args)?;
         Ok(Spawned { pid: spawned.pid, channel: spawned.control })
     }
 

@@ -1,14 +1,21 @@
 //! Plugin snapshots. Workers never map a file in `plugins/`: the master checks the file, copies
-//! it to a private content-named path in its runtime directory, probes the copy in a throwaway
-//! process, and workers load the copy. Overwriting the original (even with `cp`, which truncates
-//! it in place) then cannot touch pages a worker has mapped. DESIGN.md sections 3 and 6.
+//! it once into a sealed memfd (`sys::sealed_memfd`), probes that in a throwaway process, and
+//! hands the same memfd to every worker of the service as an inherited descriptor; the worker
+//! loads it through `/proc/self/fd/N`. Overwriting the original (even with `cp`, which truncates
+//! it in place) then cannot touch pages a worker has mapped (DESIGN.md sections 3 and 6).
+//!
+//! The kernel counts the references: the master's `OwnedFd` (shared as `Rc<Snapshot>`) and each
+//! worker's mapping. Nothing is written to disk, nothing needs deleting, a worker that switched
+//! user needs no permission on any path, and each snapshot is an inode of its own (dlopen
+//! matches libraries by inode: pitfall 2).
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::spawn::probe_plugin;
+use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -16,7 +23,7 @@ pub enum SnapshotError {
     Read { path: PathBuf, cause: io::Error },
     #[error("plugin {path} is not a complete ELF file: {reason}")]
     NotElf { path: PathBuf, reason: String },
-    #[error("could not copy plugin {path} to the runtime directory: {cause}")]
+    #[error("could not copy plugin {path} to memory: {cause}")]
     Copy { path: PathBuf, cause: io::Error },
     /// The probe refused the file; the reason names the file the user gave, not our copy.
     #[error("{reason}")]
@@ -25,14 +32,11 @@ pub enum SnapshotError {
     WrongName { path: PathBuf, found: String, expected: String },
 }
 
-/// How long a snapshot nobody uses is kept: a check under way may be about to hand it out.
-const SNAPSHOT_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A checked private copy of a plugin file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A checked private copy of a plugin file: a sealed memfd (`/memfd:NAME-HASH.so`).
+#[derive(Debug)]
 pub struct Snapshot {
-    /// The file in the runtime directory workers load.
-    pub path: PathBuf,
+    /// The copy workers load; closed when the last `Rc` of the master drops it.
+    memfd: OwnedFd,
     /// The file it was copied from.
     pub source: PathBuf,
     /// FNV-1a of the contents, shown in logs and status.
@@ -46,96 +50,40 @@ impl Snapshot {
         format!("{:016x}", self.hash)[..12].to_string()
     }
 
-    /// A snapshot that names no file, for unit tests of the master's logic.
+    /// A snapshot of no real file (its memfd is empty), for unit tests of the master's logic.
     #[cfg(test)]
     pub fn fake(name: &str, hash: u64) -> Self {
+        let memfd = OwnedFd::from(fs::File::open("/dev/null").expect("/dev/null"));
         Snapshot {
-            path: PathBuf::from(format!("/nonexistent/{name}-{hash:016x}.so")),
+            memfd,
             source: PathBuf::from(format!("/plugins/lib{name}.so")),
             hash,
             name: name.to_string(),
             version: "0.1.0".to_string(),
         }
     }
-}
 
-/// A directory only the master's user can enter, removed when the master exits.
-#[derive(Debug)]
-pub struct RuntimeDir {
-    pub path: PathBuf,
-}
-
-impl RuntimeDir {
-    pub fn create() -> io::Result<Self> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let path = base.join(format!("host-{}", std::process::id()));
-        if path.exists() {
-            // A previous master with our pid (pids are reused) left it behind.
-            fs::remove_dir_all(&path)?;
-        }
-        // Others may enter (workers that switched user load snapshots from here) but not list;
-        // only the master can write.
-        fs::DirBuilder::new().mode(0o711).create(&path)?;
-        Ok(RuntimeDir { path })
-    }
-
-    /// Removes snapshots that none of `in_use` names, but for the youngest: a check under way
-    /// (see `prepare`) may have just written one.
-    pub fn remove_unused(&self, in_use: &[&Path]) {
-        let Ok(entries) = fs::read_dir(&self.path) else {
-            return;
-        };
-        let fresh = |e: &fs::DirEntry| {
-            e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age < SNAPSHOT_GRACE))
-        };
-        for entry in entries.flatten() {
-            let p = entry.path();
-            if p.extension().is_some_and(|e| e == "so") && !in_use.contains(&p.as_path()) && !fresh(&entry) {
-                match fs::remove_file(&p) {
-                    Ok(()) => tracing::debug!(path = %p.display(), "snapshot removed"),
-                    Err(e) => {
-                        tracing::warn!(path = %p.display(), "could not remove a snapshot: {e}")
-                    }
-                }
-            }
-        }
+    /// The memfd to hand to a worker.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_fd()
     }
 }
 
-impl Drop for RuntimeDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-/// Checks `source`, copies it into `dir` and probes the copy. `expected_name`: the name the
+/// Checks `source`, copies it into a sealed memfd and probes that. `expected_name`: the name the
 /// plugin must report (None when the service named it by path).
-pub fn take(source: &Path, dir: &Path, expected_name: Option<&str>) -> Result<Snapshot, SnapshotError> {
+pub fn take(source: &Path, expected_name: Option<&str>) -> Result<Snapshot, SnapshotError> {
     let bytes = fs::read(source).map_err(|e| SnapshotError::Read { path: source.to_path_buf(), cause: e })?;
     elf_complete(&bytes).map_err(|reason| SnapshotError::NotElf { path: source.to_path_buf(), reason })?;
     let hash = fnv1a(&bytes);
-    let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
-    let path = dir.join(format!("{stem}-{hash:016x}.so"));
-    if !path.exists() {
-        write_new(&path, &bytes).map_err(|e| SnapshotError::Copy { path: source.to_path_buf(), cause: e })?;
-    }
-    let report = match probe_plugin(&path) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = fs::remove_file(&path);
-            let reason = e.to_string().replace(&path.display().to_string(), &source.display().to_string());
-            return Err(SnapshotError::Probe { reason });
-        }
-    };
+    let memfd = sys::sealed_memfd(&memfd_name(source, hash), &bytes)
+        .map_err(|e| SnapshotError::Copy { path: source.to_path_buf(), cause: e })?;
+    drop(bytes);
+    let report = probe_plugin(memfd.as_fd(), source).map_err(|e| SnapshotError::Probe { reason: e.to_string() })?;
     let mut words = report.summary.split_whitespace();
     let name = words.next().unwrap_or_default().to_string();
     let version = words.next().unwrap_or_default().to_string();
     if let Some(expected) = expected_name {
         if name != expected {
-            let _ = fs::remove_file(&path);
             return Err(SnapshotError::WrongName {
                 path: source.to_path_buf(),
                 found: name,
@@ -143,18 +91,16 @@ pub fn take(source: &Path, dir: &Path, expected_name: Option<&str>) -> Result<Sn
             });
         }
     }
-    Ok(Snapshot { path, source: source.to_path_buf(), hash, name, version })
+    Ok(Snapshot { memfd, source: source.to_path_buf(), hash, name, version })
 }
 
-/// Writes a new file under a temporary name and renames it into place, so a reader never sees
-/// it half-written. A copy, never a hard link: dlopen matches libraries by inode (pitfall 2).
-fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("so.tmp");
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o444).open(&tmp)?;
-    // No fsync: the copy only has to outlive this master, and the rename makes it whole for
-    // every reader; the page cache serves it to the workers either way.
-    f.write_all(bytes)?;
-    fs::rename(&tmp, path)
+/// `http-<hash>.so` for `libhttp.so` or `http.so`: what `/proc/PID/maps` of a worker shows.
+fn memfd_name(source: &Path, hash: u64) -> String {
+    let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+    let stem = stem.strip_prefix("lib").filter(|s| !s.is_empty()).unwrap_or(stem);
+    // A memfd name has at most 249 bytes.
+    let stem: String = stem.chars().take(200).collect();
+    format!("{stem}-{hash:016x}.so")
 }
 
 /// 64-bit FNV-1a: enough to tell plugin builds apart and to name snapshots.
@@ -239,23 +185,9 @@ mod tests {
     }
 
     #[test]
-    fn runtime_dir_is_owner_writable_and_removed() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = RuntimeDir::create().unwrap();
-        let path = dir.path.clone();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o711);
-        fs::write(path.join("a.so"), b"x").unwrap();
-        fs::write(path.join("b.so"), b"x").unwrap();
-        fs::write(path.join("new.so"), b"x").unwrap();
-        let old = std::time::SystemTime::now() - SNAPSHOT_GRACE * 2;
-        for name in ["a.so", "b.so"] {
-            fs::File::options().write(true).open(path.join(name)).unwrap().set_modified(old).unwrap();
-        }
-        dir.remove_unused(&[path.join("a.so").as_path()]);
-        assert!(path.join("a.so").exists(), "in use");
-        assert!(!path.join("b.so").exists(), "unused and old");
-        assert!(path.join("new.so").exists(), "unused but maybe just made by a check under way");
-        drop(dir);
-        assert!(!path.exists());
+    fn memfd_names_drop_the_lib_prefix() {
+        assert_eq!(memfd_name(Path::new("/x/libhttp.so"), 0xab), "http-00000000000000ab.so");
+        assert_eq!(memfd_name(Path::new("/x/text.so"), 1), "text-0000000000000001.so");
+        assert_eq!(memfd_name(Path::new("/x/lib.so"), 1), "lib-0000000000000001.so");
     }
 }

@@ -2,7 +2,7 @@
 //! the master has threads) and the throwaway `check-plugin` probe.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -47,11 +47,14 @@ pub struct Spawned {
     pub control: UnixStream,
 }
 
-/// Starts a worker for `spec` on `listener` (one slot's socket, which the master keeps).
+/// Starts a worker for `spec` on `listener` (one slot's socket, which the master keeps) with the
+/// plugin snapshot `plugin` (a sealed memfd). The worker inherits, in this order: the listener
+/// (fd 3), its end of the control socket (fd 4), the snapshot (fd 5); nothing else.
 pub fn spawn_worker(
     spec: &WorkerSpec,
     plugin_label: &str,
     listener: BorrowedFd<'_>,
+    plugin: BorrowedFd<'_>,
     args: &[String],
 ) -> Result<Spawned, SpawnError> {
     let exe = host_exe().map_err(SpawnError::Exe)?;
@@ -62,9 +65,12 @@ pub fn spawn_worker(
         .args(args)
         // Only the master talks to systemd.
         .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // A group of its own: a terminal's Ctrl+C reaches only the master, which stops workers
+        // in order.
+        .process_group(0);
     let child =
-        sys::spawn_with_fds(&mut cmd, &[listener.as_raw_fd(), theirs.as_raw_fd()]).map_err(SpawnError::Spawn)?;
+        sys::spawn_with_fds(&mut cmd, &[listener.as_fd(), theirs.as_fd(), plugin]).map_err(SpawnError::Spawn)?;
     // Only the worker may hold this end, or the master would never see it close.
     drop(theirs);
     let pid = Pid::from_raw(child.id() as i32);
@@ -82,17 +88,22 @@ pub struct ProbeReport {
     pub summary: String,
 }
 
-/// Loads `path` in a throwaway exec'd child (`host check-plugin`), so that a broken file can
-/// crash nothing but the probe. Blocking; it takes a few milliseconds.
-pub fn probe_plugin(path: &Path) -> Result<ProbeReport, SpawnError> {
+/// Loads the snapshot `plugin` (a memfd, inherited as fd 3) in a throwaway exec'd child
+/// (`host check-plugin /proc/self/fd/3`), so that a broken file can crash nothing but the probe.
+/// Errors name `shown`, the user's file. Blocking; it takes a few milliseconds.
+pub fn probe_plugin(plugin: BorrowedFd<'_>, shown: &Path) -> Result<ProbeReport, SpawnError> {
     let exe = host_exe().map_err(SpawnError::Exe)?;
-    let out = Command::new(exe)
-        .arg("check-plugin")
-        .arg(path)
+    let inherited = format!("/proc/self/fd/{}", sys::FIRST_INHERITED_FD);
+    let mut cmd = Command::new(exe);
+    cmd.arg("check-plugin")
+        .arg(&inherited)
         .arg("--log-level")
         .arg("error")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = sys::spawn_with_fds(&mut cmd, &[plugin])
+        .and_then(|child| child.wait_with_output())
         .map_err(SpawnError::Spawn)?;
     if out.status.success() {
         let summary = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -100,13 +111,13 @@ pub fn probe_plugin(path: &Path) -> Result<ProbeReport, SpawnError> {
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let reason = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-    let reason = reason.strip_prefix("error: ").unwrap_or(&reason).to_string();
+    let reason = reason.strip_prefix("error: ").unwrap_or(&reason).replace(&inherited, &shown.display().to_string());
     Err(SpawnError::Probe(match out.status.signal() {
         Some(sig) => format!(
             "loading plugin {} crashed the probe (signal {sig}): the file is damaged or truncated",
-            path.display()
+            shown.display()
         ),
-        None if reason.is_empty() => format!("plugin {} was refused (exit {:?})", path.display(), out.status.code()),
+        None if reason.is_empty() => format!("plugin {} was refused (exit {:?})", shown.display(), out.status.code()),
         None => reason,
     }))
 }

@@ -203,7 +203,7 @@ impl<P: Processes> Supervisor<P> {
         WorkerSpec {
             service: state.service.name.clone(),
             slot: key.slot,
-            plugin_path: snap.path.clone(),
+            plugin_path: snap.source.clone(),
             plugin_config: state.service.plugin_config.clone(),
             limits: state.service.limits,
             user: state.user.clone(),

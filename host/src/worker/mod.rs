@@ -1,13 +1,14 @@
 //! A worker process: loads its plugin, then runs one mio event loop until the master tells it to
-//! stop (or goes away). Started by the master as `host worker` with the listening socket at fd 3
-//! and the control socket at fd 4 (see `ctl`).
+//! stop (or goes away). Started by the master as `host worker` with the listening socket at fd 3,
+//! the control socket at fd 4 (see `ctl`) and the plugin snapshot (a sealed memfd) at fd 5; it
+//! makes all three close-on-exec at once, and closes the snapshot once the plugin is loaded.
 
 mod core;
 mod dispatch;
 mod timers;
 
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
@@ -47,8 +48,10 @@ enum Exit {
 
 /// Entry point of `host worker`.
 pub fn run() -> anyhow::Result<()> {
-    let listener = sys::inherited_listener(sys::FIRST_INHERITED_FD).context("could not take the listening socket")?;
-    let control = sys::inherited_stream(sys::FIRST_INHERITED_FD + 1).context("could not take the control socket")?;
+    let [listener, control, snapshot] = sys::take_inherited().context("could not take the inherited descriptors")?;
+    let listener = std::net::TcpListener::from(sys::expect_socket(listener, "the listening socket")?);
+    listener.set_nonblocking(true)?;
+    let control = StdUnixStream::from(sys::expect_socket(control, "the control socket")?);
     let spec_text = ctl::read_spec(&mut &control).context("could not read the worker spec")?;
     let spec = WorkerSpec::decode(&spec_text).context("could not parse the worker spec")?;
 
@@ -62,7 +65,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     sys::set_thread_name(&format!("host:{}#{}", spec.service, spec.slot));
 
-    match Worker::start(listener, control.try_clone()?, &spec) {
+    match Worker::start(listener, control.try_clone()?, snapshot, &spec) {
         Ok(mut worker) => {
             let exit = worker.run_loop()?;
             worker.shut_down();
@@ -100,7 +103,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn start(listener: std::net::TcpListener, control: StdUnixStream, spec: &WorkerSpec) -> anyhow::Result<Self> {
+    fn start(
+        listener: std::net::TcpListener,
+        control: StdUnixStream,
+        snapshot: OwnedFd,
+        spec: &WorkerSpec,
+    ) -> anyhow::Result<Self> {
         sys::ignore_sigpipe()?;
         // SIGTERM/SIGQUIT: drain then exit; SIGINT: stop now. The master normally says so over
         // the control socket; the signals serve someone who signals a worker by hand.
@@ -115,7 +123,7 @@ impl Worker {
             Signal::SIGUSR2,
             Signal::SIGIO,
         ])?;
-        let loaded = plugin::load(&spec.plugin_path)?;
+        let loaded = load_snapshot(snapshot, &spec.plugin_path)?;
         tracing::info!(plugin = %loaded.name, version = %loaded.version, path = %spec.plugin_path.display(), "plugin loaded");
         let info = RawWorkerInfo {
             service: RStr::from_str(&spec.service),
@@ -381,6 +389,17 @@ impl Worker {
         let json = serde_json::to_string(&self.core.report()).expect("reports always serialize");
         self.send_control(&ToMaster::Report { id: ctl::FINAL_REPORT, kind: ReportKind::Status, json });
     }
+}
+
+/// Loads the plugin from its snapshot (dlopen takes a path: `/proc/self/fd/5`), then closes the
+/// snapshot: the mapping keeps the memfd alive. Errors name `source`, the user's file.
+fn load_snapshot(snapshot: OwnedFd, source: &std::path::Path) -> anyhow::Result<plugin::Loaded> {
+    let path = sys::proc_fd_path(snapshot.as_fd());
+    let loaded = plugin::load(&path).map_err(|e| {
+        anyhow::anyhow!(e.to_string().replace(&path.display().to_string(), &source.display().to_string()))
+    });
+    drop(snapshot);
+    loaded
 }
 
 fn max_log_level() -> LogLevel {

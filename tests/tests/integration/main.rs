@@ -34,3 +34,6 @@ mod log_pipe;
 mod plugin_names;
 // The workspace: a release build leaves the test fixtures out.
 mod workspace;
+// Descriptors: what the master and each worker hold (nothing inherited by accident), and plugin
+// snapshots as sealed memfds.
+mod fds;

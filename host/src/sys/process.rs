@@ -1,0 +1,87 @@
+//! Starting processes: children that inherit chosen descriptors (workers, probes), the master's
+//! re-exec for its process title, thread names.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+use nix::libc;
+
+use super::fd::FIRST_INHERITED_FD;
+
+/// Inherited descriptors are first moved above this, so moving them down never overwrites one
+/// that is still to be moved.
+const FD_SCRATCH_BASE: RawFd = 100;
+/// At most this many descriptors are handed to a child (the scratch array is on the stack:
+/// nothing may allocate between fork and exec).
+const MAX_INHERITED: usize = 16;
+
+/// Starts `cmd` with `fds` inherited as descriptors 3, 4, … and no other descriptor above
+/// stderr, with SIGKILL as its parent-death signal (the signal fires when the *thread* that
+/// started it ends: start children from threads that live as long as the master).
+pub fn spawn_with_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>]) -> io::Result<Child> {
+    if fds.len() > MAX_INHERITED {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors to hand to a child"));
+    }
+    let mut raw = [0 as RawFd; MAX_INHERITED];
+    for (r, fd) in raw.iter_mut().zip(fds) {
+        *r = fd.as_raw_fd();
+    }
+    let count = fds.len();
+    let first_free = FIRST_INHERITED_FD + count as RawFd;
+    // For kernels without close_range(CLOSE_RANGE_CLOEXEC): the highest descriptor number, read
+    // before the fork (getrlimit is no business of the child).
+    let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(65536, |(soft, _)| soft.min(i32::MAX as u64) as RawFd);
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed: it makes nothing but fcntl, dup2, close_range and prctl system calls,
+    // allocates nothing (`raw` is a copy on the stack) and takes no lock. The descriptors in
+    // `fds` are borrowed for this whole call, so they are open when the child copies them.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move every fd out of the way first: dup2(3, 4) must not overwrite an fd still to
+            // be moved to 5. The scratch copies are close-on-exec, so they vanish at exec.
+            let mut scratch = [0 as RawFd; MAX_INHERITED];
+            for i in 0..count {
+                scratch[i] = syscall!(fcntl(raw[i], libc::F_DUPFD_CLOEXEC, FD_SCRATCH_BASE))?;
+            }
+            for (i, &fd) in scratch[..count].iter().enumerate() {
+                // dup2 to a different number gives a descriptor without FD_CLOEXEC.
+                syscall!(dup2(fd, FIRST_INHERITED_FD + i as RawFd))?;
+            }
+            // Everything above the handed fds vanishes at exec. Marked, not closed: std's pipe
+            // that reports a failed exec to the parent must live until the exec.
+            let marked =
+                syscall!(syscall(libc::SYS_close_range, first_free, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC));
+            if marked.is_err() {
+                // Linux < 5.11: one by one (EBADF for the numbers not open).
+                for fd in first_free..fd_limit {
+                    let _ = syscall!(fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC));
+                }
+            }
+            syscall!(prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Replaces this process with the host binary run with the same arguments but `title` as its
+/// argv[0], so `ps` shows e.g. `host: master (host.toml)`. `marker` is set in the environment so
+/// the new image knows it is titled. Returns only if exec failed.
+pub fn exec_with_title(title: &str, marker: &str) -> io::Error {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    Command::new(exe).arg0(title).args(std::env::args_os().skip(1)).env(marker, "1").exec()
+}
+
+/// Sets the name `top` and `/proc/PID/comm` show (15 bytes at most).
+pub fn set_thread_name(name: &str) {
+    let short: String = name.chars().take(15).collect();
+    if let Ok(c) = std::ffi::CString::new(short) {
+        let _ = nix::sys::prctl::set_name(&c);
+    }
+}
