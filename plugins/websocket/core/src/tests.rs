@@ -384,7 +384,7 @@ fn joins_fragments_with_control_frames_between_them() {
     c.feed(&client_frame(0x1, &text[..3]));
     c.feed(&client_frame(FIN | 0x9, b"p"));
     c.feed(&client_frame(0x0, &text[3..7]));
-    c.feed(&client_frame(FIN | 0x0, &text[7..]));
+    c.feed(&client_frame(FIN /* continuation */, &text[7..]));
     assert_eq!(c.got(), &[(true, text.to_vec())]);
     assert_eq!(c.sent(), vec![(OpCode::Pong, b"p".to_vec()), (OpCode::Text, text.to_vec())]);
 }
@@ -395,7 +395,7 @@ fn protocol_errors_close_with_1002() {
         ("unmasked", vec![0x81, 0x01, b'a']),
         ("rsv", client_frame(FIN | 0x20 | 0x1, b"a")),
         ("reserved opcode", client_frame(FIN | 0x3, b"")),
-        ("continuation first", client_frame(FIN | 0x0, b"a")),
+        ("continuation first", client_frame(FIN /* continuation */, b"a")),
         ("fragmented ping", client_frame(0x9, b"")),
         ("long ping", client_frame(FIN | 0x9, &[0; 126])),
         ("close of 1 byte", client_frame(FIN | 0x8, &[3])),
@@ -456,7 +456,7 @@ fn frames_and_messages_over_the_limit_close_with_1009_before_buffering() {
     // Fragments adding up to more than the limit.
     let mut c = Conn::open(1000);
     c.feed(&client_frame(0x2, &[0; 600]));
-    c.feed(&client_frame(FIN | 0x0, &[0; 600])[..8]);
+    c.feed(&client_frame(FIN /* continuation */, &[0; 600])[..8]);
     assert_eq!(c.closed_with(), 1009);
     assert!(c.got().is_empty());
     // A 2^63 length: a protocol error, closed at once.
