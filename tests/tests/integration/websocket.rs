@@ -209,20 +209,13 @@ fn huge_lengths_close_the_connection_and_the_worker_serves_on() {
     assert_eq!(got, want);
 }
 
+// That a peer answering pings stays open is a unit test (websocket-core), free of timing.
 #[test]
 fn silent_peer_is_pinged_then_closed() {
     let host = Host::start("websocket", &["--plugin-config", "ping_interval = 0.2"]);
     let mut c = open(host.port());
     let got = c.wait_closed(Duration::from_secs(10)).expect("a peer that never answers is closed");
     assert!(got.starts_with(&[0x89, 0x00]), "a ping first: {got:x?}");
-    // One that answers stays.
-    let mut alive = open(host.port());
-    let mut pings = 0;
-    while pings < 3 {
-        assert_eq!(alive.read_exact(2).expect("a ping"), [0x89, 0x00]);
-        alive.send(&frame(0x8A, b""));
-        pings += 1;
-    }
 }
 
 #[test]

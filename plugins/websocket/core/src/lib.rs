@@ -51,4 +51,4 @@ pub mod utf8;
 mod tests;
 
 pub use frame::{close_code, FrameHeader, OpCode, ProtocolError};
-pub use socket::{Config, Conn, Handler, Message, WebSocket, Ws};
+pub use socket::{Config, Handler, Message, WebSocket, Ws};

@@ -491,3 +491,26 @@ fn drain_sends_going_away_and_closes_when_the_peer_answers() {
     assert_eq!(c.sent(), vec![]);
     assert!(c.host.closed);
 }
+
+#[test]
+fn server_pings_close_only_peers_that_stay_silent() {
+    let info = WorkerInfo { service: "t".into(), slot: 0, pid: 1, max_package_size: 1 << 20, max_send_buffer: 1 << 20 };
+    let mut c = Conn::open(1 << 20);
+    c.ws = WebSocket::new("ping_interval = 1", &info).unwrap();
+    c.feed(upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes());
+    c.host.out.clear();
+    let tick = |c: &mut Conn| c.with_host(|ws, h| ws.on_timer(h, TimerId(1), CONN.0));
+    // A peer that answers each ping (or sends anything) stays.
+    for _ in 0..3 {
+        tick(&mut c);
+        assert_eq!(c.sent(), vec![(OpCode::Ping, vec![])]);
+        c.feed(&client_frame(FIN | 0xA, b""));
+    }
+    assert!(!c.host.closed);
+    // One silent for a whole interval after a ping is closed.
+    tick(&mut c);
+    assert_eq!(c.sent(), vec![(OpCode::Ping, vec![])]);
+    assert!(!c.host.closed);
+    tick(&mut c);
+    assert!(c.host.closed, "no answer within one more interval");
+}
