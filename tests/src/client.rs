@@ -152,6 +152,11 @@ impl Client {
         }
     }
 
+    /// Reads exactly `n` bytes (what is buffered first).
+    pub fn read_exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        self.read_exact_buffered(n)
+    }
+
     /// Waits up to `timeout` for the server to close the connection (EOF or reset). Returns what
     /// arrived before the close, or Err when the connection is still open at the timeout.
     pub fn wait_closed(&mut self, timeout: Duration) -> Result<Vec<u8>, String> {

@@ -18,6 +18,9 @@ mod plugins;
 mod panic;
 // Workerman's Text protocol through the `text` plugin: framing and the max package size.
 mod text;
+// WebSocket through the `websocket` echo plugin and the `ws_chat` example: a Python client,
+// raw sockets for bad input, subprotocols, origins, server pings, drain.
+mod websocket;
 // Hot reload: plugin files replaced by mv, cp, a refused file, a missing one, cargo build.
 mod reload;
 // The max send buffer: a client that does not read is paused, then served in full.

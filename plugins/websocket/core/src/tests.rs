@@ -1,0 +1,516 @@
+//! Unit tests: the frame parser and encoder, masking, UTF-8 in pieces, close payloads, the
+//! handshake, and the [`WebSocket`] layer driven through a fake host the way the worker drives
+//! it (framing with `input`, then `on_message` with each complete frame).
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RSlice, RStr};
+use plugin_api::abi::{RawHost, RawHost_TO, RawSockAddr};
+use plugin_api::{ConnError, ConnId, Frame, Host, Protocol, TimerId, WorkerInfo};
+
+use crate::frame::*;
+use crate::handshake::{accept_key, handshake, head_len, Policy, Rejection};
+use crate::utf8::Utf8Validator;
+use crate::{Handler, Message, WebSocket, Ws};
+
+/// A client frame: FIN, RSV bits and opcode as given, masked with a fixed key.
+fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![first];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], key, 0);
+    out
+}
+
+const FIN: u8 = 0x80;
+
+#[test]
+fn parses_headers_of_every_length_and_waits_for_incomplete_ones() {
+    for len in [0usize, 1, 125, 126, 65535, 65536, 100_000] {
+        let f = client_frame(FIN | 0x2, &vec![7; len]);
+        let h = parse_header(&f).unwrap().unwrap();
+        assert_eq!((h.fin, h.opcode, h.payload_len as usize), (true, OpCode::Binary, len));
+        assert_eq!(h.frame_len(), Some(f.len()));
+        assert_eq!(h.mask, Some([0x37, 0xfa, 0x21, 0x3d]));
+        for cut in 0..h.header_len {
+            assert_eq!(parse_header(&f[..cut]), Ok(None), "len {len}, {cut} header bytes");
+        }
+    }
+}
+
+#[test]
+fn rejects_what_the_header_alone_shows_is_wrong() {
+    assert_eq!(parse_header(&[0x80 | 0x40 | 0x1, 0x80]), Err(ProtocolError::ReservedBits));
+    assert_eq!(parse_header(&[0x80 | 0x10 | 0x1, 0x80]), Err(ProtocolError::ReservedBits));
+    assert_eq!(parse_header(&[0x83, 0x80]), Err(ProtocolError::ReservedOpcode(3)));
+    assert_eq!(parse_header(&[0x8B, 0x80]), Err(ProtocolError::ReservedOpcode(0xB)));
+    assert_eq!(parse_header(&[0x89, 0x80 | 126, 0, 126]), Err(ProtocolError::ControlTooLong));
+    assert_eq!(parse_header(&[0x09, 0x80]), Err(ProtocolError::ControlFragmented));
+    // A 64-bit length of 2^63: the high bit must be 0.
+    let mut huge = vec![0x82, 0x80 | 127];
+    huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    assert_eq!(parse_header(&huge), Err(ProtocolError::LengthTooLarge));
+    // 2^63 - 1 parses (the size limit refuses it, see below).
+    let mut big = vec![0x82, 0x80 | 127];
+    big.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+    big.extend_from_slice(&[1, 2, 3, 4]);
+    let h = parse_header(&big).unwrap().unwrap();
+    assert_eq!((h.payload_len, h.header_len), (u64::MAX >> 1, 14));
+}
+
+#[test]
+fn masking_in_pieces_equals_masking_whole() {
+    let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let key = [1, 2, 3, 250];
+    let mut whole = data.clone();
+    apply_mask(&mut whole, key, 0);
+    assert_eq!(whole[4], data[4] ^ 1);
+    assert_eq!(whole[7], data[7] ^ 250);
+    for cut in [1, 3, 5, 8, 13, 999] {
+        let mut pieces = data.clone();
+        let (a, b) = pieces.split_at_mut(cut);
+        apply_mask(a, key, 0);
+        apply_mask(b, key, cut);
+        assert_eq!(pieces, whole, "cut at {cut}");
+    }
+    apply_mask(&mut whole, key, 0);
+    assert_eq!(whole, data, "masking twice restores the data");
+}
+
+#[test]
+fn encodes_server_frames_unmasked_with_minimal_lengths() {
+    for (len, header) in [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+        let mut out = Vec::new();
+        write_frame(&mut out, true, OpCode::Text, &vec![b'a'; len]);
+        let h = parse_header(&out).unwrap().unwrap();
+        assert_eq!((h.header_len, h.payload_len as usize, h.mask, h.fin), (header, len, None, true));
+        assert_eq!(out.len(), header + len);
+    }
+    let mut out = Vec::new();
+    write_close(&mut out, 1000, &"é".repeat(100));
+    let h = parse_header(&out).unwrap().unwrap();
+    assert!(h.payload_len as usize <= MAX_CONTROL_PAYLOAD, "the reason is cut to fit");
+    let (code, reason) = parse_close(&out[h.header_len..]).unwrap().unwrap();
+    assert_eq!((code, reason.chars().count()), (1000, 61), "cut at a char boundary");
+}
+
+#[test]
+fn close_payloads() {
+    assert_eq!(parse_close(b""), Ok(None));
+    assert_eq!(parse_close(&[3]), Err(ProtocolError::BadClosePayload));
+    assert_eq!(parse_close(&[0x03, 0xE8, b'o', b'k']), Ok(Some((1000, "ok"))));
+    for ok in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 4999] {
+        assert!(parse_close(&u16::to_be_bytes(ok)).is_ok(), "{ok}");
+    }
+    for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535] {
+        assert_eq!(parse_close(&u16::to_be_bytes(bad)), Err(ProtocolError::BadClosePayload), "{bad}");
+    }
+    assert_eq!(parse_close(&[0x03, 0xE8, 0xFF]), Err(ProtocolError::InvalidUtf8));
+    assert_eq!(ProtocolError::InvalidUtf8.close_code(), 1007);
+    assert_eq!(ProtocolError::TooBig.close_code(), 1009);
+    assert_eq!(ProtocolError::Unmasked.close_code(), 1002);
+}
+
+#[test]
+fn utf8_split_anywhere_is_valid() {
+    let text = "κόσμε 😀 a€b".as_bytes();
+    for a in 0..=text.len() {
+        for b in a..=text.len() {
+            let mut v = Utf8Validator::new();
+            for piece in [&text[..a], &text[a..b], &text[b..]] {
+                assert_eq!(v.feed(piece), Ok(()), "cuts at {a}, {b}");
+            }
+            assert_eq!(v.finish(), Ok(()));
+        }
+    }
+}
+
+#[test]
+fn utf8_fails_on_the_first_invalid_byte() {
+    let mut v = Utf8Validator::new();
+    // A valid start, then a surrogate (ED A0 80): the A0 is already impossible after ED.
+    assert!(v.feed("κόσμε".as_bytes()).is_ok());
+    assert!(v.feed(&[0xED]).is_ok(), "ED could still start a valid code point");
+    assert!(v.feed(&[0xA0]).is_err(), "fails at the A0, before the rest arrives");
+    // Over U+10FFFF, 0xFF, and an overlong form: each fails on its own piece.
+    for bad in [&[0xF4, 0x90][..], &[0xFF], &[0xC0, 0x80], &[0x80]] {
+        let mut v = Utf8Validator::new();
+        assert!(v.feed(b"ok").is_ok());
+        assert!(v.feed(bad).is_err(), "{bad:x?}");
+    }
+    // An unfinished code point at the end is invalid.
+    let mut v = Utf8Validator::new();
+    assert!(v.feed(&[0xE2, 0x82]).is_ok());
+    assert!(v.finish().is_err());
+    assert!(v.feed(b"a").is_ok() && v.finish().is_ok(), "finish resets the state");
+}
+
+#[test]
+fn accept_key_matches_the_rfc_example() {
+    assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+}
+
+fn upgrade(extra: &str) -> String {
+    format!(
+        "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+}
+
+#[test]
+fn handshake_accepts_and_refuses() {
+    let none = Policy::default();
+    let ok = handshake(upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes(), &none).unwrap();
+    let response = String::from_utf8(ok.response()).unwrap();
+    assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{response}");
+    assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    assert!(!response.contains("Sec-WebSocket-Extensions"), "permessage-deflate is declined");
+    let refuse = |head: &str| handshake(head.as_bytes(), &none).unwrap_err();
+    assert_eq!(refuse(&upgrade("Sec-WebSocket-Version: 8\r\n")), Rejection::WrongVersion);
+    assert_eq!(refuse(&upgrade("")), Rejection::BadRequest("no Sec-WebSocket-Version"));
+    assert_eq!(refuse("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Rejection::NotUpgrade);
+    assert!(matches!(
+        refuse(&upgrade("Sec-WebSocket-Version: 13\r\n").replace("GET", "POST")),
+        Rejection::BadRequest(_)
+    ));
+    let bad_key = upgrade("Sec-WebSocket-Version: 13\r\n").replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=");
+    assert!(matches!(refuse(&bad_key), Rejection::BadRequest(_)));
+    let wrong = String::from_utf8(Rejection::WrongVersion.response()).unwrap();
+    assert!(wrong.starts_with("HTTP/1.1 426 ") && wrong.contains("Sec-WebSocket-Version: 13\r\n"), "{wrong}");
+    assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+    assert_eq!(head_len(b"GET / HTTP/1.1\r\n\r\nxyz"), Ok(Some(18)));
+}
+
+#[test]
+fn handshake_selects_subprotocol_and_checks_origin() {
+    let protocols = ["chat".to_string(), "superchat".to_string()];
+    let origins = ["https://example.com".to_string()];
+    let policy = Policy { origins: &origins, protocols: &protocols };
+    let head = upgrade(
+        "Sec-WebSocket-Version: 13\r\nOrigin: https://example.com\r\nSec-WebSocket-Protocol: v2, superchat\r\n\
+         Sec-WebSocket-Protocol: chat\r\n",
+    );
+    let ok = handshake(head.as_bytes(), &policy).unwrap();
+    assert_eq!(ok.protocol.as_deref(), Some("superchat"), "the client's first that the server lists");
+    assert!(String::from_utf8(ok.response()).unwrap().contains("Sec-WebSocket-Protocol: superchat\r\n"));
+    let other = upgrade("Sec-WebSocket-Version: 13\r\nOrigin: https://evil.example\r\n");
+    assert_eq!(handshake(other.as_bytes(), &policy).unwrap_err(), Rejection::ForbiddenOrigin);
+    let unknown = upgrade("Sec-WebSocket-Version: 13\r\nOrigin: https://example.com\r\nSec-WebSocket-Protocol: v9\r\n");
+    assert_eq!(handshake(unknown.as_bytes(), &policy).unwrap().protocol, None);
+}
+
+// ---- The layer, driven through a fake host ----
+
+#[derive(Default)]
+struct FakeHost {
+    out: Vec<u8>,
+    closed: bool,
+}
+
+impl RawHost for FakeHost {
+    fn send(&mut self, _conn: ConnId, data: RSlice<'_, u8>) -> bool {
+        self.out.extend_from_slice(&data);
+        true
+    }
+    fn close(&mut self, _conn: ConnId, last: RSlice<'_, u8>) {
+        self.out.extend_from_slice(&last);
+        self.closed = true;
+    }
+    fn pause_recv(&mut self, _conn: ConnId, _paused: bool) {}
+    fn peer_addr(&self, _conn: ConnId) -> RawSockAddr {
+        plugin_api::raw_sock_addr(None)
+    }
+    fn local_addr(&self, _conn: ConnId) -> RawSockAddr {
+        plugin_api::raw_sock_addr(None)
+    }
+    fn pending_send(&self, _conn: ConnId) -> u64 {
+        0
+    }
+    fn add_timer(&mut self, _delay_ms: u64, _interval_ms: u64, _data: u64) -> TimerId {
+        TimerId(1)
+    }
+    fn del_timer(&mut self, _timer: TimerId) -> bool {
+        true
+    }
+    fn slot(&self) -> u32 {
+        0
+    }
+    fn service(&self) -> RStr<'_> {
+        RStr::from_str("test")
+    }
+    fn is_draining(&self) -> bool {
+        false
+    }
+    fn now_ms(&self) -> u64 {
+        0
+    }
+}
+
+/// Echoes and records messages.
+#[derive(Default)]
+struct Recorder {
+    got: Vec<(bool, Vec<u8>)>,
+}
+
+impl Handler for Recorder {
+    fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
+        Ok(Recorder::default())
+    }
+    fn on_message(&mut self, ws: &mut Ws<'_, '_>, conn: ConnId, msg: Message<'_>) {
+        match msg {
+            Message::Text(t) => {
+                self.got.push((true, t.as_bytes().to_vec()));
+                ws.send_text(conn, t);
+            }
+            Message::Binary(b) => {
+                self.got.push((false, b.to_vec()));
+                ws.send_binary(conn, b);
+            }
+        }
+    }
+}
+
+/// One connection through the layer, framed as the worker frames it.
+struct Conn {
+    ws: WebSocket<Recorder>,
+    host: FakeHost,
+    buf: Vec<u8>,
+    /// `input` said Invalid, or the host refused a message over the max size.
+    failed: bool,
+    max: usize,
+}
+
+const CONN: ConnId = ConnId::new(0, 1);
+
+impl Conn {
+    fn open(max: usize) -> Conn {
+        let info = WorkerInfo { service: "t".into(), slot: 0, pid: 1, max_package_size: max, max_send_buffer: 1 << 20 };
+        let ws = WebSocket::new("ping_interval = 0", &info).unwrap();
+        let mut c = Conn { ws, host: FakeHost::default(), buf: Vec::new(), failed: false, max };
+        c.feed(upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes());
+        let response = String::from_utf8(std::mem::take(&mut c.host.out)).unwrap();
+        assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+        c
+    }
+
+    fn with_host<T>(&mut self, f: impl FnOnce(&mut WebSocket<Recorder>, &mut Host<'_>) -> T) -> T {
+        let raw = RawHost_TO::from_ptr(&mut self.host, TD_Opaque);
+        let mut host = Host::from_raw(raw);
+        f(&mut self.ws, &mut host)
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        while !self.host.closed && !self.failed && !self.buf.is_empty() {
+            let buf = std::mem::take(&mut self.buf);
+            let frame = self.with_host(|ws, h| ws.input(h, CONN, &buf));
+            self.buf = buf;
+            match frame {
+                Frame::NeedMore if self.buf.len() >= self.max => self.too_large(),
+                Frame::Complete(n) if n > self.max => self.too_large(),
+                Frame::NeedMore => return,
+                Frame::Complete(n) if n > self.buf.len() => return,
+                Frame::Complete(n) => {
+                    let msg: Vec<u8> = self.buf.drain(..n).collect();
+                    self.with_host(|ws, h| ws.on_message(h, CONN, &msg));
+                }
+                Frame::Invalid => self.failed = true,
+            }
+        }
+    }
+
+    fn too_large(&mut self) {
+        self.with_host(|ws, h| ws.on_error(h, CONN, ConnError::PackageTooLarge));
+        self.failed = true;
+    }
+
+    /// The server frames sent so far: (opcode, payload).
+    fn sent(&mut self) -> Vec<(OpCode, Vec<u8>)> {
+        let out = std::mem::take(&mut self.host.out);
+        let mut frames = Vec::new();
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let h = parse_header(rest).unwrap().expect("whole server frames");
+            assert_eq!(h.mask, None, "server frames are not masked");
+            let end = h.frame_len().unwrap();
+            frames.push((h.opcode, rest[h.header_len..end].to_vec()));
+            rest = &rest[end..];
+        }
+        frames
+    }
+
+    /// The close code of the one close frame sent, and that the connection is closing.
+    fn closed_with(&mut self) -> u16 {
+        let frames = self.sent();
+        let close = frames.iter().find(|(op, _)| *op == OpCode::Close).expect("a close frame");
+        assert!(self.host.closed, "the connection is closed after the close frame");
+        u16::from_be_bytes([close.1[0], close.1[1]])
+    }
+
+    fn got(&self) -> &[(bool, Vec<u8>)] {
+        &self.ws.handler().got
+    }
+}
+
+#[test]
+fn echoes_messages_fed_one_byte_at_a_time() {
+    let mut c = Conn::open(1 << 20);
+    let mut bytes = client_frame(FIN | 0x1, "héllo".as_bytes());
+    bytes.extend(client_frame(FIN | 0x2, &[0, 1, 2, 255]));
+    for b in bytes {
+        c.feed(&[b]);
+    }
+    assert_eq!(c.got(), &[(true, "héllo".as_bytes().to_vec()), (false, vec![0, 1, 2, 255])]);
+    assert_eq!(c.sent(), vec![(OpCode::Text, "héllo".as_bytes().to_vec()), (OpCode::Binary, vec![0, 1, 2, 255])]);
+}
+
+#[test]
+fn joins_fragments_with_control_frames_between_them() {
+    let mut c = Conn::open(1 << 20);
+    // "κόσμε" cut inside a code point across fragments, a ping in the middle.
+    let text = "κόσμε".as_bytes();
+    c.feed(&client_frame(0x1, &text[..3]));
+    c.feed(&client_frame(FIN | 0x9, b"p"));
+    c.feed(&client_frame(0x0, &text[3..7]));
+    c.feed(&client_frame(FIN /* continuation */, &text[7..]));
+    assert_eq!(c.got(), &[(true, text.to_vec())]);
+    assert_eq!(c.sent(), vec![(OpCode::Pong, b"p".to_vec()), (OpCode::Text, text.to_vec())]);
+}
+
+#[test]
+fn protocol_errors_close_with_1002() {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unmasked", vec![0x81, 0x01, b'a']),
+        ("rsv", client_frame(FIN | 0x20 | 0x1, b"a")),
+        ("reserved opcode", client_frame(FIN | 0x3, b"")),
+        ("continuation first", client_frame(FIN /* continuation */, b"a")),
+        ("fragmented ping", client_frame(0x9, b"")),
+        ("long ping", client_frame(FIN | 0x9, &[0; 126])),
+        ("close of 1 byte", client_frame(FIN | 0x8, &[3])),
+        ("close code 1005", client_frame(FIN | 0x8, &1005u16.to_be_bytes())),
+        ("text inside text", [client_frame(0x1, b"a"), client_frame(FIN | 0x1, b"b")].concat()),
+    ];
+    for (what, bytes) in cases {
+        let mut c = Conn::open(1 << 20);
+        c.feed(&bytes);
+        assert_eq!(c.closed_with(), 1002, "{what}");
+        assert!(c.got().is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn invalid_utf8_closes_with_1007_as_soon_as_it_arrives() {
+    // Across fragments: the second fragment holds the bad byte; the message is never finished.
+    let mut c = Conn::open(1 << 20);
+    c.feed(&client_frame(0x1, "κό".as_bytes()));
+    c.feed(&client_frame(0x0, &[0xCE, 0xFF]));
+    assert_eq!(c.closed_with(), 1007);
+    // Inside one frame whose end has not arrived yet.
+    let mut c = Conn::open(1 << 20);
+    let mut payload = b"hello".to_vec();
+    payload.push(0xFF);
+    payload.extend_from_slice(&[b'x'; 1000]);
+    let frame = client_frame(FIN | 0x1, &payload);
+    c.feed(&frame[..frame.len() - 1000]);
+    assert_eq!(c.closed_with(), 1007, "fails before the frame is complete");
+    // A close reason that is not UTF-8.
+    let mut c = Conn::open(1 << 20);
+    c.feed(&client_frame(FIN | 0x8, &[0x03, 0xE8, 0xFF]));
+    assert_eq!(c.closed_with(), 1007);
+    // Text ending in half a code point.
+    let mut c = Conn::open(1 << 20);
+    c.feed(&client_frame(FIN | 0x1, &[b'a', 0xE2, 0x82]));
+    assert_eq!(c.closed_with(), 1007);
+}
+
+#[test]
+fn close_handshake_echoes_the_code() {
+    let mut c = Conn::open(1 << 20);
+    c.feed(&client_frame(FIN | 0x8, &[0x0F, 0xA0, b'b', b'y', b'e']));
+    assert_eq!(c.closed_with(), 4000);
+    let mut c = Conn::open(1 << 20);
+    c.feed(&client_frame(FIN | 0x8, b""));
+    assert_eq!(c.sent(), vec![(OpCode::Close, vec![])], "an empty close gets an empty close");
+    assert!(c.host.closed);
+}
+
+#[test]
+fn frames_and_messages_over_the_limit_close_with_1009_before_buffering() {
+    // One frame over the limit: refused from its header alone.
+    let mut c = Conn::open(1000);
+    let frame = client_frame(FIN | 0x2, &[0; 2000]);
+    c.feed(&frame[..14]);
+    assert_eq!(c.closed_with(), 1009);
+    // Fragments adding up to more than the limit.
+    let mut c = Conn::open(1000);
+    c.feed(&client_frame(0x2, &[0; 600]));
+    c.feed(&client_frame(FIN /* continuation */, &[0; 600])[..8]);
+    assert_eq!(c.closed_with(), 1009);
+    assert!(c.got().is_empty());
+    // A 2^63 length: a protocol error, closed at once.
+    let mut c = Conn::open(1000);
+    let mut huge = vec![0x82, 0x80 | 127];
+    huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    huge.extend_from_slice(&[1, 2, 3, 4]);
+    c.feed(&huge);
+    assert_eq!(c.closed_with(), 1002);
+    // 2^63 - 1: too big.
+    let mut c = Conn::open(1000);
+    let mut big = vec![0x82, 0x80 | 127];
+    big.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+    big.extend_from_slice(&[1, 2, 3, 4]);
+    c.feed(&big);
+    assert_eq!(c.closed_with(), 1009);
+}
+
+#[test]
+fn drain_sends_going_away_and_closes_when_the_peer_answers() {
+    let mut c = Conn::open(1 << 20);
+    c.with_host(|ws, h| ws.on_drain(h, CONN));
+    let frames = c.sent();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].0, OpCode::Close);
+    assert_eq!(frames[0].1[..2], 1001u16.to_be_bytes());
+    assert!(!c.host.closed, "waits for the peer's close");
+    // Data after our close is dropped; the peer's close ends it without a second close frame.
+    c.feed(&client_frame(FIN | 0x1, b"late"));
+    c.feed(&client_frame(FIN | 0x8, &1001u16.to_be_bytes()));
+    assert!(c.got().is_empty());
+    assert_eq!(c.sent(), vec![]);
+    assert!(c.host.closed);
+}
+
+#[test]
+fn server_pings_close_only_peers_that_stay_silent() {
+    let info = WorkerInfo { service: "t".into(), slot: 0, pid: 1, max_package_size: 1 << 20, max_send_buffer: 1 << 20 };
+    let mut c = Conn::open(1 << 20);
+    c.ws = WebSocket::new("ping_interval = 1", &info).unwrap();
+    c.feed(upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes());
+    c.host.out.clear();
+    let tick = |c: &mut Conn| c.with_host(|ws, h| ws.on_timer(h, TimerId(1), CONN.0));
+    // A peer that answers each ping (or sends anything) stays.
+    for _ in 0..3 {
+        tick(&mut c);
+        assert_eq!(c.sent(), vec![(OpCode::Ping, vec![])]);
+        c.feed(&client_frame(FIN | 0xA, b""));
+    }
+    assert!(!c.host.closed);
+    // One silent for a whole interval after a ping is closed.
+    tick(&mut c);
+    assert_eq!(c.sent(), vec![(OpCode::Ping, vec![])]);
+    assert!(!c.host.closed);
+    tick(&mut c);
+    assert!(c.host.closed, "no answer within one more interval");
+}
