@@ -76,6 +76,9 @@ pub struct WorkerSpec {
     pub plugin_path: PathBuf,
     pub plugin_config: String,
     pub limits: Limits,
+    /// How many workers the service has (told to the plugin).
+    #[serde(default)]
+    pub worker_count: u32,
     /// The user and group the worker switches to before it loads its plugin (master runs as root).
     #[serde(default)]
     pub user: Option<String>,
@@ -136,6 +139,7 @@ mod tests {
             plugin_path: "/tmp/x/libhttp.so".into(),
             plugin_config: "root = \"/srv\"\n[nested]\na = 1\n".into(),
             limits: Limits::default(),
+            worker_count: 4,
             user: Some("www-data".into()),
             group: None,
         };

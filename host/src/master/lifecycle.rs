@@ -32,6 +32,7 @@ impl Master {
             plugin_path: snap.path.clone(),
             plugin_config: state.service.plugin_config.clone(),
             limits: state.service.limits,
+            worker_count: state.service.count,
             user: state.user.clone(),
             group: state.group.clone(),
         };

@@ -22,3 +22,5 @@ mod text;
 mod reload;
 // The max send buffer: a client that does not read is paused, then served in full.
 mod backpressure;
+// ABI evolution: a plugin built against plugin-api 0.1.0 loads, serves and hears new events.
+mod abi;
