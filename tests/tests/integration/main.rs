@@ -24,3 +24,5 @@ mod reload;
 mod backpressure;
 // ABI evolution: a plugin built against plugin-api 0.1.0 loads, serves and hears new events.
 mod abi;
+// Start settings out of range are refused with one line, before anything starts.
+mod limits;
