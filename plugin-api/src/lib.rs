@@ -18,8 +18,11 @@
 //! export_plugin!(Echo);
 //! ```
 //!
+//! A plugin depends on `plugin-api` only (`crate-type = ["cdylib", "rlib"]`), not on abi_stable.
 //! The host loads the `.so` with abi_stable, which checks every type's layout and the version of
-//! this crate; a plugin built against an incompatible `plugin-api` is refused with an error.
+//! this crate; a plugin built against an incompatible `plugin-api` is refused with an error. What
+//! may change between releases, and how plugins built against 0.1.0 keep loading, is the "ABI
+//! evolution policy" in [`abi`].
 
 // abi_stable's macro output trips these two lints; nowhere else are they allowed.
 #![allow(non_camel_case_types, non_local_definitions)]
