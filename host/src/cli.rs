@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, Limits, Service};
+use crate::config::{self, Service, Setting, SettingError, Settings, Source};
 
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about = "A prefork server whose protocol handlers are plugins")]
@@ -110,7 +111,7 @@ pub struct StartArgs {
     pub plugin: Option<String>,
     /// Worker processes for the service [default: 1].
     #[arg(long, short = 'n')]
-    pub count: Option<u32>,
+    pub count: Option<u64>,
     /// Address to listen on (port 0: the system picks one, and the log says which) [default: 127.0.0.1:8080].
     #[arg(long, short = 'l')]
     pub listen: Option<SocketAddr>,
@@ -125,13 +126,13 @@ pub struct StartArgs {
     pub plugin_config: Option<String>,
     /// The largest message a connection may send, in bytes [default: 1 MiB].
     #[arg(long, value_name = "BYTES")]
-    pub max_package_size: Option<usize>,
+    pub max_package_size: Option<u64>,
     /// Bytes queued for a connection above which reading from it pauses [default: 1 MiB].
     #[arg(long, value_name = "BYTES")]
-    pub max_send_buffer: Option<usize>,
+    pub max_send_buffer: Option<u64>,
     /// Connections one worker serves at most [default: 10000].
     #[arg(long)]
-    pub max_connections: Option<usize>,
+    pub max_connections: Option<u64>,
     /// Seconds without traffic after which a connection is closed (0: never) [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
@@ -197,29 +198,39 @@ impl StartArgs {
         set
     }
 
-    /// The service these flags describe.
-    pub fn service(&self) -> Result<Service, String> {
-        let plugin = self.plugin.clone().ok_or("no plugin given: use --plugin NAME (e.g. --plugin http) or -c FILE")?;
+    /// The drain and kill timeouts given, each within its bounds.
+    pub fn stop_timeouts(&self) -> Result<(Option<Duration>, Option<Duration>), SettingError> {
+        Ok((
+            config::stop_timeout(Source::Flags, Setting::DrainTimeout, self.drain_timeout)?,
+            config::stop_timeout(Source::Flags, Setting::KillTimeout, self.kill_timeout)?,
+        ))
+    }
+
+    /// The service these flags describe, every number within its bounds.
+    pub fn service(&self) -> Result<Service, SettingError> {
+        let plugin = self.plugin.clone().ok_or_else(|| {
+            SettingError::Invalid("no plugin given: use --plugin NAME (e.g. --plugin http) or -c FILE".into())
+        })?;
         let name = self.name.clone().unwrap_or_else(|| {
             let stem = std::path::Path::new(&plugin).file_stem().and_then(|s| s.to_str()).unwrap_or("service");
             stem.strip_prefix("lib").unwrap_or(stem).to_string()
         });
-        let defaults = Limits::default();
+        let settings = Settings {
+            count: self.count,
+            max_package_size: self.max_package_size,
+            max_send_buffer: self.max_send_buffer,
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            message_timeout: self.message_timeout,
+        };
+        let (count, limits) = settings.build(Source::Flags)?;
         let service = Service {
             name,
             plugin,
             listen: self.listen.unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default")),
-            count: self.count.unwrap_or(1),
+            count,
             plugin_config: self.plugin_config.clone().unwrap_or_default(),
-            limits: Limits {
-                max_package_size: self.max_package_size.unwrap_or(defaults.max_package_size),
-                max_send_buffer: self.max_send_buffer.unwrap_or(defaults.max_send_buffer),
-                max_connections: self.max_connections.unwrap_or(defaults.max_connections),
-                idle_timeout_ms: self.idle_timeout.map_or(defaults.idle_timeout_ms, |s| s.saturating_mul(1000)),
-                message_timeout_ms: self
-                    .message_timeout
-                    .map_or(defaults.message_timeout_ms, |s| s.saturating_mul(1000)),
-            },
+            limits,
         };
         config::validate(&service)?;
         Ok(service)
@@ -273,7 +284,7 @@ mod tests {
         assert!(matches!(parse(&["--pid-file", "x.pid", "stop"]).command, Some(Command::Stop { .. })));
         // Start flags before a subcommand are parsed, then refused by `main`.
         assert_eq!(parse(&["--plugin", "http", "stop"]).start.given(), vec!["--plugin"]);
-        assert!(parse(&["--count", "2"]).start.service().unwrap_err().contains("--plugin"));
+        assert!(parse(&["--count", "2"]).start.service().unwrap_err().to_string().contains("--plugin"));
         assert!(parse(&["--plugin", "http", "--count", "0"]).start.service().is_err());
     }
 
@@ -281,5 +292,49 @@ mod tests {
     fn service_flags_are_listed() {
         assert_eq!(parse(&["--plugin", "http", "-n", "2"]).start.service_flags(), vec!["--plugin", "--count"]);
         assert!(parse(&[]).start.service_flags().is_empty());
+    }
+
+    // Every bound of the shared builder, as the flags spell them: an error, never a wrap.
+    #[test]
+    fn numbers_out_of_range_are_refused() {
+        let err = |args: &[&str]| {
+            let mut all = vec!["--plugin", "http"];
+            all.extend_from_slice(args);
+            parse(&all).start.service().unwrap_err().to_string()
+        };
+        assert_eq!(err(&["--count", "0"]), "--count must be between 1 and 1024 workers, not 0");
+        assert_eq!(err(&["--count", "4294967297"]), "--count must be between 1 and 1024 workers, not 4294967297");
+        assert_eq!(
+            err(&["--idle-timeout", "10000000000000000"]),
+            "--idle-timeout must be between 0 and 31536000 seconds, not 10000000000000000"
+        );
+        assert!(err(&["--message-timeout", "31536001"]).starts_with("--message-timeout must be between 0 and"));
+        assert_eq!(
+            err(&["--max-send-buffer", "18446744073709551615"]),
+            "--max-send-buffer must be between 1 and 9223372036854775807 bytes, not 18446744073709551615"
+        );
+        assert!(err(&["--max-package-size", "0"]).starts_with("--max-package-size must be between 1 and"));
+        assert!(err(&["--max-connections", "16777217"]).starts_with("--max-connections must be between 1 and 16777216"));
+        // The largest values pass, converted without overflow.
+        let s = parse(&["--plugin", "http", "--idle-timeout", "31536000", "--max-send-buffer", "9223372036854775807"])
+            .start
+            .service()
+            .unwrap();
+        assert_eq!(s.limits.idle_timeout_ms, 31_536_000_000);
+        assert_eq!(s.limits.max_send_buffer as u64, i64::MAX as u64);
+        // Beyond u64: clap refuses it.
+        assert!(Cli::try_parse_from(["host", "--max-send-buffer", "18446744073709551616"]).is_err());
+    }
+
+    #[test]
+    fn stop_timeouts_out_of_range_are_refused() {
+        for value in ["nan", "inf", "-1", "86400.001"] {
+            let arg = format!("--drain-timeout={value}");
+            let cli = Cli::try_parse_from(["host", "--plugin", "http", arg.as_str()]).unwrap();
+            let e = cli.start.stop_timeouts().unwrap_err().to_string();
+            assert!(e.starts_with("--drain-timeout must be between 0 and 86400 seconds"), "{value}: {e}");
+        }
+        let cli = parse(&["--plugin", "http", "--kill-timeout", "0.5"]);
+        assert_eq!(cli.start.stop_timeouts().unwrap(), (None, Some(Duration::from_millis(500))));
     }
 }

@@ -23,6 +23,135 @@ pub const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a draining worker may keep its connections open.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The largest byte limit (`max_package_size`, `max_send_buffer`): what an `i64` and a `usize`
+/// both hold, so no arithmetic on it wraps.
+pub const MAX_BYTES: u64 = i64::MAX as u64;
+/// The most connections one worker may serve.
+pub const MAX_CONNECTIONS: u64 = 1 << 24;
+/// The longest idle or message timeout, in seconds (a year; 0 means never).
+pub const MAX_TIMEOUT_SECS: u64 = 365 * 86400;
+/// The longest drain or kill timeout, in seconds.
+pub const MAX_STOP_SECS: f64 = 86400.0;
+
+/// Where a setting came from, for error messages: a flag (`--idle-timeout`) or a config-file key
+/// (`idle_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Flags,
+    File,
+}
+
+/// A start setting that both the command line and the config file give, with its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Count,
+    MaxPackageSize,
+    MaxSendBuffer,
+    MaxConnections,
+    IdleTimeout,
+    MessageTimeout,
+    DrainTimeout,
+    KillTimeout,
+}
+
+impl Setting {
+    /// Its name as `source` spells it.
+    pub fn name(self, source: Source) -> &'static str {
+        let (flag, key) = match self {
+            Setting::Count => ("--count", "count"),
+            Setting::MaxPackageSize => ("--max-package-size", "max_package_size"),
+            Setting::MaxSendBuffer => ("--max-send-buffer", "max_send_buffer"),
+            Setting::MaxConnections => ("--max-connections", "max_connections"),
+            Setting::IdleTimeout => ("--idle-timeout", "idle_timeout"),
+            Setting::MessageTimeout => ("--message-timeout", "message_timeout"),
+            Setting::DrainTimeout => ("--drain-timeout", "drain_timeout"),
+            Setting::KillTimeout => ("--kill-timeout", "kill_timeout"),
+        };
+        match source {
+            Source::Flags => flag,
+            Source::File => key,
+        }
+    }
+
+    /// The inclusive range of whole-number settings, and their unit.
+    fn bounds(self) -> (u64, u64, &'static str) {
+        match self {
+            Setting::Count => (1, MAX_COUNT as u64, " workers"),
+            Setting::MaxPackageSize | Setting::MaxSendBuffer => (1, MAX_BYTES, " bytes"),
+            Setting::MaxConnections => (1, MAX_CONNECTIONS, " connections"),
+            Setting::IdleTimeout | Setting::MessageTimeout => (0, MAX_TIMEOUT_SECS, " seconds"),
+            Setting::DrainTimeout | Setting::KillTimeout => (0, MAX_STOP_SECS as u64, " seconds"),
+        }
+    }
+}
+
+/// A start setting that cannot be used, or a service that could never run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettingError {
+    #[error("{name} must be between {min} and {max}{unit}, not {value}")]
+    OutOfRange { name: &'static str, value: String, min: u64, max: u64, unit: &'static str },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the flags or a `[[service]]` of the config file say about a service's numbers, as given
+/// (`None`: the default). [`Settings::build`] range-checks and converts them, for both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub count: Option<u64>,
+    pub max_package_size: Option<u64>,
+    pub max_send_buffer: Option<u64>,
+    pub max_connections: Option<u64>,
+    /// Seconds; 0: never.
+    pub idle_timeout: Option<u64>,
+    /// Seconds; 0: never.
+    pub message_timeout: Option<u64>,
+}
+
+impl Settings {
+    /// The worker count and limits, each within its bounds, defaults filled in.
+    pub fn build(&self, source: Source) -> Result<(u32, Limits), SettingError> {
+        let d = Limits::default();
+        let count = checked(source, Setting::Count, self.count)?.map_or(1, |n| n as u32);
+        let bytes = |setting, value, default: usize| {
+            Ok::<_, SettingError>(checked(source, setting, value)?.map_or(default, |n| n as usize))
+        };
+        let millis = |setting, value, default: u64| {
+            Ok::<_, SettingError>(checked(source, setting, value)?.map_or(default, |s| s * 1000))
+        };
+        let limits = Limits {
+            max_package_size: bytes(Setting::MaxPackageSize, self.max_package_size, d.max_package_size)?,
+            max_send_buffer: bytes(Setting::MaxSendBuffer, self.max_send_buffer, d.max_send_buffer)?,
+            max_connections: bytes(Setting::MaxConnections, self.max_connections, d.max_connections)?,
+            idle_timeout_ms: millis(Setting::IdleTimeout, self.idle_timeout, d.idle_timeout_ms)?,
+            message_timeout_ms: millis(Setting::MessageTimeout, self.message_timeout, d.message_timeout_ms)?,
+        };
+        Ok((count, limits))
+    }
+}
+
+/// `value` if it is within `setting`'s bounds.
+fn checked(source: Source, setting: Setting, value: Option<u64>) -> Result<Option<u64>, SettingError> {
+    let (min, max, unit) = setting.bounds();
+    match value {
+        Some(v) if !(min..=max).contains(&v) => {
+            Err(SettingError::OutOfRange { name: setting.name(source), value: v.to_string(), min, max, unit })
+        }
+        value => Ok(value),
+    }
+}
+
+/// A drain or kill timeout given in (fractional) seconds: finite, between 0 and a day.
+pub fn stop_timeout(source: Source, setting: Setting, seconds: Option<f64>) -> Result<Option<Duration>, SettingError> {
+    match seconds {
+        Some(s) if !(0.0..=MAX_STOP_SECS).contains(&s) => {
+            let (min, max, unit) = setting.bounds();
+            Err(SettingError::OutOfRange { name: setting.name(source), value: s.to_string(), min, max, unit })
+        }
+        seconds => Ok(seconds.map(Duration::from_secs_f64)),
+    }
+}
+
 /// One service: a listening address served by `count` workers running one plugin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
@@ -77,6 +206,9 @@ pub struct WorkerSpec {
     pub plugin_path: PathBuf,
     pub plugin_config: String,
     pub limits: Limits,
+    /// How many workers the service has (told to the plugin).
+    #[serde(default)]
+    pub worker_count: u32,
     /// The user and group the worker switches to before it loads its plugin (master runs as root).
     #[serde(default)]
     pub user: Option<String>,
@@ -101,22 +233,20 @@ impl WorkerSpec {
     }
 }
 
-/// Checks what flags cannot: a service that could never run.
-pub fn validate(service: &Service) -> Result<(), String> {
-    if service.count == 0 {
-        return Err("--count must be at least 1".into());
-    }
-    if service.count > MAX_COUNT {
-        return Err(format!("--count {} is more than {MAX_COUNT} workers", service.count));
+/// Checks what [`Settings::build`] cannot: a service that could never run.
+pub fn validate(service: &Service) -> Result<(), SettingError> {
+    let invalid = |m: String| Err(SettingError::Invalid(m));
+    if !(1..=MAX_COUNT).contains(&service.count) {
+        return invalid(format!("--count must be between 1 and {MAX_COUNT} workers, not {}", service.count));
     }
     if service.plugin.is_empty() {
-        return Err("--plugin must name a plugin".into());
+        return invalid("--plugin must name a plugin".into());
     }
     if service.limits.max_package_size == 0 || service.limits.max_send_buffer == 0 {
-        return Err("size limits must be above 0".into());
+        return invalid("size limits must be above 0".into());
     }
     if let Err(e) = service.plugin_config.parse::<toml::Table>() {
-        return Err(format!("--plugin-config is not valid TOML: {e}"));
+        return invalid(format!("--plugin-config is not valid TOML: {}", e.to_string().replace('\n', " ")));
     }
     Ok(())
 }
@@ -144,6 +274,7 @@ mod tests {
             plugin_path: "/tmp/x/libhttp.so".into(),
             plugin_config: "root = \"/srv\"\n[nested]\na = 1\n".into(),
             limits: Limits::default(),
+            worker_count: 4,
             user: Some("www-data".into()),
             group: None,
             drain_timeout_ms: 1500,
@@ -154,8 +285,8 @@ mod tests {
     #[test]
     fn validation_refuses_what_cannot_run() {
         assert!(validate(&service()).is_ok());
-        assert!(validate(&Service { count: 0, ..service() }).unwrap_err().contains("--count"));
+        assert!(validate(&Service { count: 0, ..service() }).unwrap_err().to_string().contains("--count"));
         let bad = Service { plugin_config: "root = ".into(), ..service() };
-        assert!(validate(&bad).unwrap_err().contains("TOML"));
+        assert!(validate(&bad).unwrap_err().to_string().contains("TOML"));
     }
 }

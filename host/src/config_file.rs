@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{self, Limits, Service, MAX_COUNT};
+use crate::config::{self, Service, Setting, SettingError, Settings, Source};
 
 /// A whole config file, validated, with every path absolute.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,17 +127,17 @@ struct RawService {
     name: Spanned<String>,
     plugin: Spanned<String>,
     listen: Spanned<SocketAddr>,
-    count: Option<Spanned<u32>>,
+    count: Option<Spanned<u64>>,
     reloadable: Option<bool>,
     user: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
-    max_package_size: Option<Spanned<usize>>,
-    max_send_buffer: Option<Spanned<usize>>,
-    max_connections: Option<Spanned<usize>>,
+    max_package_size: Option<Spanned<u64>>,
+    max_send_buffer: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
     /// Seconds; 0: never.
-    idle_timeout: Option<u64>,
+    idle_timeout: Option<Spanned<u64>>,
     /// Seconds; 0: never.
-    message_timeout: Option<u64>,
+    message_timeout: Option<Spanned<u64>>,
     config: Option<Spanned<toml::Table>>,
 }
 
@@ -225,14 +225,11 @@ impl RawFile {
             }
             services.push(raw.validate(ctx, base_dir)?);
         }
-        let seconds = |key: &str, value: Option<f64>| match value {
-            Some(s) if !(0.0..=86400.0).contains(&s) => {
-                Err(ctx.invalid(None, None, format!("{key} must be between 0 and 86400 seconds, not {s}")))
-            }
-            value => Ok(value.map(Duration::from_secs_f64)),
+        let seconds = |setting, value: Option<f64>| {
+            config::stop_timeout(Source::File, setting, value).map_err(|e| ctx.invalid(None, None, e.to_string()))
         };
-        let drain_timeout = seconds("drain_timeout", self.drain_timeout)?;
-        let kill_timeout = seconds("kill_timeout", self.kill_timeout)?;
+        let drain_timeout = seconds(Setting::DrainTimeout, self.drain_timeout)?;
+        let kill_timeout = seconds(Setting::KillTimeout, self.kill_timeout)?;
         let admin_listen = self.admin_listen;
         Ok(FileConfig { pid_file, log_file, plugin_dirs, services, drain_timeout, kill_timeout, admin_listen })
     }
@@ -254,29 +251,35 @@ impl RawService {
                 .map_err(|_| invalid(self.plugin.span(), "plugin path is not valid UTF-8".into()))?,
             plugin_name => plugin_name.to_string(),
         };
-        let count = match self.count {
-            None => 1,
-            Some(count) if (1..=MAX_COUNT).contains(count.get_ref()) => count.into_inner(),
-            Some(count) => {
-                let message = format!("count must be between 1 and {MAX_COUNT}, not {}", count.get_ref());
-                return Err(invalid(count.span(), message));
-            }
+        let spanned = [
+            (Setting::Count, &self.count),
+            (Setting::MaxPackageSize, &self.max_package_size),
+            (Setting::MaxSendBuffer, &self.max_send_buffer),
+            (Setting::MaxConnections, &self.max_connections),
+            (Setting::IdleTimeout, &self.idle_timeout),
+            (Setting::MessageTimeout, &self.message_timeout),
+        ];
+        let value =
+            |setting: Setting| spanned.iter().find(|s| s.0 == setting).and_then(|s| s.1.as_ref()).map(|v| *v.get_ref());
+        let settings = Settings {
+            count: value(Setting::Count),
+            max_package_size: value(Setting::MaxPackageSize),
+            max_send_buffer: value(Setting::MaxSendBuffer),
+            max_connections: value(Setting::MaxConnections),
+            idle_timeout: value(Setting::IdleTimeout),
+            message_timeout: value(Setting::MessageTimeout),
         };
-        let defaults = Limits::default();
-        let limit = |key: &str, value: Option<Spanned<usize>>, default: usize| match value {
-            None => Ok(default),
-            Some(value) if *value.get_ref() == 0 => Err(invalid(value.span(), format!("{key} must be above 0"))),
-            Some(value) => Ok(value.into_inner()),
-        };
-        let limits = Limits {
-            max_package_size: limit("max_package_size", self.max_package_size, defaults.max_package_size)?,
-            max_send_buffer: limit("max_send_buffer", self.max_send_buffer, defaults.max_send_buffer)?,
-            max_connections: limit("max_connections", self.max_connections, defaults.max_connections)?,
-            idle_timeout_ms: self.idle_timeout.map_or(defaults.idle_timeout_ms, |secs| secs.saturating_mul(1000)),
-            message_timeout_ms: self
-                .message_timeout
-                .map_or(defaults.message_timeout_ms, |secs| secs.saturating_mul(1000)),
-        };
+        let (count, limits) = settings.build(Source::File).map_err(|e| {
+            let span = match &e {
+                SettingError::OutOfRange { name, .. } => spanned
+                    .iter()
+                    .find(|s| s.0.name(Source::File) == *name)
+                    .and_then(|s| s.1.as_ref())
+                    .map(Spanned::span),
+                SettingError::Invalid(_) => None,
+            };
+            ctx.invalid(span, Some(name), e.to_string())
+        })?;
         let account = |key: &str, value: Option<Spanned<String>>| match value {
             Some(value) if value.get_ref().is_empty() => Err(invalid(value.span(), format!("{key} must not be empty"))),
             value => Ok(value.map(Spanned::into_inner)),
@@ -291,7 +294,7 @@ impl RawService {
         let service =
             Service { name: name.to_string(), plugin, listen: *self.listen.get_ref(), count, plugin_config, limits };
         // What the flags refuse, the file refuses too (a backstop: the checks above name the keys).
-        config::validate(&service).map_err(|message| ctx.invalid(None, Some(name), message))?;
+        config::validate(&service).map_err(|e| ctx.invalid(None, Some(name), e.to_string()))?;
         Ok(ServiceConfig { service, reloadable: self.reloadable.unwrap_or(true), user, group })
     }
 }
@@ -299,6 +302,7 @@ impl RawService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Limits;
 
     const BASE: &str = "/etc/host";
 
@@ -502,7 +506,7 @@ listen = "[::1]:9000"
         for key in ["max_package_size", "max_send_buffer", "max_connections"] {
             let message = parse_err(&with_service(&format!("\n{key} = 0")));
             assert!(message.contains("line 6") && message.contains("service \"web\""), "{message}");
-            assert!(message.contains(&format!("{key} must be above 0")), "{message}");
+            assert!(message.contains(&format!("{key} must be between 1 and")), "{message}");
         }
     }
 
@@ -559,5 +563,48 @@ listen = "[::1]:9000"
     fn a_missing_file_is_named() {
         let message = load(Path::new("/nonexistent/host.toml")).unwrap_err().to_string();
         assert!(message.starts_with("could not read config /nonexistent/host.toml: "), "{message}");
+    }
+
+    // Every bound of the shared builder, as the file spells the keys (with the line).
+    #[test]
+    fn numbers_out_of_range_are_refused_with_their_key_and_line() {
+        let cases = [
+            ("count = 0", "count must be between 1 and 1024 workers, not 0"),
+            ("count = 5000000000", "count must be between 1 and 1024 workers, not 5000000000"),
+            ("max_package_size = 0", "max_package_size must be between 1 and 9223372036854775807 bytes"),
+            ("max_send_buffer = 9223372036854775807", ""),
+            ("max_connections = 0", "max_connections must be between 1 and 16777216 connections"),
+            ("max_connections = 16777217", "max_connections must be between 1"),
+            ("idle_timeout = 31536001", "idle_timeout must be between 0 and 31536000 seconds, not 31536001"),
+            ("message_timeout = 9223372036854775807", "message_timeout must be between 0 and 31536000 seconds"),
+        ];
+        for (line, want) in cases {
+            let text = with_service(&format!("{line}\n"));
+            if want.is_empty() {
+                parse_ok(&text);
+                continue;
+            }
+            let message = parse_err(&text);
+            assert!(message.contains(want), "{line}: {message}");
+            assert!(message.contains("line 5"), "{line}: {message}");
+        }
+        // Above i64 (TOML's integers) is refused by the TOML parser itself, naming the key.
+        assert!(parse_err(&with_service("max_send_buffer = 18446744073709551615\n")).contains("max_send_buffer"));
+        assert!(parse_err(&with_service("idle_timeout = -1\n")).contains("idle_timeout"));
+        let ok = parse_ok(&with_service("idle_timeout = 31536000\nmessage_timeout = 0\n"));
+        assert_eq!(ok.services[0].service.limits.idle_timeout_ms, 31_536_000_000);
+        assert_eq!(ok.services[0].service.limits.message_timeout_ms, 0);
+    }
+
+    #[test]
+    fn stop_timeouts_out_of_range_are_refused() {
+        for value in ["-1", "86400.5", "inf", "nan", "-inf"] {
+            let message = parse_err(&format!("kill_timeout = {value}\n{}", with_service("")));
+            assert!(message.contains("kill_timeout must be between 0 and 86400 seconds"), "{value}: {message}");
+        }
+        assert_eq!(
+            parse_ok(&format!("drain_timeout = 86400\n{}", with_service(""))).drain_timeout,
+            Some(Duration::from_secs(86400))
+        );
     }
 }

@@ -132,18 +132,15 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
             (services, file.plugin_dirs, file.pid_file, file.log_file, name, file.drain_timeout, file.kill_timeout)
         }
         None => {
-            let service = args.service().map_err(anyhow::Error::msg)?;
+            let service = args.service()?;
             let title = format!("{} {}", service.plugin, service.listen);
             let service = ServiceConfig { service, reloadable: true, user: None, group: None };
             (vec![service], Vec::new(), None, None, title, None, None)
         }
     };
-    let seconds = |flag: &str, value: Option<f64>| match value {
-        Some(s) if !(0.0..=86400.0).contains(&s) => bail!("{flag} must be between 0 and 86400 seconds"),
-        value => Ok(value.map(std::time::Duration::from_secs_f64)),
-    };
-    let drain_timeout = seconds("--drain-timeout", args.drain_timeout)?.or(file_drain).unwrap_or(config::DRAIN_TIMEOUT);
-    let kill_timeout = seconds("--kill-timeout", args.kill_timeout)?.or(file_kill).unwrap_or(config::KILL_TIMEOUT);
+    let (drain_flag, kill_flag) = args.stop_timeouts()?;
+    let drain_timeout = drain_flag.or(file_drain).unwrap_or(config::DRAIN_TIMEOUT);
+    let kill_timeout = kill_flag.or(file_kill).unwrap_or(config::KILL_TIMEOUT);
     let file_pid_given = file_pid.is_some();
     let pid_file = pid_file(global, file_pid)?;
     if let Ok(pid) = pidfile::read_running(&pid_file) {

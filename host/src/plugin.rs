@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::sabi_types::VersionNumber;
 use plugin_api::abi::{PluginModRef, ABI_VERSION};
+use plugin_api::abi_v1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -60,13 +62,29 @@ pub fn find(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, PluginError> {
 
 /// A plugin loaded in this process.
 pub struct Loaded {
-    pub module: PluginModRef,
+    pub module: Module,
     pub name: String,
     pub version: String,
+    /// The version of `plugin-api` the plugin was built against.
+    pub api_version: String,
+}
+
+/// The root module of a plugin, as the release of `plugin-api` it was built against declares it.
+#[derive(Clone, Copy)]
+pub enum Module {
+    /// plugin-api 0.1.1 and later.
+    Current(PluginModRef),
+    /// plugin-api 0.1.0: frozen types (`plugin_api::abi_v1`), instances wrapped by
+    /// `plugin_api::compat::from_v1`.
+    V1(abi_v1::PluginModRef),
 }
 
 /// Loads the plugin at `path` and checks its ABI. Never use `RootModule::load_from_file`: it
 /// caches one module per type for the life of the process (DESIGN.md pitfall 3).
+///
+/// abi_stable refuses a root module or vtable with fewer fields than the host's, so a plugin
+/// built against an older `plugin-api` whose prefix types have since grown is checked against
+/// the frozen types of its release instead (see "ABI evolution policy" in `plugin_api::abi`).
 pub fn load(path: &Path) -> Result<Loaded, PluginError> {
     // A bare file name would go to the dynamic loader's search path, not the current directory.
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -79,12 +97,19 @@ pub fn load(path: &Path) -> Result<Loaded, PluginError> {
         }
         other => load_err(essential_error(&other.to_string())),
     })?;
-    let module = header.init_root_module::<PluginModRef>().map_err(|e| load_err(essential_error(&e.to_string())))?;
-    let found = module.abi_version();
+    let api = VersionNumber::new(header.version_strings()).map_err(|e| load_err(essential_error(&e.to_string())))?;
+    let checked = |e: LibraryError| load_err(essential_error(&e.to_string()));
+    let (module, found, name, version) = if (api.major, api.minor, api.patch) == (0, 1, 0) {
+        let m = header.init_root_module::<abi_v1::PluginModRef>().map_err(checked)?;
+        (Module::V1(m), m.abi_version(), m.name(), m.version())
+    } else {
+        let m = header.init_root_module::<PluginModRef>().map_err(checked)?;
+        (Module::Current(m), m.abi_version(), m.name(), m.version())
+    };
     if found != ABI_VERSION {
         return Err(PluginError::AbiVersion { path: path.to_path_buf(), found, expected: ABI_VERSION });
     }
-    Ok(Loaded { module, name: module.name().to_string(), version: module.version().to_string() })
+    Ok(Loaded { module, name: name.to_string(), version: version.to_string(), api_version: api.to_string() })
 }
 
 /// abi_stable's layout report runs to hundreds of lines. Keep the gist: the last `Error:` block,

@@ -1,11 +1,51 @@
 //! The raw ABI: what crosses between the host and a plugin `.so`.
 //!
 //! Everything here is `#[repr(C)]` and `StableAbi`, so abi_stable checks the layout when the host
-//! loads a plugin and refuses one built against an incompatible `plugin-api`. New fields of the
-//! root module may only be added after the `last_prefix_field`.
+//! loads a plugin and refuses one built against an incompatible `plugin-api`.
 //!
 //! Plugin authors do not use these types directly: they implement [`crate::Protocol`] and call
 //! [`crate::export_plugin!`].
+//!
+//! # ABI evolution policy
+//!
+//! A plugin built against any earlier `plugin-api` 0.1.x must keep loading in every later host,
+//! and a plugin built against a later 0.1.x loads in an earlier host as long as it does not need
+//! what is new. When the host loads a plugin, abi_stable checks (1) the version of this crate:
+//! the host's `0.x` minor must not be above the plugin's; (2) the layout of every type reachable
+//! from the root module, each type's package name equal and version "loosely compatible" (same
+//! `0.x` minor). For prefix types (the root module, the `sabi_trait` vtables) the plugin may have
+//! **more** fields than the host, never fewer: a host whose prefix type grew refuses every plugin
+//! built before the growth ("too many fields", `abi_checking.rs`). Hence:
+//!
+//! - **Versions.** `plugin-api` has a version of its own, independent of the workspace's. Only
+//!   the patch number moves (0.1.0 → 0.1.1 → …) when the ABI grows compatibly. A minor bump
+//!   (0.2) refuses every plugin ever built: it is reserved for a deliberate break.
+//! - **[`ABI_VERSION`]** changes only when the *meaning* of an existing item changes (a field
+//!   read differently, an event with a new contract). Growth by these rules keeps it.
+//! - **A release that grows a prefix type freezes the previous declarations** of the types that
+//!   grew (same names, same package) in a module of their own ([`crate::abi_v1`] is 0.1.0), the
+//!   host checks a plugin of that release against them (it reads the plugin's `plugin-api`
+//!   version from its header first), and [`crate::compat`] adapts its instance to today's
+//!   [`RawPlugin`]. Types that did not change are shared.
+//! - **The root module ([`PluginMod`])** grows only at its end, after the last field; fields
+//!   after the `#[sabi(last_prefix_field)]` (`new`) are read as `Option`
+//!   (`#[sabi(missing_field(option))]`).
+//! - **[`RawHost`] and [`RawPlugin`]** get new methods only after their `last_prefix_field`,
+//!   each with a default body. A `RawPlugin` default is what happens for a plugin that lacks the
+//!   event: a no-op, or a call of the older event it replaces ([`RawPlugin::on_conn_error`] calls
+//!   `on_error`; [`crate::compat`] does the same for frozen releases). A `RawHost` default is
+//!   what a newer plugin gets from an older host, whose vtable lacks the method: an explicit
+//!   "unsupported" answer ([`RawHost::worker_count`] says 0, unknown), never undefined behaviour.
+//! - **Existing methods and fields never change type**, are never removed, renamed or reordered.
+//! - **Enums are exhaustive for abi_stable** (it compares kind and variants): [`ConnError`],
+//!   [`RawFrame`], [`CallStatus`] and [`LogLevel`] can never gain a variant. A new enum that may
+//!   grow is a `#[repr(transparent)] struct X(u8)` with associated consts ([`ConnErrorCode`]) or
+//!   abi_stable's `NonExhaustive`; a receiver must handle values it does not know.
+//! - **Plain `repr(C)` structs never change** ([`RawWorkerInfo`], [`RawSockAddr`]). A struct
+//!   that may grow is a prefix type ([`WorkerEnv`]), passed as its `…Ref`.
+//! - **Proof.** `tests/fixtures/old_abi` freezes `plugin-api` 0.1.0 and a plugin built against
+//!   it; the integration tests load it into the current host. A release that changes the ABI
+//!   freezes its own copy next to it.
 
 use abi_stable::{
     declare_root_module_statics,
@@ -16,7 +56,8 @@ use abi_stable::{
     StableAbi,
 };
 
-/// Bumped on any change of the meaning (not only the layout) of the ABI.
+/// Bumped on any change of the meaning (not only the layout) of the ABI; growth by the policy
+/// above keeps it.
 pub const ABI_VERSION: u32 = 1;
 
 /// Identifies one connection inside one worker. The low 32 bits are a dense index (reused after
@@ -26,6 +67,7 @@ pub const ABI_VERSION: u32 = 1;
 pub struct ConnId(pub u64);
 
 impl ConnId {
+    /// The id of the connection at `index` in its `generation`.
     pub const fn new(index: u32, generation: u32) -> Self {
         ConnId(((generation as u64) << 32) | index as u64)
     }
@@ -33,6 +75,7 @@ impl ConnId {
     pub const fn index(self) -> usize {
         (self.0 & 0xffff_ffff) as usize
     }
+    /// How many connections used this index before this one.
     pub const fn generation(self) -> u32 {
         (self.0 >> 32) as u32
     }
@@ -43,7 +86,8 @@ impl ConnId {
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerId(pub u64);
 
-/// What the plugin's framing step says about the bytes buffered on a connection.
+/// What the plugin's framing step says about the bytes buffered on a connection. Exhaustive:
+/// can never gain a variant (see the policy above).
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawFrame {
@@ -59,17 +103,19 @@ pub enum RawFrame {
     Panicked,
 }
 
-/// Result of a plugin callback that cannot fail otherwise.
+/// Result of a plugin callback that cannot fail otherwise. Exhaustive: can never gain a variant.
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallStatus {
+    /// The callback returned.
     Ok,
     /// The plugin panicked (caught by the glue); when the call was about a connection, the host
     /// closes that connection.
     Panicked,
 }
 
-/// Why the host reports an error on a connection.
+/// Why the host reports an error on a connection, as ABI 1 first said it (`on_error`).
+/// Exhaustive, so frozen: new reasons are [`ConnErrorCode`]s (`on_conn_error`).
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnError {
@@ -84,9 +130,56 @@ pub enum ConnError {
     Io,
 }
 
+/// Why the host reports an error on a connection: a growable code (`on_conn_error`). A plugin
+/// must expect codes it does not know (a newer host's); [`ConnErrorCode::closest_conn_error`]
+/// maps every code to the nearest [`ConnError`].
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnErrorCode(pub u8);
+
+impl ConnErrorCode {
+    /// [`ConnError::PackageTooLarge`].
+    pub const PACKAGE_TOO_LARGE: Self = ConnErrorCode(0);
+    /// [`ConnError::Timeout`].
+    pub const TIMEOUT: Self = ConnErrorCode(1);
+    /// [`ConnError::SendFailed`].
+    pub const SEND_FAILED: Self = ConnErrorCode(2);
+    /// [`ConnError::Io`].
+    pub const IO: Self = ConnErrorCode(3);
+    /// An outbound connection was refused by its peer.
+    pub const CONNECT_REFUSED: Self = ConnErrorCode(4);
+    /// An outbound connection was not established in time.
+    pub const CONNECT_TIMEOUT: Self = ConnErrorCode(5);
+    /// The TLS handshake failed; the connection is gone.
+    pub const TLS_HANDSHAKE: Self = ConnErrorCode(6);
+
+    /// The [`ConnError`] an older plugin hears for this code: itself for the four ABI 1 reasons,
+    /// [`ConnError::Io`] (the connection is gone) for every other.
+    pub const fn closest_conn_error(self) -> ConnError {
+        match self {
+            Self::PACKAGE_TOO_LARGE => ConnError::PackageTooLarge,
+            Self::TIMEOUT => ConnError::Timeout,
+            Self::SEND_FAILED => ConnError::SendFailed,
+            _ => ConnError::Io,
+        }
+    }
+}
+
+impl From<ConnError> for ConnErrorCode {
+    fn from(err: ConnError) -> Self {
+        match err {
+            ConnError::PackageTooLarge => Self::PACKAGE_TOO_LARGE,
+            ConnError::Timeout => Self::TIMEOUT,
+            ConnError::SendFailed => Self::SEND_FAILED,
+            ConnError::Io => Self::IO,
+        }
+    }
+}
+
 /// Severity of a log record sent by a plugin, ordered like `tracing::Level` (TRACE is 0).
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[allow(missing_docs)]
 pub enum LogLevel {
     Trace,
     Debug,
@@ -99,7 +192,9 @@ pub enum LogLevel {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawSockAddr {
+    /// 4, 6, or 0 (no address).
     pub family: u8,
+    /// The port, in host byte order.
     pub port: u16,
     /// IPv4 in the first 4 bytes, or IPv6.
     pub ip: [u8; 16],
@@ -108,12 +203,16 @@ pub struct RawSockAddr {
 /// Where the plugin's log records go: the host turns them into `tracing` events of its own.
 pub type LogFn = extern "C" fn(level: LogLevel, target: RStr<'_>, message: RStr<'_>);
 
-/// What the host tells a plugin when it builds its instance in a worker.
+/// What the host tells a plugin when it builds its instance in a worker, through `new` (ABI 1).
+/// A plain struct, so frozen: newer hosts pass a [`WorkerEnv`] to `new_v2` instead.
 #[repr(C)]
 #[derive(StableAbi)]
 pub struct RawWorkerInfo<'a> {
+    /// The service's name.
     pub service: RStr<'a>,
+    /// The worker's slot within its service (0-based).
     pub slot: u32,
+    /// The worker's process id.
     pub pid: u32,
     /// The service's largest message: the host refuses longer ones (`on_error(PackageTooLarge)`).
     pub max_package_size: u64,
@@ -122,34 +221,76 @@ pub struct RawWorkerInfo<'a> {
     pub max_send_buffer: u64,
     /// Records less severe than this are dropped inside the plugin, before formatting.
     pub max_log_level: LogLevel,
+    /// Where the plugin's log records go.
     pub log: extern "C" fn(level: LogLevel, target: RStr<'_>, message: RStr<'_>),
+}
+
+/// What the host tells a plugin when it builds its instance in a worker, through `new_v2`. A
+/// prefix type: new fields go after the last one (read as `Option`: `None` from an older host).
+/// The host builds one per worker process and never frees it (it is `'static`: a plugin may
+/// keep the [`WorkerEnvRef`]).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = WorkerEnvRef)))]
+#[sabi(missing_field(option))]
+pub struct WorkerEnv {
+    /// The service's name.
+    pub service: RStr<'static>,
+    /// The worker's slot within its service (0-based).
+    pub slot: u32,
+    /// The worker's process id.
+    pub pid: u32,
+    /// The service's largest message: the host refuses longer ones (`PACKAGE_TOO_LARGE`).
+    pub max_package_size: u64,
+    /// The send buffer: output queued above it makes the connection "full".
+    pub max_send_buffer: u64,
+    /// Records less severe than this are dropped inside the plugin, before formatting.
+    pub max_log_level: LogLevel,
+    /// Where the plugin's log records go.
+    pub log: extern "C" fn(level: LogLevel, target: RStr<'_>, message: RStr<'_>),
+    /// How many workers the service has (its `count`).
+    #[sabi(last_prefix_field)]
+    pub worker_count: u32,
 }
 
 /// What the host offers a plugin during a callback.
 #[sabi_trait]
 pub trait RawHost {
     /// Appends `data` to the connection's output. False when the connection is closed or its
-    /// send buffer is full (the plugin then also hears `on_error(SendFailed)`).
+    /// send buffer is full (the plugin then also hears `on_conn_error(SEND_FAILED)`).
     fn send(&mut self, conn: ConnId, data: RSlice<'_, u8>) -> bool;
     /// Closes the connection once `last` and everything queued before it is flushed.
     fn close(&mut self, conn: ConnId, last: RSlice<'_, u8>);
     /// Stops (true) or restarts (false) reading from the connection.
     fn pause_recv(&mut self, conn: ConnId, paused: bool);
+    /// The connection's peer address (family 0 when unknown).
     fn peer_addr(&self, conn: ConnId) -> RawSockAddr;
+    /// The connection's local address (family 0 when unknown).
     fn local_addr(&self, conn: ConnId) -> RawSockAddr;
     /// Bytes queued on the connection and not yet written to the socket.
     fn pending_send(&self, conn: ConnId) -> u64;
     /// Starts a timer firing after `delay_ms`, then every `interval_ms` (0: once). `data` comes
     /// back in `on_timer`.
     fn add_timer(&mut self, delay_ms: u64, interval_ms: u64, data: u64) -> TimerId;
+    /// Deletes a timer; false when there was none.
     fn del_timer(&mut self, timer: TimerId) -> bool;
+    /// The worker's slot within its service (0-based).
     fn slot(&self) -> u32;
+    /// The service's name.
     fn service(&self) -> RStr<'_>;
     /// True once the worker was asked to drain (graceful stop or reload).
     fn is_draining(&self) -> bool;
     /// Milliseconds on the worker's monotonic clock, cached once per loop turn.
     #[sabi(last_prefix_field)]
     fn now_ms(&self) -> u64;
+
+    // --- Added in plugin-api 0.1.1. Every method below has a default body: what a plugin gets
+    // --- from an older host that lacks it ("unsupported").
+
+    /// How many workers the service has; 0 when the host is too old to say.
+    fn worker_count(&self) -> u32 {
+        0
+    }
 }
 
 /// The host handle passed to every callback, borrowed for that call only.
@@ -159,32 +300,55 @@ pub type RawHostRef<'a> = RawHost_TO<'a, abi_stable::sabi_types::RMut<'a, ()>>;
 /// this boundary and reports them as `Panicked`.
 #[sabi_trait]
 pub trait RawPlugin {
+    /// The worker is up and about to accept; an error stops it before it reports ready.
     fn on_worker_start(&mut self, host: RawHostRef<'_>) -> RResult<(), RString>;
+    /// The worker is about to exit.
     fn on_worker_stop(&mut self, host: RawHostRef<'_>) -> CallStatus;
+    /// A reload of a service that is not reloadable.
     fn on_worker_reload(&mut self, host: RawHostRef<'_>) -> CallStatus;
+    /// A new connection was accepted.
     fn on_connect(&mut self, host: RawHostRef<'_>, conn: ConnId) -> CallStatus;
+    /// Framing: how long is the next message in `buf` (the bytes buffered on `conn`)?
     fn input(&mut self, host: RawHostRef<'_>, conn: ConnId, buf: RSlice<'_, u8>) -> RawFrame;
+    /// One complete message, as delimited by `input`.
     fn on_message(&mut self, host: RawHostRef<'_>, conn: ConnId, msg: RSlice<'_, u8>) -> CallStatus;
+    /// The connection is closed; its id is stale from now on.
     fn on_close(&mut self, host: RawHostRef<'_>, conn: ConnId) -> CallStatus;
+    /// An error on the connection (ABI 1). Hosts since plugin-api 0.1.1 call `on_conn_error`,
+    /// whose default comes here.
     fn on_error(&mut self, host: RawHostRef<'_>, conn: ConnId, err: ConnError) -> CallStatus;
+    /// The connection's send buffer is full: the host stops reading from it until it drains.
     fn on_buffer_full(&mut self, host: RawHostRef<'_>, conn: ConnId) -> CallStatus;
+    /// The connection's send buffer drained below the limit.
     fn on_buffer_drain(&mut self, host: RawHostRef<'_>, conn: ConnId) -> CallStatus;
+    /// A timer fired, with the `data` given when it was added.
     fn on_timer(&mut self, host: RawHostRef<'_>, timer: TimerId, data: u64) -> CallStatus;
     /// The worker is draining: the plugin closes the connection now (idle) or after the message in
     /// flight (an HTTP server answers with `Connection: close`).
     #[sabi(last_prefix_field)]
     fn on_drain(&mut self, host: RawHostRef<'_>, conn: ConnId) -> CallStatus;
+
+    // --- Added in plugin-api 0.1.1. Every method below has a default body: what happens for an
+    // --- older plugin that lacks it.
+
+    /// An error on the connection, as a growable code. Older plugins hear `on_error` with the
+    /// closest [`ConnError`] (codes they cannot know become `Io`).
+    fn on_conn_error(&mut self, host: RawHostRef<'_>, conn: ConnId, err: ConnErrorCode) -> CallStatus {
+        self.on_error(host, conn, err.closest_conn_error())
+    }
 }
 
 /// An owned plugin instance.
 pub type RawPluginBox = RawPlugin_TO<'static, RBox<()>>;
 
-/// The root module every plugin exports.
+/// The root module every plugin exports. A prefix type: fields after `new` (the
+/// `last_prefix_field`) were added later and read as `Option` (`None` from an older plugin).
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
-#[sabi(missing_field(panic))]
+#[sabi(missing_field(option))]
 pub struct PluginMod {
+    /// [`ABI_VERSION`] of the `plugin-api` the plugin was built with.
     pub abi_version: u32,
     /// The plugin's name, as used with `--plugin NAME`.
     pub name: RStr<'static>,
@@ -193,6 +357,9 @@ pub struct PluginMod {
     /// Builds the worker's plugin instance from the service's config (TOML text, may be empty).
     #[sabi(last_prefix_field)]
     pub new: extern "C" fn(config: RStr<'_>, info: &RawWorkerInfo<'_>) -> RResult<RawPluginBox, RString>,
+    /// Since plugin-api 0.1.1: `new` with a [`WorkerEnv`]. The host calls it when the plugin
+    /// has it, else `new`.
+    pub new_v2: extern "C" fn(config: RStr<'_>, env: WorkerEnvRef) -> RResult<RawPluginBox, RString>,
 }
 
 impl RootModule for PluginModRef {

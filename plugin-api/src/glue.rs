@@ -5,17 +5,48 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
 use abi_stable::{
+    library::{CheckTypeLayout, LibHeader, RootModuleResult},
     prefix_type::PrefixTypeTrait,
     sabi_trait::TD_Opaque,
     std_types::{RBox, RErr, ROk, RResult, RSlice, RStr, RString},
 };
 
 use crate::abi::{
-    CallStatus, ConnError, ConnId, PluginMod, PluginModRef, RawFrame, RawHostRef, RawPlugin, RawPluginBox,
-    RawPlugin_TO, RawWorkerInfo, TimerId, ABI_VERSION,
+    self, CallStatus, ConnErrorCode, ConnId, LogFn, LogLevel, PluginMod, PluginModRef, RawFrame, RawHostRef, RawPlugin,
+    RawPluginBox, RawPlugin_TO, RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
 };
 use crate::log;
-use crate::sdk::{Host, Protocol, WorkerInfo};
+use crate::sdk::{ConnError, Host, Protocol, WorkerInfo};
+
+/// What [`crate::export_plugin!`] declares about the plugin crate it is used in.
+pub trait Export {
+    /// The plugin's implementation.
+    type Protocol: Protocol;
+    /// The plugin's name (its crate's library name).
+    const NAME: &'static str;
+    /// The plugin crate's version.
+    const VERSION: &'static str;
+}
+
+/// The header abi_stable's loader looks for in a plugin: what `#[export_root_module]` puts in the
+/// static it exports, for the root module of plugin `E`. The layout of the root module is
+/// checked when the host loads it (`CheckTypeLayout::Yes`, as the attribute does by default).
+pub const fn lib_header<E: Export>() -> LibHeader {
+    // SAFETY: `from_constructor` requires the constructor to return a `PrefixRef<ErasedPrefix>`
+    // transmuted from a `PrefixRef<M>` with `M` the module type given here. `load_root_module`
+    // gets it from `__call_root_module_loader` applied to a function returning a
+    // `PluginModRef`, exactly as the code `#[export_root_module]` generates does, and `M` is
+    // `PluginModRef`.
+    unsafe { LibHeader::from_constructor::<PluginModRef>(load_root_module::<E>, CheckTypeLayout::Yes) }
+}
+
+extern "C" fn load_root_module<E: Export>() -> RootModuleResult {
+    abi_stable::library::__call_root_module_loader(root_module_of::<E>)
+}
+
+fn root_module_of<E: Export>() -> PluginModRef {
+    root_module::<E::Protocol>(E::NAME, E::VERSION)
+}
 
 /// Builds the root module of a plugin; called by the function [`crate::export_plugin!`] exports.
 pub fn root_module<P: Protocol>(name: &'static str, version: &'static str) -> PluginModRef {
@@ -24,20 +55,45 @@ pub fn root_module<P: Protocol>(name: &'static str, version: &'static str) -> Pl
         name: RStr::from_str(name),
         version: RStr::from_str(version),
         new: new_instance::<P>,
+        new_v2: new_instance_v2::<P>,
     }
     .leak_into_prefix()
 }
 
+/// `new` (ABI 1), called by hosts older than plugin-api 0.1.1.
 extern "C" fn new_instance<P: Protocol>(config: RStr<'_>, info: &RawWorkerInfo<'_>) -> RResult<RawPluginBox, RString> {
-    log::install(info.log, info.max_log_level);
-    install_panic_hook();
     let worker = WorkerInfo {
         service: info.service.to_string(),
         slot: info.slot,
         pid: info.pid,
         max_package_size: usize::try_from(info.max_package_size).unwrap_or(usize::MAX),
         max_send_buffer: usize::try_from(info.max_send_buffer).unwrap_or(usize::MAX),
+        worker_count: None,
     };
+    build::<P>(config, worker, info.log, info.max_log_level)
+}
+
+/// `new_v2`, called by hosts since plugin-api 0.1.1.
+extern "C" fn new_instance_v2<P: Protocol>(config: RStr<'_>, env: WorkerEnvRef) -> RResult<RawPluginBox, RString> {
+    let worker = WorkerInfo {
+        service: env.service().to_string(),
+        slot: env.slot(),
+        pid: env.pid(),
+        max_package_size: usize::try_from(env.max_package_size()).unwrap_or(usize::MAX),
+        max_send_buffer: usize::try_from(env.max_send_buffer()).unwrap_or(usize::MAX),
+        worker_count: Some(env.worker_count()).filter(|&n| n > 0),
+    };
+    build::<P>(config, worker, env.log(), env.max_log_level())
+}
+
+fn build<P: Protocol>(
+    config: RStr<'_>,
+    worker: WorkerInfo,
+    log: LogFn,
+    max: LogLevel,
+) -> RResult<RawPluginBox, RString> {
+    log::install(log, max);
+    install_panic_hook();
     match panic::catch_unwind(|| P::new(config.as_str(), &worker)) {
         Ok(Ok(p)) => ROk(RawPlugin_TO::from_value(Glue(p), TD_Opaque)),
         Ok(Err(e)) => RErr(RString::from(e)),
@@ -116,9 +172,9 @@ impl<P: Protocol> RawPlugin for Glue<P> {
         guard(|| self.0.on_close(&mut host, conn))
     }
 
-    fn on_error(&mut self, host: RawHostRef<'_>, conn: ConnId, err: ConnError) -> CallStatus {
+    fn on_error(&mut self, host: RawHostRef<'_>, conn: ConnId, err: abi::ConnError) -> CallStatus {
         let mut host = Host::from_raw(host);
-        guard(|| self.0.on_error(&mut host, conn, err))
+        guard(|| self.0.on_error(&mut host, conn, ConnError::from(err)))
     }
 
     fn on_buffer_full(&mut self, host: RawHostRef<'_>, conn: ConnId) -> CallStatus {
@@ -140,6 +196,11 @@ impl<P: Protocol> RawPlugin for Glue<P> {
         let mut host = Host::from_raw(host);
         guard(|| self.0.on_drain(&mut host, conn))
     }
+
+    fn on_conn_error(&mut self, host: RawHostRef<'_>, conn: ConnId, err: ConnErrorCode) -> CallStatus {
+        let mut host = Host::from_raw(host);
+        guard(|| self.0.on_error(&mut host, conn, ConnError::from(err)))
+    }
 }
 
 /// Wraps a [`Protocol`] as an owned raw plugin without a `.so`, for tests that drive a plugin
@@ -151,4 +212,216 @@ pub fn instance<P: Protocol>(p: P) -> RawPluginBox {
 #[allow(dead_code)]
 fn _assert_box_type(b: RawPluginBox) -> RawPlugin_TO<'static, RBox<()>> {
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use abi_stable::std_types::RStr;
+    use abi_stable::{prefix_type::PrefixTypeTrait, sabi_trait::TD_Opaque};
+
+    use super::*;
+    use crate::abi::{LogLevel, RawHost, RawHost_TO, RawSockAddr, WorkerEnv};
+
+    /// What the probe saw: service, worker count from `new`, error, `Host::worker_count()`.
+    type Seen = (String, Option<u32>, Option<ConnError>, Option<u32>);
+
+    /// What the probe plugin saw, per test (each test uses its own service name).
+    static SEEN: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
+
+    struct Probe(String);
+
+    impl Protocol for Probe {
+        fn new(_config: &str, worker: &WorkerInfo) -> Result<Self, String> {
+            SEEN.lock().unwrap().push((worker.service.clone(), worker.worker_count, None, None));
+            Ok(Probe(worker.service.clone()))
+        }
+        fn input(&mut self, _: &mut Host<'_>, _: ConnId, buf: &[u8]) -> crate::Frame {
+            crate::Frame::Complete(buf.len())
+        }
+        fn on_message(&mut self, host: &mut Host<'_>, _: ConnId, _: &[u8]) {
+            SEEN.lock().unwrap().push((self.0.clone(), None, None, host.worker_count()));
+        }
+        fn on_error(&mut self, _: &mut Host<'_>, _: ConnId, err: ConnError) {
+            SEEN.lock().unwrap().push((self.0.clone(), None, Some(err), None));
+        }
+    }
+
+    /// A host as old as plugin-api 0.1.0 looks to a plugin: no `worker_count` of its own.
+    struct OldHost;
+    impl RawHost for OldHost {
+        fn send(&mut self, _: ConnId, _: RSlice<'_, u8>) -> bool {
+            true
+        }
+        fn close(&mut self, _: ConnId, _: RSlice<'_, u8>) {}
+        fn pause_recv(&mut self, _: ConnId, _: bool) {}
+        fn peer_addr(&self, _: ConnId) -> RawSockAddr {
+            crate::raw_sock_addr(None)
+        }
+        fn local_addr(&self, _: ConnId) -> RawSockAddr {
+            crate::raw_sock_addr(None)
+        }
+        fn pending_send(&self, _: ConnId) -> u64 {
+            0
+        }
+        fn add_timer(&mut self, _: u64, _: u64, _: u64) -> TimerId {
+            TimerId(0)
+        }
+        fn del_timer(&mut self, _: TimerId) -> bool {
+            false
+        }
+        fn slot(&self) -> u32 {
+            0
+        }
+        fn service(&self) -> RStr<'_> {
+            RStr::from_str("svc")
+        }
+        fn is_draining(&self) -> bool {
+            false
+        }
+        fn now_ms(&self) -> u64 {
+            0
+        }
+    }
+
+    /// Today's host: says how many workers there are.
+    struct NewHost(OldHost);
+    impl RawHost for NewHost {
+        fn send(&mut self, c: ConnId, d: RSlice<'_, u8>) -> bool {
+            self.0.send(c, d)
+        }
+        fn close(&mut self, c: ConnId, l: RSlice<'_, u8>) {
+            self.0.close(c, l)
+        }
+        fn pause_recv(&mut self, c: ConnId, p: bool) {
+            self.0.pause_recv(c, p)
+        }
+        fn peer_addr(&self, c: ConnId) -> RawSockAddr {
+            self.0.peer_addr(c)
+        }
+        fn local_addr(&self, c: ConnId) -> RawSockAddr {
+            self.0.local_addr(c)
+        }
+        fn pending_send(&self, c: ConnId) -> u64 {
+            self.0.pending_send(c)
+        }
+        fn add_timer(&mut self, d: u64, i: u64, x: u64) -> TimerId {
+            self.0.add_timer(d, i, x)
+        }
+        fn del_timer(&mut self, t: TimerId) -> bool {
+            self.0.del_timer(t)
+        }
+        fn slot(&self) -> u32 {
+            self.0.slot()
+        }
+        fn service(&self) -> RStr<'_> {
+            self.0.service()
+        }
+        fn is_draining(&self) -> bool {
+            self.0.is_draining()
+        }
+        fn now_ms(&self) -> u64 {
+            self.0.now_ms()
+        }
+        fn worker_count(&self) -> u32 {
+            6
+        }
+    }
+
+    extern "C" fn no_log(_: LogLevel, _: RStr<'_>, _: RStr<'_>) {}
+
+    fn seen(service: &str) -> Vec<(Option<u32>, Option<ConnError>, Option<u32>)> {
+        SEEN.lock().unwrap().iter().filter(|s| s.0 == service).map(|s| (s.1, s.2, s.3)).collect()
+    }
+
+    #[test]
+    fn new_v2_tells_the_worker_count_and_new_does_not() {
+        let module = root_module::<Probe>("probe", "1.0.0");
+        let new_v2 = module.new_v2().expect("today's glue exports new_v2");
+        let env = WorkerEnv {
+            service: RStr::from_str("v2"),
+            slot: 1,
+            pid: 2,
+            max_package_size: 10,
+            max_send_buffer: 20,
+            max_log_level: LogLevel::Error,
+            log: no_log,
+            worker_count: 4,
+        };
+        assert!(new_v2(RStr::from_str(""), env.leak_into_prefix()).is_ok());
+        assert_eq!(seen("v2"), vec![(Some(4), None, None)]);
+
+        let info = RawWorkerInfo {
+            service: RStr::from_str("v1"),
+            slot: 1,
+            pid: 2,
+            max_package_size: 10,
+            max_send_buffer: 20,
+            max_log_level: LogLevel::Error,
+            log: no_log,
+        };
+        assert!((module.new())(RStr::from_str(""), &info).is_ok());
+        assert_eq!(seen("v1"), vec![(None, None, None)], "an older host cannot say");
+    }
+
+    #[test]
+    fn host_worker_count_is_none_from_a_host_without_it() {
+        let mut plugin = instance(Probe("hosts".into()));
+        let conn = ConnId::new(0, 0);
+        let mut old = OldHost;
+        plugin.on_message(RawHost_TO::from_ptr(&mut old, TD_Opaque), conn, RSlice::from_slice(b"x"));
+        let mut new = NewHost(OldHost);
+        plugin.on_message(RawHost_TO::from_ptr(&mut new, TD_Opaque), conn, RSlice::from_slice(b"x"));
+        assert_eq!(seen("hosts"), vec![(None, None, None), (None, None, Some(6))]);
+    }
+
+    #[test]
+    fn conn_errors_reach_on_error_by_either_path() {
+        let mut plugin = instance(Probe("errors".into()));
+        let conn = ConnId::new(0, 0);
+        let mut host = OldHost;
+        let codes = [
+            ConnErrorCode::PACKAGE_TOO_LARGE,
+            ConnErrorCode::TLS_HANDSHAKE,
+            ConnErrorCode::CONNECT_REFUSED,
+            ConnErrorCode(200),
+        ];
+        for code in codes {
+            plugin.on_conn_error(RawHost_TO::from_ptr(&mut host, TD_Opaque), conn, code);
+        }
+        plugin.on_error(RawHost_TO::from_ptr(&mut host, TD_Opaque), conn, abi::ConnError::Timeout);
+        let errs: Vec<_> = seen("errors").into_iter().map(|s| s.1.unwrap()).collect();
+        assert_eq!(
+            errs,
+            [
+                ConnError::PackageTooLarge,
+                ConnError::TlsHandshake,
+                ConnError::ConnectRefused,
+                ConnError::Io,
+                ConnError::Timeout
+            ]
+        );
+    }
+
+    #[test]
+    fn new_codes_fall_back_to_io_for_old_plugins_and_old_ones_round_trip() {
+        for old in
+            [abi::ConnError::PackageTooLarge, abi::ConnError::Timeout, abi::ConnError::SendFailed, abi::ConnError::Io]
+        {
+            assert_eq!(ConnErrorCode::from(old).closest_conn_error(), old);
+        }
+        for new in [ConnErrorCode::CONNECT_REFUSED, ConnErrorCode::CONNECT_TIMEOUT, ConnErrorCode::TLS_HANDSHAKE] {
+            assert_eq!(new.closest_conn_error(), abi::ConnError::Io);
+            assert_eq!(ConnErrorCode::from(ConnError::from(new)), new);
+        }
+    }
+
+    #[test]
+    fn the_exported_symbol_is_the_one_abi_stable_looks_for() {
+        // `export_plugin!` spells the name out (a macro_rules cannot compute an identifier).
+        let src = include_str!("lib.rs");
+        let name = abi_stable::library::ROOT_MODULE_LOADER_NAME;
+        assert!(src.contains(&format!("pub static {name}:")), "export_plugin! must export `{name}`");
+    }
 }

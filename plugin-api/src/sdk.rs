@@ -6,8 +6,67 @@ use std::time::Duration;
 
 use abi_stable::std_types::RSlice;
 
-pub use crate::abi::ConnError;
-use crate::abi::{ConnId, RawFrame, RawHostRef, RawSockAddr, TimerId};
+use crate::abi::{self, ConnErrorCode, ConnId, RawFrame, RawHostRef, RawSockAddr, TimerId};
+
+/// Why the host reports an error on a connection ([`Protocol::on_error`]). More reasons will
+/// come with new host features: match with a `_ =>` arm.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnError {
+    /// The next message is over the service's max package size. The plugin may queue an error
+    /// response; the connection is closed after it is flushed.
+    PackageTooLarge,
+    /// The connection was idle (or a message incomplete) for longer than allowed.
+    Timeout,
+    /// A send was refused: the connection is closed or its send buffer is full.
+    SendFailed,
+    /// The socket reported an error (reset by peer, say); the connection is gone.
+    Io,
+    /// An outbound connection was refused by its peer.
+    ConnectRefused,
+    /// An outbound connection was not established in time.
+    ConnectTimeout,
+    /// The TLS handshake failed; the connection is gone.
+    TlsHandshake,
+}
+
+impl From<abi::ConnError> for ConnError {
+    fn from(err: abi::ConnError) -> Self {
+        match err {
+            abi::ConnError::PackageTooLarge => ConnError::PackageTooLarge,
+            abi::ConnError::Timeout => ConnError::Timeout,
+            abi::ConnError::SendFailed => ConnError::SendFailed,
+            abi::ConnError::Io => ConnError::Io,
+        }
+    }
+}
+
+impl From<ConnErrorCode> for ConnError {
+    /// A code this SDK does not know (from a newer host) becomes [`ConnError::Io`]: whatever it
+    /// is, the connection is gone.
+    fn from(code: ConnErrorCode) -> Self {
+        match code {
+            ConnErrorCode::CONNECT_REFUSED => ConnError::ConnectRefused,
+            ConnErrorCode::CONNECT_TIMEOUT => ConnError::ConnectTimeout,
+            ConnErrorCode::TLS_HANDSHAKE => ConnError::TlsHandshake,
+            code => code.closest_conn_error().into(),
+        }
+    }
+}
+
+impl From<ConnError> for ConnErrorCode {
+    fn from(err: ConnError) -> Self {
+        match err {
+            ConnError::PackageTooLarge => ConnErrorCode::PACKAGE_TOO_LARGE,
+            ConnError::Timeout => ConnErrorCode::TIMEOUT,
+            ConnError::SendFailed => ConnErrorCode::SEND_FAILED,
+            ConnError::Io => ConnErrorCode::IO,
+            ConnError::ConnectRefused => ConnErrorCode::CONNECT_REFUSED,
+            ConnError::ConnectTimeout => ConnErrorCode::CONNECT_TIMEOUT,
+            ConnError::TlsHandshake => ConnErrorCode::TLS_HANDSHAKE,
+        }
+    }
+}
 
 /// What a plugin's framing step says about the bytes buffered on a connection (Workerman's
 /// `input()` contract).
@@ -36,8 +95,11 @@ impl From<Frame> for RawFrame {
 /// Identity of the worker a plugin instance runs in, given to [`Protocol::new`].
 #[derive(Debug, Clone)]
 pub struct WorkerInfo {
+    /// The service's name.
     pub service: String,
+    /// The worker's slot within its service (0-based).
     pub slot: u32,
+    /// The worker's process id.
     pub pid: u32,
     /// The service's largest message: the host refuses longer ones (`on_error(PackageTooLarge)`),
     /// so a protocol can refuse them itself first (HTTP: 413 before `100 Continue`).
@@ -45,6 +107,8 @@ pub struct WorkerInfo {
     /// The send buffer: output queued above it makes the connection full (`on_buffer_full`, then
     /// `on_buffer_drain` once written). A plugin streaming a large answer sends up to it at a time.
     pub max_send_buffer: usize,
+    /// How many workers the service has; `None` from a host too old to say.
+    pub worker_count: Option<u32>,
 }
 
 /// The host, as a plugin sees it during one callback.
@@ -80,14 +144,17 @@ impl<'a> Host<'a> {
         self.raw.pause_recv(conn, true)
     }
 
+    /// Reads from the connection again after [`Host::pause_recv`].
     pub fn resume_recv(&mut self, conn: ConnId) {
         self.raw.pause_recv(conn, false)
     }
 
+    /// The connection's peer address; `None` when unknown.
     pub fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr> {
         sock_addr(self.raw.peer_addr(conn))
     }
 
+    /// The connection's local address; `None` when unknown.
     pub fn local_addr(&self, conn: ConnId) -> Option<SocketAddr> {
         sock_addr(self.raw.local_addr(conn))
     }
@@ -108,6 +175,7 @@ impl<'a> Host<'a> {
         self.raw.add_timer(ms, ms, data)
     }
 
+    /// Deletes a timer; false when there was none (it fired once already, say).
     pub fn del_timer(&mut self, timer: TimerId) -> bool {
         self.raw.del_timer(timer)
     }
@@ -117,6 +185,7 @@ impl<'a> Host<'a> {
         self.raw.slot()
     }
 
+    /// The service's name.
     pub fn service(&self) -> &str {
         self.raw.service().as_str()
     }
@@ -129,6 +198,14 @@ impl<'a> Host<'a> {
     /// The worker's monotonic clock in milliseconds, read once per loop turn.
     pub fn now_ms(&self) -> u64 {
         self.raw.now_ms()
+    }
+
+    /// How many workers the service has; `None` from a host too old to say.
+    pub fn worker_count(&self) -> Option<u32> {
+        match self.raw.worker_count() {
+            0 => None,
+            n => Some(n),
+        }
     }
 }
 
@@ -172,9 +249,11 @@ pub trait Protocol: Sized + 'static {
     fn on_worker_start(&mut self, _host: &mut Host<'_>) -> Result<(), String> {
         Ok(())
     }
+    /// Called once before the worker exits.
     fn on_worker_stop(&mut self, _host: &mut Host<'_>) {}
     /// Called instead of a restart on services that are not reloadable.
     fn on_worker_reload(&mut self, _host: &mut Host<'_>) {}
+    /// A new connection was accepted.
     fn on_connect(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
 
     /// Framing: how long is the next message in `buf` (the bytes buffered on `conn`)?
@@ -183,14 +262,17 @@ pub trait Protocol: Sized + 'static {
     /// One complete message, as delimited by [`Protocol::input`].
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]);
 
+    /// The connection is closed (drop its state: its id is stale from now on).
     fn on_close(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
-    /// The default closes the connection (after whatever is queued).
+    /// An error on the connection. The default closes the connection (after whatever is queued).
     fn on_error(&mut self, host: &mut Host<'_>, conn: ConnId, _err: ConnError) {
         host.close(conn);
     }
     /// The connection's send buffer is full: the host stops reading from it until it drains.
     fn on_buffer_full(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
+    /// The connection's send buffer drained below the limit after [`Protocol::on_buffer_full`].
     fn on_buffer_drain(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
+    /// A timer fired, with the `data` given to [`Host::add_timer`] or [`Host::add_interval`].
     fn on_timer(&mut self, _host: &mut Host<'_>, _timer: TimerId, _data: u64) {}
     /// The worker is draining (graceful stop or reload). The default closes the connection once
     /// what is queued is flushed; a request/response protocol closes after the response in flight.
@@ -213,10 +295,12 @@ impl<T> Default for ConnMap<T> {
 }
 
 impl<T> ConnMap<T> {
+    /// An empty map.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Sets the entry of `conn`, returning the previous value of that same connection.
     pub fn insert(&mut self, conn: ConnId, value: T) -> Option<T> {
         let i = conn.index();
         if i >= self.slots.len() {
@@ -225,6 +309,7 @@ impl<T> ConnMap<T> {
         self.slots[i].replace((conn, value)).filter(|(c, _)| *c == conn).map(|(_, v)| v)
     }
 
+    /// The entry of `conn`, if it has one.
     pub fn get(&self, conn: ConnId) -> Option<&T> {
         match self.slots.get(conn.index()) {
             Some(Some((c, v))) if *c == conn => Some(v),
@@ -232,6 +317,7 @@ impl<T> ConnMap<T> {
         }
     }
 
+    /// The entry of `conn`, if it has one.
     pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut T> {
         match self.slots.get_mut(conn.index()) {
             Some(Some((c, v))) if *c == conn => Some(v),
@@ -250,6 +336,7 @@ impl<T> ConnMap<T> {
         self.get_mut(conn).expect("just inserted")
     }
 
+    /// Removes and returns the entry of `conn` (never that of a newer connection at its index).
     pub fn remove(&mut self, conn: ConnId) -> Option<T> {
         let slot = self.slots.get_mut(conn.index())?;
         match slot {
@@ -258,10 +345,12 @@ impl<T> ConnMap<T> {
         }
     }
 
+    /// How many connections have an entry (counts; not O(1)).
     pub fn len(&self) -> usize {
         self.slots.iter().filter(|s| s.is_some()).count()
     }
 
+    /// True when no connection has an entry.
     pub fn is_empty(&self) -> bool {
         self.slots.iter().all(|s| s.is_none())
     }

@@ -76,3 +76,41 @@ pub fn plugin_file(lib: &str) -> PathBuf {
     assert!(path.is_file(), "no plugin at {}", path.display());
     path
 }
+
+/// The fixture plugin built against the frozen `plugin-api` 0.1.0 (`tests/fixtures/old_abi`, a
+/// cargo workspace of its own), built once per test process into `<target>/old_abi`.
+pub fn old_abi_plugin() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_old_abi) {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn build_old_abi() -> Result<PathBuf, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/old_abi/Cargo.toml");
+    let target = target_dir().parent().ok_or("the test binary is not under a target directory")?.join("old_abi");
+    let out = Command::new(&cargo)
+        .arg("build")
+        .arg("--quiet")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .map_err(|e| format!("could not run {cargo:?} build for the old-ABI fixture: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the old-ABI fixture ({}) failed ({}), so the host cannot be tested against it:\n{}",
+            manifest.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let path = target.join("debug/libold_echo.so");
+    if !path.is_file() {
+        return Err(format!("the old-ABI fixture built, but there is no {}", path.display()));
+    }
+    Ok(path)
+}

@@ -51,7 +51,6 @@ path = "src/lib.rs"
 
 [dependencies]
 plugin-api = {{ path = {plugin_api:?} }}
-abi_stable = "0.11.3"
 "#,
             package = lib.replace('_', "-"),
             plugin_api = plugin_api.display().to_string(),

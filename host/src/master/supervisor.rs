@@ -209,6 +209,7 @@ impl<P: Processes> Supervisor<P> {
             user: state.user.clone(),
             group: state.group.clone(),
             drain_timeout_ms: self.timeouts.drain.as_millis() as u64,
+            worker_count: state.service.count,
         }
     }
 

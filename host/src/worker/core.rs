@@ -185,6 +185,8 @@ pub struct Core {
     pub limits: Limits,
     pub service: String,
     pub slot: u32,
+    /// Workers of the service (`RawHost::worker_count`); 0 until the worker sets it.
+    pub worker_count: u32,
     /// Connections with output to flush or a close to carry out.
     pub dirty: Vec<usize>,
     /// The other half of `dirty`, swapped in while it is worked through (no allocation a turn).
@@ -207,6 +209,7 @@ impl Core {
             limits,
             service,
             slot,
+            worker_count: 0,
             dirty: Vec::new(),
             dirty_spare: Vec::new(),
             deferred: VecDeque::new(),
@@ -466,6 +469,10 @@ impl RawHost for Ctx<'_> {
 
     fn now_ms(&self) -> u64 {
         self.core.now_ms
+    }
+
+    fn worker_count(&self) -> u32 {
+        self.core.worker_count
     }
 }
 

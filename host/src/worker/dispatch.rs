@@ -9,7 +9,7 @@ use std::net::Shutdown;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RString};
-use plugin_api::abi::{CallStatus, ConnError, RawFrame, RawHost_TO, RawPluginBox};
+use plugin_api::abi::{CallStatus, ConnError, ConnErrorCode, RawFrame, RawHost_TO, RawPluginBox};
 use plugin_api::{ConnId, TimerId};
 
 use super::core::{ConnState, Core, Ctx, Deferred};
@@ -235,14 +235,14 @@ fn dispatch(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, buf: &[u8]) 
 
 fn too_large(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, pos: usize) -> usize {
     tracing::debug!(conn = id.0, max = core.limits.max_package_size, "message over the max package size");
-    conn_call!(plugin, core, id, "on_error", on_error, id, ConnError::PackageTooLarge);
+    conn_call!(plugin, core, id, "on_error", on_conn_error, id, ConnErrorCode::PACKAGE_TOO_LARGE);
     core.close_after_flush(id);
     pos
 }
 
 /// Reports an error to the plugin and closes the connection at once.
 fn fail(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, err: ConnError) {
-    conn_call!(plugin, core, id, "on_error", on_error, id, err);
+    conn_call!(plugin, core, id, "on_error", on_conn_error, id, ConnErrorCode::from(err));
     close_now(plugin, core, id.index());
 }
 
@@ -259,7 +259,7 @@ pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
             ConnState::Lingering { until_ms } if now >= until_ms => close_now(plugin, core, id.index()),
             ConnState::Open if idle || slow => {
                 tracing::debug!(conn = id.0, idle, slow_message = slow, "timeout");
-                conn_call!(plugin, core, id, "on_error", on_error, id, ConnError::Timeout);
+                conn_call!(plugin, core, id, "on_error", on_conn_error, id, ConnErrorCode::TIMEOUT);
                 core.close_after_flush(id);
                 if let Some(c) = core.get_mut(id) {
                     // From now on it must make progress writing, or it is closed at the next timeout.
@@ -292,7 +292,7 @@ pub fn settle(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8]) {
                     conn_call!(plugin, core, id, "on_buffer_drain", on_buffer_drain, id);
                 }
                 Deferred::Error(err) => {
-                    conn_call!(plugin, core, id, "on_error", on_error, id, err);
+                    conn_call!(plugin, core, id, "on_error", on_conn_error, id, ConnErrorCode::from(err));
                 }
                 Deferred::Resume => {
                     dispatch_buffered(plugin, core, id);

@@ -12,6 +12,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::std_types::RString;
 use abi_stable::std_types::{RResult, RStr};
 use anyhow::Context as _;
 use mio::net::{TcpListener, UnixStream};
@@ -19,7 +21,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
-use plugin_api::abi::{LogLevel, RawPluginBox, RawWorkerInfo};
+use plugin_api::abi::{LogLevel, RawPluginBox, RawWorkerInfo, WorkerEnv};
 
 use self::core::{Core, CONN_TOKEN_BASE};
 use crate::config::WorkerSpec;
@@ -124,17 +126,8 @@ impl Worker {
             Signal::SIGIO,
         ])?;
         let loaded = load_snapshot(snapshot, &spec.plugin_path)?;
-        tracing::info!(plugin = %loaded.name, version = %loaded.version, path = %spec.plugin_path.display(), "plugin loaded");
-        let info = RawWorkerInfo {
-            service: RStr::from_str(&spec.service),
-            slot: spec.slot,
-            pid: std::process::id(),
-            max_package_size: spec.limits.max_package_size as u64,
-            max_send_buffer: spec.limits.max_send_buffer as u64,
-            max_log_level: max_log_level(),
-            log: plugin_log,
-        };
-        let plugin = match (loaded.module.new())(RStr::from_str(&spec.plugin_config), &info) {
+        tracing::info!(plugin = %loaded.name, version = %loaded.version, plugin_api = %loaded.api_version, path = %spec.plugin_path.display(), "plugin loaded");
+        let plugin = match new_instance(&loaded, spec) {
             RResult::ROk(p) => p,
             RResult::RErr(e) => anyhow::bail!("plugin {} refused its config: {}", loaded.name, e),
         };
@@ -158,6 +151,7 @@ impl Worker {
             exit: None,
             poll,
         };
+        worker.core.worker_count = spec.worker_count;
         if let RResult::RErr(e) = dispatch::worker_start(&mut worker.plugin, &mut worker.core) {
             anyhow::bail!("plugin {} failed to start: {}", loaded.name, e);
         }
@@ -400,6 +394,43 @@ fn load_snapshot(snapshot: OwnedFd, source: &std::path::Path) -> anyhow::Result<
     });
     drop(snapshot);
     loaded
+}
+
+/// Builds the worker's plugin instance: through `new_v2` (a growable [`WorkerEnv`]) when the
+/// plugin has it, else through `new`; a plugin built against plugin-api 0.1.0 is wrapped so that
+/// the worker sees today's `RawPlugin`.
+fn new_instance(loaded: &plugin::Loaded, spec: &WorkerSpec) -> RResult<RawPluginBox, RString> {
+    let config = RStr::from_str(&spec.plugin_config);
+    let info = RawWorkerInfo {
+        service: RStr::from_str(&spec.service),
+        slot: spec.slot,
+        pid: std::process::id(),
+        max_package_size: spec.limits.max_package_size as u64,
+        max_send_buffer: spec.limits.max_send_buffer as u64,
+        max_log_level: max_log_level(),
+        log: plugin_log,
+    };
+    let module = match loaded.module {
+        plugin::Module::V1(m) => return (m.new())(config, &info).map(plugin_api::compat::from_v1),
+        plugin::Module::Current(m) => m,
+    };
+    let Some(new_v2) = module.new_v2() else {
+        return (module.new())(config, &info);
+    };
+    // Built once per worker process and never freed: `WorkerEnvRef` is `'static` (a plugin may
+    // keep it).
+    let service: &'static str = Box::leak(spec.service.clone().into_boxed_str());
+    let env = WorkerEnv {
+        service: RStr::from_str(service),
+        slot: info.slot,
+        pid: info.pid,
+        max_package_size: info.max_package_size,
+        max_send_buffer: info.max_send_buffer,
+        max_log_level: info.max_log_level,
+        log: plugin_log,
+        worker_count: spec.worker_count,
+    };
+    new_v2(config, env.leak_into_prefix())
 }
 
 fn max_log_level() -> LogLevel {

@@ -40,3 +40,7 @@ mod workspace;
 // Descriptors: what the master and each worker hold (nothing inherited by accident), and plugin
 // snapshots as sealed memfds.
 mod fds;
+// ABI evolution: a plugin built against plugin-api 0.1.0 loads, serves and hears new events.
+mod abi;
+// Start settings out of range are refused with one line, before anything starts.
+mod limits;

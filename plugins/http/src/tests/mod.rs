@@ -5,10 +5,10 @@
 mod protocol;
 mod static_files;
 
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::sabi_types::RMut;
-use abi_stable::std_types::{RSlice, RStr};
 use plugin_api::abi::{RawHost, RawHostRef, RawHost_TO, RawSockAddr};
+use plugin_api::abi_stable::sabi_trait::TD_Opaque;
+use plugin_api::abi_stable::sabi_types::RMut;
+use plugin_api::abi_stable::std_types::{RSlice, RStr};
 use plugin_api::{raw_sock_addr, TimerId};
 
 use super::*;
@@ -81,8 +81,14 @@ fn call<R>(http: &mut Http, fake: &mut FakeHost, f: impl FnOnce(&mut Http, &mut 
 
 impl Client {
     fn new(config: &str) -> Self {
-        let worker =
-            WorkerInfo { service: "web".into(), slot: 0, pid: 1, max_package_size: 1 << 20, max_send_buffer: 1 << 20 };
+        let worker = WorkerInfo {
+            service: "web".into(),
+            slot: 0,
+            pid: 1,
+            max_package_size: 1 << 20,
+            max_send_buffer: 1 << 20,
+            worker_count: Some(1),
+        };
         let mut c = Client {
             http: Http::new(config, &worker).unwrap(),
             host: FakeHost::default(),

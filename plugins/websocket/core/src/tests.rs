@@ -2,9 +2,9 @@
 //! handshake, and the [`WebSocket`] layer driven through a fake host the way the worker drives
 //! it (framing with `input`, then `on_message` with each complete frame).
 
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RSlice, RStr};
 use plugin_api::abi::{RawHost, RawHost_TO, RawSockAddr};
+use plugin_api::abi_stable::sabi_trait::TD_Opaque;
+use plugin_api::abi_stable::std_types::{RSlice, RStr};
 use plugin_api::{ConnError, ConnId, Frame, Host, Protocol, TimerId, WorkerInfo};
 
 use crate::frame::*;
@@ -296,7 +296,14 @@ const CONN: ConnId = ConnId::new(0, 1);
 
 impl Conn {
     fn open(max: usize) -> Conn {
-        let info = WorkerInfo { service: "t".into(), slot: 0, pid: 1, max_package_size: max, max_send_buffer: 1 << 20 };
+        let info = WorkerInfo {
+            service: "t".into(),
+            slot: 0,
+            pid: 1,
+            max_package_size: max,
+            max_send_buffer: 1 << 20,
+            worker_count: Some(1),
+        };
         let ws = WebSocket::new("ping_interval = 0", &info).unwrap();
         let mut c = Conn { ws, host: FakeHost::default(), buf: Vec::new(), failed: false, max };
         c.feed(upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes());
@@ -494,7 +501,14 @@ fn drain_sends_going_away_and_closes_when_the_peer_answers() {
 
 #[test]
 fn server_pings_close_only_peers_that_stay_silent() {
-    let info = WorkerInfo { service: "t".into(), slot: 0, pid: 1, max_package_size: 1 << 20, max_send_buffer: 1 << 20 };
+    let info = WorkerInfo {
+        service: "t".into(),
+        slot: 0,
+        pid: 1,
+        max_package_size: 1 << 20,
+        max_send_buffer: 1 << 20,
+        worker_count: Some(1),
+    };
     let mut c = Conn::open(1 << 20);
     c.ws = WebSocket::new("ping_interval = 1", &info).unwrap();
     c.feed(upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes());
