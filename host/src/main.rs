@@ -164,7 +164,8 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
 
     // Descriptors whoever started us left open must reach no worker: close-on-exec, so the
     // re-exec just below closes them.
-    sys::cloexec_strays().context("could not mark inherited descriptors close-on-exec")?;
+    // Sockets the service manager handed over (socket activation) are not strays.
+    sys::cloexec_strays(master::first_stray_fd()).context("could not mark inherited descriptors close-on-exec")?;
     if std::env::var_os(TITLED).is_none() {
         let e = sys::exec_with_title(&format!("host: master ({title})"), TITLED);
         eprintln!("warning: could not re-execute with a process title: {e}");

@@ -44,6 +44,7 @@ use self::process::OsProcesses;
 use self::reload::state::Trigger;
 use self::report::{Gather, Requester};
 use self::slots::{ClientId, SlotKey, WorkerId};
+pub use self::systemd::first_stray_fd;
 
 use self::supervisor::{Output, Phase, ServiceState, Supervisor, Timeouts};
 use crate::config::{self, Service};
@@ -117,6 +118,8 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     spawn::host_exe().context("could not find the host binary")?;
     pidfile::prepare_default_dir(&options.pid_file)?;
     let pid_file = PidFile::acquire(&options.pid_file)?;
+    let mut activated =
+        systemd::take_activated().context("could not take the sockets the service manager handed over")?;
     let mut states = Vec::new();
     for ServiceConfig { service, reloadable, user, group } in services {
         sys::check_identity(user.as_deref(), group.as_deref())
@@ -130,9 +133,28 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
             }
             Err(e) => return Err(e.into()),
         };
-        let (bound, sockets) = sys::listen_reuseport(service.listen, service.count as usize)
-            .with_context(|| format!("could not listen on {}", service.listen))?;
-        tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening");
+        let handed = activated
+            .iter()
+            .position(|a| a.name.as_deref() == Some(service.name.as_str()) || a.address == Some(service.listen));
+        let (bound, sockets) = match handed.map(|i| activated.swap_remove(i)) {
+            // Socket activation: the one socket the service manager holds, shared by every slot
+            // (it keeps its queue while the host restarts).
+            Some(a) => {
+                let bound = a.address.unwrap_or(service.listen);
+                let sockets = (0..service.count)
+                    .map(|_| a.fd.try_clone())
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .context("could not share an activated socket")?;
+                tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening on the socket the service manager handed over");
+                (bound, sockets)
+            }
+            None => {
+                let (bound, sockets) = sys::listen_reuseport(service.listen, service.count as usize)
+                    .with_context(|| format!("could not listen on {}", service.listen))?;
+                tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening");
+                (bound, sockets)
+            }
+        };
         let snapshot = match &source {
             Some(source) => {
                 let snap = Rc::new(snapshot::take(source, expected_name.as_deref())?);
@@ -153,6 +175,10 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         };
         states.push((state, snapshot));
     }
+    for a in &activated {
+        tracing::warn!(name = ?a.name, address = ?a.address, "a socket handed over by the service manager matches no service; closed");
+    }
+    drop(activated);
     let timeouts = Timeouts { start: config::START_TIMEOUT, drain: options.drain_timeout, kill: options.kill_timeout };
     let procs = OsProcesses { worker_args: options.worker_args };
     // The plugin directories, and the directory of every plugin given by path: a plugin in use

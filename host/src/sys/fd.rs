@@ -20,8 +20,15 @@ pub const FIRST_INHERITED_FD: RawFd = 3;
 /// it is close-on-exec, so a second call cannot take it again. A process started by hand
 /// without them gets a clear error.
 pub fn take_inherited<const N: usize>() -> io::Result<[OwnedFd; N]> {
-    let fds: [RawFd; N] = std::array::from_fn(|i| FIRST_INHERITED_FD + i as RawFd);
-    for fd in fds {
+    let taken = take_inherited_range(FIRST_INHERITED_FD, N)?;
+    Ok(taken.try_into().unwrap_or_else(|_| unreachable!("N descriptors were taken")))
+}
+
+/// [`take_inherited`] for `count` descriptors from `first` on (systemd's socket activation
+/// hands over `LISTEN_FDS` of them from 3).
+pub fn take_inherited_range(first: RawFd, count: usize) -> io::Result<Vec<OwnedFd>> {
+    let fds: Vec<RawFd> = (0..count).map(|i| first + i as RawFd).collect();
+    for &fd in &fds {
         // SAFETY: F_GETFD reads the flags of a descriptor number; it touches no memory and
         // takes no ownership; an fd that is not open gives EBADF.
         let flags = unsafe { syscall!(fcntl(fd, libc::F_GETFD)) }.map_err(|e| {
@@ -37,12 +44,15 @@ pub fn take_inherited<const N: usize>() -> io::Result<[OwnedFd; N]> {
             ));
         }
     }
-    let owned = fds.map(|fd| {
-        // SAFETY: `fd` is open and not close-on-exec (checked above): it was handed to us across
-        // exec and no object in this process owns it (see the doc comment). The OwnedFd takes
-        // ownership and closes it on drop.
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    });
+    let owned: Vec<OwnedFd> = fds
+        .into_iter()
+        .map(|fd| {
+            // SAFETY: `fd` is open and not close-on-exec (checked above): it was handed to us
+            // across exec and no object in this process owns it (see the doc comment). The
+            // OwnedFd takes ownership and closes it on drop.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .collect();
     for fd in &owned {
         set_cloexec(fd.as_fd())?;
     }
@@ -74,26 +84,27 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-/// Marks every descriptor above stderr close-on-exec. Called first thing when a master starts:
+/// Marks every descriptor from `from` on close-on-exec (3: every one above stderr; more when the
+/// service manager handed sockets over, which must survive). Called first thing when a master starts:
 /// descriptors that whoever started the host left open (strays) then vanish at its next exec
 /// (the re-exec for its process title) and reach no worker. Every descriptor the host opens
 /// itself is close-on-exec already, so this changes only strays.
-pub fn cloexec_strays() -> io::Result<()> {
+pub fn cloexec_strays(from: RawFd) -> io::Result<()> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors (Linux 5.11);
     // it closes nothing and touches no memory.
-    let ret = unsafe { syscall!(syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)) };
+    let ret = unsafe { syscall!(syscall(libc::SYS_close_range, from, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)) };
     match ret {
         Ok(_) => Ok(()),
         // An older kernel (ENOSYS, or EINVAL for the flag): one by one.
-        Err(_) => cloexec_each_open(),
+        Err(_) => cloexec_each_open(from),
     }
 }
 
-/// `cloexec_strays` without close_range: every descriptor above stderr that `/proc/self/fd` lists.
-fn cloexec_each_open() -> io::Result<()> {
+/// `cloexec_strays` without close_range: every descriptor from `from` on that `/proc/self/fd` lists.
+fn cloexec_each_open(from: RawFd) -> io::Result<()> {
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else { continue };
-        if fd > 2 {
+        if fd >= from {
             // SAFETY: as in `set_cloexec`; a descriptor that closed meanwhile (the directory's
             // own) gives EBADF, which is ignored.
             let _ = unsafe { syscall!(fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC)) };
@@ -116,7 +127,7 @@ mod tests {
         let file = std::fs::File::open("/dev/null").unwrap();
         nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
         assert!(!cloexec(file.as_fd()));
-        cloexec_strays().unwrap();
+        cloexec_strays(3).unwrap();
         assert!(cloexec(file.as_fd()));
     }
 
@@ -124,7 +135,7 @@ mod tests {
     fn strays_become_close_on_exec_without_close_range() {
         let file = std::fs::File::open("/dev/null").unwrap();
         nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
-        cloexec_each_open().unwrap();
+        cloexec_each_open(3).unwrap();
         assert!(cloexec(file.as_fd()));
     }
 

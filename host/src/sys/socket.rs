@@ -53,7 +53,8 @@ fn new_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+/// The address a socket is bound to.
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
     let ss: SockaddrStorage = socket::getsockname(fd.as_raw_fd())?;
     if let Some(v4) = ss.as_sockaddr_in() {
         Ok(SocketAddr::V4((*v4).into()))

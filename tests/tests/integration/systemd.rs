@@ -56,3 +56,53 @@ fn the_master_tells_the_service_manager_its_state() {
     assert_eq!(stopping.len(), 1, "only the master speaks: {stopping:?}");
     host.wait_exit(Duration::from_secs(15)).expect("the master exits");
 }
+
+// Socket activation: the service manager (here systemd-socket-activate) binds the port and hands
+// the listening socket over (LISTEN_FDS); the host serves on it instead of binding its own, and
+// the connection that started it, queued before the host ran, is answered.
+#[test]
+fn socket_activation_serves_on_the_socket_handed_over() {
+    use std::os::unix::process::CommandExt;
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let address = format!("127.0.0.1:{port}");
+    let dir = TempDir::new();
+    let mut child = std::process::Command::new("systemd-socket-activate")
+        .args(["-l", &address, "--fdname=http"])
+        .arg(host_tests::host_bin())
+        .args(["--plugin", "http", "--count", "2", "--listen", &address])
+        .current_dir(dir.path())
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd)");
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut text);
+        text
+    });
+    // systemd-socket-activate listens before it starts the host: connect, then ask.
+    let connected = host_tests::poll_until(Duration::from_secs(10), || std::net::TcpStream::connect(&address).ok());
+    drop(connected);
+    let answered = host_tests::poll_until(Duration::from_secs(20), || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        std::io::Write::write_all(&mut c, &host_tests::get("/")).ok()?;
+        let mut head = [0u8; 12];
+        std::io::Read::read_exact(&mut c, &mut head).ok()?;
+        head.starts_with(b"HTTP/1.1 200").then_some(())
+    });
+    let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+    let _ = child.wait();
+    let log = log.join().unwrap_or_default();
+    assert!(answered.is_some(), "no answer on the activated socket:\n{log}");
+    assert!(log.contains("the socket the service manager handed over"), "{log}");
+}
