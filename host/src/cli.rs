@@ -30,7 +30,7 @@ pub enum Command {
         graceful: bool,
     },
     /// Stop the running master (if any), then start again.
-    Restart(StartCmd),
+    Restart(RestartCmd),
     /// Replace every worker, one at a time, with the plugin files as they are now.
     Reload {
         /// Old workers drain their connections instead of closing them.
@@ -69,14 +69,22 @@ pub enum Command {
     Worker,
 }
 
+/// `host restart`: a start, after stopping the running master (gracefully with -g). With no
+/// start options, the running master's own are used.
+#[derive(Debug, Clone, Args)]
+pub struct RestartCmd {
+    /// Stop the running master gracefully (its workers finish their connections first).
+    #[arg(short, long)]
+    pub graceful: bool,
+    #[command(flatten)]
+    pub start: StartCmd,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct StartCmd {
     /// Run in the background (returns once every worker is ready); logs go to --log-file.
     #[arg(short, long)]
     pub daemon: bool,
-    /// With restart: stop the running master gracefully.
-    #[arg(short, long)]
-    pub graceful: bool,
     #[command(flatten)]
     pub args: StartArgs,
 }
@@ -112,8 +120,10 @@ pub struct StartArgs {
     /// Worker processes for the service [default: 1].
     #[arg(long, short = 'n')]
     pub count: Option<u64>,
-    /// Address to listen on (port 0: the system picks one, and the log says which) [default: 127.0.0.1:8080].
+    /// Address to listen on: ADDR:PORT, HOST:PORT, or a port alone, which means 127.0.0.1:PORT
+    /// (port 0: the system picks one, and the log says which) [default: 127.0.0.1:8080].
     #[arg(long, short = 'l')]
+    #[arg(value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
     /// The service's name in logs (default: the plugin's name).
     #[arg(long)]
@@ -151,6 +161,24 @@ pub struct StartArgs {
     /// Serve `GET /metrics` (Prometheus) and `GET /healthz` on this address [default: off].
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin_listen: Option<SocketAddr>,
+}
+
+/// A listen address: `ADDR:PORT` (`[::1]:8080` for IPv6), a host name and port
+/// (`localhost:8080`, resolved now, the first address wins), or a port alone (`8080`, which
+/// means 127.0.0.1:8080: loopback, not every interface).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !text.contains(':') {
+        return Err(format!("{text:?} is not an address: use ADDR:PORT, HOST:PORT or PORT"));
+    }
+    use std::net::ToSocketAddrs;
+    let mut found = text.to_socket_addrs().map_err(|e| format!("could not resolve {text:?}: {e}"))?;
+    found.next().ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
 impl StartArgs {
@@ -268,7 +296,7 @@ mod tests {
         assert!(matches!(parse(&["connections", "-c", "h.toml"]).command, Some(Command::Connections { json: false })));
         assert!(matches!(
             parse(&["restart", "-d", "-g"]).command,
-            Some(Command::Restart(StartCmd { daemon: true, graceful: true, .. }))
+            Some(Command::Restart(RestartCmd { graceful: true, start: StartCmd { daemon: true, .. } }))
         ));
     }
 
@@ -286,6 +314,18 @@ mod tests {
         assert_eq!(parse(&["--plugin", "http", "stop"]).start.given(), vec!["--plugin"]);
         assert!(parse(&["--count", "2"]).start.service().unwrap_err().to_string().contains("--plugin"));
         assert!(parse(&["--plugin", "http", "--count", "0"]).start.service().is_err());
+    }
+
+    #[test]
+    fn listen_takes_a_port_alone_a_host_name_or_an_address() {
+        assert_eq!(parse_listen("8080").unwrap().to_string(), "127.0.0.1:8080");
+        assert_eq!(parse_listen("0.0.0.0:80").unwrap().to_string(), "0.0.0.0:80");
+        assert_eq!(parse_listen("[::1]:9000").unwrap().to_string(), "[::1]:9000");
+        assert!(parse_listen("localhost:8080").unwrap().ip().is_loopback());
+        assert!(parse_listen("nowhere").is_err());
+        assert!(parse_listen("99999").is_err());
+        // `start -g` means nothing: only restart stops something gracefully.
+        assert!(Cli::try_parse_from(["host", "start", "-g", "--plugin", "http"]).is_err());
     }
 
     #[test]

@@ -91,6 +91,15 @@ pub fn reload(pid_file: &Path, graceful: bool) -> anyhow::Result<()> {
     }
 }
 
+/// The running master's status (its services, how it was started…).
+pub fn status_of(pid_file: &Path) -> anyhow::Result<status::Status> {
+    match ask(pid_file, ControlRequest::Status, ANSWER_WAIT)? {
+        Answer::Status(s) => Ok(s),
+        Answer::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
 pub fn status(pid_file: &Path, live: bool, json: bool) -> anyhow::Result<()> {
     loop {
         let text = match ask(pid_file, ControlRequest::Status, ANSWER_WAIT)? {

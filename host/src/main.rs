@@ -24,7 +24,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, GlobalArgs, LogFormat, StartCmd};
+use crate::cli::{Cli, Command, GlobalArgs, LogFormat, RestartCmd, StartCmd};
 use crate::config_file::ServiceConfig;
 
 /// Set in the environment of the master once it re-executed itself with its title.
@@ -63,16 +63,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         bail!("{} must follow the subcommand (e.g. `host start {} …`)", stray.join(", "), stray[0]);
     }
     match cli.command {
-        None => start(global, &StartCmd { daemon: false, graceful: false, args: cli.start }),
+        None => start(global, &StartCmd { daemon: false, args: cli.start }),
         Some(Command::Start(ref cmd)) => start(global, cmd),
-        Some(Command::Restart(ref cmd)) => {
-            let pid_file = pid_file(global, None)?;
-            if pidfile::read_running(&pid_file).is_ok() {
-                init_logging(global);
-                client::stop(&pid_file, cmd.graceful)?;
-            }
-            start(global, cmd)
-        }
+        Some(Command::Restart(ref cmd)) => restart(global, cmd),
         Some(Command::Stop { graceful }) => with_logging(global, |g| client::stop(&pid_file(g, None)?, graceful)),
         Some(Command::Reload { graceful }) => with_logging(global, |g| client::reload(&pid_file(g, None)?, graceful)),
         Some(Command::Status { live, json }) => {
@@ -113,7 +106,88 @@ fn pid_file(global: &GlobalArgs, from_file: Option<PathBuf>) -> anyhow::Result<P
     Ok(std::path::absolute(&path).unwrap_or(path))
 }
 
+/// Everything a start needs, worked out (and checked) before anything is started or stopped.
+struct Plan {
+    services: Vec<ServiceConfig>,
+    title: String,
+    pid_file: PathBuf,
+    plugin_dirs: Vec<PathBuf>,
+    file_log: Option<PathBuf>,
+    drain_timeout: std::time::Duration,
+    kill_timeout: std::time::Duration,
+    admin_listen: Option<std::net::SocketAddr>,
+}
+
 fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
+    let plan = plan(global, cmd)?;
+    if let Ok(pid) = pidfile::read_running(&plan.pid_file) {
+        bail!("host is already running (pid {pid}, pid file {})", plan.pid_file.display());
+    }
+    launch(global, cmd, plan, std::env::args().skip(1).collect())
+}
+
+/// `host restart`: with no start options, the running master's own (it reports them); the new
+/// options are checked (config, plugins, ports) before anything is stopped.
+fn restart(global: &GlobalArgs, restart: &RestartCmd) -> anyhow::Result<()> {
+    let cmd = &restart.start;
+    let pid_file = pid_file(global, None)?;
+    let running = pidfile::read_running(&pid_file).ok();
+    let reuse = running.is_some() && cmd.args.given().is_empty() && global.config.is_none();
+    let old = if running.is_some() { client::status_of(&pid_file).ok() } else { None };
+    // What the new master is started with (and re-executes itself with for its title): a start.
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(word) = argv.iter_mut().find(|a| *a == "restart") {
+        *word = "start".into();
+    }
+    let (global, cmd) = match (&old, reuse) {
+        (Some(status), true) if !status.start_args.is_empty() => {
+            argv = status.start_args.clone();
+            if cmd.daemon && !argv.iter().any(|a| a == "-d" || a == "--daemon") {
+                argv = ["start".to_string(), "-d".to_string()]
+                    .into_iter()
+                    .chain(argv.into_iter().filter(|a| a != "start"))
+                    .collect();
+            }
+            std::env::set_current_dir(&status.start_dir)
+                .with_context(|| format!("could not enter {}, where the host was started", status.start_dir))?;
+            let cli = Cli::try_parse_from(std::iter::once("host".to_string()).chain(status.start_args.clone()))
+                .context("could not read the running host's options")?;
+            let mut again = match cli.command {
+                Some(Command::Start(c)) => c,
+                _ => StartCmd { daemon: false, args: cli.start },
+            };
+            again.daemon |= cmd.daemon;
+            let mut g = cli.global;
+            g.pid_file = Some(pid_file.clone());
+            eprintln!("note: restarting with the running host's options: {}", status.start_args.join(" "));
+            (g, again)
+        }
+        _ => (global.clone(), cmd.clone()),
+    };
+    if !argv.iter().any(|a| a == "--pid-file" || a.starts_with("--pid-file=")) {
+        argv.extend(["--pid-file".to_string(), pid_file.display().to_string()]);
+    }
+    let plan = plan(&global, &cmd)?;
+    // Every fixed port must be free, or held by the master about to stop.
+    let held: Vec<String> = old.iter().flat_map(|s| s.services.iter().map(|r| r.listen.clone())).collect();
+    for s in &plan.services {
+        let listen = s.service.listen;
+        if listen.port() != 0 && !held.contains(&listen.to_string()) {
+            std::net::TcpListener::bind(listen).with_context(|| {
+                format!("service {}: cannot listen on {listen}; nothing was stopped", s.service.name)
+            })?;
+        }
+    }
+    init_logging(&global);
+    if running.is_some() {
+        client::stop(&pid_file, restart.graceful)?;
+    }
+    launch(&global, &cmd, plan, argv)
+}
+
+/// Works out and checks a start: the services (plugins found, config valid), the pid file, the
+/// timeouts. Starts nothing.
+fn plan(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<Plan> {
     let args = &cmd.args;
     let file_admin = match &global.config {
         Some(path) => config_file::load(path)?.admin_listen,
@@ -143,9 +217,6 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     let kill_timeout = kill_flag.or(file_kill).unwrap_or(config::KILL_TIMEOUT);
     let file_pid_given = file_pid.is_some();
     let pid_file = pid_file(global, file_pid)?;
-    if let Ok(pid) = pidfile::read_running(&pid_file) {
-        bail!("host is already running (pid {pid}, pid file {})", pid_file.display());
-    }
     // A flag wins over the config file, but never silently.
     let overridden = [
         ("--plugin-dir", "plugin_dirs", !args.plugin_dirs.is_empty() && !file_dirs.is_empty()),
@@ -161,13 +232,36 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     let dirs = if args.plugin_dirs.is_empty() { file_dirs } else { args.plugin_dirs.clone() };
     let dirs = if dirs.is_empty() { plugin::default_dirs() } else { dirs };
     let plugin_dirs: Vec<PathBuf> = dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
+    // A plugin named on the command line must exist now (a config file's may appear later).
+    if global.config.is_none() {
+        for s in &services {
+            plugin::find(&s.service.plugin, &plugin_dirs)?;
+        }
+    }
+    Ok(Plan {
+        services,
+        title,
+        pid_file,
+        plugin_dirs,
+        file_log,
+        drain_timeout,
+        kill_timeout,
+        admin_listen: args.admin_listen.or(file_admin),
+    })
+}
 
+/// Starts the master (in the foreground, or as a daemon with `-d`).
+fn launch(global: &GlobalArgs, cmd: &StartCmd, plan: Plan, argv: Vec<String>) -> anyhow::Result<()> {
+    let Plan { services, title, pid_file, plugin_dirs, file_log, drain_timeout, kill_timeout, admin_listen } = plan;
+    let args = &cmd.args;
+    // Where and how it was started (before a daemon moves to /): `host restart` reuses them.
+    let start_dir = std::env::current_dir().unwrap_or_default();
     // Descriptors whoever started us left open must reach no worker: close-on-exec, so the
     // re-exec just below closes them.
     // Sockets the service manager handed over (socket activation) are not strays.
     sys::cloexec_strays(master::first_stray_fd()).context("could not mark inherited descriptors close-on-exec")?;
     if std::env::var_os(TITLED).is_none() {
-        let e = sys::exec_with_title(&format!("host: master ({title})"), TITLED);
+        let e = sys::exec_with_title(&format!("host: master ({title})"), &argv, TITLED);
         eprintln!("warning: could not re-execute with a process title: {e}");
     }
     std::env::remove_var(TITLED);
@@ -196,7 +290,9 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
         worker_args,
         drain_timeout,
         kill_timeout,
-        admin_listen: args.admin_listen.or(file_admin),
+        admin_listen,
+        start_dir,
+        start_args: argv,
     };
     let result = master::run(services, options);
     if let (Err(e), Some(mut pipe)) = (&result, report) {

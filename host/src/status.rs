@@ -61,6 +61,11 @@ pub struct Status {
     pub master_pid: u32,
     #[serde(default)]
     pub master_rss_kb: u64,
+    /// The directory and arguments the host was started with (`host restart` reuses them).
+    #[serde(default)]
+    pub start_dir: String,
+    #[serde(default)]
+    pub start_args: Vec<String>,
     pub version: String,
     /// Seconds since the Unix epoch.
     pub started_at: u64,
@@ -350,6 +355,8 @@ mod tests {
         Status {
             master_pid: 10,
             master_rss_kb: 1500,
+            start_dir: "/srv".into(),
+            start_args: vec!["--plugin".into(), "http".into()],
             version: "0.1.0".into(),
             started_at: 0,
             uptime_s: 3725,

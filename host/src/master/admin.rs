@@ -351,6 +351,8 @@ mod tests {
         let status = Status {
             master_pid: 1,
             master_rss_kb: 1,
+            start_dir: String::new(),
+            start_args: Vec::new(),
             version: "0.1.0".into(),
             started_at: 100,
             uptime_s: 5,

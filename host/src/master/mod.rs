@@ -83,6 +83,9 @@ pub struct Options {
     pub kill_timeout: Duration,
     /// Where the admin listener (`/metrics`, `/healthz`) listens; None: no admin listener.
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// The directory and arguments the host was started with (`host restart` reuses them).
+    pub start_dir: PathBuf,
+    pub start_args: Vec<String>,
 }
 
 pub struct Master {
@@ -102,6 +105,9 @@ pub struct Master {
     /// Per slot, the counters of its workers that exited: a slot's totals survive replacements.
     carried: HashMap<SlotKey, WorkerReport>,
     started_at: SystemTime,
+    /// The directory and arguments the host was started with (reported in `status`).
+    start_dir: PathBuf,
+    start_args: Vec<String>,
     ready: Option<std::fs::File>,
     preparer: Preparer,
     /// systemd's service manager, when it started us (`NOTIFY_SOCKET`).
@@ -193,6 +199,8 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     }
     let sup = Supervisor::new(procs, states, plugin_dirs, timeouts);
     let mut master = Master::new(sup, &watched, pid_file, options.ready)?;
+    master.start_dir = options.start_dir;
+    master.start_args = options.start_args;
     if let Some(address) = options.admin_listen {
         let server = admin::AdminServer::bind(address, master.poll.registry(), ADMIN, ADMIN_TOKEN_BASE)
             .with_context(|| format!("could not listen on {address} for the admin listener"))?;
@@ -256,6 +264,8 @@ impl Master {
             last_reports: HashMap::new(),
             carried: HashMap::new(),
             started_at: SystemTime::now(),
+            start_dir: PathBuf::new(),
+            start_args: Vec::new(),
             ready,
             preparer,
             notifier: systemd::Notifier::from_env(),

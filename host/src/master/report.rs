@@ -190,6 +190,8 @@ impl Master {
         Status {
             master_pid: std::process::id(),
             master_rss_kb: memory_kb(std::process::id() as i32).0,
+            start_dir: self.start_dir.display().to_string(),
+            start_args: self.start_args.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: self.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             uptime_s: SystemTime::now().duration_since(self.started_at).map_or(0, |d| d.as_secs()),

@@ -44,3 +44,5 @@ mod fds;
 mod abi;
 // Start settings out of range are refused with one line, before anything starts.
 mod limits;
+// The command line: listen addresses, options of another subcommand.
+mod cli;

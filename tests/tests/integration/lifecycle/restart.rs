@@ -35,3 +35,48 @@ fn restart_replaces_the_master() {
     assert!(!dir.join("r.pid").exists(), "the pid file is left");
     assert!(wait_gone(second, Duration::from_secs(5)), "the master {second} is still there");
 }
+
+// `restart -d` with no options reuses the running master's (it reports how it was started), from
+// another directory too; new options are checked before anything is stopped.
+#[test]
+fn restart_without_options_reuses_the_running_masters() {
+    let dir = TempDir::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::new(host_tests::default_pid_file(dir.path()));
+    let out = run_host_in(
+        dir.path(),
+        ["start", "-d", "--plugin", "http", "--count", "2", "--listen", &listen],
+        COMMAND_TIMEOUT,
+    );
+    assert_ok(&out, "start -d");
+    let first = daemon.pid();
+    hello(port);
+
+    // Bad new options: refused, nothing stopped.
+    let out = run_host_in(dir.path(), ["restart", "--plugin", "no_such_plugin", "--listen", &listen], COMMAND_TIMEOUT);
+    assert_failed(&out, "restart with a missing plugin");
+    assert_contains!(out.stderr, "no_such_plugin");
+    assert!(is_alive(first), "a refused restart stopped the master");
+    hello(port);
+
+    // No options, from another directory: the running master's options.
+    let elsewhere = TempDir::new();
+    let out = host_command_in(dir.path()).current_dir(elsewhere.path()).args(["restart", "-d"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "restart -d failed:\n{stdout}\n{stderr}");
+    let second = daemon.pid();
+    assert_ne!(first, second);
+    assert!(wait_gone(first, Duration::from_secs(5)), "the old master {first} is still there");
+    assert_eq!(Daemon::workers(second).len(), 2, "the --count was not reused");
+    hello(port);
+    // And again: the restarted master reports the same options.
+    let out = host_command_in(dir.path()).current_dir(elsewhere.path()).args(["restart", "-d"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let third = daemon.pid();
+    assert!(wait_gone(second, Duration::from_secs(5)));
+    assert_eq!(Daemon::workers(third).len(), 2);
+    hello(port);
+    let out = run_host_in(dir.path(), ["stop"], COMMAND_TIMEOUT);
+    assert_ok(&out, "stop");
+}
