@@ -1,5 +1,5 @@
 //! Finding a plugin file and loading it. Only workers and the `check-plugin` probe load plugins;
-//! the master only finds files (see DESIGN.md: the master never dlopens a plugin).
+//! the master only finds files (see docs/architecture.md: the master never dlopens a plugin).
 
 use std::path::{Path, PathBuf};
 
@@ -80,7 +80,7 @@ pub enum Module {
 }
 
 /// Loads the plugin at `path` and checks its ABI. Never use `RootModule::load_from_file`: it
-/// caches one module per type for the life of the process (DESIGN.md pitfall 3).
+/// caches one module per type for the life of the process (docs/architecture.md pitfall 3).
 ///
 /// abi_stable refuses a root module or vtable with fewer fields than the host's, so a plugin
 /// built against an older `plugin-api` whose prefix types have since grown is checked against

@@ -1,7 +1,7 @@
 //! Watches the plugin directories (never the files: a watch on a file dies at its first
 //! rename) and reports plugin files that changed, once they have been quiet for a while.
 //!
-//! Only `Close(Write)`, a rename to the name and `Create` arm a report (DESIGN.md pitfall 6:
+//! Only `Close(Write)`, a rename to the name and `Create` arm a report (docs/architecture.md pitfall 6:
 //! `cargo build` removes then re-creates the path and never closes it after writing; a move
 //! from another folder gives only the rename). Any event on the path postpones it, so a file
 //! still being written is not reported mid-write. The master then checks the file is a complete

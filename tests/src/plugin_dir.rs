@@ -1,6 +1,6 @@
 //! A private plugin directory for one test (`--plugin-dir`), and the ways a user puts a plugin
 //! file in place: `mv` (a new inode, renamed over the old name) and `cp` (the old file truncated
-//! and rewritten in place, DESIGN.md pitfall 1).
+//! and rewritten in place, docs/architecture.md pitfall 1).
 //!
 //! New versions of a plugin are content variants of a real one: the same file with a trailer
 //! appended. The loader ignores bytes after the ELF sections, so a variant runs the same code,

@@ -242,7 +242,7 @@ impl Master {
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let preparer = Preparer::start(waker.clone())?;
         // The watcher is a thread; workers are started by fork + exec, which is safe with
-        // threads around (a bare fork is not: DESIGN.md pitfall 4).
+        // threads around (a bare fork is not: docs/architecture.md pitfall 4).
         let watcher = match Watcher::start(plugin_dirs, waker) {
             Ok(w) => Some(w),
             Err(e) => {

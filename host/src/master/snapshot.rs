@@ -2,7 +2,7 @@
 //! it once into a sealed memfd (`sys::sealed_memfd`), probes that in a throwaway process, and
 //! hands the same memfd to every worker of the service as an inherited descriptor; the worker
 //! loads it through `/proc/self/fd/N`. Overwriting the original (even with `cp`, which truncates
-//! it in place) then cannot touch pages a worker has mapped (DESIGN.md sections 3 and 6).
+//! it in place) then cannot touch pages a worker has mapped (docs/architecture.md: the reload pipeline, pitfalls 1 and 2).
 //!
 //! The kernel counts the references: the master's `OwnedFd` (shared as `Rc<Snapshot>`) and each
 //! worker's mapping. Nothing is written to disk, nothing needs deleting, a worker that switched

@@ -1,4 +1,4 @@
-//! Listening sockets: one SO_REUSEPORT socket per worker slot, bound by the master (DESIGN.md
+//! Listening sockets: one SO_REUSEPORT socket per worker slot, bound by the master (docs/architecture.md
 //! pitfall 7), created close-on-exec and non-blocking.
 
 use std::io;

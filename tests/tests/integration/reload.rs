@@ -1,4 +1,4 @@
-//! Hot reload (DESIGN.md section 3): the master watches the plugin directories; a plugin file
+//! Hot reload (docs/architecture.md, "The reload pipeline"): the master watches the plugin directories; a plugin file
 //! that changed is checked, copied to a snapshot, probed, and then a chain replaces the service's
 //! workers one at a time (start new, wait ready, drain old). A refused file aborts the chain and
 //! the old workers keep serving. Every test but the `cargo build` one uses a private
@@ -6,7 +6,7 @@
 //!
 //! New versions of a plugin are variants of the real file with a trailer appended (the same code,
 //! a new content hash), put in place by `mv` (a new inode) or `cp` (the loaded inode truncated and
-//! rewritten: DESIGN.md pitfall 1).
+//! rewritten: docs/architecture.md pitfall 1).
 
 use std::fs;
 use std::path::Path;
@@ -140,7 +140,7 @@ fn mv_over_the_plugin_replaces_every_worker() {
 }
 
 // `cp new.so plugins/http.so` truncates the loaded file and rewrites it in place, which crashes
-// every process that mapped it (DESIGN.md pitfall 1). Workers map a private snapshot, so the
+// every process that mapped it (docs/architecture.md pitfall 1). Workers map a private snapshot, so the
 // reload goes as with `mv`: no worker dies, of a signal or otherwise, and no request fails.
 #[test]
 fn cp_over_the_loaded_plugin_replaces_every_worker_and_crashes_none() {

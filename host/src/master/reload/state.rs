@@ -1,5 +1,5 @@
 //! The reload pipeline as one state machine: pure transitions (no processes, no clock, no files)
-//! that return the effects the master must carry out. DESIGN.md section 3.
+//! that return the effects the master must carry out. docs/architecture.md, "The reload pipeline".
 //!
 //! ```text
 //!            request                       all checked                ready(last slot)
