@@ -423,8 +423,11 @@ impl Http {
         let title = html_escape(&http_proto::percent_decode(req.path()));
         let mut html = format!(
             "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n\
-             <body><h1>Index of {title}</h1>\n<ul>\n<li><a href=\"../\">../</a></li>\n"
+             <body><h1>Index of {title}</h1>\n<ul>\n"
         );
+        if req.path() != "/" {
+            html.push_str("<li><a href=\"../\">../</a></li>\n");
+        }
         for name in &names {
             html.push_str(&format!("<li><a href=\"{}\">{}</a></li>\n", href_escape(name), html_escape(name)));
         }
