@@ -67,16 +67,14 @@ impl ConnState {
         host.close_with(conn, out);
     }
 
-    /// The answer to a host error on this connection, if it deserves one: 413 or 431 for a
-    /// message over the max package size, 408 for a request that did not arrive in time.
+    /// The answer to a host error on this connection, if it deserves one: 431 for a message
+    /// over the max package size, 408 for a request that did not arrive in time.
     pub fn error_status(&self, err: ConnError) -> Option<Status> {
         match err {
             _ if self.closing => None,
-            ConnError::PackageTooLarge => Some(match self.framer.has_head() {
-                // With the head complete the body is too large; otherwise the head is.
-                true => Status::CONTENT_TOO_LARGE,
-                false => Status::HEADERS_TOO_LARGE,
-            }),
+            // A body never makes a message longer than the package size (a long one comes in
+            // pieces, bounded by `max_body`), so only a head can.
+            ConnError::PackageTooLarge => Some(Status::HEADERS_TOO_LARGE),
             ConnError::Timeout if self.in_flight => Some(Status::REQUEST_TIMEOUT),
             _ => None,
         }

@@ -401,6 +401,8 @@ impl Framer {
                 };
             }
             match parse_head(buf, limits)? {
+                // The host delivers nothing longer than a message: not even a head.
+                Some(head) if head.len > max_message => return Err(Status::HEADERS_TOO_LARGE),
                 Some(head) => self.head = Some(head),
                 None => return Ok(need_more),
             }

@@ -81,15 +81,25 @@ fn call<R>(http: &mut Http, fake: &mut FakeHost, f: impl FnOnce(&mut Http, &mut 
 
 impl Client {
     fn new(config: &str) -> Self {
-        let worker =
-            WorkerInfo { service: "web".into(), slot: 0, pid: 1, max_package_size: 1 << 20, max_send_buffer: 1 << 20 };
+        Self::with_package(config, 1 << 20)
+    }
+
+    /// A connection to a worker whose host's max package size is `max_package`.
+    fn with_package(config: &str, max_package: usize) -> Self {
+        let worker = WorkerInfo {
+            service: "web".into(),
+            slot: 0,
+            pid: 1,
+            max_package_size: max_package,
+            max_send_buffer: 1 << 20,
+        };
         let mut c = Client {
             http: Http::new(config, &worker).unwrap(),
             host: FakeHost::default(),
             conn: ConnId::new(0, 1),
             buf: Vec::new(),
             pending: None,
-            max_package: 1 << 20,
+            max_package,
         };
         let conn = c.conn;
         call(&mut c.http, &mut c.host, |h, host| h.on_connect(host, conn));

@@ -162,14 +162,25 @@ fn size_limits() {
     let mut c = Client::new("max_body = 4");
     let r = c.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").take();
     assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
-    // Over the host's max package size: the host reports it, the plugin tells which part.
-    let mut c = Client::new("");
-    c.max_package = 100;
-    let r = c.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n").take();
+    // A body over the host's max package size is received in pieces: max_body is the limit.
+    let mut c = Client::with_package("", 100);
+    let body = "z".repeat(500);
+    let r = c.feed(format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n{body}").as_bytes()).take();
+    assert!(r.starts_with("HTTP/1.1 200 ") && r.ends_with(&body), "{r}");
+    assert!(!c.host.closed);
+    let mut c = Client::with_package("max_body = 400", 100);
+    let r = c.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").take();
+    assert_eq!(r, "");
+    let r = c.feed(format!("190\r\n{}\r\n", "z".repeat(400)).as_bytes()).take();
+    assert_eq!(r, "");
+    let r = c.feed(b"1\r\nz\r\n").take();
     assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
     assert!(c.host.closed);
-    let mut c = Client::new("");
-    c.max_package = 100;
+    // A head over it: 431, whether the host or the plugin notices first.
+    let mut c = Client::with_package("", 100);
+    let r = c.feed(format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "y".repeat(200)).as_bytes()).take();
+    assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+    let mut c = Client::with_package("", 100);
     let r = c.feed(format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(200)).as_bytes()).take();
     assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
     let mut c = Client::new("max_header = 64");
