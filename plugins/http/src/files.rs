@@ -1,55 +1,80 @@
-//! Static files under the configured root: mapping a request path to a file without any way out
-//! of the root, content types, and reading the file.
+//! Static files under the configured root: mapping a request path to an open file without any
+//! way out of the root, directories (redirect, `index.html`, listing), and content types.
 //!
 //! A path is refused (400) when it has a `..` segment (also percent-encoded), an encoded slash or
-//! backslash (`%2F`, `%5C`), a NUL, a backslash, or a broken escape. What is left is joined to
-//! the canonical root and canonicalized, and the result must still lie under the root: a symlink
-//! leading out is refused (403). A directory serves its `index.html`, checked the same way; there
-//! are no directory listings. Files are read with blocking `std::fs` calls in the worker's event
-//! loop: fine for small files on a local disk, a known limit otherwise.
+//! backslash (`%2F`, `%5C`), a NUL, a backslash, or a broken escape. A segment starting with a
+//! dot (`/.git/config`, `/.env`) is a 404 unless `serve_dotfiles` (`/.well-known/` is always
+//! served). What is left is opened **relative to the root's directory fd** with `openat2` and
+//! `RESOLVE_BENEATH`: the kernel refuses any resolution that leaves the root, symlinks included,
+//! at the moment of the open, so a symlink swapped in after a check cannot escape. Where the
+//! kernel lacks `openat2` (before 5.6), each component is opened with `openat` and `O_NOFOLLOW`
+//! (symlinks are then not followed at all). An escape answers the same 404 as a missing file.
+//! A relative symlink that stays inside the root is followed; an absolute one is not (the kernel
+//! refuses absolute symlinks under `RESOLVE_BENEATH`), even when it points inside.
+//! The file served is the one opened: its metadata comes from `fstat` on that fd.
 
 use std::ffi::OsStr;
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
 /// The served files' root.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Files {
-    root: PathBuf,
+    root: OwnedFd,
+    serve_dotfiles: bool,
+    autoindex: bool,
+    /// False once the kernel said it has no `openat2`.
+    has_openat2: AtomicBool,
 }
 
-/// A file found under the root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileInfo {
-    pub path: PathBuf,
+/// What `fstat` says about a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
     pub len: u64,
-    /// Modification time, seconds since the Unix epoch.
-    pub modified: u64,
-    pub content_type: &'static str,
+    /// Modification time: seconds since the Unix epoch, and nanoseconds.
+    pub mtime: u64,
+    pub mtime_nsec: u32,
+    pub ino: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A regular file found under the root, open.
+#[derive(Debug)]
+pub struct Found {
+    pub file: File,
+    pub meta: Meta,
+    /// Its path relative to the root (decoded), for the content type, siblings and logs.
+    pub rel: Vec<u8>,
+}
+
+#[derive(Debug)]
 pub enum Lookup {
-    Found(FileInfo),
+    File(Found),
+    /// A directory named without its trailing slash.
+    Redirect,
+    /// A directory without `index.html`, with `autoindex` on: its open fd.
+    Listing(OwnedFd),
     NotFound,
-    /// Resolves outside the root, or not readable.
+    /// Not readable.
     Forbidden,
     /// The path itself is unacceptable.
     BadPath,
 }
 
+const OPEN_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::CLOEXEC).union(OFlags::NOCTTY).union(OFlags::NONBLOCK);
+
 impl Files {
     /// `root` must name an existing directory; a relative one is taken from the worker's working
     /// directory at start.
-    pub fn new(root: &str) -> Result<Self, String> {
-        let root = fs::canonicalize(root).map_err(|e| format!("could not open root {root:?}: {e}"))?;
-        if !root.is_dir() {
-            return Err(format!("root {} is not a directory", root.display()));
-        }
-        Ok(Files { root })
+    pub fn new(root: &str, serve_dotfiles: bool, autoindex: bool) -> Result<Self, String> {
+        let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| format!("could not open root {root:?} as a directory: {e}"))?;
+        Ok(Files { root: fd, serve_dotfiles, autoindex, has_openat2: AtomicBool::new(true) })
     }
 
     /// Finds the file for `path` (the request target's path, without the query).
@@ -58,45 +83,129 @@ impl Files {
         if decode_path(path, &mut decoded).is_err() {
             return Lookup::BadPath;
         }
-        let mut full = self.root.clone();
-        for segment in decoded.split(|&b| b == b'/') {
-            if !segment.is_empty() && segment != b"." {
-                full.push(OsStr::from_bytes(segment));
+        let mut rel = Vec::with_capacity(decoded.len());
+        for segment in decoded.split(|&b| b == b'/').filter(|s| !s.is_empty() && *s != b".") {
+            if segment[0] == b'.' && !self.serve_dotfiles && segment != b".well-known" {
+                return Lookup::NotFound;
             }
-        }
-        let (path, meta) = match self.resolve(&full) {
-            Ok(found) => found,
-            Err(lookup) => return lookup,
-        };
-        let (path, meta) = if meta.is_dir() {
-            match self.resolve(&path.join("index.html")) {
-                Ok(found) => found,
-                Err(lookup) => return lookup,
+            if !rel.is_empty() {
+                rel.push(b'/');
             }
-        } else {
-            (path, meta)
-        };
-        if !meta.is_file() {
-            return Lookup::NotFound;
+            rel.extend_from_slice(segment);
         }
-        let modified = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
-        Lookup::Found(FileInfo { content_type: content_type(&path), len: meta.len(), modified, path })
+        let slash = path.ends_with(b"/");
+        let fd = match self.open(&rel) {
+            Ok(fd) => fd,
+            Err(e) => return io_lookup(e),
+        };
+        let meta = match rustix::fs::fstat(&fd) {
+            Ok(st) => st,
+            Err(e) => return io_lookup(e),
+        };
+        match FileType::from_raw_mode(meta.st_mode) {
+            FileType::RegularFile if slash => Lookup::NotFound,
+            FileType::RegularFile => Lookup::File(Found { meta: meta_of(&meta), file: File::from(fd), rel }),
+            FileType::Directory if !slash => Lookup::Redirect,
+            FileType::Directory => match self.open_in(&fd, b"index.html") {
+                Ok(index) => match rustix::fs::fstat(&index) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+                        rel.extend_from_slice(if rel.is_empty() { &b"index.html"[..] } else { b"/index.html" });
+                        Lookup::File(Found { meta: meta_of(&st), file: File::from(index), rel })
+                    }
+                    Ok(_) => Lookup::NotFound,
+                    Err(e) => io_lookup(e),
+                },
+                Err(rustix::io::Errno::NOENT) if self.autoindex => Lookup::Listing(fd),
+                Err(e) => io_lookup(e),
+            },
+            _ => Lookup::NotFound,
+        }
     }
 
-    /// Canonicalizes `path` and checks that it is still under the root.
-    fn resolve(&self, path: &Path) -> Result<(PathBuf, fs::Metadata), Lookup> {
-        let real = fs::canonicalize(path).map_err(|e| io_lookup(&e))?;
-        if !real.starts_with(&self.root) {
-            return Err(Lookup::Forbidden);
+    /// Opens a sibling of a found file (`app.js.gz` for `app.js`): a regular file, or nothing.
+    pub fn sibling(&self, rel: &[u8], suffix: &str) -> Option<(File, Meta)> {
+        let mut name = rel.to_vec();
+        name.extend_from_slice(suffix.as_bytes());
+        let fd = self.open(&name).ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then(|| (File::from(fd), meta_of(&st)))
+    }
+
+    /// The names in a listed directory (dotfiles left out unless served), sorted; directories
+    /// end with `/`.
+    pub fn list(&self, dir: &OwnedFd) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." || (name[0] == b'.' && !self.serve_dotfiles) {
+                continue;
+            }
+            let mut name = String::from_utf8_lossy(name).into_owned();
+            if entry.file_type() == FileType::Directory {
+                name.push('/');
+            }
+            names.push(name);
         }
-        let meta = fs::metadata(&real).map_err(|e| io_lookup(&e))?;
-        Ok((real, meta))
+        names.sort();
+        Ok(names)
+    }
+
+    /// Opens `rel` (no `..`, no empty segment) beneath the root.
+    fn open(&self, rel: &[u8]) -> rustix::io::Result<OwnedFd> {
+        match rel.is_empty() {
+            true => rustix::fs::openat(&self.root, ".", OPEN_FLAGS | OFlags::DIRECTORY, Mode::empty()),
+            false => self.open_in(&self.root, rel),
+        }
+    }
+
+    fn open_in(&self, dir: &OwnedFd, rel: &[u8]) -> rustix::io::Result<OwnedFd> {
+        let rel = OsStr::from_bytes(rel);
+        if self.has_openat2.load(Ordering::Relaxed) {
+            let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+            match rustix::fs::openat2(dir, rel, OPEN_FLAGS, Mode::empty(), resolve) {
+                Err(rustix::io::Errno::NOSYS) => self.has_openat2.store(false, Ordering::Relaxed),
+                // openat2 restarts on a concurrent rename under RESOLVE_BENEATH: try once more.
+                Err(rustix::io::Errno::AGAIN) => {
+                    return rustix::fs::openat2(dir, rel, OPEN_FLAGS, Mode::empty(), resolve);
+                }
+                other => return other,
+            }
+        }
+        open_walk(dir, Path::new(rel))
     }
 }
 
-fn io_lookup(e: &io::Error) -> Lookup {
-    match e.kind() {
-        io::ErrorKind::PermissionDenied => Lookup::Forbidden,
+/// The fallback without `openat2`: one `openat` per component, none of them a symlink.
+fn open_walk(dir: &OwnedFd, rel: &Path) -> rustix::io::Result<OwnedFd> {
+    let parts: Vec<&OsStr> = rel.iter().collect();
+    let mut current: Option<OwnedFd> = None;
+    for (i, part) in parts.iter().enumerate() {
+        let at = current.as_ref().unwrap_or(dir);
+        let last = i + 1 == parts.len();
+        let flags = match last {
+            true => OPEN_FLAGS | OFlags::NOFOLLOW,
+            false => OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        };
+        current = Some(rustix::fs::openat(at, *part, flags, Mode::empty())?);
+    }
+    current.ok_or(rustix::io::Errno::NOENT)
+}
+
+fn meta_of(st: &rustix::fs::Stat) -> Meta {
+    Meta {
+        len: u64::try_from(st.st_size).unwrap_or(0),
+        mtime: u64::try_from(st.st_mtime).unwrap_or(0),
+        mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+        ino: st.st_ino,
+    }
+}
+
+fn io_lookup(e: rustix::io::Errno) -> Lookup {
+    match e {
+        rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => Lookup::Forbidden,
+        // Missing, not a directory, a symlink leading out of the root (EXDEV) or not followed
+        // (ELOOP): all look the same from outside.
         _ => Lookup::NotFound,
     }
 }
@@ -138,41 +247,27 @@ pub fn decode_path(path: &[u8], out: &mut Vec<u8>) -> Result<(), UnsafePath> {
     Ok(())
 }
 
-/// Reads exactly `info.len` bytes of the file, appending them to `out`. A file that shrank
-/// since it was looked up is an error (the `Content-Length` already written would be wrong).
-pub fn read_into(info: &FileInfo, out: &mut Vec<u8>) -> io::Result<()> {
-    let file = File::open(&info.path)?;
-    let before = out.len();
-    out.reserve(usize::try_from(info.len).unwrap_or(usize::MAX));
-    file.take(info.len).read_to_end(out)?;
-    if (out.len() - before) as u64 != info.len {
-        out.truncate(before);
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank"));
+/// The `Content-Type` for a file, by extension (`mime_guess`), with `charset=utf-8` for text.
+pub fn content_type(rel: &[u8]) -> String {
+    let path = Path::new(OsStr::from_bytes(rel));
+    let mime = mime_guess::from_path(path).first_raw().unwrap_or("application/octet-stream");
+    match is_text(mime) {
+        true => format!("{mime}; charset=utf-8"),
+        false => mime.to_string(),
     }
-    Ok(())
 }
 
-/// The `Content-Type` for a file, by extension.
-pub fn content_type(path: &Path) -> &'static str {
-    let ext = path.extension().and_then(OsStr::to_str).unwrap_or_default();
-    match ext.to_ascii_lowercase().as_str() {
-        "html" | "htm" => "text/html; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "json" => "application/json",
-        "txt" => "text/plain; charset=utf-8",
-        "xml" => "application/xml",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "svg" => "image/svg+xml",
-        "ico" => "image/x-icon",
-        "webp" => "image/webp",
-        "wasm" => "application/wasm",
-        "pdf" => "application/pdf",
-        "woff2" => "font/woff2",
-        _ => "application/octet-stream",
-    }
+fn is_text(mime: &str) -> bool {
+    mime.starts_with("text/") || mime == "application/javascript"
+}
+
+/// Types worth compressing (text, scripts, JSON, XML, SVG, wasm).
+pub fn compressible(content_type: &str) -> bool {
+    let mime = content_type.split(';').next().unwrap_or_default();
+    is_text(mime)
+        || matches!(mime, "application/json" | "application/xml" | "image/svg+xml" | "application/wasm")
+        || mime.ends_with("+json")
+        || mime.ends_with("+xml")
 }
 
 #[cfg(test)]

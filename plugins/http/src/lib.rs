@@ -1,83 +1,161 @@
-//! HTTP/1.1 for host: keep-alive, HTTP/1.0, pipelining, `Content-Length` and chunked request
-//! bodies, `Expect: 100-continue`, `HEAD`, and static files under an optional root.
+//! HTTP/1.1 for host: a static-file server browsers are happy with, on the `http_proto`
+//! library (keep-alive, HTTP/1.0, pipelining, `Content-Length` and chunked request bodies,
+//! `Expect: 100-continue`, strict RFC 9112 checks).
 //!
-//! Run: host --plugin http --listen 127.0.0.1:8080, then `curl -i http://127.0.0.1:8080/`.
+//! Run: `host --plugin http --listen 127.0.0.1:8080 --plugin-config 'root = "/srv/www"'`, then
+//! `curl -i http://127.0.0.1:8080/`.
 //!
 //! Routes:
 //! - `GET`/`HEAD /`: `Hello, World!` as `text/plain` (TechEmpower plaintext). With a `root`,
-//!   `/` serves `root/index.html` when there is one and falls back to `Hello, World!` otherwise,
-//!   so the plaintext endpoint exists whatever the root holds.
-//! - Any other method on `/`: the request body is echoed back (`application/octet-stream`).
-//! - With a `root`: `GET`/`HEAD` of other paths serve files (see [`files`]), other methods on
-//!   an existing file get 405 with `Allow: GET, HEAD`; everything else is 404.
+//!   `/` serves `root/index.html` (or its listing) when there is one, and the plaintext otherwise.
+//! - `POST`/`PUT /`: the request body is echoed back (`application/octet-stream`; `echo = false`
+//!   turns it off).
+//! - With a `root`: `GET`/`HEAD` of other paths serve files (see [`files`]): validators
+//!   (`ETag`, `Last-Modified`) and conditional requests ([`conditional`]: 304, 412), byte ranges
+//!   ([`ranges`]: 206, `multipart/byteranges`, 416), `Content-Type` by extension, precompressed
+//!   `.br`/`.gz` siblings and optional on-the-fly gzip (with `Vary: Accept-Encoding`),
+//!   `Cache-Control`; a directory without its slash is a 301 to it with the slash, `dir/`
+//!   serves `dir/index.html` or, with `autoindex`, a listing.
+//! - `OPTIONS` answers the resource's `Allow`; another registered method on an existing resource
+//!   is 405 with a truthful `Allow`; an unknown method is 501.
 //!
 //! Config (TOML, every key optional; unknown keys are an error):
 //! ```toml
 //! root = "/srv/www"        # serve files from here (no default: no files)
-//! max_header = 65536       # request line + header fields, bytes (over it: 431)
-//! max_body = 1048576       # request body, bytes (over it: 413)
+//! autoindex = false        # list directories without index.html
+//! serve_dotfiles = false   # /.git/config, /.env: 404 unless true (/.well-known/ always served)
+//! etag = "strong"          # or "weak"
+//! cache_control = "public, max-age=3600"               # on files (default: none)
+//! cache_control_by_ext = { js = "max-age=31536000" }   # per extension, over cache_control
+//! precompressed = true     # serve app.js.br / app.js.gz to clients that accept them
+//! gzip = false             # compress text files on the fly (never ranges)
+//! gzip_min = 1024          # ... from this size (up to 1 MiB)
+//! echo = true              # POST/PUT / echoes the body
+//! max_header = 65536       # request line + header fields, bytes (over it: 431, or 414)
+//! max_target = 8192        # request target, bytes (over it: 414)
+//! max_headers = 100        # header fields (over it: 431)
+//! max_body = 1048576       # request body, bytes, decoded (over it: 413)
 //! max_file = 67108864      # largest file served, bytes (over it: 500; default: no limit)
 //! ```
-//! The host's max package size (default 1 MiB) also bounds a whole request; raise both
-//! together. Files are read whole into memory with blocking `std::fs` calls (see [`files`]).
+//! `max_body` bounds the body alone: chunk framing and the head do not count, and a body larger
+//! than the host's max package size (`--max-package-size`, default 1 MiB) is received in pieces
+//! (the package size then bounds the head, see [`http_proto::parse`]). Files are read with
+//! blocking calls in the worker's loop: fine on a local disk. Files over 256 KiB are streamed a
+//! send buffer at a time.
 
-pub mod chunked;
+pub mod conditional;
 pub mod files;
-pub mod parse;
-pub mod response;
+pub mod ranges;
 
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use http_proto::response::{self, DateCache};
 use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Frame, Host, Protocol, WorkerInfo};
 use serde::Deserialize;
 
-use crate::files::{FileInfo, Files, Lookup};
-use crate::parse::{parse_head, Body, Framer, Limits, Method, RequestHead};
-use crate::response::{Persist, Status};
+pub use http_proto::{chunked, parse, persist, request_path, ConnState, Limits, Method, Persist, Request, Status};
+
+use crate::conditional::{EtagKind, Outcome};
+use crate::files::{Files, Found, Lookup};
+use crate::ranges::Ranges;
 
 /// The service's config for this plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub root: Option<String>,
+    pub autoindex: bool,
+    pub serve_dotfiles: bool,
+    pub etag: EtagKind,
+    pub cache_control: Option<String>,
+    pub cache_control_by_ext: BTreeMap<String, String>,
+    pub precompressed: bool,
+    pub gzip: bool,
+    pub gzip_min: u64,
+    pub echo: bool,
     pub max_header: usize,
+    pub max_target: usize,
+    pub max_headers: usize,
     pub max_body: u64,
     pub max_file: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { root: None, max_header: 64 * 1024, max_body: 1024 * 1024, max_file: u64::MAX }
+        let limits = Limits::default();
+        Config {
+            root: None,
+            autoindex: false,
+            serve_dotfiles: false,
+            etag: EtagKind::Strong,
+            cache_control: None,
+            cache_control_by_ext: BTreeMap::new(),
+            precompressed: true,
+            gzip: false,
+            gzip_min: 1024,
+            echo: true,
+            max_header: limits.max_header,
+            max_target: limits.max_target,
+            max_headers: limits.max_headers,
+            max_body: limits.max_body,
+            max_file: u64::MAX,
+        }
     }
 }
 
 impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| format!("invalid http config: {e}"))?;
-        if config.max_header == 0 {
-            return Err("invalid http config: max_header must be positive".into());
+        let mut config: Config = toml::from_str(text).map_err(|e| format!("invalid http config: {e}"))?;
+        if config.max_header == 0 || config.max_target == 0 {
+            return Err("invalid http config: max_header and max_target must be positive".into());
+        }
+        if !(1..=http_proto::parse::MAX_HEADERS_CAP).contains(&config.max_headers) {
+            return Err(format!(
+                "invalid http config: max_headers must be 1 to {}",
+                http_proto::parse::MAX_HEADERS_CAP
+            ));
         }
         if config.root.as_deref() == Some("") {
             return Err("invalid http config: root must not be empty".into());
         }
+        let values = config.cache_control.iter().chain(config.cache_control_by_ext.values());
+        if values.into_iter().any(|v| v.bytes().any(|b| b.is_ascii_control())) {
+            return Err("invalid http config: cache_control values must be one line".into());
+        }
+        config.cache_control_by_ext = std::mem::take(&mut config.cache_control_by_ext)
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
         Ok(config)
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_header: self.max_header,
+            max_body: self.max_body,
+            max_target: self.max_target,
+            max_headers: self.max_headers,
+        }
     }
 }
 
-/// Buffers grown past this by a large body or file are given back after the response.
-const RETAIN_BUFFER: usize = 256 * 1024;
-
 /// The plugin instance of one worker.
 pub struct Http {
+    config: Config,
     limits: Limits,
+    /// The host's max package size.
+    max_message: usize,
     files: Option<Files>,
-    max_file: u64,
     conns: ConnMap<Conn>,
     /// The response being written (reused: no allocation per request).
     out: Vec<u8>,
-    /// A decoded chunked body, or a chunk of a streamed file (reused).
-    body: Vec<u8>,
-    date: response::DateCache,
-    /// The file whose head `respond` just wrote, to be streamed by `on_message`.
-    stream_next: Option<(std::fs::File, u64)>,
+    /// A chunk of a streamed file (reused).
+    chunk: Vec<u8>,
+    date: DateCache,
+    /// The body `respond` left to stream after the head it wrote.
+    stream_next: Option<(File, VecDeque<Part>)>,
     /// Output queued per connection at most while streaming (the host's send buffer).
     send_window: usize,
 }
@@ -85,43 +163,50 @@ pub struct Http {
 /// Per-connection state.
 #[derive(Debug, Default)]
 struct Conn {
-    framer: Framer,
-    /// Bytes of a request not yet answered are buffered (drain then answers it, with close).
-    in_flight: bool,
-    /// The connection closes after what is queued: further input is ignored.
-    closing: bool,
+    state: ConnState,
     /// A file body being sent a send buffer at a time.
     stream: Option<Stream>,
 }
 
-/// A large file body, sent as the connection drains (reading the connection is paused meanwhile,
-/// so pipelined requests behind it are answered after it, in order).
+/// A large body, sent as the connection drains (reading the connection is paused meanwhile, so
+/// pipelined requests behind it are answered after it, in order).
 #[derive(Debug)]
 struct Stream {
-    file: std::fs::File,
-    remaining: u64,
+    file: File,
+    parts: VecDeque<Part>,
     /// Close the connection after the last byte.
     close: bool,
 }
 
-/// Files larger than this are streamed instead of read whole into one response.
+/// A piece of a response body: bytes (a multipart head), or a byte range of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Bytes(Vec<u8>),
+    File { offset: u64, len: u64 },
+}
+
+/// Bodies larger than this are streamed instead of read whole into one response.
 const STREAM_AT: u64 = 256 * 1024;
 /// Bytes read from a streamed file at a time.
 const STREAM_CHUNK: usize = 64 * 1024;
+/// Files compressed on the fly at most (read and compressed whole).
+const GZIP_MAX: u64 = 1024 * 1024;
+/// Buffers grown past this by a large response are given back after it.
+const RETAIN_BUFFER: usize = 256 * 1024;
 
 impl Protocol for Http {
     fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         let config = Config::parse(config)?;
-        let files = config.root.as_deref().map(Files::new).transpose()?;
-        // A body the host would refuse anyway is refused at its head (413, no `100 Continue`).
-        let max_body = config.max_body.min(worker.max_package_size as u64);
+        let files =
+            config.root.as_deref().map(|root| Files::new(root, config.serve_dotfiles, config.autoindex)).transpose()?;
         Ok(Http {
-            limits: Limits { max_header: config.max_header, max_body },
+            limits: config.limits(),
+            config,
+            max_message: worker.max_package_size,
             files,
-            max_file: config.max_file,
             conns: ConnMap::new(),
             out: Vec::with_capacity(4096),
-            body: Vec::new(),
+            chunk: Vec::new(),
             date: Default::default(),
             stream_next: None,
             send_window: worker.max_send_buffer.max(STREAM_CHUNK),
@@ -129,57 +214,44 @@ impl Protocol for Http {
     }
 
     fn input(&mut self, host: &mut Host<'_>, conn: ConnId, buf: &[u8]) -> Frame {
-        let state = self.conns.entry(conn);
-        if state.closing {
-            return Frame::NeedMore;
-        }
-        state.in_flight = !buf.is_empty();
-        match state.framer.frame(buf, &self.limits) {
-            Ok(framed) => {
-                if framed.send_continue {
-                    host.send(conn, response::CONTINUE);
-                }
-                framed.len.map_or(Frame::NeedMore, Frame::Complete)
-            }
-            Err(status) => {
-                self.reject(host, conn, status);
-                Frame::Invalid
-            }
-        }
+        let state = &mut self.conns.entry(conn).state;
+        state.input(host, conn, buf, &self.limits, self.max_message, &mut self.date, &mut self.out)
     }
 
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
-        let state = self.conns.entry(conn);
+        let state = &mut self.conns.entry(conn).state;
         if state.closing {
             return;
         }
-        state.in_flight = false;
-        // The head parsed by `input` is kept; parsing again is only a fallback.
-        let head = match state.framer.finish() {
-            Some(head) => head,
-            None => match parse_head(msg, &self.limits) {
-                Ok(Some(head)) if msg.len() >= head.len => head,
-                Ok(_) => return self.reject(host, conn, Status::BadRequest),
-                Err(status) => return self.reject(host, conn, status),
-            },
+        let mut framer = std::mem::take(&mut state.framer);
+        let answered = match framer.take_request(msg, &self.limits) {
+            Err(status) => Err(status),
+            Ok(None) => Ok(None),
+            Ok(Some(req)) => {
+                let persist = persist(req.head(), host.is_draining());
+                self.date.update(host.now_ms());
+                self.out.clear();
+                self.respond(&req, persist);
+                Ok(Some(persist))
+            }
         };
-        let persist = match (head.keep_alive && !host.is_draining(), head.minor) {
-            (false, _) => Persist::Close,
-            (true, 0) => Persist::KeepAlive10,
-            (true, _) => Persist::KeepAlive,
+        let c = self.conns.entry(conn);
+        let persist = match answered {
+            Ok(None) => return c.state.framer = framer,
+            Ok(Some(persist)) => persist,
+            Err(status) => return c.state.reject(host, conn, status, &mut self.date, &mut self.out),
         };
-        self.date.update(host.now_ms());
-        self.out.clear();
-        self.respond(&head, msg, persist);
-        if let Some(file) = self.stream_next.take() {
+        framer.finish();
+        c.state.framer = framer;
+        c.state.in_flight = false;
+        if let Some((file, parts)) = self.stream_next.take() {
             // The head goes now; the body follows as the connection drains.
             host.send(conn, &self.out);
-            let remaining = file.1;
-            self.conns.entry(conn).stream = Some(Stream { file: file.0, remaining, close: persist == Persist::Close });
+            c.stream = Some(Stream { file, parts, close: persist == Persist::Close });
             host.pause_recv(conn);
             self.pump(host, conn);
         } else if persist == Persist::Close {
-            self.conns.entry(conn).closing = true;
+            c.state.closing = true;
             host.close_with(conn, &self.out);
         } else {
             host.send(conn, &self.out);
@@ -196,21 +268,10 @@ impl Protocol for Http {
     }
 
     fn on_error(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
-        let state = self.conns.get(conn);
-        let closing = state.is_some_and(|c| c.closing);
-        match err {
-            ConnError::PackageTooLarge if !closing => {
-                // With the head complete the body is too large; otherwise the head is.
-                let status = match state.is_some_and(|c| c.framer.has_head()) {
-                    true => Status::ContentTooLarge,
-                    false => Status::HeadersTooLarge,
-                };
-                self.reject(host, conn, status);
-            }
-            ConnError::Timeout if !closing && state.is_some_and(|c| c.in_flight) => {
-                self.reject(host, conn, Status::RequestTimeout);
-            }
-            _ => host.close(conn),
+        let state = &mut self.conns.entry(conn).state;
+        match state.error_status(err) {
+            Some(status) => state.reject(host, conn, status, &mut self.date, &mut self.out),
+            None => host.close(conn),
         }
     }
 
@@ -224,36 +285,48 @@ impl Protocol for Http {
 }
 
 impl Http {
-    /// Sends the next part of a streamed file: up to the send buffer (the host then reports the
+    /// Sends the next part of a streamed body: up to the send buffer (the host then reports the
     /// connection full, and drained once it is written, which calls this again).
     fn pump(&mut self, host: &mut Host<'_>, conn: ConnId) {
-        use std::io::Read;
-        let Some(state) = self.conns.get_mut(conn) else { return };
-        let Some(stream) = state.stream.as_mut() else { return };
-        while stream.remaining > 0 && host.pending_send(conn) < self.send_window {
-            let want = usize::try_from(stream.remaining).unwrap_or(usize::MAX).min(STREAM_CHUNK);
-            self.body.resize(want, 0);
-            match stream.file.read(&mut self.body) {
-                Ok(0) | Err(_) => {
-                    // The file shrank (or broke) under us: the length is promised, so the only
-                    // honest end is a closed connection.
-                    plugin_api::tracing::warn!(remaining = stream.remaining, "streamed file ended early; closing");
-                    state.stream = None;
-                    state.closing = true;
-                    host.close(conn);
-                    return;
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let Some(stream) = c.stream.as_mut() else { return };
+        while host.pending_send(conn) < self.send_window {
+            match stream.parts.front_mut() {
+                None => break,
+                Some(Part::Bytes(bytes)) => {
+                    host.send(conn, bytes);
+                    stream.parts.pop_front();
                 }
-                Ok(n) => {
-                    host.send(conn, &self.body[..n]);
-                    stream.remaining -= n as u64;
+                Some(Part::File { len: 0, .. }) => {
+                    stream.parts.pop_front();
+                }
+                Some(Part::File { offset, len }) => {
+                    let want = usize::try_from(*len).unwrap_or(usize::MAX).min(STREAM_CHUNK);
+                    self.chunk.resize(want, 0);
+                    match stream.file.read_at(&mut self.chunk, *offset) {
+                        Ok(0) | Err(_) => {
+                            // The file shrank (or broke) under us: the length is promised, so the
+                            // only honest end is a closed connection.
+                            plugin_api::tracing::warn!(remaining = *len, "streamed file ended early; closing");
+                            c.stream = None;
+                            c.state.closing = true;
+                            host.close(conn);
+                            return;
+                        }
+                        Ok(n) => {
+                            host.send(conn, &self.chunk[..n]);
+                            *offset += n as u64;
+                            *len -= n as u64;
+                        }
+                    }
                 }
             }
         }
-        if stream.remaining == 0 {
+        if stream.parts.is_empty() {
             let close = stream.close;
-            state.stream = None;
+            c.stream = None;
             if close {
-                state.closing = true;
+                c.state.closing = true;
                 host.close(conn);
             } else {
                 host.resume_recv(conn);
@@ -262,156 +335,363 @@ impl Http {
         }
     }
 
-    /// Answers with an error status and closes the connection after it.
-    fn reject(&mut self, host: &mut Host<'_>, conn: ConnId, status: Status) {
-        let state = self.conns.entry(conn);
-        state.closing = true;
-        state.in_flight = false;
-        self.date.update(host.now_ms());
-        self.out.clear();
-        response::write_error(&mut self.out, status, self.date.get(), Persist::Close, false);
-        host.close_with(conn, &self.out);
-    }
-
-    /// Writes the response to a complete request into `self.out`.
-    fn respond(&mut self, head: &RequestHead, msg: &[u8], persist: Persist) {
-        let head_only = head.method == Method::Head;
-        let path = request_path(&msg[head.target.clone()]);
-        if path == b"*" && head.method == Method::Options {
-            response::begin(&mut self.out, Status::Ok, self.date.get());
-            response::header(&mut self.out, "Allow", b"GET, HEAD, POST");
-            return response::finish(&mut self.out, 0, persist);
+    /// Writes the response to a complete request into `self.out` (or its head, leaving the body
+    /// in `self.stream_next`).
+    fn respond(&mut self, req: &Request<'_>, persist: Persist) {
+        let method = req.method();
+        let head_only = method == Method::Head;
+        if method == Method::Other {
+            return self.error(Status::NOT_IMPLEMENTED, persist, head_only, &[]);
         }
+        let echo = self.config.echo;
+        let root_allow: &[u8] = if echo { b"GET, HEAD, OPTIONS, POST, PUT" } else { b"GET, HEAD, OPTIONS" };
+        if req.target() == "*" {
+            return match method {
+                Method::Options => self.options(root_allow, persist),
+                _ => self.error(Status::BAD_REQUEST, persist, head_only, &[]),
+            };
+        }
+        let path = req.path().as_bytes();
         if path.first() != Some(&b'/') {
-            return self.error(Status::BadRequest, persist, head_only);
+            return self.error(Status::BAD_REQUEST, persist, head_only, &[]);
         }
         let is_root = path == b"/";
-        let echo = is_root && !matches!(head.method, Method::Get | Method::Head);
-        let lookup = match &self.files {
-            Some(files) if !echo => Some(files.lookup(path)),
-            _ => None,
-        };
-        match (head.method, lookup) {
-            (Method::Get | Method::Head, Some(Lookup::Found(info))) => self.file(head, msg, &info, persist),
-            (Method::Get | Method::Head, None | Some(Lookup::NotFound)) if is_root => {
-                response::begin(&mut self.out, Status::Ok, self.date.get());
-                response::header(&mut self.out, "Content-Type", b"text/plain");
-                response::finish(&mut self.out, HELLO.len() as u64, persist);
-                if !head_only {
-                    self.out.extend_from_slice(HELLO);
+        if is_root && echo && matches!(method, Method::Post | Method::Put) {
+            return self.echo(req.body(), persist);
+        }
+        let allow: &[u8] = if is_root { root_allow } else { b"GET, HEAD, OPTIONS" };
+        let get = matches!(method, Method::Get | Method::Head);
+        let lookup = self.files.as_ref().map(|files| files.lookup(path));
+        match lookup {
+            Some(Lookup::Forbidden) => self.error(Status::FORBIDDEN, persist, head_only, &[]),
+            Some(Lookup::BadPath) => self.error(Status::BAD_REQUEST, persist, head_only, &[]),
+            None | Some(Lookup::NotFound) if !is_root => self.error(Status::NOT_FOUND, persist, head_only, &[]),
+            _ if method == Method::Options => self.options(allow, persist),
+            _ if !get => self.error(Status::METHOD_NOT_ALLOWED, persist, head_only, &[("Allow", allow)]),
+            None | Some(Lookup::NotFound) => self.hello(persist, head_only),
+            Some(Lookup::File(found)) => self.file(req, found, persist),
+            Some(Lookup::Redirect) => {
+                let mut location = req.path().to_string();
+                location.push('/');
+                if let Some(q) = req.query() {
+                    location.push('?');
+                    location.push_str(q);
                 }
+                self.error(Status::MOVED_PERMANENTLY, persist, head_only, &[("Location", location.as_bytes())]);
             }
-            // Any other method on `/` is the echo endpoint, with or without a root.
-            _ if echo => self.echo(head, msg, persist),
-            (_, Some(Lookup::Found(_))) => self.error(Status::MethodNotAllowed, persist, false),
-            (_, Some(Lookup::Forbidden)) => self.error(Status::Forbidden, persist, head_only),
-            (_, Some(Lookup::BadPath)) => self.error(Status::BadRequest, persist, head_only),
-            (_, Some(Lookup::NotFound) | None) => self.error(Status::NotFound, persist, head_only),
+            Some(Lookup::Listing(dir)) => self.listing(req, &dir, persist, head_only),
         }
     }
 
-    fn error(&mut self, status: Status, persist: Persist, head_only: bool) {
-        response::write_error(&mut self.out, status, self.date.get(), persist, head_only);
+    fn error(&mut self, status: Status, persist: Persist, head_only: bool, extra: &[(&str, &[u8])]) {
+        response::write_error(&mut self.out, status, self.date.get(), persist, head_only, extra);
+    }
+
+    fn hello(&mut self, persist: Persist, head_only: bool) {
+        response::begin(&mut self.out, Status::OK, self.date.get());
+        response::header(&mut self.out, "Content-Type", b"text/plain");
+        response::finish(&mut self.out, HELLO.len() as u64, persist);
+        if !head_only {
+            self.out.extend_from_slice(HELLO);
+        }
+    }
+
+    fn options(&mut self, allow: &[u8], persist: Persist) {
+        response::begin(&mut self.out, Status::OK, self.date.get());
+        response::header(&mut self.out, "Allow", allow);
+        response::finish(&mut self.out, 0, persist);
     }
 
     /// Sends the request body back.
-    fn echo(&mut self, head: &RequestHead, msg: &[u8], persist: Persist) {
-        let rest = &msg[head.len..];
-        let body = match head.body {
-            Body::None => &[][..],
-            Body::Length(n) => &rest[..rest.len().min(n as usize)],
-            Body::Chunked => {
-                self.body.clear();
-                if chunked::decode(rest, &mut self.body).is_err() {
-                    return self.error(Status::BadRequest, persist, false);
-                }
-                &self.body
-            }
-        };
-        response::begin(&mut self.out, Status::Ok, self.date.get());
+    fn echo(&mut self, body: &[u8], persist: Persist) {
+        response::begin(&mut self.out, Status::OK, self.date.get());
         response::header(&mut self.out, "Content-Type", b"application/octet-stream");
         response::finish(&mut self.out, body.len() as u64, persist);
         self.out.extend_from_slice(body);
     }
 
-    /// Serves a file found under the root, or 304 when the client's copy is current.
-    fn file(&mut self, head: &RequestHead, msg: &[u8], info: &FileInfo, persist: Persist) {
-        let head_only = head.method == Method::Head;
-        if info.len > self.max_file {
-            plugin_api::tracing::warn!(
-                path = %info.path.display(),
-                len = info.len,
-                max_file = self.max_file,
-                "file too large to serve"
-            );
-            return self.error(Status::InternalError, persist, head_only);
+    /// A directory listing (`autoindex`), names HTML-escaped and links percent-encoded.
+    fn listing(&mut self, req: &Request<'_>, dir: &std::os::fd::OwnedFd, persist: Persist, head_only: bool) {
+        let Some(files) = &self.files else { return };
+        let names = match files.list(dir) {
+            Ok(names) => names,
+            Err(e) => {
+                plugin_api::tracing::warn!(path = req.path(), error = %e, "could not list directory");
+                return self.error(Status::INTERNAL_ERROR, persist, head_only, &[]);
+            }
+        };
+        let title = html_escape(&http_proto::percent_decode(req.path()));
+        let mut html = format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n\
+             <body><h1>Index of {title}</h1>\n<ul>\n"
+        );
+        if req.path() != "/" {
+            html.push_str("<li><a href=\"../\">../</a></li>\n");
         }
-        let since = head.if_modified_since.as_ref().and_then(|r| response::parse_http_date(&msg[r.clone()]));
-        let not_modified = since.is_some_and(|since| info.modified <= since);
-        let status = if not_modified { Status::NotModified } else { Status::Ok };
-        let start = self.out.len();
-        response::begin(&mut self.out, status, self.date.get());
-        response::header(&mut self.out, "Content-Type", info.content_type.as_bytes());
-        let modified = response::format_http_date(info.modified);
-        response::header(&mut self.out, "Last-Modified", &modified);
-        // A 304 carries the length a 200 would have (RFC 9110 §8.6), and no body.
-        response::finish(&mut self.out, info.len, persist);
-        if head_only || not_modified {
-            return;
+        for name in &names {
+            html.push_str(&format!("<li><a href=\"{}\">{}</a></li>\n", href_escape(name), html_escape(name)));
         }
-        if info.len > STREAM_AT {
-            match std::fs::File::open(&info.path) {
-                Ok(file) => self.stream_next = Some((file, info.len)),
-                Err(e) => {
-                    plugin_api::tracing::warn!(path = %info.path.display(), error = %e, "could not open file");
-                    self.out.truncate(start);
-                    self.error(Status::InternalError, persist, false);
+        html.push_str("</ul></body></html>\n");
+        response::begin(&mut self.out, Status::OK, self.date.get());
+        response::header(&mut self.out, "Content-Type", b"text/html; charset=utf-8");
+        response::finish(&mut self.out, html.len() as u64, persist);
+        if !head_only {
+            self.out.extend_from_slice(html.as_bytes());
+        }
+    }
+
+    /// Serves a file found under the root: representation, preconditions, ranges.
+    fn file(&mut self, req: &Request<'_>, found: Found, persist: Persist) {
+        let head_only = req.method() == Method::Head;
+        let Found { mut file, mut meta, rel } = found;
+        if meta.len > self.config.max_file {
+            let path = String::from_utf8_lossy(&rel);
+            plugin_api::tracing::warn!(%path, len = meta.len, max_file = self.config.max_file, "file too large to serve");
+            return self.error(Status::INTERNAL_ERROR, persist, head_only, &[]);
+        }
+        let content_type = files::content_type(&rel);
+        let negotiated = files::compressible(&content_type) && (self.config.precompressed || self.config.gzip);
+        let range = req.header("range").filter(|_| req.method() == Method::Get);
+        let accept = req.header("accept-encoding").unwrap_or_default();
+        // The representation: a precompressed sibling, gzip made now, or the file as stored.
+        let mut encoding: Option<&'static str> = None;
+        let mut gzip_now = false;
+        if negotiated && self.config.precompressed {
+            for (coding, ext) in [("br", ".br"), ("gzip", ".gz")] {
+                if !accepts(accept, coding) {
+                    continue;
                 }
+                if let Some((f, m)) = self.files.as_ref().and_then(|files| files.sibling(&rel, ext)) {
+                    (file, meta, encoding) = (f, m, Some(coding));
+                    break;
+                }
+            }
+        }
+        if negotiated && encoding.is_none() && self.config.gzip && range.is_none() {
+            gzip_now = (self.config.gzip_min..=GZIP_MAX).contains(&meta.len) && accepts(accept, "gzip");
+            encoding = gzip_now.then_some("gzip");
+        }
+        let tag = conditional::etag(&meta, self.config.etag, if gzip_now { "-gzip" } else { "" });
+        let last_modified = response::format_http_date(meta.mtime);
+        let cache_control = self.cache_control(&rel).map(str::to_owned);
+        let validators = |out: &mut Vec<u8>| {
+            response::header(out, "ETag", tag.as_bytes());
+            response::header(out, "Last-Modified", &last_modified);
+            if let Some(cc) = &cache_control {
+                response::header(out, "Cache-Control", cc.as_bytes());
+            }
+            if negotiated {
+                response::header(out, "Vary", b"Accept-Encoding");
+            }
+        };
+        match conditional::evaluate(req, &tag, meta.mtime) {
+            Outcome::Failed => return self.error(Status::PRECONDITION_FAILED, persist, head_only, &[]),
+            Outcome::NotModified => {
+                response::begin(&mut self.out, Status::NOT_MODIFIED, self.date.get());
+                validators(&mut self.out);
+                return response::finish_bodiless(&mut self.out, persist);
+            }
+            Outcome::Proceed => {}
+        }
+        let start = self.out.len();
+        if gzip_now {
+            let body = match gzip_file(&file, meta.len) {
+                Ok(body) => body,
+                Err(e) => return self.read_failed(&rel, &e, start, persist),
+            };
+            response::begin(&mut self.out, Status::OK, self.date.get());
+            response::header(&mut self.out, "Content-Type", content_type.as_bytes());
+            response::header(&mut self.out, "Content-Encoding", b"gzip");
+            validators(&mut self.out);
+            response::finish(&mut self.out, body.len() as u64, persist);
+            if !head_only {
+                self.out.extend_from_slice(&body);
             }
             return;
         }
-        if let Err(e) = files::read_into(info, &mut self.out) {
-            plugin_api::tracing::warn!(path = %info.path.display(), error = %e, "could not read file");
-            self.out.truncate(start);
-            self.error(Status::InternalError, persist, false);
+        let ranges = match range {
+            Some(value) if conditional::if_range_holds(req, &tag, meta.mtime) => ranges::parse(value, meta.len),
+            _ => Ranges::Whole,
+        };
+        let status = match &ranges {
+            Ranges::Unsatisfiable => {
+                let content_range = format!("bytes */{}", meta.len);
+                return self.error(
+                    Status::RANGE_NOT_SATISFIABLE,
+                    persist,
+                    head_only,
+                    &[("Content-Range", content_range.as_bytes()), ("Accept-Ranges", b"bytes")],
+                );
+            }
+            Ranges::Whole => Status::OK,
+            Ranges::Parts(_) => Status::PARTIAL_CONTENT,
+        };
+        response::begin(&mut self.out, status, self.date.get());
+        response::header(&mut self.out, "Accept-Ranges", b"bytes");
+        if let Some(coding) = encoding {
+            response::header(&mut self.out, "Content-Encoding", coding.as_bytes());
         }
+        validators(&mut self.out);
+        let (parts, total) = match &ranges {
+            Ranges::Parts(list) if list.len() == 1 => {
+                let one = &list[0];
+                let cr = format!("bytes {}-{}/{}", one.start, one.end - 1, meta.len);
+                response::header(&mut self.out, "Content-Type", content_type.as_bytes());
+                response::header(&mut self.out, "Content-Range", cr.as_bytes());
+                (VecDeque::from([Part::File { offset: one.start, len: one.end - one.start }]), one.end - one.start)
+            }
+            Ranges::Parts(list) => {
+                let boundary = boundary(&tag);
+                let ct = format!("multipart/byteranges; boundary={boundary}");
+                response::header(&mut self.out, "Content-Type", ct.as_bytes());
+                multipart(list, &boundary, &content_type, meta.len)
+            }
+            _ => {
+                response::header(&mut self.out, "Content-Type", content_type.as_bytes());
+                (VecDeque::from([Part::File { offset: 0, len: meta.len }]), meta.len)
+            }
+        };
+        response::finish(&mut self.out, total, persist);
+        if head_only {
+            return;
+        }
+        if total > STREAM_AT {
+            self.stream_next = Some((file, parts));
+            return;
+        }
+        for part in parts {
+            match part {
+                Part::Bytes(bytes) => self.out.extend_from_slice(&bytes),
+                Part::File { offset, len } => {
+                    let at = self.out.len();
+                    self.out.resize(at + len as usize, 0);
+                    if let Err(e) = file.read_exact_at(&mut self.out[at..], offset) {
+                        return self.read_failed(&rel, &e, start, persist);
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_failed(&mut self, rel: &[u8], e: &std::io::Error, start: usize, persist: Persist) {
+        let path = String::from_utf8_lossy(rel);
+        plugin_api::tracing::warn!(%path, error = %e, "could not read file");
+        self.out.truncate(start);
+        self.error(Status::INTERNAL_ERROR, persist, false, &[]);
+    }
+
+    fn cache_control(&self, rel: &[u8]) -> Option<&str> {
+        let name = rel.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        let ext = name.iter().rposition(|&b| b == b'.').map(|i| String::from_utf8_lossy(&name[i + 1..]).to_lowercase());
+        ext.and_then(|ext| self.config.cache_control_by_ext.get(&ext))
+            .or(self.config.cache_control.as_ref())
+            .map(String::as_str)
     }
 
     fn trim_buffers(&mut self) {
         if self.out.capacity() > RETAIN_BUFFER {
             self.out = Vec::with_capacity(4096);
         }
-        if self.body.capacity() > RETAIN_BUFFER {
-            self.body = Vec::new();
+        if self.chunk.capacity() > RETAIN_BUFFER {
+            self.chunk = Vec::new();
         }
     }
 }
 
 const HELLO: &[u8] = b"Hello, World!";
 
-/// The path of a request target: the query and fragment dropped, and for the absolute form
-/// (`http://host/path`, RFC 9112 §3.2.2) the scheme and authority too.
-pub fn request_path(target: &[u8]) -> &[u8] {
-    let has_prefix = |p: &[u8]| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p);
-    let skip = if target.first() == Some(&b'/') {
-        0
-    } else if has_prefix(b"http://") {
-        7
-    } else if has_prefix(b"https://") {
-        8
-    } else {
-        0
-    };
-    let mut t = target;
-    if skip > 0 {
-        let rest = &target[skip..];
-        t = match rest.iter().position(|&b| b == b'/' || b == b'?' || b == b'#') {
-            Some(i) if rest[i] == b'/' => &rest[i..],
-            _ => return b"/",
-        };
+/// The parts of a `multipart/byteranges` body (RFC 9110 §14.6) and its length.
+fn multipart(list: &[std::ops::Range<u64>], boundary: &str, content_type: &str, len: u64) -> (VecDeque<Part>, u64) {
+    let mut parts = VecDeque::with_capacity(list.len() * 2 + 1);
+    let mut total = 0;
+    for (i, r) in list.iter().enumerate() {
+        let lead = if i == 0 { "" } else { "\r\n" };
+        let head = format!(
+            "{lead}--{boundary}\r\nContent-Type: {content_type}\r\nContent-Range: bytes {}-{}/{len}\r\n\r\n",
+            r.start,
+            r.end - 1
+        );
+        total += head.len() as u64 + (r.end - r.start);
+        parts.push_back(Part::Bytes(head.into_bytes()));
+        parts.push_back(Part::File { offset: r.start, len: r.end - r.start });
     }
-    let end = t.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(t.len());
-    &t[..end]
+    let end = format!("\r\n--{boundary}--\r\n");
+    total += end.len() as u64;
+    parts.push_back(Part::Bytes(end.into_bytes()));
+    (parts, total)
+}
+
+/// A multipart boundary: derived from the entity tag (so a repeated request gets the same body),
+/// in characters a boundary may have and a file's bytes are unlikely to repeat by chance.
+fn boundary(tag: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tag.hash(&mut h);
+    format!("host-byteranges-{:016x}", h.finish())
+}
+
+/// Whether an `Accept-Encoding` value accepts `coding` (by name or `*`, with a q-value above 0).
+pub fn accepts(value: &[u8], coding: &str) -> bool {
+    let mut named = None;
+    let mut star = None;
+    for item in value.split(|&b| b == b',') {
+        let mut params = item.split(|&b| b == b';');
+        let name = params.next().unwrap_or_default().trim_ascii();
+        let q = params
+            .filter_map(|p| p.trim_ascii().strip_prefix(b"q=").or_else(|| p.trim_ascii().strip_prefix(b"Q=")))
+            .next()
+            .and_then(|q| std::str::from_utf8(q).ok()?.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if name.eq_ignore_ascii_case(coding.as_bytes()) {
+            named = Some(q > 0.0);
+        } else if name == b"*" {
+            star = Some(q > 0.0);
+        }
+    }
+    named.or(star).unwrap_or(false)
+}
+
+fn gzip_file(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut plain = vec![0; len as usize];
+    file.read_exact_at(&mut plain, 0)?;
+    let mut enc =
+        flate2::write::GzEncoder::new(Vec::with_capacity(plain.len() / 3 + 64), flate2::Compression::default());
+    enc.write_all(&plain)?;
+    enc.finish()
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes a name for a relative link (a trailing `/` of a directory kept).
+fn href_escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let (body, slash) = match name.strip_suffix('/') {
+        Some(b) => (b, "/"),
+        None => (name, ""),
+    };
+    for &b in body.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            b => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out.push_str(slash);
+    // `./` first: a name with a colon must not read as a scheme.
+    format!("./{out}")
 }
 
 export_plugin!(Http);

@@ -7,6 +7,15 @@
 
 // HTTP/1.1 through the `http` plugin: keep-alive, pipelining, bodies, errors, static files.
 mod http;
+// The `http` plugin's static files through curl and python `requests`: ranges, resuming,
+// compression, validators, directories, limits.
+mod http_files;
+// Headless Chromium on the `http` plugin: a directory page's images, seeking in audio.
+mod http_browser;
+// `examples/http_app`: an application on the http_proto library.
+mod http_app;
+// Helpers of the http tests: bounded runs of real clients, media files made on the spot.
+mod http_tools;
 // The master's lifecycle and control: reload, stop, status, pid file, daemon, config file,
 // crash-loop back-off, logging, users, restart.
 mod lifecycle;

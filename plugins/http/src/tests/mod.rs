@@ -81,11 +81,16 @@ fn call<R>(http: &mut Http, fake: &mut FakeHost, f: impl FnOnce(&mut Http, &mut 
 
 impl Client {
     fn new(config: &str) -> Self {
+        Self::with_package(config, 1 << 20)
+    }
+
+    /// A connection to a worker whose host's max package size is `max_package`.
+    fn with_package(config: &str, max_package: usize) -> Self {
         let worker = WorkerInfo {
             service: "web".into(),
             slot: 0,
             pid: 1,
-            max_package_size: 1 << 20,
+            max_package_size: max_package,
             max_send_buffer: 1 << 20,
             worker_count: Some(1),
         };
@@ -95,7 +100,7 @@ impl Client {
             conn: ConnId::new(0, 1),
             buf: Vec::new(),
             pending: None,
-            max_package: 1 << 20,
+            max_package,
         };
         let conn = c.conn;
         call(&mut c.http, &mut c.host, |h, host| h.on_connect(host, conn));

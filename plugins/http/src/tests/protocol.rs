@@ -50,8 +50,20 @@ fn echoes_bodies() {
     let mut c = Client::new("");
     let r = c.feed(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello").take();
     assert_eq!((header(&r, "Content-Length"), body(&r)), (Some("5"), "hello"));
+    // Only POST and PUT echo; another method on `/` is told what it may do.
     let r = c.feed(b"DELETE / HTTP/1.1\r\nHost: a\r\n\r\n").take();
-    assert_eq!((header(&r, "Content-Length"), body(&r)), (Some("0"), ""));
+    assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
+    assert_eq!(header(&r, "Allow"), Some("GET, HEAD, OPTIONS, POST, PUT"));
+    let r = c.feed(b"BREW / HTTP/1.1\r\nHost: a\r\n\r\n").take();
+    assert!(r.starts_with("HTTP/1.1 501 "), "{r}");
+    let r = c.feed(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").take();
+    assert_eq!(header(&r, "Allow"), Some("GET, HEAD, OPTIONS, POST, PUT"));
+    let mut off = Client::new("echo = false");
+    let r = off.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx").take();
+    assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
+    assert_eq!(header(&r, "Allow"), Some("GET, HEAD, OPTIONS"));
+    let r = off.feed(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").take();
+    assert_eq!(header(&r, "Allow"), Some("GET, HEAD, OPTIONS"));
     let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
                     6;x=y\r\nHello,\r\n7\r\n World!\r\n0\r\nT: v\r\n\r\n";
     for split in 0..chunked.len() {
@@ -68,6 +80,15 @@ fn head_has_the_length_but_no_body() {
     let r = c.feed(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").take();
     assert_eq!(header(&r, "Content-Length"), Some("13"));
     assert!(r.ends_with("\r\n\r\n"), "{r}");
+}
+
+#[test]
+fn later_http_1_minor_versions_are_answered_as_1_1() {
+    let mut c = Client::new("");
+    let r = c.feed(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n").take();
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    assert_eq!(body(&r), "Hello, World!");
+    assert!(!c.host.closed);
 }
 
 #[test]
@@ -116,7 +137,11 @@ fn bad_requests_are_refused_and_closed() {
         (&b"GET / HTTP/1.1\r\n\r\n"[..], "400"),
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", "505"),
-        (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", "505"),
+        (b"GET / HTTP/0.9\r\nHost: a\r\n\r\n", "505"),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\r\nHost: a:http\r\n\r\n", "400"),
+        (b"GET /x HTTP/1.1 extra\r\nHost: a\r\n\r\n", "400"),
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", "400"),
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", "400"),
         (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", "501"),
@@ -137,14 +162,25 @@ fn size_limits() {
     let mut c = Client::new("max_body = 4");
     let r = c.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").take();
     assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
-    // Over the host's max package size: the host reports it, the plugin tells which part.
-    let mut c = Client::new("");
-    c.max_package = 100;
-    let r = c.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n").take();
+    // A body over the host's max package size is received in pieces: max_body is the limit.
+    let mut c = Client::with_package("", 100);
+    let body = "z".repeat(500);
+    let r = c.feed(format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n{body}").as_bytes()).take();
+    assert!(r.starts_with("HTTP/1.1 200 ") && r.ends_with(&body), "{r}");
+    assert!(!c.host.closed);
+    let mut c = Client::with_package("max_body = 400", 100);
+    let r = c.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").take();
+    assert_eq!(r, "");
+    let r = c.feed(format!("190\r\n{}\r\n", "z".repeat(400)).as_bytes()).take();
+    assert_eq!(r, "");
+    let r = c.feed(b"1\r\nz\r\n").take();
     assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
     assert!(c.host.closed);
-    let mut c = Client::new("");
-    c.max_package = 100;
+    // A head over it: 431, whether the host or the plugin notices first.
+    let mut c = Client::with_package("", 100);
+    let r = c.feed(format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "y".repeat(200)).as_bytes()).take();
+    assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+    let mut c = Client::with_package("", 100);
     let r = c.feed(format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(200)).as_bytes()).take();
     assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
     let mut c = Client::new("max_header = 64");

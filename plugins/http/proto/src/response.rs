@@ -1,62 +1,89 @@
-//! Writing responses into a reused buffer: status lines, the headers every response carries
-//! (`Server`, `Date`, `Content-Length`, `Connection`), decimal numbers without allocating, and
-//! HTTP dates (IMF-fixdate) both ways, with the `Date` value cached per second.
+//! Writing responses into a reused buffer, the low-level layer under [`crate::ResponseWriter`]:
+//! status lines, the headers every response carries (`Server`, `Date`, `Content-Length` or
+//! chunked, `Connection`), decimal numbers without allocating, and HTTP dates (IMF-fixdate) both
+//! ways, with the `Date` value cached per second.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The interim response sent for `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// Every final status this plugin sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    NotModified,
-    BadRequest,
-    Forbidden,
-    NotFound,
-    MethodNotAllowed,
-    RequestTimeout,
-    ContentTooLarge,
-    HeadersTooLarge,
-    InternalError,
-    NotImplemented,
-    VersionNotSupported,
+/// A response status code (RFC 9110 §15), with the reason phrase of the registered ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Status(u16);
+
+macro_rules! statuses {
+    ($($name:ident = $code:literal $reason:literal,)*) => {
+        impl Status {
+            $(pub const $name: Status = Status($code);)*
+
+            /// The registered reason phrase; empty for other codes (a status line may have an
+            /// empty reason, RFC 9112 §4).
+            pub fn reason(self) -> &'static str {
+                match self.0 {
+                    $($code => $reason,)*
+                    _ => "",
+                }
+            }
+        }
+    };
+}
+
+statuses! {
+    CONTINUE = 100 "Continue",
+    OK = 200 "OK",
+    CREATED = 201 "Created",
+    ACCEPTED = 202 "Accepted",
+    NO_CONTENT = 204 "No Content",
+    PARTIAL_CONTENT = 206 "Partial Content",
+    MOVED_PERMANENTLY = 301 "Moved Permanently",
+    FOUND = 302 "Found",
+    SEE_OTHER = 303 "See Other",
+    NOT_MODIFIED = 304 "Not Modified",
+    TEMPORARY_REDIRECT = 307 "Temporary Redirect",
+    PERMANENT_REDIRECT = 308 "Permanent Redirect",
+    BAD_REQUEST = 400 "Bad Request",
+    UNAUTHORIZED = 401 "Unauthorized",
+    FORBIDDEN = 403 "Forbidden",
+    NOT_FOUND = 404 "Not Found",
+    METHOD_NOT_ALLOWED = 405 "Method Not Allowed",
+    NOT_ACCEPTABLE = 406 "Not Acceptable",
+    REQUEST_TIMEOUT = 408 "Request Timeout",
+    CONFLICT = 409 "Conflict",
+    GONE = 410 "Gone",
+    LENGTH_REQUIRED = 411 "Length Required",
+    PRECONDITION_FAILED = 412 "Precondition Failed",
+    CONTENT_TOO_LARGE = 413 "Content Too Large",
+    URI_TOO_LONG = 414 "URI Too Long",
+    UNSUPPORTED_MEDIA_TYPE = 415 "Unsupported Media Type",
+    RANGE_NOT_SATISFIABLE = 416 "Range Not Satisfiable",
+    EXPECTATION_FAILED = 417 "Expectation Failed",
+    UNPROCESSABLE_CONTENT = 422 "Unprocessable Content",
+    TOO_MANY_REQUESTS = 429 "Too Many Requests",
+    HEADERS_TOO_LARGE = 431 "Request Header Fields Too Large",
+    INTERNAL_ERROR = 500 "Internal Server Error",
+    NOT_IMPLEMENTED = 501 "Not Implemented",
+    BAD_GATEWAY = 502 "Bad Gateway",
+    SERVICE_UNAVAILABLE = 503 "Service Unavailable",
+    VERSION_NOT_SUPPORTED = 505 "HTTP Version Not Supported",
 }
 
 impl Status {
-    pub fn code(self) -> u16 {
-        match self {
-            Status::Ok => 200,
-            Status::NotModified => 304,
-            Status::BadRequest => 400,
-            Status::Forbidden => 403,
-            Status::NotFound => 404,
-            Status::MethodNotAllowed => 405,
-            Status::RequestTimeout => 408,
-            Status::ContentTooLarge => 413,
-            Status::HeadersTooLarge => 431,
-            Status::InternalError => 500,
-            Status::NotImplemented => 501,
-            Status::VersionNotSupported => 505,
+    /// Any code from 100 to 999 (a status line has three digits); `None` otherwise.
+    pub const fn new(code: u16) -> Option<Status> {
+        match code {
+            100..=999 => Some(Status(code)),
+            _ => None,
         }
     }
 
-    pub fn reason(self) -> &'static str {
-        match self {
-            Status::Ok => "OK",
-            Status::NotModified => "Not Modified",
-            Status::BadRequest => "Bad Request",
-            Status::Forbidden => "Forbidden",
-            Status::NotFound => "Not Found",
-            Status::MethodNotAllowed => "Method Not Allowed",
-            Status::RequestTimeout => "Request Timeout",
-            Status::ContentTooLarge => "Content Too Large",
-            Status::HeadersTooLarge => "Request Header Fields Too Large",
-            Status::InternalError => "Internal Server Error",
-            Status::NotImplemented => "Not Implemented",
-            Status::VersionNotSupported => "HTTP Version Not Supported",
-        }
+    pub fn code(self) -> u16 {
+        self.0
+    }
+
+    /// 1xx, 204 and 304 responses never have a body (RFC 9110 §6.4.1).
+    pub fn has_body(self) -> bool {
+        !(self.0 < 200 || self.0 == 204 || self.0 == 304)
     }
 }
 
@@ -101,12 +128,49 @@ pub fn finish(out: &mut Vec<u8>, content_length: u64, persist: Persist) {
     });
 }
 
-/// A complete short response whose body is the reason phrase (used for errors).
-pub fn write_error(out: &mut Vec<u8>, status: Status, date: &[u8], persist: Persist, head: bool) {
+/// Writes the head's end for a response without a body and without `Content-Length` (304).
+pub fn finish_bodiless(out: &mut Vec<u8>, persist: Persist) {
+    out.extend_from_slice(match persist {
+        Persist::KeepAlive => b"\r\n".as_slice(),
+        Persist::KeepAlive10 => b"Connection: keep-alive\r\n\r\n",
+        Persist::Close => b"Connection: close\r\n\r\n",
+    });
+}
+
+/// Writes `Transfer-Encoding: chunked`, the `Connection` header when needed, and the blank line;
+/// the body follows as [`push_chunk`]s and ends with [`LAST_CHUNK`].
+pub fn finish_chunked(out: &mut Vec<u8>, persist: Persist) {
+    out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    finish_bodiless(out, persist);
+}
+
+/// The end of a chunked body (no trailer fields).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends `data` as one chunk (nothing for empty data: an empty chunk would end the body).
+pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A complete short response whose body is the reason phrase (used for errors), with `extra`
+/// header fields (e.g. `Allow` for 405).
+pub fn write_error(
+    out: &mut Vec<u8>,
+    status: Status,
+    date: &[u8],
+    persist: Persist,
+    head: bool,
+    extra: &[(&str, &[u8])],
+) {
     let reason = status.reason().as_bytes();
     begin(out, status, date);
-    if status == Status::MethodNotAllowed {
-        header(out, "Allow", b"GET, HEAD");
+    for (name, value) in extra {
+        header(out, name, value);
     }
     header(out, "Content-Type", b"text/plain; charset=utf-8");
     finish(out, reason.len() as u64 + 1, persist);
@@ -308,7 +372,7 @@ mod tests {
     #[test]
     fn writes_a_head() {
         let mut v = Vec::new();
-        begin(&mut v, Status::Ok, b"D");
+        begin(&mut v, Status::OK, b"D");
         header(&mut v, "Content-Type", b"text/plain");
         finish(&mut v, 13, Persist::KeepAlive10);
         assert_eq!(
@@ -317,7 +381,7 @@ mod tests {
              Content-Length: 13\r\nConnection: keep-alive\r\n\r\n"
         );
         v.clear();
-        write_error(&mut v, Status::MethodNotAllowed, b"D", Persist::Close, false);
+        write_error(&mut v, Status::METHOD_NOT_ALLOWED, b"D", Persist::Close, false, &[("Allow", b"GET, HEAD")]);
         assert_eq!(
             s(&v),
             "HTTP/1.1 405 Method Not Allowed\r\nServer: host\r\nDate: D\r\nAllow: GET, HEAD\r\n\

@@ -90,6 +90,17 @@ impl ChunkScan {
         Ok((self.state == State::Done).then_some(self.pos))
     }
 
+    /// Scans `piece`, the next bytes of the body after those of the previous call (for a body
+    /// consumed as it arrives, where earlier bytes are gone): `Ok((n, true))` when the body ends
+    /// after the first `n` bytes of `piece`, `Ok((piece.len(), false))` when it goes on.
+    pub fn feed(&mut self, piece: &[u8], max: u64, out: Option<&mut Vec<u8>>) -> Result<(usize, bool), ChunkError> {
+        self.pos = 0;
+        Ok(match self.advance(piece, max, out)? {
+            Some(n) => (n, true),
+            None => (piece.len(), false),
+        })
+    }
+
     /// Decoded bytes announced so far.
     pub fn data_len(&self) -> u64 {
         self.data_len
@@ -227,6 +238,26 @@ mod tests {
             b"11111111111111111\r\n",
         ] {
             assert_eq!(scan_whole(bad), Err(ChunkError::Malformed), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn feeds_pieces_that_are_gone_once_scanned() {
+        let mut buf = BODY.to_vec();
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        for size in 1..=BODY.len() {
+            let mut scan = ChunkScan::default();
+            let (mut out, mut pos) = (Vec::new(), 0);
+            let end = loop {
+                let piece = &buf[pos..(pos + size).min(buf.len())];
+                let (n, done) = scan.feed(piece, u64::MAX, Some(&mut out)).unwrap();
+                pos += n;
+                if done {
+                    break pos;
+                }
+            };
+            assert_eq!(end, BODY.len(), "pieces of {size}");
+            assert_eq!(out, b"Hello, World!", "pieces of {size}");
         }
     }
 
