@@ -31,7 +31,7 @@ pub enum SnapshotError {
     /// The probe refused the file; the reason names the file the user gave, not our copy.
     #[error("{reason}")]
     Probe { reason: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Untrusted(#[from] trust::TrustError),
     #[error("plugin {path} calls itself `{found}`, but the service expects `{expected}`")]
     WrongName { path: PathBuf, found: String, expected: String },

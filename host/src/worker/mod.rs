@@ -238,6 +238,7 @@ impl Worker {
         if self.heartbeat_ms > 0 && self.core.now_ms >= self.next_heartbeat_ms {
             self.next_heartbeat_ms = self.core.now_ms + self.heartbeat_ms;
             self.send_control(&ToMaster::Alive);
+            crate::logging::flush_suppressed();
         }
     }
 
@@ -391,6 +392,7 @@ impl Worker {
 
     fn shut_down(&mut self) {
         dispatch::worker_stop(&mut self.plugin, &mut self.core);
+        crate::logging::flush_suppressed();
         for id in self.core.ids() {
             dispatch::close_now(&mut self.plugin, &mut self.core, id.index());
         }

@@ -44,3 +44,6 @@ mod fds;
 mod abi;
 // Start settings out of range are refused with one line, before anything starts.
 mod limits;
+// Robustness: hung or root-refusing plugin probes, untrusted plugin files, a panic flood, the
+// watchdog, aborting and crashing plugins.
+mod robustness;
