@@ -347,6 +347,18 @@ mod tests {
     }
 
     #[test]
+    fn watchdog_probe_and_trust_keys() {
+        let service = "[[service]]\nname = \"a\"\nplugin = \"http\"\nlisten = \"127.0.0.1:1\"\n";
+        let file = parse_ok(&format!("worker_timeout = 0\nprobe_timeout = 2.5\ninsecure_plugins = true\n{service}"));
+        assert_eq!(file.worker_timeout, Some(Duration::ZERO));
+        assert_eq!(file.probe_timeout, Some(Duration::from_millis(2500)));
+        assert!(file.insecure_plugins);
+        let defaults = parse_ok(service);
+        assert_eq!((defaults.worker_timeout, defaults.probe_timeout, defaults.insecure_plugins), (None, None, false));
+        assert!(parse_err(&format!("worker_timeout = -1\n{service}")).contains("worker_timeout"));
+    }
+
+    #[test]
     fn drain_and_kill_timeouts_are_seconds() {
         let file = parse_ok("drain_timeout = 1.5\nkill_timeout = 3\n[[service]]\nname = \"a\"\nplugin = \"http\"\nlisten = \"127.0.0.1:1\"\n");
         assert_eq!(file.drain_timeout, Some(Duration::from_millis(1500)));
