@@ -63,6 +63,12 @@ pub enum Command {
     CheckPlugin {
         /// The plugin's `.so` file.
         path: PathBuf,
+        /// Switch to this user before loading (the master probes as the service's user).
+        #[arg(long, hide = true)]
+        user: Option<String>,
+        /// Switch to this group before loading.
+        #[arg(long, hide = true)]
+        group: Option<String>,
     },
     /// Run one worker (started by the master, not by hand).
     #[command(hide = true)]
@@ -161,6 +167,17 @@ pub struct StartArgs {
     /// Serve `GET /metrics` (Prometheus) and `GET /healthz` on this address [default: off].
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin_listen: Option<SocketAddr>,
+    /// Seconds a worker may show no progress (stuck in a plugin) before it is killed and
+    /// replaced (0: never) [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub worker_timeout: Option<f64>,
+    /// Seconds the check of a new plugin file may take before it is refused [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub probe_timeout: Option<f64>,
+    /// Load plugin files (or directories) that others than their owner may write, or that a
+    /// user other than root or the host's owns.
+    #[arg(long)]
+    pub insecure_plugins: bool,
 }
 
 /// A listen address: `ADDR:PORT` (`[::1]:8080` for IPv6), a host name and port
@@ -222,6 +239,15 @@ impl StartArgs {
         }
         if self.admin_listen.is_some() {
             set.push("--admin-listen");
+        }
+        if self.worker_timeout.is_some() {
+            set.push("--worker-timeout");
+        }
+        if self.probe_timeout.is_some() {
+            set.push("--probe-timeout");
+        }
+        if self.insecure_plugins {
+            set.push("--insecure-plugins");
         }
         set
     }

@@ -22,6 +22,14 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a draining worker may keep its connections open.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a worker may show no progress (stuck in a plugin callback) before it is killed.
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the probe of a plugin file may take before it is killed and the file refused.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest probe timeout (0 would refuse every file).
+pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often a worker tells the master it makes progress, at most (see `heartbeat_ms`).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The largest byte limit (`max_package_size`, `max_send_buffer`): what an `i64` and a `usize`
 /// both hold, so no arithmetic on it wraps.
@@ -52,6 +60,8 @@ pub enum Setting {
     MessageTimeout,
     DrainTimeout,
     KillTimeout,
+    WorkerTimeout,
+    ProbeTimeout,
 }
 
 impl Setting {
@@ -66,6 +76,8 @@ impl Setting {
             Setting::MessageTimeout => ("--message-timeout", "message_timeout"),
             Setting::DrainTimeout => ("--drain-timeout", "drain_timeout"),
             Setting::KillTimeout => ("--kill-timeout", "kill_timeout"),
+            Setting::WorkerTimeout => ("--worker-timeout", "worker_timeout"),
+            Setting::ProbeTimeout => ("--probe-timeout", "probe_timeout"),
         };
         match source {
             Source::Flags => flag,
@@ -80,7 +92,9 @@ impl Setting {
             Setting::MaxPackageSize | Setting::MaxSendBuffer => (1, MAX_BYTES, " bytes"),
             Setting::MaxConnections => (1, MAX_CONNECTIONS, " connections"),
             Setting::IdleTimeout | Setting::MessageTimeout => (0, MAX_TIMEOUT_SECS, " seconds"),
-            Setting::DrainTimeout | Setting::KillTimeout => (0, MAX_STOP_SECS as u64, " seconds"),
+            Setting::DrainTimeout | Setting::KillTimeout | Setting::WorkerTimeout | Setting::ProbeTimeout => {
+                (0, MAX_STOP_SECS as u64, " seconds")
+            }
         }
     }
 }
@@ -217,6 +231,18 @@ pub struct WorkerSpec {
     /// How long the worker drains when it is sent SIGTERM by hand (the master says so itself).
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// How often the worker says `alive` to the master (0: never; the watchdog is off).
+    #[serde(default)]
+    pub heartbeat_ms: u64,
+}
+
+/// The heartbeat interval for a worker timeout (None: off): often enough that two beats fit in
+/// the timeout, at most once a second (an idle worker wakes once a second, no more).
+pub fn heartbeat_ms(worker_timeout: Option<Duration>) -> u64 {
+    match worker_timeout {
+        None => 0,
+        Some(t) => (t / 3).clamp(Duration::from_millis(10), HEARTBEAT_INTERVAL).as_millis() as u64,
+    }
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -278,6 +304,7 @@ mod tests {
             user: Some("www-data".into()),
             group: None,
             drain_timeout_ms: 1500,
+            heartbeat_ms: 1000,
         };
         assert_eq!(WorkerSpec::decode(&spec.encode()).unwrap(), spec);
     }

@@ -40,6 +40,12 @@ pub struct FileConfig {
     pub kill_timeout: Option<Duration>,
     /// The admin listener's address (`/metrics`, `/healthz`); None: off.
     pub admin_listen: Option<SocketAddr>,
+    /// A worker with no progress for this long is killed (`Some(0)`: never).
+    pub worker_timeout: Option<Duration>,
+    /// How long the probe of a plugin file may take.
+    pub probe_timeout: Option<Duration>,
+    /// Load plugin files others than their owner may write.
+    pub insecure_plugins: bool,
 }
 
 /// One `[[service]]`: what the flags can say ([`Service`]) and what only the file can.
@@ -117,6 +123,12 @@ struct RawFile {
     /// Seconds.
     kill_timeout: Option<f64>,
     admin_listen: Option<SocketAddr>,
+    /// Seconds; 0: never.
+    worker_timeout: Option<f64>,
+    /// Seconds.
+    probe_timeout: Option<f64>,
+    #[serde(default)]
+    insecure_plugins: bool,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -230,8 +242,20 @@ impl RawFile {
         };
         let drain_timeout = seconds(Setting::DrainTimeout, self.drain_timeout)?;
         let kill_timeout = seconds(Setting::KillTimeout, self.kill_timeout)?;
-        let admin_listen = self.admin_listen;
-        Ok(FileConfig { pid_file, log_file, plugin_dirs, services, drain_timeout, kill_timeout, admin_listen })
+        let worker_timeout = seconds(Setting::WorkerTimeout, self.worker_timeout)?;
+        let probe_timeout = seconds(Setting::ProbeTimeout, self.probe_timeout)?;
+        Ok(FileConfig {
+            pid_file,
+            log_file,
+            plugin_dirs,
+            services,
+            drain_timeout,
+            kill_timeout,
+            admin_listen: self.admin_listen,
+            worker_timeout,
+            probe_timeout,
+            insecure_plugins: self.insecure_plugins,
+        })
     }
 }
 
@@ -320,6 +344,18 @@ mod tests {
 
     fn with_service(extra: &str) -> String {
         format!("[[service]]\nname = \"web\"\nplugin = \"http\"\nlisten = \"127.0.0.1:8080\"\n{extra}")
+    }
+
+    #[test]
+    fn watchdog_probe_and_trust_keys() {
+        let service = "[[service]]\nname = \"a\"\nplugin = \"http\"\nlisten = \"127.0.0.1:1\"\n";
+        let file = parse_ok(&format!("worker_timeout = 0\nprobe_timeout = 2.5\ninsecure_plugins = true\n{service}"));
+        assert_eq!(file.worker_timeout, Some(Duration::ZERO));
+        assert_eq!(file.probe_timeout, Some(Duration::from_millis(2500)));
+        assert!(file.insecure_plugins);
+        let defaults = parse_ok(service);
+        assert_eq!((defaults.worker_timeout, defaults.probe_timeout, defaults.insecure_plugins), (None, None, false));
+        assert!(parse_err(&format!("worker_timeout = -1\n{service}")).contains("worker_timeout"));
     }
 
     #[test]

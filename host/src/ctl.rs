@@ -2,7 +2,7 @@
 //!
 //! master ↔ worker, on the socket pair made at spawn: master → worker `spec <len>\n<TOML>` once
 //! at start, then `drain <ms>`, `stop`, `reload-hook`, or `report <id> status|connections`;
-//! worker → master `ready` once serving, `error <text>` before exiting when it cannot start, and
+//! worker → master `ready` once serving, `alive` every heartbeat (the watchdog's sign of life), `error <text>` before exiting when it cannot start, and
 //! `report <id> <kind> <json>` answering a report request. The master closing its end means it
 //! is gone: the worker stops.
 //!
@@ -59,6 +59,8 @@ pub enum ToWorker {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToMaster {
     Ready,
+    /// The worker's loop turns (sent at most every `heartbeat_ms`): the watchdog's sign of life.
+    Alive,
     Error(String),
     /// `json` is one line of JSON (see `status`).
     Report {
@@ -97,6 +99,7 @@ impl ToMaster {
     pub fn encode(&self) -> String {
         match self {
             ToMaster::Ready => "ready\n".to_string(),
+            ToMaster::Alive => "alive\n".to_string(),
             // One line: the master reads line by line.
             ToMaster::Error(e) => format!("error {}\n", e.replace(['\n', '\r'], " ")),
             ToMaster::Report { id, kind, json } => format!("report {id} {} {json}\n", kind.as_str()),
@@ -105,8 +108,10 @@ impl ToMaster {
 
     pub fn parse(line: &str) -> Option<Self> {
         let line = line.trim_end();
-        if line == "ready" {
-            return Some(ToMaster::Ready);
+        match line {
+            "ready" => return Some(ToMaster::Ready),
+            "alive" => return Some(ToMaster::Alive),
+            _ => {}
         }
         if let Some(e) = line.strip_prefix("error ") {
             return Some(ToMaster::Error(e.to_string()));

@@ -85,8 +85,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
-        Some(Command::CheckPlugin { ref path }) => with_logging(global, |_| check_plugin(path)),
-        Some(Command::Worker) => with_logging(global, |_| worker::run()),
+        Some(Command::CheckPlugin { ref path, ref user, ref group }) => {
+            with_logging(global, |_| check_plugin(path, user.as_deref(), group.as_deref()))
+        }
+        Some(Command::Worker) => {
+            init_logging_with(global, Some(logging::RateLimit::new(logging::LINES_PER_SECOND)));
+            worker::run()
+        }
     }
 }
 
@@ -116,6 +121,9 @@ struct Plan {
     drain_timeout: std::time::Duration,
     kill_timeout: std::time::Duration,
     admin_listen: Option<std::net::SocketAddr>,
+    probe_timeout: std::time::Duration,
+    insecure_plugins: bool,
+    worker_timeout: std::time::Duration,
 }
 
 fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
@@ -189,10 +197,11 @@ fn restart(global: &GlobalArgs, restart: &RestartCmd) -> anyhow::Result<()> {
 /// timeouts. Starts nothing.
 fn plan(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<Plan> {
     let args = &cmd.args;
-    let file_admin = match &global.config {
-        Some(path) => config_file::load(path)?.admin_listen,
+    let file = match &global.config {
+        Some(path) => Some(config_file::load(path)?),
         None => None,
     };
+    let file_admin = file.as_ref().and_then(|f| f.admin_listen);
     let (services, file_dirs, file_pid, file_log, title, file_drain, file_kill) = match &global.config {
         Some(path) => {
             let flags = args.service_flags();
@@ -215,6 +224,15 @@ fn plan(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<Plan> {
     let (drain_flag, kill_flag) = args.stop_timeouts()?;
     let drain_timeout = drain_flag.or(file_drain).unwrap_or(config::DRAIN_TIMEOUT);
     let kill_timeout = kill_flag.or(file_kill).unwrap_or(config::KILL_TIMEOUT);
+    let seconds = |setting, value| config::stop_timeout(config::Source::Flags, setting, value);
+    let worker_timeout = seconds(config::Setting::WorkerTimeout, args.worker_timeout)?
+        .or(file.as_ref().and_then(|f| f.worker_timeout))
+        .unwrap_or(config::WORKER_TIMEOUT);
+    let probe_timeout = seconds(config::Setting::ProbeTimeout, args.probe_timeout)?
+        .or(file.as_ref().and_then(|f| f.probe_timeout))
+        .unwrap_or(config::PROBE_TIMEOUT)
+        .max(config::MIN_PROBE_TIMEOUT);
+    let insecure_plugins = args.insecure_plugins || file.as_ref().is_some_and(|f| f.insecure_plugins);
     let file_pid_given = file_pid.is_some();
     let pid_file = pid_file(global, file_pid)?;
     // A flag wins over the config file, but never silently.
@@ -247,12 +265,27 @@ fn plan(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<Plan> {
         drain_timeout,
         kill_timeout,
         admin_listen: args.admin_listen.or(file_admin),
+        probe_timeout,
+        insecure_plugins,
+        worker_timeout,
     })
 }
 
 /// Starts the master (in the foreground, or as a daemon with `-d`).
 fn launch(global: &GlobalArgs, cmd: &StartCmd, plan: Plan, argv: Vec<String>) -> anyhow::Result<()> {
-    let Plan { services, title, pid_file, plugin_dirs, file_log, drain_timeout, kill_timeout, admin_listen } = plan;
+    let Plan {
+        services,
+        title,
+        pid_file,
+        plugin_dirs,
+        file_log,
+        drain_timeout,
+        kill_timeout,
+        admin_listen,
+        probe_timeout,
+        insecure_plugins,
+        worker_timeout,
+    } = plan;
     let args = &cmd.args;
     // Where and how it was started (before a daemon moves to /): `host restart` reuses them.
     let start_dir = std::env::current_dir().unwrap_or_default();
@@ -293,6 +326,9 @@ fn launch(global: &GlobalArgs, cmd: &StartCmd, plan: Plan, argv: Vec<String>) ->
         admin_listen,
         start_dir,
         start_args: argv,
+        probe_timeout,
+        insecure_plugins,
+        worker_timeout: (!worker_timeout.is_zero()).then_some(worker_timeout),
     };
     let result = master::run(services, options);
     if let (Err(e), Some(mut pipe)) = (&result, report) {
@@ -317,8 +353,10 @@ fn wait_for_daemon(mut pipe: std::fs::File, pid_file: &Path, log_file: &Path) ->
     }
 }
 
-/// Loads a plugin in this process and prints `name version (ABI n)`.
-fn check_plugin(path: &Path) -> anyhow::Result<()> {
+/// Loads a plugin in this process and prints `name version (ABI n)`; as `user`/`group` when
+/// given (the master probes a service's plugin with the service's identity).
+fn check_plugin(path: &Path, user: Option<&str>, group: Option<&str>) -> anyhow::Result<()> {
+    sys::switch_identity(user, group).context("could not switch user/group")?;
     if !path.is_file() {
         bail!("no plugin file at {}", path.display());
     }
@@ -328,6 +366,13 @@ fn check_plugin(path: &Path) -> anyhow::Result<()> {
 }
 
 fn init_logging(args: &GlobalArgs) {
+    init_logging_with(args, None);
+}
+
+/// Logging to stderr, rate-limited by `limit` (workers: a plugin's flood of errors is cut).
+fn init_logging_with(args: &GlobalArgs, limit: Option<logging::RateLimit>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&args.log_level)).unwrap_or_else(|e| {
             eprintln!("warning: bad --log-level {:?} ({e}); using info", args.log_level);
@@ -335,7 +380,7 @@ fn init_logging(args: &GlobalArgs) {
         });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(logging::Stderr);
     match args.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().finish().with(limit).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).finish().with(limit).init(),
     }
 }

@@ -18,6 +18,9 @@ pub struct WorkerReport {
     pub bytes_out: u64,
     pub send_failures: u64,
     pub plugin_panics: u64,
+    /// Seconds since the plugin last panicked (None: never).
+    #[serde(default)]
+    pub last_panic_s: Option<u64>,
     pub timers: u64,
     pub draining: bool,
 }
@@ -98,7 +101,8 @@ pub struct WorkerRow {
     pub listen: String,
     pub plugin: String,
     pub hash: String,
-    /// starting, ready, draining, or busy (did not answer in time).
+    /// starting, ready, panicking (its plugin panicked within a minute), draining, or busy (did
+    /// not answer in time).
     pub state: String,
     pub uptime_s: u64,
     pub report: Option<WorkerReport>,

@@ -39,8 +39,10 @@ pub struct WorkerRow {
     pub plugin: String,
     /// The short content hash of the plugin snapshot the worker runs.
     pub hash: String,
-    /// `starting`, `ready`, `draining`, `busy`.
+    /// `starting`, `ready`, `panicking`, `draining`, `busy`.
     pub state: String,
+    /// The PANICS column: plugin panics caught in the slot (`-` when the worker did not answer).
+    pub panics: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,7 @@ pub fn parse(text: &str) -> Result<Status, String> {
         if names.iter().any(|n| n == "SLOT") {
             let (service, slot, pid, plugin, hash, state) =
                 (col("SERVICE")?, col("SLOT")?, col("PID")?, col("PLUGIN")?, col("HASH")?, col("STATE")?);
+            let panics = col("PANICS").ok();
             // The last row of several workers is their total.
             for row in table.into_iter().filter(|r| r[service] != "total") {
                 status.workers.push(WorkerRow {
@@ -118,6 +121,7 @@ pub fn parse(text: &str) -> Result<Status, String> {
                     plugin: row[plugin].clone(),
                     hash: row[hash].clone(),
                     state: row[state].clone(),
+                    panics: panics.map(|p| row[p].clone()).unwrap_or_default(),
                 });
             }
         } else if names.iter().any(|n| n == "RELOADABLE") {

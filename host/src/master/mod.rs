@@ -21,6 +21,7 @@ mod snapshot;
 mod spawn;
 mod supervisor;
 mod systemd;
+mod trust;
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -86,6 +87,12 @@ pub struct Options {
     /// The directory and arguments the host was started with (`host restart` reuses them).
     pub start_dir: PathBuf,
     pub start_args: Vec<String>,
+    /// How long a probe of a plugin file may take before it is killed and the file refused.
+    pub probe_timeout: Duration,
+    /// Load plugin files that others than their owner may write (see `trust`).
+    pub insecure_plugins: bool,
+    /// A worker that shows no progress for this long is killed and replaced (None: never).
+    pub worker_timeout: Option<Duration>,
 }
 
 pub struct Master {
@@ -163,7 +170,12 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         };
         let snapshot = match &source {
             Some(source) => {
-                let snap = Rc::new(snapshot::take(source, expected_name.as_deref())?);
+                let options = snapshot::CheckOptions {
+                    probe_as: spawn::ProbeAs { user: user.clone(), group: group.clone() },
+                    probe_timeout: options.probe_timeout,
+                    insecure: options.insecure_plugins,
+                };
+                let snap = Rc::new(snapshot::take(source, expected_name.as_deref(), &options, &Default::default())?);
                 tracing::info!(service = %service.name, plugin = %snap.name, version = %snap.version, hash = %snap.short_hash(), path = %source.display(), "plugin checked");
                 Some(snap)
             }
@@ -185,7 +197,12 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         tracing::warn!(name = ?a.name, address = ?a.address, "a socket handed over by the service manager matches no service; closed");
     }
     drop(activated);
-    let timeouts = Timeouts { start: config::START_TIMEOUT, drain: options.drain_timeout, kill: options.kill_timeout };
+    let timeouts = Timeouts {
+        start: config::START_TIMEOUT,
+        drain: options.drain_timeout,
+        kill: options.kill_timeout,
+        worker: options.worker_timeout,
+    };
     let procs = OsProcesses { worker_args: options.worker_args };
     // The plugin directories, and the directory of every plugin given by path: a plugin in use
     // is always watched.
@@ -198,7 +215,8 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         }
     }
     let sup = Supervisor::new(procs, states, plugin_dirs, timeouts);
-    let mut master = Master::new(sup, &watched, pid_file, options.ready)?;
+    let policy = prepare::Policy { probe_timeout: options.probe_timeout, insecure: options.insecure_plugins };
+    let mut master = Master::new(sup, &watched, pid_file, options.ready, policy)?;
     master.start_dir = options.start_dir;
     master.start_args = options.start_args;
     if let Some(address) = options.admin_listen {
@@ -216,6 +234,7 @@ impl Master {
         plugin_dirs: &[PathBuf],
         pid_file: PidFile,
         ready: Option<std::fs::File>,
+        policy: prepare::Policy,
     ) -> anyhow::Result<Self> {
         sys::ignore_sigpipe()?;
         let signals = sys::signal_fd(&[
@@ -240,7 +259,7 @@ impl Master {
             }
         };
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
-        let preparer = Preparer::start(waker.clone())?;
+        let preparer = Preparer::start(waker.clone(), policy)?;
         // The watcher is a thread; workers are started by fork + exec, which is safe with
         // threads around (a bare fork is not: docs/architecture.md pitfall 4).
         let watcher = match Watcher::start(plugin_dirs, waker) {
@@ -477,6 +496,7 @@ impl Master {
         for line in channel.read_lines() {
             match ToMaster::parse(&line) {
                 Some(ToMaster::Ready) => self.sup.worker_ready(id),
+                Some(ToMaster::Alive) => self.sup.worker_alive(id),
                 Some(ToMaster::Error(e)) => self.sup.worker_error(id, e),
                 Some(ToMaster::Report { id: gather, json, .. }) => self.gather_reply(id, gather, json),
                 None => tracing::warn!(line, "unknown message from a worker"),

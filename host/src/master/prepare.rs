@@ -5,13 +5,16 @@
 //! only by fork + exec, which is safe with threads around) and wakes the master's poll.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::reload::state::CheckId;
 use super::slots::ServiceId;
-use super::snapshot::{self, Snapshot};
+use super::snapshot::{self, CheckOptions, Snapshot};
+use super::spawn::{ProbeAs, Running};
 
 /// What a checked file is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +32,9 @@ pub struct Job {
     pub source: PathBuf,
     /// The name the plugin must report (None: named by path).
     pub expected_name: Option<String>,
+    /// The service's user and group: the probe runs as them.
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 #[derive(Debug)]
@@ -43,16 +49,39 @@ pub struct Preparer {
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
     thread: Option<JoinHandle<()>>,
+    /// The probe under way, killed when the master goes (see `Drop`).
+    running: Running,
+    /// Set when the master goes: jobs still queued are not started.
+    cancelled: Arc<AtomicBool>,
+}
+
+/// How every file is checked, whatever its service.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub probe_timeout: Duration,
+    pub insecure: bool,
 }
 
 impl Preparer {
     /// Starts the thread; `waker` wakes the master when a job is done.
-    pub fn start(waker: Arc<mio::Waker>) -> std::io::Result<Self> {
+    pub fn start(waker: Arc<mio::Waker>, policy: Policy) -> std::io::Result<Self> {
         let (jobs, job_rx) = channel::<Job>();
         let (done_tx, done) = channel();
+        let running = Running::default();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let (probe, stop) = (running.clone(), cancelled.clone());
         let thread = std::thread::Builder::new().name("host: snapshots".into()).spawn(move || {
             for job in job_rx {
-                let result = snapshot::take(&job.source, job.expected_name.as_deref()).map_err(|e| e.to_string());
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let options = CheckOptions {
+                    probe_as: ProbeAs { user: job.user.clone(), group: job.group.clone() },
+                    probe_timeout: policy.probe_timeout,
+                    insecure: policy.insecure,
+                };
+                let result = snapshot::take(&job.source, job.expected_name.as_deref(), &options, &probe)
+                    .map_err(|e| e.to_string());
                 let done = Done { purpose: job.purpose, service: job.service, source: job.source, result };
                 if done_tx.send(done).is_err() {
                     return;
@@ -60,7 +89,7 @@ impl Preparer {
                 let _ = waker.wake();
             }
         })?;
-        Ok(Preparer { jobs: Some(jobs), done, thread: Some(thread) })
+        Ok(Preparer { jobs: Some(jobs), done, thread: Some(thread), running, cancelled })
     }
 
     pub fn submit(&self, job: Job) {
@@ -78,8 +107,13 @@ impl Preparer {
 
 impl Drop for Preparer {
     fn drop(&mut self) {
-        // Closing the channel ends the thread after its current job.
+        // Closing the channel ends the thread after its current job; a probe under way (a
+        // plugin whose load-time code hangs) is killed, so the master never waits for one.
+        self.cancelled.store(true, Ordering::Relaxed);
         self.jobs.take();
+        if let Some(pid) = self.running.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

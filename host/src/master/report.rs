@@ -11,6 +11,9 @@ use super::{slots, Master};
 use crate::ctl::{ReportKind, ToWorker};
 use crate::status::{self, Answer, ConnReport, ConnRow, ExitRow, ServiceRow, Status, WorkerReport, WorkerRow};
 
+/// A worker whose plugin panicked less than this many seconds ago shows as `panicking`.
+const PANICKING_S: u64 = 60;
+
 /// How long a worker may take to answer a report request before it counts as busy.
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -132,6 +135,8 @@ impl Master {
                     (Role::Retiring, _, _) => "draining",
                     (_, Readiness::Starting, _) => "starting",
                     (_, _, Some(r)) if r.draining => "draining",
+                    // Serving, but its plugin panicked within the last minute.
+                    (_, _, Some(r)) if r.last_panic_s.is_some_and(|s| s < PANICKING_S) => "panicking",
                     (_, _, Some(_)) => "ready",
                     (_, _, None) => "busy",
                 };

@@ -72,6 +72,11 @@ pub struct Worker {
     pub error: Option<String>,
     /// When it was told to stop or drain.
     pub retired_at: Option<Instant>,
+    /// The watchdog kills it at this time unless it says `alive` before (serving, ready workers
+    /// of a master with a worker timeout).
+    pub stall_at: Option<Instant>,
+    /// The watchdog killed it.
+    pub stalled: bool,
 }
 
 /// One worker slot of a service: successive workers of a slot share its listening socket.
@@ -302,7 +307,8 @@ impl SlotTable {
     pub fn next_deadline(&self) -> Option<Instant> {
         let restarts = self.slots.iter().filter_map(|s| s.restart_at);
         let kills = self.workers.values().filter_map(|w| w.kill_at);
-        restarts.chain(kills).min()
+        let stalls = self.workers.values().filter_map(|w| w.stall_at);
+        restarts.chain(kills).chain(stalls).min()
     }
 }
 
@@ -328,6 +334,8 @@ mod tests {
             kill_at: None,
             error: None,
             retired_at: None,
+            stall_at: None,
+            stalled: false,
         }
     }
 

@@ -14,7 +14,10 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use super::spawn::probe_plugin;
+use std::time::Duration;
+
+use super::spawn::{probe_plugin, ProbeAs, Running};
+use super::trust;
 use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,8 @@ pub enum SnapshotError {
     /// The probe refused the file; the reason names the file the user gave, not our copy.
     #[error("{reason}")]
     Probe { reason: String },
+    #[error(transparent)]
+    Untrusted(#[from] trust::TrustError),
     #[error("plugin {path} calls itself `{found}`, but the service expects `{expected}`")]
     WrongName { path: PathBuf, found: String, expected: String },
 }
@@ -69,16 +74,37 @@ impl Snapshot {
     }
 }
 
+/// How candidate files are checked.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// The probe runs as the service's user and group.
+    pub probe_as: ProbeAs,
+    /// A probe that has not answered by then is killed and the file refused.
+    pub probe_timeout: Duration,
+    /// Load files that anyone but their owner may write, or that a stranger owns.
+    pub insecure: bool,
+}
+
 /// Checks `source`, copies it into a sealed memfd and probes that. `expected_name`: the name the
-/// plugin must report (None when the service named it by path).
-pub fn take(source: &Path, expected_name: Option<&str>) -> Result<Snapshot, SnapshotError> {
+/// plugin must report (None when the service named it by path). `running` holds the probe's pid
+/// while it runs (see [`Running`]).
+pub fn take(
+    source: &Path,
+    expected_name: Option<&str>,
+    options: &CheckOptions,
+    running: &Running,
+) -> Result<Snapshot, SnapshotError> {
+    if !options.insecure {
+        trust::check(source)?;
+    }
     let bytes = fs::read(source).map_err(|e| SnapshotError::Read { path: source.to_path_buf(), cause: e })?;
     elf_complete(&bytes).map_err(|reason| SnapshotError::NotElf { path: source.to_path_buf(), reason })?;
     let hash = fnv1a(&bytes);
     let memfd = sys::sealed_memfd(&memfd_name(source, hash), &bytes)
         .map_err(|e| SnapshotError::Copy { path: source.to_path_buf(), cause: e })?;
     drop(bytes);
-    let report = probe_plugin(memfd.as_fd(), source).map_err(|e| SnapshotError::Probe { reason: e.to_string() })?;
+    let report = probe_plugin(memfd.as_fd(), source, &options.probe_as, options.probe_timeout, running)
+        .map_err(|e| SnapshotError::Probe { reason: e.to_string() })?;
     let mut words = report.summary.split_whitespace();
     let name = words.next().unwrap_or_default().to_string();
     let version = words.next().unwrap_or_default().to_string();

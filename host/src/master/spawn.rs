@@ -1,13 +1,14 @@
 //! Starting processes from the master: workers (fork + exec of this binary, never a bare fork:
 //! the master has threads) and the throwaway `check-plugin` probe.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
@@ -88,10 +89,33 @@ pub struct ProbeReport {
     pub summary: String,
 }
 
+/// Who a probe runs as and how long it may take.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeAs {
+    /// The service's user and group: the probe runs the plugin's load-time code with no more
+    /// privilege than the service's workers.
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+/// The probe process under way, so that it can be killed from another thread (the master
+/// shutting down): its pid while it runs, cleared (under the lock) before it is reaped, so a
+/// kill never reaches a reused pid.
+pub type Running = std::sync::Arc<std::sync::Mutex<Option<Pid>>>;
+
 /// Loads the snapshot `plugin` (a memfd, inherited as fd 3) in a throwaway exec'd child
 /// (`host check-plugin /proc/self/fd/3`), so that a broken file can crash nothing but the probe.
-/// Errors name `shown`, the user's file. Blocking; it takes a few milliseconds.
-pub fn probe_plugin(plugin: BorrowedFd<'_>, shown: &Path) -> Result<ProbeReport, SpawnError> {
+/// The child switches to `who`'s user and group before it loads anything, and is killed
+/// (SIGKILL, reaped) when it has not answered within `timeout`: a plugin whose load-time code
+/// blocks is refused, never a hang. Errors name `shown`, the user's file. Blocking; it takes a
+/// few milliseconds.
+pub fn probe_plugin(
+    plugin: BorrowedFd<'_>,
+    shown: &Path,
+    who: &ProbeAs,
+    timeout: Duration,
+    running: &Running,
+) -> Result<ProbeReport, SpawnError> {
     let exe = host_exe().map_err(SpawnError::Exe)?;
     let inherited = format!("/proc/self/fd/{}", sys::FIRST_INHERITED_FD);
     let mut cmd = Command::new(exe);
@@ -102,22 +126,76 @@ pub fn probe_plugin(plugin: BorrowedFd<'_>, shown: &Path) -> Result<ProbeReport,
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = sys::spawn_with_fds(&mut cmd, &[plugin])
-        .and_then(|child| child.wait_with_output())
-        .map_err(SpawnError::Spawn)?;
-    if out.status.success() {
-        let summary = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if let Some(user) = &who.user {
+        cmd.arg("--user").arg(user);
+    }
+    if let Some(group) = &who.group {
+        cmd.arg("--group").arg(group);
+    }
+    let mut child = sys::spawn_with_fds(&mut cmd, &[plugin]).map_err(SpawnError::Spawn)?;
+    // Read both pipes on their own threads: a long abi_stable report fills a pipe, and a child
+    // blocked on a full pipe must not look like a hung plugin.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let status = wait_or_kill(&mut child, timeout, running).map_err(SpawnError::Spawn)?;
+    let (stdout, stderr) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+    let Some(status) = status else {
+        return Err(SpawnError::Probe(format!(
+            "plugin {} did not finish loading within {} s (its load-time code blocks?); the probe was killed",
+            shown.display(),
+            timeout.as_secs_f64()
+        )));
+    };
+    if status.success() {
+        let summary = String::from_utf8_lossy(&stdout).trim().to_string();
         return Ok(ProbeReport { summary });
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&stderr);
     let reason = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
     let reason = reason.strip_prefix("error: ").unwrap_or(&reason).replace(&inherited, &shown.display().to_string());
-    Err(SpawnError::Probe(match out.status.signal() {
+    Err(SpawnError::Probe(match status.signal() {
         Some(sig) => format!(
             "loading plugin {} crashed the probe (signal {sig}): the file is damaged or truncated",
             shown.display()
         ),
-        None if reason.is_empty() => format!("plugin {} was refused (exit {:?})", shown.display(), out.status.code()),
+        None if reason.is_empty() => format!("plugin {} was refused (exit {:?})", shown.display(), status.code()),
         None => reason,
     }))
+}
+
+/// Waits for `child` until `timeout`; then (or when someone took the pid out of `running` to
+/// kill it) SIGKILLs and reaps it and returns None.
+fn wait_or_kill(child: &mut Child, timeout: Duration, running: &Running) -> std::io::Result<Option<ExitStatus>> {
+    let pid = Pid::from_raw(child.id() as i32);
+    *running.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        {
+            // Checked and cleared under the lock: a kill from `Preparer::drop` either happens
+            // before the reap (and the status says so) or finds no pid.
+            let mut current = running.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(status) = child.try_wait()? {
+                *current = None;
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                *current = None;
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(None);
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
 }

@@ -58,6 +58,8 @@ pub struct Timeouts {
     pub drain: Duration,
     /// How long a worker told to stop has before it is killed.
     pub kill: Duration,
+    /// How long a serving worker may show no progress before the watchdog kills it (None: off).
+    pub worker: Option<Duration>,
 }
 
 /// What the master's loop must do for the supervisor.
@@ -210,6 +212,7 @@ impl<P: Processes> Supervisor<P> {
             group: state.group.clone(),
             drain_timeout_ms: self.timeouts.drain.as_millis() as u64,
             worker_count: state.service.count,
+            heartbeat_ms: crate::config::heartbeat_ms(self.timeouts.worker),
         }
     }
 
@@ -238,6 +241,8 @@ impl<P: Processes> Supervisor<P> {
             kill_at: Some(now + self.timeouts.start),
             error: None,
             retired_at: None,
+            stall_at: None,
+            stalled: false,
         })
     }
 
@@ -274,9 +279,12 @@ impl<P: Processes> Supervisor<P> {
         let ms = w.uptime(self.procs.now()).as_millis() as u64;
         let role = self.slots.role(id);
         if role != Some(Role::Retiring) {
-            // The start deadline is met (a retiring worker keeps its stop deadline).
+            // The start deadline is met (a retiring worker keeps its stop deadline); the
+            // watchdog takes over.
+            let stall_at = self.timeouts.worker.map(|t| self.procs.now() + t);
             if let Some(w) = self.slots.worker_mut(id) {
                 w.kill_at = None;
+                w.stall_at = stall_at;
             }
         }
         tracing::info!(service = %self.service_name(key.service), slot = key.slot, pid, start_ms = ms, "worker ready");
@@ -291,6 +299,15 @@ impl<P: Processes> Supervisor<P> {
             _ => {}
         }
         self.check_started();
+    }
+
+    /// A ready worker's loop turned: the watchdog waits again.
+    pub fn worker_alive(&mut self, id: WorkerId) {
+        let Some(timeout) = self.timeouts.worker else { return };
+        let now = self.procs.now();
+        if let Some(w) = self.slots.worker_mut(id).filter(|w| w.stall_at.is_some()) {
+            w.stall_at = Some(now + timeout);
+        }
     }
 
     /// A worker reported why it cannot start (it exits next).
@@ -321,7 +338,8 @@ impl<P: Processes> Supervisor<P> {
         let key = w.key;
         self.out.push(Output::Detach(id, key));
         let service = self.service_name(key.service).to_string();
-        *self.exits.entry((service.clone(), exit.how.clone())).or_default() += 1;
+        let how = if w.stalled { format!("watchdog: {}", exit.how) } else { exit.how.clone() };
+        *self.exits.entry((service.clone(), how)).or_default() += 1;
         let pid = w.pid.as_raw();
         let lived_ms = w.uptime(self.procs.now()).as_millis() as u64;
         let why = w.error.clone().unwrap_or_else(|| format!("it exited with {} before it was ready", exit.how));
@@ -381,6 +399,19 @@ impl<P: Processes> Supervisor<P> {
         let now = self.procs.now();
         let overdue: Vec<WorkerId> =
             self.slots.workers().filter(|w| w.kill_at.is_some_and(|k| k <= now)).map(|w| w.id).collect();
+        let stalled: Vec<WorkerId> =
+            self.slots.workers().filter(|w| w.stall_at.is_some_and(|k| k <= now)).map(|w| w.id).collect();
+        for id in stalled {
+            let timeout = self.timeouts.worker.unwrap_or_default();
+            let Some(w) = self.slots.worker_mut(id) else { continue };
+            w.stall_at = None;
+            w.stalled = true;
+            w.error = Some(format!("it made no progress for {} s (stuck in its plugin)", timeout.as_secs_f64()));
+            let (pid, key) = (w.pid, w.key);
+            let plugin = format!("{} {}", w.snapshot.name, w.snapshot.version);
+            tracing::error!(service = %self.service_name(key.service), slot = key.slot, pid = pid.as_raw(), plugin = %plugin, timeout_s = timeout.as_secs_f64(), "worker made no progress (stuck in a plugin callback); killing it");
+            self.procs.kill(pid, Signal::SIGKILL);
+        }
         for id in overdue {
             let start = self.timeouts.start;
             let Some(w) = self.slots.worker_mut(id) else { continue };
@@ -441,6 +472,8 @@ impl<P: Processes> Supervisor<P> {
         };
         let kill_at = now + kill_after;
         w.kill_at = Some(w.kill_at.map_or(kill_at, |k| k.min(kill_at)));
+        // Its stop deadline bounds it now.
+        w.stall_at = None;
         w.retired_at.get_or_insert(now);
         self.slots.retire(id);
         // A worker already exiting does not read it; the kill deadline still applies.
@@ -483,8 +516,12 @@ mod tests {
         }
     }
 
-    const TIMEOUTS: Timeouts =
-        Timeouts { start: Duration::from_secs(10), drain: Duration::from_secs(5), kill: Duration::from_secs(2) };
+    const TIMEOUTS: Timeouts = Timeouts {
+        start: Duration::from_secs(10),
+        drain: Duration::from_secs(5),
+        kill: Duration::from_secs(2),
+        worker: Some(Duration::from_secs(30)),
+    };
 
     fn supervisor(services: Vec<(ServiceState, Option<u64>)>) -> Supervisor<FakeProcesses> {
         let mut procs = FakeProcesses::default();
@@ -716,5 +753,45 @@ mod tests {
         assert_eq!(sup.procs().signals.iter().filter(|(_, s)| *s == Signal::SIGKILL).count(), 2);
         sup.reap();
         assert_eq!(sup.finished(), Some(Ok(())));
+    }
+
+    #[test]
+    fn the_watchdog_kills_a_silent_worker_and_its_slot_is_served_again_at_once() {
+        let mut sup = started(vec![(state("http", 2, true), Some(1))]);
+        let (stuck, fine) = (serving(&sup, 0, 0).unwrap(), serving(&sup, 0, 1).unwrap());
+        for _ in 0..4 {
+            sup.procs().advance(Duration::from_secs(10));
+            sup.worker_alive(fine);
+            sup.tick();
+        }
+        let killed: Vec<_> = sup.procs().signals.clone();
+        assert_eq!(killed, vec![(pid(&sup, stuck), Signal::SIGKILL)], "only the silent worker is killed");
+        sup.reap();
+        sup.tick();
+        let new = attached(&outputs(&mut sup));
+        assert_eq!(new.len(), 1, "replaced at once");
+        assert_eq!(serving(&sup, 0, 1), Some(fine));
+        assert_eq!(sup.exits.get(&("http".into(), "watchdog: signal SIGKILL".into())), Some(&1), "{:?}", sup.exits);
+    }
+
+    #[test]
+    fn a_stuck_retiring_worker_never_blocks_the_reload_chain() {
+        let mut sup = started(vec![(state("http", 2, true), Some(1))]);
+        sup.request_reload(true, Trigger::Command, Some(ClientId(9)));
+        let out = outputs(&mut sup);
+        sup.checked(done(checks(&out)[0], 2));
+        // Neither old worker ever exits (stuck in its plugin); each replacement gets ready.
+        for _ in 0..2 {
+            let new = attached(&outputs(&mut sup));
+            assert_eq!(new.len(), 1);
+            sup.worker_ready(new[0]);
+        }
+        let out = outputs(&mut sup);
+        assert!(out.iter().any(|o| matches!(o, Output::Answer(ClientId(9), Answer::Ok { .. }))), "{out:?}");
+        assert_eq!(sup.slots.workers().count(), 4, "the old ones still retire");
+        // They are killed at their deadline.
+        sup.procs().advance(TIMEOUTS.drain + TIMEOUTS.kill);
+        sup.tick();
+        assert_eq!(sup.procs().signals.iter().filter(|(_, s)| *s == Signal::SIGKILL).count(), 2);
     }
 }

@@ -168,6 +168,8 @@ pub struct Stats {
     pub messages: u64,
     pub send_failures: u64,
     pub plugin_panics: u64,
+    /// When the plugin last panicked (the worker's clock).
+    pub last_panic_ms: Option<u64>,
     pub closed: u64,
     /// Bytes of connections already closed (live ones count their own).
     pub closed_bytes_in: u64,
@@ -316,6 +318,7 @@ impl Core {
             bytes_out: self.stats.closed_bytes_out + live.map(|c| c.bytes_out).sum::<u64>(),
             send_failures: self.stats.send_failures,
             plugin_panics: self.stats.plugin_panics,
+            last_panic_s: self.stats.last_panic_ms.map(|at| self.now_ms.saturating_sub(at) / 1000),
             timers: self.timers.len() as u64,
             draining: self.draining,
         }

@@ -40,12 +40,18 @@ fn settle_panic(core: &mut Core, id: ConnId, status: CallStatus, output_before: 
     if status != CallStatus::Panicked {
         return;
     }
-    core.stats.plugin_panics += 1;
+    count_panic(core);
     tracing::error!(conn = id.0, "plugin panicked in {what}; closing the connection");
     if let (Some(c), Some(len)) = (core.get_mut(id), output_before) {
         c.output.truncate(len.max(c.output_pos));
     }
     core.close_after_flush(id);
+}
+
+/// Counts a caught plugin panic (`status` shows the count, and marks a worker that panicked lately).
+fn count_panic(core: &mut Core) {
+    core.stats.plugin_panics += 1;
+    core.stats.last_panic_ms = Some(core.now_ms);
 }
 
 pub fn worker_start(plugin: &mut RawPluginBox, core: &mut Core) -> RResult<(), RString> {
@@ -54,12 +60,14 @@ pub fn worker_start(plugin: &mut RawPluginBox, core: &mut Core) -> RResult<(), R
 
 pub fn worker_stop(plugin: &mut RawPluginBox, core: &mut Core) {
     if call!(plugin, core, on_worker_stop) == CallStatus::Panicked {
+        count_panic(core);
         tracing::error!("plugin panicked in its worker-stop hook");
     }
 }
 
 pub fn worker_reload(plugin: &mut RawPluginBox, core: &mut Core) {
     if call!(plugin, core, on_worker_reload) == CallStatus::Panicked {
+        count_panic(core);
         tracing::error!("plugin panicked in its worker-reload hook");
     }
 }
@@ -76,7 +84,7 @@ pub fn drain(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
 
 pub fn timer(plugin: &mut RawPluginBox, core: &mut Core, timer: TimerId, data: u64) {
     if call!(plugin, core, on_timer, timer, data) == CallStatus::Panicked {
-        core.stats.plugin_panics += 1;
+        count_panic(core);
         tracing::error!(timer = timer.0, "plugin panicked in on_timer");
     }
 }
@@ -374,6 +382,7 @@ fn begin_close(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     core.deferred.push_back((id, Deferred::Resume));
     let status = call!(plugin, core, on_close, id);
     if status == CallStatus::Panicked {
+        count_panic(core);
         tracing::error!(conn = id.0, "plugin panicked in on_close");
     }
 }
@@ -386,6 +395,7 @@ pub fn close_now(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     if !matches!(conn.state, ConnState::Lingering { .. }) {
         let status = call!(plugin, core, on_close, conn.id);
         if status == CallStatus::Panicked {
+            count_panic(core);
             tracing::error!(conn = conn.id.0, "plugin panicked in on_close");
         }
     }

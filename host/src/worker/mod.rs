@@ -101,6 +101,9 @@ pub struct Worker {
     drain_deadline_ms: Option<u64>,
     /// The service's drain timeout, for a SIGTERM sent to the worker by hand.
     drain_timeout_ms: u64,
+    /// How often the loop says `alive` to the master's watchdog (0: never).
+    heartbeat_ms: u64,
+    next_heartbeat_ms: u64,
     exit: Option<Exit>,
 }
 
@@ -148,6 +151,8 @@ impl Worker {
             next_sweep_ms: None,
             drain_deadline_ms: None,
             drain_timeout_ms: spec.drain_timeout_ms,
+            heartbeat_ms: spec.heartbeat_ms,
+            next_heartbeat_ms: spec.heartbeat_ms,
             exit: None,
             poll,
         };
@@ -194,6 +199,7 @@ impl Worker {
             self.run_timers();
             self.settle();
             self.core.stats.rate.roll(self.core.now_ms, self.core.stats.messages);
+            self.beat();
             if let Some(exit) = self.exit {
                 return Ok(exit);
             }
@@ -221,8 +227,19 @@ impl Worker {
             self.next_sweep_ms,
             self.drain_deadline_ms,
             self.accept_retry_ms,
+            (self.heartbeat_ms > 0).then_some(self.next_heartbeat_ms),
         ];
         deadlines.into_iter().flatten().min().map(|d| Duration::from_millis(d.saturating_sub(now)))
+    }
+
+    /// Tells the master's watchdog that the loop turns: at most once per heartbeat, also when
+    /// idle (the poll wakes for it). A worker stuck in a plugin callback stops saying it.
+    fn beat(&mut self) {
+        if self.heartbeat_ms > 0 && self.core.now_ms >= self.next_heartbeat_ms {
+            self.next_heartbeat_ms = self.core.now_ms + self.heartbeat_ms;
+            self.send_control(&ToMaster::Alive);
+            crate::logging::flush_suppressed();
+        }
     }
 
     fn accept_all(&mut self) {
@@ -375,6 +392,7 @@ impl Worker {
 
     fn shut_down(&mut self) {
         dispatch::worker_stop(&mut self.plugin, &mut self.core);
+        crate::logging::flush_suppressed();
         for id in self.core.ids() {
             dispatch::close_now(&mut self.plugin, &mut self.core, id.index());
         }

@@ -55,3 +55,6 @@ mod abi;
 mod limits;
 // The command line: listen addresses, options of another subcommand.
 mod cli;
+// Robustness: hung or root-refusing plugin probes, untrusted plugin files, a panic flood, the
+// watchdog, aborting and crashing plugins.
+mod robustness;

@@ -127,6 +127,8 @@ impl<P: Processes> Supervisor<P> {
                     service: ServiceId(i),
                     source: path.to_path_buf(),
                     expected_name: Some(name),
+                    user: state.user.clone(),
+                    group: state.group.clone(),
                 };
                 self.out.push(Output::Check(job));
             }
@@ -178,6 +180,8 @@ impl<P: Processes> Supervisor<P> {
                         service,
                         source: state.source.clone(),
                         expected_name: state.expected_name.clone(),
+                        user: state.user.clone(),
+                        group: state.group.clone(),
                     };
                     self.out.push(Output::Check(job));
                 }
