@@ -44,3 +44,5 @@ mod fds;
 mod abi;
 // Start settings out of range are refused with one line, before anything starts.
 mod limits;
+// `host plugin new`: a new plugin builds, serves and passes its test; refusals leave nothing.
+mod scaffold;
