@@ -99,6 +99,7 @@ impl Drop for Artifacts {
             (debug.clone(), format!("lib{}.", self.lib)),
             (debug.join("deps"), format!("lib{}.", self.lib)),
             (debug.join("deps"), format!("{}-", self.lib)),
+            (debug.join("deps"), format!("{}.", self.lib)),
             (debug.join(".fingerprint"), format!("{package}-")),
         ] {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
