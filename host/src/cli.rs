@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Service, Setting, SettingError, Settings, Source};
+use crate::scaffold::Template;
 
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about = "A prefork server whose protocol handlers are plugins")]
@@ -70,6 +71,9 @@ pub enum Command {
         #[arg(long, hide = true)]
         group: Option<String>,
     },
+    /// Plugin authoring: `host plugin new NAME` creates a plugin crate that builds and serves at once.
+    #[command(subcommand)]
+    Plugin(PluginCmd),
     /// Run one worker (started by the master, not by hand).
     #[command(hide = true)]
     Worker,
@@ -84,6 +88,22 @@ pub struct RestartCmd {
     pub graceful: bool,
     #[command(flatten)]
     pub start: StartCmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCmd {
+    /// Create a plugin crate with an echo handler and a unit test: `plugins/NAME` inside the
+    /// host's workspace (added to its members), else `DIR/NAME`, a crate of its own.
+    New {
+        /// The crate's name; its library name (`-` becomes `_`) is the plugin's name.
+        name: String,
+        /// The template's framing.
+        #[arg(long, value_enum, default_value_t = Template::Text)]
+        protocol: Template,
+        /// Create a standalone crate in DIR/NAME (default: ./NAME outside the host's workspace).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -324,6 +344,20 @@ mod tests {
             parse(&["restart", "-d", "-g"]).command,
             Some(Command::Restart(RestartCmd { graceful: true, start: StartCmd { daemon: true, .. } }))
         ));
+    }
+
+    #[test]
+    fn plugin_new_parses() {
+        let cli = parse(&["plugin", "new", "my-proto", "--protocol", "http", "--dir", "/tmp"]);
+        let Some(Command::Plugin(PluginCmd::New { name, protocol, dir })) = cli.command else { panic!("plugin new") };
+        assert_eq!((name.as_str(), protocol, dir), ("my-proto", Template::Http, Some(PathBuf::from("/tmp"))));
+        let cli = parse(&["plugin", "new", "x"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Plugin(PluginCmd::New { protocol: Template::Text, dir: None, .. }))
+        ));
+        assert!(Cli::try_parse_from(["host", "plugin", "new", "x", "--protocol", "smtp"]).is_err());
+        assert!(Cli::try_parse_from(["host", "plugin", "new"]).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod logging;
 mod master;
 mod pidfile;
 mod plugin;
+mod scaffold;
 mod status;
 mod sys;
 mod watcher;
@@ -24,7 +25,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, GlobalArgs, LogFormat, RestartCmd, StartCmd};
+use crate::cli::{Cli, Command, GlobalArgs, LogFormat, PluginCmd, RestartCmd, StartCmd};
 use crate::config_file::ServiceConfig;
 
 /// Set in the environment of the master once it re-executed itself with its title.
@@ -87,6 +88,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::CheckPlugin { ref path, ref user, ref group }) => {
             with_logging(global, |_| check_plugin(path, user.as_deref(), group.as_deref()))
+        }
+        Some(Command::Plugin(PluginCmd::New { name, protocol, dir })) => {
+            scaffold::run(&scaffold::Request { name, template: protocol, dir })
         }
         Some(Command::Worker) => {
             init_logging_with(global, Some(logging::RateLimit::new(logging::LINES_PER_SECOND)));

@@ -58,3 +58,5 @@ mod cli;
 // Robustness: hung or root-refusing plugin probes, untrusted plugin files, a panic flood, the
 // watchdog, aborting and crashing plugins.
 mod robustness;
+// `host plugin new`: a new plugin builds, serves and passes its test; refusals leave nothing.
+mod scaffold;

@@ -1,0 +1,51 @@
+//! {{lib}}: a WebSocket (RFC 6455) plugin on the `websocket-core` library, which does the
+//! handshake, framing, masking, fragmentation, ping/pong, the close handshake and the limits;
+//! this handler answers every message with itself (an echo). Write your application in `reply`
+//! and in the `Handler` below.
+//!
+//! Config keys: those of websocket-core (`origins`, `protocols`, `ping_interval`), e.g.
+//! `--plugin-config 'ping_interval = 10'`.
+//!
+//! Run: {{run}}
+//! Try: any WebSocket client on `ws://127.0.0.1:7000/`.
+
+use plugin_api::{export_plugin, ConnId, WorkerInfo};
+use websocket_core::{Handler, Message, WebSocket, Ws};
+
+/// The application: one instance per worker process, which serves all its connections from one
+/// thread (never block in a handler).
+pub struct {{Type}};
+
+/// The answer to one text message.
+pub fn reply(text: &str) -> String {
+    text.to_owned()
+}
+
+impl Handler for {{Type}} {
+    fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
+        Ok({{Type}})
+    }
+
+    fn on_message(&mut self, ws: &mut Ws<'_, '_>, conn: ConnId, msg: Message<'_>) {
+        match msg {
+            Message::Text(text) => {
+                ws.send_text(conn, &reply(text));
+            }
+            Message::Binary(data) => {
+                ws.send_binary(conn, data);
+            }
+        }
+    }
+}
+
+export_plugin!(WebSocket<{{Type}}>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_echoed() {
+        assert_eq!(reply("hello"), "hello");
+    }
+}
