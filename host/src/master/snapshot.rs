@@ -97,12 +97,19 @@ pub fn take(
     if !options.insecure {
         trust::check(source)?;
     }
-    let bytes = fs::read(source).map_err(|e| SnapshotError::Read { path: source.to_path_buf(), cause: e })?;
-    elf_complete(&bytes).map_err(|reason| SnapshotError::NotElf { path: source.to_path_buf(), reason })?;
-    let hash = fnv1a(&bytes);
-    let memfd = sys::sealed_memfd(&memfd_name(source, hash), &bytes)
-        .map_err(|e| SnapshotError::Copy { path: source.to_path_buf(), cause: e })?;
-    drop(bytes);
+    // Streamed, never read whole: a 12 MB debug plugin must not leave 12 MB of heap in the
+    // master after every check.
+    let read_err = |e| SnapshotError::Read { path: source.to_path_buf(), cause: e };
+    let (hash, size, header) = hash_file(source).map_err(read_err)?;
+    elf_complete(&header, size).map_err(|reason| SnapshotError::NotElf { path: source.to_path_buf(), reason })?;
+    let mut file = Hashing { inner: fs::File::open(source).map_err(read_err)?, hash: Fnv1a::default() };
+    let copy_err = |e| SnapshotError::Copy { path: source.to_path_buf(), cause: e };
+    let memfd = sys::sealed_memfd(&memfd_name(source, hash), &mut file).map_err(copy_err)?;
+    if file.hash.0 != hash {
+        // Written to between the two reads: the watcher reports it again once it is quiet.
+        let reason = "it changed while it was copied".to_string();
+        return Err(SnapshotError::NotElf { path: source.to_path_buf(), reason });
+    }
     let report = probe_plugin(memfd.as_fd(), source, &options.probe_as, options.probe_timeout, running)
         .map_err(|e| SnapshotError::Probe { reason: e.to_string() })?;
     let mut words = report.summary.split_whitespace();
@@ -130,13 +137,63 @@ fn memfd_name(source: &Path, hash: u64) -> String {
 }
 
 /// 64-bit FNV-1a: enough to tell plugin builds apart and to name snapshots.
+#[cfg(test)]
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    let mut h = Fnv1a::default();
+    h.update(bytes);
+    h.0
 }
 
-/// Checks that `bytes` is an ELF file whose section header table ends inside the file: a file
-/// still being written (or truncated) fails this; loading one can kill the loader with SIGBUS.
-pub fn elf_complete(bytes: &[u8]) -> Result<(), String> {
+/// The FNV-1a hash, the size and the first 64 bytes of a file, read in pieces.
+fn hash_file(path: &Path) -> io::Result<(u64, u64, Vec<u8>)> {
+    let mut file = Hashing { inner: fs::File::open(path)?, hash: Fnv1a::default() };
+    let mut header = [0u8; 64];
+    let mut got = 0;
+    while got < header.len() {
+        match io::Read::read(&mut file, &mut header[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let size = got as u64 + io::copy(&mut file, &mut io::sink())?;
+    Ok((file.hash.0, size, header[..got].to_vec()))
+}
+
+/// A reader that hashes what it reads.
+struct Hashing<R> {
+    inner: R,
+    hash: Fnv1a,
+}
+
+impl<R: io::Read> io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// 64-bit FNV-1a, fed in pieces.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv1a(pub u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0 = bytes.iter().fold(self.0, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    }
+}
+
+/// Checks that a file of `size` bytes whose first bytes are `header` is an ELF file whose
+/// section header table ends inside the file: a file still being written (or truncated) fails
+/// this; loading one can kill the loader with SIGBUS.
+pub fn elf_complete(header: &[u8], size: u64) -> Result<(), String> {
+    let bytes = header;
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
         return Err("no ELF header".into());
     }
@@ -164,7 +221,6 @@ pub fn elf_complete(bytes: &[u8]) -> Result<(), String> {
         return Err("no section header table (still being written?)".into());
     }
     let end = shoff.saturating_add(shnum.saturating_mul(shentsize));
-    let size = bytes.len() as u64;
     if end > size {
         return Err(format!("truncated: section headers end at byte {end}, the file has {size}"));
     }
@@ -189,19 +245,20 @@ mod tests {
 
     #[test]
     fn complete_elf_passes_truncated_fails() {
-        assert!(elf_complete(&elf(1000, 4, 1256)).is_ok());
-        let err = elf_complete(&elf(1000, 4, 1200)).unwrap_err();
+        let check = |b: &[u8]| elf_complete(&b[..b.len().min(64)], b.len() as u64);
+        assert!(check(&elf(1000, 4, 1256)).is_ok());
+        let err = check(&elf(1000, 4, 1200)).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
-        assert!(elf_complete(&elf(0, 0, 100)).is_err());
-        assert!(elf_complete(b"not an elf file at all, just some text that is long enough......").is_err());
-        assert!(elf_complete(b"\x7fELF").is_err());
+        assert!(check(&elf(0, 0, 100)).is_err());
+        assert!(check(b"not an elf file at all, just some text that is long enough......").is_err());
+        assert!(check(b"\x7fELF").is_err());
     }
 
     #[test]
     fn the_real_host_binary_is_complete() {
         let exe = fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert!(elf_complete(&exe).is_ok());
-        assert!(elf_complete(&exe[..exe.len() - 1]).is_err());
+        assert!(elf_complete(&exe[..64], exe.len() as u64).is_ok());
+        assert!(elf_complete(&exe[..64], exe.len() as u64 - 1).is_err());
     }
 
     #[test]

@@ -3,19 +3,20 @@
 //! seals make it immutable, so no one can change pages a worker has mapped.
 
 use std::ffi::CString;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 
-/// A new close-on-exec memfd named `name` (`/proc/PID/maps` shows `/memfd:NAME`) holding
-/// `bytes`, sealed against any change of size or contents (and against removing the seals).
-pub fn sealed_memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+/// A new close-on-exec memfd named `name` (`/proc/PID/maps` shows `/memfd:NAME`) holding what
+/// `from` reads, sealed against any change of size or contents (and against removing the seals).
+pub fn sealed_memfd(name: &str, from: &mut impl std::io::Read) -> io::Result<OwnedFd> {
     let name = CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let fd = memfd_create(&name, MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING)?;
     let mut file = std::fs::File::from(fd);
-    file.write_all(bytes)?;
+    // Copied a piece at a time (io::copy), never held whole in memory.
+    std::io::copy(from, &mut file)?;
     let fd = OwnedFd::from(file);
     let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
     fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
@@ -25,11 +26,11 @@ pub fn sealed_memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Seek};
+    use std::io::{Read, Seek, Write};
 
     #[test]
     fn holds_the_bytes_and_refuses_changes() {
-        let fd = sealed_memfd("test-snapshot.so", b"plugin bytes").unwrap();
+        let fd = sealed_memfd("test-snapshot.so", &mut &b"plugin bytes"[..]).unwrap();
         let mut file = std::fs::File::from(fd);
         file.rewind().unwrap();
         let mut back = String::new();
