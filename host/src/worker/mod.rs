@@ -1,13 +1,13 @@
 //! A worker process: loads its plugin, then runs one mio event loop until the master tells it to
 //! stop (or goes away). Started by the master as `host worker` with the listening socket at fd 3,
-//! the control socket at fd 4 (see `ctl`) and the plugin snapshot (a sealed memfd) at fd 5; it
+//! its channel to the master at fd 4 (see `ctl`) and the plugin snapshot (a sealed memfd) at fd 5; it
 //! makes all three close-on-exec at once, and closes the snapshot once the plugin is loaded.
 
 mod core;
 mod dispatch;
 mod timers;
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use plugin_api::abi::{LogLevel, RawPluginBox, RawWorkerInfo, WorkerEnv};
 
 use self::core::{Core, CONN_TOKEN_BASE};
 use crate::config::WorkerSpec;
-use crate::ctl::{self, LineConn, ReportKind, ToMaster, ToWorker};
+use crate::ctl::{self, ReportKind, ToMaster, ToWorker, WorkerChannel, PROTOCOL};
 use crate::{plugin, sys};
 
 const LISTENER: Token = Token(0);
@@ -39,6 +39,10 @@ const LINGER_MS: u64 = 2000;
 const READ_CHUNK: usize = 64 * 1024;
 /// How soon accepting is tried again after the system ran out of descriptors or memory.
 const ACCEPT_RETRY_MS: u64 = 100;
+/// How long the worker waits for the master's hello (queued before the worker was started).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker that cannot start tries to tell the master why.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why the worker's loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,20 +58,27 @@ pub fn run() -> anyhow::Result<()> {
     let listener = std::net::TcpListener::from(sys::expect_socket(listener, "the listening socket")?);
     listener.set_nonblocking(true)?;
     let control = StdUnixStream::from(sys::expect_socket(control, "the control socket")?);
-    let spec_text = ctl::read_spec(&mut &control).context("could not read the worker spec")?;
-    let spec = WorkerSpec::decode(&spec_text).context("could not parse the worker spec")?;
+    control.set_nonblocking(true)?;
+    let mut channel = WorkerChannel::new(control.try_clone()?);
+    let spec = match channel.recv_timeout(HELLO_TIMEOUT) {
+        Ok((ToWorker::Hello { spec, .. }, _)) => spec,
+        Ok((other, _)) => refuse(&control, format!("the master sent {other:?} before its hello"))?,
+        Err(e) => refuse(&control, format!("no hello from the master: {e}"))?,
+    };
+    channel.send(&ToMaster::Hello { protocol: PROTOCOL })?;
+    channel.flush_timeout(FAREWELL_TIMEOUT)?;
 
     let span = tracing::info_span!("worker", service = %spec.service, slot = spec.slot, pid = std::process::id());
     let _entered = span.enter();
     if let Err(e) = sys::switch_identity(spec.user.as_deref(), spec.group.as_deref()) {
         let msg = format!("could not switch user/group: {e}");
         tracing::error!("{msg}");
-        let _ = (&control).write_all(ToMaster::Error(msg).encode().as_bytes());
+        tell_master(&control, msg);
         std::process::exit(2);
     }
     sys::set_thread_name(&format!("host:{}#{}", spec.service, spec.slot));
 
-    match Worker::start(listener, control.try_clone()?, snapshot, &spec) {
+    match Worker::start(listener, channel, snapshot, &spec) {
         Ok(mut worker) => {
             let exit = worker.run_loop()?;
             worker.shut_down();
@@ -77,16 +88,33 @@ pub fn run() -> anyhow::Result<()> {
         Err(e) => {
             let msg = format!("{e:#}");
             tracing::error!("worker could not start: {msg}");
-            let _ = (&control).write_all(ToMaster::Error(msg).encode().as_bytes());
+            tell_master(&control, msg);
             std::process::exit(2);
         }
+    }
+}
+
+/// The worker cannot go on with this master (another protocol version, no hello): it says why
+/// to the master and fails.
+fn refuse(control: &StdUnixStream, msg: String) -> anyhow::Result<WorkerSpec> {
+    tell_master(control, msg.clone());
+    Err(anyhow::anyhow!(msg))
+}
+
+/// Sends the master an error before exiting (best effort: the master may be gone), on a channel
+/// of its own: the worker's is dropped or holds nothing unsent (its hello was flushed).
+fn tell_master(control: &StdUnixStream, msg: String) {
+    let Ok(stream) = control.try_clone() else { return };
+    let mut channel = WorkerChannel::new(stream);
+    if channel.send(&ToMaster::Error(msg)).is_ok() {
+        let _ = channel.flush_timeout(FAREWELL_TIMEOUT);
     }
 }
 
 pub struct Worker {
     poll: Poll,
     listener: TcpListener,
-    control: LineConn<UnixStream>,
+    control: WorkerChannel<UnixStream>,
     signals: SignalFd,
     plugin: RawPluginBox,
     core: Core,
@@ -107,7 +135,7 @@ pub struct Worker {
 impl Worker {
     fn start(
         listener: std::net::TcpListener,
-        control: StdUnixStream,
+        control: WorkerChannel<StdUnixStream>,
         snapshot: OwnedFd,
         spec: &WorkerSpec,
     ) -> anyhow::Result<Self> {
@@ -133,10 +161,9 @@ impl Worker {
         };
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
-        control.set_nonblocking(true)?;
         let mut worker = Worker {
             listener: TcpListener::from_std(listener),
-            control: LineConn::new(UnixStream::from_std(control), ctl::MAX_REQUEST_LINE),
+            control: control.map_stream(UnixStream::from_std),
             signals,
             plugin,
             core: Core::new(registry, spec.service.clone(), spec.slot, spec.limits),
@@ -167,6 +194,8 @@ impl Worker {
 
     fn run_loop(&mut self) -> io::Result<Exit> {
         let mut events = Events::with_capacity(1024);
+        // What the master sent with its hello is read already: no event will announce it.
+        self.read_control();
         loop {
             let timeout = self.poll_timeout();
             match self.poll.poll(&mut events, timeout) {
@@ -263,13 +292,13 @@ impl Worker {
     }
 
     fn read_control(&mut self) {
-        let lines = self.control.read_lines();
-        for line in lines {
-            match ToWorker::parse(&line) {
-                Some(ToWorker::Stop) => self.exit = Some(Exit::Stopped),
-                Some(ToWorker::Drain { timeout_ms }) => self.start_drain(timeout_ms),
-                Some(ToWorker::ReloadHook) => dispatch::worker_reload(&mut self.plugin, &mut self.core),
-                Some(ToWorker::Report { id, kind }) => {
+        for msg in self.control.read() {
+            match msg {
+                ToWorker::Hello { .. } => tracing::warn!("a second hello from the master ignored"),
+                ToWorker::Stop => self.exit = Some(Exit::Stopped),
+                ToWorker::Drain { timeout_ms } => self.start_drain(timeout_ms),
+                ToWorker::ReloadHook => dispatch::worker_reload(&mut self.plugin, &mut self.core),
+                ToWorker::Report { id, kind } => {
                     let json = match kind {
                         ReportKind::Status => serde_json::to_string(&self.core.report()),
                         ReportKind::Connections => serde_json::to_string(&self.core.connections()),
@@ -277,18 +306,22 @@ impl Worker {
                     .expect("reports always serialize");
                     self.send_control(&ToMaster::Report { id, kind, json });
                 }
-                None => tracing::warn!(line, "unknown control message"),
             }
         }
         if self.control.closed && self.exit.is_none() {
-            tracing::warn!("the master is gone; stopping");
+            match &self.control.error {
+                Some(e) => tracing::error!("the channel to the master broke: {e}; stopping"),
+                None => tracing::warn!("the master is gone; stopping"),
+            }
             self.exit = Some(Exit::MasterGone);
         }
         self.flush_control();
     }
 
     fn send_control(&mut self, msg: &ToMaster) {
-        self.control.send(msg.encode().as_bytes()).ok();
+        if let Err(e) = self.control.send(msg) {
+            tracing::warn!("could not send the master {}: {e}", msg_name(msg));
+        }
         self.flush_control();
     }
 
@@ -382,6 +415,19 @@ impl Worker {
         // replacement does not reset them. Best effort: a master that is gone does not read it.
         let json = serde_json::to_string(&self.core.report()).expect("reports always serialize");
         self.send_control(&ToMaster::Report { id: ctl::FINAL_REPORT, kind: ReportKind::Status, json });
+        if self.control.pending() && !self.control.closed {
+            let _ = self.control.flush_timeout(FAREWELL_TIMEOUT);
+        }
+    }
+}
+
+/// A message's name for a log line (a report may be megabytes of JSON).
+fn msg_name(msg: &ToMaster) -> &'static str {
+    match msg {
+        ToMaster::Hello { .. } => "hello",
+        ToMaster::Error(_) => "error",
+        ToMaster::Ready => "ready",
+        ToMaster::Report { .. } => "report",
     }
 }
 
