@@ -44,3 +44,5 @@ mod fds;
 mod abi;
 // Start settings out of range are refused with one line, before anything starts.
 mod limits;
+// The control socket as a raw client uses it: half-closed clients, unterminated and bad requests.
+mod control;
