@@ -9,7 +9,8 @@
 //!
 //! Both directions are bounded: a frame over [`MAX_FRAME`] is refused without allocating it, an
 //! output queue over [`MAX_OUTPUT`] means the peer does not read; either breaks the channel
-//! ([`Channel::error`] says why, and the socket is shut down so that the peer sees it closed).
+//! ([`Channel::error`] says why; the owner may still tell the peer on a channel of its own, then
+//! [`Channel::shut_down`] makes the peer see it closed).
 //! The first frame each side sends is a hello carrying its protocol version (see
 //! [`super::messages`]); a peer of another version is refused.
 //!
@@ -342,8 +343,14 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
         self.input.drain(..at);
     }
 
-    /// The channel is broken: remember why, drop what was buffered, and shut the socket down so
-    /// that the peer sees it closed.
+    /// Shuts the socket down both ways: the peer sees the channel closed.
+    pub fn shut_down(&mut self) {
+        self.closed = true;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.stream.as_fd());
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+    }
+
+    /// The channel is broken: remember why and drop what was buffered.
     fn break_off(&mut self, why: String) {
         self.closed = true;
         self.error.get_or_insert(why);
@@ -352,10 +359,6 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
         self.output = Vec::new();
         self.written = 0;
         self.out_fds.clear();
-        let _ = nix::sys::socket::shutdown(
-            std::os::fd::AsRawFd::as_raw_fd(&self.stream.as_fd()),
-            nix::sys::socket::Shutdown::Both,
-        );
     }
 }
 

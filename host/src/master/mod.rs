@@ -346,6 +346,9 @@ impl Master {
         if let Some(channel) = self.channels.get_mut(&id) {
             if let Err(e) = channel.send(msg) {
                 tracing::warn!(worker = id.0, "could not send {msg:?}: {e}");
+                if channel.error.is_some() {
+                    channel.shut_down();
+                }
             }
         }
         self.watch_channel_output(id);
@@ -455,6 +458,9 @@ impl Master {
         // channel is shut down, so the worker stops; its error tells why.
         if let Some(e) = broke.or_else(|| self.channels.get_mut(&id).and_then(|c| c.error.take())) {
             tracing::error!(worker = id.0, "worker channel broken: {e}");
+            if let Some(channel) = self.channels.get_mut(&id) {
+                channel.shut_down();
+            }
             self.sup.worker_error(id, e);
         }
         self.watch_channel_output(id);

@@ -60,13 +60,7 @@ pub fn run() -> anyhow::Result<()> {
     let control = StdUnixStream::from(sys::expect_socket(control, "the control socket")?);
     control.set_nonblocking(true)?;
     let mut channel = WorkerChannel::new(control.try_clone()?);
-    let spec = match channel.recv_timeout(HELLO_TIMEOUT) {
-        Ok((ToWorker::Hello { spec, .. }, _)) => spec,
-        Ok((other, _)) => refuse(&control, format!("the master sent {other:?} before its hello"))?,
-        Err(e) => refuse(&control, format!("no hello from the master: {e}"))?,
-    };
-    channel.send(&ToMaster::Hello { protocol: PROTOCOL })?;
-    channel.flush_timeout(FAREWELL_TIMEOUT)?;
+    let spec = handshake(&mut channel, &control, HELLO_TIMEOUT).map_err(anyhow::Error::msg)?;
 
     let span = tracing::info_span!("worker", service = %spec.service, slot = spec.slot, pid = std::process::id());
     let _entered = span.enter();
@@ -94,11 +88,25 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
-/// The worker cannot go on with this master (another protocol version, no hello): it says why
-/// to the master and fails.
-fn refuse(control: &StdUnixStream, msg: String) -> anyhow::Result<WorkerSpec> {
-    tell_master(control, msg.clone());
-    Err(anyhow::anyhow!(msg))
+/// Reads the master's hello (waiting up to `timeout`) and answers with the worker's. A master of
+/// another protocol version (or one that sends no hello) is refused: the worker tells it why on
+/// `control` and fails.
+fn handshake(
+    channel: &mut WorkerChannel<StdUnixStream>,
+    control: &StdUnixStream,
+    timeout: Duration,
+) -> Result<WorkerSpec, String> {
+    let refusal = match channel.recv_timeout(timeout) {
+        Ok((ToWorker::Hello { spec, .. }, _)) => {
+            let answered =
+                channel.send(&ToMaster::Hello { protocol: PROTOCOL }).and_then(|()| channel.flush_timeout(timeout));
+            return answered.map(|()| spec).map_err(|e| format!("could not answer the master's hello: {e}"));
+        }
+        Ok((other, _)) => format!("the master sent {other:?} before its hello"),
+        Err(e) => format!("refused the master's hello: {e}"),
+    };
+    tell_master(control, refusal.clone());
+    Err(refusal)
 }
 
 /// Sends the master an error before exiting (best effort: the master may be gone), on a channel
@@ -499,5 +507,74 @@ extern "C" fn plugin_log(level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
         LogLevel::Info => tracing::info!(target: "plugin", plugin_target = t, "{m}"),
         LogLevel::Debug => tracing::debug!(target: "plugin", plugin_target = t, "{m}"),
         LogLevel::Trace => tracing::trace!(target: "plugin", plugin_target = t, "{m}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::ctl::MasterChannel;
+
+    fn pair() -> (MasterChannel<StdUnixStream>, WorkerChannel<StdUnixStream>, StdUnixStream) {
+        let (a, b) = StdUnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let control = b.try_clone().unwrap();
+        (MasterChannel::new(a), WorkerChannel::new(b), control)
+    }
+
+    fn spec() -> WorkerSpec {
+        WorkerSpec {
+            service: "web".into(),
+            slot: 1,
+            plugin_path: "/tmp/libtext.so".into(),
+            plugin_config: String::new(),
+            limits: Limits::default(),
+            worker_count: 2,
+            user: None,
+            group: None,
+            drain_timeout_ms: 100,
+        }
+    }
+
+    #[test]
+    fn the_worker_answers_a_hello_of_its_version() {
+        let (mut master, mut worker, control) = pair();
+        master.send(&ToWorker::Hello { protocol: PROTOCOL, spec: spec() }).unwrap();
+        master.send(&ToWorker::Stop).unwrap();
+        assert_eq!(handshake(&mut worker, &control, Duration::from_secs(5)), Ok(spec()));
+        assert_eq!(master.recv_timeout(Duration::from_secs(5)).unwrap().0, ToMaster::Hello { protocol: PROTOCOL });
+        // What came after the hello waits for the worker's loop.
+        assert_eq!(worker.read(), vec![ToWorker::Stop]);
+    }
+
+    /// A master of protocol 2 whose hello has a shape this worker does not know.
+    #[derive(serde::Serialize)]
+    enum NextHello {
+        Hello { protocol: u32, spec: (String, Vec<u64>) },
+    }
+
+    #[test]
+    fn the_worker_refuses_a_master_of_another_version_and_says_why() {
+        let (master, mut worker, control) = pair();
+        let payload = postcard::to_stdvec(&NextHello::Hello { protocol: 2, spec: ("x".into(), vec![1]) }).unwrap();
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.push(0);
+        frame.extend_from_slice(&payload);
+        std::io::Write::write_all(&mut &master.stream, &frame).unwrap();
+        let err = handshake(&mut worker, &control, Duration::from_secs(5)).unwrap_err();
+        let expected =
+            format!("refused the master's hello: protocol mismatch: the peer speaks version 2, this side {PROTOCOL}");
+        assert_eq!(err, expected);
+        let mut master = master;
+        assert_eq!(master.recv_timeout(Duration::from_secs(5)).unwrap().0, ToMaster::Error(expected));
+    }
+
+    #[test]
+    fn the_worker_does_not_wait_for_a_hello_forever() {
+        let (_master, mut worker, control) = pair();
+        let err = handshake(&mut worker, &control, Duration::from_millis(50)).unwrap_err();
+        assert!(err.contains("nothing from the peer"), "{err}");
     }
 }

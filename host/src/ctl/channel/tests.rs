@@ -121,7 +121,7 @@ fn an_oversized_frame_is_refused_without_allocating_it() {
     assert!(worker.closed);
     assert!(worker.error.as_deref().unwrap().contains("limit"), "{:?}", worker.error);
     assert!(worker.input.capacity() <= 2 * READ_CHUNK, "the announced length was not allocated");
-    // The socket is shut down: the peer sees the channel closed.
+    worker.shut_down();
     let mut rest = Vec::new();
     assert_eq!((&a).read_to_end(&mut rest).unwrap(), 0);
 }
@@ -180,6 +180,14 @@ fn a_peer_of_another_version_is_refused() {
     let err = worker.recv_timeout(Duration::from_secs(5)).unwrap_err();
     assert_eq!(err.to_string(), format!("protocol mismatch: the peer speaks version 99, this side {PROTOCOL}"));
     assert!(worker.closed);
+
+    // The same the other way: a worker of version 99 answering the master's hello.
+    let (a, b) = UnixStream::pair().unwrap();
+    b.set_nonblocking(true).unwrap();
+    let mut master: MasterSide = Channel::new(b);
+    (&a).write_all(&frame(&payload)).unwrap();
+    assert!(master.read().is_empty());
+    assert_eq!(master.error, Some(format!("protocol mismatch: the peer speaks version 99, this side {PROTOCOL}")));
 
     // The master hears a worker's refusal before any hello, but nothing else.
     let (mut master, mut worker) = pair();
