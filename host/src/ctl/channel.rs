@@ -41,7 +41,8 @@ const MAX_HELD_FDS: usize = 4 * MAX_FDS_PER_FRAME;
 const HEADER: usize = 5;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
-/// Written bytes are dropped from the front of the output queue once they are this many.
+/// Written bytes are dropped from the front of the output queue once they are this many (and at
+/// least half of it).
 const COMPACT_AT: usize = 1 << 20;
 
 /// A channel over the stream `S` that sends `Tx` and receives `Rx`.
@@ -190,7 +191,8 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
         if self.written == self.output.len() {
             self.output.clear();
             self.written = 0;
-        } else if self.written >= COMPACT_AT {
+        } else if self.written >= COMPACT_AT && self.written * 2 >= self.output.len() {
+            // Only once the written part is at least half: each byte is moved O(1) times.
             self.output.drain(..self.written);
             for (at, _) in &mut self.out_fds {
                 *at -= self.written;
