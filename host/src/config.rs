@@ -249,16 +249,6 @@ fn default_drain_timeout_ms() -> u64 {
     DRAIN_TIMEOUT.as_millis() as u64
 }
 
-impl WorkerSpec {
-    pub fn encode(&self) -> String {
-        toml::to_string(self).expect("a WorkerSpec always serializes")
-    }
-
-    pub fn decode(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
-    }
-}
-
 /// Checks what [`Settings::build`] cannot: a service that could never run.
 pub fn validate(service: &Service) -> Result<(), SettingError> {
     let invalid = |m: String| Err(SettingError::Invalid(m));
@@ -306,7 +296,7 @@ mod tests {
             drain_timeout_ms: 1500,
             heartbeat_ms: 1000,
         };
-        assert_eq!(WorkerSpec::decode(&spec.encode()).unwrap(), spec);
+        assert_eq!(postcard::from_bytes::<WorkerSpec>(&postcard::to_stdvec(&spec).unwrap()).unwrap(), spec);
     }
 
     #[test]

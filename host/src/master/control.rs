@@ -48,6 +48,8 @@ impl Request {
 
 struct Client {
     conn: LineConn<UnixStream>,
+    /// Its request went to the master: it is kept until answered, even if it half-closed.
+    asked: bool,
     /// Answered: close once the answer is written.
     answered: bool,
 }
@@ -84,7 +86,11 @@ impl ControlServer {
                     if registry.register(&mut stream, Token(token), Interest::READABLE).is_ok() {
                         self.clients.insert(
                             token,
-                            Client { conn: LineConn::new(stream, crate::ctl::MAX_REQUEST_LINE), answered: false },
+                            Client {
+                                conn: LineConn::new(stream, crate::ctl::MAX_REQUEST_LINE),
+                                asked: false,
+                                answered: false,
+                            },
                         );
                     }
                 }
@@ -103,10 +109,14 @@ impl ControlServer {
         let client = self.clients.get_mut(&token.0)?;
         let lines = client.conn.read_lines();
         let mut request = None;
-        if !client.answered {
+        // One request per client: what follows its first line is ignored.
+        if !client.answered && !client.asked {
             if let Some(line) = lines.first() {
                 match Request::parse(line) {
-                    Some(r) => request = Some((token.0 as u64, r)),
+                    Some(r) => {
+                        client.asked = true;
+                        request = Some((token.0 as u64, r));
+                    }
                     None => {
                         let msg = format!("unknown request {line:?}");
                         self.answer(token.0 as u64, &Answer::Error { message: msg }, registry);
@@ -133,10 +143,13 @@ impl ControlServer {
     fn flush(&mut self, token: usize, registry: &Registry) {
         let Some(c) = self.clients.get_mut(&token) else { return };
         let done = c.conn.flush();
+        // A client that shut its writing side down after its request still gets the answer; one
+        // that did so without a request gets none.
         let finished = match done {
-            Ok(true) => c.answered || c.conn.closed,
-            Ok(false) => c.conn.closed,
             Err(_) => true,
+            Ok(_) if c.conn.closed => true,
+            Ok(flushed) if c.answered => flushed,
+            Ok(_) => c.conn.eof && !c.asked,
         };
         if finished {
             if let Some(mut c) = self.clients.remove(&token) {

@@ -50,7 +50,7 @@ pub use self::systemd::first_stray_fd;
 use self::supervisor::{Output, Phase, ServiceState, Supervisor, Timeouts};
 use crate::config::{self, Service};
 use crate::config_file::ServiceConfig;
-use crate::ctl::{LineConn, ReportKind, ToMaster, ToWorker};
+use crate::ctl::{MasterChannel, ReportKind, ToMaster, ToWorker};
 use crate::pidfile::{self, PidFile};
 use crate::status::{Answer, WorkerReport};
 use crate::watcher::{Change, Watcher};
@@ -100,7 +100,7 @@ pub struct Master {
     signals: SignalFd,
     sup: Supervisor<OsProcesses>,
     /// Each worker's channel, by worker id.
-    channels: HashMap<WorkerId, LineConn<UnixStream>>,
+    channels: HashMap<WorkerId, MasterChannel<UnixStream>>,
     watcher: Option<Watcher>,
     control: Option<ControlServer>,
     admin: Option<admin::AdminServer>,
@@ -383,21 +383,28 @@ impl Master {
         }
     }
 
-    fn attach(&mut self, id: WorkerId, stream: std::os::unix::net::UnixStream) {
-        if let Err(e) = stream.set_nonblocking(true) {
+    fn attach(&mut self, id: WorkerId, channel: MasterChannel<std::os::unix::net::UnixStream>) {
+        if let Err(e) = channel.stream.set_nonblocking(true) {
             tracing::error!(worker = id.0, "could not watch a worker: {e}");
         }
-        let mut stream = UnixStream::from_std(stream);
+        let mut channel = channel.map_stream(UnixStream::from_std);
         let token = Token(WORKER_TOKEN_BASE + id.0 as usize);
-        if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE) {
+        if let Err(e) = self.poll.registry().register(&mut channel.stream, token, Interest::READABLE) {
             tracing::error!(worker = id.0, "could not watch a worker: {e}");
         }
-        self.channels.insert(id, LineConn::new(stream, crate::ctl::MAX_REPORT_LINE));
+        self.channels.insert(id, channel);
+        // The hello may not have left whole yet.
+        self.watch_channel_output(id);
     }
 
     fn send(&mut self, id: WorkerId, msg: &ToWorker) {
         if let Some(channel) = self.channels.get_mut(&id) {
-            let _ = channel.send(msg.encode().as_bytes());
+            if let Err(e) = channel.send(msg) {
+                tracing::warn!(worker = id.0, "could not send {msg:?}: {e}");
+                if channel.error.is_some() {
+                    channel.shut_down();
+                }
+            }
         }
         self.watch_channel_output(id);
     }
@@ -493,14 +500,24 @@ impl Master {
 
     fn read_worker(&mut self, id: WorkerId) {
         let Some(channel) = self.channels.get_mut(&id) else { return };
-        for line in channel.read_lines() {
-            match ToMaster::parse(&line) {
-                Some(ToMaster::Ready) => self.sup.worker_ready(id),
-                Some(ToMaster::Alive) => self.sup.worker_alive(id),
-                Some(ToMaster::Error(e)) => self.sup.worker_error(id, e),
-                Some(ToMaster::Report { id: gather, json, .. }) => self.gather_reply(id, gather, json),
-                None => tracing::warn!(line, "unknown message from a worker"),
+        let broke = channel.error.take();
+        for msg in channel.read() {
+            match msg {
+                ToMaster::Hello { protocol } => tracing::debug!(worker = id.0, protocol, "worker hello"),
+                ToMaster::Ready => self.sup.worker_ready(id),
+                ToMaster::Alive => self.sup.worker_alive(id),
+                ToMaster::Error(e) => self.sup.worker_error(id, e),
+                ToMaster::Report { id: gather, json, .. } => self.gather_reply(id, gather, json),
             }
+        }
+        // A worker of another version, a frame over the limit, a worker that does not read: the
+        // channel is shut down, so the worker stops; its error tells why.
+        if let Some(e) = broke.or_else(|| self.channels.get_mut(&id).and_then(|c| c.error.take())) {
+            tracing::error!(worker = id.0, "worker channel broken: {e}");
+            if let Some(channel) = self.channels.get_mut(&id) {
+                channel.shut_down();
+            }
+            self.sup.worker_error(id, e);
         }
         self.watch_channel_output(id);
     }

@@ -14,12 +14,13 @@ use nix::unistd::Pid;
 use super::snapshot::Snapshot;
 use super::spawn::{self, SpawnError};
 use crate::config::WorkerSpec;
+use crate::ctl::MasterChannel;
 use crate::plugin;
 
 /// A started worker: its pid and the master's end of its channel.
 pub struct Spawned {
     pub pid: Pid,
-    pub channel: UnixStream,
+    pub channel: MasterChannel<UnixStream>,
 }
 
 /// How a process ended.
@@ -181,7 +182,7 @@ pub mod fake {
             let (ours, theirs) = UnixStream::pair().expect("socketpair");
             self.peers.push(theirs);
             self.started.push(Started { pid, service: spec.service.clone(), slot: spec.slot, hash: snapshot.hash });
-            Ok(Spawned { pid, channel: ours })
+            Ok(Spawned { pid, channel: MasterChannel::new(ours) })
         }
 
         fn kill(&mut self, pid: Pid, signal: Signal) {

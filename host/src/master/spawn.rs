@@ -1,7 +1,7 @@
 //! Starting processes from the master: workers (fork + exec of this binary, never a bare fork:
 //! the master has threads) and the throwaway `check-plugin` probe.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use crate::config::WorkerSpec;
-use crate::{ctl, sys};
+use crate::ctl::{MasterChannel, ToWorker, PROTOCOL};
+use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -42,10 +43,10 @@ pub fn host_exe() -> std::io::Result<PathBuf> {
     }
 }
 
-/// A started worker: its pid and the master's end of its control socket.
+/// A started worker: its pid and the master's end of its channel, its hello queued.
 pub struct Spawned {
     pub pid: Pid,
-    pub control: UnixStream,
+    pub control: MasterChannel<UnixStream>,
 }
 
 /// Starts a worker for `spec` on `listener` (one slot's socket, which the master keeps) with the
@@ -77,9 +78,11 @@ pub fn spawn_worker(
     let pid = Pid::from_raw(child.id() as i32);
     // The master reaps its children itself (waitpid on SIGCHLD); `Child` needs no wait.
     drop(child);
-    (&ours).write_all(&ctl::encode_spec(&spec.encode())).map_err(SpawnError::Spec)?;
     ours.set_nonblocking(true).map_err(SpawnError::Spec)?;
-    Ok(Spawned { pid, control: ours })
+    // Queued, never a blocking write: what the socket does not take now is flushed by the loop.
+    let mut control = MasterChannel::new(ours);
+    control.send(&ToWorker::Hello { protocol: PROTOCOL, spec: spec.clone() }).map_err(SpawnError::Spec)?;
+    Ok(Spawned { pid, control })
 }
 
 /// What `host check-plugin` found in a plugin file.

@@ -20,7 +20,7 @@ use super::reload::state::Reloader;
 use super::slots::{ClientId, Readiness, Role, ServiceId, SlotKey, SlotTable, Worker, WorkerId};
 use super::snapshot::Snapshot;
 use crate::config::{Service, WorkerSpec};
-use crate::ctl::ToWorker;
+use crate::ctl::{MasterChannel, ToWorker};
 use crate::status::Answer;
 
 /// Where the master is in its life.
@@ -66,7 +66,7 @@ pub struct Timeouts {
 #[derive(Debug)]
 pub enum Output {
     /// A worker was started: watch its channel.
-    Attach(WorkerId, UnixStream),
+    Attach(WorkerId, MasterChannel<UnixStream>),
     /// A worker of this slot is gone: read what is left on its channel, then drop it.
     Detach(WorkerId, SlotKey),
     Send(WorkerId, ToWorker),

@@ -6,6 +6,7 @@
 //! - [`process`]: starting children with inherited fds, process titles and names;
 //! - [`signal`]: the signalfd and SIGPIPE;
 //! - [`socket`]: the per-slot SO_REUSEPORT listening sockets;
+//! - [`scm`]: bytes with descriptors attached (SCM_RIGHTS), for the master↔worker channel;
 //! - [`daemon`]: `start -d`;
 //! - [`identity`]: checking and switching user and group.
 //!
@@ -33,6 +34,7 @@ mod fd;
 mod identity;
 mod memfd;
 mod process;
+mod scm;
 mod signal;
 mod socket;
 
@@ -43,5 +45,6 @@ pub use self::fd::{
 pub use self::identity::{check_identity, switch_identity};
 pub use self::memfd::sealed_memfd;
 pub use self::process::{exec_with_title, set_thread_name, spawn_with_fds};
+pub use self::scm::{recv_with_fds, send_with_fds};
 pub use self::signal::{ignore_sigpipe, signal_fd};
 pub use self::socket::{listen_reuseport, local_addr};

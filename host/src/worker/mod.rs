@@ -1,13 +1,13 @@
 //! A worker process: loads its plugin, then runs one mio event loop until the master tells it to
 //! stop (or goes away). Started by the master as `host worker` with the listening socket at fd 3,
-//! the control socket at fd 4 (see `ctl`) and the plugin snapshot (a sealed memfd) at fd 5; it
+//! its channel to the master at fd 4 (see `ctl`) and the plugin snapshot (a sealed memfd) at fd 5; it
 //! makes all three close-on-exec at once, and closes the snapshot once the plugin is loaded.
 
 mod core;
 mod dispatch;
 mod timers;
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use plugin_api::abi::{LogLevel, RawPluginBox, RawWorkerInfo, WorkerEnv};
 
 use self::core::{Core, CONN_TOKEN_BASE};
 use crate::config::WorkerSpec;
-use crate::ctl::{self, LineConn, ReportKind, ToMaster, ToWorker};
+use crate::ctl::{self, ReportKind, ToMaster, ToWorker, WorkerChannel, PROTOCOL};
 use crate::{plugin, sys};
 
 const LISTENER: Token = Token(0);
@@ -39,6 +39,10 @@ const LINGER_MS: u64 = 2000;
 const READ_CHUNK: usize = 64 * 1024;
 /// How soon accepting is tried again after the system ran out of descriptors or memory.
 const ACCEPT_RETRY_MS: u64 = 100;
+/// How long the worker waits for the master's hello (queued before the worker was started).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker that cannot start tries to tell the master why.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why the worker's loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,20 +58,21 @@ pub fn run() -> anyhow::Result<()> {
     let listener = std::net::TcpListener::from(sys::expect_socket(listener, "the listening socket")?);
     listener.set_nonblocking(true)?;
     let control = StdUnixStream::from(sys::expect_socket(control, "the control socket")?);
-    let spec_text = ctl::read_spec(&mut &control).context("could not read the worker spec")?;
-    let spec = WorkerSpec::decode(&spec_text).context("could not parse the worker spec")?;
+    control.set_nonblocking(true)?;
+    let mut channel = WorkerChannel::new(control.try_clone()?);
+    let spec = handshake(&mut channel, &control, HELLO_TIMEOUT).map_err(anyhow::Error::msg)?;
 
     let span = tracing::info_span!("worker", service = %spec.service, slot = spec.slot, pid = std::process::id());
     let _entered = span.enter();
     if let Err(e) = sys::switch_identity(spec.user.as_deref(), spec.group.as_deref()) {
         let msg = format!("could not switch user/group: {e}");
         tracing::error!("{msg}");
-        let _ = (&control).write_all(ToMaster::Error(msg).encode().as_bytes());
+        tell_master(&control, msg);
         std::process::exit(2);
     }
     sys::set_thread_name(&format!("host:{}#{}", spec.service, spec.slot));
 
-    match Worker::start(listener, control.try_clone()?, snapshot, &spec) {
+    match Worker::start(listener, channel, snapshot, &spec) {
         Ok(mut worker) => {
             let exit = worker.run_loop()?;
             worker.shut_down();
@@ -77,16 +82,47 @@ pub fn run() -> anyhow::Result<()> {
         Err(e) => {
             let msg = format!("{e:#}");
             tracing::error!("worker could not start: {msg}");
-            let _ = (&control).write_all(ToMaster::Error(msg).encode().as_bytes());
+            tell_master(&control, msg);
             std::process::exit(2);
         }
+    }
+}
+
+/// Reads the master's hello (waiting up to `timeout`) and answers with the worker's. A master of
+/// another protocol version (or one that sends no hello) is refused: the worker tells it why on
+/// `control` and fails.
+fn handshake(
+    channel: &mut WorkerChannel<StdUnixStream>,
+    control: &StdUnixStream,
+    timeout: Duration,
+) -> Result<WorkerSpec, String> {
+    let refusal = match channel.recv_timeout(timeout) {
+        Ok((ToWorker::Hello { spec, .. }, _)) => {
+            let answered =
+                channel.send(&ToMaster::Hello { protocol: PROTOCOL }).and_then(|()| channel.flush_timeout(timeout));
+            return answered.map(|()| spec).map_err(|e| format!("could not answer the master's hello: {e}"));
+        }
+        Ok((other, _)) => format!("the master sent {other:?} before its hello"),
+        Err(e) => format!("refused the master's hello: {e}"),
+    };
+    tell_master(control, refusal.clone());
+    Err(refusal)
+}
+
+/// Sends the master an error before exiting (best effort: the master may be gone), on a channel
+/// of its own: the worker's is dropped or holds nothing unsent (its hello was flushed).
+fn tell_master(control: &StdUnixStream, msg: String) {
+    let Ok(stream) = control.try_clone() else { return };
+    let mut channel = WorkerChannel::new(stream);
+    if channel.send(&ToMaster::Error(msg)).is_ok() {
+        let _ = channel.flush_timeout(FAREWELL_TIMEOUT);
     }
 }
 
 pub struct Worker {
     poll: Poll,
     listener: TcpListener,
-    control: LineConn<UnixStream>,
+    control: WorkerChannel<UnixStream>,
     signals: SignalFd,
     plugin: RawPluginBox,
     core: Core,
@@ -110,7 +146,7 @@ pub struct Worker {
 impl Worker {
     fn start(
         listener: std::net::TcpListener,
-        control: StdUnixStream,
+        control: WorkerChannel<StdUnixStream>,
         snapshot: OwnedFd,
         spec: &WorkerSpec,
     ) -> anyhow::Result<Self> {
@@ -136,10 +172,9 @@ impl Worker {
         };
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
-        control.set_nonblocking(true)?;
         let mut worker = Worker {
             listener: TcpListener::from_std(listener),
-            control: LineConn::new(UnixStream::from_std(control), ctl::MAX_REQUEST_LINE),
+            control: control.map_stream(UnixStream::from_std),
             signals,
             plugin,
             core: Core::new(registry, spec.service.clone(), spec.slot, spec.limits),
@@ -172,6 +207,8 @@ impl Worker {
 
     fn run_loop(&mut self) -> io::Result<Exit> {
         let mut events = Events::with_capacity(1024);
+        // What the master sent with its hello is read already: no event will announce it.
+        self.read_control();
         loop {
             let timeout = self.poll_timeout();
             match self.poll.poll(&mut events, timeout) {
@@ -280,13 +317,13 @@ impl Worker {
     }
 
     fn read_control(&mut self) {
-        let lines = self.control.read_lines();
-        for line in lines {
-            match ToWorker::parse(&line) {
-                Some(ToWorker::Stop) => self.exit = Some(Exit::Stopped),
-                Some(ToWorker::Drain { timeout_ms }) => self.start_drain(timeout_ms),
-                Some(ToWorker::ReloadHook) => dispatch::worker_reload(&mut self.plugin, &mut self.core),
-                Some(ToWorker::Report { id, kind }) => {
+        for msg in self.control.read() {
+            match msg {
+                ToWorker::Hello { .. } => tracing::warn!("a second hello from the master ignored"),
+                ToWorker::Stop => self.exit = Some(Exit::Stopped),
+                ToWorker::Drain { timeout_ms } => self.start_drain(timeout_ms),
+                ToWorker::ReloadHook => dispatch::worker_reload(&mut self.plugin, &mut self.core),
+                ToWorker::Report { id, kind } => {
                     let json = match kind {
                         ReportKind::Status => serde_json::to_string(&self.core.report()),
                         ReportKind::Connections => serde_json::to_string(&self.core.connections()),
@@ -294,18 +331,22 @@ impl Worker {
                     .expect("reports always serialize");
                     self.send_control(&ToMaster::Report { id, kind, json });
                 }
-                None => tracing::warn!(line, "unknown control message"),
             }
         }
         if self.control.closed && self.exit.is_none() {
-            tracing::warn!("the master is gone; stopping");
+            match &self.control.error {
+                Some(e) => tracing::error!("the channel to the master broke: {e}; stopping"),
+                None => tracing::warn!("the master is gone; stopping"),
+            }
             self.exit = Some(Exit::MasterGone);
         }
         self.flush_control();
     }
 
     fn send_control(&mut self, msg: &ToMaster) {
-        self.control.send(msg.encode().as_bytes()).ok();
+        if let Err(e) = self.control.send(msg) {
+            tracing::warn!("could not send the master {}: {e}", msg_name(msg));
+        }
         self.flush_control();
     }
 
@@ -400,6 +441,20 @@ impl Worker {
         // replacement does not reset them. Best effort: a master that is gone does not read it.
         let json = serde_json::to_string(&self.core.report()).expect("reports always serialize");
         self.send_control(&ToMaster::Report { id: ctl::FINAL_REPORT, kind: ReportKind::Status, json });
+        if self.control.pending() && !self.control.closed {
+            let _ = self.control.flush_timeout(FAREWELL_TIMEOUT);
+        }
+    }
+}
+
+/// A message's name for a log line (a report may be megabytes of JSON).
+fn msg_name(msg: &ToMaster) -> &'static str {
+    match msg {
+        ToMaster::Hello { .. } => "hello",
+        ToMaster::Error(_) => "error",
+        ToMaster::Ready => "ready",
+        ToMaster::Report { .. } => "report",
+        ToMaster::Alive => "alive",
     }
 }
 
@@ -471,5 +526,75 @@ extern "C" fn plugin_log(level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
         LogLevel::Info => tracing::info!(target: "plugin", plugin_target = t, "{m}"),
         LogLevel::Debug => tracing::debug!(target: "plugin", plugin_target = t, "{m}"),
         LogLevel::Trace => tracing::trace!(target: "plugin", plugin_target = t, "{m}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::ctl::MasterChannel;
+
+    fn pair() -> (MasterChannel<StdUnixStream>, WorkerChannel<StdUnixStream>, StdUnixStream) {
+        let (a, b) = StdUnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let control = b.try_clone().unwrap();
+        (MasterChannel::new(a), WorkerChannel::new(b), control)
+    }
+
+    fn spec() -> WorkerSpec {
+        WorkerSpec {
+            service: "web".into(),
+            slot: 1,
+            plugin_path: "/tmp/libtext.so".into(),
+            plugin_config: String::new(),
+            limits: Limits::default(),
+            worker_count: 2,
+            user: None,
+            group: None,
+            drain_timeout_ms: 100,
+            heartbeat_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn the_worker_answers_a_hello_of_its_version() {
+        let (mut master, mut worker, control) = pair();
+        master.send(&ToWorker::Hello { protocol: PROTOCOL, spec: spec() }).unwrap();
+        master.send(&ToWorker::Stop).unwrap();
+        assert_eq!(handshake(&mut worker, &control, Duration::from_secs(5)), Ok(spec()));
+        assert_eq!(master.recv_timeout(Duration::from_secs(5)).unwrap().0, ToMaster::Hello { protocol: PROTOCOL });
+        // What came after the hello waits for the worker's loop.
+        assert_eq!(worker.read(), vec![ToWorker::Stop]);
+    }
+
+    /// A master of protocol 2 whose hello has a shape this worker does not know.
+    #[derive(serde::Serialize)]
+    enum NextHello {
+        Hello { protocol: u32, spec: (String, Vec<u64>) },
+    }
+
+    #[test]
+    fn the_worker_refuses_a_master_of_another_version_and_says_why() {
+        let (master, mut worker, control) = pair();
+        let payload = postcard::to_stdvec(&NextHello::Hello { protocol: 2, spec: ("x".into(), vec![1]) }).unwrap();
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.push(0);
+        frame.extend_from_slice(&payload);
+        std::io::Write::write_all(&mut &master.stream, &frame).unwrap();
+        let err = handshake(&mut worker, &control, Duration::from_secs(5)).unwrap_err();
+        let expected =
+            format!("refused the master's hello: protocol mismatch: the peer speaks version 2, this side {PROTOCOL}");
+        assert_eq!(err, expected);
+        let mut master = master;
+        assert_eq!(master.recv_timeout(Duration::from_secs(5)).unwrap().0, ToMaster::Error(expected));
+    }
+
+    #[test]
+    fn the_worker_does_not_wait_for_a_hello_forever() {
+        let (_master, mut worker, control) = pair();
+        let err = handshake(&mut worker, &control, Duration::from_millis(50)).unwrap_err();
+        assert!(err.contains("nothing from the peer"), "{err}");
     }
 }

@@ -60,3 +60,5 @@ mod cli;
 mod robustness;
 // `host plugin new`: a new plugin builds, serves and passes its test; refusals leave nothing.
 mod scaffold;
+// The control socket as a raw client uses it: half-closed clients, unterminated and bad requests.
+mod control;

@@ -1,0 +1,81 @@
+//! The messages of the master↔worker channel ([`super::channel`]), encoded with postcard.
+//!
+//! Compatibility rule: in every version of the protocol, variant 0 of both enums is `Hello` with
+//! `protocol` as its first field, and variant 1 of [`ToMaster`] is `Error(String)`. A peer can
+//! therefore always read the other's version (and a worker's refusal) before it knows how to
+//! decode anything else. Any other change to these types bumps [`PROTOCOL`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::WorkerSpec;
+
+/// The version of the master↔worker protocol this binary speaks. A master and a worker of
+/// different versions refuse each other at the hello (the worker after a binary upgrade is exec'd
+/// from the new file while the old master runs).
+pub const PROTOCOL: u32 = 1;
+
+/// The id of the status report a worker sends unasked as it exits (requests count from 1).
+pub const FINAL_REPORT: u64 = 0;
+
+/// What a report request asks a worker for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReportKind {
+    Status,
+    Connections,
+}
+
+/// A message from the master to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// The master's first frame: its protocol version and the worker's settings.
+    Hello {
+        protocol: u32,
+        spec: WorkerSpec,
+    },
+    /// Stop accepting, drain connections, exit within this many milliseconds.
+    Drain {
+        timeout_ms: u64,
+    },
+    /// Close everything and exit now.
+    Stop,
+    /// The service is not reloadable: call the plugin's reload hook instead of a restart.
+    ReloadHook,
+    Report {
+        id: u64,
+        kind: ReportKind,
+    },
+}
+
+/// A message from a worker to the master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToMaster {
+    /// The worker's first frame, answering the master's: its protocol version.
+    Hello { protocol: u32 },
+    /// The worker cannot start (sent instead of the hello when the versions differ), then exits.
+    Error(String),
+    /// The plugin is loaded and started: the worker serves.
+    Ready,
+    /// The answer to a report request. The report stays JSON (built with serde_json from
+    /// `status::WorkerReport` or the connection rows): the master passes most of it through to
+    /// `host status`/`connections` untouched, and the status format stays the one source of truth.
+    Report { id: u64, kind: ReportKind, json: String },
+    /// The worker's loop turns (sent at most once a heartbeat): the watchdog's sign of life.
+    Alive,
+}
+
+/// What a channel needs to know of the messages it receives.
+pub trait Message: Serialize + serde::de::DeserializeOwned {
+    /// Whether a peer may send variant `tag` before its hello (a worker's refusal).
+    fn allowed_before_hello(_tag: u32) -> bool {
+        false
+    }
+}
+
+impl Message for ToWorker {}
+
+impl Message for ToMaster {
+    fn allowed_before_hello(tag: u32) -> bool {
+        // `Error`: a worker of another version says why it refuses.
+        tag == 1
+    }
+}
