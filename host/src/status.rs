@@ -23,6 +23,40 @@ pub struct WorkerReport {
     pub last_panic_s: Option<u64>,
     pub timers: u64,
     pub draining: bool,
+    /// The plugin's own counters (`Host::counter`).
+    #[serde(default)]
+    pub plugin_counters: Vec<PluginCounter>,
+}
+
+/// A counter a plugin registered: `host_plugin_NAME_total{service, slot, LABELS}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginCounter {
+    pub name: String,
+    /// `key=value` pairs separated by commas (may be empty).
+    pub labels: String,
+    pub help: String,
+    pub value: u64,
+}
+
+impl PluginCounter {
+    /// A metric name (`[a-z_][a-z0-9_]*`, 64 bytes at most) and well-formed labels.
+    pub fn valid(name: &str, labels: &str) -> bool {
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && !s.as_bytes()[0].is_ascii_digit()
+        };
+        let pair_ok = |p: &str| {
+            p.split_once('=').is_some_and(|(k, v)| ident(k) && !v.contains(['"', '\\', '\n']) && v.len() <= 128)
+        };
+        ident(name) && (labels.is_empty() || labels.split(',').all(pair_ok))
+    }
+
+    /// The labels as pairs.
+    pub fn label_pairs(&self) -> Vec<(String, String)> {
+        self.labels.split(',').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
 }
 
 impl WorkerReport {
@@ -34,6 +68,12 @@ impl WorkerReport {
         self.bytes_out += other.bytes_out;
         self.send_failures += other.send_failures;
         self.plugin_panics += other.plugin_panics;
+        for c in &other.plugin_counters {
+            match self.plugin_counters.iter_mut().find(|m| m.name == c.name && m.labels == c.labels) {
+                Some(mine) => mine.value += c.value,
+                None => self.plugin_counters.push(c.clone()),
+            }
+        }
     }
 }
 
@@ -424,6 +464,21 @@ mod tests {
         assert!(rows[1].ends_with("busy") && rows[1].contains(" - "), "{}", rows[1]);
         let total = text.lines().find(|l| l.starts_with("total ")).expect("a totals row");
         assert!(total.contains("1500") && total.contains("4.0M"), "{total}");
+    }
+
+    #[test]
+    fn plugin_counters_are_checked_and_added_up() {
+        assert!(PluginCounter::valid("http_responses", "class=2xx"));
+        assert!(PluginCounter::valid("a", ""));
+        for (name, labels) in [("", ""), ("9x", ""), ("Caps", ""), ("ok", "novalue"), ("ok", "k=\"q\"")] {
+            assert!(!PluginCounter::valid(name, labels), "{name} {labels}");
+        }
+        let counter =
+            |labels: &str, value| PluginCounter { name: "r".into(), labels: labels.into(), help: String::new(), value };
+        let mut a = WorkerReport { plugin_counters: vec![counter("c=1", 2)], ..Default::default() };
+        let b = WorkerReport { plugin_counters: vec![counter("c=1", 3), counter("c=2", 1)], ..Default::default() };
+        a.add_counters(&b);
+        assert_eq!(a.plugin_counters, vec![counter("c=1", 5), counter("c=2", 1)]);
     }
 
     #[test]

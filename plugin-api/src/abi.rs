@@ -291,7 +291,24 @@ pub trait RawHost {
     fn worker_count(&self) -> u32 {
         0
     }
+
+    /// Registers (or finds) a counter of this plugin, reported in the host's metrics as
+    /// `host_plugin_NAME_total` with the worker's service and slot and `labels` (`key=value`
+    /// pairs separated by commas; may be empty). Returns its id, or [`NO_COUNTER`] when the name
+    /// or labels are invalid or the host is too old to count.
+    fn counter(&mut self, name: RStr<'_>, labels: RStr<'_>, help: RStr<'_>) -> u32 {
+        let _ = (name, labels, help);
+        NO_COUNTER
+    }
+
+    /// Adds `delta` to a counter [`RawHost::counter`] returned (unknown ids are ignored).
+    fn counter_add(&mut self, counter: u32, delta: u64) {
+        let _ = (counter, delta);
+    }
 }
+
+/// What [`RawHost::counter`] answers when it registers nothing.
+pub const NO_COUNTER: u32 = u32::MAX;
 
 /// The host handle passed to every callback, borrowed for that call only.
 pub type RawHostRef<'a> = RawHost_TO<'a, abi_stable::sabi_types::RMut<'a, ()>>;

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use abi_stable::std_types::RSlice;
+use abi_stable::std_types::{RSlice, RStr};
 
 use crate::abi::{self, ConnErrorCode, ConnId, RawFrame, RawHostRef, RawSockAddr, TimerId};
 
@@ -207,7 +207,27 @@ impl<'a> Host<'a> {
             n => Some(n),
         }
     }
+
+    /// A counter of this plugin in the host's metrics: `host_plugin_NAME_total{service, slot,
+    /// LABELS}`. `name` is `[a-z_][a-z0-9_]*` (64 bytes at most), `labels` `key=value` pairs
+    /// separated by commas (or empty). Register once (in `on_worker_start`), then
+    /// [`Host::add`] is cheap. `None`: an invalid name, or a host too old to count.
+    pub fn counter(&mut self, name: &str, labels: &str, help: &str) -> Option<Counter> {
+        match self.raw.counter(RStr::from_str(name), RStr::from_str(labels), RStr::from_str(help)) {
+            crate::abi::NO_COUNTER => None,
+            id => Some(Counter(id)),
+        }
+    }
+
+    /// Adds `delta` to `counter`.
+    pub fn add(&mut self, counter: Counter, delta: u64) {
+        self.raw.counter_add(counter.0, delta)
+    }
 }
+
+/// A counter registered with [`Host::counter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter(u32);
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -317,6 +317,25 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics) -> String {
             open.get_or_create(&l).set(r.connections as i64);
         }
     }
+    // The plugins' own counters, one family per name.
+    let mut families: Vec<(String, Family<Labels, Counter>)> = Vec::new();
+    for w in status.workers.iter().filter(|w| w.state != "draining") {
+        let Some(t) = w.slot_totals.as_ref().or(w.report.as_ref()) else { continue };
+        for c in &t.plugin_counters {
+            let family = match families.iter().find(|(n, _)| *n == c.name) {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let f = Family::<Labels, Counter>::default();
+                    registry.register(format!("plugin_{}", c.name), c.help.clone(), f.clone());
+                    families.push((c.name.clone(), f.clone()));
+                    f
+                }
+            };
+            let mut l = labels(&[("service", &w.service), ("slot", &w.slot.to_string())]);
+            l.extend(c.label_pairs());
+            family.get_or_create(&l).inc_by(c.value);
+        }
+    }
     for e in &status.exits {
         restarts.get_or_create(&labels(&[("service", &e.service), ("how", &e.how)])).inc_by(e.count);
     }

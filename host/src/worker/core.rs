@@ -16,7 +16,10 @@ use plugin_api::{raw_sock_addr, ConnId, TimerId};
 
 use super::timers::Timers;
 use crate::config::Limits;
-use crate::status::{ConnReport, WorkerReport};
+use crate::status::{ConnReport, PluginCounter, WorkerReport};
+
+/// The most counters one plugin may register (they cost memory in every report).
+const MAX_PLUGIN_COUNTERS: usize = 256;
 
 /// Written output is dropped from the front of the buffer once this much of it was written.
 const COMPACT_AT: usize = 64 * 1024;
@@ -189,6 +192,8 @@ pub struct Core {
     pub slot: u32,
     /// Workers of the service (`RawHost::worker_count`); 0 until the worker sets it.
     pub worker_count: u32,
+    /// The plugin's own counters (`RawHost::counter`), by id.
+    pub plugin_counters: Vec<PluginCounter>,
     /// Connections with output to flush or a close to carry out.
     pub dirty: Vec<usize>,
     /// The other half of `dirty`, swapped in while it is worked through (no allocation a turn).
@@ -212,6 +217,7 @@ impl Core {
             service,
             slot,
             worker_count: 0,
+            plugin_counters: Vec::new(),
             dirty: Vec::new(),
             dirty_spare: Vec::new(),
             deferred: VecDeque::new(),
@@ -321,6 +327,7 @@ impl Core {
             last_panic_s: self.stats.last_panic_ms.map(|at| self.now_ms.saturating_sub(at) / 1000),
             timers: self.timers.len() as u64,
             draining: self.draining,
+            plugin_counters: self.plugin_counters.clone(),
         }
     }
 
@@ -476,6 +483,25 @@ impl RawHost for Ctx<'_> {
 
     fn worker_count(&self) -> u32 {
         self.core.worker_count
+    }
+
+    fn counter(&mut self, name: RStr<'_>, labels: RStr<'_>, help: RStr<'_>) -> u32 {
+        let (name, labels) = (name.as_str(), labels.as_str());
+        if let Some(i) = self.core.plugin_counters.iter().position(|c| c.name == name && c.labels == labels) {
+            return i as u32;
+        }
+        if !PluginCounter::valid(name, labels) || self.core.plugin_counters.len() >= MAX_PLUGIN_COUNTERS {
+            return plugin_api::abi::NO_COUNTER;
+        }
+        let counter = PluginCounter { name: name.into(), labels: labels.into(), help: help.as_str().into(), value: 0 };
+        self.core.plugin_counters.push(counter);
+        (self.core.plugin_counters.len() - 1) as u32
+    }
+
+    fn counter_add(&mut self, counter: u32, delta: u64) {
+        if let Some(c) = self.core.plugin_counters.get_mut(counter as usize) {
+            c.value = c.value.saturating_add(delta);
+        }
     }
 }
 

@@ -52,7 +52,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use http_proto::response::{self, DateCache};
-use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Frame, Host, Protocol, WorkerInfo};
+use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Counter, Frame, Host, Protocol, WorkerInfo};
 use serde::Deserialize;
 
 pub use http_proto::{chunked, parse, persist, request_path, ConnState, Limits, Method, Persist, Request, Status};
@@ -158,6 +158,8 @@ pub struct Http {
     stream_next: Option<(File, VecDeque<Part>)>,
     /// Output queued per connection at most while streaming (the host's send buffer).
     send_window: usize,
+    /// `host_plugin_http_responses_total{class="1xx".."5xx"}` (None: a host too old to count).
+    responses: [Option<Counter>; 5],
 }
 
 /// Per-connection state.
@@ -210,7 +212,16 @@ impl Protocol for Http {
             date: Default::default(),
             stream_next: None,
             send_window: worker.max_send_buffer.max(STREAM_CHUNK),
+            responses: [None; 5],
         })
+    }
+
+    fn on_worker_start(&mut self, host: &mut Host<'_>) -> Result<(), String> {
+        for (i, counter) in self.responses.iter_mut().enumerate() {
+            let class = format!("class={}xx", i + 1);
+            *counter = host.counter("http_responses", &class, "HTTP responses by status class");
+        }
+        Ok(())
     }
 
     fn input(&mut self, host: &mut Host<'_>, conn: ConnId, buf: &[u8]) -> Frame {
@@ -239,8 +250,13 @@ impl Protocol for Http {
         let persist = match answered {
             Ok(None) => return c.state.framer = framer,
             Ok(Some(persist)) => persist,
-            Err(status) => return c.state.reject(host, conn, status, &mut self.date, &mut self.out),
+            Err(status) => {
+                c.state.reject(host, conn, status, &mut self.date, &mut self.out);
+                return self.count_response(host);
+            }
         };
+        self.count_response(host);
+        let c = self.conns.entry(conn);
         framer.finish();
         c.state.framer = framer;
         c.state.in_flight = false;
@@ -270,7 +286,10 @@ impl Protocol for Http {
     fn on_error(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
         let state = &mut self.conns.entry(conn).state;
         match state.error_status(err) {
-            Some(status) => state.reject(host, conn, status, &mut self.date, &mut self.out),
+            Some(status) => {
+                state.reject(host, conn, status, &mut self.date, &mut self.out);
+                self.count_response(host);
+            }
             None => host.close(conn),
         }
     }
@@ -285,6 +304,17 @@ impl Protocol for Http {
 }
 
 impl Http {
+    /// Counts the response just written to `out` by its status class.
+    fn count_response(&self, host: &mut Host<'_>) {
+        let class = match self.out.get(..10) {
+            Some([b'H', b'T', b'T', b'P', b'/', _, _, _, b' ', d]) if (b'1'..=b'5').contains(d) => (d - b'1') as usize,
+            _ => return,
+        };
+        if let Some(counter) = self.responses[class] {
+            host.add(counter, 1);
+        }
+    }
+
     /// Sends the next part of a streamed body: up to the send buffer (the host then reports the
     /// connection full, and drained once it is written, which calls this again).
     fn pump(&mut self, host: &mut Host<'_>, conn: ConnId) {

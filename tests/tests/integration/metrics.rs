@@ -73,6 +73,8 @@ fn metrics_count_requests_across_a_reload_and_health_is_ok() {
     assert_eq!(code, 200);
     let parsed = parse_metrics(&text);
     assert_eq!(sample(&parsed, "host_messages_total{"), 7.0, "{parsed}");
+    // The http plugin's own counter, through the SDK.
+    assert_eq!(sample(&parsed, "host_plugin_http_responses_total{class=2xx,"), 7.0, "{parsed}");
     assert_contains!(parsed, "host_plugin_info{hash=");
     assert_contains!(parsed, "host_master_uptime_seconds{}");
     let out = host.command(["reload", "-g"], Duration::from_secs(30));
@@ -86,6 +88,7 @@ fn metrics_count_requests_across_a_reload_and_health_is_ok() {
     })
     .unwrap_or_else(|| panic!("counters reset by the reload:\n{}", admin_get(port, "/metrics").1));
     assert_eq!(sample(&parsed, "host_reloads_total{outcome=done}"), 1.0, "{parsed}");
+    assert_eq!(sample(&parsed, "host_plugin_http_responses_total{class=2xx,"), 8.0, "{parsed}");
     assert_eq!(admin_get(port, "/nope").0, 404);
 }
 
