@@ -18,6 +18,10 @@ mod plugins;
 mod panic;
 // Workerman's Text protocol through the `text` plugin: framing and the max package size.
 mod text;
+// Workerman's Frame protocol through the `frame` plugin: length-prefixed frames, bad lengths.
+mod frame;
+// The `resp` plugin: a Redis-compatible store driven by redis-cli, redis-py and redis-benchmark.
+mod resp;
 // Hot reload: plugin files replaced by mv, cp, a refused file, a missing one, cargo build.
 mod reload;
 // The max send buffer: a client that does not read is paused, then served in full.

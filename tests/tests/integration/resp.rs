@@ -1,0 +1,1 @@
+//! The `resp` plugin (in progress).
