@@ -206,7 +206,8 @@ pub fn parse_i64(s: &[u8]) -> Option<i64> {
 pub struct Args {
     ranges: Vec<Range<usize>>,
     unescaped: Vec<u8>,
-    inline: bool,
+    /// The ranges point into `unescaped` (an inline command with quotes), not the message.
+    own_buffer: bool,
 }
 
 /// A parsed command's arguments, borrowed.
@@ -240,10 +241,16 @@ impl Args {
     /// command cannot fail here (framing checked it); an inline one can (unbalanced quotes).
     pub fn parse(&mut self, msg: &[u8]) -> Result<(), ProtocolError> {
         self.ranges.clear();
-        self.inline = msg.first() != Some(&b'*');
-        if self.inline {
+        self.own_buffer = false;
+        if msg.first() != Some(&b'*') {
             let line = msg.strip_suffix(b"\n").unwrap_or(msg);
             let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if memchr::memchr2(b'"', b'\'', line).is_none() {
+                // No quotes, so no escapes: the arguments are ranges of the line itself.
+                split_plain(line, &mut self.ranges);
+                return Ok(());
+            }
+            self.own_buffer = true;
             self.unescaped.clear();
             return split_inline(line, &mut self.unescaped, &mut self.ranges);
         }
@@ -265,7 +272,7 @@ impl Args {
 
     /// The arguments of the last [`Args::parse`] of `msg`.
     pub fn view<'a>(&'a self, msg: &'a [u8]) -> ArgsView<'a> {
-        let src = if self.inline { &self.unescaped[..] } else { msg };
+        let src = if self.own_buffer { &self.unescaped[..] } else { msg };
         ArgsView { src, ranges: &self.ranges }
     }
 }
@@ -344,6 +351,22 @@ fn split_inline(line: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>) 
             i += 1;
         }
         ranges.push(start..out.len());
+    }
+}
+
+/// Arguments separated by whitespace, without quotes: ranges of `line`.
+fn split_plain(line: &[u8], ranges: &mut Vec<Range<usize>>) {
+    let mut i = 0;
+    while i < line.len() {
+        if is_space(line[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < line.len() && !is_space(line[i]) {
+            i += 1;
+        }
+        ranges.push(start..i);
     }
 }
 
