@@ -30,6 +30,10 @@ mod text;
 // WebSocket through the `websocket` echo plugin and the `ws_chat` example: a Python client,
 // raw sockets for bad input, subprotocols, origins, server pings, drain.
 mod websocket;
+// Workerman's Frame protocol through the `frame` plugin: length-prefixed frames, bad lengths.
+mod frame;
+// The `resp` plugin: a Redis-compatible store driven by redis-cli, redis-py and redis-benchmark.
+mod resp;
 // Hot reload: plugin files replaced by mv, cp, a refused file, a missing one, cargo build.
 mod reload;
 // The max send buffer: a client that does not read is paused, then served in full.

@@ -1,0 +1,184 @@
+//! A Redis-compatible in-memory key-value store: RESP2, and RESP3 after `HELLO 3`; inline and
+//! multibulk commands; pipelining. redis-cli, redis-benchmark and redis-py work against it.
+//!
+//! **Each worker has its own keyspace.** Workers are separate processes and share nothing: with
+//! `--count 4` a key set through one connection is invisible on a connection that landed on
+//! another worker. Run it with `count = 1` (as `examples/resp.toml` does) for one store.
+//!
+//! Run: `host --plugin resp --count 1 --listen 127.0.0.1:6380`, then `redis-cli -p 6380`.
+//!
+//! No config keys. The service's `max_package_size` (`--max-package-size`, 1 MiB by default) is
+//! the largest command accepted, so also the largest value (Redis: 512 MB); raise it for larger
+//! values. A command that could never fit (a huge `*count` or `$length`) is refused at once with
+//! Redis' protocol error, never buffered.
+//!
+//! Commands (Redis 7.0 semantics and error texts): `GET`, `SET` (`EX`, `PX`, `NX`, `XX`, `GET`,
+//! `KEEPTTL`), `SETNX`, `SETEX`, `PSETEX`, `GETSET`, `GETDEL`, `MGET`, `MSET`, `MSETNX`, `DEL`,
+//! `UNLINK`, `EXISTS`, `TYPE`, `INCR`, `DECR`, `INCRBY`, `DECRBY`, `APPEND`, `STRLEN`, `EXPIRE`,
+//! `PEXPIRE` (`NX`, `XX`, `GT`, `LT`), `TTL`, `PTTL`, `PERSIST`, `KEYS`, `SCAN` (`MATCH`, `COUNT`,
+//! `TYPE`), `DBSIZE`, `FLUSHALL`, `FLUSHDB`, `PING`, `ECHO`, `SELECT 0`, `HELLO`, `AUTH`, `CLIENT`
+//! (`ID`, `GETNAME`, `SETNAME`, `SETINFO`, `INFO`, `NO-EVICT`, `NO-TOUCH`), `CONFIG GET`,
+//! `COMMAND` (`COUNT`, `LIST`, `INFO`, `DOCS`: an empty map), `INFO`, `QUIT`. Values are strings
+//! only. Nothing is persisted.
+//!
+//! Keys expire lazily when touched, and actively: every 100 ms the worker samples keys that have
+//! a deadline, 20 at a time, and removes the expired ones, going on while more than 10% of a
+//! sample had expired, within a bounded number of rounds and about a millisecond (Redis' algorithm).
+//!
+//! The parts are public for other plugins: [`proto`] frames and splits commands, [`reply`]
+//! writes RESP2/RESP3 replies, [`store`] is the keyspace, [`commands`] runs commands on it.
+
+pub mod commands;
+pub mod glob;
+pub mod proto;
+pub mod reply;
+pub mod store;
+
+use std::time::{Duration, Instant};
+
+use plugin_api::{export_plugin, ConnId, ConnMap, Frame, Host, Protocol, TimerId, WorkerInfo};
+
+use crate::commands::{execute, After, Server, ServerInfo, Session};
+use crate::proto::{frame_command, Args, Framed, Progress, BULK_MAX};
+
+/// How often active expiry runs (Redis' default `hz`).
+const EXPIRE_INTERVAL: Duration = Duration::from_millis(100);
+/// Sampling rounds per batch of active expiry; a tick runs batches until little is stale, at most
+/// [`EXPIRE_MAX_BATCHES`] of them and at most [`EXPIRE_BUDGET`].
+const EXPIRE_ROUNDS: usize = 16;
+const EXPIRE_MAX_BATCHES: usize = 16;
+const EXPIRE_BUDGET: Duration = Duration::from_millis(1);
+/// The `data` of the active expiry timer.
+const EXPIRE_TIMER: u64 = 1;
+
+#[derive(Debug, Default)]
+struct Conn {
+    session: Session,
+    /// Where framing stopped in an incomplete command.
+    progress: Progress,
+    /// Part of a command is buffered.
+    partial: bool,
+    /// Draining: close after the command in flight.
+    close_after_command: bool,
+}
+
+pub struct Resp {
+    server: Server,
+    conns: ConnMap<Conn>,
+    /// Reused from one command to the next.
+    args: Args,
+    out: Vec<u8>,
+    max_package_size: usize,
+}
+
+impl Resp {
+    fn conn(&mut self, host: &Host<'_>, conn: ConnId) -> &mut Conn {
+        if self.conns.get(conn).is_none() {
+            let session = self.server.new_session(host.peer_addr(conn), host.local_addr(conn));
+            self.conns.insert(conn, Conn { session, ..Conn::default() });
+        }
+        self.conns.get_mut(conn).expect("just inserted")
+    }
+}
+
+impl Protocol for Resp {
+    fn new(_config: &str, worker: &WorkerInfo) -> Result<Self, String> {
+        let info = ServerInfo {
+            pid: worker.pid,
+            slot: worker.slot,
+            service: worker.service.clone(),
+            max_bulk: worker.max_package_size.min(BULK_MAX),
+        };
+        Ok(Resp {
+            server: Server::new(info),
+            conns: ConnMap::new(),
+            args: Args::default(),
+            out: Vec::with_capacity(4096),
+            max_package_size: worker.max_package_size,
+        })
+    }
+
+    fn on_worker_start(&mut self, host: &mut Host<'_>) -> Result<(), String> {
+        self.server.started_ms = host.now_ms();
+        host.add_interval(EXPIRE_INTERVAL, EXPIRE_TIMER);
+        Ok(())
+    }
+
+    fn on_connect(&mut self, host: &mut Host<'_>, conn: ConnId) {
+        self.conn(host, conn);
+    }
+
+    fn input(&mut self, host: &mut Host<'_>, conn: ConnId, buf: &[u8]) -> Frame {
+        let max = self.max_package_size;
+        let state = self.conn(host, conn);
+        match frame_command(buf, max, &mut state.progress) {
+            Framed::NeedMore => {
+                state.partial = true;
+                Frame::NeedMore
+            }
+            Framed::Complete(len) => {
+                state.progress = Progress::default();
+                state.partial = len > buf.len();
+                Frame::Complete(len)
+            }
+            Framed::Error(e) => {
+                // Redis answers a protocol error, then closes the connection.
+                self.out.clear();
+                e.write_reply(&mut self.out);
+                host.send(conn, &self.out);
+                Frame::Invalid
+            }
+        }
+    }
+
+    fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
+        let now = host.now_ms();
+        self.conn(host, conn);
+        let Some(state) = self.conns.get_mut(conn) else { return };
+        state.partial = false;
+        self.out.clear();
+        if let Err(e) = self.args.parse(msg) {
+            e.write_reply(&mut self.out);
+            host.close_with(conn, &self.out);
+            return;
+        }
+        let after = execute(&mut self.server, &mut state.session, self.args.view(msg), now, &mut self.out);
+        if !self.out.is_empty() {
+            host.send(conn, &self.out);
+        }
+        if after == After::Close || state.close_after_command {
+            host.close(conn);
+        }
+    }
+
+    fn on_close(&mut self, _host: &mut Host<'_>, conn: ConnId) {
+        if self.conns.remove(conn).is_some() {
+            self.server.end_session();
+        }
+    }
+
+    fn on_timer(&mut self, host: &mut Host<'_>, _timer: TimerId, data: u64) {
+        if data != EXPIRE_TIMER {
+            return;
+        }
+        let now = host.now_ms();
+        let started = Instant::now();
+        for _ in 0..EXPIRE_MAX_BATCHES {
+            let (_, more) = self.server.store.expire_cycle(now, EXPIRE_ROUNDS);
+            if !more || started.elapsed() >= EXPIRE_BUDGET {
+                break;
+            }
+        }
+    }
+
+    fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
+        let state = self.conn(host, conn);
+        if state.partial {
+            state.close_after_command = true;
+        } else {
+            host.close(conn);
+        }
+    }
+}
+
+export_plugin!(Resp);

@@ -1,0 +1,365 @@
+//! One worker's keyspace: string values with optional deadlines, expired lazily on access and
+//! actively by sampling, as Redis does.
+//!
+//! Times are milliseconds on the worker's monotonic clock (`Host::now_ms`). The keyspace is an
+//! insertion-ordered hash map: a key's position gives `SCAN` a cursor and active expiry a random
+//! pick in O(1). Keys with a deadline are also kept in a second set, the one active expiry samples.
+
+use indexmap::{IndexMap, IndexSet};
+
+use crate::glob::glob_match;
+
+/// A deadline that never comes.
+pub const NEVER: u64 = u64::MAX;
+
+/// Keys sampled per round of active expiry (Redis: `ACTIVE_EXPIRE_CYCLE_KEYS_PER_LOOP`).
+pub const EXPIRE_SAMPLE: usize = 20;
+/// Another round follows while more than this percentage of a sample had expired
+/// (Redis: `ACTIVE_EXPIRE_CYCLE_ACCEPTABLE_STALE`).
+const EXPIRE_STALE_PERCENT: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    /// When the key expires, or [`NEVER`].
+    pub expires_at: u64,
+}
+
+/// The keyspace.
+#[derive(Debug)]
+pub struct Store {
+    map: IndexMap<Box<[u8]>, Entry>,
+    /// The keys of `map` that have a deadline.
+    volatile: IndexSet<Box<[u8]>>,
+    /// xorshift64 state, for sampling.
+    rng: u64,
+    /// Keys removed because they expired, since the start.
+    pub expired_keys: u64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+impl Store {
+    /// An empty keyspace; `seed` drives the sampling of keys to expire.
+    pub fn new(seed: u64) -> Self {
+        Store { map: IndexMap::new(), volatile: IndexSet::new(), rng: seed | 1, expired_keys: 0 }
+    }
+
+    /// Keys, expired ones not yet removed included (as Redis' `DBSIZE`).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Keys with a deadline.
+    pub fn volatile_len(&self) -> usize {
+        self.volatile.len()
+    }
+
+    /// The live entry of `key`; an expired one is removed first.
+    pub fn get(&mut self, key: &[u8], now: u64) -> Option<&Entry> {
+        self.get_mut(key, now).map(|e| &*e)
+    }
+
+    pub fn get_mut(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
+        let i = self.live_index(key, now)?;
+        self.map.get_index_mut(i).map(|(_, e)| e)
+    }
+
+    pub fn contains(&mut self, key: &[u8], now: u64) -> bool {
+        self.live_index(key, now).is_some()
+    }
+
+    fn live_index(&mut self, key: &[u8], now: u64) -> Option<usize> {
+        let (i, _, entry) = self.map.get_full(key)?;
+        if now >= entry.expires_at {
+            self.remove_expired(i);
+            return None;
+        }
+        Some(i)
+    }
+
+    fn remove_expired(&mut self, i: usize) {
+        if let Some((key, _)) = self.map.swap_remove_index(i) {
+            self.volatile.swap_remove(&key);
+            self.expired_keys += 1;
+        }
+    }
+
+    /// Stores `value` under `key` with the deadline `expires_at` ([`NEVER`]: none), or keeping the
+    /// key's current deadline when `expires_at` is `None` (`KEEPTTL`). An existing value's
+    /// allocation is reused.
+    pub fn set(&mut self, key: &[u8], value: &[u8], expires_at: Option<u64>, now: u64) {
+        match self.get_mut(key, now) {
+            Some(entry) => {
+                entry.value.clear();
+                entry.value.extend_from_slice(value);
+                if let Some(at) = expires_at {
+                    self.set_deadline(key, at);
+                }
+            }
+            None => {
+                let at = expires_at.unwrap_or(NEVER);
+                if at != NEVER {
+                    self.volatile.insert(key.into());
+                }
+                self.map.insert(key.into(), Entry { value: value.to_vec(), expires_at: at });
+            }
+        }
+    }
+
+    /// The entry of `key`, created empty (without a deadline) when missing or expired.
+    pub fn entry(&mut self, key: &[u8], now: u64) -> &mut Entry {
+        let i = match self.live_index(key, now) {
+            Some(i) => i,
+            None => self.map.insert_full(key.into(), Entry { value: Vec::new(), expires_at: NEVER }).0,
+        };
+        &mut self.map[i]
+    }
+
+    /// Sets the deadline of an existing key ([`NEVER`]: none). False when the key is missing.
+    pub fn set_deadline(&mut self, key: &[u8], at: u64) -> bool {
+        let Some(entry) = self.map.get_mut(key) else { return false };
+        let was = entry.expires_at;
+        entry.expires_at = at;
+        match (was == NEVER, at == NEVER) {
+            (true, false) => {
+                self.volatile.insert(key.into());
+            }
+            (false, true) => {
+                self.volatile.swap_remove(key);
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Removes `key`; false when it was missing (or had expired).
+    pub fn remove(&mut self, key: &[u8], now: u64) -> bool {
+        let Some((_, _, entry)) = self.map.swap_remove_full(key) else { return false };
+        if entry.expires_at != NEVER {
+            self.volatile.swap_remove(key);
+        }
+        if now >= entry.expires_at {
+            self.expired_keys += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Removes `key` and returns its live value.
+    pub fn take(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>> {
+        self.live_index(key, now)?;
+        let (_, _, entry) = self.map.swap_remove_full(key)?;
+        if entry.expires_at != NEVER {
+            self.volatile.swap_remove(key);
+        }
+        Some(entry.value)
+    }
+
+    pub fn clear(&mut self) {
+        self.map = IndexMap::new();
+        self.volatile = IndexSet::new();
+    }
+
+    /// Every live key matching `pattern`.
+    pub fn keys<'a>(&'a self, pattern: &'a [u8], now: u64) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let all = pattern == b"*";
+        self.map
+            .iter()
+            .filter(move |(k, e)| now < e.expires_at && (all || glob_match(pattern, k, false)))
+            .map(|(k, _)| &**k)
+    }
+
+    /// One step of `SCAN`: visits up to `count` keys below `cursor` (0: from the end) and passes
+    /// the live ones matching `pattern` to `found`; returns the next cursor (0: done).
+    ///
+    /// Keys are visited from the last position down. Removing a key moves the last key into its
+    /// place, that is from the visited part into the unvisited one (it may be returned twice, which
+    /// SCAN allows), never the other way; new keys are appended to the visited part. So every key
+    /// present for the whole iteration is returned, as Redis guarantees.
+    pub fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        pattern: Option<&[u8]>,
+        now: u64,
+        mut found: impl FnMut(&[u8]),
+    ) -> u64 {
+        let len = self.map.len() as u64;
+        let mut i = if cursor == 0 { len } else { cursor.min(len) };
+        let mut visited = 0;
+        while i > 0 && visited < count.max(1) {
+            i -= 1;
+            visited += 1;
+            let (key, entry) = self.map.get_index(i as usize).expect("below len");
+            if now < entry.expires_at && pattern.is_none_or(|p| glob_match(p, key, false)) {
+                found(key);
+            }
+        }
+        i
+    }
+
+    /// Redis' active expiry: rounds of [`EXPIRE_SAMPLE`] random keys with a deadline, removing
+    /// the expired ones, while more than 10% of a round had expired and at most `max_rounds`
+    /// rounds. Returns how many keys were removed, and whether the last round still found more
+    /// than 10% expired (another cycle would be worth it).
+    pub fn expire_cycle(&mut self, now: u64, max_rounds: usize) -> (usize, bool) {
+        let mut removed = 0;
+        for _ in 0..max_rounds {
+            let sample = self.volatile.len().min(EXPIRE_SAMPLE);
+            if sample == 0 {
+                break;
+            }
+            let mut expired = 0;
+            for _ in 0..sample {
+                let n = self.volatile.len();
+                if n == 0 {
+                    break;
+                }
+                let pick = (self.next_random() % n as u64) as usize;
+                let key = &self.volatile[pick];
+                let Some((i, _, entry)) = self.map.get_full(&**key) else {
+                    // Cannot happen (both sets change together); heal rather than loop.
+                    self.volatile.swap_remove_index(pick);
+                    continue;
+                };
+                if now >= entry.expires_at {
+                    self.remove_expired(i);
+                    expired += 1;
+                }
+            }
+            removed += expired;
+            if expired * 100 <= sample * EXPIRE_STALE_PERCENT {
+                return (removed, false);
+            }
+        }
+        (removed, !self.volatile.is_empty())
+    }
+
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_keys_vanish_on_access() {
+        let mut s = Store::default();
+        s.set(b"a", b"1", Some(100), 0);
+        s.set(b"b", b"2", None, 0);
+        assert_eq!(s.get(b"a", 99).map(|e| e.value.clone()), Some(b"1".to_vec()));
+        assert_eq!(s.volatile_len(), 1);
+        assert!(s.get(b"a", 100).is_none());
+        assert_eq!((s.len(), s.volatile_len(), s.expired_keys), (1, 0, 1));
+        assert!(s.contains(b"b", u64::MAX - 1));
+    }
+
+    #[test]
+    fn set_keeps_or_replaces_the_deadline() {
+        let mut s = Store::default();
+        s.set(b"k", b"v", Some(50), 0);
+        s.set(b"k", b"w", None, 10);
+        assert_eq!(s.get(b"k", 10).unwrap().expires_at, 50, "KEEPTTL");
+        s.set(b"k", b"x", Some(NEVER), 10);
+        assert_eq!(s.get(b"k", 10).unwrap().expires_at, NEVER);
+        assert_eq!(s.volatile_len(), 0);
+        assert!(s.set_deadline(b"k", 20));
+        assert_eq!(s.volatile_len(), 1);
+        assert!(s.remove(b"k", 10));
+        assert_eq!((s.len(), s.volatile_len()), (0, 0));
+        assert!(!s.set_deadline(b"k", 20));
+    }
+
+    #[test]
+    fn active_expiry_removes_expired_keys_in_bounded_rounds() {
+        let mut s = Store::new(7);
+        for i in 0..1000u32 {
+            s.set(&i.to_be_bytes(), b"v", Some(if i < 900 { 10 } else { 1000 }), 0);
+        }
+        for i in 0..100u32 {
+            s.set(&(5000 + i).to_be_bytes(), b"v", None, 0);
+        }
+        // One round samples at most 20 keys.
+        let (first, more) = s.expire_cycle(10, 1);
+        assert!(more);
+        assert!(first > 0 && first <= EXPIRE_SAMPLE, "{first}");
+        // Enough rounds remove every expired key and nothing else.
+        while s.expire_cycle(10, 16).1 {}
+        let left = s.volatile_len();
+        assert!((100..120).contains(&left), "{left} keys with a deadline left");
+        let mut live = 0;
+        for i in 0..1000u32 {
+            live += usize::from(s.contains(&i.to_be_bytes(), 10));
+        }
+        assert_eq!(live, 100);
+        assert_eq!(s.len(), 200);
+    }
+
+    fn scan_all(s: &mut Store, count: usize, mut between: impl FnMut(&mut Store, usize)) -> Vec<Vec<u8>> {
+        let mut seen = Vec::new();
+        let mut cursor = 0;
+        let mut step = 0;
+        loop {
+            cursor = s.scan(cursor, count, None, 0, |k| seen.push(k.to_vec()));
+            if cursor == 0 {
+                return seen;
+            }
+            between(s, step);
+            step += 1;
+        }
+    }
+
+    #[test]
+    fn scan_returns_every_key_present_throughout() {
+        let mut s = Store::default();
+        for i in 0..100u32 {
+            s.set(format!("k{i}").as_bytes(), b"v", None, 0);
+        }
+        assert_eq!(scan_all(&mut s, 7, |_, _| {}).len(), 100);
+        // Remove some keys and add others while scanning: every key never removed is seen.
+        let mut removed = Vec::new();
+        let seen = scan_all(&mut s, 7, |s, step| {
+            let gone = format!("k{}", step * 3).into_bytes();
+            s.remove(&gone, 0);
+            removed.push(gone);
+            s.set(format!("new{step}").as_bytes(), b"v", None, 0);
+        });
+        assert!(removed.len() > 10);
+        for i in 0..100u32 {
+            let key = format!("k{i}").into_bytes();
+            assert!(removed.contains(&key) || seen.contains(&key), "k{i} was never returned");
+        }
+        let mut matched = Vec::new();
+        s.scan(0, 1000, Some(b"k9?"), 0, |k| matched.push(k.to_vec()));
+        assert_eq!(matched.len(), 10);
+    }
+
+    #[test]
+    fn keys_filters_by_pattern_and_expiry() {
+        let mut s = Store::default();
+        s.set(b"user:1", b"a", None, 0);
+        s.set(b"user:2", b"b", Some(5), 0);
+        s.set(b"other", b"c", None, 0);
+        let mut k: Vec<&[u8]> = s.keys(b"user:*", 1).collect();
+        k.sort();
+        assert_eq!(k, [&b"user:1"[..], b"user:2"]);
+        assert_eq!(s.keys(b"user:*", 5).count(), 1);
+        assert_eq!(s.keys(b"*", 5).count(), 2);
+    }
+}

@@ -1,0 +1,256 @@
+//! The `resp` plugin, a Redis-compatible store, driven by the real clients: redis-cli,
+//! redis-benchmark (Debian's `redis-tools`) and redis-py (PyPI's `redis`), plus raw sockets for
+//! pipelining, expiry and bad input.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use host_tests::{assert_contains, assert_not_contains, poll_until, Client, Host};
+
+/// Runs a client program to completion (bounded: the programs get a timeout of their own).
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("60")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {program} (redis-tools and python3-redis are needed): {e}"))
+}
+
+/// `redis-cli -p PORT ARGS…`: its stdout (it prints one line per reply, raw when not a tty).
+/// Error replies come out as their text and an empty line.
+fn cli(port: u16, args: &[&str]) -> String {
+    let port = port.to_string();
+    let mut all = vec!["-p", &port];
+    all.extend_from_slice(args);
+    let out = run("redis-cli", &all);
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One reply of the simple kinds (status, error, integer, bulk string), as text.
+fn reply(c: &mut Client) -> String {
+    let mut r = line(c);
+    if r.starts_with('$') && r != "$-1\r\n" {
+        r.push_str(&line(c));
+    }
+    r
+}
+
+fn line(c: &mut Client) -> String {
+    let l = c.read_line().unwrap_or_else(|e| panic!("no reply line: {e}"));
+    String::from_utf8_lossy(&l).into_owned()
+}
+
+#[test]
+fn redis_cli_gets_redis_answers() {
+    let host = Host::start("resp", &["--count", "1"]);
+    let port = host.port();
+    let cases: &[(&[&str], &str)] = &[
+        (&["ping"], "PONG\n"),
+        (&["set", "a", "1"], "OK\n"),
+        (&["get", "a"], "1\n"),
+        (&["get", "missing"], "\n"),
+        (&["incr", "a"], "2\n"),
+        (&["incrby", "a", "x"], "ERR value is not an integer or out of range\n\n"),
+        (&["mset", "k1", "v1", "k2", "v2"], "OK\n"),
+        (&["mget", "k1", "nope", "k2"], "v1\n\nv2\n"),
+        (&["set", "a", "9", "xx", "get"], "2\n"),
+        (&["set", "a", "9", "nx", "xx"], "ERR syntax error\n\n"),
+        (&["append", "k1", "!"], "3\n"),
+        (&["strlen", "k1"], "3\n"),
+        (&["exists", "k1", "k2", "nope"], "2\n"),
+        (&["del", "k2", "nope"], "1\n"),
+        (&["expire", "k1", "100"], "1\n"),
+        (&["ttl", "k1"], "100\n"),
+        (&["persist", "k1"], "1\n"),
+        (&["ttl", "k1"], "-1\n"),
+        (&["ttl", "nope"], "-2\n"),
+        (&["keys", "k*"], "k1\n"),
+        (&["dbsize"], "2\n"),
+        (&["select", "0"], "OK\n"),
+        (&["select", "1"], "ERR DB index is out of range\n\n"),
+        (&["get"], "ERR wrong number of arguments for 'get' command\n\n"),
+        (&["foo", "a", "b"], "ERR unknown command 'foo', with args beginning with: 'a' 'b' \n\n"),
+        (&["config", "get", "appendonly"], "appendonly\nno\n"),
+        (&["-3", "get", "missing"], "\n"),
+        (&["flushall"], "OK\n"),
+        (&["dbsize"], "0\n"),
+    ];
+    for (args, want) in cases {
+        assert_eq!(cli(port, args), *want, "redis-cli {args:?}");
+    }
+    assert_contains!(cli(port, &["info"]), "redis_version:7.0.0");
+    assert_contains!(cli(port, &["-3", "hello", "3"]), "\nproto 3\n");
+}
+
+const REDIS_PY: &str = r#"
+import sys, redis
+port = int(sys.argv[1])
+for proto in (2, 3):
+    r = redis.Redis(host="127.0.0.1", port=port, protocol=proto, decode_responses=True, socket_timeout=10)
+    r.flushall()
+    assert r.ping() is True
+    assert r.set("a", "1") is True and r.get("a") == "1" and r.get("nope") is None
+    assert r.incr("n") == 1 and r.incrby("n", 5) == 6 and r.decr("n") == 5
+    assert r.mset({"x": "1", "y": "2"}) is True
+    assert r.mget("x", "y", "z") == ["1", "2", None]
+    assert r.set("a", "2", nx=True) is None
+    assert r.set("a", "3", xx=True, get=True) == "1"
+    assert r.set("e", "v", px=100000) is True and 0 < r.pttl("e") <= 100000
+    assert sorted(r.keys("*")) == ["a", "e", "n", "x", "y"]
+    assert sorted(r.scan_iter(match="*", count=2)) == ["a", "e", "n", "x", "y"]
+    assert r.dbsize() == 5 and r.delete("x", "y", "zz") == 2 and r.exists("a", "e") == 2
+    assert r.append("a", "bc") == 3 and r.strlen("a") == 3
+    assert r.expire("a", 100) is True and r.ttl("a") == 100 and r.persist("a") is True
+    assert r.info()["redis_version"] == "7.0.0"
+    assert r.config_get("appendonly") == {"appendonly": "no"}
+    r.client_setname("py%d" % proto)
+    assert r.client_getname() == "py%d" % proto
+    try:
+        r.execute_command("FOO", "a")
+        raise SystemExit("FOO did not fail")
+    except redis.ResponseError as e:
+        assert str(e) == "unknown command 'FOO', with args beginning with: 'a' ", str(e)
+    pipe = r.pipeline(transaction=False)
+    for i in range(100):
+        pipe.set("p%d" % i, i)
+        pipe.incr("p%d" % i)
+    assert pipe.execute() == sum(([True, i + 1] for i in range(100)), [])
+    conn = r.connection_pool.get_connection()
+    assert str(conn.protocol) == str(proto), conn.protocol
+    r.connection_pool.release(conn)
+    print("resp%d ok" % proto)
+"#;
+
+#[test]
+fn redis_py_works_over_resp2_and_resp3() {
+    let host = Host::start("resp", &["--count", "1"]);
+    let port = host.port().to_string();
+    let out = run("python3", &["-c", REDIS_PY, &port]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "redis-py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout, "resp2 ok\nresp3 ok\n");
+}
+
+// redis-benchmark 7 checks every reply and exits at the first error reply. Speed is not asserted.
+#[test]
+fn redis_benchmark_runs_without_errors() {
+    let host = Host::start("resp", &["--count", "1"]);
+    let port = host.port().to_string();
+    for pipeline in ["1", "16"] {
+        let out = run(
+            "redis-benchmark",
+            &["-p", &port, "-q", "-n", "2000", "-c", "8", "-P", pipeline, "-t", "ping,set,get,incr,mset"],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+        assert!(
+            out.status.success(),
+            "redis-benchmark -P {pipeline}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for test in ["PING_INLINE", "PING_MBULK", "SET", "GET", "INCR", "MSET (10 keys)"] {
+            assert_contains!(text, format!("{test}: "), "-P {pipeline}");
+        }
+        assert_not_contains!(text.to_lowercase(), "error", "-P {pipeline}");
+        assert_not_contains!(String::from_utf8_lossy(&out.stderr).to_lowercase(), "error", "-P {pipeline}");
+    }
+    // INCR ran 4000 times on one counter, in order.
+    assert_eq!(cli(host.port(), &["get", "counter:__rand_int__"]), "4000\n");
+}
+
+#[test]
+fn pipelined_and_split_commands_are_answered_in_order() {
+    let host = Host::start("resp", &["--count", "1"]);
+    let mut c = Client::connect(host.port());
+    let mut batch = Vec::new();
+    for i in 0..200 {
+        batch.extend_from_slice(
+            format!("*3\r\n$3\r\nSET\r\n$4\r\nk{i:03}\r\n${}\r\n{i}\r\n", i.to_string().len()).as_bytes(),
+        );
+        batch.extend_from_slice(b"INCR n\r\n");
+    }
+    c.send(&batch);
+    for i in 0..200 {
+        assert_eq!(line(&mut c), "+OK\r\n");
+        assert_eq!(line(&mut c), format!(":{}\r\n", i + 1));
+    }
+    // One command a few bytes at a time, the next one's start in the same write.
+    let cmd = b"*2\r\n$3\r\nGET\r\n$4\r\nk123\r\n*1\r\n$4\r\nPI";
+    c.send_in_pieces(cmd, 3, Duration::from_millis(5));
+    c.send(b"NG\r\n");
+    assert_eq!(line(&mut c), "$3\r\n");
+    assert_eq!(line(&mut c), "123\r\n");
+    assert_eq!(line(&mut c), "+PONG\r\n");
+    // QUIT answers, then closes.
+    c.send(b"QUIT\r\n");
+    assert_eq!(c.wait_closed(Duration::from_secs(5)).unwrap(), b"+OK\r\n");
+}
+
+#[test]
+fn keys_expire_lazily_and_actively() {
+    let host = Host::start("resp", &["--count", "1"]);
+    let mut c = Client::connect(host.port());
+    c.send(b"SET k v PX 50\r\n");
+    assert_eq!(line(&mut c), "+OK\r\n");
+    let gone = poll_until(Duration::from_secs(5), || {
+        c.send(b"GET k\r\n");
+        (reply(&mut c) == "$-1\r\n").then_some(())
+    });
+    assert!(gone.is_some(), "GET k still answers after 5 s of a 50 ms deadline");
+    // Keys nobody touches again: DBSIZE counts them until active expiry removes them.
+    let mut batch = Vec::new();
+    for i in 0..500 {
+        batch.extend_from_slice(format!("SET t{i} v PX 30\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"SET keep v\r\nDBSIZE\r\n");
+    c.send(&batch);
+    for _ in 0..501 {
+        assert_eq!(line(&mut c), "+OK\r\n");
+    }
+    assert_eq!(line(&mut c), ":501\r\n");
+    let swept = poll_until(Duration::from_secs(10), || {
+        c.send(b"DBSIZE\r\n");
+        (line(&mut c) == ":1\r\n").then_some(())
+    });
+    assert!(swept.is_some(), "active expiry did not remove the 500 expired keys");
+}
+
+// Input that can never be a command gets Redis' error, then the connection closes; the worker
+// goes on serving others. Huge declared sizes are refused at once, never buffered.
+#[test]
+fn protocol_errors_answer_then_close() {
+    let host = Host::start("resp", &["--count", "1"]);
+    let cases: &[(&[u8], &str)] = &[
+        (b"*2147483648\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"*1\r\n$4294967296\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*1\r\nxyz\r\n", "-ERR Protocol error: expected '$', got 'x'\r\n"),
+        (b"*x\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"ECHO \"unbalanced\r\n", "-ERR Protocol error: unbalanced quotes in request\r\n"),
+        // A count whose arguments could not fit in the max package size (1 MiB).
+        (b"*1000000\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000000\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+    ];
+    let mut other = Client::connect(host.port());
+    for (bad, want) in cases {
+        let mut c = Client::connect(host.port());
+        // A good command first: its answer comes before the error.
+        let mut bytes = b"PING\r\n".to_vec();
+        bytes.extend_from_slice(bad);
+        c.send(&bytes);
+        let got = c.wait_closed(Duration::from_secs(5)).unwrap_or_else(|e| panic!("{bad:?}: {e}"));
+        assert_eq!(String::from_utf8_lossy(&got), format!("+PONG\r\n{want}"), "{:?}", String::from_utf8_lossy(bad));
+        other.send(b"PING\r\n");
+        assert_eq!(line(&mut other), "+PONG\r\n");
+    }
+    // Random bytes without a line end: an inline command over Redis' 64 KiB limit.
+    let mut c = Client::connect(host.port());
+    let junk: Vec<u8> =
+        host_tests::garbage(100 * 1024).into_iter().map(|b| if b == b'\n' || b == b'*' { b'x' } else { b }).collect();
+    let _ = c.try_send(&junk);
+    let got = c.wait_closed(Duration::from_secs(5)).expect("garbage closes the connection");
+    assert_eq!(String::from_utf8_lossy(&got), "-ERR Protocol error: too big inline request\r\n");
+    other.send(b"PING\r\n");
+    assert_eq!(line(&mut other), "+PONG\r\n");
+}
