@@ -5,6 +5,7 @@
 
 mod core;
 mod dispatch;
+mod outbound;
 mod timers;
 
 use std::io::{self, Write};
@@ -180,8 +181,16 @@ impl Worker {
                     LISTENER => self.accept_all(),
                     CONTROL => self.read_control(),
                     SIGNALS => self.read_signals(),
+                    outbound::RESOLVER => outbound::resolved(&mut self.core),
+                    Token(t) if t < CONN_TOKEN_BASE => {}
                     Token(t) => {
                         let index = t - CONN_TOKEN_BASE;
+                        if self.core.by_index(index).is_some_and(|c| c.connecting_until_ms.is_some()) {
+                            if outbound::connect_ready(&mut self.plugin, &mut self.core, index) {
+                                self.read_conn(index, event.is_read_closed() || event.is_error());
+                            }
+                            continue;
+                        }
                         if event.is_writable() {
                             self.core.mark_dirty(index);
                         }
@@ -192,6 +201,7 @@ impl Worker {
                 }
             }
             self.run_timers();
+            outbound::expire(&mut self.plugin, &mut self.core);
             self.settle();
             self.core.stats.rate.roll(self.core.now_ms, self.core.stats.messages);
             if let Some(exit) = self.exit {
@@ -221,6 +231,7 @@ impl Worker {
             self.next_sweep_ms,
             self.drain_deadline_ms,
             self.accept_retry_ms,
+            outbound::next_deadline(&self.core),
         ];
         deadlines.into_iter().flatten().min().map(|d| Duration::from_millis(d.saturating_sub(now)))
     }
@@ -377,6 +388,9 @@ impl Worker {
         dispatch::worker_stop(&mut self.plugin, &mut self.core);
         for id in self.core.ids() {
             dispatch::close_now(&mut self.plugin, &mut self.core, id.index());
+        }
+        for pending in std::mem::take(&mut self.core.pending) {
+            dispatch::pending_closed(&mut self.plugin, &mut self.core, pending.id, None);
         }
         // The final counters (report id 0): the master adds them to the slot's totals, so a
         // replacement does not reset them. Best effort: a master that is gone does not read it.

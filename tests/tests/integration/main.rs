@@ -44,3 +44,5 @@ mod fds;
 mod abi;
 // Start settings out of range are refused with one line, before anything starts.
 mod limits;
+// Outbound connections: connected, refused, timed out, resolved by name, closed mid-message.
+mod outbound;
