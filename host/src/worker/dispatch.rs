@@ -323,6 +323,11 @@ fn flush(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     if matches!(c.state, ConnState::Lingering { .. }) {
         return;
     }
+    if c.connecting_until_ms.is_some() && c.state == ConnState::Open {
+        // An outbound connection not established yet has nothing to write (sends are refused
+        // until then) and must keep waiting for writability: its connect completes there.
+        return;
+    }
     match c.flush(now) {
         Ok(true) => {
             let drained = std::mem::replace(&mut c.send_buffer_full, false);

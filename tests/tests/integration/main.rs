@@ -46,3 +46,6 @@ mod abi;
 mod limits;
 // Outbound connections: connected, refused, timed out, resolved by name, closed mid-message.
 mod outbound;
+// The reverse proxy: GET/POST, keep-alive, pipelining in order, 502/504, X-Forwarded-For,
+// upstreams closing early, a client that does not read.
+mod proxy;
