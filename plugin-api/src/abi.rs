@@ -176,6 +176,23 @@ impl From<ConnError> for ConnErrorCode {
     }
 }
 
+/// Why `RawHost::connect` could not even start a connection: a growable code (a plugin must
+/// expect codes it does not know). Failures after the start arrive as `on_conn_error`.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectErrorCode(pub u8);
+
+impl ConnectErrorCode {
+    /// The host is too old to open connections.
+    pub const UNSUPPORTED: Self = ConnectErrorCode(0);
+    /// The address is neither `ip:port`, `[ipv6]:port` nor `name:port`.
+    pub const INVALID_ADDRESS: Self = ConnectErrorCode(1);
+    /// The worker is at its max connections.
+    pub const LIMIT: Self = ConnectErrorCode(2);
+    /// The socket could not be created or registered (out of descriptors, say).
+    pub const IO: Self = ConnectErrorCode(3);
+}
+
 /// Severity of a log record sent by a plugin, ordered like `tracing::Level` (TRACE is 0).
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -304,6 +321,23 @@ pub trait RawHost {
     /// Adds `delta` to a counter [`RawHost::counter`] returned (unknown ids are ignored).
     fn counter_add(&mut self, counter: u32, delta: u64) {
         let _ = (counter, delta);
+    }
+
+    /// Opens an outbound TCP connection to `addr` (`"127.0.0.1:9001"`, `"[::1]:80"`, or
+    /// `"name:port"`, resolved off the worker's loop), giving up after `timeout_ms` (0: the
+    /// host's default). The id is valid at once; the plugin hears `on_connect` once connected,
+    /// or `on_conn_error` (`CONNECT_REFUSED`, `CONNECT_TIMEOUT`, `IO`) then `on_close`. Sends
+    /// before `on_connect` are refused. An older host answers [`ConnectErrorCode::UNSUPPORTED`].
+    fn connect(&mut self, addr: RStr<'_>, timeout_ms: u64) -> RResult<ConnId, ConnectErrorCode> {
+        let _ = (addr, timeout_ms);
+        RResult::RErr(ConnectErrorCode::UNSUPPORTED)
+    }
+
+    /// True for a connection the plugin opened with `connect`, false for an accepted one (and
+    /// from an older host, which has no outbound connections).
+    fn is_outbound(&self, conn: ConnId) -> bool {
+        let _ = conn;
+        false
     }
 }
 

@@ -417,6 +417,18 @@ mod tests {
         }
     }
 
+    // A plugin asking an older host (whose vtable lacks `connect`) to connect hears
+    // "unsupported", and no connection of that host is outbound.
+    #[test]
+    fn connect_on_a_host_without_it_is_unsupported() {
+        let mut old = OldHost;
+        let mut host = Host::from_raw(RawHost_TO::from_ptr(&mut old, TD_Opaque));
+        assert_eq!(host.connect("127.0.0.1:1"), Err(crate::ConnectError::Unsupported));
+        let addr: std::net::SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(host.connect(addr), Err(crate::ConnectError::Unsupported));
+        assert!(!host.is_outbound(ConnId::new(0, 1)));
+    }
+
     #[test]
     fn the_exported_symbol_is_the_one_abi_stable_looks_for() {
         // `export_plugin!` spells the name out (a macro_rules cannot compute an identifier).

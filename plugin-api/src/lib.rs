@@ -36,8 +36,10 @@ pub mod glue;
 mod log;
 mod sdk;
 
-pub use abi::{ConnErrorCode, ConnId, TimerId, ABI_VERSION};
-pub use sdk::{raw_sock_addr, ConnError, ConnMap, Counter, Frame, Host, Protocol, WorkerInfo};
+pub use abi::{ConnErrorCode, ConnId, ConnectErrorCode, TimerId, ABI_VERSION};
+pub use sdk::{
+    raw_sock_addr, ConnError, ConnMap, ConnectAddr, ConnectError, Counter, Frame, Host, Protocol, WorkerInfo,
+};
 
 /// The abi_stable this crate is built with, for code that implements the raw ABI itself (a fake
 /// [`abi::RawHost`] in a plugin's tests, say). A plugin needs no dependency on abi_stable.

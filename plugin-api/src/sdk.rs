@@ -4,9 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use abi_stable::std_types::{RSlice, RStr};
+use abi_stable::std_types::{RResult, RSlice, RStr};
 
-use crate::abi::{self, ConnErrorCode, ConnId, RawFrame, RawHostRef, RawSockAddr, TimerId};
+use crate::abi::{self, ConnErrorCode, ConnId, ConnectErrorCode, RawFrame, RawHostRef, RawSockAddr, TimerId};
 
 /// Why the host reports an error on a connection ([`Protocol::on_error`]). More reasons will
 /// come with new host features: match with a `_ =>` arm.
@@ -65,6 +65,78 @@ impl From<ConnError> for ConnErrorCode {
             ConnError::ConnectTimeout => ConnErrorCode::CONNECT_TIMEOUT,
             ConnError::TlsHandshake => ConnErrorCode::TLS_HANDSHAKE,
         }
+    }
+}
+
+/// Why [`Host::connect`] could not start a connection. More reasons may come: match with a
+/// `_ =>` arm. (A connection that started and then failed is reported by
+/// [`Protocol::on_error`] instead: [`ConnError::ConnectRefused`], [`ConnError::ConnectTimeout`]
+/// or [`ConnError::Io`], then [`Protocol::on_close`].)
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The host is too old to open connections.
+    Unsupported,
+    /// The address is neither `ip:port`, `[ipv6]:port` nor `name:port`.
+    InvalidAddress,
+    /// The worker is at its max connections.
+    Limit,
+    /// The socket could not be created (out of descriptors, say).
+    Io,
+}
+
+impl From<ConnectErrorCode> for ConnectError {
+    fn from(code: ConnectErrorCode) -> Self {
+        match code {
+            ConnectErrorCode::UNSUPPORTED => ConnectError::Unsupported,
+            ConnectErrorCode::INVALID_ADDRESS => ConnectError::InvalidAddress,
+            ConnectErrorCode::LIMIT => ConnectError::Limit,
+            _ => ConnectError::Io,
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectError::Unsupported => "the host cannot open outbound connections",
+            ConnectError::InvalidAddress => "not an address (ip:port, [ipv6]:port or name:port)",
+            ConnectError::Limit => "the worker is at its max connections",
+            ConnectError::Io => "could not create the socket",
+        })
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Where [`Host::connect`] connects to: a [`SocketAddr`] or text (`"127.0.0.1:9001"`,
+/// `"[::1]:80"`, `"localhost:8080"`).
+pub trait ConnectAddr {
+    /// The address as the host reads it.
+    fn to_connect_addr(&self) -> std::borrow::Cow<'_, str>;
+}
+
+impl ConnectAddr for str {
+    fn to_connect_addr(&self) -> std::borrow::Cow<'_, str> {
+        self.into()
+    }
+}
+
+impl ConnectAddr for String {
+    fn to_connect_addr(&self) -> std::borrow::Cow<'_, str> {
+        self.as_str().into()
+    }
+}
+
+impl ConnectAddr for SocketAddr {
+    fn to_connect_addr(&self) -> std::borrow::Cow<'_, str> {
+        self.to_string().into()
+    }
+}
+
+impl<T: ConnectAddr + ?Sized> ConnectAddr for &T {
+    fn to_connect_addr(&self) -> std::borrow::Cow<'_, str> {
+        (**self).to_connect_addr()
     }
 }
 
@@ -223,6 +295,33 @@ impl<'a> Host<'a> {
     pub fn add(&mut self, counter: Counter, delta: u64) {
         self.raw.counter_add(counter.0, delta)
     }
+
+    /// Opens an outbound TCP connection, with the host's default connect timeout (10 s). An IP
+    /// address connects at once; a host name is resolved off the worker's loop. The id is
+    /// valid at once: the plugin hears [`Protocol::on_connect`] once connected (send from
+    /// there on: earlier sends are refused), or [`Protocol::on_error`] with
+    /// [`ConnError::ConnectRefused`], [`ConnError::ConnectTimeout`] or [`ConnError::Io`], then
+    /// [`Protocol::on_close`]. Once connected it is like an accepted connection (framing,
+    /// send, close, pause, buffer events, idle timeout), told apart by [`Host::is_outbound`].
+    /// Outbound connections are the plugin's to close; a draining worker asks it to with
+    /// [`Protocol::on_drain`] (the default closes) and closes what is left at its deadline.
+    pub fn connect(&mut self, addr: impl ConnectAddr) -> Result<ConnId, ConnectError> {
+        self.connect_timeout(addr, Duration::ZERO)
+    }
+
+    /// [`Host::connect`] giving up after `timeout` (zero: the host's default).
+    pub fn connect_timeout(&mut self, addr: impl ConnectAddr, timeout: Duration) -> Result<ConnId, ConnectError> {
+        let addr = addr.to_connect_addr();
+        match self.raw.connect(RStr::from_str(&addr), millis(timeout)) {
+            RResult::ROk(conn) => Ok(conn),
+            RResult::RErr(code) => Err(code.into()),
+        }
+    }
+
+    /// True for a connection opened with [`Host::connect`], false for an accepted one.
+    pub fn is_outbound(&self, conn: ConnId) -> bool {
+        self.raw.is_outbound(conn)
+    }
 }
 
 /// A counter registered with [`Host::counter`].
@@ -273,7 +372,8 @@ pub trait Protocol: Sized + 'static {
     fn on_worker_stop(&mut self, _host: &mut Host<'_>) {}
     /// Called instead of a restart on services that are not reloadable.
     fn on_worker_reload(&mut self, _host: &mut Host<'_>) {}
-    /// A new connection was accepted.
+    /// A new connection was accepted, or an outbound one ([`Host::connect`]) is established
+    /// ([`Host::is_outbound`] tells which).
     fn on_connect(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
 
     /// Framing: how long is the next message in `buf` (the bytes buffered on `conn`)?
@@ -294,8 +394,9 @@ pub trait Protocol: Sized + 'static {
     fn on_buffer_drain(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
     /// A timer fired, with the `data` given to [`Host::add_timer`] or [`Host::add_interval`].
     fn on_timer(&mut self, _host: &mut Host<'_>, _timer: TimerId, _data: u64) {}
-    /// The worker is draining (graceful stop or reload). The default closes the connection once
-    /// what is queued is flushed; a request/response protocol closes after the response in flight.
+    /// The worker is draining (graceful stop or reload); called for every established
+    /// connection, outbound ones included. The default closes the connection once what is queued
+    /// is flushed; a request/response protocol closes after the response in flight.
     fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
         host.close(conn);
     }

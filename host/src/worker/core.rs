@@ -8,12 +8,14 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 
+use abi_stable::std_types::RResult;
 use abi_stable::std_types::{RSlice, RStr};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use plugin_api::abi::{ConnError, RawHost, RawSockAddr};
+use plugin_api::abi::{ConnError, ConnectErrorCode, RawHost, RawSockAddr};
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
 
+use super::outbound::{self, Pending, PendingState, Resolver, Target};
 use super::timers::Timers;
 use crate::config::Limits;
 use crate::status::{ConnReport, PluginCounter, WorkerReport};
@@ -78,6 +80,10 @@ pub struct Conn {
     pub created_ms: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Opened by the plugin (`RawHost::connect`), not accepted.
+    pub outbound: bool,
+    /// An outbound connection not established yet: its connect deadline.
+    pub connecting_until_ms: Option<u64>,
 }
 
 impl Conn {
@@ -87,7 +93,10 @@ impl Conn {
 
     /// Reading and dispatching are on hold.
     pub fn receive_paused(&self) -> bool {
-        self.paused_by_plugin || self.send_buffer_full || self.state != ConnState::Open
+        self.paused_by_plugin
+            || self.send_buffer_full
+            || self.state != ConnState::Open
+            || self.connecting_until_ms.is_some()
     }
 
     /// Writes as much of the output as the socket takes (`now_ms`: a write that makes progress
@@ -200,6 +209,15 @@ pub struct Core {
     pub dirty_spare: Vec<usize>,
     pub deferred: VecDeque<(ConnId, Deferred)>,
     pub stats: Stats,
+    /// Outbound connections whose id is given but who have no socket yet (a name being
+    /// resolved, or a failure to report).
+    pub pending: Vec<Pending>,
+    /// Resolves host names off the loop; started at the first name.
+    pub resolver: Option<Resolver>,
+    /// Outbound connections whose connect is under way (some may have finished since).
+    pub connecting: Vec<ConnId>,
+    /// The addresses a name resolved to that a connect under way has not tried yet.
+    pub fallbacks: Vec<(ConnId, Vec<SocketAddr>)>,
     registry: Registry,
 }
 
@@ -222,17 +240,22 @@ impl Core {
             dirty_spare: Vec::new(),
             deferred: VecDeque::new(),
             stats: Stats::default(),
+            pending: Vec::new(),
+            resolver: None,
+            connecting: Vec::new(),
+            fallbacks: Vec::new(),
             registry,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.live
+        self.live + self.pending.len()
     }
 
     /// Connections that still matter to a drain: all but those lingering after their close.
     pub fn open_count(&self) -> usize {
-        self.conns.iter().flatten().filter(|c| !matches!(c.state, ConnState::Lingering { .. })).count()
+        let pending = self.pending.len();
+        pending + self.conns.iter().flatten().filter(|c| !matches!(c.state, ConnState::Lingering { .. })).count()
     }
 
     pub fn stats_closed(&self) -> u64 {
@@ -240,7 +263,19 @@ impl Core {
     }
 
     /// Registers an accepted stream and returns its id.
-    pub fn insert(&mut self, mut stream: TcpStream) -> io::Result<ConnId> {
+    pub fn insert(&mut self, stream: TcpStream) -> io::Result<ConnId> {
+        let id = self.reserve_id();
+        match self.place(id, stream, None) {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                self.release_id(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// A fresh id whose index holds no connection yet ([`Core::place`] or [`Core::release_id`]).
+    pub fn reserve_id(&mut self) -> ConnId {
         let index = match self.free.pop() {
             Some(i) => i as usize,
             None => {
@@ -250,15 +285,27 @@ impl Core {
             }
         };
         self.generations[index] = self.generations[index].wrapping_add(1);
-        let id = ConnId::new(index as u32, self.generations[index]);
-        if let Err(e) = self.registry.register(&mut stream, Token(index + CONN_TOKEN_BASE), Interest::READABLE) {
-            self.free.push(index as u32);
-            return Err(e);
+        ConnId::new(index as u32, self.generations[index])
+    }
+
+    /// Gives back a reserved id that never got a connection.
+    pub fn release_id(&mut self, id: ConnId) {
+        if self.conns.get(id.index()).is_some_and(Option::is_none) {
+            self.free.push(id.index() as u32);
         }
+    }
+
+    /// Registers `stream` under the reserved `id`: an accepted connection, or (with its connect
+    /// deadline) an outbound one whose connect is under way (it waits for writability).
+    pub fn place(&mut self, id: ConnId, mut stream: TcpStream, connecting_until_ms: Option<u64>) -> io::Result<()> {
+        let index = id.index();
+        let outbound = connecting_until_ms.is_some();
+        let interest = if outbound { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        self.registry.register(&mut stream, Token(index + CONN_TOKEN_BASE), interest)?;
         let _ = stream.set_nodelay(true);
         let conn = Conn {
             id,
-            peer: stream.peer_addr().ok(),
+            peer: if outbound { None } else { stream.peer_addr().ok() },
             local: stream.local_addr().ok(),
             stream,
             state: ConnState::Open,
@@ -266,22 +313,96 @@ impl Core {
             expect: None,
             output: Vec::new(),
             output_pos: 0,
-            readable: true,
+            readable: !outbound,
             peer_closed: false,
             hup: false,
             message_started_ms: None,
             paused_by_plugin: false,
             send_buffer_full: false,
-            write_interest: false,
+            write_interest: outbound,
             dirty: false,
             last_active_ms: self.now_ms,
             created_ms: self.now_ms,
             bytes_in: 0,
             bytes_out: 0,
+            outbound,
+            connecting_until_ms,
         };
         self.conns[index] = Some(conn);
         self.live += 1;
+        Ok(())
+    }
+
+    /// `RawHost::connect`: an IP address starts connecting now, a name goes to the resolver;
+    /// either way the id is the plugin's at once.
+    pub fn connect(&mut self, addr: &str, timeout_ms: u64) -> Result<ConnId, ConnectErrorCode> {
+        let target = outbound::parse_target(addr).ok_or(ConnectErrorCode::INVALID_ADDRESS)?;
+        if self.len() >= self.limits.max_connections {
+            return Err(ConnectErrorCode::LIMIT);
+        }
+        let timeout_ms = if timeout_ms == 0 { outbound::DEFAULT_CONNECT_TIMEOUT_MS } else { timeout_ms };
+        let deadline_ms = self.now_ms.saturating_add(timeout_ms);
+        let id = self.reserve_id();
+        match target {
+            Target::Addr(addr) => match self.start_connect(id, addr, deadline_ms) {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::debug!(conn = id.0, %addr, "connect failed at once: {e}");
+                    self.pending.push(Pending {
+                        id,
+                        deadline_ms,
+                        state: PendingState::Failed(outbound::error_code(&e)),
+                    });
+                }
+            },
+            Target::Name(host, port) => {
+                let resolver = match self.resolver.as_mut() {
+                    Some(r) => r,
+                    None => match Resolver::start(&self.registry) {
+                        Ok(r) => self.resolver.insert(r),
+                        Err(e) => {
+                            tracing::warn!("could not start the name resolver: {e}");
+                            self.release_id(id);
+                            return Err(ConnectErrorCode::IO);
+                        }
+                    },
+                };
+                resolver.resolve(id, host, port);
+                self.pending.push(Pending { id, deadline_ms, state: PendingState::Resolving });
+            }
+        }
         Ok(id)
+    }
+
+    /// Opens the socket of reserved `id` and starts its non-blocking connect.
+    pub fn start_connect(&mut self, id: ConnId, addr: SocketAddr, deadline_ms: u64) -> io::Result<()> {
+        let stream = TcpStream::connect(addr)?;
+        self.place(id, stream, Some(deadline_ms))?;
+        self.connecting.push(id);
+        Ok(())
+    }
+
+    /// Connects the connecting `id` to `addr` instead, on a new socket (the address it tried
+    /// refused).
+    pub fn restart_connect(&mut self, id: ConnId, addr: SocketAddr) -> io::Result<()> {
+        let mut stream = TcpStream::connect(addr)?;
+        let index = id.index();
+        let Some(Some(c)) = self.conns.get_mut(index).map(|c| c.as_mut().filter(|c| c.id == id)) else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        let token = Token(index + CONN_TOKEN_BASE);
+        let _ = self.registry.deregister(&mut c.stream);
+        self.registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        let _ = stream.set_nodelay(true);
+        c.local = stream.local_addr().ok();
+        c.stream = stream;
+        c.write_interest = true;
+        Ok(())
+    }
+
+    /// True for an outbound connection, established or not.
+    pub fn is_outbound(&self, id: ConnId) -> bool {
+        self.get(id).is_some_and(|c| c.outbound) || self.pending.iter().any(|p| p.id == id)
     }
 
     /// Deregisters and drops the connection (the socket closes). The caller tells the plugin.
@@ -348,6 +469,7 @@ impl Core {
                 bytes_out: c.bytes_out,
                 pending_send: c.pending_output() as u64,
                 state: match c.state {
+                    ConnState::Open if c.connecting_until_ms.is_some() => "connecting",
                     ConnState::Open if c.paused_by_plugin || c.send_buffer_full => "paused",
                     ConnState::Open => "open",
                     ConnState::Closing => "closing",
@@ -396,7 +518,7 @@ impl Core {
         let Some(c) = self.get_mut(id) else {
             return false;
         };
-        if c.state != ConnState::Open && c.state != ConnState::Closing {
+        if (c.state != ConnState::Open && c.state != ConnState::Closing) || c.connecting_until_ms.is_some() {
             return false;
         }
         // Like Workerman: a send is refused once the buffer is already full, but one large send
@@ -428,6 +550,9 @@ impl RawHost for Ctx<'_> {
     }
 
     fn close(&mut self, conn: ConnId, last: RSlice<'_, u8>) {
+        if outbound::cancel_pending(self.core, conn) {
+            return;
+        }
         if !last.is_empty() {
             self.core.send(conn, last.as_slice());
         }
@@ -502,6 +627,14 @@ impl RawHost for Ctx<'_> {
         if let Some(c) = self.core.plugin_counters.get_mut(counter as usize) {
             c.value = c.value.saturating_add(delta);
         }
+    }
+
+    fn connect(&mut self, addr: RStr<'_>, timeout_ms: u64) -> RResult<ConnId, ConnectErrorCode> {
+        self.core.connect(addr.as_str(), timeout_ms).into()
+    }
+
+    fn is_outbound(&self, conn: ConnId) -> bool {
+        self.core.is_outbound(conn)
     }
 }
 

@@ -77,7 +77,7 @@ pub fn connect(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
 }
 
 pub fn drain(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
-    if core.get(id).is_some_and(|c| c.state == ConnState::Open) {
+    if core.get(id).is_some_and(|c| c.state == ConnState::Open && c.connecting_until_ms.is_none()) {
         conn_call!(plugin, core, id, "on_drain", on_drain, id);
     }
 }
@@ -265,7 +265,7 @@ pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
         let slow = message_ms > 0 && c.message_started_ms.is_some_and(|t| now.saturating_sub(t) >= message_ms);
         match c.state {
             ConnState::Lingering { until_ms } if now >= until_ms => close_now(plugin, core, id.index()),
-            ConnState::Open if idle || slow => {
+            ConnState::Open if (idle || slow) && c.connecting_until_ms.is_none() => {
                 tracing::debug!(conn = id.0, idle, slow_message = slow, "timeout");
                 conn_call!(plugin, core, id, "on_error", on_conn_error, id, ConnErrorCode::TIMEOUT);
                 core.close_after_flush(id);
@@ -335,6 +335,11 @@ fn flush(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     if matches!(c.state, ConnState::Lingering { .. }) {
         return;
     }
+    if c.connecting_until_ms.is_some() && c.state == ConnState::Open {
+        // An outbound connection not established yet has nothing to write (sends are refused
+        // until then) and must keep waiting for writability: its connect completes there.
+        return;
+    }
     match c.flush(now) {
         Ok(true) => {
             let drained = std::mem::replace(&mut c.send_buffer_full, false);
@@ -398,5 +403,26 @@ pub fn close_now(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
             count_panic(core);
             tracing::error!(conn = conn.id.0, "plugin panicked in on_close");
         }
+    }
+}
+
+/// An outbound connection failed to connect: the plugin hears the error, then `on_close`.
+pub fn connect_failed(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, code: ConnErrorCode) {
+    conn_call!(plugin, core, id, "on_error", on_conn_error, id, code);
+    close_now(plugin, core, id.index());
+}
+
+/// An outbound connection that never had a socket is gone (`code`: why, `None`: the plugin
+/// closed it): the plugin hears the error, if any, then `on_close`.
+pub fn pending_closed(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, code: Option<ConnErrorCode>) {
+    if let Some(code) = code {
+        if call!(plugin, core, on_conn_error, id, code) == CallStatus::Panicked {
+            core.stats.plugin_panics += 1;
+            tracing::error!(conn = id.0, "plugin panicked in on_error");
+        }
+    }
+    if call!(plugin, core, on_close, id) == CallStatus::Panicked {
+        core.stats.plugin_panics += 1;
+        tracing::error!(conn = id.0, "plugin panicked in on_close");
     }
 }

@@ -5,6 +5,7 @@
 
 mod core;
 mod dispatch;
+mod outbound;
 mod timers;
 
 use std::io;
@@ -222,8 +223,16 @@ impl Worker {
                     LISTENER => self.accept_all(),
                     CONTROL => self.read_control(),
                     SIGNALS => self.read_signals(),
+                    outbound::RESOLVER => outbound::resolved(&mut self.core),
+                    Token(t) if t < CONN_TOKEN_BASE => {}
                     Token(t) => {
                         let index = t - CONN_TOKEN_BASE;
+                        if self.core.by_index(index).is_some_and(|c| c.connecting_until_ms.is_some()) {
+                            if outbound::connect_ready(&mut self.plugin, &mut self.core, index) {
+                                self.read_conn(index, event.is_read_closed() || event.is_error());
+                            }
+                            continue;
+                        }
                         if event.is_writable() {
                             self.core.mark_dirty(index);
                         }
@@ -234,6 +243,7 @@ impl Worker {
                 }
             }
             self.run_timers();
+            outbound::expire(&mut self.plugin, &mut self.core);
             self.settle();
             self.core.stats.rate.roll(self.core.now_ms, self.core.stats.messages);
             self.beat();
@@ -265,6 +275,7 @@ impl Worker {
             self.drain_deadline_ms,
             self.accept_retry_ms,
             (self.heartbeat_ms > 0).then_some(self.next_heartbeat_ms),
+            outbound::next_deadline(&self.core),
         ];
         deadlines.into_iter().flatten().min().map(|d| Duration::from_millis(d.saturating_sub(now)))
     }
@@ -436,6 +447,9 @@ impl Worker {
         crate::logging::flush_suppressed();
         for id in self.core.ids() {
             dispatch::close_now(&mut self.plugin, &mut self.core, id.index());
+        }
+        for pending in std::mem::take(&mut self.core.pending) {
+            dispatch::pending_closed(&mut self.plugin, &mut self.core, pending.id, None);
         }
         // The final counters (report id 0): the master adds them to the slot's totals, so a
         // replacement does not reset them. Best effort: a master that is gone does not read it.

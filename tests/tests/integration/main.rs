@@ -66,3 +66,8 @@ mod robustness;
 mod scaffold;
 // The control socket as a raw client uses it: half-closed clients, unterminated and bad requests.
 mod control;
+// Outbound connections: connected, refused, timed out, resolved by name, closed mid-message.
+mod outbound;
+// The reverse proxy: GET/POST, keep-alive, pipelining in order, 502/504, X-Forwarded-For,
+// upstreams closing early, a client that does not read.
+mod proxy;

@@ -1,0 +1,194 @@
+//! The `proxy` plugin in front of a host `http` service (or a tiny upstream of the test's own
+//! when the test needs to see or break what the upstream gets): GET, POST bodies, keep-alive,
+//! pipelined requests answered in order, round-robin past a dead upstream, 502 / 504,
+//! `X-Forwarded-For`, an upstream closing mid-response, and a client that does not read.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use host_tests::{get, poll_until, post, Client, Host, TempDir};
+
+fn proxy(upstreams: &[String], extra_config: &str, flags: &[&str]) -> Host {
+    let list = upstreams.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ");
+    let config = format!("upstreams = [{list}]\n{extra_config}");
+    let mut args = vec!["--plugin-config", config.as_str(), "--count", "1"];
+    args.extend_from_slice(flags);
+    Host::start("proxy", &args)
+}
+
+fn http_upstream(flags: &[&str]) -> (Host, String) {
+    let mut args = vec!["--count", "1"];
+    args.extend_from_slice(flags);
+    let host = Host::start("http", &args);
+    let addr = format!("127.0.0.1:{}", host.port());
+    (host, addr)
+}
+
+fn dead_address() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// An upstream of the test's own: accepts one connection, reads one request head, and hands it
+/// to `answer`, which writes what it likes (then the connection closes).
+fn one_shot_upstream(
+    answer: impl FnOnce(&str, &mut std::net::TcpStream) + Send + 'static,
+) -> (SocketAddr, JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the proxy closed before its request was whole");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        answer(&head, &mut s);
+        head
+    });
+    (addr, thread)
+}
+
+#[test]
+fn get_and_post_go_through_on_one_keep_alive_connection() {
+    let (_up, addr) = http_upstream(&[]);
+    let proxy = proxy(&[addr], "", &[]);
+    let mut c = Client::connect(proxy.port());
+    let r = c.request(&get("/"));
+    assert_eq!((r.status, r.body_text().as_str()), (200, "Hello, World!"), "{}", r.head);
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let r = c.request(&post("/", &body));
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.body == body, "the POST body came back changed ({} bytes)", r.body.len());
+    let r = c.request(&get("/"));
+    assert_eq!(r.status, 200, "the client connection stays open");
+    assert_eq!(r.header("Connection"), None, "{}", r.head);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let (_up, addr) = http_upstream(&[]);
+    let proxy = proxy(&[addr], "", &[]);
+    let mut c = Client::connect(proxy.port());
+    let mut all = Vec::new();
+    for i in 0..8 {
+        all.extend_from_slice(&post("/", format!("request {i}").as_bytes()));
+        all.extend_from_slice(&get("/"));
+    }
+    c.send(&all);
+    let responses = c.read_responses(16).expect("16 responses");
+    for (i, pair) in responses.chunks(2).enumerate() {
+        assert_eq!(pair[0].body_text(), format!("request {i}"));
+        assert_eq!(pair[1].body_text(), "Hello, World!");
+    }
+}
+
+#[test]
+fn requests_skip_a_dead_upstream_and_502_when_none_answers() {
+    let (_up, live) = http_upstream(&[]);
+    let proxy1 = proxy(&[dead_address(), live], "", &[]);
+    let mut c = Client::connect(proxy1.port());
+    for _ in 0..4 {
+        assert_eq!(c.request(&get("/")).status, 200, "round-robin goes past the refused upstream");
+    }
+    let proxy2 = proxy(&[dead_address(), dead_address()], "", &[]);
+    let mut c = Client::connect(proxy2.port());
+    let r = c.request(&get("/"));
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert_eq!(c.request(&get("/")).status, 502, "the client connection stays usable");
+}
+
+#[test]
+fn the_upstream_sees_x_forwarded_for_and_no_hop_by_hop_fields() {
+    let (addr, upstream) = one_shot_upstream(|head, s| {
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}", head.len());
+        s.write_all(answer.as_bytes()).unwrap();
+    });
+    let proxy = proxy(&[addr.to_string()], "", &[]);
+    let mut c = Client::connect(proxy.port());
+    let r = c.request(b"GET /who HTTP/1.1\r\nHost: site\r\nX-Forwarded-For: 10.1.2.3\r\nKeep-Alive: 5\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let seen = upstream.join().unwrap();
+    assert!(seen.starts_with("GET /who HTTP/1.1\r\n"), "{seen}");
+    assert!(seen.contains("\r\nHost: site\r\n"), "{seen}");
+    assert!(seen.contains("\r\nX-Forwarded-For: 10.1.2.3, 127.0.0.1\r\n"), "{seen}");
+    assert!(!seen.to_ascii_lowercase().contains("keep-alive"), "{seen}");
+}
+
+#[test]
+fn an_upstream_that_never_answers_is_a_504() {
+    let (addr, _upstream) = one_shot_upstream(|_, s| {
+        // Holds the connection, silent, until the proxy gives up and closes it.
+        let _ = s.read(&mut [0u8; 1]);
+    });
+    let proxy = proxy(&[addr.to_string()], "response_timeout_ms = 300", &[]);
+    let mut c = Client::connect(proxy.port());
+    let r = c.request(&get("/"));
+    assert_eq!(r.status, 504, "{}", r.head);
+}
+
+#[test]
+fn an_upstream_closing_before_its_answer_is_a_502_and_mid_answer_closes_the_client() {
+    let (addr, _upstream) = one_shot_upstream(|_, _| {});
+    let proxy1 = proxy(&[addr.to_string()], "", &[]);
+    let mut c = Client::connect(proxy1.port());
+    assert_eq!(c.request(&get("/")).status, 502);
+
+    let (addr, _upstream) = one_shot_upstream(|_, s| {
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b").unwrap();
+    });
+    let proxy2 = proxy(&[addr.to_string()], "", &[]);
+    let mut c = Client::connect(proxy2.port());
+    c.send(&get("/"));
+    let got = c.wait_closed(Duration::from_secs(10)).expect("the client is closed");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nonly ten b"), "{got:?}");
+}
+
+// A client that does not read a 32 MiB response: the proxy pauses the upstream connection once
+// the client's send buffer is full, so the worker holds about one send buffer, not the file.
+// Once the client reads, the file arrives whole.
+#[test]
+fn a_client_that_does_not_read_pauses_the_upstream_with_bounded_memory() {
+    const SIZE: usize = 32 << 20;
+    let dir = TempDir::new();
+    let content: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    dir.write("www/big.bin", &content);
+    let config = format!("root = {:?}", dir.join("www").display().to_string());
+    let (_up, addr) = http_upstream(&["--plugin-config", &config]);
+    let mut proxy = proxy(&[addr], "", &["--max-send-buffer", "1048576"]);
+    let mut c = Client::connect(proxy.port());
+    c.send(&get("/big.bin"));
+    let table = poll_until(Duration::from_secs(10), || {
+        let out = proxy.command(["connections"], Duration::from_secs(10));
+        out.stdout.lines().any(|l| l.ends_with(" paused")).then_some(out.stdout)
+    })
+    .unwrap_or_else(|| panic!("the upstream connection was never paused:\n{}", proxy.log_text()));
+    for row in table.lines().filter(|l| l.contains("127.0.0.1")) {
+        let pending = row.split_whitespace().nth(8).unwrap_or_default();
+        assert!(human_bytes(pending) <= 3 << 20, "pending output {pending:?} in {row:?}\n{table}");
+    }
+    let r = c.read_response().expect("the big response");
+    assert_eq!(r.status, 200);
+    assert!(r.body == content, "the file arrived changed ({} bytes)", r.body.len());
+    assert_eq!(c.request(&get("/")).status, 200, "the connection serves on");
+}
+
+/// `268.2K`, `1.0M`, `512B` as `host connections` prints them, in bytes.
+fn human_bytes(text: &str) -> u64 {
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let scale = match unit {
+        "B" => 1.0,
+        "K" => 1024.0,
+        "M" => 1024.0 * 1024.0,
+        "G" => 1024.0 * 1024.0 * 1024.0,
+        _ => panic!("not a size: {text:?}"),
+    };
+    (number.parse::<f64>().unwrap_or_else(|_| panic!("not a size: {text:?}")) * scale) as u64
+}
