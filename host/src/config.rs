@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::tls::{TlsFiles, TlsSpec};
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_PACKAGE_SIZE: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SEND_BUFFER: usize = 1024 * 1024;
@@ -163,6 +165,8 @@ pub struct Service {
     /// TOML text handed to the plugin as is.
     pub plugin_config: String,
     pub limits: Limits,
+    /// Serve over TLS with this certificate and key (None: plain TCP).
+    pub tls: Option<TlsFiles>,
 }
 
 /// Per-connection and per-worker limits enforced by the worker's event loop.
@@ -217,6 +221,9 @@ pub struct WorkerSpec {
     /// How long the worker drains when it is sent SIGTERM by hand (the master says so itself).
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// The service's certificate and key, checked by the master (None: plain TCP).
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -263,6 +270,7 @@ mod tests {
             count: 4,
             plugin_config: "root = \"/srv\"".into(),
             limits: Limits::default(),
+            tls: None,
         }
     }
 
@@ -278,6 +286,11 @@ mod tests {
             user: Some("www-data".into()),
             group: None,
             drain_timeout_ms: 1500,
+            tls: Some(TlsSpec {
+                cert_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+                key_pem: "k".into(),
+                alpn: vec!["http/1.1".into()],
+            }),
         };
         assert_eq!(WorkerSpec::decode(&spec.encode()).unwrap(), spec);
     }

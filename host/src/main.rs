@@ -13,6 +13,7 @@ mod pidfile;
 mod plugin;
 mod status;
 mod sys;
+mod tls;
 mod watcher;
 mod worker;
 

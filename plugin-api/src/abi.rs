@@ -52,7 +52,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, RResult, RSlice, RStr, RString},
+    std_types::{RBox, ROption, RResult, RSlice, RStr, RString},
     StableAbi,
 };
 
@@ -290,6 +290,13 @@ pub trait RawHost {
     /// How many workers the service has; 0 when the host is too old to say.
     fn worker_count(&self) -> u32 {
         0
+    }
+
+    /// The server name the client asked for with TLS SNI; none on plain TCP, without SNI, or
+    /// from a host too old to say.
+    fn server_name(&self, conn: ConnId) -> ROption<RStr<'_>> {
+        let _ = conn;
+        ROption::RNone
     }
 }
 

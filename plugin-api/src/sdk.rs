@@ -207,6 +207,12 @@ impl<'a> Host<'a> {
             n => Some(n),
         }
     }
+
+    /// The server name the client asked for with TLS SNI (`None` on plain TCP, without SNI, or
+    /// from a host too old to say). The host does TLS itself: the plugin sees plaintext.
+    pub fn server_name(&self, conn: ConnId) -> Option<String> {
+        self.raw.server_name(conn).into_option().map(|name| name.as_str().to_string())
+    }
 }
 
 fn millis(d: Duration) -> u64 {

@@ -45,14 +45,14 @@ use self::reload::state::Trigger;
 use self::report::{Gather, Requester};
 use self::slots::{ClientId, SlotKey, WorkerId};
 
-use self::supervisor::{Output, Phase, ServiceState, Supervisor, Timeouts};
+use self::supervisor::{LoadedTls, Output, Phase, ServiceState, Supervisor, Timeouts};
 use crate::config::{self, Service};
 use crate::config_file::ServiceConfig;
 use crate::ctl::{LineConn, ReportKind, ToMaster, ToWorker};
 use crate::pidfile::{self, PidFile};
 use crate::status::{Answer, WorkerReport};
 use crate::watcher::{Change, Watcher};
-use crate::{plugin, sys};
+use crate::{plugin, sys, tls};
 
 const SIGNALS: Token = Token(0);
 /// The one waker of the poll (mio allows one): the watcher and the preparer threads share it.
@@ -121,6 +121,10 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     for ServiceConfig { service, reloadable, user, group } in services {
         sys::check_identity(user.as_deref(), group.as_deref())
             .with_context(|| format!("service {} cannot run as the configured user/group", service.name))?;
+        let tls = match &service.tls {
+            Some(files) => Some(load_tls(&service.name, files)?),
+            None => None,
+        };
         let expected_name = (!plugin::is_path(&service.plugin)).then(|| service.plugin.clone());
         let source = match plugin::find(&service.plugin, &plugin_dirs) {
             Ok(source) => Some(source),
@@ -150,6 +154,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
             user,
             group,
             sockets,
+            tls,
         };
         states.push((state, snapshot));
     }
@@ -174,6 +179,19 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         master.admin = Some(server);
     }
     master.run_loop()
+}
+
+/// Reads and checks a service's certificate and key (the start fails on a broken pair); warns
+/// when the certificate expires soon.
+fn load_tls(service: &str, files: &tls::TlsFiles) -> anyhow::Result<LoadedTls> {
+    let now = SystemTime::now();
+    let (spec, info) = tls::load(files, now).with_context(|| format!("service {service}: TLS"))?;
+    let days = info.remaining(now).as_secs() / 86400;
+    if info.remaining(now) < tls::EXPIRY_WARNING {
+        tracing::warn!(service, subject = %info.subject, expires = %info.not_after_text, "the certificate expires in {days} days");
+    }
+    tracing::info!(service, subject = %info.subject, expires = %info.not_after_text, alpn = ?spec.alpn, "TLS certificate checked");
+    Ok(LoadedTls { spec, info })
 }
 
 impl Master {

@@ -7,14 +7,17 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use abi_stable::std_types::{RSlice, RStr};
+use abi_stable::std_types::{ROption, RSlice, RStr};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use plugin_api::abi::{ConnError, RawHost, RawSockAddr};
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
+use rustls::ServerConfig;
 
 use super::timers::Timers;
+use super::transport::Transport;
 use crate::config::Limits;
 use crate::status::{ConnReport, WorkerReport};
 
@@ -49,7 +52,11 @@ pub enum ConnState {
 
 pub struct Conn {
     pub id: ConnId,
-    pub stream: TcpStream,
+    /// The socket, plain or TLS: the plugin sees plaintext either way.
+    pub stream: Transport,
+    /// Its TLS handshake is not complete: the plugin has not heard of it (`on_connect` comes
+    /// after the handshake) and hears nothing if it closes before.
+    pub awaiting_handshake: bool,
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
     pub state: ConnState,
@@ -93,7 +100,8 @@ impl Conn {
         let start = self.output_pos;
         let result = loop {
             if self.output_pos == self.output.len() {
-                break Ok(true);
+                // TLS: the records rustls holds go out too.
+                break self.stream.flush_pending();
             }
             match self.stream.write(&self.output[self.output_pos..]) {
                 Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
@@ -193,6 +201,8 @@ pub struct Core {
     pub dirty_spare: Vec<usize>,
     pub deferred: VecDeque<(ConnId, Deferred)>,
     pub stats: Stats,
+    /// The service's TLS configuration (None: plain TCP).
+    pub tls: Option<Arc<ServerConfig>>,
     registry: Registry,
 }
 
@@ -214,6 +224,7 @@ impl Core {
             dirty_spare: Vec::new(),
             deferred: VecDeque::new(),
             stats: Stats::default(),
+            tls: None,
             registry,
         }
     }
@@ -232,7 +243,11 @@ impl Core {
     }
 
     /// Registers an accepted stream and returns its id.
-    pub fn insert(&mut self, mut stream: TcpStream) -> io::Result<ConnId> {
+    pub fn insert(&mut self, stream: TcpStream) -> io::Result<ConnId> {
+        let mut stream = match &self.tls {
+            Some(config) => Transport::tls(stream, config)?,
+            None => Transport::plain(stream),
+        };
         let index = match self.free.pop() {
             Some(i) => i as usize,
             None => {
@@ -252,6 +267,7 @@ impl Core {
             id,
             peer: stream.peer_addr().ok(),
             local: stream.local_addr().ok(),
+            awaiting_handshake: stream.is_handshaking(),
             stream,
             state: ConnState::Open,
             input: Vec::new(),
@@ -338,6 +354,7 @@ impl Core {
                 bytes_out: c.bytes_out,
                 pending_send: c.pending_output() as u64,
                 state: match c.state {
+                    ConnState::Open if c.awaiting_handshake => "handshake",
                     ConnState::Open if c.paused_by_plugin || c.send_buffer_full => "paused",
                     ConnState::Open => "open",
                     ConnState::Closing => "closing",
@@ -473,6 +490,10 @@ impl RawHost for Ctx<'_> {
 
     fn worker_count(&self) -> u32 {
         self.core.worker_count
+    }
+
+    fn server_name(&self, conn: ConnId) -> ROption<RStr<'_>> {
+        self.core.get(conn).and_then(|c| c.stream.server_name()).map(RStr::from_str).into()
     }
 }
 

@@ -6,6 +6,7 @@
 mod core;
 mod dispatch;
 mod timers;
+mod transport;
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -35,6 +36,8 @@ const SIGNALS: Token = Token(2);
 const SWEEP_INTERVAL_MS: u64 = 1000;
 /// How long a closed connection keeps reading and discarding what the client still sends.
 const LINGER_MS: u64 = 2000;
+/// How long a TLS handshake may take (at most the message timeout, when that is shorter).
+const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Bytes read from a socket per read call.
 const READ_CHUNK: usize = 64 * 1024;
 /// How soon accepting is tried again after the system ran out of descriptors or memory.
@@ -152,6 +155,9 @@ impl Worker {
             poll,
         };
         worker.core.worker_count = spec.worker_count;
+        if let Some(tls) = &spec.tls {
+            worker.core.tls = Some(crate::tls::server_config(tls)?);
+        }
         if let RResult::RErr(e) = dispatch::worker_start(&mut worker.plugin, &mut worker.core) {
             anyhow::bail!("plugin {} failed to start: {}", loaded.name, e);
         }
@@ -235,7 +241,10 @@ impl Worker {
                 Ok((stream, _)) => match self.core.insert(stream) {
                     Ok(id) => {
                         self.core.stats.accepted += 1;
-                        dispatch::connect(&mut self.plugin, &mut self.core, id);
+                        // TLS: the plugin hears of it once the handshake is done.
+                        if self.core.get(id).is_some_and(|c| !c.awaiting_handshake) {
+                            dispatch::connect(&mut self.plugin, &mut self.core, id);
+                        }
                     }
                     Err(e) => tracing::warn!("could not register a connection: {e}"),
                 },
