@@ -100,7 +100,7 @@ fn announce_after_handshake(plugin: &mut RawPluginBox, core: &mut Core, index: u
     c.awaiting_handshake = false;
     let id = c.id;
     let alpn = c.stream.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
-    tracing::trace!(conn = id.0, sni = ?c.stream.server_name(), ?alpn, "TLS handshake done");
+    tracing::debug!(conn = id.0, sni = ?c.stream.server_name(), ?alpn, "TLS handshake done");
     connect(plugin, core, id);
 }
 
