@@ -72,10 +72,15 @@ fn curl(cert: &Cert, port: u16, args: &[&str]) -> String {
 fn curl_speaks_https_to_the_unchanged_http_plugin() {
     let dir = TempDir::new();
     let cert = make_cert(&dir, "web");
-    let (_host, port) = start_https(&cert, &[]);
+    let (mut host, port) = start_https(&cert, &[]);
     let url = format!("https://localhost:{port}/");
 
     assert_eq!(curl(&cert, port, &[&url]), "Hello, World!");
+    // `status` shows the certificate's subject and expiry (rcgen's default: the year 4096).
+    let status = host.command(["status"], WAIT);
+    let text = &status.stdout;
+    let row = text.lines().find(|l| l.contains("CN=web.test")).unwrap_or_else(|| panic!("no certificate in {text}"));
+    assert_contains!(row, "4096 +00:00 (in ");
 
     let body = "x".repeat(100_000);
     let file = dir.write("body", body.as_bytes());
