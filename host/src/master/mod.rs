@@ -227,7 +227,13 @@ impl Master {
         let preparer = Preparer::start(waker.clone())?;
         // The watcher is a thread; workers are started by fork + exec, which is safe with
         // threads around (a bare fork is not: DESIGN.md pitfall 4).
-        let watcher = match Watcher::start(plugin_dirs, waker) {
+        let tls_files: Vec<PathBuf> = sup
+            .services
+            .iter()
+            .filter_map(|s| s.service.tls.as_ref())
+            .flat_map(|t| [t.cert.clone(), t.key.clone()])
+            .collect();
+        let watcher = match Watcher::start(plugin_dirs, &tls_files, waker) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!("plugin files are not watched (reload with SIGHUP): {e}");
@@ -506,6 +512,12 @@ impl Master {
             }
         }
         for (path, change) in changed {
+            if self.sup.is_tls_file(&path) {
+                if change == Change::Written {
+                    self.sup.tls_file_changed(&path);
+                }
+                continue;
+            }
             match change {
                 Change::Written => self.sup.plugin_file_changed(&path),
                 Change::Removed => self.sup.plugin_file_removed(&path),

@@ -229,3 +229,34 @@ fn a_clean_close_sends_close_notify() {
     tls.read_to_end(&mut response).expect("a clean TLS close");
     assert_contains!(String::from_utf8_lossy(&response), "Hello, World!");
 }
+
+// A new certificate and key, moved into place, are checked and rolled out through the reload
+// chain (new workers serve the new certificate); a key that does not match is refused and the
+// workers keep the last good pair.
+#[test]
+fn a_changed_certificate_reloads_and_a_broken_pair_is_refused() {
+    let dir = TempDir::new();
+    let first = make_cert(&dir, "web");
+    let (host, port) = start_https(&first, &["--count", "2"]);
+    let old_workers = host.worker_pids();
+    let url = format!("https://localhost:{port}/");
+    assert_eq!(curl(&first, port, &[&url]), "Hello, World!");
+
+    let second = make_cert(&dir, "second");
+    std::fs::rename(&second.key, &first.key).unwrap();
+    std::fs::rename(&second.cert, &first.cert).unwrap();
+    host.wait_for_log("TLS certificate changed", WAIT).expect("the change is seen");
+    host.wait_for_log("reload done", WAIT).expect("the chain ran");
+    let new_workers = host.worker_pids();
+    assert!(new_workers.iter().all(|p| !old_workers.contains(p)), "{old_workers:?} -> {new_workers:?}");
+    // The new certificate (a new key pair, so the old CA file cannot verify it) is served.
+    let now = Cert { cert: dir.write("second-ca.crt", std::fs::read(&first.cert).unwrap()), ..second };
+    assert_eq!(curl(&now, port, &[&url]), "Hello, World!");
+
+    let other = make_cert(&dir, "other");
+    std::fs::rename(&other.key, &first.key).unwrap();
+    host.wait_for_log("TLS certificate change refused", WAIT).expect("the broken pair is refused");
+    assert_contains!(host.log_text(), "does not match the certificate");
+    assert_eq!(host.worker_pids(), new_workers, "no worker replaced");
+    assert_eq!(curl(&now, port, &[&url]), "Hello, World!");
+}
