@@ -247,8 +247,8 @@ fn a_changed_certificate_reloads_and_a_broken_pair_is_refused() {
     std::fs::rename(&second.cert, &first.cert).unwrap();
     host.wait_for_log("TLS certificate changed", WAIT).expect("the change is seen");
     host.wait_for_log("reload done", WAIT).expect("the chain ran");
-    let new_workers = host.worker_pids();
-    assert!(new_workers.iter().all(|p| !old_workers.contains(p)), "{old_workers:?} -> {new_workers:?}");
+    // (The old workers drain, then exit.)
+    let new_workers = host.wait_workers(2, WAIT, |p| p.iter().all(|p| !old_workers.contains(p))).expect("new workers");
     // The new certificate (a new key pair, so the old CA file cannot verify it) is served.
     let now = Cert { cert: dir.write("second-ca.crt", std::fs::read(&first.cert).unwrap()), ..second };
     assert_eq!(curl(&now, port, &[&url]), "Hello, World!");
