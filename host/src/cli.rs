@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Service, Setting, SettingError, Settings, Source};
 use crate::scaffold::Template;
+use crate::tls::TlsFiles;
 
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about = "A prefork server whose protocol handlers are plugins")]
@@ -181,6 +182,12 @@ pub struct StartArgs {
     /// Seconds one message may take to arrive whole, from its first byte (0: never) [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub message_timeout: Option<u64>,
+    /// Serve over TLS with this PEM certificate (chain) file; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Where a daemon's logs go [default: ./host.log].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
@@ -222,7 +229,7 @@ impl StartArgs {
     /// Flags that describe a service (they may not be mixed with a config file).
     pub fn service_flags(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
-        let flags: [(&'static str, bool); 10] = [
+        let flags: [(&'static str, bool); 12] = [
             ("--plugin", self.plugin.is_some()),
             ("--count", self.count.is_some()),
             ("--listen", self.listen.is_some()),
@@ -233,6 +240,8 @@ impl StartArgs {
             ("--max-connections", self.max_connections.is_some()),
             ("--idle-timeout", self.idle_timeout.is_some()),
             ("--message-timeout", self.message_timeout.is_some()),
+            ("--tls-cert", self.tls_cert.is_some()),
+            ("--tls-key", self.tls_key.is_some()),
         ];
         for (flag, given) in flags {
             if given {
@@ -298,6 +307,10 @@ impl StartArgs {
             message_timeout: self.message_timeout,
         };
         let (count, limits) = settings.build(Source::Flags)?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles::new(absolute(cert)?, absolute(key)?, None, &plugin)),
+            _ => None,
+        };
         let service = Service {
             name,
             plugin,
@@ -305,10 +318,16 @@ impl StartArgs {
             count,
             plugin_config: self.plugin_config.clone().unwrap_or_default(),
             limits,
+            tls,
         };
         config::validate(&service)?;
         Ok(service)
     }
+}
+
+/// A path from the command line, made absolute (the master may change directory).
+fn absolute(path: &std::path::Path) -> Result<PathBuf, SettingError> {
+    std::path::absolute(path).map_err(|e| SettingError::Invalid(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::tls::{TlsFiles, TlsSpec};
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_PACKAGE_SIZE: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SEND_BUFFER: usize = 1024 * 1024;
@@ -177,6 +179,8 @@ pub struct Service {
     /// TOML text handed to the plugin as is.
     pub plugin_config: String,
     pub limits: Limits,
+    /// Serve over TLS with this certificate and key (None: plain TCP).
+    pub tls: Option<TlsFiles>,
 }
 
 /// Per-connection and per-worker limits enforced by the worker's event loop.
@@ -234,6 +238,9 @@ pub struct WorkerSpec {
     /// How often the worker says `alive` to the master (0: never; the watchdog is off).
     #[serde(default)]
     pub heartbeat_ms: u64,
+    /// The service's certificate and key, checked by the master (None: plain TCP).
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
 }
 
 /// The heartbeat interval for a worker timeout (None: off): often enough that two beats fit in
@@ -279,6 +286,7 @@ mod tests {
             count: 4,
             plugin_config: "root = \"/srv\"".into(),
             limits: Limits::default(),
+            tls: None,
         }
     }
 
@@ -295,6 +303,11 @@ mod tests {
             group: None,
             drain_timeout_ms: 1500,
             heartbeat_ms: 1000,
+            tls: Some(TlsSpec {
+                cert_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+                key_pem: "k".into(),
+                alpn: vec!["http/1.1".into()],
+            }),
         };
         assert_eq!(postcard::from_bytes::<WorkerSpec>(&postcard::to_stdvec(&spec).unwrap()).unwrap(), spec);
     }

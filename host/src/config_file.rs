@@ -24,6 +24,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{self, Service, Setting, SettingError, Settings, Source};
+use crate::tls::TlsFiles;
 
 /// A whole config file, validated, with every path absolute.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +151,12 @@ struct RawService {
     idle_timeout: Option<Spanned<u64>>,
     /// Seconds; 0: never.
     message_timeout: Option<Spanned<u64>>,
+    /// PEM certificate (chain) and key files: the service is served over TLS.
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    /// ALPN protocols offered (default: `["http/1.1", "http/1.0"]` for the http plugin, none
+    /// otherwise).
+    tls_alpn: Option<Vec<String>>,
     config: Option<Spanned<toml::Table>>,
 }
 
@@ -315,8 +322,33 @@ impl RawService {
             Some(table) => toml::to_string(table.get_ref())
                 .map_err(|e| invalid(table.span(), format!("config could not be handed to the plugin: {e}")))?,
         };
-        let service =
-            Service { name: name.to_string(), plugin, listen: *self.listen.get_ref(), count, plugin_config, limits };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => {
+                for (k, v) in [("tls_cert", &cert), ("tls_key", &key)] {
+                    if v.get_ref().as_os_str().is_empty() {
+                        return Err(invalid(v.span(), format!("{k} must not be empty")));
+                    }
+                }
+                let (cert, key) = (base_dir.join(cert.into_inner()), base_dir.join(key.into_inner()));
+                Some(TlsFiles::new(cert, key, self.tls_alpn, &plugin))
+            }
+            (Some(v), None) | (None, Some(v)) => {
+                return Err(invalid(v.span(), "tls_cert and tls_key go together".into()));
+            }
+            (None, None) if self.tls_alpn.is_some() => {
+                return Err(ctx.invalid(None, Some(name), "tls_alpn needs tls_cert and tls_key".into()));
+            }
+            (None, None) => None,
+        };
+        let service = Service {
+            name: name.to_string(),
+            plugin,
+            listen: *self.listen.get_ref(),
+            count,
+            plugin_config,
+            limits,
+            tls,
+        };
         // What the flags refuse, the file refuses too (a backstop: the checks above name the keys).
         config::validate(&service).map_err(|e| ctx.invalid(None, Some(name), e.to_string()))?;
         Ok(ServiceConfig { service, reloadable: self.reloadable.unwrap_or(true), user, group })
@@ -388,6 +420,8 @@ max_package_size = 2048
 max_send_buffer = 4096
 max_connections = 100
 idle_timeout = 30
+tls_cert = "certs/web.pem"
+tls_key = "/etc/ssl/web.key"
 [service.config]
 root = "/srv/www"
 "#,
@@ -409,12 +443,25 @@ root = "/srv/www"
                     idle_timeout_ms: 30_000,
                     message_timeout_ms: Limits::default().message_timeout_ms,
                 },
+                tls: Some(TlsFiles {
+                    cert: "/etc/host/certs/web.pem".into(),
+                    key: "/etc/ssl/web.key".into(),
+                    alpn: vec!["http/1.1".into(), "http/1.0".into()],
+                }),
             },
             reloadable: false,
             user: Some("www-data".into()),
             group: Some("www-data".into()),
         };
         assert_eq!(config.services, [expected]);
+    }
+
+    #[test]
+    fn tls_keys_go_together() {
+        assert!(parse_err(&with_service("tls_cert = \"c.pem\"\n")).contains("tls_cert and tls_key go together"));
+        assert!(parse_err(&with_service("tls_alpn = [\"h2\"]\n")).contains("tls_alpn needs"));
+        let file = parse_ok(&with_service("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_alpn = [\"x\"]\n"));
+        assert_eq!(file.services[0].service.tls.as_ref().unwrap().alpn, ["x"]);
     }
 
     #[test]

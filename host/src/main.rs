@@ -14,6 +14,7 @@ mod plugin;
 mod scaffold;
 mod status;
 mod sys;
+mod tls;
 mod watcher;
 mod worker;
 

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::tls::CertInfo;
+
 /// A worker's own counters, sent to the master on request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerReport {
@@ -127,6 +129,9 @@ pub struct ServiceRow {
     pub plugin: String,
     pub count: u32,
     pub reloadable: bool,
+    /// Its TLS certificate (None: plain TCP).
+    #[serde(default)]
+    pub tls: Option<CertInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -270,6 +275,20 @@ pub fn render_status(s: &Status) -> String {
         })
         .collect();
     out.push_str(&table(&["SERVICE", "LISTEN", "PLUGIN", "WORKERS", "RELOADABLE"], &services));
+    let now = s.started_at + s.uptime_s;
+    let certs: Vec<Vec<String>> = s
+        .services
+        .iter()
+        .filter_map(|r| {
+            let c = r.tls.as_ref()?;
+            let days = c.not_after.saturating_sub(now as i64) / 86400;
+            Some(vec![r.name.clone(), c.subject.clone(), format!("{} (in {days} days)", c.not_after_text)])
+        })
+        .collect();
+    if !certs.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["SERVICE", "TLS CERTIFICATE", "EXPIRES"], &certs));
+    }
     if !s.exits.is_empty() {
         out.push('\n');
         let exits: Vec<Vec<String>> =
@@ -411,6 +430,11 @@ mod tests {
                 plugin: "http 0.1.0".into(),
                 count: 2,
                 reloadable: true,
+                tls: Some(CertInfo {
+                    subject: "CN=web.test".into(),
+                    not_after: 3725 + 30 * 86400,
+                    not_after_text: "Jan 31 01:02:05 1970 +00:00".into(),
+                }),
             }],
             workers: vec![
                 WorkerRow {
@@ -464,6 +488,8 @@ mod tests {
         assert!(rows[1].ends_with("busy") && rows[1].contains(" - "), "{}", rows[1]);
         let total = text.lines().find(|l| l.starts_with("total ")).expect("a totals row");
         assert!(total.contains("1500") && total.contains("4.0M"), "{total}");
+        let cert = text.lines().find(|l| l.contains("CN=web.test")).expect("a certificate row");
+        assert!(cert.starts_with("web ") && cert.ends_with("Jan 31 01:02:05 1970 +00:00 (in 30 days)"), "{cert}");
     }
 
     #[test]

@@ -43,9 +43,17 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Watches `dirs` (those that exist); `waker` wakes the master's poll when an event came.
-    pub fn start(dirs: &[PathBuf], waker: Arc<mio::Waker>) -> notify::Result<Self> {
+    /// Watches `dirs` (those that exist) for plugin files, and the directories of `files` (TLS
+    /// certificates and keys) for those files; `waker` wakes the master's poll when an event came.
+    pub fn start(dirs: &[PathBuf], files: &[PathBuf], waker: Arc<mio::Waker>) -> notify::Result<Self> {
         let (tx, rx) = channel();
+        let followed: Vec<PathBuf> = files.to_vec();
+        let mut dirs = dirs.to_vec();
+        for dir in files.iter().filter_map(|f| f.parent()) {
+            if !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
+        }
         let inner = notify::recommended_watcher(move |res: notify::Result<Event>| match res {
             Ok(event) => {
                 let Some(what) = classify(&event.kind) else { return };
@@ -57,7 +65,7 @@ impl Watcher {
                     _ => event.paths,
                 };
                 let mut sent = false;
-                for path in paths.into_iter().filter(|p| is_plugin_file(p)) {
+                for path in paths.into_iter().filter(|p| is_plugin_file(p) || followed.contains(p)) {
                     sent |= tx.send((path, what)).is_ok();
                 }
                 if sent {
@@ -74,7 +82,7 @@ impl Watcher {
             rx,
             debouncer: Debouncer::default(),
         };
-        for dir in dirs {
+        for dir in &dirs {
             if dir.is_dir() {
                 watcher.watch(dir);
             } else {

@@ -52,7 +52,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, RResult, RSlice, RStr, RString},
+    std_types::{RBox, ROption, RResult, RSlice, RStr, RString},
     StableAbi,
 };
 
@@ -338,6 +338,13 @@ pub trait RawHost {
     fn is_outbound(&self, conn: ConnId) -> bool {
         let _ = conn;
         false
+    }
+
+    /// The server name the client asked for with TLS SNI; none on plain TCP, without SNI, or
+    /// from a host too old to say.
+    fn server_name(&self, conn: ConnId) -> ROption<RStr<'_>> {
+        let _ = conn;
+        ROption::RNone
     }
 }
 

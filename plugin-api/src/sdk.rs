@@ -322,6 +322,12 @@ impl<'a> Host<'a> {
     pub fn is_outbound(&self, conn: ConnId) -> bool {
         self.raw.is_outbound(conn)
     }
+
+    /// The server name the client asked for with TLS SNI (`None` on plain TCP, without SNI, or
+    /// from a host too old to say). The host does TLS itself: the plugin sees plaintext.
+    pub fn server_name(&self, conn: ConnId) -> Option<String> {
+        self.raw.server_name(conn).into_option().map(|name| name.as_str().to_string())
+    }
 }
 
 /// A counter registered with [`Host::counter`].

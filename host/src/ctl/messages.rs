@@ -30,7 +30,7 @@ pub enum ToWorker {
     /// The master's first frame: its protocol version and the worker's settings.
     Hello {
         protocol: u32,
-        spec: WorkerSpec,
+        spec: Box<WorkerSpec>,
     },
     /// Stop accepting, drain connections, exit within this many milliseconds.
     Drain {

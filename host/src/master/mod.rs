@@ -47,14 +47,14 @@ use self::report::{Gather, Requester};
 use self::slots::{ClientId, SlotKey, WorkerId};
 pub use self::systemd::first_stray_fd;
 
-use self::supervisor::{Output, Phase, ServiceState, Supervisor, Timeouts};
+use self::supervisor::{LoadedTls, Output, Phase, ServiceState, Supervisor, Timeouts};
 use crate::config::{self, Service};
 use crate::config_file::ServiceConfig;
 use crate::ctl::{MasterChannel, ReportKind, ToMaster, ToWorker};
 use crate::pidfile::{self, PidFile};
 use crate::status::{Answer, WorkerReport};
 use crate::watcher::{Change, Watcher};
-use crate::{plugin, sys};
+use crate::{plugin, sys, tls};
 
 const SIGNALS: Token = Token(0);
 /// The one waker of the poll (mio allows one): the watcher and the preparer threads share it.
@@ -137,6 +137,10 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     for ServiceConfig { service, reloadable, user, group } in services {
         sys::check_identity(user.as_deref(), group.as_deref())
             .with_context(|| format!("service {} cannot run as the configured user/group", service.name))?;
+        let tls = match &service.tls {
+            Some(files) => Some(load_tls(&service.name, files)?),
+            None => None,
+        };
         let expected_name = (!plugin::is_path(&service.plugin)).then(|| service.plugin.clone());
         let source = match plugin::find(&service.plugin, &plugin_dirs) {
             Ok(source) => Some(source),
@@ -190,6 +194,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
             user,
             group,
             sockets,
+            tls,
         };
         states.push((state, snapshot));
     }
@@ -228,6 +233,19 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     master.run_loop()
 }
 
+/// Reads and checks a service's certificate and key (the start fails on a broken pair); warns
+/// when the certificate expires soon.
+fn load_tls(service: &str, files: &tls::TlsFiles) -> anyhow::Result<LoadedTls> {
+    let now = SystemTime::now();
+    let (spec, info) = tls::load(files, now).with_context(|| format!("service {service}: TLS"))?;
+    let days = info.remaining(now).as_secs() / 86400;
+    if info.remaining(now) < tls::EXPIRY_WARNING {
+        tracing::warn!(service, subject = %info.subject, expires = %info.not_after_text, "the certificate expires in {days} days");
+    }
+    tracing::info!(service, subject = %info.subject, expires = %info.not_after_text, alpn = ?spec.alpn, "TLS certificate checked");
+    Ok(LoadedTls { spec, info })
+}
+
 impl Master {
     fn new(
         sup: Supervisor<OsProcesses>,
@@ -262,7 +280,13 @@ impl Master {
         let preparer = Preparer::start(waker.clone(), policy)?;
         // The watcher is a thread; workers are started by fork + exec, which is safe with
         // threads around (a bare fork is not: docs/architecture.md pitfall 4).
-        let watcher = match Watcher::start(plugin_dirs, waker) {
+        let tls_files: Vec<PathBuf> = sup
+            .services
+            .iter()
+            .filter_map(|s| s.service.tls.as_ref())
+            .flat_map(|t| [t.cert.clone(), t.key.clone()])
+            .collect();
+        let watcher = match Watcher::start(plugin_dirs, &tls_files, waker) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!("plugin files are not watched (reload with SIGHUP): {e}");
@@ -561,6 +585,12 @@ impl Master {
             }
         }
         for (path, change) in changed {
+            if self.sup.is_tls_file(&path) {
+                if change == Change::Written {
+                    self.sup.tls_file_changed(&path);
+                }
+                continue;
+            }
             match change {
                 Change::Written => self.sup.plugin_file_changed(&path),
                 Change::Removed => self.sup.plugin_file_removed(&path),

@@ -183,6 +183,7 @@ impl Master {
                     },
                     count: s.service.count,
                     reloadable: s.reloadable,
+                    tls: s.tls.as_ref().map(|t| t.info.clone()),
                 }
             })
             .collect();

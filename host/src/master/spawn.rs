@@ -81,7 +81,7 @@ pub fn spawn_worker(
     ours.set_nonblocking(true).map_err(SpawnError::Spec)?;
     // Queued, never a blocking write: what the socket does not take now is flushed by the loop.
     let mut control = MasterChannel::new(ours);
-    control.send(&ToWorker::Hello { protocol: PROTOCOL, spec: spec.clone() }).map_err(SpawnError::Spec)?;
+    control.send(&ToWorker::Hello { protocol: PROTOCOL, spec: Box::new(spec.clone()) }).map_err(SpawnError::Spec)?;
     Ok(Spawned { pid, control })
 }
 

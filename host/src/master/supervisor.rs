@@ -22,6 +22,7 @@ use super::snapshot::Snapshot;
 use crate::config::{Service, WorkerSpec};
 use crate::ctl::{MasterChannel, ToWorker};
 use crate::status::Answer;
+use crate::tls::{CertInfo, TlsSpec};
 
 /// Where the master is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,15 @@ pub struct ServiceState {
     pub sockets: Vec<OwnedFd>,
     /// Its plugin file does not exist yet: no workers until it appears.
     pub waiting: bool,
+    /// Its certificate and key as checked (None: plain TCP).
+    pub tls: Option<LoadedTls>,
+}
+
+/// A service's checked certificate and key, and what `status` shows of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedTls {
+    pub spec: TlsSpec,
+    pub info: CertInfo,
 }
 
 /// How long things may take.
@@ -213,6 +223,7 @@ impl<P: Processes> Supervisor<P> {
             drain_timeout_ms: self.timeouts.drain.as_millis() as u64,
             worker_count: state.service.count,
             heartbeat_ms: crate::config::heartbeat_ms(self.timeouts.worker),
+            tls: state.tls.as_ref().map(|t| t.spec.clone()),
         }
     }
 
@@ -505,12 +516,14 @@ mod tests {
                 count,
                 plugin_config: String::new(),
                 limits: Limits::default(),
+                tls: None,
             },
             source: PathBuf::from(format!("/plugins/lib{name}.so")),
             expected_name: Some(name.into()),
             reloadable,
             user: None,
             group: None,
+            tls: None,
             sockets: (0..count).map(|_| socket()).collect(),
             waiting: false,
         }

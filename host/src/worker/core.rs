@@ -7,16 +7,18 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use abi_stable::std_types::RResult;
-use abi_stable::std_types::{RSlice, RStr};
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use plugin_api::abi::{ConnError, ConnectErrorCode, RawHost, RawSockAddr};
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
+use rustls::ServerConfig;
 
 use super::outbound::{self, Pending, PendingState, Resolver, Target};
 use super::timers::Timers;
+use super::transport::Transport;
 use crate::config::Limits;
 use crate::status::{ConnReport, PluginCounter, WorkerReport};
 
@@ -54,7 +56,11 @@ pub enum ConnState {
 
 pub struct Conn {
     pub id: ConnId,
-    pub stream: TcpStream,
+    /// The socket, plain or TLS: the plugin sees plaintext either way.
+    pub stream: Transport,
+    /// Its TLS handshake is not complete: the plugin has not heard of it (`on_connect` comes
+    /// after the handshake) and hears nothing if it closes before.
+    pub awaiting_handshake: bool,
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
     pub state: ConnState,
@@ -105,7 +111,8 @@ impl Conn {
         let start = self.output_pos;
         let result = loop {
             if self.output_pos == self.output.len() {
-                break Ok(true);
+                // TLS: the records rustls holds go out too.
+                break self.stream.flush_pending();
             }
             match self.stream.write(&self.output[self.output_pos..]) {
                 Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
@@ -218,6 +225,8 @@ pub struct Core {
     pub connecting: Vec<ConnId>,
     /// The addresses a name resolved to that a connect under way has not tried yet.
     pub fallbacks: Vec<(ConnId, Vec<SocketAddr>)>,
+    /// The service's TLS configuration (None: plain TCP).
+    pub tls: Option<Arc<ServerConfig>>,
     registry: Registry,
 }
 
@@ -244,6 +253,7 @@ impl Core {
             resolver: None,
             connecting: Vec::new(),
             fallbacks: Vec::new(),
+            tls: None,
             registry,
         }
     }
@@ -264,6 +274,10 @@ impl Core {
 
     /// Registers an accepted stream and returns its id.
     pub fn insert(&mut self, stream: TcpStream) -> io::Result<ConnId> {
+        let stream = match &self.tls {
+            Some(config) => Transport::tls(stream, config)?,
+            None => Transport::plain(stream),
+        };
         let id = self.reserve_id();
         match self.place(id, stream, None) {
             Ok(()) => Ok(id),
@@ -297,7 +311,7 @@ impl Core {
 
     /// Registers `stream` under the reserved `id`: an accepted connection, or (with its connect
     /// deadline) an outbound one whose connect is under way (it waits for writability).
-    pub fn place(&mut self, id: ConnId, mut stream: TcpStream, connecting_until_ms: Option<u64>) -> io::Result<()> {
+    pub fn place(&mut self, id: ConnId, mut stream: Transport, connecting_until_ms: Option<u64>) -> io::Result<()> {
         let index = id.index();
         let outbound = connecting_until_ms.is_some();
         let interest = if outbound { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
@@ -307,6 +321,7 @@ impl Core {
             id,
             peer: if outbound { None } else { stream.peer_addr().ok() },
             local: stream.local_addr().ok(),
+            awaiting_handshake: stream.is_handshaking(),
             stream,
             state: ConnState::Open,
             input: Vec::new(),
@@ -376,7 +391,8 @@ impl Core {
 
     /// Opens the socket of reserved `id` and starts its non-blocking connect.
     pub fn start_connect(&mut self, id: ConnId, addr: SocketAddr, deadline_ms: u64) -> io::Result<()> {
-        let stream = TcpStream::connect(addr)?;
+        // Outbound connections are plain TCP (the host terminates TLS for accepted ones only).
+        let stream = Transport::plain(TcpStream::connect(addr)?);
         self.place(id, stream, Some(deadline_ms))?;
         self.connecting.push(id);
         Ok(())
@@ -385,7 +401,7 @@ impl Core {
     /// Connects the connecting `id` to `addr` instead, on a new socket (the address it tried
     /// refused).
     pub fn restart_connect(&mut self, id: ConnId, addr: SocketAddr) -> io::Result<()> {
-        let mut stream = TcpStream::connect(addr)?;
+        let mut stream = Transport::plain(TcpStream::connect(addr)?);
         let index = id.index();
         let Some(Some(c)) = self.conns.get_mut(index).map(|c| c.as_mut().filter(|c| c.id == id)) else {
             return Err(io::ErrorKind::NotFound.into());
@@ -470,6 +486,7 @@ impl Core {
                 pending_send: c.pending_output() as u64,
                 state: match c.state {
                     ConnState::Open if c.connecting_until_ms.is_some() => "connecting",
+                    ConnState::Open if c.awaiting_handshake => "handshake",
                     ConnState::Open if c.paused_by_plugin || c.send_buffer_full => "paused",
                     ConnState::Open => "open",
                     ConnState::Closing => "closing",
@@ -635,6 +652,10 @@ impl RawHost for Ctx<'_> {
 
     fn is_outbound(&self, conn: ConnId) -> bool {
         self.core.is_outbound(conn)
+    }
+
+    fn server_name(&self, conn: ConnId) -> ROption<RStr<'_>> {
+        self.core.get(conn).and_then(|c| c.stream.server_name()).map(RStr::from_str).into()
     }
 }
 

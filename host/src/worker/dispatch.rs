@@ -13,7 +13,7 @@ use plugin_api::abi::{CallStatus, ConnError, ConnErrorCode, RawFrame, RawHost_TO
 use plugin_api::{ConnId, TimerId};
 
 use super::core::{ConnState, Core, Ctx, Deferred};
-use super::LINGER_MS;
+use super::{HANDSHAKE_TIMEOUT_MS, LINGER_MS};
 
 /// Calls the plugin with a host handle borrowing the core.
 macro_rules! call {
@@ -77,7 +77,10 @@ pub fn connect(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
 }
 
 pub fn drain(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
-    if core.get(id).is_some_and(|c| c.state == ConnState::Open && c.connecting_until_ms.is_none()) {
+    if core
+        .get(id)
+        .is_some_and(|c| c.state == ConnState::Open && c.connecting_until_ms.is_none() && !c.awaiting_handshake)
+    {
         conn_call!(plugin, core, id, "on_drain", on_drain, id);
     }
 }
@@ -92,6 +95,27 @@ pub fn timer(plugin: &mut RawPluginBox, core: &mut Core, timer: TimerId, data: u
 /// Reads what the socket has and dispatches complete messages. `hup`: the peer closed or the
 /// socket failed, so read until EOF instead of stopping at the first short read.
 pub fn read(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], index: usize, hup: bool) {
+    read_socket(plugin, core, scratch, index, hup);
+    // TLS: reading may have produced records to send (handshake, alerts, tickets).
+    if core.by_index(index).is_some_and(|c| c.stream.wants_write()) {
+        core.mark_dirty(index);
+    }
+}
+
+/// A TLS connection whose handshake just completed: now the plugin hears of it.
+fn announce_after_handshake(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
+    let Some(c) = core.by_index(index) else { return };
+    if !c.awaiting_handshake || c.stream.is_handshaking() {
+        return;
+    }
+    c.awaiting_handshake = false;
+    let id = c.id;
+    let alpn = c.stream.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+    tracing::debug!(conn = id.0, sni = ?c.stream.server_name(), ?alpn, "TLS handshake done");
+    connect(plugin, core, id);
+}
+
+fn read_socket(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], index: usize, hup: bool) {
     if let Some(c) = core.by_index(index) {
         // Remembered: a read resumed later must still read to EOF.
         c.hup |= hup;
@@ -109,7 +133,13 @@ pub fn read(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], inde
         }
         let (id, now) = (c.id, core.now_ms);
         let c = core.by_index(index).expect("checked above");
-        match c.stream.read(scratch) {
+        let result = c.stream.read(scratch);
+        if c.awaiting_handshake && !matches!(&result, Err(e) if e.kind() != io::ErrorKind::WouldBlock) {
+            // Before any plaintext is delivered: `on_connect` comes first.
+            announce_after_handshake(plugin, core, index);
+        }
+        let Some(c) = core.by_index(index) else { return };
+        match result {
             Ok(0) => {
                 c.readable = false;
                 c.peer_closed = true;
@@ -127,7 +157,9 @@ pub fn read(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], inde
                 if !lingering {
                     deliver(plugin, core, id, &scratch[..n]);
                 }
-                if n < scratch.len() && !core.by_index(index).is_some_and(|c| c.hup) {
+                // (TLS: records may still wait in the socket; read on until WouldBlock.)
+                let short_read_empties = core.by_index(index).is_some_and(|c| !c.hup && c.stream.short_read_empties());
+                if n < scratch.len() && short_read_empties {
                     // A short read emptied the socket; new data raises a new edge.
                     if let Some(c) = core.by_index(index) {
                         c.readable = false;
@@ -250,7 +282,9 @@ fn too_large(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, pos: usize)
 
 /// Reports an error to the plugin and closes the connection at once.
 fn fail(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, err: ConnError) {
-    conn_call!(plugin, core, id, "on_error", on_conn_error, id, ConnErrorCode::from(err));
+    if core.get(id).is_some_and(|c| !c.awaiting_handshake) {
+        conn_call!(plugin, core, id, "on_error", on_conn_error, id, ConnErrorCode::from(err));
+    }
     close_now(plugin, core, id.index());
 }
 
@@ -263,6 +297,15 @@ pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
         let Some(c) = core.get(id) else { continue };
         let idle = idle_ms > 0 && now.saturating_sub(c.last_active_ms) >= idle_ms;
         let slow = message_ms > 0 && c.message_started_ms.is_some_and(|t| now.saturating_sub(t) >= message_ms);
+        if c.awaiting_handshake {
+            // The plugin has not heard of it: no event, just the socket closed at the deadline.
+            let limit = if message_ms > 0 { HANDSHAKE_TIMEOUT_MS.min(message_ms) } else { HANDSHAKE_TIMEOUT_MS };
+            if now.saturating_sub(c.created_ms) >= limit {
+                tracing::debug!(conn = id.0, "TLS handshake timeout");
+                close_now(plugin, core, id.index());
+            }
+            continue;
+        }
         match c.state {
             ConnState::Lingering { until_ms } if now >= until_ms => close_now(plugin, core, id.index()),
             ConnState::Open if (idle || slow) && c.connecting_until_ms.is_none() => {
@@ -374,7 +417,8 @@ fn begin_close(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
         return;
     };
     let id = c.id;
-    if c.peer_closed || c.stream.shutdown(Shutdown::Write).is_err() {
+    // (Closed before its TLS handshake completed: nothing to linger for.)
+    if c.peer_closed || c.awaiting_handshake || c.stream.shutdown(Shutdown::Write).is_err() {
         close_now(plugin, core, index);
         return;
     }
@@ -397,7 +441,7 @@ pub fn close_now(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     let Some(conn) = core.remove(index) else {
         return;
     };
-    if !matches!(conn.state, ConnState::Lingering { .. }) {
+    if !matches!(conn.state, ConnState::Lingering { .. }) && !conn.awaiting_handshake {
         let status = call!(plugin, core, on_close, conn.id);
         if status == CallStatus::Panicked {
             count_panic(core);

@@ -7,6 +7,7 @@ mod core;
 mod dispatch;
 mod outbound;
 mod timers;
+mod transport;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -36,6 +37,8 @@ const SIGNALS: Token = Token(2);
 const SWEEP_INTERVAL_MS: u64 = 1000;
 /// How long a closed connection keeps reading and discarding what the client still sends.
 const LINGER_MS: u64 = 2000;
+/// How long a TLS handshake may take (at most the message timeout, when that is shorter).
+const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Bytes read from a socket per read call.
 const READ_CHUNK: usize = 64 * 1024;
 /// How soon accepting is tried again after the system ran out of descriptors or memory.
@@ -101,7 +104,7 @@ fn handshake(
         Ok((ToWorker::Hello { spec, .. }, _)) => {
             let answered =
                 channel.send(&ToMaster::Hello { protocol: PROTOCOL }).and_then(|()| channel.flush_timeout(timeout));
-            return answered.map(|()| spec).map_err(|e| format!("could not answer the master's hello: {e}"));
+            return answered.map(|()| *spec).map_err(|e| format!("could not answer the master's hello: {e}"));
         }
         Ok((other, _)) => format!("the master sent {other:?} before its hello"),
         Err(e) => format!("refused the master's hello: {e}"),
@@ -193,6 +196,9 @@ impl Worker {
             poll,
         };
         worker.core.worker_count = spec.worker_count;
+        if let Some(tls) = &spec.tls {
+            worker.core.tls = Some(crate::tls::server_config(tls)?);
+        }
         if let RResult::RErr(e) = dispatch::worker_start(&mut worker.plugin, &mut worker.core) {
             anyhow::bail!("plugin {} failed to start: {}", loaded.name, e);
         }
@@ -300,7 +306,10 @@ impl Worker {
                 Ok((stream, _)) => match self.core.insert(stream) {
                     Ok(id) => {
                         self.core.stats.accepted += 1;
-                        dispatch::connect(&mut self.plugin, &mut self.core, id);
+                        // TLS: the plugin hears of it once the handshake is done.
+                        if self.core.get(id).is_some_and(|c| !c.awaiting_handshake) {
+                            dispatch::connect(&mut self.plugin, &mut self.core, id);
+                        }
                     }
                     Err(e) => tracing::warn!("could not register a connection: {e}"),
                 },
@@ -569,13 +578,14 @@ mod tests {
             group: None,
             drain_timeout_ms: 100,
             heartbeat_ms: 1000,
+            tls: None,
         }
     }
 
     #[test]
     fn the_worker_answers_a_hello_of_its_version() {
         let (mut master, mut worker, control) = pair();
-        master.send(&ToWorker::Hello { protocol: PROTOCOL, spec: spec() }).unwrap();
+        master.send(&ToWorker::Hello { protocol: PROTOCOL, spec: Box::new(spec()) }).unwrap();
         master.send(&ToWorker::Stop).unwrap();
         assert_eq!(handshake(&mut worker, &control, Duration::from_secs(5)), Ok(spec()));
         assert_eq!(master.recv_timeout(Duration::from_secs(5)).unwrap().0, ToMaster::Hello { protocol: PROTOCOL });

@@ -25,6 +25,9 @@ mod process;
 mod plugins;
 // A plugin that panics: the host closes that connection only and logs the panic.
 mod panic;
+// TLS served by the host under an unchanged plugin: curl, openssl s_client, ALPN, SNI, bad
+// handshakes, a broken key pair, close_notify.
+mod tls;
 // Workerman's Text protocol through the `text` plugin: framing and the max package size.
 mod text;
 // WebSocket through the `websocket` echo plugin and the `ws_chat` example: a Python client,

@@ -20,11 +20,12 @@ fn spec() -> WorkerSpec {
         group: None,
         drain_timeout_ms: 1500,
         heartbeat_ms: 1000,
+        tls: None,
     }
 }
 
 fn hello() -> ToWorker {
-    ToWorker::Hello { protocol: PROTOCOL, spec: spec() }
+    ToWorker::Hello { protocol: PROTOCOL, spec: Box::new(spec()) }
 }
 
 /// A connected master side and worker side, both non-blocking.
@@ -272,7 +273,10 @@ fn descriptors_wait_for_the_end_of_a_split_frame() {
     assert_eq!(worker.read(), vec![hello()]);
     let (_read_end, write_end) = nix::unistd::pipe().unwrap();
     // A frame larger than the socket buffer: its descriptor arrives with the first read.
-    let big = ToWorker::Hello { protocol: PROTOCOL, spec: WorkerSpec { plugin_config: "z".repeat(4 << 20), ..spec() } };
+    let big = ToWorker::Hello {
+        protocol: PROTOCOL,
+        spec: Box::new(WorkerSpec { plugin_config: "z".repeat(4 << 20), ..spec() }),
+    };
     master.send_with_fds(&big, vec![write_end]).unwrap();
     assert!(master.pending());
     let mut got = Vec::new();

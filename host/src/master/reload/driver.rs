@@ -12,7 +12,7 @@ use crate::master::prepare::{Done, Job, Purpose};
 use crate::master::process::Processes;
 use crate::master::slots::{ClientId, Role, ServiceId, SlotKey, WorkerId};
 use crate::master::snapshot::Snapshot;
-use crate::master::supervisor::{Output, Phase, ReloadRecord, Supervisor};
+use crate::master::supervisor::{LoadedTls, Output, Phase, ReloadRecord, Supervisor};
 use crate::status::Answer;
 
 impl<P: Processes> Supervisor<P> {
@@ -69,6 +69,41 @@ impl<P: Processes> Supervisor<P> {
         }
         let fx = self.reloader.request(request, &self.views());
         self.apply(fx);
+    }
+
+    /// Whether `path` is a TLS certificate or key file of a service.
+    pub fn is_tls_file(&self, path: &Path) -> bool {
+        self.services.iter().filter_map(|s| s.service.tls.as_ref()).any(|t| t.cert == path || t.key == path)
+    }
+
+    /// The watcher reports a service's certificate or key written: the pair is checked again;
+    /// a good new pair replaces the service's workers (through the reload chain), a broken one
+    /// is refused and logged, and the workers keep serving the last good one.
+    pub fn tls_file_changed(&mut self, path: &Path) {
+        for i in 0..self.services.len() {
+            let state = &self.services[i];
+            let Some(files) = state.service.tls.as_ref().filter(|t| t.cert == path || t.key == path) else {
+                continue;
+            };
+            let name = state.service.name.clone();
+            let loaded = match crate::tls::load(files, SystemTime::now()) {
+                Ok((spec, info)) => LoadedTls { spec, info },
+                Err(e) => {
+                    tracing::error!(service = %name, "TLS certificate change refused: {e}; the workers keep the last good one");
+                    continue;
+                }
+            };
+            if state.tls.as_ref().is_some_and(|t| t.spec == loaded.spec) {
+                continue;
+            }
+            tracing::info!(service = %name, subject = %loaded.info.subject, expires = %loaded.info.not_after_text, "TLS certificate changed; replacing the workers");
+            self.services[i].tls = Some(loaded);
+            if self.services[i].waiting {
+                continue;
+            }
+            // Every slot gets new workers (they read the pair from their spec).
+            self.submit(Request::new(true, Trigger::File(path.to_path_buf()), vec![ServiceId(i)], false));
+        }
     }
 
     /// The watcher reports `path` written: reload the services it is (now) the plugin of.

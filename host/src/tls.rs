@@ -1,0 +1,197 @@
+//! TLS for a service: its certificate chain and key (PEM files), read and checked by the master
+//! before any worker starts (and before any user switch), handed to workers as PEM text in their
+//! spec, and turned into a rustls `ServerConfig` by each worker.
+//!
+//! The crypto provider is rustls' `ring`: it builds with the plain Rust toolchain (aws-lc-rs
+//! needs cmake and nasm). TLS 1.2 and 1.3 with rustls' default (safe) cipher suites; rustls has
+//! no renegotiation.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use serde::{Deserialize, Serialize};
+
+/// A certificate that expires sooner than this is served, with a warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86400);
+
+/// A service's TLS settings as configured: where its files are, and its ALPN protocols.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM: the server's certificate first, then its chain.
+    pub cert: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Offered to clients in this order (empty: no ALPN).
+    pub alpn: Vec<String>,
+}
+
+impl TlsFiles {
+    /// `cert` and `key` with the ALPN protocols given, or the plugin's default ones.
+    pub fn new(cert: PathBuf, key: PathBuf, alpn: Option<Vec<String>>, plugin: &str) -> Self {
+        let alpn = alpn.unwrap_or_else(|| default_alpn(plugin));
+        TlsFiles { cert, key, alpn }
+    }
+}
+
+/// The ALPN protocols of a service that names none: `http/1.1` and `http/1.0` for the http
+/// plugin (by name, or a path to `libhttp.so`/`http.so`), none for the others. (The plugin ABI
+/// has no field for it.) A client that offers ALPN and none of these is refused (RFC 7301).
+pub fn default_alpn(plugin: &str) -> Vec<String> {
+    let stem = Path::new(plugin).file_stem().and_then(|s| s.to_str()).unwrap_or(plugin);
+    match stem.strip_prefix("lib").unwrap_or(stem) {
+        "http" => vec!["http/1.1".to_string(), "http/1.0".to_string()],
+        _ => Vec::new(),
+    }
+}
+
+/// What a worker gets: the checked PEM text and the ALPN protocols.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsSpec {
+    pub cert_pem: String,
+    pub key_pem: String,
+    #[serde(default)]
+    pub alpn: Vec<String>,
+}
+
+impl fmt::Debug for TlsSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key in a log line.
+        f.debug_struct("TlsSpec").field("cert_pem_len", &self.cert_pem.len()).field("alpn", &self.alpn).finish()
+    }
+}
+
+/// What `status` shows of a service's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertInfo {
+    /// The leaf certificate's subject (`CN=example.com`).
+    pub subject: String,
+    /// Its expiry, in seconds since the epoch.
+    pub not_after: i64,
+    /// Its expiry as the certificate says it (`Jan  1 00:00:00 2030 +00:00`).
+    pub not_after_text: String,
+}
+
+impl CertInfo {
+    /// How long until it expires (zero once it has).
+    pub fn remaining(&self, now: SystemTime) -> Duration {
+        let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        Duration::from_secs(self.not_after.saturating_sub(now).max(0) as u64)
+    }
+}
+
+/// Why a certificate and key cannot be served. One line, naming the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    #[error("could not read {path}: {cause}")]
+    Read { path: PathBuf, cause: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("the key {key} does not match the certificate {cert}")]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("TLS could not be set up: {0}")]
+    Config(String),
+}
+
+/// Reads `files` and checks them (see [`check`]).
+pub fn load(files: &TlsFiles, now: SystemTime) -> Result<(TlsSpec, CertInfo), TlsError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| TlsError::Read { path: path.to_path_buf(), cause: e.to_string() })
+    };
+    let spec = TlsSpec { cert_pem: read(&files.cert)?, key_pem: read(&files.key)?, alpn: files.alpn.clone() };
+    let info = check(&spec, &files.cert, &files.key, now)?;
+    Ok((spec, info))
+}
+
+/// Checks that the certificate chain and the key parse, that the key is the certificate's, and
+/// that the certificate is valid now. `cert` and `key` name the files in errors.
+pub fn check(spec: &TlsSpec, cert: &Path, key: &Path, now: SystemTime) -> Result<CertInfo, TlsError> {
+    let invalid = |path: &Path, message: String| TlsError::Invalid { path: path.to_path_buf(), message };
+    let chain = parse_chain(spec).map_err(|m| invalid(cert, m))?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
+        .map_err(|e| invalid(cert, format!("the first certificate is not valid X.509: {e}")))?;
+    let validity = leaf.validity();
+    let now_s = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    if validity.not_after.timestamp() < now_s {
+        return Err(invalid(cert, format!("the certificate expired on {}", validity.not_after)));
+    }
+    if validity.not_before.timestamp() > now_s {
+        return Err(invalid(cert, format!("the certificate is not valid before {}", validity.not_before)));
+    }
+    let info = CertInfo {
+        subject: leaf.subject().to_string(),
+        not_after: validity.not_after.timestamp(),
+        not_after_text: validity.not_after.to_string(),
+    };
+    let private = parse_key(spec).map_err(|m| invalid(key, m))?;
+    match rustls::sign::CertifiedKey::from_der(chain, private, &rustls::crypto::ring::default_provider()) {
+        Ok(_) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            return Err(TlsError::Mismatch { cert: cert.into(), key: key.into() });
+        }
+        Err(e) => return Err(invalid(key, format!("the key cannot be used: {e}"))),
+    }
+    server_config(spec)?;
+    Ok(info)
+}
+
+fn parse_chain(spec: &TlsSpec) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_slice_iter(spec.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(chain)
+}
+
+fn parse_key(spec: &TlsSpec) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(spec.key_pem.as_bytes()).map_err(|e| format!("no PEM private key in it: {e}"))
+}
+
+/// The rustls server configuration a worker serves with.
+pub fn server_config(spec: &TlsSpec) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = parse_chain(spec).map_err(TlsError::Config)?;
+    let key = parse_key(spec).map_err(TlsError::Config)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(format!("certificate and key: {e}")))?;
+    config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_gets_http11_by_default_and_others_nothing() {
+        assert_eq!(default_alpn("http"), vec!["http/1.1", "http/1.0"]);
+        assert_eq!(default_alpn("/opt/plugins/libhttp.so"), vec!["http/1.1", "http/1.0"]);
+        assert!(default_alpn("text").is_empty());
+        assert!(default_alpn("websocket").is_empty());
+        let files = TlsFiles::new("c".into(), "k".into(), Some(vec![]), "http");
+        assert!(files.alpn.is_empty(), "an explicit empty list wins");
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_file_named() {
+        let spec = TlsSpec { cert_pem: "nope".into(), key_pem: "nope".into(), alpn: vec![] };
+        let err = check(&spec, Path::new("/c.pem"), Path::new("/k.pem"), SystemTime::now()).unwrap_err();
+        assert!(err.to_string().starts_with("/c.pem: no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn the_key_is_never_in_debug_output() {
+        let spec = TlsSpec { cert_pem: "C".into(), key_pem: "SECRET".into(), alpn: vec![] };
+        assert!(!format!("{spec:?}").contains("SECRET"));
+    }
+}
