@@ -129,6 +129,7 @@ pub struct GlobalArgs {
     /// Log filter (`info`, `debug`, `host=debug,plugin=trace`…); RUST_LOG wins when set.
     #[arg(long, global = true, default_value = "info")]
     pub log_level: String,
+    /// Log lines as text, or one JSON object per line (stable field names, for journald, Loki…).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

@@ -35,8 +35,55 @@ const TITLED: &str = "HOST_MASTER_TITLED";
 /// `host status` when no host runs (LSB init-script convention: "program is not running").
 const EXIT_NOT_RUNNING: u8 = 3;
 
+/// Arguments a host process was started with when its argv holds only its title (`ps` shows
+/// `host: master (…)` or `host: worker web #2 …` and nothing after): each argument's bytes in hex,
+/// separated by commas (an environment value cannot hold NUL; this keeps any byte).
+pub const ARGV_ENV: &str = "HOST_ARGV";
+
+/// The command line: argv, or the arguments `ARGV_ENV` carries (removed, so children do not
+/// inherit it; this runs first, with one thread).
+fn command_line() -> Vec<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Ok(packed) = std::env::var(ARGV_ENV) {
+        std::env::remove_var(ARGV_ENV);
+        argv.truncate(1);
+        let unhex = |a: &str| -> Vec<u8> {
+            (0..a.len() / 2).filter_map(|i| u8::from_str_radix(a.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+        };
+        argv.extend(packed.split(',').filter(|a| !a.is_empty()).map(|a| std::ffi::OsString::from_vec(unhex(a))));
+    }
+    argv
+}
+
+/// Packs arguments for `ARGV_ENV`.
+pub fn pack_args<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt;
+    let mut packed = String::new();
+    for (i, a) in args.into_iter().enumerate() {
+        if i > 0 {
+            packed.push(',');
+        }
+        for b in a.as_ref().as_bytes() {
+            let _ = write!(packed, "{b:02x}");
+        }
+    }
+    packed
+}
+
+/// This process's arguments (after the program name), as it was started: `host restart` and the
+/// title re-exec reuse them.
+static ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+fn args() -> Vec<String> {
+    ARGS.get().cloned().unwrap_or_default()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = command_line();
+    let _ = ARGS.set(argv.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect());
+    let cli = Cli::parse_from(argv);
     let is_status = matches!(cli.command, Some(Command::Status { .. }));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,7 +183,7 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     if let Ok(pid) = pidfile::read_running(&plan.pid_file) {
         bail!("host is already running (pid {pid}, pid file {})", plan.pid_file.display());
     }
-    launch(global, cmd, plan, std::env::args().skip(1).collect())
+    launch(global, cmd, plan, args())
 }
 
 /// `host restart`: with no start options, the running master's own (it reports them); the new
@@ -148,7 +195,7 @@ fn restart(global: &GlobalArgs, restart: &RestartCmd) -> anyhow::Result<()> {
     let reuse = running.is_some() && cmd.args.given().is_empty() && global.config.is_none();
     let old = if running.is_some() { client::status_of(&pid_file).ok() } else { None };
     // What the new master is started with (and re-executes itself with for its title): a start.
-    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut argv: Vec<String> = args();
     if let Some(word) = argv.iter_mut().find(|a| *a == "restart") {
         *word = "start".into();
     }
@@ -299,7 +346,7 @@ fn launch(global: &GlobalArgs, cmd: &StartCmd, plan: Plan, argv: Vec<String>) ->
     // Sockets the service manager handed over (socket activation) are not strays.
     sys::cloexec_strays(master::first_stray_fd()).context("could not mark inherited descriptors close-on-exec")?;
     if std::env::var_os(TITLED).is_none() {
-        let e = sys::exec_with_title(&format!("host: master ({title})"), &argv, TITLED);
+        let e = sys::exec_with_title(&format!("host: master ({title})"), (ARGV_ENV, pack_args(&argv).as_ref()), TITLED);
         eprintln!("warning: could not re-execute with a process title: {e}");
     }
     std::env::remove_var(TITLED);

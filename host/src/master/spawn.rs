@@ -62,9 +62,9 @@ pub fn spawn_worker(
     let exe = host_exe().map_err(SpawnError::Exe)?;
     let (ours, theirs) = UnixStream::pair().map_err(SpawnError::Spawn)?;
     let mut cmd = Command::new(exe);
+    // argv is the title alone (`ps` shows nothing after it); the arguments go in the environment.
     cmd.arg0(format!("host: worker {} #{} {}", spec.service, spec.slot, plugin_label))
-        .arg("worker")
-        .args(args)
+        .env(crate::ARGV_ENV, crate::pack_args(std::iter::once("worker").chain(args.iter().map(String::as_str))))
         // Only the master talks to systemd.
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())

@@ -70,12 +70,13 @@ pub fn spawn_with_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>]) -> io::Result<C
 /// Replaces this process with the host binary run with the same arguments but `title` as its
 /// argv[0], so `ps` shows e.g. `host: master (host.toml)`. `marker` is set in the environment so
 /// the new image knows it is titled. Returns only if exec failed.
-pub fn exec_with_title(title: &str, args: &[String], marker: &str) -> io::Error {
+pub fn exec_with_title(title: &str, args: (&str, &std::ffi::OsStr), marker: &str) -> io::Error {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => return e,
     };
-    Command::new(exe).arg0(title).args(args).env(marker, "1").exec()
+    // The arguments travel in the environment (`args.0`): argv is the title alone.
+    Command::new(exe).arg0(title).env(args.0, args.1).env(marker, "1").exec()
 }
 
 /// Sets the name `top` and `/proc/PID/comm` show (15 bytes at most).

@@ -24,7 +24,12 @@ fn count_gives_that_many_worker_children() {
     titles.sort();
     for (slot, title) in titles.iter().enumerate() {
         assert_contains!(title, format!("host: worker http #{slot} "));
+        // The title alone: no leftover arguments after it.
+        assert_eq!(title.matches("--").count(), 0, "{title}");
+        assert!(title.ends_with(&format!("http {}", env!("CARGO_PKG_VERSION"))), "{title}");
     }
+    let master = cmdline(host.pid()).unwrap_or_default();
+    assert_eq!(master, format!("host: master (http 127.0.0.1:{})", 0), "{master}");
     hello(host.port());
 }
 
