@@ -115,7 +115,7 @@ start_nginx() {
 }
 
 children() { cat "/proc/$1/task/$1/children" 2>/dev/null || true; }
-ticks() { python3 -c "import sys; sys.path.insert(0, 'bench'); import bench; print(bench.ticks($1))"; }
+ticks() { python3 -B -c "import sys; sys.path.insert(0, 'bench'); import bench; print(bench.ticks($1))"; }
 pss() { for c in $(children "$1"); do awk '/^Pss:/ {print $2}' "/proc/$c/smaps_rollup"; done; }
 
 # One round: scenario, server name, master pid, then wrk's arguments.
