@@ -39,8 +39,8 @@ def parse_wrk(out):
         r["rps"] = float(m.group(1))
     for pct, key in (("50", "p50_us"), ("99", "p99_us")):
         m = re.search(rf"^\s*{pct}(?:\.000)?%\s+(\S+)", out, re.M)
-        if m:
-            r[key] = lat_us(m.group(1))
+        if m:  # wrk prints 0.00us when its histogram lacks the samples (pipelined batches)
+            r[key] = lat_us(m.group(1)) or None
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         r["errors"] += sum(int(g) for g in m.groups())

@@ -75,7 +75,9 @@ stop_pid() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Writes an nginx config for $1 workers on port $2 serving files from $3 into $4.
+# Writes an nginx config for $1 workers on port $2 serving files from $3 into $4, with $5
+# connections per worker (nginx allocates them up front: 4096 for the load, more to hold the idle
+# connections).
 nginx_conf() {
     cat >"$4" <<CONF
 worker_processes $1;
@@ -83,7 +85,7 @@ daemon off;
 pid $tmp/nginx-$2.pid;
 error_log $tmp/nginx-error.log warn;
 worker_rlimit_nofile $(ulimit -n);
-events { worker_connections $((IDLE_CONNS + 2000)); }
+events { worker_connections ${5:-4096}; }
 http {
     access_log off;
     keepalive_requests 1000000;
@@ -107,7 +109,7 @@ wait_port() {
 
 start_nginx() {
     nginx_port=$(free_port)
-    nginx_conf "$1" "$nginx_port" "$www" "$tmp/nginx-$nginx_port.conf"
+    nginx_conf "$1" "$nginx_port" "$www" "$tmp/nginx-$nginx_port.conf" "${2:-4096}"
     nginx -c "$tmp/nginx-$nginx_port.conf" -p "$tmp" -e "$tmp/nginx-error.log" &
     nginx_pid=$!
     pids+=("$nginx_pid")
@@ -175,7 +177,7 @@ echo "idle connections..." >&2
 start_host idle --count 1 --max-connections $((IDLE_CONNS + 1000))
 python3 "$helper" idle host "$(children "$host_pid")" "$host_port" "$IDLE_CONNS" "$IDLE_SECONDS" >>"$results"
 stop_pid "$host_pid"
-start_nginx 1
+start_nginx 1 $((IDLE_CONNS + 2000))
 python3 "$helper" idle nginx "$(children "$nginx_pid")" "$nginx_port" "$IDLE_CONNS" "$IDLE_SECONDS" >>"$results"
 stop_pid "$nginx_pid"
 
