@@ -23,6 +23,14 @@ pub struct WorkerReport {
     pub last_panic_s: Option<u64>,
     pub timers: u64,
     pub draining: bool,
+    /// Messages between workers: sent (queued for a peer), received, and dropped (a peer's
+    /// mailbox full, or the peer gone).
+    #[serde(default)]
+    pub worker_msgs_sent: u64,
+    #[serde(default)]
+    pub worker_msgs_received: u64,
+    #[serde(default)]
+    pub worker_msgs_dropped: u64,
 }
 
 impl WorkerReport {
@@ -34,6 +42,9 @@ impl WorkerReport {
         self.bytes_out += other.bytes_out;
         self.send_failures += other.send_failures;
         self.plugin_panics += other.plugin_panics;
+        self.worker_msgs_sent += other.worker_msgs_sent;
+        self.worker_msgs_received += other.worker_msgs_received;
+        self.worker_msgs_dropped += other.worker_msgs_dropped;
     }
 }
 
@@ -317,6 +328,25 @@ pub fn render_status(s: &Status) -> String {
         ],
         &rows,
     ));
+    if total.worker_msgs_sent + total.worker_msgs_received + total.worker_msgs_dropped > 0 {
+        // Messages between workers: one line, not a column (most services never use them).
+        let dropped: Vec<String> = s
+            .workers
+            .iter()
+            .filter_map(|w| {
+                let r = w.slot_totals.as_ref().or(w.report.as_ref())?;
+                (r.worker_msgs_dropped > 0).then(|| format!("#{} {}: {}", w.slot, w.pid, r.worker_msgs_dropped))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nworker messages: sent {}, received {}, dropped {}{}",
+            total.worker_msgs_sent,
+            total.worker_msgs_received,
+            total.worker_msgs_dropped,
+            if dropped.is_empty() { String::new() } else { format!(" ({})", dropped.join(", ")) }
+        );
+    }
     out
 }
 

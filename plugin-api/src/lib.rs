@@ -36,8 +36,8 @@ pub mod glue;
 mod log;
 mod sdk;
 
-pub use abi::{ConnErrorCode, ConnId, TimerId, ABI_VERSION};
-pub use sdk::{raw_sock_addr, ConnError, ConnMap, Frame, Host, Protocol, WorkerInfo};
+pub use abi::{ConnErrorCode, ConnId, TimerId, ABI_VERSION, MAX_WORKER_MESSAGE};
+pub use sdk::{raw_sock_addr, ConnError, ConnMap, Frame, Host, Protocol, WorkerInfo, WorkerMsgError};
 
 /// The abi_stable this crate is built with, for code that implements the raw ABI itself (a fake
 /// [`abi::RawHost`] in a plugin's tests, say). A plugin needs no dependency on abi_stable.

@@ -14,6 +14,7 @@ use mio::{Interest, Registry, Token};
 use plugin_api::abi::{ConnError, RawHost, RawSockAddr};
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
 
+use super::mailbox::Mailbox;
 use super::timers::Timers;
 use crate::config::Limits;
 use crate::status::{ConnReport, WorkerReport};
@@ -195,6 +196,8 @@ pub struct Core {
     pub dirty_spare: Vec<usize>,
     pub deferred: VecDeque<(ConnId, Deferred)>,
     pub stats: Stats,
+    /// Messages to and from the service's other workers.
+    pub mailbox: Mailbox,
     registry: Registry,
 }
 
@@ -216,6 +219,7 @@ impl Core {
             dirty_spare: Vec::new(),
             deferred: VecDeque::new(),
             stats: Stats::default(),
+            mailbox: Mailbox::default(),
             registry,
         }
     }
@@ -321,6 +325,9 @@ impl Core {
             last_panic_s: self.stats.last_panic_ms.map(|at| self.now_ms.saturating_sub(at) / 1000),
             timers: self.timers.len() as u64,
             draining: self.draining,
+            worker_msgs_sent: self.mailbox.sent,
+            worker_msgs_received: self.mailbox.received,
+            worker_msgs_dropped: self.mailbox.dropped,
         }
     }
 
@@ -476,6 +483,14 @@ impl RawHost for Ctx<'_> {
 
     fn worker_count(&self) -> u32 {
         self.core.worker_count
+    }
+    fn broadcast(&mut self, msg: RSlice<'_, u8>) -> i64 {
+        let slot = self.core.slot;
+        self.core.mailbox.broadcast(slot, msg.as_slice())
+    }
+    fn send_to_worker(&mut self, slot: u32, msg: RSlice<'_, u8>) -> i64 {
+        let from = self.core.slot;
+        self.core.mailbox.send_to(from, slot, msg.as_slice())
     }
 }
 
