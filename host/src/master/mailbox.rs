@@ -20,7 +20,7 @@ use crate::ctl::{Peer, ToWorker};
 
 /// What a mailbox may hold before senders' messages are dropped (the kernel caps it at
 /// `net.core.wmem_max`, 208 KiB by default). Shared by all of the worker's senders.
-const MAILBOX_BUFFER: usize = 4 << 20;
+const MAILBOX_BUFFER: usize = 1 << 20;
 
 #[derive(Default)]
 pub struct Mailboxes {

@@ -351,9 +351,11 @@ impl Master {
     /// Carries out what the supervisor decided.
     fn carry_out(&mut self) {
         loop {
+            // Before the outputs: a worker hears of its peers before anyone hears it is ready
+            // (`Started`, a reload's end).
+            self.tell_peers();
             let outputs = self.sup.take_outputs();
             if outputs.is_empty() {
-                self.tell_peers();
                 return;
             }
             for output in outputs {

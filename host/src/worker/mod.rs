@@ -228,10 +228,15 @@ impl Worker {
                 Err(e) => return Err(e),
             }
             self.core.now_ms = self.epoch.elapsed().as_millis() as u64;
+            // The master's frames first: peers it told of before a client's message arrived
+            // are known when that message is dispatched.
+            if events.iter().any(|e| e.token() == CONTROL) {
+                self.read_control();
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    CONTROL => self.read_control(),
+                    CONTROL => {}
                     SIGNALS => self.read_signals(),
                     MAILBOX => self.mailbox_pending = true,
                     Token(t) => {

@@ -62,3 +62,6 @@ mod robustness;
 mod scaffold;
 // The control socket as a raw client uses it: half-closed clients, unterminated and bad requests.
 mod control;
+// Messages between workers through the `chat` example: every worker's clients, a reload chain,
+// one slot, a stuck or dead peer.
+mod messages;
