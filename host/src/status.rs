@@ -28,6 +28,14 @@ pub struct WorkerReport {
     /// The plugin's own counters (`Host::counter`).
     #[serde(default)]
     pub plugin_counters: Vec<PluginCounter>,
+    /// Messages between workers: sent (queued for a peer), received, and dropped (a peer's
+    /// mailbox full, or the peer gone).
+    #[serde(default)]
+    pub worker_msgs_sent: u64,
+    #[serde(default)]
+    pub worker_msgs_received: u64,
+    #[serde(default)]
+    pub worker_msgs_dropped: u64,
 }
 
 /// A counter a plugin registered: `host_plugin_NAME_total{service, slot, LABELS}`.
@@ -76,6 +84,9 @@ impl WorkerReport {
                 None => self.plugin_counters.push(c.clone()),
             }
         }
+        self.worker_msgs_sent += other.worker_msgs_sent;
+        self.worker_msgs_received += other.worker_msgs_received;
+        self.worker_msgs_dropped += other.worker_msgs_dropped;
     }
 }
 
@@ -376,6 +387,25 @@ pub fn render_status(s: &Status) -> String {
         ],
         &rows,
     ));
+    if total.worker_msgs_sent + total.worker_msgs_received + total.worker_msgs_dropped > 0 {
+        // Messages between workers: one line, not a column (most services never use them).
+        let dropped: Vec<String> = s
+            .workers
+            .iter()
+            .filter_map(|w| {
+                let r = w.slot_totals.as_ref().or(w.report.as_ref())?;
+                (r.worker_msgs_dropped > 0).then(|| format!("#{} {}: {}", w.slot, w.pid, r.worker_msgs_dropped))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nworker messages: sent {}, received {}, dropped {}{}",
+            total.worker_msgs_sent,
+            total.worker_msgs_received,
+            total.worker_msgs_dropped,
+            if dropped.is_empty() { String::new() } else { format!(" ({})", dropped.join(", ")) }
+        );
+    }
     out
 }
 

@@ -346,6 +346,38 @@ pub trait RawHost {
         let _ = conn;
         ROption::RNone
     }
+    /// Sends `msg` to every other live worker of the service (draining ones too, until they
+    /// exit); they hear `on_worker_message`. Answers how many workers it was queued for (a peer
+    /// whose mailbox is full or that is gone is skipped and counted as a drop), or a negative
+    /// [`WorkerMsgStatus`]: [`WorkerMsgStatus::UNSUPPORTED`] from an older host,
+    /// [`WorkerMsgStatus::TOO_LARGE`] for a message over [`MAX_WORKER_MESSAGE`].
+    fn broadcast(&mut self, msg: RSlice<'_, u8>) -> i64 {
+        let _ = msg;
+        WorkerMsgStatus::UNSUPPORTED.0 as i64
+    }
+    /// Sends `msg` to the serving worker of `slot` (the replacement once promoted). 1 when
+    /// queued, 0 when dropped (no such worker, its mailbox is full, it is gone: counted), or a
+    /// negative [`WorkerMsgStatus`].
+    fn send_to_worker(&mut self, slot: u32, msg: RSlice<'_, u8>) -> i64 {
+        let _ = (slot, msg);
+        WorkerMsgStatus::UNSUPPORTED.0 as i64
+    }
+}
+
+/// The largest message between workers ([`RawHost::broadcast`], [`RawHost::send_to_worker`]).
+pub const MAX_WORKER_MESSAGE: usize = 64 * 1024;
+
+/// Why a message between workers was not sent: the negative answers of [`RawHost::broadcast`]
+/// and [`RawHost::send_to_worker`]. Growable: a receiver must expect values it does not know.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkerMsgStatus(pub i8);
+
+impl WorkerMsgStatus {
+    /// The host does not offer messages between workers (it is older than plugin-api 0.1.1).
+    pub const UNSUPPORTED: Self = WorkerMsgStatus(-1);
+    /// The message is over [`MAX_WORKER_MESSAGE`].
+    pub const TOO_LARGE: Self = WorkerMsgStatus(-2);
 }
 
 /// What [`RawHost::counter`] answers when it registers nothing.
@@ -393,6 +425,12 @@ pub trait RawPlugin {
     /// closest [`ConnError`] (codes they cannot know become `Io`).
     fn on_conn_error(&mut self, host: RawHostRef<'_>, conn: ConnId, err: ConnErrorCode) -> CallStatus {
         self.on_error(host, conn, err.closest_conn_error())
+    }
+    /// A message from another worker of the service (`broadcast` or `send_to_worker`), sent by
+    /// the worker of `from_slot`. Older plugins ignore it.
+    fn on_worker_message(&mut self, host: RawHostRef<'_>, from_slot: u32, msg: RSlice<'_, u8>) -> CallStatus {
+        let _ = (host, from_slot, msg);
+        CallStatus::Ok
     }
 }
 

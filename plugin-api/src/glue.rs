@@ -201,6 +201,11 @@ impl<P: Protocol> RawPlugin for Glue<P> {
         let mut host = Host::from_raw(host);
         guard(|| self.0.on_error(&mut host, conn, ConnError::from(err)))
     }
+
+    fn on_worker_message(&mut self, host: RawHostRef<'_>, from_slot: u32, msg: RSlice<'_, u8>) -> CallStatus {
+        let mut host = Host::from_raw(host);
+        guard(|| self.0.on_worker_message(&mut host, from_slot, msg.as_slice()))
+    }
 }
 
 /// Wraps a [`Protocol`] as an owned raw plugin without a `.so`, for tests that drive a plugin

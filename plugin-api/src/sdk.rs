@@ -328,6 +328,57 @@ impl<'a> Host<'a> {
     pub fn server_name(&self, conn: ConnId) -> Option<String> {
         self.raw.server_name(conn).into_option().map(|name| name.as_str().to_string())
     }
+
+    /// Sends `msg` to every other live worker of the service (draining ones too, until they
+    /// exit): each hears [`Protocol::on_worker_message`]. Returns how many workers it was queued
+    /// for. Sends never block: a worker whose mailbox is full (it does not keep up) or that is
+    /// gone misses the message, and the drop is counted in `host status`. Messages from one
+    /// worker arrive in the order they were sent.
+    pub fn broadcast(&mut self, msg: &[u8]) -> Result<u32, WorkerMsgError> {
+        worker_msg_result(self.raw.broadcast(RSlice::from_slice(msg))).map(|n| n as u32)
+    }
+
+    /// Sends `msg` to the serving worker of `slot` (the replacement once a reload promoted
+    /// it). `Err(Dropped)` when there is none, its mailbox is full or it is gone (counted).
+    pub fn send_to_worker(&mut self, slot: u32, msg: &[u8]) -> Result<(), WorkerMsgError> {
+        match worker_msg_result(self.raw.send_to_worker(slot, RSlice::from_slice(msg)))? {
+            0 => Err(WorkerMsgError::Dropped),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a message between workers was not sent ([`Host::broadcast`], [`Host::send_to_worker`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerMsgError {
+    /// The host is too old to pass messages between workers.
+    Unsupported,
+    /// The message is over [`crate::abi::MAX_WORKER_MESSAGE`] bytes.
+    TooLarge,
+    /// No worker serves that slot, or its mailbox is full, or it is gone.
+    Dropped,
+}
+
+impl std::fmt::Display for WorkerMsgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkerMsgError::Unsupported => "the host does not pass messages between workers",
+            WorkerMsgError::TooLarge => "the message is over the 64 KiB limit",
+            WorkerMsgError::Dropped => "no worker took the message",
+        })
+    }
+}
+
+impl std::error::Error for WorkerMsgError {}
+
+fn worker_msg_result(answer: i64) -> Result<u64, WorkerMsgError> {
+    match answer {
+        n if n >= 0 => Ok(n as u64),
+        n if n == abi::WorkerMsgStatus::TOO_LARGE.0 as i64 => Err(WorkerMsgError::TooLarge),
+        // UNSUPPORTED, and any status this SDK does not know.
+        _ => Err(WorkerMsgError::Unsupported),
+    }
 }
 
 /// A counter registered with [`Host::counter`].
@@ -406,6 +457,9 @@ pub trait Protocol: Sized + 'static {
     fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
         host.close(conn);
     }
+    /// A message from another worker of the service ([`Host::broadcast`] or
+    /// [`Host::send_to_worker`]), sent by the worker of `from_slot`.
+    fn on_worker_message(&mut self, _host: &mut Host<'_>, _from_slot: u32, _msg: &[u8]) {}
 }
 
 /// Per-connection state of a plugin, indexed by [`ConnId`] in O(1). Entries of a closed

@@ -12,7 +12,7 @@ use crate::config::WorkerSpec;
 /// The version of the master↔worker protocol this binary speaks. A master and a worker of
 /// different versions refuse each other at the hello (the worker after a binary upgrade is exec'd
 /// from the new file while the old master runs).
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;
@@ -44,6 +44,27 @@ pub enum ToWorker {
         id: u64,
         kind: ReportKind,
     },
+    /// Carries one descriptor: the receiving end of the worker's mailbox (a `SOCK_SEQPACKET`
+    /// socket pair made by the master; it keeps the sending end and hands it to the peers).
+    Mailbox,
+    /// The workers of the service this worker may send messages to, each with the sending end of
+    /// its mailbox (the frame carries one descriptor per peer, in this order). `replace`: this
+    /// list starts a new set (the previous peers are dropped); false: it continues the previous
+    /// frame (a set larger than one frame's descriptors is split).
+    Peers {
+        replace: bool,
+        peers: Vec<Peer>,
+    },
+}
+
+/// A worker another worker may send messages to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub slot: u32,
+    /// The master's id of the worker (unique for the master's life).
+    pub worker: u64,
+    /// It serves its slot (`send_to_worker` goes to it); false: it drains or is a replacement.
+    pub serving: bool,
 }
 
 /// A message from a worker to the master.

@@ -3,7 +3,8 @@
 //! master ↔ worker, on the socket pair made at spawn: the [`channel::Channel`] of binary
 //! frames carrying the [`messages`]. The master's first frame is its hello with the worker's
 //! spec, the worker answers with its hello (or an error when their versions differ), then:
-//! master → worker `Drain`, `Stop`, `ReloadHook`, `Report`; worker → master `Ready` once
+//! master → worker `Drain`, `Stop`, `ReloadHook`, `Report`, `Mailbox` and `Peers` (descriptors
+//! for messages between workers, see `master::mailbox`); worker → master `Ready` once
 //! serving, `Error` before exiting when it cannot start, and `Report` answering a report request.
 //! The master closing its end means it is gone: the worker stops.
 //!
@@ -18,7 +19,7 @@ pub mod messages;
 use std::io::{self, Read, Write};
 
 pub use self::channel::Channel;
-pub use self::messages::{ReportKind, ToMaster, ToWorker, FINAL_REPORT, PROTOCOL};
+pub use self::messages::{Peer, ReportKind, ToMaster, ToWorker, FINAL_REPORT, PROTOCOL};
 
 /// The master's end of a worker's channel.
 pub type MasterChannel<S> = Channel<S, ToWorker, ToMaster>;

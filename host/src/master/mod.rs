@@ -12,6 +12,7 @@
 mod admin;
 mod backoff;
 mod control;
+mod mailbox;
 mod prepare;
 mod process;
 mod reload;
@@ -101,6 +102,8 @@ pub struct Master {
     sup: Supervisor<OsProcesses>,
     /// Each worker's channel, by worker id.
     channels: HashMap<WorkerId, MasterChannel<UnixStream>>,
+    /// The workers' mailboxes (messages between workers).
+    mailboxes: mailbox::Mailboxes,
     watcher: Option<Watcher>,
     control: Option<ControlServer>,
     admin: Option<admin::AdminServer>,
@@ -298,6 +301,7 @@ impl Master {
             signals,
             sup,
             channels: HashMap::new(),
+            mailboxes: mailbox::Mailboxes::default(),
             watcher,
             control,
             admin: None,
@@ -371,6 +375,9 @@ impl Master {
     /// Carries out what the supervisor decided.
     fn carry_out(&mut self) {
         loop {
+            // Before the outputs: a worker hears of its peers before anyone hears it is ready
+            // (`Started`, a reload's end).
+            self.tell_peers();
             let outputs = self.sup.take_outputs();
             if outputs.is_empty() {
                 return;
@@ -382,6 +389,7 @@ impl Master {
                         if let Some(mut channel) = self.channels.remove(&id) {
                             let _ = self.poll.registry().deregister(&mut channel.stream);
                         }
+                        self.mailboxes.close(id);
                         self.gather_forget(id);
                         self.carry_counters(id, key);
                     }
@@ -416,9 +424,31 @@ impl Master {
         if let Err(e) = self.poll.registry().register(&mut channel.stream, token, Interest::READABLE) {
             tracing::error!(worker = id.0, "could not watch a worker: {e}");
         }
+        // Its mailbox, right after the hello (messages between workers).
+        match self.mailboxes.open(id) {
+            Ok(receiver) => {
+                if let Err(e) = channel.send_with_fds(&ToWorker::Mailbox, vec![receiver]) {
+                    tracing::warn!(worker = id.0, "could not send the worker its mailbox: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(worker = id.0, "could not make a mailbox: {e}"),
+        }
         self.channels.insert(id, channel);
         // The hello may not have left whole yet.
         self.watch_channel_output(id);
+    }
+
+    /// Tells the workers of each service whose set of ready workers changed who their peers
+    /// are now (see `mailbox`).
+    fn tell_peers(&mut self) {
+        for (id, msg, fds) in self.mailboxes.changes(&self.sup.slots) {
+            if let Some(channel) = self.channels.get_mut(&id) {
+                if let Err(e) = channel.send_with_fds(&msg, fds) {
+                    tracing::warn!(worker = id.0, "could not tell a worker its peers: {e}");
+                }
+            }
+            self.watch_channel_output(id);
+        }
     }
 
     fn send(&mut self, id: WorkerId, msg: &ToWorker) {

@@ -16,6 +16,7 @@ use plugin_api::abi::{ConnError, ConnectErrorCode, RawHost, RawSockAddr};
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
 use rustls::ServerConfig;
 
+use super::mailbox::Mailbox;
 use super::outbound::{self, Pending, PendingState, Resolver, Target};
 use super::timers::Timers;
 use super::transport::Transport;
@@ -227,6 +228,8 @@ pub struct Core {
     pub fallbacks: Vec<(ConnId, Vec<SocketAddr>)>,
     /// The service's TLS configuration (None: plain TCP).
     pub tls: Option<Arc<ServerConfig>>,
+    /// Messages to and from the service's other workers.
+    pub mailbox: Mailbox,
     registry: Registry,
 }
 
@@ -254,6 +257,7 @@ impl Core {
             connecting: Vec::new(),
             fallbacks: Vec::new(),
             tls: None,
+            mailbox: Mailbox::default(),
             registry,
         }
     }
@@ -465,6 +469,9 @@ impl Core {
             timers: self.timers.len() as u64,
             draining: self.draining,
             plugin_counters: self.plugin_counters.clone(),
+            worker_msgs_sent: self.mailbox.sent,
+            worker_msgs_received: self.mailbox.received,
+            worker_msgs_dropped: self.mailbox.dropped,
         }
     }
 
@@ -656,6 +663,15 @@ impl RawHost for Ctx<'_> {
 
     fn server_name(&self, conn: ConnId) -> ROption<RStr<'_>> {
         self.core.get(conn).and_then(|c| c.stream.server_name()).map(RStr::from_str).into()
+    }
+
+    fn broadcast(&mut self, msg: RSlice<'_, u8>) -> i64 {
+        let slot = self.core.slot;
+        self.core.mailbox.broadcast(slot, msg.as_slice())
+    }
+    fn send_to_worker(&mut self, slot: u32, msg: RSlice<'_, u8>) -> i64 {
+        let from = self.core.slot;
+        self.core.mailbox.send_to(from, slot, msg.as_slice())
     }
 }
 

@@ -72,6 +72,13 @@ pub fn worker_reload(plugin: &mut RawPluginBox, core: &mut Core) {
     }
 }
 
+pub fn worker_message(plugin: &mut RawPluginBox, core: &mut Core, from_slot: u32, msg: &[u8]) {
+    if call!(plugin, core, on_worker_message, from_slot, RSlice::from_slice(msg)) == CallStatus::Panicked {
+        count_panic(core);
+        tracing::error!(from_slot, "plugin panicked in on_worker_message");
+    }
+}
+
 pub fn connect(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
     conn_call!(plugin, core, id, "on_connect", on_connect, id);
 }

@@ -5,6 +5,7 @@
 
 mod core;
 mod dispatch;
+mod mailbox;
 mod outbound;
 mod timers;
 mod transport;
@@ -33,6 +34,10 @@ use crate::{plugin, sys};
 const LISTENER: Token = Token(0);
 const CONTROL: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const MAILBOX: Token = Token(3);
+/// Messages from other workers delivered per loop turn at most (the rest next turn: a flood of
+/// them never starves the connections).
+const MAILBOX_BATCH: usize = 256;
 /// How often idle connections and lingering closes are checked, while there are connections.
 const SWEEP_INTERVAL_MS: u64 = 1000;
 /// How long a closed connection keeps reading and discarding what the client still sends.
@@ -145,6 +150,10 @@ pub struct Worker {
     heartbeat_ms: u64,
     next_heartbeat_ms: u64,
     exit: Option<Exit>,
+    /// The mailbox may hold more messages (a turn stopped at `MAILBOX_BATCH`).
+    mailbox_pending: bool,
+    /// Where a message from another worker is read (the largest one fits).
+    mailbox_buf: Vec<u8>,
 }
 
 impl Worker {
@@ -193,6 +202,8 @@ impl Worker {
             heartbeat_ms: spec.heartbeat_ms,
             next_heartbeat_ms: spec.heartbeat_ms,
             exit: None,
+            mailbox_pending: false,
+            mailbox_buf: vec![0; mailbox::RECV_BUFFER],
             poll,
         };
         worker.core.worker_count = spec.worker_count;
@@ -224,11 +235,17 @@ impl Worker {
                 Err(e) => return Err(e),
             }
             self.core.now_ms = self.epoch.elapsed().as_millis() as u64;
+            // The master's frames first: peers it told of before a client's message arrived
+            // are known when that message is dispatched.
+            if events.iter().any(|e| e.token() == CONTROL) {
+                self.read_control();
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    CONTROL => self.read_control(),
+                    CONTROL => {}
                     SIGNALS => self.read_signals(),
+                    MAILBOX => self.mailbox_pending = true,
                     outbound::RESOLVER => outbound::resolved(&mut self.core),
                     Token(t) if t < CONN_TOKEN_BASE => {}
                     Token(t) => {
@@ -248,6 +265,7 @@ impl Worker {
                     }
                 }
             }
+            self.read_mailbox();
             self.run_timers();
             outbound::expire(&mut self.plugin, &mut self.core);
             self.settle();
@@ -271,7 +289,7 @@ impl Worker {
         if self.core.len() > 0 && self.next_sweep_ms.is_none() {
             self.next_sweep_ms = Some(now + SWEEP_INTERVAL_MS);
         }
-        if !self.core.deferred.is_empty() || !self.core.dirty.is_empty() {
+        if !self.core.deferred.is_empty() || !self.core.dirty.is_empty() || self.mailbox_pending {
             // settle() stopped before it was done: go on at once.
             return Some(Duration::ZERO);
         }
@@ -337,8 +355,10 @@ impl Worker {
     }
 
     fn read_control(&mut self) {
-        for msg in self.control.read() {
+        for (msg, fds) in self.control.read_with_fds() {
             match msg {
+                ToWorker::Mailbox => self.take_mailbox(fds),
+                ToWorker::Peers { replace, peers } => self.core.mailbox.set_peers(replace, peers, fds),
                 ToWorker::Hello { .. } => tracing::warn!("a second hello from the master ignored"),
                 ToWorker::Stop => self.exit = Some(Exit::Stopped),
                 ToWorker::Drain { timeout_ms } => self.start_drain(timeout_ms),
@@ -361,6 +381,46 @@ impl Worker {
             self.exit = Some(Exit::MasterGone);
         }
         self.flush_control();
+    }
+
+    fn take_mailbox(&mut self, fds: Vec<OwnedFd>) {
+        let Some(fd) = fds.into_iter().next() else {
+            tracing::warn!("a mailbox without its descriptor ignored");
+            return;
+        };
+        if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), MAILBOX, Interest::READABLE) {
+            tracing::warn!("could not watch the mailbox: {e}; messages from other workers are lost");
+            return;
+        }
+        if let Some(old) = self.core.mailbox.receiver.replace(fd) {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&old.as_raw_fd()));
+        }
+        // Messages may have arrived before it was watched.
+        self.mailbox_pending = true;
+    }
+
+    /// Delivers up to `MAILBOX_BATCH` messages from other workers to the plugin.
+    fn read_mailbox(&mut self) {
+        if !self.mailbox_pending {
+            return;
+        }
+        for _ in 0..MAILBOX_BATCH {
+            match self.core.mailbox.recv(&mut self.mailbox_buf) {
+                Ok(Some((from, n))) => {
+                    let msg = &self.mailbox_buf[4..4 + n];
+                    dispatch::worker_message(&mut self.plugin, &mut self.core, from, msg);
+                }
+                Ok(None) => {
+                    self.mailbox_pending = false;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("mailbox: {e}");
+                    self.mailbox_pending = false;
+                    return;
+                }
+            }
+        }
     }
 
     fn send_control(&mut self, msg: &ToMaster) {
@@ -593,7 +653,7 @@ mod tests {
         assert_eq!(worker.read(), vec![ToWorker::Stop]);
     }
 
-    /// A master of protocol 2 whose hello has a shape this worker does not know.
+    /// A master of the next protocol whose hello has a shape this worker does not know.
     #[derive(serde::Serialize)]
     enum NextHello {
         Hello { protocol: u32, spec: (String, Vec<u64>) },
@@ -602,14 +662,17 @@ mod tests {
     #[test]
     fn the_worker_refuses_a_master_of_another_version_and_says_why() {
         let (master, mut worker, control) = pair();
-        let payload = postcard::to_stdvec(&NextHello::Hello { protocol: 2, spec: ("x".into(), vec![1]) }).unwrap();
+        let payload =
+            postcard::to_stdvec(&NextHello::Hello { protocol: PROTOCOL + 1, spec: ("x".into(), vec![1]) }).unwrap();
         let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
         frame.push(0);
         frame.extend_from_slice(&payload);
         std::io::Write::write_all(&mut &master.stream, &frame).unwrap();
         let err = handshake(&mut worker, &control, Duration::from_secs(5)).unwrap_err();
-        let expected =
-            format!("refused the master's hello: protocol mismatch: the peer speaks version 2, this side {PROTOCOL}");
+        let expected = format!(
+            "refused the master's hello: protocol mismatch: the peer speaks version {}, this side {PROTOCOL}",
+            PROTOCOL + 1
+        );
         assert_eq!(err, expected);
         let mut master = master;
         assert_eq!(master.recv_timeout(Duration::from_secs(5)).unwrap().0, ToMaster::Error(expected));

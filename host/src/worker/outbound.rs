@@ -21,7 +21,7 @@ use super::dispatch;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 
 /// The token of the resolver's waker (below `CONN_TOKEN_BASE`).
-pub const RESOLVER: Token = Token(3);
+pub const RESOLVER: Token = Token(4);
 
 /// What a plugin asked to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -74,3 +74,6 @@ mod outbound;
 // The reverse proxy: GET/POST, keep-alive, pipelining in order, 502/504, X-Forwarded-For,
 // upstreams closing early, a client that does not read.
 mod proxy;
+// Messages between workers through the `chat` example: every worker's clients, a reload chain,
+// one slot, a stuck or dead peer.
+mod messages;
