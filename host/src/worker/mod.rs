@@ -7,6 +7,7 @@ mod core;
 mod dispatch;
 mod mailbox;
 mod outbound;
+mod plugin_log;
 mod timers;
 mod transport;
 
@@ -603,6 +604,10 @@ fn max_log_level() -> LogLevel {
 /// Where a plugin's log records land: the host's subscriber, with the plugin's target as a field.
 extern "C" fn plugin_log(level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
     let (t, m) = (target.as_str(), message.as_str());
+    // Under the plugin's own target (filterable like the host's); `plugin` past the limit.
+    if plugin_log::log(level, t, m) {
+        return;
+    }
     match level {
         LogLevel::Error => tracing::error!(target: "plugin", plugin_target = t, "{m}"),
         LogLevel::Warn => tracing::warn!(target: "plugin", plugin_target = t, "{m}"),

@@ -56,9 +56,9 @@ fn panic_is_logged_by_the_host_with_the_plugin_target() {
     c.wait_closed(CLOSE_TIMEOUT).expect("closed");
     let line = host.wait_for_log("fixture asked to panic", Duration::from_secs(2)).unwrap_or_else(|e| panic!("{e}"));
     assert_contains!(line, "ERROR");
-    assert_contains!(line, " plugin: ");
+    // Under the plugin's own target, not the host's.
+    assert_contains!(line, " plugin::panic: ");
     assert_contains!(line, "tests/fixtures/panic/src/lib.rs");
-    assert_contains!(line, "plugin_target=\"plugin::panic\"");
 }
 
 // An ordinary `tracing` event of a plugin lands in the host's log with the plugin's target.
@@ -67,7 +67,22 @@ fn plugin_tracing_events_reach_the_host_log() {
     let host = Host::start("fixture_panic", &["--count", "1"]);
     let line = host.wait_for_log("fixture_panic started", Duration::from_secs(2)).unwrap_or_else(|e| panic!("{e}"));
     assert_contains!(line, "INFO");
-    assert_contains!(line, " plugin: ");
+    assert_contains!(line, " fixture_panic: ");
     assert_contains!(line, "slot=0");
-    assert_contains!(line, "plugin_target=\"fixture_panic\"");
+}
+
+// A plugin's target filters its records like the host's own: `--log-level warn,fixture_panic=info`
+// shows the plugin's info line and hides the host's.
+#[test]
+fn plugin_records_are_filtered_by_the_plugins_target() {
+    let host =
+        Host::start("fixture_panic", &["--count", "1", "--log-level", "warn,fixture_panic=info,host::master=info"]);
+    let line = host.wait_for_log("fixture_panic started", Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
+    assert_contains!(line, " fixture_panic: ");
+    assert_eq!(
+        host.log().count("plugin loaded"),
+        0,
+        "a host::worker info line passed the filter:\n{}",
+        host.log_text()
+    );
 }
