@@ -71,13 +71,18 @@ pub enum Command {
         /// Switch to this group before loading.
         #[arg(long, hide = true)]
         group: Option<String>,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Plugin authoring: `host plugin new NAME` creates a plugin crate that builds and serves at once.
     #[command(subcommand)]
     Plugin(PluginCmd),
     /// Run one worker (started by the master, not by hand).
     #[command(hide = true)]
-    Worker,
+    Worker {
+        #[command(flatten)]
+        log: LogArgs,
+    },
 }
 
 /// `host restart`: a start, after stopping the running master (gracefully with -g). With no
@@ -126,12 +131,30 @@ pub struct GlobalArgs {
     /// root, /tmp/host-UID without XDG_RUNTIME_DIR).
     #[arg(long, global = true, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
-    /// Log filter (`info`, `debug`, `host=debug,plugin=trace`…); RUST_LOG wins when set.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
-    /// Log lines as text, or one JSON object per line (stable field names, for journald, Loki…).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+}
+
+/// How a process that runs (the master, a worker, a probe) logs. Control commands print their
+/// answers and take no log options.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LogArgs {
+    /// Log filter (`info`, `debug`, `host=debug,my_plugin=trace`…); RUST_LOG wins when set
+    /// [default: info].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log lines as text, or one JSON object per line (stable field names, for journald, Loki…)
+    /// [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl LogArgs {
+    pub fn level(&self) -> &str {
+        self.log_level.as_deref().unwrap_or("info")
+    }
+
+    pub fn format(&self) -> LogFormat {
+        self.log_format.unwrap_or(LogFormat::Text)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -192,6 +215,8 @@ pub struct StartArgs {
     /// Where a daemon's logs go [default: ./host.log].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub log: LogArgs,
     /// Serve `GET /metrics` (Prometheus) and `GET /healthz` on this address [default: off].
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin_listen: Option<SocketAddr>,
@@ -269,6 +294,12 @@ impl StartArgs {
         }
         if self.admin_listen.is_some() {
             set.push("--admin-listen");
+        }
+        if self.log.log_level.is_some() {
+            set.push("--log-level");
+        }
+        if self.log.log_format.is_some() {
+            set.push("--log-format");
         }
         if self.worker_timeout.is_some() {
             set.push("--worker-timeout");

@@ -26,7 +26,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, GlobalArgs, LogFormat, PluginCmd, RestartCmd, StartCmd};
+use crate::cli::{Cli, Command, GlobalArgs, LogArgs, LogFormat, PluginCmd, RestartCmd, StartCmd};
 use crate::config_file::ServiceConfig;
 
 /// Set in the environment of the master once it re-executed itself with its title.
@@ -134,21 +134,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
-        Some(Command::CheckPlugin { ref path, ref user, ref group }) => {
-            with_logging(global, |_| check_plugin(path, user.as_deref(), group.as_deref()))
+        Some(Command::CheckPlugin { ref path, ref user, ref group, ref log }) => {
+            init_logging(log);
+            check_plugin(path, user.as_deref(), group.as_deref())
         }
         Some(Command::Plugin(PluginCmd::New { name, protocol, dir })) => {
             scaffold::run(&scaffold::Request { name, template: protocol, dir })
         }
-        Some(Command::Worker) => {
-            init_logging_with(global, Some(logging::RateLimit::new(logging::LINES_PER_SECOND)));
+        Some(Command::Worker { ref log }) => {
+            init_logging_with(log, Some(logging::RateLimit::new(logging::LINES_PER_SECOND)));
             worker::run()
         }
     }
 }
 
+/// A control command: it logs at the defaults (its answers are printed, not logged).
 fn with_logging(global: &GlobalArgs, f: impl FnOnce(&GlobalArgs) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    init_logging(global);
+    init_logging(&LogArgs::default());
     f(global)
 }
 
@@ -238,7 +240,7 @@ fn restart(global: &GlobalArgs, restart: &RestartCmd) -> anyhow::Result<()> {
             })?;
         }
     }
-    init_logging(&global);
+    init_logging(&cmd.args.log);
     if running.is_some() {
         client::stop(&pid_file, restart.graceful)?;
     }
@@ -360,13 +362,13 @@ fn launch(global: &GlobalArgs, cmd: &StartCmd, plan: Plan, argv: Vec<String>) ->
             sys::Daemonized::Daemon(pipe) => ready = Some(pipe),
         }
     }
-    init_logging(global);
+    init_logging(&args.log);
     let report = ready.as_ref().and_then(|f| f.try_clone().ok());
-    let format = match global.log_format {
+    let format = match args.log.format() {
         LogFormat::Text => "text",
         LogFormat::Json => "json",
     };
-    let worker_args = vec!["--log-level".into(), global.log_level.clone(), "--log-format".into(), format.into()];
+    let worker_args = vec!["--log-level".into(), args.log.level().to_string(), "--log-format".into(), format.into()];
     let options = master::Options {
         plugin_dirs,
         pid_file,
@@ -417,21 +419,20 @@ fn check_plugin(path: &Path, user: Option<&str>, group: Option<&str>) -> anyhow:
     Ok(())
 }
 
-fn init_logging(args: &GlobalArgs) {
+fn init_logging(args: &LogArgs) {
     init_logging_with(args, None);
 }
 
 /// Logging to stderr, rate-limited by `limit` (workers: a plugin's flood of errors is cut).
-fn init_logging_with(args: &GlobalArgs, limit: Option<logging::RateLimit>) {
+fn init_logging_with(args: &LogArgs, limit: Option<logging::RateLimit>) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter =
-        EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&args.log_level)).unwrap_or_else(|e| {
-            eprintln!("warning: bad --log-level {:?} ({e}); using info", args.log_level);
-            EnvFilter::new("info")
-        });
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(args.level())).unwrap_or_else(|e| {
+        eprintln!("warning: bad --log-level {:?} ({e}); using info", args.level());
+        EnvFilter::new("info")
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(logging::Stderr);
-    match args.log_format {
+    match args.format() {
         LogFormat::Json => builder.json().finish().with(limit).init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).finish().with(limit).init(),
     }

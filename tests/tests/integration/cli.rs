@@ -24,7 +24,12 @@ fn listen_takes_a_port_alone_or_a_host_name() {
 // Options that mean nothing for a subcommand are refused, with clap's own message.
 #[test]
 fn options_of_another_subcommand_are_refused() {
-    for args in [&["start", "-g", "--plugin", "http"][..], &["status", "--plugin", "http"][..]] {
+    for args in [
+        &["start", "-g", "--plugin", "http"][..],
+        &["status", "--plugin", "http"][..],
+        &["status", "--log-format", "json"][..],
+        &["--log-level", "debug", "stop"][..],
+    ] {
         let out = run_host(args, Duration::from_secs(10));
         assert!(!out.status.success(), "{args:?} was accepted: {out:?}");
         assert_contains!(out.stderr, "error:");
