@@ -122,7 +122,10 @@ pub fn probe_plugin(
     let exe = host_exe().map_err(SpawnError::Exe)?;
     let inherited = format!("/proc/self/fd/{}", sys::FIRST_INHERITED_FD);
     let mut cmd = Command::new(exe);
-    cmd.arg("check-plugin")
+    // Immediate binding: a plugin calling a symbol no library defines is refused now, not when
+    // a worker first calls it (lazy binding would pass the probe and kill the worker later).
+    cmd.env("LD_BIND_NOW", "1")
+        .arg("check-plugin")
         .arg(&inherited)
         .arg("--log-level")
         .arg("error")

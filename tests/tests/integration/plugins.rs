@@ -158,3 +158,12 @@ fn failing_worker_start_fails_the_start() {
     assert!(last.starts_with("error: "), "the last line is the error: {log}");
     assert_contains!(last, "fixture refuses to start");
 }
+
+// A plugin with an unresolved symbol is refused by the probe (immediate binding), naming the
+// symbol, instead of passing and killing its worker on first use.
+#[test]
+fn a_plugin_with_an_unresolved_symbol_is_refused_at_the_probe() {
+    let log = start_must_fail("fixture_unresolved", &[]);
+    assert_contains!(log, "host_fixture_symbol_that_does_not_exist");
+    assert_not_contains!(log, "worker started");
+}
