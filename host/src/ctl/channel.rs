@@ -64,6 +64,10 @@ pub struct Channel<S, Tx, Rx> {
     pub peer_protocol: Option<u32>,
     /// The peer closed its end, the stream failed, or the channel broke.
     pub closed: bool,
+    /// Nothing more can be read (end of stream, a read error, or the channel broke). A failed
+    /// write does not end reading: a peer that exited still has its last frames in the socket
+    /// (a worker's reason for not starting), and they are read.
+    read_done: bool,
     /// Why the channel broke (a protocol violation or a peer that does not read); None when it
     /// is open or the peer merely closed it.
     pub error: Option<String>,
@@ -85,6 +89,7 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
             out_fds: VecDeque::new(),
             peer_protocol: None,
             closed: false,
+            read_done: false,
             error: None,
             max_frame: MAX_FRAME,
             max_output: MAX_OUTPUT,
@@ -104,6 +109,7 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
             out_fds: self.out_fds,
             peer_protocol: self.peer_protocol,
             closed: self.closed,
+            read_done: self.read_done,
             error: self.error,
             max_frame: self.max_frame,
             max_output: self.max_output,
@@ -275,7 +281,7 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
 
     /// Reads until the socket has nothing more, decoding every complete frame into `received`.
     fn fill(&mut self) {
-        while !self.closed {
+        while !self.read_done {
             let old = self.input.len();
             self.input.resize(old + READ_CHUNK, 0);
             let mut fds = Vec::new();
@@ -285,6 +291,7 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
                 Ok(0) => {
                     self.input.truncate(old);
                     self.closed = true;
+                    self.read_done = true;
                     if !self.input.is_empty() {
                         self.error = Some(format!("the peer closed in the middle of a frame ({old} bytes read)"));
                     }
@@ -302,7 +309,10 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
                     match e.kind() {
                         io::ErrorKind::Interrupted => {}
                         io::ErrorKind::WouldBlock => return,
-                        _ => self.closed = true,
+                        _ => {
+                            self.closed = true;
+                            self.read_done = true;
+                        }
                     }
                 }
             }
@@ -312,7 +322,7 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
     /// Moves every complete frame of `input` into `received`.
     fn decode_frames(&mut self) {
         let mut at = 0;
-        while !self.closed && self.input.len() - at >= HEADER {
+        while !self.read_done && self.input.len() - at >= HEADER {
             let header = &self.input[at..at + HEADER];
             let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
             let nfds = header[4] as usize;
@@ -348,6 +358,7 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
     /// Shuts the socket down both ways: the peer sees the channel closed.
     pub fn shut_down(&mut self) {
         self.closed = true;
+        self.read_done = true;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.stream.as_fd());
         let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
     }
@@ -355,6 +366,7 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
     /// The channel is broken: remember why and drop what was buffered.
     fn break_off(&mut self, why: String) {
         self.closed = true;
+        self.read_done = true;
         self.error.get_or_insert(why);
         self.input = Vec::new();
         self.in_fds.clear();

@@ -294,3 +294,21 @@ fn descriptors_wait_for_the_end_of_a_split_frame() {
     assert_eq!(got[0].0, big);
     assert_eq!(got[0].1.len(), 1);
 }
+
+// A worker that cannot start says why and exits; the master's next write to it fails (EPIPE),
+// and what the worker said must still be read: a failed write does not end reading (the reason
+// used to be lost now and then: "it exited with exit code 2" and no more).
+#[test]
+fn a_failed_write_does_not_lose_what_the_peer_said_before_it_left() {
+    let (mut master, mut worker) = pair();
+    master.send(&hello()).unwrap();
+    let _ = worker.read();
+    worker.send(&ToMaster::Hello { protocol: PROTOCOL }).unwrap();
+    worker.send(&ToMaster::Error("the plugin refused to start".into())).unwrap();
+    assert!(worker.flush().unwrap());
+    drop(worker);
+    assert!(master.send(&ToWorker::Stop).is_err() || master.flush().is_err(), "the peer is gone");
+    let got = master.read();
+    assert!(got.contains(&ToMaster::Error("the plugin refused to start".into())), "{got:?}");
+    assert!(master.closed);
+}
