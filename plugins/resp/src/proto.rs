@@ -29,11 +29,12 @@ pub enum ProtocolError {
     InvalidBulkLength,
     /// A multibulk argument that does not start with `$`: the byte found instead.
     ExpectedDollar(u8),
-    /// A `*<count>` line longer than [`INLINE_MAX`] without its end.
+    /// A `*<count>` line longer than [`INLINE_MAX`] (or the max package size) without its end.
     TooBigMultibulkCount,
-    /// A `$<len>` line longer than [`INLINE_MAX`] without its end.
+    /// A `$<len>` line longer than [`INLINE_MAX`] (or the max package size) without its end.
     TooBigBulkCount,
-    /// An inline command longer than [`INLINE_MAX`] without its end.
+    /// An inline command longer than [`INLINE_MAX`] without its end, or longer than the max
+    /// package size.
     TooBigInline,
     /// An inline command with an unclosed quote (or a closing quote followed by a non-space).
     UnbalancedQuotes,
@@ -94,18 +95,26 @@ pub fn frame_command(buf: &[u8], max: usize, progress: &mut Progress) -> Framed 
         None => Framed::NeedMore,
         Some(b'*') => frame_multibulk(buf, max, progress),
         Some(_) => match memchr::memchr(b'\n', buf) {
+            // Over the max package size, the host would cut the connection without a reply.
+            Some(nl) if nl >= max => Framed::Error(ProtocolError::TooBigInline),
             Some(nl) => Framed::Complete(nl + 1),
-            None if buf.len() > INLINE_MAX => Framed::Error(ProtocolError::TooBigInline),
+            None if buf.len() > INLINE_MAX || buf.len() >= max => Framed::Error(ProtocolError::TooBigInline),
             None => Framed::NeedMore,
         },
     }
 }
 
 /// The header line starting at `from` (`*…` or `$…`), without its `\r\n`, once its end is
-/// buffered. Like Redis, the byte after `\r` is taken to be `\n` without looking at it.
-fn header_line(buf: &[u8], from: usize, too_big: ProtocolError) -> Result<Option<Range<usize>>, ProtocolError> {
+/// buffered. Like Redis, the byte after `\r` is taken to be `\n` without looking at it. A line
+/// whose end is not within `max` bytes of the command's start is refused.
+fn header_line(
+    buf: &[u8],
+    from: usize,
+    max: usize,
+    too_big: ProtocolError,
+) -> Result<Option<Range<usize>>, ProtocolError> {
     match memchr::memchr(b'\r', &buf[from..]) {
-        None if buf.len() - from > INLINE_MAX => Err(too_big),
+        None if buf.len() - from > INLINE_MAX || buf.len() >= max => Err(too_big),
         None => Ok(None),
         Some(i) if from + i + 2 > buf.len() => Ok(None),
         Some(i) => Ok(Some(from..from + i)),
@@ -121,7 +130,7 @@ fn frame_multibulk(buf: &[u8], max: usize, progress: &mut Progress) -> Framed {
 
 fn frame_multibulk_inner(buf: &[u8], max: usize, progress: &mut Progress) -> Result<Framed, ProtocolError> {
     if progress.pos == 0 {
-        let Some(line) = header_line(buf, 0, ProtocolError::TooBigMultibulkCount)? else {
+        let Some(line) = header_line(buf, 0, max, ProtocolError::TooBigMultibulkCount)? else {
             return Ok(Framed::NeedMore);
         };
         let count = parse_i64(&buf[1..line.end])
@@ -142,7 +151,7 @@ fn frame_multibulk_inner(buf: &[u8], max: usize, progress: &mut Progress) -> Res
         if pos >= buf.len() {
             break;
         }
-        let Some(line) = header_line(buf, pos, ProtocolError::TooBigBulkCount)? else {
+        let Some(line) = header_line(buf, pos, max, ProtocolError::TooBigBulkCount)? else {
             break;
         };
         if buf[pos] != b'$' {
@@ -433,6 +442,21 @@ mod tests {
         assert_eq!(frame(b"PING\nPING\n"), Framed::Complete(5));
         assert_eq!(frame(b"PIN"), Framed::NeedMore);
         assert_eq!(frame(&[b'a'; INLINE_MAX + 1]), Framed::Error(ProtocolError::TooBigInline));
+    }
+
+    /// Found by the fuzzer (`tests/tests/fuzz.rs`): a command over the max package size (below
+    /// 64 KiB) was framed anyway, and the host cut the connection without Redis' error reply.
+    #[test]
+    fn refuses_commands_over_the_max_package_size() {
+        use ProtocolError::*;
+        let f = |buf: &[u8]| frame_command(buf, 16, &mut Progress::default());
+        assert_eq!(f(b"SET key 0123456\r\n"), Framed::Error(TooBigInline));
+        assert_eq!(f(b"SET key 012345\r\n"), Framed::Complete(16));
+        assert_eq!(f(b"SET key 01234567"), Framed::Error(TooBigInline));
+        assert_eq!(f(b"SET key 0123"), Framed::NeedMore);
+        assert_eq!(f(b"*1\r\n$4\r\nPING\r\n"), Framed::Complete(14));
+        assert_eq!(f(b"*1\r\n$00000000000"), Framed::Error(TooBigBulkCount));
+        assert_eq!(f(b"*000000000000000"), Framed::Error(TooBigMultibulkCount));
     }
 
     #[test]
