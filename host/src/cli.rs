@@ -39,6 +39,9 @@ pub enum Command {
         #[arg(short, long)]
         graceful: bool,
     },
+    /// Replace the master's own program with the binary now installed at its path, without
+    /// closing a socket or dropping a connection (same pid), then move every worker onto it.
+    Upgrade,
     /// Show the master, its services and every worker (exit code 3 when no host runs).
     Status {
         /// Refresh every second until interrupted.
@@ -77,6 +80,9 @@ pub enum Command {
     /// Plugin authoring: `host plugin new NAME` creates a plugin crate that builds and serves at once.
     #[command(subcommand)]
     Plugin(PluginCmd),
+    /// Check the state a running master hands over at an upgrade (run by that master).
+    #[command(hide = true)]
+    UpgradeCheck,
     /// Run one worker (started by the master, not by hand).
     #[command(hide = true)]
     Worker {

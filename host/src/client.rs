@@ -91,6 +91,20 @@ pub fn reload(pid_file: &Path, graceful: bool) -> anyhow::Result<()> {
     }
 }
 
+/// `host upgrade`: the master runs the binary installed at its path now (same pid), then
+/// replaces every worker; waits for that chain like `reload`, or prints why it was refused.
+pub fn upgrade(pid_file: &Path) -> anyhow::Result<()> {
+    let pid = pidfile::read_running(pid_file)?;
+    match ask(pid_file, ControlRequest::Upgrade, RELOAD_WAIT)? {
+        Answer::Ok { message, .. } => {
+            println!("host upgraded (master pid {pid}): {message}");
+            Ok(())
+        }
+        Answer::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
 /// The running master's status (its services, how it was started…).
 pub fn status_of(pid_file: &Path) -> anyhow::Result<status::Status> {
     match ask(pid_file, ControlRequest::Status, ANSWER_WAIT)? {

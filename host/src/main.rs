@@ -30,7 +30,7 @@ use crate::cli::{Cli, Command, GlobalArgs, LogArgs, LogFormat, PluginCmd, Restar
 use crate::config_file::ServiceConfig;
 
 /// Set in the environment of the master once it re-executed itself with its title.
-const TITLED: &str = "HOST_MASTER_TITLED";
+pub const TITLED: &str = "HOST_MASTER_TITLED";
 
 /// `host status` when no host runs (LSB init-script convention: "program is not running").
 const EXIT_NOT_RUNNING: u8 = 3;
@@ -117,6 +117,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Restart(ref cmd)) => restart(global, cmd),
         Some(Command::Stop { graceful }) => with_logging(global, |g| client::stop(&pid_file(g, None)?, graceful)),
         Some(Command::Reload { graceful }) => with_logging(global, |g| client::reload(&pid_file(g, None)?, graceful)),
+        Some(Command::Upgrade) => with_logging(global, |g| client::upgrade(&pid_file(g, None)?)),
+        Some(Command::UpgradeCheck) => with_logging(global, |_| upgrade_check()),
         Some(Command::Status { live, json }) => {
             with_logging(global, |g| client::status(&pid_file(g, None)?, live, json))
         }
@@ -181,11 +183,21 @@ struct Plan {
 }
 
 fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
+    // `host upgrade`: this image replaces a running master (same process); it takes what the
+    // previous one handed over before anything else, plans the same start where it was made,
+    // and checks that it can take the running services over.
+    if let Some(inherited) = master::upgrade::Inherited::take()? {
+        std::env::set_current_dir(&inherited.state.start_dir)
+            .with_context(|| format!("could not enter {}", inherited.state.start_dir.display()))?;
+        let plan = plan(global, cmd)?;
+        inherited.state.check(&plan.services).map_err(anyhow::Error::msg)?;
+        return launch(global, cmd, plan, args(), Some(inherited));
+    }
     let plan = plan(global, cmd)?;
     if let Ok(pid) = pidfile::read_running(&plan.pid_file) {
         bail!("host is already running (pid {pid}, pid file {})", plan.pid_file.display());
     }
-    launch(global, cmd, plan, args())
+    launch(global, cmd, plan, args(), None)
 }
 
 /// `host restart`: with no start options, the running master's own (it reports them); the new
@@ -244,7 +256,24 @@ fn restart(global: &GlobalArgs, restart: &RestartCmd) -> anyhow::Result<()> {
     if running.is_some() {
         client::stop(&pid_file, restart.graceful)?;
     }
-    launch(&global, &cmd, plan, argv)
+    launch(&global, &cmd, plan, argv, None)
+}
+
+/// `host upgrade-check`: run by a master about to exec this binary, with its state. Exits 0 when
+/// this binary can take it over: it reads the state and plans the same start (the same command
+/// line, in the same directory) with the same services.
+fn upgrade_check() -> anyhow::Result<()> {
+    let state = master::upgrade::State::from_env()?;
+    let cli = Cli::try_parse_from(std::iter::once("host".to_string()).chain(state.start_args.iter().cloned()))
+        .context("could not read the running master's command line")?;
+    let cmd = match cli.command {
+        Some(Command::Start(c)) => c,
+        None => StartCmd { daemon: false, args: cli.start },
+        Some(_) => bail!("the running master was not started with `host start`"),
+    };
+    let plan = plan(&cli.global, &cmd)?;
+    state.check(&plan.services).map_err(anyhow::Error::msg)?;
+    Ok(())
 }
 
 /// Works out and checks a start: the services (plugins found, config valid), the pid file, the
@@ -326,7 +355,13 @@ fn plan(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<Plan> {
 }
 
 /// Starts the master (in the foreground, or as a daemon with `-d`).
-fn launch(global: &GlobalArgs, cmd: &StartCmd, plan: Plan, argv: Vec<String>) -> anyhow::Result<()> {
+fn launch(
+    global: &GlobalArgs,
+    cmd: &StartCmd,
+    plan: Plan,
+    argv: Vec<String>,
+    upgrade: Option<master::upgrade::Inherited>,
+) -> anyhow::Result<()> {
     let Plan {
         services,
         title,
@@ -343,6 +378,10 @@ fn launch(global: &GlobalArgs, cmd: &StartCmd, plan: Plan, argv: Vec<String>) ->
     let args = &cmd.args;
     // Where and how it was started (before a daemon moves to /): `host restart` reuses them.
     let start_dir = std::env::current_dir().unwrap_or_default();
+    if let Some(inherited) = &upgrade {
+        // Back where the previous image was (`/` for a daemon).
+        let _ = std::env::set_current_dir(&inherited.state.cwd);
+    }
     // Descriptors whoever started us left open must reach no worker: close-on-exec, so the
     // re-exec just below closes them.
     // Sockets the service manager handed over (socket activation) are not strays.
@@ -354,7 +393,7 @@ fn launch(global: &GlobalArgs, cmd: &StartCmd, plan: Plan, argv: Vec<String>) ->
     std::env::remove_var(TITLED);
 
     let mut ready = None;
-    if cmd.daemon {
+    if cmd.daemon && upgrade.is_none() {
         let log_file = args.log_file.clone().or(file_log).unwrap_or_else(|| PathBuf::from("host.log"));
         let log_file = std::path::absolute(&log_file).unwrap_or(log_file);
         match sys::daemonize(&log_file)? {
@@ -383,6 +422,7 @@ fn launch(global: &GlobalArgs, cmd: &StartCmd, plan: Plan, argv: Vec<String>) ->
         probe_timeout,
         insecure_plugins,
         worker_timeout: (!worker_timeout.is_zero()).then_some(worker_timeout),
+        upgrade,
     };
     let result = master::run(services, options);
     if let (Err(e), Some(mut pipe)) = (&result, report) {

@@ -164,6 +164,17 @@ impl PidFile {
         Ok(PidFile { path: path.to_path_buf(), _lock: file })
     }
 
+    /// The pid file the master's previous image held locked (a binary upgrade: same process, so
+    /// the pid in it is still right; the lock belongs to the open file, which crossed the exec).
+    pub fn adopt(path: &Path, lock: fs::File) -> Self {
+        PidFile { path: path.to_path_buf(), _lock: lock }
+    }
+
+    /// The locked file, to hand over across exec.
+    pub fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self._lock)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

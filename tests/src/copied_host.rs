@@ -44,6 +44,26 @@ impl CopiedHost {
         host
     }
 
+    /// Its working and runtime directory; the binary is `bin/host` in it.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The port of its first `listening … address=IP:PORT` line.
+    pub fn port(&self) -> u16 {
+        let line = self.wait_for_log("listening", READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix("address="))
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no address=IP:PORT in {line:?}"))
+    }
+
+    /// Runs the control command `host ARGS…` (the freshly built binary) against this master.
+    pub fn command(&self, args: &[&str], timeout: Duration) -> crate::Output {
+        crate::run_host_in(self.dir.path(), args, timeout)
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

@@ -66,6 +66,21 @@ impl AdminServer {
         Ok(AdminServer { listener, address, clients: HashMap::new(), next: 0, base })
     }
 
+    /// The admin listener the master's previous image held (a binary upgrade).
+    pub fn adopt(listener: std::os::fd::OwnedFd, registry: &Registry, token: Token, base: usize) -> io::Result<Self> {
+        let listener = std::net::TcpListener::from(listener);
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let address = listener.local_addr()?;
+        registry.register(&mut listener, token, Interest::READABLE)?;
+        Ok(AdminServer { listener, address, clients: HashMap::new(), next: 0, base })
+    }
+
+    /// The listening socket, to hand over across exec.
+    pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
+    }
+
     pub fn accept_all(&mut self, registry: &Registry) {
         loop {
             match self.listener.accept() {

@@ -15,10 +15,16 @@ use crate::status::Answer;
 /// What a client asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
-    Stop { graceful: bool },
-    Reload { graceful: bool },
+    Stop {
+        graceful: bool,
+    },
+    Reload {
+        graceful: bool,
+    },
     Status,
     Connections,
+    /// Replace the master's own program with the binary now installed at its path.
+    Upgrade,
 }
 
 impl Request {
@@ -30,6 +36,7 @@ impl Request {
             "reload graceful" => Some(Request::Reload { graceful: true }),
             "status" => Some(Request::Status),
             "connections" => Some(Request::Connections),
+            "upgrade" => Some(Request::Upgrade),
             _ => None,
         }
     }
@@ -42,6 +49,7 @@ impl Request {
             Request::Reload { graceful: true } => "reload graceful\n",
             Request::Status => "status\n",
             Request::Connections => "connections\n",
+            Request::Upgrade => "upgrade\n",
         }
     }
 }
@@ -75,6 +83,45 @@ impl ControlServer {
         let mut listener = bound?;
         registry.register(&mut listener, listener_token, Interest::READABLE)?;
         Ok(ControlServer { listener, path: path.to_path_buf(), clients: HashMap::new(), next_token: 0, token_base })
+    }
+
+    /// The control socket the master's previous image listened on (a binary upgrade: the file at
+    /// `path` stays what it was, so no command finds it missing).
+    pub fn adopt(
+        listener: std::os::fd::OwnedFd,
+        path: &Path,
+        registry: &Registry,
+        listener_token: Token,
+        token_base: usize,
+    ) -> io::Result<Self> {
+        let listener = std::os::unix::net::UnixListener::from(listener);
+        listener.set_nonblocking(true)?;
+        let mut listener = UnixListener::from_std(listener);
+        registry.register(&mut listener, listener_token, Interest::READABLE)?;
+        Ok(ControlServer { listener, path: path.to_path_buf(), clients: HashMap::new(), next_token: 0, token_base })
+    }
+
+    /// A client of the previous image that waits for its answer (`host upgrade`); returns its id.
+    pub fn adopt_client(&mut self, stream: std::os::fd::OwnedFd, registry: &Registry) -> io::Result<u64> {
+        let stream = std::os::unix::net::UnixStream::from(stream);
+        stream.set_nonblocking(true)?;
+        let mut stream = UnixStream::from_std(stream);
+        self.next_token += 1;
+        let token = self.token_base + self.next_token;
+        registry.register(&mut stream, Token(token), Interest::READABLE)?;
+        let conn = LineConn::new(stream, crate::ctl::MAX_REQUEST_LINE);
+        self.clients.insert(token, Client { conn, asked: true, answered: false });
+        Ok(token as u64)
+    }
+
+    /// The listening socket, to hand over across exec.
+    pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
+    }
+
+    /// A client's connection, to hand over across exec.
+    pub fn client_fd(&self, client: u64) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.clients.get(&(client as usize)).map(|c| std::os::fd::AsFd::as_fd(&c.conn.stream))
     }
 
     pub fn accept_all(&mut self, registry: &Registry) {
@@ -181,6 +228,7 @@ mod tests {
             Request::Reload { graceful: true },
             Request::Status,
             Request::Connections,
+            Request::Upgrade,
         ] {
             assert_eq!(Request::parse(r.encode()), Some(r));
         }

@@ -52,6 +52,18 @@ impl Mailboxes {
         Ok(receiver)
     }
 
+    /// Keeps the sending end of the mailbox of a worker the master's previous image started (a
+    /// binary upgrade); its peers hear of it at the next [`Mailboxes::changes`].
+    pub fn adopt(&mut self, id: WorkerId, sender: OwnedFd) {
+        self.senders.insert(id, sender);
+    }
+
+    /// The sending end of `id`'s mailbox.
+    pub fn sender(&self, id: WorkerId) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.senders.get(&id).map(|s| s.as_fd())
+    }
+
     /// The worker is gone: its end goes, and its peers hear it at the next [`Mailboxes::changes`].
     pub fn close(&mut self, id: WorkerId) {
         self.senders.remove(&id);

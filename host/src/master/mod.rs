@@ -23,6 +23,7 @@ mod spawn;
 mod supervisor;
 mod systemd;
 mod trust;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -94,6 +95,9 @@ pub struct Options {
     pub insecure_plugins: bool,
     /// A worker that shows no progress for this long is killed and replaced (None: never).
     pub worker_timeout: Option<Duration>,
+    /// What the master's previous image handed over (`host upgrade`): its sockets, workers and
+    /// counters are taken over instead of starting anew.
+    pub upgrade: Option<upgrade::Inherited>,
 }
 
 pub struct Master {
@@ -132,8 +136,18 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     let plugin_dirs: Vec<PathBuf> = plugin_dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
     // Remember where the binary is now, before anyone replaces it (see `spawn::host_exe`).
     spawn::host_exe().context("could not find the host binary")?;
-    pidfile::prepare_default_dir(&options.pid_file)?;
-    let pid_file = PidFile::acquire(&options.pid_file)?;
+    let mut inherited = options.upgrade;
+    let snapshots = match inherited.as_mut() {
+        Some(i) => i.snapshots()?,
+        None => Vec::new(),
+    };
+    let pid_file = match inherited.as_mut() {
+        Some(i) => PidFile::adopt(&options.pid_file, i.pid_lock()?),
+        None => {
+            pidfile::prepare_default_dir(&options.pid_file)?;
+            PidFile::acquire(&options.pid_file)?
+        }
+    };
     let mut activated =
         systemd::take_activated().context("could not take the sockets the service manager handed over")?;
     let mut states = Vec::new();
@@ -156,7 +170,16 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         let handed = activated
             .iter()
             .position(|a| a.name.as_deref() == Some(service.name.as_str()) || a.address == Some(service.listen));
+        let adopted = match inherited.as_mut() {
+            Some(i) => Some(i.sockets(&service.name)?),
+            None => None,
+        };
         let (bound, sockets) = match handed.map(|i| activated.swap_remove(i)) {
+            _ if adopted.is_some() => {
+                let (bound, sockets) = adopted.expect("checked");
+                tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening on the sockets handed over by the previous binary");
+                (bound, sockets)
+            }
             // Socket activation: the one socket the service manager holds, shared by every slot
             // (it keeps its queue while the host restarts).
             Some(a) => {
@@ -175,7 +198,13 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
                 (bound, sockets)
             }
         };
+        let handed_snapshot = inherited
+            .as_ref()
+            .and_then(|i| i.state.services.iter().find(|s| s.name == service.name))
+            .and_then(|s| s.snapshot)
+            .and_then(|i| snapshots.get(i).cloned());
         let snapshot = match &source {
+            _ if inherited.is_some() => handed_snapshot,
             Some(source) => {
                 let options = snapshot::CheckOptions {
                     probe_as: spawn::ProbeAs { user: user.clone(), group: group.clone() },
@@ -188,9 +217,13 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
             }
             None => None,
         };
+        let waiting = match inherited.as_ref() {
+            Some(_) => snapshot.is_none(),
+            None => source.is_none(),
+        };
         let state = ServiceState {
             service: Service { listen: bound, ..service },
-            waiting: source.is_none(),
+            waiting,
             source: source.unwrap_or_default(),
             expected_name,
             reloadable,
@@ -224,10 +257,16 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     }
     let sup = Supervisor::new(procs, states, plugin_dirs, timeouts);
     let policy = prepare::Policy { probe_timeout: options.probe_timeout, insecure: options.insecure_plugins };
-    let mut master = Master::new(sup, &watched, pid_file, options.ready, policy)?;
+    let control = match inherited.as_mut() {
+        Some(i) => i.control()?,
+        None => None,
+    };
+    let mut master = Master::new(sup, &watched, pid_file, options.ready, policy, control)?;
     master.start_dir = options.start_dir;
     master.start_args = options.start_args;
-    if let Some(address) = options.admin_listen {
+    if let Some(inherited) = inherited {
+        master.adopt(inherited, &snapshots)?;
+    } else if let Some(address) = options.admin_listen {
         let server = admin::AdminServer::bind(address, master.poll.registry(), ADMIN, ADMIN_TOKEN_BASE)
             .with_context(|| format!("could not listen on {address} for the admin listener"))?;
         tracing::info!(address = %server.address, "admin listener: /metrics, /healthz");
@@ -256,6 +295,7 @@ impl Master {
         pid_file: PidFile,
         ready: Option<std::fs::File>,
         policy: prepare::Policy,
+        handed_control: Option<std::os::fd::OwnedFd>,
     ) -> anyhow::Result<Self> {
         sys::ignore_sigpipe()?;
         let signals = sys::signal_fd(&[
@@ -267,12 +307,17 @@ impl Master {
             Signal::SIGUSR1,
             Signal::SIGUSR2,
             Signal::SIGIO,
+            Signal::SIGURG,
         ])?;
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         let socket = pidfile::socket_path(pid_file.path());
         // Without it the master still runs; only the control commands (not the signals) are lost.
-        let control = match ControlServer::bind(&socket, poll.registry(), CONTROL, CLIENT_TOKEN_BASE) {
+        let bound = match handed_control {
+            Some(fd) => ControlServer::adopt(fd, &socket, poll.registry(), CONTROL, CLIENT_TOKEN_BASE),
+            None => ControlServer::bind(&socket, poll.registry(), CONTROL, CLIENT_TOKEN_BASE),
+        };
+        let control = match bound {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!(path = %socket.display(), "could not create the control socket ({e}); use signals");
@@ -475,6 +520,7 @@ impl Master {
                 Signal::SIGHUP => self.sup.request_reload(true, Trigger::Signal("SIGHUP"), None),
                 Signal::SIGUSR2 => self.start_gather(ReportKind::Status, Requester::Log),
                 Signal::SIGIO => self.start_gather(ReportKind::Connections, Requester::Log),
+                Signal::SIGURG => self.upgrade(None),
                 other => tracing::debug!(signal = %other, "signal ignored"),
             }
         }
@@ -496,6 +542,7 @@ impl Master {
             Request::Reload { graceful } => self.sup.request_reload(graceful, Trigger::Command, Some(client)),
             Request::Status => self.start_gather(ReportKind::Status, Requester::Control(client)),
             Request::Connections => self.start_gather(ReportKind::Connections, Requester::Control(client)),
+            Request::Upgrade => self.upgrade(Some(client)),
         }
     }
 

@@ -205,6 +205,32 @@ impl SlotTable {
         Ok(id)
     }
 
+    /// Puts back a worker the master's previous image handed over (a binary upgrade) in the role
+    /// it had there, with its id; ids given later count on from the highest.
+    pub fn adopt(&mut self, worker: Worker, role: Role) -> Result<WorkerId, TableError> {
+        self.next_id = self.next_id.max(worker.id.0);
+        match role {
+            Role::Serving => self.insert_serving(worker),
+            Role::Replacement => self.insert_replacement(worker),
+            Role::Retiring => {
+                let id = worker.id;
+                self.slot_mut(worker.key).ok_or(TableError::NoSlot)?.retiring.push(id);
+                self.workers.insert(id, worker);
+                Ok(id)
+            }
+        }
+    }
+
+    /// The last worker id given (a binary upgrade hands it over, so ids are never reused).
+    pub fn last_worker_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Ids up to `last` are taken (see [`SlotTable::last_worker_id`]).
+    pub fn skip_worker_ids(&mut self, last: u64) {
+        self.next_id = self.next_id.max(last);
+    }
+
     /// Adds `worker` as its slot's replacement (a reload chain's new worker).
     pub fn insert_replacement(&mut self, worker: Worker) -> Result<WorkerId, TableError> {
         let slot = self.slots.iter_mut().find(|s| s.key == worker.key).ok_or(TableError::NoSlot)?;

@@ -68,6 +68,12 @@ impl Snapshot {
         }
     }
 
+    /// A snapshot the master's previous image handed over (a binary upgrade): its memfd and what
+    /// that image knew of it.
+    pub fn adopt(memfd: OwnedFd, source: PathBuf, hash: u64, name: String, version: String) -> Self {
+        Snapshot { memfd, source, hash, name, version }
+    }
+
     /// The memfd to hand to a worker.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.memfd.as_fd()

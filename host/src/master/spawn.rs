@@ -33,14 +33,20 @@ pub enum SpawnError {
 /// installed there takes over with the next worker; or, when that path is gone, the running
 /// image itself.
 pub fn host_exe() -> std::io::Result<PathBuf> {
-    static STARTED_FROM: OnceLock<Option<PathBuf>> = OnceLock::new();
-    match STARTED_FROM.get_or_init(|| std::env::current_exe().ok()) {
+    match started_from() {
         Some(path) if path.is_file() => Ok(path.clone()),
         _ => {
             let running = PathBuf::from("/proc/self/exe");
             running.metadata().map(|_| running)
         }
     }
+}
+
+/// The path the master was started from, read once (the first call; `master::run` makes it
+/// early): `host upgrade` runs whatever binary is installed there now.
+pub fn started_from() -> Option<&'static PathBuf> {
+    static STARTED_FROM: OnceLock<Option<PathBuf>> = OnceLock::new();
+    STARTED_FROM.get_or_init(|| std::env::current_exe().ok()).as_ref()
 }
 
 /// A started worker: its pid and the master's end of its channel, its hello queued.
@@ -180,7 +186,11 @@ pub fn probe_plugin(
 
 /// Waits for `child` until `timeout`; then (or when someone took the pid out of `running` to
 /// kill it) SIGKILLs and reaps it and returns None.
-fn wait_or_kill(child: &mut Child, timeout: Duration, running: &Running) -> std::io::Result<Option<ExitStatus>> {
+pub(super) fn wait_or_kill(
+    child: &mut Child,
+    timeout: Duration,
+    running: &Running,
+) -> std::io::Result<Option<ExitStatus>> {
     let pid = Pid::from_raw(child.id() as i32);
     *running.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
     let deadline = Instant::now() + timeout;

@@ -80,6 +80,32 @@ impl Notifier {
         Notifier { enabled: std::env::var_os("NOTIFY_SOCKET").is_some(), told: Told::Nothing }
     }
 
+    /// A binary upgrade is about to exec: `RELOADING=1` (the new image says `READY=1` once every
+    /// worker runs the new binary).
+    pub fn upgrading(&mut self) {
+        if !self.enabled || self.told == Told::Reloading {
+            return;
+        }
+        self.told = Told::Reloading;
+        let result = sd_notify::NotifyState::monotonic_usec_now()
+            .and_then(|usec| sd_notify::notify(&[sd_notify::NotifyState::Reloading, usec]));
+        if let Err(e) = result {
+            tracing::warn!("could not notify systemd: {e}");
+        }
+    }
+
+    /// The new image took the master over: `MAINPID` (the same pid: the service's main process
+    /// did not change) while the reload that follows is under way.
+    pub fn adopted(&mut self) {
+        if !self.enabled {
+            return;
+        }
+        self.told = Told::Reloading;
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::MainPid(std::process::id())]) {
+            tracing::warn!("could not notify systemd: {e}");
+        }
+    }
+
     /// Tells the service manager what changed since the last call; `status` is called only when
     /// something is sent.
     pub fn update(&mut self, phase: Phase, reload_idle: bool, status: impl FnOnce() -> String) {

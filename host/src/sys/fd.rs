@@ -66,6 +66,14 @@ pub fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes `fd` survive exec (a binary upgrade hands the master's descriptors to its new image);
+/// the new image takes it with [`take_inherited_range`], which makes it close-on-exec again.
+pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_SETFD changes only the descriptor's flags; `fd` is borrowed, so it is open.
+    unsafe { syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, 0)) }?;
+    Ok(())
+}
+
 /// Fails unless `fd` is a socket; `what` names it in the error.
 pub fn expect_socket(fd: OwnedFd, what: &str) -> io::Result<OwnedFd> {
     let st = nix::sys::stat::fstat(fd.as_raw_fd())?;

@@ -40,11 +40,12 @@ mod socket;
 
 pub use self::daemon::{daemonize, Daemonized};
 pub use self::fd::{
-    cloexec_strays, expect_socket, proc_fd_path, take_inherited, take_inherited_range, FIRST_INHERITED_FD,
+    clear_cloexec, cloexec_strays, expect_socket, proc_fd_path, set_cloexec, take_inherited, take_inherited_range,
+    FIRST_INHERITED_FD,
 };
 pub use self::identity::{check_identity, switch_identity};
 pub use self::memfd::sealed_memfd;
-pub use self::process::{exec_with_title, set_thread_name, spawn_with_fds};
+pub use self::process::{exec_image, exec_with_title, set_thread_name, spawn_with_fds};
 pub use self::scm::{recv_with_fds, send_with_fds};
 pub use self::signal::{ignore_sigpipe, signal_fd};
 pub use self::socket::{listen_reuseport, local_addr};

@@ -86,3 +86,37 @@ pub fn set_thread_name(name: &str) {
         let _ = nix::sys::prctl::set_name(&c);
     }
 }
+
+/// Replaces this process's image with `path` (same pid: children stay ours, locks and the
+/// descriptors without close-on-exec stay open), run with `argv0` alone as its argv and this
+/// process's environment plus `env`. A plain `execve`: unlike `Command::exec`, it keeps the
+/// signal mask, so the signals the master reads from its signalfd stay blocked and pending across
+/// the exec instead of taking their default action before the new image blocks them again.
+/// Returns only if the exec failed.
+pub fn exec_image(path: &std::path::Path, argv0: &str, env: &[(&str, &std::ffi::OsStr)]) -> io::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstring = |bytes: &[u8]| CString::new(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let build = || -> io::Result<(CString, CString, Vec<CString>)> {
+        let path = cstring(path.as_os_str().as_bytes())?;
+        let argv0 = cstring(argv0.as_bytes())?;
+        let mut vars = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            if env.iter().any(|(k, _)| std::ffi::OsStr::new(k) == key) {
+                continue;
+            }
+            vars.push(cstring(&[key.as_bytes(), b"=", value.as_bytes()].concat())?);
+        }
+        for (key, value) in env {
+            vars.push(cstring(&[key.as_bytes(), b"=", value.as_bytes()].concat())?);
+        }
+        Ok((path, argv0, vars))
+    };
+    match build() {
+        Ok((path, argv0, vars)) => match nix::unistd::execve(&path, &[argv0], &vars) {
+            Err(e) => e.into(),
+            Ok(never) => match never {},
+        },
+        Err(e) => e,
+    }
+}

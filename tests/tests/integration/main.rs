@@ -39,6 +39,9 @@ mod frame;
 mod resp;
 // Hot reload: plugin files replaced by mv, cp, a refused file, a missing one, cargo build.
 mod reload;
+// `host upgrade`: the master re-executes the binary installed at its path (same pid, sockets and
+// connections kept), every worker follows; refusals leave the old master serving.
+mod upgrade;
 // The max send buffer: a client that does not read is paused, then served in full.
 mod backpressure;
 // The worker's loop: timers that never end, signals meant for the master, SIGTERM by hand.

@@ -59,6 +59,8 @@ pub enum Trigger {
     Command,
     /// A chain that failed half-way, run again.
     Retry,
+    /// `host upgrade` (or its signal): the master runs a new binary; every worker follows.
+    Upgrade,
 }
 
 impl fmt::Display for Trigger {
@@ -68,6 +70,7 @@ impl fmt::Display for Trigger {
             Trigger::Signal(s) => f.write_str(s),
             Trigger::Command => f.write_str("host reload"),
             Trigger::Retry => f.write_str("retry"),
+            Trigger::Upgrade => f.write_str("host upgrade"),
         }
     }
 }

@@ -1,0 +1,666 @@
+//! `host upgrade` (or SIGURG): the master replaces its own program with the binary installed at
+//! the path it was started from, without closing a listening socket or dropping a connection.
+//!
+//! The old image writes everything the new one needs into a versioned [`State`] (JSON in a
+//! sealed memfd): the listening sockets of every slot, the control socket and the admin
+//! listener, the locked pid file, the plugin snapshots, each live worker (pid, slot, role,
+//! readiness, channel, mailbox), the control client waiting for the answer, and the counters
+//! `status` and `/metrics` show. Before anything changes it checks that the file exists and is
+//! executable, and runs it as a child (`host upgrade-check`) that reads the state and answers
+//! whether it accepts it (format version, worker protocol, the same services); a refusal, or an
+//! exec that fails, leaves the old master running and says why. Then it clears close-on-exec on
+//! exactly the descriptors the state names and `execve`s the binary: same pid, so the workers
+//! stay its children and the pid file stays right. The new image ([`Inherited`]) takes those
+//! descriptors back, rebuilds the slot table around the adopted workers, and runs the ordinary
+//! reload chain (trigger `host upgrade`), which replaces every worker with one exec'd from the
+//! new binary, old ones draining; the waiting `host upgrade` hears the chain's outcome.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use mio::{Interest, Token};
+use serde::{Deserialize, Serialize};
+
+use super::slots::{ClientId, Readiness, Role, ServiceId, SlotKey, Worker, WorkerId};
+use super::snapshot::Snapshot;
+use super::supervisor::{Phase, ReloadRecord};
+use super::{spawn, Master, WORKER_TOKEN_BASE};
+use crate::config_file::ServiceConfig;
+use crate::ctl::{MasterChannel, PROTOCOL};
+use crate::status::{Answer, WorkerReport};
+use crate::sys;
+
+/// The environment variable that carries the state's descriptor number to the new image.
+pub const STATE_ENV: &str = "HOST_UPGRADE_STATE";
+/// The version of [`State`]; a binary that reads another refuses the upgrade.
+pub const FORMAT: u32 = 1;
+/// How long the new binary's check of the state may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long what is queued for a worker may take to leave before the exec.
+const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What crosses the exec. Descriptors are their numbers: they stay open across it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub format: u32,
+    /// The master↔worker protocol the running workers speak.
+    pub protocol: u32,
+    /// The old binary's version (for the log).
+    pub version: String,
+    /// Where and with what arguments the host was started (the new image plans its start again
+    /// from them, in that directory), and the master's directory now (`/` for a daemon).
+    pub start_dir: PathBuf,
+    pub start_args: Vec<String>,
+    pub cwd: PathBuf,
+    pub started_at_ms: u64,
+    pub pid_file: PathBuf,
+    pub pid_lock: RawFd,
+    pub control: Option<RawFd>,
+    pub admin: Option<RawFd>,
+    pub services: Vec<HandedService>,
+    pub snapshots: Vec<HandedSnapshot>,
+    pub workers: Vec<HandedWorker>,
+    pub last_worker_id: u64,
+    /// The `host upgrade` client waiting for the answer.
+    pub client: Option<RawFd>,
+    /// (service, how it ended, count).
+    pub exits: Vec<(String, String, u64)>,
+    /// Per slot (service index, slot), the counters of its workers that exited.
+    pub carried: Vec<(usize, u32, WorkerReport)>,
+    /// The last reload: when (ms since the epoch), trigger, summary.
+    pub last_reload: Option<(u64, String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandedService {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub count: u32,
+    /// One listening socket per slot.
+    pub sockets: Vec<RawFd>,
+    pub waiting: bool,
+    /// The snapshot its slots run (index in [`State::snapshots`]).
+    pub snapshot: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandedSnapshot {
+    pub fd: RawFd,
+    pub source: PathBuf,
+    pub hash: u64,
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandedRole {
+    Serving,
+    Replacement,
+    Retiring,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandedWorker {
+    pub id: u64,
+    pub service: usize,
+    pub slot: u32,
+    pub pid: i32,
+    pub ready: bool,
+    pub role: HandedRole,
+    pub snapshot: usize,
+    pub uptime_ms: u64,
+    /// Its kill deadline, from now (starting or retiring workers).
+    pub kill_in_ms: Option<u64>,
+    pub retired_ms_ago: Option<u64>,
+    pub channel: RawFd,
+    pub mailbox: Option<RawFd>,
+}
+
+impl State {
+    /// Every descriptor the state names.
+    fn fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.pid_lock];
+        fds.extend(self.control);
+        fds.extend(self.admin);
+        fds.extend(self.client);
+        fds.extend(self.services.iter().flat_map(|s| s.sockets.iter().copied()));
+        fds.extend(self.snapshots.iter().map(|s| s.fd));
+        fds.extend(self.workers.iter().flat_map(|w| std::iter::once(w.channel).chain(w.mailbox)));
+        fds
+    }
+
+    /// Whether this binary can take the state over for `services` (its own plan of the same
+    /// command line): the format, the workers' protocol, and the same services, in order, with
+    /// the same number of workers and a listening address the handed sockets satisfy.
+    pub fn check(&self, services: &[ServiceConfig]) -> Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!("state format {} is not the {FORMAT} this binary reads", self.format));
+        }
+        if self.protocol != PROTOCOL {
+            return Err(format!(
+                "the running workers speak worker protocol {}, this binary {PROTOCOL}: use `host restart`",
+                self.protocol
+            ));
+        }
+        let names = |v: Vec<&str>| v.join(", ");
+        if services.len() != self.services.len() {
+            return Err(format!(
+                "the configuration now has services [{}], the running master [{}]",
+                names(services.iter().map(|s| s.service.name.as_str()).collect()),
+                names(self.services.iter().map(|s| s.name.as_str()).collect())
+            ));
+        }
+        for (new, old) in services.iter().zip(&self.services) {
+            let s = &new.service;
+            if s.name != old.name {
+                return Err(format!("service {} is now {}: use `host restart`", old.name, s.name));
+            }
+            if s.count != old.count || old.sockets.len() != old.count as usize {
+                return Err(format!(
+                    "service {}: {} workers now, {} running: use `host restart`",
+                    s.name, s.count, old.count
+                ));
+            }
+            let same_address = s.listen == old.listen
+                || (s.listen.port() == 0 && s.listen.ip() == old.listen.ip())
+                || (s.listen.port() == old.listen.port() && s.listen.ip().is_unspecified());
+            if !same_address {
+                return Err(format!(
+                    "service {} listens on {} now, {} running: use `host restart`",
+                    s.name, s.listen, old.listen
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the state whose descriptor [`STATE_ENV`] names, without taking any other descriptor
+    /// (`host upgrade-check`; the new image uses [`Inherited::take`]).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let fd = state_fd()?.context("no upgrade state was handed over")?;
+        read_state(&fd)
+    }
+}
+
+fn state_fd() -> anyhow::Result<Option<OwnedFd>> {
+    let Ok(number) = std::env::var(STATE_ENV) else { return Ok(None) };
+    std::env::remove_var(STATE_ENV);
+    let number: RawFd = number.parse().with_context(|| format!("{STATE_ENV}={number:?} is no descriptor"))?;
+    let mut fds = sys::take_inherited_range(number, 1).context("could not take the upgrade state")?;
+    Ok(fds.pop())
+}
+
+fn read_state(fd: &OwnedFd) -> anyhow::Result<State> {
+    let file = std::fs::File::from(fd.try_clone()?);
+    let len = file.metadata()?.len() as usize;
+    let mut bytes = vec![0; len];
+    // At offset 0 whatever the shared offset is (the old image wrote it).
+    file.read_exact_at(&mut bytes, 0)?;
+    let format: serde_json::Value = serde_json::from_slice(&bytes).context("the upgrade state is not JSON")?;
+    if format.get("format").and_then(serde_json::Value::as_u64) != Some(FORMAT as u64) {
+        anyhow::bail!("upgrade state format {:?} is not the {FORMAT} this binary reads", format.get("format"));
+    }
+    serde_json::from_value(format).context("could not read the upgrade state")
+}
+
+/// The new image's side: the state and every descriptor it names, taken (close-on-exec again).
+pub struct Inherited {
+    pub state: State,
+    fds: HashMap<RawFd, OwnedFd>,
+}
+
+impl Inherited {
+    /// Called first thing by a starting master: None unless the previous image handed over.
+    pub fn take() -> anyhow::Result<Option<Self>> {
+        let Some(fd) = state_fd()? else { return Ok(None) };
+        let state = read_state(&fd)?;
+        let mut fds = HashMap::new();
+        for number in state.fds() {
+            let fd = sys::take_inherited_range(number, 1)
+                .with_context(|| format!("descriptor {number} of the upgrade state"))?
+                .pop()
+                .context("no descriptor")?;
+            fds.insert(number, fd);
+        }
+        Ok(Some(Inherited { state, fds }))
+    }
+
+    fn fd(&mut self, number: RawFd) -> anyhow::Result<OwnedFd> {
+        self.fds.remove(&number).with_context(|| format!("descriptor {number} was handed over twice"))
+    }
+
+    /// The bound address and per-slot sockets of service `name`.
+    pub fn sockets(&mut self, name: &str) -> anyhow::Result<(SocketAddr, Vec<OwnedFd>)> {
+        let s = self.state.services.iter().find(|s| s.name == name).context("no such service was handed over")?;
+        let (listen, numbers) = (s.listen, s.sockets.clone());
+        let sockets = numbers.into_iter().map(|n| self.fd(n)).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((listen, sockets))
+    }
+
+    /// The snapshots, as the new image's `Rc`s (by index in the state).
+    pub fn snapshots(&mut self) -> anyhow::Result<Vec<Rc<Snapshot>>> {
+        let handed = self.state.snapshots.clone();
+        handed
+            .into_iter()
+            .map(|s| Ok(Rc::new(Snapshot::adopt(self.fd(s.fd)?, s.source, s.hash, s.name, s.version))))
+            .collect()
+    }
+
+    pub fn pid_lock(&mut self) -> anyhow::Result<std::fs::File> {
+        Ok(std::fs::File::from(self.fd(self.state.pid_lock)?))
+    }
+
+    pub fn control(&mut self) -> anyhow::Result<Option<OwnedFd>> {
+        self.state.control.map(|n| self.fd(n)).transpose()
+    }
+}
+
+/// Why `path` cannot be the new master's binary, if it cannot.
+fn check_binary(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => format!("there is no host binary at {} any more", path.display()),
+        _ => format!("could not read {}: {e}", path.display()),
+    })?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    let executable =
+        meta.permissions().mode() & 0o111 != 0 && nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok();
+    if !executable {
+        return Err(format!("{} is not executable", path.display()));
+    }
+    Ok(())
+}
+
+/// Runs `exe upgrade-check` with the state (fd 3) in `dir`: the new binary reads it and says
+/// whether it takes it over. Its last line of stderr is the reason of a refusal.
+fn dry_run(exe: &Path, state: BorrowedFd<'_>, dir: &Path) -> Result<(), String> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("upgrade-check")
+        .env(STATE_ENV, sys::FIRST_INHERITED_FD.to_string())
+        .env_remove("NOTIFY_SOCKET")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child =
+        sys::spawn_with_fds(&mut cmd, &[state]).map_err(|e| format!("could not run {}: {e}", exe.display()))?;
+    let stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        if let Some(mut pipe) = stderr {
+            let _ = io::Read::read_to_end(&mut pipe, &mut text);
+        }
+        text
+    });
+    let running = spawn::Running::default();
+    let status = spawn::wait_or_kill(&mut child, CHECK_TIMEOUT, &running)
+        .map_err(|e| format!("could not wait for {}: {e}", exe.display()))?;
+    let stderr = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    let reason = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+    match status {
+        None => Err(format!("{} did not answer within {} s; killed", exe.display(), CHECK_TIMEOUT.as_secs())),
+        Some(s) if s.success() => Ok(()),
+        Some(s) => {
+            let how = match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                (Some(code), _) => format!("exit code {code}"),
+                (None, Some(sig)) => format!("signal {sig}"),
+                _ => "an unknown status".to_string(),
+            };
+            let said = if reason.is_empty() { String::new() } else { format!(": {reason}") };
+            Err(format!("{} refused the running master's state ({how}){said}", exe.display()))
+        }
+    }
+}
+
+/// The master's process title (`argv[0]`), which the new image keeps.
+fn title() -> String {
+    std::fs::read("/proc/self/cmdline")
+        .ok()
+        .and_then(|c| c.split(|&b| b == 0).next().map(|t| String::from_utf8_lossy(t).into_owned()))
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "host: master".to_string())
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+impl Master {
+    /// `host upgrade` or SIGURG. Returns only when the upgrade was refused (answered and
+    /// logged): the old master goes on.
+    pub(super) fn upgrade(&mut self, client: Option<ClientId>) {
+        tracing::info!("binary upgrade requested");
+        let Err(reason) = self.try_upgrade(client);
+        tracing::error!("upgrade refused: {reason}; this master goes on");
+        if let Some(client) = client {
+            let message = format!("upgrade refused: {reason}; the master (pid {}) goes on", std::process::id());
+            self.answer_all(&[client], &Answer::Error { message });
+        }
+        let sup = &self.sup;
+        self.notifier.update(sup.phase(), sup.reloader_idle(), || super::summary(sup));
+    }
+
+    fn try_upgrade(&mut self, client: Option<ClientId>) -> Result<Infallible, String> {
+        let exe = spawn::started_from().cloned().ok_or("the path the master was started from is unknown")?;
+        check_binary(&exe)?;
+        // What the workers said so far is acted on, and what is queued for them leaves first.
+        let ids: Vec<WorkerId> = self.channels.keys().copied().collect();
+        for &id in &ids {
+            self.read_worker(id);
+        }
+        self.carry_out();
+        if self.sup.phase() != Phase::Running {
+            return Err("the master is still starting or is stopping".into());
+        }
+        if !self.sup.reloader_idle() {
+            return Err("a reload is under way; try again once it is done".into());
+        }
+        for channel in self.channels.values_mut() {
+            let _ = channel.flush_timeout(FLUSH_TIMEOUT);
+        }
+        // systemd hears RELOADING=1 now; READY=1 again if the upgrade is refused.
+        self.notifier.upgrading();
+        let (state, handed) = self.hand_over(client)?;
+        let json = serde_json::to_vec(&state).map_err(|e| format!("could not write the state: {e}"))?;
+        let memfd = sys::sealed_memfd("host-upgrade-state", &mut &json[..])
+            .map_err(|e| format!("could not write the state: {e}"))?;
+        dry_run(&exe, memfd.as_fd(), &state.start_dir)?;
+        tracing::info!(path = %exe.display(), workers = state.workers.len(), "the new binary accepts the state; executing it");
+        let mut fds: Vec<BorrowedFd<'_>> = handed.clone();
+        fds.push(memfd.as_fd());
+        let error = match fds.iter().try_for_each(|fd| sys::clear_cloexec(*fd)) {
+            Ok(()) => {
+                let number = memfd.as_raw_fd().to_string();
+                let args = crate::pack_args(&state.start_args);
+                let env: [(&str, &std::ffi::OsStr); 3] =
+                    [(STATE_ENV, number.as_ref()), (crate::ARGV_ENV, args.as_ref()), (crate::TITLED, "1".as_ref())];
+                sys::exec_image(&exe, &title(), &env)
+            }
+            Err(e) => e,
+        };
+        // Still here: the exec failed. Nothing of ours may leak into the next child.
+        for fd in &fds {
+            let _ = sys::set_cloexec(*fd);
+        }
+        Err(format!("could not execute {}: {error}", exe.display()))
+    }
+
+    /// The state, and the descriptors it names (borrowed from the master).
+    fn hand_over(&self, client: Option<ClientId>) -> Result<(State, Vec<BorrowedFd<'_>>), String> {
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        let number = |fd: BorrowedFd<'_>| fd.as_raw_fd();
+        let mut snapshots: Vec<(Rc<Snapshot>, HandedSnapshot)> = Vec::new();
+        let mut snapshot_index = |snap: &Rc<Snapshot>| -> usize {
+            if let Some(i) = snapshots.iter().position(|(s, _)| Rc::ptr_eq(s, snap)) {
+                return i;
+            }
+            let handed = HandedSnapshot {
+                fd: snap.fd().as_raw_fd(),
+                source: snap.source.clone(),
+                hash: snap.hash,
+                name: snap.name.clone(),
+                version: snap.version.clone(),
+            };
+            snapshots.push((snap.clone(), handed));
+            snapshots.len() - 1
+        };
+        let mut services = Vec::new();
+        for (i, s) in self.sup.services.iter().enumerate() {
+            let snapshot = self.sup.slots.service_slots(ServiceId(i)).next().map(|slot| snapshot_index(&slot.snapshot));
+            fds.extend(s.sockets.iter().map(|fd| fd.as_fd()));
+            services.push(HandedService {
+                name: s.service.name.clone(),
+                listen: s.service.listen,
+                count: s.service.count,
+                sockets: s.sockets.iter().map(|fd| number(fd.as_fd())).collect(),
+                waiting: s.waiting,
+                snapshot,
+            });
+        }
+        let now = self.sup.now();
+        let mut workers = Vec::new();
+        for w in self.sup.slots.workers() {
+            let channel = self.channels.get(&w.id).ok_or(format!("worker {} has no channel", w.pid))?;
+            let role = match self.sup.slots.role(w.id) {
+                Some(Role::Serving) => HandedRole::Serving,
+                Some(Role::Replacement) => HandedRole::Replacement,
+                _ => HandedRole::Retiring,
+            };
+            let mailbox = self.mailboxes.sender(w.id);
+            fds.push(channel.stream.as_fd());
+            fds.extend(mailbox);
+            workers.push(HandedWorker {
+                id: w.id.0,
+                service: w.key.service.0,
+                slot: w.key.slot,
+                pid: w.pid.as_raw(),
+                ready: w.readiness == Readiness::Ready,
+                role,
+                snapshot: snapshot_index(&w.snapshot),
+                uptime_ms: w.uptime(now).as_millis() as u64,
+                kill_in_ms: w.kill_at.map(|k| k.saturating_duration_since(now).as_millis() as u64),
+                retired_ms_ago: w.retired_at.map(|r| now.saturating_duration_since(r).as_millis() as u64),
+                channel: channel.stream.as_raw_fd(),
+                mailbox: mailbox.map(|m| m.as_raw_fd()),
+            });
+        }
+        let snapshots: Vec<HandedSnapshot> = snapshots.into_iter().map(|(_, h)| h).collect();
+        for s in &snapshots {
+            let snap = self
+                .sup
+                .slots
+                .workers()
+                .map(|w| &w.snapshot)
+                .chain(self.sup.slots.slots().map(|s| &s.snapshot))
+                .find(|snap| snap.fd().as_raw_fd() == s.fd)
+                .ok_or("a snapshot vanished")?;
+            fds.push(snap.fd());
+        }
+        let pid_lock = self._pid_file.lock_fd();
+        fds.push(pid_lock);
+        let control = self.control.as_ref().map(|c| c.listener_fd());
+        fds.extend(control);
+        let admin = self.admin.as_ref().map(|a| a.listener_fd());
+        fds.extend(admin);
+        let client_fd = client.and_then(|c| self.control.as_ref().and_then(|s| s.client_fd(c.0)));
+        fds.extend(client_fd);
+        let state = State {
+            format: FORMAT,
+            protocol: PROTOCOL,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            start_dir: self.start_dir.clone(),
+            start_args: self.start_args.clone(),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            started_at_ms: epoch_ms(self.started_at),
+            pid_file: self._pid_file.path().to_path_buf(),
+            pid_lock: pid_lock.as_raw_fd(),
+            control: control.map(|c| c.as_raw_fd()),
+            admin: admin.map(|a| a.as_raw_fd()),
+            services,
+            snapshots,
+            workers,
+            last_worker_id: self.sup.slots.last_worker_id(),
+            client: client_fd.map(|c| c.as_raw_fd()),
+            exits: self.sup.exits.iter().map(|((s, how), n)| (s.clone(), how.clone(), *n)).collect(),
+            carried: self.carried.iter().map(|(k, r)| (k.service.0, k.slot, r.clone())).collect(),
+            last_reload: self.sup.last_reload.as_ref().map(|r| (epoch_ms(r.at), r.trigger.clone(), r.summary.clone())),
+        };
+        Ok((state, fds))
+    }
+
+    /// The new image: puts the handed-over workers, channels, mailboxes, counters and the waiting
+    /// client back, then starts the reload chain that moves every worker onto this binary.
+    pub(super) fn adopt(&mut self, mut inherited: Inherited, snapshots: &[Rc<Snapshot>]) -> anyhow::Result<()> {
+        let state = inherited.state.clone();
+        let now = self.sup.now();
+        let ms = Duration::from_millis;
+        for w in &state.workers {
+            let id = WorkerId(w.id);
+            let snapshot = snapshots.get(w.snapshot).context("a worker's snapshot was not handed over")?.clone();
+            let ready = if w.ready { Readiness::Ready } else { Readiness::Starting };
+            let serving_ready = w.ready && w.role == HandedRole::Serving;
+            let worker = Worker {
+                id,
+                key: SlotKey { service: ServiceId(w.service), slot: w.slot },
+                pid: nix::unistd::Pid::from_raw(w.pid),
+                readiness: ready,
+                snapshot,
+                started: now.checked_sub(ms(w.uptime_ms)).unwrap_or(now),
+                kill_at: w.kill_in_ms.map(|k| now + ms(k)),
+                error: None,
+                retired_at: w.retired_ms_ago.map(|r| now.checked_sub(ms(r)).unwrap_or(now)),
+                stall_at: self.sup.timeouts.worker.filter(|_| serving_ready).map(|t| now + t),
+                stalled: false,
+            };
+            let role = match w.role {
+                HandedRole::Serving => Role::Serving,
+                HandedRole::Replacement => Role::Replacement,
+                HandedRole::Retiring => Role::Retiring,
+            };
+            self.sup.slots.adopt(worker, role).map_err(|e| anyhow::anyhow!("worker {}: {e}", w.pid))?;
+            let stream = std::os::unix::net::UnixStream::from(inherited.fd(w.channel)?);
+            stream.set_nonblocking(true)?;
+            let mut channel = MasterChannel::new(stream).map_stream(mio::net::UnixStream::from_std);
+            // The hellos were exchanged with the previous image.
+            channel.peer_protocol = Some(state.protocol);
+            let token = Token(WORKER_TOKEN_BASE + w.id as usize);
+            self.poll.registry().register(&mut channel.stream, token, Interest::READABLE)?;
+            self.channels.insert(id, channel);
+            if let Some(m) = w.mailbox {
+                self.mailboxes.adopt(id, inherited.fd(m)?);
+            }
+        }
+        self.sup.slots.skip_worker_ids(state.last_worker_id);
+        self.sup.phase = Phase::Running;
+        for (service, how, n) in state.exits {
+            self.sup.exits.insert((service, how), n);
+        }
+        for (service, slot, report) in state.carried {
+            self.carried.insert(SlotKey { service: ServiceId(service), slot }, report);
+        }
+        self.sup.last_reload =
+            state.last_reload.map(|(at, trigger, summary)| ReloadRecord { at: UNIX_EPOCH + ms(at), trigger, summary });
+        self.started_at = UNIX_EPOCH + ms(state.started_at_ms);
+        if let Some(admin) = state.admin {
+            let fd = inherited.fd(admin)?;
+            let server =
+                super::admin::AdminServer::adopt(fd, self.poll.registry(), super::ADMIN, super::ADMIN_TOKEN_BASE)?;
+            self.admin = Some(server);
+        }
+        let client = match (state.client, self.control.as_mut()) {
+            (Some(fd), Some(control)) => Some(ClientId(control.adopt_client(inherited.fd(fd)?, self.poll.registry())?)),
+            _ => None,
+        };
+        self.notifier.adopted();
+        tracing::info!(from = %state.version, to = %env!("CARGO_PKG_VERSION"), workers = state.workers.len(), pid = std::process::id(), "upgraded: this binary took the master over; replacing every worker");
+        self.sup.request_reload(true, super::reload::state::Trigger::Upgrade, client);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Limits, Service};
+
+    fn service(name: &str, listen: &str, count: u32) -> ServiceConfig {
+        ServiceConfig {
+            service: Service {
+                name: name.into(),
+                plugin: "http".into(),
+                listen: listen.parse().unwrap(),
+                count,
+                plugin_config: String::new(),
+                limits: Limits::default(),
+                tls: None,
+            },
+            reloadable: true,
+            user: None,
+            group: None,
+        }
+    }
+
+    fn state() -> State {
+        State {
+            format: FORMAT,
+            protocol: PROTOCOL,
+            version: "0".into(),
+            start_dir: "/".into(),
+            start_args: Vec::new(),
+            cwd: "/".into(),
+            started_at_ms: 0,
+            pid_file: "/tmp/h.pid".into(),
+            pid_lock: 3,
+            control: None,
+            admin: None,
+            services: vec![HandedService {
+                name: "web".into(),
+                listen: "127.0.0.1:4242".parse().unwrap(),
+                count: 2,
+                sockets: vec![5, 6],
+                waiting: false,
+                snapshot: Some(0),
+            }],
+            snapshots: Vec::new(),
+            workers: Vec::new(),
+            last_worker_id: 2,
+            client: None,
+            exits: Vec::new(),
+            carried: Vec::new(),
+            last_reload: None,
+        }
+    }
+
+    #[test]
+    fn the_same_services_are_accepted_and_others_refused_with_the_reason() {
+        let s = state();
+        assert_eq!(s.check(&[service("web", "127.0.0.1:4242", 2)]), Ok(()));
+        assert_eq!(s.check(&[service("web", "127.0.0.1:0", 2)]), Ok(()), "an OS-chosen port takes the bound one");
+        let err = s.check(&[service("web", "127.0.0.1:4242", 3)]).unwrap_err();
+        assert!(err.contains("3 workers now, 2 running"), "{err}");
+        let err = s.check(&[service("api", "127.0.0.1:4242", 2)]).unwrap_err();
+        assert!(err.contains("is now api"), "{err}");
+        let err = s.check(&[service("web", "127.0.0.1:8080", 2)]).unwrap_err();
+        assert!(err.contains("listens on 127.0.0.1:8080"), "{err}");
+        let err =
+            State { protocol: PROTOCOL + 1, ..state() }.check(&[service("web", "127.0.0.1:4242", 2)]).unwrap_err();
+        assert!(err.contains("worker protocol"), "{err}");
+    }
+
+    #[test]
+    fn the_state_round_trips_through_a_sealed_memfd() {
+        let json = serde_json::to_vec(&state()).unwrap();
+        let fd = sys::sealed_memfd("test-state", &mut &json[..]).unwrap();
+        let back = read_state(&fd).unwrap();
+        assert_eq!(back.services[0].sockets, vec![5, 6]);
+        assert_eq!(back.fds(), vec![3, 5, 6]);
+        let other = serde_json::to_vec(&serde_json::json!({ "format": 99 })).unwrap();
+        let fd = sys::sealed_memfd("test-state", &mut &other[..]).unwrap();
+        assert!(read_state(&fd).unwrap_err().to_string().contains("format"));
+    }
+
+    #[test]
+    fn a_missing_or_non_executable_binary_is_refused() {
+        let dir = std::env::temp_dir().join(format!("host-upgrade-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("host");
+        assert!(check_binary(&path).unwrap_err().contains("no host binary"));
+        std::fs::write(&path, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_binary(&path).unwrap_err().contains("not executable"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(check_binary(&path), Ok(()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,124 @@
+// `host upgrade`: the master replaces its own program with the binary now installed at the path
+// it was started from (a copy renamed over it: a new inode, as `install` and package managers
+// do). Same pid, same listening port; a keep-alive connection opened before still gets its
+// answer; every worker afterwards runs the new file. A binary that is missing, not executable or
+// refuses the running master's state is refused with the reason, and the old master serves on.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use host_tests::copied_host::CopiedHost;
+use host_tests::load::Load;
+use host_tests::plugin_dir::PluginDir;
+use host_tests::{assert_contains, get, plugin_file, poll_until, Client};
+
+/// For the upgrade's reload chain (every slot replaced) to finish.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn start() -> (PluginDir, CopiedHost) {
+    let dir = PluginDir::new();
+    dir.mv("http.so", &fs::read(plugin_file("http")).unwrap());
+    // A long drain: the old keep-alive connection is still open when the test uses it again.
+    let args = ["--plugin", "http", "--count", "2", "--listen", "127.0.0.1:0", "--drain-timeout", "60"];
+    let mut args: Vec<&str> = args.to_vec();
+    let plugin_dir = dir.arg();
+    args.extend(["--plugin-dir", &plugin_dir]);
+    let host = CopiedHost::start(&args);
+    (dir, host)
+}
+
+/// The inode of the file a process runs (`/proc/PID/exe`).
+fn exe_inode(pid: i32) -> u64 {
+    fs::metadata(format!("/proc/{pid}/exe")).map(|m| m.ino()).unwrap_or(0)
+}
+
+fn hello(port: u16) {
+    let r = Client::connect(port).request(&get("/"));
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.body_text(), "Hello, World!");
+}
+
+#[test]
+fn upgrade_keeps_the_pid_the_port_and_open_connections_and_moves_every_worker_to_the_new_binary() {
+    let (_plugins, host) = start();
+    let (pid, port) = (host.pid(), host.port());
+    let old_workers =
+        poll_until(SETTLE_TIMEOUT, || Some(host.worker_pids()).filter(|p| p.len() == 2)).expect("2 workers");
+    let mut kept = Client::connect(port);
+    let r = kept.request(&get("/"));
+    assert_eq!(r.status, 200, "{}", r.head);
+    let load = Load::http_get(port, 4);
+    assert!(load.wait_more(20, SETTLE_TIMEOUT), "the clients get no answers");
+
+    host.replace_binary();
+    let new_inode = fs::metadata(host.dir().join("bin/host")).unwrap().ino();
+    assert_ne!(exe_inode(pid), new_inode, "the master still runs the old file");
+    let out = host.command(&["upgrade"], UPGRADE_TIMEOUT);
+    assert!(out.status.success(), "host upgrade failed: {}{}\nlog:\n{}", out.stdout, out.stderr, host.log());
+    assert_contains!(out.stdout, format!("host upgraded (master pid {pid})"));
+
+    // The same process, now the new file.
+    assert_eq!(exe_inode(pid), new_inode, "the master does not run the new binary");
+    assert!(host_tests::cmdline(pid).is_some_and(|c| c.starts_with("host: master")), "the title is kept");
+    // The connection opened before the upgrade is answered (a draining worker may close it after).
+    let r = kept.request(&get("/"));
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.body_text(), "Hello, World!");
+    // Every worker is new and runs the new file; new connections on the same port are served.
+    let workers = poll_until(SETTLE_TIMEOUT, || {
+        let pids = host.worker_pids();
+        let all_new = pids.len() == 2 && pids.iter().all(|p| !old_workers.contains(p) && exe_inode(*p) == new_inode);
+        all_new.then_some(pids)
+    })
+    .unwrap_or_else(|| panic!("workers are not all on the new binary: {:?}\n{}", host.worker_pids(), host.log()));
+    hello(port);
+    let tally = load.finish();
+    assert!(tally.failed == 0 && tally.ok > 0, "requests failed during the upgrade: {tally:#?}");
+    assert_contains!(host.log(), "upgraded: this binary took the master over");
+    let status = host.command(&["status"], SETTLE_TIMEOUT);
+    assert!(status.status.success(), "{}", status.stderr);
+    assert_contains!(status.stdout, pid.to_string());
+    for w in workers {
+        assert_contains!(status.stdout, w.to_string());
+    }
+}
+
+#[test]
+fn a_binary_that_is_missing_not_executable_or_refuses_the_state_is_refused_and_the_old_master_serves_on() {
+    let (_plugins, host) = start();
+    let (pid, port) = (host.pid(), host.port());
+    let workers = poll_until(SETTLE_TIMEOUT, || Some(host.worker_pids()).filter(|p| p.len() == 2)).expect("2 workers");
+    let path = host.dir().join("bin/host");
+    let script = |text: &str, mode: u32| {
+        let new = host.dir().join("bin/host.new");
+        fs::write(&new, text).unwrap();
+        fs::set_permissions(&new, fs::Permissions::from_mode(mode)).unwrap();
+        fs::rename(&new, &path).unwrap();
+    };
+    let cases = [
+        ("removed", "no host binary at"),
+        ("not executable", "is not executable"),
+        ("refuses the state", "refused the running master's state (exit code 1): this build does not take state"),
+    ];
+    for (case, reason) in cases {
+        match case {
+            "removed" => fs::remove_file(&path).unwrap(),
+            "not executable" => script("#!/bin/sh\nexit 0\n", 0o644),
+            _ => script("#!/bin/sh\necho 'error: this build does not take state' >&2\nexit 1\n", 0o755),
+        }
+        let out = host.command(&["upgrade"], UPGRADE_TIMEOUT);
+        assert!(!out.status.success(), "{case}: the upgrade was not refused: {}", out.stdout);
+        assert_contains!(out.stderr, reason);
+        assert_contains!(out.stderr, format!("the master (pid {pid}) goes on"));
+        hello(port);
+        assert_eq!(host.worker_pids(), workers, "{case}: the workers were touched");
+    }
+    assert!(host_tests::is_alive(pid));
+    // A good binary afterwards upgrades as usual.
+    host.replace_binary();
+    let out = host.command(&["upgrade"], UPGRADE_TIMEOUT);
+    assert!(out.status.success(), "{}{}\n{}", out.stdout, out.stderr, host.log());
+    hello(port);
+}
