@@ -122,3 +122,37 @@ fn a_binary_that_is_missing_not_executable_or_refuses_the_state_is_refused_and_t
     assert!(out.status.success(), "{}{}\n{}", out.stdout, out.stderr, host.log());
     hello(port);
 }
+
+// Under systemd (NOTIFY_SOCKET, a datagram socket the test owns): the old image says
+// RELOADING=1 before it executes the new binary, the new one MAINPID= (the same pid) and READY=1
+// once every worker runs it.
+#[test]
+fn upgrade_tells_the_service_manager_reloading_mainpid_and_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = host_tests::TempDir::new();
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(SETTLE_TIMEOUT)).unwrap();
+    let host = host_tests::Host::spawn_with_env(
+        ["--plugin", "http", "--count", "2", "--listen", "127.0.0.1:0"],
+        &[("NOTIFY_SOCKET", path.as_os_str())],
+    );
+    let mut buf = [0u8; 4096];
+    let mut recv = || socket.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    let ready = recv().expect("READY=1 at the start");
+    assert_contains!(ready, "READY=1");
+    let pid_file = host.pid_file();
+    let out = host_tests::run_host_in(
+        host.dir().path(),
+        ["upgrade", "--pid-file", pid_file.to_str().unwrap()],
+        UPGRADE_TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}\n{}", host.log_text());
+    let mut said = Vec::new();
+    while !said.last().is_some_and(|m: &String| m.contains("READY=1")) {
+        said.push(recv().unwrap_or_else(|e| panic!("no READY=1 after the upgrade ({e}); got {said:?}")));
+    }
+    assert!(said[0].contains("RELOADING=1") && said[0].contains("MONOTONIC_USEC="), "{said:?}");
+    assert!(said.iter().any(|m| m.contains(&format!("MAINPID={}", host.pid()))), "{said:?}");
+    assert_contains!(said.last().unwrap(), "last reload: done: 2 workers replaced");
+}
