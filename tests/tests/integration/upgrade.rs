@@ -116,10 +116,13 @@ fn a_binary_that_is_missing_not_executable_or_refuses_the_state_is_refused_and_t
         assert_eq!(host.worker_pids(), workers, "{case}: the workers were touched");
     }
     assert!(host_tests::is_alive(pid));
-    // A good binary afterwards upgrades as usual.
+    // A good binary afterwards upgrades as usual, here by its signal.
     host.replace_binary();
-    let out = host.command(&["upgrade"], UPGRADE_TIMEOUT);
-    assert!(out.status.success(), "{}{}\n{}", out.stdout, out.stderr, host.log());
+    let new_inode = fs::metadata(&path).unwrap().ino();
+    host_tests::signal_pid(pid, host_tests::Signal::SIGURG);
+    host.wait_for_log("reload done replaced=2 ", UPGRADE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_contains!(host.wait_for_log("reload done", SETTLE_TIMEOUT).unwrap(), "reason=host upgrade");
+    assert_eq!(exe_inode(pid), new_inode, "the master does not run the new binary");
     hello(port);
 }
 
