@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Helper of bench/run.sh: parses wrk output, measures start-up time and idle connections,
-reads the per-worker spread, and prints the tables. Standard library only.
+"""Helper of bench/run.sh: parses the load tools' output (wrk, msgload, redis-benchmark),
+measures start-up time and idle connections, reads the per-worker spread, and prints the
+tables. Standard library only.
 
   bench.py wrk SCENARIO SERVER TICKS PSS_KB... < wrk-output   -> one JSON line (a round)
+  bench.py json SCENARIO SERVER TICKS PSS_KB... < msgload-output          (the same)
+  bench.py redis SCENARIO SERVER TICKS PSS_KB... < redis-benchmark --csv  (the same)
   bench.py startup SERVER TIMEOUT CMD...   -> one JSON line ({port} in CMD, and in the file of an @FILE)
   bench.py idle SERVER PID PORT COUNT IDLE_SECONDS              -> one JSON line
   bench.py spread HOST_BIN PID_FILE COUNT WRK_REQUESTS TIMEOUT  -> one JSON line
@@ -115,13 +118,36 @@ def stop(proc):
             proc.wait(timeout=5)
 
 
-def cmd_wrk(args):
-    scenario, server, tks = args[0], args[1], int(args[2])
-    pss = [int(x) for x in args[3:]]
-    r = parse_wrk(sys.stdin.read())
-    r.update(kind="round", scenario=scenario, server=server, ticks=tks, pss_kb=pss)
-    r["cpu_us_per_req"] = tks * 1e6 / CLK_TCK / r["requests"] if r["requests"] else None
-    print(json.dumps(r))
+def parse_json(out):
+    """msgload's one JSON object (the fields parse_wrk makes)."""
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"requests": 0, "rps": 0.0, "p50_us": None, "p99_us": None, "errors": 1}
+
+
+def parse_redis(out):
+    """redis-benchmark --csv, one test: its rps and latencies (ms); the requests it was told (-n)
+    are the rps times its run time, which it does not print: taken from REQUESTS."""
+    r = {"requests": int(os.environ.get("REQUESTS", "0")), "rps": 0.0, "p50_us": None, "p99_us": None, "errors": 0}
+    rows = [l.split('","') for l in out.splitlines() if l.startswith('"') and not l.startswith('"test"')]
+    if not rows:
+        r["errors"] = 1
+        return r
+    f = [x.strip('"') for x in rows[-1]]
+    r["rps"], r["p50_us"], r["p99_us"] = float(f[1]), float(f[4]) * 1000, float(f[6]) * 1000
+    return r
+
+
+def round_cmd(parse):
+    def cmd(args):
+        scenario, server, tks = args[0], args[1], int(args[2])
+        pss = [int(x) for x in args[3:]]
+        r = parse(sys.stdin.read())
+        r.update(kind="round", scenario=scenario, server=server, ticks=tks, pss_kb=pss)
+        r["cpu_us_per_req"] = tks * 1e6 / CLK_TCK / r["requests"] if r["requests"] else None
+        print(json.dumps(r))
+    return cmd
 
 
 def cmd_startup(args):
@@ -234,15 +260,19 @@ def cmd_report(args):
     rounds = [r for r in rows if r["kind"] == "round"]
     scenarios = list(dict.fromkeys(r["scenario"] for r in rounds))
     for sc in scenarios:
-        by = {s: [r for r in rounds if r["scenario"] == sc and r["server"] == s] for s in ("host", "nginx")}
+        servers = list(dict.fromkeys(r["server"] for r in rounds if r["scenario"] == sc))[:2]
+        if len(servers) < 2:
+            servers.append("-")
+        by = {s: [r for r in rounds if r["scenario"] == sc and r["server"] == s] for s in servers}
         n = max(len(v) for v in by.values())
-        print(f"\n### {sc} ({n} rounds, alternating host/nginx; median [min..max])\n")
-        print("| metric | host | nginx | host/nginx |")
+        a, b = servers
+        print(f"\n### {sc} ({n} rounds, alternating {a}/{b}; median [min..max])\n")
+        print(f"| metric | {a} | {b} | {a}/{b} |")
         print("|---|---|---|---|")
 
         def line(name, key, nd=0, spread=False):
             cells, meds = [], []
-            for s in ("host", "nginx"):
+            for s in servers:
                 xs = [r[key] for r in by[s] if r[key] is not None]
                 m = med(xs)
                 meds.append(m)
@@ -256,14 +286,14 @@ def cmd_report(args):
         line("server CPU µs/request", "cpu_us_per_req", 2, True)
         line("p50 latency µs", "p50_us", 0)
         line("p99 latency µs", "p99_us", 0)
-        errs = [sum(r["errors"] for r in by[s]) for s in ("host", "nginx")]
+        errs = [sum(r["errors"] for r in by[s]) for s in servers]
         print(f"| errors (all rounds) | {errs[0]} | {errs[1]} | |")
         pss = []
-        for s in ("host", "nginx"):
+        for s in servers:
             last = by[s][-1]["pss_kb"] if by[s] else []
             pss.append(last)
         avg = [sum(p) / len(p) if p else None for p in pss]
-        print(f"| worker PSS KiB (after last round) | {' / '.join(map(str, pss[0]))} | "
+        print(f"| PSS KiB of each worker (after last round) | {' / '.join(map(str, pss[0]))} | "
               f"{' / '.join(map(str, pss[1]))} | {ratio(avg[0], avg[1])} |")
 
     st = [r for r in rows if r["kind"] == "startup"]
@@ -307,7 +337,8 @@ def cmd_report(args):
 
 
 def main():
-    cmds = {"wrk": cmd_wrk, "startup": cmd_startup, "idle": cmd_idle, "spread": cmd_spread, "report": cmd_report}
+    cmds = {"wrk": round_cmd(parse_wrk), "json": round_cmd(parse_json), "redis": round_cmd(parse_redis),
+            "startup": cmd_startup, "idle": cmd_idle, "spread": cmd_spread, "report": cmd_report}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         sys.exit(__doc__)
     cmds[sys.argv[1]](sys.argv[2:])

@@ -1,146 +1,129 @@
 #!/usr/bin/env bash
-# Run: bash bench/run.sh
+# Run: bash bench/run.sh [SECTION...]      (all sections when none is named)
 #
-# The benchmark harness (issue 13): `host --plugin http` against nginx, its best-known peer, on
-# loopback, side by side in one run. Needs: cargo, python3, wrk and nginx (Debian: `apt-get
-# install wrk nginx`). Not run by CI: speed is measured here, never asserted in tests.
+# The benchmark harness (issue 13): each plugin against its best-known peer, on loopback, side by
+# side in one run. Not run by CI: speed is measured here, never asserted in tests. Needs cargo,
+# python3, wrk, nginx, openssl, redis-server and redis-benchmark (Debian: `apt-get install wrk
+# nginx openssl redis-server`).
 #
-# The load runs alternately (host, nginx, host, nginx, ...) ROUNDS times per scenario, and each
-# scenario prints one table: requests/s median [min..max], server CPU µs per request (utime+stime
-# of the master and its workers from /proc/PID/stat, before and after the round, over the
-# requests wrk reports), p50/p99 latency, errors (socket errors + non-2xx), PSS of each worker,
-# and host/nginx ratios. Only ratios mean anything: the machine is shared and wrk itself uses a
-# core. Scenarios: keep-alive (wrk -t1 -c64), -c1000, 16 requests pipelined per write, a static
-# 1 MiB file. Then: start to first 200 (median of 3), one worker holding IDLE_CONNS idle
-# keep-alive connections (PSS before/after, CPU over IDLE_SECONDS), and the spread of 64
-# connections over `--count 4` workers.
+# Sections, in order:
+#   plain    http vs nginx `return 200`: keep-alive (wrk -t1 -c64), -c1000, 16 pipelined per write
+#   static   http vs nginx serving the same 1 MiB file (wrk -t1 -c64)
+#   https    http over TLS vs nginx ssl, same certificate: keep-alive, and a new handshake per
+#            request (wrk -H 'Connection: close')
+#   proxy    proxy vs nginx proxy_pass to the same upstream (a host http service), keep-alive;
+#            and the upstream alone, for the added latency
+#   resp     resp (1 worker) vs redis-server (1 thread): redis-benchmark -t ping,set,get -P 1, -P 16
+#   ws       websocket echo vs the plain-TCP frame plugin (the floor; no well-known fast WebSocket
+#            server is packaged here): 64 connections, 64-byte messages, one in flight each
+#   process  start to first 200 (host vs nginx), one worker holding IDLE_CONNS idle keep-alive
+#            connections, and the spread of 64 connections over `--count 4` workers
+#
+# Every load runs alternately (host, peer, host, peer...) ROUNDS times, and each scenario prints
+# one table: requests/s median [min..max], server CPU µs per request (utime+stime of the server's
+# processes from /proc/PID/stat, before and after the round, over the requests served), p50/p99
+# latency, errors (socket errors + non-2xx), PSS of each worker, and the host/peer ratios. Only
+# ratios mean anything: the machine is shared and the load tool itself uses a core.
 #
 # Overridable: DURATION=5 (seconds per round), ROUNDS=3, WORKERS=2, IDLE_CONNS=10000,
-# IDLE_SECONDS=5; WRK_LOG=FILE keeps wrk's own output. Every wait has a timeout; every process it starts is stopped by pid on exit.
+# IDLE_SECONDS=5, REQUESTS=200000 (per redis-benchmark test); WRK_LOG=FILE keeps the load tools'
+# output. Every wait has a timeout; every process it starts is stopped by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 DURATION=${DURATION:-5}
 DURATION=${DURATION%s}
 ROUNDS=${ROUNDS:-3}
 WORKERS=${WORKERS:-2}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SECONDS=${IDLE_SECONDS:-5}
-for tool in cargo python3 wrk nginx timeout; do
-    command -v "$tool" >/dev/null || { echo "$tool is missing (Debian: apt-get install wrk nginx python3)" >&2; exit 1; }
+export REQUESTS=${REQUESTS:-200000}
+ALL="plain static https proxy resp ws process"
+SECTIONS=${*:-$ALL}
+for s in $SECTIONS; do
+    [[ " $ALL " == *" $s "* ]] || { echo "unknown section $s (sections: $ALL)" >&2; exit 2; }
 done
+need python3 wrk nginx openssl redis-server redis-benchmark timeout
 ulimit -n "$(ulimit -Hn)"  # -c1000 and the idle connections need many descriptors
 [ "$(ulimit -n)" -ge $((IDLE_CONNS + 1000)) ] || echo "warning: ulimit -n is $(ulimit -n)" >&2
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 results=$tmp/results.jsonl
 helper=bench/bench.py
-host_bin=target/release/host
 
 echo "building (cargo build --release)..." >&2
-cargo build --release -q
+cargo build --release -q --workspace
 
-# Starts host with the given extra arguments on a port the system picks; sets $host_pid,
-# $host_port and $host_pidfile.
-start_host() {
-    local name=$1
-    shift
-    host_pidfile=$tmp/$name.pid
-    "$host_bin" --plugin http --listen 127.0.0.1:0 --pid-file "$host_pidfile" --log-level warn,host::master=info \
-        "$@" >"$tmp/$name.out" 2>"$tmp/$name.log" &
-    host_pid=$!
-    pids+=("$host_pid")
-    for _ in $(seq 200); do grep -q "host ready" "$tmp/$name.log" && break; sleep 0.05; done
-    host_port=$(grep -o 'address=127.0.0.1:[0-9]*' "$tmp/$name.log" | head -1 | cut -d: -f2)
-    [ -n "$host_port" ] || { cat "$tmp/$name.log" >&2; exit 1; }
-}
-
-stop_pid() {
-    local p=$1
-    kill -INT "$p" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.05; done
-    kill -KILL "$p" 2>/dev/null || true
-}
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# Writes an nginx config for $1 workers on port $2 serving files from $3 into $4, with $5
-# connections per worker (nginx allocates them up front: 4096 for the load, more to hold the idle
-# connections).
+# Writes an nginx config: `nginx_conf WORKERS PORT FILE CONNECTIONS SERVER-BLOCK` (nginx
+# allocates its connections up front: 4096 for the load, more to hold the idle connections).
 nginx_conf() {
-    cat >"$4" <<CONF
+    cat >"$3" <<CONF
 worker_processes $1;
 daemon off;
 pid $tmp/nginx-$2.pid;
 error_log $tmp/nginx-error.log warn;
 worker_rlimit_nofile $(ulimit -n);
-events { worker_connections ${5:-4096}; }
+events { worker_connections $4; }
 http {
     access_log off;
     keepalive_requests 1000000;
     keepalive_timeout 60s;
     sendfile on;
     tcp_nopush on;
-    server {
-        listen 127.0.0.1:$2 reuseport;
-        location = / { default_type text/plain; return 200 "Hello, World!"; }
-        location / { root $3; }
-    }
+    ssl_protocols TLSv1.2 TLSv1.3;
+    $5
 }
 CONF
 }
 
-wait_port() {
-    for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-    echo "nothing listens on $1" >&2
-    exit 1
+# The server blocks: hello world and files, TLS, and proxy_pass to an upstream on port $2.
+plain_server() {
+    echo "server { listen 127.0.0.1:$1 reuseport;
+        location = / { default_type text/plain; return 200 \"Hello, World!\"; }
+        location / { root $www; } }"
+}
+tls_server() {
+    echo "server { listen 127.0.0.1:$1 ssl reuseport;
+        ssl_certificate $tmp/cert.pem; ssl_certificate_key $tmp/key.pem;
+        location / { default_type text/plain; return 200 \"Hello, World!\"; } }"
+}
+proxy_server() {
+    echo "upstream backend { server 127.0.0.1:$2; keepalive 64; keepalive_requests 1000000; }
+    server { listen 127.0.0.1:$1 reuseport;
+        location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_buffering off; } }"
 }
 
+# `start_nginx WORKERS CONNECTIONS BLOCK-FUNCTION [ARG]`: sets $nginx_pid and $nginx_port.
 start_nginx() {
     nginx_port=$(free_port)
-    nginx_conf "$1" "$nginx_port" "$www" "$tmp/nginx-$nginx_port.conf" "${2:-4096}"
-    nginx -c "$tmp/nginx-$nginx_port.conf" -p "$tmp" -e "$tmp/nginx-error.log" &
-    nginx_pid=$!
-    pids+=("$nginx_pid")
-    wait_port "$nginx_port"
+    nginx_conf "$1" "$nginx_port" "$tmp/nginx-$nginx_port.conf" "$2" "$($3 "$nginx_port" "${4:-}")"
+    start_peer "$nginx_port" nginx -c "$tmp/nginx-$nginx_port.conf" -p "$tmp" -e "$tmp/nginx-error.log"
+    nginx_pid=$peer_pid
 }
 
-children() { cat "/proc/$1/task/$1/children" 2>/dev/null || true; }
-ticks() { python3 -B -c "import sys; sys.path.insert(0, 'bench'); import bench; print(bench.ticks($1))"; }
-pss() { for c in $(children "$1"); do awk '/^Pss:/ {print $2}' "/proc/$c/smaps_rollup"; done; }
-
-# One round: scenario, server name, master pid, then wrk's arguments.
+# One round: `round PARSER SCENARIO SERVER PID CMD...`; PARSER is bench.py's reader of CMD's
+# output (wrk, json, redis).
 round() {
-    local scenario=$1 server=$2 pid=$3
-    shift 3
+    local parser=$1 scenario=$2 server=$3 pid=$4
+    shift 4
     local before after
     before=$(ticks "$pid")
-    timeout $((DURATION + 30)) wrk --latency -t1 -d"${DURATION}s" "$@" >"$tmp/wrk.out" 2>&1 || true
-    [ -z "${WRK_LOG:-}" ] || { echo "== $scenario $server"; cat "$tmp/wrk.out"; } >>"$WRK_LOG"
+    timeout $((DURATION + 60)) "$@" >"$tmp/load.out" 2>&1 || true
+    [ -z "${WRK_LOG:-}" ] || { echo "== $scenario $server"; cat "$tmp/load.out"; } >>"$WRK_LOG"
     after=$(ticks "$pid")
     # shellcheck disable=SC2046
-    python3 "$helper" wrk "$scenario" "$server" $((after - before)) $(pss "$pid") <"$tmp/wrk.out" >>"$results"
-    echo "  $scenario $server: $(grep 'Requests/sec' "$tmp/wrk.out" || echo 'wrk failed')" >&2
+    python3 "$helper" "$parser" "$scenario" "$server" $((after - before)) $(pss "$pid") <"$tmp/load.out" >>"$results"
+    echo "  $scenario $server: $(tail -1 "$results" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"rps\"]:,.0f}/s, {r[\"errors\"]} errors")')" >&2
 }
 
-scenario() {
-    local name=$1 path=$2
-    shift 2
+# `wrk_scenario NAME SCHEME PATH WRK-ARGS...`: ROUNDS rounds of wrk, host then nginx.
+wrk_scenario() {
+    local name=$1 scheme=$2 path=$3
+    shift 3
     echo "$name..." >&2
     for _ in $(seq "$ROUNDS"); do
-        round "$name" host "$host_pid" "$@" "http://127.0.0.1:$host_port$path"
-        round "$name" nginx "$nginx_pid" "$@" "http://127.0.0.1:$nginx_port$path"
+        round wrk "$name" host "$host_pid" wrk --latency -t1 -d"${DURATION}s" "$@" "$scheme://127.0.0.1:$host_port$path"
+        round wrk "$name" nginx "$nginx_pid" wrk --latency -t1 -d"${DURATION}s" "$@" "$scheme://127.0.0.1:$nginx_port$path"
     done
 }
 
@@ -149,46 +132,120 @@ mkdir -p "$www"
 head -c 1048576 /dev/urandom >"$www/1m.bin"
 chmod 755 "$tmp" "$www" && chmod 644 "$www/1m.bin"  # nginx's workers run as another user
 
-# Plain text: host and nginx with WORKERS workers each.
-start_host plain --count "$WORKERS"
-start_nginx "$WORKERS"
-scenario "keep-alive (wrk -t1 -c64)" / -c64
-scenario "1000 connections (wrk -t1 -c1000)" / -c1000
-scenario "16 pipelined per write (wrk -t1 -c64 -s bench/pipeline.lua)" / -c64 -s bench/pipeline.lua
-stop_pid "$host_pid"
+section_plain() {
+    start_host plain --plugin http --count "$WORKERS"
+    start_nginx "$WORKERS" 4096 plain_server
+    wrk_scenario "keep-alive (wrk -t1 -c64)" http / -c64
+    wrk_scenario "1000 connections (wrk -t1 -c1000)" http / -c1000
+    wrk_scenario "16 pipelined per write (wrk -t1 -c64 -s bench/pipeline.lua)" http / -c64 -s bench/pipeline.lua
+    stop_pid "$host_pid"
+    stop_pid "$nginx_pid"
+}
 
-# Static 1 MiB file: host with a root (nginx already serves it).
-start_host static --count "$WORKERS" --plugin-config "root = \"$www\""
-scenario "static 1 MiB file (wrk -t1 -c64)" /1m.bin -c64
-stop_pid "$host_pid"
-stop_pid "$nginx_pid"
+section_static() {
+    start_host static --plugin http --count "$WORKERS" --plugin-config "root = \"$www\""
+    start_nginx "$WORKERS" 4096 plain_server
+    wrk_scenario "static 1 MiB file (wrk -t1 -c64)" http /1m.bin -c64
+    stop_pid "$host_pid"
+    stop_pid "$nginx_pid"
+}
 
-# Start to first 200, alternately, 3 times each.
-echo "start-up..." >&2
-for _ in 1 2 3; do
-    python3 "$helper" startup host 10 "$host_bin" --plugin http --count "$WORKERS" --listen "127.0.0.1:{port}" \
-        --pid-file "$tmp/startup.pid" --log-level warn >>"$results"
-    nginx_conf "$WORKERS" "{port}" "$www" "$tmp/startup-nginx.tmpl"
-    python3 "$helper" startup nginx 10 nginx -c "@$tmp/startup-nginx.tmpl" -p "$tmp" -e "$tmp/nginx-error.log" >>"$results"
-done
+section_https() {
+    # An EC P-256 self-signed certificate for both servers, made here, deleted with $tmp.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
+    start_host https --plugin http --count "$WORKERS" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem"
+    start_nginx "$WORKERS" 4096 tls_server
+    wrk_scenario "https keep-alive (wrk -t1 -c64)" https / -c64
+    wrk_scenario "https, a handshake per request (wrk -t1 -c64 -H 'Connection: close')" https / -c64 \
+        -H "Connection: close"
+    stop_pid "$host_pid"
+    stop_pid "$nginx_pid"
+}
 
-# One worker holding IDLE_CONNS idle keep-alive connections.
-echo "idle connections..." >&2
-start_host idle --count 1 --max-connections $((IDLE_CONNS + 1000))
-python3 "$helper" idle host "$(children "$host_pid")" "$host_port" "$IDLE_CONNS" "$IDLE_SECONDS" >>"$results"
-stop_pid "$host_pid"
-start_nginx 1 $((IDLE_CONNS + 2000))
-python3 "$helper" idle nginx "$(children "$nginx_pid")" "$nginx_port" "$IDLE_CONNS" "$IDLE_SECONDS" >>"$results"
-stop_pid "$nginx_pid"
+section_proxy() {
+    start_host upstream --plugin http --count "$WORKERS"
+    local upstream_pid=$host_pid up_port=$host_port
+    start_host proxy --plugin proxy --count "$WORKERS" --plugin-config "upstreams = [\"127.0.0.1:$up_port\"]"
+    start_nginx "$WORKERS" 4096 proxy_server "$up_port"
+    wrk_scenario "proxy to one upstream, keep-alive (wrk -t1 -c64)" http / -c64
+    echo "upstream alone..." >&2
+    for _ in $(seq "$ROUNDS"); do
+        round wrk "the proxies' upstream alone (wrk -t1 -c64)" upstream "$upstream_pid" \
+            wrk --latency -t1 -c64 -d"${DURATION}s" "http://127.0.0.1:$up_port/"
+    done
+    stop_pid "$host_pid"
+    stop_pid "$nginx_pid"
+    stop_pid "$upstream_pid"
+}
 
-# Spread of 64 keep-alive connections over 4 workers.
-echo "spread..." >&2
-start_host spread --count 4
-timeout $((DURATION + 30)) wrk -t1 -c64 -d"${DURATION}s" "http://127.0.0.1:$host_port/" >"$tmp/wrk.out" 2>&1 || true
-reqs=$(awk '/requests in/ {print $1}' "$tmp/wrk.out")
-python3 "$helper" spread "$host_bin" "$host_pidfile" 4 "${reqs:-0}" 10 >>"$results"
-stop_pid "$host_pid"
+section_resp() {
+    start_host resp --plugin resp --count 1 --idle-timeout 0
+    local redis_port
+    redis_port=$(free_port)
+    start_peer "$redis_port" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize no --logfile "$tmp/redis.log"
+    local test pipeline name
+    for pipeline in 1 16; do
+        for test in ping_mbulk set get; do
+            name="resp ${test/_mbulk/} (redis-benchmark -P $pipeline, 50 clients)"
+            echo "$name..." >&2
+            for _ in $(seq "$ROUNDS"); do
+                round redis "$name" host "$host_pid" redis-benchmark -p "$host_port" -n "$REQUESTS" -P "$pipeline" -t "$test" --csv
+                round redis "$name" redis "$peer_pid" redis-benchmark -p "$redis_port" -n "$REQUESTS" -P "$pipeline" -t "$test" --csv
+            done
+        done
+    done
+    stop_pid "$host_pid"
+    stop_pid "$peer_pid"
+}
 
-echo "## bench/run.sh, $(date -u '+%Y-%m-%d %H:%M UTC'): DURATION=${DURATION}s ROUNDS=$ROUNDS WORKERS=$WORKERS"
-echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), Linux $(uname -r); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | cut -d' ' -f3)"
+section_ws() {
+    start_host ws --plugin websocket --count "$WORKERS"
+    local ws_pid=$host_pid ws_port=$host_port
+    start_host frame --plugin frame --count "$WORKERS"
+    local name="echo, 64 connections, 64-byte messages (msgload)"
+    echo "$name..." >&2
+    for _ in $(seq "$ROUNDS"); do
+        round json "$name" websocket "$ws_pid" target/release/msgload ws "$ws_port" 64 "$DURATION" 64
+        round json "$name" frame "$host_pid" target/release/msgload frame "$host_port" 64 "$DURATION" 64
+    done
+    stop_pid "$ws_pid"
+    stop_pid "$host_pid"
+}
+
+section_process() {
+    # Start to first 200, alternately, 3 times each.
+    echo "start-up..." >&2
+    for _ in 1 2 3; do
+        python3 "$helper" startup host 10 target/release/host --plugin http --plugin-dir target/release \
+            --count "$WORKERS" --listen "127.0.0.1:{port}" --pid-file "$tmp/startup.pid" --log-level warn >>"$results"
+        nginx_conf "$WORKERS" "{port}" "$tmp/startup-nginx.tmpl" 4096 "$(plain_server "{port}")"
+        python3 "$helper" startup nginx 10 nginx -c "@$tmp/startup-nginx.tmpl" -p "$tmp" -e "$tmp/nginx-error.log" >>"$results"
+    done
+
+    # One worker holding IDLE_CONNS idle keep-alive connections.
+    echo "idle connections..." >&2
+    start_host idle --plugin http --count 1 --max-connections $((IDLE_CONNS + 1000))
+    python3 "$helper" idle host "$(children "$host_pid")" "$host_port" "$IDLE_CONNS" "$IDLE_SECONDS" >>"$results"
+    stop_pid "$host_pid"
+    start_nginx 1 $((IDLE_CONNS + 2000)) plain_server
+    python3 "$helper" idle nginx "$(children "$nginx_pid")" "$nginx_port" "$IDLE_CONNS" "$IDLE_SECONDS" >>"$results"
+    stop_pid "$nginx_pid"
+
+    # Spread of 64 keep-alive connections over 4 workers.
+    echo "spread..." >&2
+    start_host spread --plugin http --count 4
+    timeout $((DURATION + 30)) wrk -t1 -c64 -d"${DURATION}s" "http://127.0.0.1:$host_port/" >"$tmp/wrk.out" 2>&1 || true
+    local reqs
+    reqs=$(awk '/requests in/ {print $1}' "$tmp/wrk.out")
+    python3 "$helper" spread target/release/host "$host_pidfile" 4 "${reqs:-0}" 10 >>"$results"
+    stop_pid "$host_pid"
+}
+
+for s in $SECTIONS; do "section_$s"; done
+
+echo "## bench/run.sh $SECTIONS, $(date -u '+%Y-%m-%d %H:%M UTC'): DURATION=${DURATION}s ROUNDS=$ROUNDS WORKERS=$WORKERS"
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), Linux $(uname -r); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | cut -d' ' -f3), $(redis-server --version | cut -d' ' -f3)"
 python3 "$helper" report "$results"

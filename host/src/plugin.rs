@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::sabi_types::VersionNumber;
 use plugin_api::abi::{PluginModRef, ABI_VERSION};
-use plugin_api::abi_v1;
+use plugin_api::{abi_v1, abi_v2};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -72,11 +72,14 @@ pub struct Loaded {
 /// The root module of a plugin, as the release of `plugin-api` it was built against declares it.
 #[derive(Clone, Copy)]
 pub enum Module {
-    /// plugin-api 0.1.1 and later.
+    /// plugin-api 0.1.2 and later.
     Current(PluginModRef),
     /// plugin-api 0.1.0: frozen types (`plugin_api::abi_v1`), instances wrapped by
     /// `plugin_api::compat::from_v1`.
     V1(abi_v1::PluginModRef),
+    /// plugin-api 0.1.1: frozen types (`plugin_api::abi_v2`), instances wrapped by
+    /// `plugin_api::compat::from_v2`.
+    V2(abi_v2::PluginModRef),
 }
 
 /// Loads the plugin at `path` and checks its ABI. Never use `RootModule::load_from_file`: it
@@ -102,6 +105,9 @@ pub fn load(path: &Path) -> Result<Loaded, PluginError> {
     let (module, found, name, version) = if (api.major, api.minor, api.patch) == (0, 1, 0) {
         let m = header.init_root_module::<abi_v1::PluginModRef>().map_err(checked)?;
         (Module::V1(m), m.abi_version(), m.name(), m.version())
+    } else if (api.major, api.minor, api.patch) == (0, 1, 1) {
+        let m = header.init_root_module::<abi_v2::PluginModRef>().map_err(checked)?;
+        (Module::V2(m), m.abi_version(), m.name(), m.version())
     } else {
         let m = header.init_root_module::<PluginModRef>().map_err(checked)?;
         (Module::Current(m), m.abi_version(), m.name(), m.version())

@@ -23,7 +23,8 @@
 //! - **[`ABI_VERSION`]** changes only when the *meaning* of an existing item changes (a field
 //!   read differently, an event with a new contract). Growth by these rules keeps it.
 //! - **A release that grows a prefix type freezes the previous declarations** of the types that
-//!   grew (same names, same package) in a module of their own ([`crate::abi_v1`] is 0.1.0), the
+//!   grew (same names, same package) in a module of their own ([`crate::abi_v1`] is 0.1.0,
+//!   [`crate::abi_v2`] is 0.1.1), the
 //!   host checks a plugin of that release against them (it reads the plugin's `plugin-api`
 //!   version from its header first), and [`crate::compat`] adapts its instance to today's
 //!   [`RawPlugin`]. Types that did not change are shared.
@@ -44,8 +45,8 @@
 //! - **Plain `repr(C)` structs never change** ([`RawWorkerInfo`], [`RawSockAddr`]). A struct
 //!   that may grow is a prefix type ([`WorkerEnv`]), passed as its `…Ref`.
 //! - **Proof.** `tests/fixtures/old_abi` freezes `plugin-api` 0.1.0 and a plugin built against
-//!   it; the integration tests load it into the current host. A release that changes the ABI
-//!   freezes its own copy next to it.
+//!   it, `tests/fixtures/old_abi_0_1_1` does the same for 0.1.1; the integration tests load both
+//!   into the current host. A release that changes the ABI freezes its own copy next to them.
 
 use abi_stable::{
     declare_root_module_statics,
@@ -362,6 +363,9 @@ pub trait RawHost {
         let _ = (slot, msg);
         WorkerMsgStatus::UNSUPPORTED.0 as i64
     }
+
+    // --- Added in plugin-api 0.1.2 (0.1.1 is frozen in `abi_v2`). Same rule: a default body
+    // --- that answers "unsupported".
 }
 
 /// The largest message between workers ([`RawHost::broadcast`], [`RawHost::send_to_worker`]).
@@ -432,6 +436,9 @@ pub trait RawPlugin {
         let _ = (host, from_slot, msg);
         CallStatus::Ok
     }
+
+    // --- Added in plugin-api 0.1.2 (0.1.1 is frozen in `abi_v2`). Same rule: a default body
+    // --- that is a no-op or falls back to an older event.
 }
 
 /// An owned plugin instance.

@@ -30,6 +30,7 @@
 
 pub mod abi;
 pub mod abi_v1;
+pub mod abi_v2;
 pub mod compat;
 #[doc(hidden)]
 pub mod glue;

@@ -81,16 +81,28 @@ pub fn plugin_file(lib: &str) -> PathBuf {
 /// cargo workspace of its own), built once per test process into `<target>/old_abi`.
 pub fn old_abi_plugin() -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BUILT.get_or_init(build_old_abi) {
+    match BUILT.get_or_init(|| build_frozen("old_abi", "old_echo")) {
         Ok(path) => path.clone(),
         Err(e) => panic!("{e}"),
     }
 }
 
-fn build_old_abi() -> Result<PathBuf, String> {
+/// The fixture plugin built against the frozen `plugin-api` 0.1.1
+/// (`tests/fixtures/old_abi_0_1_1`), built once per test process into `<target>/old_abi_0_1_1`.
+pub fn abi_0_1_1_plugin() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(|| build_frozen("old_abi_0_1_1", "v011_echo")) {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Builds the frozen-release workspace `tests/fixtures/<dir>` into `<target>/<dir>` and returns
+/// its plugin `lib<lib>.so`.
+fn build_frozen(dir: &str, lib: &str) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/old_abi/Cargo.toml");
-    let target = target_dir().parent().ok_or("the test binary is not under a target directory")?.join("old_abi");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(dir).join("Cargo.toml");
+    let target = target_dir().parent().ok_or("the test binary is not under a target directory")?.join(dir);
     let out = Command::new(&cargo)
         .arg("build")
         .arg("--quiet")
@@ -99,18 +111,18 @@ fn build_old_abi() -> Result<PathBuf, String> {
         .arg("--target-dir")
         .arg(&target)
         .output()
-        .map_err(|e| format!("could not run {cargo:?} build for the old-ABI fixture: {e}"))?;
+        .map_err(|e| format!("could not run {cargo:?} build for the frozen-ABI fixture {dir}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "building the old-ABI fixture ({}) failed ({}), so the host cannot be tested against it:\n{}",
+            "building the frozen-ABI fixture ({}) failed ({}), so the host cannot be tested against it:\n{}",
             manifest.display(),
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let path = target.join("debug/libold_echo.so");
+    let path = target.join(format!("debug/lib{lib}.so"));
     if !path.is_file() {
-        return Err(format!("the old-ABI fixture built, but there is no {}", path.display()));
+        return Err(format!("the frozen-ABI fixture built, but there is no {}", path.display()));
     }
     Ok(path)
 }

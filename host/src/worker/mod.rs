@@ -25,7 +25,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
-use plugin_api::abi::{LogLevel, RawPluginBox, RawWorkerInfo, WorkerEnv};
+use plugin_api::abi::{LogLevel, RawPluginBox, RawWorkerInfo, WorkerEnv, WorkerEnvRef};
 
 use self::core::{Core, CONN_TOKEN_BASE};
 use crate::config::WorkerSpec;
@@ -554,7 +554,7 @@ fn load_snapshot(snapshot: OwnedFd, source: &std::path::Path) -> anyhow::Result<
 }
 
 /// Builds the worker's plugin instance: through `new_v2` (a growable [`WorkerEnv`]) when the
-/// plugin has it, else through `new`; a plugin built against plugin-api 0.1.0 is wrapped so that
+/// plugin has it, else through `new`; a plugin built against an older plugin-api is wrapped so that
 /// the worker sees today's `RawPlugin`.
 fn new_instance(loaded: &plugin::Loaded, spec: &WorkerSpec) -> RResult<RawPluginBox, RString> {
     let config = RStr::from_str(&spec.plugin_config);
@@ -567,15 +567,22 @@ fn new_instance(loaded: &plugin::Loaded, spec: &WorkerSpec) -> RResult<RawPlugin
         max_log_level: max_log_level(),
         log: plugin_log,
     };
-    let module = match loaded.module {
-        plugin::Module::V1(m) => return (m.new())(config, &info).map(plugin_api::compat::from_v1),
-        plugin::Module::Current(m) => m,
-    };
-    let Some(new_v2) = module.new_v2() else {
-        return (module.new())(config, &info);
-    };
-    // Built once per worker process and never freed: `WorkerEnvRef` is `'static` (a plugin may
-    // keep it).
+    match loaded.module {
+        plugin::Module::V1(m) => (m.new())(config, &info).map(plugin_api::compat::from_v1),
+        plugin::Module::V2(m) => match m.new_v2() {
+            Some(new_v2) => new_v2(config, worker_env(spec, &info)).map(plugin_api::compat::from_v2),
+            None => (m.new())(config, &info).map(plugin_api::compat::from_v2),
+        },
+        plugin::Module::Current(m) => match m.new_v2() {
+            Some(new_v2) => new_v2(config, worker_env(spec, &info)),
+            None => (m.new())(config, &info),
+        },
+    }
+}
+
+/// The [`WorkerEnv`] a plugin's `new_v2` gets. Built once per worker process and never freed:
+/// `WorkerEnvRef` is `'static` (a plugin may keep it).
+fn worker_env(spec: &WorkerSpec, info: &RawWorkerInfo<'_>) -> WorkerEnvRef {
     let service: &'static str = Box::leak(spec.service.clone().into_boxed_str());
     let env = WorkerEnv {
         service: RStr::from_str(service),
@@ -587,7 +594,7 @@ fn new_instance(loaded: &plugin::Loaded, spec: &WorkerSpec) -> RResult<RawPlugin
         log: plugin_log,
         worker_count: spec.worker_count,
     };
-    new_v2(config, env.leak_into_prefix())
+    env.leak_into_prefix()
 }
 
 fn max_log_level() -> LogLevel {

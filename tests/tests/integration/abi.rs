@@ -1,11 +1,12 @@
-//! ABI evolution: a plugin built against the first release of `plugin-api` (0.1.0, frozen in
-//! `tests/fixtures/old_abi`) keeps loading and serving in today's host, and events that grew
-//! since reach its older callbacks (`on_conn_error` → its `on_error`). Plugins built against
-//! today's `plugin-api` are covered by every other test.
+//! ABI evolution: plugins built against earlier releases of `plugin-api` (0.1.0, frozen in
+//! `tests/fixtures/old_abi`; 0.1.1, in `tests/fixtures/old_abi_0_1_1`) keep loading and serving
+//! in today's host, events that grew since reach their older callbacks (`on_conn_error` → a
+//! 0.1.0 plugin's `on_error`), and the calls each release had still answer. Plugins built
+//! against today's `plugin-api` are covered by every other test.
 
 use std::time::Duration;
 
-use host_tests::{assert_contains, old_abi_plugin, run_host, Client, Host, Signal};
+use host_tests::{abi_0_1_1_plugin, assert_contains, old_abi_plugin, run_host, Client, Host, Signal};
 
 fn read_line(c: &mut Client) -> String {
     let line = c.read_line().unwrap_or_else(|e| panic!("no line: {e}"));
@@ -54,4 +55,55 @@ fn old_plugin_hears_on_drain_on_a_graceful_stop() {
     assert_eq!(String::from_utf8_lossy(&rest), "old_echo on_drain\n");
     let status = host.wait_all_gone(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn check_plugin_accepts_a_plugin_built_against_plugin_api_0_1_1() {
+    let path = abi_0_1_1_plugin();
+    let out = run_host(["check-plugin".as_ref(), path.as_os_str()], Duration::from_secs(10));
+    assert!(out.status.success(), "check-plugin refused the 0.1.1 plugin: {}", out.stderr);
+    assert_eq!(out.stdout, "v011_echo 0.1.1 (ABI 1)\n");
+}
+
+// The calls 0.1.1 added (worker_count, broadcast) answer through the frozen vtable, its
+// `on_worker_message` hears a peer, and `on_conn_error` reaches it (its SDK's `on_error`).
+#[test]
+fn plugin_0_1_1_serves_and_its_calls_and_events_still_work() {
+    let path = abi_0_1_1_plugin();
+    let host = Host::start(path.to_str().unwrap(), &["--count", "2", "--max-package-size", "1024"]);
+    assert_contains!(host.log_text(), "plugin_api=0.1.1");
+    let mut c = Client::connect(host.port());
+    c.send(b"hello 0.1.1\n");
+    assert_eq!(read_line(&mut c), "hello 0.1.1\n");
+    c.send(b"workers\n");
+    assert_eq!(read_line(&mut c), "workers 2\n");
+    drop(c);
+
+    // A connection on each worker (SO_REUSEPORT spreads them by hash: a bounded number of
+    // tries): a broadcast from one reaches the other's connections.
+    let mut by_slot: [Option<Client>; 2] = [None, None];
+    for _ in 0..200 {
+        let mut client = Client::connect(host.port());
+        client.send(b"slot\n");
+        let slot: usize = read_line(&mut client).trim_start_matches("slot ").trim().parse().unwrap();
+        by_slot[slot].get_or_insert(client);
+        if by_slot.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let [Some(mut a), Some(mut b)] = by_slot else { panic!("200 clients did not land on both workers") };
+    a.send(b"bcast hi there\n");
+    assert_eq!(read_line(&mut a), "queued 1\n");
+    assert_eq!(read_line(&mut b), "from 0: hi there\n");
+
+    let mut big = Client::connect(host.port());
+    let _ = big.try_send(&[b'x'; 64 * 1024]);
+    let rest = big.wait_closed(Duration::from_secs(5)).expect("closed after the oversized message");
+    assert!(
+        String::from_utf8_lossy(&rest).starts_with("v011_echo on_error "),
+        "unexpected goodbye: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    a.send(b"still here\n");
+    assert_eq!(read_line(&mut a), "still here\n");
 }
