@@ -52,6 +52,7 @@ use self::supervisor::{LoadedTls, Output, Phase, ServiceState, Supervisor, Timeo
 use crate::config::{self, Service};
 use crate::config_file::ServiceConfig;
 use crate::ctl::{MasterChannel, ReportKind, ToMaster, ToWorker};
+use crate::listen::Listen;
 use crate::pidfile::{self, PidFile};
 use crate::status::{Answer, WorkerReport};
 use crate::watcher::{Change, Watcher};
@@ -122,7 +123,57 @@ pub struct Master {
     preparer: Preparer,
     /// systemd's service manager, when it started us (`NOTIFY_SOCKET`).
     notifier: systemd::Notifier,
+    /// The Unix socket files the master bound, removed when it exits.
+    unix_files: Vec<UnixSocketFile>,
     _pid_file: PidFile,
+}
+
+/// A Unix socket file the master bound: removed when the master exits, if it is still the
+/// socket the master bound (not one a later process put there).
+struct UnixSocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl UnixSocketFile {
+    fn new(path: &std::path::Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(UnixSocketFile { path: path.to_path_buf(), id: (meta.dev(), meta.ino()) })
+    }
+}
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds a service's sockets, one per worker slot: SO_REUSEPORT sockets for TCP and UDP, one
+/// Unix listener shared by every slot (its file is returned, to be removed at exit).
+fn bind_service(
+    listen: &Listen,
+    count: usize,
+) -> anyhow::Result<(Listen, Vec<std::os::fd::OwnedFd>, Option<UnixSocketFile>)> {
+    Ok(match listen {
+        Listen::Tcp(addr) => {
+            let (bound, fds) = sys::listen_reuseport(*addr, count)?;
+            (Listen::Tcp(bound), fds, None)
+        }
+        Listen::Udp(addr) => {
+            let (bound, fds) = sys::udp_reuseport(*addr, count)?;
+            (Listen::Udp(bound), fds, None)
+        }
+        Listen::Unix { path, mode } => {
+            let fd = sys::listen_unix(path, *mode)?;
+            let file = UnixSocketFile::new(path)?;
+            let fds = (0..count).map(|_| fd.try_clone()).collect::<std::io::Result<Vec<_>>>()?;
+            (listen.clone(), fds, Some(file))
+        }
+    })
 }
 
 /// Runs the master until it is stopped.
@@ -137,6 +188,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     let mut activated =
         systemd::take_activated().context("could not take the sockets the service manager handed over")?;
     let mut states = Vec::new();
+    let mut unix_files = Vec::new();
     for ServiceConfig { service, reloadable, user, group } in services {
         sys::check_identity(user.as_deref(), group.as_deref())
             .with_context(|| format!("service {} cannot run as the configured user/group", service.name))?;
@@ -153,14 +205,15 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
             }
             Err(e) => return Err(e.into()),
         };
-        let handed = activated
-            .iter()
-            .position(|a| a.name.as_deref() == Some(service.name.as_str()) || a.address == Some(service.listen));
+        let handed = activated.iter().position(|a| {
+            a.name.as_deref() == Some(service.name.as_str())
+                || (a.address.is_some() && a.address == service.listen.ip())
+        });
         let (bound, sockets) = match handed.map(|i| activated.swap_remove(i)) {
             // Socket activation: the one socket the service manager holds, shared by every slot
             // (it keeps its queue while the host restarts).
             Some(a) => {
-                let bound = a.address.unwrap_or(service.listen);
+                let bound = a.address.map_or_else(|| service.listen.clone(), |a| service.listen.with_ip(a));
                 let sockets = (0..service.count)
                     .map(|_| a.fd.try_clone())
                     .collect::<std::io::Result<Vec<_>>>()
@@ -169,8 +222,9 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
                 (bound, sockets)
             }
             None => {
-                let (bound, sockets) = sys::listen_reuseport(service.listen, service.count as usize)
+                let (bound, sockets, file) = bind_service(&service.listen, service.count as usize)
                     .with_context(|| format!("could not listen on {}", service.listen))?;
+                unix_files.extend(file);
                 tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening");
                 (bound, sockets)
             }
@@ -225,6 +279,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     let sup = Supervisor::new(procs, states, plugin_dirs, timeouts);
     let policy = prepare::Policy { probe_timeout: options.probe_timeout, insecure: options.insecure_plugins };
     let mut master = Master::new(sup, &watched, pid_file, options.ready, policy)?;
+    master.unix_files = unix_files;
     master.start_dir = options.start_dir;
     master.start_args = options.start_args;
     if let Some(address) = options.admin_listen {
@@ -316,6 +371,7 @@ impl Master {
             ready,
             preparer,
             notifier: systemd::Notifier::from_env(),
+            unix_files: Vec::new(),
             _pid_file: pid_file,
         })
     }
