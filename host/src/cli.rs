@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Service, Setting, SettingError, Settings, Source};
+use crate::listen::Listen;
 use crate::scaffold::Template;
 use crate::tls::TlsFiles;
 
@@ -177,11 +178,15 @@ pub struct StartArgs {
     /// Worker processes for the service [default: 1].
     #[arg(long, short = 'n')]
     pub count: Option<u64>,
-    /// Address to listen on: ADDR:PORT, HOST:PORT, or a port alone, which means 127.0.0.1:PORT
-    /// (port 0: the system picks one, and the log says which) [default: 127.0.0.1:8080].
+    /// Address to listen on: ADDR:PORT, [IPV6]:PORT ([::]:PORT: IPv6 and IPv4), HOST:PORT, a
+    /// port alone (127.0.0.1:PORT), udp://ADDR:PORT, or unix:/PATH (port 0: the system picks one,
+    /// and the log says which) [default: 127.0.0.1:8080].
     #[arg(long, short = 'l')]
     #[arg(value_parser = parse_listen)]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<Listen>,
+    /// The Unix socket file's mode, in octal (e.g. 0660) [default: as the umask leaves it].
+    #[arg(long, value_name = "MODE")]
+    pub unix_mode: Option<String>,
     /// The service's name in logs (default: the plugin's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -239,32 +244,20 @@ pub struct StartArgs {
     pub insecure_plugins: bool,
 }
 
-/// A listen address: `ADDR:PORT` (`[::1]:8080` for IPv6), a host name and port
-/// (`localhost:8080`, resolved now, the first address wins), or a port alone (`8080`, which
-/// means 127.0.0.1:8080: loopback, not every interface).
-pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    if !text.contains(':') {
-        return Err(format!("{text:?} is not an address: use ADDR:PORT, HOST:PORT or PORT"));
-    }
-    use std::net::ToSocketAddrs;
-    let mut found = text.to_socket_addrs().map_err(|e| format!("could not resolve {text:?}: {e}"))?;
-    found.next().ok_or_else(|| format!("{text:?} resolves to no address"))
+/// A listen address (see [`crate::listen`]: the config file's `listen` takes the same).
+pub fn parse_listen(text: &str) -> Result<Listen, String> {
+    crate::listen::parse(text)
 }
 
 impl StartArgs {
     /// Flags that describe a service (they may not be mixed with a config file).
     pub fn service_flags(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
-        let flags: [(&'static str, bool); 12] = [
+        let flags: [(&'static str, bool); 13] = [
             ("--plugin", self.plugin.is_some()),
             ("--count", self.count.is_some()),
             ("--listen", self.listen.is_some()),
+            ("--unix-mode", self.unix_mode.is_some()),
             ("--name", self.name.is_some()),
             ("--plugin-config", self.plugin_config.is_some()),
             ("--max-package-size", self.max_package_size.is_some()),
@@ -349,10 +342,15 @@ impl StartArgs {
             (Some(cert), Some(key)) => Some(TlsFiles::new(absolute(cert)?, absolute(key)?, None, &plugin)),
             _ => None,
         };
+        let mut listen =
+            self.listen.clone().unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default"));
+        if let Some(mode) = &self.unix_mode {
+            listen.set_unix_mode("--unix-mode", mode).map_err(SettingError::Invalid)?;
+        }
         let service = Service {
             name,
             plugin,
-            listen: self.listen.unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default")),
+            listen,
             count,
             plugin_config: self.plugin_config.clone().unwrap_or_default(),
             limits,
@@ -438,7 +436,12 @@ mod tests {
         assert_eq!(parse_listen("8080").unwrap().to_string(), "127.0.0.1:8080");
         assert_eq!(parse_listen("0.0.0.0:80").unwrap().to_string(), "0.0.0.0:80");
         assert_eq!(parse_listen("[::1]:9000").unwrap().to_string(), "[::1]:9000");
-        assert!(parse_listen("localhost:8080").unwrap().ip().is_loopback());
+        assert!(parse_listen("localhost:8080").unwrap().ip().unwrap().ip().is_loopback());
+        assert_eq!(parse_listen("udp://127.0.0.1:53").unwrap().to_string(), "udp://127.0.0.1:53");
+        let s = parse(&["--plugin", "http", "-l", "unix:/tmp/h.sock", "--unix-mode", "0600"]).start.service().unwrap();
+        assert_eq!(s.listen, Listen::Unix { path: "/tmp/h.sock".into(), mode: Some(0o600) });
+        let e = parse(&["--plugin", "http", "--unix-mode", "0600"]).start.service().unwrap_err().to_string();
+        assert!(e.contains("--unix-mode is for a Unix socket"), "{e}");
         assert!(parse_listen("nowhere").is_err());
         assert!(parse_listen("99999").is_err());
         // `start -g` means nothing: only restart stops something gracefully.

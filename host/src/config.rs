@@ -1,11 +1,11 @@
 //! What a service is and how a worker is configured: plain data, validated here, no syscalls.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::listen::Listen;
 use crate::tls::{TlsFiles, TlsSpec};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -168,13 +168,14 @@ pub fn stop_timeout(source: Source, setting: Setting, seconds: Option<f64>) -> R
     }
 }
 
-/// One service: a listening address served by `count` workers running one plugin.
+/// One service: a listening address (TCP, UDP or a Unix socket) served by `count` workers running
+/// one plugin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub name: String,
     /// The plugin's name (`http`) or a path to its `.so`.
     pub plugin: String,
-    pub listen: SocketAddr,
+    pub listen: Listen,
     pub count: u32,
     /// TOML text handed to the plugin as is.
     pub plugin_config: String,
@@ -267,6 +268,9 @@ pub fn validate(service: &Service) -> Result<(), SettingError> {
     }
     if service.limits.max_package_size == 0 || service.limits.max_send_buffer == 0 {
         return invalid("size limits must be above 0".into());
+    }
+    if service.tls.is_some() && matches!(service.listen, Listen::Udp(_)) {
+        return invalid(format!("TLS needs a stream: {} is UDP (DTLS is not supported)", service.listen));
     }
     if let Err(e) = service.plugin_config.parse::<toml::Table>() {
         return invalid(format!("--plugin-config is not valid TOML: {}", e.to_string().replace('\n', " ")));

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{self, Service, Setting, SettingError, Settings, Source};
+use crate::listen::Listen;
 use crate::tls::TlsFiles;
 
 /// A whole config file, validated, with every path absolute.
@@ -139,7 +140,9 @@ struct RawFile {
 struct RawService {
     name: Spanned<String>,
     plugin: Spanned<String>,
-    listen: Spanned<SocketAddr>,
+    listen: Spanned<Listen>,
+    /// A Unix socket's file mode, in octal (`"0660"`).
+    unix_mode: Option<Spanned<String>>,
     count: Option<Spanned<u64>>,
     reloadable: Option<bool>,
     user: Option<Spanned<String>>,
@@ -227,7 +230,7 @@ impl RawFile {
             return Err(ctx.invalid(None, None, "no [[service]]: the file must describe at least one service".into()));
         }
         let mut names: HashMap<String, usize> = HashMap::new();
-        let mut listens: HashMap<SocketAddr, String> = HashMap::new();
+        let mut listens: Vec<(Listen, String)> = Vec::new();
         let mut services = Vec::with_capacity(self.services.len());
         for raw in self.services {
             let name = raw.name.get_ref().clone();
@@ -236,12 +239,13 @@ impl RawFile {
                 let message = format!("name is already used by the service on line {first}");
                 return Err(ctx.invalid(Some(raw.name.span()), Some(&name), message));
             }
-            let listen = *raw.listen.get_ref();
+            let listen = raw.listen.get_ref().clone();
             // Port 0: each service gets a port of its own from the system.
-            if let Some(other) = listens.insert(listen, name.clone()).filter(|_| listen.port() != 0) {
+            if let Some((_, other)) = listens.iter().find(|(l, _)| l.clashes_with(&listen)) {
                 let message = format!("listen {listen} is already used by service {other:?}");
                 return Err(ctx.invalid(Some(raw.listen.span()), Some(&name), message));
             }
+            listens.push((listen, name.clone()));
             services.push(raw.validate(ctx, base_dir)?);
         }
         let seconds = |setting, value: Option<f64>| {
@@ -340,15 +344,14 @@ impl RawService {
             }
             (None, None) => None,
         };
-        let service = Service {
-            name: name.to_string(),
-            plugin,
-            listen: *self.listen.get_ref(),
-            count,
-            plugin_config,
-            limits,
-            tls,
-        };
+        let mut listen = self.listen.get_ref().clone();
+        if let Some(mode) = &self.unix_mode {
+            listen.set_unix_mode("unix_mode", mode.get_ref()).map_err(|e| invalid(mode.span(), e))?;
+        }
+        if let Listen::Unix { path, mode } = listen {
+            listen = Listen::Unix { path: base_dir.join(path), mode };
+        }
+        let service = Service { name: name.to_string(), plugin, listen, count, plugin_config, limits, tls };
         // What the flags refuse, the file refuses too (a backstop: the checks above name the keys).
         config::validate(&service).map_err(|e| ctx.invalid(None, Some(name), e.to_string()))?;
         Ok(ServiceConfig { service, reloadable: self.reloadable.unwrap_or(true), user, group })
@@ -534,10 +537,34 @@ listen = "[::1]:9000"
         let summary: Vec<_> = config
             .services
             .iter()
-            .map(|s| (s.service.name.as_str(), s.service.plugin.as_str(), s.service.listen.port(), s.service.count))
+            .map(|s| {
+                (s.service.name.as_str(), s.service.plugin.as_str(), s.service.listen.to_string(), s.service.count)
+            })
             .collect();
-        assert_eq!(summary, [("web", "http", 8080, 2), ("chat", "text", 9000, 1)]);
+        let expected =
+            [("web", "http", "127.0.0.1:8080".to_string(), 2), ("chat", "text", "[::1]:9000".to_string(), 1)];
+        assert_eq!(summary, expected);
         assert_eq!(config.services[1].service.plugin_config, "");
+    }
+
+    #[test]
+    fn udp_and_unix_services() {
+        let config = parse_ok(
+            "[[service]]\nname = \"dns\"\nplugin = \"echo\"\nlisten = \"udp://127.0.0.1:5353\"\n\
+             [[service]]\nname = \"app\"\nplugin = \"http\"\nlisten = \"unix:run/app.sock\"\nunix_mode = \"0660\"\n\
+             [[service]]\nname = \"tcp\"\nplugin = \"echo\"\nlisten = \"127.0.0.1:5353\"\n",
+        );
+        assert_eq!(config.services[0].service.listen, Listen::Udp("127.0.0.1:5353".parse().unwrap()));
+        // Relative to the file's directory, like every path in it.
+        let expected = Listen::Unix { path: Path::new(BASE).join("run/app.sock"), mode: Some(0o660) };
+        assert_eq!(config.services[1].service.listen, expected);
+        let message = parse_err(&with_service("unix_mode = \"0660\"\n"));
+        assert!(message.contains("unix_mode is for a Unix socket"), "{message}");
+        let message = parse_err("[[service]]\nname = \"a\"\nplugin = \"x\"\nlisten = \"unix:\"\n");
+        assert!(message.contains("line 4") && message.contains("names no socket file"), "{message}");
+        let twice = "[[service]]\nname = \"a\"\nplugin = \"x\"\nlisten = \"unix:/a.sock\"\n\
+                     [[service]]\nname = \"b\"\nplugin = \"x\"\nlisten = \"unix:/a.sock\"\n";
+        assert!(parse_err(twice).contains("already used by service \"a\""));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod config_file;
 mod ctl;
+mod listen;
 mod logging;
 mod master;
 mod pidfile;
@@ -245,12 +246,19 @@ fn restart(global: &GlobalArgs, restart: &RestartCmd) -> anyhow::Result<()> {
     // Every fixed port must be free, or held by the master about to stop.
     let held: Vec<String> = old.iter().flat_map(|s| s.services.iter().map(|r| r.listen.clone())).collect();
     for s in &plan.services {
-        let listen = s.service.listen;
-        if listen.port() != 0 && !held.contains(&listen.to_string()) {
-            std::net::TcpListener::bind(listen).with_context(|| {
-                format!("service {}: cannot listen on {listen}; nothing was stopped", s.service.name)
-            })?;
+        let listen = &s.service.listen;
+        if held.contains(&listen.to_string()) {
+            continue;
         }
+        let free = match listen {
+            listen::Listen::Tcp(a) if a.port() != 0 => std::net::TcpListener::bind(a).map(drop),
+            listen::Listen::Udp(a) if a.port() != 0 => std::net::UdpSocket::bind(a).map(drop),
+            listen::Listen::Unix { path, .. } if sys::unix_in_use(path) => {
+                Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use"))
+            }
+            _ => Ok(()),
+        };
+        free.with_context(|| format!("service {}: cannot listen on {listen}; nothing was stopped", s.service.name))?;
     }
     init_logging(&cmd.args.log);
     if running.is_some() {

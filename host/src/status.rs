@@ -36,6 +36,10 @@ pub struct WorkerReport {
     pub worker_msgs_received: u64,
     #[serde(default)]
     pub worker_msgs_dropped: u64,
+    /// UDP datagrams dropped (over the max package size or the session limit, or for a paused
+    /// session).
+    #[serde(default)]
+    pub datagrams_dropped: u64,
 }
 
 /// A counter a plugin registered: `host_plugin_NAME_total{service, slot, LABELS}`.
@@ -87,6 +91,7 @@ impl WorkerReport {
         self.worker_msgs_sent += other.worker_msgs_sent;
         self.worker_msgs_received += other.worker_msgs_received;
         self.worker_msgs_dropped += other.worker_msgs_dropped;
+        self.datagrams_dropped += other.datagrams_dropped;
     }
 }
 
@@ -404,6 +409,14 @@ pub fn render_status(s: &Status) -> String {
             total.worker_msgs_received,
             total.worker_msgs_dropped,
             if dropped.is_empty() { String::new() } else { format!(" ({})", dropped.join(", ")) }
+        );
+    }
+    if total.datagrams_dropped > 0 {
+        // UDP services only: one line, like the worker messages.
+        let _ = writeln!(
+            out,
+            "\ndatagrams dropped: {} (oversized, over the session limit, or paused)",
+            total.datagrams_dropped
         );
     }
     out

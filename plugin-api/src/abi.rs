@@ -366,6 +366,26 @@ pub trait RawHost {
 
     // --- Added in plugin-api 0.1.2 (0.1.1 is frozen in `abi_v2`). Same rule: a default body
     // --- that answers "unsupported".
+
+    /// The credentials of the peer of a Unix-socket connection (`SO_PEERCRED`, read when it was
+    /// accepted); none on TCP and UDP, or from a host too old to say.
+    fn peer_cred(&self, conn: ConnId) -> ROption<RawPeerCred> {
+        let _ = conn;
+        ROption::RNone
+    }
+}
+
+/// The process at the other end of a Unix socket, as the kernel saw it when it connected
+/// ([`RawHost::peer_cred`]). A plain struct: frozen.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPeerCred {
+    /// Its process id.
+    pub pid: u32,
+    /// Its effective user id.
+    pub uid: u32,
+    /// Its effective group id.
+    pub gid: u32,
 }
 
 /// The largest message between workers ([`RawHost::broadcast`], [`RawHost::send_to_worker`]).

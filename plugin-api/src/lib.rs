@@ -39,7 +39,7 @@ mod sdk;
 
 pub use abi::{ConnErrorCode, ConnId, ConnectErrorCode, TimerId, ABI_VERSION, MAX_WORKER_MESSAGE};
 pub use sdk::{
-    raw_sock_addr, ConnError, ConnMap, ConnectAddr, ConnectError, Counter, Frame, Host, Protocol, WorkerInfo,
+    raw_sock_addr, ConnError, ConnMap, ConnectAddr, ConnectError, Counter, Frame, Host, PeerCred, Protocol, WorkerInfo,
     WorkerMsgError,
 };
 

@@ -221,12 +221,13 @@ impl<'a> Host<'a> {
         self.raw.pause_recv(conn, false)
     }
 
-    /// The connection's peer address; `None` when unknown.
+    /// The connection's peer address; `None` when unknown, and on a Unix socket (which has
+    /// none: see [`Host::peer_cred`]). On a UDP session, the address replies go to.
     pub fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr> {
         sock_addr(self.raw.peer_addr(conn))
     }
 
-    /// The connection's local address; `None` when unknown.
+    /// The connection's local address; `None` when unknown or on a Unix socket.
     pub fn local_addr(&self, conn: ConnId) -> Option<SocketAddr> {
         sock_addr(self.raw.local_addr(conn))
     }
@@ -346,6 +347,24 @@ impl<'a> Host<'a> {
             _ => Ok(()),
         }
     }
+
+    /// The process at the other end of a Unix-socket connection (its pid, uid and gid when it
+    /// connected: `SO_PEERCRED`). `None` on TCP and UDP, or from a host too old to say.
+    pub fn peer_cred(&self, conn: ConnId) -> Option<PeerCred> {
+        let raw = self.raw.peer_cred(conn).into_option()?;
+        Some(PeerCred { pid: raw.pid, uid: raw.uid, gid: raw.gid })
+    }
+}
+
+/// The process at the other end of a Unix socket ([`Host::peer_cred`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Its process id.
+    pub pid: u32,
+    /// Its effective user id.
+    pub uid: u32,
+    /// Its effective group id.
+    pub gid: u32,
 }
 
 /// Why a message between workers was not sent ([`Host::broadcast`], [`Host::send_to_worker`]).

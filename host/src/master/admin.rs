@@ -298,6 +298,11 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics) -> String {
     let bytes_out = counter(&mut registry, "sent_bytes", "Bytes sent, per worker slot");
     let panics = counter(&mut registry, "plugin_panics", "Plugin panics caught, per worker slot");
     let send_failures = counter(&mut registry, "send_failures", "Sends refused (connection closed or full)");
+    let datagrams_dropped = counter(
+        &mut registry,
+        "datagrams_dropped",
+        "UDP datagrams dropped (oversized, over the session limit, paused)",
+    );
     let open = gauge(&mut registry, "connections_open", "Connections open now, per worker slot");
     let workers = gauge(&mut registry, "workers", "Worker processes by service and state");
     let memory = gauge(&mut registry, "worker_resident_bytes", "Resident memory of each worker slot's worker");
@@ -328,6 +333,7 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics) -> String {
         bytes_out.get_or_create(&l).inc_by(t.bytes_out);
         panics.get_or_create(&l).inc_by(t.plugin_panics);
         send_failures.get_or_create(&l).inc_by(t.send_failures);
+        datagrams_dropped.get_or_create(&l).inc_by(t.datagrams_dropped);
         if let Some(r) = &w.report {
             open.get_or_create(&l).set(r.connections as i64);
         }

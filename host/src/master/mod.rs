@@ -53,6 +53,7 @@ use self::supervisor::{LoadedTls, Output, Phase, ServiceState, Supervisor, Timeo
 use crate::config::{self, Service};
 use crate::config_file::ServiceConfig;
 use crate::ctl::{MasterChannel, ReportKind, ToMaster, ToWorker};
+use crate::listen::Listen;
 use crate::pidfile::{self, PidFile};
 use crate::status::{Answer, WorkerReport};
 use crate::watcher::{Change, Watcher};
@@ -126,7 +127,57 @@ pub struct Master {
     preparer: Preparer,
     /// systemd's service manager, when it started us (`NOTIFY_SOCKET`).
     notifier: systemd::Notifier,
+    /// The Unix socket files the master bound, removed when it exits.
+    unix_files: Vec<UnixSocketFile>,
     _pid_file: PidFile,
+}
+
+/// A Unix socket file the master bound: removed when the master exits, if it is still the
+/// socket the master bound (not one a later process put there).
+struct UnixSocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl UnixSocketFile {
+    fn new(path: &std::path::Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(UnixSocketFile { path: path.to_path_buf(), id: (meta.dev(), meta.ino()) })
+    }
+}
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds a service's sockets, one per worker slot: SO_REUSEPORT sockets for TCP and UDP, one
+/// Unix listener shared by every slot (its file is returned, to be removed at exit).
+fn bind_service(
+    listen: &Listen,
+    count: usize,
+) -> anyhow::Result<(Listen, Vec<std::os::fd::OwnedFd>, Option<UnixSocketFile>)> {
+    Ok(match listen {
+        Listen::Tcp(addr) => {
+            let (bound, fds) = sys::listen_reuseport(*addr, count)?;
+            (Listen::Tcp(bound), fds, None)
+        }
+        Listen::Udp(addr) => {
+            let (bound, fds) = sys::udp_reuseport(*addr, count)?;
+            (Listen::Udp(bound), fds, None)
+        }
+        Listen::Unix { path, mode } => {
+            let fd = sys::listen_unix(path, *mode)?;
+            let file = UnixSocketFile::new(path)?;
+            let fds = (0..count).map(|_| fd.try_clone()).collect::<std::io::Result<Vec<_>>>()?;
+            (listen.clone(), fds, Some(file))
+        }
+    })
 }
 
 /// Runs the master until it is stopped.
@@ -151,6 +202,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     let mut activated =
         systemd::take_activated().context("could not take the sockets the service manager handed over")?;
     let mut states = Vec::new();
+    let mut unix_files = Vec::new();
     for ServiceConfig { service, reloadable, user, group } in services {
         sys::check_identity(user.as_deref(), group.as_deref())
             .with_context(|| format!("service {} cannot run as the configured user/group", service.name))?;
@@ -167,9 +219,10 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
             }
             Err(e) => return Err(e.into()),
         };
-        let handed = activated
-            .iter()
-            .position(|a| a.name.as_deref() == Some(service.name.as_str()) || a.address == Some(service.listen));
+        let handed = activated.iter().position(|a| {
+            a.name.as_deref() == Some(service.name.as_str())
+                || (a.address.is_some() && a.address == service.listen.ip())
+        });
         let adopted = match inherited.as_mut() {
             Some(i) => Some(i.sockets(&service.name)?),
             None => None,
@@ -177,13 +230,17 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         let (bound, sockets) = match handed.map(|i| activated.swap_remove(i)) {
             _ if adopted.is_some() => {
                 let (bound, sockets) = adopted.expect("checked");
+                // The previous image's socket file: removed at this image's clean stop.
+                if let Listen::Unix { path, .. } = &bound {
+                    unix_files.push(UnixSocketFile::new(path)?);
+                }
                 tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening on the sockets handed over by the previous binary");
                 (bound, sockets)
             }
             // Socket activation: the one socket the service manager holds, shared by every slot
             // (it keeps its queue while the host restarts).
             Some(a) => {
-                let bound = a.address.unwrap_or(service.listen);
+                let bound = a.address.map_or_else(|| service.listen.clone(), |a| service.listen.with_ip(a));
                 let sockets = (0..service.count)
                     .map(|_| a.fd.try_clone())
                     .collect::<std::io::Result<Vec<_>>>()
@@ -192,8 +249,9 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
                 (bound, sockets)
             }
             None => {
-                let (bound, sockets) = sys::listen_reuseport(service.listen, service.count as usize)
+                let (bound, sockets, file) = bind_service(&service.listen, service.count as usize)
                     .with_context(|| format!("could not listen on {}", service.listen))?;
+                unix_files.extend(file);
                 tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening");
                 (bound, sockets)
             }
@@ -262,6 +320,7 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         None => None,
     };
     let mut master = Master::new(sup, &watched, pid_file, options.ready, policy, control)?;
+    master.unix_files = unix_files;
     master.start_dir = options.start_dir;
     master.start_args = options.start_args;
     if let Some(inherited) = inherited {
@@ -361,6 +420,7 @@ impl Master {
             ready,
             preparer,
             notifier: systemd::Notifier::from_env(),
+            unix_files: Vec::new(),
             _pid_file: pid_file,
         })
     }

@@ -35,6 +35,7 @@ use super::snapshot::Snapshot;
 use super::supervisor::{Phase, ReloadRecord};
 use super::{spawn, Master, WORKER_TOKEN_BASE};
 use crate::config_file::ServiceConfig;
+use crate::listen::Listen;
 use crate::ctl::{MasterChannel, PROTOCOL};
 use crate::status::{Answer, WorkerReport};
 use crate::sys;
@@ -83,7 +84,8 @@ pub struct State {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HandedService {
     pub name: String,
-    pub listen: SocketAddr,
+    /// The address as bound (a [`Listen`] written out: port 0 resolved).
+    pub listen: String,
     pub count: u32,
     /// One listening socket per slot.
     pub sockets: Vec<RawFd>,
@@ -170,9 +172,14 @@ impl State {
                     s.name, s.count, old.count
                 ));
             }
-            let same_address = s.listen == old.listen
-                || (s.listen.port() == 0 && s.listen.ip() == old.listen.ip())
-                || (s.listen.port() == old.listen.port() && s.listen.ip().is_unspecified());
+            let running: Listen = old.listen.parse().map_err(|e| format!("service {}: {e}", old.name))?;
+            let same_address = match (&s.listen, &running) {
+                (Listen::Unix { path: a, .. }, Listen::Unix { path: b, .. }) => a == b,
+                (Listen::Tcp(a), Listen::Tcp(b)) | (Listen::Udp(a), Listen::Udp(b)) => {
+                    a == b || (a.port() == 0 && a.ip() == b.ip()) || (a.port() == b.port() && a.ip().is_unspecified())
+                }
+                _ => false,
+            };
             if !same_address {
                 return Err(format!(
                     "service {} listens on {} now, {} running: use `host restart`",
@@ -239,9 +246,10 @@ impl Inherited {
     }
 
     /// The bound address and per-slot sockets of service `name`.
-    pub fn sockets(&mut self, name: &str) -> anyhow::Result<(SocketAddr, Vec<OwnedFd>)> {
+    pub fn sockets(&mut self, name: &str) -> anyhow::Result<(Listen, Vec<OwnedFd>)> {
         let s = self.state.services.iter().find(|s| s.name == name).context("no such service was handed over")?;
-        let (listen, numbers) = (s.listen, s.sockets.clone());
+        let listen: Listen = s.listen.parse().map_err(|e: String| anyhow::anyhow!("service {name}: {e}"))?;
+        let numbers = s.sockets.clone();
         let sockets = numbers.into_iter().map(|n| self.fd(n)).collect::<anyhow::Result<Vec<_>>>()?;
         Ok((listen, sockets))
     }
@@ -421,7 +429,7 @@ impl Master {
             fds.extend(s.sockets.iter().map(|fd| fd.as_fd()));
             services.push(HandedService {
                 name: s.service.name.clone(),
-                listen: s.service.listen,
+                listen: s.service.listen.to_string(),
                 count: s.service.count,
                 sockets: s.sockets.iter().map(|fd| number(fd.as_fd())).collect(),
                 waiting: s.waiting,

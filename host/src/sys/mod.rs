@@ -5,7 +5,7 @@
 //! - [`memfd`]: sealed in-memory files (plugin snapshots);
 //! - [`process`]: starting children with inherited fds, process titles and names;
 //! - [`signal`]: the signalfd and SIGPIPE;
-//! - [`socket`]: the per-slot SO_REUSEPORT listening sockets;
+//! - [`socket`]: the per-slot SO_REUSEPORT listening sockets (TCP, UDP), the shared Unix one;
 //! - [`scm`]: bytes with descriptors attached (SCM_RIGHTS), for the master↔worker channel;
 //! - [`daemon`]: `start -d`;
 //! - [`identity`]: checking and switching user and group.
@@ -48,4 +48,6 @@ pub use self::memfd::sealed_memfd;
 pub use self::process::{exec_image, exec_with_title, set_thread_name, spawn_with_fds};
 pub use self::scm::{recv_with_fds, send_with_fds};
 pub use self::signal::{ignore_sigpipe, signal_fd};
-pub use self::socket::{listen_reuseport, local_addr};
+pub use self::socket::{
+    listen_reuseport, listen_unix, local_addr, peer_cred, socket_kind, udp_reuseport, unix_in_use, SocketKind,
+};

@@ -1,9 +1,12 @@
 //! Listening sockets: one SO_REUSEPORT socket per worker slot, bound by the master (docs/architecture.md
-//! pitfall 7), created close-on-exec and non-blocking.
+//! pitfall 7), created close-on-exec and non-blocking: TCP listeners, UDP sockets (one per slot
+//! too), and the one Unix stream listener a Unix-socket service's workers share.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
 
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 
@@ -16,41 +19,131 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// silently share the port with. For port 0 the first socket lets the system pick the port (the
 /// kernel never picks one that is shared through SO_REUSEPORT) and the others bind that one.
 pub fn listen_reuseport(addr: SocketAddr, count: usize) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
+    bind_reuseport(addr, SockType::Stream, count)
+}
+
+/// Binds `count` SO_REUSEPORT UDP sockets on `addr` (one per worker slot), as
+/// [`listen_reuseport`] does for TCP: the kernel hashes each peer to one of them, so a peer's
+/// datagrams keep reaching the same slot.
+pub fn udp_reuseport(addr: SocketAddr, count: usize) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
+    bind_reuseport(addr, SockType::Datagram, count)
+}
+
+fn bind_reuseport(addr: SocketAddr, ty: SockType, count: usize) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
     let mut fds = Vec::with_capacity(count);
     let bound = if addr.port() == 0 {
         // The system picks a port no socket uses: the first socket binds it, the others join.
-        let fd = reuseport_socket(addr)?;
+        let fd = reuseport_socket(addr, ty)?;
         let bound = local_addr(fd.as_fd())?;
         fds.push(fd);
         bound
     } else {
-        let probe = new_socket(addr)?;
+        let probe = new_socket(addr, ty)?;
         socket::setsockopt(&probe, sockopt::ReuseAddr, &true)?;
         socket::bind(probe.as_raw_fd(), &SockaddrStorage::from(addr))?;
         local_addr(probe.as_fd())?
     };
     while fds.len() < count {
-        fds.push(reuseport_socket(bound)?);
+        fds.push(reuseport_socket(bound, ty)?);
     }
     Ok((bound, fds))
 }
 
-fn reuseport_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
-    let fd = new_socket(addr)?;
+fn reuseport_socket(addr: SocketAddr, ty: SockType) -> io::Result<OwnedFd> {
+    let fd = new_socket(addr, ty)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    socket::listen(&fd, socket::Backlog::new(LISTEN_BACKLOG).unwrap_or(socket::Backlog::MAXCONN))?;
+    if ty == SockType::Stream {
+        socket::listen(&fd, socket::Backlog::new(LISTEN_BACKLOG).unwrap_or(socket::Backlog::MAXCONN))?;
+    }
     Ok(fd)
 }
 
-fn new_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
+/// An IPv6 socket is dual-stack (`IPV6_V6ONLY` off: IPv4 clients arrive as `::ffff:a.b.c.d`)
+/// when bound to the unspecified address `[::]`, and IPv6-only for any other address.
+fn new_socket(addr: SocketAddr, ty: SockType) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    let fd = socket::socket(family, ty, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
     if addr.is_ipv6() {
-        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &!addr.ip().is_unspecified())?;
     }
     Ok(fd)
+}
+
+/// Binds and listens on a Unix stream socket at `path` (one socket, shared by every worker:
+/// AF_UNIX has no SO_REUSEPORT), then gives the file `mode`. A socket file left by a process that
+/// is gone (a connect is refused) is replaced; one a live process listens on is refused with
+/// `AddrInUse`, like a TCP port in use; any other file there is refused and kept.
+pub fn listen_unix(path: &Path, mode: Option<u32>) -> io::Result<OwnedFd> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket; not replaced", path.display()),
+            ));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("address in use: a live process listens on {}", path.display()),
+                ))
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => {
+                tracing::info!(path = %path.display(), "replacing a stale socket file (nothing listens on it)");
+                std::fs::remove_file(path)?;
+            }
+            Err(_) => {}
+        }
+    }
+    let fd =
+        socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    socket::bind(fd.as_raw_fd(), &socket::UnixAddr::new(path)?)?;
+    let listening = socket::listen(&fd, socket::Backlog::new(LISTEN_BACKLOG).unwrap_or(socket::Backlog::MAXCONN));
+    let moded = match mode {
+        Some(mode) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)),
+        None => Ok(()),
+    };
+    if let Err(e) = listening.map_err(io::Error::from).and(moded) {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// Whether something listens on the Unix socket at `path` (`host restart` checks first).
+pub fn unix_in_use(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// What a listening socket handed to a worker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketKind {
+    Tcp,
+    Udp,
+    Unix,
+}
+
+/// The kind of an inherited listening socket, from its type and address family.
+pub fn socket_kind(fd: BorrowedFd<'_>) -> io::Result<SocketKind> {
+    let ty = socket::getsockopt(&fd, sockopt::SockType)?;
+    let ss: SockaddrStorage = socket::getsockname(fd.as_raw_fd())?;
+    match (nix::sys::socket::SockaddrLike::family(&ss), ty) {
+        (Some(AddressFamily::Unix), SockType::Stream) => Ok(SocketKind::Unix),
+        (Some(AddressFamily::Inet | AddressFamily::Inet6), SockType::Stream) => Ok(SocketKind::Tcp),
+        (Some(AddressFamily::Inet | AddressFamily::Inet6), SockType::Datagram) => Ok(SocketKind::Udp),
+        (family, ty) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the listening socket is of an unsupported kind ({family:?}, {ty:?})"),
+        )),
+    }
+}
+
+/// The credentials of a Unix socket's peer (`SO_PEERCRED`): pid, uid, gid.
+pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, u32)> {
+    let cred = socket::getsockopt(&fd, sockopt::PeerCredentials)?;
+    Ok((cred.pid() as u32, cred.uid(), cred.gid()))
 }
 
 /// The address a socket is bound to.

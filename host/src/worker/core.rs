@@ -4,7 +4,7 @@
 //! the event loop acts on them between plugin calls, so no callback sees a connection vanish
 //! under it and no callback re-enters the plugin.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,14 +12,14 @@ use std::sync::Arc;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use plugin_api::abi::{ConnError, ConnectErrorCode, RawHost, RawSockAddr};
+use plugin_api::abi::{ConnError, ConnectErrorCode, RawHost, RawPeerCred, RawSockAddr};
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
 use rustls::ServerConfig;
 
 use super::mailbox::Mailbox;
 use super::outbound::{self, Pending, PendingState, Resolver, Target};
 use super::timers::Timers;
-use super::transport::Transport;
+use super::transport::{Stream, Transport};
 use crate::config::Limits;
 use crate::status::{ConnReport, PluginCounter, WorkerReport};
 
@@ -64,6 +64,8 @@ pub struct Conn {
     pub awaiting_handshake: bool,
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
+    /// A Unix socket's peer: pid, uid, gid (`SO_PEERCRED`, read at accept).
+    pub cred: Option<(u32, u32, u32)>,
     pub state: ConnState,
     /// Bytes received and not yet consumed by a message.
     pub input: Vec<u8>,
@@ -194,6 +196,9 @@ pub struct Stats {
     /// Bytes of connections already closed (live ones count their own).
     pub closed_bytes_in: u64,
     pub closed_bytes_out: u64,
+    /// UDP datagrams dropped: over the max package size, over the session limit, or for a
+    /// session whose plugin paused receiving.
+    pub datagrams_dropped: u64,
 }
 
 pub struct Core {
@@ -230,6 +235,10 @@ pub struct Core {
     pub tls: Option<Arc<ServerConfig>>,
     /// Messages to and from the service's other workers.
     pub mailbox: Mailbox,
+    /// A UDP service's socket (this slot's): datagrams are read from it and replies sent on it.
+    pub udp: Option<mio::net::UdpSocket>,
+    /// UDP sessions by peer.
+    pub sessions: HashMap<SocketAddr, ConnId>,
     registry: Registry,
 }
 
@@ -258,6 +267,8 @@ impl Core {
             fallbacks: Vec::new(),
             tls: None,
             mailbox: Mailbox::default(),
+            udp: None,
+            sessions: HashMap::new(),
             registry,
         }
     }
@@ -276,8 +287,8 @@ impl Core {
         self.stats.closed
     }
 
-    /// Registers an accepted stream and returns its id.
-    pub fn insert(&mut self, stream: TcpStream) -> io::Result<ConnId> {
+    /// Registers an accepted stream (TCP or Unix) and returns its id.
+    pub fn insert(&mut self, stream: Stream) -> io::Result<ConnId> {
         let stream = match &self.tls {
             Some(config) => Transport::tls(stream, config)?,
             None => Transport::plain(stream),
@@ -321,10 +332,15 @@ impl Core {
         let interest = if outbound { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         self.registry.register(&mut stream, Token(index + CONN_TOKEN_BASE), interest)?;
         let _ = stream.set_nodelay(true);
+        let datagram = stream.datagram_peer().is_some();
         let conn = Conn {
             id,
             peer: if outbound { None } else { stream.peer_addr().ok() },
-            local: stream.local_addr().ok(),
+            local: match datagram {
+                true => self.udp.as_ref().and_then(|u| u.local_addr().ok()),
+                false => stream.local_addr().ok(),
+            },
+            cred: stream.peer_cred(),
             awaiting_handshake: stream.is_handshaking(),
             stream,
             state: ConnState::Open,
@@ -332,7 +348,7 @@ impl Core {
             expect: None,
             output: Vec::new(),
             output_pos: 0,
-            readable: !outbound,
+            readable: !outbound && !datagram,
             peer_closed: false,
             hup: false,
             message_started_ms: None,
@@ -429,6 +445,9 @@ impl Core {
     pub fn remove(&mut self, index: usize) -> Option<Conn> {
         let mut conn = self.conns.get_mut(index)?.take()?;
         let _ = self.registry.deregister(&mut conn.stream);
+        if let Some(peer) = conn.stream.datagram_peer() {
+            self.sessions.remove(&peer);
+        }
         self.free.push(index as u32);
         self.live -= 1;
         self.stats.closed += 1;
@@ -472,6 +491,7 @@ impl Core {
             worker_msgs_sent: self.mailbox.sent,
             worker_msgs_received: self.mailbox.received,
             worker_msgs_dropped: self.mailbox.dropped,
+            datagrams_dropped: self.stats.datagrams_dropped,
         }
     }
 
@@ -526,6 +546,15 @@ impl Core {
         self.registry.reregister(&mut c.stream, Token(index + CONN_TOKEN_BASE), interest)
     }
 
+    /// Ends every UDP session once the plugin had its say (a draining worker reads its socket no
+    /// more: the sessions would only wait for their idle timeout).
+    pub fn close_sessions(&mut self) {
+        let ids: Vec<ConnId> = self.sessions.values().copied().collect();
+        for id in ids {
+            self.close_after_flush(id);
+        }
+    }
+
     /// Marks the connection for closing once its output is flushed.
     pub fn close_after_flush(&mut self, id: ConnId) {
         if let Some(c) = self.get_mut(id) {
@@ -539,9 +568,31 @@ impl Core {
 
     fn send(&mut self, id: ConnId, data: &[u8]) -> bool {
         let max = self.limits.max_send_buffer;
-        let Some(c) = self.get_mut(id) else {
+        let now = self.now_ms;
+        let Some(c) = self.conns.get_mut(id.index()).and_then(Option::as_mut).filter(|c| c.id == id) else {
             return false;
         };
+        if let Some(peer) = c.stream.datagram_peer() {
+            // UDP: each send is one datagram, sent now (a datagram the socket cannot take is
+            // dropped, as UDP does; nothing is queued).
+            let sent = match (&c.state, &self.udp) {
+                (ConnState::Open | ConnState::Closing, Some(udp)) => udp.send_to(data, peer),
+                _ => return false,
+            };
+            return match sent {
+                Ok(n) => {
+                    c.bytes_out += n as u64;
+                    c.last_active_ms = now;
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(conn = id.0, %peer, "datagram not sent: {e}");
+                    self.stats.send_failures += 1;
+                    self.deferred.push_back((id, Deferred::Error(ConnError::SendFailed)));
+                    false
+                }
+            };
+        }
         if (c.state != ConnState::Open && c.state != ConnState::Closing) || c.connecting_until_ms.is_some() {
             return false;
         }
@@ -672,6 +723,11 @@ impl RawHost for Ctx<'_> {
     fn send_to_worker(&mut self, slot: u32, msg: RSlice<'_, u8>) -> i64 {
         let from = self.core.slot;
         self.core.mailbox.send_to(from, slot, msg.as_slice())
+    }
+
+    fn peer_cred(&self, conn: ConnId) -> ROption<RawPeerCred> {
+        let cred = self.core.get(conn).and_then(|c| c.cred);
+        cred.map(|(pid, uid, gid)| RawPeerCred { pid, uid, gid }).into()
     }
 }
 

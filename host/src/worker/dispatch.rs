@@ -99,6 +99,21 @@ pub fn timer(plugin: &mut RawPluginBox, core: &mut Core, timer: TimerId, data: u
     }
 }
 
+/// One datagram of UDP session `id`: one message, no framing (dropped and counted while the
+/// session is paused or closing).
+pub fn datagram(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, msg: &[u8]) {
+    let now = core.now_ms;
+    let Some(c) = core.get_mut(id) else { return };
+    c.bytes_in += msg.len() as u64;
+    c.last_active_ms = now;
+    if c.receive_paused() {
+        core.stats.datagrams_dropped += 1;
+        return;
+    }
+    core.stats.messages += 1;
+    conn_call!(plugin, core, id, "on_message", on_message, id, RSlice::from_slice(msg));
+}
+
 /// Reads what the socket has and dispatches complete messages. `hup`: the peer closed or the
 /// socket failed, so read until EOF instead of stopping at the first short read.
 pub fn read(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], index: usize, hup: bool) {

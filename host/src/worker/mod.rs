@@ -1,10 +1,13 @@
 //! A worker process: loads its plugin, then runs one mio event loop until the master tells it to
-//! stop (or goes away). Started by the master as `host worker` with the listening socket at fd 3,
+//! stop (or goes away). Started by the master as `host worker` with the listening socket (TCP,
+//! Unix or UDP: `listener.rs`) at fd 3,
 //! its channel to the master at fd 4 (see `ctl`) and the plugin snapshot (a sealed memfd) at fd 5; it
 //! makes all three close-on-exec at once, and closes the snapshot once the plugin is loaded.
 
 mod core;
+mod datagram;
 mod dispatch;
+mod listener;
 mod mailbox;
 mod outbound;
 mod plugin_log;
@@ -20,7 +23,7 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::RString;
 use abi_stable::std_types::{RResult, RStr};
 use anyhow::Context as _;
-use mio::net::{TcpListener, UnixStream};
+use mio::net::UnixStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
@@ -28,6 +31,7 @@ use nix::sys::signalfd::SignalFd;
 use plugin_api::abi::{LogLevel, RawPluginBox, RawWorkerInfo, WorkerEnv, WorkerEnvRef};
 
 use self::core::{Core, CONN_TOKEN_BASE};
+use self::listener::Listener;
 use crate::config::WorkerSpec;
 use crate::ctl::{self, ReportKind, ToMaster, ToWorker, WorkerChannel, PROTOCOL};
 use crate::{plugin, sys};
@@ -65,8 +69,7 @@ enum Exit {
 /// Entry point of `host worker`.
 pub fn run() -> anyhow::Result<()> {
     let [listener, control, snapshot] = sys::take_inherited().context("could not take the inherited descriptors")?;
-    let listener = std::net::TcpListener::from(sys::expect_socket(listener, "the listening socket")?);
-    listener.set_nonblocking(true)?;
+    let listener = sys::expect_socket(listener, "the listening socket")?;
     let control = StdUnixStream::from(sys::expect_socket(control, "the control socket")?);
     control.set_nonblocking(true)?;
     let mut channel = WorkerChannel::new(control.try_clone()?);
@@ -131,7 +134,7 @@ fn tell_master(control: &StdUnixStream, msg: String) {
 
 pub struct Worker {
     poll: Poll,
-    listener: TcpListener,
+    listener: Listener,
     control: WorkerChannel<UnixStream>,
     signals: SignalFd,
     plugin: RawPluginBox,
@@ -155,11 +158,13 @@ pub struct Worker {
     mailbox_pending: bool,
     /// Where a message from another worker is read (the largest one fits).
     mailbox_buf: Vec<u8>,
+    /// The UDP socket may hold more datagrams (a turn stopped at `datagram::BATCH`, or an event).
+    udp_pending: bool,
 }
 
 impl Worker {
     fn start(
-        listener: std::net::TcpListener,
+        listener: OwnedFd,
         control: WorkerChannel<StdUnixStream>,
         snapshot: OwnedFd,
         spec: &WorkerSpec,
@@ -186,8 +191,9 @@ impl Worker {
         };
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
+        let (listener, udp) = Listener::from_fd(listener)?;
         let mut worker = Worker {
-            listener: TcpListener::from_std(listener),
+            listener,
             control: control.map_stream(UnixStream::from_std),
             signals,
             plugin,
@@ -205,9 +211,11 @@ impl Worker {
             exit: None,
             mailbox_pending: false,
             mailbox_buf: vec![0; mailbox::RECV_BUFFER],
+            udp_pending: false,
             poll,
         };
         worker.core.worker_count = spec.worker_count;
+        worker.core.udp = udp;
         if let Some(tls) = &spec.tls {
             worker.core.tls = Some(crate::tls::server_config(tls)?);
         }
@@ -216,6 +224,11 @@ impl Worker {
         }
         let registry = worker.poll.registry();
         registry.register(&mut worker.listener, LISTENER, Interest::READABLE)?;
+        if let Some(udp) = worker.core.udp.as_mut() {
+            registry.register(udp, LISTENER, Interest::READABLE)?;
+            // Datagrams may have queued before this worker watched the socket.
+            worker.udp_pending = true;
+        }
         registry.register(&mut worker.control.stream, CONTROL, Interest::READABLE)?;
         registry.register(&mut SourceFd(&worker.signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         worker.send_control(&ToMaster::Ready);
@@ -243,6 +256,7 @@ impl Worker {
             }
             for event in events.iter() {
                 match event.token() {
+                    LISTENER if self.listener.is_udp() => self.udp_pending = self.accepting,
                     LISTENER => self.accept_all(),
                     CONTROL => {}
                     SIGNALS => self.read_signals(),
@@ -267,6 +281,9 @@ impl Worker {
                 }
             }
             self.read_mailbox();
+            if self.udp_pending {
+                self.udp_pending = datagram::receive(&mut self.plugin, &mut self.core, &mut self.scratch);
+            }
             self.run_timers();
             outbound::expire(&mut self.plugin, &mut self.core);
             self.settle();
@@ -290,7 +307,7 @@ impl Worker {
         if self.core.len() > 0 && self.next_sweep_ms.is_none() {
             self.next_sweep_ms = Some(now + SWEEP_INTERVAL_MS);
         }
-        if !self.core.deferred.is_empty() || !self.core.dirty.is_empty() || self.mailbox_pending {
+        if !self.core.deferred.is_empty() || !self.core.dirty.is_empty() || self.mailbox_pending || self.udp_pending {
             // settle() stopped before it was done: go on at once.
             return Some(Duration::ZERO);
         }
@@ -322,7 +339,7 @@ impl Worker {
                 return;
             }
             match self.listener.accept() {
-                Ok((stream, _)) => match self.core.insert(stream) {
+                Ok(stream) => match self.core.insert(stream) {
                     Ok(id) => {
                         self.core.stats.accepted += 1;
                         // TLS: the plugin hears of it once the handshake is done.
@@ -465,11 +482,17 @@ impl Worker {
         tracing::info!(connections = self.core.open_count(), timeout_ms, "draining");
         self.accepting = false;
         let _ = self.poll.registry().deregister(&mut self.listener);
+        // UDP: the slot's socket is shared with the replacement, which reads it from now on.
+        if let Some(udp) = self.core.udp.as_mut() {
+            let _ = self.poll.registry().deregister(udp);
+        }
+        self.udp_pending = false;
         self.core.draining = true;
         self.drain_deadline_ms = Some(self.core.now_ms + timeout_ms);
         for id in self.core.ids() {
             dispatch::drain(&mut self.plugin, &mut self.core, id);
         }
+        self.core.close_sessions();
     }
 
     fn read_conn(&mut self, index: usize, hup: bool) {

@@ -1,4 +1,5 @@
-//! A connection's socket I/O, below the plugin: plain TCP, or TLS (rustls) over it.
+//! A connection's socket I/O, below the plugin: a TCP or Unix stream, plain or with TLS (rustls)
+//! over it, or a UDP session (no socket of its own: see `worker/datagram.rs`).
 //!
 //! [`Transport`] reads and writes plaintext the way a `TcpStream` reads and writes bytes, so the
 //! event loop treats both alike: `read` decrypts (running the handshake on the way),
@@ -13,24 +14,85 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 
 use mio::event::Source;
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use rustls::{ServerConfig, ServerConnection};
 
+/// The byte stream under a connection.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    /// A UDP session with this peer: datagrams arrive through the worker's UDP socket and leave
+    /// through it (`Core::send`); reading gives nothing, writing is refused, registering is a no-op.
+    Datagram(SocketAddr),
+}
+
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Self {
+        Stream::Tcp(s)
+    }
+}
+
+impl From<UnixStream> for Stream {
+    fn from(s: UnixStream) -> Self {
+        Stream::Unix(s)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+            Stream::Datagram(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(data),
+            Stream::Unix(s) => s.write(data),
+            Stream::Datagram(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct Transport {
-    stream: TcpStream,
+    stream: Stream,
     tls: Option<Box<ServerConnection>>,
 }
 
 impl Transport {
-    pub fn plain(stream: TcpStream) -> Self {
-        Transport { stream, tls: None }
+    pub fn plain(stream: impl Into<Stream>) -> Self {
+        Transport { stream: stream.into(), tls: None }
     }
 
     /// A TLS server connection over `stream`; the handshake runs as the connection is read.
-    pub fn tls(stream: TcpStream, config: &Arc<ServerConfig>) -> io::Result<Self> {
+    pub fn tls(stream: impl Into<Stream>, config: &Arc<ServerConfig>) -> io::Result<Self> {
         let conn = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
-        Ok(Transport { stream, tls: Some(Box::new(conn)) })
+        Ok(Transport { stream: stream.into(), tls: Some(Box::new(conn)) })
+    }
+
+    /// The peer of a UDP session (None for a stream).
+    pub fn datagram_peer(&self) -> Option<SocketAddr> {
+        match self.stream {
+            Stream::Datagram(peer) => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// The credentials of a Unix socket's peer (pid, uid, gid); None for TCP and UDP.
+    pub fn peer_cred(&self) -> Option<(u32, u32, u32)> {
+        match &self.stream {
+            Stream::Unix(s) => crate::sys::peer_cred(std::os::fd::AsFd::as_fd(s)).ok(),
+            _ => None,
+        }
     }
 
     /// True while a TLS handshake is not complete (never for plain TCP).
@@ -75,24 +137,46 @@ impl Transport {
                 let _ = self.flush_pending();
             }
         }
-        self.stream.shutdown(how)
+        match &self.stream {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+            // Nothing to shut down or linger for: the session just ends.
+            Stream::Datagram(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
     }
 
+    /// TCP_NODELAY on a TCP stream (nothing for the others).
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        self.stream.set_nodelay(on)
+        match &self.stream {
+            Stream::Tcp(s) => s.set_nodelay(on),
+            _ => Ok(()),
+        }
     }
 
+    /// The peer's IP address (an error on a Unix socket: it has none).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.peer_addr()
+        match &self.stream {
+            Stream::Tcp(s) => s.peer_addr(),
+            Stream::Unix(_) => Err(io::ErrorKind::Unsupported.into()),
+            Stream::Datagram(peer) => Ok(*peer),
+        }
     }
 
     /// The socket's pending error (an outbound connect's outcome: `SO_ERROR`).
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        self.stream.take_error()
+        match &self.stream {
+            Stream::Tcp(s) => s.take_error(),
+            Stream::Unix(s) => s.take_error(),
+            Stream::Datagram(_) => Ok(None),
+        }
     }
 
+    /// The local IP address (an error on a Unix socket; a UDP session's is set by the core).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.local_addr()
+        match &self.stream {
+            Stream::Tcp(s) => s.local_addr(),
+            _ => Err(io::ErrorKind::Unsupported.into()),
+        }
     }
 }
 
@@ -129,7 +213,7 @@ impl Read for Transport {
 }
 
 /// Writes the records rustls holds until none is left (Ok(true)) or the socket is full (Ok(false)).
-fn write_records(tls: &mut ServerConnection, stream: &mut TcpStream) -> io::Result<bool> {
+fn write_records(tls: &mut ServerConnection, stream: &mut Stream) -> io::Result<bool> {
     while tls.wants_write() {
         match tls.write_tls(stream) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -171,14 +255,26 @@ impl Write for Transport {
 
 impl Source for Transport {
     fn register(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
-        self.stream.register(registry, token, interests)
+        match &mut self.stream {
+            Stream::Tcp(s) => s.register(registry, token, interests),
+            Stream::Unix(s) => s.register(registry, token, interests),
+            Stream::Datagram(_) => Ok(()),
+        }
     }
 
     fn reregister(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
-        self.stream.reregister(registry, token, interests)
+        match &mut self.stream {
+            Stream::Tcp(s) => s.reregister(registry, token, interests),
+            Stream::Unix(s) => s.reregister(registry, token, interests),
+            Stream::Datagram(_) => Ok(()),
+        }
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.stream.deregister(registry)
+        match &mut self.stream {
+            Stream::Tcp(s) => s.deregister(registry),
+            Stream::Unix(s) => s.deregister(registry),
+            Stream::Datagram(_) => Ok(()),
+        }
     }
 }

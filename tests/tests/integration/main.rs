@@ -80,3 +80,6 @@ mod proxy;
 // Messages between workers through the `chat` example: every worker's clients, a reload chain,
 // one slot, a stuck or dead peer.
 mod messages;
+// UDP services (examples/udp_echo), Unix-socket services (curl --unix-socket, peer credentials,
+// stale and live socket files, TLS), IPv6 and dual-stack listening.
+mod transports;
