@@ -144,3 +144,44 @@ fn a_draining_worker_waits_for_a_job_whose_connection_is_gone() {
     host.wait_for_log("task done while draining", WAIT).unwrap_or_else(|e| panic!("{e}"));
     poll_until(WAIT, || (!is_alive(pid)).then_some(())).expect("then the worker exits");
 }
+
+/// Writes `content` to `rel` under `dir` and drops its pages from the page cache (written back
+/// first, then `POSIX_FADV_DONTNEED`): the next read of it must come from the disk. False on a
+/// file system whose pages cannot be dropped (tmpfs: everything is cached, always).
+fn write_cold(dir: &host_tests::TempDir, rel: &str, content: &[u8]) -> bool {
+    use std::os::fd::AsRawFd;
+    let path = dir.write(rel, content);
+    let file = std::fs::File::open(&path).unwrap();
+    file.sync_all().unwrap();
+    let fs = nix::sys::statfs::statfs(&path).unwrap().filesystem_type();
+    if fs == nix::sys::statfs::TMPFS_MAGIC {
+        return false;
+    }
+    nix::fcntl::posix_fadvise(file.as_raw_fd(), 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+    true
+}
+
+// The http plugin never reads a file from the disk inside the loop: a file that is not in the
+// page cache (a small one and a streamed one) is read on the task pool, and arrives whole.
+#[test]
+fn the_http_plugin_reads_cold_files_on_the_task_pool() {
+    let dir = host_tests::TempDir::new();
+    let small: Vec<u8> = (0..100_000).map(|i| (i % 253) as u8).collect();
+    let big: Vec<u8> = (0..(5 << 20)).map(|i| (i % 241) as u8).collect();
+    let cold = write_cold(&dir, "www/small.bin", &small) & write_cold(&dir, "www/big.bin", &big);
+    let config = format!("root = {:?}", dir.join("www").display().to_string());
+    let mut host = Host::start("http", &["--count", "1", "--plugin-config", &config]);
+    let mut c = Client::connect(host.port());
+    for (path, content) in [("/small.bin", &small), ("/big.bin", &big)] {
+        let r = c.request(&host_tests::get(path));
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert!(r.body == *content, "{path} arrived changed ({} bytes)", r.body.len());
+    }
+    assert_eq!(c.request(&host_tests::get("/small.bin")).body, small, "and again, cached now");
+    let out = host.command(["status"], WAIT);
+    if cold {
+        assert!(out.stdout.contains("tasks: submitted"), "cold reads went to the task pool:\n{}", out.stdout);
+    } else {
+        eprintln!("the temp dir is on tmpfs: no cold reads to check");
+    }
+}
