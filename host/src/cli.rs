@@ -217,6 +217,14 @@ pub struct StartArgs {
     /// Seconds one message may take to arrive whole, from its first byte (0: never) [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub message_timeout: Option<u64>,
+    /// Threads of each worker's task pool at most, for plugin work off the event loop; started
+    /// when tasks need them [default: 4].
+    #[arg(long, value_name = "N")]
+    pub task_threads: Option<u64>,
+    /// Jobs waiting for a task thread at most, per worker; past it a plugin's submit is
+    /// refused [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub task_queue: Option<u64>,
     /// Serve over TLS with this PEM certificate (chain) file; needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -253,7 +261,7 @@ impl StartArgs {
     /// Flags that describe a service (they may not be mixed with a config file).
     pub fn service_flags(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
-        let flags: [(&'static str, bool); 13] = [
+        let flags: [(&'static str, bool); 15] = [
             ("--plugin", self.plugin.is_some()),
             ("--count", self.count.is_some()),
             ("--listen", self.listen.is_some()),
@@ -265,6 +273,8 @@ impl StartArgs {
             ("--max-connections", self.max_connections.is_some()),
             ("--idle-timeout", self.idle_timeout.is_some()),
             ("--message-timeout", self.message_timeout.is_some()),
+            ("--task-threads", self.task_threads.is_some()),
+            ("--task-queue", self.task_queue.is_some()),
             ("--tls-cert", self.tls_cert.is_some()),
             ("--tls-key", self.tls_key.is_some()),
         ];
@@ -336,6 +346,8 @@ impl StartArgs {
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout,
             message_timeout: self.message_timeout,
+            task_threads: self.task_threads,
+            task_queue: self.task_queue,
         };
         let (count, limits) = settings.build(Source::Flags)?;
         let tls = match (&self.tls_cert, &self.tls_key) {

@@ -12,6 +12,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_PACKAGE_SIZE: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SEND_BUFFER: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Threads of a worker's task pool at most (started only when tasks need them).
+pub const DEFAULT_TASK_THREADS: usize = 4;
+/// Jobs waiting for a task thread at most, per worker.
+pub const DEFAULT_TASK_QUEUE: usize = 1024;
+/// The most task threads one worker may have.
+pub const MAX_TASK_THREADS: u64 = 1024;
+/// The longest task queue of one worker.
+pub const MAX_TASK_QUEUE: u64 = 1 << 20;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one message may take to arrive whole (slowloris: 1 byte a second keeps a connection
 /// active, but not its message).
@@ -64,6 +72,8 @@ pub enum Setting {
     KillTimeout,
     WorkerTimeout,
     ProbeTimeout,
+    TaskThreads,
+    TaskQueue,
 }
 
 impl Setting {
@@ -80,6 +90,8 @@ impl Setting {
             Setting::KillTimeout => ("--kill-timeout", "kill_timeout"),
             Setting::WorkerTimeout => ("--worker-timeout", "worker_timeout"),
             Setting::ProbeTimeout => ("--probe-timeout", "probe_timeout"),
+            Setting::TaskThreads => ("--task-threads", "task_threads"),
+            Setting::TaskQueue => ("--task-queue", "task_queue"),
         };
         match source {
             Source::Flags => flag,
@@ -93,6 +105,8 @@ impl Setting {
             Setting::Count => (1, MAX_COUNT as u64, " workers"),
             Setting::MaxPackageSize | Setting::MaxSendBuffer => (1, MAX_BYTES, " bytes"),
             Setting::MaxConnections => (1, MAX_CONNECTIONS, " connections"),
+            Setting::TaskThreads => (1, MAX_TASK_THREADS, " threads"),
+            Setting::TaskQueue => (1, MAX_TASK_QUEUE, " jobs"),
             Setting::IdleTimeout | Setting::MessageTimeout => (0, MAX_TIMEOUT_SECS, " seconds"),
             Setting::DrainTimeout | Setting::KillTimeout | Setting::WorkerTimeout | Setting::ProbeTimeout => {
                 (0, MAX_STOP_SECS as u64, " seconds")
@@ -122,6 +136,8 @@ pub struct Settings {
     pub idle_timeout: Option<u64>,
     /// Seconds; 0: never.
     pub message_timeout: Option<u64>,
+    pub task_threads: Option<u64>,
+    pub task_queue: Option<u64>,
 }
 
 impl Settings {
@@ -141,6 +157,8 @@ impl Settings {
             max_connections: bytes(Setting::MaxConnections, self.max_connections, d.max_connections)?,
             idle_timeout_ms: millis(Setting::IdleTimeout, self.idle_timeout, d.idle_timeout_ms)?,
             message_timeout_ms: millis(Setting::MessageTimeout, self.message_timeout, d.message_timeout_ms)?,
+            task_threads: bytes(Setting::TaskThreads, self.task_threads, d.task_threads)?,
+            task_queue: bytes(Setting::TaskQueue, self.task_queue, d.task_queue)?,
         };
         Ok((count, limits))
     }
@@ -197,6 +215,10 @@ pub struct Limits {
     /// A message not complete this long after its first byte closes the connection (0: never).
     #[serde(default = "default_message_timeout_ms")]
     pub message_timeout_ms: u64,
+    /// Threads of the worker's task pool at most (started when tasks need them).
+    pub task_threads: usize,
+    /// Jobs waiting for a task thread at most; past it a submit is refused.
+    pub task_queue: usize,
 }
 
 fn default_message_timeout_ms() -> u64 {
@@ -211,6 +233,8 @@ impl Default for Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
             message_timeout_ms: default_message_timeout_ms(),
+            task_threads: DEFAULT_TASK_THREADS,
+            task_queue: DEFAULT_TASK_QUEUE,
         }
     }
 }

@@ -154,6 +154,8 @@ struct RawService {
     idle_timeout: Option<Spanned<u64>>,
     /// Seconds; 0: never.
     message_timeout: Option<Spanned<u64>>,
+    task_threads: Option<Spanned<u64>>,
+    task_queue: Option<Spanned<u64>>,
     /// PEM certificate (chain) and key files: the service is served over TLS.
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<Spanned<PathBuf>>,
@@ -293,6 +295,8 @@ impl RawService {
             (Setting::MaxConnections, &self.max_connections),
             (Setting::IdleTimeout, &self.idle_timeout),
             (Setting::MessageTimeout, &self.message_timeout),
+            (Setting::TaskThreads, &self.task_threads),
+            (Setting::TaskQueue, &self.task_queue),
         ];
         let value =
             |setting: Setting| spanned.iter().find(|s| s.0 == setting).and_then(|s| s.1.as_ref()).map(|v| *v.get_ref());
@@ -303,6 +307,8 @@ impl RawService {
             max_connections: value(Setting::MaxConnections),
             idle_timeout: value(Setting::IdleTimeout),
             message_timeout: value(Setting::MessageTimeout),
+            task_threads: value(Setting::TaskThreads),
+            task_queue: value(Setting::TaskQueue),
         };
         let (count, limits) = settings.build(Source::File).map_err(|e| {
             let span = match &e {
@@ -419,6 +425,7 @@ count = 4
 reloadable = false
 user = "www-data"
 group = "www-data"
+task_threads = 2
 max_package_size = 2048
 max_send_buffer = 4096
 max_connections = 100
@@ -445,6 +452,8 @@ root = "/srv/www"
                     max_connections: 100,
                     idle_timeout_ms: 30_000,
                     message_timeout_ms: Limits::default().message_timeout_ms,
+                    task_threads: 2,
+                    task_queue: Limits::default().task_queue,
                 },
                 tls: Some(TlsFiles {
                     cert: "/etc/host/certs/web.pem".into(),

@@ -40,6 +40,18 @@ pub struct WorkerReport {
     /// session).
     #[serde(default)]
     pub datagrams_dropped: u64,
+    /// The task pool (`Host::spawn_task`): jobs submitted, failed (panicked), refused (queue
+    /// full), and notifications dropped (queue full); in flight now is a gauge.
+    #[serde(default)]
+    pub tasks_submitted: u64,
+    #[serde(default)]
+    pub tasks_failed: u64,
+    #[serde(default)]
+    pub tasks_refused: u64,
+    #[serde(default)]
+    pub tasks_in_flight: u64,
+    #[serde(default)]
+    pub notify_dropped: u64,
 }
 
 /// A counter a plugin registered: `host_plugin_NAME_total{service, slot, LABELS}`.
@@ -92,6 +104,10 @@ impl WorkerReport {
         self.worker_msgs_received += other.worker_msgs_received;
         self.worker_msgs_dropped += other.worker_msgs_dropped;
         self.datagrams_dropped += other.datagrams_dropped;
+        self.tasks_submitted += other.tasks_submitted;
+        self.tasks_failed += other.tasks_failed;
+        self.tasks_refused += other.tasks_refused;
+        self.notify_dropped += other.notify_dropped;
     }
 }
 
@@ -417,6 +433,14 @@ pub fn render_status(s: &Status) -> String {
             out,
             "\ndatagrams dropped: {} (oversized, over the session limit, or paused)",
             total.datagrams_dropped
+        );
+    }
+    if total.tasks_submitted + total.tasks_refused + total.notify_dropped > 0 {
+        // The task pool: one line (most plugins never use it).
+        let _ = writeln!(
+            out,
+            "\ntasks: submitted {}, failed {}, refused {}; notifications dropped {}",
+            total.tasks_submitted, total.tasks_failed, total.tasks_refused, total.notify_dropped
         );
     }
     out

@@ -53,7 +53,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, ROption, RResult, RSlice, RStr, RString},
+    std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
 };
 
@@ -373,6 +373,23 @@ pub trait RawHost {
         let _ = conn;
         ROption::RNone
     }
+
+    // Work off the loop (tasks and notifiers): one block.
+
+    /// Runs `job` on the worker's task pool (threads of its own, started at the first task), off
+    /// the event loop; its result comes back on the loop as `on_task_done` with the id returned
+    /// here (> 0). A negative [`TaskStatus`] when it was not taken: [`TaskStatus::UNSUPPORTED`]
+    /// from an older host, [`TaskStatus::QUEUE_FULL`] when the pool's queue is full.
+    fn submit_task(&mut self, job: RawJobBox) -> i64 {
+        drop(job);
+        TaskStatus::UNSUPPORTED.0 as i64
+    }
+
+    /// A handle the plugin's own threads use to wake the loop with data (`on_notify`); none
+    /// from an older host. Every call answers a handle to the same queue.
+    fn notifier(&mut self) -> ROption<RawNotifierBox> {
+        ROption::RNone
+    }
 }
 
 /// The process at the other end of a Unix socket, as the kernel saw it when it connected
@@ -406,6 +423,68 @@ impl WorkerMsgStatus {
 
 /// What [`RawHost::counter`] answers when it registers nothing.
 pub const NO_COUNTER: u32 = u32::MAX;
+
+/// Why a task was not taken: the negative answers of [`RawHost::submit_task`]. Growable: a
+/// receiver must expect values it does not know.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskStatus(pub i8);
+
+impl TaskStatus {
+    /// The host has no task pool (it is older than plugin-api 0.1.2).
+    pub const UNSUPPORTED: Self = TaskStatus(-1);
+    /// The pool's queue is full (`task_queue` jobs wait already): try later, or do less.
+    pub const QUEUE_FULL: Self = TaskStatus(-2);
+}
+
+/// What [`RawNotifier::notify`] answers: 0 when queued, or one of these (negative). Growable.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NotifyStatus(pub i8);
+
+impl NotifyStatus {
+    /// Queued: the plugin hears it as `on_notify` on the loop.
+    pub const QUEUED: Self = NotifyStatus(0);
+    /// The queue is full ([`MAX_NOTIFY_QUEUE`] messages wait): dropped, and counted.
+    pub const FULL: Self = NotifyStatus(-1);
+    /// Over [`MAX_NOTIFY_MESSAGE`] bytes: refused.
+    pub const TOO_LARGE: Self = NotifyStatus(-2);
+    /// The worker is gone (it exited): nobody will hear it.
+    pub const GONE: Self = NotifyStatus(-3);
+}
+
+/// The largest message one `notify` takes.
+pub const MAX_NOTIFY_MESSAGE: usize = 64 * 1024;
+/// Messages waiting for the loop at most; past it `notify` answers [`NotifyStatus::FULL`].
+pub const MAX_NOTIFY_QUEUE: usize = 4096;
+
+/// A job for the worker's task pool ([`RawHost::submit_task`]), built by the plugin (the SDK's
+/// `Host::spawn_task` wraps a closure), run once on a pool thread. A prefix type: methods may be
+/// added after `run`, with defaults.
+#[sabi_trait]
+pub trait RawJob: Send {
+    /// Runs the job: its result, or the message of the panic the plugin's glue caught. It must
+    /// not unwind (the SDK catches panics): an unwinding job takes the worker down.
+    #[sabi(last_prefix_field)]
+    fn run(&mut self) -> RResult<RVec<u8>, RString>;
+}
+
+/// An owned job.
+pub type RawJobBox = RawJob_TO<'static, RBox<()>>;
+
+/// What a plugin's own threads use to wake the worker's loop with data ([`RawHost::notifier`]).
+/// Built by the host; `Send + Sync + Clone`, usable from any thread, for as long as the plugin
+/// likes (after the worker exits it answers [`NotifyStatus::GONE`]). It only queues bytes: it
+/// never touches the loop's state.
+#[sabi_trait]
+pub trait RawNotifier: Send + Sync + Clone {
+    /// Queues `data` for `on_notify` and wakes the loop: a [`NotifyStatus`] (0: queued).
+    #[sabi(last_prefix_field)]
+    fn notify(&self, data: RSlice<'_, u8>) -> i8;
+}
+
+/// A shared notifier handle.
+pub type RawNotifierBox = RawNotifier_TO<'static, RArc<()>>;
 
 /// The host handle passed to every callback, borrowed for that call only.
 pub type RawHostRef<'a> = RawHost_TO<'a, abi_stable::sabi_types::RMut<'a, ()>>;
@@ -459,6 +538,22 @@ pub trait RawPlugin {
 
     // --- Added in plugin-api 0.1.2 (0.1.1 is frozen in `abi_v2`). Same rule: a default body
     // --- that is a no-op or falls back to an older event.
+
+    // Work off the loop (tasks and notifiers): one block.
+
+    /// A task submitted with `submit_task` ended: its bytes, or why it failed (it panicked: the
+    /// panic's message). Delivered on the loop thread, also while the worker drains. Older
+    /// plugins submit no tasks.
+    fn on_task_done(&mut self, host: RawHostRef<'_>, task: u64, result: RResult<RVec<u8>, RString>) -> CallStatus {
+        let _ = (host, task, result);
+        CallStatus::Ok
+    }
+    /// Bytes a plugin thread passed to a notifier (`RawHost::notifier`), on the loop thread, in
+    /// the order they were queued.
+    fn on_notify(&mut self, host: RawHostRef<'_>, data: RSlice<'_, u8>) -> CallStatus {
+        let _ = (host, data);
+        CallStatus::Ok
+    }
 }
 
 /// An owned plugin instance.

@@ -8,12 +8,12 @@ use abi_stable::{
     library::{CheckTypeLayout, LibHeader, RootModuleResult},
     prefix_type::PrefixTypeTrait,
     sabi_trait::TD_Opaque,
-    std_types::{RBox, RErr, ROk, RResult, RSlice, RStr, RString},
+    std_types::{RBox, RErr, ROk, RResult, RSlice, RStr, RString, RVec},
 };
 
 use crate::abi::{
-    self, CallStatus, ConnErrorCode, ConnId, LogFn, LogLevel, PluginMod, PluginModRef, RawFrame, RawHostRef, RawPlugin,
-    RawPluginBox, RawPlugin_TO, RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
+    self, CallStatus, ConnErrorCode, ConnId, LogFn, LogLevel, PluginMod, PluginModRef, RawFrame, RawHostRef, RawJob,
+    RawJobBox, RawJob_TO, RawPlugin, RawPluginBox, RawPlugin_TO, RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
 };
 use crate::log;
 use crate::sdk::{ConnError, Host, Protocol, WorkerInfo};
@@ -206,6 +206,49 @@ impl<P: Protocol> RawPlugin for Glue<P> {
         let mut host = Host::from_raw(host);
         guard(|| self.0.on_worker_message(&mut host, from_slot, msg.as_slice()))
     }
+
+    fn on_task_done(&mut self, host: RawHostRef<'_>, task: u64, result: RResult<RVec<u8>, RString>) -> CallStatus {
+        let mut host = Host::from_raw(host);
+        let result = result.into_result().map(RVec::into_vec).map_err(RString::into_string);
+        guard(|| self.0.on_task_done(&mut host, crate::TaskId(task), result))
+    }
+
+    fn on_notify(&mut self, host: RawHostRef<'_>, data: RSlice<'_, u8>) -> CallStatus {
+        let mut host = Host::from_raw(host);
+        guard(|| self.0.on_notify(&mut host, data.as_slice()))
+    }
+}
+
+/// Wraps a closure as a [`RawJob`] ([`Host::spawn_task`]): it runs once; a panic is caught here,
+/// in the plugin's code, and returned as `Err` with its message (it never unwinds into the host).
+pub fn job<F>(f: F) -> RawJobBox
+where
+    F: FnOnce() -> Vec<u8> + Send + 'static,
+{
+    RawJob_TO::from_value(Job(Some(f)), TD_Opaque)
+}
+
+struct Job<F>(Option<F>);
+
+impl<F: FnOnce() -> Vec<u8> + Send + 'static> RawJob for Job<F> {
+    fn run(&mut self) -> RResult<RVec<u8>, RString> {
+        let Some(f) = self.0.take() else {
+            return RErr(RString::from("the job ran already"));
+        };
+        match panic::catch_unwind(AssertUnwindSafe(f)) {
+            Ok(bytes) => ROk(RVec::from(bytes)),
+            Err(payload) => RErr(RString::from(panic_message(payload.as_ref()))),
+        }
+    }
+}
+
+/// The message of a caught panic (`panic!("...")` payloads are a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".into())
 }
 
 /// Wraps a [`Protocol`] as an owned raw plugin without a `.so`, for tests that drive a plugin
@@ -432,6 +475,27 @@ mod tests {
         let addr: std::net::SocketAddr = "[::1]:80".parse().unwrap();
         assert_eq!(host.connect(addr), Err(crate::ConnectError::Unsupported));
         assert!(!host.is_outbound(ConnId::new(0, 1)));
+    }
+
+    #[test]
+    fn a_job_returns_its_bytes_and_a_panicking_job_its_message() {
+        let mut ok = job(|| b"done".to_vec());
+        assert_eq!(ok.run().into_result().map(RVec::into_vec), Ok(b"done".to_vec()));
+        assert!(ok.run().is_err(), "a job runs once");
+        let mut bad = job(|| panic!("job exploded"));
+        assert_eq!(bad.run().into_result().map_err(RString::into_string), Err("job exploded".to_string()));
+        let n = 7;
+        let mut formatted = job(move || panic!("{n} bad"));
+        assert_eq!(formatted.run().into_result().map_err(RString::into_string), Err("7 bad".to_string()));
+    }
+
+    // A plugin on an older host (whose vtable lacks the task calls) hears "unsupported".
+    #[test]
+    fn tasks_on_a_host_without_them_are_unsupported() {
+        let mut old = OldHost;
+        let mut host = Host::from_raw(RawHost_TO::from_ptr(&mut old, TD_Opaque));
+        assert_eq!(host.spawn_task(Vec::new).unwrap_err(), crate::TaskError::Unsupported);
+        assert!(host.notifier().is_none());
     }
 
     #[test]

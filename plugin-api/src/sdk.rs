@@ -367,6 +367,107 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
+impl Host<'_> {
+    /// Runs `job` on the worker's task pool, off the event loop: for what blocks (reading files,
+    /// a blocking library) or computes for long. The pool has the service's `task_threads`
+    /// threads (started at the first task) and a bounded queue. The result comes back on the
+    /// loop as [`Protocol::on_task_done`] with the id returned here; a job that panics comes back
+    /// as `Err` with the panic's message (the worker lives on). The job must not touch the
+    /// plugin's loop state: it owns what it needs (clone an `Arc`, a file handle) and returns
+    /// bytes. Tasks of a connection that closed meanwhile still end with `on_task_done`.
+    pub fn spawn_task<F>(&mut self, job: F) -> Result<TaskId, TaskError>
+    where
+        F: FnOnce() -> Vec<u8> + Send + 'static,
+    {
+        match self.raw.submit_task(crate::glue::job(job)) {
+            id if id > 0 => Ok(TaskId(id as u64)),
+            code if code == abi::TaskStatus::QUEUE_FULL.0 as i64 => Err(TaskError::QueueFull),
+            _ => Err(TaskError::Unsupported),
+        }
+    }
+
+    /// A handle for the plugin's own threads to wake the loop with data: each
+    /// [`Notifier::notify`] is heard as [`Protocol::on_notify`] on the loop thread. `None` from
+    /// a host too old to offer it. Cheap to clone; keep one.
+    pub fn notifier(&mut self) -> Option<Notifier> {
+        self.raw.notifier().into_option().map(Notifier)
+    }
+}
+
+/// The id of a task ([`Host::spawn_task`]), given back with its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub u64);
+
+/// Why [`Host::spawn_task`] did not take a job. More reasons may come: match with `_ =>`.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskError {
+    /// The host has no task pool (older than plugin-api 0.1.2).
+    Unsupported,
+    /// The pool's queue is full (the service's `task_queue`): try later, or do less.
+    QueueFull,
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskError::Unsupported => "the host has no task pool",
+            TaskError::QueueFull => "the task queue is full",
+        })
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+/// Wakes the worker's loop with data from any thread ([`Host::notifier`]). `Send + Sync +
+/// Clone`; it only queues bytes, never touches the loop's state.
+#[derive(Clone)]
+pub struct Notifier(abi::RawNotifierBox);
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notifier")
+    }
+}
+
+impl Notifier {
+    /// Queues `data` for [`Protocol::on_notify`] and wakes the loop. The queue is bounded
+    /// ([`crate::abi::MAX_NOTIFY_QUEUE`] messages of at most
+    /// [`crate::abi::MAX_NOTIFY_MESSAGE`] bytes): past it the message is dropped (and counted).
+    pub fn notify(&self, data: &[u8]) -> Result<(), NotifyError> {
+        match abi::NotifyStatus(self.0.notify(RSlice::from_slice(data))) {
+            abi::NotifyStatus::QUEUED => Ok(()),
+            abi::NotifyStatus::FULL => Err(NotifyError::Full),
+            abi::NotifyStatus::TOO_LARGE => Err(NotifyError::TooLarge),
+            _ => Err(NotifyError::Gone),
+        }
+    }
+}
+
+/// Why [`Notifier::notify`] did not queue a message. More reasons may come: match with `_ =>`.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyError {
+    /// The queue is full: the loop does not keep up. The message is dropped.
+    Full,
+    /// Over [`crate::abi::MAX_NOTIFY_MESSAGE`] bytes.
+    TooLarge,
+    /// The worker exited.
+    Gone,
+}
+
+impl std::fmt::Display for NotifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotifyError::Full => "the notify queue is full",
+            NotifyError::TooLarge => "the message is over the notify limit",
+            NotifyError::Gone => "the worker is gone",
+        })
+    }
+}
+
+impl std::error::Error for NotifyError {}
+
 /// Why a message between workers was not sent ([`Host::broadcast`], [`Host::send_to_worker`]).
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -479,6 +580,11 @@ pub trait Protocol: Sized + 'static {
     /// A message from another worker of the service ([`Host::broadcast`] or
     /// [`Host::send_to_worker`]), sent by the worker of `from_slot`.
     fn on_worker_message(&mut self, _host: &mut Host<'_>, _from_slot: u32, _msg: &[u8]) {}
+    /// A task of [`Host::spawn_task`] ended: its bytes, or `Err` with the message of its panic.
+    /// On the loop thread, also while the worker drains.
+    fn on_task_done(&mut self, _host: &mut Host<'_>, _task: TaskId, _result: Result<Vec<u8>, String>) {}
+    /// Bytes a thread of the plugin queued with [`Notifier::notify`], in order, on the loop thread.
+    fn on_notify(&mut self, _host: &mut Host<'_>, _data: &[u8]) {}
 }
 
 /// Per-connection state of a plugin, indexed by [`ConnId`] in O(1). Entries of a closed

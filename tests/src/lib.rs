@@ -38,8 +38,10 @@ pub fn signal_pid(pid: i32, sig: Signal) {
         .unwrap_or_else(|e| panic!("could not send {sig} to {pid}: {e}"));
 }
 
-/// How long a host may take to report ready (a debug build, tests running in parallel).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a host may take to report ready: a debug build, tests running in parallel, a plugin
+/// probe (a child process) per service, on a machine that may be busy. A bound, not a measure:
+/// a healthy start is well under a second.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client waits for bytes the server should send.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 

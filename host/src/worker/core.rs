@@ -12,12 +12,15 @@ use std::sync::Arc;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use plugin_api::abi::{ConnError, ConnectErrorCode, RawHost, RawPeerCred, RawSockAddr};
+use plugin_api::abi::{
+    ConnError, ConnectErrorCode, RawHost, RawJobBox, RawNotifierBox, RawPeerCred, RawSockAddr, TaskStatus,
+};
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
 use rustls::ServerConfig;
 
 use super::mailbox::Mailbox;
 use super::outbound::{self, Pending, PendingState, Resolver, Target};
+use super::tasks::Tasks;
 use super::timers::Timers;
 use super::transport::{Stream, Transport};
 use crate::config::Limits;
@@ -239,6 +242,8 @@ pub struct Core {
     pub udp: Option<mio::net::UdpSocket>,
     /// UDP sessions by peer.
     pub sessions: HashMap<SocketAddr, ConnId>,
+    /// The task pool and notifiers, made at the first task or notifier.
+    pub tasks: Option<Tasks>,
     registry: Registry,
 }
 
@@ -269,6 +274,7 @@ impl Core {
             mailbox: Mailbox::default(),
             udp: None,
             sessions: HashMap::new(),
+            tasks: None,
             registry,
         }
     }
@@ -436,6 +442,22 @@ impl Core {
         Ok(())
     }
 
+    /// The task pool, made now if it was not (None: the waker could not be made).
+    fn tasks(&mut self) -> Option<&mut Tasks> {
+        if self.tasks.is_none() {
+            match Tasks::new(&self.registry, self.limits.task_threads, self.limits.task_queue) {
+                Ok(tasks) => self.tasks = Some(tasks),
+                Err(e) => tracing::warn!("could not make the task pool: {e}"),
+            }
+        }
+        self.tasks.as_mut()
+    }
+
+    /// Jobs whose result the plugin has not heard yet.
+    pub fn tasks_in_flight(&self) -> usize {
+        self.tasks.as_ref().map_or(0, Tasks::in_flight)
+    }
+
     /// True for an outbound connection, established or not.
     pub fn is_outbound(&self, id: ConnId) -> bool {
         self.get(id).is_some_and(|c| c.outbound) || self.pending.iter().any(|p| p.id == id)
@@ -474,6 +496,7 @@ impl Core {
 
     pub fn report(&mut self) -> WorkerReport {
         self.stats.rate.roll(self.now_ms, self.stats.messages);
+        let tasks = self.tasks.as_mut().map(|t| t.refresh_stats()).unwrap_or_default();
         let live = self.conns.iter().flatten();
         WorkerReport {
             messages_per_s: self.stats.rate.per_second(),
@@ -492,6 +515,11 @@ impl Core {
             worker_msgs_received: self.mailbox.received,
             worker_msgs_dropped: self.mailbox.dropped,
             datagrams_dropped: self.stats.datagrams_dropped,
+            tasks_submitted: tasks.submitted,
+            tasks_failed: tasks.failed,
+            tasks_refused: tasks.refused,
+            tasks_in_flight: self.tasks_in_flight() as u64,
+            notify_dropped: tasks.notify_dropped,
         }
     }
 
@@ -728,6 +756,17 @@ impl RawHost for Ctx<'_> {
     fn peer_cred(&self, conn: ConnId) -> ROption<RawPeerCred> {
         let cred = self.core.get(conn).and_then(|c| c.cred);
         cred.map(|(pid, uid, gid)| RawPeerCred { pid, uid, gid }).into()
+    }
+
+    fn submit_task(&mut self, job: RawJobBox) -> i64 {
+        match self.core.tasks() {
+            Some(tasks) => tasks.submit(job),
+            None => TaskStatus::UNSUPPORTED.0 as i64,
+        }
+    }
+
+    fn notifier(&mut self) -> ROption<RawNotifierBox> {
+        self.core.tasks().map(|tasks| tasks.notifier()).into()
     }
 }
 

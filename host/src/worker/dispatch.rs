@@ -8,7 +8,7 @@ use std::io::{self, Read};
 use std::net::Shutdown;
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RSlice, RString};
+use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use plugin_api::abi::{CallStatus, ConnError, ConnErrorCode, RawFrame, RawHost_TO, RawPluginBox};
 use plugin_api::{ConnId, TimerId};
 
@@ -76,6 +76,20 @@ pub fn worker_message(plugin: &mut RawPluginBox, core: &mut Core, from_slot: u32
     if call!(plugin, core, on_worker_message, from_slot, RSlice::from_slice(msg)) == CallStatus::Panicked {
         count_panic(core);
         tracing::error!(from_slot, "plugin panicked in on_worker_message");
+    }
+}
+
+pub fn task_done(plugin: &mut RawPluginBox, core: &mut Core, task: u64, result: Result<RVec<u8>, RString>) {
+    if call!(plugin, core, on_task_done, task, result.into()) == CallStatus::Panicked {
+        count_panic(core);
+        tracing::error!(task, "plugin panicked in on_task_done");
+    }
+}
+
+pub fn notify(plugin: &mut RawPluginBox, core: &mut Core, data: &[u8]) {
+    if call!(plugin, core, on_notify, RSlice::from_slice(data)) == CallStatus::Panicked {
+        count_panic(core);
+        tracing::error!("plugin panicked in on_notify");
     }
 }
 

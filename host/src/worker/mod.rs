@@ -11,6 +11,7 @@ mod listener;
 mod mailbox;
 mod outbound;
 mod plugin_log;
+mod tasks;
 mod timers;
 mod transport;
 
@@ -160,6 +161,8 @@ pub struct Worker {
     mailbox_buf: Vec<u8>,
     /// The UDP socket may hold more datagrams (a turn stopped at `datagram::BATCH`, or an event).
     udp_pending: bool,
+    /// The task pool woke the loop: results or notifications wait.
+    tasks_pending: bool,
 }
 
 impl Worker {
@@ -212,6 +215,7 @@ impl Worker {
             mailbox_pending: false,
             mailbox_buf: vec![0; mailbox::RECV_BUFFER],
             udp_pending: false,
+            tasks_pending: false,
             poll,
         };
         worker.core.worker_count = spec.worker_count;
@@ -261,6 +265,7 @@ impl Worker {
                     CONTROL => {}
                     SIGNALS => self.read_signals(),
                     MAILBOX => self.mailbox_pending = true,
+                    tasks::TASKS => self.tasks_pending = true,
                     outbound::RESOLVER => outbound::resolved(&mut self.core),
                     Token(t) if t < CONN_TOKEN_BASE => {}
                     Token(t) => {
@@ -284,6 +289,7 @@ impl Worker {
             if self.udp_pending {
                 self.udp_pending = datagram::receive(&mut self.plugin, &mut self.core, &mut self.scratch);
             }
+            self.deliver_tasks();
             self.run_timers();
             outbound::expire(&mut self.plugin, &mut self.core);
             self.settle();
@@ -293,7 +299,12 @@ impl Worker {
                 return Ok(exit);
             }
             if let Some(deadline) = self.drain_deadline_ms {
-                if self.core.open_count() == 0 || self.core.now_ms >= deadline {
+                // Running jobs are waited for too: their results may be answers to send.
+                let idle = self.core.open_count() == 0 && self.core.tasks_in_flight() == 0;
+                if idle || self.core.now_ms >= deadline {
+                    if self.core.tasks_in_flight() > 0 {
+                        tracing::warn!(tasks = self.core.tasks_in_flight(), "drain deadline: tasks left unfinished");
+                    }
                     return Ok(Exit::Drained);
                 }
             }
@@ -438,6 +449,24 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// Delivers what the task pool finished and what the plugin's threads notified.
+    fn deliver_tasks(&mut self) {
+        if !std::mem::take(&mut self.tasks_pending) {
+            return;
+        }
+        let Some(tasks) = self.core.tasks.as_mut() else { return };
+        let ready = tasks.take_ready();
+        for (id, result) in ready.finished {
+            if let Err(e) = &result {
+                tracing::warn!(task = id, "task failed: {e}");
+            }
+            dispatch::task_done(&mut self.plugin, &mut self.core, id, result);
+        }
+        for note in ready.notes {
+            dispatch::notify(&mut self.plugin, &mut self.core, &note);
         }
     }
 

@@ -39,20 +39,29 @@
 //! ```
 //! `max_body` bounds the body alone: chunk framing and the head do not count, and a body larger
 //! than the host's max package size (`--max-package-size`, default 1 MiB) is received in pieces
-//! (the package size then bounds the head, see [`http_proto::parse`]). Files are read with
-//! blocking calls in the worker's loop: fine on a local disk. Files over 256 KiB are streamed a
-//! send buffer at a time.
+//! (the package size then bounds the head, see [`http_proto::parse`]).
+//!
+//! File bodies never wait for the disk inside the worker's loop: a read there asks the kernel
+//! for what its page cache holds only (`preadv2` with `RWF_NOWAIT`); what is not cached is read
+//! on the host's task pool (`Host::spawn_task`) while the loop serves everyone else, and sent
+//! when the task is done. Bodies up to 256 KiB that are cached go out in one response; others
+//! are streamed a send buffer at a time (reading the connection is paused meanwhile, so
+//! pipelined requests are answered in order). On a host without a task pool (older than
+//! plugin-api 0.1.2) the reads block, as they did before. On-the-fly gzip (at most 1 MiB) still
+//! reads and compresses in the loop.
 
 pub mod conditional;
 pub mod files;
 pub mod ranges;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use http_proto::response::{self, DateCache};
-use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Counter, Frame, Host, Protocol, WorkerInfo};
+use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Counter, Frame, Host, Protocol, TaskId, WorkerInfo};
 use serde::Deserialize;
 
 pub use http_proto::{chunked, parse, persist, request_path, ConnState, Limits, Method, Persist, Request, Status};
@@ -155,7 +164,12 @@ pub struct Http {
     chunk: Vec<u8>,
     date: DateCache,
     /// The body `respond` left to stream after the head it wrote.
-    stream_next: Option<(File, VecDeque<Part>)>,
+    stream_next: Option<(Arc<File>, VecDeque<Part>)>,
+    /// File reads running on the host's task pool, and the connection each is for.
+    reads: HashMap<TaskId, ConnId>,
+    /// The kernel takes `RWF_NOWAIT` on these files (false once it said it does not: every read
+    /// of an uncached file then goes to the task pool).
+    nowait: bool,
     /// Output queued per connection at most while streaming (the host's send buffer).
     send_window: usize,
     /// `host_plugin_http_responses_total{class="1xx".."5xx"}` (None: a host too old to count).
@@ -174,10 +188,12 @@ struct Conn {
 /// pipelined requests behind it are answered after it, in order).
 #[derive(Debug)]
 struct Stream {
-    file: File,
+    file: Arc<File>,
     parts: VecDeque<Part>,
     /// Close the connection after the last byte.
     close: bool,
+    /// A read of the next part runs on the task pool: the pump waits for it.
+    reading: bool,
 }
 
 /// A piece of a response body: bytes (a multipart head), or a byte range of the file.
@@ -189,8 +205,10 @@ enum Part {
 
 /// Bodies larger than this are streamed instead of read whole into one response.
 const STREAM_AT: u64 = 256 * 1024;
-/// Bytes read from a streamed file at a time.
+/// Bytes read from a streamed file at a time, in the loop (from the page cache).
 const STREAM_CHUNK: usize = 64 * 1024;
+/// Bytes one read on the task pool takes at most (it reads from the disk: fewer, larger reads).
+const TASK_READ_MAX: usize = 1024 * 1024;
 /// Files compressed on the fly at most (read and compressed whole).
 const GZIP_MAX: u64 = 1024 * 1024;
 /// Buffers grown past this by a large response are given back after it.
@@ -211,7 +229,11 @@ impl Protocol for Http {
             chunk: Vec::new(),
             date: Default::default(),
             stream_next: None,
-            send_window: worker.max_send_buffer.max(STREAM_CHUNK),
+            reads: HashMap::new(),
+            nowait: true,
+            // The host takes a send whole while less than its send buffer is pending (issue #15:
+            // a window above it sent into a full buffer, and the refused bytes were lost).
+            send_window: worker.max_send_buffer.max(1),
             responses: [None; 5],
         })
     }
@@ -263,7 +285,7 @@ impl Protocol for Http {
         if let Some((file, parts)) = self.stream_next.take() {
             // The head goes now; the body follows as the connection drains.
             host.send(conn, &self.out);
-            c.stream = Some(Stream { file, parts, close: persist == Persist::Close });
+            c.stream = Some(Stream { file, parts, close: persist == Persist::Close, reading: false });
             host.pause_recv(conn);
             self.pump(host, conn);
         } else if persist == Persist::Close {
@@ -281,6 +303,26 @@ impl Protocol for Http {
 
     fn on_buffer_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
         self.pump(host, conn);
+    }
+
+    fn on_task_done(&mut self, host: &mut Host<'_>, task: TaskId, result: Result<Vec<u8>, String>) {
+        // A read for a connection that closed meanwhile is dropped.
+        let Some(conn) = self.reads.remove(&task) else { return };
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let Some(stream) = c.stream.as_mut() else { return };
+        stream.reading = false;
+        let Some(Part::File { offset, len }) = stream.parts.front_mut() else { return };
+        let bytes = match result {
+            Ok(bytes) if !bytes.is_empty() => bytes,
+            Ok(_) | Err(_) => return end_early(host, conn, c),
+        };
+        let n = bytes.len().min(usize::try_from(*len).unwrap_or(usize::MAX));
+        // Nothing was sent on this connection while the read ran: the host takes it.
+        if host.send(conn, &bytes[..n]) {
+            *offset += n as u64;
+            *len -= n as u64;
+            self.pump(host, conn);
+        }
     }
 
     fn on_error(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
@@ -316,35 +358,53 @@ impl Http {
     }
 
     /// Sends the next part of a streamed body: up to the send buffer (the host then reports the
-    /// connection full, and drained once it is written, which calls this again).
+    /// connection full, and drained once it is written, which calls this again). What the page
+    /// cache holds is read here; a read that would wait for the disk goes to the task pool, and
+    /// its result (`on_task_done`) calls this again.
     fn pump(&mut self, host: &mut Host<'_>, conn: ConnId) {
         let Some(c) = self.conns.get_mut(conn) else { return };
         let Some(stream) = c.stream.as_mut() else { return };
+        if stream.reading {
+            return;
+        }
+        // Below the window the host takes every send whole: nothing sent is ever refused.
         while host.pending_send(conn) < self.send_window {
             match stream.parts.front_mut() {
                 None => break,
                 Some(Part::Bytes(bytes)) => {
-                    host.send(conn, bytes);
+                    if !host.send(conn, bytes) {
+                        return;
+                    }
                     stream.parts.pop_front();
                 }
                 Some(Part::File { len: 0, .. }) => {
                     stream.parts.pop_front();
                 }
                 Some(Part::File { offset, len }) => {
-                    let want = usize::try_from(*len).unwrap_or(usize::MAX).min(STREAM_CHUNK);
-                    self.chunk.resize(want, 0);
-                    match stream.file.read_at(&mut self.chunk, *offset) {
-                        Ok(0) | Err(_) => {
-                            // The file shrank (or broke) under us: the length is promised, so the
-                            // only honest end is a closed connection.
-                            plugin_api::tracing::warn!(remaining = *len, "streamed file ended early; closing");
-                            c.stream = None;
-                            c.state.closing = true;
-                            host.close(conn);
-                            return;
+                    let left = usize::try_from(*len).unwrap_or(usize::MAX);
+                    self.chunk.resize(left.min(STREAM_CHUNK), 0);
+                    let read = match read_cached(&stream.file, &mut self.chunk, *offset, &mut self.nowait) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            let file = Arc::clone(&stream.file);
+                            let (at, want) = (*offset, left.min(self.send_window.clamp(STREAM_CHUNK, TASK_READ_MAX)));
+                            match host.spawn_task(move || read_on_pool(&file, at, want)) {
+                                Ok(task) => {
+                                    stream.reading = true;
+                                    self.reads.insert(task, conn);
+                                    return;
+                                }
+                                // No pool (an older host) or its queue is full: read here.
+                                Err(_) => stream.file.read_at(&mut self.chunk, *offset),
+                            }
                         }
+                        other => other,
+                    };
+                    match read {
+                        Ok(0) | Err(_) => return end_early(host, conn, c),
                         Ok(n) => {
-                            host.send(conn, &self.chunk[..n]);
+                            if !host.send(conn, &self.chunk[..n]) {
+                                return;
+                            }
                             *offset += n as u64;
                             *len -= n as u64;
                         }
@@ -585,22 +645,43 @@ impl Http {
         if head_only {
             return;
         }
-        if total > STREAM_AT {
-            self.stream_next = Some((file, parts));
-            return;
+        if total <= STREAM_AT {
+            match self.body_from_cache(&file, &parts) {
+                Ok(true) => return,
+                // Not all in the page cache: streamed, its reads off the loop.
+                Ok(false) => {}
+                Err(e) => return self.read_failed(&rel, &e, start, persist),
+            }
         }
+        self.stream_next = Some((Arc::new(file), parts));
+    }
+
+    /// Appends a small body to `self.out` when the page cache holds all of it (true); leaves
+    /// `self.out` as it was when some would have to come from the disk (false).
+    fn body_from_cache(&mut self, file: &File, parts: &VecDeque<Part>) -> io::Result<bool> {
+        let body_at = self.out.len();
         for part in parts {
             match part {
-                Part::Bytes(bytes) => self.out.extend_from_slice(&bytes),
-                Part::File { offset, len } => {
+                Part::Bytes(bytes) => self.out.extend_from_slice(bytes),
+                &Part::File { offset, len } => {
                     let at = self.out.len();
                     self.out.resize(at + len as usize, 0);
-                    if let Err(e) = file.read_exact_at(&mut self.out[at..], offset) {
-                        return self.read_failed(&rel, &e, start, persist);
+                    let mut done = 0;
+                    while done < len as usize {
+                        match read_cached(file, &mut self.out[at + done..], offset + done as u64, &mut self.nowait) {
+                            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                            Ok(n) => done += n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                self.out.truncate(body_at);
+                                return Ok(false);
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
             }
         }
+        Ok(true)
     }
 
     fn read_failed(&mut self, rel: &[u8], e: &std::io::Error, start: usize, persist: Persist) {
@@ -629,6 +710,68 @@ impl Http {
 }
 
 const HELLO: &[u8] = b"Hello, World!";
+
+/// The file shrank (or broke) under a streamed body: the length is promised, so the only honest
+/// end is a closed connection.
+fn end_early(host: &mut Host<'_>, conn: ConnId, c: &mut Conn) {
+    let remaining = c.stream.as_ref().map_or(0, |s| s.parts.iter().map(Part::len).sum::<u64>());
+    plugin_api::tracing::warn!(remaining, "streamed file ended early; closing");
+    c.stream = None;
+    c.state.closing = true;
+    host.close(conn);
+}
+
+impl Part {
+    fn len(&self) -> u64 {
+        match self {
+            Part::Bytes(b) => b.len() as u64,
+            Part::File { len, .. } => *len,
+        }
+    }
+}
+
+/// Reads what the page cache holds at `offset` into `buf`, without waiting for the disk
+/// (`preadv2` with `RWF_NOWAIT`): `WouldBlock` when none of it is cached (or the kernel cannot
+/// say: then `nowait` turns false and every later call answers `WouldBlock` at once).
+pub fn read_cached(file: &File, buf: &mut [u8], offset: u64, nowait: &mut bool) -> io::Result<usize> {
+    use rustix::io::{Errno, ReadWriteFlags};
+    if !*nowait {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    loop {
+        match rustix::io::preadv2(file, &mut [io::IoSliceMut::new(buf)], offset, ReadWriteFlags::NOWAIT) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+            // No RWF_NOWAIT here (an old kernel, a file system without it).
+            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+                *nowait = false;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A read on the task pool: up to `want` bytes at `offset` (fewer at the end of the file; none
+/// when it failed, which ends the body early).
+fn read_on_pool(file: &File, offset: u64, want: usize) -> Vec<u8> {
+    let mut buf = vec![0; want];
+    let mut done = 0;
+    while done < want {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                plugin_api::tracing::warn!(error = %e, "could not read file");
+                break;
+            }
+        }
+    }
+    buf.truncate(done);
+    buf
+}
 
 /// The parts of a `multipart/byteranges` body (RFC 9110 §14.6) and its length.
 fn multipart(list: &[std::ops::Range<u64>], boundary: &str, content_type: &str, len: u64) -> (VecDeque<Part>, u64) {

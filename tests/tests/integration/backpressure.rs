@@ -101,3 +101,38 @@ fn human_bytes(text: &str) -> u64 {
     };
     (number.parse::<f64>().unwrap_or_else(|_| panic!("not a size: {text:?}")) * scale) as u64
 }
+
+// Issue #15: with a send buffer smaller than the plugin's read chunk, the http file pump sent
+// into a full buffer and ignored the refusal (a body shorter than its Content-Length). A whole
+// file and a multipart range answer (many small parts: the pump sends several per turn) must
+// arrive byte-identical, then the connection serves on.
+#[test]
+fn a_small_send_buffer_streams_files_whole() {
+    let dir = TempDir::new();
+    let size = 3 << 20;
+    let content: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    dir.write("www/big.bin", &content);
+    let config = format!("root = {:?}", dir.join("www").display().to_string());
+    let host = Host::start("http", &["--plugin-config", &config, "--max-send-buffer", "1000"]);
+    let mut c = Client::connect(host.port());
+
+    let whole = c.request(&get("/big.bin"));
+    assert_eq!(whole.status, 200, "{}", whole.head);
+    assert_eq!(whole.body.len(), size);
+    assert!(whole.body == content, "the file arrived changed");
+
+    let ranges: Vec<(usize, usize)> = (0..40).map(|i| (i * 50_000, i * 50_000 + 9_999)).collect();
+    let spec = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>().join(",");
+    let req = format!("GET /big.bin HTTP/1.1\r\nHost: t\r\nRange: bytes={spec}\r\n\r\n");
+    let parts = c.request(req.as_bytes());
+    assert_eq!(parts.status, 206, "{}", parts.head);
+    let declared: usize = parts.header("content-length").and_then(|v| v.parse().ok()).expect("a length");
+    assert_eq!(parts.body.len(), declared);
+    let mut at = 0;
+    for (a, b) in ranges {
+        let want = &content[a..=b];
+        let found = parts.body[at..].windows(want.len()).position(|w| w == want).expect("each range, in order");
+        at += found + want.len();
+    }
+    assert_eq!(c.request(&get("/")).body_text(), "Hello, World!");
+}

@@ -25,6 +25,8 @@ mod process;
 mod plugins;
 // A plugin that panics: the host closes that connection only and logs the panic.
 mod panic;
+// Work off the event loop: the task pool, notifiers, a panicking job, drain waiting for jobs.
+mod tasks;
 // TLS served by the host under an unchanged plugin: curl, openssl s_client, ALPN, SNI, bad
 // handshakes, a broken key pair, close_notify.
 mod tls;
