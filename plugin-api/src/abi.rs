@@ -366,6 +366,15 @@ pub trait RawHost {
 
     // --- Added in plugin-api 0.1.2 (0.1.1 is frozen in `abi_v2`). Same rule: a default body
     // --- that answers "unsupported".
+
+    /// Appends one access-log line (`line`, its final newline included) to the service's
+    /// access log. The host buffers it and writes whole lines to the file (opened by the master,
+    /// reopened by `host reopen-logs`). False when the service has no access log, or from a host
+    /// too old to keep one: the plugin may then skip formatting lines at all.
+    fn access_log(&mut self, line: RSlice<'_, u8>) -> bool {
+        let _ = line;
+        false
+    }
 }
 
 /// The largest message between workers ([`RawHost::broadcast`], [`RawHost::send_to_worker`]).

@@ -1,4 +1,4 @@
-//! The control socket: `host stop|reload|status|connections` talk to the master here. Mode 0600,
+//! The control socket: `host stop|reload|status|connections|reopen-logs` talk to the master here. Mode 0600,
 //! beside the pid file. Each client sends one request line and gets one JSON answer line, so
 //! concurrent commands never mix their answers.
 
@@ -15,10 +15,16 @@ use crate::status::Answer;
 /// What a client asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
-    Stop { graceful: bool },
-    Reload { graceful: bool },
+    Stop {
+        graceful: bool,
+    },
+    Reload {
+        graceful: bool,
+    },
     Status,
     Connections,
+    /// Reopen the host's log file (daemon) and every access log (logrotate).
+    ReopenLogs,
 }
 
 impl Request {
@@ -30,6 +36,7 @@ impl Request {
             "reload graceful" => Some(Request::Reload { graceful: true }),
             "status" => Some(Request::Status),
             "connections" => Some(Request::Connections),
+            "reopen-logs" => Some(Request::ReopenLogs),
             _ => None,
         }
     }
@@ -42,6 +49,7 @@ impl Request {
             Request::Reload { graceful: true } => "reload graceful\n",
             Request::Status => "status\n",
             Request::Connections => "connections\n",
+            Request::ReopenLogs => "reopen-logs\n",
         }
     }
 }
@@ -181,6 +189,7 @@ mod tests {
             Request::Reload { graceful: true },
             Request::Status,
             Request::Connections,
+            Request::ReopenLogs,
         ] {
             assert_eq!(Request::parse(r.encode()), Some(r));
         }

@@ -16,6 +16,7 @@ use plugin_api::abi::{ConnError, ConnectErrorCode, RawHost, RawSockAddr};
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
 use rustls::ServerConfig;
 
+use super::access_log::AccessLog;
 use super::mailbox::Mailbox;
 use super::outbound::{self, Pending, PendingState, Resolver, Target};
 use super::timers::Timers;
@@ -230,6 +231,8 @@ pub struct Core {
     pub tls: Option<Arc<ServerConfig>>,
     /// Messages to and from the service's other workers.
     pub mailbox: Mailbox,
+    /// The service's access log (`RawHost::access_log`).
+    pub access_log: AccessLog,
     registry: Registry,
 }
 
@@ -257,6 +260,7 @@ impl Core {
             connecting: Vec::new(),
             fallbacks: Vec::new(),
             tls: None,
+            access_log: AccessLog::default(),
             mailbox: Mailbox::default(),
             registry,
         }
@@ -672,6 +676,10 @@ impl RawHost for Ctx<'_> {
     fn send_to_worker(&mut self, slot: u32, msg: RSlice<'_, u8>) -> i64 {
         let from = self.core.slot;
         self.core.mailbox.send_to(from, slot, msg.as_slice())
+    }
+
+    fn access_log(&mut self, line: RSlice<'_, u8>) -> bool {
+        self.core.access_log.append(line.as_slice(), self.core.now_ms)
     }
 }
 
