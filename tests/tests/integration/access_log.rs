@@ -114,7 +114,7 @@ fn reopen_logs_after_a_rename_loses_nothing_and_repeats_nothing() {
     let mut host = Host::start("http", &["--count", "2", "--access-log", &log_arg]);
     let port = host.port();
     let mut c = Client::connect(port);
-    let mut ask = |c: &mut Client, n: usize| assert_eq!(c.request(&get(&format!("/?n={n}"))).status, 200);
+    let ask = |c: &mut Client, n: usize| assert_eq!(c.request(&get(&format!("/?n={n}"))).status, 200);
     for n in 0..5 {
         ask(&mut c, n);
     }
