@@ -1,5 +1,6 @@
 //! The command line, after Workerman: `host start [-d]`, `stop [-g]`, `restart`, `reload [-g]`,
-//! `status [--live]`, `connections`; `host --plugin http --count 4` is `start` in the foreground.
+//! `status [--live]`, `connections`, `reopen-logs`; `host --plugin http --count 4` is `start` in
+//! the foreground.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +59,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Reopen the log file (daemon) and every access log, after logrotate moved them; answers
+    /// once every worker writes to the new files.
+    ReopenLogs,
     /// Print a shell completion script (e.g. `host completions bash > /etc/bash_completion.d/host`).
     Completions {
         #[arg(value_enum)]
@@ -231,6 +235,10 @@ pub struct StartArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Append the service's access log to this file (the plugin formats the lines; `host
+    /// reopen-logs` reopens it after a rotation) [default: off].
+    #[arg(long, value_name = "FILE")]
+    pub access_log: Option<PathBuf>,
     /// Where a daemon's logs go [default: ./host.log].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
@@ -261,7 +269,7 @@ impl StartArgs {
     /// Flags that describe a service (they may not be mixed with a config file).
     pub fn service_flags(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
-        let flags: [(&'static str, bool); 15] = [
+        let flags: [(&'static str, bool); 16] = [
             ("--plugin", self.plugin.is_some()),
             ("--count", self.count.is_some()),
             ("--listen", self.listen.is_some()),
@@ -277,6 +285,7 @@ impl StartArgs {
             ("--task-queue", self.task_queue.is_some()),
             ("--tls-cert", self.tls_cert.is_some()),
             ("--tls-key", self.tls_key.is_some()),
+            ("--access-log", self.access_log.is_some()),
         ];
         for (flag, given) in flags {
             if given {
@@ -367,6 +376,7 @@ impl StartArgs {
             plugin_config: self.plugin_config.clone().unwrap_or_default(),
             limits,
             tls,
+            access_log: self.access_log.as_deref().map(absolute).transpose()?,
         };
         config::validate(&service)?;
         Ok(service)
@@ -403,6 +413,7 @@ mod tests {
         assert_eq!(cli.global.pid_file, Some(PathBuf::from("/tmp/h.pid")));
         assert!(matches!(parse(&["stop", "-g"]).command, Some(Command::Stop { graceful: true })));
         assert!(matches!(parse(&["reload"]).command, Some(Command::Reload { graceful: false })));
+        assert!(matches!(parse(&["reopen-logs"]).command, Some(Command::ReopenLogs)));
         assert!(matches!(parse(&["status", "--live"]).command, Some(Command::Status { live: true, .. })));
         assert!(matches!(parse(&["status", "--json"]).command, Some(Command::Status { json: true, .. })));
         assert!(Cli::try_parse_from(["host", "status", "--json", "--live"]).is_err());

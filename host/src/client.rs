@@ -105,6 +105,18 @@ pub fn upgrade(pid_file: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Reopens the log file and the access logs; prints what the master did.
+pub fn reopen_logs(pid_file: &Path) -> anyhow::Result<()> {
+    match ask(pid_file, ControlRequest::ReopenLogs, ANSWER_WAIT)? {
+        Answer::Ok { message, .. } => {
+            println!("{message}");
+            Ok(())
+        }
+        Answer::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
 /// The running master's status (its services, how it was started…).
 pub fn status_of(pid_file: &Path) -> anyhow::Result<status::Status> {
     match ask(pid_file, ControlRequest::Status, ANSWER_WAIT)? {

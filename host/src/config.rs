@@ -200,6 +200,9 @@ pub struct Service {
     pub limits: Limits,
     /// Serve over TLS with this certificate and key (None: plain TCP).
     pub tls: Option<TlsFiles>,
+    /// The service's access log (absolute; None: no access log). The master opens it, workers
+    /// append the lines their plugin formats.
+    pub access_log: Option<PathBuf>,
 }
 
 /// Per-connection and per-worker limits enforced by the worker's event loop.
@@ -266,6 +269,10 @@ pub struct WorkerSpec {
     /// The service's certificate and key, checked by the master (None: plain TCP).
     #[serde(default)]
     pub tls: Option<TlsSpec>,
+    /// The service has an access log: its descriptor follows the hello (`ToWorker::Logs`), and
+    /// the worker waits for it before it serves.
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 /// The heartbeat interval for a worker timeout (None: off): often enough that two beats fit in
@@ -315,6 +322,7 @@ mod tests {
             plugin_config: "root = \"/srv\"".into(),
             limits: Limits::default(),
             tls: None,
+            access_log: None,
         }
     }
 
@@ -336,6 +344,7 @@ mod tests {
                 key_pem: "k".into(),
                 alpn: vec!["http/1.1".into()],
             }),
+            access_log: true,
         };
         assert_eq!(postcard::from_bytes::<WorkerSpec>(&postcard::to_stdvec(&spec).unwrap()).unwrap(), spec);
     }

@@ -8,6 +8,7 @@
 //! plugin = "http"
 //! listen = "127.0.0.1:8080"
 //! count = 4
+//! access_log = "/var/log/host/web.access.log"   # optional; the plugin formats the lines
 //! [service.config]                 # handed to the plugin as TOML text
 //! root = "/srv/www"
 //! ```
@@ -162,6 +163,8 @@ struct RawService {
     /// ALPN protocols offered (default: `["http/1.1", "http/1.0"]` for the http plugin, none
     /// otherwise).
     tls_alpn: Option<Vec<String>>,
+    /// The service's access log (the plugin formats the lines; `host reopen-logs` reopens it).
+    access_log: Option<Spanned<PathBuf>>,
     config: Option<Spanned<toml::Table>>,
 }
 
@@ -357,7 +360,14 @@ impl RawService {
         if let Listen::Unix { path, mode } = listen {
             listen = Listen::Unix { path: base_dir.join(path), mode };
         }
-        let service = Service { name: name.to_string(), plugin, listen, count, plugin_config, limits, tls };
+        let access_log = match self.access_log {
+            Some(p) if p.get_ref().as_os_str().is_empty() => {
+                return Err(invalid(p.span(), "access_log must not be empty".into()));
+            }
+            Some(p) => Some(base_dir.join(p.into_inner())),
+            None => None,
+        };
+        let service = Service { name: name.to_string(), plugin, listen, count, plugin_config, limits, tls, access_log };
         // What the flags refuse, the file refuses too (a backstop: the checks above name the keys).
         config::validate(&service).map_err(|e| ctx.invalid(None, Some(name), e.to_string()))?;
         Ok(ServiceConfig { service, reloadable: self.reloadable.unwrap_or(true), user, group })
@@ -432,6 +442,7 @@ max_connections = 100
 idle_timeout = 30
 tls_cert = "certs/web.pem"
 tls_key = "/etc/ssl/web.key"
+access_log = "logs/web.access.log"
 [service.config]
 root = "/srv/www"
 "#,
@@ -460,6 +471,7 @@ root = "/srv/www"
                     key: "/etc/ssl/web.key".into(),
                     alpn: vec!["http/1.1".into(), "http/1.0".into()],
                 }),
+                access_log: Some("/etc/host/logs/web.access.log".into()),
             },
             reloadable: false,
             user: Some("www-data".into()),

@@ -124,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             with_logging(global, |g| client::status(&pid_file(g, None)?, live, json))
         }
         Some(Command::Connections { json }) => with_logging(global, |g| client::connections(&pid_file(g, None)?, json)),
+        Some(Command::ReopenLogs) => with_logging(global, |g| client::reopen_logs(&pid_file(g, None)?)),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(
                 shell,
@@ -401,13 +402,18 @@ fn launch(
     std::env::remove_var(TITLED);
 
     let mut ready = None;
-    if cmd.daemon && upgrade.is_none() {
+    let mut daemon_log = None;
+    if cmd.daemon {
         let log_file = args.log_file.clone().or(file_log).unwrap_or_else(|| PathBuf::from("host.log"));
         let log_file = std::path::absolute(&log_file).unwrap_or(log_file);
-        match sys::daemonize(&log_file)? {
-            sys::Daemonized::Parent(pipe) => return wait_for_daemon(pipe, &pid_file, &log_file),
-            sys::Daemonized::Daemon(pipe) => ready = Some(pipe),
+        // After `host upgrade` the process is a daemon already, its output on that file.
+        if upgrade.is_none() {
+            match sys::daemonize(&log_file)? {
+                sys::Daemonized::Parent(pipe) => return wait_for_daemon(pipe, &pid_file, &log_file),
+                sys::Daemonized::Daemon(pipe) => ready = Some(pipe),
+            }
         }
+        daemon_log = Some(log_file);
     }
     init_logging(&args.log);
     let report = ready.as_ref().and_then(|f| f.try_clone().ok());
@@ -431,6 +437,7 @@ fn launch(
         insecure_plugins,
         worker_timeout: (!worker_timeout.is_zero()).then_some(worker_timeout),
         upgrade,
+        log_file: daemon_log,
     };
     let result = master::run(services, options);
     if let (Err(e), Some(mut pipe)) = (&result, report) {

@@ -390,6 +390,15 @@ pub trait RawHost {
     fn notifier(&mut self) -> ROption<RawNotifierBox> {
         ROption::RNone
     }
+
+    /// Appends one access-log line (`line`, its final newline included) to the service's
+    /// access log. The host buffers it and writes whole lines to the file (opened by the master,
+    /// reopened by `host reopen-logs`). False when the service has no access log, or from a host
+    /// too old to keep one: the plugin may then skip formatting lines at all.
+    fn access_log(&mut self, line: RSlice<'_, u8>) -> bool {
+        let _ = line;
+        false
+    }
 }
 
 /// The process at the other end of a Unix socket, as the kernel saw it when it connected

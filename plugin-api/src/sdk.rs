@@ -354,6 +354,15 @@ impl<'a> Host<'a> {
         let raw = self.raw.peer_cred(conn).into_option()?;
         Some(PeerCred { pid: raw.pid, uid: raw.uid, gid: raw.gid })
     }
+
+    /// Appends one line to the service's access log (`--access-log`, `access_log` in a config
+    /// file). `line` should end with `\n`; the host writes whole lines, buffered (a call is a
+    /// copy; the file sees the lines within about a second). False when the service has no access
+    /// log or the host is too old to keep one: check it once (say, with an empty line in
+    /// `on_worker_start`, which writes nothing) to skip formatting lines nobody keeps.
+    pub fn access_log(&mut self, line: impl AsRef<[u8]>) -> bool {
+        self.raw.access_log(RSlice::from_slice(line.as_ref()))
+    }
 }
 
 /// The process at the other end of a Unix socket ([`Host::peer_cred`]).

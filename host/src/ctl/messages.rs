@@ -12,7 +12,7 @@ use crate::config::WorkerSpec;
 /// The version of the master↔worker protocol this binary speaks. A master and a worker of
 /// different versions refuse each other at the hello (the worker after a binary upgrade is exec'd
 /// from the new file while the old master runs).
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;
@@ -55,6 +55,17 @@ pub enum ToWorker {
         replace: bool,
         peers: Vec<Peer>,
     },
+    /// Where the worker's logs go from now on: the frame carries the new access log's
+    /// descriptor when `access_log`, then the host's log file's when `log_file` (made the
+    /// worker's stdout and stderr). The worker writes what it buffered to the old access log
+    /// first. Id 0: the access log a worker starts with (sent right after the hello when its
+    /// spec says so; not answered); any other id is answered with `LogsReopened`
+    /// (`host reopen-logs`).
+    Logs {
+        id: u64,
+        access_log: bool,
+        log_file: bool,
+    },
 }
 
 /// A worker another worker may send messages to.
@@ -82,6 +93,9 @@ pub enum ToMaster {
     Report { id: u64, kind: ReportKind, json: String },
     /// The worker's loop turns (sent at most once a heartbeat): the watchdog's sign of life.
     Alive,
+    /// The worker switched to the descriptors of `Logs { id }`; `error` says what went wrong
+    /// (the old descriptors are kept).
+    LogsReopened { id: u64, error: Option<String> },
 }
 
 /// What a channel needs to know of the messages it receives.

@@ -4,14 +4,15 @@
 //! frames carrying the [`messages`]. The master's first frame is its hello with the worker's
 //! spec, the worker answers with its hello (or an error when their versions differ), then:
 //! master → worker `Drain`, `Stop`, `ReloadHook`, `Report`, `Mailbox` and `Peers` (descriptors
-//! for messages between workers, see `master::mailbox`); worker → master `Ready` once
-//! serving, `Error` before exiting when it cannot start, and `Report` answering a report request.
+//! for messages between workers, see `master::mailbox`), `Logs` (the access log and log file
+//! descriptors, see `master::logs`); worker → master `Ready` once serving, `Error` before exiting
+//! when it cannot start, `Report` answering a report request, `LogsReopened` answering `Logs`.
 //! The master closing its end means it is gone: the worker stops.
 //!
 //! CLI ↔ master, on the control socket beside the pid file: one request line (`stop`,
-//! `stop graceful`, `reload`, `reload graceful`, `status`, `connections`), one JSON answer line
-//! ([`LineConn`]). A client may shut its writing side down after its request: it still gets
-//! its answer.
+//! `stop graceful`, `reload`, `reload graceful`, `status`, `connections`, `reopen-logs`), one
+//! JSON answer line ([`LineConn`]). A client may shut its writing side down after its request:
+//! it still gets its answer.
 
 pub mod channel;
 pub mod messages;

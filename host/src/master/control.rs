@@ -1,4 +1,4 @@
-//! The control socket: `host stop|reload|status|connections` talk to the master here. Mode 0600,
+//! The control socket: `host stop|reload|status|connections|reopen-logs` talk to the master here. Mode 0600,
 //! beside the pid file. Each client sends one request line and gets one JSON answer line, so
 //! concurrent commands never mix their answers.
 
@@ -25,6 +25,8 @@ pub enum Request {
     Connections,
     /// Replace the master's own program with the binary now installed at its path.
     Upgrade,
+    /// Reopen the host's log file (daemon) and every access log (logrotate).
+    ReopenLogs,
 }
 
 impl Request {
@@ -37,6 +39,7 @@ impl Request {
             "status" => Some(Request::Status),
             "connections" => Some(Request::Connections),
             "upgrade" => Some(Request::Upgrade),
+            "reopen-logs" => Some(Request::ReopenLogs),
             _ => None,
         }
     }
@@ -50,6 +53,7 @@ impl Request {
             Request::Status => "status\n",
             Request::Connections => "connections\n",
             Request::Upgrade => "upgrade\n",
+            Request::ReopenLogs => "reopen-logs\n",
         }
     }
 }
@@ -229,6 +233,7 @@ mod tests {
             Request::Status,
             Request::Connections,
             Request::Upgrade,
+            Request::ReopenLogs,
         ] {
             assert_eq!(Request::parse(r.encode()), Some(r));
         }

@@ -12,6 +12,7 @@
 mod admin;
 mod backoff;
 mod control;
+mod logs;
 mod mailbox;
 mod prepare;
 mod process;
@@ -99,6 +100,9 @@ pub struct Options {
     /// What the master's previous image handed over (`host upgrade`): its sockets, workers and
     /// counters are taken over instead of starting anew.
     pub upgrade: Option<upgrade::Inherited>,
+    /// The daemon's log file (its stdout and stderr), reopened by `host reopen-logs`; None in
+    /// the foreground.
+    pub log_file: Option<PathBuf>,
 }
 
 pub struct Master {
@@ -109,6 +113,8 @@ pub struct Master {
     channels: HashMap<WorkerId, MasterChannel<UnixStream>>,
     /// The workers' mailboxes (messages between workers).
     mailboxes: mailbox::Mailboxes,
+    /// The access logs and the log file (`host reopen-logs`).
+    logs: logs::Logs,
     watcher: Option<Watcher>,
     control: Option<ControlServer>,
     admin: Option<admin::AdminServer>,
@@ -203,9 +209,12 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
         systemd::take_activated().context("could not take the sockets the service manager handed over")?;
     let mut states = Vec::new();
     let mut unix_files = Vec::new();
+    let mut access_logs = Vec::new();
     for ServiceConfig { service, reloadable, user, group } in services {
         sys::check_identity(user.as_deref(), group.as_deref())
             .with_context(|| format!("service {} cannot run as the configured user/group", service.name))?;
+        // Opened as the master's user, before any worker switches to the service's.
+        access_logs.push(service.access_log.as_deref().map(|p| logs::AccessLog::open(&service.name, p)).transpose()?);
         let tls = match &service.tls {
             Some(files) => Some(load_tls(&service.name, files)?),
             None => None,
@@ -323,6 +332,8 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     master.unix_files = unix_files;
     master.start_dir = options.start_dir;
     master.start_args = options.start_args;
+    master.logs.access = access_logs;
+    master.logs.log_file = options.log_file;
     if let Some(inherited) = inherited {
         master.adopt(inherited, &snapshots)?;
     } else if let Some(address) = options.admin_listen {
@@ -406,6 +417,7 @@ impl Master {
             sup,
             channels: HashMap::new(),
             mailboxes: mailbox::Mailboxes::default(),
+            logs: logs::Logs::default(),
             watcher,
             control,
             admin: None,
@@ -496,6 +508,8 @@ impl Master {
                         }
                         self.mailboxes.close(id);
                         self.gather_forget(id);
+                        self.logs_forget(id);
+                        self.finish_reopens(false);
                         self.carry_counters(id, key);
                     }
                     Output::Send(id, msg) => self.send(id, &msg),
@@ -529,6 +543,10 @@ impl Master {
         if let Err(e) = self.poll.registry().register(&mut channel.stream, token, Interest::READABLE) {
             tracing::error!(worker = id.0, "could not watch a worker: {e}");
         }
+        self.channels.insert(id, channel);
+        // Its access log first: the worker waits for it right after the hello.
+        self.send_access_log(id);
+        let Some(channel) = self.channels.get_mut(&id) else { return };
         // Its mailbox, right after the hello (messages between workers).
         match self.mailboxes.open(id) {
             Ok(receiver) => {
@@ -538,7 +556,6 @@ impl Master {
             }
             Err(e) => tracing::warn!(worker = id.0, "could not make a mailbox: {e}"),
         }
-        self.channels.insert(id, channel);
         // The hello may not have left whole yet.
         self.watch_channel_output(id);
     }
@@ -603,6 +620,7 @@ impl Master {
             Request::Status => self.start_gather(ReportKind::Status, Requester::Control(client)),
             Request::Connections => self.start_gather(ReportKind::Connections, Requester::Control(client)),
             Request::Upgrade => self.upgrade(Some(client)),
+            Request::ReopenLogs => self.reopen_logs(client),
         }
     }
 
@@ -669,6 +687,7 @@ impl Master {
                 ToMaster::Alive => self.sup.worker_alive(id),
                 ToMaster::Error(e) => self.sup.worker_error(id, e),
                 ToMaster::Report { id: gather, json, .. } => self.gather_reply(id, gather, json),
+                ToMaster::LogsReopened { id: request, error } => self.logs_reopened(id, request, error),
             }
         }
         // A worker of another version, a frame over the limit, a worker that does not read: the
@@ -698,7 +717,8 @@ impl Master {
         let watch = self.watcher.as_ref().and_then(Watcher::next_deadline);
         let gathers = self.gathers.values().map(|g| g.deadline);
         let admin = self.admin.as_ref().and_then(admin::AdminServer::next_deadline);
-        self.sup.next_deadline().into_iter().chain(watch).chain(gathers).chain(admin).min()
+        let reopens = self.logs.next_deadline();
+        self.sup.next_deadline().into_iter().chain(watch).chain(gathers).chain(admin).chain(reopens).min()
     }
 
     fn run_deadlines(&mut self) {
@@ -707,6 +727,7 @@ impl Master {
             a.expire(Instant::now(), self.poll.registry());
         }
         self.finish_gathers(true);
+        self.finish_reopens(true);
         // Taken even when stopping, or its deadline would stay in the past and the poll spin.
         let now = Instant::now();
         let changed = self.watcher.as_mut().map(|w| w.due(now)).unwrap_or_default();

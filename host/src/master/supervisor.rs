@@ -224,6 +224,7 @@ impl<P: Processes> Supervisor<P> {
             worker_count: state.service.count,
             heartbeat_ms: crate::config::heartbeat_ms(self.timeouts.worker),
             tls: state.tls.as_ref().map(|t| t.spec.clone()),
+            access_log: state.service.access_log.is_some(),
         }
     }
 
@@ -517,6 +518,7 @@ mod tests {
                 plugin_config: String::new(),
                 limits: Limits::default(),
                 tls: None,
+                access_log: None,
             },
             source: PathBuf::from(format!("/plugins/lib{name}.so")),
             expected_name: Some(name.into()),

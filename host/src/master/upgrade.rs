@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -35,8 +34,8 @@ use super::snapshot::Snapshot;
 use super::supervisor::{Phase, ReloadRecord};
 use super::{spawn, Master, WORKER_TOKEN_BASE};
 use crate::config_file::ServiceConfig;
-use crate::listen::Listen;
 use crate::ctl::{MasterChannel, PROTOCOL};
+use crate::listen::Listen;
 use crate::status::{Answer, WorkerReport};
 use crate::sys;
 
@@ -592,6 +591,7 @@ mod tests {
                 plugin_config: String::new(),
                 limits: Limits::default(),
                 tls: None,
+                access_log: None,
             },
             reloadable: true,
             user: None,

@@ -49,3 +49,12 @@ pub fn daemonize(log_file: &std::path::Path) -> io::Result<Daemonized> {
     nix::unistd::dup2(log.as_raw_fd(), 2)?;
     Ok(Daemonized::Daemon(std::fs::File::from(write)))
 }
+
+/// Makes `log` this process's stdout and stderr (`host reopen-logs`). `dup2` replaces each
+/// atomically: a line written meanwhile goes whole to the old file or to the new one, never lost.
+/// Children started later inherit the new file.
+pub fn redirect_stdio(log: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    nix::unistd::dup2(log.as_raw_fd(), 1)?;
+    nix::unistd::dup2(log.as_raw_fd(), 2)?;
+    Ok(())
+}

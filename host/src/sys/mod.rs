@@ -7,7 +7,7 @@
 //! - [`signal`]: the signalfd and SIGPIPE;
 //! - [`socket`]: the per-slot SO_REUSEPORT listening sockets (TCP, UDP), the shared Unix one;
 //! - [`scm`]: bytes with descriptors attached (SCM_RIGHTS), for the master↔worker channel;
-//! - [`daemon`]: `start -d`;
+//! - [`daemon`]: `start -d`, and pointing stdout and stderr at a reopened log file;
 //! - [`identity`]: checking and switching user and group.
 //!
 //! Every descriptor is created close-on-exec (SOCK_CLOEXEC, O_CLOEXEC, F_DUPFD_CLOEXEC,
@@ -38,7 +38,7 @@ mod scm;
 mod signal;
 mod socket;
 
-pub use self::daemon::{daemonize, Daemonized};
+pub use self::daemon::{daemonize, redirect_stdio, Daemonized};
 pub use self::fd::{
     clear_cloexec, cloexec_strays, expect_socket, proc_fd_path, set_cloexec, take_inherited, take_inherited_range,
     FIRST_INHERITED_FD,

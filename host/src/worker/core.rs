@@ -18,6 +18,7 @@ use plugin_api::abi::{
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
 use rustls::ServerConfig;
 
+use super::access_log::AccessLog;
 use super::mailbox::Mailbox;
 use super::outbound::{self, Pending, PendingState, Resolver, Target};
 use super::tasks::Tasks;
@@ -244,6 +245,8 @@ pub struct Core {
     pub sessions: HashMap<SocketAddr, ConnId>,
     /// The task pool and notifiers, made at the first task or notifier.
     pub tasks: Option<Tasks>,
+    /// The service's access log (`RawHost::access_log`).
+    pub access_log: AccessLog,
     registry: Registry,
 }
 
@@ -271,6 +274,7 @@ impl Core {
             connecting: Vec::new(),
             fallbacks: Vec::new(),
             tls: None,
+            access_log: AccessLog::default(),
             mailbox: Mailbox::default(),
             udp: None,
             sessions: HashMap::new(),
@@ -767,6 +771,10 @@ impl RawHost for Ctx<'_> {
 
     fn notifier(&mut self) -> ROption<RawNotifierBox> {
         self.core.tasks().map(|tasks| tasks.notifier()).into()
+    }
+
+    fn access_log(&mut self, line: RSlice<'_, u8>) -> bool {
+        self.core.access_log.append(line.as_slice(), self.core.now_ms)
     }
 }
 

@@ -4,6 +4,7 @@
 //! its channel to the master at fd 4 (see `ctl`) and the plugin snapshot (a sealed memfd) at fd 5; it
 //! makes all three close-on-exec at once, and closes the snapshot once the plugin is loaded.
 
+mod access_log;
 mod core;
 mod datagram;
 mod dispatch;
@@ -75,6 +76,11 @@ pub fn run() -> anyhow::Result<()> {
     control.set_nonblocking(true)?;
     let mut channel = WorkerChannel::new(control.try_clone()?);
     let spec = handshake(&mut channel, &control, HELLO_TIMEOUT).map_err(anyhow::Error::msg)?;
+    // Before anything is served: the access log the master sends right after the hello.
+    let access_log = match spec.access_log {
+        true => Some(receive_access_log(&mut channel, HELLO_TIMEOUT).map_err(anyhow::Error::msg)?),
+        false => None,
+    };
 
     let span = tracing::info_span!("worker", service = %spec.service, slot = spec.slot, pid = std::process::id());
     let _entered = span.enter();
@@ -86,7 +92,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     sys::set_thread_name(&format!("host:{}#{}", spec.service, spec.slot));
 
-    match Worker::start(listener, channel, snapshot, &spec) {
+    match Worker::start(listener, channel, snapshot, &spec, access_log) {
         Ok(mut worker) => {
             let exit = worker.run_loop()?;
             worker.shut_down();
@@ -121,6 +127,18 @@ fn handshake(
     };
     tell_master(control, refusal.clone());
     Err(refusal)
+}
+
+/// Waits for the access log descriptor the master sends right after its hello (`Logs` with id 0).
+fn receive_access_log(channel: &mut WorkerChannel<StdUnixStream>, timeout: Duration) -> Result<std::fs::File, String> {
+    match channel.recv_timeout(timeout) {
+        Ok((ToWorker::Logs { id: 0, access_log: true, .. }, fds)) => match fds.into_iter().next() {
+            Some(fd) => Ok(std::fs::File::from(fd)),
+            None => Err("the master sent no access log descriptor".into()),
+        },
+        Ok((other, _)) => Err(format!("the master sent {other:?} instead of the access log")),
+        Err(e) => Err(format!("did not get the access log from the master: {e}")),
+    }
 }
 
 /// Sends the master an error before exiting (best effort: the master may be gone), on a channel
@@ -171,6 +189,7 @@ impl Worker {
         control: WorkerChannel<StdUnixStream>,
         snapshot: OwnedFd,
         spec: &WorkerSpec,
+        access_log: Option<std::fs::File>,
     ) -> anyhow::Result<Self> {
         sys::ignore_sigpipe()?;
         // SIGTERM/SIGQUIT: drain then exit; SIGINT: stop now. The master normally says so over
@@ -220,6 +239,9 @@ impl Worker {
         };
         worker.core.worker_count = spec.worker_count;
         worker.core.udp = udp;
+        if let Some(file) = access_log {
+            worker.core.access_log.switch(file);
+        }
         if let Some(tls) = &spec.tls {
             worker.core.tls = Some(crate::tls::server_config(tls)?);
         }
@@ -293,6 +315,7 @@ impl Worker {
             self.run_timers();
             outbound::expire(&mut self.plugin, &mut self.core);
             self.settle();
+            self.core.access_log.flush_due(self.core.now_ms);
             self.core.stats.rate.roll(self.core.now_ms, self.core.stats.messages);
             self.beat();
             if let Some(exit) = self.exit {
@@ -329,6 +352,7 @@ impl Worker {
             self.accept_retry_ms,
             (self.heartbeat_ms > 0).then_some(self.next_heartbeat_ms),
             outbound::next_deadline(&self.core),
+            self.core.access_log.deadline_ms(),
         ];
         deadlines.into_iter().flatten().min().map(|d| Duration::from_millis(d.saturating_sub(now)))
     }
@@ -392,6 +416,15 @@ impl Worker {
                 ToWorker::Stop => self.exit = Some(Exit::Stopped),
                 ToWorker::Drain { timeout_ms } => self.start_drain(timeout_ms),
                 ToWorker::ReloadHook => dispatch::worker_reload(&mut self.plugin, &mut self.core),
+                ToWorker::Logs { id, access_log, log_file } => {
+                    let error = self.switch_logs(fds, access_log, log_file).err();
+                    if let Some(e) = &error {
+                        tracing::warn!("could not switch to the reopened logs: {e}");
+                    }
+                    if id != 0 {
+                        self.send_control(&ToMaster::LogsReopened { id, error });
+                    }
+                }
                 ToWorker::Report { id, kind } => {
                     let json = match kind {
                         ReportKind::Status => serde_json::to_string(&self.core.report()),
@@ -410,6 +443,21 @@ impl Worker {
             self.exit = Some(Exit::MasterGone);
         }
         self.flush_control();
+    }
+
+    /// Switches to the log descriptors of a `Logs` frame: the access log (what is buffered goes to
+    /// the old one first), then the log file as stdout and stderr.
+    fn switch_logs(&mut self, fds: Vec<OwnedFd>, access_log: bool, log_file: bool) -> Result<(), String> {
+        let mut fds = fds.into_iter();
+        if access_log {
+            let fd = fds.next().ok_or("no access log descriptor came")?;
+            self.core.access_log.switch(std::fs::File::from(fd));
+        }
+        if log_file {
+            let fd = fds.next().ok_or("no log file descriptor came")?;
+            sys::redirect_stdio(fd.as_fd()).map_err(|e| format!("could not switch to the new log file: {e}"))?;
+        }
+        Ok(())
     }
 
     fn take_mailbox(&mut self, fds: Vec<OwnedFd>) {
@@ -518,6 +566,7 @@ impl Worker {
         self.udp_pending = false;
         self.core.draining = true;
         self.drain_deadline_ms = Some(self.core.now_ms + timeout_ms);
+        self.core.access_log.flush();
         for id in self.core.ids() {
             dispatch::drain(&mut self.plugin, &mut self.core, id);
         }
@@ -573,6 +622,8 @@ impl Worker {
         for pending in std::mem::take(&mut self.core.pending) {
             dispatch::pending_closed(&mut self.plugin, &mut self.core, pending.id, None);
         }
+        // After the last plugin call (a connection closed now may log its response).
+        self.core.access_log.flush();
         // The final counters (report id 0): the master adds them to the slot's totals, so a
         // replacement does not reset them. Best effort: a master that is gone does not read it.
         let json = serde_json::to_string(&self.core.report()).expect("reports always serialize");
@@ -591,6 +642,7 @@ fn msg_name(msg: &ToMaster) -> &'static str {
         ToMaster::Ready => "ready",
         ToMaster::Report { .. } => "report",
         ToMaster::Alive => "alive",
+        ToMaster::LogsReopened { .. } => "logs reopened",
     }
 }
 
@@ -703,6 +755,7 @@ mod tests {
             drain_timeout_ms: 100,
             heartbeat_ms: 1000,
             tls: None,
+            access_log: false,
         }
     }
 

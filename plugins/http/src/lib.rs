@@ -36,7 +36,12 @@
 //! max_headers = 100        # header fields (over it: 431)
 //! max_body = 1048576       # request body, bytes, decoded (over it: 413)
 //! max_file = 67108864      # largest file served, bytes (over it: 500; default: no limit)
+//! access_log_format = "combined"   # or "common": the lines of the host's --access-log
 //! ```
+//! With an access log (`host --access-log FILE`, or `access_log` in a config file's service),
+//! each response is logged once complete, as nginx does (see [`http_proto::access_log`]):
+//! errors the parser answers (400, 408, 413, 414, 431…) included, a streamed file with the body
+//! bytes handed to the host (fewer when the client went away).
 //! `max_body` bounds the body alone: chunk framing and the head do not count, and a body larger
 //! than the host's max package size (`--max-package-size`, default 1 MiB) is received in pieces
 //! (the package size then bounds the head, see [`http_proto::parse`]).
@@ -60,6 +65,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use http_proto::access_log::{self, Entry, LogFormat, LogTime};
 use http_proto::response::{self, DateCache};
 use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Counter, Frame, Host, Protocol, TaskId, WorkerInfo};
 use serde::Deserialize;
@@ -89,6 +95,18 @@ pub struct Config {
     pub max_headers: usize,
     pub max_body: u64,
     pub max_file: u64,
+    pub access_log_format: AccessLogFormat,
+}
+
+/// The fields of an access-log line (`access_log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// Common Log Format plus referer and user agent (nginx's `combined`).
+    #[default]
+    Combined,
+    /// Common Log Format.
+    Common,
 }
 
 impl Default for Config {
@@ -110,6 +128,7 @@ impl Default for Config {
             max_headers: limits.max_headers,
             max_body: limits.max_body,
             max_file: u64::MAX,
+            access_log_format: AccessLogFormat::Combined,
         }
     }
 }
@@ -174,6 +193,26 @@ pub struct Http {
     send_window: usize,
     /// `host_plugin_http_responses_total{class="1xx".."5xx"}` (None: a host too old to count).
     responses: [Option<Counter>; 5],
+    /// The service has an access log (else no line is formatted).
+    access_log: bool,
+    log_format: LogFormat,
+    log_time: LogTime,
+    /// The access-log line being written (reused).
+    log_line: Vec<u8>,
+    /// The access-log line of the response `stream_next` holds the body of.
+    pending_log: Option<Box<PendingLog>>,
+}
+
+/// The access-log line of a streamed response, written once its body is sent.
+#[derive(Debug)]
+struct PendingLog {
+    remote: Option<std::net::IpAddr>,
+    request_line: Vec<u8>,
+    referer: Option<Vec<u8>>,
+    user_agent: Option<Vec<u8>>,
+    status: u16,
+    /// The body's length: what is sent once the stream ends.
+    body: u64,
 }
 
 /// Per-connection state.
@@ -182,6 +221,8 @@ struct Conn {
     state: ConnState,
     /// A file body being sent a send buffer at a time.
     stream: Option<Stream>,
+    /// Its access-log line, written when the stream ends or the connection closes.
+    log: Option<Box<PendingLog>>,
 }
 
 /// A large body, sent as the connection drains (reading the connection is paused meanwhile, so
@@ -203,6 +244,16 @@ enum Part {
     File { offset: u64, len: u64 },
 }
 
+impl Part {
+    /// Bytes of the body it still holds.
+    fn len(&self) -> u64 {
+        match self {
+            Part::Bytes(bytes) => bytes.len() as u64,
+            Part::File { len, .. } => *len,
+        }
+    }
+}
+
 /// Bodies larger than this are streamed instead of read whole into one response.
 const STREAM_AT: u64 = 256 * 1024;
 /// Bytes read from a streamed file at a time, in the loop (from the page cache).
@@ -213,10 +264,16 @@ const TASK_READ_MAX: usize = 1024 * 1024;
 const GZIP_MAX: u64 = 1024 * 1024;
 /// Buffers grown past this by a large response are given back after it.
 const RETAIN_BUFFER: usize = 256 * 1024;
+/// The longest request line an access-log line repeats.
+const MAX_LOGGED_LINE: usize = 8192;
 
 impl Protocol for Http {
     fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         let config = Config::parse(config)?;
+        let log_format = match config.access_log_format {
+            AccessLogFormat::Combined => LogFormat::Combined,
+            AccessLogFormat::Common => LogFormat::Common,
+        };
         let files =
             config.root.as_deref().map(|root| Files::new(root, config.serve_dotfiles, config.autoindex)).transpose()?;
         Ok(Http {
@@ -235,6 +292,11 @@ impl Protocol for Http {
             // a window above it sent into a full buffer, and the refused bytes were lost).
             send_window: worker.max_send_buffer.max(1),
             responses: [None; 5],
+            access_log: false,
+            log_format,
+            log_time: LogTime::default(),
+            log_line: Vec::new(),
+            pending_log: None,
         })
     }
 
@@ -243,12 +305,19 @@ impl Protocol for Http {
             let class = format!("class={}xx", i + 1);
             *counter = host.counter("http_responses", &class, "HTTP responses by status class");
         }
+        // An empty line writes nothing: it asks whether the service keeps an access log.
+        self.access_log = host.access_log(b"");
         Ok(())
     }
 
     fn input(&mut self, host: &mut Host<'_>, conn: ConnId, buf: &[u8]) -> Frame {
         let state = &mut self.conns.entry(conn).state;
-        state.input(host, conn, buf, &self.limits, self.max_message, &mut self.date, &mut self.out)
+        let frame = state.input(host, conn, buf, &self.limits, self.max_message, &mut self.date, &mut self.out);
+        if frame == Frame::Invalid {
+            // The parser refused the request and queued its error answer.
+            self.log_out(host, conn, access_log::request_line(buf, MAX_LOGGED_LINE), None, None);
+        }
+        frame
     }
 
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
@@ -265,6 +334,7 @@ impl Protocol for Http {
                 self.date.update(host.now_ms());
                 self.out.clear();
                 self.respond(&req, persist);
+                self.log_request(host, conn, &req);
                 Ok(Some(persist))
             }
         };
@@ -274,6 +344,7 @@ impl Protocol for Http {
             Ok(Some(persist)) => persist,
             Err(status) => {
                 c.state.reject(host, conn, status, &mut self.date, &mut self.out);
+                self.log_out(host, conn, access_log::request_line(msg, MAX_LOGGED_LINE), None, None);
                 return self.count_response(host);
             }
         };
@@ -286,6 +357,7 @@ impl Protocol for Http {
             // The head goes now; the body follows as the connection drains.
             host.send(conn, &self.out);
             c.stream = Some(Stream { file, parts, close: persist == Persist::Close, reading: false });
+            c.log = self.pending_log.take();
             host.pause_recv(conn);
             self.pump(host, conn);
         } else if persist == Persist::Close {
@@ -297,8 +369,15 @@ impl Protocol for Http {
         self.trim_buffers();
     }
 
-    fn on_close(&mut self, _host: &mut Host<'_>, conn: ConnId) {
-        self.conns.remove(conn);
+    fn on_close(&mut self, host: &mut Host<'_>, conn: ConnId) {
+        if let Some(mut c) = self.conns.remove(conn) {
+            if let Some(mut log) = c.log.take() {
+                // The client went away during a streamed body: what was handed to the host.
+                let left: u64 = c.stream.map_or(0, |s| s.parts.iter().map(Part::len).sum());
+                log.body = log.body.saturating_sub(left);
+                self.log_pending(host, &log);
+            }
+        }
     }
 
     fn on_buffer_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
@@ -330,6 +409,7 @@ impl Protocol for Http {
         match state.error_status(err) {
             Some(status) => {
                 state.reject(host, conn, status, &mut self.date, &mut self.out);
+                self.log_out(host, conn, None, None, None);
                 self.count_response(host);
             }
             None => host.close(conn),
@@ -355,6 +435,68 @@ impl Http {
         if let Some(counter) = self.responses[class] {
             host.add(counter, 1);
         }
+    }
+
+    /// Logs the response to `req` just written to `out`; a streamed body's line waits for its
+    /// end (`pending_log`).
+    fn log_request(&mut self, host: &mut Host<'_>, conn: ConnId, req: &Request<'_>) {
+        if !self.access_log {
+            return;
+        }
+        let request_line = access_log::request_line(req.raw_head(), MAX_LOGGED_LINE);
+        let (referer, user_agent) = (req.header("referer"), req.header("user-agent"));
+        match &self.stream_next {
+            Some((_, parts)) => {
+                let Some((status, _)) = access_log::status_and_body(&self.out) else { return };
+                self.pending_log = Some(Box::new(PendingLog {
+                    remote: host.peer_addr(conn).map(|a| a.ip()),
+                    request_line: request_line.unwrap_or_default().to_vec(),
+                    referer: referer.map(<[u8]>::to_vec),
+                    user_agent: user_agent.map(<[u8]>::to_vec),
+                    status,
+                    body: parts.iter().map(Part::len).sum(),
+                }));
+            }
+            None => self.log_out(host, conn, request_line, referer, user_agent),
+        }
+    }
+
+    /// Logs the response written whole to `out`.
+    fn log_out(
+        &mut self,
+        host: &mut Host<'_>,
+        conn: ConnId,
+        request_line: Option<&[u8]>,
+        referer: Option<&[u8]>,
+        user_agent: Option<&[u8]>,
+    ) {
+        if !self.access_log {
+            return;
+        }
+        let Some((status, body_bytes)) = access_log::status_and_body(&self.out) else { return };
+        let remote = host.peer_addr(conn).map(|a| a.ip());
+        let entry = Entry { remote, request_line, status, body_bytes, referer, user_agent };
+        self.write_log(host, &entry);
+    }
+
+    fn log_pending(&mut self, host: &mut Host<'_>, log: &PendingLog) {
+        let entry = Entry {
+            remote: log.remote,
+            request_line: Some(&log.request_line),
+            status: log.status,
+            body_bytes: log.body,
+            referer: log.referer.as_deref(),
+            user_agent: log.user_agent.as_deref(),
+        };
+        self.write_log(host, &entry);
+    }
+
+    fn write_log(&mut self, host: &mut Host<'_>, entry: &Entry<'_>) {
+        self.date.update(host.now_ms());
+        self.log_line.clear();
+        let time = self.log_time.at(self.date.secs());
+        access_log::write_line(&mut self.log_line, entry, time, self.log_format);
+        host.access_log(&self.log_line);
     }
 
     /// Sends the next part of a streamed body: up to the send buffer (the host then reports the
@@ -415,6 +557,10 @@ impl Http {
         if stream.parts.is_empty() {
             let close = stream.close;
             c.stream = None;
+            if let Some(log) = c.log.take() {
+                self.log_pending(host, &log);
+            }
+            let Some(c) = self.conns.get_mut(conn) else { return };
             if close {
                 c.state.closing = true;
                 host.close(conn);
@@ -719,15 +865,6 @@ fn end_early(host: &mut Host<'_>, conn: ConnId, c: &mut Conn) {
     c.stream = None;
     c.state.closing = true;
     host.close(conn);
-}
-
-impl Part {
-    fn len(&self) -> u64 {
-        match self {
-            Part::Bytes(b) => b.len() as u64,
-            Part::File { len, .. } => *len,
-        }
-    }
 }
 
 /// Reads what the page cache holds at `offset` into `buf`, without waiting for the disk

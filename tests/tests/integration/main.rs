@@ -16,6 +16,8 @@ mod http_browser;
 mod http_app;
 // Helpers of the http tests: bounded runs of real clients, media files made on the spot.
 mod http_tools;
+// Access logs of the `http` plugin: lines, flushing, `host reopen-logs` after a rename.
+mod access_log;
 // The master's lifecycle and control: reload, stop, status, pid file, daemon, config file,
 // crash-loop back-off, logging, users, restart.
 mod lifecycle;

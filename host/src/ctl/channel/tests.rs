@@ -21,6 +21,7 @@ fn spec() -> WorkerSpec {
         drain_timeout_ms: 1500,
         heartbeat_ms: 1000,
         tls: None,
+        access_log: false,
     }
 }
 

@@ -15,10 +15,13 @@
 //! - responses: status line, `Server`, `Date`, `Content-Length` or chunked, `Connection: close`
 //!   when the client asked, the application asked, or the worker is draining (graceful reload).
 //!
+//! [`access_log`] formats Common/Combined Log Format lines for `Host::access_log`.
+//!
 //! Layers, from low to high: [`parse`] (pure: [`parse_head`], [`Framer`]), [`chunked`],
 //! [`response`] (writing heads into a buffer), [`Request`] / [`ResponseWriter`], [`ConnState`]
 //! (the per-connection part of a server), [`AppServer`].
 
+pub mod access_log;
 pub mod app;
 pub mod chunked;
 pub mod conn;

@@ -234,6 +234,11 @@ impl DateCache {
     pub fn get(&self) -> &[u8] {
         &self.text
     }
+
+    /// The wall-clock second of the date (seconds since the Unix epoch), for an access log.
+    pub fn secs(&self) -> u64 {
+        self.secs
+    }
 }
 
 fn unix_now() -> u64 {
@@ -241,7 +246,7 @@ fn unix_now() -> u64 {
 }
 
 const DAYS: [&[u8; 3]; 7] = [b"Sun", b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat"];
-const MONTHS: [&[u8; 3]; 12] =
+pub(crate) const MONTHS: [&[u8; 3]; 12] =
     [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
 
 /// Formats seconds since the Unix epoch as an IMF-fixdate (RFC 9110 §5.6.7).
@@ -296,7 +301,7 @@ pub fn parse_http_date(s: &[u8]) -> Option<u64> {
 }
 
 /// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;

@@ -2,6 +2,7 @@
 //! records what the plugin sends, and [`Client`] drives the plugin the way the worker does
 //! (framing with `input`, delivering with `on_message`, `on_error` for oversized messages).
 
+mod access_log;
 mod protocol;
 mod static_files;
 
@@ -18,6 +19,9 @@ struct FakeHost {
     sent: Vec<u8>,
     closed: bool,
     draining: bool,
+    /// The access log's lines (None: the service has none).
+    access_log: Option<Vec<u8>>,
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl RawHost for FakeHost {
@@ -35,7 +39,7 @@ impl RawHost for FakeHost {
     }
     fn pause_recv(&mut self, _conn: ConnId, _paused: bool) {}
     fn peer_addr(&self, _conn: ConnId) -> RawSockAddr {
-        raw_sock_addr(None)
+        raw_sock_addr(self.peer)
     }
     fn local_addr(&self, _conn: ConnId) -> RawSockAddr {
         raw_sock_addr(None)
@@ -60,6 +64,15 @@ impl RawHost for FakeHost {
     }
     fn now_ms(&self) -> u64 {
         0
+    }
+    fn access_log(&mut self, line: RSlice<'_, u8>) -> bool {
+        match &mut self.access_log {
+            Some(log) => {
+                log.extend_from_slice(&line);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -105,6 +118,26 @@ impl Client {
         let conn = c.conn;
         call(&mut c.http, &mut c.host, |h, host| h.on_connect(host, conn));
         c
+    }
+
+    /// A connection from 192.0.2.7 to a worker whose service keeps an access log.
+    fn logging(config: &str) -> Self {
+        let mut c = Self::new(config);
+        c.host.access_log = Some(Vec::new());
+        c.host.peer = Some("192.0.2.7:40000".parse().unwrap());
+        call(&mut c.http, &mut c.host, |h, host| h.on_worker_start(host)).unwrap();
+        c
+    }
+
+    /// The access-log lines written since the last call.
+    fn log_lines(&mut self) -> Vec<String> {
+        let log = std::mem::take(self.host.access_log.as_mut().expect("an access log"));
+        String::from_utf8(log).unwrap().lines().map(str::to_string).collect()
+    }
+
+    fn close(&mut self) {
+        let conn = self.conn;
+        call(&mut self.http, &mut self.host, |h, host| h.on_close(host, conn));
     }
 
     fn feed(&mut self, bytes: &[u8]) -> &mut Self {

@@ -75,3 +75,40 @@ fn daemon_start_on_a_port_in_use_fails() {
     let left = poll_until(Duration::from_secs(2), || processes_with_arg(&pid_arg).is_empty().then_some(()));
     assert!(left.is_some(), "processes left: {:?}", processes_with_arg(&pid_arg));
 }
+
+// logrotate on a daemon: its log file and its access log are renamed, `host reopen-logs` makes
+// the master and its workers write to new files at the paths (the workers' last lines as they
+// stop land in the new log file), and the renamed files keep what was written before.
+#[test]
+fn reopen_logs_moves_the_daemons_log_file_and_access_log() {
+    let dir = TempDir::new();
+    let (pid_file, log_file, access) = (dir.join("d.pid"), dir.join("d.log"), dir.join("access.log"));
+    let daemon = Daemon::new(pid_file.clone());
+    let [pid_arg, log_arg, access_arg] = [&pid_file, &log_file, &access].map(|p| p.display().to_string());
+    let args = ["start", "-d", "--plugin", "http", "--count", "2", "--listen", "127.0.0.1:0"];
+    let more = ["--pid-file", &pid_arg, "--log-file", &log_arg, "--access-log", &access_arg];
+    let out = run_host_in(dir.path(), args.iter().copied().chain(more), COMMAND_TIMEOUT);
+    assert_ok(&out, "start -d");
+    let pid = daemon.pid();
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let port = log.lines().find(|l| l.contains("listening")).and_then(address_port).unwrap_or_else(|| panic!("{log}"));
+    hello(port);
+    std::fs::rename(&log_file, dir.join("d.log.1")).unwrap();
+    std::fs::rename(&access, dir.join("access.log.1")).unwrap();
+    let out = run_host_in(dir.path(), ["reopen-logs", "--pid-file", &pid_arg], COMMAND_TIMEOUT);
+    assert_ok(&out, "reopen-logs");
+    assert_contains!(out.stdout, format!("reopened the log file {log_arg}, the access log of http {access_arg}"));
+    assert_contains!(out.stdout, "2 workers switched");
+    assert_eq!(std::fs::read_to_string(dir.join("access.log.1")).unwrap().lines().count(), 1, "the first GET");
+    hello(port);
+    let out = run_host_in(dir.path(), ["stop", "--pid-file", &pid_arg], COMMAND_TIMEOUT);
+    assert_ok(&out, "stop");
+    assert!(wait_gone(pid, Duration::from_secs(5)), "the master is still there");
+    let old = std::fs::read_to_string(dir.join("d.log.1")).unwrap();
+    let new = std::fs::read_to_string(&log_file).unwrap();
+    assert_contains!(old, "host ready");
+    assert_contains!(new, "log file reopened");
+    assert_eq!(new.matches("worker exits").count(), 2, "the workers log to the new file:\n{new}");
+    assert!(!old.contains("worker exits") && !old.contains("master exits"), "{old}");
+    assert_eq!(std::fs::read_to_string(&access).unwrap().lines().count(), 1, "the second GET");
+}
