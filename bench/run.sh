@@ -14,6 +14,7 @@
 #   proxy    proxy vs nginx proxy_pass to the same upstream (a host http service), keep-alive;
 #            and the upstream alone, for the added latency
 #   resp     resp (1 worker) vs redis-server (1 thread): redis-benchmark -t ping,set,get -P 1, -P 16
+#   log      the cost of an access log: http with `--access-log` vs without (keep-alive -c64)
 #   ws       websocket echo vs the plain-TCP frame plugin (the floor; no well-known fast WebSocket
 #            server is packaged here): 64 connections, 64-byte messages, one in flight each
 #   process  start to first 200 (host vs nginx), one worker holding IDLE_CONNS idle keep-alive
@@ -38,7 +39,7 @@ WORKERS=${WORKERS:-2}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SECONDS=${IDLE_SECONDS:-5}
 export REQUESTS=${REQUESTS:-200000}
-ALL="plain static https proxy resp ws process"
+ALL="plain static https proxy resp log ws process"
 SECTIONS=${*:-$ALL}
 for s in $SECTIONS; do
     [[ " $ALL " == *" $s "* ]] || { echo "unknown section $s (sections: $ALL)" >&2; exit 2; }
@@ -199,6 +200,21 @@ section_resp() {
     done
     stop_pid "$host_pid"
     stop_pid "$peer_pid"
+}
+
+section_log() {
+    start_host nolog --plugin http --count "$WORKERS"
+    local plain_pid=$host_pid plain_port=$host_port
+    start_host log --plugin http --count "$WORKERS" --access-log "$tmp/access.log"
+    local name="access log: combined lines, keep-alive (wrk -t1 -c64)"
+    echo "$name..." >&2
+    for _ in $(seq "$ROUNDS"); do
+        round wrk "$name" "access log" "$host_pid" wrk --latency -t1 -c64 -d"${DURATION}s" "http://127.0.0.1:$host_port/"
+        round wrk "$name" "no log" "$plain_pid" wrk --latency -t1 -c64 -d"${DURATION}s" "http://127.0.0.1:$plain_port/"
+    done
+    stop_pid "$host_pid"
+    stop_pid "$plain_pid"
+    echo "  access log: $(wc -l <"$tmp/access.log") lines written" >&2
 }
 
 section_ws() {
