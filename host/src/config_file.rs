@@ -151,6 +151,10 @@ struct RawService {
     idle_timeout: Option<Spanned<u64>>,
     /// Seconds; 0: never.
     message_timeout: Option<Spanned<u64>>,
+    /// Messages a worker handles before it is recycled (0: never).
+    max_requests: Option<u64>,
+    /// Resident bytes (or a size such as "64M") above which a worker is recycled (0: never).
+    max_memory: Option<Spanned<Size>>,
     /// PEM certificate (chain) and key files: the service is served over TLS.
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<Spanned<PathBuf>>,
@@ -266,6 +270,14 @@ impl RawFile {
     }
 }
 
+/// A byte size in the file: a number of bytes or a string with a unit (`"64M"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
 impl RawService {
     fn validate(self, ctx: &Context<'_>, base_dir: &Path) -> Result<ServiceConfig, ConfigError> {
         let name = self.name.get_ref().as_str();
@@ -311,6 +323,14 @@ impl RawService {
             };
             ctx.invalid(span, Some(name), e.to_string())
         })?;
+        let max_memory = match &self.max_memory {
+            None => 0,
+            Some(size) => match size.get_ref() {
+                Size::Bytes(n) if *n <= config::MAX_BYTES => *n,
+                Size::Bytes(n) => return Err(invalid(size.span(), format!("max_memory {n} is too large"))),
+                Size::Text(t) => config::parse_size(t).map_err(|e| invalid(size.span(), format!("max_memory: {e}")))?,
+            },
+        };
         let account = |key: &str, value: Option<Spanned<String>>| match value {
             Some(value) if value.get_ref().is_empty() => Err(invalid(value.span(), format!("{key} must not be empty"))),
             value => Ok(value.map(Spanned::into_inner)),
@@ -348,6 +368,7 @@ impl RawService {
             plugin_config,
             limits,
             tls,
+            recycle: config::Recycle { max_requests: self.max_requests.unwrap_or(0), max_memory },
         };
         // What the flags refuse, the file refuses too (a backstop: the checks above name the keys).
         config::validate(&service).map_err(|e| ctx.invalid(None, Some(name), e.to_string()))?;
@@ -420,6 +441,8 @@ max_package_size = 2048
 max_send_buffer = 4096
 max_connections = 100
 idle_timeout = 30
+max_requests = 10000
+max_memory = "256M"
 tls_cert = "certs/web.pem"
 tls_key = "/etc/ssl/web.key"
 [service.config]
@@ -448,6 +471,7 @@ root = "/srv/www"
                     key: "/etc/ssl/web.key".into(),
                     alpn: vec!["http/1.1".into(), "http/1.0".into()],
                 }),
+                recycle: config::Recycle { max_requests: 10_000, max_memory: 256 << 20 },
             },
             reloadable: false,
             user: Some("www-data".into()),
@@ -660,6 +684,10 @@ listen = "[::1]:9000"
             ("max_connections = 16777217", "max_connections must be between 1"),
             ("idle_timeout = 31536001", "idle_timeout must be between 0 and 31536000 seconds, not 31536001"),
             ("message_timeout = 9223372036854775807", "message_timeout must be between 0 and 31536000 seconds"),
+            ("max_memory = \"lots\"", "max_memory: \"lots\" is not a size"),
+            ("max_memory = \"64M\"", ""),
+            ("max_memory = 67108864", ""),
+            ("max_requests = 0", ""),
         ];
         for (line, want) in cases {
             let text = with_service(&format!("{line}\n"));

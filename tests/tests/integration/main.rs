@@ -77,3 +77,6 @@ mod proxy;
 // Messages between workers through the `chat` example: every worker's clients, a reload chain,
 // one slot, a stuck or dead peer.
 mod messages;
+// Worker recycling: --max-requests replaces workers under traffic without a failed request;
+// --max-memory recycles or kills a worker that grows without bound.
+mod recycle;
