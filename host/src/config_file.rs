@@ -377,6 +377,9 @@ impl RawService {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Limits;
