@@ -161,7 +161,9 @@ struct RawService {
     /// ALPN protocols offered (default: `["http/1.1", "http/1.0"]` for the http plugin, none
     /// otherwise).
     tls_alpn: Option<Vec<String>>,
-    config: Option<Spanned<toml::Table>>,
+    /// A plain table: toml 0.8 refuses a `Spanned` table holding a sub-table written as a table
+    /// header (`[service.config.nested]`: "expected a borrowed string").
+    config: Option<toml::Table>,
 }
 
 /// The text being parsed and its name, to turn byte offsets into messages.
@@ -339,8 +341,8 @@ impl RawService {
         let group = account("group", self.group)?;
         let plugin_config = match &self.config {
             None => String::new(),
-            Some(table) => toml::to_string(table.get_ref())
-                .map_err(|e| invalid(table.span(), format!("config could not be handed to the plugin: {e}")))?,
+            Some(table) => toml::to_string(table)
+                .map_err(|e| ctx.invalid(None, Some(name), format!("config could not be handed to the plugin: {e}")))?,
         };
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => {
@@ -667,6 +669,17 @@ listen = "[::1]:9000"
         let config = load(&file);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(config.unwrap().pid_file.unwrap(), dir.join("host.pid"));
+    }
+
+    // Found by the fuzzer: a sub-table of the plugin's config written as a table header
+    // (`[service.config.nested]`) was refused ("expected a borrowed string"), the same written
+    // with a dotted key accepted.
+    #[test]
+    fn plugin_config_sub_tables_are_accepted_however_written() {
+        let header = parse_ok(&with_service("[service.config.nested]\na = 1\n"));
+        let dotted = parse_ok(&with_service("[service.config]\nnested.a = 1\n"));
+        assert_eq!(header, dotted);
+        assert_eq!(header.services[0].service.plugin_config, "[nested]\na = 1\n");
     }
 
     #[test]

@@ -23,6 +23,8 @@ fn seeds() -> Vec<Vec<u8>> {
         service.as_bytes().to_vec(),
         format!("{service}count = 4\nmax_requests = 100\nmax_memory = \"64M\"\nidle_timeout = 0\n").into_bytes(),
         format!("worker_timeout = 2.5\ndrain_timeout = 1\n{service}tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n[service.config]\nroot = \"/srv\"\n").into_bytes(),
+        // Found by the fuzzer: a sub-table written as a header after re-printing was refused.
+        format!("{service}[service.config]\nro0.ot = \"/srv\"\n").into_bytes(),
         format!("{service}\n[[service]]\nname = \"b\"\nplugin = \"./p/libb.so\"\nlisten = \"[::1]:9\"\nuser = \"u\"\n").into_bytes(),
     ]
 }
