@@ -213,7 +213,9 @@ fn key_at(text: &str, offset: usize) -> Option<&str> {
         from.trim_start_matches('[').split(']').next()?.trim()
     } else {
         let lhs = before.trim_end().strip_suffix('=')?.trim_end();
-        &lhs[lhs.rfind(|c: char| !(c.is_ascii_alphanumeric() || "_-.".contains(c))).map_or(0, |i| i + 1)..]
+        let not_key = |(_, c): &(usize, char)| !(c.is_ascii_alphanumeric() || "_-.".contains(*c));
+        // After the last character that is no key's (which may be several bytes long).
+        &lhs[lhs.char_indices().rev().find(not_key).map_or(0, |(i, c)| i + c.len_utf8())..]
     };
     Some(key).filter(|key| !key.is_empty())
 }
@@ -680,6 +682,15 @@ listen = "[::1]:9000"
         let dotted = parse_ok(&with_service("[service.config]\nnested.a = 1\n"));
         assert_eq!(header, dotted);
         assert_eq!(header.services[0].service.plugin_config, "[nested]\na = 1\n");
+    }
+
+    // Found by the fuzzer: an error right after a non-ASCII character before `=` panicked (a
+    // byte index inside the character) instead of naming the key.
+    #[test]
+    fn an_error_after_a_non_ascii_character_is_reported() {
+        let message = parse_err("[[service]]\nname = \"web\"\nplugin = \"http\"\nlisten = \"127.0a-8 7\u{80}me = \n");
+        assert!(message.contains("line 4"), "{message}");
+        assert!(parse_err("é = 1\n").contains("host.toml"));
     }
 
     #[test]

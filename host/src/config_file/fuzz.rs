@@ -25,6 +25,8 @@ fn seeds() -> Vec<Vec<u8>> {
         format!("worker_timeout = 2.5\ndrain_timeout = 1\n{service}tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n[service.config]\nroot = \"/srv\"\n").into_bytes(),
         // Found by the fuzzer: a sub-table written as a header after re-printing was refused.
         format!("{service}[service.config]\nro0.ot = \"/srv\"\n").into_bytes(),
+        // Found by the fuzzer: an error after a non-ASCII character panicked.
+        "[[service]]\nname = \"web\"\nplugin = \"http\"\nlisten = \"127.0a-8 7\u{80}me = \n".into(),
         format!("{service}\n[[service]]\nname = \"b\"\nplugin = \"./p/libb.so\"\nlisten = \"[::1]:9\"\nuser = \"u\"\n").into_bytes(),
     ]
 }
