@@ -209,6 +209,14 @@ pub struct StartArgs {
     /// Connections one worker serves at most [default: 10000].
     #[arg(long)]
     pub max_connections: Option<u64>,
+    /// Messages a worker handles before it is replaced by a fresh one, gracefully, ±10 % per
+    /// worker (0: never) [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u64>,
+    /// Resident memory (e.g. 64M, 1G) above which a worker is replaced gracefully, ±10 % per
+    /// worker; at 1.5 times it, it is killed (0: never) [default: 0].
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
+    pub max_memory: Option<u64>,
     /// Seconds without traffic after which a connection is closed (0: never) [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
@@ -269,7 +277,7 @@ impl StartArgs {
     /// Flags that describe a service (they may not be mixed with a config file).
     pub fn service_flags(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
-        let flags: [(&'static str, bool); 16] = [
+        let flags: [(&'static str, bool); 18] = [
             ("--plugin", self.plugin.is_some()),
             ("--count", self.count.is_some()),
             ("--listen", self.listen.is_some()),
@@ -283,6 +291,8 @@ impl StartArgs {
             ("--message-timeout", self.message_timeout.is_some()),
             ("--task-threads", self.task_threads.is_some()),
             ("--task-queue", self.task_queue.is_some()),
+            ("--max-requests", self.max_requests.is_some()),
+            ("--max-memory", self.max_memory.is_some()),
             ("--tls-cert", self.tls_cert.is_some()),
             ("--tls-key", self.tls_key.is_some()),
             ("--access-log", self.access_log.is_some()),
@@ -377,6 +387,10 @@ impl StartArgs {
             limits,
             tls,
             access_log: self.access_log.as_deref().map(absolute).transpose()?,
+            recycle: config::Recycle {
+                max_requests: self.max_requests.unwrap_or(0),
+                max_memory: self.max_memory.unwrap_or(0),
+            },
         };
         config::validate(&service)?;
         Ok(service)

@@ -203,6 +203,43 @@ pub struct Service {
     /// The service's access log (absolute; None: no access log). The master opens it, workers
     /// append the lines their plugin formats.
     pub access_log: Option<PathBuf>,
+    /// When a worker is replaced by a fresh one (the master decides; the worker never sees it).
+    pub recycle: Recycle,
+}
+
+/// Worker recycling (Swoole's `max_request`): a serving worker that handled `max_requests`
+/// messages, or whose resident memory reached `max_memory` bytes, is replaced the way a reload
+/// step replaces one (a new worker starts, then the old one drains). 0: off. Each worker's limit
+/// is moved by up to ±10 % so that the workers of a service do not recycle together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recycle {
+    pub max_requests: u64,
+    pub max_memory: u64,
+}
+
+impl Recycle {
+    pub fn is_on(&self) -> bool {
+        self.max_requests > 0 || self.max_memory > 0
+    }
+}
+
+/// A byte size: a whole number, optionally followed by `K`, `M`, `G` or `T` (powers of 1024;
+/// `KB`, `KiB`, `MB`… mean the same), e.g. `64M`, `1048576`, `1.5G` is refused.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let bad = || format!("{text:?} is not a size: use a number of bytes, or one followed by K, M, G or T");
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(1 << shift).filter(|&n| n <= MAX_BYTES).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Per-connection and per-worker limits enforced by the worker's event loop.
@@ -276,9 +313,11 @@ pub struct WorkerSpec {
 }
 
 /// The heartbeat interval for a worker timeout (None: off): often enough that two beats fit in
-/// the timeout, at most once a second (an idle worker wakes once a second, no more).
-pub fn heartbeat_ms(worker_timeout: Option<Duration>) -> u64 {
+/// the timeout, at most once a second (an idle worker wakes once a second, no more). Recycling
+/// needs the beats too (they carry the worker's message count and memory): once a second.
+pub fn heartbeat_ms(worker_timeout: Option<Duration>, recycle: Recycle) -> u64 {
     match worker_timeout {
+        None if recycle.is_on() => HEARTBEAT_INTERVAL.as_millis() as u64,
         None => 0,
         Some(t) => (t / 3).clamp(Duration::from_millis(10), HEARTBEAT_INTERVAL).as_millis() as u64,
     }
@@ -323,6 +362,18 @@ mod tests {
             limits: Limits::default(),
             tls: None,
             access_log: None,
+            recycle: Recycle::default(),
+        }
+    }
+
+    #[test]
+    fn sizes_take_a_unit() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("2 KiB"), Ok(2048));
+        assert_eq!(parse_size("0"), Ok(0));
+        for bad in ["", "M", "1.5G", "-1", "12X", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
 

@@ -157,6 +157,10 @@ struct RawService {
     message_timeout: Option<Spanned<u64>>,
     task_threads: Option<Spanned<u64>>,
     task_queue: Option<Spanned<u64>>,
+    /// Messages a worker handles before it is recycled (0: never).
+    max_requests: Option<u64>,
+    /// Resident bytes (or a size such as "64M") above which a worker is recycled (0: never).
+    max_memory: Option<Spanned<Size>>,
     /// PEM certificate (chain) and key files: the service is served over TLS.
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<Spanned<PathBuf>>,
@@ -165,7 +169,9 @@ struct RawService {
     tls_alpn: Option<Vec<String>>,
     /// The service's access log (the plugin formats the lines; `host reopen-logs` reopens it).
     access_log: Option<Spanned<PathBuf>>,
-    config: Option<Spanned<toml::Table>>,
+    /// A plain table: toml 0.8 refuses a `Spanned` table holding a sub-table written as a table
+    /// header (`[service.config.nested]`: "expected a borrowed string").
+    config: Option<toml::Table>,
 }
 
 /// The text being parsed and its name, to turn byte offsets into messages.
@@ -215,7 +221,9 @@ fn key_at(text: &str, offset: usize) -> Option<&str> {
         from.trim_start_matches('[').split(']').next()?.trim()
     } else {
         let lhs = before.trim_end().strip_suffix('=')?.trim_end();
-        &lhs[lhs.rfind(|c: char| !(c.is_ascii_alphanumeric() || "_-.".contains(c))).map_or(0, |i| i + 1)..]
+        let not_key = |(_, c): &(usize, char)| !(c.is_ascii_alphanumeric() || "_-.".contains(*c));
+        // After the last character that is no key's (which may be several bytes long).
+        &lhs[lhs.char_indices().rev().find(not_key).map_or(0, |(i, c)| i + c.len_utf8())..]
     };
     Some(key).filter(|key| !key.is_empty())
 }
@@ -275,6 +283,14 @@ impl RawFile {
     }
 }
 
+/// A byte size in the file: a number of bytes or a string with a unit (`"64M"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
 impl RawService {
     fn validate(self, ctx: &Context<'_>, base_dir: &Path) -> Result<ServiceConfig, ConfigError> {
         let name = self.name.get_ref().as_str();
@@ -324,6 +340,14 @@ impl RawService {
             };
             ctx.invalid(span, Some(name), e.to_string())
         })?;
+        let max_memory = match &self.max_memory {
+            None => 0,
+            Some(size) => match size.get_ref() {
+                Size::Bytes(n) if *n <= config::MAX_BYTES => *n,
+                Size::Bytes(n) => return Err(invalid(size.span(), format!("max_memory {n} is too large"))),
+                Size::Text(t) => config::parse_size(t).map_err(|e| invalid(size.span(), format!("max_memory: {e}")))?,
+            },
+        };
         let account = |key: &str, value: Option<Spanned<String>>| match value {
             Some(value) if value.get_ref().is_empty() => Err(invalid(value.span(), format!("{key} must not be empty"))),
             value => Ok(value.map(Spanned::into_inner)),
@@ -332,8 +356,8 @@ impl RawService {
         let group = account("group", self.group)?;
         let plugin_config = match &self.config {
             None => String::new(),
-            Some(table) => toml::to_string(table.get_ref())
-                .map_err(|e| invalid(table.span(), format!("config could not be handed to the plugin: {e}")))?,
+            Some(table) => toml::to_string(table)
+                .map_err(|e| ctx.invalid(None, Some(name), format!("config could not be handed to the plugin: {e}")))?,
         };
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => {
@@ -367,12 +391,17 @@ impl RawService {
             Some(p) => Some(base_dir.join(p.into_inner())),
             None => None,
         };
-        let service = Service { name: name.to_string(), plugin, listen, count, plugin_config, limits, tls, access_log };
+        let recycle = config::Recycle { max_requests: self.max_requests.unwrap_or(0), max_memory };
+        let service =
+            Service { name: name.to_string(), plugin, listen, count, plugin_config, limits, tls, access_log, recycle };
         // What the flags refuse, the file refuses too (a backstop: the checks above name the keys).
         config::validate(&service).map_err(|e| ctx.invalid(None, Some(name), e.to_string()))?;
         Ok(ServiceConfig { service, reloadable: self.reloadable.unwrap_or(true), user, group })
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -440,6 +469,8 @@ max_package_size = 2048
 max_send_buffer = 4096
 max_connections = 100
 idle_timeout = 30
+max_requests = 10000
+max_memory = "256M"
 tls_cert = "certs/web.pem"
 tls_key = "/etc/ssl/web.key"
 access_log = "logs/web.access.log"
@@ -472,6 +503,7 @@ root = "/srv/www"
                     alpn: vec!["http/1.1".into(), "http/1.0".into()],
                 }),
                 access_log: Some("/etc/host/logs/web.access.log".into()),
+                recycle: config::Recycle { max_requests: 10_000, max_memory: 256 << 20 },
             },
             reloadable: false,
             user: Some("www-data".into()),
@@ -690,6 +722,26 @@ listen = "[::1]:9000"
         assert_eq!(config.unwrap().pid_file.unwrap(), dir.join("host.pid"));
     }
 
+    // Found by the fuzzer: a sub-table of the plugin's config written as a table header
+    // (`[service.config.nested]`) was refused ("expected a borrowed string"), the same written
+    // with a dotted key accepted.
+    #[test]
+    fn plugin_config_sub_tables_are_accepted_however_written() {
+        let header = parse_ok(&with_service("[service.config.nested]\na = 1\n"));
+        let dotted = parse_ok(&with_service("[service.config]\nnested.a = 1\n"));
+        assert_eq!(header, dotted);
+        assert_eq!(header.services[0].service.plugin_config, "[nested]\na = 1\n");
+    }
+
+    // Found by the fuzzer: an error right after a non-ASCII character before `=` panicked (a
+    // byte index inside the character) instead of naming the key.
+    #[test]
+    fn an_error_after_a_non_ascii_character_is_reported() {
+        let message = parse_err("[[service]]\nname = \"web\"\nplugin = \"http\"\nlisten = \"127.0a-8 7\u{80}me = \n");
+        assert!(message.contains("line 4"), "{message}");
+        assert!(parse_err("é = 1\n").contains("host.toml"));
+    }
+
     #[test]
     fn a_missing_file_is_named() {
         let message = load(Path::new("/nonexistent/host.toml")).unwrap_err().to_string();
@@ -708,6 +760,10 @@ listen = "[::1]:9000"
             ("max_connections = 16777217", "max_connections must be between 1"),
             ("idle_timeout = 31536001", "idle_timeout must be between 0 and 31536000 seconds, not 31536001"),
             ("message_timeout = 9223372036854775807", "message_timeout must be between 0 and 31536000 seconds"),
+            ("max_memory = \"lots\"", "max_memory: \"lots\" is not a size"),
+            ("max_memory = \"64M\"", ""),
+            ("max_memory = 67108864", ""),
+            ("max_requests = 0", ""),
         ];
         for (line, want) in cases {
             let text = with_service(&format!("{line}\n"));

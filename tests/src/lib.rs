@@ -15,7 +15,6 @@ mod build;
 pub mod cargo_plugin;
 mod client;
 pub mod copied_host;
-pub mod fuzz;
 mod host;
 pub mod load;
 pub mod plugin_dir;

@@ -1,4 +1,4 @@
-//! Fuzz targets for the protocol parsers (see `host_tests::fuzz`). Each one checks invariants
+//! Fuzz targets for the protocol parsers (see `host_fuzz`). Each one checks invariants
 //! that would break on a parser bug, not only "no panic": fed in pieces, a parser must frame
 //! exactly what it frames fed whole; what it frames must be within its limits; what framing
 //! accepted must parse.
@@ -8,7 +8,7 @@
 //! The frame plugin's target is in `fuzz_frame.rs`: two plugin crates cannot link into one
 //! binary (each exports the plugin's root symbol).
 
-use host_tests::fuzz::{run, splits, Budget};
+use host_fuzz::{run, splits, Budget};
 
 /// Rounds per target in the default (CI) run.
 const QUICK: u64 = 30_000;
@@ -17,7 +17,7 @@ fn budget() -> Budget {
     Budget::from_env(QUICK)
 }
 
-fn report(target: &str, r: host_tests::fuzz::Report) {
+fn report(target: &str, r: host_fuzz::Report) {
     eprintln!("fuzz {target}: {} rounds in {:.1?}, no failure", r.rounds, r.elapsed);
 }
 
@@ -284,5 +284,174 @@ mod websocket_targets {
     #[test]
     fn websocket_utf8() {
         report("websocket_utf8", run("websocket_utf8", budget(), 1024, utf8));
+    }
+}
+
+/// plugin-api's glue between the raw ABI and a `Protocol`: framing results cross as `RawFrame`,
+/// panics are caught and reported, never unwound across the boundary.
+mod glue_targets {
+    use std::panic::{self, AssertUnwindSafe};
+    use std::sync::Once;
+
+    use plugin_api::abi::{CallStatus, RawFrame, RawHost, RawHost_TO, RawSockAddr};
+    use plugin_api::abi_stable::sabi_trait::TD_Opaque;
+    use plugin_api::abi_stable::std_types::{RSlice, RStr};
+    use plugin_api::glue::instance;
+    use plugin_api::{ConnId, Frame, Host, Protocol, TimerId, WorkerInfo};
+
+    use super::*;
+
+    const BOOM: &str = "fuzz plugin panics on purpose";
+
+    /// Frames `[len][len + 1 bytes…]`: 0xff as a length panics, 0xfe is invalid; a message
+    /// holding 0xfd panics in `on_message`. It records what it was given.
+    #[derive(Default)]
+    struct Toy {
+        messages: Vec<Vec<u8>>,
+    }
+
+    fn toy_frame(buf: &[u8]) -> Frame {
+        match buf.first() {
+            None => Frame::NeedMore,
+            Some(0xff) => panic!("{BOOM}"),
+            Some(0xfe) => Frame::Invalid,
+            Some(&n) => Frame::Complete(n as usize + 1),
+        }
+    }
+
+    impl Protocol for Toy {
+        fn new(_: &str, _: &WorkerInfo) -> Result<Self, String> {
+            Ok(Toy::default())
+        }
+        fn input(&mut self, _: &mut Host<'_>, _: ConnId, buf: &[u8]) -> Frame {
+            toy_frame(buf)
+        }
+        fn on_message(&mut self, _: &mut Host<'_>, _: ConnId, msg: &[u8]) {
+            self.messages.push(msg.to_vec());
+            if msg.contains(&0xfd) {
+                panic!("{BOOM}");
+            }
+        }
+    }
+
+    /// A host that answers everything and holds nothing.
+    struct NoHost;
+    impl RawHost for NoHost {
+        fn send(&mut self, _: ConnId, _: RSlice<'_, u8>) -> bool {
+            true
+        }
+        fn close(&mut self, _: ConnId, _: RSlice<'_, u8>) {}
+        fn pause_recv(&mut self, _: ConnId, _: bool) {}
+        fn peer_addr(&self, _: ConnId) -> RawSockAddr {
+            plugin_api::raw_sock_addr(None)
+        }
+        fn local_addr(&self, _: ConnId) -> RawSockAddr {
+            plugin_api::raw_sock_addr(None)
+        }
+        fn pending_send(&self, _: ConnId) -> u64 {
+            0
+        }
+        fn add_timer(&mut self, _: u64, _: u64, _: u64) -> TimerId {
+            TimerId(0)
+        }
+        fn del_timer(&mut self, _: TimerId) -> bool {
+            false
+        }
+        fn slot(&self) -> u32 {
+            0
+        }
+        fn service(&self) -> RStr<'_> {
+            RStr::from_str("fuzz")
+        }
+        fn is_draining(&self) -> bool {
+            false
+        }
+        fn now_ms(&self) -> u64 {
+            0
+        }
+    }
+
+    /// How a connection's stream ended: every message delivered, then why it stopped.
+    #[derive(Debug, PartialEq, Eq)]
+    enum End {
+        /// Waiting for more bytes (this many buffered).
+        Open(usize),
+        Invalid,
+        FramePanicked,
+        MessagePanicked,
+    }
+
+    /// Feeds `input` through the glue in pieces ending at `ends`, framing and delivering as the
+    /// host's worker does; returns the messages framed and how the stream ended.
+    fn drive(input: &[u8], ends: &[usize]) -> (Vec<Vec<u8>>, End) {
+        let mut plugin = instance(Toy::default());
+        let mut host = NoHost;
+        let conn = ConnId::new(0, 1);
+        let (mut buf, mut framed, mut start) = (Vec::new(), Vec::new(), 0);
+        for &end in ends {
+            buf.extend_from_slice(&input[start..end]);
+            start = end;
+            loop {
+                let raw = panic::catch_unwind(AssertUnwindSafe(|| {
+                    plugin.input(RawHost_TO::from_ptr(&mut host, TD_Opaque), conn, RSlice::from_slice(&buf))
+                }))
+                .expect("a plugin's panic never unwinds out of the glue");
+                // The glue says what the plugin said, or that it panicked.
+                let direct = panic::catch_unwind(|| toy_frame(&buf));
+                match (&direct, raw) {
+                    (Ok(Frame::NeedMore), RawFrame::NeedMore) => break,
+                    (Ok(Frame::Invalid), RawFrame::Invalid) => return (framed, End::Invalid),
+                    (Err(_), RawFrame::Panicked) => return (framed, End::FramePanicked),
+                    (Ok(Frame::Complete(n)), RawFrame::Complete(m)) if *n as u64 == m => {
+                        if buf.len() < *n {
+                            break;
+                        }
+                        let msg: Vec<u8> = buf.drain(..*n).collect();
+                        framed.push(msg.clone());
+                        let status = plugin.on_message(
+                            RawHost_TO::from_ptr(&mut host, TD_Opaque),
+                            conn,
+                            RSlice::from_slice(&msg),
+                        );
+                        assert_eq!(status == CallStatus::Panicked, msg.contains(&0xfd), "on_message status {status:?}");
+                        if status == CallStatus::Panicked {
+                            return (framed, End::MessagePanicked);
+                        }
+                    }
+                    (direct, raw) => panic!("the glue said {raw:?} for {:?}", direct.as_ref().ok()),
+                }
+            }
+        }
+        (framed, End::Open(buf.len()))
+    }
+
+    fn frames(input: &[u8], salt: u64) {
+        let whole = drive(input, &[input.len()]);
+        let split = drive(input, &ends(input.len(), salt));
+        assert_eq!(split, whole, "fed in pieces ({:?})", splits(input.len(), salt));
+        let total: usize = whole.0.iter().map(Vec::len).sum();
+        if let End::Open(left) = whole.1 {
+            assert_eq!(total + left, input.len(), "every byte is framed or buffered");
+        }
+    }
+
+    /// Silences the toy's own panics (thousands of them); any other still prints.
+    fn quiet_toy_panics() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let default = panic::take_hook();
+            panic::set_hook(Box::new(move |info| {
+                let msg = info.payload().downcast_ref::<String>().map(String::as_str);
+                if msg != Some(BOOM) {
+                    default(info);
+                }
+            }));
+        });
+    }
+
+    #[test]
+    fn glue_framing() {
+        quiet_toy_panics();
+        report("glue_framing", run("glue_framing", budget(), 2048, frames));
     }
 }

@@ -1,7 +1,7 @@
 //! Fuzz target for the frame plugin's framing (see `fuzz.rs`; its own binary because two plugin
 //! crates cannot link into one: each exports the plugin's root symbol).
 
-use host_tests::fuzz::{run, Budget};
+use host_fuzz::{run, Budget};
 use plugin_api::Frame;
 
 fn frames(input: &[u8], _salt: u64) {

@@ -396,4 +396,6 @@ fn decode<Rx: Message>(peer_protocol: &mut Option<u32>, payload: &[u8]) -> Resul
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

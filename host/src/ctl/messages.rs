@@ -12,7 +12,7 @@ use crate::config::WorkerSpec;
 /// The version of the master↔worker protocol this binary speaks. A master and a worker of
 /// different versions refuse each other at the hello (the worker after a binary upgrade is exec'd
 /// from the new file while the old master runs).
-pub const PROTOCOL: u32 = 4;
+pub const PROTOCOL: u32 = 5;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;
@@ -91,8 +91,10 @@ pub enum ToMaster {
     /// `status::WorkerReport` or the connection rows): the master passes most of it through to
     /// `host status`/`connections` untouched, and the status format stays the one source of truth.
     Report { id: u64, kind: ReportKind, json: String },
-    /// The worker's loop turns (sent at most once a heartbeat): the watchdog's sign of life.
-    Alive,
+    /// The worker's loop turns (sent at most once a heartbeat): the watchdog's sign of life. It
+    /// carries what recycling decides on: messages handled since the worker started, and its
+    /// resident memory (bytes, from `/proc/self/statm`; 0 if unknown).
+    Alive { messages: u64, rss_bytes: u64 },
     /// The worker switched to the descriptors of `Logs { id }`; `error` says what went wrong
     /// (the old descriptors are kept).
     LogsReopened { id: u64, error: Option<String> },

@@ -16,6 +16,7 @@ mod logs;
 mod mailbox;
 mod prepare;
 mod process;
+mod recycle;
 mod reload;
 mod report;
 mod slots;
@@ -684,7 +685,7 @@ impl Master {
             match msg {
                 ToMaster::Hello { protocol } => tracing::debug!(worker = id.0, protocol, "worker hello"),
                 ToMaster::Ready => self.sup.worker_ready(id),
-                ToMaster::Alive => self.sup.worker_alive(id),
+                ToMaster::Alive { messages, rss_bytes } => self.sup.worker_alive(id, messages, rss_bytes),
                 ToMaster::Error(e) => self.sup.worker_error(id, e),
                 ToMaster::Report { id: gather, json, .. } => self.gather_reply(id, gather, json),
                 ToMaster::LogsReopened { id: request, error } => self.logs_reopened(id, request, error),

@@ -77,6 +77,11 @@ pub struct Worker {
     pub stall_at: Option<Instant>,
     /// The watchdog killed it.
     pub stalled: bool,
+    /// Messages handled and resident bytes, as its last heartbeat said.
+    pub messages: u64,
+    pub rss_bytes: u64,
+    /// It is being recycled (or was killed for its memory), and why.
+    pub recycled: Option<super::recycle::Cause>,
 }
 
 /// One worker slot of a service: successive workers of a slot share its listening socket.
@@ -362,6 +367,9 @@ mod tests {
             retired_at: None,
             stall_at: None,
             stalled: false,
+            messages: 0,
+            rss_bytes: 0,
+            recycled: None,
         }
     }
 

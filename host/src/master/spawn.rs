@@ -77,18 +77,29 @@ pub fn spawn_worker(
         // A group of its own: a terminal's Ctrl+C reaches only the master, which stops workers
         // in order.
         .process_group(0);
-    let child =
+    let mut child =
         sys::spawn_with_fds(&mut cmd, &[listener.as_fd(), theirs.as_fd(), plugin]).map_err(SpawnError::Spawn)?;
     // Only the worker may hold this end, or the master would never see it close.
     drop(theirs);
     let pid = Pid::from_raw(child.id() as i32);
-    // The master reaps its children itself (waitpid on SIGCHLD); `Child` needs no wait.
-    drop(child);
-    ours.set_nonblocking(true).map_err(SpawnError::Spec)?;
-    // Queued, never a blocking write: what the socket does not take now is flushed by the loop.
-    let mut control = MasterChannel::new(ours);
-    control.send(&ToWorker::Hello { protocol: PROTOCOL, spec: Box::new(spec.clone()) }).map_err(SpawnError::Spec)?;
-    Ok(Spawned { pid, control })
+    let hello = |ours: UnixStream| {
+        ours.set_nonblocking(true)?;
+        // Queued, never a blocking write: what the socket does not take now is flushed by the loop.
+        let mut control = MasterChannel::new(ours);
+        control.send(&ToWorker::Hello { protocol: PROTOCOL, spec: Box::new(spec.clone()) })?;
+        Ok(control)
+    };
+    match hello(ours) {
+        // The master reaps its children itself (waitpid on SIGCHLD); `Child` needs no wait.
+        Ok(control) => Ok(Spawned { pid, control }),
+        Err(e) => {
+            // Nobody will ever know this pid: kill and reap it now, or it stays a zombie (it
+            // would wait for a hello that never comes, then exit).
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(SpawnError::Spec(e))
+        }
+    }
 }
 
 /// What `host check-plugin` found in a plugin file.

@@ -121,6 +121,8 @@ pub struct Supervisor<P> {
     /// When the current chain step (one slot's replacement) and the reload began.
     pub(in crate::master) step_started: Instant,
     pub(in crate::master) reload_started: Instant,
+    /// Slots being recycled (`max_requests`, `max_memory`): the replacement starting for each.
+    pub(in crate::master) recycling: BTreeMap<SlotKey, WorkerId>,
 }
 
 impl<P: Processes> Supervisor<P> {
@@ -155,6 +157,7 @@ impl<P: Processes> Supervisor<P> {
             out: Vec::new(),
             step_started: now,
             reload_started: now,
+            recycling: BTreeMap::new(),
         }
     }
 
@@ -222,7 +225,7 @@ impl<P: Processes> Supervisor<P> {
             group: state.group.clone(),
             drain_timeout_ms: self.timeouts.drain.as_millis() as u64,
             worker_count: state.service.count,
-            heartbeat_ms: crate::config::heartbeat_ms(self.timeouts.worker),
+            heartbeat_ms: crate::config::heartbeat_ms(self.timeouts.worker, state.service.recycle),
             tls: state.tls.as_ref().map(|t| t.spec.clone()),
             access_log: state.service.access_log.is_some(),
         }
@@ -255,6 +258,9 @@ impl<P: Processes> Supervisor<P> {
             retired_at: None,
             stall_at: None,
             stalled: false,
+            messages: 0,
+            rss_bytes: 0,
+            recycled: None,
         })
     }
 
@@ -301,6 +307,7 @@ impl<P: Processes> Supervisor<P> {
         }
         tracing::info!(service = %self.service_name(key.service), slot = key.slot, pid, start_ms = ms, "worker ready");
         match role {
+            Some(Role::Replacement) if self.recycle_ready(id) => {}
             Some(Role::Replacement) => {
                 let fx = self.reloader.ready(key, &self.views());
                 self.apply(fx);
@@ -313,13 +320,15 @@ impl<P: Processes> Supervisor<P> {
         self.check_started();
     }
 
-    /// A ready worker's loop turned: the watchdog waits again.
-    pub fn worker_alive(&mut self, id: WorkerId) {
-        let Some(timeout) = self.timeouts.worker else { return };
+    /// A ready worker's loop turned: the watchdog waits again; recycling looks at its usage.
+    pub fn worker_alive(&mut self, id: WorkerId, messages: u64, rss_bytes: u64) {
         let now = self.procs.now();
-        if let Some(w) = self.slots.worker_mut(id).filter(|w| w.stall_at.is_some()) {
-            w.stall_at = Some(now + timeout);
+        if let Some(timeout) = self.timeouts.worker {
+            if let Some(w) = self.slots.worker_mut(id).filter(|w| w.stall_at.is_some()) {
+                w.stall_at = Some(now + timeout);
+            }
         }
+        self.check_usage(id, messages, rss_bytes);
     }
 
     /// A worker reported why it cannot start (it exits next).
@@ -350,7 +359,11 @@ impl<P: Processes> Supervisor<P> {
         let key = w.key;
         self.out.push(Output::Detach(id, key));
         let service = self.service_name(key.service).to_string();
-        let how = if w.stalled { format!("watchdog: {}", exit.how) } else { exit.how.clone() };
+        let how = match (w.stalled, w.recycled) {
+            (true, _) => format!("watchdog: {}", exit.how),
+            (false, Some(cause)) => format!("{cause}: {}", exit.how),
+            (false, None) => exit.how.clone(),
+        };
         *self.exits.entry((service.clone(), how)).or_default() += 1;
         let pid = w.pid.as_raw();
         let lived_ms = w.uptime(self.procs.now()).as_millis() as u64;
@@ -362,6 +375,10 @@ impl<P: Processes> Supervisor<P> {
             Role::Retiring if exit.clean => tracing::info!(service = %service, slot = key.slot, pid, "worker stopped"),
             Role::Retiring => {
                 tracing::warn!(service = %service, slot = key.slot, pid, "worker stopped with {}", exit.how)
+            }
+            Role::Replacement if self.recycle_failed(id, key) => {
+                tracing::error!(service = %service, slot = key.slot, pid, "worker to recycle into failed: {why}; the old one goes on");
+                self.restart_if_empty(key, false);
             }
             Role::Replacement => {
                 tracing::error!(service = %service, slot = key.slot, pid, "replacement worker failed: {why}");
@@ -519,6 +536,7 @@ mod tests {
                 limits: Limits::default(),
                 tls: None,
                 access_log: None,
+                recycle: Default::default(),
             },
             source: PathBuf::from(format!("/plugins/lib{name}.so")),
             expected_name: Some(name.into()),
@@ -776,7 +794,7 @@ mod tests {
         let (stuck, fine) = (serving(&sup, 0, 0).unwrap(), serving(&sup, 0, 1).unwrap());
         for _ in 0..4 {
             sup.procs().advance(Duration::from_secs(10));
-            sup.worker_alive(fine);
+            sup.worker_alive(fine, 0, 0);
             sup.tick();
         }
         let killed: Vec<_> = sup.procs().signals.clone();
@@ -808,5 +826,93 @@ mod tests {
         sup.procs().advance(TIMEOUTS.drain + TIMEOUTS.kill);
         sup.tick();
         assert_eq!(sup.procs().signals.iter().filter(|(_, s)| *s == Signal::SIGKILL).count(), 2);
+    }
+
+    fn recycling(max_requests: u64, max_memory: u64) -> ServiceState {
+        let mut s = state("http", 2, true);
+        s.service.recycle = crate::config::Recycle { max_requests, max_memory };
+        s
+    }
+
+    fn sent_drain(out: &[Output], to: WorkerId) -> bool {
+        out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Drain { .. }) if *id == to))
+    }
+
+    #[test]
+    fn a_worker_past_max_requests_is_replaced_before_it_drains() {
+        let mut sup = started(vec![(recycling(100, 0), Some(1))]);
+        let (old, other) = (serving(&sup, 0, 0).unwrap(), serving(&sup, 0, 1).unwrap());
+        sup.worker_alive(old, 50, 1 << 20);
+        sup.worker_alive(other, 89, 1 << 20);
+        assert!(attached(&outputs(&mut sup)).is_empty(), "under the limit (even at -10 %)");
+        sup.worker_alive(old, 111, 1 << 20);
+        let out = outputs(&mut sup);
+        let new = attached(&out);
+        assert_eq!(new.len(), 1, "a replacement starts (over the limit, even at +10 %)");
+        assert!(!sent_drain(&out, old), "make before break: the old one serves until it is ready");
+        sup.worker_alive(old, 150, 1 << 20);
+        assert!(attached(&outputs(&mut sup)).is_empty(), "one recycle at a time");
+        sup.worker_ready(new[0]);
+        assert_eq!(serving(&sup, 0, 0), Some(new[0]));
+        assert!(sent_drain(&outputs(&mut sup), old), "then the old one drains");
+        let p = pid(&sup, old);
+        sup.procs().exit(p, "exit code 0");
+        sup.reap();
+        sup.tick();
+        assert!(attached(&outputs(&mut sup)).is_empty(), "nothing else starts");
+        assert_eq!(sup.exits.get(&("http".into(), "max_requests: exit code 0".into())), Some(&1), "{:?}", sup.exits);
+        assert_eq!(serving(&sup, 0, 1), Some(other));
+    }
+
+    #[test]
+    fn a_worker_past_max_memory_is_recycled_and_one_growing_on_is_killed() {
+        let mb = 1 << 20;
+        let mut sup = started(vec![(recycling(0, 64 * mb), Some(1))]);
+        let old = serving(&sup, 0, 0).unwrap();
+        sup.worker_alive(old, 1_000_000, 50 * mb);
+        assert!(attached(&outputs(&mut sup)).is_empty(), "messages alone do not count");
+        sup.worker_alive(old, 1_000_000, 72 * mb);
+        let new = attached(&outputs(&mut sup));
+        assert_eq!(new.len(), 1, "recycled");
+        assert!(sup.procs().signals.is_empty());
+        // It grows on before its replacement is ready: killed, and the log says why.
+        sup.worker_alive(old, 1_000_000, 200 * mb);
+        let p = pid(&sup, old);
+        assert_eq!(sup.procs().signals, vec![(p, Signal::SIGKILL)]);
+        sup.worker_alive(old, 1_000_000, 210 * mb);
+        assert_eq!(sup.procs().signals.len(), 1, "killed once");
+        sup.reap();
+        sup.tick();
+        assert!(attached(&outputs(&mut sup)).is_empty(), "the replacement takes the slot over");
+        sup.worker_ready(new[0]);
+        assert_eq!(serving(&sup, 0, 0), Some(new[0]));
+        assert_eq!(sup.exits.get(&("http".into(), "max_memory: signal SIGKILL".into())), Some(&1), "{:?}", sup.exits);
+    }
+
+    #[test]
+    fn a_failed_recycle_keeps_the_old_worker_and_a_reload_takes_a_recycle_over() {
+        let mut sup = started(vec![(recycling(10, 0), Some(1))]);
+        let old = serving(&sup, 0, 0).unwrap();
+        sup.worker_alive(old, 20, 0);
+        let new = attached(&outputs(&mut sup));
+        let p = pid(&sup, new[0]);
+        sup.procs().exit(p, "exit code 2");
+        sup.reap();
+        sup.tick();
+        assert!(attached(&outputs(&mut sup)).is_empty());
+        assert_eq!(serving(&sup, 0, 0), Some(old), "the old worker goes on");
+        // The next heartbeat tries again; a reload reaching the slot then takes over.
+        sup.worker_alive(old, 21, 0);
+        let recycle = attached(&outputs(&mut sup))[0];
+        sup.request_reload(true, Trigger::Command, Some(ClientId(4)));
+        let out = outputs(&mut sup);
+        sup.checked(done(checks(&out)[0], 2));
+        let out = outputs(&mut sup);
+        assert!(out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Stop) if *id == recycle)), "{out:?}");
+        let chain = attached(&out);
+        assert_eq!(chain.len(), 1);
+        sup.worker_ready(chain[0]);
+        assert_eq!(serving(&sup, 0, 0), Some(chain[0]));
+        assert_eq!(sup.procs().started.iter().filter(|s| s.hash == 2).count(), 2, "the chain goes on with slot 1");
     }
 }

@@ -529,6 +529,10 @@ impl Master {
                 retired_at: w.retired_ms_ago.map(|r| now.checked_sub(ms(r)).unwrap_or(now)),
                 stall_at: self.sup.timeouts.worker.filter(|_| serving_ready).map(|t| now + t),
                 stalled: false,
+                // The next heartbeat says; the chain this upgrade starts replaces it anyway.
+                messages: 0,
+                rss_bytes: 0,
+                recycled: None,
             };
             let role = match w.role {
                 HandedRole::Serving => Role::Serving,
@@ -592,6 +596,7 @@ mod tests {
                 limits: Limits::default(),
                 tls: None,
                 access_log: None,
+                recycle: Default::default(),
             },
             reloadable: true,
             user: None,

@@ -362,7 +362,8 @@ impl Worker {
     fn beat(&mut self) {
         if self.heartbeat_ms > 0 && self.core.now_ms >= self.next_heartbeat_ms {
             self.next_heartbeat_ms = self.core.now_ms + self.heartbeat_ms;
-            self.send_control(&ToMaster::Alive);
+            let alive = ToMaster::Alive { messages: self.core.stats.messages, rss_bytes: resident_bytes() };
+            self.send_control(&alive);
             crate::logging::flush_suppressed();
         }
     }
@@ -641,9 +642,18 @@ fn msg_name(msg: &ToMaster) -> &'static str {
         ToMaster::Error(_) => "error",
         ToMaster::Ready => "ready",
         ToMaster::Report { .. } => "report",
-        ToMaster::Alive => "alive",
+        ToMaster::Alive { .. } => "alive",
         ToMaster::LogsReopened { .. } => "logs reopened",
     }
+}
+
+/// The process's resident memory in bytes, from `/proc/self/statm` (one short read; 0 if it
+/// cannot be read).
+fn resident_bytes() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
+    let pages: u64 = text.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096);
+    pages * page as u64
 }
 
 /// Loads the plugin from its snapshot (dlopen takes a path: `/proc/self/fd/5`), then closes the

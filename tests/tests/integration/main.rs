@@ -87,3 +87,6 @@ mod messages;
 // UDP services (examples/udp_echo), Unix-socket services (curl --unix-socket, peer credentials,
 // stale and live socket files, TLS), IPv6 and dual-stack listening.
 mod transports;
+// Worker recycling: --max-requests replaces workers under traffic without a failed request;
+// --max-memory recycles or kills a worker that grows without bound.
+mod recycle;

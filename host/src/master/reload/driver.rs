@@ -231,7 +231,7 @@ impl<P: Processes> Supervisor<P> {
                     tracing::info!(reason = %reason, "a newer reload takes over at this step; checking the files again")
                 }
                 Effect::Start { slot, snapshot } => self.start_replacement(slot, &snapshot),
-                Effect::Promote { slot, graceful } => self.promote(slot, graceful),
+                Effect::Promote { slot, graceful } => self.promote(slot, graceful, "reload step"),
                 Effect::Finished(finished) => self.reload_finished(finished),
             }
         }
@@ -239,6 +239,7 @@ impl<P: Processes> Supervisor<P> {
 
     pub(in crate::master) fn start_replacement(&mut self, key: SlotKey, snap: &Rc<Snapshot>) {
         self.step_started = self.procs.now();
+        self.cancel_recycle(key);
         let result = self
             .launch(key, snap, Role::Replacement)
             .and_then(|w| self.slots.insert_replacement(w).map_err(|e| e.to_string()));
@@ -249,8 +250,9 @@ impl<P: Processes> Supervisor<P> {
         }
     }
 
-    /// The replacement of `key` is ready: it becomes the slot's worker, the old one goes.
-    pub(in crate::master) fn promote(&mut self, key: SlotKey, graceful: bool) {
+    /// The replacement of `key` is ready: it becomes the slot's worker, the old one goes. `why`
+    /// names the step in the log (a reload step, a recycle).
+    pub(in crate::master) fn promote(&mut self, key: SlotKey, graceful: bool, why: &str) {
         let old = match self.slots.promote(key) {
             Ok(old) => old,
             Err(e) => return tracing::error!(slot = key.slot, "internal: could not promote: {e}"),
@@ -259,8 +261,9 @@ impl<P: Processes> Supervisor<P> {
         let (new_pid, new_hash) = new.map_or((0, String::new()), |w| (w.pid.as_raw(), w.snapshot.short_hash()));
         let old_w = old.and_then(|id| self.slots.worker(id));
         let (old_pid, old_hash) = old_w.map_or((0, "-".to_string()), |w| (w.pid.as_raw(), w.snapshot.short_hash()));
-        let step_ms = self.procs.now().saturating_duration_since(self.step_started).as_millis() as u64;
-        tracing::info!(service = %self.service_name(key.service), slot = key.slot, old_pid, new_pid, old_hash = %old_hash, new_hash = %new_hash, step_ms, "reload step: slot replaced");
+        let started = new.map_or(self.step_started, |w| w.started);
+        let step_ms = self.procs.now().saturating_duration_since(started).as_millis() as u64;
+        tracing::info!(service = %self.service_name(key.service), slot = key.slot, old_pid, new_pid, old_hash = %old_hash, new_hash = %new_hash, step_ms, "{why}: slot replaced");
         if let Some(old) = old {
             self.retire(old, graceful);
         }

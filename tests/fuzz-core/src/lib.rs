@@ -1,10 +1,14 @@
-//! A small mutation fuzzer for the protocol parsers, runnable on the stable toolchain.
+//! `host-fuzz`: a small seeded mutation fuzzer for the parsers, runnable on the stable toolchain
+//! (no libFuzzer, no nightly). Used as a dev-dependency by `host-tests` (`tests/tests/fuzz*.rs`:
+//! the protocol plugins, the plugin glue) and by `host` itself (unit tests: the config file, the
+//! master↔worker channel). Run the long version with `bash bench/fuzz.sh`.
 //!
-//! Each target has a seed corpus (`tests/fuzz/corpus/<target>/`, one input per file). Every
+//! Each target has seeds: a corpus directory (`tests/fuzz/corpus/<target>/`, one input per
+//! file, [`corpus`]) and/or seeds built in code ([`run_seeds`]). Every
 //! round picks a corpus entry, applies a few random mutations (byte flips, bytes protocols care
 //! about, inserts, deletes, repeats, splices of another entry, truncation) and hands the result
 //! to the target, which checks its invariants and panics when one breaks. A panic is caught,
-//! the input is written to `target/fuzz-crashes/<target>-<hash>` and the run fails naming it:
+//! the input is written to `target/<profile>/fuzz-crashes/<target>-<hash>` and the run fails naming it:
 //! that file becomes a regression seed in the corpus once fixed.
 //!
 //! Bounded by rounds (`FUZZ_ROUNDS`) or by time (`FUZZ_SECS`); `FUZZ_SEED` replays a run.
@@ -54,9 +58,14 @@ impl Rng {
     }
 }
 
+/// The directory of the seed corpora, `tests/fuzz/corpus/` (each target has a directory there).
+pub fn corpus_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
+}
+
 /// The seed corpus of `target`: every file of `tests/fuzz/corpus/<target>/`.
 pub fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = corpus_root().join(target);
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading the corpus {}: {e}", dir.display()))
         .map(|e| e.expect("a corpus entry").path())
@@ -136,7 +145,18 @@ pub struct Report {
 /// spent. `check` gets the input and a number to derive split points from. Panics (naming the
 /// saved input) when `check` does.
 pub fn run(target: &str, budget: Budget, max_len: usize, check: impl Fn(&[u8], u64)) -> Report {
-    let seeds = corpus(target);
+    run_seeds(target, corpus(target), budget, max_len, check)
+}
+
+/// [`run`] with the seeds given (at least one).
+pub fn run_seeds(
+    target: &str,
+    seeds: Vec<Vec<u8>>,
+    budget: Budget,
+    max_len: usize,
+    check: impl Fn(&[u8], u64),
+) -> Report {
+    assert!(!seeds.is_empty(), "fuzz target {target} has no seed");
     let seed = std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_f00d_u64);
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
@@ -169,11 +189,19 @@ pub fn run(target: &str, budget: Budget, max_len: usize, check: impl Fn(&[u8], u
 fn save_crash(target: &str, input: &[u8]) -> PathBuf {
     let mut h = DefaultHasher::new();
     input.hash(&mut h);
-    let dir = crate::target_dir().join("fuzz-crashes");
+    let dir = profile_dir().join("fuzz-crashes");
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join(format!("{target}-{:016x}", h.finish()));
     let _ = std::fs::write(&path, input);
     path
+}
+
+/// `target/<profile>`, from the running test binary's path (`target/<profile>/deps/NAME-HASH`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let dir = if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap_or(dir) } else { dir };
+    dir.to_path_buf()
 }
 
 /// Split points for feeding `len` bytes in pieces, derived from `salt`: sorted, in `1..len`.
