@@ -10,18 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-30}
 PROFILE=${PROFILE:-release}
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
-
-tmp=$(mktemp -d)
-master=""
-wrk_pid=""
-cleanup() {
-    [ -n "$wrk_pid" ] && kill "$wrk_pid" 2>/dev/null || true
-    [ -n "$master" ] && kill -INT "$master" 2>/dev/null || true
-    for _ in $(seq 50); do [ -n "$master" ] && kill -0 "$master" 2>/dev/null && sleep 0.1; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+source bench/lib.sh
+need wrk
 
 if [ "$PROFILE" = release ]; then cargo build --release -q -p host -p host-plugin-http; else cargo build -q -p host -p host-plugin-http; fi
 bin="target/$PROFILE"
@@ -33,6 +23,7 @@ variant() { cp "$bin/libhttp.so" "$tmp/staging/http.so"; printf 'chaos variant %
 "$bin/host" --plugin http --count 4 --listen 127.0.0.1:0 --plugin-dir "$tmp/plugins" \
     --pid-file "$tmp/host.pid" 2>"$tmp/host.log" &
 master=$!
+pids+=("$master")
 for _ in $(seq 200); do grep -q "host ready" "$tmp/host.log" && break; sleep 0.05; done
 port=$(grep -o 'address=127.0.0.1:[0-9]*' "$tmp/host.log" | head -1 | cut -d: -f2)
 url="http://127.0.0.1:$port/"
@@ -47,6 +38,7 @@ fds_before=$(fds); rss_before=$(rss)
 echo "== chaos: wrk -t1 -c64 -d${DURATION}s; SIGKILL a random worker every 2 s, new plugin file every 5 s"
 wrk -t1 -c64 -d"${DURATION}s" "$url" >"$tmp/wrk.txt" &
 wrk_pid=$!
+pids+=("$wrk_pid")
 kills=0; reloads=0
 start=$(date +%s)
 tick=0
@@ -54,9 +46,9 @@ while [ $(( $(date +%s) - start )) -lt "$DURATION" ]; do
     sleep 1
     tick=$((tick + 1))
     if [ $((tick % 2)) -eq 0 ]; then
-        mapfile -t pids < <(workers)
-        if [ "${#pids[@]}" -gt 0 ]; then
-            victim=${pids[$((RANDOM % ${#pids[@]}))]}
+        mapfile -t live < <(workers)
+        if [ "${#live[@]}" -gt 0 ]; then
+            victim=${live[$((RANDOM % ${#live[@]}))]}
             kill -KILL "$victim" 2>/dev/null && kills=$((kills + 1))
         fi
     fi

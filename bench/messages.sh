@@ -12,20 +12,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
-tmp=$(mktemp -d)
-master=""
-cleanup() {
-    [ -n "$master" ] && kill -INT "$master" 2>/dev/null || true
-    for _ in $(seq 50); do [ -n "$master" ] && kill -0 "$master" 2>/dev/null && sleep 0.1; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+source bench/lib.sh
 
 cargo build --release -p host -p host-example-chat -q
 export XDG_RUNTIME_DIR="$tmp"
 target/release/host start -d --plugin chat --plugin-dir target/release --listen 127.0.0.1:0 --count 2 \
     --log-file "$tmp/host.log" >/dev/null
 master=$(cat "$tmp/host/host.pid")
+pids+=("$master")
 port=$(target/release/host status | awk '/127.0.0.1:/ { split($0, a, "127.0.0.1:"); split(a[2], b, " "); print b[1]; exit }')
 
 python3 - "$port" "$DURATION" <<'PY'

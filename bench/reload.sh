@@ -12,16 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-20}
 REPLACEMENTS=${REPLACEMENTS:-5}
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
-
-tmp=$(mktemp -d)
-master=""
-cleanup() {
-    [ -n "$master" ] && kill -INT "$master" 2>/dev/null || true
-    for _ in $(seq 50); do [ -n "$master" ] && kill -0 "$master" 2>/dev/null && sleep 0.1; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+source bench/lib.sh
+need wrk
 
 cargo build --release --workspace -q
 mkdir -p "$tmp/plugins"
@@ -31,6 +23,7 @@ variant() { cp target/release/libhttp.so "$1"; printf 'variant %s %s' "$2" "$RAN
 target/release/host --plugin http --count 4 --listen 127.0.0.1:0 --plugin-dir "$tmp/plugins" \
     --pid-file "$tmp/host.pid" 2>"$tmp/host.log" &
 master=$!
+pids+=("$master")
 for _ in $(seq 100); do grep -q "host ready" "$tmp/host.log" && break; sleep 0.05; done
 port=$(grep -o 'address=127.0.0.1:[0-9]*' "$tmp/host.log" | head -1 | cut -d: -f2)
 url="http://127.0.0.1:$port/"
@@ -39,6 +32,7 @@ curl -sf "$url" >/dev/null
 echo "== reload under load: wrk -t1 -c64 -d${DURATION}s, $REPLACEMENTS replacements"
 wrk -t1 -c64 -d"${DURATION}s" --latency "$url" >"$tmp/wrk.txt" &
 wrk_pid=$!
+pids+=("$wrk_pid")
 gap=$(python3 -c "print(max(1.0, ($DURATION - 4) / $REPLACEMENTS))")
 sleep 2
 for i in $(seq "$REPLACEMENTS"); do
