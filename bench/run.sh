@@ -114,7 +114,7 @@ round() {
     after=$(ticks "$pid")
     # shellcheck disable=SC2046
     python3 "$helper" "$parser" "$scenario" "$server" $((after - before)) $(pss "$pid") <"$tmp/load.out" >>"$results"
-    echo "  $scenario $server: $(tail -1 "$results" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"rps\"]:,.0f}/s, {r[\"errors\"]} errors")')" >&2
+    echo "  $scenario $server: $(tail -1 "$results" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("{:,.0f}/s, {} errors".format(r["rps"], r["errors"]))')" >&2
 }
 
 # `wrk_scenario NAME SCHEME PATH WRK-ARGS...`: ROUNDS rounds of wrk, host then nginx.
