@@ -20,8 +20,10 @@ use super::reload::state::Reloader;
 use super::slots::{ClientId, Readiness, Role, ServiceId, SlotKey, SlotTable, Worker, WorkerId};
 use super::snapshot::Snapshot;
 use crate::config::{Service, WorkerSpec};
+use crate::ctl::watch::{self, Whereabouts};
 use crate::ctl::{MasterChannel, ToWorker};
 use crate::status::Answer;
+use crate::sys;
 use crate::tls::{CertInfo, TlsSpec};
 
 /// Where the master is in its life.
@@ -257,7 +259,8 @@ impl<P: Processes> Supervisor<P> {
             error: None,
             retired_at: None,
             stall_at: None,
-            stalled: false,
+            stalled: None,
+            watch: spawned.watch,
             messages: 0,
             rss_bytes: 0,
             recycled: None,
@@ -359,10 +362,10 @@ impl<P: Processes> Supervisor<P> {
         let key = w.key;
         self.out.push(Output::Detach(id, key));
         let service = self.service_name(key.service).to_string();
-        let how = match (w.stalled, w.recycled) {
-            (true, _) => format!("watchdog: {}", exit.how),
-            (false, Some(cause)) => format!("{cause}: {}", exit.how),
-            (false, None) => exit.how.clone(),
+        let how = match (&w.stalled, w.recycled) {
+            (Some(place), _) => format!("watchdog ({place}): {}", exit.how),
+            (None, Some(cause)) => format!("{cause}: {}", exit.how),
+            (None, None) => exit.how.clone(),
         };
         *self.exits.entry((service.clone(), how)).or_default() += 1;
         let pid = w.pid.as_raw();
@@ -434,11 +437,21 @@ impl<P: Processes> Supervisor<P> {
             let timeout = self.timeouts.worker.unwrap_or_default();
             let Some(w) = self.slots.worker_mut(id) else { continue };
             w.stall_at = None;
-            w.stalled = true;
-            w.error = Some(format!("it made no progress for {} s (stuck in its plugin)", timeout.as_secs_f64()));
+            // Read before the kill: the page says where the loop is now.
+            let whereabouts = w.watch.as_ref().map(|page| watch::decode(page.load()));
+            let (place, stuck_s) = match whereabouts {
+                Some(Whereabouts::InCallback { name, since_ms }) => {
+                    let since = sys::monotonic_ms().saturating_sub(since_ms);
+                    (format!("in {name}"), Duration::from_millis(since).as_secs())
+                }
+                Some(Whereabouts::InLoop) => ("in the host's loop".to_string(), timeout.as_secs()),
+                None => ("in an unknown callback".to_string(), timeout.as_secs()),
+            };
+            w.error = Some(format!("it made no progress for {} s (stuck {place})", timeout.as_secs_f64()));
+            w.stalled = Some(place.clone());
             let (pid, key) = (w.pid, w.key);
             let plugin = format!("{} {}", w.snapshot.name, w.snapshot.version);
-            tracing::error!(service = %self.service_name(key.service), slot = key.slot, pid = pid.as_raw(), plugin = %plugin, timeout_s = timeout.as_secs_f64(), "worker made no progress (stuck in a plugin callback); killing it");
+            tracing::error!(service = %self.service_name(key.service), slot = key.slot, pid = pid.as_raw(), plugin = %plugin, timeout_s = timeout.as_secs_f64(), "worker made no progress: stuck {place} for {stuck_s} s; killed");
             self.procs.kill(pid, Signal::SIGKILL);
         }
         for id in overdue {
@@ -792,6 +805,10 @@ mod tests {
     fn the_watchdog_kills_a_silent_worker_and_its_slot_is_served_again_at_once() {
         let mut sup = started(vec![(state("http", 2, true), Some(1))]);
         let (stuck, fine) = (serving(&sup, 0, 0).unwrap(), serving(&sup, 0, 1).unwrap());
+        // The stuck worker's page says it is in on_message.
+        let p = pid(&sup, stuck);
+        let word = watch::encode(const { watch::callback("on_message") }, sys::monotonic_ms().saturating_sub(40_000));
+        sup.procs().watches[&p].store(word);
         for _ in 0..4 {
             sup.procs().advance(Duration::from_secs(10));
             sup.worker_alive(fine, 0, 0);
@@ -799,12 +816,15 @@ mod tests {
         }
         let killed: Vec<_> = sup.procs().signals.clone();
         assert_eq!(killed, vec![(pid(&sup, stuck), Signal::SIGKILL)], "only the silent worker is killed");
+        let error = sup.slots.worker(stuck).unwrap().error.clone().unwrap();
+        assert!(error.contains("stuck in on_message"), "{error}");
         sup.reap();
         sup.tick();
         let new = attached(&outputs(&mut sup));
         assert_eq!(new.len(), 1, "replaced at once");
         assert_eq!(serving(&sup, 0, 1), Some(fine));
-        assert_eq!(sup.exits.get(&("http".into(), "watchdog: signal SIGKILL".into())), Some(&1), "{:?}", sup.exits);
+        let how = "watchdog (in on_message): signal SIGKILL";
+        assert_eq!(sup.exits.get(&("http".into(), how.into())), Some(&1), "{:?}", sup.exits);
     }
 
     #[test]

@@ -528,7 +528,10 @@ impl Master {
                 error: None,
                 retired_at: w.retired_ms_ago.map(|r| now.checked_sub(ms(r)).unwrap_or(now)),
                 stall_at: self.sup.timeouts.worker.filter(|_| serving_ready).map(|t| now + t),
-                stalled: false,
+                stalled: None,
+                // The page stayed with the previous image: the watchdog of an adopted worker
+                // cannot say which callback it is stuck in.
+                watch: None,
                 // The next heartbeat says; the chain this upgrade starts replaces it anyway.
                 messages: 0,
                 rss_bytes: 0,

@@ -8,7 +8,8 @@
 //! - [`socket`]: the per-slot SO_REUSEPORT listening sockets (TCP, UDP), the shared Unix one;
 //! - [`scm`]: bytes with descriptors attached (SCM_RIGHTS), for the master↔worker channel;
 //! - [`daemon`]: `start -d`, and pointing stdout and stderr at a reopened log file;
-//! - [`identity`]: checking and switching user and group.
+//! - [`identity`]: checking and switching user and group;
+//! - [`watch`]: the page a worker shares with the master (which plugin callback it is in).
 //!
 //! Every descriptor is created close-on-exec (SOCK_CLOEXEC, O_CLOEXEC, F_DUPFD_CLOEXEC,
 //! MFD_CLOEXEC; mio accepts with accept4(SOCK_CLOEXEC)): a child gets exactly the descriptors
@@ -37,6 +38,7 @@ mod process;
 mod scm;
 mod signal;
 mod socket;
+mod watch;
 
 pub use self::daemon::{daemonize, redirect_stdio, Daemonized};
 pub use self::fd::{
@@ -51,3 +53,4 @@ pub use self::signal::{ignore_sigpipe, signal_fd};
 pub use self::socket::{
     listen_reuseport, listen_unix, local_addr, peer_cred, socket_kind, udp_reuseport, unix_in_use, SocketKind,
 };
+pub use self::watch::{monotonic_ms, WatchPage};
