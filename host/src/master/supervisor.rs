@@ -50,6 +50,9 @@ pub struct ServiceState {
     pub sockets: Vec<OwnedFd>,
     /// Its plugin file does not exist yet: no workers until it appears.
     pub waiting: bool,
+    /// New connections may be steered over `sockets` (TCP, more than one slot, a socket per
+    /// slot, each at its slot's index in the SO_REUSEPORT group).
+    pub steer: bool,
     /// Its certificate and key as checked (None: plain TCP).
     pub tls: Option<LoadedTls>,
 }
@@ -94,6 +97,12 @@ pub enum Output {
     },
     /// A retired worker exited this long after it was told to go.
     Drained(Duration),
+    /// Send the service's new connections to these slots only (their sockets' indices in the
+    /// SO_REUSEPORT group), or (None) to every slot, by the kernel's hash.
+    Steer {
+        service: ServiceId,
+        live: Option<Vec<u32>>,
+    },
 }
 
 /// The last reload, for the log and `status`.
@@ -125,6 +134,9 @@ pub struct Supervisor<P> {
     pub(in crate::master) reload_started: Instant,
     /// Slots being recycled (`max_requests`, `max_memory`): the replacement starting for each.
     pub(in crate::master) recycling: BTreeMap<SlotKey, WorkerId>,
+    /// The steering last asked for, per service (absent: not asked yet, so whatever a previous
+    /// image left attached is replaced).
+    pub(in crate::master) steered: BTreeMap<ServiceId, Option<Vec<u32>>>,
 }
 
 impl<P: Processes> Supervisor<P> {
@@ -160,6 +172,7 @@ impl<P: Processes> Supervisor<P> {
             step_started: now,
             reload_started: now,
             recycling: BTreeMap::new(),
+            steered: BTreeMap::new(),
         }
     }
 
@@ -187,7 +200,40 @@ impl<P: Processes> Supervisor<P> {
 
     /// What the loop must do now.
     pub fn take_outputs(&mut self) -> Vec<Output> {
+        self.steer();
         std::mem::take(&mut self.out)
+    }
+
+    /// While a slot of a steerable service has no ready serving worker (dead, starting again,
+    /// backing off) and others have, new connections go to the others only: none waits in the
+    /// accept queue of a slot nobody accepts on. With every slot live (or none), the kernel
+    /// spreads them over all.
+    fn steer(&mut self) {
+        // Starting: every slot's first worker is on its way (the host is not ready before).
+        if self.phase != Phase::Running {
+            return;
+        }
+        for (i, state) in self.services.iter().enumerate() {
+            if !state.steer {
+                continue;
+            }
+            let service = ServiceId(i);
+            let live: Vec<u32> = self
+                .slots
+                .slots()
+                .filter(|s| s.key.service == service)
+                .filter(|s| {
+                    s.serving().and_then(|id| self.slots.worker(id)).is_some_and(|w| w.readiness == Readiness::Ready)
+                })
+                .map(|s| s.key.slot)
+                .collect();
+            let all = live.len() == state.sockets.len() || live.is_empty();
+            let wanted = (!all).then_some(live);
+            if self.steered.get(&service) != Some(&wanted) {
+                self.steered.insert(service, wanted.clone());
+                self.out.push(Output::Steer { service, live: wanted });
+            }
+        }
     }
 
     /// Stopping and every worker gone: the master exits, with the start error if there was one.
@@ -559,6 +605,7 @@ mod tests {
             tls: None,
             sockets: (0..count).map(|_| socket()).collect(),
             waiting: false,
+            steer: false,
         }
     }
 
@@ -846,6 +893,54 @@ mod tests {
         sup.procs().advance(TIMEOUTS.drain + TIMEOUTS.kill);
         sup.tick();
         assert_eq!(sup.procs().signals.iter().filter(|(_, s)| *s == Signal::SIGKILL).count(), 2);
+    }
+
+    fn steering(out: &[Output]) -> Vec<Option<Vec<u32>>> {
+        out.iter().filter_map(|o| if let Output::Steer { live, .. } = o { Some(live.clone()) } else { None }).collect()
+    }
+
+    #[test]
+    fn new_connections_avoid_a_slot_without_a_ready_worker_until_it_has_one_again() {
+        let mut steered = state("http", 3, true);
+        steered.steer = true;
+        let mut sup = supervisor(vec![(steered, Some(1)), (state("other", 2, true), Some(1))]);
+        sup.start();
+        let out = outputs(&mut sup);
+        assert!(steering(&out).is_empty(), "nothing while starting");
+        let ids = attached(&out);
+        sup.worker_ready(ids[0]);
+        assert!(steering(&outputs(&mut sup)).is_empty(), "nothing while starting");
+        for id in &ids[1..] {
+            sup.worker_ready(*id);
+        }
+        let out = outputs(&mut sup);
+        assert_eq!(
+            steering(&out),
+            vec![None],
+            "running, all live: the kernel's spread (once, for the steerable service)"
+        );
+        assert!(out.iter().any(|o| matches!(o, Output::Started)));
+        // Slot 1 dies; its next workers cannot start (back-off).
+        let p = pid(&sup, serving(&sup, 0, 1).unwrap());
+        sup.procs().exit(p, "signal SIGSEGV");
+        sup.reap();
+        assert_eq!(steering(&outputs(&mut sup)), vec![Some(vec![0, 2])]);
+        for _ in 0..3 {
+            sup.tick();
+            let new = attached(&outputs(&mut sup));
+            assert_eq!(new.len(), 1);
+            let p = pid(&sup, new[0]);
+            sup.procs().exit(p, "exit code 3");
+            sup.reap();
+            let wait = sup.next_deadline().unwrap().saturating_duration_since(sup.now());
+            sup.procs().advance(wait);
+            assert!(steering(&outputs(&mut sup)).is_empty(), "no flapping while it cannot start");
+        }
+        // It comes back: every slot gets new connections again.
+        sup.tick();
+        let new = attached(&outputs(&mut sup));
+        sup.worker_ready(new[0]);
+        assert_eq!(steering(&outputs(&mut sup)), vec![None]);
     }
 
     fn recycling(max_requests: u64, max_memory: u64) -> ServiceState {

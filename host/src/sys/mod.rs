@@ -51,6 +51,7 @@ pub use self::process::{exec_image, exec_with_title, set_thread_name, spawn_with
 pub use self::scm::{recv_with_fds, send_with_fds};
 pub use self::signal::{ignore_sigpipe, signal_fd};
 pub use self::socket::{
-    listen_reuseport, listen_unix, local_addr, peer_cred, socket_kind, udp_reuseport, unix_in_use, SocketKind,
+    listen_reuseport, listen_unix, local_addr, peer_cred, same_socket, socket_kind, steer_reuseport, udp_reuseport,
+    unix_in_use, SocketKind,
 };
 pub use self::watch::{monotonic_ms, WatchPage};
