@@ -299,8 +299,18 @@ fn dry_run(exe: &Path, state: BorrowedFd<'_>, dir: &Path) -> Result<(), String> 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child =
-        sys::spawn_with_fds(&mut cmd, &[state]).map_err(|e| format!("could not run {}: {e}", exe.display()))?;
+    // A binary just installed may still be open for writing a moment (ETXTBSY: the installer,
+    // or a process forked while it wrote): try again for about a second.
+    let mut tries = 0;
+    let mut child = loop {
+        match sys::spawn_with_fds(&mut cmd, &[state]) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => break other.map_err(|e| format!("could not run {}: {e}", exe.display()))?,
+        }
+    };
     let stderr = child.stderr.take();
     let reader = std::thread::spawn(move || {
         let mut text = Vec::new();
