@@ -26,17 +26,16 @@ impl CopiedHost {
         fs::create_dir_all(dir.join("bin")).unwrap();
         fs::copy(host_bin(), dir.join("bin/host")).unwrap_or_else(|e| panic!("could not copy the host binary: {e}"));
         let log = fs::File::create(dir.join("host.log")).unwrap();
-        let child = Command::new(dir.join("bin/host"))
-            .args(args)
+        let mut cmd = Command::new(dir.join("bin/host"));
+        cmd.args(args)
             .current_dir(dir.path())
             .env("XDG_RUNTIME_DIR", dir.path())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not run the copied host: {e}"));
+            .process_group(0);
+        let child = spawn_fresh_binary(&mut cmd).unwrap_or_else(|e| panic!("could not run the copied host: {e}"));
         let host = CopiedHost { dir, child };
         if let Err(e) = host.wait_for_log("host ready", READY_TIMEOUT) {
             panic!("the copied host did not get ready: {e}");
@@ -113,6 +112,22 @@ impl Drop for CopiedHost {
         }
         if std::thread::panicking() {
             eprintln!("\n---- copied host (pid {}) log ----\n{}---- end ----\n", self.pid(), self.log());
+        }
+    }
+}
+
+/// Spawns a binary this process has just written. Another test thread that forks while the copy
+/// is open for writing holds that descriptor in its child until the child execs, and exec of the
+/// copy fails with ETXTBSY meanwhile: a bounded retry (about 2 s) rides that out.
+pub fn spawn_fresh_binary(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 40 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
         }
     }
 }

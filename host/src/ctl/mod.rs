@@ -16,6 +16,7 @@
 
 pub mod channel;
 pub mod messages;
+pub mod watch;
 
 use std::io::{self, Read, Write};
 

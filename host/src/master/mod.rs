@@ -29,7 +29,7 @@ pub mod upgrade;
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ use self::prepare::Preparer;
 use self::process::OsProcesses;
 use self::reload::state::Trigger;
 use self::report::{Gather, Requester};
-use self::slots::{ClientId, SlotKey, WorkerId};
+use self::slots::{ClientId, ServiceId, SlotKey, WorkerId};
 pub use self::systemd::first_stray_fd;
 
 use self::supervisor::{LoadedTls, Output, Phase, ServiceState, Supervisor, Timeouts};
@@ -289,8 +289,15 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
             Some(_) => snapshot.is_none(),
             None => source.is_none(),
         };
+        // A TCP service with a socket of its own per slot (not one socket shared, as a socket
+        // the service manager handed over is): new connections can be steered away from a slot
+        // without a live worker.
+        let steer = matches!(bound, Listen::Tcp(_))
+            && sockets.len() > 1
+            && !sys::same_socket(sockets[0].as_fd(), sockets[1].as_fd()).unwrap_or(true);
         let state = ServiceState {
             service: Service { listen: bound, ..service },
+            steer,
             waiting,
             source: source.unwrap_or_default(),
             expected_name,
@@ -518,6 +525,7 @@ impl Master {
                     Output::Check(job) => self.preparer.submit(job),
                     Output::ReloadDone { outcome, duration } => self.metrics.reload_finished(outcome, duration),
                     Output::Drained(duration) => self.metrics.drained(duration),
+                    Output::Steer { service, live } => self.steer(service, live.as_deref()),
                     Output::Started => {
                         let workers = self.sup.slots.workers().count();
                         tracing::info!(workers, pid = std::process::id(), "host ready");
@@ -759,6 +767,20 @@ impl Master {
 
     /// What runs, in a few lines on stdout (a foreground start): services, addresses, workers,
     /// plugins, the watched directories, the pid file, how to stop.
+    /// Steers a service's new connections as the supervisor decided (`Output::Steer`).
+    fn steer(&mut self, service: ServiceId, live: Option<&[u32]>) {
+        let state = &self.sup.services[service.0];
+        let Some(socket) = state.sockets.first() else { return };
+        let name = &state.service.name;
+        match (sys::steer_reuseport(socket.as_fd(), live), live) {
+            (Ok(()), Some(live)) => {
+                tracing::info!(service = %name, ?live, "slots without a live worker: new connections go to the live slots only")
+            }
+            (Ok(()), None) => tracing::debug!(service = %name, "new connections spread over every slot"),
+            (Err(e), _) => tracing::warn!(service = %name, "could not steer new connections: {e}"),
+        }
+    }
+
     fn print_banner(&self) {
         let mut out = format!("host {} ready (master pid {})\n", env!("CARGO_PKG_VERSION"), std::process::id());
         for (i, state) in self.sup.services.iter().enumerate() {

@@ -16,11 +16,14 @@ use super::spawn::{self, SpawnError};
 use crate::config::WorkerSpec;
 use crate::ctl::MasterChannel;
 use crate::plugin;
+use crate::sys::WatchPage;
 
-/// A started worker: its pid and the master's end of its channel.
+/// A started worker: its pid, the master's end of its channel and its watch page (None: the
+/// fake processes of unit tests may have none).
 pub struct Spawned {
     pub pid: Pid,
     pub channel: MasterChannel<UnixStream>,
+    pub watch: Option<WatchPage>,
 }
 
 /// How a process ended.
@@ -65,7 +68,7 @@ impl Processes for OsProcesses {
         snapshot: &Snapshot,
     ) -> Result<Spawned, SpawnError> {
         let spawned = spawn::spawn_worker(spec, label, listener, snapshot.fd(), &self.worker_args)?;
-        Ok(Spawned { pid: spawned.pid, channel: spawned.control })
+        Ok(Spawned { pid: spawned.pid, channel: spawned.control, watch: Some(spawned.watch) })
     }
 
     fn kill(&mut self, pid: Pid, signal: Signal) {
@@ -134,6 +137,8 @@ pub mod fake {
         pub plugins: HashMap<String, PathBuf>,
         /// The workers' ends of their channels (kept open, like a live worker).
         peers: Vec<UnixStream>,
+        /// The workers' mappings of their watch pages (a test plays a worker stuck in a callback).
+        pub watches: HashMap<Pid, WatchPage>,
     }
 
     impl Default for FakeProcesses {
@@ -147,6 +152,7 @@ pub mod fake {
                 refuse_spawn: false,
                 plugins: HashMap::new(),
                 peers: Vec::new(),
+                watches: HashMap::new(),
             }
         }
     }
@@ -182,7 +188,9 @@ pub mod fake {
             let (ours, theirs) = UnixStream::pair().expect("socketpair");
             self.peers.push(theirs);
             self.started.push(Started { pid, service: spec.service.clone(), slot: spec.slot, hash: snapshot.hash });
-            Ok(Spawned { pid, channel: MasterChannel::new(ours) })
+            let (watch, fd) = WatchPage::create("fake-watch").expect("memfd");
+            self.watches.insert(pid, WatchPage::map(std::os::fd::AsFd::as_fd(&fd)).expect("mmap"));
+            Ok(Spawned { pid, channel: MasterChannel::new(ours), watch: Some(watch) })
         }
 
         fn kill(&mut self, pid: Pid, signal: Signal) {

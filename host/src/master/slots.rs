@@ -75,8 +75,10 @@ pub struct Worker {
     /// The watchdog kills it at this time unless it says `alive` before (serving, ready workers
     /// of a master with a worker timeout).
     pub stall_at: Option<Instant>,
-    /// The watchdog killed it.
-    pub stalled: bool,
+    /// The watchdog killed it, and where it was stuck (`in on_message`, `in the host's loop`).
+    pub stalled: Option<String>,
+    /// The master's mapping of its watch page (None: adopted from a previous master image).
+    pub watch: Option<crate::sys::WatchPage>,
     /// Messages handled and resident bytes, as its last heartbeat said.
     pub messages: u64,
     pub rss_bytes: u64,
@@ -366,7 +368,8 @@ mod tests {
             error: None,
             retired_at: None,
             stall_at: None,
-            stalled: false,
+            stalled: None,
+            watch: None,
             messages: 0,
             rss_bytes: 0,
             recycled: None,

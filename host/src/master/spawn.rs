@@ -49,15 +49,18 @@ pub fn started_from() -> Option<&'static PathBuf> {
     STARTED_FROM.get_or_init(|| std::env::current_exe().ok()).as_ref()
 }
 
-/// A started worker: its pid and the master's end of its channel, its hello queued.
+/// A started worker: its pid, the master's end of its channel (its hello queued) and the
+/// master's mapping of its watch page.
 pub struct Spawned {
     pub pid: Pid,
     pub control: MasterChannel<UnixStream>,
+    pub watch: sys::WatchPage,
 }
 
 /// Starts a worker for `spec` on `listener` (one slot's socket, which the master keeps) with the
 /// plugin snapshot `plugin` (a sealed memfd). The worker inherits, in this order: the listener
-/// (fd 3), its end of the control socket (fd 4), the snapshot (fd 5); nothing else.
+/// (fd 3), its end of the control socket (fd 4), the snapshot (fd 5), its watch page (fd 6, a
+/// memfd the master keeps mapped: which plugin callback the worker is in); nothing else.
 pub fn spawn_worker(
     spec: &WorkerSpec,
     plugin_label: &str,
@@ -67,6 +70,8 @@ pub fn spawn_worker(
 ) -> Result<Spawned, SpawnError> {
     let exe = host_exe().map_err(SpawnError::Exe)?;
     let (ours, theirs) = UnixStream::pair().map_err(SpawnError::Spawn)?;
+    let (watch, watch_fd) =
+        sys::WatchPage::create(&format!("host-watch-{}-{}", spec.service, spec.slot)).map_err(SpawnError::Spawn)?;
     let mut cmd = Command::new(exe);
     // argv is the title alone (`ps` shows nothing after it); the arguments go in the environment.
     cmd.arg0(format!("host: worker {} #{} {}", spec.service, spec.slot, plugin_label))
@@ -77,10 +82,12 @@ pub fn spawn_worker(
         // A group of its own: a terminal's Ctrl+C reaches only the master, which stops workers
         // in order.
         .process_group(0);
-    let mut child =
-        sys::spawn_with_fds(&mut cmd, &[listener.as_fd(), theirs.as_fd(), plugin]).map_err(SpawnError::Spawn)?;
+    let mut child = sys::spawn_with_fds(&mut cmd, &[listener.as_fd(), theirs.as_fd(), plugin, watch_fd.as_fd()])
+        .map_err(SpawnError::Spawn)?;
     // Only the worker may hold this end, or the master would never see it close.
     drop(theirs);
+    // The mapping keeps the page; the descriptor is not needed any more.
+    drop(watch_fd);
     let pid = Pid::from_raw(child.id() as i32);
     let hello = |ours: UnixStream| {
         ours.set_nonblocking(true)?;
@@ -91,7 +98,7 @@ pub fn spawn_worker(
     };
     match hello(ours) {
         // The master reaps its children itself (waitpid on SIGCHLD); `Child` needs no wait.
-        Ok(control) => Ok(Spawned { pid, control }),
+        Ok(control) => Ok(Spawned { pid, control, watch }),
         Err(e) => {
             // Nobody will ever know this pid: kill and reap it now, or it stays a zombie (it
             // would wait for a hello that never comes, then exit).

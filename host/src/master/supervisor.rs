@@ -20,8 +20,10 @@ use super::reload::state::Reloader;
 use super::slots::{ClientId, Readiness, Role, ServiceId, SlotKey, SlotTable, Worker, WorkerId};
 use super::snapshot::Snapshot;
 use crate::config::{Service, WorkerSpec};
+use crate::ctl::watch::{self, Whereabouts};
 use crate::ctl::{MasterChannel, ToWorker};
 use crate::status::Answer;
+use crate::sys;
 use crate::tls::{CertInfo, TlsSpec};
 
 /// Where the master is in its life.
@@ -48,6 +50,9 @@ pub struct ServiceState {
     pub sockets: Vec<OwnedFd>,
     /// Its plugin file does not exist yet: no workers until it appears.
     pub waiting: bool,
+    /// New connections may be steered over `sockets` (TCP, more than one slot, a socket per
+    /// slot, each at its slot's index in the SO_REUSEPORT group).
+    pub steer: bool,
     /// Its certificate and key as checked (None: plain TCP).
     pub tls: Option<LoadedTls>,
 }
@@ -92,6 +97,12 @@ pub enum Output {
     },
     /// A retired worker exited this long after it was told to go.
     Drained(Duration),
+    /// Send the service's new connections to these slots only (their sockets' indices in the
+    /// SO_REUSEPORT group), or (None) to every slot, by the kernel's hash.
+    Steer {
+        service: ServiceId,
+        live: Option<Vec<u32>>,
+    },
 }
 
 /// The last reload, for the log and `status`.
@@ -123,6 +134,9 @@ pub struct Supervisor<P> {
     pub(in crate::master) reload_started: Instant,
     /// Slots being recycled (`max_requests`, `max_memory`): the replacement starting for each.
     pub(in crate::master) recycling: BTreeMap<SlotKey, WorkerId>,
+    /// The steering last asked for, per service (absent: not asked yet, so whatever a previous
+    /// image left attached is replaced).
+    pub(in crate::master) steered: BTreeMap<ServiceId, Option<Vec<u32>>>,
 }
 
 impl<P: Processes> Supervisor<P> {
@@ -158,6 +172,7 @@ impl<P: Processes> Supervisor<P> {
             step_started: now,
             reload_started: now,
             recycling: BTreeMap::new(),
+            steered: BTreeMap::new(),
         }
     }
 
@@ -185,7 +200,40 @@ impl<P: Processes> Supervisor<P> {
 
     /// What the loop must do now.
     pub fn take_outputs(&mut self) -> Vec<Output> {
+        self.steer();
         std::mem::take(&mut self.out)
+    }
+
+    /// While a slot of a steerable service has no ready serving worker (dead, starting again,
+    /// backing off) and others have, new connections go to the others only: none waits in the
+    /// accept queue of a slot nobody accepts on. With every slot live (or none), the kernel
+    /// spreads them over all.
+    fn steer(&mut self) {
+        // Starting: every slot's first worker is on its way (the host is not ready before).
+        if self.phase != Phase::Running {
+            return;
+        }
+        for (i, state) in self.services.iter().enumerate() {
+            if !state.steer {
+                continue;
+            }
+            let service = ServiceId(i);
+            let live: Vec<u32> = self
+                .slots
+                .slots()
+                .filter(|s| s.key.service == service)
+                .filter(|s| {
+                    s.serving().and_then(|id| self.slots.worker(id)).is_some_and(|w| w.readiness == Readiness::Ready)
+                })
+                .map(|s| s.key.slot)
+                .collect();
+            let all = live.len() == state.sockets.len() || live.is_empty();
+            let wanted = (!all).then_some(live);
+            if self.steered.get(&service) != Some(&wanted) {
+                self.steered.insert(service, wanted.clone());
+                self.out.push(Output::Steer { service, live: wanted });
+            }
+        }
     }
 
     /// Stopping and every worker gone: the master exits, with the start error if there was one.
@@ -257,7 +305,8 @@ impl<P: Processes> Supervisor<P> {
             error: None,
             retired_at: None,
             stall_at: None,
-            stalled: false,
+            stalled: None,
+            watch: spawned.watch,
             messages: 0,
             rss_bytes: 0,
             recycled: None,
@@ -359,10 +408,10 @@ impl<P: Processes> Supervisor<P> {
         let key = w.key;
         self.out.push(Output::Detach(id, key));
         let service = self.service_name(key.service).to_string();
-        let how = match (w.stalled, w.recycled) {
-            (true, _) => format!("watchdog: {}", exit.how),
-            (false, Some(cause)) => format!("{cause}: {}", exit.how),
-            (false, None) => exit.how.clone(),
+        let how = match (&w.stalled, w.recycled) {
+            (Some(place), _) => format!("watchdog ({place}): {}", exit.how),
+            (None, Some(cause)) => format!("{cause}: {}", exit.how),
+            (None, None) => exit.how.clone(),
         };
         *self.exits.entry((service.clone(), how)).or_default() += 1;
         let pid = w.pid.as_raw();
@@ -434,11 +483,21 @@ impl<P: Processes> Supervisor<P> {
             let timeout = self.timeouts.worker.unwrap_or_default();
             let Some(w) = self.slots.worker_mut(id) else { continue };
             w.stall_at = None;
-            w.stalled = true;
-            w.error = Some(format!("it made no progress for {} s (stuck in its plugin)", timeout.as_secs_f64()));
+            // Read before the kill: the page says where the loop is now.
+            let whereabouts = w.watch.as_ref().map(|page| watch::decode(page.load()));
+            let (place, stuck_s) = match whereabouts {
+                Some(Whereabouts::InCallback { name, since_ms }) => {
+                    let since = sys::monotonic_ms().saturating_sub(since_ms);
+                    (format!("in {name}"), Duration::from_millis(since).as_secs())
+                }
+                Some(Whereabouts::InLoop) => ("in the host's loop".to_string(), timeout.as_secs()),
+                None => ("in an unknown callback".to_string(), timeout.as_secs()),
+            };
+            w.error = Some(format!("it made no progress for {} s (stuck {place})", timeout.as_secs_f64()));
+            w.stalled = Some(place.clone());
             let (pid, key) = (w.pid, w.key);
             let plugin = format!("{} {}", w.snapshot.name, w.snapshot.version);
-            tracing::error!(service = %self.service_name(key.service), slot = key.slot, pid = pid.as_raw(), plugin = %plugin, timeout_s = timeout.as_secs_f64(), "worker made no progress (stuck in a plugin callback); killing it");
+            tracing::error!(service = %self.service_name(key.service), slot = key.slot, pid = pid.as_raw(), plugin = %plugin, timeout_s = timeout.as_secs_f64(), "worker made no progress: stuck {place} for {stuck_s} s; killed");
             self.procs.kill(pid, Signal::SIGKILL);
         }
         for id in overdue {
@@ -546,6 +605,7 @@ mod tests {
             tls: None,
             sockets: (0..count).map(|_| socket()).collect(),
             waiting: false,
+            steer: false,
         }
     }
 
@@ -792,6 +852,10 @@ mod tests {
     fn the_watchdog_kills_a_silent_worker_and_its_slot_is_served_again_at_once() {
         let mut sup = started(vec![(state("http", 2, true), Some(1))]);
         let (stuck, fine) = (serving(&sup, 0, 0).unwrap(), serving(&sup, 0, 1).unwrap());
+        // The stuck worker's page says it is in on_message.
+        let p = pid(&sup, stuck);
+        let word = watch::encode(const { watch::callback("on_message") }, sys::monotonic_ms().saturating_sub(40_000));
+        sup.procs().watches[&p].store(word);
         for _ in 0..4 {
             sup.procs().advance(Duration::from_secs(10));
             sup.worker_alive(fine, 0, 0);
@@ -799,12 +863,15 @@ mod tests {
         }
         let killed: Vec<_> = sup.procs().signals.clone();
         assert_eq!(killed, vec![(pid(&sup, stuck), Signal::SIGKILL)], "only the silent worker is killed");
+        let error = sup.slots.worker(stuck).unwrap().error.clone().unwrap();
+        assert!(error.contains("stuck in on_message"), "{error}");
         sup.reap();
         sup.tick();
         let new = attached(&outputs(&mut sup));
         assert_eq!(new.len(), 1, "replaced at once");
         assert_eq!(serving(&sup, 0, 1), Some(fine));
-        assert_eq!(sup.exits.get(&("http".into(), "watchdog: signal SIGKILL".into())), Some(&1), "{:?}", sup.exits);
+        let how = "watchdog (in on_message): signal SIGKILL";
+        assert_eq!(sup.exits.get(&("http".into(), how.into())), Some(&1), "{:?}", sup.exits);
     }
 
     #[test]
@@ -826,6 +893,54 @@ mod tests {
         sup.procs().advance(TIMEOUTS.drain + TIMEOUTS.kill);
         sup.tick();
         assert_eq!(sup.procs().signals.iter().filter(|(_, s)| *s == Signal::SIGKILL).count(), 2);
+    }
+
+    fn steering(out: &[Output]) -> Vec<Option<Vec<u32>>> {
+        out.iter().filter_map(|o| if let Output::Steer { live, .. } = o { Some(live.clone()) } else { None }).collect()
+    }
+
+    #[test]
+    fn new_connections_avoid_a_slot_without_a_ready_worker_until_it_has_one_again() {
+        let mut steered = state("http", 3, true);
+        steered.steer = true;
+        let mut sup = supervisor(vec![(steered, Some(1)), (state("other", 2, true), Some(1))]);
+        sup.start();
+        let out = outputs(&mut sup);
+        assert!(steering(&out).is_empty(), "nothing while starting");
+        let ids = attached(&out);
+        sup.worker_ready(ids[0]);
+        assert!(steering(&outputs(&mut sup)).is_empty(), "nothing while starting");
+        for id in &ids[1..] {
+            sup.worker_ready(*id);
+        }
+        let out = outputs(&mut sup);
+        assert_eq!(
+            steering(&out),
+            vec![None],
+            "running, all live: the kernel's spread (once, for the steerable service)"
+        );
+        assert!(out.iter().any(|o| matches!(o, Output::Started)));
+        // Slot 1 dies; its next workers cannot start (back-off).
+        let p = pid(&sup, serving(&sup, 0, 1).unwrap());
+        sup.procs().exit(p, "signal SIGSEGV");
+        sup.reap();
+        assert_eq!(steering(&outputs(&mut sup)), vec![Some(vec![0, 2])]);
+        for _ in 0..3 {
+            sup.tick();
+            let new = attached(&outputs(&mut sup));
+            assert_eq!(new.len(), 1);
+            let p = pid(&sup, new[0]);
+            sup.procs().exit(p, "exit code 3");
+            sup.reap();
+            let wait = sup.next_deadline().unwrap().saturating_duration_since(sup.now());
+            sup.procs().advance(wait);
+            assert!(steering(&outputs(&mut sup)).is_empty(), "no flapping while it cannot start");
+        }
+        // It comes back: every slot gets new connections again.
+        sup.tick();
+        let new = attached(&outputs(&mut sup));
+        sup.worker_ready(new[0]);
+        assert_eq!(steering(&outputs(&mut sup)), vec![None]);
     }
 
     fn recycling(max_requests: u64, max_memory: u64) -> ServiceState {

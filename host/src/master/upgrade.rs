@@ -299,8 +299,18 @@ fn dry_run(exe: &Path, state: BorrowedFd<'_>, dir: &Path) -> Result<(), String> 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child =
-        sys::spawn_with_fds(&mut cmd, &[state]).map_err(|e| format!("could not run {}: {e}", exe.display()))?;
+    // A binary just installed may still be open for writing a moment (ETXTBSY: the installer,
+    // or a process forked while it wrote): try again for about a second.
+    let mut tries = 0;
+    let mut child = loop {
+        match sys::spawn_with_fds(&mut cmd, &[state]) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => break other.map_err(|e| format!("could not run {}: {e}", exe.display()))?,
+        }
+    };
     let stderr = child.stderr.take();
     let reader = std::thread::spawn(move || {
         let mut text = Vec::new();
@@ -528,7 +538,10 @@ impl Master {
                 error: None,
                 retired_at: w.retired_ms_ago.map(|r| now.checked_sub(ms(r)).unwrap_or(now)),
                 stall_at: self.sup.timeouts.worker.filter(|_| serving_ready).map(|t| now + t),
-                stalled: false,
+                stalled: None,
+                // The page stayed with the previous image: the watchdog of an adopted worker
+                // cannot say which callback it is stuck in.
+                watch: None,
                 // The next heartbeat says; the chain this upgrade starts replaces it anyway.
                 messages: 0,
                 rss_bytes: 0,

@@ -8,7 +8,8 @@
 //! - [`socket`]: the per-slot SO_REUSEPORT listening sockets (TCP, UDP), the shared Unix one;
 //! - [`scm`]: bytes with descriptors attached (SCM_RIGHTS), for the master↔worker channel;
 //! - [`daemon`]: `start -d`, and pointing stdout and stderr at a reopened log file;
-//! - [`identity`]: checking and switching user and group.
+//! - [`identity`]: checking and switching user and group;
+//! - [`watch`]: the page a worker shares with the master (which plugin callback it is in).
 //!
 //! Every descriptor is created close-on-exec (SOCK_CLOEXEC, O_CLOEXEC, F_DUPFD_CLOEXEC,
 //! MFD_CLOEXEC; mio accepts with accept4(SOCK_CLOEXEC)): a child gets exactly the descriptors
@@ -37,6 +38,7 @@ mod process;
 mod scm;
 mod signal;
 mod socket;
+mod watch;
 
 pub use self::daemon::{daemonize, redirect_stdio, Daemonized};
 pub use self::fd::{
@@ -49,5 +51,7 @@ pub use self::process::{exec_image, exec_with_title, set_thread_name, spawn_with
 pub use self::scm::{recv_with_fds, send_with_fds};
 pub use self::signal::{ignore_sigpipe, signal_fd};
 pub use self::socket::{
-    listen_reuseport, listen_unix, local_addr, peer_cred, socket_kind, udp_reuseport, unix_in_use, SocketKind,
+    listen_reuseport, listen_unix, local_addr, peer_cred, same_socket, socket_kind, steer_reuseport, udp_reuseport,
+    unix_in_use, SocketKind,
 };
+pub use self::watch::{monotonic_ms, WatchPage};

@@ -157,3 +157,133 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
         Err(io::Error::new(io::ErrorKind::InvalidData, "not an IP socket"))
     }
 }
+
+/// `SO_ATTACH_REUSEPORT_CBPF` and `SO_DETACH_REUSEPORT_BPF` (asm-generic values, as on x86-64
+/// and arm64; the libc crate exports them for Android only).
+const SO_ATTACH_REUSEPORT_CBPF: nix::libc::c_int = 51;
+const SO_DETACH_REUSEPORT_BPF: nix::libc::c_int = 68;
+
+/// The classic BPF program that spreads new connections of a SO_REUSEPORT group over the
+/// sockets at `live` (their indices in the group: the order they started listening) only: the
+/// packet's hash (`SKF_AD_RXHASH`) modulo `live.len()`, then a jump table from 0..n to `live`.
+/// A result the group has no socket for makes the kernel fall back to its own hash spread.
+pub fn steering_program(live: &[u32]) -> Vec<nix::libc::sock_filter> {
+    use nix::libc::{
+        sock_filter, BPF_ABS, BPF_ALU, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_W, SKF_AD_OFF,
+        SKF_AD_RXHASH,
+    };
+    let op = |code: u32, jt: u8, jf: u8, k: u32| sock_filter { code: code as u16, jt, jf, k };
+    let mut prog = vec![
+        op(BPF_LD | BPF_W | BPF_ABS, 0, 0, (SKF_AD_OFF + SKF_AD_RXHASH) as u32),
+        op(BPF_ALU | BPF_MOD | BPF_K, 0, 0, live.len().max(1) as u32),
+    ];
+    for (i, &index) in live.iter().enumerate() {
+        // A == i: return live[i]; otherwise skip that return.
+        prog.push(op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, i as u32));
+        prog.push(op(BPF_RET | BPF_K, 0, 0, index));
+    }
+    prog.push(op(BPF_RET | BPF_K, 0, 0, live.first().copied().unwrap_or(0)));
+    prog
+}
+
+/// Steers the new connections of `socket`'s SO_REUSEPORT group to the sockets at `live` (group
+/// indices), or (None) gives the group back to the kernel's hash spread over all its sockets.
+pub fn steer_reuseport(socket: BorrowedFd<'_>, live: Option<&[u32]>) -> io::Result<()> {
+    use nix::libc::{sock_fprog, socklen_t, SOL_SOCKET};
+    let Some(live) = live else {
+        let zero: nix::libc::c_int = 0;
+        // SAFETY: SO_DETACH_REUSEPORT_BPF reads (and ignores) one int from `zero`, a live local of
+        // the size passed; `socket` is borrowed, so open.
+        let detached = unsafe {
+            syscall!(setsockopt(
+                socket.as_raw_fd(),
+                SOL_SOCKET,
+                SO_DETACH_REUSEPORT_BPF,
+                (&zero as *const nix::libc::c_int).cast(),
+                std::mem::size_of::<nix::libc::c_int>() as socklen_t,
+            ))
+        };
+        return match detached {
+            // Nothing was attached.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(()),
+            other => other.map(drop),
+        };
+    };
+    let mut prog = steering_program(live);
+    let fprog = sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    // SAFETY: the kernel copies the `fprog.len` instructions `fprog.filter` points at (`prog`,
+    // alive until after the call) and checks the program before attaching it; `socket` is
+    // borrowed, so open.
+    unsafe {
+        syscall!(setsockopt(
+            socket.as_raw_fd(),
+            SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const sock_fprog).cast(),
+            std::mem::size_of::<sock_fprog>() as socklen_t,
+        ))
+    }?;
+    Ok(())
+}
+
+/// Whether two descriptors are the same socket (the same open file, as after a dup).
+pub fn same_socket(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<bool> {
+    let (sa, sb) = (nix::sys::stat::fstat(a.as_raw_fd())?, nix::sys::stat::fstat(b.as_raw_fd())?);
+    Ok(sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many connections wait in each socket's accept queue (accepting them all).
+    fn accepted(sockets: &[OwnedFd]) -> Vec<usize> {
+        sockets
+            .iter()
+            .map(|s| {
+                let mut n = 0;
+                while socket::accept4(s.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map(nix::unistd::close).is_ok() {
+                    n += 1;
+                }
+                n
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steering_sends_new_connections_to_the_live_sockets_only() {
+        let (addr, sockets) = listen_reuseport("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        for live in [&[2u32][..], &[0, 2], &[1]] {
+            steer_reuseport(sockets[0].as_fd(), Some(live)).unwrap();
+            let clients: Vec<_> = (0..30).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+            // The handshakes are done (connect returned); the accept queues hold them.
+            let counts = accepted(&sockets);
+            assert_eq!(counts.iter().sum::<usize>(), clients.len(), "{live:?}: {counts:?}");
+            for (index, n) in counts.iter().enumerate() {
+                if !live.contains(&(index as u32)) {
+                    assert_eq!(*n, 0, "socket {index} is not live ({live:?}): {counts:?}");
+                }
+            }
+        }
+        steer_reuseport(sockets[1].as_fd(), None).unwrap();
+        steer_reuseport(sockets[1].as_fd(), None).expect("detaching twice is fine");
+        let clients: Vec<_> = (0..10).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        assert_eq!(accepted(&sockets).iter().sum::<usize>(), clients.len());
+    }
+
+    #[test]
+    fn the_program_is_a_jump_table() {
+        let prog = steering_program(&[1, 3]);
+        assert_eq!(prog.len(), 2 + 2 * 2 + 1);
+        assert_eq!(prog[1].k, 2, "modulo the live sockets");
+        assert_eq!((prog[2].k, prog[3].k, prog[4].k, prog[5].k), (0, 1, 1, 3));
+    }
+
+    #[test]
+    fn dups_are_the_same_socket() {
+        let (_, sockets) = listen_reuseport("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let dup = sockets[0].try_clone().unwrap();
+        assert!(same_socket(sockets[0].as_fd(), dup.as_fd()).unwrap());
+        assert!(!same_socket(sockets[0].as_fd(), sockets[1].as_fd()).unwrap());
+    }
+}

@@ -25,7 +25,9 @@ use super::tasks::Tasks;
 use super::timers::Timers;
 use super::transport::{Stream, Transport};
 use crate::config::Limits;
+use crate::ctl::watch;
 use crate::status::{ConnReport, PluginCounter, WorkerReport};
+use crate::sys::WatchPage;
 
 /// The most counters one plugin may register (they cost memory in every report).
 const MAX_PLUGIN_COUNTERS: usize = 256;
@@ -247,7 +249,42 @@ pub struct Core {
     pub tasks: Option<Tasks>,
     /// The service's access log (`RawHost::access_log`).
     pub access_log: AccessLog,
+    /// Which plugin callback the loop is in, for the master's watchdog.
+    pub watch: Watch,
     registry: Registry,
+}
+
+/// The worker's side of its watch page (`ctl::watch`): which plugin callback the loop is in, for
+/// the master to read when the worker stops answering. One relaxed store per plugin call in, one
+/// out; nothing without a page (a worker started by hand, or by an older master).
+#[derive(Debug, Default)]
+pub struct Watch {
+    page: Option<WatchPage>,
+    /// The system's monotonic clock (ms) at the worker's epoch: `now_ms` plus this is the
+    /// master's clock.
+    base_ms: u64,
+}
+
+impl Watch {
+    pub fn new(page: Option<WatchPage>, base_ms: u64) -> Self {
+        Watch { page, base_ms }
+    }
+
+    /// The loop enters plugin callback `id` (`ctl::watch::callback`) in the turn begun at `now_ms`.
+    #[inline]
+    pub fn enter(&self, id: u8, now_ms: u64) {
+        if let Some(page) = &self.page {
+            page.store(watch::encode(id, self.base_ms + now_ms));
+        }
+    }
+
+    /// The loop is back in the host's code.
+    #[inline]
+    pub fn leave(&self) {
+        if let Some(page) = &self.page {
+            page.store(watch::IN_LOOP);
+        }
+    }
 }
 
 impl Core {
@@ -279,6 +316,7 @@ impl Core {
             udp: None,
             sessions: HashMap::new(),
             tasks: None,
+            watch: Watch::default(),
             registry,
         }
     }

@@ -15,12 +15,16 @@ use plugin_api::{ConnId, TimerId};
 use super::core::{ConnState, Core, Ctx, Deferred};
 use super::{HANDSHAKE_TIMEOUT_MS, LINGER_MS};
 
-/// Calls the plugin with a host handle borrowing the core.
+/// Calls the plugin with a host handle borrowing the core: every plugin call of the loop goes
+/// through here, marked in the watch page (which callback, since when) for the master's watchdog.
 macro_rules! call {
     ($plugin:expr, $core:expr, $method:ident $(, $arg:expr)*) => {{
+        $core.watch.enter(const { crate::ctl::watch::callback(stringify!($method)) }, $core.now_ms);
         let mut ctx = Ctx { core: &mut *$core };
         let host = RawHost_TO::from_ptr(&mut ctx, TD_Opaque);
-        $plugin.$method(host $(, $arg)*)
+        let result = $plugin.$method(host $(, $arg)*);
+        $core.watch.leave();
+        result
     }};
 }
 

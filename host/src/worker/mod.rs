@@ -1,8 +1,9 @@
 //! A worker process: loads its plugin, then runs one mio event loop until the master tells it to
 //! stop (or goes away). Started by the master as `host worker` with the listening socket (TCP,
 //! Unix or UDP: `listener.rs`) at fd 3,
-//! its channel to the master at fd 4 (see `ctl`) and the plugin snapshot (a sealed memfd) at fd 5; it
-//! makes all three close-on-exec at once, and closes the snapshot once the plugin is loaded.
+//! its channel to the master at fd 4 (see `ctl`), the plugin snapshot (a sealed memfd) at fd 5 and
+//! its watch page (a memfd the master maps too, see `ctl::watch`) at fd 6; it makes all four
+//! close-on-exec at once, and closes the snapshot once the plugin is loaded.
 
 mod access_log;
 mod core;
@@ -71,6 +72,11 @@ enum Exit {
 /// Entry point of `host worker`.
 pub fn run() -> anyhow::Result<()> {
     let [listener, control, snapshot] = sys::take_inherited().context("could not take the inherited descriptors")?;
+    // Without it (a worker started by an older master) the worker runs unwatched.
+    let watch = sys::take_inherited_range(sys::FIRST_INHERITED_FD + 3, 1)
+        .ok()
+        .and_then(|fds| fds.into_iter().next())
+        .and_then(|fd| sys::WatchPage::map(fd.as_fd()).map_err(|e| tracing::warn!("no watch page: {e}")).ok());
     let listener = sys::expect_socket(listener, "the listening socket")?;
     let control = StdUnixStream::from(sys::expect_socket(control, "the control socket")?);
     control.set_nonblocking(true)?;
@@ -92,7 +98,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     sys::set_thread_name(&format!("host:{}#{}", spec.service, spec.slot));
 
-    match Worker::start(listener, channel, snapshot, &spec, access_log) {
+    match Worker::start(listener, channel, snapshot, &spec, access_log, watch) {
         Ok(mut worker) => {
             let exit = worker.run_loop()?;
             worker.shut_down();
@@ -190,6 +196,7 @@ impl Worker {
         snapshot: OwnedFd,
         spec: &WorkerSpec,
         access_log: Option<std::fs::File>,
+        watch: Option<sys::WatchPage>,
     ) -> anyhow::Result<Self> {
         sys::ignore_sigpipe()?;
         // SIGTERM/SIGQUIT: drain then exit; SIGINT: stop now. The master normally says so over
@@ -238,6 +245,8 @@ impl Worker {
             poll,
         };
         worker.core.worker_count = spec.worker_count;
+        // The loop's clock (`now_ms`, from `epoch`) on the system's monotonic clock.
+        worker.core.watch = self::core::Watch::new(watch, sys::monotonic_ms());
         worker.core.udp = udp;
         if let Some(file) = access_log {
             worker.core.access_log.switch(file);

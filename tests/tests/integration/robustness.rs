@@ -233,7 +233,8 @@ fn check_replaced(host: &Host, before: &[i32], dead: i32, how: &str) {
 }
 
 // A worker stuck in an endless loop in on_message is killed by the watchdog and replaced; the
-// other worker keeps serving.
+// log and status name the callback it was stuck in (read from its watch page); the other worker
+// keeps serving.
 #[test]
 fn the_watchdog_kills_a_stuck_worker_and_replaces_it() {
     let host = start_crash(&["--worker-timeout", "2"]);
@@ -242,7 +243,10 @@ fn the_watchdog_kills_a_stuck_worker_and_replaces_it() {
     let line = host.wait_for_log("worker made no progress", READY_TIMEOUT).unwrap();
     assert_contains!(line, "service=fixture_crash");
     assert_contains!(line, "plugin=fixture_crash 0.1.0");
-    check_replaced(&host, &before, dead, "watchdog: signal SIGKILL");
+    assert_contains!(line, "slot=");
+    assert_contains!(line, "stuck in on_message for");
+    assert_contains!(line, "killed");
+    check_replaced(&host, &before, dead, "watchdog (in on_message): signal SIGKILL");
 }
 
 // abort() in a plugin kills its worker with SIGABRT: replaced, logged, counted.

@@ -46,3 +46,37 @@ fn crash_loop_backs_off_and_recovers() {
     echo(port, "after");
     assert!(is_alive(host.pid()), "the master died");
 }
+
+// While one of two slots has no live worker (its workers exit at start, backing off), new
+// connections are steered to the live slot: none waits in the dead slot's accept queue. Each of
+// 50 new connections is answered (within the client's read timeout); without steering about
+// half would hash to the dead slot and never be. The slot serves again once the cause is gone.
+#[test]
+fn new_connections_avoid_a_slot_without_a_live_worker() {
+    let dir = TempDir::new();
+    let trigger = dir.join("crash");
+    let config = format!("crash_if_exists = \"{}\"", trigger.display());
+    let host = Host::start("fixture_crash", &["--count", "2", "--plugin-config", &config]);
+    let port = host.port();
+    let victim = host.wait_workers(2, Duration::from_secs(10), |_| true).unwrap()[0];
+    let ready_before = host.log().count("start_ms=");
+    std::fs::write(&trigger, "").unwrap();
+    signal_pid(victim, Signal::SIGKILL);
+    let steered = "new connections go to the live slots only";
+    assert_eq!(host.log().count(steered), 0, "both slots were live");
+    let line = host.log().wait_for_nth(steered, 1, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+    assert_contains!(line, "service=fixture_crash");
+    // Its next worker fails too: the slot is dead, not merely restarting.
+    host.wait_for_log("exit code 3", Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..50 {
+        echo(port, &format!("steered {i}"));
+    }
+
+    std::fs::remove_file(&trigger).unwrap();
+    host.log()
+        .wait_for_nth("start_ms=", ready_before + 1, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("the slot did not recover: {e}"));
+    for i in 0..20 {
+        echo(port, &format!("both slots {i}"));
+    }
+}
