@@ -100,13 +100,17 @@ pub fn spawn_worker(
         // The master reaps its children itself (waitpid on SIGCHLD); `Child` needs no wait.
         Ok(control) => Ok(Spawned { pid, control, watch }),
         Err(e) => {
-            // Nobody will ever know this pid: kill and reap it now, or it stays a zombie (it
-            // would wait for a hello that never comes, then exit).
-            let _ = child.kill();
-            let _ = child.wait();
+            abandon(&mut child);
             Err(SpawnError::Spec(e))
         }
     }
+}
+
+/// A worker that never got its spec: nobody will ever know its pid, so it is killed and reaped
+/// now, or it would stay a zombie (it waits for a hello that never comes, then exits).
+fn abandon(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// What `host check-plugin` found in a plugin file.
@@ -231,5 +235,24 @@ pub(super) fn wait_or_kill(
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use nix::errno::Errno;
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+
+    // Item 15 of issue #15: a worker whose spec could not be written must not stay behind. A
+    // zombie still answers kill(pid, 0); only a reaped pid is gone (ESRCH).
+    #[test]
+    fn an_abandoned_worker_is_killed_and_reaped() {
+        let mut child = Command::new("sleep").arg("60").spawn().expect("sleep runs");
+        let pid = Pid::from_raw(child.id() as i32);
+        super::abandon(&mut child);
+        assert_eq!(kill(pid, None), Err(Errno::ESRCH), "the abandoned child is still there (a zombie?)");
     }
 }
