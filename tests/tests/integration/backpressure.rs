@@ -112,27 +112,30 @@ fn a_small_send_buffer_streams_files_whole() {
     let size = 3 << 20;
     let content: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     dir.write("www/big.bin", &content);
-    let config = format!("root = {:?}", dir.join("www").display().to_string());
-    let host = Host::start("http", &["--plugin-config", &config, "--max-send-buffer", "1000"]);
-    let mut c = Client::connect(host.port());
+    // Both ways of sending a file body: the host's send_file, and reads on the task pool.
+    for mode in ["sendfile", "pool"] {
+        let config = format!("root = {:?}\nfile_io = {mode:?}", dir.join("www").display().to_string());
+        let host = Host::start("http", &["--plugin-config", &config, "--max-send-buffer", "1000"]);
+        let mut c = Client::connect(host.port());
 
-    let whole = c.request(&get("/big.bin"));
-    assert_eq!(whole.status, 200, "{}", whole.head);
-    assert_eq!(whole.body.len(), size);
-    assert!(whole.body == content, "the file arrived changed");
+        let whole = c.request(&get("/big.bin"));
+        assert_eq!(whole.status, 200, "{mode}: {}", whole.head);
+        assert_eq!(whole.body.len(), size, "{mode}");
+        assert!(whole.body == content, "{mode}: the file arrived changed");
 
-    let ranges: Vec<(usize, usize)> = (0..40).map(|i| (i * 50_000, i * 50_000 + 9_999)).collect();
-    let spec = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>().join(",");
-    let req = format!("GET /big.bin HTTP/1.1\r\nHost: t\r\nRange: bytes={spec}\r\n\r\n");
-    let parts = c.request(req.as_bytes());
-    assert_eq!(parts.status, 206, "{}", parts.head);
-    let declared: usize = parts.header("content-length").and_then(|v| v.parse().ok()).expect("a length");
-    assert_eq!(parts.body.len(), declared);
-    let mut at = 0;
-    for (a, b) in ranges {
-        let want = &content[a..=b];
-        let found = parts.body[at..].windows(want.len()).position(|w| w == want).expect("each range, in order");
-        at += found + want.len();
+        let ranges: Vec<(usize, usize)> = (0..40).map(|i| (i * 50_000, i * 50_000 + 9_999)).collect();
+        let spec = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>().join(",");
+        let req = format!("GET /big.bin HTTP/1.1\r\nHost: t\r\nRange: bytes={spec}\r\n\r\n");
+        let parts = c.request(req.as_bytes());
+        assert_eq!(parts.status, 206, "{mode}: {}", parts.head);
+        let declared: usize = parts.header("content-length").and_then(|v| v.parse().ok()).expect("a length");
+        assert_eq!(parts.body.len(), declared, "{mode}");
+        let mut at = 0;
+        for (a, b) in ranges {
+            let want = &content[a..=b];
+            let found = parts.body[at..].windows(want.len()).position(|w| w == want).expect("each range, in order");
+            at += found + want.len();
+        }
+        assert_eq!(c.request(&get("/")).body_text(), "Hello, World!", "{mode}");
     }
-    assert_eq!(c.request(&get("/")).body_text(), "Hello, World!");
 }
