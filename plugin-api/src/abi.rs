@@ -399,6 +399,20 @@ pub trait RawHost {
         let _ = line;
         false
     }
+
+    /// Queues `len` bytes of the open file `fd` from `offset` on the connection's output, after
+    /// everything queued before it (and before whatever is sent after it): the host duplicates
+    /// the descriptor (the plugin may close its file at once) and writes the range when the
+    /// socket is writable, with `sendfile(2)` on a plain TCP or Unix stream, by reading it and
+    /// writing it through TLS on a TLS connection. The range counts toward the send buffer like
+    /// a `send` of `len` bytes (the same refusal once full, `on_buffer_full`, `on_buffer_drain`
+    /// once all of it is written). A file that ends before `offset + len` closes the connection
+    /// (the response's length was promised). Answers 0 when queued (also for `len` 0), or a
+    /// negative [`SendFileStatus`].
+    fn send_file(&mut self, conn: ConnId, fd: i32, offset: u64, len: u64) -> i64 {
+        let _ = (conn, fd, offset, len);
+        SendFileStatus::UNSUPPORTED.0 as i64
+    }
 }
 
 /// The process at the other end of a Unix socket, as the kernel saw it when it connected
@@ -444,6 +458,24 @@ impl TaskStatus {
     pub const UNSUPPORTED: Self = TaskStatus(-1);
     /// The pool's queue is full (`task_queue` jobs wait already): try later, or do less.
     pub const QUEUE_FULL: Self = TaskStatus(-2);
+}
+
+/// Why [`RawHost::send_file`] queued nothing: its negative answers. Growable: a receiver must
+/// expect values it does not know.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SendFileStatus(pub i8);
+
+impl SendFileStatus {
+    /// The host cannot send files (it is older than plugin-api 0.1.2): read and `send` instead.
+    pub const UNSUPPORTED: Self = SendFileStatus(-1);
+    /// Refused as `send` refuses: the connection is closed or closing, not connected yet, or its
+    /// send buffer is full (the plugin also hears `on_conn_error(SEND_FAILED)` for a full one).
+    pub const REFUSED: Self = SendFileStatus(-2);
+    /// `fd` is not an open regular file, or `offset + len` overflows.
+    pub const BAD_FILE: Self = SendFileStatus(-3);
+    /// The connection is a UDP session: it has no stream to send a file on.
+    pub const NOT_A_STREAM: Self = SendFileStatus(-4);
 }
 
 /// What [`RawNotifier::notify`] answers: 0 when queued, or one of these (negative). Growable.

@@ -395,6 +395,35 @@ impl Host<'_> {
         }
     }
 
+    /// Queues `len` bytes of `file` from `offset` on the connection's output, after what was
+    /// sent before and before what is sent after, without the plugin reading or buffering them:
+    /// the host keeps its own descriptor of the file (drop `file` when you like) and writes the
+    /// range as the socket takes it, with `sendfile(2)` on plain TCP or Unix streams (zero copy)
+    /// and by reading and encrypting it under TLS. It counts toward the send buffer like a
+    /// [`Host::send`] of `len` bytes (the same refusal when the buffer is already full,
+    /// [`Protocol::on_buffer_full`], [`Protocol::on_buffer_drain`] once all of it is written). A
+    /// file that turns out shorter than `offset + len` closes the connection: the length it
+    /// promised cannot be kept. `sendfile` reads through the page cache inside the worker's
+    /// loop: a range that is not cached waits for the disk there (see the docs, "Sending
+    /// files"). [`SendFileError::Unsupported`] from a host older than plugin-api 0.1.2: read
+    /// the file and `send` it instead.
+    pub fn send_file(
+        &mut self,
+        conn: ConnId,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), SendFileError> {
+        use std::os::fd::AsRawFd;
+        match self.raw.send_file(conn, file.as_raw_fd(), offset, len) {
+            0.. => Ok(()),
+            code if code == abi::SendFileStatus::REFUSED.0 as i64 => Err(SendFileError::Refused),
+            code if code == abi::SendFileStatus::BAD_FILE.0 as i64 => Err(SendFileError::BadFile),
+            code if code == abi::SendFileStatus::NOT_A_STREAM.0 as i64 => Err(SendFileError::NotAStream),
+            _ => Err(SendFileError::Unsupported),
+        }
+    }
+
     /// A handle for the plugin's own threads to wake the loop with data: each
     /// [`Notifier::notify`] is heard as [`Protocol::on_notify`] on the loop thread. `None` from
     /// a host too old to offer it. Cheap to clone; keep one.
@@ -476,6 +505,34 @@ impl std::fmt::Display for NotifyError {
 }
 
 impl std::error::Error for NotifyError {}
+
+/// Why [`Host::send_file`] queued nothing. More reasons may come: match with `_ =>`.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFileError {
+    /// The host cannot send files (older than plugin-api 0.1.2): read the file and `send` it.
+    Unsupported,
+    /// The connection is closed, not connected yet, or its send buffer is full (as
+    /// [`Host::send`] refuses; wait for [`Protocol::on_buffer_drain`]).
+    Refused,
+    /// Not an open regular file, or the range overflows.
+    BadFile,
+    /// A UDP session: datagrams carry no file.
+    NotAStream,
+}
+
+impl std::fmt::Display for SendFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SendFileError::Unsupported => "the host cannot send files",
+            SendFileError::Refused => "the connection refused the file (closed or its send buffer is full)",
+            SendFileError::BadFile => "not an open regular file, or the range overflows",
+            SendFileError::NotAStream => "a UDP session cannot carry a file",
+        })
+    }
+}
+
+impl std::error::Error for SendFileError {}
 
 /// Why a message between workers was not sent ([`Host::broadcast`], [`Host::send_to_worker`]).
 #[non_exhaustive]

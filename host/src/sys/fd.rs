@@ -74,6 +74,23 @@ pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// A close-on-exec duplicate of a plugin's descriptor `fd` (`RawHost::send_file`), checked to
+/// be an open regular file (what `sendfile(2)` and `pread` read).
+pub fn dup_regular_file(fd: RawFd) -> io::Result<std::fs::File> {
+    if fd < 0 {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor of the same open file and touches no
+    // memory; a number that is not open gives EBADF. The new one is owned by nothing else.
+    let dup = unsafe { syscall!(fcntl(fd, libc::F_DUPFD_CLOEXEC, 0)) }?;
+    // SAFETY: `dup` was just created by this process and is owned here only.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(dup) });
+    if !file.metadata()?.is_file() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    Ok(file)
+}
+
 /// Fails unless `fd` is a socket; `what` names it in the error.
 pub fn expect_socket(fd: OwnedFd, what: &str) -> io::Result<OwnedFd> {
     let st = nix::sys::stat::fstat(fd.as_raw_fd())?;

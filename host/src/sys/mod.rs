@@ -42,8 +42,8 @@ mod watch;
 
 pub use self::daemon::{daemonize, redirect_stdio, Daemonized};
 pub use self::fd::{
-    clear_cloexec, cloexec_strays, expect_socket, proc_fd_path, set_cloexec, take_inherited, take_inherited_range,
-    FIRST_INHERITED_FD,
+    clear_cloexec, cloexec_strays, dup_regular_file, expect_socket, proc_fd_path, set_cloexec, take_inherited,
+    take_inherited_range, FIRST_INHERITED_FD,
 };
 pub use self::identity::{check_identity, switch_identity};
 pub use self::memfd::sealed_memfd;

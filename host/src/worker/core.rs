@@ -13,7 +13,8 @@ use abi_stable::std_types::{ROption, RResult, RSlice, RStr};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use plugin_api::abi::{
-    ConnError, ConnectErrorCode, RawHost, RawJobBox, RawNotifierBox, RawPeerCred, RawSockAddr, TaskStatus,
+    ConnError, ConnectErrorCode, RawHost, RawJobBox, RawNotifierBox, RawPeerCred, RawSockAddr, SendFileStatus,
+    TaskStatus,
 };
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
 use rustls::ServerConfig;
@@ -35,6 +36,11 @@ const MAX_PLUGIN_COUNTERS: usize = 256;
 /// Written output is dropped from the front of the buffer once this much of it was written.
 const COMPACT_AT: usize = 64 * 1024;
 
+/// File bytes one connection writes at most in one flush (`RawHost::send_file`): a large file
+/// to a fast reader then goes on next loop turn instead of holding the loop (the other
+/// connections' events come first).
+pub const FILE_BYTES_PER_FLUSH: u64 = 1024 * 1024;
+
 /// Tokens below this are the listener, the control socket and the signal descriptor.
 pub const CONN_TOKEN_BASE: usize = 16;
 
@@ -46,6 +52,27 @@ pub enum Deferred {
     Error(ConnError),
     /// Reading was resumed: dispatch what is buffered, then read again.
     Resume,
+}
+
+/// How far [`Conn::flush`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// All of the output is written.
+    All,
+    /// The socket is full: go on when it is writable.
+    Blocked,
+    /// It wrote its share of file bytes for this turn ([`FILE_BYTES_PER_FLUSH`]): go on next turn.
+    Yielded,
+}
+
+/// A range of a file queued on a connection's output (`RawHost::send_file`).
+pub struct FileOut {
+    /// Its place in the output: written once `output` is written up to this index.
+    pub at: usize,
+    /// The host's own descriptor of the plugin's file (a `dup`).
+    pub file: std::fs::File,
+    pub offset: u64,
+    pub remaining: u64,
 }
 
 /// Where a connection is in its life.
@@ -79,6 +106,8 @@ pub struct Conn {
     pub expect: Option<usize>,
     pub output: Vec<u8>,
     pub output_pos: usize,
+    /// File ranges queued among the output bytes, in order (`RawHost::send_file`).
+    pub files: VecDeque<FileOut>,
     /// The socket may have unread bytes (edge-triggered: read until WouldBlock).
     pub readable: bool,
     /// The peer closed its sending side (read returned 0).
@@ -102,8 +131,28 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Bytes queued and not yet written: the output's, and the file ranges'.
     pub fn pending_output(&self) -> usize {
-        self.output.len() - self.output_pos
+        let files: u64 = self.files.iter().map(|f| f.remaining).sum();
+        (self.output.len() - self.output_pos).saturating_add(usize::try_from(files).unwrap_or(usize::MAX))
+    }
+
+    /// Where the output ends now (see [`Conn::truncate_output`]).
+    pub fn output_mark(&self) -> (usize, usize) {
+        (self.output.len(), self.files.len())
+    }
+
+    /// Drops what was queued after `mark` and is not written yet (a panicking plugin call's output).
+    pub fn truncate_output(&mut self, mark: (usize, usize)) {
+        self.files.truncate(mark.1);
+        self.output.truncate(mark.0.max(self.output_pos));
+    }
+
+    /// Drops all of the output (the connection is closing: nothing more is written).
+    pub fn clear_output(&mut self) {
+        self.output = Vec::new();
+        self.output_pos = 0;
+        self.files.clear();
     }
 
     /// Reading and dispatching are on hold.
@@ -114,36 +163,68 @@ impl Conn {
             || self.connecting_until_ms.is_some()
     }
 
-    /// Writes as much of the output as the socket takes (`now_ms`: a write that makes progress
-    /// counts as activity). Ok(true) when all of it is written.
-    pub fn flush(&mut self, now_ms: u64) -> io::Result<bool> {
-        let start = self.output_pos;
+    /// Writes as much of the output as the socket takes, bytes and file ranges in their order
+    /// (`now_ms`: a write that makes progress counts as activity). A file that ends before its
+    /// range is an error (`UnexpectedEof`): the connection cannot keep the length it promised.
+    pub fn flush(&mut self, now_ms: u64) -> io::Result<Flushed> {
+        let start = self.bytes_out;
+        let mut file_budget = FILE_BYTES_PER_FLUSH;
         let result = loop {
-            if self.output_pos == self.output.len() {
-                // TLS: the records rustls holds go out too.
-                break self.stream.flush_pending();
-            }
-            match self.stream.write(&self.output[self.output_pos..]) {
-                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.output_pos += n;
-                    self.bytes_out += n as u64;
+            let until = self.files.front().map_or(self.output.len(), |f| f.at);
+            if self.output_pos < until {
+                match self.stream.write(&self.output[self.output_pos..until]) {
+                    Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        self.output_pos += n;
+                        self.bytes_out += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(Flushed::Blocked),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+                continue;
             }
+            if let Some(f) = self.files.front_mut() {
+                if f.remaining == 0 {
+                    self.files.pop_front();
+                    continue;
+                }
+                if file_budget == 0 {
+                    break Ok(Flushed::Yielded);
+                }
+                let want = usize::try_from(f.remaining.min(file_budget)).unwrap_or(usize::MAX);
+                match self.stream.write_file(&f.file, f.offset, want) {
+                    Ok(0) => {
+                        break Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before its range"))
+                    }
+                    Ok(n) => {
+                        f.offset += n as u64;
+                        f.remaining -= n as u64;
+                        file_budget = file_budget.saturating_sub(n as u64);
+                        self.bytes_out += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(Flushed::Blocked),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+                continue;
+            }
+            // TLS: the records rustls holds go out too.
+            break self.stream.flush_pending().map(|done| if done { Flushed::All } else { Flushed::Blocked });
         };
-        if self.output_pos > start {
+        if self.bytes_out > start {
             self.last_active_ms = now_ms;
         }
-        if self.output_pos == self.output.len() {
+        if self.output_pos == self.output.len() && self.files.is_empty() {
             self.output.clear();
             self.output_pos = 0;
         } else if self.output_pos >= COMPACT_AT && self.output_pos * 2 >= self.output.len() {
             // Written bytes must not pile up while some output is always pending (a client that
-            // reads a little slower than it is sent to).
+            // reads a little slower than it is sent to). File ranges keep their place.
             self.output.drain(..self.output_pos);
+            for f in &mut self.files {
+                f.at -= self.output_pos;
+            }
             self.output_pos = 0;
         }
         result
@@ -226,6 +307,8 @@ pub struct Core {
     pub dirty: Vec<usize>,
     /// The other half of `dirty`, swapped in while it is worked through (no allocation a turn).
     pub dirty_spare: Vec<usize>,
+    /// Connections that wrote their share of file bytes this turn: dirty again next turn.
+    pub flush_next_turn: Vec<usize>,
     pub deferred: VecDeque<(ConnId, Deferred)>,
     pub stats: Stats,
     /// Outbound connections whose id is given but who have no socket yet (a name being
@@ -304,6 +387,7 @@ impl Core {
             plugin_counters: Vec::new(),
             dirty: Vec::new(),
             dirty_spare: Vec::new(),
+            flush_next_turn: Vec::new(),
             deferred: VecDeque::new(),
             stats: Stats::default(),
             pending: Vec::new(),
@@ -396,6 +480,7 @@ impl Core {
             expect: None,
             output: Vec::new(),
             output_pos: 0,
+            files: VecDeque::new(),
             readable: !outbound && !datagram,
             peer_closed: false,
             hup: false,
@@ -594,6 +679,16 @@ impl Core {
             .collect()
     }
 
+    /// Marks the connections that yielded this turn dirty again: the loop's next turn (which
+    /// does not wait while connections are dirty) goes on with them after the new events.
+    pub fn requeue_next_turn(&mut self) {
+        let mut next = std::mem::take(&mut self.flush_next_turn);
+        for index in next.drain(..) {
+            self.mark_dirty(index);
+        }
+        self.flush_next_turn = next;
+    }
+
     pub fn mark_dirty(&mut self, index: usize) {
         if let Some(Some(c)) = self.conns.get_mut(index) {
             if !c.dirty {
@@ -681,6 +776,42 @@ impl Core {
         }
         self.mark_dirty(id.index());
         true
+    }
+}
+
+impl Core {
+    /// `RawHost::send_file`: queues a range of a duplicate of `fd` after the output so far.
+    fn send_file(&mut self, id: ConnId, fd: i32, offset: u64, len: u64) -> Result<(), SendFileStatus> {
+        let max = self.limits.max_send_buffer;
+        let Some(c) = self.conns.get_mut(id.index()).and_then(Option::as_mut).filter(|c| c.id == id) else {
+            return Err(SendFileStatus::REFUSED);
+        };
+        if c.stream.datagram_peer().is_some() {
+            return Err(SendFileStatus::NOT_A_STREAM);
+        }
+        if (c.state != ConnState::Open && c.state != ConnState::Closing) || c.connecting_until_ms.is_some() {
+            return Err(SendFileStatus::REFUSED);
+        }
+        if offset.checked_add(len).is_none_or(|end| end > i64::MAX as u64) {
+            return Err(SendFileStatus::BAD_FILE);
+        }
+        // As `send`: refused once the buffer is full, taken whole below the limit.
+        if c.pending_output() >= max {
+            self.stats.send_failures += 1;
+            self.deferred.push_back((id, Deferred::Error(ConnError::SendFailed)));
+            return Err(SendFileStatus::REFUSED);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let file = crate::sys::dup_regular_file(fd).map_err(|_| SendFileStatus::BAD_FILE)?;
+        c.files.push_back(FileOut { at: c.output.len(), file, offset, remaining: len });
+        if c.pending_output() >= max && !c.send_buffer_full {
+            c.send_buffer_full = true;
+            self.deferred.push_back((id, Deferred::BufferFull));
+        }
+        self.mark_dirty(id.index());
+        Ok(())
     }
 }
 
@@ -813,6 +944,13 @@ impl RawHost for Ctx<'_> {
 
     fn access_log(&mut self, line: RSlice<'_, u8>) -> bool {
         self.core.access_log.append(line.as_slice(), self.core.now_ms)
+    }
+
+    fn send_file(&mut self, conn: ConnId, fd: i32, offset: u64, len: u64) -> i64 {
+        match self.core.send_file(conn, fd, offset, len) {
+            Ok(()) => 0,
+            Err(status) => status.0 as i64,
+        }
     }
 }
 

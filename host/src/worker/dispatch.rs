@@ -12,7 +12,7 @@ use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use plugin_api::abi::{CallStatus, ConnError, ConnErrorCode, RawFrame, RawHost_TO, RawPluginBox};
 use plugin_api::{ConnId, TimerId};
 
-use super::core::{ConnState, Core, Ctx, Deferred};
+use super::core::{ConnState, Core, Ctx, Deferred, Flushed};
 use super::{HANDSHAKE_TIMEOUT_MS, LINGER_MS};
 
 /// Calls the plugin with a host handle borrowing the core: every plugin call of the loop goes
@@ -31,7 +31,7 @@ macro_rules! call {
 /// Calls the plugin about connection `id` (see `settle_panic`).
 macro_rules! conn_call {
     ($plugin:expr, $core:expr, $id:expr, $what:literal, $method:ident $(, $arg:expr)*) => {{
-        let before = $core.get($id).map(|c| c.output.len());
+        let before = $core.get($id).map(|c| c.output_mark());
         let status = call!($plugin, $core, $method $(, $arg)*);
         settle_panic($core, $id, status, before, $what);
     }};
@@ -40,14 +40,14 @@ macro_rules! conn_call {
 /// A plugin call about one connection panicked: what that call queued (maybe half a response)
 /// is dropped, what earlier calls queued (complete answers to earlier messages) still goes out,
 /// then the connection closes.
-fn settle_panic(core: &mut Core, id: ConnId, status: CallStatus, output_before: Option<usize>, what: &str) {
+fn settle_panic(core: &mut Core, id: ConnId, status: CallStatus, output_before: Option<(usize, usize)>, what: &str) {
     if status != CallStatus::Panicked {
         return;
     }
     count_panic(core);
     tracing::error!(conn = id.0, "plugin panicked in {what}; closing the connection");
-    if let (Some(c), Some(len)) = (core.get_mut(id), output_before) {
-        c.output.truncate(len.max(c.output_pos));
+    if let (Some(c), Some(mark)) = (core.get_mut(id), output_before) {
+        c.truncate_output(mark);
     }
     core.close_after_flush(id);
 }
@@ -277,7 +277,7 @@ fn dispatch(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, buf: &[u8]) 
             return pos;
         }
         let rest = &buf[pos..];
-        let output_before = Some(c.output.len());
+        let output_before = Some(c.output_mark());
         let frame = match c.expect {
             Some(len) => RawFrame::Complete(len as u64),
             None => call!(plugin, core, input, id, RSlice::from_slice(rest)),
@@ -393,6 +393,7 @@ pub fn settle(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8]) {
         }
         if core.dirty.is_empty() {
             core.dirty_spare = dirty;
+            core.requeue_next_turn();
             return;
         }
         std::mem::swap(&mut dirty, &mut core.dirty);
@@ -401,6 +402,7 @@ pub fn settle(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8]) {
         }
     }
     core.dirty_spare = dirty;
+    core.requeue_next_turn();
     // Not a fault: a plugin streaming a large answer refills the send buffer on every drain, and
     // a fast reader on loopback drains it within the same turn, so the rounds go on until the
     // answer ends. The bound keeps one such connection from starving the others: the rest
@@ -424,7 +426,7 @@ fn flush(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
         return;
     }
     match c.flush(now) {
-        Ok(true) => {
+        Ok(Flushed::All) => {
             let drained = std::mem::replace(&mut c.send_buffer_full, false);
             let closing = c.state == ConnState::Closing;
             if drained {
@@ -436,7 +438,11 @@ fn flush(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
                 begin_close(plugin, core, index);
             }
         }
-        Ok(false) => {
+        Ok(Flushed::Yielded) => {
+            // A file's share for this turn is written: the rest next turn, after the others.
+            core.flush_next_turn.push(index);
+        }
+        Ok(Flushed::Blocked) => {
             if let Err(e) = core.set_write_interest(index, true) {
                 tracing::debug!(conn = id.0, "could not wait for writability: {e}");
                 fail(plugin, core, id, ConnError::Io);
@@ -464,7 +470,7 @@ fn begin_close(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     }
     c.state = ConnState::Lingering { until_ms };
     c.input = Vec::new();
-    c.output = Vec::new();
+    c.clear_output();
     c.readable = true;
     c.message_started_ms = None;
     // Read (and drop) what the client already sent: only a read to EOF avoids a reset.

@@ -9,8 +9,10 @@
 //! mean the socket is empty (records may sit in rustls or in the socket while the plugin got
 //! one buffer), so a TLS connection is read until `WouldBlock` ([`Transport::short_read_empties`]).
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use mio::event::Source;
@@ -177,6 +179,40 @@ impl Transport {
             Stream::Tcp(s) => s.local_addr(),
             _ => Err(io::ErrorKind::Unsupported.into()),
         }
+    }
+}
+
+/// Bytes of a file read at a time to be encrypted under TLS (one TLS record's worth).
+const TLS_FILE_CHUNK: usize = 16 * 1024;
+
+impl Transport {
+    /// Writes up to `len` bytes of `file` from `offset` (a `RawHost::send_file` range): how many
+    /// the socket took, Ok(0) when the file ends before them. A plain TCP or Unix stream uses
+    /// `sendfile(2)` (the kernel copies from the page cache; a page not cached is read from the
+    /// disk in this call); TLS reads a record's worth with `pread` and writes it through rustls
+    /// (what rustls does not take is read again next time). `WouldBlock` as `write`.
+    pub fn write_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+        if self.tls.is_some() {
+            let mut buf = [0u8; TLS_FILE_CHUNK];
+            let want = len.min(TLS_FILE_CHUNK);
+            let n = loop {
+                match file.read_at(&mut buf[..want], offset) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other?,
+                }
+            };
+            if n == 0 {
+                return Ok(0);
+            }
+            return self.write(&buf[..n]);
+        }
+        let mut off = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let sent = match &self.stream {
+            Stream::Tcp(s) => nix::sys::sendfile::sendfile64(s, file, Some(&mut off), len),
+            Stream::Unix(s) => nix::sys::sendfile::sendfile64(s, file, Some(&mut off), len),
+            Stream::Datagram(_) => return Err(io::ErrorKind::Unsupported.into()),
+        };
+        sent.map_err(io::Error::from)
     }
 }
 

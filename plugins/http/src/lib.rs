@@ -37,6 +37,7 @@
 //! max_body = 1048576       # request body, bytes, decoded (over it: 413)
 //! max_file = 67108864      # largest file served, bytes (over it: 500; default: no limit)
 //! access_log_format = "combined"   # or "common": the lines of the host's --access-log
+//! file_io = "sendfile"     # or "pool": how file bodies are sent (below)
 //! ```
 //! With an access log (`host --access-log FILE`, or `access_log` in a config file's service),
 //! each response is logged once complete, as nginx does (see [`http_proto::access_log`]):
@@ -46,14 +47,21 @@
 //! than the host's max package size (`--max-package-size`, default 1 MiB) is received in pieces
 //! (the package size then bounds the head, see [`http_proto::parse`]).
 //!
-//! File bodies never wait for the disk inside the worker's loop: a read there asks the kernel
-//! for what its page cache holds only (`preadv2` with `RWF_NOWAIT`); what is not cached is read
-//! on the host's task pool (`Host::spawn_task`) while the loop serves everyone else, and sent
-//! when the task is done. Bodies up to 256 KiB that are cached go out in one response; others
-//! are streamed a send buffer at a time (reading the connection is paused meanwhile, so
-//! pipelined requests are answered in order). On a host without a task pool (older than
-//! plugin-api 0.1.2) the reads block, as they did before. On-the-fly gzip (at most 1 MiB) still
-//! reads and compresses in the loop.
+//! File bodies up to 256 KiB that the page cache holds are read in the loop (`preadv2` with
+//! `RWF_NOWAIT`, which never waits for the disk) and go out in one response. Other file bodies
+//! (whole files, a single range, each range of a `multipart/byteranges`):
+//! - `file_io = "sendfile"` (the default): the host sends each file range itself
+//!   (`Host::send_file`: `sendfile(2)` on plain TCP, zero copy; read and encrypted under TLS),
+//!   a send buffer at a time. A range the page cache lacks is read from the disk inside the
+//!   worker's loop (`sendfile` waits for it). The access log counts the bytes handed to the host.
+//! - `file_io = "pool"`: the plugin reads what the page cache holds in the loop, reads what it
+//!   lacks on the host's task pool (`Host::spawn_task`) while the loop serves everyone else, and
+//!   sends the bytes.
+//!
+//! Either way reading the connection is paused while a body is streamed, so pipelined requests
+//! are answered in order. On a host older than plugin-api 0.1.2 (no `send_file`, no task pool)
+//! the plugin reads in the loop, as it did before. On-the-fly gzip (at most 1 MiB) still reads
+//! and compresses in the loop. The figures behind the default: docs/architecture.md.
 
 pub mod conditional;
 pub mod files;
@@ -67,7 +75,9 @@ use std::sync::Arc;
 
 use http_proto::access_log::{self, Entry, LogFormat, LogTime};
 use http_proto::response::{self, DateCache};
-use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Counter, Frame, Host, Protocol, TaskId, WorkerInfo};
+use plugin_api::{
+    export_plugin, ConnError, ConnId, ConnMap, Counter, Frame, Host, Protocol, SendFileError, TaskId, WorkerInfo,
+};
 use serde::Deserialize;
 
 pub use http_proto::{chunked, parse, persist, request_path, ConnState, Limits, Method, Persist, Request, Status};
@@ -96,6 +106,20 @@ pub struct Config {
     pub max_body: u64,
     pub max_file: u64,
     pub access_log_format: AccessLogFormat,
+    pub file_io: FileIo,
+}
+
+/// How file bodies over 256 KiB (or not in the page cache) are sent (`file_io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileIo {
+    /// The host sends the file range itself (`Host::send_file`: `sendfile(2)`, zero copy; a
+    /// range the page cache lacks is read from the disk inside the worker's loop).
+    #[default]
+    Sendfile,
+    /// The plugin reads the file (from the page cache in the loop, from the disk on the task
+    /// pool) and sends the bytes.
+    Pool,
 }
 
 /// The fields of an access-log line (`access_log_format`).
@@ -129,6 +153,7 @@ impl Default for Config {
             max_body: limits.max_body,
             max_file: u64::MAX,
             access_log_format: AccessLogFormat::Combined,
+            file_io: FileIo::default(),
         }
     }
 }
@@ -191,6 +216,9 @@ pub struct Http {
     nowait: bool,
     /// Output queued per connection at most while streaming (the host's send buffer).
     send_window: usize,
+    /// File ranges go to `Host::send_file` (`file_io = "sendfile"`, until the host says it
+    /// cannot).
+    send_file: bool,
     /// `host_plugin_http_responses_total{class="1xx".."5xx"}` (None: a host too old to count).
     responses: [Option<Counter>; 5],
     /// The service has an access log (else no line is formatted).
@@ -270,6 +298,7 @@ const MAX_LOGGED_LINE: usize = 8192;
 impl Protocol for Http {
     fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         let config = Config::parse(config)?;
+        let send_file = config.file_io == FileIo::Sendfile;
         let log_format = match config.access_log_format {
             AccessLogFormat::Combined => LogFormat::Combined,
             AccessLogFormat::Common => LogFormat::Common,
@@ -291,6 +320,7 @@ impl Protocol for Http {
             // The host takes a send whole while less than its send buffer is pending (issue #15:
             // a window above it sent into a full buffer, and the refused bytes were lost).
             send_window: worker.max_send_buffer.max(1),
+            send_file,
             responses: [None; 5],
             access_log: false,
             log_format,
@@ -521,6 +551,18 @@ impl Http {
                 }
                 Some(Part::File { len: 0, .. }) => {
                     stream.parts.pop_front();
+                }
+                Some(&mut Part::File { offset, len }) if self.send_file => {
+                    match host.send_file(conn, &stream.file, offset, len) {
+                        Ok(()) => {
+                            stream.parts.pop_front();
+                        }
+                        // An older host: read and send, as `file_io = "pool"` does.
+                        Err(SendFileError::Unsupported) => self.send_file = false,
+                        Err(SendFileError::BadFile | SendFileError::NotAStream) => return end_early(host, conn, c),
+                        // Closed (or full, which the window rules out).
+                        Err(_) => return,
+                    }
                 }
                 Some(Part::File { offset, len }) => {
                     let left = usize::try_from(*len).unwrap_or(usize::MAX);

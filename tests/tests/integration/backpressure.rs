@@ -9,41 +9,46 @@ const FILE_SIZE: usize = 32 << 20;
 
 // A 32 MiB response to a client that does not read: the sockets' buffers take a few MiB, the
 // rest waits, and the worker pauses reading the connection, so the pipelined second request
-// stays unread; `host connections` shows it paused with about a send buffer pending. Once the
-// client reads, the file arrives whole and then the second answer.
+// stays unread; `host connections` shows it paused (with about a send buffer pending when the
+// plugin reads the file, `file_io = "pool"`). Once the client reads, the file arrives whole and
+// then the second answer. Both file modes.
 #[test]
 fn a_client_that_does_not_read_is_paused_then_served_in_full() {
     let dir = TempDir::new();
     let content: Vec<u8> = (0..FILE_SIZE).map(|i| (i % 251) as u8).collect();
     dir.write("www/big.bin", &content);
-    let config = format!("root = {:?}", dir.join("www").display().to_string());
-    let mut host = Host::start("http", &["--plugin-config", &config, "--max-send-buffer", "1048576"]);
-    let port = host.port();
+    for mode in ["sendfile", "pool"] {
+        let config = format!("root = {:?}\nfile_io = {mode:?}", dir.join("www").display().to_string());
+        let mut host = Host::start("http", &["--plugin-config", &config, "--max-send-buffer", "1048576"]);
+        let port = host.port();
 
-    let mut c = Client::connect(port);
-    let mut both = get("/big.bin");
-    both.extend_from_slice(&get("/"));
-    c.send(&both);
+        let mut c = Client::connect(port);
+        let mut both = get("/big.bin");
+        both.extend_from_slice(&get("/"));
+        c.send(&both);
 
-    let paused = poll_until(Duration::from_secs(10), || {
-        let out = host.command(["connections"], Duration::from_secs(10));
-        let row = out.stdout.lines().find(|l| l.ends_with(" paused"))?.to_string();
-        Some(row)
-    })
-    .unwrap_or_else(|| panic!("the connection was never shown paused:\n{}", host.log_text()));
-    // PENDING is the 9th column. The http plugin streams the file a send buffer at a time, so
-    // the worker never holds much more than one (1 MiB) of the 32 MiB.
-    let pending = paused.split_whitespace().nth(8).unwrap_or_default().to_string();
-    assert!(human_bytes(&pending) <= 2 << 20, "pending output {pending:?} in {paused:?}");
+        let paused = poll_until(Duration::from_secs(10), || {
+            let out = host.command(["connections"], Duration::from_secs(10));
+            let row = out.stdout.lines().find(|l| l.ends_with(" paused"))?.to_string();
+            Some(row)
+        })
+        .unwrap_or_else(|| panic!("{mode}: the connection was never shown paused:\n{}", host.log_text()));
+        // PENDING is the 9th column. `pool`: the plugin streams the file a send buffer at a
+        // time, so the worker never holds much more than one (1 MiB) of the 32 MiB in memory.
+        // `sendfile`: the rest of the file is pending as a file range (a descriptor, no memory).
+        let pending = human_bytes(paused.split_whitespace().nth(8).unwrap_or_default());
+        let bound = if mode == "pool" { 2 << 20 } else { FILE_SIZE as u64 };
+        assert!(pending <= bound, "{mode}: pending output {pending} in {paused:?}");
 
-    let big = c.read_response().expect("the big response");
-    assert_eq!(big.status, 200, "{}", big.head);
-    assert_eq!(big.body.len(), FILE_SIZE);
-    assert!(big.body == content, "the file arrived changed");
-    let hello = c.read_response().expect("the second, pipelined response");
-    assert_eq!(hello.body_text(), "Hello, World!");
-    // Reading resumed for good: the connection serves on.
-    assert_eq!(c.request(&get("/")).status, 200);
+        let big = c.read_response().expect("the big response");
+        assert_eq!(big.status, 200, "{mode}: {}", big.head);
+        assert_eq!(big.body.len(), FILE_SIZE, "{mode}");
+        assert!(big.body == content, "{mode}: the file arrived changed");
+        let hello = c.read_response().expect("the second, pipelined response");
+        assert_eq!(hello.body_text(), "Hello, World!", "{mode}");
+        // Reading resumed for good: the connection serves on.
+        assert_eq!(c.request(&get("/")).status, 200, "{mode}");
+    }
 }
 
 // A client that never reads is not kept forever: the idle timeout closes it, even though its
@@ -112,27 +117,30 @@ fn a_small_send_buffer_streams_files_whole() {
     let size = 3 << 20;
     let content: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     dir.write("www/big.bin", &content);
-    let config = format!("root = {:?}", dir.join("www").display().to_string());
-    let host = Host::start("http", &["--plugin-config", &config, "--max-send-buffer", "1000"]);
-    let mut c = Client::connect(host.port());
+    // Both ways of sending a file body: the host's send_file, and reads on the task pool.
+    for mode in ["sendfile", "pool"] {
+        let config = format!("root = {:?}\nfile_io = {mode:?}", dir.join("www").display().to_string());
+        let host = Host::start("http", &["--plugin-config", &config, "--max-send-buffer", "1000"]);
+        let mut c = Client::connect(host.port());
 
-    let whole = c.request(&get("/big.bin"));
-    assert_eq!(whole.status, 200, "{}", whole.head);
-    assert_eq!(whole.body.len(), size);
-    assert!(whole.body == content, "the file arrived changed");
+        let whole = c.request(&get("/big.bin"));
+        assert_eq!(whole.status, 200, "{mode}: {}", whole.head);
+        assert_eq!(whole.body.len(), size, "{mode}");
+        assert!(whole.body == content, "{mode}: the file arrived changed");
 
-    let ranges: Vec<(usize, usize)> = (0..40).map(|i| (i * 50_000, i * 50_000 + 9_999)).collect();
-    let spec = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>().join(",");
-    let req = format!("GET /big.bin HTTP/1.1\r\nHost: t\r\nRange: bytes={spec}\r\n\r\n");
-    let parts = c.request(req.as_bytes());
-    assert_eq!(parts.status, 206, "{}", parts.head);
-    let declared: usize = parts.header("content-length").and_then(|v| v.parse().ok()).expect("a length");
-    assert_eq!(parts.body.len(), declared);
-    let mut at = 0;
-    for (a, b) in ranges {
-        let want = &content[a..=b];
-        let found = parts.body[at..].windows(want.len()).position(|w| w == want).expect("each range, in order");
-        at += found + want.len();
+        let ranges: Vec<(usize, usize)> = (0..40).map(|i| (i * 50_000, i * 50_000 + 9_999)).collect();
+        let spec = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>().join(",");
+        let req = format!("GET /big.bin HTTP/1.1\r\nHost: t\r\nRange: bytes={spec}\r\n\r\n");
+        let parts = c.request(req.as_bytes());
+        assert_eq!(parts.status, 206, "{mode}: {}", parts.head);
+        let declared: usize = parts.header("content-length").and_then(|v| v.parse().ok()).expect("a length");
+        assert_eq!(parts.body.len(), declared, "{mode}");
+        let mut at = 0;
+        for (a, b) in ranges {
+            let want = &content[a..=b];
+            let found = parts.body[at..].windows(want.len()).position(|w| w == want).expect("each range, in order");
+            at += found + want.len();
+        }
+        assert_eq!(c.request(&get("/")).body_text(), "Hello, World!", "{mode}");
     }
-    assert_eq!(c.request(&get("/")).body_text(), "Hello, World!");
 }

@@ -48,6 +48,9 @@ mod reload;
 mod upgrade;
 // The max send buffer: a client that does not read is paused, then served in full.
 mod backpressure;
+// File bodies sent by the host (`send_file`) and by the plugin (task pool): exact bytes, ranges,
+// HEAD, pipelining, a client leaving mid-file, a file shrinking under its response.
+mod sendfile;
 // The worker's loop: timers that never end, signals meant for the master, SIGTERM by hand.
 mod worker_loop;
 // systemd: Type=notify messages, recorded by a socket the test owns.

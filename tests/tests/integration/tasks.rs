@@ -169,7 +169,8 @@ fn the_http_plugin_reads_cold_files_on_the_task_pool() {
     let small: Vec<u8> = (0..100_000).map(|i| (i % 253) as u8).collect();
     let big: Vec<u8> = (0..(5 << 20)).map(|i| (i % 241) as u8).collect();
     let cold = write_cold(&dir, "www/small.bin", &small) & write_cold(&dir, "www/big.bin", &big);
-    let config = format!("root = {:?}", dir.join("www").display().to_string());
+    // (The default, `sendfile`, lets the host read the file: the pool is `file_io = "pool"`.)
+    let config = format!("root = {:?}\nfile_io = \"pool\"", dir.join("www").display().to_string());
     let mut host = Host::start("http", &["--count", "1", "--plugin-config", &config]);
     let mut c = Client::connect(host.port());
     for (path, content) in [("/small.bin", &small), ("/big.bin", &big)] {
