@@ -172,7 +172,12 @@ impl Conn {
         let result = loop {
             let until = self.files.front().map_or(self.output.len(), |f| f.at);
             if self.output_pos < until {
-                match self.stream.write(&self.output[self.output_pos..until]) {
+                let bytes = &self.output[self.output_pos..until];
+                let written = match self.files.front() {
+                    Some(_) => self.stream.write_before_file(bytes),
+                    None => self.stream.write(bytes),
+                };
+                match written {
                     Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         self.output_pos += n;
