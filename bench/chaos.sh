@@ -20,12 +20,9 @@ chmod 755 "$tmp" "$tmp/plugins"
 cp "$bin/libhttp.so" "$tmp/plugins/http.so"
 variant() { cp "$bin/libhttp.so" "$tmp/staging/http.so"; printf 'chaos variant %s' "$1" >>"$tmp/staging/http.so"; mv "$tmp/staging/http.so" "$tmp/plugins/http.so"; }
 
-"$bin/host" --plugin http --count 4 --listen 127.0.0.1:0 --plugin-dir "$tmp/plugins" \
-    --pid-file "$tmp/host.pid" 2>"$tmp/host.log" &
-master=$!
-pids+=("$master")
-for _ in $(seq 200); do grep -q "host ready" "$tmp/host.log" && break; sleep 0.05; done
-port=$(grep -o 'address=127.0.0.1:[0-9]*' "$tmp/host.log" | head -1 | cut -d: -f2)
+HOST_BIN="$bin/host" PLUGIN_DIR="$tmp/plugins" start_host host --plugin http --count 4
+master=$host_pid
+port=$host_port
 url="http://127.0.0.1:$port/"
 curl -sf "$url" >/dev/null
 

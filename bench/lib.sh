@@ -43,15 +43,16 @@ stop_pid() {
     kill -KILL "$p" 2>/dev/null || true
 }
 
-# Starts target/release/host with its plugins from target/release on a port the system picks:
-# `start_host NAME ARGS...` (ARGS include --plugin). Sets $host_pid, $host_port, $host_pidfile;
-# the log is $tmp/NAME.log. Not in a $(...) subshell: the pid must reach the cleanup list.
+# Starts a host on a port the system picks: `start_host NAME ARGS...` (ARGS include --plugin).
+# The binary is $HOST_BIN (target/release/host), its plugins come from $PLUGIN_DIR
+# (target/release). Sets $host_pid, $host_port, $host_pidfile; the log is $tmp/NAME.log. Not in
+# a $(...) subshell: the pid must reach the cleanup list.
 start_host() {
     local name=$1
     shift
     host_pidfile=$tmp/$name.pid
-    target/release/host --plugin-dir target/release --listen 127.0.0.1:0 --pid-file "$host_pidfile" \
-        --log-level warn,host::master=info "$@" >"$tmp/$name.out" 2>"$tmp/$name.log" &
+    "${HOST_BIN:-target/release/host}" --plugin-dir "${PLUGIN_DIR:-target/release}" --listen 127.0.0.1:0 \
+        --pid-file "$host_pidfile" --log-level warn,host::master=info "$@" >"$tmp/$name.out" 2>"$tmp/$name.log" &
     host_pid=$!
     pids+=("$host_pid")
     for _ in $(seq 200); do grep -q "host ready" "$tmp/$name.log" && break; sleep 0.05; done

@@ -20,12 +20,9 @@ mkdir -p "$tmp/plugins"
 cp target/release/libhttp.so "$tmp/plugins/http.so"
 variant() { cp target/release/libhttp.so "$1"; printf 'variant %s %s' "$2" "$RANDOM$RANDOM" >>"$1"; }
 
-target/release/host --plugin http --count 4 --listen 127.0.0.1:0 --plugin-dir "$tmp/plugins" \
-    --pid-file "$tmp/host.pid" 2>"$tmp/host.log" &
-master=$!
-pids+=("$master")
-for _ in $(seq 100); do grep -q "host ready" "$tmp/host.log" && break; sleep 0.05; done
-port=$(grep -o 'address=127.0.0.1:[0-9]*' "$tmp/host.log" | head -1 | cut -d: -f2)
+PLUGIN_DIR="$tmp/plugins" start_host host --plugin http --count 4
+master=$host_pid
+port=$host_port
 url="http://127.0.0.1:$port/"
 curl -sf "$url" >/dev/null
 
