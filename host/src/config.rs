@@ -207,6 +207,24 @@ pub struct Service {
     pub recycle: Recycle,
 }
 
+#[cfg(test)]
+impl Service {
+    /// A service with every setting at its default: the tests' starting point.
+    pub fn for_tests(name: &str, plugin: &str, listen: &str, count: u32) -> Service {
+        Service {
+            name: name.into(),
+            plugin: plugin.into(),
+            listen: listen.parse().expect("a test's listen address"),
+            count,
+            plugin_config: String::new(),
+            limits: Limits::default(),
+            tls: None,
+            access_log: None,
+            recycle: Recycle::default(),
+        }
+    }
+}
+
 /// Worker recycling (Swoole's `max_request`): a serving worker that handled `max_requests`
 /// messages, or whose resident memory reached `max_memory` bytes, is replaced the way a reload
 /// step replaces one (a new worker starts, then the old one drains). 0: off. Each worker's limit
@@ -353,17 +371,7 @@ mod tests {
     use super::*;
 
     fn service() -> Service {
-        Service {
-            name: "http".into(),
-            plugin: "http".into(),
-            listen: DEFAULT_LISTEN.parse().unwrap(),
-            count: 4,
-            plugin_config: "root = \"/srv\"".into(),
-            limits: Limits::default(),
-            tls: None,
-            access_log: None,
-            recycle: Recycle::default(),
-        }
+        Service { plugin_config: "root = \"/srv\"".into(), ..Service::for_tests("http", "http", DEFAULT_LISTEN, 4) }
     }
 
     #[test]

@@ -578,7 +578,6 @@ mod tests {
     use super::super::process::fake::FakeProcesses;
     use super::super::reload::state::{CheckId, Trigger};
     use super::*;
-    use crate::config::Limits;
 
     fn socket() -> OwnedFd {
         OwnedFd::from(std::fs::File::open("/dev/null").unwrap())
@@ -586,17 +585,7 @@ mod tests {
 
     fn state(name: &str, count: u32, reloadable: bool) -> ServiceState {
         ServiceState {
-            service: Service {
-                name: name.into(),
-                plugin: name.into(),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                count,
-                plugin_config: String::new(),
-                limits: Limits::default(),
-                tls: None,
-                access_log: None,
-                recycle: Default::default(),
-            },
+            service: Service::for_tests(name, name, "127.0.0.1:0", count),
             source: PathBuf::from(format!("/plugins/lib{name}.so")),
             expected_name: Some(name.into()),
             reloadable,

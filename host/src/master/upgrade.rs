@@ -596,21 +596,11 @@ impl Master {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Limits, Service};
+    use crate::config::Service;
 
     fn service(name: &str, listen: &str, count: u32) -> ServiceConfig {
         ServiceConfig {
-            service: Service {
-                name: name.into(),
-                plugin: "http".into(),
-                listen: listen.parse().unwrap(),
-                count,
-                plugin_config: String::new(),
-                limits: Limits::default(),
-                tls: None,
-                access_log: None,
-                recycle: Default::default(),
-            },
+            service: Service::for_tests(name, "http", listen, count),
             reloadable: true,
             user: None,
             group: None,
