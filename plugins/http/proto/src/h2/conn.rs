@@ -1,0 +1,878 @@
+//! The server side of one HTTP/2 connection, sans-IO: [`Connection::recv`] takes the bytes
+//! received (whole frames are used, the rest is left to the caller's buffer) and returns how
+//! many it used; what happened comes out of [`Connection::poll_event`] ([`Event`]); what to
+//! send accumulates in an output buffer ([`Connection::take_output`]). Responses go in with
+//! [`Connection::send_headers`] and [`Connection::send_data`]; a body is sent as far as the
+//! peer's windows admit and the rest waits in its stream's queue ([`Connection::queued_bytes`]),
+//! without holding up the other streams.
+//!
+//! Defences, each counted in [`Stats`]: streams reset faster than [`Config::max_resets`] per
+//! [`Config::flood_window_ms`] (Rapid Reset, CVE-2023-44487, counting the resets the client
+//! provokes as well as its own) and frames that do no work (SETTINGS, PING, PRIORITY, empty DATA
+//! and CONTINUATION, unknown types) beyond [`Config::max_idle_frames`] end the connection with
+//! GOAWAY ENHANCE_YOUR_CALM; a header block is bounded before it is buffered
+//! ([`Config::max_header_block`], CVE-2024-27316); the decoded field list is bounded
+//! ([`Config::max_header_list_size`], the HPACK bomb: answered 431); streams past
+//! [`Config::max_concurrent_streams`] are refused (REFUSED_STREAM).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::frame::{self, flag, setting, ErrorCode, Frame, Framing, H2Error, DEFAULT_WINDOW, MAX_WINDOW};
+use super::hpack::{self, DecodeError};
+use super::request::H2Request;
+
+/// The local settings and bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams past it are refused.
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_INITIAL_WINDOW_SIZE: each stream's receive window (at least 65,535).
+    pub initial_window_size: u32,
+    /// The connection's receive window (at least 65,535; raised by a WINDOW_UPDATE at start).
+    pub connection_window: u32,
+    /// SETTINGS_MAX_FRAME_SIZE: the largest frame received.
+    pub max_frame_size: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: the largest decoded field list (names, values, 32 each).
+    pub max_header_list_size: u32,
+    /// The largest header block (HEADERS and CONTINUATION payloads), checked before buffering.
+    pub max_header_block: usize,
+    /// Stream resets (the client's, and the ones its errors cause) per window.
+    pub max_resets: u32,
+    /// Frames that do no work, per window.
+    pub max_idle_frames: u32,
+    /// The window of the two rates above, in milliseconds.
+    pub flood_window_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_concurrent_streams: 100,
+            initial_window_size: 256 * 1024,
+            connection_window: 1024 * 1024,
+            max_frame_size: frame::MIN_MAX_FRAME_SIZE,
+            max_header_list_size: 64 * 1024,
+            max_header_block: 64 * 1024,
+            max_resets: 200,
+            max_idle_frames: 1000,
+            flood_window_ms: 1000,
+        }
+    }
+}
+
+/// What the client did, for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new stream with a request head. `end_stream`: it has no body.
+    Request { stream: u32, request: H2Request, end_stream: bool },
+    /// A piece of a request body (possibly empty when only `end_stream` is news). Its length is
+    /// handed back with [`Connection::release`] once consumed, to reopen the window.
+    Data { stream: u32, data: Vec<u8>, end_stream: bool },
+    /// The client cancelled a stream (RST_STREAM): anything for it is dropped.
+    Reset { stream: u32, code: ErrorCode },
+    /// The client is going away; streams up to `last_stream` still count.
+    GoAway { last_stream: u32, code: ErrorCode },
+}
+
+/// Counters, one per defence and per kind of frame abuse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub streams_opened: u64,
+    /// RST_STREAM frames received on live streams.
+    pub peer_resets: u64,
+    /// Connections ended for resetting streams too fast (Rapid Reset).
+    pub rapid_reset: u64,
+    /// Connections ended for a header block over the bound (CONTINUATION flood).
+    pub header_block_too_large: u64,
+    /// Requests answered 431: the decoded field list over the bound (HPACK bomb).
+    pub header_list_too_large: u64,
+    pub settings_frames: u64,
+    pub ping_frames: u64,
+    pub empty_data_frames: u64,
+    pub empty_continuation_frames: u64,
+    pub zero_window_updates: u64,
+    /// Connections ended for too many frames that do no work.
+    pub idle_frame_flood: u64,
+    /// Streams refused over the concurrency limit (REFUSED_STREAM).
+    pub refused_streams: u64,
+    /// Requests reset as malformed (bad pseudo-headers, connection-specific fields, names).
+    pub malformed_requests: u64,
+    /// Windows overflowed or exceeded (FLOW_CONTROL_ERROR).
+    pub flow_control_errors: u64,
+    pub compression_errors: u64,
+    /// Connection errors of any kind (GOAWAY with an error code sent).
+    pub connection_errors: u64,
+}
+
+/// Why a response could not be submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The stream is closed or reset (or never existed).
+    StreamClosed,
+    /// Headers sent twice, data before headers, or anything after the end.
+    Order,
+}
+
+/// A count over a sliding window of time.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rate {
+    start: u64,
+    count: u32,
+}
+
+impl Rate {
+    /// Counts one at `now`; true when that makes more than `max` in the window.
+    fn hit(&mut self, now: u64, window: u64, max: u32) -> bool {
+        if now.saturating_sub(self.start) >= window {
+            *self = Rate { start: now, count: 0 };
+        }
+        self.count = self.count.saturating_add(1);
+        self.count > max
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Preface,
+    /// The preface came; the client's SETTINGS must be next.
+    FirstSettings,
+    Open,
+    /// GOAWAY with an error went out: nothing more is read.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    /// END_STREAM received (half-closed remote).
+    recv_closed: bool,
+    headers_sent: bool,
+    /// The application has given all of the response (END_STREAM queued).
+    send_done: bool,
+    /// END_STREAM has gone out.
+    end_sent: bool,
+    recv_window: i64,
+    /// Body bytes consumed by the application, not yet announced.
+    release_pending: u32,
+    /// Body bytes delivered and not yet released (given back to the connection on close).
+    unreleased: u32,
+    send_window: i64,
+    queue: VecDeque<u8>,
+    content_length: Option<u64>,
+    received: u64,
+}
+
+/// A header block arriving in pieces.
+struct Pending {
+    stream: u32,
+    end_stream: bool,
+    block: Vec<u8>,
+}
+
+/// One HTTP/2 connection, server side.
+pub struct Connection {
+    config: Config,
+    phase: Phase,
+    out: Vec<u8>,
+    events: VecDeque<Event>,
+    decoder: hpack::Decoder,
+    encoder: hpack::Encoder,
+    streams: BTreeMap<u32, Stream>,
+    /// The highest stream id the client opened (or tried to).
+    last_stream: u32,
+    recv_window: i64,
+    release_pending: u32,
+    send_window: i64,
+    peer_initial_window: u32,
+    peer_max_frame: u32,
+    queued: usize,
+    pending: Option<Pending>,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The last stream id of the GOAWAY sent, once sent.
+    goaway_sent: Option<u32>,
+    goaway_received: bool,
+    resets: Rate,
+    idle: Rate,
+    now: u64,
+    stats: Stats,
+}
+
+/// What the start of a connection's bytes says about HTTP/2 with prior knowledge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preface {
+    /// The whole client preface is there.
+    Yes,
+    /// Not (or no longer possibly) the preface: HTTP/1.1 or something else.
+    No,
+    /// A prefix of the preface: wait for more.
+    Maybe,
+}
+
+/// Whether `buf` starts with the client connection preface (h2c prior knowledge).
+pub fn preface(buf: &[u8]) -> Preface {
+    let n = buf.len().min(frame::PREFACE.len());
+    match (buf[..n] == frame::PREFACE[..n], n == frame::PREFACE.len()) {
+        (false, _) => Preface::No,
+        (true, true) => Preface::Yes,
+        (true, false) => Preface::Maybe,
+    }
+}
+
+impl Connection {
+    /// A new connection; its SETTINGS (and the connection window's WINDOW_UPDATE) are the
+    /// first output, to be sent right away.
+    pub fn new(config: Config) -> Connection {
+        let config = Config {
+            initial_window_size: config.initial_window_size.clamp(DEFAULT_WINDOW, MAX_WINDOW),
+            connection_window: config.connection_window.clamp(DEFAULT_WINDOW, MAX_WINDOW),
+            max_frame_size: config.max_frame_size.clamp(frame::MIN_MAX_FRAME_SIZE, frame::MAX_MAX_FRAME_SIZE),
+            ..config
+        };
+        let mut out = Vec::with_capacity(64);
+        frame::write_settings(
+            &mut out,
+            &[
+                (setting::ENABLE_PUSH, 0),
+                (setting::MAX_CONCURRENT_STREAMS, config.max_concurrent_streams),
+                (setting::INITIAL_WINDOW_SIZE, config.initial_window_size),
+                (setting::MAX_FRAME_SIZE, config.max_frame_size),
+                (setting::MAX_HEADER_LIST_SIZE, config.max_header_list_size),
+            ],
+        );
+        if config.connection_window > DEFAULT_WINDOW {
+            frame::write_window_update(&mut out, 0, config.connection_window - DEFAULT_WINDOW);
+        }
+        Connection {
+            config,
+            phase: Phase::Preface,
+            out,
+            events: VecDeque::new(),
+            decoder: hpack::Decoder::new(config.max_header_list_size as usize),
+            encoder: hpack::Encoder::default(),
+            streams: BTreeMap::new(),
+            last_stream: 0,
+            recv_window: i64::from(config.connection_window),
+            release_pending: 0,
+            send_window: i64::from(DEFAULT_WINDOW),
+            peer_initial_window: DEFAULT_WINDOW,
+            peer_max_frame: frame::MIN_MAX_FRAME_SIZE,
+            queued: 0,
+            pending: None,
+            fields: Vec::new(),
+            goaway_sent: None,
+            goaway_received: false,
+            resets: Rate::default(),
+            idle: Rate::default(),
+            now: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Takes the frames at the start of `buf` (received at `now_ms`, any monotonic clock in
+    /// milliseconds); returns the bytes used. The rest of `buf` is an incomplete frame, kept by
+    /// the caller until more arrives (never more than 9 bytes + the max frame size). After a
+    /// connection error the GOAWAY is in the output, [`Connection::is_closed`] is true and
+    /// nothing more is read.
+    pub fn recv(&mut self, now_ms: u64, buf: &[u8]) -> usize {
+        self.now = now_ms;
+        let mut used = 0;
+        while self.phase != Phase::Closed {
+            let rest = &buf[used..];
+            if self.phase == Phase::Preface {
+                match preface(rest) {
+                    Preface::Yes => {
+                        used += frame::PREFACE.len();
+                        self.phase = Phase::FirstSettings;
+                        continue;
+                    }
+                    Preface::Maybe => break,
+                    Preface::No => {
+                        self.connection_error(ErrorCode::PROTOCOL_ERROR);
+                        break;
+                    }
+                }
+            }
+            let (h, len) = match frame::frame_at(rest, self.config.max_frame_size) {
+                Ok(Framing::NeedMore) => break,
+                Ok(Framing::Frame(h, len)) => (h, len),
+                Err(e) => {
+                    self.error(e);
+                    break;
+                }
+            };
+            used += len;
+            if self.phase == Phase::FirstSettings {
+                if h.kind != frame::kind::SETTINGS || h.has(flag::ACK) {
+                    self.connection_error(ErrorCode::PROTOCOL_ERROR);
+                    break;
+                }
+                self.phase = Phase::Open;
+            }
+            let result = match frame::decode(&h, &rest[frame::HEADER_LEN..len]) {
+                Ok(f) => self.on_frame(f),
+                Err(e) => {
+                    if h.kind == frame::kind::WINDOW_UPDATE {
+                        // The only decoding error of a well-sized WINDOW_UPDATE: increment 0.
+                        self.stats.zero_window_updates += 1;
+                    }
+                    Err(e)
+                }
+            };
+            if let Err(e) = result {
+                self.error(e);
+            }
+        }
+        if self.phase == Phase::Closed {
+            // Nothing more is read: all of it is used.
+            return buf.len();
+        }
+        self.flush();
+        used
+    }
+
+    /// The next event, in order.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The bytes to send, taken (the buffer is left empty).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether there are bytes to send.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Response bytes waiting for the peer's windows, and output not taken yet: what the host
+    /// counts against its send buffer bound.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued + self.out.len()
+    }
+
+    /// Response body bytes of `stream` waiting for a window.
+    pub fn stream_queued(&self, stream: u32) -> usize {
+        self.streams.get(&stream).map_or(0, |s| s.queue.len())
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Streams open or half-closed.
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// A connection error ended the connection: send the output, then close.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Nothing more will happen: closed, or draining (or told the peer is going away) with
+    /// every stream finished. Send the output, then close.
+    pub fn is_done(&self) -> bool {
+        self.is_closed() || ((self.goaway_sent.is_some() || self.goaway_received) && self.streams.is_empty())
+    }
+
+    /// Graceful shutdown: GOAWAY NO_ERROR with the last stream id; streams up to it are served,
+    /// later ones ignored. [`Connection::is_done`] says when the last one has finished.
+    pub fn drain(&mut self) {
+        if self.goaway_sent.is_none() && self.phase != Phase::Closed {
+            frame::write_goaway(&mut self.out, self.last_stream, ErrorCode::NO_ERROR, b"");
+            self.goaway_sent = Some(self.last_stream);
+        }
+    }
+
+    /// Immediate shutdown: GOAWAY with `code` and the last stream id; nothing more is read.
+    pub fn abort(&mut self, code: ErrorCode) {
+        if self.phase != Phase::Closed {
+            self.connection_error(code);
+        }
+    }
+
+    /// The response head of `stream`: `status`, then `fields` (names are sent in lowercase;
+    /// HTTP/1.1's connection-specific fields are left out). `end_stream`: no body follows.
+    pub fn send_headers(
+        &mut self,
+        stream: u32,
+        status: u16,
+        fields: &[(&str, &[u8])],
+        end_stream: bool,
+    ) -> Result<(), SendError> {
+        let s = self.streams.get_mut(&stream).ok_or(SendError::StreamClosed)?;
+        if s.headers_sent {
+            return Err(SendError::Order);
+        }
+        s.headers_sent = true;
+        let status = status.to_string();
+        let lower: Vec<(Vec<u8>, &[u8])> = fields
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase().into_bytes(), *v))
+            .filter(|(n, _)| {
+                !matches!(
+                    &n[..],
+                    b"connection" | b"keep-alive" | b"transfer-encoding" | b"upgrade" | b"proxy-connection"
+                )
+            })
+            .collect();
+        let mut block = Vec::with_capacity(64);
+        let all = std::iter::once((&b":status"[..], status.as_bytes())).chain(lower.iter().map(|(n, v)| (&n[..], *v)));
+        self.encoder.encode(all, &mut block);
+        frame::write_headers(&mut self.out, stream, &block, end_stream, self.peer_max_frame);
+        if end_stream {
+            let s = self.streams.get_mut(&stream).ok_or(SendError::StreamClosed)?;
+            s.send_done = true;
+            s.end_sent = true;
+            self.finish_stream(stream);
+        }
+        Ok(())
+    }
+
+    /// A piece of the response body of `stream` (after its head); `end_stream` with the last.
+    /// Sent as far as the windows admit, the rest queued.
+    pub fn send_data(&mut self, stream: u32, data: &[u8], end_stream: bool) -> Result<(), SendError> {
+        let s = self.streams.get_mut(&stream).ok_or(SendError::StreamClosed)?;
+        if !s.headers_sent || s.send_done {
+            return Err(SendError::Order);
+        }
+        s.queue.extend(data);
+        s.send_done = end_stream;
+        self.queued += data.len();
+        self.flush();
+        Ok(())
+    }
+
+    /// The application consumed `n` bytes of `stream`'s request body: the windows reopen by as
+    /// much (WINDOW_UPDATE once a quarter of a window is due).
+    pub fn release(&mut self, stream: u32, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let threshold = self.config.initial_window_size / 4;
+        let Some(s) = self.streams.get_mut(&stream) else { return };
+        let n = n.min(s.unreleased);
+        s.unreleased -= n;
+        if !s.recv_closed {
+            s.release_pending += n;
+            if s.release_pending >= threshold {
+                frame::write_window_update(&mut self.out, stream, s.release_pending);
+                s.recv_window += i64::from(s.release_pending);
+                s.release_pending = 0;
+            }
+        }
+        self.release_connection(n);
+    }
+
+    /// Cancels `stream` (RST_STREAM `code`); its queued response is dropped.
+    pub fn reset(&mut self, stream: u32, code: ErrorCode) {
+        if self.streams.contains_key(&stream) {
+            frame::write_rst_stream(&mut self.out, stream, code);
+            self.remove_stream(stream);
+        }
+    }
+
+    fn release_connection(&mut self, n: u32) {
+        if n == 0 {
+            return;
+        }
+        self.release_pending = self.release_pending.saturating_add(n);
+        if self.release_pending >= self.config.connection_window / 4 {
+            frame::write_window_update(&mut self.out, 0, self.release_pending);
+            self.recv_window += i64::from(self.release_pending);
+            self.release_pending = 0;
+        }
+    }
+
+    fn remove_stream(&mut self, id: u32) {
+        if let Some(s) = self.streams.remove(&id) {
+            self.queued -= s.queue.len();
+            self.release_connection(s.unreleased);
+        }
+    }
+
+    /// Closes `id` once both sides are done; a response complete before the request's body is
+    /// followed by RST_STREAM NO_ERROR (RFC 9113 §8.1): the client need not send the rest.
+    fn finish_stream(&mut self, id: u32) {
+        let Some(s) = self.streams.get(&id) else { return };
+        if !s.end_sent {
+            return;
+        }
+        if !s.recv_closed {
+            frame::write_rst_stream(&mut self.out, id, ErrorCode::NO_ERROR);
+        }
+        self.remove_stream(id);
+    }
+
+    /// Sends queued body bytes as the windows admit: one frame per stream per round, so a
+    /// stalled stream never holds up the others.
+    fn flush(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let mut finished = Vec::new();
+        loop {
+            let mut moved = false;
+            for (&id, s) in self.streams.iter_mut() {
+                if s.end_sent || !s.headers_sent {
+                    continue;
+                }
+                let window = s.send_window.min(self.send_window).max(0) as usize;
+                let n = s.queue.len().min(window).min(self.peer_max_frame as usize);
+                let end = s.send_done && n == s.queue.len();
+                if n == 0 && !end {
+                    continue;
+                }
+                let (a, b) = s.queue.as_slices();
+                let flags = if end { flag::END_STREAM } else { 0 };
+                frame::write_header(&mut self.out, n, frame::kind::DATA, flags, id);
+                let from_a = n.min(a.len());
+                self.out.extend_from_slice(&a[..from_a]);
+                self.out.extend_from_slice(&b[..n - from_a]);
+                s.queue.drain(..n);
+                s.send_window -= n as i64;
+                self.send_window -= n as i64;
+                self.queued -= n;
+                moved = true;
+                if end {
+                    s.end_sent = true;
+                    finished.push(id);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        for id in finished {
+            self.finish_stream(id);
+        }
+    }
+
+    fn error(&mut self, e: H2Error) {
+        match e {
+            H2Error::Connection(code) => self.connection_error(code),
+            H2Error::Stream(id, code) => self.stream_error(id, code),
+        }
+    }
+
+    fn connection_error(&mut self, code: ErrorCode) {
+        self.stats.connection_errors += 1;
+        frame::write_goaway(&mut self.out, self.last_stream, code, b"");
+        self.goaway_sent = Some(self.last_stream);
+        self.phase = Phase::Closed;
+    }
+
+    /// RST_STREAM for an error of the client's; such resets count toward the reset rate.
+    fn stream_error(&mut self, id: u32, code: ErrorCode) {
+        frame::write_rst_stream(&mut self.out, id, code);
+        self.remove_stream(id);
+        self.count_reset();
+    }
+
+    fn count_reset(&mut self) {
+        if self.resets.hit(self.now, self.config.flood_window_ms, self.config.max_resets) {
+            self.stats.rapid_reset += 1;
+            self.connection_error(ErrorCode::ENHANCE_YOUR_CALM);
+        }
+    }
+
+    /// A frame that does no work; too many end the connection.
+    fn idle_frame(&mut self) -> Result<(), H2Error> {
+        if self.idle.hit(self.now, self.config.flood_window_ms, self.config.max_idle_frames) {
+            self.stats.idle_frame_flood += 1;
+            return Err(H2Error::Connection(ErrorCode::ENHANCE_YOUR_CALM));
+        }
+        Ok(())
+    }
+
+    /// Whether `id` is a stream the client has not opened yet.
+    fn is_idle(&self, id: u32) -> bool {
+        id > self.last_stream || id.is_multiple_of(2)
+    }
+
+    fn on_frame(&mut self, f: Frame<'_>) -> Result<(), H2Error> {
+        use H2Error::Connection as C;
+        if let Some(p) = &self.pending {
+            // Nothing may come between a HEADERS and its CONTINUATIONs (§6.10).
+            match f {
+                Frame::Continuation { stream, .. } if stream == p.stream => {}
+                _ => return Err(C(ErrorCode::PROTOCOL_ERROR)),
+            }
+        }
+        match f {
+            Frame::Data { stream, data, end_stream, flow_len } => self.on_data(stream, data, end_stream, flow_len),
+            Frame::Headers { stream, block, end_stream, end_headers, .. } => {
+                if block.len() > self.config.max_header_block {
+                    self.stats.header_block_too_large += 1;
+                    return Err(C(ErrorCode::ENHANCE_YOUR_CALM));
+                }
+                if end_headers {
+                    self.on_header_block(stream, block, end_stream)
+                } else {
+                    if block.is_empty() {
+                        self.stats.empty_continuation_frames += 1;
+                        self.idle_frame()?;
+                    }
+                    self.pending = Some(Pending { stream, end_stream, block: block.to_vec() });
+                    Ok(())
+                }
+            }
+            Frame::Continuation { block, end_headers, .. } => {
+                let Some(p) = self.pending.as_mut() else { return Err(C(ErrorCode::PROTOCOL_ERROR)) };
+                if p.block.len() + block.len() > self.config.max_header_block {
+                    self.stats.header_block_too_large += 1;
+                    return Err(C(ErrorCode::ENHANCE_YOUR_CALM));
+                }
+                p.block.extend_from_slice(block);
+                if block.is_empty() && !end_headers {
+                    self.stats.empty_continuation_frames += 1;
+                    self.idle_frame()?;
+                }
+                if end_headers {
+                    let p = self.pending.take().expect("pending header block");
+                    self.on_header_block(p.stream, &p.block, p.end_stream)?;
+                }
+                Ok(())
+            }
+            Frame::Priority { .. } => self.idle_frame(),
+            Frame::RstStream { stream, code } => {
+                if self.is_idle(stream) {
+                    return Err(C(ErrorCode::PROTOCOL_ERROR));
+                }
+                if self.streams.contains_key(&stream) {
+                    self.stats.peer_resets += 1;
+                    self.remove_stream(stream);
+                    self.events.push_back(Event::Reset { stream, code });
+                    self.count_reset();
+                }
+                Ok(())
+            }
+            Frame::Settings { ack, params } => {
+                self.stats.settings_frames += 1;
+                self.idle_frame()?;
+                if !ack {
+                    self.on_settings(params)?;
+                    frame::write_settings_ack(&mut self.out);
+                }
+                Ok(())
+            }
+            Frame::PushPromise { .. } => Err(C(ErrorCode::PROTOCOL_ERROR)),
+            Frame::Ping { ack, data } => {
+                self.stats.ping_frames += 1;
+                self.idle_frame()?;
+                if !ack {
+                    frame::write_ping(&mut self.out, true, data);
+                }
+                Ok(())
+            }
+            Frame::GoAway { last_stream, code, .. } => {
+                self.goaway_received = true;
+                self.events.push_back(Event::GoAway { last_stream, code });
+                Ok(())
+            }
+            Frame::WindowUpdate { stream: 0, increment } => {
+                self.send_window += i64::from(increment);
+                if self.send_window > i64::from(MAX_WINDOW) {
+                    self.stats.flow_control_errors += 1;
+                    return Err(C(ErrorCode::FLOW_CONTROL_ERROR));
+                }
+                Ok(())
+            }
+            Frame::WindowUpdate { stream, increment } => {
+                if self.is_idle(stream) {
+                    return Err(C(ErrorCode::PROTOCOL_ERROR));
+                }
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.send_window += i64::from(increment);
+                    if s.send_window > i64::from(MAX_WINDOW) {
+                        self.stats.flow_control_errors += 1;
+                        return Err(H2Error::Stream(stream, ErrorCode::FLOW_CONTROL_ERROR));
+                    }
+                }
+                Ok(())
+            }
+            Frame::Unknown { .. } => self.idle_frame(),
+        }
+    }
+
+    fn on_settings(&mut self, params: &[u8]) -> Result<(), H2Error> {
+        use H2Error::Connection as C;
+        for (id, value) in frame::settings(params) {
+            match id {
+                setting::HEADER_TABLE_SIZE => self.encoder.set_peer_table_size(value),
+                setting::ENABLE_PUSH if value > 1 => return Err(C(ErrorCode::PROTOCOL_ERROR)),
+                setting::INITIAL_WINDOW_SIZE => {
+                    if value > MAX_WINDOW {
+                        self.stats.flow_control_errors += 1;
+                        return Err(C(ErrorCode::FLOW_CONTROL_ERROR));
+                    }
+                    let delta = i64::from(value) - i64::from(self.peer_initial_window);
+                    self.peer_initial_window = value;
+                    for s in self.streams.values_mut() {
+                        s.send_window += delta;
+                        if s.send_window > i64::from(MAX_WINDOW) {
+                            self.stats.flow_control_errors += 1;
+                            return Err(C(ErrorCode::FLOW_CONTROL_ERROR));
+                        }
+                    }
+                }
+                setting::MAX_FRAME_SIZE => {
+                    if !(frame::MIN_MAX_FRAME_SIZE..=frame::MAX_MAX_FRAME_SIZE).contains(&value) {
+                        return Err(C(ErrorCode::PROTOCOL_ERROR));
+                    }
+                    self.peer_max_frame = value;
+                }
+                // MAX_CONCURRENT_STREAMS (no push here), MAX_HEADER_LIST_SIZE (advisory),
+                // unknown ones (ignored, §6.5.2).
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn on_data(&mut self, id: u32, data: &[u8], end_stream: bool, flow_len: u32) -> Result<(), H2Error> {
+        use H2Error::Connection as C;
+        if self.is_idle(id) {
+            return Err(C(ErrorCode::PROTOCOL_ERROR));
+        }
+        if i64::from(flow_len) > self.recv_window {
+            self.stats.flow_control_errors += 1;
+            return Err(C(ErrorCode::FLOW_CONTROL_ERROR));
+        }
+        self.recv_window -= i64::from(flow_len);
+        // Padding is given back at once.
+        self.release_connection(flow_len - data.len() as u32);
+        if data.is_empty() && !end_stream {
+            self.stats.empty_data_frames += 1;
+            self.idle_frame()?;
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            // A stream closed or reset: its data is dropped, the window given back.
+            self.release_connection(data.len() as u32);
+            return Ok(());
+        };
+        if s.recv_closed {
+            self.release_connection(data.len() as u32);
+            return Err(H2Error::Stream(id, ErrorCode::STREAM_CLOSED));
+        }
+        if i64::from(flow_len) > s.recv_window {
+            self.stats.flow_control_errors += 1;
+            self.release_connection(data.len() as u32);
+            return Err(H2Error::Stream(id, ErrorCode::FLOW_CONTROL_ERROR));
+        }
+        s.recv_window -= i64::from(flow_len);
+        let padding = flow_len - data.len() as u32;
+        s.release_pending += padding;
+        s.received += data.len() as u64;
+        s.unreleased += data.len() as u32;
+        // §8.1.1: a content-length that the DATA frames contradict is malformed.
+        if s.content_length.is_some_and(|cl| s.received > cl || (end_stream && s.received != cl)) {
+            self.stats.malformed_requests += 1;
+            return Err(H2Error::Stream(id, ErrorCode::PROTOCOL_ERROR));
+        }
+        s.recv_closed = end_stream;
+        if !data.is_empty() || end_stream {
+            self.events.push_back(Event::Data { stream: id, data: data.to_vec(), end_stream });
+        }
+        if end_stream {
+            self.finish_stream(id);
+        }
+        Ok(())
+    }
+
+    /// A complete header block: a new request, trailers, or one to decode and drop.
+    fn on_header_block(&mut self, id: u32, block: &[u8], end_stream: bool) -> Result<(), H2Error> {
+        use H2Error::Connection as C;
+        // Decoded first in every case: the HPACK context must follow every block.
+        let mut fields = std::mem::take(&mut self.fields);
+        let decoded = self.decoder.decode(block, &mut fields);
+        let result = self.on_fields(id, decoded, &mut fields, end_stream);
+        fields.clear();
+        self.fields = fields;
+        if let Err(C(ErrorCode::COMPRESSION_ERROR)) = result {
+            self.stats.compression_errors += 1;
+        }
+        result
+    }
+
+    fn on_fields(
+        &mut self,
+        id: u32,
+        decoded: Result<(), DecodeError>,
+        fields: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        end_stream: bool,
+    ) -> Result<(), H2Error> {
+        use H2Error::Connection as C;
+        if decoded == Err(DecodeError::Compression) {
+            return Err(C(ErrorCode::COMPRESSION_ERROR));
+        }
+        if let Some(s) = self.streams.get_mut(&id) {
+            // Trailers: they end the body; their fields are not passed on.
+            if s.recv_closed {
+                return Err(H2Error::Stream(id, ErrorCode::STREAM_CLOSED));
+            }
+            if !end_stream || fields.iter().any(|(n, _)| n.starts_with(b":")) {
+                self.stats.malformed_requests += 1;
+                return Err(H2Error::Stream(id, ErrorCode::PROTOCOL_ERROR));
+            }
+            if s.content_length.is_some_and(|cl| cl != s.received) {
+                self.stats.malformed_requests += 1;
+                return Err(H2Error::Stream(id, ErrorCode::PROTOCOL_ERROR));
+            }
+            s.recv_closed = true;
+            self.events.push_back(Event::Data { stream: id, data: Vec::new(), end_stream: true });
+            self.finish_stream(id);
+            return Ok(());
+        }
+        if id.is_multiple_of(2) {
+            return Err(C(ErrorCode::PROTOCOL_ERROR));
+        }
+        if id <= self.last_stream {
+            // A stream that has been closed (§5.1).
+            return Err(C(ErrorCode::STREAM_CLOSED));
+        }
+        if self.goaway_sent.is_some() {
+            // After GOAWAY: ignored, the client knows from the last stream id (§6.8).
+            return Ok(());
+        }
+        self.last_stream = id;
+        if self.streams.len() >= self.config.max_concurrent_streams as usize {
+            self.stats.refused_streams += 1;
+            frame::write_rst_stream(&mut self.out, id, ErrorCode::REFUSED_STREAM);
+            return Ok(());
+        }
+        let stream = Stream {
+            recv_closed: end_stream,
+            recv_window: i64::from(self.config.initial_window_size),
+            send_window: i64::from(self.peer_initial_window),
+            ..Stream::default()
+        };
+        self.stats.streams_opened += 1;
+        self.streams.insert(id, stream);
+        if decoded == Err(DecodeError::TooLarge) {
+            // The HPACK bomb, or only a large head: 431, and the stream ends.
+            self.stats.header_list_too_large += 1;
+            let _ = self.send_headers(id, 431, &[("content-length", b"0")], true);
+            return Ok(());
+        }
+        let request = match H2Request::from_fields(std::mem::take(fields)) {
+            Ok(r) => r,
+            Err(_) => {
+                self.stats.malformed_requests += 1;
+                return Err(H2Error::Stream(id, ErrorCode::PROTOCOL_ERROR));
+            }
+        };
+        let content_length = request.content_length();
+        if end_stream && content_length.is_some_and(|cl| cl > 0) {
+            self.stats.malformed_requests += 1;
+            return Err(H2Error::Stream(id, ErrorCode::PROTOCOL_ERROR));
+        }
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.content_length = content_length;
+        }
+        self.events.push_back(Event::Request { stream: id, request, end_stream });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;
