@@ -16,6 +16,9 @@ pub mod frame;
 pub mod hpack;
 pub mod request;
 
+#[cfg(test)]
+mod interop_tests;
+
 pub use conn::{preface, Config, Connection, Event, Preface, SendError, Stats};
 pub use frame::{ErrorCode, H2Error};
 pub use request::{H2Request, Malformed};
