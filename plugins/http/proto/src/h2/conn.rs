@@ -553,11 +553,15 @@ impl Connection {
         }
     }
 
+    /// GOAWAY with `code`; every stream ends with the connection (their queues are dropped).
     fn connection_error(&mut self, code: ErrorCode) {
         self.stats.connection_errors += 1;
         frame::write_goaway(&mut self.out, self.last_stream, code, b"");
         self.goaway_sent = Some(self.last_stream);
         self.phase = Phase::Closed;
+        self.streams.clear();
+        self.queued = 0;
+        self.pending = None;
     }
 
     /// RST_STREAM for an error of the client's; such resets count toward the reset rate.
