@@ -556,8 +556,9 @@ impl Connection {
     /// GOAWAY with `code`; every stream ends with the connection (their queues are dropped).
     fn connection_error(&mut self, code: ErrorCode) {
         self.stats.connection_errors += 1;
-        frame::write_goaway(&mut self.out, self.last_stream, code, b"");
-        self.goaway_sent = Some(self.last_stream);
+        let last = self.goaway_sent.unwrap_or(self.last_stream);
+        frame::write_goaway(&mut self.out, last, code, b"");
+        self.goaway_sent = Some(last);
         self.phase = Phase::Closed;
         self.streams.clear();
         self.queued = 0;
@@ -646,8 +647,11 @@ impl Connection {
                     self.remove_stream(stream);
                     self.events.push_back(Event::Reset { stream, code });
                     self.count_reset();
+                    Ok(())
+                } else {
+                    // A stream already closed: nothing to do.
+                    self.idle_frame()
                 }
-                Ok(())
             }
             Frame::Settings { ack, params } => {
                 self.stats.settings_frames += 1;
@@ -668,6 +672,7 @@ impl Connection {
                 Ok(())
             }
             Frame::GoAway { last_stream, code, .. } => {
+                self.idle_frame()?;
                 self.goaway_received = true;
                 self.events.push_back(Event::GoAway { last_stream, code });
                 Ok(())
@@ -684,12 +689,11 @@ impl Connection {
                 if self.is_idle(stream) {
                     return Err(C(ErrorCode::PROTOCOL_ERROR));
                 }
-                if let Some(s) = self.streams.get_mut(&stream) {
-                    s.send_window += i64::from(increment);
-                    if s.send_window > i64::from(MAX_WINDOW) {
-                        self.stats.flow_control_errors += 1;
-                        return Err(H2Error::Stream(stream, ErrorCode::FLOW_CONTROL_ERROR));
-                    }
+                let Some(s) = self.streams.get_mut(&stream) else { return self.idle_frame() };
+                s.send_window += i64::from(increment);
+                if s.send_window > i64::from(MAX_WINDOW) {
+                    self.stats.flow_control_errors += 1;
+                    return Err(H2Error::Stream(stream, ErrorCode::FLOW_CONTROL_ERROR));
                 }
                 Ok(())
             }
@@ -751,7 +755,7 @@ impl Connection {
         let Some(s) = self.streams.get_mut(&id) else {
             // A stream closed or reset: its data is dropped, the window given back.
             self.release_connection(data.len() as u32);
-            return Ok(());
+            return self.idle_frame();
         };
         if s.recv_closed {
             self.release_connection(data.len() as u32);
@@ -833,11 +837,12 @@ impl Connection {
             // A stream that has been closed (§5.1).
             return Err(C(ErrorCode::STREAM_CLOSED));
         }
+        self.last_stream = id;
         if self.goaway_sent.is_some() {
-            // After GOAWAY: ignored, the client knows from the last stream id (§6.8).
+            // After GOAWAY: ignored, the client knows from the GOAWAY's last stream id (§6.8);
+            // frames that follow on it are those of a closed stream.
             return Ok(());
         }
-        self.last_stream = id;
         if self.streams.len() >= self.config.max_concurrent_streams as usize {
             self.stats.refused_streams += 1;
             frame::write_rst_stream(&mut self.out, id, ErrorCode::REFUSED_STREAM);

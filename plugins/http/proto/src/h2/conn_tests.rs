@@ -533,9 +533,13 @@ fn a_drain_serves_open_streams_and_ignores_new_ones() {
     let f = frames(&out);
     assert_eq!((f[0].0.kind, &f[0].1[..8]), (kind::GOAWAY, &[0, 0, 0, 1, 0, 0, 0, 0][..]));
     assert!(!c.is_done(), "stream 1 is still open");
-    c.recv(0, &client.get(3, "/late"));
+    let mut late =
+        client.headers(3, &[(":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", "/")], false);
+    late.extend(raw(kind::DATA, flag::END_STREAM, 3, b"body"));
+    c.recv(0, &late);
     let ev = events(&mut c);
-    assert_eq!(ev.len(), 1, "stream 3 is past the last stream id: ignored");
+    assert_eq!(ev.len(), 1, "stream 3 is past the last stream id: ignored, its body too");
+    assert!(!c.is_closed());
     c.send_headers(1, 200, &[], true).unwrap();
     assert!(c.is_done());
     assert_eq!(kinds(&c.take_output()), [(kind::HEADERS, 1)]);
