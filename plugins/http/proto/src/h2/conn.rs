@@ -104,6 +104,46 @@ pub struct Stats {
     pub connection_errors: u64,
 }
 
+impl Stats {
+    /// Adds `other`'s counts: a worker's totals over its connections.
+    pub fn merge(&mut self, other: &Stats) {
+        let Stats {
+            streams_opened,
+            peer_resets,
+            rapid_reset,
+            header_block_too_large,
+            header_list_too_large,
+            settings_frames,
+            ping_frames,
+            empty_data_frames,
+            empty_continuation_frames,
+            zero_window_updates,
+            idle_frame_flood,
+            refused_streams,
+            malformed_requests,
+            flow_control_errors,
+            compression_errors,
+            connection_errors,
+        } = other;
+        self.streams_opened += streams_opened;
+        self.peer_resets += peer_resets;
+        self.rapid_reset += rapid_reset;
+        self.header_block_too_large += header_block_too_large;
+        self.header_list_too_large += header_list_too_large;
+        self.settings_frames += settings_frames;
+        self.ping_frames += ping_frames;
+        self.empty_data_frames += empty_data_frames;
+        self.empty_continuation_frames += empty_continuation_frames;
+        self.zero_window_updates += zero_window_updates;
+        self.idle_frame_flood += idle_frame_flood;
+        self.refused_streams += refused_streams;
+        self.malformed_requests += malformed_requests;
+        self.flow_control_errors += flow_control_errors;
+        self.compression_errors += compression_errors;
+        self.connection_errors += connection_errors;
+    }
+}
+
 /// Why a response could not be submitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
@@ -350,6 +390,18 @@ impl Connection {
         self.queued + self.out.len()
     }
 
+    /// How many body bytes of `stream` would go out now without waiting: what its window and
+    /// the connection's admit, nothing while some already wait. A caller reading a file needs
+    /// to read no more than this ahead.
+    pub fn send_capacity(&self, stream: u32) -> usize {
+        match self.streams.get(&stream) {
+            Some(s) if s.headers_sent && !s.send_done && s.queue.is_empty() => {
+                s.send_window.min(self.send_window).max(0) as usize
+            }
+            _ => 0,
+        }
+    }
+
     /// Response body bytes of `stream` waiting for a window.
     pub fn stream_queued(&self, stream: u32) -> usize {
         self.streams.get(&stream).map_or(0, |s| s.queue.len())
@@ -389,6 +441,19 @@ impl Connection {
         if self.phase != Phase::Closed {
             self.connection_error(code);
         }
+    }
+
+    /// An interim `100 Continue` on `stream` (the answer to `expect: 100-continue`, RFC 9110
+    /// §10.1.1): the client may send its body. The final response head follows as usual.
+    pub fn send_continue(&mut self, stream: u32) -> Result<(), SendError> {
+        let s = self.streams.get(&stream).ok_or(SendError::StreamClosed)?;
+        if s.headers_sent || s.recv_closed {
+            return Err(SendError::Order);
+        }
+        let mut block = Vec::with_capacity(8);
+        self.encoder.encode([(&b":status"[..], &b"100"[..])], &mut block);
+        frame::write_headers(&mut self.out, stream, &block, false, self.peer_max_frame);
+        Ok(())
     }
 
     /// The response head of `stream`: `status`, then `fields` (names are sent in lowercase;

@@ -588,3 +588,48 @@ fn a_bad_start_is_a_protocol_error() {
     c.recv(0, &client.get(3, "/"));
     assert_eq!(goaway(&c.take_output()), Some(ErrorCode::STREAM_CLOSED));
 }
+
+#[test]
+fn expect_continue_gets_an_interim_100_then_the_response() {
+    let mut c = open(Config::default());
+    let mut client = Client::new();
+    let post =
+        [(":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", "/"), ("expect", "100-continue")];
+    c.recv(0, &client.headers(1, &post, false));
+    c.take_output();
+    let Some(Event::Request { request, .. }) = c.poll_event() else { panic!() };
+    assert_eq!(request.field("expect"), Some(&b"100-continue"[..]));
+    c.send_continue(1).unwrap();
+    c.send_headers(1, 200, &[], true).unwrap();
+    let out = c.take_output();
+    let f = frames(&out);
+    let mut statuses = Vec::new();
+    for (h, p) in f.iter().filter(|(h, _)| h.kind == kind::HEADERS) {
+        let mut fields = Vec::new();
+        client.dec.decode(p, &mut fields).unwrap();
+        statuses.push((fields[0].1.clone(), h.has(flag::END_STREAM)));
+    }
+    assert_eq!(statuses, [(b"100".to_vec(), false), (b"200".to_vec(), true)]);
+    // The response came before the body ended: the client is told to stop (NO_ERROR).
+    assert_eq!(resets(&out), [(1, ErrorCode::NO_ERROR)]);
+}
+
+#[test]
+fn send_capacity_says_what_goes_out_without_queueing() {
+    let mut c = open(Config::default());
+    let mut client = Client::new();
+    let mut input = settings(&[(setting::INITIAL_WINDOW_SIZE, 1000)]);
+    input.extend(client.get(1, "/"));
+    c.recv(0, &input);
+    assert_eq!(c.send_capacity(1), 0, "no head yet");
+    c.send_headers(1, 200, &[], false).unwrap();
+    assert_eq!(c.send_capacity(1), 1000);
+    c.send_data(1, &[0; 600], false).unwrap();
+    assert_eq!(c.send_capacity(1), 400);
+    c.send_data(1, &[0; 600], false).unwrap();
+    assert_eq!((c.send_capacity(1), c.stream_queued(1)), (0, 200));
+    let mut total = Stats::default();
+    total.merge(c.stats());
+    total.merge(c.stats());
+    assert_eq!(total.streams_opened, 2);
+}
