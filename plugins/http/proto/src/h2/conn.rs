@@ -68,7 +68,8 @@ pub enum Event {
     /// A piece of a request body (possibly empty when only `end_stream` is news). Its length is
     /// handed back with [`Connection::release`] once consumed, to reopen the window.
     Data { stream: u32, data: Vec<u8>, end_stream: bool },
-    /// The client cancelled a stream (RST_STREAM): anything for it is dropped.
+    /// A stream the application knows of ended early: the client cancelled it (RST_STREAM), or
+    /// its error made the server reset it (`code` then says which). Anything for it is dropped.
     Reset { stream: u32, code: ErrorCode },
     /// The client is going away; streams up to `last_stream` still count.
     GoAway { last_stream: u32, code: ErrorCode },
@@ -183,6 +184,8 @@ enum Phase {
 
 #[derive(Debug, Default)]
 struct Stream {
+    /// Its [`Event::Request`] went out.
+    announced: bool,
     /// END_STREAM received (half-closed remote).
     recv_closed: bool,
     headers_sent: bool,
@@ -633,7 +636,13 @@ impl Connection {
     /// RST_STREAM for an error of the client's; such resets count toward the reset rate.
     fn stream_error(&mut self, id: u32, code: ErrorCode) {
         frame::write_rst_stream(&mut self.out, id, code);
-        self.remove_stream(id);
+        if let Some(s) = self.streams.get(&id) {
+            // The application knows of the stream (its request went out): it hears of the end.
+            if s.announced {
+                self.events.push_back(Event::Reset { stream: id, code });
+            }
+            self.remove_stream(id);
+        }
         self.count_reset();
     }
 
@@ -941,6 +950,7 @@ impl Connection {
         }
         if let Some(s) = self.streams.get_mut(&id) {
             s.content_length = content_length;
+            s.announced = true;
         }
         self.events.push_back(Event::Request { stream: id, request, end_stream });
         Ok(())

@@ -200,10 +200,12 @@ fn a_request_body_reopens_the_windows_as_it_is_consumed() {
     input.extend(raw(kind::DATA, 0, 1, &[b'z'; 16_384]));
     c.recv(1, &input);
     let ev = events(&mut c);
-    assert_eq!(ev.len(), 2);
+    assert_eq!(ev.len(), 3);
     assert!(matches!(ev[1], Event::Data { stream: 1, end_stream: true, .. }));
-    // DATA after END_STREAM: STREAM_CLOSED.
+    // DATA after END_STREAM: STREAM_CLOSED, and the application hears of it.
+    assert_eq!(ev[2], Event::Reset { stream: 1, code: ErrorCode::STREAM_CLOSED });
     assert_eq!(resets(&c.take_output()), [(1, ErrorCode::STREAM_CLOSED)]);
+    assert_eq!(c.send_headers(1, 200, &[], true), Err(SendError::StreamClosed));
 }
 
 #[test]
