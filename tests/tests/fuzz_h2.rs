@@ -155,6 +155,6 @@ fn frames(input: &[u8], salt: u64) {
 
 #[test]
 fn h2_frames() {
-    let r = run("h2_frames", Budget::from_env(3_000), 20_000, frames);
+    let r = run("h2_frames", Budget::from_env(1_500), 20_000, frames);
     eprintln!("fuzz h2_frames: {} rounds in {:.1?}, no failure", r.rounds, r.elapsed);
 }

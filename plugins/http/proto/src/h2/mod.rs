@@ -15,6 +15,7 @@ pub mod conn;
 pub mod frame;
 pub mod hpack;
 pub mod request;
+pub mod stats;
 
 #[cfg(test)]
 mod interop_tests;
