@@ -44,10 +44,11 @@ fn serve(conn: &mut Connection, bodies: &mut std::collections::HashMap<u32, Vec<
     }
 }
 
-#[test]
-fn python_h2_client_gets_its_answers() {
+/// Runs the python client (`mode`: extra arguments) against `conn` in turns, `serve` answering
+/// between turns; returns the client's JSON results.
+fn exchange(conn: &mut Connection, mode: &[&str], mut serve: impl FnMut(&mut Connection)) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/h2/testdata/h2_client.py");
-    let result = std::env::temp_dir().join(format!("http_proto_h2_interop_{}.json", std::process::id()));
+    let result = std::env::temp_dir().join(format!("http_proto_h2_interop_{}_{}.json", std::process::id(), mode.len()));
     let check = Command::new("python3").args(["-c", "import h2"]).status();
     assert!(
         check.is_ok_and(|s| s.success()),
@@ -56,17 +57,14 @@ fn python_h2_client_gets_its_answers() {
     let mut child = Command::new("python3")
         .arg(&script)
         .arg(&result)
+        .args(mode)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 runs");
     let mut to_client = child.stdin.take().unwrap();
     let mut from_client = child.stdout.take().unwrap();
-    // Small windows both ways: flow control has work to do.
-    let config = Config { initial_window_size: 65_535, connection_window: 65_535, ..Config::default() };
-    let mut conn = Connection::new(config);
     let mut buf = Vec::new();
-    let mut bodies = std::collections::HashMap::new();
     let mut now = 0;
     loop {
         let mut len = [0u8; 4];
@@ -79,8 +77,7 @@ fn python_h2_client_gets_its_answers() {
         now += 1;
         let used = conn.recv(now, &buf);
         buf.drain(..used);
-        assert!(!conn.is_closed(), "connection error: {:?}", conn.stats());
-        serve(&mut conn, &mut bodies);
+        serve(conn);
         let out = conn.take_output();
         if to_client.write_all(&(out.len() as u32).to_be_bytes()).is_err() || to_client.write_all(&out).is_err() {
             break;
@@ -90,7 +87,20 @@ fn python_h2_client_gets_its_answers() {
     assert!(child.wait().expect("python exits").success(), "the python client failed");
     let text = std::fs::read_to_string(&result).expect("the client's results");
     let _ = std::fs::remove_file(&result);
-    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn python_h2_client_gets_its_answers() {
+    // Small windows both ways: flow control has work to do.
+    let config = Config { initial_window_size: 65_535, connection_window: 65_535, ..Config::default() };
+    let mut conn = Connection::new(config);
+    let mut bodies = std::collections::HashMap::new();
+    let r = exchange(&mut conn, &[], |conn| {
+        assert!(!conn.is_closed(), "connection error: {:?}", conn.stats());
+        serve(conn, &mut bodies);
+    });
+    let text = r.to_string();
     assert_eq!(r["ended"], serde_json::json!([1, 3, 5]), "{text}");
     assert!(r.get("errors").is_none(), "{text}");
     assert_eq!(r["1"]["headers"][0], serde_json::json!([":status", "200"]));
@@ -102,4 +112,15 @@ fn python_h2_client_gets_its_answers() {
     assert_eq!(r["5"]["body_sha256"], r["big_sha256"]);
     assert_eq!(conn.open_streams(), 0);
     assert_eq!(conn.queued_bytes(), 0);
+}
+
+#[test]
+fn python_h2_rapid_reset_is_stopped_with_enhance_your_calm() {
+    let mut conn = Connection::new(Config::default());
+    let r = exchange(&mut conn, &["rapid-reset"], |conn| while conn.poll_event().is_some() {});
+    // ENHANCE_YOUR_CALM (0xb), as python h2 read it, after the 201st reset in the window.
+    assert_eq!(r["terminated"]["error_code"], 11, "{r}");
+    assert_eq!(r["terminated"]["last_stream_id"], 401, "{r}");
+    assert_eq!(conn.stats().rapid_reset, 1);
+    assert!(conn.is_closed());
 }

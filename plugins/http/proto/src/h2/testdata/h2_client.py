@@ -10,6 +10,9 @@ endian), the client first. The client sends three requests:
             server must wait for this client's WINDOW_UPDATEs
 then writes what it received, as JSON, to the file named by its first argument. Bounded: it
 stops after MAX_TURNS turns, done or not.
+
+With `rapid-reset` as its second argument it is hostile instead (CVE-2023-44487): it opens
+RESETS streams, cancelling each at once, and records how the server ended the connection.
 """
 import hashlib
 import json
@@ -21,6 +24,7 @@ import h2.connection
 import h2.events
 
 MAX_TURNS = 2000
+RESETS = 500
 BODY = bytes(i % 251 for i in range(200_000))
 
 
@@ -34,8 +38,39 @@ def read_exact(n):
     return buf
 
 
+def send_chunk(data):
+    sys.stdout.buffer.write(struct.pack(">I", len(data)) + data)
+    sys.stdout.buffer.flush()
+
+
+def read_chunk():
+    head = read_exact(4)
+    return None if head is None else read_exact(struct.unpack(">I", head)[0])
+
+
+def rapid_reset(out_path):
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    headers = [(b":method", b"GET"), (b":path", b"/hello"), (b":scheme", b"http"), (b":authority", b"x")]
+    for i in range(RESETS):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, headers)
+        conn.reset_stream(sid)
+    send_chunk(conn.data_to_send())
+    result = {"terminated": None}
+    chunk = read_chunk()
+    if chunk is not None:
+        for ev in conn.receive_data(chunk):
+            if isinstance(ev, h2.events.ConnectionTerminated):
+                result["terminated"] = {"error_code": int(ev.error_code), "last_stream_id": ev.last_stream_id}
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
 def main():
     out_path = sys.argv[1]
+    if sys.argv[2:] == ["rapid-reset"]:
+        return rapid_reset(out_path)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     conn.initiate_connection()
     base = [(b":scheme", b"http"), (b":authority", b"interop.test")]
