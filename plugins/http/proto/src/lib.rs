@@ -25,6 +25,7 @@ pub mod access_log;
 pub mod app;
 pub mod chunked;
 pub mod conn;
+pub mod h2;
 pub mod parse;
 pub mod request;
 pub mod response;
