@@ -2,7 +2,7 @@
 # Run: bash bench/fuzz.sh [FILTER]    (stable toolchain; FUZZ_SECS=120 per target by default)
 #
 # Long fuzz run of the parsers, with the seeded mutation fuzzer of tests/fuzz-core (host-fuzz):
-# - every target of tests/tests/fuzz.rs and fuzz_frame.rs (http request framing, chunked
+# - every target of tests/tests/fuzz.rs, fuzz_frame.rs and fuzz_h2.rs (http request framing, chunked
 #   decoding, resp commands, websocket frames and utf-8, frame lengths, plugin-api's framing
 #   glue); seeds: tests/fuzz/corpus/<target>/;
 # - host's own targets, unit tests inside host/ (`#[ignore]`d long runs): the config file parser
@@ -16,5 +16,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export FUZZ_SECS=${FUZZ_SECS:-120}
 filter=${1:-}
-cargo test --release -p host-tests --test fuzz --test fuzz_frame -- --nocapture --test-threads 2 ${filter:+"$filter"}
+cargo test --release -p host-tests --test fuzz --test fuzz_frame --test fuzz_h2 -- --nocapture --test-threads 2 ${filter:+"$filter"}
 cargo test --release -p host --bin host -- --ignored --nocapture --test-threads 2 fuzz_ ${filter:+"$filter"}
