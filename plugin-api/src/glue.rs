@@ -12,8 +12,9 @@ use abi_stable::{
 };
 
 use crate::abi::{
-    self, CallStatus, ConnErrorCode, ConnId, LogFn, LogLevel, PluginMod, PluginModRef, RawFrame, RawHostRef, RawJob,
-    RawJobBox, RawJob_TO, RawPlugin, RawPluginBox, RawPlugin_TO, RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
+    self, CallStatus, ConnErrorCode, ConnId, LogFn, LogLevel, PluginExtension, PluginMod, PluginModRef, RawFrame,
+    RawHostRef, RawJob, RawJobBox, RawJob_TO, RawPlugin, RawPluginBox, RawPluginExt, RawPluginExt_TO, RawPlugin_TO,
+    RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
 };
 use crate::log;
 use crate::sdk::{ConnError, Host, Protocol, WorkerInfo};
@@ -216,6 +217,18 @@ impl<P: Protocol> RawPlugin for Glue<P> {
     fn on_notify(&mut self, host: RawHostRef<'_>, data: RSlice<'_, u8>) -> CallStatus {
         let mut host = Host::from_raw(host);
         guard(|| self.0.on_notify(&mut host, data.as_slice()))
+    }
+
+    fn extension(&mut self) -> PluginExtension<'_> {
+        PluginExtension::new(RawPluginExt_TO::from_ptr(self, TD_Opaque))
+    }
+}
+
+/// The events added since plugin-api 0.1.3 (none yet: see "ABI evolution policy" in
+/// [`crate::abi`] for how one is added).
+impl<P: Protocol> RawPluginExt for Glue<P> {
+    fn api_version(&self) -> RStr<'static> {
+        RStr::from_str(env!("CARGO_PKG_VERSION"))
     }
 }
 

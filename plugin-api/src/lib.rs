@@ -29,9 +29,8 @@
 #![warn(missing_docs)]
 
 pub mod abi;
-pub mod abi_v1;
-pub mod abi_v2;
-pub mod compat;
+#[doc(hidden)]
+pub mod frozen;
 #[doc(hidden)]
 pub mod glue;
 mod log;
