@@ -35,6 +35,7 @@ pub mod frozen;
 pub mod glue;
 mod log;
 mod sdk;
+pub mod testing;
 
 pub use abi::{ConnErrorCode, ConnId, ConnectErrorCode, TimerId, ABI_VERSION, MAX_WORKER_MESSAGE};
 pub use sdk::{
