@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::library::{lib_header_from_path, LibHeader, LibraryError, RootModule};
 use abi_stable::sabi_types::VersionNumber;
-use plugin_api::abi::{PluginModRef, ABI_VERSION};
-use plugin_api::{abi_v1, abi_v2};
+use abi_stable::std_types::{RResult, RStr, RString};
+use plugin_api::abi::{PluginModRef, RawPluginBox, RawWorkerInfo, WorkerEnvRef, ABI_VERSION};
+use plugin_api::frozen::{self, Root};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -62,24 +63,52 @@ pub fn find(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, PluginError> {
 
 /// A plugin loaded in this process.
 pub struct Loaded {
-    pub module: Module,
+    /// Its root module, through the frozen types of its release when it has some.
+    pub module: Box<dyn Root>,
     pub name: String,
     pub version: String,
     /// The version of `plugin-api` the plugin was built against.
     pub api_version: String,
 }
 
-/// The root module of a plugin, as the release of `plugin-api` it was built against declares it.
-#[derive(Clone, Copy)]
-pub enum Module {
-    /// plugin-api 0.1.2 and later.
-    Current(PluginModRef),
-    /// plugin-api 0.1.0: frozen types (`plugin_api::abi_v1`), instances wrapped by
-    /// `plugin_api::compat::from_v1`.
-    V1(abi_v1::PluginModRef),
-    /// plugin-api 0.1.1: frozen types (`plugin_api::abi_v2`), instances wrapped by
-    /// `plugin_api::compat::from_v2`.
-    V2(abi_v2::PluginModRef),
+impl Loaded {
+    /// Builds the worker's instance, seen through today's `RawPlugin` whichever release the
+    /// plugin is of, and checks the layout of its extension (the events added since plugin-api
+    /// 0.1.3) before the host calls any of them.
+    pub fn new_instance(
+        &self,
+        config: RStr<'_>,
+        info: &RawWorkerInfo<'_>,
+        env: &dyn Fn() -> WorkerEnvRef,
+    ) -> RResult<RawPluginBox, RString> {
+        let mut plugin = match self.module.new_instance(config, info, env) {
+            RResult::ROk(plugin) => plugin,
+            err => return err,
+        };
+        if let Err(e) = plugin.extension().check() {
+            return RResult::RErr(RString::from(format!("plugin-api {}: {e}", self.api_version)));
+        }
+        RResult::ROk(plugin)
+    }
+}
+
+/// How a plugin of one release is loaded: checked against the root module type of that release.
+type LoadAs = fn(&LibHeader) -> Result<Box<dyn Root>, LibraryError>;
+
+/// The releases of `plugin-api` a plugin of which is checked against frozen types
+/// (`plugin_api::frozen::vX_Y_Z`), because a later release grew its root module or vtables:
+/// `(major, minor, patch)` → how to load it. Every other release loads with today's types
+/// (`plugin_api::abi`). Since 0.1.3 the root module and vtables never grow (new events and calls
+/// go to the extensions), so this table is complete unless the policy in `plugin_api::abi`
+/// changes.
+const FROZEN_RELEASES: &[((u32, u32, u32), LoadAs)] = &[
+    ((0, 1, 0), load_as::<frozen::v0_1_0::PluginModRef>),
+    ((0, 1, 1), load_as::<frozen::v0_1_1::PluginModRef>),
+    ((0, 1, 2), load_as::<frozen::v0_1_2::PluginModRef>),
+];
+
+fn load_as<M: RootModule + Root + 'static>(header: &LibHeader) -> Result<Box<dyn Root>, LibraryError> {
+    Ok(Box::new(header.init_root_module::<M>()?))
 }
 
 /// Loads the plugin at `path` and checks its ABI. Never use `RootModule::load_from_file`: it
@@ -87,7 +116,8 @@ pub enum Module {
 ///
 /// abi_stable refuses a root module or vtable with fewer fields than the host's, so a plugin
 /// built against an older `plugin-api` whose prefix types have since grown is checked against
-/// the frozen types of its release instead (see "ABI evolution policy" in `plugin_api::abi`).
+/// the frozen types of its release instead ([`FROZEN_RELEASES`]; see "ABI evolution policy" in
+/// `plugin_api::abi`).
 pub fn load(path: &Path) -> Result<Loaded, PluginError> {
     // A bare file name would go to the dynamic loader's search path, not the current directory.
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -101,21 +131,18 @@ pub fn load(path: &Path) -> Result<Loaded, PluginError> {
         other => load_err(essential_error(&other.to_string())),
     })?;
     let api = VersionNumber::new(header.version_strings()).map_err(|e| load_err(essential_error(&e.to_string())))?;
-    let checked = |e: LibraryError| load_err(essential_error(&e.to_string()));
-    let (module, found, name, version) = if (api.major, api.minor, api.patch) == (0, 1, 0) {
-        let m = header.init_root_module::<abi_v1::PluginModRef>().map_err(checked)?;
-        (Module::V1(m), m.abi_version(), m.name(), m.version())
-    } else if (api.major, api.minor, api.patch) == (0, 1, 1) {
-        let m = header.init_root_module::<abi_v2::PluginModRef>().map_err(checked)?;
-        (Module::V2(m), m.abi_version(), m.name(), m.version())
-    } else {
-        let m = header.init_root_module::<PluginModRef>().map_err(checked)?;
-        (Module::Current(m), m.abi_version(), m.name(), m.version())
-    };
+    let release = (api.major, api.minor, api.patch);
+    let load_as = FROZEN_RELEASES
+        .iter()
+        .find(|(frozen, _)| *frozen == release)
+        .map_or(load_as::<PluginModRef> as LoadAs, |(_, load_as)| *load_as);
+    let module = load_as(header).map_err(|e| load_err(essential_error(&e.to_string())))?;
+    let found = module.abi_version();
     if found != ABI_VERSION {
         return Err(PluginError::AbiVersion { path: path.to_path_buf(), found, expected: ABI_VERSION });
     }
-    Ok(Loaded { module, name: name.to_string(), version: version.to_string(), api_version: api.to_string() })
+    let (name, version) = (module.name().to_string(), module.version().to_string());
+    Ok(Loaded { module, name, version, api_version: api.to_string() })
 }
 
 /// abi_stable's layout report runs to hundreds of lines. Keep the gist: the last `Error:` block,

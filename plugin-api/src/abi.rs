@@ -11,49 +11,71 @@
 //! A plugin built against any earlier `plugin-api` 0.1.x must keep loading in every later host,
 //! and a plugin built against a later 0.1.x loads in an earlier host as long as it does not need
 //! what is new. When the host loads a plugin, abi_stable checks (1) the version of this crate:
-//! the host's `0.x` minor must not be above the plugin's; (2) the layout of every type reachable
-//! from the root module, each type's package name equal and version "loosely compatible" (same
-//! `0.x` minor). For prefix types (the root module, the `sabi_trait` vtables) the plugin may have
-//! **more** fields than the host, never fewer: a host whose prefix type grew refuses every plugin
-//! built before the growth ("too many fields", `abi_checking.rs`). Hence:
+//! same major, and for 0.x the host's minor must not be above the plugin's (the patch is not
+//! compared); (2) the layout of every type reachable from the root module, each type's name and
+//! package equal and its version "loosely compatible" (same `0.x` minor). For prefix types (the
+//! root module, [`WorkerEnv`], the `sabi_trait` vtables) the plugin may have **more** fields
+//! than the host, never fewer: a host whose prefix type grew refuses every plugin built before
+//! the growth (a field-count error, `abi_checking.rs`). Hence:
 //!
 //! - **Versions.** `plugin-api` has a version of its own, independent of the workspace's. Only
 //!   the patch number moves (0.1.0 → 0.1.1 → …) when the ABI grows compatibly. A minor bump
 //!   (0.2) refuses every plugin ever built: it is reserved for a deliberate break.
 //! - **[`ABI_VERSION`]** changes only when the *meaning* of an existing item changes (a field
 //!   read differently, an event with a new contract). Growth by these rules keeps it.
-//! - **A release that grows a prefix type freezes the previous declarations** of the types that
-//!   grew (same names, same package) in a module of their own ([`crate::abi_v1`] is 0.1.0,
-//!   [`crate::abi_v2`] is 0.1.1), the
-//!   host checks a plugin of that release against them (it reads the plugin's `plugin-api`
-//!   version from its header first), and [`crate::compat`] adapts its instance to today's
-//!   [`RawPlugin`]. Types that did not change are shared.
-//! - **The root module ([`PluginMod`])** grows only at its end, after the last field; fields
-//!   after the `#[sabi(last_prefix_field)]` (`new`) are read as `Option`
-//!   (`#[sabi(missing_field(option))]`).
-//! - **[`RawHost`] and [`RawPlugin`]** get new methods only after their `last_prefix_field`,
-//!   each with a default body. A `RawPlugin` default is what happens for a plugin that lacks the
-//!   event: a no-op, or a call of the older event it replaces ([`RawPlugin::on_conn_error`] calls
-//!   `on_error`; [`crate::compat`] does the same for frozen releases). A `RawHost` default is
-//!   what a newer plugin gets from an older host, whose vtable lacks the method: an explicit
-//!   "unsupported" answer ([`RawHost::worker_count`] says 0, unknown), never undefined behaviour.
+//! - **Closed since 0.1.3: [`PluginMod`], [`WorkerEnv`], [`RawPlugin`], [`RawHost`],
+//!   [`RawJob`] and [`RawNotifier`] never grow again** (every one is reachable from the root
+//!   module, so its growth would refuse older plugins). Releases 0.1.0 to 0.1.2 grew them and are frozen in `crate::frozen`
+//!   (`v0_1_0`, `v0_1_1`, `v0_1_2`, hidden from the docs: the root module and vtables as each
+//!   release declared them, and an adapter to the next release), and the host's table of frozen
+//!   releases (`FROZEN_RELEASES` in `host/src/plugin.rs`) loads a plugin of those releases
+//!   with them. 0.1.3 added the last method of each vtable: `extension`.
+//! - **New events are methods of [`RawPluginExt`], new host calls methods of [`RawHostExt`]**,
+//!   added at the end, in release order, each with a default body: for an event, what happens
+//!   for a plugin that lacks it (a no-op, or a call of the older event it replaces); for a host
+//!   call, what a newer plugin gets from an older host (an explicit "unsupported" answer, never
+//!   undefined behaviour). The extensions cross the boundary with their layout
+//!   ([`PluginExtension`], [`HostExtension`]), which the receiving side checks with abi_stable's
+//!   checker once ([`check_extension_layout`]): the methods both sides declare must agree, the
+//!   ones only one side has are read as absent and answer their default. So a release adds
+//!   its methods and nothing else: no frozen copy, no host table entry, no adapter.
+//! - **What a release adds** (the checklist): (1) bump the patch in `plugin-api/Cargo.toml`;
+//!   (2) the new methods at the end of [`RawPluginExt`] / [`RawHostExt`] under a
+//!   `// --- Added in plugin-api 0.1.N` line, with default bodies; (3) the SDK side: a
+//!   `Protocol` method with a default and its glue in `glue.rs` (`impl RawPluginExt for
+//!   Glue<P>`), a `Host` method that reaches the host's extension (`HostExtension::check` then
+//!   the call); (4) the host side: the worker's `RawHostExt` implementation (its `RawHost`
+//!   impl answers `extension` with it) and the calls of the new events through
+//!   `plugin.extension().ext`; (5) freeze the release that just shipped as a fixture:
+//!   `tests/fixtures/old_abi_0_1_N` (a copy of that `plugin-api` and a small plugin that uses
+//!   what that release added), loaded by `tests/tests/integration/abi.rs`. A new *type* used
+//!   by a new method is declared once and never changes.
+//! - **Only if the closed types must change anyway** (a deliberate decision: it costs a frozen
+//!   copy): copy their declarations as released into `crate::frozen::vX_Y_Z` with an adapter to
+//!   the next release (the blocks of events and calls of each release are one macro each in
+//!   `crate::frozen`), and add the release to the host's table.
 //! - **Existing methods and fields never change type**, are never removed, renamed or reordered.
 //! - **Enums are exhaustive for abi_stable** (it compares kind and variants): [`ConnError`],
 //!   [`RawFrame`], [`CallStatus`] and [`LogLevel`] can never gain a variant. A new enum that may
-//!   grow is a `#[repr(transparent)] struct X(u8)` with associated consts ([`ConnErrorCode`]) or
-//!   abi_stable's `NonExhaustive`; a receiver must handle values it does not know.
-//! - **Plain `repr(C)` structs never change** ([`RawWorkerInfo`], [`RawSockAddr`]). A struct
-//!   that may grow is a prefix type ([`WorkerEnv`]), passed as its `…Ref`.
+//!   grow is a `#[repr(transparent)] struct X(u8)` with associated consts ([`ConnErrorCode`]);
+//!   a receiver must handle values it does not know. (abi_stable's `NonExhaustive` enums also
+//!   refuse a host with more variants than the plugin: not a way to grow here.)
+//! - **Plain `repr(C)` structs never change** ([`RawWorkerInfo`], [`RawSockAddr`]). What the
+//!   host tells a plugin later goes through a host call of the extension.
 //! - **Proof.** `tests/fixtures/old_abi` freezes `plugin-api` 0.1.0 and a plugin built against
-//!   it, `tests/fixtures/old_abi_0_1_1` does the same for 0.1.1; the integration tests load both
-//!   into the current host. A release that changes the ABI freezes its own copy next to them.
+//!   it, `tests/fixtures/old_abi_0_1_1` and `old_abi_0_1_2` do the same for 0.1.1 and 0.1.2;
+//!   the integration tests load all three into the current host.
+
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use abi_stable::{
     declare_root_module_statics,
     library::RootModule,
     package_version_strings, sabi_trait,
-    sabi_types::VersionStrings,
+    sabi_trait::TD_Opaque,
+    sabi_types::{RMut, VersionStrings},
     std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RString, RVec},
+    type_layout::TypeLayout,
     StableAbi,
 };
 
@@ -244,8 +266,8 @@ pub struct RawWorkerInfo<'a> {
 }
 
 /// What the host tells a plugin when it builds its instance in a worker, through `new_v2`. A
-/// prefix type: new fields go after the last one (read as `Option`: `None` from an older host).
-/// The host builds one per worker process and never frees it (it is `'static`: a plugin may
+/// prefix type, closed since 0.1.3 (see the policy above: what the host tells later is a call of
+/// [`RawHostExt`]). The host builds one per worker process and never frees it (it is `'static`: a plugin may
 /// keep the [`WorkerEnvRef`]).
 #[repr(C)]
 #[derive(StableAbi)]
@@ -364,7 +386,7 @@ pub trait RawHost {
         WorkerMsgStatus::UNSUPPORTED.0 as i64
     }
 
-    // --- Added in plugin-api 0.1.2 (0.1.1 is frozen in `abi_v2`). Same rule: a default body
+    // --- Added in plugin-api 0.1.2 (0.1.1 is frozen in `frozen::v0_1_1`). Same rule: a default body
     // --- that answers "unsupported".
 
     /// The credentials of the peer of a Unix-socket connection (`SO_PEERCRED`, read when it was
@@ -412,6 +434,16 @@ pub trait RawHost {
     fn send_file(&mut self, conn: ConnId, fd: i32, offset: u64, len: u64) -> i64 {
         let _ = (conn, fd, offset, len);
         SendFileStatus::UNSUPPORTED.0 as i64
+    }
+
+    // --- Added in plugin-api 0.1.3, the last method of this vtable: it never grows again. Host
+    // --- calls added from now on are methods of `RawHostExt`.
+
+    /// The host's extension: the calls added since plugin-api 0.1.3. An older host (and a host
+    /// that implements none of them) answers an extension without calls, whose methods answer
+    /// their defaults ("unsupported").
+    fn extension(&mut self) -> HostExtension<'_> {
+        HostExtension::none()
     }
 }
 
@@ -500,8 +532,8 @@ pub const MAX_NOTIFY_MESSAGE: usize = 64 * 1024;
 pub const MAX_NOTIFY_QUEUE: usize = 4096;
 
 /// A job for the worker's task pool ([`RawHost::submit_task`]), built by the plugin (the SDK's
-/// `Host::spawn_task` wraps a closure), run once on a pool thread. A prefix type: methods may be
-/// added after `run`, with defaults.
+/// `Host::spawn_task` wraps a closure), run once on a pool thread. Closed since 0.1.3 (see the
+/// policy above).
 #[sabi_trait]
 pub trait RawJob: Send {
     /// Runs the job: its result, or the message of the panic the plugin's glue caught. It must
@@ -577,7 +609,7 @@ pub trait RawPlugin {
         CallStatus::Ok
     }
 
-    // --- Added in plugin-api 0.1.2 (0.1.1 is frozen in `abi_v2`). Same rule: a default body
+    // --- Added in plugin-api 0.1.2 (0.1.1 is frozen in `frozen::v0_1_1`). Same rule: a default body
     // --- that is a no-op or falls back to an older event.
 
     // Work off the loop (tasks and notifiers): one block.
@@ -595,13 +627,165 @@ pub trait RawPlugin {
         let _ = (host, data);
         CallStatus::Ok
     }
+
+    // --- Added in plugin-api 0.1.3, the last method of this vtable: it never grows again.
+    // --- Events added from now on are methods of `RawPluginExt`.
+
+    /// The plugin's extension: the events added since plugin-api 0.1.3. A plugin of an older
+    /// release answers an extension without events (each event's default then applies).
+    fn extension(&mut self) -> PluginExtension<'_> {
+        PluginExtension::none()
+    }
 }
 
 /// An owned plugin instance.
 pub type RawPluginBox = RawPlugin_TO<'static, RBox<()>>;
 
+/// The events added to the ABI since plugin-api 0.1.3, on the plugin's instance
+/// ([`RawPlugin::extension`]). A growable vtable: a release adds its events at the end, each
+/// with a default body (what a plugin built before it gets: a no-op, or the older event it
+/// replaces). The host reaches it through a [`PluginExtension`], whose layout it checks once.
+#[sabi_trait]
+pub trait RawPluginExt {
+    /// The `plugin-api` version the plugin was built against ("" for a plugin older than 0.1.3).
+    #[sabi(last_prefix_field)]
+    fn api_version(&self) -> RStr<'static>;
+
+    // --- Events added after 0.1.3 go here, in release order, each with a default body and a
+    // --- `// --- Added in plugin-api 0.1.N` line above its block.
+}
+
+/// The plugin's extension object, borrowed from its instance.
+pub type RawPluginExtRef<'a> = RawPluginExt_TO<'a, RMut<'a, ()>>;
+
+/// The host calls added to the ABI since plugin-api 0.1.3, on the host's handle
+/// ([`RawHost::extension`]). A growable vtable: a release adds its calls at the end, each with a
+/// default body (what a newer plugin gets from an older host: an explicit "unsupported"). The
+/// plugin reaches it through a [`HostExtension`], whose layout it checks once.
+#[sabi_trait]
+pub trait RawHostExt {
+    /// The `plugin-api` version the host was built with ("" for a host that offers no calls of
+    /// the extension, or is older than 0.1.3).
+    #[sabi(last_prefix_field)]
+    fn api_version(&self) -> RStr<'static>;
+
+    // --- Calls added after 0.1.3 go here, in release order, each with a default body that
+    // --- answers "unsupported" and a `// --- Added in plugin-api 0.1.N` line above its block.
+}
+
+/// The host's extension object, borrowed from its handle for one callback.
+pub type RawHostExtRef<'a> = RawHostExt_TO<'a, RMut<'a, ()>>;
+
+/// A [`RawPluginExt`] as it crosses the boundary: its layout travels with it and is checked by
+/// the host ([`PluginExtension::check`]) instead of when the plugin is loaded, so the
+/// extension can grow without a frozen copy of the root module and vtables: the layouts of the
+/// two sides must agree on every method both have; the methods only one side has are read as
+/// absent (their defaults answer).
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PluginExtension<'a> {
+    /// `RawPluginExt`'s layout as the plugin's `plugin-api` declares it.
+    pub layout: &'static TypeLayout,
+    /// The extension. Its layout is checked at run time against `layout`, not at load time
+    /// (abi_stable would refuse an older plugin's shorter vtable there).
+    #[sabi(unsafe_opaque_field)]
+    pub ext: RawPluginExtRef<'a>,
+}
+
+impl<'a> PluginExtension<'a> {
+    /// Wraps `ext` with this `plugin-api`'s layout of it.
+    pub fn new(ext: RawPluginExtRef<'a>) -> Self {
+        PluginExtension { layout: <RawPluginExtRef<'static> as StableAbi>::LAYOUT, ext }
+    }
+
+    /// An extension without events: what a plugin older than 0.1.3 has.
+    pub fn none() -> Self {
+        PluginExtension::new(RawPluginExt_TO::from_ptr(Box::leak(Box::new(NoExtension)), TD_Opaque))
+    }
+
+    /// Whether the plugin's layout of the extension and this `plugin-api`'s agree (see
+    /// [`check_extension_layout`]).
+    pub fn check(&self) -> Result<(), String> {
+        check_extension_layout(<RawPluginExtRef<'static> as StableAbi>::LAYOUT, self.layout)
+    }
+}
+
+/// A [`RawHostExt`] as it crosses the boundary: like [`PluginExtension`], checked by the plugin
+/// ([`HostExtension::check`]) before its first call.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct HostExtension<'a> {
+    /// `RawHostExt`'s layout as the host's `plugin-api` declares it.
+    pub layout: &'static TypeLayout,
+    /// The extension. Its layout is checked at run time against `layout`.
+    #[sabi(unsafe_opaque_field)]
+    pub ext: RawHostExtRef<'a>,
+}
+
+impl<'a> HostExtension<'a> {
+    /// Wraps `ext` with this `plugin-api`'s layout of it.
+    pub fn new(ext: RawHostExtRef<'a>) -> Self {
+        HostExtension { layout: <RawHostExtRef<'static> as StableAbi>::LAYOUT, ext }
+    }
+
+    /// An extension without calls: what a host older than 0.1.3 (or one that offers none of
+    /// them) has.
+    pub fn none() -> Self {
+        HostExtension::new(RawHostExt_TO::from_ptr(Box::leak(Box::new(NoExtension)), TD_Opaque))
+    }
+
+    /// Whether the host's layout of the extension and this `plugin-api`'s agree (see
+    /// [`check_extension_layout`]). A layout checked once is not checked again.
+    pub fn check(&self) -> Result<(), String> {
+        static CHECKED: AtomicPtr<TypeLayout> = AtomicPtr::new(std::ptr::null_mut());
+        if std::ptr::eq(CHECKED.load(Ordering::Relaxed), self.layout) {
+            return Ok(());
+        }
+        check_extension_layout(<RawHostExtRef<'static> as StableAbi>::LAYOUT, self.layout)?;
+        CHECKED.store((self.layout as *const TypeLayout).cast_mut(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The extension of a side that has none (a zero-sized value: leaking it allocates nothing).
+struct NoExtension;
+
+impl RawPluginExt for NoExtension {
+    fn api_version(&self) -> RStr<'static> {
+        RStr::from_str("")
+    }
+}
+
+impl RawHostExt for NoExtension {
+    fn api_version(&self) -> RStr<'static> {
+        RStr::from_str("")
+    }
+}
+
+/// Checks an extension's layout from the other side (`theirs`) against this side's (`mine`)
+/// with abi_stable's checker: every method both declare must agree (name, order, signature,
+/// package); either side may have more methods than the other (they are read as absent). An
+/// error carries the gist of abi_stable's report.
+pub fn check_extension_layout(mine: &'static TypeLayout, theirs: &'static TypeLayout) -> Result<(), String> {
+    use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+    if std::ptr::eq(mine, theirs) {
+        return Ok(());
+    }
+    // abi_stable accepts an implementation with more methods than the interface, not fewer:
+    // the side with fewer methods is the interface. Either order passes when they agree.
+    match check_layout_compatibility(theirs, mine) {
+        Ok(()) => Ok(()),
+        Err(first) => check_layout_compatibility(mine, theirs).map_err(|_| {
+            let report = first.to_string();
+            let gist = report.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("incompatible layout");
+            format!("the extension's layout does not match: {}", gist.trim())
+        }),
+    }
+}
+
 /// The root module every plugin exports. A prefix type: fields after `new` (the
 /// `last_prefix_field`) were added later and read as `Option` (`None` from an older plugin).
+/// Closed since 0.1.3 (see the policy above).
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
@@ -626,4 +810,60 @@ impl RootModule for PluginModRef {
     const BASE_NAME: &'static str = "plugin";
     const NAME: &'static str = "host plugin";
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+#[cfg(test)]
+mod tests {
+    use abi_stable::{sabi_trait, std_types::RStr, StableAbi};
+
+    use super::{check_extension_layout, RawHostExtRef, RawPluginExtRef};
+
+    /// `RawPluginExt` as a later release declares it: one more event.
+    mod later {
+        use abi_stable::{sabi_trait, std_types::RStr};
+        #[sabi_trait]
+        pub trait RawPluginExt {
+            #[sabi(last_prefix_field)]
+            fn api_version(&self) -> RStr<'static>;
+            fn on_future(&mut self, data: u64) -> u32 {
+                let _ = data;
+                0
+            }
+        }
+    }
+
+    /// `RawPluginExt` as a broken fork declares it: the first method changed type.
+    mod broken {
+        use abi_stable::sabi_trait;
+        #[sabi_trait]
+        pub trait RawPluginExt {
+            #[sabi(last_prefix_field)]
+            fn api_version(&self) -> u32;
+        }
+    }
+
+    #[sabi_trait]
+    trait Unrelated {
+        #[sabi(last_prefix_field)]
+        fn api_version(&self) -> RStr<'static>;
+    }
+
+    // An extension with more methods on either side passes; one whose shared methods differ,
+    // or another type altogether, is refused with a reason.
+    #[test]
+    fn extension_layouts_agree_on_shared_methods_only() {
+        let today = <RawPluginExtRef<'static> as StableAbi>::LAYOUT;
+        let later = <later::RawPluginExt_TO<'static, abi_stable::sabi_types::RMut<'static, ()>> as StableAbi>::LAYOUT;
+        assert!(check_extension_layout(today, today).is_ok());
+        assert_eq!(check_extension_layout(today, later), Ok(()), "a newer plugin in this host");
+        assert_eq!(check_extension_layout(later, today), Ok(()), "an older plugin in a newer host");
+
+        let broken = <broken::RawPluginExt_TO<'static, abi_stable::sabi_types::RMut<'static, ()>> as StableAbi>::LAYOUT;
+        let err = check_extension_layout(today, broken).unwrap_err();
+        assert!(err.starts_with("the extension's layout does not match"), "{err}");
+        let host = <RawHostExtRef<'static> as StableAbi>::LAYOUT;
+        assert!(check_extension_layout(today, host).is_err(), "the host's extension is not the plugin's");
+        let unrelated = <Unrelated_TO<'static, abi_stable::sabi_types::RMut<'static, ()>> as StableAbi>::LAYOUT;
+        assert!(check_extension_layout(today, unrelated).is_err());
+    }
 }

@@ -29,13 +29,13 @@
 #![warn(missing_docs)]
 
 pub mod abi;
-pub mod abi_v1;
-pub mod abi_v2;
-pub mod compat;
+#[doc(hidden)]
+pub mod frozen;
 #[doc(hidden)]
 pub mod glue;
 mod log;
 mod sdk;
+pub mod testing;
 
 pub use abi::{ConnErrorCode, ConnId, ConnectErrorCode, TimerId, ABI_VERSION, MAX_WORKER_MESSAGE};
 pub use sdk::{

@@ -3,7 +3,7 @@
 //! each event and hands it to the host's log function, which logs it with the plugin's target.
 
 use std::fmt::{self, Write as _};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use abi_stable::std_types::RStr;
 use tracing_core::{
@@ -45,6 +45,46 @@ fn level_of(l: &Level) -> LogLevel {
 
 struct Forwarder {
     max: LogLevel,
+}
+
+/// One record a plugin logged, as [`crate::testing::TestHost`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Its severity.
+    pub level: LogLevel,
+    /// Its target (the plugin's module path, unless it gave one).
+    pub target: String,
+    /// Its message, then `key=value` for its other fields.
+    pub message: String,
+}
+
+/// Runs `f` with a subscriber of this thread that appends every record to `logs` (all levels).
+pub(crate) fn recording<R>(logs: &Arc<Mutex<Vec<LogRecord>>>, f: impl FnOnce() -> R) -> R {
+    let dispatch = tracing_core::Dispatch::new(Recorder(Arc::clone(logs)));
+    tracing_core::dispatcher::with_default(&dispatch, f)
+}
+
+struct Recorder(Arc<Mutex<Vec<LogRecord>>>);
+
+impl Subscriber for Recorder {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+    fn enter(&self, _: &span::Id) {}
+    fn exit(&self, _: &span::Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut line = Line::default();
+        event.record(&mut line);
+        let meta = event.metadata();
+        let record = LogRecord { level: level_of(meta.level()), target: meta.target().to_string(), message: line.0 };
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+    }
 }
 
 impl Subscriber for Forwarder {

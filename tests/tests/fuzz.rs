@@ -293,11 +293,11 @@ mod glue_targets {
     use std::panic::{self, AssertUnwindSafe};
     use std::sync::Once;
 
-    use plugin_api::abi::{CallStatus, RawFrame, RawHost, RawHost_TO, RawSockAddr};
-    use plugin_api::abi_stable::sabi_trait::TD_Opaque;
-    use plugin_api::abi_stable::std_types::{RSlice, RStr};
+    use plugin_api::abi::{CallStatus, RawFrame};
+    use plugin_api::abi_stable::std_types::RSlice;
     use plugin_api::glue::instance;
-    use plugin_api::{ConnId, Frame, Host, Protocol, TimerId, WorkerInfo};
+    use plugin_api::testing::TestHost;
+    use plugin_api::{ConnId, Frame, Host, Protocol, WorkerInfo};
 
     use super::*;
 
@@ -334,43 +334,6 @@ mod glue_targets {
         }
     }
 
-    /// A host that answers everything and holds nothing.
-    struct NoHost;
-    impl RawHost for NoHost {
-        fn send(&mut self, _: ConnId, _: RSlice<'_, u8>) -> bool {
-            true
-        }
-        fn close(&mut self, _: ConnId, _: RSlice<'_, u8>) {}
-        fn pause_recv(&mut self, _: ConnId, _: bool) {}
-        fn peer_addr(&self, _: ConnId) -> RawSockAddr {
-            plugin_api::raw_sock_addr(None)
-        }
-        fn local_addr(&self, _: ConnId) -> RawSockAddr {
-            plugin_api::raw_sock_addr(None)
-        }
-        fn pending_send(&self, _: ConnId) -> u64 {
-            0
-        }
-        fn add_timer(&mut self, _: u64, _: u64, _: u64) -> TimerId {
-            TimerId(0)
-        }
-        fn del_timer(&mut self, _: TimerId) -> bool {
-            false
-        }
-        fn slot(&self) -> u32 {
-            0
-        }
-        fn service(&self) -> RStr<'_> {
-            RStr::from_str("fuzz")
-        }
-        fn is_draining(&self) -> bool {
-            false
-        }
-        fn now_ms(&self) -> u64 {
-            0
-        }
-    }
-
     /// How a connection's stream ended: every message delivered, then why it stopped.
     #[derive(Debug, PartialEq, Eq)]
     enum End {
@@ -385,17 +348,16 @@ mod glue_targets {
     /// host's worker does; returns the messages framed and how the stream ended.
     fn drive(input: &[u8], ends: &[usize]) -> (Vec<Vec<u8>>, End) {
         let mut plugin = instance(Toy::default());
-        let mut host = NoHost;
+        let mut host = TestHost::new();
         let conn = ConnId::new(0, 1);
         let (mut buf, mut framed, mut start) = (Vec::new(), Vec::new(), 0);
         for &end in ends {
             buf.extend_from_slice(&input[start..end]);
             start = end;
             loop {
-                let raw = panic::catch_unwind(AssertUnwindSafe(|| {
-                    plugin.input(RawHost_TO::from_ptr(&mut host, TD_Opaque), conn, RSlice::from_slice(&buf))
-                }))
-                .expect("a plugin's panic never unwinds out of the glue");
+                let raw =
+                    panic::catch_unwind(AssertUnwindSafe(|| plugin.input(host.raw(), conn, RSlice::from_slice(&buf))))
+                        .expect("a plugin's panic never unwinds out of the glue");
                 // The glue says what the plugin said, or that it panicked.
                 let direct = panic::catch_unwind(|| toy_frame(&buf));
                 match (&direct, raw) {
@@ -408,11 +370,7 @@ mod glue_targets {
                         }
                         let msg: Vec<u8> = buf.drain(..*n).collect();
                         framed.push(msg.clone());
-                        let status = plugin.on_message(
-                            RawHost_TO::from_ptr(&mut host, TD_Opaque),
-                            conn,
-                            RSlice::from_slice(&msg),
-                        );
+                        let status = plugin.on_message(host.raw(), conn, RSlice::from_slice(&msg));
                         assert_eq!(status == CallStatus::Panicked, msg.contains(&0xfd), "on_message status {status:?}");
                         if status == CallStatus::Panicked {
                             return (framed, End::MessagePanicked);

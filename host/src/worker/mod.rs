@@ -690,17 +690,7 @@ fn new_instance(loaded: &plugin::Loaded, spec: &WorkerSpec) -> RResult<RawPlugin
         max_log_level: max_log_level(),
         log: plugin_log,
     };
-    match loaded.module {
-        plugin::Module::V1(m) => (m.new())(config, &info).map(plugin_api::compat::from_v1),
-        plugin::Module::V2(m) => match m.new_v2() {
-            Some(new_v2) => new_v2(config, worker_env(spec, &info)).map(plugin_api::compat::from_v2),
-            None => (m.new())(config, &info).map(plugin_api::compat::from_v2),
-        },
-        plugin::Module::Current(m) => match m.new_v2() {
-            Some(new_v2) => new_v2(config, worker_env(spec, &info)),
-            None => (m.new())(config, &info),
-        },
-    }
+    loaded.new_instance(config, &info, &|| worker_env(spec, &info))
 }
 
 /// The [`WorkerEnv`] a plugin's `new_v2` gets. Built once per worker process and never freed:

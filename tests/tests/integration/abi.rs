@@ -1,12 +1,12 @@
 //! ABI evolution: plugins built against earlier releases of `plugin-api` (0.1.0, frozen in
-//! `tests/fixtures/old_abi`; 0.1.1, in `tests/fixtures/old_abi_0_1_1`) keep loading and serving
-//! in today's host, events that grew since reach their older callbacks (`on_conn_error` → a
+//! `tests/fixtures/old_abi`; 0.1.1, in `tests/fixtures/old_abi_0_1_1`; 0.1.2, in
+//! `tests/fixtures/old_abi_0_1_2`) keep loading and serving in today's host, events that grew since reach their older callbacks (`on_conn_error` → a
 //! 0.1.0 plugin's `on_error`), and the calls each release had still answer. Plugins built
 //! against today's `plugin-api` are covered by every other test.
 
 use std::time::Duration;
 
-use host_tests::{abi_0_1_1_plugin, assert_contains, old_abi_plugin, run_host, Client, Host, Signal};
+use host_tests::{abi_0_1_1_plugin, abi_0_1_2_plugin, assert_contains, old_abi_plugin, run_host, Client, Host, Signal};
 
 fn read_line(c: &mut Client) -> String {
     let line = c.read_line().unwrap_or_else(|e| panic!("no line: {e}"));
@@ -106,4 +106,43 @@ fn plugin_0_1_1_serves_and_its_calls_and_events_still_work() {
     );
     a.send(b"still here\n");
     assert_eq!(read_line(&mut a), "still here\n");
+}
+
+#[test]
+fn check_plugin_accepts_a_plugin_built_against_plugin_api_0_1_2() {
+    let path = abi_0_1_2_plugin();
+    let out = run_host(["check-plugin".as_ref(), path.as_os_str()], Duration::from_secs(10));
+    assert!(out.status.success(), "check-plugin refused the 0.1.2 plugin: {}", out.stderr);
+    assert_eq!(out.stdout, "v012_echo 0.1.2 (ABI 1)\n");
+}
+
+// The calls and events 0.1.2 added answer through its frozen vtables: a task's result comes
+// back as `on_task_done`, a notifier wakes `on_notify`, `send_file` queues a file, and
+// `on_conn_error` still reaches its `on_error`.
+#[test]
+fn plugin_0_1_2_serves_and_its_calls_and_events_still_work() {
+    let path = abi_0_1_2_plugin();
+    let host = Host::start(path.to_str().unwrap(), &["--max-package-size", "1024"]);
+    assert_contains!(host.log_text(), "plugin_api=0.1.2");
+    let mut c = Client::connect(host.port());
+    c.send(b"hello 0.1.2\n");
+    assert_eq!(read_line(&mut c), "hello 0.1.2\n");
+    c.send(b"task make me loud\n");
+    let line = read_line(&mut c);
+    assert!(line.starts_with("task ") && line.ends_with(": MAKE ME LOUD\n"), "unexpected task answer: {line:?}");
+    c.send(b"notify from a thread\n");
+    assert_eq!(read_line(&mut c), "notified: from a thread\n");
+
+    let file = std::env::temp_dir().join(format!("v012-send-file-{}", std::process::id()));
+    std::fs::write(&file, b"file body").unwrap();
+    c.send(format!("file {}\n", file.display()).as_bytes());
+    assert_eq!(read_line(&mut c), "file body\n");
+    std::fs::remove_file(&file).unwrap();
+
+    let mut big = Client::connect(host.port());
+    let _ = big.try_send(&[b'x'; 64 * 1024]);
+    let rest = big.wait_closed(Duration::from_secs(5)).expect("closed after the oversized message");
+    assert_eq!(String::from_utf8_lossy(&rest), "v012_echo on_error PackageTooLarge\n");
+    c.send(b"still here\n");
+    assert_eq!(read_line(&mut c), "still here\n");
 }

@@ -1,85 +1,19 @@
-//! End-to-end tests of the `Protocol` implementation without a host process: a fake `RawHost`
-//! records what the plugin sends, and [`Client`] drives the plugin the way the worker does
+//! End-to-end tests of the `Protocol` implementation without a host process: the SDK's
+//! `TestHost` records what the plugin sends, and [`Client`] drives the plugin the way the worker does
 //! (framing with `input`, delivering with `on_message`, `on_error` for oversized messages).
 
 mod access_log;
 mod protocol;
 mod static_files;
 
-use plugin_api::abi::{RawHost, RawHostRef, RawHost_TO, RawSockAddr};
-use plugin_api::abi_stable::sabi_trait::TD_Opaque;
-use plugin_api::abi_stable::sabi_types::RMut;
-use plugin_api::abi_stable::std_types::{RSlice, RStr};
-use plugin_api::{raw_sock_addr, TimerId};
+use plugin_api::testing::TestHost;
 
 use super::*;
-
-#[derive(Default)]
-struct FakeHost {
-    sent: Vec<u8>,
-    closed: bool,
-    draining: bool,
-    /// The access log's lines (None: the service has none).
-    access_log: Option<Vec<u8>>,
-    peer: Option<std::net::SocketAddr>,
-}
-
-impl RawHost for FakeHost {
-    fn send(&mut self, _conn: ConnId, data: RSlice<'_, u8>) -> bool {
-        if !self.closed {
-            self.sent.extend_from_slice(&data);
-        }
-        !self.closed
-    }
-    fn close(&mut self, _conn: ConnId, last: RSlice<'_, u8>) {
-        if !self.closed {
-            self.sent.extend_from_slice(&last);
-        }
-        self.closed = true;
-    }
-    fn pause_recv(&mut self, _conn: ConnId, _paused: bool) {}
-    fn peer_addr(&self, _conn: ConnId) -> RawSockAddr {
-        raw_sock_addr(self.peer)
-    }
-    fn local_addr(&self, _conn: ConnId) -> RawSockAddr {
-        raw_sock_addr(None)
-    }
-    fn pending_send(&self, _conn: ConnId) -> u64 {
-        0
-    }
-    fn add_timer(&mut self, _delay_ms: u64, _interval_ms: u64, _data: u64) -> TimerId {
-        TimerId(0)
-    }
-    fn del_timer(&mut self, _timer: TimerId) -> bool {
-        false
-    }
-    fn slot(&self) -> u32 {
-        0
-    }
-    fn service(&self) -> RStr<'_> {
-        RStr::from_str("web")
-    }
-    fn is_draining(&self) -> bool {
-        self.draining
-    }
-    fn now_ms(&self) -> u64 {
-        0
-    }
-    fn access_log(&mut self, line: RSlice<'_, u8>) -> bool {
-        match &mut self.access_log {
-            Some(log) => {
-                log.extend_from_slice(&line);
-                true
-            }
-            None => false,
-        }
-    }
-}
 
 /// One connection to a plugin instance, driven like the worker drives it.
 struct Client {
     http: Http,
-    host: FakeHost,
+    host: TestHost,
     conn: ConnId,
     buf: Vec<u8>,
     /// The length of a framed message still arriving.
@@ -87,9 +21,8 @@ struct Client {
     max_package: usize,
 }
 
-fn call<R>(http: &mut Http, fake: &mut FakeHost, f: impl FnOnce(&mut Http, &mut Host<'_>) -> R) -> R {
-    let raw: RawHostRef<'_> = RawHost_TO::from_ptr(RMut::new(fake), TD_Opaque);
-    f(http, &mut Host::from_raw(raw))
+fn call<R>(http: &mut Http, fake: &mut TestHost, f: impl FnOnce(&mut Http, &mut Host<'_>) -> R) -> R {
+    fake.with(|host| f(http, host))
 }
 
 impl Client {
@@ -109,12 +42,13 @@ impl Client {
         };
         let mut c = Client {
             http: Http::new(config, &worker).unwrap(),
-            host: FakeHost::default(),
+            host: TestHost::new(),
             conn: ConnId::new(0, 1),
             buf: Vec::new(),
             pending: None,
             max_package,
         };
+        c.host.service = "web".into();
         let conn = c.conn;
         call(&mut c.http, &mut c.host, |h, host| h.on_connect(host, conn));
         c
@@ -124,7 +58,7 @@ impl Client {
     fn logging(config: &str) -> Self {
         let mut c = Self::new(config);
         c.host.access_log = Some(Vec::new());
-        c.host.peer = Some("192.0.2.7:40000".parse().unwrap());
+        c.host.peers.insert(c.conn, "192.0.2.7:40000".parse().unwrap());
         call(&mut c.http, &mut c.host, |h, host| h.on_worker_start(host)).unwrap();
         c
     }
@@ -143,7 +77,7 @@ impl Client {
     fn feed(&mut self, bytes: &[u8]) -> &mut Self {
         let conn = self.conn;
         self.buf.extend_from_slice(bytes);
-        while !self.host.closed && !self.buf.is_empty() {
+        while !self.closed() && !self.buf.is_empty() {
             let frame = match self.pending {
                 Some(n) => Frame::Complete(n),
                 None => {
@@ -165,7 +99,7 @@ impl Client {
                 Frame::NeedMore if self.buf.len() > self.max_package => return self.error(ConnError::PackageTooLarge),
                 Frame::NeedMore => break,
                 Frame::Invalid => {
-                    self.host.closed = true;
+                    self.host.closed.insert(conn);
                     break;
                 }
             }
@@ -188,11 +122,16 @@ impl Client {
 
     /// Everything sent since the last call.
     fn take(&mut self) -> String {
-        String::from_utf8(std::mem::take(&mut self.host.sent)).unwrap()
+        String::from_utf8(self.host.take_sent(self.conn)).unwrap()
     }
 
     fn take_bytes(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.host.sent)
+        self.host.take_sent(self.conn)
+    }
+
+    /// Whether the plugin closed the connection.
+    fn closed(&self) -> bool {
+        self.host.is_closed(self.conn)
     }
 }
 

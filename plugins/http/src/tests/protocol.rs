@@ -12,7 +12,7 @@ fn plaintext_hello() {
     assert_eq!(header(&r, "Content-Length"), Some("13"));
     assert_eq!(header(&r, "Connection"), None);
     assert_eq!(body(&r), "Hello, World!");
-    assert!(!c.host.closed);
+    assert!(!c.closed());
     // Keep-alive: the next request on the same connection is answered too.
     assert_eq!(body(&c.feed(GET).take()), "Hello, World!");
 }
@@ -29,7 +29,7 @@ fn pipelined_requests_are_answered_in_order() {
     let statuses: Vec<&str> = out.match_indices("HTTP/1.1 ").map(|(i, _)| &out[i + 9..i + 12]).collect();
     let expected: Vec<&str> = (0..16).map(|i| if i % 2 == 0 { "200" } else { "404" }).collect();
     assert_eq!(statuses, expected);
-    assert!(!c.host.closed);
+    assert!(!c.closed());
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn later_http_1_minor_versions_are_answered_as_1_1() {
     let r = c.feed(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n").take();
     assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
     assert_eq!(body(&r), "Hello, World!");
-    assert!(!c.host.closed);
+    assert!(!c.closed());
 }
 
 #[test]
@@ -96,13 +96,13 @@ fn http_1_0_and_connection_close() {
     let mut c = Client::new("");
     let r = c.feed(b"GET / HTTP/1.0\r\n\r\n").take();
     assert_eq!(header(&r, "Connection"), Some("close"));
-    assert!(c.host.closed);
+    assert!(c.closed());
 
     let mut c = Client::new("");
     let r = c.feed(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").take();
     assert_eq!(header(&r, "Connection"), Some("keep-alive"));
     assert!(r.starts_with("HTTP/1.1 200 OK"));
-    assert!(!c.host.closed);
+    assert!(!c.closed());
 
     let mut c = Client::new("");
     let mut two = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec();
@@ -110,7 +110,7 @@ fn http_1_0_and_connection_close() {
     let r = c.feed(&two).take();
     assert_eq!(r.matches("HTTP/1.1").count(), 1, "nothing after close: {r}");
     assert_eq!(header(&r, "Connection"), Some("close"));
-    assert!(c.host.closed);
+    assert!(c.closed());
 }
 
 #[test]
@@ -152,7 +152,7 @@ fn bad_requests_are_refused_and_closed() {
         let r = c.feed(req).take();
         assert!(r.starts_with(&format!("HTTP/1.1 {code} ")), "{req:?}: {r}");
         assert_eq!(header(&r, "Connection"), Some("close"));
-        assert!(c.host.closed);
+        assert!(c.closed());
     }
 }
 
@@ -167,7 +167,7 @@ fn size_limits() {
     let body = "z".repeat(500);
     let r = c.feed(format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n{body}").as_bytes()).take();
     assert!(r.starts_with("HTTP/1.1 200 ") && r.ends_with(&body), "{r}");
-    assert!(!c.host.closed);
+    assert!(!c.closed());
     let mut c = Client::with_package("max_body = 400", 100);
     let r = c.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").take();
     assert_eq!(r, "");
@@ -175,7 +175,7 @@ fn size_limits() {
     assert_eq!(r, "");
     let r = c.feed(b"1\r\nz\r\n").take();
     assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
-    assert!(c.host.closed);
+    assert!(c.closed());
     // A head over it: 431, whether the host or the plugin notices first.
     let mut c = Client::with_package("", 100);
     let r = c.feed(format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "y".repeat(200)).as_bytes()).take();
@@ -195,21 +195,21 @@ fn drain_answers_the_next_request_with_close_and_leaves_idle_open() {
     let mut c = Client::new("");
     c.feed(GET).take();
     c.drain();
-    assert!(!c.host.closed);
+    assert!(!c.closed());
     assert_eq!(c.take(), "");
     let r = c.feed(GET).take();
     assert_eq!(body(&r), "Hello, World!");
     assert_eq!(header(&r, "Connection"), Some("close"));
-    assert!(c.host.closed);
+    assert!(c.closed());
 
     let mut c = Client::new("");
     c.feed(b"GET / HTTP/1.1\r\nHo");
     c.drain();
-    assert!(!c.host.closed);
+    assert!(!c.closed());
     let r = c.feed(b"st: a\r\n\r\n").take();
     assert_eq!(body(&r), "Hello, World!");
     assert_eq!(header(&r, "Connection"), Some("close"));
-    assert!(c.host.closed);
+    assert!(c.closed());
 }
 
 #[test]
@@ -217,12 +217,12 @@ fn timeouts() {
     let mut c = Client::new("");
     c.feed(b"GET / HT").error(ConnError::Timeout);
     assert!(c.take().starts_with("HTTP/1.1 408 "));
-    assert!(c.host.closed);
+    assert!(c.closed());
     let mut c = Client::new("");
     c.feed(GET).take();
     c.error(ConnError::Timeout);
     assert_eq!(c.take(), "");
-    assert!(c.host.closed);
+    assert!(c.closed());
 }
 
 #[test]

@@ -54,7 +54,7 @@ fn static_files() {
     // The echo endpoint stays, and errors on a file path keep the connection.
     let r = get(&mut c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
     assert_eq!(body(&r), "hi");
-    assert!(!c.host.closed);
+    assert!(!c.closed());
 
     std::fs::remove_file(root.join("index.html")).unwrap();
     assert_eq!(body(&get(&mut c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")), "Hello, World!");
@@ -88,7 +88,7 @@ fn large_files_are_streamed_whole() {
     assert!(out[head_end..].starts_with(&content), "the streamed body differs");
     let rest = String::from_utf8_lossy(&out[head_end + content.len()..]).into_owned();
     assert!(rest.starts_with("HTTP/1.1 200 OK") && body(&rest) == "a", "{rest}");
-    assert!(!c.host.closed);
+    assert!(!c.closed());
 }
 
 #[test]
@@ -132,5 +132,5 @@ fn directory_redirects_and_listings() {
     assert_eq!(header(&r, "Location"), Some("/sub/?q=1"));
     let r = c.feed(b"GET /empty/ HTTP/1.1\r\nHost: a\r\n\r\n").take();
     assert!(r.starts_with("HTTP/1.1 200 ") && body(&r).contains("Index of /empty/"), "{r}");
-    assert!(!c.host.closed);
+    assert!(!c.closed());
 }

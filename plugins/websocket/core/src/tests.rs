@@ -2,9 +2,7 @@
 //! handshake, and the [`WebSocket`] layer driven through a fake host the way the worker drives
 //! it (framing with `input`, then `on_message` with each complete frame).
 
-use plugin_api::abi::{RawHost, RawHost_TO, RawSockAddr};
-use plugin_api::abi_stable::sabi_trait::TD_Opaque;
-use plugin_api::abi_stable::std_types::{RSlice, RStr};
+use plugin_api::testing::TestHost;
 use plugin_api::{ConnError, ConnId, Frame, Host, Protocol, TimerId, WorkerInfo};
 
 use crate::frame::*;
@@ -213,51 +211,6 @@ fn handshake_selects_subprotocol_and_checks_origin() {
 
 // ---- The layer, driven through a fake host ----
 
-#[derive(Default)]
-struct FakeHost {
-    out: Vec<u8>,
-    closed: bool,
-}
-
-impl RawHost for FakeHost {
-    fn send(&mut self, _conn: ConnId, data: RSlice<'_, u8>) -> bool {
-        self.out.extend_from_slice(&data);
-        true
-    }
-    fn close(&mut self, _conn: ConnId, last: RSlice<'_, u8>) {
-        self.out.extend_from_slice(&last);
-        self.closed = true;
-    }
-    fn pause_recv(&mut self, _conn: ConnId, _paused: bool) {}
-    fn peer_addr(&self, _conn: ConnId) -> RawSockAddr {
-        plugin_api::raw_sock_addr(None)
-    }
-    fn local_addr(&self, _conn: ConnId) -> RawSockAddr {
-        plugin_api::raw_sock_addr(None)
-    }
-    fn pending_send(&self, _conn: ConnId) -> u64 {
-        0
-    }
-    fn add_timer(&mut self, _delay_ms: u64, _interval_ms: u64, _data: u64) -> TimerId {
-        TimerId(1)
-    }
-    fn del_timer(&mut self, _timer: TimerId) -> bool {
-        true
-    }
-    fn slot(&self) -> u32 {
-        0
-    }
-    fn service(&self) -> RStr<'_> {
-        RStr::from_str("test")
-    }
-    fn is_draining(&self) -> bool {
-        false
-    }
-    fn now_ms(&self) -> u64 {
-        0
-    }
-}
-
 /// Echoes and records messages.
 #[derive(Default)]
 struct Recorder {
@@ -285,7 +238,7 @@ impl Handler for Recorder {
 /// One connection through the layer, framed as the worker frames it.
 struct Conn {
     ws: WebSocket<Recorder>,
-    host: FakeHost,
+    host: TestHost,
     buf: Vec<u8>,
     /// `input` said Invalid, or the host refused a message over the max size.
     failed: bool,
@@ -305,22 +258,21 @@ impl Conn {
             worker_count: Some(1),
         };
         let ws = WebSocket::new("ping_interval = 0", &info).unwrap();
-        let mut c = Conn { ws, host: FakeHost::default(), buf: Vec::new(), failed: false, max };
+        let mut c = Conn { ws, host: TestHost::default(), buf: Vec::new(), failed: false, max };
         c.feed(upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes());
-        let response = String::from_utf8(std::mem::take(&mut c.host.out)).unwrap();
+        let response = String::from_utf8(c.host.take_sent(CONN)).unwrap();
         assert!(response.starts_with("HTTP/1.1 101"), "{response}");
         c
     }
 
     fn with_host<T>(&mut self, f: impl FnOnce(&mut WebSocket<Recorder>, &mut Host<'_>) -> T) -> T {
-        let raw = RawHost_TO::from_ptr(&mut self.host, TD_Opaque);
-        let mut host = Host::from_raw(raw);
-        f(&mut self.ws, &mut host)
+        let ws = &mut self.ws;
+        self.host.with(|host| f(ws, host))
     }
 
     fn feed(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
-        while !self.host.closed && !self.failed && !self.buf.is_empty() {
+        while !self.host.is_closed(CONN) && !self.failed && !self.buf.is_empty() {
             let buf = std::mem::take(&mut self.buf);
             let frame = self.with_host(|ws, h| ws.input(h, CONN, &buf));
             self.buf = buf;
@@ -345,7 +297,7 @@ impl Conn {
 
     /// The server frames sent so far: (opcode, payload).
     fn sent(&mut self) -> Vec<(OpCode, Vec<u8>)> {
-        let out = std::mem::take(&mut self.host.out);
+        let out = self.host.take_sent(CONN);
         let mut frames = Vec::new();
         let mut rest = &out[..];
         while !rest.is_empty() {
@@ -362,7 +314,7 @@ impl Conn {
     fn closed_with(&mut self) -> u16 {
         let frames = self.sent();
         let close = frames.iter().find(|(op, _)| *op == OpCode::Close).expect("a close frame");
-        assert!(self.host.closed, "the connection is closed after the close frame");
+        assert!(self.host.is_closed(CONN), "the connection is closed after the close frame");
         u16::from_be_bytes([close.1[0], close.1[1]])
     }
 
@@ -450,7 +402,7 @@ fn close_handshake_echoes_the_code() {
     let mut c = Conn::open(1 << 20);
     c.feed(&client_frame(FIN | 0x8, b""));
     assert_eq!(c.sent(), vec![(OpCode::Close, vec![])], "an empty close gets an empty close");
-    assert!(c.host.closed);
+    assert!(c.host.is_closed(CONN));
 }
 
 #[test]
@@ -490,13 +442,13 @@ fn drain_sends_going_away_and_closes_when_the_peer_answers() {
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0].0, OpCode::Close);
     assert_eq!(frames[0].1[..2], 1001u16.to_be_bytes());
-    assert!(!c.host.closed, "waits for the peer's close");
+    assert!(!c.host.is_closed(CONN), "waits for the peer's close");
     // Data after our close is dropped; the peer's close ends it without a second close frame.
     c.feed(&client_frame(FIN | 0x1, b"late"));
     c.feed(&client_frame(FIN | 0x8, &1001u16.to_be_bytes()));
     assert!(c.got().is_empty());
     assert_eq!(c.sent(), vec![]);
-    assert!(c.host.closed);
+    assert!(c.host.is_closed(CONN));
 }
 
 #[test]
@@ -512,7 +464,7 @@ fn server_pings_close_only_peers_that_stay_silent() {
     let mut c = Conn::open(1 << 20);
     c.ws = WebSocket::new("ping_interval = 1", &info).unwrap();
     c.feed(upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes());
-    c.host.out.clear();
+    c.host.take_sent(CONN);
     let tick = |c: &mut Conn| c.with_host(|ws, h| ws.on_timer(h, TimerId(1), CONN.0));
     // A peer that answers each ping (or sends anything) stays.
     for _ in 0..3 {
@@ -520,11 +472,11 @@ fn server_pings_close_only_peers_that_stay_silent() {
         assert_eq!(c.sent(), vec![(OpCode::Ping, vec![])]);
         c.feed(&client_frame(FIN | 0xA, b""));
     }
-    assert!(!c.host.closed);
+    assert!(!c.host.is_closed(CONN));
     // One silent for a whole interval after a ping is closed.
     tick(&mut c);
     assert_eq!(c.sent(), vec![(OpCode::Ping, vec![])]);
-    assert!(!c.host.closed);
+    assert!(!c.host.is_closed(CONN));
     tick(&mut c);
-    assert!(c.host.closed, "no answer within one more interval");
+    assert!(c.host.is_closed(CONN), "no answer within one more interval");
 }
