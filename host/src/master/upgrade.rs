@@ -538,7 +538,7 @@ impl Master {
                 error: None,
                 retired_at: w.retired_ms_ago.map(|r| now.checked_sub(ms(r)).unwrap_or(now)),
                 stall_at: self.sup.timeouts.worker.filter(|_| serving_ready).map(|t| now + t),
-                stalled: None,
+                killed: None,
                 // The page stayed with the previous image: the watchdog of an adopted worker
                 // cannot say which callback it is stuck in.
                 watch: None,
