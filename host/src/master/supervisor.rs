@@ -19,7 +19,7 @@ use super::process::{Exit, Processes};
 use super::reload::state::Reloader;
 use super::slots::{ClientId, Kill, Readiness, Replace, Role, ServiceId, SlotKey, SlotTable, Worker, WorkerId};
 use super::snapshot::Snapshot;
-use crate::config::{Service, WorkerSpec};
+use crate::config::{Service, Timeouts, WorkerSpec};
 use crate::ctl::watch::{self, Whereabouts};
 use crate::ctl::{MasterChannel, ToWorker};
 use crate::status::Answer;
@@ -90,19 +90,6 @@ pub enum Output {
         service: ServiceId,
         live: Option<Vec<u32>>,
     },
-}
-
-/// How long things may take.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    /// From exec to "ready".
-    pub start: Duration,
-    /// How long draining workers may keep connections open.
-    pub drain: Duration,
-    /// How long a worker told to stop has before it is killed.
-    pub kill: Duration,
-    /// How long a serving worker may show no progress before the watchdog kills it (None: off).
-    pub worker: Option<Duration>,
 }
 
 /// The last reload, for the log and `status`.
@@ -620,6 +607,7 @@ mod tests {
         drain: Duration::from_secs(5),
         kill: Duration::from_secs(2),
         worker: Some(Duration::from_secs(30)),
+        probe: Duration::from_secs(10),
     };
 
     fn supervisor(services: Vec<(ServiceState, Option<u64>)>) -> Supervisor<FakeProcesses> {
