@@ -175,6 +175,21 @@ fn checked(source: Source, setting: Setting, value: Option<u64>) -> Result<Optio
     }
 }
 
+/// How long things may take (the start plan's, which the master's supervisor keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From exec to "ready".
+    pub start: Duration,
+    /// How long draining workers may keep connections open (graceful stop and reload).
+    pub drain: Duration,
+    /// How long a worker told to stop has before it is killed.
+    pub kill: Duration,
+    /// How long a serving worker may show no progress before the watchdog kills it (None: off).
+    pub worker: Option<Duration>,
+    /// How long a probe of a plugin file may take before it is killed and the file refused.
+    pub probe: Duration,
+}
+
 /// A drain or kill timeout given in (fractional) seconds: finite, between 0 and a day.
 pub fn stop_timeout(source: Source, setting: Setting, seconds: Option<f64>) -> Result<Option<Duration>, SettingError> {
     match seconds {

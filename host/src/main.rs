@@ -2,6 +2,7 @@
 
 #![deny(unsafe_code)]
 
+mod argv;
 mod cli;
 mod client;
 mod config;
@@ -11,6 +12,7 @@ mod listen;
 mod logging;
 mod master;
 mod pidfile;
+mod plan;
 mod plugin;
 mod scaffold;
 mod status;
@@ -27,51 +29,12 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use crate::argv::{ARGV_ENV, TITLED};
 use crate::cli::{Cli, Command, GlobalArgs, LogArgs, LogFormat, PluginCmd, RestartCmd, StartCmd};
-use crate::config_file::ServiceConfig;
-
-/// Set in the environment of the master once it re-executed itself with its title.
-pub const TITLED: &str = "HOST_MASTER_TITLED";
+use crate::plan::Plan;
 
 /// `host status` when no host runs (LSB init-script convention: "program is not running").
 const EXIT_NOT_RUNNING: u8 = 3;
-
-/// Arguments a host process was started with when its argv holds only its title (`ps` shows
-/// `host: master (…)` or `host: worker web #2 …` and nothing after): each argument's bytes in hex,
-/// separated by commas (an environment value cannot hold NUL; this keeps any byte).
-pub const ARGV_ENV: &str = "HOST_ARGV";
-
-/// The command line: argv, or the arguments `ARGV_ENV` carries (removed, so children do not
-/// inherit it; this runs first, with one thread).
-fn command_line() -> Vec<std::ffi::OsString> {
-    use std::os::unix::ffi::OsStringExt;
-    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Ok(packed) = std::env::var(ARGV_ENV) {
-        std::env::remove_var(ARGV_ENV);
-        argv.truncate(1);
-        let unhex = |a: &str| -> Vec<u8> {
-            (0..a.len() / 2).filter_map(|i| u8::from_str_radix(a.get(2 * i..2 * i + 2)?, 16).ok()).collect()
-        };
-        argv.extend(packed.split(',').filter(|a| !a.is_empty()).map(|a| std::ffi::OsString::from_vec(unhex(a))));
-    }
-    argv
-}
-
-/// Packs arguments for `ARGV_ENV`.
-pub fn pack_args<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {
-    use std::fmt::Write as _;
-    use std::os::unix::ffi::OsStrExt;
-    let mut packed = String::new();
-    for (i, a) in args.into_iter().enumerate() {
-        if i > 0 {
-            packed.push(',');
-        }
-        for b in a.as_ref().as_bytes() {
-            let _ = write!(packed, "{b:02x}");
-        }
-    }
-    packed
-}
 
 /// This process's arguments (after the program name), as it was started: `host restart` and the
 /// title re-exec reuse them.
@@ -82,7 +45,7 @@ fn args() -> Vec<String> {
 }
 
 fn main() -> ExitCode {
-    let argv = command_line();
+    let argv = argv::command_line();
     let _ = ARGS.set(argv.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect());
     let cli = Cli::parse_from(argv);
     let is_status = matches!(cli.command, Some(Command::Status { .. }));
@@ -116,15 +79,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => start(global, &StartCmd { daemon: false, args: cli.start }),
         Some(Command::Start(ref cmd)) => start(global, cmd),
         Some(Command::Restart(ref cmd)) => restart(global, cmd),
-        Some(Command::Stop { graceful }) => with_logging(global, |g| client::stop(&pid_file(g, None)?, graceful)),
-        Some(Command::Reload { graceful }) => with_logging(global, |g| client::reload(&pid_file(g, None)?, graceful)),
-        Some(Command::Upgrade) => with_logging(global, |g| client::upgrade(&pid_file(g, None)?)),
+        Some(Command::Stop { graceful }) => with_logging(global, |g| client::stop(&pid_file(g)?, graceful)),
+        Some(Command::Reload { graceful }) => with_logging(global, |g| client::reload(&pid_file(g)?, graceful)),
+        Some(Command::Upgrade) => with_logging(global, |g| client::upgrade(&pid_file(g)?)),
         Some(Command::UpgradeCheck) => with_logging(global, |_| upgrade_check()),
-        Some(Command::Status { live, json }) => {
-            with_logging(global, |g| client::status(&pid_file(g, None)?, live, json))
-        }
-        Some(Command::Connections { json }) => with_logging(global, |g| client::connections(&pid_file(g, None)?, json)),
-        Some(Command::ReopenLogs) => with_logging(global, |g| client::reopen_logs(&pid_file(g, None)?)),
+        Some(Command::Status { live, json }) => with_logging(global, |g| client::status(&pid_file(g)?, live, json)),
+        Some(Command::Connections { json }) => with_logging(global, |g| client::connections(&pid_file(g)?, json)),
+        Some(Command::ReopenLogs) => with_logging(global, |g| client::reopen_logs(&pid_file(g)?)),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(
                 shell,
@@ -158,30 +119,15 @@ fn with_logging(global: &GlobalArgs, f: impl FnOnce(&GlobalArgs) -> anyhow::Resu
     f(global)
 }
 
-/// The pid file: --pid-file, else the config file's, else the per-user default; always absolute.
-fn pid_file(global: &GlobalArgs, from_file: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let from_file = match (from_file, &global.config) {
-        (Some(p), _) => Some(p),
-        (None, Some(path)) => config_file::load(path)?.pid_file,
-        (None, None) => None,
+/// The pid file of a control command: --pid-file, else the config file's, else the per-user
+/// default; always absolute.
+fn pid_file(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
+    let from_file = match &global.config {
+        Some(path) => config_file::load(path)?.pid_file,
+        None => None,
     };
     let path = global.pid_file.clone().or(from_file).unwrap_or_else(pidfile::default_pid_file);
     Ok(std::path::absolute(&path).unwrap_or(path))
-}
-
-/// Everything a start needs, worked out (and checked) before anything is started or stopped.
-struct Plan {
-    services: Vec<ServiceConfig>,
-    title: String,
-    pid_file: PathBuf,
-    plugin_dirs: Vec<PathBuf>,
-    file_log: Option<PathBuf>,
-    drain_timeout: std::time::Duration,
-    kill_timeout: std::time::Duration,
-    admin_listen: Option<std::net::SocketAddr>,
-    probe_timeout: std::time::Duration,
-    insecure_plugins: bool,
-    worker_timeout: std::time::Duration,
 }
 
 fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
@@ -193,20 +139,20 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
             .with_context(|| format!("could not enter {}", inherited.state.start_dir.display()))?;
         let plan = plan(global, cmd)?;
         inherited.state.check(&plan.services).map_err(anyhow::Error::msg)?;
-        return launch(global, cmd, plan, args(), Some(inherited));
+        return launch(cmd, plan, args(), Some(inherited));
     }
     let plan = plan(global, cmd)?;
     if let Ok(pid) = pidfile::read_running(&plan.pid_file) {
         bail!("host is already running (pid {pid}, pid file {})", plan.pid_file.display());
     }
-    launch(global, cmd, plan, args(), None)
+    launch(cmd, plan, args(), None)
 }
 
 /// `host restart`: with no start options, the running master's own (it reports them); the new
 /// options are checked (config, plugins, ports) before anything is stopped.
 fn restart(global: &GlobalArgs, restart: &RestartCmd) -> anyhow::Result<()> {
     let cmd = &restart.start;
-    let pid_file = pid_file(global, None)?;
+    let pid_file = pid_file(global)?;
     let running = pidfile::read_running(&pid_file).ok();
     let reuse = running.is_some() && cmd.args.given().is_empty() && global.config.is_none();
     let old = if running.is_some() { client::status_of(&pid_file).ok() } else { None };
@@ -265,7 +211,7 @@ fn restart(global: &GlobalArgs, restart: &RestartCmd) -> anyhow::Result<()> {
     if running.is_some() {
         client::stop(&pid_file, restart.graceful)?;
     }
-    launch(&global, &cmd, plan, argv, None)
+    launch(&cmd, plan, argv, None)
 }
 
 /// `host upgrade-check`: run by a master about to exec this binary, with its state. Exits 0 when
@@ -285,105 +231,30 @@ fn upgrade_check() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Works out and checks a start: the services (plugins found, config valid), the pid file, the
-/// timeouts. Starts nothing.
+/// Works out and checks a start: the config file read once, resolved with the flags into the
+/// plan ([`plan::resolve`]); a plugin named on the command line must exist now (a config file's
+/// may appear later). Starts nothing.
 fn plan(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<Plan> {
-    let args = &cmd.args;
-    let file = match &global.config {
-        Some(path) => Some(config_file::load(path)?),
-        None => None,
-    };
-    let file_admin = file.as_ref().and_then(|f| f.admin_listen);
-    let (services, file_dirs, file_pid, file_log, title, file_drain, file_kill) = match &global.config {
-        Some(path) => {
-            let flags = args.service_flags();
-            if !flags.is_empty() {
-                bail!("{} cannot be used with --config: the file describes the services", flags.join(", "));
-            }
-            let file = config_file::load(path)?;
-            let services = file.services;
-            let name =
-                path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-            (services, file.plugin_dirs, file.pid_file, file.log_file, name, file.drain_timeout, file.kill_timeout)
-        }
-        None => {
-            let service = args.service()?;
-            let title = format!("{} {}", service.plugin, service.listen);
-            let service = ServiceConfig { service, reloadable: true, user: None, group: None };
-            (vec![service], Vec::new(), None, None, title, None, None)
-        }
-    };
-    let (drain_flag, kill_flag) = args.stop_timeouts()?;
-    let drain_timeout = drain_flag.or(file_drain).unwrap_or(config::DRAIN_TIMEOUT);
-    let kill_timeout = kill_flag.or(file_kill).unwrap_or(config::KILL_TIMEOUT);
-    let seconds = |setting, value| config::stop_timeout(config::Source::Flags, setting, value);
-    let worker_timeout = seconds(config::Setting::WorkerTimeout, args.worker_timeout)?
-        .or(file.as_ref().and_then(|f| f.worker_timeout))
-        .unwrap_or(config::WORKER_TIMEOUT);
-    let probe_timeout = seconds(config::Setting::ProbeTimeout, args.probe_timeout)?
-        .or(file.as_ref().and_then(|f| f.probe_timeout))
-        .unwrap_or(config::PROBE_TIMEOUT)
-        .max(config::MIN_PROBE_TIMEOUT);
-    let insecure_plugins = args.insecure_plugins || file.as_ref().is_some_and(|f| f.insecure_plugins);
-    let file_pid_given = file_pid.is_some();
-    let pid_file = pid_file(global, file_pid)?;
-    // A flag wins over the config file, but never silently.
-    let overridden = [
-        ("--plugin-dir", "plugin_dirs", !args.plugin_dirs.is_empty() && !file_dirs.is_empty()),
-        ("--pid-file", "pid_file", global.pid_file.is_some() && file_pid_given),
-        ("--log-file", "log_file", args.log_file.is_some() && file_log.is_some()),
-        ("--drain-timeout", "drain_timeout", args.drain_timeout.is_some() && file_drain.is_some()),
-        ("--kill-timeout", "kill_timeout", args.kill_timeout.is_some() && file_kill.is_some()),
-        ("--admin-listen", "admin_listen", args.admin_listen.is_some() && file_admin.is_some()),
-    ];
-    for (flag, key) in overridden.iter().filter(|o| o.2).map(|o| (o.0, o.1)) {
+    let file = global.config.as_deref().map(config_file::load).transpose()?;
+    let plan = plan::resolve(global, &cmd.args, file, plan::Defaults::here())?;
+    for (flag, key) in &plan.overrides {
         eprintln!("note: {flag} overrides `{key}` of the config file");
     }
-    let dirs = if args.plugin_dirs.is_empty() { file_dirs } else { args.plugin_dirs.clone() };
-    let dirs = if dirs.is_empty() { plugin::default_dirs() } else { dirs };
-    let plugin_dirs: Vec<PathBuf> = dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
-    // A plugin named on the command line must exist now (a config file's may appear later).
-    if global.config.is_none() {
-        for s in &services {
-            plugin::find(&s.service.plugin, &plugin_dirs)?;
+    if !plan.from_file {
+        for s in &plan.services {
+            plugin::find(&s.service.plugin, &plan.plugin_dirs)?;
         }
     }
-    Ok(Plan {
-        services,
-        title,
-        pid_file,
-        plugin_dirs,
-        file_log,
-        drain_timeout,
-        kill_timeout,
-        admin_listen: args.admin_listen.or(file_admin),
-        probe_timeout,
-        insecure_plugins,
-        worker_timeout,
-    })
+    Ok(plan)
 }
 
 /// Starts the master (in the foreground, or as a daemon with `-d`).
 fn launch(
-    global: &GlobalArgs,
     cmd: &StartCmd,
     plan: Plan,
     argv: Vec<String>,
     upgrade: Option<master::upgrade::Inherited>,
 ) -> anyhow::Result<()> {
-    let Plan {
-        services,
-        title,
-        pid_file,
-        plugin_dirs,
-        file_log,
-        drain_timeout,
-        kill_timeout,
-        admin_listen,
-        probe_timeout,
-        insecure_plugins,
-        worker_timeout,
-    } = plan;
     let args = &cmd.args;
     // Where and how it was started (before a daemon moves to /): `host restart` reuses them.
     let start_dir = std::env::current_dir().unwrap_or_default();
@@ -396,7 +267,8 @@ fn launch(
     // Sockets the service manager handed over (socket activation) are not strays.
     sys::cloexec_strays(master::first_stray_fd()).context("could not mark inherited descriptors close-on-exec")?;
     if std::env::var_os(TITLED).is_none() {
-        let e = sys::exec_with_title(&format!("host: master ({title})"), (ARGV_ENV, pack_args(&argv).as_ref()), TITLED);
+        let title = format!("host: master ({})", plan.title);
+        let e = sys::exec_with_title(&title, (ARGV_ENV, argv::pack_args(&argv).as_ref()), TITLED);
         eprintln!("warning: could not re-execute with a process title: {e}");
     }
     std::env::remove_var(TITLED);
@@ -404,12 +276,11 @@ fn launch(
     let mut ready = None;
     let mut daemon_log = None;
     if cmd.daemon {
-        let log_file = args.log_file.clone().or(file_log).unwrap_or_else(|| PathBuf::from("host.log"));
-        let log_file = std::path::absolute(&log_file).unwrap_or(log_file);
+        let log_file = plan.daemon_log.clone();
         // After `host upgrade` the process is a daemon already, its output on that file.
         if upgrade.is_none() {
             match sys::daemonize(&log_file)? {
-                sys::Daemonized::Parent(pipe) => return wait_for_daemon(pipe, &pid_file, &log_file),
+                sys::Daemonized::Parent(pipe) => return wait_for_daemon(pipe, &plan.pid_file, &log_file),
                 sys::Daemonized::Daemon(pipe) => ready = Some(pipe),
             }
         }
@@ -422,24 +293,8 @@ fn launch(
         LogFormat::Json => "json",
     };
     let worker_args = vec!["--log-level".into(), args.log.level().to_string(), "--log-format".into(), format.into()];
-    let options = master::Options {
-        plugin_dirs,
-        pid_file,
-        ready,
-        wait_for_plugins: global.config.is_some(),
-        worker_args,
-        drain_timeout,
-        kill_timeout,
-        admin_listen,
-        start_dir,
-        start_args: argv,
-        probe_timeout,
-        insecure_plugins,
-        worker_timeout: (!worker_timeout.is_zero()).then_some(worker_timeout),
-        upgrade,
-        log_file: daemon_log,
-    };
-    let result = master::run(services, options);
+    let launch = master::Launch { ready, worker_args, start_dir, start_args: argv, upgrade, log_file: daemon_log };
+    let result = master::run(plan, launch);
     if let (Err(e), Some(mut pipe)) = (&result, report) {
         let _ = writeln!(pipe, "{e:#}");
     }

@@ -49,14 +49,16 @@ use self::process::OsProcesses;
 use self::reload::state::Trigger;
 use self::report::{Gather, Requester};
 use self::slots::{ClientId, ServiceId, SlotKey, WorkerId};
+use self::snapshot::Snapshot;
 pub use self::systemd::first_stray_fd;
 
-use self::supervisor::{LoadedTls, Output, Phase, ServiceState, Supervisor, Timeouts};
-use crate::config::{self, Service};
+use self::supervisor::{LoadedTls, Output, Phase, ServiceState, Supervisor};
+use crate::config::Service;
 use crate::config_file::ServiceConfig;
 use crate::ctl::{MasterChannel, ReportKind, ToMaster, ToWorker};
 use crate::listen::Listen;
 use crate::pidfile::{self, PidFile};
+use crate::plan::Plan;
 use crate::status::{Answer, WorkerReport};
 use crate::watcher::{Change, Watcher};
 use crate::{plugin, sys, tls};
@@ -72,32 +74,16 @@ const CLIENT_TOKEN_BASE: usize = 1 << 40;
 /// Admin listener clients' tokens are above this.
 const ADMIN_TOKEN_BASE: usize = 1 << 42;
 
-/// How the master is run.
-pub struct Options {
-    pub plugin_dirs: Vec<PathBuf>,
-    pub pid_file: PathBuf,
+/// What the process that runs the master brings besides the [`Plan`]: how it was started and
+/// what it hands on.
+pub struct Launch {
     /// Written `ok` once every worker is ready (`start -d` waits for it).
     pub ready: Option<std::fs::File>,
-    /// A service whose plugin file is missing waits for it (config files) instead of failing
-    /// the start (`--plugin`).
-    pub wait_for_plugins: bool,
     /// Arguments every worker gets after `worker` (the log level and format).
     pub worker_args: Vec<String>,
-    /// How long draining workers may keep connections open (graceful stop and reload).
-    pub drain_timeout: Duration,
-    /// How long a worker told to stop has before it is killed.
-    pub kill_timeout: Duration,
-    /// Where the admin listener (`/metrics`, `/healthz`) listens; None: no admin listener.
-    pub admin_listen: Option<std::net::SocketAddr>,
     /// The directory and arguments the host was started with (`host restart` reuses them).
     pub start_dir: PathBuf,
     pub start_args: Vec<String>,
-    /// How long a probe of a plugin file may take before it is killed and the file refused.
-    pub probe_timeout: Duration,
-    /// Load plugin files that others than their owner may write (see `trust`).
-    pub insecure_plugins: bool,
-    /// A worker that shows no progress for this long is killed and replaced (None: never).
-    pub worker_timeout: Option<Duration>,
     /// What the master's previous image handed over (`host upgrade`): its sockets, workers and
     /// counters are taken over instead of starting anew.
     pub upgrade: Option<upgrade::Inherited>,
@@ -134,8 +120,8 @@ pub struct Master {
     preparer: Preparer,
     /// systemd's service manager, when it started us (`NOTIFY_SOCKET`).
     notifier: systemd::Notifier,
-    /// The Unix socket files the master bound, removed when it exits.
-    unix_files: Vec<UnixSocketFile>,
+    /// The Unix socket files the master bound, removed when it exits (held for their `Drop`).
+    _unix_files: Vec<UnixSocketFile>,
     _pid_file: PidFile,
 }
 
@@ -163,47 +149,165 @@ impl Drop for UnixSocketFile {
     }
 }
 
+/// A service's listening sockets, one per slot, wherever they came from.
+struct Sockets {
+    /// The address they listen on (a port 0 resolved).
+    bound: Listen,
+    fds: Vec<std::os::fd::OwnedFd>,
+    /// The Unix socket file to remove at a clean stop.
+    unix_file: Option<UnixSocketFile>,
+}
+
+/// The sockets the master's previous image handed over (`host upgrade`).
+fn inherited_sockets(inherited: &mut upgrade::Inherited, service: &Service) -> anyhow::Result<Sockets> {
+    let (bound, fds) = inherited.sockets(&service.name)?;
+    // The previous image's socket file: removed at this image's clean stop.
+    let unix_file = match &bound {
+        Listen::Unix { path, .. } => Some(UnixSocketFile::new(path)?),
+        _ => None,
+    };
+    tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening on the sockets handed over by the previous binary");
+    Ok(Sockets { bound, fds, unix_file })
+}
+
+/// Socket activation: the one socket the service manager holds, shared by every slot (it keeps
+/// its queue while the host restarts).
+fn activated_sockets(activated: systemd::Activated, service: &Service) -> anyhow::Result<Sockets> {
+    let bound = activated.address.map_or_else(|| service.listen.clone(), |a| service.listen.with_ip(a));
+    let fds = (0..service.count)
+        .map(|_| activated.fd.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("could not share an activated socket")?;
+    tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening on the socket the service manager handed over");
+    Ok(Sockets { bound, fds, unix_file: None })
+}
+
 /// Binds a service's sockets, one per worker slot: SO_REUSEPORT sockets for TCP and UDP, one
-/// Unix listener shared by every slot (its file is returned, to be removed at exit).
-fn bind_service(
-    listen: &Listen,
-    count: usize,
-) -> anyhow::Result<(Listen, Vec<std::os::fd::OwnedFd>, Option<UnixSocketFile>)> {
-    Ok(match listen {
+/// Unix listener shared by every slot (its file is removed at exit).
+fn bound_sockets(service: &Service) -> anyhow::Result<Sockets> {
+    let (listen, count) = (&service.listen, service.count as usize);
+    let sockets = match listen {
         Listen::Tcp(addr) => {
             let (bound, fds) = sys::listen_reuseport(*addr, count)?;
-            (Listen::Tcp(bound), fds, None)
+            Sockets { bound: Listen::Tcp(bound), fds, unix_file: None }
         }
         Listen::Udp(addr) => {
             let (bound, fds) = sys::udp_reuseport(*addr, count)?;
-            (Listen::Udp(bound), fds, None)
+            Sockets { bound: Listen::Udp(bound), fds, unix_file: None }
         }
         Listen::Unix { path, mode } => {
             let fd = sys::listen_unix(path, *mode)?;
-            let file = UnixSocketFile::new(path)?;
+            let unix_file = Some(UnixSocketFile::new(path)?);
             let fds = (0..count).map(|_| fd.try_clone()).collect::<std::io::Result<Vec<_>>>()?;
-            (listen.clone(), fds, Some(file))
+            Sockets { bound: listen.clone(), fds, unix_file }
         }
-    })
+    };
+    tracing::info!(service = %service.name, address = %sockets.bound, workers = service.count, "listening");
+    Ok(sockets)
+}
+
+/// Where a start's sockets and snapshots come from: the previous image (`host upgrade`), the
+/// service manager (socket activation), or nowhere yet (bind, check).
+struct Sources<'a> {
+    inherited: Option<&'a mut upgrade::Inherited>,
+    /// The previous image's snapshots, by their index in its state.
+    snapshots: &'a [Rc<Snapshot>],
+    activated: &'a mut Vec<systemd::Activated>,
+}
+
+/// A service made ready to run.
+struct Prepared {
+    state: ServiceState,
+    /// The snapshot its slots run (None: waiting for its plugin file).
+    snapshot: Option<Rc<Snapshot>>,
+    access_log: Option<logs::AccessLog>,
+    unix_file: Option<UnixSocketFile>,
+}
+
+/// One service made ready to run: its access log opened, its certificate checked, its plugin
+/// found and checked (or waited for), its sockets taken or bound.
+fn prepare_service(
+    ServiceConfig { service, reloadable, user, group }: ServiceConfig,
+    plan: &Plan,
+    from: &mut Sources<'_>,
+) -> anyhow::Result<Prepared> {
+    sys::check_identity(user.as_deref(), group.as_deref())
+        .with_context(|| format!("service {} cannot run as the configured user/group", service.name))?;
+    // Opened as the master's user, before any worker switches to the service's.
+    let access_log = service.access_log.as_deref().map(|p| logs::AccessLog::open(&service.name, p)).transpose()?;
+    let tls = service.tls.as_ref().map(|files| load_tls(&service.name, files)).transpose()?;
+    let expected_name = (!plugin::is_path(&service.plugin)).then(|| service.plugin.clone());
+    let source = match plugin::find(&service.plugin, &plan.plugin_dirs) {
+        Ok(source) => Some(source),
+        Err(e) if plan.from_file && expected_name.is_some() => {
+            tracing::warn!(service = %service.name, "{e}; the service starts when the file appears");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let handed = from.activated.iter().position(|a| {
+        a.name.as_deref() == Some(service.name.as_str()) || (a.address.is_some() && a.address == service.listen.ip())
+    });
+    let sockets = match (from.inherited.as_deref_mut(), handed) {
+        (Some(inherited), _) => inherited_sockets(inherited, &service)?,
+        (None, Some(i)) => activated_sockets(from.activated.swap_remove(i), &service)?,
+        (None, None) => bound_sockets(&service).with_context(|| format!("could not listen on {}", service.listen))?,
+    };
+    let (snapshot, waiting) = match (&from.inherited, &source) {
+        (Some(inherited), _) => {
+            let handed = inherited.state.services.iter().find(|s| s.name == service.name).and_then(|s| s.snapshot);
+            let snapshot = handed.and_then(|i| from.snapshots.get(i).cloned());
+            let waiting = snapshot.is_none();
+            (snapshot, waiting)
+        }
+        (None, Some(source)) => {
+            let options = snapshot::CheckOptions {
+                probe_as: spawn::ProbeAs { user: user.clone(), group: group.clone() },
+                probe_timeout: plan.timeouts.probe,
+                insecure: plan.insecure_plugins,
+            };
+            let snap = Rc::new(snapshot::take(source, expected_name.as_deref(), &options, &Default::default())?);
+            tracing::info!(service = %service.name, plugin = %snap.name, version = %snap.version, hash = %snap.short_hash(), path = %source.display(), "plugin checked");
+            (Some(snap), false)
+        }
+        (None, None) => (None, true),
+    };
+    let Sockets { bound, fds, unix_file } = sockets;
+    // A TCP service with a socket of its own per slot (not one socket shared, as a socket the
+    // service manager handed over is): new connections can be steered away from a slot without
+    // a live worker.
+    let steer = matches!(bound, Listen::Tcp(_))
+        && fds.len() > 1
+        && !sys::same_socket(fds[0].as_fd(), fds[1].as_fd()).unwrap_or(true);
+    let state = ServiceState {
+        service: Service { listen: bound, ..service },
+        steer,
+        waiting,
+        source: source.unwrap_or_default(),
+        expected_name,
+        reloadable,
+        user,
+        group,
+        sockets: fds,
+        tls,
+    };
+    Ok(Prepared { state, snapshot, access_log, unix_file })
 }
 
 /// Runs the master until it is stopped.
-pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()> {
-    let plugin_dirs: Vec<PathBuf> =
-        if options.plugin_dirs.is_empty() { plugin::default_dirs() } else { options.plugin_dirs };
-    let plugin_dirs: Vec<PathBuf> = plugin_dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
+pub fn run(plan: Plan, launch: Launch) -> anyhow::Result<()> {
     // Remember where the binary is now, before anyone replaces it (see `spawn::host_exe`).
     spawn::host_exe().context("could not find the host binary")?;
-    let mut inherited = options.upgrade;
+    let mut inherited = launch.upgrade;
     let snapshots = match inherited.as_mut() {
         Some(i) => i.snapshots()?,
         None => Vec::new(),
     };
     let pid_file = match inherited.as_mut() {
-        Some(i) => PidFile::adopt(&options.pid_file, i.pid_lock()?),
+        Some(i) => PidFile::adopt(&plan.pid_file, i.pid_lock()?),
         None => {
-            pidfile::prepare_default_dir(&options.pid_file)?;
-            PidFile::acquire(&options.pid_file)?
+            pidfile::prepare_default_dir(&plan.pid_file)?;
+            PidFile::acquire(&plan.pid_file)?
         }
     };
     let mut activated =
@@ -211,118 +315,20 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
     let mut states = Vec::new();
     let mut unix_files = Vec::new();
     let mut access_logs = Vec::new();
-    for ServiceConfig { service, reloadable, user, group } in services {
-        sys::check_identity(user.as_deref(), group.as_deref())
-            .with_context(|| format!("service {} cannot run as the configured user/group", service.name))?;
-        // Opened as the master's user, before any worker switches to the service's.
-        access_logs.push(service.access_log.as_deref().map(|p| logs::AccessLog::open(&service.name, p)).transpose()?);
-        let tls = match &service.tls {
-            Some(files) => Some(load_tls(&service.name, files)?),
-            None => None,
-        };
-        let expected_name = (!plugin::is_path(&service.plugin)).then(|| service.plugin.clone());
-        let source = match plugin::find(&service.plugin, &plugin_dirs) {
-            Ok(source) => Some(source),
-            Err(e) if options.wait_for_plugins && expected_name.is_some() => {
-                tracing::warn!(service = %service.name, "{e}; the service starts when the file appears");
-                None
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let handed = activated.iter().position(|a| {
-            a.name.as_deref() == Some(service.name.as_str())
-                || (a.address.is_some() && a.address == service.listen.ip())
-        });
-        let adopted = match inherited.as_mut() {
-            Some(i) => Some(i.sockets(&service.name)?),
-            None => None,
-        };
-        let (bound, sockets) = match handed.map(|i| activated.swap_remove(i)) {
-            _ if adopted.is_some() => {
-                let (bound, sockets) = adopted.expect("checked");
-                // The previous image's socket file: removed at this image's clean stop.
-                if let Listen::Unix { path, .. } = &bound {
-                    unix_files.push(UnixSocketFile::new(path)?);
-                }
-                tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening on the sockets handed over by the previous binary");
-                (bound, sockets)
-            }
-            // Socket activation: the one socket the service manager holds, shared by every slot
-            // (it keeps its queue while the host restarts).
-            Some(a) => {
-                let bound = a.address.map_or_else(|| service.listen.clone(), |a| service.listen.with_ip(a));
-                let sockets = (0..service.count)
-                    .map(|_| a.fd.try_clone())
-                    .collect::<std::io::Result<Vec<_>>>()
-                    .context("could not share an activated socket")?;
-                tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening on the socket the service manager handed over");
-                (bound, sockets)
-            }
-            None => {
-                let (bound, sockets, file) = bind_service(&service.listen, service.count as usize)
-                    .with_context(|| format!("could not listen on {}", service.listen))?;
-                unix_files.extend(file);
-                tracing::info!(service = %service.name, address = %bound, workers = service.count, "listening");
-                (bound, sockets)
-            }
-        };
-        let handed_snapshot = inherited
-            .as_ref()
-            .and_then(|i| i.state.services.iter().find(|s| s.name == service.name))
-            .and_then(|s| s.snapshot)
-            .and_then(|i| snapshots.get(i).cloned());
-        let snapshot = match &source {
-            _ if inherited.is_some() => handed_snapshot,
-            Some(source) => {
-                let options = snapshot::CheckOptions {
-                    probe_as: spawn::ProbeAs { user: user.clone(), group: group.clone() },
-                    probe_timeout: options.probe_timeout,
-                    insecure: options.insecure_plugins,
-                };
-                let snap = Rc::new(snapshot::take(source, expected_name.as_deref(), &options, &Default::default())?);
-                tracing::info!(service = %service.name, plugin = %snap.name, version = %snap.version, hash = %snap.short_hash(), path = %source.display(), "plugin checked");
-                Some(snap)
-            }
-            None => None,
-        };
-        let waiting = match inherited.as_ref() {
-            Some(_) => snapshot.is_none(),
-            None => source.is_none(),
-        };
-        // A TCP service with a socket of its own per slot (not one socket shared, as a socket
-        // the service manager handed over is): new connections can be steered away from a slot
-        // without a live worker.
-        let steer = matches!(bound, Listen::Tcp(_))
-            && sockets.len() > 1
-            && !sys::same_socket(sockets[0].as_fd(), sockets[1].as_fd()).unwrap_or(true);
-        let state = ServiceState {
-            service: Service { listen: bound, ..service },
-            steer,
-            waiting,
-            source: source.unwrap_or_default(),
-            expected_name,
-            reloadable,
-            user,
-            group,
-            sockets,
-            tls,
-        };
-        states.push((state, snapshot));
+    let mut from = Sources { inherited: inherited.as_mut(), snapshots: &snapshots, activated: &mut activated };
+    for service in plan.services.iter().cloned() {
+        let prepared = prepare_service(service, &plan, &mut from)?;
+        states.push((prepared.state, prepared.snapshot));
+        access_logs.push(prepared.access_log);
+        unix_files.extend(prepared.unix_file);
     }
     for a in &activated {
         tracing::warn!(name = ?a.name, address = ?a.address, "a socket handed over by the service manager matches no service; closed");
     }
     drop(activated);
-    let timeouts = Timeouts {
-        start: config::START_TIMEOUT,
-        drain: options.drain_timeout,
-        kill: options.kill_timeout,
-        worker: options.worker_timeout,
-    };
-    let procs = OsProcesses { worker_args: options.worker_args };
     // The plugin directories, and the directory of every plugin given by path: a plugin in use
     // is always watched.
-    let mut watched = plugin_dirs.clone();
+    let mut watched = plan.plugin_dirs.clone();
     for (state, _) in &states {
         if state.expected_name.is_none() {
             if let Some(dir) = state.source.parent().filter(|d| !watched.iter().any(|w| w == d)) {
@@ -330,27 +336,47 @@ pub fn run(services: Vec<ServiceConfig>, options: Options) -> anyhow::Result<()>
             }
         }
     }
-    let sup = Supervisor::new(procs, states, plugin_dirs, timeouts);
-    let policy = prepare::Policy { probe_timeout: options.probe_timeout, insecure: options.insecure_plugins };
-    let control = match inherited.as_mut() {
-        Some(i) => i.control()?,
-        None => None,
+    let mut logs = logs::Logs::default();
+    (logs.access, logs.log_file) = (access_logs, launch.log_file);
+    let procs = OsProcesses { worker_args: launch.worker_args };
+    let sup = Supervisor::new(procs, states, plan.plugin_dirs.clone(), plan.timeouts);
+    let parts = Parts {
+        watched,
+        pid_file,
+        ready: launch.ready,
+        policy: prepare::Policy { probe_timeout: plan.timeouts.probe, insecure: plan.insecure_plugins },
+        handed_control: match inherited.as_mut() {
+            Some(i) => i.control()?,
+            None => None,
+        },
+        // After an upgrade, the previous image's admin listener is adopted instead.
+        admin_listen: plan.admin_listen.filter(|_| inherited.is_none()),
+        unix_files,
+        start_dir: launch.start_dir,
+        start_args: launch.start_args,
+        logs,
     };
-    let mut master = Master::new(sup, &watched, pid_file, options.ready, policy, control)?;
-    master.unix_files = unix_files;
-    master.start_dir = options.start_dir;
-    master.start_args = options.start_args;
-    master.logs.access = access_logs;
-    master.logs.log_file = options.log_file;
+    let mut master = Master::new(sup, parts)?;
     if let Some(inherited) = inherited {
         master.adopt(inherited, &snapshots)?;
-    } else if let Some(address) = options.admin_listen {
-        let server = admin::AdminServer::bind(address, master.poll.registry(), ADMIN, ADMIN_TOKEN_BASE)
-            .with_context(|| format!("could not listen on {address} for the admin listener"))?;
-        tracing::info!(address = %server.address, "admin listener: /metrics, /healthz");
-        master.admin = Some(server);
     }
     master.run_loop()
+}
+
+/// What the master is built with, besides its supervisor.
+struct Parts {
+    /// The directories the watcher watches.
+    watched: Vec<PathBuf>,
+    pid_file: PidFile,
+    ready: Option<std::fs::File>,
+    policy: prepare::Policy,
+    /// The control socket the previous image handed over.
+    handed_control: Option<std::os::fd::OwnedFd>,
+    admin_listen: Option<std::net::SocketAddr>,
+    unix_files: Vec<UnixSocketFile>,
+    start_dir: PathBuf,
+    start_args: Vec<String>,
+    logs: logs::Logs,
 }
 
 /// Reads and checks a service's certificate and key (the start fails on a broken pair); warns
@@ -367,14 +393,19 @@ fn load_tls(service: &str, files: &tls::TlsFiles) -> anyhow::Result<LoadedTls> {
 }
 
 impl Master {
-    fn new(
-        sup: Supervisor<OsProcesses>,
-        plugin_dirs: &[PathBuf],
-        pid_file: PidFile,
-        ready: Option<std::fs::File>,
-        policy: prepare::Policy,
-        handed_control: Option<std::os::fd::OwnedFd>,
-    ) -> anyhow::Result<Self> {
+    fn new(sup: Supervisor<OsProcesses>, parts: Parts) -> anyhow::Result<Self> {
+        let Parts {
+            watched,
+            pid_file,
+            ready,
+            policy,
+            handed_control,
+            admin_listen,
+            unix_files,
+            start_dir,
+            start_args,
+            logs,
+        } = parts;
         sys::ignore_sigpipe()?;
         let signals = sys::signal_fd(&[
             Signal::SIGINT,
@@ -402,6 +433,15 @@ impl Master {
                 None
             }
         };
+        let admin = match admin_listen {
+            Some(address) => {
+                let server = admin::AdminServer::bind(address, poll.registry(), ADMIN, ADMIN_TOKEN_BASE)
+                    .with_context(|| format!("could not listen on {address} for the admin listener"))?;
+                tracing::info!(address = %server.address, "admin listener: /metrics, /healthz");
+                Some(server)
+            }
+            None => None,
+        };
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let preparer = Preparer::start(waker.clone(), policy)?;
         // The watcher is a thread; workers are started by fork + exec, which is safe with
@@ -412,7 +452,7 @@ impl Master {
             .filter_map(|s| s.service.tls.as_ref())
             .flat_map(|t| [t.cert.clone(), t.key.clone()])
             .collect();
-        let watcher = match Watcher::start(plugin_dirs, &tls_files, waker) {
+        let watcher = match Watcher::start(&watched, &tls_files, waker) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!("plugin files are not watched (reload with SIGHUP): {e}");
@@ -425,22 +465,22 @@ impl Master {
             sup,
             channels: HashMap::new(),
             mailboxes: mailbox::Mailboxes::default(),
-            logs: logs::Logs::default(),
+            logs,
             watcher,
             control,
-            admin: None,
+            admin,
             metrics: admin::MasterMetrics::default(),
             gathers: HashMap::new(),
             next_gather: 0,
             last_reports: HashMap::new(),
             carried: HashMap::new(),
             started_at: SystemTime::now(),
-            start_dir: PathBuf::new(),
-            start_args: Vec::new(),
+            start_dir,
+            start_args,
             ready,
             preparer,
             notifier: systemd::Notifier::from_env(),
-            unix_files: Vec::new(),
+            _unix_files: unix_files,
             _pid_file: pid_file,
         })
     }

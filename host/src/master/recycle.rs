@@ -1,17 +1,16 @@
 //! Worker recycling (`max_requests`, `max_memory`): the supervisor replaces a serving worker that
-//! handled enough messages, or grew too large, the way a reload step does (start a replacement on
-//! the slot's snapshot, promote it when it is ready, drain the old worker), outside any reload
-//! chain. A chain that reaches a slot being recycled takes it over. A worker that keeps growing
-//! past [`HARD_FACTOR`] times its memory limit is killed at once and the log says why.
+//! handled enough messages, or grew too large, with a replacement of reason
+//! [`Replace::Recycle`] in its slot (started on the slot's snapshot, promoted once ready, the old
+//! worker drains), outside any reload chain. A chain that reaches a slot being recycled takes it
+//! over. A worker that keeps growing past [`HARD_FACTOR`] times its memory limit is killed at
+//! once ([`Kill::MaxMemory`]) and the log says why.
 //!
 //! Decisions are made on the worker's heartbeat (`Alive { messages, rss_bytes }`, once a second).
-
-use std::fmt;
 
 use nix::sys::signal::Signal;
 
 use super::process::Processes;
-use super::slots::{Readiness, Role, SlotKey, WorkerId};
+use super::slots::{Kill, Readiness, Recycle, Replace, Role, SlotKey, WorkerId};
 use super::supervisor::{Phase, Supervisor};
 
 /// A worker past `max_memory` times this is killed, not drained (it may be growing without
@@ -20,22 +19,6 @@ pub const HARD_FACTOR: (u64, u64) = (3, 2);
 
 /// The share by which each worker's limits are moved, up or down (per mille).
 const JITTER_PER_MILLE: u64 = 100;
-
-/// Why a worker was recycled: the prefix of its exit in `status` and `host_worker_exits_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    MaxRequests,
-    MaxMemory,
-}
-
-impl fmt::Display for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Cause::MaxRequests => "max_requests",
-            Cause::MaxMemory => "max_memory",
-        })
-    }
-}
 
 /// `limit` moved by up to ±10 %, the same for a worker every time, different between workers
 /// (so that the workers of a service, started together, do not recycle together). 0 stays 0.
@@ -71,9 +54,9 @@ impl<P: Processes> Supervisor<P> {
             return self.kill_for_memory(id, rss_bytes, max_memory);
         }
         let cause = if max_memory > 0 && rss_bytes >= max_memory {
-            Cause::MaxMemory
+            Recycle::MaxMemory
         } else if max_requests > 0 && messages >= max_requests {
-            Cause::MaxRequests
+            Recycle::MaxRequests
         } else {
             return;
         };
@@ -81,6 +64,7 @@ impl<P: Processes> Supervisor<P> {
         let busy = self.slots.slot(key).is_none_or(|s| s.replacement().is_some());
         if self.phase != Phase::Running
             || w.recycled.is_some()
+            || w.killed.is_some()
             || w.readiness != Readiness::Ready
             || self.slots.role(id) != Some(Role::Serving)
             || busy
@@ -91,20 +75,15 @@ impl<P: Processes> Supervisor<P> {
         let (pid, snap) = (w.pid.as_raw(), self.slots.slot(key).map(|s| s.snapshot.clone()));
         let Some(snap) = snap else { return };
         match cause {
-            Cause::MaxRequests => {
+            Recycle::MaxRequests => {
                 tracing::info!(service = %service, slot = key.slot, pid, messages, limit = max_requests, "worker handled max_requests messages; recycling it")
             }
-            Cause::MaxMemory => {
+            Recycle::MaxMemory => {
                 tracing::warn!(service = %service, slot = key.slot, pid, rss = %mib(rss_bytes), limit = %mib(max_memory), "worker reached max_memory; recycling it")
             }
         }
-        let started = self.launch(key, &snap, Role::Replacement).and_then(|new| {
-            let new_id = new.id;
-            self.slots.insert_replacement(new).map(|_| new_id).map_err(|e| e.to_string())
-        });
-        match started {
-            Ok(new_id) => {
-                self.recycling.insert(key, new_id);
+        match self.start_replacement(key, &snap, Replace::Recycle(cause)) {
+            Ok(_) => {
                 if let Some(w) = self.slots.worker_mut(id) {
                     w.recycled = Some(cause);
                 }
@@ -118,7 +97,7 @@ impl<P: Processes> Supervisor<P> {
 
     fn kill_for_memory(&mut self, id: WorkerId, rss_bytes: u64, max_memory: u64) {
         let Some(w) = self.slots.worker_mut(id) else { return };
-        if w.error.as_deref().is_some_and(|e| e.contains("max_memory")) {
+        if w.killed.is_some() {
             return; // killed already, not reaped yet
         }
         let why = format!(
@@ -128,54 +107,37 @@ impl<P: Processes> Supervisor<P> {
             HARD_FACTOR.1,
             mib(max_memory)
         );
-        w.recycled = Some(Cause::MaxMemory);
+        w.killed = Some(Kill::MaxMemory);
         w.error = Some(why.clone());
         let (pid, key) = (w.pid, w.key);
         tracing::error!(service = %self.service_name(key.service), slot = key.slot, pid = pid.as_raw(), "worker killed: {why}");
         self.procs.kill(pid, Signal::SIGKILL);
     }
 
-    /// The replacement of a recycled worker is ready: it takes the slot over, the old one drains.
-    /// Returns false if `id` is no recycle's replacement (a reload chain's, then).
-    pub(in crate::master) fn recycle_ready(&mut self, id: WorkerId) -> bool {
-        let Some(key) = self.recycle_of(id) else { return false };
-        self.recycling.remove(&key);
-        self.promote(key, true, "recycle");
-        true
-    }
-
     /// A recycle's replacement exited before it was ready: the old worker goes on serving (its
-    /// next heartbeat tries again). Returns false if `id` is no recycle's replacement.
-    pub(in crate::master) fn recycle_failed(&mut self, id: WorkerId, key: SlotKey) -> bool {
-        if self.recycling.get(&key) != Some(&id) {
-            return false;
-        }
-        self.recycling.remove(&key);
-        let old = self.slots.slot(key).and_then(|s| s.serving());
-        if let Some(w) = old.and_then(|old| self.slots.worker_mut(old)) {
-            if w.error.is_none() {
-                w.recycled = None;
-            }
-        }
-        true
+    /// next heartbeat tries again).
+    pub(in crate::master) fn recycle_failed(&mut self, key: SlotKey) {
+        self.unmark_recycled(key);
     }
 
     /// A reload chain reaches `key`: a recycle under way there gives way (its replacement is
     /// stopped; the chain replaces the worker anyway).
     pub(in crate::master) fn cancel_recycle(&mut self, key: SlotKey) {
-        let Some(id) = self.recycling.remove(&key) else { return };
+        let Some(slot) = self.slots.slot(key) else { return };
+        let Some((id, Some(Replace::Recycle(_)))) = slot.replacement().map(|id| (id, slot.replacing())) else {
+            return;
+        };
         tracing::info!(service = %self.service_name(key.service), slot = key.slot, "a reload takes over the slot's recycling");
         self.retire(id, false);
-        let old = self.slots.slot(key).and_then(|s| s.serving());
-        if let Some(w) = old.and_then(|old| self.slots.worker_mut(old)) {
-            if w.error.is_none() {
-                w.recycled = None;
-            }
-        }
+        self.unmark_recycled(key);
     }
 
-    fn recycle_of(&self, id: WorkerId) -> Option<SlotKey> {
-        self.recycling.iter().find(|(_, &r)| r == id).map(|(&k, _)| k)
+    /// The slot's serving worker is no longer being recycled.
+    fn unmark_recycled(&mut self, key: SlotKey) {
+        let old = self.slots.slot(key).and_then(|s| s.serving());
+        if let Some(w) = old.and_then(|old| self.slots.worker_mut(old)) {
+            w.recycled = None;
+        }
     }
 }
 

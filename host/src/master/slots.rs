@@ -5,6 +5,10 @@
 //! at most one replacement; promoting a replacement retires the worker it replaces and clears a
 //! pending restart; a restart can only be scheduled for a slot that has no serving worker. Roles
 //! are where a worker sits in its slot, never a field that could disagree with it.
+//!
+//! A replacement is the one way a slot's worker is replaced while it serves, whatever the
+//! reason ([`Replace`]: a reload step, a recycle, an upgrade): the slot holds it with its
+//! reason, the supervisor promotes it when it is ready or drops it when it fails.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -51,6 +55,54 @@ pub enum Role {
     Retiring,
 }
 
+/// Why a slot's serving worker is being replaced (the replacement starts beside it, takes the
+/// slot over once ready, and the old one drains).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// A step of the reload chain (a plugin file, a signal, `host reload`).
+    Reload,
+    /// A step of the reload chain run by `host upgrade`: the new worker runs the new binary.
+    Upgrade,
+    /// The serving worker reached a limit (`max_requests`, `max_memory`).
+    Recycle(Recycle),
+}
+
+/// Why a worker is recycled: the prefix of its exit in `status` and `host_worker_exits_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recycle {
+    MaxRequests,
+    MaxMemory,
+}
+
+impl fmt::Display for Recycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Recycle::MaxRequests => "max_requests",
+            Recycle::MaxMemory => "max_memory",
+        })
+    }
+}
+
+/// Why the master killed a worker (SIGKILL): the prefix of its exit in `status` and
+/// `host_worker_exits_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kill {
+    /// The watchdog: it made no progress, stuck at this place (`in on_message`, `in the host's
+    /// loop`).
+    Watchdog(String),
+    /// Its resident memory grew far past `max_memory` (see `recycle::HARD_FACTOR`).
+    MaxMemory,
+}
+
+impl fmt::Display for Kill {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kill::Watchdog(place) => write!(f, "watchdog ({place})"),
+            Kill::MaxMemory => f.write_str("max_memory"),
+        }
+    }
+}
+
 /// Where a worker process is in its start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Readiness {
@@ -75,15 +127,15 @@ pub struct Worker {
     /// The watchdog kills it at this time unless it says `alive` before (serving, ready workers
     /// of a master with a worker timeout).
     pub stall_at: Option<Instant>,
-    /// The watchdog killed it, and where it was stuck (`in on_message`, `in the host's loop`).
-    pub stalled: Option<String>,
+    /// The master killed it, and why.
+    pub killed: Option<Kill>,
     /// The master's mapping of its watch page (None: adopted from a previous master image).
     pub watch: Option<crate::sys::WatchPage>,
     /// Messages handled and resident bytes, as its last heartbeat said.
     pub messages: u64,
     pub rss_bytes: u64,
-    /// It is being recycled (or was killed for its memory), and why.
-    pub recycled: Option<super::recycle::Cause>,
+    /// It is being recycled, and why.
+    pub recycled: Option<Recycle>,
 }
 
 /// One worker slot of a service: successive workers of a slot share its listening socket.
@@ -93,7 +145,7 @@ pub struct Slot {
     /// The plugin snapshot the slot's serving worker runs (respawns use it too).
     pub snapshot: Rc<Snapshot>,
     serving: Option<WorkerId>,
-    replacement: Option<WorkerId>,
+    replacement: Option<(WorkerId, Replace)>,
     retiring: Vec<WorkerId>,
     /// Failed starts in a row (see `backoff`).
     pub failures: u32,
@@ -106,7 +158,12 @@ impl Slot {
     }
 
     pub fn replacement(&self) -> Option<WorkerId> {
-        self.replacement
+        self.replacement.map(|(id, _)| id)
+    }
+
+    /// Why the slot's replacement (if any) replaces its worker.
+    pub fn replacing(&self) -> Option<Replace> {
+        self.replacement.map(|(_, why)| why)
     }
 
     #[cfg(test)]
@@ -192,7 +249,7 @@ impl SlotTable {
         let slot = self.slot(w.key)?;
         Some(if slot.serving == Some(id) {
             Role::Serving
-        } else if slot.replacement == Some(id) {
+        } else if slot.replacement() == Some(id) {
             Role::Replacement
         } else {
             Role::Retiring
@@ -213,12 +270,13 @@ impl SlotTable {
     }
 
     /// Puts back a worker the master's previous image handed over (a binary upgrade) in the role
-    /// it had there, with its id; ids given later count on from the highest.
+    /// it had there, with its id (a replacement as a reload step's); ids given later count on
+    /// from the highest.
     pub fn adopt(&mut self, worker: Worker, role: Role) -> Result<WorkerId, TableError> {
         self.next_id = self.next_id.max(worker.id.0);
         match role {
             Role::Serving => self.insert_serving(worker),
-            Role::Replacement => self.insert_replacement(worker),
+            Role::Replacement => self.insert_replacement(worker, Replace::Reload),
             Role::Retiring => {
                 let id = worker.id;
                 self.slot_mut(worker.key).ok_or(TableError::NoSlot)?.retiring.push(id);
@@ -238,13 +296,13 @@ impl SlotTable {
         self.next_id = self.next_id.max(last);
     }
 
-    /// Adds `worker` as its slot's replacement (a reload chain's new worker).
-    pub fn insert_replacement(&mut self, worker: Worker) -> Result<WorkerId, TableError> {
+    /// Adds `worker` as its slot's replacement, for `why`.
+    pub fn insert_replacement(&mut self, worker: Worker, why: Replace) -> Result<WorkerId, TableError> {
         let slot = self.slots.iter_mut().find(|s| s.key == worker.key).ok_or(TableError::NoSlot)?;
         if slot.replacement.is_some() {
             return Err(TableError::HasReplacement);
         }
-        slot.replacement = Some(worker.id);
+        slot.replacement = Some((worker.id, why));
         let id = worker.id;
         self.workers.insert(id, worker);
         Ok(id)
@@ -254,7 +312,7 @@ impl SlotTable {
     /// on; the worker it replaces (if any) retires. Returns the retired worker.
     pub fn promote(&mut self, key: SlotKey) -> Result<Option<WorkerId>, TableError> {
         let slot = self.slots.iter_mut().find(|s| s.key == key).ok_or(TableError::NoSlot)?;
-        let Some(new) = slot.replacement.take() else { return Err(TableError::NoSlot) };
+        let Some((new, _)) = slot.replacement.take() else { return Err(TableError::NoSlot) };
         let old = slot.serving.replace(new);
         slot.retiring.extend(old);
         slot.restart_at = None;
@@ -271,7 +329,7 @@ impl SlotTable {
         let Some(slot) = self.slot_mut(key) else { return };
         if slot.serving == Some(id) {
             slot.serving = None;
-        } else if slot.replacement == Some(id) {
+        } else if slot.replacement() == Some(id) {
             slot.replacement = None;
         } else {
             return;
@@ -330,11 +388,14 @@ impl SlotTable {
         due
     }
 
+    /// The slot has a ready serving worker.
+    pub fn is_live(&self, slot: &Slot) -> bool {
+        slot.serving.and_then(|id| self.workers.get(&id)).is_some_and(|w| w.readiness == Readiness::Ready)
+    }
+
     /// Every slot has a ready serving worker.
     pub fn all_ready(&self) -> bool {
-        self.slots
-            .iter()
-            .all(|s| s.serving.and_then(|id| self.workers.get(&id)).is_some_and(|w| w.readiness == Readiness::Ready))
+        self.slots.iter().all(|s| self.is_live(s))
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -368,7 +429,7 @@ mod tests {
             error: None,
             retired_at: None,
             stall_at: None,
-            stalled: None,
+            killed: None,
             watch: None,
             messages: 0,
             rss_bytes: 0,
@@ -405,9 +466,9 @@ mod tests {
         let old = worker(&mut t, key(0), &old_snap);
         let old = t.insert_serving(old).unwrap();
         let new = worker(&mut t, key(0), &new_snap);
-        let new = t.insert_replacement(new).unwrap();
+        let new = t.insert_replacement(new, Replace::Reload).unwrap();
         let extra = worker(&mut t, key(0), &new_snap);
-        assert_eq!(t.insert_replacement(extra).unwrap_err(), TableError::HasReplacement);
+        assert_eq!(t.insert_replacement(extra, Replace::Reload).unwrap_err(), TableError::HasReplacement);
         // The serving worker dies while the replacement starts: a restart is scheduled...
         t.remove(old).unwrap();
         assert!(t.schedule_restart(key(0), Instant::now() + Duration::from_secs(1)));
@@ -427,8 +488,10 @@ mod tests {
         let a = worker(&mut t, key(0), &snap);
         let a = t.insert_serving(a).unwrap();
         let b = worker(&mut t, key(0), &snap);
-        let b = t.insert_replacement(b).unwrap();
+        let b = t.insert_replacement(b, Replace::Recycle(Recycle::MaxRequests)).unwrap();
+        assert_eq!(t.slot(key(0)).unwrap().replacing(), Some(Replace::Recycle(Recycle::MaxRequests)));
         assert_eq!(t.promote(key(0)).unwrap(), Some(a));
+        assert_eq!(t.slot(key(0)).unwrap().replacing(), None);
         assert_eq!(t.role(a), Some(Role::Retiring));
         assert_eq!(t.role(b), Some(Role::Serving));
         t.retire(b);

@@ -75,7 +75,10 @@ pub fn spawn_worker(
     let mut cmd = Command::new(exe);
     // argv is the title alone (`ps` shows nothing after it); the arguments go in the environment.
     cmd.arg0(format!("host: worker {} #{} {}", spec.service, spec.slot, plugin_label))
-        .env(crate::ARGV_ENV, crate::pack_args(std::iter::once("worker").chain(args.iter().map(String::as_str))))
+        .env(
+            crate::argv::ARGV_ENV,
+            crate::argv::pack_args(std::iter::once("worker").chain(args.iter().map(String::as_str))),
+        )
         // Only the master talks to systemd.
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())

@@ -17,9 +17,9 @@ use super::backoff;
 use super::prepare::Job;
 use super::process::{Exit, Processes};
 use super::reload::state::Reloader;
-use super::slots::{ClientId, Readiness, Role, ServiceId, SlotKey, SlotTable, Worker, WorkerId};
+use super::slots::{ClientId, Kill, Readiness, Replace, Role, ServiceId, SlotKey, SlotTable, Worker, WorkerId};
 use super::snapshot::Snapshot;
-use crate::config::{Service, WorkerSpec};
+use crate::config::{Service, Timeouts, WorkerSpec};
 use crate::ctl::watch::{self, Whereabouts};
 use crate::ctl::{MasterChannel, ToWorker};
 use crate::status::Answer;
@@ -62,19 +62,6 @@ pub struct ServiceState {
 pub struct LoadedTls {
     pub spec: TlsSpec,
     pub info: CertInfo,
-}
-
-/// How long things may take.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    /// From exec to "ready".
-    pub start: Duration,
-    /// How long draining workers may keep connections open.
-    pub drain: Duration,
-    /// How long a worker told to stop has before it is killed.
-    pub kill: Duration,
-    /// How long a serving worker may show no progress before the watchdog kills it (None: off).
-    pub worker: Option<Duration>,
 }
 
 /// What the master's loop must do for the supervisor.
@@ -132,8 +119,6 @@ pub struct Supervisor<P> {
     /// When the current chain step (one slot's replacement) and the reload began.
     pub(in crate::master) step_started: Instant,
     pub(in crate::master) reload_started: Instant,
-    /// Slots being recycled (`max_requests`, `max_memory`): the replacement starting for each.
-    pub(in crate::master) recycling: BTreeMap<SlotKey, WorkerId>,
     /// The steering last asked for, per service (absent: not asked yet, so whatever a previous
     /// image left attached is replaced).
     pub(in crate::master) steered: BTreeMap<ServiceId, Option<Vec<u32>>>,
@@ -171,7 +156,6 @@ impl<P: Processes> Supervisor<P> {
             out: Vec::new(),
             step_started: now,
             reload_started: now,
-            recycling: BTreeMap::new(),
             steered: BTreeMap::new(),
         }
     }
@@ -222,9 +206,7 @@ impl<P: Processes> Supervisor<P> {
                 .slots
                 .slots()
                 .filter(|s| s.key.service == service)
-                .filter(|s| {
-                    s.serving().and_then(|id| self.slots.worker(id)).is_some_and(|w| w.readiness == Readiness::Ready)
-                })
+                .filter(|s| self.slots.is_live(s))
                 .map(|s| s.key.slot)
                 .collect();
             let all = live.len() == state.sockets.len() || live.is_empty();
@@ -305,12 +287,36 @@ impl<P: Processes> Supervisor<P> {
             error: None,
             retired_at: None,
             stall_at: None,
-            stalled: None,
+            killed: None,
             watch: spawned.watch,
             messages: 0,
             rss_bytes: 0,
             recycled: None,
         })
+    }
+
+    /// Starts a replacement for `key`'s serving worker on `snap`, for `why`: it takes the slot
+    /// over once ready ([`Supervisor::promote`]).
+    pub(in crate::master) fn start_replacement(
+        &mut self,
+        key: SlotKey,
+        snap: &Rc<Snapshot>,
+        why: Replace,
+    ) -> Result<WorkerId, String> {
+        let worker = self.launch(key, snap, Role::Replacement)?;
+        self.slots.insert_replacement(worker, why).map_err(|e| e.to_string())
+    }
+
+    /// A slot's replacement is ready: a recycle's takes the slot over at once; a reload step's
+    /// is the chain's to promote.
+    fn replacement_ready(&mut self, key: SlotKey) {
+        match self.slots.slot(key).and_then(|s| s.replacing()) {
+            Some(Replace::Recycle(_)) => self.promote(key, true, "recycle"),
+            _ => {
+                let fx = self.reloader.ready(key, &self.views());
+                self.apply(fx);
+            }
+        }
     }
 
     /// Starts the serving worker of a slot that has none; on failure, tries again later.
@@ -356,11 +362,7 @@ impl<P: Processes> Supervisor<P> {
         }
         tracing::info!(service = %self.service_name(key.service), slot = key.slot, pid, start_ms = ms, "worker ready");
         match role {
-            Some(Role::Replacement) if self.recycle_ready(id) => {}
-            Some(Role::Replacement) => {
-                let fx = self.reloader.ready(key, &self.views());
-                self.apply(fx);
-            }
+            Some(Role::Replacement) => self.replacement_ready(key),
             Some(Role::Serving) => {
                 self.slots.note_failure(key, false);
             }
@@ -404,12 +406,14 @@ impl<P: Processes> Supervisor<P> {
 
     /// A worker exited (reaped by [`Supervisor::take_exits`]).
     pub fn worker_exited(&mut self, id: WorkerId, exit: &Exit) {
+        let slot = self.slots.worker(id).and_then(|w| self.slots.slot(w.key));
+        let replacing = slot.filter(|s| s.replacement() == Some(id)).and_then(|s| s.replacing());
         let Some((w, role)) = self.slots.remove(id) else { return };
         let key = w.key;
         self.out.push(Output::Detach(id, key));
         let service = self.service_name(key.service).to_string();
-        let how = match (&w.stalled, w.recycled) {
-            (Some(place), _) => format!("watchdog ({place}): {}", exit.how),
+        let how = match (&w.killed, w.recycled) {
+            (Some(kill), _) => format!("{kill}: {}", exit.how),
             (None, Some(cause)) => format!("{cause}: {}", exit.how),
             (None, None) => exit.how.clone(),
         };
@@ -425,14 +429,14 @@ impl<P: Processes> Supervisor<P> {
             Role::Retiring => {
                 tracing::warn!(service = %service, slot = key.slot, pid, "worker stopped with {}", exit.how)
             }
-            Role::Replacement if self.recycle_failed(id, key) => {
+            Role::Replacement if matches!(replacing, Some(Replace::Recycle(_))) => {
                 tracing::error!(service = %service, slot = key.slot, pid, "worker to recycle into failed: {why}; the old one goes on");
+                self.recycle_failed(key);
                 self.restart_if_empty(key, false);
             }
             Role::Replacement => {
                 tracing::error!(service = %service, slot = key.slot, pid, "replacement worker failed: {why}");
-                let fx = self.reloader.failed(key, &why, &self.views());
-                self.apply(fx);
+                self.replacement_failed(key, &why);
                 // The slot lost its serving worker meanwhile: it needs one again.
                 self.restart_if_empty(key, false);
             }
@@ -494,7 +498,7 @@ impl<P: Processes> Supervisor<P> {
                 None => ("in an unknown callback".to_string(), timeout.as_secs()),
             };
             w.error = Some(format!("it made no progress for {} s (stuck {place})", timeout.as_secs_f64()));
-            w.stalled = Some(place.clone());
+            w.killed = Some(Kill::Watchdog(place.clone()));
             let (pid, key) = (w.pid, w.key);
             let plugin = format!("{} {}", w.snapshot.name, w.snapshot.version);
             tracing::error!(service = %self.service_name(key.service), slot = key.slot, pid = pid.as_raw(), plugin = %plugin, timeout_s = timeout.as_secs_f64(), "worker made no progress: stuck {place} for {stuck_s} s; killed");
@@ -603,6 +607,7 @@ mod tests {
         drain: Duration::from_secs(5),
         kill: Duration::from_secs(2),
         worker: Some(Duration::from_secs(30)),
+        probe: Duration::from_secs(10),
     };
 
     fn supervisor(services: Vec<(ServiceState, Option<u64>)>) -> Supervisor<FakeProcesses> {

@@ -399,9 +399,12 @@ impl Master {
         let error = match fds.iter().try_for_each(|fd| sys::clear_cloexec(*fd)) {
             Ok(()) => {
                 let number = memfd.as_raw_fd().to_string();
-                let args = crate::pack_args(&state.start_args);
-                let env: [(&str, &std::ffi::OsStr); 3] =
-                    [(STATE_ENV, number.as_ref()), (crate::ARGV_ENV, args.as_ref()), (crate::TITLED, "1".as_ref())];
+                let args = crate::argv::pack_args(&state.start_args);
+                let env: [(&str, &std::ffi::OsStr); 3] = [
+                    (STATE_ENV, number.as_ref()),
+                    (crate::argv::ARGV_ENV, args.as_ref()),
+                    (crate::argv::TITLED, "1".as_ref()),
+                ];
                 sys::exec_image(&exe, &title(), &env)
             }
             Err(e) => e,
@@ -538,7 +541,7 @@ impl Master {
                 error: None,
                 retired_at: w.retired_ms_ago.map(|r| now.checked_sub(ms(r)).unwrap_or(now)),
                 stall_at: self.sup.timeouts.worker.filter(|_| serving_ready).map(|t| now + t),
-                stalled: None,
+                killed: None,
                 // The page stayed with the previous image: the watchdog of an adopted worker
                 // cannot say which callback it is stuck in.
                 watch: None,

@@ -158,11 +158,6 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
     }
 }
 
-/// `SO_ATTACH_REUSEPORT_CBPF` and `SO_DETACH_REUSEPORT_BPF` (asm-generic values, as on x86-64
-/// and arm64; the libc crate exports them for Android only).
-const SO_ATTACH_REUSEPORT_CBPF: nix::libc::c_int = 51;
-const SO_DETACH_REUSEPORT_BPF: nix::libc::c_int = 68;
-
 /// The classic BPF program that spreads new connections of a SO_REUSEPORT group over the
 /// sockets at `live` (their indices in the group: the order they started listening) only: the
 /// packet's hash (`SKF_AD_RXHASH`) modulo `live.len()`, then a jump table from 0..n to `live`.
@@ -189,7 +184,7 @@ pub fn steering_program(live: &[u32]) -> Vec<nix::libc::sock_filter> {
 /// Steers the new connections of `socket`'s SO_REUSEPORT group to the sockets at `live` (group
 /// indices), or (None) gives the group back to the kernel's hash spread over all its sockets.
 pub fn steer_reuseport(socket: BorrowedFd<'_>, live: Option<&[u32]>) -> io::Result<()> {
-    use nix::libc::{sock_fprog, socklen_t, SOL_SOCKET};
+    use nix::libc::{sock_fprog, socklen_t, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, SO_DETACH_REUSEPORT_BPF};
     let Some(live) = live else {
         let zero: nix::libc::c_int = 0;
         // SAFETY: SO_DETACH_REUSEPORT_BPF reads (and ignores) one int from `zero`, a live local of

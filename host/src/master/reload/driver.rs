@@ -6,11 +6,11 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::SystemTime;
 
-use super::state::{Effect, Finished, Outcome, Request, ServiceView, Trigger};
+use super::state::{Effect, Finished, Outcome, Request, ServiceView, SlotFailure, Trigger};
 use crate::ctl::ToWorker;
 use crate::master::prepare::{Done, Job, Purpose};
 use crate::master::process::Processes;
-use crate::master::slots::{ClientId, Role, ServiceId, SlotKey, WorkerId};
+use crate::master::slots::{ClientId, Replace, ServiceId, SlotKey, WorkerId};
 use crate::master::snapshot::Snapshot;
 use crate::master::supervisor::{LoadedTls, Output, Phase, ReloadRecord, Supervisor};
 use crate::status::Answer;
@@ -29,6 +29,12 @@ impl<P: Processes> Supervisor<P> {
                     waiting: state.waiting,
                     current: self.slots.service_slots(ServiceId(i)).next().map(|s| s.snapshot.clone()),
                     slots: slots.map(|s| (s.key, s.snapshot.hash)).collect(),
+                    down: self
+                        .slots
+                        .service_slots(ServiceId(i))
+                        .filter(|s| !self.slots.is_live(s))
+                        .map(|s| s.key)
+                        .collect(),
                 }
             })
             .collect()
@@ -230,24 +236,63 @@ impl<P: Processes> Supervisor<P> {
                 Effect::Preempted { reason } => {
                     tracing::info!(reason = %reason, "a newer reload takes over at this step; checking the files again")
                 }
-                Effect::Start { slot, snapshot } => self.start_replacement(slot, &snapshot),
+                Effect::Start { slot, snapshot } => self.start_step(slot, &snapshot),
                 Effect::Promote { slot, graceful } => self.promote(slot, graceful, "reload step"),
                 Effect::Finished(finished) => self.reload_finished(finished),
             }
         }
     }
 
-    pub(in crate::master) fn start_replacement(&mut self, key: SlotKey, snap: &Rc<Snapshot>) {
+    /// A chain step: the replacement of `key` on `snap` (a recycle under way there gives way).
+    fn start_step(&mut self, key: SlotKey, snap: &Rc<Snapshot>) {
         self.step_started = self.procs.now();
         self.cancel_recycle(key);
-        let result = self
-            .launch(key, snap, Role::Replacement)
-            .and_then(|w| self.slots.insert_replacement(w).map_err(|e| e.to_string()));
-        if let Err(e) = result {
+        let why = if self.reloader.upgrading() { Replace::Upgrade } else { Replace::Reload };
+        if let Err(e) = self.start_replacement(key, snap, why) {
             tracing::error!(service = %self.service_name(key.service), slot = key.slot, "could not start a replacement: {e}");
-            let fx = self.reloader.failed(key, &e, &self.views());
-            self.apply(fx);
+            self.replacement_failed(key, &e);
         }
+    }
+
+    /// The chain's replacement of `key` failed: the chain goes on without it.
+    pub(in crate::master) fn replacement_failed(&mut self, key: SlotKey, why: &str) {
+        let fx = self.reloader.failed(key, why, &self.views());
+        self.apply(fx);
+    }
+
+    /// Per service, in service order: how many of its slots `request` moved, and its failures.
+    fn per_service<'a>(
+        &self,
+        request: &Request,
+        failures: &'a [SlotFailure],
+    ) -> Vec<(ServiceId, usize, Vec<&'a SlotFailure>)> {
+        let mut moved = request.done.clone();
+        moved.sort();
+        moved.dedup();
+        (0..self.services.len())
+            .map(ServiceId)
+            .map(|s| {
+                let n = moved.iter().filter(|k| k.service == s).count();
+                (s, n, failures.iter().filter(|f| f.slot.service == s).collect::<Vec<_>>())
+            })
+            .filter(|(_, n, f)| *n > 0 || !f.is_empty())
+            .collect()
+    }
+
+    /// "service NAME is down: #0 not replaced (why)", one per service in `down`.
+    fn down_notes(&self, down: &[&SlotFailure]) -> Vec<String> {
+        let mut notes = Vec::new();
+        for i in 0..self.services.len() {
+            let slots: Vec<String> = down
+                .iter()
+                .filter(|f| f.slot.service.0 == i)
+                .map(|f| format!("{} not replaced ({})", f.slot, f.reason))
+                .collect();
+            if !slots.is_empty() {
+                notes.push(format!("service {} is down: {}", self.services[i].service.name, slots.join(", ")));
+            }
+        }
+        notes
     }
 
     /// The replacement of `key` is ready: it becomes the slot's worker, the old one goes. `why`
@@ -284,9 +329,11 @@ impl<P: Processes> Supervisor<P> {
         let notes =
             |notes: &[String]| if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };
         let (summary, ok) = match &outcome {
-            Outcome::Done { replaced, notes: n } => {
-                tracing::info!(replaced, total_ms = ms, reason = %reason, "reload done{}", notes(n));
-                (format!("done: {replaced} workers replaced in {ms} ms{}", notes(n)), true)
+            Outcome::Done { replaced, notes: n, down } => {
+                let mut n = n.clone();
+                n.extend(self.down_notes(&down.iter().collect::<Vec<_>>()));
+                tracing::info!(replaced, total_ms = ms, reason = %reason, "reload done{}", notes(&n));
+                (format!("done: {replaced} workers replaced in {ms} ms{}", notes(&n)), true)
             }
             Outcome::Unchanged { notes: n } => {
                 tracing::info!(reason = %reason, "reload: nothing to replace{}", notes(n));
@@ -307,14 +354,32 @@ impl<P: Processes> Supervisor<P> {
                 tracing::error!(service = %service, slot = 0, replaced = 0, "reload aborted: {why}; the old workers keep serving");
                 (format!("aborted at {service} #0 (0 replaced before): {why}; the old workers keep serving"), false)
             }
-            Outcome::Aborted { slot, replaced, reason: why } => {
-                let service = self.service_name(slot.service).to_string();
-                tracing::error!(service = %service, slot = slot.slot, replaced, "reload aborted: {why}; the old workers keep serving");
-                let summary = format!(
-                    "aborted at {service} #{} ({replaced} replaced before): {why}; the old workers keep serving",
-                    slot.slot
-                );
-                (summary, false)
+            Outcome::Aborted { replaced, failures, notes: n } => {
+                // Per service: where it failed and how many of its slots had moved before, or
+                // how many moved (the other services).
+                let mut parts = Vec::new();
+                let mut down = Vec::new();
+                let mut others = Vec::new();
+                for (service, moved, failed) in self.per_service(&request, failures) {
+                    let name = self.service_name(service).to_string();
+                    match failed.iter().find(|f| !f.down) {
+                        Some(f) => {
+                            let (slot, why) = (f.slot.slot, &f.reason);
+                            tracing::error!(service = %name, slot, replaced = moved, "reload aborted: {why}; the old workers keep serving");
+                            parts.push(format!(
+                                "aborted at {name} #{slot} ({moved} replaced before): {why}; the old workers keep serving"
+                            ));
+                        }
+                        None if failed.is_empty() => others.push(format!("{name}: {moved} replaced")),
+                        None => down.extend(failed),
+                    }
+                }
+                let mut n = n.clone();
+                n.extend(self.down_notes(&down));
+                tracing::info!(replaced, reason = %reason, "reload ended with failures{}", notes(&n));
+                others.extend(n);
+                let rest = if others.is_empty() { String::new() } else { format!("; {}", others.join("; ")) };
+                (format!("{}{rest}", parts.join("; ")), false)
             }
             Outcome::Abandoned => {
                 tracing::warn!(reason = %reason, "reload abandoned: the master is stopping");

@@ -19,8 +19,12 @@
 //! - Services that are waiting for their plugin file, or not reloadable, are never in a chain.
 //!   A watcher event skips slots already running the file; a command replaces every slot (a
 //!   refused newer file then recycles the workers on the last good snapshot, and says so).
-//! - A replacement that fails aborts the chain; if that left a service on mixed versions, the
-//!   chain is retried (bounded), then given up with the mix shown in `status`.
+//! - A replacement that fails ends its service's part of the chain (its slots not replaced yet
+//!   keep their old workers); the chain goes on with the other services. A slot that had no
+//!   ready worker when its replacement failed (a service that is down: its workers cannot
+//!   start) fails no reload: the chain goes on, and the outcome names it. If a failure left a
+//!   service on mixed versions, that service is retried (bounded), then given up with the mix
+//!   shown in `status`. The outcome counts every slot the request moved, per service.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -93,6 +97,20 @@ pub struct Request {
     pub retries: u32,
     /// A chain of this request (or of one it took over) began replacing workers.
     pub began: bool,
+    /// Slots whose replacement failed (the latest failure of each; a slot replaced later is
+    /// taken off).
+    pub failures: Vec<SlotFailure>,
+}
+
+/// A slot whose replacement failed (did not start, exited, or was not ready in time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotFailure {
+    pub slot: SlotKey,
+    pub reason: String,
+    /// The slot had no ready worker when its replacement started: its service is down (its
+    /// workers cannot start), so the reload made nothing worse; the slot keeps restarting on
+    /// its own.
+    pub down: bool,
 }
 
 impl Request {
@@ -106,6 +124,7 @@ impl Request {
             done: Vec::new(),
             retries: 0,
             began: false,
+            failures: Vec::new(),
         }
     }
 
@@ -120,6 +139,23 @@ impl Request {
         slots.sort();
         slots.dedup();
         slots.len()
+    }
+
+    /// Notes a failed slot (its earlier failure in this request, if any, is replaced).
+    fn note_failure(&mut self, failure: SlotFailure) {
+        self.failures.retain(|f| f.slot != failure.slot);
+        self.failures.push(failure);
+    }
+
+    /// How it ended once no slot is left to replace: done, unless a slot that was serving
+    /// failed (slots of a service that is down do not count against it).
+    fn outcome(&self, notes: Vec<String>) -> Outcome {
+        let replaced = self.moved();
+        if self.failures.iter().all(|f| f.down) {
+            Outcome::Done { replaced, notes, down: self.failures.clone() }
+        } else {
+            Outcome::Aborted { replaced, failures: self.failures.clone(), notes }
+        }
     }
 
     /// What triggered it, for logs and status.
@@ -146,6 +182,9 @@ impl Request {
         self.done.extend(other.done);
         self.retries = self.retries.max(other.retries);
         self.began |= other.began;
+        for f in other.failures {
+            self.note_failure(f);
+        }
         self
     }
 }
@@ -161,19 +200,24 @@ pub struct ServiceView<S> {
     pub current: Option<S>,
     /// Its slots, with the hash of the snapshot each one's serving worker runs.
     pub slots: Vec<(SlotKey, u64)>,
+    /// Its slots without a ready serving worker (dead, starting again, backing off).
+    pub down: Vec<SlotKey>,
 }
 
 /// How a reload ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Every slot that needed it runs a new worker. `notes`: files refused on the way.
-    Done { replaced: usize, notes: Vec<String> },
+    /// Every slot that needed it runs a new worker, but for those of services that were down
+    /// (`down`: they keep restarting on their own). `notes`: files refused on the way.
+    Done { replaced: usize, notes: Vec<String>, down: Vec<SlotFailure> },
     /// Nothing needed replacing (files unchanged, or no service to reload).
     Unchanged { notes: Vec<String> },
     /// The new plugin file was refused: nothing was replaced.
     Refused { service: ServiceId, reason: String },
-    /// A replacement failed: slots not replaced yet keep their old workers.
-    Aborted { slot: SlotKey, replaced: usize, reason: String },
+    /// The replacement of a slot that was serving failed: the slots of its service not replaced
+    /// yet keep their old workers; the other services were replaced. `failures`: every failed
+    /// slot (those of services that were down too); `replaced`: every slot moved.
+    Aborted { replaced: usize, failures: Vec<SlotFailure>, notes: Vec<String> },
     /// The master is stopping.
     Abandoned,
 }
@@ -229,7 +273,8 @@ struct Chain<S> {
     candidates: Vec<(ServiceId, S)>,
     queue: VecDeque<SlotKey>,
     current: Option<SlotKey>,
-    replaced: usize,
+    /// `current` had no ready worker when its replacement started.
+    current_down: bool,
     notes: Vec<String>,
 }
 
@@ -265,6 +310,11 @@ type Effects<S> = Vec<Effect<S>>;
 impl<S: Candidate> Reloader<S> {
     pub fn is_idle(&self) -> bool {
         matches!(self.state, State::Idle)
+    }
+
+    /// The chain under way was started by `host upgrade` (its new workers run the new binary).
+    pub fn upgrading(&self) -> bool {
+        matches!(&self.state, State::Replacing(chain) if chain.request.triggers.contains(&Trigger::Upgrade))
     }
 
     /// Files are being checked (a request now merges with the check and checks again).
@@ -321,45 +371,72 @@ impl<S: Candidate> Reloader<S> {
             return fx;
         }
         chain.current = None;
-        chain.replaced += 1;
         chain.request.done.push(slot);
+        chain.request.failures.retain(|f| f.slot != slot);
         fx.push(Effect::Promote { slot, graceful: chain.request.graceful });
+        self.next_step(views, &mut fx);
+        fx
+    }
+
+    /// The step ended: a queued request preempts the chain (check again with the newest files),
+    /// or the next slot's replacement starts.
+    fn next_step(&mut self, views: &[ServiceView<S>], fx: &mut Effects<S>) {
         match self.queued.take() {
             // Preempted between two steps: check again with the newest files.
             Some(queued) => {
                 let State::Replacing(chain) = std::mem::take(&mut self.state) else { unreachable!() };
                 fx.push(Effect::Preempted { reason: queued.reason() });
-                self.begin(chain.request.merge(queued), views, &mut fx);
+                self.begin(chain.request.merge(queued), views, fx);
             }
-            None => self.step(views, &mut fx),
+            None => self.step(views, fx),
         }
-        fx
     }
 
-    /// The replacement of `slot` failed (did not start, exited, or was not ready in time).
+    /// The replacement of `slot` failed (did not start, exited, or was not ready in time). The
+    /// rest of its service keeps its old workers (unless the slot was down, see
+    /// [`SlotFailure::down`]: its next slot is tried); the chain goes on with the other services.
     pub fn failed(&mut self, slot: SlotKey, reason: &str, views: &[ServiceView<S>]) -> Effects<S> {
         let mut fx = Vec::new();
-        let State::Replacing(chain) = &self.state else { return fx };
+        let State::Replacing(chain) = &mut self.state else { return fx };
         if chain.current != Some(slot) {
             return fx;
         }
-        let State::Replacing(chain) = std::mem::take(&mut self.state) else { unreachable!() };
-        // `done`: slots this request (and the chains it took over) already moved.
-        if !chain.request.done.is_empty() && chain.request.retries < MAX_RETRIES {
-            // Half the service moved: try again (slots already moved are skipped).
-            let mut retry = chain.request.clone();
+        chain.current = None;
+        let down = chain.current_down;
+        chain.request.note_failure(SlotFailure { slot, reason: reason.to_string(), down });
+        if !down {
+            chain.queue.retain(|k| k.service != slot.service);
+        }
+        self.next_step(views, &mut fx);
+        fx
+    }
+
+    /// The chain replaced what it could. A service a failure left on mixed versions (some of
+    /// its slots moved) is run again (its moved slots are skipped), at most [`MAX_RETRIES`]
+    /// times; else the request ends.
+    fn conclude(&mut self, chain: Chain<S>, views: &[ServiceView<S>], fx: &mut Effects<S>) {
+        let request = chain.request;
+        let mut mixed: Vec<ServiceId> = request
+            .failures
+            .iter()
+            .filter(|f| !f.down && request.done.iter().any(|d| d.service == f.slot.service))
+            .map(|f| f.slot.service)
+            .collect();
+        mixed.sort();
+        mixed.dedup();
+        if !mixed.is_empty() && request.retries < MAX_RETRIES {
+            let mut retry = request;
             retry.retries += 1;
             retry.triggers.push(Trigger::Retry);
+            retry.services.retain(|s| mixed.contains(s));
             let retry = match self.queued.take() {
                 Some(q) => retry.merge(q),
                 None => retry,
             };
-            self.begin(retry, views, &mut fx);
-            return fx;
+            return self.begin(retry, views, fx);
         }
-        let outcome = Outcome::Aborted { slot, replaced: chain.replaced, reason: reason.to_string() };
-        self.finish(chain.request, outcome, views, &mut fx);
-        fx
+        let outcome = request.outcome(chain.notes);
+        self.finish(request, outcome, views, fx);
     }
 
     /// The master is stopping: everything under way or queued is abandoned.
@@ -443,7 +520,7 @@ impl<S: Candidate> Reloader<S> {
             let outcome = match refused {
                 Some((service, reason)) if candidates.is_empty() => Outcome::Refused { service, reason },
                 // A preempted chain whose slots are all on the newest file by now: it is done.
-                _ if request.began => Outcome::Done { replaced: request.moved(), notes },
+                _ if request.began => request.outcome(notes),
                 _ => Outcome::Unchanged { notes },
             };
             return self.finish(request, outcome, views, fx);
@@ -452,7 +529,7 @@ impl<S: Candidate> Reloader<S> {
             request.began = true;
             fx.push(Effect::Began { reason: request.reason(), graceful: request.graceful, slots: queue.len() });
         }
-        self.state = State::Replacing(Chain { request, candidates, queue, current: None, replaced: 0, notes });
+        self.state = State::Replacing(Chain { request, candidates, queue, current: None, current_down: false, notes });
         self.step(views, fx);
     }
 
@@ -462,6 +539,7 @@ impl<S: Candidate> Reloader<S> {
         match chain.queue.pop_front() {
             Some(slot) => {
                 chain.current = Some(slot);
+                chain.current_down = views.get(slot.service.0).is_some_and(|v| v.down.contains(&slot));
                 let snapshot = chain
                     .candidates
                     .iter()
@@ -472,8 +550,7 @@ impl<S: Candidate> Reloader<S> {
             }
             None => {
                 let State::Replacing(chain) = std::mem::take(&mut self.state) else { unreachable!() };
-                let outcome = Outcome::Done { replaced: chain.request.moved(), notes: chain.notes };
-                self.finish(chain.request, outcome, views, fx);
+                self.conclude(chain, views, fx);
             }
         }
     }
@@ -515,6 +592,7 @@ mod tests {
                 waiting: false,
                 current: Some(Snap(hash)),
                 slots: (0..count).map(|n| (key(i, n), hash)).collect(),
+                down: Vec::new(),
             })
             .collect()
     }
@@ -574,7 +652,7 @@ mod tests {
         r.ready(key(0, 1), &v);
         let fx = r.ready(key(0, 2), &v);
         assert_eq!(main(&fx)[0], Effect::Promote { slot: key(0, 2), graceful: true });
-        assert_eq!(finished(&fx)[0].outcome, Outcome::Done { replaced: 3, notes: vec![] });
+        assert_eq!(finished(&fx)[0].outcome, Outcome::Done { replaced: 3, notes: vec![], down: vec![] });
         assert!(r.is_idle());
     }
 
@@ -627,7 +705,7 @@ mod tests {
         r.ready(key(0, 0), &v);
         let fx = r.ready(key(0, 1), &v);
         match &finished(&fx)[0].outcome {
-            Outcome::Done { replaced: 2, notes } => assert!(notes[0].contains("last good snapshot"), "{notes:?}"),
+            Outcome::Done { replaced: 2, notes, .. } => assert!(notes[0].contains("last good snapshot"), "{notes:?}"),
             other => panic!("{other:?}"),
         }
     }
@@ -689,7 +767,7 @@ mod tests {
         v[0].slots[1].1 = 2;
         let (check, _) = checks(&r.ready(key(0, 1), &v))[0];
         let fx = r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
-        assert_eq!(finished(&fx)[0].outcome, Outcome::Done { replaced: 2, notes: vec![] });
+        assert_eq!(finished(&fx)[0].outcome, Outcome::Done { replaced: 2, notes: vec![], down: vec![] });
     }
 
     #[test]
@@ -716,10 +794,8 @@ mod tests {
         r.checked(check, ServiceId(0), Ok(Snap(2)), &v);
         // Nothing replaced yet: the chain aborts at once.
         let fx = r.failed(key(0, 0), "plugin refused to start", &v);
-        assert_eq!(
-            finished(&fx)[0].outcome,
-            Outcome::Aborted { slot: key(0, 0), replaced: 0, reason: "plugin refused to start".into() }
-        );
+        let failure = SlotFailure { slot: key(0, 0), reason: "plugin refused to start".into(), down: false };
+        assert_eq!(finished(&fx)[0].outcome, Outcome::Aborted { replaced: 0, failures: vec![failure], notes: vec![] });
         assert!(r.is_idle());
         // Half-way: retried (the slot already moved is skipped), at most MAX_RETRIES times.
         let mut v = views(&[(2, 1)]);
@@ -738,6 +814,76 @@ mod tests {
             assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 1), snapshot: Snap(2) }], "retry {attempt}");
         }
         assert!(r.is_idle());
+    }
+
+    /// Runs a command reload of `services` through its check (every file unchanged, hash 1).
+    fn commanded(r: &mut Reloader<Snap>, services: &[usize], v: &[ServiceView<Snap>]) -> Effects<Snap> {
+        let fx = r.request(command(services, 1), v);
+        let mut last = Vec::new();
+        for (check, service) in checks(&fx) {
+            last = r.checked(check, service, Ok(Snap(1)), v);
+        }
+        last
+    }
+
+    #[test]
+    fn a_failed_service_does_not_stop_the_chain_for_the_others_and_the_count_is_exact() {
+        // Services 0 (2 slots), 1 (2 slots), 2 (1 slot); service 1's first replacement fails.
+        let v = views(&[(2, 1), (2, 1), (1, 1)]);
+        let mut r = Reloader::default();
+        assert_eq!(
+            main(&commanded(&mut r, &[0, 1, 2], &v)),
+            vec![Effect::Start { slot: key(0, 0), snapshot: Snap(1) }]
+        );
+        r.ready(key(0, 0), &v);
+        assert_eq!(main(&r.ready(key(0, 1), &v))[1], Effect::Start { slot: key(1, 0), snapshot: Snap(1) });
+        // Service 1's other slot keeps its old worker: the chain goes on with service 2.
+        let fx = r.failed(key(1, 0), "exit code 3", &v);
+        assert_eq!(main(&fx), vec![Effect::Start { slot: key(2, 0), snapshot: Snap(1) }]);
+        let fx = r.ready(key(2, 0), &v);
+        let failure = SlotFailure { slot: key(1, 0), reason: "exit code 3".into(), down: false };
+        assert_eq!(finished(&fx)[0].outcome, Outcome::Aborted { replaced: 3, failures: vec![failure], notes: vec![] });
+        assert!(r.is_idle(), "no retry: the failed service did not move at all");
+    }
+
+    #[test]
+    fn a_service_that_is_down_fails_no_reload() {
+        // Service 0 is down (its slots have no ready worker); service 1 serves.
+        let mut v = views(&[(2, 1), (1, 1)]);
+        v[0].down = vec![key(0, 0), key(0, 1)];
+        let mut r = Reloader::default();
+        commanded(&mut r, &[0, 1], &v);
+        // A down slot's failure does not end its service's part: the next slot is tried.
+        let fx = r.failed(key(0, 0), "exit code 3", &v);
+        assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 1), snapshot: Snap(1) }]);
+        let fx = r.failed(key(0, 1), "exit code 3", &v);
+        assert_eq!(main(&fx), vec![Effect::Start { slot: key(1, 0), snapshot: Snap(1) }]);
+        let fx = r.ready(key(1, 0), &v);
+        match &finished(&fx)[0].outcome {
+            Outcome::Done { replaced: 1, down, .. } => {
+                assert_eq!(down.iter().map(|f| f.slot).collect::<Vec<_>>(), vec![key(0, 0), key(0, 1)])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(r.is_idle(), "a down service is not retried");
+    }
+
+    #[test]
+    fn only_a_service_left_on_mixed_versions_is_retried_and_its_count_is_kept() {
+        let v = views(&[(2, 1), (1, 1)]);
+        let mut r = Reloader::default();
+        commanded(&mut r, &[0, 1], &v);
+        r.ready(key(0, 0), &v);
+        r.failed(key(0, 1), "killed", &v);
+        // Service 1 is replaced; then service 0 alone is checked again and its slot 1 retried.
+        let fx = r.ready(key(1, 0), &v);
+        assert!(finished(&fx).is_empty(), "{fx:?}");
+        let retry = checks(&fx);
+        assert_eq!(retry.iter().map(|c| c.1).collect::<Vec<_>>(), vec![ServiceId(0)]);
+        let fx = r.checked(retry[0].0, ServiceId(0), Ok(Snap(1)), &v);
+        assert_eq!(main(&fx), vec![Effect::Start { slot: key(0, 1), snapshot: Snap(1) }]);
+        let fx = r.ready(key(0, 1), &v);
+        assert_eq!(finished(&fx)[0].outcome, Outcome::Done { replaced: 3, notes: vec![], down: vec![] });
     }
 
     #[test]

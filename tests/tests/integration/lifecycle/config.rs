@@ -75,10 +75,8 @@ fn config_file_with_service_flags_is_refused() {
     assert_contains!(out.stderr, "--plugin cannot be used with --config");
 }
 
-// BUG: global options written before the subcommand (`host -c FILE status`, `host --pid-file F
-// stop`) are refused by clap: "the subcommand 'status' cannot be used with '--config <FILE>'".
-// cli.rs: `args_conflicts_with_subcommands = true` on `Cli` makes every top-level argument,
-// the global ones too, conflict with a subcommand.
+// Global options may be written before the subcommand (`host -c FILE status`, `host --pid-file
+// F stop`): clap must not take them for start options that conflict with a subcommand.
 #[test]
 fn global_options_before_the_subcommand_are_accepted() {
     let cfg_dir = TempDir::new();

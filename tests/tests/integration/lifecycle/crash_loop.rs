@@ -80,3 +80,80 @@ fn new_connections_avoid_a_slot_without_a_live_worker() {
         echo(port, &format!("both slots {i}"));
     }
 }
+
+/// The worker pids of service `name` in a `status` rendering, sorted.
+fn service_pids(table: &str, name: &str) -> Vec<i32> {
+    let mut pids: Vec<i32> =
+        worker_rows(table).iter().filter(|r| r[0] == name).map(|r| r[2].parse().unwrap()).collect();
+    pids.sort_unstable();
+    pids
+}
+
+// A service that is down (its workers exit at start, backing off) blocks no reload of the
+// others: `host reload` and SIGHUP replace every worker of the services before and after it,
+// succeed, and say exactly what happened to each service (3 replaced, `looping` down). Before,
+// every reload failed at the looping service ("aborted at looping #0 (0 replaced before)" after
+// two retries, though `alpha` had moved), and `omega` was never reloaded.
+#[test]
+fn a_crash_looping_service_does_not_block_the_reload_of_the_others() {
+    let dir = TempDir::new();
+    let trigger = dir.join("crash");
+    let service = |name: &str, count: u32, config: &str| {
+        format!("[[service]]\nname = \"{name}\"\nplugin = \"fixture_crash\"\nlisten = \"127.0.0.1:0\"\ncount = {count}\n{config}\n")
+    };
+    let looping = format!("[service.config]\ncrash_if_exists = {:?}\n", trigger.display().to_string());
+    let text = [service("alpha", 2, ""), service("looping", 1, &looping), service("omega", 1, "")].concat();
+    let cfg = dir.write("three.toml", &text).display().to_string();
+    let mut host = Host::spawn(["-c", &cfg]);
+    host.wait_for_log("host ready", READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let pid_file = host.pid_file().display().to_string();
+    let status = |host: &mut Host| {
+        let out = host.command(["--pid-file", &pid_file, "status"], COMMAND_TIMEOUT);
+        assert_ok(&out, "status");
+        out.stdout
+    };
+    let table = status(&mut host);
+    let victim = service_pids(&table, "looping")[0];
+    std::fs::write(&trigger, "").unwrap();
+    signal_pid(victim, Signal::SIGKILL);
+    // Its next worker fails too: the service is down, backing off.
+    host.wait_for_log("exit code 3", Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+
+    for (round, how) in ["host reload", "SIGHUP"].into_iter().enumerate() {
+        let table = status(&mut host);
+        let before = [service_pids(&table, "alpha"), service_pids(&table, "omega")];
+        assert_eq!((before[0].len(), before[1].len()), (2, 1), "{table}");
+        if how == "SIGHUP" {
+            host.signal(Signal::SIGHUP);
+        } else {
+            let out = host.command(["--pid-file", &pid_file, "reload"], COMMAND_TIMEOUT);
+            assert_ok(&out, "reload");
+            assert_contains!(out.stdout, "reload done: 3 workers replaced");
+            assert_contains!(out.stdout, "service looping is down");
+        }
+        let done =
+            host.log().wait_for_nth("reload done", round + 1, RELOAD_WAIT).unwrap_or_else(|e| panic!("{how}: {e}"));
+        assert_contains!(done, "replaced=3");
+        let table = status(&mut host);
+        for (name, old) in ["alpha", "omega"].iter().zip(&before) {
+            let now = service_pids(&table, name);
+            assert_eq!(now.len(), old.len(), "{how}: {name}\n{table}");
+            assert!(now.iter().all(|p| !old.contains(p)), "{how}: {name} not replaced ({old:?} before)\n{table}");
+        }
+        assert_contains!(table, "3 workers replaced");
+    }
+    assert!(is_alive(host.pid()), "the master died");
+
+    // Once the cause is gone, the looping service serves again.
+    let ready = |host: &Host| {
+        host.log_text().lines().filter(|l| l.contains("worker ready") && l.contains("service=looping")).count()
+    };
+    let ready_before = ready(&host);
+    std::fs::remove_file(&trigger).unwrap();
+    poll_until(Duration::from_secs(20), || (ready(&host) > ready_before).then_some(()))
+        .expect("the looping service did not recover");
+    echo(service_port(&host, "looping"), "back");
+}
+
+/// How long a reload of four workers may take.
+const RELOAD_WAIT: Duration = Duration::from_secs(20);

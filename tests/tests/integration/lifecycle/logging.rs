@@ -13,8 +13,8 @@ fn json_lines(log: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-// BUG: `--log-format json` (and `--log-level`) are the master's only: workers are started as
-// `host worker` without them (master/spawn.rs spawn_worker), so they log text at `info`.
+// `--log-format json` reaches the workers (they are started with the master's log level and
+// format): a worker's line is JSON and carries its `worker` span.
 #[test]
 fn json_log_lines_are_json_and_carry_the_worker_span() {
     let mut host = Host::start("http", &["--log-format", "json"]);
@@ -55,7 +55,7 @@ fn json_log_lines_of_the_master_are_json() {
     assert!(lines.iter().any(|v| v["fields"]["message"] == "host ready" && v["level"] == "INFO"), "{log}");
 }
 
-// BUG (same cause as above): `--log-level warn` still lets the workers' info lines through.
+// `--log-level warn` applies to the workers too: no info line from anyone.
 #[test]
 fn log_level_applies_to_the_workers() {
     let mut host = Host::spawn(["--plugin", "http", "--listen", "127.0.0.1:0", "--log-level", "warn"]);

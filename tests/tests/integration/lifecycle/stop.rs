@@ -72,11 +72,9 @@ fn drain_timeout_flag_sets_the_workers_deadline() {
     assert_eq!(status.code(), Some(0));
 }
 
-// BUG: `host stop` waits until the master's pid is no longer a live process, but counts a
-// zombie as live (pidfile::is_host_master: kill(pid, 0) and /proc/PID/comm both succeed for a
-// zombie). A master whose parent does not reap it at once (here: the test process; in a
-// container: a pid 1 that reaps every 2 s) makes `stop` wait long after the master exited, and
-// fail with "still running after 7 s" if it is never reaped.
+// `host stop` returns once the master exited, even when its parent has not reaped it yet (here:
+// the test process; in a container: a pid 1 that reaps every 2 s): a zombie counts as stopped,
+// though kill(pid, 0) and /proc/PID/comm both still succeed for it.
 #[test]
 fn stop_returns_once_the_master_exited_even_if_not_yet_reaped() {
     let mut host = Host::start("http", &[]);
@@ -98,12 +96,11 @@ fn cpu_ticks(pid: i32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-// BUG: a file event in a plugin directory while the master stops (here: draining an idle
-// connection for 5 s) makes the master busy-loop until it exits. The watcher's debounce
-// deadline is part of the poll timeout (master/mod.rs `next_deadline`), but once stopping,
-// `run_deadlines` returns before it calls `watcher.due()`, so the deadline stays in the past and
-// every poll returns at once. On a build machine, every host that watches `target/debug` spins
-// while it stops each time cargo writes a `.so` there.
+// A file event in a plugin directory while the master stops (here: draining an idle connection
+// for 5 s) does not make the master busy-loop: the watcher's debounce deadline is part of the
+// poll timeout, so it is taken even when stopping, or it would stay in the past and every poll
+// return at once (on a build machine, every host watching `target/debug` would spin while it
+// stops each time cargo writes a `.so` there).
 #[test]
 fn stopping_master_does_not_spin_after_a_plugin_file_event() {
     let plugins = TempDir::new();
