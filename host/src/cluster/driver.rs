@@ -29,6 +29,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often [`Driver::tick`] is wanted while a name is being resolved.
 const RESOLVE_POLL: Duration = Duration::from_millis(20);
 const READ_CHUNK: usize = 64 * 1024;
+/// Gathered publishes past this many bytes are written without waiting for the end of the turn.
+pub const FLUSH_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DriverError {
@@ -102,11 +104,20 @@ impl Driver {
         self.flush(Instant::now());
     }
 
-    /// Publish to the other hosts; dropped and counted when not connected.
+    /// Publish to the other hosts; dropped and counted when not connected. The bytes are written
+    /// by [`Driver::flush_output`] (or [`Driver::tick`]), or at once past [`FLUSH_BYTES`]: the
+    /// publishes of one loop turn leave in one write instead of one write each.
     pub fn publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), TopicError> {
         self.broker.publish(topic, payload)?;
-        self.flush(Instant::now());
+        if self.broker.output().len() >= FLUSH_BYTES {
+            self.flush(Instant::now());
+        }
         Ok(())
+    }
+
+    /// Write what the publishes gathered: the loop calls this at the end of each turn.
+    pub fn flush_output(&mut self) {
+        self.flush(Instant::now());
     }
 
     /// When the loop should call [`Driver::tick`] at the latest.

@@ -310,6 +310,7 @@ impl Hosts {
             for i in 0..self.drivers.len() {
                 let got = self.drivers[i].tick(self.poll.registry(), now);
                 self.record(i, got);
+                self.drivers[i].flush_output();
             }
         }
     }
