@@ -59,6 +59,8 @@ pub struct Driver {
     retry_at: Option<Instant>,
     events: Vec<Event>,
     connected_once: bool,
+    /// Attempts at resolving a name, to take its addresses in turn.
+    attempts: usize,
 }
 
 impl Driver {
@@ -78,6 +80,7 @@ impl Driver {
             retry_at: Some(Instant::now()),
             events: Vec::new(),
             connected_once: false,
+            attempts: 0,
         })
     }
 
@@ -210,10 +213,18 @@ impl Driver {
         }
         let (tx, rx) = mpsc::channel();
         let host = self.url.host.clone();
+        // A name with several addresses (localhost: ::1 and 127.0.0.1): each attempt takes the
+        // next one, so an address that refuses does not stop the others from being tried.
+        let pick = self.attempts;
+        self.attempts = self.attempts.wrapping_add(1);
         let spawned = std::thread::Builder::new().name("cluster-resolve".into()).spawn(move || {
-            let answer = (host.as_str(), port)
-                .to_socket_addrs()
-                .and_then(|mut addrs| addrs.next().ok_or_else(|| io::Error::other("no address for this name")));
+            let answer = (host.as_str(), port).to_socket_addrs().and_then(|addrs| {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                match addrs.len() {
+                    0 => Err(io::Error::other("no address for this name")),
+                    n => Ok(addrs[pick % n]),
+                }
+            });
             let _ = tx.send(answer);
         });
         match spawned {

@@ -455,6 +455,16 @@ fn redis_password_is_checked() {
 }
 
 #[test]
+fn a_host_name_is_resolved_off_the_loop() {
+    let server = Server::start(BrokerKind::Nats, &[]);
+    let name = url::parse(&format!("nats://localhost:{}", server.port)).unwrap();
+    let mut h = Hosts::new(&[name, server.url("")]);
+    h.wait_connected();
+    h.drivers[0].subscribe(b"t").unwrap();
+    h.sync(1, 0, b"t");
+}
+
+#[test]
 fn nats_refuses_a_publish_over_max_payload() {
     let server = Server::start(BrokerKind::Nats, &["max_payload: 1024"]);
     let mut h = Hosts::new(&[server.url(""), server.url("")]);
