@@ -1,0 +1,413 @@
+//! A sans-IO NATS core client (the text protocol of nats-server 2.x).
+//!
+//! Hand-written: the field's Rust clients (`async-nats`) are tied to tokio, and no maintained
+//! sans-IO crate for the protocol exists; the protocol is a few text verbs. It is tested here on
+//! canned bytes and in `cluster::tests` against a real `nats-server`.
+//!
+//! The handshake: the server sends `INFO {json}`; the client answers `CONNECT {json}` (verbose,
+//! pedantic and headers off, `echo: false` so a host does not receive its own publishes) and
+//! `PING`; the `PONG` that follows means CONNECT was accepted (an auth failure is `-ERR` and a
+//! close instead). Keep-alive both ways: a server `PING` is answered with `PONG`, and
+//! [`super::Broker::tick`] sends ours. `max_payload` from INFO bounds every PUB.
+//!
+//! Subjects are `host.<service>.<topic>`, the service and topic escaped into one subject token
+//! each by [`escape_token`].
+
+use std::collections::HashMap;
+use std::io::Write as _;
+
+use super::{url::ClusterUrl, ClusterError, Protocol, TopicError, WireEvent};
+
+/// A control line (INFO can list many cluster URLs) longer than this is a protocol error.
+const MAX_CONTROL_LINE: usize = 64 * 1024;
+/// nats-server's default `max_payload`, until INFO says otherwise.
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// A MSG announcing more than this is a protocol error whatever INFO said.
+const HARD_MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsOptions {
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub token: Option<String>,
+    /// `host.<escaped service>.`
+    pub prefix: Vec<u8>,
+}
+
+impl NatsOptions {
+    pub fn from_url(url: &ClusterUrl, service: &str) -> Self {
+        let mut prefix = b"host.".to_vec();
+        prefix.extend_from_slice(escape_token(service.as_bytes()).as_bytes());
+        prefix.push(b'.');
+        Self { user: url.username.clone(), pass: url.password.clone(), token: url.token.clone(), prefix }
+    }
+}
+
+/// Whether a byte stands for itself in a subject token.
+fn plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// A topic (any bytes) as one NATS subject token: ASCII letters, digits, `-` and `_` as they are,
+/// every other byte (`.`, `*`, `>`, spaces, `%`, non-ASCII) as `%XX`. Reversible by
+/// [`unescape_token`]; an empty topic gives an empty token (topics are checked non-empty before).
+pub fn escape_token(topic: &[u8]) -> String {
+    let mut out = String::with_capacity(topic.len());
+    for &b in topic {
+        if plain(b) {
+            out.push(b as char);
+        } else {
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`escape_token`]; `None` for a token it cannot have produced.
+pub fn unescape_token(token: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(token.len());
+    let mut i = 0;
+    while i < token.len() {
+        match token[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(token.get(i + 1..i + 3)?).ok()?;
+                if !hex.bytes().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()) {
+                    return None;
+                }
+                let b = u8::from_str_radix(hex, 16).ok()?;
+                if plain(b) {
+                    return None;
+                }
+                out.push(b);
+                i += 3;
+            }
+            b if plain(b) => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitInfo,
+    AwaitPong,
+    Ready,
+}
+
+#[derive(Debug)]
+pub struct NatsClient {
+    options: NatsOptions,
+    phase: Phase,
+    max_payload: usize,
+    next_sid: u64,
+    topic_of_sid: HashMap<u64, Vec<u8>>,
+    sid_of_topic: HashMap<Vec<u8>, u64>,
+}
+
+impl NatsClient {
+    pub fn new(options: NatsOptions) -> Self {
+        Self {
+            options,
+            phase: Phase::AwaitInfo,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            next_sid: 1,
+            topic_of_sid: HashMap::new(),
+            sid_of_topic: HashMap::new(),
+        }
+    }
+
+    /// The server's `max_payload` (from its last INFO).
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    fn subject(&self, topic: &[u8]) -> Vec<u8> {
+        let mut s = self.options.prefix.clone();
+        s.extend_from_slice(escape_token(topic).as_bytes());
+        s
+    }
+
+    fn on_info(&mut self, json: &[u8], out: &mut Vec<u8>) -> Result<(), ClusterError> {
+        let info: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| ClusterError::Protocol(format!("INFO is not JSON: {e}")))?;
+        if let Some(max) = info.get("max_payload").and_then(|v| v.as_u64()) {
+            self.max_payload = usize::try_from(max).unwrap_or(usize::MAX).min(HARD_MAX_PAYLOAD);
+        }
+        if self.phase != Phase::AwaitInfo {
+            return Ok(()); // an INFO update (cluster topology): nothing else to do
+        }
+        if info.get("tls_required").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(ClusterError::Refused(
+                "the NATS server requires TLS (a tls:// URL), which this client does not do yet".into(),
+            ));
+        }
+        let mut connect = serde_json::json!({
+            "verbose": false,
+            "pedantic": false,
+            "headers": false,
+            "echo": false,
+            "tls_required": false,
+            "lang": "rust",
+            "version": env!("CARGO_PKG_VERSION"),
+            "name": "host-cluster",
+            "protocol": 1,
+        });
+        let o = &self.options;
+        for (key, value) in [("user", &o.user), ("pass", &o.pass), ("auth_token", &o.token)] {
+            if let Some(v) = value {
+                connect[key] = serde_json::Value::String(v.clone());
+            }
+        }
+        out.extend_from_slice(b"CONNECT ");
+        out.extend_from_slice(connect.to_string().as_bytes());
+        out.extend_from_slice(b"\r\nPING\r\n");
+        self.phase = Phase::AwaitPong;
+        Ok(())
+    }
+
+    /// One MSG whose control line is `args`; `body` is everything after that line.
+    /// Returns the bytes of `body` used, or `None` when the payload is not all there yet.
+    fn on_msg(
+        &mut self,
+        args: &[&[u8]],
+        body: &[u8],
+        events: &mut Vec<WireEvent>,
+    ) -> Result<Option<usize>, ClusterError> {
+        let bad = || ClusterError::Protocol(format!("bad MSG line: {:?}", args.join(&b' ')));
+        let (sid, len) = match args {
+            [_subject, sid, len] | [_subject, sid, _, len] => {
+                (number(sid).ok_or_else(bad)?, number(len).ok_or_else(bad)?)
+            }
+            _ => return Err(bad()),
+        };
+        let len = usize::try_from(len).map_err(|_| bad())?;
+        if len > HARD_MAX_PAYLOAD {
+            return Err(ClusterError::Protocol(format!("a MSG of {len} bytes")));
+        }
+        if body.len() < len + 2 {
+            return Ok(None);
+        }
+        if &body[len..len + 2] != b"\r\n" {
+            return Err(ClusterError::Protocol("a MSG payload not followed by CRLF".into()));
+        }
+        // A sid we unsubscribed: a message that was in flight; skipped.
+        if let Some(topic) = self.topic_of_sid.get(&sid) {
+            events.push(WireEvent::Message { topic: topic.clone(), payload: body[..len].to_vec() });
+        }
+        Ok(Some(len + 2))
+    }
+}
+
+fn number(s: &[u8]) -> Option<u64> {
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+impl Protocol for NatsClient {
+    fn reset(&mut self, _out: &mut Vec<u8>) {
+        // The server speaks first (INFO). Sids start again: the broker forgot them.
+        self.phase = Phase::AwaitInfo;
+        self.topic_of_sid.clear();
+        self.sid_of_topic.clear();
+    }
+
+    fn parse(&mut self, input: &[u8], out: &mut Vec<u8>, events: &mut Vec<WireEvent>) -> Result<usize, ClusterError> {
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            let Some(end) = rest.windows(2).take(MAX_CONTROL_LINE).position(|w| w == b"\r\n") else {
+                if rest.len() > MAX_CONTROL_LINE {
+                    return Err(ClusterError::Protocol(format!("a control line longer than {MAX_CONTROL_LINE} bytes")));
+                }
+                return Ok(used);
+            };
+            let line = &rest[..end];
+            let body = &rest[end + 2..];
+            let mut words = line.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty());
+            let verb = words.next().unwrap_or_default().to_ascii_uppercase();
+            let mut advance = end + 2;
+            match verb.as_slice() {
+                b"MSG" => {
+                    let args: Vec<&[u8]> = words.collect();
+                    match self.on_msg(&args, body, events)? {
+                        Some(n) => advance += n,
+                        None => return Ok(used),
+                    }
+                }
+                b"PING" => out.extend_from_slice(b"PONG\r\n"),
+                b"PONG" => {
+                    if self.phase == Phase::AwaitPong {
+                        self.phase = Phase::Ready;
+                        events.push(WireEvent::Ready);
+                    } else {
+                        events.push(WireEvent::Pong);
+                    }
+                }
+                b"+OK" => {}
+                b"-ERR" => {
+                    let message = String::from_utf8_lossy(line[4..].trim_ascii()).trim_matches('\'').to_string();
+                    if self.phase == Phase::Ready {
+                        events.push(WireEvent::ServerError(message));
+                    } else {
+                        return Err(ClusterError::Refused(message));
+                    }
+                }
+                b"INFO" => self.on_info(line[4..].trim_ascii(), out)?,
+                _ => {
+                    return Err(ClusterError::Protocol(format!(
+                        "unexpected line {:?}",
+                        String::from_utf8_lossy(&line[..line.len().min(80)])
+                    )))
+                }
+            }
+            used += advance;
+        }
+    }
+
+    fn subscribe(&mut self, topic: &[u8], out: &mut Vec<u8>) {
+        let sid = self.next_sid;
+        self.next_sid += 1;
+        out.extend_from_slice(b"SUB ");
+        out.extend_from_slice(&self.subject(topic));
+        let _ = write!(out, " {sid}\r\n");
+        self.topic_of_sid.insert(sid, topic.to_vec());
+        self.sid_of_topic.insert(topic.to_vec(), sid);
+    }
+
+    fn unsubscribe(&mut self, topic: &[u8], out: &mut Vec<u8>) {
+        if let Some(sid) = self.sid_of_topic.remove(topic) {
+            self.topic_of_sid.remove(&sid);
+            let _ = write!(out, "UNSUB {sid}\r\n");
+        }
+    }
+
+    fn publish(&mut self, topic: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Result<(), TopicError> {
+        if payload.len() > self.max_payload {
+            return Err(TopicError::TooLarge { len: payload.len(), max: self.max_payload });
+        }
+        out.extend_from_slice(b"PUB ");
+        out.extend_from_slice(&self.subject(topic));
+        let _ = write!(out, " {}\r\n", payload.len());
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    fn ping(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"PING\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> NatsClient {
+        let url = crate::cluster::url::parse("nats://me:pw@127.0.0.1:4222").unwrap();
+        NatsClient::new(NatsOptions::from_url(&url, "chat app"))
+    }
+
+    fn ready(c: &mut NatsClient) -> Vec<u8> {
+        let mut out = Vec::new();
+        c.reset(&mut out);
+        let info = b"INFO {\"server_id\":\"x\",\"max_payload\":16,\"proto\":1}\r\n";
+        c.parse(info, &mut out, &mut Vec::new()).unwrap();
+        let mut events = Vec::new();
+        c.parse(b"PONG\r\n", &mut out, &mut events).unwrap();
+        assert_eq!(events, vec![WireEvent::Ready]);
+        out
+    }
+
+    #[test]
+    fn escaping_is_reversible_and_makes_one_token() {
+        for topic in [&b"room-1_a"[..], b"a.b", b"*", b">", b"a b\tc", b"100%", b"\xff\x00", "café".as_bytes()] {
+            let token = escape_token(topic);
+            assert!(token.bytes().all(|b| b.is_ascii_graphic() && !b".*>".contains(&b)), "{token}");
+            assert_eq!(unescape_token(token.as_bytes()).as_deref(), Some(topic), "{token}");
+        }
+        assert_eq!(escape_token(b"a.b*c>d e%"), "a%2Eb%2Ac%3Ed%20e%25");
+        // Not produced by escape_token: refused, so the mapping is one-to-one.
+        for bad in [&b"a.b"[..], b"%41", b"%2e", b"%2", b"a b"] {
+            assert_eq!(unescape_token(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn handshake_sends_connect_and_ping_after_info() {
+        let mut c = client();
+        let out = ready(&mut c);
+        let text = String::from_utf8(out).unwrap();
+        let json = text.strip_prefix("CONNECT ").unwrap().strip_suffix("\r\nPING\r\n").unwrap();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["verbose"], false);
+        assert_eq!(v["pedantic"], false);
+        assert_eq!(v["headers"], false);
+        assert_eq!(v["echo"], false);
+        assert_eq!((v["user"].as_str(), v["pass"].as_str()), (Some("me"), Some("pw")));
+        assert_eq!(c.max_payload(), 16);
+    }
+
+    #[test]
+    fn auth_error_before_ready_refuses_and_tls_required_is_clear() {
+        let mut c = client();
+        let mut out = Vec::new();
+        c.reset(&mut out);
+        c.parse(b"INFO {}\r\n", &mut out, &mut Vec::new()).unwrap();
+        let err = c.parse(b"-ERR 'Authorization Violation'\r\n", &mut out, &mut Vec::new());
+        assert_eq!(err, Err(ClusterError::Refused("Authorization Violation".into())));
+        c.reset(&mut out);
+        let err = c.parse(b"INFO {\"tls_required\":true}\r\n", &mut out, &mut Vec::new());
+        assert!(matches!(err, Err(ClusterError::Refused(m)) if m.contains("TLS")));
+    }
+
+    #[test]
+    fn sub_pub_msg_with_exact_lengths() {
+        let mut c = client();
+        ready(&mut c);
+        let mut out = Vec::new();
+        c.subscribe(b"room.1", &mut out);
+        c.publish(b"room.1", b"a\r\nb", &mut out).unwrap();
+        assert_eq!(out, b"SUB host.chat%20app.room%2E1 1\r\nPUB host.chat%20app.room%2E1 4\r\na\r\nb\r\n");
+        // A payload containing CRLF and "MSG", split across reads; a server PING in between.
+        let input = b"MSG host.chat%20app.room%2E1 1 6\r\nMSG\r\nx\r\nPING\r\nmsg host.x 1 reply.to 0\r\n\r\n";
+        let mut events = Vec::new();
+        out.clear();
+        assert_eq!(c.parse(&input[..30], &mut out, &mut events).unwrap(), 0);
+        assert_eq!(c.parse(&input[..40], &mut out, &mut events).unwrap(), 0);
+        assert_eq!(c.parse(input, &mut out, &mut events).unwrap(), input.len());
+        assert_eq!(out, b"PONG\r\n");
+        assert_eq!(
+            events,
+            vec![
+                WireEvent::Message { topic: b"room.1".to_vec(), payload: b"MSG\r\nx".to_vec() },
+                WireEvent::Message { topic: b"room.1".to_vec(), payload: Vec::new() },
+            ]
+        );
+        // After UNSUB, a message in flight on the old sid is skipped.
+        out.clear();
+        c.unsubscribe(b"room.1", &mut out);
+        assert_eq!(out, b"UNSUB 1\r\n");
+        events.clear();
+        c.parse(b"MSG host.x 1 1\r\nz\r\n", &mut out, &mut events).unwrap();
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn over_max_payload_refused_and_bad_input_is_an_error() {
+        let mut c = client();
+        ready(&mut c);
+        let mut out = Vec::new();
+        assert_eq!(c.publish(b"t", &[0; 17], &mut out), Err(TopicError::TooLarge { len: 17, max: 16 }));
+        assert!(out.is_empty());
+        let mut events = Vec::new();
+        assert!(c.parse(b"MSG s 1 3\r\nabcd\r\n", &mut out, &mut events).is_err());
+        assert!(c.parse(b"MSG s x 3\r\nabc\r\n", &mut out, &mut events).is_err());
+        assert!(c.parse(b"BOGUS\r\n", &mut out, &mut events).is_err());
+        assert!(c.parse(&vec![b'x'; MAX_CONTROL_LINE + 2], &mut out, &mut events).is_err());
+        c.parse(b"-ERR 'Permissions Violation for Publish to x'\r\n", &mut out, &mut events).unwrap();
+        assert_eq!(events, vec![WireEvent::ServerError("Permissions Violation for Publish to x".into())]);
+    }
+}

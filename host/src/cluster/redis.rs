@@ -1,0 +1,332 @@
+//! A sans-IO Redis pub/sub client on one RESP3 connection.
+//!
+//! Why one RESP3 connection and not two RESP2 ones: a RESP2 connection in subscribe mode can
+//! issue nothing but (P)(UN)SUBSCRIBE and PING, so publishing needs a second connection, with its
+//! own handshake, state and reconnect. RESP3 (`HELLO 3`, Redis 6 and later) sends pub/sub
+//! messages as out-of-band push frames (`>`), told apart from command replies, so SUBSCRIBE and
+//! PUBLISH share one connection. A Redis older than 6 answers HELLO with an error, reported as
+//! "needs Redis 6 or later".
+//!
+//! Frames are decoded with the `redis-protocol` crate (`resp3::decode::complete::decode` over a
+//! byte slice: sans-IO, maintained as the codec of the `fred` client). Commands are encoded here:
+//! an array of bulk strings is a few lines and lets PUBLISH write the payload once, straight into
+//! the output buffer, instead of copying it into an owned frame first.
+//!
+//! Channels are `host:<service>:<topic>` (Redis channels are binary-safe; pub/sub ignores the
+//! database number, so the prefix is what keeps services apart). Every PUBLISH payload starts with
+//! the client's 8-byte origin id: Redis echoes a publish to the publisher's own subscriptions, and
+//! the host delivers its own messages locally, so a client skips what it published itself.
+//!
+//! Sharded pub/sub (`sharded: true`): SSUBSCRIBE / SPUBLISH / SUNSUBSCRIBE and `smessage` pushes.
+//! On a standalone Redis 7 they behave like the plain commands. On a Redis Cluster they are what
+//! keeps a message on the shard that owns its channel's slot, but this client talks to one node:
+//! slot routing (CLUSTER SHARDS, MOVED redirects) is not done, so a cluster's `-MOVED` replies
+//! come back as broker errors.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write as _;
+
+use redis_protocol::resp3::decode::complete::decode;
+use redis_protocol::resp3::types::OwnedFrame;
+
+use super::{url::ClusterUrl, ClusterError, Protocol, TopicError, WireEvent};
+
+/// Redis's own limit on a bulk string (`proto-max-bulk-len`, 512 MB by default).
+pub const MAX_PAYLOAD: usize = 512 * 1024 * 1024;
+/// The origin id in front of every payload.
+const ORIGIN_LEN: usize = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// `None`: the `default` user (when a password is given).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// SSUBSCRIBE / SPUBLISH instead of SUBSCRIBE / PUBLISH.
+    pub sharded: bool,
+    /// `host:<service>:`.
+    pub prefix: Vec<u8>,
+}
+
+impl RedisOptions {
+    pub fn from_url(url: &ClusterUrl, service: &str) -> Self {
+        Self {
+            username: url.username.clone(),
+            password: url.password.clone(),
+            sharded: false,
+            prefix: format!("host:{service}:").into_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Hello,
+    Publish,
+    Ping,
+}
+
+#[derive(Debug)]
+pub struct RedisClient {
+    options: RedisOptions,
+    origin: [u8; ORIGIN_LEN],
+    /// The commands whose (non-push) replies are still to come, in order.
+    pending: VecDeque<Pending>,
+}
+
+impl RedisClient {
+    pub fn new(options: RedisOptions) -> Self {
+        // A random id per client (std's SipHash keys are random per process and per RandomState).
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        Self { options, origin: hasher.finish().to_le_bytes(), pending: VecDeque::new() }
+    }
+
+    fn channel(&self, topic: &[u8]) -> Vec<u8> {
+        [self.options.prefix.as_slice(), topic].concat()
+    }
+
+    fn handle(&mut self, frame: OwnedFrame, events: &mut Vec<WireEvent>) -> Result<(), ClusterError> {
+        if let OwnedFrame::Push { data, .. } = &frame {
+            let kind = data.first().and_then(bytes_of).unwrap_or_default();
+            if (kind.eq_ignore_ascii_case(b"message") || kind.eq_ignore_ascii_case(b"smessage")) && data.len() == 3 {
+                let (Some(channel), Some(payload)) = (bytes_of(&data[1]), bytes_of(&data[2])) else {
+                    return Err(ClusterError::Protocol("a message push without a channel or payload".into()));
+                };
+                let Some(topic) = channel.strip_prefix(self.options.prefix.as_slice()) else {
+                    return Ok(());
+                };
+                // Shorter than an origin id: not published by a host; skipped.
+                if payload.len() < ORIGIN_LEN || payload[..ORIGIN_LEN] == self.origin {
+                    return Ok(());
+                }
+                events.push(WireEvent::Message { topic: topic.to_vec(), payload: payload[ORIGIN_LEN..].to_vec() });
+            }
+            // (un)subscribe confirmations and other pushes need no action.
+            return Ok(());
+        }
+        let error = error_of(&frame);
+        match self.pending.pop_front() {
+            Some(Pending::Hello) => match error {
+                Some(e) if e.starts_with("NOPROTO") => {
+                    Err(ClusterError::Refused(format!("{e} (RESP3 pub/sub needs Redis 6 or later)")))
+                }
+                Some(e) => Err(ClusterError::Refused(e)),
+                None => {
+                    events.push(WireEvent::Ready);
+                    Ok(())
+                }
+            },
+            Some(Pending::Ping) if error.is_none() => {
+                events.push(WireEvent::Pong);
+                Ok(())
+            }
+            _ => {
+                if let Some(e) = error {
+                    events.push(WireEvent::ServerError(e));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn bytes_of(frame: &OwnedFrame) -> Option<&[u8]> {
+    match frame {
+        OwnedFrame::BlobString { data, .. } | OwnedFrame::SimpleString { data, .. } => Some(data),
+        _ => None,
+    }
+}
+
+fn error_of(frame: &OwnedFrame) -> Option<String> {
+    match frame {
+        OwnedFrame::SimpleError { data, .. } => Some(data.clone()),
+        OwnedFrame::BlobError { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
+        _ => None,
+    }
+}
+
+/// `*N\r\n`.
+fn push_array(out: &mut Vec<u8>, n: usize) {
+    let _ = write!(out, "*{n}\r\n");
+}
+
+/// One bulk string made of `parts` laid end to end.
+fn push_bulk(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let _ = write!(out, "${len}\r\n");
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A command: an array of bulk strings.
+pub(crate) fn push_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    push_array(out, args.len());
+    for arg in args {
+        push_bulk(out, &[arg]);
+    }
+}
+
+impl Protocol for RedisClient {
+    fn reset(&mut self, out: &mut Vec<u8>) {
+        self.pending.clear();
+        let user = self.options.username.as_deref().unwrap_or("default");
+        match &self.options.password {
+            Some(pass) => push_command(
+                out,
+                &[b"HELLO", b"3", b"AUTH", user.as_bytes(), pass.as_bytes(), b"SETNAME", b"host-cluster"],
+            ),
+            None => push_command(out, &[b"HELLO", b"3", b"SETNAME", b"host-cluster"]),
+        }
+        self.pending.push_back(Pending::Hello);
+    }
+
+    fn parse(&mut self, input: &[u8], _out: &mut Vec<u8>, events: &mut Vec<WireEvent>) -> Result<usize, ClusterError> {
+        let mut used = 0;
+        while used < input.len() {
+            match decode(&input[used..]) {
+                Ok(Some((frame, n))) => {
+                    used += n;
+                    self.handle(frame, events)?;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(ClusterError::Protocol(e.to_string())),
+            }
+        }
+        Ok(used)
+    }
+
+    fn subscribe(&mut self, topic: &[u8], out: &mut Vec<u8>) {
+        let command: &[u8] = if self.options.sharded { b"SSUBSCRIBE" } else { b"SUBSCRIBE" };
+        push_command(out, &[command, &self.channel(topic)]);
+    }
+
+    fn unsubscribe(&mut self, topic: &[u8], out: &mut Vec<u8>) {
+        let command: &[u8] = if self.options.sharded { b"SUNSUBSCRIBE" } else { b"UNSUBSCRIBE" };
+        push_command(out, &[command, &self.channel(topic)]);
+    }
+
+    fn publish(&mut self, topic: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Result<(), TopicError> {
+        if payload.len() + ORIGIN_LEN > MAX_PAYLOAD {
+            return Err(TopicError::TooLarge { len: payload.len(), max: MAX_PAYLOAD - ORIGIN_LEN });
+        }
+        let command: &[u8] = if self.options.sharded { b"SPUBLISH" } else { b"PUBLISH" };
+        push_array(out, 3);
+        push_bulk(out, &[command]);
+        push_bulk(out, &[&self.options.prefix, topic]);
+        push_bulk(out, &[&self.origin, payload]);
+        self.pending.push_back(Pending::Publish);
+        Ok(())
+    }
+
+    fn ping(&mut self, out: &mut Vec<u8>) {
+        push_command(out, &[b"PING"]);
+        self.pending.push_back(Pending::Ping);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(password: Option<&str>, sharded: bool) -> RedisClient {
+        RedisClient::new(RedisOptions {
+            username: None,
+            password: password.map(String::from),
+            sharded,
+            prefix: b"host:chat:".to_vec(),
+        })
+    }
+
+    fn push(parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = format!(">{}\r\n", parts.len()).into_bytes();
+        for p in parts {
+            push_bulk(&mut out, &[p]);
+        }
+        out
+    }
+
+    #[test]
+    fn commands_decode_as_arrays_of_bulk_strings() {
+        let mut out = Vec::new();
+        push_command(&mut out, &[b"SUBSCRIBE", b"a\r\nb"]);
+        let (frame, n) = decode(&out).unwrap().unwrap();
+        assert_eq!(n, out.len());
+        let OwnedFrame::Array { data, .. } = frame else { panic!("not an array") };
+        assert_eq!(bytes_of(&data[1]).unwrap(), b"a\r\nb");
+    }
+
+    #[test]
+    fn hello_with_auth_then_ready_on_the_map_reply() {
+        let mut c = client(Some("pw"), false);
+        let mut out = Vec::new();
+        c.reset(&mut out);
+        assert_eq!(
+            out,
+            b"*7\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$7\r\ndefault\r\n$2\r\npw\r\n$7\r\nSETNAME\r\n$12\r\nhost-cluster\r\n"
+        );
+        let mut events = Vec::new();
+        let reply = b"%1\r\n+server\r\n+redis\r\n";
+        // Split reply: nothing consumed until the frame is complete.
+        assert_eq!(c.parse(&reply[..5], &mut out, &mut events).unwrap(), 0);
+        assert_eq!(c.parse(reply, &mut out, &mut events).unwrap(), reply.len());
+        assert_eq!(events, vec![WireEvent::Ready]);
+    }
+
+    #[test]
+    fn hello_errors_refuse_the_connection() {
+        let mut c = client(Some("bad"), false);
+        let mut out = Vec::new();
+        c.reset(&mut out);
+        let err = c.parse(b"-WRONGPASS invalid username-password pair\r\n", &mut out, &mut Vec::new());
+        assert!(matches!(err, Err(ClusterError::Refused(m)) if m.starts_with("WRONGPASS")));
+        c.reset(&mut out);
+        let err = c.parse(b"-NOPROTO unsupported protocol version\r\n", &mut out, &mut Vec::new());
+        assert!(matches!(err, Err(ClusterError::Refused(m)) if m.contains("Redis 6")));
+    }
+
+    #[test]
+    fn messages_are_unprefixed_and_own_publishes_skipped() {
+        let mut c = client(None, false);
+        let mut out = Vec::new();
+        c.reset(&mut out);
+        c.parse(b"%0\r\n", &mut out, &mut Vec::new()).unwrap();
+        let mut other = [7u8; 8].to_vec();
+        other.extend_from_slice(b"bin\r\n\0ary");
+        let mine = [c.origin.as_slice(), b"echo"].concat();
+        let mut input = push(&[b"subscribe", b"host:chat:room", b"1"]);
+        input.extend(push(&[b"message", b"host:chat:room", &other]));
+        input.extend(push(&[b"message", b"host:chat:room", &mine]));
+        input.extend(push(&[b"message", b"host:other:room", &other]));
+        input.extend(push(&[b"smessage", b"host:chat:s", &other]));
+        let mut events = Vec::new();
+        assert_eq!(c.parse(&input, &mut out, &mut events).unwrap(), input.len());
+        assert_eq!(
+            events,
+            vec![
+                WireEvent::Message { topic: b"room".to_vec(), payload: b"bin\r\n\0ary".to_vec() },
+                WireEvent::Message { topic: b"s".to_vec(), payload: b"bin\r\n\0ary".to_vec() },
+            ]
+        );
+    }
+
+    #[test]
+    fn publish_carries_the_origin_and_errors_are_reported() {
+        let mut c = client(None, true);
+        let mut out = Vec::new();
+        c.reset(&mut out);
+        c.parse(b"%0\r\n", &mut out, &mut Vec::new()).unwrap();
+        out.clear();
+        c.publish(b"t", b"x", &mut out).unwrap();
+        let (frame, _) = decode(&out).unwrap().unwrap();
+        let OwnedFrame::Array { data, .. } = frame else { panic!("not an array") };
+        assert_eq!(bytes_of(&data[0]).unwrap(), b"SPUBLISH");
+        assert_eq!(bytes_of(&data[1]).unwrap(), b"host:chat:t");
+        assert_eq!(bytes_of(&data[2]).unwrap(), [c.origin.as_slice(), b"x"].concat());
+        let mut events = Vec::new();
+        c.parse(b"-MOVED 3999 127.0.0.1:6381\r\n", &mut out, &mut events).unwrap();
+        assert_eq!(events, vec![WireEvent::ServerError("MOVED 3999 127.0.0.1:6381".into())]);
+    }
+}

@@ -1,0 +1,204 @@
+//! The `--cluster` URL: `redis://[[user]:password@]HOST[:PORT][/db]`, `rediss://` (TLS),
+//! `nats://[user:pass@|token@]HOST[:PORT]`, `tls://` (NATS over TLS). No syscalls.
+
+use std::fmt;
+
+/// Which broker a cluster URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Redis,
+    Nats,
+}
+
+/// A parsed cluster URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterUrl {
+    pub kind: BrokerKind,
+    /// `rediss://` or `tls://`.
+    pub tls: bool,
+    /// A name or an IP address (IPv6 without its brackets).
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// NATS `token@host`.
+    pub token: Option<String>,
+    /// Redis `/db`: parsed and checked, but pub/sub channels are the same in every database
+    /// (the service-name prefix keeps services apart), so nothing uses it.
+    pub db: Option<u32>,
+}
+
+impl fmt::Debug for ClusterUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// Without the secrets, for logs and `status`.
+impl fmt::Display for ClusterUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match (self.kind, self.tls) {
+            (BrokerKind::Redis, false) => "redis",
+            (BrokerKind::Redis, true) => "rediss",
+            (BrokerKind::Nats, false) => "nats",
+            (BrokerKind::Nats, true) => "tls",
+        };
+        write!(f, "{scheme}://")?;
+        if self.username.is_some() || self.password.is_some() || self.token.is_some() {
+            write!(f, "{}:***@", self.username.as_deref().unwrap_or(""))?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)?;
+        } else {
+            write!(f, "{}:{}", self.host, self.port)?;
+        }
+        if let Some(db) = self.db {
+            write!(f, "/{db}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UrlError {
+    #[error("a cluster URL starts with redis://, rediss://, nats:// or tls://, not {0:?}")]
+    Scheme(String),
+    #[error("the cluster URL has no host")]
+    NoHost,
+    #[error("the cluster URL's port {0:?} is not a number from 1 to 65535")]
+    Port(String),
+    #[error("the Redis URL's path {0:?} is not a database number (/0 to /15...)")]
+    Db(String),
+    #[error("a NATS URL has no path, found {0:?}")]
+    NatsPath(String),
+    #[error("the cluster URL's {0} has a bad %-escape")]
+    Escape(&'static str),
+    #[error("the cluster URL has an unclosed [ in its IPv6 host")]
+    Bracket,
+}
+
+/// Parse a cluster URL.
+pub fn parse(text: &str) -> Result<ClusterUrl, UrlError> {
+    let (scheme, rest) = text.split_once("://").ok_or_else(|| UrlError::Scheme(text.into()))?;
+    let (kind, tls, default_port) = match scheme.to_ascii_lowercase().as_str() {
+        "redis" => (BrokerKind::Redis, false, 6379),
+        "rediss" => (BrokerKind::Redis, true, 6379),
+        "nats" => (BrokerKind::Nats, false, 4222),
+        "tls" => (BrokerKind::Nats, true, 4222),
+        _ => return Err(UrlError::Scheme(scheme.into())),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (userinfo, hostport) = match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+        None => (None, authority),
+    };
+    let (host, port) = split_host_port(hostport, default_port)?;
+    let mut url = ClusterUrl { kind, tls, host, port, username: None, password: None, token: None, db: None };
+    if let Some(info) = userinfo {
+        match info.split_once(':') {
+            Some((user, pass)) => {
+                let user = percent_decode(user, "user name")?;
+                url.username = (!user.is_empty()).then_some(user);
+                url.password = Some(percent_decode(pass, "password")?);
+            }
+            None if kind == BrokerKind::Nats => url.token = Some(percent_decode(info, "token")?),
+            // Redis: `redis://password@host` is how some clients write a password alone.
+            None => url.password = Some(percent_decode(info, "password")?),
+        }
+    }
+    let path = path.trim_start_matches('/');
+    match kind {
+        BrokerKind::Redis if !path.is_empty() => {
+            url.db = Some(path.parse().map_err(|_| UrlError::Db(path.into()))?);
+        }
+        BrokerKind::Nats if !path.is_empty() => return Err(UrlError::NatsPath(path.into())),
+        _ => {}
+    }
+    Ok(url)
+}
+
+fn split_host_port(text: &str, default_port: u16) -> Result<(String, u16), UrlError> {
+    let (host, port) = if let Some(v6) = text.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or(UrlError::Bracket)?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(UrlError::NoHost);
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(UrlError::Port(p.into())),
+        },
+    };
+    Ok((host.to_string(), port))
+}
+
+fn percent_decode(text: &str, what: &'static str) -> Result<String, UrlError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3).ok_or(UrlError::Escape(what))?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| UrlError::Escape(what))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| UrlError::Escape(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls() {
+        let u = parse("redis://127.0.0.1:7000").unwrap();
+        assert_eq!((u.kind, u.tls, u.host.as_str(), u.port), (BrokerKind::Redis, false, "127.0.0.1", 7000));
+        assert_eq!((u.username, u.password, u.db), (None, None, None));
+        let u = parse("redis://:s%40cret@localhost/3").unwrap();
+        assert_eq!((u.username, u.password.as_deref(), u.db, u.port), (None, Some("s@cret"), Some(3), 6379));
+        let u = parse("rediss://app:pw@[::1]:6380").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port, u.username.as_deref()), ("::1", 6380, Some("app")));
+        assert_eq!(u.to_string(), "rediss://app:***@[::1]:6380");
+    }
+
+    #[test]
+    fn nats_urls() {
+        let u = parse("nats://127.0.0.1").unwrap();
+        assert_eq!((u.kind, u.port), (BrokerKind::Nats, 4222));
+        let u = parse("nats://tok@127.0.0.1:4333").unwrap();
+        assert_eq!((u.token.as_deref(), u.username, u.port), (Some("tok"), None, 4333));
+        let u = parse("tls://me:pw@example.org:4443").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.username.as_deref(), u.password.as_deref()), (Some("me"), Some("pw")));
+        assert!(!u.to_string().contains("pw"));
+    }
+
+    #[test]
+    fn bad_urls() {
+        assert_eq!(parse("http://x"), Err(UrlError::Scheme("http".into())));
+        assert_eq!(parse("127.0.0.1:6379"), Err(UrlError::Scheme("127.0.0.1:6379".into())));
+        assert_eq!(parse("redis://:6379"), Err(UrlError::NoHost));
+        assert_eq!(parse("redis://h:0"), Err(UrlError::Port("0".into())));
+        assert_eq!(parse("redis://h:99999"), Err(UrlError::Port("99999".into())));
+        assert_eq!(parse("redis://h/x"), Err(UrlError::Db("x".into())));
+        assert_eq!(parse("nats://h/sub"), Err(UrlError::NatsPath("sub".into())));
+        assert_eq!(parse("nats://a:%zz@h"), Err(UrlError::Escape("password")));
+        assert_eq!(parse("redis://[::1:6379"), Err(UrlError::Bracket));
+    }
+}
