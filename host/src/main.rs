@@ -99,6 +99,8 @@ fn main() -> ExitCode {
             });
             if is_status && not_running {
                 ExitCode::from(EXIT_NOT_RUNNING)
+            } else if e.chain().any(|c| c.is::<client::FilesRefused>()) {
+                ExitCode::from(client::FilesRefused::EXIT_CODE)
             } else {
                 ExitCode::FAILURE
             }
@@ -158,14 +160,21 @@ fn with_logging(global: &GlobalArgs, f: impl FnOnce(&GlobalArgs) -> anyhow::Resu
     f(global)
 }
 
-/// The pid file: --pid-file, else the config file's, else the per-user default; always absolute.
+/// A control command's pid file: --pid-file, else the config file's (or the default one of a
+/// start with that config file), else that of the one host running from the per-user runtime
+/// directory (`client::find_master`); always absolute.
 fn pid_file(global: &GlobalArgs, from_file: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let from_file = match (from_file, &global.config) {
         (Some(p), _) => Some(p),
-        (None, Some(path)) => config_file::load(path)?.pid_file,
+        (None, Some(path)) => {
+            Some(config_file::load(path)?.pid_file.unwrap_or_else(|| pidfile::default_pid_file_for(Some(path), None)))
+        }
         (None, None) => None,
     };
-    let path = global.pid_file.clone().or(from_file).unwrap_or_else(pidfile::default_pid_file);
+    let path = match global.pid_file.clone().or(from_file) {
+        Some(path) => path,
+        None => client::find_master()?,
+    };
     Ok(std::path::absolute(&path).unwrap_or(path))
 }
 
@@ -191,13 +200,15 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     if let Some(inherited) = master::upgrade::Inherited::take()? {
         std::env::set_current_dir(&inherited.state.start_dir)
             .with_context(|| format!("could not enter {}", inherited.state.start_dir.display()))?;
-        let plan = plan(global, cmd)?;
+        let mut plan = plan(global, cmd)?;
+        // The pid file the previous image holds locked, whatever this image would name it.
+        plan.pid_file = inherited.state.pid_file.clone();
         inherited.state.check(&plan.services).map_err(anyhow::Error::msg)?;
         return launch(global, cmd, plan, args(), Some(inherited));
     }
     let plan = plan(global, cmd)?;
     if let Ok(pid) = pidfile::read_running(&plan.pid_file) {
-        bail!("host is already running (pid {pid}, pid file {})", plan.pid_file.display());
+        return Err(pidfile::PidFileError::Running { pid, path: plan.pid_file }.into());
     }
     launch(global, cmd, plan, args(), None)
 }
@@ -240,10 +251,16 @@ fn restart(global: &GlobalArgs, restart: &RestartCmd) -> anyhow::Result<()> {
         }
         _ => (global.clone(), cmd.clone()),
     };
-    if !argv.iter().any(|a| a == "--pid-file" || a.starts_with("--pid-file=")) {
+    if running.is_some() && !argv.iter().any(|a| a == "--pid-file" || a.starts_with("--pid-file=")) {
         argv.extend(["--pid-file".to_string(), pid_file.display().to_string()]);
     }
-    let plan = plan(&global, &cmd)?;
+    let plan = plan(&global, &cmd).context("the new host cannot start, nothing was stopped")?;
+    // Every plugin file must be there now, a config file's too: a restart must never stop a host
+    // it cannot start.
+    for s in &plan.services {
+        plugin::find(&s.service.plugin, &plan.plugin_dirs)
+            .with_context(|| format!("service {}: nothing was stopped", s.service.name))?;
+    }
     // Every fixed port must be free, or held by the master about to stop.
     let held: Vec<String> = old.iter().flat_map(|s| s.services.iter().map(|r| r.listen.clone())).collect();
     for s in &plan.services {
@@ -326,7 +343,12 @@ fn plan(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<Plan> {
         .max(config::MIN_PROBE_TIMEOUT);
     let insecure_plugins = args.insecure_plugins || file.as_ref().is_some_and(|f| f.insecure_plugins);
     let file_pid_given = file_pid.is_some();
-    let pid_file = pid_file(global, file_pid)?;
+    // A start's own default pid file: two hosts started by one user do not clash.
+    let pid_file = global.pid_file.clone().or(file_pid).unwrap_or_else(|| {
+        let first = services.first().map(|s| (s.service.name.clone(), s.service.listen.to_string()));
+        pidfile::default_pid_file_for(global.config.as_deref(), first.as_ref().map(|(n, l)| (n.as_str(), l.as_str())))
+    });
+    let pid_file = std::path::absolute(&pid_file).unwrap_or(pid_file);
     // A flag wins over the config file, but never silently.
     let overridden = [
         ("--plugin-dir", "plugin_dirs", !args.plugin_dirs.is_empty() && !file_dirs.is_empty()),
@@ -342,10 +364,15 @@ fn plan(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<Plan> {
     let dirs = if args.plugin_dirs.is_empty() { file_dirs } else { args.plugin_dirs.clone() };
     let dirs = if dirs.is_empty() { plugin::default_dirs() } else { dirs };
     let plugin_dirs: Vec<PathBuf> = dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
-    // A plugin named on the command line must exist now (a config file's may appear later).
+    // A plugin named on the command line must exist now (a config file's may appear later). One
+    // given by path is kept absolute: a daemon (`-d`) looks for it after changing to `/`.
+    let mut services = services;
     if global.config.is_none() {
-        for s in &services {
-            plugin::find(&s.service.plugin, &plugin_dirs)?;
+        for s in &mut services {
+            let found = plugin::find(&s.service.plugin, &plugin_dirs)?;
+            if plugin::is_path(&s.service.plugin) {
+                s.service.plugin = found.display().to_string();
+            }
         }
     }
     Ok(Plan {
