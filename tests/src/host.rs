@@ -152,8 +152,17 @@ impl Host {
         let dir = TempDir::new();
         let mut cmd = host_command(&dir);
         configure(&mut cmd);
-        cmd.args(args)
-            .stdin(Stdio::null())
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        cmd.args(&args);
+        // A test fixture named as a plugin is found where the harness built it (not beside the
+        // host), the workspace's plugins where they always are.
+        let names_fixture =
+            args.windows(2).any(|w| w[0] == "--plugin" && w[1].to_string_lossy().starts_with("fixture_"));
+        let chooses_dirs = args.iter().any(|a| a == "--plugin-dir" || a == "-c" || a == "--config");
+        if names_fixture && !chooses_dirs {
+            cmd.arg("--plugin-dir").arg(crate::fixtures_dir()).arg("--plugin-dir").arg(crate::target_dir());
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group: Drop kills the master and every worker with one killpg.
