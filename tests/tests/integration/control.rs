@@ -134,3 +134,45 @@ fn two_hosts_of_one_user_do_not_clash_and_control_commands_say_which() {
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.contains(&format!("master pid {} ", web.pid())), "{out:?}");
 }
+
+// Another user's socket at the control socket's path of a pid file naming a real master (root's
+// here): the client checks the socket's peer credentials and refuses it before it sends or
+// believes anything. (Needs root to listen as another user, and python3: skipped otherwise.)
+#[test]
+fn a_control_socket_held_by_another_user_is_not_believed() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    if !nix::unistd::geteuid().is_root() || Command::new("python3").arg("-c").arg("").status().is_err() {
+        eprintln!("note: needs root and python3; skipped");
+        return;
+    }
+    let host = Host::start("http", &[]);
+    let dir = host_tests::TempDir::new();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(dir.join("host.pid"), format!("{}\n", host.pid())).unwrap();
+    let fake = "import socket, sys\n\
+                s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)\n\
+                print('ready', flush=True)\n\
+                c, _ = s.accept(); c.recv(100)\n\
+                c.sendall(b'{\"answer\":\"ok\",\"message\":\"reload done (fake)\"}\\n')\n";
+    let mut listener = Command::new("python3")
+        .args(["-c", fake])
+        .arg(dir.join("host.sock"))
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(listener.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let pid_file = dir.join("host.pid").display().to_string();
+    let out = host_tests::run_host_in(dir.path(), ["reload", "--pid-file", &pid_file], ANSWER_TIMEOUT);
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(!out.status.success(), "believed another user's socket: {out:?}");
+    assert!(out.stderr.contains("refusing the control socket") && out.stderr.contains("uid 65534"), "{out:?}");
+    assert!(!out.stdout.contains("fake"), "{out:?}");
+}
