@@ -138,8 +138,10 @@ pub struct GlobalArgs {
     #[arg(short = 'c', long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where the master writes its pid; the control socket sits beside it (`.sock`).
-    /// Default: the config file's `pid_file`, else $XDG_RUNTIME_DIR/host/host.pid (/run/host for
-    /// root, /tmp/host-UID without XDG_RUNTIME_DIR).
+    /// Default: the config file's `pid_file`, else one per start in $XDG_RUNTIME_DIR/host/ (/run/host
+    /// for root, /tmp/host-UID without XDG_RUNTIME_DIR), named after the config file or the first
+    /// service (`web.pid`, `http-127.0.0.1-8080.pid`); control commands then act on the one host
+    /// running there.
     #[arg(long, global = true, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
 }

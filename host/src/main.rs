@@ -65,6 +65,8 @@ fn main() -> ExitCode {
             });
             if is_status && not_running {
                 ExitCode::from(EXIT_NOT_RUNNING)
+            } else if e.chain().any(|c| c.is::<client::FilesRefused>()) {
+                ExitCode::from(client::FilesRefused::EXIT_CODE)
             } else {
                 ExitCode::FAILURE
             }
@@ -122,14 +124,20 @@ fn with_logging(global: &GlobalArgs, f: impl FnOnce(&GlobalArgs) -> anyhow::Resu
     f(global)
 }
 
-/// The pid file of a control command: --pid-file, else the config file's, else the per-user
-/// default; always absolute.
+/// A control command's pid file: --pid-file, else the config file's (or the default one of a
+/// start with that config file), else that of the one host running from the per-user runtime
+/// directory (`client::find_master`); always absolute.
 fn pid_file(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
     let from_file = match &global.config {
-        Some(path) => config_file::load(path)?.pid_file,
+        Some(path) => {
+            Some(config_file::load(path)?.pid_file.unwrap_or_else(|| pidfile::default_pid_file_for(Some(path), None)))
+        }
         None => None,
     };
-    let path = global.pid_file.clone().or(from_file).unwrap_or_else(pidfile::default_pid_file);
+    let path = match global.pid_file.clone().or(from_file) {
+        Some(path) => path,
+        None => client::find_master()?,
+    };
     Ok(std::path::absolute(&path).unwrap_or(path))
 }
 
@@ -140,13 +148,15 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     if let Some(inherited) = master::upgrade::Inherited::take()? {
         std::env::set_current_dir(&inherited.state.start_dir)
             .with_context(|| format!("could not enter {}", inherited.state.start_dir.display()))?;
-        let plan = plan(global, cmd)?;
+        let mut plan = plan(global, cmd)?;
+        // The pid file the previous image holds locked, whatever this image would name it.
+        plan.pid_file = inherited.state.pid_file.clone();
         inherited.state.check(&plan.services).map_err(anyhow::Error::msg)?;
         return launch(cmd, plan, args(), Some(inherited));
     }
     let plan = plan(global, cmd)?;
     if let Ok(pid) = pidfile::read_running(&plan.pid_file) {
-        bail!("host is already running (pid {pid}, pid file {})", plan.pid_file.display());
+        return Err(pidfile::PidFileError::Running { pid, path: plan.pid_file }.into());
     }
     launch(cmd, plan, args(), None)
 }
@@ -189,10 +199,16 @@ fn restart(global: &GlobalArgs, restart: &RestartCmd) -> anyhow::Result<()> {
         }
         _ => (global.clone(), cmd.clone()),
     };
-    if !argv.iter().any(|a| a == "--pid-file" || a.starts_with("--pid-file=")) {
+    if running.is_some() && !argv.iter().any(|a| a == "--pid-file" || a.starts_with("--pid-file=")) {
         argv.extend(["--pid-file".to_string(), pid_file.display().to_string()]);
     }
-    let plan = plan(&global, &cmd)?;
+    let plan = plan(&global, &cmd).context("the new host cannot start, nothing was stopped")?;
+    // Every plugin file must be there now, a config file's too: a restart must never stop a host
+    // it cannot start.
+    for s in &plan.services {
+        plugin::find(&s.service.plugin, &plan.plugin_dirs)
+            .with_context(|| format!("service {}: nothing was stopped", s.service.name))?;
+    }
     // Every fixed port must be free, or held by the master about to stop.
     let held: Vec<String> = old.iter().flat_map(|s| s.services.iter().map(|r| r.listen.clone())).collect();
     for s in &plan.services {
@@ -239,13 +255,17 @@ fn upgrade_check() -> anyhow::Result<()> {
 /// may appear later). Starts nothing.
 fn plan(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<Plan> {
     let file = global.config.as_deref().map(config_file::load).transpose()?;
-    let plan = plan::resolve(global, &cmd.args, file, plan::Defaults::here())?;
+    let mut plan = plan::resolve(global, &cmd.args, file, plan::Defaults::here())?;
     for (flag, key) in &plan.overrides {
         eprintln!("note: {flag} overrides `{key}` of the config file");
     }
+    // One given by path is kept absolute: a daemon (`-d`) looks for it after changing to `/`.
     if !plan.from_file {
-        for s in &plan.services {
-            plugin::find(&s.service.plugin, &plan.plugin_dirs)?;
+        for s in &mut plan.services {
+            let found = plugin::find(&s.service.plugin, &plan.plugin_dirs)?;
+            if plugin::is_path(&s.service.plugin) {
+                s.service.plugin = found.display().to_string();
+            }
         }
     }
     Ok(plan)

@@ -2,9 +2,12 @@
 //! second `start` knows one is running. The control socket lives beside it (`host.pid` →
 //! `host.sock`).
 //!
-//! Where: `--pid-file`, else the config file's `pid_file`, else a per-user runtime directory
-//! ([`default_dir`]), so that control commands find a master started without either from any
-//! directory.
+//! Where: `--pid-file`, else the config file's `pid_file`, else a file of its own in a per-user
+//! runtime directory ([`default_dir`], [`default_pid_file_for`]): named after the config file
+//! (`-c web.toml` → `web.pid`), or after the first service's name and address
+//! (`http-127.0.0.1-8080.pid`), as Workerman names a pid file after its start file, so that two
+//! hosts started by one user do not clash. A control command given neither option acts on the
+//! one host running from that directory ([`running_in_default_dir`]).
 
 use std::fs;
 use std::io::{self, Write};
@@ -13,8 +16,6 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
-
-pub const DEFAULT_PID_FILE: &str = "host.pid";
 
 /// The per-user runtime directory of a host started without `--pid-file` or `pid_file`:
 /// `$XDG_RUNTIME_DIR/host`, else `/run/host` for root, else `/tmp/host-UID`.
@@ -30,32 +31,117 @@ pub fn default_dir() -> PathBuf {
     }
 }
 
-/// The default pid file, in [`default_dir`].
-pub fn default_pid_file() -> PathBuf {
-    default_dir().join(DEFAULT_PID_FILE)
+/// The default pid file of a start, in [`default_dir`]: named after the config file `config`
+/// (its name without `.toml`), else after the first service's `name` and `listen` address.
+pub fn default_pid_file_for(config: Option<&Path>, first_service: Option<(&str, &str)>) -> PathBuf {
+    default_dir().join(pid_file_name(config, first_service))
 }
 
-/// Creates the directory of a pid file in the default runtime directory (mode 0700); refuses one
-/// that another user owns (someone could otherwise pre-create it and hold our pid file).
+/// The file name of [`default_pid_file_for`] (pure: the plan resolves it against its defaults).
+pub fn pid_file_name(config: Option<&Path>, first_service: Option<(&str, &str)>) -> String {
+    let raw = match (config, first_service) {
+        (Some(path), _) => path.file_stem().map_or_else(|| "host".to_string(), |s| s.to_string_lossy().into_owned()),
+        (None, Some((name, listen))) => format!("{name}-{listen}"),
+        (None, None) => "host".to_string(),
+    };
+    format!("{}.pid", file_name_of(&raw))
+}
+
+/// `raw` as a file name: letters, digits, `.`, `_` and `-` kept, anything else a `-` (runs of
+/// them one), no leading dot; longer than 48 bytes, cut with a hash of the whole appended (the
+/// control socket beside it must fit a Unix socket path's 108 bytes).
+fn file_name_of(raw: &str) -> String {
+    let mut name = String::new();
+    for c in raw.chars() {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' };
+        if !(c == '-' && name.ends_with('-')) {
+            name.push(c);
+        }
+    }
+    let name = name.trim_matches('-').trim_start_matches('.').to_string();
+    let name = if name.is_empty() { "host".to_string() } else { name };
+    if name.len() <= 48 {
+        return name;
+    }
+    let hash = raw.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{}-{:08x}", &name[..39], hash as u32)
+}
+
+/// The pid files in the default runtime directory whose masters run, with their pids, sorted.
+pub fn running_in_default_dir() -> Result<Vec<(PathBuf, i32)>, PidFileError> {
+    let dir = default_dir();
+    check_private_dir(&dir)?;
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(cause) => return Err(PidFileError::Read { path: dir, cause }),
+    };
+    let mut running: Vec<(PathBuf, i32)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+        .filter_map(|p| read_running(&p).ok().map(|pid| (p, pid)))
+        .collect();
+    running.sort();
+    Ok(running)
+}
+
+/// What a control command without `--pid-file` or `-c` looks for when no host runs: a path that
+/// names the pattern, so that "no pid file …" says where it looked.
+pub fn default_pattern() -> PathBuf {
+    default_dir().join("*.pid")
+}
+
+/// Creates the directory of a pid file in the default runtime directory (mode 0700) and checks
+/// it is this user's own ([`check_private_dir`]): someone could otherwise pre-create it, or a
+/// symlink in its place, and hold our pid file and answer on our control socket.
 pub fn prepare_default_dir(pid_file: &Path) -> Result<(), PidFileError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    use std::os::unix::fs::DirBuilderExt;
     let Some(dir) = pid_file.parent().filter(|d| *d == default_dir()) else { return Ok(()) };
     let err = |cause| PidFileError::Write { path: pid_file.to_path_buf(), cause };
-    match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) => return Err(err(e)),
+    if let Some(parent) = dir.parent() {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(err)?;
     }
-    let meta = fs::metadata(dir).map_err(err)?;
-    if meta.uid() != nix::unistd::geteuid().as_raw() {
-        let msg = format!("{} belongs to another user; pass --pid-file", dir.display());
-        return Err(err(io::Error::new(io::ErrorKind::PermissionDenied, msg)));
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(err(e)),
+        _ => {}
+    }
+    check_private_dir(dir)
+}
+
+/// Checks that `dir`, the default runtime directory, is this user's own: a directory (not a
+/// symlink to one), owned by this user, closed to group and others (0700). A directory that does
+/// not exist passes (there is nothing in it to believe).
+pub fn check_private_dir(dir: &Path) -> Result<(), PidFileError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(cause) => return Err(PidFileError::Read { path: dir.to_path_buf(), cause }),
+    };
+    let refuse = |reason: String| Err(PidFileError::UnsafeDir { dir: dir.to_path_buf(), reason });
+    let ours = nix::unistd::geteuid().as_raw();
+    if meta.file_type().is_symlink() {
+        return refuse("it is a symlink".into());
+    }
+    if !meta.is_dir() {
+        return refuse("it is not a directory".into());
+    }
+    if meta.uid() != ours {
+        let uid = meta.uid();
+        return refuse(format!(
+            "it belongs to uid {uid}, not to this user (uid {ours}) (a host of that user? run the command as that user)"
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return refuse(format!("its mode is {:04o}, not 0700 (`chmod 700 {}`)", meta.mode() & 0o7777, dir.display()));
     }
     Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PidFileError {
-    #[error("host is already running (pid {pid}, pid file {path})")]
+    #[error("host is already running (pid {pid}, pid file {path}); to run another one, give it a pid file of its own with --pid-file")]
     Running { pid: i32, path: PathBuf },
     #[error(
         "host is not running (no pid file {0}; a host started with --pid-file or -c is found with the same option)"
@@ -67,6 +153,10 @@ pub enum PidFileError {
     Write { path: PathBuf, cause: io::Error },
     #[error("could not read pid file {path}: {cause}")]
     Read { path: PathBuf, cause: io::Error },
+    #[error(
+        "refusing the runtime directory {dir}: {reason}; someone else may have made it: remove it, or pass --pid-file"
+    )]
+    UnsafeDir { dir: PathBuf, reason: String },
     #[error(
         "cannot read pid file {0}: permission denied (a host of another user? run the command as that user, or root)"
     )]
@@ -98,6 +188,9 @@ pub fn is_host_master(pid: i32) -> bool {
 
 /// The pid of the running master named by `path`.
 pub fn read_running(path: &Path) -> Result<i32, PidFileError> {
+    if let Some(dir) = path.parent().filter(|d| *d == default_dir()) {
+        check_private_dir(dir)?;
+    }
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PidFileError::NotRunning(path.to_path_buf())),
@@ -230,6 +323,45 @@ mod tests {
         let again = PidFile::acquire(&path).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap().trim(), std::process::id().to_string());
         drop(again);
+    }
+
+    #[test]
+    fn only_a_private_real_directory_of_ours_is_a_runtime_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = temp("private").parent().unwrap().to_path_buf();
+        let dir = top.join("run");
+        assert!(check_private_dir(&dir).is_ok(), "absent: nothing to believe, nothing refused");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(check_private_dir(&dir).is_ok());
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let e = check_private_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("0755") && e.contains("--pid-file"), "{e}");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        // Another user's `/tmp/host-UID -> /their/dir`: refused even though the target is fine.
+        let link = top.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let e = check_private_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("symlink"), "{e}");
+        fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn each_start_gets_a_default_pid_file_of_its_own() {
+        let name = |config: Option<&str>, service: Option<(&str, &str)>| {
+            let path = default_pid_file_for(config.map(Path::new), service);
+            assert_eq!(path.parent(), Some(default_dir().as_path()));
+            path.file_name().unwrap().to_string_lossy().into_owned()
+        };
+        assert_eq!(name(Some("/etc/host/web.toml"), Some(("x", "y"))), "web.pid");
+        assert_eq!(name(None, Some(("http", "127.0.0.1:8080"))), "http-127.0.0.1-8080.pid");
+        assert_ne!(name(None, Some(("http", "127.0.0.1:8080"))), name(None, Some(("http", "127.0.0.1:8081"))));
+        assert_eq!(name(None, Some(("echo", "unix:/run/e.sock"))), "echo-unix-run-e.sock.pid");
+        assert_eq!(name(None, Some(("dns", "udp://[::1]:53"))), "dns-udp-1-53.pid");
+        assert_eq!(name(Some(".hidden.toml"), None), "hidden.pid");
+        let long = name(None, Some((&"s".repeat(240), "127.0.0.1:1")));
+        assert!(long.len() <= 52 && long.ends_with(".pid"), "{long}");
+        assert_ne!(long, name(None, Some((&"s".repeat(240), "127.0.0.1:2"))));
     }
 
     #[test]

@@ -40,14 +40,16 @@ pub struct Plan {
 /// What a start falls back on when neither the flags nor the config file say.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Defaults {
-    pub pid_file: PathBuf,
+    /// The directory of a start's default pid file (named after its config file or its first
+    /// service: two hosts of one user do not clash).
+    pub pid_dir: PathBuf,
     pub plugin_dirs: Vec<PathBuf>,
 }
 
 impl Defaults {
-    /// This machine's: the per-user pid file, `plugins` and the binary's directory.
+    /// This machine's: the per-user runtime directory, `plugins` and the binary's directory.
     pub fn here() -> Self {
-        Defaults { pid_file: crate::pidfile::default_pid_file(), plugin_dirs: crate::plugin::default_dirs() }
+        Defaults { pid_dir: crate::pidfile::default_dir(), plugin_dirs: crate::plugin::default_dirs() }
     }
 }
 
@@ -124,8 +126,11 @@ pub fn resolve(
     .collect();
     let dirs = if args.plugin_dirs.is_empty() { file_dirs } else { args.plugin_dirs.clone() };
     let dirs = if dirs.is_empty() { defaults.plugin_dirs } else { dirs };
-    let pid_file =
-        global.pid_file.clone().or_else(|| file.and_then(|f| f.pid_file.clone())).unwrap_or(defaults.pid_file);
+    let pid_file = global.pid_file.clone().or_else(|| file.and_then(|f| f.pid_file.clone())).unwrap_or_else(|| {
+        let first = services.first().map(|s| (s.service.name.as_str(), s.service.listen.to_string()));
+        let first = first.as_ref().map(|(name, listen)| (*name, listen.as_str()));
+        defaults.pid_dir.join(crate::pidfile::pid_file_name(global.config.as_deref(), first))
+    });
     let daemon_log = args
         .log_file
         .clone()
@@ -167,7 +172,7 @@ mod tests {
     }
 
     fn defaults() -> Defaults {
-        Defaults { pid_file: "/run/user/host.pid".into(), plugin_dirs: vec!["/opt/host/plugins".into()] }
+        Defaults { pid_dir: "/run/user".into(), plugin_dirs: vec!["/opt/host/plugins".into()] }
     }
 
     fn file(text: &str) -> FileConfig {
@@ -201,7 +206,7 @@ listen = "127.0.0.1:7000"
         assert_eq!(plan.services[0].service.name, "http");
         assert!(plan.services[0].reloadable);
         assert_eq!(plan.title, "http 127.0.0.1:8081");
-        assert_eq!(plan.pid_file, PathBuf::from("/run/user/host.pid"));
+        assert_eq!(plan.pid_file, PathBuf::from("/run/user/http-127.0.0.1-8081.pid"));
         assert_eq!(plan.plugin_dirs, vec![PathBuf::from("/opt/host/plugins")]);
         assert!(!plan.from_file);
         assert_eq!(plan.daemon_log, absolute(DEFAULT_DAEMON_LOG.into()));

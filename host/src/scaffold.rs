@@ -457,12 +457,11 @@ pub fn new_plugin(request: &Request, cwd: &Path) -> Result<Created, ScaffoldErro
     if dir.exists() {
         return Err(ScaffoldError::Exists(dir));
     }
+    // A crate of its own clashes with nothing but its directory (checked above) and its own
+    // dependencies (`check_name`): the host's workspace members (`examples/chat`…) and the
+    // plugins in the host's directories are no concern of a crate built and run elsewhere
+    // (`--plugin-dir target/debug`).
     let source = host_source()?;
-    let (ws_root, members) = match &source {
-        Some(src) => (Some(src.as_path()), find_workspace(src).map(|w| w.members).unwrap_or_default()),
-        None => (None, Vec::new()),
-    };
-    check_free(name, &taken_names(ws_root, &members))?;
     let mut dependencies = match &source {
         Some(src) => format!("plugin-api = {{ path = {} }}", toml_string(&src.join("plugin-api").to_string_lossy())),
         None => format!("plugin-api = {}", toml_string(api_version())),

@@ -218,6 +218,11 @@ pub enum Answer {
     Error {
         message: String,
     },
+    /// A reload that ran, but refused plugin files it was asked to load on the way (`host
+    /// reload` prints it and exits with code 4).
+    Refused {
+        message: String,
+    },
     Status(Status),
     Connections {
         rows: Vec<ConnRow>,

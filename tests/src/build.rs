@@ -69,12 +69,58 @@ pub fn host_bin() -> PathBuf {
     bin
 }
 
-/// A plugin built by the workspace, by library name: `http` → `target/debug/libhttp.so`.
+/// A plugin built by the workspace, by library name: `http` → `target/debug/libhttp.so`; a test
+/// fixture (`fixture_…`) from [`fixtures_dir`].
 pub fn plugin_file(lib: &str) -> PathBuf {
-    build();
-    let path = target_dir().join(format!("lib{lib}.so"));
+    let dir = if lib.starts_with("fixture_") {
+        fixtures_dir()
+    } else {
+        build();
+        target_dir().to_path_buf()
+    };
+    let path = dir.join(format!("lib{lib}.so"));
     assert!(path.is_file(), "no plugin at {}", path.display());
     path
+}
+
+/// Where the test fixtures (`tests/fixtures/`: plugins that panic, crash, load slowly… a cargo
+/// workspace of their own) are built, once per test process: `<target>/fixtures/<profile>/`,
+/// never beside the host binary, which is the host's default plugin directory.
+pub fn fixtures_dir() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_fixtures) {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn build_fixtures() -> Result<PathBuf, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/Cargo.toml");
+    let profile_dir = target_dir();
+    let target = profile_dir.parent().ok_or("the test binary is not under a target directory")?.join("fixtures");
+    let mut cmd = Command::new(&cargo);
+    cmd.arg("build").arg("--quiet").arg("--manifest-path").arg(&manifest).arg("--target-dir").arg(&target);
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.arg("--profile").arg(other);
+        }
+    }
+    let out = cmd.output().map_err(|e| format!("could not run {cargo:?} build for the test fixtures: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the test fixtures ({}) failed ({}):\n{}",
+            manifest.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(target.join(profile))
 }
 
 /// The fixture plugin built against the frozen `plugin-api` 0.1.0 (`tests/fixtures/old_abi`, a

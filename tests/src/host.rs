@@ -152,8 +152,17 @@ impl Host {
         let dir = TempDir::new();
         let mut cmd = host_command(&dir);
         configure(&mut cmd);
-        cmd.args(args)
-            .stdin(Stdio::null())
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        cmd.args(&args);
+        // A test fixture named as a plugin is found where the harness built it (not beside the
+        // host), the workspace's plugins where they always are.
+        let names_fixture =
+            args.windows(2).any(|w| w[0] == "--plugin" && w[1].to_string_lossy().starts_with("fixture_"));
+        let chooses_dirs = args.iter().any(|a| a == "--plugin-dir" || a == "-c" || a == "--config");
+        if names_fixture && !chooses_dirs {
+            cmd.arg("--plugin-dir").arg(crate::fixtures_dir()).arg("--plugin-dir").arg(crate::target_dir());
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group: Drop kills the master and every worker with one killpg.
@@ -186,7 +195,7 @@ impl Host {
     }
 
     /// Its pid file: the default one, in `XDG_RUNTIME_DIR/host/` (the harness sets
-    /// `XDG_RUNTIME_DIR` to the host's directory).
+    /// `XDG_RUNTIME_DIR` to the host's directory), once the master wrote it.
     pub fn pid_file(&self) -> std::path::PathBuf {
         default_pid_file(self.dir.path())
     }
@@ -336,9 +345,20 @@ impl Drop for Host {
     }
 }
 
-/// The default pid file of a host run in `dir` (its `XDG_RUNTIME_DIR`).
+/// The default pid file of the host run in `dir` (its `XDG_RUNTIME_DIR`): the one `*.pid` in
+/// `dir/host/` (each start names its own, after its config file or its first service).
 pub fn default_pid_file(dir: &Path) -> std::path::PathBuf {
-    dir.join("host").join("host.pid")
+    let runtime = dir.join("host");
+    let found: Vec<std::path::PathBuf> = std::fs::read_dir(&runtime)
+        .map(|entries| {
+            entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pid")).collect()
+        })
+        .unwrap_or_default();
+    match found.as_slice() {
+        [one] => one.clone(),
+        [] => panic!("no pid file in {}", runtime.display()),
+        several => panic!("several pid files in {}: {several:?}", runtime.display()),
+    }
 }
 
 /// `host`, freshly built, to run in `dir` (working and runtime directory), with `RUST_LOG` unset.

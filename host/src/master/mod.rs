@@ -839,7 +839,11 @@ impl Master {
             out.push_str(&format!("  plugins watched in: {}\n", dirs.join(", ")));
         }
         out.push_str(&format!("  pid file: {}\n", self._pid_file.path().display()));
-        out.push_str("  stop: Ctrl+C, or `host stop [-g]`; reload: `host reload [-g]`; status: `host status`\n");
+        // Commands that reach this host whatever else runs: its pid file named.
+        let this = format!("--pid-file {}", self._pid_file.path().display());
+        out.push_str(&format!(
+            "  stop: Ctrl+C, or `host stop [-g] {this}`; reload: `host reload [-g] {this}`; status: `host status {this}`\n"
+        ));
         let mut stdout = io::stdout().lock();
         let _ = stdout.write_all(out.as_bytes());
         let _ = stdout.flush();

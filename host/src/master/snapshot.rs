@@ -100,22 +100,7 @@ pub fn take(
     options: &CheckOptions,
     running: &Running,
 ) -> Result<Snapshot, SnapshotError> {
-    if !options.insecure {
-        trust::check(source)?;
-    }
-    // Streamed, never read whole: a 12 MB debug plugin must not leave 12 MB of heap in the
-    // master after every check.
-    let read_err = |e| SnapshotError::Read { path: source.to_path_buf(), cause: e };
-    let (hash, size, header) = hash_file(source).map_err(read_err)?;
-    elf_complete(&header, size).map_err(|reason| SnapshotError::NotElf { path: source.to_path_buf(), reason })?;
-    let mut file = Hashing { inner: fs::File::open(source).map_err(read_err)?, hash: Fnv1a::default() };
-    let copy_err = |e| SnapshotError::Copy { path: source.to_path_buf(), cause: e };
-    let memfd = sys::sealed_memfd(&memfd_name(source, hash), &mut file).map_err(copy_err)?;
-    if file.hash.0 != hash {
-        // Written to between the two reads: the watcher reports it again once it is quiet.
-        let reason = "it changed while it was copied".to_string();
-        return Err(SnapshotError::NotElf { path: source.to_path_buf(), reason });
-    }
+    let (memfd, hash) = copy_checked(source, options.insecure)?;
     let report = probe_plugin(memfd.as_fd(), source, &options.probe_as, options.probe_timeout, running)
         .map_err(|e| SnapshotError::Probe { reason: e.to_string() })?;
     let mut words = report.summary.split_whitespace();
@@ -131,6 +116,31 @@ pub fn take(
         }
     }
     Ok(Snapshot { memfd, source: source.to_path_buf(), hash, name, version })
+}
+
+/// Opens `source` once through the trust check ([`trust::open`]), checks it is a complete ELF
+/// file and copies it into a sealed memfd, all from that one descriptor: the bytes copied are
+/// those of the inode judged, whatever happens to the path meanwhile. Returns the memfd and the
+/// contents' hash.
+fn copy_checked(source: &Path, insecure: bool) -> Result<(OwnedFd, u64), SnapshotError> {
+    let file = trust::open(source, insecure)?;
+    // Streamed, never read whole: a 12 MB debug plugin must not leave 12 MB of heap in the
+    // master after every check.
+    let read_err = |e| SnapshotError::Read { path: source.to_path_buf(), cause: e };
+    let mut file = Hashing { inner: file, hash: Fnv1a::default() };
+    let (hash, size, header) = hash_all(&mut file).map_err(read_err)?;
+    elf_complete(&header, size).map_err(|reason| SnapshotError::NotElf { path: source.to_path_buf(), reason })?;
+    io::Seek::rewind(&mut file.inner).map_err(read_err)?;
+    file.hash = Fnv1a::default();
+    let copy_err = |e| SnapshotError::Copy { path: source.to_path_buf(), cause: e };
+    let memfd = sys::sealed_memfd(&memfd_name(source, hash), &mut file).map_err(copy_err)?;
+    if file.hash.0 != hash {
+        // Written to (by its owner) between the two reads: the watcher reports it again once
+        // it is quiet.
+        let reason = "it changed while it was copied".to_string();
+        return Err(SnapshotError::NotElf { path: source.to_path_buf(), reason });
+    }
+    Ok((memfd, hash))
 }
 
 /// `http-<hash>.so` for `libhttp.so` or `http.so`: what `/proc/PID/maps` of a worker shows.
@@ -150,18 +160,17 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h.0
 }
 
-/// The FNV-1a hash, the size and the first 64 bytes of a file, read in pieces.
-fn hash_file(path: &Path) -> io::Result<(u64, u64, Vec<u8>)> {
-    let mut file = Hashing { inner: fs::File::open(path)?, hash: Fnv1a::default() };
+/// The FNV-1a hash, the size and the first 64 bytes of what `file` reads, read in pieces.
+fn hash_all(file: &mut Hashing<fs::File>) -> io::Result<(u64, u64, Vec<u8>)> {
     let mut header = [0u8; 64];
     let mut got = 0;
     while got < header.len() {
-        match io::Read::read(&mut file, &mut header[got..])? {
+        match io::Read::read(file, &mut header[got..])? {
             0 => break,
             n => got += n,
         }
     }
-    let size = got as u64 + io::copy(&mut file, &mut io::sink())?;
+    let size = got as u64 + io::copy(file, &mut io::sink())?;
     Ok((file.hash.0, size, header[..got].to_vec()))
 }
 
@@ -271,6 +280,31 @@ mod tests {
     fn hash_tells_contents_apart() {
         assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
         assert_eq!(fnv1a(b"plugin"), fnv1a(b"plugin"));
+    }
+
+    #[test]
+    fn the_snapshot_holds_the_bytes_of_the_file_checked() {
+        use std::io::Read;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("host-snapshot-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let plugin = dir.join("libx.so");
+        let bytes = elf(1000, 4, 1256);
+        fs::write(&plugin, &bytes).unwrap();
+        let (memfd, hash) = copy_checked(&plugin, false).unwrap();
+        assert_eq!(hash, fnv1a(&bytes));
+        let mut copied = Vec::new();
+        fs::File::open(sys::proc_fd_path(memfd.as_fd())).unwrap().read_to_end(&mut copied).unwrap();
+        assert_eq!(copied, bytes);
+        // Not an ELF file, or one its directory makes untrusted: nothing is copied.
+        fs::write(&plugin, b"text").unwrap();
+        assert!(matches!(copy_checked(&plugin, false), Err(SnapshotError::NotElf { .. })));
+        fs::write(&plugin, &bytes).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(copy_checked(&plugin, false), Err(SnapshotError::Untrusted(_))));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! - [`fd`]: taking inherited descriptors (the one `from_raw_fd`), close-on-exec, stray fds;
 //! - [`memfd`]: sealed in-memory files (plugin snapshots);
+//! - [`openat`]: walking a path without following symlinks (the plugin trust check);
 //! - [`process`]: starting children with inherited fds, process titles and names;
 //! - [`signal`]: the signalfd and SIGPIPE;
 //! - [`socket`]: the per-slot SO_REUSEPORT listening sockets (TCP, UDP), the shared Unix one;
@@ -34,6 +35,7 @@ mod daemon;
 mod fd;
 mod identity;
 mod memfd;
+mod openat;
 mod process;
 mod scm;
 mod signal;
@@ -47,6 +49,7 @@ pub use self::fd::{
 };
 pub use self::identity::{check_identity, switch_identity};
 pub use self::memfd::sealed_memfd;
+pub use self::openat::{open_dir_nofollow, open_file_nofollow, open_root_dir};
 pub use self::process::{exec_image, exec_with_title, set_thread_name, spawn_with_fds};
 pub use self::scm::{recv_with_fds, send_with_fds};
 pub use self::signal::{ignore_sigpipe, signal_fd};

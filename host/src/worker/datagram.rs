@@ -3,8 +3,14 @@
 //! `send` sends one datagram back to that peer, `close` forgets the session (`on_close`), and an
 //! idle session ends at the idle timeout (`on_conn_error(TIMEOUT)`, `on_close`) like a TCP
 //! connection. Sessions count against the max connections. A datagram over the max package
-//! size, one that would open a session over the limit, and one for a session whose plugin
-//! paused receiving are dropped and counted (`datagrams dropped` in `host status`).
+//! size, and one for a session whose plugin paused receiving are dropped and counted
+//! (`datagrams dropped` in `host status`).
+//!
+//! A full session table makes room rather than lock new peers out for a whole idle timeout (a
+//! flood of datagrams with spoofed sources fills it at no cost): the sessions idle for at least
+//! [`EVICTABLE_AFTER_MS`] are evicted, the longest idle first, an eighth of the table at a time
+//! (one scan makes room for many new peers), each with `on_close` as at its idle timeout. Only
+//! when every session was active within that time is the new peer's datagram dropped and counted.
 
 use std::io;
 use std::net::SocketAddr;
@@ -50,11 +56,18 @@ pub fn receive(plugin: &mut RawPluginBox, core: &mut Core, buf: &mut [u8]) -> bo
     true
 }
 
-/// A new peer: its session, announced to the plugin (None: over the limit, counted as a drop).
+/// A session idle for this long may be evicted when the table is full.
+pub const EVICTABLE_AFTER_MS: u64 = 1_000;
+
+/// A new peer: its session, announced to the plugin (None: over the limit and nothing to evict,
+/// counted as a drop).
 fn open_session(plugin: &mut RawPluginBox, core: &mut Core, peer: SocketAddr) -> Option<ConnId> {
     if core.len() >= core.limits.max_connections {
+        evict_idle(plugin, core);
+    }
+    if core.len() >= core.limits.max_connections {
         core.stats.datagrams_dropped += 1;
-        tracing::debug!(%peer, "UDP session limit reached; datagram dropped");
+        tracing::debug!(%peer, "UDP session limit reached, no session idle to evict; datagram dropped");
         return None;
     }
     let id = core.reserve_id();
@@ -67,4 +80,52 @@ fn open_session(plugin: &mut RawPluginBox, core: &mut Core, peer: SocketAddr) ->
     core.stats.accepted += 1;
     dispatch::connect(plugin, core, id);
     Some(id)
+}
+
+/// Closes the longest-idle sessions ([`to_evict`]); the plugin hears `on_close` for each.
+fn evict_idle(plugin: &mut RawPluginBox, core: &mut Core) {
+    let now = core.now_ms;
+    let sessions: Vec<(ConnId, u64)> =
+        core.sessions.values().filter_map(|&id| core.get(id).map(|c| (id, c.last_active_ms))).collect();
+    let victims = to_evict(sessions, now, (core.limits.max_connections / 8).max(1));
+    if !victims.is_empty() {
+        tracing::debug!(evicted = victims.len(), "UDP session table full; the longest idle sessions evicted");
+    }
+    for id in victims {
+        dispatch::close_now(plugin, core, id.index());
+    }
+}
+
+/// Which of `sessions` (id, last activity) to evict at `now`: at most `want` of those idle for at
+/// least [`EVICTABLE_AFTER_MS`], the longest idle first (pure, for the tests).
+fn to_evict(mut sessions: Vec<(ConnId, u64)>, now: u64, want: usize) -> Vec<ConnId> {
+    sessions.retain(|&(_, last)| now.saturating_sub(last) >= EVICTABLE_AFTER_MS);
+    if sessions.len() > want {
+        sessions.select_nth_unstable_by_key(want, |&(_, last)| last);
+        sessions.truncate(want);
+    }
+    sessions.sort_by_key(|&(_, last)| last);
+    sessions.into_iter().map(|(id, _)| id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_idle_sessions_go_first_and_recent_ones_stay() {
+        let now = 100_000;
+        let sessions = vec![
+            (ConnId(1), now - 5_000),
+            (ConnId(2), now - 10),
+            (ConnId(3), now - 60_000),
+            (ConnId(4), now - EVICTABLE_AFTER_MS),
+            (ConnId(5), now - 20_000),
+        ];
+        assert_eq!(to_evict(sessions.clone(), now, 2), vec![ConnId(3), ConnId(5)]);
+        assert_eq!(to_evict(sessions.clone(), now, 10), vec![ConnId(3), ConnId(5), ConnId(1), ConnId(4)]);
+        // Every session active within the last second: nothing is evicted.
+        assert!(to_evict(vec![(ConnId(1), now - 999), (ConnId(2), now)], now, 4).is_empty());
+        assert!(to_evict(Vec::new(), now, 4).is_empty());
+    }
 }

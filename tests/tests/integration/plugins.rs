@@ -167,3 +167,80 @@ fn a_plugin_with_an_unresolved_symbol_is_refused_at_the_probe() {
     assert_contains!(log, "host_fixture_symbol_that_does_not_exist");
     assert_not_contains!(log, "worker started");
 }
+
+// `host reload` whose new plugin file is refused still recycles the workers on the last good
+// snapshot, but exits with code 4 (documented in the README), so that a deploy script can tell.
+#[test]
+fn a_manual_reload_whose_file_is_refused_exits_4() {
+    let dir = host_tests::plugin_dir::PluginDir::new();
+    let bytes = std::fs::read(plugin_file("http")).unwrap();
+    dir.mv("http.so", &bytes);
+    let mut host = Host::start("http", &["--plugin-dir", &dir.arg()]);
+    let out = host.command(["reload"], Duration::from_secs(60));
+    assert!(out.status.success(), "a good file reloads with 0: {out:?}");
+    dir.mv("http.so", &bytes[..bytes.len() / 2]);
+    // The watcher's own reload is refused first; the manual one comes after it.
+    host.wait_for_log("reload aborted", Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    let out = host.command(["reload"], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_contains!(out.stderr, "plugin file refused");
+    assert_contains!(out.stderr, "truncated");
+}
+
+/// Kills, on drop, the daemon master named by a pid file and its workers (a test that fails
+/// half-way leaves nothing running).
+struct DaemonGuard(PathBuf);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let Some(pid) = std::fs::read_to_string(&self.0).ok().and_then(|t| t.trim().parse::<i32>().ok()) else {
+            return;
+        };
+        if host_tests::cmdline(pid).is_some_and(|c| c.starts_with("host: master")) {
+            for worker in host_tests::children(pid) {
+                let _ = kill(Pid::from_raw(worker), Signal::SIGKILL);
+            }
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn echo(port: u16, line: &str) {
+    let mut c = host_tests::Client::connect(port);
+    c.send(format!("{line}\n").as_bytes());
+    let back = c.read_line().unwrap_or_else(|e| panic!("no echo from port {port}: {e}"));
+    assert_eq!(String::from_utf8_lossy(&back), format!("{line}\n"));
+}
+
+// `--plugin ./x/libtext.so` is found from the directory of the start, with `-d` too (the daemon
+// changes to `/` before it looks); `restart -d` works, and a restart whose plugin file is gone
+// is refused before the running host is stopped.
+#[test]
+fn a_relative_plugin_path_works_with_d_and_restart_never_stops_what_it_cannot_start() {
+    let dir = TempDir::new();
+    std::fs::create_dir(dir.join("x")).unwrap();
+    std::fs::copy(plugin_file("text"), dir.join("x/libtext.so")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let pid_file = dir.join("t.pid").display().to_string();
+    let _guard = DaemonGuard(dir.join("t.pid"));
+    let timeout = Duration::from_secs(30);
+    let start = ["start", "-d", "--pid-file", &pid_file, "--plugin", "./x/libtext.so", "--listen", &listen];
+    let out = host_tests::run_host_in(dir.path(), start, timeout);
+    assert!(out.status.success(), "start -d: {out:?}");
+    echo(port, "first");
+    let out = host_tests::run_host_in(dir.path(), ["restart", "-d", "--pid-file", &pid_file], timeout);
+    assert!(out.status.success(), "restart -d: {out:?}");
+    echo(port, "second");
+    let running = std::fs::read_to_string(dir.join("t.pid")).unwrap();
+    std::fs::remove_file(dir.join("x/libtext.so")).unwrap();
+    let out = host_tests::run_host_in(dir.path(), ["restart", "-d", "--pid-file", &pid_file], timeout);
+    assert!(!out.status.success(), "a restart that cannot start: {out:?}");
+    assert_contains!(out.stderr, "nothing was stopped");
+    assert_eq!(std::fs::read_to_string(dir.join("t.pid")).unwrap(), running, "the master changed");
+    echo(port, "still there");
+    let out = host_tests::run_host_in(dir.path(), ["stop", "--pid-file", &pid_file], timeout);
+    assert!(out.status.success(), "stop: {out:?}");
+}

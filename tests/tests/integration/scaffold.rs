@@ -192,8 +192,6 @@ fn plugin_new_refuses_with_one_line_and_leaves_nothing() {
     refused(&plugin_new(dir.path(), &["Bad"], None), "invalid plugin name `Bad`: it must start with");
     refused(&plugin_new(dir.path(), &["my plugin"], None), "invalid plugin name `my plugin`: ' ' is not allowed");
     refused(&plugin_new(dir.path(), &["fn"], None), "invalid plugin name `fn`: it is a Rust keyword");
-    refused(&plugin_new(dir.path(), &["http"], None), "the name `http` is already used by the workspace member");
-    refused(&plugin_new(dir.path(), &["ws-chat"], None), "the name `ws-chat` is already used by the workspace member");
     refused(&plugin_new(dir.path(), &["taken"], None), &format!("{} already exists", dir.join("taken").display()));
     let websocket = plugin_new(dir.path(), &["x", "--dir", "a/b", "--protocol", "websocket"], Some(""));
     refused(&websocket, "the websocket template is not available here yet");
@@ -202,6 +200,21 @@ fn plugin_new_refuses_with_one_line_and_leaves_nothing() {
         "HOST_SOURCE_DIR=/nonexistent is not the host's source",
     );
     assert_eq!(tree(dir.path()), before, "a refusal left files behind");
+}
+
+// Outside the host's workspace a crate of its own may take the name of a workspace member
+// (`examples/chat`, `plugins/http`): it is written and built elsewhere, so nothing clashes.
+#[test]
+fn outside_the_workspace_a_members_name_is_free() {
+    let dir = TempDir::new();
+    for name in ["chat", "http"] {
+        let out = plugin_new(dir.path(), &[name], None);
+        assert!(out.ok, "{name}: {}", out.stderr);
+        let manifest = std::fs::read_to_string(dir.join(name).join("Cargo.toml")).unwrap();
+        assert_contains!(manifest, format!("name = \"{name}\""));
+    }
+    // Its own directory still clashes.
+    refused(&plugin_new(dir.path(), &["chat"], None), &format!("{} already exists", dir.join("chat").display()));
 }
 
 // Without the host's source, a standalone crate depends on the published `plugin-api` this host

@@ -252,3 +252,24 @@ fn the_unspecified_ipv6_address_is_dual_stack() {
     assert_eq!(http_code(&format!("http://127.0.0.1:{port}/")), "200");
     assert_eq!(http_code(&format!("http://[::1]:{port}/")), "200");
 }
+
+// A full session table (here 4 sessions; a flood of spoofed sources fills a real one) does not
+// lock a new peer out for the whole idle timeout (60 s): once the sessions there have been idle
+// for a second, the longest idle are evicted and the new peer is answered.
+#[test]
+fn a_full_udp_session_table_makes_room_for_a_new_peer() {
+    let host = start(&["--plugin", "udp_echo", "--listen", "udp://127.0.0.1:0", "--max-connections", "4"]);
+    let server: SocketAddr = format!("127.0.0.1:{}", host.port()).parse().unwrap();
+    let squatters: Vec<UdpSocket> = (0..4).map(|_| udp_client()).collect();
+    for (i, s) in squatters.iter().enumerate() {
+        assert_eq!(exchange(s, server, format!("squat {i}").as_bytes()).0, format!("squat {i}").into_bytes());
+    }
+    let newcomer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    newcomer.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let answered = poll_until(WAIT, || {
+        newcomer.send_to(b"let me in", server).unwrap();
+        let mut buf = [0; 64];
+        newcomer.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+    });
+    assert_eq!(answered.as_deref(), Some(&b"let me in"[..]), "the new peer was never answered");
+}

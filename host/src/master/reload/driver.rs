@@ -343,8 +343,9 @@ impl<P: Processes> Supervisor<P> {
                     summary: format!("unchanged, not reloaded{}", notes(n)),
                 });
                 let message = format!("reload: nothing to replace{}", notes(n));
+                let answer = answer_of(message, n);
                 for &w in &request.waiters {
-                    self.out.push(Output::Answer(w, Answer::Ok { message: message.clone(), wait_ms: 0 }));
+                    self.out.push(Output::Answer(w, answer.clone()));
                 }
                 return self.note_next_reload();
             }
@@ -387,7 +388,11 @@ impl<P: Processes> Supervisor<P> {
             }
         };
         let message = format!("reload {summary}");
-        let answer = if ok { Answer::Ok { message, wait_ms: 0 } } else { Answer::Error { message } };
+        let answer = match &outcome {
+            Outcome::Done { notes: n, .. } => answer_of(message, n),
+            _ if ok => Answer::Ok { message, wait_ms: 0 },
+            _ => Answer::Error { message },
+        };
         for &w in &request.waiters {
             self.out.push(Output::Answer(w, answer.clone()));
         }
@@ -401,5 +406,15 @@ impl<P: Processes> Supervisor<P> {
         if !self.reloader.is_idle() {
             self.reload_started = self.procs.now();
         }
+    }
+}
+
+/// The answer to a reload that ran: `Refused` when files it was asked to load were refused on the
+/// way (`notes`), so that `host reload` can exit non-zero.
+fn answer_of(message: String, notes: &[String]) -> Answer {
+    if notes.is_empty() {
+        Answer::Ok { message, wait_ms: 0 }
+    } else {
+        Answer::Refused { message }
     }
 }

@@ -43,12 +43,12 @@ fn restart_without_options_reuses_the_running_masters() {
     let dir = TempDir::new();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let daemon = Daemon::new(host_tests::default_pid_file(dir.path()));
     let out = run_host_in(
         dir.path(),
         ["start", "-d", "--plugin", "http", "--count", "2", "--listen", &listen],
         COMMAND_TIMEOUT,
     );
+    let daemon = Daemon::new(host_tests::default_pid_file(dir.path()));
     assert_ok(&out, "start -d");
     let first = daemon.pid();
     hello(port);
