@@ -140,6 +140,12 @@ impl Conn {
         self.files.clear();
     }
 
+    /// The plugin's sends are queued: a phase that takes output, on a socket that connected (an
+    /// outbound connection closed while it was connecting never has a peer to write to).
+    pub fn takes_output(&self) -> bool {
+        self.phase.takes_output() && !(self.origin == Origin::Outbound && self.peer.is_none())
+    }
+
     /// Reading and dispatching are on hold: paused, its send buffer full, or a phase that is
     /// not read (a lingering connection is read to discard, see `dispatch::read`).
     pub fn receive_paused(&self) -> bool {

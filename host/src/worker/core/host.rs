@@ -47,7 +47,7 @@ impl Core {
                 }
             };
         }
-        if !c.phase.takes_output() {
+        if !c.takes_output() {
             return false;
         }
         // Like Workerman: a send is refused once the buffer is already full, but one large send
@@ -76,7 +76,7 @@ impl Core {
         if c.stream.datagram_peer().is_some() {
             return Err(SendFileStatus::NOT_A_STREAM);
         }
-        if !c.phase.takes_output() {
+        if !c.takes_output() {
             return Err(SendFileStatus::REFUSED);
         }
         if offset.checked_add(len).is_none_or(|end| end > i64::MAX as u64) {
