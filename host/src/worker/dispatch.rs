@@ -12,7 +12,9 @@ use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use plugin_api::abi::{CallStatus, ConnError, ConnErrorCode, RawFrame, RawHost_TO, RawPluginBox};
 use plugin_api::{ConnId, TimerId};
 
-use super::core::{ConnState, Core, Ctx, Deferred, Flushed};
+use super::core::{Conn, Core, Ctx, Deferred, Flushed};
+use super::outbound::OutboundEvent;
+use super::phase::ConnPhase;
 use super::{HANDSHAKE_TIMEOUT_MS, LINGER_MS};
 
 /// Calls the plugin with a host handle borrowing the core: every plugin call of the loop goes
@@ -102,10 +104,7 @@ pub fn connect(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
 }
 
 pub fn drain(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
-    if core
-        .get(id)
-        .is_some_and(|c| c.state == ConnState::Open && c.connecting_until_ms.is_none() && !c.awaiting_handshake)
-    {
+    if core.get(id).is_some_and(|c| c.phase == ConnPhase::Open) {
         conn_call!(plugin, core, id, "on_drain", on_drain, id);
     }
 }
@@ -145,10 +144,10 @@ pub fn read(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], inde
 /// A TLS connection whose handshake just completed: now the plugin hears of it.
 fn announce_after_handshake(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     let Some(c) = core.by_index(index) else { return };
-    if !c.awaiting_handshake || c.stream.is_handshaking() {
+    if c.phase != ConnPhase::Handshaking || c.stream.is_handshaking() {
         return;
     }
-    c.awaiting_handshake = false;
+    c.phase = ConnPhase::Open;
     let id = c.id;
     let alpn = c.stream.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
     tracing::debug!(conn = id.0, sni = ?c.stream.server_name(), ?alpn, "TLS handshake done");
@@ -158,31 +157,31 @@ fn announce_after_handshake(plugin: &mut RawPluginBox, core: &mut Core, index: u
 fn read_socket(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], index: usize, hup: bool) {
     if let Some(c) = core.by_index(index) {
         // Remembered: a read resumed later must still read to EOF.
-        c.hup |= hup;
+        c.read.hup |= hup;
     }
     loop {
         let Some(c) = core.by_index(index) else {
             return;
         };
-        if !c.readable {
+        if !c.read.ready {
             return;
         }
-        let lingering = matches!(c.state, ConnState::Lingering { .. });
+        let lingering = matches!(c.phase, ConnPhase::Lingering { .. });
         if !lingering && c.receive_paused() {
             return;
         }
         let (id, now) = (c.id, core.now_ms);
         let c = core.by_index(index).expect("checked above");
         let result = c.stream.read(scratch);
-        if c.awaiting_handshake && !matches!(&result, Err(e) if e.kind() != io::ErrorKind::WouldBlock) {
+        if c.phase == ConnPhase::Handshaking && !matches!(&result, Err(e) if e.kind() != io::ErrorKind::WouldBlock) {
             // Before any plaintext is delivered: `on_connect` comes first.
             announce_after_handshake(plugin, core, index);
         }
         let Some(c) = core.by_index(index) else { return };
         match result {
             Ok(0) => {
-                c.readable = false;
-                c.peer_closed = true;
+                c.read.ready = false;
+                c.read.eof = true;
                 if lingering {
                     close_now(plugin, core, index);
                 } else {
@@ -198,17 +197,18 @@ fn read_socket(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], i
                     deliver(plugin, core, id, &scratch[..n]);
                 }
                 // (TLS: records may still wait in the socket; read on until WouldBlock.)
-                let short_read_empties = core.by_index(index).is_some_and(|c| !c.hup && c.stream.short_read_empties());
+                let short_read_empties =
+                    core.by_index(index).is_some_and(|c| !c.read.hup && c.stream.short_read_empties());
                 if n < scratch.len() && short_read_empties {
                     // A short read emptied the socket; new data raises a new edge.
                     if let Some(c) = core.by_index(index) {
-                        c.readable = false;
+                        c.read.ready = false;
                     }
                     return;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                c.readable = false;
+                c.read.ready = false;
                 return;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -229,7 +229,7 @@ fn deliver(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, bytes: &[u8])
         let used = dispatch(plugin, core, id, bytes);
         let now = core.now_ms;
         if let Some(c) = core.get_mut(id) {
-            if c.state == ConnState::Open {
+            if c.phase == ConnPhase::Open {
                 c.input.extend_from_slice(&bytes[used..]);
                 note_message_start(c, used > 0, now);
             }
@@ -248,7 +248,7 @@ fn dispatch_buffered(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
     input.drain(..used);
     let now = core.now_ms;
     if let Some(c) = core.get_mut(id) {
-        if c.state == ConnState::Open {
+        if c.phase == ConnPhase::Open {
             c.input = input;
             note_message_start(c, used > 0, now);
         }
@@ -257,7 +257,7 @@ fn dispatch_buffered(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
 
 /// Keeps the time the incomplete message now buffered began to arrive (for the message timeout):
 /// a new one when messages were consumed, none when nothing is left.
-fn note_message_start(c: &mut super::core::Conn, consumed: bool, now: u64) {
+fn note_message_start(c: &mut Conn, consumed: bool, now: u64) {
     c.message_started_ms = match (c.input.is_empty(), consumed, c.message_started_ms) {
         (true, _, _) => None,
         (false, true, _) | (false, false, None) => Some(now),
@@ -322,7 +322,11 @@ fn too_large(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, pos: usize)
 
 /// Reports an error to the plugin and closes the connection at once.
 fn fail(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, err: ConnError) {
-    if core.get(id).is_some_and(|c| !c.awaiting_handshake) {
+    // (Also after `on_close` for a lingering connection: what it has always done.)
+    if core
+        .get(id)
+        .is_some_and(|c| !matches!(c.phase, ConnPhase::Handshaking | ConnPhase::Closing { announced: false }))
+    {
         conn_call!(plugin, core, id, "on_error", on_conn_error, id, ConnErrorCode::from(err));
     }
     close_now(plugin, core, id.index());
@@ -337,7 +341,7 @@ pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
         let Some(c) = core.get(id) else { continue };
         let idle = idle_ms > 0 && now.saturating_sub(c.last_active_ms) >= idle_ms;
         let slow = message_ms > 0 && c.message_started_ms.is_some_and(|t| now.saturating_sub(t) >= message_ms);
-        if c.awaiting_handshake {
+        if matches!(c.phase, ConnPhase::Handshaking | ConnPhase::Closing { announced: false }) {
             // The plugin has not heard of it: no event, just the socket closed at the deadline.
             let limit = if message_ms > 0 { HANDSHAKE_TIMEOUT_MS.min(message_ms) } else { HANDSHAKE_TIMEOUT_MS };
             if now.saturating_sub(c.created_ms) >= limit {
@@ -346,9 +350,9 @@ pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
             }
             continue;
         }
-        match c.state {
-            ConnState::Lingering { until_ms } if now >= until_ms => close_now(plugin, core, id.index()),
-            ConnState::Open if (idle || slow) && c.connecting_until_ms.is_none() => {
+        match c.phase {
+            ConnPhase::Lingering { until_ms } if now >= until_ms => close_now(plugin, core, id.index()),
+            ConnPhase::Open if idle || slow => {
                 tracing::debug!(conn = id.0, idle, slow_message = slow, "timeout");
                 conn_call!(plugin, core, id, "on_error", on_conn_error, id, ConnErrorCode::TIMEOUT);
                 core.close_after_flush(id);
@@ -358,7 +362,7 @@ pub fn sweep(plugin: &mut RawPluginBox, core: &mut Core, now: u64) {
                 }
             }
             // Its client does not read what is left to send.
-            ConnState::Closing if idle => {
+            ConnPhase::Closing { .. } if idle => {
                 tracing::debug!(conn = id.0, pending = c.pending_output(), "closing connection stalled; closed");
                 close_now(plugin, core, id.index());
             }
@@ -415,20 +419,20 @@ fn flush(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     let Some(c) = core.by_index(index) else {
         return;
     };
-    c.dirty = false;
+    c.sched.dirty = false;
     let id = c.id;
-    if matches!(c.state, ConnState::Lingering { .. }) {
+    if matches!(c.phase, ConnPhase::Lingering { .. }) {
         return;
     }
-    if c.connecting_until_ms.is_some() && c.state == ConnState::Open {
+    if matches!(c.phase, ConnPhase::Connecting { .. }) {
         // An outbound connection not established yet has nothing to write (sends are refused
         // until then) and must keep waiting for writability: its connect completes there.
         return;
     }
     match c.flush(now) {
         Ok(Flushed::All) => {
-            let drained = std::mem::replace(&mut c.send_buffer_full, false);
-            let closing = c.state == ConnState::Closing;
+            let drained = std::mem::replace(&mut c.hold.buffer_full, false);
+            let closing = matches!(c.phase, ConnPhase::Closing { .. });
             if drained {
                 core.deferred.push_back((id, Deferred::BufferDrain));
                 core.deferred.push_back((id, Deferred::Resume));
@@ -464,14 +468,14 @@ fn begin_close(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     };
     let id = c.id;
     // (Closed before its TLS handshake completed: nothing to linger for.)
-    if c.peer_closed || c.awaiting_handshake || c.stream.shutdown(Shutdown::Write).is_err() {
+    if c.read.eof || !c.phase.announced() || c.stream.shutdown(Shutdown::Write).is_err() {
         close_now(plugin, core, index);
         return;
     }
-    c.state = ConnState::Lingering { until_ms };
+    c.phase = ConnPhase::Lingering { until_ms };
     c.input = Vec::new();
     c.clear_output();
-    c.readable = true;
+    c.read.ready = true;
     c.message_started_ms = None;
     // Read (and drop) what the client already sent: only a read to EOF avoids a reset.
     core.deferred.push_back((id, Deferred::Resume));
@@ -487,7 +491,7 @@ pub fn close_now(plugin: &mut RawPluginBox, core: &mut Core, index: usize) {
     let Some(conn) = core.remove(index) else {
         return;
     };
-    if !matches!(conn.state, ConnState::Lingering { .. }) && !conn.awaiting_handshake {
+    if conn.phase.announced() {
         let status = call!(plugin, core, on_close, conn.id);
         if status == CallStatus::Panicked {
             count_panic(core);
@@ -514,5 +518,22 @@ pub fn pending_closed(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, co
     if call!(plugin, core, on_close, id) == CallStatus::Panicked {
         core.stats.plugin_panics += 1;
         tracing::error!(conn = id.0, "plugin panicked in on_close");
+    }
+}
+
+/// Tells the plugin what became of an outbound connection (`Core::connect_ready`,
+/// `Core::expire_outbound`). `hup`: the readiness that established it also said the peer hung up.
+pub fn outbound(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], event: OutboundEvent, hup: bool) {
+    match event {
+        OutboundEvent::Connected { id, index } => {
+            connect(plugin, core, id);
+            // What may already have arrived.
+            if let Some(c) = core.by_index(index) {
+                c.read.ready = true;
+            }
+            read(plugin, core, scratch, index, hup);
+        }
+        OutboundEvent::Failed { id, code } => connect_failed(plugin, core, id, code),
+        OutboundEvent::Gone { id, code } => pending_closed(plugin, core, id, code),
     }
 }

@@ -1,9 +1,8 @@
-//! Outbound connections (`RawHost::connect`): a non-blocking connect registered in the worker's
-//! loop (writable, then `take_error`), host names resolved on a helper thread that wakes the
-//! loop, connect deadlines. Once connected, an outbound connection is an ordinary [`Conn`] of
-//! the core: the same framing, output, pausing and timeouts as an accepted one.
-//!
-//! [`Conn`]: super::core::Conn
+//! Outbound connections (`RawHost::connect`): what a plugin may connect to, the connections that
+//! have an id and no socket yet, the resolver thread, and the events the loop tells the plugin.
+//! The table's side (connecting, readiness, deadlines) is `core/connect.rs`; once connected, an
+//! outbound connection is an ordinary connection of the table: the same framing, output,
+//! pausing and timeouts as an accepted one. Nothing here calls the plugin.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -11,11 +10,8 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 
 use mio::{Registry, Token, Waker};
-use plugin_api::abi::{ConnErrorCode, RawPluginBox};
+use plugin_api::abi::ConnErrorCode;
 use plugin_api::ConnId;
-
-use super::core::Core;
-use super::dispatch;
 
 /// How long a connect may take when the plugin does not say.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
@@ -71,15 +67,17 @@ pub enum PendingState {
     Cancelled,
 }
 
-/// The plugin closes a connection that has no socket yet: true when `id` was one.
-pub fn cancel_pending(core: &mut Core, id: ConnId) -> bool {
-    match core.pending.iter_mut().find(|p| p.id == id) {
-        Some(p) => {
-            p.state = PendingState::Cancelled;
-            true
-        }
-        None => false,
-    }
+/// What became of an outbound connection, for the loop to tell the plugin (`dispatch::outbound`):
+/// the table decides, the loop calls the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundEvent {
+    /// Established: the plugin hears `on_connect`, then what already arrived is read (`index`).
+    Connected { id: ConnId, index: usize },
+    /// Its connect failed (or timed out): `on_conn_error(code)`, then `on_close`.
+    Failed { id: ConnId, code: ConnErrorCode },
+    /// Gone before it had a socket: `on_conn_error(code)` when it failed (None: the plugin
+    /// closed it), then `on_close`.
+    Gone { id: ConnId, code: Option<ConnErrorCode> },
 }
 
 type Resolved = (ConnId, io::Result<Vec<SocketAddr>>);
@@ -113,158 +111,9 @@ impl Resolver {
         let _ = self.requests.send((id, host, port));
     }
 
-    fn take_answers(&self) -> Vec<Resolved> {
+    pub fn take_answers(&self) -> Vec<Resolved> {
         std::mem::take(&mut *self.answers.lock().unwrap_or_else(|e| e.into_inner()))
     }
-}
-
-/// The loop's resolver waker fired: connect the names that resolved.
-pub fn resolved(core: &mut Core) {
-    let Some(resolver) = core.resolver.as_ref() else { return };
-    for (id, result) in resolver.take_answers() {
-        let Some(i) = core.pending.iter().position(|p| p.id == id) else { continue };
-        let pending = core.pending[i];
-        if pending.state != PendingState::Resolving {
-            continue;
-        }
-        let addrs = match result {
-            Ok(addrs) if !addrs.is_empty() => addrs,
-            Ok(_) | Err(_) => {
-                tracing::debug!(conn = id.0, "could not resolve: {result:?}");
-                core.pending[i].state = PendingState::Failed(ConnErrorCode::IO);
-                continue;
-            }
-        };
-        core.pending.swap_remove(i);
-        let mut addrs = addrs.into_iter();
-        let mut last = None;
-        for addr in addrs.by_ref() {
-            match core.start_connect(id, addr, pending.deadline_ms) {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        match last {
-            Some(e) => core.pending.push(Pending { state: PendingState::Failed(error_code(&e)), ..pending }),
-            None if addrs.len() > 0 => core.fallbacks.push((id, addrs.rev().collect())),
-            None => {}
-        }
-    }
-}
-
-/// Readiness of an outbound connection whose connect is under way: established (the plugin
-/// hears `on_connect`), failed (`on_conn_error`, `on_close`), or not yet (a spurious wake-up).
-/// True once it is established, so that the caller reads what may already have arrived.
-pub fn connect_ready(plugin: &mut RawPluginBox, core: &mut Core, index: usize) -> bool {
-    let now = core.now_ms;
-    let Some(c) = core.by_index(index) else { return false };
-    let id = c.id;
-    let outcome = match c.stream.take_error() {
-        Ok(Some(e)) | Err(e) => Err(e),
-        Ok(None) => match c.stream.peer_addr() {
-            Ok(peer) => Ok(Some(peer)),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(None),
-            Err(e) => Err(e),
-        },
-    };
-    match outcome {
-        Ok(None) => false,
-        Ok(Some(peer)) => {
-            core.fallbacks.retain(|(f, _)| *f != id);
-            let c = core.by_index(index).expect("checked above");
-            c.peer = Some(peer);
-            c.local = c.stream.local_addr().ok();
-            c.connecting_until_ms = None;
-            c.readable = true;
-            c.last_active_ms = now;
-            if let Err(e) = core.set_write_interest(index, false) {
-                tracing::debug!(conn = id.0, "could not register the connection: {e}");
-                dispatch::connect_failed(plugin, core, id, ConnErrorCode::IO);
-                return false;
-            }
-            dispatch::connect(plugin, core, id);
-            true
-        }
-        Err(e) => {
-            tracing::debug!(conn = id.0, "connect failed: {e}");
-            if !try_next_address(core, id) {
-                dispatch::connect_failed(plugin, core, id, error_code(&e));
-            }
-            false
-        }
-    }
-}
-
-/// A name resolved to several addresses and the one tried failed: tries the next (same id,
-/// same deadline). False when none is left.
-fn try_next_address(core: &mut Core, id: ConnId) -> bool {
-    let Some(i) = core.fallbacks.iter().position(|(f, _)| *f == id) else { return false };
-    while let Some(addr) = core.fallbacks[i].1.pop() {
-        match core.restart_connect(id, addr) {
-            Ok(()) => return true,
-            Err(e) => tracing::debug!(conn = id.0, %addr, "connect failed at once: {e}"),
-        }
-    }
-    core.fallbacks.swap_remove(i);
-    false
-}
-
-/// Reports pending connections that failed or were closed, and times out connects past their
-/// deadline. Run once a loop turn.
-pub fn expire(plugin: &mut RawPluginBox, core: &mut Core) {
-    let now = core.now_ms;
-    let mut i = 0;
-    while i < core.pending.len() {
-        let p = core.pending[i];
-        let code = match p.state {
-            PendingState::Resolving if now >= p.deadline_ms => Some(ConnErrorCode::CONNECT_TIMEOUT),
-            PendingState::Resolving => {
-                i += 1;
-                continue;
-            }
-            PendingState::Failed(code) => Some(code),
-            PendingState::Cancelled => None,
-        };
-        core.pending.swap_remove(i);
-        core.release_id(p.id);
-        dispatch::pending_closed(plugin, core, p.id, code);
-    }
-    if core.connecting.is_empty() {
-        return;
-    }
-    let mut connecting = std::mem::take(&mut core.connecting);
-    connecting.retain(|&id| {
-        let Some(until) = core.get(id).and_then(|c| c.connecting_until_ms) else {
-            return false;
-        };
-        if now < until {
-            return true;
-        }
-        tracing::debug!(conn = id.0, "connect timed out");
-        dispatch::connect_failed(plugin, core, id, ConnErrorCode::CONNECT_TIMEOUT);
-        false
-    });
-    // Connects the plugin started in those callbacks were added meanwhile.
-    connecting.append(&mut core.connecting);
-    core.connecting = connecting;
-    if !core.fallbacks.is_empty() {
-        let mut fallbacks = std::mem::take(&mut core.fallbacks);
-        fallbacks.retain(|(id, _)| core.get(*id).is_some_and(|c| c.connecting_until_ms.is_some()));
-        core.fallbacks = fallbacks;
-    }
-}
-
-/// When [`expire`] has work next: now for failures to report, else the nearest deadline.
-pub fn next_deadline(core: &Core) -> Option<u64> {
-    let pending = core.pending.iter().map(|p| match p.state {
-        PendingState::Resolving => p.deadline_ms,
-        PendingState::Failed(_) | PendingState::Cancelled => 0,
-    });
-    let connecting = core.connecting.iter().filter_map(|&id| core.get(id)?.connecting_until_ms);
-    pending.chain(connecting).min()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -20,6 +21,65 @@ use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use rustls::{ServerConfig, ServerConnection};
 
+/// What the transport needs of a socket: non-blocking reads and writes (`WouldBlock` when it
+/// has nothing or is full), shutting a side down, and the two writes around a file range. A
+/// TCP or Unix stream, or in the unit tests a fake (`worker/fake_socket.rs`), so that
+/// backpressure, pausing, half-close, drain and flush are tested without sockets.
+pub trait SocketIo: Read + Write {
+    /// Shuts down a side of the connection (`shutdown(2)`).
+    fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+
+    /// Writes bytes that a file range follows at once (a response head before its body): with
+    /// `MSG_MORE` on a socket, so the kernel sends them in the file's first segments instead
+    /// of a small segment of their own (what nginx's `tcp_nopush` does with a cork, without its
+    /// two extra system calls).
+    fn write_more(&mut self, buf: &[u8]) -> io::Result<usize>;
+
+    /// Writes up to `len` bytes of `file` from `offset` (`sendfile(2)`: the kernel copies from
+    /// the page cache); Ok(0) when the file ends before them.
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize>;
+}
+
+fn send_more(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    use nix::sys::socket::{send, MsgFlags};
+    // nix 0.29 names no MSG_MORE: the kernel's bit, kept as given.
+    let flags = MsgFlags::from_bits_retain(nix::libc::MSG_MORE) | MsgFlags::MSG_NOSIGNAL;
+    send(fd.as_raw_fd(), buf, flags).map_err(io::Error::from)
+}
+
+fn send_file(to: BorrowedFd<'_>, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+    let mut off = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    nix::sys::sendfile::sendfile64(to, file, Some(&mut off), len).map_err(io::Error::from)
+}
+
+impl SocketIo for TcpStream {
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        TcpStream::shutdown(self, how)
+    }
+
+    fn write_more(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send_more(self.as_fd(), buf)
+    }
+
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+        send_file(self.as_fd(), file, offset, len)
+    }
+}
+
+impl SocketIo for UnixStream {
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        UnixStream::shutdown(self, how)
+    }
+
+    fn write_more(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send_more(self.as_fd(), buf)
+    }
+
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+        send_file(self.as_fd(), file, offset, len)
+    }
+}
+
 /// The byte stream under a connection.
 pub enum Stream {
     Tcp(TcpStream),
@@ -27,6 +87,22 @@ pub enum Stream {
     /// A UDP session with this peer: datagrams arrive through the worker's UDP socket and leave
     /// through it (`Core::send`); reading gives nothing, writing is refused, registering is a no-op.
     Datagram(SocketAddr),
+    /// A socket the unit tests play (registering it is a no-op).
+    #[cfg(test)]
+    Fake(super::fake_socket::FakeSocket),
+}
+
+/// Evaluates `$body` with `$s` bound to the stream's [`SocketIo`], or `$datagram` for a UDP session.
+macro_rules! with_io {
+    ($stream:expr, $s:ident => $body:expr, datagram => $datagram:expr) => {
+        match $stream {
+            Stream::Tcp($s) => $body,
+            Stream::Unix($s) => $body,
+            #[cfg(test)]
+            Stream::Fake($s) => $body,
+            Stream::Datagram(_) => $datagram,
+        }
+    };
 }
 
 impl From<TcpStream> for Stream {
@@ -43,21 +119,13 @@ impl From<UnixStream> for Stream {
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-            Stream::Datagram(_) => Err(io::ErrorKind::WouldBlock.into()),
-        }
+        with_io!(self, s => s.read(buf), datagram => Err(io::ErrorKind::WouldBlock.into()))
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(data),
-            Stream::Unix(s) => s.write(data),
-            Stream::Datagram(_) => Err(io::ErrorKind::Unsupported.into()),
-        }
+        with_io!(self, s => s.write(data), datagram => Err(io::ErrorKind::Unsupported.into()))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -139,12 +207,8 @@ impl Transport {
                 let _ = self.flush_pending();
             }
         }
-        match &self.stream {
-            Stream::Tcp(s) => s.shutdown(how),
-            Stream::Unix(s) => s.shutdown(how),
-            // Nothing to shut down or linger for: the session just ends.
-            Stream::Datagram(_) => Err(io::ErrorKind::Unsupported.into()),
-        }
+        // (A UDP session has nothing to shut down or linger for: it just ends.)
+        with_io!(&self.stream, s => SocketIo::shutdown(s, how), datagram => Err(io::ErrorKind::Unsupported.into()))
     }
 
     /// TCP_NODELAY on a TCP stream (nothing for the others).
@@ -159,8 +223,8 @@ impl Transport {
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         match &self.stream {
             Stream::Tcp(s) => s.peer_addr(),
-            Stream::Unix(_) => Err(io::ErrorKind::Unsupported.into()),
             Stream::Datagram(peer) => Ok(*peer),
+            _ => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -169,7 +233,7 @@ impl Transport {
         match &self.stream {
             Stream::Tcp(s) => s.take_error(),
             Stream::Unix(s) => s.take_error(),
-            Stream::Datagram(_) => Ok(None),
+            _ => Ok(None),
         }
     }
 
@@ -186,28 +250,20 @@ impl Transport {
 const TLS_FILE_CHUNK: usize = 16 * 1024;
 
 impl Transport {
+    /// Writes plaintext that a file range follows at once (a response head before its body):
+    /// on a plain stream with `MSG_MORE` ([`SocketIo::write_more`]); under TLS an ordinary `write`.
+    pub fn write_before_file(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.tls.is_some() {
+            return self.write(buf);
+        }
+        with_io!(&mut self.stream, s => s.write_more(buf), datagram => Err(io::ErrorKind::Unsupported.into()))
+    }
+
     /// Writes up to `len` bytes of `file` from `offset` (a `RawHost::send_file` range): how many
     /// the socket took, Ok(0) when the file ends before them. A plain TCP or Unix stream uses
     /// `sendfile(2)` (the kernel copies from the page cache; a page not cached is read from the
     /// disk in this call); TLS reads a record's worth with `pread` and writes it through rustls
     /// (what rustls does not take is read again next time). `WouldBlock` as `write`.
-    /// Writes plaintext that a file range follows at once (a response head before its body):
-    /// on a plain stream with `MSG_MORE`, so the kernel sends the head in the body's first
-    /// segments instead of a small segment of its own (what nginx's `tcp_nopush` does with a cork,
-    /// without its two extra system calls); under TLS an ordinary `write`.
-    pub fn write_before_file(&mut self, buf: &[u8]) -> io::Result<usize> {
-        use nix::sys::socket::{send, MsgFlags};
-        use std::os::fd::AsRawFd;
-        let fd = match (&self.tls, &self.stream) {
-            (None, Stream::Tcp(s)) => s.as_raw_fd(),
-            (None, Stream::Unix(s)) => s.as_raw_fd(),
-            _ => return self.write(buf),
-        };
-        // nix 0.29 names no MSG_MORE: the kernel's bit, kept as given.
-        let flags = MsgFlags::from_bits_retain(nix::libc::MSG_MORE) | MsgFlags::MSG_NOSIGNAL;
-        send(fd, buf, flags).map_err(io::Error::from)
-    }
-
     pub fn write_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
         if self.tls.is_some() {
             let mut buf = [0u8; TLS_FILE_CHUNK];
@@ -223,13 +279,7 @@ impl Transport {
             }
             return self.write(&buf[..n]);
         }
-        let mut off = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let sent = match &self.stream {
-            Stream::Tcp(s) => nix::sys::sendfile::sendfile64(s, file, Some(&mut off), len),
-            Stream::Unix(s) => nix::sys::sendfile::sendfile64(s, file, Some(&mut off), len),
-            Stream::Datagram(_) => return Err(io::ErrorKind::Unsupported.into()),
-        };
-        sent.map_err(io::Error::from)
+        with_io!(&mut self.stream, s => s.send_file(file, offset, len), datagram => Err(io::ErrorKind::Unsupported.into()))
     }
 }
 
@@ -311,7 +361,7 @@ impl Source for Transport {
         match &mut self.stream {
             Stream::Tcp(s) => s.register(registry, token, interests),
             Stream::Unix(s) => s.register(registry, token, interests),
-            Stream::Datagram(_) => Ok(()),
+            _ => Ok(()),
         }
     }
 
@@ -319,7 +369,7 @@ impl Source for Transport {
         match &mut self.stream {
             Stream::Tcp(s) => s.reregister(registry, token, interests),
             Stream::Unix(s) => s.reregister(registry, token, interests),
-            Stream::Datagram(_) => Ok(()),
+            _ => Ok(()),
         }
     }
 
@@ -327,7 +377,56 @@ impl Source for Transport {
         match &mut self.stream {
             Stream::Tcp(s) => s.deregister(registry),
             Stream::Unix(s) => s.deregister(registry),
-            Stream::Datagram(_) => Ok(()),
+            _ => Ok(()),
         }
+    }
+}
+
+/// A connection's socket taken out of its transport (`core::export`): the descriptor, and
+/// which kind of stream it is.
+#[cfg_attr(not(test), allow(dead_code, reason = "the hand-over's base: only the tests export yet"))]
+pub enum Socket {
+    Tcp(OwnedFd),
+    Unix(OwnedFd),
+    #[cfg(test)]
+    Fake(super::fake_socket::FakeSocket),
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Socket::Tcp(fd) => write!(f, "Tcp({})", fd.as_raw_fd()),
+            Socket::Unix(fd) => write!(f, "Unix({})", fd.as_raw_fd()),
+            #[cfg(test)]
+            Socket::Fake(_) => write!(f, "Fake"),
+        }
+    }
+}
+
+#[cfg_attr(not(test), allow(dead_code, reason = "the hand-over's base: only the tests export yet"))]
+impl Transport {
+    /// The socket and the TLS state (None: plain), for an export. A UDP session has no socket
+    /// of its own: it is given back.
+    pub fn into_parts(self) -> Result<(Socket, Option<Box<ServerConnection>>), Self> {
+        let socket = match self.stream {
+            Stream::Tcp(s) => Socket::Tcp(s.into()),
+            Stream::Unix(s) => Socket::Unix(s.into()),
+            #[cfg(test)]
+            Stream::Fake(s) => Socket::Fake(s),
+            Stream::Datagram(_) => return Err(self),
+        };
+        Ok((socket, self.tls))
+    }
+
+    /// The transport of an imported connection (the descriptor stays non-blocking: that is a
+    /// property of the open socket, not of this process).
+    pub fn from_parts(socket: Socket, tls: Option<Box<ServerConnection>>) -> Self {
+        let stream = match socket {
+            Socket::Tcp(fd) => Stream::Tcp(TcpStream::from_std(std::net::TcpStream::from(fd))),
+            Socket::Unix(fd) => Stream::Unix(UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))),
+            #[cfg(test)]
+            Socket::Fake(s) => Stream::Fake(s),
+        };
+        Transport { stream, tls }
     }
 }

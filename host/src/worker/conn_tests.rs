@@ -1,0 +1,405 @@
+//! The connection core without sockets: a fake socket (`fake_socket.rs`) and a recording plugin
+//! drive the table and the dispatch as the loop does (readiness in, `settle` at the end of the
+//! turn), and the tests check what the plugin heard and what reached the socket.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RSlice, RString};
+use mio::Poll;
+use plugin_api::abi::{
+    CallStatus, ConnError, ConnErrorCode, RawFrame, RawHostRef, RawPlugin, RawPluginBox, RawPlugin_TO,
+};
+use plugin_api::{ConnId, TimerId};
+
+use super::core::{Core, Ctx, ExportError};
+use super::dispatch;
+use super::fake_socket::FakeSocket;
+use super::phase::{ConnPhase, Exit, WorkerPhase};
+use super::transport::{Stream, Transport};
+use crate::config::Limits;
+
+/// What the plugin heard, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Heard {
+    Connect(ConnId),
+    Message(ConnId, Vec<u8>),
+    Close(ConnId),
+    BufferFull(ConnId),
+    BufferDrain(ConnId),
+    Error(ConnId, ConnErrorCode),
+    Drain(ConnId),
+}
+
+/// How the plugin answers.
+#[derive(Debug, Default)]
+struct Script {
+    /// Each message is answered with this many bytes (0: the message itself).
+    reply_len: usize,
+    /// Each message pauses receiving.
+    pause_on_message: bool,
+    /// `on_drain` closes with these last bytes.
+    bye: Option<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    heard: Vec<Heard>,
+    script: Script,
+}
+
+/// A line protocol: each `\n`-terminated line is a message.
+struct LinePlugin(Rc<RefCell<Shared>>);
+
+impl LinePlugin {
+    fn hear(&self, what: Heard) -> CallStatus {
+        self.0.borrow_mut().heard.push(what);
+        CallStatus::Ok
+    }
+}
+
+impl RawPlugin for LinePlugin {
+    fn on_worker_start(&mut self, _: RawHostRef<'_>) -> RResult<(), RString> {
+        RResult::ROk(())
+    }
+    fn on_worker_stop(&mut self, _: RawHostRef<'_>) -> CallStatus {
+        CallStatus::Ok
+    }
+    fn on_worker_reload(&mut self, _: RawHostRef<'_>) -> CallStatus {
+        CallStatus::Ok
+    }
+    fn on_connect(&mut self, _: RawHostRef<'_>, conn: ConnId) -> CallStatus {
+        self.hear(Heard::Connect(conn))
+    }
+    fn input(&mut self, _: RawHostRef<'_>, _: ConnId, buf: RSlice<'_, u8>) -> RawFrame {
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => RawFrame::Complete(i as u64 + 1),
+            None => RawFrame::NeedMore,
+        }
+    }
+    fn on_message(&mut self, mut host: RawHostRef<'_>, conn: ConnId, msg: RSlice<'_, u8>) -> CallStatus {
+        self.hear(Heard::Message(conn, msg.to_vec()));
+        let (reply_len, pause) = {
+            let s = &self.0.borrow().script;
+            (s.reply_len, s.pause_on_message)
+        };
+        let reply = if reply_len == 0 { msg.to_vec() } else { vec![b'x'; reply_len] };
+        host.send(conn, RSlice::from_slice(&reply));
+        if pause {
+            host.pause_recv(conn, true);
+        }
+        CallStatus::Ok
+    }
+    fn on_close(&mut self, _: RawHostRef<'_>, conn: ConnId) -> CallStatus {
+        self.hear(Heard::Close(conn))
+    }
+    fn on_error(&mut self, _: RawHostRef<'_>, _: ConnId, _: ConnError) -> CallStatus {
+        unreachable!("the host calls on_conn_error")
+    }
+    fn on_conn_error(&mut self, _: RawHostRef<'_>, conn: ConnId, err: ConnErrorCode) -> CallStatus {
+        self.hear(Heard::Error(conn, err))
+    }
+    fn on_buffer_full(&mut self, _: RawHostRef<'_>, conn: ConnId) -> CallStatus {
+        self.hear(Heard::BufferFull(conn))
+    }
+    fn on_buffer_drain(&mut self, _: RawHostRef<'_>, conn: ConnId) -> CallStatus {
+        self.hear(Heard::BufferDrain(conn))
+    }
+    fn on_timer(&mut self, _: RawHostRef<'_>, _: TimerId, _: u64) -> CallStatus {
+        CallStatus::Ok
+    }
+    fn on_drain(&mut self, mut host: RawHostRef<'_>, conn: ConnId) -> CallStatus {
+        let bye = self.0.borrow().script.bye.clone();
+        if let Some(bye) = bye {
+            host.close(conn, RSlice::from_slice(&bye));
+        }
+        self.hear(Heard::Drain(conn))
+    }
+}
+
+/// A worker's core and plugin, driven by hand as the loop drives them.
+struct Bench {
+    core: Core,
+    plugin: RawPluginBox,
+    shared: Rc<RefCell<Shared>>,
+    scratch: Vec<u8>,
+    _poll: Poll,
+}
+
+impl Bench {
+    fn new(limits: Limits) -> Bench {
+        let poll = Poll::new().unwrap();
+        let core = Core::new(poll.registry().try_clone().unwrap(), "test".into(), 0, limits);
+        let shared = Rc::new(RefCell::new(Shared::default()));
+        let plugin = RawPlugin_TO::from_value(LinePlugin(Rc::clone(&shared)), TD_Opaque);
+        Bench { core, plugin, shared, scratch: vec![0; 64 * 1024], _poll: poll }
+    }
+
+    fn script(&self) -> std::cell::RefMut<'_, Script> {
+        std::cell::RefMut::map(self.shared.borrow_mut(), |s| &mut s.script)
+    }
+
+    /// What the plugin heard since the last call.
+    fn heard(&self) -> Vec<Heard> {
+        std::mem::take(&mut self.shared.borrow_mut().heard)
+    }
+
+    /// Accepts `socket` as the loop does (the plugin hears `on_connect`).
+    fn accept(&mut self, stream: Stream) -> ConnId {
+        let id = self.core.insert(stream).unwrap();
+        dispatch::connect(&mut self.plugin, &mut self.core, id);
+        self.settle();
+        id
+    }
+
+    /// The socket of `id` is readable (`hup`: the peer hung up), then the end of the turn.
+    fn readable(&mut self, id: ConnId, hup: bool) {
+        if let Some(c) = self.core.by_index(id.index()) {
+            c.read.ready = true;
+        }
+        dispatch::read(&mut self.plugin, &mut self.core, &mut self.scratch, id.index(), hup);
+        self.settle();
+    }
+
+    /// The socket of `id` is writable, then the end of the turn.
+    fn writable(&mut self, id: ConnId) {
+        self.core.mark_dirty(id.index());
+        self.settle();
+    }
+
+    fn settle(&mut self) {
+        dispatch::settle(&mut self.plugin, &mut self.core, &mut self.scratch);
+    }
+
+    /// A call the plugin makes from outside a callback of this connection (a timer, say).
+    fn host(&mut self) -> Ctx<'_> {
+        Ctx { core: &mut self.core }
+    }
+}
+
+fn limits() -> Limits {
+    Limits { max_send_buffer: 100, ..Limits::default() }
+}
+
+#[test]
+fn pipelined_answers_leave_in_one_write() {
+    let mut b = Bench::new(limits());
+    let sock = FakeSocket::with_room(1 << 20);
+    let id = b.accept(Stream::Fake(sock.clone()));
+    sock.peer_sends(b"one\ntwo\nthree\n");
+    b.readable(id, false);
+    let messages = [&b"one\n"[..], b"two\n", b"three\n"].map(|m| Heard::Message(id, m.to_vec()));
+    assert_eq!(b.heard(), [vec![Heard::Connect(id)], messages.to_vec()].concat());
+    assert_eq!(sock.written(), b"one\ntwo\nthree\n");
+    assert_eq!(sock.0.borrow().writes, [14], "three answers, one write");
+}
+
+#[test]
+fn a_full_send_buffer_holds_reading_until_it_drains() {
+    let mut b = Bench::new(limits());
+    b.script().reply_len = 150;
+    // The peer reads nothing yet: the socket takes no byte.
+    let sock = FakeSocket::with_room(0);
+    let id = b.accept(Stream::Fake(sock.clone()));
+    b.heard();
+    sock.peer_sends(b"a\n");
+    b.readable(id, false);
+    assert_eq!(b.heard(), [Heard::Message(id, b"a\n".to_vec()), Heard::BufferFull(id)]);
+    assert!(b.core.get(id).unwrap().hold.buffer_full);
+    assert!(b.core.get(id).unwrap().sched.write_interest, "it waits for writability");
+    assert!(!b.core.send(id, b"refused"), "a send into a full buffer is refused");
+    b.settle();
+    assert_eq!(b.heard(), [Heard::Error(id, ConnError::SendFailed.into())]);
+
+    // What the peer sends meanwhile stays in the socket: reading is held.
+    sock.peer_sends(b"b\n");
+    b.readable(id, false);
+    assert_eq!(b.heard(), []);
+    assert_eq!(sock.0.borrow().incoming, b"b\n", "not read while the buffer is full");
+
+    // The peer reads: the output drains, the plugin hears it, and reading resumes.
+    sock.peer_reads(1000);
+    b.writable(id);
+    assert_eq!(
+        b.heard(),
+        [Heard::BufferDrain(id), Heard::Message(id, b"b\n".to_vec()), Heard::BufferFull(id), Heard::BufferDrain(id)]
+    );
+    assert_eq!(sock.written(), vec![b'x'; 300]);
+    let c = b.core.get(id).unwrap();
+    assert!(!c.hold.buffer_full && !c.sched.write_interest);
+}
+
+#[test]
+fn a_paused_connection_keeps_its_input_until_it_resumes() {
+    let mut b = Bench::new(limits());
+    b.script().pause_on_message = true;
+    let sock = FakeSocket::with_room(1 << 20);
+    let id = b.accept(Stream::Fake(sock.clone()));
+    b.heard();
+    sock.peer_sends(b"a\nb\n");
+    b.readable(id, false);
+    assert_eq!(b.heard(), [Heard::Message(id, b"a\n".to_vec())]);
+    assert_eq!(b.core.get(id).unwrap().input, b"b\n", "the second message waits, buffered");
+    assert_eq!(b.core.get(id).unwrap().phase.name(true), "paused");
+
+    sock.peer_sends(b"c\n");
+    b.readable(id, false);
+    assert_eq!(b.heard(), []);
+    assert_eq!(sock.0.borrow().incoming, b"c\n", "a paused connection is not read");
+
+    // Resumed: one message at a time, since each pauses again.
+    plugin_api::abi::RawHost::pause_recv(&mut b.host(), id, false);
+    b.settle();
+    assert_eq!(b.heard(), [Heard::Message(id, b"b\n".to_vec())]);
+    plugin_api::abi::RawHost::pause_recv(&mut b.host(), id, false);
+    b.settle();
+    assert_eq!(b.heard(), [Heard::Message(id, b"c\n".to_vec())]);
+    assert_eq!(sock.written(), b"a\nb\nc\n");
+}
+
+#[test]
+fn a_peer_that_half_closes_gets_its_answers_then_the_close() {
+    let mut b = Bench::new(limits());
+    let sock = FakeSocket::with_room(1 << 20);
+    let id = b.accept(Stream::Fake(sock.clone()));
+    b.heard();
+    sock.peer_sends(b"last\nhalf");
+    sock.0.borrow_mut().peer_closed = true;
+    b.readable(id, true);
+    assert_eq!(b.heard(), [Heard::Message(id, b"last\n".to_vec()), Heard::Close(id)]);
+    assert_eq!(sock.written(), b"last\n", "what it sent before closing is answered");
+    assert!(b.core.get(id).is_none(), "nothing to linger for: the peer closed first");
+    assert_eq!(b.core.stats.closed, 1);
+}
+
+#[test]
+fn a_drain_lets_the_plugin_say_goodbye_then_lingers_until_the_peer_closes() {
+    let mut b = Bench::new(limits());
+    b.script().bye = Some(b"bye\n".to_vec());
+    let sock = FakeSocket::with_room(1 << 20);
+    let id = b.accept(Stream::Fake(sock.clone()));
+    b.heard();
+
+    assert!(b.core.phase.drain(5000));
+    dispatch::drain(&mut b.plugin, &mut b.core, id);
+    b.settle();
+    assert_eq!(b.heard(), [Heard::Drain(id), Heard::Close(id)]);
+    assert_eq!(sock.written(), b"bye\n");
+    assert!(sock.0.borrow().shut_write, "our side is shut down after the last bytes");
+    let lingering = b.core.get(id).unwrap().phase;
+    assert!(matches!(lingering, ConnPhase::Lingering { .. }), "{lingering:?}");
+    assert_eq!(b.core.open_count(), 0, "a lingering connection does not hold up the drain");
+    assert_eq!(b.core.phase.after_turn(|| b.core.open_count() == 0, 0), Some(Exit::Drained));
+
+    // What the client still sends is read and dropped; its close ends the connection, and the
+    // plugin hears no second close.
+    sock.peer_sends(b"late\n");
+    sock.0.borrow_mut().peer_closed = true;
+    b.readable(id, true);
+    assert_eq!(b.heard(), []);
+    assert!(b.core.get(id).is_none());
+}
+
+#[test]
+fn the_worker_phase_is_what_the_plugin_sees() {
+    let mut b = Bench::new(limits());
+    assert!(!plugin_api::abi::RawHost::is_draining(&b.host()));
+    b.core.phase.drain(10);
+    assert!(plugin_api::abi::RawHost::is_draining(&b.host()));
+    b.core.phase.stop(Exit::Stopped);
+    assert!(plugin_api::abi::RawHost::is_draining(&b.host()), "a drain that is cut short still says so");
+    assert!(matches!(b.core.phase, WorkerPhase::Exiting { exit: Exit::Stopped, .. }));
+}
+
+/// A file of `len` known bytes, and its descriptor kept open.
+fn file_of(len: usize) -> (std::fs::File, Vec<u8>) {
+    let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let path = std::env::temp_dir().join(format!("host-conn-test-{}-{len}", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    (file, bytes)
+}
+
+#[test]
+fn an_exported_connection_comes_back_whole() {
+    let mut b = Bench::new(Limits { max_send_buffer: 1 << 20, ..Limits::default() });
+    b.core.now_ms = 10_000;
+    let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    // (A bug must fail the test, not hang it.)
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let id = b.accept(Stream::Unix(mio::net::UnixStream::from_std(ours)));
+    b.heard();
+
+    // A connection in the middle of things: half a message buffered, the next one announced
+    // longer, output and a file range queued and not written, paused, idle for a while.
+    let (file, file_bytes) = file_of(3000);
+    {
+        let c = b.core.get_mut(id).unwrap();
+        c.input = b"partial".to_vec();
+        c.expect = Some(12);
+        c.message_started_ms = Some(9_000);
+        c.hold.by_plugin = true;
+        c.bytes_in = 7;
+    }
+    assert!(b.core.send(id, b"head;"));
+    assert_eq!(b.core.send_file(id, file.as_raw_fd(), 1000, 500), Ok(()));
+    assert!(b.core.send(id, b";tail"));
+    b.core.now_ms = 12_000;
+    let before = b.core.snapshot(id).unwrap();
+    assert_eq!(before.idle_ms, 2_000);
+    assert_eq!(before.message_age_ms, Some(3_000));
+
+    let exported = b.core.export(id).unwrap();
+    assert!(b.core.get(id).is_none(), "out of the table");
+    assert_eq!(b.core.len(), 0);
+    assert_eq!(b.core.stats.closed, 0, "an export is not a close");
+    assert_eq!(b.heard(), [], "the plugin hears nothing of it");
+
+    // Into another worker, whose clock reads otherwise: ages are kept, not instants.
+    let mut other = Bench::new(Limits { max_send_buffer: 1 << 20, ..Limits::default() });
+    other.core.now_ms = 500_000;
+    let new_id = other.core.import(exported).unwrap();
+    assert_eq!(other.core.snapshot(new_id).unwrap(), before, "the same connection, state and all");
+    let c = other.core.get(new_id).unwrap();
+    assert_eq!(c.last_active_ms, 498_000);
+    assert_eq!(c.phase, ConnPhase::Open);
+
+    // Its socket is the same: the queued output and the file range reach the peer, in order.
+    other.settle();
+    assert_eq!(other.heard(), [], "paused: the buffered input waits");
+    let mut got = vec![0; 5 + 500 + 5];
+    std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+    assert_eq!(&got[..5], b"head;");
+    assert_eq!(&got[5..505], &file_bytes[1000..1500]);
+    assert_eq!(&got[505..], b";tail");
+
+    // And what the peer sends completes the message that was half there.
+    peer.write_all(b"-msg\n").unwrap();
+    plugin_api::abi::RawHost::pause_recv(&mut other.host(), new_id, false);
+    other.settle();
+    assert_eq!(other.heard(), [Heard::Message(new_id, b"partial-msg\n".to_vec())]);
+    let mut echo = [0; 12];
+    std::io::Read::read_exact(&mut peer, &mut echo).unwrap();
+    assert_eq!(&echo, b"partial-msg\n");
+}
+
+#[test]
+fn a_connection_that_cannot_move_stays_where_it_is() {
+    let mut b = Bench::new(limits());
+    let id = b.core.reserve_id();
+    b.core.place(id, Transport::plain(Stream::Fake(FakeSocket::default())), Some(1000)).unwrap();
+    assert_eq!(b.core.export(id).unwrap_err(), ExportError::Phase(ConnPhase::Connecting { until_ms: 1000 }));
+    assert!(b.core.get(id).is_some());
+
+    let session = b.core.reserve_id();
+    let peer = "127.0.0.1:9".parse().unwrap();
+    b.core.place(session, Transport::plain(Stream::Datagram(peer)), None).unwrap();
+    assert_eq!(b.core.export(session).unwrap_err(), ExportError::Datagram);
+    let never_placed = b.core.reserve_id();
+    assert_eq!(b.core.export(never_placed).unwrap_err(), ExportError::NotFound);
+}

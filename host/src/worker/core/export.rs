@@ -1,0 +1,202 @@
+//! A connection taken out of the table whole ([`Core::export`]) and put back, in this worker or
+//! another ([`Core::import`]): the base of a hand-over, where a worker's connections move to its
+//! replacement instead of draining.
+//!
+//! An [`ExportedConn`] is three parts: the descriptors (the socket and the files queued by
+//! `send_file`), the TLS state (a rustls value: moving it to another process is the hand-over's
+//! own work), and a [`Snapshot`] of plain values that can be serialised as they are. Its times
+//! are ages, not instants: each worker's clock starts at its own epoch. The old worker keeps
+//! the exported value (and so every descriptor) until the new one has adopted it; should that
+//! fail, importing it back restores the connection where it was.
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+
+use mio::{Interest, Token};
+use plugin_api::ConnId;
+use rustls::ServerConnection;
+
+use super::super::phase::ConnPhase;
+use super::super::transport::{Socket, Transport};
+use super::conn::{Conn, FileOut, Hold, Origin, ReadSide, Sched};
+use super::{Core, Deferred, CONN_TOKEN_BASE};
+
+/// A range of a file queued among a connection's output (its descriptor travels beside it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRange {
+    /// Its place in the output: written once [`Snapshot::output`] is written up to this index.
+    pub at: usize,
+    pub offset: u64,
+    pub remaining: u64,
+}
+
+/// Everything of a connection but its descriptors and TLS state, as plain values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `Open` or `Closing` (the phases that can move).
+    pub phase: ConnPhase,
+    pub origin: Origin,
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    /// A Unix socket's peer: pid, uid, gid.
+    pub cred: Option<(u32, u32, u32)>,
+    /// The name the client asked for (TLS SNI).
+    pub server_name: Option<String>,
+    /// Bytes received and not yet consumed by a message.
+    pub input: Vec<u8>,
+    /// Length of the next message, when the plugin announced one longer than `input`.
+    pub expect: Option<usize>,
+    /// Bytes queued and not yet written.
+    pub output: Vec<u8>,
+    /// File ranges queued among `output`, in order; their files are `ExportedConn::files`.
+    pub files: Vec<FileRange>,
+    /// The peer half-closed (`eof`), or hung up (`hup`: read to EOF).
+    pub eof: bool,
+    pub hup: bool,
+    /// Paused by the plugin, held by a full send buffer.
+    pub hold: Hold,
+    /// Milliseconds since the connection was last active (for its idle timeout).
+    pub idle_ms: u64,
+    /// Milliseconds since the incomplete message in `input` began to arrive (its timeout).
+    pub message_age_ms: Option<u64>,
+    pub age_ms: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// A connection out of its table.
+#[derive(Debug)]
+pub struct ExportedConn {
+    pub socket: Socket,
+    /// The TLS state (None: plain). A value of this process.
+    pub tls: Option<Box<ServerConnection>>,
+    /// The files of [`Snapshot::files`], in the same order (the host's own duplicates).
+    pub files: Vec<File>,
+    pub snapshot: Snapshot,
+}
+
+/// Why a connection cannot be exported: it stays in the table, as it was.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExportError {
+    #[error("no such connection")]
+    NotFound,
+    /// Handshaking, connecting or lingering: not a connection the plugin can resume.
+    #[error("a connection in phase {0:?} cannot move")]
+    Phase(ConnPhase),
+    /// A UDP session has no socket of its own (sessions move with the slot's socket).
+    #[error("a UDP session cannot move as a connection")]
+    Datagram,
+}
+
+/// An import that failed: the connection is given back whole, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("could not import a connection: {source}")]
+pub struct ImportError {
+    pub conn: Box<ExportedConn>,
+    pub source: io::Error,
+}
+
+impl Core {
+    /// What [`Core::export`] would take of the connection, its descriptors aside.
+    pub fn snapshot(&self, id: ConnId) -> Option<Snapshot> {
+        let c = self.get(id)?;
+        let now = self.now_ms;
+        Some(Snapshot {
+            phase: c.phase,
+            origin: c.origin,
+            peer: c.peer,
+            local: c.local,
+            cred: c.cred,
+            server_name: c.stream.server_name().map(str::to_string),
+            input: c.input.clone(),
+            expect: c.expect,
+            output: c.output[c.output_pos..].to_vec(),
+            files: c
+                .files
+                .iter()
+                .map(|f| FileRange { at: f.at - c.output_pos, offset: f.offset, remaining: f.remaining })
+                .collect(),
+            eof: c.read.eof,
+            hup: c.read.hup,
+            hold: c.hold,
+            idle_ms: now.saturating_sub(c.last_active_ms),
+            message_age_ms: c.message_started_ms.map(|t| now.saturating_sub(t)),
+            age_ms: now.saturating_sub(c.created_ms),
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+        })
+    }
+
+    /// Takes an open (or closing) connection out of the table whole. The plugin hears nothing:
+    /// the caller moves its state along.
+    pub fn export(&mut self, id: ConnId) -> Result<ExportedConn, ExportError> {
+        let c = self.get(id).ok_or(ExportError::NotFound)?;
+        if c.stream.datagram_peer().is_some() {
+            return Err(ExportError::Datagram);
+        }
+        if !matches!(c.phase, ConnPhase::Open | ConnPhase::Closing { announced: true }) {
+            return Err(ExportError::Phase(c.phase));
+        }
+        let snapshot = self.snapshot(id).expect("checked above");
+        let conn = self.take(id.index()).expect("checked above");
+        let (socket, tls) = match conn.stream.into_parts() {
+            Ok(parts) => parts,
+            Err(_) => unreachable!("a stream with a socket"),
+        };
+        let files = conn.files.into_iter().map(|f| f.file).collect();
+        Ok(ExportedConn { socket, tls, files, snapshot })
+    }
+
+    /// Puts an exported connection in the table under a new id (ids are per worker): registered
+    /// for reading, its output flushed and its buffered input dispatched at the end of the turn.
+    pub fn import(&mut self, conn: ExportedConn) -> Result<ConnId, ImportError> {
+        let ExportedConn { socket, tls, files, snapshot: s } = conn;
+        let mut stream = Transport::from_parts(socket, tls);
+        let id = self.reserve_id();
+        let index = id.index();
+        if let Err(source) = self.registry.register(&mut stream, Token(index + CONN_TOKEN_BASE), Interest::READABLE) {
+            self.release_id(id);
+            let (socket, tls) = stream.into_parts().unwrap_or_else(|_| unreachable!("a stream with a socket"));
+            return Err(ImportError { conn: Box::new(ExportedConn { socket, tls, files, snapshot: s }), source });
+        }
+        let now = self.now_ms;
+        let file_outs = s.files.iter().zip(files).map(|(r, file)| FileOut {
+            at: r.at,
+            file,
+            offset: r.offset,
+            remaining: r.remaining,
+        });
+        let conn = Conn {
+            id,
+            stream,
+            phase: s.phase,
+            origin: s.origin,
+            peer: s.peer,
+            local: s.local,
+            cred: s.cred,
+            input: s.input,
+            expect: s.expect,
+            output: s.output,
+            output_pos: 0,
+            files: file_outs.collect(),
+            // What the peer sent meanwhile waits in the socket: read it.
+            read: ReadSide { ready: !s.eof, hup: s.hup, eof: s.eof },
+            hold: s.hold,
+            sched: Sched::default(),
+            message_started_ms: s.message_age_ms.map(|age| now.saturating_sub(age)),
+            last_active_ms: now.saturating_sub(s.idle_ms),
+            created_ms: now.saturating_sub(s.age_ms),
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+        };
+        self.conns[index] = Some(conn);
+        self.live += 1;
+        // Flush what was queued (or carry out the close); dispatch what was buffered.
+        self.mark_dirty(index);
+        if s.phase == ConnPhase::Open {
+            self.deferred.push_back((id, Deferred::Resume));
+        }
+        Ok(id)
+    }
+}

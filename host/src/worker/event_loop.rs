@@ -1,0 +1,543 @@
+//! The worker's event loop: one mio `Poll` over the listening socket, the master's channel, a
+//! signalfd, the mailbox, the wakers and the connections. Each turn: the master's frames, then
+//! the events (accept, read, connect readiness), the mailbox, UDP datagrams, task results,
+//! timers, outbound deadlines, then `dispatch::settle` (deferred events, one flush per dirty
+//! connection); then the worker's phase says whether the loop ends.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::RResult;
+use mio::net::UnixStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use plugin_api::abi::RawPluginBox;
+
+use super::core::{Core, CONN_TOKEN_BASE};
+use super::listener::Listener;
+use super::phase::{ConnPhase, Exit, WorkerPhase};
+use super::{datagram, dispatch, load_snapshot, mailbox, new_instance, outbound, tasks, FAREWELL_TIMEOUT};
+use crate::config::WorkerSpec;
+use crate::ctl::{self, ReportKind, ToMaster, ToWorker, WorkerChannel};
+use crate::sys;
+
+const LISTENER: Token = Token(0);
+const CONTROL: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const MAILBOX: Token = Token(3);
+/// Messages from other workers delivered per loop turn at most (the rest next turn: a flood of
+/// them never starves the connections).
+const MAILBOX_BATCH: usize = 256;
+/// How often idle connections and lingering closes are checked, while there are connections.
+const SWEEP_INTERVAL_MS: u64 = 1000;
+/// Bytes read from a socket per read call.
+const READ_CHUNK: usize = 64 * 1024;
+/// How soon accepting is tried again after the system ran out of descriptors or memory.
+const ACCEPT_RETRY_MS: u64 = 100;
+
+pub(super) struct Worker {
+    poll: Poll,
+    listener: Listener,
+    control: WorkerChannel<UnixStream>,
+    signals: SignalFd,
+    plugin: RawPluginBox,
+    core: Core,
+    scratch: Vec<u8>,
+    epoch: Instant,
+    /// Accepting stopped at the connection limit; resumed when a connection closes.
+    accept_blocked: bool,
+    /// Accepting failed for lack of resources (EMFILE, ENOBUFS…): tried again at this time.
+    accept_retry_ms: Option<u64>,
+    next_sweep_ms: Option<u64>,
+    /// The service's drain timeout, for a SIGTERM sent to the worker by hand.
+    drain_timeout_ms: u64,
+    /// How often the loop says `alive` to the master's watchdog (0: never).
+    heartbeat_ms: u64,
+    next_heartbeat_ms: u64,
+    /// The mailbox may hold more messages (a turn stopped at `MAILBOX_BATCH`).
+    mailbox_pending: bool,
+    /// Where a message from another worker is read (the largest one fits).
+    mailbox_buf: Vec<u8>,
+    /// The UDP socket may hold more datagrams (a turn stopped at `datagram::BATCH`, or an event).
+    udp_pending: bool,
+    /// The task pool woke the loop: results or notifications wait.
+    tasks_pending: bool,
+}
+
+impl Worker {
+    pub(super) fn start(
+        listener: OwnedFd,
+        control: WorkerChannel<StdUnixStream>,
+        snapshot: OwnedFd,
+        spec: &WorkerSpec,
+        access_log: Option<std::fs::File>,
+        watch: Option<sys::WatchPage>,
+    ) -> anyhow::Result<Self> {
+        sys::ignore_sigpipe()?;
+        // SIGTERM/SIGQUIT: drain then exit; SIGINT: stop now. The master normally says so over
+        // the control socket; the signals serve someone who signals a worker by hand.
+        // SIGUSR1/2 and SIGIO mean something to the master only: a `pkill -USR2 host` must not
+        // kill the workers (their default action is to terminate).
+        let signals = sys::signal_fd(&[
+            Signal::SIGTERM,
+            Signal::SIGQUIT,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+            Signal::SIGIO,
+        ])?;
+        let loaded = load_snapshot(snapshot, &spec.plugin_path)?;
+        tracing::info!(plugin = %loaded.name, version = %loaded.version, plugin_api = %loaded.api_version, path = %spec.plugin_path.display(), "plugin loaded");
+        let plugin = match new_instance(&loaded, spec) {
+            RResult::ROk(p) => p,
+            RResult::RErr(e) => anyhow::bail!("plugin {} refused its config: {}", loaded.name, e),
+        };
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let (listener, udp) = Listener::from_fd(listener)?;
+        let mut worker = Worker {
+            listener,
+            control: control.map_stream(UnixStream::from_std),
+            signals,
+            plugin,
+            core: Core::new(registry, spec.service.clone(), spec.slot, spec.limits),
+            scratch: vec![0; READ_CHUNK],
+            epoch: Instant::now(),
+            accept_blocked: false,
+            accept_retry_ms: None,
+            next_sweep_ms: None,
+            drain_timeout_ms: spec.drain_timeout_ms,
+            heartbeat_ms: spec.heartbeat_ms,
+            next_heartbeat_ms: spec.heartbeat_ms,
+            mailbox_pending: false,
+            mailbox_buf: vec![0; mailbox::RECV_BUFFER],
+            udp_pending: false,
+            tasks_pending: false,
+            poll,
+        };
+        worker.core.worker_count = spec.worker_count;
+        // The loop's clock (`now_ms`, from `epoch`) on the system's monotonic clock.
+        worker.core.watch = super::core::Watch::new(watch, sys::monotonic_ms());
+        worker.core.udp = udp;
+        if let Some(file) = access_log {
+            worker.core.access_log.switch(file);
+        }
+        if let Some(tls) = &spec.tls {
+            worker.core.tls = Some(crate::tls::server_config(tls)?);
+        }
+        if let RResult::RErr(e) = dispatch::worker_start(&mut worker.plugin, &mut worker.core) {
+            anyhow::bail!("plugin {} failed to start: {}", loaded.name, e);
+        }
+        let registry = worker.poll.registry();
+        registry.register(&mut worker.listener, LISTENER, Interest::READABLE)?;
+        if let Some(udp) = worker.core.udp.as_mut() {
+            registry.register(udp, LISTENER, Interest::READABLE)?;
+            // Datagrams may have queued before this worker watched the socket.
+            worker.udp_pending = true;
+        }
+        registry.register(&mut worker.control.stream, CONTROL, Interest::READABLE)?;
+        registry.register(&mut SourceFd(&worker.signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        worker.send_control(&ToMaster::Ready);
+        // The master logs it (with its start time): once is enough at info.
+        tracing::debug!("worker ready");
+        Ok(worker)
+    }
+
+    pub(super) fn run_loop(&mut self) -> io::Result<Exit> {
+        let mut events = Events::with_capacity(1024);
+        // What the master sent with its hello is read already: no event will announce it.
+        self.read_control();
+        loop {
+            let timeout = self.poll_timeout();
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            self.core.now_ms = self.epoch.elapsed().as_millis() as u64;
+            // The master's frames first: peers it told of before a client's message arrived
+            // are known when that message is dispatched.
+            if events.iter().any(|e| e.token() == CONTROL) {
+                self.read_control();
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER if self.listener.is_udp() => self.udp_pending = self.core.phase.accepting(),
+                    LISTENER => self.accept_all(),
+                    CONTROL => {}
+                    SIGNALS => self.read_signals(),
+                    MAILBOX => self.mailbox_pending = true,
+                    tasks::TASKS => self.tasks_pending = true,
+                    outbound::RESOLVER => self.core.resolved(),
+                    Token(t) if t < CONN_TOKEN_BASE => {}
+                    Token(t) => {
+                        let index = t - CONN_TOKEN_BASE;
+                        if self.core.by_index(index).is_some_and(|c| matches!(c.phase, ConnPhase::Connecting { .. })) {
+                            if let Some(outcome) = self.core.connect_ready(index) {
+                                let hup = event.is_read_closed() || event.is_error();
+                                dispatch::outbound(&mut self.plugin, &mut self.core, &mut self.scratch, outcome, hup);
+                            }
+                            continue;
+                        }
+                        if event.is_writable() {
+                            self.core.mark_dirty(index);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_conn(index, event.is_read_closed() || event.is_error());
+                        }
+                    }
+                }
+            }
+            self.read_mailbox();
+            if self.udp_pending {
+                self.udp_pending = datagram::receive(&mut self.plugin, &mut self.core, &mut self.scratch);
+            }
+            self.deliver_tasks();
+            self.run_timers();
+            for outcome in self.core.expire_outbound() {
+                dispatch::outbound(&mut self.plugin, &mut self.core, &mut self.scratch, outcome, false);
+            }
+            self.settle();
+            self.core.access_log.flush_due(self.core.now_ms);
+            self.core.stats.rate.roll(self.core.now_ms, self.core.stats.messages);
+            self.beat();
+            let core = &self.core;
+            // Running jobs are waited for too: their results may be answers to send.
+            let idle = || core.open_count() == 0 && core.tasks_in_flight() == 0;
+            if let Some(exit) = core.phase.after_turn(idle, core.now_ms) {
+                if exit == Exit::Drained && core.tasks_in_flight() > 0 {
+                    tracing::warn!(tasks = core.tasks_in_flight(), "drain deadline: tasks left unfinished");
+                }
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// The time to the nearest deadline, or None (block: no CPU use when idle).
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.core.now_ms = now;
+        if self.core.len() > 0 && self.next_sweep_ms.is_none() {
+            self.next_sweep_ms = Some(now + SWEEP_INTERVAL_MS);
+        }
+        if !self.core.deferred.is_empty() || !self.core.dirty.is_empty() || self.mailbox_pending || self.udp_pending {
+            // settle() stopped before it was done: go on at once.
+            return Some(Duration::ZERO);
+        }
+        let deadlines = [
+            self.core.timers.next_timeout_ms(now).map(|ms| now + ms),
+            self.next_sweep_ms,
+            self.core.phase.deadline_ms(),
+            self.accept_retry_ms,
+            (self.heartbeat_ms > 0).then_some(self.next_heartbeat_ms),
+            self.core.next_outbound_deadline(),
+            self.core.access_log.deadline_ms(),
+        ];
+        deadlines.into_iter().flatten().min().map(|d| Duration::from_millis(d.saturating_sub(now)))
+    }
+
+    /// Tells the master's watchdog that the loop turns: at most once per heartbeat, also when
+    /// idle (the poll wakes for it). A worker stuck in a plugin callback stops saying it.
+    fn beat(&mut self) {
+        if self.heartbeat_ms > 0 && self.core.now_ms >= self.next_heartbeat_ms {
+            self.next_heartbeat_ms = self.core.now_ms + self.heartbeat_ms;
+            let alive = ToMaster::Alive { messages: self.core.stats.messages, rss_bytes: resident_bytes() };
+            self.send_control(&alive);
+            crate::logging::flush_suppressed();
+        }
+    }
+
+    fn accept_all(&mut self) {
+        while self.core.phase.accepting() {
+            if self.core.len() >= self.core.limits.max_connections {
+                self.accept_blocked = true;
+                return;
+            }
+            match self.listener.accept() {
+                Ok(stream) => match self.core.insert(stream) {
+                    Ok(id) => {
+                        self.core.stats.accepted += 1;
+                        // TLS: the plugin hears of it once the handshake is done.
+                        if self.core.get(id).is_some_and(|c| c.phase == ConnPhase::Open) {
+                            dispatch::connect(&mut self.plugin, &mut self.core, id);
+                        }
+                    }
+                    Err(e) => tracing::warn!("could not register a connection: {e}"),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The client gave up before it was accepted (or a firewall refused it): the next
+                // one in the queue is fine.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(nix::libc::ECONNABORTED | nix::libc::EPROTO | nix::libc::EPERM)
+                    ) =>
+                {
+                    tracing::debug!("accept: {e}; accepting the next one");
+                }
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the queue keeps the clients; try again
+                    // shortly, whether or not any connection is open.
+                    tracing::warn!("accept failed: {e}; trying again in {ACCEPT_RETRY_MS} ms");
+                    self.accept_retry_ms = Some(self.core.now_ms + ACCEPT_RETRY_MS);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_control(&mut self) {
+        for (msg, fds) in self.control.read_with_fds() {
+            match msg {
+                ToWorker::Mailbox => self.take_mailbox(fds),
+                ToWorker::Peers { replace, peers } => self.core.mailbox.set_peers(replace, peers, fds),
+                ToWorker::Hello { .. } => tracing::warn!("a second hello from the master ignored"),
+                ToWorker::Stop => self.core.phase.stop(Exit::Stopped),
+                ToWorker::Drain { timeout_ms } => self.start_drain(timeout_ms),
+                ToWorker::ReloadHook => dispatch::worker_reload(&mut self.plugin, &mut self.core),
+                ToWorker::Logs { id, access_log, log_file } => {
+                    let error = self.switch_logs(fds, access_log, log_file).err();
+                    if let Some(e) = &error {
+                        tracing::warn!("could not switch to the reopened logs: {e}");
+                    }
+                    if id != 0 {
+                        self.send_control(&ToMaster::LogsReopened { id, error });
+                    }
+                }
+                ToWorker::Report { id, kind } => {
+                    let json = match kind {
+                        ReportKind::Status => serde_json::to_string(&self.core.report()),
+                        ReportKind::Connections => serde_json::to_string(&self.core.connections()),
+                    }
+                    .expect("reports always serialize");
+                    self.send_control(&ToMaster::Report { id, kind, json });
+                }
+            }
+        }
+        if self.control.closed && !matches!(self.core.phase, WorkerPhase::Exiting { .. }) {
+            match &self.control.error {
+                Some(e) => tracing::error!("the channel to the master broke: {e}; stopping"),
+                None => tracing::warn!("the master is gone; stopping"),
+            }
+            self.core.phase.stop(Exit::MasterGone);
+        }
+        self.flush_control();
+    }
+
+    /// Switches to the log descriptors of a `Logs` frame: the access log (what is buffered goes to
+    /// the old one first), then the log file as stdout and stderr.
+    fn switch_logs(&mut self, fds: Vec<OwnedFd>, access_log: bool, log_file: bool) -> Result<(), String> {
+        let mut fds = fds.into_iter();
+        if access_log {
+            let fd = fds.next().ok_or("no access log descriptor came")?;
+            self.core.access_log.switch(std::fs::File::from(fd));
+        }
+        if log_file {
+            let fd = fds.next().ok_or("no log file descriptor came")?;
+            sys::redirect_stdio(fd.as_fd()).map_err(|e| format!("could not switch to the new log file: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn take_mailbox(&mut self, fds: Vec<OwnedFd>) {
+        let Some(fd) = fds.into_iter().next() else {
+            tracing::warn!("a mailbox without its descriptor ignored");
+            return;
+        };
+        if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), MAILBOX, Interest::READABLE) {
+            tracing::warn!("could not watch the mailbox: {e}; messages from other workers are lost");
+            return;
+        }
+        if let Some(old) = self.core.mailbox.receiver.replace(fd) {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&old.as_raw_fd()));
+        }
+        // Messages may have arrived before it was watched.
+        self.mailbox_pending = true;
+    }
+
+    /// Delivers up to `MAILBOX_BATCH` messages from other workers to the plugin.
+    fn read_mailbox(&mut self) {
+        if !self.mailbox_pending {
+            return;
+        }
+        for _ in 0..MAILBOX_BATCH {
+            match self.core.mailbox.recv(&mut self.mailbox_buf) {
+                Ok(Some((from, n))) => {
+                    let msg = &self.mailbox_buf[4..4 + n];
+                    dispatch::worker_message(&mut self.plugin, &mut self.core, from, msg);
+                }
+                Ok(None) => {
+                    self.mailbox_pending = false;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("mailbox: {e}");
+                    self.mailbox_pending = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Delivers what the task pool finished and what the plugin's threads notified.
+    fn deliver_tasks(&mut self) {
+        if !std::mem::take(&mut self.tasks_pending) {
+            return;
+        }
+        let Some(tasks) = self.core.tasks.as_mut() else { return };
+        let ready = tasks.take_ready();
+        for (id, result) in ready.finished {
+            if let Err(e) = &result {
+                tracing::warn!(task = id, "task failed: {e}");
+            }
+            dispatch::task_done(&mut self.plugin, &mut self.core, id, result);
+        }
+        for note in ready.notes {
+            dispatch::notify(&mut self.plugin, &mut self.core, &note);
+        }
+    }
+
+    fn send_control(&mut self, msg: &ToMaster) {
+        if let Err(e) = self.control.send(msg) {
+            tracing::warn!("could not send the master {}: {e}", msg_name(msg));
+        }
+        self.flush_control();
+    }
+
+    /// Writes what the master takes now; waits for writability while some is left.
+    fn flush_control(&mut self) {
+        let done = match self.control.flush() {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!("control socket failed: {e}; stopping");
+                self.core.phase.stop(Exit::MasterGone);
+                return;
+            }
+        };
+        let interest = if done { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+        let _ = self.poll.registry().reregister(&mut self.control.stream, CONTROL, interest);
+    }
+
+    fn read_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGINT) => self.core.phase.stop(Exit::Stopped),
+                Ok(Signal::SIGTERM | Signal::SIGQUIT) => self.start_drain(self.drain_timeout_ms),
+                Ok(other) => tracing::debug!(signal = ?other, "signal ignored"),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Stops accepting and asks the plugin to wind down every connection; the loop exits when
+    /// none is left or at the deadline.
+    fn start_drain(&mut self, timeout_ms: u64) {
+        if !self.core.phase.drain(self.core.now_ms + timeout_ms) {
+            return;
+        }
+        tracing::info!(connections = self.core.open_count(), timeout_ms, "draining");
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        // UDP: the slot's socket is shared with the replacement, which reads it from now on.
+        if let Some(udp) = self.core.udp.as_mut() {
+            let _ = self.poll.registry().deregister(udp);
+        }
+        self.udp_pending = false;
+        self.core.access_log.flush();
+        for id in self.core.ids() {
+            dispatch::drain(&mut self.plugin, &mut self.core, id);
+        }
+        self.core.close_sessions();
+    }
+
+    fn read_conn(&mut self, index: usize, hup: bool) {
+        if let Some(c) = self.core.by_index(index) {
+            c.read.ready = true;
+        }
+        dispatch::read(&mut self.plugin, &mut self.core, &mut self.scratch, index, hup);
+    }
+
+    fn run_timers(&mut self) {
+        let now = self.core.now_ms;
+        // One round: a timer the plugin re-arms at 0 ms fires next turn, after I/O was served.
+        self.core.timers.begin_round();
+        while let Some(timer) = self.core.timers.pop_due(now) {
+            dispatch::timer(&mut self.plugin, &mut self.core, timer.id, timer.data);
+        }
+        self.core.timers.end_round();
+        if self.accept_retry_ms.is_some_and(|t| t <= now) {
+            self.accept_retry_ms = None;
+            self.accept_all();
+        }
+        if self.next_sweep_ms.is_some_and(|t| t <= now) {
+            self.next_sweep_ms = None;
+            dispatch::sweep(&mut self.plugin, &mut self.core, now);
+            if self.accept_blocked {
+                self.accept_blocked = false;
+                self.accept_all();
+            }
+        }
+    }
+
+    /// Delivers deferred events and flushes output until nothing is left to do this turn.
+    fn settle(&mut self) {
+        let closed_before = self.core.stats_closed();
+        dispatch::settle(&mut self.plugin, &mut self.core, &mut self.scratch);
+        if self.accept_blocked && self.core.stats_closed() != closed_before {
+            self.accept_blocked = false;
+            self.accept_all();
+            dispatch::settle(&mut self.plugin, &mut self.core, &mut self.scratch);
+        }
+    }
+
+    /// Timers the plugin left armed (for the exit's log line).
+    pub(super) fn timers(&self) -> usize {
+        self.core.timers.len()
+    }
+
+    pub(super) fn shut_down(&mut self) {
+        dispatch::worker_stop(&mut self.plugin, &mut self.core);
+        crate::logging::flush_suppressed();
+        for id in self.core.ids() {
+            dispatch::close_now(&mut self.plugin, &mut self.core, id.index());
+        }
+        for pending in std::mem::take(&mut self.core.pending) {
+            dispatch::pending_closed(&mut self.plugin, &mut self.core, pending.id, None);
+        }
+        // After the last plugin call (a connection closed now may log its response).
+        self.core.access_log.flush();
+        // The final counters (report id 0): the master adds them to the slot's totals, so a
+        // replacement does not reset them. Best effort: a master that is gone does not read it.
+        let json = serde_json::to_string(&self.core.report()).expect("reports always serialize");
+        self.send_control(&ToMaster::Report { id: ctl::FINAL_REPORT, kind: ReportKind::Status, json });
+        if self.control.pending() && !self.control.closed {
+            let _ = self.control.flush_timeout(FAREWELL_TIMEOUT);
+        }
+    }
+}
+
+/// A message's name for a log line (a report may be megabytes of JSON).
+fn msg_name(msg: &ToMaster) -> &'static str {
+    match msg {
+        ToMaster::Hello { .. } => "hello",
+        ToMaster::Error(_) => "error",
+        ToMaster::Ready => "ready",
+        ToMaster::Report { .. } => "report",
+        ToMaster::Alive { .. } => "alive",
+        ToMaster::LogsReopened { .. } => "logs reopened",
+    }
+}
+
+/// The process's resident memory in bytes, from `/proc/self/statm` (one short read; 0 if it
+/// cannot be read).
+fn resident_bytes() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
+    let pages: u64 = text.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096);
+    pages * page as u64
+}

@@ -1,0 +1,215 @@
+//! Where a connection is in its life, and where the worker is in its own: two documented enums
+//! the loop and the connection table match on, instead of flags read together.
+//!
+//! A connection's phase says what the loop may do with it (read, dispatch, write, time it out)
+//! and what the plugin has heard of it; what may happen to it in any phase (the plugin paused
+//! it, its send buffer is full, the peer half-closed) is kept beside the phase in `Conn`.
+
+/// A connection's phase. Transitions (each done by one function of the core or the dispatch):
+///
+/// ```text
+///  accepted, TLS ─► Handshaking ──handshake done──► Open ◄── accepted, plain
+///  Host::connect ─► Connecting ───connected───────► Open
+///  Open | Handshaking | Connecting ──close asked, peer closed, error, timeout──► Closing
+///  Closing ──output flushed, our side shut──► Lingering ──peer closed or deadline──► (removed)
+///  any phase ──read/write error, handshake timeout, connect failure──► (removed)
+///  Open | Closing ──export──► (out of the table, an `ExportedConn`) ──import──► same phase
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnPhase {
+    /// Accepted under TLS, the handshake not complete. The plugin has not heard of it
+    /// (`on_connect` comes after the handshake) and hears nothing if it closes before; it is
+    /// read (the handshake needs it) but nothing is dispatched, and it is closed at the
+    /// handshake timeout.
+    Handshaking,
+    /// Opened by the plugin (`Host::connect`), its connect under way until `until_ms`: the plugin
+    /// has its id, sends are refused, and the loop waits for writability (`take_error` decides).
+    Connecting { until_ms: u64 },
+    /// Established: read, framed and dispatched, its output flushed every turn.
+    Open,
+    /// Closing once its output is flushed: nothing more is read or dispatched. `announced`: the
+    /// plugin heard `on_connect` (false for a connection that closes during its TLS handshake:
+    /// it hears nothing of it).
+    Closing { announced: bool },
+    /// Output flushed and our side shut down; the plugin heard `on_close`. Reading and discarding
+    /// until the peer closes or `until_ms`, so a client still sending gets our last response
+    /// instead of a reset.
+    Lingering { until_ms: u64 },
+}
+
+impl ConnPhase {
+    /// The plugin knows the connection (heard `on_connect`, or made it with `Host::connect`) and
+    /// has not heard `on_close`: it hears `on_error`/`on_close` about it.
+    pub fn announced(self) -> bool {
+        match self {
+            ConnPhase::Connecting { .. } | ConnPhase::Open => true,
+            ConnPhase::Closing { announced } => announced,
+            ConnPhase::Handshaking | ConnPhase::Lingering { .. } => false,
+        }
+    }
+
+    /// The plugin's sends are queued in this phase (a closing connection still takes its last
+    /// answer).
+    pub fn takes_output(self) -> bool {
+        matches!(self, ConnPhase::Handshaking | ConnPhase::Open | ConnPhase::Closing { .. })
+    }
+
+    /// The phase after a close is asked (by the plugin, the peer, an error or a timeout):
+    /// flush what is queued, then shut down. Unchanged once closing.
+    pub fn close(self) -> ConnPhase {
+        match self {
+            ConnPhase::Handshaking => ConnPhase::Closing { announced: false },
+            ConnPhase::Connecting { .. } | ConnPhase::Open => ConnPhase::Closing { announced: true },
+            closing @ (ConnPhase::Closing { .. } | ConnPhase::Lingering { .. }) => closing,
+        }
+    }
+
+    /// The name `host connections` shows (`paused`: an open connection whose reading is held).
+    pub fn name(self, paused: bool) -> &'static str {
+        match self {
+            ConnPhase::Handshaking => "handshake",
+            ConnPhase::Connecting { .. } => "connecting",
+            ConnPhase::Open if paused => "paused",
+            ConnPhase::Open => "open",
+            ConnPhase::Closing { .. } => "closing",
+            ConnPhase::Lingering { .. } => "lingering",
+        }
+    }
+}
+
+/// Why the worker's loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The master said stop (or SIGINT): connections are closed now.
+    Stopped,
+    /// A drain ended: no connection and no task left, or its deadline passed.
+    Drained,
+    /// The channel to the master closed or broke.
+    MasterGone,
+}
+
+/// The worker's phase. Transitions (`drain`, `stop`, `after_turn`):
+///
+/// ```text
+///  Serving ──Drain / SIGTERM──► Draining ──nothing left, or deadline──► Exiting(Drained)
+///  Serving | Draining ──Stop / SIGINT / master gone──► Exiting
+///  Serving ──(hand-over, not built yet)──► HandingOver ──connections adopted──► Exiting
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerPhase {
+    /// Accepting connections (or reading the UDP socket) and serving them.
+    Serving,
+    /// Not accepting: the plugin heard `on_drain` for every connection; the worker exits once no
+    /// connection and no task is left, or at `deadline_ms`.
+    Draining { deadline_ms: u64 },
+    /// Not accepting: moving its connections to the slot's replacement (each leaves the table as
+    /// an `ExportedConn`), exiting once they are adopted or, should the replacement fail, taking
+    /// them back and draining. Entered by the hand-over, which is not built yet.
+    #[allow(dead_code)]
+    HandingOver { deadline_ms: u64 },
+    /// The loop ends after this turn; `was_draining`: what `Host::is_draining` says meanwhile.
+    Exiting { exit: Exit, was_draining: bool },
+}
+
+impl WorkerPhase {
+    /// The listening socket is read: new connections (or UDP sessions) are taken.
+    pub fn accepting(self) -> bool {
+        self == WorkerPhase::Serving
+    }
+
+    /// What `Host::is_draining` tells the plugin.
+    pub fn is_draining(self) -> bool {
+        match self {
+            WorkerPhase::Serving => false,
+            WorkerPhase::Draining { .. } | WorkerPhase::HandingOver { .. } => true,
+            WorkerPhase::Exiting { was_draining, .. } => was_draining,
+        }
+    }
+
+    /// Starts a drain ending at `deadline_ms`: true when it began now (only a serving worker
+    /// drains; a second drain keeps the first deadline).
+    pub fn drain(&mut self, deadline_ms: u64) -> bool {
+        if *self != WorkerPhase::Serving {
+            return false;
+        }
+        *self = WorkerPhase::Draining { deadline_ms };
+        true
+    }
+
+    /// The loop is to end after this turn. The first reason stands, except that a channel that
+    /// broke meanwhile (`MasterGone`) is what is reported.
+    pub fn stop(&mut self, exit: Exit) {
+        *self = match *self {
+            WorkerPhase::Exiting { exit: first, was_draining } => {
+                WorkerPhase::Exiting { exit: if exit == Exit::MasterGone { exit } else { first }, was_draining }
+            }
+            other => WorkerPhase::Exiting { exit, was_draining: other.is_draining() },
+        };
+    }
+
+    /// The deadline the loop's poll must wake up for.
+    pub fn deadline_ms(self) -> Option<u64> {
+        match self {
+            WorkerPhase::Draining { deadline_ms } | WorkerPhase::HandingOver { deadline_ms } => Some(deadline_ms),
+            WorkerPhase::Serving | WorkerPhase::Exiting { .. } => None,
+        }
+    }
+
+    /// At the end of a loop turn: why the loop ends now, if it does. `idle`: no connection and
+    /// no task is left (asked only of a draining worker: counting is not free).
+    pub fn after_turn(self, idle: impl FnOnce() -> bool, now_ms: u64) -> Option<Exit> {
+        match self {
+            WorkerPhase::Serving => None,
+            WorkerPhase::Exiting { exit, .. } => Some(exit),
+            WorkerPhase::Draining { deadline_ms } | WorkerPhase::HandingOver { deadline_ms } => {
+                (now_ms >= deadline_ms || idle()).then_some(Exit::Drained)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_keeps_what_the_plugin_heard() {
+        assert_eq!(ConnPhase::Open.close(), ConnPhase::Closing { announced: true });
+        assert_eq!(ConnPhase::Connecting { until_ms: 5 }.close(), ConnPhase::Closing { announced: true });
+        assert_eq!(ConnPhase::Handshaking.close(), ConnPhase::Closing { announced: false });
+        let lingering = ConnPhase::Lingering { until_ms: 9 };
+        assert_eq!(lingering.close(), lingering, "a lingering connection stays lingering");
+        assert!(!ConnPhase::Handshaking.close().announced(), "no on_close for a handshake that never ended");
+        assert!(!lingering.announced(), "on_close was heard when lingering began");
+    }
+
+    #[test]
+    fn a_drain_ends_when_nothing_is_left_or_at_its_deadline() {
+        let mut phase = WorkerPhase::Serving;
+        assert_eq!(phase.after_turn(|| true, 0), None, "a serving worker never ends by itself");
+        assert!(phase.drain(100));
+        assert!(!phase.accepting() && phase.is_draining());
+        assert!(!phase.drain(50), "a second drain keeps the first deadline");
+        assert_eq!(phase.deadline_ms(), Some(100));
+        assert_eq!(phase.after_turn(|| false, 99), None);
+        assert_eq!(phase.after_turn(|| true, 99), Some(Exit::Drained));
+        assert_eq!(phase.after_turn(|| false, 100), Some(Exit::Drained));
+    }
+
+    #[test]
+    fn a_stop_ends_the_loop_and_remembers_a_drain() {
+        let mut serving = WorkerPhase::Serving;
+        serving.stop(Exit::Stopped);
+        assert_eq!(serving.after_turn(|| false, 0), Some(Exit::Stopped));
+        assert!(!serving.is_draining(), "a stopped worker was not draining");
+        assert!(!serving.drain(10), "no drain once the loop ends");
+
+        let mut draining = WorkerPhase::Serving;
+        draining.drain(100);
+        draining.stop(Exit::Stopped);
+        assert!(draining.is_draining());
+        draining.stop(Exit::Stopped);
+        draining.stop(Exit::MasterGone);
+        assert_eq!(draining.after_turn(|| false, 0), Some(Exit::MasterGone), "a broken channel is what is said");
+    }
+}
