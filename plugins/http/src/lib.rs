@@ -762,7 +762,7 @@ impl Http {
                 response::header(out, "Vary", b"Accept-Encoding");
             }
         };
-        match conditional::evaluate(req, &tag, meta.mtime) {
+        match conditional::evaluate(req, &tag, meta.mtime, self.date.secs()) {
             Outcome::Failed => return self.error(Status::PRECONDITION_FAILED, persist, head_only, &[]),
             Outcome::NotModified => {
                 response::begin(&mut self.out, Status::NOT_MODIFIED, self.date.get());

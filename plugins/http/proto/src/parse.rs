@@ -216,11 +216,12 @@ fn check_head(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, limits: &
                 return bad;
             }
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_length(h.value).ok_or(Status::BAD_REQUEST)?;
-            if length.is_some_and(|prev| prev != n) {
+            // One field, one value: a second `Content-Length` line is refused like a list
+            // (`5, 5`, which `parse_length` refuses), even with the same value.
+            if length.is_some() {
                 return bad;
             }
-            length = Some(n);
+            length = Some(parse_length(h.value).ok_or(Status::BAD_REQUEST)?);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             has_te = true;
             for coding in list(h.value) {
