@@ -75,6 +75,7 @@ use std::sync::Arc;
 
 use http_proto::access_log::{self, Entry, LogFormat, LogTime};
 use http_proto::response::{self, DateCache};
+use http_proto::Delivered;
 use plugin_api::{
     export_plugin, ConnError, ConnId, ConnMap, Counter, Frame, Host, Protocol, SendFileError, TaskId, WorkerInfo,
 };
@@ -207,8 +208,6 @@ pub struct Http {
     /// A chunk of a streamed file (reused).
     chunk: Vec<u8>,
     date: DateCache,
-    /// The body `respond` left to stream after the head it wrote.
-    stream_next: Option<(Arc<File>, VecDeque<Part>)>,
     /// File reads running on the host's task pool, and the connection each is for.
     reads: HashMap<TaskId, ConnId>,
     /// The kernel takes `RWF_NOWAIT` on these files (false once it said it does not: every read
@@ -227,8 +226,14 @@ pub struct Http {
     log_time: LogTime,
     /// The access-log line being written (reused).
     log_line: Vec<u8>,
-    /// The access-log line of the response `stream_next` holds the body of.
-    pending_log: Option<Box<PendingLog>>,
+}
+
+/// What [`Http::respond`] wrote into `out`: a whole response, or the head of one whose body
+/// streams after it.
+#[derive(Debug)]
+enum Response {
+    Whole,
+    Streamed { file: Arc<File>, parts: VecDeque<Part> },
 }
 
 /// The access-log line of a streamed response, written once its body is sent.
@@ -314,7 +319,6 @@ impl Protocol for Http {
             out: Vec::with_capacity(4096),
             chunk: Vec::new(),
             date: Default::default(),
-            stream_next: None,
             reads: HashMap::new(),
             nowait: true,
             // The host takes a send whole while less than its send buffer is pending (issue #15:
@@ -326,7 +330,6 @@ impl Protocol for Http {
             log_format,
             log_time: LogTime::default(),
             log_line: Vec::new(),
-            pending_log: None,
         })
     }
 
@@ -351,28 +354,25 @@ impl Protocol for Http {
     }
 
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
-        let state = &mut self.conns.entry(conn).state;
-        if state.closing {
-            return;
-        }
-        let mut framer = std::mem::take(&mut state.framer);
-        let answered = match framer.take_request(msg, &self.limits) {
-            Err(status) => Err(status),
-            Ok(None) => Ok(None),
-            Ok(Some(req)) => {
-                let persist = persist(req.head(), host.is_draining());
-                self.date.update(host.now_ms());
-                self.out.clear();
-                self.respond(&req, persist);
-                self.log_request(host, conn, &req);
-                Ok(Some(persist))
-            }
-        };
+        // Out of its entry while the request is answered (which needs the whole plugin).
+        let mut state = std::mem::take(&mut self.conns.entry(conn).state);
+        let mut answered = None;
+        let limits = self.limits;
+        let delivered = state.on_message(host, msg, &limits, |host, req| {
+            let persist = persist(req.head(), host.is_draining());
+            self.date.update(host.now_ms());
+            self.out.clear();
+            let response = self.respond(req, persist);
+            let log = self.log_request(host, conn, req, &response);
+            answered = Some((response, log));
+            persist
+        });
         let c = self.conns.entry(conn);
-        let persist = match answered {
-            Ok(None) => return c.state.framer = framer,
-            Ok(Some(persist)) => persist,
-            Err(status) => {
+        c.state = state;
+        let persist = match delivered {
+            Delivered::Ignored => return,
+            Delivered::Answered(persist) => persist,
+            Delivered::Refused(status) => {
                 c.state.reject(host, conn, status, &mut self.date, &mut self.out);
                 self.log_out(host, conn, access_log::request_line(msg, MAX_LOGGED_LINE), None, None);
                 return self.count_response(host);
@@ -380,21 +380,22 @@ impl Protocol for Http {
         };
         self.count_response(host);
         let c = self.conns.entry(conn);
-        framer.finish();
-        c.state.framer = framer;
-        c.state.in_flight = false;
-        if let Some((file, parts)) = self.stream_next.take() {
-            // The head goes now; the body follows as the connection drains.
-            host.send(conn, &self.out);
-            c.stream = Some(Stream { file, parts, close: persist == Persist::Close, reading: false });
-            c.log = self.pending_log.take();
-            host.pause_recv(conn);
-            self.pump(host, conn);
-        } else if persist == Persist::Close {
-            c.state.closing = true;
-            host.close_with(conn, &self.out);
-        } else {
-            host.send(conn, &self.out);
+        match answered {
+            Some((Response::Streamed { file, parts }, log)) => {
+                // The head goes now; the body follows as the connection drains.
+                host.send(conn, &self.out);
+                c.stream = Some(Stream { file, parts, close: persist == Persist::Close, reading: false });
+                c.log = log;
+                host.pause_recv(conn);
+                self.pump(host, conn);
+            }
+            _ if persist == Persist::Close => {
+                c.state.closing = true;
+                host.close_with(conn, &self.out);
+            }
+            _ => {
+                host.send(conn, &self.out);
+            }
         }
         self.trim_buffers();
     }
@@ -468,26 +469,35 @@ impl Http {
     }
 
     /// Logs the response to `req` just written to `out`; a streamed body's line waits for its
-    /// end (`pending_log`).
-    fn log_request(&mut self, host: &mut Host<'_>, conn: ConnId, req: &Request<'_>) {
+    /// end (returned, to be written then).
+    fn log_request(
+        &mut self,
+        host: &mut Host<'_>,
+        conn: ConnId,
+        req: &Request<'_>,
+        response: &Response,
+    ) -> Option<Box<PendingLog>> {
         if !self.access_log {
-            return;
+            return None;
         }
         let request_line = access_log::request_line(req.raw_head(), MAX_LOGGED_LINE);
         let (referer, user_agent) = (req.header("referer"), req.header("user-agent"));
-        match &self.stream_next {
-            Some((_, parts)) => {
-                let Some((status, _)) = access_log::status_and_body(&self.out) else { return };
-                self.pending_log = Some(Box::new(PendingLog {
+        match response {
+            Response::Streamed { parts, .. } => {
+                let (status, _) = access_log::status_and_body(&self.out)?;
+                Some(Box::new(PendingLog {
                     remote: host.peer_addr(conn).map(|a| a.ip()),
                     request_line: request_line.unwrap_or_default().to_vec(),
                     referer: referer.map(<[u8]>::to_vec),
                     user_agent: user_agent.map(<[u8]>::to_vec),
                     status,
                     body: parts.iter().map(Part::len).sum(),
-                }));
+                }))
             }
-            None => self.log_out(host, conn, request_line, referer, user_agent),
+            Response::Whole => {
+                self.log_out(host, conn, request_line, referer, user_agent);
+                None
+            }
         }
     }
 
@@ -613,9 +623,9 @@ impl Http {
         }
     }
 
-    /// Writes the response to a complete request into `self.out` (or its head, leaving the body
-    /// in `self.stream_next`).
-    fn respond(&mut self, req: &Request<'_>, persist: Persist) {
+    /// Writes the response to a complete request into `self.out` (or its head, returning the
+    /// body to stream).
+    fn respond(&mut self, req: &Request<'_>, persist: Persist) -> Response {
         let method = req.method();
         let head_only = method == Method::Head;
         if method == Method::Other {
@@ -655,42 +665,52 @@ impl Http {
                     location.push('?');
                     location.push_str(q);
                 }
-                self.error(Status::MOVED_PERMANENTLY, persist, head_only, &[("Location", location.as_bytes())]);
+                self.error(Status::MOVED_PERMANENTLY, persist, head_only, &[("Location", location.as_bytes())])
             }
             Some(Lookup::Listing(dir)) => self.listing(req, &dir, persist, head_only),
         }
     }
 
-    fn error(&mut self, status: Status, persist: Persist, head_only: bool, extra: &[(&str, &[u8])]) {
+    fn error(&mut self, status: Status, persist: Persist, head_only: bool, extra: &[(&str, &[u8])]) -> Response {
         response::write_error(&mut self.out, status, self.date.get(), persist, head_only, extra);
+        Response::Whole
     }
 
-    fn hello(&mut self, persist: Persist, head_only: bool) {
+    fn hello(&mut self, persist: Persist, head_only: bool) -> Response {
         response::begin(&mut self.out, Status::OK, self.date.get());
         response::header(&mut self.out, "Content-Type", b"text/plain");
         response::finish(&mut self.out, HELLO.len() as u64, persist);
         if !head_only {
             self.out.extend_from_slice(HELLO);
         }
+        Response::Whole
     }
 
-    fn options(&mut self, allow: &[u8], persist: Persist) {
+    fn options(&mut self, allow: &[u8], persist: Persist) -> Response {
         response::begin(&mut self.out, Status::OK, self.date.get());
         response::header(&mut self.out, "Allow", allow);
         response::finish(&mut self.out, 0, persist);
+        Response::Whole
     }
 
     /// Sends the request body back.
-    fn echo(&mut self, body: &[u8], persist: Persist) {
+    fn echo(&mut self, body: &[u8], persist: Persist) -> Response {
         response::begin(&mut self.out, Status::OK, self.date.get());
         response::header(&mut self.out, "Content-Type", b"application/octet-stream");
         response::finish(&mut self.out, body.len() as u64, persist);
         self.out.extend_from_slice(body);
+        Response::Whole
     }
 
     /// A directory listing (`autoindex`), names HTML-escaped and links percent-encoded.
-    fn listing(&mut self, req: &Request<'_>, dir: &std::os::fd::OwnedFd, persist: Persist, head_only: bool) {
-        let Some(files) = &self.files else { return };
+    fn listing(
+        &mut self,
+        req: &Request<'_>,
+        dir: &std::os::fd::OwnedFd,
+        persist: Persist,
+        head_only: bool,
+    ) -> Response {
+        let Some(files) = &self.files else { return Response::Whole };
         let names = match files.list(dir) {
             Ok(names) => names,
             Err(e) => {
@@ -716,10 +736,11 @@ impl Http {
         if !head_only {
             self.out.extend_from_slice(html.as_bytes());
         }
+        Response::Whole
     }
 
     /// Serves a file found under the root: representation, preconditions, ranges.
-    fn file(&mut self, req: &Request<'_>, found: Found, persist: Persist) {
+    fn file(&mut self, req: &Request<'_>, found: Found, persist: Persist) -> Response {
         let head_only = req.method() == Method::Head;
         let Found { mut file, mut meta, rel } = found;
         if meta.len > self.config.max_file {
@@ -767,7 +788,8 @@ impl Http {
             Outcome::NotModified => {
                 response::begin(&mut self.out, Status::NOT_MODIFIED, self.date.get());
                 validators(&mut self.out);
-                return response::finish_bodiless(&mut self.out, persist);
+                response::finish_bodiless(&mut self.out, persist);
+                return Response::Whole;
             }
             Outcome::Proceed => {}
         }
@@ -785,7 +807,7 @@ impl Http {
             if !head_only {
                 self.out.extend_from_slice(&body);
             }
-            return;
+            return Response::Whole;
         }
         let ranges = match range {
             Some(value) if conditional::if_range_holds(req, &tag, meta.mtime) => ranges::parse(value, meta.len),
@@ -831,17 +853,17 @@ impl Http {
         };
         response::finish(&mut self.out, total, persist);
         if head_only {
-            return;
+            return Response::Whole;
         }
         if total <= STREAM_AT {
             match self.body_from_cache(&file, &parts) {
-                Ok(true) => return,
+                Ok(true) => return Response::Whole,
                 // Not all in the page cache: streamed, its reads off the loop.
                 Ok(false) => {}
                 Err(e) => return self.read_failed(&rel, &e, start, persist),
             }
         }
-        self.stream_next = Some((Arc::new(file), parts));
+        Response::Streamed { file: Arc::new(file), parts }
     }
 
     /// Appends a small body to `self.out` when the page cache holds all of it (true); leaves
@@ -872,11 +894,11 @@ impl Http {
         Ok(true)
     }
 
-    fn read_failed(&mut self, rel: &[u8], e: &std::io::Error, start: usize, persist: Persist) {
+    fn read_failed(&mut self, rel: &[u8], e: &std::io::Error, start: usize, persist: Persist) -> Response {
         let path = String::from_utf8_lossy(rel);
         plugin_api::tracing::warn!(%path, error = %e, "could not read file");
         self.out.truncate(start);
-        self.error(Status::INTERNAL_ERROR, persist, false, &[]);
+        self.error(Status::INTERNAL_ERROR, persist, false, &[])
     }
 
     fn cache_control(&self, rel: &[u8]) -> Option<&str> {

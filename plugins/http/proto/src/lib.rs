@@ -35,7 +35,7 @@ pub mod writer;
 
 pub use app::{App, AppServer};
 pub use client::{parse_response_head, BodyScan, ResponseBody, ResponseHead};
-pub use conn::{persist, ConnState};
+pub use conn::{persist, ConnState, Delivered};
 pub use parse::{parse_head, request_len, Body, Framer, Limits, Method, RequestHead};
 pub use request::{header_fields, percent_decode, request_path, Request};
 pub use response::{Persist, Status};
