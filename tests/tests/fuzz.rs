@@ -3,6 +3,10 @@
 //! exactly what it frames fed whole; what it frames must be within its limits; what framing
 //! accepted must parse.
 //!
+//! The HTTP targets cover both directions of `http_proto`'s framing: requests as a server
+//! reads them (`http_requests`, `http_chunked`) and responses as a client or the proxy reads
+//! them (`http_responses`).
+//!
 //! `cargo test -p host-tests --test fuzz` runs a short, deterministic round of each target
 //! (part of the suite). The long run is `bench/fuzz.sh` (`FUZZ_SECS` per target, release mode).
 //! The frame plugin's target is in `fuzz_frame.rs`: two plugin crates cannot link into one
@@ -32,6 +36,7 @@ mod http_targets {
     use super::*;
     use http_proto::chunked::{decode, ChunkScan};
     use http_proto::parse::Framed;
+    use http_proto::{header_fields, parse_response_head, BodyScan, ResponseBody, ResponseHead};
     use http_proto::{percent_decode, persist, Framer, Limits};
 
     /// Drives the request framer as the host does: bytes arrive in pieces, each complete message
@@ -118,6 +123,102 @@ mod http_targets {
     #[test]
     fn http_chunked() {
         report("http_chunked", run("http_chunked", budget(), 4096, chunked));
+    }
+
+    /// What a client makes of a stream of responses on one connection: where each head and
+    /// body ends (offsets into the input), then how the stream ended.
+    #[derive(Debug, PartialEq)]
+    enum Event {
+        Head { end: usize, status: u16 },
+        Body { end: usize },
+        Error,
+    }
+
+    /// Frames responses as the proxy does (a head, then its body a piece at a time), the input
+    /// arriving up to each of `ends`; each answers a `HEAD` when `head_request`.
+    fn client_events(input: &[u8], ends: &[usize], head_request: bool) -> Vec<Event> {
+        let limits = Limits { max_header: 1024, max_headers: 32, ..Limits::default() };
+        let (mut events, mut delivered, mut body) = (Vec::new(), 0, None::<BodyScan>);
+        for &end in ends {
+            while delivered < end {
+                let buf = &input[delivered..end];
+                match body.as_mut() {
+                    None => {
+                        let head = match parse_response_head(buf, head_request, &limits) {
+                            Err(_) => {
+                                events.push(Event::Error);
+                                return events;
+                            }
+                            Ok(None) => break,
+                            Ok(Some(head)) => head,
+                        };
+                        check_response_head(&buf[..head.len], &head, head_request, &limits);
+                        delivered += head.len;
+                        events.push(Event::Head { end: delivered, status: head.status });
+                        let scan = BodyScan::new(head.body);
+                        if scan.is_done() {
+                            events.push(Event::Body { end: delivered });
+                        } else if !head.is_interim() {
+                            body = Some(scan);
+                        }
+                    }
+                    Some(scan) => {
+                        let (n, done) = match scan.feed(buf) {
+                            Err(_) => {
+                                events.push(Event::Error);
+                                return events;
+                            }
+                            Ok(taken) => taken,
+                        };
+                        assert!(n <= buf.len(), "a body took {n} bytes of {}", buf.len());
+                        assert!(done || n == buf.len(), "an unfinished body takes the piece whole");
+                        delivered += n;
+                        if done {
+                            assert!(scan.is_done());
+                            events.push(Event::Body { end: delivered });
+                            body = None;
+                        }
+                    }
+                }
+            }
+        }
+        if body == Some(BodyScan::UntilClose) {
+            // The server closed: that ends a body delimited by the close.
+            events.push(Event::Body { end: input.len() });
+        }
+        events
+    }
+
+    /// What a parsed head must be: within the limits, framed one way only.
+    fn check_response_head(raw: &[u8], head: &ResponseHead, head_request: bool, limits: &Limits) {
+        assert!(head.len <= limits.max_header && head.len == raw.len());
+        assert!((100..=999).contains(&head.status));
+        assert!(head.reason.end <= head.len);
+        let count = |name: &str| header_fields(raw).filter(|(n, _)| n.eq_ignore_ascii_case(name)).count();
+        let (lengths, codings) = (count("content-length"), count("transfer-encoding"));
+        assert!(lengths <= 1, "two lengths accepted");
+        assert!(lengths == 0 || codings == 0, "both framings accepted");
+        assert!(codings == 0 || head.minor == 1, "Transfer-Encoding accepted in HTTP/1.0");
+        let no_body = head_request || head.is_interim() || head.status == 204 || head.status == 304;
+        if no_body {
+            assert_eq!(head.body, ResponseBody::None);
+        }
+        if head.body == ResponseBody::UntilClose {
+            assert!(!head.keep_alive, "a body until the close on a kept connection");
+        }
+    }
+
+    /// Responses fed whole and in pieces: the same heads, bodies and errors at the same offsets.
+    fn responses(input: &[u8], salt: u64) {
+        let head_request = salt.is_multiple_of(7);
+        let whole = client_events(input, &[input.len()], head_request);
+        let pieces = client_events(input, &ends(input.len(), salt), head_request);
+        assert_eq!(whole, pieces, "fed whole vs in pieces");
+    }
+
+    #[test]
+    fn http_responses() {
+        report("http_responses", run("http_responses", budget(), 4096, responses));
     }
 }
 

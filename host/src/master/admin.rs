@@ -1,6 +1,11 @@
 //! The optional admin listener (`--admin-listen`, `admin_listen` in the config file; off by
-//! default): `GET /metrics` in the Prometheus/OpenMetrics text format and `GET /healthz` for load
-//! balancers and probes. It runs in the master's loop: a scrape asks every worker for its counters
+//! default): `GET /metrics` and `GET /healthz` for load balancers and probes.
+//!
+//! `/metrics` speaks both text formats, chosen by the `Accept` header as Prometheus' own client
+//! libraries choose (Python's `choose_encoder`, Go's `expfmt.Negotiate`): OpenMetrics 1.0 when
+//! `application/openmetrics-text` is accepted (Prometheus asks for it first), else the classic
+//! Prometheus text format 0.0.4 (`# HELP`/`# TYPE`, no `# EOF`; curl, older scrapers,
+//! `promtool check metrics`). It runs in the master's loop: a scrape asks every worker for its counters
 //! (like `host status`) and is answered once they replied or after the report timeout.
 //!
 //! One request per connection, answered with `Connection: close`; a request head over 8 KiB, or
@@ -38,6 +43,46 @@ pub enum AdminRequest {
     Health,
 }
 
+/// The text format of a `/metrics` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetricsFormat {
+    /// OpenMetrics 1.0 (`application/openmetrics-text; version=1.0.0`).
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`): what a client gets that
+    /// does not ask for OpenMetrics.
+    #[default]
+    Prometheus,
+}
+
+impl MetricsFormat {
+    /// The format an `Accept` value asks for: OpenMetrics when it lists
+    /// `application/openmetrics-text` (with a q-value above 0), else 0.0.4.
+    pub fn from_accept(accept: &[u8]) -> MetricsFormat {
+        let accept = String::from_utf8_lossy(accept);
+        let openmetrics = accept.split(',').any(|range| {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or_default();
+            let refused = params.any(|p| {
+                let q = p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="));
+                q.and_then(|q| q.parse::<f32>().ok()).is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        });
+        if openmetrics {
+            MetricsFormat::OpenMetrics
+        } else {
+            MetricsFormat::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            MetricsFormat::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            MetricsFormat::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
 struct Client {
     stream: TcpStream,
     input: Vec<u8>,
@@ -48,6 +93,8 @@ struct Client {
     /// Answered: close once written.
     answered: bool,
     deadline: Instant,
+    /// The `/metrics` format its `Accept` header asked for.
+    format: MetricsFormat,
 }
 
 pub struct AdminServer {
@@ -97,6 +144,7 @@ impl AdminServer {
                             asked: false,
                             answered: false,
                             deadline,
+                            format: MetricsFormat::default(),
                         };
                         self.clients.insert(token, client);
                     }
@@ -148,6 +196,9 @@ impl AdminServer {
                     client.asked = true;
                     let (method, path) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
                     let path = path.split('?').next().unwrap_or("");
+                    let accept = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("accept"));
+                    let accept: Vec<u8> = accept.flat_map(|h| [h.value, b","]).flatten().copied().collect();
+                    client.format = MetricsFormat::from_accept(&accept);
                     request = match (method, path) {
                         ("GET" | "HEAD", "/metrics") => Some(AdminRequest::Metrics),
                         ("GET" | "HEAD", "/healthz") => Some(AdminRequest::Health),
@@ -182,6 +233,13 @@ impl AdminServer {
     pub fn answer(&mut self, id: AdminId, status: &str, content_type: &str, body: &str, registry: &Registry) {
         self.answer_raw(id.0, status, content_type, body);
         self.flush(id.0, registry);
+    }
+
+    /// Answers a `/metrics` request in the format its client asked for.
+    pub fn answer_metrics(&mut self, id: AdminId, status: &Status, master: &MasterMetrics, registry: &Registry) {
+        let Some(format) = self.clients.get(&id.0).map(|c| c.format) else { return };
+        let text = render_metrics(status, master, format);
+        self.answer(id, "200 OK", format.content_type(), &text, registry);
     }
 
     fn answer_raw(&mut self, token: usize, status: &str, content_type: &str, body: &str) {
@@ -279,8 +337,12 @@ impl MasterMetrics {
     }
 }
 
-/// The metrics text (OpenMetrics) for a status the master composed, with its own measurements.
-pub fn render_metrics(status: &Status, master: &MasterMetrics) -> String {
+/// The states of `host_workers`: every one is given for every service, 0 when no worker is in
+/// it, so that "no worker ready" is a series an alert can match (as composed by the report).
+pub const WORKER_STATES: [&str; 5] = ["starting", "ready", "busy", "panicking", "draining"];
+
+/// The metrics text for a status the master composed, with its own measurements.
+pub fn render_metrics(status: &Status, master: &MasterMetrics, format: MetricsFormat) -> String {
     let mut registry = Metrics::with_prefix("host");
     let counter = |registry: &mut Metrics, name: &str, help: &str| {
         let family = Family::<Labels, Counter>::default();
@@ -314,6 +376,11 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics) -> String {
     registry.register("reload_duration_seconds", "How long reloads took", master.reload_seconds.clone());
     registry.register("drain_duration_seconds", "How long retired workers took to exit", master.drain_seconds.clone());
 
+    for service in &status.services {
+        for state in WORKER_STATES {
+            let _ = workers.get_or_create(&labels(&[("service", &service.name), ("state", state)]));
+        }
+    }
     for w in &status.workers {
         let slot = w.slot.to_string();
         let state_labels = labels(&[("service", &w.service), ("state", &w.state)]);
@@ -364,13 +431,54 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics) -> String {
     started.get_or_create(&Vec::new()).set(status.started_at as i64);
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
-    text
+    match format {
+        MetricsFormat::OpenMetrics => text,
+        MetricsFormat::Prometheus => prometheus_text(&text),
+    }
+}
+
+/// The Prometheus text format 0.0.4 of an OpenMetrics text `prometheus-client` wrote: a counter
+/// family is named with its `_total` (the name its samples have), `info` is a gauge and
+/// `unknown` is `untyped`, `# UNIT` and `# EOF` go, and a help text's `\"` is a plain quote (0.0.4
+/// escapes only backslash and line feed there). Samples read the same in both formats.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut types: HashMap<&str, &str> = HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some((name, kind)) = line.strip_prefix("# TYPE ").and_then(|rest| rest.split_once(' ')) {
+            types.insert(name, kind);
+        }
+    }
+    let renamed = |name: &str| match types.get(name) {
+        Some(&"counter") => format!("{name}_total"),
+        Some(&"info") => format!("{name}_info"),
+        _ => name.to_string(),
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some((name, help)) = line.strip_prefix("# HELP ").and_then(|rest| rest.split_once(' ')) {
+            out.push_str(&format!("# HELP {} {}\n", renamed(name), help.replace("\\\"", "\"")));
+        } else if let Some((name, kind)) = line.strip_prefix("# TYPE ").and_then(|rest| rest.split_once(' ')) {
+            let kind = match kind {
+                "info" => "gauge",
+                "unknown" => "untyped",
+                other => other,
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", renamed(name)));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ExitRow, WorkerReport, WorkerRow};
+    use crate::status::{ExitRow, ServiceRow, WorkerReport, WorkerRow};
 
     #[test]
     fn metrics_name_every_slot_and_count_from_its_totals() {
@@ -397,14 +505,21 @@ mod tests {
             started_at: 100,
             uptime_s: 5,
             load_avg: String::new(),
-            services: vec![],
+            services: vec![ServiceRow {
+                name: "web".into(),
+                listen: "127.0.0.1:80".into(),
+                plugin: "http 0.1.0".into(),
+                count: 2,
+                reloadable: true,
+                tls: None,
+            }],
             workers: vec![row(0, 40), row(1, 2)],
             exits: vec![ExitRow { service: "web".into(), how: "signal SIGKILL".into(), count: 3 }],
             last_reload: None,
         };
         let m = MasterMetrics::default();
         m.reload_finished("done", Duration::from_millis(120));
-        let text = render_metrics(&status, &m);
+        let text = render_metrics(&status, &m, MetricsFormat::OpenMetrics);
         assert!(text.contains("host_messages_total{service=\"web\",slot=\"0\"} 40"), "{text}");
         assert!(text.contains("host_messages_total{service=\"web\",slot=\"1\"} 2"), "{text}");
         assert!(text.contains("host_connections_open{service=\"web\",slot=\"0\"} 2"), "{text}");
@@ -412,5 +527,56 @@ mod tests {
         assert!(text.contains("host_reloads_total{outcome=\"done\"} 1"), "{text}");
         assert!(text.contains("host_reload_duration_seconds_count 1"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        // Every state of every service has a series, 0 included.
+        assert!(text.contains("host_workers{service=\"web\",state=\"ready\"} 2"), "{text}");
+        assert!(text.contains("host_workers{service=\"web\",state=\"starting\"} 0"), "{text}");
+
+        let classic = render_metrics(&status, &m, MetricsFormat::Prometheus);
+        assert!(classic.contains("# HELP host_messages_total Messages (requests) handled"), "{classic}");
+        assert!(classic.contains("# TYPE host_messages_total counter\n"), "{classic}");
+        assert!(classic.contains("# TYPE host_workers gauge\n"), "{classic}");
+        assert!(classic.contains("# TYPE host_reload_duration_seconds histogram\n"), "{classic}");
+        assert!(classic.contains("host_messages_total{service=\"web\",slot=\"0\"} 40\n"), "{classic}");
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"), "{classic}");
+        // The same samples in both (a family's series are in no set order).
+        let samples = |t: &str| {
+            let mut lines: Vec<String> = t.lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(samples(&text), samples(&classic));
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        use MetricsFormat::*;
+        for (accept, format) in [
+            ("", Prometheus),
+            ("*/*", Prometheus),
+            ("text/plain;version=0.0.4", Prometheus),
+            ("application/openmetrics-text", OpenMetrics),
+            // What Prometheus 2.x sends.
+            (
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                 text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                OpenMetrics,
+            ),
+            ("Application/OpenMetrics-Text; version=1.0.0", OpenMetrics),
+            ("application/openmetrics-text;q=0, text/plain", Prometheus),
+            ("application/openmetrics-textual", Prometheus),
+        ] {
+            assert_eq!(MetricsFormat::from_accept(accept.as_bytes()), format, "{accept}");
+        }
+    }
+
+    #[test]
+    fn classic_text_renames_counters_and_drops_openmetrics_only_lines() {
+        let om = "# HELP a_things Things \\\"quoted\\\".\n# TYPE a_things counter\n# UNIT a_things things\n\
+                  a_things_total 3\n# HELP b Build.\n# TYPE b info\nb_info{v=\"1\"} 1\n# TYPE c unknown\nc 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(om),
+            "# HELP a_things_total Things \"quoted\".\n# TYPE a_things_total counter\na_things_total 3\n\
+             # HELP b_info Build.\n# TYPE b_info gauge\nb_info{v=\"1\"} 1\n# TYPE c untyped\nc 1\n"
+        );
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::admin::{self, AdminId};
+use super::admin::AdminId;
 use super::slots::{ClientId, Readiness, Role, SlotKey, WorkerId};
 use super::{slots, Master};
 use crate::ctl::{ReportKind, ToWorker};
@@ -102,12 +102,8 @@ impl Master {
             match g.to {
                 Requester::Control(client) => self.answer_all(&[client], &answer),
                 Requester::Admin(id) => {
-                    if let Answer::Status(s) = &answer {
-                        let text = admin::render_metrics(s, &self.metrics);
-                        if let Some(a) = self.admin.as_mut() {
-                            let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-                            a.answer(id, "200 OK", kind, &text, self.poll.registry());
-                        }
+                    if let (Answer::Status(s), Some(a)) = (&answer, self.admin.as_mut()) {
+                        a.answer_metrics(id, s, &self.metrics, self.poll.registry());
                     }
                 }
                 Requester::Log => match &answer {

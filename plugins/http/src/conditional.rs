@@ -36,8 +36,8 @@ pub enum Outcome {
 }
 
 /// Evaluates the preconditions in RFC 9110 §13.2.2's order for an existing representation
-/// with entity tag `tag` and modification time `modified` (seconds).
-pub fn evaluate(req: &Request<'_>, tag: &str, modified: u64) -> Outcome {
+/// with entity tag `tag` and modification time `modified`, at `now` (seconds since the epoch).
+pub fn evaluate(req: &Request<'_>, tag: &str, modified: u64, now: u64) -> Outcome {
     let get_or_head = matches!(req.method(), Method::Get | Method::Head);
     let if_match: Vec<&[u8]> = req.header_all("if-match").collect();
     if !if_match.is_empty() {
@@ -55,7 +55,10 @@ pub fn evaluate(req: &Request<'_>, tag: &str, modified: u64) -> Outcome {
             return if get_or_head { Outcome::NotModified } else { Outcome::Failed };
         }
     } else if get_or_head {
-        if let Some(since) = req.header("if-modified-since").and_then(http_proto::response::parse_http_date) {
+        let since = req.header("if-modified-since").and_then(http_proto::response::parse_http_date);
+        // A date later than the server's clock is not a valid one (RFC 9110 §13.1.3): ignored,
+        // or a file changed after the client's clock ran ahead would never be sent again.
+        if let Some(since) = since.filter(|&since| since <= now) {
             if modified <= since {
                 return Outcome::NotModified;
             }
@@ -133,11 +136,13 @@ mod tests {
     const TAG: &str = "\"a-1.0-2\"";
     const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
     const AT: u64 = 784_111_777;
+    /// The server's clock in these tests: a day after `DATE`.
+    const NOW: u64 = AT + 86_400;
 
     fn eval(method: &str, fields: &str, modified: u64) -> Outcome {
         let raw = format!("{method} / HTTP/1.1\r\nHost: a\r\n{fields}\r\n");
         let head = parse_head(raw.as_bytes(), &Limits::default()).unwrap().unwrap();
-        evaluate(&Request::new(&head, raw.as_bytes(), &[]), TAG, modified)
+        evaluate(&Request::new(&head, raw.as_bytes(), &[]), TAG, modified, NOW)
     }
 
     fn if_range(fields: &str, tag: &str) -> bool {
@@ -183,6 +188,12 @@ mod tests {
         assert_eq!(eval("GET", &format!("If-Modified-Since: {DATE}\r\n"), AT + 1), Proceed);
         // An invalid date is ignored.
         assert_eq!(eval("GET", "If-Modified-Since: yesterday\r\n", AT), Proceed);
+        // So is a date later than the server's clock (RFC 9110 §13.1.3), even for a file
+        // modified before it; the clock's own second is still a valid date.
+        let future = String::from_utf8(http_proto::response::format_http_date(NOW + 1).to_vec()).unwrap();
+        assert_eq!(eval("GET", &format!("If-Modified-Since: {future}\r\n"), AT), Proceed);
+        let now = String::from_utf8(http_proto::response::format_http_date(NOW).to_vec()).unwrap();
+        assert_eq!(eval("GET", &format!("If-Modified-Since: {now}\r\n"), AT), NotModified);
         // Lists over several lines.
         assert_eq!(eval("GET", &format!("{}{}", inm("\"x\""), inm(TAG)), AT), NotModified);
         // Not for other methods: 412.

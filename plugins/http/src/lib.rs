@@ -62,137 +62,40 @@
 //! are answered in order. On a host older than plugin-api 0.1.2 (no `send_file`, no task pool)
 //! the plugin reads in the loop, as it did before. On-the-fly gzip (at most 1 MiB) still reads
 //! and compresses in the loop. The figures behind the default: docs/architecture.md.
+//!
+//! Layout: this file answers requests (routes, files, representations); `config` holds the
+//! settings, `stream` the streamed file bodies, `listing` the directory listings, `log` the
+//! access-log lines; [`files`], [`conditional`] and [`ranges`] are pure helpers.
 
 pub mod conditional;
+mod config;
 pub mod files;
+mod listing;
+mod log;
 pub mod ranges;
+mod stream;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use http_proto::access_log::{self, Entry, LogFormat, LogTime};
+use http_proto::access_log::{self, LogFormat, LogTime};
 use http_proto::response::{self, DateCache};
-use plugin_api::{
-    export_plugin, ConnError, ConnId, ConnMap, Counter, Frame, Host, Protocol, SendFileError, TaskId, WorkerInfo,
-};
-use serde::Deserialize;
+use http_proto::Delivered;
+use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Counter, Frame, Host, Protocol, TaskId, WorkerInfo};
 
 pub use http_proto::{chunked, parse, persist, request_path, ConnState, Limits, Method, Persist, Request, Status};
 
-use crate::conditional::{EtagKind, Outcome};
+pub use crate::config::{AccessLogFormat, Config, FileIo};
+pub use crate::stream::read_cached;
+
+use crate::conditional::Outcome;
 use crate::files::{Files, Found, Lookup};
+use crate::log::{PendingLog, MAX_LOGGED_LINE};
 use crate::ranges::Ranges;
-
-/// The service's config for this plugin.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub root: Option<String>,
-    pub autoindex: bool,
-    pub serve_dotfiles: bool,
-    pub etag: EtagKind,
-    pub cache_control: Option<String>,
-    pub cache_control_by_ext: BTreeMap<String, String>,
-    pub precompressed: bool,
-    pub gzip: bool,
-    pub gzip_min: u64,
-    pub echo: bool,
-    pub max_header: usize,
-    pub max_target: usize,
-    pub max_headers: usize,
-    pub max_body: u64,
-    pub max_file: u64,
-    pub access_log_format: AccessLogFormat,
-    pub file_io: FileIo,
-}
-
-/// How file bodies over 256 KiB (or not in the page cache) are sent (`file_io`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileIo {
-    /// The host sends the file range itself (`Host::send_file`: `sendfile(2)`, zero copy; a
-    /// range the page cache lacks is read from the disk inside the worker's loop).
-    #[default]
-    Sendfile,
-    /// The plugin reads the file (from the page cache in the loop, from the disk on the task
-    /// pool) and sends the bytes.
-    Pool,
-}
-
-/// The fields of an access-log line (`access_log_format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccessLogFormat {
-    /// Common Log Format plus referer and user agent (nginx's `combined`).
-    #[default]
-    Combined,
-    /// Common Log Format.
-    Common,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        let limits = Limits::default();
-        Config {
-            root: None,
-            autoindex: false,
-            serve_dotfiles: false,
-            etag: EtagKind::Strong,
-            cache_control: None,
-            cache_control_by_ext: BTreeMap::new(),
-            precompressed: true,
-            gzip: false,
-            gzip_min: 1024,
-            echo: true,
-            max_header: limits.max_header,
-            max_target: limits.max_target,
-            max_headers: limits.max_headers,
-            max_body: limits.max_body,
-            max_file: u64::MAX,
-            access_log_format: AccessLogFormat::Combined,
-            file_io: FileIo::default(),
-        }
-    }
-}
-
-impl Config {
-    pub fn parse(text: &str) -> Result<Config, String> {
-        let mut config: Config = toml::from_str(text).map_err(|e| format!("invalid http config: {e}"))?;
-        if config.max_header == 0 || config.max_target == 0 {
-            return Err("invalid http config: max_header and max_target must be positive".into());
-        }
-        if !(1..=http_proto::parse::MAX_HEADERS_CAP).contains(&config.max_headers) {
-            return Err(format!(
-                "invalid http config: max_headers must be 1 to {}",
-                http_proto::parse::MAX_HEADERS_CAP
-            ));
-        }
-        if config.root.as_deref() == Some("") {
-            return Err("invalid http config: root must not be empty".into());
-        }
-        let values = config.cache_control.iter().chain(config.cache_control_by_ext.values());
-        if values.into_iter().any(|v| v.bytes().any(|b| b.is_ascii_control())) {
-            return Err("invalid http config: cache_control values must be one line".into());
-        }
-        config.cache_control_by_ext = std::mem::take(&mut config.cache_control_by_ext)
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        Ok(config)
-    }
-
-    fn limits(&self) -> Limits {
-        Limits {
-            max_header: self.max_header,
-            max_body: self.max_body,
-            max_target: self.max_target,
-            max_headers: self.max_headers,
-        }
-    }
-}
+use crate::stream::{end_early, Part, Stream, STREAM_AT};
 
 /// The plugin instance of one worker.
 pub struct Http {
@@ -207,8 +110,6 @@ pub struct Http {
     /// A chunk of a streamed file (reused).
     chunk: Vec<u8>,
     date: DateCache,
-    /// The body `respond` left to stream after the head it wrote.
-    stream_next: Option<(Arc<File>, VecDeque<Part>)>,
     /// File reads running on the host's task pool, and the connection each is for.
     reads: HashMap<TaskId, ConnId>,
     /// The kernel takes `RWF_NOWAIT` on these files (false once it said it does not: every read
@@ -227,20 +128,14 @@ pub struct Http {
     log_time: LogTime,
     /// The access-log line being written (reused).
     log_line: Vec<u8>,
-    /// The access-log line of the response `stream_next` holds the body of.
-    pending_log: Option<Box<PendingLog>>,
 }
 
-/// The access-log line of a streamed response, written once its body is sent.
+/// What [`Http::respond`] wrote into `out`: a whole response, or the head of one whose body
+/// streams after it.
 #[derive(Debug)]
-struct PendingLog {
-    remote: Option<std::net::IpAddr>,
-    request_line: Vec<u8>,
-    referer: Option<Vec<u8>>,
-    user_agent: Option<Vec<u8>>,
-    status: u16,
-    /// The body's length: what is sent once the stream ends.
-    body: u64,
+enum Response {
+    Whole,
+    Streamed { file: Arc<File>, parts: VecDeque<Part> },
 }
 
 /// Per-connection state.
@@ -253,48 +148,10 @@ struct Conn {
     log: Option<Box<PendingLog>>,
 }
 
-/// A large body, sent as the connection drains (reading the connection is paused meanwhile, so
-/// pipelined requests behind it are answered after it, in order).
-#[derive(Debug)]
-struct Stream {
-    file: Arc<File>,
-    parts: VecDeque<Part>,
-    /// Close the connection after the last byte.
-    close: bool,
-    /// A read of the next part runs on the task pool: the pump waits for it.
-    reading: bool,
-}
-
-/// A piece of a response body: bytes (a multipart head), or a byte range of the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Bytes(Vec<u8>),
-    File { offset: u64, len: u64 },
-}
-
-impl Part {
-    /// Bytes of the body it still holds.
-    fn len(&self) -> u64 {
-        match self {
-            Part::Bytes(bytes) => bytes.len() as u64,
-            Part::File { len, .. } => *len,
-        }
-    }
-}
-
-/// Bodies larger than this are streamed instead of read whole into one response.
-const STREAM_AT: u64 = 256 * 1024;
-/// Bytes read from a streamed file at a time, in the loop (from the page cache).
-const STREAM_CHUNK: usize = 64 * 1024;
-/// Bytes one read on the task pool takes at most (it reads from the disk: fewer, larger reads).
-const TASK_READ_MAX: usize = 1024 * 1024;
 /// Files compressed on the fly at most (read and compressed whole).
 const GZIP_MAX: u64 = 1024 * 1024;
 /// Buffers grown past this by a large response are given back after it.
 const RETAIN_BUFFER: usize = 256 * 1024;
-/// The longest request line an access-log line repeats.
-const MAX_LOGGED_LINE: usize = 8192;
-
 impl Protocol for Http {
     fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         let config = Config::parse(config)?;
@@ -314,7 +171,6 @@ impl Protocol for Http {
             out: Vec::with_capacity(4096),
             chunk: Vec::new(),
             date: Default::default(),
-            stream_next: None,
             reads: HashMap::new(),
             nowait: true,
             // The host takes a send whole while less than its send buffer is pending (issue #15:
@@ -326,7 +182,6 @@ impl Protocol for Http {
             log_format,
             log_time: LogTime::default(),
             log_line: Vec::new(),
-            pending_log: None,
         })
     }
 
@@ -351,28 +206,25 @@ impl Protocol for Http {
     }
 
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
-        let state = &mut self.conns.entry(conn).state;
-        if state.closing {
-            return;
-        }
-        let mut framer = std::mem::take(&mut state.framer);
-        let answered = match framer.take_request(msg, &self.limits) {
-            Err(status) => Err(status),
-            Ok(None) => Ok(None),
-            Ok(Some(req)) => {
-                let persist = persist(req.head(), host.is_draining());
-                self.date.update(host.now_ms());
-                self.out.clear();
-                self.respond(&req, persist);
-                self.log_request(host, conn, &req);
-                Ok(Some(persist))
-            }
-        };
+        // Out of its entry while the request is answered (which needs the whole plugin).
+        let mut state = std::mem::take(&mut self.conns.entry(conn).state);
+        let mut answered = None;
+        let limits = self.limits;
+        let delivered = state.on_message(host, msg, &limits, |host, req| {
+            let persist = persist(req.head(), host.is_draining());
+            self.date.update(host.now_ms());
+            self.out.clear();
+            let response = self.respond(req, persist);
+            let log = self.log_request(host, conn, req, &response);
+            answered = Some((response, log));
+            persist
+        });
         let c = self.conns.entry(conn);
-        let persist = match answered {
-            Ok(None) => return c.state.framer = framer,
-            Ok(Some(persist)) => persist,
-            Err(status) => {
+        c.state = state;
+        let persist = match delivered {
+            Delivered::Ignored => return,
+            Delivered::Answered(persist) => persist,
+            Delivered::Refused(status) => {
                 c.state.reject(host, conn, status, &mut self.date, &mut self.out);
                 self.log_out(host, conn, access_log::request_line(msg, MAX_LOGGED_LINE), None, None);
                 return self.count_response(host);
@@ -380,21 +232,22 @@ impl Protocol for Http {
         };
         self.count_response(host);
         let c = self.conns.entry(conn);
-        framer.finish();
-        c.state.framer = framer;
-        c.state.in_flight = false;
-        if let Some((file, parts)) = self.stream_next.take() {
-            // The head goes now; the body follows as the connection drains.
-            host.send(conn, &self.out);
-            c.stream = Some(Stream { file, parts, close: persist == Persist::Close, reading: false });
-            c.log = self.pending_log.take();
-            host.pause_recv(conn);
-            self.pump(host, conn);
-        } else if persist == Persist::Close {
-            c.state.closing = true;
-            host.close_with(conn, &self.out);
-        } else {
-            host.send(conn, &self.out);
+        match answered {
+            Some((Response::Streamed { file, parts }, log)) => {
+                // The head goes now; the body follows as the connection drains.
+                host.send(conn, &self.out);
+                c.stream = Some(Stream { file, parts, close: persist == Persist::Close, reading: false });
+                c.log = log;
+                host.pause_recv(conn);
+                self.pump(host, conn);
+            }
+            _ if persist == Persist::Close => {
+                c.state.closing = true;
+                host.close_with(conn, &self.out);
+            }
+            _ => {
+                host.send(conn, &self.out);
+            }
         }
         self.trim_buffers();
     }
@@ -467,155 +320,9 @@ impl Http {
         }
     }
 
-    /// Logs the response to `req` just written to `out`; a streamed body's line waits for its
-    /// end (`pending_log`).
-    fn log_request(&mut self, host: &mut Host<'_>, conn: ConnId, req: &Request<'_>) {
-        if !self.access_log {
-            return;
-        }
-        let request_line = access_log::request_line(req.raw_head(), MAX_LOGGED_LINE);
-        let (referer, user_agent) = (req.header("referer"), req.header("user-agent"));
-        match &self.stream_next {
-            Some((_, parts)) => {
-                let Some((status, _)) = access_log::status_and_body(&self.out) else { return };
-                self.pending_log = Some(Box::new(PendingLog {
-                    remote: host.peer_addr(conn).map(|a| a.ip()),
-                    request_line: request_line.unwrap_or_default().to_vec(),
-                    referer: referer.map(<[u8]>::to_vec),
-                    user_agent: user_agent.map(<[u8]>::to_vec),
-                    status,
-                    body: parts.iter().map(Part::len).sum(),
-                }));
-            }
-            None => self.log_out(host, conn, request_line, referer, user_agent),
-        }
-    }
-
-    /// Logs the response written whole to `out`.
-    fn log_out(
-        &mut self,
-        host: &mut Host<'_>,
-        conn: ConnId,
-        request_line: Option<&[u8]>,
-        referer: Option<&[u8]>,
-        user_agent: Option<&[u8]>,
-    ) {
-        if !self.access_log {
-            return;
-        }
-        let Some((status, body_bytes)) = access_log::status_and_body(&self.out) else { return };
-        let remote = host.peer_addr(conn).map(|a| a.ip());
-        let entry = Entry { remote, request_line, status, body_bytes, referer, user_agent };
-        self.write_log(host, &entry);
-    }
-
-    fn log_pending(&mut self, host: &mut Host<'_>, log: &PendingLog) {
-        let entry = Entry {
-            remote: log.remote,
-            request_line: Some(&log.request_line),
-            status: log.status,
-            body_bytes: log.body,
-            referer: log.referer.as_deref(),
-            user_agent: log.user_agent.as_deref(),
-        };
-        self.write_log(host, &entry);
-    }
-
-    fn write_log(&mut self, host: &mut Host<'_>, entry: &Entry<'_>) {
-        self.date.update(host.now_ms());
-        self.log_line.clear();
-        let time = self.log_time.at(self.date.secs());
-        access_log::write_line(&mut self.log_line, entry, time, self.log_format);
-        host.access_log(&self.log_line);
-    }
-
-    /// Sends the next part of a streamed body: up to the send buffer (the host then reports the
-    /// connection full, and drained once it is written, which calls this again). What the page
-    /// cache holds is read here; a read that would wait for the disk goes to the task pool, and
-    /// its result (`on_task_done`) calls this again.
-    fn pump(&mut self, host: &mut Host<'_>, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(conn) else { return };
-        let Some(stream) = c.stream.as_mut() else { return };
-        if stream.reading {
-            return;
-        }
-        // Below the window the host takes every send whole: nothing sent is ever refused.
-        while host.pending_send(conn) < self.send_window {
-            match stream.parts.front_mut() {
-                None => break,
-                Some(Part::Bytes(bytes)) => {
-                    if !host.send(conn, bytes) {
-                        return;
-                    }
-                    stream.parts.pop_front();
-                }
-                Some(Part::File { len: 0, .. }) => {
-                    stream.parts.pop_front();
-                }
-                Some(&mut Part::File { offset, len }) if self.send_file => {
-                    match host.send_file(conn, &stream.file, offset, len) {
-                        Ok(()) => {
-                            stream.parts.pop_front();
-                        }
-                        // An older host: read and send, as `file_io = "pool"` does.
-                        Err(SendFileError::Unsupported) => self.send_file = false,
-                        Err(SendFileError::BadFile | SendFileError::NotAStream) => return end_early(host, conn, c),
-                        // Closed (or full, which the window rules out).
-                        Err(_) => return,
-                    }
-                }
-                Some(Part::File { offset, len }) => {
-                    let left = usize::try_from(*len).unwrap_or(usize::MAX);
-                    self.chunk.resize(left.min(STREAM_CHUNK), 0);
-                    let read = match read_cached(&stream.file, &mut self.chunk, *offset, &mut self.nowait) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            let file = Arc::clone(&stream.file);
-                            let (at, want) = (*offset, left.min(self.send_window.clamp(STREAM_CHUNK, TASK_READ_MAX)));
-                            match host.spawn_task(move || read_on_pool(&file, at, want)) {
-                                Ok(task) => {
-                                    stream.reading = true;
-                                    self.reads.insert(task, conn);
-                                    return;
-                                }
-                                // No pool (an older host) or its queue is full: read here.
-                                Err(_) => stream.file.read_at(&mut self.chunk, *offset),
-                            }
-                        }
-                        other => other,
-                    };
-                    match read {
-                        Ok(0) | Err(_) => return end_early(host, conn, c),
-                        Ok(n) => {
-                            if !host.send(conn, &self.chunk[..n]) {
-                                return;
-                            }
-                            *offset += n as u64;
-                            *len -= n as u64;
-                        }
-                    }
-                }
-            }
-        }
-        if stream.parts.is_empty() {
-            let close = stream.close;
-            c.stream = None;
-            if let Some(log) = c.log.take() {
-                self.log_pending(host, &log);
-            }
-            let Some(c) = self.conns.get_mut(conn) else { return };
-            if close {
-                c.state.closing = true;
-                host.close(conn);
-            } else {
-                host.resume_recv(conn);
-            }
-            self.trim_buffers();
-        }
-    }
-
-    /// Writes the response to a complete request into `self.out` (or its head, leaving the body
-    /// in `self.stream_next`).
-    fn respond(&mut self, req: &Request<'_>, persist: Persist) {
+    /// Writes the response to a complete request into `self.out` (or its head, returning the
+    /// body to stream).
+    fn respond(&mut self, req: &Request<'_>, persist: Persist) -> Response {
         let method = req.method();
         let head_only = method == Method::Head;
         if method == Method::Other {
@@ -655,71 +362,45 @@ impl Http {
                     location.push('?');
                     location.push_str(q);
                 }
-                self.error(Status::MOVED_PERMANENTLY, persist, head_only, &[("Location", location.as_bytes())]);
+                self.error(Status::MOVED_PERMANENTLY, persist, head_only, &[("Location", location.as_bytes())])
             }
             Some(Lookup::Listing(dir)) => self.listing(req, &dir, persist, head_only),
         }
     }
 
-    fn error(&mut self, status: Status, persist: Persist, head_only: bool, extra: &[(&str, &[u8])]) {
+    fn error(&mut self, status: Status, persist: Persist, head_only: bool, extra: &[(&str, &[u8])]) -> Response {
         response::write_error(&mut self.out, status, self.date.get(), persist, head_only, extra);
+        Response::Whole
     }
 
-    fn hello(&mut self, persist: Persist, head_only: bool) {
+    fn hello(&mut self, persist: Persist, head_only: bool) -> Response {
         response::begin(&mut self.out, Status::OK, self.date.get());
         response::header(&mut self.out, "Content-Type", b"text/plain");
         response::finish(&mut self.out, HELLO.len() as u64, persist);
         if !head_only {
             self.out.extend_from_slice(HELLO);
         }
+        Response::Whole
     }
 
-    fn options(&mut self, allow: &[u8], persist: Persist) {
+    fn options(&mut self, allow: &[u8], persist: Persist) -> Response {
         response::begin(&mut self.out, Status::OK, self.date.get());
         response::header(&mut self.out, "Allow", allow);
         response::finish(&mut self.out, 0, persist);
+        Response::Whole
     }
 
     /// Sends the request body back.
-    fn echo(&mut self, body: &[u8], persist: Persist) {
+    fn echo(&mut self, body: &[u8], persist: Persist) -> Response {
         response::begin(&mut self.out, Status::OK, self.date.get());
         response::header(&mut self.out, "Content-Type", b"application/octet-stream");
         response::finish(&mut self.out, body.len() as u64, persist);
         self.out.extend_from_slice(body);
-    }
-
-    /// A directory listing (`autoindex`), names HTML-escaped and links percent-encoded.
-    fn listing(&mut self, req: &Request<'_>, dir: &std::os::fd::OwnedFd, persist: Persist, head_only: bool) {
-        let Some(files) = &self.files else { return };
-        let names = match files.list(dir) {
-            Ok(names) => names,
-            Err(e) => {
-                plugin_api::tracing::warn!(path = req.path(), error = %e, "could not list directory");
-                return self.error(Status::INTERNAL_ERROR, persist, head_only, &[]);
-            }
-        };
-        let title = html_escape(&http_proto::percent_decode(req.path()));
-        let mut html = format!(
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n\
-             <body><h1>Index of {title}</h1>\n<ul>\n"
-        );
-        if req.path() != "/" {
-            html.push_str("<li><a href=\"../\">../</a></li>\n");
-        }
-        for name in &names {
-            html.push_str(&format!("<li><a href=\"{}\">{}</a></li>\n", href_escape(name), html_escape(name)));
-        }
-        html.push_str("</ul></body></html>\n");
-        response::begin(&mut self.out, Status::OK, self.date.get());
-        response::header(&mut self.out, "Content-Type", b"text/html; charset=utf-8");
-        response::finish(&mut self.out, html.len() as u64, persist);
-        if !head_only {
-            self.out.extend_from_slice(html.as_bytes());
-        }
+        Response::Whole
     }
 
     /// Serves a file found under the root: representation, preconditions, ranges.
-    fn file(&mut self, req: &Request<'_>, found: Found, persist: Persist) {
+    fn file(&mut self, req: &Request<'_>, found: Found, persist: Persist) -> Response {
         let head_only = req.method() == Method::Head;
         let Found { mut file, mut meta, rel } = found;
         if meta.len > self.config.max_file {
@@ -762,12 +443,13 @@ impl Http {
                 response::header(out, "Vary", b"Accept-Encoding");
             }
         };
-        match conditional::evaluate(req, &tag, meta.mtime) {
+        match conditional::evaluate(req, &tag, meta.mtime, self.date.secs()) {
             Outcome::Failed => return self.error(Status::PRECONDITION_FAILED, persist, head_only, &[]),
             Outcome::NotModified => {
                 response::begin(&mut self.out, Status::NOT_MODIFIED, self.date.get());
                 validators(&mut self.out);
-                return response::finish_bodiless(&mut self.out, persist);
+                response::finish_bodiless(&mut self.out, persist);
+                return Response::Whole;
             }
             Outcome::Proceed => {}
         }
@@ -785,7 +467,7 @@ impl Http {
             if !head_only {
                 self.out.extend_from_slice(&body);
             }
-            return;
+            return Response::Whole;
         }
         let ranges = match range {
             Some(value) if conditional::if_range_holds(req, &tag, meta.mtime) => ranges::parse(value, meta.len),
@@ -831,17 +513,17 @@ impl Http {
         };
         response::finish(&mut self.out, total, persist);
         if head_only {
-            return;
+            return Response::Whole;
         }
         if total <= STREAM_AT {
             match self.body_from_cache(&file, &parts) {
-                Ok(true) => return,
+                Ok(true) => return Response::Whole,
                 // Not all in the page cache: streamed, its reads off the loop.
                 Ok(false) => {}
                 Err(e) => return self.read_failed(&rel, &e, start, persist),
             }
         }
-        self.stream_next = Some((Arc::new(file), parts));
+        Response::Streamed { file: Arc::new(file), parts }
     }
 
     /// Appends a small body to `self.out` when the page cache holds all of it (true); leaves
@@ -872,11 +554,11 @@ impl Http {
         Ok(true)
     }
 
-    fn read_failed(&mut self, rel: &[u8], e: &std::io::Error, start: usize, persist: Persist) {
+    fn read_failed(&mut self, rel: &[u8], e: &std::io::Error, start: usize, persist: Persist) -> Response {
         let path = String::from_utf8_lossy(rel);
         plugin_api::tracing::warn!(%path, error = %e, "could not read file");
         self.out.truncate(start);
-        self.error(Status::INTERNAL_ERROR, persist, false, &[]);
+        self.error(Status::INTERNAL_ERROR, persist, false, &[])
     }
 
     fn cache_control(&self, rel: &[u8]) -> Option<&str> {
@@ -898,59 +580,6 @@ impl Http {
 }
 
 const HELLO: &[u8] = b"Hello, World!";
-
-/// The file shrank (or broke) under a streamed body: the length is promised, so the only honest
-/// end is a closed connection.
-fn end_early(host: &mut Host<'_>, conn: ConnId, c: &mut Conn) {
-    let remaining = c.stream.as_ref().map_or(0, |s| s.parts.iter().map(Part::len).sum::<u64>());
-    plugin_api::tracing::warn!(remaining, "streamed file ended early; closing");
-    c.stream = None;
-    c.state.closing = true;
-    host.close(conn);
-}
-
-/// Reads what the page cache holds at `offset` into `buf`, without waiting for the disk
-/// (`preadv2` with `RWF_NOWAIT`): `WouldBlock` when none of it is cached (or the kernel cannot
-/// say: then `nowait` turns false and every later call answers `WouldBlock` at once).
-pub fn read_cached(file: &File, buf: &mut [u8], offset: u64, nowait: &mut bool) -> io::Result<usize> {
-    use rustix::io::{Errno, ReadWriteFlags};
-    if !*nowait {
-        return Err(io::ErrorKind::WouldBlock.into());
-    }
-    loop {
-        match rustix::io::preadv2(file, &mut [io::IoSliceMut::new(buf)], offset, ReadWriteFlags::NOWAIT) {
-            Ok(n) => return Ok(n),
-            Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
-            // No RWF_NOWAIT here (an old kernel, a file system without it).
-            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
-                *nowait = false;
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// A read on the task pool: up to `want` bytes at `offset` (fewer at the end of the file; none
-/// when it failed, which ends the body early).
-fn read_on_pool(file: &File, offset: u64, want: usize) -> Vec<u8> {
-    let mut buf = vec![0; want];
-    let mut done = 0;
-    while done < want {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                plugin_api::tracing::warn!(error = %e, "could not read file");
-                break;
-            }
-        }
-    }
-    buf.truncate(done);
-    buf
-}
 
 /// The parts of a `multipart/byteranges` body (RFC 9110 §14.6) and its length.
 fn multipart(list: &[std::ops::Range<u64>], boundary: &str, content_type: &str, len: u64) -> (VecDeque<Part>, u64) {
@@ -1011,39 +640,6 @@ fn gzip_file(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
         flate2::write::GzEncoder::new(Vec::with_capacity(plain.len() / 3 + 64), flate2::Compression::default());
     enc.write_all(&plain)?;
     enc.finish()
-}
-
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Percent-encodes a name for a relative link (a trailing `/` of a directory kept).
-fn href_escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let (body, slash) = match name.strip_suffix('/') {
-        Some(b) => (b, "/"),
-        None => (name, ""),
-    };
-    for &b in body.as_bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
-            b => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out.push_str(slash);
-    // `./` first: a name with a colon must not read as a scheme.
-    format!("./{out}")
 }
 
 export_plugin!(Http);

@@ -15,7 +15,13 @@
 //!   upstream refused, `502`. A connect or response timeout is `504`. An upstream that closes
 //!   before its response is complete is `502`, or, once the response has begun, the client is
 //!   closed. A request on a pooled connection the upstream had just closed is sent once more on
-//!   a fresh one. Malformed requests get `400` and a close.
+//!   a fresh one. Malformed requests get `400` (or `413`, `414`, `431`, `501`, `505`, as
+//!   `http_proto` answers them) and a close; a malformed response is `502`.
+//! - **Framing.** Requests and responses are framed by `http_proto` (`request_len`,
+//!   `parse_response_head`, `BodyScan`), the parser the `http` plugin serves with: one set of
+//!   `Content-Length`/`Transfer-Encoding` rules on both sides, so the proxy and an upstream built
+//!   on it cannot disagree about where a message ends (ambiguous framing is refused, never
+//!   guessed).
 //! - **Drain.** Idle client and pooled connections close at once, busy ones after their
 //!   response (`Connection: close`).
 //!
@@ -29,17 +35,16 @@
 //! connect_timeout_ms = 10000   # per connect (504 when every try timed out)
 //! response_timeout_ms = 30000  # from the request sent to the response head (504)
 //! max_idle = 64                # idle keep-alive connections per upstream and worker
-//! max_header = 65536           # a request or response head, bytes (400 / 502 above it)
+//! max_header = 65536           # a request or response head, bytes (431 / 502 above it)
 //! ```
 
-pub mod http;
+pub mod forward;
 
 use std::time::Duration;
 
+use http_proto::{parse_head, parse_response_head, request_len, BodyScan, Limits, Method, Request, Status};
 use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Frame, Host, Protocol, TimerId, WorkerInfo};
 use serde::Deserialize;
-
-use crate::http::{Body, Chunked, Malformed};
 
 /// The service's config for this plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -80,6 +85,17 @@ impl Config {
         }
         Ok(config)
     }
+
+    /// What `http_proto` checks heads against: `max_header` for the head (and the target in
+    /// it); a request's body is bounded by the host's max package size (it is one message).
+    fn limits(&self) -> Limits {
+        Limits {
+            max_header: self.max_header,
+            max_body: u64::MAX,
+            max_target: self.max_header,
+            max_headers: Limits::default().max_headers,
+        }
+    }
 }
 
 /// A client's request being answered.
@@ -107,14 +123,12 @@ struct Client {
 }
 
 /// Where an upstream connection is in the response it is reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Reading {
     /// Nothing asked: any byte is an error.
     Idle,
     Head,
-    Length(u64),
-    Chunked(Chunked),
-    UntilClose,
+    Body(BodyScan),
 }
 
 #[derive(Debug)]
@@ -136,6 +150,7 @@ struct Upstream {
 /// The plugin instance of one worker.
 pub struct Proxy {
     config: Config,
+    limits: Limits,
     max_send_buffer: usize,
     clients: ConnMap<Client>,
     upstreams: ConnMap<Upstream>,
@@ -150,6 +165,7 @@ impl Protocol for Proxy {
         let config = Config::parse(config)?;
         let n = config.upstreams.len();
         Ok(Proxy {
+            limits: config.limits(),
             config,
             max_send_buffer: worker.max_send_buffer,
             clients: ConnMap::new(),
@@ -174,18 +190,13 @@ impl Protocol for Proxy {
     }
 
     fn input(&mut self, host: &mut Host<'_>, conn: ConnId, buf: &[u8]) -> Frame {
-        let max_header = self.config.max_header;
         let Some(up) = self.upstreams.get(conn) else {
-            return match http::request_len(buf, max_header) {
+            return match request_len(buf, &self.limits) {
                 Ok(Some(len)) => Frame::Complete(len),
                 Ok(None) => Frame::NeedMore,
-                Err(e) => {
-                    let (status, reason) = match e {
-                        Malformed::Bad => (400, "Bad Request"),
-                        Malformed::TooLarge => (431, "Request Header Fields Too Large"),
-                    };
+                Err(status) => {
                     self.out.clear();
-                    http::write_error(&mut self.out, status, reason, true);
+                    forward::write_error(&mut self.out, status, true);
                     host.close_with(conn, &self.out);
                     Frame::Invalid
                 }
@@ -193,19 +204,18 @@ impl Protocol for Proxy {
         };
         let head_method =
             up.client.and_then(|c| self.clients.get(c)?.in_flight.as_ref()).is_some_and(|f| f.head_method);
-        let len = match up.reading {
+        let len = match &up.reading {
             Reading::Idle => return Frame::Invalid,
-            Reading::Head => match http::parse_response(buf, head_method, max_header) {
-                Ok(Some(resp)) => resp.head_len,
+            Reading::Head => match parse_response_head(buf, head_method, &self.limits) {
+                Ok(Some(resp)) => resp.len,
                 Ok(None) => return Frame::NeedMore,
                 Err(_) => return Frame::Invalid,
             },
-            Reading::Length(n) => buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)),
-            Reading::Chunked(mut scan) => match scan.advance(buf) {
+            // Scanned again by `on_response` as the piece is delivered.
+            Reading::Body(scan) => match scan.clone().feed(buf) {
                 Ok((n, _)) if n > 0 => n,
                 _ => return Frame::Invalid,
             },
-            Reading::UntilClose => buf.len(),
         };
         Frame::Complete(len)
     }
@@ -245,7 +255,7 @@ impl Protocol for Proxy {
         flight.upstream = None;
         match (up.reading, up.error) {
             // The body ran to the close: the response is complete, and so is the client.
-            (Reading::UntilClose, _) => {
+            (Reading::Body(BodyScan::UntilClose), _) => {
                 if let Some(c) = self.clients.get_mut(client) {
                     c.close_after = true;
                 }
@@ -258,18 +268,18 @@ impl Protocol for Proxy {
             (_, Some(ConnError::ConnectRefused)) | (_, Some(ConnError::Io)) if !up.connected => {
                 flight.refused += 1;
                 if flight.refused >= self.config.upstreams.len() {
-                    self.answer_error(host, client, 502, "Bad Gateway");
+                    self.answer_error(host, client, Status::BAD_GATEWAY);
                 } else {
                     self.dispatch(host, client);
                 }
             }
-            (_, Some(ConnError::ConnectTimeout)) => self.answer_error(host, client, 504, "Gateway Timeout"),
+            (_, Some(ConnError::ConnectTimeout)) => self.answer_error(host, client, Status::GATEWAY_TIMEOUT),
             // A pooled connection the upstream closed before it read the request: once more.
             (Reading::Head, None) if up.reused && !flight.retried => {
                 flight.retried = true;
                 self.dispatch(host, client);
             }
-            _ => self.answer_error(host, client, 502, "Bad Gateway"),
+            _ => self.answer_error(host, client, Status::BAD_GATEWAY),
         }
     }
 
@@ -302,7 +312,7 @@ impl Protocol for Proxy {
             }
             host.close(up);
         }
-        self.answer_error(host, client, 504, "Gateway Timeout");
+        self.answer_error(host, client, Status::GATEWAY_TIMEOUT);
     }
 
     fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
@@ -322,7 +332,8 @@ impl Protocol for Proxy {
 
 impl Proxy {
     fn on_request(&mut self, host: &mut Host<'_>, client: ConnId, raw: &[u8]) {
-        let Ok(Some(req)) = http::parse_request(raw, self.config.max_header) else {
+        // Framed by `request_len` already: the head is whole and valid.
+        let Ok(Some(head)) = parse_head(raw, &self.limits) else {
             host.close(client);
             return;
         };
@@ -330,13 +341,15 @@ impl Proxy {
         self.next = (self.next + 1) % self.config.upstreams.len();
         let mut request = Vec::with_capacity(raw.len() + 64);
         let ip = host.peer_addr(client).map(|a| a.ip());
-        http::write_request(raw, &req, ip, &self.config.upstreams[first], &mut request);
+        let (head_bytes, body) = raw.split_at(head.len);
+        let req = Request::new(&head, head_bytes, &[]);
+        forward::write_request(&req, body, ip, &self.config.upstreams[first], &mut request);
         let draining = host.is_draining();
         let c = self.clients.entry(client);
-        c.close_after |= !req.keep_alive || draining;
+        c.close_after |= !head.keep_alive || draining;
         c.in_flight = Some(InFlight {
             request,
-            head_method: req.head_method,
+            head_method: head.method == Method::Head,
             upstream: None,
             first,
             refused: 0,
@@ -355,7 +368,7 @@ impl Proxy {
         loop {
             let Some(flight) = self.clients.get_mut(client).and_then(|c| c.in_flight.as_mut()) else { return };
             if flight.refused >= n {
-                return self.answer_error(host, client, 502, "Bad Gateway");
+                return self.answer_error(host, client, Status::BAD_GATEWAY);
             }
             let index = (flight.first + flight.refused) % n;
             if let Some(up) = self.idle[index].pop() {
@@ -408,20 +421,19 @@ impl Proxy {
     }
 
     fn on_response(&mut self, host: &mut Host<'_>, up: ConnId, msg: &[u8]) {
-        let max_header = self.config.max_header;
         let Some(u) = self.upstreams.get_mut(up) else { return };
         let client = u.client;
         let close_after = client.and_then(|c| self.clients.get(c)).is_some_and(|c| c.close_after);
         let flight = client.and_then(|c| self.clients.get_mut(c)).and_then(|c| c.in_flight.as_mut());
-        let done = match u.reading {
+        let done = match &mut u.reading {
             Reading::Idle => false,
             Reading::Head => {
                 let head_method = flight.as_ref().is_some_and(|f| f.head_method);
-                let Ok(Some(resp)) = http::parse_response(msg, head_method, max_header) else {
+                let Ok(Some(resp)) = parse_response_head(msg, head_method, &self.limits) else {
                     host.close(up);
                     return;
                 };
-                if (100..200).contains(&resp.status) {
+                if resp.is_interim() {
                     if resp.status == 101 {
                         // An upgrade was never asked for (Upgrade is not forwarded).
                         host.close(up);
@@ -434,41 +446,29 @@ impl Proxy {
                     return;
                 }
                 u.keep_alive = resp.keep_alive;
-                u.reading = match resp.body {
-                    Body::None => Reading::Idle,
-                    Body::Length(0) => Reading::Idle,
-                    Body::Length(n) => Reading::Length(n),
-                    Body::Chunked => Reading::Chunked(Chunked::default()),
-                    Body::UntilClose => Reading::UntilClose,
-                };
-                let idle = u.reading == Reading::Idle;
+                let scan = BodyScan::new(resp.body);
+                let idle = scan.is_done();
+                u.reading = if idle { Reading::Idle } else { Reading::Body(scan) };
                 if let (Some(flight), Some(c)) = (flight, client) {
                     if let Some(t) = flight.timer.take() {
                         host.del_timer(t);
                     }
                     flight.responded = true;
-                    let close = resp.body == Body::UntilClose || close_after;
+                    let close = resp.body == http_proto::ResponseBody::UntilClose || close_after;
                     self.out.clear();
-                    http::write_response_head(msg, close, &mut self.out);
+                    forward::write_response_head(msg, &resp, close, &mut self.out);
                     host.send(c, &self.out);
                 }
                 idle
             }
-            Reading::Length(n) => {
-                let left = n - msg.len() as u64;
-                u.reading = if left == 0 { Reading::Idle } else { Reading::Length(left) };
-                self.forward(host, client, up, msg);
-                left == 0
-            }
-            Reading::Chunked(mut scan) => {
-                let done = matches!(scan.advance(msg), Ok((_, true)));
-                u.reading = if done { Reading::Idle } else { Reading::Chunked(scan) };
+            Reading::Body(scan) => {
+                // `input` delimited `msg` with a copy of this scan: it is all body.
+                let done = matches!(scan.feed(msg), Ok((_, true)));
+                if done {
+                    u.reading = Reading::Idle;
+                }
                 self.forward(host, client, up, msg);
                 done
-            }
-            Reading::UntilClose => {
-                self.forward(host, client, up, msg);
-                false
             }
         };
         if done {
@@ -533,10 +533,10 @@ impl Proxy {
         }
     }
 
-    fn answer_error(&mut self, host: &mut Host<'_>, client: ConnId, status: u16, reason: &str) {
+    fn answer_error(&mut self, host: &mut Host<'_>, client: ConnId, status: Status) {
         let close = self.clients.get(client).is_none_or(|c| c.close_after);
         self.out.clear();
-        http::write_error(&mut self.out, status, reason, close);
+        forward::write_error(&mut self.out, status, close);
         host.send(client, &self.out);
         self.finish(host, client);
     }

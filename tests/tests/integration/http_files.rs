@@ -151,6 +151,9 @@ fn conditional_requests() {
     // If-None-Match wins over If-Modified-Since.
     assert_eq!(cond(&mut c, &format!("If-None-Match: \"x\"\r\nIf-Modified-Since: {modified}\r\n")).status, 200);
     assert_eq!(cond(&mut c, &format!("If-Modified-Since: {modified}\r\n")).status, 304);
+    // A date later than the server's clock is ignored (RFC 9110 §13.1.3): the file, not 304.
+    let r = cond(&mut c, "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n");
+    assert_eq!((r.status, r.body_text().as_str()), (200, "0123456789abcdefghij"), "{}", r.head);
     assert_eq!(cond(&mut c, "If-Match: \"x\"\r\n").status, 412);
     assert_eq!(cond(&mut c, &format!("If-Match: {etag}\r\n")).status, 200);
     assert_eq!(cond(&mut c, "If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n").status, 412);
@@ -234,6 +237,9 @@ fn limits_and_rfc_details() {
         ("GET / HTTP/2.0\r\nHost: t\r\n\r\n".to_string(), 505),
         ("GET /x HTTP/1.1 x\r\nHost: t\r\n\r\n".to_string(), 400),
         ("GET / HTTP/1.2\r\nHost: t\r\n\r\n".to_string(), 200),
+        // One rule for a repeated length, in two fields or in one list: refused.
+        ("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello".to_string(), 400),
+        ("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 5\r\n\r\nhello".to_string(), 400),
     ] {
         let r = Client::connect(port).request(req.as_bytes());
         assert_eq!(r.status, status, "{}: {}", &req[..req.len().min(40)], r.head);

@@ -151,6 +151,35 @@ fn an_upstream_closing_before_its_answer_is_a_502_and_mid_answer_closes_the_clie
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nonly ten b"), "{got:?}");
 }
 
+// The proxy frames with `http_proto`, the parser the `http` plugin serves with: framing that a
+// lenient parser would read one way and a strict one another is refused on both sides (a
+// request: 400 before any upstream is asked; a response: 502), never passed on.
+#[test]
+fn smuggling_shaped_framing_is_refused_both_ways() {
+    let proxy1 = proxy(&[dead_address()], "", &[]);
+    for req in [
+        &b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"[..],
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        // A bare LF after a chunk size.
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+    ] {
+        let mut c = Client::connect(proxy1.port());
+        let r = c.request(req);
+        assert_eq!(r.status, 400, "{}: {}", String::from_utf8_lossy(req), r.head);
+    }
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let (addr, upstream) = one_shot_upstream(move |_, s| s.write_all(answer).unwrap());
+        let proxy2 = proxy(&[addr.to_string()], "", &[]);
+        let r = Client::connect(proxy2.port()).request(&get("/"));
+        assert_eq!(r.status, 502, "{}: {}", String::from_utf8_lossy(answer), r.head);
+        upstream.join().unwrap();
+    }
+}
+
 // A client that does not read a 32 MiB response: the proxy pauses the upstream connection once
 // the client's send buffer is full, so the worker holds about one send buffer, not the file.
 // Once the client reads, the file arrives whole.

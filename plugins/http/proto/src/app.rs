@@ -4,10 +4,10 @@
 
 use plugin_api::{ConnError, ConnId, ConnMap, Frame, Host, Protocol, WorkerInfo};
 
-use crate::conn::{persist, ConnState};
+use crate::conn::{persist, ConnState, Delivered};
 use crate::parse::{Limits, Method};
 use crate::request::Request;
-use crate::response::DateCache;
+use crate::response::{DateCache, Persist};
 use crate::writer::ResponseWriter;
 
 /// An HTTP application: one instance per worker, called for each complete request.
@@ -82,42 +82,30 @@ impl<A: App> Protocol for AppServer<A> {
     }
 
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
+        let (app, res, date, out) = (&mut self.app, &mut self.res, &mut self.date, &mut self.out);
         let state = self.conns.entry(conn);
-        if state.closing {
-            return;
+        let delivered = state.on_message(host, msg, &self.limits, |host, req| {
+            res.clear();
+            app.handle(req, res);
+            let wanted = persist(req.head(), host.is_draining());
+            date.update(host.now_ms());
+            out.clear();
+            let head_only = req.method() == Method::Head;
+            res.write_to(out, date.get(), wanted, head_only, req.head().minor)
+        });
+        match delivered {
+            Delivered::Answered(Persist::Close) => {
+                state.closing = true;
+                host.close_with(conn, &self.out);
+            }
+            Delivered::Answered(_) => {
+                host.send(conn, &self.out);
+            }
+            Delivered::Refused(status) => state.reject(host, conn, status, &mut self.date, &mut self.out),
+            Delivered::Ignored => {}
         }
-        let mut framer = std::mem::take(&mut state.framer);
-        let answered = match framer.take_request(msg, &self.limits) {
-            Err(status) => Err(status),
-            Ok(None) => Ok(None),
-            Ok(Some(req)) => {
-                self.res.clear();
-                self.app.handle(&req, &mut self.res);
-                let wanted = persist(req.head(), host.is_draining());
-                self.date.update(host.now_ms());
-                self.out.clear();
-                let head_only = req.method() == Method::Head;
-                Ok(Some(self.res.write_to(&mut self.out, self.date.get(), wanted, head_only, req.head().minor)))
-            }
-        };
-        let state = self.conns.entry(conn);
-        match answered {
-            Ok(None) => state.framer = framer,
-            Ok(Some(persist)) => {
-                framer.finish();
-                state.framer = framer;
-                state.in_flight = false;
-                if persist == crate::response::Persist::Close {
-                    state.closing = true;
-                    host.close_with(conn, &self.out);
-                } else {
-                    host.send(conn, &self.out);
-                }
-                if self.out.capacity() > 256 * 1024 {
-                    self.out = Vec::with_capacity(4096);
-                }
-            }
-            Err(status) => state.reject(host, conn, status, &mut self.date, &mut self.out),
+        if self.out.capacity() > 256 * 1024 {
+            self.out = Vec::with_capacity(4096);
         }
     }
 

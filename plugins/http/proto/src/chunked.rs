@@ -46,7 +46,7 @@ enum State {
 
 /// Resumable scanner over a chunked body. `body` passed to [`ChunkScan::advance`] must always
 /// start at the first byte of the body and only grow between calls.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ChunkScan {
     pos: usize,
     state: State,

@@ -5,7 +5,20 @@
 use plugin_api::{ConnError, ConnId, Frame, Host};
 
 use crate::parse::{Framer, Limits, RequestHead};
+use crate::request::Request;
 use crate::response::{self, DateCache, Persist, Status};
+
+/// What [`ConnState::on_message`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Nothing to answer (a piece of a body that goes on, or the connection is closing).
+    Ignored,
+    /// The request was answered into the caller's buffer: send it, keeping the connection or
+    /// not.
+    Answered(Persist),
+    /// The request was refused with this status: answer it with [`ConnState::reject`].
+    Refused(Status),
+}
 
 /// The state of one connection.
 #[derive(Debug, Default)]
@@ -47,6 +60,42 @@ impl ConnState {
                 self.reject(host, conn, status, date, out);
                 Frame::Invalid
             }
+        }
+    }
+
+    /// [`plugin_api::Protocol::on_message`]'s part every server shares: takes the request `msg`
+    /// completes and has `answer` write its response (into the caller's buffer) and say whether
+    /// the connection persists; then gets ready for the next request. The caller sends what
+    /// `answer` wrote, or refuses the request ([`ConnState::reject`]). Nothing is answered for a
+    /// piece of a body that goes on, or on a closing connection.
+    pub fn on_message(
+        &mut self,
+        host: &mut Host<'_>,
+        msg: &[u8],
+        limits: &Limits,
+        answer: impl FnOnce(&mut Host<'_>, &Request<'_>) -> Persist,
+    ) -> Delivered {
+        if self.closing {
+            return Delivered::Ignored;
+        }
+        let mut framer = std::mem::take(&mut self.framer);
+        let answered = match framer.take_request(msg, limits) {
+            Err(status) => Err(status),
+            Ok(None) => Ok(None),
+            Ok(Some(req)) => Ok(Some(answer(host, &req))),
+        };
+        match answered {
+            Ok(None) => {
+                self.framer = framer;
+                Delivered::Ignored
+            }
+            Ok(Some(persist)) => {
+                framer.finish();
+                self.framer = framer;
+                self.in_flight = false;
+                Delivered::Answered(persist)
+            }
+            Err(status) => Delivered::Refused(status),
         }
     }
 

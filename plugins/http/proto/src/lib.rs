@@ -1,5 +1,6 @@
 //! HTTP/1.1 as a library for `host` plugins: the request parser and framer, the response writer,
-//! and [`AppServer`], which turns an [`App`] (one function from [`Request`] to
+//! the response parser a client or proxy reads an upstream with ([`client`]), and
+//! [`AppServer`], which turns an [`App`] (one function from [`Request`] to
 //! [`ResponseWriter`]) into a complete plugin. The `http` plugin (static files) is built on it.
 //!
 //! Not a plugin itself: an application crate depends on it and exports its own server,
@@ -17,13 +18,15 @@
 //!
 //! [`access_log`] formats Common/Combined Log Format lines for `Host::access_log`.
 //!
-//! Layers, from low to high: [`parse`] (pure: [`parse_head`], [`Framer`]), [`chunked`],
+//! Layers, from low to high: [`parse`] (pure: [`parse_head`], [`Framer`]) and [`client`] (pure:
+//! [`parse_response_head`], [`BodyScan`]), one set of framing rules for both, [`chunked`],
 //! [`response`] (writing heads into a buffer), [`Request`] / [`ResponseWriter`], [`ConnState`]
 //! (the per-connection part of a server), [`AppServer`].
 
 pub mod access_log;
 pub mod app;
 pub mod chunked;
+pub mod client;
 pub mod conn;
 pub mod h2;
 pub mod parse;
@@ -32,8 +35,9 @@ pub mod response;
 pub mod writer;
 
 pub use app::{App, AppServer};
-pub use conn::{persist, ConnState};
-pub use parse::{parse_head, Body, Framer, Limits, Method, RequestHead};
-pub use request::{percent_decode, request_path, Request};
+pub use client::{parse_response_head, BodyScan, ResponseBody, ResponseHead};
+pub use conn::{persist, ConnState, Delivered};
+pub use parse::{parse_head, request_len, Body, Framer, Limits, Method, RequestHead};
+pub use request::{header_fields, percent_decode, request_path, Request};
 pub use response::{Persist, Status};
 pub use writer::ResponseWriter;

@@ -216,11 +216,12 @@ fn check_head(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, limits: &
                 return bad;
             }
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_length(h.value).ok_or(Status::BAD_REQUEST)?;
-            if length.is_some_and(|prev| prev != n) {
+            // One field, one value: a second `Content-Length` line is refused like a list
+            // (`5, 5`, which `parse_length` refuses), even with the same value.
+            if length.is_some() {
                 return bad;
             }
-            length = Some(n);
+            length = Some(parse_length(h.value).ok_or(Status::BAD_REQUEST)?);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             has_te = true;
             for coding in list(h.value) {
@@ -331,6 +332,25 @@ pub fn valid_host(value: &[u8]) -> bool {
     host_ok && port_ok
 }
 
+/// Where the request at the start of `buf` ends, its body included (still chunk-coded): for a
+/// caller that takes a request whole as one message, as the `proxy` plugin does. `Ok(None)`
+/// while that is not known yet; a length is known as soon as the head is, before the body is
+/// all there. Refused as [`parse_head`] refuses (and 400 for malformed chunked coding).
+pub fn request_len(buf: &[u8], limits: &Limits) -> Result<Option<usize>, Status> {
+    let Some(head) = parse_head(buf, limits)? else { return Ok(None) };
+    match head.body {
+        Body::None => Ok(Some(head.len)),
+        Body::Length(n) => {
+            let total = usize::try_from(n).ok().and_then(|n| n.checked_add(head.len));
+            total.map(Some).ok_or(Status::CONTENT_TOO_LARGE)
+        }
+        Body::Chunked => {
+            let body = &buf[head.len..];
+            Ok(ChunkScan::default().advance(body, limits.max_body, None).map_err(chunk_status)?.map(|n| head.len + n))
+        }
+    }
+}
+
 /// A `Content-Length` value: 1*DIGIT and nothing else (no sign, no list, no overflow).
 pub fn parse_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
@@ -346,12 +366,12 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
 }
 
 /// The non-empty elements of a comma-separated field value, trimmed.
-fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(|s| s.trim_ascii()).filter(|s| !s.is_empty())
 }
 
 /// Where `part` (a subslice of `buf`) lies in `buf`.
-fn offset_in(buf: &[u8], part: &[u8]) -> Range<usize> {
+pub(crate) fn offset_in(buf: &[u8], part: &[u8]) -> Range<usize> {
     let start = (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
     start..start + part.len()
 }

@@ -94,23 +94,29 @@ impl<'a> Request<'a> {
 
     /// Every header field, in order: `(name, value)`.
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> {
-        let raw = self.raw;
-        let start = raw.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(raw.len());
-        raw[start..]
-            .split(|&b| b == b'\n')
-            .skip(1)
-            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-            .take_while(|line| !line.is_empty())
-            .filter_map(|line| {
-                let colon = line.iter().position(|&b| b == b':')?;
-                Some((str_of(&line[..colon]), line[colon + 1..].trim_ascii()))
-            })
+        header_fields(self.raw)
     }
 
     /// The body, decoded from chunked coding when it was sent so.
     pub fn body(&self) -> &'a [u8] {
         self.body
     }
+}
+
+/// The header fields of a head that [`crate::parse_head`] or
+/// [`crate::client::parse_response_head`] accepted (the first line skipped), in order:
+/// `(name, value)`, values trimmed.
+pub fn header_fields(raw: &[u8]) -> impl Iterator<Item = (&str, &[u8])> {
+    let start = raw.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(raw.len());
+    raw[start..]
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some((str_of(&line[..colon]), line[colon + 1..].trim_ascii()))
+        })
 }
 
 fn str_of(b: &[u8]) -> &str {

@@ -65,6 +65,7 @@ statuses! {
     NOT_IMPLEMENTED = 501 "Not Implemented",
     BAD_GATEWAY = 502 "Bad Gateway",
     SERVICE_UNAVAILABLE = 503 "Service Unavailable",
+    GATEWAY_TIMEOUT = 504 "Gateway Timeout",
     VERSION_NOT_SUPPORTED = 505 "HTTP Version Not Supported",
 }
 
