@@ -8,6 +8,7 @@ mod strings;
 
 pub use multi::Transaction;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::proto::ArgsView;
@@ -213,7 +214,7 @@ pub struct Session {
     /// Between `MULTI` and `EXEC`: the queued commands.
     pub multi: Option<Transaction>,
     /// The keys `WATCH`ed, each with its change stamp at the time.
-    pub watched: Vec<(Box<[u8]>, u64)>,
+    pub watched: HashMap<Box<[u8]>, u64>,
 }
 
 /// What the connection does after a command's reply.

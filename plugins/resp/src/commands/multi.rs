@@ -64,11 +64,10 @@ pub fn watch(server: &mut Server, session: &mut Session, args: ArgsView<'_>, now
         return r.error("ERR WATCH inside MULTI is not allowed");
     }
     for key in args.iter().skip(1) {
-        if session.watched.iter().any(|(k, _)| **k == *key) {
-            continue;
+        if !session.watched.contains_key(key) {
+            let stamp = server.store.watch(key, now);
+            session.watched.insert(key.into(), stamp);
         }
-        let stamp = server.store.watch(key, now);
-        session.watched.push((key.into(), stamp));
     }
     r.ok();
 }
@@ -80,7 +79,7 @@ pub fn unwatch(server: &mut Server, session: &mut Session, r: &mut Reply<'_>) {
 
 /// Ends every watch of the connection (also when it closes).
 pub fn unwatch_all(server: &mut Server, session: &mut Session) {
-    for (key, _) in session.watched.drain(..) {
+    for (key, _) in session.watched.drain() {
         server.store.unwatch(&key);
     }
 }
@@ -92,7 +91,7 @@ pub fn exec(server: &mut Server, session: &mut Session, now: u64, out: &mut Vec<
         return Reply::new(out, resp3).error("ERR EXEC without MULTI");
     };
     // A watched key whose deadline passed is removed now, which counts as a change.
-    for (key, _) in &session.watched {
+    for key in session.watched.keys() {
         server.store.contains(key, now);
     }
     let changed = session.watched.iter().any(|(key, stamp)| server.store.changed_since(key, *stamp));
