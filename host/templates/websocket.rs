@@ -3,8 +3,9 @@
 //! this handler answers every message with itself (an echo). Write your application in `reply`
 //! and in the `Handler` below.
 //!
-//! Config keys: those of websocket-core (`origins`, `protocols`, `ping_interval`), e.g.
-//! `--plugin-config 'ping_interval = 10'`.
+//! Config keys: those of websocket-core (`origins`, `protocols`, `ping_interval`,
+//! `permessage_deflate`), e.g. `--plugin-config 'ping_interval = 10'`. The `Handler` also hears
+//! the worker-level events (`on_worker_message`, `on_task_done`, `on_notify`, `on_timer`, ...).
 //!
 //! Run: {{run}}
 //! Try: any WebSocket client on `ws://127.0.0.1:7000/`.

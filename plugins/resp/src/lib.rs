@@ -12,14 +12,27 @@
 //! values. A command that could never fit (a huge `*count` or `$length`) is refused at once with
 //! Redis' protocol error, never buffered.
 //!
-//! Commands (Redis 7.0 semantics and error texts): `GET`, `SET` (`EX`, `PX`, `NX`, `XX`, `GET`,
-//! `KEEPTTL`), `SETNX`, `SETEX`, `PSETEX`, `GETSET`, `GETDEL`, `MGET`, `MSET`, `MSETNX`, `DEL`,
-//! `UNLINK`, `EXISTS`, `TYPE`, `INCR`, `DECR`, `INCRBY`, `DECRBY`, `APPEND`, `STRLEN`, `EXPIRE`,
-//! `PEXPIRE` (`NX`, `XX`, `GT`, `LT`), `TTL`, `PTTL`, `PERSIST`, `KEYS`, `SCAN` (`MATCH`, `COUNT`,
-//! `TYPE`), `DBSIZE`, `FLUSHALL`, `FLUSHDB`, `PING`, `ECHO`, `SELECT 0`, `HELLO`, `AUTH`, `CLIENT`
-//! (`ID`, `GETNAME`, `SETNAME`, `SETINFO`, `INFO`, `NO-EVICT`, `NO-TOUCH`), `CONFIG GET`,
-//! `COMMAND` (`COUNT`, `LIST`, `INFO`, `DOCS`: an empty map), `INFO`, `QUIT`. Values are strings
-//! only. Nothing is persisted.
+//! Commands (Redis 7.0 semantics and error texts): `GET`, `SET` (`EX`, `PX`, `EXAT`, `PXAT`, `NX`,
+//! `XX`, `GET`, `KEEPTTL`), `SETNX`, `SETEX`, `PSETEX`, `GETEX` (`EX`, `PX`, `EXAT`, `PXAT`,
+//! `PERSIST`), `GETSET`, `GETDEL`, `MGET`, `MSET`, `MSETNX`, `DEL`, `UNLINK`, `EXISTS`, `TYPE`,
+//! `INCR`, `DECR`, `INCRBY`, `DECRBY`, `APPEND`, `STRLEN`, `EXPIRE`, `PEXPIRE`, `EXPIREAT`,
+//! `PEXPIREAT` (`NX`, `XX`, `GT`, `LT`), `TTL`, `PTTL`, `EXPIRETIME`, `PEXPIRETIME`, `PERSIST`,
+//! `KEYS`, `SCAN` (`MATCH`, `COUNT`, `TYPE`), `DBSIZE`, `FLUSHALL`, `FLUSHDB`, `MULTI`, `EXEC`,
+//! `DISCARD`, `WATCH`, `UNWATCH`, `PING`, `ECHO`, `SELECT 0`, `HELLO`, `AUTH`, `CLIENT` (`ID`,
+//! `GETNAME`, `SETNAME`, `SETINFO`, `INFO`, `NO-EVICT`, `NO-TOUCH`), `CONFIG GET`, `COMMAND`
+//! (`COUNT`, `LIST`, `INFO`, `DOCS`: an empty map), `INFO` (server, clients, memory, persistence,
+//! stats, replication, cpu, commandstats, errorstats, cluster, keyspace), `FUNCTION FLUSH` and
+//! `FUNCTION LIST` (there are no functions: OK and an empty list), `QUIT`. Values are strings
+//! only. Nothing is persisted (`INFO persistence` says so: `loading:0`, `aof_enabled:0`, no
+//! saves); `used_memory` is the worker's resident set (there is no allocator accounting).
+//!
+//! Deadlines are given and checked as Redis does, in Unix milliseconds: a TTL that overflows once
+//! made milliseconds or added to the clock is refused with `ERR invalid expire time in '…'
+//! command`. Transactions (`MULTI` … `EXEC`, redis-py's default `pipeline()`) queue each command
+//! (`QUEUED`); an unknown command or a wrong number of arguments while queueing makes `EXEC`
+//! answer `EXECABORT`; a `WATCH`ed key written, deleted, flushed or expired before `EXEC` makes it
+//! answer nil; `WATCH` inside `MULTI` is an error; the state dies with the connection. Redis' own
+//! test units for these commands pass against the plugin: `bench/redis_units.sh`.
 //!
 //! Keys expire lazily when touched, and actively: every 100 ms the worker samples keys that have
 //! a deadline, 20 at a time, and removes the expired ones, going on while more than 10% of a
@@ -152,8 +165,8 @@ impl Protocol for Resp {
     }
 
     fn on_close(&mut self, _host: &mut Host<'_>, conn: ConnId) {
-        if self.conns.remove(conn).is_some() {
-            self.server.end_session();
+        if let Some(mut c) = self.conns.remove(conn) {
+            self.server.end_session(&mut c.session);
         }
     }
 

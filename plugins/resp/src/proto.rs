@@ -227,6 +227,11 @@ pub struct ArgsView<'a> {
 }
 
 impl<'a> ArgsView<'a> {
+    /// Arguments given as ranges of `src`.
+    pub fn new(src: &'a [u8], ranges: &'a [Range<usize>]) -> Self {
+        ArgsView { src, ranges }
+    }
+
     pub fn len(&self) -> usize {
         self.ranges.len()
     }

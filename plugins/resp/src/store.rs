@@ -5,6 +5,8 @@
 //! insertion-ordered hash map: a key's position gives `SCAN` a cursor and active expiry a random
 //! pick in O(1). Keys with a deadline are also kept in a second set, the one active expiry samples.
 
+use std::collections::HashMap;
+
 use indexmap::{IndexMap, IndexSet};
 
 use crate::glob::glob_match;
@@ -35,6 +37,17 @@ pub struct Store {
     rng: u64,
     /// Keys removed because they expired, since the start.
     pub expired_keys: u64,
+    /// The keys some connection `WATCH`es: when each was last changed (a stamp from `changes`),
+    /// and how many watches it has. Only watched keys are tracked.
+    watched: HashMap<Box<[u8]>, Watched>,
+    /// Counts the changes of watched keys.
+    changes: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    stamp: u64,
+    watchers: u32,
 }
 
 impl Default for Store {
@@ -46,7 +59,49 @@ impl Default for Store {
 impl Store {
     /// An empty keyspace; `seed` drives the sampling of keys to expire.
     pub fn new(seed: u64) -> Self {
-        Store { map: IndexMap::new(), volatile: IndexSet::new(), rng: seed | 1, expired_keys: 0 }
+        Store {
+            map: IndexMap::new(),
+            volatile: IndexSet::new(),
+            rng: seed | 1,
+            expired_keys: 0,
+            watched: HashMap::new(),
+            changes: 0,
+        }
+    }
+
+    /// Starts watching `key` (`WATCH`): returns its change stamp, which [`Store::changed_since`]
+    /// compares. An expired key is removed first, so its expiry does not count as a change later.
+    pub fn watch(&mut self, key: &[u8], now: u64) -> u64 {
+        self.live_index(key, now);
+        let w = self.watched.entry(key.into()).or_insert(Watched { stamp: 0, watchers: 0 });
+        w.watchers += 1;
+        w.stamp
+    }
+
+    /// Ends one watch of `key` (`UNWATCH`, `EXEC`, `DISCARD`, the connection closing).
+    pub fn unwatch(&mut self, key: &[u8]) {
+        if let Some(w) = self.watched.get_mut(key) {
+            w.watchers -= 1;
+            if w.watchers == 0 {
+                self.watched.remove(key);
+            }
+        }
+    }
+
+    /// Whether `key`, watched since `stamp`, was written, removed or expired since.
+    pub fn changed_since(&self, key: &[u8], stamp: u64) -> bool {
+        self.watched.get(key).is_some_and(|w| w.stamp != stamp)
+    }
+
+    /// Records a change of `key` for its watchers (Redis' `signalModifiedKey`).
+    fn touch(&mut self, key: &[u8]) {
+        if self.watched.is_empty() {
+            return;
+        }
+        if let Some(w) = self.watched.get_mut(key) {
+            self.changes += 1;
+            w.stamp = self.changes;
+        }
     }
 
     /// Keys, expired ones not yet removed included (as Redis' `DBSIZE`).
@@ -58,6 +113,11 @@ impl Store {
         self.map.is_empty()
     }
 
+    /// The bytes of keys and values (`INFO`'s `used_memory_dataset`, without overhead).
+    pub fn dataset_bytes(&self) -> usize {
+        self.map.iter().map(|(k, e)| k.len() + e.value.len()).sum()
+    }
+
     /// Keys with a deadline.
     pub fn volatile_len(&self) -> usize {
         self.volatile.len()
@@ -65,11 +125,14 @@ impl Store {
 
     /// The live entry of `key`; an expired one is removed first.
     pub fn get(&mut self, key: &[u8], now: u64) -> Option<&Entry> {
-        self.get_mut(key, now).map(|e| &*e)
+        let i = self.live_index(key, now)?;
+        self.map.get_index(i).map(|(_, e)| e)
     }
 
+    /// The live entry of `key`, to change it (its watchers see a change).
     pub fn get_mut(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
         let i = self.live_index(key, now)?;
+        self.touch(key);
         self.map.get_index_mut(i).map(|(_, e)| e)
     }
 
@@ -90,6 +153,7 @@ impl Store {
         if let Some((key, _)) = self.map.swap_remove_index(i) {
             self.volatile.swap_remove(&key);
             self.expired_keys += 1;
+            self.touch(&key);
         }
     }
 
@@ -106,6 +170,7 @@ impl Store {
                 }
             }
             None => {
+                self.touch(key);
                 let at = expires_at.unwrap_or(NEVER);
                 if at != NEVER {
                     self.volatile.insert(key.into());
@@ -121,14 +186,17 @@ impl Store {
             Some(i) => i,
             None => self.map.insert_full(key.into(), Entry { value: Vec::new(), expires_at: NEVER }).0,
         };
+        self.touch(key);
         &mut self.map[i]
     }
 
     /// Sets the deadline of an existing key ([`NEVER`]: none). False when the key is missing.
     pub fn set_deadline(&mut self, key: &[u8], at: u64) -> bool {
         let Some(entry) = self.map.get_mut(key) else { return false };
-        let was = entry.expires_at;
-        entry.expires_at = at;
+        let was = std::mem::replace(&mut entry.expires_at, at);
+        if was != at {
+            self.touch(key);
+        }
         match (was == NEVER, at == NEVER) {
             (true, false) => {
                 self.volatile.insert(key.into());
@@ -144,6 +212,7 @@ impl Store {
     /// Removes `key`; false when it was missing (or had expired).
     pub fn remove(&mut self, key: &[u8], now: u64) -> bool {
         let Some((_, _, entry)) = self.map.swap_remove_full(key) else { return false };
+        self.touch(key);
         if entry.expires_at != NEVER {
             self.volatile.swap_remove(key);
         }
@@ -158,6 +227,7 @@ impl Store {
     pub fn take(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>> {
         self.live_index(key, now)?;
         let (_, _, entry) = self.map.swap_remove_full(key)?;
+        self.touch(key);
         if entry.expires_at != NEVER {
             self.volatile.swap_remove(key);
         }
@@ -165,6 +235,11 @@ impl Store {
     }
 
     pub fn clear(&mut self) {
+        // The watched keys that exist change (Redis: `touchAllWatchedKeysInDb`).
+        let existing: Vec<Box<[u8]>> = self.watched.keys().filter(|k| self.map.contains_key(&***k)).cloned().collect();
+        for key in existing {
+            self.touch(&key);
+        }
         self.map = IndexMap::new();
         self.volatile = IndexSet::new();
     }

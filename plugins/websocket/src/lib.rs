@@ -10,9 +10,11 @@
 //! origins = ["https://example.com"]   # allowed Origin values (default: any)
 //! protocols = ["chat", "superchat"]   # subprotocols; the client's first listed one is selected
 //! ping_interval = 30                  # seconds between server pings (0: off)
+//! permessage_deflate = true           # accept permessage-deflate (RFC 7692) when offered
 //! ```
-//! The service's max package size (`--max-package-size`, 1 MiB by default) bounds a frame and a
-//! message: a bigger one is closed with 1009.
+//! The service's max package size (`--max-package-size`, 1 MiB by default) bounds a message's
+//! payload (frame headers not counted; a compressed message once inflated): a bigger one is
+//! closed with 1009.
 
 pub use websocket_core::*;
 

@@ -2,6 +2,7 @@
 //! redis-benchmark (Debian's `redis-tools`) and redis-py (PyPI's `redis`), plus raw sockets for
 //! pipelining, expiry and bad input.
 
+use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -26,6 +27,22 @@ fn cli(port: u16, args: &[&str]) -> String {
     all.extend_from_slice(args);
     let out = run("redis-cli", &all);
     assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `redis-cli -p PORT` reading `script` (one command a line) on stdin: one connection runs them
+/// all, in order. Its stdout.
+fn cli_script(port: u16, script: &str) -> String {
+    let mut child = Command::new("timeout")
+        .args(["60", "redis-cli", "-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not run redis-cli (redis-tools is needed): {e}"));
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "redis-cli < {script:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -113,6 +130,48 @@ for proto in (2, 3):
         raise SystemExit("FOO did not fail")
     except redis.ResponseError as e:
         assert str(e) == "unknown command 'FOO', with args beginning with: 'a' ", str(e)
+    # The default pipeline is a transaction: MULTI, the commands, EXEC.
+    pipe = r.pipeline()
+    pipe.set("t", 1).incr("t").get("t")
+    assert pipe.execute() == [True, 2, "2"]
+    # WATCH, then a write by another connection: EXEC fails, redis-py raises WatchError.
+    with r.pipeline() as pipe:
+        pipe.watch("t")
+        r2 = redis.Redis(host="127.0.0.1", port=port, protocol=proto, decode_responses=True, socket_timeout=10)
+        r2.set("t", 10)
+        pipe.multi()
+        pipe.incr("t")
+        try:
+            pipe.execute()
+            raise SystemExit("EXEC ran although a watched key changed")
+        except redis.WatchError:
+            pass
+    # The optimistic-locking loop redis-py documents.
+    def bump(pipe):
+        value = int(pipe.get("t"))
+        pipe.multi()
+        pipe.set("t", value + 1)
+    assert r.transaction(bump, "t") == [True] and r.get("t") == "11"
+    # An error while queueing aborts the whole transaction.
+    pipe = r.pipeline()
+    pipe.set("t", 0).execute_command("NOSUCH")
+    try:
+        pipe.execute()
+        raise SystemExit("EXEC ran after a queueing error")
+    except redis.ResponseError as e:
+        assert "EXECABORT" in str(e) or "unknown command" in str(e), str(e)
+    assert r.get("t") == "11"
+    for bad in (lambda: r.expire("t", 9223370399119966), lambda: r.set("t", 1, ex=10**16),
+                lambda: r.pexpire("t", 9223372036854770000), lambda: r.setex("t", 10**16, 1)):
+        try:
+            bad()
+            raise SystemExit("an overflowing TTL was accepted")
+        except redis.ResponseError as e:
+            assert str(e).startswith("invalid expire time in"), str(e)
+    assert r.ttl("t") == -1
+    info = r.info("all")
+    assert info["loading"] == 0 and info["aof_enabled"] == 0 and info["used_memory"] > 0, info
+    assert "used_memory_human" in info and "used_cpu_user" in info and "used_cpu_sys" in info, info
     pipe = r.pipeline(transaction=False)
     for i in range(100):
         pipe.set("p%d" % i, i)
@@ -253,4 +312,74 @@ fn protocol_errors_answer_then_close() {
     assert_eq!(String::from_utf8_lossy(&got), "-ERR Protocol error: too big inline request\r\n");
     other.send(b"PING\r\n");
     assert_eq!(line(&mut other), "+PONG\r\n");
+}
+
+// MULTI/EXEC/WATCH as Redis 7 answers them, through redis-cli on one connection; a second
+// connection's write between WATCH and EXEC makes EXEC answer nil.
+#[test]
+fn redis_cli_transactions_and_watch() {
+    let host = Host::start("resp", &["--count", "1"]);
+    let port = host.port();
+    let out = cli_script(
+        port,
+        "set a 1\nmulti\nincr a\nget a\nexec\nexec\nmulti\nset a 5\nfoo\nexec\nget a\n\
+         multi\nwatch a\ndiscard\ndiscard\n",
+    );
+    assert_eq!(
+        out,
+        "OK\nOK\nQUEUED\nQUEUED\n2\n2\nERR EXEC without MULTI\n\nOK\nQUEUED\n\
+         ERR unknown command 'foo', with args beginning with: \n\n\
+         EXECABORT Transaction discarded because of previous errors.\n\n2\n\
+         OK\nERR WATCH inside MULTI is not allowed\n\nOK\nERR DISCARD without MULTI\n\n"
+    );
+    // WATCH on a raw connection, a write from redis-cli, then EXEC: a null array, nothing ran.
+    let mut c = Client::connect(port);
+    c.send(b"WATCH a\r\nMULTI\r\nINCR a\r\n");
+    assert_eq!((line(&mut c), line(&mut c), line(&mut c)), ("+OK\r\n".into(), "+OK\r\n".into(), "+QUEUED\r\n".into()));
+    assert_eq!(cli(port, &["set", "a", "100"]), "OK\n");
+    c.send(b"EXEC\r\n");
+    assert_eq!(line(&mut c), "*-1\r\n");
+    assert_eq!(cli(port, &["get", "a"]), "100\n");
+    // Without the foreign write, the same transaction runs.
+    c.send(b"WATCH a\r\nMULTI\r\nINCR a\r\nEXEC\r\n");
+    for want in ["+OK\r\n", "+OK\r\n", "+QUEUED\r\n", "*1\r\n", ":101\r\n"] {
+        assert_eq!(line(&mut c), want);
+    }
+    // A connection that closes inside MULTI leaves nothing behind: its queue never runs.
+    let mut gone = Client::connect(port);
+    gone.send(b"MULTI\r\nSET a 0\r\n");
+    assert_eq!((line(&mut gone), line(&mut gone)), ("+OK\r\n".into(), "+QUEUED\r\n".into()));
+    drop(gone);
+    c.send(b"GET a\r\n");
+    assert_eq!(reply(&mut c), "$3\r\n101\r\n");
+}
+
+// TTLs that overflow once made milliseconds and added to the clock are refused with Redis 7's
+// error, and the key keeps no deadline; INFO has the sections monitoring clients read.
+#[test]
+fn overflowing_ttls_are_refused_and_info_has_memory_cpu_persistence() {
+    let host = Host::start("resp", &["--count", "1"]);
+    let port = host.port();
+    assert_eq!(cli(port, &["set", "k", "v"]), "OK\n");
+    let cases: &[(&[&str], &str)] = &[
+        (&["expire", "k", "9223370399119966"], "ERR invalid expire time in 'expire' command\n\n"),
+        (&["expire", "k", "-9223372036854776"], "ERR invalid expire time in 'expire' command\n\n"),
+        (&["pexpire", "k", "9223372036854770000"], "ERR invalid expire time in 'pexpire' command\n\n"),
+        (&["set", "k", "v", "ex", "10000000000000000"], "ERR invalid expire time in 'set' command\n\n"),
+        (&["set", "k", "v", "px", "9223372036854770000"], "ERR invalid expire time in 'set' command\n\n"),
+        (&["setex", "k", "9223372036854776", "v"], "ERR invalid expire time in 'setex' command\n\n"),
+        (&["getex", "k", "ex", "10000000000000000"], "ERR invalid expire time in 'getex' command\n\n"),
+        (&["ttl", "k"], "-1\n"),
+        (&["pexpireat", "k", "9223372036854770000"], "1\n"),
+        (&["pexpiretime", "k"], "9223372036854770000\n"),
+    ];
+    for (args, want) in cases {
+        assert_eq!(cli(port, args), *want, "redis-cli {args:?}");
+    }
+    let info = cli(port, &["info"]);
+    for field in ["used_memory:", "used_memory_human:", "used_cpu_sys:", "used_cpu_user:", "loading:0", "aof_enabled:0"]
+    {
+        assert_contains!(info, field);
+    }
+    assert_eq!(cli(port, &["function", "flush"]), "OK\n");
 }

@@ -87,6 +87,115 @@ with connect(subprotocols=["v9"]) as ws:
     assert_eq!(python(&script, host.port()), "superchat\nNone\n");
 }
 
+// The `websockets` client offers permessage-deflate by default: the server accepts it, and
+// messages round-trip whether compressed or not; a client that offers nothing gets nothing.
+#[test]
+fn python_client_negotiates_permessage_deflate_and_round_trips() {
+    let host = Host::start("websocket", &[]);
+    let script = format!(
+        r#"{PRELUDE}
+with connect(max_size=None) as ws:
+    print(ws.response.headers.get("Sec-WebSocket-Extensions"))
+    print([type(e).__name__ for e in ws.protocol.extensions])
+    long = "compress me, " * 5000
+    # The server answers short messages uncompressed, long ones compressed.
+    for m in ("short", long, long.encode(), bytes(range(256)) * 100, "✓" * 1000, long):
+        ws.send(m)
+        print(ws.recv(timeout=10) == m, end=" ")
+    print()
+with connect(compression=None) as ws:
+    print(ws.response.headers.get("Sec-WebSocket-Extensions"))
+    ws.send("plain")
+    print(ws.recv(timeout=5))
+"#
+    );
+    assert_eq!(
+        python(&script, host.port()),
+        "permessage-deflate; server_no_context_takeover\n['PerMessageDeflate']\n\
+         True True True True True True \nNone\nplain\n"
+    );
+    // Turned off by the switch.
+    let host = Host::start("websocket", &["--plugin-config", "permessage_deflate = false"]);
+    let script = format!(
+        r#"{PRELUDE}
+with connect() as ws:
+    print(ws.response.headers.get("Sec-WebSocket-Extensions"))
+    ws.send("x" * 1000)
+    print(len(ws.recv(timeout=5)))
+"#
+    );
+    assert_eq!(python(&script, host.port()), "None\n1000\n");
+}
+
+// A compressed message that inflates past the max package size (16 MiB of zeros, some 16 KiB
+// on the wire) is closed with 1009; one that inflates to exactly the limit is echoed.
+#[test]
+fn zip_bomb_is_refused_with_1009() {
+    let host = Host::start("websocket", &[]);
+    let script = format!(
+        r#"{PRELUDE}
+from websockets.exceptions import ConnectionClosedError
+with connect(max_size=None) as ws:
+    exact = b"\0" * (1 << 20)
+    ws.send(exact)
+    print(ws.recv(timeout=10) == exact)
+with connect(max_size=None) as ws:
+    ws.send(b"\0" * (16 << 20))
+    try:
+        ws.recv(timeout=10)
+    except ConnectionClosedError as e:
+        print(e.rcvd.code)
+"#
+    );
+    assert_eq!(python(&script, host.port()), "True\n1009\n");
+}
+
+// A message of exactly the max package size, in one frame, is not refused because of its
+// header; one byte more is.
+#[test]
+fn a_message_of_exactly_the_limit_is_echoed() {
+    let host = Host::start("websocket", &["--max-package-size", "65536"]);
+    let mut c = open(host.port());
+    let payload: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    c.send(&frame(0x82, &payload));
+    let echo = c.read_exact(10 + payload.len()).expect("the echo");
+    assert_eq!(echo[..2], [0x82, 127]);
+    assert_eq!(echo[10..], payload[..]);
+    let mut c = open(host.port());
+    c.send(&frame(0x82, &vec![0; 65537])[..14]);
+    let got = c.wait_closed(Duration::from_secs(5)).expect("one byte over closes");
+    assert_eq!(close_code_in(&got), 1009);
+}
+
+// With two workers, every client gets every message, whichever worker it landed on and whichever
+// worker the sender's is.
+#[test]
+fn chat_delivers_across_workers() {
+    let host = Host::start("ws_chat", &["--count", "2"]);
+    let script = format!(
+        r#"{PRELUDE}
+clients, pids = [], {{}}
+for _ in range(60):
+    ws = connect()
+    ws.send("/whoami")
+    pid = ws.recv(timeout=5).split()[3]
+    clients.append(ws)
+    pids.setdefault(pid, ws)
+    if len(pids) == 2 and len(clients) >= 4:
+        break
+print("workers", len(pids))
+for i, sender in enumerate(pids.values()):
+    text = "hello %d" % i
+    sender.send(text)
+    print(all(c.recv(timeout=5) == text for c in clients), end=" ")
+print()
+for c in clients:
+    c.close()
+"#
+    );
+    assert_eq!(python(&script, host.port()), "workers 2\nTrue True \n");
+}
+
 #[test]
 fn chat_sends_each_message_to_every_client_of_the_worker() {
     let host = Host::start("ws_chat", &["--count", "1"]);

@@ -1,10 +1,14 @@
 //! Command execution: the command table (name, arity, flags, key positions, as `COMMAND`
 //! reports them), dispatch with Redis' error texts, and the connection and server commands.
-//! The keyspace commands are in [`strings`].
+//! The keyspace commands are in [`strings`], transactions in [`multi`].
 
+mod multi;
 mod server;
 mod strings;
 
+pub use multi::Transaction;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::proto::ArgsView;
@@ -93,6 +97,17 @@ commands! {
     Command "command" -1 ["loading" "stale"] 0 0 0;
     Info "info" -1 ["loading" "stale"] 0 0 0;
     Quit "quit" -1 ["noscript" "loading" "stale" "fast" "no_auth"] 0 0 0;
+    ExpireAt "expireat" -3 ["write" "fast"] 1 1 1;
+    PExpireAt "pexpireat" -3 ["write" "fast"] 1 1 1;
+    ExpireTime "expiretime" 2 ["readonly" "fast"] 1 1 1;
+    PExpireTime "pexpiretime" 2 ["readonly" "fast"] 1 1 1;
+    GetEx "getex" -2 ["write" "fast"] 1 1 1;
+    Multi "multi" 1 ["noscript" "loading" "stale" "fast" "allow_busy"] 0 0 0;
+    Exec "exec" 1 ["noscript" "loading" "stale" "skip_slowlog"] 0 0 0;
+    Discard "discard" 1 ["noscript" "loading" "stale" "fast" "allow_busy"] 0 0 0;
+    Watch "watch" -2 ["noscript" "loading" "stale" "fast" "allow_busy"] 1 -1 1;
+    Unwatch "unwatch" 1 ["noscript" "loading" "stale" "fast" "allow_busy"] 0 0 0;
+    Function "function" -2 ["noscript"] 0 0 0;
 }
 
 impl Cmd {
@@ -112,7 +127,7 @@ pub struct ServerInfo {
 }
 
 /// Worker-wide state: the keyspace and counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Server {
     pub store: Store,
     pub info: ServerInfo,
@@ -122,11 +137,40 @@ pub struct Server {
     pub total_connections: u64,
     pub total_commands: u64,
     next_client_id: u64,
+    /// Unix ms minus the worker's clock, fixed (tests); None: read the wall clock.
+    pub unix_offset: Option<i64>,
+    /// Per command, in [`Cmd`] order (`INFO commandstats`).
+    pub command_stats: Vec<CommandStats>,
+}
+
+/// Counters of one command.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommandStats {
+    /// Runs (in a transaction: when `EXEC` runs it).
+    pub calls: u64,
+    /// Refused before running (wrong number of arguments).
+    pub rejected: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server::new(ServerInfo::default())
+    }
 }
 
 impl Server {
     pub fn new(info: ServerInfo) -> Self {
-        Server { info, ..Server::default() }
+        Server {
+            store: Store::default(),
+            info,
+            started_ms: 0,
+            connected_clients: 0,
+            total_connections: 0,
+            total_commands: 0,
+            next_client_id: 0,
+            unix_offset: None,
+            command_stats: vec![CommandStats::default(); COMMANDS.len()],
+        }
     }
 
     /// A session for a new connection (counted until [`Server::end_session`]).
@@ -137,8 +181,22 @@ impl Server {
         Session { id: self.next_client_id, peer, local, ..Session::default() }
     }
 
-    pub fn end_session(&mut self) {
+    /// The connection of `session` is gone: its watches end with it.
+    pub fn end_session(&mut self, session: &mut Session) {
         self.connected_clients = self.connected_clients.saturating_sub(1);
+        session.multi = None;
+        multi::unwatch_all(self, session);
+    }
+
+    /// The wall clock (Unix ms) at the worker's `now`: deadlines are given and checked for
+    /// overflow in it, as Redis does, and kept on the worker's monotonic clock.
+    pub fn unix_ms(&self, now: u64) -> i64 {
+        match self.unix_offset {
+            Some(offset) => now as i64 + offset,
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }
     }
 }
 
@@ -153,6 +211,10 @@ pub struct Session {
     pub lib_ver: Vec<u8>,
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
+    /// Between `MULTI` and `EXEC`: the queued commands.
+    pub multi: Option<Transaction>,
+    /// The keys `WATCH`ed, each with its change stamp at the time.
+    pub watched: HashMap<Box<[u8]>, u64>,
 }
 
 /// What the connection does after a command's reply.
@@ -180,20 +242,48 @@ pub fn execute(server: &mut Server, session: &mut Session, args: ArgsView<'_>, n
     }
     server.total_commands += 1;
     let resp3 = session.resp3;
-    let mut cx = Cx { server, session, r: Reply::new(out, resp3), now };
     let mut lower = [0u8; 16];
     let cmd = lowercase(args.get(0), &mut lower).and_then(Cmd::from_lowercase);
     let Some(cmd) = cmd else {
-        unknown_command(&mut cx.r, args);
+        abort_transaction(session);
+        unknown_command(&mut Reply::new(out, resp3), args);
         return After::Continue;
     };
     let spec = cmd.spec();
     let n = args.len() as i32;
+    let stats = &mut server.command_stats[cmd as usize];
     if (spec.arity > 0 && n != spec.arity) || n < -spec.arity {
-        wrong_arity(&mut cx.r, spec.name);
+        stats.rejected += 1;
+        abort_transaction(session);
+        wrong_arity(&mut Reply::new(out, resp3), spec.name);
         return After::Continue;
     }
-    run(&mut cx, cmd, args)
+    let queue =
+        session.multi.is_some() && !matches!(cmd, Cmd::Multi | Cmd::Exec | Cmd::Discard | Cmd::Watch | Cmd::Quit);
+    if !queue {
+        stats.calls += 1;
+    }
+    match cmd {
+        Cmd::Multi => multi::multi(session, &mut Reply::new(out, resp3)),
+        Cmd::Discard => multi::discard(server, session, &mut Reply::new(out, resp3)),
+        Cmd::Watch => multi::watch(server, session, args, now, &mut Reply::new(out, resp3)),
+        Cmd::Exec => multi::exec(server, session, now, out),
+        _ => match session.multi.as_mut() {
+            Some(tx) if queue => {
+                tx.queue(args);
+                Reply::new(out, resp3).simple(b"QUEUED");
+            }
+            _ => return run(&mut Cx { server, session, r: Reply::new(out, resp3), now }, cmd, args),
+        },
+    }
+    After::Continue
+}
+
+/// A command refused while queueing makes `EXEC` fail.
+fn abort_transaction(session: &mut Session) {
+    if let Some(tx) = session.multi.as_mut() {
+        tx.abort();
+    }
 }
 
 fn run(cx: &mut Cx<'_>, cmd: Cmd, a: ArgsView<'_>) -> After {
@@ -215,13 +305,18 @@ fn run(cx: &mut Cx<'_>, cmd: Cmd, a: ArgsView<'_>) -> After {
         Cmd::GetSet => s::getset(cx, a),
         Cmd::GetDel => s::getdel(cx, a),
         Cmd::SetNx => s::setnx(cx, a),
-        Cmd::SetEx => s::setex(cx, a, 1000, "setex"),
-        Cmd::PSetEx => s::setex(cx, a, 1, "psetex"),
+        Cmd::SetEx => s::setex(cx, a, true, "setex"),
+        Cmd::PSetEx => s::setex(cx, a, false, "psetex"),
         Cmd::Type => s::type_of(cx, a),
-        Cmd::Expire => s::expire(cx, a, 1000, "expire"),
-        Cmd::PExpire => s::expire(cx, a, 1, "pexpire"),
-        Cmd::Ttl => s::ttl(cx, a, 1000),
-        Cmd::PTtl => s::ttl(cx, a, 1),
+        Cmd::Expire => s::expire(cx, a, true, false, "expire"),
+        Cmd::PExpire => s::expire(cx, a, false, false, "pexpire"),
+        Cmd::ExpireAt => s::expire(cx, a, true, true, "expireat"),
+        Cmd::PExpireAt => s::expire(cx, a, false, true, "pexpireat"),
+        Cmd::Ttl => s::ttl(cx, a, 1000, false),
+        Cmd::PTtl => s::ttl(cx, a, 1, false),
+        Cmd::ExpireTime => s::ttl(cx, a, 1000, true),
+        Cmd::PExpireTime => s::ttl(cx, a, 1, true),
+        Cmd::GetEx => s::getex(cx, a),
         Cmd::Persist => s::persist(cx, a),
         Cmd::Keys => s::keys(cx, a),
         Cmd::Scan => s::scan(cx, a),
@@ -236,10 +331,14 @@ fn run(cx: &mut Cx<'_>, cmd: Cmd, a: ArgsView<'_>) -> After {
         Cmd::Config => server::config(cx, a),
         Cmd::Command => server::command(cx, a),
         Cmd::Info => server::info(cx, a),
+        Cmd::Function => server::function(cx, a),
+        Cmd::Unwatch => multi::unwatch(cx.server, cx.session, &mut cx.r),
         Cmd::Quit => {
             cx.r.ok();
             return After::Close;
         }
+        // Run by `execute` itself.
+        Cmd::Multi | Cmd::Exec | Cmd::Discard | Cmd::Watch => {}
     }
     After::Continue
 }

@@ -11,15 +11,62 @@ fn is(arg: &[u8], word: &str) -> bool {
     arg.eq_ignore_ascii_case(word.as_bytes())
 }
 
-/// The deadline `amount` units of `unit_ms` from now, or None when Redis would say "invalid
-/// expire time" (overflow). A deadline at or before `now` means "already expired".
-fn deadline(now: u64, amount: i64, unit_ms: i64) -> Option<i64> {
-    let ms = amount.checked_mul(unit_ms)?;
-    ms.checked_add(now as i64)
+/// How a deadline argument counts: seconds or milliseconds, from now or since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    Ex,
+    Px,
+    ExAt,
+    PxAt,
+}
+
+impl Deadline {
+    fn parse(opt: &[u8]) -> Option<Deadline> {
+        [("ex", Deadline::Ex), ("px", Deadline::Px), ("exat", Deadline::ExAt), ("pxat", Deadline::PxAt)]
+            .into_iter()
+            .find_map(|(word, d)| is(opt, word).then_some(d))
+    }
 }
 
 fn invalid_expire(cx: &mut Cx<'_>, cmd: &str) {
     cx.r.error(&format!("ERR invalid expire time in '{cmd}' command"));
+}
+
+/// The deadline Unix ms `at_unix` on the worker's clock (`now` is `unix` there); a past one is
+/// `now` (expired).
+fn to_worker_clock(at_unix: i64, unix: i64, now: u64) -> u64 {
+    let ahead = at_unix.saturating_sub(unix);
+    if ahead <= 0 {
+        now
+    } else {
+        now.saturating_add(ahead as u64).min(NEVER - 1)
+    }
+}
+
+/// The deadline of `SET`/`GETEX`/`SETEX`'s expiry argument on the worker's clock, as Redis'
+/// `getExpireMillisecondsOrReply` checks it: positive, and no overflow when made milliseconds
+/// and added to the Unix time. On error the reply is written and None returned.
+fn expiry_arg(cx: &mut Cx<'_>, arg: &[u8], kind: Deadline, cmd: &str) -> Option<u64> {
+    let Some(n) = parse_i64(arg) else {
+        cx.r.error(ERR_NOT_INTEGER);
+        return None;
+    };
+    let seconds = matches!(kind, Deadline::Ex | Deadline::ExAt);
+    if n <= 0 || (seconds && n > i64::MAX / 1000) {
+        invalid_expire(cx, cmd);
+        return None;
+    }
+    let ms = if seconds { n * 1000 } else { n };
+    let unix = cx.server.unix_ms(cx.now);
+    let at = match kind {
+        Deadline::Ex | Deadline::Px => ms.checked_add(unix),
+        Deadline::ExAt | Deadline::PxAt => Some(ms),
+    };
+    let Some(at) = at else {
+        invalid_expire(cx, cmd);
+        return None;
+    };
+    Some(to_worker_clock(at, unix, cx.now))
 }
 
 pub fn get(cx: &mut Cx<'_>, a: ArgsView<'_>) {
@@ -29,10 +76,10 @@ pub fn get(cx: &mut Cx<'_>, a: ArgsView<'_>) {
     }
 }
 
-/// `SET key value [NX | XX] [GET] [EX seconds | PX milliseconds | KEEPTTL]`
+/// `SET key value [NX | XX] [GET] [EX seconds | PX ms | EXAT unix-seconds | PXAT unix-ms | KEEPTTL]`
 pub fn set(cx: &mut Cx<'_>, a: ArgsView<'_>) {
     let (mut nx, mut xx, mut get, mut keep_ttl) = (false, false, false, false);
-    let mut expire: Option<(&[u8], i64)> = None;
+    let mut expire: Option<(&[u8], Deadline)> = None;
     let mut j = 3;
     while j < a.len() {
         let opt = a.get(j);
@@ -45,8 +92,8 @@ pub fn set(cx: &mut Cx<'_>, a: ArgsView<'_>) {
             get = true;
         } else if is(opt, "keepttl") && expire.is_none() {
             keep_ttl = true;
-        } else if (is(opt, "ex") || is(opt, "px")) && !keep_ttl && expire.is_none() && has_next {
-            expire = Some((a.get(j + 1), if is(opt, "ex") { 1000 } else { 1 }));
+        } else if let Some(kind) = Deadline::parse(opt).filter(|_| !keep_ttl && expire.is_none() && has_next) {
+            expire = Some((a.get(j + 1), kind));
             j += 1;
         } else {
             return cx.r.error(ERR_SYNTAX);
@@ -56,13 +103,10 @@ pub fn set(cx: &mut Cx<'_>, a: ArgsView<'_>) {
     let expires_at = match expire {
         None if keep_ttl => None,
         None => Some(NEVER),
-        Some((arg, unit)) => {
-            let Some(amount) = parse_i64(arg) else { return cx.r.error(ERR_NOT_INTEGER) };
-            match deadline(cx.now, amount, unit) {
-                Some(at) if amount > 0 => Some(at as u64),
-                _ => return invalid_expire(cx, "set"),
-            }
-        }
+        Some((arg, kind)) => match expiry_arg(cx, arg, kind, "set") {
+            Some(at) => Some(at),
+            None => return,
+        },
     };
     let (key, value) = (a.get(1), a.get(2));
     let store = &mut cx.server.store;
@@ -101,14 +145,50 @@ pub fn setnx(cx: &mut Cx<'_>, a: ArgsView<'_>) {
 }
 
 /// `SETEX key seconds value` / `PSETEX key milliseconds value`.
-pub fn setex(cx: &mut Cx<'_>, a: ArgsView<'_>, unit: i64, name: &str) {
-    let Some(amount) = parse_i64(a.get(2)) else { return cx.r.error(ERR_NOT_INTEGER) };
-    let at = match deadline(cx.now, amount, unit) {
-        Some(at) if amount > 0 => at as u64,
-        _ => return invalid_expire(cx, name),
-    };
+pub fn setex(cx: &mut Cx<'_>, a: ArgsView<'_>, seconds: bool, name: &str) {
+    let kind = if seconds { Deadline::Ex } else { Deadline::Px };
+    let Some(at) = expiry_arg(cx, a.get(2), kind, name) else { return };
     cx.server.store.set(a.get(1), a.get(3), Some(at), cx.now);
     cx.r.ok();
+}
+
+/// `GETEX key [EX seconds | PX ms | EXAT unix-seconds | PXAT unix-ms | PERSIST]`
+pub fn getex(cx: &mut Cx<'_>, a: ArgsView<'_>) {
+    let mut change: Option<Option<(&[u8], Deadline)>> = None;
+    let mut j = 2;
+    while j < a.len() {
+        let opt = a.get(j);
+        if let Some(kind) = Deadline::parse(opt).filter(|_| change.is_none() && j + 1 < a.len()) {
+            change = Some(Some((a.get(j + 1), kind)));
+            j += 2;
+        } else if is(opt, "persist") && change.is_none() {
+            change = Some(None);
+            j += 1;
+        } else {
+            return cx.r.error(ERR_SYNTAX);
+        }
+    }
+    let at = match change {
+        None => None,
+        Some(None) => Some(NEVER),
+        Some(Some((arg, kind))) => match expiry_arg(cx, arg, kind, "getex") {
+            Some(at) => Some(at),
+            None => return,
+        },
+    };
+    let key = a.get(1);
+    let store = &mut cx.server.store;
+    let Some(entry) = store.get(key, cx.now) else { return cx.r.null() };
+    cx.r.bulk(&entry.value);
+    match at {
+        None => {}
+        Some(at) if at <= cx.now => {
+            store.remove(key, cx.now);
+        }
+        Some(at) => {
+            store.set_deadline(key, at);
+        }
+    }
 }
 
 pub fn getset(cx: &mut Cx<'_>, a: ArgsView<'_>) {
@@ -217,8 +297,10 @@ pub fn strlen(cx: &mut Cx<'_>, a: ArgsView<'_>) {
     cx.r.int(len as i64);
 }
 
-/// `EXPIRE key seconds [NX | XX | GT | LT]` / `PEXPIRE key milliseconds […]`.
-pub fn expire(cx: &mut Cx<'_>, a: ArgsView<'_>, unit: i64, name: &str) {
+/// `EXPIRE key seconds [NX | XX | GT | LT]`, `PEXPIRE key ms […]`, `EXPIREAT key unix-seconds
+/// […]`, `PEXPIREAT key unix-ms […]`: Redis' `expireGenericCommand`, overflow checks included
+/// (seconds made milliseconds, then the Unix time added for the relative forms).
+pub fn expire(cx: &mut Cx<'_>, a: ArgsView<'_>, seconds: bool, absolute: bool, name: &str) {
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for opt in a.iter().skip(3) {
         if is(opt, "nx") {
@@ -239,12 +321,25 @@ pub fn expire(cx: &mut Cx<'_>, a: ArgsView<'_>, unit: i64, name: &str) {
     if gt && lt {
         return cx.r.error("ERR GT and LT options at the same time are not compatible");
     }
-    let Some(amount) = parse_i64(a.get(2)) else { return cx.r.error(ERR_NOT_INTEGER) };
-    let Some(when) = deadline(cx.now, amount, unit) else { return invalid_expire(cx, name) };
+    let Some(mut when) = parse_i64(a.get(2)) else { return cx.r.error(ERR_NOT_INTEGER) };
+    if seconds {
+        if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
+            return invalid_expire(cx, name);
+        }
+        when *= 1000;
+    }
+    let unix = cx.server.unix_ms(cx.now);
+    let base = if absolute { 0 } else { unix };
+    if when > i64::MAX - base {
+        return invalid_expire(cx, name);
+    }
+    when += base;
     let key = a.get(1);
+    let now = cx.now;
     let store = &mut cx.server.store;
-    let Some(entry) = store.get(key, cx.now) else { return cx.r.int(0) };
-    let current = (entry.expires_at != NEVER).then_some(entry.expires_at as i64);
+    let Some(entry) = store.get(key, now) else { return cx.r.int(0) };
+    // The current deadline in Unix ms.
+    let current = (entry.expires_at != NEVER).then(|| unix.saturating_add((entry.expires_at - now) as i64));
     let refused = (nx && current.is_some())
         || (xx && current.is_none())
         || (gt && current.is_none_or(|c| when <= c))
@@ -252,20 +347,23 @@ pub fn expire(cx: &mut Cx<'_>, a: ArgsView<'_>, unit: i64, name: &str) {
     if refused {
         return cx.r.int(0);
     }
-    if when <= cx.now as i64 {
-        store.remove(key, cx.now);
+    if when <= unix {
+        store.remove(key, now);
     } else {
-        store.set_deadline(key, when as u64);
+        store.set_deadline(key, to_worker_clock(when, unix, now));
     }
     cx.r.int(1);
 }
 
-/// `TTL` (`unit_ms` 1000) / `PTTL` (1): -2 without the key, -1 without a deadline.
-pub fn ttl(cx: &mut Cx<'_>, a: ArgsView<'_>, unit_ms: u64) {
-    let reply = match cx.server.store.get(a.get(1), cx.now) {
+/// `TTL` (`unit_ms` 1000) / `PTTL` (1): -2 without the key, -1 without a deadline; `absolute`:
+/// `EXPIRETIME` / `PEXPIRETIME`, the deadline as Unix time.
+pub fn ttl(cx: &mut Cx<'_>, a: ArgsView<'_>, unit_ms: u64, absolute: bool) {
+    let now = cx.now;
+    let base = if absolute { cx.server.unix_ms(now).max(0) as u64 } else { 0 };
+    let reply = match cx.server.store.get(a.get(1), now) {
         None => -2,
         Some(e) if e.expires_at == NEVER => -1,
-        Some(e) => ((e.expires_at - cx.now + unit_ms / 2) / unit_ms) as i64,
+        Some(e) => ((base.saturating_add(e.expires_at - now).saturating_add(unit_ms / 2)) / unit_ms) as i64,
     };
     cx.r.int(reply);
 }

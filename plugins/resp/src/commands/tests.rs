@@ -3,6 +3,9 @@
 use super::*;
 use crate::proto::Args;
 
+/// The Unix time (ms) of the tests' worker clock at 1000.
+const UNIX_AT_START: i64 = 1_700_000_000_000;
+
 struct T {
     server: Server,
     session: Session,
@@ -12,17 +15,26 @@ struct T {
 impl T {
     fn new() -> T {
         let mut server = Server::new(ServerInfo { max_bulk: 1 << 20, ..ServerInfo::default() });
+        server.unix_offset = Some(UNIX_AT_START - 1000);
         let session = server.new_session(None, None);
         T { server, session, now: 1000 }
     }
 
     /// Runs an inline command, returns the reply as text.
     fn run(&mut self, line: &str) -> String {
+        let mut session = std::mem::take(&mut self.session);
+        let reply = self.run_as(&mut session, line);
+        self.session = session;
+        reply
+    }
+
+    /// Runs an inline command on another connection's session.
+    fn run_as(&mut self, session: &mut Session, line: &str) -> String {
         let msg = format!("{line}\r\n");
         let mut args = Args::default();
         args.parse(msg.as_bytes()).unwrap();
         let mut out = Vec::new();
-        execute(&mut self.server, &mut self.session, args.view(msg.as_bytes()), self.now, &mut out);
+        execute(&mut self.server, session, args.view(msg.as_bytes()), self.now, &mut out);
         String::from_utf8(out).unwrap()
     }
 }
@@ -270,4 +282,209 @@ fn server_commands() {
     assert_eq!(t.run("QUIT"), "+OK\r\n");
     // An empty command gets no reply.
     assert_eq!(t.run(""), "");
+}
+
+#[test]
+fn expire_times_that_overflow_are_refused_as_redis_does() {
+    let mut t = T::new();
+    t.run("SET foo bar");
+    check(
+        &mut t,
+        &[
+            // Redis 7's unit/expire.tcl: `when > LLONG_MAX / 1000`, then `when > LLONG_MAX - basetime`.
+            ("EXPIRE foo 9223370399119966", "-ERR invalid expire time in 'expire' command\r\n"),
+            ("EXPIRE foo 9223372036854776", "-ERR invalid expire time in 'expire' command\r\n"),
+            ("EXPIRE foo 18446744073709561", "-ERR invalid expire time in 'expire' command\r\n"),
+            ("EXPIRE foo -9223372036854776", "-ERR invalid expire time in 'expire' command\r\n"),
+            ("PEXPIRE foo 9223372036854770000", "-ERR invalid expire time in 'pexpire' command\r\n"),
+            ("TTL foo", ":-1\r\n"),
+            ("SET foo bar EX 10000000000000000", "-ERR invalid expire time in 'set' command\r\n"),
+            ("SET foo bar EX -9999999999999999", "-ERR invalid expire time in 'set' command\r\n"),
+            ("SET foo bar PX 9223372036854775000", "-ERR invalid expire time in 'set' command\r\n"),
+            ("SETEX foo 9223372036854776 v", "-ERR invalid expire time in 'setex' command\r\n"),
+            ("PSETEX foo 9223372036854775000 v", "-ERR invalid expire time in 'psetex' command\r\n"),
+            ("GETEX foo EX 10000000000000000", "-ERR invalid expire time in 'getex' command\r\n"),
+            ("GETEX foo PX 0", "-ERR invalid expire time in 'getex' command\r\n"),
+            ("TTL foo", ":-1\r\n"),
+            // Absolute deadlines: a far one is kept, a past one deletes.
+            ("PEXPIREAT foo 9223372036854770000", ":1\r\n"),
+            ("PEXPIRETIME foo", ":9223372036854770000\r\n"),
+            ("PEXPIREAT foo -9223372036854770000", ":1\r\n"),
+            ("TTL foo", ":-2\r\n"),
+        ],
+    );
+}
+
+#[test]
+fn absolute_deadlines_and_getex() {
+    let mut t = T::new();
+    let in_10s = (UNIX_AT_START + 10_000) / 1000;
+    check(
+        &mut t,
+        &[
+            (&format!("SET a v EXAT {in_10s}"), "+OK\r\n"),
+            ("TTL a", ":10\r\n"),
+            ("EXPIRETIME a", &format!(":{in_10s}\r\n")),
+            (&format!("SET b v PXAT {}", UNIX_AT_START + 2500), "+OK\r\n"),
+            ("PTTL b", ":2500\r\n"),
+            ("EXPIREAT b 1", ":1\r\n"),
+            ("EXISTS b", ":0\r\n"),
+            ("EXPIRETIME nope", ":-2\r\n"),
+            ("SET c v", "+OK\r\n"),
+            ("PEXPIRETIME c", ":-1\r\n"),
+            ("GETEX c EX 100", "$1\r\nv\r\n"),
+            ("TTL c", ":100\r\n"),
+            ("GETEX c PERSIST", "$1\r\nv\r\n"),
+            ("TTL c", ":-1\r\n"),
+            ("GETEX c", "$1\r\nv\r\n"),
+            ("GETEX c EX 1 PERSIST", "-ERR syntax error\r\n"),
+            ("GETEX nope EX 1", "$-1\r\n"),
+            ("GETEX c PXAT 1", "$1\r\nv\r\n"),
+            ("EXISTS c", ":0\r\n"),
+        ],
+    );
+}
+
+#[test]
+fn multi_queues_then_exec_runs_all() {
+    let mut t = T::new();
+    check(
+        &mut t,
+        &[
+            ("EXEC", "-ERR EXEC without MULTI\r\n"),
+            ("DISCARD", "-ERR DISCARD without MULTI\r\n"),
+            ("MULTI", "+OK\r\n"),
+            ("MULTI", "-ERR MULTI calls can not be nested\r\n"),
+            ("SET a 1", "+QUEUED\r\n"),
+            ("INCR a", "+QUEUED\r\n"),
+            ("INCR s", "+QUEUED\r\n"),
+            ("WATCH a", "-ERR WATCH inside MULTI is not allowed\r\n"),
+            ("GET a", "+QUEUED\r\n"),
+            ("EXEC", "*4\r\n+OK\r\n:2\r\n:1\r\n$1\r\n2\r\n"),
+            ("EXEC", "-ERR EXEC without MULTI\r\n"),
+            // A runtime error is that command's reply; the others run.
+            ("SET s x", "+OK\r\n"),
+            ("MULTI", "+OK\r\n"),
+            ("INCR s", "+QUEUED\r\n"),
+            ("INCR a", "+QUEUED\r\n"),
+            ("EXEC", "*2\r\n-ERR value is not an integer or out of range\r\n:3\r\n"),
+            ("MULTI", "+OK\r\n"),
+            ("EXEC", "*0\r\n"),
+            ("MULTI", "+OK\r\n"),
+            ("SET a 9", "+QUEUED\r\n"),
+            ("DISCARD", "+OK\r\n"),
+            ("GET a", "$1\r\n3\r\n"),
+        ],
+    );
+}
+
+#[test]
+fn errors_while_queueing_abort_exec() {
+    let mut t = T::new();
+    for bad in ["NOSUCHCOMMAND x", "GET"] {
+        check(
+            &mut t,
+            &[
+                ("MULTI", "+OK\r\n"),
+                ("SET a 1", "+QUEUED\r\n"),
+                (
+                    bad,
+                    if bad == "GET" {
+                        "-ERR wrong number of arguments for 'get' command\r\n"
+                    } else {
+                        "-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'x' \r\n"
+                    },
+                ),
+                ("EXEC", "-EXECABORT Transaction discarded because of previous errors.\r\n"),
+                ("EXISTS a", ":0\r\n"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn exec_fails_when_a_watched_key_changed() {
+    let mut t = T::new();
+    let mut other = t.server.new_session(None, None);
+    check(&mut t, &[("SET x 1", "+OK\r\n"), ("WATCH x y", "+OK\r\n"), ("MULTI", "+OK\r\n"), ("INCR x", "+QUEUED\r\n")]);
+    assert_eq!(t.run_as(&mut other, "SET x 5"), "+OK\r\n");
+    check(&mut t, &[("EXEC", "*-1\r\n"), ("GET x", "$1\r\n5\r\n")]);
+    // EXEC ended the watch: the next transaction runs.
+    check(&mut t, &[("MULTI", "+OK\r\n"), ("INCR x", "+QUEUED\r\n"), ("EXEC", "*1\r\n:6\r\n")]);
+    // A key created, deleted or expired after WATCH is a change; reads and other keys are not.
+    for change in ["SET y 1", "DEL x", "FLUSHALL"] {
+        t.run("SET x 1");
+        check(&mut t, &[("WATCH x y", "+OK\r\n")]);
+        assert_eq!(t.run_as(&mut other, "GET x").len(), 7);
+        t.run_as(&mut other, "SET unrelated 1");
+        t.run_as(&mut other, change);
+        check(&mut t, &[("MULTI", "+OK\r\n"), ("PING", "+QUEUED\r\n"), ("EXEC", "*-1\r\n")]);
+    }
+    t.run("SET x 1");
+    check(&mut t, &[("WATCH x", "+OK\r\n")]);
+    t.run_as(&mut other, "GET x");
+    check(&mut t, &[("MULTI", "+OK\r\n"), ("PING", "+QUEUED\r\n"), ("EXEC", "*1\r\n+PONG\r\n")]);
+    t.run("SET x 1 PX 100");
+    check(&mut t, &[("WATCH x", "+OK\r\n"), ("MULTI", "+OK\r\n"), ("PING", "+QUEUED\r\n")]);
+    t.now += 100;
+    check(&mut t, &[("EXEC", "*-1\r\n")]);
+    // UNWATCH and DISCARD end the watch.
+    t.run("SET x 1");
+    check(&mut t, &[("WATCH x", "+OK\r\n"), ("UNWATCH", "+OK\r\n")]);
+    t.run_as(&mut other, "SET x 2");
+    check(&mut t, &[("MULTI", "+OK\r\n"), ("PING", "+QUEUED\r\n"), ("EXEC", "*1\r\n+PONG\r\n")]);
+    // RESP3 answers the failed EXEC with a null.
+    t.run("HELLO 3");
+    check(&mut t, &[("WATCH x", "+OK\r\n"), ("MULTI", "+OK\r\n")]);
+    t.run_as(&mut other, "SET x 3");
+    check(&mut t, &[("EXEC", "_\r\n")]);
+}
+
+#[test]
+fn a_closed_connection_drops_its_watches() {
+    let mut t = T::new();
+    let mut gone = t.server.new_session(None, None);
+    assert_eq!(t.run_as(&mut gone, "WATCH k"), "+OK\r\n");
+    assert_eq!(t.run_as(&mut gone, "MULTI"), "+OK\r\n");
+    t.server.end_session(&mut gone);
+    assert!(gone.multi.is_none() && gone.watched.is_empty());
+    // Nobody watches `k` any more: writing it tracks nothing.
+    t.run("SET k 1");
+    assert!(!t.server.store.changed_since(b"k", 0));
+}
+
+#[test]
+fn info_has_the_sections_clients_read() {
+    let mut t = T::new();
+    t.run("SET a 1");
+    t.run("GET");
+    let info = t.run("INFO");
+    for field in [
+        "# Memory\r\nused_memory:",
+        "used_memory_human:",
+        "# Persistence\r\nloading:0\r\n",
+        "rdb_bgsave_in_progress:0\r\n",
+        "aof_enabled:0\r\n",
+        "# CPU\r\nused_cpu_sys:",
+        "used_cpu_user:",
+        "used_cpu_user_children:",
+        "role:master\r\n",
+        "master_repl_offset:0\r\n",
+    ] {
+        assert!(info.contains(field), "{field} missing from {info}");
+    }
+    assert!(!info.contains("cmdstat_"), "{info}");
+    let all = t.run("INFO all");
+    assert!(
+        all.contains("cmdstat_set:calls=1,")
+            && all.contains("cmdstat_get:calls=0,usec=0,usec_per_call=0.00,rejected_calls=1"),
+        "{all}"
+    );
+    let cpu = t.run("INFO cpu");
+    assert!(cpu.contains("used_cpu_user:") && !cpu.contains("used_memory"), "{cpu}");
+    let both = t.run("INFO cpu default");
+    assert_eq!(both.matches("used_cpu_user_children").count(), 1, "{both}");
+    assert_eq!(t.run("FUNCTION FLUSH"), "+OK\r\n");
+    assert_eq!(t.run("FUNCTION FLUSH ASYNC"), "+OK\r\n");
+    assert_eq!(t.run("FUNCTION LIST"), "*0\r\n");
 }

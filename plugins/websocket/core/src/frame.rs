@@ -57,6 +57,8 @@ pub const MAX_HEADER_LEN: usize = 14;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     pub fin: bool,
+    /// RSV1: the message is compressed (only where permessage-deflate was negotiated).
+    pub rsv1: bool,
     pub opcode: OpCode,
     /// The masking key (every client frame has one).
     pub mask: Option<[u8; 4]>,
@@ -97,13 +99,15 @@ pub enum ProtocolError {
     InvalidUtf8,
     /// A frame or message over the size limit.
     TooBig,
+    /// A compressed message that does not inflate (permessage-deflate).
+    BadCompression,
 }
 
 impl ProtocolError {
     /// The close code to fail the connection with.
     pub fn close_code(self) -> u16 {
         match self {
-            ProtocolError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            ProtocolError::InvalidUtf8 | ProtocolError::BadCompression => close_code::INVALID_PAYLOAD,
             ProtocolError::TooBig => close_code::TOO_BIG,
             _ => close_code::PROTOCOL_ERROR,
         }
@@ -123,7 +127,8 @@ impl fmt::Display for ProtocolError {
             ProtocolError::ExpectedContinuation => f.write_str("new message inside a fragmented one"),
             ProtocolError::BadClosePayload => f.write_str("invalid close payload"),
             ProtocolError::InvalidUtf8 => f.write_str("invalid UTF-8"),
-            ProtocolError::TooBig => f.write_str("frame or message over the size limit"),
+            ProtocolError::TooBig => f.write_str("message over the size limit"),
+            ProtocolError::BadCompression => f.write_str("compressed data that does not inflate"),
         }
     }
 }
@@ -152,8 +157,16 @@ pub mod close_code {
 /// every rule the header alone shows (reserved bits and opcodes, control frame length and FIN,
 /// the 64-bit length's high bit); masking is the caller's rule (clients mask, servers do not).
 pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, ProtocolError> {
+    parse_header_ext(buf, false)
+}
+
+/// [`parse_header`], where RSV1 may be set (`rsv1_allowed`: permessage-deflate was negotiated)
+/// on the first frame of a text or binary message; RSV2 and RSV3 never.
+pub fn parse_header_ext(buf: &[u8], rsv1_allowed: bool) -> Result<Option<FrameHeader>, ProtocolError> {
     let [b0, b1, ..] = *buf else { return Ok(None) };
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    let first_data = matches!(b0 & 0x0F, 0x1 | 0x2);
+    if b0 & 0x30 != 0 || (rsv1 && !(rsv1_allowed && first_data)) {
         return Err(ProtocolError::ReservedBits);
     }
     let fin = b0 & 0x80 != 0;
@@ -196,7 +209,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, ProtocolError> {
     } else {
         None
     };
-    Ok(Some(FrameHeader { fin, opcode, mask, payload_len, header_len: pos }))
+    Ok(Some(FrameHeader { fin, rsv1, opcode, mask, payload_len, header_len: pos }))
 }
 
 /// XORs `data` with `key`, where `data` starts `offset` bytes into the payload (so a payload can
@@ -241,8 +254,16 @@ pub fn encode_header(out: &mut [u8; MAX_HEADER_LEN], fin: bool, opcode: OpCode, 
 
 /// Appends one complete unmasked frame to `out`.
 pub fn write_frame(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload: &[u8]) {
+    write_frame_rsv1(out, fin, false, opcode, payload);
+}
+
+/// [`write_frame`] with RSV1 (`compressed`: a permessage-deflate message's first frame).
+pub fn write_frame_rsv1(out: &mut Vec<u8>, fin: bool, compressed: bool, opcode: OpCode, payload: &[u8]) {
     let mut head = [0u8; MAX_HEADER_LEN];
     let n = encode_header(&mut head, fin, opcode, payload.len());
+    if compressed {
+        head[0] |= 0x40;
+    }
     out.reserve(n + payload.len());
     out.extend_from_slice(&head[..n]);
     out.extend_from_slice(payload);

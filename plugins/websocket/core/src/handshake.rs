@@ -5,8 +5,9 @@
 //!
 //! Refusals: a plain `GET` that asks for no upgrade gets `426 Upgrade Required` and a one-line
 //! page; a wrong version gets 426 with `Sec-WebSocket-Version: 13`; an origin outside the
-//! allow-list gets 403; anything else malformed gets 400. Extensions (`permessage-deflate`,
-//! which browsers always offer) are declined by not answering them.
+//! allow-list gets 403; anything else malformed gets 400. Extension offers are handed to the
+//! caller ([`Accepted::extension_offers`]), which answers the ones it takes
+//! ([`Accepted::extensions`]; `permessage-deflate`: [`crate::deflate`]).
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -41,6 +42,11 @@ pub struct Accepted {
     pub accept: String,
     /// The subprotocol selected, if any.
     pub protocol: Option<String>,
+    /// The `Sec-WebSocket-Extensions` values the client sent, for the caller to negotiate.
+    pub extension_offers: Vec<Vec<u8>>,
+    /// The `Sec-WebSocket-Extensions` value of the response (the caller's choice; None: no
+    /// extension).
+    pub extensions: Option<String>,
 }
 
 impl Accepted {
@@ -53,6 +59,11 @@ impl Accepted {
         if let Some(p) = &self.protocol {
             r.push_str("Sec-WebSocket-Protocol: ");
             r.push_str(p);
+            r.push_str("\r\n");
+        }
+        if let Some(e) = &self.extensions {
+            r.push_str("Sec-WebSocket-Extensions: ");
+            r.push_str(e);
             r.push_str("\r\n");
         }
         r.push_str("\r\n");
@@ -173,7 +184,8 @@ pub fn handshake(head: &[u8], policy: &Policy<'_>) -> Result<Accepted, Rejection
         .flat_map(tokens)
         .find_map(|offered| policy.protocols.iter().find(|p| p.as_bytes() == offered))
         .cloned();
-    Ok(Accepted { accept: accept_key(key), protocol })
+    let extension_offers = values("sec-websocket-extensions").map(<[u8]>::to_vec).collect();
+    Ok(Accepted { accept: accept_key(key), protocol, extension_offers, extensions: None })
 }
 
 /// The comma-separated elements of a header value, trimmed, empty ones skipped.

@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
-use plugin_api::{ConnError, ConnId, ConnMap, Frame, Host, Protocol, TimerId, WorkerInfo};
+use plugin_api::{ConnError, ConnId, ConnMap, Frame, Host, Protocol, TaskId, TimerId, WorkerInfo};
 use serde::Deserialize;
 
+use crate::deflate::{self, Agreed, Deflater, Inflater, MIN_COMPRESS};
 use crate::frame::{
-    apply_mask, close_code, parse_close, parse_header, write_close, write_frame, OpCode, ProtocolError,
-    MAX_CONTROL_PAYLOAD,
+    apply_mask, close_code, parse_close, parse_header_ext, write_close, write_frame, write_frame_rsv1, OpCode,
+    ProtocolError, MAX_CONTROL_PAYLOAD,
 };
 use crate::handshake::{handshake, head_len, Policy, Rejection};
 use crate::utf8::Utf8Validator;
@@ -28,11 +29,13 @@ pub struct Config {
     pub protocols: Vec<String>,
     /// Seconds between server pings (0: none); a peer silent for one more interval is closed.
     pub ping_interval: f64,
+    /// Accept permessage-deflate (RFC 7692) when the client offers it.
+    pub permessage_deflate: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { origins: Vec::new(), protocols: Vec::new(), ping_interval: 30.0 }
+        Config { origins: Vec::new(), protocols: Vec::new(), ping_interval: 30.0, permessage_deflate: true }
     }
 }
 
@@ -63,6 +66,25 @@ pub trait Handler: Sized + 'static {
     fn on_message(&mut self, ws: &mut Ws<'_, '_>, conn: ConnId, msg: Message<'_>);
     /// An opened connection is gone (closed by either side or failed); `ws` can no longer reach it.
     fn on_close(&mut self, _ws: &mut Ws<'_, '_>, _conn: ConnId) {}
+
+    // The worker-level events, passed through from [`Protocol`] (the same meaning there).
+
+    /// The worker starts serving; an error stops it with that message.
+    fn on_worker_start(&mut self, _ws: &mut Ws<'_, '_>) -> Result<(), String> {
+        Ok(())
+    }
+    /// The worker stops (after its connections were drained or closed).
+    fn on_worker_stop(&mut self, _ws: &mut Ws<'_, '_>) {}
+    /// Bytes another worker of the service sent with `host.broadcast` or `host.send_to_worker`
+    /// (reach the host through [`Ws::host`]).
+    fn on_worker_message(&mut self, _ws: &mut Ws<'_, '_>, _from_slot: u32, _msg: &[u8]) {}
+    /// A task started with `host.spawn_task` finished.
+    fn on_task_done(&mut self, _ws: &mut Ws<'_, '_>, _task: TaskId, _result: Result<Vec<u8>, String>) {}
+    /// The plugin's own thread woke the worker through a `host.notifier()`.
+    fn on_notify(&mut self, _ws: &mut Ws<'_, '_>, _data: &[u8]) {}
+    /// A timer the handler added with `host.add_timer`/`add_interval` fired (the layer's own ping
+    /// timers never reach it).
+    fn on_timer(&mut self, _ws: &mut Ws<'_, '_>, _timer: TimerId, _data: u64) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,9 +115,16 @@ pub struct Conn {
     /// The kind of the message in progress (set by its first frame).
     kind: Option<Kind>,
     utf8: Utf8Validator,
-    /// Payload bytes of the current, still incomplete text frame already unmasked into `message`
-    /// and validated (a text frame is checked as it arrives, so bad UTF-8 fails at once).
-    streamed: usize,
+    /// The data frame whose payload is still arriving (its header was consumed).
+    frame: Option<InFrame>,
+    /// Payload bytes of the message in progress as they came (compressed ones compressed).
+    wire_len: usize,
+    /// The message in progress is compressed (RSV1 on its first frame).
+    compressed: bool,
+    /// permessage-deflate, when negotiated.
+    deflate: Option<Agreed>,
+    /// Its decompressor, made at the first compressed message.
+    inflater: Option<Box<Inflater>>,
     /// A frame arrived since the last ping tick.
     seen: bool,
     /// The last tick sent a ping.
@@ -105,16 +134,32 @@ pub struct Conn {
     opened: bool,
 }
 
+/// A data frame in progress: its payload is consumed as it arrives (so a message of exactly the
+/// limit needs no room for its header), unmasked, inflated and checked piece by piece.
+#[derive(Debug, Clone, Copy)]
+struct InFrame {
+    key: [u8; 4],
+    /// Payload bytes already consumed (the mask's phase).
+    offset: usize,
+    remaining: u64,
+    fin: bool,
+}
+
 /// The protocol side of a WebSocket service: a [`Protocol`] that drives a [`Handler`].
 /// `export_plugin!(WebSocket<MyHandler>)` makes a plugin of it.
 pub struct WebSocket<H> {
     handler: H,
     config: Config,
-    /// The largest frame (header included) and the largest message payload.
+    /// The largest message payload (after inflation, and as sent).
     max_size: usize,
     conns: ConnMap<Conn>,
     /// Scratch space for encoding one outgoing frame.
     out: Vec<u8>,
+    /// Scratch space for a compressed payload, or an unmasked compressed piece.
+    scratch: Vec<u8>,
+    /// The worker's compressor (permessage-deflate without server context takeover), made at the
+    /// first compressed message sent.
+    deflater: Option<Box<Deflater>>,
 }
 
 /// What a [`Handler`] can do during a callback: send to any open connection, close one, and
@@ -123,6 +168,8 @@ pub struct Ws<'a, 'h> {
     host: &'a mut Host<'h>,
     conns: &'a mut ConnMap<Conn>,
     out: &'a mut Vec<u8>,
+    scratch: &'a mut Vec<u8>,
+    deflater: &'a mut Option<Box<Deflater>>,
 }
 
 impl<'h> Ws<'_, 'h> {
@@ -148,8 +195,13 @@ impl<'h> Ws<'_, 'h> {
         self.send(conn, OpCode::Binary, data)
     }
 
-    /// Sends one text message to every open connection of `conns`, encoded once; returns how many
-    /// took it.
+    /// Whether permessage-deflate was negotiated with `conn`.
+    pub fn is_compressed(&self, conn: ConnId) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.deflate.is_some())
+    }
+
+    /// Sends one text message to every open connection of `conns`, encoded once (uncompressed,
+    /// which permessage-deflate allows); returns how many took it.
     pub fn broadcast_text(&mut self, conns: &[ConnId], text: &str) -> usize {
         self.out.clear();
         write_frame(self.out, true, OpCode::Text, text.as_bytes());
@@ -180,12 +232,33 @@ impl<'h> Ws<'_, 'h> {
     }
 
     fn send(&mut self, conn: ConnId, opcode: OpCode, payload: &[u8]) -> bool {
-        if !self.is_open(conn) {
-            return false;
-        }
+        let Some(c) = self.conns.get(conn).filter(|c| c.state == State::Open) else { return false };
+        let compress = !opcode.is_control()
+            && payload.len() >= MIN_COMPRESS
+            && c.deflate.as_ref().is_some_and(Agreed::compress_out);
         self.out.clear();
-        write_frame(self.out, true, opcode, payload);
+        if compress {
+            self.deflater.get_or_insert_with(Box::default).compress(payload, self.scratch);
+        }
+        if compress && self.scratch.len() < payload.len() {
+            write_frame_rsv1(self.out, true, true, opcode, self.scratch);
+        } else {
+            write_frame(self.out, true, opcode, payload);
+        }
+        self.scratch.clear();
+        self.scratch.shrink_to(KEEP_CAPACITY);
         self.host.send(conn, self.out)
+    }
+}
+
+impl Conn {
+    /// The message in progress is over (delivered, or dropped after our close).
+    fn reset_message(&mut self) {
+        self.message.clear();
+        self.kind = None;
+        self.compressed = false;
+        self.wire_len = 0;
+        self.utf8 = Utf8Validator::default();
     }
 }
 
@@ -194,8 +267,15 @@ impl<H: Handler> WebSocket<H> {
         &self.handler
     }
 
-    fn ws<'a, 'h>(conns: &'a mut ConnMap<Conn>, out: &'a mut Vec<u8>, host: &'a mut Host<'h>) -> Ws<'a, 'h> {
-        Ws { host, conns, out }
+    fn ws<'a, 'h>(&'a mut self, host: &'a mut Host<'h>) -> (&'a mut H, Ws<'a, 'h>) {
+        let ws = Ws {
+            host,
+            conns: &mut self.conns,
+            out: &mut self.out,
+            scratch: &mut self.scratch,
+            deflater: &mut self.deflater,
+        };
+        (&mut self.handler, ws)
     }
 
     /// Fails the connection: a close frame with the error's code (when none was sent), then close.
@@ -212,10 +292,16 @@ impl<H: Handler> WebSocket<H> {
 
     fn open(&mut self, host: &mut Host<'_>, conn: ConnId, head: &[u8]) {
         let policy = Policy { origins: &self.config.origins, protocols: &self.config.protocols };
-        let accepted = match handshake(head, &policy) {
+        let mut accepted = match handshake(head, &policy) {
             Ok(a) => a,
             Err(rejection) => return self.reject(host, conn, rejection),
         };
+        let agreed = if self.config.permessage_deflate {
+            deflate::negotiate(accepted.extension_offers.iter().map(Vec::as_slice))
+        } else {
+            None
+        };
+        accepted.extensions = agreed.map(|a| a.response());
         host.send(conn, &accepted.response());
         let timer = (self.config.ping_interval > 0.0)
             .then(|| host.add_interval(Duration::from_secs_f64(self.config.ping_interval), conn.0));
@@ -224,8 +310,9 @@ impl<H: Handler> WebSocket<H> {
         c.protocol = accepted.protocol;
         c.timer = timer;
         c.opened = true;
-        let mut ws = Self::ws(&mut self.conns, &mut self.out, host);
-        self.handler.on_open(&mut ws, conn);
+        c.deflate = agreed;
+        let (handler, mut ws) = self.ws(host);
+        handler.on_open(&mut ws, conn);
     }
 
     fn reject(&mut self, host: &mut Host<'_>, conn: ConnId, rejection: Rejection) {
@@ -233,50 +320,44 @@ impl<H: Handler> WebSocket<H> {
         host.close_with(conn, &rejection.response());
     }
 
-    /// Framing of one frame (see [`Protocol::input`]).
+    /// Framing (see [`Protocol::input`]): a control frame whole; a data frame's header with what
+    /// has arrived of its payload, then the rest of the payload as it arrives.
     fn input_frame(&mut self, conn: ConnId, buf: &[u8]) -> Result<Frame, ProtocolError> {
-        let Some(h) = parse_header(buf)? else { return Ok(Frame::NeedMore) };
-        let key = h.mask.ok_or(ProtocolError::Unmasked)?;
         let max = self.max_size;
         let c = self.conns.entry(conn);
-        let continues_text = match (h.opcode, c.kind) {
+        // A piece is never over the max package size, which the host holds any one piece to.
+        if let Some(f) = &c.frame {
+            return Ok(Frame::Complete(buf.len().min(max).min(f.remaining as usize)));
+        }
+        let Some(h) = parse_header_ext(buf, c.deflate.is_some())? else { return Ok(Frame::NeedMore) };
+        h.mask.ok_or(ProtocolError::Unmasked)?;
+        match (h.opcode, c.kind) {
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Text | OpCode::Binary, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
-            (OpCode::Continuation, Some(kind)) => kind == Kind::Text,
-            _ => false,
-        };
-        let total = h.frame_len().filter(|&n| n <= max).ok_or(ProtocolError::TooBig)?;
-        if !h.opcode.is_control() {
-            let before = c.message.len() - c.streamed;
-            if before as u64 + h.payload_len > max as u64 {
-                return Err(ProtocolError::TooBig);
-            }
+            _ => {}
         }
-        if total <= buf.len() {
-            return Ok(Frame::Complete(total));
+        let len = h.header_len + h.payload_len.min(max as u64 + 1) as usize;
+        if h.opcode.is_control() {
+            return Ok(if len <= buf.len() { Frame::Complete(len) } else { Frame::NeedMore });
         }
-        if c.state == State::Open && (h.opcode == OpCode::Text || continues_text) {
-            // Validate what arrived of a text frame now: invalid UTF-8 fails before the rest comes.
-            let avail = buf.len() - h.header_len;
-            if avail > c.streamed {
-                let start = c.message.len();
-                c.message.extend_from_slice(&buf[h.header_len + c.streamed..]);
-                apply_mask(&mut c.message[start..], key, c.streamed);
-                c.streamed = avail;
-                c.utf8.feed(&c.message[start..]).map_err(|_| ProtocolError::InvalidUtf8)?;
-            }
-            return Ok(Frame::NeedMore);
+        // The message's payload (not the frame's header) is what the limit bounds.
+        if c.wire_len as u64 + h.payload_len > max as u64 {
+            return Err(ProtocolError::TooBig);
         }
-        Ok(Frame::Complete(total))
+        Ok(Frame::Complete(len.min(buf.len()).min(max)))
     }
 
-    /// One complete frame.
+    /// Bytes framed by [`Self::input_frame`]: a control frame, or a data frame's header with part
+    /// of its payload, or more of its payload.
     fn on_frame(&mut self, host: &mut Host<'_>, conn: ConnId, bytes: &[u8]) -> Result<(), ProtocolError> {
-        let Ok(Some(h)) = parse_header(bytes) else { return Ok(()) };
-        let key = h.mask.ok_or(ProtocolError::Unmasked)?;
-        let payload = &bytes[h.header_len..];
         let Some(c) = self.conns.get_mut(conn) else { return Ok(()) };
         c.seen = true;
+        if c.frame.is_some() {
+            return self.on_payload(host, conn, bytes);
+        }
+        let Ok(Some(h)) = parse_header_ext(bytes, c.deflate.is_some()) else { return Ok(()) };
+        let key = h.mask.ok_or(ProtocolError::Unmasked)?;
+        let payload = &bytes[h.header_len..];
         if h.opcode.is_control() {
             let mut control = [0u8; MAX_CONTROL_PAYLOAD];
             let p = &mut control[..payload.len()];
@@ -284,41 +365,76 @@ impl<H: Handler> WebSocket<H> {
             apply_mask(p, key, 0);
             return self.on_control(host, conn, h.opcode, p);
         }
-        if c.state != State::Open {
-            // After our close frame, data is dropped until the peer's close.
-            return Ok(());
-        }
         if h.opcode != OpCode::Continuation {
             c.kind = Some(if h.opcode == OpCode::Text { Kind::Text } else { Kind::Binary });
+            c.compressed = h.rsv1;
+        }
+        c.frame = Some(InFrame { key, offset: 0, remaining: h.payload_len, fin: h.fin });
+        self.on_payload(host, conn, payload)
+    }
+
+    /// A piece of the current data frame's payload: unmasked (and inflated) into the message,
+    /// text checked as it comes; the message goes to the handler once its last byte is in.
+    fn on_payload(&mut self, host: &mut Host<'_>, conn: ConnId, piece: &[u8]) -> Result<(), ProtocolError> {
+        let max = self.max_size;
+        let Some(c) = self.conns.get_mut(conn) else { return Ok(()) };
+        let Some(f) = c.frame.as_mut() else { return Ok(()) };
+        let (key, offset, fin) = (f.key, f.offset, f.fin);
+        f.offset += piece.len();
+        f.remaining -= piece.len() as u64;
+        let frame_done = f.remaining == 0;
+        if frame_done {
+            c.frame = None;
+        }
+        c.wire_len += piece.len();
+        let message_done = frame_done && fin;
+        if c.state != State::Open {
+            // After our close frame, data is dropped until the peer's close.
+            if message_done {
+                c.reset_message();
+            }
+            return Ok(());
+        }
+        let start = c.message.len();
+        if c.compressed {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(piece);
+            apply_mask(&mut self.scratch, key, offset);
+            let inflater = c.inflater.get_or_insert_with(Box::default);
+            inflater.inflate(&self.scratch, &mut c.message, max)?;
+            if message_done {
+                let reset = c.deflate.is_some_and(|d| d.client_no_context_takeover);
+                inflater.finish(&mut c.message, max, reset)?;
+            }
+        } else {
+            c.message.extend_from_slice(piece);
+            apply_mask(&mut c.message[start..], key, offset);
         }
         let text = c.kind == Some(Kind::Text);
-        let start = c.message.len();
-        c.message.extend_from_slice(&payload[c.streamed..]);
-        apply_mask(&mut c.message[start..], key, c.streamed);
-        c.streamed = 0;
         if text {
             c.utf8.feed(&c.message[start..]).map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        if !h.fin {
+        if !message_done {
             return Ok(());
         }
         if text {
             c.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        c.kind = None;
         let mut data = std::mem::take(&mut c.message);
+        c.reset_message();
         let msg = if text {
             Message::Text(std::str::from_utf8(&data).map_err(|_| ProtocolError::InvalidUtf8)?)
         } else {
             Message::Binary(&data)
         };
-        let mut ws = Self::ws(&mut self.conns, &mut self.out, host);
-        self.handler.on_message(&mut ws, conn, msg);
+        let (handler, mut ws) = self.ws(host);
+        handler.on_message(&mut ws, conn, msg);
         if let Some(c) = self.conns.get_mut(conn) {
             data.clear();
             data.shrink_to(KEEP_CAPACITY);
             c.message = data;
         }
+        self.scratch.shrink_to(KEEP_CAPACITY);
         Ok(())
     }
 
@@ -364,7 +480,34 @@ impl<H: Handler> Protocol for WebSocket<H> {
             max_size: worker.max_package_size,
             conns: ConnMap::new(),
             out: Vec::new(),
+            scratch: Vec::new(),
+            deflater: None,
         })
+    }
+
+    fn on_worker_start(&mut self, host: &mut Host<'_>) -> Result<(), String> {
+        let (handler, mut ws) = self.ws(host);
+        handler.on_worker_start(&mut ws)
+    }
+
+    fn on_worker_stop(&mut self, host: &mut Host<'_>) {
+        let (handler, mut ws) = self.ws(host);
+        handler.on_worker_stop(&mut ws);
+    }
+
+    fn on_worker_message(&mut self, host: &mut Host<'_>, from_slot: u32, msg: &[u8]) {
+        let (handler, mut ws) = self.ws(host);
+        handler.on_worker_message(&mut ws, from_slot, msg);
+    }
+
+    fn on_task_done(&mut self, host: &mut Host<'_>, task: TaskId, result: Result<Vec<u8>, String>) {
+        let (handler, mut ws) = self.ws(host);
+        handler.on_task_done(&mut ws, task, result);
+    }
+
+    fn on_notify(&mut self, host: &mut Host<'_>, data: &[u8]) {
+        let (handler, mut ws) = self.ws(host);
+        handler.on_notify(&mut ws, data);
     }
 
     fn input(&mut self, host: &mut Host<'_>, conn: ConnId, buf: &[u8]) -> Frame {
@@ -406,8 +549,8 @@ impl<H: Handler> Protocol for WebSocket<H> {
             host.del_timer(t);
         }
         if c.opened {
-            let mut ws = Self::ws(&mut self.conns, &mut self.out, host);
-            self.handler.on_close(&mut ws, conn);
+            let (handler, mut ws) = self.ws(host);
+            handler.on_close(&mut ws, conn);
         }
     }
 
@@ -419,7 +562,7 @@ impl<H: Handler> Protocol for WebSocket<H> {
             }
             (Some(State::Open), ConnError::PackageTooLarge) => self.fail(host, conn, ProtocolError::TooBig),
             (Some(State::Open), ConnError::Timeout) => {
-                let mut ws = Self::ws(&mut self.conns, &mut self.out, host);
+                let (_, mut ws) = self.ws(host);
                 ws.close(conn, close_code::GOING_AWAY, "idle");
                 if let Some(c) = self.conns.get_mut(conn) {
                     c.state = State::Closed;
@@ -430,9 +573,12 @@ impl<H: Handler> Protocol for WebSocket<H> {
         }
     }
 
-    fn on_timer(&mut self, host: &mut Host<'_>, _timer: TimerId, data: u64) {
+    fn on_timer(&mut self, host: &mut Host<'_>, timer: TimerId, data: u64) {
         let conn = ConnId(data);
-        let Some(c) = self.conns.get_mut(conn) else { return };
+        let Some(c) = self.conns.get_mut(conn).filter(|c| c.timer == Some(timer)) else {
+            let (handler, mut ws) = self.ws(host);
+            return handler.on_timer(&mut ws, timer, data);
+        };
         if c.state != State::Open {
             return;
         }
@@ -452,7 +598,7 @@ impl<H: Handler> Protocol for WebSocket<H> {
     fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
         match self.conns.get(conn).map(|c| c.state) {
             Some(State::Open) => {
-                let mut ws = Self::ws(&mut self.conns, &mut self.out, host);
+                let (_, mut ws) = self.ws(host);
                 ws.close(conn, close_code::GOING_AWAY, "server going away");
             }
             Some(State::CloseSent) => {}

@@ -211,10 +211,11 @@ fn handshake_selects_subprotocol_and_checks_origin() {
 
 // ---- The layer, driven through a fake host ----
 
-/// Echoes and records messages.
+/// Echoes and records messages, and records the worker-level events.
 #[derive(Default)]
 struct Recorder {
     got: Vec<(bool, Vec<u8>)>,
+    events: Vec<String>,
 }
 
 impl Handler for Recorder {
@@ -232,6 +233,18 @@ impl Handler for Recorder {
                 ws.send_binary(conn, b);
             }
         }
+    }
+    fn on_worker_message(&mut self, _ws: &mut Ws<'_, '_>, from_slot: u32, msg: &[u8]) {
+        self.events.push(format!("message from {from_slot}: {}", String::from_utf8_lossy(msg)));
+    }
+    fn on_task_done(&mut self, _ws: &mut Ws<'_, '_>, task: plugin_api::TaskId, result: Result<Vec<u8>, String>) {
+        self.events.push(format!("task {task:?}: {result:?}"));
+    }
+    fn on_notify(&mut self, _ws: &mut Ws<'_, '_>, data: &[u8]) {
+        self.events.push(format!("notify {data:?}"));
+    }
+    fn on_timer(&mut self, _ws: &mut Ws<'_, '_>, timer: TimerId, data: u64) {
+        self.events.push(format!("timer {} {data}", timer.0));
     }
 }
 
@@ -479,4 +492,164 @@ fn server_pings_close_only_peers_that_stay_silent() {
     assert!(!c.host.is_closed(CONN));
     tick(&mut c);
     assert!(c.host.is_closed(CONN), "no answer within one more interval");
+}
+
+/// Server frames with their RSV1 bit: (compressed, opcode, payload).
+fn server_frames(out: &[u8]) -> Vec<(bool, OpCode, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let mut rest = out;
+    while !rest.is_empty() {
+        let h = parse_header_ext(rest, true).unwrap().expect("whole server frames");
+        let end = h.frame_len().unwrap();
+        frames.push((h.rsv1, h.opcode, rest[h.header_len..end].to_vec()));
+        rest = &rest[end..];
+    }
+    frames
+}
+
+/// A connection that offered permessage-deflate with `offer` and got it; the response's
+/// extension line.
+fn open_deflate(max: usize, offer: &str) -> (Conn, String) {
+    let mut c = Conn::open(max);
+    c.ws = WebSocket::new("ping_interval = 0", &worker(max)).unwrap();
+    c.feed(upgrade(&format!("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: {offer}\r\n")).as_bytes());
+    let response = String::from_utf8(c.host.take_sent(CONN)).unwrap();
+    assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+    let line = response.lines().find(|l| l.starts_with("Sec-WebSocket-Extensions:")).unwrap_or_default().to_string();
+    (c, line)
+}
+
+fn worker(max: usize) -> WorkerInfo {
+    WorkerInfo {
+        service: "t".into(),
+        slot: 0,
+        pid: 1,
+        max_package_size: max,
+        max_send_buffer: 1 << 20,
+        worker_count: Some(1),
+    }
+}
+
+fn compressed(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::deflate::Deflater::default().compress(data, &mut out);
+    out
+}
+
+#[test]
+fn a_message_of_exactly_the_limit_passes_one_byte_more_is_1009() {
+    // One frame whose payload is the whole limit: its header does not count.
+    let mut c = Conn::open(1000);
+    c.feed(&client_frame(FIN | 0x2, &[7; 1000]));
+    assert_eq!(c.got(), &[(false, vec![7; 1000])]);
+    assert_eq!(c.sent(), vec![(OpCode::Binary, vec![7; 1000])]);
+    // The same in fragments, fed a few bytes at a time.
+    let mut c = Conn::open(1000);
+    let bytes = [client_frame(0x1, &[b'a'; 400]), client_frame(FIN, &[b'b'; 600])].concat();
+    for piece in bytes.chunks(33) {
+        c.feed(piece);
+    }
+    assert_eq!(c.got().len(), 1);
+    assert_eq!(c.got()[0].1.len(), 1000);
+    // One byte more: refused from the header, before the payload is buffered.
+    let mut c = Conn::open(1000);
+    c.feed(&client_frame(FIN | 0x2, &[7; 1001])[..8]);
+    assert_eq!(c.closed_with(), 1009);
+}
+
+#[test]
+fn permessage_deflate_is_negotiated_and_round_trips() {
+    let (mut c, line) = open_deflate(1 << 20, "permessage-deflate; client_max_window_bits");
+    assert_eq!(line, "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover");
+    let text = "compress me, compress me, compress me, compress me, compress me! ".repeat(20);
+    // A compressed message, in two fragments, fed in pieces; then an uncompressed one.
+    let z = compressed(text.as_bytes());
+    let bytes = [client_frame(0x40 | 0x1, &z[..z.len() / 2]), client_frame(FIN, &z[z.len() / 2..])].concat();
+    for piece in bytes.chunks(5) {
+        c.feed(piece);
+    }
+    c.feed(&client_frame(FIN | 0x1, b"plain"));
+    // Context takeover: a second compressed message continues the client's stream.
+    let mut inflater_check = Vec::new();
+    let mut d = crate::deflate::Deflater::default();
+    d.compress(b"again", &mut inflater_check);
+    c.feed(&client_frame(FIN | 0x40 | 0x1, &inflater_check));
+    assert_eq!(c.got(), &[(true, text.as_bytes().to_vec()), (true, b"plain".to_vec()), (true, b"again".to_vec())]);
+    // The echo of the long text goes out compressed; short ones do not.
+    let frames = server_frames(&c.host.take_sent(CONN));
+    assert_eq!(frames.len(), 3);
+    assert!(frames[0].0 && frames[0].2.len() < text.len() / 4, "{:?}", frames[0].2.len());
+    let mut back = Vec::new();
+    let mut inflater = crate::deflate::Inflater::default();
+    inflater.inflate(&frames[0].2, &mut back, 1 << 20).unwrap();
+    inflater.finish(&mut back, 1 << 20, true).unwrap();
+    assert_eq!(back, text.as_bytes());
+    assert_eq!(frames[1], (false, OpCode::Text, b"plain".to_vec()));
+    assert_eq!(frames[2], (false, OpCode::Text, b"again".to_vec()));
+}
+
+#[test]
+fn permessage_deflate_offers_are_honoured_or_declined() {
+    let (_, line) = open_deflate(1 << 20, "permessage-deflate; client_no_context_takeover; server_max_window_bits=10");
+    assert_eq!(
+        line,
+        "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+         server_max_window_bits=10"
+    );
+    let (_, line) = open_deflate(1 << 20, "permessage-deflate; bogus=1");
+    assert_eq!(line, "", "an offer with an unknown parameter is declined");
+    // The switch turns it off.
+    let mut c = Conn::open(1 << 20);
+    c.ws = WebSocket::new("ping_interval = 0\npermessage_deflate = false", &worker(1 << 20)).unwrap();
+    c.feed(upgrade("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n").as_bytes());
+    let response = String::from_utf8(c.host.take_sent(CONN)).unwrap();
+    assert!(response.starts_with("HTTP/1.1 101") && !response.contains("Extensions"), "{response}");
+    // Without it, RSV1 is a protocol error.
+    c.feed(&client_frame(FIN | 0x40 | 0x1, &compressed(b"hello")));
+    assert_eq!(c.closed_with(), 1002);
+    // With it, RSV1 on a continuation or a control frame is one too.
+    for bad in [
+        [client_frame(0x40 | 0x1, &compressed(b"a")), client_frame(FIN | 0x40, b"b")].concat(),
+        client_frame(FIN | 0x40 | 0x9, b""),
+    ] {
+        let (mut c, _) = open_deflate(1 << 20, "permessage-deflate");
+        c.feed(&bad);
+        assert_eq!(c.closed_with(), 1002);
+    }
+    // A server_max_window_bits below 15: the server keeps it by not compressing.
+    let (mut c, _) = open_deflate(1 << 20, "permessage-deflate; server_max_window_bits=9");
+    let long = "x".repeat(1000);
+    c.feed(&client_frame(FIN | 0x40 | 0x1, &compressed(long.as_bytes())));
+    assert_eq!(server_frames(&c.host.take_sent(CONN)), vec![(false, OpCode::Text, long.into_bytes())]);
+}
+
+#[test]
+fn a_zip_bomb_closes_with_1009_at_the_limit() {
+    let (mut c, _) = open_deflate(128 * 1024, "permessage-deflate");
+    // 16 MiB of zeros, some 80 KiB compressed: within the limit on the wire, over it inflated.
+    let bomb = compressed(&vec![0; 16 << 20]);
+    assert!(bomb.len() < 128 * 1024, "{}", bomb.len());
+    c.feed(&client_frame(FIN | 0x40 | 0x2, &bomb));
+    assert_eq!(c.closed_with(), 1009);
+    assert!(c.got().is_empty());
+    // Data that does not inflate: 1007.
+    let (mut c, _) = open_deflate(64 * 1024, "permessage-deflate");
+    c.feed(&client_frame(FIN | 0x40 | 0x2, &[0xFF; 32]));
+    assert_eq!(c.closed_with(), 1007);
+}
+
+#[test]
+fn worker_level_events_reach_the_handler() {
+    let mut c = Conn::open(1 << 20);
+    c.with_host(|ws, h| {
+        ws.on_worker_message(h, 3, b"hi");
+        ws.on_task_done(h, plugin_api::TaskId(9), Ok(b"ok".to_vec()));
+        ws.on_notify(h, &[1, 2]);
+        // A timer the layer did not add (its ping timers are per connection) is the handler's.
+        ws.on_timer(h, TimerId(77), 5);
+    });
+    assert_eq!(
+        c.ws.handler().events,
+        ["message from 3: hi", "task TaskId(9): Ok([111, 107])", "notify [1, 2]", "timer 77 5"]
+    );
 }
