@@ -641,8 +641,6 @@ impl Master {
         let (state, _) = self.hand_over(client)?;
         let json = serde_json::to_vec(&state).map_err(|e| UpgradeError::WriteState(e.into()))?;
         let memfd = sys::sealed_memfd("host-upgrade-state", &mut &json[..]).map_err(UpgradeError::WriteState)?;
-        // systemd hears RELOADING=1 now; READY=1 again if the upgrade is refused.
-        self.notifier.upgrading();
         let done = start_dry_run(exe.clone(), memfd, state.start_dir.clone(), self.waker.clone())
             .map_err(|source| UpgradeError::Run { path: exe.clone(), source })?;
         tracing::info!(path = %exe.display(), "checking the new binary (`host upgrade-check`)");
@@ -687,6 +685,9 @@ impl Master {
         for channel in self.channels.values_mut() {
             let _ = channel.flush_timeout(FLUSH_TIMEOUT);
         }
+        // systemd hears RELOADING=1 now (the new image says MAINPID= and READY=1); READY=1 again
+        // if the exec fails.
+        self.notifier.upgrading();
         // Kept across the exec: the new image goes back to it if it fails before it is ready.
         let image = sys::open_running_image().map_err(UpgradeError::KeepImage)?;
         let (mut state, handed) = self.hand_over(client)?;

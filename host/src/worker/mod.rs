@@ -380,7 +380,6 @@ impl Worker {
     /// 199.6 MiB against a 58.7 MiB ceiling with a 1 s heartbeat).
     fn beat(&mut self) {
         const RSS_CHECK_MS: u64 = 50;
-        const MIN_GROWTH: u64 = 8 << 20;
         if self.heartbeat_ms == 0 {
             return;
         }
@@ -390,7 +389,7 @@ impl Worker {
             self.next_rss_check_ms = self.core.now_ms + RSS_CHECK_MS;
             rss = Some(resident_bytes());
         }
-        let grew = rss.is_some_and(|r| r >= self.reported_rss + (self.reported_rss / 8).max(MIN_GROWTH));
+        let grew = rss.is_some_and(|r| grew_to_report(self.reported_rss, r));
         if due || grew {
             self.next_heartbeat_ms = self.core.now_ms + self.heartbeat_ms;
             let rss_bytes = rss.unwrap_or_else(resident_bytes);
@@ -682,6 +681,13 @@ fn msg_name(msg: &ToMaster) -> &'static str {
 
 /// The process's resident memory in bytes, from `/proc/self/statm` (one short read; 0 if it
 /// cannot be read).
+/// Whether resident memory grew enough since the last heartbeat (`reported`) to report it now:
+/// by an eighth, and 8 MiB at least.
+fn grew_to_report(reported: u64, rss: u64) -> bool {
+    const MIN_GROWTH: u64 = 8 << 20;
+    rss >= reported.saturating_add((reported / 8).max(MIN_GROWTH))
+}
+
 fn resident_bytes() -> u64 {
     let Ok(text) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
     let pages: u64 = text.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -776,6 +782,17 @@ mod tests {
     use super::*;
     use crate::config::Limits;
     use crate::ctl::MasterChannel;
+
+    // Issue 20 item 13: a worker growing fast reports between heartbeats; a steady one does not.
+    #[test]
+    fn memory_growth_is_reported_between_heartbeats_only_when_it_is_large() {
+        const MIB: u64 = 1 << 20;
+        assert!(!grew_to_report(50 * MIB, 52 * MIB), "a little growth waits for the heartbeat");
+        assert!(grew_to_report(50 * MIB, 58 * MIB), "8 MiB more is reported at once");
+        assert!(!grew_to_report(400 * MIB, 440 * MIB), "an eighth of a large worker");
+        assert!(grew_to_report(400 * MIB, 450 * MIB));
+        assert!(grew_to_report(0, 8 * MIB) && !grew_to_report(u64::MAX, u64::MAX));
+    }
 
     fn pair() -> (MasterChannel<StdUnixStream>, WorkerChannel<StdUnixStream>, StdUnixStream) {
         let (a, b) = StdUnixStream::pair().unwrap();
