@@ -40,6 +40,10 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often a worker tells the master it makes progress, at most (see `heartbeat_ms`).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest worker timeout (`--worker-timeout`) other than 0 (off).
+pub const MIN_WORKER_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest service name: it appears in process titles, memfd names and log lines.
+pub const MAX_NAME_LEN: usize = 64;
 
 /// The largest byte limit (`max_package_size`, `max_send_buffer`): what an `i64` and a `usize`
 /// both hold, so no arithmetic on it wraps.
@@ -193,6 +197,15 @@ pub struct Timeouts {
 /// A drain or kill timeout given in (fractional) seconds: finite, between 0 and a day.
 pub fn stop_timeout(source: Source, setting: Setting, seconds: Option<f64>) -> Result<Option<Duration>, SettingError> {
     match seconds {
+        // A worker's heartbeat comes every third of the timeout, at least 10 ms apart: a timeout
+        // below a second would kill healthy workers between two heartbeats (issue 20 item 9).
+        Some(s) if setting == Setting::WorkerTimeout && s > 0.0 && s < MIN_WORKER_TIMEOUT.as_secs_f64() => {
+            Err(SettingError::Invalid(format!(
+                "{} must be 0 (off) or at least {} s (workers say they are alive every third of it), not {s}",
+                setting.name(source),
+                MIN_WORKER_TIMEOUT.as_secs()
+            )))
+        }
         Some(s) if !(0.0..=MAX_STOP_SECS).contains(&s) => {
             let (min, max, unit) = setting.bounds();
             Err(SettingError::OutOfRange { name: setting.name(source), value: s.to_string(), min, max, unit })
@@ -369,6 +382,13 @@ pub fn validate(service: &Service) -> Result<(), SettingError> {
     if service.plugin.is_empty() {
         return invalid("--plugin must name a plugin".into());
     }
+    if service.name.len() > MAX_NAME_LEN {
+        return invalid(format!(
+            "a service name may have at most {MAX_NAME_LEN} characters, not {} ({}…)",
+            service.name.len(),
+            service.name.chars().take(16).collect::<String>()
+        ));
+    }
     if service.limits.max_package_size == 0 || service.limits.max_send_buffer == 0 {
         return invalid("size limits must be above 0".into());
     }
@@ -426,6 +446,12 @@ mod tests {
     #[test]
     fn validation_refuses_what_cannot_run() {
         assert!(validate(&service()).is_ok());
+        let long = Service { name: "a".repeat(MAX_NAME_LEN + 1), ..service() };
+        assert!(validate(&long).unwrap_err().to_string().contains("at most 64 characters"));
+        let short = stop_timeout(Source::Flags, Setting::WorkerTimeout, Some(0.001)).unwrap_err().to_string();
+        assert!(short.contains("--worker-timeout must be 0 (off) or at least 1 s"), "{short}");
+        assert_eq!(stop_timeout(Source::Flags, Setting::WorkerTimeout, Some(0.0)), Ok(Some(Duration::ZERO)));
+        assert_eq!(stop_timeout(Source::Flags, Setting::WorkerTimeout, Some(1.0)), Ok(Some(Duration::from_secs(1))));
         assert!(validate(&Service { count: 0, ..service() }).unwrap_err().to_string().contains("--count"));
         let bad = Service { plugin_config: "root = ".into(), ..service() };
         assert!(validate(&bad).unwrap_err().to_string().contains("TOML"));

@@ -145,14 +145,20 @@ fn start(global: &GlobalArgs, cmd: &StartCmd) -> anyhow::Result<()> {
     // `host upgrade`: this image replaces a running master (same process); it takes what the
     // previous one handed over before anything else, plans the same start where it was made,
     // and checks that it can take the running services over.
+    // Until its loop runs, an error or a panic sends it back to the previous image.
     if let Some(inherited) = master::upgrade::Inherited::take()? {
-        std::env::set_current_dir(&inherited.state.start_dir)
-            .with_context(|| format!("could not enter {}", inherited.state.start_dir.display()))?;
-        let mut plan = plan(global, cmd)?;
-        // The pid file the previous image holds locked, whatever this image would name it.
-        plan.pid_file = inherited.state.pid_file.clone();
-        inherited.state.check(&plan.services).map_err(anyhow::Error::msg)?;
-        return launch(cmd, plan, args(), Some(inherited));
+        let take_over = || {
+            std::env::set_current_dir(&inherited.state.start_dir)
+                .with_context(|| format!("could not enter {}", inherited.state.start_dir.display()))?;
+            let mut plan = plan(global, cmd)?;
+            // The pid file the previous image holds locked, whatever this image would name it.
+            plan.pid_file = inherited.state.pid_file.clone();
+            inherited.state.check(&plan.services).map_err(anyhow::Error::msg)?;
+            launch(cmd, plan, args(), Some(inherited))
+        };
+        return master::upgrade::roll_back_on_failure(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            take_over,
+        )));
     }
     let plan = plan(global, cmd)?;
     if let Ok(pid) = pidfile::read_running(&plan.pid_file) {

@@ -275,6 +275,10 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
+        // A new image that fails after `host upgrade` gives the pid file back to the previous one.
+        if crate::master::upgrade::rollback_armed() {
+            return;
+        }
         let ours = fs::read_to_string(&self.path).is_ok_and(|t| t.trim() == std::process::id().to_string());
         if ours {
             let _ = fs::remove_file(&self.path);

@@ -215,6 +215,10 @@ impl ControlServer {
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
+        // A new image that fails after `host upgrade` gives the socket back to the previous one.
+        if super::upgrade::rollback_armed() {
+            return;
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }

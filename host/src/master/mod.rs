@@ -123,6 +123,10 @@ pub struct Master {
     /// The Unix socket files the master bound, removed when it exits (held for their `Drop`).
     _unix_files: Vec<UnixSocketFile>,
     _pid_file: PidFile,
+    /// Wakes the loop from another thread (the check of a new binary, `upgrade`).
+    waker: Arc<mio::Waker>,
+    /// `host upgrade`'s check of the new binary, while it runs.
+    upgrading: Option<upgrade::DryRun>,
 }
 
 /// A Unix socket file the master bound: removed when the master exits, if it is still the
@@ -143,6 +147,10 @@ impl UnixSocketFile {
 impl Drop for UnixSocketFile {
     fn drop(&mut self) {
         use std::os::unix::fs::MetadataExt;
+        // A new image that fails after `host upgrade` gives the socket back to the previous one.
+        if upgrade::rollback_armed() {
+            return;
+        }
         if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -444,6 +452,7 @@ impl Master {
         };
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let preparer = Preparer::start(waker.clone(), policy)?;
+        let upgrade_waker = waker.clone();
         // The watcher is a thread; workers are started by fork + exec, which is safe with
         // threads around (a bare fork is not: docs/architecture.md pitfall 4).
         let tls_files: Vec<PathBuf> = sup
@@ -482,6 +491,8 @@ impl Master {
             notifier: systemd::Notifier::from_env(),
             _unix_files: unix_files,
             _pid_file: pid_file,
+            waker: upgrade_waker,
+            upgrading: None,
         })
     }
 
@@ -501,6 +512,7 @@ impl Master {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e).context("the master's poll failed"),
             }
+            let turned = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.read_signals(),
@@ -511,6 +523,7 @@ impl Master {
                         for done in self.preparer.take() {
                             self.sup.checked(done);
                         }
+                        self.upgrade_checked();
                     }
                     CONTROL => {
                         if let Some(c) = self.control.as_mut() {
@@ -533,6 +546,9 @@ impl Master {
                 self.read_worker(id);
                 self.sup.worker_exited(id, &exit);
             }
+            // The watchdog judges workers by what the master read from them: a master that
+            // stalled itself did not read their heartbeats (issue 20 item 1).
+            self.sup.master_busy(turned.elapsed());
             self.run_deadlines();
         }
     }

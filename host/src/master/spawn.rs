@@ -28,25 +28,44 @@ pub enum SpawnError {
     Probe(String),
 }
 
-/// The host binary workers and probes are started from: the path the master was started from,
-/// read once (after the file is replaced, `/proc/self/exe` reads `… (deleted)`), so a new binary
-/// installed there takes over with the next worker; or, when that path is gone, the running
-/// image itself.
+/// The program workers and probes are started from: the image the master runs
+/// ([`sys::RUNNING_IMAGE`]), never the file at the path it was started from, which an installer
+/// may have replaced by a broken binary (issue 20 item 2). Only `host upgrade` moves the master,
+/// and with it every later worker, to the file at that path.
 pub fn host_exe() -> std::io::Result<PathBuf> {
-    match started_from() {
-        Some(path) if path.is_file() => Ok(path.clone()),
-        _ => {
-            let running = PathBuf::from("/proc/self/exe");
-            running.metadata().map(|_| running)
-        }
-    }
+    // Read the start path now, before anyone replaces the file (`host upgrade` needs it).
+    started_from();
+    let image = PathBuf::from(sys::RUNNING_IMAGE);
+    image.metadata().map(|_| image)
 }
 
 /// The path the master was started from, read once (the first call; `master::run` makes it
-/// early): `host upgrade` runs whatever binary is installed there now.
+/// early): `host upgrade` runs whatever binary is installed there now. A master that went back
+/// to its previous image after a failed upgrade runs a file that was replaced: the kernel shows
+/// its path with ` (deleted)`, which is not part of it.
 pub fn started_from() -> Option<&'static PathBuf> {
     static STARTED_FROM: OnceLock<Option<PathBuf>> = OnceLock::new();
-    STARTED_FROM.get_or_init(|| std::env::current_exe().ok()).as_ref()
+    STARTED_FROM
+        .get_or_init(|| {
+            let path = std::env::current_exe().ok()?;
+            let text = path.to_str()?;
+            Some(text.strip_suffix(" (deleted)").map(PathBuf::from).unwrap_or(path))
+        })
+        .as_ref()
+}
+
+/// A memfd's name is at most 249 bytes (`memfd_create` fails with EINVAL beyond): the name is a
+/// label for `/proc/PID/fd`, so a long one is cut (on a character boundary).
+fn memfd_label(name: &str) -> &str {
+    const MAX: usize = 200;
+    if name.len() <= MAX {
+        return name;
+    }
+    let mut end = MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// A started worker: its pid, the master's end of its channel (its hello queued) and the
@@ -70,8 +89,8 @@ pub fn spawn_worker(
 ) -> Result<Spawned, SpawnError> {
     let exe = host_exe().map_err(SpawnError::Exe)?;
     let (ours, theirs) = UnixStream::pair().map_err(SpawnError::Spawn)?;
-    let (watch, watch_fd) =
-        sys::WatchPage::create(&format!("host-watch-{}-{}", spec.service, spec.slot)).map_err(SpawnError::Spawn)?;
+    let (watch, watch_fd) = sys::WatchPage::create(memfd_label(&format!("host-watch-{}-{}", spec.slot, spec.service)))
+        .map_err(SpawnError::Spawn)?;
     let mut cmd = Command::new(exe);
     // argv is the title alone (`ps` shows nothing after it); the arguments go in the environment.
     cmd.arg0(format!("host: worker {} #{} {}", spec.service, spec.slot, plugin_label))
@@ -251,6 +270,15 @@ mod tests {
 
     // Item 15 of issue #15: a worker whose spec could not be written must not stay behind. A
     // zombie still answers kill(pid, 0); only a reaped pid is gone (ESRCH).
+    #[test]
+    fn a_long_service_name_still_makes_a_valid_memfd_label() {
+        let name = format!("host-watch-0-{}", "é".repeat(200));
+        let label = super::memfd_label(&name);
+        assert!(label.len() <= 200 && name.starts_with(label));
+        assert!(crate::sys::WatchPage::create(label).is_ok());
+        assert_eq!(super::memfd_label("host-watch-0-web"), "host-watch-0-web");
+    }
+
     #[test]
     fn an_abandoned_worker_is_killed_and_reaped() {
         let mut child = Command::new("sleep").arg("60").spawn().expect("sleep runs");

@@ -332,6 +332,14 @@ impl<P: Processes> Supervisor<P> {
                     tracing::error!(slot = key.slot, "internal: {e}");
                 }
             }
+            // A worker that cannot even be started while the host starts fails the start, with
+            // the reason (`start -d` says it), instead of being tried again for ever.
+            Err(e) if self.phase == Phase::Starting => {
+                let service = self.service_name(key.service).to_string();
+                tracing::error!(service = %service, slot = key.slot, "{e}");
+                self.start_error = Some(format!("worker #{} of service {service} could not start: {e}", key.slot));
+                self.stop(false);
+            }
             Err(e) => {
                 tracing::error!(service = %self.service_name(key.service), slot = key.slot, "{e}");
                 let failures = self.slots.note_failure(key, true);
@@ -474,6 +482,30 @@ impl<P: Processes> Supervisor<P> {
             tracing::warn!(service = %self.service_name(key.service), slot = key.slot, failures, delay_ms = delay.as_millis() as u64, "worker keeps dying at start; restarting after a delay");
         }
         self.slots.schedule_restart(key, self.procs.now() + delay);
+    }
+
+    /// The master's own loop was busy for `busy` since its poll returned. Longer than a
+    /// heartbeat's share of the worker timeout, and what workers said meanwhile sat unread: the
+    /// watchdog gives each worker a whole timeout from now instead of blaming it for the
+    /// master's stall (issue 20 item 1).
+    pub fn master_busy(&mut self, busy: Duration) {
+        let Some(timeout) = self.timeouts.worker else { return };
+        if busy < timeout / 4 {
+            return;
+        }
+        let fresh = self.procs.now() + timeout;
+        let watched: Vec<WorkerId> = self.slots.workers().filter(|w| w.stall_at.is_some()).map(|w| w.id).collect();
+        for &id in &watched {
+            if let Some(at) = self.slots.worker_mut(id).and_then(|w| w.stall_at.as_mut()) {
+                *at = (*at).max(fresh);
+            }
+        }
+        let spared = watched.len();
+        tracing::warn!(
+            busy_ms = busy.as_millis() as u64,
+            workers = spared,
+            "the master's loop was held up; the watchdog waits a whole timeout again"
+        );
     }
 
     /// Kills workers past their deadline and starts the restarts that are due.
@@ -687,6 +719,23 @@ mod tests {
         assert!(err.contains("plugin refused its config"), "{err}");
     }
 
+    // Issue 20 item 8: a worker that cannot be started at all while the host starts fails the
+    // start with the reason; it is not tried again for ever.
+    #[test]
+    fn a_worker_that_cannot_be_spawned_at_start_fails_the_start_with_the_reason() {
+        let mut sup = supervisor(vec![(state("http", 2, true), Some(1))]);
+        sup.procs().refuse_spawn = true;
+        sup.start();
+        assert_eq!(sup.phase(), Phase::Stopping);
+        for id in attached(&outputs(&mut sup)) {
+            let p = pid(&sup, id);
+            sup.procs().exit(p, "signal SIGKILL");
+        }
+        sup.reap();
+        let err = sup.finished().expect("stopped").unwrap_err();
+        assert!(err.contains("could not start") && err.contains("fork refused"), "{err}");
+    }
+
     #[test]
     fn a_serving_worker_that_dies_is_replaced_at_once_even_when_young() {
         let mut sup = started(vec![(state("http", 1, true), Some(1))]);
@@ -866,6 +915,23 @@ mod tests {
         assert_eq!(serving(&sup, 0, 1), Some(fine));
         let how = "watchdog (in on_message): signal SIGKILL";
         assert_eq!(sup.exits.get(&("http".into(), how.into())), Some(&1), "{:?}", sup.exits);
+    }
+
+    // Issue 20 item 1: the master itself stalled (a blocking step in its loop) and read no
+    // heartbeat meanwhile: no worker is killed for it.
+    #[test]
+    fn the_watchdog_does_not_blame_workers_for_the_masters_own_stall() {
+        let mut sup = started(vec![(state("http", 2, true), Some(1))]);
+        let timeout = TIMEOUTS.worker.unwrap();
+        sup.procs().advance(timeout + Duration::from_secs(1));
+        sup.master_busy(timeout + Duration::from_secs(1));
+        sup.tick();
+        assert!(sup.procs().signals.is_empty(), "workers killed for the master's stall: {:?}", sup.procs().signals);
+        // A worker that stays silent a whole timeout afterwards is still killed.
+        sup.procs().advance(timeout);
+        sup.master_busy(Duration::from_millis(1));
+        sup.tick();
+        assert_eq!(sup.procs().signals.len(), 2);
     }
 
     #[test]

@@ -14,6 +14,12 @@
 //! descriptors back, rebuilds the slot table around the adopted workers, and runs the ordinary
 //! reload chain (trigger `host upgrade`), which replaces every worker with one exec'd from the
 //! new binary, old ones draining; the waiting `host upgrade` hears the chain's outcome.
+//!
+//! How it can fail, and what the host does (docs/architecture.md, "Binary upgrade"): the check
+//! runs off the master's loop (a thread waits for it, bounded with its output), so a binary that
+//! hangs or a grandchild that keeps its stderr open stalls nothing; the old image hands a
+//! descriptor of itself over with the state, and the new one, until its loop runs, goes back to
+//! it ([`roll_back_on_failure`]) on any error or panic, with every descriptor as it was handed.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,7 +29,8 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use mio::{Interest, Token};
@@ -47,6 +54,55 @@ pub const FORMAT: u32 = 1;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long what is queued for a worker may take to leave before the exec.
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+/// How much of the check's stderr is kept (its last line is the reason of a refusal).
+const MAX_CHECK_OUTPUT: usize = 16 * 1024;
+/// Set in the environment of the previous image when the new one went back to it: the reason.
+const ROLLED_BACK_ENV: &str = "HOST_UPGRADE_ROLLED_BACK";
+
+/// Why `host upgrade` was refused, or failed (the old master goes on in every case).
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("the path the master was started from is unknown")]
+    NoPath,
+    #[error("there is no host binary at {} any more", .0.display())]
+    Missing(PathBuf),
+    #[error("could not read {}: {source}", path.display())]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error("{} is not a file", .0.display())]
+    NotAFile(PathBuf),
+    #[error("{} is not executable", .0.display())]
+    NotExecutable(PathBuf),
+    #[error("{} was replaced while it was checked; try again", .0.display())]
+    Replaced(PathBuf),
+    #[error("the master is still starting or is stopping")]
+    NotRunning,
+    #[error("a reload is under way; try again once it is done")]
+    ReloadUnderWay,
+    #[error("an upgrade is under way already")]
+    UnderWay,
+    #[error("could not hand the state over: {0}")]
+    HandOver(&'static str),
+    #[error("could not write the state: {0}")]
+    WriteState(#[source] io::Error),
+    #[error("could not keep a descriptor of the running binary to go back to: {0}")]
+    KeepImage(#[source] io::Error),
+    #[error("could not run {}: {source}", path.display())]
+    Run { path: PathBuf, source: io::Error },
+    #[error("{} did not answer within {} s; killed", path.display(), timeout.as_secs_f64())]
+    NoAnswer { path: PathBuf, timeout: Duration },
+    #[error("{} refused the running master's state ({how}){}", path.display(), said(reason))]
+    Refused { path: PathBuf, how: String, reason: String },
+    #[error("could not execute {}: {source}", path.display())]
+    Exec { path: PathBuf, source: io::Error },
+}
+
+fn said(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
+}
 
 /// What crosses the exec. Descriptors are their numbers: they stay open across it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +134,13 @@ pub struct State {
     pub carried: Vec<(usize, u32, WorkerReport)>,
     /// The last reload: when (ms since the epoch), trigger, summary.
     pub last_reload: Option<(u64, String, String)>,
+    /// A descriptor of the image that wrote this state: the new image goes back to it when it
+    /// fails before its loop runs. Absent in states of older binaries.
+    #[serde(default)]
+    pub previous_image: Option<RawFd>,
+    /// The master's process title, which a new image that goes back restores.
+    #[serde(default)]
+    pub title: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +193,7 @@ impl State {
     /// Every descriptor the state names.
     fn fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.pid_lock];
+        fds.extend(self.previous_image);
         fds.extend(self.control);
         fds.extend(self.admin);
         fds.extend(self.client);
@@ -222,22 +286,37 @@ fn read_state(fd: &OwnedFd) -> anyhow::Result<State> {
 pub struct Inherited {
     pub state: State,
     fds: HashMap<RawFd, OwnedFd>,
+    /// Why the image this one was upgraded to went back to this one (None: a plain upgrade).
+    rolled_back: Option<String>,
 }
 
 impl Inherited {
     /// Called first thing by a starting master: None unless the previous image handed over.
+    /// Unless this image is the one gone back to, it can go back to the previous one until its
+    /// loop runs (see [`roll_back_on_failure`]).
     pub fn take() -> anyhow::Result<Option<Self>> {
         let Some(fd) = state_fd()? else { return Ok(None) };
+        let rolled_back = std::env::var(ROLLED_BACK_ENV).ok();
+        std::env::remove_var(ROLLED_BACK_ENV);
         let state = read_state(&fd)?;
-        let mut fds = HashMap::new();
-        for number in state.fds() {
-            let fd = sys::take_inherited_range(number, 1)
-                .with_context(|| format!("descriptor {number} of the upgrade state"))?
-                .pop()
-                .context("no descriptor")?;
-            fds.insert(number, fd);
+        if rolled_back.is_none() && state.previous_image.is_some() {
+            arm_rollback(&state, fd.as_fd()).context("could not keep what the previous image handed over")?;
         }
-        Ok(Some(Inherited { state, fds }))
+        let taken = (|| {
+            let mut fds = HashMap::new();
+            for number in state.fds() {
+                let fd = sys::take_inherited_range(number, 1)
+                    .with_context(|| format!("descriptor {number} of the upgrade state"))?
+                    .pop()
+                    .context("no descriptor")?;
+                fds.insert(number, fd);
+            }
+            anyhow::Ok(fds)
+        })();
+        match taken {
+            Ok(fds) => Ok(Some(Inherited { state, fds, rolled_back })),
+            Err(e) => roll_back_on_failure(Ok(Err(e))).map(|()| None),
+        }
     }
 
     fn fd(&mut self, number: RawFd) -> anyhow::Result<OwnedFd> {
@@ -271,26 +350,151 @@ impl Inherited {
     }
 }
 
-/// Why `path` cannot be the new master's binary, if it cannot.
-fn check_binary(path: &Path) -> Result<(), String> {
+/// What a new image keeps to go back to the previous one: copies of every descriptor the state
+/// names (numbered above all of them: the originals may be closed or reused meanwhile), of the
+/// state itself, and the previous image.
+struct Rollback {
+    image: OwnedFd,
+    /// (copy, the number the previous image expects it at).
+    fds: Vec<(OwnedFd, RawFd)>,
+    state_number: RawFd,
+    start_args: Vec<String>,
+    title: String,
+}
+
+static ROLLBACK: std::sync::Mutex<Option<Rollback>> = std::sync::Mutex::new(None);
+
+fn arm_rollback(state: &State, state_fd: BorrowedFd<'_>) -> io::Result<()> {
+    let image = state.previous_image.ok_or_else(|| io::Error::other("no previous image"))?;
+    let mut numbers = state.fds();
+    numbers.push(state_fd.as_raw_fd());
+    let above = numbers.iter().copied().max().unwrap_or(0) + 1;
+    let mut fds = Vec::new();
+    for &number in &numbers {
+        let copy = sys::dup_inherited_above(number, above)?;
+        fds.push((copy, number));
+    }
+    let image = fds
+        .iter()
+        .find(|(_, n)| *n == image)
+        .map(|(fd, _)| fd.try_clone())
+        .transpose()?
+        .ok_or_else(|| io::Error::other("the previous image was not handed over"))?;
+    let rollback = Rollback {
+        image,
+        fds,
+        state_number: state_fd.as_raw_fd(),
+        start_args: state.start_args.clone(),
+        title: state.title.clone(),
+    };
+    *ROLLBACK.lock().unwrap_or_else(|e| e.into_inner()) = Some(rollback);
+    Ok(())
+}
+
+/// Whether this image can still go back to the one it was upgraded from (it has not run its
+/// loop yet). Meanwhile nothing the previous image will take back may be removed: the pid file,
+/// the control socket's file, a Unix service socket's file.
+pub fn rollback_armed() -> bool {
+    ROLLBACK.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+}
+
+/// This image runs its loop: it does not go back any more (the copies are closed).
+fn disarm_rollback() {
+    ROLLBACK.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
+/// The new image's start after an upgrade, `Err` or a panic: while this image can still go back
+/// (see [`rollback_armed`]), it execs the previous image with every descriptor the state names
+/// put back at its number, and the state: the previous image adopts its workers again and answers
+/// the waiting `host upgrade` with the reason. Returns `result` otherwise, or when going back
+/// failed too.
+pub fn roll_back_on_failure(result: std::thread::Result<anyhow::Result<()>>) -> anyhow::Result<()> {
+    let error = match result {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => e,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            anyhow::anyhow!("the new binary panicked: {text}")
+        }
+    };
+    let Some(rollback) = ROLLBACK.lock().unwrap_or_else(|e| e.into_inner()).take() else { return Err(error) };
+    let reason = format!("{error:#}");
+    {
+        use std::io::Write as _;
+        let _ = writeln!(
+            io::stderr(),
+            "error: the new binary failed before it was ready: {reason}; going back to the previous one"
+        );
+    }
+    let fds: Vec<(BorrowedFd<'_>, RawFd)> = rollback.fds.iter().map(|(fd, n)| (fd.as_fd(), *n)).collect();
+    let number = rollback.state_number.to_string();
+    let args = crate::argv::pack_args(&rollback.start_args);
+    let env: [(&str, &std::ffi::OsStr); 4] = [
+        (STATE_ENV, number.as_ref()),
+        (crate::argv::ARGV_ENV, args.as_ref()),
+        (crate::argv::TITLED, "1".as_ref()),
+        (ROLLED_BACK_ENV, reason.as_ref()),
+    ];
+    let title = if rollback.title.is_empty() { title() } else { rollback.title.clone() };
+    let e = sys::exec_restoring(rollback.image.as_fd(), &fds, &title, &env);
+    // The numbers were overwritten under their owners: this process may only exit now.
+    Err(error.context(format!("the new binary failed and going back to the previous one failed too ({e})")))
+}
+
+/// Why `path` cannot be the new master's binary, if it cannot; else its identity (device,
+/// inode), to see that the file executed is the file checked.
+fn check_binary(path: &Path) -> Result<(u64, u64), UpgradeError> {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => format!("there is no host binary at {} any more", path.display()),
-        _ => format!("could not read {}: {e}", path.display()),
+        io::ErrorKind::NotFound => UpgradeError::Missing(path.to_path_buf()),
+        _ => UpgradeError::Unreadable { path: path.to_path_buf(), source: e },
     })?;
     if !meta.is_file() {
-        return Err(format!("{} is not a file", path.display()));
+        return Err(UpgradeError::NotAFile(path.to_path_buf()));
     }
     let executable =
         meta.permissions().mode() & 0o111 != 0 && nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok();
     if !executable {
-        return Err(format!("{} is not executable", path.display()));
+        return Err(UpgradeError::NotExecutable(path.to_path_buf()));
     }
-    Ok(())
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// The check of the new binary under way, off the master's loop.
+pub(super) struct DryRun {
+    client: Option<ClientId>,
+    exe: PathBuf,
+    identity: (u64, u64),
+    done: mpsc::Receiver<Result<(), UpgradeError>>,
+}
+
+/// Starts [`dry_run`] on a thread of its own, which sends its outcome and wakes the master.
+fn start_dry_run(
+    exe: PathBuf,
+    state: OwnedFd,
+    dir: PathBuf,
+    waker: Arc<mio::Waker>,
+) -> io::Result<mpsc::Receiver<Result<(), UpgradeError>>> {
+    let (tx, rx) = mpsc::channel();
+    // The child's parent-death signal fires when this thread ends: after it is reaped.
+    std::thread::Builder::new().name("host: upgrade-check".into()).spawn(move || {
+        let result = dry_run(&exe, state.as_fd(), &dir, CHECK_TIMEOUT);
+        let _ = tx.send(result);
+        let _ = waker.wake();
+    })?;
+    Ok(rx)
 }
 
 /// Runs `exe upgrade-check` with the state (fd 3) in `dir`: the new binary reads it and says
-/// whether it takes it over. Its last line of stderr is the reason of a refusal.
-fn dry_run(exe: &Path, state: BorrowedFd<'_>, dir: &Path) -> Result<(), String> {
+/// whether it takes it over. Its last line of stderr is the reason of a refusal. `timeout`
+/// bounds everything, its output included: once the child exited, what its stderr holds is read
+/// and no more (a grandchild may keep the pipe open for ever).
+fn dry_run(exe: &Path, state: BorrowedFd<'_>, dir: &Path, timeout: Duration) -> Result<(), UpgradeError> {
+    let path = || exe.to_path_buf();
     let mut cmd = Command::new(exe);
     cmd.arg("upgrade-check")
         .env(STATE_ENV, sys::FIRST_INHERITED_FD.to_string())
@@ -299,6 +503,7 @@ fn dry_run(exe: &Path, state: BorrowedFd<'_>, dir: &Path) -> Result<(), String> 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    let deadline = Instant::now() + timeout;
     // A binary just installed may still be open for writing a moment (ETXTBSY: the installer,
     // or a process forked while it wrote): try again for about a second.
     let mut tries = 0;
@@ -308,25 +513,48 @@ fn dry_run(exe: &Path, state: BorrowedFd<'_>, dir: &Path) -> Result<(), String> 
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
-            other => break other.map_err(|e| format!("could not run {}: {e}", exe.display()))?,
+            other => break other.map_err(|source| UpgradeError::Run { path: path(), source })?,
         }
     };
-    let stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        if let Some(mut pipe) = stderr {
-            let _ = io::Read::read_to_end(&mut pipe, &mut text);
+    let mut stderr = child.stderr.take();
+    if let Some(pipe) = &stderr {
+        sys::set_nonblocking(pipe.as_fd()).map_err(|source| UpgradeError::Run { path: path(), source })?;
+    }
+    let mut text = Vec::new();
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        if let Some(pipe) = stderr.as_mut() {
+            if read_available(pipe, &mut text) {
+                stderr = None;
+            }
         }
-        text
-    });
-    let running = spawn::Running::default();
-    let status = spawn::wait_or_kill(&mut child, CHECK_TIMEOUT, &running)
-        .map_err(|e| format!("could not wait for {}: {e}", exe.display()))?;
-    let stderr = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                if let Some(pipe) = stderr.as_mut() {
+                    read_available(pipe, &mut text);
+                }
+                break Some(status);
+            }
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => {}
+            Err(source) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(UpgradeError::Run { path: path(), source });
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
+    let stderr = String::from_utf8_lossy(&text).into_owned();
     let reason = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-    let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+    let reason = reason.strip_prefix("error: ").unwrap_or(reason).to_string();
     match status {
-        None => Err(format!("{} did not answer within {} s; killed", exe.display(), CHECK_TIMEOUT.as_secs())),
+        None => Err(UpgradeError::NoAnswer { path: path(), timeout }),
         Some(s) if s.success() => Ok(()),
         Some(s) => {
             let how = match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
@@ -334,8 +562,27 @@ fn dry_run(exe: &Path, state: BorrowedFd<'_>, dir: &Path) -> Result<(), String> 
                 (None, Some(sig)) => format!("signal {sig}"),
                 _ => "an unknown status".to_string(),
             };
-            let said = if reason.is_empty() { String::new() } else { format!(": {reason}") };
-            Err(format!("{} refused the running master's state ({how}){said}", exe.display()))
+            Err(UpgradeError::Refused { path: path(), how, reason })
+        }
+    }
+}
+
+/// Reads what `pipe` (non-blocking) holds now into `text`, keeping the last
+/// [`MAX_CHECK_OUTPUT`] bytes. True at its end (or an error).
+fn read_available(pipe: &mut impl io::Read, text: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                text.extend_from_slice(&buf[..n]);
+                if text.len() > MAX_CHECK_OUTPUT {
+                    text.drain(..text.len() - MAX_CHECK_OUTPUT);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
         }
     }
 }
@@ -354,11 +601,16 @@ fn epoch_ms(t: SystemTime) -> u64 {
 }
 
 impl Master {
-    /// `host upgrade` or SIGURG. Returns only when the upgrade was refused (answered and
-    /// logged): the old master goes on.
+    /// `host upgrade` or SIGURG: checks the new binary (off the loop; [`Master::upgrade_checked`]
+    /// goes on when the check is done). A refusal is answered and logged: the old master goes on.
     pub(super) fn upgrade(&mut self, client: Option<ClientId>) {
         tracing::info!("binary upgrade requested");
-        let Err(reason) = self.try_upgrade(client);
+        if let Err(e) = self.start_upgrade(client) {
+            self.refuse_upgrade(client, &e);
+        }
+    }
+
+    fn refuse_upgrade(&mut self, client: Option<ClientId>, reason: &UpgradeError) {
         tracing::error!("upgrade refused: {reason}; this master goes on");
         if let Some(client) = client {
             let message = format!("upgrade refused: {reason}; the master (pid {}) goes on", std::process::id());
@@ -368,34 +620,84 @@ impl Master {
         self.notifier.update(sup.phase(), sup.reloader_idle(), || super::summary(sup));
     }
 
-    fn try_upgrade(&mut self, client: Option<ClientId>) -> Result<Infallible, String> {
-        let exe = spawn::started_from().cloned().ok_or("the path the master was started from is unknown")?;
-        check_binary(&exe)?;
+    /// Whether the master can hand its state over now.
+    fn can_hand_over(&self) -> Result<(), UpgradeError> {
+        if self.sup.phase() != Phase::Running {
+            return Err(UpgradeError::NotRunning);
+        }
+        if !self.sup.reloader_idle() {
+            return Err(UpgradeError::ReloadUnderWay);
+        }
+        Ok(())
+    }
+
+    fn start_upgrade(&mut self, client: Option<ClientId>) -> Result<(), UpgradeError> {
+        if self.upgrading.is_some() {
+            return Err(UpgradeError::UnderWay);
+        }
+        let exe = spawn::started_from().cloned().ok_or(UpgradeError::NoPath)?;
+        let identity = check_binary(&exe)?;
+        self.can_hand_over()?;
+        let (state, _) = self.hand_over(client)?;
+        let json = serde_json::to_vec(&state).map_err(|e| UpgradeError::WriteState(e.into()))?;
+        let memfd = sys::sealed_memfd("host-upgrade-state", &mut &json[..]).map_err(UpgradeError::WriteState)?;
+        let done = start_dry_run(exe.clone(), memfd, state.start_dir.clone(), self.waker.clone())
+            .map_err(|source| UpgradeError::Run { path: exe.clone(), source })?;
+        tracing::info!(path = %exe.display(), "checking the new binary (`host upgrade-check`)");
+        self.upgrading = Some(DryRun { client, exe, identity, done });
+        Ok(())
+    }
+
+    /// The loop was woken: when the check of the new binary is done, executes it or says why not.
+    pub(super) fn upgrade_checked(&mut self) {
+        let Some(run) = &self.upgrading else { return };
+        let result = match run.done.try_recv() {
+            Ok(result) => result,
+            Err(mpsc::TryRecvError::Empty) => return,
+            Err(mpsc::TryRecvError::Disconnected) => Err(UpgradeError::Run {
+                path: run.exe.clone(),
+                source: io::Error::other("the thread that ran the check ended"),
+            }),
+        };
+        let Some(DryRun { client, exe, identity, .. }) = self.upgrading.take() else { return };
+        let Err(e) = result.and_then(|()| self.exec_upgrade(client, &exe, identity));
+        self.refuse_upgrade(client, &e);
+    }
+
+    /// The new binary accepted the state: hands over the state as it is now and executes it.
+    /// Returns only when that could not be done.
+    fn exec_upgrade(
+        &mut self,
+        client: Option<ClientId>,
+        exe: &Path,
+        identity: (u64, u64),
+    ) -> Result<Infallible, UpgradeError> {
+        if check_binary(exe)? != identity {
+            return Err(UpgradeError::Replaced(exe.to_path_buf()));
+        }
         // What the workers said so far is acted on, and what is queued for them leaves first.
         let ids: Vec<WorkerId> = self.channels.keys().copied().collect();
         for &id in &ids {
             self.read_worker(id);
         }
         self.carry_out();
-        if self.sup.phase() != Phase::Running {
-            return Err("the master is still starting or is stopping".into());
-        }
-        if !self.sup.reloader_idle() {
-            return Err("a reload is under way; try again once it is done".into());
-        }
+        self.can_hand_over()?;
         for channel in self.channels.values_mut() {
             let _ = channel.flush_timeout(FLUSH_TIMEOUT);
         }
-        // systemd hears RELOADING=1 now; READY=1 again if the upgrade is refused.
+        // systemd hears RELOADING=1 now (the new image says MAINPID= and READY=1); READY=1 again
+        // if the exec fails.
         self.notifier.upgrading();
-        let (state, handed) = self.hand_over(client)?;
-        let json = serde_json::to_vec(&state).map_err(|e| format!("could not write the state: {e}"))?;
-        let memfd = sys::sealed_memfd("host-upgrade-state", &mut &json[..])
-            .map_err(|e| format!("could not write the state: {e}"))?;
-        dry_run(&exe, memfd.as_fd(), &state.start_dir)?;
+        // Kept across the exec: the new image goes back to it if it fails before it is ready.
+        let image = sys::open_running_image().map_err(UpgradeError::KeepImage)?;
+        let (mut state, handed) = self.hand_over(client)?;
+        state.previous_image = Some(image.as_raw_fd());
+        let json = serde_json::to_vec(&state).map_err(|e| UpgradeError::WriteState(e.into()))?;
+        let memfd = sys::sealed_memfd("host-upgrade-state", &mut &json[..]).map_err(UpgradeError::WriteState)?;
         tracing::info!(path = %exe.display(), workers = state.workers.len(), "the new binary accepts the state; executing it");
         let mut fds: Vec<BorrowedFd<'_>> = handed.clone();
         fds.push(memfd.as_fd());
+        fds.push(image.as_fd());
         let error = match fds.iter().try_for_each(|fd| sys::clear_cloexec(*fd)) {
             Ok(()) => {
                 let number = memfd.as_raw_fd().to_string();
@@ -405,7 +707,7 @@ impl Master {
                     (crate::argv::ARGV_ENV, args.as_ref()),
                     (crate::argv::TITLED, "1".as_ref()),
                 ];
-                sys::exec_image(&exe, &title(), &env)
+                sys::exec_image(exe, &title(), &env)
             }
             Err(e) => e,
         };
@@ -413,11 +715,11 @@ impl Master {
         for fd in &fds {
             let _ = sys::set_cloexec(*fd);
         }
-        Err(format!("could not execute {}: {error}", exe.display()))
+        Err(UpgradeError::Exec { path: exe.to_path_buf(), source: error })
     }
 
     /// The state, and the descriptors it names (borrowed from the master).
-    fn hand_over(&self, client: Option<ClientId>) -> Result<(State, Vec<BorrowedFd<'_>>), String> {
+    fn hand_over(&self, client: Option<ClientId>) -> Result<(State, Vec<BorrowedFd<'_>>), UpgradeError> {
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         let number = |fd: BorrowedFd<'_>| fd.as_raw_fd();
         let mut snapshots: Vec<(Rc<Snapshot>, HandedSnapshot)> = Vec::new();
@@ -451,7 +753,7 @@ impl Master {
         let now = self.sup.now();
         let mut workers = Vec::new();
         for w in self.sup.slots.workers() {
-            let channel = self.channels.get(&w.id).ok_or(format!("worker {} has no channel", w.pid))?;
+            let channel = self.channels.get(&w.id).ok_or(UpgradeError::HandOver("a worker has no channel"))?;
             let role = match self.sup.slots.role(w.id) {
                 Some(Role::Serving) => HandedRole::Serving,
                 Some(Role::Replacement) => HandedRole::Replacement,
@@ -484,7 +786,7 @@ impl Master {
                 .map(|w| &w.snapshot)
                 .chain(self.sup.slots.slots().map(|s| &s.snapshot))
                 .find(|snap| snap.fd().as_raw_fd() == s.fd)
-                .ok_or("a snapshot vanished")?;
+                .ok_or(UpgradeError::HandOver("a snapshot vanished"))?;
             fds.push(snap.fd());
         }
         let pid_lock = self._pid_file.lock_fd();
@@ -515,6 +817,8 @@ impl Master {
             exits: self.sup.exits.iter().map(|((s, how), n)| (s.clone(), how.clone(), *n)).collect(),
             carried: self.carried.iter().map(|(k, r)| (k.service.0, k.slot, r.clone())).collect(),
             last_reload: self.sup.last_reload.as_ref().map(|r| (epoch_ms(r.at), r.trigger.clone(), r.summary.clone())),
+            previous_image: None,
+            title: title(),
         };
         Ok((state, fds))
     }
@@ -590,6 +894,19 @@ impl Master {
             _ => None,
         };
         self.notifier.adopted();
+        // From here on this image runs its loop: it does not go back any more.
+        disarm_rollback();
+        if let Some(reason) = inherited.rolled_back.take() {
+            tracing::error!(workers = state.workers.len(), pid = std::process::id(), "upgrade failed: the new binary failed before it was ready ({reason}); back on this binary, every worker kept");
+            if let Some(client) = client {
+                let message = format!(
+                    "upgrade failed: the new binary failed before it was ready ({reason}); the master (pid {}) went back to the previous binary and goes on",
+                    std::process::id()
+                );
+                self.answer_all(&[client], &Answer::Error { message });
+            }
+            return Ok(());
+        }
         tracing::info!(from = %state.version, to = %env!("CARGO_PKG_VERSION"), workers = state.workers.len(), pid = std::process::id(), "upgraded: this binary took the master over; replacing every worker");
         self.sup.request_reload(true, super::reload::state::Trigger::Upgrade, client);
         Ok(())
@@ -638,6 +955,8 @@ mod tests {
             exits: Vec::new(),
             carried: Vec::new(),
             last_reload: None,
+            previous_image: None,
+            title: String::new(),
         }
     }
 
@@ -674,12 +993,42 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("host-upgrade-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("host");
-        assert!(check_binary(&path).unwrap_err().contains("no host binary"));
+        assert!(matches!(check_binary(&path), Err(UpgradeError::Missing(_))));
         std::fs::write(&path, b"#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(check_binary(&path).unwrap_err().contains("not executable"));
+        assert!(matches!(check_binary(&path), Err(UpgradeError::NotExecutable(_))));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(check_binary(&path), Ok(()));
+        assert!(check_binary(&path).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A script at `dir/name` with `body`, and the state to check.
+    fn script(name: &str, body: &str) -> (PathBuf, OwnedFd) {
+        let dir = std::env::temp_dir().join(format!("host-upgrade-check-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("host");
+        let new = dir.join("host.new");
+        std::fs::write(&new, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        let json = serde_json::to_vec(&state()).unwrap();
+        (path, sys::sealed_memfd("test-state", &mut &json[..]).unwrap())
+    }
+
+    // Issue 20 item 1: the check is bounded with its output. A grandchild that keeps stderr
+    // open delays nothing (it used to hold the master until the grandchild ended); a check that
+    // hangs is killed at the timeout.
+    #[test]
+    fn the_check_is_bounded_with_its_output_and_says_the_reason() {
+        let (path, state) = script("grandchild", "sleep 30 &\necho 'error: this build says no' >&2\nexit 1");
+        let started = Instant::now();
+        let err = dry_run(&path, state.as_fd(), Path::new("/"), Duration::from_secs(20)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "waited {:?} for the grandchild", started.elapsed());
+        assert!(matches!(&err, UpgradeError::Refused { reason, .. } if reason == "this build says no"), "{err}");
+        let (path, state) = script("hangs", "exec sleep 30");
+        let err = dry_run(&path, state.as_fd(), Path::new("/"), Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, UpgradeError::NoAnswer { .. }), "{err}");
+        let (path, state) = script("accepts", "exit 0");
+        dry_run(&path, state.as_fd(), Path::new("/"), Duration::from_secs(20)).unwrap();
     }
 }

@@ -2,7 +2,7 @@
 //! re-exec for its process title, thread names.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
@@ -71,12 +71,69 @@ pub fn spawn_with_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>]) -> io::Result<C
 /// argv[0], so `ps` shows e.g. `host: master (host.toml)`. `marker` is set in the environment so
 /// the new image knows it is titled. Returns only if exec failed.
 pub fn exec_with_title(title: &str, args: (&str, &std::ffi::OsStr), marker: &str) -> io::Error {
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return e,
-    };
+    // The running image, not the file at its path: that may be another binary by now.
     // The arguments travel in the environment (`args.0`): argv is the title alone.
-    Command::new(exe).arg0(title).env(args.0, args.1).env(marker, "1").exec()
+    Command::new(RUNNING_IMAGE).arg0(title).env(args.0, args.1).env(marker, "1").exec()
+}
+
+/// The program that starts the image this process runs: exec'd by a child of a fork, it is the
+/// parent's image (a fork shares it), whatever file sits at the path it was started from now,
+/// and even when that file was deleted. Workers and probes are started from it, so that a
+/// binary installed over the host's path is run only by `host upgrade`.
+pub const RUNNING_IMAGE: &str = "/proc/self/exe";
+
+/// A close-on-exec descriptor of the image this process runs (kept across `host upgrade`, so the
+/// new image can go back to it).
+pub fn open_running_image() -> io::Result<OwnedFd> {
+    Ok(OwnedFd::from(std::fs::File::open(RUNNING_IMAGE)?))
+}
+
+/// A close-on-exec duplicate, numbered `min` or above, of the descriptor `number` this process
+/// inherited and has not taken yet (a new master keeps copies of what the previous image handed
+/// over, to give it back if it fails).
+pub fn dup_inherited_above(number: RawFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a number makes a new descriptor (EBADF if `number` is not
+    // open) and touches no memory; the new number is owned by nothing else, so the OwnedFd owns
+    // it. `number` itself is neither owned nor closed here.
+    let new = unsafe { syscall!(fcntl(number, libc::F_DUPFD_CLOEXEC, min)) }?;
+    // SAFETY: `new` was just created by the kernel for us (see above).
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Puts each `(fd, number)` back at `number` (open across exec), then execs the image `image`
+/// (a descriptor of an ELF binary) as [`exec_image`] does. For a master going back to the image
+/// it was upgraded from: `number`s are the descriptors the handed-over state names, which this
+/// process may have closed or reused meanwhile. Returns only if the exec failed; the caller
+/// must then exit (the numbers were overwritten under whatever owned them).
+pub fn exec_restoring(
+    image: BorrowedFd<'_>,
+    fds: &[(BorrowedFd<'_>, RawFd)],
+    argv0: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> io::Error {
+    for &(fd, number) in fds {
+        // SAFETY: dup2 makes `number` a copy of the open `fd` (borrowed) without close-on-exec;
+        // whatever object owned `number` before loses it, which is sound only because this
+        // process execs next or exits (documented above): nothing uses that object again.
+        if let Err(e) = unsafe { syscall!(dup2(fd.as_raw_fd(), number)) } {
+            return e;
+        }
+    }
+    // An ELF image runs from its close-on-exec descriptor through this path (the kernel opens
+    // it before it closes close-on-exec descriptors).
+    let path = format!("/proc/self/fd/{}", image.as_raw_fd());
+    exec_image(std::path::Path::new(&path), argv0, env)
+}
+
+/// Makes `fd` non-blocking (a pipe read with a deadline).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL read and change only the open file's status flags; `fd` is
+    // borrowed, so it is open.
+    unsafe {
+        let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    }
+    Ok(())
 }
 
 /// Sets the name `top` and `/proc/PID/comm` show (15 bytes at most).

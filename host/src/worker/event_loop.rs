@@ -58,6 +58,10 @@ pub(super) struct Worker {
     /// How often the loop says `alive` to the master's watchdog (0: never).
     heartbeat_ms: u64,
     next_heartbeat_ms: u64,
+    /// The resident memory the last heartbeat reported, and when the loop looks at it next
+    /// between heartbeats (a worker growing fast reports at once: `max_memory`).
+    reported_rss: u64,
+    next_rss_check_ms: u64,
     /// The mailbox may hold more messages (a turn stopped at `MAILBOX_BATCH`).
     mailbox_pending: bool,
     /// Where a message from another worker is read (the largest one fits).
@@ -114,6 +118,8 @@ impl Worker {
             drain_timeout_ms: spec.drain_timeout_ms,
             heartbeat_ms: spec.heartbeat_ms,
             next_heartbeat_ms: spec.heartbeat_ms,
+            reported_rss: 0,
+            next_rss_check_ms: 0,
             mailbox_pending: false,
             mailbox_buf: vec![0; mailbox::RECV_BUFFER],
             udp_pending: false,
@@ -244,9 +250,22 @@ impl Worker {
     /// Tells the master's watchdog that the loop turns: at most once per heartbeat, also when
     /// idle (the poll wakes for it). A worker stuck in a plugin callback stops saying it.
     fn beat(&mut self) {
-        if self.heartbeat_ms > 0 && self.core.now_ms >= self.next_heartbeat_ms {
+        const RSS_CHECK_MS: u64 = 50;
+        if self.heartbeat_ms == 0 {
+            return;
+        }
+        let due = self.core.now_ms >= self.next_heartbeat_ms;
+        let mut rss = None;
+        if !due && self.core.now_ms >= self.next_rss_check_ms {
+            self.next_rss_check_ms = self.core.now_ms + RSS_CHECK_MS;
+            rss = Some(resident_bytes());
+        }
+        let grew = rss.is_some_and(|r| grew_to_report(self.reported_rss, r));
+        if due || grew {
             self.next_heartbeat_ms = self.core.now_ms + self.heartbeat_ms;
-            let alive = ToMaster::Alive { messages: self.core.stats.messages, rss_bytes: resident_bytes() };
+            let rss_bytes = rss.unwrap_or_else(resident_bytes);
+            self.reported_rss = rss_bytes;
+            let alive = ToMaster::Alive { messages: self.core.stats.messages, rss_bytes };
             self.send_control(&alive);
             crate::logging::flush_suppressed();
         }
@@ -531,6 +550,13 @@ fn msg_name(msg: &ToMaster) -> &'static str {
         ToMaster::Alive { .. } => "alive",
         ToMaster::LogsReopened { .. } => "logs reopened",
     }
+}
+
+/// Whether resident memory grew enough since the last heartbeat (`reported`) to report it now:
+/// by an eighth, and 8 MiB at least.
+pub(super) fn grew_to_report(reported: u64, rss: u64) -> bool {
+    const MIN_GROWTH: u64 = 8 << 20;
+    rss >= reported.saturating_add((reported / 8).max(MIN_GROWTH))
 }
 
 /// The process's resident memory in bytes, from `/proc/self/statm` (one short read; 0 if it

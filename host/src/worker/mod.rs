@@ -208,6 +208,18 @@ extern "C" fn plugin_log(level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
 
 #[cfg(test)]
 mod tests {
+    // Issue 20 item 13: a worker growing fast reports between heartbeats; a steady one does not.
+    #[test]
+    fn memory_growth_is_reported_between_heartbeats_only_when_it_is_large() {
+        use super::event_loop::grew_to_report;
+        const MIB: u64 = 1 << 20;
+        assert!(!grew_to_report(50 * MIB, 52 * MIB), "a little growth waits for the heartbeat");
+        assert!(grew_to_report(50 * MIB, 58 * MIB), "8 MiB more is reported at once");
+        assert!(!grew_to_report(400 * MIB, 440 * MIB), "an eighth of a large worker");
+        assert!(grew_to_report(400 * MIB, 450 * MIB));
+        assert!(grew_to_report(0, 8 * MIB));
+    }
+
     use super::*;
     use crate::config::Limits;
     use crate::ctl::MasterChannel;

@@ -266,3 +266,25 @@ fn a_segfaulting_plugin_takes_down_one_worker_only() {
     let dead = break_one_worker(&host, "segv\n", "worker died with signal SIGSEGV");
     check_replaced(&host, &before, dead, "signal SIGSEGV");
 }
+
+// Issue 20 items 8 and 9: a service name of 240 characters made `start -d` hang for ever (the
+// watch page's memfd name overflowed and the spawn was retried without end), and a worker
+// timeout of 1 ms killed healthy workers between heartbeats. Both are refused at once, saying
+// why.
+#[test]
+fn a_long_service_name_and_a_worker_timeout_below_the_heartbeat_are_refused_with_the_reason() {
+    let dir = host_tests::TempDir::new();
+    let name = "a".repeat(240);
+    let config = dir
+        .write("host.toml", format!("[[service]]\nname = \"{name}\"\nplugin = \"http\"\nlisten = \"127.0.0.1:0\"\n"));
+    let out = host_tests::run_host_in(
+        dir.path(),
+        ["-c".as_ref(), config.as_os_str(), "start".as_ref(), "-d".as_ref()],
+        COMMAND_TIMEOUT,
+    );
+    assert!(!out.status.success(), "started: {}", out.stdout);
+    assert_contains!(out.stderr, "at most 64 characters");
+    let out = run_host(["--plugin", "http", "--listen", "127.0.0.1:0", "--worker-timeout", "0.001"], COMMAND_TIMEOUT);
+    assert!(!out.status.success(), "started: {}", out.stdout);
+    assert_contains!(out.stderr, "--worker-timeout must be 0 (off) or at least 1 s");
+}

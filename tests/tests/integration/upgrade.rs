@@ -159,3 +159,136 @@ fn upgrade_tells_the_service_manager_reloading_mainpid_and_ready() {
     assert!(said.iter().any(|m| m.contains(&format!("MAINPID={}", host.pid()))), "{said:?}");
     assert_contains!(said.last().unwrap(), "last reload: done: 2 workers replaced");
 }
+
+/// Starts the copied host with `count` workers and `extra` flags; returns the start arguments too.
+fn start_with(count: &str, extra: &[&str]) -> (PluginDir, CopiedHost, Vec<String>) {
+    let dir = PluginDir::new();
+    dir.mv("http.so", &fs::read(plugin_file("http")).unwrap());
+    let plugin_dir = dir.arg();
+    let mut args: Vec<String> =
+        ["--plugin", "http", "--count", count, "--listen", "127.0.0.1:0", "--drain-timeout", "60", "--plugin-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    args.push(plugin_dir);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let host = CopiedHost::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    (dir, host, args)
+}
+
+/// Renames a script with `text` over the copied host's binary, as an installer does.
+fn install_script(host: &CopiedHost, text: &str) {
+    let (new, path) = (host.dir().join("bin/host.new"), host.dir().join("bin/host"));
+    fs::write(&new, text).unwrap();
+    fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::rename(&new, &path).unwrap();
+}
+
+// Issue 20 item 1: the check of the new binary runs off the master's loop. While a check hangs
+// (until its 10 s deadline), `status` is answered, the workers are supervised as usual, and
+// afterwards the watchdog kills none of them (it used to blame every worker for the master's
+// own stall, and their replacements ran the bad binary).
+#[test]
+fn a_check_that_hangs_stalls_nothing_and_no_worker_is_blamed_for_it() {
+    let (_plugins, host, _) = start_with("2", &["--worker-timeout", "1"]);
+    let (pid, port) = (host.pid(), host.port());
+    let workers = poll_until(SETTLE_TIMEOUT, || Some(host.worker_pids()).filter(|p| p.len() == 2)).expect("2 workers");
+    let load = Load::http_get(port, 2);
+    assert!(load.wait_more(20, SETTLE_TIMEOUT), "the clients get no answers");
+    let checking = host.dir().join("checking");
+    install_script(&host, &format!("#!/bin/sh\ntouch '{}'\nexec sleep 60\n", checking.display()));
+    let dir = host.dir().to_path_buf();
+    let upgrade = std::thread::spawn(move || host_tests::run_host_in(&dir, ["upgrade"], UPGRADE_TIMEOUT));
+    poll_until(SETTLE_TIMEOUT, || checking.exists().then_some(())).expect("the check did not start");
+    // Well within the check's 10 s: the master's loop runs on.
+    let status = host.command(&["status"], Duration::from_secs(5));
+    assert!(status.status.success(), "{}", status.stderr);
+    for w in &workers {
+        assert_contains!(status.stdout, w.to_string());
+    }
+    let out = upgrade.join().unwrap();
+    assert!(!out.status.success(), "the upgrade was not refused: {}", out.stdout);
+    assert_contains!(out.stderr, "did not answer within 10 s; killed");
+    assert_contains!(out.stderr, format!("the master (pid {pid}) goes on"));
+    hello(port);
+    assert_eq!(host.worker_pids(), workers, "workers were replaced:\n{}", host.log());
+    assert!(!host.log().contains("made no progress"), "the watchdog blamed a worker:\n{}", host.log());
+    let tally = load.finish();
+    assert!(tally.failed == 0 && tally.ok > 0, "requests failed during the check: {tally:#?}");
+}
+
+// Issue 20 item 2: a broken binary installed over the host's path (the first step of every
+// package upgrade) is run by nobody until `host upgrade`: a worker that dies is replaced from
+// the running image, and a reload (probe and new workers) works as before.
+#[test]
+fn workers_come_from_the_running_image_not_the_file_installed_over_it() {
+    let (_plugins, host, _) = start_with("1", &[]);
+    let (pid, port) = (host.pid(), host.port());
+    let image = exe_inode(pid);
+    let first = poll_until(SETTLE_TIMEOUT, || Some(host.worker_pids()).filter(|p| p.len() == 1)).expect("1 worker");
+    install_script(&host, "#!/bin/sh\necho 'broken install' >&2\nexit 1\n");
+    host_tests::signal_pid(first[0], host_tests::Signal::SIGKILL);
+    let next = poll_until(SETTLE_TIMEOUT, || {
+        Some(host.worker_pids()).filter(|p| p.len() == 1 && p[0] != first[0] && exe_inode(p[0]) == image)
+    })
+    .unwrap_or_else(|| panic!("no worker from the running image: {:?}\n{}", host.worker_pids(), host.log()));
+    hello(port);
+    let out = host.command(&["reload"], UPGRADE_TIMEOUT);
+    assert!(out.status.success(), "reload failed: {}{}\n{}", out.stdout, out.stderr, host.log());
+    let after = poll_until(SETTLE_TIMEOUT, || Some(host.worker_pids()).filter(|p| p.len() == 1 && p != &next))
+        .expect("the reload replaced the worker");
+    assert_eq!(exe_inode(after[0]), image, "the reload's worker runs another file");
+    hello(port);
+    assert!(!host.log().contains("broken install"), "the installed file was run:\n{}", host.log());
+}
+
+/// `ARGV_ENV`'s packing (each argument's bytes in hex, separated by commas).
+fn pack_args(args: &[String]) -> String {
+    args.iter().map(|a| a.bytes().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>().join(",")
+}
+
+// Issue 20 item 3: a new binary that accepts the state in its check but fails once executed
+// (here: it takes a command line with 3 workers where 2 run, and exits 1) is a rollback, not an
+// outage: the master goes back to the image it was upgraded from, adopts its workers again, and
+// the waiting `host upgrade` hears why; no request fails meanwhile, and a good binary upgrades
+// afterwards.
+#[test]
+fn a_binary_that_fails_after_the_exec_is_rolled_back_and_no_request_fails() {
+    let (_plugins, host, args) = start_with("2", &[]);
+    let (pid, port) = (host.pid(), host.port());
+    let image = exe_inode(pid);
+    let workers = poll_until(SETTLE_TIMEOUT, || Some(host.worker_pids()).filter(|p| p.len() == 2)).expect("2 workers");
+    let load = Load::http_get(port, 4);
+    assert!(load.wait_more(20, SETTLE_TIMEOUT), "the clients get no answers");
+    let other: Vec<String> = args.iter().map(|a| if a == "2" { "3".to_string() } else { a.clone() }).collect();
+    let real = host_tests::host_bin();
+    install_script(
+        &host,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = upgrade-check ]; then exec '{real}' \"$@\"; fi\nHOST_ARGV='{packed}' exec '{real}'\n",
+            real = real.display(),
+            packed = pack_args(&other)
+        ),
+    );
+    let out = host.command(&["upgrade"], UPGRADE_TIMEOUT);
+    assert!(!out.status.success(), "the upgrade did not fail: {}\n{}", out.stdout, host.log());
+    assert_contains!(out.stderr, "the new binary failed before it was ready");
+    assert_contains!(out.stderr, "3 workers now, 2 running");
+    assert_contains!(out.stderr, format!("the master (pid {pid}) went back to the previous binary"));
+    assert!(host_tests::is_alive(pid));
+    assert_eq!(exe_inode(pid), image, "the master does not run its previous image");
+    assert!(host_tests::cmdline(pid).is_some_and(|c| c.starts_with("host: master")), "the title is kept");
+    assert_eq!(host.worker_pids(), workers, "the workers were not kept");
+    hello(port);
+    let status = host.command(&["status"], SETTLE_TIMEOUT);
+    assert!(status.status.success(), "{}", status.stderr);
+    let tally = load.finish();
+    assert!(tally.failed == 0 && tally.ok > 0, "requests failed during the failed upgrade: {tally:#?}");
+    // The path is still the one to upgrade from.
+    host.replace_binary();
+    let new_inode = fs::metadata(host.dir().join("bin/host")).unwrap().ino();
+    let out = host.command(&["upgrade"], UPGRADE_TIMEOUT);
+    assert!(out.status.success(), "host upgrade failed: {}{}\nlog:\n{}", out.stdout, out.stderr, host.log());
+    assert_eq!(exe_inode(pid), new_inode, "the master does not run the new binary");
+    hello(port);
+}
