@@ -29,7 +29,8 @@
 //!   (`v0_1_0`, `v0_1_1`, `v0_1_2`, hidden from the docs: the root module and vtables as each
 //!   release declared them, and an adapter to the next release), and the host's table of frozen
 //!   releases (`FROZEN_RELEASES` in `host/src/plugin.rs`) loads a plugin of those releases
-//!   with them. 0.1.3 added the last method of each vtable: `extension`.
+//!   with them. 0.1.3 added the last method of each vtable: `extension`, and the first event of
+//!   the extension (`on_input_end`, before 0.1.3 shipped: no plugin of 0.1.3 lacks it).
 //! - **New events are methods of [`RawPluginExt`], new host calls methods of [`RawHostExt`]**,
 //!   added at the end, in release order, each with a default body: for an event, what happens
 //!   for a plugin that lacks it (a no-op, or a call of the older event it replaces); for a host
@@ -653,6 +654,33 @@ pub trait RawPluginExt {
 
     // --- Events added after 0.1.3 go here, in release order, each with a default body and a
     // --- `// --- Added in plugin-api 0.1.N` line above its block.
+
+    // --- Added in plugin-api 0.1.3, before its release: the first event of the extension.
+
+    /// The peer of `conn` finished sending (a read returned end of input: it half-closed, or
+    /// closed). Nothing more is read from it. A [`RawInputEnd`]: [`RawInputEnd::CLOSE`] (the
+    /// default, and what a plugin without this event gets) closes the connection once its queued
+    /// output is written; [`RawInputEnd::KEEP_OPEN`] keeps the write side open until the plugin
+    /// closes it (the idle timeout still applies).
+    fn on_input_end(&mut self, host: RawHostRef<'_>, conn: ConnId) -> RawInputEnd {
+        let _ = (host, conn);
+        RawInputEnd::CLOSE
+    }
+}
+
+/// What the plugin answers to `on_input_end` ([`RawPluginExt::on_input_end`]). Growable: a host
+/// reads a value it does not know as [`RawInputEnd::CLOSE`].
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawInputEnd(pub u8);
+
+impl RawInputEnd {
+    /// Close once the queued output is written (what a host did before the event existed).
+    pub const CLOSE: Self = RawInputEnd(0);
+    /// Keep the write side open until the plugin closes the connection.
+    pub const KEEP_OPEN: Self = RawInputEnd(1);
+    /// The plugin panicked (caught by the glue); the host closes the connection.
+    pub const PANICKED: Self = RawInputEnd(2);
 }
 
 /// The plugin's extension object, borrowed from its instance.
