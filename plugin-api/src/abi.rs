@@ -849,14 +849,30 @@ mod tests {
     /// `RawPluginExt` as a later release declares it: one more event.
     mod later {
         use abi_stable::{sabi_trait, std_types::RStr};
+
+        use crate::abi::{ConnId, RawHostRef, RawInputEnd};
         #[sabi_trait]
         pub trait RawPluginExt {
             #[sabi(last_prefix_field)]
             fn api_version(&self) -> RStr<'static>;
+            fn on_input_end(&mut self, host: RawHostRef<'_>, conn: ConnId) -> RawInputEnd {
+                let _ = (host, conn);
+                RawInputEnd::CLOSE
+            }
             fn on_future(&mut self, data: u64) -> u32 {
                 let _ = data;
                 0
             }
+        }
+    }
+
+    /// `RawPluginExt` as a release before `on_input_end` would have declared it.
+    mod earlier {
+        use abi_stable::{sabi_trait, std_types::RStr};
+        #[sabi_trait]
+        pub trait RawPluginExt {
+            #[sabi(last_prefix_field)]
+            fn api_version(&self) -> RStr<'static>;
         }
     }
 
@@ -893,5 +909,64 @@ mod tests {
         assert!(check_extension_layout(today, host).is_err(), "the host's extension is not the plugin's");
         let unrelated = <Unrelated_TO<'static, abi_stable::sabi_types::RMut<'static, ()>> as StableAbi>::LAYOUT;
         assert!(check_extension_layout(today, unrelated).is_err());
+    }
+
+    mod across_releases {
+        use abi_stable::{sabi_trait::TD_Opaque, sabi_types::RMut, std_types::RStr, StableAbi};
+
+        use super::super::{ConnId, RawHostRef, RawInputEnd, RawPluginExt, RawPluginExtRef, RawPluginExt_TO};
+        use super::{check_extension_layout, earlier, later};
+
+        /// A plugin of this release: it has `on_input_end`.
+        struct Today;
+        impl RawPluginExt for Today {
+            fn api_version(&self) -> RStr<'static> {
+                RStr::from_str("today")
+            }
+            fn on_input_end(&mut self, _: RawHostRef<'_>, _: ConnId) -> RawInputEnd {
+                RawInputEnd::KEEP_OPEN
+            }
+        }
+
+        /// A plugin of an earlier release: no `on_input_end`.
+        struct Earlier;
+        impl earlier::RawPluginExt for Earlier {
+            fn api_version(&self) -> RStr<'static> {
+                RStr::from_str("earlier")
+            }
+        }
+
+        // What crosses the boundary is a vtable of the plugin's release, read through the host's
+        // declaration once the layouts agree: the events the plugin has reach it, the ones it lacks
+        // answer their default, in a host of a later release as in one of this release.
+        #[test]
+        fn an_extension_of_another_release_answers_its_events_and_defaults_for_the_rest() {
+            let mut host = crate::testing::TestHost::new();
+            let conn = ConnId::new(1, 1);
+            let today = <RawPluginExtRef<'static> as StableAbi>::LAYOUT;
+
+            // A plugin without the event, in this host.
+            let mut plugin = Earlier;
+            let theirs = earlier::RawPluginExt_TO::from_ptr(&mut plugin, TD_Opaque);
+            let layout = <earlier::RawPluginExt_TO<'static, RMut<'static, ()>> as StableAbi>::LAYOUT;
+            assert_eq!(check_extension_layout(today, layout), Ok(()));
+            // SAFETY: both are the same `RObject` of an erased `RMut` and a prefix vtable reference;
+            // the layouts were checked to agree on the methods both declare, which is what the host
+            // relies on when it reads a plugin's extension across the boundary.
+            let mut ext: RawPluginExtRef<'_> = unsafe { std::mem::transmute(theirs) };
+            assert_eq!(ext.api_version().as_str(), "earlier");
+            assert_eq!(ext.on_input_end(host.raw(), conn), RawInputEnd::CLOSE, "the default");
+
+            // A plugin of this release, in a host of a later release (one more event).
+            let mut plugin = Today;
+            let ours = RawPluginExt_TO::from_ptr(&mut plugin, TD_Opaque);
+            let later = <later::RawPluginExt_TO<'static, RMut<'static, ()>> as StableAbi>::LAYOUT;
+            assert_eq!(check_extension_layout(later, today), Ok(()));
+            // SAFETY: as above.
+            let mut ext: later::RawPluginExt_TO<'_, RMut<'_, ()>> = unsafe { std::mem::transmute(ours) };
+            assert_eq!(ext.api_version().as_str(), "today");
+            assert_eq!(ext.on_input_end(host.raw(), conn), RawInputEnd::KEEP_OPEN, "the plugin's own");
+            assert_eq!(ext.on_future(7), 0, "the later event's default");
+        }
     }
 }
