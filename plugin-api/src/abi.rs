@@ -652,10 +652,10 @@ pub trait RawPluginExt {
     #[sabi(last_prefix_field)]
     fn api_version(&self) -> RStr<'static>;
 
-    // --- Events added after 0.1.3 go here, in release order, each with a default body and a
+    // --- Events go here, in release order, each with a default body and a
     // --- `// --- Added in plugin-api 0.1.N` line above its block.
 
-    // --- Added in plugin-api 0.1.3, before its release: the first event of the extension.
+    // --- Added in plugin-api 0.1.3 (before it shipped): the first event of the extension.
 
     /// The peer of `conn` finished sending (a read returned end of input: it half-closed, or
     /// closed). Nothing more is read from it. A [`RawInputEnd`]: [`RawInputEnd::CLOSE`] (the
