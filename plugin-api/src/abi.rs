@@ -29,7 +29,8 @@
 //!   (`v0_1_0`, `v0_1_1`, `v0_1_2`, hidden from the docs: the root module and vtables as each
 //!   release declared them, and an adapter to the next release), and the host's table of frozen
 //!   releases (`FROZEN_RELEASES` in `host/src/plugin.rs`) loads a plugin of those releases
-//!   with them. 0.1.3 added the last method of each vtable: `extension`.
+//!   with them. 0.1.3 added the last method of each vtable: `extension`, and the first event of
+//!   the extension (`on_input_end`, before 0.1.3 shipped: no plugin of 0.1.3 lacks it).
 //! - **New events are methods of [`RawPluginExt`], new host calls methods of [`RawHostExt`]**,
 //!   added at the end, in release order, each with a default body: for an event, what happens
 //!   for a plugin that lacks it (a no-op, or a call of the older event it replaces); for a host
@@ -651,8 +652,35 @@ pub trait RawPluginExt {
     #[sabi(last_prefix_field)]
     fn api_version(&self) -> RStr<'static>;
 
-    // --- Events added after 0.1.3 go here, in release order, each with a default body and a
+    // --- Events go here, in release order, each with a default body and a
     // --- `// --- Added in plugin-api 0.1.N` line above its block.
+
+    // --- Added in plugin-api 0.1.3 (before it shipped): the first event of the extension.
+
+    /// The peer of `conn` finished sending (a read returned end of input: it half-closed, or
+    /// closed). Nothing more is read from it. A [`RawInputEnd`]: [`RawInputEnd::CLOSE`] (the
+    /// default, and what a plugin without this event gets) closes the connection once its queued
+    /// output is written; [`RawInputEnd::KEEP_OPEN`] keeps the write side open until the plugin
+    /// closes it (the idle timeout still applies).
+    fn on_input_end(&mut self, host: RawHostRef<'_>, conn: ConnId) -> RawInputEnd {
+        let _ = (host, conn);
+        RawInputEnd::CLOSE
+    }
+}
+
+/// What the plugin answers to `on_input_end` ([`RawPluginExt::on_input_end`]). Growable: a host
+/// reads a value it does not know as [`RawInputEnd::CLOSE`].
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawInputEnd(pub u8);
+
+impl RawInputEnd {
+    /// Close once the queued output is written (what a host did before the event existed).
+    pub const CLOSE: Self = RawInputEnd(0);
+    /// Keep the write side open until the plugin closes the connection.
+    pub const KEEP_OPEN: Self = RawInputEnd(1);
+    /// The plugin panicked (caught by the glue); the host closes the connection.
+    pub const PANICKED: Self = RawInputEnd(2);
 }
 
 /// The plugin's extension object, borrowed from its instance.
@@ -821,14 +849,30 @@ mod tests {
     /// `RawPluginExt` as a later release declares it: one more event.
     mod later {
         use abi_stable::{sabi_trait, std_types::RStr};
+
+        use crate::abi::{ConnId, RawHostRef, RawInputEnd};
         #[sabi_trait]
         pub trait RawPluginExt {
             #[sabi(last_prefix_field)]
             fn api_version(&self) -> RStr<'static>;
+            fn on_input_end(&mut self, host: RawHostRef<'_>, conn: ConnId) -> RawInputEnd {
+                let _ = (host, conn);
+                RawInputEnd::CLOSE
+            }
             fn on_future(&mut self, data: u64) -> u32 {
                 let _ = data;
                 0
             }
+        }
+    }
+
+    /// `RawPluginExt` as a release before `on_input_end` would have declared it.
+    mod earlier {
+        use abi_stable::{sabi_trait, std_types::RStr};
+        #[sabi_trait]
+        pub trait RawPluginExt {
+            #[sabi(last_prefix_field)]
+            fn api_version(&self) -> RStr<'static>;
         }
     }
 
@@ -865,5 +909,64 @@ mod tests {
         assert!(check_extension_layout(today, host).is_err(), "the host's extension is not the plugin's");
         let unrelated = <Unrelated_TO<'static, abi_stable::sabi_types::RMut<'static, ()>> as StableAbi>::LAYOUT;
         assert!(check_extension_layout(today, unrelated).is_err());
+    }
+
+    mod across_releases {
+        use abi_stable::{sabi_trait::TD_Opaque, sabi_types::RMut, std_types::RStr, StableAbi};
+
+        use super::super::{ConnId, RawHostRef, RawInputEnd, RawPluginExt, RawPluginExtRef, RawPluginExt_TO};
+        use super::{check_extension_layout, earlier, later};
+
+        /// A plugin of this release: it has `on_input_end`.
+        struct Today;
+        impl RawPluginExt for Today {
+            fn api_version(&self) -> RStr<'static> {
+                RStr::from_str("today")
+            }
+            fn on_input_end(&mut self, _: RawHostRef<'_>, _: ConnId) -> RawInputEnd {
+                RawInputEnd::KEEP_OPEN
+            }
+        }
+
+        /// A plugin of an earlier release: no `on_input_end`.
+        struct Earlier;
+        impl earlier::RawPluginExt for Earlier {
+            fn api_version(&self) -> RStr<'static> {
+                RStr::from_str("earlier")
+            }
+        }
+
+        // What crosses the boundary is a vtable of the plugin's release, read through the host's
+        // declaration once the layouts agree: the events the plugin has reach it, the ones it lacks
+        // answer their default, in a host of a later release as in one of this release.
+        #[test]
+        fn an_extension_of_another_release_answers_its_events_and_defaults_for_the_rest() {
+            let mut host = crate::testing::TestHost::new();
+            let conn = ConnId::new(1, 1);
+            let today = <RawPluginExtRef<'static> as StableAbi>::LAYOUT;
+
+            // A plugin without the event, in this host.
+            let mut plugin = Earlier;
+            let theirs = earlier::RawPluginExt_TO::from_ptr(&mut plugin, TD_Opaque);
+            let layout = <earlier::RawPluginExt_TO<'static, RMut<'static, ()>> as StableAbi>::LAYOUT;
+            assert_eq!(check_extension_layout(today, layout), Ok(()));
+            // SAFETY: both are the same `RObject` of an erased `RMut` and a prefix vtable reference;
+            // the layouts were checked to agree on the methods both declare, which is what the host
+            // relies on when it reads a plugin's extension across the boundary.
+            let mut ext: RawPluginExtRef<'_> = unsafe { std::mem::transmute(theirs) };
+            assert_eq!(ext.api_version().as_str(), "earlier");
+            assert_eq!(ext.on_input_end(host.raw(), conn), RawInputEnd::CLOSE, "the default");
+
+            // A plugin of this release, in a host of a later release (one more event).
+            let mut plugin = Today;
+            let ours = RawPluginExt_TO::from_ptr(&mut plugin, TD_Opaque);
+            let later = <later::RawPluginExt_TO<'static, RMut<'static, ()>> as StableAbi>::LAYOUT;
+            assert_eq!(check_extension_layout(later, today), Ok(()));
+            // SAFETY: as above.
+            let mut ext: later::RawPluginExt_TO<'_, RMut<'_, ()>> = unsafe { std::mem::transmute(ours) };
+            assert_eq!(ext.api_version().as_str(), "today");
+            assert_eq!(ext.on_input_end(host.raw(), conn), RawInputEnd::KEEP_OPEN, "the plugin's own");
+            assert_eq!(ext.on_future(7), 0, "the later event's default");
+        }
     }
 }

@@ -13,8 +13,8 @@ use abi_stable::{
 
 use crate::abi::{
     self, CallStatus, ConnErrorCode, ConnId, LogFn, LogLevel, PluginExtension, PluginMod, PluginModRef, RawFrame,
-    RawHostRef, RawJob, RawJobBox, RawJob_TO, RawPlugin, RawPluginBox, RawPluginExt, RawPluginExt_TO, RawPlugin_TO,
-    RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
+    RawHostRef, RawInputEnd, RawJob, RawJobBox, RawJob_TO, RawPlugin, RawPluginBox, RawPluginExt, RawPluginExt_TO,
+    RawPlugin_TO, RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
 };
 use crate::log;
 use crate::sdk::{ConnError, Host, Protocol, WorkerInfo};
@@ -224,11 +224,19 @@ impl<P: Protocol> RawPlugin for Glue<P> {
     }
 }
 
-/// The events added since plugin-api 0.1.3 (none yet: see "ABI evolution policy" in
-/// [`crate::abi`] for how one is added).
+/// The events added since plugin-api 0.1.3 (see "ABI evolution policy" in [`crate::abi`] for
+/// how one is added).
 impl<P: Protocol> RawPluginExt for Glue<P> {
     fn api_version(&self) -> RStr<'static> {
         RStr::from_str(env!("CARGO_PKG_VERSION"))
+    }
+
+    fn on_input_end(&mut self, host: RawHostRef<'_>, conn: ConnId) -> RawInputEnd {
+        let mut host = Host::from_raw(host);
+        match panic::catch_unwind(AssertUnwindSafe(|| self.0.on_input_end(&mut host, conn))) {
+            Ok(end) => end.into(),
+            Err(_) => RawInputEnd::PANICKED,
+        }
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use abi_stable::std_types::{RResult, RSlice, RStr};
 
-use crate::abi::{self, ConnErrorCode, ConnId, ConnectErrorCode, RawFrame, RawHostRef, RawSockAddr, TimerId};
+use crate::abi::{
+    self, ConnErrorCode, ConnId, ConnectErrorCode, RawFrame, RawHostRef, RawInputEnd, RawSockAddr, TimerId,
+};
 
 /// Why the host reports an error on a connection ([`Protocol::on_error`]). More reasons will
 /// come with new host features: match with a `_ =>` arm.
@@ -160,6 +162,28 @@ impl From<Frame> for RawFrame {
             Frame::NeedMore => RawFrame::NeedMore,
             Frame::Complete(n) => RawFrame::Complete(n as u64),
             Frame::Invalid => RawFrame::Invalid,
+        }
+    }
+}
+
+/// What happens to a connection whose peer finished sending ([`Protocol::on_input_end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InputEnd {
+    /// Close once what is queued is written (the default: a request/response protocol answered
+    /// what it read, and the peer sends no more).
+    #[default]
+    Close,
+    /// Keep the write side open until the plugin closes the connection ([`Host::close`]): an
+    /// answer still to come (from an upstream, a task, a timer) reaches a peer that half-closed.
+    /// Nothing more is read; the idle timeout still applies.
+    KeepOpen,
+}
+
+impl From<InputEnd> for RawInputEnd {
+    fn from(end: InputEnd) -> Self {
+        match end {
+            InputEnd::Close => RawInputEnd::CLOSE,
+            InputEnd::KeepOpen => RawInputEnd::KEEP_OPEN,
         }
     }
 }
@@ -651,6 +675,14 @@ pub trait Protocol: Sized + 'static {
     fn on_task_done(&mut self, _host: &mut Host<'_>, _task: TaskId, _result: Result<Vec<u8>, String>) {}
     /// Bytes a thread of the plugin queued with [`Notifier::notify`], in order, on the loop thread.
     fn on_notify(&mut self, _host: &mut Host<'_>, _data: &[u8]) {}
+    /// The peer of `conn` finished sending: it half-closed (`shutdown(SHUT_WR)`, `nc -q1`) or
+    /// closed; every message it sent was dispatched before this. Nothing more is read. The default,
+    /// [`InputEnd::Close`], closes once what is queued is written; [`InputEnd::KeepOpen`] keeps
+    /// the write side open for an answer still to come, until [`Host::close`] (or the idle
+    /// timeout). A host older than plugin-api 0.1.3 does not call it and closes.
+    fn on_input_end(&mut self, _host: &mut Host<'_>, _conn: ConnId) -> InputEnd {
+        InputEnd::Close
+    }
 }
 
 /// Per-connection state of a plugin, indexed by [`ConnId`] in O(1). Entries of a closed

@@ -46,7 +46,7 @@ use crate::abi::{
     WorkerMsgStatus, MAX_WORKER_MESSAGE, NO_COUNTER,
 };
 pub use crate::log::LogRecord;
-use crate::sdk::{raw_sock_addr, ConnError, Frame, Host, Protocol, TaskId, WorkerInfo};
+use crate::sdk::{raw_sock_addr, ConnError, Frame, Host, InputEnd, Protocol, TaskId, WorkerInfo};
 
 /// A timer the plugin started ([`Host::add_timer`], [`Host::add_interval`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -435,6 +435,19 @@ impl<P: Protocol> TestPlugin<P> {
         self.buffers.remove(&conn);
         self.expect.remove(&conn);
         self.call(|p, h| p.on_close(h, conn));
+    }
+
+    /// The peer of `conn` finished sending (`on_input_end`): with [`InputEnd::Close`] the worker
+    /// closes the connection once what is queued is written (marked closed here); the answer
+    /// either way. Bytes of a partial message still buffered are dropped, as the worker does.
+    pub fn input_end(&mut self, conn: ConnId) -> InputEnd {
+        self.buffers.remove(&conn);
+        self.expect.remove(&conn);
+        let end = self.call(|p, h| p.on_input_end(h, conn));
+        if end == InputEnd::Close {
+            self.host.closed.insert(conn);
+        }
+        end
     }
 
     /// An error on `conn` (`on_error`).

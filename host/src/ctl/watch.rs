@@ -4,8 +4,9 @@
 //! bits 56..64 the callback's number in [`CALLBACKS`] plus one (0: in the host's own loop),
 //! bits 0..56 the system's monotonic clock in ms when the loop turn that made the call began.
 
-/// Every plugin callback the worker's loop makes, by the name of its `RawPlugin` method.
-pub const CALLBACKS: [&str; 16] = [
+/// Every plugin callback the worker's loop makes, by the name of its `RawPlugin` (or
+/// `RawPluginExt`) method.
+pub const CALLBACKS: [&str; 17] = [
     "on_worker_start",
     "on_worker_stop",
     "on_worker_reload",
@@ -22,6 +23,7 @@ pub const CALLBACKS: [&str; 16] = [
     "on_worker_message",
     "on_task_done",
     "on_notify",
+    "on_input_end",
 ];
 
 const TIME_BITS: u32 = 56;

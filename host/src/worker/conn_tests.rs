@@ -11,7 +11,8 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RString};
 use mio::Poll;
 use plugin_api::abi::{
-    CallStatus, ConnError, ConnErrorCode, RawFrame, RawHostRef, RawPlugin, RawPluginBox, RawPlugin_TO,
+    CallStatus, ConnError, ConnErrorCode, PluginExtension, RawFrame, RawHostRef, RawInputEnd, RawPlugin, RawPluginBox,
+    RawPluginExt, RawPluginExt_TO, RawPlugin_TO,
 };
 use plugin_api::{ConnId, TimerId};
 
@@ -32,6 +33,7 @@ enum Heard {
     BufferDrain(ConnId),
     Error(ConnId, ConnErrorCode),
     Drain(ConnId),
+    InputEnd(ConnId),
 }
 
 /// How the plugin answers.
@@ -43,6 +45,8 @@ struct Script {
     pause_on_message: bool,
     /// `on_drain` closes with these last bytes.
     bye: Option<Vec<u8>>,
+    /// The answer to `on_input_end`; None: a plugin without the event (older than 0.1.3).
+    input_end: Option<RawInputEnd>,
 }
 
 #[derive(Default)]
@@ -117,6 +121,22 @@ impl RawPlugin for LinePlugin {
             host.close(conn, RSlice::from_slice(&bye));
         }
         self.hear(Heard::Drain(conn))
+    }
+    fn extension(&mut self) -> PluginExtension<'_> {
+        if self.0.borrow().script.input_end.is_none() {
+            return PluginExtension::none();
+        }
+        PluginExtension::new(RawPluginExt_TO::from_ptr(self, TD_Opaque))
+    }
+}
+
+impl RawPluginExt for LinePlugin {
+    fn api_version(&self) -> abi_stable::std_types::RStr<'static> {
+        abi_stable::std_types::RStr::from_str(env!("CARGO_PKG_VERSION"))
+    }
+    fn on_input_end(&mut self, _: RawHostRef<'_>, conn: ConnId) -> RawInputEnd {
+        self.hear(Heard::InputEnd(conn));
+        self.0.borrow().script.input_end.expect("asked only when the plugin has the event")
     }
 }
 
@@ -273,6 +293,55 @@ fn a_peer_that_half_closes_gets_its_answers_then_the_close() {
     assert_eq!(sock.written(), b"last\n", "what it sent before closing is answered");
     assert!(b.core.get(id).is_none(), "nothing to linger for: the peer closed first");
     assert_eq!(b.core.stats.closed, 1);
+}
+
+#[test]
+fn a_plugin_that_answers_close_at_end_of_input_closes_after_the_flush() {
+    let mut b = Bench::new(limits());
+    b.script().input_end = Some(RawInputEnd::CLOSE);
+    let sock = FakeSocket::with_room(1 << 20);
+    let id = b.accept(Stream::Fake(sock.clone()));
+    b.heard();
+    sock.peer_sends(b"last\n");
+    sock.0.borrow_mut().peer_closed = true;
+    b.readable(id, true);
+    assert_eq!(b.heard(), [Heard::Message(id, b"last\n".to_vec()), Heard::InputEnd(id), Heard::Close(id)]);
+    assert_eq!(sock.written(), b"last\n");
+    assert!(b.core.get(id).is_none());
+}
+
+#[test]
+fn a_connection_kept_open_at_end_of_input_takes_a_later_answer_until_the_plugin_closes() {
+    let mut b = Bench::new(limits());
+    b.script().input_end = Some(RawInputEnd::KEEP_OPEN);
+    let sock = FakeSocket::with_room(1 << 20);
+    let id = b.accept(Stream::Fake(sock.clone()));
+    b.heard();
+    sock.peer_sends(b"ask\nhalf");
+    sock.0.borrow_mut().peer_closed = true;
+    b.readable(id, true);
+    assert_eq!(b.heard(), [Heard::Message(id, b"ask\n".to_vec()), Heard::InputEnd(id)]);
+    let c = b.core.get(id).expect("kept open");
+    assert_eq!(c.phase, ConnPhase::Open);
+    assert!(c.read.eof && !c.read.ready);
+    assert!(c.input.is_empty() && c.message_started_ms.is_none(), "the partial message is dropped");
+
+    // Another readiness (a writable edge still says "read closed"): not heard twice.
+    b.readable(id, true);
+    assert_eq!(b.heard(), []);
+
+    // The answer comes later (an upstream's, say): it is written, the connection stays.
+    assert!(b.core.send(id, b"later\n"));
+    b.settle();
+    assert_eq!(sock.written(), b"ask\nlater\n");
+    assert!(b.core.get(id).is_some());
+
+    // The plugin closes: after the flush it is gone (nothing to linger for).
+    plugin_api::abi::RawHost::close(&mut b.host(), id, RSlice::from_slice(b"bye\n"));
+    b.settle();
+    assert_eq!(b.heard(), [Heard::Close(id)]);
+    assert_eq!(sock.written(), b"ask\nlater\nbye\n");
+    assert!(b.core.get(id).is_none());
 }
 
 #[test]

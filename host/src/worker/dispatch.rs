@@ -9,7 +9,7 @@ use std::net::Shutdown;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
-use plugin_api::abi::{CallStatus, ConnError, ConnErrorCode, RawFrame, RawHost_TO, RawPluginBox};
+use plugin_api::abi::{CallStatus, ConnError, ConnErrorCode, RawFrame, RawHost_TO, RawInputEnd, RawPluginBox};
 use plugin_api::{ConnId, TimerId};
 
 use super::core::{Conn, Core, Ctx, Deferred, Flushed};
@@ -163,7 +163,9 @@ fn read_socket(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], i
         let Some(c) = core.by_index(index) else {
             return;
         };
-        if !c.read.ready {
+        // (After end of input, a connection kept open is not read again: the plugin heard it.)
+        if !c.read.ready || c.read.eof {
+            c.read.ready = false;
             return;
         }
         let lingering = matches!(c.phase, ConnPhase::Lingering { .. });
@@ -185,8 +187,7 @@ fn read_socket(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], i
                 if lingering {
                     close_now(plugin, core, index);
                 } else {
-                    // The peer finished sending: answer what it sent, then close.
-                    core.close_after_flush(id);
+                    input_end(plugin, core, id);
                 }
                 return;
             }
@@ -218,6 +219,31 @@ fn read_socket(plugin: &mut RawPluginBox, core: &mut Core, scratch: &mut [u8], i
                 return;
             }
         }
+    }
+}
+
+/// The peer finished sending (a half-close, or a close): the plugin says whether the
+/// connection closes once what is queued is written (the default, and what a plugin older than
+/// the event gets) or keeps its write side open until the plugin closes it. Either way nothing
+/// more is read.
+fn input_end(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
+    let Some(c) = core.get(id) else { return };
+    let before = Some(c.output_mark());
+    let end = match c.phase {
+        ConnPhase::Open => call!(plugin.extension().ext, core, on_input_end, id),
+        _ => RawInputEnd::CLOSE,
+    };
+    match end {
+        RawInputEnd::KEEP_OPEN => {
+            tracing::debug!(conn = id.0, "input ended; kept open for writing");
+            // A partial message can never complete now (nor time out as a slow one).
+            if let Some(c) = core.get_mut(id) {
+                (c.input, c.expect, c.message_started_ms) = (Vec::new(), None, None);
+            }
+        }
+        RawInputEnd::PANICKED => settle_panic(core, id, CallStatus::Panicked, before, "on_input_end"),
+        // (Also a value this host does not know.)
+        _ => core.close_after_flush(id),
     }
 }
 

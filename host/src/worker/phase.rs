@@ -10,11 +10,14 @@
 /// ```text
 ///  accepted, TLS ─► Handshaking ──handshake done──► Open ◄── accepted, plain
 ///  Host::connect ─► Connecting ───connected───────► Open
-///  Open | Handshaking | Connecting ──close asked, peer closed, error, timeout──► Closing
+///  Open | Handshaking | Connecting ──close asked, end of input*, error, timeout──► Closing
 ///  Closing ──output flushed, our side shut──► Lingering ──peer closed or deadline──► (removed)
 ///  any phase ──read/write error, handshake timeout, connect failure──► (removed)
 ///  Open | Closing ──export──► (out of the table, an `ExportedConn`) ──import──► same phase
 /// ```
+///
+/// *End of input on an `Open` connection: `Closing` unless the plugin's `on_input_end` keeps it
+/// open (then it stays `Open`, not read again, until the plugin closes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnPhase {
     /// Accepted under TLS, the handshake not complete. The plugin has not heard of it

@@ -24,6 +24,9 @@
 //!   guessed).
 //! - **Drain.** Idle client and pooled connections close at once, busy ones after their
 //!   response (`Connection: close`).
+//! - **Half-close.** A client that shuts down its sending side after a request (`nc -q1`) gets
+//!   the whole answer, then the close (`on_input_end` keeps it open while a request is in
+//!   flight).
 //!
 //! Not done: `Upgrade` (WebSocket) is not forwarded, requests of one client never go to two
 //! upstreams at once, and the response head is not reparsed for HTTP/1.0 clients (a chunked
@@ -43,7 +46,7 @@ pub mod forward;
 use std::time::Duration;
 
 use http_proto::{parse_head, parse_response_head, request_len, BodyScan, Limits, Method, Request, Status};
-use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Frame, Host, Protocol, TimerId, WorkerInfo};
+use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Frame, Host, InputEnd, Protocol, TimerId, WorkerInfo};
 use serde::Deserialize;
 
 /// The service's config for this plugin.
@@ -315,6 +318,19 @@ impl Protocol for Proxy {
         self.answer_error(host, client, Status::GATEWAY_TIMEOUT);
     }
 
+    fn on_input_end(&mut self, _host: &mut Host<'_>, conn: ConnId) -> InputEnd {
+        // A client that half-closed with its request in flight gets the answer, then the close.
+        // (Reading is paused while a request is in flight, so the host sees the end of input
+        // after the answer as a rule; this holds should it see it earlier.)
+        match self.clients.get_mut(conn) {
+            Some(c) if c.in_flight.is_some() => {
+                c.close_after = true;
+                InputEnd::KeepOpen
+            }
+            _ => InputEnd::Close,
+        }
+    }
+
     fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
         if let Some(up) = self.upstreams.get(conn) {
             if up.client.is_none() {
@@ -543,3 +559,6 @@ impl Proxy {
 }
 
 export_plugin!(Proxy);
+
+#[cfg(test)]
+mod half_close_tests;

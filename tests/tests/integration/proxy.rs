@@ -221,3 +221,32 @@ fn human_bytes(text: &str) -> u64 {
     };
     (number.parse::<f64>().unwrap_or_else(|_| panic!("not a size: {text:?}")) * scale) as u64
 }
+
+// A client that half-closes after its request (`printf … | nc -q1`: SHUT_WR) still gets the
+// whole answer, which comes after an upstream round trip that begins once the proxy could have
+// seen the end of input: the proxy keeps the client's write side open (`on_input_end`) until
+// the answer is relayed, then closes.
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_the_whole_upstream_answer() {
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (shut_tx, shut_rx) = std::sync::mpsc::channel::<()>();
+    let answer = body.clone();
+    let (addr, upstream) = one_shot_upstream(move |_, s| {
+        shut_rx.recv_timeout(Duration::from_secs(10)).expect("the client half-closed");
+        s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", answer.len()).as_bytes()).unwrap();
+        s.write_all(&answer).unwrap();
+    });
+    let proxy = proxy(&[addr.to_string()], "", &[]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&get("/")).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    shut_tx.send(()).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("the answer, then the close");
+    let split = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4).expect("a response head");
+    let head = String::from_utf8_lossy(&got[..split]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(got[split..] == body[..], "the body arrived changed ({} of {} bytes)", got.len() - split, body.len());
+    upstream.join().unwrap();
+}
