@@ -5,6 +5,13 @@
 //! The crypto provider is rustls' `ring`: it builds with the plain Rust toolchain (aws-lc-rs
 //! needs cmake and nasm). TLS 1.2 and 1.3 with rustls' default (safe) cipher suites; rustls has
 //! no renegotiation.
+//!
+//! Session resumption: stateless tickets (TLS 1.2 and 1.3) sealed with keys the master makes
+//! and shares among a service's workers ([`tickets`]), so a session resumes on any worker and
+//! across reloads and upgrades. TLS 1.2 session IDs (for a client without tickets) stay in
+//! rustls' per-process cache: they resume only on the worker that made them.
+
+pub mod tickets;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -56,6 +63,10 @@ pub struct TlsSpec {
     pub key_pem: String,
     #[serde(default)]
     pub alpn: Vec<String>,
+    /// The service's session ticket keys, set by the master when it starts a worker (None in
+    /// the master's own copy, and in the checks: rustls' default, no shared tickets).
+    #[serde(default)]
+    pub tickets: Option<tickets::TicketKeys>,
 }
 
 impl fmt::Debug for TlsSpec {
@@ -102,7 +113,8 @@ pub fn load(files: &TlsFiles, now: SystemTime) -> Result<(TlsSpec, CertInfo), Tl
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| TlsError::Read { path: path.to_path_buf(), cause: e.to_string() })
     };
-    let spec = TlsSpec { cert_pem: read(&files.cert)?, key_pem: read(&files.key)?, alpn: files.alpn.clone() };
+    let spec =
+        TlsSpec { cert_pem: read(&files.cert)?, key_pem: read(&files.key)?, alpn: files.alpn.clone(), tickets: None };
     let info = check(&spec, &files.cert, &files.key, now)?;
     Ok((spec, info))
 }
@@ -165,6 +177,9 @@ pub fn server_config(spec: &TlsSpec) -> Result<Arc<ServerConfig>, TlsError> {
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(format!("certificate and key: {e}")))?;
     config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    if let Some(keys) = &spec.tickets {
+        config.ticketer = Arc::new(tickets::SharedTicketer::new(keys.clone()));
+    }
     Ok(Arc::new(config))
 }
 
@@ -184,14 +199,14 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_with_the_file_named() {
-        let spec = TlsSpec { cert_pem: "nope".into(), key_pem: "nope".into(), alpn: vec![] };
+        let spec = TlsSpec { cert_pem: "nope".into(), key_pem: "nope".into(), alpn: vec![], tickets: None };
         let err = check(&spec, Path::new("/c.pem"), Path::new("/k.pem"), SystemTime::now()).unwrap_err();
         assert!(err.to_string().starts_with("/c.pem: no PEM certificate"), "{err}");
     }
 
     #[test]
     fn the_key_is_never_in_debug_output() {
-        let spec = TlsSpec { cert_pem: "C".into(), key_pem: "SECRET".into(), alpn: vec![] };
+        let spec = TlsSpec { cert_pem: "C".into(), key_pem: "SECRET".into(), alpn: vec![], tickets: None };
         assert!(!format!("{spec:?}").contains("SECRET"));
     }
 }

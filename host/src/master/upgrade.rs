@@ -78,6 +78,10 @@ pub struct State {
     pub carried: Vec<(usize, u32, WorkerReport)>,
     /// The last reload: when (ms since the epoch), trigger, summary.
     pub last_reload: Option<(u64, String, String)>,
+    /// The services' TLS session ticket keys: sessions resume across the upgrade. (The state
+    /// travels in a sealed memfd, never a file or a log line.)
+    #[serde(default)]
+    pub tickets: crate::tls::tickets::TicketStore,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -515,6 +519,7 @@ impl Master {
             exits: self.sup.exits.iter().map(|((s, how), n)| (s.clone(), how.clone(), *n)).collect(),
             carried: self.carried.iter().map(|(k, r)| (k.service.0, k.slot, r.clone())).collect(),
             last_reload: self.sup.last_reload.as_ref().map(|r| (epoch_ms(r.at), r.trigger.clone(), r.summary.clone())),
+            tickets: self.sup.tickets.clone(),
         };
         Ok((state, fds))
     }
@@ -576,6 +581,7 @@ impl Master {
         for (service, slot, report) in state.carried {
             self.carried.insert(SlotKey { service: ServiceId(service), slot }, report);
         }
+        self.sup.tickets = state.tickets.clone();
         self.sup.last_reload =
             state.last_reload.map(|(at, trigger, summary)| ReloadRecord { at: UNIX_EPOCH + ms(at), trigger, summary });
         self.started_at = UNIX_EPOCH + ms(state.started_at_ms);
@@ -638,6 +644,7 @@ mod tests {
             exits: Vec::new(),
             carried: Vec::new(),
             last_reload: None,
+            tickets: Default::default(),
         }
     }
 
