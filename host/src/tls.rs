@@ -85,6 +85,10 @@ pub struct CertInfo {
     pub not_after: i64,
     /// Its expiry as the certificate says it (`Jan  1 00:00:00 2030 +00:00`).
     pub not_after_text: String,
+    /// Why the last change of the files was refused (the workers serve this certificate, the
+    /// last good one); cleared by the next good change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl CertInfo {
@@ -92,6 +96,16 @@ impl CertInfo {
     pub fn remaining(&self, now: SystemTime) -> Duration {
         let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         Duration::from_secs(self.not_after.saturating_sub(now).max(0) as u64)
+    }
+}
+
+/// Logs a warning when `info`'s certificate expires within [`EXPIRY_WARNING`] (at start and when
+/// a new certificate arrives by hot reload).
+pub fn warn_if_expiring(service: &str, info: &CertInfo, now: SystemTime) {
+    let remaining = info.remaining(now);
+    if remaining < EXPIRY_WARNING {
+        let days = remaining.as_secs() / 86400;
+        tracing::warn!(service, subject = %info.subject, expires = %info.not_after_text, "the certificate expires in {days} days");
     }
 }
 
@@ -138,6 +152,7 @@ pub fn check(spec: &TlsSpec, cert: &Path, key: &Path, now: SystemTime) -> Result
         subject: leaf.subject().to_string(),
         not_after: validity.not_after.timestamp(),
         not_after_text: validity.not_after.to_string(),
+        refused: None,
     };
     let private = parse_key(spec).map_err(|m| invalid(key, m))?;
     match rustls::sign::CertifiedKey::from_der(chain, private, &rustls::crypto::ring::default_provider()) {

@@ -259,7 +259,7 @@ fn a_clean_close_sends_close_notify() {
 fn a_changed_certificate_reloads_and_a_broken_pair_is_refused() {
     let dir = TempDir::new();
     let first = make_cert(&dir, "web");
-    let (host, port) = start_https(&first, &["--count", "2"]);
+    let (mut host, port) = start_https(&first, &["--count", "2"]);
     let old_workers = host.worker_pids();
     let url = format!("https://localhost:{port}/");
     assert_eq!(curl(&first, port, &[&url]), "Hello, World!");
@@ -281,6 +281,40 @@ fn a_changed_certificate_reloads_and_a_broken_pair_is_refused() {
     assert_contains!(host.log_text(), "does not match the certificate");
     assert_eq!(host.worker_pids(), new_workers, "no worker replaced");
     assert_eq!(curl(&now, port, &[&url]), "Hello, World!");
+    // `status` says so, with the reason, and still shows the certificate served.
+    let status = host.command(["status"], WAIT);
+    assert!(status.status.success(), "{status:?}");
+    assert_contains!(status.stdout, "http: TLS certificate change refused (serving the last good one):");
+    assert_contains!(status.stdout, "does not match the certificate");
+    assert_contains!(status.stdout, "CN=second.test");
+}
+
+// A certificate that expires within 14 days, arriving by hot reload, is served with the same
+// warning as at start (the first one, valid for years, gets none).
+#[test]
+fn an_expiring_certificate_by_hot_reload_is_warned_about() {
+    let dir = TempDir::new();
+    let first = make_cert(&dir, "web");
+    let (host, port) = start_https(&first, &[]);
+    let url = format!("https://localhost:{port}/");
+    assert_eq!(curl(&first, port, &[&url]), "Hello, World!");
+    assert!(!host.log_text().contains("the certificate expires in"), "{}", host.log_text());
+
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "soon.test");
+    // rcgen's default start is 1975-01-01 (a std Duration added to it: no date crate needed).
+    let since_1975 =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 157_766_400;
+    params.not_after = params.not_before + Duration::from_secs(since_1975 + 5 * 86400);
+    let soon = params.self_signed(&key).expect("a certificate");
+    let soon_key = dir.write("soon.key", key.serialize_pem().as_bytes());
+    let soon_cert = dir.write("soon.crt", soon.pem().as_bytes());
+    std::fs::rename(&soon_key, &first.key).unwrap();
+    std::fs::rename(&soon_cert, &first.cert).unwrap();
+    host.wait_for_log("TLS certificate changed", WAIT).expect("the change is seen");
+    let line = host.wait_for_log("the certificate expires in", WAIT).expect("the warning");
+    assert_contains!(line, "CN=soon.test");
 }
 
 /// One `openssl s_client` connection at `version` (`-tls1_2`, `-tls1_3`) asking for `/` over
