@@ -365,3 +365,53 @@ fn sessions_resume_on_any_worker_and_across_a_reload() {
     // No key material in the log (nor any ticket key field name).
     assert!(!host.log_text().contains("current"), "{}", host.log_text());
 }
+
+// The ticket keys travel in the upgrade state: a session made before `host upgrade` resumes on
+// the workers of the new image.
+#[test]
+fn sessions_resume_after_a_binary_upgrade() {
+    use host_tests::copied_host::CopiedHost;
+    use host_tests::plugin_dir::PluginDir;
+
+    let dir = TempDir::new();
+    let cert = make_cert(&dir, "web");
+    let plugins = PluginDir::new();
+    plugins.mv("http.so", &std::fs::read(host_tests::plugin_file("http")).unwrap());
+    let plugin_dir = plugins.arg();
+    let (cert_arg, key_arg) = (cert.cert.to_str().unwrap(), cert.key.to_str().unwrap());
+    let host = CopiedHost::start(&[
+        "--plugin",
+        "http",
+        "--count",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert_arg,
+        "--tls-key",
+        key_arg,
+        "--plugin-dir",
+        &plugin_dir,
+    ]);
+    let port = host.port();
+    let old_workers =
+        host_tests::poll_until(WAIT, || Some(host.worker_pids()).filter(|p| p.len() == 2)).expect("two workers");
+    let mut sessions = Vec::new();
+    for version in ["-tls1_2", "-tls1_3"] {
+        let file = dir.join(format!("session{version}.pem")).to_str().unwrap().to_string();
+        assert!(!s_client_resumed(&cert, port, version, ["-sess_out", &file]), "a first connection is new");
+        assert!(s_client_resumed(&cert, port, version, ["-sess_in", &file]), "{version}: not resumed");
+        sessions.push((version, file));
+    }
+    host.replace_binary();
+    let out = host.command(&["upgrade"], Duration::from_secs(60));
+    assert!(out.status.success(), "host upgrade failed: {}{}\nlog:\n{}", out.stdout, out.stderr, host.log());
+    host_tests::poll_until(WAIT, || {
+        let pids = host.worker_pids();
+        (pids.len() == 2 && pids.iter().all(|p| !old_workers.contains(p))).then_some(())
+    })
+    .expect("new workers");
+    for (version, file) in &sessions {
+        assert!(s_client_resumed(&cert, port, version, ["-sess_in", file]), "{version}: not resumed after the upgrade");
+    }
+}
