@@ -325,6 +325,11 @@ pub fn render_status(s: &Status) -> String {
     if !certs.is_empty() {
         out.push('\n');
         out.push_str(&table(&["SERVICE", "TLS CERTIFICATE", "EXPIRES"], &certs));
+        for r in &s.services {
+            if let Some(why) = r.tls.as_ref().and_then(|c| c.refused.as_ref()) {
+                let _ = writeln!(out, "{}: TLS certificate change refused (serving the last good one): {why}", r.name);
+            }
+        }
     }
     if !s.exits.is_empty() {
         out.push('\n');
@@ -506,6 +511,7 @@ mod tests {
                     subject: "CN=web.test".into(),
                     not_after: 3725 + 30 * 86400,
                     not_after_text: "Jan 31 01:02:05 1970 +00:00".into(),
+                    refused: None,
                 }),
             }],
             workers: vec![

@@ -5,6 +5,13 @@
 //! The crypto provider is rustls' `ring`: it builds with the plain Rust toolchain (aws-lc-rs
 //! needs cmake and nasm). TLS 1.2 and 1.3 with rustls' default (safe) cipher suites; rustls has
 //! no renegotiation.
+//!
+//! Session resumption: stateless tickets (TLS 1.2 and 1.3) sealed with keys the master makes
+//! and shares among a service's workers ([`tickets`]), so a session resumes on any worker and
+//! across reloads and upgrades. TLS 1.2 session IDs (for a client without tickets) stay in
+//! rustls' per-process cache: they resume only on the worker that made them.
+
+pub mod tickets;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -56,6 +63,10 @@ pub struct TlsSpec {
     pub key_pem: String,
     #[serde(default)]
     pub alpn: Vec<String>,
+    /// The service's session ticket keys, set by the master when it starts a worker (None in
+    /// the master's own copy, and in the checks: rustls' default, no shared tickets).
+    #[serde(default)]
+    pub tickets: Option<tickets::TicketKeys>,
 }
 
 impl fmt::Debug for TlsSpec {
@@ -74,6 +85,10 @@ pub struct CertInfo {
     pub not_after: i64,
     /// Its expiry as the certificate says it (`Jan  1 00:00:00 2030 +00:00`).
     pub not_after_text: String,
+    /// Why the last change of the files was refused (the workers serve this certificate, the
+    /// last good one); cleared by the next good change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl CertInfo {
@@ -81,6 +96,16 @@ impl CertInfo {
     pub fn remaining(&self, now: SystemTime) -> Duration {
         let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         Duration::from_secs(self.not_after.saturating_sub(now).max(0) as u64)
+    }
+}
+
+/// Logs a warning when `info`'s certificate expires within [`EXPIRY_WARNING`] (at start and when
+/// a new certificate arrives by hot reload).
+pub fn warn_if_expiring(service: &str, info: &CertInfo, now: SystemTime) {
+    let remaining = info.remaining(now);
+    if remaining < EXPIRY_WARNING {
+        let days = remaining.as_secs() / 86400;
+        tracing::warn!(service, subject = %info.subject, expires = %info.not_after_text, "the certificate expires in {days} days");
     }
 }
 
@@ -102,7 +127,8 @@ pub fn load(files: &TlsFiles, now: SystemTime) -> Result<(TlsSpec, CertInfo), Tl
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| TlsError::Read { path: path.to_path_buf(), cause: e.to_string() })
     };
-    let spec = TlsSpec { cert_pem: read(&files.cert)?, key_pem: read(&files.key)?, alpn: files.alpn.clone() };
+    let spec =
+        TlsSpec { cert_pem: read(&files.cert)?, key_pem: read(&files.key)?, alpn: files.alpn.clone(), tickets: None };
     let info = check(&spec, &files.cert, &files.key, now)?;
     Ok((spec, info))
 }
@@ -126,6 +152,7 @@ pub fn check(spec: &TlsSpec, cert: &Path, key: &Path, now: SystemTime) -> Result
         subject: leaf.subject().to_string(),
         not_after: validity.not_after.timestamp(),
         not_after_text: validity.not_after.to_string(),
+        refused: None,
     };
     let private = parse_key(spec).map_err(|m| invalid(key, m))?;
     match rustls::sign::CertifiedKey::from_der(chain, private, &rustls::crypto::ring::default_provider()) {
@@ -165,6 +192,9 @@ pub fn server_config(spec: &TlsSpec) -> Result<Arc<ServerConfig>, TlsError> {
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(format!("certificate and key: {e}")))?;
     config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    if let Some(keys) = &spec.tickets {
+        config.ticketer = Arc::new(tickets::SharedTicketer::new(keys.clone()));
+    }
     Ok(Arc::new(config))
 }
 
@@ -184,14 +214,14 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_with_the_file_named() {
-        let spec = TlsSpec { cert_pem: "nope".into(), key_pem: "nope".into(), alpn: vec![] };
+        let spec = TlsSpec { cert_pem: "nope".into(), key_pem: "nope".into(), alpn: vec![], tickets: None };
         let err = check(&spec, Path::new("/c.pem"), Path::new("/k.pem"), SystemTime::now()).unwrap_err();
         assert!(err.to_string().starts_with("/c.pem: no PEM certificate"), "{err}");
     }
 
     #[test]
     fn the_key_is_never_in_debug_output() {
-        let spec = TlsSpec { cert_pem: "C".into(), key_pem: "SECRET".into(), alpn: vec![] };
+        let spec = TlsSpec { cert_pem: "C".into(), key_pem: "SECRET".into(), alpn: vec![], tickets: None };
         assert!(!format!("{spec:?}").contains("SECRET"));
     }
 }

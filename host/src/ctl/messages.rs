@@ -12,7 +12,7 @@ use crate::config::WorkerSpec;
 /// The version of the master↔worker protocol this binary speaks. A master and a worker of
 /// different versions refuse each other at the hello (the worker after a binary upgrade is exec'd
 /// from the new file while the old master runs).
-pub const PROTOCOL: u32 = 5;
+pub const PROTOCOL: u32 = 6;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;

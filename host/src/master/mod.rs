@@ -392,10 +392,7 @@ struct Parts {
 fn load_tls(service: &str, files: &tls::TlsFiles) -> anyhow::Result<LoadedTls> {
     let now = SystemTime::now();
     let (spec, info) = tls::load(files, now).with_context(|| format!("service {service}: TLS"))?;
-    let days = info.remaining(now).as_secs() / 86400;
-    if info.remaining(now) < tls::EXPIRY_WARNING {
-        tracing::warn!(service, subject = %info.subject, expires = %info.not_after_text, "the certificate expires in {days} days");
-    }
+    tls::warn_if_expiring(service, &info, now);
     tracing::info!(service, subject = %info.subject, expires = %info.not_after_text, alpn = ?spec.alpn, "TLS certificate checked");
     Ok(LoadedTls { spec, info })
 }

@@ -122,6 +122,8 @@ pub struct Supervisor<P> {
     /// The steering last asked for, per service (absent: not asked yet, so whatever a previous
     /// image left attached is replaced).
     pub(in crate::master) steered: BTreeMap<ServiceId, Option<Vec<u32>>>,
+    /// The services' TLS session ticket keys (kept across reloads, handed over on upgrade).
+    pub(in crate::master) tickets: crate::tls::tickets::TicketStore,
 }
 
 impl<P: Processes> Supervisor<P> {
@@ -157,6 +159,7 @@ impl<P: Processes> Supervisor<P> {
             step_started: now,
             reload_started: now,
             steered: BTreeMap::new(),
+            tickets: Default::default(),
         }
     }
 
@@ -268,7 +271,13 @@ impl<P: Processes> Supervisor<P> {
         snap: &Rc<Snapshot>,
         role: Role,
     ) -> Result<Worker, String> {
-        let spec = self.spec(key, snap);
+        let mut spec = self.spec(key, snap);
+        if let Some(tls) = spec.tls.as_mut() {
+            let now = SystemTime::now();
+            // Every service's older keys are forgotten as periods pass.
+            self.tickets.advance(now);
+            tls.tickets = Some(self.tickets.keys(&spec.service, now).map_err(|e| e.to_string())?);
+        }
         let label = format!("{} {}", snap.name, snap.version);
         let socket = self.services[key.service.0].sockets[key.slot as usize].as_fd();
         let spawned = self.procs.spawn_worker(&spec, &label, socket, snap).map_err(|e| e.to_string())?;

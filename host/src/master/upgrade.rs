@@ -141,6 +141,10 @@ pub struct State {
     /// The master's process title, which a new image that goes back restores.
     #[serde(default)]
     pub title: String,
+    /// The services' TLS session ticket keys: sessions resume across the upgrade. (The state
+    /// travels in a sealed memfd, never a file or a log line.)
+    #[serde(default)]
+    pub tickets: crate::tls::tickets::TicketStore,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -819,6 +823,7 @@ impl Master {
             last_reload: self.sup.last_reload.as_ref().map(|r| (epoch_ms(r.at), r.trigger.clone(), r.summary.clone())),
             previous_image: None,
             title: title(),
+            tickets: self.sup.tickets.clone(),
         };
         Ok((state, fds))
     }
@@ -880,6 +885,7 @@ impl Master {
         for (service, slot, report) in state.carried {
             self.carried.insert(SlotKey { service: ServiceId(service), slot }, report);
         }
+        self.sup.tickets = state.tickets.clone();
         self.sup.last_reload =
             state.last_reload.map(|(at, trigger, summary)| ReloadRecord { at: UNIX_EPOCH + ms(at), trigger, summary });
         self.started_at = UNIX_EPOCH + ms(state.started_at_ms);
@@ -957,6 +963,7 @@ mod tests {
             last_reload: None,
             previous_image: None,
             title: String::new(),
+            tickets: Default::default(),
         }
     }
 

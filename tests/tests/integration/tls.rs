@@ -259,7 +259,7 @@ fn a_clean_close_sends_close_notify() {
 fn a_changed_certificate_reloads_and_a_broken_pair_is_refused() {
     let dir = TempDir::new();
     let first = make_cert(&dir, "web");
-    let (host, port) = start_https(&first, &["--count", "2"]);
+    let (mut host, port) = start_https(&first, &["--count", "2"]);
     let old_workers = host.worker_pids();
     let url = format!("https://localhost:{port}/");
     assert_eq!(curl(&first, port, &[&url]), "Hello, World!");
@@ -281,4 +281,137 @@ fn a_changed_certificate_reloads_and_a_broken_pair_is_refused() {
     assert_contains!(host.log_text(), "does not match the certificate");
     assert_eq!(host.worker_pids(), new_workers, "no worker replaced");
     assert_eq!(curl(&now, port, &[&url]), "Hello, World!");
+    // `status` says so, with the reason, and still shows the certificate served.
+    let status = host.command(["status"], WAIT);
+    assert!(status.status.success(), "{status:?}");
+    assert_contains!(status.stdout, "http: TLS certificate change refused (serving the last good one):");
+    assert_contains!(status.stdout, "does not match the certificate");
+    assert_contains!(status.stdout, "CN=second.test");
+}
+
+// A certificate that expires within 14 days, arriving by hot reload, is served with the same
+// warning as at start (the first one, valid for years, gets none).
+#[test]
+fn an_expiring_certificate_by_hot_reload_is_warned_about() {
+    let dir = TempDir::new();
+    let first = make_cert(&dir, "web");
+    let (host, port) = start_https(&first, &[]);
+    let url = format!("https://localhost:{port}/");
+    assert_eq!(curl(&first, port, &[&url]), "Hello, World!");
+    assert!(!host.log_text().contains("the certificate expires in"), "{}", host.log_text());
+
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "soon.test");
+    // rcgen's default start is 1975-01-01 (a std Duration added to it: no date crate needed).
+    let since_1975 =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 157_766_400;
+    params.not_after = params.not_before + Duration::from_secs(since_1975 + 5 * 86400);
+    let soon = params.self_signed(&key).expect("a certificate");
+    let soon_key = dir.write("soon.key", key.serialize_pem().as_bytes());
+    let soon_cert = dir.write("soon.crt", soon.pem().as_bytes());
+    std::fs::rename(&soon_key, &first.key).unwrap();
+    std::fs::rename(&soon_cert, &first.cert).unwrap();
+    host.wait_for_log("TLS certificate changed", WAIT).expect("the change is seen");
+    let line = host.wait_for_log("the certificate expires in", WAIT).expect("the warning");
+    assert_contains!(line, "CN=soon.test");
+}
+
+/// One `openssl s_client` connection at `version` (`-tls1_2`, `-tls1_3`) asking for `/` over
+/// HTTP/1.0 (so that it reads until the server closes, after the TLS 1.3 tickets came), with
+/// `session` (`-sess_out FILE` or `-sess_in FILE`); whether the session was resumed.
+fn s_client_resumed(cert: &Cert, port: u16, version: &str, session: [&str; 2]) -> bool {
+    let connect = format!("127.0.0.1:{port}");
+    let args = ["s_client", "-connect", &connect, version, "-CAfile", cert.cert.to_str().unwrap(), "-ign_eof"];
+    let args: Vec<&str> = args.into_iter().chain(session).collect();
+    let out = run("openssl", &args, b"GET / HTTP/1.0\r\n\r\n");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_contains!(text, "Hello, World!");
+    if text.lines().any(|l| l.starts_with("Reused,")) {
+        return true;
+    }
+    assert!(text.lines().any(|l| l.starts_with("New,")), "no session line in:\n{text}");
+    false
+}
+
+// Session tickets are sealed with keys the master shares among a service's workers: with two
+// workers (connections spread over them by the kernel), every resumption succeeds, on TLS 1.2
+// and TLS 1.3 alike (before: 13/20 and 6/20, the ticket only opened on the worker that made
+// it), and a session made before a reload still resumes on the new workers.
+#[test]
+fn sessions_resume_on_any_worker_and_across_a_reload() {
+    let dir = TempDir::new();
+    let cert = make_cert(&dir, "web");
+    let (mut host, port) = start_https(&cert, &["--count", "2"]);
+    host.wait_workers(2, WAIT, |_| true).expect("two workers");
+    let versions = ["-tls1_2", "-tls1_3"];
+    let mut sessions = Vec::new();
+    for version in versions {
+        let file = dir.join(format!("session{version}.pem"));
+        let file = file.to_str().unwrap().to_string();
+        assert!(!s_client_resumed(&cert, port, version, ["-sess_out", &file]), "a first connection is new");
+        let resumed = (0..20).filter(|_| s_client_resumed(&cert, port, version, ["-sess_in", &file])).count();
+        assert_eq!(resumed, 20, "{version}: {resumed}/20 resumed");
+        sessions.push((version, file));
+    }
+
+    let old_workers = host.worker_pids();
+    let out = host.command(["reload"], Duration::from_secs(30));
+    assert!(out.status.success(), "reload failed: {out:?}");
+    host.wait_workers(2, WAIT, |p| p.iter().all(|p| !old_workers.contains(p))).expect("new workers");
+    for (version, file) in &sessions {
+        assert!(s_client_resumed(&cert, port, version, ["-sess_in", file]), "{version}: not resumed after the reload");
+    }
+    // No key material in the log (nor any ticket key field name).
+    assert!(!host.log_text().contains("current"), "{}", host.log_text());
+}
+
+// The ticket keys travel in the upgrade state: a session made before `host upgrade` resumes on
+// the workers of the new image.
+#[test]
+fn sessions_resume_after_a_binary_upgrade() {
+    use host_tests::copied_host::CopiedHost;
+    use host_tests::plugin_dir::PluginDir;
+
+    let dir = TempDir::new();
+    let cert = make_cert(&dir, "web");
+    let plugins = PluginDir::new();
+    plugins.mv("http.so", &std::fs::read(host_tests::plugin_file("http")).unwrap());
+    let plugin_dir = plugins.arg();
+    let (cert_arg, key_arg) = (cert.cert.to_str().unwrap(), cert.key.to_str().unwrap());
+    let host = CopiedHost::start(&[
+        "--plugin",
+        "http",
+        "--count",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert_arg,
+        "--tls-key",
+        key_arg,
+        "--plugin-dir",
+        &plugin_dir,
+    ]);
+    let port = host.port();
+    let old_workers =
+        host_tests::poll_until(WAIT, || Some(host.worker_pids()).filter(|p| p.len() == 2)).expect("two workers");
+    let mut sessions = Vec::new();
+    for version in ["-tls1_2", "-tls1_3"] {
+        let file = dir.join(format!("session{version}.pem")).to_str().unwrap().to_string();
+        assert!(!s_client_resumed(&cert, port, version, ["-sess_out", &file]), "a first connection is new");
+        assert!(s_client_resumed(&cert, port, version, ["-sess_in", &file]), "{version}: not resumed");
+        sessions.push((version, file));
+    }
+    host.replace_binary();
+    let out = host.command(&["upgrade"], Duration::from_secs(60));
+    assert!(out.status.success(), "host upgrade failed: {}{}\nlog:\n{}", out.stdout, out.stderr, host.log());
+    host_tests::poll_until(WAIT, || {
+        let pids = host.worker_pids();
+        (pids.len() == 2 && pids.iter().all(|p| !old_workers.contains(p))).then_some(())
+    })
+    .expect("new workers");
+    for (version, file) in &sessions {
+        assert!(s_client_resumed(&cert, port, version, ["-sess_in", file]), "{version}: not resumed after the upgrade");
+    }
 }

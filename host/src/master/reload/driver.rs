@@ -92,16 +92,25 @@ impl<P: Processes> Supervisor<P> {
                 continue;
             };
             let name = state.service.name.clone();
-            let loaded = match crate::tls::load(files, SystemTime::now()) {
+            let now = SystemTime::now();
+            let loaded = match crate::tls::load(files, now) {
                 Ok((spec, info)) => LoadedTls { spec, info },
                 Err(e) => {
                     tracing::error!(service = %name, "TLS certificate change refused: {e}; the workers keep the last good one");
+                    // `status` shows it until a good change.
+                    if let Some(tls) = self.services[i].tls.as_mut() {
+                        tls.info.refused = Some(e.to_string());
+                    }
                     continue;
                 }
             };
             if state.tls.as_ref().is_some_and(|t| t.spec == loaded.spec) {
+                if let Some(tls) = self.services[i].tls.as_mut() {
+                    tls.info.refused = None;
+                }
                 continue;
             }
+            crate::tls::warn_if_expiring(&name, &loaded.info, now);
             tracing::info!(service = %name, subject = %loaded.info.subject, expires = %loaded.info.not_after_text, "TLS certificate changed; replacing the workers");
             self.services[i].tls = Some(loaded);
             if self.services[i].waiting {
