@@ -139,6 +139,8 @@ pub struct Server {
     next_client_id: u64,
     /// Unix ms minus the worker's clock, fixed (tests); None: read the wall clock.
     pub unix_offset: Option<i64>,
+    /// The wall clock's offset last read (see [`Server::unix_ms`]).
+    clock_offset: std::cell::Cell<Option<i64>>,
     /// Per command, in [`Cmd`] order (`INFO commandstats`).
     pub command_stats: Vec<CommandStats>,
 }
@@ -169,6 +171,7 @@ impl Server {
             total_commands: 0,
             next_client_id: 0,
             unix_offset: None,
+            clock_offset: std::cell::Cell::new(None),
             command_stats: vec![CommandStats::default(); COMMANDS.len()],
         }
     }
@@ -190,13 +193,29 @@ impl Server {
 
     /// The wall clock (Unix ms) at the worker's `now`: deadlines are given and checked for
     /// overflow in it, as Redis does, and kept on the worker's monotonic clock.
+    ///
+    /// One offset between the two clocks is kept while the wall clock agrees with it within a
+    /// second, so a deadline converted to the worker's clock and back reads the same
+    /// (`PEXPIREAT` then `PEXPIRETIME`: the two clocks are read a moment apart, and a fresh
+    /// offset per command was off by a millisecond), while a step of the wall clock (NTP, an
+    /// operator) is still followed.
     pub fn unix_ms(&self, now: u64) -> i64 {
-        match self.unix_offset {
-            Some(offset) => now as i64 + offset,
-            None => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        const RESYNC_MS: i64 = 1000;
+        if let Some(offset) = self.unix_offset {
+            return now as i64 + offset;
         }
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let offset = match self.clock_offset.get() {
+            Some(offset) if (wall - (now as i64 + offset)).abs() <= RESYNC_MS => offset,
+            _ => {
+                let offset = wall - now as i64;
+                self.clock_offset.set(Some(offset));
+                offset
+            }
+        };
+        now as i64 + offset
     }
 }
 

@@ -81,10 +81,14 @@ fn new_connections_avoid_a_slot_without_a_live_worker() {
     }
 }
 
-/// The worker pids of service `name` in a `status` rendering, sorted.
+/// The worker pids of service `name` in a `status` rendering, sorted, less those draining (a
+/// worker just replaced by a reload is listed, draining, until the master has reaped it).
 fn service_pids(table: &str, name: &str) -> Vec<i32> {
-    let mut pids: Vec<i32> =
-        worker_rows(table).iter().filter(|r| r[0] == name).map(|r| r[2].parse().unwrap()).collect();
+    let mut pids: Vec<i32> = worker_rows(table)
+        .iter()
+        .filter(|r| r[0] == name && r.last().is_none_or(|state| *state != "draining"))
+        .map(|r| r[2].parse().unwrap())
+        .collect();
     pids.sort_unstable();
     pids
 }
