@@ -1,6 +1,8 @@
 //! HTTP/1.1 for host: a static-file server browsers are happy with, on the `http_proto`
 //! library (keep-alive, HTTP/1.0, pipelining, `Content-Length` and chunked request bodies,
-//! `Expect: 100-continue`, strict RFC 9112 checks).
+//! `Expect: 100-continue`, strict RFC 9112 checks), and HTTP/2 (the `h2conn` module: a
+//! connection that starts with the client preface, h2c in cleartext or `h2` by ALPN over TLS,
+//! served by the same routes).
 //!
 //! Run: `host --plugin http --listen 127.0.0.1:8080 --plugin-config 'root = "/srv/www"'`, then
 //! `curl -i http://127.0.0.1:8080/`.
@@ -38,6 +40,7 @@
 //! max_file = 67108864      # largest file served, bytes (over it: 500; default: no limit)
 //! access_log_format = "combined"   # or "common": the lines of the host's --access-log
 //! file_io = "sendfile"     # or "pool": how file bodies are sent (below)
+//! h2 = true                # HTTP/2 on connections that start with its preface
 //! ```
 //! With an access log (`host --access-log FILE`, or `access_log` in a config file's service),
 //! each response is logged once complete, as nginx does (see [`http_proto::access_log`]):
