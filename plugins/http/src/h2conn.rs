@@ -141,7 +141,6 @@ impl Http {
                 Event::GoAway { .. } => {}
             }
         }
-        self.h2_pump(host, conn, &mut h2);
         self.h2_flush(host, conn, h2);
     }
 
@@ -244,7 +243,7 @@ impl Http {
                                 h2.conn.send_data(id, &self.chunk[..k], end).map(|()| end)
                             }
                             Err(e) => {
-                                plugin_api::tracing::warn!(error = %e, "streamed file ended early; resetting the stream");
+                                plugin_api::tracing::warn!(error = %e, "streamed file ended early; stream reset");
                                 h2.conn.reset(id, ErrorCode::INTERNAL_ERROR);
                                 Ok(true)
                             }
@@ -265,19 +264,21 @@ impl Http {
         }
     }
 
-    /// Hands the connection's output to the host (while its send buffer takes it whole), and
-    /// closes the connection once HTTP/2 is done with it.
-    fn h2_flush(&mut self, host: &mut Host<'_>, conn: ConnId, h2: Box<H2>) {
-        if h2.conn.has_output() && host.pending_send(conn) < self.send_window {
-            let mut h2 = h2;
+    /// Pumps the file bodies and hands the connection's output to the host while its send
+    /// buffer takes it whole (the host may write it at once: then the bodies go on, until the
+    /// buffer stays full, which `on_buffer_drain` resumes, or the windows are shut, which a
+    /// WINDOW_UPDATE resumes); closes the connection once HTTP/2 is done with it.
+    fn h2_flush(&mut self, host: &mut Host<'_>, conn: ConnId, mut h2: Box<H2>) {
+        loop {
+            self.h2_pump(host, conn, &mut h2);
+            if !h2.conn.has_output() || host.pending_send(conn) >= self.send_window {
+                break;
+            }
             let out = h2.conn.take_output();
-            host.send(conn, &out);
-            return self.h2_put_back(host, conn, h2);
+            if !host.send(conn, &out) {
+                break;
+            }
         }
-        self.h2_put_back(host, conn, h2);
-    }
-
-    fn h2_put_back(&mut self, host: &mut Host<'_>, conn: ConnId, h2: Box<H2>) {
         let done = h2.conn.is_done() && !h2.conn.has_output();
         let Some(c) = self.conns.get_mut(conn) else { return };
         c.h2 = Some(h2);
@@ -293,7 +294,6 @@ impl Http {
         if drain {
             h2.conn.drain();
         }
-        self.h2_pump(host, conn, &mut h2);
         self.h2_flush(host, conn, h2);
     }
 
