@@ -198,3 +198,51 @@ print("goaway", int(code) if code is not None else "none")
     let url = format!("http://127.0.0.1:{}/", host.port());
     assert_eq!(h2c(&[&url]).text(), "Hello, World!");
 }
+
+// A worker that drains (SIGTERM) sends GOAWAY NO_ERROR with the last stream id on an open h2
+// connection, then closes it; the master exits 0.
+#[test]
+fn drain_sends_goaway_with_the_last_stream() {
+    use std::io::{BufRead, BufReader};
+    let mut host = Host::start("http", &[]);
+    let script = r#"
+import socket, sys
+import h2.connection, h2.config, h2.events
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+c.initiate_connection()
+c.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "x")], end_stream=True)
+s.sendall(c.data_to_send())
+ready = False
+goaway = None
+while goaway is None:
+    data = s.recv(65536)
+    if not data:
+        break
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.StreamEnded) and not ready:
+            ready = True
+            print("ready", flush=True)
+        if isinstance(e, h2.events.ConnectionTerminated):
+            goaway = (int(e.error_code), e.last_stream_id)
+    s.sendall(c.data_to_send())
+closed = s.recv(65536) == b""
+print("goaway", goaway, "closed", closed, flush=True)
+"#;
+    let mut child = std::process::Command::new("timeout")
+        .args(["20", "python3", "-c", script, &host.port().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    host.signal(host_tests::Signal::SIGTERM);
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "goaway (0, 1) closed True");
+    assert!(child.wait().unwrap().success());
+    let status = host.wait_all_gone(std::time::Duration::from_secs(15)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(0), "{status}");
+}
