@@ -164,7 +164,7 @@ struct RawService {
     /// PEM certificate (chain) and key files: the service is served over TLS.
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<Spanned<PathBuf>>,
-    /// ALPN protocols offered (default: `["http/1.1", "http/1.0"]` for the http plugin, none
+    /// ALPN protocols offered (default: `["h2", "http/1.1", "http/1.0"]` for the http plugin, none
     /// otherwise).
     tls_alpn: Option<Vec<String>>,
     /// The service's access log (the plugin formats the lines; `host reopen-logs` reopens it).
@@ -500,7 +500,7 @@ root = "/srv/www"
                 tls: Some(TlsFiles {
                     cert: "/etc/host/certs/web.pem".into(),
                     key: "/etc/ssl/web.key".into(),
-                    alpn: vec!["http/1.1".into(), "http/1.0".into()],
+                    alpn: vec!["h2".into(), "http/1.1".into(), "http/1.0".into()],
                 }),
                 access_log: Some("/etc/host/logs/web.access.log".into()),
                 recycle: config::Recycle { max_requests: 10_000, max_memory: 256 << 20 },

@@ -45,13 +45,13 @@ impl TlsFiles {
     }
 }
 
-/// The ALPN protocols of a service that names none: `http/1.1` and `http/1.0` for the http
+/// The ALPN protocols of a service that names none: `h2`, `http/1.1` and `http/1.0` for the http
 /// plugin (by name, or a path to `libhttp.so`/`http.so`), none for the others. (The plugin ABI
 /// has no field for it.) A client that offers ALPN and none of these is refused (RFC 7301).
 pub fn default_alpn(plugin: &str) -> Vec<String> {
     let stem = Path::new(plugin).file_stem().and_then(|s| s.to_str()).unwrap_or(plugin);
     match stem.strip_prefix("lib").unwrap_or(stem) {
-        "http" => vec!["http/1.1".to_string(), "http/1.0".to_string()],
+        "http" => vec!["h2".to_string(), "http/1.1".to_string(), "http/1.0".to_string()],
         _ => Vec::new(),
     }
 }
@@ -204,8 +204,8 @@ mod tests {
 
     #[test]
     fn http_gets_http11_by_default_and_others_nothing() {
-        assert_eq!(default_alpn("http"), vec!["http/1.1", "http/1.0"]);
-        assert_eq!(default_alpn("/opt/plugins/libhttp.so"), vec!["http/1.1", "http/1.0"]);
+        assert_eq!(default_alpn("http"), vec!["h2", "http/1.1", "http/1.0"]);
+        assert_eq!(default_alpn("/opt/plugins/libhttp.so"), vec!["h2", "http/1.1", "http/1.0"]);
         assert!(default_alpn("text").is_empty());
         assert!(default_alpn("websocket").is_empty());
         let files = TlsFiles::new("c".into(), "k".into(), Some(vec![]), "http");

@@ -28,6 +28,9 @@ pub struct Config {
     pub max_file: u64,
     pub access_log_format: AccessLogFormat,
     pub file_io: FileIo,
+    /// HTTP/2 by its connection preface: over TLS (ALPN `h2`) and cleartext (h2c, prior
+    /// knowledge).
+    pub h2: bool,
 }
 
 /// How file bodies over 256 KiB (or not in the page cache) are sent (`file_io`).
@@ -75,6 +78,7 @@ impl Default for Config {
             max_file: u64::MAX,
             access_log_format: AccessLogFormat::Combined,
             file_io: FileIo::default(),
+            h2: true,
         }
     }
 }

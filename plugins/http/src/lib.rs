@@ -1,6 +1,8 @@
 //! HTTP/1.1 for host: a static-file server browsers are happy with, on the `http_proto`
 //! library (keep-alive, HTTP/1.0, pipelining, `Content-Length` and chunked request bodies,
-//! `Expect: 100-continue`, strict RFC 9112 checks).
+//! `Expect: 100-continue`, strict RFC 9112 checks), and HTTP/2 (the `h2conn` module: a
+//! connection that starts with the client preface, h2c in cleartext or `h2` by ALPN over TLS,
+//! served by the same routes).
 //!
 //! Run: `host --plugin http --listen 127.0.0.1:8080 --plugin-config 'root = "/srv/www"'`, then
 //! `curl -i http://127.0.0.1:8080/`.
@@ -38,6 +40,7 @@
 //! max_file = 67108864      # largest file served, bytes (over it: 500; default: no limit)
 //! access_log_format = "combined"   # or "common": the lines of the host's --access-log
 //! file_io = "sendfile"     # or "pool": how file bodies are sent (below)
+//! h2 = true                # HTTP/2 on connections that start with its preface
 //! ```
 //! With an access log (`host --access-log FILE`, or `access_log` in a config file's service),
 //! each response is logged once complete, as nginx does (see [`http_proto::access_log`]):
@@ -70,6 +73,7 @@
 pub mod conditional;
 mod config;
 pub mod files;
+mod h2conn;
 mod listing;
 mod log;
 pub mod ranges;
@@ -93,6 +97,7 @@ pub use crate::stream::read_cached;
 
 use crate::conditional::Outcome;
 use crate::files::{Files, Found, Lookup};
+use crate::h2conn::H2;
 use crate::log::{PendingLog, MAX_LOGGED_LINE};
 use crate::ranges::Ranges;
 use crate::stream::{end_early, Part, Stream, STREAM_AT};
@@ -146,6 +151,10 @@ struct Conn {
     stream: Option<Stream>,
     /// Its access-log line, written when the stream ends or the connection closes.
     log: Option<Box<PendingLog>>,
+    /// The connection speaks HTTP/2 (it began with the client preface).
+    h2: Option<Box<H2>>,
+    /// The connection speaks HTTP/1.x (its first bytes were not the preface).
+    http1: bool,
 }
 
 /// Files compressed on the fly at most (read and compressed whole).
@@ -196,7 +205,24 @@ impl Protocol for Http {
     }
 
     fn input(&mut self, host: &mut Host<'_>, conn: ConnId, buf: &[u8]) -> Frame {
-        let state = &mut self.conns.entry(conn).state;
+        let c = self.conns.entry(conn);
+        if let Some(h2) = &c.h2 {
+            return h2.frame(buf);
+        }
+        if !c.http1 {
+            match http_proto::h2::preface(buf) {
+                _ if !self.config.h2 => c.http1 = true,
+                // The preface alone is the first message; its SETTINGS go with the answer.
+                http_proto::h2::Preface::Yes => {
+                    c.h2 = Some(Box::new(H2::new()));
+                    return Frame::Complete(http_proto::h2::frame::PREFACE.len());
+                }
+                http_proto::h2::Preface::Maybe if !buf.is_empty() => return Frame::NeedMore,
+                http_proto::h2::Preface::Maybe => {}
+                http_proto::h2::Preface::No => c.http1 = true,
+            }
+        }
+        let state = &mut c.state;
         let frame = state.input(host, conn, buf, &self.limits, self.max_message, &mut self.date, &mut self.out);
         if frame == Frame::Invalid {
             // The parser refused the request and queued its error answer.
@@ -206,6 +232,9 @@ impl Protocol for Http {
     }
 
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
+        if self.conns.get(conn).is_some_and(|c| c.h2.is_some()) {
+            return self.h2_message(host, conn, msg);
+        }
         // Out of its entry while the request is answered (which needs the whole plugin).
         let mut state = std::mem::take(&mut self.conns.entry(conn).state);
         let mut answered = None;
@@ -215,7 +244,7 @@ impl Protocol for Http {
             self.date.update(host.now_ms());
             self.out.clear();
             let response = self.respond(req, persist);
-            let log = self.log_request(host, conn, req, &response);
+            let log = self.log_request(host, conn, req, &response, false);
             answered = Some((response, log));
             persist
         });
@@ -254,6 +283,9 @@ impl Protocol for Http {
 
     fn on_close(&mut self, host: &mut Host<'_>, conn: ConnId) {
         if let Some(mut c) = self.conns.remove(conn) {
+            if let Some(h2) = c.h2.take() {
+                self.h2_closed(host, h2);
+            }
             if let Some(mut log) = c.log.take() {
                 // The client went away during a streamed body: what was handed to the host.
                 let left: u64 = c.stream.map_or(0, |s| s.parts.iter().map(Part::len).sum());
@@ -264,6 +296,7 @@ impl Protocol for Http {
     }
 
     fn on_buffer_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
+        self.h2_resume(host, conn, false);
         self.pump(host, conn);
     }
 
@@ -288,6 +321,9 @@ impl Protocol for Http {
     }
 
     fn on_error(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
+        if self.conns.get(conn).is_some_and(|c| c.h2.is_some()) {
+            return host.close(conn);
+        }
         let state = &mut self.conns.entry(conn).state;
         match state.error_status(err) {
             Some(status) => {
@@ -299,7 +335,10 @@ impl Protocol for Http {
         }
     }
 
-    fn on_drain(&mut self, _host: &mut Host<'_>, _conn: ConnId) {
+    fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
+        // HTTP/2: GOAWAY with the last stream id; the streams up to it are served, then the
+        // connection closes.
+        self.h2_resume(host, conn, true);
         // Nothing to do now: from here on `host.is_draining()` makes every response carry
         // `Connection: close` and close its connection once flushed. An idle keep-alive
         // connection is left open, not closed at once: its client may have a request on the

@@ -30,11 +30,18 @@ impl Http {
         conn: ConnId,
         req: &Request<'_>,
         response: &Response,
+        h2: bool,
     ) -> Option<Box<PendingLog>> {
         if !self.access_log {
             return None;
         }
-        let request_line = access_log::request_line(req.raw_head(), MAX_LOGGED_LINE);
+        let mut request_line = access_log::request_line(req.raw_head(), MAX_LOGGED_LINE);
+        // An HTTP/2 request, rebuilt as an HTTP/1.1 head, is logged with its own version.
+        let h2_line;
+        if h2 {
+            h2_line = request_line.map(|line| [line.strip_suffix(b"HTTP/1.1").unwrap_or(line), b"HTTP/2.0"].concat());
+            request_line = h2_line.as_deref();
+        }
         let (referer, user_agent) = (req.header("referer"), req.header("user-agent"));
         match response {
             Response::Streamed { parts, .. } => {

@@ -12,6 +12,8 @@ mod http;
 mod http_files;
 // Headless Chromium on the `http` plugin: a directory page's images, seeking in audio.
 mod http_browser;
+// HTTP/2 through the `http` plugin: h2c, h2 over TLS, nghttp, a hostile python `h2` client.
+mod http2;
 // `examples/http_app`: an application on the http_proto library.
 mod http_app;
 // Helpers of the http tests: bounded runs of real clients, media files made on the spot.

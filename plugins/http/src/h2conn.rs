@@ -1,0 +1,341 @@
+//! HTTP/2 connections (RFC 9113, on `http_proto::h2`): a connection whose first bytes are the
+//! client preface speaks HTTP/2, over TLS (ALPN `h2`) or cleartext (h2c with prior knowledge).
+//! Each request goes through the same [`Http::respond`] as an HTTP/1.1 one (rebuilt as an
+//! HTTP/1.1 head by [`H2Request::http1_head`]); the HTTP/1.1 response it writes is sent as
+//! HEADERS and DATA. A file body is read with `pread` a window at a time (what
+//! [`Connection::send_capacity`] admits), and goes on when a WINDOW_UPDATE (or the host's send
+//! buffer draining) makes room; streams waiting for their window never hold up the others.
+//! Bytes the windows hold back count against the host's send buffer, as queued output does.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use http_proto::h2::{Config as H2Config, Connection, ErrorCode, Event, H2Request};
+use http_proto::response;
+use plugin_api::{ConnId, Frame, Host};
+
+use crate::log::PendingLog;
+use crate::stream::{Part, STREAM_CHUNK};
+use crate::{Http, Method, Persist, Request, Response, Status};
+
+/// The HTTP/2 side of one connection.
+pub(crate) struct H2 {
+    pub(crate) conn: Connection,
+    /// The streams the plugin knows of: receiving a request body, or sending a file body.
+    streams: BTreeMap<u32, H2Stream>,
+    max_frame: usize,
+}
+
+impl std::fmt::Debug for H2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2").field("streams", &self.streams.len()).finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct H2Stream {
+    /// The request, while its body arrives.
+    request: Option<H2Request>,
+    body: Vec<u8>,
+    /// A file body being sent.
+    sending: Option<(Arc<File>, VecDeque<Part>)>,
+    /// Its access-log line, written when the body is sent (or the stream ends early).
+    log: Option<Box<PendingLog>>,
+}
+
+impl H2 {
+    pub(crate) fn new() -> H2 {
+        let config = H2Config::default();
+        H2 { max_frame: config.max_frame_size as usize, conn: Connection::new(config), streams: BTreeMap::new() }
+    }
+
+    /// [`plugin_api::Protocol::input`] on an HTTP/2 connection: the whole frames at the start
+    /// of `buf` are one message (or the next frame, which the host then waits for).
+    pub(crate) fn frame(&self, buf: &[u8]) -> Frame {
+        let mut at = 0;
+        while let Some(h) = buf.get(at..at + 9) {
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            if len > self.max_frame {
+                // The connection reads its header and ends with FRAME_SIZE_ERROR.
+                return Frame::Complete(if at > 0 { at } else { 9 });
+            }
+            if buf.len() < at + 9 + len {
+                if at == 0 {
+                    return Frame::Complete(9 + len);
+                }
+                break;
+            }
+            at += 9 + len;
+        }
+        if at == 0 {
+            Frame::NeedMore
+        } else {
+            Frame::Complete(at)
+        }
+    }
+}
+
+/// A response head's fields: (name, value).
+type Fields<'a> = Vec<(&'a str, &'a [u8])>;
+
+/// The status line and fields of an HTTP/1.1 response head written by [`Http::respond`], and
+/// where its body starts.
+fn split_head(out: &[u8]) -> Option<(u16, Fields<'_>, usize)> {
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let mut lines = out[..end].split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let status = std::str::from_utf8(lines.next()?.get(9..12)?).ok()?.parse().ok()?;
+    let mut fields = Vec::with_capacity(12);
+    for line in lines {
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = std::str::from_utf8(&line[..colon]).ok()?;
+        fields.push((name, line[colon + 1..].trim_ascii()));
+    }
+    Some((status, fields, end + 4))
+}
+
+impl Http {
+    /// The frames of an HTTP/2 connection: events answered, then file bodies pumped.
+    pub(crate) fn h2_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
+        let Some(mut h2) = self.conns.get_mut(conn).and_then(|c| c.h2.take()) else { return };
+        h2.conn.recv(host.now_ms(), msg);
+        while let Some(event) = h2.conn.poll_event() {
+            match event {
+                Event::Request { stream, request, end_stream: true } => {
+                    self.h2_serve(host, conn, &mut h2, stream, &request, &[]);
+                }
+                Event::Request { stream, request, end_stream: false } => {
+                    let expect = request.field("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+                    if request.content_length().is_some_and(|n| n > self.config.max_body) {
+                        self.h2_error(host, conn, &mut h2, stream, Status::CONTENT_TOO_LARGE);
+                        continue;
+                    }
+                    if expect {
+                        let _ = h2.conn.send_continue(stream);
+                    }
+                    h2.streams.insert(stream, H2Stream { request: Some(request), ..Default::default() });
+                }
+                Event::Data { stream, data, end_stream } => {
+                    h2.conn.release(stream, data.len());
+                    let Some(s) = h2.streams.get_mut(&stream).filter(|s| s.request.is_some()) else { continue };
+                    if (s.body.len() + data.len()) as u64 > self.config.max_body {
+                        h2.streams.remove(&stream);
+                        self.h2_error(host, conn, &mut h2, stream, Status::CONTENT_TOO_LARGE);
+                        continue;
+                    }
+                    s.body.extend_from_slice(&data);
+                    if end_stream {
+                        let s = h2.streams.remove(&stream).unwrap_or_default();
+                        if let Some(request) = s.request {
+                            self.h2_serve(host, conn, &mut h2, stream, &request, &s.body);
+                        }
+                    }
+                }
+                Event::Reset { stream, .. } => {
+                    if let Some(s) = h2.streams.remove(&stream) {
+                        self.h2_ended_early(host, s);
+                    }
+                }
+                Event::GoAway { .. } => {}
+            }
+        }
+        self.h2_flush(host, conn, h2);
+    }
+
+    /// Answers one request: the same response as HTTP/1.1, as HEADERS and DATA.
+    fn h2_serve(
+        &mut self,
+        host: &mut Host<'_>,
+        conn: ConnId,
+        h2: &mut H2,
+        stream: u32,
+        request: &H2Request,
+        body: &[u8],
+    ) {
+        let (raw, head) = match request.http1_head(&self.limits) {
+            Ok(rebuilt) => rebuilt,
+            Err(status) => return self.h2_error(host, conn, h2, stream, status),
+        };
+        let req = Request::new(&head, &raw, body);
+        self.date.update(host.now_ms());
+        self.out.clear();
+        let response = self.respond(&req, Persist::KeepAlive);
+        self.count_response(host);
+        let log = self.log_request(host, conn, &req, &response, true);
+        let Some((status, fields, body_at)) = split_head(&self.out) else {
+            return h2.conn.reset(stream, ErrorCode::INTERNAL_ERROR);
+        };
+        let head_only = req.method() == Method::Head;
+        match response {
+            Response::Streamed { file, parts } => {
+                if h2.conn.send_headers(stream, status, &fields, false).is_ok() {
+                    h2.streams.insert(stream, H2Stream { sending: Some((file, parts)), log, ..Default::default() });
+                }
+            }
+            Response::Whole => {
+                let body = if head_only { &[][..] } else { &self.out[body_at..] };
+                if h2.conn.send_headers(stream, status, &fields, body.is_empty()).is_ok() && !body.is_empty() {
+                    let _ = h2.conn.send_data(stream, body, true);
+                }
+            }
+        }
+        self.trim_buffers();
+    }
+
+    /// Answers `stream` with an error status (the request is not read further).
+    fn h2_error(&mut self, host: &mut Host<'_>, conn: ConnId, h2: &mut H2, stream: u32, status: Status) {
+        self.date.update(host.now_ms());
+        self.out.clear();
+        response::write_error(&mut self.out, status, self.date.get(), Persist::KeepAlive, false, &[]);
+        self.count_response(host);
+        self.log_out(host, conn, None, None, None);
+        let Some((status, fields, body_at)) = split_head(&self.out) else { return };
+        let body = &self.out[body_at..];
+        if h2.conn.send_headers(stream, status, &fields, body.is_empty()).is_ok() && !body.is_empty() {
+            let _ = h2.conn.send_data(stream, body, true);
+        }
+    }
+
+    /// A stream that ended before its body was sent: its log line says how much was.
+    fn h2_ended_early(&mut self, host: &mut Host<'_>, s: H2Stream) {
+        if let Some(mut log) = s.log {
+            let left: u64 = s.sending.map_or(0, |(_, parts)| parts.iter().map(Part::len).sum());
+            log.body = log.body.saturating_sub(left);
+            self.log_pending(host, &log);
+        }
+    }
+
+    /// Sends file bodies as far as the windows and the host's send buffer admit.
+    fn h2_pump(&mut self, host: &mut Host<'_>, conn: ConnId, h2: &mut H2) {
+        let ids: Vec<u32> = h2.streams.iter().filter(|(_, s)| s.sending.is_some()).map(|(&id, _)| id).collect();
+        for id in ids {
+            loop {
+                if host.pending_send(conn) + h2.conn.queued_bytes() >= self.send_window {
+                    return;
+                }
+                let cap = h2.conn.send_capacity(id);
+                if cap == 0 {
+                    break;
+                }
+                let Some(s) = h2.streams.get_mut(&id) else { break };
+                let Some((file, parts)) = s.sending.as_mut() else { break };
+                let last = parts.len() <= 1;
+                let done = match parts.front_mut() {
+                    None => h2.conn.send_data(id, &[], true).map(|()| true),
+                    Some(Part::Bytes(bytes)) => {
+                        let sent = h2.conn.send_data(id, bytes, last).map(|()| last);
+                        parts.pop_front();
+                        sent
+                    }
+                    Some(Part::File { offset, len }) => {
+                        let n = usize::try_from(*len).unwrap_or(usize::MAX).min(cap).min(STREAM_CHUNK);
+                        self.chunk.resize(n, 0);
+                        match read_at(file, &mut self.chunk, *offset) {
+                            Ok(k) => {
+                                *offset += k as u64;
+                                *len -= k as u64;
+                                let end = last && *len == 0;
+                                if *len == 0 {
+                                    parts.pop_front();
+                                }
+                                h2.conn.send_data(id, &self.chunk[..k], end).map(|()| end)
+                            }
+                            Err(e) => {
+                                plugin_api::tracing::warn!(error = %e, "streamed file ended early; stream reset");
+                                h2.conn.reset(id, ErrorCode::INTERNAL_ERROR);
+                                Ok(true)
+                            }
+                        }
+                    }
+                };
+                match done {
+                    Ok(false) => {}
+                    // Sent whole, or the stream is gone.
+                    Ok(true) | Err(_) => {
+                        if let Some(s) = h2.streams.remove(&id) {
+                            self.h2_ended_early(host, s);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pumps the file bodies and hands the connection's output to the host while its send
+    /// buffer takes it whole (the host may write it at once: then the bodies go on, until the
+    /// buffer stays full, which `on_buffer_drain` resumes, or the windows are shut, which a
+    /// WINDOW_UPDATE resumes); closes the connection once HTTP/2 is done with it.
+    fn h2_flush(&mut self, host: &mut Host<'_>, conn: ConnId, mut h2: Box<H2>) {
+        loop {
+            self.h2_pump(host, conn, &mut h2);
+            if !h2.conn.has_output() || host.pending_send(conn) >= self.send_window {
+                break;
+            }
+            let out = h2.conn.take_output();
+            if !host.send(conn, &out) {
+                break;
+            }
+        }
+        let done = h2.conn.is_done() && !h2.conn.has_output();
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        c.h2 = Some(h2);
+        if done {
+            c.state.closing = true;
+            host.close(conn);
+        }
+    }
+
+    /// The host's send buffer drained, or the worker drains (`drain`: GOAWAY first).
+    pub(crate) fn h2_resume(&mut self, host: &mut Host<'_>, conn: ConnId, drain: bool) {
+        let Some(mut h2) = self.conns.get_mut(conn).and_then(|c| c.h2.take()) else { return };
+        if drain {
+            h2.conn.drain();
+        }
+        self.h2_flush(host, conn, h2);
+    }
+
+    /// The connection closed: the log lines of bodies cut short.
+    pub(crate) fn h2_closed(&mut self, host: &mut Host<'_>, h2: Box<H2>) {
+        for (_, s) in h2.streams {
+            self.h2_ended_early(host, s);
+        }
+    }
+}
+
+/// Reads a whole `buf` at `offset` (an error when the file ends before it).
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    file.read_exact_at(buf, offset)?;
+    Ok(buf.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_a_response_head() {
+        let out = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-1/9\r\nETag: \"x\"\r\n\r\nab";
+        let (status, fields, at) = split_head(out).unwrap();
+        assert_eq!(status, 206);
+        assert_eq!(fields, vec![("Content-Range", &b"bytes 0-1/9"[..]), ("ETag", &b"\"x\""[..])]);
+        assert_eq!(&out[at..], b"ab");
+    }
+
+    #[test]
+    fn frames_whole_frames_and_waits_for_the_next() {
+        let h2 = H2::new();
+        let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+        let mut buf = settings.to_vec();
+        assert_eq!(h2.frame(&buf[..5]), Frame::NeedMore);
+        assert_eq!(h2.frame(&buf), Frame::Complete(9));
+        buf.extend_from_slice(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1]);
+        // The second frame is incomplete: the first goes now.
+        assert_eq!(h2.frame(&buf), Frame::Complete(9));
+        assert_eq!(h2.frame(&buf[9..]), Frame::Complete(17));
+        // A frame over the max frame size: its header alone, for the connection to refuse.
+        assert_eq!(h2.frame(&[0, 0x40, 1, 0, 0, 0, 0, 0, 1]), Frame::Complete(9));
+    }
+}
