@@ -665,3 +665,96 @@ fn a_plugin_given_by_path_is_watched_in_its_directory() {
     wait_status(&host, RELOAD_TIMEOUT, |s| s.all_on("http", 1, &short_hash(&next))).unwrap_or_else(|e| panic!("{e}"));
     hello(host.port());
 }
+
+// An inotify watch follows the directory's inode, not its path: after `mv plugins.new plugins`
+// the watch was on the old directory and hot reload silently ended. The watcher looks again
+// every 2 s, watches the new directory, and takes its files as written.
+
+/// Waits for the next chain (the `nth` since the start) to finish, and for `status` to show both
+/// workers on `bytes`; the service answers.
+fn assert_reloaded_to(host: &Host, nth: usize, bytes: &[u8]) {
+    let done = host.log().wait_for_nth("reload done", nth, RELOAD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_contains!(done, "replaced=2");
+    let hash = short_hash(bytes);
+    wait_status(host, SETTLE_TIMEOUT, |s| s.all_on("http", 2, &hash)).unwrap_or_else(|e| panic!("{e}"));
+    hello(host.port());
+}
+
+/// Creates `dir` holding `http.so` with `bytes` (a release of the plugin).
+fn plugin_release(dir: &Path, bytes: &[u8]) {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("http.so"), bytes).unwrap();
+}
+
+// `mv plugins plugins.old && mv plugins.new plugins`: the new directory's plugin is loaded, and a
+// later `mv` into the new directory reloads again (it is watched, not only scanned once).
+#[test]
+fn plugin_directory_replaced_by_mv_is_watched_anew() {
+    let dir = PluginDir::new();
+    dir.mv("http.so", &http_bytes());
+    let host = start(&dir, "http", 2);
+    let old = wait_workers(&host, 2);
+
+    let next = http_variant("new directory");
+    let staged = dir.root().join("plugins.new");
+    plugin_release(&staged, &next);
+    fs::rename(dir.path(), dir.root().join("plugins.old")).unwrap();
+    fs::rename(&staged, dir.path()).unwrap();
+    assert_reloaded_to(&host, 1, &next);
+    // Said in the log ("removed" instead when a check fell between the two renames).
+    let said = lines_with(&host, &["plugin directory re", &dir.arg()]);
+    assert!(!said.is_empty(), "{}", host.log_text());
+    host.wait_workers(2, SETTLE_TIMEOUT, |pids| pids.iter().all(|p| !old.contains(p)))
+        .unwrap_or_else(|e| panic!("the old workers {old:?} are not all replaced: {e}"));
+
+    let third = http_variant("into the new directory");
+    dir.mv("http.so", &third);
+    assert_reloaded_to(&host, 2, &third);
+    assert_not_contains!(host.log_text(), "worker died");
+}
+
+// `--plugin-dir plugins` where `plugins -> releases/1`, switched atomically (`ln -s releases/2
+// plugins.tmp && mv -T plugins.tmp plugins`) to release 2, then rolled back to release 1: each
+// switch reloads.
+#[test]
+fn plugin_directory_symlink_switched_to_another_release_reloads() {
+    let root = host_tests::TempDir::new();
+    let first = http_bytes();
+    let second = http_variant("release 2");
+    plugin_release(&root.join("releases/1"), &first);
+    plugin_release(&root.join("releases/2"), &second);
+    let plugins = root.join("plugins");
+    std::os::unix::fs::symlink("releases/1", &plugins).unwrap();
+    let switch = |release: &str| {
+        let tmp = root.join("plugins.tmp");
+        std::os::unix::fs::symlink(release, &tmp).unwrap();
+        fs::rename(&tmp, &plugins).unwrap();
+    };
+    let host = Host::start("http", &["--count", "2", "--plugin-dir", plugins.to_str().unwrap()]);
+    wait_workers(&host, 2);
+    wait_status(&host, SETTLE_TIMEOUT, |s| s.all_on("http", 2, &short_hash(&first))).unwrap_or_else(|e| panic!("{e}"));
+
+    switch("releases/2");
+    assert_reloaded_to(&host, 1, &second);
+    switch("releases/1");
+    assert_reloaded_to(&host, 2, &first);
+    assert_not_contains!(host.log_text(), "worker died");
+}
+
+// `plugins/http.so -> ../build/http.so`: the link's target lives outside the watched directory;
+// a new build moved over the target reloads the service (its directory is watched too).
+#[test]
+fn plugin_file_symlinked_outside_the_directory_reloads_when_its_target_changes() {
+    let dir = PluginDir::new();
+    let build = dir.root().join("build");
+    plugin_release(&build, &http_bytes());
+    std::os::unix::fs::symlink("../build/http.so", dir.file("http.so")).unwrap();
+    let host = start(&dir, "http", 2);
+    wait_workers(&host, 2);
+
+    let next = http_variant("rebuilt");
+    let tmp = build.join("http.so.tmp");
+    fs::write(&tmp, &next).unwrap();
+    fs::rename(&tmp, build.join("http.so")).unwrap();
+    assert_reloaded_to(&host, 1, &next);
+}
