@@ -106,7 +106,9 @@ fn a_crash_looping_service_does_not_block_the_reload_of_the_others() {
         format!("[[service]]\nname = \"{name}\"\nplugin = \"fixture_crash\"\nlisten = \"127.0.0.1:0\"\ncount = {count}\n{config}\n")
     };
     let looping = format!("[service.config]\ncrash_if_exists = {:?}\n", trigger.display().to_string());
-    let text = [service("alpha", 2, ""), service("looping", 1, &looping), service("omega", 1, "")].concat();
+    // A config chooses its own plugin directories: name the fixtures' one.
+    let dirs = format!("plugin_dirs = [{:?}]\n", host_tests::fixtures_dir().display().to_string());
+    let text = [dirs, service("alpha", 2, ""), service("looping", 1, &looping), service("omega", 1, "")].concat();
     let cfg = dir.write("three.toml", &text).display().to_string();
     let mut host = Host::spawn(["-c", &cfg]);
     host.wait_for_log("host ready", READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
