@@ -253,6 +253,7 @@ fn upgrade_check() -> anyhow::Result<()> {
     };
     let plan = plan(&cli.global, &cmd)?;
     state.check(&plan.services).map_err(anyhow::Error::msg)?;
+    eprintln!("{}", master::upgrade::GUARDIAN_CAPABILITY);
     Ok(())
 }
 

@@ -259,7 +259,18 @@ impl PidFile {
 
     /// The pid file the master's previous image held locked (a binary upgrade: same process, so
     /// the pid in it is still right; the lock belongs to the open file, which crossed the exec).
+    ///
+    /// A master that took over from an upgrade's guardian is another process: it writes its own
+    /// pid (one write of the whole content, then the length).
     pub fn adopt(path: &Path, lock: fs::File) -> Self {
+        use std::os::unix::fs::FileExt;
+        let text = format!("{}\n", std::process::id());
+        if fs::read_to_string(path).is_ok_and(|t| t != text) {
+            let written = lock.write_all_at(text.as_bytes(), 0).and_then(|()| lock.set_len(text.len() as u64));
+            if let Err(e) = written {
+                tracing::error!(path = %path.display(), "could not write this master's pid: {e}");
+            }
+        }
         PidFile { path: path.to_path_buf(), _lock: lock }
     }
 

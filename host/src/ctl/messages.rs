@@ -12,7 +12,7 @@ use crate::config::WorkerSpec;
 /// The version of the master↔worker protocol this binary speaks. A master and a worker of
 /// different versions refuse each other at the hello (the worker after a binary upgrade is exec'd
 /// from the new file while the old master runs).
-pub const PROTOCOL: u32 = 6;
+pub const PROTOCOL: u32 = 7;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;
@@ -66,6 +66,13 @@ pub enum ToWorker {
         access_log: bool,
         log_file: bool,
     },
+    /// Whether the worker dies with the master's process (`kill`: the parent-death signal
+    /// SIGKILL, as every worker starts) or outlives it (a binary upgrade is about to exec a new
+    /// program in the master's place: should that die, the upgrade's guardian takes the master
+    /// over and adopts the workers). Answered with [`ToMaster::ParentDeath`].
+    ParentDeath {
+        kill: bool,
+    },
 }
 
 /// A worker another worker may send messages to.
@@ -98,6 +105,8 @@ pub enum ToMaster {
     /// The worker switched to the descriptors of `Logs { id }`; `error` says what went wrong
     /// (the old descriptors are kept).
     LogsReopened { id: u64, error: Option<String> },
+    /// The worker's parent-death signal is as [`ToWorker::ParentDeath`] asked (`kill`).
+    ParentDeath { kill: bool },
 }
 
 /// What a channel needs to know of the messages it receives.

@@ -127,6 +127,8 @@ pub struct Master {
     waker: Arc<mio::Waker>,
     /// `host upgrade`'s check of the new binary, while it runs.
     upgrading: Option<upgrade::DryRun>,
+    /// What each worker last said of its parent-death signal (`kill`), for a binary upgrade.
+    parent_death: HashMap<WorkerId, bool>,
 }
 
 /// A Unix socket file the master bound: removed when the master exits, if it is still the
@@ -346,7 +348,7 @@ pub fn run(plan: Plan, launch: Launch) -> anyhow::Result<()> {
     }
     let mut logs = logs::Logs::default();
     (logs.access, logs.log_file) = (access_logs, launch.log_file);
-    let procs = OsProcesses { worker_args: launch.worker_args };
+    let procs = OsProcesses { worker_args: launch.worker_args, foreign: Default::default() };
     let sup = Supervisor::new(procs, states, plan.plugin_dirs.clone(), plan.timeouts);
     let parts = Parts {
         watched,
@@ -490,6 +492,7 @@ impl Master {
             _pid_file: pid_file,
             waker: upgrade_waker,
             upgrading: None,
+            parent_death: HashMap::new(),
         })
     }
 
@@ -750,6 +753,9 @@ impl Master {
                 ToMaster::Error(e) => self.sup.worker_error(id, e),
                 ToMaster::Report { id: gather, json, .. } => self.gather_reply(id, gather, json),
                 ToMaster::LogsReopened { id: request, error } => self.logs_reopened(id, request, error),
+                ToMaster::ParentDeath { kill } => {
+                    self.parent_death.insert(id, kill);
+                }
             }
         }
         // A worker of another version, a frame over the limit, a worker that does not read: the

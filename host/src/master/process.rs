@@ -2,7 +2,8 @@
 //! plugin lookup, behind one trait. The supervisor only talks to this trait, so its scenarios
 //! ("a serving worker dies while its replacement starts") are unit tests with [`fake`] processes.
 
-use std::os::fd::BorrowedFd;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,7 +17,7 @@ use super::spawn::{self, SpawnError};
 use crate::config::WorkerSpec;
 use crate::ctl::MasterChannel;
 use crate::plugin;
-use crate::sys::WatchPage;
+use crate::sys::{self, WatchPage};
 
 /// A started worker: its pid, the master's end of its channel and its watch page (None: the
 /// fake processes of unit tests may have none).
@@ -57,6 +58,31 @@ pub trait Processes {
 pub struct OsProcesses {
     /// Arguments every worker gets after `worker` (the log level and format).
     pub worker_args: Vec<String>,
+    /// Workers that are not this process's children: adopted by a master that took over from
+    /// a binary upgrade's guardian (their parent died). Watched through a pidfd (None: already
+    /// gone when adopted); their exit status is not ours to read.
+    pub foreign: HashMap<Pid, Option<OwnedFd>>,
+}
+
+impl OsProcesses {
+    /// Watches `pid`, a worker this process did not start: its end wakes `registry` with
+    /// `token` and [`Processes::reap`] reports it.
+    pub fn adopt_foreign(&mut self, pid: Pid, registry: &mio::Registry, token: mio::Token) {
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => {
+                let raw = fd.as_raw_fd();
+                if let Err(e) = registry.register(&mut mio::unix::SourceFd(&raw), token, mio::Interest::READABLE) {
+                    tracing::warn!(pid = pid.as_raw(), "could not watch an adopted worker: {e}");
+                }
+                Some(fd)
+            }
+            Err(e) => {
+                tracing::warn!(pid = pid.as_raw(), "an adopted worker is gone already: {e}");
+                None
+            }
+        };
+        self.foreign.insert(pid, pidfd);
+    }
 }
 
 impl Processes for OsProcesses {
@@ -78,6 +104,17 @@ impl Processes for OsProcesses {
     /// `waitpid(pid, WNOHANG)`, never `waitpid(-1)`: the preparer thread waits for its own probe
     /// processes, and reaping one of those here would leave it with ECHILD.
     fn reap(&mut self, pid: Pid) -> Option<Exit> {
+        if let Some(pidfd) = self.foreign.get(&pid) {
+            if pidfd.as_ref().is_some_and(|fd| !sys::pidfd_ended(fd.as_fd())) {
+                return None;
+            }
+            // Its pidfd leaves the poll as it closes.
+            self.foreign.remove(&pid);
+            return Some(Exit {
+                how: "exit (status unknown: adopted, not a child of this master)".into(),
+                clean: false,
+            });
+        }
         let status = loop {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Err(nix::errno::Errno::EINTR) => continue,

@@ -41,7 +41,7 @@ use super::snapshot::Snapshot;
 use super::supervisor::{Phase, ReloadRecord};
 use super::{spawn, Master, WORKER_TOKEN_BASE};
 use crate::config_file::ServiceConfig;
-use crate::ctl::{MasterChannel, PROTOCOL};
+use crate::ctl::{MasterChannel, ToWorker, PROTOCOL};
 use crate::listen::Listen;
 use crate::status::{Answer, WorkerReport};
 use crate::sys;
@@ -58,6 +58,17 @@ const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 const MAX_CHECK_OUTPUT: usize = 16 * 1024;
 /// Set in the environment of the previous image when the new one went back to it: the reason.
 const ROLLED_BACK_ENV: &str = "HOST_UPGRADE_ROLLED_BACK";
+/// Set in the environment of the previous image when the upgrade's guardian took the master
+/// over (a new pid: the workers are not its children).
+const RESCUED_ENV: &str = "HOST_UPGRADE_RESCUED";
+/// What `host upgrade-check` writes on stderr when it accepts the state and releases a guardian
+/// once its loop runs. A binary that does not say so (an older host) is exec'd without one.
+pub const GUARDIAN_CAPABILITY: &str = "upgrade-check: accepted; the guardian is released once the loop runs";
+/// How long the new image may take to run its loop before its guardian kills it and takes the
+/// master over with the previous image.
+const GUARDIAN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the workers may take to turn their parent-death signal off before the exec.
+const PARENT_DEATH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why `host upgrade` was refused, or failed (the old master goes on in every case).
 #[derive(Debug, thiserror::Error)]
@@ -292,7 +303,13 @@ pub struct Inherited {
     fds: HashMap<RawFd, OwnedFd>,
     /// Why the image this one was upgraded to went back to this one (None: a plain upgrade).
     rolled_back: Option<String>,
+    /// This image was exec'd by the upgrade's guardian: the master's process died in the new
+    /// program, and this one (a new pid) takes over workers that are not its children.
+    rescued: bool,
 }
+
+/// The guardian of the upgrade that exec'd this image, until its loop runs.
+static GUARDIAN: std::sync::Mutex<Option<sys::Guardian>> = std::sync::Mutex::new(None);
 
 impl Inherited {
     /// Called first thing by a starting master: None unless the previous image handed over.
@@ -302,6 +319,9 @@ impl Inherited {
         let Some(fd) = state_fd()? else { return Ok(None) };
         let rolled_back = std::env::var(ROLLED_BACK_ENV).ok();
         std::env::remove_var(ROLLED_BACK_ENV);
+        let rescued = std::env::var_os(RESCUED_ENV).is_some();
+        std::env::remove_var(RESCUED_ENV);
+        *GUARDIAN.lock().unwrap_or_else(|e| e.into_inner()) = sys::Guardian::inherited();
         let state = read_state(&fd)?;
         if rolled_back.is_none() && state.previous_image.is_some() {
             arm_rollback(&state, fd.as_fd()).context("could not keep what the previous image handed over")?;
@@ -318,7 +338,7 @@ impl Inherited {
             anyhow::Ok(fds)
         })();
         match taken {
-            Ok(fds) => Ok(Some(Inherited { state, fds, rolled_back })),
+            Ok(fds) => Ok(Some(Inherited { state, fds, rolled_back, rescued })),
             Err(e) => roll_back_on_failure(Ok(Err(e))).map(|()| None),
         }
     }
@@ -444,7 +464,16 @@ pub fn roll_back_on_failure(result: std::thread::Result<anyhow::Result<()>>) -> 
         (ROLLED_BACK_ENV, reason.as_ref()),
     ];
     let title = if rollback.title.is_empty() { title() } else { rollback.title.clone() };
+    // The guardian stays open across this exec too: the previous image releases it.
+    let guardian = GUARDIAN.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let guardian_env = guardian.as_ref().map(|g| (g.env_value(), sys::clear_cloexec(g.fd())));
+    let mut env = env.to_vec();
+    if let Some((value, Ok(()))) = &guardian_env {
+        env.push((sys::GUARDIAN_ENV, value.as_ref()));
+    }
     let e = sys::exec_restoring(rollback.image.as_fd(), &fds, &title, &env);
+    // The exec failed: the process exits, and the guardian (its pipe closed) takes over.
+    drop(guardian);
     // The numbers were overwritten under their owners: this process may only exit now.
     Err(error.context(format!("the new binary failed and going back to the previous one failed too ({e})")))
 }
@@ -473,7 +502,14 @@ pub(super) struct DryRun {
     client: Option<ClientId>,
     exe: PathBuf,
     identity: (u64, u64),
-    done: mpsc::Receiver<Result<(), UpgradeError>>,
+    done: mpsc::Receiver<Result<Accepted, UpgradeError>>,
+}
+
+/// The new binary's check accepted the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// It releases a guardian ([`GUARDIAN_CAPABILITY`]).
+    guardian: bool,
 }
 
 /// Starts [`dry_run`] on a thread of its own, which sends its outcome and wakes the master.
@@ -482,7 +518,7 @@ fn start_dry_run(
     state: OwnedFd,
     dir: PathBuf,
     waker: Arc<mio::Waker>,
-) -> io::Result<mpsc::Receiver<Result<(), UpgradeError>>> {
+) -> io::Result<mpsc::Receiver<Result<Accepted, UpgradeError>>> {
     let (tx, rx) = mpsc::channel();
     // The child's parent-death signal fires when this thread ends: after it is reaped.
     std::thread::Builder::new().name("host: upgrade-check".into()).spawn(move || {
@@ -497,7 +533,7 @@ fn start_dry_run(
 /// whether it takes it over. Its last line of stderr is the reason of a refusal. `timeout`
 /// bounds everything, its output included: once the child exited, what its stderr holds is read
 /// and no more (a grandchild may keep the pipe open for ever).
-fn dry_run(exe: &Path, state: BorrowedFd<'_>, dir: &Path, timeout: Duration) -> Result<(), UpgradeError> {
+fn dry_run(exe: &Path, state: BorrowedFd<'_>, dir: &Path, timeout: Duration) -> Result<Accepted, UpgradeError> {
     let path = || exe.to_path_buf();
     let mut cmd = Command::new(exe);
     cmd.arg("upgrade-check")
@@ -559,7 +595,7 @@ fn dry_run(exe: &Path, state: BorrowedFd<'_>, dir: &Path, timeout: Duration) -> 
     let reason = reason.strip_prefix("error: ").unwrap_or(reason).to_string();
     match status {
         None => Err(UpgradeError::NoAnswer { path: path(), timeout }),
-        Some(s) if s.success() => Ok(()),
+        Some(s) if s.success() => Ok(Accepted { guardian: stderr.lines().any(|l| l.trim() == GUARDIAN_CAPABILITY) }),
         Some(s) => {
             let how = match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
                 (Some(code), _) => format!("exit code {code}"),
@@ -664,8 +700,48 @@ impl Master {
             }),
         };
         let Some(DryRun { client, exe, identity, .. }) = self.upgrading.take() else { return };
-        let Err(e) = result.and_then(|()| self.exec_upgrade(client, &exe, identity));
+        let Err(e) = result.and_then(|accepted| self.exec_upgrade(client, &exe, identity, accepted));
         self.refuse_upgrade(client, &e);
+    }
+
+    /// Asks every worker to set its parent-death signal (`kill`: SIGKILL, as workers start; or
+    /// none) and waits up to `wait` for their answers, reading whatever else they say meanwhile.
+    /// Returns how many did not answer in time.
+    fn set_parent_death(&mut self, kill: bool, wait: Duration) -> usize {
+        let ids: Vec<WorkerId> = self.channels.keys().copied().collect();
+        for &id in &ids {
+            self.parent_death.remove(&id);
+            if let Some(channel) = self.channels.get_mut(&id) {
+                let _ = channel.send(&ToWorker::ParentDeath { kill });
+            }
+            self.watch_channel_output(id);
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let waiting: Vec<WorkerId> = ids
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.channels.get(id).is_some_and(|c| !c.closed) && self.parent_death.get(id) != Some(&kill)
+                })
+                .collect();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if waiting.is_empty() || left.is_zero() {
+                return waiting.len();
+            }
+            {
+                let mut fds: Vec<nix::poll::PollFd<'_>> = waiting
+                    .iter()
+                    .filter_map(|id| self.channels.get(id))
+                    .map(|c| nix::poll::PollFd::new(c.stream.as_fd(), nix::poll::PollFlags::POLLIN))
+                    .collect();
+                let ms = left.as_millis().clamp(1, u16::MAX as u128) as u16;
+                let _ = nix::poll::poll(&mut fds, ms);
+            }
+            for &id in &waiting {
+                self.read_worker(id);
+            }
+        }
     }
 
     /// The new binary accepted the state: hands over the state as it is now and executes it.
@@ -675,6 +751,7 @@ impl Master {
         client: Option<ClientId>,
         exe: &Path,
         identity: (u64, u64),
+        accepted: Accepted,
     ) -> Result<Infallible, UpgradeError> {
         if check_binary(exe)? != identity {
             return Err(UpgradeError::Replaced(exe.to_path_buf()));
@@ -689,6 +766,14 @@ impl Master {
         for channel in self.channels.values_mut() {
             let _ = channel.flush_timeout(FLUSH_TIMEOUT);
         }
+        // With a guardian, the workers outlive the master's process should the new program die
+        // in its place (their parent-death signal off until the new image turns it on again).
+        if accepted.guardian {
+            let left = self.set_parent_death(false, PARENT_DEATH_TIMEOUT);
+            if left > 0 {
+                tracing::warn!(workers = left, "some workers did not turn their parent-death signal off in time: they would die with a new binary that fails before it runs");
+            }
+        }
         // systemd hears RELOADING=1 now (the new image says MAINPID= and READY=1); READY=1 again
         // if the exec fails.
         self.notifier.upgrading();
@@ -702,15 +787,40 @@ impl Master {
         let mut fds: Vec<BorrowedFd<'_>> = handed.clone();
         fds.push(memfd.as_fd());
         fds.push(image.as_fd());
+        let mut guardian = None;
         let error = match fds.iter().try_for_each(|fd| sys::clear_cloexec(*fd)) {
             Ok(()) => {
                 let number = memfd.as_raw_fd().to_string();
                 let args = crate::argv::pack_args(&state.start_args);
-                let env: [(&str, &std::ffi::OsStr); 3] = [
+                if accepted.guardian {
+                    // Forked with every descriptor of the state open across exec: should the new
+                    // program die before it runs its loop, this image takes the master back.
+                    let reason = format!(
+                        "{} ended before it ran the host's loop, or did not run it within {} s",
+                        exe.display(),
+                        GUARDIAN_DEADLINE.as_secs()
+                    );
+                    let rescue: [(&str, &std::ffi::OsStr); 5] = [
+                        (STATE_ENV, number.as_ref()),
+                        (crate::argv::ARGV_ENV, args.as_ref()),
+                        (crate::argv::TITLED, "1".as_ref()),
+                        (ROLLED_BACK_ENV, reason.as_ref()),
+                        (RESCUED_ENV, "1".as_ref()),
+                    ];
+                    match sys::Guardian::fork(image.as_fd(), &title(), &rescue, GUARDIAN_DEADLINE) {
+                        Ok(g) => guardian = Some(g),
+                        Err(e) => tracing::warn!("could not start the upgrade's guardian: {e}; executing without one"),
+                    }
+                }
+                let release = guardian.as_ref().map(sys::Guardian::env_value).unwrap_or_default();
+                let mut env: Vec<(&str, &std::ffi::OsStr)> = vec![
                     (STATE_ENV, number.as_ref()),
                     (crate::argv::ARGV_ENV, args.as_ref()),
                     (crate::argv::TITLED, "1".as_ref()),
                 ];
+                if guardian.is_some() {
+                    env.push((sys::GUARDIAN_ENV, release.as_ref()));
+                }
                 sys::exec_image(exe, &title(), &env)
             }
             Err(e) => e,
@@ -718,6 +828,13 @@ impl Master {
         // Still here: the exec failed. Nothing of ours may leak into the next child.
         for fd in &fds {
             let _ = sys::set_cloexec(*fd);
+        }
+        if let Some(guardian) = guardian {
+            let _ = sys::set_cloexec(guardian.fd());
+            guardian.release();
+        }
+        if accepted.guardian {
+            self.set_parent_death(true, Duration::ZERO);
         }
         Err(UpgradeError::Exec { path: exe.to_path_buf(), source: error })
     }
@@ -900,13 +1017,28 @@ impl Master {
             _ => None,
         };
         self.notifier.adopted();
-        // From here on this image runs its loop: it does not go back any more.
+        // From here on this image runs its loop: it does not go back any more, and the
+        // upgrade's guardian (if any) can go.
         disarm_rollback();
+        if let Some(guardian) = GUARDIAN.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            guardian.release();
+        }
+        if inherited.rescued {
+            // The workers outlived the master's process: they are not this process's children.
+            for w in &state.workers {
+                let token = Token(WORKER_TOKEN_BASE + w.id as usize);
+                self.sup.procs.adopt_foreign(nix::unistd::Pid::from_raw(w.pid), self.poll.registry(), token);
+            }
+        } else {
+            // Same process, same children: they die with it again.
+            self.set_parent_death(true, Duration::ZERO);
+        }
         if let Some(reason) = inherited.rolled_back.take() {
-            tracing::error!(workers = state.workers.len(), pid = std::process::id(), "upgrade failed: the new binary failed before it was ready ({reason}); back on this binary, every worker kept");
+            let how = if inherited.rescued { "the upgrade's guardian took the master over" } else { "the master" };
+            tracing::error!(workers = state.workers.len(), pid = std::process::id(), "upgrade failed: the new binary failed before it was ready ({reason}); back on this binary ({how}), every worker kept");
             if let Some(client) = client {
                 let message = format!(
-                    "upgrade failed: the new binary failed before it was ready ({reason}); the master (pid {}) went back to the previous binary and goes on",
+                    "upgrade failed: the new binary failed before it was ready ({reason}); {how} (pid {}) went back to the previous binary and goes on",
                     std::process::id()
                 );
                 self.answer_all(&[client], &Answer::Error { message });

@@ -9,6 +9,7 @@
 //! - [`socket`]: the per-slot SO_REUSEPORT listening sockets (TCP, UDP), the shared Unix one;
 //! - [`scm`]: bytes with descriptors attached (SCM_RIGHTS), for the master↔worker channel;
 //! - [`daemon`]: `start -d`, and pointing stdout and stderr at a reopened log file;
+//! - [`guardian`]: the child that takes a failed binary upgrade back, and pidfds;
 //! - [`identity`]: checking and switching user and group;
 //! - [`watch`]: the page a worker shares with the master (which plugin callback it is in).
 //!
@@ -33,6 +34,7 @@ macro_rules! syscall {
 
 mod daemon;
 mod fd;
+mod guardian;
 mod identity;
 mod memfd;
 mod openat;
@@ -47,6 +49,7 @@ pub use self::fd::{
     clear_cloexec, cloexec_strays, dup_regular_file, expect_socket, proc_fd_path, set_cloexec, take_inherited,
     take_inherited_range, FIRST_INHERITED_FD,
 };
+pub use self::guardian::{pidfd_ended, pidfd_open, Guardian, GUARDIAN_ENV};
 pub use self::identity::{check_identity, switch_identity};
 pub use self::memfd::sealed_memfd;
 pub use self::openat::{open_dir_nofollow, open_file_nofollow, open_root_dir};

@@ -70,6 +70,8 @@ pub(super) struct Worker {
     udp_pending: bool,
     /// The task pool woke the loop: results or notifications wait.
     tasks_pending: bool,
+    /// The master's process when this worker started (its parent).
+    parent: nix::unistd::Pid,
 }
 
 impl Worker {
@@ -123,6 +125,7 @@ impl Worker {
             mailbox_pending: false,
             mailbox_buf: vec![0; mailbox::RECV_BUFFER],
             udp_pending: false,
+            parent: nix::unistd::getppid(),
             tasks_pending: false,
             poll,
         };
@@ -320,6 +323,7 @@ impl Worker {
                 ToWorker::Stop => self.core.phase.stop(Exit::Stopped),
                 ToWorker::Drain { timeout_ms } => self.start_drain(timeout_ms),
                 ToWorker::ReloadHook => dispatch::worker_reload(&mut self.plugin, &mut self.core),
+                ToWorker::ParentDeath { kill } => self.parent_death(kill),
                 ToWorker::Logs { id, access_log, log_file } => {
                     let error = self.switch_logs(fds, access_log, log_file).err();
                     if let Some(e) = &error {
@@ -347,6 +351,30 @@ impl Worker {
             self.core.phase.stop(Exit::MasterGone);
         }
         self.flush_control();
+    }
+
+    /// Sets the parent-death signal as the master asks (SIGKILL, or none while a binary upgrade
+    /// may leave this worker to the upgrade's guardian) and says so. Armed again after the
+    /// master's process changed (this worker was adopted by a guardian), it would never fire: the
+    /// worker then keeps it off and answers `kill: false`.
+    fn parent_death(&mut self, kill: bool) {
+        let parent = nix::unistd::getppid();
+        let kill = kill && parent == self.parent;
+        let result = if kill {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        } else {
+            nix::sys::prctl::set_pdeathsig(None)
+        };
+        if let Err(e) = result {
+            tracing::warn!("could not set the parent-death signal: {e}");
+        }
+        // The master may have died between the check and the prctl: then go now, as the signal
+        // would have made us.
+        if kill && nix::unistd::getppid() != self.parent {
+            self.core.phase.stop(Exit::MasterGone);
+            return;
+        }
+        self.send_control(&ToMaster::ParentDeath { kill });
     }
 
     /// Switches to the log descriptors of a `Logs` frame: the access log (what is buffered goes to
@@ -549,6 +577,7 @@ fn msg_name(msg: &ToMaster) -> &'static str {
         ToMaster::Report { .. } => "report",
         ToMaster::Alive { .. } => "alive",
         ToMaster::LogsReopened { .. } => "logs reopened",
+        ToMaster::ParentDeath { .. } => "parent death",
     }
 }
 

@@ -34,6 +34,16 @@ fn exe_inode(pid: i32) -> u64 {
     fs::metadata(format!("/proc/{pid}/exe")).map(|m| m.ino()).unwrap_or(0)
 }
 
+/// The upgrade guardians among the children of master `pid` (forks of it, titled as it is).
+fn guardians(pid: i32) -> usize {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|&p| host_tests::cmdline(p).is_some_and(|c| c.starts_with("host: master")))
+        .count()
+}
+
 fn hello(port: u16) {
     let r = Client::connect(port).request(&get("/"));
     assert_eq!(r.status, 200, "{}", r.head);
@@ -123,6 +133,7 @@ fn a_binary_that_is_missing_not_executable_or_refuses_the_state_is_refused_and_t
     host.wait_for_log("reload done replaced=2 ", UPGRADE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert_contains!(host.wait_for_log("reload done", SETTLE_TIMEOUT).unwrap(), "reason=host upgrade");
     assert_eq!(exe_inode(pid), new_inode, "the master does not run the new binary");
+    assert_eq!(guardians(pid), 0, "the new image did not release its guardian:\n{}", host.log());
     hello(port);
 }
 
@@ -279,6 +290,8 @@ fn a_binary_that_fails_after_the_exec_is_rolled_back_and_no_request_fails() {
     assert_eq!(exe_inode(pid), image, "the master does not run its previous image");
     assert!(host_tests::cmdline(pid).is_some_and(|c| c.starts_with("host: master")), "the title is kept");
     assert_eq!(host.worker_pids(), workers, "the workers were not kept");
+    // The upgrade's guardian (a fork of the master) was released by the image gone back to.
+    assert_eq!(guardians(pid), 0, "a guardian is left:\n{}", host.log());
     hello(port);
     let status = host.command(&["status"], SETTLE_TIMEOUT);
     assert!(status.status.success(), "{}", status.stderr);
@@ -290,5 +303,93 @@ fn a_binary_that_fails_after_the_exec_is_rolled_back_and_no_request_fails() {
     let out = host.command(&["upgrade"], UPGRADE_TIMEOUT);
     assert!(out.status.success(), "host upgrade failed: {}{}\nlog:\n{}", out.stdout, out.stderr, host.log());
     assert_eq!(exe_inode(pid), new_inode, "the master does not run the new binary");
+    assert_eq!(guardians(pid), 0, "the new image did not release its guardian:\n{}", host.log());
     hello(port);
+}
+
+/// Kills the given worker pids when dropped: workers adopted by a guardian's master are not
+/// children of the master this test started, so `CopiedHost`'s drop does not find them.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if host_tests::cmdline(pid).is_some_and(|c| c.starts_with("host: worker")) {
+                host_tests::signal_pid(pid, host_tests::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+// Issue 20 item 3, the case no rollback inside the new image can cover: a program that passes
+// `upgrade-check` (it hands the check to a real host) and exits 1 when executed, before any of
+// the host's code runs. The master's process is gone; before, its workers died with it (their
+// parent-death signal) and the service was down. Now the upgrade's guardian (forked before the
+// exec, holding the state's descriptors) execs the previous image, which takes the master over
+// under a new pid and adopts every worker: they never stopped (their parent-death signal was
+// off for the upgrade), a keep-alive connection opened before is answered on, no request of a
+// running load fails, the pid file names the new master, and it supervises, reloads and stops
+// the adopted workers (not its children: their end is seen through pidfds).
+#[test]
+fn a_binary_that_dies_before_running_the_host_is_taken_back_by_the_guardian_and_no_worker_stops() {
+    let (_plugins, host, _) = start_with("2", &[]);
+    let (pid, port) = (host.pid(), host.port());
+    let image = exe_inode(pid);
+    let workers = poll_until(SETTLE_TIMEOUT, || Some(host.worker_pids()).filter(|p| p.len() == 2)).expect("2 workers");
+    let _workers = KillOnDrop(workers.clone());
+    let mut held = Client::connect(port);
+    assert_eq!(held.request(&get("/")).status, 200);
+    let load = Load::http_get(port, 4);
+    assert!(load.wait_more(20, SETTLE_TIMEOUT), "the clients get no answers");
+    let real = host_tests::host_bin();
+    install_script(
+        &host,
+        &format!("#!/bin/sh\nif [ \"$1\" = upgrade-check ]; then exec '{}' \"$@\"; fi\nexit 1\n", real.display()),
+    );
+    let out = host.command(&["upgrade"], UPGRADE_TIMEOUT);
+    assert!(!out.status.success(), "the upgrade did not fail: {}\n{}", out.stdout, host.log());
+    assert_contains!(out.stderr, "ended before it ran the host's loop");
+    assert_contains!(out.stderr, "the upgrade's guardian took the master over");
+    let new_pid: i32 = out
+        .stderr
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {:?}", out.stderr));
+    assert_ne!(new_pid, pid, "the guardian is another process");
+    assert!(host_tests::is_alive(new_pid) && !host_tests::is_alive(pid), "{}", host.log());
+    assert_eq!(exe_inode(new_pid), image, "the new master does not run the previous image");
+    assert!(host_tests::cmdline(new_pid).is_some_and(|c| c.starts_with("host: master")), "the title is kept");
+    // The workers never stopped, and the connection opened before is answered on.
+    for &w in &workers {
+        assert!(host_tests::is_alive(w), "worker {w} died with the master's process:\n{}", host.log());
+    }
+    assert_eq!(held.request(&get("/")).status, 200);
+    hello(port);
+    let status = host.command(&["status"], SETTLE_TIMEOUT);
+    assert!(status.status.success(), "{}", status.stderr);
+    assert_contains!(status.stdout, format!("pid {new_pid}"));
+    for w in &workers {
+        assert_contains!(status.stdout, w.to_string());
+    }
+    let tally = load.finish();
+    assert!(tally.failed == 0 && tally.ok > 0, "requests failed during the failed upgrade: {tally:#?}");
+    // The new master supervises the adopted workers: a reload replaces them, and their end
+    // (not a child's: no SIGCHLD, no status) is seen.
+    let out = host.command(&["reload"], UPGRADE_TIMEOUT);
+    assert!(out.status.success(), "reload failed: {}{}\n{}", out.stdout, out.stderr, host.log());
+    for &w in &workers {
+        poll_until(SETTLE_TIMEOUT, || (!host_tests::is_alive(w)).then_some(()))
+            .unwrap_or_else(|| panic!("adopted worker {w} was not replaced:\n{}", host.log()));
+    }
+    // Their exits are counted (how they ended is their parent's to know).
+    poll_until(SETTLE_TIMEOUT, || {
+        Some(host.command(&["status"], SETTLE_TIMEOUT).stdout).filter(|s| s.contains("status unknown: adopted"))
+    })
+    .unwrap_or_else(|| panic!("the adopted workers' exits are not counted:\n{}", host.log()));
+    hello(port);
+    let out = host.command(&["stop"], UPGRADE_TIMEOUT);
+    assert!(out.status.success(), "stop failed: {}{}", out.stdout, out.stderr);
+    poll_until(SETTLE_TIMEOUT, || (!host_tests::is_alive(new_pid)).then_some(())).expect("the new master did not stop");
 }
