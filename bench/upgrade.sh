@@ -15,14 +15,17 @@
 # the path and then `host reload -g` (its probe and new workers come from the running image; a
 # SIGKILLed worker would drop its own connections, so that case is the integration test's), and a
 # binary that passes the check but fails once executed (the master goes back to its previous
-# image and keeps its workers). Pass also needs each of them refused or rolled back, the same
-# master pid, and no worker killed by the watchdog. Stops everything it started, by pid.
+# image and keeps its workers), and one that passes the check and exits 1 once executed, before
+# any of the host's code runs (the upgrade's guardian execs the previous image, which takes the
+# master over under a new pid and adopts the same workers). Pass also needs each of them refused,
+# rolled back or taken back, the same workers, and no worker killed by the watchdog. Stops
+# everything it started, by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 DURATION=${DURATION:-30}
 UPGRADES=${UPGRADES:-3}
-CASES=${CASES:-1 2 3}  # the failure cases to run ("": the upgrades alone)
+CASES=${CASES:-1 2 3 4}  # the failure cases to run ("": the upgrades alone)
 need wrk curl
 
 cargo build --release --workspace -q
@@ -99,8 +102,8 @@ echo "  workers replaced: $([ "$(workers)" != "$before" ] && echo yes || echo no
 
 ;; esac
 case " $CASES " in *" 3 "*)
-echo "== 3. a binary that passes the check and fails once executed (rolled back)"
 real=$(pwd)/target/release/host
+echo "== 3. a binary that passes the check and fails once executed (rolled back)"
 packed=$(python3 -c "import sys; print(','.join(a.encode().hex() for a in sys.argv[1:]))" \
     --plugin-dir "$tmp/plugins" --listen 127.0.0.1:0 --pid-file "$tmp/host.pid" --log-level warn,host::master=info \
     --plugin http --count 5 --worker-timeout 2)
@@ -117,6 +120,27 @@ echo "  $(cat "$tmp/rollback.out")"
 grep -q "went back to the previous binary" "$tmp/rollback.out" || failed=1
 [ "$(workers)" = "$before" ] || { echo "  workers changed: $before -> $(workers)"; failed=1; }
 [ "$(cat "$tmp/host.pid")" = "$master" ] && kill -0 "$master" || failed=1
+;; esac
+case " $CASES " in *" 4 "*)
+echo "== 4. a binary that passes the check and exits 1 before any host code runs (the guardian takes over)"
+install_script "#!/bin/sh
+if [ \"\$1\" = upgrade-check ]; then exec '$real' \"\$@\"; fi
+exit 1
+"
+before=$(workers)
+t0=$(date +%s.%N)
+hc upgrade >"$tmp/guardian.out" 2>&1 && failed=1
+t1=$(date +%s.%N)
+python3 -c "print(f'  taken back in {($t1-$t0)*1000:.0f} ms')"
+echo "  $(cat "$tmp/guardian.out")"
+grep -q "guardian took the master over" "$tmp/guardian.out" || failed=1
+new_master=$(cat "$tmp/host.pid")
+pids+=("$new_master")
+alive=0
+for w in $before; do kill -0 "$w" 2>/dev/null && alive=$((alive + 1)); pids+=("$w"); done
+echo "  new master pid $new_master (was $master); workers kept: $alive of $(echo $before | wc -w)"
+[ "$new_master" != "$master" ] && kill -0 "$new_master" && [ "$alive" -eq "$(echo $before | wc -w)" ] || failed=1
+hc status >/dev/null || failed=1
 ;; esac
 
 wait "$wrk_pid"

@@ -1034,12 +1034,16 @@ impl Master {
             self.set_parent_death(true, Duration::ZERO);
         }
         if let Some(reason) = inherited.rolled_back.take() {
-            let how = if inherited.rescued { "the upgrade's guardian took the master over" } else { "the master" };
+            let how = if inherited.rescued {
+                "the upgrade's guardian took the master over: it (pid {pid})"
+            } else {
+                "the master (pid {pid})"
+            };
+            let how = how.replace("{pid}", &std::process::id().to_string());
             tracing::error!(workers = state.workers.len(), pid = std::process::id(), "upgrade failed: the new binary failed before it was ready ({reason}); back on this binary ({how}), every worker kept");
             if let Some(client) = client {
                 let message = format!(
-                    "upgrade failed: the new binary failed before it was ready ({reason}); {how} (pid {}) went back to the previous binary and goes on",
-                    std::process::id()
+                    "upgrade failed: the new binary failed before it was ready ({reason}); {how} went back to the previous binary and goes on"
                 );
                 self.answer_all(&[client], &Answer::Error { message });
             }
