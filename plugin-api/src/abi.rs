@@ -64,8 +64,9 @@
 //! - **Plain `repr(C)` structs never change** ([`RawWorkerInfo`], [`RawSockAddr`]). What the
 //!   host tells a plugin later goes through a host call of the extension.
 //! - **Proof.** `tests/fixtures/old_abi` freezes `plugin-api` 0.1.0 and a plugin built against
-//!   it, `tests/fixtures/old_abi_0_1_1` and `old_abi_0_1_2` do the same for 0.1.1 and 0.1.2;
-//!   the integration tests load all three into the current host.
+//!   it, `tests/fixtures/old_abi_0_1_1`, `old_abi_0_1_2` and `old_abi_0_1_3` do the same for
+//!   0.1.1, 0.1.2 and 0.1.3 (whose plugin uses the extension's `on_input_end`); the integration
+//!   tests load all four into the current host.
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
