@@ -1,5 +1,6 @@
-//! HTTP/2 connections (RFC 9113, on `http_proto::h2`): a connection whose first bytes are the
-//! client preface speaks HTTP/2, over TLS (ALPN `h2`) or cleartext (h2c with prior knowledge).
+//! HTTP/2 connections (RFC 9113, on `http_proto::h2`): a TLS connection whose handshake agreed
+//! `h2` by ALPN, or a cleartext one whose first bytes are the client preface (h2c with prior
+//! knowledge), speaks HTTP/2 (`h2_mode` in the crate root decides).
 //! Each request goes through the same [`Http::respond`] as an HTTP/1.1 one (rebuilt as an
 //! HTTP/1.1 head by [`H2Request::http1_head`]); the HTTP/1.1 response it writes is sent as
 //! HEADERS and DATA. A file body is read with `pread` a window at a time (what

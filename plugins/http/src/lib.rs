@@ -40,7 +40,8 @@
 //! max_file = 67108864      # largest file served, bytes (over it: 500; default: no limit)
 //! access_log_format = "combined"   # or "common": the lines of the host's --access-log
 //! file_io = "sendfile"     # or "pool": how file bodies are sent (below)
-//! h2 = true                # HTTP/2 on connections that start with its preface
+//! h2 = true                # HTTP/2 over TLS, when the handshake agreed `h2` by ALPN
+//! h2c = true               # HTTP/2 in cleartext, on connections that start with its preface
 //! ```
 //! With an access log (`host --access-log FILE`, or `access_log` in a config file's service),
 //! each response is logged once complete, as nginx does (see [`http_proto::access_log`]):
@@ -210,16 +211,23 @@ impl Protocol for Http {
             return h2.frame(buf);
         }
         if !c.http1 {
-            match http_proto::h2::preface(buf) {
-                _ if !self.config.h2 => c.http1 = true,
+            use http_proto::h2::Preface;
+            match (h2_mode(&self.config, host, conn), http_proto::h2::preface(buf)) {
+                (H2Mode::Off, _) => c.http1 = true,
                 // The preface alone is the first message; its SETTINGS go with the answer.
-                http_proto::h2::Preface::Yes => {
+                (_, Preface::Yes) => {
                     c.h2 = Some(Box::new(H2::new()));
                     return Frame::Complete(http_proto::h2::frame::PREFACE.len());
                 }
-                http_proto::h2::Preface::Maybe if !buf.is_empty() => return Frame::NeedMore,
-                http_proto::h2::Preface::Maybe => {}
-                http_proto::h2::Preface::No => c.http1 = true,
+                (_, Preface::Maybe) if !buf.is_empty() => return Frame::NeedMore,
+                (_, Preface::Maybe) => {}
+                // ALPN agreed h2, and the client speaks something else (RFC 9113 §3.4: a
+                // connection error): closed.
+                (H2Mode::Required, Preface::No) => {
+                    plugin_api::tracing::debug!(conn = conn.0, "ALPN agreed h2 but no HTTP/2 preface; closed");
+                    return Frame::Invalid;
+                }
+                (H2Mode::Allowed, Preface::No) => c.http1 = true,
             }
         }
         let state = &mut c.state;
@@ -619,6 +627,33 @@ impl Http {
 }
 
 const HELLO: &[u8] = b"Hello, World!";
+
+/// Whether a new connection speaks HTTP/2 ([`h2_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum H2Mode {
+    /// HTTP/1.x only: the preface is refused as a bad request.
+    Off,
+    /// HTTP/2 when it starts with the client preface, else HTTP/1.x.
+    Allowed,
+    /// HTTP/2 only (ALPN agreed `h2`): anything but the preface closes the connection.
+    Required,
+}
+
+/// How a new connection may speak HTTP/2: over TLS only when the handshake agreed `h2` by ALPN
+/// and `h2` is on (RFC 9113 §3.2: TLS connections choose h2 by ALPN, never by prior knowledge),
+/// in cleartext when `h2c` is on (prior knowledge, §3.3). A host older than plugin-api 0.1.4
+/// cannot say which: the preface decides, with both switches on.
+fn h2_mode(config: &Config, host: &mut Host<'_>, conn: ConnId) -> H2Mode {
+    let allowed = |on: bool| if on { H2Mode::Allowed } else { H2Mode::Off };
+    match host.transport(conn) {
+        t if t.is_tls() => match host.alpn(conn) {
+            Some(p) if p == b"h2" && config.h2 => H2Mode::Required,
+            _ => H2Mode::Off,
+        },
+        plugin_api::Transport::Unknown => allowed(config.h2 && config.h2c),
+        _ => allowed(config.h2c),
+    }
+}
 
 /// The parts of a `multipart/byteranges` body (RFC 9110 §14.6) and its length.
 fn multipart(list: &[std::ops::Range<u64>], boundary: &str, content_type: &str, len: u64) -> (VecDeque<Part>, u64) {
