@@ -43,6 +43,10 @@
 //! h2 = true                # HTTP/2 over TLS, when the handshake agreed `h2` by ALPN
 //! h2c = true               # HTTP/2 in cleartext, on connections that start with its preface
 //! ```
+//! Counters in the host's `/metrics` (admin listener): `host_plugin_http_responses_total{class}`,
+//! and for HTTP/2 `host_plugin_http2_streams_total`, `_defences_total`, `_frames_total` and
+//! `_errors_total` by `kind` (see `h2metrics`).
+//!
 //! With an access log (`host --access-log FILE`, or `access_log` in a config file's service),
 //! each response is logged once complete, as nginx does (see [`http_proto::access_log`]):
 //! errors the parser answers (400, 408, 413, 414, 431…) included, a streamed file with the body
@@ -75,6 +79,7 @@ pub mod conditional;
 mod config;
 pub mod files;
 mod h2conn;
+mod h2metrics;
 mod listing;
 mod log;
 pub mod ranges;
@@ -99,6 +104,7 @@ pub use crate::stream::read_cached;
 use crate::conditional::Outcome;
 use crate::files::{Files, Found, Lookup};
 use crate::h2conn::H2;
+use crate::h2metrics::H2Counters;
 use crate::log::{PendingLog, MAX_LOGGED_LINE};
 use crate::ranges::Ranges;
 use crate::stream::{end_early, Part, Stream, STREAM_AT};
@@ -128,6 +134,8 @@ pub struct Http {
     send_file: bool,
     /// `host_plugin_http_responses_total{class="1xx".."5xx"}` (None: a host too old to count).
     responses: [Option<Counter>; 5],
+    /// The HTTP/2 defences' and frames' counters.
+    h2_counters: H2Counters,
     /// The service has an access log (else no line is formatted).
     access_log: bool,
     log_format: LogFormat,
@@ -188,6 +196,7 @@ impl Protocol for Http {
             send_window: worker.max_send_buffer.max(1),
             send_file,
             responses: [None; 5],
+            h2_counters: H2Counters::default(),
             access_log: false,
             log_format,
             log_time: LogTime::default(),
@@ -200,6 +209,7 @@ impl Protocol for Http {
             let class = format!("class={}xx", i + 1);
             *counter = host.counter("http_responses", &class, "HTTP responses by status class");
         }
+        self.h2_counters = H2Counters::register(host);
         // An empty line writes nothing: it asks whether the service keeps an access log.
         self.access_log = host.access_log(b"");
         Ok(())
@@ -330,7 +340,7 @@ impl Protocol for Http {
 
     fn on_error(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
         if self.conns.get(conn).is_some_and(|c| c.h2.is_some()) {
-            return host.close(conn);
+            return self.h2_error_close(host, conn, err);
         }
         let state = &mut self.conns.entry(conn).state;
         match state.error_status(err) {

@@ -14,6 +14,9 @@ mod http_files;
 mod http_browser;
 // HTTP/2 through the `http` plugin: h2c, h2 over TLS, nghttp, a hostile python `h2` client.
 mod http2;
+// HTTP/2 attacks by a raw-frame client: floods, HPACK bomb, too many streams, malformed
+// requests, a window never opened; each counted in /metrics.
+mod http2_hostile;
 // `examples/http_app`: an application on the http_proto library.
 mod http_app;
 // Helpers of the http tests: bounded runs of real clients, media files made on the spot.
