@@ -103,7 +103,7 @@ fn http1_and_h2c_share_a_service() {
 }
 
 /// A self-signed certificate for `localhost` and 127.0.0.1: (cert, key) PEM files in `dir`.
-fn make_cert(dir: &TempDir) -> (PathBuf, PathBuf) {
+pub(crate) fn make_cert(dir: &TempDir) -> (PathBuf, PathBuf) {
     let key = rcgen::KeyPair::generate().expect("a key");
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
     params.subject_alt_names.push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));

@@ -10,7 +10,8 @@ mod http;
 // The `http` plugin's static files through curl and python `requests`: ranges, resuming,
 // compression, validators, directories, limits.
 mod http_files;
-// Headless Chromium on the `http` plugin: a directory page's images, seeking in audio.
+// Headless Chromium on the `http` plugin: a directory page's images, seeking in audio, 60
+// images over HTTPS with HTTP/2.
 mod http_browser;
 // HTTP/2 through the `http` plugin: h2c, h2 over TLS, nghttp, a hostile python `h2` client.
 mod http2;
