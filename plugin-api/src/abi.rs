@@ -64,8 +64,9 @@
 //! - **Plain `repr(C)` structs never change** ([`RawWorkerInfo`], [`RawSockAddr`]). What the
 //!   host tells a plugin later goes through a host call of the extension.
 //! - **Proof.** `tests/fixtures/old_abi` freezes `plugin-api` 0.1.0 and a plugin built against
-//!   it, `tests/fixtures/old_abi_0_1_1` and `old_abi_0_1_2` do the same for 0.1.1 and 0.1.2;
-//!   the integration tests load all three into the current host.
+//!   it, `tests/fixtures/old_abi_0_1_1`, `old_abi_0_1_2` and `old_abi_0_1_3` do the same for
+//!   0.1.1, 0.1.2 and 0.1.3 (whose plugin uses the extension's `on_input_end`); the integration
+//!   tests load all four into the current host.
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -699,6 +700,45 @@ pub trait RawHostExt {
 
     // --- Calls added after 0.1.3 go here, in release order, each with a default body that
     // --- answers "unsupported" and a `// --- Added in plugin-api 0.1.N` line above its block.
+
+    // --- Added in plugin-api 0.1.4
+
+    /// What carries the connection: a [`RawTransport`] (TCP, a Unix socket, a UDP session, TLS
+    /// over either). [`RawTransport::UNKNOWN`] for no such connection, and from a host older
+    /// than 0.1.4.
+    fn transport(&self, conn: ConnId) -> RawTransport {
+        let _ = conn;
+        RawTransport::UNKNOWN
+    }
+    /// The application protocol the connection's TLS handshake agreed by ALPN (RFC 7301), such
+    /// as `h2`. None for a connection without TLS, a client that offered no ALPN, no such
+    /// connection, and from a host older than 0.1.4 ([`RawHostExt::transport`] tells them
+    /// apart).
+    fn alpn(&self, conn: ConnId) -> ROption<RSlice<'_, u8>> {
+        let _ = conn;
+        ROption::RNone
+    }
+}
+
+/// What carries a connection ([`RawHostExt::transport`]). Growable: a plugin reads a value it
+/// does not know as [`RawTransport::UNKNOWN`].
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawTransport(pub u8);
+
+impl RawTransport {
+    /// No such connection, or a host that cannot tell (older than 0.1.4).
+    pub const UNKNOWN: Self = RawTransport(0);
+    /// Plain TCP.
+    pub const TCP: Self = RawTransport(1);
+    /// A Unix stream socket.
+    pub const UNIX: Self = RawTransport(2);
+    /// A UDP session.
+    pub const UDP: Self = RawTransport(3);
+    /// TLS over TCP.
+    pub const TLS_TCP: Self = RawTransport(4);
+    /// TLS over a Unix stream socket.
+    pub const TLS_UNIX: Self = RawTransport(5);
 }
 
 /// The host's extension object, borrowed from its handle for one callback.

@@ -7,7 +7,8 @@ use std::time::Duration;
 use abi_stable::std_types::{RResult, RSlice, RStr};
 
 use crate::abi::{
-    self, ConnErrorCode, ConnId, ConnectErrorCode, RawFrame, RawHostRef, RawInputEnd, RawSockAddr, TimerId,
+    self, ConnErrorCode, ConnId, ConnectErrorCode, HostExtension, RawFrame, RawHostRef, RawInputEnd, RawSockAddr,
+    RawTransport, TimerId,
 };
 
 /// Why the host reports an error on a connection ([`Protocol::on_error`]). More reasons will
@@ -188,6 +189,58 @@ impl From<InputEnd> for RawInputEnd {
     }
 }
 
+/// What carries a connection ([`Host::transport`]). More kinds may come: match with a `_ =>`
+/// arm.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp,
+    /// A Unix stream socket.
+    Unix,
+    /// A UDP session.
+    Udp,
+    /// TLS over TCP (the host does TLS itself: the plugin sees plaintext).
+    TlsTcp,
+    /// TLS over a Unix stream socket.
+    TlsUnix,
+    /// The host cannot say (older than plugin-api 0.1.4), or no such connection.
+    Unknown,
+}
+
+impl Transport {
+    /// True for TLS over any socket.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::TlsTcp | Transport::TlsUnix)
+    }
+}
+
+impl From<RawTransport> for Transport {
+    fn from(raw: RawTransport) -> Self {
+        match raw {
+            RawTransport::TCP => Transport::Tcp,
+            RawTransport::UNIX => Transport::Unix,
+            RawTransport::UDP => Transport::Udp,
+            RawTransport::TLS_TCP => Transport::TlsTcp,
+            RawTransport::TLS_UNIX => Transport::TlsUnix,
+            _ => Transport::Unknown,
+        }
+    }
+}
+
+impl From<Transport> for RawTransport {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Tcp => RawTransport::TCP,
+            Transport::Unix => RawTransport::UNIX,
+            Transport::Udp => RawTransport::UDP,
+            Transport::TlsTcp => RawTransport::TLS_TCP,
+            Transport::TlsUnix => RawTransport::TLS_UNIX,
+            Transport::Unknown => RawTransport::UNKNOWN,
+        }
+    }
+}
+
 /// Identity of the worker a plugin instance runs in, given to [`Protocol::new`].
 #[derive(Debug, Clone)]
 pub struct WorkerInfo {
@@ -352,6 +405,34 @@ impl<'a> Host<'a> {
     /// from a host too old to say). The host does TLS itself: the plugin sees plaintext.
     pub fn server_name(&self, conn: ConnId) -> Option<String> {
         self.raw.server_name(conn).into_option().map(|name| name.as_str().to_string())
+    }
+
+    /// What carries the connection: TCP, a Unix socket, a UDP session, or TLS over one of them
+    /// ([`Transport::Unknown`] from a host older than plugin-api 0.1.4, or for a connection
+    /// that is gone).
+    pub fn transport(&mut self, conn: ConnId) -> Transport {
+        self.extension().map_or(Transport::Unknown, |ext| ext.ext.transport(conn).into())
+    }
+
+    /// The application protocol the connection's TLS handshake agreed by ALPN (RFC 7301), such
+    /// as `b"h2"`: `None` without TLS, when the client offered no ALPN, or from a host older than
+    /// plugin-api 0.1.4 ([`Host::transport`] says which).
+    pub fn alpn(&mut self, conn: ConnId) -> Option<Vec<u8>> {
+        self.extension().and_then(|ext| ext.ext.alpn(conn).into_option().map(|p| p.to_vec()))
+    }
+
+    /// The host's calls added since plugin-api 0.1.3, once their layout is checked (`None` when
+    /// it does not match this `plugin-api`'s: each call then answers "unsupported").
+    fn extension(&mut self) -> Option<HostExtension<'_>> {
+        let ext = self.raw.extension();
+        match ext.check() {
+            Ok(()) => Some(ext),
+            Err(e) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| tracing::warn!("the host's extension is unusable: {e}"));
+                None
+            }
+        }
     }
 
     /// Sends `msg` to every other live worker of the service (draining ones too, until they

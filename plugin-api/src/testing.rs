@@ -42,11 +42,11 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr};
 
 use crate::abi::{
-    ConnId, ConnectErrorCode, RawHost, RawHostRef, RawHost_TO, RawJobBox, RawPeerCred, RawSockAddr, TimerId,
-    WorkerMsgStatus, MAX_WORKER_MESSAGE, NO_COUNTER,
+    ConnId, ConnectErrorCode, HostExtension, RawHost, RawHostExt, RawHostExt_TO, RawHostRef, RawHost_TO, RawJobBox,
+    RawPeerCred, RawSockAddr, RawTransport, TimerId, WorkerMsgStatus, MAX_WORKER_MESSAGE, NO_COUNTER,
 };
 pub use crate::log::LogRecord;
-use crate::sdk::{raw_sock_addr, ConnError, Frame, Host, InputEnd, Protocol, TaskId, WorkerInfo};
+use crate::sdk::{raw_sock_addr, ConnError, Frame, Host, InputEnd, Protocol, TaskId, Transport, WorkerInfo};
 
 /// A timer the plugin started ([`Host::add_timer`], [`Host::add_interval`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,10 @@ pub struct TestHost {
     pub server_names: HashMap<ConnId, String>,
     /// Unix-socket peers by connection (`Host::peer_cred`).
     pub peer_creds: HashMap<ConnId, RawPeerCred>,
+    /// What carries each connection (`Host::transport`; [`Transport::Tcp`] when absent).
+    pub transports: HashMap<ConnId, Transport>,
+    /// The protocol ALPN agreed, by connection (`Host::alpn`).
+    pub alpn: HashMap<ConnId, Vec<u8>>,
     /// Bytes reported as not yet written, by connection (`Host::pending_send`).
     pub pending: HashMap<ConnId, u64>,
     /// When set, every `send` to a connection is refused as if its send buffer were full.
@@ -140,6 +144,8 @@ impl Default for TestHost {
             local: None,
             server_names: HashMap::new(),
             peer_creds: HashMap::new(),
+            transports: HashMap::new(),
+            alpn: HashMap::new(),
             pending: HashMap::new(),
             refuse_sends: false,
             access_log: None,
@@ -211,7 +217,23 @@ impl TestHost {
     }
 }
 
+/// The calls added since plugin-api 0.1.3.
+impl RawHostExt for TestHost {
+    fn api_version(&self) -> RStr<'static> {
+        RStr::from_str(env!("CARGO_PKG_VERSION"))
+    }
+    fn transport(&self, conn: ConnId) -> RawTransport {
+        self.transports.get(&conn).copied().unwrap_or(Transport::Tcp).into()
+    }
+    fn alpn(&self, conn: ConnId) -> ROption<RSlice<'_, u8>> {
+        self.alpn.get(&conn).map(|p| RSlice::from_slice(p)).into()
+    }
+}
+
 impl RawHost for TestHost {
+    fn extension(&mut self) -> HostExtension<'_> {
+        HostExtension::new(RawHostExt_TO::from_ptr(self, TD_Opaque))
+    }
     fn send(&mut self, conn: ConnId, data: RSlice<'_, u8>) -> bool {
         if self.refuse_sends || self.closed.contains(&conn) {
             return false;

@@ -153,6 +153,16 @@ pub fn abi_0_1_2_plugin() -> PathBuf {
     }
 }
 
+/// The fixture plugin built against the frozen `plugin-api` 0.1.3
+/// (`tests/fixtures/old_abi_0_1_3`), built once per test process into `<target>/old_abi_0_1_3`.
+pub fn abi_0_1_3_plugin() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(|| build_frozen("old_abi_0_1_3", "v013_echo")) {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// Builds the frozen-release workspace `tests/fixtures/<dir>` into `<target>/<dir>` and returns
 /// its plugin `lib<lib>.so`.
 fn build_frozen(dir: &str, lib: &str) -> Result<PathBuf, String> {

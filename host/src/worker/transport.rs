@@ -175,6 +175,22 @@ impl Transport {
         self.tls.as_ref()?.server_name()
     }
 
+    /// What carries the connection, as a plugin hears it (`RawHostExt::transport`).
+    pub fn kind(&self) -> plugin_api::abi::RawTransport {
+        use plugin_api::abi::RawTransport;
+        match (&self.stream, self.tls.is_some()) {
+            (Stream::Tcp(_), false) => RawTransport::TCP,
+            (Stream::Tcp(_), true) => RawTransport::TLS_TCP,
+            (Stream::Unix(_), false) => RawTransport::UNIX,
+            (Stream::Unix(_), true) => RawTransport::TLS_UNIX,
+            (Stream::Datagram(_), _) => RawTransport::UDP,
+            #[cfg(test)]
+            (Stream::Fake(_), false) => RawTransport::TCP,
+            #[cfg(test)]
+            (Stream::Fake(_), true) => RawTransport::TLS_TCP,
+        }
+    }
+
     /// The protocol agreed with ALPN.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.tls.as_ref()?.alpn_protocol()

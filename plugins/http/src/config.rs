@@ -28,9 +28,11 @@ pub struct Config {
     pub max_file: u64,
     pub access_log_format: AccessLogFormat,
     pub file_io: FileIo,
-    /// HTTP/2 by its connection preface: over TLS (ALPN `h2`) and cleartext (h2c, prior
-    /// knowledge).
+    /// HTTP/2 over TLS, on connections whose handshake agreed `h2` by ALPN.
     pub h2: bool,
+    /// HTTP/2 in cleartext (h2c) on connections that start with the client preface (prior
+    /// knowledge, RFC 9113 §3.3).
+    pub h2c: bool,
 }
 
 /// How file bodies over 256 KiB (or not in the page cache) are sent (`file_io`).
@@ -79,6 +81,7 @@ impl Default for Config {
             access_log_format: AccessLogFormat::Combined,
             file_io: FileIo::default(),
             h2: true,
+            h2c: true,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! HTTP/2 connections (RFC 9113, on `http_proto::h2`): a connection whose first bytes are the
-//! client preface speaks HTTP/2, over TLS (ALPN `h2`) or cleartext (h2c with prior knowledge).
+//! HTTP/2 connections (RFC 9113, on `http_proto::h2`): a TLS connection whose handshake agreed
+//! `h2` by ALPN, or a cleartext one whose first bytes are the client preface (h2c with prior
+//! knowledge), speaks HTTP/2 (`h2_mode` in the crate root decides).
 //! Each request goes through the same [`Http::respond`] as an HTTP/1.1 one (rebuilt as an
 //! HTTP/1.1 head by [`H2Request::http1_head`]); the HTTP/1.1 response it writes is sent as
 //! HEADERS and DATA. A file body is read with `pread` a window at a time (what
@@ -13,9 +14,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use http_proto::h2::{Config as H2Config, Connection, ErrorCode, Event, H2Request};
+use http_proto::h2::{Config as H2Config, Connection, ErrorCode, Event, H2Request, Stats};
 use http_proto::response;
-use plugin_api::{ConnId, Frame, Host};
+use plugin_api::{ConnError, ConnId, Frame, Host};
 
 use crate::log::PendingLog;
 use crate::stream::{Part, STREAM_CHUNK};
@@ -27,6 +28,8 @@ pub(crate) struct H2 {
     /// The streams the plugin knows of: receiving a request body, or sending a file body.
     streams: BTreeMap<u32, H2Stream>,
     max_frame: usize,
+    /// The connection's stats as last added to the worker's counters.
+    reported: Stats,
 }
 
 impl std::fmt::Debug for H2 {
@@ -49,7 +52,12 @@ struct H2Stream {
 impl H2 {
     pub(crate) fn new() -> H2 {
         let config = H2Config::default();
-        H2 { max_frame: config.max_frame_size as usize, conn: Connection::new(config), streams: BTreeMap::new() }
+        H2 {
+            max_frame: config.max_frame_size as usize,
+            conn: Connection::new(config),
+            streams: BTreeMap::new(),
+            reported: Stats::default(),
+        }
     }
 
     /// [`plugin_api::Protocol::input`] on an HTTP/2 connection: the whole frames at the start
@@ -280,6 +288,8 @@ impl Http {
             }
         }
         let done = h2.conn.is_done() && !h2.conn.has_output();
+        let H2 { conn: ref h2conn, ref mut reported, .. } = *h2;
+        self.h2_counters.report(host, h2conn.stats(), reported);
         let Some(c) = self.conns.get_mut(conn) else { return };
         c.h2 = Some(h2);
         if done {
@@ -295,6 +305,26 @@ impl Http {
             h2.conn.drain();
         }
         self.h2_flush(host, conn, h2);
+    }
+
+    /// The host reports an error on the connection: it closes. A timeout (idle, a request that
+    /// stalled, a response whose window never opened) says GOAWAY NO_ERROR with the last stream
+    /// id first (RFC 9113 §6.8), when the send buffer takes it.
+    pub(crate) fn h2_error_close(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
+        let Some(c) = self.conns.get_mut(conn) else { return host.close(conn) };
+        c.state.closing = true;
+        let goaway = match (&mut c.h2, err) {
+            (Some(h2), ConnError::Timeout) => {
+                h2.conn.close_idle();
+                h2.conn.take_output()
+            }
+            _ => Vec::new(),
+        };
+        if host.pending_send(conn) < self.send_window {
+            host.close_with(conn, &goaway);
+        } else {
+            host.close(conn);
+        }
     }
 
     /// The connection closed: the log lines of bodies cut short.

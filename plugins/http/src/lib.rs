@@ -40,8 +40,13 @@
 //! max_file = 67108864      # largest file served, bytes (over it: 500; default: no limit)
 //! access_log_format = "combined"   # or "common": the lines of the host's --access-log
 //! file_io = "sendfile"     # or "pool": how file bodies are sent (below)
-//! h2 = true                # HTTP/2 on connections that start with its preface
+//! h2 = true                # HTTP/2 over TLS, when the handshake agreed `h2` by ALPN
+//! h2c = true               # HTTP/2 in cleartext, on connections that start with its preface
 //! ```
+//! Counters in the host's `/metrics` (admin listener): `host_plugin_http_responses_total{class}`,
+//! and for HTTP/2 `host_plugin_http2_streams_total`, `_defences_total`, `_frames_total` and
+//! `_errors_total` by `kind` (see `h2metrics`).
+//!
 //! With an access log (`host --access-log FILE`, or `access_log` in a config file's service),
 //! each response is logged once complete, as nginx does (see [`http_proto::access_log`]):
 //! errors the parser answers (400, 408, 413, 414, 431…) included, a streamed file with the body
@@ -74,6 +79,7 @@ pub mod conditional;
 mod config;
 pub mod files;
 mod h2conn;
+mod h2metrics;
 mod listing;
 mod log;
 pub mod ranges;
@@ -98,6 +104,7 @@ pub use crate::stream::read_cached;
 use crate::conditional::Outcome;
 use crate::files::{Files, Found, Lookup};
 use crate::h2conn::H2;
+use crate::h2metrics::H2Counters;
 use crate::log::{PendingLog, MAX_LOGGED_LINE};
 use crate::ranges::Ranges;
 use crate::stream::{end_early, Part, Stream, STREAM_AT};
@@ -127,6 +134,8 @@ pub struct Http {
     send_file: bool,
     /// `host_plugin_http_responses_total{class="1xx".."5xx"}` (None: a host too old to count).
     responses: [Option<Counter>; 5],
+    /// The HTTP/2 defences' and frames' counters.
+    h2_counters: H2Counters,
     /// The service has an access log (else no line is formatted).
     access_log: bool,
     log_format: LogFormat,
@@ -187,6 +196,7 @@ impl Protocol for Http {
             send_window: worker.max_send_buffer.max(1),
             send_file,
             responses: [None; 5],
+            h2_counters: H2Counters::default(),
             access_log: false,
             log_format,
             log_time: LogTime::default(),
@@ -199,6 +209,7 @@ impl Protocol for Http {
             let class = format!("class={}xx", i + 1);
             *counter = host.counter("http_responses", &class, "HTTP responses by status class");
         }
+        self.h2_counters = H2Counters::register(host);
         // An empty line writes nothing: it asks whether the service keeps an access log.
         self.access_log = host.access_log(b"");
         Ok(())
@@ -210,16 +221,23 @@ impl Protocol for Http {
             return h2.frame(buf);
         }
         if !c.http1 {
-            match http_proto::h2::preface(buf) {
-                _ if !self.config.h2 => c.http1 = true,
+            use http_proto::h2::Preface;
+            match (h2_mode(&self.config, host, conn), http_proto::h2::preface(buf)) {
+                (H2Mode::Off, _) => c.http1 = true,
                 // The preface alone is the first message; its SETTINGS go with the answer.
-                http_proto::h2::Preface::Yes => {
+                (_, Preface::Yes) => {
                     c.h2 = Some(Box::new(H2::new()));
                     return Frame::Complete(http_proto::h2::frame::PREFACE.len());
                 }
-                http_proto::h2::Preface::Maybe if !buf.is_empty() => return Frame::NeedMore,
-                http_proto::h2::Preface::Maybe => {}
-                http_proto::h2::Preface::No => c.http1 = true,
+                (_, Preface::Maybe) if !buf.is_empty() => return Frame::NeedMore,
+                (_, Preface::Maybe) => {}
+                // ALPN agreed h2, and the client speaks something else (RFC 9113 §3.4: a
+                // connection error): closed.
+                (H2Mode::Required, Preface::No) => {
+                    plugin_api::tracing::debug!(conn = conn.0, "ALPN agreed h2 but no HTTP/2 preface; closed");
+                    return Frame::Invalid;
+                }
+                (H2Mode::Allowed, Preface::No) => c.http1 = true,
             }
         }
         let state = &mut c.state;
@@ -322,7 +340,7 @@ impl Protocol for Http {
 
     fn on_error(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
         if self.conns.get(conn).is_some_and(|c| c.h2.is_some()) {
-            return host.close(conn);
+            return self.h2_error_close(host, conn, err);
         }
         let state = &mut self.conns.entry(conn).state;
         match state.error_status(err) {
@@ -619,6 +637,33 @@ impl Http {
 }
 
 const HELLO: &[u8] = b"Hello, World!";
+
+/// Whether a new connection speaks HTTP/2 ([`h2_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum H2Mode {
+    /// HTTP/1.x only: the preface is refused as a bad request.
+    Off,
+    /// HTTP/2 when it starts with the client preface, else HTTP/1.x.
+    Allowed,
+    /// HTTP/2 only (ALPN agreed `h2`): anything but the preface closes the connection.
+    Required,
+}
+
+/// How a new connection may speak HTTP/2: over TLS only when the handshake agreed `h2` by ALPN
+/// and `h2` is on (RFC 9113 §3.2: TLS connections choose h2 by ALPN, never by prior knowledge),
+/// in cleartext when `h2c` is on (prior knowledge, §3.3). A host older than plugin-api 0.1.4
+/// cannot say which: the preface decides, with both switches on.
+fn h2_mode(config: &Config, host: &mut Host<'_>, conn: ConnId) -> H2Mode {
+    let allowed = |on: bool| if on { H2Mode::Allowed } else { H2Mode::Off };
+    match host.transport(conn) {
+        t if t.is_tls() => match host.alpn(conn) {
+            Some(p) if p == b"h2" && config.h2 => H2Mode::Required,
+            _ => H2Mode::Off,
+        },
+        plugin_api::Transport::Unknown => allowed(config.h2 && config.h2c),
+        _ => allowed(config.h2c),
+    }
+}
 
 /// The parts of a `multipart/byteranges` body (RFC 9110 §14.6) and its length.
 fn multipart(list: &[std::ops::Range<u64>], boundary: &str, content_type: &str, len: u64) -> (VecDeque<Part>, u64) {

@@ -1,12 +1,17 @@
 //! ABI evolution: plugins built against earlier releases of `plugin-api` (0.1.0, frozen in
 //! `tests/fixtures/old_abi`; 0.1.1, in `tests/fixtures/old_abi_0_1_1`; 0.1.2, in
-//! `tests/fixtures/old_abi_0_1_2`) keep loading and serving in today's host, events that grew since reach their older callbacks (`on_conn_error` → a
-//! 0.1.0 plugin's `on_error`), and the calls each release had still answer. Plugins built
-//! against today's `plugin-api` are covered by every other test.
+//! `tests/fixtures/old_abi_0_1_2`; 0.1.3, in `tests/fixtures/old_abi_0_1_3`) keep loading and
+//! serving in today's host, events that grew since reach their older callbacks (`on_conn_error`
+//! → a 0.1.0 plugin's `on_error`), the calls each release had still answer, and the events of
+//! the extension (0.1.3's `on_input_end`) reach a plugin of the release that added them. Plugins
+//! built against today's `plugin-api` are covered by every other test.
 
 use std::time::Duration;
 
-use host_tests::{abi_0_1_1_plugin, abi_0_1_2_plugin, assert_contains, old_abi_plugin, run_host, Client, Host, Signal};
+use host_tests::{
+    abi_0_1_1_plugin, abi_0_1_2_plugin, abi_0_1_3_plugin, assert_contains, old_abi_plugin, run_host, Client, Host,
+    Signal,
+};
 
 fn read_line(c: &mut Client) -> String {
     let line = c.read_line().unwrap_or_else(|e| panic!("no line: {e}"));
@@ -145,4 +150,35 @@ fn plugin_0_1_2_serves_and_its_calls_and_events_still_work() {
     assert_eq!(String::from_utf8_lossy(&rest), "v012_echo on_error PackageTooLarge\n");
     c.send(b"still here\n");
     assert_eq!(read_line(&mut c), "still here\n");
+}
+
+#[test]
+fn check_plugin_accepts_a_plugin_built_against_plugin_api_0_1_3() {
+    let path = abi_0_1_3_plugin();
+    let out = run_host(["check-plugin".as_ref(), path.as_os_str()], Duration::from_secs(10));
+    assert!(out.status.success(), "check-plugin refused the 0.1.3 plugin: {}", out.stderr);
+    assert_eq!(out.stdout, "v013_echo 0.1.3 (ABI 1)\n");
+}
+
+// The event 0.1.3 added reaches a plugin of that release through its extension, checked against
+// the host's newer declaration: a half-close is heard (`on_input_end`), and its `KeepOpen` keeps
+// the write side open for a line written later from a timer.
+#[test]
+fn plugin_0_1_3_hears_on_input_end_and_keeps_writing_after_it() {
+    let path = abi_0_1_3_plugin();
+    let host = Host::start(path.to_str().unwrap(), &["--max-package-size", "1024"]);
+    assert_contains!(host.log_text(), "plugin_api=0.1.3");
+    let mut c = Client::connect(host.port());
+    c.send(b"hello 0.1.3\n");
+    assert_eq!(read_line(&mut c), "hello 0.1.3\n");
+    c.send(b"again\n");
+    assert_eq!(read_line(&mut c), "again\n");
+    c.shutdown_write();
+    let rest = c.wait_closed(Duration::from_secs(5)).expect("closed by the plugin after its timer");
+    assert_eq!(String::from_utf8_lossy(&rest), "input end after 2 lines\nstill writing\n");
+
+    let mut big = Client::connect(host.port());
+    let _ = big.try_send(&[b'x'; 64 * 1024]);
+    let rest = big.wait_closed(Duration::from_secs(5)).expect("closed after the oversized message");
+    assert_eq!(String::from_utf8_lossy(&rest), "v013_echo on_error PackageTooLarge\n");
 }

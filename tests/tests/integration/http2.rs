@@ -82,25 +82,28 @@ fn h2c_prior_knowledge_serves_what_http1_serves() {
     assert!(!host.log_text().contains("WARN"), "{}", host.log_text());
 }
 
-// HTTP/1.1 still works beside it on the same service (the preface decides).
+// HTTP/1.1 still works beside it on the same service (the preface decides). `h2c = false`
+// turns cleartext HTTP/2 off; `h2 = false` (the TLS switch) does not: the host tells the plugin
+// the connection is plain TCP.
 #[test]
 fn http1_and_h2c_share_a_service() {
-    let host = Host::start("http", &[]);
+    let host = Host::start("http", &["--plugin-config", "h2 = false"]);
     let url = format!("http://127.0.0.1:{}/", host.port());
     assert_eq!(curl(&["--http1.1", "-w", " %{http_version}", &url]).text(), "Hello, World! 1.1");
     assert_eq!(h2c(&["-w", " %{http_version}", &url]).text(), "Hello, World! 2");
     // Off: the preface is not HTTP/1.1, and the connection is refused.
-    let off = Host::start("http", &["--plugin-config", "h2 = false"]);
+    let off = Host::start("http", &["--plugin-config", "h2c = false"]);
     let url = format!("http://127.0.0.1:{}/", off.port());
     let ran = crate::http_tools::run(
         std::process::Command::new("curl").args(["-sS", "--max-time", "10", "--http2-prior-knowledge", &url]),
         std::time::Duration::from_secs(20),
     );
-    assert!(!ran.success, "h2 = false still served HTTP/2: {}", ran.text());
+    assert!(!ran.success, "h2c = false still served HTTP/2: {}", ran.text());
+    assert_eq!(curl(&["--http1.1", &url]).text(), "Hello, World!");
 }
 
 /// A self-signed certificate for `localhost` and 127.0.0.1: (cert, key) PEM files in `dir`.
-fn make_cert(dir: &TempDir) -> (PathBuf, PathBuf) {
+pub(crate) fn make_cert(dir: &TempDir) -> (PathBuf, PathBuf) {
     let key = rcgen::KeyPair::generate().expect("a key");
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
     params.subject_alt_names.push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
@@ -108,13 +111,15 @@ fn make_cert(dir: &TempDir) -> (PathBuf, PathBuf) {
     (dir.write("h2.crt", cert.pem().as_bytes()), dir.write("h2.key", key.serialize_pem().as_bytes()))
 }
 
-// Over TLS, curl's `--http2` negotiates `h2` by ALPN (the host offers it first), and the 1 MiB
-// file arrives whole; a client that asks for HTTP/1.1 still gets it.
+// Over TLS, curl's `--http2` negotiates `h2` by ALPN (the host offers it first, and tells the
+// plugin what was agreed: `h2c = false` does not apply to TLS), and the 1 MiB file arrives
+// whole; a client that asks for HTTP/1.1 still gets it; a client that sends the preface without
+// having agreed h2 by ALPN is answered in HTTP/1.1 (prior knowledge is for cleartext only).
 #[test]
 fn tls_negotiates_h2_by_alpn() {
     let (dir, big) = site();
     let (cert, key) = make_cert(&dir);
-    let config = root_config(&dir.join("www"), "");
+    let config = root_config(&dir.join("www"), "h2c = false\n");
     let host = Host::start(
         "http",
         &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--plugin-config", &config],
@@ -132,6 +137,32 @@ fn tls_negotiates_h2_by_alpn() {
     let range = tls(&["--http2", "-r", "1000-1999", &url("/big.bin")]).stdout;
     assert!(range == big[1000..2000], "range over h2 and TLS: {} bytes", range.len());
     assert_eq!(tls(&["--http1.1", "-w", " %{http_version}", &url("/small.txt")]).text(), "0123456789abcdefghij 1.1");
+
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+for alpn in (None, ["http/1.1"]):
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10), server_hostname="localhost")
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+    got = b""
+    while True:
+        try:
+            data = s.recv(65536)
+        except (OSError, ssl.SSLError):
+            break
+        if not data:
+            break
+        got += data
+    print(s.selected_alpn_protocol(), got.split(b"\r\n")[0].decode())
+"#;
+    let out = python(script, &[&host.port().to_string(), cert.to_str().unwrap()]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (line, alpn) in lines.iter().zip(["None", "http/1.1"]) {
+        assert!(line.starts_with(&format!("{alpn} HTTP/1.1 ")), "preface with ALPN {alpn}: {line:?}");
+    }
 }
 
 // nghttp sends several requests on one connection as concurrent streams: each gets its answer.

@@ -81,20 +81,27 @@ pub fn python(script: &str, args: &[&str]) -> String {
 /// The DOM of `url` after headless Chromium ran its scripts (a fresh profile, no sandbox: tests
 /// run as root; at most 10 s of the page's virtual time, 60 s of real time).
 pub fn chromium_dom(url: &str) -> String {
+    chromium_dom_with(url, &[])
+}
+
+/// [`chromium_dom`] with more command-line switches.
+pub fn chromium_dom_with(url: &str, switches: &[&str]) -> String {
     let profile = TempDir::new();
     let ran = run(
-        Command::new("chromium").args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-            "--mute-audio",
-            &format!("--user-data-dir={}", profile.path().display()),
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-            url,
-        ]),
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--mute-audio",
+                &format!("--user-data-dir={}", profile.path().display()),
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .args(switches)
+            .arg(url),
         Duration::from_secs(60),
     );
     assert!(ran.success, "chromium failed: {}", ran.stderr);

@@ -10,10 +10,14 @@ mod http;
 // The `http` plugin's static files through curl and python `requests`: ranges, resuming,
 // compression, validators, directories, limits.
 mod http_files;
-// Headless Chromium on the `http` plugin: a directory page's images, seeking in audio.
+// Headless Chromium on the `http` plugin: a directory page's images, seeking in audio, 60
+// images over HTTPS with HTTP/2.
 mod http_browser;
 // HTTP/2 through the `http` plugin: h2c, h2 over TLS, nghttp, a hostile python `h2` client.
 mod http2;
+// HTTP/2 attacks by a raw-frame client: floods, HPACK bomb, too many streams, malformed
+// requests, a window never opened; each counted in /metrics.
+mod http2_hostile;
 // `examples/http_app`: an application on the http_proto library.
 mod http_app;
 // Helpers of the http tests: bounded runs of real clients, media files made on the spot.

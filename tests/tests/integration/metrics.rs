@@ -10,7 +10,7 @@ use std::time::Duration;
 use host_tests::{assert_contains, get, Client, Host, TempDir, IO_TIMEOUT};
 
 /// The admin listener's port, from the master's log.
-fn admin_port(host: &Host) -> u16 {
+pub(crate) fn admin_port(host: &Host) -> u16 {
     let line = host.log().wait_for("admin listener", Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
     let address = line.split_whitespace().find_map(|f| f.strip_prefix("address=")).expect("address=");
     address.rsplit(':').next().unwrap().parse().unwrap()
@@ -20,7 +20,7 @@ fn admin_port(host: &Host) -> u16 {
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 /// `GET path` on the admin listener: (status code, body).
-fn admin_get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn admin_get(port: u16, path: &str) -> (u16, String) {
     let (code, _, body) = admin_get_accept(port, path, None);
     (code, body)
 }

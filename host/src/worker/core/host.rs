@@ -4,10 +4,11 @@
 //! connection's phase or hold, and push [`Deferred`] work that the loop carries out between
 //! plugin calls, so no callback sees a connection vanish under it and none re-enters the plugin.
 
+use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr};
 use plugin_api::abi::{
-    ConnError, ConnectErrorCode, RawHost, RawJobBox, RawNotifierBox, RawPeerCred, RawSockAddr, SendFileStatus,
-    TaskStatus,
+    ConnError, ConnectErrorCode, HostExtension, RawHost, RawHostExt, RawHostExt_TO, RawJobBox, RawNotifierBox,
+    RawPeerCred, RawSockAddr, RawTransport, SendFileStatus, TaskStatus,
 };
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
 
@@ -107,7 +108,27 @@ pub struct Ctx<'a> {
     pub core: &'a mut Core,
 }
 
+/// The calls added since plugin-api 0.1.3 (`RawHost::extension` hands them to the plugin).
+impl RawHostExt for Ctx<'_> {
+    fn api_version(&self) -> RStr<'static> {
+        use abi_stable::library::RootModule as _;
+        plugin_api::abi::PluginModRef::VERSION_STRINGS.version
+    }
+
+    fn transport(&self, conn: ConnId) -> RawTransport {
+        self.core.get(conn).map_or(RawTransport::UNKNOWN, |c| c.stream.kind())
+    }
+
+    fn alpn(&self, conn: ConnId) -> ROption<RSlice<'_, u8>> {
+        self.core.get(conn).and_then(|c| c.stream.alpn_protocol()).map(RSlice::from_slice).into()
+    }
+}
+
 impl RawHost for Ctx<'_> {
+    fn extension(&mut self) -> HostExtension<'_> {
+        HostExtension::new(RawHostExt_TO::from_ptr(self, TD_Opaque))
+    }
+
     fn send(&mut self, conn: ConnId, data: RSlice<'_, u8>) -> bool {
         self.core.send(conn, data.as_slice())
     }

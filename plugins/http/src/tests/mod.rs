@@ -3,6 +3,7 @@
 //! (framing with `input`, delivering with `on_message`, `on_error` for oversized messages).
 
 mod access_log;
+mod h2_mode;
 mod protocol;
 mod static_files;
 

@@ -370,6 +370,25 @@ impl Connection {
         }
     }
 
+    /// The application closes the connection for a timeout (idle, or a request or response
+    /// that stalled): GOAWAY NO_ERROR with the last stream id (RFC 9113 §6.8: the peer learns
+    /// which of its streams may have been processed, and that it may retry the rest), then
+    /// nothing more is read or sent; streams still open end with the connection. Not counted
+    /// as an error. A GOAWAY already sent (a drain) is not repeated.
+    pub fn close_idle(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if self.goaway_sent.is_none() {
+            frame::write_goaway(&mut self.out, self.last_stream, ErrorCode::NO_ERROR, b"");
+            self.goaway_sent = Some(self.last_stream);
+        }
+        self.phase = Phase::Closed;
+        self.streams.clear();
+        self.queued = 0;
+        self.pending = None;
+    }
+
     /// Immediate shutdown: GOAWAY with `code` and the last stream id; nothing more is read.
     pub fn abort(&mut self, code: ErrorCode) {
         if self.phase != Phase::Closed {

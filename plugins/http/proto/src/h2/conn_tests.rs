@@ -635,3 +635,35 @@ fn send_capacity_says_what_goes_out_without_queueing() {
     total.merge(c.stats());
     assert_eq!(total.streams_opened, 2);
 }
+
+// A timeout closes with GOAWAY NO_ERROR and the last stream id, once, not counted as an error;
+// the stream still waiting for its window is dropped with the connection.
+#[test]
+fn an_idle_close_says_goaway_no_error_with_the_last_stream() {
+    let mut c = open(Config::default());
+    let mut client = Client::new();
+    c.recv(0, &settings(&[(setting::INITIAL_WINDOW_SIZE, 0)]));
+    c.recv(0, &client.get(1, "/"));
+    c.recv(0, &client.get(3, "/"));
+    c.send_headers(3, 200, &[], false).unwrap();
+    c.send_data(3, &[7; 1000], true).unwrap();
+    c.take_output();
+    assert_eq!(c.queued_bytes(), 1000, "the body waits for a window that never opens");
+    c.close_idle();
+    let out = c.take_output();
+    let f = frames(&out);
+    assert_eq!(f.len(), 1, "{:?}", kinds(&out));
+    assert_eq!((f[0].0.kind, &f[0].1[..8]), (kind::GOAWAY, &[0, 0, 0, 3, 0, 0, 0, 0][..]));
+    assert!(c.is_closed() && c.is_done());
+    assert_eq!(c.queued_bytes(), 0);
+    assert_eq!(c.stats().connection_errors, 0);
+    c.close_idle();
+    assert!(!c.has_output(), "said once");
+
+    // After a drain's GOAWAY, none is repeated.
+    let mut c = open(Config::default());
+    c.drain();
+    c.take_output();
+    c.close_idle();
+    assert!(!c.has_output() && c.is_closed());
+}
