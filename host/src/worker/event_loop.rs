@@ -25,6 +25,8 @@ use crate::config::WorkerSpec;
 use crate::ctl::{self, ReportKind, ToMaster, ToWorker, WorkerChannel};
 use crate::sys;
 
+mod handover;
+
 const LISTENER: Token = Token(0);
 const CONTROL: Token = Token(1);
 const SIGNALS: Token = Token(2);
@@ -70,6 +72,10 @@ pub(super) struct Worker {
     udp_pending: bool,
     /// The task pool woke the loop: results or notifications wait.
     tasks_pending: bool,
+    /// The plugin's name (a hand-over offers it to the replacement).
+    plugin_name: String,
+    /// A hand-over under way, as the old worker or as the replacement.
+    handover: Option<handover::Session>,
 }
 
 impl Worker {
@@ -124,6 +130,8 @@ impl Worker {
             mailbox_buf: vec![0; mailbox::RECV_BUFFER],
             udp_pending: false,
             tasks_pending: false,
+            plugin_name: loaded.name.clone(),
+            handover: None,
             poll,
         };
         worker.core.worker_count = spec.worker_count;
@@ -171,11 +179,15 @@ impl Worker {
             if events.iter().any(|e| e.token() == CONTROL) {
                 self.read_control();
             }
+            // Then the hand-over: an old worker's acknowledgement, a replacement's adoptions.
+            if self.handover.is_some() {
+                self.drive_handover();
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER if self.listener.is_udp() => self.udp_pending = self.core.phase.accepting(),
                     LISTENER => self.accept_all(),
-                    CONTROL => {}
+                    CONTROL | handover::HANDOVER => {}
                     SIGNALS => self.read_signals(),
                     MAILBOX => self.mailbox_pending = true,
                     tasks::TASKS => self.tasks_pending = true,
@@ -243,6 +255,7 @@ impl Worker {
             (self.heartbeat_ms > 0).then_some(self.next_heartbeat_ms),
             self.core.next_outbound_deadline(),
             self.core.access_log.deadline_ms(),
+            self.handover_deadline(),
         ];
         deadlines.into_iter().flatten().min().map(|d| Duration::from_millis(d.saturating_sub(now)))
     }
@@ -320,6 +333,8 @@ impl Worker {
                 ToWorker::Stop => self.core.phase.stop(Exit::Stopped),
                 ToWorker::Drain { timeout_ms } => self.start_drain(timeout_ms),
                 ToWorker::ReloadHook => dispatch::worker_reload(&mut self.plugin, &mut self.core),
+                ToWorker::HandOver { timeout_ms, fallback } => self.start_handover(fds, timeout_ms, fallback),
+                ToWorker::Adopt => self.start_adopt(fds),
                 ToWorker::Logs { id, access_log, log_file } => {
                     let error = self.switch_logs(fds, access_log, log_file).err();
                     if let Some(e) = &error {
@@ -461,17 +476,22 @@ impl Worker {
             return;
         }
         tracing::info!(connections = self.core.open_count(), timeout_ms, "draining");
+        self.stop_accepting();
+        self.core.access_log.flush();
+        for id in self.core.ids() {
+            dispatch::drain(&mut self.plugin, &mut self.core, id);
+        }
+        self.core.close_sessions();
+    }
+
+    /// Stops taking connections (and datagrams): the slot's replacement serves from now on.
+    fn stop_accepting(&mut self) {
         let _ = self.poll.registry().deregister(&mut self.listener);
         // UDP: the slot's socket is shared with the replacement, which reads it from now on.
         if let Some(udp) = self.core.udp.as_mut() {
             let _ = self.poll.registry().deregister(udp);
         }
         self.udp_pending = false;
-        self.core.access_log.flush();
-        for id in self.core.ids() {
-            dispatch::drain(&mut self.plugin, &mut self.core, id);
-        }
-        self.core.close_sessions();
     }
 
     fn read_conn(&mut self, index: usize, hup: bool) {
@@ -549,6 +569,7 @@ fn msg_name(msg: &ToMaster) -> &'static str {
         ToMaster::Report { .. } => "report",
         ToMaster::Alive { .. } => "alive",
         ToMaster::LogsReopened { .. } => "logs reopened",
+        ToMaster::HandedOver(_) => "hand-over report",
     }
 }
 
