@@ -74,8 +74,11 @@ pub enum ToWorker {
         timeout_ms: u64,
         fallback: Fallback,
     },
-    /// Adopt what the slot's previous worker hands over on the socket pair end the frame carries.
-    Adopt,
+    /// Adopt what the slot's previous worker hands over on the socket pair end the frame carries;
+    /// new connections wait meanwhile, `timeout_ms` at most.
+    Adopt {
+        timeout_ms: u64,
+    },
 }
 
 /// What an old worker does with the connections that do not move.

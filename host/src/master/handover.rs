@@ -79,7 +79,7 @@ impl<P: Processes> Supervisor<P> {
 /// The messages a hand-over starts with: `Adopt` for the replacement, `HandOver` for the old
 /// worker (each frame carries one end of the pair).
 pub fn messages(timeout_ms: u64, fallback: Fallback) -> (ToWorker, ToWorker) {
-    (ToWorker::Adopt, ToWorker::HandOver { timeout_ms, fallback })
+    (ToWorker::Adopt { timeout_ms }, ToWorker::HandOver { timeout_ms, fallback })
 }
 
 /// What an old worker that cannot hand over is told instead.

@@ -334,7 +334,7 @@ impl Worker {
                 ToWorker::Drain { timeout_ms } => self.start_drain(timeout_ms),
                 ToWorker::ReloadHook => dispatch::worker_reload(&mut self.plugin, &mut self.core),
                 ToWorker::HandOver { timeout_ms, fallback } => self.start_handover(fds, timeout_ms, fallback),
-                ToWorker::Adopt => self.start_adopt(fds),
+                ToWorker::Adopt { timeout_ms } => self.start_adopt(fds, timeout_ms),
                 ToWorker::Logs { id, access_log, log_file } => {
                     let error = self.switch_logs(fds, access_log, log_file).err();
                     if let Some(e) = &error {
@@ -482,6 +482,31 @@ impl Worker {
             dispatch::drain(&mut self.plugin, &mut self.core, id);
         }
         self.core.close_sessions();
+    }
+
+    /// A replacement waiting for its predecessor's state takes no connection (they wait in the
+    /// slot's accept queue); [`Worker::resume_accepting`] goes on.
+    fn pause_accepting(&mut self) {
+        if self.core.phase.accepting() {
+            self.stop_accepting();
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        if !self.core.phase.accepting() {
+            return;
+        }
+        if let Err(e) = self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE) {
+            tracing::error!("could not watch the listening socket again: {e}");
+        }
+        if let Some(udp) = self.core.udp.as_mut() {
+            let _ = self.poll.registry().register(udp, LISTENER, Interest::READABLE);
+            self.udp_pending = true;
+        }
+        // Connections queued meanwhile raise no new edge.
+        if !self.listener.is_udp() {
+            self.accept_all();
+        }
     }
 
     /// Stops taking connections (and datagrams): the slot's replacement serves from now on.

@@ -129,3 +129,58 @@ fn a_replacement_that_refuses_the_state_loses_nothing() {
     c.send(b"o\n");
     assert_eq!(read_line(&mut c), "two\n");
 }
+
+/// A redis-py client on one connection (RESP3, named) that fills the keyspace, says `ready`,
+/// waits for a line on stdin (the test reloads meanwhile), then reads it all back on the same
+/// connection and prints what it saw.
+const REDIS_PY: &str = r#"
+import sys, redis
+r = redis.Redis(port=int(sys.argv[1]), protocol=3, socket_timeout=20)
+r.client_setname("keeper")
+before = r.client_id()
+r.set("k", "v")
+r.set("t", "w", ex=1000)
+pipe = r.pipeline(transaction=False)
+for i in range(20000):
+    pipe.set(f"key:{i}", f"value-{i}-" + "x" * 16)
+pipe.execute()
+print("ready", flush=True)
+sys.stdin.readline()
+same = r.client_id() == before
+ttl = r.ttl("t")
+values = r.mget([f"key:{i}" for i in range(0, 20000, 997)])
+ok = all(v == f"value-{i}-".encode() + b"x" * 16 for i, v in zip(range(0, 20000, 997), values))
+print(r.get("k").decode(), 900 < ttl <= 1000, r.client_getname(), same, r.dbsize(), ok, flush=True)
+"#;
+
+// redis-py keeps its connection across `host reload -g` and sees the same keyspace (a large one:
+// through the memfd), its key's deadline, its client name and id, in RESP3; a new redis-cli
+// connection sees the keys too.
+#[test]
+fn redis_clients_keep_the_keyspace_and_the_connection_across_reloads() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut host = Host::start("resp", &["--drain-timeout", "30"]);
+    let mut py = Command::new("timeout")
+        .args(["120", "python3", "-c", REDIS_PY, &host.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with redis-py");
+    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    reload(&mut host, &["reload", "-g"]);
+    let moved = host.log().wait_for("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(moved.contains("memfd=true"), "20,000 keys go through a memfd: {moved}");
+    writeln!(py.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "v True b'keeper' True 20002 True\n", "after the reload");
+    assert!(py.wait().unwrap().success());
+    // A second reload, the watcher's kind too: a fresh client on the third worker.
+    reload(&mut host, &["reload"]);
+    let cli = Command::new("timeout").args(["30", "redis-cli", "-p", &host.port().to_string(), "get", "k"]).output();
+    assert_eq!(String::from_utf8_lossy(&cli.expect("redis-cli").stdout), "v\n");
+}

@@ -73,6 +73,8 @@ pub(super) struct NewSide {
     stash: Vec<(Handover, Vec<OwnedFd>)>,
     /// Its part is over; the session ends once the channel has written what is queued.
     finished: bool,
+    /// It gives up waiting (and accepts again) at this time.
+    deadline_ms: u64,
 }
 
 /// Where the worker state goes while the plugin writes it: memory, then a memfd once it is
@@ -202,15 +204,19 @@ impl Worker {
     }
 
     /// `Adopt` from the master: the other end of a hand-over; wait for the old worker's offer.
-    pub(super) fn start_adopt(&mut self, fds: Vec<OwnedFd>) {
+    pub(super) fn start_adopt(&mut self, fds: Vec<OwnedFd>, timeout_ms: u64) {
         if self.handover.is_some() {
             tracing::warn!("a second hand-over while one is under way ignored");
             return;
         }
         match open_channel(self, fds) {
             Ok(channel) => {
-                self.handover =
-                    Some(Session::New(NewSide { channel, version: None, stash: Vec::new(), finished: false }))
+                // New clients wait in the slot's accept queue until the old worker's state is
+                // here: none of them sees a keyspace without it.
+                self.pause_accepting();
+                let deadline_ms = self.core.now_ms + timeout_ms;
+                let new = NewSide { channel, version: None, stash: Vec::new(), finished: false, deadline_ms };
+                self.handover = Some(Session::New(new));
             }
             Err(e) => tracing::warn!("could not open the hand-over from the previous worker: {e}"),
         }
@@ -230,7 +236,8 @@ impl Worker {
     pub(super) fn handover_deadline(&self) -> Option<u64> {
         match &self.handover {
             Some(Session::Old(old)) => Some(old.deadline_ms),
-            _ => None,
+            Some(Session::New(new)) => Some(new.deadline_ms),
+            None => None,
         }
     }
 
@@ -447,9 +454,15 @@ impl Worker {
                 }
             }
         }
+        if !new.finished && self.core.now_ms >= new.deadline_ms {
+            tracing::warn!("the previous worker handed nothing over in time; serving without it");
+            new.finished = true;
+            new.channel.shut_down();
+        }
         self.flush_handover(&mut new.channel);
         if new.channel.closed || (new.finished && !new.channel.pending()) {
             let _ = self.poll.registry().deregister(&mut new.channel.stream);
+            self.resume_accepting();
             // Adopted connections arrived with stashed frames; an unfinished hand-over's
             // descriptors are the old worker's copies: dropping them here closes nothing of its.
             return None;
