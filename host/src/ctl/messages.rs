@@ -142,6 +142,9 @@ pub struct HandoverReport {
     pub pause_ms: u64,
     /// Why nothing (or only part) moved: None when the hand-over went through.
     pub failure: Option<String>,
+    /// The old and new workers talked (false: the old plugin does not take part, or the pair
+    /// could not be used: a drain as before, not a failure).
+    pub attempted: bool,
 }
 
 /// A message between an old worker and its replacement, on the socket pair the master made

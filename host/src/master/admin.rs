@@ -544,6 +544,7 @@ mod tests {
             workers: vec![row(0, 40), row(1, 2)],
             exits: vec![ExitRow { service: "web".into(), how: "signal SIGKILL".into(), count: 3 }],
             last_reload: None,
+            handovers: Vec::new(),
         };
         let m = MasterMetrics::default();
         m.reload_finished("done", Duration::from_millis(120));

@@ -61,18 +61,37 @@ impl<P: Processes> Supervisor<P> {
     pub fn handed_over(&mut self, id: WorkerId, report: HandoverReport) {
         let Some(key) = self.slots.worker(id).map(|w| w.key) else { return };
         let service = self.service_name(key.service).to_string();
+        let text = describe(&report);
         match &report.failure {
-            None => tracing::info!(service = %service, slot = key.slot, moved = report.moved, drained = report.stayed, state_bytes = report.state_bytes, memfd = report.memfd, pause_ms = report.pause_ms, "hand-over: {} connections moved, {} drained, {} bytes of state, paused {} ms", report.moved, report.stayed, report.state_bytes, report.pause_ms),
-            Some(why) => tracing::warn!(service = %service, slot = key.slot, drained = report.stayed, "hand-over failed, the old worker drains: {why}"),
+            None => tracing::info!(service = %service, slot = key.slot, moved = report.moved, drained = report.stayed, state_bytes = report.state_bytes, memfd = report.memfd, pause_ms = report.pause_ms, "hand-over: {text}"),
+            // A plugin that does not take part (or a hand-over that could not begin): a drain as before.
+            Some(_) if !report.attempted => tracing::info!(service = %service, slot = key.slot, drained = report.stayed, "no hand-over: {text}"),
+            Some(_) => tracing::warn!(service = %service, slot = key.slot, drained = report.stayed, "hand-over {text}"),
         }
         let totals = self.handovers.entry(service.clone()).or_default();
         totals.handovers += 1;
-        totals.failed += report.failure.is_some() as u64;
+        totals.failed += (report.failure.is_some() && report.attempted) as u64;
         totals.moved += report.moved;
         totals.stayed += report.stayed;
         totals.state_bytes += report.state_bytes;
         totals.last = Some(report.clone());
         self.out.push(Output::HandedOver(report));
+    }
+}
+
+/// One hand-over in words (the log line, `status`).
+pub fn describe(r: &HandoverReport) -> String {
+    match &r.failure {
+        None => format!(
+            "{} connections moved, {} drained, {} bytes of state{}, paused {} ms",
+            r.moved,
+            r.stayed,
+            r.state_bytes,
+            if r.memfd { " (memfd)" } else { "" },
+            r.pause_ms
+        ),
+        Some(why) if !r.attempted => format!("{} drained: {why}", r.stayed),
+        Some(why) => format!("failed, {} drained: {why}", r.stayed),
     }
 }
 

@@ -52,6 +52,13 @@ fn a_half_sent_line_is_completed_after_a_graceful_reload() {
     assert_eq!(read_line(&mut c), "hello\n");
     c.send(b"again\n");
     assert_eq!(read_line(&mut c), "again\n", "the connection goes on in the new worker");
+    // `status --json` and the table count it.
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let row = &json["handovers"][0];
+    assert_eq!((row["service"].as_str(), row["moved"].as_u64(), row["drained"].as_u64()), (Some("text"), Some(1), Some(0)), "{json}");
+    let table = host.command(["status"], Duration::from_secs(10)).stdout;
+    assert!(table.contains("HAND-OVERS") && table.contains("1 connections moved"), "{table}");
 }
 
 // A plain reload (`host reload`, old workers stop at once) hands over too, and what the client
@@ -183,4 +190,21 @@ fn redis_clients_keep_the_keyspace_and_the_connection_across_reloads() {
     reload(&mut host, &["reload"]);
     let cli = Command::new("timeout").args(["30", "redis-cli", "-p", &host.port().to_string(), "get", "k"]).output();
     assert_eq!(String::from_utf8_lossy(&cli.expect("redis-cli").stdout), "v\n");
+}
+
+// A plugin built against plugin-api 0.1.0 (before hand-overs) loads and drains as before: it
+// hears `on_drain` and its connection closes; the log says no hand-over took place.
+#[test]
+fn an_old_abi_plugin_still_drains() {
+    let path = host_tests::old_abi_plugin();
+    let mut host = Host::start(path.to_str().unwrap(), &["--drain-timeout", "30"]);
+    let mut c = Client::connect(host.port());
+    c.send(b"ping\n");
+    assert_eq!(read_line(&mut c), "ping\n");
+    reload(&mut host, &["reload", "-g"]);
+    let rest = c.wait_closed(Duration::from_secs(10)).expect("closed by the drain");
+    assert_eq!(String::from_utf8_lossy(&rest), "old_echo on_drain\n");
+    let line = host.log().wait_for("no hand-over", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("does not take part"), "{line}");
+    assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
 }

@@ -195,7 +195,15 @@ impl Worker {
         self.core.phase.hand_over(self.core.now_ms + timeout_ms);
         self.stop_accepting();
         tracing::info!(connections = self.core.open_count(), timeout_ms, "handing over");
-        let mut old = OldSide { channel, fallback, deadline_ms: self.core.now_ms + timeout_ms, held: Vec::new(), stopped_ms: None, report: HandoverReport::default() };
+        let report = HandoverReport { attempted: true, ..HandoverReport::default() };
+        let mut old = OldSide {
+            channel,
+            fallback,
+            deadline_ms: self.core.now_ms + timeout_ms,
+            held: Vec::new(),
+            stopped_ms: None,
+            report,
+        };
         let offer = Handover::Offer { plugin: self.plugin_name.clone(), version };
         if let Err(e) = old.channel.send(&offer) {
             return self.end_old(old, format!("could not offer the connections: {e}"));
