@@ -356,7 +356,15 @@ pub fn render_status(s: &Status) -> String {
             .iter()
             .map(|h| {
                 let n = |v: u64| v.to_string();
-                vec![h.service.clone(), n(h.handovers), n(h.failed), n(h.moved), n(h.drained), human_bytes(h.state_bytes), h.last.clone()]
+                vec![
+                    h.service.clone(),
+                    n(h.handovers),
+                    n(h.failed),
+                    n(h.moved),
+                    n(h.drained),
+                    human_bytes(h.state_bytes),
+                    h.last.clone(),
+                ]
             })
             .collect();
         out.push_str(&table(&["SERVICE", "HAND-OVERS", "FAILED", "MOVED", "DRAINED", "STATE", "LAST"], &rows));

@@ -13,8 +13,8 @@ use abi_stable::{
 
 use crate::abi::{
     self, CallStatus, ConnErrorCode, ConnId, LogFn, LogLevel, PluginExtension, PluginMod, PluginModRef, RawFrame,
-    RawHandover, RawHostRef, RawInputEnd, RawJob, RawJobBox, RawJob_TO, RawPlugin, RawPluginBox, RawPluginExt, RawPluginExt_TO,
-    RawPlugin_TO, RawStateSinkRef, RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
+    RawHandover, RawHostRef, RawInputEnd, RawJob, RawJobBox, RawJob_TO, RawPlugin, RawPluginBox, RawPluginExt,
+    RawPluginExt_TO, RawPlugin_TO, RawStateSinkRef, RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
 };
 use crate::log;
 use crate::sdk::{ConnError, Host, Protocol, StateWriter, WorkerInfo};
@@ -265,7 +265,8 @@ impl<P: Protocol> RawPluginExt for Glue<P> {
 
     fn handover_adopt_worker(&mut self, host: RawHostRef<'_>, version: u32, state: RSlice<'_, u8>) -> RawHandover {
         let mut host = Host::from_raw(host);
-        let adopted = panic::catch_unwind(AssertUnwindSafe(|| self.0.adopt_worker(&mut host, version, state.as_slice())));
+        let adopted =
+            panic::catch_unwind(AssertUnwindSafe(|| self.0.adopt_worker(&mut host, version, state.as_slice())));
         adopt_answer(adopted)
     }
 

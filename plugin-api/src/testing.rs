@@ -472,7 +472,8 @@ impl<P: Protocol> TestPlugin<P> {
         let mut states = Vec::new();
         for &conn in conns {
             let mut bytes = Vec::new();
-            let moved = self.call(|p, h| p.export_conn(h, conn, &mut crate::StateWriter::new(crate::abi::state_sink(&mut bytes))));
+            let moved = self
+                .call(|p, h| p.export_conn(h, conn, &mut crate::StateWriter::new(crate::abi::state_sink(&mut bytes))));
             if moved {
                 states.push((conn, bytes));
             }

@@ -153,16 +153,24 @@ pub struct HandoverReport {
 /// (each with its descriptors), `Done` → new `Ack` or `Failed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Handover {
-    Hello { protocol: u32 },
+    Hello {
+        protocol: u32,
+    },
     Error(String),
     /// The old instance's plugin and the version of the state it exports.
-    Offer { plugin: String, version: u32 },
+    Offer {
+        plugin: String,
+        version: u32,
+    },
     /// The new instance reads that version: the old worker stops reading and sends.
     Accept,
     /// It does not: nothing moves.
     Refuse(String),
     /// The worker-wide state, `len` bytes: inline, or (None) in the sealed memfd the frame carries.
-    State { len: u64, inline: Option<Vec<u8>> },
+    State {
+        len: u64,
+        inline: Option<Vec<u8>>,
+    },
     /// A batch of connections: the frame carries, for each in order, its socket then its files.
     Conns(Vec<MovedConn>),
     /// Everything was sent.

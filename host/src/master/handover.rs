@@ -63,9 +63,13 @@ impl<P: Processes> Supervisor<P> {
         let service = self.service_name(key.service).to_string();
         let text = describe(&report);
         match &report.failure {
-            None => tracing::info!(service = %service, slot = key.slot, moved = report.moved, drained = report.stayed, state_bytes = report.state_bytes, memfd = report.memfd, pause_ms = report.pause_ms, "hand-over: {text}"),
+            None => {
+                tracing::info!(service = %service, slot = key.slot, moved = report.moved, drained = report.stayed, state_bytes = report.state_bytes, memfd = report.memfd, pause_ms = report.pause_ms, "hand-over: {text}")
+            }
             // A plugin that does not take part (or a hand-over that could not begin): a drain as before.
-            Some(_) if !report.attempted => tracing::info!(service = %service, slot = key.slot, drained = report.stayed, "no hand-over: {text}"),
+            Some(_) if !report.attempted => {
+                tracing::info!(service = %service, slot = key.slot, drained = report.stayed, "no hand-over: {text}")
+            }
             Some(_) => tracing::warn!(service = %service, slot = key.slot, drained = report.stayed, "hand-over {text}"),
         }
         let totals = self.handovers.entry(service.clone()).or_default();

@@ -645,9 +645,8 @@ impl Master {
     /// worker drains (or stops) instead.
     fn start_handover(&mut self, old: WorkerId, new: WorkerId, timeout_ms: u64, fallback: crate::ctl::Fallback) {
         use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-        let speaks = |id| {
-            self.channels.get(&id).and_then(|c| c.peer_protocol).is_some_and(|p| p >= handover::HANDOVER_PROTOCOL)
-        };
+        let speaks =
+            |id| self.channels.get(&id).and_then(|c| c.peer_protocol).is_some_and(|p| p >= handover::HANDOVER_PROTOCOL);
         if !speaks(old) || !speaks(new) {
             tracing::info!(worker = old.0, "the worker's protocol has no hand-over; it drains");
             return self.send(old, &handover::fallback_message(fallback));

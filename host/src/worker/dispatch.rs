@@ -8,8 +8,8 @@ use std::io::{self, Read};
 use std::net::Shutdown;
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use abi_stable::std_types::RStr;
+use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use plugin_api::abi::{
     state_sink, CallStatus, ConnError, ConnErrorCode, RawFrame, RawHandover, RawHost_TO, RawInputEnd, RawPluginBox,
     RawStateSink,
@@ -118,7 +118,12 @@ pub fn handover_accepts(plugin: &mut RawPluginBox, core: &mut Core, from_plugin:
     call!(plugin.extension().ext, core, handover_accepts, RStr::from_str(from_plugin), version)
 }
 
-pub fn handover_export_conn(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId, state: &mut Vec<u8>) -> RawHandover {
+pub fn handover_export_conn(
+    plugin: &mut RawPluginBox,
+    core: &mut Core,
+    id: ConnId,
+    state: &mut Vec<u8>,
+) -> RawHandover {
     let answer = call!(plugin.extension().ext, core, handover_export_conn, id, state_sink(state));
     handover_answer(core, answer, "handover_export_conn")
 }

@@ -171,7 +171,8 @@ mod tests {
 
     #[test]
     fn a_session_moves_unless_it_is_in_a_transaction() {
-        let mut s = Session { id: 7, resp3: true, name: b"app".to_vec(), lib_ver: b"5.0".to_vec(), ..Session::default() };
+        let mut s =
+            Session { id: 7, resp3: true, name: b"app".to_vec(), lib_ver: b"5.0".to_vec(), ..Session::default() };
         let mut bytes = Vec::new();
         assert!(write_session(&s, &mut bytes).unwrap());
         let back = read_session(&bytes).unwrap();

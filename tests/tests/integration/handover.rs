@@ -56,7 +56,11 @@ fn a_half_sent_line_is_completed_after_a_graceful_reload() {
     let out = host.command(["status", "--json"], Duration::from_secs(10));
     let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
     let row = &json["handovers"][0];
-    assert_eq!((row["service"].as_str(), row["moved"].as_u64(), row["drained"].as_u64()), (Some("text"), Some(1), Some(0)), "{json}");
+    assert_eq!(
+        (row["service"].as_str(), row["moved"].as_u64(), row["drained"].as_u64()),
+        (Some("text"), Some(1), Some(0)),
+        "{json}"
+    );
     let table = host.command(["status"], Duration::from_secs(10)).stdout;
     assert!(table.contains("HAND-OVERS") && table.contains("1 connections moved"), "{table}");
 }

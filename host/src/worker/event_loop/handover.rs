@@ -348,7 +348,8 @@ impl Worker {
                 return Err(format!("a connection with {} files queued cannot go in one message", conn.files.len()));
             }
             if fds.len() + need > max_fds || bytes >= BATCH_BYTES {
-                let sent = old.channel.send_with_fds(&Handover::Conns(std::mem::take(&mut batch)), std::mem::take(&mut fds));
+                let sent =
+                    old.channel.send_with_fds(&Handover::Conns(std::mem::take(&mut batch)), std::mem::take(&mut fds));
                 sent.map_err(|e| format!("could not send connections: {e}"))?;
                 bytes = 0;
             }
@@ -365,7 +366,9 @@ impl Worker {
             batch.push(MovedConn { kind, snapshot: conn.snapshot.clone(), state });
         }
         if !batch.is_empty() {
-            old.channel.send_with_fds(&Handover::Conns(batch), fds).map_err(|e| format!("could not send connections: {e}"))?;
+            old.channel
+                .send_with_fds(&Handover::Conns(batch), fds)
+                .map_err(|e| format!("could not send connections: {e}"))?;
         }
         old.channel.send(&Handover::Done).map_err(|e| format!("could not finish sending: {e}"))?;
         tracing::debug!(connections = old.held.len(), stayed, state_bytes = old.report.state_bytes, "hand-over sent");
@@ -420,7 +423,15 @@ impl Worker {
 
     /// The master hears what the hand-over did; what stayed drains (or the worker stops).
     fn handover_ended(&mut self, report: HandoverReport, fallback: Fallback) {
-        tracing::info!(moved = report.moved, stayed = report.stayed, state_bytes = report.state_bytes, memfd = report.memfd, pause_ms = report.pause_ms, failure = report.failure.as_deref().unwrap_or("-"), "hand-over ended");
+        tracing::info!(
+            moved = report.moved,
+            stayed = report.stayed,
+            state_bytes = report.state_bytes,
+            memfd = report.memfd,
+            pause_ms = report.pause_ms,
+            failure = report.failure.as_deref().unwrap_or("-"),
+            "hand-over ended"
+        );
         self.send_control(&ToMaster::HandedOver(report));
         match fallback {
             Fallback::Drain { timeout_ms } => self.start_drain(timeout_ms),
@@ -442,7 +453,9 @@ impl Worker {
                             new.version = Some(version);
                             Handover::Accept
                         }
-                        _ => Handover::Refuse(format!("the new plugin cannot read state version {version} of {plugin}")),
+                        _ => {
+                            Handover::Refuse(format!("the new plugin cannot read state version {version} of {plugin}"))
+                        }
                     };
                     if let Handover::Refuse(why) = &answer {
                         tracing::info!("hand-over refused: {why}");
@@ -534,8 +547,13 @@ impl Worker {
                         };
                         let adopted = match self.core.import(conn) {
                             Ok(id) => {
-                                let answer =
-                                    dispatch::handover_adopt_conn(&mut self.plugin, &mut self.core, id, version, &m.state);
+                                let answer = dispatch::handover_adopt_conn(
+                                    &mut self.plugin,
+                                    &mut self.core,
+                                    id,
+                                    version,
+                                    &m.state,
+                                );
                                 if answer != RawHandover::MOVE {
                                     // Back out: this copy closes; the old worker keeps the connection.
                                     let _ = self.core.export(id);
