@@ -219,6 +219,10 @@ pub struct StartArgs {
     /// worker; at 1.5 times it, it is killed (0: never) [default: 0].
     #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
     pub max_memory: Option<u64>,
+    /// Replaced workers (reload, upgrade, recycling) drain their connections instead of handing
+    /// them over to their replacement.
+    #[arg(long)]
+    pub no_handover: bool,
     /// Seconds without traffic after which a connection is closed (0: never) [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
@@ -279,7 +283,7 @@ impl StartArgs {
     /// Flags that describe a service (they may not be mixed with a config file).
     pub fn service_flags(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
-        let flags: [(&'static str, bool); 18] = [
+        let flags: [(&'static str, bool); 19] = [
             ("--plugin", self.plugin.is_some()),
             ("--count", self.count.is_some()),
             ("--listen", self.listen.is_some()),
@@ -298,6 +302,7 @@ impl StartArgs {
             ("--tls-cert", self.tls_cert.is_some()),
             ("--tls-key", self.tls_key.is_some()),
             ("--access-log", self.access_log.is_some()),
+            ("--no-handover", self.no_handover),
         ];
         for (flag, given) in flags {
             if given {
@@ -393,6 +398,7 @@ impl StartArgs {
                 max_requests: self.max_requests.unwrap_or(0),
                 max_memory: self.max_memory.unwrap_or(0),
             },
+            handover: !self.no_handover,
         };
         config::validate(&service)?;
         Ok(service)

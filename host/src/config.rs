@@ -233,6 +233,9 @@ pub struct Service {
     pub access_log: Option<PathBuf>,
     /// When a worker is replaced by a fresh one (the master decides; the worker never sees it).
     pub recycle: Recycle,
+    /// A replaced worker hands its connections and plugin state over to its replacement (when
+    /// both plugins take part); false: it drains them, as before hand-overs existed.
+    pub handover: bool,
 }
 
 #[cfg(test)]
@@ -249,6 +252,7 @@ impl Service {
             tls: None,
             access_log: None,
             recycle: Recycle::default(),
+            handover: true,
         }
     }
 }

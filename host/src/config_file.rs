@@ -161,6 +161,8 @@ struct RawService {
     max_requests: Option<u64>,
     /// Resident bytes (or a size such as "64M") above which a worker is recycled (0: never).
     max_memory: Option<Spanned<Size>>,
+    /// Replaced workers hand their connections over (default) or drain them (false).
+    handover: Option<bool>,
     /// PEM certificate (chain) and key files: the service is served over TLS.
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<Spanned<PathBuf>>,
@@ -392,8 +394,19 @@ impl RawService {
             None => None,
         };
         let recycle = config::Recycle { max_requests: self.max_requests.unwrap_or(0), max_memory };
-        let service =
-            Service { name: name.to_string(), plugin, listen, count, plugin_config, limits, tls, access_log, recycle };
+        let handover = self.handover.unwrap_or(true);
+        let service = Service {
+            name: name.to_string(),
+            plugin,
+            listen,
+            count,
+            plugin_config,
+            limits,
+            tls,
+            access_log,
+            recycle,
+            handover,
+        };
         // What the flags refuse, the file refuses too (a backstop: the checks above name the keys).
         config::validate(&service).map_err(|e| ctx.invalid(None, Some(name), e.to_string()))?;
         Ok(ServiceConfig { service, reloadable: self.reloadable.unwrap_or(true), user, group })
@@ -462,6 +475,7 @@ plugin = "http"
 listen = "127.0.0.1:8080"
 count = 4
 reloadable = false
+handover = false
 user = "www-data"
 group = "www-data"
 task_threads = 2
@@ -504,6 +518,7 @@ root = "/srv/www"
                 }),
                 access_log: Some("/etc/host/logs/web.access.log".into()),
                 recycle: config::Recycle { max_requests: 10_000, max_memory: 256 << 20 },
+                handover: false,
             },
             reloadable: false,
             user: Some("www-data".into()),

@@ -152,6 +152,24 @@ pub struct Status {
     pub workers: Vec<WorkerRow>,
     pub exits: Vec<ExitRow>,
     pub last_reload: Option<String>,
+    /// Hand-overs per service (services that had none are left out).
+    #[serde(default)]
+    pub handovers: Vec<HandoverRow>,
+}
+
+/// A service's hand-overs since the master started: connections moved to replacements and
+/// drained instead, bytes of plugin state, and the last one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverRow {
+    pub service: String,
+    pub handovers: u64,
+    /// Hand-overs that failed (everything drained).
+    pub failed: u64,
+    pub moved: u64,
+    pub drained: u64,
+    pub state_bytes: u64,
+    /// The last one: `12 moved, 0 drained, 1.2 MiB of state, paused 3 ms`, or why it failed.
+    pub last: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,6 +348,26 @@ pub fn render_status(s: &Status) -> String {
                 let _ = writeln!(out, "{}: TLS certificate change refused (serving the last good one): {why}", r.name);
             }
         }
+    }
+    if !s.handovers.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .handovers
+            .iter()
+            .map(|h| {
+                let n = |v: u64| v.to_string();
+                vec![
+                    h.service.clone(),
+                    n(h.handovers),
+                    n(h.failed),
+                    n(h.moved),
+                    n(h.drained),
+                    human_bytes(h.state_bytes),
+                    h.last.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["SERVICE", "HAND-OVERS", "FAILED", "MOVED", "DRAINED", "STATE", "LAST"], &rows));
     }
     if !s.exits.is_empty() {
         out.push('\n');
@@ -551,6 +589,7 @@ mod tests {
             ],
             exits: vec![ExitRow { service: "web".into(), how: "signal SIGKILL".into(), count: 2 }],
             last_reload: Some("done: 2 workers replaced in 40 ms".into()),
+            handovers: Vec::new(),
         }
     }
 

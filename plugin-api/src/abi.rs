@@ -667,6 +667,105 @@ pub trait RawPluginExt {
         let _ = (host, conn);
         RawInputEnd::CLOSE
     }
+
+    // --- Added in plugin-api 0.1.4
+
+    // Hand-over (one block): on a replacement, the old worker's connections and state move to
+    // the new worker instead of draining. Every default means "does not take part": a plugin
+    // without these events drains as before.
+
+    /// The version of the state this instance exports for a hand-over (the plugin's own
+    /// numbering; it goes with the state to the replacement). 0, the default: the plugin does
+    /// not take part, and its worker drains.
+    fn handover_version(&self) -> u32 {
+        0
+    }
+    /// In the replacement, before anything moves: whether this instance can read state that an
+    /// instance of `plugin` (its name) exported at `version` (Erlang's `code_change`). False (the
+    /// default, and what a plugin that panics answers): nothing moves; the old worker drains.
+    fn handover_accepts(&mut self, host: RawHostRef<'_>, plugin: RStr<'_>, version: u32) -> bool {
+        let _ = (host, plugin, version);
+        false
+    }
+    /// In the old worker: writes the state of `conn` into `sink` and answers
+    /// [`RawHandover::MOVE`], or [`RawHandover::DECLINE`] (the default): the connection stays and
+    /// drains. The instance keeps its state: should the hand-over fail, the connection resumes
+    /// here.
+    fn handover_export_conn(&mut self, host: RawHostRef<'_>, conn: ConnId, sink: RawStateSinkRef<'_>) -> RawHandover {
+        let _ = (host, conn, sink);
+        RawHandover::DECLINE
+    }
+    /// In the old worker, after its connections: writes the worker-wide state into `sink`
+    /// ([`RawHandover::MOVE`]); [`RawHandover::DECLINE`] (the default) moves nothing at all.
+    fn handover_export_worker(&mut self, host: RawHostRef<'_>, sink: RawStateSinkRef<'_>) -> RawHandover {
+        let _ = (host, sink);
+        RawHandover::DECLINE
+    }
+    /// In the replacement, before its connections: the worker-wide state the old instance
+    /// exported at `version`. [`RawHandover::MOVE`]: adopted; anything else: the hand-over
+    /// fails and the old worker takes everything back and drains.
+    fn handover_adopt_worker(&mut self, host: RawHostRef<'_>, version: u32, state: RSlice<'_, u8>) -> RawHandover {
+        let _ = (host, version, state);
+        RawHandover::DECLINE
+    }
+    /// In the replacement: `conn` (an id of this worker) arrives with the state its old instance
+    /// exported at `version`. [`RawHandover::MOVE`]: adopted (the plugin hears its messages
+    /// from now on, and no `on_connect`); anything else: it goes back to the old worker, which
+    /// drains it.
+    fn handover_adopt_conn(
+        &mut self,
+        host: RawHostRef<'_>,
+        conn: ConnId,
+        version: u32,
+        state: RSlice<'_, u8>,
+    ) -> RawHandover {
+        let _ = (host, conn, version, state);
+        RawHandover::DECLINE
+    }
+}
+
+/// What a plugin answers to a hand-over event ([`RawPluginExt::handover_export_conn`] and the
+/// others). Growable: a host reads a value it does not know as [`RawHandover::DECLINE`].
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawHandover(pub u8);
+
+impl RawHandover {
+    /// Does not move (export), or refuses (adopt).
+    pub const DECLINE: Self = RawHandover(0);
+    /// Moves (export: the state is in the sink), or adopted.
+    pub const MOVE: Self = RawHandover(1);
+    /// The plugin panicked (caught by the glue): read as a refusal.
+    pub const PANICKED: Self = RawHandover(2);
+}
+
+/// Where a plugin writes state for a hand-over: the host stores the bytes as they come (large
+/// state straight into a memfd, without a second copy in the plugin). A type of plugin-api
+/// 0.1.4, declared once: it never changes.
+#[sabi_trait]
+pub trait RawStateSink {
+    /// Appends `data`; false when the host could not store it (out of memory): the export then
+    /// fails, and what depends on it drains.
+    #[sabi(last_prefix_field)]
+    fn write(&mut self, data: RSlice<'_, u8>) -> bool;
+}
+
+/// A state sink, borrowed for one call.
+pub type RawStateSinkRef<'a> = RawStateSink_TO<'a, RMut<'a, ()>>;
+
+/// A sink that keeps the state in memory (tests; the host's small states).
+impl RawStateSink for Vec<u8> {
+    fn write(&mut self, data: RSlice<'_, u8>) -> bool {
+        self.try_reserve(data.len()).is_ok() && {
+            self.extend_from_slice(data.as_slice());
+            true
+        }
+    }
+}
+
+/// `sink` as a [`RawStateSinkRef`], for one call.
+pub fn state_sink<S: RawStateSink>(sink: &mut S) -> RawStateSinkRef<'_> {
+    RawStateSink_TO::from_ptr(sink, TD_Opaque)
 }
 
 /// What the plugin answers to `on_input_end` ([`RawPluginExt::on_input_end`]). Growable: a host

@@ -13,11 +13,11 @@ use abi_stable::{
 
 use crate::abi::{
     self, CallStatus, ConnErrorCode, ConnId, LogFn, LogLevel, PluginExtension, PluginMod, PluginModRef, RawFrame,
-    RawHostRef, RawInputEnd, RawJob, RawJobBox, RawJob_TO, RawPlugin, RawPluginBox, RawPluginExt, RawPluginExt_TO,
-    RawPlugin_TO, RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
+    RawHandover, RawHostRef, RawInputEnd, RawJob, RawJobBox, RawJob_TO, RawPlugin, RawPluginBox, RawPluginExt,
+    RawPluginExt_TO, RawPlugin_TO, RawStateSinkRef, RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
 };
 use crate::log;
-use crate::sdk::{ConnError, Host, Protocol, WorkerInfo};
+use crate::sdk::{ConnError, Host, Protocol, StateWriter, WorkerInfo};
 
 /// What [`crate::export_plugin!`] declares about the plugin crate it is used in.
 pub trait Export {
@@ -237,6 +237,67 @@ impl<P: Protocol> RawPluginExt for Glue<P> {
             Ok(end) => end.into(),
             Err(_) => RawInputEnd::PANICKED,
         }
+    }
+
+    fn handover_version(&self) -> u32 {
+        P::HANDOVER_VERSION
+    }
+
+    fn handover_accepts(&mut self, host: RawHostRef<'_>, plugin: RStr<'_>, version: u32) -> bool {
+        let mut host = Host::from_raw(host);
+        let plugin = plugin.as_str();
+        panic::catch_unwind(AssertUnwindSafe(|| self.0.handover_accepts(&mut host, plugin, version))).unwrap_or(false)
+    }
+
+    fn handover_export_conn(&mut self, host: RawHostRef<'_>, conn: ConnId, sink: RawStateSinkRef<'_>) -> RawHandover {
+        let mut host = Host::from_raw(host);
+        let mut out = StateWriter::new(sink);
+        let moved = panic::catch_unwind(AssertUnwindSafe(|| self.0.export_conn(&mut host, conn, &mut out)));
+        handover_answer(moved, &out)
+    }
+
+    fn handover_export_worker(&mut self, host: RawHostRef<'_>, sink: RawStateSinkRef<'_>) -> RawHandover {
+        let mut host = Host::from_raw(host);
+        let mut out = StateWriter::new(sink);
+        let moved = panic::catch_unwind(AssertUnwindSafe(|| self.0.export_worker(&mut host, &mut out)));
+        handover_answer(moved, &out)
+    }
+
+    fn handover_adopt_worker(&mut self, host: RawHostRef<'_>, version: u32, state: RSlice<'_, u8>) -> RawHandover {
+        let mut host = Host::from_raw(host);
+        let adopted =
+            panic::catch_unwind(AssertUnwindSafe(|| self.0.adopt_worker(&mut host, version, state.as_slice())));
+        adopt_answer(adopted)
+    }
+
+    fn handover_adopt_conn(
+        &mut self,
+        host: RawHostRef<'_>,
+        conn: ConnId,
+        version: u32,
+        state: RSlice<'_, u8>,
+    ) -> RawHandover {
+        let mut host = Host::from_raw(host);
+        let adopted =
+            panic::catch_unwind(AssertUnwindSafe(|| self.0.adopt_conn(&mut host, conn, version, state.as_slice())));
+        adopt_answer(adopted)
+    }
+}
+
+/// An export's answer: a move only when the plugin said so and every write was stored.
+fn handover_answer(moved: std::thread::Result<bool>, out: &StateWriter<'_>) -> RawHandover {
+    match moved {
+        Ok(true) if !out.failed() => RawHandover::MOVE,
+        Ok(_) => RawHandover::DECLINE,
+        Err(_) => RawHandover::PANICKED,
+    }
+}
+
+fn adopt_answer(adopted: std::thread::Result<bool>) -> RawHandover {
+    match adopted {
+        Ok(true) => RawHandover::MOVE,
+        Ok(false) => RawHandover::DECLINE,
+        Err(_) => RawHandover::PANICKED,
     }
 }
 

@@ -40,7 +40,7 @@ pub mod testing;
 pub use abi::{ConnErrorCode, ConnId, ConnectErrorCode, TimerId, ABI_VERSION, MAX_WORKER_MESSAGE};
 pub use sdk::{
     raw_sock_addr, ConnError, ConnMap, ConnectAddr, ConnectError, Counter, Frame, Host, InputEnd, Notifier,
-    NotifyError, PeerCred, Protocol, SendFileError, TaskError, TaskId, Transport, WorkerInfo, WorkerMsgError,
+    NotifyError, PeerCred, Protocol, SendFileError, StateWriter, TaskError, TaskId, Transport, WorkerInfo, WorkerMsgError,
 };
 
 /// The abi_stable this crate is built with, for code that implements the raw ABI itself (a fake

@@ -764,6 +764,96 @@ pub trait Protocol: Sized + 'static {
     fn on_input_end(&mut self, _host: &mut Host<'_>, _conn: ConnId) -> InputEnd {
         InputEnd::Close
     }
+
+    // Hand-over (plugin-api 0.1.4): on a reload, upgrade or recycle the old worker's
+    // connections move to its replacement with the state the plugin writes for them, instead of
+    // draining. See "Hand-over" in docs/plugins.md.
+
+    /// The version of the state [`Protocol::export_conn`] and [`Protocol::export_worker`]
+    /// write (the plugin's own numbering: bump it when the format changes). 0, the default: the
+    /// plugin does not take part and its workers drain on a replacement.
+    const HANDOVER_VERSION: u32 = 0;
+
+    /// In the replacement, before anything moves: whether this instance reads state that
+    /// `plugin` exported at `version` (an older release's, or a newer one's after a roll-back).
+    /// The default accepts its own [`Protocol::HANDOVER_VERSION`] only. False: nothing moves,
+    /// the old worker drains.
+    fn handover_accepts(&mut self, _host: &mut Host<'_>, _plugin: &str, version: u32) -> bool {
+        version == Self::HANDOVER_VERSION
+    }
+
+    /// In the old worker: writes what the replacement needs to resume `conn` (its session, a
+    /// half-read request's parser state…) to `out` and answers true; false (the default)
+    /// declines, and the connection drains here as before. Keep the state: should the
+    /// replacement fail, the connection resumes in this instance (it hears nothing more of a
+    /// connection that moved: no `on_close`). The host moves the bytes it buffered itself
+    /// (unread input, queued output, files queued by `send_file`): write only the plugin's own.
+    fn export_conn(&mut self, _host: &mut Host<'_>, _conn: ConnId, _out: &mut StateWriter<'_>) -> bool {
+        false
+    }
+
+    /// In the replacement: `conn` (an id of this worker) arrives with what the old instance's
+    /// [`Protocol::export_conn`] wrote, at `version`. True: adopted (no `on_connect`: the
+    /// connection goes on where it was); false: it goes back to the old worker and drains there.
+    fn adopt_conn(&mut self, _host: &mut Host<'_>, _conn: ConnId, _version: u32, _state: &[u8]) -> bool {
+        false
+    }
+
+    /// In the old worker, after its connections: the worker-wide state (a keyspace, rooms),
+    /// written as it is serialised (large state goes to a memfd without a second copy). True
+    /// (the default: nothing to write) moves it; false moves nothing at all (the worker drains).
+    fn export_worker(&mut self, _host: &mut Host<'_>, _out: &mut StateWriter<'_>) -> bool {
+        true
+    }
+
+    /// In the replacement, before the connections arrive: what [`Protocol::export_worker`]
+    /// wrote, at `version` (a slice of a read-only mapping for large state: parse it, do not
+    /// keep it). False: the hand-over fails, the old worker takes everything back and drains.
+    fn adopt_worker(&mut self, _host: &mut Host<'_>, _version: u32, _state: &[u8]) -> bool {
+        true
+    }
+}
+
+/// Where a plugin writes its hand-over state ([`Protocol::export_conn`],
+/// [`Protocol::export_worker`]): a [`std::io::Write`] whose bytes the host stores as they
+/// come. Write in pieces of any size; a failed write means the host could not store it (the
+/// export then fails whatever the plugin answers).
+pub struct StateWriter<'a> {
+    sink: abi::RawStateSinkRef<'a>,
+    written: u64,
+    failed: bool,
+}
+
+impl<'a> StateWriter<'a> {
+    /// A writer over the host's sink (used by the glue and [`crate::testing`]).
+    pub fn new(sink: abi::RawStateSinkRef<'a>) -> Self {
+        StateWriter { sink, written: 0, failed: false }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// A write failed (the host could not store the bytes).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+}
+
+impl std::io::Write for StateWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.failed || !self.sink.write(RSlice::from_slice(buf)) {
+            self.failed = true;
+            return Err(std::io::Error::new(std::io::ErrorKind::OutOfMemory, "the host could not store the state"));
+        }
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Per-connection state of a plugin, indexed by [`ConnId`] in O(1). Entries of a closed

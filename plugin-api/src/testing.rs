@@ -472,6 +472,61 @@ impl<P: Protocol> TestPlugin<P> {
         end
     }
 
+    /// Hands this worker's `conns` over to `to` (a replacement: the same plugin or another
+    /// release of it), as the host does on a reload: `to` must accept the state version
+    /// (`handover_accepts`), then each connection's state is exported (`export_conn`; one that
+    /// declines stays here), the worker-wide state is exported and adopted
+    /// (`export_worker`, `adopt_worker`), and each connection is adopted (`adopt_conn`) under
+    /// a new id of `to`, with the bytes this side buffered and did not deliver (they are fed to
+    /// `to` at once). Answers the moved connections as (old id, new id), or why nothing moved.
+    pub fn hand_over_to<Q: Protocol>(
+        &mut self,
+        to: &mut TestPlugin<Q>,
+        conns: &[ConnId],
+    ) -> Result<Vec<(ConnId, ConnId)>, String> {
+        let name = std::any::type_name::<P>().to_string();
+        if P::HANDOVER_VERSION == 0 {
+            return Err("the old plugin does not take part".into());
+        }
+        if !to.call(|q, h| q.handover_accepts(h, &name, P::HANDOVER_VERSION)) {
+            return Err(format!("the new plugin refuses state version {}", P::HANDOVER_VERSION));
+        }
+        let mut states = Vec::new();
+        for &conn in conns {
+            let mut bytes = Vec::new();
+            let moved = self
+                .call(|p, h| p.export_conn(h, conn, &mut crate::StateWriter::new(crate::abi::state_sink(&mut bytes))));
+            if moved {
+                states.push((conn, bytes));
+            }
+        }
+        let mut worker = Vec::new();
+        if !self.call(|p, h| p.export_worker(h, &mut crate::StateWriter::new(crate::abi::state_sink(&mut worker)))) {
+            return Err("the old plugin declined to export its worker state".into());
+        }
+        if !to.call(|q, h| q.adopt_worker(h, P::HANDOVER_VERSION, &worker)) {
+            return Err("the new plugin refused the worker state".into());
+        }
+        let mut moved = Vec::new();
+        for (old, state) in states {
+            let new = ConnId::new(to.next_conn, 1);
+            to.next_conn += 1;
+            if let Some(peer) = self.host.peers.get(&old) {
+                to.host.peers.insert(new, *peer);
+            }
+            if !to.call(|q, h| q.adopt_conn(h, new, P::HANDOVER_VERSION, &state)) {
+                continue;
+            }
+            let buffered = self.buffers.remove(&old).unwrap_or_default();
+            if let Some(n) = self.expect.remove(&old) {
+                to.expect.insert(new, n);
+            }
+            to.feed(new, &buffered);
+            moved.push((old, new));
+        }
+        Ok(moved)
+    }
+
     /// An error on `conn` (`on_error`).
     pub fn error(&mut self, conn: ConnId, err: ConnError) {
         self.call(|p, h| p.on_error(h, conn, err));

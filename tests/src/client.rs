@@ -184,6 +184,11 @@ impl Client {
         }
     }
 
+    /// Another handle on the socket, to write from another thread while this one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.stream.try_clone().expect("a clone of the socket")
+    }
+
     /// Closes our sending side (the server reads EOF).
     pub fn shutdown_write(&self) {
         let _ = self.stream.shutdown(Shutdown::Write);

@@ -36,8 +36,9 @@ pub const MAX_FRAME: usize = 64 << 20;
 pub const MAX_OUTPUT: usize = 256 << 20;
 /// The most descriptors one frame carries.
 pub const MAX_FDS_PER_FRAME: usize = 32;
-/// The most descriptors received and not yet handed with a frame.
-const MAX_HELD_FDS: usize = 4 * MAX_FDS_PER_FRAME;
+/// The most descriptors one frame of a hand-over carries (the kernel's `SCM_MAX_FD`: one
+/// `sendmsg`).
+pub const MAX_FDS_PER_HANDOVER_FRAME: usize = 253;
 const HEADER: usize = 5;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -73,6 +74,8 @@ pub struct Channel<S, Tx, Rx> {
     pub error: Option<String>,
     max_frame: usize,
     max_output: usize,
+    /// The most descriptors a frame carries; 4 times as many may wait unclaimed.
+    max_fds: usize,
     _messages: PhantomData<fn(Tx) -> Rx>,
 }
 
@@ -93,6 +96,7 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
             error: None,
             max_frame: MAX_FRAME,
             max_output: MAX_OUTPUT,
+            max_fds: MAX_FDS_PER_FRAME,
             _messages: PhantomData,
         }
     }
@@ -113,8 +117,21 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
             error: self.error,
             max_frame: self.max_frame,
             max_output: self.max_output,
+            max_fds: self.max_fds,
             _messages: PhantomData,
         }
+    }
+
+    /// The same channel with up to `max_fds` descriptors a frame (at most
+    /// [`MAX_FDS_PER_HANDOVER_FRAME`]), for a hand-over's batches.
+    pub fn with_max_fds(mut self, max_fds: usize) -> Self {
+        self.max_fds = max_fds.min(MAX_FDS_PER_HANDOVER_FRAME);
+        self
+    }
+
+    /// The most descriptors one frame carries.
+    pub fn max_fds(&self) -> usize {
+        self.max_fds
     }
 
     #[cfg(test)]
@@ -136,14 +153,15 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the channel is closed"));
         }
         let payload = postcard::to_stdvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        if payload.len() > self.max_frame || fds.len() > MAX_FDS_PER_FRAME {
+        if payload.len() > self.max_frame || fds.len() > self.max_fds {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "a message of {} bytes with {} descriptors is over the limit ({} bytes, {MAX_FDS_PER_FRAME} descriptors)",
+                    "a message of {} bytes with {} descriptors is over the limit ({} bytes, {} descriptors)",
                     payload.len(),
                     fds.len(),
-                    self.max_frame
+                    self.max_frame,
+                    self.max_fds
                 ),
             ));
         }
@@ -298,7 +316,7 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
                 }
                 Ok(n) => {
                     self.input.truncate(old + n);
-                    if self.in_fds.len() > MAX_HELD_FDS {
+                    if self.in_fds.len() > 4 * self.max_fds {
                         self.break_off(format!("the peer sent {} descriptors no frame claims", self.in_fds.len()));
                         return;
                     }
@@ -326,9 +344,9 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
             let header = &self.input[at..at + HEADER];
             let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
             let nfds = header[4] as usize;
-            if len > self.max_frame || nfds > MAX_FDS_PER_FRAME {
-                let max = self.max_frame;
-                self.break_off(format!("the peer announced a frame of {len} bytes and {nfds} descriptors (the limit is {max} bytes, {MAX_FDS_PER_FRAME} descriptors)"));
+            if len > self.max_frame || nfds > self.max_fds {
+                let (max, max_fds) = (self.max_frame, self.max_fds);
+                self.break_off(format!("the peer announced a frame of {len} bytes and {nfds} descriptors (the limit is {max} bytes, {max_fds} descriptors)"));
                 return;
             }
             if self.input.len() - at < HEADER + len {

@@ -73,6 +73,28 @@ pub enum ToWorker {
     ParentDeath {
         kill: bool,
     },
+    /// Hand the connections over to the slot's replacement instead of draining (protocol 7):
+    /// the frame carries this worker's end of a socket pair whose other end the replacement got
+    /// with `Adopt`. Within `timeout_ms` the replacement must have acknowledged; otherwise, or
+    /// if it refuses or dies, the worker keeps what it holds and does `fallback`.
+    HandOver {
+        timeout_ms: u64,
+        fallback: Fallback,
+    },
+    /// Adopt what the slot's previous worker hands over on the socket pair end the frame carries;
+    /// new connections wait meanwhile, `timeout_ms` at most.
+    Adopt {
+        timeout_ms: u64,
+    },
+}
+
+/// What an old worker does with the connections that do not move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fallback {
+    /// Drain them within this many milliseconds, then exit (a graceful replacement).
+    Drain { timeout_ms: u64 },
+    /// Close them and exit (a plain reload).
+    Stop,
 }
 
 /// A worker another worker may send messages to.
@@ -107,6 +129,81 @@ pub enum ToMaster {
     LogsReopened { id: u64, error: Option<String> },
     /// The worker's parent-death signal is as [`ToWorker::ParentDeath`] asked (`kill`).
     ParentDeath { kill: bool },
+    /// An old worker's hand-over ended (protocol 7): what moved, what stayed (and drains or
+    /// stops), and why when it failed.
+    HandedOver(HandoverReport),
+}
+
+/// What one hand-over did, as the old worker saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverReport {
+    /// Connections the replacement adopted.
+    pub moved: u64,
+    /// Connections that stayed: declined by the plugin, refused by the new one, or not movable
+    /// (TLS, handshaking, closing, outbound); they drain (or stop) in the old worker.
+    pub stayed: u64,
+    /// Bytes of plugin state sent: the connections' and the worker's.
+    pub state_bytes: u64,
+    /// The worker-wide state went through a sealed memfd (it was large).
+    pub memfd: bool,
+    /// Milliseconds from the old worker's last read to the replacement's acknowledgement (the
+    /// replacement reads at once on adoption: the pause a client of a moved connection sees).
+    pub pause_ms: u64,
+    /// Why nothing (or only part) moved: None when the hand-over went through.
+    pub failure: Option<String>,
+    /// The old and new workers talked (false: the old plugin does not take part, or the pair
+    /// could not be used: a drain as before, not a failure).
+    pub attempted: bool,
+}
+
+/// A message between an old worker and its replacement, on the socket pair the master made
+/// for their hand-over (the same framing as the master's channel: variant 0 is the hello,
+/// variant 1 an error). Order: old `Offer` → new `Accept` or `Refuse` → old `State`, `Conns`…
+/// (each with its descriptors), `Done` → new `Ack` or `Failed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Handover {
+    Hello {
+        protocol: u32,
+    },
+    Error(String),
+    /// The old instance's plugin and the version of the state it exports.
+    Offer {
+        plugin: String,
+        version: u32,
+    },
+    /// The new instance reads that version: the old worker stops reading and sends.
+    Accept,
+    /// It does not: nothing moves.
+    Refuse(String),
+    /// The worker-wide state, `len` bytes: inline, or (None) in the sealed memfd the frame carries.
+    State {
+        len: u64,
+        inline: Option<Vec<u8>>,
+    },
+    /// A batch of connections: the frame carries, for each in order, its socket then its files.
+    Conns(Vec<MovedConn>),
+    /// Everything was sent.
+    Done,
+    /// For each connection sent, in order: adopted (true) or to be taken back (false). The old
+    /// worker closes its copies of the adopted ones only now.
+    Ack(Vec<bool>),
+    /// The new worker could not adopt the worker state: the old one takes everything back.
+    Failed(String),
+}
+
+impl Message for Handover {
+    fn allowed_before_hello(tag: u32) -> bool {
+        tag == 1
+    }
+}
+
+/// One connection of a hand-over: the host's part and the plugin's state for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MovedConn {
+    /// The kind of its socket (the frame's next descriptor), followed by its files' descriptors.
+    pub kind: crate::worker::SocketKind,
+    pub snapshot: crate::worker::Snapshot,
+    pub state: Vec<u8>,
 }
 
 /// What a channel needs to know of the messages it receives.

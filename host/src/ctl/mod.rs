@@ -21,12 +21,16 @@ pub mod watch;
 use std::io::{self, Read, Write};
 
 pub use self::channel::Channel;
-pub use self::messages::{Peer, ReportKind, ToMaster, ToWorker, FINAL_REPORT, PROTOCOL};
+pub use self::messages::{
+    Fallback, Handover, HandoverReport, MovedConn, Peer, ReportKind, ToMaster, ToWorker, FINAL_REPORT, PROTOCOL,
+};
 
 /// The master's end of a worker's channel.
 pub type MasterChannel<S> = Channel<S, ToWorker, ToMaster>;
 /// A worker's end of its channel to the master.
 pub type WorkerChannel<S> = Channel<S, ToMaster, ToWorker>;
+/// Either end of a hand-over's socket pair (old worker ↔ replacement).
+pub type HandoverChannel<S> = Channel<S, Handover, Handover>;
 
 /// The longest request line on the control socket.
 pub const MAX_REQUEST_LINE: usize = 4096;

@@ -6,7 +6,7 @@
 
 /// Every plugin callback the worker's loop makes, by the name of its `RawPlugin` (or
 /// `RawPluginExt`) method.
-pub const CALLBACKS: [&str; 17] = [
+pub const CALLBACKS: [&str; 22] = [
     "on_worker_start",
     "on_worker_stop",
     "on_worker_reload",
@@ -24,6 +24,11 @@ pub const CALLBACKS: [&str; 17] = [
     "on_task_done",
     "on_notify",
     "on_input_end",
+    "handover_accepts",
+    "handover_export_conn",
+    "handover_export_worker",
+    "handover_adopt_worker",
+    "handover_adopt_conn",
 ];
 
 const TIME_BITS: u32 = 56;

@@ -314,6 +314,11 @@ pub struct MasterMetrics {
     pub reloads: Family<Labels, Counter>,
     pub reload_seconds: Histogram,
     pub drain_seconds: Histogram,
+    /// Hand-overs: connections moved and drained, bytes of state, and the pause clients of a
+    /// moved connection saw (the old worker's last read to the replacement's acknowledgement).
+    pub handover_connections: Family<Labels, Counter>,
+    pub handover_state_bytes: Counter,
+    pub handover_pause_seconds: Histogram,
 }
 
 impl Default for MasterMetrics {
@@ -322,6 +327,9 @@ impl Default for MasterMetrics {
             reloads: Family::default(),
             reload_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             drain_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            handover_connections: Family::default(),
+            handover_state_bytes: Counter::default(),
+            handover_pause_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         }
     }
 }
@@ -334,6 +342,15 @@ impl MasterMetrics {
 
     pub fn drained(&self, duration: Duration) {
         self.drain_seconds.observe(duration.as_secs_f64());
+    }
+
+    pub fn handed_over(&self, report: &crate::ctl::HandoverReport) {
+        self.handover_connections.get_or_create(&labels(&[("outcome", "moved")])).inc_by(report.moved);
+        self.handover_connections.get_or_create(&labels(&[("outcome", "drained")])).inc_by(report.stayed);
+        self.handover_state_bytes.inc_by(report.state_bytes);
+        if report.failure.is_none() {
+            self.handover_pause_seconds.observe(report.pause_ms as f64 / 1000.0);
+        }
     }
 }
 
@@ -375,6 +392,17 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics, format: MetricsFo
     registry.register("reloads", "Reloads by outcome", master.reloads.clone());
     registry.register("reload_duration_seconds", "How long reloads took", master.reload_seconds.clone());
     registry.register("drain_duration_seconds", "How long retired workers took to exit", master.drain_seconds.clone());
+    registry.register(
+        "handover_connections",
+        "Connections of replaced workers moved to their replacement or drained",
+        master.handover_connections.clone(),
+    );
+    registry.register("handover_state_bytes", "Bytes of plugin state handed over", master.handover_state_bytes.clone());
+    registry.register(
+        "handover_pause_seconds",
+        "How long moved connections went unread during a hand-over",
+        master.handover_pause_seconds.clone(),
+    );
 
     for service in &status.services {
         for state in WORKER_STATES {
@@ -516,6 +544,7 @@ mod tests {
             workers: vec![row(0, 40), row(1, 2)],
             exits: vec![ExitRow { service: "web".into(), how: "signal SIGKILL".into(), count: 3 }],
             last_reload: None,
+            handovers: Vec::new(),
         };
         let m = MasterMetrics::default();
         m.reload_finished("done", Duration::from_millis(120));

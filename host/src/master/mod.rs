@@ -12,6 +12,7 @@
 mod admin;
 mod backoff;
 mod control;
+mod handover;
 mod logs;
 mod mailbox;
 mod prepare;
@@ -577,6 +578,10 @@ impl Master {
                         self.carry_counters(id, key);
                     }
                     Output::Send(id, msg) => self.send(id, &msg),
+                    Output::HandOver { old, new, timeout_ms, fallback } => {
+                        self.start_handover(old, new, timeout_ms, fallback)
+                    }
+                    Output::HandedOver(report) => self.metrics.handed_over(&report),
                     Output::Answer(client, answer) => self.answer_all(&[client], &answer),
                     Output::Check(job) => self.preparer.submit(job),
                     Output::ReloadDone { outcome, duration } => self.metrics.reload_finished(outcome, duration),
@@ -636,6 +641,42 @@ impl Master {
             }
             self.watch_channel_output(id);
         }
+    }
+
+    /// Makes the socket pair of a hand-over and gives one end to each worker (the replacement
+    /// first); when it cannot be made, or a worker speaks a protocol without hand-overs, the old
+    /// worker drains (or stops) instead.
+    fn start_handover(&mut self, old: WorkerId, new: WorkerId, timeout_ms: u64, fallback: crate::ctl::Fallback) {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let speaks =
+            |id| self.channels.get(&id).and_then(|c| c.peer_protocol).is_some_and(|p| p >= handover::HANDOVER_PROTOCOL);
+        if !speaks(old) || !speaks(new) {
+            tracing::info!(worker = old.0, "the worker's protocol has no hand-over; it drains");
+            return self.send(old, &handover::fallback_message(fallback));
+        }
+        let pair = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC);
+        let (a, b) = match pair {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(worker = old.0, "could not make a hand-over socket pair: {e}; the worker drains");
+                return self.send(old, &handover::fallback_message(fallback));
+            }
+        };
+        let (adopt, hand_over) = handover::messages(timeout_ms, fallback);
+        self.send_with_fds(new, &adopt, vec![b]);
+        self.send_with_fds(old, &hand_over, vec![a]);
+    }
+
+    fn send_with_fds(&mut self, id: WorkerId, msg: &ToWorker, fds: Vec<std::os::fd::OwnedFd>) {
+        if let Some(channel) = self.channels.get_mut(&id) {
+            if let Err(e) = channel.send_with_fds(msg, fds) {
+                tracing::warn!(worker = id.0, "could not send {msg:?}: {e}");
+                if channel.error.is_some() {
+                    channel.shut_down();
+                }
+            }
+        }
+        self.watch_channel_output(id);
     }
 
     fn send(&mut self, id: WorkerId, msg: &ToWorker) {
@@ -756,6 +797,7 @@ impl Master {
                 ToMaster::ParentDeath { kill } => {
                     self.parent_death.insert(id, kill);
                 }
+                ToMaster::HandedOver(report) => self.sup.handed_over(id, report),
             }
         }
         // A worker of another version, a frame over the limit, a worker that does not read: the

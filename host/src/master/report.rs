@@ -215,6 +215,20 @@ impl Master {
                     (None, None) => None,
                 }
             },
+            handovers: self
+                .sup
+                .handovers
+                .iter()
+                .map(|(service, t)| status::HandoverRow {
+                    service: service.clone(),
+                    handovers: t.handovers,
+                    failed: t.failed,
+                    moved: t.moved,
+                    drained: t.stayed,
+                    state_bytes: t.state_bytes,
+                    last: t.last.as_ref().map(super::handover::describe).unwrap_or_default(),
+                })
+                .collect(),
         }
     }
 

@@ -84,6 +84,16 @@ pub enum Output {
     },
     /// A retired worker exited this long after it was told to go.
     Drained(Duration),
+    /// Make a socket pair and tell `old` to hand its connections over to `new` through it
+    /// (`fallback`: what `old` does with what stays).
+    HandOver {
+        old: WorkerId,
+        new: WorkerId,
+        timeout_ms: u64,
+        fallback: crate::ctl::Fallback,
+    },
+    /// A hand-over ended, as its old worker reported it (for the metrics).
+    HandedOver(crate::ctl::HandoverReport),
     /// Send the service's new connections to these slots only (their sockets' indices in the
     /// SO_REUSEPORT group), or (None) to every slot, by the kernel's hash.
     Steer {
@@ -124,6 +134,8 @@ pub struct Supervisor<P> {
     pub(in crate::master) steered: BTreeMap<ServiceId, Option<Vec<u32>>>,
     /// The services' TLS session ticket keys (kept across reloads, handed over on upgrade).
     pub(in crate::master) tickets: crate::tls::tickets::TicketStore,
+    /// Hand-overs by service name (`status`, `/metrics`).
+    pub handovers: BTreeMap<String, super::handover::HandoverTotals>,
 }
 
 impl<P: Processes> Supervisor<P> {
@@ -160,6 +172,7 @@ impl<P: Processes> Supervisor<P> {
             reload_started: now,
             steered: BTreeMap::new(),
             tickets: Default::default(),
+            handovers: BTreeMap::new(),
         }
     }
 

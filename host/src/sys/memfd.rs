@@ -23,6 +23,28 @@ pub fn sealed_memfd(name: &str, from: &mut impl std::io::Read) -> io::Result<Own
     Ok(fd)
 }
 
+/// A new close-on-exec memfd that can be sealed later ([`seal`]): a hand-over's worker state is
+/// written into it as the plugin serialises it.
+pub fn sealable_memfd(name: &str) -> io::Result<std::fs::File> {
+    let name = CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let fd = memfd_create(&name, MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING)?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Seals a memfd of [`sealable_memfd`] against any change (and against removing the seals).
+pub fn seal(fd: &impl AsRawFd) -> io::Result<()> {
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
+    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(())
+}
+
+/// Whether a memfd is sealed as [`seal`] seals it (a hand-over's receiver trusts no other).
+pub fn is_sealed(fd: &impl AsRawFd) -> io::Result<bool> {
+    let seals = fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS)?;
+    let want = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
+    Ok(SealFlag::from_bits_truncate(seals).contains(want))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,7 +51,7 @@ pub use self::fd::{
 };
 pub use self::guardian::{pidfd_ended, pidfd_open, Guardian, GUARDIAN_ENV};
 pub use self::identity::{check_identity, switch_identity};
-pub use self::memfd::sealed_memfd;
+pub use self::memfd::{is_sealed, seal, sealable_memfd, sealed_memfd};
 pub use self::openat::{open_dir_nofollow, open_file_nofollow, open_root_dir};
 pub use self::process::{
     dup_inherited_above, exec_image, exec_restoring, exec_with_title, open_running_image, set_nonblocking,

@@ -8,8 +8,12 @@ use std::io::{self, Read};
 use std::net::Shutdown;
 
 use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::RStr;
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
-use plugin_api::abi::{CallStatus, ConnError, ConnErrorCode, RawFrame, RawHost_TO, RawInputEnd, RawPluginBox};
+use plugin_api::abi::{
+    state_sink, CallStatus, ConnError, ConnErrorCode, RawFrame, RawHandover, RawHost_TO, RawInputEnd, RawPluginBox,
+    RawStateSink,
+};
 use plugin_api::{ConnId, TimerId};
 
 use super::core::{Conn, Core, Ctx, Deferred, Flushed};
@@ -101,6 +105,62 @@ pub fn notify(plugin: &mut RawPluginBox, core: &mut Core, data: &[u8]) {
 
 pub fn connect(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
     conn_call!(plugin, core, id, "on_connect", on_connect, id);
+}
+
+// Hand-over (`event_loop/handover.rs`): the plugin's answers; a panic counts and refuses.
+
+/// The version of the state the plugin exports (0: it does not take part).
+pub fn handover_version(plugin: &mut RawPluginBox) -> u32 {
+    plugin.extension().ext.handover_version()
+}
+
+pub fn handover_accepts(plugin: &mut RawPluginBox, core: &mut Core, from_plugin: &str, version: u32) -> bool {
+    call!(plugin.extension().ext, core, handover_accepts, RStr::from_str(from_plugin), version)
+}
+
+pub fn handover_export_conn(
+    plugin: &mut RawPluginBox,
+    core: &mut Core,
+    id: ConnId,
+    state: &mut Vec<u8>,
+) -> RawHandover {
+    let answer = call!(plugin.extension().ext, core, handover_export_conn, id, state_sink(state));
+    handover_answer(core, answer, "handover_export_conn")
+}
+
+pub fn handover_export_worker(plugin: &mut RawPluginBox, core: &mut Core, sink: &mut impl RawStateSink) -> RawHandover {
+    let answer = call!(plugin.extension().ext, core, handover_export_worker, state_sink(sink));
+    handover_answer(core, answer, "handover_export_worker")
+}
+
+pub fn handover_adopt_worker(plugin: &mut RawPluginBox, core: &mut Core, version: u32, state: &[u8]) -> RawHandover {
+    let answer = call!(plugin.extension().ext, core, handover_adopt_worker, version, RSlice::from_slice(state));
+    handover_answer(core, answer, "handover_adopt_worker")
+}
+
+pub fn handover_adopt_conn(
+    plugin: &mut RawPluginBox,
+    core: &mut Core,
+    id: ConnId,
+    version: u32,
+    state: &[u8],
+) -> RawHandover {
+    let answer = call!(plugin.extension().ext, core, handover_adopt_conn, id, version, RSlice::from_slice(state));
+    handover_answer(core, answer, "handover_adopt_conn")
+}
+
+fn handover_answer(core: &mut Core, answer: RawHandover, what: &str) -> RawHandover {
+    if answer == RawHandover::PANICKED {
+        count_panic(core);
+        tracing::error!("plugin panicked in {what}; read as a refusal");
+    }
+    answer
+}
+
+/// A connection the plugin knows went away outside the table (a hand-over could not take it
+/// back): the plugin hears `on_close`.
+pub fn closed_elsewhere(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
+    let _ = call!(plugin, core, on_close, id);
 }
 
 pub fn drain(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {

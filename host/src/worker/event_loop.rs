@@ -25,6 +25,8 @@ use crate::config::WorkerSpec;
 use crate::ctl::{self, ReportKind, ToMaster, ToWorker, WorkerChannel};
 use crate::sys;
 
+mod handover;
+
 const LISTENER: Token = Token(0);
 const CONTROL: Token = Token(1);
 const SIGNALS: Token = Token(2);
@@ -72,6 +74,10 @@ pub(super) struct Worker {
     tasks_pending: bool,
     /// The master's process when this worker started (its parent).
     parent: nix::unistd::Pid,
+    /// The plugin's name (a hand-over offers it to the replacement).
+    plugin_name: String,
+    /// A hand-over under way, as the old worker or as the replacement.
+    handover: Option<handover::Session>,
 }
 
 impl Worker {
@@ -127,6 +133,8 @@ impl Worker {
             udp_pending: false,
             parent: nix::unistd::getppid(),
             tasks_pending: false,
+            plugin_name: loaded.name.clone(),
+            handover: None,
             poll,
         };
         worker.core.worker_count = spec.worker_count;
@@ -174,11 +182,15 @@ impl Worker {
             if events.iter().any(|e| e.token() == CONTROL) {
                 self.read_control();
             }
+            // Then the hand-over: an old worker's acknowledgement, a replacement's adoptions.
+            if self.handover.is_some() {
+                self.drive_handover();
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER if self.listener.is_udp() => self.udp_pending = self.core.phase.accepting(),
                     LISTENER => self.accept_all(),
-                    CONTROL => {}
+                    CONTROL | handover::HANDOVER => {}
                     SIGNALS => self.read_signals(),
                     MAILBOX => self.mailbox_pending = true,
                     tasks::TASKS => self.tasks_pending = true,
@@ -246,6 +258,7 @@ impl Worker {
             (self.heartbeat_ms > 0).then_some(self.next_heartbeat_ms),
             self.core.next_outbound_deadline(),
             self.core.access_log.deadline_ms(),
+            self.handover_deadline(),
         ];
         deadlines.into_iter().flatten().min().map(|d| Duration::from_millis(d.saturating_sub(now)))
     }
@@ -324,6 +337,8 @@ impl Worker {
                 ToWorker::Drain { timeout_ms } => self.start_drain(timeout_ms),
                 ToWorker::ReloadHook => dispatch::worker_reload(&mut self.plugin, &mut self.core),
                 ToWorker::ParentDeath { kill } => self.parent_death(kill),
+                ToWorker::HandOver { timeout_ms, fallback } => self.start_handover(fds, timeout_ms, fallback),
+                ToWorker::Adopt { timeout_ms } => self.start_adopt(fds, timeout_ms),
                 ToWorker::Logs { id, access_log, log_file } => {
                     let error = self.switch_logs(fds, access_log, log_file).err();
                     if let Some(e) = &error {
@@ -489,17 +504,47 @@ impl Worker {
             return;
         }
         tracing::info!(connections = self.core.open_count(), timeout_ms, "draining");
+        self.stop_accepting();
+        self.core.access_log.flush();
+        for id in self.core.ids() {
+            dispatch::drain(&mut self.plugin, &mut self.core, id);
+        }
+        self.core.close_sessions();
+    }
+
+    /// A replacement waiting for its predecessor's state takes no connection (they wait in the
+    /// slot's accept queue); [`Worker::resume_accepting`] goes on.
+    fn pause_accepting(&mut self) {
+        if self.core.phase.accepting() {
+            self.stop_accepting();
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        if !self.core.phase.accepting() {
+            return;
+        }
+        if let Err(e) = self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE) {
+            tracing::error!("could not watch the listening socket again: {e}");
+        }
+        if let Some(udp) = self.core.udp.as_mut() {
+            let _ = self.poll.registry().register(udp, LISTENER, Interest::READABLE);
+            self.udp_pending = true;
+        }
+        // Connections queued meanwhile raise no new edge.
+        if !self.listener.is_udp() {
+            self.accept_all();
+        }
+    }
+
+    /// Stops taking connections (and datagrams): the slot's replacement serves from now on.
+    fn stop_accepting(&mut self) {
         let _ = self.poll.registry().deregister(&mut self.listener);
         // UDP: the slot's socket is shared with the replacement, which reads it from now on.
         if let Some(udp) = self.core.udp.as_mut() {
             let _ = self.poll.registry().deregister(udp);
         }
         self.udp_pending = false;
-        self.core.access_log.flush();
-        for id in self.core.ids() {
-            dispatch::drain(&mut self.plugin, &mut self.core, id);
-        }
-        self.core.close_sessions();
     }
 
     fn read_conn(&mut self, index: usize, hup: bool) {
@@ -578,6 +623,7 @@ fn msg_name(msg: &ToMaster) -> &'static str {
         ToMaster::Alive { .. } => "alive",
         ToMaster::LogsReopened { .. } => "logs reopened",
         ToMaster::ParentDeath { .. } => "parent death",
+        ToMaster::HandedOver(_) => "hand-over report",
     }
 }
 

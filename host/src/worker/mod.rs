@@ -23,6 +23,9 @@ mod tasks;
 mod timers;
 mod transport;
 
+pub(crate) use self::core::Snapshot;
+pub(crate) use self::transport::SocketKind;
+
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::Duration;

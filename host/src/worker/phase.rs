@@ -18,7 +18,7 @@
 ///
 /// *End of input on an `Open` connection: `Closing` unless the plugin's `on_input_end` keeps it
 /// open (then it stays `Open`, not read again, until the plugin closes it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConnPhase {
     /// Accepted under TLS, the handshake not complete. The plugin has not heard of it
     /// (`on_connect` comes after the handshake) and hears nothing if it closes before; it is
@@ -96,7 +96,8 @@ pub enum Exit {
 /// ```text
 ///  Serving ──Drain / SIGTERM──► Draining ──nothing left, or deadline──► Exiting(Drained)
 ///  Serving | Draining ──Stop / SIGINT / master gone──► Exiting
-///  Serving ──(hand-over, not built yet)──► HandingOver ──connections adopted──► Exiting
+///  Serving ──HandOver──► HandingOver ──acknowledged, refused, failed or timed out──►
+///      Draining (what stayed drains: `Fallback::Drain`) | Exiting (`Fallback::Stop`)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerPhase {
@@ -106,9 +107,9 @@ pub enum WorkerPhase {
     /// connection and no task is left, or at `deadline_ms`.
     Draining { deadline_ms: u64 },
     /// Not accepting: moving its connections to the slot's replacement (each leaves the table as
-    /// an `ExportedConn`), exiting once they are adopted or, should the replacement fail, taking
-    /// them back and draining. Entered by the hand-over, which is not built yet.
-    #[allow(dead_code)]
+    /// an `ExportedConn`), until the replacement acknowledges, refuses or fails, or
+    /// `deadline_ms`; then what stayed (or was taken back) drains or stops. The hand-over ends
+    /// it (`event_loop/handover.rs`), never an idle table: every connection may be out of it.
     HandingOver { deadline_ms: u64 },
     /// The loop ends after this turn; `was_draining`: what `Host::is_draining` says meanwhile.
     Exiting { exit: Exit, was_draining: bool },
@@ -129,13 +130,22 @@ impl WorkerPhase {
         }
     }
 
-    /// Starts a drain ending at `deadline_ms`: true when it began now (only a serving worker
-    /// drains; a second drain keeps the first deadline).
+    /// Starts a drain ending at `deadline_ms`: true when it began now (only a serving worker,
+    /// or one whose hand-over ended, drains; a second drain keeps the first deadline).
     pub fn drain(&mut self, deadline_ms: u64) -> bool {
-        if *self != WorkerPhase::Serving {
+        if !matches!(*self, WorkerPhase::Serving | WorkerPhase::HandingOver { .. }) {
             return false;
         }
         *self = WorkerPhase::Draining { deadline_ms };
+        true
+    }
+
+    /// Starts a hand-over ending at `deadline_ms` (only from serving): true when it began now.
+    pub fn hand_over(&mut self, deadline_ms: u64) -> bool {
+        if *self != WorkerPhase::Serving {
+            return false;
+        }
+        *self = WorkerPhase::HandingOver { deadline_ms };
         true
     }
 
@@ -164,9 +174,9 @@ impl WorkerPhase {
         match self {
             WorkerPhase::Serving => None,
             WorkerPhase::Exiting { exit, .. } => Some(exit),
-            WorkerPhase::Draining { deadline_ms } | WorkerPhase::HandingOver { deadline_ms } => {
-                (now_ms >= deadline_ms || idle()).then_some(Exit::Drained)
-            }
+            WorkerPhase::Draining { deadline_ms } => (now_ms >= deadline_ms || idle()).then_some(Exit::Drained),
+            // The hand-over ends it, at its deadline at the latest.
+            WorkerPhase::HandingOver { .. } => None,
         }
     }
 }

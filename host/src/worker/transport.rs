@@ -400,7 +400,6 @@ impl Source for Transport {
 
 /// A connection's socket taken out of its transport (`core::export`): the descriptor, and
 /// which kind of stream it is.
-#[cfg_attr(not(test), allow(dead_code, reason = "the hand-over's base: only the tests export yet"))]
 pub enum Socket {
     Tcp(OwnedFd),
     Unix(OwnedFd),
@@ -419,8 +418,40 @@ impl std::fmt::Debug for Socket {
     }
 }
 
-#[cfg_attr(not(test), allow(dead_code, reason = "the hand-over's base: only the tests export yet"))]
+impl Socket {
+    /// A socket of `kind` received in a hand-over.
+    pub fn from_kind(kind: SocketKind, fd: OwnedFd) -> Self {
+        match kind {
+            SocketKind::Tcp => Socket::Tcp(fd),
+            SocketKind::Unix => Socket::Unix(fd),
+        }
+    }
+
+    /// Its kind and a duplicate of its descriptor (what a hand-over sends: the original stays
+    /// until the replacement acknowledges). None for a test's fake socket.
+    pub fn dup(&self) -> Option<io::Result<(SocketKind, OwnedFd)>> {
+        match self {
+            Socket::Tcp(fd) => Some(fd.try_clone().map(|fd| (SocketKind::Tcp, fd))),
+            Socket::Unix(fd) => Some(fd.try_clone().map(|fd| (SocketKind::Unix, fd))),
+            #[cfg(test)]
+            Socket::Fake(_) => None,
+        }
+    }
+}
+
+/// Which kind of stream a moved descriptor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SocketKind {
+    Tcp,
+    Unix,
+}
+
 impl Transport {
+    /// The connection runs TLS (plain TCP or Unix: false).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The socket and the TLS state (None: plain), for an export. A UDP session has no socket
     /// of its own: it is given back.
     pub fn into_parts(self) -> Result<(Socket, Option<Box<ServerConnection>>), Self> {

@@ -38,18 +38,24 @@
 //! a deadline, 20 at a time, and removes the expired ones, going on while more than 10% of a
 //! sample had expired, within a bounded number of rounds and about a millisecond (Redis' algorithm).
 //!
+//! On a reload, `host upgrade` or a recycle the keyspace (with its deadlines), the counters and
+//! every connection's session (client id and name, RESP3) move to the new worker, and so do the
+//! connections (hand-over, [`handover`]): a client sees the same keys on an unbroken connection.
+//! A connection inside `MULTI` or with `WATCH`ed keys finishes on the old worker, which drains it.
+//!
 //! The parts are public for other plugins: [`proto`] frames and splits commands, [`reply`]
 //! writes RESP2/RESP3 replies, [`store`] is the keyspace, [`commands`] runs commands on it.
 
 pub mod commands;
 pub mod glob;
+pub mod handover;
 pub mod proto;
 pub mod reply;
 pub mod store;
 
 use std::time::{Duration, Instant};
 
-use plugin_api::{export_plugin, ConnId, ConnMap, Frame, Host, Protocol, TimerId, WorkerInfo};
+use plugin_api::{export_plugin, ConnId, ConnMap, Frame, Host, Protocol, StateWriter, TimerId, WorkerInfo};
 
 use crate::commands::{execute, After, Server, ServerInfo, Session};
 use crate::proto::{frame_command, Args, Framed, Progress, BULK_MAX};
@@ -95,6 +101,8 @@ impl Resp {
 }
 
 impl Protocol for Resp {
+    const HANDOVER_VERSION: u32 = handover::STATE_VERSION;
+
     fn new(_config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         let info = ServerInfo {
             pid: worker.pid,
@@ -180,6 +188,47 @@ impl Protocol for Resp {
             let (_, more) = self.server.store.expire_cycle(now, EXPIRE_ROUNDS);
             if !more || started.elapsed() >= EXPIRE_BUDGET {
                 break;
+            }
+        }
+    }
+
+    fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+        match self.conns.get(conn) {
+            Some(c) if !c.close_after_command => handover::write_session(&c.session, out).unwrap_or(false),
+            _ => false,
+        }
+    }
+
+    fn adopt_conn(&mut self, host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
+        if version != handover::STATE_VERSION {
+            return false;
+        }
+        match handover::read_session(state) {
+            Ok(session) => {
+                let session = self.server.adopt_session(session, host.peer_addr(conn), host.local_addr(conn));
+                self.conns.insert(conn, Conn { session, ..Conn::default() });
+                true
+            }
+            Err(e) => {
+                plugin_api::tracing::warn!("a moved connection's session is unreadable: {e}");
+                false
+            }
+        }
+    }
+
+    fn export_worker(&mut self, host: &mut Host<'_>, out: &mut StateWriter<'_>) -> bool {
+        handover::write_worker(&self.server, host.now_ms(), out).is_ok()
+    }
+
+    fn adopt_worker(&mut self, host: &mut Host<'_>, version: u32, state: &[u8]) -> bool {
+        if version != handover::STATE_VERSION {
+            return false;
+        }
+        match handover::read_worker(&mut self.server, host.now_ms(), state) {
+            Ok(()) => true,
+            Err(e) => {
+                plugin_api::tracing::error!("the previous worker's keyspace is unreadable: {e}");
+                false
             }
         }
     }

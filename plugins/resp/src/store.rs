@@ -118,6 +118,25 @@ impl Store {
         self.map.iter().map(|(k, e)| k.len() + e.value.len()).sum()
     }
 
+    /// Every entry in the keyspace's order, expired ones not yet removed included (a hand-over
+    /// writes them out).
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
+        self.map.iter().map(|(k, e)| (&**k, e))
+    }
+
+    /// Puts an entry in as it came from a hand-over (`expires_at` on this worker's clock, or
+    /// [`NEVER`]). A key this worker has already is newer (written since it started serving):
+    /// it stays.
+    pub fn insert_moved(&mut self, key: Box<[u8]>, value: Vec<u8>, expires_at: u64) {
+        if self.map.contains_key(&key) {
+            return;
+        }
+        if expires_at != NEVER {
+            self.volatile.insert(key.clone());
+        }
+        self.map.insert(key, Entry { value, expires_at });
+    }
+
     /// Keys with a deadline.
     pub fn volatile_len(&self) -> usize {
         self.volatile.len()

@@ -3,9 +3,14 @@
 //! connection (the host enforces the limit while the plugin answers `NeedMore`). When the worker
 //! drains, an idle connection closes at once and one with half a line closes after that line.
 //!
+//! On a reload, upgrade or recycle its connections move to the new worker (hand-over): the
+//! host carries the half line read so far, the plugin its one flag (state version 1).
+//!
 //! Run: host --plugin text --listen 127.0.0.1:7000, then `nc 127.0.0.1 7000`.
 
-use plugin_api::{export_plugin, ConnId, ConnMap, Frame, Host, Protocol, WorkerInfo};
+use std::io::Write;
+
+use plugin_api::{export_plugin, ConnId, ConnMap, Frame, Host, Protocol, StateWriter, WorkerInfo};
 
 #[derive(Debug, Default)]
 struct Conn {
@@ -28,6 +33,9 @@ pub fn frame_line(buf: &[u8]) -> Frame {
 }
 
 impl Protocol for Text {
+    /// Version 1: one byte per connection, 1 when part of a line is buffered.
+    const HANDOVER_VERSION: u32 = 1;
+
     fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
         Ok(Text { conns: ConnMap::new() })
     }
@@ -49,6 +57,25 @@ impl Protocol for Text {
 
     fn on_close(&mut self, _host: &mut Host<'_>, conn: ConnId) {
         self.conns.remove(conn);
+    }
+
+    fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+        let state = self.conns.get(conn);
+        // A connection asked to close after its line is draining already: it stays.
+        if state.is_some_and(|s| s.close_after_line) {
+            return false;
+        }
+        out.write_all(&[state.is_some_and(|s| s.partial) as u8]).is_ok()
+    }
+
+    fn adopt_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
+        match (version, state) {
+            (1, [partial @ (0 | 1)]) => {
+                self.conns.insert(conn, Conn { partial: *partial == 1, close_after_line: false });
+                true
+            }
+            _ => false,
+        }
     }
 
     fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
@@ -75,5 +102,37 @@ mod tests {
         assert_eq!(frame_line(b"a\nbc\n"), Frame::Complete(2));
         assert_eq!(frame_line(b"\n"), Frame::Complete(1));
         assert_eq!(frame_line(b"crlf\r\nx"), Frame::Complete(6));
+    }
+
+    // A half line moves with its connection: the new instance completes it, and a draining
+    // connection (closing after its line) stays behind.
+    #[test]
+    fn a_half_line_is_completed_by_the_new_instance() {
+        use plugin_api::testing::TestPlugin;
+        let mut old = TestPlugin::<Text>::new("").unwrap();
+        let half = old.connect();
+        old.feed(half, b"hel");
+        let draining = old.connect();
+        old.feed(draining, b"x");
+        old.drain(&[draining]);
+        let mut new = TestPlugin::<Text>::new("").unwrap();
+        let moved = old.hand_over_to(&mut new, &[half, draining]).unwrap();
+        assert_eq!(moved.len(), 1, "the draining connection stays");
+        let (from, to) = moved[0];
+        assert_eq!(from, half);
+        new.feed(to, b"lo\n");
+        assert_eq!(new.host.take_sent(to), b"hello\n");
+        assert!(new.call(|p, _| p.conns.get(to).is_some_and(|c| !c.partial)));
+    }
+
+    #[test]
+    fn state_of_an_unknown_version_is_refused() {
+        use plugin_api::testing::TestPlugin;
+        let mut new = TestPlugin::<Text>::new("").unwrap();
+        let conn = ConnId::new(0, 1);
+        assert!(!new.call(|p, h| p.adopt_conn(h, conn, 2, &[1])));
+        assert!(!new.call(|p, h| p.adopt_conn(h, conn, 1, &[7])));
+        assert!(!new.call(|p, h| p.handover_accepts(h, "text", 2)));
+        assert!(new.call(|p, h| p.handover_accepts(h, "text", 1)));
     }
 }

@@ -49,6 +49,8 @@ mod frame;
 mod resp;
 // Hot reload: plugin files replaced by mv, cp, a refused file, a missing one, cargo build.
 mod reload;
+// Hand-over: connections and plugin state move to the replacement on a reload.
+mod handover;
 // `host upgrade`: the master re-executes the binary installed at its path (same pid, sockets and
 // connections kept), every worker follows; refusals leave the old master serving.
 mod upgrade;

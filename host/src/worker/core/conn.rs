@@ -41,7 +41,7 @@ pub struct FileOut {
 }
 
 /// Who opened the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Origin {
     /// Accepted on the listening socket (or a UDP session opened by a peer's datagram).
     Accepted,
@@ -62,7 +62,7 @@ pub struct ReadSide {
 }
 
 /// Why reading and dispatching are held (either holds them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hold {
     /// The plugin paused receiving (`RawHost::pause_recv`).
     pub by_plugin: bool,

@@ -23,7 +23,7 @@ use super::conn::{Conn, FileOut, Hold, Origin, ReadSide, Sched};
 use super::{Core, Deferred, CONN_TOKEN_BASE};
 
 /// A range of a file queued among a connection's output (its descriptor travels beside it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileRange {
     /// Its place in the output: written once [`Snapshot::output`] is written up to this index.
     pub at: usize,
@@ -31,8 +31,9 @@ pub struct FileRange {
     pub remaining: u64,
 }
 
-/// Everything of a connection but its descriptors and TLS state, as plain values.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything of a connection but its descriptors and TLS state, as plain values (what a
+/// hand-over sends beside the descriptors).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     /// `Open` or `Closing` (the phases that can move).
     pub phase: ConnPhase,
@@ -97,7 +98,44 @@ pub struct ImportError {
     pub source: io::Error,
 }
 
+/// Why a connection does not move in a hand-over (it drains in the old worker instead): the one
+/// place that decides, so that what moves later (TLS record continuation, outbound connections
+/// with their owner) plugs in here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Stay {
+    /// Handshaking, connecting, closing or lingering: nothing for a plugin to resume.
+    #[error("not open")]
+    NotOpen,
+    /// TLS: its record layer cannot continue in another process yet.
+    #[error("TLS")]
+    Tls,
+    /// Opened by the plugin (`Host::connect`): its owner's plugin state would have to move with it.
+    #[error("outbound")]
+    Outbound,
+    /// A UDP session: it has no socket of its own (the slot's socket is shared anyway).
+    #[error("a UDP session")]
+    Datagram,
+}
+
 impl Core {
+    /// Whether connection `id` can move to a replacement, or why it stays.
+    pub fn movable(&self, id: ConnId) -> Result<(), Stay> {
+        let c = self.get(id).ok_or(Stay::NotOpen)?;
+        if c.stream.datagram_peer().is_some() {
+            return Err(Stay::Datagram);
+        }
+        if c.phase != ConnPhase::Open {
+            return Err(Stay::NotOpen);
+        }
+        if c.stream.is_tls() {
+            return Err(Stay::Tls);
+        }
+        if c.origin == Origin::Outbound {
+            return Err(Stay::Outbound);
+        }
+        Ok(())
+    }
+
     /// What [`Core::export`] would take of the connection, its descriptors aside.
     pub fn snapshot(&self, id: ConnId) -> Option<Snapshot> {
         let c = self.get(id)?;
@@ -148,12 +186,40 @@ impl Core {
         Ok(ExportedConn { socket, tls, files, snapshot })
     }
 
+    /// Takes a connection out like [`Core::export`] but keeps its id reserved, so that
+    /// [`Core::restore`] can put it back under the same id (the plugin of this worker knows it
+    /// by that id) should the hand-over fail; [`Core::release`] frees the id once it moved.
+    pub fn hold(&mut self, id: ConnId) -> Result<ExportedConn, ExportError> {
+        let exported = self.export(id)?;
+        // `take` freed the index last: reserve it again.
+        if self.free.last() == Some(&(id.index() as u32)) {
+            self.free.pop();
+        } else {
+            self.free.retain(|&i| i as usize != id.index());
+        }
+        Ok(exported)
+    }
+
+    /// Puts a connection taken by [`Core::hold`] back under its id.
+    pub fn restore(&mut self, id: ConnId, conn: ExportedConn) -> Result<ConnId, ImportError> {
+        self.import_at(id, conn)
+    }
+
+    /// Frees the id of a connection taken by [`Core::hold`] that moved for good.
+    pub fn release(&mut self, id: ConnId) {
+        self.release_id(id);
+    }
+
     /// Puts an exported connection in the table under a new id (ids are per worker): registered
     /// for reading, its output flushed and its buffered input dispatched at the end of the turn.
     pub fn import(&mut self, conn: ExportedConn) -> Result<ConnId, ImportError> {
+        let id = self.reserve_id();
+        self.import_at(id, conn)
+    }
+
+    fn import_at(&mut self, id: ConnId, conn: ExportedConn) -> Result<ConnId, ImportError> {
         let ExportedConn { socket, tls, files, snapshot: s } = conn;
         let mut stream = Transport::from_parts(socket, tls);
-        let id = self.reserve_id();
         let index = id.index();
         if let Err(source) = self.registry.register(&mut stream, Token(index + CONN_TOKEN_BASE), Interest::READABLE) {
             self.release_id(id);

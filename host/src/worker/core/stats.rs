@@ -55,6 +55,8 @@ pub struct Stats {
     /// UDP datagrams dropped: over the max package size, over the session limit, or for a
     /// session whose plugin paused receiving.
     pub datagrams_dropped: u64,
+    /// Connections adopted from the slot's previous worker (hand-overs).
+    pub adopted: u64,
 }
 
 #[cfg(test)]

@@ -184,6 +184,27 @@ impl Server {
         Session { id: self.next_client_id, peer, local, ..Session::default() }
     }
 
+    /// A session that arrived in a hand-over (its id, name and protocol kept; counted like a
+    /// new one). Later sessions get ids above it.
+    pub fn adopt_session(&mut self, session: Session, peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Session {
+        self.next_client_id = self.next_client_id.max(session.id);
+        self.connected_clients += 1;
+        Session { peer, local, ..session }
+    }
+
+    /// The counters a hand-over carries to the next worker: the last client id, connections
+    /// and commands served.
+    pub fn counters(&self) -> [u64; 3] {
+        [self.next_client_id, self.total_connections, self.total_commands]
+    }
+
+    /// Takes over the counters of [`Server::counters`] from the worker this one replaces.
+    pub fn adopt_counters(&mut self, [next_client_id, total_connections, total_commands]: [u64; 3]) {
+        self.next_client_id = self.next_client_id.max(next_client_id);
+        self.total_connections += total_connections;
+        self.total_commands += total_commands;
+    }
+
     /// The connection of `session` is gone: its watches end with it.
     pub fn end_session(&mut self, session: &mut Session) {
         self.connected_clients = self.connected_clients.saturating_sub(1);

@@ -1,0 +1,114 @@
+//! Hand-over, the master's part: when a slot's replacement is promoted (a reload step, an
+//! upgrade's step, a recycle), the old worker is told to hand its connections over to it
+//! (`HandOver`, with one end of a socket pair the master makes; the replacement gets the other
+//! with `Adopt`) instead of draining, when the service allows it (`handover`, on by default)
+//! and both speak a protocol that has it. The master stays off the data path: the two workers
+//! talk over their pair (`worker/event_loop/handover.rs`). What happened comes back from the old
+//! worker (`HandedOver`): the log line, `status` and `/metrics` say it.
+
+use std::time::Duration;
+
+use super::process::Processes;
+use super::slots::WorkerId;
+use super::supervisor::{Output, Supervisor};
+use crate::ctl::{Fallback, HandoverReport, ToWorker};
+
+/// How long an old worker waits for its replacement's acknowledgement before it takes its
+/// connections back and drains (or stops).
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first worker protocol with hand-overs.
+pub const HANDOVER_PROTOCOL: u32 = 7;
+
+/// A service's hand-overs, for `status` and `/metrics` (kept across its workers).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandoverTotals {
+    /// Hand-overs that ended (moved something or not).
+    pub handovers: u64,
+    /// Of them, those that failed (refused, timed out, the replacement died): all drained.
+    pub failed: u64,
+    /// Connections moved, and connections that stayed (drained) in all of them.
+    pub moved: u64,
+    pub stayed: u64,
+    pub state_bytes: u64,
+    /// The last one, as its old worker reported it.
+    pub last: Option<HandoverReport>,
+}
+
+impl<P: Processes> Supervisor<P> {
+    /// Retires `old`, replaced in its slot by `new`: a hand-over when the service has it on,
+    /// else a drain (graceful) or a stop, with the kill deadline after either.
+    pub(in crate::master) fn retire_for(&mut self, old: WorkerId, new: Option<WorkerId>, graceful: bool) {
+        let handover = self.slots.worker(old).is_some_and(|w| self.services[w.key.service.0].service.handover);
+        let Some(new) = new.filter(|_| handover) else { return self.retire(old, graceful) };
+        let (drain, kill) = (self.timeouts.drain, self.timeouts.kill);
+        let now = self.procs.now();
+        let Some(w) = self.slots.worker_mut(old) else { return };
+        let fallback = match graceful {
+            true => Fallback::Drain { timeout_ms: drain.as_millis() as u64 },
+            false => Fallback::Stop,
+        };
+        let kill_at = now + HANDOVER_TIMEOUT + if graceful { drain } else { Duration::ZERO } + kill;
+        w.kill_at = Some(w.kill_at.map_or(kill_at, |k| k.min(kill_at)));
+        w.stall_at = None;
+        w.retired_at.get_or_insert(now);
+        self.slots.retire(old);
+        let timeout_ms = HANDOVER_TIMEOUT.as_millis() as u64;
+        self.out.push(Output::HandOver { old, new, timeout_ms, fallback });
+    }
+
+    /// An old worker's hand-over ended: the log line, and the service's totals.
+    pub fn handed_over(&mut self, id: WorkerId, report: HandoverReport) {
+        let Some(key) = self.slots.worker(id).map(|w| w.key) else { return };
+        let service = self.service_name(key.service).to_string();
+        let text = describe(&report);
+        match &report.failure {
+            None => {
+                tracing::info!(service = %service, slot = key.slot, moved = report.moved, drained = report.stayed, state_bytes = report.state_bytes, memfd = report.memfd, pause_ms = report.pause_ms, "hand-over: {text}")
+            }
+            // A plugin that does not take part (or a hand-over that could not begin): a drain as before.
+            Some(_) if !report.attempted => {
+                tracing::info!(service = %service, slot = key.slot, drained = report.stayed, "no hand-over: {text}")
+            }
+            Some(_) => tracing::warn!(service = %service, slot = key.slot, drained = report.stayed, "hand-over {text}"),
+        }
+        let totals = self.handovers.entry(service.clone()).or_default();
+        totals.handovers += 1;
+        totals.failed += (report.failure.is_some() && report.attempted) as u64;
+        totals.moved += report.moved;
+        totals.stayed += report.stayed;
+        totals.state_bytes += report.state_bytes;
+        totals.last = Some(report.clone());
+        self.out.push(Output::HandedOver(report));
+    }
+}
+
+/// One hand-over in words (the log line, `status`).
+pub fn describe(r: &HandoverReport) -> String {
+    match &r.failure {
+        None => format!(
+            "{} connections moved, {} drained, {} bytes of state{}, paused {} ms",
+            r.moved,
+            r.stayed,
+            r.state_bytes,
+            if r.memfd { " (memfd)" } else { "" },
+            r.pause_ms
+        ),
+        Some(why) if !r.attempted => format!("{} drained: {why}", r.stayed),
+        Some(why) => format!("failed, {} drained: {why}", r.stayed),
+    }
+}
+
+/// The messages a hand-over starts with: `Adopt` for the replacement, `HandOver` for the old
+/// worker (each frame carries one end of the pair).
+pub fn messages(timeout_ms: u64, fallback: Fallback) -> (ToWorker, ToWorker) {
+    (ToWorker::Adopt { timeout_ms }, ToWorker::HandOver { timeout_ms, fallback })
+}
+
+/// What an old worker that cannot hand over is told instead.
+pub fn fallback_message(fallback: Fallback) -> ToWorker {
+    match fallback {
+        Fallback::Drain { timeout_ms } => ToWorker::Drain { timeout_ms },
+        Fallback::Stop => ToWorker::Stop,
+    }
+}

@@ -1,0 +1,608 @@
+//! The hand-over, in the worker: on a replacement, the old worker's connections and its plugin's
+//! state move to the new worker over a socket pair the master made for the two (`HandOver` to
+//! the old one, `Adopt` to the new one), instead of draining. The master stays off the data path.
+//!
+//! The order that loses nothing (see "Hand-over" in docs/architecture.md):
+//!
+//! ```text
+//!  old: Offer{plugin, version} ─────────────►  new: handover_accepts? ── Refuse ─► old drains
+//!                               ◄── Accept ──
+//!  old: for each movable connection: plugin's export_conn → out of the table (deregistered,
+//!       its id held); the worker state (inline, or a sealed memfd when large);
+//!       State, Conns… (≤ 253 descriptors a frame, duplicates), Done ─►
+//!                                              new: adopt_worker, then per connection: import
+//!                                              (registered), adopt_conn (or give it back)
+//!                               ◄── Ack ───── new: sends it before it reads any of them, then
+//!                                              reads at once (edge-triggered: what arrived
+//!                                              meanwhile raises no edge)
+//!  old: closes its copies of the adopted ones; restores the others under their ids; drains
+//!       (or stops) what is left.
+//! ```
+//!
+//! No acknowledgement by the deadline, the new worker gone (its end closed), a refusal or a
+//! failure to adopt the worker state: the old worker restores every connection it holds and
+//! drains as before. The old instance keeps its plugin state throughout (an export does not
+//! consume it), so a restored connection goes on where it was.
+
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::OwnedFd;
+
+use mio::net::UnixStream;
+use mio::{Interest, Token};
+use plugin_api::abi::{RawHandover, RawStateSink};
+use plugin_api::ConnId;
+
+use super::super::core::ExportedConn;
+use super::super::dispatch;
+use super::super::transport::Socket;
+use super::Worker;
+use crate::ctl::{Fallback, Handover, HandoverChannel, HandoverReport, MovedConn, ToMaster, PROTOCOL};
+use crate::sys;
+
+/// The token of the hand-over's socket pair.
+pub const HANDOVER: Token = Token(6);
+/// Worker state larger than this goes through a sealed memfd rather than the channel.
+const INLINE_STATE: usize = 64 * 1024;
+/// A batch of connections is sent once its bytes (state, buffered input and output) reach this.
+const BATCH_BYTES: usize = 8 << 20;
+
+/// The worker's side of a hand-over under way.
+pub(super) enum Session {
+    Old(OldSide),
+    New(NewSide),
+}
+
+/// The worker being replaced.
+pub(super) struct OldSide {
+    channel: HandoverChannel<UnixStream>,
+    fallback: Fallback,
+    deadline_ms: u64,
+    /// Sent and not acknowledged: each under the id it had here (held: not reused).
+    held: Vec<(ConnId, ExportedConn)>,
+    /// When the connections left the table (None: not yet, the offer is out).
+    stopped_ms: Option<u64>,
+    report: HandoverReport,
+}
+
+/// The replacement.
+pub(super) struct NewSide {
+    channel: HandoverChannel<UnixStream>,
+    /// The state version it accepted.
+    version: Option<u32>,
+    /// Frames kept until `Done`: nothing is adopted (and read) before everything arrived.
+    stash: Vec<(Handover, Vec<OwnedFd>)>,
+    /// Its part is over; the session ends once the channel has written what is queued.
+    finished: bool,
+    /// It gives up waiting (and accepts again) at this time.
+    deadline_ms: u64,
+}
+
+/// Where the worker state goes while the plugin writes it: memory, then a memfd once it is
+/// over [`INLINE_STATE`] (written as it comes: no second copy of a large state in the worker).
+#[derive(Default)]
+struct StateSink {
+    inline: Vec<u8>,
+    memfd: Option<std::fs::File>,
+    len: u64,
+    error: Option<io::Error>,
+}
+
+impl RawStateSink for StateSink {
+    fn write(&mut self, data: abi_stable::std_types::RSlice<'_, u8>) -> bool {
+        let data = data.as_slice();
+        if self.error.is_some() {
+            return false;
+        }
+        if self.memfd.is_none() && self.inline.len() + data.len() > INLINE_STATE {
+            match sys::sealable_memfd("host-handover-state") {
+                Ok(mut file) => match file.write_all(&self.inline) {
+                    Ok(()) => {
+                        self.inline = Vec::new();
+                        self.memfd = Some(file);
+                    }
+                    Err(e) => self.error = Some(e),
+                },
+                Err(e) => self.error = Some(e),
+            }
+        }
+        let written = match &mut self.memfd {
+            Some(file) => file.write_all(data),
+            None => {
+                self.inline.extend_from_slice(data);
+                Ok(())
+            }
+        };
+        match written {
+            Ok(()) => {
+                self.len += data.len() as u64;
+                true
+            }
+            Err(e) => {
+                self.error = Some(e);
+                false
+            }
+        }
+    }
+}
+
+impl StateSink {
+    /// The `State` frame and its descriptor (the sealed memfd), or why the state cannot go.
+    fn finish(self) -> io::Result<(Handover, Vec<OwnedFd>)> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        match self.memfd {
+            None => Ok((Handover::State { len: self.len, inline: Some(self.inline) }, Vec::new())),
+            Some(file) => {
+                sys::seal(&file)?;
+                Ok((Handover::State { len: self.len, inline: None }, vec![OwnedFd::from(file)]))
+            }
+        }
+    }
+}
+
+/// Reads a worker state that came in a memfd: it must be sealed and exactly `len` bytes long.
+fn read_state_memfd(fd: OwnedFd, len: u64) -> io::Result<Vec<u8>> {
+    if !sys::is_sealed(&fd)? {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the state's memfd is not sealed"));
+    }
+    let mut file = std::fs::File::from(fd);
+    let size = file.seek(io::SeekFrom::End(0))?;
+    if size != len {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("the state is {size} bytes, {len} announced")));
+    }
+    file.rewind()?;
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len as usize).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The channel over one end of the master's socket pair, watched by the loop.
+fn open_channel(worker: &mut Worker, fds: Vec<OwnedFd>) -> io::Result<HandoverChannel<UnixStream>> {
+    let fd = fds.into_iter().next().ok_or_else(|| io::Error::other("no socket came with the frame"))?;
+    let stream = std::os::unix::net::UnixStream::from(sys::expect_socket(fd, "the hand-over socket")?);
+    stream.set_nonblocking(true)?;
+    let mut channel = HandoverChannel::new(UnixStream::from_std(stream))
+        .with_max_fds(crate::ctl::channel::MAX_FDS_PER_HANDOVER_FRAME);
+    worker.poll.registry().register(&mut channel.stream, HANDOVER, Interest::READABLE)?;
+    channel.send(&Handover::Hello { protocol: PROTOCOL })?;
+    Ok(channel)
+}
+
+impl Worker {
+    /// `HandOver` from the master: stop accepting (the replacement serves from now on) and offer
+    /// the connections to the replacement; without a hand-over (the plugin does not take part,
+    /// the socket is missing), do `fallback` at once.
+    pub(super) fn start_handover(&mut self, fds: Vec<OwnedFd>, timeout_ms: u64, fallback: Fallback) {
+        if !self.core.phase.accepting() {
+            tracing::debug!("a hand-over asked of a worker that is not serving ignored");
+            return;
+        }
+        let version = dispatch::handover_version(&mut self.plugin);
+        let mut report = HandoverReport { stayed: self.core.open_count() as u64, ..HandoverReport::default() };
+        if version == 0 {
+            report.failure = Some("the plugin does not take part in hand-overs".into());
+            return self.handover_ended(report, fallback);
+        }
+        let channel = match open_channel(self, fds) {
+            Ok(channel) => channel,
+            Err(e) => {
+                report.failure = Some(format!("could not reach the replacement: {e}"));
+                return self.handover_ended(report, fallback);
+            }
+        };
+        self.core.phase.hand_over(self.core.now_ms + timeout_ms);
+        self.stop_accepting();
+        tracing::info!(connections = self.core.open_count(), timeout_ms, "handing over");
+        let report = HandoverReport { attempted: true, ..HandoverReport::default() };
+        let mut old = OldSide {
+            channel,
+            fallback,
+            deadline_ms: self.core.now_ms + timeout_ms,
+            held: Vec::new(),
+            stopped_ms: None,
+            report,
+        };
+        let offer = Handover::Offer { plugin: self.plugin_name.clone(), version };
+        if let Err(e) = old.channel.send(&offer) {
+            return self.end_old(old, format!("could not offer the connections: {e}"));
+        }
+        self.handover = Some(Session::Old(old));
+    }
+
+    /// `Adopt` from the master: the other end of a hand-over; wait for the old worker's offer.
+    pub(super) fn start_adopt(&mut self, fds: Vec<OwnedFd>, timeout_ms: u64) {
+        if self.handover.is_some() {
+            tracing::warn!("a second hand-over while one is under way ignored");
+            return;
+        }
+        match open_channel(self, fds) {
+            Ok(channel) => {
+                // New clients wait in the slot's accept queue until the old worker's state is
+                // here: none of them sees a keyspace without it.
+                self.pause_accepting();
+                let deadline_ms = self.core.now_ms + timeout_ms;
+                let new = NewSide { channel, version: None, stash: Vec::new(), finished: false, deadline_ms };
+                self.handover = Some(Session::New(new));
+            }
+            Err(e) => tracing::warn!("could not open the hand-over from the previous worker: {e}"),
+        }
+    }
+
+    /// Each loop turn while a hand-over is under way: what the peer sent, the deadline, the
+    /// channel's output.
+    pub(super) fn drive_handover(&mut self) {
+        self.handover = match self.handover.take() {
+            Some(Session::Old(old)) => self.drive_old(old).map(Session::Old),
+            Some(Session::New(new)) => self.drive_new(new).map(Session::New),
+            None => None,
+        };
+    }
+
+    /// The hand-over's deadline, for the poll's timeout.
+    pub(super) fn handover_deadline(&self) -> Option<u64> {
+        match &self.handover {
+            Some(Session::Old(old)) => Some(old.deadline_ms),
+            Some(Session::New(new)) => Some(new.deadline_ms),
+            None => None,
+        }
+    }
+
+    fn drive_old(&mut self, mut old: OldSide) -> Option<OldSide> {
+        for (msg, _fds) in old.channel.read_with_fds() {
+            match msg {
+                Handover::Hello { .. } => {}
+                Handover::Accept if old.stopped_ms.is_none() => {
+                    if let Err(why) = self.send_everything(&mut old) {
+                        self.end_old(old, why);
+                        return None;
+                    }
+                }
+                Handover::Ack(adopted) if old.stopped_ms.is_some() => {
+                    self.finish_old(old, adopted);
+                    return None;
+                }
+                Handover::Refuse(why) => {
+                    self.end_old(old, format!("the new worker refused the state: {why}"));
+                    return None;
+                }
+                Handover::Failed(why) => {
+                    self.end_old(old, format!("the new worker could not adopt: {why}"));
+                    return None;
+                }
+                Handover::Error(why) => {
+                    self.end_old(old, format!("the new worker failed: {why}"));
+                    return None;
+                }
+                other => {
+                    self.end_old(old, format!("the new worker sent {} out of turn", name(&other)));
+                    return None;
+                }
+            }
+        }
+        if old.channel.closed {
+            let why = match &old.channel.error {
+                Some(e) => format!("the channel to the new worker broke: {e}"),
+                None => "the new worker is gone".to_string(),
+            };
+            self.end_old(old, why);
+            return None;
+        }
+        if self.core.now_ms >= old.deadline_ms {
+            self.end_old(old, "no acknowledgement from the new worker in time".into());
+            return None;
+        }
+        self.flush_handover(&mut old.channel);
+        Some(old)
+    }
+
+    /// After `Accept`: takes every movable connection out of the table with its plugin state,
+    /// then the worker state, and sends them all.
+    fn send_everything(&mut self, old: &mut OldSide) -> Result<(), String> {
+        let mut conns = Vec::new();
+        let mut stayed = 0u64;
+        for id in self.core.ids() {
+            if let Err(why) = self.core.movable(id) {
+                tracing::debug!(conn = id.0, "stays: {why}");
+                stayed += 1;
+                continue;
+            }
+            let mut state = Vec::new();
+            if dispatch::handover_export_conn(&mut self.plugin, &mut self.core, id, &mut state) != RawHandover::MOVE {
+                stayed += 1;
+                continue;
+            }
+            match self.core.hold(id) {
+                Ok(conn) => conns.push((id, conn, state)),
+                Err(e) => {
+                    tracing::debug!(conn = id.0, "stays: {e}");
+                    stayed += 1;
+                }
+            }
+        }
+        old.stopped_ms = Some(self.core.now_ms);
+        old.report.stayed = stayed;
+        old.held = Vec::with_capacity(conns.len());
+        let mut sink = StateSink::default();
+        let answer = dispatch::handover_export_worker(&mut self.plugin, &mut self.core, &mut sink);
+        // From here on a failure restores what `held` has: keep every connection there first.
+        let mut states = Vec::with_capacity(conns.len());
+        for (id, conn, state) in conns {
+            states.push(state);
+            old.held.push((id, conn));
+        }
+        if answer != RawHandover::MOVE {
+            return Err("the plugin did not export its worker state".into());
+        }
+        old.report.state_bytes = sink.len + states.iter().map(|s| s.len() as u64).sum::<u64>();
+        old.report.memfd = sink.memfd.is_some();
+        let (frame, fds) = sink.finish().map_err(|e| format!("could not store the worker state: {e}"))?;
+        old.channel.send_with_fds(&frame, fds).map_err(|e| format!("could not send the worker state: {e}"))?;
+
+        let max_fds = old.channel.max_fds();
+        let (mut batch, mut fds, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+        for ((_, conn), state) in old.held.iter().zip(states) {
+            let need = 1 + conn.files.len();
+            if need > max_fds {
+                return Err(format!("a connection with {} files queued cannot go in one message", conn.files.len()));
+            }
+            if fds.len() + need > max_fds || bytes >= BATCH_BYTES {
+                let sent =
+                    old.channel.send_with_fds(&Handover::Conns(std::mem::take(&mut batch)), std::mem::take(&mut fds));
+                sent.map_err(|e| format!("could not send connections: {e}"))?;
+                bytes = 0;
+            }
+            let (kind, socket) = match conn.socket.dup() {
+                Some(Ok(dup)) => dup,
+                Some(Err(e)) => return Err(format!("could not duplicate a socket: {e}")),
+                None => return Err("a socket without a descriptor".into()),
+            };
+            fds.push(socket);
+            for file in &conn.files {
+                fds.push(OwnedFd::from(file.try_clone().map_err(|e| format!("could not duplicate a file: {e}"))?));
+            }
+            bytes += state.len() + conn.snapshot.input.len() + conn.snapshot.output.len() + 256;
+            batch.push(MovedConn { kind, snapshot: conn.snapshot.clone(), state });
+        }
+        if !batch.is_empty() {
+            old.channel
+                .send_with_fds(&Handover::Conns(batch), fds)
+                .map_err(|e| format!("could not send connections: {e}"))?;
+        }
+        old.channel.send(&Handover::Done).map_err(|e| format!("could not finish sending: {e}"))?;
+        tracing::debug!(connections = old.held.len(), stayed, state_bytes = old.report.state_bytes, "hand-over sent");
+        Ok(())
+    }
+
+    /// The replacement acknowledged: the adopted connections' copies close here (without a
+    /// shutdown: the replacement owns them), the others come back under their ids.
+    fn finish_old(&mut self, mut old: OldSide, adopted: Vec<bool>) {
+        if adopted.len() != old.held.len() {
+            let why = format!("the new worker acknowledged {} connections of {}", adopted.len(), old.held.len());
+            return self.end_old(old, why);
+        }
+        for ((id, conn), moved) in std::mem::take(&mut old.held).into_iter().zip(adopted) {
+            if moved {
+                self.core.release(id);
+                drop(conn);
+                old.report.moved += 1;
+            } else {
+                self.restore_conn(id, conn);
+                old.report.stayed += 1;
+            }
+        }
+        old.report.pause_ms = old.stopped_ms.map_or(0, |t| self.core.now_ms.saturating_sub(t));
+        let (report, fallback) = (std::mem::take(&mut old.report), old.fallback);
+        self.handover_ended(report, fallback);
+    }
+
+    /// The hand-over failed: every connection comes back, and what the fallback says follows.
+    fn end_old(&mut self, mut old: OldSide, why: String) {
+        tracing::warn!("hand-over failed: {why}; taking the connections back");
+        let held = std::mem::take(&mut old.held);
+        old.report.stayed += held.len() as u64;
+        for (id, conn) in held {
+            self.restore_conn(id, conn);
+        }
+        let _ = self.poll.registry().deregister(&mut old.channel.stream);
+        old.report.failure = Some(why);
+        old.report.moved = 0;
+        let (report, fallback) = (std::mem::take(&mut old.report), old.fallback);
+        self.handover_ended(report, fallback);
+    }
+
+    fn restore_conn(&mut self, id: ConnId, conn: ExportedConn) {
+        if let Err(e) = self.core.restore(id, conn) {
+            // Its socket closes as the value drops; the plugin hears the close.
+            tracing::warn!(conn = id.0, "could not take a connection back: {}", e.source);
+            self.core.release(id);
+            dispatch::closed_elsewhere(&mut self.plugin, &mut self.core, id);
+        }
+    }
+
+    /// The master hears what the hand-over did; what stayed drains (or the worker stops).
+    fn handover_ended(&mut self, report: HandoverReport, fallback: Fallback) {
+        tracing::info!(
+            moved = report.moved,
+            stayed = report.stayed,
+            state_bytes = report.state_bytes,
+            memfd = report.memfd,
+            pause_ms = report.pause_ms,
+            failure = report.failure.as_deref().unwrap_or("-"),
+            "hand-over ended"
+        );
+        self.send_control(&ToMaster::HandedOver(report));
+        match fallback {
+            Fallback::Drain { timeout_ms } => self.start_drain(timeout_ms),
+            Fallback::Stop => self.core.phase.stop(super::Exit::Stopped),
+        }
+    }
+
+    fn drive_new(&mut self, mut new: NewSide) -> Option<NewSide> {
+        for (msg, fds) in new.channel.read_with_fds() {
+            if new.finished {
+                continue;
+            }
+            match msg {
+                Handover::Hello { .. } => {}
+                Handover::Offer { plugin, version } => {
+                    let answer = match dispatch::handover_version(&mut self.plugin) {
+                        0 => Handover::Refuse("the new plugin does not take part in hand-overs".into()),
+                        _ if dispatch::handover_accepts(&mut self.plugin, &mut self.core, &plugin, version) => {
+                            new.version = Some(version);
+                            Handover::Accept
+                        }
+                        _ => {
+                            Handover::Refuse(format!("the new plugin cannot read state version {version} of {plugin}"))
+                        }
+                    };
+                    if let Handover::Refuse(why) = &answer {
+                        tracing::info!("hand-over refused: {why}");
+                        new.finished = true;
+                    }
+                    let _ = new.channel.send(&answer);
+                }
+                Handover::State { .. } | Handover::Conns(_) => new.stash.push((msg, fds)),
+                Handover::Done => {
+                    self.adopt_all(&mut new);
+                    new.finished = true;
+                }
+                other => {
+                    tracing::warn!("hand-over: the old worker sent {} out of turn; giving up", name(&other));
+                    let _ = new.channel.send(&Handover::Failed("a message out of turn".into()));
+                    new.finished = true;
+                }
+            }
+        }
+        if !new.finished && self.core.now_ms >= new.deadline_ms {
+            tracing::warn!("the previous worker handed nothing over in time; serving without it");
+            new.finished = true;
+            new.channel.shut_down();
+        }
+        self.flush_handover(&mut new.channel);
+        if new.channel.closed || (new.finished && !new.channel.pending()) {
+            let _ = self.poll.registry().deregister(&mut new.channel.stream);
+            self.resume_accepting();
+            // Adopted connections arrived with stashed frames; an unfinished hand-over's
+            // descriptors are the old worker's copies: dropping them here closes nothing of its.
+            return None;
+        }
+        Some(new)
+    }
+
+    /// `Done`: adopts the worker state, then every connection (imported, then offered to the
+    /// plugin); acknowledges before reading any of them.
+    fn adopt_all(&mut self, new: &mut NewSide) {
+        let Some(version) = new.version else {
+            let _ = new.channel.send(&Handover::Failed("nothing was accepted".into()));
+            return;
+        };
+        let mut acks = Vec::new();
+        let mut worker_adopted = false;
+        let (mut moved, mut state_bytes) = (0u64, 0u64);
+        for (msg, fds) in std::mem::take(&mut new.stash) {
+            match msg {
+                Handover::State { len, inline } => {
+                    let bytes = match inline {
+                        Some(bytes) if bytes.len() as u64 == len => Ok(bytes),
+                        Some(bytes) => Err(format!("{} bytes of state, {len} announced", bytes.len())),
+                        None => match fds.into_iter().next() {
+                            Some(fd) => read_state_memfd(fd, len).map_err(|e| format!("could not read the state: {e}")),
+                            None => Err("no memfd came with the state".into()),
+                        },
+                    };
+                    let adopted = bytes.map(|bytes| {
+                        state_bytes += bytes.len() as u64;
+                        dispatch::handover_adopt_worker(&mut self.plugin, &mut self.core, version, &bytes)
+                    });
+                    match adopted {
+                        Ok(RawHandover::MOVE) => worker_adopted = true,
+                        Ok(_) => {
+                            let _ = new.channel.send(&Handover::Failed("the plugin refused the worker state".into()));
+                            return;
+                        }
+                        Err(why) => {
+                            let _ = new.channel.send(&Handover::Failed(why));
+                            return;
+                        }
+                    }
+                }
+                Handover::Conns(list) => {
+                    let mut fds = fds.into_iter();
+                    for m in list {
+                        let socket = fds.next();
+                        let files: Vec<std::fs::File> =
+                            fds.by_ref().take(m.snapshot.files.len()).map(std::fs::File::from).collect();
+                        let Some(socket) = socket.filter(|_| worker_adopted && files.len() == m.snapshot.files.len())
+                        else {
+                            acks.push(false);
+                            continue;
+                        };
+                        let conn = ExportedConn {
+                            socket: Socket::from_kind(m.kind, socket),
+                            tls: None,
+                            files,
+                            snapshot: m.snapshot,
+                        };
+                        let adopted = match self.core.import(conn) {
+                            Ok(id) => {
+                                let answer = dispatch::handover_adopt_conn(
+                                    &mut self.plugin,
+                                    &mut self.core,
+                                    id,
+                                    version,
+                                    &m.state,
+                                );
+                                if answer != RawHandover::MOVE {
+                                    // Back out: this copy closes; the old worker keeps the connection.
+                                    let _ = self.core.export(id);
+                                }
+                                answer == RawHandover::MOVE
+                            }
+                            Err(e) => {
+                                tracing::warn!("could not import a connection: {}", e.source);
+                                false
+                            }
+                        };
+                        moved += adopted as u64;
+                        state_bytes += m.state.len() as u64;
+                        acks.push(adopted);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !worker_adopted {
+            let _ = new.channel.send(&Handover::Failed("no worker state came".into()));
+            return;
+        }
+        tracing::info!(adopted = moved, offered = acks.len(), state_bytes, "connections adopted");
+        self.core.stats.adopted += moved;
+        // The acknowledgement leaves before any adopted connection is read (in this turn's
+        // settling): should this worker die after reading, the old one no longer holds them.
+        let _ = new.channel.send(&Handover::Ack(acks));
+        let _ = new.channel.flush_timeout(std::time::Duration::from_secs(1));
+    }
+
+    fn flush_handover(&mut self, channel: &mut HandoverChannel<UnixStream>) {
+        let done = channel.flush().unwrap_or(true);
+        let interest = if done { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+        let _ = self.poll.registry().reregister(&mut channel.stream, HANDOVER, interest);
+    }
+}
+
+fn name(msg: &Handover) -> &'static str {
+    match msg {
+        Handover::Hello { .. } => "hello",
+        Handover::Error(_) => "error",
+        Handover::Offer { .. } => "offer",
+        Handover::Accept => "accept",
+        Handover::Refuse(_) => "refuse",
+        Handover::State { .. } => "state",
+        Handover::Conns(_) => "connections",
+        Handover::Done => "done",
+        Handover::Ack(_) => "ack",
+        Handover::Failed(_) => "failed",
+    }
+}

@@ -1,0 +1,214 @@
+//! Hand-over (docs/architecture.md, "Hand-over"): on a replacement the old worker's connections
+//! move to the new worker with what it had read and the plugin's state, instead of draining.
+//! Each test speaks as a real client and checks what it would notice: an unbroken connection,
+//! nothing lost; and, when the replacement fails, the old worker still serving it.
+
+use std::time::Duration;
+
+use host_tests::{Client, Host};
+
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+const LOG_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn read_line(c: &mut Client) -> String {
+    let line = c.read_line().unwrap_or_else(|e| panic!("no line: {e}"));
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Sends `first`, reads its echo, then sends `half` and waits until the worker has read it (its
+/// `connections` row counts the bytes): the half line is in the worker's buffer, not the
+/// kernel's, when the test goes on.
+fn half_line_read(host: &mut Host, c: &mut Client, first: &[u8], half: &[u8]) {
+    c.send(first);
+    assert_eq!(read_line(c).as_bytes(), first);
+    c.send(half);
+    let bytes = format!(" {}B ", first.len() + half.len());
+    host_tests::poll_until(Duration::from_secs(5), || {
+        let out = host.command(["connections"], Duration::from_secs(5));
+        out.stdout.lines().any(|l| l.contains(&bytes)).then_some(())
+    })
+    .expect("the half line never reached the worker");
+}
+
+fn reload(host: &mut Host, args: &[&str]) {
+    let out = host.command(args, RELOAD_TIMEOUT);
+    assert!(out.status.success(), "{args:?}: {}{}", out.stdout, out.stderr);
+}
+
+// A half-sent line read by the old worker is completed by the new one after `host reload -g`,
+// and the connection goes on (with a drain it would close after that line).
+#[test]
+fn a_half_sent_line_is_completed_after_a_graceful_reload() {
+    let mut host = Host::start("text", &["--drain-timeout", "30"]);
+    let old = host.wait_workers(1, LOG_TIMEOUT, |_| true).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = Client::connect(host.port());
+    half_line_read(&mut host, &mut c, b"first\n", b"hel");
+    reload(&mut host, &["reload", "-g"]);
+    let line = host.log().wait_for("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("0 drained"), "{line}");
+    // The old worker had nothing left to drain: it is gone long before the drain timeout.
+    host.wait_workers(1, LOG_TIMEOUT, |now| now != old).unwrap_or_else(|e| panic!("{e}"));
+    c.send(b"lo\n");
+    assert_eq!(read_line(&mut c), "hello\n");
+    c.send(b"again\n");
+    assert_eq!(read_line(&mut c), "again\n", "the connection goes on in the new worker");
+    // `status --json` and the table count it.
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let row = &json["handovers"][0];
+    assert_eq!(
+        (row["service"].as_str(), row["moved"].as_u64(), row["drained"].as_u64()),
+        (Some("text"), Some(1), Some(0)),
+        "{json}"
+    );
+    let table = host.command(["status"], Duration::from_secs(10)).stdout;
+    assert!(table.contains("HAND-OVERS") && table.contains("1 connections moved"), "{table}");
+}
+
+// A plain reload (`host reload`, old workers stop at once) hands over too, and what the client
+// sends while it runs is not lost.
+#[test]
+fn a_plain_reload_hands_over_what_arrives_meanwhile() {
+    let mut host = Host::start("text", &["--count", "2"]);
+    let mut clients: Vec<Client> = (0..6).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("before {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("before {i}\n"));
+    }
+    let writers: Vec<_> = clients.iter().map(Client::writer).collect();
+    let during = std::thread::spawn(move || {
+        for (i, mut w) in writers.into_iter().enumerate() {
+            std::io::Write::write_all(&mut w, format!("during {i}\n").as_bytes()).expect("the connection is open");
+        }
+    });
+    reload(&mut host, &["reload"]);
+    during.join().unwrap();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(read_line(c), format!("during {i}\n"));
+        c.send(format!("after {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("after {i}\n"));
+    }
+    assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+}
+
+// `--no-handover` keeps the drain: the half line is finished by the old worker, which then
+// closes the connection.
+#[test]
+fn no_handover_drains_as_before() {
+    let mut host = Host::start("text", &["--no-handover", "--drain-timeout", "30"]);
+    let mut c = Client::connect(host.port());
+    half_line_read(&mut host, &mut c, b"first\n", b"hel");
+    reload(&mut host, &["reload", "-g"]);
+    c.send(b"lo\n");
+    assert_eq!(read_line(&mut c), "hello\n");
+    c.wait_closed(Duration::from_secs(10)).expect("a drained connection closes after its line");
+    assert_eq!(host.log().count("hand-over"), 0, "{}", host.log_text());
+}
+
+/// fixture_crash taking part in hand-overs, its replacement failing as `adopt` says.
+fn failing_replacement(adopt: &str) -> Host {
+    let config = format!("handover = \"on\"\nadopt = \"{adopt}\"\n");
+    Host::start("fixture_crash", &["--plugin-config", &config, "--drain-timeout", "30"])
+}
+
+// The replacement dies while adopting: the old worker takes its connections back and serves
+// them (it drains: its plugin keeps draining connections open), what the client sent meanwhile
+// included.
+#[test]
+fn a_replacement_that_crashes_while_adopting_loses_nothing() {
+    let mut host = failing_replacement("abort");
+    let mut c = Client::connect(host.port());
+    half_line_read(&mut host, &mut c, b"one\n", b"tw");
+    reload(&mut host, &["reload", "-g"]);
+    let line = host.log().wait_for("hand-over failed", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("the new worker is gone") || line.contains("broke"), "{line}");
+    c.send(b"o\n");
+    assert_eq!(read_line(&mut c), "two\n", "the old worker completes the line it had read half of");
+    c.send(b"three\n");
+    assert_eq!(read_line(&mut c), "three\n");
+}
+
+// The new plugin refuses the old state (its version): nothing moves, the old worker serves on.
+#[test]
+fn a_replacement_that_refuses_the_state_loses_nothing() {
+    let mut host = failing_replacement("refuse");
+    let mut c = Client::connect(host.port());
+    half_line_read(&mut host, &mut c, b"one\n", b"tw");
+    reload(&mut host, &["reload", "-g"]);
+    let line = host.log().wait_for("hand-over failed", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("refused the state"), "{line}");
+    c.send(b"o\n");
+    assert_eq!(read_line(&mut c), "two\n");
+}
+
+/// A redis-py client on one connection (RESP3, named) that fills the keyspace, says `ready`,
+/// waits for a line on stdin (the test reloads meanwhile), then reads it all back on the same
+/// connection and prints what it saw.
+const REDIS_PY: &str = r#"
+import sys, redis
+r = redis.Redis(port=int(sys.argv[1]), protocol=3, socket_timeout=20)
+r.client_setname("keeper")
+before = r.client_id()
+r.set("k", "v")
+r.set("t", "w", ex=1000)
+pipe = r.pipeline(transaction=False)
+for i in range(20000):
+    pipe.set(f"key:{i}", f"value-{i}-" + "x" * 16)
+pipe.execute()
+print("ready", flush=True)
+sys.stdin.readline()
+same = r.client_id() == before
+ttl = r.ttl("t")
+values = r.mget([f"key:{i}" for i in range(0, 20000, 997)])
+ok = all(v == f"value-{i}-".encode() + b"x" * 16 for i, v in zip(range(0, 20000, 997), values))
+print(r.get("k").decode(), 900 < ttl <= 1000, r.client_getname(), same, r.dbsize(), ok, flush=True)
+"#;
+
+// redis-py keeps its connection across `host reload -g` and sees the same keyspace (a large one:
+// through the memfd), its key's deadline, its client name and id, in RESP3; a new redis-cli
+// connection sees the keys too.
+#[test]
+fn redis_clients_keep_the_keyspace_and_the_connection_across_reloads() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut host = Host::start("resp", &["--drain-timeout", "30"]);
+    let mut py = Command::new("timeout")
+        .args(["120", "python3", "-c", REDIS_PY, &host.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with redis-py");
+    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    reload(&mut host, &["reload", "-g"]);
+    let moved = host.log().wait_for("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(moved.contains("memfd=true"), "20,000 keys go through a memfd: {moved}");
+    writeln!(py.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "v True b'keeper' True 20002 True\n", "after the reload");
+    assert!(py.wait().unwrap().success());
+    // A second reload, the watcher's kind too: a fresh client on the third worker.
+    reload(&mut host, &["reload"]);
+    let cli = Command::new("timeout").args(["30", "redis-cli", "-p", &host.port().to_string(), "get", "k"]).output();
+    assert_eq!(String::from_utf8_lossy(&cli.expect("redis-cli").stdout), "v\n");
+}
+
+// A plugin built against plugin-api 0.1.0 (before hand-overs) loads and drains as before: it
+// hears `on_drain` and its connection closes; the log says no hand-over took place.
+#[test]
+fn an_old_abi_plugin_still_drains() {
+    let path = host_tests::old_abi_plugin();
+    let mut host = Host::start(path.to_str().unwrap(), &["--drain-timeout", "30"]);
+    let mut c = Client::connect(host.port());
+    c.send(b"ping\n");
+    assert_eq!(read_line(&mut c), "ping\n");
+    reload(&mut host, &["reload", "-g"]);
+    let rest = c.wait_closed(Duration::from_secs(10)).expect("closed by the drain");
+    assert_eq!(String::from_utf8_lossy(&rest), "old_echo on_drain\n");
+    let line = host.log().wait_for("no hand-over", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("does not take part"), "{line}");
+    assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+}
