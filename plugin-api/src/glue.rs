@@ -238,6 +238,11 @@ impl<P: Protocol> RawPluginExt for Glue<P> {
             Err(_) => RawInputEnd::PANICKED,
         }
     }
+
+    fn on_publish(&mut self, host: RawHostRef<'_>, topic: RSlice<'_, u8>, msg: RSlice<'_, u8>) -> CallStatus {
+        let mut host = Host::from_raw(host);
+        guard(|| self.0.on_publish(&mut host, topic.as_slice(), msg.as_slice()))
+    }
 }
 
 /// Wraps a closure as a [`RawJob`] ([`Host::spawn_task`]): it runs once; a panic is caught here,
@@ -389,6 +394,15 @@ mod tests {
         };
         assert!((module.new())(RStr::from_str(""), &info).is_ok());
         assert_eq!(seen("v1"), vec![(None, None, None)], "an older host cannot say");
+    }
+
+    #[test]
+    fn topics_are_unsupported_on_a_host_without_them() {
+        let mut old = OldHost;
+        let mut host = Host::from_raw(RawHost_TO::from_ptr(&mut old, TD_Opaque));
+        assert_eq!(host.subscribe(ConnId::new(0, 1), "t"), Err(crate::TopicError::Unsupported));
+        assert_eq!(host.publish("t", b"x"), Err(crate::TopicError::Unsupported));
+        assert_eq!(host.subscribers("t"), Err(crate::TopicError::Unsupported));
     }
 
     #[test]

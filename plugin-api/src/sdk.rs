@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use abi_stable::std_types::{RResult, RSlice, RStr};
 
+mod topics;
+
+pub use self::topics::TopicError;
+
 use crate::abi::{
     self, ConnErrorCode, ConnId, ConnectErrorCode, RawFrame, RawHostRef, RawInputEnd, RawSockAddr, TimerId,
 };
@@ -683,6 +687,10 @@ pub trait Protocol: Sized + 'static {
     fn on_input_end(&mut self, _host: &mut Host<'_>, _conn: ConnId) -> InputEnd {
         InputEnd::Close
     }
+    /// A message published on a topic the worker subscribed to itself
+    /// ([`Host::subscribe_worker`]), once per message, wherever in the service or its cluster
+    /// it was published (this worker included). A host older than plugin-api 0.1.4 never calls it.
+    fn on_publish(&mut self, _host: &mut Host<'_>, _topic: &[u8], _msg: &[u8]) {}
 }
 
 /// Per-connection state of a plugin, indexed by [`ConnId`] in O(1). Entries of a closed
