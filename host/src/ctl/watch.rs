@@ -6,7 +6,7 @@
 
 /// Every plugin callback the worker's loop makes, by the name of its `RawPlugin` (or
 /// `RawPluginExt`) method.
-pub const CALLBACKS: [&str; 17] = [
+pub const CALLBACKS: [&str; 18] = [
     "on_worker_start",
     "on_worker_stop",
     "on_worker_reload",
@@ -24,6 +24,7 @@ pub const CALLBACKS: [&str; 17] = [
     "on_task_done",
     "on_notify",
     "on_input_end",
+    "on_publish",
 ];
 
 const TIME_BITS: u32 = 56;

@@ -204,6 +204,7 @@ impl Worker {
                 self.udp_pending = datagram::receive(&mut self.plugin, &mut self.core, &mut self.scratch);
             }
             self.deliver_tasks();
+            dispatch::published(&mut self.plugin, &mut self.core);
             self.run_timers();
             for outcome in self.core.expire_outbound() {
                 dispatch::outbound(&mut self.plugin, &mut self.core, &mut self.scratch, outcome, false);
@@ -231,7 +232,8 @@ impl Worker {
         if self.core.len() > 0 && self.next_sweep_ms.is_none() {
             self.next_sweep_ms = Some(now + SWEEP_INTERVAL_MS);
         }
-        if !self.core.deferred.is_empty() || !self.core.dirty.is_empty() || self.mailbox_pending || self.udp_pending {
+        let busy = self.mailbox_pending || self.udp_pending || !self.core.topics.heard.is_empty();
+        if !self.core.deferred.is_empty() || !self.core.dirty.is_empty() || busy {
             // settle() stopped before it was done: go on at once.
             return Some(Duration::ZERO);
         }
@@ -387,6 +389,12 @@ impl Worker {
         }
         for _ in 0..MAILBOX_BATCH {
             match self.core.mailbox.recv(&mut self.mailbox_buf) {
+                Ok(Some((from, n))) if from & mailbox::TOPIC_FLAG != 0 => {
+                    match mailbox::split_topic(&self.mailbox_buf[4..4 + n]) {
+                        Some((topic, msg)) => self.core.deliver_published(topic, msg),
+                        None => tracing::warn!(from_slot = from & !mailbox::TOPIC_FLAG, "a malformed topic message"),
+                    }
+                }
                 Ok(Some((from, n))) => {
                     let msg = &self.mailbox_buf[4..4 + n];
                     dispatch::worker_message(&mut self.plugin, &mut self.core, from, msg);

@@ -21,6 +21,7 @@ mod phase;
 mod plugin_log;
 mod tasks;
 mod timers;
+mod topics;
 mod transport;
 
 use std::os::fd::{AsFd, OwnedFd};

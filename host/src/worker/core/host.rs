@@ -4,10 +4,11 @@
 //! connection's phase or hold, and push [`Deferred`] work that the loop carries out between
 //! plugin calls, so no callback sees a connection vanish under it and none re-enters the plugin.
 
+use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr};
 use plugin_api::abi::{
-    ConnError, ConnectErrorCode, RawHost, RawJobBox, RawNotifierBox, RawPeerCred, RawSockAddr, SendFileStatus,
-    TaskStatus,
+    ConnError, ConnectErrorCode, HostExtension, RawHost, RawHostExt, RawHostExt_TO, RawJobBox, RawNotifierBox,
+    RawPeerCred, RawSockAddr, SendFileStatus, TaskStatus,
 };
 use plugin_api::{raw_sock_addr, ConnId, TimerId};
 
@@ -236,6 +237,37 @@ impl RawHost for Ctx<'_> {
     fn send_file(&mut self, conn: ConnId, fd: i32, offset: u64, len: u64) -> i64 {
         match self.core.send_file(conn, fd, offset, len) {
             Ok(()) => 0,
+            Err(status) => status.0 as i64,
+        }
+    }
+
+    fn extension(&mut self) -> HostExtension<'_> {
+        HostExtension::new(RawHostExt_TO::from_ptr(self, TD_Opaque))
+    }
+}
+
+/// The calls added since plugin-api 0.1.3.
+impl RawHostExt for Ctx<'_> {
+    fn api_version(&self) -> RStr<'static> {
+        use abi_stable::library::RootModule as _;
+        plugin_api::abi::PluginModRef::VERSION_STRINGS.version
+    }
+
+    fn subscribe(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> i64 {
+        self.core.subscribe(conn, topic.as_slice())
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> i64 {
+        self.core.unsubscribe(conn, topic.as_slice())
+    }
+
+    fn publish(&mut self, topic: RSlice<'_, u8>, msg: RSlice<'_, u8>) -> i64 {
+        self.core.publish(topic.as_slice(), msg.as_slice())
+    }
+
+    fn subscribers(&mut self, topic: RSlice<'_, u8>) -> i64 {
+        match crate::worker::topics::check_topic(topic.as_slice()) {
+            Ok(()) => self.core.topics.conn_count(topic.as_slice()) as i64,
             Err(status) => status.0 as i64,
         }
     }

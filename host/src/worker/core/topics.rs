@@ -1,0 +1,144 @@
+//! Topics in the connection table: subscribing live connections, and the fan-out that writes a
+//! published message to every subscriber's output (no plugin call per recipient), then hands it
+//! to the service's other workers (the mailbox) and to the other hosts (the cluster's broker).
+//!
+//! **Slow consumers.** A subscriber whose queued output has reached `max_send_buffer` misses
+//! the message: it is dropped for that subscriber alone and counted (`dropped_slow`); the
+//! connection stays open and gets the next messages once it drained. Closing it instead would
+//! turn a burst into reconnect storms; buffering past the limit would let one client that does
+//! not read grow the worker's memory without bound. One copy below the limit is taken whole, as
+//! a plugin's `send` is.
+//!
+//! Only open connections take a topic's messages: one the plugin closed (its output flushing
+//! before the close) gets nothing more, so a protocol's last message stays its last.
+
+use plugin_api::abi::{TopicStatus, WORKER_CONN};
+use plugin_api::ConnId;
+
+use super::super::phase::ConnPhase;
+use super::super::topics::{check_publish, check_topic, Change};
+use super::{Core, Deferred};
+
+impl Core {
+    /// `RawHostExt::subscribe`: 1 subscribed now, 0 already, or a negative `TopicStatus`.
+    pub fn subscribe(&mut self, conn: ConnId, topic: &[u8]) -> i64 {
+        if conn != WORKER_CONN && !self.get(conn).is_some_and(|c| c.phase == ConnPhase::Open) {
+            if check_topic(topic).is_err() {
+                self.topics.stats.refused += 1;
+                return TopicStatus::INVALID_TOPIC.0 as i64;
+            }
+            return TopicStatus::NO_CONNECTION.0 as i64;
+        }
+        match self.topics.subscribe(conn, topic) {
+            Ok(Change::Added { first }) => {
+                if first {
+                    if let Some(cluster) = self.topics.cluster.as_mut() {
+                        // Checked above: the topic is valid for the broker too.
+                        let _ = cluster.subscribe(topic);
+                    }
+                }
+                1
+            }
+            Ok(_) => 0,
+            Err(status) => status.0 as i64,
+        }
+    }
+
+    /// `RawHostExt::unsubscribe`: 1 when there was a subscription, 0 when not.
+    pub fn unsubscribe(&mut self, conn: ConnId, topic: &[u8]) -> i64 {
+        match self.topics.unsubscribe(conn, topic) {
+            Ok(Change::Removed { last }) => {
+                if last {
+                    if let Some(cluster) = self.topics.cluster.as_mut() {
+                        cluster.unsubscribe(topic);
+                    }
+                }
+                1
+            }
+            Ok(_) => 0,
+            Err(status) => status.0 as i64,
+        }
+    }
+
+    /// The connection left the table (closed, or exported): its subscriptions end.
+    pub(super) fn topics_left(&mut self, conn: ConnId) {
+        for topic in self.topics.remove_conn(conn) {
+            if let Some(cluster) = self.topics.cluster.as_mut() {
+                cluster.unsubscribe(&topic);
+            }
+        }
+    }
+
+    /// `RawHostExt::publish`: written to this worker's subscribers now, then sent to the other
+    /// workers and hosts. The number of connections of this worker written to, or a negative
+    /// `TopicStatus`.
+    pub fn publish(&mut self, topic: &[u8], msg: &[u8]) -> i64 {
+        if let Err(status) = check_publish(topic, msg) {
+            self.topics.stats.refused += 1;
+            return status.0 as i64;
+        }
+        self.topics.stats.published += 1;
+        let written = self.fan_out(topic, msg);
+        self.mailbox.publish(self.slot, topic, msg);
+        if let Some(cluster) = self.topics.cluster.as_mut() {
+            // Not connected, or a backlog: dropped and counted by the broker session
+            // (at-most-once across hosts); local delivery went on above.
+            let _ = cluster.publish(topic, msg);
+        }
+        written as i64
+    }
+
+    /// A message published by another worker of this host or by another host: written to this
+    /// worker's subscribers (and heard by the plugin when the worker subscribed itself).
+    pub fn deliver_published(&mut self, topic: &[u8], msg: &[u8]) {
+        if check_publish(topic, msg).is_err() {
+            return;
+        }
+        self.topics.stats.received += 1;
+        self.fan_out(topic, msg);
+    }
+
+    /// Writes `msg` to every subscribed connection of `topic` with room in its send buffer,
+    /// queues it for the plugin's `on_publish` when the worker itself is subscribed; returns
+    /// how many connections it was written to.
+    fn fan_out(&mut self, topic: &[u8], msg: &[u8]) -> usize {
+        let max = self.limits.max_send_buffer;
+        let Some(subs) = self.topics.subscribers(topic) else { return 0 };
+        let (mut written, mut dropped, mut worker) = (0u64, 0u64, false);
+        for &id in subs {
+            if id == WORKER_CONN {
+                worker = true;
+                continue;
+            }
+            let index = id.index();
+            let Some(c) = self.conns.get_mut(index).and_then(Option::as_mut).filter(|c| c.id == id) else {
+                continue;
+            };
+            // Closing (the plugin closed it, maybe after a protocol's own close message):
+            // nothing more goes after what it queued.
+            if c.phase != ConnPhase::Open {
+                continue;
+            }
+            if c.pending_output() >= max {
+                dropped += 1;
+                continue;
+            }
+            c.output.extend_from_slice(msg);
+            written += 1;
+            if c.pending_output() >= max && !c.hold.buffer_full {
+                c.hold.buffer_full = true;
+                self.deferred.push_back((id, Deferred::BufferFull));
+            }
+            if !c.sched.dirty {
+                c.sched.dirty = true;
+                self.dirty.push(index);
+            }
+        }
+        if worker {
+            self.topics.heard.push_back((topic.into(), msg.to_vec()));
+        }
+        self.topics.stats.delivered += written;
+        self.topics.stats.dropped_slow += dropped;
+        written as usize
+    }
+}
