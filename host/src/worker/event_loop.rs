@@ -136,6 +136,9 @@ impl Worker {
         if let Some(tls) = &spec.tls {
             worker.core.tls = Some(crate::tls::server_config(tls)?);
         }
+        if let Some(url) = &spec.cluster {
+            worker.core.join_cluster(url).map_err(anyhow::Error::msg)?;
+        }
         if let RResult::RErr(e) = dispatch::worker_start(&mut worker.plugin, &mut worker.core) {
             anyhow::bail!("plugin {} failed to start: {}", loaded.name, e);
         }
@@ -180,6 +183,7 @@ impl Worker {
                     MAILBOX => self.mailbox_pending = true,
                     tasks::TASKS => self.tasks_pending = true,
                     outbound::RESOLVER => self.core.resolved(),
+                    super::core::CLUSTER => self.core.cluster_ready(event),
                     Token(t) if t < CONN_TOKEN_BASE => {}
                     Token(t) => {
                         let index = t - CONN_TOKEN_BASE;
@@ -209,7 +213,9 @@ impl Worker {
             for outcome in self.core.expire_outbound() {
                 dispatch::outbound(&mut self.plugin, &mut self.core, &mut self.scratch, outcome, false);
             }
+            self.core.cluster_tick();
             self.settle();
+            self.core.cluster_flush();
             self.core.access_log.flush_due(self.core.now_ms);
             self.core.stats.rate.roll(self.core.now_ms, self.core.stats.messages);
             self.beat();
@@ -245,6 +251,7 @@ impl Worker {
             (self.heartbeat_ms > 0).then_some(self.next_heartbeat_ms),
             self.core.next_outbound_deadline(),
             self.core.access_log.deadline_ms(),
+            self.core.cluster_deadline_ms(),
         ];
         deadlines.into_iter().flatten().min().map(|d| Duration::from_millis(d.saturating_sub(now)))
     }

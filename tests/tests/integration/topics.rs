@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use host_tests::Host;
+use host_tests::broker::{Broker, BrokerKind};
+use host_tests::{Host, READY_TIMEOUT};
 
 use crate::websocket::{python, PRELUDE};
 
@@ -163,4 +164,145 @@ print(other.recv(timeout=5))
          closed 1009\n\
          still here\n"
     );
+}
+
+// ---- Across hosts ----
+
+/// Two hosts (two workers each) sharing topics through `broker`, each connected to it from
+/// every worker (readiness: their log says so).
+fn two_hosts(broker: &Broker) -> (Host, Host) {
+    let url = broker.url();
+    let start = || {
+        let host = Host::start("ws_chat", &["--count", "2", "--cluster", &url]);
+        host.log()
+            .wait_for_nth("connected to the cluster's broker", 2, READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("the workers did not connect to {url}: {e}"));
+        host
+    };
+    (start(), start())
+}
+
+/// The script's helpers for two hosts: `member(port, room)` joins a room on the host at `port`;
+/// `synced(senders, receivers)` publishes `sync` from the senders in turn until every receiver
+/// saw one (so every worker's subscription is in place at the broker), within 20 s;
+/// `collect(ws, n)` reads until `n` messages other than `sync` came, then checks none follows.
+const TWO_HOSTS: &str = r#"
+import time
+from websockets.sync.client import connect as _connect
+def member(port, room, **kw):
+    ws = _connect("ws://127.0.0.1:%d/" % port, proxy=None, open_timeout=5, close_timeout=5, **kw)
+    ws.send("/join " + room)
+    assert ws.recv(timeout=5) == "joined " + room
+    return ws
+def synced(senders, receivers):
+    pending = set(range(len(receivers)))
+    deadline = time.time() + 20
+    while pending and time.time() < deadline:
+        for s in senders:
+            s.send("sync")
+        for i in list(pending):
+            try:
+                while receivers[i].recv(timeout=0.05) != "sync":
+                    pass
+                pending.discard(i)
+            except TimeoutError:
+                pass
+    return not pending
+def collect(ws, n):
+    got = []
+    while len(got) < n:
+        m = ws.recv(timeout=10)
+        if m != "sync":
+            got.append(m)
+    try:
+        while True:
+            m = ws.recv(timeout=0.3)
+            if m != "sync":
+                got.append(m)
+    except TimeoutError:
+        pass
+    return got
+"#;
+
+/// 40 members on each host send one message each; all 80 members receive all 80, each once.
+fn eighty_members_across_two_hosts(kind: BrokerKind) {
+    let broker = Broker::start(kind);
+    let (mut a, b) = two_hosts(&broker);
+    let (pa, pb) = (a.port(), b.port());
+    let script = format!(
+        r#"{TWO_HOSTS}
+on_a = [member({pa}, "lobby", max_queue=None) for _ in range(40)]
+on_b = [member({pb}, "lobby", max_queue=None) for _ in range(40)]
+print("synced", synced(on_a[:2] + on_b[:2], on_a + on_b))
+everyone = on_a + on_b
+for i, ws in enumerate(everyone):
+    ws.send("m%d" % i)
+expected = sorted("m%d" % i for i in range(80))
+print("all", all(sorted(collect(ws, 80)) == expected for ws in everyone))
+"#
+    );
+    assert_eq!(python(&script, pa), "synced True\nall True\n");
+    let out = a.command(["status"], COMMAND_TIMEOUT).stdout;
+    let cluster = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default();
+    assert!(cluster.contains("#0 ready") && cluster.contains("#1 ready"), "{out}");
+}
+
+#[test]
+fn eighty_members_across_two_hosts_through_redis() {
+    eighty_members_across_two_hosts(BrokerKind::Redis);
+}
+
+#[test]
+fn eighty_members_across_two_hosts_through_nats() {
+    eighty_members_across_two_hosts(BrokerKind::Nats);
+}
+
+// The broker dies: members of one host still talk to each other (across its workers); the
+// broker comes back: the workers reconnect, resubscribe, and the hosts talk again.
+fn broker_loss_and_return(kind: BrokerKind) {
+    let mut broker = Broker::start(kind);
+    let (mut a, b) = two_hosts(&broker);
+    let (pa, pb) = (a.port(), b.port());
+    let before = format!(
+        r#"{TWO_HOSTS}
+a1, a2, b1 = member({pa}, "r"), member({pa}, "r"), member({pb}, "r")
+print("synced", synced([a1, b1], [a1, a2, b1]))
+"#
+    );
+    assert_eq!(python(&before, pa), "synced True\n");
+    broker.kill();
+    a.log().wait_for_nth("broker connection is down", 2, READY_TIMEOUT).expect("both workers of A notice");
+    let local = format!(
+        r#"{TWO_HOSTS}
+members = [member({pa}, "local") for _ in range(12)]
+for i, ws in enumerate(members):
+    ws.send("x%d" % i)
+print("local", all(sorted(collect(ws, 12)) == sorted("x%d" % i for i in range(12)) for ws in members))
+"#
+    );
+    assert_eq!(python(&local, pa), "local True\n");
+    broker.restart();
+    for host in [&a, &b] {
+        host.log().wait_for_nth("connected to the cluster's broker", 4, READY_TIMEOUT).expect("reconnected");
+    }
+    let after = format!(
+        r#"{TWO_HOSTS}
+a1, b1 = member({pa}, "again"), member({pb}, "again")
+print("synced", synced([a1], [b1]), synced([b1], [a1]))
+"#
+    );
+    assert_eq!(python(&after, pa), "synced True True\n");
+    let out = a.command(["status"], COMMAND_TIMEOUT).stdout;
+    let cluster = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default().to_string();
+    assert!(count_after(&cluster, "reconnects") >= 2, "{out}");
+}
+
+#[test]
+fn redis_loss_stops_no_local_delivery_and_its_return_resumes_the_cluster() {
+    broker_loss_and_return(BrokerKind::Redis);
+}
+
+#[test]
+fn nats_loss_stops_no_local_delivery_and_its_return_resumes_the_cluster() {
+    broker_loss_and_return(BrokerKind::Nats);
 }

@@ -29,6 +29,7 @@ pub use self::conn::{Conn, Flushed, Origin, ReadSide};
 pub use self::export::ExportError;
 pub use self::host::Ctx;
 pub use self::stats::Stats;
+pub use self::topics::CLUSTER;
 use super::access_log::AccessLog;
 use super::mailbox::Mailbox;
 use super::outbound::{Pending, Resolver};

@@ -12,12 +12,16 @@
 //! Only open connections take a topic's messages: one the plugin closed (its output flushing
 //! before the close) gets nothing more, so a protocol's last message stays its last.
 
+use std::time::Instant;
+
 use plugin_api::abi::{TopicStatus, WORKER_CONN};
 use plugin_api::ConnId;
 
 use super::super::phase::ConnPhase;
 use super::super::topics::{check_publish, check_topic, Change};
 use super::{Core, Deferred};
+use crate::cluster::driver::Driver;
+use crate::cluster::Event;
 
 impl Core {
     /// `RawHostExt::subscribe`: 1 subscribed now, 0 already, or a negative `TopicStatus`.
@@ -141,4 +145,79 @@ impl Core {
         self.topics.stats.dropped_slow += dropped;
         written as usize
     }
+}
+
+/// The token of the cluster's broker connection in the worker's poll.
+pub const CLUSTER: mio::Token = mio::Token(6);
+
+impl Core {
+    /// Connects this worker to the service's cluster (`--cluster URL`, checked by the config).
+    /// Its publishes carry the host's origin ([`host_origin`]), shared by every worker of the
+    /// host: what one publishes reaches the others through the mailboxes, and the broker's copy
+    /// is skipped by them.
+    pub fn join_cluster(&mut self, url: &str) -> Result<(), String> {
+        let url = crate::cluster::url::parse(url).map_err(|e| format!("--cluster: {e}"))?;
+        let driver = Driver::new(url, &self.service, CLUSTER, Some(host_origin())).map_err(|e| e.to_string())?;
+        self.topics.cluster = Some(driver);
+        Ok(())
+    }
+
+    /// A readiness event of the broker connection.
+    pub fn cluster_ready(&mut self, event: &mio::event::Event) {
+        let Some(cluster) = self.topics.cluster.as_mut() else { return };
+        let events = cluster.handle_event(event, Instant::now());
+        self.cluster_events(events);
+    }
+
+    /// The broker connection's timers (connect, back-off, keep-alive), when due.
+    pub fn cluster_tick(&mut self) {
+        let Some(cluster) = self.topics.cluster.as_mut() else { return };
+        if cluster.next_deadline().is_some_and(|at| at <= Instant::now()) {
+            let events = cluster.tick(&self.registry, Instant::now());
+            self.cluster_events(events);
+        }
+    }
+
+    /// When [`Core::cluster_tick`] is due, on the loop's clock.
+    pub fn cluster_deadline_ms(&self) -> Option<u64> {
+        let at = self.topics.cluster.as_ref()?.next_deadline()?;
+        Some(self.now_ms + at.saturating_duration_since(Instant::now()).as_millis() as u64)
+    }
+
+    /// Writes the turn's publishes to the broker in one write.
+    pub fn cluster_flush(&mut self) {
+        if let Some(cluster) = self.topics.cluster.as_mut() {
+            cluster.flush_output();
+        }
+    }
+
+    fn cluster_events(&mut self, events: Vec<Event>) {
+        for event in events {
+            match event {
+                Event::Message { topic, payload } => self.deliver_published(&topic, &payload),
+                Event::Connected => tracing::info!("connected to the cluster's broker"),
+                Event::Disconnected { reason } => {
+                    tracing::warn!("the cluster's broker connection is down: {reason}; local delivery goes on")
+                }
+                Event::BrokerError(message) => tracing::warn!("the cluster's broker reported: {message}"),
+            }
+        }
+    }
+}
+
+/// The id of this host in the cluster, the same in each of its workers: a hash of the machine's
+/// id, the master's pid (the worker's parent, kept across `host upgrade`) and the master's start
+/// time (so that a pid reused later is another origin).
+pub fn host_origin() -> [u8; 8] {
+    use std::hash::{Hash, Hasher};
+    let master = nix::unistd::getppid().as_raw();
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    // Field 22 of /proc/PID/stat, after the command name in parentheses (which may hold spaces).
+    let started = std::fs::read_to_string(format!("/proc/{master}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19).map(String::from)))
+        .unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (machine.trim(), master, started).hash(&mut hasher);
+    hasher.finish().to_le_bytes()
 }
