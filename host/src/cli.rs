@@ -253,6 +253,11 @@ pub struct StartArgs {
     /// reopen-logs` reopens it after a rotation) [default: off].
     #[arg(long, value_name = "FILE")]
     pub access_log: Option<PathBuf>,
+    /// Share topics with every host started with the same URL and service name, through a
+    /// broker: `redis://[[USER]:PASSWORD@]HOST:PORT` (Redis 6+) or
+    /// `nats://[USER:PASS@|TOKEN@]HOST:PORT` [default: the workers of this host only].
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
     /// Where a daemon's logs go [default: ./host.log].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
@@ -283,7 +288,7 @@ impl StartArgs {
     /// Flags that describe a service (they may not be mixed with a config file).
     pub fn service_flags(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
-        let flags: [(&'static str, bool); 19] = [
+        let flags: [(&'static str, bool); 20] = [
             ("--plugin", self.plugin.is_some()),
             ("--count", self.count.is_some()),
             ("--listen", self.listen.is_some()),
@@ -303,6 +308,7 @@ impl StartArgs {
             ("--tls-key", self.tls_key.is_some()),
             ("--access-log", self.access_log.is_some()),
             ("--no-handover", self.no_handover),
+            ("--cluster", self.cluster.is_some()),
         ];
         for (flag, given) in flags {
             if given {
@@ -399,6 +405,7 @@ impl StartArgs {
                 max_memory: self.max_memory.unwrap_or(0),
             },
             handover: !self.no_handover,
+            cluster: self.cluster.clone(),
         };
         config::validate(&service)?;
         Ok(service)

@@ -236,6 +236,10 @@ pub struct Service {
     /// A replaced worker hands its connections and plugin state over to its replacement (when
     /// both plugins take part); false: it drains them, as before hand-overs existed.
     pub handover: bool,
+    /// The broker every host of the service's cluster shares topics through
+    /// (`redis://HOST:PORT`, `nats://HOST:PORT`; checked by [`validate`]); None: topics reach the
+    /// workers of this host only.
+    pub cluster: Option<String>,
 }
 
 #[cfg(test)]
@@ -253,6 +257,7 @@ impl Service {
             access_log: None,
             recycle: Recycle::default(),
             handover: true,
+            cluster: None,
         }
     }
 }
@@ -360,6 +365,9 @@ pub struct WorkerSpec {
     /// the worker waits for it before it serves.
     #[serde(default)]
     pub access_log: bool,
+    /// The service's cluster URL (`Service::cluster`): the worker connects to the broker itself.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 /// The heartbeat interval for a worker timeout (None: off): often enough that two beats fit in
@@ -401,6 +409,13 @@ pub fn validate(service: &Service) -> Result<(), SettingError> {
     }
     if let Err(e) = service.plugin_config.parse::<toml::Table>() {
         return invalid(format!("--plugin-config is not valid TOML: {}", e.to_string().replace('\n', " ")));
+    }
+    if let Some(url) = &service.cluster {
+        match crate::cluster::url::parse(url) {
+            Ok(u) if u.tls => return invalid(format!("--cluster {u}: TLS to the broker is not supported yet")),
+            Ok(_) => {}
+            Err(e) => return invalid(format!("--cluster: {e}")),
+        }
     }
     Ok(())
 }
@@ -444,6 +459,7 @@ mod tests {
                 tickets: Some(crate::tls::tickets::TicketKeys::generate(std::time::SystemTime::now()).unwrap()),
             }),
             access_log: true,
+            cluster: Some("nats://127.0.0.1:4222".into()),
         };
         assert_eq!(postcard::from_bytes::<WorkerSpec>(&postcard::to_stdvec(&spec).unwrap()).unwrap(), spec);
     }

@@ -171,6 +171,8 @@ struct RawService {
     tls_alpn: Option<Vec<String>>,
     /// The service's access log (the plugin formats the lines; `host reopen-logs` reopens it).
     access_log: Option<Spanned<PathBuf>>,
+    /// The broker its topics are shared through with other hosts (`redis://…`, `nats://…`).
+    cluster: Option<Spanned<String>>,
     /// A plain table: toml 0.8 refuses a `Spanned` table holding a sub-table written as a table
     /// header (`[service.config.nested]`: "expected a borrowed string").
     config: Option<toml::Table>,
@@ -395,6 +397,12 @@ impl RawService {
         };
         let recycle = config::Recycle { max_requests: self.max_requests.unwrap_or(0), max_memory };
         let handover = self.handover.unwrap_or(true);
+        if let Some(url) = &self.cluster {
+            if let Err(e) = crate::cluster::url::parse(url.get_ref()) {
+                return Err(invalid(url.span(), format!("cluster: {e}")));
+            }
+        }
+        let cluster = self.cluster.map(Spanned::into_inner);
         let service = Service {
             name: name.to_string(),
             plugin,
@@ -406,6 +414,7 @@ impl RawService {
             access_log,
             recycle,
             handover,
+            cluster,
         };
         // What the flags refuse, the file refuses too (a backstop: the checks above name the keys).
         config::validate(&service).map_err(|e| ctx.invalid(None, Some(name), e.to_string()))?;
@@ -519,6 +528,7 @@ root = "/srv/www"
                 access_log: Some("/etc/host/logs/web.access.log".into()),
                 recycle: config::Recycle { max_requests: 10_000, max_memory: 256 << 20 },
                 handover: false,
+                cluster: None,
             },
             reloadable: false,
             user: Some("www-data".into()),

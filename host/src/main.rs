@@ -5,8 +5,7 @@
 mod argv;
 mod cli;
 mod client;
-// Topics across hosts (Redis / NATS clients): the worker/master wiring comes with the topics API.
-#[allow(dead_code)]
+// Topics across hosts: the broker clients (Redis, NATS) each worker of a clustered service runs.
 mod cluster;
 mod config;
 mod config_file;

@@ -52,6 +52,53 @@ pub struct WorkerReport {
     pub tasks_in_flight: u64,
     #[serde(default)]
     pub notify_dropped: u64,
+    /// Topics (`Host::publish`, `Host::subscribe`).
+    #[serde(default)]
+    pub topics: TopicReport,
+}
+
+/// A worker's topics: gauges (topics, subscriptions, the broker's state) and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicReport {
+    /// Topics with a subscriber in the worker now, and its subscriptions.
+    pub topics: u64,
+    pub subscriptions: u64,
+    /// Messages its plugin published; received from other workers and hosts; copies written to
+    /// subscribers; copies dropped for slow subscribers (send buffer full); calls refused
+    /// (limits).
+    pub published: u64,
+    pub received: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub refused: u64,
+    /// The cluster's broker connection (`--cluster`): `ready`, `connecting` or `down`; None
+    /// without a cluster.
+    pub broker: Option<String>,
+    /// Messages published to the broker, received from it, dropped (not connected, or a
+    /// backlog), and reconnections.
+    pub broker_published: u64,
+    pub broker_received: u64,
+    pub broker_dropped: u64,
+    pub broker_reconnects: u64,
+}
+
+impl TopicReport {
+    fn add_counters(&mut self, other: &TopicReport) {
+        self.published += other.published;
+        self.received += other.received;
+        self.delivered += other.delivered;
+        self.dropped += other.dropped;
+        self.refused += other.refused;
+        self.broker_published += other.broker_published;
+        self.broker_received += other.broker_received;
+        self.broker_dropped += other.broker_dropped;
+        self.broker_reconnects += other.broker_reconnects;
+    }
+
+    /// Whether anything happened with topics (the status line is left out otherwise).
+    pub fn used(&self) -> bool {
+        self.subscriptions + self.published + self.received + self.refused > 0 || self.broker.is_some()
+    }
 }
 
 /// A counter a plugin registered: `host_plugin_NAME_total{service, slot, LABELS}`.
@@ -108,6 +155,7 @@ impl WorkerReport {
         self.tasks_failed += other.tasks_failed;
         self.tasks_refused += other.tasks_refused;
         self.notify_dropped += other.notify_dropped;
+        self.topics.add_counters(&other.topics);
     }
 }
 
@@ -474,6 +522,37 @@ pub fn render_status(s: &Status) -> String {
             total.worker_msgs_dropped,
             if dropped.is_empty() { String::new() } else { format!(" ({})", dropped.join(", ")) }
         );
+    }
+    let topics: Vec<(&WorkerRow, &WorkerReport)> =
+        s.workers.iter().filter_map(|w| Some((w, w.report.as_ref()?))).filter(|(_, r)| r.topics.used()).collect();
+    if !topics.is_empty() || total.topics.used() {
+        // Topics: one line for the counters, the broker's state per worker when clustered.
+        let gauges = |f: fn(&TopicReport) -> u64| topics.iter().map(|(_, r)| f(&r.topics)).sum::<u64>();
+        let t = &total.topics;
+        let _ = writeln!(
+            out,
+            "\ntopics: {} topics, {} subscriptions; published {}, received {}, delivered {}, dropped {} (slow subscribers), refused {}",
+            gauges(|t| t.topics),
+            gauges(|t| t.subscriptions),
+            t.published,
+            t.received,
+            t.delivered,
+            t.dropped,
+            t.refused
+        );
+        let brokers: Vec<String> =
+            topics.iter().filter_map(|(w, r)| Some(format!("#{} {}", w.slot, r.topics.broker.as_deref()?))).collect();
+        if !brokers.is_empty() {
+            let _ = writeln!(
+                out,
+                "cluster: {}; published {}, received {}, dropped {}, reconnects {}",
+                brokers.join(", "),
+                t.broker_published,
+                t.broker_received,
+                t.broker_dropped,
+                t.broker_reconnects
+            );
+        }
     }
     if total.datagrams_dropped > 0 {
         // UDP services only: one line, like the worker messages.

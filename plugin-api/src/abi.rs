@@ -722,6 +722,15 @@ pub trait RawPluginExt {
         let _ = (host, conn, version, state);
         RawHandover::DECLINE
     }
+
+    // Topics (one block): publish/subscribe between connections, across workers and hosts.
+
+    /// A message published on a topic the worker itself subscribed to ([`WORKER_CONN`] in
+    /// [`RawHostExt::subscribe`]), once per message and worker, wherever it was published.
+    fn on_publish(&mut self, host: RawHostRef<'_>, topic: RSlice<'_, u8>, msg: RSlice<'_, u8>) -> CallStatus {
+        let _ = (host, topic, msg);
+        CallStatus::Ok
+    }
 }
 
 /// What a plugin answers to a hand-over event ([`RawPluginExt::handover_export_conn`] and the
@@ -817,6 +826,43 @@ pub trait RawHostExt {
         let _ = conn;
         ROption::RNone
     }
+
+    // Topics (one block): publish/subscribe between connections, across workers and hosts.
+
+    /// Subscribes `conn` to `topic` (1 to [`MAX_TOPIC_LEN`] bytes): every message published on
+    /// it, on any worker of the service and any host of its cluster, is written to the
+    /// connection's output as published. [`WORKER_CONN`] subscribes the worker itself: the
+    /// plugin hears the topic's messages as [`RawPluginExt::on_publish`]. 1 when subscribed now,
+    /// 0 when it was already, or a negative [`TopicStatus`]. A connection's subscriptions end
+    /// with it.
+    fn subscribe(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> i64 {
+        let _ = (conn, topic);
+        TopicStatus::UNSUPPORTED.0 as i64
+    }
+
+    /// Ends a subscription of [`RawHostExt::subscribe`]: 1 when there was one, 0 when not, or a
+    /// negative [`TopicStatus`].
+    fn unsubscribe(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> i64 {
+        let _ = (conn, topic);
+        TopicStatus::UNSUPPORTED.0 as i64
+    }
+
+    /// Publishes `msg` (at most [`MAX_PUBLISH`] bytes, framed by the plugin as its subscribers'
+    /// protocol wants it) on `topic`: the host writes it to every subscribed connection of every
+    /// worker of the service and of every host of its cluster, without a plugin call per
+    /// recipient. Answers how many connections of this worker it was written to, or a negative
+    /// [`TopicStatus`].
+    fn publish(&mut self, topic: RSlice<'_, u8>, msg: RSlice<'_, u8>) -> i64 {
+        let _ = (topic, msg);
+        TopicStatus::UNSUPPORTED.0 as i64
+    }
+
+    /// How many connections of this worker are subscribed to `topic`, or a negative
+    /// [`TopicStatus`].
+    fn subscribers(&mut self, topic: RSlice<'_, u8>) -> i64 {
+        let _ = topic;
+        TopicStatus::UNSUPPORTED.0 as i64
+    }
 }
 
 /// What carries a connection ([`RawHostExt::transport`]). Growable: a plugin reads a value it
@@ -838,6 +884,36 @@ impl RawTransport {
     pub const TLS_TCP: Self = RawTransport(4);
     /// TLS over a Unix stream socket.
     pub const TLS_UNIX: Self = RawTransport(5);
+}
+
+/// The longest topic name, in bytes ([`RawHostExt::subscribe`], [`RawHostExt::publish`]).
+pub const MAX_TOPIC_LEN: usize = 256;
+/// The largest message [`RawHostExt::publish`] takes, in bytes (it crosses between workers in
+/// one mailbox datagram, with its topic).
+pub const MAX_PUBLISH: usize = 60 * 1024;
+/// The most topics one connection may be subscribed to.
+pub const MAX_TOPICS_PER_CONN: usize = 64;
+/// The connection id that stands for the worker itself in [`RawHostExt::subscribe`] and
+/// [`RawHostExt::unsubscribe`] (no connection has it: its generation is never reached).
+pub const WORKER_CONN: ConnId = ConnId(u64::MAX);
+
+/// Why a topic call was refused: the negative answers of the topic calls of [`RawHostExt`].
+/// Growable: a receiver must expect values it does not know.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TopicStatus(pub i8);
+
+impl TopicStatus {
+    /// The host has no topics (it is older than plugin-api 0.1.4).
+    pub const UNSUPPORTED: Self = TopicStatus(-1);
+    /// The topic is empty or longer than [`MAX_TOPIC_LEN`].
+    pub const INVALID_TOPIC: Self = TopicStatus(-2);
+    /// The connection is subscribed to [`MAX_TOPICS_PER_CONN`] topics already.
+    pub const TOO_MANY_TOPICS: Self = TopicStatus(-3);
+    /// No such connection (closed, or never opened), or one that takes no output.
+    pub const NO_CONNECTION: Self = TopicStatus(-4);
+    /// The message is over [`MAX_PUBLISH`].
+    pub const TOO_LARGE: Self = TopicStatus(-5);
 }
 
 /// The host's extension object, borrowed from its handle for one callback.
@@ -989,7 +1065,9 @@ mod tests {
     mod later {
         use abi_stable::{sabi_trait, std_types::RStr};
 
-        use crate::abi::{ConnId, RawHostRef, RawInputEnd};
+        use abi_stable::std_types::RSlice;
+
+        use crate::abi::{CallStatus, ConnId, RawHandover, RawHostRef, RawInputEnd, RawStateSinkRef};
         #[sabi_trait]
         pub trait RawPluginExt {
             #[sabi(last_prefix_field)]
@@ -997,6 +1075,49 @@ mod tests {
             fn on_input_end(&mut self, host: RawHostRef<'_>, conn: ConnId) -> RawInputEnd {
                 let _ = (host, conn);
                 RawInputEnd::CLOSE
+            }
+            fn handover_version(&self) -> u32 {
+                0
+            }
+            fn handover_accepts(&mut self, host: RawHostRef<'_>, plugin: RStr<'_>, version: u32) -> bool {
+                let _ = (host, plugin, version);
+                false
+            }
+            fn handover_export_conn(
+                &mut self,
+                host: RawHostRef<'_>,
+                conn: ConnId,
+                sink: RawStateSinkRef<'_>,
+            ) -> RawHandover {
+                let _ = (host, conn, sink);
+                RawHandover::DECLINE
+            }
+            fn handover_export_worker(&mut self, host: RawHostRef<'_>, sink: RawStateSinkRef<'_>) -> RawHandover {
+                let _ = (host, sink);
+                RawHandover::DECLINE
+            }
+            fn handover_adopt_worker(
+                &mut self,
+                host: RawHostRef<'_>,
+                version: u32,
+                state: RSlice<'_, u8>,
+            ) -> RawHandover {
+                let _ = (host, version, state);
+                RawHandover::DECLINE
+            }
+            fn handover_adopt_conn(
+                &mut self,
+                host: RawHostRef<'_>,
+                conn: ConnId,
+                version: u32,
+                state: RSlice<'_, u8>,
+            ) -> RawHandover {
+                let _ = (host, conn, version, state);
+                RawHandover::DECLINE
+            }
+            fn on_publish(&mut self, host: RawHostRef<'_>, topic: RSlice<'_, u8>, msg: RSlice<'_, u8>) -> CallStatus {
+                let _ = (host, topic, msg);
+                CallStatus::Ok
             }
             fn on_future(&mut self, data: u64) -> u32 {
                 let _ = data;

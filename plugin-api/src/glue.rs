@@ -282,6 +282,11 @@ impl<P: Protocol> RawPluginExt for Glue<P> {
             panic::catch_unwind(AssertUnwindSafe(|| self.0.adopt_conn(&mut host, conn, version, state.as_slice())));
         adopt_answer(adopted)
     }
+
+    fn on_publish(&mut self, host: RawHostRef<'_>, topic: RSlice<'_, u8>, msg: RSlice<'_, u8>) -> CallStatus {
+        let mut host = Host::from_raw(host);
+        guard(|| self.0.on_publish(&mut host, topic.as_slice(), msg.as_slice()))
+    }
 }
 
 /// An export's answer: a move only when the plugin said so and every write was stored.
@@ -450,6 +455,15 @@ mod tests {
         };
         assert!((module.new())(RStr::from_str(""), &info).is_ok());
         assert_eq!(seen("v1"), vec![(None, None, None)], "an older host cannot say");
+    }
+
+    #[test]
+    fn topics_are_unsupported_on_a_host_without_them() {
+        let mut old = OldHost;
+        let mut host = Host::from_raw(RawHost_TO::from_ptr(&mut old, TD_Opaque));
+        assert_eq!(host.subscribe(ConnId::new(0, 1), "t"), Err(crate::TopicError::Unsupported));
+        assert_eq!(host.publish("t", b"x"), Err(crate::TopicError::Unsupported));
+        assert_eq!(host.subscribers("t"), Err(crate::TopicError::Unsupported));
     }
 
     #[test]

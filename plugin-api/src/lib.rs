@@ -37,10 +37,14 @@ mod log;
 mod sdk;
 pub mod testing;
 
-pub use abi::{ConnErrorCode, ConnId, ConnectErrorCode, TimerId, ABI_VERSION, MAX_WORKER_MESSAGE};
+pub use abi::{
+    ConnErrorCode, ConnId, ConnectErrorCode, TimerId, ABI_VERSION, MAX_PUBLISH, MAX_TOPICS_PER_CONN, MAX_TOPIC_LEN,
+    MAX_WORKER_MESSAGE,
+};
 pub use sdk::{
     raw_sock_addr, ConnError, ConnMap, ConnectAddr, ConnectError, Counter, Frame, Host, InputEnd, Notifier,
-    NotifyError, PeerCred, Protocol, SendFileError, StateWriter, TaskError, TaskId, Transport, WorkerInfo, WorkerMsgError,
+    NotifyError, PeerCred, Protocol, SendFileError, StateWriter, TaskError, TaskId, TopicError, Transport, WorkerInfo,
+    WorkerMsgError,
 };
 
 /// The abi_stable this crate is built with, for code that implements the raw ABI itself (a fake

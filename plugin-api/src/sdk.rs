@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use abi_stable::std_types::{RResult, RSlice, RStr};
 
+mod topics;
+
+pub use self::topics::TopicError;
+
 use crate::abi::{
     self, ConnErrorCode, ConnId, ConnectErrorCode, HostExtension, RawFrame, RawHostRef, RawInputEnd, RawSockAddr,
     RawTransport, TimerId,
@@ -812,6 +816,11 @@ pub trait Protocol: Sized + 'static {
     fn adopt_worker(&mut self, _host: &mut Host<'_>, _version: u32, _state: &[u8]) -> bool {
         true
     }
+
+    /// A message published on a topic the worker subscribed to itself
+    /// ([`Host::subscribe_worker`]), once per message, wherever in the service or its cluster
+    /// it was published (this worker included). A host older than plugin-api 0.1.4 never calls it.
+    fn on_publish(&mut self, _host: &mut Host<'_>, _topic: &[u8], _msg: &[u8]) {}
 }
 
 /// Where a plugin writes its hand-over state ([`Protocol::export_conn`],

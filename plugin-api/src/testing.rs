@@ -34,7 +34,7 @@
 //! assert_eq!(t.host.take_sent(conn), b"HELLO\nBYE\n");
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -43,7 +43,8 @@ use abi_stable::std_types::{ROption, RResult, RSlice, RStr};
 
 use crate::abi::{
     ConnId, ConnectErrorCode, HostExtension, RawHost, RawHostExt, RawHostExt_TO, RawHostRef, RawHost_TO, RawJobBox,
-    RawPeerCred, RawSockAddr, RawTransport, TimerId, WorkerMsgStatus, MAX_WORKER_MESSAGE, NO_COUNTER,
+    RawPeerCred, RawSockAddr, RawTransport, TimerId, TopicStatus, WorkerMsgStatus, MAX_PUBLISH, MAX_TOPICS_PER_CONN,
+    MAX_TOPIC_LEN, MAX_WORKER_MESSAGE, NO_COUNTER, WORKER_CONN,
 };
 pub use crate::log::LogRecord;
 use crate::sdk::{raw_sock_addr, ConnError, Frame, Host, InputEnd, Protocol, TaskId, Transport, WorkerInfo};
@@ -123,6 +124,11 @@ pub struct TestHost {
     pub to_workers: Vec<(u32, Vec<u8>)>,
     /// Addresses the plugin connected to; each got the id of its position (generation 1 000).
     pub connects: Vec<String>,
+    /// Subscriptions by topic ([`Host::subscribe`]; [`crate::abi::WORKER_CONN`] for the worker's own).
+    pub subscriptions: BTreeMap<Vec<u8>, BTreeSet<ConnId>>,
+    /// What the plugin published: `(topic, message)`. Each was also written to the topic's
+    /// subscribed connections here (their `sent`).
+    pub published: Vec<(Vec<u8>, Vec<u8>)>,
     /// The plugin's log records (everything it logged while a [`TestPlugin`] drove it).
     pub logs: Arc<Mutex<Vec<LogRecord>>>,
     /// Tasks submitted and not yet run ([`TestPlugin::run_tasks`] runs them).
@@ -157,6 +163,8 @@ impl Default for TestHost {
             broadcasts: Vec::new(),
             to_workers: Vec::new(),
             connects: Vec::new(),
+            subscriptions: BTreeMap::new(),
+            published: Vec::new(),
             logs: Arc::default(),
             tasks: Vec::new(),
             next_timer: 1,
@@ -227,6 +235,48 @@ impl RawHostExt for TestHost {
     }
     fn alpn(&self, conn: ConnId) -> ROption<RSlice<'_, u8>> {
         self.alpn.get(&conn).map(|p| RSlice::from_slice(p)).into()
+    }
+    fn subscribe(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> i64 {
+        if !valid_topic(&topic) {
+            return TopicStatus::INVALID_TOPIC.0 as i64;
+        }
+        if self.closed.contains(&conn) {
+            return TopicStatus::NO_CONNECTION.0 as i64;
+        }
+        if conn != WORKER_CONN && self.topics_of(conn).len() >= MAX_TOPICS_PER_CONN {
+            let already = self.subscriptions.get(topic.as_slice()).is_some_and(|s| s.contains(&conn));
+            if !already {
+                return TopicStatus::TOO_MANY_TOPICS.0 as i64;
+            }
+        }
+        i64::from(self.subscriptions.entry(topic.to_vec()).or_default().insert(conn))
+    }
+    fn unsubscribe(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> i64 {
+        if !valid_topic(&topic) {
+            return TopicStatus::INVALID_TOPIC.0 as i64;
+        }
+        let Some(subs) = self.subscriptions.get_mut(topic.as_slice()) else { return 0 };
+        let was = subs.remove(&conn);
+        if subs.is_empty() {
+            self.subscriptions.remove(topic.as_slice());
+        }
+        i64::from(was)
+    }
+    fn publish(&mut self, topic: RSlice<'_, u8>, msg: RSlice<'_, u8>) -> i64 {
+        if !valid_topic(&topic) {
+            return TopicStatus::INVALID_TOPIC.0 as i64;
+        }
+        if msg.len() > MAX_PUBLISH {
+            return TopicStatus::TOO_LARGE.0 as i64;
+        }
+        self.published.push((topic.to_vec(), msg.to_vec()));
+        self.fan_out(&topic, &msg) as i64
+    }
+    fn subscribers(&mut self, topic: RSlice<'_, u8>) -> i64 {
+        if !valid_topic(&topic) {
+            return TopicStatus::INVALID_TOPIC.0 as i64;
+        }
+        self.subscriptions.get(topic.as_slice()).map_or(0, |s| s.iter().filter(|&&c| c != WORKER_CONN).count()) as i64
     }
 }
 
@@ -350,6 +400,33 @@ impl RawHost for TestHost {
     }
 }
 
+impl TestHost {
+    /// Writes `msg` to every connection subscribed to `topic` (as the worker does); how many.
+    fn fan_out(&mut self, topic: &[u8], msg: &[u8]) -> usize {
+        let Some(subs) = self.subscriptions.get(topic) else { return 0 };
+        let mut n = 0;
+        for conn in subs.iter().filter(|&&c| c != WORKER_CONN && !self.closed.contains(&c)) {
+            self.sent.entry(*conn).or_default().extend_from_slice(msg);
+            n += 1;
+        }
+        n
+    }
+
+    /// Whether the worker itself is subscribed to `topic` (`Host::subscribe_worker`).
+    pub fn worker_subscribed(&self, topic: &[u8]) -> bool {
+        self.subscriptions.get(topic).is_some_and(|s| s.contains(&WORKER_CONN))
+    }
+
+    /// The topics `conn` is subscribed to.
+    pub fn topics_of(&self, conn: ConnId) -> Vec<Vec<u8>> {
+        self.subscriptions.iter().filter(|(_, s)| s.contains(&conn)).map(|(t, _)| t.clone()).collect()
+    }
+}
+
+fn valid_topic(topic: &[u8]) -> bool {
+    !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN
+}
+
 /// A plugin and its [`TestHost`], driven as a worker drives them. See the [module docs](self).
 pub struct TestPlugin<P> {
     /// The plugin under test.
@@ -457,6 +534,22 @@ impl<P: Protocol> TestPlugin<P> {
         self.buffers.remove(&conn);
         self.expect.remove(&conn);
         self.call(|p, h| p.on_close(h, conn));
+        // A connection's subscriptions end with it.
+        self.host.subscriptions.retain(|_, subs| {
+            subs.remove(&conn);
+            !subs.is_empty()
+        });
+    }
+
+    /// A message published on `topic` by another worker or host: written to the topic's
+    /// subscribed connections here, and heard by the plugin (`on_publish`) when the worker
+    /// subscribed itself. How many connections it was written to.
+    pub fn publish(&mut self, topic: &[u8], msg: &[u8]) -> usize {
+        let n = self.host.fan_out(topic, msg);
+        if self.host.worker_subscribed(topic) {
+            self.call(|p, h| p.on_publish(h, topic, msg));
+        }
+        n
     }
 
     /// The peer of `conn` finished sending (`on_input_end`): with [`InputEnd::Close`] the worker

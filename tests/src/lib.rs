@@ -11,6 +11,7 @@
 //!
 //! Every wait polls up to a deadline: a broken host fails a test within seconds, never hangs it.
 
+pub mod broker;
 mod build;
 pub mod cargo_plugin;
 mod client;

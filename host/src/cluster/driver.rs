@@ -64,12 +64,13 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// A driver for `url`, sharing topics with the hosts of the same `service`.
-    pub fn new(url: ClusterUrl, service: &str, token: Token) -> Result<Self, DriverError> {
+    /// A driver for `url`, sharing topics with the hosts of the same `service`; `origin`: see
+    /// [`AnyProtocol::for_url`].
+    pub fn new(url: ClusterUrl, service: &str, token: Token, origin: Option<[u8; 8]>) -> Result<Self, DriverError> {
         if url.tls {
             return Err(DriverError::TlsUnsupported(url.to_string()));
         }
-        let broker = Broker::new(AnyProtocol::for_url(&url, service));
+        let broker = Broker::new(AnyProtocol::for_url(&url, service, origin));
         Ok(Self {
             url,
             broker,
@@ -92,6 +93,7 @@ impl Driver {
         self.broker.counters()
     }
 
+    #[cfg_attr(not(test), allow(dead_code, reason = "the tests look"))]
     pub fn topic_count(&self) -> usize {
         self.broker.topic_count()
     }

@@ -142,11 +142,19 @@ pub enum AnyProtocol {
 }
 
 impl AnyProtocol {
-    /// The wire client for `url`, its channels or subjects named after `service`.
-    pub fn for_url(url: &url::ClusterUrl, service: &str) -> Self {
+    /// The wire client for `url`, its channels or subjects named after `service`; `origin`: the
+    /// id of the host, shared by the connections of its workers, so that none receives what
+    /// another one of the same host published (None: each connection is its own origin).
+    pub fn for_url(url: &url::ClusterUrl, service: &str, origin: Option<[u8; 8]>) -> Self {
         match url.kind {
-            url::BrokerKind::Redis => Self::Redis(redis::RedisClient::new(redis::RedisOptions::from_url(url, service))),
-            url::BrokerKind::Nats => Self::Nats(nats::NatsClient::new(nats::NatsOptions::from_url(url, service))),
+            url::BrokerKind::Redis => {
+                let options = redis::RedisOptions { origin, ..redis::RedisOptions::from_url(url, service) };
+                Self::Redis(redis::RedisClient::new(options))
+            }
+            url::BrokerKind::Nats => {
+                let options = nats::NatsOptions { origin, ..nats::NatsOptions::from_url(url, service) };
+                Self::Nats(nats::NatsClient::new(options))
+            }
         }
     }
 }
@@ -232,6 +240,7 @@ impl<P: Protocol> Broker<P> {
     }
 
     /// How many topics have local subscribers (and so are subscribed at the broker when ready).
+    #[cfg_attr(not(test), allow(dead_code, reason = "the tests look"))]
     pub fn topic_count(&self) -> usize {
         self.topics.len()
     }

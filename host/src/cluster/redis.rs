@@ -46,6 +46,9 @@ pub struct RedisOptions {
     pub sharded: bool,
     /// `host:<service>:`.
     pub prefix: Vec<u8>,
+    /// The origin id in front of every payload (messages carrying it are skipped): one per
+    /// host when each of its workers has a connection; None: a random one for this client.
+    pub origin: Option<[u8; ORIGIN_LEN]>,
 }
 
 impl RedisOptions {
@@ -55,6 +58,7 @@ impl RedisOptions {
             password: url.password.clone(),
             sharded: false,
             prefix: format!("host:{service}:").into_bytes(),
+            origin: None,
         }
     }
 }
@@ -79,7 +83,8 @@ impl RedisClient {
         // A random id per client (std's SipHash keys are random per process and per RandomState).
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
-        Self { options, origin: hasher.finish().to_le_bytes(), pending: VecDeque::new() }
+        let origin = options.origin.unwrap_or_else(|| hasher.finish().to_le_bytes());
+        Self { options, origin, pending: VecDeque::new() }
     }
 
     fn channel(&self, topic: &[u8]) -> Vec<u8> {
@@ -237,6 +242,7 @@ mod tests {
             password: password.map(String::from),
             sharded,
             prefix: b"host:chat:".to_vec(),
+            origin: None,
         })
     }
 

@@ -280,8 +280,11 @@ struct Hosts {
 
 impl Hosts {
     fn new(urls: &[url::ClusterUrl]) -> Self {
-        let drivers =
-            urls.iter().enumerate().map(|(i, u)| Driver::new(u.clone(), "svc", Token(i)).unwrap()).collect::<Vec<_>>();
+        let drivers = urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| Driver::new(u.clone(), "svc", Token(i), None).unwrap())
+            .collect::<Vec<_>>();
         let n = drivers.len();
         Self { poll: Poll::new().unwrap(), drivers, received: vec![Vec::new(); n], events: vec![Vec::new(); n] }
     }

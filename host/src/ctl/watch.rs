@@ -6,7 +6,7 @@
 
 /// Every plugin callback the worker's loop makes, by the name of its `RawPlugin` (or
 /// `RawPluginExt`) method.
-pub const CALLBACKS: [&str; 22] = [
+pub const CALLBACKS: [&str; 23] = [
     "on_worker_start",
     "on_worker_stop",
     "on_worker_reload",
@@ -29,6 +29,7 @@ pub const CALLBACKS: [&str; 22] = [
     "handover_export_worker",
     "handover_adopt_worker",
     "handover_adopt_conn",
+    "on_publish",
 ];
 
 const TIME_BITS: u32 = 56;

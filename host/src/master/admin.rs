@@ -382,6 +382,20 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics, format: MetricsFo
         "datagrams_dropped",
         "UDP datagrams dropped (oversized, over the session limit, paused)",
     );
+    let topic_msgs = counter(
+        &mut registry,
+        "topic_messages",
+        "Topic messages by event: published here, received from other workers and hosts, delivered to subscribers, dropped (slow subscribers), refused (limits)",
+    );
+    let broker_msgs = counter(
+        &mut registry,
+        "cluster_messages",
+        "Topic messages through the cluster's broker by event: published, received, dropped",
+    );
+    let broker_reconnects = counter(&mut registry, "cluster_reconnects", "Reconnections to the cluster's broker");
+    let topics_open = gauge(&mut registry, "topics", "Topics with a subscriber, per worker slot");
+    let subscriptions = gauge(&mut registry, "topic_subscriptions", "Topic subscriptions, per worker slot");
+    let broker_up = gauge(&mut registry, "cluster_connected", "1 when the worker's broker connection is ready");
     let open = gauge(&mut registry, "connections_open", "Connections open now, per worker slot");
     let workers = gauge(&mut registry, "workers", "Worker processes by service and state");
     let memory = gauge(&mut registry, "worker_resident_bytes", "Resident memory of each worker slot's worker");
@@ -429,8 +443,37 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics, format: MetricsFo
         panics.get_or_create(&l).inc_by(t.plugin_panics);
         send_failures.get_or_create(&l).inc_by(t.send_failures);
         datagrams_dropped.get_or_create(&l).inc_by(t.datagrams_dropped);
+        let tt = &t.topics;
+        if tt.used() {
+            for (event, n) in [
+                ("published", tt.published),
+                ("received", tt.received),
+                ("delivered", tt.delivered),
+                ("dropped", tt.dropped),
+                ("refused", tt.refused),
+            ] {
+                let el = labels(&[("service", &w.service), ("slot", &slot), ("event", event)]);
+                topic_msgs.get_or_create(&el).inc_by(n);
+            }
+        }
         if let Some(r) = &w.report {
             open.get_or_create(&l).set(r.connections as i64);
+            if r.topics.used() {
+                topics_open.get_or_create(&l).set(r.topics.topics as i64);
+                subscriptions.get_or_create(&l).set(r.topics.subscriptions as i64);
+            }
+            if let Some(state) = &r.topics.broker {
+                broker_up.get_or_create(&l).set(i64::from(state == "ready"));
+                for (event, n) in [
+                    ("published", tt.broker_published),
+                    ("received", tt.broker_received),
+                    ("dropped", tt.broker_dropped),
+                ] {
+                    let el = labels(&[("service", &w.service), ("slot", &slot), ("event", event)]);
+                    broker_msgs.get_or_create(&el).inc_by(n);
+                }
+                broker_reconnects.get_or_create(&l).inc_by(tt.broker_reconnects);
+            }
         }
     }
     // The plugins' own counters, one family per name.

@@ -274,6 +274,7 @@ impl<P: Processes> Supervisor<P> {
             heartbeat_ms: crate::config::heartbeat_ms(self.timeouts.worker, state.service.recycle),
             tls: state.tls.as_ref().map(|t| t.spec.clone()),
             access_log: state.service.access_log.is_some(),
+            cluster: state.service.cluster.clone(),
         }
     }
 

@@ -89,6 +89,19 @@ pub fn worker_message(plugin: &mut RawPluginBox, core: &mut Core, from_slot: u32
     }
 }
 
+/// Messages on topics the worker subscribed to itself, queued by the fan-out: the plugin hears
+/// each (`on_publish`). Those its own `on_publish` publishes wait for the next turn.
+pub fn published(plugin: &mut RawPluginBox, core: &mut Core) {
+    for _ in 0..core.topics.heard.len() {
+        let Some((topic, msg)) = core.topics.heard.pop_front() else { return };
+        let (topic, msg) = (RSlice::from_slice(&topic), RSlice::from_slice(&msg));
+        if call!(plugin.extension().ext, core, on_publish, topic, msg) == CallStatus::Panicked {
+            count_panic(core);
+            tracing::error!("plugin panicked in on_publish");
+        }
+    }
+}
+
 pub fn task_done(plugin: &mut RawPluginBox, core: &mut Core, task: u64, result: Result<RVec<u8>, RString>) {
     if call!(plugin, core, on_task_done, task, result.into()) == CallStatus::Panicked {
         count_panic(core);

@@ -147,6 +147,9 @@ impl Worker {
         if let Some(tls) = &spec.tls {
             worker.core.tls = Some(crate::tls::server_config(tls)?);
         }
+        if let Some(url) = &spec.cluster {
+            worker.core.join_cluster(url).map_err(anyhow::Error::msg)?;
+        }
         if let RResult::RErr(e) = dispatch::worker_start(&mut worker.plugin, &mut worker.core) {
             anyhow::bail!("plugin {} failed to start: {}", loaded.name, e);
         }
@@ -195,6 +198,7 @@ impl Worker {
                     MAILBOX => self.mailbox_pending = true,
                     tasks::TASKS => self.tasks_pending = true,
                     outbound::RESOLVER => self.core.resolved(),
+                    super::core::CLUSTER => self.core.cluster_ready(event),
                     Token(t) if t < CONN_TOKEN_BASE => {}
                     Token(t) => {
                         let index = t - CONN_TOKEN_BASE;
@@ -219,11 +223,14 @@ impl Worker {
                 self.udp_pending = datagram::receive(&mut self.plugin, &mut self.core, &mut self.scratch);
             }
             self.deliver_tasks();
+            dispatch::published(&mut self.plugin, &mut self.core);
             self.run_timers();
             for outcome in self.core.expire_outbound() {
                 dispatch::outbound(&mut self.plugin, &mut self.core, &mut self.scratch, outcome, false);
             }
+            self.core.cluster_tick();
             self.settle();
+            self.core.cluster_flush();
             self.core.access_log.flush_due(self.core.now_ms);
             self.core.stats.rate.roll(self.core.now_ms, self.core.stats.messages);
             self.beat();
@@ -246,7 +253,8 @@ impl Worker {
         if self.core.len() > 0 && self.next_sweep_ms.is_none() {
             self.next_sweep_ms = Some(now + SWEEP_INTERVAL_MS);
         }
-        if !self.core.deferred.is_empty() || !self.core.dirty.is_empty() || self.mailbox_pending || self.udp_pending {
+        let busy = self.mailbox_pending || self.udp_pending || !self.core.topics.heard.is_empty();
+        if !self.core.deferred.is_empty() || !self.core.dirty.is_empty() || busy {
             // settle() stopped before it was done: go on at once.
             return Some(Duration::ZERO);
         }
@@ -259,6 +267,7 @@ impl Worker {
             self.core.next_outbound_deadline(),
             self.core.access_log.deadline_ms(),
             self.handover_deadline(),
+            self.core.cluster_deadline_ms(),
         ];
         deadlines.into_iter().flatten().min().map(|d| Duration::from_millis(d.saturating_sub(now)))
     }
@@ -430,6 +439,12 @@ impl Worker {
         }
         for _ in 0..MAILBOX_BATCH {
             match self.core.mailbox.recv(&mut self.mailbox_buf) {
+                Ok(Some((from, n))) if from & mailbox::TOPIC_FLAG != 0 => {
+                    match mailbox::split_topic(&self.mailbox_buf[4..4 + n]) {
+                        Some((topic, msg)) => self.core.deliver_published(topic, msg),
+                        None => tracing::warn!(from_slot = from & !mailbox::TOPIC_FLAG, "a malformed topic message"),
+                    }
+                }
                 Ok(Some((from, n))) => {
                     let msg = &self.mailbox_buf[4..4 + n];
                     dispatch::worker_message(&mut self.plugin, &mut self.core, from, msg);

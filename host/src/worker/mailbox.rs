@@ -9,6 +9,10 @@
 //! never block: when a peer's mailbox is full (it does not keep up: the kernel's socket buffer,
 //! shared by its senders, is the bound) or the peer is gone (`EPIPE`, `ECONNREFUSED`), the
 //! message is dropped for that peer and counted.
+//!
+//! A topic's message (`Host::publish`) travels the same way, marked by [`TOPIC_FLAG`] in the
+//! slot's word: then come the topic's length (2 bytes, little-endian), the topic and the message.
+//! It is never handed to `on_worker_message`.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -24,6 +28,9 @@ const HEADER: usize = 4;
 
 /// A datagram buffer that takes the largest message.
 pub const RECV_BUFFER: usize = HEADER + MAX_WORKER_MESSAGE;
+
+/// Set in the sender's slot word of a topic's message.
+pub const TOPIC_FLAG: u32 = 1 << 31;
 
 struct PeerEnd {
     peer: Peer,
@@ -84,6 +91,22 @@ impl Mailbox {
         }
     }
 
+    /// Sends a topic's message to every peer (a peer that does not take it misses it: counted
+    /// in `dropped`). The caller checked its size (`worker::topics::check_publish`).
+    pub fn publish(&mut self, from_slot: u32, topic: &[u8], msg: &[u8]) {
+        if self.peers.is_empty() {
+            return;
+        }
+        self.out.clear();
+        self.out.extend_from_slice(&(from_slot | TOPIC_FLAG).to_le_bytes());
+        self.out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+        self.out.extend_from_slice(topic);
+        self.out.extend_from_slice(msg);
+        for i in 0..self.peers.len() {
+            self.deliver(i);
+        }
+    }
+
     fn prepare(&mut self, from_slot: u32, msg: &[u8]) -> bool {
         if msg.len() > MAX_WORKER_MESSAGE {
             return false;
@@ -138,6 +161,14 @@ impl Mailbox {
             }
         }
     }
+}
+
+/// The topic and message of a topic's datagram body (after the slot's word); None when it is
+/// malformed.
+pub fn split_topic(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u16::from_le_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let rest = &body[2..];
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod phase;
 mod plugin_log;
 mod tasks;
 mod timers;
+mod topics;
 mod transport;
 
 pub(crate) use self::core::Snapshot;
@@ -249,6 +250,7 @@ mod tests {
             heartbeat_ms: 1000,
             tls: None,
             access_log: false,
+            cluster: None,
         }
     }
 

@@ -43,6 +43,9 @@ mod text;
 // WebSocket through the `websocket` echo plugin and the `ws_chat` example: a Python client,
 // raw sockets for bad input, subprotocols, origins, server pings, drain.
 mod websocket;
+// Topics (publish/subscribe) through the `ws_chat` example: across workers, rooms, a slow
+// subscriber, hostile input; across hosts through a real redis-server and nats-server.
+mod topics;
 // Workerman's Frame protocol through the `frame` plugin: length-prefixed frames, bad lengths.
 mod frame;
 // The `resp` plugin: a Redis-compatible store driven by redis-cli, redis-py and redis-benchmark.

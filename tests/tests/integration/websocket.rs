@@ -10,7 +10,7 @@ use host_tests::{assert_contains, poll_until, Client, Host, Signal};
 
 /// Runs `python3 -c SCRIPT PORT` (bounded: killed after 30 s) and returns its stdout; panics with
 /// its stderr when it fails.
-fn python(script: &str, port: u16) -> String {
+pub(crate) fn python(script: &str, port: u16) -> String {
     let mut child = Command::new("python3")
         .arg("-c")
         .arg(script)
@@ -38,7 +38,7 @@ fn python(script: &str, port: u16) -> String {
 }
 
 /// The script's prologue: `url` of the server, and `connect` to loopback only (no proxy).
-const PRELUDE: &str = r#"
+pub(crate) const PRELUDE: &str = r#"
 import sys
 from websockets.sync.client import connect as _connect
 url = "ws://127.0.0.1:%s/" % sys.argv[1]
@@ -167,8 +167,8 @@ fn a_message_of_exactly_the_limit_is_echoed() {
     assert_eq!(close_code_in(&got), 1009);
 }
 
-// With two workers, every client gets every message, whichever worker it landed on and whichever
-// worker the sender's is.
+// With two workers, every member of a room gets every message, whichever worker it landed on and
+// whichever worker the sender's is.
 #[test]
 fn chat_delivers_across_workers() {
     let host = Host::start("ws_chat", &["--count", "2"]);
@@ -179,6 +179,8 @@ for _ in range(60):
     ws = connect()
     ws.send("/whoami")
     pid = ws.recv(timeout=5).split()[3]
+    ws.send("/join lobby")
+    assert ws.recv(timeout=5) == "joined lobby"
     clients.append(ws)
     pids.setdefault(pid, ws)
     if len(pids) == 2 and len(clients) >= 4:
@@ -202,13 +204,18 @@ fn chat_sends_each_message_to_every_client_of_the_worker() {
     let script = format!(
         r#"{PRELUDE}
 with connect() as a, connect() as b:
+    a.send("hi")
+    print(a.recv(timeout=5))
+    for ws in (a, b):
+        ws.send("/join lobby")
+        assert ws.recv(timeout=5) == "joined lobby"
     a.send("hi from a")
     print(a.recv(timeout=5), "|", b.recv(timeout=5))
     b.send("yo")
     print(a.recv(timeout=5), "|", b.recv(timeout=5))
 "#
     );
-    assert_eq!(python(&script, host.port()), "hi from a | hi from a\nyo | yo\n");
+    assert_eq!(python(&script, host.port()), "! /join a room first\nhi from a | hi from a\nyo | yo\n");
 }
 
 // ---- Raw sockets ----

@@ -64,6 +64,8 @@ pub struct Snapshot {
     pub age_ms: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The topics it is subscribed to (`Host::subscribe`), in order: they move with it.
+    pub topics: Vec<Vec<u8>>,
 }
 
 /// A connection out of its table.
@@ -163,6 +165,7 @@ impl Core {
             age_ms: now.saturating_sub(c.created_ms),
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
+            topics: self.topics.topics_of(id),
         })
     }
 
@@ -258,6 +261,9 @@ impl Core {
         };
         self.conns[index] = Some(conn);
         self.live += 1;
+        for topic in &s.topics {
+            self.subscribe(id, topic);
+        }
         // Flush what was queued (or carry out the close); dispatch what was buffered.
         self.mark_dirty(index);
         if s.phase == ConnPhase::Open {

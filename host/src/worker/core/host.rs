@@ -122,6 +122,25 @@ impl RawHostExt for Ctx<'_> {
     fn alpn(&self, conn: ConnId) -> ROption<RSlice<'_, u8>> {
         self.core.get(conn).and_then(|c| c.stream.alpn_protocol()).map(RSlice::from_slice).into()
     }
+
+    fn subscribe(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> i64 {
+        self.core.subscribe(conn, topic.as_slice())
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> i64 {
+        self.core.unsubscribe(conn, topic.as_slice())
+    }
+
+    fn publish(&mut self, topic: RSlice<'_, u8>, msg: RSlice<'_, u8>) -> i64 {
+        self.core.publish(topic.as_slice(), msg.as_slice())
+    }
+
+    fn subscribers(&mut self, topic: RSlice<'_, u8>) -> i64 {
+        match crate::worker::topics::check_topic(topic.as_slice()) {
+            Ok(()) => self.core.topics.conn_count(topic.as_slice()) as i64,
+            Err(status) => status.0 as i64,
+        }
+    }
 }
 
 impl RawHost for Ctx<'_> {

@@ -11,6 +11,7 @@ mod connect;
 mod export;
 mod host;
 mod stats;
+mod topics;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -28,12 +29,14 @@ pub use self::export::ExportError;
 pub use self::export::{ExportedConn, Snapshot};
 pub use self::host::Ctx;
 pub use self::stats::Stats;
+pub use self::topics::CLUSTER;
 use super::access_log::AccessLog;
 use super::mailbox::Mailbox;
 use super::outbound::{Pending, Resolver};
 use super::phase::{ConnPhase, WorkerPhase};
 use super::tasks::Tasks;
 use super::timers::Timers;
+use super::topics::TopicTable;
 use super::transport::{Stream, Transport};
 use crate::config::Limits;
 use crate::ctl::watch;
@@ -103,6 +106,8 @@ pub struct Core {
     pub access_log: AccessLog,
     /// Which plugin callback the loop is in, for the master's watchdog.
     pub watch: Watch,
+    /// Topics: subscriptions, the worker's own ones heard, the cluster's broker.
+    pub topics: TopicTable,
     registry: Registry,
 }
 
@@ -170,6 +175,7 @@ impl Core {
             sessions: HashMap::new(),
             tasks: None,
             watch: Watch::default(),
+            topics: TopicTable::default(),
             registry,
         }
     }
@@ -304,6 +310,7 @@ impl Core {
     fn take(&mut self, index: usize) -> Option<Conn> {
         let mut conn = self.conns.get_mut(index)?.take()?;
         let _ = self.registry.deregister(&mut conn.stream);
+        self.topics_left(conn.id);
         if let Some(peer) = conn.stream.datagram_peer() {
             self.sessions.remove(&peer);
         }
@@ -354,6 +361,7 @@ impl Core {
             tasks_refused: tasks.refused,
             tasks_in_flight: self.tasks_in_flight() as u64,
             notify_dropped: tasks.notify_dropped,
+            topics: self.topics.report(),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use plugin_api::{ConnError, ConnId, ConnMap, Frame, Host, Protocol, TaskId, TimerId, WorkerInfo};
+use plugin_api::{ConnError, ConnId, ConnMap, Frame, Host, Protocol, TaskId, TimerId, TopicError, WorkerInfo};
 use serde::Deserialize;
 
 use crate::deflate::{self, Agreed, Deflater, Inflater, MIN_COMPRESS};
@@ -82,6 +82,9 @@ pub trait Handler: Sized + 'static {
     fn on_task_done(&mut self, _ws: &mut Ws<'_, '_>, _task: TaskId, _result: Result<Vec<u8>, String>) {}
     /// The plugin's own thread woke the worker through a `host.notifier()`.
     fn on_notify(&mut self, _ws: &mut Ws<'_, '_>, _data: &[u8]) {}
+    /// A message on a topic the worker subscribed to itself (`host.subscribe_worker`), as
+    /// published (a whole frame when it came from [`Ws::publish_text`]).
+    fn on_publish(&mut self, _ws: &mut Ws<'_, '_>, _topic: &[u8], _msg: &[u8]) {}
     /// A timer the handler added with `host.add_timer`/`add_interval` fired (the layer's own ping
     /// timers never reach it).
     fn on_timer(&mut self, _ws: &mut Ws<'_, '_>, _timer: TimerId, _data: u64) {}
@@ -132,6 +135,9 @@ pub struct Conn {
     timer: Option<TimerId>,
     /// The handshake succeeded (the handler heard `on_open`).
     opened: bool,
+    /// The topics it is subscribed to ([`Ws::subscribe`]); they end when the close handshake
+    /// begins, so that no message follows a close frame.
+    topics: Vec<String>,
 }
 
 /// A data frame in progress: its payload is consumed as it arrives (so a message of exactly the
@@ -215,7 +221,7 @@ impl<'h> Ws<'_, 'h> {
     }
 
     /// Starts the close handshake with `code` (see [`close_code`]) and `reason`; the connection
-    /// closes once the peer answers (or at the host's timeouts).
+    /// closes once the peer answers (or at the host's timeouts). Its topics end now.
     pub fn close(&mut self, conn: ConnId, code: u16, reason: &str) {
         let Some(c) = self.conns.get_mut(conn) else { return };
         if c.state == State::Open {
@@ -223,7 +229,54 @@ impl<'h> Ws<'_, 'h> {
             write_close(self.out, code, reason);
             self.host.send(conn, self.out);
             c.state = State::CloseSent;
+            for topic in std::mem::take(&mut c.topics) {
+                let _ = self.host.unsubscribe(conn, topic);
+            }
         }
+    }
+
+    /// Subscribes an open connection to `topic` (see `Host::subscribe`): what is published on it
+    /// with [`Ws::publish_text`] anywhere in the service (and its cluster) reaches it as a text
+    /// message, with no call of the handler. `Ok(true)` when subscribed now. The subscription
+    /// ends with [`Ws::unsubscribe`], or when the connection starts closing.
+    pub fn subscribe(&mut self, conn: ConnId, topic: &str) -> Result<bool, TopicError> {
+        let Some(c) = self.conns.get_mut(conn).filter(|c| c.state == State::Open) else {
+            return Err(TopicError::NoConnection);
+        };
+        let new = self.host.subscribe(conn, topic)?;
+        if new {
+            c.topics.push(topic.to_string());
+        }
+        Ok(new)
+    }
+
+    /// Ends a subscription of [`Ws::subscribe`]: `Ok(true)` when there was one.
+    pub fn unsubscribe(&mut self, conn: ConnId, topic: &str) -> Result<bool, TopicError> {
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.topics.retain(|t| t != topic);
+        }
+        self.host.unsubscribe(conn, topic)
+    }
+
+    /// The topics `conn` is subscribed to, in the order it subscribed.
+    pub fn topics(&self, conn: ConnId) -> &[String] {
+        self.conns.get(conn).map_or(&[], |c| c.topics.as_slice())
+    }
+
+    /// Publishes one text message on `topic`: framed here once (uncompressed, which
+    /// permessage-deflate allows), written by the host to every subscriber of every worker and
+    /// host. How many connections of this worker it reached.
+    pub fn publish_text(&mut self, topic: &str, text: &str) -> Result<usize, TopicError> {
+        self.out.clear();
+        write_frame(self.out, true, OpCode::Text, text.as_bytes());
+        self.host.publish(topic, self.out)
+    }
+
+    /// [`Ws::publish_text`] for a binary message.
+    pub fn publish_binary(&mut self, topic: &str, data: &[u8]) -> Result<usize, TopicError> {
+        self.out.clear();
+        write_frame(self.out, true, OpCode::Binary, data);
+        self.host.publish(topic, self.out)
     }
 
     /// Sends a ping (payload cut to 125 bytes).
@@ -508,6 +561,11 @@ impl<H: Handler> Protocol for WebSocket<H> {
     fn on_notify(&mut self, host: &mut Host<'_>, data: &[u8]) {
         let (handler, mut ws) = self.ws(host);
         handler.on_notify(&mut ws, data);
+    }
+
+    fn on_publish(&mut self, host: &mut Host<'_>, topic: &[u8], msg: &[u8]) {
+        let (handler, mut ws) = self.ws(host);
+        handler.on_publish(&mut ws, topic, msg);
     }
 
     fn input(&mut self, host: &mut Host<'_>, conn: ConnId, buf: &[u8]) -> Frame {

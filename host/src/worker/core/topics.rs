@@ -1,0 +1,223 @@
+//! Topics in the connection table: subscribing live connections, and the fan-out that writes a
+//! published message to every subscriber's output (no plugin call per recipient), then hands it
+//! to the service's other workers (the mailbox) and to the other hosts (the cluster's broker).
+//!
+//! **Slow consumers.** A subscriber whose queued output has reached `max_send_buffer` misses
+//! the message: it is dropped for that subscriber alone and counted (`dropped_slow`); the
+//! connection stays open and gets the next messages once it drained. Closing it instead would
+//! turn a burst into reconnect storms; buffering past the limit would let one client that does
+//! not read grow the worker's memory without bound. One copy below the limit is taken whole, as
+//! a plugin's `send` is.
+//!
+//! Only open connections take a topic's messages: one the plugin closed (its output flushing
+//! before the close) gets nothing more, so a protocol's last message stays its last.
+
+use std::time::Instant;
+
+use plugin_api::abi::{TopicStatus, WORKER_CONN};
+use plugin_api::ConnId;
+
+use super::super::phase::ConnPhase;
+use super::super::topics::{check_publish, check_topic, Change};
+use super::{Core, Deferred};
+use crate::cluster::driver::Driver;
+use crate::cluster::Event;
+
+impl Core {
+    /// `RawHostExt::subscribe`: 1 subscribed now, 0 already, or a negative `TopicStatus`.
+    pub fn subscribe(&mut self, conn: ConnId, topic: &[u8]) -> i64 {
+        if conn != WORKER_CONN && !self.get(conn).is_some_and(|c| c.phase == ConnPhase::Open) {
+            if check_topic(topic).is_err() {
+                self.topics.stats.refused += 1;
+                return TopicStatus::INVALID_TOPIC.0 as i64;
+            }
+            return TopicStatus::NO_CONNECTION.0 as i64;
+        }
+        match self.topics.subscribe(conn, topic) {
+            Ok(Change::Added { first }) => {
+                if first {
+                    if let Some(cluster) = self.topics.cluster.as_mut() {
+                        // Checked above: the topic is valid for the broker too.
+                        let _ = cluster.subscribe(topic);
+                    }
+                }
+                1
+            }
+            Ok(_) => 0,
+            Err(status) => status.0 as i64,
+        }
+    }
+
+    /// `RawHostExt::unsubscribe`: 1 when there was a subscription, 0 when not.
+    pub fn unsubscribe(&mut self, conn: ConnId, topic: &[u8]) -> i64 {
+        match self.topics.unsubscribe(conn, topic) {
+            Ok(Change::Removed { last }) => {
+                if last {
+                    if let Some(cluster) = self.topics.cluster.as_mut() {
+                        cluster.unsubscribe(topic);
+                    }
+                }
+                1
+            }
+            Ok(_) => 0,
+            Err(status) => status.0 as i64,
+        }
+    }
+
+    /// The connection left the table (closed, or exported): its subscriptions end.
+    pub(super) fn topics_left(&mut self, conn: ConnId) {
+        for topic in self.topics.remove_conn(conn) {
+            if let Some(cluster) = self.topics.cluster.as_mut() {
+                cluster.unsubscribe(&topic);
+            }
+        }
+    }
+
+    /// `RawHostExt::publish`: written to this worker's subscribers now, then sent to the other
+    /// workers and hosts. The number of connections of this worker written to, or a negative
+    /// `TopicStatus`.
+    pub fn publish(&mut self, topic: &[u8], msg: &[u8]) -> i64 {
+        if let Err(status) = check_publish(topic, msg) {
+            self.topics.stats.refused += 1;
+            return status.0 as i64;
+        }
+        self.topics.stats.published += 1;
+        let written = self.fan_out(topic, msg);
+        self.mailbox.publish(self.slot, topic, msg);
+        if let Some(cluster) = self.topics.cluster.as_mut() {
+            // Not connected, or a backlog: dropped and counted by the broker session
+            // (at-most-once across hosts); local delivery went on above.
+            let _ = cluster.publish(topic, msg);
+        }
+        written as i64
+    }
+
+    /// A message published by another worker of this host or by another host: written to this
+    /// worker's subscribers (and heard by the plugin when the worker subscribed itself).
+    pub fn deliver_published(&mut self, topic: &[u8], msg: &[u8]) {
+        if check_publish(topic, msg).is_err() {
+            return;
+        }
+        self.topics.stats.received += 1;
+        self.fan_out(topic, msg);
+    }
+
+    /// Writes `msg` to every subscribed connection of `topic` with room in its send buffer,
+    /// queues it for the plugin's `on_publish` when the worker itself is subscribed; returns
+    /// how many connections it was written to.
+    fn fan_out(&mut self, topic: &[u8], msg: &[u8]) -> usize {
+        let max = self.limits.max_send_buffer;
+        let Some(subs) = self.topics.subscribers(topic) else { return 0 };
+        let (mut written, mut dropped, mut worker) = (0u64, 0u64, false);
+        for &id in subs {
+            if id == WORKER_CONN {
+                worker = true;
+                continue;
+            }
+            let index = id.index();
+            let Some(c) = self.conns.get_mut(index).and_then(Option::as_mut).filter(|c| c.id == id) else {
+                continue;
+            };
+            // Closing (the plugin closed it, maybe after a protocol's own close message):
+            // nothing more goes after what it queued.
+            if c.phase != ConnPhase::Open {
+                continue;
+            }
+            if c.pending_output() >= max {
+                dropped += 1;
+                continue;
+            }
+            c.output.extend_from_slice(msg);
+            written += 1;
+            if c.pending_output() >= max && !c.hold.buffer_full {
+                c.hold.buffer_full = true;
+                self.deferred.push_back((id, Deferred::BufferFull));
+            }
+            if !c.sched.dirty {
+                c.sched.dirty = true;
+                self.dirty.push(index);
+            }
+        }
+        if worker {
+            self.topics.heard.push_back((topic.into(), msg.to_vec()));
+        }
+        self.topics.stats.delivered += written;
+        self.topics.stats.dropped_slow += dropped;
+        written as usize
+    }
+}
+
+/// The token of the cluster's broker connection in the worker's poll.
+pub const CLUSTER: mio::Token = mio::Token(7);
+
+impl Core {
+    /// Connects this worker to the service's cluster (`--cluster URL`, checked by the config).
+    /// Its publishes carry the host's origin ([`host_origin`]), shared by every worker of the
+    /// host: what one publishes reaches the others through the mailboxes, and the broker's copy
+    /// is skipped by them.
+    pub fn join_cluster(&mut self, url: &str) -> Result<(), String> {
+        let url = crate::cluster::url::parse(url).map_err(|e| format!("--cluster: {e}"))?;
+        let driver = Driver::new(url, &self.service, CLUSTER, Some(host_origin())).map_err(|e| e.to_string())?;
+        self.topics.cluster = Some(driver);
+        Ok(())
+    }
+
+    /// A readiness event of the broker connection.
+    pub fn cluster_ready(&mut self, event: &mio::event::Event) {
+        let Some(cluster) = self.topics.cluster.as_mut() else { return };
+        let events = cluster.handle_event(event, Instant::now());
+        self.cluster_events(events);
+    }
+
+    /// The broker connection's timers (connect, back-off, keep-alive), when due.
+    pub fn cluster_tick(&mut self) {
+        let Some(cluster) = self.topics.cluster.as_mut() else { return };
+        if cluster.next_deadline().is_some_and(|at| at <= Instant::now()) {
+            let events = cluster.tick(&self.registry, Instant::now());
+            self.cluster_events(events);
+        }
+    }
+
+    /// When [`Core::cluster_tick`] is due, on the loop's clock.
+    pub fn cluster_deadline_ms(&self) -> Option<u64> {
+        let at = self.topics.cluster.as_ref()?.next_deadline()?;
+        Some(self.now_ms + at.saturating_duration_since(Instant::now()).as_millis() as u64)
+    }
+
+    /// Writes the turn's publishes to the broker in one write.
+    pub fn cluster_flush(&mut self) {
+        if let Some(cluster) = self.topics.cluster.as_mut() {
+            cluster.flush_output();
+        }
+    }
+
+    fn cluster_events(&mut self, events: Vec<Event>) {
+        for event in events {
+            match event {
+                Event::Message { topic, payload } => self.deliver_published(&topic, &payload),
+                Event::Connected => tracing::info!("connected to the cluster's broker"),
+                Event::Disconnected { reason } => {
+                    tracing::warn!("the cluster's broker connection is down: {reason}; local delivery goes on")
+                }
+                Event::BrokerError(message) => tracing::warn!("the cluster's broker reported: {message}"),
+            }
+        }
+    }
+}
+
+/// The id of this host in the cluster, the same in each of its workers: a hash of the machine's
+/// id, the master's pid (the worker's parent, kept across `host upgrade`) and the master's start
+/// time (so that a pid reused later is another origin).
+pub fn host_origin() -> [u8; 8] {
+    use std::hash::{Hash, Hasher};
+    let master = nix::unistd::getppid().as_raw();
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    // Field 22 of /proc/PID/stat, after the command name in parentheses (which may hold spaces).
+    let started = std::fs::read_to_string(format!("/proc/{master}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19).map(String::from)))
+        .unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (machine.trim(), master, started).hash(&mut hasher);
+    hasher.finish().to_le_bytes()
+}

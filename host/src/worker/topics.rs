@@ -1,0 +1,242 @@
+//! The worker's topic table (`Host::subscribe`, `Host::publish`): which connections of this
+//! worker are subscribed to which topic, both ways, with the limits and counters. Plain data: the
+//! fan-out that writes to connections is `core::topics`, the delivery between workers the mailbox,
+//! and across hosts `crate::cluster`.
+//!
+//! A topic's subscribers are an insertion-ordered set (`IndexSet`): fan-out walks a dense array,
+//! and a connection leaves in O(1) (`swap_remove`), so ten thousand subscribers closing at once
+//! cost ten thousand steps, not fifty million. [`WORKER_CONN`] in a set is the worker itself
+//! (`Host::subscribe_worker`): it hears the topic's messages as `on_publish`.
+
+use std::collections::{HashMap, VecDeque};
+
+use indexmap::IndexSet;
+use plugin_api::abi::{TopicStatus, MAX_PUBLISH, MAX_TOPICS_PER_CONN, MAX_TOPIC_LEN, WORKER_CONN};
+use plugin_api::ConnId;
+
+use crate::cluster::driver::Driver;
+use crate::cluster::State;
+use crate::status::TopicReport;
+
+/// Counters for `status` and `/metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TopicStats {
+    /// Messages the plugin published here.
+    pub published: u64,
+    /// Messages published by another worker of this host, or another host, received here.
+    pub received: u64,
+    /// Copies written to subscribed connections of this worker.
+    pub delivered: u64,
+    /// Copies not written because the subscriber's send buffer was full (a slow consumer).
+    pub dropped_slow: u64,
+    /// Calls refused: a bad topic, too many topics on a connection, a message too large.
+    pub refused: u64,
+}
+
+/// What a change of subscription means for the broker of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing changed (already subscribed, or not subscribed).
+    None,
+    /// Subscribed; `first`: the topic had no subscriber in this worker before.
+    Added { first: bool },
+    /// Unsubscribed; `last`: the topic has no subscriber in this worker any more.
+    Removed { last: bool },
+}
+
+#[derive(Debug, Default)]
+pub struct TopicTable {
+    by_topic: HashMap<Box<[u8]>, IndexSet<ConnId>>,
+    /// The topics of each connection (the worker's own under [`WORKER_CONN`]).
+    by_conn: HashMap<ConnId, Vec<Box<[u8]>>>,
+    pub stats: TopicStats,
+    /// Messages on topics the worker itself subscribed to, for the plugin's `on_publish` (heard
+    /// after the plugin call that published them, never inside it).
+    pub heard: VecDeque<(Box<[u8]>, Vec<u8>)>,
+    /// The broker connection of the service's cluster (`--cluster`), when it has one.
+    pub cluster: Option<Driver>,
+}
+
+/// Checks a topic name: 1 to [`MAX_TOPIC_LEN`] bytes.
+pub fn check_topic(topic: &[u8]) -> Result<(), TopicStatus> {
+    match topic.len() {
+        1..=MAX_TOPIC_LEN => Ok(()),
+        _ => Err(TopicStatus::INVALID_TOPIC),
+    }
+}
+
+/// Checks a publish: a valid topic and at most [`MAX_PUBLISH`] bytes.
+pub fn check_publish(topic: &[u8], msg: &[u8]) -> Result<(), TopicStatus> {
+    check_topic(topic)?;
+    if msg.len() > MAX_PUBLISH {
+        return Err(TopicStatus::TOO_LARGE);
+    }
+    Ok(())
+}
+
+impl TopicTable {
+    /// Subscribes `conn` (which the caller checked is live) to `topic`.
+    pub fn subscribe(&mut self, conn: ConnId, topic: &[u8]) -> Result<Change, TopicStatus> {
+        let refused = check_topic(topic).and_then(|()| {
+            let topics = self.by_conn.get(&conn).map_or(0, Vec::len);
+            let already = self.by_topic.get(topic).is_some_and(|s| s.contains(&conn));
+            if already {
+                return Ok(true);
+            }
+            if conn != WORKER_CONN && topics >= MAX_TOPICS_PER_CONN {
+                return Err(TopicStatus::TOO_MANY_TOPICS);
+            }
+            Ok(false)
+        });
+        match refused {
+            Err(status) => {
+                self.stats.refused += 1;
+                Err(status)
+            }
+            Ok(true) => Ok(Change::None),
+            Ok(false) => {
+                let subs = self.by_topic.entry(topic.into()).or_default();
+                let first = subs.is_empty();
+                subs.insert(conn);
+                self.by_conn.entry(conn).or_default().push(topic.into());
+                Ok(Change::Added { first })
+            }
+        }
+    }
+
+    /// Ends `conn`'s subscription to `topic`.
+    pub fn unsubscribe(&mut self, conn: ConnId, topic: &[u8]) -> Result<Change, TopicStatus> {
+        check_topic(topic)?;
+        let Some(subs) = self.by_topic.get_mut(topic) else { return Ok(Change::None) };
+        if !subs.swap_remove(&conn) {
+            return Ok(Change::None);
+        }
+        let last = subs.is_empty();
+        if last {
+            self.by_topic.remove(topic);
+        }
+        if let Some(topics) = self.by_conn.get_mut(&conn) {
+            if let Some(i) = topics.iter().position(|t| &t[..] == topic) {
+                topics.swap_remove(i);
+            }
+            if topics.is_empty() {
+                self.by_conn.remove(&conn);
+            }
+        }
+        Ok(Change::Removed { last })
+    }
+
+    /// Ends every subscription of `conn` (it closed, or left the table); returns the topics
+    /// that have no subscriber left in this worker.
+    pub fn remove_conn(&mut self, conn: ConnId) -> Vec<Box<[u8]>> {
+        let Some(topics) = self.by_conn.remove(&conn) else { return Vec::new() };
+        let mut emptied = Vec::new();
+        for topic in topics {
+            if let Some(subs) = self.by_topic.get_mut(&topic) {
+                subs.swap_remove(&conn);
+                if subs.is_empty() {
+                    self.by_topic.remove(&topic);
+                    emptied.push(topic);
+                }
+            }
+        }
+        emptied
+    }
+
+    /// The subscribers of `topic` (the worker itself among them as [`WORKER_CONN`]).
+    pub fn subscribers(&self, topic: &[u8]) -> Option<&IndexSet<ConnId>> {
+        self.by_topic.get(topic)
+    }
+
+    /// How many connections (not the worker itself) are subscribed to `topic`.
+    pub fn conn_count(&self, topic: &[u8]) -> usize {
+        self.by_topic.get(topic).map_or(0, |s| s.len() - usize::from(s.contains(&WORKER_CONN)))
+    }
+
+    /// The topics of `conn`, in the order it subscribed to them (for a hand-over's snapshot).
+    pub fn topics_of(&self, conn: ConnId) -> Vec<Vec<u8>> {
+        self.by_conn.get(&conn).map_or_else(Vec::new, |t| t.iter().map(|t| t.to_vec()).collect())
+    }
+
+    /// Topics with at least one subscriber here.
+    pub fn topic_count(&self) -> usize {
+        self.by_topic.len()
+    }
+
+    /// Subscriptions (connection, topic) here, the worker's own included.
+    pub fn subscription_count(&self) -> usize {
+        self.by_topic.values().map(IndexSet::len).sum()
+    }
+
+    /// What `status` and `/metrics` show of the topics.
+    pub fn report(&self) -> TopicReport {
+        let s = self.stats;
+        let mut report = TopicReport {
+            topics: self.topic_count() as u64,
+            subscriptions: self.subscription_count() as u64,
+            published: s.published,
+            received: s.received,
+            delivered: s.delivered,
+            dropped: s.dropped_slow,
+            refused: s.refused,
+            ..TopicReport::default()
+        };
+        if let Some(cluster) = &self.cluster {
+            let c = cluster.counters();
+            report.broker = Some(
+                match cluster.state() {
+                    State::Ready => "ready",
+                    State::Handshaking => "connecting",
+                    State::Disconnected => "down",
+                }
+                .into(),
+            );
+            report.broker_published = c.published;
+            report.broker_received = c.received;
+            report.broker_dropped = c.dropped_disconnected + c.dropped_backlog + c.refused_too_large;
+            report.broker_reconnects = c.reconnects;
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriptions_are_kept_both_ways_and_end_with_the_connection() {
+        let mut t = TopicTable::default();
+        let (a, b) = (ConnId::new(1, 1), ConnId::new(2, 1));
+        assert_eq!(t.subscribe(a, b"red"), Ok(Change::Added { first: true }));
+        assert_eq!(t.subscribe(b, b"red"), Ok(Change::Added { first: false }));
+        assert_eq!(t.subscribe(b, b"red"), Ok(Change::None));
+        assert_eq!(t.subscribe(b, b"blue"), Ok(Change::Added { first: true }));
+        assert_eq!(t.subscribe(WORKER_CONN, b"blue"), Ok(Change::Added { first: false }));
+        assert_eq!(t.conn_count(b"blue"), 1, "the worker itself is no connection");
+        assert_eq!((t.topic_count(), t.subscription_count()), (2, 4));
+        assert_eq!(t.topics_of(b), [b"red".to_vec(), b"blue".to_vec()]);
+        assert_eq!(t.unsubscribe(a, b"red"), Ok(Change::Removed { last: false }));
+        assert_eq!(t.unsubscribe(a, b"red"), Ok(Change::None));
+        assert_eq!(t.remove_conn(b), vec![Box::from(&b"red"[..])], "blue still has the worker");
+        assert_eq!(t.subscribers(b"blue").map(|s| s.len()), Some(1));
+        assert!(t.subscribers(b"red").is_none());
+        assert!(t.remove_conn(b).is_empty());
+    }
+
+    #[test]
+    fn limits_are_refused_and_counted() {
+        let mut t = TopicTable::default();
+        let c = ConnId::new(1, 1);
+        assert_eq!(t.subscribe(c, b""), Err(TopicStatus::INVALID_TOPIC));
+        assert_eq!(t.subscribe(c, &[b'x'; MAX_TOPIC_LEN + 1]), Err(TopicStatus::INVALID_TOPIC));
+        for i in 0..MAX_TOPICS_PER_CONN {
+            assert!(t.subscribe(c, format!("t{i}").as_bytes()).is_ok());
+        }
+        assert_eq!(t.subscribe(c, b"more"), Err(TopicStatus::TOO_MANY_TOPICS));
+        assert_eq!(t.subscribe(c, b"t0"), Ok(Change::None), "one it has already is no new topic");
+        assert_eq!(t.stats.refused, 3);
+        assert_eq!(check_publish(b"t", &vec![0; MAX_PUBLISH + 1]), Err(TopicStatus::TOO_LARGE));
+        assert_eq!(check_publish(b"t", &vec![0; MAX_PUBLISH]), Ok(()));
+    }
+}

@@ -1,0 +1,308 @@
+//! Topics (`Host::subscribe`, `Host::publish`) through the `ws_chat` example and real WebSocket
+//! clients (Python's `websockets`): delivery across the workers of one host, room isolation, a
+//! slow subscriber, hostile input; across two hosts through a real redis-server and nats-server.
+
+use std::time::Duration;
+
+use host_tests::broker::{Broker, BrokerKind};
+use host_tests::{Host, READY_TIMEOUT};
+
+use crate::websocket::{python, PRELUDE};
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `topics:` line of `host status`.
+fn topics_line(host: &mut Host) -> String {
+    let out = host.command(["status"], COMMAND_TIMEOUT);
+    assert!(out.status.success(), "status failed: {}", out.stderr);
+    out.stdout.lines().find(|l| l.starts_with("topics:")).unwrap_or_default().to_string()
+}
+
+/// The number after `word ` in `line` (`dropped 12` → 12).
+fn count_after(line: &str, word: &str) -> u64 {
+    let at = line.find(&format!("{word} ")).unwrap_or_else(|| panic!("no {word:?} in {line:?}"));
+    line[at + word.len() + 1..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+// One host, two workers, no broker: 40 members of one room spread over both workers each send
+// one message, and every member receives all 40, each once (its own included).
+#[test]
+fn every_member_gets_every_message_once_across_workers() {
+    let mut host = Host::start("ws_chat", &["--count", "2"]);
+    let script = format!(
+        r#"{PRELUDE}
+clients, pids = [], set()
+while len(clients) < 40 or len(pids) < 2:
+    assert len(clients) < 200, "200 clients did not land on both workers"
+    ws = connect(max_queue=None)
+    ws.send("/whoami")
+    pids.add(ws.recv(timeout=5).split()[3])
+    ws.send("/join lobby")
+    assert ws.recv(timeout=5) == "joined lobby"
+    clients.append(ws)
+n = len(clients)
+for i, ws in enumerate(clients):
+    ws.send("m%d" % i)
+expected = sorted("m%d" % i for i in range(n))
+ok = 0
+for ws in clients:
+    got = sorted(ws.recv(timeout=10) for _ in range(n))
+    try:
+        extra = ws.recv(timeout=0.2)
+    except TimeoutError:
+        extra = None
+    ok += got == expected and extra is None
+print("workers", len(pids), "all", ok == n)
+"#
+    );
+    assert_eq!(python(&script, host.port()), "workers 2 all True\n");
+    let line = topics_line(&mut host);
+    assert!(count_after(&line, "delivered") >= 40 * 40, "{line}");
+    assert_eq!(count_after(&line, "dropped"), 0, "{line}");
+}
+
+// A message goes to the members of the sender's rooms only.
+#[test]
+fn rooms_are_isolated() {
+    let host = Host::start("ws_chat", &["--count", "2"]);
+    let script = format!(
+        r#"{PRELUDE}
+def member(*rooms):
+    ws = connect()
+    for room in rooms:
+        ws.send("/join " + room)
+        assert ws.recv(timeout=5) == "joined " + room
+    return ws
+red, blue, both = member("red"), member("blue"), member("red", "blue")
+red.send("to red")
+blue.send("to blue")
+print(red.recv(timeout=5), "|", blue.recv(timeout=5), "|", sorted([both.recv(timeout=5), both.recv(timeout=5)]))
+both.send("to both")
+print(red.recv(timeout=5), "|", blue.recv(timeout=5), "|", both.recv(timeout=5), both.recv(timeout=5))
+for ws in (red, blue):
+    try:
+        print("extra", ws.recv(timeout=0.3))
+    except TimeoutError:
+        pass
+"#
+    );
+    assert_eq!(
+        python(&script, host.port()),
+        "to red | to blue | ['to blue', 'to red']\nto both | to both | to both to both\n"
+    );
+}
+
+// A subscriber that stops reading is bounded by the send buffer: it misses messages (counted),
+// while a member that reads gets every one of them, in order.
+#[test]
+fn a_slow_subscriber_is_bounded_by_the_send_buffer() {
+    let mut host = Host::start("ws_chat", &["--max-send-buffer", "65536"]);
+    let script = format!(
+        r#"{PRELUDE}
+import base64, os, socket
+# The slow member: a raw socket with a small receive buffer that joins, then never reads.
+slow = socket.socket()
+slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+slow.connect(("127.0.0.1", int(sys.argv[1])))
+key = base64.b64encode(os.urandom(16)).decode()
+slow.sendall(("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key).encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += slow.recv(1)
+payload = b"/join lobby"
+slow.sendall(bytes([0x81, 0x80 | len(payload), 0, 0, 0, 0]) + payload)
+fast = connect(max_queue=None)
+fast.send("/join lobby")
+assert fast.recv(timeout=5) == "joined lobby"
+text = "x" * 1000
+for i in range(4000):
+    fast.send("%d %s" % (i, text))
+ok = all(fast.recv(timeout=10) == "%d %s" % (i, text) for i in range(4000))
+print("fast got all", ok)
+"#
+    );
+    assert_eq!(python(&script, host.port()), "fast got all True\n");
+    let line = topics_line(&mut host);
+    assert!(count_after(&line, "dropped") > 0, "the slow member's copies are dropped and counted: {line}");
+}
+
+// A client subscribing to topic after topic is refused past the limit per connection; a message
+// over the publish limit is refused with a reason, one over the max package size closes that
+// connection (1009); the others are served throughout.
+#[test]
+fn hostile_subscribers_and_publishers_are_refused() {
+    let host = Host::start("ws_chat", &[]);
+    let script = format!(
+        r#"{PRELUDE}
+other = connect()
+other.send("/join calm")
+assert other.recv(timeout=5) == "joined calm"
+greedy = connect()
+answers = []
+for i in range(1000):
+    greedy.send("/join t%d" % i)
+    answers.append(greedy.recv(timeout=5))
+    if answers[-1].startswith("!"):
+        break
+print(len(answers), answers[-1])
+greedy.send("x" * 100_000)
+print(greedy.recv(timeout=5))
+try:
+    greedy.send("y" * 100_000_000)
+    greedy.recv(timeout=10)
+except Exception as e:
+    print("closed", getattr(getattr(e, "rcvd", None), "code", e))
+other.send("still here")
+print(other.recv(timeout=5))
+"#
+    );
+    assert_eq!(
+        python(&script, host.port()),
+        "65 ! the connection is subscribed to too many topics\n\
+         ! the message is over the 60 KiB limit of a publish\n\
+         closed 1009\n\
+         still here\n"
+    );
+}
+
+// ---- Across hosts ----
+
+/// Two hosts (two workers each) sharing topics through `broker`, each connected to it from
+/// every worker (readiness: their log says so).
+fn two_hosts(broker: &Broker) -> (Host, Host) {
+    let url = broker.url();
+    let start = || {
+        let host = Host::start("ws_chat", &["--count", "2", "--cluster", &url]);
+        host.log()
+            .wait_for_nth("connected to the cluster's broker", 2, READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("the workers did not connect to {url}: {e}"));
+        host
+    };
+    (start(), start())
+}
+
+/// The script's helpers for two hosts: `member(port, room)` joins a room on the host at `port`;
+/// `synced(senders, receivers)` publishes `sync` from the senders in turn until every receiver
+/// saw one (so every worker's subscription is in place at the broker), within 20 s;
+/// `collect(ws, n)` reads until `n` messages other than `sync` came, then checks none follows.
+const TWO_HOSTS: &str = r#"
+import time
+from websockets.sync.client import connect as _connect
+def member(port, room, **kw):
+    ws = _connect("ws://127.0.0.1:%d/" % port, proxy=None, open_timeout=5, close_timeout=5, **kw)
+    ws.send("/join " + room)
+    assert ws.recv(timeout=5) == "joined " + room
+    return ws
+def synced(senders, receivers):
+    pending = set(range(len(receivers)))
+    deadline = time.time() + 20
+    while pending and time.time() < deadline:
+        for s in senders:
+            s.send("sync")
+        for i in list(pending):
+            try:
+                while receivers[i].recv(timeout=0.05) != "sync":
+                    pass
+                pending.discard(i)
+            except TimeoutError:
+                pass
+    return not pending
+def collect(ws, n):
+    got = []
+    while len(got) < n:
+        m = ws.recv(timeout=10)
+        if m != "sync":
+            got.append(m)
+    try:
+        while True:
+            m = ws.recv(timeout=0.3)
+            if m != "sync":
+                got.append(m)
+    except TimeoutError:
+        pass
+    return got
+"#;
+
+/// 40 members on each host send one message each; all 80 members receive all 80, each once.
+fn eighty_members_across_two_hosts(kind: BrokerKind) {
+    let broker = Broker::start(kind);
+    let (mut a, b) = two_hosts(&broker);
+    let (pa, pb) = (a.port(), b.port());
+    let script = format!(
+        r#"{TWO_HOSTS}
+on_a = [member({pa}, "lobby", max_queue=None) for _ in range(40)]
+on_b = [member({pb}, "lobby", max_queue=None) for _ in range(40)]
+print("synced", synced(on_a[:2] + on_b[:2], on_a + on_b))
+everyone = on_a + on_b
+for i, ws in enumerate(everyone):
+    ws.send("m%d" % i)
+expected = sorted("m%d" % i for i in range(80))
+print("all", all(sorted(collect(ws, 80)) == expected for ws in everyone))
+"#
+    );
+    assert_eq!(python(&script, pa), "synced True\nall True\n");
+    let out = a.command(["status"], COMMAND_TIMEOUT).stdout;
+    let cluster = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default();
+    assert!(cluster.contains("#0 ready") && cluster.contains("#1 ready"), "{out}");
+}
+
+#[test]
+fn eighty_members_across_two_hosts_through_redis() {
+    eighty_members_across_two_hosts(BrokerKind::Redis);
+}
+
+#[test]
+fn eighty_members_across_two_hosts_through_nats() {
+    eighty_members_across_two_hosts(BrokerKind::Nats);
+}
+
+// The broker dies: members of one host still talk to each other (across its workers); the
+// broker comes back: the workers reconnect, resubscribe, and the hosts talk again.
+fn broker_loss_and_return(kind: BrokerKind) {
+    let mut broker = Broker::start(kind);
+    let (mut a, b) = two_hosts(&broker);
+    let (pa, pb) = (a.port(), b.port());
+    let before = format!(
+        r#"{TWO_HOSTS}
+a1, a2, b1 = member({pa}, "r"), member({pa}, "r"), member({pb}, "r")
+print("synced", synced([a1, b1], [a1, a2, b1]))
+"#
+    );
+    assert_eq!(python(&before, pa), "synced True\n");
+    broker.kill();
+    a.log().wait_for_nth("broker connection is down", 2, READY_TIMEOUT).expect("both workers of A notice");
+    let local = format!(
+        r#"{TWO_HOSTS}
+members = [member({pa}, "local") for _ in range(12)]
+for i, ws in enumerate(members):
+    ws.send("x%d" % i)
+print("local", all(sorted(collect(ws, 12)) == sorted("x%d" % i for i in range(12)) for ws in members))
+"#
+    );
+    assert_eq!(python(&local, pa), "local True\n");
+    broker.restart();
+    for host in [&a, &b] {
+        host.log().wait_for_nth("connected to the cluster's broker", 4, READY_TIMEOUT).expect("reconnected");
+    }
+    let after = format!(
+        r#"{TWO_HOSTS}
+a1, b1 = member({pa}, "again"), member({pb}, "again")
+print("synced", synced([a1], [b1]), synced([b1], [a1]))
+"#
+    );
+    assert_eq!(python(&after, pa), "synced True True\n");
+    let out = a.command(["status"], COMMAND_TIMEOUT).stdout;
+    let cluster = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default().to_string();
+    assert!(count_after(&cluster, "reconnects") >= 2, "{out}");
+}
+
+#[test]
+fn redis_loss_stops_no_local_delivery_and_its_return_resumes_the_cluster() {
+    broker_loss_and_return(BrokerKind::Redis);
+}
+
+#[test]
+fn nats_loss_stops_no_local_delivery_and_its_return_resumes_the_cluster() {
+    broker_loss_and_return(BrokerKind::Nats);
+}
