@@ -26,6 +26,8 @@ use rustls::ServerConfig;
 pub use self::conn::{Conn, Flushed, Origin, ReadSide};
 #[cfg(test)]
 pub use self::export::ExportError;
+#[cfg(test)]
+pub use self::export::ExportedConn;
 pub use self::host::Ctx;
 pub use self::stats::Stats;
 use super::access_log::AccessLog;
