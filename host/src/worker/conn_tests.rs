@@ -605,3 +605,52 @@ fn a_tls_connection_still_handshaking_stays_where_it_is() {
     assert_eq!(b.core.export(id).unwrap_err(), ExportError::Phase(ConnPhase::Handshaking));
     assert!(b.core.get(id).is_some());
 }
+
+#[test]
+fn plaintext_rustls_still_holds_moves_as_the_connection_input() {
+    use super::core::ExportedConn;
+    use super::transport::TlsSession;
+    use crate::tls::move_tests::{certs, client};
+    use crate::tls::moved::MovedTls;
+
+    let certs = certs();
+    let mut b = Bench::new(Limits { max_send_buffer: 1 << 20, ..Limits::default() });
+    b.core.tls = Some(crate::tls::server_config(&certs.spec).unwrap());
+    let sock = FakeSocket::with_room(1 << 20);
+    let id = b.core.insert(Stream::Fake(sock.clone())).unwrap();
+    let mut client = client(&certs, rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384);
+    while client.is_handshaking() {
+        sock.peer_sends(&client_says(&mut client, b""));
+        b.readable(id, false);
+        client_hears(&mut client, &sock);
+    }
+    // The loop reads 16 bytes at a time and the plugin pauses at the first line: rustls is left
+    // holding the plaintext of the records it opened.
+    b.scratch = vec![0; 16];
+    b.script().pause_on_message = true;
+    let mut long: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    long.push(b'\n');
+    let mut sent = b"x\n".to_vec();
+    sent.extend_from_slice(&long);
+    sock.peer_sends(&client_says(&mut client, &sent));
+    b.readable(id, false);
+    assert_eq!(b.heard(), [Heard::Connect(id), Heard::Message(id, b"x\n".to_vec())]);
+
+    let ExportedConn { socket, tls, files, snapshot } = b.core.export(id).unwrap();
+    assert!(
+        snapshot.input == long,
+        "what rustls held is in the input ({} bytes of {})",
+        snapshot.input.len(),
+        long.len()
+    );
+    let state = MovedTls::decode(&tls.unwrap().into_moved().unwrap().encode()).unwrap();
+    let tls = TlsSession::from_moved(state).unwrap();
+    let mut other = Bench::new(Limits { max_send_buffer: 1 << 20, ..Limits::default() });
+    let new_id = other.core.import(ExportedConn { socket, tls: Some(tls), files, snapshot }).unwrap();
+    plugin_api::abi::RawHost::pause_recv(&mut other.host(), new_id, false);
+    other.settle();
+    assert!(other.heard() == [Heard::Message(new_id, long.clone())]);
+    let mut expect = b"x\n".to_vec();
+    expect.extend_from_slice(&long);
+    assert!(client_hears(&mut client, &sock).0 == expect, "the answers, byte-exact");
+}
