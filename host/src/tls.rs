@@ -18,7 +18,7 @@
 pub(crate) mod move_tests;
 pub mod moved;
 pub mod record;
-pub mod staged;
+pub mod tail;
 pub mod tickets;
 
 use std::fmt;

@@ -13,7 +13,7 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection, Su
 
 use super::moved::{freeze_rustls, CannotMove, DecodeError, MovedTls};
 use super::record::{Aead, Opened, RecordError, RecordLayer, Version, MAX_FRAGMENT};
-use super::staged::Staged;
+use super::tail::RecordTail;
 use super::{server_config, TlsSpec};
 
 /// One direction of the wire: bytes written wait to be read; reading nothing is `WouldBlock`.
@@ -41,6 +41,18 @@ impl Write for Pipe {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A socket over bytes: `WouldBlock` once they are read.
+struct Wire<'a>(&'a [u8]);
+
+impl Read for Wire<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.0.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.0.read(buf)
     }
 }
 
@@ -73,11 +85,11 @@ fn cases() -> Vec<(Version, Aead, SupportedCipherSuite)> {
 }
 
 /// A client and the host's rustls server, connected by two pipes; the server reads through
-/// [`Staged`] as the transport does.
+/// [`RecordTail`] as the transport does.
 struct Pair {
     client: ClientConnection,
     server: ServerConnection,
-    staged: Staged,
+    tail: RecordTail,
     c2s: Pipe,
     s2c: Pipe,
 }
@@ -105,7 +117,7 @@ impl Pair {
     fn new(certs: &Certs, suite: SupportedCipherSuite) -> Pair {
         let client = client(certs, suite);
         let server = ServerConnection::new(server_config(&certs.spec).unwrap()).unwrap();
-        Pair { client, server, staged: Staged::default(), c2s: Pipe::default(), s2c: Pipe::default() }
+        Pair { client, server, tail: RecordTail::default(), c2s: Pipe::default(), s2c: Pipe::default() }
     }
 
     /// The server reads what the client sent; its plaintext is returned.
@@ -120,7 +132,7 @@ impl Pair {
                 }
                 _ => {}
             }
-            match self.server.read_tls(&mut self.staged.feed(Some(&mut self.c2s))) {
+            match self.server.read_tls(&mut self.tail.reader(&mut self.c2s)) {
                 Ok(0) => return got,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return got,
@@ -234,10 +246,10 @@ fn moved_pair(certs: &Certs, suite: SupportedCipherSuite) -> (ClientConnection, 
     }
     p.c2s.0.extend(&next[..10]);
     assert_eq!(p.server_reads(), b"first");
-    assert_eq!(p.staged.rest(), &next[..10], "the part received waits outside rustls");
+    assert_eq!(p.tail.bytes(), Some(&next[..10]), "the part received is known");
 
-    let Pair { client, server, staged, c2s, s2c } = p;
-    let state = freeze_rustls(Box::new(server), staged.rest().to_vec(), false).unwrap();
+    let Pair { client, server, tail, c2s, s2c } = p;
+    let state = freeze_rustls(Box::new(server), tail.bytes().unwrap().to_vec(), false).unwrap();
     assert_eq!(state.server_name.as_deref(), Some("localhost"));
     assert_eq!(state.alpn.as_deref(), Some(&b"moving/1"[..]));
     assert_eq!(state.received, &next[..10]);
@@ -490,4 +502,122 @@ fn bad_state_bytes_are_refused() {
     let mut aead = good.to_vec();
     aead[7] = 1; // AES-128 with a 32-byte key
     assert_eq!(MovedTls::decode(&aead), Err(DecodeError::Key));
+}
+
+/// Throughput of the record layer against rustls on the same suite, in memory (no sockets):
+/// sealing and opening 16 KiB records, and rustls reading through [`RecordTail`] against reading
+/// directly. `cargo test --release -p host --bin host -- --ignored record_layer_throughput --nocapture`
+#[test]
+#[ignore = "a measurement: run it in release, by hand"]
+fn record_layer_throughput() {
+    use std::time::Instant;
+    const ROUND: usize = 8 << 20;
+    const ROUNDS: usize = 3;
+    let certs = certs();
+    let chunk = pattern(MAX_FRAGMENT, 1);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mbps = |bytes: usize, t: std::time::Duration| bytes as f64 / t.as_secs_f64() / (1 << 20) as f64;
+    for suite in
+        [provider::cipher_suite::TLS13_AES_128_GCM_SHA256, provider::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256]
+    {
+        // Records from each client, made before the clocks start.
+        let (mut client, mut layer, mut c2s, _) = moved_pair(&certs, suite);
+        layer_reads(&mut layer, &mut c2s, 1 << 20).unwrap();
+        let mut rustls_pair = Pair::new(&certs, suite);
+        rustls_pair.handshake();
+        let mut staged_pair = Pair::new(&certs, suite);
+        staged_pair.handshake();
+        let wire = |client: &mut ClientConnection| -> Vec<Vec<u8>> {
+            (0..ROUNDS)
+                .map(|_| {
+                    let mut w = Vec::with_capacity(ROUND + ROUND / 64);
+                    for _ in 0..ROUND / MAX_FRAGMENT {
+                        client.writer().write_all(&chunk).unwrap();
+                        while client.wants_write() {
+                            client.write_tls(&mut w).unwrap();
+                        }
+                    }
+                    w
+                })
+                .collect()
+        };
+        let layer_wire = wire(&mut client);
+        let direct_wire = wire(&mut rustls_pair.client);
+        let staged_wire = wire(&mut staged_pair.client);
+        let (mut seal_l, mut seal_r, mut open_l, mut open_r, mut open_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for round in 0..ROUNDS {
+            // Seal: the layer, then rustls.
+            let t = Instant::now();
+            for _ in 0..ROUND / MAX_FRAGMENT {
+                assert_eq!(layer.write_plain(&chunk).unwrap(), MAX_FRAGMENT);
+                while layer.wants_write() {
+                    layer.write_tls(&mut io::sink()).unwrap();
+                }
+            }
+            seal_l += mbps(ROUND, t.elapsed());
+            let t = Instant::now();
+            for _ in 0..ROUND / MAX_FRAGMENT {
+                rustls_pair.server.writer().write_all(&chunk).unwrap();
+                while rustls_pair.server.wants_write() {
+                    rustls_pair.server.write_tls(&mut io::sink()).unwrap();
+                }
+            }
+            seal_r += mbps(ROUND, t.elapsed());
+
+            // Open: the layer; rustls reading directly; rustls reading through `RecordTail`.
+            let t = Instant::now();
+            let (mut rd, mut got) = (&layer_wire[round][..], 0);
+            loop {
+                match layer.read_plain(&mut buf).unwrap() {
+                    Opened::Data(n) => got += n,
+                    Opened::NeedMore if rd.is_empty() => break,
+                    Opened::NeedMore => {
+                        layer.read_tls(&mut rd).unwrap();
+                    }
+                    Opened::End => unreachable!(),
+                }
+            }
+            assert_eq!(got, ROUND);
+            open_l += mbps(ROUND, t.elapsed());
+            for (staged, pair, wire, total) in [
+                (true, &mut staged_pair, &staged_wire[round], &mut open_s),
+                (false, &mut rustls_pair, &direct_wire[round], &mut open_r),
+            ] {
+                let mut socket = Wire(&wire[..]);
+                let t = Instant::now();
+                let (mut rd, mut got) = (&wire[..], 0);
+                loop {
+                    match pair.server.reader().read(&mut buf) {
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    if got == ROUND {
+                        break;
+                    }
+                    match staged {
+                        true => match pair.server.read_tls(&mut pair.tail.reader(&mut socket)) {
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                            other => other.unwrap(),
+                        },
+                        false => pair.server.read_tls(&mut rd).unwrap(),
+                    };
+                    pair.server.process_new_packets().unwrap();
+                }
+                *total += mbps(ROUND, t.elapsed());
+            }
+        }
+        let r = ROUNDS as f64;
+        println!(
+            "{suite:?}: seal layer {:.0} MiB/s, rustls {:.0} MiB/s ({:.2}x); open layer {:.0} MiB/s, rustls {:.0} MiB/s ({:.2}x); rustls through RecordTail {:.0} MiB/s ({:.2}x of direct)",
+            seal_l / r,
+            seal_r / r,
+            seal_l / seal_r,
+            open_l / r,
+            open_r / r,
+            open_l / open_r,
+            open_s / r,
+            open_s / open_r
+        );
+    }
 }

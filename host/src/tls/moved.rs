@@ -17,7 +17,7 @@
 //! cross a process: it stays behind whichever is used. The buffered connection is what the
 //! transport serves every TLS connection with; switching all of them to the unbuffered API would
 //! buy nothing here. What the buffered API hides, the record rustls holds half received, is kept
-//! out of it instead ([`super::staged`]).
+//! as rustls reads it ([`super::tail`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -39,8 +39,8 @@ pub enum CannotMove {
     /// The handshake is not finished: there are no traffic keys yet.
     #[error("its TLS handshake is not finished")]
     Handshaking,
-    /// rustls still holds plaintext (the transport takes it out first: not expected).
-    #[error("rustls holds plaintext not read yet")]
+    /// TLS still holds plaintext (the transport takes it out first: not expected).
+    #[error("TLS holds plaintext not read yet")]
     PendingPlaintext,
     #[error("its TLS version {0} cannot be continued elsewhere")]
     Version(String),
@@ -50,6 +50,10 @@ pub enum CannotMove {
     /// the connection had failed). The connection is gone with it: close the socket.
     #[error("rustls gave no secrets: {0}")]
     Extraction(String),
+    /// The peer sent what is not TLS records (rustls refuses it): the record rustls holds half
+    /// received is not known.
+    #[error("its peer sent bytes that are not TLS records")]
+    Unframed,
     /// The connection had already failed (a TLS error): it is closing.
     #[error("its TLS connection failed: {0}")]
     Failed(String),
@@ -156,9 +160,10 @@ fn keys_of(aead: Aead, seq: u64, secrets: &ConnectionTrafficSecrets) -> Result<T
 /// [`CannotMove::Extraction`]), and why.
 pub type Refused = (Option<Box<ServerConnection>>, CannotMove);
 
-/// Takes the TLS state out of `conn`. The caller has read every byte of plaintext rustls held
-/// and given it nothing but whole records (`received`: the bytes after them); `tx_closed` says
-/// whether we sent `close_notify`. Records rustls holds to send are taken as they are.
+/// Takes the TLS state out of `conn`. The caller has read every byte of plaintext rustls held,
+/// and gives the bytes of the record rustls holds half received (`received`, see
+/// [`super::tail`]); `tx_closed` says whether we sent `close_notify`. Records rustls holds to
+/// send are taken as they are.
 pub fn freeze_rustls(mut conn: Box<ServerConnection>, received: Vec<u8>, tx_closed: bool) -> Result<MovedTls, Refused> {
     if conn.is_handshaking() {
         return Err((Some(conn), CannotMove::Handshaking));

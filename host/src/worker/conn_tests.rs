@@ -583,6 +583,12 @@ fn a_tls_connection_moves_to_another_worker_through_bytes() {
         assert_eq!(other.heard(), [Heard::Message(new_id, long.clone())]);
         assert_eq!(client_hears(&mut client, &sock).0, long);
 
+        // A file range goes out as records too (read a record's worth at a time).
+        let (file, file_bytes) = file_of(40_000);
+        assert_eq!(other.core.send_file(new_id, file.as_raw_fd(), 1000, 35_000), Ok(()));
+        other.settle();
+        assert!(client_hears(&mut client, &sock).0 == file_bytes[1000..36_000], "the file range, byte-exact");
+
         // The new worker closes with close_notify; the client's own ends the lingering.
         other.core.close_after_flush(new_id);
         other.settle();

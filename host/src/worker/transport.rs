@@ -24,7 +24,7 @@ use rustls::{ServerConfig, ServerConnection};
 
 use crate::tls::moved::{self, CannotMove, Counters, MovedTls, TlsNames, COUNTERS};
 use crate::tls::record::{KeyError, Opened, RecordError, RecordLayer};
-use crate::tls::staged::Staged;
+use crate::tls::tail::RecordTail;
 
 /// What the transport needs of a socket: non-blocking reads and writes (`WouldBlock` when it
 /// has nothing or is full), shutting a side down, and the two writes around a file range. A
@@ -154,9 +154,9 @@ pub enum TlsSession {
 
 pub struct RustlsSession {
     conn: ServerConnection,
-    /// Ciphertext read and not given to rustls: rustls gets whole records only, so that the
-    /// connection can move at any time (`tls::staged`).
-    staged: Staged,
+    /// The record rustls holds half received, copied as rustls reads it, so that the connection
+    /// can move at any time (`tls::tail`).
+    tail: RecordTail,
     /// We sent `close_notify`.
     closed_write: bool,
 }
@@ -177,7 +177,7 @@ impl std::fmt::Debug for TlsSession {
 
 impl TlsSession {
     fn rustls(conn: ServerConnection) -> Self {
-        TlsSession::Rustls(Box::new(RustlsSession { conn, staged: Staged::default(), closed_write: false }))
+        TlsSession::Rustls(Box::new(RustlsSession { conn, tail: RecordTail::default(), closed_write: false }))
     }
 
     /// Whether the connection can move now, and why not ([`TlsSession::into_moved`] says the
@@ -185,6 +185,7 @@ impl TlsSession {
     pub fn movable(&self) -> Result<(), CannotMove> {
         match self {
             TlsSession::Rustls(r) if r.conn.is_handshaking() => Err(CannotMove::Handshaking),
+            TlsSession::Rustls(r) if r.tail.bytes().is_none() => Err(CannotMove::Unframed),
             TlsSession::Rustls(_) => Ok(()),
             TlsSession::Moved(m) => match m.layer.failure() {
                 Some(e) => Err(CannotMove::Failed(e.to_string())),
@@ -201,17 +202,22 @@ impl TlsSession {
     pub fn into_moved(self) -> Result<MovedTls, (Option<TlsSession>, CannotMove)> {
         match self {
             TlsSession::Rustls(r) => {
-                let RustlsSession { conn, staged, closed_write } = *r;
-                let rest = staged.rest().to_vec();
+                let Some(rest) = r.tail.bytes().map(<[u8]>::to_vec) else {
+                    return Err((Some(TlsSession::Rustls(r)), CannotMove::Unframed));
+                };
+                let RustlsSession { conn, tail, closed_write } = *r;
                 moved::freeze_rustls(Box::new(conn), rest, closed_write).map_err(|(conn, why)| {
                     let back = conn
-                        .map(|conn| TlsSession::Rustls(Box::new(RustlsSession { conn: *conn, staged, closed_write })));
+                        .map(|conn| TlsSession::Rustls(Box::new(RustlsSession { conn: *conn, tail, closed_write })));
                     (back, why)
                 })
             }
             TlsSession::Moved(m) => {
                 if let Some(e) = m.layer.failure() {
                     return Err((Some(TlsSession::Moved(m)), CannotMove::Failed(e.to_string())));
+                }
+                if m.layer.has_plaintext() {
+                    return Err((Some(TlsSession::Moved(m)), CannotMove::PendingPlaintext));
                 }
                 let MovedSession { layer, names } = *m;
                 Ok(MovedTls::from_layer(layer, names.suite, names.server_name, names.alpn))
@@ -282,10 +288,9 @@ impl Transport {
     }
 
     /// Readies a TLS connection to move: the plaintext its TLS layer holds is appended to
-    /// `input` (the connection's unread bytes), and rustls is given every whole record received,
-    /// so that what it holds of the peer's data is nothing (the record not whole yet stays in
-    /// the transport, and moves). Nothing is read from the socket. Refused (nothing taken): a
-    /// connection that cannot move, and why.
+    /// `input` (the connection's unread bytes); what it then holds of the peer's data is a record
+    /// not whole yet, which moves as it is. Nothing is read from the socket. Refused (nothing
+    /// taken): a connection that cannot move, and why.
     #[cfg_attr(not(test), allow(dead_code, reason = "the hand-over's base: only the tests export yet"))]
     pub fn settle_tls(&mut self, input: &mut Vec<u8>) -> Result<(), CannotMove> {
         let Some(tls) = self.tls.as_mut() else {
@@ -294,26 +299,14 @@ impl Transport {
         tls.movable()?;
         let mut chunk = [0u8; 4096];
         match tls {
+            // (rustls processed every record it read: `read_rustls` processes after each read.)
             TlsSession::Rustls(r) => loop {
-                loop {
-                    match r.conn.reader().read(&mut chunk) {
-                        Ok(0) => break,
-                        Ok(n) => input.extend_from_slice(&chunk[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-                        Err(e) => return Err(CannotMove::Failed(e.to_string())),
-                    }
-                }
-                if !r.staged.has_whole() {
-                    return Ok(());
-                }
-                match r.conn.read_tls(&mut r.staged.feed(None)) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                match r.conn.reader().read(&mut chunk) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => input.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
                     Err(e) => return Err(CannotMove::Failed(e.to_string())),
-                }
-                if let Err(e) = r.conn.process_new_packets() {
-                    return Err(CannotMove::Failed(e.to_string()));
                 }
             },
             TlsSession::Moved(m) => loop {
@@ -460,7 +453,7 @@ fn read_rustls(tls: &mut RustlsSession, stream: &mut Stream, buf: &mut [u8]) -> 
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
             Err(e) => return Err(e),
         }
-        match tls.conn.read_tls(&mut tls.staged.feed(Some(stream))) {
+        match tls.conn.read_tls(&mut tls.tail.reader(stream)) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
