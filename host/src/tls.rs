@@ -10,7 +10,15 @@
 //! and shares among a service's workers ([`tickets`]), so a session resumes on any worker and
 //! across reloads and upgrades. TLS 1.2 session IDs (for a client without tickets) stay in
 //! rustls' per-process cache: they resume only on the worker that made them.
+//!
+//! An established connection can move to another worker ([`moved`]): its traffic keys and
+//! sequence numbers go as bytes, and [`record`] continues the record layer there.
 
+#[cfg(test)]
+pub(crate) mod move_tests;
+pub mod moved;
+pub mod record;
+pub mod tail;
 pub mod tickets;
 
 use std::fmt;
@@ -192,6 +200,10 @@ pub fn server_config(spec: &TlsSpec) -> Result<Arc<ServerConfig>, TlsError> {
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(format!("certificate and key: {e}")))?;
     config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // A connection can move to another worker (`moved`): rustls gives up its traffic secrets
+    // once the handshake is done. A gate only: rustls keeps the same state either way, and
+    // ticket keys and resumption are untouched.
+    config.enable_secret_extraction = true;
     if let Some(keys) = &spec.tickets {
         config.ticketer = Arc::new(tickets::SharedTicketer::new(keys.clone()));
     }

@@ -472,3 +472,191 @@ fn a_connection_that_cannot_move_stays_where_it_is() {
     let never_placed = b.core.reserve_id();
     assert_eq!(b.core.export(never_placed).unwrap_err(), ExportError::NotFound);
 }
+
+/// What the fake socket's peer has not read yet, taken.
+fn take_written(sock: &FakeSocket) -> Vec<u8> {
+    std::mem::take(&mut sock.0.borrow_mut().written)
+}
+
+/// The client reads what the server wrote: its plaintext, and whether the server closed cleanly.
+fn client_hears(client: &mut rustls::ClientConnection, sock: &FakeSocket) -> (Vec<u8>, bool) {
+    let wire = take_written(sock);
+    let mut rd = &wire[..];
+    let mut got = Vec::new();
+    let mut closed = false;
+    loop {
+        if !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+        }
+        let io = client.process_new_packets().expect("the client accepts what the server sent");
+        let mut buf = vec![0u8; io.plaintext_bytes_to_read()];
+        std::io::Read::read_exact(&mut client.reader(), &mut buf).unwrap();
+        got.extend_from_slice(&buf);
+        closed |= io.peer_has_closed();
+        if rd.is_empty() {
+            return (got, closed);
+        }
+    }
+}
+
+fn client_says(client: &mut rustls::ClientConnection, data: &[u8]) -> Vec<u8> {
+    client.writer().write_all(data).unwrap();
+    let mut wire = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut wire).unwrap();
+    }
+    wire
+}
+
+#[test]
+fn a_tls_connection_moves_to_another_worker_through_bytes() {
+    use super::core::ExportedConn;
+    use super::transport::TlsSession;
+    use crate::tls::move_tests::{certs, client};
+    use crate::tls::moved::MovedTls;
+
+    for suite in [
+        rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ] {
+        let certs = certs();
+        let mut b = Bench::new(Limits { max_send_buffer: 1 << 20, ..Limits::default() });
+        b.core.tls = Some(crate::tls::server_config(&certs.spec).unwrap());
+        let sock = FakeSocket::with_room(1 << 20);
+        let id = b.core.insert(Stream::Fake(sock.clone())).unwrap();
+        let mut client = client(&certs, suite);
+
+        // The handshake, as the loop drives it; then a line each way.
+        while client.is_handshaking() {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            sock.peer_sends(&wire);
+            b.readable(id, false);
+            client_hears(&mut client, &sock);
+        }
+        sock.peer_sends(&client_says(&mut client, b"hi\n"));
+        b.readable(id, false);
+        assert_eq!(b.heard(), [Heard::Connect(id), Heard::Message(id, b"hi\n".to_vec())], "{suite:?}");
+        assert_eq!(client_hears(&mut client, &sock).0, b"hi\n");
+
+        // Mid-stream: half a line buffered in the connection, the next record half received,
+        // and an answer sealed that the full socket did not take.
+        sock.0.borrow_mut().room = 0;
+        sock.peer_sends(&client_says(&mut client, b"one\ntw"));
+        let second = client_says(&mut client, b"o\n");
+        sock.peer_sends(&second[..9]);
+        b.readable(id, false);
+        assert_eq!(b.heard(), [Heard::Message(id, b"one\n".to_vec())]);
+        assert!(b.core.get(id).unwrap().stream.wants_write(), "the answer waits as records");
+
+        // Out of this worker; its TLS becomes bytes, and the bytes a connection in another.
+        let ExportedConn { socket, tls, files, snapshot } = b.core.export(id).unwrap();
+        assert_eq!(snapshot.input, b"tw");
+        assert_eq!(snapshot.server_name.as_deref(), Some("localhost"));
+        let bytes = tls.unwrap().into_moved().unwrap().encode();
+        let tls = TlsSession::from_moved(MovedTls::decode(&bytes).unwrap()).unwrap();
+
+        let mut other = Bench::new(Limits { max_send_buffer: 1 << 20, ..Limits::default() });
+        let new_id = other.core.import(ExportedConn { socket, tls: Some(tls), files, snapshot }).unwrap();
+        let c = other.core.get(new_id).unwrap();
+        assert!(c.stream.is_moved_tls());
+        assert_eq!(c.stream.server_name(), Some("localhost"));
+        assert_eq!(c.stream.alpn_protocol(), Some(&b"moving/1"[..]));
+
+        // The socket takes bytes again: the answer sealed before the move arrives, then the rest of
+        // the line completes and is answered by the new worker.
+        sock.peer_reads(1 << 20);
+        other.writable(new_id);
+        assert_eq!(client_hears(&mut client, &sock).0, b"one\n", "{suite:?}");
+        sock.peer_sends(&second[9..]);
+        other.readable(new_id, false);
+        assert_eq!(other.heard(), [Heard::Message(new_id, b"two\n".to_vec())]);
+        assert_eq!(client_hears(&mut client, &sock).0, b"two\n");
+
+        // A line of many records each way, byte-exact.
+        let mut long: Vec<u8> = (0..60_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        long.push(b'\n');
+        sock.peer_sends(&client_says(&mut client, &long));
+        other.readable(new_id, false);
+        assert_eq!(other.heard(), [Heard::Message(new_id, long.clone())]);
+        assert_eq!(client_hears(&mut client, &sock).0, long);
+
+        // A file range goes out as records too (read a record's worth at a time).
+        let (file, file_bytes) = file_of(40_000);
+        assert_eq!(other.core.send_file(new_id, file.as_raw_fd(), 1000, 35_000), Ok(()));
+        other.settle();
+        assert!(client_hears(&mut client, &sock).0 == file_bytes[1000..36_000], "the file range, byte-exact");
+
+        // The new worker closes with close_notify; the client's own ends the lingering.
+        other.core.close_after_flush(new_id);
+        other.settle();
+        assert_eq!(other.heard(), [Heard::Close(new_id)]);
+        assert_eq!(client_hears(&mut client, &sock), (Vec::new(), true), "{suite:?}");
+        assert!(sock.0.borrow().shut_write);
+        client.send_close_notify();
+        sock.peer_sends(&client_says(&mut client, b""));
+        other.readable(new_id, false);
+        assert!(other.core.get(new_id).is_none(), "closed at the client's close_notify");
+    }
+}
+
+#[test]
+fn a_tls_connection_still_handshaking_stays_where_it_is() {
+    let certs = crate::tls::move_tests::certs();
+    let mut b = Bench::new(limits());
+    b.core.tls = Some(crate::tls::server_config(&certs.spec).unwrap());
+    let id = b.core.insert(Stream::Fake(FakeSocket::with_room(1 << 20))).unwrap();
+    assert_eq!(b.core.export(id).unwrap_err(), ExportError::Phase(ConnPhase::Handshaking));
+    assert!(b.core.get(id).is_some());
+}
+
+#[test]
+fn plaintext_rustls_still_holds_moves_as_the_connection_input() {
+    use super::core::ExportedConn;
+    use super::transport::TlsSession;
+    use crate::tls::move_tests::{certs, client};
+    use crate::tls::moved::MovedTls;
+
+    let certs = certs();
+    let mut b = Bench::new(Limits { max_send_buffer: 1 << 20, ..Limits::default() });
+    b.core.tls = Some(crate::tls::server_config(&certs.spec).unwrap());
+    let sock = FakeSocket::with_room(1 << 20);
+    let id = b.core.insert(Stream::Fake(sock.clone())).unwrap();
+    let mut client = client(&certs, rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384);
+    while client.is_handshaking() {
+        sock.peer_sends(&client_says(&mut client, b""));
+        b.readable(id, false);
+        client_hears(&mut client, &sock);
+    }
+    // The loop reads 16 bytes at a time and the plugin pauses at the first line: rustls is left
+    // holding the plaintext of the records it opened.
+    b.scratch = vec![0; 16];
+    b.script().pause_on_message = true;
+    let mut long: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    long.push(b'\n');
+    let mut sent = b"x\n".to_vec();
+    sent.extend_from_slice(&long);
+    sock.peer_sends(&client_says(&mut client, &sent));
+    b.readable(id, false);
+    assert_eq!(b.heard(), [Heard::Connect(id), Heard::Message(id, b"x\n".to_vec())]);
+
+    let ExportedConn { socket, tls, files, snapshot } = b.core.export(id).unwrap();
+    assert!(
+        snapshot.input == long,
+        "what rustls held is in the input ({} bytes of {})",
+        snapshot.input.len(),
+        long.len()
+    );
+    let state = MovedTls::decode(&tls.unwrap().into_moved().unwrap().encode()).unwrap();
+    let tls = TlsSession::from_moved(state).unwrap();
+    let mut other = Bench::new(Limits { max_send_buffer: 1 << 20, ..Limits::default() });
+    let new_id = other.core.import(ExportedConn { socket, tls: Some(tls), files, snapshot }).unwrap();
+    plugin_api::abi::RawHost::pause_recv(&mut other.host(), new_id, false);
+    other.settle();
+    assert!(other.heard() == [Heard::Message(new_id, long.clone())]);
+    let mut expect = b"x\n".to_vec();
+    expect.extend_from_slice(&long);
+    assert!(client_hears(&mut client, &sock).0 == expect, "the answers, byte-exact");
+}

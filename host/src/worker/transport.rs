@@ -1,5 +1,6 @@
-//! A connection's socket I/O, below the plugin: a TCP or Unix stream, plain or with TLS (rustls)
-//! over it, or a UDP session (no socket of its own: see `worker/datagram.rs`).
+//! A connection's socket I/O, below the plugin: a TCP or Unix stream, plain or with TLS over it
+//! (rustls; or, for a connection moved here from another worker, the user-space record layer of
+//! `tls::record`), or a UDP session (no socket of its own: see `worker/datagram.rs`).
 //!
 //! [`Transport`] reads and writes plaintext the way a `TcpStream` reads and writes bytes, so the
 //! event loop treats both alike: `read` decrypts (running the handshake on the way),
@@ -20,6 +21,10 @@ use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use rustls::{ServerConfig, ServerConnection};
+
+use crate::tls::moved::{self, CannotMove, Counters, MovedTls, TlsNames, COUNTERS};
+use crate::tls::record::{KeyError, Opened, RecordError, RecordLayer};
+use crate::tls::tail::RecordTail;
 
 /// What the transport needs of a socket: non-blocking reads and writes (`WouldBlock` when it
 /// has nothing or is full), shutting a side down, and the two writes around a file range. A
@@ -135,7 +140,97 @@ impl Write for Stream {
 
 pub struct Transport {
     stream: Stream,
-    tls: Option<Box<ServerConnection>>,
+    tls: Option<TlsSession>,
+}
+
+/// A connection's TLS.
+pub enum TlsSession {
+    /// rustls, from the handshake on.
+    Rustls(Box<RustlsSession>),
+    /// A connection that moved here after its handshake (`tls::moved`).
+    #[cfg_attr(not(test), allow(dead_code, reason = "the hand-over's base: only the tests import yet"))]
+    Moved(Box<MovedSession>),
+}
+
+pub struct RustlsSession {
+    conn: ServerConnection,
+    /// The record rustls holds half received, copied as rustls reads it, so that the connection
+    /// can move at any time (`tls::tail`).
+    tail: RecordTail,
+    /// We sent `close_notify`.
+    closed_write: bool,
+}
+
+pub struct MovedSession {
+    layer: RecordLayer,
+    names: TlsNames,
+}
+
+impl std::fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsSession::Rustls(_) => write!(f, "Rustls"),
+            TlsSession::Moved(m) => write!(f, "Moved({:?})", m.layer),
+        }
+    }
+}
+
+impl TlsSession {
+    fn rustls(conn: ServerConnection) -> Self {
+        TlsSession::Rustls(Box::new(RustlsSession { conn, tail: RecordTail::default(), closed_write: false }))
+    }
+
+    /// Whether the connection can move now, and why not ([`TlsSession::into_moved`] says the
+    /// same, and gives the state).
+    pub fn movable(&self) -> Result<(), CannotMove> {
+        match self {
+            TlsSession::Rustls(r) if r.conn.is_handshaking() => Err(CannotMove::Handshaking),
+            TlsSession::Rustls(r) if r.tail.bytes().is_none() => Err(CannotMove::Unframed),
+            TlsSession::Rustls(_) => Ok(()),
+            TlsSession::Moved(m) => match m.layer.failure() {
+                Some(e) => Err(CannotMove::Failed(e.to_string())),
+                None => Ok(()),
+            },
+        }
+    }
+
+    #[cfg_attr(not(test), allow(dead_code, reason = "the hand-over's base: only the tests export yet"))]
+    /// The state that continues the connection in another worker ([`MovedTls::encode`] makes
+    /// bytes of it). The transport's plaintext was taken first ([`Transport::settle_tls`]).
+    /// Refused: the session back as it was (None when rustls consumed it: the connection can
+    /// only be closed), and why.
+    pub fn into_moved(self) -> Result<MovedTls, (Option<TlsSession>, CannotMove)> {
+        match self {
+            TlsSession::Rustls(r) => {
+                let Some(rest) = r.tail.bytes().map(<[u8]>::to_vec) else {
+                    return Err((Some(TlsSession::Rustls(r)), CannotMove::Unframed));
+                };
+                let RustlsSession { conn, tail, closed_write } = *r;
+                moved::freeze_rustls(Box::new(conn), rest, closed_write).map_err(|(conn, why)| {
+                    let back = conn
+                        .map(|conn| TlsSession::Rustls(Box::new(RustlsSession { conn: *conn, tail, closed_write })));
+                    (back, why)
+                })
+            }
+            TlsSession::Moved(m) => {
+                if let Some(e) = m.layer.failure() {
+                    return Err((Some(TlsSession::Moved(m)), CannotMove::Failed(e.to_string())));
+                }
+                if m.layer.has_plaintext() {
+                    return Err((Some(TlsSession::Moved(m)), CannotMove::PendingPlaintext));
+                }
+                let MovedSession { layer, names } = *m;
+                Ok(MovedTls::from_layer(layer, names.suite, names.server_name, names.alpn))
+            }
+        }
+    }
+
+    /// The session of a connection that moved here.
+    #[cfg_attr(not(test), allow(dead_code, reason = "the hand-over's base: only the tests import yet"))]
+    pub fn from_moved(state: MovedTls) -> Result<Self, KeyError> {
+        let (layer, names) = state.into_layer()?;
+        Ok(TlsSession::Moved(Box::new(MovedSession { layer, names })))
+    }
 }
 
 impl Transport {
@@ -146,7 +241,7 @@ impl Transport {
     /// A TLS server connection over `stream`; the handshake runs as the connection is read.
     pub fn tls(stream: impl Into<Stream>, config: &Arc<ServerConfig>) -> io::Result<Self> {
         let conn = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
-        Ok(Transport { stream: stream.into(), tls: Some(Box::new(conn)) })
+        Ok(Transport { stream: stream.into(), tls: Some(TlsSession::rustls(conn)) })
     }
 
     /// The peer of a UDP session (None for a stream).
@@ -167,12 +262,15 @@ impl Transport {
 
     /// True while a TLS handshake is not complete (never for plain TCP).
     pub fn is_handshaking(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+        matches!(&self.tls, Some(TlsSession::Rustls(r)) if r.conn.is_handshaking())
     }
 
     /// The name the client asked for (TLS SNI).
     pub fn server_name(&self) -> Option<&str> {
-        self.tls.as_ref()?.server_name()
+        match self.tls.as_ref()? {
+            TlsSession::Rustls(r) => r.conn.server_name(),
+            TlsSession::Moved(m) => m.names.server_name.as_deref(),
+        }
     }
 
     /// What carries the connection, as a plugin hears it (`RawHostExt::transport`).
@@ -193,7 +291,48 @@ impl Transport {
 
     /// The protocol agreed with ALPN.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.tls.as_ref()?.alpn_protocol()
+        match self.tls.as_ref()? {
+            TlsSession::Rustls(r) => r.conn.alpn_protocol(),
+            TlsSession::Moved(m) => m.names.alpn.as_deref(),
+        }
+    }
+
+    /// The connection runs on TLS state moved here from another worker.
+    #[cfg_attr(not(test), allow(dead_code, reason = "for the hand-over's status"))]
+    pub fn is_moved_tls(&self) -> bool {
+        matches!(self.tls, Some(TlsSession::Moved(_)))
+    }
+
+    /// Readies a TLS connection to move: the plaintext its TLS layer holds is appended to
+    /// `input` (the connection's unread bytes); what it then holds of the peer's data is a record
+    /// not whole yet, which moves as it is. Nothing is read from the socket. Refused (nothing
+    /// taken): a connection that cannot move, and why.
+    #[cfg_attr(not(test), allow(dead_code, reason = "the hand-over's base: only the tests export yet"))]
+    pub fn settle_tls(&mut self, input: &mut Vec<u8>) -> Result<(), CannotMove> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        tls.movable()?;
+        let mut chunk = [0u8; 4096];
+        match tls {
+            // (rustls processed every record it read: `read_rustls` processes after each read.)
+            TlsSession::Rustls(r) => loop {
+                match r.conn.reader().read(&mut chunk) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => input.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(e) => return Err(CannotMove::Failed(e.to_string())),
+                }
+            },
+            TlsSession::Moved(m) => loop {
+                match m.layer.read_plain(&mut chunk) {
+                    Ok(Opened::Data(n)) => input.extend_from_slice(&chunk[..n]),
+                    Ok(Opened::NeedMore | Opened::End) => return Ok(()),
+                    Err(e) => return Err(CannotMove::Failed(e.to_string())),
+                }
+            },
+        }
     }
 
     /// Whether a read shorter than the buffer means the socket has nothing more (plain TCP).
@@ -203,7 +342,11 @@ impl Transport {
 
     /// TLS records are waiting to be written to the socket.
     pub fn wants_write(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.wants_write())
+        match &self.tls {
+            Some(TlsSession::Rustls(r)) => r.conn.wants_write(),
+            Some(TlsSession::Moved(m)) => m.layer.wants_write(),
+            None => false,
+        }
     }
 
     /// Writes the TLS records rustls holds; Ok(true) when none is left (always for plain TCP).
@@ -219,7 +362,13 @@ impl Transport {
     pub fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         if let Some(tls) = self.tls.as_mut() {
             if matches!(how, Shutdown::Write | Shutdown::Both) {
-                tls.send_close_notify();
+                match tls {
+                    TlsSession::Rustls(r) => {
+                        r.conn.send_close_notify();
+                        r.closed_write = true;
+                    }
+                    TlsSession::Moved(m) => m.layer.send_close_notify(),
+                }
                 let _ = self.flush_pending();
             }
         }
@@ -302,37 +451,76 @@ impl Transport {
 impl Read for Transport {
     /// Plaintext. Ok(0): the peer closed (TLS: `close_notify`, or the socket closed without it).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(tls) = self.tls.as_mut() else {
-            return self.stream.read(buf);
-        };
-        loop {
-            // Plaintext rustls already holds comes first: the socket may have no new edge for it.
-            match tls.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The socket closed without close_notify: a close all the same.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
-            }
-            match tls.read_tls(&mut self.stream) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            if let Err(e) = tls.process_new_packets() {
-                // rustls queued an alert telling the peer why: send it if the socket takes it.
-                let _ = write_records(tls, &mut self.stream);
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-            // Handshake messages (or session tickets) to send: written now if the socket takes
-            // them, else the loop flushes them once it is writable (`wants_write`).
-            write_records(tls, &mut self.stream)?;
+        match self.tls.as_mut() {
+            None => self.stream.read(buf),
+            Some(TlsSession::Rustls(r)) => read_rustls(r, &mut self.stream, buf),
+            Some(TlsSession::Moved(m)) => read_moved(&mut m.layer, &mut self.stream, buf),
         }
     }
 }
 
-/// Writes the records rustls holds until none is left (Ok(true)) or the socket is full (Ok(false)).
-fn write_records(tls: &mut ServerConnection, stream: &mut Stream) -> io::Result<bool> {
+fn read_rustls(tls: &mut RustlsSession, stream: &mut Stream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // Plaintext rustls already holds comes first: the socket may have no new edge for it.
+        match tls.conn.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // The socket closed without close_notify: a close all the same.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        match tls.conn.read_tls(&mut tls.tail.reader(stream)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = tls.conn.process_new_packets() {
+            // rustls queued an alert telling the peer why: send it if the socket takes it.
+            let _ = write_rustls(&mut tls.conn, stream);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        // Handshake messages (or session tickets) to send: written now if the socket takes
+        // them, else the loop flushes them once it is writable (`wants_write`).
+        write_rustls(&mut tls.conn, stream)?;
+    }
+}
+
+fn read_moved(layer: &mut RecordLayer, stream: &mut Stream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match layer.read_plain(buf) {
+            Ok(Opened::Data(n)) => return Ok(n),
+            Ok(Opened::End) => return Ok(0),
+            Ok(Opened::NeedMore) => {}
+            Err(e) => {
+                match e {
+                    RecordError::KeyUpdate => Counters::count(&COUNTERS.closed_key_update),
+                    RecordError::Exhausted => Counters::count(&COUNTERS.closed_exhausted),
+                    _ => {}
+                }
+                // The alert telling the peer why is queued: send it if the socket takes it.
+                let _ = write_moved(layer, stream);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+        match layer.read_tls(stream) {
+            // The socket closed without close_notify: a close all the same.
+            Ok(0) => return Ok(0),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes the records TLS holds until none is left (Ok(true)) or the socket is full (Ok(false)).
+fn write_records(tls: &mut TlsSession, stream: &mut Stream) -> io::Result<bool> {
+    match tls {
+        TlsSession::Rustls(r) => write_rustls(&mut r.conn, stream),
+        TlsSession::Moved(m) => write_moved(&mut m.layer, stream),
+    }
+}
+
+fn write_rustls(tls: &mut ServerConnection, stream: &mut Stream) -> io::Result<bool> {
     while tls.wants_write() {
         match tls.write_tls(stream) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -345,20 +533,50 @@ fn write_records(tls: &mut ServerConnection, stream: &mut Stream) -> io::Result<
     Ok(true)
 }
 
+fn write_moved(layer: &mut RecordLayer, stream: &mut Stream) -> io::Result<bool> {
+    while layer.wants_write() {
+        match layer.write_tls(stream) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 impl Write for Transport {
-    /// Plaintext: how much was taken (TLS: encrypted into rustls, written by later calls or by
+    /// Plaintext: how much was taken (TLS: encrypted into records, written by later calls or by
     /// [`Transport::flush_pending`]).
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let Some(tls) = self.tls.as_mut() else {
             return self.stream.write(data);
         };
         loop {
-            let n = tls.writer().write(data)?;
+            let n = match tls {
+                TlsSession::Rustls(r) => r.conn.writer().write(data)?,
+                TlsSession::Moved(m) => match m.layer.write_plain(data) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        if e == RecordError::Exhausted {
+                            Counters::count(&COUNTERS.closed_exhausted);
+                        }
+                        // `close_notify` is queued: send it if the socket takes it.
+                        let _ = write_moved(&mut m.layer, &mut self.stream);
+                        return Err(io::Error::new(io::ErrorKind::BrokenPipe, e));
+                    }
+                },
+            };
             if n > 0 || data.is_empty() {
                 return Ok(n);
             }
-            // rustls' buffer is full: make room by writing records to the socket.
-            if !tls.wants_write() || !write_records(tls, &mut self.stream)? {
+            // The TLS buffer is full: make room by writing records to the socket.
+            let wants = match tls {
+                TlsSession::Rustls(r) => r.conn.wants_write(),
+                TlsSession::Moved(m) => m.layer.wants_write(),
+            };
+            if !wants || !write_records(tls, &mut self.stream)? {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
         }
@@ -454,7 +672,7 @@ impl Transport {
 
     /// The socket and the TLS state (None: plain), for an export. A UDP session has no socket
     /// of its own: it is given back.
-    pub fn into_parts(self) -> Result<(Socket, Option<Box<ServerConnection>>), Self> {
+    pub fn into_parts(self) -> Result<(Socket, Option<TlsSession>), Self> {
         let socket = match self.stream {
             Stream::Tcp(s) => Socket::Tcp(s.into()),
             Stream::Unix(s) => Socket::Unix(s.into()),
@@ -467,7 +685,7 @@ impl Transport {
 
     /// The transport of an imported connection (the descriptor stays non-blocking: that is a
     /// property of the open socket, not of this process).
-    pub fn from_parts(socket: Socket, tls: Option<Box<ServerConnection>>) -> Self {
+    pub fn from_parts(socket: Socket, tls: Option<TlsSession>) -> Self {
         let stream = match socket {
             Socket::Tcp(fd) => Stream::Tcp(TcpStream::from_std(std::net::TcpStream::from(fd))),
             Socket::Unix(fd) => Stream::Unix(UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))),

@@ -3,8 +3,9 @@
 //! replacement instead of draining.
 //!
 //! An [`ExportedConn`] is three parts: the descriptors (the socket and the files queued by
-//! `send_file`), the TLS state (a rustls value: moving it to another process is the hand-over's
-//! own work), and a [`Snapshot`] of plain values that can be serialised as they are. Its times
+//! `send_file`), the TLS state (a [`TlsSession`]: [`TlsSession::into_moved`] makes plain bytes
+//! of it for another process, [`TlsSession::from_moved`] continues it there), and a [`Snapshot`]
+//! of plain values that can be serialised as they are. Its times
 //! are ages, not instants: each worker's clock starts at its own epoch. The old worker keeps
 //! the exported value (and so every descriptor) until the new one has adopted it; should that
 //! fail, importing it back restores the connection where it was.
@@ -15,10 +16,11 @@ use std::net::SocketAddr;
 
 use mio::{Interest, Token};
 use plugin_api::ConnId;
-use rustls::ServerConnection;
+
+use crate::tls::moved::CannotMove;
 
 use super::super::phase::ConnPhase;
-use super::super::transport::{Socket, Transport};
+use super::super::transport::{Socket, TlsSession, Transport};
 use super::conn::{Conn, FileOut, Hold, Origin, ReadSide, Sched};
 use super::{Core, Deferred, CONN_TOKEN_BASE};
 
@@ -72,8 +74,9 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct ExportedConn {
     pub socket: Socket,
-    /// The TLS state (None: plain). A value of this process.
-    pub tls: Option<Box<ServerConnection>>,
+    /// The TLS state (None: plain). A value of this process: [`TlsSession::into_moved`] makes
+    /// bytes of it. The plaintext it held is in [`Snapshot::input`] already.
+    pub tls: Option<TlsSession>,
     /// The files of [`Snapshot::files`], in the same order (the host's own duplicates).
     pub files: Vec<File>,
     pub snapshot: Snapshot,
@@ -90,6 +93,9 @@ pub enum ExportError {
     /// A UDP session has no socket of its own (sessions move with the slot's socket).
     #[error("a UDP session cannot move as a connection")]
     Datagram,
+    /// A TLS connection that cannot move (its handshake is not finished, say).
+    #[error("a TLS connection cannot move: {0}")]
+    Tls(CannotMove),
 }
 
 /// An import that failed: the connection is given back whole, with the reason.
@@ -179,6 +185,9 @@ impl Core {
         if !matches!(c.phase, ConnPhase::Open | ConnPhase::Closing { announced: true }) {
             return Err(ExportError::Phase(c.phase));
         }
+        // TLS gives up the plaintext it holds to the connection's input (it moves with it).
+        let c = self.get_mut(id).expect("checked above");
+        c.stream.settle_tls(&mut c.input).map_err(ExportError::Tls)?;
         let snapshot = self.snapshot(id).expect("checked above");
         let conn = self.take(id.index()).expect("checked above");
         let (socket, tls) = match conn.stream.into_parts() {
