@@ -124,6 +124,8 @@ pub struct Supervisor<P> {
     pub(in crate::master) steered: BTreeMap<ServiceId, Option<Vec<u32>>>,
     /// The services' TLS session ticket keys (kept across reloads, handed over on upgrade).
     pub(in crate::master) tickets: crate::tls::tickets::TicketStore,
+    /// The workers' I/O backend (`--io`).
+    pub(in crate::master) io: crate::config::IoBackend,
 }
 
 impl<P: Processes> Supervisor<P> {
@@ -155,6 +157,7 @@ impl<P: Processes> Supervisor<P> {
             last_unchanged: None,
             plugin_dirs,
             timeouts,
+            io: crate::config::IoBackend::default(),
             out: Vec::new(),
             step_started: now,
             reload_started: now,
@@ -261,6 +264,7 @@ impl<P: Processes> Supervisor<P> {
             heartbeat_ms: crate::config::heartbeat_ms(self.timeouts.worker, state.service.recycle),
             tls: state.tls.as_ref().map(|t| t.spec.clone()),
             access_log: state.service.access_log.is_some(),
+            io: self.io,
         }
     }
 

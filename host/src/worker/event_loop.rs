@@ -20,8 +20,9 @@ use plugin_api::abi::RawPluginBox;
 use super::core::{Core, CONN_TOKEN_BASE};
 use super::listener::Listener;
 use super::phase::{ConnPhase, Exit, WorkerPhase};
+use super::uring::{Ring, RingEvent};
 use super::{datagram, dispatch, load_snapshot, mailbox, new_instance, outbound, tasks, FAREWELL_TIMEOUT};
-use crate::config::WorkerSpec;
+use crate::config::{IoBackend, WorkerSpec};
 use crate::ctl::{self, ReportKind, ToMaster, ToWorker, WorkerChannel};
 use crate::sys;
 
@@ -70,6 +71,12 @@ pub(super) struct Worker {
     udp_pending: bool,
     /// The task pool woke the loop: results or notifications wait.
     tasks_pending: bool,
+    /// `--io uring`: the connections' receives and sends go through this ring, which also
+    /// watches the poll (`worker/uring`).
+    ring: Option<Ring>,
+    ring_events: Vec<RingEvent>,
+    /// The poll had more events than one call takes: read it again next turn.
+    poll_more: bool,
 }
 
 impl Worker {
@@ -102,6 +109,16 @@ impl Worker {
             RResult::RErr(e) => anyhow::bail!("plugin {} refused its config: {}", loaded.name, e),
         };
         let poll = Poll::new()?;
+        let ring = match spec.io {
+            IoBackend::Epoll => None,
+            IoBackend::Uring => match Ring::new(poll.as_raw_fd()) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    tracing::warn!("io_uring is unavailable here ({e}); this worker uses epoll");
+                    None
+                }
+            },
+        };
         let registry = poll.registry().try_clone()?;
         let (listener, udp) = Listener::from_fd(listener)?;
         let mut worker = Worker {
@@ -124,6 +141,9 @@ impl Worker {
             mailbox_buf: vec![0; mailbox::RECV_BUFFER],
             udp_pending: false,
             tasks_pending: false,
+            ring,
+            ring_events: Vec::new(),
+            poll_more: false,
             poll,
         };
         worker.core.worker_count = spec.worker_count;
@@ -160,7 +180,7 @@ impl Worker {
         self.read_control();
         loop {
             let timeout = self.poll_timeout();
-            match self.poll.poll(&mut events, timeout) {
+            match self.wait(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -171,6 +191,17 @@ impl Worker {
             if events.iter().any(|e| e.token() == CONTROL) {
                 self.read_control();
             }
+            let ring_events = std::mem::take(&mut self.ring_events);
+            for event in &ring_events {
+                let index = event.token - CONN_TOKEN_BASE;
+                if event.writable {
+                    self.core.mark_dirty(index);
+                }
+                if event.readable {
+                    self.read_conn(index, event.hup);
+                }
+            }
+            self.ring_events = ring_events;
             for event in events.iter() {
                 match event.token() {
                     LISTENER if self.listener.is_udp() => self.udp_pending = self.core.phase.accepting(),
@@ -222,6 +253,25 @@ impl Worker {
                 return Ok(exit);
             }
         }
+    }
+
+    /// Waits for events: on the poll, or with `--io uring` on the ring (which reports the
+    /// connections' completions in `ring_events` and says when the poll has events).
+    fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        let Some(ring) = self.ring.as_mut() else {
+            return self.poll.poll(events, timeout);
+        };
+        let mut ring_events = std::mem::take(&mut self.ring_events);
+        let timeout = if self.poll_more { Some(Duration::ZERO) } else { timeout };
+        let polled = ring.turn(timeout, self.epoch.elapsed().as_millis() as u64, &mut ring_events);
+        self.ring_events = ring_events;
+        if polled? || self.poll_more {
+            self.poll.poll(events, Some(Duration::ZERO))?;
+            self.poll_more = events.iter().count() >= events.capacity();
+        } else {
+            events.clear();
+        }
+        Ok(())
     }
 
     /// The time to the nearest deadline, or None (block: no CPU use when idle).
@@ -278,7 +328,10 @@ impl Worker {
                 return;
             }
             match self.listener.accept() {
-                Ok(stream) => match self.core.insert(stream) {
+                Ok(stream) => match self.core.insert(match &self.ring {
+                    Some(ring) => ring.adopt(stream),
+                    None => stream,
+                }) {
                     Ok(id) => {
                         self.core.stats.accepted += 1;
                         // TLS: the plugin hears of it once the handshake is done.

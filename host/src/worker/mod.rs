@@ -22,6 +22,7 @@ mod plugin_log;
 mod tasks;
 mod timers;
 mod transport;
+mod uring;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;

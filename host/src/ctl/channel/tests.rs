@@ -22,6 +22,7 @@ fn spec() -> WorkerSpec {
         heartbeat_ms: 1000,
         tls: None,
         access_log: false,
+        io: crate::config::IoBackend::Uring,
     }
 }
 
