@@ -583,6 +583,9 @@ impl Worker {
         }
         // After the last plugin call (a connection closed now may log its response).
         self.core.access_log.flush();
+        if let Some(ring) = self.ring.as_mut() {
+            ring.finish(FAREWELL_TIMEOUT);
+        }
         // The final counters (report id 0): the master adds them to the slot's totals, so a
         // replacement does not reset them. Best effort: a master that is gone does not read it.
         let json = serde_json::to_string(&self.core.report()).expect("reports always serialize");

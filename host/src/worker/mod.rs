@@ -247,6 +247,7 @@ mod tests {
             heartbeat_ms: 1000,
             tls: None,
             access_log: false,
+            io: Default::default(),
         }
     }
 

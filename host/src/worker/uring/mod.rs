@@ -62,7 +62,7 @@ const BGID: u16 = 0;
 pub const SEND_CAP: usize = 256 * 1024;
 /// Unread bytes at which a connection's receive is stopped (the plugin paused it, or it is
 /// slower than its peer): the rest waits in the kernel, as it does on epoll.
-const INBOX_HIGH: usize = 256 * 1024;
+const INBOX_HIGH: usize = 64 * 1024;
 /// How long a socket dropped with bytes still to send keeps sending them before they are
 /// cancelled and it is closed.
 const ORPHAN_MS: u64 = 10_000;
@@ -384,6 +384,24 @@ impl Ring {
         Ok(epoll_ready)
     }
 
+    /// The worker is exiting: sends what the sockets still have queued or in flight (their
+    /// last answers: a socket closed on epoll leaves them to the kernel, which the ring's
+    /// teardown would cancel), for `within` at most.
+    pub fn finish(&mut self, within: Duration) {
+        let start = std::time::Instant::now();
+        let mut events = Vec::new();
+        while start.elapsed() < within {
+            let busy = self.table.borrow().socks.iter().any(|s| s.fd >= 0 && s.error.is_none() && s.unsent());
+            if !busy {
+                return;
+            }
+            let now_ms = start.elapsed().as_millis() as u64;
+            if self.turn(Some(Duration::from_millis(10)), now_ms, &mut events).is_err() {
+                return;
+            }
+        }
+    }
+
     /// Queues the submissions of the sockets on the work list.
     fn prepare(&mut self, now_ms: u64) -> io::Result<()> {
         if !self.epoll_armed {
@@ -521,7 +539,7 @@ impl Ring {
                         hup = true;
                     }
                     let over = s.unread() >= INBOX_HIGH;
-                    if (!more && s.live) || (more && over) || !s.live {
+                    if !more || over || !s.live {
                         // Re-armed (it ended: out of buffers, or the kernel's choice),
                         // stopped (too much unread) or freed.
                         table.schedule(key);
@@ -593,6 +611,21 @@ fn kernel_at_least(major: u32, minor: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Puts one socket on the table's work list (see [`RingSocket::with`]).
+struct Work<'a> {
+    list: &'a mut Vec<u32>,
+    key: u32,
+}
+
+impl Work<'_> {
+    fn schedule(&mut self, s: &mut Sock) {
+        if !s.listed {
+            s.listed = true;
+            self.list.push(self.key);
+        }
+    }
+}
+
 /// An accepted stream whose receives and sends go through the worker's [`Ring`]. Reads give
 /// what the receive completions brought (`WouldBlock` when nothing is left, Ok(0) after the
 /// peer closed); writes queue bytes the next turn submits.
@@ -609,12 +642,11 @@ impl RingSocket {
         &self.inner
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Table, &mut Sock) -> T) -> T {
+    /// Runs `f` on this socket's state and a [`Work`] handle that puts it on the work list.
+    fn with<T>(&self, f: impl FnOnce(&mut Sock, &mut Work<'_>) -> T) -> T {
         let mut table = self.table.borrow_mut();
-        let mut s = std::mem::take(&mut table.socks[self.key as usize]);
-        let out = f(&mut table, &mut s);
-        table.socks[self.key as usize] = s;
-        out
+        let Table { socks, work, .. } = &mut *table;
+        f(&mut socks[self.key as usize], &mut Work { list: work, key: self.key })
     }
 
     /// Starts receiving, reported under `token` (the loop's `register`).
@@ -646,7 +678,7 @@ impl RingSocket {
     }
 
     fn queue(&mut self, data: &[u8], more: bool) -> io::Result<usize> {
-        self.with(|table, s| {
+        self.with(|s, work| {
             if let Some(e) = s.error {
                 return Err(io::Error::from_raw_os_error(e));
             }
@@ -658,10 +690,7 @@ impl RingSocket {
             let n = room.min(data.len());
             s.queued.extend_from_slice(&data[..n]);
             s.more = more;
-            if !s.listed {
-                s.listed = true;
-                table.work.push(self.key);
-            }
+            work.schedule(s);
             Ok(n)
         })
     }
@@ -707,7 +736,7 @@ impl Drop for RingSocket {
 
 impl Read for RingSocket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.with(|table, s| {
+        self.with(|s, work| {
             let unread = s.unread();
             if unread > 0 {
                 let n = unread.min(buf.len());
@@ -719,10 +748,9 @@ impl Read for RingSocket {
                     if s.inbox.capacity() > 64 * 1024 {
                         s.inbox.shrink_to(BUF_SIZE);
                     }
-                    if s.recv == RecvOp::Idle && !s.eof && s.error.is_none() && !s.listed {
+                    if s.recv == RecvOp::Idle && !s.eof && s.error.is_none() {
                         // Stopped while the inbox was full: receive again.
-                        s.listed = true;
-                        table.work.push(self.key);
+                        work.schedule(s);
                     }
                 }
                 return Ok(n);
@@ -751,13 +779,10 @@ impl Write for RingSocket {
 impl SocketIo for RingSocket {
     /// Shuts the side down once what is queued is sent (at once when nothing is).
     fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        let later = self.with(|table, s| {
+        let later = self.with(|s, work| {
             if s.unsent() && s.error.is_none() {
                 s.shutdown = Some(how);
-                if !s.listed {
-                    s.listed = true;
-                    table.work.push(self.key);
-                }
+                work.schedule(s);
                 return true;
             }
             false
@@ -780,16 +805,13 @@ impl SocketIo for RingSocket {
     /// `sendfile(2)` once every queued byte is sent (before that `WouldBlock`: the send's
     /// completion is the writable event); a full socket is waited for with `POLLOUT`.
     fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
-        let busy = self.with(|table, s| {
+        let busy = self.with(|s, work| {
             if let Some(e) = s.error {
                 return Err(io::Error::from_raw_os_error(e));
             }
             if s.unsent() {
                 s.blocked = true;
-                if !s.listed {
-                    s.listed = true;
-                    table.work.push(self.key);
-                }
+                work.schedule(s);
                 return Ok(true);
             }
             Ok(false)
@@ -803,14 +825,14 @@ impl SocketIo for RingSocket {
             _ => Err(io::ErrorKind::Unsupported.into()),
         };
         if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-            self.with(|table, s| {
+            self.with(|s, work| {
                 s.want_poll_out = true;
-                if !s.listed {
-                    s.listed = true;
-                    table.work.push(self.key);
-                }
+                work.schedule(s);
             });
         }
         result
     }
 }
+
+#[cfg(test)]
+mod tests;
