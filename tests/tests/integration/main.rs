@@ -43,6 +43,8 @@ mod websocket;
 mod frame;
 // The `resp` plugin: a Redis-compatible store driven by redis-cli, redis-py and redis-benchmark.
 mod resp;
+// The worker's I/O backend: `--io uring` (io_uring) and `--io epoll`, the config file's `io`.
+mod io_backend;
 // Hot reload: plugin files replaced by mv, cp, a refused file, a missing one, cargo build.
 mod reload;
 // `host upgrade`: the master re-executes the binary installed at its path (same pid, sockets and
