@@ -98,7 +98,7 @@ fn the_config_file_chooses_the_backend() {
     let root = host_tests::TempDir::new();
     let config = root.write(
         "host.toml",
-        &format!(
+        format!(
             "plugin_dirs = [\"{}\"]\nio = \"uring\"\n\n[[service]]\nname = \"web\"\nplugin = \"http\"\nlisten = \"127.0.0.1:0\"\n",
             target_dir().display()
         ),
