@@ -260,15 +260,17 @@ def cmd_report(args):
     rounds = [r for r in rows if r["kind"] == "round"]
     scenarios = list(dict.fromkeys(r["scenario"] for r in rounds))
     for sc in scenarios:
-        servers = list(dict.fromkeys(r["server"] for r in rounds if r["scenario"] == sc))[:2]
+        servers = list(dict.fromkeys(r["server"] for r in rounds if r["scenario"] == sc))[:3]
         if len(servers) < 2:
             servers.append("-")
         by = {s: [r for r in rounds if r["scenario"] == sc and r["server"] == s] for s in servers}
         n = max(len(v) for v in by.values())
-        a, b = servers
-        print(f"\n### {sc} ({n} rounds, alternating {a}/{b}; median [min..max])\n")
-        print(f"| metric | {a} | {b} | {a}/{b} |")
-        print("|---|---|---|---|")
+        # Two servers: a/b. Three (the io section: epoll, uring, nginx): b/a, a/c, b/c.
+        pairs = [(0, 1)] if len(servers) == 2 else [(1, 0), (0, 2), (1, 2)]
+        names = "/".join(servers)
+        print(f"\n### {sc} ({n} rounds, alternating {names}; median [min..max])\n")
+        print("| metric | " + " | ".join(servers) + " | " + " | ".join(f"{servers[i]}/{servers[j]}" for i, j in pairs) + " |")
+        print("|---|" + "---|" * (len(servers) + len(pairs)))
 
         def line(name, key, nd=0, spread=False):
             cells, meds = [], []
@@ -280,21 +282,22 @@ def cmd_report(args):
                 if spread and xs:
                     cell += f" [{fmt(min(xs), nd)}..{fmt(max(xs), nd)}]"
                 cells.append(cell)
-            print(f"| {name} | {cells[0]} | {cells[1]} | {ratio(meds[0], meds[1])} |")
+            ratios = [ratio(meds[i], meds[j]) for i, j in pairs]
+            print(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
 
         line("requests/s", "rps", 0, True)
         line("server CPU µs/request", "cpu_us_per_req", 2, True)
         line("p50 latency µs", "p50_us", 0)
         line("p99 latency µs", "p99_us", 0)
         errs = [sum(r["errors"] for r in by[s]) for s in servers]
-        print(f"| errors (all rounds) | {errs[0]} | {errs[1]} | |")
+        print("| errors (all rounds) | " + " | ".join(map(str, errs)) + " |" + " |" * len(pairs))
         pss = []
         for s in servers:
             last = by[s][-1]["pss_kb"] if by[s] else []
             pss.append(last)
         avg = [sum(p) / len(p) if p else None for p in pss]
-        print(f"| PSS KiB of each worker (after last round) | {' / '.join(map(str, pss[0]))} | "
-              f"{' / '.join(map(str, pss[1]))} | {ratio(avg[0], avg[1])} |")
+        print("| PSS KiB of each worker (after last round) | " + " | ".join(" / ".join(map(str, p)) for p in pss)
+              + " | " + " | ".join(ratio(avg[i], avg[j]) for i, j in pairs) + " |")
 
     st = [r for r in rows if r["kind"] == "startup"]
     if st:

@@ -19,6 +19,10 @@
 #            server is packaged here): 64 connections, 64-byte messages, one in flight each
 #   process  start to first 200 (host vs nginx), one worker holding IDLE_CONNS idle keep-alive
 #            connections, and the spread of 64 connections over `--count 4` workers
+#   io       the worker's two I/O backends side by side with nginx (`--io epoll`, `--io uring`,
+#            nginx, alternately): keep-alive -c64 and -c1000, 16 pipelined, the 1 MiB file, https
+#            keep-alive; then system calls per request of each under `strace -c -f` (keep-alive
+#            -c64, SYSCALL_SECONDS=3: strace slows the servers, the counts per request stand)
 #
 # Every load runs alternately (host, peer, host, peer...) ROUNDS times, and each scenario prints
 # one table: requests/s median [min..max], server CPU µs per request (utime+stime of the server's
@@ -39,12 +43,13 @@ WORKERS=${WORKERS:-2}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SECONDS=${IDLE_SECONDS:-5}
 export REQUESTS=${REQUESTS:-200000}
-ALL="plain static https proxy resp log ws process"
+ALL="plain static https proxy resp log ws process io"
 SECTIONS=${*:-$ALL}
 for s in $SECTIONS; do
     [[ " $ALL " == *" $s "* ]] || { echo "unknown section $s (sections: $ALL)" >&2; exit 2; }
 done
 need python3 wrk nginx openssl redis-server redis-benchmark timeout
+[[ " $SECTIONS " != *" io "* ]] || need strace
 ulimit -n "$(ulimit -Hn)"  # -c1000 and the idle connections need many descriptors
 [ "$(ulimit -n)" -ge $((IDLE_CONNS + 1000)) ] || echo "warning: ulimit -n is $(ulimit -n)" >&2
 
@@ -260,8 +265,100 @@ section_process() {
     stop_pid "$host_pid"
 }
 
+# `io_scenario NAME SCHEME PATH WRK-ARGS...`: ROUNDS rounds of wrk: host on epoll, host on
+# io_uring, nginx (`io_start` set the pids and ports).
+io_scenario() {
+    local name=$1 scheme=$2 path=$3
+    shift 3
+    echo "$name..." >&2
+    for _ in $(seq "$ROUNDS"); do
+        round wrk "$name" epoll "$epoll_pid" wrk --latency -t1 -d"${DURATION}s" "$@" "$scheme://127.0.0.1:$epoll_port$path"
+        round wrk "$name" uring "$uring_pid" wrk --latency -t1 -d"${DURATION}s" "$@" "$scheme://127.0.0.1:$uring_port$path"
+        round wrk "$name" nginx "$nginx_pid" wrk --latency -t1 -d"${DURATION}s" "$@" "$scheme://127.0.0.1:$nginx_port$path"
+    done
+}
+
+# `io_start NGINX-BLOCK HOST-ARGS...`: the host with `--io epoll` and with `--io uring`, and nginx.
+io_start() {
+    local block=$1
+    shift
+    start_host io-epoll --plugin http --count "$WORKERS" --io epoll "$@"
+    epoll_pid=$host_pid epoll_port=$host_port
+    start_host io-uring --plugin http --count "$WORKERS" --io uring "$@"
+    uring_pid=$host_pid uring_port=$host_port
+    if grep -q "io_uring is unavailable" "$tmp/io-uring.log"; then
+        echo "io_uring is unavailable here: $(grep -m1 'io_uring is unavailable' "$tmp/io-uring.log")" >&2
+    fi
+    start_nginx "$WORKERS" 4096 "$block"
+}
+
+io_stop() {
+    stop_pid "$epoll_pid"
+    stop_pid "$uring_pid"
+    stop_pid "$nginx_pid"
+}
+
+# `syscalls NAME PID PORT`: the system calls per request of PID's workers under wrk -t1 -c64
+# keep-alive (strace -c -f on each worker), the busiest ones by name.
+syscalls() {
+    local name=$1 pid=$2 port=$3 args=() p
+    for p in $(children "$pid"); do args+=(-p "$p"); done
+    strace -c -f -o "$tmp/strace.out" "${args[@]}" 2>"$tmp/strace.err" &
+    local strace_pid=$!
+    pids+=("$strace_pid")
+    for _ in $(seq 100); do [ "$(grep -c attached "$tmp/strace.err")" -ge "${#args[@]}" ] && break; sleep 0.05; done
+    timeout $((SYSCALL_SECONDS + 30)) wrk -t1 -c64 -d"${SYSCALL_SECONDS}s" "http://127.0.0.1:$port/" >"$tmp/wrk.out" 2>&1 || true
+    kill -INT "$strace_pid"
+    wait "$strace_pid" || true
+    python3 - "$name" "$(awk '/requests in/ {print $1}' "$tmp/wrk.out")" "$tmp/strace.out" <<'PY'
+import sys
+name, reqs, path = sys.argv[1], int(sys.argv[2] or 0), sys.argv[3]
+calls = {}
+for line in open(path):
+    f = line.split()
+    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+        calls[f[-1]] = int(f[3])
+total = sum(calls.values())
+top = sorted(calls.items(), key=lambda kv: -kv[1])[:5]
+per = lambda n: f"{n / max(reqs, 1):.3f}"
+print(f"| {name} | {reqs:,} | {per(total)} | " + ", ".join(f"{k} {per(v)}" for k, v in top) + " |")
+PY
+}
+
+section_io() {
+    SYSCALL_SECONDS=${SYSCALL_SECONDS:-3}
+    io_start plain_server
+    io_scenario "io: keep-alive (wrk -t1 -c64)" http / -c64
+    io_scenario "io: 1000 connections (wrk -t1 -c1000)" http / -c1000
+    io_scenario "io: 16 pipelined per write (wrk -t1 -c64 -s bench/pipeline.lua)" http / -c64 -s bench/pipeline.lua
+    echo "system calls per request (strace -c -f, wrk -t1 -c64 ${SYSCALL_SECONDS}s)..." >&2
+    {
+        echo "| server | requests under strace | system calls per request | the busiest, per request |"
+        echo "|---|---|---|---|"
+        syscalls epoll "$epoll_pid" "$epoll_port"
+        syscalls uring "$uring_pid" "$uring_port"
+        syscalls nginx "$nginx_pid" "$nginx_port"
+    } >"$tmp/syscalls.md"
+    io_stop
+    io_start plain_server --plugin-config "root = \"$www\""
+    io_scenario "io: static 1 MiB file (wrk -t1 -c64)" http /1m.bin -c64
+    io_stop
+    [ -f "$tmp/cert.pem" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
+    io_start tls_server --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem"
+    io_scenario "io: https keep-alive (wrk -t1 -c64)" https / -c64
+    io_stop
+}
+
 for s in $SECTIONS; do "section_$s"; done
 
 echo "## bench/run.sh $SECTIONS, $(date -u '+%Y-%m-%d %H:%M UTC'): DURATION=${DURATION}s ROUNDS=$ROUNDS WORKERS=$WORKERS"
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), Linux $(uname -r); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | cut -d' ' -f3), $(redis-server --version | cut -d' ' -f3)"
 python3 "$helper" report "$results"
+if [ -f "$tmp/syscalls.md" ]; then
+    echo
+    echo "### io: system calls per request (strace -c -f on the workers, wrk -t1 -c64 keep-alive, ${SYSCALL_SECONDS}s)"
+    echo
+    cat "$tmp/syscalls.md"
+fi

@@ -277,6 +277,11 @@ pub struct StartArgs {
     /// user other than root or the host's owns.
     #[arg(long)]
     pub insecure_plugins: bool,
+    /// The workers' I/O: epoll (readiness, a system call per receive and send) or uring
+    /// (io_uring: a turn's receives and sends in one system call; a worker where io_uring is
+    /// unavailable uses epoll and logs it) [default: epoll].
+    #[arg(long, value_name = "BACKEND")]
+    pub io: Option<crate::config::IoBackend>,
 }
 
 /// A listen address (see [`crate::listen`]: the config file's `listen` takes the same).
@@ -350,6 +355,9 @@ impl StartArgs {
         }
         if self.insecure_plugins {
             set.push("--insecure-plugins");
+        }
+        if self.io.is_some() {
+            set.push("--io");
         }
         set
     }

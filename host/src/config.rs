@@ -368,6 +368,21 @@ pub struct WorkerSpec {
     /// The service's cluster URL (`Service::cluster`): the worker connects to the broker itself.
     #[serde(default)]
     pub cluster: Option<String>,
+    /// The worker loop's I/O backend (`--io`).
+    #[serde(default)]
+    pub io: IoBackend,
+}
+
+/// The worker loop's I/O backend (`--io`, `io` in the config file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IoBackend {
+    /// Readiness (mio over epoll): a system call per receive and per send.
+    #[default]
+    Epoll,
+    /// io_uring: multishot receives into provided buffers, each turn's sends in one submission;
+    /// a worker where io_uring is unavailable uses epoll (and logs it once).
+    Uring,
 }
 
 /// The heartbeat interval for a worker timeout (None: off): often enough that two beats fit in
@@ -460,6 +475,7 @@ mod tests {
             }),
             access_log: true,
             cluster: Some("nats://127.0.0.1:4222".into()),
+            io: IoBackend::Uring,
         };
         assert_eq!(postcard::from_bytes::<WorkerSpec>(&postcard::to_stdvec(&spec).unwrap()).unwrap(), spec);
     }

@@ -49,6 +49,8 @@ pub struct FileConfig {
     pub probe_timeout: Option<Duration>,
     /// Load plugin files others than their owner may write.
     pub insecure_plugins: bool,
+    /// The workers' I/O backend (`io = "uring"`).
+    pub io: Option<config::IoBackend>,
 }
 
 /// One `[[service]]`: what the flags can say ([`Service`]) and what only the file can.
@@ -132,6 +134,7 @@ struct RawFile {
     probe_timeout: Option<f64>,
     #[serde(default)]
     insecure_plugins: bool,
+    io: Option<config::IoBackend>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -283,6 +286,7 @@ impl RawFile {
             worker_timeout,
             probe_timeout,
             insecure_plugins: self.insecure_plugins,
+            io: self.io,
         })
     }
 }

@@ -35,6 +35,8 @@ pub struct Plan {
     pub insecure_plugins: bool,
     /// (flag, config key) of every setting of the config file a flag overrode.
     pub overrides: Vec<(&'static str, &'static str)>,
+    /// The workers' I/O backend (`--io`, `io`; epoll by default).
+    pub io: config::IoBackend,
 }
 
 /// What a start falls back on when neither the flags nor the config file say.
@@ -147,6 +149,7 @@ pub fn resolve(
         admin_listen: args.admin_listen.or(file.and_then(|f| f.admin_listen)),
         insecure_plugins: args.insecure_plugins || file.is_some_and(|f| f.insecure_plugins),
         overrides,
+        io: args.io.or(file.and_then(|f| f.io)).unwrap_or_default(),
     })
 }
 

@@ -28,6 +28,7 @@ impl CopiedHost {
         let log = fs::File::create(dir.join("host.log")).unwrap();
         let mut cmd = Command::new(dir.join("bin/host"));
         cmd.args(args)
+            .args(crate::host::io_args(args))
             .current_dir(dir.path())
             .env("XDG_RUNTIME_DIR", dir.path())
             .env_remove("RUST_LOG")

@@ -152,7 +152,8 @@ impl Host {
         let dir = TempDir::new();
         let mut cmd = host_command(&dir);
         configure(&mut cmd);
-        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        let mut args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        args.extend(io_args(&args));
         cmd.args(&args);
         // A test fixture named as a plugin is found where the harness built it (not beside the
         // host), the workspace's plugins where they always are.
@@ -359,6 +360,23 @@ pub fn default_pid_file(dir: &Path) -> std::path::PathBuf {
         [] => panic!("no pid file in {}", runtime.display()),
         several => panic!("several pid files in {}: {several:?}", runtime.display()),
     }
+}
+
+/// `--io BACKEND` when `HOST_TEST_IO` names one (`uring`, `epoll`) and `args` start a host (no
+/// subcommand, or `start`) that does not choose its own: so the whole suite runs on either of
+/// the worker's I/O backends (`HOST_TEST_IO=uring cargo test -p host-tests --test integration`).
+pub fn io_args<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vec<OsString> {
+    let Some(io) = std::env::var_os("HOST_TEST_IO").filter(|v| !v.is_empty()) else {
+        return Vec::new();
+    };
+    let starts = args.first().is_none_or(|a| {
+        let a = a.as_ref().to_string_lossy();
+        a.starts_with('-') || a == "start"
+    });
+    if !starts || args.iter().any(|a| a.as_ref() == "--io") {
+        return Vec::new();
+    }
+    vec!["--io".into(), io]
 }
 
 /// `host`, freshly built, to run in `dir` (working and runtime directory), with `RUST_LOG` unset.

@@ -350,7 +350,8 @@ pub fn run(plan: Plan, launch: Launch) -> anyhow::Result<()> {
     let mut logs = logs::Logs::default();
     (logs.access, logs.log_file) = (access_logs, launch.log_file);
     let procs = OsProcesses { worker_args: launch.worker_args, foreign: Default::default() };
-    let sup = Supervisor::new(procs, states, plan.plugin_dirs.clone(), plan.timeouts);
+    let mut sup = Supervisor::new(procs, states, plan.plugin_dirs.clone(), plan.timeouts);
+    sup.io = plan.io;
     let parts = Parts {
         watched,
         pid_file,

@@ -136,6 +136,8 @@ pub struct Supervisor<P> {
     pub(in crate::master) tickets: crate::tls::tickets::TicketStore,
     /// Hand-overs by service name (`status`, `/metrics`).
     pub handovers: BTreeMap<String, super::handover::HandoverTotals>,
+    /// The workers' I/O backend (`--io`).
+    pub(in crate::master) io: crate::config::IoBackend,
 }
 
 impl<P: Processes> Supervisor<P> {
@@ -167,6 +169,7 @@ impl<P: Processes> Supervisor<P> {
             last_unchanged: None,
             plugin_dirs,
             timeouts,
+            io: crate::config::IoBackend::default(),
             out: Vec::new(),
             step_started: now,
             reload_started: now,
@@ -275,6 +278,7 @@ impl<P: Processes> Supervisor<P> {
             tls: state.tls.as_ref().map(|t| t.spec.clone()),
             access_log: state.service.access_log.is_some(),
             cluster: state.service.cluster.clone(),
+            io: self.io,
         }
     }
 

@@ -20,8 +20,9 @@ use plugin_api::abi::RawPluginBox;
 use super::core::{Core, CONN_TOKEN_BASE};
 use super::listener::Listener;
 use super::phase::{ConnPhase, Exit, WorkerPhase};
+use super::uring::{Ring, RingEvent};
 use super::{datagram, dispatch, load_snapshot, mailbox, new_instance, outbound, tasks, FAREWELL_TIMEOUT};
-use crate::config::WorkerSpec;
+use crate::config::{IoBackend, WorkerSpec};
 use crate::ctl::{self, ReportKind, ToMaster, ToWorker, WorkerChannel};
 use crate::sys;
 
@@ -78,6 +79,12 @@ pub(super) struct Worker {
     plugin_name: String,
     /// A hand-over under way, as the old worker or as the replacement.
     handover: Option<handover::Session>,
+    /// `--io uring`: the connections' receives and sends go through this ring, which also
+    /// watches the poll (`worker/uring`).
+    ring: Option<Ring>,
+    ring_events: Vec<RingEvent>,
+    /// The poll had more events than one call takes: read it again next turn.
+    poll_more: bool,
 }
 
 impl Worker {
@@ -110,6 +117,16 @@ impl Worker {
             RResult::RErr(e) => anyhow::bail!("plugin {} refused its config: {}", loaded.name, e),
         };
         let poll = Poll::new()?;
+        let ring = match spec.io {
+            IoBackend::Epoll => None,
+            IoBackend::Uring => match Ring::new(poll.as_raw_fd()) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    tracing::warn!("io_uring is unavailable here ({e}); this worker uses epoll");
+                    None
+                }
+            },
+        };
         let registry = poll.registry().try_clone()?;
         let (listener, udp) = Listener::from_fd(listener)?;
         let mut worker = Worker {
@@ -135,6 +152,9 @@ impl Worker {
             tasks_pending: false,
             plugin_name: loaded.name.clone(),
             handover: None,
+            ring,
+            ring_events: Vec::new(),
+            poll_more: false,
             poll,
         };
         worker.core.worker_count = spec.worker_count;
@@ -174,7 +194,7 @@ impl Worker {
         self.read_control();
         loop {
             let timeout = self.poll_timeout();
-            match self.poll.poll(&mut events, timeout) {
+            match self.wait(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -189,6 +209,17 @@ impl Worker {
             if self.handover.is_some() {
                 self.drive_handover();
             }
+            let ring_events = std::mem::take(&mut self.ring_events);
+            for event in &ring_events {
+                let index = event.token - CONN_TOKEN_BASE;
+                if event.writable {
+                    self.core.mark_dirty(index);
+                }
+                if event.readable {
+                    self.read_conn(index, event.hup);
+                }
+            }
+            self.ring_events = ring_events;
             for event in events.iter() {
                 match event.token() {
                     LISTENER if self.listener.is_udp() => self.udp_pending = self.core.phase.accepting(),
@@ -244,6 +275,25 @@ impl Worker {
                 return Ok(exit);
             }
         }
+    }
+
+    /// Waits for events: on the poll, or with `--io uring` on the ring (which reports the
+    /// connections' completions in `ring_events` and says when the poll has events).
+    fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        let Some(ring) = self.ring.as_mut() else {
+            return self.poll.poll(events, timeout);
+        };
+        let mut ring_events = std::mem::take(&mut self.ring_events);
+        let timeout = if self.poll_more { Some(Duration::ZERO) } else { timeout };
+        let polled = ring.turn(timeout, self.epoch.elapsed().as_millis() as u64, &mut ring_events);
+        self.ring_events = ring_events;
+        if polled? || self.poll_more {
+            self.poll.poll(events, Some(Duration::ZERO))?;
+            self.poll_more = events.iter().count() >= events.capacity();
+        } else {
+            events.clear();
+        }
+        Ok(())
     }
 
     /// The time to the nearest deadline, or None (block: no CPU use when idle).
@@ -303,7 +353,10 @@ impl Worker {
                 return;
             }
             match self.listener.accept() {
-                Ok(stream) => match self.core.insert(stream) {
+                Ok(stream) => match self.core.insert(match &self.ring {
+                    Some(ring) => ring.adopt(stream),
+                    None => stream,
+                }) {
                     Ok(id) => {
                         self.core.stats.accepted += 1;
                         // TLS: the plugin hears of it once the handshake is done.
@@ -618,6 +671,9 @@ impl Worker {
         }
         // After the last plugin call (a connection closed now may log its response).
         self.core.access_log.flush();
+        if let Some(ring) = self.ring.as_mut() {
+            ring.finish(FAREWELL_TIMEOUT);
+        }
         // The final counters (report id 0): the master adds them to the slot's totals, so a
         // replacement does not reset them. Best effort: a master that is gone does not read it.
         let json = serde_json::to_string(&self.core.report()).expect("reports always serialize");

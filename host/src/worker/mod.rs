@@ -23,6 +23,7 @@ mod tasks;
 mod timers;
 mod topics;
 mod transport;
+mod uring;
 
 pub(crate) use self::core::Snapshot;
 pub(crate) use self::transport::SocketKind;
@@ -251,6 +252,7 @@ mod tests {
             tls: None,
             access_log: false,
             cluster: None,
+            io: Default::default(),
         }
     }
 

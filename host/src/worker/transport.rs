@@ -92,6 +92,9 @@ pub enum Stream {
     /// A UDP session with this peer: datagrams arrive through the worker's UDP socket and leave
     /// through it (`Core::send`); reading gives nothing, writing is refused, registering is a no-op.
     Datagram(SocketAddr),
+    /// A TCP or Unix stream whose receives and sends go through the worker's io_uring
+    /// (`worker/uring`, `--io uring`).
+    Ring(super::uring::RingSocket),
     /// A socket the unit tests play (registering it is a no-op).
     #[cfg(test)]
     Fake(super::fake_socket::FakeSocket),
@@ -103,6 +106,7 @@ macro_rules! with_io {
         match $stream {
             Stream::Tcp($s) => $body,
             Stream::Unix($s) => $body,
+            Stream::Ring($s) => $body,
             #[cfg(test)]
             Stream::Fake($s) => $body,
             Stream::Datagram(_) => $datagram,
@@ -244,6 +248,14 @@ impl Transport {
         Ok(Transport { stream: stream.into(), tls: Some(TlsSession::rustls(conn)) })
     }
 
+    /// The stream itself (under the ring's I/O for a ring socket): its addresses and options.
+    fn base(&self) -> &Stream {
+        match &self.stream {
+            Stream::Ring(r) => r.inner(),
+            s => s,
+        }
+    }
+
     /// The peer of a UDP session (None for a stream).
     pub fn datagram_peer(&self) -> Option<SocketAddr> {
         match self.stream {
@@ -254,7 +266,7 @@ impl Transport {
 
     /// The credentials of a Unix socket's peer (pid, uid, gid); None for TCP and UDP.
     pub fn peer_cred(&self) -> Option<(u32, u32, u32)> {
-        match &self.stream {
+        match self.base() {
             Stream::Unix(s) => crate::sys::peer_cred(std::os::fd::AsFd::as_fd(s)).ok(),
             _ => None,
         }
@@ -276,7 +288,13 @@ impl Transport {
     /// What carries the connection, as a plugin hears it (`RawHostExt::transport`).
     pub fn kind(&self) -> plugin_api::abi::RawTransport {
         use plugin_api::abi::RawTransport;
-        match (&self.stream, self.tls.is_some()) {
+        // A ring socket is the stream it wraps.
+        let stream = match &self.stream {
+            Stream::Ring(r) => r.inner(),
+            s => s,
+        };
+        match (stream, self.tls.is_some()) {
+            (Stream::Ring(_), _) => RawTransport::UNKNOWN,
             (Stream::Tcp(_), false) => RawTransport::TCP,
             (Stream::Tcp(_), true) => RawTransport::TLS_TCP,
             (Stream::Unix(_), false) => RawTransport::UNIX,
@@ -378,7 +396,7 @@ impl Transport {
 
     /// TCP_NODELAY on a TCP stream (nothing for the others).
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        match &self.stream {
+        match self.base() {
             Stream::Tcp(s) => s.set_nodelay(on),
             _ => Ok(()),
         }
@@ -386,7 +404,7 @@ impl Transport {
 
     /// The peer's IP address (an error on a Unix socket: it has none).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        match &self.stream {
+        match self.base() {
             Stream::Tcp(s) => s.peer_addr(),
             Stream::Datagram(peer) => Ok(*peer),
             _ => Err(io::ErrorKind::Unsupported.into()),
@@ -395,7 +413,7 @@ impl Transport {
 
     /// The socket's pending error (an outbound connect's outcome: `SO_ERROR`).
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        match &self.stream {
+        match self.base() {
             Stream::Tcp(s) => s.take_error(),
             Stream::Unix(s) => s.take_error(),
             _ => Ok(None),
@@ -404,7 +422,7 @@ impl Transport {
 
     /// The local IP address (an error on a Unix socket; a UDP session's is set by the core).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        match &self.stream {
+        match self.base() {
             Stream::Tcp(s) => s.local_addr(),
             _ => Err(io::ErrorKind::Unsupported.into()),
         }
@@ -595,6 +613,10 @@ impl Source for Transport {
         match &mut self.stream {
             Stream::Tcp(s) => s.register(registry, token, interests),
             Stream::Unix(s) => s.register(registry, token, interests),
+            Stream::Ring(s) => {
+                s.arm(token.0);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -611,6 +633,10 @@ impl Source for Transport {
         match &mut self.stream {
             Stream::Tcp(s) => s.deregister(registry),
             Stream::Unix(s) => s.deregister(registry),
+            Stream::Ring(s) => {
+                s.disarm();
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -673,7 +699,12 @@ impl Transport {
     /// The socket and the TLS state (None: plain), for an export. A UDP session has no socket
     /// of its own: it is given back.
     pub fn into_parts(self) -> Result<(Socket, Option<TlsSession>), Self> {
+        // (A ring socket moves once the ring holds none of its bytes.)
+        if matches!(&self.stream, Stream::Ring(r) if !r.is_settled()) {
+            return Err(self);
+        }
         let socket = match self.stream {
+            Stream::Ring(r) => return Transport { stream: r.into_inner(), tls: self.tls }.into_parts(),
             Stream::Tcp(s) => Socket::Tcp(s.into()),
             Stream::Unix(s) => Socket::Unix(s.into()),
             #[cfg(test)]

@@ -50,6 +50,8 @@ mod topics;
 mod frame;
 // The `resp` plugin: a Redis-compatible store driven by redis-cli, redis-py and redis-benchmark.
 mod resp;
+// The worker's I/O backend: `--io uring` (io_uring) and `--io epoll`, the config file's `io`.
+mod io_backend;
 // Hot reload: plugin files replaced by mv, cp, a refused file, a missing one, cargo build.
 mod reload;
 // Hand-over: connections and plugin state move to the replacement on a reload.

@@ -23,6 +23,7 @@ fn spec() -> WorkerSpec {
         tls: None,
         access_log: false,
         cluster: None,
+        io: crate::config::IoBackend::Uring,
     }
 }
 

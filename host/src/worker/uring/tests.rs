@@ -1,0 +1,257 @@
+//! The ring under real loopback sockets: receive, send, backpressure, end of input, a deferred
+//! shutdown, a socket dropped with bytes still queued, and a reader that does not keep up.
+//! Skipped (with a line saying so) where io_uring is unavailable.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const TOKEN: usize = 42;
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A ring over a fresh poll (kept: the ring watches its descriptor), or None where io_uring
+/// is unavailable.
+fn ring() -> Option<(Ring, mio::Poll)> {
+    let poll = mio::Poll::new().unwrap();
+    match Ring::new(poll.as_raw_fd()) {
+        Ok(ring) => Some((ring, poll)),
+        Err(e) => {
+            eprintln!("io_uring unavailable ({e}): test skipped");
+            None
+        }
+    }
+}
+
+/// A connected pair: the server's end on the ring (armed under `TOKEN`), the client's a
+/// blocking std stream with a read timeout.
+fn pair(ring: &Ring) -> (RingSocket, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    let Stream::Ring(socket) = ring.adopt(Stream::Tcp(mio::net::TcpStream::from_std(server))) else {
+        panic!("a TCP stream goes on the ring");
+    };
+    socket.arm(TOKEN);
+    (socket, client)
+}
+
+/// Turns the ring until `want` holds for an event of `TOKEN` (bounded by `DEADLINE`).
+fn turn_until(ring: &mut Ring, want: impl Fn(&RingEvent) -> bool) -> RingEvent {
+    let start = Instant::now();
+    let mut events = Vec::new();
+    while start.elapsed() < DEADLINE {
+        ring.turn(Some(Duration::from_millis(100)), 0, &mut events).unwrap();
+        if let Some(e) = events.iter().find(|e| e.token == TOKEN && want(e)) {
+            return *e;
+        }
+    }
+    panic!("no such event in {DEADLINE:?}");
+}
+
+/// Turns the ring a few times without waiting long (submissions go out).
+fn spin(ring: &mut Ring, turns: usize) {
+    let mut events = Vec::new();
+    for _ in 0..turns {
+        ring.turn(Some(Duration::from_millis(10)), 0, &mut events).unwrap();
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Reads what the socket holds now (to `WouldBlock`, or its end: then true).
+fn drain(socket: &mut RingSocket, into: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 8192];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn receives_and_sends_through_the_ring() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let (mut socket, mut client) = pair(&ring);
+    let mut buf = [0u8; 64];
+    assert_eq!(socket.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock, "nothing came yet");
+    client.write_all(b"ping").unwrap();
+    let event = turn_until(&mut ring, |e| e.readable);
+    assert!(!event.hup);
+    assert_eq!(socket.read(&mut buf).unwrap(), 4);
+    assert_eq!(&buf[..4], b"ping");
+    assert_eq!(socket.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock, "the inbox is empty again");
+    assert_eq!(socket.write(b"pong").unwrap(), 4);
+    spin(&mut ring, 1);
+    let mut got = [0u8; 4];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"pong");
+    // Many requests on one connection: the multishot receive stays armed.
+    for i in 0..50u32 {
+        client.write_all(&i.to_be_bytes()).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            turn_until(&mut ring, |e| e.readable);
+            drain(&mut socket, &mut got);
+        }
+        assert_eq!(got, i.to_be_bytes());
+        socket.write_all(&got).unwrap();
+        spin(&mut ring, 1);
+        let mut back = [0u8; 4];
+        client.read_exact(&mut back).unwrap();
+        assert_eq!(back, i.to_be_bytes());
+    }
+}
+
+#[test]
+fn the_peer_closing_is_a_hangup_and_reads_end_with_zero() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let (mut socket, client) = pair(&ring);
+    (&client).write_all(b"last words").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while !drain(&mut socket, &mut got) {
+        assert!(start.elapsed() < DEADLINE, "no end of input");
+        turn_until(&mut ring, |e| e.readable);
+    }
+    assert_eq!(got, b"last words", "every byte before the end");
+    assert_eq!(socket.read(&mut [0u8; 8]).unwrap(), 0, "the end stays the end");
+}
+
+#[test]
+fn a_full_queue_says_wouldblock_and_its_send_makes_it_writable() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let (mut socket, client) = pair(&ring);
+    let total = 4 * 1024 * 1024;
+    let data = pattern(total);
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        (&client).take(total as u64).read_to_end(&mut got).unwrap();
+        got
+    });
+    let (mut pos, mut blocked) = (0, 0);
+    let start = Instant::now();
+    while pos < total {
+        assert!(start.elapsed() < DEADLINE, "the writes made no progress");
+        match socket.write(&data[pos..]) {
+            Ok(n) => {
+                assert!(n <= SEND_CAP, "at most the queue's room");
+                pos += n;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                blocked += 1;
+                turn_until(&mut ring, |e| e.writable);
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    spin(&mut ring, 3);
+    let got = reader.join().unwrap();
+    assert!(blocked > 0, "the queue filled up at least once");
+    assert!(got == data, "every byte, in order");
+}
+
+#[test]
+fn bytes_queued_when_the_socket_is_dropped_are_still_sent_then_it_closes() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let (mut socket, mut client) = pair(&ring);
+    let data = pattern(200 * 1024);
+    assert_eq!(socket.write(&data).unwrap(), data.len());
+    drop(socket);
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).map(|_| got)
+    });
+    let start = Instant::now();
+    while !reader.is_finished() {
+        assert!(start.elapsed() < DEADLINE, "the dropped socket never closed");
+        spin(&mut ring, 1);
+    }
+    let got = reader.join().unwrap().expect("a clean end after the bytes");
+    assert!(got == data, "every queued byte before the end ({} of {})", got.len(), data.len());
+    // Its place in the table is free once the kernel is done with it.
+    spin(&mut ring, 2);
+    assert_eq!(ring.table.borrow().free.len(), 1);
+}
+
+#[test]
+fn a_shutdown_waits_for_the_queued_bytes() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let (mut socket, mut client) = pair(&ring);
+    let data = pattern(300 * 1024);
+    let mut pos = 0;
+    while pos < data.len() {
+        match socket.write(&data[pos..]) {
+            Ok(n) => pos += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                turn_until(&mut ring, |e| e.writable);
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    SocketIo::shutdown(&socket, Shutdown::Write).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).map(|_| got)
+    });
+    let start = Instant::now();
+    while !reader.is_finished() {
+        assert!(start.elapsed() < DEADLINE, "no end after the bytes");
+        spin(&mut ring, 1);
+    }
+    let got = reader.join().unwrap().unwrap();
+    assert!(got == data, "every byte before the end ({} of {})", got.len(), data.len());
+}
+
+#[test]
+fn a_reader_that_does_not_keep_up_stops_the_receive_and_loses_nothing() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let (mut socket, client) = pair(&ring);
+    let total = 3 * 1024 * 1024;
+    let data = pattern(total);
+    let writer = std::thread::spawn(move || {
+        let mut client = client;
+        client.write_all(&pattern(total)).unwrap();
+        client
+    });
+    // Not read: the inbox stops near its high mark, the rest waits in the kernel.
+    let start = Instant::now();
+    let unread = || ring_unread(&socket);
+    while unread() < INBOX_HIGH {
+        assert!(start.elapsed() < DEADLINE, "the inbox never filled");
+        spin(&mut ring, 1);
+    }
+    spin(&mut ring, 20);
+    let held = unread();
+    assert!(held < INBOX_HIGH + usize::from(BUF_COUNT) * BUF_SIZE, "the receive went on past the mark: {held}");
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < total {
+        assert!(start.elapsed() < DEADLINE, "the receive never resumed ({} of {total})", got.len());
+        drain(&mut socket, &mut got);
+        spin(&mut ring, 1);
+    }
+    drop(writer.join().unwrap());
+    assert!(got == data, "every byte, in order");
+}
+
+fn ring_unread(socket: &RingSocket) -> usize {
+    socket.table.borrow().socks[socket.key as usize].unread()
+}
+
+#[test]
+fn kernels_are_compared_by_release() {
+    assert!(kernel_at_least(2, 6).is_ok());
+    let err = kernel_at_least(999, 0).unwrap_err();
+    assert!(err.to_string().contains("older than 999.0"), "{err}");
+}
