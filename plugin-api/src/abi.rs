@@ -947,9 +947,12 @@ mod tests {
 
     /// `RawPluginExt` as a later release declares it: one more event.
     mod later {
-        use abi_stable::{sabi_trait, std_types::RStr};
+        use abi_stable::{
+            sabi_trait,
+            std_types::{RSlice, RStr},
+        };
 
-        use crate::abi::{ConnId, RawHostRef, RawInputEnd};
+        use crate::abi::{ConnId, RawHandover, RawHostRef, RawInputEnd, RawStateSinkRef};
         #[sabi_trait]
         pub trait RawPluginExt {
             #[sabi(last_prefix_field)]
@@ -957,6 +960,45 @@ mod tests {
             fn on_input_end(&mut self, host: RawHostRef<'_>, conn: ConnId) -> RawInputEnd {
                 let _ = (host, conn);
                 RawInputEnd::CLOSE
+            }
+            fn handover_version(&self) -> u32 {
+                0
+            }
+            fn handover_accepts(&mut self, host: RawHostRef<'_>, plugin: RStr<'_>, version: u32) -> bool {
+                let _ = (host, plugin, version);
+                false
+            }
+            fn handover_export_conn(
+                &mut self,
+                host: RawHostRef<'_>,
+                conn: ConnId,
+                sink: RawStateSinkRef<'_>,
+            ) -> RawHandover {
+                let _ = (host, conn, sink);
+                RawHandover::DECLINE
+            }
+            fn handover_export_worker(&mut self, host: RawHostRef<'_>, sink: RawStateSinkRef<'_>) -> RawHandover {
+                let _ = (host, sink);
+                RawHandover::DECLINE
+            }
+            fn handover_adopt_worker(
+                &mut self,
+                host: RawHostRef<'_>,
+                version: u32,
+                state: RSlice<'_, u8>,
+            ) -> RawHandover {
+                let _ = (host, version, state);
+                RawHandover::DECLINE
+            }
+            fn handover_adopt_conn(
+                &mut self,
+                host: RawHostRef<'_>,
+                conn: ConnId,
+                version: u32,
+                state: RSlice<'_, u8>,
+            ) -> RawHandover {
+                let _ = (host, conn, version, state);
+                RawHandover::DECLINE
             }
             fn on_future(&mut self, data: u64) -> u32 {
                 let _ = data;
