@@ -65,6 +65,39 @@ fn a_half_sent_line_is_completed_after_a_graceful_reload() {
     assert!(table.contains("HAND-OVERS") && table.contains("1 connections moved"), "{table}");
 }
 
+// The same across a reload the watcher starts: a new text.so moved into the plugin directory.
+#[test]
+fn a_half_sent_line_is_completed_after_a_watcher_reload() {
+    use host_tests::plugin_dir::{variant, PluginDir};
+    let dir = PluginDir::new();
+    dir.mv("text.so", &std::fs::read(host_tests::plugin_file("text")).unwrap());
+    let mut host = Host::start("text", &["--plugin-dir", &dir.arg(), "--drain-timeout", "30"]);
+    let mut c = Client::connect(host.port());
+    half_line_read(&mut host, &mut c, b"first\n", b"hel");
+    dir.mv("text.so", &variant(&host_tests::plugin_file("text"), "next"));
+    host.log().wait_for("hand-over: 1 connections moved", RELOAD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    c.send(b"lo\n");
+    assert_eq!(read_line(&mut c), "hello\n");
+    c.send(b"again\n");
+    assert_eq!(read_line(&mut c), "again\n");
+}
+
+// Recycling (`--max-requests`) replaces the worker under a busy connection: it moves, and every
+// line comes back once, in order.
+#[test]
+fn a_recycled_worker_hands_its_connection_over() {
+    let host = Host::start("text", &["--max-requests", "40"]);
+    let mut c = Client::connect(host.port());
+    for i in 0..200 {
+        c.send(format!("line {i}\n").as_bytes());
+        assert_eq!(read_line(&mut c), format!("line {i}\n"));
+    }
+    host.log().wait_for("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    c.send(b"last\n");
+    assert_eq!(read_line(&mut c), "last\n");
+    assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+}
+
 // A plain reload (`host reload`, old workers stop at once) hands over too, and what the client
 // sends while it runs is not lost.
 #[test]
