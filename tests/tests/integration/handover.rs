@@ -245,3 +245,33 @@ fn an_old_abi_plugin_still_drains() {
     assert!(line.contains("does not take part"), "{line}");
     assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
 }
+
+// `host upgrade`: the new image's workers adopt the connections of the workers it adopted from
+// the old image, a half-sent line included.
+#[test]
+fn a_half_sent_line_is_completed_after_host_upgrade() {
+    use host_tests::copied_host::CopiedHost;
+    use host_tests::plugin_dir::PluginDir;
+    let dir = PluginDir::new();
+    dir.mv("text.so", &std::fs::read(host_tests::plugin_file("text")).unwrap());
+    let plugin_dir = dir.arg();
+    let args = ["--plugin", "text", "--listen", "127.0.0.1:0", "--drain-timeout", "30", "--plugin-dir", &plugin_dir];
+    let host = CopiedHost::start(&args);
+    let mut c = Client::connect(host.port());
+    c.send(b"first\n");
+    assert_eq!(read_line(&mut c), "first\n");
+    c.send(b"hel");
+    host_tests::poll_until(Duration::from_secs(5), || {
+        let out = host.command(&["connections"], Duration::from_secs(5));
+        out.stdout.lines().any(|l| l.contains(" 9B ")).then_some(())
+    })
+    .expect("the half line never reached the worker");
+    host.replace_binary();
+    let out = host.command(&["upgrade"], RELOAD_TIMEOUT);
+    assert!(out.status.success(), "host upgrade failed: {}{}\nlog:\n{}", out.stdout, out.stderr, host.log());
+    host.wait_for_log("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    c.send(b"lo\n");
+    assert_eq!(read_line(&mut c), "hello\n");
+    c.send(b"again\n");
+    assert_eq!(read_line(&mut c), "again\n");
+}
