@@ -275,3 +275,62 @@ fn a_half_sent_line_is_completed_after_host_upgrade() {
     c.send(b"again\n");
     assert_eq!(read_line(&mut c), "again\n");
 }
+
+/// python `websockets` clients that send sequence-numbered messages, say `ready`, wait for a
+/// line on stdin (the test reloads meanwhile), send more and print what came back.
+const WS_PY: &str = r#"
+import asyncio, sys
+from websockets.asyncio.client import connect
+
+async def main(port, n):
+    socks = [await connect(f"ws://127.0.0.1:{port}/", compression=None) for _ in range(n)]
+    for i, ws in enumerate(socks):
+        await ws.send(f"{i}:0")
+        assert await ws.recv() == f"{i}:0"
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    got = []
+    for seq in range(1, 21):
+        for i, ws in enumerate(socks):
+            await ws.send(f"{i}:{seq}")
+        for i, ws in enumerate(socks):
+            got.append(await ws.recv() == f"{i}:{seq}")
+    print("in order" if all(got) else "lost or reordered", len(got), flush=True)
+    for ws in socks:
+        await ws.close()
+
+asyncio.run(asyncio.wait_for(main(int(sys.argv[1]), int(sys.argv[2])), 60))
+"#;
+
+// WebSocket clients (python `websockets`) stay connected across `host reload -g` and get every
+// later message back in order: no close frame 1001, no reconnect.
+#[test]
+fn websocket_clients_stay_connected_across_a_reload() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut host = Host::start("websocket", &["--count", "2", "--drain-timeout", "30"]);
+    let mut py = Command::new("timeout")
+        .args(["120", "python3", "-c", WS_PY, &host.port().to_string(), "10"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with websockets");
+    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    reload(&mut host, &["reload", "-g"]);
+    host.log().wait_for_nth("hand-over: ", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    writeln!(py.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "in order 200\n");
+    assert!(py.wait().unwrap().success());
+    let moved: usize = host
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("hand-over: "))
+        .filter_map(|l| l.split("hand-over: ").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(moved, 10, "every client moved:\n{}", host.log_text());
+}
