@@ -300,6 +300,8 @@ impl Worker {
     /// After `Accept`: takes every movable connection out of the table with its plugin state,
     /// then the worker state, and sends them all.
     fn send_everything(&mut self, old: &mut OldSide) -> Result<(), String> {
+        // The pause clients of moved connections see starts with the first one taken out.
+        old.stopped_ms = Some(self.core.now_ms);
         let mut conns = Vec::new();
         let mut stayed = 0u64;
         for id in self.core.ids() {
@@ -321,7 +323,6 @@ impl Worker {
                 }
             }
         }
-        old.stopped_ms = Some(self.core.now_ms);
         old.report.stayed = stayed;
         old.held = Vec::with_capacity(conns.len());
         let mut sink = StateSink::default();
