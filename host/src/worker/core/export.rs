@@ -64,6 +64,8 @@ pub struct Snapshot {
     pub age_ms: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    // What the worker core keeps per connection beyond this (topic subscriptions, when they
+    // exist) goes here, so that a hand-over carries it; the plugin's own state travels beside.
 }
 
 /// A connection out of its table.

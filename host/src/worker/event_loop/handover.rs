@@ -433,6 +433,12 @@ impl Worker {
         );
         self.send_control(&ToMaster::HandedOver(report));
         match fallback {
+            // Draining already (a drain was asked meanwhile): what came back hears it too.
+            Fallback::Drain { .. } if matches!(self.core.phase, super::WorkerPhase::Draining { .. }) => {
+                for id in self.core.ids() {
+                    dispatch::drain(&mut self.plugin, &mut self.core, id);
+                }
+            }
             Fallback::Drain { timeout_ms } => self.start_drain(timeout_ms),
             Fallback::Stop => self.core.phase.stop(super::Exit::Stopped),
         }
