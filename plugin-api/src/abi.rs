@@ -1063,9 +1063,10 @@ mod tests {
 
     /// `RawPluginExt` as a later release declares it: one more event.
     mod later {
-        use abi_stable::{sabi_trait, std_types::RStr};
-
-        use abi_stable::std_types::RSlice;
+        use abi_stable::{
+            sabi_trait,
+            std_types::{RSlice, RStr},
+        };
 
         use crate::abi::{CallStatus, ConnId, RawHandover, RawHostRef, RawInputEnd, RawStateSinkRef};
         #[sabi_trait]

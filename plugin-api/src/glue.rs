@@ -552,6 +552,83 @@ mod tests {
         assert!(host.notifier().is_none());
     }
 
+    /// A plugin taking part in hand-overs: its state is a counter per connection and a total.
+    struct Mover {
+        total: u64,
+        per_conn: std::collections::HashMap<ConnId, u8>,
+    }
+
+    impl Protocol for Mover {
+        const HANDOVER_VERSION: u32 = 3;
+        fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
+            Ok(Mover { total: 0, per_conn: Default::default() })
+        }
+        fn input(&mut self, _: &mut Host<'_>, _: ConnId, buf: &[u8]) -> crate::Frame {
+            crate::Frame::Complete(buf.len())
+        }
+        fn on_message(&mut self, _: &mut Host<'_>, _: ConnId, _: &[u8]) {}
+        fn export_conn(&mut self, _: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+            use std::io::Write;
+            match self.per_conn.get(&conn) {
+                Some(&99) => panic!("cannot export this one"),
+                Some(&n) => out.write_all(&[n]).is_ok(),
+                None => false,
+            }
+        }
+        fn adopt_conn(&mut self, _: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
+            version == 3 && state.len() == 1 && self.per_conn.insert(conn, state[0]).is_none()
+        }
+        fn export_worker(&mut self, _: &mut Host<'_>, out: &mut StateWriter<'_>) -> bool {
+            use std::io::Write;
+            // In pieces, as a serializer writes.
+            self.total.to_le_bytes().chunks(3).all(|piece| out.write_all(piece).is_ok())
+        }
+        fn adopt_worker(&mut self, _: &mut Host<'_>, _: u32, state: &[u8]) -> bool {
+            state.try_into().map(|b| self.total = u64::from_le_bytes(b)).is_ok()
+        }
+    }
+
+    // The hand-over events through the ABI: the version, the state written through the host's
+    // sink and read back, declines, refusals and a panic read as one.
+    #[test]
+    fn hand_over_events_cross_the_boundary() {
+        use crate::abi::{state_sink, RawHandover};
+        let mut old = Mover::new("", &crate::testing::TestHost::new().worker_info()).unwrap();
+        old.total = 0x0102_0304_0506_0708;
+        let (a, b, c) = (ConnId::new(1, 1), ConnId::new(2, 1), ConnId::new(3, 1));
+        old.per_conn.insert(a, 7);
+        old.per_conn.insert(c, 99);
+        let mut old = instance(old);
+        let mut new = instance(Mover::new("", &crate::testing::TestHost::new().worker_info()).unwrap());
+        let mut host = crate::testing::TestHost::new();
+        let mut ext = old.extension();
+        let ext = &mut ext.ext;
+        assert_eq!(ext.handover_version(), 3);
+
+        let mut state = Vec::new();
+        assert_eq!(ext.handover_export_conn(host.raw(), a, state_sink(&mut state)), RawHandover::MOVE);
+        assert_eq!(state, [7]);
+        assert_eq!(ext.handover_export_conn(host.raw(), b, state_sink(&mut Vec::new())), RawHandover::DECLINE);
+        assert_eq!(ext.handover_export_conn(host.raw(), c, state_sink(&mut Vec::new())), RawHandover::PANICKED);
+        let mut worker = Vec::new();
+        assert_eq!(ext.handover_export_worker(host.raw(), state_sink(&mut worker)), RawHandover::MOVE);
+
+        let mut theirs = new.extension();
+        let theirs = &mut theirs.ext;
+        assert!(theirs.handover_accepts(host.raw(), RStr::from_str("mover"), 3));
+        assert!(!theirs.handover_accepts(host.raw(), RStr::from_str("mover"), 4), "another version");
+        let moved = ConnId::new(0, 5);
+        let slice = RSlice::from_slice(&worker);
+        assert_eq!(theirs.handover_adopt_worker(host.raw(), 3, slice), RawHandover::MOVE);
+        assert_eq!(theirs.handover_adopt_conn(host.raw(), moved, 3, RSlice::from_slice(&state)), RawHandover::MOVE);
+        assert_eq!(theirs.handover_adopt_conn(host.raw(), moved, 3, RSlice::from_slice(&state)), RawHandover::DECLINE);
+        assert_eq!(
+            theirs.handover_adopt_worker(host.raw(), 3, RSlice::from_slice(&[1])),
+            RawHandover::DECLINE,
+            "a state it cannot read"
+        );
+    }
+
     #[test]
     fn the_exported_symbol_is_the_one_abi_stable_looks_for() {
         // `export_plugin!` spells the name out (a macro_rules cannot compute an identifier).

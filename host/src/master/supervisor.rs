@@ -976,8 +976,8 @@ mod tests {
         let out = outputs(&mut sup);
         assert!(out.iter().any(|o| matches!(o, Output::Answer(ClientId(9), Answer::Ok { .. }))), "{out:?}");
         assert_eq!(sup.slots.workers().count(), 4, "the old ones still retire");
-        // They are killed at their deadline.
-        sup.procs().advance(TIMEOUTS.drain + TIMEOUTS.kill);
+        // They are killed at their deadline: the hand-over's, then the drain's.
+        sup.procs().advance(super::super::handover::HANDOVER_TIMEOUT + TIMEOUTS.drain + TIMEOUTS.kill);
         sup.tick();
         assert_eq!(sup.procs().signals.iter().filter(|(_, s)| *s == Signal::SIGKILL).count(), 2);
     }
@@ -1036,8 +1036,34 @@ mod tests {
         s
     }
 
+    /// `to` was told to drain, or to hand over (and drain what stays).
     fn sent_drain(out: &[Output], to: WorkerId) -> bool {
-        out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Drain { .. }) if *id == to))
+        out.iter().any(|o| match o {
+            Output::Send(id, ToWorker::Drain { .. }) => *id == to,
+            Output::HandOver { old, fallback: crate::ctl::Fallback::Drain { .. }, .. } => *old == to,
+            _ => false,
+        })
+    }
+
+    // A promoted replacement takes the old worker's connections (hand-over, with the drain as
+    // the fallback), unless the service says `handover = false`: then the old one drains.
+    #[test]
+    fn a_replaced_worker_hands_over_unless_the_service_drains() {
+        for handover in [true, false] {
+            let mut s = state("http", 1, true);
+            s.service.handover = handover;
+            let mut sup = started(vec![(s, Some(1))]);
+            let old = serving(&sup, 0, 0).unwrap();
+            sup.request_reload(true, Trigger::Command, None);
+            let out = outputs(&mut sup);
+            sup.checked(done(checks(&out)[0], 2));
+            let new = attached(&outputs(&mut sup));
+            sup.worker_ready(new[0]);
+            let out = outputs(&mut sup);
+            let handed = out.iter().any(|o| matches!(o, Output::HandOver { old: o, new: n, fallback: crate::ctl::Fallback::Drain { .. }, .. } if *o == old && *n == new[0]));
+            let drained = out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Drain { .. }) if *id == old));
+            assert_eq!((handed, drained), (handover, !handover), "handover = {handover}: {out:?}");
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Sealed in-memory files: a plugin snapshot is one. The kernel counts its references (the
+//! Sealed in-memory files: a plugin snapshot is one, and so is a hand-over's large worker state
+//! (mapped read-only by the receiver: [`SealedMap`]). The kernel counts its references (the
 //! master's fd, each worker's mapping), so nothing lives on disk and nothing needs deleting; the
 //! seals make it immutable, so no one can change pages a worker has mapped.
 
@@ -45,10 +46,80 @@ pub fn is_sealed(fd: &impl AsRawFd) -> io::Result<bool> {
     Ok(SealFlag::from_bits_truncate(seals).contains(want))
 }
 
+/// A read-only mapping of a sealed memfd (a hand-over's worker state): the plugin reads the
+/// state in place, without a copy of it in the receiving worker. Unmapped on drop.
+pub struct SealedMap {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl SealedMap {
+    /// Maps all `len` bytes of `fd`, which must be sealed against writes, shrinking and growing
+    /// (checked here: the contents cannot change, nor the file end, under the mapping) and be
+    /// exactly `len` bytes long. `len` 0 maps nothing.
+    pub fn map(fd: &OwnedFd, len: usize) -> io::Result<SealedMap> {
+        if !is_sealed(fd)? {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the memfd is not sealed"));
+        }
+        let size = nix::sys::stat::fstat(fd.as_raw_fd())?.st_size;
+        if u64::try_from(size).ok() != Some(len as u64) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the memfd holds {size} bytes, {len} announced"),
+            ));
+        }
+        if len == 0 {
+            return Ok(SealedMap { ptr: std::ptr::NonNull::dangling(), len });
+        }
+        // SAFETY: a fresh private read-only mapping of `len` bytes of a descriptor we borrow for
+        // the call; the kernel picks the address, so it aliases nothing of ours. The mapping
+        // keeps the file alive after `fd` closes.
+        let ptr = unsafe {
+            nix::libc::mmap(std::ptr::null_mut(), len, nix::libc::PROT_READ, nix::libc::MAP_PRIVATE, fd.as_raw_fd(), 0)
+        };
+        if ptr == nix::libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SealedMap { ptr, len })
+    }
+
+    /// The state, in place.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is `len` readable bytes mapped by `map` (or dangling with `len` 0) and
+        // stays mapped while `self` lives; the memfd is sealed, so nobody can write or truncate
+        // the bytes under the mapping (no data race, no SIGBUS).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SealedMap {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmaps exactly the mapping `map` made; no slice of it outlives `self`
+            // (`as_slice` borrows `self`).
+            unsafe { nix::libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn a_sealed_memfd_maps_in_place_and_an_unsealed_one_is_refused() {
+        let mut file = sealable_memfd("test-state").unwrap();
+        file.write_all(b"state bytes").unwrap();
+        let fd = OwnedFd::from(file);
+        assert!(SealedMap::map(&fd, 11).is_err(), "not sealed yet");
+        seal(&fd).unwrap();
+        assert!(SealedMap::map(&fd, 12).is_err(), "the announced size must match");
+        let map = SealedMap::map(&fd, 11).unwrap();
+        drop(fd);
+        assert_eq!(map.as_slice(), b"state bytes", "the mapping outlives the descriptor");
+    }
 
     #[test]
     fn holds_the_bytes_and_refuses_changes() {

@@ -2,7 +2,8 @@
 //! `nix` wrap safely, split by concern as mio's `src/sys/unix/` is:
 //!
 //! - [`fd`]: taking inherited descriptors (the one `from_raw_fd`), close-on-exec, stray fds;
-//! - [`memfd`]: sealed in-memory files (plugin snapshots);
+//! - [`memfd`]: sealed in-memory files (plugin snapshots, a hand-over's state) and their
+//!   read-only mappings;
 //! - [`openat`]: walking a path without following symlinks (the plugin trust check);
 //! - [`process`]: starting children with inherited fds, process titles and names;
 //! - [`signal`]: the signalfd and SIGPIPE;
@@ -51,7 +52,7 @@ pub use self::fd::{
 };
 pub use self::guardian::{pidfd_ended, pidfd_open, Guardian, GUARDIAN_ENV};
 pub use self::identity::{check_identity, switch_identity};
-pub use self::memfd::{is_sealed, seal, sealable_memfd, sealed_memfd};
+pub use self::memfd::{seal, sealable_memfd, sealed_memfd, SealedMap};
 pub use self::openat::{open_dir_nofollow, open_file_nofollow, open_root_dir};
 pub use self::process::{
     dup_inherited_above, exec_image, exec_restoring, exec_with_title, open_running_image, set_nonblocking,

@@ -660,3 +660,66 @@ fn plaintext_rustls_still_holds_moves_as_the_connection_input() {
     expect.extend_from_slice(&long);
     assert!(client_hears(&mut client, &sock).0 == expect, "the answers, byte-exact");
 }
+
+// A hand-over that fails gives the old worker its connection back under the same id (its plugin
+// knows it by that id), reading what arrived meanwhile; the id is not reused while it is held.
+#[test]
+fn a_held_connection_comes_back_under_its_id() {
+    let mut b = Bench::new(Limits { max_send_buffer: 1 << 20, ..Limits::default() });
+    let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let id = b.accept(Stream::Unix(mio::net::UnixStream::from_std(ours)));
+    peer.write_all(b"hal").unwrap();
+    b.readable(id, false);
+    b.heard();
+    assert_eq!(b.core.movable(id), Ok(()));
+
+    let held = b.core.hold(id).unwrap();
+    assert!(b.core.get(id).is_none(), "out of the table");
+    let other = b.core.reserve_id();
+    assert_ne!(other.index(), id.index(), "a held id is not handed out again");
+    b.core.release_id(other);
+
+    // Meanwhile the peer finishes its line: nobody watches the socket.
+    peer.write_all(b"f\n").unwrap();
+    assert_eq!(b.core.restore(id, held).unwrap(), id);
+    b.settle();
+    assert_eq!(b.heard(), [Heard::Message(id, b"half\n".to_vec())], "read at once, the half line completed");
+    let mut echo = [0; 5];
+    std::io::Read::read_exact(&mut peer, &mut echo).unwrap();
+    assert_eq!(&echo, b"half\n");
+
+    // Moved for good: the id is free again, and the socket is the other worker's (a copy here
+    // closes nothing: no shutdown).
+    let held = b.core.hold(id).unwrap();
+    let Some(Ok((_, copy))) = held.socket.dup() else { panic!("a real socket") };
+    drop(held);
+    b.core.release(id);
+    assert_eq!(b.core.reserve_id().index(), id.index());
+    let mut copy = std::os::unix::net::UnixStream::from(copy);
+    copy.write_all(b"still open\n").unwrap();
+    let mut got = [0; 11];
+    std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+    assert_eq!(&got, b"still open\n");
+}
+
+// What cannot move stays, and says why: the one place a TLS continuation or outbound
+// connections moving with their owner plug in later.
+#[test]
+fn what_cannot_move_says_why() {
+    use super::core::Stay;
+    let mut b = Bench::new(limits());
+    let connecting = b.core.reserve_id();
+    b.core.place(connecting, Transport::plain(Stream::Fake(FakeSocket::default())), Some(1000)).unwrap();
+    assert_eq!(b.core.movable(connecting), Err(Stay::NotOpen));
+    let session = b.core.reserve_id();
+    b.core.place(session, Transport::plain(Stream::Datagram("127.0.0.1:9".parse().unwrap())), None).unwrap();
+    assert_eq!(b.core.movable(session), Err(Stay::Datagram));
+    let open = b.accept(Stream::Fake(FakeSocket::default()));
+    assert_eq!(b.core.movable(open), Ok(()));
+    b.core.get_mut(open).unwrap().origin = super::core::Origin::Outbound;
+    assert_eq!(b.core.movable(open), Err(Stay::Outbound));
+    b.core.close_after_flush(open);
+    assert_eq!(b.core.movable(open), Err(Stay::NotOpen));
+}

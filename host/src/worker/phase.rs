@@ -210,6 +210,18 @@ mod tests {
     }
 
     #[test]
+    fn a_hand_over_ends_only_by_its_outcome_then_drains() {
+        let mut phase = WorkerPhase::Serving;
+        assert!(phase.hand_over(100));
+        assert!(!phase.accepting() && phase.is_draining());
+        assert!(!phase.hand_over(200), "one hand-over at a time");
+        assert_eq!(phase.deadline_ms(), Some(100));
+        assert_eq!(phase.after_turn(|| true, 500), None, "every connection may be out of the table meanwhile");
+        assert!(phase.drain(300), "what stayed drains once the hand-over ended");
+        assert_eq!(phase.after_turn(|| true, 0), Some(Exit::Drained));
+    }
+
+    #[test]
     fn a_stop_ends_the_loop_and_remembers_a_drain() {
         let mut serving = WorkerPhase::Serving;
         serving.stop(Exit::Stopped);

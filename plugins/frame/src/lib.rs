@@ -9,7 +9,7 @@
 //! The framing is public, so an application plugin can speak Frame without this echo:
 //! [`frame_len`] (the `input` step), [`payload`] (the message body) and [`encode`] (a reply).
 
-use plugin_api::{export_plugin, ConnId, Frame, Host, Protocol, WorkerInfo};
+use plugin_api::{export_plugin, ConnId, Frame, Host, Protocol, StateWriter, WorkerInfo};
 
 /// Bytes of the length header.
 pub const HEADER_LEN: usize = 4;
@@ -66,6 +66,18 @@ impl Protocol for FrameEcho {
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, frame: &[u8]) {
         // The header is already the right one: a frame echoed unchanged is its own encoding.
         host.send(conn, frame);
+    }
+
+    // Hand-over: a connection has no state of the plugin's (a frame half received is the
+    // host's to move): version 1, empty.
+    const HANDOVER_VERSION: u32 = 1;
+
+    fn export_conn(&mut self, _host: &mut Host<'_>, _conn: ConnId, _out: &mut StateWriter<'_>) -> bool {
+        true
+    }
+
+    fn adopt_conn(&mut self, _host: &mut Host<'_>, _conn: ConnId, version: u32, state: &[u8]) -> bool {
+        version == 1 && state.is_empty()
     }
 }
 

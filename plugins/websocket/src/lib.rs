@@ -24,6 +24,10 @@ use plugin_api::{export_plugin, ConnId, WorkerInfo};
 pub struct Echo;
 
 impl Handler for Echo {
+    /// An echo keeps nothing per connection: its connections move on a reload with the layer's
+    /// state alone.
+    const HANDOVER_VERSION: u32 = 1;
+
     fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
         Ok(Echo)
     }

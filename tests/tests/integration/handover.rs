@@ -65,6 +65,39 @@ fn a_half_sent_line_is_completed_after_a_graceful_reload() {
     assert!(table.contains("HAND-OVERS") && table.contains("1 connections moved"), "{table}");
 }
 
+// The same across a reload the watcher starts: a new text.so moved into the plugin directory.
+#[test]
+fn a_half_sent_line_is_completed_after_a_watcher_reload() {
+    use host_tests::plugin_dir::{variant, PluginDir};
+    let dir = PluginDir::new();
+    dir.mv("text.so", &std::fs::read(host_tests::plugin_file("text")).unwrap());
+    let mut host = Host::start("text", &["--plugin-dir", &dir.arg(), "--drain-timeout", "30"]);
+    let mut c = Client::connect(host.port());
+    half_line_read(&mut host, &mut c, b"first\n", b"hel");
+    dir.mv("text.so", &variant(&host_tests::plugin_file("text"), "next"));
+    host.log().wait_for("hand-over: 1 connections moved", RELOAD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    c.send(b"lo\n");
+    assert_eq!(read_line(&mut c), "hello\n");
+    c.send(b"again\n");
+    assert_eq!(read_line(&mut c), "again\n");
+}
+
+// Recycling (`--max-requests`) replaces the worker under a busy connection: it moves, and every
+// line comes back once, in order.
+#[test]
+fn a_recycled_worker_hands_its_connection_over() {
+    let host = Host::start("text", &["--max-requests", "40"]);
+    let mut c = Client::connect(host.port());
+    for i in 0..200 {
+        c.send(format!("line {i}\n").as_bytes());
+        assert_eq!(read_line(&mut c), format!("line {i}\n"));
+    }
+    host.log().wait_for("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    c.send(b"last\n");
+    assert_eq!(read_line(&mut c), "last\n");
+    assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+}
+
 // A plain reload (`host reload`, old workers stop at once) hands over too, and what the client
 // sends while it runs is not lost.
 #[test]
@@ -211,4 +244,93 @@ fn an_old_abi_plugin_still_drains() {
     let line = host.log().wait_for("no hand-over", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(line.contains("does not take part"), "{line}");
     assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+}
+
+// `host upgrade`: the new image's workers adopt the connections of the workers it adopted from
+// the old image, a half-sent line included.
+#[test]
+fn a_half_sent_line_is_completed_after_host_upgrade() {
+    use host_tests::copied_host::CopiedHost;
+    use host_tests::plugin_dir::PluginDir;
+    let dir = PluginDir::new();
+    dir.mv("text.so", &std::fs::read(host_tests::plugin_file("text")).unwrap());
+    let plugin_dir = dir.arg();
+    let args = ["--plugin", "text", "--listen", "127.0.0.1:0", "--drain-timeout", "30", "--plugin-dir", &plugin_dir];
+    let host = CopiedHost::start(&args);
+    let mut c = Client::connect(host.port());
+    c.send(b"first\n");
+    assert_eq!(read_line(&mut c), "first\n");
+    c.send(b"hel");
+    host_tests::poll_until(Duration::from_secs(5), || {
+        let out = host.command(&["connections"], Duration::from_secs(5));
+        out.stdout.lines().any(|l| l.contains(" 9B ")).then_some(())
+    })
+    .expect("the half line never reached the worker");
+    host.replace_binary();
+    let out = host.command(&["upgrade"], RELOAD_TIMEOUT);
+    assert!(out.status.success(), "host upgrade failed: {}{}\nlog:\n{}", out.stdout, out.stderr, host.log());
+    host.wait_for_log("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    c.send(b"lo\n");
+    assert_eq!(read_line(&mut c), "hello\n");
+    c.send(b"again\n");
+    assert_eq!(read_line(&mut c), "again\n");
+}
+
+/// python `websockets` clients that send sequence-numbered messages, say `ready`, wait for a
+/// line on stdin (the test reloads meanwhile), send more and print what came back.
+const WS_PY: &str = r#"
+import asyncio, sys
+from websockets.asyncio.client import connect
+
+async def main(port, n):
+    socks = [await connect(f"ws://127.0.0.1:{port}/", compression=None) for _ in range(n)]
+    for i, ws in enumerate(socks):
+        await ws.send(f"{i}:0")
+        assert await ws.recv() == f"{i}:0"
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    got = []
+    for seq in range(1, 21):
+        for i, ws in enumerate(socks):
+            await ws.send(f"{i}:{seq}")
+        for i, ws in enumerate(socks):
+            got.append(await ws.recv() == f"{i}:{seq}")
+    print("in order" if all(got) else "lost or reordered", len(got), flush=True)
+    for ws in socks:
+        await ws.close()
+
+asyncio.run(asyncio.wait_for(main(int(sys.argv[1]), int(sys.argv[2])), 60))
+"#;
+
+// WebSocket clients (python `websockets`) stay connected across `host reload -g` and get every
+// later message back in order: no close frame 1001, no reconnect.
+#[test]
+fn websocket_clients_stay_connected_across_a_reload() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut host = Host::start("websocket", &["--count", "2", "--drain-timeout", "30"]);
+    let mut py = Command::new("timeout")
+        .args(["120", "python3", "-c", WS_PY, &host.port().to_string(), "10"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with websockets");
+    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    reload(&mut host, &["reload", "-g"]);
+    host.log().wait_for_nth("hand-over: ", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    writeln!(py.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "in order 200\n");
+    assert!(py.wait().unwrap().success());
+    let moved: usize = host
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("hand-over: "))
+        .filter_map(|l| l.split("hand-over: ").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(moved, 10, "every client moved:\n{}", host.log_text());
 }

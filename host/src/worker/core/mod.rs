@@ -25,7 +25,7 @@ use rustls::ServerConfig;
 
 pub use self::conn::{Conn, Flushed, Origin, ReadSide};
 #[cfg(test)]
-pub use self::export::ExportError;
+pub use self::export::{ExportError, Stay};
 pub use self::export::{ExportedConn, Snapshot};
 pub use self::host::Ctx;
 pub use self::stats::Stats;

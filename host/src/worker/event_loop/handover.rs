@@ -24,7 +24,7 @@
 //! drains as before. The old instance keeps its plugin state throughout (an export does not
 //! consume it), so a restored connection goes on where it was.
 
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 
 use mio::net::UnixStream;
@@ -141,21 +141,19 @@ impl StateSink {
     }
 }
 
-/// Reads a worker state that came in a memfd: it must be sealed and exactly `len` bytes long.
-fn read_state_memfd(fd: OwnedFd, len: u64) -> io::Result<Vec<u8>> {
-    if !sys::is_sealed(&fd)? {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "the state's memfd is not sealed"));
+/// A worker state as received: in the frame, or a mapping of its memfd.
+enum State {
+    Inline(Vec<u8>),
+    Mapped(sys::SealedMap),
+}
+
+impl State {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            State::Inline(bytes) => bytes,
+            State::Mapped(map) => map.as_slice(),
+        }
     }
-    let mut file = std::fs::File::from(fd);
-    let size = file.seek(io::SeekFrom::End(0))?;
-    if size != len {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("the state is {size} bytes, {len} announced")));
-    }
-    file.rewind()?;
-    let mut bytes = Vec::new();
-    bytes.try_reserve_exact(len as usize).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 /// The channel over one end of the master's socket pair, watched by the loop.
@@ -300,6 +298,8 @@ impl Worker {
     /// After `Accept`: takes every movable connection out of the table with its plugin state,
     /// then the worker state, and sends them all.
     fn send_everything(&mut self, old: &mut OldSide) -> Result<(), String> {
+        // The pause clients of moved connections see starts with the first one taken out.
+        old.stopped_ms = Some(self.core.now_ms);
         let mut conns = Vec::new();
         let mut stayed = 0u64;
         for id in self.core.ids() {
@@ -321,7 +321,6 @@ impl Worker {
                 }
             }
         }
-        old.stopped_ms = Some(self.core.now_ms);
         old.report.stayed = stayed;
         old.held = Vec::with_capacity(conns.len());
         let mut sink = StateSink::default();
@@ -434,6 +433,12 @@ impl Worker {
         );
         self.send_control(&ToMaster::HandedOver(report));
         match fallback {
+            // Draining already (a drain was asked meanwhile): what came back hears it too.
+            Fallback::Drain { .. } if matches!(self.core.phase, super::WorkerPhase::Draining { .. }) => {
+                for id in self.core.ids() {
+                    dispatch::drain(&mut self.plugin, &mut self.core, id);
+                }
+            }
             Fallback::Drain { timeout_ms } => self.start_drain(timeout_ms),
             Fallback::Stop => self.core.phase.stop(super::Exit::Stopped),
         }
@@ -504,17 +509,21 @@ impl Worker {
         for (msg, fds) in std::mem::take(&mut new.stash) {
             match msg {
                 Handover::State { len, inline } => {
-                    let bytes = match inline {
-                        Some(bytes) if bytes.len() as u64 == len => Ok(bytes),
+                    // A large state is read in place from the sealed memfd's mapping: no copy.
+                    let state = match inline {
+                        Some(bytes) if bytes.len() as u64 == len => Ok(State::Inline(bytes)),
                         Some(bytes) => Err(format!("{} bytes of state, {len} announced", bytes.len())),
-                        None => match fds.into_iter().next() {
-                            Some(fd) => read_state_memfd(fd, len).map_err(|e| format!("could not read the state: {e}")),
-                            None => Err("no memfd came with the state".into()),
+                        None => match (fds.into_iter().next(), usize::try_from(len)) {
+                            (Some(fd), Ok(len)) => sys::SealedMap::map(&fd, len)
+                                .map(State::Mapped)
+                                .map_err(|e| format!("could not map the state: {e}")),
+                            _ => Err("no memfd came with the state".into()),
                         },
                     };
-                    let adopted = bytes.map(|bytes| {
+                    let adopted = state.map(|state| {
+                        let bytes = state.bytes();
                         state_bytes += bytes.len() as u64;
-                        dispatch::handover_adopt_worker(&mut self.plugin, &mut self.core, version, &bytes)
+                        dispatch::handover_adopt_worker(&mut self.plugin, &mut self.core, version, bytes)
                     });
                     match adopted {
                         Ok(RawHandover::MOVE) => worker_adopted = true,

@@ -2,9 +2,13 @@
 //! fragmentation, UTF-8, ping/pong, the close handshake, limits, server pings, drain) and hands
 //! whole messages to a [`Handler`], which answers through [`Ws`].
 
+mod handover;
+
 use std::time::Duration;
 
-use plugin_api::{ConnError, ConnId, ConnMap, Frame, Host, Protocol, TaskId, TimerId, TopicError, WorkerInfo};
+use plugin_api::{
+    ConnError, ConnId, ConnMap, Frame, Host, Protocol, StateWriter, TaskId, TimerId, TopicError, WorkerInfo,
+};
 use serde::Deserialize;
 
 use crate::deflate::{self, Agreed, Deflater, Inflater, MIN_COMPRESS};
@@ -88,6 +92,33 @@ pub trait Handler: Sized + 'static {
     /// A timer the handler added with `host.add_timer`/`add_interval` fired (the layer's own ping
     /// timers never reach it).
     fn on_timer(&mut self, _ws: &mut Ws<'_, '_>, _timer: TimerId, _data: u64) {}
+
+    // Hand-over (docs/plugins.md): the layer moves its part of an open connection; the handler
+    // moves its own state and says which versions it reads.
+
+    /// The version of the state this handler writes; 0 (the default): it does not take part,
+    /// and its connections drain (a close frame 1001) on a replacement.
+    const HANDOVER_VERSION: u32 = 0;
+    /// In the new worker: whether it reads state of `version` (default: its own only).
+    fn handover_accepts(&mut self, version: u32) -> bool {
+        version == Self::HANDOVER_VERSION
+    }
+    /// In the old worker: write `conn`'s state (after the layer's); false: it drains here.
+    fn export_conn(&mut self, _conn: ConnId, _out: &mut StateWriter<'_>) -> bool {
+        true
+    }
+    /// In the new worker: `conn` is open again (no `on_open`) with the state `export_conn` wrote.
+    fn adopt_conn(&mut self, _ws: &mut Ws<'_, '_>, _conn: ConnId, _version: u32, state: &[u8]) -> bool {
+        state.is_empty()
+    }
+    /// The worker-wide state (rooms, say), written after the connections' in the old worker.
+    fn export_worker(&mut self, _out: &mut StateWriter<'_>) -> bool {
+        true
+    }
+    /// Read in the new worker before the connections arrive; false fails the hand-over.
+    fn adopt_worker(&mut self, _ws: &mut Ws<'_, '_>, _version: u32, state: &[u8]) -> bool {
+        state.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -651,6 +682,29 @@ impl<H: Handler> Protocol for WebSocket<H> {
         self.out.clear();
         write_frame(&mut self.out, true, OpCode::Ping, b"");
         host.send(conn, &self.out);
+    }
+
+    const HANDOVER_VERSION: u32 = H::HANDOVER_VERSION;
+
+    fn handover_accepts(&mut self, _host: &mut Host<'_>, _plugin: &str, version: u32) -> bool {
+        self.handler.handover_accepts(version)
+    }
+
+    fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+        self.export_conn_state(conn, out)
+    }
+
+    fn adopt_conn(&mut self, host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
+        self.adopt_conn_state(host, conn, version, state)
+    }
+
+    fn export_worker(&mut self, _host: &mut Host<'_>, out: &mut StateWriter<'_>) -> bool {
+        self.handler.export_worker(out)
+    }
+
+    fn adopt_worker(&mut self, host: &mut Host<'_>, version: u32, state: &[u8]) -> bool {
+        let (handler, mut ws) = self.ws(host);
+        handler.adopt_worker(&mut ws, version, state)
     }
 
     fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {

@@ -219,6 +219,8 @@ struct Recorder {
 }
 
 impl Handler for Recorder {
+    const HANDOVER_VERSION: u32 = 1;
+
     fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
         Ok(Recorder::default())
     }
@@ -652,4 +654,38 @@ fn worker_level_events_reach_the_handler() {
         c.ws.handler().events,
         ["message from 3: hi", "task TaskId(9): Ok([111, 107])", "notify [1, 2]", "timer 77 5"]
     );
+}
+
+// Hand-over: an open connection between messages moves with its subprotocol and ping state and
+// goes on echoing in the new instance; one in the middle of a message stays.
+#[test]
+fn an_open_connection_moves_between_messages_only() {
+    use plugin_api::abi::state_sink;
+    use plugin_api::StateWriter;
+    let mut old = Conn::open(1 << 20);
+    let export = |c: &mut Conn, state: &mut Vec<u8>| {
+        c.with_host(|ws, h| ws.export_conn(h, CONN, &mut StateWriter::new(state_sink(state))))
+    };
+    old.feed(&client_frame(0x01, b"hel"));
+    assert!(!export(&mut old, &mut Vec::new()), "a message in progress stays");
+    old.feed(&client_frame(FIN, b"lo"));
+    assert_eq!(old.sent(), [(OpCode::Text, b"hello".to_vec())]);
+    let mut state = Vec::new();
+    assert!(export(&mut old, &mut state));
+
+    let info = WorkerInfo {
+        service: "t".into(),
+        slot: 0,
+        pid: 2,
+        max_package_size: 1 << 20,
+        max_send_buffer: 1 << 20,
+        worker_count: Some(1),
+    };
+    let ws = WebSocket::new("ping_interval = 0", &info).unwrap();
+    let mut new = Conn { ws, host: TestHost::default(), buf: Vec::new(), failed: false, max: 1 << 20 };
+    assert!(!new.with_host(|ws, h| ws.adopt_conn(h, CONN, 1, &state[..2])), "a cut state is refused");
+    assert!(new.with_host(|ws, h| ws.adopt_conn(h, CONN, 1, &state)));
+    new.feed(&client_frame(FIN | 0x02, b"after"));
+    assert_eq!(new.sent(), [(OpCode::Binary, b"after".to_vec())]);
+    assert_eq!(new.got(), [(false, b"after".to_vec())]);
 }
