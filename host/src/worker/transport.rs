@@ -129,8 +129,8 @@ impl Write for Stream {
     }
 
     /// One `writev` for all of them: rustls hands every TLS record it holds as one slice, so a
-    /// handshake flight (or tickets, a response and `close_notify`) leaves in one system call and
-    /// one segment instead of one per record (the default `write_vectored` writes the first only).
+    /// handshake flight (or the session tickets and a response) leaves in one system call and one
+    /// segment instead of one per record (the default `write_vectored` writes the first only).
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         with_io!(self, s => s.write_vectored(bufs), datagram => Err(io::ErrorKind::Unsupported.into()))
     }
