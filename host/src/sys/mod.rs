@@ -56,7 +56,7 @@ pub use self::memfd::{seal, sealable_memfd, sealed_memfd, SealedMap};
 pub use self::openat::{open_dir_nofollow, open_file_nofollow, open_root_dir};
 pub use self::process::{
     dup_inherited_above, exec_image, exec_restoring, exec_with_title, open_running_image, set_nonblocking,
-    set_thread_name, spawn_with_fds, RUNNING_IMAGE,
+    set_thread_name, spawn_with_fds, trim_heap, RUNNING_IMAGE,
 };
 pub use self::scm::{recv_with_fds, send_with_fds};
 pub use self::signal::{ignore_sigpipe, signal_fd};

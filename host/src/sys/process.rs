@@ -177,3 +177,20 @@ pub fn exec_image(path: &std::path::Path, argv0: &str, env: &[(&str, &std::ffi::
         Err(e) => e,
     }
 }
+
+/// Gives the heap's free pages back to the system (`malloc_trim(0)`: glibc returns the free
+/// top of the heap and `MADV_DONTNEED`s every whole free page inside it). A worker calls it once
+/// its start-up (spec, plugin loading, configuration) is done and freed: what that left free
+/// would otherwise stay resident for the worker's whole life. Returns whether memory was released.
+#[cfg(target_env = "gnu")]
+pub fn trim_heap() -> bool {
+    // SAFETY: malloc_trim only walks the allocator's own free lists under its lock; it takes no
+    // pointer and is safe to call at any time from any thread.
+    unsafe { nix::libc::malloc_trim(0) != 0 }
+}
+
+/// (Other C libraries have no `malloc_trim`: nothing to do.)
+#[cfg(not(target_env = "gnu"))]
+pub fn trim_heap() -> bool {
+    false
+}

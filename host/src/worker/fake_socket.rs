@@ -89,6 +89,11 @@ impl Write for FakeSocket {
         self.absorb(data)
     }
 
+    /// As `writev(2)`: one write of the slices in order, as much as the socket takes.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.absorb(&bufs.iter().flat_map(|b| b.iter().copied()).collect::<Vec<u8>>())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }

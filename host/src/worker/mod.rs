@@ -82,6 +82,9 @@ pub fn run() -> anyhow::Result<()> {
 
     match event_loop::Worker::start(listener, channel, snapshot, &spec, access_log, watch) {
         Ok(mut worker) => {
+            // What the start-up allocated and freed (the spec, the plugin's loading, the TLS
+            // configuration's parsing) goes back to the system instead of staying resident.
+            sys::trim_heap();
             let exit = worker.run_loop()?;
             worker.shut_down();
             tracing::info!(?exit, timers = worker.timers(), "worker exits");

@@ -137,6 +137,13 @@ impl Write for Stream {
         with_io!(self, s => s.write(data), datagram => Err(io::ErrorKind::Unsupported.into()))
     }
 
+    /// One `writev` for all of them: rustls hands every TLS record it holds as one slice, so a
+    /// handshake flight (or the session tickets and a response) leaves in one system call and one
+    /// segment instead of one per record (the default `write_vectored` writes the first only).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        with_io!(self, s => s.write_vectored(bufs), datagram => Err(io::ErrorKind::Unsupported.into()))
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -497,9 +504,13 @@ fn read_rustls(tls: &mut RustlsSession, stream: &mut Stream, buf: &mut [u8]) -> 
             let _ = write_rustls(&mut tls.conn, stream);
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
-        // Handshake messages (or session tickets) to send: written now if the socket takes
-        // them, else the loop flushes them once it is writable (`wants_write`).
-        write_rustls(&mut tls.conn, stream)?;
+        // A handshake flight to send: written now if the socket takes it, else the loop
+        // flushes it once it is writable (`wants_write`). What the end of the handshake
+        // queues (session tickets) waits for this turn's flush (the caller sees
+        // `wants_write`), so it leaves in one write with the first response.
+        if tls.conn.is_handshaking() {
+            write_rustls(&mut tls.conn, stream)?;
+        }
     }
 }
 
@@ -724,5 +735,85 @@ impl Transport {
             Socket::Fake(s) => Stream::Fake(s),
         };
         Transport { stream, tls }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::fake_socket::FakeSocket;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+    /// A server transport over a fake socket, and a rustls client that trusts its certificate.
+    fn pair() -> (Transport, FakeSocket, ClientConnection) {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+        let spec =
+            crate::tls::TlsSpec { cert_pem: cert.pem(), key_pem: key.serialize_pem(), alpn: vec![], tickets: None };
+        let server = crate::tls::server_config(&spec).expect("a server config");
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = ClientConnection::new(Arc::new(client), ServerName::try_from("localhost").unwrap()).unwrap();
+        let fake = FakeSocket::with_room(1 << 20);
+        let transport = Transport::tls(Stream::Fake(fake.clone()), &server).unwrap();
+        (transport, fake, client)
+    }
+
+    /// What the client has to send, put in the server's socket.
+    fn client_sends(client: &mut ClientConnection, fake: &FakeSocket) {
+        let mut out = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut out).unwrap();
+        }
+        fake.peer_sends(&out);
+    }
+
+    /// What the server wrote, given to the client; the writes are forgotten.
+    fn client_receives(client: &mut ClientConnection, fake: &FakeSocket) {
+        let written = std::mem::take(&mut fake.0.borrow_mut().written);
+        fake.0.borrow_mut().writes.clear();
+        let mut bytes = &written[..];
+        while !bytes.is_empty() {
+            client.read_tls(&mut bytes).unwrap();
+            client.process_new_packets().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_handshake_flight_and_the_tickets_with_the_first_answer_leave_in_one_write_each() {
+        let (mut server, fake, mut client) = pair();
+        let mut buf = [0u8; 4096];
+        client_sends(&mut client, &fake);
+        let e = server.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        // ServerHello, ChangeCipherSpec and the encrypted flight: several records, one writev
+        // (one segment), not one write each.
+        assert_eq!(fake.0.borrow().writes.len(), 1, "the server's flight in one write");
+        client_receives(&mut client, &fake);
+        assert!(!client.is_handshaking());
+
+        // The client's Finished and its request arrive together.
+        client.writer().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        client_sends(&mut client, &fake);
+        let n = server.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
+        assert!(!server.is_handshaking());
+        // The session tickets the handshake's end queued wait for the answer...
+        assert!(fake.0.borrow().writes.is_empty(), "nothing written while reading the request");
+        assert!(server.wants_write(), "the tickets are queued");
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        assert!(server.flush_pending().unwrap());
+        // ...and leave with it, in one write.
+        assert_eq!(fake.0.borrow().writes.len(), 1, "tickets and answer in one write");
+        client_receives(&mut client, &fake);
+        let mut answer = Vec::new();
+        let _ = client.reader().read_to_end(&mut answer);
+        assert_eq!(answer, b"HTTP/1.1 200 OK\r\n\r\n");
     }
 }
