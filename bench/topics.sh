@@ -6,7 +6,10 @@
 # message, the next once all but 4 reached every subscriber, for DURATION seconds.
 # - local:  one host, 2 workers (delivery between the workers through their mailboxes);
 # - redis:  two hosts of 2 workers each, sharing the room through a redis-server;
-# - nats:   the same through a nats-server.
+# - nats:   the same through a nats-server;
+# - ws:     the same chat on Node's `ws` (bench/topics/ws_server.js, one process, the usual
+#           broadcast loop), when `node` is installed (`npm install --prefix bench/topics` once:
+#           done here when bench/topics/node_modules is missing).
 # Printed per scenario: deliveries per second, the servers' CPU seconds (host master and workers,
 # and the broker) per million deliveries, publish-to-receive latency p50/p99, and what was
 # missing or duplicated (both 0 when every subscriber got every message once). Rounds alternate
@@ -17,7 +20,7 @@ SUBS=${SUBS:-10000}
 DURATION=${DURATION:-5}
 SIZE=${SIZE:-64}
 ROUNDS=${ROUNDS:-1}
-SCENARIOS=${SCENARIOS:-local redis nats}
+SCENARIOS=${SCENARIOS:-local redis nats ws}
 source bench/lib.sh
 need python3 redis-server nats-server
 
@@ -33,6 +36,15 @@ sum_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(ticks "$p"))); done; ech
 round() {
     local scenario=$1 ports broker_pid="" procs=()
     case $scenario in
+        ws)
+            command -v node >/dev/null || { echo "ws: node is not installed; skipped"; return 0; }
+            [ -d bench/topics/node_modules/ws ] || npm install --prefix bench/topics --no-audit --no-fund -q >/dev/null
+            local wport
+            wport=$(free_port)
+            start_peer "$wport" node bench/topics/ws_server.js "$wport" >/dev/null
+            ports=$wport
+            procs=("$peer_pid")
+            ;;
         local)
             start_host local --plugin ws_chat --count 2 --idle-timeout 0 --max-connections "$max_conns"
             ports=$host_port
