@@ -1,51 +1,30 @@
 //! Run: cargo build --release && target/release/host --plugin chat --listen 127.0.0.1:7000 --count 4
 //! Try: `nc 127.0.0.1 7000` in two terminals, and type.
 //!
-//! A line-based chat room across every worker: a line from a client reaches every other client
-//! of the service, whichever worker it is on. The worker that reads a line sends it to its own
-//! clients and broadcasts it to the other workers ([`Host::broadcast`]), which send it to theirs
-//! ([`Protocol::on_worker_message`]). A heartbeat timer (once a second) closes clients idle for
-//! longer than `idle_timeout_s`.
+//! A line-based chat on topics: a client is in the room `lobby` from the start, `/join ROOM`
+//! joins more, and a line goes to every member of the sender's rooms (the sender included),
+//! whichever worker and, with `--cluster`, whichever host they are on. The host writes each line
+//! to the members itself ([`Host::publish`]): no member lists, no loop over clients here.
 //!
 //! Lines (up to 4096 bytes; a longer one closes the connection):
-//! - `TEXT`: to every other client, as it is.
+//! - `TEXT`: to the sender's rooms.
+//! - `/join ROOM`, `/leave ROOM`: answered `joined ROOM`, `left ROOM` (or `! why`).
 //! - `/whoami`: answers `slot N pid P` (which worker the client is on).
-//! - `/to SLOT TEXT`: `TEXT` to the clients of the worker serving `SLOT` only
-//!   ([`Host::send_to_worker`]); answers `! dropped` when no worker took it.
+//! - `/to SLOT TEXT`: `TEXT` to the clients of the worker serving `SLOT` only (each client is
+//!   also in the room `slot-N` of its worker); `! no such worker` for a slot the service has not.
 //!
 //! A draining worker (graceful reload or stop) keeps its clients until they leave or the drain
-//! timeout: the room goes on across a reload.
-//!
-//! Config (`[service.config]`, TOML): `idle_timeout_s` (60).
-
-use std::time::Duration;
+//! timeout: the rooms go on across a reload. Idle clients are closed by the host's
+//! `--idle-timeout`.
 
 use plugin_api::{export_plugin, ConnId, ConnMap, Frame, Host, Protocol, WorkerInfo};
-use serde::Deserialize;
 
 /// The longest line.
 pub const MAX_LINE: usize = 4096;
 
-/// Messages between workers: a byte for the kind, then the line (with its newline).
-const ROOM: u8 = b'R';
-const DIRECT: u8 = b'D';
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    #[serde(default = "default_idle")]
-    idle_timeout_s: u64,
-}
-
-fn default_idle() -> u64 {
-    60
-}
-
 pub struct Chat {
-    /// Each client's last activity (the worker's clock, ms).
-    clients: ConnMap<u64>,
-    ids: Vec<ConnId>,
-    idle_ms: u64,
+    /// Each client's rooms (where its lines go).
+    rooms: ConnMap<Vec<String>>,
     pid: u32,
 }
 
@@ -59,31 +38,17 @@ pub fn line_length(buf: &[u8]) -> Frame {
     }
 }
 
-impl Chat {
-    /// Sends `line` to every client of this worker but `except`.
-    fn send_local(&self, host: &mut Host<'_>, line: &[u8], except: Option<ConnId>) {
-        for &c in &self.ids {
-            if Some(c) != except {
-                host.send(c, line);
-            }
-        }
-    }
-}
-
 impl Protocol for Chat {
-    fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String> {
-        let config: Config = toml::from_str(config).map_err(|e| format!("chat config: {e}"))?;
-        Ok(Chat { clients: ConnMap::new(), ids: Vec::new(), idle_ms: config.idle_timeout_s * 1000, pid: worker.pid })
-    }
-
-    fn on_worker_start(&mut self, host: &mut Host<'_>) -> Result<(), String> {
-        host.add_interval(Duration::from_secs(1), 0);
-        Ok(())
+    fn new(_config: &str, worker: &WorkerInfo) -> Result<Self, String> {
+        Ok(Chat { rooms: ConnMap::new(), pid: worker.pid })
     }
 
     fn on_connect(&mut self, host: &mut Host<'_>, conn: ConnId) {
-        self.clients.insert(conn, host.now_ms());
-        self.ids.push(conn);
+        let slot_room = format!("slot-{}", host.slot());
+        if host.subscribe(conn, "lobby").is_err() || host.subscribe(conn, &slot_room).is_err() {
+            return host.close_with(conn, b"! this host has no topics\n");
+        }
+        self.rooms.insert(conn, vec!["lobby".into()]);
     }
 
     fn input(&mut self, _host: &mut Host<'_>, _conn: ConnId, buf: &[u8]) -> Frame {
@@ -91,68 +56,39 @@ impl Protocol for Chat {
     }
 
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
-        self.clients.insert(conn, host.now_ms());
-        let text = msg.strip_suffix(b"\n").unwrap_or(msg);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if text == b"/whoami" {
-            let answer = format!("slot {} pid {}\n", host.slot(), self.pid);
-            host.send(conn, answer.as_bytes());
-        } else if let Some(rest) = text.strip_prefix(b"/to ") {
-            let (slot, body) = match rest.iter().position(|&b| b == b' ') {
-                Some(i) => (&rest[..i], &rest[i + 1..]),
-                None => (rest, &b""[..]),
-            };
-            let slot = std::str::from_utf8(slot).ok().and_then(|s| s.parse::<u32>().ok());
-            let mut out = vec![DIRECT];
-            out.extend_from_slice(body);
-            out.push(b'\n');
-            let sent = match slot {
-                Some(s) if s == host.slot() => {
-                    self.send_local(host, &out[1..], Some(conn));
-                    true
+        let text = String::from_utf8_lossy(msg.strip_suffix(b"\n").unwrap_or(msg));
+        let text = text.strip_suffix('\r').unwrap_or(&text);
+        let rooms = self.rooms.entry(conn);
+        let answer = if let Some(room) = text.strip_prefix("/join ") {
+            host.subscribe(conn, room).map(|_| rooms.push(room.into())).map(|()| format!("joined {room}"))
+        } else if let Some(room) = text.strip_prefix("/leave ") {
+            rooms.retain(|r| r != room);
+            host.unsubscribe(conn, room).map(|_| format!("left {room}"))
+        } else if text == "/whoami" {
+            Ok(format!("slot {} pid {}", host.slot(), self.pid))
+        } else if let Some((slot, line)) = text.strip_prefix("/to ").and_then(|rest| rest.split_once(' ')) {
+            match slot.parse::<u32>() {
+                Ok(s) if s < host.worker_count().unwrap_or(1) => {
+                    host.publish(format!("slot-{s}"), format!("{line}\n").as_bytes()).map(|_| String::new())
                 }
-                Some(s) => host.send_to_worker(s, &out).is_ok(),
-                None => false,
-            };
-            if !sent {
-                host.send(conn, b"! dropped\n");
+                _ => Ok("! no such worker".into()),
             }
         } else {
-            let mut out = Vec::with_capacity(text.len() + 2);
-            out.push(ROOM);
-            out.extend_from_slice(text);
-            out.push(b'\n');
-            self.send_local(host, &out[1..], Some(conn));
-            if let Err(e) = host.broadcast(&out) {
-                plugin_api::tracing::warn!("chat: broadcast failed: {e}");
-            }
-        }
-    }
-
-    fn on_worker_message(&mut self, host: &mut Host<'_>, _from_slot: u32, msg: &[u8]) {
-        if let Some((&kind, line)) = msg.split_first() {
-            if kind == ROOM || kind == DIRECT {
-                self.send_local(host, line, None);
-            }
+            let line = format!("{text}\n");
+            rooms.iter().try_for_each(|room| host.publish(room, line.as_bytes()).map(drop)).map(|()| String::new())
+        };
+        match answer {
+            Ok(a) if a.is_empty() => {}
+            Ok(a) => _ = host.send(conn, format!("{a}\n").as_bytes()),
+            Err(e) => _ = host.send(conn, format!("! {e}\n").as_bytes()),
         }
     }
 
     fn on_close(&mut self, _host: &mut Host<'_>, conn: ConnId) {
-        self.clients.remove(conn);
-        self.ids.retain(|&c| c != conn);
+        self.rooms.remove(conn);
     }
 
-    /// The heartbeat: closes clients idle for too long.
-    fn on_timer(&mut self, host: &mut Host<'_>, _timer: plugin_api::TimerId, _data: u64) {
-        let now = host.now_ms();
-        for &c in &self.ids {
-            if self.clients.get(c).is_some_and(|&last| now.saturating_sub(last) >= self.idle_ms) {
-                host.close_with(c, b"! idle, bye\n");
-            }
-        }
-    }
-
-    /// Keeps the client: the room goes on while the worker drains (until the drain timeout).
+    /// Keeps the client: the rooms go on while the worker drains (until the drain timeout).
     fn on_drain(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
 }
 
@@ -160,6 +96,8 @@ export_plugin!(Chat);
 
 #[cfg(test)]
 mod tests {
+    use plugin_api::testing::TestPlugin;
+
     use super::*;
 
     #[test]
@@ -173,17 +111,19 @@ mod tests {
     }
 
     #[test]
-    fn config_defaults_and_refuses_unknown_keys() {
-        let info = WorkerInfo {
-            service: "chat".into(),
-            slot: 0,
-            pid: 1,
-            max_package_size: 1 << 20,
-            max_send_buffer: 1 << 20,
-            worker_count: Some(1),
-        };
-        assert_eq!(Chat::new("", &info).unwrap().idle_ms, 60_000);
-        assert_eq!(Chat::new("idle_timeout_s = 5", &info).unwrap().idle_ms, 5_000);
-        assert!(Chat::new("idle = 5", &info).is_err());
+    fn lines_go_to_the_rooms_of_the_sender() {
+        let mut t = TestPlugin::<Chat>::new("").unwrap();
+        let (a, b) = (t.connect(), t.connect());
+        t.feed(a, b"hello\n");
+        assert_eq!((t.host.take_sent(a), t.host.take_sent(b)), (b"hello\n".to_vec(), b"hello\n".to_vec()));
+        t.feed(b, b"/join red\n/leave lobby\n");
+        assert_eq!(t.host.take_sent(b), b"joined red\nleft lobby\n");
+        t.feed(b, b"in red\n");
+        t.feed(a, b"in lobby\n");
+        assert_eq!(t.host.take_sent(a), b"in lobby\n");
+        assert_eq!(t.host.take_sent(b), b"in red\n");
+        t.feed(a, b"/to 0 direct\n/to 7 nobody\n");
+        assert_eq!(t.host.take_sent(a), b"direct\n! no such worker\n");
+        assert_eq!(t.host.take_sent(b), b"direct\n");
     }
 }

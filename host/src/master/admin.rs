@@ -619,6 +619,66 @@ mod tests {
         assert_eq!(samples(&text), samples(&classic));
     }
 
+    // Topics: message counters by event from the slot's totals, gauges and the broker's state
+    // from the live report; nothing for a worker that never used them.
+    #[test]
+    fn metrics_show_topics_and_the_broker() {
+        use crate::status::TopicReport;
+        let topics = TopicReport {
+            topics: 3,
+            subscriptions: 7,
+            published: 5,
+            delivered: 35,
+            dropped: 2,
+            broker: Some("ready".into()),
+            broker_published: 5,
+            broker_reconnects: 1,
+            ..Default::default()
+        };
+        let row = |slot: u32, topics: TopicReport| WorkerRow {
+            service: "chat".into(),
+            slot,
+            pid: 10 + slot as i32,
+            rss_kb: 1024,
+            peak_kb: 2048,
+            listen: "127.0.0.1:80".into(),
+            plugin: "ws_chat 0.1.0".into(),
+            hash: "abc".into(),
+            state: "ready".into(),
+            uptime_s: 1,
+            report: Some(WorkerReport { topics: topics.clone(), ..Default::default() }),
+            slot_totals: Some(WorkerReport { topics, ..Default::default() }),
+        };
+        let status = Status {
+            master_pid: 1,
+            master_rss_kb: 1,
+            start_dir: String::new(),
+            start_args: Vec::new(),
+            version: "0.1.0".into(),
+            started_at: 100,
+            uptime_s: 5,
+            load_avg: String::new(),
+            services: Vec::new(),
+            workers: vec![row(0, topics), row(1, TopicReport::default())],
+            exits: Vec::new(),
+            last_reload: None,
+            handovers: Vec::new(),
+        };
+        let text = render_metrics(&status, &MasterMetrics::default(), MetricsFormat::Prometheus);
+        for line in [
+            "host_topic_messages_total{service=\"chat\",slot=\"0\",event=\"delivered\"} 35\n",
+            "host_topic_messages_total{service=\"chat\",slot=\"0\",event=\"dropped\"} 2\n",
+            "host_topics{service=\"chat\",slot=\"0\"} 3\n",
+            "host_topic_subscriptions{service=\"chat\",slot=\"0\"} 7\n",
+            "host_cluster_connected{service=\"chat\",slot=\"0\"} 1\n",
+            "host_cluster_messages_total{service=\"chat\",slot=\"0\",event=\"published\"} 5\n",
+            "host_cluster_reconnects_total{service=\"chat\",slot=\"0\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line}in:\n{text}");
+        }
+        assert!(!text.contains("host_topics{service=\"chat\",slot=\"1\"}"), "{text}");
+    }
+
     #[test]
     fn the_format_follows_the_accept_header() {
         use MetricsFormat::*;

@@ -34,6 +34,8 @@ enum Heard {
     Error(ConnId, ConnErrorCode),
     Drain(ConnId),
     InputEnd(ConnId),
+    /// `on_publish`: the topic and the message's length.
+    Published(Vec<u8>, usize),
 }
 
 /// How the plugin answers.
@@ -137,6 +139,9 @@ impl RawPluginExt for LinePlugin {
     fn on_input_end(&mut self, _: RawHostRef<'_>, conn: ConnId) -> RawInputEnd {
         self.hear(Heard::InputEnd(conn));
         self.0.borrow().script.input_end.expect("asked only when the plugin has the event")
+    }
+    fn on_publish(&mut self, _: RawHostRef<'_>, topic: RSlice<'_, u8>, msg: RSlice<'_, u8>) -> CallStatus {
+        self.hear(Heard::Published(topic.to_vec(), msg.len()))
     }
 }
 
@@ -722,4 +727,53 @@ fn what_cannot_move_says_why() {
     assert_eq!(b.core.movable(open), Err(Stay::Outbound));
     b.core.close_after_flush(open);
     assert_eq!(b.core.movable(open), Err(Stay::NotOpen));
+}
+
+// Topics: a publish is written to each open subscriber's queue (the worker itself hears it as
+// `on_publish`, after the call); a subscriber at its send buffer misses it, counted; the
+// subscriptions move with an exported connection and end with a closed one.
+#[test]
+fn a_publish_reaches_every_subscriber_with_room_and_the_worker_itself() {
+    use plugin_api::abi::WORKER_CONN;
+    let mut b = Bench::new(limits());
+    b.script().input_end = Some(RawInputEnd::CLOSE); // a plugin with the extension's events
+    let fast = FakeSocket::with_room(1 << 20);
+    let slow = FakeSocket::with_room(0);
+    let (f, s) = (b.accept(Stream::Fake(fast.clone())), b.accept(Stream::Fake(slow.clone())));
+    b.heard();
+    for conn in [f, s, WORKER_CONN] {
+        assert_eq!(b.core.subscribe(conn, b"t"), 1);
+    }
+    assert_eq!(b.core.subscribe(f, b"t"), 0, "already");
+    assert_eq!(b.core.subscribe(ConnId::new(99, 1), b"t"), plugin_api::abi::TopicStatus::NO_CONNECTION.0 as i64);
+    let msg = [b'x'; 60];
+    for round in 0..3 {
+        assert_eq!(b.core.publish(b"t", &msg), if round < 2 { 2 } else { 1 }, "round {round}");
+        b.settle();
+    }
+    assert_eq!(fast.written(), [b'x'; 180]);
+    assert_eq!(b.core.get(s).unwrap().pending_output(), 120, "two copies queued, the third dropped");
+    assert_eq!((b.core.topics.stats.delivered, b.core.topics.stats.dropped_slow), (5, 1));
+    assert_eq!(b.heard(), [Heard::BufferFull(s)]);
+    dispatch::published(&mut b.plugin, &mut b.core);
+    assert_eq!(b.heard(), vec![Heard::Published(b"t".to_vec(), 60); 3]);
+
+    // A connection the plugin closed gets nothing more.
+    plugin_api::abi::RawHost::close(&mut b.host(), s, RSlice::from_slice(&[]));
+    assert_eq!(b.core.publish(b"t", &msg), 1);
+
+    // Exported: out of the topic here, in it where it is imported.
+    let exported = b.core.export(f).unwrap();
+    assert_eq!(exported.snapshot.topics, [b"t".to_vec()]);
+    assert_eq!(b.core.topics.conn_count(b"t"), 1, "the closing one only");
+    let mut other = Bench::new(limits());
+    let moved = other.core.import(exported).unwrap();
+    assert_eq!(other.core.topics.conn_count(b"t"), 1);
+    assert_eq!(other.core.publish(b"t", b"after the move"), 1);
+    let _ = moved;
+
+    // Closed: its subscriptions end.
+    dispatch::close_now(&mut b.plugin, &mut b.core, s.index());
+    assert_eq!(b.core.topics.conn_count(b"t"), 0);
+    assert_eq!(b.core.topics.subscription_count(), 1, "the worker's own is left");
 }

@@ -1,7 +1,7 @@
-//! Messages between workers (`Host::broadcast`, `Host::send_to_worker`) through the `chat`
+//! Messages between workers (topics delivered through the workers' mailboxes) through the `chat`
 //! example: a line reaches the clients of every worker, across a graceful reload chain; a direct
-//! message reaches one slot only; a worker that stops reading or dies costs counted drops, never
-//! the sender.
+//! message (`/to SLOT`: the room of one worker) reaches that slot only; a worker that stops
+//! reading or dies costs counted drops, never the sender.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -63,10 +63,9 @@ fn a_line_reaches_every_client_on_every_worker() {
     let other = members.iter().position(|m| m.pid != first).unwrap();
     for (from, text) in [(0, "hello from the first\n"), (other, "hello from another\n")] {
         members[from].client.send(text.as_bytes());
+        // Every member of the room, the sender included.
         for (i, m) in members.iter_mut().enumerate() {
-            if i != from {
-                assert_eq!(line(&mut m.client), text, "client {i} on worker #{} (pid {})", m.slot, m.pid);
-            }
+            assert_eq!(line(&mut m.client), text, "client {i} on worker #{} (pid {})", m.slot, m.pid);
         }
     }
 }
@@ -81,13 +80,14 @@ fn send_to_worker_reaches_that_slot_only() {
     let target = members[b].slot;
     members[a].client.send(format!("/to {target} just for you\nafter\n").as_bytes());
     // Messages from one worker keep their order: slot b hears the direct one then the room's,
-    // slot c the room's only.
+    // slot c and the sender the room's only.
     assert_eq!(line(&mut members[b].client), "just for you\n");
     assert_eq!(line(&mut members[b].client), "after\n");
     assert_eq!(line(&mut members[c].client), "after\n");
-    // No worker serves slot 9: the sender hears it was dropped.
+    assert_eq!(line(&mut members[a].client), "after\n");
+    // The service has no slot 9: the sender hears so.
     members[a].client.send(b"/to 9 nobody\n");
-    assert_eq!(line(&mut members[a].client), "! dropped\n");
+    assert_eq!(line(&mut members[a].client), "! no such worker\n");
 }
 
 #[test]
@@ -118,6 +118,7 @@ fn no_message_is_lost_through_a_graceful_reload_chain() {
     }
     for i in 0..LINES {
         assert_eq!(line(&mut b.client), format!("line {i}\n"));
+        assert_eq!(line(&mut a.client), format!("line {i}\n"), "the sender is in the room too");
     }
     // The reload replaced both workers; a client of a new worker and those of the draining ones
     // still talk to each other.
@@ -127,6 +128,7 @@ fn no_message_is_lost_through_a_graceful_reload_chain() {
     c.client.send(b"from the new generation\n");
     assert_eq!(line(&mut a.client), "from the new generation\n");
     assert_eq!(line(&mut b.client), "from the new generation\n");
+    assert_eq!(line(&mut c.client), "from the new generation\n");
     b.client.send(b"from the old one\n");
     assert_eq!(line(&mut c.client), "from the old one\n");
 }
@@ -142,8 +144,10 @@ fn a_stuck_or_dead_peer_costs_counted_drops_not_the_sender() {
     // A worker that does not read: its mailbox fills up and A's worker drops for it.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGSTOP).unwrap();
     // Until its mailbox overflows (its size depends on the system's socket buffer limits),
-    // 64 MiB at most.
-    let big = format!("{}\n", "x".repeat(4000));
+    // 64 MiB at most. To the room of another slot than A's (A is not in it: it need not read);
+    // every worker's mailbox gets each line.
+    let other = (a.slot + 1) % 3;
+    let big = format!("/to {other} {}\n", "x".repeat(4000));
     let mut counted = String::new();
     for _ in 0..32 {
         for _ in 0..500 {
@@ -161,7 +165,7 @@ fn a_stuck_or_dead_peer_costs_counted_drops_not_the_sender() {
     // Then it dies; A goes on sending.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).unwrap();
     for _ in 0..10 {
-        a.client.send(b"still here\n");
+        a.client.send(format!("/to {other} still here\n").as_bytes());
     }
     a.client.send(b"/whoami\n");
     assert_eq!(line(&mut a.client), format!("slot {} pid {}\n", a.slot, a.pid), "the sender lives on");
