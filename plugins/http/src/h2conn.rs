@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use http_proto::h2::{Config as H2Config, Connection, ErrorCode, Event, H2Request, Stats};
+use http_proto::h2::{split_head, Config as H2Config, Connection, ErrorCode, Event, H2Request, Stats};
 use http_proto::response;
 use plugin_api::{ConnError, ConnId, Frame, Host};
 
@@ -63,45 +63,8 @@ impl H2 {
     /// [`plugin_api::Protocol::input`] on an HTTP/2 connection: the whole frames at the start
     /// of `buf` are one message (or the next frame, which the host then waits for).
     pub(crate) fn frame(&self, buf: &[u8]) -> Frame {
-        let mut at = 0;
-        while let Some(h) = buf.get(at..at + 9) {
-            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-            if len > self.max_frame {
-                // The connection reads its header and ends with FRAME_SIZE_ERROR.
-                return Frame::Complete(if at > 0 { at } else { 9 });
-            }
-            if buf.len() < at + 9 + len {
-                if at == 0 {
-                    return Frame::Complete(9 + len);
-                }
-                break;
-            }
-            at += 9 + len;
-        }
-        if at == 0 {
-            Frame::NeedMore
-        } else {
-            Frame::Complete(at)
-        }
+        http_proto::h2::frame_input(buf, self.max_frame)
     }
-}
-
-/// A response head's fields: (name, value).
-type Fields<'a> = Vec<(&'a str, &'a [u8])>;
-
-/// The status line and fields of an HTTP/1.1 response head written by [`Http::respond`], and
-/// where its body starts.
-fn split_head(out: &[u8]) -> Option<(u16, Fields<'_>, usize)> {
-    let end = out.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let mut lines = out[..end].split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let status = std::str::from_utf8(lines.next()?.get(9..12)?).ok()?.parse().ok()?;
-    let mut fields = Vec::with_capacity(12);
-    for line in lines {
-        let colon = line.iter().position(|&b| b == b':')?;
-        let name = std::str::from_utf8(&line[..colon]).ok()?;
-        fields.push((name, line[colon + 1..].trim_ascii()));
-    }
-    Some((status, fields, end + 4))
 }
 
 impl Http {
@@ -339,33 +302,4 @@ impl Http {
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     file.read_exact_at(buf, offset)?;
     Ok(buf.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_a_response_head() {
-        let out = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-1/9\r\nETag: \"x\"\r\n\r\nab";
-        let (status, fields, at) = split_head(out).unwrap();
-        assert_eq!(status, 206);
-        assert_eq!(fields, vec![("Content-Range", &b"bytes 0-1/9"[..]), ("ETag", &b"\"x\""[..])]);
-        assert_eq!(&out[at..], b"ab");
-    }
-
-    #[test]
-    fn frames_whole_frames_and_waits_for_the_next() {
-        let h2 = H2::new();
-        let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
-        let mut buf = settings.to_vec();
-        assert_eq!(h2.frame(&buf[..5]), Frame::NeedMore);
-        assert_eq!(h2.frame(&buf), Frame::Complete(9));
-        buf.extend_from_slice(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1]);
-        // The second frame is incomplete: the first goes now.
-        assert_eq!(h2.frame(&buf), Frame::Complete(9));
-        assert_eq!(h2.frame(&buf[9..]), Frame::Complete(17));
-        // A frame over the max frame size: its header alone, for the connection to refuse.
-        assert_eq!(h2.frame(&[0, 0x40, 1, 0, 0, 0, 0, 0, 1]), Frame::Complete(9));
-    }
 }

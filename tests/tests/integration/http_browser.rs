@@ -84,7 +84,7 @@ fn chromium_loads_many_images_over_h2() {
     for i in 0..n {
         // Every tenth is 300×300 (270 KB: streamed over several windows), the others small.
         let side = if i % 10 == 0 { 300 } else { 4 + i as u32 };
-        dir.write(&format!("www/img/{i}.bmp"), bmp(side, side));
+        dir.write(format!("www/img/{i}.bmp"), bmp(side, side));
     }
     let (cert, key) = crate::http2::make_cert(&dir);
     let config = root_config(&dir.join("www"), "");
