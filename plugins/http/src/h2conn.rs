@@ -3,9 +3,11 @@
 //! knowledge), speaks HTTP/2 (`h2_mode` in the crate root decides).
 //! Each request goes through the same [`Http::respond`] as an HTTP/1.1 one (rebuilt as an
 //! HTTP/1.1 head by [`H2Request::http1_head`]); the HTTP/1.1 response it writes is sent as
-//! HEADERS and DATA. A file body is read with `pread` a window at a time (what
-//! [`Connection::send_capacity`] admits), and goes on when a WINDOW_UPDATE (or the host's send
-//! buffer draining) makes room; streams waiting for their window never hold up the others.
+//! HEADERS and DATA. A file body is read a window at a time (what
+//! [`Connection::send_capacity`] admits): from the page cache in the loop, from the disk on the
+//! task pool (the stream waits for its read, the others go on), and goes on when a
+//! WINDOW_UPDATE (or the host's send buffer draining) makes room; streams waiting for their
+//! window never hold up the others.
 //! Bytes the windows hold back count against the host's send buffer, as queued output does.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -19,7 +21,7 @@ use http_proto::response;
 use plugin_api::{ConnError, ConnId, Frame, Host};
 
 use crate::log::PendingLog;
-use crate::stream::{Part, STREAM_CHUNK};
+use crate::stream::{read_cached, read_on_pool, Part, STREAM_CHUNK, TASK_READ_MAX};
 use crate::{Http, Method, Persist, Request, Response, Status};
 
 /// The HTTP/2 side of one connection.
@@ -45,6 +47,10 @@ struct H2Stream {
     body: Vec<u8>,
     /// A file body being sent.
     sending: Option<(Arc<File>, VecDeque<Part>)>,
+    /// A read of its file runs on the task pool: the stream waits for it.
+    reading: bool,
+    /// Bytes of the file the task pool read, from the front part's offset on, not sent yet.
+    pooled: VecDeque<u8>,
     /// Its access-log line, written when the body is sent (or the stream ends early).
     log: Option<Box<PendingLog>>,
 }
@@ -186,12 +192,13 @@ impl Http {
                 if host.pending_send(conn) + h2.conn.queued_bytes() >= self.send_window {
                     return;
                 }
+                let Some(s) = h2.streams.get_mut(&id) else { break };
                 let cap = h2.conn.send_capacity(id);
-                if cap == 0 {
+                if cap == 0 || s.reading {
                     break;
                 }
-                let Some(s) = h2.streams.get_mut(&id) else { break };
-                let Some((file, parts)) = s.sending.as_mut() else { break };
+                let H2Stream { sending, reading, pooled, .. } = s;
+                let Some((file, parts)) = sending.as_mut() else { break };
                 let last = parts.len() <= 1;
                 let done = match parts.front_mut() {
                     None => h2.conn.send_data(id, &[], true).map(|()| true),
@@ -201,10 +208,36 @@ impl Http {
                         sent
                     }
                     Some(Part::File { offset, len }) => {
-                        let n = usize::try_from(*len).unwrap_or(usize::MAX).min(cap).min(STREAM_CHUNK);
-                        self.chunk.resize(n, 0);
-                        match read_at(file, &mut self.chunk, *offset) {
-                            Ok(k) => {
+                        let want = usize::try_from(*len).unwrap_or(usize::MAX).min(cap);
+                        let read = if !pooled.is_empty() {
+                            // What the task pool read comes first.
+                            let k = want.min(pooled.len());
+                            self.chunk.clear();
+                            self.chunk.extend(pooled.drain(..k));
+                            Ok(k)
+                        } else {
+                            // What the page cache holds is read here, the rest on the task pool.
+                            self.chunk.resize(want.min(STREAM_CHUNK), 0);
+                            match read_cached(file, &mut self.chunk, *offset, &mut self.nowait) {
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                    let (at, n) = (*offset, want.clamp(STREAM_CHUNK, TASK_READ_MAX));
+                                    let n = n.min(usize::try_from(*len).unwrap_or(usize::MAX));
+                                    let shared = Arc::clone(file);
+                                    match host.spawn_task(move || read_on_pool(&shared, at, n)) {
+                                        Ok(task) => {
+                                            *reading = true;
+                                            self.h2_reads.insert(task, (conn, id));
+                                            break;
+                                        }
+                                        // No pool (an older host) or its queue is full: here.
+                                        Err(_) => read_at(file, &mut self.chunk, *offset),
+                                    }
+                                }
+                                other => other,
+                            }
+                        };
+                        match read {
+                            Ok(k) if k > 0 => {
                                 *offset += k as u64;
                                 *len -= k as u64;
                                 let end = last && *len == 0;
@@ -213,8 +246,8 @@ impl Http {
                                 }
                                 h2.conn.send_data(id, &self.chunk[..k], end).map(|()| end)
                             }
-                            Err(e) => {
-                                plugin_api::tracing::warn!(error = %e, "streamed file ended early; stream reset");
+                            Ok(_) | Err(_) => {
+                                plugin_api::tracing::warn!("streamed file ended early; stream reset");
                                 h2.conn.reset(id, ErrorCode::INTERNAL_ERROR);
                                 Ok(true)
                             }
@@ -288,6 +321,32 @@ impl Http {
         } else {
             host.close(conn);
         }
+    }
+
+    /// A read of the task pool for `stream` of `conn` ended: its bytes go out as the windows
+    /// admit; none (the file shrank, or broke) resets the stream.
+    pub(crate) fn h2_read_done(
+        &mut self,
+        host: &mut Host<'_>,
+        conn: ConnId,
+        stream: u32,
+        result: Result<Vec<u8>, String>,
+    ) {
+        let Some(mut h2) = self.conns.get_mut(conn).and_then(|c| c.h2.take()) else { return };
+        if let Some(s) = h2.streams.get_mut(&stream) {
+            s.reading = false;
+            match result {
+                Ok(bytes) if !bytes.is_empty() => s.pooled.extend(bytes),
+                _ => {
+                    plugin_api::tracing::warn!("streamed file ended early; stream reset");
+                    h2.conn.reset(stream, ErrorCode::INTERNAL_ERROR);
+                    if let Some(s) = h2.streams.remove(&stream) {
+                        self.h2_ended_early(host, s);
+                    }
+                }
+            }
+        }
+        self.h2_flush(host, conn, h2);
     }
 
     /// The connection closed: the log lines of bodies cut short.

@@ -67,7 +67,8 @@
 //!   sends the bytes.
 //!
 //! Either way reading the connection is paused while a body is streamed, so pipelined requests
-//! are answered in order. On a host older than plugin-api 0.1.2 (no `send_file`, no task pool)
+//! are answered in order. Over HTTP/2 file bodies are always read as with `file_io = "pool"`
+//! (DATA frames need the bytes), a window at a time. On a host older than plugin-api 0.1.2 (no `send_file`, no task pool)
 //! the plugin reads in the loop, as it did before. On-the-fly gzip (at most 1 MiB) still reads
 //! and compresses in the loop. The figures behind the default: docs/architecture.md.
 //!
@@ -124,6 +125,8 @@ pub struct Http {
     date: DateCache,
     /// File reads running on the host's task pool, and the connection each is for.
     reads: HashMap<TaskId, ConnId>,
+    /// The same for HTTP/2 file bodies: the connection and the stream.
+    h2_reads: HashMap<TaskId, (ConnId, u32)>,
     /// The kernel takes `RWF_NOWAIT` on these files (false once it said it does not: every read
     /// of an uncached file then goes to the task pool).
     nowait: bool,
@@ -190,6 +193,7 @@ impl Protocol for Http {
             chunk: Vec::new(),
             date: Default::default(),
             reads: HashMap::new(),
+            h2_reads: HashMap::new(),
             nowait: true,
             // The host takes a send whole while less than its send buffer is pending (issue #15:
             // a window above it sent into a full buffer, and the refused bytes were lost).
@@ -316,6 +320,9 @@ impl Protocol for Http {
     }
 
     fn on_task_done(&mut self, host: &mut Host<'_>, task: TaskId, result: Result<Vec<u8>, String>) {
+        if let Some((conn, stream)) = self.h2_reads.remove(&task) {
+            return self.h2_read_done(host, conn, stream, result);
+        }
         // A read for a connection that closed meanwhile is dropped.
         let Some(conn) = self.reads.remove(&task) else { return };
         let Some(c) = self.conns.get_mut(conn) else { return };
