@@ -68,8 +68,8 @@
 //!
 //! Either way reading the connection is paused while a body is streamed, so pipelined requests
 //! are answered in order. Over HTTP/2 file bodies are always read as with `file_io = "pool"`
-//! (DATA frames need the bytes), a window at a time. On a host older than plugin-api 0.1.2 (no `send_file`, no task pool)
-//! the plugin reads in the loop, as it did before. On-the-fly gzip (at most 1 MiB) still reads
+//! (DATA frames need the bytes), a window at a time. On a host older than plugin-api 0.1.2 (no
+//! `send_file`, no task pool) the plugin reads in the loop, as it did before. On-the-fly gzip (at most 1 MiB) still reads
 //! and compresses in the loop. The figures behind the default: docs/architecture.md.
 //!
 //! Layout: this file answers requests (routes, files, representations); `config` holds the
