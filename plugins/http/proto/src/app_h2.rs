@@ -45,6 +45,13 @@ impl<A: App> AppServer<A> {
         let max_body = self.limits.max_body;
         while let Some(event) = h2.conn.poll_event() {
             match event {
+                // Responses already wait at the send buffer's bound (a client that does not open
+                // its windows): new requests are refused, unprocessed, until they drain.
+                Event::Request { stream, .. }
+                    if host.pending_send(conn) + h2.conn.queued_bytes() >= self.send_window =>
+                {
+                    h2.conn.refuse(stream);
+                }
                 Event::Request { stream, request, end_stream: true } => {
                     self.h2_serve(host, &mut h2, stream, &request, &[])
                 }
