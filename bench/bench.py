@@ -6,6 +6,8 @@ tables. Standard library only.
   bench.py wrk SCENARIO SERVER TICKS PSS_KB... < wrk-output   -> one JSON line (a round)
   bench.py json SCENARIO SERVER TICKS PSS_KB... < msgload-output          (the same)
   bench.py redis SCENARIO SERVER TICKS PSS_KB... < redis-benchmark --csv  (the same)
+  bench.py h2load SCENARIO SERVER TICKS PSS_KB... < h2load-output  (the same; latencies from
+           the file of its --log-file, named by $H2LOAD_LOG)
   bench.py startup SERVER TIMEOUT CMD...   -> one JSON line ({port} in CMD, and in the file of an @FILE)
   bench.py idle SERVER PID PORT COUNT IDLE_SECONDS              -> one JSON line
   bench.py spread HOST_BIN PID_FILE COUNT WRK_REQUESTS TIMEOUT  -> one JSON line
@@ -136,6 +138,31 @@ def parse_redis(out):
         return r
     f = [x.strip('"') for x in rows[-1]]
     r["rps"], r["p50_us"], r["p99_us"] = float(f[1]), float(f[4]) * 1000, float(f[6]) * 1000
+    return r
+
+
+def parse_h2load(out):
+    """h2load's summary (requests done, req/s, failures) and the p50/p99 of the per-request
+    times its --log-file wrote (tab-separated: start µs, status, µs to the end of the response)."""
+    r = {"requests": 0, "rps": 0.0, "p50_us": None, "p99_us": None, "errors": 0}
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    if m:
+        r["requests"] = int(m.group(1))
+        r["errors"] = int(m.group(3)) + int(m.group(4)) + int(m.group(5))
+    m = re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if m:
+        r["errors"] += sum(int(g) for g in m.groups())
+    try:
+        with open(os.environ["H2LOAD_LOG"]) as f:
+            times = sorted(int(line.split("\t")[2]) for line in f if line.count("\t") >= 2)
+    except (KeyError, OSError, ValueError):
+        times = []
+    if times:
+        r["p50_us"] = float(times[len(times) // 2])
+        r["p99_us"] = float(times[min(len(times) - 1, len(times) * 99 // 100)])
     return r
 
 
@@ -341,6 +368,7 @@ def cmd_report(args):
 
 def main():
     cmds = {"wrk": round_cmd(parse_wrk), "json": round_cmd(parse_json), "redis": round_cmd(parse_redis),
+            "h2load": round_cmd(parse_h2load),
             "startup": cmd_startup, "idle": cmd_idle, "spread": cmd_spread, "report": cmd_report}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         sys.exit(__doc__)

@@ -11,6 +11,9 @@
 #   static   http vs nginx serving the same 1 MiB file (wrk -t1 -c64)
 #   https    http over TLS vs nginx ssl, same certificate: keep-alive, and a new handshake per
 #            request (wrk -H 'Connection: close')
+#   h2       HTTP/2 over TLS (ALPN h2): http vs nginx `listen ... ssl http2`, same certificate,
+#            h2load -t1: a small response with 64 connections of 10 streams each (-c64 -m10), and
+#            the same 1 MiB file (-c8 -m10). Needs h2load (Debian nghttp2-client)
 #   proxy    proxy vs nginx proxy_pass to the same upstream (a host http service), keep-alive;
 #            and the upstream alone, for the added latency
 #   resp     resp (1 worker) vs redis-server (1 thread): redis-benchmark -t ping,set,get -P 1, -P 16
@@ -43,7 +46,7 @@ WORKERS=${WORKERS:-2}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SECONDS=${IDLE_SECONDS:-5}
 export REQUESTS=${REQUESTS:-200000}
-ALL="plain static https proxy resp log ws process io"
+ALL="plain static https h2 proxy resp log ws process io"
 SECTIONS=${*:-$ALL}
 for s in $SECTIONS; do
     [[ " $ALL " == *" $s "* ]] || { echo "unknown section $s (sections: $ALL)" >&2; exit 2; }
@@ -84,6 +87,12 @@ CONF
 # The server blocks: hello world and files, TLS, and proxy_pass to an upstream on port $2.
 plain_server() {
     echo "server { listen 127.0.0.1:$1 reuseport;
+        location = / { default_type text/plain; return 200 \"Hello, World!\"; }
+        location / { root $www; } }"
+}
+h2_server() {
+    echo "server { listen 127.0.0.1:$1 ssl http2 reuseport;
+        ssl_certificate $tmp/cert.pem; ssl_certificate_key $tmp/key.pem;
         location = / { default_type text/plain; return 200 \"Hello, World!\"; }
         location / { root $www; } }"
 }
@@ -156,16 +165,48 @@ section_static() {
     stop_pid "$nginx_pid"
 }
 
-section_https() {
-    # An EC P-256 self-signed certificate for both servers, made here, deleted with $tmp.
+# An EC P-256 self-signed certificate for both servers, made here, deleted with $tmp.
+make_cert() {
+    [ -f "$tmp/cert.pem" ] && return
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
         -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
         -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
+}
+
+section_https() {
+    make_cert
     start_host https --plugin http --count "$WORKERS" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem"
     start_nginx "$WORKERS" 4096 tls_server
     wrk_scenario "https keep-alive (wrk -t1 -c64)" https / -c64
     wrk_scenario "https, a handshake per request (wrk -t1 -c64 -H 'Connection: close')" https / -c64 \
         -H "Connection: close"
+    stop_pid "$host_pid"
+    stop_pid "$nginx_pid"
+}
+
+# `h2load_scenario NAME PATH H2LOAD-ARGS...`: ROUNDS rounds of h2load over TLS, host then nginx.
+h2load_scenario() {
+    local name=$1 path=$2
+    shift 2
+    echo "$name..." >&2
+    export H2LOAD_LOG=$tmp/h2load.log
+    for _ in $(seq "$ROUNDS"); do
+        round h2load "$name" host "$host_pid" h2load -t1 -D "$DURATION" --log-file="$H2LOAD_LOG" "$@" \
+            "https://127.0.0.1:$host_port$path"
+        round h2load "$name" nginx "$nginx_pid" h2load -t1 -D "$DURATION" --log-file="$H2LOAD_LOG" "$@" \
+            "https://127.0.0.1:$nginx_port$path"
+    done
+    rm -f "$H2LOAD_LOG"
+}
+
+section_h2() {
+    need h2load
+    make_cert
+    start_host h2 --plugin http --count "$WORKERS" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" \
+        --plugin-config "root = \"$www\""
+    start_nginx "$WORKERS" 4096 h2_server
+    h2load_scenario "h2 small response (h2load -t1 -c64 -m10)" / -c64 -m10
+    h2load_scenario "h2 1 MiB file (h2load -t1 -c8 -m10)" /1m.bin -c8 -m10
     stop_pid "$host_pid"
     stop_pid "$nginx_pid"
 }

@@ -1,5 +1,6 @@
 //! A small JSON API as a host plugin, built on the `http_proto` library (the http plugin's
-//! protocol): the library does the HTTP/1.1 connection handling, this file only the routes.
+//! protocol): the library does the connection handling, HTTP/1.1 and HTTP/2 (h2 by ALPN over
+//! TLS, h2c with prior knowledge: `curl --http2-prior-knowledge`), this file only the routes.
 //!
 //! Run: `cargo build -p host-example-http-app && target/debug/host --plugin http_app --listen 127.0.0.1:8080`
 //!

@@ -3,9 +3,11 @@
 //! knowledge), speaks HTTP/2 (`h2_mode` in the crate root decides).
 //! Each request goes through the same [`Http::respond`] as an HTTP/1.1 one (rebuilt as an
 //! HTTP/1.1 head by [`H2Request::http1_head`]); the HTTP/1.1 response it writes is sent as
-//! HEADERS and DATA. A file body is read with `pread` a window at a time (what
-//! [`Connection::send_capacity`] admits), and goes on when a WINDOW_UPDATE (or the host's send
-//! buffer draining) makes room; streams waiting for their window never hold up the others.
+//! HEADERS and DATA. A file body is read a window at a time (what
+//! [`Connection::send_capacity`] admits): from the page cache in the loop, from the disk on the
+//! task pool (the stream waits for its read, the others go on), and goes on when a
+//! WINDOW_UPDATE (or the host's send buffer draining) makes room; streams waiting for their
+//! window never hold up the others.
 //! Bytes the windows hold back count against the host's send buffer, as queued output does.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -14,12 +16,12 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use http_proto::h2::{Config as H2Config, Connection, ErrorCode, Event, H2Request, Stats};
+use http_proto::h2::{split_head, Config as H2Config, Connection, ErrorCode, Event, H2Request, Stats};
 use http_proto::response;
 use plugin_api::{ConnError, ConnId, Frame, Host};
 
 use crate::log::PendingLog;
-use crate::stream::{Part, STREAM_CHUNK};
+use crate::stream::{read_cached, read_on_pool, Part, STREAM_CHUNK, TASK_READ_MAX};
 use crate::{Http, Method, Persist, Request, Response, Status};
 
 /// The HTTP/2 side of one connection.
@@ -45,6 +47,10 @@ struct H2Stream {
     body: Vec<u8>,
     /// A file body being sent.
     sending: Option<(Arc<File>, VecDeque<Part>)>,
+    /// A read of its file runs on the task pool: the stream waits for it.
+    reading: bool,
+    /// Bytes of the file the task pool read, from the front part's offset on, not sent yet.
+    pooled: VecDeque<u8>,
     /// Its access-log line, written when the body is sent (or the stream ends early).
     log: Option<Box<PendingLog>>,
 }
@@ -63,45 +69,8 @@ impl H2 {
     /// [`plugin_api::Protocol::input`] on an HTTP/2 connection: the whole frames at the start
     /// of `buf` are one message (or the next frame, which the host then waits for).
     pub(crate) fn frame(&self, buf: &[u8]) -> Frame {
-        let mut at = 0;
-        while let Some(h) = buf.get(at..at + 9) {
-            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-            if len > self.max_frame {
-                // The connection reads its header and ends with FRAME_SIZE_ERROR.
-                return Frame::Complete(if at > 0 { at } else { 9 });
-            }
-            if buf.len() < at + 9 + len {
-                if at == 0 {
-                    return Frame::Complete(9 + len);
-                }
-                break;
-            }
-            at += 9 + len;
-        }
-        if at == 0 {
-            Frame::NeedMore
-        } else {
-            Frame::Complete(at)
-        }
+        http_proto::h2::frame_input(buf, self.max_frame)
     }
-}
-
-/// A response head's fields: (name, value).
-type Fields<'a> = Vec<(&'a str, &'a [u8])>;
-
-/// The status line and fields of an HTTP/1.1 response head written by [`Http::respond`], and
-/// where its body starts.
-fn split_head(out: &[u8]) -> Option<(u16, Fields<'_>, usize)> {
-    let end = out.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let mut lines = out[..end].split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let status = std::str::from_utf8(lines.next()?.get(9..12)?).ok()?.parse().ok()?;
-    let mut fields = Vec::with_capacity(12);
-    for line in lines {
-        let colon = line.iter().position(|&b| b == b':')?;
-        let name = std::str::from_utf8(&line[..colon]).ok()?;
-        fields.push((name, line[colon + 1..].trim_ascii()));
-    }
-    Some((status, fields, end + 4))
 }
 
 impl Http {
@@ -111,6 +80,13 @@ impl Http {
         h2.conn.recv(host.now_ms(), msg);
         while let Some(event) = h2.conn.poll_event() {
             match event {
+                // Responses already wait at the send buffer's bound (a client that does not open
+                // its windows): new requests are refused, unprocessed, until they drain.
+                Event::Request { stream, .. }
+                    if host.pending_send(conn) + h2.conn.queued_bytes() >= self.send_window =>
+                {
+                    h2.conn.refuse(stream);
+                }
                 Event::Request { stream, request, end_stream: true } => {
                     self.h2_serve(host, conn, &mut h2, stream, &request, &[]);
                 }
@@ -223,12 +199,13 @@ impl Http {
                 if host.pending_send(conn) + h2.conn.queued_bytes() >= self.send_window {
                     return;
                 }
+                let Some(s) = h2.streams.get_mut(&id) else { break };
                 let cap = h2.conn.send_capacity(id);
-                if cap == 0 {
+                if cap == 0 || s.reading {
                     break;
                 }
-                let Some(s) = h2.streams.get_mut(&id) else { break };
-                let Some((file, parts)) = s.sending.as_mut() else { break };
+                let H2Stream { sending, reading, pooled, .. } = s;
+                let Some((file, parts)) = sending.as_mut() else { break };
                 let last = parts.len() <= 1;
                 let done = match parts.front_mut() {
                     None => h2.conn.send_data(id, &[], true).map(|()| true),
@@ -238,10 +215,36 @@ impl Http {
                         sent
                     }
                     Some(Part::File { offset, len }) => {
-                        let n = usize::try_from(*len).unwrap_or(usize::MAX).min(cap).min(STREAM_CHUNK);
-                        self.chunk.resize(n, 0);
-                        match read_at(file, &mut self.chunk, *offset) {
-                            Ok(k) => {
+                        let want = usize::try_from(*len).unwrap_or(usize::MAX).min(cap);
+                        let read = if !pooled.is_empty() {
+                            // What the task pool read comes first.
+                            let k = want.min(pooled.len());
+                            self.chunk.clear();
+                            self.chunk.extend(pooled.drain(..k));
+                            Ok(k)
+                        } else {
+                            // What the page cache holds is read here, the rest on the task pool.
+                            self.chunk.resize(want.min(STREAM_CHUNK), 0);
+                            match read_cached(file, &mut self.chunk, *offset, &mut self.nowait) {
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                    let (at, n) = (*offset, want.clamp(STREAM_CHUNK, TASK_READ_MAX));
+                                    let n = n.min(usize::try_from(*len).unwrap_or(usize::MAX));
+                                    let shared = Arc::clone(file);
+                                    match host.spawn_task(move || read_on_pool(&shared, at, n)) {
+                                        Ok(task) => {
+                                            *reading = true;
+                                            self.h2_reads.insert(task, (conn, id));
+                                            break;
+                                        }
+                                        // No pool (an older host) or its queue is full: here.
+                                        Err(_) => read_at(file, &mut self.chunk, *offset),
+                                    }
+                                }
+                                other => other,
+                            }
+                        };
+                        match read {
+                            Ok(k) if k > 0 => {
                                 *offset += k as u64;
                                 *len -= k as u64;
                                 let end = last && *len == 0;
@@ -250,8 +253,8 @@ impl Http {
                                 }
                                 h2.conn.send_data(id, &self.chunk[..k], end).map(|()| end)
                             }
-                            Err(e) => {
-                                plugin_api::tracing::warn!(error = %e, "streamed file ended early; stream reset");
+                            Ok(_) | Err(_) => {
+                                plugin_api::tracing::warn!("streamed file ended early; stream reset");
                                 h2.conn.reset(id, ErrorCode::INTERNAL_ERROR);
                                 Ok(true)
                             }
@@ -327,6 +330,32 @@ impl Http {
         }
     }
 
+    /// A read of the task pool for `stream` of `conn` ended: its bytes go out as the windows
+    /// admit; none (the file shrank, or broke) resets the stream.
+    pub(crate) fn h2_read_done(
+        &mut self,
+        host: &mut Host<'_>,
+        conn: ConnId,
+        stream: u32,
+        result: Result<Vec<u8>, String>,
+    ) {
+        let Some(mut h2) = self.conns.get_mut(conn).and_then(|c| c.h2.take()) else { return };
+        if let Some(s) = h2.streams.get_mut(&stream) {
+            s.reading = false;
+            match result {
+                Ok(bytes) if !bytes.is_empty() => s.pooled.extend(bytes),
+                _ => {
+                    plugin_api::tracing::warn!("streamed file ended early; stream reset");
+                    h2.conn.reset(stream, ErrorCode::INTERNAL_ERROR);
+                    if let Some(s) = h2.streams.remove(&stream) {
+                        self.h2_ended_early(host, s);
+                    }
+                }
+            }
+        }
+        self.h2_flush(host, conn, h2);
+    }
+
     /// The connection closed: the log lines of bodies cut short.
     pub(crate) fn h2_closed(&mut self, host: &mut Host<'_>, h2: Box<H2>) {
         for (_, s) in h2.streams {
@@ -339,33 +368,4 @@ impl Http {
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     file.read_exact_at(buf, offset)?;
     Ok(buf.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_a_response_head() {
-        let out = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-1/9\r\nETag: \"x\"\r\n\r\nab";
-        let (status, fields, at) = split_head(out).unwrap();
-        assert_eq!(status, 206);
-        assert_eq!(fields, vec![("Content-Range", &b"bytes 0-1/9"[..]), ("ETag", &b"\"x\""[..])]);
-        assert_eq!(&out[at..], b"ab");
-    }
-
-    #[test]
-    fn frames_whole_frames_and_waits_for_the_next() {
-        let h2 = H2::new();
-        let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
-        let mut buf = settings.to_vec();
-        assert_eq!(h2.frame(&buf[..5]), Frame::NeedMore);
-        assert_eq!(h2.frame(&buf), Frame::Complete(9));
-        buf.extend_from_slice(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1]);
-        // The second frame is incomplete: the first goes now.
-        assert_eq!(h2.frame(&buf), Frame::Complete(9));
-        assert_eq!(h2.frame(&buf[9..]), Frame::Complete(17));
-        // A frame over the max frame size: its header alone, for the connection to refuse.
-        assert_eq!(h2.frame(&[0, 0x40, 1, 0, 0, 0, 0, 0, 1]), Frame::Complete(9));
-    }
 }

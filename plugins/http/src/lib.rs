@@ -67,8 +67,9 @@
 //!   sends the bytes.
 //!
 //! Either way reading the connection is paused while a body is streamed, so pipelined requests
-//! are answered in order. On a host older than plugin-api 0.1.2 (no `send_file`, no task pool)
-//! the plugin reads in the loop, as it did before. On-the-fly gzip (at most 1 MiB) still reads
+//! are answered in order. Over HTTP/2 file bodies are always read as with `file_io = "pool"`
+//! (DATA frames need the bytes), a window at a time. On a host older than plugin-api 0.1.2 (no
+//! `send_file`, no task pool) the plugin reads in the loop, as it did before. On-the-fly gzip (at most 1 MiB) still reads
 //! and compresses in the loop. The figures behind the default: docs/architecture.md.
 //!
 //! Layout: this file answers requests (routes, files, representations); `config` holds the
@@ -124,6 +125,8 @@ pub struct Http {
     date: DateCache,
     /// File reads running on the host's task pool, and the connection each is for.
     reads: HashMap<TaskId, ConnId>,
+    /// The same for HTTP/2 file bodies: the connection and the stream.
+    h2_reads: HashMap<TaskId, (ConnId, u32)>,
     /// The kernel takes `RWF_NOWAIT` on these files (false once it said it does not: every read
     /// of an uncached file then goes to the task pool).
     nowait: bool,
@@ -190,6 +193,7 @@ impl Protocol for Http {
             chunk: Vec::new(),
             date: Default::default(),
             reads: HashMap::new(),
+            h2_reads: HashMap::new(),
             nowait: true,
             // The host takes a send whole while less than its send buffer is pending (issue #15:
             // a window above it sent into a full buffer, and the refused bytes were lost).
@@ -221,23 +225,20 @@ impl Protocol for Http {
             return h2.frame(buf);
         }
         if !c.http1 {
-            use http_proto::h2::Preface;
-            match (h2_mode(&self.config, host, conn), http_proto::h2::preface(buf)) {
-                (H2Mode::Off, _) => c.http1 = true,
+            use http_proto::h2::{serve::PREFACE_LEN, Start};
+            let mode = http_proto::h2::mode(self.config.h2, self.config.h2c, host, conn);
+            match http_proto::h2::start(mode, buf) {
+                Start::Http1 => c.http1 = true,
                 // The preface alone is the first message; its SETTINGS go with the answer.
-                (_, Preface::Yes) => {
+                Start::Http2 => {
                     c.h2 = Some(Box::new(H2::new()));
-                    return Frame::Complete(http_proto::h2::frame::PREFACE.len());
+                    return Frame::Complete(PREFACE_LEN);
                 }
-                (_, Preface::Maybe) if !buf.is_empty() => return Frame::NeedMore,
-                (_, Preface::Maybe) => {}
-                // ALPN agreed h2, and the client speaks something else (RFC 9113 §3.4: a
-                // connection error): closed.
-                (H2Mode::Required, Preface::No) => {
+                Start::NeedMore => return Frame::NeedMore,
+                Start::Invalid => {
                     plugin_api::tracing::debug!(conn = conn.0, "ALPN agreed h2 but no HTTP/2 preface; closed");
                     return Frame::Invalid;
                 }
-                (H2Mode::Allowed, Preface::No) => c.http1 = true,
             }
         }
         let state = &mut c.state;
@@ -319,6 +320,9 @@ impl Protocol for Http {
     }
 
     fn on_task_done(&mut self, host: &mut Host<'_>, task: TaskId, result: Result<Vec<u8>, String>) {
+        if let Some((conn, stream)) = self.h2_reads.remove(&task) {
+            return self.h2_read_done(host, conn, stream, result);
+        }
         // A read for a connection that closed meanwhile is dropped.
         let Some(conn) = self.reads.remove(&task) else { return };
         let Some(c) = self.conns.get_mut(conn) else { return };
@@ -637,33 +641,6 @@ impl Http {
 }
 
 const HELLO: &[u8] = b"Hello, World!";
-
-/// Whether a new connection speaks HTTP/2 ([`h2_mode`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum H2Mode {
-    /// HTTP/1.x only: the preface is refused as a bad request.
-    Off,
-    /// HTTP/2 when it starts with the client preface, else HTTP/1.x.
-    Allowed,
-    /// HTTP/2 only (ALPN agreed `h2`): anything but the preface closes the connection.
-    Required,
-}
-
-/// How a new connection may speak HTTP/2: over TLS only when the handshake agreed `h2` by ALPN
-/// and `h2` is on (RFC 9113 §3.2: TLS connections choose h2 by ALPN, never by prior knowledge),
-/// in cleartext when `h2c` is on (prior knowledge, §3.3). A host older than plugin-api 0.1.4
-/// cannot say which: the preface decides, with both switches on.
-fn h2_mode(config: &Config, host: &mut Host<'_>, conn: ConnId) -> H2Mode {
-    let allowed = |on: bool| if on { H2Mode::Allowed } else { H2Mode::Off };
-    match host.transport(conn) {
-        t if t.is_tls() => match host.alpn(conn) {
-            Some(p) if p == b"h2" && config.h2 => H2Mode::Required,
-            _ => H2Mode::Off,
-        },
-        plugin_api::Transport::Unknown => allowed(config.h2 && config.h2c),
-        _ => allowed(config.h2c),
-    }
-}
 
 /// The parts of a `multipart/byteranges` body (RFC 9110 §14.6) and its length.
 fn multipart(list: &[std::ops::Range<u64>], boundary: &str, content_type: &str, len: u64) -> (VecDeque<Part>, u64) {

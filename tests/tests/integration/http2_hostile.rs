@@ -211,3 +211,32 @@ print("status", seen.status.get(1), "data", seen.data.get(1, 0), "goaway", seen.
     });
     assert!(counted.is_some(), "{}", crate::metrics::admin_get(admin, "/metrics").1);
 }
+
+// A client that never opens its windows cannot make the server hold more than the send buffer:
+// once the responses waiting for its windows reach it, new requests are refused unprocessed
+// (REFUSED_STREAM, which a client may retry); when it opens them, the waiting response
+// arrives whole and the next request is served.
+#[test]
+fn responses_held_by_shut_windows_count_against_the_send_buffer() {
+    let dir = TempDir::new();
+    dir.write("www/mid.bin", pattern(200_000));
+    let config = root_config(&dir.join("www"), "");
+    let host = Host::start("http", &["--plugin-config", &config, "--max-send-buffer", "150000"]);
+    let out = run_case(
+        host.port(),
+        r#"
+s = connect(settings=(4).to_bytes(2, "big") + (0).to_bytes(4, "big"))
+send(s, headers(1, request("/mid.bin")))
+first = read(s, lambda seen: 1 in seen.status)
+send(s, headers(3, request("/mid.bin")))
+refused = read(s, lambda seen: 3 in seen.resets or 3 in seen.status)
+big = (1 << 30).to_bytes(4, "big")
+send(s, frame(WINDOW_UPDATE, 0, 0, big) + frame(WINDOW_UPDATE, 0, 1, big))
+done = read(s, lambda seen: seen.data.get(1, 0) >= 200000)
+send(s, frame(SETTINGS, 0, 0, (4).to_bytes(2, "big") + (1 << 20).to_bytes(4, "big")) + headers(5, request("/mid.bin")))
+last = read(s, lambda seen: seen.data.get(5, 0) >= 200000)
+print(first.status[1], first.data.get(1, 0), refused.resets.get(3), done.data.get(1), last.status.get(5), last.data.get(5))
+"#,
+    );
+    assert_eq!(out, "200 0 7 200000 200 200000");
+}

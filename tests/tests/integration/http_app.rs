@@ -36,3 +36,47 @@ fn json_routes_and_errors() {
     let r = bad.request(b"GET /hello HTTP/1.1\r\n\r\n");
     assert_eq!((r.status, r.header("Connection")), (400, Some("close")));
 }
+
+// The same application over HTTP/2 without a line of its own (the library frames it): curl with
+// prior knowledge gets the routes, a POST body, 404/405/400, HEAD's head; nghttp sends
+// concurrent streams on one connection; a body over the limit is 413.
+#[test]
+fn the_same_routes_over_h2c() {
+    let host = Host::start("http_app", &[]);
+    let dir = host_tests::TempDir::new();
+    let big = dir.write("big.json", format!("[{}1]", "1,".repeat(600_000)));
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", host.port());
+    let h2c = |args: &[&str]| curl(&[&["--http2-prior-knowledge"], args].concat());
+    let got = h2c(&["-w", " %{http_version} %{http_code}", &url("/hello?name=x")]).text();
+    assert_eq!(got, r#"{"hello":"x"} 2 200"#);
+    let sum = h2c(&["-w", " %{http_code}", "--data-binary", "[1, 2, 3.5]", &url("/sum")]).text();
+    assert_eq!(sum, r#"{"sum":6.5} 200"#);
+    for (args, want) in [
+        (vec![url("/nope")], "404"),
+        (vec![url("/sum")], "405"),
+        (vec!["--data-binary".into(), "{}".into(), url("/sum")], "400"),
+    ] {
+        let mut all = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend(args.iter().map(String::as_str));
+        assert_eq!(h2c(&all).text(), want, "{args:?}");
+    }
+    let head = h2c(&["-I", &url("/hello")]).text();
+    assert!(head.starts_with("HTTP/2 200") && head.contains("content-length: 17\r\n"), "{head}");
+
+    let mut cmd = std::process::Command::new("nghttp");
+    cmd.arg("-n").arg("--stat").args([url("/hello?name=a"), url("/hello?name=b"), url("/nope")]);
+    let ran = crate::http_tools::run(&mut cmd, std::time::Duration::from_secs(30));
+    assert!(ran.success, "nghttp failed: {}\n{}", ran.text(), ran.stderr);
+    let stat = ran.text();
+    assert_eq!(stat.matches(" 200 ").count(), 2, "{stat}");
+    assert_eq!(stat.matches(" 404 ").count(), 1, "{stat}");
+
+    // A body over the limit: 413 at once, then RST_STREAM NO_ERROR (RFC 9113 §8.1: the client
+    // need not send the rest). nghttp, as curl 7.88 reports that reset as a failure.
+    let mut cmd = std::process::Command::new("nghttp");
+    cmd.arg("-v").arg("-d").arg(&big).arg(url("/sum"));
+    let ran = crate::http_tools::run(&mut cmd, std::time::Duration::from_secs(30));
+    let out = ran.text();
+    assert!(out.contains(":status: 413"), "{out}");
+    assert!(out.contains("error_code=NO_ERROR"), "{out}");
+}

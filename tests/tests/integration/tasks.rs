@@ -186,3 +186,37 @@ fn the_http_plugin_reads_cold_files_on_the_task_pool() {
         eprintln!("the temp dir is on tmpfs: no cold reads to check");
     }
 }
+
+// HTTP/2 file bodies (DATA frames need the bytes: no sendfile) are read the same way whatever
+// `file_io` says: what the page cache holds in the loop, a cold file on the task pool; both a
+// small and a streamed file arrive whole over h2c.
+#[test]
+fn the_http_plugin_reads_cold_files_for_h2_on_the_task_pool() {
+    let dir = host_tests::TempDir::new();
+    let small: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
+    let big: Vec<u8> = (0..(3 << 20)).map(|i| (i % 239) as u8).collect();
+    let cold = write_cold(&dir, "www/small.bin", &small) & write_cold(&dir, "www/big.bin", &big);
+    let config = format!("root = {:?}", dir.join("www").display().to_string());
+    let mut host = Host::start("http", &["--count", "1", "--plugin-config", &config]);
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", host.port());
+    // (One curl run each: curl 7.88 fails to reuse an h2c prior-knowledge connection.)
+    for (path, content) in [("/small.bin", &small), ("/big.bin", &big)] {
+        let out = dir.join("out.bin");
+        let ran = crate::http_tools::curl(&[
+            "--http2-prior-knowledge",
+            "-o",
+            out.to_str().unwrap(),
+            "-w",
+            "%{http_version} %{http_code}",
+            &url(path),
+        ]);
+        assert_eq!(ran.text(), "2 200", "{path}");
+        assert!(std::fs::read(&out).unwrap() == *content, "{path} arrived changed");
+    }
+    let out = host.command(["status"], WAIT);
+    if cold {
+        assert!(out.stdout.contains("tasks: submitted"), "cold reads went to the task pool:\n{}", out.stdout);
+    } else {
+        eprintln!("the temp dir is on tmpfs: no cold reads to check");
+    }
+}

@@ -1,9 +1,14 @@
 //! [`App`] and [`AppServer`]: an HTTP application as one function from request to response, with
 //! the connection handling (framing, bodies, `100 Continue`, keep-alive, pipelining, errors,
-//! graceful drain) done by the library.
+//! graceful drain) done by the library, over HTTP/1.1 and HTTP/2 alike (h2 by ALPN over TLS, h2c
+//! with prior knowledge in cleartext: `app_h2`).
 
 use plugin_api::{ConnError, ConnId, ConnMap, Frame, Host, Protocol, WorkerInfo};
 
+use crate::h2::serve::PREFACE_LEN;
+use crate::h2::Start;
+
+use crate::app_h2::AppH2;
 use crate::conn::{persist, ConnState, Delivered};
 use crate::parse::{Limits, Method};
 use crate::request::Request;
@@ -41,17 +46,39 @@ pub trait App: Sized + 'static {
 
     /// Answers one request. `res` starts as an empty 200; for `HEAD` its body is not sent.
     fn handle(&mut self, req: &Request<'_>, res: &mut ResponseWriter);
+
+    /// HTTP/2 over TLS, on connections whose handshake agreed `h2` by ALPN (default: on).
+    fn h2(&self) -> bool {
+        true
+    }
+
+    /// HTTP/2 in cleartext, on connections that start with the client preface (default: on).
+    fn h2c(&self) -> bool {
+        true
+    }
+}
+
+/// One connection of an [`AppServer`].
+#[derive(Debug, Default)]
+pub(crate) struct AppConn {
+    pub(crate) state: ConnState,
+    /// It speaks HTTP/2.
+    pub(crate) h2: Option<Box<AppH2>>,
+    /// It speaks HTTP/1.x (its first bytes were not the preface).
+    http1: bool,
 }
 
 /// The [`Protocol`] that serves an [`App`]: export it with `export_plugin!(AppServer<MyApp>)`.
 pub struct AppServer<A> {
-    app: A,
-    limits: Limits,
+    pub(crate) app: A,
+    pub(crate) limits: Limits,
     max_message: usize,
-    conns: ConnMap<ConnState>,
-    res: ResponseWriter,
-    out: Vec<u8>,
-    date: DateCache,
+    /// The host's send buffer: HTTP/2 output is handed over while less is pending.
+    pub(crate) send_window: usize,
+    pub(crate) conns: ConnMap<AppConn>,
+    pub(crate) res: ResponseWriter,
+    pub(crate) out: Vec<u8>,
+    pub(crate) date: DateCache,
 }
 
 impl<A: App> AppServer<A> {
@@ -69,6 +96,7 @@ impl<A: App> Protocol for AppServer<A> {
             app,
             limits,
             max_message: worker.max_package_size,
+            send_window: worker.max_send_buffer.max(1),
             conns: ConnMap::new(),
             res: ResponseWriter::new(),
             out: Vec::with_capacity(4096),
@@ -77,13 +105,31 @@ impl<A: App> Protocol for AppServer<A> {
     }
 
     fn input(&mut self, host: &mut Host<'_>, conn: ConnId, buf: &[u8]) -> Frame {
-        let state = self.conns.entry(conn);
-        state.input(host, conn, buf, &self.limits, self.max_message, &mut self.date, &mut self.out)
+        let c = self.conns.entry(conn);
+        if let Some(h2) = &c.h2 {
+            return crate::h2::frame_input(buf, h2.max_frame());
+        }
+        if !c.http1 {
+            let mode = crate::h2::mode(self.app.h2(), self.app.h2c(), host, conn);
+            match crate::h2::start(mode, buf) {
+                Start::Http1 => c.http1 = true,
+                Start::Http2 => {
+                    c.h2 = Some(Box::new(AppH2::new()));
+                    return Frame::Complete(PREFACE_LEN);
+                }
+                Start::NeedMore => return Frame::NeedMore,
+                Start::Invalid => return Frame::Invalid,
+            }
+        }
+        c.state.input(host, conn, buf, &self.limits, self.max_message, &mut self.date, &mut self.out)
     }
 
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
+        if self.conns.get(conn).is_some_and(|c| c.h2.is_some()) {
+            return self.h2_message(host, conn, msg);
+        }
         let (app, res, date, out) = (&mut self.app, &mut self.res, &mut self.date, &mut self.out);
-        let state = self.conns.entry(conn);
+        let state = &mut self.conns.entry(conn).state;
         let delivered = state.on_message(host, msg, &self.limits, |host, req| {
             res.clear();
             app.handle(req, res);
@@ -113,15 +159,24 @@ impl<A: App> Protocol for AppServer<A> {
         self.conns.remove(conn);
     }
 
+    fn on_buffer_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
+        self.h2_resume(host, conn, false);
+    }
+
     fn on_error(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
-        let state = self.conns.entry(conn);
+        if self.conns.get(conn).is_some_and(|c| c.h2.is_some()) {
+            return self.h2_error_close(host, conn, err);
+        }
+        let state = &mut self.conns.entry(conn).state;
         match state.error_status(err) {
             Some(status) => state.reject(host, conn, status, &mut self.date, &mut self.out),
             None => host.close(conn),
         }
     }
 
-    fn on_drain(&mut self, _host: &mut Host<'_>, _conn: ConnId) {
+    fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
+        // HTTP/2: GOAWAY with the last stream id; its streams are answered, then it closes.
+        self.h2_resume(host, conn, true);
         // From here on every response says `Connection: close` and closes its connection; an
         // idle connection is left for the host's drain deadline (its client may be sending).
     }

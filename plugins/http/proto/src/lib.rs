@@ -25,6 +25,7 @@
 
 pub mod access_log;
 pub mod app;
+mod app_h2;
 pub mod chunked;
 pub mod client;
 pub mod conn;

@@ -389,6 +389,17 @@ impl Connection {
         self.pending = None;
     }
 
+    /// The application refuses `stream` unprocessed: RST_STREAM REFUSED_STREAM, which tells the
+    /// client it may retry it (RFC 9113 §8.7); say, while the responses already queued on the
+    /// connection are at the application's bound. Counted with the streams refused over the
+    /// concurrency limit.
+    pub fn refuse(&mut self, stream: u32) {
+        if self.streams.contains_key(&stream) {
+            self.stats.refused_streams += 1;
+            self.reset(stream, ErrorCode::REFUSED_STREAM);
+        }
+    }
+
     /// Immediate shutdown: GOAWAY with `code` and the last stream id; nothing more is read.
     pub fn abort(&mut self, code: ErrorCode) {
         if self.phase != Phase::Closed {

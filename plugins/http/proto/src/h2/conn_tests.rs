@@ -667,3 +667,21 @@ fn an_idle_close_says_goaway_no_error_with_the_last_stream() {
     c.close_idle();
     assert!(!c.has_output() && c.is_closed());
 }
+
+// The application refuses a stream unprocessed: REFUSED_STREAM, counted; others go on.
+#[test]
+fn an_application_refusal_is_refused_stream() {
+    let mut c = open(Config::default());
+    let mut client = Client::new();
+    c.recv(0, &client.get(1, "/"));
+    c.recv(0, &client.get(3, "/"));
+    events(&mut c);
+    c.take_output();
+    c.refuse(1);
+    assert_eq!(resets(&c.take_output()), [(1, ErrorCode::REFUSED_STREAM)]);
+    assert_eq!(c.stats().refused_streams, 1);
+    c.refuse(1);
+    assert!(!c.has_output(), "once");
+    c.send_headers(3, 200, &[], true).unwrap();
+    assert_eq!(kinds(&c.take_output()), [(kind::HEADERS, 3)]);
+}

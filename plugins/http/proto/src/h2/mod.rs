@@ -15,6 +15,7 @@ pub mod conn;
 pub mod frame;
 pub mod hpack;
 pub mod request;
+pub mod serve;
 pub mod stats;
 
 #[cfg(test)]
@@ -23,3 +24,4 @@ mod interop_tests;
 pub use conn::{preface, Config, Connection, Event, Preface, SendError, Stats};
 pub use frame::{ErrorCode, H2Error};
 pub use request::{H2Request, Malformed};
+pub use serve::{frame_input, mode, split_head, start, Mode, Start};
