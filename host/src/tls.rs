@@ -18,6 +18,7 @@
 pub(crate) mod move_tests;
 pub mod moved;
 pub mod record;
+pub mod session;
 pub mod tail;
 pub mod tickets;
 
