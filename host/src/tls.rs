@@ -14,6 +14,7 @@
 //! An established connection can move to another worker ([`moved`]): its traffic keys and
 //! sequence numbers go as bytes, and [`record`] continues the record layer there.
 
+pub mod keys;
 #[cfg(test)]
 pub(crate) mod move_tests;
 pub mod moved;
