@@ -621,3 +621,53 @@ fn record_layer_throughput() {
         );
     }
 }
+
+/// Both pipes of a connection, as the server's socket.
+struct Duplex<'a> {
+    rx: &'a mut Pipe,
+    tx: &'a mut Pipe,
+}
+
+impl Read for Duplex<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.rx.read(buf)
+    }
+}
+
+impl Write for Duplex<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_key_update_on_a_moved_session_is_counted_and_the_client_told() {
+    use std::sync::atomic::Ordering;
+
+    use super::moved::COUNTERS;
+    use super::session::TlsSession;
+
+    let certs = certs();
+    let (mut client, layer, mut c2s, mut s2c) = moved_pair(&certs, provider::cipher_suite::TLS13_AES_256_GCM_SHA384);
+    let mut session =
+        TlsSession::from_moved(MovedTls::from_layer(layer, 0x1302, Some("localhost".into()), None)).unwrap();
+    assert!(session.is_moved());
+    let mut buf = [0u8; 256];
+    let n = session.read(&mut Duplex { rx: &mut c2s, tx: &mut s2c }, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"second, cut by the move");
+
+    let before = COUNTERS.closed_key_update.load(Ordering::Relaxed);
+    client.refresh_traffic_keys().unwrap();
+    while client.wants_write() {
+        client.write_tls(&mut c2s).unwrap();
+    }
+    let err = session.read(&mut Duplex { rx: &mut c2s, tx: &mut s2c }, &mut buf).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert!(COUNTERS.closed_key_update.load(Ordering::Relaxed) > before, "counted");
+    // The records sealed before the move, then close_notify, reached the client.
+    assert_eq!(client_reads(&mut client, &mut s2c), (b"welcome".to_vec(), true));
+}
