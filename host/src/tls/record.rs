@@ -36,8 +36,8 @@ const MAX_CIPHERTEXT_TLS12: usize = MAX_FRAGMENT + 2048;
 pub const MAX_RECORD: usize = HEADER_LEN + MAX_CIPHERTEXT_TLS12;
 /// Sealed records kept before `write_plain` takes no more (rustls' default for its own buffer).
 const OUT_LIMIT: usize = 64 * 1024;
-/// A buffer that grew past this while traffic flowed is let go once it is empty again, so an
-/// idle connection holds a few KiB, not a burst's worth.
+/// A buffer that grew past this while traffic flowed is let go once the connection pauses (a
+/// read finds nothing) with it empty, so an idle connection holds a few KiB, not a burst's worth.
 const KEEP: usize = 4 * 1024;
 /// Empty application data records in a row before the peer is refused (rustls allows 32).
 const MAX_EMPTY_RUN: u8 = 32;
@@ -260,10 +260,18 @@ impl RecordLayer {
                 Ok(n)
             }
             Err(e) => {
-                if e.kind() == io::ErrorKind::WouldBlock && self.in_start == self.in_end && self.inbuf.len() > KEEP {
-                    self.inbuf = Vec::new();
-                    self.in_start = 0;
-                    self.in_end = 0;
+                // The peer has sent nothing more: a pause, when a connection is let go of what
+                // a burst made its buffers grow to (not while it streams: no allocation per record).
+                if e.kind() == io::ErrorKind::WouldBlock && self.in_start == self.in_end {
+                    if self.inbuf.len() > KEEP {
+                        self.inbuf = Vec::new();
+                        self.in_start = 0;
+                        self.in_end = 0;
+                    }
+                    if !self.wants_write() && self.outbuf.capacity() > KEEP {
+                        self.outbuf = Vec::new();
+                        self.out_pos = 0;
+                    }
                 }
                 Err(e)
             }
@@ -520,9 +528,6 @@ impl RecordLayer {
         if self.out_pos == self.outbuf.len() {
             self.out_pos = 0;
             self.outbuf.clear();
-            if self.outbuf.capacity() > KEEP {
-                self.outbuf = Vec::new();
-            }
         }
         Ok(n)
     }
@@ -539,6 +544,12 @@ impl RecordLayer {
     /// The peer sent `close_notify`.
     pub fn peer_closed(&self) -> bool {
         self.rx_closed
+    }
+
+    /// The capacities of the input and output buffers.
+    #[cfg(test)]
+    pub fn capacities(&self) -> (usize, usize) {
+        (self.inbuf.capacity(), self.outbuf.capacity())
     }
 
     /// Seals a record of any content type (the tests play a misbehaving peer with it).
