@@ -173,7 +173,7 @@ mod tests {
             caps.push(tail.bytes.capacity());
         }
         let grown = caps.iter().position(|&c| c > KEEP).expect("grown for a large record");
-        assert!(caps[grown..].iter().all(|&c| c == caps[grown] || c > caps[grown]), "reused: {caps:?}");
+        assert!(caps[grown..].iter().all(|&c| c >= caps[grown]), "reused: {caps:?}");
         assert!(caps[grown..].windows(2).filter(|w| w[0] != w[1]).count() <= 2, "reused: {caps:?}");
         assert_eq!(tail.bytes(), Some(&[][..]));
         assert_eq!(tail.bytes.capacity(), 0, "let go at the pause");
