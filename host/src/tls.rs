@@ -14,10 +14,12 @@
 //! An established connection can move to another worker ([`moved`]): its traffic keys and
 //! sequence numbers go as bytes, and [`record`] continues the record layer there.
 
+pub mod keys;
 #[cfg(test)]
 pub(crate) mod move_tests;
 pub mod moved;
 pub mod record;
+pub mod session;
 pub mod tail;
 pub mod tickets;
 

@@ -621,3 +621,105 @@ fn record_layer_throughput() {
         );
     }
 }
+
+/// Both pipes of a connection, as the server's socket.
+struct Duplex<'a> {
+    rx: &'a mut Pipe,
+    tx: &'a mut Pipe,
+}
+
+impl Read for Duplex<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.rx.read(buf)
+    }
+}
+
+impl Write for Duplex<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_key_update_on_a_moved_session_is_counted_and_the_client_told() {
+    use std::sync::atomic::Ordering;
+
+    use super::moved::COUNTERS;
+    use super::session::TlsSession;
+
+    let certs = certs();
+    let (mut client, layer, mut c2s, mut s2c) = moved_pair(&certs, provider::cipher_suite::TLS13_AES_256_GCM_SHA384);
+    let mut session =
+        TlsSession::from_moved(MovedTls::from_layer(layer, 0x1302, Some("localhost".into()), None)).unwrap();
+    assert!(session.is_moved());
+    let mut buf = [0u8; 256];
+    let n = session.read(&mut Duplex { rx: &mut c2s, tx: &mut s2c }, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"second, cut by the move");
+
+    let before = COUNTERS.closed_key_update.load(Ordering::Relaxed);
+    client.refresh_traffic_keys().unwrap();
+    while client.wants_write() {
+        client.write_tls(&mut c2s).unwrap();
+    }
+    let err = session.read(&mut Duplex { rx: &mut c2s, tx: &mut s2c }, &mut buf).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert!(COUNTERS.closed_key_update.load(Ordering::Relaxed) > before, "counted");
+    // The records sealed before the move, then close_notify, reached the client.
+    assert_eq!(client_reads(&mut client, &mut s2c), (b"welcome".to_vec(), true));
+}
+
+#[test]
+fn streaming_allocates_nothing_per_record_and_a_pause_lets_the_buffers_go() {
+    let certs = certs();
+    let (mut client, mut layer, mut c2s, mut s2c) =
+        moved_pair(&certs, provider::cipher_suite::TLS13_AES_128_GCM_SHA256);
+    layer_reads(&mut layer, &mut c2s, 1 << 20).unwrap();
+    let chunk = pattern(MAX_FRAGMENT, 5);
+    layer_writes(&mut layer, &chunk, &mut s2c);
+    let warm = layer.capacities();
+    assert!(warm.1 > MAX_FRAGMENT, "kept after the record was written: {warm:?}");
+    for _ in 0..50 {
+        layer_writes(&mut layer, &chunk, &mut s2c);
+        assert_eq!(layer.capacities(), warm, "the output buffer is reused record after record");
+    }
+    // Records in: the input buffer is reused too, until a read finds nothing.
+    let up = pattern(20 * MAX_FRAGMENT, 9);
+    let mut incoming = Vec::new();
+    for part in up.chunks(MAX_FRAGMENT) {
+        client.writer().write_all(part).unwrap();
+        while client.wants_write() {
+            client.write_tls(&mut incoming).unwrap();
+        }
+    }
+    let mut rd = &incoming[..];
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut in_caps = std::collections::BTreeSet::new();
+    while got.len() < up.len() {
+        match layer.read_plain(&mut buf).unwrap() {
+            Opened::Data(n) => got.extend_from_slice(&buf[..n]),
+            Opened::NeedMore => {
+                layer.read_tls(&mut rd).unwrap();
+                in_caps.insert(layer.capacities().0);
+            }
+            Opened::End => unreachable!(),
+        }
+    }
+    assert!(got == up);
+    assert!(in_caps.len() <= 2, "grown once to a record's size, then reused: {in_caps:?}");
+    assert!(layer.capacities().0 > 4096 && layer.capacities().1 > 4096);
+    assert_eq!(layer.read_tls(&mut Pipe::default()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    assert_eq!(layer.capacities(), (0, 0), "let go at the pause");
+    // And it goes on as before.
+    layer_writes(&mut layer, b"after the pause", &mut s2c);
+    let mut expect = b"welcome".to_vec();
+    for _ in 0..51 {
+        expect.extend_from_slice(&chunk);
+    }
+    expect.extend_from_slice(b"after the pause");
+    assert!(client_reads(&mut client, &mut s2c).0 == expect, "the client got every record");
+}

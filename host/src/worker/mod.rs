@@ -21,6 +21,8 @@ mod phase;
 mod plugin_log;
 mod tasks;
 mod timers;
+#[cfg(test)]
+mod tls_move_tests;
 mod topics;
 mod transport;
 mod uring;
