@@ -1,0 +1,180 @@
+//! The replacement's side of a hand-over: answer the offer, keep every frame until `Done`, then
+//! adopt the worker state (in place from a sealed memfd when large) and each connection, and
+//! acknowledge before reading any of them.
+
+use plugin_api::abi::RawHandover;
+
+use super::super::super::core::ExportedConn;
+use super::super::super::dispatch;
+use super::super::super::transport::Socket;
+use super::super::Worker;
+use super::{name, NewSide};
+use crate::ctl::Handover;
+use crate::sys;
+
+/// A worker state as received: in the frame, or a mapping of its memfd.
+enum State {
+    Inline(Vec<u8>),
+    Mapped(sys::SealedMap),
+}
+
+impl State {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            State::Inline(bytes) => bytes,
+            State::Mapped(map) => map.as_slice(),
+        }
+    }
+}
+
+impl Worker {
+    pub(super) fn drive_new(&mut self, mut new: NewSide) -> Option<NewSide> {
+        for (msg, fds) in new.channel.read_with_fds() {
+            if new.finished {
+                continue;
+            }
+            match msg {
+                Handover::Hello { .. } => {}
+                Handover::Offer { plugin, version } => {
+                    let answer = match dispatch::handover_version(&mut self.plugin) {
+                        0 => Handover::Refuse("the new plugin does not take part in hand-overs".into()),
+                        _ if dispatch::handover_accepts(&mut self.plugin, &mut self.core, &plugin, version) => {
+                            new.version = Some(version);
+                            Handover::Accept
+                        }
+                        _ => {
+                            Handover::Refuse(format!("the new plugin cannot read state version {version} of {plugin}"))
+                        }
+                    };
+                    if let Handover::Refuse(why) = &answer {
+                        tracing::info!("hand-over refused: {why}");
+                        new.finished = true;
+                    }
+                    let _ = new.channel.send(&answer);
+                }
+                Handover::State { .. } | Handover::Conns(_) => new.stash.push((msg, fds)),
+                Handover::Done => {
+                    self.adopt_all(&mut new);
+                    new.finished = true;
+                }
+                other => {
+                    tracing::warn!("hand-over: the old worker sent {} out of turn; giving up", name(&other));
+                    let _ = new.channel.send(&Handover::Failed("a message out of turn".into()));
+                    new.finished = true;
+                }
+            }
+        }
+        if !new.finished && self.core.now_ms >= new.deadline_ms {
+            tracing::warn!("the previous worker handed nothing over in time; serving without it");
+            new.finished = true;
+            new.channel.shut_down();
+        }
+        self.flush_handover(&mut new.channel);
+        if new.channel.closed || (new.finished && !new.channel.pending()) {
+            let _ = self.poll.registry().deregister(&mut new.channel.stream);
+            self.resume_accepting();
+            // Adopted connections arrived with stashed frames; an unfinished hand-over's
+            // descriptors are the old worker's copies: dropping them here closes nothing of its.
+            return None;
+        }
+        Some(new)
+    }
+
+    /// `Done`: adopts the worker state, then every connection (imported, then offered to the
+    /// plugin); acknowledges before reading any of them.
+    fn adopt_all(&mut self, new: &mut NewSide) {
+        let Some(version) = new.version else {
+            let _ = new.channel.send(&Handover::Failed("nothing was accepted".into()));
+            return;
+        };
+        let mut acks = Vec::new();
+        let mut worker_adopted = false;
+        let (mut moved, mut state_bytes) = (0u64, 0u64);
+        for (msg, fds) in std::mem::take(&mut new.stash) {
+            match msg {
+                Handover::State { len, inline } => {
+                    // A large state is read in place from the sealed memfd's mapping: no copy.
+                    let state = match inline {
+                        Some(bytes) if bytes.len() as u64 == len => Ok(State::Inline(bytes)),
+                        Some(bytes) => Err(format!("{} bytes of state, {len} announced", bytes.len())),
+                        None => match (fds.into_iter().next(), usize::try_from(len)) {
+                            (Some(fd), Ok(len)) => sys::SealedMap::map(&fd, len)
+                                .map(State::Mapped)
+                                .map_err(|e| format!("could not map the state: {e}")),
+                            _ => Err("no memfd came with the state".into()),
+                        },
+                    };
+                    let adopted = state.map(|state| {
+                        let bytes = state.bytes();
+                        state_bytes += bytes.len() as u64;
+                        dispatch::handover_adopt_worker(&mut self.plugin, &mut self.core, version, bytes)
+                    });
+                    match adopted {
+                        Ok(RawHandover::MOVE) => worker_adopted = true,
+                        Ok(_) => {
+                            let _ = new.channel.send(&Handover::Failed("the plugin refused the worker state".into()));
+                            return;
+                        }
+                        Err(why) => {
+                            let _ = new.channel.send(&Handover::Failed(why));
+                            return;
+                        }
+                    }
+                }
+                Handover::Conns(list) => {
+                    let mut fds = fds.into_iter();
+                    for m in list {
+                        let socket = fds.next();
+                        let files: Vec<std::fs::File> =
+                            fds.by_ref().take(m.snapshot.files.len()).map(std::fs::File::from).collect();
+                        let Some(socket) = socket.filter(|_| worker_adopted && files.len() == m.snapshot.files.len())
+                        else {
+                            acks.push(false);
+                            continue;
+                        };
+                        let conn = ExportedConn {
+                            socket: Socket::from_kind(m.kind, socket),
+                            tls: None,
+                            files,
+                            snapshot: m.snapshot,
+                        };
+                        let adopted = match self.core.import(conn) {
+                            Ok(id) => {
+                                let answer = dispatch::handover_adopt_conn(
+                                    &mut self.plugin,
+                                    &mut self.core,
+                                    id,
+                                    version,
+                                    &m.state,
+                                );
+                                if answer != RawHandover::MOVE {
+                                    // Back out: this copy closes; the old worker keeps the connection.
+                                    let _ = self.core.export(id);
+                                }
+                                answer == RawHandover::MOVE
+                            }
+                            Err(e) => {
+                                tracing::warn!("could not import a connection: {}", e.source);
+                                false
+                            }
+                        };
+                        moved += adopted as u64;
+                        state_bytes += m.state.len() as u64;
+                        acks.push(adopted);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !worker_adopted {
+            let _ = new.channel.send(&Handover::Failed("no worker state came".into()));
+            return;
+        }
+        tracing::info!(adopted = moved, offered = acks.len(), state_bytes, "connections adopted");
+        self.core.stats.adopted += moved;
+        // The acknowledgement leaves before any adopted connection is read (in this turn's
+        // settling): should this worker die after reading, the old one no longer holds them.
+        let _ = new.channel.send(&Handover::Ack(acks));
+        let _ = new.channel.flush_timeout(std::time::Duration::from_secs(1));
+    }
+}
