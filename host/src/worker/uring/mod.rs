@@ -126,6 +126,8 @@ struct Sock {
     sending: bool,
     poll_out: bool,
     want_poll_out: bool,
+    /// The `POLLOUT` wait of a dropped socket was cancelled (it might never fire).
+    poll_cancelled: bool,
     /// A write was refused (`WouldBlock`): the loop waits for a writable event.
     blocked: bool,
     shutdown: Option<Shutdown>,
@@ -467,6 +469,11 @@ impl Ring {
                     push(&mut self.ring, send.user_data(user_data(Kind::Send, key, gen)))?;
                     s.sending = true;
                 }
+            }
+            if !s.live && s.poll_out && !s.poll_cancelled {
+                let cancel = opcode::AsyncCancel::new(user_data(Kind::PollOut, key, gen)).build();
+                push(&mut self.ring, cancel.user_data(user_data(Kind::Cancel, key, gen)))?;
+                s.poll_cancelled = true;
             }
             if s.want_poll_out && !s.poll_out && s.live {
                 let poll = opcode::PollAdd::new(fd, libc::POLLOUT as u32).build();
