@@ -126,6 +126,8 @@ struct Sock {
     sending: bool,
     poll_out: bool,
     want_poll_out: bool,
+    /// The `POLLOUT` wait of a dropped socket was cancelled (it might never fire).
+    poll_cancelled: bool,
     /// A write was refused (`WouldBlock`): the loop waits for a writable event.
     blocked: bool,
     shutdown: Option<Shutdown>,
@@ -325,7 +327,21 @@ impl Ring {
     /// (provided buffer rings, 5.19; multishot receive, 6.0; waits with a timeout, 5.11).
     pub fn new(epoll_fd: RawFd) -> io::Result<Ring> {
         kernel_at_least(6, 0)?;
-        let ring = IoUring::builder().setup_cqsize(CQ_ENTRIES).build(SQ_ENTRIES)?;
+        // One thread submits, and completions are processed when it waits (not by interrupting
+        // it as each packet arrives): the kernel's task work for a whole turn runs at once.
+        // (6.1; without them where refused.)
+        let ring = match IoUring::builder()
+            .setup_cqsize(CQ_ENTRIES)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(SQ_ENTRIES)
+        {
+            Ok(ring) => ring,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                IoUring::builder().setup_cqsize(CQ_ENTRIES).build(SQ_ENTRIES)?
+            }
+            Err(e) => return Err(e),
+        };
         if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_fast_poll() {
             return Err(io::Error::other("the kernel's io_uring lacks EXT_ARG or FAST_POLL"));
         }
@@ -355,7 +371,10 @@ impl Ring {
         self.prepare(now_ms)?;
         let submitter = self.ring.submitter();
         let result = match timeout {
-            Some(t) if t.is_zero() => submitter.submit(),
+            // (A zero timeout still asks for completions: deferred task work runs only then.)
+            Some(t) if t.is_zero() => {
+                submitter.submit_with_args(1, &types::SubmitArgs::new().timespec(&types::Timespec::new()))
+            }
             None => submitter.submit_and_wait(1),
             Some(t) => {
                 let ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
@@ -467,6 +486,11 @@ impl Ring {
                     push(&mut self.ring, send.user_data(user_data(Kind::Send, key, gen)))?;
                     s.sending = true;
                 }
+            }
+            if !s.live && s.poll_out && !s.poll_cancelled {
+                let cancel = opcode::AsyncCancel::new(user_data(Kind::PollOut, key, gen)).build();
+                push(&mut self.ring, cancel.user_data(user_data(Kind::Cancel, key, gen)))?;
+                s.poll_cancelled = true;
             }
             if s.want_poll_out && !s.poll_out && s.live {
                 let poll = opcode::PollAdd::new(fd, libc::POLLOUT as u32).build();

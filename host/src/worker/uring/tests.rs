@@ -255,3 +255,34 @@ fn kernels_are_compared_by_release() {
     let err = kernel_at_least(999, 0).unwrap_err();
     assert!(err.to_string().contains("older than 999.0"), "{err}");
 }
+
+#[test]
+fn a_socket_dropped_while_it_waits_to_send_a_file_is_freed() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let (mut socket, client) = pair(&ring);
+    let dir = std::env::temp_dir().join(format!("host-uring-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("file.bin");
+    std::fs::write(&path, pattern(16 * 1024 * 1024)).unwrap();
+    let file = File::open(&path).unwrap();
+    // The client reads nothing: sendfile fills the socket, then waits for POLLOUT.
+    let mut offset = 0u64;
+    loop {
+        match socket.send_file(&file, offset, 1 << 20) {
+            Ok(n) => offset += n as u64,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("sendfile failed: {e}"),
+        }
+        assert!(offset < 16 << 20, "the socket took the whole file without a reader");
+    }
+    spin(&mut ring, 2);
+    assert!(ring.table.borrow().socks[socket.key as usize].poll_out, "waiting for POLLOUT");
+    drop(socket);
+    let start = Instant::now();
+    while ring.table.borrow().free.is_empty() {
+        assert!(start.elapsed() < DEADLINE, "the dropped socket's place was never freed");
+        spin(&mut ring, 1);
+    }
+    drop(client);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
