@@ -319,16 +319,18 @@ io_scenario() {
     done
 }
 
-# `io_start NGINX-BLOCK HOST-ARGS...`: the host with `--io epoll` and with `--io uring`, and nginx.
+# `io_start GROUP NGINX-BLOCK HOST-ARGS...`: the host with `--io epoll` and with `--io uring`, and
+# nginx. Each group's hosts have logs and pid files of their own (a host of the group before
+# that is still exiting must not lend its log lines, or its port, to the next).
 io_start() {
-    local block=$1
-    shift
-    start_host io-epoll --plugin http --count "$WORKERS" --io epoll "$@"
+    local group=$1 block=$2
+    shift 2
+    start_host "io-$group-epoll" --plugin http --count "$WORKERS" --io epoll "$@"
     epoll_pid=$host_pid epoll_port=$host_port
-    start_host io-uring --plugin http --count "$WORKERS" --io uring "$@"
+    start_host "io-$group-uring" --plugin http --count "$WORKERS" --io uring "$@"
     uring_pid=$host_pid uring_port=$host_port
-    if grep -q "io_uring is unavailable" "$tmp/io-uring.log"; then
-        echo "io_uring is unavailable here: $(grep -m1 'io_uring is unavailable' "$tmp/io-uring.log")" >&2
+    if grep -q "io_uring is unavailable" "$tmp/io-$group-uring.log"; then
+        echo "io_uring is unavailable here: $(grep -m1 'io_uring is unavailable' "$tmp/io-$group-uring.log")" >&2
     fi
     start_nginx "$WORKERS" 4096 "$block"
 }
@@ -368,7 +370,7 @@ PY
 
 section_io() {
     SYSCALL_SECONDS=${SYSCALL_SECONDS:-3}
-    io_start plain_server
+    io_start plain plain_server
     io_scenario "io: keep-alive (wrk -t1 -c64)" http / -c64
     io_scenario "io: 1000 connections (wrk -t1 -c1000)" http / -c1000
     io_scenario "io: 16 pipelined per write (wrk -t1 -c64 -s bench/pipeline.lua)" http / -c64 -s bench/pipeline.lua
@@ -381,13 +383,13 @@ section_io() {
         syscalls nginx "$nginx_pid" "$nginx_port"
     } >"$tmp/syscalls.md"
     io_stop
-    io_start plain_server --plugin-config "root = \"$www\""
+    io_start static plain_server --plugin-config "root = \"$www\""
     io_scenario "io: static 1 MiB file (wrk -t1 -c64)" http /1m.bin -c64
     io_stop
     [ -f "$tmp/cert.pem" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
         -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
         -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
-    io_start tls_server --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem"
+    io_start tls tls_server --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem"
     io_scenario "io: https keep-alive (wrk -t1 -c64)" https / -c64
     io_stop
 }

@@ -453,6 +453,16 @@ mod tests {
     }
 
     #[test]
+    fn the_io_backend_key() {
+        let service = with_service("");
+        assert_eq!(parse_ok(&format!("io = \"uring\"\n{service}")).io, Some(config::IoBackend::Uring));
+        assert_eq!(parse_ok(&format!("io = \"epoll\"\n{service}")).io, Some(config::IoBackend::Epoll));
+        assert_eq!(parse_ok(&service).io, None);
+        let message = parse_err(&format!("io = \"kqueue\"\n{service}"));
+        assert!(message.contains("kqueue") && message.contains("uring"), "{message}");
+    }
+
+    #[test]
     fn watchdog_probe_and_trust_keys() {
         let service = "[[service]]\nname = \"a\"\nplugin = \"http\"\nlisten = \"127.0.0.1:1\"\n";
         let file = parse_ok(&format!("worker_timeout = 0\nprobe_timeout = 2.5\ninsecure_plugins = true\n{service}"));
