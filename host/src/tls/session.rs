@@ -238,16 +238,20 @@ fn read_rustls<S: Read + Write>(tls: &mut RustlsSession, socket: &mut S, buf: &m
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
+        let was_handshaking = tls.conn.is_handshaking();
         if let Err(e) = tls.conn.process_new_packets() {
             // rustls queued an alert telling the peer why: send it if the socket takes it.
             let _ = write_rustls(&mut tls.conn, socket);
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
         // A handshake flight to send: written now if the socket takes it, else the loop
-        // flushes it once it is writable (`wants_write`). What the end of the handshake
-        // queues (session tickets) waits for this turn's flush (the caller sees
-        // `wants_write`), so it leaves in one write with the first response.
-        if tls.conn.is_handshaking() {
+        // flushes it once it is writable (`wants_write`). What the end of a TLS 1.3 handshake
+        // queues (session tickets: the client waits for nothing) waits for this turn's flush
+        // (the caller sees `wants_write`), so it leaves in one write with the first response;
+        // the last flight of a TLS 1.2 handshake (ChangeCipherSpec, Finished) is what the client
+        // waits for before it sends its request, so it leaves now.
+        let tls13 = tls.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        if tls.conn.is_handshaking() || (was_handshaking && !tls13) {
             write_rustls(&mut tls.conn, socket)?;
         }
     }
