@@ -204,6 +204,10 @@ pub struct MovedConn {
     pub kind: crate::worker::SocketKind,
     pub snapshot: crate::worker::Snapshot,
     pub state: Vec<u8>,
+    /// A TLS connection's record layer (`tls::moved::MovedTls::encode`: its traffic keys,
+    /// sequence numbers and the ciphertext in flight); None for a plain one. It crosses only the
+    /// socket pair between the two workers.
+    pub tls: Option<Vec<u8>>,
 }
 
 /// What a channel needs to know of the messages it receives.

@@ -457,9 +457,9 @@ pub enum SocketKind {
 }
 
 impl Transport {
-    /// The connection runs TLS (plain TCP or Unix: false).
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
+    /// Whether its TLS (if any) can continue in another process now (`TlsSession::movable`).
+    pub fn tls_movable(&self) -> Result<(), crate::tls::moved::CannotMove> {
+        self.tls.as_ref().map_or(Ok(()), |t| t.movable())
     }
 
     /// The socket and the TLS state (None: plain), for an export. A UDP session has no socket

@@ -334,3 +334,92 @@ fn websocket_clients_stay_connected_across_a_reload() {
         .sum();
     assert_eq!(moved, 10, "every client moved:\n{}", host.log_text());
 }
+
+/// A rustls client of `port` trusting `der`, limited to `version`.
+fn tls_client(
+    port: u16,
+    der: &[u8],
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.to_vec().into()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(LOG_TIMEOUT)).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+fn tls_line(tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>) -> Vec<u8> {
+    use std::io::Read;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        match tls.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            other => panic!("no line: {other:?} after {:?}", String::from_utf8_lossy(&line)),
+        }
+    }
+    line
+}
+
+// An established TLS connection moves too (docs/architecture.md, "TLS hand-over"): its record
+// layer (keys, sequence numbers, what was in flight) goes to the new worker beside the socket,
+// and the client, TLS 1.3 or 1.2, goes on on the same connection without noticing — a half line
+// completed, then a line of many records; then the client's close. Before, a TLS connection
+// drained.
+#[test]
+fn an_established_tls_connection_moves_with_its_record_layer() {
+    use std::io::{Read, Write};
+    let dir = host_tests::TempDir::new();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+    let cert_file = dir.write("tls.crt", cert.pem().as_bytes());
+    let key_file = dir.write("tls.key", key.serialize_pem().as_bytes());
+    let mut host = Host::start(
+        "text",
+        &["--tls-cert", cert_file.to_str().unwrap(), "--tls-key", key_file.to_str().unwrap(), "--drain-timeout", "30"],
+    );
+    let port = host.port();
+    let mut clients: Vec<_> = [&rustls::version::TLS13, &rustls::version::TLS12]
+        .into_iter()
+        .map(|v| {
+            let mut c = tls_client(port, cert.der(), v);
+            c.write_all(b"first\n").unwrap();
+            assert_eq!(tls_line(&mut c), b"first\n");
+            c.write_all(b"hel").unwrap();
+            c
+        })
+        .collect();
+    // Both half lines are in the worker's buffers (6 + 3 bytes each).
+    host_tests::poll_until(Duration::from_secs(5), || {
+        let out = host.command(["connections"], Duration::from_secs(5)).stdout;
+        (out.matches(" 9B ").count() >= 2).then_some(())
+    })
+    .expect("the half lines never reached the worker");
+    reload(&mut host, &["reload", "-g"]);
+    let line = host.log().wait_for("hand-over: 2 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("0 drained"), "{line}");
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(b"lo\n").unwrap();
+        assert_eq!(tls_line(c), b"hello\n", "client {i}");
+        let long: Vec<u8> = (0..40_000u32).map(|n| b'a' + (n % 26) as u8).chain([b'\n']).collect();
+        c.write_all(&long).unwrap();
+        assert!(tls_line(c) == long, "client {i}: a line of several records, byte-exact");
+        // The client ends it; the new worker closes (when the peer closed first the host does not
+        // answer with its own close_notify, moved or not).
+        c.conn.send_close_notify();
+        c.flush().unwrap();
+        let mut rest = Vec::new();
+        match c.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "client {i}: {e}"),
+        }
+        assert!(rest.is_empty(), "client {i}: {rest:?}");
+    }
+}

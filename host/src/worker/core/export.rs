@@ -114,8 +114,9 @@ pub enum Stay {
     /// Handshaking, connecting, closing or lingering: nothing for a plugin to resume.
     #[error("not open")]
     NotOpen,
-    /// TLS: its record layer cannot continue in another process yet.
-    #[error("TLS")]
+    /// TLS that cannot continue in another process now (its handshake is not finished, the
+    /// record layer failed…: `tls::moved::CannotMove` says which).
+    #[error("its TLS cannot move now")]
     Tls,
     /// Opened by the plugin (`Host::connect`): its owner's plugin state would have to move with it.
     #[error("outbound")]
@@ -135,7 +136,7 @@ impl Core {
         if c.phase != ConnPhase::Open {
             return Err(Stay::NotOpen);
         }
-        if c.stream.is_tls() {
+        if c.stream.tls_movable().is_err() {
             return Err(Stay::Tls);
         }
         if c.origin == Origin::Outbound {

@@ -34,6 +34,7 @@ use plugin_api::ConnId;
 
 use super::super::core::ExportedConn;
 use super::super::dispatch;
+use super::super::transport::TlsSession;
 use super::Worker;
 use crate::ctl::{Fallback, Handover, HandoverChannel, HandoverReport, MovedConn, ToMaster, PROTOCOL};
 use crate::sys;
@@ -300,7 +301,26 @@ impl Worker {
                 continue;
             }
             match self.core.hold(id) {
-                Ok(conn) => conns.push((id, conn, state)),
+                Ok(mut conn) => match take_tls(&mut conn) {
+                    Ok(tls) => conns.push((id, conn, state, tls)),
+                    Err(TlsTake::Stays(why)) => {
+                        tracing::debug!(conn = id.0, "stays: {why}");
+                        stayed += 1;
+                        self.restore_conn(id, conn);
+                    }
+                    Err(TlsTake::Lost(why)) => {
+                        // Its TLS state was consumed and could not be rebuilt: nothing can speak
+                        // on the socket any more (not expected: `movable` checked first).
+                        tracing::warn!(
+                            conn = id.0,
+                            "a TLS connection lost its state in a hand-over ({why}); closing it"
+                        );
+                        stayed += 1;
+                        drop(conn);
+                        self.core.release(id);
+                        dispatch::closed_elsewhere(&mut self.plugin, &mut self.core, id);
+                    }
+                },
                 Err(e) => {
                     tracing::debug!(conn = id.0, "stays: {e}");
                     stayed += 1;
@@ -313,21 +333,21 @@ impl Worker {
         let answer = dispatch::handover_export_worker(&mut self.plugin, &mut self.core, &mut sink);
         // From here on a failure restores what `held` has: keep every connection there first.
         let mut states = Vec::with_capacity(conns.len());
-        for (id, conn, state) in conns {
-            states.push(state);
+        for (id, conn, state, tls) in conns {
+            states.push((state, tls));
             old.held.push((id, conn));
         }
         if answer != RawHandover::MOVE {
             return Err("the plugin did not export its worker state".into());
         }
-        old.report.state_bytes = sink.len + states.iter().map(|s| s.len() as u64).sum::<u64>();
+        old.report.state_bytes = sink.len + states.iter().map(|(s, _)| s.len() as u64).sum::<u64>();
         old.report.memfd = sink.memfd.is_some();
         let (frame, fds) = sink.finish().map_err(|e| format!("could not store the worker state: {e}"))?;
         old.channel.send_with_fds(&frame, fds).map_err(|e| format!("could not send the worker state: {e}"))?;
 
         let max_fds = old.channel.max_fds();
         let (mut batch, mut fds, mut bytes) = (Vec::new(), Vec::new(), 0usize);
-        for ((_, conn), state) in old.held.iter().zip(states) {
+        for ((_, conn), (state, tls)) in old.held.iter().zip(states) {
             let need = 1 + conn.files.len();
             if need > max_fds {
                 return Err(format!("a connection with {} files queued cannot go in one message", conn.files.len()));
@@ -348,7 +368,7 @@ impl Worker {
                 fds.push(OwnedFd::from(file.try_clone().map_err(|e| format!("could not duplicate a file: {e}"))?));
             }
             bytes += state.len() + conn.snapshot.input.len() + conn.snapshot.output.len() + 256;
-            batch.push(MovedConn { kind, snapshot: conn.snapshot.clone(), state });
+            batch.push(MovedConn { kind, snapshot: conn.snapshot.clone(), state, tls: tls.map(|t| t.to_vec()) });
         }
         if !batch.is_empty() {
             old.channel
@@ -449,5 +469,37 @@ fn name(msg: &Handover) -> &'static str {
         Handover::Done => "done",
         Handover::Ack(_) => "ack",
         Handover::Failed(_) => "failed",
+    }
+}
+
+/// Why a held TLS connection's record layer did not become bytes.
+enum TlsTake {
+    /// Nothing was consumed: the connection goes back to the table and drains.
+    Stays(String),
+    /// The rustls value was consumed and no record layer could be rebuilt.
+    Lost(String),
+}
+
+/// A held TLS connection's record layer as bytes for the replacement (None for a plain one).
+/// rustls gives its keys up once: the connection keeps a record layer built from the same
+/// state, so that it goes on here, unchanged for its client, if the hand-over fails.
+fn take_tls(conn: &mut ExportedConn) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, TlsTake> {
+    let Some(session) = conn.tls.take() else { return Ok(None) };
+    match session.into_moved() {
+        Ok(moved) => {
+            let bytes = moved.encode();
+            match TlsSession::from_moved(moved) {
+                Ok(back) => {
+                    conn.tls = Some(back);
+                    Ok(Some(bytes))
+                }
+                Err(e) => Err(TlsTake::Lost(e.to_string())),
+            }
+        }
+        Err((Some(back), why)) => {
+            conn.tls = Some(back);
+            Err(TlsTake::Stays(why.to_string()))
+        }
+        Err((None, why)) => Err(TlsTake::Lost(why.to_string())),
     }
 }

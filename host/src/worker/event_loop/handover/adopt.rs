@@ -6,7 +6,7 @@ use plugin_api::abi::RawHandover;
 
 use super::super::super::core::ExportedConn;
 use super::super::super::dispatch;
-use super::super::super::transport::Socket;
+use super::super::super::transport::{Socket, TlsSession};
 use super::super::Worker;
 use super::{name, NewSide};
 use crate::ctl::Handover;
@@ -132,9 +132,18 @@ impl Worker {
                             acks.push(false);
                             continue;
                         };
+                        // A TLS connection goes on with the old worker's record layer.
+                        let tls = match m.tls.as_deref().map(moved_tls).transpose() {
+                            Ok(tls) => tls,
+                            Err(why) => {
+                                tracing::warn!("could not take a TLS connection's state: {why}");
+                                acks.push(false);
+                                continue;
+                            }
+                        };
                         let conn = ExportedConn {
                             socket: Socket::from_kind(m.kind, socket),
-                            tls: None,
+                            tls,
                             files,
                             snapshot: m.snapshot,
                         };
@@ -177,4 +186,10 @@ impl Worker {
         let _ = new.channel.send(&Handover::Ack(acks));
         let _ = new.channel.flush_timeout(std::time::Duration::from_secs(1));
     }
+}
+
+/// The record layer a TLS connection's old worker sent (`MovedTls::encode`).
+fn moved_tls(bytes: &[u8]) -> Result<TlsSession, String> {
+    let state = crate::tls::moved::MovedTls::decode(bytes).map_err(|e| e.to_string())?;
+    TlsSession::from_moved(state).map_err(|e| e.to_string())
 }
