@@ -26,6 +26,14 @@
 #            nginx, alternately): keep-alive -c64 and -c1000, 16 pipelined, the 1 MiB file, https
 #            keep-alive; then system calls per request of each under `strace -c -f` (keep-alive
 #            -c64, SYSCALL_SECONDS=3: strace slows the servers, the counts per request stand)
+#   handover the hand-over of one slot on `host reload -g` (bench/handover_text.py and
+#            bench/handover_resp.py): HANDOVER_CONNS (10000) text connections moved, the pause
+#            their clients see and that every one echoes afterwards; then a resp keyspace of
+#            HANDOVER_KEYS (1000000) keys and one redis-py connection. Needs python3's `redis`
+#   topics   topic fan-out (bench/topics.sh): one publisher, TOPIC_SUBS (10000) websocket
+#            subscribers of one room, on one host and through redis-server and nats-server (and a
+#            Node `ws` server when node is installed): deliveries/s, server CPU per delivery,
+#            latency, missing/duplicated. Needs nats-server
 #
 # Every load runs alternately (host, peer, host, peer...) ROUNDS times, and each scenario prints
 # one table: requests/s median [min..max], server CPU µs per request (utime+stime of the server's
@@ -46,7 +54,10 @@ WORKERS=${WORKERS:-2}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SECONDS=${IDLE_SECONDS:-5}
 export REQUESTS=${REQUESTS:-200000}
-ALL="plain static https h2 proxy resp log ws process io"
+HANDOVER_CONNS=${HANDOVER_CONNS:-10000}
+HANDOVER_KEYS=${HANDOVER_KEYS:-1000000}
+TOPIC_SUBS=${TOPIC_SUBS:-10000}
+ALL="plain static https h2 proxy resp log ws process io handover topics"
 SECTIONS=${*:-$ALL}
 for s in $SECTIONS; do
     [[ " $ALL " == *" $s "* ]] || { echo "unknown section $s (sections: $ALL)" >&2; exit 2; }
@@ -57,6 +68,7 @@ ulimit -n "$(ulimit -Hn)"  # -c1000 and the idle connections need many descripto
 [ "$(ulimit -n)" -ge $((IDLE_CONNS + 1000)) ] || echo "warning: ulimit -n is $(ulimit -n)" >&2
 
 results=$tmp/results.jsonl
+: >"$results"  # sections of their own (handover, topics) print their figures and add no row
 helper=bench/bench.py
 
 echo "building (cargo build --release)..." >&2
@@ -392,6 +404,18 @@ section_io() {
     io_start tls tls_server --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem"
     io_scenario "io: https keep-alive (wrk -t1 -c64)" https / -c64
     io_stop
+}
+
+section_handover() {
+    echo "== hand-over: $HANDOVER_CONNS text connections on reload -g (bench/handover_text.py)"
+    HOST_BIN=target/release/host timeout 600 python3 bench/handover_text.py "$HANDOVER_CONNS"
+    echo "== hand-over: a resp keyspace of $HANDOVER_KEYS keys on reload -g (bench/handover_resp.py)"
+    HOST_BIN=target/release/host timeout 600 python3 bench/handover_resp.py "$HANDOVER_KEYS"
+}
+
+section_topics() {
+    echo "== topics: fan-out to $TOPIC_SUBS subscribers (bench/topics.sh)"
+    SUBS=$TOPIC_SUBS DURATION=$DURATION ROUNDS=1 bash bench/topics.sh
 }
 
 for s in $SECTIONS; do "section_$s"; done
