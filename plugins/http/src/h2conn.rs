@@ -310,24 +310,12 @@ impl Http {
         self.h2_flush(host, conn, h2);
     }
 
-    /// The host reports an error on the connection: it closes. A timeout (idle, a request that
-    /// stalled, a response whose window never opened) says GOAWAY NO_ERROR with the last stream
-    /// id first (RFC 9113 §6.8), when the send buffer takes it.
+    /// The host reports an error on the connection: it closes, with GOAWAY first for a timeout
+    /// (`http_proto::h2::serve::close_on_error`).
     pub(crate) fn h2_error_close(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
         let Some(c) = self.conns.get_mut(conn) else { return host.close(conn) };
         c.state.closing = true;
-        let goaway = match (&mut c.h2, err) {
-            (Some(h2), ConnError::Timeout) => {
-                h2.conn.close_idle();
-                h2.conn.take_output()
-            }
-            _ => Vec::new(),
-        };
-        if host.pending_send(conn) < self.send_window {
-            host.close_with(conn, &goaway);
-        } else {
-            host.close(conn);
-        }
+        http_proto::h2::serve::close_on_error(host, conn, c.h2.as_mut().map(|h| &mut h.conn), err, self.send_window);
     }
 
     /// A read of the task pool for `stream` of `conn` ended: its bytes go out as the windows

@@ -158,17 +158,6 @@ impl<A: App> AppServer<A> {
     pub(crate) fn h2_error_close(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
         let Some(c) = self.conns.get_mut(conn) else { return host.close(conn) };
         c.state.closing = true;
-        let goaway = match (&mut c.h2, err) {
-            (Some(h2), ConnError::Timeout) => {
-                h2.conn.close_idle();
-                h2.conn.take_output()
-            }
-            _ => Vec::new(),
-        };
-        if host.pending_send(conn) < self.send_window {
-            host.close_with(conn, &goaway);
-        } else {
-            host.close(conn);
-        }
+        crate::h2::serve::close_on_error(host, conn, c.h2.as_mut().map(|h| &mut h.conn), err, self.send_window);
     }
 }

@@ -1,12 +1,36 @@
 //! What a server on [`super::Connection`] needs around it, shared by the http plugin and
 //! [`crate::AppServer`]: whether a new connection speaks HTTP/2 ([`mode`], [`start`]), framing
-//! whole frames for the host ([`frame_input`]), and an HTTP/1.1 response head taken apart for
-//! HEADERS ([`split_head`]).
+//! whole frames for the host ([`frame_input`]), an HTTP/1.1 response head taken apart for
+//! HEADERS ([`split_head`]), and the close on a host error ([`close_on_error`]).
 
-use plugin_api::{ConnId, Frame, Host, Transport};
+use plugin_api::{ConnError, ConnId, Frame, Host, Transport};
 
 use super::frame::PREFACE;
 use super::{preface, Preface};
+
+/// The host reports an error on the connection: it closes. A timeout (idle, a request that
+/// stalled, a response whose window never opened) says GOAWAY NO_ERROR with the last stream id
+/// first (RFC 9113 §6.8), when the send buffer (below `send_window`) takes it.
+pub fn close_on_error(
+    host: &mut Host<'_>,
+    conn: ConnId,
+    h2: Option<&mut super::Connection>,
+    err: ConnError,
+    send_window: usize,
+) {
+    let goaway = match (h2, err) {
+        (Some(h2), ConnError::Timeout) => {
+            h2.close_idle();
+            h2.take_output()
+        }
+        _ => Vec::new(),
+    };
+    if host.pending_send(conn) < send_window {
+        host.close_with(conn, &goaway);
+    } else {
+        host.close(conn);
+    }
+}
 
 /// Whether a new connection speaks HTTP/2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
