@@ -30,6 +30,7 @@ pub mod chunked;
 pub mod client;
 pub mod conn;
 pub mod h2;
+pub mod handover;
 pub mod parse;
 pub mod request;
 pub mod response;
