@@ -296,3 +296,24 @@ fn an_h2_tls_connection_moves_with_its_hpack_state_and_a_blocked_stream() {
     let port = host.port().to_string();
     h2_across_reload(&mut host, &[&port, "tls", &c]);
 }
+
+// An application on `http_proto` (`examples/http_app`, `AppServer`) that sets
+// `App::HANDOVER_VERSION` takes part too: a keep-alive connection and a half-sent POST move.
+#[test]
+fn an_app_server_connection_moves() {
+    let mut host = Host::start("http_app", &["--drain-timeout", "30"]);
+    let mut idle = tcp(host.port());
+    let (_, body) = get(&mut idle, "/hello?name=a");
+    assert_eq!(body, br#"{"hello":"a"}"#);
+    let mut half = tcp(host.port());
+    let post = b"POST /sum HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n[1,2,3]";
+    half.write_all(&post[..40]).unwrap();
+    wait_read(&mut host, 40);
+    reload_and_wait_moved(&mut host, 2);
+    half.write_all(&post[40..]).unwrap();
+    let (head, rest) = read_head(&mut half);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_body(&mut half, rest, content_length(&head)), br#"{"sum":6}"#);
+    let (_, body) = get(&mut idle, "/hello?name=b");
+    assert_eq!(body, br#"{"hello":"b"}"#);
+}

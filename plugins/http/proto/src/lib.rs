@@ -26,6 +26,7 @@
 pub mod access_log;
 pub mod app;
 mod app_h2;
+mod app_handover;
 pub mod chunked;
 pub mod client;
 pub mod conn;
