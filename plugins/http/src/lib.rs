@@ -72,6 +72,10 @@
 //! `send_file`, no task pool) the plugin reads in the loop, as it did before. On-the-fly gzip (at most 1 MiB) still reads
 //! and compresses in the loop. The figures behind the default: docs/architecture.md.
 //!
+//! On a reload, upgrade or recycle its connections move to the replacement worker instead of
+//! draining (keep-alive, a request half received, a file body in flight, HTTP/2 with its HPACK
+//! state and windows): see `handover.rs` and docs/plugins.md, "Hand-over".
+//!
 //! Layout: this file answers requests (routes, files, representations); `config` holds the
 //! settings, `stream` the streamed file bodies, `listing` the directory listings, `log` the
 //! access-log lines; [`files`], [`conditional`] and [`ranges`] are pure helpers.
