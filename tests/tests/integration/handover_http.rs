@@ -19,11 +19,14 @@ const IO_TIMEOUT: Duration = Duration::from_secs(20);
 const BIG: usize = 20 * 1024 * 1024 + 13;
 /// Sent whole by the plugin (under 256 KiB), more than an HTTP/2 window.
 const MID: usize = 200_000;
+/// Streamed by the plugin (over 256 KiB): over HTTP/2 a window at a time from the file.
+const LARGE: usize = 1024 * 1024 + 5;
 
 fn site() -> (TempDir, String) {
     let dir = TempDir::new();
     dir.write("www/big.bin", pattern(BIG));
     dir.write("www/mid.bin", pattern(MID));
+    dir.write("www/large.bin", pattern(LARGE));
     let config = crate::http_tools::root_config(&dir.join("www"), "");
     (dir, config)
 }
@@ -192,10 +195,12 @@ fn tls_keep_alive_and_a_download_move() {
 }
 
 /// A python `h2` client (h2c, or h2 over TLS with the certificate in argv[3]): requests with
-/// fields its HPACK encoder indexes, one response held by the window (`/mid.bin`, 200,000
-/// bytes, as much as the connection's window admits received and not acknowledged); says `ready`, waits for a line on
-/// stdin (the test reloads meanwhile), then sends two more requests with the same fields (the
-/// blocks now refer to the dynamic table), opens the window, and prints what it got.
+/// fields its HPACK encoder indexes, two responses held by the connection's window (`/mid.bin`,
+/// 200,000 bytes, queued whole in the HTTP/2 connection; `/large.bin`, 1 MiB, streamed by the
+/// plugin from the file), the first 65,535 bytes received and not acknowledged; says `ready`,
+/// waits for a line on stdin (the test reloads meanwhile), then sends two more requests with the
+/// same fields (the blocks now refer to the dynamic table), opens the windows, and prints what
+/// it got.
 const H2_PY: &str = r#"
 import socket, ssl, sys
 import h2.connection, h2.config, h2.events
@@ -230,26 +235,32 @@ def pump(until):
                 raise SystemExit(f"goaway {e.error_code}")
         s.sendall(c.data_to_send())
 c.send_headers(1, fields("/"), end_stream=True)
-c.send_headers(3, fields("/mid.bin"), end_stream=True)
 s.sendall(c.data_to_send())
-pump(lambda: 1 in ended and sum(map(len, bodies.values())) >= 65535)
+pump(lambda: 1 in ended)
+c.send_headers(3, fields("/mid.bin"), end_stream=True)
+c.send_headers(5, fields("/large.bin"), end_stream=True)
+s.sendall(c.data_to_send())
+pump(lambda: sum(map(len, bodies.values())) >= 65535 and 3 in status and 5 in status)
 assert bytes(bodies[1]) == b"Hello, World!"
-print("ready", len(bodies[3]), flush=True)
+print("ready", sum(map(len, bodies.values())), flush=True)
 sys.stdin.readline()
 # The new worker decodes this block (indexed fields) and answers its head; its body waits for
 # the connection's window like the rest.
-c.send_headers(5, fields("/"), end_stream=True)
+c.send_headers(7, fields("/"), end_stream=True)
 s.sendall(c.data_to_send())
-pump(lambda: 5 in status)
+pump(lambda: 7 in status)
 ack[0] = True
-c.acknowledge_received_data(sum(map(len, bodies.values())), 3)
-c.send_headers(7, fields("/mid.bin"), end_stream=True)
+for sid in (3, 5):
+    if bodies.get(sid):
+        c.acknowledge_received_data(len(bodies[sid]), sid)
+c.send_headers(9, fields("/mid.bin"), end_stream=True)
 s.sendall(c.data_to_send())
-pump(lambda: {3, 5, 7} <= ended)
+pump(lambda: {3, 5, 7, 9} <= ended)
 def pattern(n):
     return bytes(((i % 251) ^ (i // 251 % 256)) & 0xff for i in range(n))
-mid = pattern(200000)
-print(status[5].decode(), bytes(bodies[5]).decode(), bytes(bodies[3]) == mid, bytes(bodies[7]) == mid, flush=True)
+mid, large = pattern(200000), pattern(1024 * 1024 + 5)
+print(status[7].decode(), bytes(bodies[7]).decode(), bytes(bodies[3]) == mid, bytes(bodies[9]) == mid,
+      bytes(bodies[5]) == large, flush=True)
 "#;
 
 fn h2_across_reload(host: &mut Host, args: &[&str]) {
@@ -265,13 +276,13 @@ fn h2_across_reload(host: &mut Host, args: &[&str]) {
     let mut out = BufReader::new(py.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    // The connection's window (65,535) less the 13 bytes of the first answer.
-    assert_eq!(line, "ready 65522\n", "the response waits for the window");
+    // The connection's window: the rest of both responses waits for it.
+    assert_eq!(line, "ready 65535\n", "the responses wait for the window");
     reload_and_wait_moved(host, 1);
     writeln!(py.stdin.as_mut().unwrap()).unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
-    assert_eq!(line, "200 Hello, World! True True\n", "after the reload, on the same connection");
+    assert_eq!(line, "200 Hello, World! True True True\n", "after the reload, on the same connection");
     assert!(py.wait().unwrap().success());
 }
 
