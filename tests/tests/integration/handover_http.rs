@@ -92,10 +92,12 @@ fn get(s: &mut (impl Read + Write), path: &str) -> (String, Vec<u8>) {
     (head, body)
 }
 
-/// A 20 MiB download: the head and the first MiB read before the reload, the rest after, on
-/// the same connection; then another request on it.
+/// A 20 MiB download with two requests pipelined behind it (in the host's buffer, reading
+/// paused while the body streams): the head and the first MiB read before the reload, the rest
+/// after, on the same connection, then the two answers in order; then another request.
 fn download_across_reload(host: &mut Host, s: &mut (impl Read + Write)) {
-    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\nGET /mid.bin HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let (head, rest) = read_head(s);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(content_length(&head), BIG);
@@ -104,6 +106,11 @@ fn download_across_reload(host: &mut Host, s: &mut (impl Read + Write)) {
     let mut body = first;
     body.extend(read_body(s, Vec::new(), BIG - body.len()));
     assert!(body == pattern(BIG), "the download is not byte-exact");
+    let (head, rest) = read_head(s);
+    assert_eq!(content_length(&head), MID, "the pipelined requests are answered in order: {head}");
+    assert!(read_body(s, rest, MID) == pattern(MID));
+    let (head, rest) = read_head(s);
+    assert_eq!(read_body(s, rest, content_length(&head)), b"Hello, World!");
     let (head, small) = get(s, "/mid.bin");
     assert!(head.starts_with("HTTP/1.1 200") && small == pattern(MID), "{head}");
 }
@@ -144,7 +151,8 @@ fn keep_alive_and_half_sent_requests_move() {
 }
 
 // A 20 MiB static file in flight (`send_file` ranges queued in the host, the rest in the
-// plugin's stream) moves and completes byte-exact on the same connection.
+// plugin's stream) moves and completes byte-exact on the same connection, and the requests
+// pipelined behind it are answered after it, in order.
 #[test]
 fn a_download_in_flight_moves_and_completes() {
     let (_dir, config) = site();
