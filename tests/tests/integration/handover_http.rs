@@ -152,13 +152,22 @@ fn keep_alive_and_half_sent_requests_move() {
 
 // A 20 MiB static file in flight (`send_file` ranges queued in the host, the rest in the
 // plugin's stream) moves and completes byte-exact on the same connection, and the requests
-// pipelined behind it are answered after it, in order.
+// pipelined behind it are answered after it, in order. Its access-log line (pending until the
+// body is sent) moved with it: the new worker writes it, with the whole length.
 #[test]
 fn a_download_in_flight_moves_and_completes() {
-    let (_dir, config) = site();
-    let mut host = Host::start("http", &["--plugin-config", &config, "--drain-timeout", "30"]);
+    let (dir, config) = site();
+    let log = dir.join("access.log");
+    let log_arg = log.display().to_string();
+    let mut host =
+        Host::start("http", &["--plugin-config", &config, "--drain-timeout", "30", "--access-log", &log_arg]);
     let mut s = tcp(host.port());
     download_across_reload(&mut host, &mut s);
+    let want = format!("\"GET /big.bin HTTP/1.1\" 200 {BIG}");
+    host_tests::poll_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).ok().filter(|t| t.contains(&want))
+    })
+    .unwrap_or_else(|| panic!("no {want} in {}", std::fs::read_to_string(&log).unwrap_or_default()));
 }
 
 /// A certificate for `localhost` in `dir`: (cert file, key file, DER).
