@@ -150,13 +150,26 @@ fn keep_alive_and_half_sent_requests_move() {
     host.wait_workers(1, LOG_TIMEOUT, |now| now != old).unwrap_or_else(|e| panic!("{e}"));
 }
 
-// A 20 MiB static file in flight (`send_file` ranges queued in the host, the rest in the
-// plugin's stream) moves and completes byte-exact on the same connection, and the requests
-// pipelined behind it are answered after it, in order. Its access-log line (pending until the
-// body is sent) moved with it: the new worker writes it, with the whole length.
+// A 20 MiB static file in flight moves and completes byte-exact on the same connection, and
+// the requests pipelined behind it are answered after it, in order. With `file_io = "sendfile"`
+// (the default) the plugin hands the whole range to the host at once (`send_file`): it moves in
+// the host's queue.
 #[test]
 fn a_download_in_flight_moves_and_completes() {
+    let (_dir, config) = site();
+    let mut host = Host::start("http", &["--plugin-config", &config, "--drain-timeout", "30"]);
+    let mut s = tcp(host.port());
+    download_across_reload(&mut host, &mut s);
+}
+
+// With `file_io = "pool"` the plugin reads the file and sends it a send buffer at a time: the
+// rest of the body is the plugin's stream, which moves by the file's name (the new worker opens
+// it and checks it is the same file), with its access-log line, pending until the body is sent:
+// the new worker writes it, with the whole length.
+#[test]
+fn a_download_streamed_by_the_plugin_moves_with_its_log_line() {
     let (dir, config) = site();
+    let config = format!("{config}file_io = \"pool\"\n");
     let log = dir.join("access.log");
     let log_arg = log.display().to_string();
     let mut host =
