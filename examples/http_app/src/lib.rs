@@ -18,6 +18,9 @@ use serde_json::{json, Value};
 pub struct JsonApi;
 
 impl App for JsonApi {
+    // No state of its own: its connections move on a reload with the library's state for them.
+    const HANDOVER_VERSION: u32 = 1;
+
     fn new(config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
         match config.trim() {
             "" => Ok(JsonApi),

@@ -130,6 +130,18 @@ impl WorkerPhase {
         }
     }
 
+    /// What `Host::is_draining` tells the plugin: as [`WorkerPhase::is_draining`], except while
+    /// a hand-over runs. Only a plugin that takes part hands over, and its connections are
+    /// about to move, not to close: an HTTP server must not answer `Connection: close` to the
+    /// requests it serves meanwhile (its clients would reconnect for nothing). Should the
+    /// hand-over fail, the worker drains, and then the plugin hears `on_drain` and this says so.
+    pub fn tells_plugin_draining(self) -> bool {
+        match self {
+            WorkerPhase::HandingOver { .. } => false,
+            other => other.is_draining(),
+        }
+    }
+
     /// Starts a drain ending at `deadline_ms`: true when it began now (only a serving worker,
     /// or one whose hand-over ended, drains; a second drain keeps the first deadline).
     pub fn drain(&mut self, deadline_ms: u64) -> bool {
@@ -214,10 +226,12 @@ mod tests {
         let mut phase = WorkerPhase::Serving;
         assert!(phase.hand_over(100));
         assert!(!phase.accepting() && phase.is_draining());
+        assert!(!phase.tells_plugin_draining(), "its connections move: responses keep them open");
         assert!(!phase.hand_over(200), "one hand-over at a time");
         assert_eq!(phase.deadline_ms(), Some(100));
         assert_eq!(phase.after_turn(|| true, 500), None, "every connection may be out of the table meanwhile");
         assert!(phase.drain(300), "what stayed drains once the hand-over ended");
+        assert!(phase.tells_plugin_draining());
         assert_eq!(phase.after_turn(|| true, 0), Some(Exit::Drained));
     }
 

@@ -28,7 +28,7 @@ use crate::{Http, Method, Persist, Request, Response, Status};
 pub(crate) struct H2 {
     pub(crate) conn: Connection,
     /// The streams the plugin knows of: receiving a request body, or sending a file body.
-    streams: BTreeMap<u32, H2Stream>,
+    pub(crate) streams: BTreeMap<u32, H2Stream>,
     max_frame: usize,
     /// The connection's stats as last added to the worker's counters.
     reported: Stats,
@@ -41,18 +41,18 @@ impl std::fmt::Debug for H2 {
 }
 
 #[derive(Default)]
-struct H2Stream {
+pub(crate) struct H2Stream {
     /// The request, while its body arrives.
-    request: Option<H2Request>,
-    body: Vec<u8>,
+    pub(crate) request: Option<H2Request>,
+    pub(crate) body: Vec<u8>,
     /// A file body being sent.
-    sending: Option<(Arc<File>, VecDeque<Part>)>,
+    pub(crate) sending: Option<(Arc<File>, VecDeque<Part>)>,
     /// A read of its file runs on the task pool: the stream waits for it.
-    reading: bool,
+    pub(crate) reading: bool,
     /// Bytes of the file the task pool read, from the front part's offset on, not sent yet.
-    pooled: VecDeque<u8>,
+    pub(crate) pooled: VecDeque<u8>,
     /// Its access-log line, written when the body is sent (or the stream ends early).
-    log: Option<Box<PendingLog>>,
+    pub(crate) log: Option<Box<PendingLog>>,
 }
 
 impl H2 {
@@ -64,6 +64,11 @@ impl H2 {
             streams: BTreeMap::new(),
             reported: Stats::default(),
         }
+    }
+
+    /// A connection handed over from another worker (`handover`), its streams added after.
+    pub(crate) fn adopted(conn: Connection) -> H2 {
+        H2 { max_frame: conn.max_frame_size(), conn, streams: BTreeMap::new(), reported: Stats::default() }
     }
 
     /// [`plugin_api::Protocol::input`] on an HTTP/2 connection: the whole frames at the start

@@ -72,6 +72,10 @@
 //! `send_file`, no task pool) the plugin reads in the loop, as it did before. On-the-fly gzip (at most 1 MiB) still reads
 //! and compresses in the loop. The figures behind the default: docs/architecture.md.
 //!
+//! On a reload, upgrade or recycle its connections move to the replacement worker instead of
+//! draining (keep-alive, a request half received, a file body in flight, HTTP/2 with its HPACK
+//! state and windows): see `handover.rs` and docs/plugins.md, "Hand-over".
+//!
 //! Layout: this file answers requests (routes, files, representations); `config` holds the
 //! settings, `stream` the streamed file bodies, `listing` the directory listings, `log` the
 //! access-log lines; [`files`], [`conditional`] and [`ranges`] are pure helpers.
@@ -81,6 +85,7 @@ mod config;
 pub mod files;
 mod h2conn;
 mod h2metrics;
+mod handover;
 mod listing;
 mod log;
 pub mod ranges;
@@ -95,7 +100,9 @@ use std::sync::Arc;
 use http_proto::access_log::{self, LogFormat, LogTime};
 use http_proto::response::{self, DateCache};
 use http_proto::Delivered;
-use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Counter, Frame, Host, Protocol, TaskId, WorkerInfo};
+use plugin_api::{
+    export_plugin, ConnError, ConnId, ConnMap, Counter, Frame, Host, Protocol, StateWriter, TaskId, WorkerInfo,
+};
 
 pub use http_proto::{chunked, parse, persist, request_path, ConnState, Limits, Method, Persist, Request, Status};
 
@@ -174,6 +181,8 @@ const GZIP_MAX: u64 = 1024 * 1024;
 /// Buffers grown past this by a large response are given back after it.
 const RETAIN_BUFFER: usize = 256 * 1024;
 impl Protocol for Http {
+    const HANDOVER_VERSION: u32 = handover::STATE_VERSION;
+
     fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         let config = Config::parse(config)?;
         let send_file = config.file_io == FileIo::Sendfile;
@@ -354,6 +363,31 @@ impl Protocol for Http {
                 self.count_response(host);
             }
             None => host.close(conn),
+        }
+    }
+
+    fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+        use std::io::Write;
+        let mut state = Vec::new();
+        match self.export_state(conn, &mut state) {
+            Ok(()) => out.write_all(&state).is_ok(),
+            Err(reason) => {
+                plugin_api::tracing::debug!(conn = conn.0, reason, "connection stays for the hand-over");
+                false
+            }
+        }
+    }
+
+    fn adopt_conn(&mut self, host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
+        if version != handover::STATE_VERSION {
+            return false;
+        }
+        match self.adopt_state(host, conn, state) {
+            Ok(()) => true,
+            Err(reason) => {
+                plugin_api::tracing::warn!(conn = conn.0, %reason, "connection refused in the hand-over");
+                false
+            }
         }
     }
 

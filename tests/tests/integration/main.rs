@@ -56,6 +56,7 @@ mod io_backend;
 mod reload;
 // Hand-over: connections and plugin state move to the replacement on a reload.
 mod handover;
+mod handover_http;
 // `host upgrade`: the master re-executes the binary installed at its path (same pid, sockets and
 // connections kept), every worker follows; refusals leave the old master serving.
 mod upgrade;

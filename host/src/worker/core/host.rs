@@ -202,7 +202,7 @@ impl RawHost for Ctx<'_> {
     }
 
     fn is_draining(&self) -> bool {
-        self.core.phase.is_draining()
+        self.core.phase.tells_plugin_draining()
     }
 
     fn now_ms(&self) -> u64 {

@@ -3,7 +3,7 @@
 //! graceful drain) done by the library, over HTTP/1.1 and HTTP/2 alike (h2 by ALPN over TLS, h2c
 //! with prior knowledge in cleartext: `app_h2`).
 
-use plugin_api::{ConnError, ConnId, ConnMap, Frame, Host, Protocol, WorkerInfo};
+use plugin_api::{ConnError, ConnId, ConnMap, Frame, Host, Protocol, StateWriter, WorkerInfo};
 
 use crate::h2::serve::PREFACE_LEN;
 use crate::h2::Start;
@@ -56,6 +56,29 @@ pub trait App: Sized + 'static {
     fn h2c(&self) -> bool {
         true
     }
+
+    /// Hand-over (docs/plugins.md): the version of the application's worker-wide state; 0 (the
+    /// default) does not take part, and the workers drain on a reload. Set it (1 for an
+    /// application without state) and the connections move to the replacement worker with the
+    /// library's state for them.
+    const HANDOVER_VERSION: u32 = 0;
+
+    /// In the replacement: whether it reads state `version` (default: its own only).
+    fn handover_accepts(&mut self, version: u32) -> bool {
+        version == Self::HANDOVER_VERSION
+    }
+
+    /// In the old worker: the worker-wide state, written to `out` (default: none). False
+    /// moves nothing (the worker drains).
+    fn export_worker(&mut self, _out: &mut Vec<u8>) -> bool {
+        true
+    }
+
+    /// In the replacement, before the connections: what [`App::export_worker`] wrote. False
+    /// fails the hand-over (the old worker drains).
+    fn adopt_worker(&mut self, _version: u32, _state: &[u8]) -> bool {
+        true
+    }
 }
 
 /// One connection of an [`AppServer`].
@@ -65,7 +88,7 @@ pub(crate) struct AppConn {
     /// It speaks HTTP/2.
     pub(crate) h2: Option<Box<AppH2>>,
     /// It speaks HTTP/1.x (its first bytes were not the preface).
-    http1: bool,
+    pub(crate) http1: bool,
 }
 
 /// The [`Protocol`] that serves an [`App`]: export it with `export_plugin!(AppServer<MyApp>)`.
@@ -89,6 +112,44 @@ impl<A: App> AppServer<A> {
 }
 
 impl<A: App> Protocol for AppServer<A> {
+    const HANDOVER_VERSION: u32 = A::HANDOVER_VERSION;
+
+    fn handover_accepts(&mut self, _host: &mut Host<'_>, _plugin: &str, version: u32) -> bool {
+        self.app.handover_accepts(version)
+    }
+
+    fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+        use std::io::Write;
+        let mut state = Vec::new();
+        match self.export_state(conn, &mut state) {
+            Ok(()) => out.write_all(&state).is_ok(),
+            Err(reason) => {
+                plugin_api::tracing::debug!(conn = conn.0, reason, "connection stays for the hand-over");
+                false
+            }
+        }
+    }
+
+    fn adopt_conn(&mut self, host: &mut Host<'_>, conn: ConnId, _version: u32, state: &[u8]) -> bool {
+        match self.adopt_state(host, conn, state) {
+            Ok(()) => true,
+            Err(reason) => {
+                plugin_api::tracing::warn!(conn = conn.0, %reason, "connection refused in the hand-over");
+                false
+            }
+        }
+    }
+
+    fn export_worker(&mut self, _host: &mut Host<'_>, out: &mut StateWriter<'_>) -> bool {
+        use std::io::Write;
+        let mut state = Vec::new();
+        self.app.export_worker(&mut state) && out.write_all(&state).is_ok()
+    }
+
+    fn adopt_worker(&mut self, _host: &mut Host<'_>, version: u32, state: &[u8]) -> bool {
+        self.app.adopt_worker(version, state)
+    }
+
     fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         let app = A::new(config, worker)?;
         let limits = app.limits();

@@ -35,6 +35,21 @@ impl AppH2 {
     pub(crate) fn max_frame(&self) -> usize {
         self.max_frame
     }
+
+    /// Its state for a hand-over (`app_handover`): the connection's; one with a request body
+    /// arriving stays.
+    pub(crate) fn export(&self, out: &mut Vec<u8>) -> Result<(), crate::handover::Decline> {
+        if !self.bodies.is_empty() {
+            return Err("an HTTP/2 request body is being received");
+        }
+        self.conn.export(out)
+    }
+
+    /// A connection handed over with [`AppH2::export`]'s state.
+    pub(crate) fn adopt(r: &mut crate::handover::Reader<'_>, now_ms: u64) -> Result<AppH2, String> {
+        let conn = Connection::adopt(r, now_ms)?;
+        Ok(AppH2 { max_frame: conn.max_frame_size(), conn, bodies: BTreeMap::new() })
+    }
 }
 
 impl<A: App> AppServer<A> {

@@ -16,6 +16,10 @@
 //! - responses: status line, `Server`, `Date`, `Content-Length` or chunked, `Connection: close`
 //!   when the client asked, the application asked, or the worker is draining (graceful reload).
 //!
+//! [`handover`] (and `h2::Connection::export`/`adopt`) is the per-connection state a server
+//! writes and reads when its connections move to a replacement worker (`AppServer` does it for
+//! an [`App`] that sets `App::HANDOVER_VERSION`).
+//!
 //! [`access_log`] formats Common/Combined Log Format lines for `Host::access_log`.
 //!
 //! Layers, from low to high: [`parse`] (pure: [`parse_head`], [`Framer`]) and [`client`] (pure:
@@ -26,10 +30,12 @@
 pub mod access_log;
 pub mod app;
 mod app_h2;
+mod app_handover;
 pub mod chunked;
 pub mod client;
 pub mod conn;
 pub mod h2;
+pub mod handover;
 pub mod parse;
 pub mod request;
 pub mod response;

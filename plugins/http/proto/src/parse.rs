@@ -525,6 +525,18 @@ impl Framer {
         }
     }
 
+    /// What a hand-over keeps of the framing progress: whether `100 Continue` went out for the
+    /// request being received (its bytes stay in the host's buffer and are framed again). None
+    /// while a body is received in pieces: those bytes are held here, and the connection stays.
+    pub fn handover_state(&self) -> Option<bool> {
+        self.piecewise.is_none().then_some(self.continue_sent)
+    }
+
+    /// A framer for a connection handed over with [`Framer::handover_state`]'s answer.
+    pub fn adopted(continue_sent: bool) -> Framer {
+        Framer { continue_sent, ..Framer::default() }
+    }
+
     /// True once the head of the request being received is complete (a size error is then
     /// about the body: 413, not 431).
     pub fn has_head(&self) -> bool {
@@ -535,11 +547,19 @@ impl Framer {
     /// a body that goes on. After answering it, call [`Framer::finish`].
     pub fn take_request<'a>(&'a mut self, msg: &'a [u8], limits: &Limits) -> Result<Option<Request<'a>>, Status> {
         if self.head.is_none() {
-            // Delivered without `frame` (not how the host works): parsed here.
-            match parse_head(msg, limits)? {
-                Some(head) if head.body == Body::None => self.head = Some(head),
-                _ => return Err(Status::BAD_REQUEST),
+            // Delivered without `frame`: a whole request whose length the framer of the worker
+            // that handed the connection over found (the host keeps that length), or a caller
+            // that frames by itself. Parsed here.
+            let head = parse_head(msg, limits)?.ok_or(Status::BAD_REQUEST)?;
+            if head.body == Body::Chunked {
+                self.body.clear();
+                self.chunks = ChunkScan::default();
+                let body = msg.get(head.len..).unwrap_or_default();
+                if !self.chunks.feed(body, limits.max_body, Some(&mut self.body)).map_err(chunk_status)?.1 {
+                    return Err(Status::BAD_REQUEST);
+                }
             }
+            self.head = Some(head);
         }
         let Some(head) = &self.head else { return Err(Status::BAD_REQUEST) };
         Ok(match (self.piecewise, head.body) {

@@ -632,6 +632,9 @@ impl Connection {
 #[path = "conn_recv.rs"]
 mod recv;
 
+#[path = "handover.rs"]
+mod handover;
+
 #[cfg(test)]
 #[path = "conn_tests.rs"]
 mod tests;

@@ -10,6 +10,8 @@ use std::borrow::Cow;
 
 use loona_hpack::{Decoder as HpackDecoder, Encoder as HpackEncoder};
 
+use super::hpack_table::{BlockScan, DynTable};
+
 /// The dynamic table size both sides start with (SETTINGS_HEADER_TABLE_SIZE's initial value).
 pub const DEFAULT_TABLE_SIZE: usize = 4096;
 
@@ -30,8 +32,10 @@ pub enum DecodeError {
 
 /// The receiving side's HPACK state.
 pub struct Decoder {
-    inner: HpackDecoder<'static>,
-    max_list: usize,
+    pub(crate) inner: HpackDecoder<'static>,
+    pub(crate) max_list: usize,
+    /// A copy of the dynamic table, for a hand-over.
+    pub(crate) table: DynTable,
 }
 
 impl Decoder {
@@ -42,7 +46,7 @@ impl Decoder {
         // The local SETTINGS_HEADER_TABLE_SIZE stays at its default: a size update above it is
         // a decoding error.
         inner.set_max_allowed_table_size(DEFAULT_TABLE_SIZE);
-        Decoder { inner, max_list }
+        Decoder { inner, max_list, table: DynTable::new(DEFAULT_TABLE_SIZE) }
     }
 
     /// Decodes a whole header block into `fields` (cleared first).
@@ -51,8 +55,12 @@ impl Decoder {
         let mut size = 0usize;
         let max = self.max_list;
         let mut over = false;
+        let (table, mut scan) = (&mut self.table, BlockScan::new(block));
         self.inner
             .decode_with_cb(block, |name: Cow<'_, [u8]>, value: Cow<'_, [u8]>| {
+                if scan.next_field(table) {
+                    table.add(&name, &value);
+                }
                 size = size.saturating_add(field_size(&name, &value));
                 if size > max {
                     over = true;
@@ -62,6 +70,7 @@ impl Decoder {
                 }
             })
             .map_err(|_| DecodeError::Compression)?;
+        scan.finish(table);
         if over {
             fields.clear();
             return Err(DecodeError::TooLarge);
@@ -72,14 +81,16 @@ impl Decoder {
 
 /// The sending side's HPACK state.
 pub struct Encoder {
-    inner: HpackEncoder<'static>,
+    pub(crate) inner: HpackEncoder<'static>,
     /// A table size the peer lowered to, to signal at the start of the next block.
-    size_update: Option<usize>,
+    pub(crate) size_update: Option<usize>,
+    /// A copy of the dynamic table, for a hand-over.
+    pub(crate) table: DynTable,
 }
 
 impl Default for Encoder {
     fn default() -> Self {
-        Encoder { inner: HpackEncoder::new(), size_update: None }
+        Encoder { inner: HpackEncoder::new(), size_update: None, table: DynTable::new(DEFAULT_TABLE_SIZE) }
     }
 }
 
@@ -88,6 +99,7 @@ impl Encoder {
     pub fn set_peer_table_size(&mut self, size: u32) {
         let size = (size as usize).min(DEFAULT_TABLE_SIZE);
         self.inner.set_max_table_size(size);
+        self.table.set_max(size);
         // Signalled even when unchanged: harmless, and simpler than tracking the last one.
         self.size_update = Some(size);
     }
@@ -99,14 +111,20 @@ impl Encoder {
             encode_integer(size, 5, 0x20, out);
         }
         for field in fields {
+            let at = out.len();
             // Writing into a Vec cannot fail.
             let _ = self.inner.encode_header_into(field, out);
+            // A literal with incremental indexing and a new name (the only one the encoder
+            // writes) is the one representation whose first byte is 0x40: it was added.
+            if out.get(at) == Some(&0x40) {
+                self.table.add(field.0, field.1);
+            }
         }
     }
 }
 
 /// An HPACK integer (RFC 7541 §5.1) with an `n`-bit prefix, `flags` in the prefix's high bits.
-fn encode_integer(mut value: usize, n: u8, flags: u8, out: &mut Vec<u8>) {
+pub(crate) fn encode_integer(mut value: usize, n: u8, flags: u8, out: &mut Vec<u8>) {
     let max = (1usize << n) - 1;
     if value < max {
         out.push(flags | value as u8);

@@ -14,6 +14,7 @@
 pub mod conn;
 pub mod frame;
 pub mod hpack;
+pub mod hpack_table;
 pub mod request;
 pub mod serve;
 pub mod stats;
