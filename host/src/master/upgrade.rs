@@ -152,6 +152,12 @@ pub struct State {
     /// The master's process title, which a new image that goes back restores.
     #[serde(default)]
     pub title: String,
+    /// A descriptor of the worker binary the image that wrote this state executes its workers
+    /// from (None: itself). The new image executes its own (the one installed beside it) and
+    /// keeps this one only to go back: the image gone back to uses it again, whatever file is
+    /// at that path now.
+    #[serde(default)]
+    pub worker_image: Option<RawFd>,
     /// The services' TLS session ticket keys: sessions resume across the upgrade. (The state
     /// travels in a sealed memfd, never a file or a log line.)
     #[serde(default)]
@@ -209,6 +215,7 @@ impl State {
     fn fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.pid_lock];
         fds.extend(self.previous_image);
+        fds.extend(self.worker_image);
         fds.extend(self.control);
         fds.extend(self.admin);
         fds.extend(self.client);
@@ -371,6 +378,16 @@ impl Inherited {
 
     pub fn control(&mut self) -> anyhow::Result<Option<OwnedFd>> {
         self.state.control.map(|n| self.fd(n)).transpose()
+    }
+
+    /// For the image gone back to (or taken over by the guardian), which wrote this state: the
+    /// worker binary it executed its workers from before (`Some(None)`: itself). None for a new
+    /// image, which executes the worker binary installed beside it.
+    pub fn own_worker_image(&mut self) -> anyhow::Result<Option<Option<OwnedFd>>> {
+        if self.rolled_back.is_none() && !self.rescued {
+            return Ok(None);
+        }
+        Ok(Some(self.state.worker_image.map(|n| self.fd(n)).transpose()?))
     }
 }
 
@@ -918,6 +935,8 @@ impl Master {
         fds.extend(admin);
         let client_fd = client.and_then(|c| self.control.as_ref().and_then(|s| s.client_fd(c.0)));
         fds.extend(client_fd);
+        let worker_image = spawn::worker_image();
+        fds.extend(worker_image);
         let state = State {
             format: FORMAT,
             protocol: PROTOCOL,
@@ -941,6 +960,7 @@ impl Master {
             previous_image: None,
             title: title(),
             tickets: self.sup.tickets.clone(),
+            worker_image: worker_image.map(|fd| fd.as_raw_fd()),
         };
         Ok((state, fds))
     }
