@@ -416,7 +416,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let mut child = host_command_in(dir)
+    let child = host_command_in(dir)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

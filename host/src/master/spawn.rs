@@ -141,16 +141,15 @@ pub fn find_worker_image() -> Result<Option<OwnedFd>, WorkerBinaryError> {
 /// Runs the program `image` with `--protocol-version` and reads the number it prints, within
 /// [`PROBE_VERSION_TIMEOUT`].
 fn probe_protocol(image: BorrowedFd<'_>) -> Result<u32, String> {
-    // An ELF image runs from its close-on-exec descriptor through this path (the kernel opens it
-    // before it closes close-on-exec descriptors).
-    let mut child = Command::new(format!("/proc/self/fd/{}", image.as_raw_fd()))
-        .arg("--protocol-version")
+    // The child inherits the image as fd 3 and runs it by that path: open across the exec, so
+    // that a script runs too (its interpreter opens the path after the exec).
+    let mut cmd = Command::new(format!("/proc/self/fd/{}", sys::FIRST_INHERITED_FD));
+    cmd.arg("--protocol-version")
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .stderr(Stdio::null());
+    let mut child = sys::spawn_with_fds(&mut cmd, &[image]).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + PROBE_VERSION_TIMEOUT;
     let mut pause = Duration::from_millis(1);
     let status = loop {

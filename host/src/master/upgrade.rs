@@ -1120,6 +1120,7 @@ mod tests {
             previous_image: None,
             title: String::new(),
             tickets: Default::default(),
+            worker_image: Some(40),
         }
     }
 
@@ -1145,7 +1146,14 @@ mod tests {
         let fd = sys::sealed_memfd("test-state", &mut &json[..]).unwrap();
         let back = read_state(&fd).unwrap();
         assert_eq!(back.services[0].sockets, vec![5, 6]);
-        assert_eq!(back.fds(), vec![3, 5, 6]);
+        // The worker binary's descriptor crosses the exec (and is kept for a rollback) like the rest.
+        assert_eq!(back.worker_image, Some(40));
+        assert_eq!(back.fds(), vec![3, 40, 5, 6]);
+        // A state of an older binary has none.
+        let mut older = serde_json::to_value(state()).unwrap();
+        older.as_object_mut().unwrap().remove("worker_image");
+        let older: State = serde_json::from_value(older).unwrap();
+        assert_eq!(older.worker_image, None);
         let other = serde_json::to_vec(&serde_json::json!({ "format": 99 })).unwrap();
         let fd = sys::sealed_memfd("test-state", &mut &other[..]).unwrap();
         assert!(read_state(&fd).unwrap_err().to_string().contains("format"));

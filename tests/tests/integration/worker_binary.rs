@@ -63,7 +63,7 @@ fn workers_on(host: &CopiedHost, inode: u64, old: &[i32]) -> Vec<i32> {
         all.then_some(pids)
     })
     .unwrap_or_else(|| {
-        let exes: Vec<_> = host.worker_pids().iter().map(|p| (p, exe_inode(*p))).collect();
+        let exes: Vec<_> = host.worker_pids().into_iter().map(|p| (p, exe_inode(p))).collect();
         panic!("the workers do not all run inode {inode}: {exes:?}\n{}", host.log())
     })
 }
