@@ -134,7 +134,13 @@ mod tests {
             Ok(WorkerCommand::Run { log_level: None, log_format: Some("text".into()) })
         );
         assert_eq!(worker_command(&words(&["--protocol-version"])), Ok(WorkerCommand::ProtocolVersion));
-        for bad in [&[][..], &["start"], &["worker", "--count", "2"], &["worker", "--log-level"], &["worker", "--log-format", "xml"]] {
+        for bad in [
+            &[][..],
+            &["start"],
+            &["worker", "--count", "2"],
+            &["worker", "--log-level"],
+            &["worker", "--log-format", "xml"],
+        ] {
             assert!(worker_command(&words(bad)).is_err(), "{bad:?} was accepted");
         }
     }

@@ -121,10 +121,7 @@ pub fn find_worker_image() -> Result<Option<OwnedFd>, WorkerBinaryError> {
     let image = match open() {
         Ok(image) => image,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::info!(
-                "no {WORKER_BINARY} beside {}: workers run this binary (`host worker`)",
-                exe.display()
-            );
+            tracing::info!("no {WORKER_BINARY} beside {}: workers run this binary (`host worker`)", exe.display());
             return Ok(None);
         }
         Err(source) => return Err(WorkerBinaryError::Open { path, source }),

@@ -150,3 +150,42 @@ fn a_worker_binary_of_another_protocol_is_refused_at_upgrade_and_at_start() {
     assert!(!out.status.success(), "it started: {}", out.stderr);
     assert_contains!(out.stderr, "speaks worker protocol 999, this host");
 }
+
+/// `ARGV_ENV`'s packing (each argument's bytes in hex, separated by commas).
+fn pack_args(args: &[String]) -> String {
+    args.iter().map(|a| a.bytes().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>().join(",")
+}
+
+// A rollback keeps the old pair: the new master (a real host started with another worker count,
+// so it fails before its loop runs) goes back to the previous image, which executes its workers
+// from the worker binary it had, not from the new one now installed beside it.
+#[test]
+fn a_master_gone_back_after_a_failed_upgrade_keeps_its_worker_binary() {
+    let dir = plugins();
+    let args = args(&dir);
+    let host = CopiedHost::start_pair(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (pid, port) = (host.pid(), host.port());
+    let old = inode(&host, "host-worker");
+    let workers = workers_on(&host, old, &[]);
+    host.replace_worker_binary();
+    assert_ne!(inode(&host, "host-worker"), old);
+    let other: Vec<String> = args.iter().map(|a| if a == "2" { "3".to_string() } else { a.clone() }).collect();
+    let real = host_tests::host_bin();
+    install_script(
+        &host,
+        "host",
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = upgrade-check ]; then exec '{real}' \"$@\"; fi\nHOST_ARGV='{packed}' exec '{real}'\n",
+            real = real.display(),
+            packed = pack_args(&other)
+        ),
+    );
+    let out = host.command(&["upgrade"], UPGRADE_TIMEOUT);
+    assert!(!out.status.success(), "the upgrade did not fail: {}\n{}", out.stdout, host.log());
+    assert_contains!(out.stderr, format!("the master (pid {pid}) went back to the previous binary"));
+    assert_eq!(host.worker_pids(), workers, "the workers were not kept");
+    // A worker that dies now is replaced from the worker binary the master had.
+    host_tests::signal_pid(workers[0], host_tests::Signal::SIGKILL);
+    let _ = workers_on(&host, old, &workers[..1]);
+    hello(port);
+}
