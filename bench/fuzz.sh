@@ -17,4 +17,4 @@ cd "$(dirname "$0")/.."
 export FUZZ_SECS=${FUZZ_SECS:-120}
 filter=${1:-}
 cargo test --release -p host-tests --test fuzz --test fuzz_frame --test fuzz_h2 -- --nocapture --test-threads 2 ${filter:+"$filter"}
-cargo test --release -p host --bin host -- --ignored --nocapture --test-threads 2 fuzz_ ${filter:+"$filter"}
+cargo test --release -p host --lib -- --ignored --nocapture --test-threads 2 fuzz_ ${filter:+"$filter"}

@@ -31,7 +31,7 @@ need wrk curl
 cargo build --release --workspace -q
 mkdir -p "$tmp/plugins" "$tmp/bin"
 cp target/release/libhttp.so "$tmp/plugins/http.so"
-cp target/release/host "$tmp/bin/host"
+cp target/release/host target/release/host-worker "$tmp/bin/"
 
 HOST_BIN="$tmp/bin/host" PLUGIN_DIR="$tmp/plugins" start_host host --plugin http --count 4 --worker-timeout 2
 master=$host_pid
@@ -47,9 +47,12 @@ gap=1
 sleep 2
 failed=0
 for i in $(seq "$UPGRADES"); do
+    cp target/release/host-worker "$tmp/bin/host-worker.new"
+    mv "$tmp/bin/host-worker.new" "$tmp/bin/host-worker"
     cp target/release/host "$tmp/bin/host.new"
     mv "$tmp/bin/host.new" "$tmp/bin/host"
     inode=$(stat -c %i "$tmp/bin/host")
+    worker_inode=$(stat -c %i "$tmp/bin/host-worker")
     t0=$(date +%s.%N)
     if ! out=$(target/release/host upgrade --pid-file "$tmp/host.pid" 2>&1); then failed=1; fi
     t1=$(date +%s.%N)
@@ -57,7 +60,7 @@ for i in $(seq "$UPGRADES"); do
     on_new=0
     for w in $(cat /proc/"$master"/task/"$master"/children); do
         grep -q '^host: worker' /proc/"$w"/cmdline 2>/dev/null || continue
-        [ "$(stat -L -c %i /proc/"$w"/exe 2>/dev/null)" = "$inode" ] && on_new=$((on_new + 1))
+        [ "$(stat -L -c %i /proc/"$w"/exe 2>/dev/null)" = "$worker_inode" ] && on_new=$((on_new + 1))
     done
     master_on_new=$([ "$(stat -L -c %i /proc/"$master"/exe)" = "$inode" ] && echo yes || echo no)
     python3 -c "print(f'upgrade $i: {($t1-$t0)*1000:.0f} ms; pid $pid_now; master on the new file: $master_on_new; workers on it: $on_new')"

@@ -50,6 +50,60 @@ fn unpack_args(packed: &str) -> Vec<OsString> {
     packed.split(',').filter(|a| !a.is_empty()).map(|a| OsString::from_vec(unhex(a))).collect()
 }
 
+/// What `host-worker` is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerCommand {
+    /// `worker [--log-level FILTER] [--log-format text|json]`: run the worker (what the master
+    /// passes; the same words as `host worker`).
+    Run { log_level: Option<String>, log_format: Option<String> },
+    /// `--protocol-version`: print the master↔worker protocol this binary speaks.
+    ProtocolVersion,
+}
+
+/// Reads `host-worker`'s arguments (after the program name). No parser library: this binary
+/// carries only what a worker needs, and the master alone writes these words.
+pub fn worker_command(args: &[OsString]) -> Result<WorkerCommand, String> {
+    let words: Vec<&str> = args
+        .iter()
+        .map(|a| a.to_str().ok_or_else(|| format!("argument {a:?} is not UTF-8")))
+        .collect::<Result<_, _>>()?;
+    match words.as_slice() {
+        ["--protocol-version"] => return Ok(WorkerCommand::ProtocolVersion),
+        ["worker", ..] => {}
+        _ => {
+            return Err(format!(
+                "usage: host-worker worker [--log-level FILTER] [--log-format text|json] | host-worker \
+                 --protocol-version (it is started by the host master); got {:?}",
+                words.join(" ")
+            ))
+        }
+    }
+    let (mut log_level, mut log_format) = (None, None);
+    let mut rest = words[1..].iter();
+    while let Some(&word) = rest.next() {
+        let (name, inline) = match word.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (word, None),
+        };
+        let slot = match name {
+            "--log-level" => &mut log_level,
+            "--log-format" => &mut log_format,
+            _ => return Err(format!("unknown worker argument {word:?}")),
+        };
+        let value = match inline {
+            Some(value) => value,
+            None => rest.next().ok_or_else(|| format!("{name} needs a value"))?,
+        };
+        *slot = Some(value.to_string());
+    }
+    if let Some(format) = &log_format {
+        if format != "text" && format != "json" {
+            return Err(format!("--log-format {format:?}: text or json"));
+        }
+    }
+    Ok(WorkerCommand::Run { log_level, log_format })
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::ffi::OsStringExt;
@@ -66,5 +120,28 @@ mod tests {
         ];
         assert_eq!(unpack_args(&pack_args(&args)), args);
         assert!(unpack_args(&pack_args(Vec::<String>::new())).is_empty());
+    }
+
+    #[test]
+    fn the_worker_binary_reads_what_the_master_passes_and_refuses_the_rest() {
+        let words = |w: &[&str]| w.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            worker_command(&words(&["worker", "--log-level", "host=debug", "--log-format", "json"])),
+            Ok(WorkerCommand::Run { log_level: Some("host=debug".into()), log_format: Some("json".into()) })
+        );
+        assert_eq!(
+            worker_command(&words(&["worker", "--log-format=text"])),
+            Ok(WorkerCommand::Run { log_level: None, log_format: Some("text".into()) })
+        );
+        assert_eq!(worker_command(&words(&["--protocol-version"])), Ok(WorkerCommand::ProtocolVersion));
+        for bad in [
+            &[][..],
+            &["start"],
+            &["worker", "--count", "2"],
+            &["worker", "--log-level"],
+            &["worker", "--log-format", "xml"],
+        ] {
+            assert!(worker_command(&words(bad)).is_err(), "{bad:?} was accepted");
+        }
     }
 }

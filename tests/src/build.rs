@@ -69,6 +69,14 @@ pub fn host_bin() -> PathBuf {
     bin
 }
 
+/// The worker binary built beside the host binary (`host-worker`).
+pub fn host_worker_bin() -> PathBuf {
+    build();
+    let bin = target_dir().join("host-worker");
+    assert!(bin.is_file(), "no host-worker binary at {}", bin.display());
+    bin
+}
+
 /// A plugin built by the workspace, by library name: `http` → `target/debug/libhttp.so`; a test
 /// fixture (`fixture_…`) from [`fixtures_dir`].
 pub fn plugin_file(lib: &str) -> PathBuf {

@@ -1,6 +1,7 @@
-//! A host master run from a private copy of the host binary, so that a test can replace that
-//! binary on disk while the master runs, as `cargo build`, `install` and package upgrades do
-//! (a new file renamed over the path: the running master's file is unlinked, not rewritten).
+//! A host master run from a private copy of the host binary (with the worker binary beside it,
+//! or alone), so that a test can replace those binaries on disk while the master runs, as
+//! `cargo build`, `install` and package upgrades do (a new file renamed over the path: the
+//! running master's file is unlinked, not rewritten).
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::{host_bin, poll_until, TempDir, READY_TIMEOUT};
+use crate::{host_bin, host_worker_bin, poll_until, TempDir, READY_TIMEOUT};
 
 /// A master started from `DIR/bin/host`, in `DIR` (working and runtime directory), its log in
 /// `DIR/host.log`. Drop kills it and its workers.
@@ -20,11 +21,25 @@ pub struct CopiedHost {
 }
 
 impl CopiedHost {
-    /// Copies the host binary, runs `host ARGS…` from the copy and waits until it is ready.
+    /// Copies the host binary alone (its workers run it: `host worker`), runs `host ARGS…` from
+    /// the copy and waits until it is ready.
     pub fn start(args: &[&str]) -> CopiedHost {
+        Self::start_installed(args, false)
+    }
+
+    /// As [`CopiedHost::start`], with the worker binary installed beside the host binary.
+    pub fn start_pair(args: &[&str]) -> CopiedHost {
+        Self::start_installed(args, true)
+    }
+
+    fn start_installed(args: &[&str], worker_binary: bool) -> CopiedHost {
         let dir = TempDir::new();
         fs::create_dir_all(dir.join("bin")).unwrap();
         fs::copy(host_bin(), dir.join("bin/host")).unwrap_or_else(|e| panic!("could not copy the host binary: {e}"));
+        if worker_binary {
+            fs::copy(host_worker_bin(), dir.join("bin/host-worker"))
+                .unwrap_or_else(|e| panic!("could not copy the worker binary: {e}"));
+        }
         let log = fs::File::create(dir.join("host.log")).unwrap();
         let mut cmd = Command::new(dir.join("bin/host"));
         cmd.args(args)
@@ -94,8 +109,18 @@ impl CopiedHost {
 
     /// Puts a new copy of the binary in place by rename, as `cargo build` and `install` do.
     pub fn replace_binary(&self) {
-        let (new, path) = (self.dir.join("bin/host.new"), self.dir.join("bin/host"));
-        fs::copy(host_bin(), &new).unwrap_or_else(|e| panic!("could not copy the host binary: {e}"));
+        self.install("host", &host_bin());
+    }
+
+    /// Puts a new copy of the worker binary in place by rename.
+    pub fn replace_worker_binary(&self) {
+        self.install("host-worker", &host_worker_bin());
+    }
+
+    /// Copies `from` to `bin/NAME` by rename.
+    fn install(&self, name: &str, from: &std::path::Path) {
+        let (new, path) = (self.dir.join(format!("bin/{name}.new")), self.dir.join(format!("bin/{name}")));
+        fs::copy(from, &new).unwrap_or_else(|e| panic!("could not copy {}: {e}", from.display()));
         fs::rename(&new, &path).unwrap_or_else(|e| panic!("could not replace {}: {e}", path.display()));
     }
 }

@@ -416,7 +416,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let mut child = host_command_in(dir)
+    let child = host_command_in(dir)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -424,6 +424,12 @@ where
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("could not run the host: {e}"));
+    wait_output(child, timeout)
+}
+
+/// Waits for `child` (started in a process group of its own, stdout and stderr piped) to exit
+/// and reads its output, killing its group (and failing the test) after `timeout`.
+pub fn wait_output(mut child: std::process::Child, timeout: Duration) -> Output {
     let read_all = |mut r: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();

@@ -27,11 +27,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use crate::build::{
-    abi_0_1_1_plugin, abi_0_1_2_plugin, abi_0_1_3_plugin, build, fixtures_dir, host_bin, old_abi_plugin, plugin_file,
-    target_dir,
+    abi_0_1_1_plugin, abi_0_1_2_plugin, abi_0_1_3_plugin, build, fixtures_dir, host_bin, host_worker_bin,
+    old_abi_plugin, plugin_file, target_dir,
 };
 pub use crate::client::{get, post, post_chunked, Client, Response};
-pub use crate::host::{default_pid_file, host_command_in, run_host, run_host_in, Host, Log, Output};
+pub use crate::host::{default_pid_file, host_command_in, run_host, run_host_in, wait_output, Host, Log, Output};
 pub use crate::procfs::{children, cmdline, group_pids, is_alive};
 pub use nix::sys::signal::Signal;
 

@@ -3,7 +3,7 @@
 //! OS-chosen port. The servers are Debian packages `.ci/run` installs (`.ci/deps/cluster.apt`);
 //! a missing binary fails the test with a message saying so.
 //!
-//! The throughput figures: `cargo test -p host --release --bin host cluster::tests::throughput
+//! The throughput figures: `cargo test -p host --release --lib cluster::tests::throughput
 //! -- --ignored --nocapture`.
 
 use std::net::{TcpListener, TcpStream};

@@ -22,7 +22,7 @@ mod reload;
 mod report;
 mod slots;
 mod snapshot;
-mod spawn;
+pub(crate) mod spawn;
 mod supervisor;
 mod systemd;
 mod trust;
@@ -310,6 +310,18 @@ pub fn run(plan: Plan, launch: Launch) -> anyhow::Result<()> {
     // Remember where the binary is now, before anyone replaces it (see `spawn::host_exe`).
     spawn::host_exe().context("could not find the host binary")?;
     let mut inherited = launch.upgrade;
+    // The program workers are executed from, opened once: the one the previous image used when
+    // this image is the one gone back to after a failed upgrade, else the worker binary beside
+    // this one (or this one).
+    let kept = match inherited.as_mut() {
+        Some(i) => i.own_worker_image()?,
+        None => None,
+    };
+    let worker_image = match kept {
+        Some(kept) => kept,
+        None => spawn::find_worker_image()?,
+    };
+    spawn::set_worker_image(worker_image);
     let snapshots = match inherited.as_mut() {
         Some(i) => i.snapshots()?,
         None => Vec::new(),

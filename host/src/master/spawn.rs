@@ -1,8 +1,9 @@
-//! Starting processes from the master: workers (fork + exec of this binary, never a bare fork:
-//! the master has threads) and the throwaway `check-plugin` probe.
+//! Starting processes from the master: workers (fork + exec of the worker binary, or of this
+//! binary where there is none; never a bare fork: the master has threads) and the throwaway
+//! `check-plugin` probe.
 
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -54,6 +55,131 @@ pub fn started_from() -> Option<&'static PathBuf> {
         .as_ref()
 }
 
+/// The worker binary's file name, looked for beside the master's binary.
+pub const WORKER_BINARY: &str = "host-worker";
+/// How long `host-worker --protocol-version` may take.
+const PROBE_VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// The worker binary's descriptor is kept numbered at least this: a worker's inherited
+/// descriptors (3, 4, …, at most 16 of them) are put in place before the exec that opens it.
+const WORKER_IMAGE_MIN_FD: std::os::fd::RawFd = 32;
+
+/// Why the worker binary beside the master cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerBinaryError {
+    #[error("could not open the worker binary {}: {source}", path.display())]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("the worker binary {} does not answer --protocol-version: {reason}", path.display())]
+    Probe { path: PathBuf, reason: String },
+    #[error(
+        "the worker binary {} speaks worker protocol {theirs}, this host {ours}: install `host` and \
+         `{WORKER_BINARY}` of the same build together",
+        path.display(),
+        ours = PROTOCOL
+    )]
+    Protocol { path: PathBuf, theirs: u32 },
+}
+
+/// The program the master's workers are executed from: the worker binary opened at start
+/// ([`set_worker_image`]), or this image (`host worker`) when there was none.
+static WORKER_IMAGE: OnceLock<Option<OwnedFd>> = OnceLock::new();
+
+/// Sets, once, the program workers are executed from (None: this image). Later calls change
+/// nothing.
+pub fn set_worker_image(image: Option<OwnedFd>) {
+    let _ = WORKER_IMAGE.set(image);
+}
+
+/// The worker binary's descriptor, if workers are executed from one.
+pub fn worker_image() -> Option<BorrowedFd<'static>> {
+    WORKER_IMAGE.get().and_then(|i| i.as_ref()).map(|fd| fd.as_fd())
+}
+
+/// `host-worker` beside the binary at `exe`.
+pub fn worker_binary_beside(exe: &Path) -> PathBuf {
+    exe.with_file_name(WORKER_BINARY)
+}
+
+/// Opens the worker binary beside the master's binary (the path it was started from) and checks
+/// that it speaks this host's worker protocol. `Ok(None)` when there is none: workers are then
+/// executed from this binary, and the log says so. The descriptor is what workers are executed
+/// from for the master's whole life, so a file installed over that path meanwhile is run only by
+/// `host upgrade`, with the master installed beside it.
+pub fn find_worker_image() -> Result<Option<OwnedFd>, WorkerBinaryError> {
+    let Some(exe) = started_from() else {
+        tracing::info!("the master's path is unknown: workers run this binary (`host worker`)");
+        return Ok(None);
+    };
+    let path = worker_binary_beside(exe);
+    let open = || -> std::io::Result<OwnedFd> {
+        let file = std::fs::File::open(&path)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a file"));
+        }
+        // Numbered above what a worker inherits (see `WORKER_IMAGE_MIN_FD`).
+        sys::dup_inherited_above(file.as_raw_fd(), WORKER_IMAGE_MIN_FD)
+    };
+    let image = match open() {
+        Ok(image) => image,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!("no {WORKER_BINARY} beside {}: workers run this binary (`host worker`)", exe.display());
+            return Ok(None);
+        }
+        Err(source) => return Err(WorkerBinaryError::Open { path, source }),
+    };
+    let theirs =
+        probe_protocol(image.as_fd()).map_err(|reason| WorkerBinaryError::Probe { path: path.clone(), reason })?;
+    if theirs != PROTOCOL {
+        return Err(WorkerBinaryError::Protocol { path, theirs });
+    }
+    tracing::info!(path = %path.display(), "workers run the worker binary");
+    Ok(Some(image))
+}
+
+/// Runs the program `image` with `--protocol-version` and reads the number it prints, within
+/// [`PROBE_VERSION_TIMEOUT`].
+fn probe_protocol(image: BorrowedFd<'_>) -> Result<u32, String> {
+    // The child inherits the image as fd 3 and runs it by that path: open across the exec, so
+    // that a script runs too (its interpreter opens the path after the exec).
+    let mut cmd = Command::new(format!("/proc/self/fd/{}", sys::FIRST_INHERITED_FD));
+    cmd.arg("--protocol-version")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = sys::spawn_with_fds(&mut cmd, &[image]).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + PROBE_VERSION_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                abandon(&mut child);
+                return Err(format!("no answer within {} s", PROBE_VERSION_TIMEOUT.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(pause),
+            Err(e) => {
+                abandon(&mut child);
+                return Err(e.to_string());
+            }
+        }
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        // It exited: what its stdout holds is there now, and no more is waited for (a
+        // grandchild may keep the pipe open).
+        if sys::set_nonblocking(pipe.as_fd()).is_ok() {
+            let mut bytes = Vec::new();
+            let _ = pipe.by_ref().take(64).read_to_end(&mut bytes);
+            out = String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    if !status.success() {
+        return Err(format!("it exited with {status}"));
+    }
+    out.trim().parse().map_err(|_| format!("it printed {:?}, not a protocol number", out.trim()))
+}
+
 /// A memfd's name is at most 249 bytes (`memfd_create` fails with EINVAL beyond): the name is a
 /// label for `/proc/PID/fd`, so a long one is cut (on a character boundary).
 fn memfd_label(name: &str) -> &str {
@@ -87,7 +213,11 @@ pub fn spawn_worker(
     plugin: BorrowedFd<'_>,
     args: &[String],
 ) -> Result<Spawned, SpawnError> {
-    let exe = host_exe().map_err(SpawnError::Exe)?;
+    // The worker binary (by its descriptor: see `WORKER_IMAGE_MIN_FD`), else this image.
+    let exe = match worker_image() {
+        Some(image) => PathBuf::from(format!("/proc/self/fd/{}", image.as_raw_fd())),
+        None => host_exe().map_err(SpawnError::Exe)?,
+    };
     let (ours, theirs) = UnixStream::pair().map_err(SpawnError::Spawn)?;
     let (watch, watch_fd) = sys::WatchPage::create(memfd_label(&format!("host-watch-{}-{}", spec.slot, spec.service)))
         .map_err(SpawnError::Spawn)?;

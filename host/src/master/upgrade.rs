@@ -152,6 +152,12 @@ pub struct State {
     /// The master's process title, which a new image that goes back restores.
     #[serde(default)]
     pub title: String,
+    /// A descriptor of the worker binary the image that wrote this state executes its workers
+    /// from (None: itself). The new image executes its own (the one installed beside it) and
+    /// keeps this one only to go back: the image gone back to uses it again, whatever file is
+    /// at that path now.
+    #[serde(default)]
+    pub worker_image: Option<RawFd>,
     /// The services' TLS session ticket keys: sessions resume across the upgrade. (The state
     /// travels in a sealed memfd, never a file or a log line.)
     #[serde(default)]
@@ -209,6 +215,7 @@ impl State {
     fn fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.pid_lock];
         fds.extend(self.previous_image);
+        fds.extend(self.worker_image);
         fds.extend(self.control);
         fds.extend(self.admin);
         fds.extend(self.client);
@@ -371,6 +378,16 @@ impl Inherited {
 
     pub fn control(&mut self) -> anyhow::Result<Option<OwnedFd>> {
         self.state.control.map(|n| self.fd(n)).transpose()
+    }
+
+    /// For the image gone back to (or taken over by the guardian), which wrote this state: the
+    /// worker binary it executed its workers from before (`Some(None)`: itself). None for a new
+    /// image, which executes the worker binary installed beside it.
+    pub fn own_worker_image(&mut self) -> anyhow::Result<Option<Option<OwnedFd>>> {
+        if self.rolled_back.is_none() && !self.rescued {
+            return Ok(None);
+        }
+        Ok(Some(self.state.worker_image.map(|n| self.fd(n)).transpose()?))
     }
 }
 
@@ -918,6 +935,8 @@ impl Master {
         fds.extend(admin);
         let client_fd = client.and_then(|c| self.control.as_ref().and_then(|s| s.client_fd(c.0)));
         fds.extend(client_fd);
+        let worker_image = spawn::worker_image();
+        fds.extend(worker_image);
         let state = State {
             format: FORMAT,
             protocol: PROTOCOL,
@@ -941,6 +960,7 @@ impl Master {
             previous_image: None,
             title: title(),
             tickets: self.sup.tickets.clone(),
+            worker_image: worker_image.map(|fd| fd.as_raw_fd()),
         };
         Ok((state, fds))
     }
@@ -1100,6 +1120,7 @@ mod tests {
             previous_image: None,
             title: String::new(),
             tickets: Default::default(),
+            worker_image: Some(40),
         }
     }
 
@@ -1125,7 +1146,14 @@ mod tests {
         let fd = sys::sealed_memfd("test-state", &mut &json[..]).unwrap();
         let back = read_state(&fd).unwrap();
         assert_eq!(back.services[0].sockets, vec![5, 6]);
-        assert_eq!(back.fds(), vec![3, 5, 6]);
+        // The worker binary's descriptor crosses the exec (and is kept for a rollback) like the rest.
+        assert_eq!(back.worker_image, Some(40));
+        assert_eq!(back.fds(), vec![3, 40, 5, 6]);
+        // A state of an older binary has none.
+        let mut older = serde_json::to_value(state()).unwrap();
+        older.as_object_mut().unwrap().remove("worker_image");
+        let older: State = serde_json::from_value(older).unwrap();
+        assert_eq!(older.worker_image, None);
         let other = serde_json::to_vec(&serde_json::json!({ "format": 99 })).unwrap();
         let fd = sys::sealed_memfd("test-state", &mut &other[..]).unwrap();
         assert!(read_state(&fd).unwrap_err().to_string().contains("format"));

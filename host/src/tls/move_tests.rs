@@ -506,7 +506,7 @@ fn bad_state_bytes_are_refused() {
 
 /// Throughput of the record layer against rustls on the same suite, in memory (no sockets):
 /// sealing and opening 16 KiB records, and rustls reading through [`RecordTail`] against reading
-/// directly. `cargo test --release -p host --bin host -- --ignored record_layer_throughput --nocapture`
+/// directly. `cargo test --release -p host --lib -- --ignored record_layer_throughput --nocapture`
 #[test]
 #[ignore = "a measurement: run it in release, by hand"]
 fn record_layer_throughput() {

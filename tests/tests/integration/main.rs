@@ -60,6 +60,9 @@ mod handover_http;
 // `host upgrade`: the master re-executes the binary installed at its path (same pid, sockets and
 // connections kept), every worker follows; refusals leave the old master serving.
 mod upgrade;
+// The worker binary (`host-worker`) beside `host`: workers run it, or `host` itself without it;
+// kept by descriptor; `host upgrade` moves to the new pair and refuses a mismatched one.
+mod worker_binary;
 // The max send buffer: a client that does not read is paused, then served in full.
 mod backpressure;
 // File bodies sent by the host (`send_file`) and by the plugin (task pool): exact bytes, ranges,
