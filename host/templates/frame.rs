@@ -7,14 +7,45 @@
 //! Run: {{run}}
 //! Try: `printf '\0\0\0\5hello' | nc -q1 127.0.0.1 7000 | od -c`
 
-use plugin_api::{export_plugin, tracing, ConnId, Frame, Host, Protocol, WorkerInfo};
+use std::io::Write;
+
+use plugin_api::{export_plugin, tracing, ConnId, ConnMap, Frame, Host, Protocol, StateWriter, WorkerInfo};
 
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
 
 /// The plugin: one instance per worker process, which serves all its connections from one
 /// thread (never block in a handler).
-pub struct {{Type}};
+pub struct {{Type}} {
+    sessions: ConnMap<Session>,
+}
+
+/// What the plugin keeps per connection (here, how many messages it answered). On a reload,
+/// `host upgrade` or a recycle the connection moves to the new worker with it (a hand-over:
+/// `export_conn` writes it, the new code's `adopt_conn` reads it), so clients notice nothing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub messages: u64,
+}
+
+impl Session {
+    /// The hand-over state, version 1 (`HANDOVER_VERSION`): `messages` as 8 bytes, little
+    /// endian. When you change it, bump `HANDOVER_VERSION` and keep reading the older versions
+    /// in `decode` (or refuse them in `handover_accepts`: the old worker then drains).
+    pub fn encode(&self) -> [u8; 8] {
+        self.messages.to_le_bytes()
+    }
+
+    /// Reads [`Session::encode`]'s bytes of `version`; None for anything else (refused: that
+    /// connection stays and drains in the old worker).
+    pub fn decode(version: u32, state: &[u8]) -> Option<Session> {
+        match version {
+            1 => Some(Session { messages: u64::from_le_bytes(state.try_into().ok()?) }),
+            _ => None,
+        }
+    }
+}
+
 
 /// Framing: the whole message's length (prefix included) as soon as the prefix is there. The
 /// host then waits for the rest, or closes the connection at once if that length is over the
@@ -43,7 +74,7 @@ pub fn reply(payload: &[u8]) -> Vec<u8> {
 
 impl Protocol for {{Type}} {
     fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
-        Ok({{Type}})
+        Ok({{Type}} { sessions: ConnMap::new() })
     }
 
     fn on_worker_start(&mut self, host: &mut Host<'_>) -> Result<(), String> {
@@ -57,6 +88,31 @@ impl Protocol for {{Type}} {
 
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
         host.send(conn, &reply(&msg[HEADER_LEN..]));
+        self.sessions.entry(conn).messages += 1;
+    }
+
+    fn on_close(&mut self, _host: &mut Host<'_>, conn: ConnId) {
+        self.sessions.remove(conn);
+    }
+
+    // Hand-over: see "Hand-over" in the host's docs/plugins.md. Keep the state after exporting
+    // (the hand-over may fail and the connection come back); never put pointers, descriptors,
+    // timer or task ids in it.
+    const HANDOVER_VERSION: u32 = 1;
+
+    fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+        let session = self.sessions.get(conn).copied().unwrap_or_default();
+        out.write_all(&session.encode()).is_ok()
+    }
+
+    fn adopt_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
+        match Session::decode(version, state) {
+            Some(session) => {
+                self.sessions.insert(conn, session);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -72,5 +128,26 @@ mod tests {
         assert_eq!(frame(b"\0\0\0\x05hel"), Frame::Complete(9));
         assert_eq!(frame(b"\0\0\0\0"), Frame::Complete(4));
         assert_eq!(reply(b"hello"), b"\0\0\0\x05hello");
+    }
+
+    // The session moves with its connection to a new instance (as on a reload) and goes on
+    // there; a state it cannot read is refused, never a panic.
+    #[test]
+    fn the_session_moves_with_its_connection() {
+        use plugin_api::testing::TestPlugin;
+        let mut old = TestPlugin::<{{Type}}>::new("").unwrap();
+        let conn = old.connect();
+        old.feed(conn, b"\0\0\0\x01a");
+        let mut new = TestPlugin::<{{Type}}>::new("").unwrap();
+        let moved = old.hand_over_to(&mut new, &[conn]).unwrap();
+        let (_, conn) = moved[0];
+        new.feed(conn, b"\0\0\0\x01b");
+        assert_eq!(new.host.take_sent(conn), b"\0\0\0\x01b");
+        assert_eq!(new.call(|p, _| p.sessions.get(conn).copied()), Some(Session { messages: 2 }));
+        assert_eq!(Session::decode(1, &Session { messages: 7 }.encode()), Some(Session { messages: 7 }));
+        for (version, junk) in [(1, &[1u8, 2, 3][..]), (1, &[0; 9]), (2, &[0; 8])] {
+            assert_eq!(Session::decode(version, junk), None);
+            assert!(!new.call(|p, h| p.adopt_conn(h, ConnId::new(9, 1), version, junk)));
+        }
     }
 }

@@ -23,6 +23,12 @@ pub fn reply(text: &str) -> String {
 }
 
 impl Handler for {{Type}} {
+    /// It takes part in hand-overs: on a reload, `host upgrade` or a recycle its open connections
+    /// move to the new worker (websocket-core moves the connection's own state and topics). Keep
+    /// per-connection state? Write it in `export_conn`, read it in `adopt_conn` (version it, and
+    /// bump this when its format changes); see "Hand-over" in the host's docs/plugins.md.
+    const HANDOVER_VERSION: u32 = 1;
+
     fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
         Ok({{Type}})
     }

@@ -570,8 +570,8 @@ impl<P: Protocol> TestPlugin<P> {
     /// (`handover_accepts`), then each connection's state is exported (`export_conn`; one that
     /// declines stays here), the worker-wide state is exported and adopted
     /// (`export_worker`, `adopt_worker`), and each connection is adopted (`adopt_conn`) under
-    /// a new id of `to`, with the bytes this side buffered and did not deliver (they are fed to
-    /// `to` at once). Answers the moved connections as (old id, new id), or why nothing moved.
+    /// a new id of `to`, with its subscriptions and the bytes this side buffered and did not
+    /// deliver (they are fed to `to` at once). Answers the moved connections as (old id, new id), or why nothing moved.
     pub fn hand_over_to<Q: Protocol>(
         &mut self,
         to: &mut TestPlugin<Q>,
@@ -607,9 +607,22 @@ impl<P: Protocol> TestPlugin<P> {
             if let Some(peer) = self.host.peers.get(&old) {
                 to.host.peers.insert(new, *peer);
             }
+            // Subscriptions move with the connection, before the plugin adopts it (as the host's).
+            let topics = self.host.topics_of(old);
+            for topic in &topics {
+                to.host.subscriptions.entry(topic.clone()).or_default().insert(new);
+            }
             if !to.call(|q, h| q.adopt_conn(h, new, P::HANDOVER_VERSION, &state)) {
+                to.host.subscriptions.retain(|_, subs| {
+                    subs.remove(&new);
+                    !subs.is_empty()
+                });
                 continue;
             }
+            self.host.subscriptions.retain(|_, subs| {
+                subs.remove(&old);
+                !subs.is_empty()
+            });
             let buffered = self.buffers.remove(&old).unwrap_or_default();
             if let Some(n) = self.expect.remove(&old) {
                 to.expect.insert(new, n);

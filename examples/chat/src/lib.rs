@@ -13,11 +13,17 @@
 //! - `/to SLOT TEXT`: `TEXT` to the clients of the worker serving `SLOT` only (each client is
 //!   also in the room `slot-N` of its worker); `! no such worker` for a slot the service has not.
 //!
-//! A draining worker (graceful reload or stop) keeps its clients until they leave or the drain
-//! timeout: the rooms go on across a reload. Idle clients are closed by the host's
-//! `--idle-timeout`.
+//! On a reload, upgrade or recycle the clients move to the new worker (hand-over): the host moves
+//! each connection with its subscriptions and a half-typed line, the plugin its rooms (state
+//! version 1, [`encode_rooms`]). A worker that drains instead (`handover = false`, a graceful
+//! stop) keeps its clients until they leave or the drain timeout. Idle clients are closed by the
+//! host's `--idle-timeout`.
 
-use plugin_api::{export_plugin, ConnId, ConnMap, Frame, Host, Protocol, WorkerInfo};
+use std::io::Write;
+
+use plugin_api::{
+    export_plugin, ConnId, ConnMap, Frame, Host, Protocol, StateWriter, WorkerInfo, MAX_TOPICS_PER_CONN, MAX_TOPIC_LEN,
+};
 
 /// The longest line.
 pub const MAX_LINE: usize = 4096;
@@ -26,6 +32,33 @@ pub struct Chat {
     /// Each client's rooms (where its lines go).
     rooms: ConnMap<Vec<String>>,
     pid: u32,
+}
+
+/// A client's rooms as hand-over state, version 1: for each room its length (u16, little
+/// endian) and its name.
+pub fn encode_rooms(rooms: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for room in rooms {
+        out.extend_from_slice(&(room.len() as u16).to_le_bytes());
+        out.extend_from_slice(room.as_bytes());
+    }
+    out
+}
+
+/// Reads what [`encode_rooms`] wrote; None for anything else (a truncated or empty name, one
+/// longer than a topic can be, not UTF-8, more rooms than a connection can have).
+pub fn decode_rooms(mut state: &[u8]) -> Option<Vec<String>> {
+    let mut rooms = Vec::new();
+    while let Some((len, rest)) = state.split_first_chunk::<2>() {
+        let len = u16::from_le_bytes(*len) as usize;
+        if len == 0 || len > MAX_TOPIC_LEN || len > rest.len() || rooms.len() == MAX_TOPICS_PER_CONN {
+            return None;
+        }
+        let (name, rest) = rest.split_at(len);
+        rooms.push(std::str::from_utf8(name).ok()?.to_string());
+        state = rest;
+    }
+    state.is_empty().then_some(rooms)
 }
 
 /// Where the next line ends in `buf`: its length with the newline.
@@ -39,6 +72,9 @@ pub fn line_length(buf: &[u8]) -> Frame {
 }
 
 impl Protocol for Chat {
+    /// Version 1: a client's rooms ([`encode_rooms`]); no worker-wide state.
+    const HANDOVER_VERSION: u32 = 1;
+
     fn new(_config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         Ok(Chat { rooms: ConnMap::new(), pid: worker.pid })
     }
@@ -90,6 +126,22 @@ impl Protocol for Chat {
 
     /// Keeps the client: the rooms go on while the worker drains (until the drain timeout).
     fn on_drain(&mut self, _host: &mut Host<'_>, _conn: ConnId) {}
+
+    /// The client's rooms (its subscriptions move with it, by the host).
+    fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+        let rooms = self.rooms.get(conn).map_or(&[][..], Vec::as_slice);
+        out.write_all(&encode_rooms(rooms)).is_ok()
+    }
+
+    fn adopt_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
+        match (version, decode_rooms(state)) {
+            (1, Some(rooms)) => {
+                self.rooms.insert(conn, rooms);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 export_plugin!(Chat);
@@ -125,5 +177,63 @@ mod tests {
         t.feed(a, b"/to 0 direct\n/to 7 nobody\n");
         assert_eq!(t.host.take_sent(a), b"direct\n! no such worker\n");
         assert_eq!(t.host.take_sent(b), b"direct\n");
+    }
+
+    // The rooms move with each client: after the hand-over the same lines reach the same
+    // members, and `/leave` in the new instance works on what moved.
+    #[test]
+    fn rooms_move_with_their_clients() {
+        let mut old = TestPlugin::<Chat>::new("").unwrap();
+        let (a, b) = (old.connect(), old.connect());
+        old.feed(a, b"/join red\n");
+        old.feed(b, b"/join red\n/leave lobby\n");
+        old.feed(a, b"/join bl");
+        let _ = (old.host.take_sent(a), old.host.take_sent(b));
+        let mut new = TestPlugin::<Chat>::new("").unwrap();
+        let moved = old.hand_over_to(&mut new, &[a, b]).unwrap();
+        let [(_, a2), (_, b2)] = moved[..] else { panic!("{moved:?}") };
+        new.feed(a2, b"ue\n");
+        assert_eq!(new.host.take_sent(a2), b"joined blue\n", "the half line completes");
+        new.feed(b2, b"in red\n");
+        assert_eq!((new.host.take_sent(a2), new.host.take_sent(b2)), (b"in red\n".to_vec(), b"in red\n".to_vec()));
+        new.feed(a2, b"/leave red\n/leave blue\nall\n");
+        assert_eq!(new.host.take_sent(a2), b"left red\nleft blue\nall\n");
+        assert_eq!(new.host.take_sent(b2), b"", "b left the lobby before the move");
+        assert!(old.host.topics_of(a).is_empty(), "the old worker keeps no subscription of a moved client");
+    }
+
+    #[test]
+    fn the_room_state_round_trips_and_garbage_is_refused() {
+        let rooms = vec!["lobby".to_string(), "ü".repeat(128), "x".repeat(MAX_TOPIC_LEN)];
+        assert_eq!(decode_rooms(&encode_rooms(&rooms)), Some(rooms));
+        assert_eq!(decode_rooms(&[]), Some(vec![]));
+        let many: Vec<String> = (0..=MAX_TOPICS_PER_CONN).map(|i| format!("r{i}")).collect();
+        for bad in [
+            &[5, 0, b'a'][..],        // truncated name
+            &[1][..],                 // truncated length
+            &[0, 0][..],              // empty name
+            &[1, 0, 0xff][..],        // not UTF-8
+            &[1, 0, b'a', 7][..],     // trailing byte
+            &[1, 2, b'a'][..],        // longer than a topic
+            &encode_rooms(&many)[..], // more rooms than a connection has
+        ] {
+            assert_eq!(decode_rooms(bad), None, "{bad:?}");
+        }
+        let mut new = TestPlugin::<Chat>::new("").unwrap();
+        let conn = ConnId::new(0, 1);
+        assert!(!new.call(|p, h| p.adopt_conn(h, conn, 1, &[5, 0, b'a'])));
+        assert!(!new.call(|p, h| p.adopt_conn(h, conn, 2, &encode_rooms(&["lobby".into()]))));
+        assert!(!new.call(|p, h| p.handover_accepts(h, "chat", 2)));
+        // Arbitrary bytes never panic.
+        let mut x: u32 = 7;
+        for len in 0..200 {
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 16) as u8
+                })
+                .collect();
+            let _ = decode_rooms(&junk);
+        }
     }
 }

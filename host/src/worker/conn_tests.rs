@@ -777,3 +777,47 @@ fn a_publish_reaches_every_subscriber_with_room_and_the_worker_itself() {
     assert_eq!(b.core.topics.conn_count(b"t"), 0);
     assert_eq!(b.core.topics.subscription_count(), 1, "the worker's own is left");
 }
+
+// The hand-over's seam for topics (`worker::topic_seam`): a subscribed connection moves while
+// publishers P and Q reach the two workers at their own pace. The old worker wrote it P up to 3
+// (and read P's 4th, on another topic) and Q up to 1; the new one had read Q's 2nd (written at
+// the import) but only P's first two: P's 3rd still comes to it (skipped: the old worker wrote
+// it), then P's 5th (written). Each message once, in order.
+#[test]
+fn a_moved_subscriber_hears_each_topic_message_once() {
+    const P: u64 = 77;
+    const Q: u64 = 78;
+    let mut old = Bench::new(limits());
+    let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let id = old.accept(Stream::Unix(mio::net::UnixStream::from_std(ours)));
+    assert_eq!(old.core.subscribe(id, b"red"), 1);
+    for n in 1..=3 {
+        old.core.deliver_published(Some((P, n)), b"red", format!("P{n};").as_bytes());
+    }
+    old.core.deliver_published(Some((P, 4)), b"blue", b"not its topic;");
+    old.core.deliver_published(Some((Q, 1)), b"red", b"Q1;");
+    let exported = old.core.export(id).unwrap();
+    let mut marks = exported.snapshot.topic_marks.clone();
+    marks.sort();
+    assert_eq!(marks, [(P, 4), (Q, 1)]);
+
+    let mut new = Bench::new(limits());
+    for (from, msg) in [((P, 1), "P1;"), ((P, 2), "P2;"), ((Q, 1), "Q1;"), ((Q, 2), "Q2;")] {
+        new.core.deliver_published(Some(from), b"red", msg.as_bytes());
+    }
+    let id = new.core.import(exported).unwrap();
+    assert_eq!(new.core.topics.stats.seam_replayed, 1, "Q2");
+    new.core.deliver_published(Some((P, 3)), b"red", b"P3;");
+    new.core.deliver_published(Some((P, 4)), b"blue", b"not its topic;");
+    assert!(new.core.topics.seam_marks.is_empty(), "read past the marks: nothing more to skip");
+    new.core.deliver_published(Some((P, 5)), b"red", b"P5;");
+    new.core.deliver_published(Some((Q, 3)), b"red", b"Q3;");
+    new.settle();
+    assert!(new.core.get(id).is_some());
+    let want = b"P1;P2;P3;Q1;Q2;P5;Q3;";
+    let mut got = vec![0; want.len()];
+    std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+}

@@ -494,7 +494,13 @@ impl Worker {
             match self.core.mailbox.recv(&mut self.mailbox_buf) {
                 Ok(Some((from, n))) if from & mailbox::TOPIC_FLAG != 0 => {
                     match mailbox::split_topic(&self.mailbox_buf[4..4 + n]) {
-                        Some((topic, msg)) => self.core.deliver_published(topic, msg),
+                        Some(m) => {
+                            self.core.deliver_published(Some((m.publisher, m.seq)), m.topic, m.msg);
+                            if self.core.topics.handed_over.contains(m.topic) {
+                                let slot = self.core.slot;
+                                self.core.mailbox.forward(slot, &self.mailbox_buf[..4 + n]);
+                            }
+                        }
                         None => tracing::warn!(from_slot = from & !mailbox::TOPIC_FLAG, "a malformed topic message"),
                     }
                 }
@@ -511,6 +517,17 @@ impl Worker {
                     self.mailbox_pending = false;
                     return;
                 }
+            }
+        }
+    }
+
+    /// Delivers every message in the mailbox now (a bounded number of batches).
+    pub(super) fn read_mailbox_to_end(&mut self) {
+        self.mailbox_pending = true;
+        for _ in 0..64 {
+            self.read_mailbox();
+            if !self.mailbox_pending {
+                return;
             }
         }
     }

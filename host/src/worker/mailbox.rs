@@ -11,8 +11,10 @@
 //! message is dropped for that peer and counted.
 //!
 //! A topic's message (`Host::publish`) travels the same way, marked by [`TOPIC_FLAG`] in the
-//! slot's word: then come the topic's length (2 bytes, little-endian), the topic and the message.
-//! It is never handed to `on_worker_message`.
+//! slot's word: then come its publisher's id (8 bytes) and sequence number (8 bytes), the
+//! topic's length (2 bytes), the topic and the message, all little-endian (the numbers let a
+//! connection that moves between workers hear each message once: `worker::topic_seam`). It is
+//! never handed to `on_worker_message`.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -93,18 +95,29 @@ impl Mailbox {
 
     /// Sends a topic's message to every peer (a peer that does not take it misses it: counted
     /// in `dropped`). The caller checked its size (`worker::topics::check_publish`).
-    pub fn publish(&mut self, from_slot: u32, topic: &[u8], msg: &[u8]) {
+    pub fn publish(&mut self, from_slot: u32, publisher: u64, seq: u64, topic: &[u8], msg: &[u8]) {
         if self.peers.is_empty() {
             return;
         }
         self.out.clear();
         self.out.extend_from_slice(&(from_slot | TOPIC_FLAG).to_le_bytes());
+        self.out.extend_from_slice(&publisher.to_le_bytes());
+        self.out.extend_from_slice(&seq.to_le_bytes());
         self.out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
         self.out.extend_from_slice(topic);
         self.out.extend_from_slice(msg);
         for i in 0..self.peers.len() {
             self.deliver(i);
         }
+    }
+
+    /// Sends a topic's datagram as received (`raw`: header included) to the serving worker of
+    /// `slot` (an old worker forwarding to its replacement); false when it did not take it.
+    pub fn forward(&mut self, slot: u32, raw: &[u8]) -> bool {
+        let Some(i) = self.peers.iter().position(|p| p.peer.slot == slot && p.peer.serving) else { return false };
+        self.out.clear();
+        self.out.extend_from_slice(raw);
+        self.deliver(i)
     }
 
     fn prepare(&mut self, from_slot: u32, msg: &[u8]) -> bool {
@@ -163,12 +176,23 @@ impl Mailbox {
     }
 }
 
-/// The topic and message of a topic's datagram body (after the slot's word); None when it is
-/// malformed.
-pub fn split_topic(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let len = u16::from_le_bytes(body.get(..2)?.try_into().ok()?) as usize;
-    let rest = &body[2..];
-    (rest.len() >= len).then(|| rest.split_at(len))
+/// A topic's datagram body (after the slot's word).
+#[derive(Debug, PartialEq, Eq)]
+pub struct TopicMsg<'a> {
+    pub publisher: u64,
+    pub seq: u64,
+    pub topic: &'a [u8],
+    pub msg: &'a [u8],
+}
+
+/// Reads a topic's datagram body; None when it is malformed.
+pub fn split_topic(body: &[u8]) -> Option<TopicMsg<'_>> {
+    let (publisher, body) = body.split_first_chunk::<8>()?;
+    let (seq, body) = body.split_first_chunk::<8>()?;
+    let (len, rest) = body.split_first_chunk::<2>()?;
+    let len = u16::from_le_bytes(*len) as usize;
+    let (topic, msg) = (rest.len() >= len).then(|| rest.split_at(len))?;
+    Some(TopicMsg { publisher: u64::from_le_bytes(*publisher), seq: u64::from_le_bytes(*seq), topic, msg })
 }
 
 #[cfg(test)]
@@ -201,6 +225,25 @@ mod tests {
         }
         assert_eq!(b.recv(&mut buf).unwrap(), None);
         assert_eq!((a.sent, b.received), (100, 100));
+    }
+
+    // A topic's datagram carries its publisher and number; a cut one is refused.
+    #[test]
+    fn topic_messages_carry_their_publisher_and_number() {
+        let (rx, tx) = pair();
+        let mut a = Mailbox::default();
+        a.set_peers(true, vec![peer(1, true)], vec![tx]);
+        let mut b = Mailbox { receiver: Some(rx), ..Mailbox::default() };
+        a.publish(0, 0xfeed_0000_0001, 42, b"red", b"hello");
+        let mut buf = vec![0; RECV_BUFFER];
+        let (from, n) = b.recv(&mut buf).unwrap().unwrap();
+        assert_eq!(from, TOPIC_FLAG);
+        let body = &buf[HEADER..HEADER + n];
+        let got = split_topic(body).unwrap();
+        assert_eq!(got, TopicMsg { publisher: 0xfeed_0000_0001, seq: 42, topic: b"red", msg: b"hello" });
+        for cut in [0, 7, 16, 17, 18, 20] {
+            assert_eq!(split_topic(&body[..cut]), None, "cut at {cut}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod tasks;
 mod timers;
 #[cfg(test)]
 mod tls_move_tests;
+mod topic_seam;
 mod topics;
 mod transport;
 mod uring;

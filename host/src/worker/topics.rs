@@ -14,6 +14,7 @@ use indexmap::IndexSet;
 use plugin_api::abi::{TopicStatus, MAX_PUBLISH, MAX_TOPICS_PER_CONN, MAX_TOPIC_LEN, WORKER_CONN};
 use plugin_api::ConnId;
 
+use super::topic_seam::{Marks, Recent};
 use crate::cluster::driver::Driver;
 use crate::cluster::State;
 use crate::status::TopicReport;
@@ -31,6 +32,10 @@ pub struct TopicStats {
     pub dropped_slow: u64,
     /// Calls refused: a bad topic, too many topics on a connection, a message too large.
     pub refused: u64,
+    /// Messages a moved connection missed at the hand-over's seam: written by the new worker
+    /// (`seam_replayed`), and missed for good (`seam_lost`: older than its log).
+    pub seam_replayed: u64,
+    pub seam_lost: u64,
 }
 
 /// What a change of subscription means for the broker of a cluster.
@@ -55,6 +60,20 @@ pub struct TopicTable {
     pub heard: VecDeque<(Box<[u8]>, Vec<u8>)>,
     /// The broker connection of the service's cluster (`--cluster`), when it has one.
     pub cluster: Option<Driver>,
+    /// This worker's id as a publisher, and the number of its last publish.
+    pub publisher: u64,
+    pub seq: u64,
+    /// The last number taken from each publisher, this worker included (`topic_seam`).
+    pub seen: Marks,
+    /// What it took since it started, for connections a hand-over brings (`topic_seam`).
+    pub recent: Recent,
+    /// Connections a hand-over brought, with the old worker's marks, until this worker has read
+    /// past them: a message at or below its publisher's mark was written by the old worker.
+    pub seam_marks: HashMap<ConnId, Marks>,
+    /// In an old worker: the topics of the connections it handed over. What it takes on them
+    /// afterwards it forwards to its slot's replacement, which may not hear it from the
+    /// publisher (one that did not know the replacement yet): `topic_seam`.
+    pub handed_over: std::collections::HashSet<Box<[u8]>>,
 }
 
 /// Checks a topic name: 1 to [`MAX_TOPIC_LEN`] bytes.
@@ -75,6 +94,11 @@ pub fn check_publish(topic: &[u8], msg: &[u8]) -> Result<(), TopicStatus> {
 }
 
 impl TopicTable {
+    /// An empty table of a worker whose publisher id is `publisher` (`topic_seam::publisher_id`).
+    pub fn with_publisher(publisher: u64) -> Self {
+        TopicTable { publisher, ..TopicTable::default() }
+    }
+
     /// Subscribes `conn` (which the caller checked is live) to `topic`.
     pub fn subscribe(&mut self, conn: ConnId, topic: &[u8]) -> Result<Change, TopicStatus> {
         let refused = check_topic(topic).and_then(|()| {
@@ -129,6 +153,7 @@ impl TopicTable {
     /// Ends every subscription of `conn` (it closed, or left the table); returns the topics
     /// that have no subscriber left in this worker.
     pub fn remove_conn(&mut self, conn: ConnId) -> Vec<Box<[u8]>> {
+        self.seam_marks.remove(&conn);
         let Some(topics) = self.by_conn.remove(&conn) else { return Vec::new() };
         let mut emptied = Vec::new();
         for topic in topics {

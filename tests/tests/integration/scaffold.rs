@@ -139,12 +139,18 @@ fn a_new_plugin_builds_serves_and_passes_its_own_test() {
     let so = scaffold_target().join(format!("debug/lib{lib}.so"));
     assert!(so.is_file(), "no {}", so.display());
 
-    let host = Host::start(so.to_str().unwrap(), &[]);
+    let mut host = Host::start(so.to_str().unwrap(), &[]);
     let mut client = Client::connect(host.port());
     client.send(b"hello from a new plugin\n");
     let line = client.read_line().unwrap_or_else(|e| panic!("no answer: {e}\n{}", host.log_text()));
     assert_eq!(line, b"hello from a new plugin\n");
     host.wait_for_log(&format!("{lib} is ready"), Duration::from_secs(5)).unwrap();
+    // It takes part in hand-overs: the client stays on its connection across `reload -g`.
+    let reload = host.command(["reload", "-g"], COMMAND_TIMEOUT);
+    assert!(reload.status.success(), "{}{}", reload.stdout, reload.stderr);
+    host.wait_for_log("hand-over: 1 connections moved", Duration::from_secs(15)).unwrap();
+    client.send(b"after the reload\n");
+    assert_eq!(client.read_line().unwrap(), b"after the reload\n");
     drop(host);
 
     let mut check = host_command_in(dir.path());
@@ -156,6 +162,7 @@ fn a_new_plugin_builds_serves_and_passes_its_own_test() {
     let test = cargo(&krate, &["test"]);
     assert!(test.ok, "cargo test of the new plugin failed:\n{}\n{}", test.stdout, test.stderr);
     assert_contains!(test.stdout, "test tests::lines_are_framed_and_echoed ... ok");
+    assert_contains!(test.stdout, "test tests::the_session_moves_with_its_connection ... ok");
 }
 
 /// The files under `dir`, relative, sorted.

@@ -68,6 +68,10 @@ pub struct Snapshot {
     pub bytes_out: u64,
     /// The topics it is subscribed to (`Host::subscribe`), in order: they move with it.
     pub topics: Vec<Vec<u8>>,
+    /// With topics: the last number this worker took from each publisher (publisher, number):
+    /// it was written every message up to these, the new worker writes it the later ones
+    /// (`worker::topic_seam`).
+    pub topic_marks: Vec<(u64, u64)>,
 }
 
 /// A connection out of its table.
@@ -173,6 +177,10 @@ impl Core {
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
             topics: self.topics.topics_of(id),
+            topic_marks: match self.topics.topics_of(id).is_empty() {
+                true => Vec::new(),
+                false => self.topics.seen.iter().map(|(&p, &n)| (p, n)).collect(),
+            },
         })
     }
 
@@ -204,6 +212,8 @@ impl Core {
     /// by that id) should the hand-over fail; [`Core::release`] frees the id once it moved.
     pub fn hold(&mut self, id: ConnId) -> Result<ExportedConn, ExportError> {
         let exported = self.export(id)?;
+        // Topic messages on its topics that reach this worker from now on are forwarded.
+        self.topics.handed_over.extend(exported.snapshot.topics.iter().map(|t| t[..].into()));
         // `take` freed the index last: reserve it again.
         if self.free.last() == Some(&(id.index() as u32)) {
             self.free.pop();
@@ -273,6 +283,11 @@ impl Core {
         self.live += 1;
         for topic in &s.topics {
             self.subscribe(id, topic);
+        }
+        // What this worker took on its topics that the old one had not: written first.
+        if !s.topics.is_empty() {
+            let marks = s.topic_marks.iter().copied().collect();
+            self.replay_missed(id, &marks, &s.topics);
         }
         // Flush what was queued (or carry out the close); dispatch what was buffered.
         self.mark_dirty(index);

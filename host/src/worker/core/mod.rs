@@ -175,7 +175,7 @@ impl Core {
             sessions: HashMap::new(),
             tasks: None,
             watch: Watch::default(),
-            topics: TopicTable::default(),
+            topics: TopicTable::with_publisher(super::topic_seam::publisher_id()),
             registry,
         }
     }

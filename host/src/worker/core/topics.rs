@@ -18,6 +18,7 @@ use plugin_api::abi::{TopicStatus, WORKER_CONN};
 use plugin_api::ConnId;
 
 use super::super::phase::ConnPhase;
+use super::super::topic_seam::Marks;
 use super::super::topics::{check_publish, check_topic, Change};
 use super::{Core, Deferred};
 use crate::cluster::driver::Driver;
@@ -82,8 +83,13 @@ impl Core {
             return status.0 as i64;
         }
         self.topics.stats.published += 1;
-        let written = self.fan_out(topic, msg);
-        self.mailbox.publish(self.slot, topic, msg);
+        let from = (self.topics.publisher, self.topics.seq + 1);
+        let written = self.fan_out(Some(from), topic, msg);
+        let t = &mut self.topics;
+        t.seq += 1;
+        t.seen.insert(t.publisher, t.seq);
+        t.recent.keep(self.now_ms, t.publisher, t.seq, topic, msg);
+        self.mailbox.publish(self.slot, t.publisher, t.seq, topic, msg);
         if let Some(cluster) = self.topics.cluster.as_mut() {
             // Not connected, or a backlog: dropped and counted by the broker session
             // (at-most-once across hosts); local delivery went on above.
@@ -92,27 +98,110 @@ impl Core {
         written as i64
     }
 
-    /// A message published by another worker of this host or by another host: written to this
-    /// worker's subscribers (and heard by the plugin when the worker subscribed itself).
-    pub fn deliver_published(&mut self, topic: &[u8], msg: &[u8]) {
+    /// A message published by another worker of this host (its id and number: `from`) or by
+    /// another host (None): written to this worker's subscribers (and heard by the plugin when
+    /// the worker subscribed itself).
+    pub fn deliver_published(&mut self, from: Option<(u64, u64)>, topic: &[u8], msg: &[u8]) {
         if check_publish(topic, msg).is_err() {
             return;
         }
+        if let Some((publisher, seq)) = from {
+            // Had already, by another path (an old worker forwards what it takes after a
+            // hand-over: `topic_seam`); a publisher's messages come in order on each path.
+            if self.topics.seen.get(&publisher).is_some_and(|&last| seq <= last) {
+                return;
+            }
+            self.topics.seen.insert(publisher, seq);
+            self.topics.recent.keep(self.now_ms, publisher, seq, topic, msg);
+        }
         self.topics.stats.received += 1;
-        self.fan_out(topic, msg);
+        self.fan_out(from, topic, msg);
+        if !self.topics.seam_marks.is_empty() {
+            // Read past every mark of a connection: nothing more of the old worker's can come.
+            let seen = &self.topics.seen;
+            self.topics.seam_marks.retain(|_, marks| marks.iter().any(|(p, &m)| seen.get(p).copied().unwrap_or(0) < m));
+        }
+    }
+
+    /// A connection a hand-over brought (subscribed to its topics already) hears what this
+    /// worker took on them after the old worker's `marks`, before anything later
+    /// (`worker::topic_seam`).
+    pub(super) fn replay_missed(&mut self, id: ConnId, marks: &Marks, topics: &[Vec<u8>]) {
+        let (missed, lost) = self.topics.recent.missed(marks, topics);
+        let missed: Vec<Vec<u8>> = missed.map(|m| m.msg.clone()).collect();
+        if lost > 0 {
+            tracing::warn!(
+                conn = id.0,
+                lost,
+                "a moved connection missed topic messages older than the new worker's log"
+            );
+        }
+        self.topics.stats.seam_lost += lost;
+        tracing::debug!(
+            conn = id.0,
+            replayed = missed.len(),
+            ?marks,
+            "seam: written the messages the old worker had not"
+        );
+        for msg in &missed {
+            if self.write_published(id, msg) {
+                self.topics.stats.seam_replayed += 1;
+                self.topics.stats.delivered += 1;
+            }
+        }
+        // Messages still on their way to this worker's mailbox at or below the marks were
+        // written by the old worker: the fan-out skips them for this connection.
+        let seen = &self.topics.seen;
+        if marks.iter().any(|(p, &m)| seen.get(p).copied().unwrap_or(0) < m) {
+            self.topics.seam_marks.insert(id, marks.clone());
+        }
+    }
+
+    /// Writes one topic message to connection `id` as the fan-out does; false when it did not
+    /// (gone, closing, or its send buffer full: then counted as dropped).
+    fn write_published(&mut self, id: ConnId, msg: &[u8]) -> bool {
+        let max = self.limits.max_send_buffer;
+        let index = id.index();
+        let Some(c) = self.conns.get_mut(index).and_then(Option::as_mut).filter(|c| c.id == id) else {
+            return false;
+        };
+        if c.phase != ConnPhase::Open {
+            return false;
+        }
+        if c.pending_output() >= max {
+            self.topics.stats.dropped_slow += 1;
+            return false;
+        }
+        c.output.extend_from_slice(msg);
+        if c.pending_output() >= max && !c.hold.buffer_full {
+            c.hold.buffer_full = true;
+            self.deferred.push_back((id, Deferred::BufferFull));
+        }
+        if !c.sched.dirty {
+            c.sched.dirty = true;
+            self.dirty.push(index);
+        }
+        true
     }
 
     /// Writes `msg` to every subscribed connection of `topic` with room in its send buffer,
     /// queues it for the plugin's `on_publish` when the worker itself is subscribed; returns
     /// how many connections it was written to.
-    fn fan_out(&mut self, topic: &[u8], msg: &[u8]) -> usize {
+    fn fan_out(&mut self, from: Option<(u64, u64)>, topic: &[u8], msg: &[u8]) -> usize {
         let max = self.limits.max_send_buffer;
         let Some(subs) = self.topics.subscribers(topic) else { return 0 };
+        let seam = &self.topics.seam_marks;
         let (mut written, mut dropped, mut worker) = (0u64, 0u64, false);
         for &id in subs {
             if id == WORKER_CONN {
                 worker = true;
                 continue;
+            }
+            // Written by the old worker already (a connection a hand-over just brought).
+            if let (false, Some((publisher, seq))) = (seam.is_empty(), from) {
+                if seam.get(&id).is_some_and(|marks| seq <= marks.get(&publisher).copied().unwrap_or(0)) {
+                    continue;
+                }
             }
             let index = id.index();
             let Some(c) = self.conns.get_mut(index).and_then(Option::as_mut).filter(|c| c.id == id) else {
@@ -194,7 +283,7 @@ impl Core {
     fn cluster_events(&mut self, events: Vec<Event>) {
         for event in events {
             match event {
-                Event::Message { topic, payload } => self.deliver_published(&topic, &payload),
+                Event::Message { topic, payload } => self.deliver_published(None, &topic, &payload),
                 Event::Connected => tracing::info!("connected to the cluster's broker"),
                 Event::Disconnected { reason } => {
                     tracing::warn!("the cluster's broker connection is down: {reason}; local delivery goes on")

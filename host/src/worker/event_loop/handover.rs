@@ -208,6 +208,9 @@ impl Worker {
                 // here: none of them sees a keyspace without it.
                 self.pause_accepting();
                 let deadline_ms = self.core.now_ms + timeout_ms;
+                // Topic messages taken meanwhile are kept for the connections to come.
+                let recent = &mut self.core.topics.recent;
+                recent.until_ms = recent.until_ms.max(deadline_ms);
                 let new = NewSide { channel, version: None, stash: Vec::new(), finished: false, deadline_ms };
                 self.handover = Some(Session::New(new));
             }
@@ -287,6 +290,9 @@ impl Worker {
     fn send_everything(&mut self, old: &mut OldSide) -> Result<(), String> {
         // The pause clients of moved connections see starts with the first one taken out.
         old.stopped_ms = Some(self.core.now_ms);
+        // Topic messages waiting in the mailbox are delivered first: they count in the marks
+        // the connections take along (`worker::topic_seam`).
+        self.read_mailbox_to_end();
         let mut conns = Vec::new();
         let mut stayed = 0u64;
         for id in self.core.ids() {

@@ -73,6 +73,8 @@ impl Worker {
         if new.channel.closed || (new.finished && !new.channel.pending()) {
             let _ = self.poll.registry().deregister(&mut new.channel.stream);
             self.resume_accepting();
+            // No more connections come: the topic messages kept for them go.
+            self.core.topics.recent.stop();
             // Adopted connections arrived with stashed frames; an unfinished hand-over's
             // descriptors are the old worker's copies: dropping them here closes nothing of its.
             return None;

@@ -1,0 +1,159 @@
+//! The seam of a hand-over for topic messages: a subscribed connection moving from the old
+//! worker to its replacement hears every message of its topics once, in order, although both
+//! workers receive each message on their own (each from its mailbox, at its own pace).
+//!
+//! Every message between the workers of a host carries its publisher's id ([`Marks`] keys: a
+//! worker's pid and start time) and the publisher's sequence number. Each worker remembers the
+//! last number it took from each publisher. When the old worker takes a connection out
+//! (`Core::hold`), those numbers go with it ([`Marks`], in its snapshot): the old worker
+//! delivered everything up to them, and delivers nothing after (the connection left its topic
+//! table). A new worker keeps the messages it took since it started ([`Recent`], bounded in bytes
+//! and time); importing the connection, it writes those of its topics numbered past the marks,
+//! in order, before any later one. So a message reaches a moved connection through exactly one of
+//! the two workers.
+//!
+//! A publisher that did not know the new worker yet (the previous slot's replacement, say, early
+//! in a reload chain) sends to the old worker only: the old worker forwards what it takes on the
+//! moved connections' topics to its slot's replacement (`TopicTable::handed_over`), and a worker
+//! takes each publisher's number once, whichever path it came by (a publisher's messages keep
+//! their order on each path; should a forwarded one arrive after a later one came direct, it is
+//! dropped rather than written out of order).
+//!
+//! What this cannot cover, said where it is documented (docs/architecture.md, "Hand-over"):
+//! messages from other hosts (`--cluster`: at-most-once anyway), and messages older than what
+//! [`Recent`] keeps (counted as `seam_lost`).
+
+use std::collections::{HashMap, VecDeque};
+
+/// The last sequence number taken from each publisher (by publisher id).
+pub type Marks = HashMap<u64, u64>;
+
+/// What a new worker keeps of the messages it takes: at most this many bytes...
+pub const RECENT_BYTES: usize = 8 << 20;
+/// ... and only so long after it started, unless a hand-over to it is under way (its
+/// replacement's hand-over starts within its start-up; a worker that is no replacement stops
+/// keeping them then).
+pub const RECENT_MS: u64 = 30_000;
+
+/// A message as a worker took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub publisher: u64,
+    pub seq: u64,
+    pub topic: Box<[u8]>,
+    pub msg: Vec<u8>,
+}
+
+/// The messages a new worker took, oldest first, while a hand-over may still come.
+#[derive(Debug)]
+pub struct Recent {
+    log: VecDeque<Logged>,
+    bytes: usize,
+    /// Keeping (false once the hand-over ended or [`RECENT_MS`] passed without one).
+    pub on: bool,
+    /// Keeps until this time of the worker's clock (a hand-over to it pushes it on).
+    pub until_ms: u64,
+    /// Per publisher, the newest number dropped from the log for room.
+    evicted: Marks,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent { log: VecDeque::new(), bytes: 0, on: true, until_ms: RECENT_MS, evicted: Marks::new() }
+    }
+}
+
+impl Recent {
+    /// Keeps a message taken at `now_ms` (when on), dropping the oldest beyond [`RECENT_BYTES`].
+    pub fn keep(&mut self, now_ms: u64, publisher: u64, seq: u64, topic: &[u8], msg: &[u8]) {
+        if !self.on {
+            return;
+        }
+        if now_ms > self.until_ms {
+            return self.stop();
+        }
+        self.bytes += topic.len() + msg.len();
+        self.log.push_back(Logged { publisher, seq, topic: topic.into(), msg: msg.to_vec() });
+        while self.bytes > RECENT_BYTES {
+            let Some(old) = self.log.pop_front() else { break };
+            self.bytes -= old.topic.len() + old.msg.len();
+            self.evicted.insert(old.publisher, old.seq);
+        }
+    }
+
+    /// Stops keeping and frees what was kept.
+    pub fn stop(&mut self) {
+        *self = Recent { on: false, ..Recent::default() };
+    }
+
+    /// The messages a connection subscribed to `topics` missed after the old worker's `marks`,
+    /// in the order this worker took them; and how many it missed that are no longer kept.
+    pub fn missed<'a>(&'a self, marks: &'a Marks, topics: &'a [Vec<u8>]) -> (impl Iterator<Item = &'a Logged>, u64) {
+        let lost = self
+            .evicted
+            .iter()
+            .filter(|(p, &evicted)| evicted > marks.get(p).copied().unwrap_or(0))
+            .map(|(p, &evicted)| evicted - marks.get(p).copied().unwrap_or(0))
+            .sum();
+        let missed = self.log.iter().filter(move |m| {
+            m.seq > marks.get(&m.publisher).copied().unwrap_or(0) && topics.iter().any(|t| t[..] == m.topic[..])
+        });
+        (missed, lost)
+    }
+}
+
+/// This worker's id as a publisher: its pid and the time it started, so that a later process
+/// with the same pid is another publisher.
+pub fn publisher_id() -> u64 {
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u32);
+    (u64::from(std::process::id()) << 32) | u64::from(started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics(names: &[&str]) -> Vec<Vec<u8>> {
+        names.iter().map(|t| t.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_connection_misses_what_came_after_the_marks_on_its_topics() {
+        let mut r = Recent::default();
+        for seq in 1..=5 {
+            r.keep(0, 7, seq, b"red", format!("r{seq}").as_bytes());
+            r.keep(0, 9, seq, b"blue", format!("b{seq}").as_bytes());
+        }
+        // The old worker took 7 up to 3 and nothing of 9 (it never heard of it).
+        let marks = Marks::from([(7, 3)]);
+        let (both, red) = (topics(&["red", "blue"]), topics(&["red"]));
+        let (missed, lost) = r.missed(&marks, &both);
+        let missed: Vec<&[u8]> = missed.map(|m| &m.msg[..]).collect();
+        assert_eq!(missed, [&b"b1"[..], b"b2", b"b3", b"r4", b"b4", b"r5", b"b5"]);
+        assert_eq!(lost, 0);
+        let (missed, _) = r.missed(&marks, &red);
+        assert_eq!(missed.count(), 2, "only its topics");
+        r.stop();
+        assert_eq!(r.missed(&marks, &topics(&["red"])).0.count(), 0);
+        r.keep(0, 7, 6, b"red", b"late");
+        assert_eq!(r.missed(&marks, &topics(&["red"])).0.count(), 0, "a stopped log keeps nothing");
+    }
+
+    #[test]
+    fn the_log_is_bounded_and_says_what_it_dropped() {
+        let mut r = Recent::default();
+        let big = vec![0; RECENT_BYTES / 4];
+        for seq in 1..=6 {
+            r.keep(0, 1, seq, b"t", &big);
+        }
+        assert!(r.bytes <= RECENT_BYTES);
+        // 6 kept, 3 fit: 1..=3 were dropped.
+        let (marks, t) = (Marks::from([(1, 1)]), topics(&["t"]));
+        let (missed, lost) = r.missed(&marks, &t);
+        assert_eq!((missed.count(), lost), (3, 2));
+        assert_eq!(r.missed(&Marks::from([(1, 4)]), &topics(&["t"])).1, 0);
+        // Past its time (no hand-over came) it stops and frees what it kept.
+        r.keep(RECENT_MS + 1, 1, 7, b"t", b"x");
+        assert!(!r.on && r.log.is_empty() && r.bytes == 0);
+    }
+}
