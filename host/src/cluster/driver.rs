@@ -64,13 +64,19 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// A driver for `url`, sharing topics with the hosts of the same `service`; `origin`: see
-    /// [`AnyProtocol::for_url`].
-    pub fn new(url: ClusterUrl, service: &str, token: Token, origin: Option<[u8; 8]>) -> Result<Self, DriverError> {
+    /// A driver for `url`, sharing topics with the hosts of the same `service`; `origin` and
+    /// `max_message`: see [`AnyProtocol::for_url`].
+    pub fn new(
+        url: ClusterUrl,
+        service: &str,
+        token: Token,
+        origin: Option<[u8; 8]>,
+        max_message: usize,
+    ) -> Result<Self, DriverError> {
         if url.tls {
             return Err(DriverError::TlsUnsupported(url.to_string()));
         }
-        let broker = Broker::new(AnyProtocol::for_url(&url, service, origin));
+        let broker = Broker::new(AnyProtocol::for_url(&url, service, origin, max_message));
         Ok(Self {
             url,
             broker,
