@@ -488,7 +488,14 @@ pub fn validate(service: &Service) -> Result<(), SettingError> {
     }
     if let Some(url) = &service.cluster {
         match crate::cluster::url::parse(url) {
-            Ok(u) if u.tls => return invalid(format!("--cluster {u}: TLS to the broker is not supported yet")),
+            Ok(u) if u.tls && u.kind == crate::cluster::url::BrokerKind::Nats => {
+                return invalid(format!("--cluster {u}: TLS to a NATS broker is not supported yet (rediss:// is)"))
+            }
+            Ok(u) if u.tls => {
+                if let Err(e) = crate::cluster::tls::client_config(&u) {
+                    return invalid(format!("--cluster {u}: {e}"));
+                }
+            }
             Ok(_) => {}
             Err(e) => return invalid(format!("--cluster: {e}")),
         }
@@ -544,6 +551,11 @@ mod tests {
     #[test]
     fn validation_refuses_what_cannot_run() {
         assert!(validate(&service()).is_ok());
+        let tls = |url: &str| Service { cluster: Some(url.into()), ..service() };
+        let e = validate(&tls("rediss://127.0.0.1:6380?ca=/nonexistent/ca.pem")).unwrap_err().to_string();
+        assert!(e.contains("could not read the CA file /nonexistent/ca.pem"), "{e}");
+        let e = validate(&tls("tls://127.0.0.1:4222")).unwrap_err().to_string();
+        assert!(e.contains("TLS to a NATS broker is not supported yet"), "{e}");
         let long = Service { name: "a".repeat(MAX_NAME_LEN + 1), ..service() };
         assert!(validate(&long).unwrap_err().to_string().contains("at most 64 characters"));
         let short = stop_timeout(Source::Flags, Setting::WorkerTimeout, Some(0.001)).unwrap_err().to_string();

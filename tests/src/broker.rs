@@ -3,6 +3,7 @@
 //! (`.ci/deps/cluster.apt`); a missing binary fails the test with a message saying so.
 
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,13 +21,25 @@ pub struct Broker {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Redis over TLS only: its certificate and key (PEM files).
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Broker {
     /// Starts the broker and waits (bounded) until it accepts connections.
     pub fn start(kind: BrokerKind) -> Broker {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut broker = Broker { kind, port, dir: TempDir::new(), child: None };
+        let mut broker = Broker { kind, port, dir: TempDir::new(), child: None, tls: None };
+        broker.restart();
+        broker
+    }
+
+    /// A redis-server that speaks TLS only (`--tls-port`), with this certificate and key, and
+    /// asks clients for no certificate.
+    pub fn start_redis_tls(cert: PathBuf, key: PathBuf) -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut broker =
+            Broker { kind: BrokerKind::Redis, port, dir: TempDir::new(), child: None, tls: Some((cert, key)) };
         broker.restart();
         broker
     }
@@ -34,6 +47,7 @@ impl Broker {
     /// `redis://127.0.0.1:PORT` or `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         let scheme = match self.kind {
+            BrokerKind::Redis if self.tls.is_some() => "rediss",
             BrokerKind::Redis => "redis",
             BrokerKind::Nats => "nats",
         };
@@ -55,7 +69,15 @@ impl Broker {
         let (program, mut command) = match self.kind {
             BrokerKind::Redis => {
                 let mut c = Command::new("redis-server");
-                c.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+                match &self.tls {
+                    None => c.args(["--port", &port]),
+                    Some((cert, key)) => c
+                        .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no", "--tls-cert-file"])
+                        .arg(cert)
+                        .arg("--tls-key-file")
+                        .arg(key),
+                };
+                c.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
                 c.arg("--dir").arg(self.dir.path());
                 ("redis-server", c)
             }

@@ -21,6 +21,7 @@
 pub mod driver;
 pub mod nats;
 pub mod redis;
+pub mod tls;
 pub mod url;
 
 #[cfg(test)]

@@ -410,3 +410,44 @@ print(ws.recv(timeout=10))
     assert_eq!(count_after(&topics, "oversized"), 1, "{out}");
     assert_eq!(count_after(&cluster, "reconnects"), 0, "{out}");
 }
+
+// TLS to the broker: two hosts through a redis-server that speaks TLS only, trusting its
+// certificate by the URL's `?ca=`; a host given a CA that did not sign it does not connect, and
+// logs why.
+#[test]
+fn two_hosts_through_redis_over_tls() {
+    let dir = host_tests::TempDir::new();
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.subject_alt_names.push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = params.self_signed(&key).expect("a certificate");
+    let cert_file = dir.write("redis.crt", cert.pem().as_bytes());
+    let key_file = dir.write("redis.key", key.serialize_pem().as_bytes());
+    let broker = Broker::start_redis_tls(cert_file.clone(), key_file);
+    let url = format!("{}?ca={}", broker.url(), cert_file.display());
+    let start = || {
+        let host = Host::start("ws_chat", &["--count", "2", "--cluster", &url]);
+        host.log()
+            .wait_for_nth("connected to the cluster's broker", 2, READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("the workers did not connect to {url}: {e}"));
+        host
+    };
+    let (a, b) = (start(), start());
+    let (pa, pb) = (a.port(), b.port());
+    let script = format!(
+        r#"{TWO_HOSTS}
+a1, b1 = member({pa}, "secure"), member({pb}, "secure")
+print("synced", synced([a1], [b1]), synced([b1], [a1]))
+"#
+    );
+    assert_eq!(python(&script, pa), "synced True True\n");
+    // Another CA: refused before any worker starts.
+    let other = rcgen::CertificateParams::new(vec!["other".to_string()]).unwrap();
+    let other = other.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+    let other_file = dir.write("other.crt", other.pem().as_bytes());
+    let wrong = format!("{}?ca={}", broker.url(), other_file.display());
+    let host = Host::start("ws_chat", &["--cluster", &wrong]);
+    host.log()
+        .wait_for_all(&["broker connection is down", "invalid peer certificate"], READY_TIMEOUT)
+        .expect("the TLS handshake fails on the certificate");
+}
