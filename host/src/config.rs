@@ -488,9 +488,6 @@ pub fn validate(service: &Service) -> Result<(), SettingError> {
     }
     if let Some(url) = &service.cluster {
         match crate::cluster::url::parse(url) {
-            Ok(u) if u.tls && u.kind == crate::cluster::url::BrokerKind::Nats => {
-                return invalid(format!("--cluster {u}: TLS to a NATS broker is not supported yet (rediss:// is)"))
-            }
             Ok(u) if u.tls => {
                 if let Err(e) = crate::cluster::tls::client_config(&u) {
                     return invalid(format!("--cluster {u}: {e}"));
@@ -554,8 +551,8 @@ mod tests {
         let tls = |url: &str| Service { cluster: Some(url.into()), ..service() };
         let e = validate(&tls("rediss://127.0.0.1:6380?ca=/nonexistent/ca.pem")).unwrap_err().to_string();
         assert!(e.contains("could not read the CA file /nonexistent/ca.pem"), "{e}");
-        let e = validate(&tls("tls://127.0.0.1:4222")).unwrap_err().to_string();
-        assert!(e.contains("TLS to a NATS broker is not supported yet"), "{e}");
+        let e = validate(&tls("tls://127.0.0.1:4222?ca=/nonexistent/nats.pem")).unwrap_err().to_string();
+        assert!(e.contains("could not read the CA file /nonexistent/nats.pem"), "{e}");
         let long = Service { name: "a".repeat(MAX_NAME_LEN + 1), ..service() };
         assert!(validate(&long).unwrap_err().to_string().contains("at most 64 characters"));
         let short = stop_timeout(Source::Flags, Setting::WorkerTimeout, Some(0.001)).unwrap_err().to_string();

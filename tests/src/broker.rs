@@ -21,7 +21,7 @@ pub struct Broker {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
-    /// Redis over TLS only: its certificate and key (PEM files).
+    /// TLS only: its certificate and key (PEM files).
     tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -34,12 +34,11 @@ impl Broker {
         broker
     }
 
-    /// A redis-server that speaks TLS only (`--tls-port`), with this certificate and key, and
-    /// asks clients for no certificate.
-    pub fn start_redis_tls(cert: PathBuf, key: PathBuf) -> Broker {
+    /// The broker speaking TLS only (redis-server `--tls-port`, nats-server `--tls`), with this
+    /// certificate and key, asking clients for no certificate.
+    pub fn start_tls(kind: BrokerKind, cert: PathBuf, key: PathBuf) -> Broker {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut broker =
-            Broker { kind: BrokerKind::Redis, port, dir: TempDir::new(), child: None, tls: Some((cert, key)) };
+        let mut broker = Broker { kind, port, dir: TempDir::new(), child: None, tls: Some((cert, key)) };
         broker.restart();
         broker
     }
@@ -49,6 +48,7 @@ impl Broker {
         let scheme = match self.kind {
             BrokerKind::Redis if self.tls.is_some() => "rediss",
             BrokerKind::Redis => "redis",
+            BrokerKind::Nats if self.tls.is_some() => "tls",
             BrokerKind::Nats => "nats",
         };
         format!("{scheme}://127.0.0.1:{}", self.port)
@@ -84,6 +84,9 @@ impl Broker {
             BrokerKind::Nats => {
                 let mut c = Command::new("nats-server");
                 c.args(["-a", "127.0.0.1", "-p", &port]);
+                if let Some((cert, key)) = &self.tls {
+                    c.args(["--tls", "--tlscert"]).arg(cert).arg("--tlskey").arg(key);
+                }
                 ("nats-server", c)
             }
         };

@@ -8,9 +8,9 @@
 //!
 //! Names: an IP address connects at once; a host name is resolved on a short-lived thread (the
 //! system resolver blocks) whose answer [`Driver::tick`] picks up, so the loop never waits on DNS.
-//! TLS: `rediss://` runs the connection through rustls ([`super::tls`]); NATS over TLS
-//! (`tls://`) is refused with [`DriverError::TlsUnsupported`]: NATS starts in plain text and
-//! upgrades after its INFO, not built yet.
+//! TLS: `rediss://` runs the connection through rustls ([`super::tls`]) from its first byte;
+//! `tls://` (NATS) starts in plain text and switches when the client says so
+//! ([`Event::StartTls`], after the server's INFO), before CONNECT is written.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -36,8 +36,6 @@ pub const FLUSH_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DriverError {
-    #[error("TLS to a NATS broker ({0}) is not supported yet; use nats:// (or rediss:// for Redis)")]
-    TlsUnsupported(String),
     #[error("TLS to the broker: {0}")]
     Tls(String),
 }
@@ -80,9 +78,6 @@ impl Driver {
         origin: Option<[u8; 8]>,
         max_message: usize,
     ) -> Result<Self, DriverError> {
-        if url.tls && url.kind == BrokerKind::Nats {
-            return Err(DriverError::TlsUnsupported(url.to_string()));
-        }
         let tls = if url.tls { Some(super::tls::client_config(&url).map_err(DriverError::Tls)?) } else { None };
         let broker = Broker::new(AnyProtocol::for_url(&url, service, origin, max_message));
         Ok(Self {
@@ -211,7 +206,7 @@ impl Driver {
                 unreachable!("matched above");
             };
             let _ = stream.set_nodelay(true);
-            let session = match &self.tls {
+            let session = match self.tls.as_ref().filter(|_| self.url.kind == BrokerKind::Redis) {
                 Some(config) => match super::tls::session(config, &self.url.host) {
                     Ok(s) => Some(Box::new(s)),
                     Err(e) => {
@@ -304,12 +299,20 @@ impl Driver {
                 Ok(0) => return self.fail("the broker closed the connection".into(), now),
                 Ok(n) => match self.broker.feed(&chunk[..n], now) {
                     Ok(events) => {
+                        let mut start_tls = false;
                         for event in events {
-                            if event == Event::Connected {
-                                self.backoff = INITIAL_BACKOFF;
-                                self.connected_once = true;
+                            match event {
+                                Event::StartTls => start_tls = true,
+                                Event::Connected => {
+                                    self.backoff = INITIAL_BACKOFF;
+                                    self.connected_once = true;
+                                    self.events.push(event);
+                                }
+                                event => self.events.push(event),
                             }
-                            self.events.push(event);
+                        }
+                        if start_tls {
+                            return self.start_tls(now);
                         }
                     }
                     Err(e) => return self.fail(e.to_string(), now),
@@ -318,6 +321,22 @@ impl Driver {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return self.fail(format!("could not read from the broker: {e}"), now),
             }
+        }
+    }
+
+    /// Switches the open connection to TLS (NATS, after INFO): the caller flushes next, which
+    /// sends the ClientHello and the encrypted CONNECT behind it.
+    fn start_tls(&mut self, now: Instant) {
+        let Some(config) = self.tls.clone() else {
+            return self.fail("the broker asked for TLS, which this URL does not have".into(), now);
+        };
+        match super::tls::session(&config, &self.url.host) {
+            Ok(session) => {
+                if let Conn::Open(_, tls) = &mut self.conn {
+                    *tls = Some(Box::new(session));
+                }
+            }
+            Err(e) => self.fail(e, now),
         }
     }
 

@@ -53,6 +53,9 @@ pub enum WireEvent {
     ServerError(String),
     /// A message over the limit (`topic_max_message`) was skipped as it arrived.
     Oversized { len: usize },
+    /// Switch the connection to TLS now: what the client queued after this goes encrypted
+    /// (NATS: after the server's INFO).
+    StartTls,
 }
 
 /// What [`Broker`] (and the driver) reports to the host.
@@ -66,6 +69,8 @@ pub enum Event {
     Message { topic: Vec<u8>, payload: Vec<u8> },
     /// The broker reported an error on a live connection (logged and counted by the host).
     BrokerError(String),
+    /// The driver must start TLS before it writes or reads more (see [`WireEvent::StartTls`]).
+    StartTls,
 }
 
 /// The connection to the broker, as `status` shows it.
@@ -346,6 +351,7 @@ impl<P: Protocol> Broker<P> {
                     events.push(Event::Connected);
                 }
                 WireEvent::Pong => {}
+                WireEvent::StartTls => events.push(Event::StartTls),
                 WireEvent::Message { topic, payload } => {
                     // A message in flight when the last subscriber left: not ours any more.
                     if self.topics.contains_key(&topic) {

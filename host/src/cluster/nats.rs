@@ -39,6 +39,9 @@ pub struct NatsOptions {
     /// The largest message taken from the broker (`topic_max_message`): a larger MSG is skipped
     /// as it arrives and reported ([`WireEvent::Oversized`]).
     pub max_message: usize,
+    /// `tls://`: upgrade to TLS after the server's INFO (NATS starts in plain text), before
+    /// CONNECT.
+    pub tls: bool,
 }
 
 impl NatsOptions {
@@ -53,6 +56,7 @@ impl NatsOptions {
             prefix,
             origin: None,
             max_message: crate::config::DEFAULT_TOPIC_MAX_MESSAGE,
+            tls: url.tls,
         }
     }
 }
@@ -150,7 +154,7 @@ impl NatsClient {
         s
     }
 
-    fn on_info(&mut self, json: &[u8], out: &mut Vec<u8>) -> Result<(), ClusterError> {
+    fn on_info(&mut self, json: &[u8], out: &mut Vec<u8>, events: &mut Vec<WireEvent>) -> Result<(), ClusterError> {
         let info: serde_json::Value =
             serde_json::from_slice(json).map_err(|e| ClusterError::Protocol(format!("INFO is not JSON: {e}")))?;
         if let Some(max) = info.get("max_payload").and_then(|v| v.as_u64()) {
@@ -168,17 +172,22 @@ impl NatsClient {
         if self.phase != Phase::AwaitInfo {
             return Ok(()); // an INFO update (cluster topology): nothing else to do
         }
-        if info.get("tls_required").and_then(|v| v.as_bool()) == Some(true) {
-            return Err(ClusterError::Refused(
-                "the NATS server requires TLS (a tls:// URL), which this client does not do yet".into(),
-            ));
+        let server_tls = |key: &str| info.get(key).and_then(|v| v.as_bool()) == Some(true);
+        if self.options.tls {
+            if !server_tls("tls_required") && !server_tls("tls_available") {
+                return Err(ClusterError::Refused("the NATS server does not offer TLS (use a nats:// URL)".into()));
+            }
+            // The driver starts the TLS handshake before it writes what follows (CONNECT).
+            events.push(WireEvent::StartTls);
+        } else if server_tls("tls_required") {
+            return Err(ClusterError::Refused("the NATS server requires TLS: use a tls:// URL".into()));
         }
         let mut connect = serde_json::json!({
             "verbose": false,
             "pedantic": false,
             "headers": false,
             "echo": false,
-            "tls_required": false,
+            "tls_required": self.options.tls,
             "lang": "rust",
             "version": env!("CARGO_PKG_VERSION"),
             "name": "host-cluster",
@@ -310,7 +319,13 @@ impl Protocol for NatsClient {
                         return Err(ClusterError::Refused(message));
                     }
                 }
-                b"INFO" => self.on_info(line[4..].trim_ascii(), out)?,
+                b"INFO" => {
+                    self.on_info(line[4..].trim_ascii(), out, events)?;
+                    if events.last() == Some(&WireEvent::StartTls) {
+                        // Nothing after INFO is plain text any more.
+                        return Ok(used + advance);
+                    }
+                }
                 _ => {
                     return Err(ClusterError::Protocol(format!(
                         "unexpected line {:?}",
@@ -418,7 +433,18 @@ mod tests {
         assert_eq!(err, Err(ClusterError::Refused("Authorization Violation".into())));
         c.reset(&mut out);
         let err = c.parse(b"INFO {\"tls_required\":true}\r\n", &mut out, &mut Vec::new());
-        assert!(matches!(err, Err(ClusterError::Refused(m)) if m.contains("TLS")));
+        assert!(matches!(err, Err(ClusterError::Refused(m)) if m.contains("tls://")));
+        let url = crate::cluster::url::parse("tls://127.0.0.1:4222").unwrap();
+        let mut c = NatsClient::new(NatsOptions::from_url(&url, "s"));
+        let mut events = Vec::new();
+        assert!(
+            matches!(c.parse(b"INFO {}\r\n", &mut out, &mut events), Err(ClusterError::Refused(m)) if m.contains("TLS"))
+        );
+        out.clear();
+        let info = b"INFO {\"tls_required\":true}\r\n";
+        assert_eq!(c.parse(&[&info[..], b"\x16\x03"].concat(), &mut out, &mut events).unwrap(), info.len());
+        assert_eq!(events, [WireEvent::StartTls], "the TLS bytes after INFO are left to the driver");
+        assert!(out.starts_with(b"CONNECT {") && String::from_utf8_lossy(&out).contains("\"tls_required\":true"));
     }
 
     #[test]

@@ -411,11 +411,9 @@ print(ws.recv(timeout=10))
     assert_eq!(count_after(&cluster, "reconnects"), 0, "{out}");
 }
 
-// TLS to the broker: two hosts through a redis-server that speaks TLS only, trusting its
-// certificate by the URL's `?ca=`; a host given a CA that did not sign it does not connect, and
-// logs why.
-#[test]
-fn two_hosts_through_redis_over_tls() {
+// TLS to the broker: two hosts through a broker that speaks TLS only, trusting its certificate
+// by the URL's `?ca=`; a host given a CA that did not sign it does not connect, and logs why.
+fn two_hosts_over_tls(kind: BrokerKind) {
     let dir = host_tests::TempDir::new();
     let key = rcgen::KeyPair::generate().expect("a key");
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
@@ -423,7 +421,7 @@ fn two_hosts_through_redis_over_tls() {
     let cert = params.self_signed(&key).expect("a certificate");
     let cert_file = dir.write("redis.crt", cert.pem().as_bytes());
     let key_file = dir.write("redis.key", key.serialize_pem().as_bytes());
-    let broker = Broker::start_redis_tls(cert_file.clone(), key_file);
+    let broker = Broker::start_tls(kind, cert_file.clone(), key_file);
     let url = format!("{}?ca={}", broker.url(), cert_file.display());
     let start = || {
         let host = Host::start("ws_chat", &["--count", "2", "--cluster", &url]);
@@ -450,4 +448,14 @@ print("synced", synced([a1], [b1]), synced([b1], [a1]))
     host.log()
         .wait_for_all(&["broker connection is down", "invalid peer certificate"], READY_TIMEOUT)
         .expect("the TLS handshake fails on the certificate");
+}
+
+#[test]
+fn two_hosts_through_redis_over_tls() {
+    two_hosts_over_tls(BrokerKind::Redis);
+}
+
+#[test]
+fn two_hosts_through_nats_over_tls() {
+    two_hosts_over_tls(BrokerKind::Nats);
 }

@@ -203,6 +203,8 @@ impl Core {
                     tracing::warn!("the cluster's broker connection is down: {reason}; local delivery goes on")
                 }
                 Event::BrokerError(message) => tracing::warn!("the cluster's broker reported: {message}"),
+                // The driver's own business (it never reports it).
+                Event::StartTls => {}
             }
         }
     }
