@@ -26,8 +26,9 @@
 //! **A peer that does not keep up.** What a peer's mailbox has no room for waits in the sender,
 //! in order (a message is never cut short for one peer: its fragments all wait or all go), up to
 //! a backlog of twice the largest topic message (at least [`MIN_PEER_BACKLOG`]); past it a
-//! message is dropped for that peer and counted. The sender's loop watches each peer's end for
-//! room ([`PEERS`]) and sends what waits when it comes. A peer that is gone (`EPIPE`,
+//! message is dropped for that peer and counted. While something waits for a peer, the sender's
+//! loop watches that peer's end for room ([`PEERS`]) and sends what waits when it comes; not
+//! otherwise (a watched datagram socket would wake the sender each time the peer reads one). A peer that is gone (`EPIPE`,
 //! `ECONNREFUSED`) drops everything waiting for it.
 
 use std::collections::{HashMap, VecDeque};
@@ -72,6 +73,8 @@ struct PeerEnd {
     /// Datagrams its mailbox had no room for yet, in order; `true`: the last of a message.
     waiting: VecDeque<(Vec<u8>, bool)>,
     waiting_bytes: usize,
+    /// Its end is in the poll (something waits).
+    watched: bool,
 }
 
 /// A large body being put together from its fragments.
@@ -106,6 +109,8 @@ pub struct Mailbox {
     max_body: usize,
     partials: HashMap<u32, Partial>,
     pid: u32,
+    /// The worker's poll, to watch the ends of peers something waits for.
+    registry: Option<Registry>,
     pub sent: u64,
     pub received: u64,
     pub dropped: u64,
@@ -132,6 +137,7 @@ impl Mailbox {
             max_body: max_message + 2 + crate::config::MAX_TOPIC_MAX_LEN as usize,
             partials: HashMap::new(),
             pid: std::process::id(),
+            registry: None,
             sent: 0,
             received: 0,
             dropped: 0,
@@ -139,14 +145,18 @@ impl Mailbox {
         }
     }
 
-    /// Takes the master's list of peers (`replace`: a new set; else more of the last one) and
-    /// watches their ends for room.
+    /// Takes the master's list of peers (`replace`: a new set; else more of the last one).
     pub fn set_peers(&mut self, replace: bool, peers: Vec<Peer>, fds: Vec<OwnedFd>, registry: &Registry) {
+        if self.registry.is_none() {
+            self.registry = registry.try_clone().ok();
+        }
         if replace {
             for p in self.peers.drain(..) {
-                // Before the descriptor closes: the peer's other holders keep the file open, and
-                // its registration would outlive our descriptor.
-                let _ = registry.deregister(&mut SourceFd(&p.fd.as_raw_fd()));
+                if p.watched {
+                    // Before the descriptor closes: the peer's other holders keep the file open,
+                    // and its registration would outlive our descriptor.
+                    let _ = registry.deregister(&mut SourceFd(&p.fd.as_raw_fd()));
+                }
                 if !p.waiting.is_empty() {
                     self.dropped += p.waiting.iter().filter(|w| w.1).count() as u64;
                 }
@@ -157,10 +167,7 @@ impl Mailbox {
             return;
         }
         for (peer, fd) in peers.into_iter().zip(fds) {
-            if let Err(e) = registry.register(&mut SourceFd(&fd.as_raw_fd()), PEERS, Interest::WRITABLE) {
-                tracing::warn!(slot = peer.slot, "could not watch a peer's mailbox: {e}");
-            }
-            self.peers.push(PeerEnd { peer, fd, waiting: VecDeque::new(), waiting_bytes: 0 });
+            self.peers.push(PeerEnd { peer, fd, waiting: VecDeque::new(), waiting_bytes: 0, watched: false });
         }
         tracing::debug!(peers = self.peers.len(), "worker peers");
     }
@@ -285,6 +292,7 @@ impl Mailbox {
                         peer.waiting_bytes += frame.len();
                     }
                     self.sent += 1;
+                    self.watch(i, true);
                     return true;
                 }
                 Err(e) => {
@@ -303,6 +311,34 @@ impl Mailbox {
     /// Sends what waits for peer `i`, as far as its mailbox has room. False when the peer is
     /// gone (what waited is dropped and counted).
     fn flush_peer(&mut self, i: usize) -> bool {
+        let alive = self.send_waiting(i);
+        if self.peers[i].waiting.is_empty() {
+            self.watch(i, false);
+        }
+        alive
+    }
+
+    /// Watches peer `i`'s end for room (`on`), or stops.
+    fn watch(&mut self, i: usize, on: bool) {
+        let peer = &mut self.peers[i];
+        if peer.watched == on {
+            return;
+        }
+        let Some(registry) = &self.registry else { return };
+        let mut source = SourceFd(&peer.fd.as_raw_fd());
+        let done = if on {
+            registry.register(&mut source, PEERS, Interest::WRITABLE)
+        } else {
+            registry.deregister(&mut source)
+        };
+        match done {
+            Ok(()) => peer.watched = on,
+            Err(e) => tracing::warn!(slot = peer.peer.slot, "could not watch a peer's mailbox: {e}"),
+        }
+    }
+
+    /// [`Mailbox::flush_peer`] without the watching.
+    fn send_waiting(&mut self, i: usize) -> bool {
         let peer = &mut self.peers[i];
         while let Some((frame, _)) = peer.waiting.front() {
             match send_datagram(&peer.fd, frame) {
@@ -482,6 +518,7 @@ mod tests {
         assert!(took < 10_000, "a mailbox nobody reads fills up");
         assert_eq!(a.dropped, 1);
         assert!(a.waiting_bytes() > 0 && a.waiting_bytes() <= MIN_PEER_BACKLOG, "{}", a.waiting_bytes());
+        assert!(a.peers[0].watched, "its end is watched while something waits");
         // What waited goes out, in order, as the peer reads.
         let mut b = Mailbox { receiver: Some(rx), ..Mailbox::default() };
         let mut buf = vec![0; RECV_BUFFER];
@@ -494,6 +531,7 @@ mod tests {
             }
         }
         assert_eq!((got, a.waiting_bytes()), (took, 0));
+        assert!(!a.peers[0].watched, "and not once nothing waits");
         for _ in 0..100 {
             a.broadcast(0, &big);
         }
