@@ -32,7 +32,8 @@
 #            HANDOVER_KEYS (1000000) keys and one redis-py connection. Needs python3's `redis`
 #   topics   topic fan-out (bench/topics.sh): one publisher, TOPIC_SUBS (10000) websocket
 #            subscribers of one room, on one host and through redis-server and nats-server (and a
-#            Node `ws` server when node is installed): deliveries/s, server CPU per delivery,
+#            Node `ws` server and Socket.IO 4 with its Redis adapter when node is installed):
+#            deliveries/s, server CPU per delivery,
 #            latency, missing/duplicated. Needs nats-server
 #
 # Every load runs alternately (host, peer, host, peer...) ROUNDS times, and each scenario prints

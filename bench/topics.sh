@@ -9,7 +9,10 @@
 # - nats:   the same through a nats-server;
 # - ws:     the same chat on Node's `ws` (bench/topics/ws_server.js, one process, the usual
 #           broadcast loop), when `node` is installed (`npm install --prefix bench/topics` once:
-#           done here when bench/topics/node_modules is missing).
+#           done here when bench/topics/node_modules is missing);
+# - sio:    the same chat on Socket.IO 4 (bench/topics/sio_server.js), two Node processes sharing
+#           the room through a redis-server with `@socket.io/redis-adapter` (versions pinned in
+#           bench/topics/package.json): the Socket.IO counterpart of `redis`.
 # Printed per scenario: deliveries per second, the servers' CPU seconds (host master and workers,
 # and the broker) per million deliveries, publish-to-receive latency p50/p99, and what was
 # missing or duplicated (both 0 when every subscriber got every message once). Rounds alternate
@@ -20,7 +23,7 @@ SUBS=${SUBS:-10000}
 DURATION=${DURATION:-5}
 SIZE=${SIZE:-64}
 ROUNDS=${ROUNDS:-1}
-SCENARIOS=${SCENARIOS:-local redis nats ws}
+SCENARIOS=${SCENARIOS:-local redis nats ws sio}
 source bench/lib.sh
 need python3 redis-server nats-server
 
@@ -44,6 +47,23 @@ round() {
             start_peer "$wport" node bench/topics/ws_server.js "$wport" >/dev/null
             ports=$wport
             procs=("$peer_pid")
+            ;;
+        sio)
+            command -v node >/dev/null || { echo "sio: node is not installed; skipped"; return 0; }
+            [ -d bench/topics/node_modules/socket.io ] || npm install --prefix bench/topics --no-audit --no-fund -q >/dev/null
+            local bport sa sb
+            bport=$(free_port)
+            start_peer "$bport" redis-server --port "$bport" --bind 127.0.0.1 --save '' --appendonly no \
+                --dir "$tmp" >/dev/null
+            broker_pid=$peer_pid
+            sa=$(free_port)
+            start_peer "$sa" node bench/topics/sio_server.js "$sa" "redis://127.0.0.1:$bport" >/dev/null
+            local sa_pid=$peer_pid
+            sb=$(free_port)
+            start_peer "$sb" node bench/topics/sio_server.js "$sb" "redis://127.0.0.1:$bport" >/dev/null
+            ports=$sa,$sb
+            procs=("$sa_pid" "$peer_pid" "$broker_pid")
+            export FANOUT_SIO=1
             ;;
         local)
             start_host local --plugin ws_chat --count 2 --idle-timeout 0 --max-connections "$max_conns"
@@ -81,6 +101,7 @@ round() {
     local before after out
     before=$(sum_ticks "${procs[@]}")
     out=$(timeout $((DURATION + 120)) target/release/fanout "$ports" "$SUBS" "$DURATION" "$SIZE")
+    unset FANOUT_SIO
     after=$(sum_ticks "${procs[@]}")
     python3 - "$scenario" "$out" $((after - before)) "$tick_hz" <<'PY'
 import json, sys

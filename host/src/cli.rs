@@ -208,6 +208,15 @@ pub struct StartArgs {
     /// Bytes queued for a connection above which reading from it pauses [default: 1 MiB].
     #[arg(long, value_name = "BYTES")]
     pub max_send_buffer: Option<u64>,
+    /// The largest message a topic's publish takes, in bytes [default: 1 MiB; at most 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub topic_max_message: Option<u64>,
+    /// The longest topic name, in bytes [default: 256; at most 1024].
+    #[arg(long, value_name = "BYTES")]
+    pub topic_max_len: Option<u64>,
+    /// The most topics one connection may be subscribed to [default: 64].
+    #[arg(long, value_name = "N")]
+    pub topics_per_connection: Option<u64>,
     /// Connections one worker serves at most [default: 10000].
     #[arg(long)]
     pub max_connections: Option<u64>,
@@ -293,7 +302,7 @@ impl StartArgs {
     /// Flags that describe a service (they may not be mixed with a config file).
     pub fn service_flags(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
-        let flags: [(&'static str, bool); 20] = [
+        let flags: [(&'static str, bool); 23] = [
             ("--plugin", self.plugin.is_some()),
             ("--count", self.count.is_some()),
             ("--listen", self.listen.is_some()),
@@ -307,6 +316,9 @@ impl StartArgs {
             ("--message-timeout", self.message_timeout.is_some()),
             ("--task-threads", self.task_threads.is_some()),
             ("--task-queue", self.task_queue.is_some()),
+            ("--topic-max-message", self.topic_max_message.is_some()),
+            ("--topic-max-len", self.topic_max_len.is_some()),
+            ("--topics-per-connection", self.topics_per_connection.is_some()),
             ("--max-requests", self.max_requests.is_some()),
             ("--max-memory", self.max_memory.is_some()),
             ("--tls-cert", self.tls_cert.is_some()),
@@ -388,6 +400,9 @@ impl StartArgs {
             message_timeout: self.message_timeout,
             task_threads: self.task_threads,
             task_queue: self.task_queue,
+            topic_max_message: self.topic_max_message,
+            topic_max_len: self.topic_max_len,
+            topics_per_connection: self.topics_per_connection,
         };
         let (count, limits) = settings.build(Source::Flags)?;
         let tls = match (&self.tls_cert, &self.tls_key) {

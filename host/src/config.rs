@@ -16,6 +16,19 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_TASK_THREADS: usize = 4;
 /// Jobs waiting for a task thread at most, per worker.
 pub const DEFAULT_TASK_QUEUE: usize = 1024;
+/// The largest message `Host::publish` takes by default (`topic_max_message`).
+pub const DEFAULT_TOPIC_MAX_MESSAGE: usize = 1024 * 1024;
+/// The largest `topic_max_message`: what a broker carries (nats-server's `max_payload` tops out
+/// at 64 MiB) and what a worker may hold for one message it reassembles from another worker.
+pub const MAX_TOPIC_MAX_MESSAGE: u64 = 64 * 1024 * 1024;
+/// The longest topic name by default (`topic_max_len`).
+pub const DEFAULT_TOPIC_MAX_LEN: usize = 256;
+/// The longest `topic_max_len` (a topic becomes a Redis channel or a NATS subject).
+pub const MAX_TOPIC_MAX_LEN: u64 = 1024;
+/// The most topics one connection may subscribe to by default (`topics_per_connection`).
+pub const DEFAULT_TOPICS_PER_CONNECTION: usize = 64;
+/// The largest `topics_per_connection`.
+pub const MAX_TOPICS_PER_CONNECTION: u64 = 65_536;
 /// The most task threads one worker may have.
 pub const MAX_TASK_THREADS: u64 = 1024;
 /// The longest task queue of one worker.
@@ -78,6 +91,9 @@ pub enum Setting {
     ProbeTimeout,
     TaskThreads,
     TaskQueue,
+    TopicMaxMessage,
+    TopicMaxLen,
+    TopicsPerConnection,
 }
 
 impl Setting {
@@ -96,6 +112,9 @@ impl Setting {
             Setting::ProbeTimeout => ("--probe-timeout", "probe_timeout"),
             Setting::TaskThreads => ("--task-threads", "task_threads"),
             Setting::TaskQueue => ("--task-queue", "task_queue"),
+            Setting::TopicMaxMessage => ("--topic-max-message", "topic_max_message"),
+            Setting::TopicMaxLen => ("--topic-max-len", "topic_max_len"),
+            Setting::TopicsPerConnection => ("--topics-per-connection", "topics_per_connection"),
         };
         match source {
             Source::Flags => flag,
@@ -111,6 +130,9 @@ impl Setting {
             Setting::MaxConnections => (1, MAX_CONNECTIONS, " connections"),
             Setting::TaskThreads => (1, MAX_TASK_THREADS, " threads"),
             Setting::TaskQueue => (1, MAX_TASK_QUEUE, " jobs"),
+            Setting::TopicMaxMessage => (1, MAX_TOPIC_MAX_MESSAGE, " bytes"),
+            Setting::TopicMaxLen => (1, MAX_TOPIC_MAX_LEN, " bytes"),
+            Setting::TopicsPerConnection => (1, MAX_TOPICS_PER_CONNECTION, " topics"),
             Setting::IdleTimeout | Setting::MessageTimeout => (0, MAX_TIMEOUT_SECS, " seconds"),
             Setting::DrainTimeout | Setting::KillTimeout | Setting::WorkerTimeout | Setting::ProbeTimeout => {
                 (0, MAX_STOP_SECS as u64, " seconds")
@@ -142,6 +164,9 @@ pub struct Settings {
     pub message_timeout: Option<u64>,
     pub task_threads: Option<u64>,
     pub task_queue: Option<u64>,
+    pub topic_max_message: Option<u64>,
+    pub topic_max_len: Option<u64>,
+    pub topics_per_connection: Option<u64>,
 }
 
 impl Settings {
@@ -163,6 +188,15 @@ impl Settings {
             message_timeout_ms: millis(Setting::MessageTimeout, self.message_timeout, d.message_timeout_ms)?,
             task_threads: bytes(Setting::TaskThreads, self.task_threads, d.task_threads)?,
             task_queue: bytes(Setting::TaskQueue, self.task_queue, d.task_queue)?,
+            topics: TopicLimits {
+                max_message: bytes(Setting::TopicMaxMessage, self.topic_max_message, d.topics.max_message)?,
+                max_topic_len: bytes(Setting::TopicMaxLen, self.topic_max_len, d.topics.max_topic_len)?,
+                per_connection: bytes(
+                    Setting::TopicsPerConnection,
+                    self.topics_per_connection,
+                    d.topics.per_connection,
+                )?,
+            },
         };
         Ok((count, limits))
     }
@@ -314,6 +348,32 @@ pub struct Limits {
     pub task_threads: usize,
     /// Jobs waiting for a task thread at most; past it a submit is refused.
     pub task_queue: usize,
+    /// The limits of `Host::subscribe` and `Host::publish`.
+    #[serde(default)]
+    pub topics: TopicLimits,
+}
+
+/// The limits of the topic calls (`topic_max_message`, `topic_max_len`, `topics_per_connection`):
+/// a call over one is refused with a `TopicError` and counted in `refused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicLimits {
+    /// The largest message `Host::publish` takes, in bytes; also what a worker accepts from
+    /// another worker or from the broker (a larger one is skipped and counted).
+    pub max_message: usize,
+    /// The longest topic name, in bytes.
+    pub max_topic_len: usize,
+    /// The most topics one connection may be subscribed to.
+    pub per_connection: usize,
+}
+
+impl Default for TopicLimits {
+    fn default() -> Self {
+        TopicLimits {
+            max_message: DEFAULT_TOPIC_MAX_MESSAGE,
+            max_topic_len: DEFAULT_TOPIC_MAX_LEN,
+            per_connection: DEFAULT_TOPICS_PER_CONNECTION,
+        }
+    }
 }
 
 fn default_message_timeout_ms() -> u64 {
@@ -330,6 +390,7 @@ impl Default for Limits {
             message_timeout_ms: default_message_timeout_ms(),
             task_threads: DEFAULT_TASK_THREADS,
             task_queue: DEFAULT_TASK_QUEUE,
+            topics: TopicLimits::default(),
         }
     }
 }
@@ -427,7 +488,11 @@ pub fn validate(service: &Service) -> Result<(), SettingError> {
     }
     if let Some(url) = &service.cluster {
         match crate::cluster::url::parse(url) {
-            Ok(u) if u.tls => return invalid(format!("--cluster {u}: TLS to the broker is not supported yet")),
+            Ok(u) if u.tls => {
+                if let Err(e) = crate::cluster::tls::client_config(&u) {
+                    return invalid(format!("--cluster {u}: {e}"));
+                }
+            }
             Ok(_) => {}
             Err(e) => return invalid(format!("--cluster: {e}")),
         }
@@ -483,6 +548,11 @@ mod tests {
     #[test]
     fn validation_refuses_what_cannot_run() {
         assert!(validate(&service()).is_ok());
+        let tls = |url: &str| Service { cluster: Some(url.into()), ..service() };
+        let e = validate(&tls("rediss://127.0.0.1:6380?ca=/nonexistent/ca.pem")).unwrap_err().to_string();
+        assert!(e.contains("could not read the CA file /nonexistent/ca.pem"), "{e}");
+        let e = validate(&tls("tls://127.0.0.1:4222?ca=/nonexistent/nats.pem")).unwrap_err().to_string();
+        assert!(e.contains("could not read the CA file /nonexistent/nats.pem"), "{e}");
         let long = Service { name: "a".repeat(MAX_NAME_LEN + 1), ..service() };
         assert!(validate(&long).unwrap_err().to_string().contains("at most 64 characters"));
         let short = stop_timeout(Source::Flags, Setting::WorkerTimeout, Some(0.001)).unwrap_err().to_string();

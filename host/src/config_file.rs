@@ -160,6 +160,10 @@ struct RawService {
     message_timeout: Option<Spanned<u64>>,
     task_threads: Option<Spanned<u64>>,
     task_queue: Option<Spanned<u64>>,
+    /// Topics: the largest message, the longest topic, the most topics of one connection.
+    topic_max_message: Option<Spanned<u64>>,
+    topic_max_len: Option<Spanned<u64>>,
+    topics_per_connection: Option<Spanned<u64>>,
     /// Messages a worker handles before it is recycled (0: never).
     max_requests: Option<u64>,
     /// Resident bytes (or a size such as "64M") above which a worker is recycled (0: never).
@@ -324,6 +328,9 @@ impl RawService {
             (Setting::MessageTimeout, &self.message_timeout),
             (Setting::TaskThreads, &self.task_threads),
             (Setting::TaskQueue, &self.task_queue),
+            (Setting::TopicMaxMessage, &self.topic_max_message),
+            (Setting::TopicMaxLen, &self.topic_max_len),
+            (Setting::TopicsPerConnection, &self.topics_per_connection),
         ];
         let value =
             |setting: Setting| spanned.iter().find(|s| s.0 == setting).and_then(|s| s.1.as_ref()).map(|v| *v.get_ref());
@@ -336,6 +343,9 @@ impl RawService {
             message_timeout: value(Setting::MessageTimeout),
             task_threads: value(Setting::TaskThreads),
             task_queue: value(Setting::TaskQueue),
+            topic_max_message: value(Setting::TopicMaxMessage),
+            topic_max_len: value(Setting::TopicMaxLen),
+            topics_per_connection: value(Setting::TopicsPerConnection),
         };
         let (count, limits) = settings.build(Source::File).map_err(|e| {
             let span = match &e {
@@ -506,6 +516,9 @@ max_package_size = 2048
 max_send_buffer = 4096
 max_connections = 100
 idle_timeout = 30
+topic_max_message = 4194304
+topic_max_len = 64
+topics_per_connection = 1000
 max_requests = 10000
 max_memory = "256M"
 tls_cert = "certs/web.pem"
@@ -533,6 +546,7 @@ root = "/srv/www"
                     message_timeout_ms: Limits::default().message_timeout_ms,
                     task_threads: 2,
                     task_queue: Limits::default().task_queue,
+                    topics: config::TopicLimits { max_message: 4 << 20, max_topic_len: 64, per_connection: 1000 },
                 },
                 tls: Some(TlsFiles {
                     cert: "/etc/host/certs/web.pem".into(),
@@ -700,6 +714,19 @@ listen = "[::1]:9000"
             let message = parse_err(&with_service(&format!("count = {count}")));
             assert!(message.starts_with("config host.toml: line 5, column 9: service \"web\": count"), "{message}");
             assert!(message.contains("between 1 and 1024"), "{message}");
+        }
+    }
+
+    #[test]
+    fn topic_limits_out_of_range_are_refused() {
+        for (line, expected) in [
+            ("topic_max_message = 0", "topic_max_message must be between 1 and 67108864 bytes, not 0"),
+            ("topic_max_message = 67108865", "topic_max_message must be between 1 and 67108864 bytes"),
+            ("topic_max_len = 1025", "topic_max_len must be between 1 and 1024 bytes, not 1025"),
+            ("topics_per_connection = 0", "topics_per_connection must be between 1 and 65536 topics, not 0"),
+        ] {
+            let message = parse_err(&with_service(&format!("\n{line}")));
+            assert!(message.contains("line 6") && message.contains(expected), "{message}");
         }
     }
 

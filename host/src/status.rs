@@ -71,6 +71,10 @@ pub struct TopicReport {
     pub delivered: u64,
     pub dropped: u64,
     pub refused: u64,
+    /// Messages from another worker or from the broker over this worker's limits
+    /// (`topic_max_message`, `topic_max_len`): skipped.
+    #[serde(default)]
+    pub oversized: u64,
     /// The cluster's broker connection (`--cluster`): `ready`, `connecting` or `down`; None
     /// without a cluster.
     pub broker: Option<String>,
@@ -89,6 +93,7 @@ impl TopicReport {
         self.delivered += other.delivered;
         self.dropped += other.dropped;
         self.refused += other.refused;
+        self.oversized += other.oversized;
         self.broker_published += other.broker_published;
         self.broker_received += other.broker_received;
         self.broker_dropped += other.broker_dropped;
@@ -97,7 +102,7 @@ impl TopicReport {
 
     /// Whether anything happened with topics (the status line is left out otherwise).
     pub fn used(&self) -> bool {
-        self.subscriptions + self.published + self.received + self.refused > 0 || self.broker.is_some()
+        self.subscriptions + self.published + self.received + self.refused + self.oversized > 0 || self.broker.is_some()
     }
 }
 
@@ -540,6 +545,11 @@ pub fn render_status(s: &Status) -> String {
             t.dropped,
             t.refused
         );
+        if t.oversized > 0 {
+            // Before the line's end: a message from elsewhere over this host's limits.
+            out.pop();
+            let _ = writeln!(out, ", oversized {} (from other workers or hosts, skipped)", t.oversized);
+        }
         let brokers: Vec<String> =
             topics.iter().filter_map(|(w, r)| Some(format!("#{} {}", w.slot, r.topics.broker.as_deref()?))).collect();
         if !brokers.is_empty() {

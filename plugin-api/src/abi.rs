@@ -829,7 +829,7 @@ pub trait RawHostExt {
 
     // Topics (one block): publish/subscribe between connections, across workers and hosts.
 
-    /// Subscribes `conn` to `topic` (1 to [`MAX_TOPIC_LEN`] bytes): every message published on
+    /// Subscribes `conn` to `topic` (1 to [`MAX_TOPIC_LEN`] bytes by default): every message published on
     /// it, on any worker of the service and any host of its cluster, is written to the
     /// connection's output as published. [`WORKER_CONN`] subscribes the worker itself: the
     /// plugin hears the topic's messages as [`RawPluginExt::on_publish`]. 1 when subscribed now,
@@ -847,7 +847,7 @@ pub trait RawHostExt {
         TopicStatus::UNSUPPORTED.0 as i64
     }
 
-    /// Publishes `msg` (at most [`MAX_PUBLISH`] bytes, framed by the plugin as its subscribers'
+    /// Publishes `msg` (at most [`MAX_PUBLISH`] bytes by default, framed by the plugin as its subscribers'
     /// protocol wants it) on `topic`: the host writes it to every subscribed connection of every
     /// worker of the service and of every host of its cluster, without a plugin call per
     /// recipient. Answers how many connections of this worker it was written to, or a negative
@@ -886,12 +886,14 @@ impl RawTransport {
     pub const TLS_UNIX: Self = RawTransport(5);
 }
 
-/// The longest topic name, in bytes ([`RawHostExt::subscribe`], [`RawHostExt::publish`]).
+/// The longest topic name, in bytes ([`RawHostExt::subscribe`], [`RawHostExt::publish`]), by
+/// default: a service may set its own (the host's `topic_max_len`, up to 1024).
 pub const MAX_TOPIC_LEN: usize = 256;
-/// The largest message [`RawHostExt::publish`] takes, in bytes (it crosses between workers in
-/// one mailbox datagram, with its topic).
-pub const MAX_PUBLISH: usize = 60 * 1024;
-/// The most topics one connection may be subscribed to.
+/// The largest message [`RawHostExt::publish`] takes, in bytes, by default: a service may set
+/// its own (the host's `topic_max_message`, up to 64 MiB).
+pub const MAX_PUBLISH: usize = 1024 * 1024;
+/// The most topics one connection may be subscribed to, by default: a service may set its own
+/// (the host's `topics_per_connection`).
 pub const MAX_TOPICS_PER_CONN: usize = 64;
 /// The connection id that stands for the worker itself in [`RawHostExt::subscribe`] and
 /// [`RawHostExt::unsubscribe`] (no connection has it: its generation is never reached).
@@ -906,13 +908,14 @@ pub struct TopicStatus(pub i8);
 impl TopicStatus {
     /// The host has no topics (it is older than plugin-api 0.1.4).
     pub const UNSUPPORTED: Self = TopicStatus(-1);
-    /// The topic is empty or longer than [`MAX_TOPIC_LEN`].
+    /// The topic is empty or longer than the service allows ([`MAX_TOPIC_LEN`] by default).
     pub const INVALID_TOPIC: Self = TopicStatus(-2);
-    /// The connection is subscribed to [`MAX_TOPICS_PER_CONN`] topics already.
+    /// The connection is subscribed to as many topics as the service allows
+    /// ([`MAX_TOPICS_PER_CONN`] by default).
     pub const TOO_MANY_TOPICS: Self = TopicStatus(-3);
     /// No such connection (closed, or never opened), or one that takes no output.
     pub const NO_CONNECTION: Self = TopicStatus(-4);
-    /// The message is over [`MAX_PUBLISH`].
+    /// The message is larger than the service allows ([`MAX_PUBLISH`] by default).
     pub const TOO_LARGE: Self = TopicStatus(-5);
 }
 

@@ -3,6 +3,7 @@
 //! (`.ci/deps/cluster.apt`); a missing binary fails the test with a message saying so.
 
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,13 +21,24 @@ pub struct Broker {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// TLS only: its certificate and key (PEM files).
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Broker {
     /// Starts the broker and waits (bounded) until it accepts connections.
     pub fn start(kind: BrokerKind) -> Broker {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut broker = Broker { kind, port, dir: TempDir::new(), child: None };
+        let mut broker = Broker { kind, port, dir: TempDir::new(), child: None, tls: None };
+        broker.restart();
+        broker
+    }
+
+    /// The broker speaking TLS only (redis-server `--tls-port`, nats-server `--tls`), with this
+    /// certificate and key, asking clients for no certificate.
+    pub fn start_tls(kind: BrokerKind, cert: PathBuf, key: PathBuf) -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut broker = Broker { kind, port, dir: TempDir::new(), child: None, tls: Some((cert, key)) };
         broker.restart();
         broker
     }
@@ -34,7 +46,9 @@ impl Broker {
     /// `redis://127.0.0.1:PORT` or `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         let scheme = match self.kind {
+            BrokerKind::Redis if self.tls.is_some() => "rediss",
             BrokerKind::Redis => "redis",
+            BrokerKind::Nats if self.tls.is_some() => "tls",
             BrokerKind::Nats => "nats",
         };
         format!("{scheme}://127.0.0.1:{}", self.port)
@@ -55,13 +69,24 @@ impl Broker {
         let (program, mut command) = match self.kind {
             BrokerKind::Redis => {
                 let mut c = Command::new("redis-server");
-                c.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+                match &self.tls {
+                    None => c.args(["--port", &port]),
+                    Some((cert, key)) => c
+                        .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no", "--tls-cert-file"])
+                        .arg(cert)
+                        .arg("--tls-key-file")
+                        .arg(key),
+                };
+                c.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
                 c.arg("--dir").arg(self.dir.path());
                 ("redis-server", c)
             }
             BrokerKind::Nats => {
                 let mut c = Command::new("nats-server");
                 c.args(["-a", "127.0.0.1", "-p", &port]);
+                if let Some((cert, key)) = &self.tls {
+                    c.args(["--tls", "--tlscert"]).arg(cert).arg("--tlskey").arg(key);
+                }
                 ("nats-server", c)
             }
         };

@@ -6,6 +6,9 @@
 //! publish-to-receive latency. One thread, one mio poll over every socket.
 //!
 //! Run: fanout PORTS SUBSCRIBERS SECONDS SIZE      (PORTS: `8081` or `8081,8082`)
+//! With `FANOUT_SIO=1` it speaks Socket.IO 4 over its WebSocket transport instead
+//! (`bench/topics/sio_server.js`): the Engine.IO open packet, `40` to join the namespace, and
+//! the chat's text as the `chat` event (`42["chat","…"]`).
 //! Prints one JSON object: `{"messages": M, "deliveries": D, "per_s": R, "p50_us": A,
 //! "p99_us": B, "missing": X}` (`missing`: deliveries expected and not seen 2 s after the end).
 //! Loopback only: it connects to 127.0.0.1.
@@ -52,6 +55,45 @@ fn client_frame(text: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// Socket.IO mode (`FANOUT_SIO=1`).
+fn sio() -> bool {
+    std::env::var_os("FANOUT_SIO").is_some_and(|v| v == "1")
+}
+
+/// The chat's `text` as this mode sends it.
+fn chat(text: &[u8]) -> Vec<u8> {
+    if !sio() {
+        return text.to_vec();
+    }
+    [&b"42[\"chat\",\""[..], text, b"\"]"].concat()
+}
+
+/// The chat's text in a received frame's payload (None: a Socket.IO packet of another kind).
+fn unchat(payload: &[u8]) -> Option<&[u8]> {
+    if !sio() {
+        return Some(payload);
+    }
+    payload.strip_prefix(b"42[\"chat\",\"")?.strip_suffix(b"\"]")
+}
+
+/// Reads one unmasked server frame's payload (up to 64 KiB).
+fn read_frame(reader: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut head = [0u8; 2];
+    reader.read_exact(&mut head)?;
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut ext = [0u8; 2];
+            reader.read_exact(&mut ext)?;
+            u16::from_be_bytes(ext) as usize
+        }
+        127 => return Err(io::Error::other("a frame too long for a handshake")),
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload)?;
+    Ok(payload)
+}
+
 /// Connects, upgrades and joins `bench`; the stream, non-blocking, ready for the poll.
 fn join(port: u16) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(("127.0.0.1", port))?;
@@ -60,8 +102,9 @@ fn join(port: u16) -> io::Result<TcpStream> {
     let mut writer = stream.try_clone()?;
     write!(
         writer,
-        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET {} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        if sio() { "/socket.io/?EIO=4&transport=websocket" } else { "/" }
     )?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -75,12 +118,21 @@ fn join(port: u16) -> io::Result<TcpStream> {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
-    writer.write_all(&client_frame(b"/join bench"))?;
-    let mut head = [0u8; 2];
-    reader.read_exact(&mut head)?;
-    let mut answer = vec![0u8; (head[1] & 0x7f) as usize];
-    reader.read_exact(&mut answer)?;
-    if answer != b"joined bench" {
+    if sio() {
+        // The Engine.IO open packet, then the namespace's connect.
+        let open = read_frame(&mut reader)?;
+        if !open.starts_with(b"0{") {
+            return Err(io::Error::other(format!("no open packet: {:?}", String::from_utf8_lossy(&open))));
+        }
+        writer.write_all(&client_frame(b"40"))?;
+        let connected = read_frame(&mut reader)?;
+        if !connected.starts_with(b"40") {
+            return Err(io::Error::other(format!("no connect: {:?}", String::from_utf8_lossy(&connected))));
+        }
+    }
+    writer.write_all(&client_frame(&chat(b"/join bench")))?;
+    let answer = read_frame(&mut reader)?;
+    if unchat(&answer) != Some(&b"joined bench"[..]) {
         return Err(io::Error::other(format!("join answered {:?}", String::from_utf8_lossy(&answer))));
     }
     if !reader.buffer().is_empty() {
@@ -128,7 +180,7 @@ fn run(ports: &[u16], subs: usize, duration: Duration, size: usize) -> io::Resul
             let stamp = epoch.elapsed().as_nanos() as u64;
             let mut text = format!("{sent} {stamp} ").into_bytes();
             text.resize(size, b'x');
-            conns[0].stream.write_all(&client_frame(&text)).or_else(|e| match e.kind() {
+            conns[0].stream.write_all(&client_frame(&chat(&text))).or_else(|e| match e.kind() {
                 io::ErrorKind::WouldBlock => Ok(()), // counted as missing at the end
                 _ => Err(e),
             })?;
@@ -153,6 +205,10 @@ fn run(ports: &[u16], subs: usize, duration: Duration, size: usize) -> io::Resul
                     break;
                 }
                 let payload = &sub.buf[used + len - h.payload_len as usize..used + len];
+                let Some(payload) = unchat(payload) else {
+                    used += len; // a Socket.IO packet of another kind
+                    continue;
+                };
                 let mut words = payload.split(|&b| b == b' ');
                 let id: u64 = std::str::from_utf8(words.next().unwrap_or_default())
                     .ok()

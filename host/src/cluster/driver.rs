@@ -8,17 +8,19 @@
 //!
 //! Names: an IP address connects at once; a host name is resolved on a short-lived thread (the
 //! system resolver blocks) whose answer [`Driver::tick`] picks up, so the loop never waits on DNS.
-//! TLS (`rediss://`, `tls://`) is refused with [`DriverError::TlsUnsupported`]: not built yet.
+//! TLS: `rediss://` runs the connection through rustls ([`super::tls`]) from its first byte;
+//! `tls://` (NATS) starts in plain text and switches when the client says so
+//! ([`Event::StartTls`], after the server's INFO), before CONNECT is written.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use super::url::ClusterUrl;
+use super::url::{BrokerKind, ClusterUrl};
 use super::{AnyProtocol, Broker, Counters, Event, State, TopicError};
 
 /// The first wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
@@ -34,8 +36,8 @@ pub const FLUSH_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DriverError {
-    #[error("TLS to the broker ({0}) is not supported yet; use redis:// or nats://")]
-    TlsUnsupported(String),
+    #[error("TLS to the broker: {0}")]
+    Tls(String),
 }
 
 #[derive(Debug)]
@@ -44,7 +46,8 @@ enum Conn {
     Idle,
     Resolving(mpsc::Receiver<io::Result<SocketAddr>>),
     Connecting(TcpStream),
-    Open(TcpStream),
+    /// Connected; with its TLS session for a TLS URL.
+    Open(TcpStream, Option<Box<rustls::ClientConnection>>),
 }
 
 #[derive(Debug)]
@@ -61,16 +64,22 @@ pub struct Driver {
     connected_once: bool,
     /// Attempts at resolving a name, to take its addresses in turn.
     attempts: usize,
+    /// The TLS client configuration of a TLS URL.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Driver {
-    /// A driver for `url`, sharing topics with the hosts of the same `service`; `origin`: see
-    /// [`AnyProtocol::for_url`].
-    pub fn new(url: ClusterUrl, service: &str, token: Token, origin: Option<[u8; 8]>) -> Result<Self, DriverError> {
-        if url.tls {
-            return Err(DriverError::TlsUnsupported(url.to_string()));
-        }
-        let broker = Broker::new(AnyProtocol::for_url(&url, service, origin));
+    /// A driver for `url`, sharing topics with the hosts of the same `service`; `origin` and
+    /// `max_message`: see [`AnyProtocol::for_url`].
+    pub fn new(
+        url: ClusterUrl,
+        service: &str,
+        token: Token,
+        origin: Option<[u8; 8]>,
+        max_message: usize,
+    ) -> Result<Self, DriverError> {
+        let tls = if url.tls { Some(super::tls::client_config(&url).map_err(DriverError::Tls)?) } else { None };
+        let broker = Broker::new(AnyProtocol::for_url(&url, service, origin, max_message));
         Ok(Self {
             url,
             broker,
@@ -82,6 +91,7 @@ impl Driver {
             events: Vec::new(),
             connected_once: false,
             attempts: 0,
+            tls,
         })
     }
 
@@ -131,8 +141,8 @@ impl Driver {
             Conn::Idle => self.retry_at,
             Conn::Resolving(_) => Some(Instant::now() + RESOLVE_POLL),
             Conn::Connecting(_) => Some(self.attempt_started + CONNECT_TIMEOUT),
-            Conn::Open(_) if self.broker.state() == State::Handshaking => Some(self.attempt_started + CONNECT_TIMEOUT),
-            Conn::Open(_) => self.broker.next_tick(),
+            Conn::Open(..) if self.broker.state() == State::Handshaking => Some(self.attempt_started + CONNECT_TIMEOUT),
+            Conn::Open(..) => self.broker.next_tick(),
         }
     }
 
@@ -158,7 +168,7 @@ impl Driver {
                     self.fail(format!("could not connect within {CONNECT_TIMEOUT:?}"), now);
                 }
             }
-            Conn::Open(_) => {
+            Conn::Open(..) => {
                 if self.broker.state() == State::Handshaking && now >= self.attempt_started + CONNECT_TIMEOUT {
                     self.fail(format!("no handshake within {CONNECT_TIMEOUT:?}"), now);
                 } else if let Err(e) = self.broker.tick(now) {
@@ -196,10 +206,20 @@ impl Driver {
                 unreachable!("matched above");
             };
             let _ = stream.set_nodelay(true);
-            self.conn = Conn::Open(stream);
+            let session = match self.tls.as_ref().filter(|_| self.url.kind == BrokerKind::Redis) {
+                Some(config) => match super::tls::session(config, &self.url.host) {
+                    Ok(s) => Some(Box::new(s)),
+                    Err(e) => {
+                        self.fail(e, now);
+                        return std::mem::take(&mut self.events);
+                    }
+                },
+                None => None,
+            };
+            self.conn = Conn::Open(stream, session);
             self.broker.on_connected(now);
         }
-        if matches!(self.conn, Conn::Open(_)) {
+        if matches!(self.conn, Conn::Open(..)) {
             self.read(now);
             self.flush(now);
         }
@@ -248,18 +268,51 @@ impl Driver {
 
     fn read(&mut self, now: Instant) {
         let mut chunk = vec![0u8; READ_CHUNK];
+        if let Conn::Open(stream, Some(tls)) = &mut self.conn {
+            let (broker, events) = (&mut self.broker, &mut self.events);
+            let (mut connected, mut failure) = (false, None);
+            let open = super::tls::read(tls, stream, &mut chunk, |plain| {
+                let got = broker.feed(plain, now).map_err(|e| e.to_string())?;
+                for event in got {
+                    connected |= event == Event::Connected;
+                    events.push(event);
+                }
+                Ok(())
+            });
+            if connected {
+                self.backoff = INITIAL_BACKOFF;
+                self.connected_once = true;
+            }
+            match open {
+                Ok(true) => {}
+                Ok(false) => failure = Some("the broker closed the connection".to_string()),
+                Err(e) => failure = Some(e),
+            }
+            if let Some(reason) = failure {
+                self.fail(reason, now);
+            }
+            return;
+        }
         loop {
-            let Conn::Open(stream) = &mut self.conn else { return };
+            let Conn::Open(stream, _) = &mut self.conn else { return };
             match stream.read(&mut chunk) {
                 Ok(0) => return self.fail("the broker closed the connection".into(), now),
                 Ok(n) => match self.broker.feed(&chunk[..n], now) {
                     Ok(events) => {
+                        let mut start_tls = false;
                         for event in events {
-                            if event == Event::Connected {
-                                self.backoff = INITIAL_BACKOFF;
-                                self.connected_once = true;
+                            match event {
+                                Event::StartTls => start_tls = true,
+                                Event::Connected => {
+                                    self.backoff = INITIAL_BACKOFF;
+                                    self.connected_once = true;
+                                    self.events.push(event);
+                                }
+                                event => self.events.push(event),
                             }
-                            self.events.push(event);
+                        }
+                        if start_tls {
+                            return self.start_tls(now);
                         }
                     }
                     Err(e) => return self.fail(e.to_string(), now),
@@ -271,9 +324,37 @@ impl Driver {
         }
     }
 
+    /// Switches the open connection to TLS (NATS, after INFO): the caller flushes next, which
+    /// sends the ClientHello and the encrypted CONNECT behind it.
+    fn start_tls(&mut self, now: Instant) {
+        let Some(config) = self.tls.clone() else {
+            return self.fail("the broker asked for TLS, which this URL does not have".into(), now);
+        };
+        match super::tls::session(&config, &self.url.host) {
+            Ok(session) => {
+                if let Conn::Open(_, tls) = &mut self.conn {
+                    *tls = Some(Box::new(session));
+                }
+            }
+            Err(e) => self.fail(e, now),
+        }
+    }
+
     fn flush(&mut self, now: Instant) {
+        if let Conn::Open(stream, Some(tls)) = &mut self.conn {
+            loop {
+                match super::tls::write(tls, stream, self.broker.output()) {
+                    Ok(0) => return,
+                    Ok(n) => self.broker.consume_output(n),
+                    Err(e) => return self.fail(e, now),
+                }
+                if tls.wants_write() {
+                    return; // the socket is full: the next writable event goes on
+                }
+            }
+        }
         loop {
-            let Conn::Open(stream) = &mut self.conn else { return };
+            let Conn::Open(stream, _) = &mut self.conn else { return };
             let pending = self.broker.output();
             if pending.is_empty() {
                 return;
@@ -294,7 +375,7 @@ impl Driver {
         let was = std::mem::replace(&mut self.conn, Conn::Idle);
         self.broker.on_disconnected();
         tracing::debug!(broker = %self.url, %reason, backoff = ?self.backoff, "broker connection down");
-        if matches!(was, Conn::Open(_)) || !self.connected_once {
+        if matches!(was, Conn::Open(..)) || !self.connected_once {
             self.events.push(Event::Disconnected { reason });
         }
         self.retry_at = Some(now + self.backoff);

@@ -21,6 +21,7 @@
 pub mod driver;
 pub mod nats;
 pub mod redis;
+pub mod tls;
 pub mod url;
 
 #[cfg(test)]
@@ -50,6 +51,11 @@ pub enum WireEvent {
     Message { topic: Vec<u8>, payload: Vec<u8> },
     /// The broker reported an error that does not end the connection.
     ServerError(String),
+    /// A message over the limit (`topic_max_message`) was skipped as it arrived.
+    Oversized { len: usize },
+    /// Switch the connection to TLS now: what the client queued after this goes encrypted
+    /// (NATS: after the server's INFO).
+    StartTls,
 }
 
 /// What [`Broker`] (and the driver) reports to the host.
@@ -63,6 +69,8 @@ pub enum Event {
     Message { topic: Vec<u8>, payload: Vec<u8> },
     /// The broker reported an error on a live connection (logged and counted by the host).
     BrokerError(String),
+    /// The driver must start TLS before it writes or reads more (see [`WireEvent::StartTls`]).
+    StartTls,
 }
 
 /// The connection to the broker, as `status` shows it.
@@ -93,6 +101,8 @@ pub struct Counters {
     pub reconnects: u64,
     /// Errors the broker reported on a live connection.
     pub broker_errors: u64,
+    /// Messages from the broker over `topic_max_message`, skipped.
+    pub oversized: u64,
 }
 
 /// A connection-ending failure.
@@ -145,14 +155,16 @@ impl AnyProtocol {
     /// The wire client for `url`, its channels or subjects named after `service`; `origin`: the
     /// id of the host, shared by the connections of its workers, so that none receives what
     /// another one of the same host published (None: each connection is its own origin).
-    pub fn for_url(url: &url::ClusterUrl, service: &str, origin: Option<[u8; 8]>) -> Self {
+    /// `max_message`: the largest message taken from the broker (`topic_max_message`).
+    pub fn for_url(url: &url::ClusterUrl, service: &str, origin: Option<[u8; 8]>, max_message: usize) -> Self {
         match url.kind {
             url::BrokerKind::Redis => {
-                let options = redis::RedisOptions { origin, ..redis::RedisOptions::from_url(url, service) };
+                let options =
+                    redis::RedisOptions { origin, max_message, ..redis::RedisOptions::from_url(url, service) };
                 Self::Redis(redis::RedisClient::new(options))
             }
             url::BrokerKind::Nats => {
-                let options = nats::NatsOptions { origin, ..nats::NatsOptions::from_url(url, service) };
+                let options = nats::NatsOptions { origin, max_message, ..nats::NatsOptions::from_url(url, service) };
                 Self::Nats(nats::NatsClient::new(options))
             }
         }
@@ -339,6 +351,7 @@ impl<P: Protocol> Broker<P> {
                     events.push(Event::Connected);
                 }
                 WireEvent::Pong => {}
+                WireEvent::StartTls => events.push(Event::StartTls),
                 WireEvent::Message { topic, payload } => {
                     // A message in flight when the last subscriber left: not ours any more.
                     if self.topics.contains_key(&topic) {
@@ -349,6 +362,10 @@ impl<P: Protocol> Broker<P> {
                 WireEvent::ServerError(message) => {
                     self.counters.broker_errors += 1;
                     events.push(Event::BrokerError(message));
+                }
+                WireEvent::Oversized { len } => {
+                    self.counters.oversized += 1;
+                    tracing::warn!(bytes = len, "a message from the broker over topic_max_message skipped");
                 }
             }
         }

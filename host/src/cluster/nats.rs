@@ -36,6 +36,12 @@ pub struct NatsOptions {
     /// several connections of one host (one per worker) must not receive each other's publishes
     /// (`echo: false` covers one connection only). None: payloads as they are.
     pub origin: Option<[u8; 8]>,
+    /// The largest message taken from the broker (`topic_max_message`): a larger MSG is skipped
+    /// as it arrives and reported ([`WireEvent::Oversized`]).
+    pub max_message: usize,
+    /// `tls://`: upgrade to TLS after the server's INFO (NATS starts in plain text), before
+    /// CONNECT.
+    pub tls: bool,
 }
 
 impl NatsOptions {
@@ -43,7 +49,15 @@ impl NatsOptions {
         let mut prefix = b"host.".to_vec();
         prefix.extend_from_slice(escape_token(service.as_bytes()).as_bytes());
         prefix.push(b'.');
-        Self { user: url.username.clone(), pass: url.password.clone(), token: url.token.clone(), prefix, origin: None }
+        Self {
+            user: url.username.clone(),
+            pass: url.password.clone(),
+            token: url.token.clone(),
+            prefix,
+            origin: None,
+            max_message: crate::config::DEFAULT_TOPIC_MAX_MESSAGE,
+            tls: url.tls,
+        }
     }
 }
 
@@ -111,6 +125,8 @@ pub struct NatsClient {
     next_sid: u64,
     topic_of_sid: HashMap<u64, Vec<u8>>,
     sid_of_topic: HashMap<Vec<u8>, u64>,
+    /// Bytes of an oversized MSG's payload (and its CRLF) still to skip.
+    skip: usize,
 }
 
 impl NatsClient {
@@ -122,6 +138,7 @@ impl NatsClient {
             next_sid: 1,
             topic_of_sid: HashMap::new(),
             sid_of_topic: HashMap::new(),
+            skip: 0,
         }
     }
 
@@ -137,26 +154,40 @@ impl NatsClient {
         s
     }
 
-    fn on_info(&mut self, json: &[u8], out: &mut Vec<u8>) -> Result<(), ClusterError> {
+    fn on_info(&mut self, json: &[u8], out: &mut Vec<u8>, events: &mut Vec<WireEvent>) -> Result<(), ClusterError> {
         let info: serde_json::Value =
             serde_json::from_slice(json).map_err(|e| ClusterError::Protocol(format!("INFO is not JSON: {e}")))?;
         if let Some(max) = info.get("max_payload").and_then(|v| v.as_u64()) {
             self.max_payload = usize::try_from(max).unwrap_or(usize::MAX).min(HARD_MAX_PAYLOAD);
+            let ours = self.options.max_message + self.options.origin.map_or(0, |o| o.len());
+            if self.phase == Phase::AwaitInfo && ours > self.max_payload {
+                tracing::warn!(
+                    max_payload = self.max_payload,
+                    topic_max_message = self.options.max_message,
+                    "the NATS server's max_payload is below topic_max_message (and an 8-byte origin): \
+                     larger messages reach this host's workers only (raise max_payload in nats-server's config)"
+                );
+            }
         }
         if self.phase != Phase::AwaitInfo {
             return Ok(()); // an INFO update (cluster topology): nothing else to do
         }
-        if info.get("tls_required").and_then(|v| v.as_bool()) == Some(true) {
-            return Err(ClusterError::Refused(
-                "the NATS server requires TLS (a tls:// URL), which this client does not do yet".into(),
-            ));
+        let server_tls = |key: &str| info.get(key).and_then(|v| v.as_bool()) == Some(true);
+        if self.options.tls {
+            if !server_tls("tls_required") && !server_tls("tls_available") {
+                return Err(ClusterError::Refused("the NATS server does not offer TLS (use a nats:// URL)".into()));
+            }
+            // The driver starts the TLS handshake before it writes what follows (CONNECT).
+            events.push(WireEvent::StartTls);
+        } else if server_tls("tls_required") {
+            return Err(ClusterError::Refused("the NATS server requires TLS: use a tls:// URL".into()));
         }
         let mut connect = serde_json::json!({
             "verbose": false,
             "pedantic": false,
             "headers": false,
             "echo": false,
-            "tls_required": false,
+            "tls_required": self.options.tls,
             "lang": "rust",
             "version": env!("CARGO_PKG_VERSION"),
             "name": "host-cluster",
@@ -194,6 +225,13 @@ impl NatsClient {
         if len > HARD_MAX_PAYLOAD {
             return Err(ClusterError::Protocol(format!("a MSG of {len} bytes")));
         }
+        let origin_len = self.options.origin.map_or(0, |o| o.len());
+        if len > self.options.max_message + origin_len {
+            // Skipped as it arrives, never buffered whole.
+            self.skip = len + 2;
+            events.push(WireEvent::Oversized { len: len - origin_len });
+            return Ok(Some(0));
+        }
         if body.len() < len + 2 {
             return Ok(None);
         }
@@ -227,6 +265,7 @@ impl Protocol for NatsClient {
     fn reset(&mut self, _out: &mut Vec<u8>) {
         // The server speaks first (INFO). Sids start again: the broker forgot them.
         self.phase = Phase::AwaitInfo;
+        self.skip = 0;
         self.topic_of_sid.clear();
         self.sid_of_topic.clear();
     }
@@ -234,6 +273,14 @@ impl Protocol for NatsClient {
     fn parse(&mut self, input: &[u8], out: &mut Vec<u8>, events: &mut Vec<WireEvent>) -> Result<usize, ClusterError> {
         let mut used = 0;
         loop {
+            if self.skip > 0 {
+                let n = self.skip.min(input.len() - used);
+                self.skip -= n;
+                used += n;
+                if self.skip > 0 {
+                    return Ok(used);
+                }
+            }
             let rest = &input[used..];
             let Some(end) = rest.windows(2).take(MAX_CONTROL_LINE).position(|w| w == b"\r\n") else {
                 if rest.len() > MAX_CONTROL_LINE {
@@ -272,7 +319,13 @@ impl Protocol for NatsClient {
                         return Err(ClusterError::Refused(message));
                     }
                 }
-                b"INFO" => self.on_info(line[4..].trim_ascii(), out)?,
+                b"INFO" => {
+                    self.on_info(line[4..].trim_ascii(), out, events)?;
+                    if events.last() == Some(&WireEvent::StartTls) {
+                        // Nothing after INFO is plain text any more.
+                        return Ok(used + advance);
+                    }
+                }
                 _ => {
                     return Err(ClusterError::Protocol(format!(
                         "unexpected line {:?}",
@@ -380,7 +433,18 @@ mod tests {
         assert_eq!(err, Err(ClusterError::Refused("Authorization Violation".into())));
         c.reset(&mut out);
         let err = c.parse(b"INFO {\"tls_required\":true}\r\n", &mut out, &mut Vec::new());
-        assert!(matches!(err, Err(ClusterError::Refused(m)) if m.contains("TLS")));
+        assert!(matches!(err, Err(ClusterError::Refused(m)) if m.contains("tls://")));
+        let url = crate::cluster::url::parse("tls://127.0.0.1:4222").unwrap();
+        let mut c = NatsClient::new(NatsOptions::from_url(&url, "s"));
+        let mut events = Vec::new();
+        assert!(
+            matches!(c.parse(b"INFO {}\r\n", &mut out, &mut events), Err(ClusterError::Refused(m)) if m.contains("TLS"))
+        );
+        out.clear();
+        let info = b"INFO {\"tls_required\":true}\r\n";
+        assert_eq!(c.parse(&[&info[..], b"\x16\x03"].concat(), &mut out, &mut events).unwrap(), info.len());
+        assert_eq!(events, [WireEvent::StartTls], "the TLS bytes after INFO are left to the driver");
+        assert!(out.starts_with(b"CONNECT {") && String::from_utf8_lossy(&out).contains("\"tls_required\":true"));
     }
 
     #[test]
@@ -432,6 +496,33 @@ mod tests {
             b"MSG host.s.t 1 10\r\nORIGIN01me\r\nMSG host.s.t 1 10\r\nORIGIN02it\r\nMSG host.s.t 1 3\r\nabc\r\n";
         c.parse(input, &mut out, &mut events).unwrap();
         assert_eq!(events, vec![WireEvent::Message { topic: b"t".to_vec(), payload: b"it".to_vec() }]);
+    }
+
+    #[test]
+    fn an_oversized_msg_is_skipped_as_it_arrives_and_the_stream_stays_in_sync() {
+        let url = crate::cluster::url::parse("nats://127.0.0.1:4222").unwrap();
+        let mut c = NatsClient::new(NatsOptions { max_message: 1000, ..NatsOptions::from_url(&url, "s") });
+        ready(&mut c);
+        let mut out = Vec::new();
+        c.subscribe(b"t", &mut out);
+        let mut input = b"MSG host.s.t 1 100000\r\n".to_vec();
+        input.extend(vec![b'x'; 100_000]);
+        input.extend_from_slice(b"\r\nMSG host.s.t 1 5\r\nafter\r\n");
+        let (mut held, mut most, mut events) = (Vec::new(), 0, Vec::new());
+        for piece in input.chunks(4096) {
+            held.extend_from_slice(piece);
+            most = most.max(held.len());
+            let used = c.parse(&held, &mut out, &mut events).unwrap();
+            held.drain(..used);
+        }
+        assert!(held.is_empty() && most <= 4096, "held {most} bytes at once");
+        assert_eq!(
+            events,
+            vec![
+                WireEvent::Oversized { len: 100_000 },
+                WireEvent::Message { topic: b"t".to_vec(), payload: b"after".to_vec() }
+            ]
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct RedisOptions {
     /// The origin id in front of every payload (messages carrying it are skipped): one per
     /// host when each of its workers has a connection; None: a random one for this client.
     pub origin: Option<[u8; ORIGIN_LEN]>,
+    /// The largest message taken from the broker (`topic_max_message`): a larger one is
+    /// skipped as it arrives, never buffered whole, and reported ([`WireEvent::Oversized`]).
+    pub max_message: usize,
 }
 
 impl RedisOptions {
@@ -59,6 +62,7 @@ impl RedisOptions {
             sharded: false,
             prefix: format!("host:{service}:").into_bytes(),
             origin: None,
+            max_message: crate::config::DEFAULT_TOPIC_MAX_MESSAGE,
         }
     }
 }
@@ -76,7 +80,13 @@ pub struct RedisClient {
     origin: [u8; ORIGIN_LEN],
     /// The commands whose (non-push) replies are still to come, in order.
     pending: VecDeque<Pending>,
+    /// Bytes of an oversized message's payload (and its CRLF) still to skip.
+    skip: usize,
 }
+
+/// Room for a message push's other parts (its kind, the channel) and headers on top of its
+/// payload: an incomplete frame larger than the payload limit and this is a protocol error.
+const FRAME_SLACK: usize = 64 * 1024;
 
 impl RedisClient {
     pub fn new(options: RedisOptions) -> Self {
@@ -84,7 +94,7 @@ impl RedisClient {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
         let origin = options.origin.unwrap_or_else(|| hasher.finish().to_le_bytes());
-        Self { options, origin, pending: VecDeque::new() }
+        Self { options, origin, pending: VecDeque::new(), skip: 0 }
     }
 
     fn channel(&self, topic: &[u8]) -> Vec<u8> {
@@ -136,6 +146,49 @@ impl RedisClient {
     }
 }
 
+/// Reads a `<kind><number>\r\n` header at the start of `buf`: the number and the header's
+/// length; None when it is not all there. An error when it is not a number.
+fn header(buf: &[u8], kind: u8) -> Result<Option<(usize, usize)>, ClusterError> {
+    if buf.first() != Some(&kind) {
+        return Err(ClusterError::Protocol(format!("expected {:?} in a push", kind as char)));
+    }
+    let Some(end) = buf.windows(2).take(24).position(|w| w == b"\r\n") else {
+        return if buf.len() > 24 { Err(ClusterError::Protocol("a header too long".into())) } else { Ok(None) };
+    };
+    let n = std::str::from_utf8(&buf[1..end])
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| ClusterError::Protocol("a length that is not a number".into()))?;
+    Ok(Some((n, end + 2)))
+}
+
+/// For an incomplete push (`>N` of bulk strings) whose last part is announced longer than
+/// `max`: the bytes up to that part's data and its length, so that the caller skips it. None
+/// when the frame is something else, not over the limit, or its headers are not all there yet.
+fn oversized_push(buf: &[u8], max: usize) -> Result<Option<(usize, usize)>, ClusterError> {
+    if buf.first() != Some(&b'>') {
+        return Ok(None);
+    }
+    let Some((parts, mut at)) = header(buf, b'>')? else { return Ok(None) };
+    for k in 0..parts {
+        if at >= buf.len() {
+            return Ok(None);
+        }
+        if buf[at] != b'$' {
+            return Ok(None); // not a message push: left to the decoder (and the frame cap)
+        }
+        let Some((len, head)) = header(&buf[at..], b'$')? else { return Ok(None) };
+        if len > max {
+            if k + 1 != parts {
+                return Err(ClusterError::Protocol(format!("a push with a part of {len} bytes before its last")));
+            }
+            return Ok(Some((at + head, len)));
+        }
+        at += head + len + 2;
+    }
+    Ok(None)
+}
+
 fn bytes_of(frame: &OwnedFrame) -> Option<&[u8]> {
     match frame {
         OwnedFrame::BlobString { data, .. } | OwnedFrame::SimpleString { data, .. } => Some(data),
@@ -177,6 +230,7 @@ pub(crate) fn push_command(out: &mut Vec<u8>, args: &[&[u8]]) {
 impl Protocol for RedisClient {
     fn reset(&mut self, out: &mut Vec<u8>) {
         self.pending.clear();
+        self.skip = 0;
         let user = self.options.username.as_deref().unwrap_or("default");
         match &self.options.password {
             Some(pass) => push_command(
@@ -190,17 +244,44 @@ impl Protocol for RedisClient {
 
     fn parse(&mut self, input: &[u8], _out: &mut Vec<u8>, events: &mut Vec<WireEvent>) -> Result<usize, ClusterError> {
         let mut used = 0;
-        while used < input.len() {
+        let max_payload = self.options.max_message + ORIGIN_LEN;
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(input.len() - used);
+                self.skip -= n;
+                used += n;
+                if self.skip > 0 {
+                    return Ok(used);
+                }
+            }
+            if used >= input.len() {
+                return Ok(used);
+            }
             match decode(&input[used..]) {
                 Ok(Some((frame, n))) => {
                     used += n;
                     self.handle(frame, events)?;
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    // Incomplete. A push whose last part (a message's payload) is over the limit
+                    // is skipped as it arrives instead of being buffered whole.
+                    if let Some((head, len)) = oversized_push(&input[used..], max_payload)? {
+                        used += head;
+                        self.skip = len + 2;
+                        events.push(WireEvent::Oversized { len: len.saturating_sub(ORIGIN_LEN) });
+                        continue;
+                    }
+                    if input.len() - used > max_payload + FRAME_SLACK {
+                        return Err(ClusterError::Protocol(format!(
+                            "an incomplete frame of more than {} bytes",
+                            max_payload + FRAME_SLACK
+                        )));
+                    }
+                    return Ok(used);
+                }
                 Err(e) => return Err(ClusterError::Protocol(e.to_string())),
             }
         }
-        Ok(used)
     }
 
     fn subscribe(&mut self, topic: &[u8], out: &mut Vec<u8>) {
@@ -243,6 +324,7 @@ mod tests {
             sharded,
             prefix: b"host:chat:".to_vec(),
             origin: None,
+            max_message: 1024,
         })
     }
 
@@ -316,6 +398,41 @@ mod tests {
                 WireEvent::Message { topic: b"s".to_vec(), payload: b"bin\r\n\0ary".to_vec() },
             ]
         );
+    }
+
+    #[test]
+    fn an_oversized_message_is_skipped_as_it_arrives_and_the_stream_stays_in_sync() {
+        let mut c = client(None, false);
+        let mut out = Vec::new();
+        c.reset(&mut out);
+        c.parse(b"%0\r\n", &mut out, &mut Vec::new()).unwrap();
+        let big = [[7u8; 8].as_slice(), &vec![b'x'; 100_000]].concat();
+        let mut input = push(&[b"message", b"host:chat:room", &big]);
+        input.extend(push(&[b"message", b"host:chat:room", &[[7u8; 8].as_slice(), b"after"].concat()]));
+        // Fed in small pieces as a socket would, the way `Broker::feed` does: never more than
+        // a piece and a frame's headers held.
+        let (mut held, mut most, mut events) = (Vec::new(), 0, Vec::new());
+        for piece in input.chunks(4096) {
+            held.extend_from_slice(piece);
+            most = most.max(held.len());
+            let used = c.parse(&held, &mut out, &mut events).unwrap();
+            held.drain(..used);
+        }
+        assert!(held.is_empty());
+        assert!(most < 8192, "held {most} bytes at once");
+        assert_eq!(
+            events,
+            vec![
+                WireEvent::Oversized { len: 100_000 },
+                WireEvent::Message { topic: b"room".to_vec(), payload: b"after".to_vec() }
+            ]
+        );
+        // A frame that is no message push and grows past the limit ends the connection.
+        let mut c = client(None, false);
+        c.reset(&mut out);
+        let mut reply = b"$200000\r\n".to_vec();
+        reply.extend(vec![b'y'; 100_000]);
+        assert!(matches!(c.parse(&reply, &mut out, &mut Vec::new()), Err(ClusterError::Protocol(_))));
     }
 
     #[test]

@@ -283,7 +283,9 @@ impl Hosts {
         let drivers = urls
             .iter()
             .enumerate()
-            .map(|(i, u)| Driver::new(u.clone(), "svc", Token(i), None).unwrap())
+            .map(|(i, u)| {
+                Driver::new(u.clone(), "svc", Token(i), None, crate::config::DEFAULT_TOPIC_MAX_MESSAGE).unwrap()
+            })
             .collect::<Vec<_>>();
         let n = drivers.len();
         Self { poll: Poll::new().unwrap(), drivers, received: vec![Vec::new(); n], events: vec![Vec::new(); n] }

@@ -1,5 +1,7 @@
 //! The `--cluster` URL: `redis://[[user]:password@]HOST[:PORT][/db]`, `rediss://` (TLS),
-//! `nats://[user:pass@|token@]HOST[:PORT]`, `tls://` (NATS over TLS). No syscalls.
+//! `nats://[user:pass@|token@]HOST[:PORT]`, `tls://` (NATS over TLS). A TLS URL may name the CA
+//! file that signed the broker's certificate: `rediss://HOST:PORT?ca=/etc/redis/ca.pem` (else
+//! the system's CA bundle). No syscalls.
 
 use std::fmt;
 
@@ -26,6 +28,8 @@ pub struct ClusterUrl {
     /// Redis `/db`: parsed and checked, but pub/sub channels are the same in every database
     /// (the service-name prefix keeps services apart), so nothing uses it.
     pub db: Option<u32>,
+    /// `?ca=PATH` of a TLS URL: the PEM file of the CAs to trust (None: the system's bundle).
+    pub ca_file: Option<String>,
 }
 
 impl fmt::Debug for ClusterUrl {
@@ -55,6 +59,9 @@ impl fmt::Display for ClusterUrl {
         if let Some(db) = self.db {
             write!(f, "/{db}")?;
         }
+        if let Some(ca) = &self.ca_file {
+            write!(f, "?ca={ca}")?;
+        }
         Ok(())
     }
 }
@@ -75,11 +82,17 @@ pub enum UrlError {
     Escape(&'static str),
     #[error("the cluster URL has an unclosed [ in its IPv6 host")]
     Bracket,
+    #[error("the cluster URL's query {0:?} is not ca=FILE (and only a TLS URL, rediss:// or tls://, takes one)")]
+    Query(String),
 }
 
 /// Parse a cluster URL.
 pub fn parse(text: &str) -> Result<ClusterUrl, UrlError> {
     let (scheme, rest) = text.split_once("://").ok_or_else(|| UrlError::Scheme(text.into()))?;
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
     let (kind, tls, default_port) = match scheme.to_ascii_lowercase().as_str() {
         "redis" => (BrokerKind::Redis, false, 6379),
         "rediss" => (BrokerKind::Redis, true, 6379),
@@ -96,7 +109,14 @@ pub fn parse(text: &str) -> Result<ClusterUrl, UrlError> {
         None => (None, authority),
     };
     let (host, port) = split_host_port(hostport, default_port)?;
-    let mut url = ClusterUrl { kind, tls, host, port, username: None, password: None, token: None, db: None };
+    let mut url =
+        ClusterUrl { kind, tls, host, port, username: None, password: None, token: None, db: None, ca_file: None };
+    if let Some(query) = query {
+        match query.strip_prefix("ca=") {
+            Some(path) if tls && !path.is_empty() => url.ca_file = Some(percent_decode(path, "CA file")?),
+            _ => return Err(UrlError::Query(query.into())),
+        }
+    }
     if let Some(info) = userinfo {
         match info.split_once(':') {
             Some((user, pass)) => {
@@ -175,6 +195,10 @@ mod tests {
         assert!(u.tls);
         assert_eq!((u.host.as_str(), u.port, u.username.as_deref()), ("::1", 6380, Some("app")));
         assert_eq!(u.to_string(), "rediss://app:***@[::1]:6380");
+        let u = parse("rediss://h:6380?ca=/etc/redis/my%20ca.pem").unwrap();
+        assert_eq!((u.tls, u.ca_file.as_deref()), (true, Some("/etc/redis/my ca.pem")));
+        assert_eq!(parse("redis://h?ca=/x"), Err(UrlError::Query("ca=/x".into())), "no TLS, no CA");
+        assert_eq!(parse("rediss://h?cert=/x"), Err(UrlError::Query("cert=/x".into())));
     }
 
     #[test]

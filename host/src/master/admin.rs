@@ -385,7 +385,7 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics, format: MetricsFo
     let topic_msgs = counter(
         &mut registry,
         "topic_messages",
-        "Topic messages by event: published here, received from other workers and hosts, delivered to subscribers, dropped (slow subscribers), refused (limits)",
+        "Topic messages by event: published here, received from other workers and hosts, delivered to subscribers, dropped (slow subscribers), refused (limits), oversized (from elsewhere, over the limits, skipped)",
     );
     let broker_msgs = counter(
         &mut registry,
@@ -451,6 +451,7 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics, format: MetricsFo
                 ("delivered", tt.delivered),
                 ("dropped", tt.dropped),
                 ("refused", tt.refused),
+                ("oversized", tt.oversized),
             ] {
                 let el = labels(&[("service", &w.service), ("slot", &slot), ("event", event)]);
                 topic_msgs.get_or_create(&el).inc_by(n);

@@ -227,6 +227,7 @@ impl Worker {
                     CONTROL | handover::HANDOVER => {}
                     SIGNALS => self.read_signals(),
                     MAILBOX => self.mailbox_pending = true,
+                    mailbox::PEERS => self.core.mailbox.flush_waiting(),
                     tasks::TASKS => self.tasks_pending = true,
                     outbound::RESOLVER => self.core.resolved(),
                     super::core::CLUSTER => self.core.cluster_ready(event),
@@ -393,7 +394,9 @@ impl Worker {
         for (msg, fds) in self.control.read_with_fds() {
             match msg {
                 ToWorker::Mailbox => self.take_mailbox(fds),
-                ToWorker::Peers { replace, peers } => self.core.mailbox.set_peers(replace, peers, fds),
+                ToWorker::Peers { replace, peers } => {
+                    self.core.mailbox.set_peers(replace, peers, fds, self.poll.registry())
+                }
                 ToWorker::Hello { .. } => tracing::warn!("a second hello from the master ignored"),
                 ToWorker::Stop => self.core.phase.stop(Exit::Stopped),
                 ToWorker::Drain { timeout_ms } => self.start_drain(timeout_ms),
@@ -491,23 +494,35 @@ impl Worker {
             return;
         }
         for _ in 0..MAILBOX_BATCH {
-            match self.core.mailbox.recv(&mut self.mailbox_buf) {
-                Ok(Some((from, n))) if from & mailbox::TOPIC_FLAG != 0 => {
-                    match mailbox::split_topic(&self.mailbox_buf[4..4 + n]) {
+            match self.core.mailbox.next(&mut self.mailbox_buf) {
+                Ok(Some(mailbox::Incoming::Datagram { from, len })) if from & mailbox::TOPIC_FLAG != 0 => {
+                    let body = &self.mailbox_buf[4..4 + len];
+                    match mailbox::split_topic(body) {
                         Some(m) => {
                             self.core.deliver_published(Some((m.publisher, m.seq)), m.topic, m.msg);
                             if self.core.topics.handed_over.contains(m.topic) {
                                 let slot = self.core.slot;
-                                self.core.mailbox.forward(slot, &self.mailbox_buf[..4 + n]);
+                                self.core.mailbox.forward(slot, from, body);
                             }
                         }
                         None => tracing::warn!(from_slot = from & !mailbox::TOPIC_FLAG, "a malformed topic message"),
                     }
                 }
-                Ok(Some((from, n))) => {
-                    let msg = &self.mailbox_buf[4..4 + n];
+                Ok(Some(mailbox::Incoming::Datagram { from, len })) => {
+                    let msg = &self.mailbox_buf[4..4 + len];
                     dispatch::worker_message(&mut self.plugin, &mut self.core, from, msg);
                 }
+                Ok(Some(mailbox::Incoming::Assembled { from, body })) => match mailbox::split_topic(&body) {
+                    Some(m) if from & mailbox::TOPIC_FLAG != 0 => {
+                        self.core.deliver_published(Some((m.publisher, m.seq)), m.topic, m.msg);
+                        if self.core.topics.handed_over.contains(m.topic) {
+                            let slot = self.core.slot;
+                            self.core.mailbox.forward(slot, from, &body);
+                        }
+                    }
+                    _ => tracing::warn!(from_slot = from & !mailbox::TOPIC_FLAG, "a malformed large message"),
+                },
+                Ok(Some(mailbox::Incoming::Fragment)) => {}
                 Ok(None) => {
                     self.mailbox_pending = false;
                     return;

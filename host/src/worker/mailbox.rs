@@ -15,10 +15,30 @@
 //! topic's length (2 bytes), the topic and the message, all little-endian (the numbers let a
 //! connection that moves between workers hear each message once: `worker::topic_seam`). It is
 //! never handed to `on_worker_message`.
+//!
+//! **Large messages.** A datagram holds at most [`MAX_WORKER_MESSAGE`] bytes after the slot's
+//! word (a `SOCK_SEQPACKET` datagram must fit the socket's send buffer whole, and
+//! `net.core.wmem_max` is 208 KiB on a stock kernel). A topic's message larger than that
+//! (`topic_max_message` is 1 MiB by default) is cut into fragments marked [`FRAGMENT_FLAG`], each
+//! carrying the sender's pid, the whole body's length and the fragment's offset; the receiver
+//! puts them together per sender (a draining worker and its replacement share a slot, not a pid),
+//! and drops a body whose fragments do not follow each other (a sender that lost one) or that is
+//! over its own limit.
+//!
+//! **A peer that does not keep up.** What a peer's mailbox has no room for waits in the sender,
+//! in order (a message is never cut short for one peer: its fragments all wait or all go), up to
+//! a backlog of twice the largest topic message (at least [`MIN_PEER_BACKLOG`]); past it a
+//! message is dropped for that peer and counted. While something waits for a peer, the sender's
+//! loop watches that peer's end for room ([`PEERS`]) and sends what waits when it comes; not
+//! otherwise (a watched datagram socket would wake the sender each time the peer reads one). A peer that is gone (`EPIPE`,
+//! `ECONNREFUSED`) drops everything waiting for it.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
 use nix::errno::Errno;
 use nix::sys::socket::{recv, send, MsgFlags};
 use plugin_api::abi::{WorkerMsgStatus, MAX_WORKER_MESSAGE};
@@ -33,35 +53,124 @@ pub const RECV_BUFFER: usize = HEADER + MAX_WORKER_MESSAGE;
 
 /// Set in the sender's slot word of a topic's message.
 pub const TOPIC_FLAG: u32 = 1 << 31;
+/// Set in the sender's slot word of a fragment of a message larger than one datagram.
+pub const FRAGMENT_FLAG: u32 = 1 << 30;
+/// A fragment's header after the slot's word: the sender's pid, the whole body's length and the
+/// fragment's offset in it (4 bytes each, little-endian).
+const FRAGMENT_HEADER: usize = 12;
+/// The bytes of a body one fragment carries.
+const FRAGMENT_CHUNK: usize = MAX_WORKER_MESSAGE - FRAGMENT_HEADER;
+/// Bytes waiting for one peer before messages to it are dropped, at least.
+pub const MIN_PEER_BACKLOG: usize = 4 << 20;
+/// Senders whose large messages are put together at once, at most (a service's workers and
+/// their replacements); past it the unfinished ones are forgotten.
+const MAX_PARTIALS: usize = 64;
+
+/// The token of the peers' ends in the worker's poll: room came in a peer's mailbox.
+pub const PEERS: Token = Token(8);
 
 struct PeerEnd {
     peer: Peer,
     fd: OwnedFd,
+    /// Datagrams its mailbox had no room for yet, in order; `true`: the last of a message.
+    waiting: VecDeque<(Vec<u8>, bool)>,
+    waiting_bytes: usize,
+    /// Its end is in the poll (something waits).
+    watched: bool,
 }
 
-#[derive(Default)]
+/// A large body being put together from its fragments.
+struct Partial {
+    total: usize,
+    body: Vec<u8>,
+}
+
+/// What [`Mailbox::next`] read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A message in one datagram: the slot's word and the body's length (at `HEADER` in the
+    /// buffer).
+    Datagram { from: u32, len: usize },
+    /// A large message put together (the slot's word without [`FRAGMENT_FLAG`]).
+    Assembled { from: u32, body: Vec<u8> },
+    /// A fragment of a message not complete yet (or dropped).
+    Fragment,
+}
+
 pub struct Mailbox {
     /// The receiving end, once the master sent it.
     pub receiver: Option<OwnedFd>,
     peers: Vec<PeerEnd>,
-    /// The datagram being sent (header and bytes), kept to avoid an allocation per message.
-    out: Vec<u8>,
+    /// The message being sent, as datagrams (the first `frame_count` of these; their buffers
+    /// are kept to avoid allocations per message).
+    frames: Vec<Vec<u8>>,
+    frame_count: usize,
+    /// Bytes that may wait for one peer.
+    backlog: usize,
+    /// The largest body taken from fragments (a topic's header, topic and message).
+    max_body: usize,
+    partials: HashMap<u32, Partial>,
+    pid: u32,
+    /// The worker's poll, to watch the ends of peers something waits for.
+    registry: Option<Registry>,
     pub sent: u64,
     pub received: u64,
     pub dropped: u64,
+    /// Large messages over `max_body` skipped.
+    pub oversized: u64,
+}
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        Mailbox::new(MAX_WORKER_MESSAGE)
+    }
 }
 
 impl Mailbox {
+    /// A mailbox taking topic messages of up to `max_message` bytes (`topic_max_message`).
+    pub fn new(max_message: usize) -> Self {
+        Mailbox {
+            receiver: None,
+            peers: Vec::new(),
+            frames: Vec::new(),
+            frame_count: 0,
+            backlog: max_message.saturating_mul(2).max(MIN_PEER_BACKLOG),
+            // The publisher, number, topic's length and the longest topic a service may allow.
+            max_body: max_message + TOPIC_HEAD + crate::config::MAX_TOPIC_MAX_LEN as usize,
+            partials: HashMap::new(),
+            pid: std::process::id(),
+            registry: None,
+            sent: 0,
+            received: 0,
+            dropped: 0,
+            oversized: 0,
+        }
+    }
+
     /// Takes the master's list of peers (`replace`: a new set; else more of the last one).
-    pub fn set_peers(&mut self, replace: bool, peers: Vec<Peer>, fds: Vec<OwnedFd>) {
+    pub fn set_peers(&mut self, replace: bool, peers: Vec<Peer>, fds: Vec<OwnedFd>, registry: &Registry) {
+        if self.registry.is_none() {
+            self.registry = registry.try_clone().ok();
+        }
         if replace {
-            self.peers.clear();
+            for p in self.peers.drain(..) {
+                if p.watched {
+                    // Before the descriptor closes: the peer's other holders keep the file open,
+                    // and its registration would outlive our descriptor.
+                    let _ = registry.deregister(&mut SourceFd(&p.fd.as_raw_fd()));
+                }
+                if !p.waiting.is_empty() {
+                    self.dropped += p.waiting.iter().filter(|w| w.1).count() as u64;
+                }
+            }
         }
         if peers.len() != fds.len() {
             tracing::warn!(peers = peers.len(), fds = fds.len(), "a peer list without its descriptors ignored");
             return;
         }
-        self.peers.extend(peers.into_iter().zip(fds).map(|(peer, fd)| PeerEnd { peer, fd }));
+        for (peer, fd) in peers.into_iter().zip(fds) {
+            self.peers.push(PeerEnd { peer, fd, waiting: VecDeque::new(), waiting_bytes: 0, watched: false });
+        }
         tracing::debug!(peers = self.peers.len(), "worker peers");
     }
 
@@ -94,75 +203,201 @@ impl Mailbox {
     }
 
     /// Sends a topic's message to every peer (a peer that does not take it misses it: counted
-    /// in `dropped`). The caller checked its size (`worker::topics::check_publish`).
+    /// in `dropped`), in fragments when it is larger than a datagram. The caller checked its
+    /// size (`TopicTable::check_publish`).
     pub fn publish(&mut self, from_slot: u32, publisher: u64, seq: u64, topic: &[u8], msg: &[u8]) {
         if self.peers.is_empty() {
             return;
         }
-        self.out.clear();
-        self.out.extend_from_slice(&(from_slot | TOPIC_FLAG).to_le_bytes());
-        self.out.extend_from_slice(&publisher.to_le_bytes());
-        self.out.extend_from_slice(&seq.to_le_bytes());
-        self.out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
-        self.out.extend_from_slice(topic);
-        self.out.extend_from_slice(msg);
+        let head = TopicHead::new(publisher, seq, topic);
+        self.frame_body(from_slot | TOPIC_FLAG, &[&head.0, topic, msg]);
         for i in 0..self.peers.len() {
             self.deliver(i);
         }
     }
 
-    /// Sends a topic's datagram as received (`raw`: header included) to the serving worker of
-    /// `slot` (an old worker forwarding to its replacement); false when it did not take it.
-    pub fn forward(&mut self, slot: u32, raw: &[u8]) -> bool {
+    /// Frames a body made of `parts` after the slot's `word`: one datagram, or fragments when it
+    /// is larger than one.
+    fn frame_body(&mut self, word: u32, parts: &[&[u8]]) {
+        let body_len: usize = parts.iter().map(|p| p.len()).sum();
+        if body_len <= MAX_WORKER_MESSAGE {
+            let frame = self.frame(0);
+            frame.extend_from_slice(&word.to_le_bytes());
+            for part in parts {
+                frame.extend_from_slice(part);
+            }
+            self.frame_count = 1;
+            return;
+        }
+        let body = parts.concat();
+        let pid = self.pid;
+        let chunks = body.chunks(FRAGMENT_CHUNK);
+        self.frame_count = chunks.len();
+        for (k, chunk) in chunks.enumerate() {
+            let frame = self.frame(k);
+            frame.extend_from_slice(&(word | FRAGMENT_FLAG).to_le_bytes());
+            frame.extend_from_slice(&pid.to_le_bytes());
+            frame.extend_from_slice(&(body_len as u32).to_le_bytes());
+            frame.extend_from_slice(&((k * FRAGMENT_CHUNK) as u32).to_le_bytes());
+            frame.extend_from_slice(chunk);
+        }
+    }
+
+    /// Sends a topic's message as received (the sender's slot `word` and its whole `body`,
+    /// publisher and number included) to the serving worker of `slot` (an old worker forwarding
+    /// to its replacement); false when it did not take it.
+    pub fn forward(&mut self, slot: u32, word: u32, body: &[u8]) -> bool {
         let Some(i) = self.peers.iter().position(|p| p.peer.slot == slot && p.peer.serving) else { return false };
-        self.out.clear();
-        self.out.extend_from_slice(raw);
+        self.frame_body(word & !FRAGMENT_FLAG, &[body]);
         self.deliver(i)
+    }
+
+    /// Datagram buffer `k`, emptied.
+    fn frame(&mut self, k: usize) -> &mut Vec<u8> {
+        if self.frames.len() <= k {
+            self.frames.resize_with(k + 1, Vec::new);
+        }
+        let frame = &mut self.frames[k];
+        frame.clear();
+        frame
     }
 
     fn prepare(&mut self, from_slot: u32, msg: &[u8]) -> bool {
         if msg.len() > MAX_WORKER_MESSAGE {
             return false;
         }
-        self.out.clear();
-        self.out.extend_from_slice(&from_slot.to_le_bytes());
-        self.out.extend_from_slice(msg);
+        let frame = self.frame(0);
+        frame.extend_from_slice(&from_slot.to_le_bytes());
+        frame.extend_from_slice(msg);
+        self.frame_count = 1;
         true
     }
 
-    /// Sends the prepared datagram to peer `i`, without blocking; false (counted) when dropped.
+    /// Sends the prepared message to peer `i` (after what waits for it), without blocking; what
+    /// its mailbox has no room for waits. False (counted) when dropped.
     fn deliver(&mut self, i: usize) -> bool {
-        let fd = self.peers[i].fd.as_raw_fd();
-        loop {
-            match send(fd, &self.out, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
-                Ok(_) => {
+        if !self.flush_peer(i) {
+            self.dropped += 1;
+            return false;
+        }
+        let frames = &self.frames[..self.frame_count];
+        let size: usize = frames.iter().map(Vec::len).sum();
+        let peer = &mut self.peers[i];
+        if !peer.waiting.is_empty() {
+            if peer.waiting_bytes + size > self.backlog {
+                tracing::debug!(slot = peer.peer.slot, worker = peer.peer.worker, "message dropped: backlog");
+                self.dropped += 1;
+                return false;
+            }
+            for (k, frame) in frames.iter().enumerate() {
+                peer.waiting.push_back((frame.clone(), k + 1 == frames.len()));
+            }
+            peer.waiting_bytes += size;
+            self.sent += 1;
+            return true;
+        }
+        for (k, frame) in frames.iter().enumerate() {
+            match send_datagram(&peer.fd, frame) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // No room: the rest waits (a message is at most half the backlog).
+                    for (j, frame) in frames.iter().enumerate().skip(k) {
+                        peer.waiting.push_back((frame.clone(), j + 1 == frames.len()));
+                        peer.waiting_bytes += frame.len();
+                    }
                     self.sent += 1;
+                    self.watch(i, true);
                     return true;
                 }
-                Err(Errno::EINTR) => continue,
                 Err(e) => {
-                    // EAGAIN: its mailbox is full. EPIPE, ECONNREFUSED: it is gone (the master
-                    // tells us soon and we drop its end). Either way the message is lost for it.
-                    tracing::debug!(
-                        slot = self.peers[i].peer.slot,
-                        worker = self.peers[i].peer.worker,
-                        "message dropped: {e}"
-                    );
+                    // EPIPE, ECONNREFUSED: it is gone (the master tells us soon and we drop its
+                    // end). The message is lost for it.
+                    tracing::debug!(slot = peer.peer.slot, worker = peer.peer.worker, "message dropped: {e}");
                     self.dropped += 1;
                     return false;
                 }
             }
         }
+        self.sent += 1;
+        true
     }
 
-    /// Reads the next message into `buf` (at least [`RECV_BUFFER`] long): its sender's slot and
-    /// length. None when there is nothing more now (or no mailbox).
-    pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(u32, usize)>> {
+    /// Sends what waits for peer `i`, as far as its mailbox has room. False when the peer is
+    /// gone (what waited is dropped and counted).
+    fn flush_peer(&mut self, i: usize) -> bool {
+        let alive = self.send_waiting(i);
+        if self.peers[i].waiting.is_empty() {
+            self.watch(i, false);
+        }
+        alive
+    }
+
+    /// Watches peer `i`'s end for room (`on`), or stops.
+    fn watch(&mut self, i: usize, on: bool) {
+        let peer = &mut self.peers[i];
+        if peer.watched == on {
+            return;
+        }
+        let Some(registry) = &self.registry else { return };
+        let mut source = SourceFd(&peer.fd.as_raw_fd());
+        let done = if on {
+            registry.register(&mut source, PEERS, Interest::WRITABLE)
+        } else {
+            registry.deregister(&mut source)
+        };
+        match done {
+            Ok(()) => peer.watched = on,
+            Err(e) => tracing::warn!(slot = peer.peer.slot, "could not watch a peer's mailbox: {e}"),
+        }
+    }
+
+    /// [`Mailbox::flush_peer`] without the watching.
+    fn send_waiting(&mut self, i: usize) -> bool {
+        let peer = &mut self.peers[i];
+        while let Some((frame, _)) = peer.waiting.front() {
+            match send_datagram(&peer.fd, frame) {
+                Ok(true) => {
+                    peer.waiting_bytes -= frame.len();
+                    peer.waiting.pop_front();
+                }
+                Ok(false) => return true,
+                Err(e) => {
+                    let lost = peer.waiting.iter().filter(|w| w.1).count() as u64;
+                    tracing::debug!(slot = peer.peer.slot, lost, "messages dropped: {e}");
+                    peer.waiting.clear();
+                    peer.waiting_bytes = 0;
+                    // Those were counted as sent: now they are dropped.
+                    self.sent = self.sent.saturating_sub(lost);
+                    self.dropped += lost;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Room came in some peer's mailbox ([`PEERS`]): sends what waits.
+    pub fn flush_waiting(&mut self) {
+        for i in 0..self.peers.len() {
+            if !self.peers[i].waiting.is_empty() {
+                self.flush_peer(i);
+            }
+        }
+    }
+
+    /// Bytes waiting for peers (tests, status).
+    #[cfg_attr(not(test), allow(dead_code, reason = "the tests look"))]
+    pub fn waiting_bytes(&self) -> usize {
+        self.peers.iter().map(|p| p.waiting_bytes).sum()
+    }
+
+    /// Reads the next datagram into `buf` (at least [`RECV_BUFFER`] long): its sender's slot
+    /// word and length. None when there is nothing more now (or no mailbox).
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(u32, usize)>> {
         let Some(fd) = &self.receiver else { return Ok(None) };
         loop {
             match recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(n) if n >= HEADER => {
-                    self.received += 1;
                     let from = u32::from_le_bytes(buf[..HEADER].try_into().expect("4 bytes"));
                     return Ok(Some((from, n - HEADER)));
                 }
@@ -173,6 +408,80 @@ impl Mailbox {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Reads the next datagram into `buf` (at least [`RECV_BUFFER`] long). None when there is
+    /// nothing more now (or no mailbox).
+    pub fn next(&mut self, buf: &mut [u8]) -> io::Result<Option<Incoming>> {
+        let Some((from, len)) = self.recv(buf)? else { return Ok(None) };
+        if from & FRAGMENT_FLAG == 0 {
+            self.received += 1;
+            return Ok(Some(Incoming::Datagram { from, len }));
+        }
+        let datagram = &buf[HEADER..HEADER + len];
+        let Some((head, chunk)) = datagram.split_at_checked(FRAGMENT_HEADER) else {
+            tracing::warn!("a malformed fragment from another worker");
+            return Ok(Some(Incoming::Fragment));
+        };
+        let word = |k: usize| u32::from_le_bytes(head[k * 4..k * 4 + 4].try_into().expect("4 bytes")) as usize;
+        let (pid, total, offset) = (word(0) as u32, word(1), word(2));
+        if total > self.max_body {
+            if offset == 0 {
+                self.oversized += 1;
+                tracing::warn!(bytes = total, "a message from another worker over this worker's limit skipped");
+            }
+            self.partials.remove(&pid);
+            return Ok(Some(Incoming::Fragment));
+        }
+        if offset == 0 {
+            if self.partials.len() >= MAX_PARTIALS && !self.partials.contains_key(&pid) {
+                self.partials.clear();
+            }
+            // A body left unfinished by this sender (it lost a fragment) is replaced.
+            self.partials.insert(pid, Partial { total, body: Vec::with_capacity(total) });
+        }
+        let Some(partial) = self.partials.get_mut(&pid) else {
+            // Its first fragment was lost: the rest is of no use.
+            return Ok(Some(Incoming::Fragment));
+        };
+        if partial.total != total || partial.body.len() != offset || offset + chunk.len() > total {
+            self.partials.remove(&pid);
+            return Ok(Some(Incoming::Fragment));
+        }
+        partial.body.extend_from_slice(chunk);
+        if partial.body.len() < total {
+            return Ok(Some(Incoming::Fragment));
+        }
+        let body = self.partials.remove(&pid).map(|p| p.body).unwrap_or_default();
+        self.received += 1;
+        Ok(Some(Incoming::Assembled { from: from & !FRAGMENT_FLAG, body }))
+    }
+}
+
+/// Sends one datagram without blocking: true when sent, false when the mailbox has no room.
+fn send_datagram(fd: &OwnedFd, datagram: &[u8]) -> Result<bool, Errno> {
+    loop {
+        match send(fd.as_raw_fd(), datagram, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A topic's body before the topic: its publisher's id, its number and the topic's length.
+const TOPIC_HEAD: usize = 8 + 8 + 2;
+
+struct TopicHead([u8; TOPIC_HEAD]);
+
+impl TopicHead {
+    fn new(publisher: u64, seq: u64, topic: &[u8]) -> Self {
+        let mut head = [0; TOPIC_HEAD];
+        head[..8].copy_from_slice(&publisher.to_le_bytes());
+        head[8..16].copy_from_slice(&seq.to_le_bytes());
+        head[16..].copy_from_slice(&(topic.len() as u16).to_le_bytes());
+        TopicHead(head)
     }
 }
 
@@ -209,21 +518,26 @@ mod tests {
         Peer { slot, worker: slot as u64 + 100, serving }
     }
 
+    fn poll() -> mio::Poll {
+        mio::Poll::new().unwrap()
+    }
+
     #[test]
     fn messages_arrive_in_order_with_their_sender() {
         let (rx, tx) = pair();
+        let p = poll();
         let mut a = Mailbox::default();
-        a.set_peers(true, vec![peer(1, true)], vec![tx]);
+        a.set_peers(true, vec![peer(1, true)], vec![tx], p.registry());
         let mut b = Mailbox { receiver: Some(rx), ..Mailbox::default() };
         for i in 0..100u32 {
             assert_eq!(a.broadcast(0, &i.to_le_bytes()), 1);
         }
         let mut buf = vec![0; RECV_BUFFER];
         for i in 0..100u32 {
-            let (from, n) = b.recv(&mut buf).unwrap().unwrap();
-            assert_eq!((from, &buf[HEADER..HEADER + n]), (0, &i.to_le_bytes()[..]));
+            let Some(Incoming::Datagram { from, len }) = b.next(&mut buf).unwrap() else { panic!("no datagram") };
+            assert_eq!((from, &buf[HEADER..HEADER + len]), (0, &i.to_le_bytes()[..]));
         }
-        assert_eq!(b.recv(&mut buf).unwrap(), None);
+        assert_eq!(b.next(&mut buf).unwrap(), None);
         assert_eq!((a.sent, b.received), (100, 100));
     }
 
@@ -231,8 +545,9 @@ mod tests {
     #[test]
     fn topic_messages_carry_their_publisher_and_number() {
         let (rx, tx) = pair();
+        let p = poll();
         let mut a = Mailbox::default();
-        a.set_peers(true, vec![peer(1, true)], vec![tx]);
+        a.set_peers(true, vec![peer(1, true)], vec![tx], p.registry());
         let mut b = Mailbox { receiver: Some(rx), ..Mailbox::default() };
         a.publish(0, 0xfeed_0000_0001, 42, b"red", b"hello");
         let mut buf = vec![0; RECV_BUFFER];
@@ -247,10 +562,11 @@ mod tests {
     }
 
     #[test]
-    fn a_full_or_gone_peer_drops_and_counts() {
+    fn a_peer_that_does_not_keep_up_gets_a_bounded_backlog_and_a_gone_one_drops_it() {
         let (rx, tx) = pair();
+        let p = poll();
         let mut a = Mailbox::default();
-        a.set_peers(true, vec![peer(1, true)], vec![tx]);
+        a.set_peers(true, vec![peer(1, true)], vec![tx], p.registry());
         let big = vec![7u8; MAX_WORKER_MESSAGE];
         let mut took = 0;
         for _ in 0..10_000 {
@@ -261,25 +577,118 @@ mod tests {
         }
         assert!(took < 10_000, "a mailbox nobody reads fills up");
         assert_eq!(a.dropped, 1);
-        drop(rx);
+        assert!(a.waiting_bytes() > 0 && a.waiting_bytes() <= MIN_PEER_BACKLOG, "{}", a.waiting_bytes());
+        assert!(a.peers[0].watched, "its end is watched while something waits");
+        // What waited goes out, in order, as the peer reads.
+        let mut b = Mailbox { receiver: Some(rx), ..Mailbox::default() };
+        let mut buf = vec![0; RECV_BUFFER];
+        let mut got = 0;
+        while got < took {
+            a.flush_waiting();
+            while let Some(Incoming::Datagram { len, .. }) = b.next(&mut buf).unwrap() {
+                assert_eq!(len, big.len());
+                got += 1;
+            }
+        }
+        assert_eq!((got, a.waiting_bytes()), (took, 0));
+        assert!(!a.peers[0].watched, "and not once nothing waits");
+        for _ in 0..100 {
+            a.broadcast(0, &big);
+        }
+        assert!(a.waiting_bytes() > 0);
+        drop(b);
         assert_eq!(a.send_to(0, 1, b"x"), 0, "a peer gone is a drop, not an error");
-        assert_eq!(a.dropped, 2);
+        assert_eq!(a.waiting_bytes(), 0, "what waited for it is dropped");
+        assert!(a.dropped > 2);
     }
 
     #[test]
     fn send_to_goes_to_the_serving_worker_and_size_is_bounded() {
         let (rx_old, tx_old) = pair();
         let (rx_new, tx_new) = pair();
+        let p = poll();
         let mut a = Mailbox::default();
-        a.set_peers(true, vec![peer(1, false), peer(1, true)], vec![tx_old, tx_new]);
+        a.set_peers(true, vec![peer(1, false), peer(1, true)], vec![tx_old, tx_new], p.registry());
         assert_eq!(a.send_to(0, 1, b"hi"), 1);
         let mut buf = vec![0; RECV_BUFFER];
         let mut old = Mailbox { receiver: Some(rx_old), ..Mailbox::default() };
         let mut new = Mailbox { receiver: Some(rx_new), ..Mailbox::default() };
-        assert_eq!(old.recv(&mut buf).unwrap(), None);
-        assert_eq!(new.recv(&mut buf).unwrap(), Some((0, 2)));
+        assert_eq!(old.next(&mut buf).unwrap(), None);
+        assert_eq!(new.next(&mut buf).unwrap(), Some(Incoming::Datagram { from: 0, len: 2 }));
         assert_eq!(a.send_to(0, 9, b"hi"), 0, "no such slot");
         assert_eq!(a.broadcast(0, &vec![0; MAX_WORKER_MESSAGE + 1]), WorkerMsgStatus::TOO_LARGE.0 as i64);
         assert_eq!(a.broadcast(0, b"both"), 2, "a broadcast reaches the draining worker too");
+    }
+
+    /// Reads until a large message is complete, letting the senders send what waits.
+    fn assemble(b: &mut Mailbox, senders: &mut [&mut Mailbox]) -> Vec<(u32, Vec<u8>)> {
+        let mut buf = vec![0; RECV_BUFFER];
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            for s in senders.iter_mut() {
+                s.flush_waiting();
+            }
+            match b.next(&mut buf).unwrap() {
+                Some(Incoming::Assembled { from, body }) => out.push((from, body)),
+                Some(Incoming::Datagram { from, len }) => out.push((from, buf[HEADER..HEADER + len].to_vec())),
+                Some(Incoming::Fragment) => {}
+                None if senders.iter().all(|s| s.waiting_bytes() == 0) => return out,
+                None => {}
+            }
+        }
+        panic!("the messages never came whole");
+    }
+
+    #[test]
+    fn a_large_topic_message_crosses_in_fragments_and_is_put_together_per_sender() {
+        let (rx, tx) = pair();
+        let p = poll();
+        let max = 3 << 20;
+        let mut a = Mailbox::new(max);
+        let mut c = Mailbox::new(max);
+        c.pid = a.pid + 1; // the replacement of a's slot, sending at the same time
+        a.set_peers(true, vec![peer(1, true)], vec![tx.try_clone().unwrap()], p.registry());
+        c.set_peers(true, vec![peer(1, true)], vec![tx], p.registry());
+        let mut b = Mailbox { receiver: Some(rx), ..Mailbox::new(max) };
+        let one: Vec<u8> = (0..max).map(|i| (i % 251) as u8).collect();
+        let two: Vec<u8> = (0..max - 5).map(|i| (i % 241) as u8).collect();
+        a.publish(3, 1, 1, b"room", &one);
+        c.publish(3, 1, 1, b"room", &two);
+        a.publish(3, 1, 1, b"room", b"small after");
+        let got = assemble(&mut b, &mut [&mut a, &mut c]);
+        let bodies: Vec<(&[u8], &[u8])> =
+            got.iter().map(|(_, body)| split_topic(body).map(|m| (m.topic, m.msg)).unwrap()).collect();
+        assert!(got.iter().all(|(from, _)| *from == 3 | TOPIC_FLAG));
+        assert_eq!(bodies.len(), 3);
+        assert!(bodies.contains(&(&b"room"[..], &one[..])) && bodies.contains(&(&b"room"[..], &two[..])));
+        let small = bodies.iter().position(|b| b.1 == b"small after").unwrap();
+        let large_one = bodies.iter().position(|b| b.1 == &one[..]).unwrap();
+        assert!(large_one < small, "one sender's messages keep their order");
+        assert_eq!((b.received, b.oversized), (3, 0));
+    }
+
+    #[test]
+    fn a_message_over_the_receivers_limit_or_missing_a_fragment_is_skipped() {
+        let (rx, tx) = pair();
+        let p = poll();
+        let mut a = Mailbox::new(1 << 20);
+        a.set_peers(true, vec![peer(1, true)], vec![tx], p.registry());
+        let mut b = Mailbox { receiver: Some(rx), ..Mailbox::new(200_000) };
+        a.publish(0, 1, 1, b"t", &vec![1; 300_000]);
+        a.publish(0, 1, 1, b"t", &vec![2; 150_000]);
+        let got = assemble(&mut b, &mut [&mut a]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(split_topic(&got[0].1).unwrap().msg, &vec![2; 150_000][..]);
+        assert_eq!(b.oversized, 1);
+        // A body whose fragments do not follow each other (a sender lost one) is dropped.
+        a.publish(0, 1, 1, b"t", &vec![3; 150_000]);
+        a.frame_count = 3;
+        let (first, third) = (a.frames[0].clone(), a.frames[2].clone());
+        assert_eq!(assemble(&mut b, &mut [&mut a]).len(), 1);
+        let fd = a.peers[0].fd.try_clone().unwrap();
+        assert!(send_datagram(&fd, &first).unwrap() && send_datagram(&fd, &third).unwrap());
+        a.publish(0, 1, 1, b"t", b"fine");
+        let got = assemble(&mut b, &mut [&mut a]);
+        assert_eq!(got.iter().map(|(_, body)| split_topic(body).unwrap().msg).collect::<Vec<_>>(), [&b"fine"[..]]);
     }
 }

@@ -11,12 +11,13 @@
 use std::collections::{HashMap, VecDeque};
 
 use indexmap::IndexSet;
-use plugin_api::abi::{TopicStatus, MAX_PUBLISH, MAX_TOPICS_PER_CONN, MAX_TOPIC_LEN, WORKER_CONN};
+use plugin_api::abi::{TopicStatus, WORKER_CONN};
 use plugin_api::ConnId;
 
 use super::topic_seam::{Marks, Recent};
 use crate::cluster::driver::Driver;
 use crate::cluster::State;
+use crate::config::TopicLimits;
 use crate::status::TopicReport;
 
 /// Counters for `status` and `/metrics`.
@@ -36,6 +37,9 @@ pub struct TopicStats {
     /// (`seam_replayed`), and missed for good (`seam_lost`: older than its log).
     pub seam_replayed: u64,
     pub seam_lost: u64,
+    /// Messages from another worker or host over this worker's limits (`topic_max_message`,
+    /// `topic_max_len`): skipped.
+    pub oversized: u64,
 }
 
 /// What a change of subscription means for the broker of a cluster.
@@ -74,40 +78,43 @@ pub struct TopicTable {
     /// afterwards it forwards to its slot's replacement, which may not hear it from the
     /// publisher (one that did not know the replacement yet): `topic_seam`.
     pub handed_over: std::collections::HashSet<Box<[u8]>>,
-}
-
-/// Checks a topic name: 1 to [`MAX_TOPIC_LEN`] bytes.
-pub fn check_topic(topic: &[u8]) -> Result<(), TopicStatus> {
-    match topic.len() {
-        1..=MAX_TOPIC_LEN => Ok(()),
-        _ => Err(TopicStatus::INVALID_TOPIC),
-    }
-}
-
-/// Checks a publish: a valid topic and at most [`MAX_PUBLISH`] bytes.
-pub fn check_publish(topic: &[u8], msg: &[u8]) -> Result<(), TopicStatus> {
-    check_topic(topic)?;
-    if msg.len() > MAX_PUBLISH {
-        return Err(TopicStatus::TOO_LARGE);
-    }
-    Ok(())
+    /// The service's limits (`topic_max_message`, `topic_max_len`, `topics_per_connection`).
+    pub limits: TopicLimits,
 }
 
 impl TopicTable {
-    /// An empty table of a worker whose publisher id is `publisher` (`topic_seam::publisher_id`).
-    pub fn with_publisher(publisher: u64) -> Self {
-        TopicTable { publisher, ..TopicTable::default() }
+    /// An empty table with the service's `limits`, of a worker whose publisher id is
+    /// `publisher` (`topic_seam::publisher_id`).
+    pub fn new(limits: TopicLimits, publisher: u64) -> Self {
+        TopicTable { limits, publisher, ..TopicTable::default() }
+    }
+
+    /// Checks a topic name: 1 to `topic_max_len` bytes.
+    pub fn check_topic(&self, topic: &[u8]) -> Result<(), TopicStatus> {
+        if topic.is_empty() || topic.len() > self.limits.max_topic_len {
+            return Err(TopicStatus::INVALID_TOPIC);
+        }
+        Ok(())
+    }
+
+    /// Checks a publish: a valid topic and at most `topic_max_message` bytes.
+    pub fn check_publish(&self, topic: &[u8], msg: &[u8]) -> Result<(), TopicStatus> {
+        self.check_topic(topic)?;
+        if msg.len() > self.limits.max_message {
+            return Err(TopicStatus::TOO_LARGE);
+        }
+        Ok(())
     }
 
     /// Subscribes `conn` (which the caller checked is live) to `topic`.
     pub fn subscribe(&mut self, conn: ConnId, topic: &[u8]) -> Result<Change, TopicStatus> {
-        let refused = check_topic(topic).and_then(|()| {
+        let refused = self.check_topic(topic).and_then(|()| {
             let topics = self.by_conn.get(&conn).map_or(0, Vec::len);
             let already = self.by_topic.get(topic).is_some_and(|s| s.contains(&conn));
             if already {
                 return Ok(true);
             }
-            if conn != WORKER_CONN && topics >= MAX_TOPICS_PER_CONN {
+            if conn != WORKER_CONN && topics >= self.limits.per_connection {
                 return Err(TopicStatus::TOO_MANY_TOPICS);
             }
             Ok(false)
@@ -130,7 +137,7 @@ impl TopicTable {
 
     /// Ends `conn`'s subscription to `topic`.
     pub fn unsubscribe(&mut self, conn: ConnId, topic: &[u8]) -> Result<Change, TopicStatus> {
-        check_topic(topic)?;
+        self.check_topic(topic)?;
         let Some(subs) = self.by_topic.get_mut(topic) else { return Ok(Change::None) };
         if !subs.swap_remove(&conn) {
             return Ok(Change::None);
@@ -204,6 +211,7 @@ impl TopicTable {
             delivered: s.delivered,
             dropped: s.dropped_slow,
             refused: s.refused,
+            oversized: s.oversized,
             ..TopicReport::default()
         };
         if let Some(cluster) = &self.cluster {
@@ -220,6 +228,7 @@ impl TopicTable {
             report.broker_received = c.received;
             report.broker_dropped = c.dropped_disconnected + c.dropped_backlog + c.refused_too_large;
             report.broker_reconnects = c.reconnects;
+            report.oversized += c.oversized;
         }
         report
     }
@@ -252,16 +261,29 @@ mod tests {
     #[test]
     fn limits_are_refused_and_counted() {
         let mut t = TopicTable::default();
+        let d = TopicLimits::default();
         let c = ConnId::new(1, 1);
         assert_eq!(t.subscribe(c, b""), Err(TopicStatus::INVALID_TOPIC));
-        assert_eq!(t.subscribe(c, &[b'x'; MAX_TOPIC_LEN + 1]), Err(TopicStatus::INVALID_TOPIC));
-        for i in 0..MAX_TOPICS_PER_CONN {
+        assert_eq!(t.subscribe(c, &vec![b'x'; d.max_topic_len + 1]), Err(TopicStatus::INVALID_TOPIC));
+        for i in 0..d.per_connection {
             assert!(t.subscribe(c, format!("t{i}").as_bytes()).is_ok());
         }
         assert_eq!(t.subscribe(c, b"more"), Err(TopicStatus::TOO_MANY_TOPICS));
         assert_eq!(t.subscribe(c, b"t0"), Ok(Change::None), "one it has already is no new topic");
         assert_eq!(t.stats.refused, 3);
-        assert_eq!(check_publish(b"t", &vec![0; MAX_PUBLISH + 1]), Err(TopicStatus::TOO_LARGE));
-        assert_eq!(check_publish(b"t", &vec![0; MAX_PUBLISH]), Ok(()));
+        assert_eq!(t.check_publish(b"t", &vec![0; d.max_message + 1]), Err(TopicStatus::TOO_LARGE));
+        assert_eq!(t.check_publish(b"t", &vec![0; d.max_message]), Ok(()));
+    }
+
+    #[test]
+    fn the_services_limits_apply() {
+        let mut t = TopicTable::new(TopicLimits { max_message: 10, max_topic_len: 3, per_connection: 2 }, 1);
+        let c = ConnId::new(1, 1);
+        assert_eq!(t.subscribe(c, b"abcd"), Err(TopicStatus::INVALID_TOPIC));
+        assert!(t.subscribe(c, b"abc").is_ok() && t.subscribe(c, b"b").is_ok());
+        assert_eq!(t.subscribe(c, b"c"), Err(TopicStatus::TOO_MANY_TOPICS));
+        assert_eq!(t.subscribe(WORKER_CONN, b"c"), Ok(Change::Added { first: true }), "the worker has no cap");
+        assert_eq!(t.check_publish(b"abc", &[0; 11]), Err(TopicStatus::TOO_LARGE));
+        assert_eq!(t.check_publish(b"abc", &[0; 10]), Ok(()));
     }
 }

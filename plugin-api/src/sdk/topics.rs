@@ -12,13 +12,16 @@ use crate::abi::{ConnId, TopicStatus, WORKER_CONN};
 pub enum TopicError {
     /// The host has no topics (older than plugin-api 0.1.4).
     Unsupported,
-    /// The topic is empty or longer than [`crate::MAX_TOPIC_LEN`] bytes.
+    /// The topic is empty or longer than the service allows ([`crate::MAX_TOPIC_LEN`] bytes by
+    /// default; the host's `topic_max_len`).
     InvalidTopic,
-    /// The connection is subscribed to [`crate::MAX_TOPICS_PER_CONN`] topics already.
+    /// The connection is subscribed to as many topics as the service allows
+    /// ([`crate::MAX_TOPICS_PER_CONN`] by default; the host's `topics_per_connection`).
     TooManyTopics,
     /// No such connection, or one that takes no output any more (closing).
     NoConnection,
-    /// The message is over [`crate::MAX_PUBLISH`] bytes.
+    /// The message is larger than the service allows ([`crate::MAX_PUBLISH`] bytes by
+    /// default; the host's `topic_max_message`).
     TooLarge,
 }
 
@@ -26,10 +29,10 @@ impl std::fmt::Display for TopicError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             TopicError::Unsupported => "the host has no topics",
-            TopicError::InvalidTopic => "a topic is 1 to 256 bytes",
+            TopicError::InvalidTopic => "a topic is empty or longer than the service allows",
             TopicError::TooManyTopics => "the connection is subscribed to too many topics",
             TopicError::NoConnection => "no such connection",
-            TopicError::TooLarge => "the message is over the 60 KiB limit of a publish",
+            TopicError::TooLarge => "the message is larger than the service allows (topic_max_message)",
         })
     }
 }
@@ -64,7 +67,8 @@ impl Host<'_> {
     /// publisher frames it for the subscribers' protocol). `Ok(true)` when subscribed now,
     /// `Ok(false)` when it was already. The subscription ends with the connection (or
     /// [`Host::unsubscribe`]); it does not survive a crash of the worker. A topic is 1 to
-    /// [`crate::MAX_TOPIC_LEN`] bytes; a connection has at most [`crate::MAX_TOPICS_PER_CONN`].
+    /// [`crate::MAX_TOPIC_LEN`] bytes and a connection has at most [`crate::MAX_TOPICS_PER_CONN`]
+    /// by default (the service's `topic_max_len`, `topics_per_connection`).
     pub fn subscribe(&mut self, conn: ConnId, topic: impl AsRef<[u8]>) -> Result<bool, TopicError> {
         let topic = topic.as_ref();
         topic_result(self.with_ext(|ext| ext.subscribe(conn, RSlice::from_slice(topic)))).map(|n| n == 1)
@@ -93,7 +97,8 @@ impl Host<'_> {
     /// with no plugin call per recipient (frame it once, as the subscribers' protocol wants
     /// it). Returns how many connections of this worker it was written to. A subscriber whose
     /// send buffer is full (a slow consumer) misses the message; the host counts it. Across
-    /// hosts delivery is at-most-once (see the docs). At most [`crate::MAX_PUBLISH`] bytes.
+    /// hosts delivery is at-most-once (see the docs). At most [`crate::MAX_PUBLISH`] bytes by
+    /// default (the service's `topic_max_message`).
     pub fn publish(&mut self, topic: impl AsRef<[u8]>, msg: &[u8]) -> Result<usize, TopicError> {
         let topic = topic.as_ref();
         let answer = self.with_ext(|ext| ext.publish(RSlice::from_slice(topic), RSlice::from_slice(msg)));
@@ -173,6 +178,7 @@ mod tests {
     #[test]
     fn the_worker_hears_its_own_topics_and_limits_are_refused() {
         let mut t = TestPlugin::<Rooms>::new("").unwrap();
+        t.host.max_package_size = 2 * MAX_PUBLISH;
         t.publish(b"log", b"x");
         assert_eq!(t.plugin.heard, [(b"log".to_vec(), b"x".to_vec())]);
         let c = t.connect();

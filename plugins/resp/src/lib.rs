@@ -22,7 +22,10 @@
 //! `GETNAME`, `SETNAME`, `SETINFO`, `INFO`, `NO-EVICT`, `NO-TOUCH`), `CONFIG GET`, `COMMAND`
 //! (`COUNT`, `LIST`, `INFO`, `DOCS`: an empty map), `INFO` (server, clients, memory, persistence,
 //! stats, replication, cpu, commandstats, errorstats, cluster, keyspace), `FUNCTION FLUSH` and
-//! `FUNCTION LIST` (there are no functions: OK and an empty list), `QUIT`. Values are strings
+//! `FUNCTION LIST` (there are no functions: OK and an empty list), `QUIT`, and pub/sub on the
+//! host's topics: `SUBSCRIBE`, `UNSUBSCRIBE`, `PUBLISH` reach every worker of the service and
+//! every host of its cluster (`--cluster`; [`pubsub`] says how, and what differs from Redis:
+//! `PUBLISH` counts this worker's receivers, no patterns or sharded channels). Values are strings
 //! only. Nothing is persisted (`INFO persistence` says so: `loading:0`, `aof_enabled:0`, no
 //! saves); `used_memory` is the worker's resident set (there is no allocator accounting).
 //!
@@ -41,7 +44,8 @@
 //! On a reload, `host upgrade` or a recycle the keyspace (with its deadlines), the counters and
 //! every connection's session (client id and name, RESP3) move to the new worker, and so do the
 //! connections (hand-over, [`handover`]): a client sees the same keys on an unbroken connection.
-//! A connection inside `MULTI` or with `WATCH`ed keys finishes on the old worker, which drains it.
+//! A connection inside `MULTI`, with `WATCH`ed keys or subscribed to channels finishes on the old
+//! worker, which drains it.
 //!
 //! The parts are public for other plugins: [`proto`] frames and splits commands, [`reply`]
 //! writes RESP2/RESP3 replies, [`store`] is the keyspace, [`commands`] runs commands on it.
@@ -50,6 +54,7 @@ pub mod commands;
 pub mod glob;
 pub mod handover;
 pub mod proto;
+pub mod pubsub;
 pub mod reply;
 pub mod store;
 
@@ -79,6 +84,8 @@ struct Conn {
     partial: bool,
     /// Draining: close after the command in flight.
     close_after_command: bool,
+    /// The channels it subscribed to (`SUBSCRIBE`), in order.
+    channels: Vec<Vec<u8>>,
 }
 
 pub struct Resp {
@@ -163,7 +170,21 @@ impl Protocol for Resp {
             host.close_with(conn, &self.out);
             return;
         }
-        let after = execute(&mut self.server, &mut state.session, self.args.view(msg), now, &mut self.out);
+        let resp3 = state.session.resp3;
+        let after = match pubsub::command(host, conn, &mut state.channels, resp3, self.args.view(msg), &mut self.out) {
+            pubsub::Outcome::NotPubSub => {
+                execute(&mut self.server, &mut state.session, self.args.view(msg), now, &mut self.out)
+            }
+            pubsub::Outcome::Done => After::Continue,
+            pubsub::Outcome::Close => After::Close,
+        };
+        if state.session.resp3 != resp3 && !state.channels.is_empty() {
+            // HELLO switched the framing: the subscriptions follow it.
+            for channel in &state.channels {
+                let _ = host.unsubscribe(conn, pubsub::topic(channel, resp3));
+                let _ = host.subscribe(conn, pubsub::topic(channel, !resp3));
+            }
+        }
         if !self.out.is_empty() {
             host.send(conn, &self.out);
         }
@@ -194,7 +215,10 @@ impl Protocol for Resp {
 
     fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
         match self.conns.get(conn) {
-            Some(c) if !c.close_after_command => handover::write_session(&c.session, out).unwrap_or(false),
+            // Subscribed: drains on this worker (the session format has no channels yet).
+            Some(c) if !c.close_after_command && c.channels.is_empty() => {
+                handover::write_session(&c.session, out).unwrap_or(false)
+            }
             _ => false,
         }
     }

@@ -383,3 +383,130 @@ fn overflowing_ttls_are_refused_and_info_has_memory_cpu_persistence() {
     }
     assert_eq!(cli(port, &["function", "flush"]), "OK\n");
 }
+
+/// Pub/sub across the workers of a host (and across hosts): raw RESP2 and RESP3 subscribers
+/// spread until both workers have some (each tells its worker's pid by `INFO server` first),
+/// redis-py subscribers of both protocols, and `redis-cli SUBSCRIBE`; one `PUBLISH` reaches them
+/// all, framed for each. `sys.argv`: the subscribers' port, the publisher's port.
+const PUBSUB_PY: &str = r#"
+import socket, subprocess, sys, time, redis
+sub_port, pub_port = int(sys.argv[1]), int(sys.argv[2])
+def raw(resp3):
+    s = socket.create_connection(("127.0.0.1", sub_port), timeout=10)
+    if resp3:
+        s.sendall(b"HELLO 3\r\n")
+        read_reply(s)
+    s.sendall(b"INFO server\r\n")
+    info = read_reply(s)
+    pid = [l for l in info.split(b"\r\n") if l.startswith(b"process_id:")][0]
+    s.sendall(b"SUBSCRIBE news other\r\n")
+    return s, pid
+def read_reply(s):
+    data = b""
+    while True:
+        data += s.recv(65536)
+        # Good enough for these replies: a map (HELLO) or a bulk (INFO) ends with CRLF and
+        # nothing else follows until the next command.
+        if data.endswith(b"\r\n") and (not data.startswith(b"$") and not data.startswith(b"=") or len(data) > int(data[1:data.index(b"\r\n")]) ):
+            time.sleep(0.05)
+            return data
+def expect(s, want):
+    got = b""
+    while len(got) < len(want):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got == want
+confirm = lambda k, ch, n, p: (b">3" if p == 3 else b"*3") + b"\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n:%d\r\n" % (len(k), k, len(ch), ch, n)
+message = lambda ch, m, p: (b">3" if p == 3 else b"*3") + b"\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(ch), ch, len(m), m)
+subs, pids = [], set()
+while len(subs) < 4 or len(pids) < 2:
+    assert len(subs) < 100, "100 connections did not land on both workers"
+    proto = 2 + len(subs) % 2
+    s, pid = raw(proto == 3)
+    ok = expect(s, confirm(b"subscribe", b"news", 1, proto) + confirm(b"subscribe", b"other", 2, proto))
+    assert ok, "no subscribe confirmation"
+    subs.append((s, proto))
+    pids.add(pid)
+py = []
+for proto in (2, 3):
+    p = redis.Redis(host="127.0.0.1", port=sub_port, protocol=proto, socket_timeout=10).pubsub()
+    p.subscribe("news")
+    assert p.get_message(timeout=5)["type"] == "subscribe"
+    py.append(p)
+cli = subprocess.Popen(["redis-cli", "-p", str(sub_port), "SUBSCRIBE", "news"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+assert [cli.stdout.readline() for _ in range(3)] == [b"subscribe\n", b"news\n", b"1\n"]
+publisher = redis.Redis(host="127.0.0.1", port=pub_port, socket_timeout=10)
+# Across hosts the subscription reaches the broker shortly after SUBSCRIBE: publish a probe
+# until the redis-cli subscriber saw one.
+deadline = time.time() + 20
+if sub_port != pub_port:
+    import select
+    while not select.select([cli.stdout], [], [], 0.1)[0]:
+        assert time.time() < deadline, "the subscription never reached the other host"
+        publisher.publish("news", "probe")
+    assert [cli.stdout.readline() for _ in range(3)] == [b"message\n", b"news\n", b"probe\n"]
+    time.sleep(0.5)
+    for s, _ in subs:
+        s.setblocking(False)
+        try:
+            while s.recv(65536):
+                pass
+        except BlockingIOError:
+            pass
+        s.setblocking(True)
+    for p in py:
+        while p.get_message(timeout=0.2):
+            pass
+publisher.publish("news", "hello\r\nworld")
+print("raw", all(expect(s, message(b"news", b"hello\r\nworld", p)) for s, p in subs))
+got = [p.get_message(timeout=5) for p in py]
+print("redis-py", [(m["type"], m["channel"], m["data"]) for m in got])
+print("redis-cli", [cli.stdout.readline() for _ in range(3)])
+cli.kill()
+cli.wait()
+s, proto = subs[0]
+s.sendall(b"GET k\r\nPING\r\nUNSUBSCRIBE news\r\n")
+time.sleep(0.3)
+print(s.recv(65536).decode().replace("\r\n", "|"))
+"#;
+
+#[test]
+fn subscribers_on_every_worker_get_a_publish_framed_for_their_protocol() {
+    let mut host = Host::start("resp", &["--count", "2"]);
+    let port = host.port().to_string();
+    let out = run("python3", &["-c", PUBSUB_PY, &port, &port]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout,
+        "raw True\n\
+         redis-py [('message', b'news', b'hello\\r\\nworld'), ('message', b'news', b'hello\\r\\nworld')]\n\
+         redis-cli [b'message\\n', b'news\\n', b'hello\\r\\n']\n\
+         -ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context|\
+         *2|$4|pong|$0||*3|$11|unsubscribe|$4|news|:1|\n"
+    );
+    let status = host.command(["status"], Duration::from_secs(30)).stdout;
+    let topics = status.lines().find(|l| l.starts_with("topics:")).unwrap_or_default();
+    assert!(topics.contains("refused 0") && !topics.contains("received 0,"), "{status}");
+}
+
+#[test]
+fn a_publish_on_one_host_reaches_subscribers_on_another_through_redis() {
+    let broker = host_tests::broker::Broker::start(host_tests::broker::BrokerKind::Redis);
+    let url = broker.url();
+    let start = || {
+        let host = Host::start("resp", &["--count", "2", "--cluster", &url]);
+        host.log().wait_for_nth("connected to the cluster's broker", 2, host_tests::READY_TIMEOUT).expect("connected");
+        host
+    };
+    let (a, b) = (start(), start());
+    let out = run("python3", &["-c", PUBSUB_PY, &a.port().to_string(), &b.port().to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.starts_with("raw True\nredis-py [('message', b'news', b'hello\\r\\nworld'), ('message'"),
+        "{stdout}"
+    );
+}

@@ -127,12 +127,44 @@ print("fast got all", ok)
     assert!(count_after(&line, "dropped") > 0, "the slow member's copies are dropped and counted: {line}");
 }
 
+// A message of a megabyte (larger than a mailbox datagram: it crosses in fragments) reaches
+// every member on both workers whole, each once, and a small one sent after it comes after it.
+#[test]
+fn a_message_of_a_megabyte_reaches_every_member_across_workers() {
+    let mut host = Host::start("ws_chat", &["--count", "2"]);
+    let script = format!(
+        r#"{PRELUDE}
+clients, pids = [], set()
+while len(clients) < 6 or len(pids) < 2:
+    assert len(clients) < 100, "100 clients did not land on both workers"
+    ws = connect(max_size=None, max_queue=None)
+    ws.send("/whoami")
+    pids.add(ws.recv(timeout=5).split()[3])
+    ws.send("/join big")
+    assert ws.recv(timeout=5) == "joined big"
+    clients.append(ws)
+big = "".join(chr(97 + i % 26) for i in range(1_000_000))
+clients[0].send(big)
+clients[-1].send("small after")
+ok = 0
+for ws in clients:
+    got = [ws.recv(timeout=20) for _ in range(2)]
+    ok += got == [big, "small after"] or sorted(got, key=len) == ["small after", big]
+print("workers", len(pids), "all", ok == len(clients))
+"#
+    );
+    assert_eq!(python(&script, host.port()), "workers 2 all True\n");
+    let line = topics_line(&mut host);
+    assert_eq!(count_after(&line, "refused"), 0, "{line}");
+    assert_eq!(count_after(&line, "dropped"), 0, "{line}");
+}
+
 // A client subscribing to topic after topic is refused past the limit per connection; a message
 // over the publish limit is refused with a reason, one over the max package size closes that
-// connection (1009); the others are served throughout.
+// connection (1009); the others are served throughout. The limits are the service's own.
 #[test]
 fn hostile_subscribers_and_publishers_are_refused() {
-    let host = Host::start("ws_chat", &[]);
+    let host = Host::start("ws_chat", &["--topics-per-connection", "8", "--topic-max-message", "65536"]);
     let script = format!(
         r#"{PRELUDE}
 other = connect()
@@ -159,8 +191,8 @@ print(other.recv(timeout=5))
     );
     assert_eq!(
         python(&script, host.port()),
-        "65 ! the connection is subscribed to too many topics\n\
-         ! the message is over the 60 KiB limit of a publish\n\
+        "9 ! the connection is subscribed to too many topics\n\
+         ! the message is larger than the service allows (topic_max_message)\n\
          closed 1009\n\
          still here\n"
     );
@@ -305,4 +337,125 @@ fn redis_loss_stops_no_local_delivery_and_its_return_resumes_the_cluster() {
 #[test]
 fn nats_loss_stops_no_local_delivery_and_its_return_resumes_the_cluster() {
     broker_loss_and_return(BrokerKind::Nats);
+}
+
+// Large messages across hosts: 900 KB (under nats-server's default max_payload of 1 MiB) from
+// a member of each host reaches the members of the other, whole.
+fn a_large_message_across_two_hosts(kind: BrokerKind) {
+    let broker = Broker::start(kind);
+    let (a, b) = two_hosts(&broker);
+    let (pa, pb) = (a.port(), b.port());
+    let script = format!(
+        r#"{TWO_HOSTS}
+a1, b1 = member({pa}, "big", max_size=None), member({pb}, "big", max_size=None)
+print("synced", synced([a1, b1], [a1, b1]))
+big = "".join(chr(65 + i % 26) for i in range(900_000))
+a1.send(big)
+b1.send(big[::-1])
+print("a", sorted(collect(a1, 2)) == sorted([big, big[::-1]]), "b", sorted(collect(b1, 2)) == sorted([big, big[::-1]]))
+"#
+    );
+    assert_eq!(python(&script, pa), "synced True\na True b True\n");
+}
+
+#[test]
+fn a_large_message_across_two_hosts_through_redis() {
+    a_large_message_across_two_hosts(BrokerKind::Redis);
+}
+
+#[test]
+fn a_large_message_across_two_hosts_through_nats() {
+    a_large_message_across_two_hosts(BrokerKind::Nats);
+}
+
+// A hostile publisher on a shared Redis sends 20 MB on a channel the host subscribes to: the
+// workers skip it as it arrives (counted as oversized), their connection stays in sync (no
+// reconnect), and the message that follows it is delivered.
+#[test]
+fn an_oversized_message_from_the_broker_is_skipped_and_the_connection_stays() {
+    let broker = Broker::start(BrokerKind::Redis);
+    let url = broker.url();
+    let mut host = Host::start("ws_chat", &["--cluster", &url, "--topic-max-message", "1048576"]);
+    host.log().wait_for_nth("connected to the cluster's broker", 1, READY_TIMEOUT).expect("connected");
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let script = format!(
+        r#"{PRELUDE}
+import socket, time
+ws = connect()
+ws.send("/join room")
+assert ws.recv(timeout=5) == "joined room"
+def publish(payload):
+    r = socket.create_connection(("127.0.0.1", {port}))
+    chan = b"host:ws_chat:room"
+    r.sendall(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n" % (len(chan), chan, len(payload)) + payload + b"\r\n")
+    answer = r.recv(100)
+    r.close()
+    return answer
+origin = b"OTHERHST"
+# The subscription reaches the broker shortly after the join: publish until one is received.
+deadline = time.time() + 20
+while publish(origin + b"\x81\x05ready") == b":0\r\n":
+    assert time.time() < deadline, "the host never subscribed at the broker"
+    time.sleep(0.05)
+assert ws.recv(timeout=5) == "ready"
+print("big", publish(origin + b"\x82\x7f" + (20_000_000).to_bytes(8, "big") + b"x" * 20_000_000))
+publish(origin + b"\x81\x05after")
+print(ws.recv(timeout=10))
+"#
+    );
+    assert_eq!(python(&script, host.port()), "big b':1\\r\\n'\nafter\n");
+    let out = host.command(["status"], COMMAND_TIMEOUT).stdout;
+    let topics = out.lines().find(|l| l.starts_with("topics:")).unwrap_or_default().to_string();
+    let cluster = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default().to_string();
+    assert_eq!(count_after(&topics, "oversized"), 1, "{out}");
+    assert_eq!(count_after(&cluster, "reconnects"), 0, "{out}");
+}
+
+// TLS to the broker: two hosts through a broker that speaks TLS only, trusting its certificate
+// by the URL's `?ca=`; a host given a CA that did not sign it does not connect, and logs why.
+fn two_hosts_over_tls(kind: BrokerKind) {
+    let dir = host_tests::TempDir::new();
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.subject_alt_names.push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = params.self_signed(&key).expect("a certificate");
+    let cert_file = dir.write("redis.crt", cert.pem().as_bytes());
+    let key_file = dir.write("redis.key", key.serialize_pem().as_bytes());
+    let broker = Broker::start_tls(kind, cert_file.clone(), key_file);
+    let url = format!("{}?ca={}", broker.url(), cert_file.display());
+    let start = || {
+        let host = Host::start("ws_chat", &["--count", "2", "--cluster", &url]);
+        host.log()
+            .wait_for_nth("connected to the cluster's broker", 2, READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("the workers did not connect to {url}: {e}"));
+        host
+    };
+    let (a, b) = (start(), start());
+    let (pa, pb) = (a.port(), b.port());
+    let script = format!(
+        r#"{TWO_HOSTS}
+a1, b1 = member({pa}, "secure"), member({pb}, "secure")
+print("synced", synced([a1], [b1]), synced([b1], [a1]))
+"#
+    );
+    assert_eq!(python(&script, pa), "synced True True\n");
+    // Another CA: refused before any worker starts.
+    let other = rcgen::CertificateParams::new(vec!["other".to_string()]).unwrap();
+    let other = other.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+    let other_file = dir.write("other.crt", other.pem().as_bytes());
+    let wrong = format!("{}?ca={}", broker.url(), other_file.display());
+    let host = Host::start("ws_chat", &["--cluster", &wrong]);
+    host.log()
+        .wait_for_all(&["broker connection is down", "invalid peer certificate"], READY_TIMEOUT)
+        .expect("the TLS handshake fails on the certificate");
+}
+
+#[test]
+fn two_hosts_through_redis_over_tls() {
+    two_hosts_over_tls(BrokerKind::Redis);
+}
+
+#[test]
+fn two_hosts_through_nats_over_tls() {
+    two_hosts_over_tls(BrokerKind::Nats);
 }

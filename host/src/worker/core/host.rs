@@ -136,7 +136,7 @@ impl RawHostExt for Ctx<'_> {
     }
 
     fn subscribers(&mut self, topic: RSlice<'_, u8>) -> i64 {
-        match crate::worker::topics::check_topic(topic.as_slice()) {
+        match self.core.topics.check_topic(topic.as_slice()) {
             Ok(()) => self.core.topics.conn_count(topic.as_slice()) as i64,
             Err(status) => status.0 as i64,
         }

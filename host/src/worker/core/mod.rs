@@ -170,12 +170,12 @@ impl Core {
             fallbacks: Vec::new(),
             tls: None,
             access_log: AccessLog::default(),
-            mailbox: Mailbox::default(),
+            mailbox: Mailbox::new(limits.topics.max_message),
             udp: None,
             sessions: HashMap::new(),
             tasks: None,
             watch: Watch::default(),
-            topics: TopicTable::with_publisher(super::topic_seam::publisher_id()),
+            topics: TopicTable::new(limits.topics, super::topic_seam::publisher_id()),
             registry,
         }
     }
@@ -361,7 +361,11 @@ impl Core {
             tasks_refused: tasks.refused,
             tasks_in_flight: self.tasks_in_flight() as u64,
             notify_dropped: tasks.notify_dropped,
-            topics: self.topics.report(),
+            topics: {
+                let mut t = self.topics.report();
+                t.oversized += self.mailbox.oversized;
+                t
+            },
         }
     }
 

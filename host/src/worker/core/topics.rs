@@ -19,7 +19,7 @@ use plugin_api::ConnId;
 
 use super::super::phase::ConnPhase;
 use super::super::topic_seam::Marks;
-use super::super::topics::{check_publish, check_topic, Change};
+use super::super::topics::Change;
 use super::{Core, Deferred};
 use crate::cluster::driver::Driver;
 use crate::cluster::Event;
@@ -28,7 +28,7 @@ impl Core {
     /// `RawHostExt::subscribe`: 1 subscribed now, 0 already, or a negative `TopicStatus`.
     pub fn subscribe(&mut self, conn: ConnId, topic: &[u8]) -> i64 {
         if conn != WORKER_CONN && !self.get(conn).is_some_and(|c| c.phase == ConnPhase::Open) {
-            if check_topic(topic).is_err() {
+            if self.topics.check_topic(topic).is_err() {
                 self.topics.stats.refused += 1;
                 return TopicStatus::INVALID_TOPIC.0 as i64;
             }
@@ -78,7 +78,7 @@ impl Core {
     /// workers and hosts. The number of connections of this worker written to, or a negative
     /// `TopicStatus`.
     pub fn publish(&mut self, topic: &[u8], msg: &[u8]) -> i64 {
-        if let Err(status) = check_publish(topic, msg) {
+        if let Err(status) = self.topics.check_publish(topic, msg) {
             self.topics.stats.refused += 1;
             return status.0 as i64;
         }
@@ -102,7 +102,9 @@ impl Core {
     /// another host (None): written to this worker's subscribers (and heard by the plugin when
     /// the worker subscribed itself).
     pub fn deliver_published(&mut self, from: Option<(u64, u64)>, topic: &[u8], msg: &[u8]) {
-        if check_publish(topic, msg).is_err() {
+        if self.topics.check_publish(topic, msg).is_err() {
+            // Another worker or host with larger limits (a reload changed them): skipped.
+            self.topics.stats.oversized += 1;
             return;
         }
         if let Some((publisher, seq)) = from {
@@ -246,7 +248,8 @@ impl Core {
     /// is skipped by them.
     pub fn join_cluster(&mut self, url: &str) -> Result<(), String> {
         let url = crate::cluster::url::parse(url).map_err(|e| format!("--cluster: {e}"))?;
-        let driver = Driver::new(url, &self.service, CLUSTER, Some(host_origin())).map_err(|e| e.to_string())?;
+        let driver = Driver::new(url, &self.service, CLUSTER, Some(host_origin()), self.topics.limits.max_message)
+            .map_err(|e| e.to_string())?;
         self.topics.cluster = Some(driver);
         Ok(())
     }
@@ -289,6 +292,8 @@ impl Core {
                     tracing::warn!("the cluster's broker connection is down: {reason}; local delivery goes on")
                 }
                 Event::BrokerError(message) => tracing::warn!("the cluster's broker reported: {message}"),
+                // The driver's own business (it never reports it).
+                Event::StartTls => {}
             }
         }
     }
