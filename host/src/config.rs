@@ -371,6 +371,12 @@ pub struct WorkerSpec {
     /// The worker loop's I/O backend (`--io`).
     #[serde(default)]
     pub io: IoBackend,
+    /// A replacement that its predecessor may hand its connections and state over to: once
+    /// ready it accepts nothing (and no plugin code runs for a new connection) until that
+    /// hand-over has ended (`Adopt`) or the master says none comes (`Serve`), so that no client
+    /// sees the plugin's state without what the old worker brings.
+    #[serde(default)]
+    pub await_handover: bool,
 }
 
 /// The worker loop's I/O backend (`--io`, `io` in the config file).
@@ -476,6 +482,7 @@ mod tests {
             access_log: true,
             cluster: Some("nats://127.0.0.1:4222".into()),
             io: IoBackend::Uring,
+            await_handover: true,
         };
         assert_eq!(postcard::from_bytes::<WorkerSpec>(&postcard::to_stdvec(&spec).unwrap()).unwrap(), spec);
     }

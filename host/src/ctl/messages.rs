@@ -86,6 +86,9 @@ pub enum ToWorker {
     Adopt {
         timeout_ms: u64,
     },
+    /// No hand-over comes to this replacement (its spec said `await_handover`): accept from now
+    /// on. Sent only to a worker started awaiting one, which is of this protocol.
+    Serve,
 }
 
 /// What an old worker does with the connections that do not move.

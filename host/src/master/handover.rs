@@ -36,14 +36,26 @@ pub struct HandoverTotals {
 }
 
 impl<P: Processes> Supervisor<P> {
-    /// Retires `old`, replaced in its slot by `new`: a hand-over when the service has it on,
-    /// else a drain (graceful) or a stop, with the kill deadline after either.
-    pub(in crate::master) fn retire_for(&mut self, old: WorkerId, new: Option<WorkerId>, graceful: bool) {
+    /// Retires `old` (if any), replaced in its slot by `new`: a hand-over when the service has
+    /// it on, else a drain (graceful) or a stop, with the kill deadline after either. A `new`
+    /// that waits for a hand-over that does not come is told to serve (`Serve`).
+    pub(in crate::master) fn retire_for(&mut self, old: Option<WorkerId>, new: Option<WorkerId>, graceful: bool) {
+        let handed = old.is_some_and(|old| self.hand_over(old, new, graceful));
+        if let Some(new) = new.filter(|_| !handed) {
+            self.out.push(Output::Send(new, ToWorker::Serve));
+        }
+    }
+
+    /// Starts `old`'s hand-over to `new`, or retires it as before; whether a hand-over began.
+    fn hand_over(&mut self, old: WorkerId, new: Option<WorkerId>, graceful: bool) -> bool {
         let handover = self.slots.worker(old).is_some_and(|w| self.services[w.key.service.0].service.handover);
-        let Some(new) = new.filter(|_| handover) else { return self.retire(old, graceful) };
+        let Some(new) = new.filter(|_| handover) else {
+            self.retire(old, graceful);
+            return false;
+        };
         let (drain, kill) = (self.timeouts.drain, self.timeouts.kill);
         let now = self.procs.now();
-        let Some(w) = self.slots.worker_mut(old) else { return };
+        let Some(w) = self.slots.worker_mut(old) else { return false };
         let fallback = match graceful {
             true => Fallback::Drain { timeout_ms: drain.as_millis() as u64 },
             false => Fallback::Stop,
@@ -55,6 +67,7 @@ impl<P: Processes> Supervisor<P> {
         self.slots.retire(old);
         let timeout_ms = HANDOVER_TIMEOUT.as_millis() as u64;
         self.out.push(Output::HandOver { old, new, timeout_ms, fallback });
+        true
     }
 
     /// An old worker's hand-over ended: the log line, and the service's totals.

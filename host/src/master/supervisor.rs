@@ -279,6 +279,7 @@ impl<P: Processes> Supervisor<P> {
             access_log: state.service.access_log.is_some(),
             cluster: state.service.cluster.clone(),
             io: self.io,
+            await_handover: false,
         }
     }
 
@@ -290,6 +291,8 @@ impl<P: Processes> Supervisor<P> {
         role: Role,
     ) -> Result<Worker, String> {
         let mut spec = self.spec(key, snap);
+        // A replacement may be handed the slot's connections: it serves no one before that.
+        spec.await_handover = role == Role::Replacement && self.services[key.service.0].service.handover;
         if let Some(tls) = spec.tls.as_mut() {
             let now = SystemTime::now();
             // Every service's older keys are forgotten as periods pass.
@@ -1046,23 +1049,28 @@ mod tests {
     }
 
     // A promoted replacement takes the old worker's connections (hand-over, with the drain as
-    // the fallback), unless the service says `handover = false`: then the old one drains.
+    // the fallback), unless the service says `handover = false`: then the old one drains. A
+    // replacement that may be handed connections starts awaiting them (it accepts nothing
+    // before); one that will not be is told to serve as it is promoted.
     #[test]
     fn a_replaced_worker_hands_over_unless_the_service_drains() {
         for handover in [true, false] {
             let mut s = state("http", 1, true);
             s.service.handover = handover;
             let mut sup = started(vec![(s, Some(1))]);
+            assert!(!sup.procs().last().await_handover, "a slot's first worker awaits nothing");
             let old = serving(&sup, 0, 0).unwrap();
             sup.request_reload(true, Trigger::Command, None);
             let out = outputs(&mut sup);
             sup.checked(done(checks(&out)[0], 2));
             let new = attached(&outputs(&mut sup));
+            assert_eq!(sup.procs().last().await_handover, handover);
             sup.worker_ready(new[0]);
             let out = outputs(&mut sup);
             let handed = out.iter().any(|o| matches!(o, Output::HandOver { old: o, new: n, fallback: crate::ctl::Fallback::Drain { .. }, .. } if *o == old && *n == new[0]));
             let drained = out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Drain { .. }) if *id == old));
-            assert_eq!((handed, drained), (handover, !handover), "handover = {handover}: {out:?}");
+            let served = out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Serve) if *id == new[0]));
+            assert_eq!((handed, drained, served), (handover, !handover, !handover), "handover = {handover}: {out:?}");
         }
     }
 

@@ -205,13 +205,19 @@ impl Worker {
         match open_channel(self, fds) {
             Ok(channel) => {
                 // New clients wait in the slot's accept queue until the old worker's state is
-                // here: none of them sees a keyspace without it.
+                // here: none of them sees a keyspace without it. (A replacement started
+                // awaiting this never accepted; it resumes, as any, when the hand-over ends.)
                 self.pause_accepting();
+                self.awaiting_handover = false;
                 let deadline_ms = self.core.now_ms + timeout_ms;
                 let new = NewSide { channel, version: None, stash: Vec::new(), finished: false, deadline_ms };
                 self.handover = Some(Session::New(new));
             }
-            Err(e) => tracing::warn!("could not open the hand-over from the previous worker: {e}"),
+            Err(e) => {
+                tracing::warn!("could not open the hand-over from the previous worker: {e}");
+                self.awaiting_handover = false;
+                self.resume_accepting();
+            }
         }
     }
 
