@@ -21,6 +21,9 @@ pub const MAX_TASK_THREADS: u64 = 1024;
 /// The longest task queue of one worker.
 pub const MAX_TASK_QUEUE: u64 = 1 << 20;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a replaced worker waits for its replacement to acknowledge a hand-over before it
+/// takes its connections back and drains (`handover_timeout`).
+pub const DEFAULT_HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one message may take to arrive whole (slowloris: 1 byte a second keeps a connection
 /// active, but not its message).
 pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -78,6 +81,7 @@ pub enum Setting {
     ProbeTimeout,
     TaskThreads,
     TaskQueue,
+    HandoverTimeout,
 }
 
 impl Setting {
@@ -96,6 +100,7 @@ impl Setting {
             Setting::ProbeTimeout => ("--probe-timeout", "probe_timeout"),
             Setting::TaskThreads => ("--task-threads", "task_threads"),
             Setting::TaskQueue => ("--task-queue", "task_queue"),
+            Setting::HandoverTimeout => ("--handover-timeout", "handover_timeout"),
         };
         match source {
             Source::Flags => flag,
@@ -115,6 +120,8 @@ impl Setting {
             Setting::DrainTimeout | Setting::KillTimeout | Setting::WorkerTimeout | Setting::ProbeTimeout => {
                 (0, MAX_STOP_SECS as u64, " seconds")
             }
+            // 0 would fail every hand-over before it began.
+            Setting::HandoverTimeout => (1, MAX_STOP_SECS as u64, " seconds"),
         }
     }
 }
@@ -142,6 +149,8 @@ pub struct Settings {
     pub message_timeout: Option<u64>,
     pub task_threads: Option<u64>,
     pub task_queue: Option<u64>,
+    /// Seconds.
+    pub handover_timeout: Option<u64>,
 }
 
 impl Settings {
@@ -163,6 +172,7 @@ impl Settings {
             message_timeout_ms: millis(Setting::MessageTimeout, self.message_timeout, d.message_timeout_ms)?,
             task_threads: bytes(Setting::TaskThreads, self.task_threads, d.task_threads)?,
             task_queue: bytes(Setting::TaskQueue, self.task_queue, d.task_queue)?,
+            handover_timeout_ms: millis(Setting::HandoverTimeout, self.handover_timeout, d.handover_timeout_ms)?,
         };
         Ok((count, limits))
     }
@@ -314,6 +324,14 @@ pub struct Limits {
     pub task_threads: usize,
     /// Jobs waiting for a task thread at most; past it a submit is refused.
     pub task_queue: usize,
+    /// A replaced worker's hand-over must be acknowledged within this (the master's business:
+    /// it sends it with `HandOver` and `Adopt`).
+    #[serde(default = "default_handover_timeout_ms")]
+    pub handover_timeout_ms: u64,
+}
+
+fn default_handover_timeout_ms() -> u64 {
+    DEFAULT_HANDOVER_TIMEOUT.as_millis() as u64
 }
 
 fn default_message_timeout_ms() -> u64 {
@@ -330,6 +348,7 @@ impl Default for Limits {
             message_timeout_ms: default_message_timeout_ms(),
             task_threads: DEFAULT_TASK_THREADS,
             task_queue: DEFAULT_TASK_QUEUE,
+            handover_timeout_ms: default_handover_timeout_ms(),
         }
     }
 }

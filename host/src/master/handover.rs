@@ -13,10 +13,6 @@ use super::slots::WorkerId;
 use super::supervisor::{Output, Supervisor};
 use crate::ctl::{Fallback, HandoverReport, ToWorker};
 
-/// How long an old worker waits for its replacement's acknowledgement before it takes its
-/// connections back and drains (or stops).
-pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The first worker protocol with hand-overs.
 pub const HANDOVER_PROTOCOL: u32 = 7;
 
@@ -55,17 +51,20 @@ impl<P: Processes> Supervisor<P> {
         };
         let (drain, kill) = (self.timeouts.drain, self.timeouts.kill);
         let now = self.procs.now();
+        // How long the old worker waits for the acknowledgement (the service's `handover_timeout`).
+        let Some(service) = self.slots.worker(old).map(|w| w.key.service.0) else { return false };
+        let timeout = Duration::from_millis(self.services[service].service.limits.handover_timeout_ms);
         let Some(w) = self.slots.worker_mut(old) else { return false };
         let fallback = match graceful {
             true => Fallback::Drain { timeout_ms: drain.as_millis() as u64 },
             false => Fallback::Stop,
         };
-        let kill_at = now + HANDOVER_TIMEOUT + if graceful { drain } else { Duration::ZERO } + kill;
+        let kill_at = now + timeout + if graceful { drain } else { Duration::ZERO } + kill;
         w.kill_at = Some(w.kill_at.map_or(kill_at, |k| k.min(kill_at)));
         w.stall_at = None;
         w.retired_at.get_or_insert(now);
         self.slots.retire(old);
-        let timeout_ms = HANDOVER_TIMEOUT.as_millis() as u64;
+        let timeout_ms = timeout.as_millis() as u64;
         self.out.push(Output::HandOver { old, new, timeout_ms, fallback });
         true
     }
