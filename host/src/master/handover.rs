@@ -97,17 +97,26 @@ impl<P: Processes> Supervisor<P> {
 
 /// One hand-over in words (the log line, `status`).
 pub fn describe(r: &HandoverReport) -> String {
+    // Why they stayed, when some did and not all for the one reason the failure names.
+    let stays = match r.stays.as_slice() {
+        [] => String::new(),
+        [_] if r.failure.is_some() => String::new(),
+        stays => {
+            let each: Vec<String> = stays.iter().map(|(why, n)| format!("{n} {why}")).collect();
+            format!(" ({})", each.join(", "))
+        }
+    };
     match &r.failure {
         None => format!(
-            "{} connections moved, {} drained, {} bytes of state{}, paused {} ms",
+            "{} connections moved, {} drained{stays}, {} bytes of state{}, paused {} ms",
             r.moved,
             r.stayed,
             r.state_bytes,
             if r.memfd { " (memfd)" } else { "" },
             r.pause_ms
         ),
-        Some(why) if !r.attempted => format!("{} drained: {why}", r.stayed),
-        Some(why) => format!("failed, {} drained: {why}", r.stayed),
+        Some(why) if !r.attempted => format!("{} drained{stays}: {why}", r.stayed),
+        Some(why) => format!("failed, {} drained{stays}: {why}", r.stayed),
     }
 }
 
@@ -122,5 +131,34 @@ pub fn fallback_message(fallback: Fallback) -> ToWorker {
     match fallback {
         Fallback::Drain { timeout_ms } => ToWorker::Drain { timeout_ms },
         Fallback::Stop => ToWorker::Stop,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The log line and `status` say why connections stayed, per reason, adding up to `drained`.
+    #[test]
+    fn a_report_says_why_connections_stayed() {
+        let mut r = HandoverReport { moved: 10, state_bytes: 4096, pause_ms: 3, attempted: true, ..Default::default() };
+        assert_eq!(describe(&r), "10 connections moved, 0 drained, 4096 bytes of state, paused 3 ms");
+        r.stay("not open", 2);
+        r.stay("declined by the plugin", 1);
+        r.stay("not open", 1);
+        r.stay("outbound", 0);
+        assert_eq!(r.stayed, 4);
+        assert_eq!(r.stays, vec![("not open".to_string(), 3), ("declined by the plugin".to_string(), 1)]);
+        assert_eq!(
+            describe(&r),
+            "10 connections moved, 4 drained (3 not open, 1 declined by the plugin), 4096 bytes of state, paused 3 ms"
+        );
+        // A failure with one reason names it once.
+        let mut f =
+            HandoverReport { attempted: true, failure: Some("the new worker is gone".into()), ..Default::default() };
+        f.stay("the hand-over failed", 5);
+        assert_eq!(describe(&f), "failed, 5 drained: the new worker is gone");
+        f.stay("not open", 1);
+        assert_eq!(describe(&f), "failed, 6 drained (5 the hand-over failed, 1 not open): the new worker is gone");
     }
 }
