@@ -6,7 +6,8 @@
 # that all N connections still echo afterwards. Bounded: every wait has a timeout.
 # Run: cargo build --release -p host -p host-plugin-text && python3 bench/handover_gap.py 10000
 # Env: HOST_BIN (target/release/host), PROBES (100), INTERVAL_MS (20), HOST_NICE (a nice level
-# for the host, e.g. -5, to keep other load on a shared machine out of the figure).
+# for the host, e.g. -5, to keep other load on a shared machine out of the figure), HOST_ARGS
+# (more flags, e.g. `--no-handover` for the drain side by side: the clients are closed then).
 import os, re, selectors, socket, subprocess, sys, tempfile, threading, time
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
@@ -16,7 +17,7 @@ host = os.path.abspath(os.environ.get("HOST_BIN", "target/release/host"))
 d = tempfile.mkdtemp(prefix="host-handover-gap-")
 log = open(f"{d}/log", "w")
 cmd = [host, "--plugin", "text", "--listen", "127.0.0.1:0", "--count", "1", "--pid-file", f"{d}/host.pid",
-       "--max-connections", str(N + 100), "--drain-timeout", "30"]
+       "--max-connections", str(N + 100), "--drain-timeout", "30"] + os.environ.get("HOST_ARGS", "").split()
 if os.environ.get("HOST_NICE"):
     cmd = ["nice", "-n", os.environ["HOST_NICE"]] + cmd
 p = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
@@ -40,13 +41,20 @@ def probe_loop(probes, stop, phase):
     while not stop.is_set():
         now = time.monotonic()
         for pr in probes:
-            if pr.sent_at is None and now >= pr.next_at:
+            if pr.sent_at is None and now >= pr.next_at and not pr.errors:
                 pr.seq += 1
-                pr.s.sendall(b"p%d\n" % pr.seq)
+                try:
+                    pr.s.sendall(b"p%d\n" % pr.seq)
+                except OSError as e:
+                    pr.errors.append(f"send: {e}")
+                    continue
                 pr.sent_at = now
         for key, _ in sel.select(0.002):
             pr = key.data
-            data = pr.s.recv(4096)
+            try:
+                data = pr.s.recv(4096)
+            except OSError as e:
+                data = b""
             if not data:
                 pr.errors.append("closed")
                 sel.unregister(pr.s)
@@ -88,7 +96,7 @@ try:
     t0 = time.time()
     r = subprocess.run([host, "reload", "-g", "--pid-file", f"{d}/host.pid"], capture_output=True, text=True, timeout=120)
     line = None
-    for _ in range(600):
+    for _ in range(100 if "--no-handover" in cmd else 600):
         line = next((l for l in open(f"{d}/log").read().splitlines() if "hand-over:" in l), None)
         if line:
             break
@@ -100,21 +108,28 @@ try:
     errors = [e for pr in probes for e in pr.errors]
     for i, s in enumerate(socks):
         if i not in probe_socks:
-            s.sendall(b"y%d\n" % i)
+            try:
+                s.sendall(b"y%d\n" % i)
+            except OSError:
+                pass
     ok = 0
     for i, s in enumerate(socks):
         if i in probe_socks:
             continue
         buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(100)
-            if not chunk:
-                break
-            buf += chunk
+        try:
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(100)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError:
+            pass
         ok += buf == b"y%d\n" % i
     before = [pr.gap["before"] * 1000 for pr in probes]
     across = [pr.gap["across"] * 1000 for pr in probes]
-    print(f"N={N} probes={len(probes)} interval={INTERVAL*1000:.0f}ms lines echoed by probes: {lines}, errors: {len(errors)} {errors[:3]}")
+    closed = sum(1 for pr in probes if pr.errors)
+    print(f"N={N} probes={len(probes)} interval={INTERVAL*1000:.0f}ms lines echoed by probes: {lines}, errors: {len(errors)} {errors[:3]}; probes closed: {closed}")
     print(f"longest wait for an echo, before the reload: p50 {pct(before, .5):.1f} ms, p99 {pct(before, .99):.1f} ms, max {max(before):.1f} ms")
     print(f"longest wait for an echo, across the reload: p50 {pct(across, .5):.1f} ms, p99 {pct(across, .99):.1f} ms, max {max(across):.1f} ms")
     print(f"the other connections echo after it: {ok}/{N - len(probes)}")
