@@ -314,6 +314,10 @@ fn an_old_abi_plugin_still_drains() {
     let line = host.log().wait_for("no hand-over", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(line.contains("does not take part"), "{line}");
     assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+    // `status --json` says why the connection stayed.
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(json["handovers"][0]["last_stays"], serde_json::json!([["the plugin does not take part", 1]]), "{json}");
 }
 
 // `host upgrade`: the new image's workers adopt the connections of the workers it adopted from
