@@ -29,7 +29,9 @@
 #   handover the hand-over of one slot on `host reload -g` (bench/handover_text.py and
 #            bench/handover_resp.py): HANDOVER_CONNS (10000) text connections moved, the pause
 #            their clients see and that every one echoes afterwards; then a resp keyspace of
-#            HANDOVER_KEYS (1000000) keys and one redis-py connection. Needs python3's `redis`
+#            HANDOVER_KEYS (1000000) keys and one redis-py connection; the gap probing clients
+#            see across it (bench/handover_gap.py); redis-benchmark across 10 reloads, no error
+#            and a fixed dataset intact (bench/handover_redis.py). Needs python3's `redis`
 #   topics   topic fan-out (bench/topics.sh): one publisher, TOPIC_SUBS (10000) websocket
 #            subscribers of one room, on one host and through redis-server and nats-server (and a
 #            Node `ws` server and Socket.IO 4 with its Redis adapter when node is installed):
@@ -412,6 +414,10 @@ section_handover() {
     HOST_BIN=target/release/host timeout 600 python3 bench/handover_text.py "$HANDOVER_CONNS"
     echo "== hand-over: a resp keyspace of $HANDOVER_KEYS keys on reload -g (bench/handover_resp.py)"
     HOST_BIN=target/release/host timeout 600 python3 bench/handover_resp.py "$HANDOVER_KEYS"
+    echo "== hand-over: the gap $HANDOVER_CONNS text clients see across reload -g (bench/handover_gap.py)"
+    HOST_BIN=target/release/host timeout 600 python3 bench/handover_gap.py "$HANDOVER_CONNS"
+    echo "== hand-over: redis-benchmark across 10 reload -g of resp (bench/handover_redis.py)"
+    HOST_BIN=target/release/host RELOADS=10 timeout 600 python3 bench/handover_redis.py
 }
 
 section_topics() {

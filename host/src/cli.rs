@@ -232,6 +232,10 @@ pub struct StartArgs {
     /// them over to their replacement.
     #[arg(long)]
     pub no_handover: bool,
+    /// Seconds a replaced worker waits for its replacement to take its connections over before
+    /// it takes them back and drains [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub handover_timeout: Option<u64>,
     /// Seconds without traffic after which a connection is closed (0: never) [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
@@ -302,7 +306,7 @@ impl StartArgs {
     /// Flags that describe a service (they may not be mixed with a config file).
     pub fn service_flags(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
-        let flags: [(&'static str, bool); 23] = [
+        let flags: [(&'static str, bool); 24] = [
             ("--plugin", self.plugin.is_some()),
             ("--count", self.count.is_some()),
             ("--listen", self.listen.is_some()),
@@ -325,6 +329,7 @@ impl StartArgs {
             ("--tls-key", self.tls_key.is_some()),
             ("--access-log", self.access_log.is_some()),
             ("--no-handover", self.no_handover),
+            ("--handover-timeout", self.handover_timeout.is_some()),
             ("--cluster", self.cluster.is_some()),
         ];
         for (flag, given) in flags {
@@ -403,6 +408,7 @@ impl StartArgs {
             topic_max_message: self.topic_max_message,
             topic_max_len: self.topic_max_len,
             topics_per_connection: self.topics_per_connection,
+            handover_timeout: self.handover_timeout,
         };
         let (count, limits) = settings.build(Source::Flags)?;
         let tls = match (&self.tls_cert, &self.tls_key) {
@@ -550,6 +556,12 @@ mod tests {
         );
         assert!(err(&["--max-package-size", "0"]).starts_with("--max-package-size must be between 1 and"));
         assert!(err(&["--max-connections", "16777217"]).starts_with("--max-connections must be between 1 and 16777216"));
+        assert_eq!(err(&["--handover-timeout", "0"]), "--handover-timeout must be between 1 and 86400 seconds, not 0");
+        assert!(err(&["--handover-timeout", "86401"]).starts_with("--handover-timeout must be between 1 and 86400"));
+        let s = parse(&["--plugin", "http", "--handover-timeout", "3"]).start.service().unwrap();
+        assert_eq!(s.limits.handover_timeout_ms, 3000);
+        let s = parse(&["--plugin", "http"]).start.service().unwrap();
+        assert_eq!(s.limits.handover_timeout_ms, 10_000, "10 s by default");
         // The largest values pass, converted without overflow.
         let s = parse(&["--plugin", "http", "--idle-timeout", "31536000", "--max-send-buffer", "9223372036854775807"])
             .start

@@ -34,6 +34,9 @@ pub const MAX_TASK_THREADS: u64 = 1024;
 /// The longest task queue of one worker.
 pub const MAX_TASK_QUEUE: u64 = 1 << 20;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a replaced worker waits for its replacement to acknowledge a hand-over before it
+/// takes its connections back and drains (`handover_timeout`).
+pub const DEFAULT_HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one message may take to arrive whole (slowloris: 1 byte a second keeps a connection
 /// active, but not its message).
 pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -94,6 +97,7 @@ pub enum Setting {
     TopicMaxMessage,
     TopicMaxLen,
     TopicsPerConnection,
+    HandoverTimeout,
 }
 
 impl Setting {
@@ -115,6 +119,7 @@ impl Setting {
             Setting::TopicMaxMessage => ("--topic-max-message", "topic_max_message"),
             Setting::TopicMaxLen => ("--topic-max-len", "topic_max_len"),
             Setting::TopicsPerConnection => ("--topics-per-connection", "topics_per_connection"),
+            Setting::HandoverTimeout => ("--handover-timeout", "handover_timeout"),
         };
         match source {
             Source::Flags => flag,
@@ -137,6 +142,8 @@ impl Setting {
             Setting::DrainTimeout | Setting::KillTimeout | Setting::WorkerTimeout | Setting::ProbeTimeout => {
                 (0, MAX_STOP_SECS as u64, " seconds")
             }
+            // 0 would fail every hand-over before it began.
+            Setting::HandoverTimeout => (1, MAX_STOP_SECS as u64, " seconds"),
         }
     }
 }
@@ -167,6 +174,8 @@ pub struct Settings {
     pub topic_max_message: Option<u64>,
     pub topic_max_len: Option<u64>,
     pub topics_per_connection: Option<u64>,
+    /// Seconds.
+    pub handover_timeout: Option<u64>,
 }
 
 impl Settings {
@@ -197,6 +206,7 @@ impl Settings {
                     d.topics.per_connection,
                 )?,
             },
+            handover_timeout_ms: millis(Setting::HandoverTimeout, self.handover_timeout, d.handover_timeout_ms)?,
         };
         Ok((count, limits))
     }
@@ -351,6 +361,14 @@ pub struct Limits {
     /// The limits of `Host::subscribe` and `Host::publish`.
     #[serde(default)]
     pub topics: TopicLimits,
+    /// A replaced worker's hand-over must be acknowledged within this (the master's business:
+    /// it sends it with `HandOver` and `Adopt`).
+    #[serde(default = "default_handover_timeout_ms")]
+    pub handover_timeout_ms: u64,
+}
+
+fn default_handover_timeout_ms() -> u64 {
+    DEFAULT_HANDOVER_TIMEOUT.as_millis() as u64
 }
 
 /// The limits of the topic calls (`topic_max_message`, `topic_max_len`, `topics_per_connection`):
@@ -391,6 +409,7 @@ impl Default for Limits {
             task_threads: DEFAULT_TASK_THREADS,
             task_queue: DEFAULT_TASK_QUEUE,
             topics: TopicLimits::default(),
+            handover_timeout_ms: default_handover_timeout_ms(),
         }
     }
 }
@@ -432,6 +451,12 @@ pub struct WorkerSpec {
     /// The worker loop's I/O backend (`--io`).
     #[serde(default)]
     pub io: IoBackend,
+    /// A replacement that its predecessor may hand its connections and state over to: once
+    /// ready it accepts nothing (and no plugin code runs for a new connection) until that
+    /// hand-over has ended (`Adopt`) or the master says none comes (`Serve`), so that no client
+    /// sees the plugin's state without what the old worker brings.
+    #[serde(default)]
+    pub await_handover: bool,
 }
 
 /// The worker loop's I/O backend (`--io`, `io` in the config file).
@@ -541,6 +566,7 @@ mod tests {
             access_log: true,
             cluster: Some("nats://127.0.0.1:4222".into()),
             io: IoBackend::Uring,
+            await_handover: true,
         };
         assert_eq!(postcard::from_bytes::<WorkerSpec>(&postcard::to_stdvec(&spec).unwrap()).unwrap(), spec);
     }

@@ -170,6 +170,8 @@ struct RawService {
     max_memory: Option<Spanned<Size>>,
     /// Replaced workers hand their connections over (default) or drain them (false).
     handover: Option<bool>,
+    /// Seconds a hand-over may take before the old worker takes its connections back.
+    handover_timeout: Option<Spanned<u64>>,
     /// PEM certificate (chain) and key files: the service is served over TLS.
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<Spanned<PathBuf>>,
@@ -331,6 +333,7 @@ impl RawService {
             (Setting::TopicMaxMessage, &self.topic_max_message),
             (Setting::TopicMaxLen, &self.topic_max_len),
             (Setting::TopicsPerConnection, &self.topics_per_connection),
+            (Setting::HandoverTimeout, &self.handover_timeout),
         ];
         let value =
             |setting: Setting| spanned.iter().find(|s| s.0 == setting).and_then(|s| s.1.as_ref()).map(|v| *v.get_ref());
@@ -346,6 +349,7 @@ impl RawService {
             topic_max_message: value(Setting::TopicMaxMessage),
             topic_max_len: value(Setting::TopicMaxLen),
             topics_per_connection: value(Setting::TopicsPerConnection),
+            handover_timeout: value(Setting::HandoverTimeout),
         };
         let (count, limits) = settings.build(Source::File).map_err(|e| {
             let span = match &e {
@@ -509,6 +513,7 @@ listen = "127.0.0.1:8080"
 count = 4
 reloadable = false
 handover = false
+handover_timeout = 3
 user = "www-data"
 group = "www-data"
 task_threads = 2
@@ -547,6 +552,7 @@ root = "/srv/www"
                     task_threads: 2,
                     task_queue: Limits::default().task_queue,
                     topics: config::TopicLimits { max_message: 4 << 20, max_topic_len: 64, per_connection: 1000 },
+                    handover_timeout_ms: 3000,
                 },
                 tls: Some(TlsFiles {
                     cert: "/etc/host/certs/web.pem".into(),
@@ -830,6 +836,8 @@ listen = "[::1]:9000"
             ("max_memory = \"64M\"", ""),
             ("max_memory = 67108864", ""),
             ("max_requests = 0", ""),
+            ("handover_timeout = 0", "handover_timeout must be between 1 and 86400 seconds, not 0"),
+            ("handover_timeout = 86401", "handover_timeout must be between 1 and 86400 seconds"),
         ];
         for (line, want) in cases {
             let text = with_service(&format!("{line}\n"));
@@ -847,6 +855,8 @@ listen = "[::1]:9000"
         let ok = parse_ok(&with_service("idle_timeout = 31536000\nmessage_timeout = 0\n"));
         assert_eq!(ok.services[0].service.limits.idle_timeout_ms, 31_536_000_000);
         assert_eq!(ok.services[0].service.limits.message_timeout_ms, 0);
+        let ok = parse_ok(&with_service("handover_timeout = 3\n"));
+        assert_eq!(ok.services[0].service.limits.handover_timeout_ms, 3000);
     }
 
     #[test]

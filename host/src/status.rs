@@ -55,6 +55,13 @@ pub struct WorkerReport {
     /// Topics (`Host::publish`, `Host::subscribe`).
     #[serde(default)]
     pub topics: TopicReport,
+    /// TLS connections that moved here in a hand-over (their record layer in user space) and
+    /// were closed since: the peer sent a TLS 1.3 KeyUpdate (a moved connection cannot follow
+    /// one), or a key reached its AEAD limit.
+    #[serde(default)]
+    pub tls_closed_key_update: u64,
+    #[serde(default)]
+    pub tls_closed_aead_limit: u64,
 }
 
 /// A worker's topics: gauges (topics, subscriptions, the broker's state) and counters.
@@ -161,6 +168,8 @@ impl WorkerReport {
         self.tasks_refused += other.tasks_refused;
         self.notify_dropped += other.notify_dropped;
         self.topics.add_counters(&other.topics);
+        self.tls_closed_key_update += other.tls_closed_key_update;
+        self.tls_closed_aead_limit += other.tls_closed_aead_limit;
     }
 }
 
@@ -223,6 +232,12 @@ pub struct HandoverRow {
     pub state_bytes: u64,
     /// The last one: `12 moved, 0 drained, 1.2 MiB of state, paused 3 ms`, or why it failed.
     pub last: String,
+    /// Why connections stayed (drained) in the last one, with how many for each reason: not
+    /// open (handshaking, closing), its TLS cannot move now, outbound, a UDP session, declined by
+    /// the plugin, refused by the new plugin, the plugin does not take part (an old ABI), the
+    /// hand-over failed…
+    #[serde(default)]
+    pub last_stays: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -563,6 +578,14 @@ pub fn render_status(s: &Status) -> String {
                 t.broker_reconnects
             );
         }
+    }
+    if total.tls_closed_key_update + total.tls_closed_aead_limit > 0 {
+        // Moved TLS connections only (docs/architecture.md, "TLS hand-over").
+        let _ = writeln!(
+            out,
+            "\nmoved TLS connections closed: {} on a KeyUpdate, {} at the AEAD limit",
+            total.tls_closed_key_update, total.tls_closed_aead_limit
+        );
     }
     if total.datagrams_dropped > 0 {
         // UDP services only: one line, like the worker messages.

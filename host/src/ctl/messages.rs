@@ -12,7 +12,11 @@ use crate::config::WorkerSpec;
 /// The version of the master↔worker protocol this binary speaks. A master and a worker of
 /// different versions refuse each other at the hello (the worker after a binary upgrade is exec'd
 /// from the new file while the old master runs).
-pub const PROTOCOL: u32 = 7;
+///
+/// 8: a replacement may start awaiting its hand-over (`WorkerSpec::await_handover`, `Serve`),
+/// `Limits::handover_timeout_ms`, a hand-over report's reasons for what stayed, the moved-TLS
+/// counters in the worker report.
+pub const PROTOCOL: u32 = 8;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;
@@ -86,6 +90,9 @@ pub enum ToWorker {
     Adopt {
         timeout_ms: u64,
     },
+    /// No hand-over comes to this replacement (its spec said `await_handover`): accept from now
+    /// on. Sent only to a worker started awaiting one, which is of this protocol.
+    Serve,
 }
 
 /// What an old worker does with the connections that do not move.
@@ -154,6 +161,22 @@ pub struct HandoverReport {
     /// The old and new workers talked (false: the old plugin does not take part, or the pair
     /// could not be used: a drain as before, not a failure).
     pub attempted: bool,
+    /// Why connections stayed, with how many for each reason (they add up to `stayed`).
+    pub stays: Vec<(String, u64)>,
+}
+
+impl HandoverReport {
+    /// `n` more connections stayed for `why`.
+    pub fn stay(&mut self, why: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.stayed += n;
+        match self.stays.iter_mut().find(|(w, _)| w == why) {
+            Some((_, count)) => *count += n,
+            None => self.stays.push((why.to_string(), n)),
+        }
+    }
 }
 
 /// A message between an old worker and its replacement, on the socket pair the master made

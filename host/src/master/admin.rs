@@ -382,6 +382,11 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics, format: MetricsFo
         "datagrams_dropped",
         "UDP datagrams dropped (oversized, over the session limit, paused)",
     );
+    let tls_closes = counter(
+        &mut registry,
+        "tls_moved_closes",
+        "TLS connections moved in a hand-over and closed since, by reason: key_update (the peer sent a TLS 1.3 KeyUpdate), aead_limit",
+    );
     let topic_msgs = counter(
         &mut registry,
         "topic_messages",
@@ -443,6 +448,11 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics, format: MetricsFo
         panics.get_or_create(&l).inc_by(t.plugin_panics);
         send_failures.get_or_create(&l).inc_by(t.send_failures);
         datagrams_dropped.get_or_create(&l).inc_by(t.datagrams_dropped);
+        for (reason, n) in [("key_update", t.tls_closed_key_update), ("aead_limit", t.tls_closed_aead_limit)] {
+            let mut with = l.clone();
+            with.push(("reason".to_string(), reason.to_string()));
+            tls_closes.get_or_create(&with).inc_by(n);
+        }
         let tt = &t.topics;
         if tt.used() {
             for (event, n) in [
@@ -568,7 +578,7 @@ mod tests {
             report: Some(WorkerReport { messages: 1, connections: 2, ..Default::default() }),
             slot_totals: Some(WorkerReport { messages, ..Default::default() }),
         };
-        let status = Status {
+        let mut status = Status {
             master_pid: 1,
             master_rss_kb: 1,
             start_dir: String::new(),
@@ -590,9 +600,24 @@ mod tests {
             last_reload: None,
             handovers: Vec::new(),
         };
+        // Moved TLS connections closed since (a KeyUpdate, the AEAD limit): from the slot's totals.
+        let totals = status.workers[0].slot_totals.as_mut().unwrap();
+        (totals.tls_closed_key_update, totals.tls_closed_aead_limit) = (2, 1);
         let m = MasterMetrics::default();
         m.reload_finished("done", Duration::from_millis(120));
         let text = render_metrics(&status, &m, MetricsFormat::OpenMetrics);
+        assert!(
+            text.contains("host_tls_moved_closes_total{service=\"web\",slot=\"0\",reason=\"key_update\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("host_tls_moved_closes_total{service=\"web\",slot=\"0\",reason=\"aead_limit\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("host_tls_moved_closes_total{service=\"web\",slot=\"1\",reason=\"key_update\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("host_messages_total{service=\"web\",slot=\"0\"} 40"), "{text}");
         assert!(text.contains("host_messages_total{service=\"web\",slot=\"1\"} 2"), "{text}");
         assert!(text.contains("host_connections_open{service=\"web\",slot=\"0\"} 2"), "{text}");

@@ -13,10 +13,6 @@ use super::slots::WorkerId;
 use super::supervisor::{Output, Supervisor};
 use crate::ctl::{Fallback, HandoverReport, ToWorker};
 
-/// How long an old worker waits for its replacement's acknowledgement before it takes its
-/// connections back and drains (or stops).
-pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The first worker protocol with hand-overs.
 pub const HANDOVER_PROTOCOL: u32 = 7;
 
@@ -36,25 +32,41 @@ pub struct HandoverTotals {
 }
 
 impl<P: Processes> Supervisor<P> {
-    /// Retires `old`, replaced in its slot by `new`: a hand-over when the service has it on,
-    /// else a drain (graceful) or a stop, with the kill deadline after either.
-    pub(in crate::master) fn retire_for(&mut self, old: WorkerId, new: Option<WorkerId>, graceful: bool) {
+    /// Retires `old` (if any), replaced in its slot by `new`: a hand-over when the service has
+    /// it on, else a drain (graceful) or a stop, with the kill deadline after either. A `new`
+    /// that waits for a hand-over that does not come is told to serve (`Serve`).
+    pub(in crate::master) fn retire_for(&mut self, old: Option<WorkerId>, new: Option<WorkerId>, graceful: bool) {
+        let handed = old.is_some_and(|old| self.hand_over(old, new, graceful));
+        if let Some(new) = new.filter(|_| !handed) {
+            self.out.push(Output::Send(new, ToWorker::Serve));
+        }
+    }
+
+    /// Starts `old`'s hand-over to `new`, or retires it as before; whether a hand-over began.
+    fn hand_over(&mut self, old: WorkerId, new: Option<WorkerId>, graceful: bool) -> bool {
         let handover = self.slots.worker(old).is_some_and(|w| self.services[w.key.service.0].service.handover);
-        let Some(new) = new.filter(|_| handover) else { return self.retire(old, graceful) };
+        let Some(new) = new.filter(|_| handover) else {
+            self.retire(old, graceful);
+            return false;
+        };
         let (drain, kill) = (self.timeouts.drain, self.timeouts.kill);
         let now = self.procs.now();
-        let Some(w) = self.slots.worker_mut(old) else { return };
+        // How long the old worker waits for the acknowledgement (the service's `handover_timeout`).
+        let Some(service) = self.slots.worker(old).map(|w| w.key.service.0) else { return false };
+        let timeout = Duration::from_millis(self.services[service].service.limits.handover_timeout_ms);
+        let Some(w) = self.slots.worker_mut(old) else { return false };
         let fallback = match graceful {
             true => Fallback::Drain { timeout_ms: drain.as_millis() as u64 },
             false => Fallback::Stop,
         };
-        let kill_at = now + HANDOVER_TIMEOUT + if graceful { drain } else { Duration::ZERO } + kill;
+        let kill_at = now + timeout + if graceful { drain } else { Duration::ZERO } + kill;
         w.kill_at = Some(w.kill_at.map_or(kill_at, |k| k.min(kill_at)));
         w.stall_at = None;
         w.retired_at.get_or_insert(now);
         self.slots.retire(old);
-        let timeout_ms = HANDOVER_TIMEOUT.as_millis() as u64;
+        let timeout_ms = timeout.as_millis() as u64;
         self.out.push(Output::HandOver { old, new, timeout_ms, fallback });
+        true
     }
 
     /// An old worker's hand-over ended: the log line, and the service's totals.
@@ -85,17 +97,26 @@ impl<P: Processes> Supervisor<P> {
 
 /// One hand-over in words (the log line, `status`).
 pub fn describe(r: &HandoverReport) -> String {
+    // Why they stayed, when some did and not all for the one reason the failure names.
+    let stays = match r.stays.as_slice() {
+        [] => String::new(),
+        [_] if r.failure.is_some() => String::new(),
+        stays => {
+            let each: Vec<String> = stays.iter().map(|(why, n)| format!("{n} {why}")).collect();
+            format!(" ({})", each.join(", "))
+        }
+    };
     match &r.failure {
         None => format!(
-            "{} connections moved, {} drained, {} bytes of state{}, paused {} ms",
+            "{} connections moved, {} drained{stays}, {} bytes of state{}, paused {} ms",
             r.moved,
             r.stayed,
             r.state_bytes,
             if r.memfd { " (memfd)" } else { "" },
             r.pause_ms
         ),
-        Some(why) if !r.attempted => format!("{} drained: {why}", r.stayed),
-        Some(why) => format!("failed, {} drained: {why}", r.stayed),
+        Some(why) if !r.attempted => format!("{} drained{stays}: {why}", r.stayed),
+        Some(why) => format!("failed, {} drained{stays}: {why}", r.stayed),
     }
 }
 
@@ -110,5 +131,34 @@ pub fn fallback_message(fallback: Fallback) -> ToWorker {
     match fallback {
         Fallback::Drain { timeout_ms } => ToWorker::Drain { timeout_ms },
         Fallback::Stop => ToWorker::Stop,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The log line and `status` say why connections stayed, per reason, adding up to `drained`.
+    #[test]
+    fn a_report_says_why_connections_stayed() {
+        let mut r = HandoverReport { moved: 10, state_bytes: 4096, pause_ms: 3, attempted: true, ..Default::default() };
+        assert_eq!(describe(&r), "10 connections moved, 0 drained, 4096 bytes of state, paused 3 ms");
+        r.stay("not open", 2);
+        r.stay("declined by the plugin", 1);
+        r.stay("not open", 1);
+        r.stay("outbound", 0);
+        assert_eq!(r.stayed, 4);
+        assert_eq!(r.stays, vec![("not open".to_string(), 3), ("declined by the plugin".to_string(), 1)]);
+        assert_eq!(
+            describe(&r),
+            "10 connections moved, 4 drained (3 not open, 1 declined by the plugin), 4096 bytes of state, paused 3 ms"
+        );
+        // A failure with one reason names it once.
+        let mut f =
+            HandoverReport { attempted: true, failure: Some("the new worker is gone".into()), ..Default::default() };
+        f.stay("the hand-over failed", 5);
+        assert_eq!(describe(&f), "failed, 5 drained: the new worker is gone");
+        f.stay("not open", 1);
+        assert_eq!(describe(&f), "failed, 6 drained (5 the hand-over failed, 1 not open): the new worker is gone");
     }
 }

@@ -665,6 +665,7 @@ impl Master {
             |id| self.channels.get(&id).and_then(|c| c.peer_protocol).is_some_and(|p| p >= handover::HANDOVER_PROTOCOL);
         if !speaks(old) || !speaks(new) {
             tracing::info!(worker = old.0, "the worker's protocol has no hand-over; it drains");
+            self.send(new, &ToWorker::Serve);
             return self.send(old, &handover::fallback_message(fallback));
         }
         let pair = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC);
@@ -672,6 +673,7 @@ impl Master {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(worker = old.0, "could not make a hand-over socket pair: {e}; the worker drains");
+                self.send(new, &ToWorker::Serve);
                 return self.send(old, &handover::fallback_message(fallback));
             }
         };

@@ -159,6 +159,8 @@ pub mod fake {
         pub service: String,
         pub slot: u32,
         pub hash: u64,
+        /// Started to await a hand-over (`WorkerSpec::await_handover`).
+        pub await_handover: bool,
     }
 
     pub struct FakeProcesses {
@@ -224,7 +226,13 @@ pub mod fake {
             let pid = Pid::from_raw(self.next_pid);
             let (ours, theirs) = UnixStream::pair().expect("socketpair");
             self.peers.push(theirs);
-            self.started.push(Started { pid, service: spec.service.clone(), slot: spec.slot, hash: snapshot.hash });
+            self.started.push(Started {
+                pid,
+                service: spec.service.clone(),
+                slot: spec.slot,
+                hash: snapshot.hash,
+                await_handover: spec.await_handover,
+            });
             let (watch, fd) = WatchPage::create("fake-watch").expect("memfd");
             self.watches.insert(pid, WatchPage::map(std::os::fd::AsFd::as_fd(&fd)).expect("mmap"));
             Ok(Spawned { pid, channel: MasterChannel::new(ours), watch: Some(watch) })

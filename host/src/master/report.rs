@@ -227,6 +227,7 @@ impl Master {
                     drained: t.stayed,
                     state_bytes: t.state_bytes,
                     last: t.last.as_ref().map(super::handover::describe).unwrap_or_default(),
+                    last_stays: t.last.as_ref().map(|l| l.stays.clone()).unwrap_or_default(),
                 })
                 .collect(),
         }

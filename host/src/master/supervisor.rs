@@ -279,6 +279,7 @@ impl<P: Processes> Supervisor<P> {
             access_log: state.service.access_log.is_some(),
             cluster: state.service.cluster.clone(),
             io: self.io,
+            await_handover: false,
         }
     }
 
@@ -290,6 +291,8 @@ impl<P: Processes> Supervisor<P> {
         role: Role,
     ) -> Result<Worker, String> {
         let mut spec = self.spec(key, snap);
+        // A replacement may be handed the slot's connections: it serves no one before that.
+        spec.await_handover = role == Role::Replacement && self.services[key.service.0].service.handover;
         if let Some(tls) = spec.tls.as_mut() {
             let now = SystemTime::now();
             // Every service's older keys are forgotten as periods pass.
@@ -977,7 +980,7 @@ mod tests {
         assert!(out.iter().any(|o| matches!(o, Output::Answer(ClientId(9), Answer::Ok { .. }))), "{out:?}");
         assert_eq!(sup.slots.workers().count(), 4, "the old ones still retire");
         // They are killed at their deadline: the hand-over's, then the drain's.
-        sup.procs().advance(super::super::handover::HANDOVER_TIMEOUT + TIMEOUTS.drain + TIMEOUTS.kill);
+        sup.procs().advance(crate::config::DEFAULT_HANDOVER_TIMEOUT + TIMEOUTS.drain + TIMEOUTS.kill);
         sup.tick();
         assert_eq!(sup.procs().signals.iter().filter(|(_, s)| *s == Signal::SIGKILL).count(), 2);
     }
@@ -1046,24 +1049,59 @@ mod tests {
     }
 
     // A promoted replacement takes the old worker's connections (hand-over, with the drain as
-    // the fallback), unless the service says `handover = false`: then the old one drains.
+    // the fallback), unless the service says `handover = false`: then the old one drains. A
+    // replacement that may be handed connections starts awaiting them (it accepts nothing
+    // before); one that will not be is told to serve as it is promoted.
     #[test]
     fn a_replaced_worker_hands_over_unless_the_service_drains() {
         for handover in [true, false] {
             let mut s = state("http", 1, true);
             s.service.handover = handover;
             let mut sup = started(vec![(s, Some(1))]);
+            assert!(!sup.procs().last().await_handover, "a slot's first worker awaits nothing");
             let old = serving(&sup, 0, 0).unwrap();
             sup.request_reload(true, Trigger::Command, None);
             let out = outputs(&mut sup);
             sup.checked(done(checks(&out)[0], 2));
             let new = attached(&outputs(&mut sup));
+            assert_eq!(sup.procs().last().await_handover, handover);
             sup.worker_ready(new[0]);
             let out = outputs(&mut sup);
             let handed = out.iter().any(|o| matches!(o, Output::HandOver { old: o, new: n, fallback: crate::ctl::Fallback::Drain { .. }, .. } if *o == old && *n == new[0]));
             let drained = out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Drain { .. }) if *id == old));
-            assert_eq!((handed, drained), (handover, !handover), "handover = {handover}: {out:?}");
+            let served = out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Serve) if *id == new[0]));
+            assert_eq!((handed, drained, served), (handover, !handover, !handover), "handover = {handover}: {out:?}");
         }
+    }
+
+    // The service's `handover_timeout` is what both workers are told, and the old worker's kill
+    // deadline waits for it (then the drain, then the kill timeout).
+    #[test]
+    fn the_handover_timeout_is_the_services() {
+        let mut s = state("http", 1, true);
+        s.service.limits.handover_timeout_ms = 3000;
+        let mut sup = started(vec![(s, Some(1))]);
+        let old = serving(&sup, 0, 0).unwrap();
+        sup.request_reload(true, Trigger::Command, None);
+        let out = outputs(&mut sup);
+        sup.checked(done(checks(&out)[0], 2));
+        let new = attached(&outputs(&mut sup));
+        sup.worker_ready(new[0]);
+        let out = outputs(&mut sup);
+        let timeout = out.iter().find_map(|o| match o {
+            Output::HandOver { old: o, timeout_ms, .. } if *o == old => Some(*timeout_ms),
+            _ => None,
+        });
+        assert_eq!(timeout, Some(3000), "{out:?}");
+        let p = pid(&sup, old);
+        let kill_after = Duration::from_millis(3000) + TIMEOUTS.drain + TIMEOUTS.kill;
+        sup.procs().advance(kill_after - Duration::from_millis(1));
+        sup.tick();
+        let killed = |sup: &mut Supervisor<FakeProcesses>| sup.procs().signals.contains(&(p, Signal::SIGKILL));
+        assert!(!killed(&mut sup), "not before the hand-over, drain and kill timeouts");
+        sup.procs().advance(Duration::from_millis(1));
+        sup.tick();
+        assert!(killed(&mut sup), "killed at their sum");
     }
 
     #[test]

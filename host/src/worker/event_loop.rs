@@ -79,6 +79,9 @@ pub(super) struct Worker {
     plugin_name: String,
     /// A hand-over under way, as the old worker or as the replacement.
     handover: Option<handover::Session>,
+    /// A replacement started awaiting its predecessor's hand-over (`WorkerSpec::await_handover`):
+    /// it accepts nothing until `Adopt` (then until the hand-over ends) or `Serve`.
+    awaiting_handover: bool,
     /// `--io uring`: the connections' receives and sends go through this ring, which also
     /// watches the poll (`worker/uring`).
     ring: Option<Ring>,
@@ -152,6 +155,7 @@ impl Worker {
             tasks_pending: false,
             plugin_name: loaded.name.clone(),
             handover: None,
+            awaiting_handover: spec.await_handover,
             ring,
             ring_events: Vec::new(),
             poll_more: false,
@@ -174,11 +178,14 @@ impl Worker {
             anyhow::bail!("plugin {} failed to start: {}", loaded.name, e);
         }
         let registry = worker.poll.registry();
-        registry.register(&mut worker.listener, LISTENER, Interest::READABLE)?;
-        if let Some(udp) = worker.core.udp.as_mut() {
-            registry.register(udp, LISTENER, Interest::READABLE)?;
-            // Datagrams may have queued before this worker watched the socket.
-            worker.udp_pending = true;
+        // A replacement awaiting a hand-over watches the slot's socket once it has ended.
+        if !worker.awaiting_handover {
+            registry.register(&mut worker.listener, LISTENER, Interest::READABLE)?;
+            if let Some(udp) = worker.core.udp.as_mut() {
+                registry.register(udp, LISTENER, Interest::READABLE)?;
+                // Datagrams may have queued before this worker watched the socket.
+                worker.udp_pending = true;
+            }
         }
         registry.register(&mut worker.control.stream, CONTROL, Interest::READABLE)?;
         registry.register(&mut SourceFd(&worker.signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
@@ -348,7 +355,7 @@ impl Worker {
     }
 
     fn accept_all(&mut self) {
-        while self.core.phase.accepting() {
+        while self.core.phase.accepting() && !self.awaiting_handover {
             if self.core.len() >= self.core.limits.max_connections {
                 self.accept_blocked = true;
                 return;
@@ -404,6 +411,12 @@ impl Worker {
                 ToWorker::ParentDeath { kill } => self.parent_death(kill),
                 ToWorker::HandOver { timeout_ms, fallback } => self.start_handover(fds, timeout_ms, fallback),
                 ToWorker::Adopt { timeout_ms } => self.start_adopt(fds, timeout_ms),
+                ToWorker::Serve => {
+                    if std::mem::take(&mut self.awaiting_handover) {
+                        tracing::debug!("no hand-over comes: serving");
+                        self.resume_accepting();
+                    }
+                }
                 ToWorker::Logs { id, access_log, log_file } => {
                     let error = self.switch_logs(fds, access_log, log_file).err();
                     if let Some(e) = &error {
@@ -615,13 +628,13 @@ impl Worker {
     /// A replacement waiting for its predecessor's state takes no connection (they wait in the
     /// slot's accept queue); [`Worker::resume_accepting`] goes on.
     fn pause_accepting(&mut self) {
-        if self.core.phase.accepting() {
+        if self.core.phase.accepting() && !self.awaiting_handover {
             self.stop_accepting();
         }
     }
 
     fn resume_accepting(&mut self) {
-        if !self.core.phase.accepting() {
+        if !self.core.phase.accepting() || self.awaiting_handover {
             return;
         }
         if let Err(e) = self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE) {

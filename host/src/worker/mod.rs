@@ -259,6 +259,7 @@ mod tests {
             access_log: false,
             cluster: None,
             io: Default::default(),
+            await_handover: false,
         }
     }
 

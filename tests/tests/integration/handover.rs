@@ -229,6 +229,76 @@ fn redis_clients_keep_the_keyspace_and_the_connection_across_reloads() {
     assert_eq!(String::from_utf8_lossy(&cli.expect("redis-cli").stdout), "v\n");
 }
 
+/// The first field of `/proc/PID/syscall`: the system call the process's main thread is in.
+fn syscall_of(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    text.split_whitespace().next().map(str::to_string)
+}
+
+/// The state letter of `/proc/PID/stat` (`T`: stopped).
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+}
+
+/// One RESP command on a fresh connection; its one-line answer.
+fn resp_once(port: u16, command: &[u8]) -> String {
+    let mut c = Client::connect(port);
+    c.send(command);
+    read_line(&mut c)
+}
+
+// A replacement serves no one before the old worker's state is in. The master is frozen
+// (SIGSTOP) once it started the replacement, so that the replacement is ready and in its loop
+// while nobody has told it of the hand-over yet (the window between its `ready` and `Adopt`), and
+// the old worker is frozen too: fresh clients then wait in the slot's accept queue. Once both
+// are thawed, whichever worker answers them answers on the old keyspace (n was 100: the answers
+// are 101 to 105, the count 105 after the hand-over). A replacement that accepted in that window
+// would answer them on a keyspace of its own (1 to 5), which the old worker's then replaces.
+#[test]
+fn a_replacement_serves_no_one_before_the_old_state_is_in() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let host = Host::start("resp", &["--drain-timeout", "30"]);
+    let port = host.port();
+    assert_eq!(resp_once(port, b"SET n 100\r\n"), "+OK\r\n");
+    let old = host.worker_pids();
+    assert_eq!(old.len(), 1, "one worker: {old:?}");
+    let dir = host.dir().path().to_path_buf();
+    let reload = std::thread::spawn(move || host_tests::run_host_in(&dir, ["reload", "-g"], RELOAD_TIMEOUT));
+    let started = host.log().wait_for("role=Replacement", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    host.signal(Signal::SIGSTOP);
+    host_tests::poll_until(LOG_TIMEOUT, || (process_state(host.pid()) == Some('T')).then_some(()))
+        .expect("the master did not stop");
+    let new: i32 = started
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {started}"));
+    // In its loop (epoll_wait, 232 on x86_64; its start polls with poll(2)): ready, waiting.
+    let in_loop = host_tests::poll_until(LOG_TIMEOUT, || (syscall_of(new).as_deref() == Some("232")).then_some(()));
+    kill(Pid::from_raw(old[0]), Signal::SIGSTOP).expect("SIGSTOP the old worker");
+    host_tests::poll_until(LOG_TIMEOUT, || (process_state(old[0]) == Some('T')).then_some(()))
+        .expect("the old worker did not stop");
+    let mut fresh: Vec<Client> = (0..5).map(|_| Client::connect(port)).collect();
+    for c in &mut fresh {
+        c.send(b"INCR n\r\n");
+    }
+    kill(Pid::from_raw(old[0]), Signal::SIGCONT).expect("SIGCONT the old worker");
+    host.signal(Signal::SIGCONT);
+    assert!(in_loop.is_some(), "the replacement never waited in its loop");
+    let mut answers: Vec<String> = fresh.iter_mut().map(read_line).collect();
+    answers.sort();
+    let expected: Vec<String> = (101..=105).map(|i| format!(":{i}\r\n")).collect();
+    assert_eq!(answers, expected, "every fresh client met the old worker's keyspace");
+    let out = reload.join().unwrap();
+    assert!(out.status.success(), "reload -g: {}{}", out.stdout, out.stderr);
+    host.log().wait_for("hand-over: ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = Client::connect(port);
+    c.send(b"GET n\r\n");
+    assert_eq!([read_line(&mut c), read_line(&mut c)], ["$3\r\n", "105\r\n"], "the new worker has the count");
+}
+
 // A plugin built against plugin-api 0.1.0 (before hand-overs) loads and drains as before: it
 // hears `on_drain` and its connection closes; the log says no hand-over took place.
 #[test]
@@ -244,6 +314,10 @@ fn an_old_abi_plugin_still_drains() {
     let line = host.log().wait_for("no hand-over", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(line.contains("does not take part"), "{line}");
     assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+    // `status --json` says why the connection stayed.
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(json["handovers"][0]["last_stays"], serde_json::json!([["the plugin does not take part", 1]]), "{json}");
 }
 
 // `host upgrade`: the new image's workers adopt the connections of the workers it adopted from

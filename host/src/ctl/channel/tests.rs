@@ -24,6 +24,7 @@ fn spec() -> WorkerSpec {
         access_log: false,
         cluster: None,
         io: crate::config::IoBackend::Uring,
+        await_handover: true,
     }
 }
 

@@ -318,10 +318,8 @@ impl<P: Processes> Supervisor<P> {
         let started = new.map_or(self.step_started, |w| w.started);
         let step_ms = self.procs.now().saturating_duration_since(started).as_millis() as u64;
         tracing::info!(service = %self.service_name(key.service), slot = key.slot, old_pid, new_pid, old_hash = %old_hash, new_hash = %new_hash, step_ms, "{why}: slot replaced");
-        if let Some(old) = old {
-            let new = self.slots.slot(key).and_then(|s| s.serving());
-            self.retire_for(old, new, graceful);
-        }
+        let new = self.slots.slot(key).and_then(|s| s.serving());
+        self.retire_for(old, new, graceful);
     }
 
     pub(in crate::master) fn reload_finished(&mut self, Finished { request, outcome }: Finished) {

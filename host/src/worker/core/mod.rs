@@ -16,6 +16,7 @@ mod topics;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use mio::{Interest, Registry, Token};
@@ -25,8 +26,8 @@ use rustls::ServerConfig;
 
 pub use self::conn::{Conn, Flushed, Origin, ReadSide};
 #[cfg(test)]
-pub use self::export::{ExportError, Stay};
-pub use self::export::{ExportedConn, Snapshot};
+pub use self::export::ExportError;
+pub use self::export::{ExportedConn, Snapshot, Stay};
 pub use self::host::Ctx;
 pub use self::stats::Stats;
 pub use self::topics::CLUSTER;
@@ -366,6 +367,8 @@ impl Core {
                 t.oversized += self.mailbox.oversized;
                 t
             },
+            tls_closed_key_update: crate::tls::moved::COUNTERS.closed_key_update.load(Ordering::Relaxed),
+            tls_closed_aead_limit: crate::tls::moved::COUNTERS.closed_exhausted.load(Ordering::Relaxed),
         }
     }
 

@@ -32,7 +32,7 @@ use mio::{Interest, Token};
 use plugin_api::abi::{RawHandover, RawStateSink};
 use plugin_api::ConnId;
 
-use super::super::core::ExportedConn;
+use super::super::core::{ExportedConn, Stay};
 use super::super::dispatch;
 use super::super::transport::TlsSession;
 use super::Worker;
@@ -165,14 +165,17 @@ impl Worker {
             return;
         }
         let version = dispatch::handover_version(&mut self.plugin);
-        let mut report = HandoverReport { stayed: self.core.open_count() as u64, ..HandoverReport::default() };
+        let mut report = HandoverReport::default();
+        let open = self.core.open_count() as u64;
         if version == 0 {
+            report.stay("the plugin does not take part", open);
             report.failure = Some("the plugin does not take part in hand-overs".into());
             return self.handover_ended(report, fallback);
         }
         let channel = match open_channel(self, fds) {
             Ok(channel) => channel,
             Err(e) => {
+                report.stay("the replacement could not be reached", open);
                 report.failure = Some(format!("could not reach the replacement: {e}"));
                 return self.handover_ended(report, fallback);
             }
@@ -205,8 +208,10 @@ impl Worker {
         match open_channel(self, fds) {
             Ok(channel) => {
                 // New clients wait in the slot's accept queue until the old worker's state is
-                // here: none of them sees a keyspace without it.
+                // here: none of them sees a keyspace without it. (A replacement started
+                // awaiting this never accepted; it resumes, as any, when the hand-over ends.)
                 self.pause_accepting();
+                self.awaiting_handover = false;
                 let deadline_ms = self.core.now_ms + timeout_ms;
                 // Topic messages taken meanwhile are kept for the connections to come.
                 let recent = &mut self.core.topics.recent;
@@ -214,7 +219,11 @@ impl Worker {
                 let new = NewSide { channel, version: None, stash: Vec::new(), finished: false, deadline_ms };
                 self.handover = Some(Session::New(new));
             }
-            Err(e) => tracing::warn!("could not open the hand-over from the previous worker: {e}"),
+            Err(e) => {
+                tracing::warn!("could not open the hand-over from the previous worker: {e}");
+                self.awaiting_handover = false;
+                self.resume_accepting();
+            }
         }
     }
 
@@ -294,16 +303,15 @@ impl Worker {
         // the connections take along (`worker::topic_seam`).
         self.read_mailbox_to_end();
         let mut conns = Vec::new();
-        let mut stayed = 0u64;
         for id in self.core.ids() {
             if let Err(why) = self.core.movable(id) {
                 tracing::debug!(conn = id.0, "stays: {why}");
-                stayed += 1;
+                old.report.stay(&why.to_string(), 1);
                 continue;
             }
             let mut state = Vec::new();
             if dispatch::handover_export_conn(&mut self.plugin, &mut self.core, id, &mut state) != RawHandover::MOVE {
-                stayed += 1;
+                old.report.stay("declined by the plugin", 1);
                 continue;
             }
             match self.core.hold(id) {
@@ -311,7 +319,7 @@ impl Worker {
                     Ok(tls) => conns.push((id, conn, state, tls)),
                     Err(TlsTake::Stays(why)) => {
                         tracing::debug!(conn = id.0, "stays: {why}");
-                        stayed += 1;
+                        old.report.stay(&Stay::Tls.to_string(), 1);
                         self.restore_conn(id, conn);
                     }
                     Err(TlsTake::Lost(why)) => {
@@ -321,7 +329,7 @@ impl Worker {
                             conn = id.0,
                             "a TLS connection lost its state in a hand-over ({why}); closing it"
                         );
-                        stayed += 1;
+                        old.report.stay("its TLS state was lost (closed)", 1);
                         drop(conn);
                         self.core.release(id);
                         dispatch::closed_elsewhere(&mut self.plugin, &mut self.core, id);
@@ -329,11 +337,10 @@ impl Worker {
                 },
                 Err(e) => {
                     tracing::debug!(conn = id.0, "stays: {e}");
-                    stayed += 1;
+                    old.report.stay(&e.to_string(), 1);
                 }
             }
         }
-        old.report.stayed = stayed;
         old.held = Vec::with_capacity(conns.len());
         let mut sink = StateSink::default();
         let answer = dispatch::handover_export_worker(&mut self.plugin, &mut self.core, &mut sink);
@@ -382,7 +389,12 @@ impl Worker {
                 .map_err(|e| format!("could not send connections: {e}"))?;
         }
         old.channel.send(&Handover::Done).map_err(|e| format!("could not finish sending: {e}"))?;
-        tracing::debug!(connections = old.held.len(), stayed, state_bytes = old.report.state_bytes, "hand-over sent");
+        tracing::debug!(
+            connections = old.held.len(),
+            stayed = old.report.stayed,
+            state_bytes = old.report.state_bytes,
+            "hand-over sent"
+        );
         Ok(())
     }
 
@@ -400,7 +412,7 @@ impl Worker {
                 old.report.moved += 1;
             } else {
                 self.restore_conn(id, conn);
-                old.report.stayed += 1;
+                old.report.stay("refused by the new plugin", 1);
             }
         }
         old.report.pause_ms = old.stopped_ms.map_or(0, |t| self.core.now_ms.saturating_sub(t));
@@ -412,7 +424,7 @@ impl Worker {
     fn end_old(&mut self, mut old: OldSide, why: String) {
         tracing::warn!("hand-over failed: {why}; taking the connections back");
         let held = std::mem::take(&mut old.held);
-        old.report.stayed += held.len() as u64;
+        old.report.stay("the hand-over failed", held.len() as u64);
         for (id, conn) in held {
             self.restore_conn(id, conn);
         }
