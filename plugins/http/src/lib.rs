@@ -122,6 +122,8 @@ pub struct Http {
     out: Vec<u8>,
     /// A chunk of a streamed file (reused).
     chunk: Vec<u8>,
+    /// An HTTP/2 request rebuilt as an HTTP/1.1 head (reused).
+    h2_head: Vec<u8>,
     date: DateCache,
     /// File reads running on the host's task pool, and the connection each is for.
     reads: HashMap<TaskId, ConnId>,
@@ -191,6 +193,7 @@ impl Protocol for Http {
             conns: ConnMap::new(),
             out: Vec::with_capacity(4096),
             chunk: Vec::new(),
+            h2_head: Vec::new(),
             date: Default::default(),
             reads: HashMap::new(),
             h2_reads: HashMap::new(),

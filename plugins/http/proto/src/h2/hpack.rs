@@ -1,6 +1,5 @@
-//! HPACK (RFC 7541) for one connection, on the `loona-hpack` crate: a decoder whose output is
-//! bounded (the HPACK bomb) and an encoder that signals a smaller dynamic table when the peer
-//! asks for one.
+//! HPACK (RFC 7541) for one connection: a decoder on the `loona-hpack` crate whose output is
+//! bounded (the HPACK bomb), and an encoder of response heads on the static table alone.
 //!
 //! The crate decodes a whole header block and hands each field to a callback, borrowed from its
 //! dynamic table where it can be: the bound is kept there. A field list over the bound is not
@@ -8,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use loona_hpack::{Decoder as HpackDecoder, Encoder as HpackEncoder};
+use loona_hpack::Decoder as HpackDecoder;
 
 /// The dynamic table size both sides start with (SETTINGS_HEADER_TABLE_SIZE's initial value).
 pub const DEFAULT_TABLE_SIZE: usize = 4096;
@@ -48,6 +47,17 @@ impl Decoder {
     /// Decodes a whole header block into `fields` (cleared first).
     pub fn decode(&mut self, block: &[u8], fields: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), DecodeError> {
         fields.clear();
+        let result = self.decode_with(block, |name, value| fields.push((name.to_vec(), value.to_vec())));
+        if result.is_err() {
+            fields.clear();
+        }
+        result
+    }
+
+    /// Decodes a whole header block, handing each field to `field` as it comes (borrowed: the
+    /// caller keeps what it needs, no list is built). Past the bound no field is handed over,
+    /// and the result says [`DecodeError::TooLarge`]: what was handed over is to be dropped.
+    pub fn decode_with(&mut self, block: &[u8], mut field: impl FnMut(&[u8], &[u8])) -> Result<(), DecodeError> {
         let mut size = 0usize;
         let max = self.max_list;
         let mut over = false;
@@ -58,50 +68,162 @@ impl Decoder {
                     over = true;
                 }
                 if !over {
-                    fields.push((name.into_owned(), value.into_owned()));
+                    field(&name, &value);
                 }
             })
             .map_err(|_| DecodeError::Compression)?;
         if over {
-            fields.clear();
             return Err(DecodeError::TooLarge);
         }
         Ok(())
     }
 }
 
-/// The sending side's HPACK state.
+/// The sending side's HPACK state. Responses are encoded as nginx encodes them: the static
+/// table's entries where one matches (`:status 200` is one byte, a known name its index), the
+/// rest as literals without indexing, so the dynamic table stays empty. No search of a dynamic
+/// table per field and no table to maintain: `loona-hpack`'s encoder spent more time searching
+/// its table than the rest of a small response took (`bash bench/profile.sh h2`). Values are not
+/// Huffman-coded (nor are they by that encoder).
+#[derive(Debug, Default)]
 pub struct Encoder {
-    inner: HpackEncoder<'static>,
     /// A table size the peer lowered to, to signal at the start of the next block.
     size_update: Option<usize>,
 }
 
-impl Default for Encoder {
-    fn default() -> Self {
-        Encoder { inner: HpackEncoder::new(), size_update: None }
-    }
+/// The names of the static table (RFC 7541 Appendix A), index 1 first.
+const STATIC_NAMES: [&[u8]; 61] = [
+    b":authority",
+    b":method",
+    b":method",
+    b":path",
+    b":path",
+    b":scheme",
+    b":scheme",
+    b":status",
+    b":status",
+    b":status",
+    b":status",
+    b":status",
+    b":status",
+    b":status",
+    b"accept-charset",
+    b"accept-encoding",
+    b"accept-language",
+    b"accept-ranges",
+    b"accept",
+    b"access-control-allow-origin",
+    b"age",
+    b"allow",
+    b"authorization",
+    b"cache-control",
+    b"content-disposition",
+    b"content-encoding",
+    b"content-language",
+    b"content-length",
+    b"content-location",
+    b"content-range",
+    b"content-type",
+    b"cookie",
+    b"date",
+    b"etag",
+    b"expect",
+    b"expires",
+    b"from",
+    b"host",
+    b"if-match",
+    b"if-modified-since",
+    b"if-none-match",
+    b"if-range",
+    b"if-unmodified-since",
+    b"last-modified",
+    b"link",
+    b"location",
+    b"max-forwards",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"range",
+    b"referer",
+    b"refresh",
+    b"retry-after",
+    b"server",
+    b"set-cookie",
+    b"strict-transport-security",
+    b"transfer-encoding",
+    b"user-agent",
+    b"vary",
+    b"via",
+    b"www-authenticate",
+];
+
+/// The static table's index of `name` (any case), if it has it.
+fn static_name(name: &[u8]) -> Option<usize> {
+    STATIC_NAMES.iter().position(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name)).map(|i| i + 1)
 }
 
 impl Encoder {
-    /// The peer's SETTINGS_HEADER_TABLE_SIZE: the encoder never uses more than the default.
+    /// The peer's SETTINGS_HEADER_TABLE_SIZE. The encoder inserts nothing, but the table size
+    /// it may use still follows the peer's setting (RFC 7541 §4.2), signalled in the next block.
     pub fn set_peer_table_size(&mut self, size: u32) {
-        let size = (size as usize).min(DEFAULT_TABLE_SIZE);
-        self.inner.set_max_table_size(size);
         // Signalled even when unchanged: harmless, and simpler than tracking the last one.
-        self.size_update = Some(size);
+        self.size_update = Some((size as usize).min(DEFAULT_TABLE_SIZE));
     }
 
-    /// Appends the header block of `fields` to `out`.
+    /// Appends the header block of `fields` to `out`: [`Encoder::status`] and
+    /// [`Encoder::field`] for each, as they come.
     pub fn encode<'b>(&mut self, fields: impl IntoIterator<Item = (&'b [u8], &'b [u8])>, out: &mut Vec<u8>) {
+        self.start(out);
+        for (name, value) in fields {
+            self.field(name, value, out);
+        }
+    }
+
+    /// Opens a header block: the table size update the peer's SETTINGS asked for, if any.
+    pub fn start(&mut self, out: &mut Vec<u8>) {
         if let Some(size) = self.size_update.take() {
             // Dynamic Table Size Update (RFC 7541 §6.3): 001xxxxx, a 5-bit prefix integer.
             encode_integer(size, 5, 0x20, out);
         }
-        for field in fields {
-            // Writing into a Vec cannot fail.
-            let _ = self.inner.encode_header_into(field, out);
+    }
+
+    /// `:status` (100 to 999): one byte for the seven codes the static table has.
+    pub fn status(&mut self, code: u16, out: &mut Vec<u8>) {
+        let index = match code {
+            200 => 8,
+            204 => 9,
+            206 => 10,
+            304 => 11,
+            400 => 12,
+            404 => 13,
+            500 => 14,
+            _ => {
+                let code = code.clamp(100, 999);
+                // Literal without indexing, name `:status` (index 8), a 3-byte value.
+                out.extend_from_slice(&[0x08, 3]);
+                out.extend_from_slice(&[
+                    b'0' + (code / 100) as u8,
+                    b'0' + (code / 10 % 10) as u8,
+                    b'0' + (code % 10) as u8,
+                ]);
+                return;
+            }
+        };
+        out.push(0x80 | index);
+    }
+
+    /// One field, literal without indexing (RFC 7541 §6.2.2): the name by its static index when
+    /// it has one, else written out in lowercase; the value as it is.
+    pub fn field(&mut self, name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+        match static_name(name) {
+            Some(index) => encode_integer(index, 4, 0x00, out),
+            None => {
+                out.push(0x00);
+                encode_integer(name.len(), 7, 0x00, out);
+                out.extend(name.iter().map(u8::to_ascii_lowercase));
+            }
         }
+        encode_integer(value.len(), 7, 0x00, out);
+        out.extend_from_slice(value);
     }
 }
 
@@ -124,6 +246,7 @@ fn encode_integer(mut value: usize, n: u8, flags: u8, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loona_hpack::Encoder as HpackEncoder;
 
     fn fields(list: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
         list.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
@@ -141,6 +264,35 @@ mod tests {
             dec.decode(&block, &mut got).unwrap();
             assert_eq!(got, list);
         }
+    }
+
+    #[test]
+    fn response_heads_use_the_static_table_and_leave_the_dynamic_one_empty() {
+        let mut enc = Encoder::default();
+        let mut dec = Decoder::new(16 * 1024);
+        let mut got = Vec::new();
+        let mut block = Vec::new();
+        enc.start(&mut block);
+        enc.status(200, &mut block);
+        assert_eq!(block, [0x88], ":status 200 is static entry 8");
+        enc.field(b"Content-Length", b"13", &mut block);
+        assert_eq!(block[1..], [0x0f, 0x0d, 2, b'1', b'3'], "content-length by its index, 28");
+        enc.field(b"Server", b"host", &mut block);
+        enc.field(b"X-Custom", b"A Value", &mut block);
+        assert_eq!(block[block.len() - 18..block.len() - 9], [0, 8, b'x', b'-', b'c', b'u', b's', b't', b'o']);
+        dec.decode(&block, &mut got).unwrap();
+        let want = fields(&[(":status", "200"), ("content-length", "13"), ("server", "host"), ("x-custom", "A Value")]);
+        assert_eq!(got, want);
+        // Every code: the seven of the static table by index, the others as literals.
+        for code in [100, 200, 204, 206, 301, 304, 400, 404, 431, 500, 999] {
+            let mut block = Vec::new();
+            enc.status(code, &mut block);
+            assert_eq!(block.len(), if [200, 204, 206, 304, 400, 404, 500].contains(&code) { 1 } else { 5 });
+            dec.decode(&block, &mut got).unwrap();
+            assert_eq!(got, fields(&[(":status", &code.to_string())]));
+        }
+        // Nothing was inserted: a reference to the first dynamic entry fails.
+        assert_eq!(dec.decode(&[0x80 | 62], &mut got), Err(DecodeError::Compression));
     }
 
     #[test]
