@@ -43,7 +43,7 @@
 #
 # Overridable: DURATION=5 (seconds per round), ROUNDS=3, WORKERS=2, IDLE_CONNS=10000,
 # IDLE_SECONDS=5, REQUESTS=200000 (per redis-benchmark test); WRK_LOG=FILE keeps the load tools'
-# output. Every wait has a timeout; every process it starts is stopped by pid on exit.
+# output; BUILD=0 skips the build (HOST_BIN and PLUGIN_DIR, see bench/lib.sh, then name what runs). Every wait has a timeout; every process it starts is stopped by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -71,8 +71,10 @@ results=$tmp/results.jsonl
 : >"$results"  # sections of their own (handover, topics) print their figures and add no row
 helper=bench/bench.py
 
-echo "building (cargo build --release)..." >&2
-cargo build --release -q --workspace
+if [ "${BUILD:-1}" != 0 ]; then
+    echo "building (cargo build --release)..." >&2
+    cargo build --release -q --workspace
+fi
 
 # Writes an nginx config: `nginx_conf WORKERS PORT FILE CONNECTIONS SERVER-BLOCK` (nginx
 # allocates its connections up front: 4096 for the load, more to hold the idle connections).

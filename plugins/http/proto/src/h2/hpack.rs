@@ -91,74 +91,69 @@ pub struct Encoder {
     size_update: Option<usize>,
 }
 
-/// The names of the static table (RFC 7541 Appendix A), index 1 first.
-const STATIC_NAMES: [&[u8]; 61] = [
-    b":authority",
-    b":method",
-    b":method",
-    b":path",
-    b":path",
-    b":scheme",
-    b":scheme",
-    b":status",
-    b":status",
-    b":status",
-    b":status",
-    b":status",
-    b":status",
-    b":status",
-    b"accept-charset",
-    b"accept-encoding",
-    b"accept-language",
-    b"accept-ranges",
-    b"accept",
-    b"access-control-allow-origin",
-    b"age",
-    b"allow",
-    b"authorization",
-    b"cache-control",
-    b"content-disposition",
-    b"content-encoding",
-    b"content-language",
-    b"content-length",
-    b"content-location",
-    b"content-range",
-    b"content-type",
-    b"cookie",
-    b"date",
-    b"etag",
-    b"expect",
-    b"expires",
-    b"from",
-    b"host",
-    b"if-match",
-    b"if-modified-since",
-    b"if-none-match",
-    b"if-range",
-    b"if-unmodified-since",
-    b"last-modified",
-    b"link",
-    b"location",
-    b"max-forwards",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"range",
-    b"referer",
-    b"refresh",
-    b"retry-after",
-    b"server",
-    b"set-cookie",
-    b"strict-transport-security",
-    b"transfer-encoding",
-    b"user-agent",
-    b"vary",
-    b"via",
-    b"www-authenticate",
-];
-
-/// The static table's index of `name` (any case), if it has it.
+/// The static table's index of `name` (any case), if it has it (RFC 7541 Appendix A; of the
+/// names listed twice or more, the first index).
 fn static_name(name: &[u8]) -> Option<usize> {
-    STATIC_NAMES.iter().position(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name)).map(|i| i + 1)
+    let mut lower = [0u8; 32];
+    let lower = lower.get_mut(..name.len())?;
+    for (l, b) in lower.iter_mut().zip(name) {
+        *l = b.to_ascii_lowercase();
+    }
+    Some(match &*lower {
+        b":authority" => 1,
+        b":method" => 2,
+        b":path" => 4,
+        b":scheme" => 6,
+        b":status" => 8,
+        b"accept-charset" => 15,
+        b"accept-encoding" => 16,
+        b"accept-language" => 17,
+        b"accept-ranges" => 18,
+        b"accept" => 19,
+        b"access-control-allow-origin" => 20,
+        b"age" => 21,
+        b"allow" => 22,
+        b"authorization" => 23,
+        b"cache-control" => 24,
+        b"content-disposition" => 25,
+        b"content-encoding" => 26,
+        b"content-language" => 27,
+        b"content-length" => 28,
+        b"content-location" => 29,
+        b"content-range" => 30,
+        b"content-type" => 31,
+        b"cookie" => 32,
+        b"date" => 33,
+        b"etag" => 34,
+        b"expect" => 35,
+        b"expires" => 36,
+        b"from" => 37,
+        b"host" => 38,
+        b"if-match" => 39,
+        b"if-modified-since" => 40,
+        b"if-none-match" => 41,
+        b"if-range" => 42,
+        b"if-unmodified-since" => 43,
+        b"last-modified" => 44,
+        b"link" => 45,
+        b"location" => 46,
+        b"max-forwards" => 47,
+        b"proxy-authenticate" => 48,
+        b"proxy-authorization" => 49,
+        b"range" => 50,
+        b"referer" => 51,
+        b"refresh" => 52,
+        b"retry-after" => 53,
+        b"server" => 54,
+        b"set-cookie" => 55,
+        b"strict-transport-security" => 56,
+        b"transfer-encoding" => 57,
+        b"user-agent" => 58,
+        b"vary" => 59,
+        b"via" => 60,
+        b"www-authenticate" => 61,
+        _ => return None,
+    })
 }
 
 impl Encoder {
@@ -291,6 +286,14 @@ mod tests {
             dec.decode(&block, &mut got).unwrap();
             assert_eq!(got, fields(&[(":status", &code.to_string())]));
         }
+        // Each name of the static table by its index; a name that is not there, in lowercase.
+        let names =
+            [":authority", "accept-ranges", "content-type", "ETag", "Last-Modified", "vary", "www-authenticate"];
+        for (name, index) in names.into_iter().zip([1, 18, 31, 34, 44, 59, 61]) {
+            assert_eq!(static_name(name.as_bytes()), Some(index), "{name}");
+        }
+        assert_eq!(static_name(b"x-content-type"), None);
+        assert_eq!(static_name(&[b'a'; 40]), None);
         // Nothing was inserted: a reference to the first dynamic entry fails.
         assert_eq!(dec.decode(&[0x80 | 62], &mut got), Err(DecodeError::Compression));
     }

@@ -21,10 +21,32 @@ pub struct H2Request {
 /// Fields that mean something for one HTTP/1.1 connection only (RFC 9113 §8.2.2).
 const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade"];
 
+/// The bytes of a token (RFC 9110 §5.6.2): `TOKEN[b]` is 1 for a lowercase one, 2 for an
+/// uppercase letter, 0 for any other byte. One lookup per byte of each field name.
+const TOKEN: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            t[b] = 1;
+        } else if c.is_ascii_uppercase() {
+            t[b] = 2;
+        }
+        b += 1;
+    }
+    let extra = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = 1;
+        i += 1;
+    }
+    t
+};
+
 /// Whether `name` is a valid field name for HTTP/2: a token in lowercase.
 fn valid_name(name: &[u8]) -> bool {
-    !name.is_empty()
-        && name.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty() && name.iter().all(|&b| TOKEN[b as usize] == 1)
 }
 
 /// RFC 9113 §8.2.1: no NUL, CR or LF, no whitespace at either end.
@@ -64,7 +86,7 @@ pub struct RequestBuilder {
 
 /// Whether `s` is a token (RFC 9110 §5.6.2), in any case.
 fn is_token(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.iter().all(|&b| TOKEN[b as usize] != 0)
 }
 
 impl RequestBuilder {
