@@ -43,7 +43,8 @@
 #
 # Overridable: DURATION=5 (seconds per round), ROUNDS=3, WORKERS=2, IDLE_CONNS=10000,
 # IDLE_SECONDS=5, REQUESTS=200000 (per redis-benchmark test); WRK_LOG=FILE keeps the load tools'
-# output; BUILD=0 skips the build (HOST_BIN and PLUGIN_DIR, see bench/lib.sh, then name what runs). Every wait has a timeout; every process it starts is stopped by pid on exit.
+# output; BUILD=0 skips the build (HOST_BIN and PLUGIN_DIR, see bench/lib.sh, then name what
+# runs). Every wait has a timeout; every process it starts is stopped by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
