@@ -40,7 +40,7 @@
 //! max_file = 67108864      # largest file served, bytes (over it: 500; default: no limit)
 //! access_log_format = "combined"   # or "common": the lines of the host's --access-log
 //! file_io = "sendfile"     # or "pool": how file bodies are sent (below)
-//! h2 = true                # HTTP/2 over TLS, when the handshake agreed `h2` by ALPN
+//! h2 = true                # HTTP/2 over TLS: `h2` offered by ALPN (false: http/1.1 only)
 //! h2c = true               # HTTP/2 in cleartext, on connections that start with its preface
 //! ```
 //! Counters in the host's `/metrics` (admin listener): `host_plugin_http_responses_total{class}`,
@@ -219,6 +219,10 @@ impl Protocol for Http {
         self.h2_counters = H2Counters::register(host);
         // An empty line writes nothing: it asks whether the service keeps an access log.
         self.access_log = host.access_log(b"");
+        // Over TLS, `h2` is offered by ALPN only while HTTP/2 is on (a service's `tls_alpn`
+        // still wins; a host older than plugin-api 0.1.4 offers its default list).
+        let alpn: &[&str] = if self.config.h2 { &["h2", "http/1.1", "http/1.0"] } else { &["http/1.1", "http/1.0"] };
+        host.set_alpn(alpn);
         Ok(())
     }
 
