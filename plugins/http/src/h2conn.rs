@@ -324,6 +324,10 @@ impl Http {
     pub(crate) fn h2_error_close(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
         let Some(c) = self.conns.get_mut(conn) else { return host.close(conn) };
         c.state.closing = true;
+        if err == ConnError::Timeout && c.h2.is_some() {
+            self.h2_counters.connection(host, crate::h2metrics::ConnEvent::TimedOut);
+        }
+        let Some(c) = self.conns.get_mut(conn) else { return host.close(conn) };
         http_proto::h2::serve::close_on_error(host, conn, c.h2.as_mut().map(|h| &mut h.conn), err, self.send_window);
     }
 

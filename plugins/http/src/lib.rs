@@ -44,8 +44,8 @@
 //! h2c = true               # HTTP/2 in cleartext, on connections that start with its preface
 //! ```
 //! Counters in the host's `/metrics` (admin listener): `host_plugin_http_responses_total{class}`,
-//! and for HTTP/2 `host_plugin_http2_streams_total`, `_defences_total`, `_frames_total` and
-//! `_errors_total` by `kind` (see `h2metrics`).
+//! and for HTTP/2 `host_plugin_http2_connections_total`, `_streams_total`, `_defences_total`,
+//! `_frames_total` and `_errors_total` by `kind` (see `h2metrics`).
 //!
 //! With an access log (`host --access-log FILE`, or `access_log` in a config file's service),
 //! each response is logged once complete, as nginx does (see [`http_proto::access_log`]):
@@ -105,7 +105,7 @@ pub use crate::stream::read_cached;
 use crate::conditional::Outcome;
 use crate::files::{Files, Found, Lookup};
 use crate::h2conn::H2;
-use crate::h2metrics::H2Counters;
+use crate::h2metrics::{ConnEvent, H2Counters};
 use crate::log::{PendingLog, MAX_LOGGED_LINE};
 use crate::ranges::Ranges;
 use crate::stream::{end_early, Part, Stream, STREAM_AT};
@@ -239,6 +239,7 @@ impl Protocol for Http {
                 // The preface alone is the first message; its SETTINGS go with the answer.
                 Start::Http2 => {
                     c.h2 = Some(Box::new(H2::new()));
+                    self.h2_counters.connection(host, ConnEvent::Opened);
                     return Frame::Complete(PREFACE_LEN);
                 }
                 Start::NeedMore => return Frame::NeedMore,
@@ -310,6 +311,7 @@ impl Protocol for Http {
     fn on_close(&mut self, host: &mut Host<'_>, conn: ConnId) {
         if let Some(mut c) = self.conns.remove(conn) {
             if let Some(h2) = c.h2.take() {
+                self.h2_counters.connection(host, ConnEvent::Closed);
                 self.h2_closed(host, h2);
             }
             if let Some(mut log) = c.log.take() {
