@@ -306,3 +306,32 @@ print("goaway", seen.goaway, "closed", seen.closed, "before the idle timeout", t
     drop(open);
     wait_for([2, 2, 1]);
 }
+
+// The app server (`examples/http_app` on `http_proto::AppServer`) bounds what a client that
+// never opens its windows makes it hold, as the http plugin does: once the responses waiting
+// for the windows reach the send buffer, new requests are refused unprocessed (REFUSED_STREAM);
+// when the client opens its windows, every response held arrives whole and the next request is
+// served.
+#[test]
+fn the_app_server_refuses_requests_at_the_send_buffer_bound() {
+    let host = Host::start("http_app", &["--max-send-buffer", "2000"]);
+    let out = run_case(
+        host.port(),
+        r#"
+name = "n" * 300
+body = len('{"hello":"%s"}' % name)
+s = connect(settings=(4).to_bytes(2, "big") + (0).to_bytes(4, "big"))
+send(s, b"".join(headers(sid, request("/hello?name=" + name)) for sid in range(1, 41, 2)))
+first = read(s, lambda seen: len(seen.status) + len(seen.resets) >= 20)
+held = sorted(sid for sid, status in first.status.items() if status == "200" and sid not in first.data)
+refused = sorted(sid for sid, code in first.resets.items() if code == 7)
+send(s, frame(SETTINGS, 0, 0, (4).to_bytes(2, "big") + (1 << 20).to_bytes(4, "big")))
+done = read(s, lambda seen: all(seen.data.get(sid, 0) >= body for sid in held))
+send(s, headers(41, request("/hello?name=" + name)))
+last = read(s, lambda seen: seen.data.get(41, 0) >= body)
+print(len(held) > 0, len(refused) > 0, len(held) + len(refused),
+      all(done.data.get(sid) == body for sid in held), last.status.get(41), last.data.get(41) == body)
+"#,
+    );
+    assert_eq!(out, "True True 20 True 200 True");
+}
