@@ -322,12 +322,11 @@ impl Http {
     /// The host reports an error on the connection: it closes, with GOAWAY first for a timeout
     /// (`http_proto::h2::serve::close_on_error`).
     pub(crate) fn h2_error_close(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
-        let Some(c) = self.conns.get_mut(conn) else { return host.close(conn) };
-        c.state.closing = true;
-        if err == ConnError::Timeout && c.h2.is_some() {
+        if err == ConnError::Timeout && self.conns.get(conn).is_some_and(|c| c.h2.is_some()) {
             self.h2_counters.connection(host, crate::h2metrics::ConnEvent::TimedOut);
         }
         let Some(c) = self.conns.get_mut(conn) else { return host.close(conn) };
+        c.state.closing = true;
         http_proto::h2::serve::close_on_error(host, conn, c.h2.as_mut().map(|h| &mut h.conn), err, self.send_window);
     }
 
