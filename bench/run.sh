@@ -217,10 +217,14 @@ h2load_scenario() {
 section_h2() {
     need h2load
     make_cert
-    start_host h2 --plugin http --count "$WORKERS" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" \
-        --plugin-config "root = \"$www\""
+    # The small response without a root, as nginx's `return 200` (with a root, the plugin looks
+    # for `/index.html` on every request to `/`: a file system lookup nginx does not make).
+    start_host h2 --plugin http --count "$WORKERS" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem"
     start_nginx "$WORKERS" 4096 h2_server
     h2load_scenario "h2 small response (h2load -t1 -c64 -m10)" / -c64 -m10
+    stop_pid "$host_pid"
+    start_host h2files --plugin http --count "$WORKERS" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" \
+        --plugin-config "root = \"$www\""
     h2load_scenario "h2 1 MiB file (h2load -t1 -c8 -m10)" /1m.bin -c8 -m10
     stop_pid "$host_pid"
     stop_pid "$nginx_pid"
