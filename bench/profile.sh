@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Run: bash bench/profile.sh              (needs valgrind and wrk; about 1 minute)
+#      bash bench/profile.sh h2           (HTTP/2: needs perf and h2load; about 1 minute)
 #
 # Where a keep-alive request's instructions go, and whether the steady state allocates. One
 # `host --plugin http` worker runs under callgrind (which counts instructions: the machine's
@@ -10,9 +11,21 @@
 # callers (steady state: after the warm-up, connections already open).
 # The plugin is loaded from a sealed memfd that valgrind cannot name, so its addresses are
 # resolved here with addr2line against the built file. Stops what it started, by pid.
+#
+# `h2`: the same questions for HTTP/2 in cleartext (h2c, prior knowledge), with perf instead of
+# valgrind (this valgrind cannot follow the master's exec of a worker): one worker, h2load
+# -c CONNS -m 10 sends H2_WARMUP requests, then H2_REQUESTS more while `perf stat` counts the
+# worker's calls to malloc/realloc/free (uprobes, added and removed here) and its CPU time, then
+# H2_REQUESTS more under `perf record -g` (cpu-clock samples: the top functions, the plugin's
+# resolved with addr2line). Each h2load run opens new connections: their set-up is counted too,
+# amortised over H2_REQUESTS / CONNS requests each. The CPU time per request comes from a
+# shared machine: the allocator calls per request are the exact figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
+if [ "${1:-}" = h2 ]; then
+    exec bash bench/profile_h2.sh
+fi
 WARMUP=${WARMUP:-2}
 DURATION=${DURATION:-3}
 CONNS=${CONNS:-8}

@@ -46,7 +46,8 @@
 #
 # Overridable: DURATION=5 (seconds per round), ROUNDS=3, WORKERS=2, IDLE_CONNS=10000,
 # IDLE_SECONDS=5, REQUESTS=200000 (per redis-benchmark test); WRK_LOG=FILE keeps the load tools'
-# output. Every wait has a timeout; every process it starts is stopped by pid on exit.
+# output; BUILD=0 skips the build (HOST_BIN and PLUGIN_DIR, see bench/lib.sh, then name what
+# runs). Every wait has a timeout; every process it starts is stopped by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -74,8 +75,10 @@ results=$tmp/results.jsonl
 : >"$results"  # sections of their own (handover, topics) print their figures and add no row
 helper=bench/bench.py
 
-echo "building (cargo build --release)..." >&2
-cargo build --release -q --workspace
+if [ "${BUILD:-1}" != 0 ]; then
+    echo "building (cargo build --release)..." >&2
+    cargo build --release -q --workspace
+fi
 
 # Writes an nginx config: `nginx_conf WORKERS PORT FILE CONNECTIONS SERVER-BLOCK` (nginx
 # allocates its connections up front: 4096 for the load, more to hold the idle connections).
@@ -217,10 +220,14 @@ h2load_scenario() {
 section_h2() {
     need h2load
     make_cert
-    start_host h2 --plugin http --count "$WORKERS" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" \
-        --plugin-config "root = \"$www\""
+    # The small response without a root, as nginx's `return 200` (with a root, the plugin looks
+    # for `/index.html` on every request to `/`: a file system lookup nginx does not make).
+    start_host h2 --plugin http --count "$WORKERS" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem"
     start_nginx "$WORKERS" 4096 h2_server
     h2load_scenario "h2 small response (h2load -t1 -c64 -m10)" / -c64 -m10
+    stop_pid "$host_pid"
+    start_host h2files --plugin http --count "$WORKERS" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" \
+        --plugin-config "root = \"$www\""
     h2load_scenario "h2 1 MiB file (h2load -t1 -c8 -m10)" /1m.bin -c8 -m10
     stop_pid "$host_pid"
     stop_pid "$nginx_pid"

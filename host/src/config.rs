@@ -561,6 +561,7 @@ mod tests {
                 cert_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
                 key_pem: "k".into(),
                 alpn: vec!["http/1.1".into()],
+                alpn_fixed: true,
                 tickets: Some(crate::tls::tickets::TicketKeys::generate(std::time::SystemTime::now()).unwrap()),
             }),
             access_log: true,

@@ -558,6 +558,7 @@ root = "/srv/www"
                     cert: "/etc/host/certs/web.pem".into(),
                     key: "/etc/ssl/web.key".into(),
                     alpn: vec!["h2".into(), "http/1.1".into(), "http/1.0".into()],
+                    alpn_fixed: false,
                 }),
                 access_log: Some("/etc/host/logs/web.access.log".into()),
                 recycle: config::Recycle { max_requests: 10_000, max_memory: 256 << 20 },

@@ -45,19 +45,25 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// Offered to clients in this order (empty: no ALPN).
     pub alpn: Vec<String>,
+    /// `alpn` is the configuration's (`tls_alpn`): the plugin cannot choose another.
+    pub alpn_fixed: bool,
 }
 
 impl TlsFiles {
-    /// `cert` and `key` with the ALPN protocols given, or the plugin's default ones.
+    /// `cert` and `key` with the ALPN protocols given, or the plugin's default ones (which the
+    /// plugin may replace when it starts: `Host::set_alpn`).
     pub fn new(cert: PathBuf, key: PathBuf, alpn: Option<Vec<String>>, plugin: &str) -> Self {
+        let alpn_fixed = alpn.is_some();
         let alpn = alpn.unwrap_or_else(|| default_alpn(plugin));
-        TlsFiles { cert, key, alpn }
+        TlsFiles { cert, key, alpn, alpn_fixed }
     }
 }
 
 /// The ALPN protocols of a service that names none: `h2`, `http/1.1` and `http/1.0` for the http
-/// plugin (by name, or a path to `libhttp.so`/`http.so`), none for the others. (The plugin ABI
-/// has no field for it.) A client that offers ALPN and none of these is refused (RFC 7301).
+/// plugin (by name, or a path to `libhttp.so`/`http.so`), none for the others, until the plugin
+/// chooses its own when it starts (`RawHostExt::set_alpn`, plugin-api 0.1.4: the http plugin
+/// leaves `h2` out when HTTP/2 is off). A client that offers ALPN and none of these is refused
+/// (RFC 7301).
 pub fn default_alpn(plugin: &str) -> Vec<String> {
     let stem = Path::new(plugin).file_stem().and_then(|s| s.to_str()).unwrap_or(plugin);
     match stem.strip_prefix("lib").unwrap_or(stem) {
@@ -77,6 +83,9 @@ pub struct TlsSpec {
     /// the master's own copy, and in the checks: rustls' default, no shared tickets).
     #[serde(default)]
     pub tickets: Option<tickets::TicketKeys>,
+    /// `alpn` is the configuration's: the plugin cannot replace it (`RawHostExt::set_alpn`).
+    #[serde(default)]
+    pub alpn_fixed: bool,
 }
 
 impl fmt::Debug for TlsSpec {
@@ -137,8 +146,13 @@ pub fn load(files: &TlsFiles, now: SystemTime) -> Result<(TlsSpec, CertInfo), Tl
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| TlsError::Read { path: path.to_path_buf(), cause: e.to_string() })
     };
-    let spec =
-        TlsSpec { cert_pem: read(&files.cert)?, key_pem: read(&files.key)?, alpn: files.alpn.clone(), tickets: None };
+    let spec = TlsSpec {
+        cert_pem: read(&files.cert)?,
+        key_pem: read(&files.key)?,
+        alpn: files.alpn.clone(),
+        tickets: None,
+        alpn_fixed: files.alpn_fixed,
+    };
     let info = check(&spec, &files.cert, &files.key, now)?;
     Ok((spec, info))
 }
@@ -223,19 +237,22 @@ mod tests {
         assert!(default_alpn("text").is_empty());
         assert!(default_alpn("websocket").is_empty());
         let files = TlsFiles::new("c".into(), "k".into(), Some(vec![]), "http");
-        assert!(files.alpn.is_empty(), "an explicit empty list wins");
+        assert!(files.alpn.is_empty() && files.alpn_fixed, "an explicit empty list wins");
+        assert!(!TlsFiles::new("c".into(), "k".into(), None, "http").alpn_fixed);
     }
 
     #[test]
     fn garbage_is_refused_with_the_file_named() {
-        let spec = TlsSpec { cert_pem: "nope".into(), key_pem: "nope".into(), alpn: vec![], tickets: None };
+        let spec =
+            TlsSpec { cert_pem: "nope".into(), key_pem: "nope".into(), alpn: vec![], tickets: None, alpn_fixed: false };
         let err = check(&spec, Path::new("/c.pem"), Path::new("/k.pem"), SystemTime::now()).unwrap_err();
         assert!(err.to_string().starts_with("/c.pem: no PEM certificate"), "{err}");
     }
 
     #[test]
     fn the_key_is_never_in_debug_output() {
-        let spec = TlsSpec { cert_pem: "C".into(), key_pem: "SECRET".into(), alpn: vec![], tickets: None };
+        let spec =
+            TlsSpec { cert_pem: "C".into(), key_pem: "SECRET".into(), alpn: vec![], tickets: None, alpn_fixed: false };
         assert!(!format!("{spec:?}").contains("SECRET"));
     }
 }

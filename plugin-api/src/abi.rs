@@ -863,6 +863,17 @@ pub trait RawHostExt {
         let _ = topic;
         TopicStatus::UNSUPPORTED.0 as i64
     }
+
+    /// The ALPN protocols (RFC 7301) the service's TLS handshakes offer from now on, in order of
+    /// preference, each 1 to 255 bytes: the plugin's choice from its own configuration (the
+    /// http plugin offers `h2` only while HTTP/2 is on). Connections accepted afterwards get
+    /// them. A service whose configuration names `tls_alpn` keeps that list. True when applied;
+    /// false without TLS, with `tls_alpn` configured, for an invalid list, and from a host older
+    /// than 0.1.4.
+    fn set_alpn(&mut self, protocols: RSlice<'_, RStr<'_>>) -> bool {
+        let _ = protocols;
+        false
+    }
 }
 
 /// What carries a connection ([`RawHostExt::transport`]). Growable: a plugin reads a value it

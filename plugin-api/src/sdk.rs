@@ -425,6 +425,15 @@ impl<'a> Host<'a> {
         self.extension().and_then(|ext| ext.ext.alpn(conn).into_option().map(|p| p.to_vec()))
     }
 
+    /// Chooses the ALPN protocols the service's TLS handshakes offer (in order of preference,
+    /// each 1 to 255 bytes), as [`RawHostExt::set_alpn`](crate::abi::RawHostExt::set_alpn)
+    /// says: from `on_worker_start`, before the first connection. False when the host does not
+    /// apply it (no TLS, a configured `tls_alpn`, an invalid list, a host older than 0.1.4).
+    pub fn set_alpn(&mut self, protocols: &[&str]) -> bool {
+        let list: Vec<RStr<'_>> = protocols.iter().map(|p| RStr::from_str(p)).collect();
+        self.extension().is_some_and(|mut ext| ext.ext.set_alpn(RSlice::from_slice(&list)))
+    }
+
     /// The host's calls added since plugin-api 0.1.3, once their layout is checked (`None` when
     /// it does not match this `plugin-api`'s: each call then answers "unsupported").
     fn extension(&mut self) -> Option<HostExtension<'_>> {

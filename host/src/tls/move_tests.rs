@@ -65,8 +65,13 @@ pub(crate) struct Certs {
 pub(crate) fn certs() -> Certs {
     let key = rcgen::KeyPair::generate().expect("a key");
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
-    let spec =
-        TlsSpec { cert_pem: cert.pem(), key_pem: key.serialize_pem(), alpn: vec!["moving/1".into()], tickets: None };
+    let spec = TlsSpec {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        alpn: vec!["moving/1".into()],
+        tickets: None,
+        alpn_fixed: true,
+    };
     Certs { spec, root: cert.der().clone() }
 }
 

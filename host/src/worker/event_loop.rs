@@ -170,6 +170,7 @@ impl Worker {
         }
         if let Some(tls) = &spec.tls {
             worker.core.tls = Some(crate::tls::server_config(tls)?);
+            worker.core.tls_alpn_fixed = tls.alpn_fixed;
         }
         if let Some(url) = &spec.cluster {
             worker.core.join_cluster(url).map_err(anyhow::Error::msg)?;

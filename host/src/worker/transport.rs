@@ -504,8 +504,13 @@ mod tests {
     fn pair() -> (Transport, FakeSocket, ClientConnection) {
         let key = rcgen::KeyPair::generate().expect("a key");
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
-        let spec =
-            crate::tls::TlsSpec { cert_pem: cert.pem(), key_pem: key.serialize_pem(), alpn: vec![], tickets: None };
+        let spec = crate::tls::TlsSpec {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            alpn: vec![],
+            tickets: None,
+            alpn_fixed: false,
+        };
         let server = crate::tls::server_config(&spec).expect("a server config");
         let mut roots = RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();

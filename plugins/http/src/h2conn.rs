@@ -2,8 +2,8 @@
 //! `h2` by ALPN, or a cleartext one whose first bytes are the client preface (h2c with prior
 //! knowledge), speaks HTTP/2 (`h2_mode` in the crate root decides).
 //! Each request goes through the same [`Http::respond`] as an HTTP/1.1 one (rebuilt as an
-//! HTTP/1.1 head by [`H2Request::http1_head`]); the HTTP/1.1 response it writes is sent as
-//! HEADERS and DATA. A file body is read a window at a time (what
+//! HTTP/1.1 head by [`H2Request::http1_head_into`], in a buffer kept between requests); the
+//! HTTP/1.1 response it writes is read in place ([`Http1Head`]) and sent as HEADERS and DATA. A file body is read a window at a time (what
 //! [`Connection::send_capacity`] admits): from the page cache in the loop, from the disk on the
 //! task pool (the stream waits for its read, the others go on), and goes on when a
 //! WINDOW_UPDATE (or the host's send buffer draining) makes room; streams waiting for their
@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use http_proto::h2::{split_head, Config as H2Config, Connection, ErrorCode, Event, H2Request, Stats};
+use http_proto::h2::{Config as H2Config, Connection, ErrorCode, Event, H2Request, Http1Head, Stats};
 use http_proto::response;
 use plugin_api::{ConnError, ConnId, Frame, Host};
 
@@ -143,9 +143,14 @@ impl Http {
         request: &H2Request,
         body: &[u8],
     ) {
-        let (raw, head) = match request.http1_head(&self.limits) {
-            Ok(rebuilt) => rebuilt,
-            Err(status) => return self.h2_error(host, conn, h2, stream, status),
+        // The rebuilt head goes into a buffer kept from request to request.
+        let mut raw = std::mem::take(&mut self.h2_head);
+        let head = match request.http1_head_into(&self.limits, &mut raw) {
+            Ok(head) => head,
+            Err(status) => {
+                self.h2_head = raw;
+                return self.h2_error(host, conn, h2, stream, status);
+            }
         };
         let req = Request::new(&head, &raw, body);
         self.date.update(host.now_ms());
@@ -153,19 +158,22 @@ impl Http {
         let response = self.respond(&req, Persist::KeepAlive);
         self.count_response(host);
         let log = self.log_request(host, conn, &req, &response, true);
-        let Some((status, fields, body_at)) = split_head(&self.out) else {
+        let head_only = req.method() == Method::Head;
+        self.h2_head = raw;
+        // The HTTP/1.1 head is read in place, its fields encoded straight into HEADERS.
+        let Some(head) = Http1Head::parse(&self.out) else {
             return h2.conn.reset(stream, ErrorCode::INTERNAL_ERROR);
         };
-        let head_only = req.method() == Method::Head;
         match response {
             Response::Streamed { file, parts } => {
-                if h2.conn.send_headers(stream, status, &fields, false).is_ok() {
+                if h2.conn.send_fields(stream, head.status, head.fields(), false).is_ok() {
                     h2.streams.insert(stream, H2Stream { sending: Some((file, parts)), log, ..Default::default() });
                 }
             }
             Response::Whole => {
-                let body = if head_only { &[][..] } else { &self.out[body_at..] };
-                if h2.conn.send_headers(stream, status, &fields, body.is_empty()).is_ok() && !body.is_empty() {
+                let body = if head_only { &[][..] } else { &self.out[head.body_at..] };
+                if h2.conn.send_fields(stream, head.status, head.fields(), body.is_empty()).is_ok() && !body.is_empty()
+                {
                     let _ = h2.conn.send_data(stream, body, true);
                 }
             }
@@ -180,9 +188,9 @@ impl Http {
         response::write_error(&mut self.out, status, self.date.get(), Persist::KeepAlive, false, &[]);
         self.count_response(host);
         self.log_out(host, conn, None, None, None);
-        let Some((status, fields, body_at)) = split_head(&self.out) else { return };
-        let body = &self.out[body_at..];
-        if h2.conn.send_headers(stream, status, &fields, body.is_empty()).is_ok() && !body.is_empty() {
+        let Some(head) = Http1Head::parse(&self.out) else { return };
+        let body = &self.out[head.body_at..];
+        if h2.conn.send_fields(stream, head.status, head.fields(), body.is_empty()).is_ok() && !body.is_empty() {
             let _ = h2.conn.send_data(stream, body, true);
         }
     }
@@ -290,10 +298,11 @@ impl Http {
             if !h2.conn.has_output() || host.pending_send(conn) >= self.send_window {
                 break;
             }
-            let out = h2.conn.take_output();
-            if !host.send(conn, &out) {
+            // Sent from the connection's own buffer, which it keeps for the next output.
+            if !host.send(conn, h2.conn.output()) {
                 break;
             }
+            h2.conn.output_sent();
         }
         let done = h2.conn.is_done() && !h2.conn.has_output();
         let H2 { conn: ref h2conn, ref mut reported, .. } = *h2;
@@ -318,6 +327,9 @@ impl Http {
     /// The host reports an error on the connection: it closes, with GOAWAY first for a timeout
     /// (`http_proto::h2::serve::close_on_error`).
     pub(crate) fn h2_error_close(&mut self, host: &mut Host<'_>, conn: ConnId, err: ConnError) {
+        if err == ConnError::Timeout && self.conns.get(conn).is_some_and(|c| c.h2.is_some()) {
+            self.h2_counters.connection(host, crate::h2metrics::ConnEvent::TimedOut);
+        }
         let Some(c) = self.conns.get_mut(conn) else { return host.close(conn) };
         c.state.closing = true;
         http_proto::h2::serve::close_on_error(host, conn, c.h2.as_mut().map(|h| &mut h.conn), err, self.send_window);

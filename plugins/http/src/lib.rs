@@ -40,12 +40,12 @@
 //! max_file = 67108864      # largest file served, bytes (over it: 500; default: no limit)
 //! access_log_format = "combined"   # or "common": the lines of the host's --access-log
 //! file_io = "sendfile"     # or "pool": how file bodies are sent (below)
-//! h2 = true                # HTTP/2 over TLS, when the handshake agreed `h2` by ALPN
+//! h2 = true                # HTTP/2 over TLS: `h2` offered by ALPN (false: http/1.1 only)
 //! h2c = true               # HTTP/2 in cleartext, on connections that start with its preface
 //! ```
 //! Counters in the host's `/metrics` (admin listener): `host_plugin_http_responses_total{class}`,
-//! and for HTTP/2 `host_plugin_http2_streams_total`, `_defences_total`, `_frames_total` and
-//! `_errors_total` by `kind` (see `h2metrics`).
+//! and for HTTP/2 `host_plugin_http2_connections_total`, `_streams_total`, `_defences_total`,
+//! `_frames_total` and `_errors_total` by `kind` (see `h2metrics`).
 //!
 //! With an access log (`host --access-log FILE`, or `access_log` in a config file's service),
 //! each response is logged once complete, as nginx does (see [`http_proto::access_log`]):
@@ -112,7 +112,7 @@ pub use crate::stream::read_cached;
 use crate::conditional::Outcome;
 use crate::files::{Files, Found, Lookup};
 use crate::h2conn::H2;
-use crate::h2metrics::H2Counters;
+use crate::h2metrics::{ConnEvent, H2Counters};
 use crate::log::{PendingLog, MAX_LOGGED_LINE};
 use crate::ranges::Ranges;
 use crate::stream::{end_early, Part, Stream, STREAM_AT};
@@ -129,6 +129,8 @@ pub struct Http {
     out: Vec<u8>,
     /// A chunk of a streamed file (reused).
     chunk: Vec<u8>,
+    /// An HTTP/2 request rebuilt as an HTTP/1.1 head (reused).
+    h2_head: Vec<u8>,
     date: DateCache,
     /// File reads running on the host's task pool, and the connection each is for.
     reads: HashMap<TaskId, ConnId>,
@@ -200,6 +202,7 @@ impl Protocol for Http {
             conns: ConnMap::new(),
             out: Vec::with_capacity(4096),
             chunk: Vec::new(),
+            h2_head: Vec::new(),
             date: Default::default(),
             reads: HashMap::new(),
             h2_reads: HashMap::new(),
@@ -225,6 +228,10 @@ impl Protocol for Http {
         self.h2_counters = H2Counters::register(host);
         // An empty line writes nothing: it asks whether the service keeps an access log.
         self.access_log = host.access_log(b"");
+        // Over TLS, `h2` is offered by ALPN only while HTTP/2 is on (a service's `tls_alpn`
+        // still wins; a host older than plugin-api 0.1.4 offers its default list).
+        let alpn: &[&str] = if self.config.h2 { &["h2", "http/1.1", "http/1.0"] } else { &["http/1.1", "http/1.0"] };
+        host.set_alpn(alpn);
         Ok(())
     }
 
@@ -241,6 +248,7 @@ impl Protocol for Http {
                 // The preface alone is the first message; its SETTINGS go with the answer.
                 Start::Http2 => {
                     c.h2 = Some(Box::new(H2::new()));
+                    self.h2_counters.connection(host, ConnEvent::Opened);
                     return Frame::Complete(PREFACE_LEN);
                 }
                 Start::NeedMore => return Frame::NeedMore,
@@ -312,6 +320,7 @@ impl Protocol for Http {
     fn on_close(&mut self, host: &mut Host<'_>, conn: ConnId) {
         if let Some(mut c) = self.conns.remove(conn) {
             if let Some(h2) = c.h2.take() {
+                self.h2_counters.connection(host, ConnEvent::Closed);
                 self.h2_closed(host, h2);
             }
             if let Some(mut log) = c.log.take() {

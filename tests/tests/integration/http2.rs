@@ -165,6 +165,35 @@ for alpn in (None, ["http/1.1"]):
     }
 }
 
+// `h2 = false` alone turns HTTP/2 off over TLS: the plugin chooses its ALPN list when it starts
+// (`Host::set_alpn`), so `h2` is not offered and `curl --http2` negotiates HTTP/1.1; with the
+// default, the same curl gets HTTP/2.
+#[test]
+fn h2_false_stops_offering_h2_by_alpn() {
+    let (dir, _) = site();
+    let (cert, key) = make_cert(&dir);
+    for (extra, version) in [("h2 = false\n", "1.1"), ("", "2")] {
+        let config = root_config(&dir.join("www"), extra);
+        let host = Host::start(
+            "http",
+            &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--plugin-config", &config],
+        );
+        let resolve = format!("localhost:{}:127.0.0.1", host.port());
+        let url = format!("https://localhost:{}/small.txt", host.port());
+        let ran = curl(&[
+            "--cacert",
+            cert.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "--http2",
+            "-w",
+            " %{http_version}",
+            &url,
+        ]);
+        assert_eq!(ran.text(), format!("0123456789abcdefghij {version}"), "config {extra:?}");
+    }
+}
+
 // nghttp sends several requests on one connection as concurrent streams: each gets its answer.
 #[test]
 fn nghttp_concurrent_streams() {

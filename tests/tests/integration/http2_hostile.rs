@@ -240,3 +240,98 @@ print(first.status[1], first.data.get(1, 0), refused.resets.get(3), done.data.ge
     );
     assert_eq!(out, "200 0 7 200000 200 200000");
 }
+
+// A request body that stalls in the middle of a DATA frame meets the message timeout, long
+// before the idle timeout: the connection ends with GOAWAY NO_ERROR and the last stream id (the
+// client learns stream 1 may have been processed), and `/metrics` counts it
+// (`http2_connections{kind=timeout}`). The connections are counted as they open and close; one
+// still open is `opened - closed`.
+#[test]
+fn a_stalled_request_body_meets_the_message_timeout_and_connections_are_counted() {
+    use std::io::{Read, Write};
+
+    let dir = TempDir::new();
+    dir.write("www/a.txt", b"a");
+    let config = root_config(&dir.join("www"), "");
+    let host = Host::start(
+        "http",
+        &[
+            "--plugin-config",
+            &config,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--idle-timeout",
+            "120",
+            "--message-timeout",
+            "1",
+        ],
+    );
+    let admin = crate::metrics::admin_port(&host);
+    let conns = |kind: &str| metric(admin, "http2_connections", kind);
+    let wait_for = |want: [u64; 3]| {
+        let got = poll_until(Duration::from_secs(10), || {
+            let got = [conns("opened"), conns("closed"), conns("timeout")];
+            (got == want).then_some(got)
+        });
+        assert!(
+            got.is_some(),
+            "want opened, closed, timeout {want:?}: {}",
+            crate::metrics::admin_get(admin, "/metrics").1
+        );
+    };
+
+    // A connection that stays open, once its SETTINGS are answered.
+    let mut open = std::net::TcpStream::connect(("127.0.0.1", host.port())).expect("connect");
+    open.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    open.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    let mut head = [0u8; 9];
+    open.read_exact(&mut head).expect("the server's SETTINGS");
+    assert_eq!(head[3], 4, "a SETTINGS frame first");
+    wait_for([1, 0, 0]);
+
+    let stalled = run_case(
+        host.port(),
+        r#"
+import time
+s = connect()
+send(s, headers(1, request("/", "POST", [("content-length", "100")]), end_stream=False))
+send(s, frame(DATA, 0, 1, b"x" * 50)[:20])
+start = time.monotonic()
+seen = read(s)
+print("goaway", seen.goaway, "closed", seen.closed, "before the idle timeout", time.monotonic() - start < 60)
+"#,
+    );
+    assert_eq!(stalled, "goaway (0, 1) closed True before the idle timeout True");
+    wait_for([2, 1, 1]);
+    drop(open);
+    wait_for([2, 2, 1]);
+}
+
+// The app server (`examples/http_app` on `http_proto::AppServer`) bounds what a client that
+// never opens its windows makes it hold, as the http plugin does: once the responses waiting
+// for the windows reach the send buffer, new requests are refused unprocessed (REFUSED_STREAM);
+// when the client opens its windows, every response held arrives whole and the next request is
+// served.
+#[test]
+fn the_app_server_refuses_requests_at_the_send_buffer_bound() {
+    let host = Host::start("http_app", &["--max-send-buffer", "2000"]);
+    let out = run_case(
+        host.port(),
+        r#"
+name = "n" * 300
+body = len('{"hello":"%s"}' % name)
+s = connect(settings=(4).to_bytes(2, "big") + (0).to_bytes(4, "big"))
+send(s, b"".join(headers(sid, request("/hello?name=" + name)) for sid in range(1, 41, 2)))
+first = read(s, lambda seen: len(seen.status) + len(seen.resets) >= 20)
+held = sorted(sid for sid, status in first.status.items() if status == "200" and sid not in first.data)
+refused = sorted(sid for sid, code in first.resets.items() if code == 7)
+send(s, frame(SETTINGS, 0, 0, (4).to_bytes(2, "big") + (1 << 20).to_bytes(4, "big")))
+done = read(s, lambda seen: all(seen.data.get(sid, 0) >= body for sid in held))
+send(s, headers(41, request("/hello?name=" + name)))
+last = read(s, lambda seen: seen.data.get(41, 0) >= body)
+print(len(held) > 0, len(refused) > 0, len(held) + len(refused),
+      all(done.data.get(sid) == body for sid in held), last.status.get(41), last.data.get(41) == body)
+"#,
+    );
+    assert_eq!(out, "True True 20 True 200 True");
+}

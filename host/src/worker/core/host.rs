@@ -123,6 +123,10 @@ impl RawHostExt for Ctx<'_> {
         self.core.get(conn).and_then(|c| c.stream.alpn_protocol()).map(RSlice::from_slice).into()
     }
 
+    fn set_alpn(&mut self, protocols: RSlice<'_, RStr<'_>>) -> bool {
+        self.core.set_alpn(protocols.iter().map(|p| p.as_str().as_bytes()))
+    }
+
     fn subscribe(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> i64 {
         self.core.subscribe(conn, topic.as_slice())
     }

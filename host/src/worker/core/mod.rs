@@ -95,6 +95,8 @@ pub struct Core {
     pub fallbacks: Vec<(ConnId, Vec<SocketAddr>)>,
     /// The service's TLS configuration (None: plain TCP).
     pub tls: Option<Arc<ServerConfig>>,
+    /// Its ALPN protocols are the service configuration's: the plugin cannot choose others.
+    pub tls_alpn_fixed: bool,
     /// Messages to and from the service's other workers.
     pub mailbox: Mailbox,
     /// A UDP service's socket (this slot's): datagrams are read from it and replies sent on it.
@@ -146,6 +148,25 @@ impl Watch {
 }
 
 impl Core {
+    /// The plugin's ALPN protocols (`RawHostExt::set_alpn`): TLS handshakes from now on offer
+    /// them, unless the service configured its own (`tls_alpn`). Each is 1 to 255 bytes
+    /// (RFC 7301); an invalid list changes nothing. False when not applied.
+    pub fn set_alpn<'p>(&mut self, protocols: impl Iterator<Item = &'p [u8]>) -> bool {
+        let Some(tls) = &self.tls else { return false };
+        if self.tls_alpn_fixed {
+            return false;
+        }
+        let list: Vec<Vec<u8>> = protocols.map(<[u8]>::to_vec).collect();
+        if list.iter().any(|p| p.is_empty() || p.len() > 255) {
+            return false;
+        }
+        tracing::debug!(alpn = ?list.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(), "ALPN protocols chosen by the plugin");
+        let mut config = ServerConfig::clone(tls);
+        config.alpn_protocols = list;
+        self.tls = Some(Arc::new(config));
+        true
+    }
+
     pub fn new(registry: Registry, service: String, slot: u32, limits: Limits) -> Self {
         Core {
             conns: Vec::new(),
@@ -170,6 +191,7 @@ impl Core {
             connecting: Vec::new(),
             fallbacks: Vec::new(),
             tls: None,
+            tls_alpn_fixed: false,
             access_log: AccessLog::default(),
             mailbox: Mailbox::new(limits.topics.max_message),
             udp: None,

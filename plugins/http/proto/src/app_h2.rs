@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use plugin_api::{ConnError, ConnId, Host};
 
 use crate::app::{App, AppServer};
-use crate::h2::{split_head, Config, Connection, ErrorCode, Event, H2Request};
+use crate::h2::{Config, Connection, ErrorCode, Event, H2Request, Http1Head};
 use crate::parse::Method;
 use crate::request::Request;
 use crate::response::{self, Persist, Status};
@@ -131,11 +131,11 @@ impl<A: App> AppServer<A> {
 
     /// The HTTP/1.1 response in `self.out`, as HEADERS and DATA on `stream`.
     fn h2_send(&mut self, h2: &mut AppH2, stream: u32) {
-        let Some((status, fields, body_at)) = split_head(&self.out) else {
+        let Some(head) = Http1Head::parse(&self.out) else {
             return h2.conn.reset(stream, ErrorCode::INTERNAL_ERROR);
         };
-        let body = &self.out[body_at..];
-        if h2.conn.send_headers(stream, status, &fields, body.is_empty()).is_ok() && !body.is_empty() {
+        let body = &self.out[head.body_at..];
+        if h2.conn.send_fields(stream, head.status, head.fields(), body.is_empty()).is_ok() && !body.is_empty() {
             let _ = h2.conn.send_data(stream, body, true);
         }
         if self.out.capacity() > 256 * 1024 {
@@ -147,9 +147,10 @@ impl<A: App> AppServer<A> {
     /// rest waits for `on_buffer_drain`); closes the connection once HTTP/2 is done with it.
     pub(crate) fn h2_flush(&mut self, host: &mut Host<'_>, conn: ConnId, mut h2: Box<AppH2>) {
         while h2.conn.has_output() && host.pending_send(conn) < self.send_window {
-            if !host.send(conn, &h2.conn.take_output()) {
+            if !host.send(conn, h2.conn.output()) {
                 break;
             }
+            h2.conn.output_sent();
         }
         let done = h2.conn.is_done() && !h2.conn.has_output();
         let Some(c) = self.conns.get_mut(conn) else { return };

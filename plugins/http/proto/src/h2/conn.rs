@@ -61,6 +61,9 @@ impl Default for Config {
     }
 }
 
+/// An output buffer grown past this (a body's window of DATA frames) is given back once sent.
+pub const RETAIN_OUTPUT: usize = 64 * 1024;
+
 /// What the client did, for the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -84,6 +87,10 @@ pub enum SendError {
     /// Headers sent twice, data before headers, or anything after the end.
     Order,
 }
+
+/// HTTP/1.1's connection-specific fields, left out of a response head (RFC 9113 §8.2.2).
+const CONNECTION_SPECIFIC: [&[u8]; 5] =
+    [b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"proxy-connection"];
 
 /// A count over a sliding window of time.
 #[derive(Debug, Clone, Copy, Default)]
@@ -160,7 +167,8 @@ pub struct Connection {
     peer_max_frame: u32,
     queued: usize,
     pending: Option<Pending>,
-    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The header block being encoded (reused: no allocation per response).
+    block: Vec<u8>,
     /// The last stream id of the GOAWAY sent, once sent.
     goaway_sent: Option<u32>,
     goaway_received: bool,
@@ -231,7 +239,7 @@ impl Connection {
             peer_max_frame: frame::MIN_MAX_FRAME_SIZE,
             queued: 0,
             pending: None,
-            fields: Vec::new(),
+            block: Vec::new(),
             goaway_sent: None,
             goaway_received: false,
             resets: Rate::default(),
@@ -311,6 +319,23 @@ impl Connection {
     /// The bytes to send, taken (the buffer is left empty).
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
+    }
+
+    /// The bytes to send, left in place; [`Connection::output_sent`] once they are sent. Unlike
+    /// [`Connection::take_output`], the buffer is kept for the next output: no allocation per
+    /// flush.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// The bytes of [`Connection::output`] were sent: cleared (a buffer a large body grew past
+    /// [`RETAIN_OUTPUT`] is given back).
+    pub fn output_sent(&mut self) {
+        if self.out.capacity() > RETAIN_OUTPUT {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
     }
 
     /// Whether there are bytes to send.
@@ -414,9 +439,12 @@ impl Connection {
         if s.headers_sent || s.recv_closed {
             return Err(SendError::Order);
         }
-        let mut block = Vec::with_capacity(8);
-        self.encoder.encode([(&b":status"[..], &b"100"[..])], &mut block);
+        let mut block = std::mem::take(&mut self.block);
+        block.clear();
+        self.encoder.start(&mut block);
+        self.encoder.status(100, &mut block);
         frame::write_headers(&mut self.out, stream, &block, false, self.peer_max_frame);
+        self.block = block;
         Ok(())
     }
 
@@ -429,26 +457,34 @@ impl Connection {
         fields: &[(&str, &[u8])],
         end_stream: bool,
     ) -> Result<(), SendError> {
+        self.send_fields(stream, status, fields.iter().map(|(n, v)| (n.as_bytes(), *v)), end_stream)
+    }
+
+    /// [`Connection::send_headers`] with the fields from an iterator, names in any case: an
+    /// HTTP/1.1 head's ([`super::serve::Http1Head::fields`]) go straight into the header block.
+    pub fn send_fields<'f>(
+        &mut self,
+        stream: u32,
+        status: u16,
+        fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>,
+        end_stream: bool,
+    ) -> Result<(), SendError> {
         let s = self.streams.get_mut(&stream).ok_or(SendError::StreamClosed)?;
         if s.headers_sent {
             return Err(SendError::Order);
         }
         s.headers_sent = true;
-        let status = status.to_string();
-        let lower: Vec<(Vec<u8>, &[u8])> = fields
-            .iter()
-            .map(|(n, v)| (n.to_ascii_lowercase().into_bytes(), *v))
-            .filter(|(n, _)| {
-                !matches!(
-                    &n[..],
-                    b"connection" | b"keep-alive" | b"transfer-encoding" | b"upgrade" | b"proxy-connection"
-                )
-            })
-            .collect();
-        let mut block = Vec::with_capacity(64);
-        let all = std::iter::once((&b":status"[..], status.as_bytes())).chain(lower.iter().map(|(n, v)| (&n[..], *v)));
-        self.encoder.encode(all, &mut block);
+        let mut block = std::mem::take(&mut self.block);
+        block.clear();
+        self.encoder.start(&mut block);
+        self.encoder.status(status, &mut block);
+        for (name, value) in fields {
+            if !CONNECTION_SPECIFIC.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                self.encoder.field(name, value, &mut block);
+            }
+        }
         frame::write_headers(&mut self.out, stream, &block, end_stream, self.peer_max_frame);
+        self.block = block;
         if end_stream {
             let s = self.streams.get_mut(&stream).ok_or(SendError::StreamClosed)?;
             s.send_done = true;
@@ -465,8 +501,34 @@ impl Connection {
         if !s.headers_sent || s.send_done {
             return Err(SendError::Order);
         }
-        s.queue.extend(data);
         s.send_done = end_stream;
+        let mut data = data;
+        if s.queue.is_empty() && self.phase != Phase::Closed {
+            // Nothing of the stream waits: its first frame goes out now, without a copy into
+            // its queue (a small response's whole body).
+            let window = s.send_window.min(self.send_window).max(0) as usize;
+            let n = data.len().min(window).min(self.peer_max_frame as usize);
+            let end = end_stream && n == data.len();
+            if n > 0 || end {
+                frame::write_header(
+                    &mut self.out,
+                    n,
+                    frame::kind::DATA,
+                    if end { flag::END_STREAM } else { 0 },
+                    stream,
+                );
+                self.out.extend_from_slice(&data[..n]);
+                s.send_window -= n as i64;
+                self.send_window -= n as i64;
+                data = &data[n..];
+                if end {
+                    s.end_sent = true;
+                    self.finish_stream(stream);
+                    return Ok(());
+                }
+            }
+        }
+        s.queue.extend(data);
         self.queued += data.len();
         self.flush();
         Ok(())

@@ -2,6 +2,7 @@
 //! connection's state, turned into events, answers and counts.
 
 use super::*;
+use crate::h2::request::RequestBuilder;
 
 impl Connection {
     pub(super) fn on_frame(&mut self, f: Frame<'_>) -> Result<(), H2Error> {
@@ -200,12 +201,11 @@ impl Connection {
     /// A complete header block: a new request, trailers, or one to decode and drop.
     fn on_header_block(&mut self, id: u32, block: &[u8], end_stream: bool) -> Result<(), H2Error> {
         use H2Error::Connection as C;
-        // Decoded first in every case: the HPACK context must follow every block.
-        let mut fields = std::mem::take(&mut self.fields);
-        let decoded = self.decoder.decode(block, &mut fields);
-        let result = self.on_fields(id, decoded, &mut fields, end_stream);
-        fields.clear();
-        self.fields = fields;
+        // Decoded first in every case: the HPACK context must follow every block. The fields go
+        // straight into the request as they are decoded (no list of them).
+        let mut builder = RequestBuilder::default();
+        let decoded = self.decoder.decode_with(block, |name, value| builder.push(name, value));
+        let result = self.on_fields(id, decoded, builder, end_stream);
         if let Err(C(ErrorCode::COMPRESSION_ERROR)) = result {
             self.stats.compression_errors += 1;
         }
@@ -216,7 +216,7 @@ impl Connection {
         &mut self,
         id: u32,
         decoded: Result<(), DecodeError>,
-        fields: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        fields: RequestBuilder,
         end_stream: bool,
     ) -> Result<(), H2Error> {
         use H2Error::Connection as C;
@@ -228,7 +228,7 @@ impl Connection {
             if s.recv_closed {
                 return Err(H2Error::Stream(id, ErrorCode::STREAM_CLOSED));
             }
-            if !end_stream || fields.iter().any(|(n, _)| n.starts_with(b":")) {
+            if !end_stream || fields.has_pseudo() {
                 self.stats.malformed_requests += 1;
                 return Err(H2Error::Stream(id, ErrorCode::PROTOCOL_ERROR));
             }
@@ -273,7 +273,7 @@ impl Connection {
             let _ = self.send_headers(id, 431, &[("content-length", b"0")], true);
             return Ok(());
         }
-        let request = match H2Request::from_fields(std::mem::take(fields)) {
+        let request = match fields.finish() {
             Ok(r) => r,
             Err(_) => {
                 self.stats.malformed_requests += 1;

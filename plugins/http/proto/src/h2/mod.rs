@@ -24,5 +24,5 @@ mod interop_tests;
 
 pub use conn::{preface, Config, Connection, Event, Preface, SendError, Stats};
 pub use frame::{ErrorCode, H2Error};
-pub use request::{H2Request, Malformed};
-pub use serve::{frame_input, mode, split_head, start, Mode, Start};
+pub use request::{H2Request, Malformed, RequestBuilder};
+pub use serve::{frame_input, mode, split_head, start, Http1Head, Mode, Start};

@@ -21,10 +21,32 @@ pub struct H2Request {
 /// Fields that mean something for one HTTP/1.1 connection only (RFC 9113 §8.2.2).
 const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade"];
 
+/// The bytes of a token (RFC 9110 §5.6.2): `TOKEN[b]` is 1 for a lowercase one, 2 for an
+/// uppercase letter, 0 for any other byte. One lookup per byte of each field name.
+const TOKEN: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            t[b] = 1;
+        } else if c.is_ascii_uppercase() {
+            t[b] = 2;
+        }
+        b += 1;
+    }
+    let extra = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = 1;
+        i += 1;
+    }
+    t
+};
+
 /// Whether `name` is a valid field name for HTTP/2: a token in lowercase.
 fn valid_name(name: &[u8]) -> bool {
-    !name.is_empty()
-        && name.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty() && name.iter().all(|&b| TOKEN[b as usize] == 1)
 }
 
 /// RFC 9113 §8.2.1: no NUL, CR or LF, no whitespace at either end.
@@ -47,48 +69,86 @@ pub enum Malformed {
     ConnectionSpecific,
 }
 
-impl H2Request {
-    /// Checks a decoded field list and makes it a request.
-    pub fn from_fields(list: Vec<(Vec<u8>, Vec<u8>)>) -> Result<H2Request, Malformed> {
-        let mut method = None;
-        let mut scheme = None;
-        let mut authority = None;
-        let mut path = None;
-        let mut fields = Vec::with_capacity(list.len());
-        for (name, value) in list {
-            if !valid_value(&value) {
-                return Err(Malformed::FieldValue);
+/// Builds an [`H2Request`] field by field as the HPACK decoder hands them over, so no decoded
+/// field list is kept: each value is copied once, into the request. The first problem found is
+/// the one [`RequestBuilder::finish`] reports (in the order [`H2Request::from_fields`] checks).
+#[derive(Debug, Default)]
+pub struct RequestBuilder {
+    method: Option<String>,
+    scheme: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    fields: Vec<(String, Vec<u8>)>,
+    /// A pseudo-header came (a trailer section must have none).
+    any_pseudo: bool,
+    error: Option<Malformed>,
+}
+
+/// Whether `s` is a token (RFC 9110 §5.6.2), in any case.
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| TOKEN[b as usize] != 0)
+}
+
+impl RequestBuilder {
+    /// The next field of the list.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.any_pseudo |= name.starts_with(b":");
+        if self.error.is_none() {
+            if let Err(e) = self.check_push(name, value) {
+                self.error = Some(e);
             }
-            if let Some(pseudo) = name.strip_prefix(b":") {
-                if !fields.is_empty() {
-                    return Err(Malformed::PseudoHeader);
-                }
-                let slot = match pseudo {
-                    b"method" => &mut method,
-                    b"scheme" => &mut scheme,
-                    b"authority" => &mut authority,
-                    b"path" => &mut path,
-                    _ => return Err(Malformed::PseudoHeader),
-                };
-                if slot.is_some() {
-                    return Err(Malformed::PseudoHeader);
-                }
-                *slot = Some(String::from_utf8(value).map_err(|_| Malformed::PseudoHeader)?);
-                continue;
+        }
+    }
+
+    fn check_push(&mut self, name: &[u8], value: &[u8]) -> Result<(), Malformed> {
+        if !valid_value(value) {
+            return Err(Malformed::FieldValue);
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if !self.fields.is_empty() {
+                return Err(Malformed::PseudoHeader);
             }
-            if !valid_name(&name) {
-                return Err(Malformed::FieldName);
+            let slot = match pseudo {
+                b"method" => &mut self.method,
+                b"scheme" => &mut self.scheme,
+                b"authority" => &mut self.authority,
+                b"path" => &mut self.path,
+                _ => return Err(Malformed::PseudoHeader),
+            };
+            if slot.is_some() {
+                return Err(Malformed::PseudoHeader);
             }
-            // Names are checked to be ASCII just above.
-            let name = String::from_utf8(name).map_err(|_| Malformed::FieldName)?;
-            if CONNECTION_SPECIFIC.contains(&name.as_str()) || (name == "te" && value != b"trailers") {
-                return Err(Malformed::ConnectionSpecific);
-            }
-            fields.push((name, value));
+            *slot = Some(String::from_utf8(value.to_vec()).map_err(|_| Malformed::PseudoHeader)?);
+            return Ok(());
+        }
+        if !valid_name(name) {
+            return Err(Malformed::FieldName);
+        }
+        if CONNECTION_SPECIFIC.iter().any(|c| c.as_bytes() == name) || (name == b"te" && value != b"trailers") {
+            return Err(Malformed::ConnectionSpecific);
+        }
+        if self.fields.capacity() == 0 {
+            self.fields.reserve(8);
+        }
+        // Names are checked to be ASCII just above.
+        let name = String::from_utf8(name.to_vec()).map_err(|_| Malformed::FieldName)?;
+        self.fields.push((name, value.to_vec()));
+        Ok(())
+    }
+
+    /// Whether a pseudo-header came: a trailer section with one is malformed.
+    pub fn has_pseudo(&self) -> bool {
+        self.any_pseudo
+    }
+
+    /// The request, or why the list is not one.
+    pub fn finish(self) -> Result<H2Request, Malformed> {
+        let RequestBuilder { method, scheme, authority, path, fields, error, .. } = self;
+        if let Some(e) = error {
+            return Err(e);
         }
         let method = method.ok_or(Malformed::PseudoHeader)?;
-        let token = |s: &str| !s.is_empty() && valid_name(s.to_ascii_lowercase().as_bytes());
-        if !token(&method) {
+        if !is_token(method.as_bytes()) {
             return Err(Malformed::PseudoHeader);
         }
         if method == "CONNECT" {
@@ -107,6 +167,17 @@ impl H2Request {
             return Err(Malformed::PseudoHeader);
         }
         Ok(H2Request { method, scheme, authority, path, fields })
+    }
+}
+
+impl H2Request {
+    /// Checks a decoded field list and makes it a request.
+    pub fn from_fields(list: Vec<(Vec<u8>, Vec<u8>)>) -> Result<H2Request, Malformed> {
+        let mut builder = RequestBuilder::default();
+        for (name, value) in &list {
+            builder.push(name, value);
+        }
+        builder.finish()
     }
 
     /// The first value of field `name` (lowercase).
@@ -128,11 +199,20 @@ impl H2Request {
     /// carry (CONNECT, a target over the limits) is refused with the status that HTTP/1.1 would
     /// answer. [`crate::Request::version`] then says 1.1: the caller knows better.
     pub fn http1_head(&self, limits: &Limits) -> Result<(Vec<u8>, RequestHead), Status> {
+        let mut raw = Vec::new();
+        let head = self.http1_head_into(limits, &mut raw)?;
+        Ok((raw, head))
+    }
+
+    /// [`H2Request::http1_head`] into a buffer of the caller's (cleared first, reused: no
+    /// allocation per request once it has grown).
+    pub fn http1_head_into(&self, limits: &Limits, raw: &mut Vec<u8>) -> Result<RequestHead, Status> {
+        raw.clear();
         let target = match (&self.path, self.method.as_str()) {
             (Some(p), _) => p.as_str(),
             (None, _) => return Err(Status::NOT_IMPLEMENTED),
         };
-        let mut raw = Vec::with_capacity(64 + self.fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>());
+        raw.reserve(64 + self.fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>());
         raw.extend_from_slice(self.method.as_bytes());
         raw.push(b' ');
         raw.extend_from_slice(target.as_bytes());
@@ -167,8 +247,8 @@ impl H2Request {
             raw.extend_from_slice(b"\r\n");
         }
         raw.extend_from_slice(b"\r\n");
-        match parse_head(&raw, limits)? {
-            Some(head) => Ok((raw, head)),
+        match parse_head(raw, limits)? {
+            Some(head) => Ok(head),
             None => Err(Status::BAD_REQUEST),
         }
     }

@@ -1,7 +1,7 @@
 //! What a server on [`super::Connection`] needs around it, shared by the http plugin and
 //! [`crate::AppServer`]: whether a new connection speaks HTTP/2 ([`mode`], [`start`]), framing
 //! whole frames for the host ([`frame_input`]), an HTTP/1.1 response head taken apart for
-//! HEADERS ([`split_head`]), and the close on a host error ([`close_on_error`]).
+//! HEADERS ([`Http1Head`], [`split_head`]), and the close on a host error ([`close_on_error`]).
 
 use plugin_api::{ConnError, ConnId, Frame, Host, Transport};
 
@@ -113,18 +113,59 @@ pub fn frame_input(buf: &[u8], max_frame: usize) -> Frame {
 pub type Fields<'a> = Vec<(&'a str, &'a [u8])>;
 
 /// The status and fields of an HTTP/1.1 response head (as [`crate::response`] writes them), and
-/// where its body starts: what [`super::Connection::send_headers`] takes.
+/// where its body starts: what [`super::Connection::send_headers`] takes. [`Http1Head`] does the
+/// same without building the list.
 pub fn split_head(out: &[u8]) -> Option<(u16, Fields<'_>, usize)> {
-    let end = out.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let mut lines = out[..end].split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let status = std::str::from_utf8(lines.next()?.get(9..12)?).ok()?.parse().ok()?;
+    let head = Http1Head::parse(out)?;
     let mut fields = Vec::with_capacity(12);
-    for line in lines {
+    for line in head.lines() {
         let colon = line.iter().position(|&b| b == b':')?;
         let name = std::str::from_utf8(&line[..colon]).ok()?;
         fields.push((name, line[colon + 1..].trim_ascii()));
     }
-    Some((status, fields, end + 4))
+    Some((head.status, fields, head.body_at))
+}
+
+/// An HTTP/1.1 response head (as [`crate::response`] writes it) read in place, for
+/// [`super::Connection::send_fields`]: the status, the fields as they come, where the body
+/// starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Http1Head<'a> {
+    pub status: u16,
+    /// The field lines, each ending with CRLF.
+    fields: &'a [u8],
+    /// Where the body starts (after the blank line).
+    pub body_at: usize,
+}
+
+impl<'a> Http1Head<'a> {
+    /// The head at the start of `out`; `None` when there is no complete head or no status.
+    pub fn parse(out: &'a [u8]) -> Option<Http1Head<'a>> {
+        let first = out.iter().position(|&b| b == b'\n')?;
+        let status = out.get(9..12).filter(|d| d.iter().all(u8::is_ascii_digit))?;
+        let status = status.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        let mut at = first + 1;
+        loop {
+            let nl = at + out.get(at..)?.iter().position(|&b| b == b'\n')?;
+            if nl == at || (nl == at + 1 && out[at] == b'\r') {
+                return Some(Http1Head { status, fields: &out[first + 1..at], body_at: nl + 1 });
+            }
+            at = nl + 1;
+        }
+    }
+
+    fn lines(&self) -> impl Iterator<Item = &'a [u8]> {
+        let fields = self.fields;
+        fields.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).filter(|l| !l.is_empty())
+    }
+
+    /// The fields (name, value); a line without a colon is skipped.
+    pub fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        self.lines().filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some((&line[..colon], line[colon + 1..].trim_ascii()))
+        })
+    }
 }
 
 /// The length of the client preface: the first message of an HTTP/2 connection.
@@ -141,6 +182,14 @@ mod tests {
         assert_eq!(status, 206);
         assert_eq!(fields, vec![("Content-Range", &b"bytes 0-1/9"[..]), ("ETag", &b"\"x\""[..])]);
         assert_eq!(&out[at..], b"ab");
+        let head = Http1Head::parse(out).unwrap();
+        assert_eq!((head.status, head.body_at), (206, at));
+        let fields: Vec<_> = head.fields().collect();
+        assert_eq!(fields, vec![(&b"Content-Range"[..], &b"bytes 0-1/9"[..]), (&b"ETag"[..], &b"\"x\""[..])]);
+        assert!(Http1Head::parse(b"HTTP/1.1 200 OK\r\nA: b\r\n").is_none(), "no blank line yet");
+        assert!(Http1Head::parse(b"HTTP/1.1 2x0 OK\r\n\r\n").is_none());
+        let bare = Http1Head::parse(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        assert_eq!((bare.status, bare.fields().count(), bare.body_at), (204, 0, 27));
     }
 
     #[test]
