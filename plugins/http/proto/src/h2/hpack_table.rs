@@ -1,13 +1,12 @@
 //! A copy of an HPACK dynamic table (RFC 7541 §2.3.2, §4), kept beside the `loona-hpack`
-//! decoder and encoder (whose tables are private) so that a connection handed over to another
-//! worker takes its tables along: the new worker rebuilds each with the same entries, in order
-//! (`h2::conn::handover`).
+//! decoder (whose table is private) so that a connection handed over to another worker takes
+//! its table along: the new worker rebuilds it with the same entries, in order
+//! (`h2::handover`). The response encoder (`hpack::Encoder`) inserts nothing, so it has none.
 //!
 //! The copy follows the table's rules: an entry costs its name, value and 32 bytes; the oldest
 //! entries are evicted to make room; an entry larger than the table empties it and is not added;
 //! lowering the size evicts. The decoder's side learns what a header block added by scanning
-//! the block's representations ([`BlockScan`]) as the decoder hands out its fields; the
-//! encoder's side from the first byte the encoder wrote for a field.
+//! the block's representations ([`BlockScan`]) as the decoder hands out its fields.
 
 use std::collections::VecDeque;
 
