@@ -80,3 +80,19 @@ fn the_same_routes_over_h2c() {
     assert!(out.contains(":status: 413"), "{out}");
     assert!(out.contains("error_code=NO_ERROR"), "{out}");
 }
+
+// Over TLS the library offers `h2` by ALPN itself (`Host::set_alpn`): the application gets
+// HTTP/2 without a `tls_alpn` of its own, and HTTP/1.1 clients still get HTTP/1.1.
+#[test]
+fn h2_over_tls_by_alpn_without_configuration() {
+    let dir = host_tests::TempDir::new();
+    let (cert, key) = crate::http2::make_cert(&dir);
+    let host = Host::start("http_app", &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let resolve = format!("localhost:{}:127.0.0.1", host.port());
+    let url = format!("https://localhost:{}/hello?name=t", host.port());
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let ran =
+            curl(&["--cacert", cert.to_str().unwrap(), "--resolve", &resolve, flag, "-w", " %{http_version}", &url]);
+        assert_eq!(ran.text(), format!(r#"{{"hello":"t"}} {version}"#), "{flag}");
+    }
+}

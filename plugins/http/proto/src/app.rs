@@ -150,6 +150,14 @@ impl<A: App> Protocol for AppServer<A> {
         self.app.adopt_worker(version, state)
     }
 
+    fn on_worker_start(&mut self, host: &mut Host<'_>) -> Result<(), String> {
+        // Over TLS, `h2` is offered by ALPN while the application serves HTTP/2 (a service's
+        // `tls_alpn` still wins; a host older than plugin-api 0.1.4 offers its default list).
+        let alpn: &[&str] = if self.app.h2() { &["h2", "http/1.1", "http/1.0"] } else { &["http/1.1", "http/1.0"] };
+        host.set_alpn(alpn);
+        Ok(())
+    }
+
     fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         let app = A::new(config, worker)?;
         let limits = app.limits();
