@@ -129,9 +129,9 @@ impl Worker {
             Some(bytes) if bytes.len() as u64 == len => Ok(State::Inline(bytes)),
             Some(bytes) => Err(format!("{} bytes of state, {len} announced", bytes.len())),
             None => match (fds.into_iter().next(), usize::try_from(len)) {
-                (Some(fd), Ok(len)) => {
-                    sys::SealedMap::map(&fd, len).map(State::Mapped).map_err(|e| format!("could not map the state: {e}"))
-                }
+                (Some(fd), Ok(len)) => sys::SealedMap::map(&fd, len)
+                    .map(State::Mapped)
+                    .map_err(|e| format!("could not map the state: {e}")),
                 _ => Err("no memfd came with the state".into()),
             },
         };
