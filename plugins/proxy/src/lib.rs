@@ -24,6 +24,9 @@
 //!   guessed).
 //! - **Drain.** Idle client and pooled connections close at once, busy ones after their
 //!   response (`Connection: close`).
+//! - **Hand-over.** On a reload a client between requests moves to the new worker, and the idle
+//!   keep-alive pool moves with it (the upstream sees the same connections); a client waiting on
+//!   an answer stays and is answered by the old worker (`handover`).
 //! - **Half-close.** A client that shuts down its sending side after a request (`nc -q1`) gets
 //!   the whole answer, then the close (`on_input_end` keeps it open while a request is in
 //!   flight).

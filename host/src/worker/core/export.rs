@@ -112,8 +112,7 @@ pub struct ImportError {
 }
 
 /// Why a connection does not move in a hand-over (it drains in the old worker instead): the one
-/// place that decides, so that what moves later (outbound connections with their owner) plugs in
-/// here, as the TLS record continuation did.
+/// place that decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Stay {
     /// Handshaking, connecting, closing or lingering: nothing for a plugin to resume.
