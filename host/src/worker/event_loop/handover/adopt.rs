@@ -102,7 +102,17 @@ impl Worker {
                         let socket = fds.next();
                         let files: Vec<std::fs::File> =
                             fds.by_ref().take(m.snapshot.files.len()).map(std::fs::File::from).collect();
-                        items.push(Incoming { moved: m, socket, files });
+                        let MovedConn { kind, snapshot, state, tls, old_id, carried_by } = m;
+                        items.push(Incoming {
+                            kind,
+                            snapshot: Some(snapshot),
+                            tls,
+                            state,
+                            old_id,
+                            carried_by,
+                            socket,
+                            files,
+                        });
                     }
                 }
                 _ => {}
@@ -116,10 +126,10 @@ impl Worker {
         let mut ids: Vec<Option<ConnId>> = vec![None; items.len()];
         // Carried connections first: the plugin looks them up as it adopts their owners.
         for (i, item) in items.iter_mut().enumerate() {
-            if item.moved.carried_by.is_some() {
+            if item.carried_by.is_some() {
                 ids[i] = self.import_moved(item);
                 if let Some(id) = ids[i] {
-                    self.core.carry.adopted.insert(item.moved.old_id, id);
+                    self.core.carry.adopted.insert(item.old_id, id);
                 }
             }
         }
@@ -155,13 +165,12 @@ impl Worker {
             return;
         }
         for (i, item) in items.iter_mut().enumerate() {
-            if item.moved.carried_by.is_some() {
+            if item.carried_by.is_some() {
                 continue;
             }
-            state_bytes += item.moved.state.len() as u64;
+            state_bytes += item.state.len() as u64;
             let Some(id) = self.import_moved(item) else { continue };
-            let answer =
-                dispatch::handover_adopt_conn(&mut self.plugin, &mut self.core, id, version, &item.moved.state);
+            let answer = dispatch::handover_adopt_conn(&mut self.plugin, &mut self.core, id, version, &item.state);
             if answer == RawHandover::MOVE {
                 acks[i] = true;
             } else {
@@ -171,10 +180,10 @@ impl Worker {
         }
         // A carried connection stays adopted with its owner (or the worker state), or goes back.
         let adopted_owners: std::collections::HashSet<u64> =
-            items.iter().zip(&acks).filter(|(_, &a)| a).map(|(item, _)| item.moved.old_id).collect();
+            items.iter().zip(&acks).filter(|(_, &a)| a).map(|(item, _)| item.old_id).collect();
         for (i, item) in items.iter().enumerate() {
             let Some(id) = ids[i] else { continue };
-            let keep = match item.moved.carried_by {
+            let keep = match item.carried_by {
                 Some(Carrier::Worker) => true,
                 Some(Carrier::Conn(owner)) => adopted_owners.contains(&owner),
                 None => continue,
@@ -198,9 +207,10 @@ impl Worker {
     /// Registers one connection that came (its descriptors taken from `item`); None when it
     /// cannot be (the old worker keeps it).
     fn import_moved(&mut self, item: &mut Incoming) -> Option<ConnId> {
-        let socket = item.socket.take().filter(|_| item.files.len() == item.moved.snapshot.files.len())?;
+        let snapshot = item.snapshot.take()?;
+        let socket = item.socket.take().filter(|_| item.files.len() == snapshot.files.len())?;
         // A TLS connection goes on with the old worker's record layer.
-        let tls = match item.moved.tls.as_deref().map(moved_tls).transpose() {
+        let tls = match item.tls.as_deref().map(moved_tls).transpose() {
             Ok(tls) => tls,
             Err(why) => {
                 tracing::warn!("could not take a TLS connection's state: {why}");
@@ -208,10 +218,10 @@ impl Worker {
             }
         };
         let conn = ExportedConn {
-            socket: Socket::from_kind(item.moved.kind, socket),
+            socket: Socket::from_kind(item.kind, socket),
             tls,
             files: std::mem::take(&mut item.files),
-            snapshot: item.moved.snapshot.clone(),
+            snapshot,
         };
         match self.core.import(conn) {
             Ok(id) => Some(id),
@@ -223,9 +233,15 @@ impl Worker {
     }
 }
 
-/// A connection as it came, with its descriptors.
+/// A connection as it came (a `MovedConn`), with its descriptors.
 struct Incoming {
-    moved: MovedConn,
+    kind: crate::worker::SocketKind,
+    /// Taken by the import.
+    snapshot: Option<crate::worker::Snapshot>,
+    tls: Option<Vec<u8>>,
+    state: Vec<u8>,
+    old_id: u64,
+    carried_by: Option<Carrier>,
     socket: Option<std::os::fd::OwnedFd>,
     files: Vec<std::fs::File>,
 }
