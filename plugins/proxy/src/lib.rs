@@ -646,3 +646,5 @@ export_plugin!(Proxy);
 
 #[cfg(test)]
 mod half_close_tests;
+#[cfg(test)]
+mod handover_tests;
