@@ -874,6 +874,28 @@ pub trait RawHostExt {
         let _ = protocols;
         false
     }
+
+    // Outbound connections in a hand-over (one block).
+
+    /// Called from [`RawPluginExt::handover_export_conn`] (the connection being exported owns
+    /// `conn`) or [`RawPluginExt::handover_export_worker`] (the instance owns it): `conn`, an
+    /// open connection of [`RawHost::connect`], moves in the same hand-over, adopted with its
+    /// owner or not at all, its host-side state (buffers, pause, deadlines) with it. Its plugin
+    /// state goes in the owner's. True when it will go; false (not outbound, still connecting,
+    /// closing, TLS that cannot move, no export under way, an older host) when it stays: then
+    /// decline the owner, or leave it out of the worker state.
+    fn handover_carry(&mut self, conn: ConnId) -> bool {
+        let _ = conn;
+        false
+    }
+    /// Called from [`RawPluginExt::handover_adopt_worker`] and
+    /// [`RawPluginExt::handover_adopt_conn`]: the id in this worker of the connection the old
+    /// worker knew as `old` and carried in this hand-over ([`RawHostExt::handover_carry`]).
+    /// None when it did not come (it stayed, or could not be registered here): forget it.
+    fn handover_carried(&self, old: ConnId) -> ROption<ConnId> {
+        let _ = old;
+        ROption::RNone
+    }
 }
 
 /// What carries a connection ([`RawHostExt::transport`]). Growable: a plugin reads a value it

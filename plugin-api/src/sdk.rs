@@ -434,6 +434,22 @@ impl<'a> Host<'a> {
         self.extension().is_some_and(|mut ext| ext.ext.set_alpn(RSlice::from_slice(&list)))
     }
 
+    /// In a hand-over's export (`export_conn` of the connection that owns it, or
+    /// `export_worker`): the outbound connection `conn` moves with its owner, as
+    /// [`RawHostExt::handover_carry`](crate::abi::RawHostExt::handover_carry) says. False: it
+    /// stays (still connecting, not outbound, an older host…): decline the owner, or leave it
+    /// out of the worker state.
+    pub fn handover_carry(&mut self, conn: ConnId) -> bool {
+        self.extension().is_some_and(|mut ext| ext.ext.handover_carry(conn))
+    }
+
+    /// In a hand-over's adoption (`adopt_worker`, `adopt_conn`): this worker's id of the
+    /// connection the old worker carried as `old` (written in your state), or `None` when it did
+    /// not come (forget it).
+    pub fn handover_carried(&mut self, old: ConnId) -> Option<ConnId> {
+        self.extension().and_then(|ext| ext.ext.handover_carried(old).into_option())
+    }
+
     /// The host's calls added since plugin-api 0.1.3, once their layout is checked (`None` when
     /// it does not match this `plugin-api`'s: each call then answers "unsupported").
     fn extension(&mut self) -> Option<HostExtension<'_>> {

@@ -124,6 +124,12 @@ pub struct TestHost {
     pub to_workers: Vec<(u32, Vec<u8>)>,
     /// Addresses the plugin connected to; each got the id of its position (generation 1 000).
     pub connects: Vec<String>,
+    /// While [`TestPlugin::hand_over_to`] exports: the outbound connections the plugin carries
+    /// ([`Host::handover_carry`]).
+    pub carrying: Option<Vec<ConnId>>,
+    /// While [`TestPlugin::hand_over_to`] adopts: old id → new id of each carried connection
+    /// ([`Host::handover_carried`]).
+    pub carried: HashMap<u64, ConnId>,
     /// Subscriptions by topic ([`Host::subscribe`]; [`crate::abi::WORKER_CONN`] for the worker's own).
     pub subscriptions: BTreeMap<Vec<u8>, BTreeSet<ConnId>>,
     /// What the plugin published: `(topic, message)`. Each was also written to the topic's
@@ -163,6 +169,8 @@ impl Default for TestHost {
             broadcasts: Vec::new(),
             to_workers: Vec::new(),
             connects: Vec::new(),
+            carrying: None,
+            carried: HashMap::new(),
             subscriptions: BTreeMap::new(),
             published: Vec::new(),
             logs: Arc::default(),
@@ -277,6 +285,21 @@ impl RawHostExt for TestHost {
             return TopicStatus::INVALID_TOPIC.0 as i64;
         }
         self.subscriptions.get(topic.as_slice()).map_or(0, |s| s.iter().filter(|&&c| c != WORKER_CONN).count()) as i64
+    }
+    fn handover_carry(&mut self, conn: ConnId) -> bool {
+        let outbound = RawHost::is_outbound(self, conn) && !self.closed.contains(&conn);
+        match &mut self.carrying {
+            Some(list) if outbound => {
+                if !list.contains(&conn) {
+                    list.push(conn);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+    fn handover_carried(&self, old: ConnId) -> ROption<ConnId> {
+        self.carried.get(&old.0).copied().into()
     }
 }
 
@@ -571,7 +594,10 @@ impl<P: Protocol> TestPlugin<P> {
     /// declines stays here), the worker-wide state is exported and adopted
     /// (`export_worker`, `adopt_worker`), and each connection is adopted (`adopt_conn`) under
     /// a new id of `to`, with its subscriptions and the bytes this side buffered and did not
-    /// deliver (they are fed to `to` at once). Answers the moved connections as (old id, new id), or why nothing moved.
+    /// deliver (they are fed to `to` at once). Outbound connections the plugin carries
+    /// ([`Host::handover_carry`]) get new outbound ids of `to` (its `connects`) before anything
+    /// is adopted, as the host's do. Answers the moved connections as (old id, new id), the
+    /// carried ones after the others, or why nothing moved.
     pub fn hand_over_to<Q: Protocol>(
         &mut self,
         to: &mut TestPlugin<Q>,
@@ -587,21 +613,36 @@ impl<P: Protocol> TestPlugin<P> {
         let mut states = Vec::new();
         for &conn in conns {
             let mut bytes = Vec::new();
+            self.host.carrying = Some(Vec::new());
             let moved = self
                 .call(|p, h| p.export_conn(h, conn, &mut crate::StateWriter::new(crate::abi::state_sink(&mut bytes))));
+            let carried = self.host.carrying.take().unwrap_or_default();
             if moved {
-                states.push((conn, bytes));
+                states.push((conn, bytes, carried));
             }
         }
         let mut worker = Vec::new();
-        if !self.call(|p, h| p.export_worker(h, &mut crate::StateWriter::new(crate::abi::state_sink(&mut worker)))) {
+        self.host.carrying = Some(Vec::new());
+        let exported =
+            self.call(|p, h| p.export_worker(h, &mut crate::StateWriter::new(crate::abi::state_sink(&mut worker))));
+        let worker_carried = self.host.carrying.take().unwrap_or_default();
+        if !exported {
             return Err("the old plugin declined to export its worker state".into());
+        }
+        let mut carried_pairs = Vec::new();
+        let all_carried = worker_carried.iter().chain(states.iter().flat_map(|(_, _, c)| c.iter()));
+        for &old in all_carried {
+            let addr = self.host.connects.get(old.index()).cloned().unwrap_or_default();
+            to.host.connects.push(addr);
+            let new = ConnId::new(to.host.connects.len() as u32 - 1, 1000);
+            to.host.carried.insert(old.0, new);
+            carried_pairs.push((old, new));
         }
         if !to.call(|q, h| q.adopt_worker(h, P::HANDOVER_VERSION, &worker)) {
             return Err("the new plugin refused the worker state".into());
         }
         let mut moved = Vec::new();
-        for (old, state) in states {
+        for (old, state, _) in states {
             let new = ConnId::new(to.next_conn, 1);
             to.next_conn += 1;
             if let Some(peer) = self.host.peers.get(&old) {
@@ -630,6 +671,8 @@ impl<P: Protocol> TestPlugin<P> {
             to.feed(new, &buffered);
             moved.push((old, new));
         }
+        to.host.carried.clear();
+        moved.extend(carried_pairs);
         Ok(moved)
     }
 

@@ -16,7 +16,9 @@ use crate::config::WorkerSpec;
 /// 8: a replacement may start awaiting its hand-over (`WorkerSpec::await_handover`, `Serve`),
 /// `Limits::handover_timeout_ms`, a hand-over report's reasons for what stayed, the moved-TLS
 /// counters in the worker report.
-pub const PROTOCOL: u32 = 8;
+/// 9: a hand-over's connections carry their old id and, for an outbound connection, who
+/// carries it (`MovedConn::old_id`, `MovedConn::carried_by`).
+pub const PROTOCOL: u32 = 9;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;
@@ -231,6 +233,20 @@ pub struct MovedConn {
     /// sequence numbers and the ciphertext in flight); None for a plain one. It crosses only the
     /// socket pair between the two workers.
     pub tls: Option<Vec<u8>>,
+    /// Its id in the old worker: the plugin's state names the connections it carried by it.
+    pub old_id: u64,
+    /// An outbound connection carried by its owner (`RawHostExt::handover_carry`); None for
+    /// one offered to the plugin itself (`adopt_conn`).
+    pub carried_by: Option<Carrier>,
+}
+
+/// Who carries an outbound connection in a hand-over: it is adopted with its owner or not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Carrier {
+    /// The worker state (`export_worker`): it moves once that state is adopted.
+    Worker,
+    /// The connection of this old id (`export_conn`): it moves if that connection is adopted.
+    Conn(u64),
 }
 
 /// What a channel needs to know of the messages it receives.

@@ -709,8 +709,7 @@ fn a_held_connection_comes_back_under_its_id() {
     assert_eq!(&got, b"still open\n");
 }
 
-// What cannot move stays, and says why: the one place a TLS continuation or outbound
-// connections moving with their owner plug in later.
+// What cannot move stays, and says why (an outbound connection moves only when carried).
 #[test]
 fn what_cannot_move_says_why() {
     use super::core::Stay;
@@ -727,6 +726,37 @@ fn what_cannot_move_says_why() {
     assert_eq!(b.core.movable(open), Err(Stay::Outbound));
     b.core.close_after_flush(open);
     assert_eq!(b.core.movable(open), Err(Stay::NotOpen));
+}
+
+// An outbound connection moves only when carried during an export: open and outbound, named
+// once; never an accepted or a connecting one, never outside an export. The adopter's lookup
+// answers the old id's new one, and None for one that did not come.
+#[test]
+fn only_an_open_outbound_connection_is_carried_during_an_export() {
+    use plugin_api::abi::RawHostExt;
+    let mut b = Bench::new(limits());
+    let accepted = b.accept(Stream::Fake(FakeSocket::default()));
+    let up = b.accept(Stream::Fake(FakeSocket::default()));
+    b.core.get_mut(up).unwrap().origin = super::core::Origin::Outbound;
+    let connecting = b.core.reserve_id();
+    b.core.place(connecting, Transport::plain(Stream::Fake(FakeSocket::default())), Some(1000)).unwrap();
+    b.core.get_mut(connecting).unwrap().origin = super::core::Origin::Outbound;
+    assert!(!b.core.carry_outbound(up), "outside an export nothing is carried");
+    b.core.carry.exporting = Some(Vec::new());
+    assert!(b.host().handover_carry(up));
+    assert!(b.host().handover_carry(up), "named twice, carried once");
+    assert!(!b.host().handover_carry(accepted), "an accepted connection is offered, not carried");
+    assert!(!b.host().handover_carry(connecting), "still connecting: it stays");
+    assert!(!b.host().handover_carry(ConnId(u64::MAX - 1)), "no such connection");
+    assert_eq!(b.core.carry.exporting.take(), Some(vec![up]));
+    // It comes out whole, outbound still, and goes in under a new id the lookup gives.
+    let exported = b.core.hold(up).unwrap();
+    let mut other = Bench::new(limits());
+    let moved = other.core.import(exported).unwrap();
+    assert!(other.core.is_outbound(moved));
+    other.core.carry.adopted.insert(up.0, moved);
+    assert_eq!(other.host().handover_carried(up).into_option(), Some(moved));
+    assert_eq!(other.host().handover_carried(accepted).into_option(), None);
 }
 
 // Topics: a publish is written to each open subscriber's queue (the worker itself hears it as

@@ -24,6 +24,9 @@
 //!   guessed).
 //! - **Drain.** Idle client and pooled connections close at once, busy ones after their
 //!   response (`Connection: close`).
+//! - **Hand-over.** On a reload a client between requests moves to the new worker, and the idle
+//!   keep-alive pool moves with it (the upstream sees the same connections); a client waiting on
+//!   an answer stays and is answered by the old worker (`handover`).
 //! - **Half-close.** A client that shuts down its sending side after a request (`nc -q1`) gets
 //!   the whole answer, then the close (`on_input_end` keeps it open while a request is in
 //!   flight).
@@ -42,11 +45,15 @@
 //! ```
 
 pub mod forward;
+pub mod handover;
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use http_proto::{parse_head, parse_response_head, request_len, BodyScan, Limits, Method, Request, Status};
-use plugin_api::{export_plugin, ConnError, ConnId, ConnMap, Frame, Host, InputEnd, Protocol, TimerId, WorkerInfo};
+use plugin_api::{
+    export_plugin, ConnError, ConnId, ConnMap, Frame, Host, InputEnd, Protocol, StateWriter, TimerId, WorkerInfo,
+};
 use serde::Deserialize;
 
 /// The service's config for this plugin.
@@ -164,6 +171,8 @@ pub struct Proxy {
 }
 
 impl Protocol for Proxy {
+    const HANDOVER_VERSION: u32 = 1;
+
     fn new(config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         let config = Config::parse(config)?;
         let n = config.upstreams.len();
@@ -331,6 +340,75 @@ impl Protocol for Proxy {
         }
     }
 
+    // Hand-over (see `handover`): a client between requests moves; one with a request in
+    // flight stays and finishes here. The idle pool moves with the worker state.
+    fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+        match self.clients.get(conn) {
+            Some(c) if c.in_flight.is_none() && !c.close_after => out.write_all(&[0]).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn adopt_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
+        match (version, state) {
+            (1, [0]) => {
+                self.clients.insert(conn, Client::default());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn export_worker(&mut self, host: &mut Host<'_>, out: &mut StateWriter<'_>) -> bool {
+        let mut pool = Vec::new();
+        for (index, idle) in self.idle.iter().enumerate() {
+            for &up in idle {
+                // One that cannot move (an older host) stays in this pool and drains.
+                if host.handover_carry(up) {
+                    let upstream = self.config.upstreams[index].clone();
+                    pool.push(handover::PooledConn { old_id: up.0, upstream });
+                }
+            }
+        }
+        let mut state = Vec::new();
+        handover::encode_pool(&pool, &mut state);
+        out.write_all(&state).is_ok()
+    }
+
+    fn adopt_worker(&mut self, host: &mut Host<'_>, version: u32, state: &[u8]) -> bool {
+        let pool = match (version, handover::decode_pool(state)) {
+            (1, Ok(pool)) => pool,
+            (_, Err(e)) => {
+                plugin_api::tracing::warn!("the previous worker's upstream pool is unreadable: {e}");
+                return false;
+            }
+            _ => return false,
+        };
+        for pooled in pool {
+            let Some(up) = host.handover_carried(ConnId(pooled.old_id)) else { continue };
+            let index = self.config.upstreams.iter().position(|u| *u == pooled.upstream);
+            match index {
+                Some(index) if self.idle[index].len() < self.config.max_idle => {
+                    let u = Upstream {
+                        index,
+                        client: None,
+                        connected: true,
+                        reused: false,
+                        reading: Reading::Idle,
+                        keep_alive: true,
+                        paused: false,
+                        error: None,
+                    };
+                    self.upstreams.insert(up, u);
+                    self.idle[index].push(up);
+                }
+                // No longer an upstream of this config, or its pool is full.
+                _ => host.close(up),
+            }
+        }
+        true
+    }
+
     fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {
         if let Some(up) = self.upstreams.get(conn) {
             if up.client.is_none() {
@@ -388,6 +466,12 @@ impl Proxy {
             }
             let index = (flight.first + flight.refused) % n;
             if let Some(up) = self.idle[index].pop() {
+                // One that moved to the replacement in a hand-over is gone from here without a
+                // close: forget it.
+                if !host.is_outbound(up) {
+                    self.upstreams.remove(up);
+                    continue;
+                }
                 let u = self.upstreams.get_mut(up).expect("pooled connections are known");
                 u.client = Some(client);
                 u.reused = true;
@@ -562,3 +646,5 @@ export_plugin!(Proxy);
 
 #[cfg(test)]
 mod half_close_tests;
+#[cfg(test)]
+mod handover_tests;

@@ -250,3 +250,100 @@ fn a_client_that_half_closes_after_its_request_gets_the_whole_upstream_answer() 
     assert!(got[split..] == body[..], "the body arrived changed ({} of {} bytes)", got.len() - split, body.len());
     upstream.join().unwrap();
 }
+
+/// A keep-alive upstream of the test's own that counts the connections it accepts and answers
+/// each GET with `conn N req M` (N: the connection's number, M: the request's on it).
+fn counting_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepts.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                for m in 1.. {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(k) if k > 0 => buf.extend_from_slice(&chunk[..k]),
+                            _ => return,
+                        }
+                    };
+                    buf.drain(..end);
+                    let body = format!("conn {n} req {m}");
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    if s.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepts)
+}
+
+// A keep-alive client with an idle pooled upstream connection behind it, across `host reload -g`:
+// the client's connection moves to the new worker and so does the pooled upstream connection
+// (the upstream accepts no second one), and the next request goes over both.
+#[test]
+fn a_graceful_reload_moves_the_client_and_its_pooled_upstream_connection() {
+    let (addr, accepts) = counting_upstream();
+    let mut proxy = proxy(&[addr.to_string()], "", &["--drain-timeout", "30"]);
+    let old = proxy.wait_workers(1, Duration::from_secs(15), |_| true).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = Client::connect(proxy.port());
+    let r = c.request(&get("/"));
+    assert_eq!((r.status, r.body_text().as_str()), (200, "conn 1 req 1"), "{}", r.head);
+    let out = proxy.command(["reload", "-g"], Duration::from_secs(30));
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let line = proxy
+        .log()
+        .wait_for("hand-over: 2 connections moved", Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_text()));
+    assert!(line.contains("0 drained"), "{line}");
+    // The old worker had nothing left: it is gone, and the answer comes from the new one.
+    proxy.wait_workers(1, Duration::from_secs(15), |now| now != old).unwrap_or_else(|e| panic!("{e}"));
+    let r = c.request(&get("/again"));
+    assert_eq!((r.status, r.body_text().as_str()), (200, "conn 1 req 2"), "{}", r.head);
+    assert_eq!(accepts.load(std::sync::atomic::Ordering::SeqCst), 1, "the upstream saw a new connection");
+    let out = proxy.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let row = &json["handovers"][0];
+    assert_eq!((row["moved"].as_u64(), row["drained"].as_u64()), (Some(2), Some(0)), "{json}");
+}
+
+// A client whose request waits on the upstream's answer declines to move (so does the upstream
+// connection it waits on): both stay on the old worker, the answer comes from there with
+// `Connection: close`, and the hand-over says why they stayed.
+#[test]
+fn a_request_in_flight_across_a_graceful_reload_is_answered_by_the_old_worker() {
+    let (got, has_request) = std::sync::mpsc::channel::<()>();
+    let (go, answer_now) = std::sync::mpsc::channel::<()>();
+    let (addr, upstream) = one_shot_upstream(move |_, s| {
+        got.send(()).unwrap();
+        answer_now.recv_timeout(Duration::from_secs(30)).expect("the test never said to answer");
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+    });
+    let mut proxy = proxy(&[addr.to_string()], "", &["--drain-timeout", "30"]);
+    let mut c = Client::connect(proxy.port());
+    c.send(&get("/"));
+    has_request.recv_timeout(Duration::from_secs(15)).expect("the upstream never got the request");
+    let out = proxy.command(["reload", "-g"], Duration::from_secs(30));
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let line = proxy
+        .log()
+        .wait_for("hand-over: 0 connections moved", Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_text()));
+    assert!(line.contains("1 declined by the plugin") && line.contains("1 outbound, not carried"), "{line}");
+    go.send(()).unwrap();
+    let r = c.read_response().expect("the answer from the old worker");
+    assert_eq!((r.status, r.body_text().as_str()), (200, "ok"), "{}", r.head);
+    assert_eq!(r.header("Connection"), Some("close"), "{}", r.head);
+    upstream.join().unwrap();
+}

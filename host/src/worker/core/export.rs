@@ -10,6 +10,7 @@
 //! the exported value (and so every descriptor) until the new one has adopted it; should that
 //! fail, importing it back restores the connection where it was.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -111,8 +112,7 @@ pub struct ImportError {
 }
 
 /// Why a connection does not move in a hand-over (it drains in the old worker instead): the one
-/// place that decides, so that what moves later (outbound connections with their owner) plugs in
-/// here, as the TLS record continuation did.
+/// place that decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Stay {
     /// Handshaking, connecting, closing or lingering: nothing for a plugin to resume.
@@ -122,17 +122,41 @@ pub enum Stay {
     /// record layer failed…: `tls::moved::CannotMove` says which).
     #[error("its TLS cannot move now")]
     Tls,
-    /// Opened by the plugin (`Host::connect`): its owner's plugin state would have to move with it.
-    #[error("outbound")]
+    /// Opened by the plugin (`Host::connect`) and not carried by its owner's export
+    /// (`RawHostExt::handover_carry`): still connecting, or its owner stays.
+    #[error("outbound, not carried")]
     Outbound,
     /// A UDP session: it has no socket of its own (the slot's socket is shared anyway).
     #[error("a UDP session")]
     Datagram,
 }
 
+/// Outbound connections in a hand-over. They are never offered to the plugin on their own: the
+/// plugin names each one it carries (`RawHostExt::handover_carry`) while it exports the
+/// connection that owns it, or its worker state, and the host moves it beside that owner, with
+/// no state of its own (its plugin state is in the owner's), adopted with the owner or not at
+/// all. The new worker imports every carried connection before it adopts anything and answers
+/// the plugin's old → new lookups (`RawHostExt::handover_carried`) from `adopted`.
+#[derive(Debug, Default)]
+pub struct Carry {
+    /// While the plugin exports an owner: the outbound connections it named, in order.
+    pub exporting: Option<Vec<ConnId>>,
+    /// While the replacement adopts: each carried connection's old id → its id here.
+    pub adopted: HashMap<u64, ConnId>,
+}
+
 impl Core {
-    /// Whether connection `id` can move to a replacement, or why it stays.
+    /// Whether connection `id` can move to a replacement, or why it stays. An outbound
+    /// connection moves only when carried by its owner ([`Core::carry_outbound`]).
     pub fn movable(&self, id: ConnId) -> Result<(), Stay> {
+        match self.movable_origin(id)? {
+            Origin::Outbound => Err(Stay::Outbound),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether connection `id` could move if its owner carries it (all but the outbound rule).
+    fn movable_origin(&self, id: ConnId) -> Result<Origin, Stay> {
         let c = self.get(id).ok_or(Stay::NotOpen)?;
         if c.stream.datagram_peer().is_some() {
             return Err(Stay::Datagram);
@@ -143,10 +167,22 @@ impl Core {
         if c.stream.tls_movable().is_err() {
             return Err(Stay::Tls);
         }
-        if c.origin == Origin::Outbound {
-            return Err(Stay::Outbound);
+        Ok(c.origin)
+    }
+
+    /// `RawHostExt::handover_carry`: during an export, `id` (open, outbound, movable) goes with
+    /// the owner being exported. False outside an export and for anything else.
+    pub fn carry_outbound(&mut self, id: ConnId) -> bool {
+        let movable = self.movable_origin(id) == Ok(Origin::Outbound);
+        match &mut self.carry.exporting {
+            Some(list) if movable => {
+                if !list.contains(&id) {
+                    list.push(id);
+                }
+                true
+            }
+            _ => false,
         }
-        Ok(())
     }
 
     /// What [`Core::export`] would take of the connection, its descriptors aside.

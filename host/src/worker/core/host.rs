@@ -127,6 +127,14 @@ impl RawHostExt for Ctx<'_> {
         self.core.set_alpn(protocols.iter().map(|p| p.as_str().as_bytes()))
     }
 
+    fn handover_carry(&mut self, conn: ConnId) -> bool {
+        self.core.carry_outbound(conn)
+    }
+
+    fn handover_carried(&self, old: ConnId) -> ROption<ConnId> {
+        self.core.carry.adopted.get(&old.0).copied().into()
+    }
+
     fn subscribe(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> i64 {
         self.core.subscribe(conn, topic.as_slice())
     }

@@ -111,6 +111,9 @@ pub struct Core {
     pub watch: Watch,
     /// Topics: subscriptions, the worker's own ones heard, the cluster's broker.
     pub topics: TopicTable,
+    /// Outbound connections of a hand-over (`export::Carry`): the ones the plugin names during
+    /// an export, and the old ids of those that arrived during an adoption.
+    pub carry: export::Carry,
     registry: Registry,
 }
 
@@ -199,6 +202,7 @@ impl Core {
             tasks: None,
             watch: Watch::default(),
             topics: TopicTable::new(limits.topics, super::topic_seam::publisher_id()),
+            carry: export::Carry::default(),
             registry,
         }
     }

@@ -36,7 +36,7 @@ use super::super::core::{ExportedConn, Stay};
 use super::super::dispatch;
 use super::super::transport::TlsSession;
 use super::Worker;
-use crate::ctl::{Fallback, Handover, HandoverChannel, HandoverReport, MovedConn, ToMaster, PROTOCOL};
+use crate::ctl::{Carrier, Fallback, Handover, HandoverChannel, HandoverReport, MovedConn, ToMaster, PROTOCOL};
 use crate::sys;
 
 mod adopt;
@@ -303,64 +303,90 @@ impl Worker {
         // the connections take along (`worker::topic_seam`).
         self.read_mailbox_to_end();
         let mut conns = Vec::new();
+        let mut outbound = Vec::new();
         for id in self.core.ids() {
+            // Outbound connections move only when their owner carries them (below).
+            if self.core.is_outbound(id) {
+                outbound.push(id);
+                continue;
+            }
             if let Err(why) = self.core.movable(id) {
                 tracing::debug!(conn = id.0, "stays: {why}");
                 old.report.stay(&why.to_string(), 1);
                 continue;
             }
             let mut state = Vec::new();
-            if dispatch::handover_export_conn(&mut self.plugin, &mut self.core, id, &mut state) != RawHandover::MOVE {
+            self.core.carry.exporting = Some(Vec::new());
+            let answer = dispatch::handover_export_conn(&mut self.plugin, &mut self.core, id, &mut state);
+            let carried = self.core.carry.exporting.take().unwrap_or_default();
+            if answer != RawHandover::MOVE {
                 old.report.stay("declined by the plugin", 1);
                 continue;
             }
-            match self.core.hold(id) {
-                Ok(mut conn) => match take_tls(&mut conn) {
-                    Ok(tls) => conns.push((id, conn, state, tls)),
-                    Err(TlsTake::Stays(why)) => {
-                        tracing::debug!(conn = id.0, "stays: {why}");
-                        old.report.stay(&Stay::Tls.to_string(), 1);
-                        self.restore_conn(id, conn);
+            // What it carries comes out first: should one not, the owner stays with the rest.
+            let mut taken = Vec::with_capacity(carried.len());
+            for &c in &carried {
+                match self.take_out(c, &mut old.report) {
+                    Some((conn, tls)) => taken.push((c, conn, Vec::new(), tls, Some(Carrier::Conn(id.0)))),
+                    None => break,
+                }
+            }
+            let owner = match taken.len() == carried.len() {
+                true => self.take_out(id, &mut old.report),
+                false => {
+                    old.report.stay("an outbound connection it carries cannot move", 1);
+                    None
+                }
+            };
+            match owner {
+                Some((conn, tls)) => {
+                    conns.extend(taken);
+                    conns.push((id, conn, state, tls, None));
+                }
+                None => {
+                    for (c, conn, ..) in taken {
+                        self.restore_conn(c, conn);
+                        old.report.stay(&Stay::Outbound.to_string(), 1);
                     }
-                    Err(TlsTake::Lost(why)) => {
-                        // Its TLS state was consumed and could not be rebuilt: nothing can speak
-                        // on the socket any more (not expected: `movable` checked first).
-                        tracing::warn!(
-                            conn = id.0,
-                            "a TLS connection lost its state in a hand-over ({why}); closing it"
-                        );
-                        old.report.stay("its TLS state was lost (closed)", 1);
-                        drop(conn);
-                        self.core.release(id);
-                        dispatch::closed_elsewhere(&mut self.plugin, &mut self.core, id);
-                    }
-                },
-                Err(e) => {
-                    tracing::debug!(conn = id.0, "stays: {e}");
-                    old.report.stay(&e.to_string(), 1);
                 }
             }
         }
-        old.held = Vec::with_capacity(conns.len());
         let mut sink = StateSink::default();
+        self.core.carry.exporting = Some(Vec::new());
         let answer = dispatch::handover_export_worker(&mut self.plugin, &mut self.core, &mut sink);
+        let carried = self.core.carry.exporting.take().unwrap_or_default();
+        for c in carried {
+            // One that does not come out stays: the new plugin's lookup answers None for it.
+            if let Some((conn, tls)) = self.take_out(c, &mut old.report) {
+                conns.push((c, conn, Vec::new(), tls, Some(Carrier::Worker)));
+            }
+        }
+        // Outbound connections no one carried stay (still connecting, or their owner stays).
+        for id in outbound {
+            if self.core.get(id).is_some() {
+                let why = self.core.movable(id).err().unwrap_or(Stay::Outbound);
+                tracing::debug!(conn = id.0, "stays: {why}");
+                old.report.stay(&why.to_string(), 1);
+            }
+        }
         // From here on a failure restores what `held` has: keep every connection there first.
+        old.held = Vec::with_capacity(conns.len());
         let mut states = Vec::with_capacity(conns.len());
-        for (id, conn, state, tls) in conns {
-            states.push((state, tls));
+        for (id, conn, state, tls, carrier) in conns {
+            states.push((state, tls, carrier));
             old.held.push((id, conn));
         }
         if answer != RawHandover::MOVE {
             return Err("the plugin did not export its worker state".into());
         }
-        old.report.state_bytes = sink.len + states.iter().map(|(s, _)| s.len() as u64).sum::<u64>();
+        old.report.state_bytes = sink.len + states.iter().map(|(s, ..)| s.len() as u64).sum::<u64>();
         old.report.memfd = sink.memfd.is_some();
         let (frame, fds) = sink.finish().map_err(|e| format!("could not store the worker state: {e}"))?;
         old.channel.send_with_fds(&frame, fds).map_err(|e| format!("could not send the worker state: {e}"))?;
 
         let max_fds = old.channel.max_fds();
         let (mut batch, mut fds, mut bytes) = (Vec::new(), Vec::new(), 0usize);
-        for ((_, conn), (state, tls)) in old.held.iter().zip(states) {
+        for ((id, conn), (state, tls, carried_by)) in old.held.iter().zip(states) {
             let need = 1 + conn.files.len();
             if need > max_fds {
                 return Err(format!("a connection with {} files queued cannot go in one message", conn.files.len()));
@@ -381,7 +407,14 @@ impl Worker {
                 fds.push(OwnedFd::from(file.try_clone().map_err(|e| format!("could not duplicate a file: {e}"))?));
             }
             bytes += state.len() + conn.snapshot.input.len() + conn.snapshot.output.len() + 256;
-            batch.push(MovedConn { kind, snapshot: conn.snapshot.clone(), state, tls: tls.map(|t| t.to_vec()) });
+            batch.push(MovedConn {
+                kind,
+                snapshot: conn.snapshot.clone(),
+                state,
+                tls: tls.map(|t| t.to_vec()),
+                old_id: id.0,
+                carried_by,
+            });
         }
         if !batch.is_empty() {
             old.channel
@@ -396,6 +429,41 @@ impl Worker {
             "hand-over sent"
         );
         Ok(())
+    }
+
+    /// Takes a connection out of the table (its id held) with its TLS record layer as bytes;
+    /// None when it stays (said in the report) or was lost.
+    fn take_out(
+        &mut self,
+        id: ConnId,
+        report: &mut HandoverReport,
+    ) -> Option<(ExportedConn, Option<zeroize::Zeroizing<Vec<u8>>>)> {
+        match self.core.hold(id) {
+            Ok(mut conn) => match take_tls(&mut conn) {
+                Ok(tls) => Some((conn, tls)),
+                Err(TlsTake::Stays(why)) => {
+                    tracing::debug!(conn = id.0, "stays: {why}");
+                    report.stay(&Stay::Tls.to_string(), 1);
+                    self.restore_conn(id, conn);
+                    None
+                }
+                Err(TlsTake::Lost(why)) => {
+                    // Its TLS state was consumed and could not be rebuilt: nothing can speak
+                    // on the socket any more (not expected: `movable` checked first).
+                    tracing::warn!(conn = id.0, "a TLS connection lost its state in a hand-over ({why}); closing it");
+                    report.stay("its TLS state was lost (closed)", 1);
+                    drop(conn);
+                    self.core.release(id);
+                    dispatch::closed_elsewhere(&mut self.plugin, &mut self.core, id);
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::debug!(conn = id.0, "stays: {e}");
+                report.stay(&e.to_string(), 1);
+                None
+            }
+        }
     }
 
     /// The replacement acknowledged: the adopted connections' copies close here (without a

@@ -3,13 +3,14 @@
 //! acknowledge before reading any of them.
 
 use plugin_api::abi::RawHandover;
+use plugin_api::ConnId;
 
 use super::super::super::core::ExportedConn;
 use super::super::super::dispatch;
 use super::super::super::transport::{Socket, TlsSession};
 use super::super::Worker;
 use super::{name, NewSide};
-use crate::ctl::Handover;
+use crate::ctl::{Carrier, Handover, MovedConn};
 use crate::sys;
 
 /// A worker state as received: in the frame, or a mapping of its memfd.
@@ -82,105 +83,119 @@ impl Worker {
         Some(new)
     }
 
-    /// `Done`: adopts the worker state, then every connection (imported, then offered to the
-    /// plugin); acknowledges before reading any of them.
+    /// `Done`: imports the outbound connections carried along (their old ids answer the plugin's
+    /// lookups), adopts the worker state, then every other connection (imported, then offered to
+    /// the plugin, with what it carries); acknowledges before reading any of them.
     fn adopt_all(&mut self, new: &mut NewSide) {
         let Some(version) = new.version else {
             let _ = new.channel.send(&Handover::Failed("nothing was accepted".into()));
             return;
         };
-        let mut acks = Vec::new();
-        let mut worker_adopted = false;
-        let (mut moved, mut state_bytes) = (0u64, 0u64);
+        let mut state = None;
+        let mut items = Vec::new();
         for (msg, fds) in std::mem::take(&mut new.stash) {
             match msg {
-                Handover::State { len, inline } => {
-                    // A large state is read in place from the sealed memfd's mapping: no copy.
-                    let state = match inline {
-                        Some(bytes) if bytes.len() as u64 == len => Ok(State::Inline(bytes)),
-                        Some(bytes) => Err(format!("{} bytes of state, {len} announced", bytes.len())),
-                        None => match (fds.into_iter().next(), usize::try_from(len)) {
-                            (Some(fd), Ok(len)) => sys::SealedMap::map(&fd, len)
-                                .map(State::Mapped)
-                                .map_err(|e| format!("could not map the state: {e}")),
-                            _ => Err("no memfd came with the state".into()),
-                        },
-                    };
-                    let adopted = state.map(|state| {
-                        let bytes = state.bytes();
-                        state_bytes += bytes.len() as u64;
-                        dispatch::handover_adopt_worker(&mut self.plugin, &mut self.core, version, bytes)
-                    });
-                    match adopted {
-                        Ok(RawHandover::MOVE) => worker_adopted = true,
-                        Ok(_) => {
-                            let _ = new.channel.send(&Handover::Failed("the plugin refused the worker state".into()));
-                            return;
-                        }
-                        Err(why) => {
-                            let _ = new.channel.send(&Handover::Failed(why));
-                            return;
-                        }
-                    }
-                }
+                Handover::State { len, inline } if state.is_none() => state = Some((len, inline, fds)),
                 Handover::Conns(list) => {
                     let mut fds = fds.into_iter();
                     for m in list {
                         let socket = fds.next();
                         let files: Vec<std::fs::File> =
                             fds.by_ref().take(m.snapshot.files.len()).map(std::fs::File::from).collect();
-                        let Some(socket) = socket.filter(|_| worker_adopted && files.len() == m.snapshot.files.len())
-                        else {
-                            acks.push(false);
-                            continue;
-                        };
-                        // A TLS connection goes on with the old worker's record layer.
-                        let tls = match m.tls.as_deref().map(moved_tls).transpose() {
-                            Ok(tls) => tls,
-                            Err(why) => {
-                                tracing::warn!("could not take a TLS connection's state: {why}");
-                                acks.push(false);
-                                continue;
-                            }
-                        };
-                        let conn = ExportedConn {
-                            socket: Socket::from_kind(m.kind, socket),
+                        let MovedConn { kind, snapshot, state, tls, old_id, carried_by } = m;
+                        items.push(Incoming {
+                            kind,
+                            snapshot: Some(snapshot),
                             tls,
+                            state,
+                            old_id,
+                            carried_by,
+                            socket,
                             files,
-                            snapshot: m.snapshot,
-                        };
-                        let adopted = match self.core.import(conn) {
-                            Ok(id) => {
-                                let answer = dispatch::handover_adopt_conn(
-                                    &mut self.plugin,
-                                    &mut self.core,
-                                    id,
-                                    version,
-                                    &m.state,
-                                );
-                                if answer != RawHandover::MOVE {
-                                    // Back out: this copy closes; the old worker keeps the connection.
-                                    let _ = self.core.export(id);
-                                }
-                                answer == RawHandover::MOVE
-                            }
-                            Err(e) => {
-                                tracing::warn!("could not import a connection: {}", e.source);
-                                false
-                            }
-                        };
-                        moved += adopted as u64;
-                        state_bytes += m.state.len() as u64;
-                        acks.push(adopted);
+                        });
                     }
                 }
                 _ => {}
             }
         }
-        if !worker_adopted {
+        let Some((len, inline, fds)) = state else {
             let _ = new.channel.send(&Handover::Failed("no worker state came".into()));
             return;
+        };
+        let mut acks = vec![false; items.len()];
+        let mut ids: Vec<Option<ConnId>> = vec![None; items.len()];
+        // Carried connections first: the plugin looks them up as it adopts their owners.
+        for (i, item) in items.iter_mut().enumerate() {
+            if item.carried_by.is_some() {
+                ids[i] = self.import_moved(item);
+                if let Some(id) = ids[i] {
+                    self.core.carry.adopted.insert(item.old_id, id);
+                }
+            }
         }
+        let mut state_bytes = 0u64;
+        // A large state is read in place from the sealed memfd's mapping: no copy.
+        let mapped = match inline {
+            Some(bytes) if bytes.len() as u64 == len => Ok(State::Inline(bytes)),
+            Some(bytes) => Err(format!("{} bytes of state, {len} announced", bytes.len())),
+            None => match (fds.into_iter().next(), usize::try_from(len)) {
+                (Some(fd), Ok(len)) => sys::SealedMap::map(&fd, len)
+                    .map(State::Mapped)
+                    .map_err(|e| format!("could not map the state: {e}")),
+                _ => Err("no memfd came with the state".into()),
+            },
+        };
+        let adopted = mapped.map(|state| {
+            let bytes = state.bytes();
+            state_bytes += bytes.len() as u64;
+            dispatch::handover_adopt_worker(&mut self.plugin, &mut self.core, version, bytes)
+        });
+        let failed = match adopted {
+            Ok(RawHandover::MOVE) => None,
+            Ok(_) => Some("the plugin refused the worker state".to_string()),
+            Err(why) => Some(why),
+        };
+        if let Some(why) = failed {
+            // Back out what came: these copies close; the old worker keeps every connection.
+            for id in ids.into_iter().flatten() {
+                let _ = self.core.export(id);
+            }
+            self.core.carry.adopted.clear();
+            let _ = new.channel.send(&Handover::Failed(why));
+            return;
+        }
+        for (i, item) in items.iter_mut().enumerate() {
+            if item.carried_by.is_some() {
+                continue;
+            }
+            state_bytes += item.state.len() as u64;
+            let Some(id) = self.import_moved(item) else { continue };
+            let answer = dispatch::handover_adopt_conn(&mut self.plugin, &mut self.core, id, version, &item.state);
+            if answer == RawHandover::MOVE {
+                acks[i] = true;
+            } else {
+                // Back out: this copy closes; the old worker keeps the connection.
+                let _ = self.core.export(id);
+            }
+        }
+        // A carried connection stays adopted with its owner (or the worker state), or goes back.
+        let adopted_owners: std::collections::HashSet<u64> =
+            items.iter().zip(&acks).filter(|(_, &a)| a).map(|(item, _)| item.old_id).collect();
+        for (i, item) in items.iter().enumerate() {
+            let Some(id) = ids[i] else { continue };
+            let keep = match item.carried_by {
+                Some(Carrier::Worker) => true,
+                Some(Carrier::Conn(owner)) => adopted_owners.contains(&owner),
+                None => continue,
+            };
+            if keep {
+                acks[i] = true;
+            } else {
+                let _ = self.core.export(id);
+            }
+        }
+        self.core.carry.adopted.clear();
+        let moved = acks.iter().filter(|&&a| a).count() as u64;
         tracing::info!(adopted = moved, offered = acks.len(), state_bytes, "connections adopted");
         self.core.stats.adopted += moved;
         // The acknowledgement leaves before any adopted connection is read (in this turn's
@@ -188,6 +203,47 @@ impl Worker {
         let _ = new.channel.send(&Handover::Ack(acks));
         let _ = new.channel.flush_timeout(std::time::Duration::from_secs(1));
     }
+
+    /// Registers one connection that came (its descriptors taken from `item`); None when it
+    /// cannot be (the old worker keeps it).
+    fn import_moved(&mut self, item: &mut Incoming) -> Option<ConnId> {
+        let snapshot = item.snapshot.take()?;
+        let socket = item.socket.take().filter(|_| item.files.len() == snapshot.files.len())?;
+        // A TLS connection goes on with the old worker's record layer.
+        let tls = match item.tls.as_deref().map(moved_tls).transpose() {
+            Ok(tls) => tls,
+            Err(why) => {
+                tracing::warn!("could not take a TLS connection's state: {why}");
+                return None;
+            }
+        };
+        let conn = ExportedConn {
+            socket: Socket::from_kind(item.kind, socket),
+            tls,
+            files: std::mem::take(&mut item.files),
+            snapshot,
+        };
+        match self.core.import(conn) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!("could not import a connection: {}", e.source);
+                None
+            }
+        }
+    }
+}
+
+/// A connection as it came (a `MovedConn`), with its descriptors.
+struct Incoming {
+    kind: crate::worker::SocketKind,
+    /// Taken by the import.
+    snapshot: Option<crate::worker::Snapshot>,
+    tls: Option<Vec<u8>>,
+    state: Vec<u8>,
+    old_id: u64,
+    carried_by: Option<Carrier>,
+    socket: Option<std::os::fd::OwnedFd>,
+    files: Vec<std::fs::File>,
 }
 
 /// The record layer a TLS connection's old worker sent (`MovedTls::encode`).
