@@ -462,6 +462,16 @@ impl Transport {
         self.tls.as_ref().map_or(Ok(()), |t| t.movable())
     }
 
+    /// Whether [`Transport::into_parts`] can take it apart now: not a UDP session, and on the
+    /// io_uring backend no bytes of it in the ring.
+    pub fn exportable(&self) -> bool {
+        match &self.stream {
+            Stream::Ring(r) => r.is_settled(),
+            Stream::Datagram(_) => false,
+            _ => true,
+        }
+    }
+
     /// The socket and the TLS state (None: plain), for an export. A UDP session has no socket
     /// of its own: it is given back.
     pub fn into_parts(self) -> Result<(Socket, Option<TlsSession>), Self> {

@@ -101,6 +101,9 @@ pub enum ExportError {
     /// A TLS connection that cannot move (its handshake is not finished, say).
     #[error("a TLS connection cannot move: {0}")]
     Tls(CannotMove),
+    /// Its bytes are in the io_uring ring ([`Stay::InRing`]).
+    #[error("its bytes are in the io_uring ring")]
+    InRing,
 }
 
 /// An import that failed: the connection is given back whole, with the reason.
@@ -129,6 +132,10 @@ pub enum Stay {
     /// A UDP session: it has no socket of its own (the slot's socket is shared anyway).
     #[error("a UDP session")]
     Datagram,
+    /// On the io_uring backend, bytes of it are still in the ring (received and not read, or
+    /// written and not sent): only its descriptor could move, and those bytes would be lost.
+    #[error("its bytes are in the io_uring ring")]
+    InRing,
 }
 
 /// Outbound connections in a hand-over. They are never offered to the plugin on their own: the
@@ -166,6 +173,9 @@ impl Core {
         }
         if c.stream.tls_movable().is_err() {
             return Err(Stay::Tls);
+        }
+        if !c.stream.exportable() {
+            return Err(Stay::InRing);
         }
         Ok(c.origin)
     }
@@ -229,6 +239,10 @@ impl Core {
         }
         if !matches!(c.phase, ConnPhase::Open | ConnPhase::Closing { announced: true }) {
             return Err(ExportError::Phase(c.phase));
+        }
+        if !c.stream.exportable() {
+            // Checked before it leaves the table: a connection is never lost to an export.
+            return Err(ExportError::InRing);
         }
         // TLS gives up the plaintext it holds to the connection's input (it moves with it).
         let c = self.get_mut(id).expect("checked above");
