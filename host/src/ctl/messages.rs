@@ -16,7 +16,8 @@ use crate::config::WorkerSpec;
 /// 8: a replacement may start awaiting its hand-over (`WorkerSpec::await_handover`, `Serve`),
 /// `Limits::handover_timeout_ms`, a hand-over report's reasons for what stayed, the moved-TLS
 /// counters in the worker report.
-pub const PROTOCOL: u32 = 8;
+/// 9: UDP sessions move in a hand-over (`Handover::Sessions`).
+pub const PROTOCOL: u32 = 9;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;
@@ -212,6 +213,10 @@ pub enum Handover {
     Ack(Vec<bool>),
     /// The new worker could not adopt the worker state: the old one takes everything back.
     Failed(String),
+    /// A batch of UDP sessions (protocol 9), after every `Conns`: plain data, no descriptor
+    /// (the slot's socket is the replacement's already). `Ack` answers them after the
+    /// connections, in order.
+    Sessions(Vec<MovedSession>),
 }
 
 impl Message for Handover {
@@ -231,6 +236,14 @@ pub struct MovedConn {
     /// sequence numbers and the ciphertext in flight); None for a plain one. It crosses only the
     /// socket pair between the two workers.
     pub tls: Option<Vec<u8>>,
+}
+
+/// One UDP session of a hand-over: the host's part (its peer, counters, idle age, topics) and
+/// the plugin's state for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MovedSession {
+    pub snapshot: crate::worker::Snapshot,
+    pub state: Vec<u8>,
 }
 
 /// What a channel needs to know of the messages it receives.

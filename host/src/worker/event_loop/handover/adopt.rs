@@ -52,7 +52,7 @@ impl Worker {
                     }
                     let _ = new.channel.send(&answer);
                 }
-                Handover::State { .. } | Handover::Conns(_) => new.stash.push((msg, fds)),
+                Handover::State { .. } | Handover::Conns(_) | Handover::Sessions(_) => new.stash.push((msg, fds)),
                 Handover::Done => {
                     self.adopt_all(&mut new);
                     new.finished = true;
@@ -91,7 +91,7 @@ impl Worker {
         };
         let mut acks = Vec::new();
         let mut worker_adopted = false;
-        let (mut moved, mut state_bytes) = (0u64, 0u64);
+        let (mut moved, mut sessions, mut state_bytes) = (0u64, 0u64, 0u64);
         for (msg, fds) in std::mem::take(&mut new.stash) {
             match msg {
                 Handover::State { len, inline } => {
@@ -174,6 +174,14 @@ impl Worker {
                         acks.push(adopted);
                     }
                 }
+                Handover::Sessions(list) => {
+                    for m in list {
+                        let adopted = worker_adopted && self.adopt_session(version, m.snapshot, &m.state);
+                        sessions += adopted as u64;
+                        state_bytes += m.state.len() as u64;
+                        acks.push(adopted);
+                    }
+                }
                 _ => {}
             }
         }
@@ -181,12 +189,37 @@ impl Worker {
             let _ = new.channel.send(&Handover::Failed("no worker state came".into()));
             return;
         }
-        tracing::info!(adopted = moved, offered = acks.len(), state_bytes, "connections adopted");
-        self.core.stats.adopted += moved;
+        tracing::info!(
+            adopted = moved,
+            udp_sessions = sessions,
+            offered = acks.len(),
+            state_bytes,
+            "connections adopted"
+        );
+        self.core.stats.adopted += moved + sessions;
         // The acknowledgement leaves before any adopted connection is read (in this turn's
         // settling): should this worker die after reading, the old one no longer holds them.
         let _ = new.channel.send(&Handover::Ack(acks));
         let _ = new.channel.flush_timeout(std::time::Duration::from_secs(1));
+    }
+}
+
+impl Worker {
+    /// One UDP session: into the session table under a new id, then offered to the plugin
+    /// (backed out if it refuses: the old worker keeps the session).
+    fn adopt_session(&mut self, version: u32, snapshot: crate::worker::Snapshot, state: &[u8]) -> bool {
+        let id = match self.core.import_session(snapshot) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!("could not adopt a UDP session: {e}");
+                return false;
+            }
+        };
+        let answer = dispatch::handover_adopt_conn(&mut self.plugin, &mut self.core, id, version, state);
+        if answer != RawHandover::MOVE {
+            self.core.forget_session(id);
+        }
+        answer == RawHandover::MOVE
     }
 }
 
