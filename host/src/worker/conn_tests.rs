@@ -899,6 +899,9 @@ fn a_udp_session_moves_as_its_snapshot() {
     assert_eq!(a.core.get(old_id).unwrap().bytes_in, 3);
 }
 
+/// A change that makes a snapshot no UDP session can have.
+type Spoil = fn(&mut super::core::Snapshot);
+
 // Garbage is refused: bytes that are no session, and snapshots no UDP session can have.
 #[test]
 fn a_udp_session_snapshot_that_makes_no_sense_is_refused() {
@@ -916,16 +919,16 @@ fn a_udp_session_snapshot_that_makes_no_sense_is_refused() {
     assert_eq!(a.core.hold_session(stream).unwrap_err(), ExportError::NotASession);
 
     let (mut b, _) = udp_bench();
-    let cases: Vec<(Box<dyn Fn(&mut super::core::Snapshot)>, BadSession)> = vec![
-        (Box::new(|s| s.peer = None), BadSession::NoPeer),
+    let cases: [(Spoil, BadSession); 6] = [
+        (|s| s.peer = None, BadSession::NoPeer),
         (
-            Box::new(|s| s.phase = ConnPhase::Closing { announced: true }),
+            |s| s.phase = ConnPhase::Closing { announced: true },
             BadSession::Phase(ConnPhase::Closing { announced: true }),
         ),
-        (Box::new(|s| s.input = b"half".to_vec()), BadSession::StreamState),
-        (Box::new(|s| s.output = b"queued".to_vec()), BadSession::StreamState),
-        (Box::new(|s| s.eof = true), BadSession::StreamState),
-        (Box::new(|s| s.files.push(FileRange { at: 0, offset: 0, remaining: 1 })), BadSession::StreamState),
+        (|s| s.input = b"half".to_vec(), BadSession::StreamState),
+        (|s| s.output = b"queued".to_vec(), BadSession::StreamState),
+        (|s| s.eof = true, BadSession::StreamState),
+        (|s| s.files.push(FileRange { at: 0, offset: 0, remaining: 1 }), BadSession::StreamState),
     ];
     for (spoil, why) in cases {
         let mut bad = good.clone();
