@@ -630,7 +630,42 @@ fn udp_sessions_move_with_their_peers() {
         assert_ne!(pid, old_pid, "the new worker answers");
     }
     host.log().wait_for("UDP sessions moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    host.log().wait_for_nth("session opened", 3, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(host.log().count("session opened"), 3, "{}", host.log_text());
     assert_eq!(host.log().count("session closed"), 0, "{}", host.log_text());
     assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+}
+
+// The new plugin refuses the sessions: the old worker takes them back (no duplicate: it reads
+// no datagram meanwhile) and its drain ends them (`on_close`); their peers' next datagrams open
+// new sessions in the new worker.
+#[test]
+fn udp_sessions_the_new_plugin_refuses_go_back_and_end() {
+    let mut host = Host::spawn([
+        "--plugin",
+        "fixture_udp_count",
+        "--plugin-config",
+        "adopt = \"refuse\"\n",
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--count",
+        "1",
+        "--drain-timeout",
+        "30",
+    ]);
+    host.wait_for_log("host ready", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let server: std::net::SocketAddr = format!("127.0.0.1:{}", host.port()).parse().unwrap();
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(LOG_TIMEOUT)).unwrap();
+    assert_eq!(udp_count(&c, server).0, 1);
+    let (count, old_pid) = udp_count(&c, server);
+    assert_eq!(count, 2);
+    reload(&mut host, &["reload", "-g"]);
+    let line = host.log().wait_for("hand-over: ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("0 connections moved, 1 drained (1 refused by the new plugin)"), "{line}");
+    host.log().wait_for("session closed", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let (count, pid) = udp_count(&c, server);
+    assert_eq!((count, pid == old_pid), (1, false), "a new session in the new worker");
+    // (Its log line may reach the host's log after the answer reached the client.)
+    host.log().wait_for_nth("session opened", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
 }
