@@ -7,9 +7,13 @@
 //! The message `whoami` is answered with what the host knows of the peer instead of an echo:
 //! `uid=… gid=… pid=…` on a Unix socket (`Host::peer_cred`), `addr=IP:PORT` otherwise.
 //!
+//! It keeps no state: in a hand-over (a reload, `host upgrade`, a recycle) every UDP session
+//! and stream connection moves to the new worker as it is (the host moves what it buffered),
+//! and a peer's next datagram reaches its session there.
+//!
 //! No config keys.
 
-use plugin_api::{export_plugin, ConnId, Frame, Host, Protocol, WorkerInfo};
+use plugin_api::{export_plugin, ConnId, Frame, Host, Protocol, StateWriter, WorkerInfo};
 
 pub struct UdpEcho;
 
@@ -25,6 +29,9 @@ pub fn whoami(host: &Host<'_>, conn: ConnId) -> String {
 }
 
 impl Protocol for UdpEcho {
+    /// Version 1: no state of its own (nothing is written per connection).
+    const HANDOVER_VERSION: u32 = 1;
+
     fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
         Ok(UdpEcho)
     }
@@ -45,6 +52,14 @@ impl Protocol for UdpEcho {
         } else {
             host.send(conn, msg);
         }
+    }
+
+    fn export_conn(&mut self, _host: &mut Host<'_>, _conn: ConnId, _out: &mut StateWriter<'_>) -> bool {
+        true
+    }
+
+    fn adopt_conn(&mut self, _host: &mut Host<'_>, _conn: ConnId, version: u32, state: &[u8]) -> bool {
+        version == Self::HANDOVER_VERSION && state.is_empty()
     }
 }
 

@@ -17,7 +17,8 @@ use crate::config::WorkerSpec;
 /// `Limits::handover_timeout_ms`, a hand-over report's reasons for what stayed, the moved-TLS
 /// counters in the worker report.
 /// 9: a hand-over's connections carry their old id and, for an outbound connection, who
-/// carries it (`MovedConn::old_id`, `MovedConn::carried_by`).
+/// carries it (`MovedConn::old_id`, `MovedConn::carried_by`); UDP sessions move in a hand-over
+/// (`Handover::Sessions`).
 pub const PROTOCOL: u32 = 9;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
@@ -214,6 +215,10 @@ pub enum Handover {
     Ack(Vec<bool>),
     /// The new worker could not adopt the worker state: the old one takes everything back.
     Failed(String),
+    /// A batch of UDP sessions (protocol 9), after every `Conns`: plain data, no descriptor
+    /// (the slot's socket is the replacement's already). `Ack` answers them after the
+    /// connections, in order.
+    Sessions(Vec<MovedSession>),
 }
 
 impl Message for Handover {
@@ -247,6 +252,14 @@ pub enum Carrier {
     Worker,
     /// The connection of this old id (`export_conn`): it moves if that connection is adopted.
     Conn(u64),
+}
+
+/// One UDP session of a hand-over: the host's part (its peer, counters, idle age, topics) and
+/// the plugin's state for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MovedSession {
+    pub snapshot: crate::worker::Snapshot,
+    pub state: Vec<u8>,
 }
 
 /// What a channel needs to know of the messages it receives.

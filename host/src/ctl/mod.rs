@@ -22,8 +22,8 @@ use std::io::{self, Read, Write};
 
 pub use self::channel::Channel;
 pub use self::messages::{
-    Carrier, Fallback, Handover, HandoverReport, MovedConn, Peer, ReportKind, ToMaster, ToWorker, FINAL_REPORT,
-    PROTOCOL,
+    Carrier, Fallback, Handover, HandoverReport, MovedConn, MovedSession, Peer, ReportKind, ToMaster, ToWorker,
+    FINAL_REPORT, PROTOCOL,
 };
 
 /// The master's end of a worker's channel.

@@ -16,7 +16,7 @@ use plugin_api::abi::{
 };
 use plugin_api::{ConnId, TimerId};
 
-use super::core::{Core, Ctx, ExportError};
+use super::core::{BadSession, Core, Ctx, ExportError, FileRange};
 use super::dispatch;
 use super::fake_socket::FakeSocket;
 use super::phase::{ConnPhase, Exit, WorkerPhase};
@@ -719,7 +719,8 @@ fn what_cannot_move_says_why() {
     assert_eq!(b.core.movable(connecting), Err(Stay::NotOpen));
     let session = b.core.reserve_id();
     b.core.place(session, Transport::plain(Stream::Datagram("127.0.0.1:9".parse().unwrap())), None).unwrap();
-    assert_eq!(b.core.movable(session), Err(Stay::Datagram));
+    // A UDP session moves as a session (`Core::hold_session`), beside the connections.
+    assert_eq!(b.core.movable(session), Ok(()));
     let open = b.accept(Stream::Fake(FakeSocket::default()));
     assert_eq!(b.core.movable(open), Ok(()));
     b.core.get_mut(open).unwrap().origin = super::core::Origin::Outbound;
@@ -850,4 +851,123 @@ fn a_moved_subscriber_hears_each_topic_message_once() {
     let mut got = vec![0; want.len()];
     std::io::Read::read_exact(&mut peer, &mut got).unwrap();
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+}
+
+/// A bench with a UDP socket of its own on 127.0.0.1 (its address).
+fn udp_bench() -> (Bench, std::net::SocketAddr) {
+    let mut b = Bench::new(limits());
+    let udp = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = udp.local_addr().unwrap();
+    b.core.udp = Some(udp);
+    (b, addr)
+}
+
+/// Reads the bench's UDP socket as the loop does until the plugin heard something (bounded).
+fn receive_datagrams(b: &mut Bench) -> Vec<Heard> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        super::datagram::receive(&mut b.plugin, &mut b.core, &mut b.scratch);
+        b.settle();
+        let heard = b.heard();
+        if !heard.is_empty() || std::time::Instant::now() > deadline {
+            return heard;
+        }
+        std::thread::yield_now();
+    }
+}
+
+// A UDP session moves as plain data: out of one table (its peer no longer keyed there), through
+// the hand-over's encoding, into another under a new id, where its peer's next datagram reaches
+// it (no second `on_connect`) with its counters and idle age carried over.
+#[test]
+fn a_udp_session_moves_as_its_snapshot() {
+    let (mut a, a_addr) = udp_bench();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer = client.local_addr().unwrap();
+    client.send_to(b"one", a_addr).unwrap();
+    let heard = receive_datagrams(&mut a);
+    let old_id = *a.core.sessions.get(&peer).expect("a session for the peer");
+    assert_eq!(heard, [Heard::Connect(old_id), Heard::Message(old_id, b"one".to_vec())]);
+    a.core.now_ms += 700;
+
+    assert_eq!(a.core.movable(old_id), Ok(()));
+    let snapshot = a.core.hold_session(old_id).unwrap();
+    assert!(a.core.get(old_id).is_none() && !a.core.sessions.contains_key(&peer));
+    assert_eq!(snapshot.peer, Some(peer));
+    assert_eq!((snapshot.bytes_in, snapshot.idle_ms), (3, 700));
+    // Held: its id is not given to another session meanwhile.
+    assert_ne!(a.core.reserve_id().index(), old_id.index());
+
+    let moved = crate::ctl::MovedSession { snapshot, state: vec![7, 7] };
+    let bytes = postcard::to_stdvec(&moved).unwrap();
+    let back: crate::ctl::MovedSession = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(back, moved);
+
+    let (mut b, b_addr) = udp_bench();
+    b.core.now_ms = 50_000;
+    let new_id = b.core.import_session(back.snapshot.clone()).unwrap();
+    assert_eq!(b.core.sessions.get(&peer), Some(&new_id));
+    assert_eq!(b.core.get(new_id).unwrap().last_active_ms, 50_000 - 700);
+    client.send_to(b"two", b_addr).unwrap();
+    assert_eq!(receive_datagrams(&mut b), [Heard::Message(new_id, b"two".to_vec())], "no new session");
+    assert_eq!(b.core.get(new_id).unwrap().bytes_in, 6);
+    let mut answer = [0; 16];
+    let (n, _) = client.recv_from(&mut answer).unwrap();
+    assert_eq!(&answer[..n], b"one", "the old worker's echo");
+
+    // The same peer again is a duplicate: refused, the table as it was.
+    assert_eq!(b.core.import_session(back.snapshot.clone()), Err(BadSession::Duplicate(peer)));
+    assert_eq!(b.core.sessions.len(), 1);
+
+    // A refused adoption backs out: the peer's next datagram opens a session of its own.
+    b.core.forget_session(new_id);
+    assert!(b.core.get(new_id).is_none() && b.core.sessions.is_empty());
+
+    // Should the hand-over fail, the old worker puts it back under its id.
+    assert_eq!(a.core.restore_session(old_id, back.snapshot), Ok(old_id));
+    assert_eq!(a.core.sessions.get(&peer), Some(&old_id));
+    assert_eq!(a.core.get(old_id).unwrap().bytes_in, 3);
+}
+
+/// A change that makes a snapshot no UDP session can have.
+type Spoil = fn(&mut super::core::Snapshot);
+
+// Garbage is refused: bytes that are no session, and snapshots no UDP session can have.
+#[test]
+fn a_udp_session_snapshot_that_makes_no_sense_is_refused() {
+    assert!(postcard::from_bytes::<crate::ctl::MovedSession>(b"\xff\xff\xff\xff\xff\x01garbage").is_err());
+    assert!(postcard::from_bytes::<crate::ctl::MovedSession>(&[]).is_err());
+
+    let (mut a, _) = udp_bench();
+    let peer: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let session = a.core.reserve_id();
+    a.core.place(session, Transport::plain(Stream::Datagram(peer)), None).unwrap();
+    a.core.sessions.insert(peer, session);
+    let good = a.core.snapshot(session).unwrap();
+    // Not a session: a stream connection is held as a connection, not as a session.
+    let stream = a.accept(Stream::Fake(FakeSocket::default()));
+    assert_eq!(a.core.hold_session(stream).unwrap_err(), ExportError::NotASession);
+
+    let (mut b, _) = udp_bench();
+    let cases: [(Spoil, BadSession); 6] = [
+        (|s| s.peer = None, BadSession::NoPeer),
+        (
+            |s| s.phase = ConnPhase::Closing { announced: true },
+            BadSession::Phase(ConnPhase::Closing { announced: true }),
+        ),
+        (|s| s.input = b"half".to_vec(), BadSession::StreamState),
+        (|s| s.output = b"queued".to_vec(), BadSession::StreamState),
+        (|s| s.eof = true, BadSession::StreamState),
+        (|s| s.files.push(FileRange { at: 0, offset: 0, remaining: 1 }), BadSession::StreamState),
+    ];
+    for (spoil, why) in cases {
+        let mut bad = good.clone();
+        spoil(&mut bad);
+        assert_eq!(b.core.import_session(bad), Err(why));
+        assert!(b.core.sessions.is_empty() && b.core.ids().is_empty(), "nothing stays of a refused session");
+    }
+    // Without a UDP socket a worker takes no session.
+    let mut c = Bench::new(limits());
+    assert_eq!(c.core.import_session(good.clone()), Err(BadSession::NoSocket));
+    assert_eq!(b.core.import_session(good).map(|_| ()), Ok(()));
 }

@@ -462,14 +462,10 @@ impl Transport {
         self.tls.as_ref().map_or(Ok(()), |t| t.movable())
     }
 
-    /// Whether [`Transport::into_parts`] can take it apart now: not a UDP session, and on the
-    /// io_uring backend no bytes of it in the ring.
-    pub fn exportable(&self) -> bool {
-        match &self.stream {
-            Stream::Ring(r) => r.is_settled(),
-            Stream::Datagram(_) => false,
-            _ => true,
-        }
+    /// On the io_uring backend, whether bytes of it are in the ring (received and not read, or
+    /// written and not sent): then [`Transport::into_parts`] cannot take it apart.
+    pub fn bytes_in_ring(&self) -> bool {
+        matches!(&self.stream, Stream::Ring(r) if !r.is_settled())
     }
 
     /// The socket and the TLS state (None: plain), for an export. A UDP session has no socket

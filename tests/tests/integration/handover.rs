@@ -557,3 +557,115 @@ fn chat_rooms_go_on_across_a_graceful_reload() {
     outsider.send(b"in blue\n");
     assert_eq!(read_line(&mut outsider), "in blue\n");
 }
+
+/// A UDP client of `fixture_udp_count`: sends a datagram, returns the answer's (count, pid).
+fn udp_count(s: &std::net::UdpSocket, server: std::net::SocketAddr) -> (u64, u32) {
+    s.send_to(b"x", server).expect("send");
+    let mut buf = [0; 64];
+    let (n, from) = s.recv_from(&mut buf).unwrap_or_else(|e| panic!("no answer: {e}"));
+    assert_eq!(from, server);
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let (count, pid) = answer.split_once(' ').unwrap_or_else(|| panic!("answer {answer:?}"));
+    (count.parse().unwrap(), pid.parse().unwrap())
+}
+
+// UDP sessions move with their peers: after `host reload -g` each peer's session goes on in the
+// new worker with the plugin's state for it (its count continues, not restarting at 1), no new
+// session opens and none closes, and the log says they moved. One peer keeps sending through the
+// reload: what it sends while the hand-over is under way waits in the socket's queue and reaches
+// its moved session (never a second one).
+#[test]
+fn udp_sessions_move_with_their_peers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut host = Host::spawn([
+        "--plugin",
+        "fixture_udp_count",
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--count",
+        "1",
+        "--drain-timeout",
+        "30",
+    ]);
+    host.wait_for_log("host ready", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let server: std::net::SocketAddr = format!("127.0.0.1:{}", host.port()).parse().unwrap();
+    let client = || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(LOG_TIMEOUT)).unwrap();
+        s
+    };
+    let quiet: Vec<_> = (0..2).map(|_| client()).collect();
+    let mut old_pid = 0;
+    for c in &quiet {
+        for n in 1..=3 {
+            let (count, pid) = udp_count(c, server);
+            assert_eq!(count, n);
+            old_pid = pid;
+        }
+    }
+    let busy = client();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sending = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                assert_eq!(udp_count(&busy, server).0, n, "the busy peer's count goes on");
+                // A polite client (two cores are shared): it keeps sending, without a spin.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (busy, n)
+        })
+    };
+    reload(&mut host, &["reload", "-g"]);
+    let line = host.log().wait_for("hand-over: ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("hand-over: 3 connections moved"), "{line}\n{}", host.log_text());
+    stop.store(true, Ordering::Relaxed);
+    let (busy, sent) = sending.join().expect("the busy peer's count went on");
+    // The new worker answers each peer from its moved session.
+    for (c, next) in quiet.iter().map(|c| (c, 4)).chain([(&busy, sent + 1)]) {
+        let (count, pid) = udp_count(c, server);
+        assert_eq!(count, next, "{}", host.log_text());
+        assert_ne!(pid, old_pid, "the new worker answers");
+    }
+    host.log().wait_for("UDP sessions moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    host.log().wait_for_nth("session opened", 3, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(host.log().count("session opened"), 3, "{}", host.log_text());
+    assert_eq!(host.log().count("session closed"), 0, "{}", host.log_text());
+    assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+}
+
+// The new plugin refuses the sessions: the old worker takes them back (no duplicate: it reads
+// no datagram meanwhile) and its drain ends them (`on_close`); their peers' next datagrams open
+// new sessions in the new worker.
+#[test]
+fn udp_sessions_the_new_plugin_refuses_go_back_and_end() {
+    let mut host = Host::spawn([
+        "--plugin",
+        "fixture_udp_count",
+        "--plugin-config",
+        "adopt = \"refuse\"\n",
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--count",
+        "1",
+        "--drain-timeout",
+        "30",
+    ]);
+    host.wait_for_log("host ready", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let server: std::net::SocketAddr = format!("127.0.0.1:{}", host.port()).parse().unwrap();
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(LOG_TIMEOUT)).unwrap();
+    assert_eq!(udp_count(&c, server).0, 1);
+    let (count, old_pid) = udp_count(&c, server);
+    assert_eq!(count, 2);
+    reload(&mut host, &["reload", "-g"]);
+    let line = host.log().wait_for("hand-over: ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("0 connections moved, 1 drained (1 refused by the new plugin)"), "{line}");
+    host.log().wait_for("session closed", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let (count, pid) = udp_count(&c, server);
+    assert_eq!((count, pid == old_pid), (1, false), "a new session in the new worker");
+    // (Its log line may reach the host's log after the answer reached the client.)
+    host.log().wait_for_nth("session opened", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -113,7 +113,7 @@ fn udp_service_survives_a_graceful_reload() {
     let old = host.worker_pids();
     let out = host.command(["reload", "-g"], Duration::from_secs(30));
     assert!(out.status.success(), "reload failed: {}{}", out.stdout, out.stderr);
-    // The draining worker ends its sessions and exits at once (it has nothing queued), well
+    // The old worker hands its session over and exits at once (nothing is left to drain), well
     // before its 30 s drain deadline; the replacement reads the slot's socket.
     host.wait_workers(1, Duration::from_secs(20), |pids| pids != old.as_slice())
         .unwrap_or_else(|e| panic!("the old worker did not exit after its drain: {e}"));

@@ -9,6 +9,10 @@
 //! are ages, not instants: each worker's clock starts at its own epoch. The old worker keeps
 //! the exported value (and so every descriptor) until the new one has adopted it; should that
 //! fail, importing it back restores the connection where it was.
+//!
+//! A UDP session has no descriptor of its own (the slot's socket is shared by the old worker and
+//! its replacement): it moves as its [`Snapshot`] alone ([`Core::hold_session`],
+//! [`Core::import_session`]), the peer address keying it in the new worker's session table.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,7 +25,7 @@ use plugin_api::ConnId;
 use crate::tls::moved::CannotMove;
 
 use super::super::phase::ConnPhase;
-use super::super::transport::{Socket, TlsSession, Transport};
+use super::super::transport::{Socket, Stream, TlsSession, Transport};
 use super::conn::{Conn, FileOut, Hold, Origin, ReadSide, Sched};
 use super::{Core, Deferred, CONN_TOKEN_BASE};
 
@@ -95,9 +99,12 @@ pub enum ExportError {
     /// Handshaking, connecting or lingering: not a connection the plugin can resume.
     #[error("a connection in phase {0:?} cannot move")]
     Phase(ConnPhase),
-    /// A UDP session has no socket of its own (sessions move with the slot's socket).
+    /// A UDP session has no socket of its own: it moves as a session ([`Core::hold_session`]).
     #[error("a UDP session cannot move as a connection")]
     Datagram,
+    /// [`Core::hold_session`] of a connection that is not a UDP session.
+    #[error("not a UDP session")]
+    NotASession,
     /// A TLS connection that cannot move (its handshake is not finished, say).
     #[error("a TLS connection cannot move: {0}")]
     Tls(CannotMove),
@@ -129,9 +136,6 @@ pub enum Stay {
     /// (`RawHostExt::handover_carry`): still connecting, or its owner stays.
     #[error("outbound, not carried")]
     Outbound,
-    /// A UDP session: it has no socket of its own (the slot's socket is shared anyway).
-    #[error("a UDP session")]
-    Datagram,
     /// On the io_uring backend, bytes of it are still in the ring (received and not read, or
     /// written and not sent): only its descriptor could move, and those bytes would be lost.
     #[error("its bytes are in the io_uring ring")]
@@ -152,6 +156,23 @@ pub struct Carry {
     pub adopted: HashMap<u64, ConnId>,
 }
 
+/// Why a UDP session's snapshot cannot be adopted (the old worker keeps the session).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadSession {
+    #[error("a UDP session without a peer address")]
+    NoPeer,
+    #[error("a UDP session in phase {0:?} cannot be adopted")]
+    Phase(ConnPhase),
+    /// Files, buffered input or a half-close: what no UDP session has.
+    #[error("a UDP session snapshot with stream state")]
+    StreamState,
+    /// The peer has a session here already (a datagram opened one before the adoption).
+    #[error("{0} has a UDP session here already")]
+    Duplicate(SocketAddr),
+    #[error("this worker has no UDP socket")]
+    NoSocket,
+}
+
 impl Core {
     /// Whether connection `id` can move to a replacement, or why it stays. An outbound
     /// connection moves only when carried by its owner ([`Core::carry_outbound`]).
@@ -165,16 +186,13 @@ impl Core {
     /// Whether connection `id` could move if its owner carries it (all but the outbound rule).
     fn movable_origin(&self, id: ConnId) -> Result<Origin, Stay> {
         let c = self.get(id).ok_or(Stay::NotOpen)?;
-        if c.stream.datagram_peer().is_some() {
-            return Err(Stay::Datagram);
-        }
         if c.phase != ConnPhase::Open {
             return Err(Stay::NotOpen);
         }
         if c.stream.tls_movable().is_err() {
             return Err(Stay::Tls);
         }
-        if !c.stream.exportable() {
+        if c.stream.bytes_in_ring() {
             return Err(Stay::InRing);
         }
         Ok(c.origin)
@@ -240,7 +258,7 @@ impl Core {
         if !matches!(c.phase, ConnPhase::Open | ConnPhase::Closing { announced: true }) {
             return Err(ExportError::Phase(c.phase));
         }
-        if !c.stream.exportable() {
+        if c.stream.bytes_in_ring() {
             // Checked before it leaves the table: a connection is never lost to an export.
             return Err(ExportError::InRing);
         }
@@ -265,11 +283,7 @@ impl Core {
         // Topic messages on its topics that reach this worker from now on are forwarded.
         self.topics.handed_over.extend(exported.snapshot.topics.iter().map(|t| t[..].into()));
         // `take` freed the index last: reserve it again.
-        if self.free.last() == Some(&(id.index() as u32)) {
-            self.free.pop();
-        } else {
-            self.free.retain(|&i| i as usize != id.index());
-        }
+        self.keep_reserved(id);
         Ok(exported)
     }
 
@@ -299,6 +313,20 @@ impl Core {
             let (socket, tls) = stream.into_parts().unwrap_or_else(|_| unreachable!("a stream with a socket"));
             return Err(ImportError { conn: Box::new(ExportedConn { socket, tls, files, snapshot: s }), source });
         }
+        let open = s.phase == ConnPhase::Open;
+        // What the peer sent meanwhile waits in the socket: read it.
+        let read = ReadSide { ready: !s.eof, hup: s.hup, eof: s.eof };
+        self.put(id, stream, files, read, s);
+        // Flush what was queued (or carry out the close); dispatch what was buffered.
+        self.mark_dirty(index);
+        if open {
+            self.deferred.push_back((id, Deferred::Resume));
+        }
+        Ok(id)
+    }
+
+    /// Puts a connection built from a snapshot in the table under `id`, with its topics.
+    fn put(&mut self, id: ConnId, stream: Transport, files: Vec<File>, read: ReadSide, s: Snapshot) {
         let now = self.now_ms;
         let file_outs = s.files.iter().zip(files).map(|(r, file)| FileOut {
             at: r.at,
@@ -319,8 +347,7 @@ impl Core {
             output: s.output,
             output_pos: 0,
             files: file_outs.collect(),
-            // What the peer sent meanwhile waits in the socket: read it.
-            read: ReadSide { ready: !s.eof, hup: s.hup, eof: s.eof },
+            read,
             hold: s.hold,
             sched: Sched::default(),
             message_started_ms: s.message_age_ms.map(|age| now.saturating_sub(age)),
@@ -329,7 +356,7 @@ impl Core {
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
         };
-        self.conns[index] = Some(conn);
+        self.conns[id.index()] = Some(conn);
         self.live += 1;
         for topic in &s.topics {
             self.subscribe(id, topic);
@@ -339,11 +366,82 @@ impl Core {
             let marks = s.topic_marks.iter().copied().collect();
             self.replay_missed(id, &marks, &s.topics);
         }
-        // Flush what was queued (or carry out the close); dispatch what was buffered.
-        self.mark_dirty(index);
-        if s.phase == ConnPhase::Open {
-            self.deferred.push_back((id, Deferred::Resume));
+    }
+
+    /// Keeps the index `take` just freed reserved for `id`.
+    fn keep_reserved(&mut self, id: ConnId) {
+        if self.free.last() == Some(&(id.index() as u32)) {
+            self.free.pop();
+        } else {
+            self.free.retain(|&i| i as usize != id.index());
         }
+    }
+
+    /// Takes an open UDP session out of the table as its snapshot, its id kept reserved like
+    /// [`Core::hold`] (for [`Core::restore_session`] or [`Core::release`]). The plugin hears
+    /// nothing. Datagrams from its peer are not read meanwhile: the worker stopped reading the
+    /// slot's socket when the hand-over began.
+    pub fn hold_session(&mut self, id: ConnId) -> Result<Snapshot, ExportError> {
+        let c = self.get(id).ok_or(ExportError::NotFound)?;
+        if c.stream.datagram_peer().is_none() {
+            return Err(ExportError::NotASession);
+        }
+        if c.phase != ConnPhase::Open {
+            return Err(ExportError::Phase(c.phase));
+        }
+        let snapshot = self.snapshot(id).expect("checked above");
+        self.take(id.index()).expect("checked above");
+        self.topics.handed_over.extend(snapshot.topics.iter().map(|t| t[..].into()));
+        self.keep_reserved(id);
+        Ok(snapshot)
+    }
+
+    /// Puts a session taken by [`Core::hold_session`] back under its id.
+    pub fn restore_session(&mut self, id: ConnId, snapshot: Snapshot) -> Result<ConnId, BadSession> {
+        self.put_session(id, snapshot)
+    }
+
+    /// Adopts a UDP session from its snapshot under a new id: its peer's next datagram reaches
+    /// it (no new session, no `on_connect`), its idle age and counters go on.
+    pub fn import_session(&mut self, snapshot: Snapshot) -> Result<ConnId, BadSession> {
+        let id = self.reserve_id();
+        self.put_session(id, snapshot)
+    }
+
+    /// Backs an adoption out (the plugin refused it): the session leaves this table without a
+    /// word to the plugin; the old worker keeps it.
+    pub fn forget_session(&mut self, id: ConnId) {
+        if self.get(id).is_some_and(|c| c.stream.datagram_peer().is_some()) {
+            self.take(id.index());
+        }
+    }
+
+    fn put_session(&mut self, id: ConnId, s: Snapshot) -> Result<ConnId, BadSession> {
+        if let Err(e) = self.session_fits(&s) {
+            self.release_id(id);
+            return Err(e);
+        }
+        let peer = s.peer.expect("checked by session_fits");
+        self.put(id, Transport::plain(Stream::Datagram(peer)), Vec::new(), ReadSide::default(), s);
+        self.sessions.insert(peer, id);
         Ok(id)
+    }
+
+    /// Whether `s` is a UDP session this worker can take.
+    fn session_fits(&self, s: &Snapshot) -> Result<(), BadSession> {
+        let peer = s.peer.ok_or(BadSession::NoPeer)?;
+        if s.phase != ConnPhase::Open {
+            return Err(BadSession::Phase(s.phase));
+        }
+        if !s.files.is_empty() || !s.input.is_empty() || !s.output.is_empty() || s.expect.is_some() || s.eof || s.hup {
+            return Err(BadSession::StreamState);
+        }
+        if self.udp.is_none() {
+            return Err(BadSession::NoSocket);
+        }
+        if self.sessions.contains_key(&peer) {
+            return Err(BadSession::Duplicate(peer));
+        }
+        Ok(())
     }
 }

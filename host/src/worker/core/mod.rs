@@ -27,6 +27,8 @@ use rustls::ServerConfig;
 pub use self::conn::{Conn, Flushed, Origin, ReadSide};
 #[cfg(test)]
 pub use self::export::ExportError;
+#[cfg(test)]
+pub use self::export::{BadSession, FileRange};
 pub use self::export::{ExportedConn, Snapshot, Stay};
 pub use self::host::Ctx;
 pub use self::stats::Stats;

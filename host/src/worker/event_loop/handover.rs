@@ -12,6 +12,9 @@
 //!       State, Conns… (≤ 253 descriptors a frame, duplicates), Done ─►
 //!                                              new: adopt_worker, then per connection: import
 //!                                              (registered), adopt_conn (or give it back)
+//!       Sessions… (UDP: plain data, no descriptor) ─►
+//!                                              new: per session: import (keyed by its peer),
+//!                                              adopt_conn (or give it back)
 //!                               ◄── Ack ───── new: sends it before it reads any of them, then
 //!                                              reads at once (edge-triggered: what arrived
 //!                                              meanwhile raises no edge)
@@ -23,6 +26,14 @@
 //! failure to adopt the worker state: the old worker restores every connection it holds and
 //! drains as before. The old instance keeps its plugin state throughout (an export does not
 //! consume it), so a restored connection goes on where it was.
+//!
+//! UDP sessions: both workers share the slot's socket (one receive queue). The old worker stops
+//! reading it when the hand-over begins (every datagram it read was delivered to its plugin
+//! then); the replacement reads it only once the hand-over has ended, its sessions adopted. A
+//! datagram that arrives in between waits in the socket's queue and reaches the adopted session
+//! (no new session, no `on_connect`): a peer never has a session in both workers. Should the
+//! hand-over fail, the old worker takes its sessions back (and drains: they close), and their
+//! peers' next datagrams open new sessions in the replacement.
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -32,11 +43,13 @@ use mio::{Interest, Token};
 use plugin_api::abi::{RawHandover, RawStateSink};
 use plugin_api::ConnId;
 
-use super::super::core::{ExportedConn, Stay};
+use super::super::core::{ExportedConn, Snapshot, Stay};
 use super::super::dispatch;
 use super::super::transport::TlsSession;
 use super::Worker;
-use crate::ctl::{Carrier, Fallback, Handover, HandoverChannel, HandoverReport, MovedConn, ToMaster, PROTOCOL};
+use crate::ctl::{
+    Carrier, Fallback, Handover, HandoverChannel, HandoverReport, MovedConn, MovedSession, ToMaster, PROTOCOL,
+};
 use crate::sys;
 
 mod adopt;
@@ -61,6 +74,8 @@ pub(super) struct OldSide {
     deadline_ms: u64,
     /// Sent and not acknowledged: each under the id it had here (held: not reused).
     held: Vec<(ConnId, ExportedConn)>,
+    /// UDP sessions sent and not acknowledged (acknowledged after `held`, in order).
+    held_sessions: Vec<(ConnId, Snapshot)>,
     /// When the connections left the table (None: not yet, the offer is out).
     stopped_ms: Option<u64>,
     report: HandoverReport,
@@ -189,6 +204,7 @@ impl Worker {
             fallback,
             deadline_ms: self.core.now_ms + timeout_ms,
             held: Vec::new(),
+            held_sessions: Vec::new(),
             stopped_ms: None,
             report,
         };
@@ -304,6 +320,7 @@ impl Worker {
         self.read_mailbox_to_end();
         let mut conns = Vec::new();
         let mut outbound = Vec::new();
+        let mut sessions = Vec::new();
         for id in self.core.ids() {
             // Outbound connections move only when their owner carries them (below).
             if self.core.is_outbound(id) {
@@ -321,6 +338,17 @@ impl Worker {
             let carried = self.core.carry.exporting.take().unwrap_or_default();
             if answer != RawHandover::MOVE {
                 old.report.stay("declined by the plugin", 1);
+                continue;
+            }
+            if self.core.get(id).is_some_and(|c| c.stream.datagram_peer().is_some()) {
+                // A UDP session: its snapshot alone (no descriptor of its own).
+                match self.core.hold_session(id) {
+                    Ok(snapshot) => sessions.push((id, snapshot, state)),
+                    Err(e) => {
+                        tracing::debug!(conn = id.0, "stays: {e}");
+                        old.report.stay(&e.to_string(), 1);
+                    }
+                }
                 continue;
             }
             // What it carries comes out first: should one not, the owner stays with the rest.
@@ -376,10 +404,17 @@ impl Worker {
             states.push((state, tls, carrier));
             old.held.push((id, conn));
         }
+        let mut session_states = Vec::with_capacity(sessions.len());
+        for (id, snapshot, state) in sessions {
+            session_states.push(state);
+            old.held_sessions.push((id, snapshot));
+        }
         if answer != RawHandover::MOVE {
             return Err("the plugin did not export its worker state".into());
         }
-        old.report.state_bytes = sink.len + states.iter().map(|(s, ..)| s.len() as u64).sum::<u64>();
+        old.report.state_bytes = sink.len
+            + states.iter().map(|(s, ..)| s.len() as u64).sum::<u64>()
+            + session_states.iter().map(|s| s.len() as u64).sum::<u64>();
         old.report.memfd = sink.memfd.is_some();
         let (frame, fds) = sink.finish().map_err(|e| format!("could not store the worker state: {e}"))?;
         old.channel.send_with_fds(&frame, fds).map_err(|e| format!("could not send the worker state: {e}"))?;
@@ -421,9 +456,23 @@ impl Worker {
                 .send_with_fds(&Handover::Conns(batch), fds)
                 .map_err(|e| format!("could not send connections: {e}"))?;
         }
+        let (mut batch, mut bytes) = (Vec::new(), 0usize);
+        for ((_, snapshot), state) in old.held_sessions.iter().zip(session_states) {
+            if bytes >= BATCH_BYTES {
+                let sent = old.channel.send(&Handover::Sessions(std::mem::take(&mut batch)));
+                sent.map_err(|e| format!("could not send UDP sessions: {e}"))?;
+                bytes = 0;
+            }
+            bytes += state.len() + 256;
+            batch.push(MovedSession { snapshot: snapshot.clone(), state });
+        }
+        if !batch.is_empty() {
+            old.channel.send(&Handover::Sessions(batch)).map_err(|e| format!("could not send UDP sessions: {e}"))?;
+        }
         old.channel.send(&Handover::Done).map_err(|e| format!("could not finish sending: {e}"))?;
         tracing::debug!(
             connections = old.held.len(),
+            sessions = old.held_sessions.len(),
             stayed = old.report.stayed,
             state_bytes = old.report.state_bytes,
             "hand-over sent"
@@ -469,11 +518,27 @@ impl Worker {
     /// The replacement acknowledged: the adopted connections' copies close here (without a
     /// shutdown: the replacement owns them), the others come back under their ids.
     fn finish_old(&mut self, mut old: OldSide, adopted: Vec<bool>) {
-        if adopted.len() != old.held.len() {
-            let why = format!("the new worker acknowledged {} connections of {}", adopted.len(), old.held.len());
+        let sent = old.held.len() + old.held_sessions.len();
+        if adopted.len() != sent {
+            let why = format!("the new worker acknowledged {} connections of {sent}", adopted.len());
             return self.end_old(old, why);
         }
-        for ((id, conn), moved) in std::mem::take(&mut old.held).into_iter().zip(adopted) {
+        let (conns_adopted, sessions_adopted) = adopted.split_at(old.held.len());
+        let mut sessions_moved = 0u64;
+        for ((id, snapshot), &moved) in std::mem::take(&mut old.held_sessions).into_iter().zip(sessions_adopted) {
+            if moved {
+                self.core.release(id);
+                old.report.moved += 1;
+                sessions_moved += 1;
+            } else {
+                self.restore_session(id, snapshot);
+                old.report.stay("refused by the new plugin", 1);
+            }
+        }
+        if sessions_moved > 0 {
+            tracing::info!(sessions = sessions_moved, "UDP sessions moved to the replacement");
+        }
+        for ((id, conn), &moved) in std::mem::take(&mut old.held).into_iter().zip(conns_adopted) {
             if moved {
                 self.core.release(id);
                 drop(conn);
@@ -492,9 +557,13 @@ impl Worker {
     fn end_old(&mut self, mut old: OldSide, why: String) {
         tracing::warn!("hand-over failed: {why}; taking the connections back");
         let held = std::mem::take(&mut old.held);
-        old.report.stay("the hand-over failed", held.len() as u64);
+        let sessions = std::mem::take(&mut old.held_sessions);
+        old.report.stay("the hand-over failed", (held.len() + sessions.len()) as u64);
         for (id, conn) in held {
             self.restore_conn(id, conn);
+        }
+        for (id, snapshot) in sessions {
+            self.restore_session(id, snapshot);
         }
         let _ = self.poll.registry().deregister(&mut old.channel.stream);
         old.report.failure = Some(why);
@@ -508,6 +577,14 @@ impl Worker {
             // Its socket closes as the value drops; the plugin hears the close.
             tracing::warn!(conn = id.0, "could not take a connection back: {}", e.source);
             self.core.release(id);
+            dispatch::closed_elsewhere(&mut self.plugin, &mut self.core, id);
+        }
+    }
+
+    fn restore_session(&mut self, id: ConnId, snapshot: Snapshot) {
+        if let Err(e) = self.core.restore_session(id, snapshot) {
+            // Not expected: this worker reads no datagram while it holds sessions.
+            tracing::warn!(conn = id.0, "could not take a UDP session back: {e}");
             dispatch::closed_elsewhere(&mut self.plugin, &mut self.core, id);
         }
     }
@@ -555,6 +632,7 @@ fn name(msg: &Handover) -> &'static str {
         Handover::Done => "done",
         Handover::Ack(_) => "ack",
         Handover::Failed(_) => "failed",
+        Handover::Sessions(_) => "sessions",
     }
 }
 

@@ -10,7 +10,7 @@ use super::super::super::dispatch;
 use super::super::super::transport::{Socket, TlsSession};
 use super::super::Worker;
 use super::{name, NewSide};
-use crate::ctl::{Carrier, Handover, MovedConn};
+use crate::ctl::{Carrier, Handover, MovedConn, MovedSession};
 use crate::sys;
 
 /// A worker state as received: in the frame, or a mapping of its memfd.
@@ -53,7 +53,7 @@ impl Worker {
                     }
                     let _ = new.channel.send(&answer);
                 }
-                Handover::State { .. } | Handover::Conns(_) => new.stash.push((msg, fds)),
+                Handover::State { .. } | Handover::Conns(_) | Handover::Sessions(_) => new.stash.push((msg, fds)),
                 Handover::Done => {
                     self.adopt_all(&mut new);
                     new.finished = true;
@@ -93,6 +93,7 @@ impl Worker {
         };
         let mut state = None;
         let mut items = Vec::new();
+        let mut session_items = Vec::new();
         for (msg, fds) in std::mem::take(&mut new.stash) {
             match msg {
                 Handover::State { len, inline } if state.is_none() => state = Some((len, inline, fds)),
@@ -115,6 +116,7 @@ impl Worker {
                         });
                     }
                 }
+                Handover::Sessions(list) => session_items.extend(list),
                 _ => {}
             }
         }
@@ -196,8 +198,23 @@ impl Worker {
         }
         self.core.carry.adopted.clear();
         let moved = acks.iter().filter(|&&a| a).count() as u64;
-        tracing::info!(adopted = moved, offered = acks.len(), state_bytes, "connections adopted");
-        self.core.stats.adopted += moved;
+        // UDP sessions last (the acknowledgement answers them after the connections, in order).
+        let mut sessions = 0u64;
+        for m in session_items {
+            let MovedSession { snapshot, state } = m;
+            state_bytes += state.len() as u64;
+            let adopted = self.adopt_session(version, snapshot, &state);
+            sessions += adopted as u64;
+            acks.push(adopted);
+        }
+        tracing::info!(
+            adopted = moved,
+            udp_sessions = sessions,
+            offered = acks.len(),
+            state_bytes,
+            "connections adopted"
+        );
+        self.core.stats.adopted += moved + sessions;
         // The acknowledgement leaves before any adopted connection is read (in this turn's
         // settling): should this worker die after reading, the old one no longer holds them.
         let _ = new.channel.send(&Handover::Ack(acks));
@@ -244,6 +261,25 @@ struct Incoming {
     carried_by: Option<Carrier>,
     socket: Option<std::os::fd::OwnedFd>,
     files: Vec<std::fs::File>,
+}
+
+impl Worker {
+    /// One UDP session: into the session table under a new id, then offered to the plugin
+    /// (backed out if it refuses: the old worker keeps the session).
+    fn adopt_session(&mut self, version: u32, snapshot: crate::worker::Snapshot, state: &[u8]) -> bool {
+        let id = match self.core.import_session(snapshot) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!("could not adopt a UDP session: {e}");
+                return false;
+            }
+        };
+        let answer = dispatch::handover_adopt_conn(&mut self.plugin, &mut self.core, id, version, state);
+        if answer != RawHandover::MOVE {
+            self.core.forget_session(id);
+        }
+        answer == RawHandover::MOVE
+    }
 }
 
 /// The record layer a TLS connection's old worker sent (`MovedTls::encode`).
