@@ -575,8 +575,9 @@ impl Worker {
     fn restore_conn(&mut self, id: ConnId, conn: ExportedConn) {
         if let Err(e) = self.core.restore(id, conn) {
             // Its socket closes as the value drops; the plugin hears the close.
+            // (`Core::restore` freed its id already: freeing it twice would give one index to
+            // two later connections.)
             tracing::warn!(conn = id.0, "could not take a connection back: {}", e.source);
-            self.core.release(id);
             dispatch::closed_elsewhere(&mut self.plugin, &mut self.core, id);
         }
     }
