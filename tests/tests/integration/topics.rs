@@ -459,3 +459,91 @@ fn two_hosts_through_redis_over_tls() {
 fn two_hosts_through_nats_over_tls() {
     two_hosts_over_tls(BrokerKind::Nats);
 }
+
+// ---- Across hosts through a Redis Cluster (sharded pub/sub) ----
+
+/// The room of a sharded channel (`host:<service>:<room>`).
+fn room_of(channel: &str) -> String {
+    channel.rsplit(':').next().unwrap().to_string()
+}
+
+// A real 3-node Redis Cluster; two hosts of two workers each with the cluster URL. Rooms whose
+// slots live on each of the three nodes: every member on either host receives each message of
+// its room once, and each room is subscribed on the node that owns its slot. One node killed:
+// the rooms of the other two still go across hosts, and the dead node's rooms still go locally.
+#[test]
+fn two_hosts_through_a_redis_cluster_and_a_node_lost() {
+    use host_tests::broker::RedisCluster;
+    let mut cluster = RedisCluster::start();
+    let url = cluster.url();
+    let start = || {
+        let host = Host::start("ws_chat", &["--count", "2", "--cluster", &url]);
+        host.log()
+            .wait_for_nth("connected to the cluster's broker", 2, READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("the workers did not get the slot map from {url}: {e}"));
+        host
+    };
+    let (mut a, b) = (start(), start());
+    let (pa, pb) = (a.port(), b.port());
+    let rooms: Vec<String> = (0..9).map(|i| format!("room{i}")).collect();
+    let ports: Vec<u16> = (0..3).map(|n| cluster.port(n)).collect();
+    // While the members are connected, each node's sharded channels (`PUBSUB SHARDCHANNELS`).
+    let script = format!(
+        r#"{TWO_HOSTS}
+import subprocess
+rooms = {rooms:?}
+members = {{}}
+for r in rooms:
+    members[r] = [member({pa}, r), member({pa}, r), member({pb}, r), member({pb}, r)]
+    assert synced(members[r][:1] + members[r][2:3], members[r]), r
+for r in rooms:
+    for i, ws in enumerate(members[r]):
+        ws.send("%s-%d" % (r, i))
+ok = all(sorted(collect(ws, 4)) == sorted("%s-%d" % (r, i) for i in range(4)) for r in rooms for ws in members[r])
+print("all", ok)
+for p in {ports:?}:
+    out = subprocess.run(["redis-cli", "-p", str(p), "pubsub", "shardchannels"], capture_output=True, timeout=5)
+    print("node", " ".join(out.stdout.decode().split()))
+"#
+    );
+    let out = crate::websocket::python(&script, pa);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("all True"), "{out}");
+    let on_node: Vec<Vec<String>> =
+        lines.map(|l| l.strip_prefix("node").unwrap().split_whitespace().map(room_of).collect()).collect();
+    assert_eq!(on_node.len(), 3, "{out}");
+    for (n, rooms_there) in on_node.iter().enumerate() {
+        assert!(!rooms_there.is_empty(), "node {n} holds none of the rooms: {on_node:?}");
+    }
+    let mut all: Vec<String> = on_node.concat();
+    all.sort();
+    assert_eq!(all, rooms, "each room subscribed on one node only: {on_node:?}");
+    let out = a.command(["status"], COMMAND_TIMEOUT).stdout;
+    let line = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default();
+    assert!(line.contains("#0 ready 3/3 nodes") && line.contains("#1 ready 3/3 nodes"), "{out}");
+
+    cluster.kill(2);
+    for host in [&a, &b] {
+        host.log().wait_for_nth("broker connection is down", 2, READY_TIMEOUT).expect("both workers notice");
+    }
+    let alive: Vec<String> = on_node[0].iter().chain(&on_node[1]).cloned().collect();
+    let dead = on_node[2][0].clone();
+    let after = format!(
+        r#"{TWO_HOSTS}
+alive = {alive:?}
+ok = True
+for r in alive:
+    a1, b1 = member({pa}, r), member({pb}, r)
+    ok = ok and synced([a1], [b1]) and synced([b1], [a1])
+members = [member({pa}, "{dead}") for _ in range(6)]
+for i, ws in enumerate(members):
+    ws.send("x%d" % i)
+local = all(sorted(collect(ws, 6)) == sorted("x%d" % i for i in range(6)) for ws in members)
+print("alive", ok, "local", local)
+"#
+    );
+    assert_eq!(crate::websocket::python(&after, pa), "alive True local True\n");
+    let out = a.command(["status"], COMMAND_TIMEOUT).stdout;
+    let line = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default();
+    assert!(line.contains("2/3 nodes"), "{out}");
+}
