@@ -12,8 +12,8 @@ use super::{Counters, Event, State, TopicError};
 
 #[derive(Debug)]
 pub enum Link {
-    One(Driver),
-    Shards(Shards),
+    One(Box<Driver>),
+    Shards(Box<Shards>),
 }
 
 impl Link {
@@ -27,9 +27,9 @@ impl Link {
         max_message: usize,
     ) -> Result<Self, DriverError> {
         Ok(if url.cluster {
-            Link::Shards(Shards::new(url, service, origin, max_message)?)
+            Link::Shards(Box::new(Shards::new(url, service, origin, max_message)?))
         } else {
-            Link::One(Driver::new(url, service, token, origin, max_message)?)
+            Link::One(Box::new(Driver::new(url, service, token, origin, max_message)?))
         })
     }
 
@@ -66,14 +66,6 @@ impl Link {
         match self {
             Link::One(d) => d.counters(),
             Link::Shards(s) => s.counters(),
-        }
-    }
-
-    #[cfg_attr(not(test), allow(dead_code, reason = "the tests look"))]
-    pub fn topic_count(&self) -> usize {
-        match self {
-            Link::One(d) => d.topic_count(),
-            Link::Shards(s) => s.topic_count(),
         }
     }
 

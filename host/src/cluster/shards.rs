@@ -185,11 +185,6 @@ impl Shards {
         sum
     }
 
-    #[cfg_attr(not(test), allow(dead_code, reason = "the tests look"))]
-    pub fn topic_count(&self) -> usize {
-        self.topics.len()
-    }
-
     /// One more local subscriber of `topic`; the first one subscribes on the slot's owner.
     pub fn subscribe(&mut self, topic: &[u8]) -> Result<(), TopicError> {
         check_topic(topic)?;
