@@ -215,8 +215,8 @@ fn two_hosts(broker: &Broker) -> (Host, Host) {
 }
 
 /// The script's helpers for two hosts: `member(port, room)` joins a room on the host at `port`;
-/// `synced(senders, receivers)` publishes `sync` from the senders in turn until every receiver
-/// saw one (so every worker's subscription is in place at the broker), within 20 s;
+/// `synced(senders, receivers, word="sync")` publishes `word` from the senders in turn until every
+/// receiver saw one (so every worker's subscription is in place at the broker), within 20 s;
 /// `collect(ws, n)` reads until `n` messages other than `sync` came, then checks none follows.
 const TWO_HOSTS: &str = r#"
 import time
@@ -226,15 +226,15 @@ def member(port, room, **kw):
     ws.send("/join " + room)
     assert ws.recv(timeout=5) == "joined " + room
     return ws
-def synced(senders, receivers):
+def synced(senders, receivers, word="sync"):
     pending = set(range(len(receivers)))
     deadline = time.time() + 20
     while pending and time.time() < deadline:
         for s in senders:
-            s.send("sync")
+            s.send(word)
         for i in list(pending):
             try:
-                while receivers[i].recv(timeout=0.05) != "sync":
+                while receivers[i].recv(timeout=0.05) != word:
                     pass
                 pending.discard(i)
             except TimeoutError:
@@ -509,8 +509,9 @@ for p in {ports:?}:
     let out = crate::websocket::python(&script, pa);
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("all True"), "{out}");
-    let on_node: Vec<Vec<String>> =
-        lines.map(|l| l.strip_prefix("node").unwrap().split_whitespace().map(room_of).collect()).collect();
+    let channels: Vec<Vec<&str>> =
+        lines.map(|l| l.strip_prefix("node").unwrap().split_whitespace().collect()).collect();
+    let on_node: Vec<Vec<String>> = channels.iter().map(|c| c.iter().map(|c| room_of(c)).collect()).collect();
     assert_eq!(on_node.len(), 3, "{out}");
     for (n, rooms_there) in on_node.iter().enumerate() {
         assert!(!rooms_there.is_empty(), "node {n} holds none of the rooms: {on_node:?}");
@@ -521,6 +522,32 @@ for p in {ports:?}:
     let out = a.command(["status"], COMMAND_TIMEOUT).stdout;
     let line = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default();
     assert!(line.contains("#0 ready 3/3 nodes") && line.contains("#1 ready 3/3 nodes"), "{out}");
+
+    // A room's slot migrates from node 0 to node 1 while its members are connected (the
+    // `CLUSTER SETSLOT` steps of a resharding): node 0 ends the subscription (a `sunsubscribe`
+    // push), the hosts take the new map and subscribe on node 1; the room goes on across hosts.
+    let (moved, channel) = (&on_node[0][0], channels[0][0]);
+    let migrate = format!(
+        r#"{TWO_HOSTS}
+import subprocess
+def cli(p, *a):
+    return subprocess.run(["redis-cli", "-p", str(p)] + list(a), capture_output=True, timeout=5).stdout.decode().strip()
+a1, b1 = member({pa}, "{moved}"), member({pb}, "{moved}")
+before = synced([a1], [b1]) and synced([b1], [a1])
+ports = {ports:?}
+slot = cli(ports[0], "cluster", "keyslot", "{channel}")
+src, dst = cli(ports[0], "cluster", "myid"), cli(ports[1], "cluster", "myid")
+cli(ports[1], "cluster", "setslot", slot, "importing", src)
+cli(ports[0], "cluster", "setslot", slot, "migrating", dst)
+for p in ports:
+    cli(p, "cluster", "setslot", slot, "node", dst)
+after = synced([a1], [b1], "moved") and synced([b1], [a1], "moved")
+there = "{channel}" in cli(ports[1], "pubsub", "shardchannels").split()
+gone = "{channel}" not in cli(ports[0], "pubsub", "shardchannels").split()
+print("before", before, "after", after, "moved", there, gone)
+"#
+    );
+    assert_eq!(crate::websocket::python(&migrate, pa), "before True after True moved True True\n");
 
     cluster.kill(2);
     for host in [&a, &b] {
