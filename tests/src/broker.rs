@@ -121,9 +121,11 @@ pub struct RedisCluster {
     _dirs: Vec<TempDir>,
 }
 
-/// A port the OS chose free (the listener is closed at once: the server binds it next).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `n` distinct ports the OS chose free (their listeners are held until all are chosen, then
+/// closed: the servers bind them next).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 /// `redis-cli -p PORT ARGS…`, its standard output.
@@ -140,8 +142,9 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         let mut cluster = RedisCluster { ports: Vec::new(), children: Vec::new(), _dirs: Vec::new() };
-        for _ in 0..3 {
-            let (port, bus) = (free_port(), free_port());
+        let ports = free_ports(6);
+        for node in 0..3 {
+            let (port, bus) = (ports[node], ports[node + 3]);
             let dir = TempDir::new();
             let mut command = Command::new("redis-server");
             command
