@@ -267,7 +267,8 @@ pub struct StartArgs {
     #[arg(long, value_name = "FILE")]
     pub access_log: Option<PathBuf>,
     /// Share topics with every host started with the same URL and service name, through a
-    /// broker: `redis://[[USER]:PASSWORD@]HOST:PORT` (Redis 6+) or
+    /// broker: `redis://[[USER]:PASSWORD@]HOST:PORT` (Redis 6+),
+    /// `redis+cluster://HOST:PORT[,HOST:PORT…]` (a Redis 7 Cluster: sharded pub/sub) or
     /// `nats://[USER:PASS@|TOKEN@]HOST:PORT` [default: the workers of this host only].
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,

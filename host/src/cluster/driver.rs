@@ -119,6 +119,13 @@ impl Driver {
         self.flush(Instant::now());
     }
 
+    /// Ask for a Redis Cluster's slot map (answered as [`Event::Slots`]); false when not ready.
+    pub fn request_slots(&mut self) -> bool {
+        let asked = self.broker.request_slots();
+        self.flush(Instant::now());
+        asked
+    }
+
     /// Publish to the other hosts; dropped and counted when not connected. The bytes are written
     /// by [`Driver::flush_output`] (or [`Driver::tick`]), or at once past [`FLUSH_BYTES`]: the
     /// publishes of one loop turn leave in one write instead of one write each.

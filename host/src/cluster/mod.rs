@@ -19,8 +19,10 @@
 //! a client skips the messages it published.
 
 pub mod driver;
+pub mod link;
 pub mod nats;
 pub mod redis;
+pub mod shards;
 pub mod tls;
 pub mod url;
 
@@ -56,6 +58,10 @@ pub enum WireEvent {
     /// Switch the connection to TLS now: what the client queued after this goes encrypted
     /// (NATS: after the server's INFO).
     StartTls,
+    /// Redis Cluster: the slot map (the answer to [`Protocol::request_slots`]).
+    Slots(Vec<redis::SlotRange>),
+    /// Redis Cluster: the node ended a subscription on its own (the topic's slot moved).
+    Unsubscribed { topic: Vec<u8> },
 }
 
 /// What [`Broker`] (and the driver) reports to the host.
@@ -71,6 +77,11 @@ pub enum Event {
     BrokerError(String),
     /// The driver must start TLS before it writes or reads more (see [`WireEvent::StartTls`]).
     StartTls,
+    /// Redis Cluster (for `shards`): the slot map asked for with [`Broker::request_slots`].
+    Slots(Vec<redis::SlotRange>),
+    /// Redis Cluster (for `shards`): the node dropped the subscription of a topic that still has
+    /// local subscribers (its slot moved); the broker session forgot it.
+    Unsubscribed { topic: Vec<u8> },
 }
 
 /// The connection to the broker, as `status` shows it.
@@ -142,6 +153,10 @@ pub trait Protocol {
     /// Refuses a payload over the broker's limit with [`TopicError::TooLarge`].
     fn publish(&mut self, topic: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Result<(), TopicError>;
     fn ping(&mut self, out: &mut Vec<u8>);
+    /// Queue a request for a Redis Cluster's slot map; false where there is none (NATS).
+    fn request_slots(&mut self, _out: &mut Vec<u8>) -> bool {
+        false
+    }
 }
 
 /// Either broker's wire client, chosen by the cluster URL's scheme.
@@ -198,6 +213,9 @@ impl Protocol for AnyProtocol {
     }
     fn ping(&mut self, out: &mut Vec<u8>) {
         each!(self, p => p.ping(out))
+    }
+    fn request_slots(&mut self, out: &mut Vec<u8>) -> bool {
+        each!(self, p => p.request_slots(out))
     }
 }
 
@@ -283,6 +301,11 @@ impl<P: Protocol> Broker<P> {
         }
     }
 
+    /// Ask for the slot map (Redis Cluster); false when not ready or not Redis.
+    pub fn request_slots(&mut self) -> bool {
+        self.state == State::Ready && self.protocol.request_slots(&mut self.output)
+    }
+
     /// Publish `payload` on `topic` to the other hosts. Not ready: dropped and counted.
     pub fn publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), TopicError> {
         check_topic(topic)?;
@@ -362,6 +385,12 @@ impl<P: Protocol> Broker<P> {
                 WireEvent::ServerError(message) => {
                     self.counters.broker_errors += 1;
                     events.push(Event::BrokerError(message));
+                }
+                WireEvent::Slots(ranges) => events.push(Event::Slots(ranges)),
+                WireEvent::Unsubscribed { topic } => {
+                    if self.topics.remove(&topic).is_some() {
+                        events.push(Event::Unsubscribed { topic });
+                    }
                 }
                 WireEvent::Oversized { len } => {
                     self.counters.oversized += 1;

@@ -17,11 +17,12 @@
 //! the client's 8-byte origin id: Redis echoes a publish to the publisher's own subscriptions, and
 //! the host delivers its own messages locally, so a client skips what it published itself.
 //!
-//! Sharded pub/sub (`sharded: true`): SSUBSCRIBE / SPUBLISH / SUNSUBSCRIBE and `smessage` pushes.
-//! On a standalone Redis 7 they behave like the plain commands. On a Redis Cluster they are what
-//! keeps a message on the shard that owns its channel's slot, but this client talks to one node:
-//! slot routing (CLUSTER SHARDS, MOVED redirects) is not done, so a cluster's `-MOVED` replies
-//! come back as broker errors.
+//! Sharded pub/sub (`sharded: true`, a `redis+cluster://` URL): SSUBSCRIBE / SPUBLISH /
+//! SUNSUBSCRIBE and `smessage` pushes, on the node that owns the channel's slot. This client is
+//! one node's connection: it asks for the slot map (`CLUSTER SLOTS`, [`WireEvent::Slots`]) and
+//! reports a `sunsubscribe` push the node sent on its own (the slot moved away:
+//! [`WireEvent::Unsubscribed`]); the routing over the nodes is `super::shards`. A `-MOVED`
+//! reply comes back as a broker error, which makes `shards` refresh the map.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
@@ -59,7 +60,7 @@ impl RedisOptions {
         Self {
             username: url.username.clone(),
             password: url.password.clone(),
-            sharded: false,
+            sharded: url.cluster,
             prefix: format!("host:{service}:").into_bytes(),
             origin: None,
             max_message: crate::config::DEFAULT_TOPIC_MAX_MESSAGE,
@@ -67,11 +68,31 @@ impl RedisOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A range of slots of a Redis Cluster and the node (its master) that owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRange {
+    pub start: u16,
+    pub end: u16,
+    /// Empty when the node does not know its own address (then: the node that answered).
+    pub host: String,
+    pub port: u16,
+}
+
+/// The slot of a channel in a Redis Cluster (CRC16 of the key or of its `{hash tag}`, mod 16384).
+pub fn channel_slot(prefix: &[u8], topic: &[u8]) -> u16 {
+    redis_protocol::redis_keyslot(&[prefix, topic].concat())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
     Hello,
     Publish,
     Ping,
+    Slots,
+    /// Sharded only: an SSUBSCRIBE / SUNSUBSCRIBE of this channel, answered by a push (or an
+    /// error such as `-MOVED`), which must not be taken for the answer of another command.
+    Subscribe,
+    Unsubscribe(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -104,6 +125,23 @@ impl RedisClient {
     fn handle(&mut self, frame: OwnedFrame, events: &mut Vec<WireEvent>) -> Result<(), ClusterError> {
         if let OwnedFrame::Push { data, .. } = &frame {
             let kind = data.first().and_then(bytes_of).unwrap_or_default();
+            if kind.eq_ignore_ascii_case(b"ssubscribe") {
+                if self.pending.front() == Some(&Pending::Subscribe) {
+                    self.pending.pop_front();
+                }
+                return Ok(());
+            }
+            if kind.eq_ignore_ascii_case(b"sunsubscribe") {
+                let channel = data.get(1).and_then(bytes_of).unwrap_or_default();
+                if matches!(self.pending.front(), Some(Pending::Unsubscribe(c)) if c == channel) {
+                    self.pending.pop_front();
+                } else if let Some(topic) = channel.strip_prefix(self.options.prefix.as_slice()) {
+                    // Not asked for: the node gave the channel's slot away (a migration, a
+                    // failover).
+                    events.push(WireEvent::Unsubscribed { topic: topic.to_vec() });
+                }
+                return Ok(());
+            }
             if (kind.eq_ignore_ascii_case(b"message") || kind.eq_ignore_ascii_case(b"smessage")) && data.len() == 3 {
                 let (Some(channel), Some(payload)) = (bytes_of(&data[1]), bytes_of(&data[2])) else {
                     return Err(ClusterError::Protocol("a message push without a channel or payload".into()));
@@ -134,6 +172,10 @@ impl RedisClient {
             },
             Some(Pending::Ping) if error.is_none() => {
                 events.push(WireEvent::Pong);
+                Ok(())
+            }
+            Some(Pending::Slots) if error.is_none() => {
+                events.push(WireEvent::Slots(slot_ranges(&frame)?));
                 Ok(())
             }
             _ => {
@@ -187,6 +229,41 @@ fn oversized_push(buf: &[u8], max: usize) -> Result<Option<(usize, usize)>, Clus
         at += head + len + 2;
     }
     Ok(None)
+}
+
+/// The reply to `CLUSTER SLOTS`: `[[start, end, [host, port, id, …], replicas…], …]`.
+fn slot_ranges(frame: &OwnedFrame) -> Result<Vec<SlotRange>, ClusterError> {
+    let bad = |what: &str| ClusterError::Protocol(format!("a CLUSTER SLOTS reply with {what}"));
+    let OwnedFrame::Array { data, .. } = frame else { return Err(bad("no array")) };
+    let mut ranges = Vec::with_capacity(data.len());
+    for entry in data {
+        let OwnedFrame::Array { data: parts, .. } = entry else { return Err(bad("an entry that is no array")) };
+        let (Some(start), Some(end), Some(OwnedFrame::Array { data: master, .. })) =
+            (parts.first().and_then(number_of), parts.get(1).and_then(number_of), parts.get(2))
+        else {
+            return Err(bad("an entry without start, end and master"));
+        };
+        let host = master.first().and_then(bytes_of).ok_or_else(|| bad("a master without a host"))?;
+        let port = master.get(1).and_then(number_of).ok_or_else(|| bad("a master without a port"))?;
+        let (Ok(start), Ok(end), Ok(port)) = (u16::try_from(start), u16::try_from(end), u16::try_from(port)) else {
+            return Err(bad("a slot or a port out of range"));
+        };
+        if start > end || end >= 16384 {
+            return Err(bad("a slot range out of 0-16383"));
+        }
+        let host = String::from_utf8_lossy(host).into_owned();
+        // `?` or empty: the node does not know its address; the caller uses the one it asked.
+        let host = if host == "?" { String::new() } else { host };
+        ranges.push(SlotRange { start, end, host, port });
+    }
+    Ok(ranges)
+}
+
+fn number_of(frame: &OwnedFrame) -> Option<i64> {
+    match frame {
+        OwnedFrame::Number { data, .. } => Some(*data),
+        _ => None,
+    }
 }
 
 fn bytes_of(frame: &OwnedFrame) -> Option<&[u8]> {
@@ -285,13 +362,28 @@ impl Protocol for RedisClient {
     }
 
     fn subscribe(&mut self, topic: &[u8], out: &mut Vec<u8>) {
-        let command: &[u8] = if self.options.sharded { b"SSUBSCRIBE" } else { b"SUBSCRIBE" };
-        push_command(out, &[command, &self.channel(topic)]);
+        if self.options.sharded {
+            push_command(out, &[b"SSUBSCRIBE", &self.channel(topic)]);
+            self.pending.push_back(Pending::Subscribe);
+        } else {
+            push_command(out, &[b"SUBSCRIBE", &self.channel(topic)]);
+        }
     }
 
     fn unsubscribe(&mut self, topic: &[u8], out: &mut Vec<u8>) {
-        let command: &[u8] = if self.options.sharded { b"SUNSUBSCRIBE" } else { b"UNSUBSCRIBE" };
-        push_command(out, &[command, &self.channel(topic)]);
+        let channel = self.channel(topic);
+        if self.options.sharded {
+            push_command(out, &[b"SUNSUBSCRIBE", &channel]);
+            self.pending.push_back(Pending::Unsubscribe(channel));
+        } else {
+            push_command(out, &[b"UNSUBSCRIBE", &channel]);
+        }
+    }
+
+    fn request_slots(&mut self, out: &mut Vec<u8>) -> bool {
+        push_command(out, &[b"CLUSTER", b"SLOTS"]);
+        self.pending.push_back(Pending::Slots);
+        true
     }
 
     fn publish(&mut self, topic: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Result<(), TopicError> {
@@ -433,6 +525,52 @@ mod tests {
         let mut reply = b"$200000\r\n".to_vec();
         reply.extend(vec![b'y'; 100_000]);
         assert!(matches!(c.parse(&reply, &mut out, &mut Vec::new()), Err(ClusterError::Protocol(_))));
+    }
+
+    #[test]
+    fn slot_map_moves_and_the_answers_of_sharded_subscriptions() {
+        let mut c = client(None, true);
+        let mut out = Vec::new();
+        c.reset(&mut out);
+        c.parse(b"%0\r\n", &mut out, &mut Vec::new()).unwrap();
+        out.clear();
+        c.subscribe(b"a", &mut out);
+        c.unsubscribe(b"b", &mut out);
+        c.subscribe(b"c", &mut out);
+        assert!(c.request_slots(&mut out));
+        let mut input = push(&[b"ssubscribe", b"host:chat:a", b"1"]);
+        input.extend(push(&[b"sunsubscribe", b"host:chat:b", b"0"]));
+        // The node refuses `c` (another node owns its slot): not taken for the map's answer.
+        input.extend(b"-MOVED 7365 127.0.0.1:7002\r\n");
+        // A sunsubscribe nobody asked for: the slot of `a` moved away.
+        input.extend(push(&[b"sunsubscribe", b"host:chat:a", b"0"]));
+        input.extend(b"*2\r\n*3\r\n:0\r\n:5460\r\n*3\r\n$9\r\n127.0.0.1\r\n:7000\r\n$2\r\nid\r\n");
+        input.extend(b"*4\r\n:5461\r\n:16383\r\n*3\r\n$1\r\n?\r\n:7001\r\n$2\r\nid\r\n*2\r\n$1\r\nx\r\n:1\r\n");
+        let mut events = Vec::new();
+        assert_eq!(c.parse(&input, &mut out, &mut events).unwrap(), input.len());
+        assert_eq!(
+            events,
+            vec![
+                WireEvent::ServerError("MOVED 7365 127.0.0.1:7002".into()),
+                WireEvent::Unsubscribed { topic: b"a".to_vec() },
+                WireEvent::Slots(vec![
+                    SlotRange { start: 0, end: 5460, host: "127.0.0.1".into(), port: 7000 },
+                    SlotRange { start: 5461, end: 16383, host: String::new(), port: 7001 },
+                ]),
+            ]
+        );
+        // A map out of range is a protocol error.
+        c.request_slots(&mut out);
+        let bad = b"*1\r\n*3\r\n:0\r\n:16384\r\n*2\r\n$1\r\nh\r\n:1\r\n";
+        assert!(matches!(c.parse(bad, &mut out, &mut Vec::new()), Err(ClusterError::Protocol(_))));
+    }
+
+    #[test]
+    fn channel_slots_follow_redis() {
+        // CRC16/XMODEM's check value (0x31C3); a hash tag hashes only the tag.
+        assert_eq!(channel_slot(b"host:chat:", b"room"), redis_protocol::redis_keyslot(b"host:chat:room"));
+        assert_eq!(channel_slot(b"host:chat:", b"{user1000}.in"), channel_slot(b"host:x:", b"{user1000}.out"));
+        assert_eq!(channel_slot(b"", b"123456789"), 12739);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The `--cluster` URL: `redis://[[user]:password@]HOST[:PORT][/db]`, `rediss://` (TLS),
 //! `nats://[user:pass@|token@]HOST[:PORT]`, `tls://` (NATS over TLS). A TLS URL may name the CA
 //! file that signed the broker's certificate: `rediss://HOST:PORT?ca=/etc/redis/ca.pem` (else
-//! the system's CA bundle). No syscalls.
+//! the system's CA bundle). A Redis Cluster: `redis+cluster://HOST:PORT[,HOST:PORT…]` (or
+//! `rediss+cluster://`): the seed nodes asked for the slot map, sharded pub/sub. No syscalls.
 
 use std::fmt;
 
@@ -30,6 +31,11 @@ pub struct ClusterUrl {
     pub db: Option<u32>,
     /// `?ca=PATH` of a TLS URL: the PEM file of the CAs to trust (None: the system's bundle).
     pub ca_file: Option<String>,
+    /// `redis+cluster://`: a Redis Cluster, reached through sharded pub/sub on the node that
+    /// owns each topic's slot.
+    pub cluster: bool,
+    /// The seed nodes after the first (`host`, `port`) of a cluster URL.
+    pub more_seeds: Vec<(String, u16)>,
 }
 
 impl fmt::Debug for ClusterUrl {
@@ -41,20 +47,27 @@ impl fmt::Debug for ClusterUrl {
 /// Without the secrets, for logs and `status`.
 impl fmt::Display for ClusterUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match (self.kind, self.tls) {
-            (BrokerKind::Redis, false) => "redis",
-            (BrokerKind::Redis, true) => "rediss",
-            (BrokerKind::Nats, false) => "nats",
-            (BrokerKind::Nats, true) => "tls",
+        let scheme = match (self.kind, self.tls, self.cluster) {
+            (BrokerKind::Redis, false, false) => "redis",
+            (BrokerKind::Redis, true, false) => "rediss",
+            (BrokerKind::Redis, false, true) => "redis+cluster",
+            (BrokerKind::Redis, true, true) => "rediss+cluster",
+            (BrokerKind::Nats, false, _) => "nats",
+            (BrokerKind::Nats, true, _) => "tls",
         };
         write!(f, "{scheme}://")?;
         if self.username.is_some() || self.password.is_some() || self.token.is_some() {
             write!(f, "{}:***@", self.username.as_deref().unwrap_or(""))?;
         }
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)?;
-        } else {
-            write!(f, "{}:{}", self.host, self.port)?;
+        let seeds = std::iter::once((self.host.as_str(), self.port))
+            .chain(self.more_seeds.iter().map(|(h, p)| (h.as_str(), *p)));
+        for (i, (host, port)) in seeds.enumerate() {
+            let comma = if i > 0 { "," } else { "" };
+            if host.contains(':') {
+                write!(f, "{comma}[{host}]:{port}")?;
+            } else {
+                write!(f, "{comma}{host}:{port}")?;
+            }
         }
         if let Some(db) = self.db {
             write!(f, "/{db}")?;
@@ -68,7 +81,7 @@ impl fmt::Display for ClusterUrl {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UrlError {
-    #[error("a cluster URL starts with redis://, rediss://, nats:// or tls://, not {0:?}")]
+    #[error("a cluster URL starts with redis://, rediss://, redis+cluster://, rediss+cluster://, nats:// or tls://, not {0:?}")]
     Scheme(String),
     #[error("the cluster URL has no host")]
     NoHost,
@@ -82,6 +95,10 @@ pub enum UrlError {
     Escape(&'static str),
     #[error("the cluster URL has an unclosed [ in its IPv6 host")]
     Bracket,
+    #[error("only a redis+cluster:// URL names several nodes (HOST:PORT,HOST:PORT)")]
+    Seeds,
+    #[error("a redis+cluster:// URL has no database path (a Redis Cluster has database 0 only), found {0:?}")]
+    ClusterDb(String),
     #[error("the cluster URL's query {0:?} is not ca=FILE (and only a TLS URL, rediss:// or tls://, takes one)")]
     Query(String),
 }
@@ -93,11 +110,13 @@ pub fn parse(text: &str) -> Result<ClusterUrl, UrlError> {
         Some((rest, query)) => (rest, Some(query)),
         None => (rest, None),
     };
-    let (kind, tls, default_port) = match scheme.to_ascii_lowercase().as_str() {
-        "redis" => (BrokerKind::Redis, false, 6379),
-        "rediss" => (BrokerKind::Redis, true, 6379),
-        "nats" => (BrokerKind::Nats, false, 4222),
-        "tls" => (BrokerKind::Nats, true, 4222),
+    let (kind, tls, cluster, default_port) = match scheme.to_ascii_lowercase().as_str() {
+        "redis" => (BrokerKind::Redis, false, false, 6379),
+        "rediss" => (BrokerKind::Redis, true, false, 6379),
+        "redis+cluster" => (BrokerKind::Redis, false, true, 6379),
+        "rediss+cluster" => (BrokerKind::Redis, true, true, 6379),
+        "nats" => (BrokerKind::Nats, false, false, 4222),
+        "tls" => (BrokerKind::Nats, true, false, 4222),
         _ => return Err(UrlError::Scheme(scheme.into())),
     };
     let (authority, path) = match rest.find('/') {
@@ -108,9 +127,27 @@ pub fn parse(text: &str) -> Result<ClusterUrl, UrlError> {
         Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
         None => (None, authority),
     };
-    let (host, port) = split_host_port(hostport, default_port)?;
-    let mut url =
-        ClusterUrl { kind, tls, host, port, username: None, password: None, token: None, db: None, ca_file: None };
+    let mut seeds = Vec::new();
+    for one in hostport.split(',') {
+        seeds.push(split_host_port(one, default_port)?);
+    }
+    if seeds.len() > 1 && !cluster {
+        return Err(UrlError::Seeds);
+    }
+    let (host, port) = seeds.remove(0);
+    let mut url = ClusterUrl {
+        kind,
+        tls,
+        host,
+        port,
+        username: None,
+        password: None,
+        token: None,
+        db: None,
+        ca_file: None,
+        cluster,
+        more_seeds: seeds,
+    };
     if let Some(query) = query {
         match query.strip_prefix("ca=") {
             Some(path) if tls && !path.is_empty() => url.ca_file = Some(percent_decode(path, "CA file")?),
@@ -131,6 +168,7 @@ pub fn parse(text: &str) -> Result<ClusterUrl, UrlError> {
     }
     let path = path.trim_start_matches('/');
     match kind {
+        BrokerKind::Redis if cluster && !path.is_empty() => return Err(UrlError::ClusterDb(path.into())),
         BrokerKind::Redis if !path.is_empty() => {
             url.db = Some(path.parse().map_err(|_| UrlError::Db(path.into()))?);
         }
@@ -199,6 +237,22 @@ mod tests {
         assert_eq!((u.tls, u.ca_file.as_deref()), (true, Some("/etc/redis/my ca.pem")));
         assert_eq!(parse("redis://h?ca=/x"), Err(UrlError::Query("ca=/x".into())), "no TLS, no CA");
         assert_eq!(parse("rediss://h?cert=/x"), Err(UrlError::Query("cert=/x".into())));
+    }
+
+    #[test]
+    fn redis_cluster_urls() {
+        let u = parse("redis+cluster://127.0.0.1:7000,127.0.0.1:7001,[::1]").unwrap();
+        assert!(u.cluster && !u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 7000));
+        assert_eq!(u.more_seeds, vec![("127.0.0.1".to_string(), 7001), ("::1".to_string(), 6379)]);
+        assert_eq!(u.to_string(), "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,[::1]:6379");
+        let u = parse("rediss+cluster://:pw@h:7000?ca=/ca.pem").unwrap();
+        assert!(u.cluster && u.tls && u.more_seeds.is_empty());
+        assert_eq!(u.to_string(), "rediss+cluster://:***@h:7000?ca=/ca.pem");
+        assert_eq!(parse("redis://a:1,b:2"), Err(UrlError::Seeds));
+        assert_eq!(parse("redis+cluster://a:1/2"), Err(UrlError::ClusterDb("2".into())));
+        assert_eq!(parse("redis+cluster://a:1,:2"), Err(UrlError::NoHost));
+        assert!(!parse("redis://a").unwrap().cluster);
     }
 
     #[test]

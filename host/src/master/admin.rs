@@ -474,7 +474,8 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics, format: MetricsFo
                 subscriptions.get_or_create(&l).set(r.topics.subscriptions as i64);
             }
             if let Some(state) = &r.topics.broker {
-                broker_up.get_or_create(&l).set(i64::from(state == "ready"));
+                // `ready`, or a Redis Cluster's `ready 3/3 nodes` (every node owning slots).
+                broker_up.get_or_create(&l).set(i64::from(state.split(' ').next() == Some("ready")));
                 for (event, n) in [
                     ("published", tt.broker_published),
                     ("received", tt.broker_received),

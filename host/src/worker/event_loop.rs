@@ -239,6 +239,7 @@ impl Worker {
                     tasks::TASKS => self.tasks_pending = true,
                     outbound::RESOLVER => self.core.resolved(),
                     super::core::CLUSTER => self.core.cluster_ready(event),
+                    t if crate::cluster::link::Link::is_node_token(t) => self.core.cluster_ready(event),
                     Token(t) if t < CONN_TOKEN_BASE => {}
                     Token(t) => {
                         let index = t - CONN_TOKEN_BASE;

@@ -15,8 +15,7 @@ use plugin_api::abi::{TopicStatus, WORKER_CONN};
 use plugin_api::ConnId;
 
 use super::topic_seam::{Marks, Recent};
-use crate::cluster::driver::Driver;
-use crate::cluster::State;
+use crate::cluster::link::Link;
 use crate::config::TopicLimits;
 use crate::status::TopicReport;
 
@@ -63,7 +62,7 @@ pub struct TopicTable {
     /// after the plugin call that published them, never inside it).
     pub heard: VecDeque<(Box<[u8]>, Vec<u8>)>,
     /// The broker connection of the service's cluster (`--cluster`), when it has one.
-    pub cluster: Option<Driver>,
+    pub cluster: Option<Link>,
     /// This worker's id as a publisher, and the number of its last publish.
     pub publisher: u64,
     pub seq: u64,
@@ -216,14 +215,7 @@ impl TopicTable {
         };
         if let Some(cluster) = &self.cluster {
             let c = cluster.counters();
-            report.broker = Some(
-                match cluster.state() {
-                    State::Ready => "ready",
-                    State::Handshaking => "connecting",
-                    State::Disconnected => "down",
-                }
-                .into(),
-            );
+            report.broker = Some(cluster.state_text());
             report.broker_published = c.published;
             report.broker_received = c.received;
             report.broker_dropped = c.dropped_disconnected + c.dropped_backlog + c.refused_too_large;

@@ -215,8 +215,8 @@ fn two_hosts(broker: &Broker) -> (Host, Host) {
 }
 
 /// The script's helpers for two hosts: `member(port, room)` joins a room on the host at `port`;
-/// `synced(senders, receivers)` publishes `sync` from the senders in turn until every receiver
-/// saw one (so every worker's subscription is in place at the broker), within 20 s;
+/// `synced(senders, receivers, word="sync")` publishes `word` from the senders in turn until every
+/// receiver saw one (so every worker's subscription is in place at the broker), within 20 s;
 /// `collect(ws, n)` reads until `n` messages other than `sync` came, then checks none follows.
 const TWO_HOSTS: &str = r#"
 import time
@@ -226,15 +226,15 @@ def member(port, room, **kw):
     ws.send("/join " + room)
     assert ws.recv(timeout=5) == "joined " + room
     return ws
-def synced(senders, receivers):
+def synced(senders, receivers, word="sync"):
     pending = set(range(len(receivers)))
     deadline = time.time() + 20
     while pending and time.time() < deadline:
         for s in senders:
-            s.send("sync")
+            s.send(word)
         for i in list(pending):
             try:
-                while receivers[i].recv(timeout=0.05) != "sync":
+                while receivers[i].recv(timeout=0.05) != word:
                     pass
                 pending.discard(i)
             except TimeoutError:
@@ -458,4 +458,119 @@ fn two_hosts_through_redis_over_tls() {
 #[test]
 fn two_hosts_through_nats_over_tls() {
     two_hosts_over_tls(BrokerKind::Nats);
+}
+
+// ---- Across hosts through a Redis Cluster (sharded pub/sub) ----
+
+/// The room of a sharded channel (`host:<service>:<room>`).
+fn room_of(channel: &str) -> String {
+    channel.rsplit(':').next().unwrap().to_string()
+}
+
+// A real 3-node Redis Cluster; two hosts of two workers each with the cluster URL. Rooms whose
+// slots live on each of the three nodes: every member on either host receives each message of
+// its room once, and each room is subscribed on the node that owns its slot. One node killed:
+// the rooms of the other two still go across hosts, and the dead node's rooms still go locally.
+#[test]
+fn two_hosts_through_a_redis_cluster_and_a_node_lost() {
+    use host_tests::broker::RedisCluster;
+    let mut cluster = RedisCluster::start();
+    let url = cluster.url();
+    let start = || {
+        let host = Host::start("ws_chat", &["--count", "2", "--cluster", &url]);
+        host.log()
+            .wait_for_nth("connected to the cluster's broker", 2, READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("the workers did not get the slot map from {url}: {e}"));
+        host
+    };
+    let (mut a, b) = (start(), start());
+    let (pa, pb) = (a.port(), b.port());
+    let rooms: Vec<String> = (0..9).map(|i| format!("room{i}")).collect();
+    let ports: Vec<u16> = (0..3).map(|n| cluster.port(n)).collect();
+    // While the members are connected, each node's sharded channels (`PUBSUB SHARDCHANNELS`).
+    let script = format!(
+        r#"{TWO_HOSTS}
+import subprocess
+rooms = {rooms:?}
+members = {{}}
+for r in rooms:
+    members[r] = [member({pa}, r), member({pa}, r), member({pb}, r), member({pb}, r)]
+    assert synced(members[r][:1] + members[r][2:3], members[r]), r
+for r in rooms:
+    for i, ws in enumerate(members[r]):
+        ws.send("%s-%d" % (r, i))
+ok = all(sorted(collect(ws, 4)) == sorted("%s-%d" % (r, i) for i in range(4)) for r in rooms for ws in members[r])
+print("all", ok)
+for p in {ports:?}:
+    out = subprocess.run(["redis-cli", "-p", str(p), "pubsub", "shardchannels"], capture_output=True, timeout=5)
+    print("node", " ".join(out.stdout.decode().split()))
+"#
+    );
+    let out = crate::websocket::python(&script, pa);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("all True"), "{out}");
+    let channels: Vec<Vec<&str>> =
+        lines.map(|l| l.strip_prefix("node").unwrap().split_whitespace().collect()).collect();
+    let on_node: Vec<Vec<String>> = channels.iter().map(|c| c.iter().map(|c| room_of(c)).collect()).collect();
+    assert_eq!(on_node.len(), 3, "{out}");
+    for (n, rooms_there) in on_node.iter().enumerate() {
+        assert!(!rooms_there.is_empty(), "node {n} holds none of the rooms: {on_node:?}");
+    }
+    let mut all: Vec<String> = on_node.concat();
+    all.sort();
+    assert_eq!(all, rooms, "each room subscribed on one node only: {on_node:?}");
+    let out = a.command(["status"], COMMAND_TIMEOUT).stdout;
+    let line = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default();
+    assert!(line.contains("#0 ready 3/3 nodes") && line.contains("#1 ready 3/3 nodes"), "{out}");
+
+    // A room's slot migrates from node 0 to node 1 while its members are connected (the
+    // `CLUSTER SETSLOT` steps of a resharding): node 0 ends the subscription (a `sunsubscribe`
+    // push), the hosts take the new map and subscribe on node 1; the room goes on across hosts.
+    let (moved, channel) = (&on_node[0][0], channels[0][0]);
+    let migrate = format!(
+        r#"{TWO_HOSTS}
+import subprocess
+def cli(p, *a):
+    return subprocess.run(["redis-cli", "-p", str(p)] + list(a), capture_output=True, timeout=5).stdout.decode().strip()
+a1, b1 = member({pa}, "{moved}"), member({pb}, "{moved}")
+before = synced([a1], [b1]) and synced([b1], [a1])
+ports = {ports:?}
+slot = cli(ports[0], "cluster", "keyslot", "{channel}")
+src, dst = cli(ports[0], "cluster", "myid"), cli(ports[1], "cluster", "myid")
+cli(ports[1], "cluster", "setslot", slot, "importing", src)
+cli(ports[0], "cluster", "setslot", slot, "migrating", dst)
+for p in ports:
+    cli(p, "cluster", "setslot", slot, "node", dst)
+after = synced([a1], [b1], "moved") and synced([b1], [a1], "moved")
+there = "{channel}" in cli(ports[1], "pubsub", "shardchannels").split()
+gone = "{channel}" not in cli(ports[0], "pubsub", "shardchannels").split()
+print("before", before, "after", after, "moved", there, gone)
+"#
+    );
+    assert_eq!(crate::websocket::python(&migrate, pa), "before True after True moved True True\n");
+
+    cluster.kill(2);
+    for host in [&a, &b] {
+        host.log().wait_for_nth("broker connection is down", 2, READY_TIMEOUT).expect("both workers notice");
+    }
+    let alive: Vec<String> = on_node[0].iter().chain(&on_node[1]).cloned().collect();
+    let dead = on_node[2][0].clone();
+    let after = format!(
+        r#"{TWO_HOSTS}
+alive = {alive:?}
+ok = True
+for r in alive:
+    a1, b1 = member({pa}, r), member({pb}, r)
+    ok = ok and synced([a1], [b1]) and synced([b1], [a1])
+members = [member({pa}, "{dead}") for _ in range(6)]
+for i, ws in enumerate(members):
+    ws.send("x%d" % i)
+local = all(sorted(collect(ws, 6)) == sorted("x%d" % i for i in range(6)) for ws in members)
+print("alive", ok, "local", local)
+"#
+    );
+    assert_eq!(crate::websocket::python(&after, pa), "alive True local True\n");
+    let out = a.command(["status"], COMMAND_TIMEOUT).stdout;
+    let line = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default();
+    assert!(line.contains("2/3 nodes"), "{out}");
 }

@@ -21,7 +21,7 @@ use super::super::phase::ConnPhase;
 use super::super::topic_seam::Marks;
 use super::super::topics::Change;
 use super::{Core, Deferred};
-use crate::cluster::driver::Driver;
+use crate::cluster::link::Link;
 use crate::cluster::Event;
 
 impl Core {
@@ -248,7 +248,7 @@ impl Core {
     /// is skipped by them.
     pub fn join_cluster(&mut self, url: &str) -> Result<(), String> {
         let url = crate::cluster::url::parse(url).map_err(|e| format!("--cluster: {e}"))?;
-        let driver = Driver::new(url, &self.service, CLUSTER, Some(host_origin()), self.topics.limits.max_message)
+        let driver = Link::new(url, &self.service, CLUSTER, Some(host_origin()), self.topics.limits.max_message)
             .map_err(|e| e.to_string())?;
         self.topics.cluster = Some(driver);
         Ok(())
@@ -292,8 +292,8 @@ impl Core {
                     tracing::warn!("the cluster's broker connection is down: {reason}; local delivery goes on")
                 }
                 Event::BrokerError(message) => tracing::warn!("the cluster's broker reported: {message}"),
-                // The driver's own business (it never reports it).
-                Event::StartTls => {}
+                // The driver's and the Redis Cluster router's own business (never reported).
+                Event::StartTls | Event::Slots(_) | Event::Unsubscribed { .. } => {}
             }
         }
     }
