@@ -50,6 +50,15 @@ def status(pid):
         return None
 
 
+def cpu_s(pid):
+    """utime + stime of a process in seconds (100 ticks a second), None once it is gone."""
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / 100
+    except (OSError, IndexError):
+        return None
+
+
 def meminfo(key):
     for line in open("/proc/meminfo"):
         if line.startswith(key + ":"):
@@ -127,11 +136,15 @@ try:
             time.sleep(0.001)
 
     peaks, avail_min, shmem0 = {}, [mem_available()], meminfo("Shmem")
+    cpu = {}  # pid: [first reading, last reading]
     shmem_max = [shmem0]
 
     def sampling():
         while not stop.is_set():
             for w in set(children(p.pid)) | set(peaks):
+                c = cpu_s(w)
+                if c is not None:
+                    cpu.setdefault(w, [c, c])[1] = c
                 s = status(w)
                 if s:
                     old = peaks.get(w)
@@ -173,7 +186,7 @@ try:
         s = pk["at_peak"]
         role = "old" if w in workers else "new"
         print(f"{role} worker {w}: peak RSS {s['VmRSS'] / MiB:.0f} MiB (anonymous {s['RssAnon'] / MiB:.0f}, shared {s['RssShmem'] / MiB:.0f}), "
-              f"VmHWM {pk['hwm'] / MiB:.0f} MiB")
+              f"VmHWM {pk['hwm'] / MiB:.0f} MiB; CPU used while sampled {cpu[w][1] - cpu[w][0]:.2f} s" if w in cpu else "")
     print(f"lowest MemAvailable during it: {avail_min[0] / MiB:.0f} MiB; shared memory (the memfd's pages, machine-wide Shmem) "
           f"at most {(shmem_max[0] - shmem0) / MiB:.0f} MiB over before; load average {os.getloadavg()[0]:.1f}")
     print(f"keyspace: DBSIZE {n_before} before, {n_after} after; checksum of {SAMPLE} sampled keys {sum_before} before, "

@@ -15,7 +15,7 @@
 #
 # Run: cargo build --release -p host -p host-plugin-websocket -p host-bench-load
 #      python3 bench/handover_ws.py                      (CLIENTS=10000 RELOADS=20)
-# Env: CLIENTS (10000), INTERVAL_MS (500), RELOADS (20), SETTLE (1.0 s after each event's
+# Env: CLIENTS (10000), INTERVAL_MS (1000), RELOADS (20), SETTLE (1.0 s after each event's
 # hand-overs), HOST_ARGS, MODE (host|nginx), NGINX_RELOADS (3), SHUTDOWN_TIMEOUT (10), HOST_BIN
 # (target/release/host), NICE (a nice level for the host and the clients, e.g. -10), PLUGIN (target/release/libwebsocket.so), WSSEQ
 # (target/release/wsseq). Bounded: every wait has a timeout and wsseq stops by itself; only
@@ -23,7 +23,7 @@
 import json, os, re, resource, shutil, signal, subprocess, sys, tempfile, threading, time
 
 CLIENTS = int(os.environ.get("CLIENTS", "10000"))
-INTERVAL = int(os.environ.get("INTERVAL_MS", "500"))
+INTERVAL = int(os.environ.get("INTERVAL_MS", "1000"))
 RELOADS = int(os.environ.get("RELOADS", "20"))
 SETTLE = float(os.environ.get("SETTLE", "1.0"))
 MODE = os.environ.get("MODE", "host")
@@ -137,8 +137,8 @@ def report(result, events, elapsed):
           f"echoes unanswered at the end {result['unanswered_at_end']}, failed connects {result['failed_connects']}, "
           f"client CPU {result['client_cpu_s']:.1f} s over {elapsed:.0f} s, load average {os.getloadavg()[0]:.1f}"
           + (f", nice {NICE[2]}" if NICE else ""))
-    print("| phase | sent | echoed | disconnects (first..last ms) | lost | dup/reordered | longest wait p50 / p99 / max ms (clients) | client late p99 / max ms | hand-overs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| phase | open at its start | sent | echoed | disconnects (first..last ms) | lost | dup/reordered | longest wait p50 / p99 / max ms (clients) | client late p99 / max ms | hand-overs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     tot = {"sent": 0, "echoed": 0, "disconnects": 0, "lost": 0, "dup_or_reordered": 0, "unanswered_on_close": 0}
     for ph in result["phases"]:
         if ph["name"] == "connect":
@@ -147,7 +147,7 @@ def report(result, events, elapsed):
             tot[k] += ph[k]
         disc = f"{ph['disconnects']}" + (f" ({ph['disconnect_first_ms']}..{ph['disconnect_last_ms']})" if ph["disconnects"] else "")
         late = ph["late_ms"]
-        print(f"| {ph['name']} | {ph['sent']} | {ph['echoed']} | {disc} | {ph['lost']} | {ph['dup_or_reordered']} | "
+        print(f"| {ph['name']} | {ph['open_at_start']} | {ph['sent']} | {ph['echoed']} | {disc} | {ph['lost']} | {ph['dup_or_reordered']} | "
               f"{pct_str(ph['wait_ms'])} ({ph['wait_ms']['n']}) | {late['p99']:.1f} / {late['max']:.1f} | {events.get(ph['name'], '')} |")
     print(f"overall: sent {tot['sent']}, echoed {tot['echoed']}, disconnects {tot['disconnects']} "
           f"(echoes awaited on them {tot['unanswered_on_close']}), lost {tot['lost']}, duplicated or reordered {tot['dup_or_reordered']}")

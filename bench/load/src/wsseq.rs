@@ -71,6 +71,8 @@ struct Phase {
     disconnect_last_ms: u64,
     unanswered_on_close: u64,
     reconnects: u64,
+    /// Clients open when the phase began.
+    open_at_start: usize,
     /// Sends the client itself skipped, being a whole interval late (its own limit).
     skipped: u64,
     /// Each client's longest wait in µs (0: no echo in this phase).
@@ -112,7 +114,7 @@ impl Phase {
         format!(
             "{{\"name\": \"{}\", \"secs\": {secs:.2}, \"sent\": {}, \"echoed\": {}, \"lost\": {}, \"dup_or_reordered\": {}, \
              \"disconnects\": {}, \"disconnect_first_ms\": {}, \"disconnect_last_ms\": {}, \"unanswered_on_close\": {}, \
-             \"reconnects\": {}, \"skipped\": {}, \"wait_ms\": {}, \"late_ms\": {}}}",
+             \"reconnects\": {}, \"open_at_start\": {}, \"skipped\": {}, \"wait_ms\": {}, \"late_ms\": {}}}",
             self.name,
             self.sent,
             self.echoed,
@@ -123,6 +125,7 @@ impl Phase {
             self.disconnect_last_ms,
             self.unanswered_on_close,
             self.reconnects,
+            self.open_at_start,
             self.skipped,
             pct(&self.wait_us),
             pct(&self.late_us)
@@ -247,7 +250,8 @@ fn run(port: u16, n: usize, interval: Duration, max_secs: u64, size: usize, reco
             let now = Instant::now();
             if let Some(name) = cmd.strip_prefix("phase ") {
                 b.phases.last_mut().unwrap().ended = Some(now);
-                b.phases.push(Phase::new(name.trim(), n, now));
+                let open = b.clients.iter().filter(|c| c.state == State::Open).count();
+                b.phases.push(Phase { open_at_start: open, ..Phase::new(name.trim(), n, now) });
             } else if cmd.trim() == "end" && ending.is_none() {
                 ending = Some(now);
                 b.sending = false;
