@@ -42,7 +42,7 @@ d = tempfile.mkdtemp(prefix="host-handover-ws-")
 procs = []
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-if hard < CLIENTS * 2 + 200:
+if hard < CLIENTS + 200:
     print(f"warning: the descriptor limit is {hard}", file=sys.stderr)
 
 # The binaries run from copies: `host upgrade` execs the path the master started from, and a
