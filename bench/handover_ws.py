@@ -15,7 +15,7 @@
 #
 # Run: cargo build --release -p host -p host-plugin-websocket -p host-bench-load
 #      python3 bench/handover_ws.py                      (CLIENTS=10000 RELOADS=20)
-# Env: CLIENTS (10000), INTERVAL_MS (1000), RELOADS (20), SETTLE (1.0 s after each event's
+# Env: CLIENTS (10000), INTERVAL_MS (1000), RELOADS (20), COUNT (2 workers), SETTLE (1.0 s after each event's
 # hand-overs), HOST_ARGS, MODE (host|nginx), NGINX_RELOADS (3), SHUTDOWN_TIMEOUT (10), HOST_BIN
 # (target/release/host), NICE (a nice level for the host and the clients, e.g. -10), PLUGIN (target/release/libwebsocket.so), WSSEQ
 # (target/release/wsseq). Bounded: every wait has a timeout and wsseq stops by itself; only
@@ -25,6 +25,7 @@ import json, os, re, resource, shutil, signal, subprocess, sys, tempfile, thread
 CLIENTS = int(os.environ.get("CLIENTS", "10000"))
 INTERVAL = int(os.environ.get("INTERVAL_MS", "1000"))
 RELOADS = int(os.environ.get("RELOADS", "20"))
+COUNT = int(os.environ.get("COUNT", "2"))  # workers (slots): COUNT=1 puts every client on one slot
 SETTLE = float(os.environ.get("SETTLE", "1.0"))
 MODE = os.environ.get("MODE", "host")
 NGINX_RELOADS = int(os.environ.get("NGINX_RELOADS", "3"))
@@ -173,8 +174,8 @@ def handovers_since(name, start):
 
 
 def run_host():
-    max_requests = int(os.environ.get("MAX_REQUESTS", "0")) or int(CLIENTS / 2 * 1000 / INTERVAL * 10)
-    _, port = start_host("host", ["--count", "2", "--max-requests", str(max_requests), "--drain-timeout", "10"] + HOST_ARGS)
+    max_requests = int(os.environ.get("MAX_REQUESTS", "0")) or int(CLIENTS / COUNT * 1000 / INTERVAL * 10)
+    _, port = start_host("host", ["--count", str(COUNT), "--max-requests", str(max_requests), "--drain-timeout", "10"] + HOST_ARGS)
     ws = Wsseq(port, 120 + RELOADS * 20, reconnect=True)
     if not ws.ready.wait(120):
         sys.exit(f"the clients did not connect: {open(f'{d}/wsseq.err').read()[-1000:]}")
@@ -190,19 +191,19 @@ def run_host():
         variant(i)
         ok = wait_count("host", r"reload done", r0 + 1, 60)
         if not NO_HANDOVER:
-            ok = wait_count("host", r"hand-over", h0 + 2, 60) and ok
+            ok = wait_count("host", r"hand-over", h0 + COUNT, 60) and ok
         events[name] = (handovers_since("host", h0) if not NO_HANDOVER else "drain") + ("" if ok else " (timed out)") + f", {time.monotonic() - t:.2f} s"
         time.sleep(SETTLE)
     ws.say("phase upgrade")
     h0, t = hand(), time.monotonic()
     up = subprocess.run([host, "upgrade", "--pid-file", f"{d}/host.pid"], capture_output=True, text=True, timeout=120)
-    ok = up.returncode == 0 and (NO_HANDOVER or wait_count("host", r"hand-over", h0 + 2, 60))
+    ok = up.returncode == 0 and (NO_HANDOVER or wait_count("host", r"hand-over", h0 + COUNT, 60))
     events["upgrade"] = (handovers_since("host", h0) if not NO_HANDOVER else "drain") + ("" if ok else f" (failed: {up.stdout.strip()[-200:]} {up.stderr.strip()[-200:]})") + f", {time.monotonic() - t:.2f} s"
     time.sleep(SETTLE)
     ws.say("phase recycle")
     h0, c0, t = hand(), count("host", r"max_requests messages; recycling"), time.monotonic()
-    ok = wait_count("host", r"max_requests messages; recycling", c0 + 2, 60)
-    ok = (NO_HANDOVER or wait_count("host", r"hand-over", h0 + 2, 60)) and ok
+    ok = wait_count("host", r"max_requests messages; recycling", c0 + COUNT, 60)
+    ok = (NO_HANDOVER or wait_count("host", r"hand-over", h0 + COUNT, 60)) and ok
     if NO_HANDOVER:
         time.sleep(3)
     events["recycle"] = (handovers_since("host", h0) if not NO_HANDOVER else "drain") + ("" if ok else " (timed out)") + f", {time.monotonic() - t:.2f} s"
@@ -210,8 +211,8 @@ def run_host():
     ws.say("phase after")
     time.sleep(2.0)
     result = ws.end()
-    stray = count("host", r"max_requests messages; recycling") - 2
-    print(f"== {CLIENTS} websocket clients, `host --plugin websocket --count 2 {' '.join(HOST_ARGS)}`, max_requests {max_requests}: "
+    stray = count("host", r"max_requests messages; recycling") - COUNT
+    print(f"== {CLIENTS} websocket clients, `host --plugin websocket --count {COUNT} {' '.join(HOST_ARGS)}`, max_requests {max_requests}: "
           f"{RELOADS} watcher reloads, host upgrade, recycling")
     report(result, events, time.monotonic() - t0)
     failed = count("host", r"hand-over failed")
