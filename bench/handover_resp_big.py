@@ -9,8 +9,9 @@
 # Run: cargo build --release -p host -p host-plugin-resp && python3 bench/handover_resp_big.py
 # Env: KEYS (1000000), VALUE (1024), SAMPLE (2000), HOST_BIN (target/release/host),
 # HANDOVER_TIMEOUT (120 s: the host's default of 10 s bounds a hand-over this big on a loaded
-# machine). Bounded: every wait has a timeout; only the host it started is stopped, by pid.
-import hashlib, os, random, re, signal, subprocess, sys, tempfile, threading, time
+# machine), KEEP=1 (keep the temporary directory with the host's log). Bounded: every wait has a
+# timeout; only the host it started is stopped, by pid.
+import hashlib, os, random, re, shutil, signal, subprocess, sys, tempfile, threading, time
 import redis
 
 KEYS = int(os.environ.get("KEYS", "1000000"))
@@ -198,3 +199,7 @@ finally:
     except subprocess.TimeoutExpired:
         p.kill()
         p.wait(10)
+    if os.environ.get("KEEP"):
+        print(f"kept {d}")
+    else:
+        shutil.rmtree(d, ignore_errors=True)
