@@ -16,8 +16,7 @@
 # Run: cargo build --release -p host -p host-plugin-websocket -p host-bench-load
 #      python3 bench/handover_ws.py                      (CLIENTS=10000 RELOADS=20)
 # Env: CLIENTS (10000), INTERVAL_MS (1000), RELOADS (20), COUNT (2 workers), SETTLE (1.0 s after
-# each event's
-# hand-overs), HOST_ARGS, MODE (host|nginx), NGINX_RELOADS (3), SHUTDOWN_TIMEOUT (10), HOST_BIN
+# each event's hand-overs), HOST_ARGS, MODE (host|nginx), NGINX_RELOADS (3), SHUTDOWN_TIMEOUT (10), HOST_BIN
 # (target/release/host), NICE (a nice level for the host and the clients, e.g. -10), PLUGIN
 # (target/release/libwebsocket.so), WSSEQ (target/release/wsseq), KEEP=1 (keep the temporary
 # directory with the logs). Bounded: every wait has a timeout and wsseq stops by itself; only
