@@ -31,7 +31,13 @@
 #            their clients see and that every one echoes afterwards; then a resp keyspace of
 #            HANDOVER_KEYS (1000000) keys and one redis-py connection; the gap probing clients
 #            see across it (bench/handover_gap.py); redis-benchmark across 10 reloads, no error
-#            and a fixed dataset intact (bench/handover_redis.py). Needs python3's `redis`
+#            and a fixed dataset intact (bench/handover_redis.py); HANDOVER_WS_CLIENTS (10000)
+#            websocket clients sending numbered messages through HANDOVER_WS_RELOADS (20) watcher
+#            reloads, `host upgrade` and recycling, then the same with --no-handover, and through
+#            nginx across `nginx -s reload` (bench/handover_ws.py); a resp keyspace of
+#            HANDOVER_BIG_KEYS (1000000) keys of 1 KiB handed over: time, the pause a probe sees,
+#            peak memory of both workers, the keyspace intact (bench/handover_resp_big.py).
+#            Needs python3's `redis` and redis-cli
 #   topics   topic fan-out (bench/topics.sh): one publisher, TOPIC_SUBS (10000) websocket
 #            subscribers of one room, on one host and through redis-server and nats-server (and a
 #            Node `ws` server and Socket.IO 4 with its Redis adapter when node is installed):
@@ -60,6 +66,9 @@ IDLE_SECONDS=${IDLE_SECONDS:-5}
 export REQUESTS=${REQUESTS:-200000}
 HANDOVER_CONNS=${HANDOVER_CONNS:-10000}
 HANDOVER_KEYS=${HANDOVER_KEYS:-1000000}
+HANDOVER_WS_CLIENTS=${HANDOVER_WS_CLIENTS:-10000}
+HANDOVER_WS_RELOADS=${HANDOVER_WS_RELOADS:-20}
+HANDOVER_BIG_KEYS=${HANDOVER_BIG_KEYS:-1000000}
 TOPIC_SUBS=${TOPIC_SUBS:-10000}
 ALL="plain static https h2 proxy resp log ws process io handover topics"
 SECTIONS=${*:-$ALL}
@@ -425,6 +434,15 @@ section_handover() {
     HOST_BIN=target/release/host timeout 600 python3 bench/handover_gap.py "$HANDOVER_CONNS"
     echo "== hand-over: redis-benchmark across 10 reload -g of resp (bench/handover_redis.py)"
     HOST_BIN=target/release/host RELOADS=10 timeout 600 python3 bench/handover_redis.py
+    echo "== hand-over: $HANDOVER_WS_CLIENTS websocket clients through $HANDOVER_WS_RELOADS watcher reloads, upgrade, recycling (bench/handover_ws.py)"
+    HOST_BIN=target/release/host CLIENTS=$HANDOVER_WS_CLIENTS RELOADS=$HANDOVER_WS_RELOADS timeout 900 python3 bench/handover_ws.py
+    echo "== the same with --no-handover (the drain; the clients reconnect)"
+    HOST_BIN=target/release/host CLIENTS=$HANDOVER_WS_CLIENTS RELOADS=$HANDOVER_WS_RELOADS HOST_ARGS=--no-handover \
+        timeout 900 python3 bench/handover_ws.py
+    echo "== nginx as a websocket proxy, $HANDOVER_WS_CLIENTS clients, nginx -s reload (bench/handover_ws.py MODE=nginx)"
+    HOST_BIN=target/release/host CLIENTS=$HANDOVER_WS_CLIENTS MODE=nginx timeout 600 python3 bench/handover_ws.py
+    echo "== hand-over: a resp keyspace of $HANDOVER_BIG_KEYS keys of 1 KiB on reload -g (bench/handover_resp_big.py)"
+    HOST_BIN=target/release/host KEYS=$HANDOVER_BIG_KEYS timeout 900 python3 bench/handover_resp_big.py
 }
 
 section_topics() {
