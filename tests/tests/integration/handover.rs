@@ -229,6 +229,115 @@ fn redis_clients_keep_the_keyspace_and_the_connection_across_reloads() {
     assert_eq!(String::from_utf8_lossy(&cli.expect("redis-cli").stdout), "v\n");
 }
 
+/// Subscribers of a channel that must hear every message once, in order, on the connection they
+/// have: a raw RESP2 socket, redis-py in RESP3 and `redis-cli SUBSCRIBE`; a publisher on its own
+/// connection publishes numbers 1, 2, … from `ready` on. A line on stdin (the test reloaded)
+/// makes it publish 200 more and `end`; each subscriber then reads up to `end` and the script
+/// prints what each saw. `sys.argv[1]`: the port.
+const SUBSCRIBERS_PY: &str = r#"
+import socket, subprocess, sys, threading, redis
+port = int(sys.argv[1])
+raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+raw.sendall(b"SUBSCRIBE seq\r\n")
+confirm = b"*3\r\n$9\r\nsubscribe\r\n$3\r\nseq\r\n:1\r\n"
+got = b""
+while len(got) < len(confirm):
+    got += raw.recv(len(confirm) - len(got))
+assert got == confirm, got
+py = redis.Redis(port=port, protocol=3, socket_timeout=30).pubsub()
+py.subscribe("seq")
+assert py.get_message(timeout=10)["type"] == "subscribe"
+py_addr = py.connection._sock.getsockname()
+cli = subprocess.Popen(["redis-cli", "-p", str(port), "SUBSCRIBE", "seq"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+assert [cli.stdout.readline() for _ in range(3)] == [b"subscribe\n", b"seq\n", b"1\n"]
+pub = redis.Redis(port=port, socket_timeout=30)
+reloaded, sent = threading.Event(), []
+def publish():
+    n = 0
+    while True:
+        n += 1
+        pub.publish("seq", str(n))
+        if reloaded.is_set():
+            sent.append(n)
+            if len(sent) == 200:
+                break
+    pub.publish("seq", "end")
+    sent.append(n)
+thread = threading.Thread(target=publish)
+thread.start()
+print("ready", flush=True)
+sys.stdin.readline()
+reloaded.set()
+thread.join()
+last = sent[-1]
+def verdict(seen):
+    return "ok" if seen == [str(n) for n in range(1, last + 1)] else f"{len(seen)} of {last}: {seen[:5]}…{seen[-5:]}"
+# The raw RESP2 socket: *3 $7 message $3 seq $N N, the payloads digits only.
+buf = b""
+while not buf.endswith(b"$3\r\nend\r\n"):
+    chunk = raw.recv(65536)
+    if not chunk:
+        break
+    buf += chunk
+tokens = buf.split(b"\r\n")
+raw_seen = [tokens[i + 4].decode() for i, t in enumerate(tokens) if t == b"message" and i + 4 < len(tokens)]
+print("raw", verdict(raw_seen[:-1]) if raw_seen[-1:] == ["end"] else f"closed after {len(raw_seen)}", flush=True)
+py_seen, resubscribed = [], False
+while True:
+    m = py.get_message(timeout=30)
+    assert m is not None, "redis-py heard nothing for 30 s"
+    if m["type"] != "message":
+        resubscribed = True
+        continue
+    if m["data"] == b"end":
+        break
+    py_seen.append(m["data"].decode())
+print("redis-py", verdict(py_seen), "resubscribed" if resubscribed else "same connection" if py.connection._sock.getsockname() == py_addr else "reconnected", flush=True)
+cli_seen = []
+while True:
+    kind, channel, data = (cli.stdout.readline().decode().strip() for _ in range(3))
+    if kind != "message" or data == "end":
+        break
+    cli_seen.append(data)
+print("redis-cli", verdict(cli_seen) if data == "end" else f"{kind!r} after {len(cli_seen)}", flush=True)
+cli.kill()
+"#;
+
+// Subscribers (raw RESP2, redis-py RESP3, redis-cli) keep their connection across `host reload
+// -g` of two workers and hear every message published before, during and after it once, in
+// order: their subscriptions move with them (resp's state carries the channels). With a drain
+// they would be closed (the raw socket and redis-cli) or reconnect and miss messages (redis-py).
+#[test]
+fn redis_subscribers_keep_their_connection_and_every_message_across_reloads() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut host = Host::start("resp", &["--count", "2", "--drain-timeout", "30"]);
+    let mut py = Command::new("timeout")
+        .args(["120", "python3", "-c", SUBSCRIBERS_PY, &host.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with redis-py");
+    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    reload(&mut host, &["reload", "-g"]);
+    host.log().wait_for_nth("hand-over: ", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    writeln!(py.stdin.as_mut().unwrap()).unwrap();
+    let mut report = String::new();
+    for _ in 0..3 {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        report.push_str(&line);
+    }
+    assert_eq!(report, "raw ok\nredis-py ok same connection\nredis-cli ok\n", "{}", host.log_text());
+    assert!(py.wait().unwrap().success());
+    for line in host.log_text().lines().filter(|l| l.contains("hand-over: ")) {
+        assert!(line.contains(" 0 drained"), "every connection moved: {line}");
+    }
+}
+
 /// The first field of `/proc/PID/syscall`: the system call the process's main thread is in.
 fn syscall_of(pid: i32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
