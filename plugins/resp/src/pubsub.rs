@@ -259,39 +259,23 @@ pub fn command(
             }
             Outcome::Done
         }
-        b"unsubscribe" => {
-            let named: Vec<Vec<u8>> = match args.len() {
-                1 => subs.channels.clone(),
-                _ => args.iter().skip(1).map(<[u8]>::to_vec).collect(),
-            };
-            if named.is_empty() {
-                confirm(out, resp3, b"unsubscribe", None, subs.count());
-            }
-            for channel in named {
-                let _ = host.unsubscribe(conn, topic(&channel, resp3));
-                subs.channels.retain(|c| *c != channel);
-                confirm(out, resp3, b"unsubscribe", Some(&channel), subs.count());
-            }
-            Outcome::Done
-        }
         b"psubscribe" => {
             if args.len() < 2 {
                 return wrong_arity(out, resp3, "psubscribe");
             }
             for pattern in args.iter().skip(1) {
                 if !subs.patterns.iter().any(|p| p == pattern) {
-                    let refused = if pattern.len() > MAX_PATTERN_LEN {
-                        Some(format!("ERR the pattern is longer than {MAX_PATTERN_LEN} bytes"))
-                    } else if subs.patterns.len() >= MAX_PATTERNS {
-                        Some(format!("ERR too many patterns on one connection (at most {MAX_PATTERNS})"))
-                    } else if let Err(e) = patterns.add(host, pattern, conn, resp3) {
-                        topic_error(&mut Reply::new(out, resp3), e);
+                    let mut r = Reply::new(out, resp3);
+                    if pattern.len() > MAX_PATTERN_LEN {
+                        r.error(&format!("ERR the pattern is longer than {MAX_PATTERN_LEN} bytes"));
                         continue;
-                    } else {
-                        None
-                    };
-                    if let Some(refused) = refused {
-                        Reply::new(out, resp3).error(&refused);
+                    }
+                    if subs.patterns.len() >= MAX_PATTERNS {
+                        r.error(&format!("ERR too many patterns on one connection (at most {MAX_PATTERNS})"));
+                        continue;
+                    }
+                    if let Err(e) = patterns.add(host, pattern, conn, resp3) {
+                        topic_error(&mut r, e);
                         continue;
                     }
                     subs.patterns.push(pattern.to_vec());
@@ -300,20 +284,28 @@ pub fn command(
             }
             Outcome::Done
         }
-        b"punsubscribe" => {
+        b"unsubscribe" | b"punsubscribe" => {
+            // Without arguments: every channel (pattern) it has.
+            let of_patterns = name[0] == b'p';
             let named: Vec<Vec<u8>> = match args.len() {
-                1 => subs.patterns.clone(),
+                1 if of_patterns => subs.patterns.clone(),
+                1 => subs.channels.clone(),
                 _ => args.iter().skip(1).map(<[u8]>::to_vec).collect(),
             };
             if named.is_empty() {
-                confirm(out, resp3, b"punsubscribe", None, subs.count());
+                confirm(out, resp3, &name, None, subs.count());
             }
-            for pattern in named {
-                if subs.patterns.contains(&pattern) {
-                    patterns.remove(host, &pattern, conn, resp3);
-                    subs.patterns.retain(|p| *p != pattern);
+            for item in named {
+                if of_patterns {
+                    if subs.patterns.contains(&item) {
+                        patterns.remove(host, &item, conn, resp3);
+                        subs.patterns.retain(|p| *p != item);
+                    }
+                } else {
+                    let _ = host.unsubscribe(conn, topic(&item, resp3));
+                    subs.channels.retain(|c| *c != item);
                 }
-                confirm(out, resp3, b"punsubscribe", Some(&pattern), subs.count());
+                confirm(out, resp3, &name, Some(&item), subs.count());
             }
             Outcome::Done
         }
