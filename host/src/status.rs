@@ -228,6 +228,9 @@ pub struct HandoverRow {
     /// Hand-overs that failed (everything drained).
     pub failed: u64,
     pub moved: u64,
+    /// UDP sessions moved (not in `moved`).
+    #[serde(default)]
+    pub sessions: u64,
     pub drained: u64,
     pub state_bytes: u64,
     /// The last one: `12 moved, 0 drained, 1.2 MiB of state, paused 3 ms`, or why it failed.
@@ -429,13 +432,17 @@ pub fn render_status(s: &Status) -> String {
                     n(h.handovers),
                     n(h.failed),
                     n(h.moved),
+                    n(h.sessions),
                     n(h.drained),
                     human_bytes(h.state_bytes),
                     h.last.clone(),
                 ]
             })
             .collect();
-        out.push_str(&table(&["SERVICE", "HAND-OVERS", "FAILED", "MOVED", "DRAINED", "STATE", "LAST"], &rows));
+        out.push_str(&table(
+            &["SERVICE", "HAND-OVERS", "FAILED", "MOVED", "UDP MOVED", "DRAINED", "STATE", "LAST"],
+            &rows,
+        ));
     }
     if !s.exits.is_empty() {
         out.push('\n');

@@ -597,7 +597,8 @@ impl<P: Protocol> TestPlugin<P> {
     /// deliver (they are fed to `to` at once). Outbound connections the plugin carries
     /// ([`Host::handover_carry`]) get new outbound ids of `to` (its `connects`) before anything
     /// is adopted, as the host's do. Answers the moved connections as (old id, new id), the
-    /// carried ones after the others, or why nothing moved.
+    /// carried ones after the others (those carried by a connection `to` refused went back with
+    /// it and are not among them), or why nothing moved.
     pub fn hand_over_to<Q: Protocol>(
         &mut self,
         to: &mut TestPlugin<Q>,
@@ -629,20 +630,26 @@ impl<P: Protocol> TestPlugin<P> {
         if !exported {
             return Err("the old plugin declined to export its worker state".into());
         }
-        let mut carried_pairs = Vec::new();
-        let all_carried = worker_carried.iter().chain(states.iter().flat_map(|(_, _, c)| c.iter()));
-        for &old in all_carried {
-            let addr = self.host.connects.get(old.index()).cloned().unwrap_or_default();
-            to.host.connects.push(addr);
-            let new = ConnId::new(to.host.connects.len() as u32 - 1, 1000);
-            to.host.carried.insert(old.0, new);
-            carried_pairs.push((old, new));
-        }
+        // Each carried connection gets its new id before anything is adopted; it moves with what
+        // carries it (the worker state, or its owner: a refused owner's go back with it).
+        let mut carry = |carried: &[ConnId]| -> Vec<(ConnId, ConnId)> {
+            let mut pairs = Vec::new();
+            for &old in carried {
+                let addr = self.host.connects.get(old.index()).cloned().unwrap_or_default();
+                to.host.connects.push(addr);
+                let new = ConnId::new(to.host.connects.len() as u32 - 1, 1000);
+                to.host.carried.insert(old.0, new);
+                pairs.push((old, new));
+            }
+            pairs
+        };
+        let mut carried_pairs = carry(&worker_carried);
+        let states: Vec<_> = states.into_iter().map(|(conn, state, carried)| (conn, state, carry(&carried))).collect();
         if !to.call(|q, h| q.adopt_worker(h, P::HANDOVER_VERSION, &worker)) {
             return Err("the new plugin refused the worker state".into());
         }
         let mut moved = Vec::new();
-        for (old, state, _) in states {
+        for (old, state, carried) in states {
             let new = ConnId::new(to.next_conn, 1);
             to.next_conn += 1;
             if let Some(peer) = self.host.peers.get(&old) {
@@ -664,6 +671,7 @@ impl<P: Protocol> TestPlugin<P> {
                 subs.remove(&old);
                 !subs.is_empty()
             });
+            carried_pairs.extend(carried);
             let buffered = self.buffers.remove(&old).unwrap_or_default();
             if let Some(n) = self.expect.remove(&old) {
                 to.expect.insert(new, n);

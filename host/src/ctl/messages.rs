@@ -19,7 +19,9 @@ use crate::config::WorkerSpec;
 /// 9: a hand-over's connections carry their old id and, for an outbound connection, who
 /// carries it (`MovedConn::old_id`, `MovedConn::carried_by`); UDP sessions move in a hand-over
 /// (`Handover::Sessions`).
-pub const PROTOCOL: u32 = 9;
+/// 10: a hand-over report counts the UDP sessions moved apart from the connections
+/// (`HandoverReport::sessions`).
+pub const PROTOCOL: u32 = 10;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;
@@ -147,8 +149,10 @@ pub enum ToMaster {
 /// What one hand-over did, as the old worker saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandoverReport {
-    /// Connections the replacement adopted.
+    /// Connections the replacement adopted (TCP and Unix, accepted and carried outbound ones).
     pub moved: u64,
+    /// UDP sessions the replacement adopted (not in `moved`).
+    pub sessions: u64,
     /// Connections that stayed: declined by the plugin, refused by the new one, or not movable
     /// (TLS, handshaking, closing, outbound); they drain (or stop) in the old worker.
     pub stayed: u64,

@@ -317,6 +317,8 @@ pub struct MasterMetrics {
     /// Hand-overs: connections moved and drained, bytes of state, and the pause clients of a
     /// moved connection saw (the old worker's last read to the replacement's acknowledgement).
     pub handover_connections: Family<Labels, Counter>,
+    /// UDP sessions moved (not among the connections).
+    pub handover_udp_sessions: Counter,
     pub handover_state_bytes: Counter,
     pub handover_pause_seconds: Histogram,
 }
@@ -328,6 +330,7 @@ impl Default for MasterMetrics {
             reload_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             drain_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             handover_connections: Family::default(),
+            handover_udp_sessions: Counter::default(),
             handover_state_bytes: Counter::default(),
             handover_pause_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         }
@@ -347,6 +350,7 @@ impl MasterMetrics {
     pub fn handed_over(&self, report: &crate::ctl::HandoverReport) {
         self.handover_connections.get_or_create(&labels(&[("outcome", "moved")])).inc_by(report.moved);
         self.handover_connections.get_or_create(&labels(&[("outcome", "drained")])).inc_by(report.stayed);
+        self.handover_udp_sessions.inc_by(report.sessions);
         self.handover_state_bytes.inc_by(report.state_bytes);
         if report.failure.is_none() {
             self.handover_pause_seconds.observe(report.pause_ms as f64 / 1000.0);
@@ -415,6 +419,11 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics, format: MetricsFo
         "handover_connections",
         "Connections of replaced workers moved to their replacement or drained",
         master.handover_connections.clone(),
+    );
+    registry.register(
+        "handover_udp_sessions",
+        "UDP sessions of replaced workers moved to their replacement",
+        master.handover_udp_sessions.clone(),
     );
     registry.register("handover_state_bytes", "Bytes of plugin state handed over", master.handover_state_bytes.clone());
     registry.register(

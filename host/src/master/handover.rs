@@ -25,6 +25,9 @@ pub struct HandoverTotals {
     pub failed: u64,
     /// Connections moved, and connections that stayed (drained) in all of them.
     pub moved: u64,
+    /// UDP sessions moved (not in `moved`).
+    #[serde(default)]
+    pub sessions: u64,
     pub stayed: u64,
     pub state_bytes: u64,
     /// The last one, as its old worker reported it.
@@ -76,7 +79,7 @@ impl<P: Processes> Supervisor<P> {
         let text = describe(&report);
         match &report.failure {
             None => {
-                tracing::info!(service = %service, slot = key.slot, moved = report.moved, drained = report.stayed, state_bytes = report.state_bytes, memfd = report.memfd, pause_ms = report.pause_ms, "hand-over: {text}")
+                tracing::info!(service = %service, slot = key.slot, moved = report.moved, udp_sessions = report.sessions, drained = report.stayed, state_bytes = report.state_bytes, memfd = report.memfd, pause_ms = report.pause_ms, "hand-over: {text}")
             }
             // A plugin that does not take part (or a hand-over that could not begin): a drain as before.
             Some(_) if !report.attempted => {
@@ -88,6 +91,7 @@ impl<P: Processes> Supervisor<P> {
         totals.handovers += 1;
         totals.failed += (report.failure.is_some() && report.attempted) as u64;
         totals.moved += report.moved;
+        totals.sessions += report.sessions;
         totals.stayed += report.stayed;
         totals.state_bytes += report.state_bytes;
         totals.last = Some(report.clone());
@@ -108,8 +112,12 @@ pub fn describe(r: &HandoverReport) -> String {
     };
     match &r.failure {
         None => format!(
-            "{} connections moved, {} drained{stays}, {} bytes of state{}, paused {} ms",
+            "{} connections moved{}, {} drained{stays}, {} bytes of state{}, paused {} ms",
             r.moved,
+            match r.sessions {
+                0 => String::new(),
+                n => format!(", {n} UDP sessions moved"),
+            },
             r.stayed,
             r.state_bytes,
             if r.memfd { " (memfd)" } else { "" },
@@ -143,6 +151,11 @@ mod tests {
     fn a_report_says_why_connections_stayed() {
         let mut r = HandoverReport { moved: 10, state_bytes: 4096, pause_ms: 3, attempted: true, ..Default::default() };
         assert_eq!(describe(&r), "10 connections moved, 0 drained, 4096 bytes of state, paused 3 ms");
+        let udp = HandoverReport { sessions: 3, ..r.clone() };
+        assert_eq!(
+            describe(&udp),
+            "10 connections moved, 3 UDP sessions moved, 0 drained, 4096 bytes of state, paused 3 ms"
+        );
         r.stay("not open", 2);
         r.stay("declined by the plugin", 1);
         r.stay("not open", 1);

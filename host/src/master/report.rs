@@ -224,6 +224,7 @@ impl Master {
                     handovers: t.handovers,
                     failed: t.failed,
                     moved: t.moved,
+                    sessions: t.sessions,
                     drained: t.stayed,
                     state_bytes: t.state_bytes,
                     last: t.last.as_ref().map(super::handover::describe).unwrap_or_default(),

@@ -376,28 +376,12 @@ impl Protocol for Http {
     }
 
     fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
-        use std::io::Write;
-        let mut state = Vec::new();
-        match self.export_state(conn, &mut state) {
-            Ok(()) => out.write_all(&state).is_ok(),
-            Err(reason) => {
-                plugin_api::tracing::debug!(conn = conn.0, reason, "connection stays for the hand-over");
-                false
-            }
-        }
+        http_proto::handover::export_conn(conn, out, |state| self.export_state(conn, state))
     }
 
     fn adopt_conn(&mut self, host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
-        if version != handover::STATE_VERSION {
-            return false;
-        }
-        match self.adopt_state(host, conn, state) {
-            Ok(()) => true,
-            Err(reason) => {
-                plugin_api::tracing::warn!(conn = conn.0, %reason, "connection refused in the hand-over");
-                false
-            }
-        }
+        version == handover::STATE_VERSION
+            && http_proto::handover::adopt_conn(conn, || self.adopt_state(host, conn, state))
     }
 
     fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {

@@ -23,9 +23,10 @@
 //! (`COUNT`, `LIST`, `INFO`, `DOCS`: an empty map), `INFO` (server, clients, memory, persistence,
 //! stats, replication, cpu, commandstats, errorstats, cluster, keyspace), `FUNCTION FLUSH` and
 //! `FUNCTION LIST` (there are no functions: OK and an empty list), `QUIT`, and pub/sub on the
-//! host's topics: `SUBSCRIBE`, `UNSUBSCRIBE`, `PUBLISH` reach every worker of the service and
-//! every host of its cluster (`--cluster`; [`pubsub`] says how, and what differs from Redis:
-//! `PUBLISH` counts this worker's receivers, no patterns or sharded channels). Values are strings
+//! host's topics: `SUBSCRIBE`, `UNSUBSCRIBE`, `PSUBSCRIBE`, `PUNSUBSCRIBE`, `PUBLISH` reach every
+//! worker of the service and every host of its cluster (`--cluster`; [`pubsub`] says how, and
+//! what differs from Redis: `PUBLISH` counts this worker's receivers, as Redis Cluster counts its
+//! node's; no sharded channels). Values are strings
 //! only. Nothing is persisted (`INFO persistence` says so: `loading:0`, `aof_enabled:0`, no
 //! saves); `used_memory` is the worker's resident set (there is no allocator accounting).
 //!
@@ -44,7 +45,8 @@
 //! On a reload, `host upgrade` or a recycle the keyspace (with its deadlines), the counters and
 //! every connection's session (client id and name, RESP3) move to the new worker, and so do the
 //! connections (hand-over, [`handover`]): a client sees the same keys on an unbroken connection.
-//! A connection inside `MULTI`, with `WATCH`ed keys or subscribed to channels finishes on the old
+//! A subscriber moves with its channels and hears every message once, in order. A connection
+//! inside `MULTI`, with `WATCH`ed keys or with patterns (`PSUBSCRIBE`) finishes on the old
 //! worker, which drains it.
 //!
 //! The parts are public for other plugins: [`proto`] frames and splits commands, [`reply`]
@@ -84,13 +86,15 @@ struct Conn {
     partial: bool,
     /// Draining: close after the command in flight.
     close_after_command: bool,
-    /// The channels it subscribed to (`SUBSCRIBE`), in order.
-    channels: Vec<Vec<u8>>,
+    /// Its channels and patterns (`SUBSCRIBE`, `PSUBSCRIBE`).
+    subs: pubsub::Subscriptions,
 }
 
 pub struct Resp {
     server: Server,
     conns: ConnMap<Conn>,
+    /// The pattern subscribers of this worker.
+    patterns: pubsub::Patterns,
     /// Reused from one command to the next.
     args: Args,
     out: Vec<u8>,
@@ -120,6 +124,7 @@ impl Protocol for Resp {
         Ok(Resp {
             server: Server::new(info),
             conns: ConnMap::new(),
+            patterns: pubsub::Patterns::default(),
             args: Args::default(),
             out: Vec::with_capacity(4096),
             max_package_size: worker.max_package_size,
@@ -171,19 +176,21 @@ impl Protocol for Resp {
             return;
         }
         let resp3 = state.session.resp3;
-        let after = match pubsub::command(host, conn, &mut state.channels, resp3, self.args.view(msg), &mut self.out) {
+        let view = self.args.view(msg);
+        let after = match pubsub::command(host, conn, &mut state.subs, &mut self.patterns, resp3, view, &mut self.out) {
             pubsub::Outcome::NotPubSub => {
                 execute(&mut self.server, &mut state.session, self.args.view(msg), now, &mut self.out)
             }
             pubsub::Outcome::Done => After::Continue,
             pubsub::Outcome::Close => After::Close,
         };
-        if state.session.resp3 != resp3 && !state.channels.is_empty() {
+        if state.session.resp3 != resp3 && !state.subs.is_empty() {
             // HELLO switched the framing: the subscriptions follow it.
-            for channel in &state.channels {
+            for channel in &state.subs.channels {
                 let _ = host.unsubscribe(conn, pubsub::topic(channel, resp3));
                 let _ = host.subscribe(conn, pubsub::topic(channel, !resp3));
             }
+            self.patterns.switch(&state.subs.patterns, conn, !resp3);
         }
         if !self.out.is_empty() {
             host.send(conn, &self.out);
@@ -193,9 +200,18 @@ impl Protocol for Resp {
         }
     }
 
-    fn on_close(&mut self, _host: &mut Host<'_>, conn: ConnId) {
+    fn on_close(&mut self, host: &mut Host<'_>, conn: ConnId) {
         if let Some(mut c) = self.conns.remove(conn) {
+            for pattern in &c.subs.patterns {
+                self.patterns.remove(host, pattern, conn, c.session.resp3);
+            }
             self.server.end_session(&mut c.session);
+        }
+    }
+
+    fn on_publish(&mut self, host: &mut Host<'_>, topic: &[u8], msg: &[u8]) {
+        if topic == pubsub::PATTERN_TOPIC {
+            self.patterns.deliver(host, msg, &mut self.out);
         }
     }
 
@@ -213,24 +229,27 @@ impl Protocol for Resp {
         }
     }
 
+    fn handover_accepts(&mut self, _host: &mut Host<'_>, _plugin: &str, version: u32) -> bool {
+        handover::reads(version)
+    }
+
     fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
         match self.conns.get(conn) {
-            // Subscribed: drains on this worker (the session format has no channels yet).
-            Some(c) if !c.close_after_command && c.channels.is_empty() => {
-                handover::write_session(&c.session, out).unwrap_or(false)
+            // Its channels move with it (the host's topics), the list in its state. Patterns are
+            // the plugin's own delivery, which the hand-over's seam does not cover: it drains.
+            Some(c) if !c.close_after_command && c.subs.patterns.is_empty() => {
+                handover::write_session(&c.session, &c.subs.channels, out).unwrap_or(false)
             }
             _ => false,
         }
     }
 
     fn adopt_conn(&mut self, host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
-        if version != handover::STATE_VERSION {
-            return false;
-        }
-        match handover::read_session(state) {
-            Ok(session) => {
+        match handover::read_session(version, state) {
+            Ok((session, channels)) => {
                 let session = self.server.adopt_session(session, host.peer_addr(conn), host.local_addr(conn));
-                self.conns.insert(conn, Conn { session, ..Conn::default() });
+                let subs = pubsub::Subscriptions { channels, ..Default::default() };
+                self.conns.insert(conn, Conn { session, subs, ..Conn::default() });
                 true
             }
             Err(e) => {
@@ -245,7 +264,7 @@ impl Protocol for Resp {
     }
 
     fn adopt_worker(&mut self, host: &mut Host<'_>, version: u32, state: &[u8]) -> bool {
-        if version != handover::STATE_VERSION {
+        if !handover::reads(version) {
             return false;
         }
         match handover::read_worker(&mut self.server, host.now_ms(), state) {

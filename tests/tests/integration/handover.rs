@@ -174,6 +174,24 @@ fn a_replacement_that_refuses_the_state_loses_nothing() {
     assert_eq!(read_line(&mut c), "two\n");
 }
 
+/// Runs a python `script` (with redis-py) on the host's `port` until it prints `ready`: its
+/// stdin takes the test's go-ahead, its stdout what it saw after.
+fn python_ready(script: &str, port: u16) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut py = Command::new("timeout")
+        .args(["120", "python3", "-c", script, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with redis-py");
+    let mut out = std::io::BufReader::new(py.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("the script's first line");
+    assert_eq!(line, "ready\n");
+    (py, out)
+}
+
 /// A redis-py client on one connection (RESP3, named) that fills the keyspace, says `ready`,
 /// waits for a line on stdin (the test reloads meanwhile), then reads it all back on the same
 /// connection and prints what it saw.
@@ -202,19 +220,11 @@ print(r.get("k").decode(), 900 < ttl <= 1000, r.client_getname(), same, r.dbsize
 // connection sees the keys too.
 #[test]
 fn redis_clients_keep_the_keyspace_and_the_connection_across_reloads() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
+    use std::io::{BufRead, Write};
+    use std::process::Command;
     let mut host = Host::start("resp", &["--drain-timeout", "30"]);
-    let mut py = Command::new("timeout")
-        .args(["120", "python3", "-c", REDIS_PY, &host.port().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with redis-py");
-    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let (mut py, mut out) = python_ready(REDIS_PY, host.port());
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
     reload(&mut host, &["reload", "-g"]);
     let moved = host.log().wait_for("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(moved.contains("memfd=true"), "20,000 keys go through a memfd: {moved}");
@@ -227,6 +237,106 @@ fn redis_clients_keep_the_keyspace_and_the_connection_across_reloads() {
     reload(&mut host, &["reload"]);
     let cli = Command::new("timeout").args(["30", "redis-cli", "-p", &host.port().to_string(), "get", "k"]).output();
     assert_eq!(String::from_utf8_lossy(&cli.expect("redis-cli").stdout), "v\n");
+}
+
+/// Subscribers of a channel that must hear every message once, in order, on the connection they
+/// have: a raw RESP2 socket, redis-py in RESP3 and `redis-cli SUBSCRIBE`; a publisher on its own
+/// connection publishes numbers 1, 2, … from `ready` on. A line on stdin (the test reloaded)
+/// makes it publish 200 more and `end`; each subscriber then reads up to `end` and the script
+/// prints what each saw. `sys.argv[1]`: the port.
+const SUBSCRIBERS_PY: &str = r#"
+import socket, subprocess, sys, threading, redis
+port = int(sys.argv[1])
+raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+raw.sendall(b"SUBSCRIBE seq\r\n")
+confirm = b"*3\r\n$9\r\nsubscribe\r\n$3\r\nseq\r\n:1\r\n"
+got = b""
+while len(got) < len(confirm):
+    got += raw.recv(len(confirm) - len(got))
+assert got == confirm, got
+py = redis.Redis(port=port, protocol=3, socket_timeout=30).pubsub()
+py.subscribe("seq")
+assert py.get_message(timeout=10)["type"] == "subscribe"
+py_addr = py.connection._sock.getsockname()
+cli = subprocess.Popen(["redis-cli", "-p", str(port), "SUBSCRIBE", "seq"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+assert [cli.stdout.readline() for _ in range(3)] == [b"subscribe\n", b"seq\n", b"1\n"]
+pub = redis.Redis(port=port, socket_timeout=30)
+reloaded, sent = threading.Event(), []
+def publish():
+    n = 0
+    while True:
+        n += 1
+        pub.publish("seq", str(n))
+        if reloaded.is_set():
+            sent.append(n)
+            if len(sent) == 200:
+                break
+    pub.publish("seq", "end")
+    sent.append(n)
+thread = threading.Thread(target=publish)
+thread.start()
+print("ready", flush=True)
+sys.stdin.readline()
+reloaded.set()
+thread.join()
+last = sent[-1]
+def verdict(seen):
+    return "ok" if seen == [str(n) for n in range(1, last + 1)] else f"{len(seen)} of {last}: {seen[:5]}…{seen[-5:]}"
+# The raw RESP2 socket: *3 $7 message $3 seq $N N, the payloads digits only.
+buf = b""
+while not buf.endswith(b"$3\r\nend\r\n"):
+    chunk = raw.recv(65536)
+    if not chunk:
+        break
+    buf += chunk
+tokens = buf.split(b"\r\n")
+raw_seen = [tokens[i + 4].decode() for i, t in enumerate(tokens) if t == b"message" and i + 4 < len(tokens)]
+print("raw", verdict(raw_seen[:-1]) if raw_seen[-1:] == ["end"] else f"closed after {len(raw_seen)}", flush=True)
+py_seen, resubscribed = [], False
+while True:
+    m = py.get_message(timeout=30)
+    assert m is not None, "redis-py heard nothing for 30 s"
+    if m["type"] != "message":
+        resubscribed = True
+        continue
+    if m["data"] == b"end":
+        break
+    py_seen.append(m["data"].decode())
+print("redis-py", verdict(py_seen), "resubscribed" if resubscribed else "same connection" if py.connection._sock.getsockname() == py_addr else "reconnected", flush=True)
+cli_seen = []
+while True:
+    kind, channel, data = (cli.stdout.readline().decode().strip() for _ in range(3))
+    if kind != "message" or data == "end":
+        break
+    cli_seen.append(data)
+print("redis-cli", verdict(cli_seen) if data == "end" else f"{kind!r} after {len(cli_seen)}", flush=True)
+cli.kill()
+"#;
+
+// Subscribers (raw RESP2, redis-py RESP3, redis-cli) keep their connection across `host reload
+// -g` of two workers and hear every message published before, during and after it once, in
+// order: their subscriptions move with them (resp's state carries the channels). With a drain
+// they would be closed (the raw socket and redis-cli) or reconnect and miss messages (redis-py).
+#[test]
+fn redis_subscribers_keep_their_connection_and_every_message_across_reloads() {
+    use std::io::{BufRead, Write};
+    let mut host = Host::start("resp", &["--count", "2", "--drain-timeout", "30"]);
+    let (mut py, mut out) = python_ready(SUBSCRIBERS_PY, host.port());
+    let mut line = String::new();
+    reload(&mut host, &["reload", "-g"]);
+    host.log().wait_for_nth("hand-over: ", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    writeln!(py.stdin.as_mut().unwrap()).unwrap();
+    let mut report = String::new();
+    for _ in 0..3 {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        report.push_str(&line);
+    }
+    assert_eq!(report, "raw ok\nredis-py ok same connection\nredis-cli ok\n", "{}", host.log_text());
+    assert!(py.wait().unwrap().success());
+    for line in host.log_text().lines().filter(|l| l.contains("hand-over: ")) {
+        assert!(line.contains(" 0 drained"), "every connection moved: {line}");
+    }
 }
 
 /// The first field of `/proc/PID/syscall`: the system call the process's main thread is in.
@@ -586,6 +696,8 @@ fn udp_sessions_move_with_their_peers() {
         "1",
         "--drain-timeout",
         "30",
+        "--admin-listen",
+        "127.0.0.1:0",
     ]);
     host.wait_for_log("host ready", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let server: std::net::SocketAddr = format!("127.0.0.1:{}", host.port()).parse().unwrap();
@@ -620,7 +732,14 @@ fn udp_sessions_move_with_their_peers() {
     };
     reload(&mut host, &["reload", "-g"]);
     let line = host.log().wait_for("hand-over: ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(line.contains("hand-over: 3 connections moved"), "{line}\n{}", host.log_text());
+    // Counted apart from connections: in the log line, `status --json` and `/metrics`.
+    assert!(line.contains("hand-over: 0 connections moved, 3 UDP sessions moved, 0 drained"), "{line}");
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let row = &json["handovers"][0];
+    assert_eq!((row["moved"].as_u64(), row["sessions"].as_u64()), (Some(0), Some(3)), "{json}");
+    let (_, metrics) = crate::metrics::admin_get(crate::metrics::admin_port(&host), "/metrics");
+    assert!(metrics.contains("host_handover_udp_sessions_total 3"), "{metrics}");
     stop.store(true, Ordering::Relaxed);
     let (busy, sent) = sending.join().expect("the busy peer's count went on");
     // The new worker answers each peer from its moved session.
@@ -668,4 +787,73 @@ fn udp_sessions_the_new_plugin_refuses_go_back_and_end() {
     assert_eq!((count, pid == old_pid), (1, false), "a new session in the new worker");
     // (Its log line may reach the host's log after the answer reached the client.)
     host.log().wait_for_nth("session opened", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// An upstream for `fixture_outbound`: answers each line `L` on its `k`-th accepted connection
+/// with `k:L`, and counts its accepts.
+fn counting_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&accepts);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let k = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            std::thread::spawn(move || {
+                let Ok(mut w) = stream.try_clone() else { return };
+                for line in std::io::BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    if w.write_all(format!("{k}:{line}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepts)
+}
+
+/// `fixture_outbound` with `config`, and a client whose outbound connection to a counting
+/// upstream has answered once.
+fn client_with_upstream(config: &str) -> (Host, Client, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (upstream, accepts) = counting_upstream();
+    let host = Host::start("fixture_outbound", &["--plugin-config", config, "--drain-timeout", "30"]);
+    let mut c = Client::connect(host.port());
+    c.send(format!("connect {upstream}\n").as_bytes());
+    assert_eq!(read_line(&mut c), "started\n");
+    assert!(read_line(&mut c).starts_with("connected true"));
+    c.send(b"send one\n");
+    assert_eq!(read_line(&mut c), "data 1:one\n");
+    (host, c, accepts)
+}
+
+// A client carries its outbound connection (`Host::handover_carry`) across `host reload -g`: the
+// new worker answers it through the same upstream connection (the upstream accepted one).
+#[test]
+fn a_carried_outbound_connection_keeps_serving_its_client_across_a_reload() {
+    let (mut host, mut c, accepts) = client_with_upstream("handover = \"on\"\n");
+    reload(&mut host, &["reload", "-g"]);
+    let line = host.log().wait_for("hand-over: ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("hand-over: 2 connections moved"), "the client and its upstream connection: {line}");
+    c.send(b"send two\n");
+    assert_eq!(read_line(&mut c), "data 1:two\n", "the same upstream connection, from the new worker");
+    assert_eq!(accepts.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+// The new plugin refuses the client: its carried outbound connection goes back with it, and the
+// old worker goes on serving it through that connection.
+#[test]
+fn a_refused_clients_carried_connection_goes_back_with_it() {
+    let (mut host, mut c, accepts) = client_with_upstream("handover = \"on\"\nadopt = \"refuse\"\n");
+    reload(&mut host, &["reload", "-g"]);
+    let line = host.log().wait_for("hand-over: ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("hand-over: 0 connections moved") && line.contains("refused by the new plugin"), "{line}");
+    // The old worker drains: the plugin hears it for the outbound connection it took back.
+    assert_eq!(read_line(&mut c), "drain\n");
+    c.send(b"send two\n");
+    assert_eq!(read_line(&mut c), "data 1:two\n", "the old worker, through the same upstream connection");
+    assert_eq!(accepts.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

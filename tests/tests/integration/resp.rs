@@ -510,3 +510,81 @@ fn a_publish_on_one_host_reaches_subscribers_on_another_through_redis() {
         "{stdout}"
     );
 }
+
+/// redis-py pattern subscribers (`psubscribe`, RESP2 with a channel too and RESP3) on a host of
+/// two workers, and publishers on both workers (each tells its worker by `INFO server`). Each
+/// subscriber prints the channel messages and the `pmessage`s it got, in order, up to a last
+/// publish on `news.end`; each publisher prints whether `PUBLISH` counted its own worker's
+/// receivers (channel and pattern subscriptions, none of the other worker's).
+const PSUBSCRIBE_PY: &str = r#"
+import sys, redis
+port = int(sys.argv[1])
+def conn(proto):
+    r = redis.Redis(port=port, protocol=proto, socket_timeout=10)
+    return r, r.info("server")["process_id"]
+pubs = {}
+for _ in range(100):
+    r, pid = conn(2)
+    pubs.setdefault(pid, r)
+    if len(pubs) == 2:
+        break
+assert len(pubs) == 2, "100 connections did not land on both workers"
+# Which subscriptions a message on each channel reaches: (channel, pattern) pairs per subscriber.
+subs = []
+for proto, patterns, channels in [(2, ["news.*"], ["news.a"]), (3, ["n?ws.[a-c]*", "lit\\*"], [])]:
+    r, pid = conn(proto)
+    p = r.pubsub()
+    if channels:
+        p.subscribe(*channels)
+    p.psubscribe(*patterns)
+    kinds = [p.get_message(timeout=5)["type"] for _ in channels + patterns]
+    assert kinds == ["subscribe"] * len(channels) + ["psubscribe"] * len(patterns), kinds
+    # (`r` kept: its pool closes the connections it handed out when it goes.)
+    subs.append((p, pid, r))
+reach = {"news.a": [2, 1], "news.d": [1, 0], "nows.b": [0, 1], "lit*": [0, 1], "litx": [0, 0], "other": [0, 0]}
+counts = []
+tags = dict(zip(sorted(pubs), "ab"))
+for i, channel in enumerate(["news.a", "news.d", "nows.b", "lit*", "litx", "other", "news.a"]):
+    for pid, r in sorted(pubs.items()):
+        n = r.publish(channel, f"{i}{tags[pid]}")
+        want = sum(reach[channel][k] for k, (_, sub_pid, _) in enumerate(subs) if sub_pid == pid)
+        counts.append(n == want)
+print("counts", all(counts), flush=True)
+# The last messages: news.end reaches the first subscriber's pattern, nows.bend the second's.
+for pid, r in sorted(pubs.items()):
+    r.publish("news.end", f"end{tags[pid]}")
+    r.publish("nows.bend", f"end{tags[pid]}")
+# Each publisher's messages keep their order; the two publishers' may interleave (they are on
+# two workers).
+for k, (p, _, _) in enumerate(subs):
+    seen, ends = [], 0
+    while ends < 2:
+        m = p.get_message(timeout=10)
+        assert m is not None, f"subscriber {k} heard nothing for 10 s after {seen}"
+        seen.append((m["type"], (m.get("pattern") or b"").decode(), m["channel"].decode(), m["data"].decode()))
+        ends += m["data"].startswith(b"end")
+    for tag in "ab":
+        mine = [s for s in seen if s[3].endswith(tag)]
+        messages = " ".join(f"{c}={d[:-1]}" for kind, _, c, d in mine if kind == "message")
+        pmessages = " ".join(f"{p}:{c}={d[:-1]}" for kind, p, c, d in mine if kind == "pmessage")
+        print(k, tag, messages, "|", pmessages, flush=True)
+for p, _, _ in subs:
+    p.punsubscribe()
+    assert p.get_message(timeout=5)["type"] == "punsubscribe"
+"#;
+
+// PSUBSCRIBE/PUNSUBSCRIBE with Redis' glob patterns across two workers: each subscriber gets a
+// `pmessage` for each message on a channel its pattern matches, framed for its protocol, once,
+// in publish order (and the channel's `message` too when it also subscribed to the channel);
+// `PUBLISH` answers the receivers of its own worker.
+#[test]
+fn pattern_subscribers_get_pmessages_from_every_worker() {
+    let host = Host::start("resp", &["--count", "2"]);
+    let out = run("python3", &["-c", PSUBSCRIBE_PY, &host.port().to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let first = "news.a=0 news.a=6 | news.*:news.a=0 news.*:news.d=1 news.*:news.a=6 news.*:news.end=end";
+    let second =
+        "| n?ws.[a-c]*:news.a=0 n?ws.[a-c]*:nows.b=2 lit\\*:lit*=3 n?ws.[a-c]*:news.a=6 n?ws.[a-c]*:nows.bend=end";
+    assert_eq!(stdout, format!("counts True\n0 a {first}\n0 b {first}\n1 a  {second}\n1 b  {second}\n"));
+}

@@ -12,6 +12,7 @@
 //! Only open connections take a topic's messages: one the plugin closed (its output flushing
 //! before the close) gets nothing more, so a protocol's last message stays its last.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use plugin_api::abi::{TopicStatus, WORKER_CONN};
@@ -20,6 +21,7 @@ use plugin_api::ConnId;
 use super::super::phase::ConnPhase;
 use super::super::topic_seam::Marks;
 use super::super::topics::Change;
+use super::conn::Conn;
 use super::{Core, Deferred};
 use crate::cluster::link::Link;
 use crate::cluster::Event;
@@ -159,40 +161,16 @@ impl Core {
         }
     }
 
-    /// Writes one topic message to connection `id` as the fan-out does; false when it did not
-    /// (gone, closing, or its send buffer full: then counted as dropped).
-    fn write_published(&mut self, id: ConnId, msg: &[u8]) -> bool {
-        let max = self.limits.max_send_buffer;
-        let index = id.index();
-        let Some(c) = self.conns.get_mut(index).and_then(Option::as_mut).filter(|c| c.id == id) else {
-            return false;
-        };
-        if c.phase != ConnPhase::Open {
-            return false;
-        }
-        if c.pending_output() >= max {
-            self.topics.stats.dropped_slow += 1;
-            return false;
-        }
-        c.output.extend_from_slice(msg);
-        if c.pending_output() >= max && !c.hold.buffer_full {
-            c.hold.buffer_full = true;
-            self.deferred.push_back((id, Deferred::BufferFull));
-        }
-        if !c.sched.dirty {
-            c.sched.dirty = true;
-            self.dirty.push(index);
-        }
-        true
-    }
-
     /// Writes `msg` to every subscribed connection of `topic` with room in its send buffer,
     /// queues it for the plugin's `on_publish` when the worker itself is subscribed; returns
     /// how many connections it was written to.
     fn fan_out(&mut self, from: Option<(u64, u64)>, topic: &[u8], msg: &[u8]) -> usize {
-        let max = self.limits.max_send_buffer;
+        // The subscriber set stays borrowed from the topic table while the connections are
+        // written: the writer borrows the other fields.
         let Some(subs) = self.topics.subscribers(topic) else { return 0 };
         let seam = &self.topics.seam_marks;
+        let mut out =
+            TopicWriter::new(&mut self.conns, &mut self.deferred, &mut self.dirty, self.limits.max_send_buffer);
         let (mut written, mut dropped, mut worker) = (0u64, 0u64, false);
         for &id in subs {
             if id == WORKER_CONN {
@@ -205,28 +183,10 @@ impl Core {
                     continue;
                 }
             }
-            let index = id.index();
-            let Some(c) = self.conns.get_mut(index).and_then(Option::as_mut).filter(|c| c.id == id) else {
-                continue;
-            };
-            // Closing (the plugin closed it, maybe after a protocol's own close message):
-            // nothing more goes after what it queued.
-            if c.phase != ConnPhase::Open {
-                continue;
-            }
-            if c.pending_output() >= max {
-                dropped += 1;
-                continue;
-            }
-            c.output.extend_from_slice(msg);
-            written += 1;
-            if c.pending_output() >= max && !c.hold.buffer_full {
-                c.hold.buffer_full = true;
-                self.deferred.push_back((id, Deferred::BufferFull));
-            }
-            if !c.sched.dirty {
-                c.sched.dirty = true;
-                self.dirty.push(index);
+            match out.write(id, msg) {
+                Wrote::Written => written += 1,
+                Wrote::Dropped => dropped += 1,
+                Wrote::Not => {}
             }
         }
         if worker {
@@ -235,6 +195,81 @@ impl Core {
         self.topics.stats.delivered += written;
         self.topics.stats.dropped_slow += dropped;
         written as usize
+    }
+
+    /// Writes one topic message to connection `id` as the fan-out does (the seam's replay);
+    /// true when written.
+    fn write_published(&mut self, id: ConnId, msg: &[u8]) -> bool {
+        let mut out =
+            TopicWriter::new(&mut self.conns, &mut self.deferred, &mut self.dirty, self.limits.max_send_buffer);
+        match out.write(id, msg) {
+            Wrote::Written => true,
+            Wrote::Dropped => {
+                self.topics.stats.dropped_slow += 1;
+                false
+            }
+            Wrote::Not => false,
+        }
+    }
+}
+
+/// What [`TopicWriter::write`] did with a message for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    /// Queued in its output.
+    Written,
+    /// Its send buffer is full: this message is dropped for it (a slow consumer).
+    Dropped,
+    /// Gone, or closing: nothing more goes after what it queued.
+    Not,
+}
+
+/// Writes topic messages into connections' output, with the connection table's bookkeeping
+/// (the send-buffer bound, `buffer_full`, the dirty list): the one place a topic message meets
+/// a connection. It borrows the fields it needs, not the whole `Core`, so the fan-out can hold
+/// the subscriber set meanwhile.
+struct TopicWriter<'a> {
+    conns: &'a mut [Option<Conn>],
+    deferred: &'a mut VecDeque<(ConnId, Deferred)>,
+    dirty: &'a mut Vec<usize>,
+    max_send_buffer: usize,
+}
+
+impl<'a> TopicWriter<'a> {
+    fn new(
+        conns: &'a mut [Option<Conn>],
+        deferred: &'a mut VecDeque<(ConnId, Deferred)>,
+        dirty: &'a mut Vec<usize>,
+        max_send_buffer: usize,
+    ) -> Self {
+        TopicWriter { conns, deferred, dirty, max_send_buffer }
+    }
+
+    fn write(&mut self, id: ConnId, msg: &[u8]) -> Wrote {
+        let index = id.index();
+        let Some(c) = self.conns.get_mut(index).and_then(Option::as_mut).filter(|c| c.id == id) else {
+            return Wrote::Not;
+        };
+        // Closing (the plugin closed it, maybe after a protocol's own close message): nothing
+        // more goes after what it queued.
+        if c.phase != ConnPhase::Open {
+            return Wrote::Not;
+        }
+        let max = self.max_send_buffer;
+        if c.pending_output() >= max {
+            return Wrote::Dropped;
+        }
+        // One copy below the limit is taken whole, as a plugin's `send` is.
+        c.output.extend_from_slice(msg);
+        if c.pending_output() >= max && !c.hold.buffer_full {
+            c.hold.buffer_full = true;
+            self.deferred.push_back((id, Deferred::BufferFull));
+        }
+        if !c.sched.dirty {
+            c.sched.dirty = true;
+            self.dirty.push(index);
+        }
+        Wrote::Written
     }
 }
 

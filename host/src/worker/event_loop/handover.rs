@@ -524,19 +524,17 @@ impl Worker {
             return self.end_old(old, why);
         }
         let (conns_adopted, sessions_adopted) = adopted.split_at(old.held.len());
-        let mut sessions_moved = 0u64;
         for ((id, snapshot), &moved) in std::mem::take(&mut old.held_sessions).into_iter().zip(sessions_adopted) {
             if moved {
                 self.core.release(id);
-                old.report.moved += 1;
-                sessions_moved += 1;
+                old.report.sessions += 1;
             } else {
                 self.restore_session(id, snapshot);
                 old.report.stay("refused by the new plugin", 1);
             }
         }
-        if sessions_moved > 0 {
-            tracing::info!(sessions = sessions_moved, "UDP sessions moved to the replacement");
+        if old.report.sessions > 0 {
+            tracing::info!(sessions = old.report.sessions, "UDP sessions moved to the replacement");
         }
         for ((id, conn), &moved) in std::mem::take(&mut old.held).into_iter().zip(conns_adopted) {
             if moved {
@@ -568,6 +566,7 @@ impl Worker {
         let _ = self.poll.registry().deregister(&mut old.channel.stream);
         old.report.failure = Some(why);
         old.report.moved = 0;
+        old.report.sessions = 0;
         let (report, fallback) = (std::mem::take(&mut old.report), old.fallback);
         self.handover_ended(report, fallback);
     }
@@ -594,6 +593,7 @@ impl Worker {
     fn handover_ended(&mut self, report: HandoverReport, fallback: Fallback) {
         tracing::info!(
             moved = report.moved,
+            udp_sessions = report.sessions,
             stayed = report.stayed,
             state_bytes = report.state_bytes,
             memfd = report.memfd,

@@ -119,25 +119,11 @@ impl<A: App> Protocol for AppServer<A> {
     }
 
     fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
-        use std::io::Write;
-        let mut state = Vec::new();
-        match self.export_state(conn, &mut state) {
-            Ok(()) => out.write_all(&state).is_ok(),
-            Err(reason) => {
-                plugin_api::tracing::debug!(conn = conn.0, reason, "connection stays for the hand-over");
-                false
-            }
-        }
+        crate::handover::export_conn(conn, out, |state| self.export_state(conn, state))
     }
 
     fn adopt_conn(&mut self, host: &mut Host<'_>, conn: ConnId, _version: u32, state: &[u8]) -> bool {
-        match self.adopt_state(host, conn, state) {
-            Ok(()) => true,
-            Err(reason) => {
-                plugin_api::tracing::warn!(conn = conn.0, %reason, "connection refused in the hand-over");
-                false
-            }
-        }
+        crate::handover::adopt_conn(conn, || self.adopt_state(host, conn, state))
     }
 
     fn export_worker(&mut self, _host: &mut Host<'_>, out: &mut StateWriter<'_>) -> bool {

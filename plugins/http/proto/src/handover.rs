@@ -12,6 +12,8 @@
 //! it is closing, or while a body larger than the host's package size is received in pieces
 //! (the parser holds those bytes itself).
 
+use plugin_api::{ConnId, StateWriter};
+
 use crate::conn::ConnState;
 
 /// Appends a `u32` length and the bytes.
@@ -95,6 +97,36 @@ impl<'a> Reader<'a> {
 
 /// Why a connection does not move (it drains where it is); said in the worker's debug log.
 pub type Decline = &'static str;
+
+/// `Protocol::export_conn` of a server built on this crate: `export` writes `conn`'s state, which
+/// goes to `out` whole; a [`Decline`] keeps the connection here (it drains), its reason logged.
+pub fn export_conn(
+    conn: ConnId,
+    out: &mut StateWriter<'_>,
+    export: impl FnOnce(&mut Vec<u8>) -> Result<(), Decline>,
+) -> bool {
+    use std::io::Write;
+    let mut state = Vec::new();
+    match export(&mut state) {
+        Ok(()) => out.write_all(&state).is_ok(),
+        Err(reason) => {
+            plugin_api::tracing::debug!(conn = conn.0, reason, "connection stays for the hand-over");
+            false
+        }
+    }
+}
+
+/// `Protocol::adopt_conn` of a server built on this crate: `adopt` reads `conn`'s state; an
+/// error (logged) sends the connection back to the old worker.
+pub fn adopt_conn(conn: ConnId, adopt: impl FnOnce() -> Result<(), String>) -> bool {
+    match adopt() {
+        Ok(()) => true,
+        Err(reason) => {
+            plugin_api::tracing::warn!(conn = conn.0, %reason, "connection refused in the hand-over");
+            false
+        }
+    }
+}
 
 /// Writes an HTTP/1.1 connection's parser state (see the module comment).
 pub fn write_conn_state(state: &ConnState, out: &mut Vec<u8>) -> Result<(), Decline> {
