@@ -124,6 +124,38 @@ fn a_plain_reload_hands_over_what_arrives_meanwhile() {
     assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
 }
 
+// More connections than one frame carries (253 descriptors): every one moves, its socket lent
+// (not duplicated) and closed in the old worker only after the acknowledgement; lines sent while
+// the hand-over runs are answered once, in order, whichever worker read them (those that
+// arrived while no worker watched are announced by the new worker's registration, not read on
+// the chance).
+#[test]
+fn connections_of_several_frames_all_move_with_what_they_sent_meanwhile() {
+    const N: usize = 600;
+    let mut host = Host::start("text", &["--count", "1"]);
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("before {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("before {i}\n"));
+    }
+    let writers: Vec<_> = clients.iter().map(Client::writer).collect();
+    let during = std::thread::spawn(move || {
+        for (i, mut w) in writers.into_iter().enumerate() {
+            std::io::Write::write_all(&mut w, format!("during {i}\n").as_bytes()).expect("the connection is open");
+        }
+    });
+    reload(&mut host, &["reload", "-g"]);
+    during.join().unwrap();
+    let moved = format!("hand-over: {N} connections moved");
+    host.log().wait_for(&moved, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}: {}", host.log_text()));
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(read_line(c), format!("during {i}\n"));
+        c.send(format!("after {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("after {i}\n"));
+    }
+    assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+}
+
 // `--no-handover` keeps the drain: the half line is finished by the old worker, which then
 // closes the connection.
 #[test]

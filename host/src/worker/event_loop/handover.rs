@@ -9,16 +9,16 @@
 //!                               ◄── Accept ──
 //!  old: for each movable connection: plugin's export_conn → out of the table (deregistered,
 //!       its id held); the worker state (inline, or a sealed memfd when large);
-//!       State, Conns… (≤ 253 descriptors a frame, duplicates), Done ─►
+//!       State, Conns… (≤ 253 descriptors a frame, lent: no duplicates), Done ─►
 //!                                              new: adopt_worker, then per connection: import
 //!                                              (registered), adopt_conn (or give it back)
 //!       Sessions… (UDP: plain data, no descriptor) ─►
 //!                                              new: per session: import (keyed by its peer),
 //!                                              adopt_conn (or give it back)
-//!                               ◄── Ack ───── new: sends it before it reads any of them, then
-//!                                              reads at once (edge-triggered: what arrived
-//!                                              meanwhile raises no edge)
-//!  old: closes its copies of the adopted ones; restores the others under their ids; drains
+//!                               ◄── Ack ───── new: sends it before it reads any of them; the
+//!                                              registration (EPOLL_CTL_ADD) announces what
+//!                                              arrived meanwhile (TLS and ring: read at once)
+//!  old: closes its descriptors of the adopted ones; restores the others under their ids; drains
 //!       (or stops) what is left.
 //! ```
 //!
@@ -35,8 +35,10 @@
 //! hand-over fail, the old worker takes its sessions back (and drains: they close), and their
 //! peers' next datagrams open new sessions in the replacement.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
 
 use mio::net::UnixStream;
 use mio::{Interest, Token};
@@ -78,7 +80,17 @@ pub(super) struct OldSide {
     held_sessions: Vec<(ConnId, Snapshot)>,
     /// When the connections left the table (None: not yet, the offer is out).
     stopped_ms: Option<u64>,
+    /// Frames still to send, in order, each with the range of `held` whose sockets (and queued
+    /// files) it lends: they are sent as the channel takes them, never duplicated.
+    outgoing: VecDeque<Outgoing>,
     report: HandoverReport,
+}
+
+/// A frame the old worker has still to send.
+struct Outgoing {
+    frame: Handover,
+    /// The connections of `OldSide::held` whose descriptors go with it, in order.
+    lends: Range<usize>,
 }
 
 /// The replacement.
@@ -206,6 +218,7 @@ impl Worker {
             held: Vec::new(),
             held_sessions: Vec::new(),
             stopped_ms: None,
+            outgoing: VecDeque::new(),
             report,
         };
         let offer = Handover::Offer { plugin: self.plugin_name.clone(), version };
@@ -272,7 +285,7 @@ impl Worker {
                         return None;
                     }
                 }
-                Handover::Ack(adopted) if old.stopped_ms.is_some() => {
+                Handover::Ack(adopted) if old.stopped_ms.is_some() && old.outgoing.is_empty() => {
                     self.finish_old(old, adopted);
                     return None;
                 }
@@ -306,7 +319,11 @@ impl Worker {
             self.end_old(old, "no acknowledgement from the new worker in time".into());
             return None;
         }
-        self.flush_handover(&mut old.channel);
+        if let Err(e) = send_outgoing(&mut old) {
+            self.end_old(old, format!("could not send connections: {e}"));
+            return None;
+        }
+        self.flush_handover(&mut old.channel, !old.outgoing.is_empty());
         Some(old)
     }
 
@@ -420,27 +437,21 @@ impl Worker {
         old.channel.send_with_fds(&frame, fds).map_err(|e| format!("could not send the worker state: {e}"))?;
 
         let max_fds = old.channel.max_fds();
-        let (mut batch, mut fds, mut bytes) = (Vec::new(), Vec::new(), 0usize);
-        for ((id, conn), (state, tls, carried_by)) in old.held.iter().zip(states) {
+        let (mut batch, mut first, mut nfds, mut bytes) = (Vec::new(), 0, 0, 0usize);
+        for (i, ((id, conn), (state, tls, carried_by))) in old.held.iter().zip(states).enumerate() {
             let need = 1 + conn.files.len();
             if need > max_fds {
                 return Err(format!("a connection with {} files queued cannot go in one message", conn.files.len()));
             }
-            if fds.len() + need > max_fds || bytes >= BATCH_BYTES {
-                let sent =
-                    old.channel.send_with_fds(&Handover::Conns(std::mem::take(&mut batch)), std::mem::take(&mut fds));
-                sent.map_err(|e| format!("could not send connections: {e}"))?;
-                bytes = 0;
+            if nfds + need > max_fds || bytes >= BATCH_BYTES {
+                let frame = Handover::Conns(std::mem::take(&mut batch));
+                old.outgoing.push_back(Outgoing { frame, lends: first..i });
+                (first, nfds, bytes) = (i, 0, 0);
             }
-            let (kind, socket) = match conn.socket.dup() {
-                Some(Ok(dup)) => dup,
-                Some(Err(e)) => return Err(format!("could not duplicate a socket: {e}")),
-                None => return Err("a socket without a descriptor".into()),
+            let Some((kind, _)) = conn.socket.lend() else {
+                return Err("a socket without a descriptor".into());
             };
-            fds.push(socket);
-            for file in &conn.files {
-                fds.push(OwnedFd::from(file.try_clone().map_err(|e| format!("could not duplicate a file: {e}"))?));
-            }
+            nfds += need;
             bytes += state.len() + conn.snapshot.input.len() + conn.snapshot.output.len() + 256;
             batch.push(MovedConn {
                 kind,
@@ -452,24 +463,24 @@ impl Worker {
             });
         }
         if !batch.is_empty() {
-            old.channel
-                .send_with_fds(&Handover::Conns(batch), fds)
-                .map_err(|e| format!("could not send connections: {e}"))?;
+            old.outgoing.push_back(Outgoing { frame: Handover::Conns(batch), lends: first..old.held.len() });
         }
+        let none = old.held.len()..old.held.len();
         let (mut batch, mut bytes) = (Vec::new(), 0usize);
         for ((_, snapshot), state) in old.held_sessions.iter().zip(session_states) {
             if bytes >= BATCH_BYTES {
-                let sent = old.channel.send(&Handover::Sessions(std::mem::take(&mut batch)));
-                sent.map_err(|e| format!("could not send UDP sessions: {e}"))?;
+                let frame = Handover::Sessions(std::mem::take(&mut batch));
+                old.outgoing.push_back(Outgoing { frame, lends: none.clone() });
                 bytes = 0;
             }
             bytes += state.len() + 256;
             batch.push(MovedSession { snapshot: snapshot.clone(), state });
         }
         if !batch.is_empty() {
-            old.channel.send(&Handover::Sessions(batch)).map_err(|e| format!("could not send UDP sessions: {e}"))?;
+            old.outgoing.push_back(Outgoing { frame: Handover::Sessions(batch), lends: none.clone() });
         }
-        old.channel.send(&Handover::Done).map_err(|e| format!("could not finish sending: {e}"))?;
+        old.outgoing.push_back(Outgoing { frame: Handover::Done, lends: none });
+        send_outgoing(old).map_err(|e| format!("could not send connections: {e}"))?;
         tracing::debug!(
             connections = old.held.len(),
             sessions = old.held_sessions.len(),
@@ -515,7 +526,7 @@ impl Worker {
         }
     }
 
-    /// The replacement acknowledged: the adopted connections' copies close here (without a
+    /// The replacement acknowledged: the adopted connections' descriptors close here (without a
     /// shutdown: the replacement owns them), the others come back under their ids.
     fn finish_old(&mut self, mut old: OldSide, adopted: Vec<bool>) {
         let sent = old.held.len() + old.held_sessions.len();
@@ -614,11 +625,31 @@ impl Worker {
         }
     }
 
-    fn flush_handover(&mut self, channel: &mut HandoverChannel<UnixStream>) {
-        let done = channel.flush().unwrap_or(true);
+    /// Writes what the channel holds; watches for room while something is left (`more`: frames
+    /// not yet given to the channel).
+    fn flush_handover(&mut self, channel: &mut HandoverChannel<UnixStream>, more: bool) {
+        let done = channel.flush().unwrap_or(true) && !more;
         let interest = if done { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
         let _ = self.poll.registry().reregister(&mut channel.stream, HANDOVER, interest);
     }
+}
+
+/// Gives the channel the frames it takes now, each with the descriptors it lends (the sockets
+/// and queued files of its connections, which `held` keeps open until the replacement answers).
+fn send_outgoing(old: &mut OldSide) -> io::Result<()> {
+    while let Some(next) = old.outgoing.front() {
+        let mut fds = Vec::new();
+        for (_, conn) in &old.held[next.lends.clone()] {
+            let (_, socket) = conn.socket.lend().ok_or_else(|| io::Error::other("a socket without a descriptor"))?;
+            fds.push(socket);
+            fds.extend(conn.files.iter().map(AsFd::as_fd));
+        }
+        if !old.channel.send_lending_fds(&next.frame, &fds)? {
+            return Ok(());
+        }
+        old.outgoing.pop_front();
+    }
+    Ok(())
 }
 
 fn name(msg: &Handover) -> &'static str {

@@ -70,7 +70,7 @@ impl Worker {
             new.finished = true;
             new.channel.shut_down();
         }
-        self.flush_handover(&mut new.channel);
+        self.flush_handover(&mut new.channel, false);
         if new.channel.closed || (new.finished && !new.channel.pending()) {
             let _ = self.poll.registry().deregister(&mut new.channel.stream);
             self.resume_accepting();
