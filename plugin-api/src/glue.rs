@@ -287,6 +287,10 @@ impl<P: Protocol> RawPluginExt for Glue<P> {
         let mut host = Host::from_raw(host);
         guard(|| self.0.on_publish(&mut host, topic.as_slice(), msg.as_slice()))
     }
+
+    fn handover_in_batches(&self) -> bool {
+        panic::catch_unwind(AssertUnwindSafe(|| self.0.handover_in_batches())).unwrap_or(false)
+    }
 }
 
 /// An export's answer: a move only when the plugin said so and every write was stored.

@@ -193,6 +193,38 @@ fn a_replacement_that_crashes_while_adopting_loses_nothing() {
     assert_eq!(read_line(&mut c), "three\n");
 }
 
+// In batches (256 connections at a time, each acknowledged as the replacement adopts it), a
+// replacement that dies mid-way: the connections it acknowledged were its own and close with it;
+// every other one is taken back by the old worker, which answers it. fixture_crash aborts while
+// adopting its 301st connection: the first batch (256, in frames of 253 and 3) was acknowledged,
+// the second (144) was not. (All at once, the first frame alone, 253, would have been.)
+#[test]
+fn a_replacement_that_dies_mid_way_through_the_batches_loses_only_what_it_acknowledged() {
+    const N: usize = 400;
+    let config = "handover = \"on\"\nbatches = \"on\"\nadopt = \"abort\"\nabort_after = \"300\"\n";
+    let mut host = Host::start("fixture_crash", &["--plugin-config", config, "--drain-timeout", "30"]);
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("before {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("before {i}\n"));
+    }
+    reload(&mut host, &["reload", "-g"]);
+    let line = host.log().wait_for("hand-over failed", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("the new worker is gone") || line.contains("broke"), "{line}");
+    let (mut answered, mut closed) = (0, 0);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let _ = c.try_send(format!("after {i}\n").as_bytes());
+        match c.read_line() {
+            Ok(line) => {
+                assert_eq!(String::from_utf8_lossy(&line), format!("after {i}\n"));
+                answered += 1;
+            }
+            Err(_) => closed += 1,
+        }
+    }
+    assert_eq!((closed, answered), (256, N - 256), "{}", host.log_text());
+}
+
 // The new plugin refuses the old state (its version): nothing moves, the old worker serves on.
 #[test]
 fn a_replacement_that_refuses_the_state_loses_nothing() {
