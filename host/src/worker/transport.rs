@@ -448,8 +448,9 @@ impl Socket {
         }
     }
 
-    /// Its kind and a duplicate of its descriptor (what a hand-over sends: the original stays
-    /// until the replacement acknowledges). None for a test's fake socket.
+    /// Its kind and a duplicate of its descriptor (a test's own copy of a held socket). None for
+    /// a test's fake socket.
+    #[cfg(test)]
     pub fn dup(&self) -> Option<io::Result<(SocketKind, OwnedFd)>> {
         match self {
             Socket::Tcp(fd) => Some(fd.try_clone().map(|fd| (SocketKind::Tcp, fd))),

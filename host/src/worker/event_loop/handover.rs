@@ -61,8 +61,8 @@ const INLINE_STATE: usize = 64 * 1024;
 
 /// The worker's side of a hand-over under way.
 pub(super) enum Session {
-    Old(OldSide),
-    New(NewSide),
+    Old(Box<OldSide>),
+    New(Box<NewSide>),
 }
 
 /// The worker being replaced.
@@ -237,7 +237,7 @@ impl Worker {
         if let Err(e) = old.channel.send(&offer) {
             return self.end_old(old, format!("could not offer the connections: {e}"));
         }
-        self.handover = Some(Session::Old(old));
+        self.handover = Some(Session::Old(Box::new(old)));
     }
 
     /// `Adopt` from the master: the other end of a hand-over; wait for the old worker's offer.
@@ -266,7 +266,7 @@ impl Worker {
                     finished: false,
                     deadline_ms,
                 };
-                self.handover = Some(Session::New(new));
+                self.handover = Some(Session::New(Box::new(new)));
             }
             Err(e) => {
                 tracing::warn!("could not open the hand-over from the previous worker: {e}");
@@ -280,8 +280,8 @@ impl Worker {
     /// channel's output.
     pub(super) fn drive_handover(&mut self) {
         self.handover = match self.handover.take() {
-            Some(Session::Old(old)) => self.drive_old(old).map(Session::Old),
-            Some(Session::New(new)) => self.drive_new(new).map(Session::New),
+            Some(Session::Old(old)) => self.drive_old(*old).map(|old| Session::Old(Box::new(old))),
+            Some(Session::New(new)) => self.drive_new(*new).map(|new| Session::New(Box::new(new))),
             None => None,
         };
     }

@@ -60,6 +60,8 @@ pub(super) enum Awaited {
 /// A connection taken out: its id here, itself, the plugin's state for it, its TLS record layer
 /// as bytes, and who carries it (an outbound connection).
 type Taken = (ConnId, ExportedConn, Vec<u8>, Option<Zeroizing<Vec<u8>>>, Option<Carrier>);
+/// What goes beside a held connection: the plugin's state, the TLS bytes, who carries it.
+type Beside = (Vec<u8>, Option<Zeroizing<Vec<u8>>>, Option<Carrier>);
 
 impl Worker {
     /// `Accept`: takes out what moves (all of it, or the first batch) and queues its frames.
@@ -369,7 +371,7 @@ impl Worker {
 }
 
 /// Puts `taken` in `old.held` (in order) and returns the rest of each: state, TLS, carrier.
-fn hold(old: &mut OldSide, taken: Vec<Taken>) -> Vec<(Vec<u8>, Option<Zeroizing<Vec<u8>>>, Option<Carrier>)> {
+fn hold(old: &mut OldSide, taken: Vec<Taken>) -> Vec<Beside> {
     let mut rest = Vec::with_capacity(taken.len());
     for (id, conn, state, tls, carrier) in taken {
         old.held.push_back((id, conn));
