@@ -7,24 +7,28 @@
 //! ```text
 //!  old: Offer{plugin, version} ─────────────►  new: handover_accepts? ── Refuse ─► old drains
 //!                               ◄── Accept ──
-//!  old: for each movable connection: plugin's export_conn → out of the table (deregistered,
-//!       its id held); the worker state (inline, or a sealed memfd when large);
-//!       State, Conns… (≤ 253 descriptors a frame, lent: no duplicates), Done ─►
-//!                                              new: adopt_worker, then per connection: import
-//!                                              (registered), adopt_conn (or give it back)
-//!       Sessions… (UDP: plain data, no descriptor) ─►
-//!                                              new: per session: import (keyed by its peer),
-//!                                              adopt_conn (or give it back)
-//!                               ◄── Ack ───── new: sends it before it reads any of them; the
+//!  old: for each movable connection (all at once, or in batches of 256 while it serves the
+//!       rest: `handover/send.rs`): plugin's export_conn → out of the table (deregistered, its
+//!       id held); the worker state (inline, or a sealed memfd when large);
+//!       Conns the state carries, State, Conns… (≤ 253 descriptors a frame, lent: no
+//!       duplicates) ─►
+//!                                              new: adopt_worker, then per frame as it comes,
+//!                                              per connection: import (registered), adopt_conn
+//!                                              (or give it back)
+//!                               ◄── Ack ───── per frame, before it reads any of them; the
 //!                                              registration (EPOLL_CTL_ADD) announces what
 //!                                              arrived meanwhile (TLS and ring: read at once)
-//!  old: closes its descriptors of the adopted ones; restores the others under their ids; drains
-//!       (or stops) what is left.
+//!  old: closes its descriptors of that frame's adopted ones; restores the others under their ids
+//!       Sessions… (UDP: plain data, no descriptor) ─►
+//!                                              new: per session: import (keyed by its peer),
+//!                                              adopt_conn (or give it back); Ack per frame
+//!       Done ─►                      ◄── Ack([]) ─
+//!  old: drains (or stops) what is left.
 //! ```
 //!
 //! No acknowledgement by the deadline, the new worker gone (its end closed), a refusal or a
-//! failure to adopt the worker state: the old worker restores every connection it holds and
-//! drains as before. The old instance keeps its plugin state throughout (an export does not
+//! failure to adopt the worker state: the old worker restores every connection it holds (those
+//! of frames not acknowledged yet) and drains as before. The old instance keeps its plugin state throughout (an export does not
 //! consume it), so a restored connection goes on where it was.
 //!
 //! UDP sessions: both workers share the slot's socket (one receive queue). The old worker stops
