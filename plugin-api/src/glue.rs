@@ -287,6 +287,10 @@ impl<P: Protocol> RawPluginExt for Glue<P> {
         let mut host = Host::from_raw(host);
         guard(|| self.0.on_publish(&mut host, topic.as_slice(), msg.as_slice()))
     }
+
+    fn handover_in_batches(&self) -> bool {
+        panic::catch_unwind(AssertUnwindSafe(|| self.0.handover_in_batches())).unwrap_or(false)
+    }
 }
 
 /// An export's answer: a move only when the plugin said so and every write was stored.
@@ -586,6 +590,10 @@ mod tests {
         fn adopt_worker(&mut self, _: &mut Host<'_>, _: u32, state: &[u8]) -> bool {
             state.try_into().map(|b| self.total = u64::from_le_bytes(b)).is_ok()
         }
+        // (An instance decides: here, by its state.)
+        fn handover_in_batches(&self) -> bool {
+            self.total != 0
+        }
     }
 
     // The hand-over events through the ABI: the version, the state written through the host's
@@ -604,6 +612,7 @@ mod tests {
         let mut ext = old.extension();
         let ext = &mut ext.ext;
         assert_eq!(ext.handover_version(), 3);
+        assert!(ext.handover_in_batches(), "the instance's answer crosses the boundary");
 
         let mut state = Vec::new();
         assert_eq!(ext.handover_export_conn(host.raw(), a, state_sink(&mut state)), RawHandover::MOVE);
@@ -615,6 +624,7 @@ mod tests {
 
         let mut theirs = new.extension();
         let theirs = &mut theirs.ext;
+        assert!(!theirs.handover_in_batches());
         assert!(theirs.handover_accepts(host.raw(), RStr::from_str("mover"), 3));
         assert!(!theirs.handover_accepts(host.raw(), RStr::from_str("mover"), 4), "another version");
         let moved = ConnId::new(0, 5);

@@ -828,6 +828,19 @@ pub trait Protocol: Sized + 'static {
         false
     }
 
+    /// Whether the connections may move in batches (`handover_in_batches` in the ABI): the
+    /// worker state first, then a few hundred connections at a time, the old instance serving
+    /// those not moved yet meanwhile, so that each client's pause is its batch's and not the
+    /// whole worker's (10,000 connections). Answer true only when serving a connection changes
+    /// nothing [`Protocol::export_worker`] moves (or it moves nothing) and no connection's
+    /// handling reaches another connection (a plugin-kept room sending to its members): once a
+    /// batch moved, this instance no longer has its connections. The host moves everything at
+    /// once anyway while connections have topic subscriptions. False (the default): every
+    /// connection stops at once, then they move.
+    fn handover_in_batches(&self) -> bool {
+        false
+    }
+
     /// In the old worker, after its connections: the worker-wide state (a keyspace, rooms),
     /// written as it is serialised (large state goes to a memfd without a second copy). True
     /// (the default: nothing to write) moves it; false moves nothing at all (the worker drains).

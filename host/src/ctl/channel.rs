@@ -181,6 +181,58 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
         self.flush().map(|_| ())
     }
 
+    /// Like [`Channel::send_with_fds`] with descriptors the caller keeps (no duplicate is made):
+    /// the frame is written only when nothing is queued before it, its descriptors going with
+    /// its first bytes at once; what the peer does not take of it then is queued (without
+    /// descriptors). Ok(false): nothing was sent (output is queued, or the socket is full): try
+    /// again once [`Channel::flush`] emptied the queue. A hand-over lends its connections'
+    /// sockets this way: they stay open in the old worker until the replacement answers.
+    pub fn send_lending_fds(&mut self, msg: &Tx, fds: &[BorrowedFd<'_>]) -> io::Result<bool> {
+        if self.closed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the channel is closed"));
+        }
+        if !self.flush()? {
+            return Ok(false);
+        }
+        let payload = postcard::to_stdvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if payload.len() > self.max_frame || fds.len() > self.max_fds {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a message of {} bytes with {} descriptors is over the limit ({} bytes, {} descriptors)",
+                    payload.len(),
+                    fds.len(),
+                    self.max_frame,
+                    self.max_fds
+                ),
+            ));
+        }
+        let mut frame = Vec::with_capacity(HEADER + payload.len());
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.push(fds.len() as u8);
+        frame.extend_from_slice(&payload);
+        let sent = loop {
+            match sys::send_with_fds(self.stream.as_fd(), &frame, fds) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => break Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => break Err(e),
+            }
+        };
+        match sent {
+            Ok(n) => {
+                // The descriptors went with the first byte; the rest is plain bytes.
+                self.output.extend_from_slice(&frame[n..]);
+                Ok(true)
+            }
+            Err(e) => {
+                self.closed = true;
+                Err(e)
+            }
+        }
+    }
+
     /// Writes what the peer takes now. Ok(true) when nothing is left queued.
     pub fn flush(&mut self) -> io::Result<bool> {
         let result = loop {

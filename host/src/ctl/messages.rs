@@ -19,8 +19,10 @@ use crate::config::WorkerSpec;
 /// 9: a hand-over's connections carry their old id and, for an outbound connection, who
 /// carries it (`MovedConn::old_id`, `MovedConn::carried_by`); UDP sessions move in a hand-over
 /// (`Handover::Sessions`).
-/// 10: a hand-over report counts the UDP sessions moved apart from the connections
-/// (`HandoverReport::sessions`).
+/// 10: the replacement adopts and acknowledges each `Conns` and `Sessions` frame as it comes
+/// (`Done` with an empty `Ack`), the connections the worker state carries come before `State`:
+/// a hand-over may go in batches; a hand-over report counts the UDP sessions moved apart from
+/// the connections (`HandoverReport::sessions`).
 pub const PROTOCOL: u32 = 10;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
@@ -188,8 +190,10 @@ impl HandoverReport {
 
 /// A message between an old worker and its replacement, on the socket pair the master made
 /// for their hand-over (the same framing as the master's channel: variant 0 is the hello,
-/// variant 1 an error). Order: old `Offer` → new `Accept` or `Refuse` → old `State`, `Conns`…
-/// (each with its descriptors), `Done` → new `Ack` or `Failed`.
+/// variant 1 an error). Order: old `Offer` → new `Accept` or `Refuse` → old: the `Conns` the
+/// worker state carries, `State`, the other `Conns`… (each with its descriptors), `Sessions`…,
+/// `Done`; new: an `Ack` for each `Conns` and `Sessions` frame as it adopts it, an empty `Ack`
+/// for `Done`, or `Failed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Handover {
     Hello {
@@ -214,8 +218,9 @@ pub enum Handover {
     Conns(Vec<MovedConn>),
     /// Everything was sent.
     Done,
-    /// For each connection sent, in order: adopted (true) or to be taken back (false). The old
-    /// worker closes its copies of the adopted ones only now.
+    /// For each connection (or UDP session) of the oldest frame not answered yet, in order:
+    /// adopted (true) or to be taken back (false); empty for `Done`. The old worker closes its
+    /// descriptors of the adopted ones only now.
     Ack(Vec<bool>),
     /// The new worker could not adopt the worker state: the old one takes everything back.
     Failed(String),

@@ -127,6 +127,11 @@ pub fn handover_version(plugin: &mut RawPluginBox) -> u32 {
     plugin.extension().ext.handover_version()
 }
 
+/// Whether the plugin's connections may move in batches (`RawPluginExt::handover_in_batches`).
+pub fn handover_in_batches(plugin: &mut RawPluginBox) -> bool {
+    plugin.extension().ext.handover_in_batches()
+}
+
 pub fn handover_accepts(plugin: &mut RawPluginBox, core: &mut Core, from_plugin: &str, version: u32) -> bool {
     call!(plugin.extension().ext, core, handover_accepts, RStr::from_str(from_plugin), version)
 }

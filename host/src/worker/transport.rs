@@ -437,8 +437,20 @@ impl Socket {
         }
     }
 
-    /// Its kind and a duplicate of its descriptor (what a hand-over sends: the original stays
-    /// until the replacement acknowledges). None for a test's fake socket.
+    /// Its kind and its descriptor, lent (a hand-over sends it: the replacement gets its own
+    /// copy, this one stays until the replacement acknowledges). None for a test's fake socket.
+    pub fn lend(&self) -> Option<(SocketKind, BorrowedFd<'_>)> {
+        match self {
+            Socket::Tcp(fd) => Some((SocketKind::Tcp, fd.as_fd())),
+            Socket::Unix(fd) => Some((SocketKind::Unix, fd.as_fd())),
+            #[cfg(test)]
+            Socket::Fake(_) => None,
+        }
+    }
+
+    /// Its kind and a duplicate of its descriptor (a test's own copy of a held socket). None for
+    /// a test's fake socket.
+    #[cfg(test)]
     pub fn dup(&self) -> Option<io::Result<(SocketKind, OwnedFd)>> {
         match self {
             Socket::Tcp(fd) => Some(fd.try_clone().map(|fd| (SocketKind::Tcp, fd))),
@@ -466,6 +478,14 @@ impl Transport {
     /// written and not sent): then [`Transport::into_parts`] cannot take it apart.
     pub fn bytes_in_ring(&self) -> bool {
         matches!(&self.stream, Stream::Ring(r) if !r.is_settled())
+    }
+
+    /// Whether registering it announces what is waiting to be read already: a plain TCP or Unix
+    /// socket on epoll (`EPOLL_CTL_ADD` polls the file and queues an event for bytes that arrived
+    /// before, edge-triggered or not). A TLS connection may hold records its record layer has
+    /// not decrypted, and a ring socket reads only when asked: both are read at once instead.
+    pub fn register_announces_input(&self) -> bool {
+        self.tls.is_none() && matches!(self.stream, Stream::Tcp(_) | Stream::Unix(_))
     }
 
     /// The socket and the TLS state (None: plain), for an export. A UDP session has no socket

@@ -59,6 +59,12 @@ impl Protocol for Text {
         self.conns.remove(conn);
     }
 
+    /// Lines are echoed to their own connection and there is no worker state: the connections
+    /// move a batch at a time while the rest are served.
+    fn handover_in_batches(&self) -> bool {
+        true
+    }
+
     fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
         let state = self.conns.get(conn);
         // A connection asked to close after its line is draining already: it stays.

@@ -124,6 +124,38 @@ fn a_plain_reload_hands_over_what_arrives_meanwhile() {
     assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
 }
 
+// More connections than one frame carries (253 descriptors): every one moves, its socket lent
+// (not duplicated) and closed in the old worker only after the acknowledgement; lines sent while
+// the hand-over runs are answered once, in order, whichever worker read them (those that
+// arrived while no worker watched are announced by the new worker's registration, not read on
+// the chance).
+#[test]
+fn connections_of_several_frames_all_move_with_what_they_sent_meanwhile() {
+    const N: usize = 600;
+    let mut host = Host::start("text", &["--count", "1"]);
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("before {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("before {i}\n"));
+    }
+    let writers: Vec<_> = clients.iter().map(Client::writer).collect();
+    let during = std::thread::spawn(move || {
+        for (i, mut w) in writers.into_iter().enumerate() {
+            std::io::Write::write_all(&mut w, format!("during {i}\n").as_bytes()).expect("the connection is open");
+        }
+    });
+    reload(&mut host, &["reload", "-g"]);
+    during.join().unwrap();
+    let moved = format!("hand-over: {N} connections moved");
+    host.log().wait_for(&moved, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}: {}", host.log_text()));
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(read_line(c), format!("during {i}\n"));
+        c.send(format!("after {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("after {i}\n"));
+    }
+    assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+}
+
 // `--no-handover` keeps the drain: the half line is finished by the old worker, which then
 // closes the connection.
 #[test]
@@ -159,6 +191,38 @@ fn a_replacement_that_crashes_while_adopting_loses_nothing() {
     assert_eq!(read_line(&mut c), "two\n", "the old worker completes the line it had read half of");
     c.send(b"three\n");
     assert_eq!(read_line(&mut c), "three\n");
+}
+
+// In batches (256 connections at a time, each acknowledged as the replacement adopts it), a
+// replacement that dies mid-way: the connections it acknowledged were its own and close with it;
+// every other one is taken back by the old worker, which answers it. fixture_crash aborts while
+// adopting its 301st connection: the first batch (256, in frames of 253 and 3) was acknowledged,
+// the second (144) was not. (All at once, the first frame alone, 253, would have been.)
+#[test]
+fn a_replacement_that_dies_mid_way_through_the_batches_loses_only_what_it_acknowledged() {
+    const N: usize = 400;
+    let config = "handover = \"on\"\nbatches = \"on\"\nadopt = \"abort\"\nabort_after = \"300\"\n";
+    let mut host = Host::start("fixture_crash", &["--plugin-config", config, "--drain-timeout", "30"]);
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("before {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("before {i}\n"));
+    }
+    reload(&mut host, &["reload", "-g"]);
+    let line = host.log().wait_for("hand-over failed", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("the new worker is gone") || line.contains("broke"), "{line}");
+    let (mut answered, mut closed) = (0, 0);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let _ = c.try_send(format!("after {i}\n").as_bytes());
+        match c.read_line() {
+            Ok(line) => {
+                assert_eq!(String::from_utf8_lossy(&line), format!("after {i}\n"));
+                answered += 1;
+            }
+            Err(_) => closed += 1,
+        }
+    }
+    assert_eq!((closed, answered), (256, N - 256), "{}", host.log_text());
 }
 
 // The new plugin refuses the old state (its version): nothing moves, the old worker serves on.

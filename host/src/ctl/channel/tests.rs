@@ -316,3 +316,42 @@ fn a_failed_write_does_not_lose_what_the_peer_said_before_it_left() {
     assert!(got.contains(&ToMaster::Error("the plugin refused to start".into())), "{got:?}");
     assert!(master.closed);
 }
+
+// A hand-over lends its connections' sockets: the frame leaves only when nothing is queued
+// before it (its descriptors with its first bytes), the rest of a long frame is queued without
+// them, and the caller's descriptor stays open.
+#[test]
+fn lent_descriptors_go_with_the_first_bytes_and_stay_the_callers() {
+    let (mut master, mut worker) = pair();
+    master.send(&hello()).unwrap();
+    assert_eq!(worker.read(), vec![hello()]);
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    let big = ToWorker::Hello {
+        protocol: PROTOCOL,
+        spec: Box::new(WorkerSpec { plugin_config: "z".repeat(4 << 20), ..spec() }),
+    };
+    assert!(master.send_lending_fds(&big, &[write_end.as_fd()]).unwrap());
+    assert!(master.pending(), "the rest of a 4 MiB frame waits in the queue");
+    // Something is queued: the next frame is not sent (nor its descriptor lent) yet.
+    assert!(!master.send_lending_fds(&ToWorker::Stop, &[write_end.as_fd()]).unwrap());
+    let mut got = Vec::new();
+    for _ in 0..100_000 {
+        got.extend(worker.read_with_fds());
+        if master.flush().unwrap() && !got.is_empty() {
+            break;
+        }
+    }
+    assert!(master.send_lending_fds(&ToWorker::Stop, &[]).unwrap());
+    got.extend(worker.read_with_fds());
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].0, big);
+    assert_eq!(got[1].0, ToWorker::Stop);
+    let mut fds = std::mem::take(&mut got[0].1);
+    assert_eq!(fds.len(), 1);
+    std::fs::File::from(fds.pop().unwrap()).write_all(b"theirs ").unwrap();
+    // Still the caller's: it writes too.
+    std::fs::File::from(write_end).write_all(b"and mine").unwrap();
+    let mut text = String::new();
+    std::fs::File::from(read_end).read_to_string(&mut text).unwrap();
+    assert_eq!(text, "theirs and mine");
+}

@@ -314,8 +314,11 @@ impl Core {
             return Err(ImportError { conn: Box::new(ExportedConn { socket, tls, files, snapshot: s }), source });
         }
         let open = s.phase == ConnPhase::Open;
-        // What the peer sent meanwhile waits in the socket: read it.
-        let read = ReadSide { ready: !s.eof, hup: s.hup, eof: s.eof };
+        // What the peer sent meanwhile waits in the socket: the registration announces it (a
+        // plain socket on epoll: no read of every imported socket on the chance), or it is read
+        // at once.
+        let ready = !s.eof && (s.hup || !stream.register_announces_input());
+        let read = ReadSide { ready, hup: s.hup, eof: s.eof };
         self.put(id, stream, files, read, s);
         // Flush what was queued (or carry out the close); dispatch what was buffered.
         self.mark_dirty(index);

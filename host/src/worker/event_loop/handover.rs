@@ -7,24 +7,28 @@
 //! ```text
 //!  old: Offer{plugin, version} ─────────────►  new: handover_accepts? ── Refuse ─► old drains
 //!                               ◄── Accept ──
-//!  old: for each movable connection: plugin's export_conn → out of the table (deregistered,
-//!       its id held); the worker state (inline, or a sealed memfd when large);
-//!       State, Conns… (≤ 253 descriptors a frame, duplicates), Done ─►
-//!                                              new: adopt_worker, then per connection: import
-//!                                              (registered), adopt_conn (or give it back)
+//!  old: for each movable connection (all at once, or in batches of 256 while it serves the
+//!       rest: `handover/send.rs`): plugin's export_conn → out of the table (deregistered, its
+//!       id held); the worker state (inline, or a sealed memfd when large);
+//!       Conns the state carries, State, Conns… (≤ 253 descriptors a frame, lent: no
+//!       duplicates) ─►
+//!                                              new: adopt_worker, then per frame as it comes,
+//!                                              per connection: import (registered), adopt_conn
+//!                                              (or give it back)
+//!                               ◄── Ack ───── per frame, before it reads any of them; the
+//!                                              registration (EPOLL_CTL_ADD) announces what
+//!                                              arrived meanwhile (TLS and ring: read at once)
+//!  old: closes its descriptors of that frame's adopted ones; restores the others under their ids
 //!       Sessions… (UDP: plain data, no descriptor) ─►
 //!                                              new: per session: import (keyed by its peer),
-//!                                              adopt_conn (or give it back)
-//!                               ◄── Ack ───── new: sends it before it reads any of them, then
-//!                                              reads at once (edge-triggered: what arrived
-//!                                              meanwhile raises no edge)
-//!  old: closes its copies of the adopted ones; restores the others under their ids; drains
-//!       (or stops) what is left.
+//!                                              adopt_conn (or give it back); Ack per frame
+//!       Done ─►                      ◄── Ack([]) ─
+//!  old: drains (or stops) what is left.
 //! ```
 //!
 //! No acknowledgement by the deadline, the new worker gone (its end closed), a refusal or a
-//! failure to adopt the worker state: the old worker restores every connection it holds and
-//! drains as before. The old instance keeps its plugin state throughout (an export does not
+//! failure to adopt the worker state: the old worker restores every connection it holds (those
+//! of frames not acknowledged yet) and drains as before. The old instance keeps its plugin state throughout (an export does not
 //! consume it), so a restored connection goes on where it was.
 //!
 //! UDP sessions: both workers share the slot's socket (one receive queue). The old worker stops
@@ -35,36 +39,34 @@
 //! hand-over fail, the old worker takes its sessions back (and drains: they close), and their
 //! peers' next datagrams open new sessions in the replacement.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 
 use mio::net::UnixStream;
 use mio::{Interest, Token};
-use plugin_api::abi::{RawHandover, RawStateSink};
+use plugin_api::abi::RawStateSink;
 use plugin_api::ConnId;
 
 use super::super::core::{ExportedConn, Snapshot, Stay};
 use super::super::dispatch;
 use super::super::transport::TlsSession;
 use super::Worker;
-use crate::ctl::{
-    Carrier, Fallback, Handover, HandoverChannel, HandoverReport, MovedConn, MovedSession, ToMaster, PROTOCOL,
-};
+use crate::ctl::{Fallback, Handover, HandoverChannel, HandoverReport, ToMaster, PROTOCOL};
 use crate::sys;
 
 mod adopt;
+mod send;
 
 /// The token of the hand-over's socket pair.
 pub const HANDOVER: Token = Token(6);
 /// Worker state larger than this goes through a sealed memfd rather than the channel.
 const INLINE_STATE: usize = 64 * 1024;
-/// A batch of connections is sent once its bytes (state, buffered input and output) reach this.
-const BATCH_BYTES: usize = 8 << 20;
 
 /// The worker's side of a hand-over under way.
 pub(super) enum Session {
-    Old(OldSide),
-    New(NewSide),
+    Old(Box<OldSide>),
+    New(Box<NewSide>),
 }
 
 /// The worker being replaced.
@@ -72,12 +74,27 @@ pub(super) struct OldSide {
     channel: HandoverChannel<UnixStream>,
     fallback: Fallback,
     deadline_ms: u64,
-    /// Sent and not acknowledged: each under the id it had here (held: not reused).
-    held: Vec<(ConnId, ExportedConn)>,
-    /// UDP sessions sent and not acknowledged (acknowledged after `held`, in order).
-    held_sessions: Vec<(ConnId, Snapshot)>,
-    /// When the connections left the table (None: not yet, the offer is out).
+    /// Taken out and not acknowledged, in the order sent: each under the id it had here (held:
+    /// not reused). The first is the `held_base`-th connection held in this hand-over.
+    held: VecDeque<(ConnId, ExportedConn)>,
+    held_base: usize,
+    /// UDP sessions sent and not acknowledged, in order.
+    held_sessions: VecDeque<(ConnId, Snapshot)>,
+    /// UDP sessions taken out and not sent yet (they go after every connection).
+    sessions: Vec<(ConnId, Snapshot, Vec<u8>)>,
+    /// When the first connection left the table (None: not yet, the offer is out).
     stopped_ms: Option<u64>,
+    /// Frames still to send, in order, each with the places in `held` whose sockets (and queued
+    /// files) it lends: they are sent as the channel takes them, never duplicated.
+    outgoing: VecDeque<send::Outgoing>,
+    /// The frames sent (or queued) that the replacement answers, in order.
+    awaiting: VecDeque<send::Awaited>,
+    /// In batches: the connections not taken out yet, served here meanwhile.
+    pending: VecDeque<ConnId>,
+    /// Outbound connections: they move only when carried (checked once everything is out).
+    outbound: Vec<ConnId>,
+    /// Everything is queued, `Done` included.
+    done_queued: bool,
     report: HandoverReport,
 }
 
@@ -86,8 +103,13 @@ pub(super) struct NewSide {
     channel: HandoverChannel<UnixStream>,
     /// The state version it accepted.
     version: Option<u32>,
-    /// Frames kept until `Done`: nothing is adopted (and read) before everything arrived.
-    stash: Vec<(Handover, Vec<OwnedFd>)>,
+    /// Connections that came before the worker state (those it carries): imported before it is
+    /// adopted, offered to the plugin after. Later frames are adopted as they come.
+    early: Vec<Vec<adopt::Incoming>>,
+    /// The worker state is adopted: no connection is served before it.
+    state_in: bool,
+    /// What it adopted so far, for the log.
+    tally: adopt::Tally,
     /// Its part is over; the session ends once the channel has written what is queued.
     finished: bool,
     /// It gives up waiting (and accepts again) at this time.
@@ -203,16 +225,23 @@ impl Worker {
             channel,
             fallback,
             deadline_ms: self.core.now_ms + timeout_ms,
-            held: Vec::new(),
-            held_sessions: Vec::new(),
+            held: VecDeque::new(),
+            held_base: 0,
+            held_sessions: VecDeque::new(),
+            sessions: Vec::new(),
             stopped_ms: None,
+            outgoing: VecDeque::new(),
+            awaiting: VecDeque::new(),
+            pending: VecDeque::new(),
+            outbound: Vec::new(),
+            done_queued: false,
             report,
         };
         let offer = Handover::Offer { plugin: self.plugin_name.clone(), version };
         if let Err(e) = old.channel.send(&offer) {
             return self.end_old(old, format!("could not offer the connections: {e}"));
         }
-        self.handover = Some(Session::Old(old));
+        self.handover = Some(Session::Old(Box::new(old)));
     }
 
     /// `Adopt` from the master: the other end of a hand-over; wait for the old worker's offer.
@@ -232,8 +261,16 @@ impl Worker {
                 // Topic messages taken meanwhile are kept for the connections to come.
                 let recent = &mut self.core.topics.recent;
                 recent.until_ms = recent.until_ms.max(deadline_ms);
-                let new = NewSide { channel, version: None, stash: Vec::new(), finished: false, deadline_ms };
-                self.handover = Some(Session::New(new));
+                let new = NewSide {
+                    channel,
+                    version: None,
+                    early: Vec::new(),
+                    state_in: false,
+                    tally: adopt::Tally::default(),
+                    finished: false,
+                    deadline_ms,
+                };
+                self.handover = Some(Session::New(Box::new(new)));
             }
             Err(e) => {
                 tracing::warn!("could not open the hand-over from the previous worker: {e}");
@@ -247,8 +284,8 @@ impl Worker {
     /// channel's output.
     pub(super) fn drive_handover(&mut self) {
         self.handover = match self.handover.take() {
-            Some(Session::Old(old)) => self.drive_old(old).map(Session::Old),
-            Some(Session::New(new)) => self.drive_new(new).map(Session::New),
+            Some(Session::Old(old)) => self.drive_old(*old).map(|old| Session::Old(Box::new(old))),
+            Some(Session::New(new)) => self.drive_new(*new).map(|new| Session::New(Box::new(new))),
             None => None,
         };
     }
@@ -267,15 +304,23 @@ impl Worker {
             match msg {
                 Handover::Hello { .. } => {}
                 Handover::Accept if old.stopped_ms.is_none() => {
-                    if let Err(why) = self.send_everything(&mut old) {
+                    if let Err(why) = self.begin_sending(&mut old) {
                         self.end_old(old, why);
                         return None;
                     }
                 }
-                Handover::Ack(adopted) if old.stopped_ms.is_some() => {
-                    self.finish_old(old, adopted);
-                    return None;
-                }
+                Handover::Ack(adopted) if !old.awaiting.is_empty() => match self.acknowledged(&mut old, adopted) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        let (report, fallback) = (std::mem::take(&mut old.report), old.fallback);
+                        self.handover_ended(report, fallback);
+                        return None;
+                    }
+                    Err(why) => {
+                        self.end_old(old, why);
+                        return None;
+                    }
+                },
                 Handover::Refuse(why) => {
                     self.end_old(old, format!("the new worker refused the state: {why}"));
                     return None;
@@ -306,178 +351,17 @@ impl Worker {
             self.end_old(old, "no acknowledgement from the new worker in time".into());
             return None;
         }
-        self.flush_handover(&mut old.channel);
+        // In batches: the next ones, while few are in flight.
+        if let Err(why) = self.export_more(&mut old) {
+            self.end_old(old, why);
+            return None;
+        }
+        if let Err(e) = send::send_outgoing(&mut old) {
+            self.end_old(old, format!("could not send connections: {e}"));
+            return None;
+        }
+        self.flush_handover(&mut old.channel, !old.outgoing.is_empty());
         Some(old)
-    }
-
-    /// After `Accept`: takes every movable connection out of the table with its plugin state,
-    /// then the worker state, and sends them all.
-    fn send_everything(&mut self, old: &mut OldSide) -> Result<(), String> {
-        // The pause clients of moved connections see starts with the first one taken out.
-        old.stopped_ms = Some(self.core.now_ms);
-        // Topic messages waiting in the mailbox are delivered first: they count in the marks
-        // the connections take along (`worker::topic_seam`).
-        self.read_mailbox_to_end();
-        let mut conns = Vec::new();
-        let mut outbound = Vec::new();
-        let mut sessions = Vec::new();
-        for id in self.core.ids() {
-            // Outbound connections move only when their owner carries them (below).
-            if self.core.is_outbound(id) {
-                outbound.push(id);
-                continue;
-            }
-            if let Err(why) = self.core.movable(id) {
-                tracing::debug!(conn = id.0, "stays: {why}");
-                old.report.stay(&why.to_string(), 1);
-                continue;
-            }
-            let mut state = Vec::new();
-            self.core.carry.exporting = Some(Vec::new());
-            let answer = dispatch::handover_export_conn(&mut self.plugin, &mut self.core, id, &mut state);
-            let carried = self.core.carry.exporting.take().unwrap_or_default();
-            if answer != RawHandover::MOVE {
-                old.report.stay("declined by the plugin", 1);
-                continue;
-            }
-            if self.core.get(id).is_some_and(|c| c.stream.datagram_peer().is_some()) {
-                // A UDP session: its snapshot alone (no descriptor of its own).
-                match self.core.hold_session(id) {
-                    Ok(snapshot) => sessions.push((id, snapshot, state)),
-                    Err(e) => {
-                        tracing::debug!(conn = id.0, "stays: {e}");
-                        old.report.stay(&e.to_string(), 1);
-                    }
-                }
-                continue;
-            }
-            // What it carries comes out first: should one not, the owner stays with the rest.
-            let mut taken = Vec::with_capacity(carried.len());
-            for &c in &carried {
-                match self.take_out(c, &mut old.report) {
-                    Some((conn, tls)) => taken.push((c, conn, Vec::new(), tls, Some(Carrier::Conn(id.0)))),
-                    None => break,
-                }
-            }
-            let owner = match taken.len() == carried.len() {
-                true => self.take_out(id, &mut old.report),
-                false => {
-                    old.report.stay("an outbound connection it carries cannot move", 1);
-                    None
-                }
-            };
-            match owner {
-                Some((conn, tls)) => {
-                    conns.extend(taken);
-                    conns.push((id, conn, state, tls, None));
-                }
-                None => {
-                    for (c, conn, ..) in taken {
-                        self.restore_conn(c, conn);
-                        old.report.stay(&Stay::Outbound.to_string(), 1);
-                    }
-                }
-            }
-        }
-        let mut sink = StateSink::default();
-        self.core.carry.exporting = Some(Vec::new());
-        let answer = dispatch::handover_export_worker(&mut self.plugin, &mut self.core, &mut sink);
-        let carried = self.core.carry.exporting.take().unwrap_or_default();
-        for c in carried {
-            // One that does not come out stays: the new plugin's lookup answers None for it.
-            if let Some((conn, tls)) = self.take_out(c, &mut old.report) {
-                conns.push((c, conn, Vec::new(), tls, Some(Carrier::Worker)));
-            }
-        }
-        // Outbound connections no one carried stay (still connecting, or their owner stays).
-        for id in outbound {
-            if self.core.get(id).is_some() {
-                let why = self.core.movable(id).err().unwrap_or(Stay::Outbound);
-                tracing::debug!(conn = id.0, "stays: {why}");
-                old.report.stay(&why.to_string(), 1);
-            }
-        }
-        // From here on a failure restores what `held` has: keep every connection there first.
-        old.held = Vec::with_capacity(conns.len());
-        let mut states = Vec::with_capacity(conns.len());
-        for (id, conn, state, tls, carrier) in conns {
-            states.push((state, tls, carrier));
-            old.held.push((id, conn));
-        }
-        let mut session_states = Vec::with_capacity(sessions.len());
-        for (id, snapshot, state) in sessions {
-            session_states.push(state);
-            old.held_sessions.push((id, snapshot));
-        }
-        if answer != RawHandover::MOVE {
-            return Err("the plugin did not export its worker state".into());
-        }
-        old.report.state_bytes = sink.len
-            + states.iter().map(|(s, ..)| s.len() as u64).sum::<u64>()
-            + session_states.iter().map(|s| s.len() as u64).sum::<u64>();
-        old.report.memfd = sink.memfd.is_some();
-        let (frame, fds) = sink.finish().map_err(|e| format!("could not store the worker state: {e}"))?;
-        old.channel.send_with_fds(&frame, fds).map_err(|e| format!("could not send the worker state: {e}"))?;
-
-        let max_fds = old.channel.max_fds();
-        let (mut batch, mut fds, mut bytes) = (Vec::new(), Vec::new(), 0usize);
-        for ((id, conn), (state, tls, carried_by)) in old.held.iter().zip(states) {
-            let need = 1 + conn.files.len();
-            if need > max_fds {
-                return Err(format!("a connection with {} files queued cannot go in one message", conn.files.len()));
-            }
-            if fds.len() + need > max_fds || bytes >= BATCH_BYTES {
-                let sent =
-                    old.channel.send_with_fds(&Handover::Conns(std::mem::take(&mut batch)), std::mem::take(&mut fds));
-                sent.map_err(|e| format!("could not send connections: {e}"))?;
-                bytes = 0;
-            }
-            let (kind, socket) = match conn.socket.dup() {
-                Some(Ok(dup)) => dup,
-                Some(Err(e)) => return Err(format!("could not duplicate a socket: {e}")),
-                None => return Err("a socket without a descriptor".into()),
-            };
-            fds.push(socket);
-            for file in &conn.files {
-                fds.push(OwnedFd::from(file.try_clone().map_err(|e| format!("could not duplicate a file: {e}"))?));
-            }
-            bytes += state.len() + conn.snapshot.input.len() + conn.snapshot.output.len() + 256;
-            batch.push(MovedConn {
-                kind,
-                snapshot: conn.snapshot.clone(),
-                state,
-                tls: tls.map(|t| t.to_vec()),
-                old_id: id.0,
-                carried_by,
-            });
-        }
-        if !batch.is_empty() {
-            old.channel
-                .send_with_fds(&Handover::Conns(batch), fds)
-                .map_err(|e| format!("could not send connections: {e}"))?;
-        }
-        let (mut batch, mut bytes) = (Vec::new(), 0usize);
-        for ((_, snapshot), state) in old.held_sessions.iter().zip(session_states) {
-            if bytes >= BATCH_BYTES {
-                let sent = old.channel.send(&Handover::Sessions(std::mem::take(&mut batch)));
-                sent.map_err(|e| format!("could not send UDP sessions: {e}"))?;
-                bytes = 0;
-            }
-            bytes += state.len() + 256;
-            batch.push(MovedSession { snapshot: snapshot.clone(), state });
-        }
-        if !batch.is_empty() {
-            old.channel.send(&Handover::Sessions(batch)).map_err(|e| format!("could not send UDP sessions: {e}"))?;
-        }
-        old.channel.send(&Handover::Done).map_err(|e| format!("could not finish sending: {e}"))?;
-        tracing::debug!(
-            connections = old.held.len(),
-            sessions = old.held_sessions.len(),
-            stayed = old.report.stayed,
-            state_bytes = old.report.state_bytes,
-            "hand-over sent"
-        );
-        Ok(())
     }
 
     /// Takes a connection out of the table (its id held) with its TLS record layer as bytes;
@@ -515,47 +399,12 @@ impl Worker {
         }
     }
 
-    /// The replacement acknowledged: the adopted connections' copies close here (without a
-    /// shutdown: the replacement owns them), the others come back under their ids.
-    fn finish_old(&mut self, mut old: OldSide, adopted: Vec<bool>) {
-        let sent = old.held.len() + old.held_sessions.len();
-        if adopted.len() != sent {
-            let why = format!("the new worker acknowledged {} connections of {sent}", adopted.len());
-            return self.end_old(old, why);
-        }
-        let (conns_adopted, sessions_adopted) = adopted.split_at(old.held.len());
-        for ((id, snapshot), &moved) in std::mem::take(&mut old.held_sessions).into_iter().zip(sessions_adopted) {
-            if moved {
-                self.core.release(id);
-                old.report.sessions += 1;
-            } else {
-                self.restore_session(id, snapshot);
-                old.report.stay("refused by the new plugin", 1);
-            }
-        }
-        if old.report.sessions > 0 {
-            tracing::info!(sessions = old.report.sessions, "UDP sessions moved to the replacement");
-        }
-        for ((id, conn), &moved) in std::mem::take(&mut old.held).into_iter().zip(conns_adopted) {
-            if moved {
-                self.core.release(id);
-                drop(conn);
-                old.report.moved += 1;
-            } else {
-                self.restore_conn(id, conn);
-                old.report.stay("refused by the new plugin", 1);
-            }
-        }
-        old.report.pause_ms = old.stopped_ms.map_or(0, |t| self.core.now_ms.saturating_sub(t));
-        let (report, fallback) = (std::mem::take(&mut old.report), old.fallback);
-        self.handover_ended(report, fallback);
-    }
-
     /// The hand-over failed: every connection comes back, and what the fallback says follows.
     fn end_old(&mut self, mut old: OldSide, why: String) {
         tracing::warn!("hand-over failed: {why}; taking the connections back");
         let held = std::mem::take(&mut old.held);
-        let sessions = std::mem::take(&mut old.held_sessions);
+        let mut sessions: Vec<_> = std::mem::take(&mut old.held_sessions).into();
+        sessions.extend(old.sessions.drain(..).map(|(id, snapshot, _)| (id, snapshot)));
         old.report.stay("the hand-over failed", (held.len() + sessions.len()) as u64);
         for (id, conn) in held {
             self.restore_conn(id, conn);
@@ -563,10 +412,11 @@ impl Worker {
         for (id, snapshot) in sessions {
             self.restore_session(id, snapshot);
         }
+        // Those not taken out yet were never out of the table; outbound ones stay as they are.
+        old.pending.clear();
         let _ = self.poll.registry().deregister(&mut old.channel.stream);
         old.report.failure = Some(why);
-        old.report.moved = 0;
-        old.report.sessions = 0;
+        // (`moved`: those the replacement acknowledged before: they are its own.)
         let (report, fallback) = (std::mem::take(&mut old.report), old.fallback);
         self.handover_ended(report, fallback);
     }
@@ -614,8 +464,10 @@ impl Worker {
         }
     }
 
-    fn flush_handover(&mut self, channel: &mut HandoverChannel<UnixStream>) {
-        let done = channel.flush().unwrap_or(true);
+    /// Writes what the channel holds; watches for room while something is left (`more`: frames
+    /// not yet given to the channel).
+    fn flush_handover(&mut self, channel: &mut HandoverChannel<UnixStream>, more: bool) {
+        let done = channel.flush().unwrap_or(true) && !more;
         let interest = if done { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
         let _ = self.poll.registry().reregister(&mut channel.stream, HANDOVER, interest);
     }

@@ -1,6 +1,10 @@
-//! The replacement's side of a hand-over: answer the offer, keep every frame until `Done`, then
-//! adopt the worker state (in place from a sealed memfd when large) and each connection, and
-//! acknowledge before reading any of them.
+//! The replacement's side of a hand-over: answer the offer; keep the connections that come
+//! before the worker state (those it carries), adopt the state (in place from a sealed memfd
+//! when large), then adopt each frame of connections as it comes and acknowledge it before
+//! reading any of them (the old worker may still be serving the connections of later frames:
+//! a hand-over in batches); `Done` is answered with an empty `Ack`.
+
+use std::os::fd::OwnedFd;
 
 use plugin_api::abi::RawHandover;
 use plugin_api::ConnId;
@@ -28,6 +32,15 @@ impl State {
     }
 }
 
+/// What a replacement adopted in one hand-over (its log line at the end).
+#[derive(Debug, Default)]
+pub(in crate::worker::event_loop) struct Tally {
+    adopted: u64,
+    sessions: u64,
+    offered: u64,
+    state_bytes: u64,
+}
+
 impl Worker {
     pub(super) fn drive_new(&mut self, mut new: NewSide) -> Option<NewSide> {
         for (msg, fds) in new.channel.read_with_fds() {
@@ -36,7 +49,7 @@ impl Worker {
             }
             match msg {
                 Handover::Hello { .. } => {}
-                Handover::Offer { plugin, version } => {
+                Handover::Offer { plugin, version } if new.version.is_none() => {
                     let answer = match dispatch::handover_version(&mut self.plugin) {
                         0 => Handover::Refuse("the new plugin does not take part in hand-overs".into()),
                         _ if dispatch::handover_accepts(&mut self.plugin, &mut self.core, &plugin, version) => {
@@ -53,9 +66,27 @@ impl Worker {
                     }
                     let _ = new.channel.send(&answer);
                 }
-                Handover::State { .. } | Handover::Conns(_) | Handover::Sessions(_) => new.stash.push((msg, fds)),
-                Handover::Done => {
-                    self.adopt_all(&mut new);
+                Handover::Conns(list) if new.version.is_some() => {
+                    let items = incoming(list, fds);
+                    match new.state_in {
+                        true => self.adopt_frame(&mut new, items),
+                        false => new.early.push(items),
+                    }
+                }
+                Handover::State { len, inline } if new.version.is_some() && !new.state_in => {
+                    self.adopt_state(&mut new, len, inline, fds);
+                }
+                Handover::Sessions(list) if new.state_in => self.adopt_sessions(&mut new, list),
+                Handover::Done if new.state_in => {
+                    let t = &new.tally;
+                    tracing::info!(
+                        adopted = t.adopted,
+                        udp_sessions = t.sessions,
+                        offered = t.offered,
+                        state_bytes = t.state_bytes,
+                        "connections adopted"
+                    );
+                    send_ack(&mut new, Vec::new());
                     new.finished = true;
                 }
                 other => {
@@ -70,72 +101,28 @@ impl Worker {
             new.finished = true;
             new.channel.shut_down();
         }
-        self.flush_handover(&mut new.channel);
+        self.flush_handover(&mut new.channel, false);
         if new.channel.closed || (new.finished && !new.channel.pending()) {
             let _ = self.poll.registry().deregister(&mut new.channel.stream);
             self.resume_accepting();
-            // No more connections come: the topic messages kept for them go.
+            // No more connections come: the topic messages kept for them go, and so do the
+            // lookups of carried connections.
             self.core.topics.recent.stop();
-            // Adopted connections arrived with stashed frames; an unfinished hand-over's
-            // descriptors are the old worker's copies: dropping them here closes nothing of its.
+            self.core.carry.adopted.clear();
+            // Connections that came before an unadopted worker state are the old worker's:
+            // dropping these descriptors closes nothing of its.
             return None;
         }
         Some(new)
     }
 
-    /// `Done`: imports the outbound connections carried along (their old ids answer the plugin's
-    /// lookups), adopts the worker state, then every other connection (imported, then offered to
-    /// the plugin, with what it carries); acknowledges before reading any of them.
-    fn adopt_all(&mut self, new: &mut NewSide) {
-        let Some(version) = new.version else {
-            let _ = new.channel.send(&Handover::Failed("nothing was accepted".into()));
-            return;
-        };
-        let mut state = None;
-        let mut items = Vec::new();
-        let mut session_items = Vec::new();
-        for (msg, fds) in std::mem::take(&mut new.stash) {
-            match msg {
-                Handover::State { len, inline } if state.is_none() => state = Some((len, inline, fds)),
-                Handover::Conns(list) => {
-                    let mut fds = fds.into_iter();
-                    for m in list {
-                        let socket = fds.next();
-                        let files: Vec<std::fs::File> =
-                            fds.by_ref().take(m.snapshot.files.len()).map(std::fs::File::from).collect();
-                        let MovedConn { kind, snapshot, state, tls, old_id, carried_by } = m;
-                        items.push(Incoming {
-                            kind,
-                            snapshot: Some(snapshot),
-                            tls,
-                            state,
-                            old_id,
-                            carried_by,
-                            socket,
-                            files,
-                        });
-                    }
-                }
-                Handover::Sessions(list) => session_items.extend(list),
-                _ => {}
-            }
-        }
-        let Some((len, inline, fds)) = state else {
-            let _ = new.channel.send(&Handover::Failed("no worker state came".into()));
-            return;
-        };
-        let mut acks = vec![false; items.len()];
-        let mut ids: Vec<Option<ConnId>> = vec![None; items.len()];
-        // Carried connections first: the plugin looks them up as it adopts their owners.
-        for (i, item) in items.iter_mut().enumerate() {
-            if item.carried_by.is_some() {
-                ids[i] = self.import_moved(item);
-                if let Some(id) = ids[i] {
-                    self.core.carry.adopted.insert(item.old_id, id);
-                }
-            }
-        }
-        let mut state_bytes = 0u64;
+    /// `State`: imports the connections it carries (they came first: their old ids answer the
+    /// plugin's lookups), adopts it, then offers those connections to the plugin. From here on
+    /// each frame is adopted as it comes.
+    fn adopt_state(&mut self, new: &mut NewSide, len: u64, inline: Option<Vec<u8>>, fds: Vec<OwnedFd>) {
+        let version = new.version.expect("accepted before");
+        let mut early = std::mem::take(&mut new.early);
+        let ids: Vec<Vec<Option<ConnId>>> = early.iter_mut().map(|items| self.import_carried(items)).collect();
         // A large state is read in place from the sealed memfd's mapping: no copy.
         let mapped = match inline {
             Some(bytes) if bytes.len() as u64 == len => Ok(State::Inline(bytes)),
@@ -149,7 +136,7 @@ impl Worker {
         };
         let adopted = mapped.map(|state| {
             let bytes = state.bytes();
-            state_bytes += bytes.len() as u64;
+            new.tally.state_bytes += bytes.len() as u64;
             dispatch::handover_adopt_worker(&mut self.plugin, &mut self.core, version, bytes)
         });
         let failed = match adopted {
@@ -159,18 +146,60 @@ impl Worker {
         };
         if let Some(why) = failed {
             // Back out what came: these copies close; the old worker keeps every connection.
-            for id in ids.into_iter().flatten() {
+            for id in ids.into_iter().flatten().flatten() {
                 let _ = self.core.export(id);
             }
             self.core.carry.adopted.clear();
             let _ = new.channel.send(&Handover::Failed(why));
+            new.finished = true;
             return;
         }
+        new.state_in = true;
+        for (items, ids) in early.into_iter().zip(ids) {
+            let acks = self.adopt_items(new, version, items, ids);
+            send_ack(new, acks);
+        }
+    }
+
+    /// A `Conns` frame after the worker state: imported, offered to the plugin, acknowledged.
+    fn adopt_frame(&mut self, new: &mut NewSide, mut items: Vec<Incoming>) {
+        let version = new.version.expect("accepted before");
+        let ids = self.import_carried(&mut items);
+        let acks = self.adopt_items(new, version, items, ids);
+        send_ack(new, acks);
+    }
+
+    /// Imports the carried connections of a frame (before anything is offered to the plugin,
+    /// which looks them up by their old ids); the others' places are None.
+    fn import_carried(&mut self, items: &mut [Incoming]) -> Vec<Option<ConnId>> {
+        let mut ids = vec![None; items.len()];
+        for (i, item) in items.iter_mut().enumerate() {
+            if item.carried_by.is_some() {
+                ids[i] = self.import_moved(item);
+                if let Some(id) = ids[i] {
+                    self.core.carry.adopted.insert(item.old_id, id);
+                }
+            }
+        }
+        ids
+    }
+
+    /// Imports the other connections of a frame and offers each to the plugin (one it refuses
+    /// is taken out again); a carried connection stays adopted with its owner (in the same
+    /// frame) or the worker state, or goes back. One flag per connection, in order.
+    fn adopt_items(
+        &mut self,
+        new: &mut NewSide,
+        version: u32,
+        mut items: Vec<Incoming>,
+        ids: Vec<Option<ConnId>>,
+    ) -> Vec<bool> {
+        let mut acks = vec![false; items.len()];
         for (i, item) in items.iter_mut().enumerate() {
             if item.carried_by.is_some() {
                 continue;
             }
-            state_bytes += item.state.len() as u64;
+            new.tally.state_bytes += item.state.len() as u64;
             let Some(id) = self.import_moved(item) else { continue };
             let answer = dispatch::handover_adopt_conn(&mut self.plugin, &mut self.core, id, version, &item.state);
             if answer == RawHandover::MOVE {
@@ -180,7 +209,6 @@ impl Worker {
                 let _ = self.core.export(id);
             }
         }
-        // A carried connection stays adopted with its owner (or the worker state), or goes back.
         let adopted_owners: std::collections::HashSet<u64> =
             items.iter().zip(&acks).filter(|(_, &a)| a).map(|(item, _)| item.old_id).collect();
         for (i, item) in items.iter().enumerate() {
@@ -196,29 +224,26 @@ impl Worker {
                 let _ = self.core.export(id);
             }
         }
-        self.core.carry.adopted.clear();
         let moved = acks.iter().filter(|&&a| a).count() as u64;
-        // UDP sessions last (the acknowledgement answers them after the connections, in order).
-        let mut sessions = 0u64;
-        for m in session_items {
-            let MovedSession { snapshot, state } = m;
-            state_bytes += state.len() as u64;
+        new.tally.adopted += moved;
+        new.tally.offered += acks.len() as u64;
+        self.core.stats.adopted += moved;
+        acks
+    }
+
+    /// A `Sessions` frame: each UDP session adopted or refused, acknowledged.
+    fn adopt_sessions(&mut self, new: &mut NewSide, list: Vec<MovedSession>) {
+        let version = new.version.expect("accepted before");
+        let mut acks = Vec::with_capacity(list.len());
+        for MovedSession { snapshot, state } in list {
+            new.tally.state_bytes += state.len() as u64;
             let adopted = self.adopt_session(version, snapshot, &state);
-            sessions += adopted as u64;
+            new.tally.sessions += adopted as u64;
+            new.tally.offered += 1;
+            self.core.stats.adopted += adopted as u64;
             acks.push(adopted);
         }
-        tracing::info!(
-            adopted = moved,
-            udp_sessions = sessions,
-            offered = acks.len(),
-            state_bytes,
-            "connections adopted"
-        );
-        self.core.stats.adopted += moved + sessions;
-        // The acknowledgement leaves before any adopted connection is read (in this turn's
-        // settling): should this worker die after reading, the old one no longer holds them.
-        let _ = new.channel.send(&Handover::Ack(acks));
-        let _ = new.channel.flush_timeout(std::time::Duration::from_secs(1));
+        send_ack(new, acks);
     }
 
     /// Registers one connection that came (its descriptors taken from `item`); None when it
@@ -251,7 +276,7 @@ impl Worker {
 }
 
 /// A connection as it came (a `MovedConn`), with its descriptors.
-struct Incoming {
+pub(in crate::worker::event_loop) struct Incoming {
     kind: crate::worker::SocketKind,
     /// Taken by the import.
     snapshot: Option<crate::worker::Snapshot>,
@@ -280,6 +305,27 @@ impl Worker {
         }
         answer == RawHandover::MOVE
     }
+}
+
+/// A `Conns` frame's connections with their descriptors (each its socket, then its files).
+fn incoming(list: Vec<MovedConn>, fds: Vec<OwnedFd>) -> Vec<Incoming> {
+    let mut fds = fds.into_iter();
+    let mut items = Vec::with_capacity(list.len());
+    for m in list {
+        let socket = fds.next();
+        let files: Vec<std::fs::File> = fds.by_ref().take(m.snapshot.files.len()).map(std::fs::File::from).collect();
+        let MovedConn { kind, snapshot, state, tls, old_id, carried_by } = m;
+        items.push(Incoming { kind, snapshot: Some(snapshot), tls, state, old_id, carried_by, socket, files });
+    }
+    items
+}
+
+/// Acknowledges a frame **before any of its connections is read** (they are read in this
+/// turn's settling, or at the next poll): should this worker die after reading, the old one no
+/// longer holds them.
+fn send_ack(new: &mut NewSide, acks: Vec<bool>) {
+    let _ = new.channel.send(&Handover::Ack(acks));
+    let _ = new.channel.flush_timeout(std::time::Duration::from_secs(1));
 }
 
 /// The record layer a TLS connection's old worker sent (`MovedTls::encode`).
