@@ -89,11 +89,11 @@ pub fn run() -> anyhow::Result<()> {
             // configuration's parsing) goes back to the system instead of staying resident, and
             // so do the pages of code and read-only data only the start-up used, and the stack
             // below this frame (docs/architecture.md, "A worker's memory").
-            sys::trim_heap();
             match sys::release_idle_pages() {
                 Ok(released) => tracing::debug!(?released, "idle pages released"),
                 Err(e) => tracing::debug!("could not release idle pages: {e}"),
             }
+            sys::trim_heap();
             let exit = worker.run_loop()?;
             worker.shut_down();
             tracing::info!(?exit, timers = worker.timers(), "worker exits");
