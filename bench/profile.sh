@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run: bash bench/profile.sh              (needs valgrind and wrk; about 1 minute)
+# Run: bash bench/profile.sh              (needs valgrind, wrk and rustc; about 1 minute)
 #      bash bench/profile.sh h2           (HTTP/2: needs perf and h2load; about 1 minute)
 #
 # Where a keep-alive request's instructions go, and whether the steady state allocates. One
@@ -11,9 +11,15 @@
 # callers (steady state: after the warm-up, connections already open).
 # The plugin is loaded from a sealed memfd that valgrind cannot name, so its addresses are
 # resolved here with addr2line against the built file. Stops what it started, by pid.
+# Valgrind cannot follow the master's exec of a worker (`--trace-children` re-launches valgrind
+# on the path given to execve, and `/proc/self/fd/N` of the worker binary's close-on-exec
+# descriptor, or the master's own `/proc/self/exe`, names another file by then: "mmap ... failed
+# in UME"). So the master runs outside valgrind from a directory of its own, where `host-worker`
+# is a small program (compiled here with rustc) that executes valgrind on the real worker binary
+# with the worker's arguments, environment and inherited descriptors.
 #
 # `h2`: the same questions for HTTP/2 in cleartext (h2c, prior knowledge), with perf instead of
-# valgrind (this valgrind cannot follow the master's exec of a worker): one worker, h2load
+# valgrind: one worker, h2load
 # -c CONNS -m 10 sends H2_WARMUP requests, then H2_REQUESTS more while `perf stat` counts the
 # worker's calls to malloc/realloc/free (uprobes, added and removed here) and its CPU time, then
 # H2_REQUESTS more under `perf record -g` (cpu-clock samples: the top functions, the plugin's
@@ -31,14 +37,37 @@ DURATION=${DURATION:-3}
 CONNS=${CONNS:-8}
 need valgrind callgrind_control addr2line wrk python3
 
+need rustc
 cargo build --release -q -p host -p host-plugin-http
-valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$tmp/cg.%p" \
-    target/release/host --plugin http --plugin-dir target/release --listen 127.0.0.1:0 --count 1 \
+mkdir "$tmp/bin"
+# A link, not a symlink: the master looks beside the file its /proc/self/exe names.
+ln "target/release/host" "$tmp/bin/host" 2>/dev/null || cp "target/release/host" "$tmp/bin/host"
+cat >"$tmp/worker.rs" <<RS
+use std::os::unix::process::CommandExt;
+fn main() {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let worker = "$PWD/target/release/host-worker";
+    let mut cmd = std::process::Command::new(if args.iter().any(|a| a == "--protocol-version") {
+        worker
+    } else {
+        "valgrind"
+    });
+    if cmd.get_program() == "valgrind" {
+        cmd.args(["-q", "--tool=callgrind", "--callgrind-out-file=$tmp/cg.%p", worker]);
+    }
+    let e = cmd.args(args).exec();
+    eprintln!("could not execute valgrind: {e}");
+    std::process::exit(2);
+}
+RS
+rustc -O --edition 2021 -o "$tmp/bin/host-worker" "$tmp/worker.rs"
+"$tmp/bin/host" --plugin http --plugin-dir target/release --listen 127.0.0.1:0 --count 1 \
     --pid-file "$tmp/host.pid" --log-level warn,host::master=info >"$tmp/host.out" 2>"$tmp/host.log" &
 pids+=($!)
 for _ in $(seq 600); do grep -q "host ready" "$tmp/host.log" && break; sleep 0.1; done
 port=$(grep -o 'address=127.0.0.1:[0-9]*' "$tmp/host.log" | head -1 | cut -d: -f2)
 [ -n "$port" ] || { cat "$tmp/host.log" >&2; exit 1; }
+grep -q "workers run the worker binary" "$tmp/host.log" || { cat "$tmp/host.log" >&2; exit 1; }
 worker=$(children "${pids[0]}" | awk '{print $1}')
 base=$(awk '/memfd:http/ {split($1, a, "-"); print a[1]; exit}' "/proc/$worker/maps")
 

@@ -609,6 +609,13 @@ impl Master {
                             }
                             None => self.print_banner(),
                         }
+                        // The start-up's code (command line, configuration, plugin checks) is
+                        // not run again: its pages go back (docs/architecture.md, "A worker's
+                        // memory"), as each worker's do.
+                        match crate::sys::release_idle_pages() {
+                            Ok(released) => tracing::debug!(?released, "idle pages released"),
+                            Err(e) => tracing::debug!("could not release idle pages: {e}"),
+                        }
                     }
                 }
             }

@@ -4,6 +4,7 @@
 //! - [`fd`]: taking inherited descriptors (the one `from_raw_fd`), close-on-exec, stray fds;
 //! - [`memfd`]: sealed in-memory files (plugin snapshots, a hand-over's state) and their
 //!   read-only mappings;
+//! - [`memory`]: what an idle worker gives back (its start-up's code pages, its stack's unused part);
 //! - [`openat`]: walking a path without following symlinks (the plugin trust check);
 //! - [`process`]: starting children with inherited fds, process titles and names;
 //! - [`signal`]: the signalfd and SIGPIPE;
@@ -38,6 +39,7 @@ mod fd;
 mod guardian;
 mod identity;
 mod memfd;
+mod memory;
 mod openat;
 mod process;
 mod scm;
@@ -53,6 +55,7 @@ pub use self::fd::{
 pub use self::guardian::{pidfd_ended, pidfd_open, Guardian, GUARDIAN_ENV};
 pub use self::identity::{check_identity, switch_identity};
 pub use self::memfd::{seal, sealable_memfd, sealed_memfd, SealedMap};
+pub use self::memory::release_idle_pages;
 pub use self::openat::{open_dir_nofollow, open_file_nofollow, open_root_dir};
 pub use self::process::{
     dup_inherited_above, exec_image, exec_restoring, exec_with_title, open_running_image, set_nonblocking,

@@ -86,7 +86,13 @@ pub fn run() -> anyhow::Result<()> {
     match event_loop::Worker::start(listener, channel, snapshot, &spec, access_log, watch) {
         Ok(mut worker) => {
             // What the start-up allocated and freed (the spec, the plugin's loading, the TLS
-            // configuration's parsing) goes back to the system instead of staying resident.
+            // configuration's parsing) goes back to the system instead of staying resident, and
+            // so do the pages of code and read-only data only the start-up used, and the stack
+            // below this frame (docs/architecture.md, "A worker's memory").
+            match sys::release_idle_pages() {
+                Ok(released) => tracing::debug!(?released, "idle pages released"),
+                Err(e) => tracing::debug!("could not release idle pages: {e}"),
+            }
             sys::trim_heap();
             let exit = worker.run_loop()?;
             worker.shut_down();
