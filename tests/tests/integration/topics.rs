@@ -660,8 +660,8 @@ print("alive", ok, "local", local)
 
 // A failover in a real Redis Cluster (three masters, node 3 a replica of node 0): with members
 // of rooms on both hosts connected, `CLUSTER FAILOVER` on the replica. The rooms node 0 held go
-// on across hosts through node 3 (subscribed there now), and every worker closes its
-// connection to node 0, which owns no slot any more.
+// on across hosts through node 3 (subscribed there now), and the workers that heard of it close
+// their connection to node 0, which owns no slot any more.
 #[test]
 fn two_hosts_through_a_redis_cluster_failover() {
     use host_tests::broker::RedisCluster;
@@ -698,12 +698,14 @@ print("before", before, "after", after, "moved", there == sorted(held))
 "#
     );
     assert_eq!(crate::websocket::python(&script, pa), "before True after True moved True\n");
+    // A worker with members in node 0's rooms heard it end their subscriptions and took the new
+    // map (one without learns it at the next periodic refresh, within a minute).
     for host in [&mut a, &mut b] {
         host.log()
-            .wait_for_nth("closing the connection to a node that owns no slot", 2, READY_TIMEOUT)
-            .expect("each worker closes its connection to the demoted node");
+            .wait_for("closing the connection to a node that owns no slot", READY_TIMEOUT)
+            .expect("a worker closes its connection to the demoted node");
         let out = host.command(["status"], COMMAND_TIMEOUT).stdout;
         let line = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default();
-        assert!(line.contains("#0 ready 3/3 nodes") && line.contains("#1 ready 3/3 nodes"), "{out}");
+        assert!(line.contains("ready 3/3 nodes") && !line.contains("down"), "{out}");
     }
 }
