@@ -478,8 +478,8 @@ fn two_hosts_with_client_certificates(kind: BrokerKind) {
         params.subject_alt_names.push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
         params.extended_key_usages.push(usage);
         let cert = params.signed_by(&key, &issuer).expect("signed");
-        let cert_file = dir.write(&format!("{name}.crt"), cert.pem().as_bytes());
-        let key_file = dir.write(&format!("{name}.key"), key.serialize_pem().as_bytes());
+        let cert_file = dir.write(format!("{name}.crt"), cert.pem().as_bytes());
+        let key_file = dir.write(format!("{name}.key"), key.serialize_pem().as_bytes());
         (cert_file, key_file)
     };
     let ca_file = dir.write("ca.crt", ca_cert.pem().as_bytes());
