@@ -269,7 +269,9 @@ pub struct StartArgs {
     /// Share topics with every host started with the same URL and service name, through a
     /// broker: `redis://[[USER]:PASSWORD@]HOST:PORT` (Redis 6+),
     /// `redis+cluster://HOST:PORT[,HOST:PORT…]` (a Redis 7 Cluster: sharded pub/sub) or
-    /// `nats://[USER:PASS@|TOKEN@]HOST:PORT` [default: the workers of this host only].
+    /// `nats://[USER:PASS@|TOKEN@]HOST:PORT`; over TLS `rediss://`, `tls://` (NATS), with
+    /// `?ca=FILE&cert=FILE&key=FILE` (each optional; cert and key together) [default: the
+    /// workers of this host only].
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
     /// Where a daemon's logs go [default: ./host.log].

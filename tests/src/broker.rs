@@ -23,13 +23,15 @@ pub struct Broker {
     child: Option<Child>,
     /// TLS only: its certificate and key (PEM files).
     tls: Option<(PathBuf, PathBuf)>,
+    /// TLS with client certificates required, signed by this CA (PEM file).
+    client_ca: Option<PathBuf>,
 }
 
 impl Broker {
     /// Starts the broker and waits (bounded) until it accepts connections.
     pub fn start(kind: BrokerKind) -> Broker {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut broker = Broker { kind, port, dir: TempDir::new(), child: None, tls: None };
+        let mut broker = Broker { kind, port, dir: TempDir::new(), child: None, tls: None, client_ca: None };
         broker.restart();
         broker
     }
@@ -38,7 +40,18 @@ impl Broker {
     /// certificate and key, asking clients for no certificate.
     pub fn start_tls(kind: BrokerKind, cert: PathBuf, key: PathBuf) -> Broker {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut broker = Broker { kind, port, dir: TempDir::new(), child: None, tls: Some((cert, key)) };
+        let mut broker =
+            Broker { kind, port, dir: TempDir::new(), child: None, tls: Some((cert, key)), client_ca: None };
+        broker.restart();
+        broker
+    }
+
+    /// The broker speaking TLS only and requiring a client certificate signed by `client_ca`
+    /// (redis-server `--tls-auth-clients yes`, nats-server `--tlsverify`).
+    pub fn start_tls_verifying(kind: BrokerKind, cert: PathBuf, key: PathBuf, client_ca: PathBuf) -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut broker =
+            Broker { kind, port, dir: TempDir::new(), child: None, tls: Some((cert, key)), client_ca: Some(client_ca) };
         broker.restart();
         broker
     }
@@ -71,11 +84,17 @@ impl Broker {
                 let mut c = Command::new("redis-server");
                 match &self.tls {
                     None => c.args(["--port", &port]),
-                    Some((cert, key)) => c
-                        .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no", "--tls-cert-file"])
-                        .arg(cert)
-                        .arg("--tls-key-file")
-                        .arg(key),
+                    Some((cert, key)) => {
+                        let auth = if self.client_ca.is_some() { "yes" } else { "no" };
+                        c.args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", auth, "--tls-cert-file"])
+                            .arg(cert)
+                            .arg("--tls-key-file")
+                            .arg(key);
+                        if let Some(ca) = &self.client_ca {
+                            c.arg("--tls-ca-cert-file").arg(ca);
+                        }
+                        &mut c
+                    }
                 };
                 c.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
                 c.arg("--dir").arg(self.dir.path());
@@ -86,6 +105,9 @@ impl Broker {
                 c.args(["-a", "127.0.0.1", "-p", &port]);
                 if let Some((cert, key)) = &self.tls {
                     c.args(["--tls", "--tlscert"]).arg(cert).arg("--tlskey").arg(key);
+                }
+                if let Some(ca) = &self.client_ca {
+                    c.arg("--tlsverify").arg("--tlscacert").arg(ca);
                 }
                 ("nats-server", c)
             }
@@ -117,6 +139,8 @@ impl Drop for Broker {
 /// when every node says `cluster_state:ok`. Killed (by pid) and reaped on drop.
 pub struct RedisCluster {
     ports: Vec<u16>,
+    /// Each node's cluster bus port.
+    buses: Vec<u16>,
     children: Vec<Option<Child>>,
     _dirs: Vec<TempDir>,
 }
@@ -141,10 +165,41 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let mut cluster = RedisCluster { ports: Vec::new(), children: Vec::new(), _dirs: Vec::new() };
-        let ports = free_ports(6);
-        for node in 0..3 {
-            let (port, bus) = (ports[node], ports[node + 3]);
+        Self::start_nodes(3)
+    }
+
+    /// Three masters and a fourth node, a replica of node 0 (in sync when this returns).
+    pub fn start_with_replica() -> RedisCluster {
+        let cluster = Self::start_nodes(4);
+        let (master, replica) = (cluster.ports[0], cluster.ports[3]);
+        let master_id = redis_cli(master, &["cluster", "myid"]).trim().to_string();
+        // The bus port too: it is not the default (port + 10000).
+        let bus = cluster.buses[0].to_string();
+        assert_eq!(redis_cli(replica, &["cluster", "meet", "127.0.0.1", &master.to_string(), &bus]).trim(), "OK");
+        // The replica knows node 0 once the handshake went round; then it can follow it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while redis_cli(replica, &["cluster", "replicate", &master_id]).trim() != "OK" {
+            assert!(Instant::now() < deadline, "node {replica} could not replicate {master} within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        while !redis_cli(replica, &["info", "replication"]).contains("master_link_status:up")
+            || cluster.ports.iter().any(|&p| !redis_cli(p, &["cluster", "info"]).contains("cluster_state:ok"))
+            || redis_cli(master, &["cluster", "replicas", &master_id]).trim().is_empty()
+        {
+            assert!(Instant::now() < deadline, "the replica was not in sync within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// `count` nodes started; the first three made a cluster with `redis-cli --cluster create`, the
+    /// others left out of it.
+    fn start_nodes(count: usize) -> RedisCluster {
+        let mut cluster =
+            RedisCluster { ports: Vec::new(), buses: Vec::new(), children: Vec::new(), _dirs: Vec::new() };
+        let ports = free_ports(2 * count);
+        for node in 0..count {
+            let (port, bus) = (ports[node], ports[node + count]);
             let dir = TempDir::new();
             let mut command = Command::new("redis-server");
             command
@@ -160,6 +215,7 @@ impl RedisCluster {
                 panic!("could not start redis-server ({e}): Debian package redis-server (.ci/deps/cluster.apt)")
             });
             cluster.ports.push(port);
+            cluster.buses.push(bus);
             cluster.children.push(Some(child));
             cluster._dirs.push(dir);
         }
@@ -170,7 +226,7 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let nodes: Vec<String> = cluster.ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&nodes)
@@ -180,7 +236,7 @@ impl RedisCluster {
             .expect("could not run redis-cli --cluster create");
         assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
         let deadline = Instant::now() + Duration::from_secs(30);
-        for &port in &cluster.ports {
+        for &port in &cluster.ports[..3] {
             while !redis_cli(port, &["cluster", "info"]).contains("cluster_state:ok") {
                 assert!(Instant::now() < deadline, "the cluster was not ok within 30 s (node {port})");
                 std::thread::sleep(Duration::from_millis(50));

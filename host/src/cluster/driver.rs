@@ -66,6 +66,8 @@ pub struct Driver {
     attempts: usize,
     /// The TLS client configuration of a TLS URL.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Closed on purpose ([`Driver::close`]): no reconnect until [`Driver::reopen`].
+    closed: bool,
 }
 
 impl Driver {
@@ -92,11 +94,55 @@ impl Driver {
             connected_once: false,
             attempts: 0,
             tls,
+            closed: false,
         })
     }
 
     pub fn state(&self) -> State {
         self.broker.state()
+    }
+
+    /// Closes the connection and stops reconnecting (a Redis Cluster node that no longer owns
+    /// slots); dropping the stream deregisters it. What was not written is lost.
+    pub fn close(&mut self) {
+        self.conn = Conn::Idle;
+        self.broker.on_disconnected();
+        self.retry_at = None;
+        self.closed = true;
+    }
+
+    /// Connects again after [`Driver::close`] (at the next tick); nothing when not closed.
+    pub fn reopen(&mut self, now: Instant) {
+        if self.closed {
+            self.closed = false;
+            self.backoff = INITIAL_BACKOFF;
+            self.retry_at = Some(now);
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Tests without sockets: the connection is up (the handshake is queued in the output).
+    #[cfg(test)]
+    pub fn open_for_test(&mut self, now: Instant) {
+        self.retry_at = None;
+        self.broker.on_connected(now);
+    }
+
+    /// Tests without sockets: bytes as if read from the broker.
+    #[cfg(test)]
+    pub fn feed_for_test(&mut self, bytes: &[u8], now: Instant) -> Vec<Event> {
+        self.broker.feed(bytes, now).expect("the test's bytes parse")
+    }
+
+    /// Tests without sockets: what would have been written, taken.
+    #[cfg(test)]
+    pub fn take_output_for_test(&mut self) -> Vec<u8> {
+        let out = self.broker.output().to_vec();
+        self.broker.consume_output(out.len());
+        out
     }
 
     pub fn counters(&self) -> Counters {
@@ -138,6 +184,15 @@ impl Driver {
     }
 
     /// Write what the publishes gathered: the loop calls this at the end of each turn.
+    /// A publish a Redis Cluster redirected to this node ([`Broker::publish_redirected`]).
+    pub fn publish_redirected(&mut self, topic: &[u8], payload: &[u8], ask: bool) -> Result<(), TopicError> {
+        self.broker.publish_redirected(topic, payload, ask)?;
+        if self.broker.output().len() >= FLUSH_BYTES {
+            self.flush(Instant::now());
+        }
+        Ok(())
+    }
+
     pub fn flush_output(&mut self) {
         self.flush(Instant::now());
     }

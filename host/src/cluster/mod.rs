@@ -62,6 +62,10 @@ pub enum WireEvent {
     Slots(Vec<redis::SlotRange>),
     /// Redis Cluster: the node ended a subscription on its own (the topic's slot moved).
     Unsubscribed { topic: Vec<u8> },
+    /// Redis Cluster: a publish answered `-MOVED` (`ask` false) or `-ASK`: the node at
+    /// `host:port` (an empty host: the one that answered) takes it. `again`: it had been sent
+    /// again after a redirection already.
+    Redirect { ask: bool, host: String, port: u16, topic: Vec<u8>, payload: Vec<u8>, again: bool },
 }
 
 /// What [`Broker`] (and the driver) reports to the host.
@@ -82,6 +86,9 @@ pub enum Event {
     /// Redis Cluster (for `shards`): the node dropped the subscription of a topic that still has
     /// local subscribers (its slot moved); the broker session forgot it.
     Unsubscribed { topic: Vec<u8> },
+    /// Redis Cluster (for `shards`): a publish to send again to the node named, once
+    /// ([`WireEvent::Redirect`]; one redirected twice is dropped and counted by the session).
+    Redirect { ask: bool, host: String, port: u16, topic: Vec<u8>, payload: Vec<u8> },
 }
 
 /// The connection to the broker, as `status` shows it.
@@ -114,6 +121,11 @@ pub struct Counters {
     pub broker_errors: u64,
     /// Messages from the broker over `topic_max_message`, skipped.
     pub oversized: u64,
+    /// Redis Cluster: publishes answered `-MOVED`/`-ASK` and sent again to the node named.
+    pub redirected: u64,
+    /// Redis Cluster: publishes dropped because they were redirected a second time, or the
+    /// node named was not connected.
+    pub dropped_redirected: u64,
 }
 
 /// A connection-ending failure.
@@ -153,6 +165,17 @@ pub trait Protocol {
     /// Refuses a payload over the broker's limit with [`TopicError::TooLarge`].
     fn publish(&mut self, topic: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Result<(), TopicError>;
     fn ping(&mut self, out: &mut Vec<u8>);
+    /// A publish sent again after a Redis Cluster redirected it (`ask`: after `-ASK`, which
+    /// needs `ASKING` first); elsewhere a publish.
+    fn publish_redirected(
+        &mut self,
+        topic: &[u8],
+        payload: &[u8],
+        _ask: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TopicError> {
+        self.publish(topic, payload, out)
+    }
     /// Queue a request for a Redis Cluster's slot map; false where there is none (NATS).
     fn request_slots(&mut self, _out: &mut Vec<u8>) -> bool {
         false
@@ -210,6 +233,15 @@ impl Protocol for AnyProtocol {
     }
     fn publish(&mut self, topic: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Result<(), TopicError> {
         each!(self, p => p.publish(topic, payload, out))
+    }
+    fn publish_redirected(
+        &mut self,
+        topic: &[u8],
+        payload: &[u8],
+        ask: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TopicError> {
+        each!(self, p => p.publish_redirected(topic, payload, ask, out))
     }
     fn ping(&mut self, out: &mut Vec<u8>) {
         each!(self, p => p.ping(out))
@@ -308,6 +340,20 @@ impl<P: Protocol> Broker<P> {
 
     /// Publish `payload` on `topic` to the other hosts. Not ready: dropped and counted.
     pub fn publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), TopicError> {
+        self.publish_with(topic, payload, None)
+    }
+
+    /// A publish another node of a Redis Cluster redirected here (`ask`: with `-ASK`); counted
+    /// as redirected, and as dropped when this connection is not ready.
+    pub fn publish_redirected(&mut self, topic: &[u8], payload: &[u8], ask: bool) -> Result<(), TopicError> {
+        if self.state != State::Ready {
+            self.counters.dropped_redirected += 1;
+            return Err(TopicError::Disconnected);
+        }
+        self.publish_with(topic, payload, Some(ask))
+    }
+
+    fn publish_with(&mut self, topic: &[u8], payload: &[u8], redirect: Option<bool>) -> Result<(), TopicError> {
         check_topic(topic)?;
         if self.state != State::Ready {
             self.counters.dropped_disconnected += 1;
@@ -317,9 +363,16 @@ impl<P: Protocol> Broker<P> {
             self.counters.dropped_backlog += 1;
             return Err(TopicError::Backlog(self.output.len()));
         }
-        match self.protocol.publish(topic, payload, &mut self.output) {
+        let sent = match redirect {
+            None => self.protocol.publish(topic, payload, &mut self.output),
+            Some(ask) => self.protocol.publish_redirected(topic, payload, ask, &mut self.output),
+        };
+        match sent {
             Ok(()) => {
-                self.counters.published += 1;
+                match redirect {
+                    None => self.counters.published += 1,
+                    Some(_) => self.counters.redirected += 1,
+                }
                 Ok(())
             }
             Err(e) => {
@@ -387,6 +440,14 @@ impl<P: Protocol> Broker<P> {
                     events.push(Event::BrokerError(message));
                 }
                 WireEvent::Slots(ranges) => events.push(Event::Slots(ranges)),
+                WireEvent::Redirect { again: true, topic, .. } => {
+                    // Bounded: sent again once already (a slot moving twice, or a loop).
+                    self.counters.dropped_redirected += 1;
+                    tracing::debug!(topic = %String::from_utf8_lossy(&topic), "a publish redirected twice: dropped");
+                }
+                WireEvent::Redirect { ask, host, port, topic, payload, again: false } => {
+                    events.push(Event::Redirect { ask, host, port, topic, payload })
+                }
                 WireEvent::Unsubscribed { topic } => {
                     if self.topics.remove(&topic).is_some() {
                         events.push(Event::Unsubscribed { topic });

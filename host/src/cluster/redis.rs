@@ -22,7 +22,10 @@
 //! one node's connection: it asks for the slot map (`CLUSTER SLOTS`, [`WireEvent::Slots`]) and
 //! reports a `sunsubscribe` push the node sent on its own (the slot moved away:
 //! [`WireEvent::Unsubscribed`]); the routing over the nodes is `super::shards`. A `-MOVED`
-//! reply comes back as a broker error, which makes `shards` refresh the map.
+//! answer to a subscription comes back as a broker error, which makes `shards` refresh the map.
+//! A sharded publish keeps its topic and payload until its answer: one answered `-MOVED` or
+//! `-ASK` (a slot migrating) comes back as [`WireEvent::Redirect`] for `shards` to send again,
+//! once, to the node named (after `ASKING` for `-ASK`).
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
@@ -83,10 +86,22 @@ pub fn channel_slot(prefix: &[u8], topic: &[u8]) -> u16 {
     redis_protocol::redis_keyslot(&[prefix, topic].concat())
 }
 
+/// A sharded publish waiting for its answer, kept to be sent again if it is redirected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sent {
+    topic: Vec<u8>,
+    payload: Vec<u8>,
+    /// Sent again after a redirection already: a second one drops it.
+    redirected: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
     Hello,
-    Publish,
+    /// Sharded: what was published, for a redirection.
+    Publish(Option<Box<Sent>>),
+    /// The `ASKING` in front of a publish sent again after `-ASK`.
+    Asking,
     Ping,
     Slots,
     /// Sharded only: an SSUBSCRIBE / SUNSUBSCRIBE of this channel, answered by a push (or an
@@ -178,6 +193,17 @@ impl RedisClient {
                 events.push(WireEvent::Slots(slot_ranges(&frame)?));
                 Ok(())
             }
+            Some(Pending::Publish(Some(sent))) if error.as_deref().is_some_and(is_redirect) => {
+                let e = error.unwrap_or_default();
+                match parse_redirect(&e) {
+                    Some((ask, host, port)) => {
+                        let Sent { topic, payload, redirected } = *sent;
+                        events.push(WireEvent::Redirect { ask, host, port, topic, payload, again: redirected });
+                    }
+                    None => events.push(WireEvent::ServerError(e)),
+                }
+                Ok(())
+            }
             _ => {
                 if let Some(e) = error {
                     events.push(WireEvent::ServerError(e));
@@ -186,6 +212,25 @@ impl RedisClient {
             }
         }
     }
+}
+
+fn is_redirect(error: &str) -> bool {
+    error.starts_with("MOVED ") || error.starts_with("ASK ")
+}
+
+/// `MOVED <slot> <host>:<port>` or `ASK …`: whether it is `ASK`, the host (empty: the node that
+/// answered) and the port. None when it is not one.
+fn parse_redirect(error: &str) -> Option<(bool, String, u16)> {
+    let mut words = error.split(' ');
+    let ask = match words.next()? {
+        "MOVED" => false,
+        "ASK" => true,
+        _ => return None,
+    };
+    words.next()?.parse::<u16>().ok()?;
+    let (host, port) = words.next()?.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((ask, host.to_string(), port.parse().ok()?))
 }
 
 /// Reads a `<kind><number>\r\n` header at the start of `buf`: the number and the header's
@@ -387,6 +432,39 @@ impl Protocol for RedisClient {
     }
 
     fn publish(&mut self, topic: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Result<(), TopicError> {
+        self.send_publish(topic, payload, false, out)
+    }
+
+    fn publish_redirected(
+        &mut self,
+        topic: &[u8],
+        payload: &[u8],
+        ask: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TopicError> {
+        if ask {
+            push_command(out, &[b"ASKING"]);
+            self.pending.push_back(Pending::Asking);
+        }
+        self.send_publish(topic, payload, true, out)
+    }
+
+    fn ping(&mut self, out: &mut Vec<u8>) {
+        push_command(out, &[b"PING"]);
+        self.pending.push_back(Pending::Ping);
+    }
+}
+
+impl RedisClient {
+    /// PUBLISH, or SPUBLISH keeping what it sent for a redirection (`redirected`: sent again
+    /// already).
+    fn send_publish(
+        &mut self,
+        topic: &[u8],
+        payload: &[u8],
+        redirected: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TopicError> {
         if payload.len() + ORIGIN_LEN > MAX_PAYLOAD {
             return Err(TopicError::TooLarge { len: payload.len(), max: MAX_PAYLOAD - ORIGIN_LEN });
         }
@@ -395,13 +473,12 @@ impl Protocol for RedisClient {
         push_bulk(out, &[command]);
         push_bulk(out, &[&self.options.prefix, topic]);
         push_bulk(out, &[&self.origin, payload]);
-        self.pending.push_back(Pending::Publish);
+        let sent = self
+            .options
+            .sharded
+            .then(|| Box::new(Sent { topic: topic.to_vec(), payload: payload.to_vec(), redirected }));
+        self.pending.push_back(Pending::Publish(sent));
         Ok(())
-    }
-
-    fn ping(&mut self, out: &mut Vec<u8>) {
-        push_command(out, &[b"PING"]);
-        self.pending.push_back(Pending::Ping);
     }
 }
 
@@ -587,6 +664,36 @@ mod tests {
         assert_eq!(bytes_of(&data[1]).unwrap(), b"host:chat:t");
         assert_eq!(bytes_of(&data[2]).unwrap(), [c.origin.as_slice(), b"x"].concat());
         let mut events = Vec::new();
+        c.parse(b"-MOVED 3999 127.0.0.1:6381\r\n", &mut out, &mut events).unwrap();
+        let redirect = |ask, host: &str, port, again| WireEvent::Redirect {
+            ask,
+            host: host.into(),
+            port,
+            topic: b"t".to_vec(),
+            payload: b"x".to_vec(),
+            again,
+        };
+        assert_eq!(events, vec![redirect(false, "127.0.0.1", 6381, false)]);
+        // Sent again after ASK: ASKING first (its +OK taken as its answer), then the publish,
+        // whose redirection says it was sent again already.
+        out.clear();
+        c.publish_redirected(b"t", b"x", true, &mut out).unwrap();
+        assert!(out.starts_with(b"*1\r\n$6\r\nASKING\r\n*3\r\n$8\r\nSPUBLISH\r\n"));
+        c.publish(b"t", b"x", &mut out).unwrap();
+        c.publish(b"t", b"x", &mut out).unwrap();
+        events.clear();
+        let answers = b"+OK\r\n-ASK 3999 :6382\r\n:1\r\n-ERR something else\r\n";
+        c.parse(answers, &mut out, &mut events).unwrap();
+        assert_eq!(events, vec![redirect(true, "", 6382, true), WireEvent::ServerError("ERR something else".into())]);
+        assert_eq!(parse_redirect("MOVED 1 [::1]:7000"), Some((false, "::1".into(), 7000)));
+        assert_eq!(parse_redirect("MOVED x 127.0.0.1:7000"), None);
+        assert_eq!(parse_redirect("ASK 1 127.0.0.1"), None);
+        // Not sharded: nothing is kept, a MOVED is an error.
+        let mut c = client(None, false);
+        c.reset(&mut out);
+        c.parse(b"%0\r\n", &mut out, &mut Vec::new()).unwrap();
+        c.publish(b"t", b"x", &mut out).unwrap();
+        events.clear();
         c.parse(b"-MOVED 3999 127.0.0.1:6381\r\n", &mut out, &mut events).unwrap();
         assert_eq!(events, vec![WireEvent::ServerError("MOVED 3999 127.0.0.1:6381".into())]);
     }

@@ -13,6 +13,11 @@
 //!   its own (a `sunsubscribe` push: the slot migrated), when a node's connection drops (a
 //!   failover may move its slots), and every [`REFRESH_EVERY`]; topics whose owner changed are
 //!   moved to the new one;
+//! - a publish answered `-MOVED` or `-ASK` (its slot migrating) is sent again, once, to the
+//!   node named (after `ASKING` for `-ASK`; `-MOVED` also refreshes the map); redirected again,
+//!   or the node named not connected, it is dropped and counted;
+//! - a node that owns no slot in a new map is disconnected (and connected again when a map or a
+//!   redirection names it);
 //! - a node down stops only the topics of its slots: a publish on one of them is dropped and
 //!   counted (at-most-once, as everywhere), the other nodes' topics go on, and local delivery
 //!   never depends on any of it.
@@ -180,6 +185,8 @@ impl Shards {
             sum.reconnects += c.reconnects;
             sum.broker_errors += c.broker_errors;
             sum.oversized += c.oversized;
+            sum.redirected += c.redirected;
+            sum.dropped_redirected += c.dropped_redirected;
         }
         sum.dropped_disconnected += self.unrouted;
         sum
@@ -238,7 +245,7 @@ impl Shards {
         };
         let got = self.nodes[i].driver.handle_event(event, now);
         let mut out = Vec::new();
-        self.absorb(i, got, &mut out);
+        self.absorb(i, got, now, &mut out);
         self.maybe_refresh(now);
         out
     }
@@ -248,7 +255,7 @@ impl Shards {
         let mut out = Vec::new();
         for i in 0..self.nodes.len() {
             let got = self.nodes[i].driver.tick(registry, now);
-            self.absorb(i, got, &mut out);
+            self.absorb(i, got, now, &mut out);
         }
         if self.asking.is_some_and(|(_, at)| now >= at + REFRESH_TIMEOUT) {
             self.asking = None;
@@ -272,7 +279,7 @@ impl Shards {
     }
 
     /// What node `i` reported: the map and moves are handled here, the rest goes to the worker.
-    fn absorb(&mut self, i: usize, events: Vec<Event>, out: &mut Vec<Event>) {
+    fn absorb(&mut self, i: usize, events: Vec<Event>, now: Instant, out: &mut Vec<Event>) {
         for event in events {
             match event {
                 Event::Connected => {
@@ -310,6 +317,21 @@ impl Shards {
                         self.want_refresh = true;
                     }
                     out.push(Event::BrokerError(format!("{}: {message}", self.nodes[i].driver_url())));
+                }
+                Event::Redirect { ask, host, port, topic, payload } => {
+                    // MOVED: the map is stale; ASK: one key's move under way, the map stands.
+                    if !ask {
+                        self.want_refresh = true;
+                    }
+                    let host = if host.is_empty() { self.nodes[i].host.clone() } else { host };
+                    match self.node(&host, port) {
+                        Ok(Some(n)) => {
+                            self.nodes[n].driver.reopen(now);
+                            // Not connected (yet): dropped and counted by its session.
+                            let _ = self.nodes[n].driver.publish_redirected(&topic, &payload, ask);
+                        }
+                        Ok(None) | Err(_) => self.unrouted += 1,
+                    }
                 }
                 Event::Message { .. } => out.push(event),
                 Event::StartTls => {}
@@ -349,7 +371,10 @@ impl Shards {
         for r in ranges {
             let host = if r.host.is_empty() { self.nodes[from].host.clone() } else { r.host.clone() };
             let node = match self.node(&host, r.port) {
-                Ok(Some(n)) => n,
+                Ok(Some(n)) => {
+                    self.nodes[n].driver.reopen(Instant::now());
+                    n
+                }
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!(node = %format!("{host}:{}", r.port), "could not set up the node's connection: {e}");
@@ -378,7 +403,19 @@ impl Shards {
                 let _ = self.nodes[i].driver.subscribe(&topic);
             }
         }
-        tracing::debug!(nodes = self.owners().len(), "the Redis Cluster's slot map applied");
+        // Nodes that own no slot any more (a failover demoted them, their slots migrated away):
+        // disconnected, unless the map names no owner at all (the cluster is broken; keep what
+        // there is to ask for the next map).
+        let owners = self.owners();
+        if !owners.is_empty() {
+            for (k, n) in self.nodes.iter_mut().enumerate() {
+                if !owners.contains(&k) && !n.driver.is_closed() {
+                    tracing::info!(node = %n.driver_url(), "closing the connection to a node that owns no slot");
+                    n.driver.close();
+                }
+            }
+        }
+        tracing::debug!(nodes = owners.len(), "the Redis Cluster's slot map applied");
     }
 }
 
@@ -389,5 +426,173 @@ impl Node {
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The router without a cluster: node connections opened and fed by hand, their output read
+    //! back as commands.
+    use redis_protocol::resp3::decode::complete::decode;
+    use redis_protocol::resp3::types::OwnedFrame;
+
+    use super::*;
+
+    const ORIGIN: [u8; 8] = *b"origin!!";
+
+    fn shards() -> Shards {
+        let url = crate::cluster::url::parse("redis+cluster://127.0.0.1:7000").unwrap();
+        Shards::new(url, "chat", Some(ORIGIN), 1024).unwrap()
+    }
+
+    /// Feeds node `i` bytes as if read from it; what the router passes on to the worker.
+    fn feed(s: &mut Shards, i: usize, bytes: &[u8], now: Instant) -> Vec<Event> {
+        let got = s.nodes[i].driver.feed_for_test(bytes, now);
+        let mut out = Vec::new();
+        s.absorb(i, got, now, &mut out);
+        out
+    }
+
+    /// Node `i` connected and through its handshake.
+    fn ready(s: &mut Shards, i: usize, now: Instant) -> Vec<Event> {
+        s.nodes[i].driver.open_for_test(now);
+        s.nodes[i].driver.take_output_for_test();
+        let out = feed(s, i, b"%0\r\n", now);
+        assert_eq!(s.nodes[i].driver.state(), State::Ready);
+        out
+    }
+
+    /// What node `i` would have been sent, one command a string (`SPUBLISH host:chat:t …`).
+    fn sent(s: &mut Shards, i: usize) -> Vec<String> {
+        let bytes = s.nodes[i].driver.take_output_for_test();
+        let mut at = 0;
+        let mut commands = Vec::new();
+        while at < bytes.len() {
+            let (frame, n) = decode(&bytes[at..]).unwrap().unwrap();
+            at += n;
+            let OwnedFrame::Array { data, .. } = frame else { panic!("not a command") };
+            let words: Vec<String> = data
+                .iter()
+                .map(|f| match f {
+                    OwnedFrame::BlobString { data, .. } => String::from_utf8_lossy(data).into_owned(),
+                    other => panic!("not a bulk string: {other:?}"),
+                })
+                .collect();
+            commands.push(words.join(" "));
+        }
+        commands
+    }
+
+    fn slots_reply(ranges: &[(u16, u16, u16)]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", ranges.len()).into_bytes();
+        for (start, end, port) in ranges {
+            out.extend(
+                format!("*3\r\n:{start}\r\n:{end}\r\n*3\r\n$9\r\n127.0.0.1\r\n:{port}\r\n$2\r\nid\r\n").into_bytes(),
+            );
+        }
+        out
+    }
+
+    fn push(parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend(format!("${}\r\n", p.len()).into_bytes());
+            out.extend_from_slice(p);
+            out.extend_from_slice(b"\r\n");
+        }
+        [format!(">{}\r\n", parts.len()).into_bytes(), out].concat()
+    }
+
+    /// A topic whose slot is in the lower (`low`) or upper half.
+    fn topic_in(low: bool) -> (Vec<u8>, u16) {
+        (0..)
+            .map(|k| format!("t{k}").into_bytes())
+            .map(|t| {
+                let slot = channel_slot(b"host:chat:", &t);
+                (t, slot)
+            })
+            .find(|(_, slot)| (*slot < 8192) == low)
+            .unwrap()
+    }
+
+    #[test]
+    fn publishes_follow_moved_and_ask_once_and_nodes_without_slots_are_closed() {
+        let now = Instant::now();
+        let mut s = shards();
+        assert!(ready(&mut s, 0, now).is_empty());
+        s.maybe_refresh(now);
+        assert_eq!(sent(&mut s, 0), ["CLUSTER SLOTS"]);
+        let map = feed(&mut s, 0, &slots_reply(&[(0, 8191, 7000), (8192, 16383, 7001)]), now);
+        assert_eq!(map, vec![Event::Connected]);
+        assert_eq!(s.nodes.len(), 2);
+        ready(&mut s, 1, now);
+        assert_eq!(s.state(), State::Ready);
+
+        // Each topic subscribed on its slot's owner only.
+        let ((low, _), (high, high_slot)) = (topic_in(true), topic_in(false));
+        let (low_name, high_name) = (String::from_utf8(low.clone()).unwrap(), String::from_utf8(high.clone()).unwrap());
+        s.subscribe(&low).unwrap();
+        s.subscribe(&high).unwrap();
+        assert_eq!(sent(&mut s, 0), [format!("SSUBSCRIBE host:chat:{low_name}")]);
+        assert_eq!(sent(&mut s, 1), [format!("SSUBSCRIBE host:chat:{high_name}")]);
+        let confirm = |t: &str| push(&[b"ssubscribe", format!("host:chat:{t}").as_bytes(), b"1"]);
+        feed(&mut s, 0, &confirm(&low_name), now);
+        feed(&mut s, 1, &confirm(&high_name), now);
+
+        // MOVED: sent again to the node named, and the map is wanted again.
+        s.publish(&high, b"m1").unwrap();
+        assert_eq!(sent(&mut s, 1), [format!("SPUBLISH host:chat:{high_name} origin!!m1")]);
+        s.want_refresh = false;
+        feed(&mut s, 1, format!("-MOVED {high_slot} 127.0.0.1:7000\r\n").as_bytes(), now);
+        assert_eq!(sent(&mut s, 0), [format!("SPUBLISH host:chat:{high_name} origin!!m1")]);
+        assert!(s.want_refresh);
+        assert_eq!((s.counters().redirected, s.counters().dropped_redirected), (1, 0));
+        // Redirected again: dropped and counted, sent nowhere.
+        feed(&mut s, 0, format!("-MOVED {high_slot} 127.0.0.1:7001\r\n").as_bytes(), now);
+        assert!(sent(&mut s, 0).is_empty() && sent(&mut s, 1).is_empty());
+        assert_eq!((s.counters().redirected, s.counters().dropped_redirected), (1, 1));
+
+        // ASK to a node not connected yet (an empty host: the node that answered): it is
+        // connected to, and the publish dropped and counted meanwhile.
+        s.publish(&high, b"m2").unwrap();
+        sent(&mut s, 1);
+        feed(&mut s, 1, format!("-ASK {high_slot} :7002\r\n").as_bytes(), now);
+        assert_eq!(s.nodes.len(), 3);
+        assert_eq!((s.nodes[2].host.as_str(), s.nodes[2].port), ("127.0.0.1", 7002));
+        assert_eq!((s.counters().redirected, s.counters().dropped_redirected), (1, 2));
+        // Once connected: ASKING, then the publish.
+        ready(&mut s, 2, now);
+        s.publish(&high, b"m3").unwrap();
+        sent(&mut s, 1);
+        s.want_refresh = false;
+        feed(&mut s, 1, format!("-ASK {high_slot} 127.0.0.1:7002\r\n").as_bytes(), now);
+        assert_eq!(sent(&mut s, 2), ["ASKING".to_string(), format!("SPUBLISH host:chat:{high_name} origin!!m3")]);
+        assert!(!s.want_refresh, "ASK leaves the map as it is");
+        assert_eq!(s.counters().redirected, 2);
+        feed(&mut s, 2, b"+OK\r\n:1\r\n", now);
+
+        // A failover: node 2 owns node 1's slots now. The subscription moves there and node 1,
+        // owning nothing, is disconnected and not reconnected.
+        let later = now + REFRESH_EVERY;
+        s.maybe_refresh(later);
+        let asked = (0..3).find(|&i| sent(&mut s, i) == ["CLUSTER SLOTS"]).expect("a node asked for the map");
+        feed(&mut s, asked, &slots_reply(&[(0, 8191, 7000), (8192, 16383, 7002)]), later);
+        // (Its SUNSUBSCRIBE is not even written: closing the connection ends it.)
+        assert!(sent(&mut s, 1).is_empty());
+        assert_eq!(sent(&mut s, 2), [format!("SSUBSCRIBE host:chat:{high_name}")]);
+        assert!(s.nodes[1].driver.is_closed());
+        assert_eq!(s.nodes[1].driver.state(), State::Disconnected);
+        assert!(s.nodes[1].driver.next_deadline().is_none(), "a closed node is not reconnected");
+        assert_eq!(s.node_counts(), (2, 2));
+        assert_eq!(s.state(), State::Ready);
+        s.publish(&high, b"m4").unwrap();
+        assert_eq!(sent(&mut s, 2), [format!("SPUBLISH host:chat:{high_name} origin!!m4")]);
+
+        // Named again (a redirection): connected again.
+        s.publish(&high, b"m5").unwrap();
+        feed(&mut s, 2, &confirm(&high_name), later);
+        feed(&mut s, 2, format!("-MOVED {high_slot} 127.0.0.1:7001\r\n").as_bytes(), later);
+        assert!(!s.nodes[1].driver.is_closed());
+        assert!(s.nodes[1].driver.next_deadline().is_some_and(|at| at <= later));
     }
 }

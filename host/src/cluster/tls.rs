@@ -1,12 +1,13 @@
 //! TLS to the broker (`rediss://`): the client side of rustls, over the driver's non-blocking
 //! socket. The broker's certificate is checked against the URL's CA file (`?ca=PATH`) or, without
-//! one, the system's CA bundle, and must name the URL's host (a name or an IP address).
+//! one, the system's CA bundle, and must name the URL's host (a name or an IP address). A URL
+//! with `cert=FILE&key=FILE` offers that client certificate when the broker asks for one.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use super::url::ClusterUrl;
@@ -26,12 +27,39 @@ pub fn client_config(url: &ClusterUrl) -> Result<Arc<ClientConfig>, String> {
     if roots.is_empty() {
         return Err(format!("the CA file {file} has no certificate"));
     }
-    let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match &url.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let (chain, key_der) = client_identity(cert, key)?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => {
+                    format!("the client key {key} is not the key of the certificate {cert}")
+                }
+                e => format!("the client certificate {cert} or its key {key} cannot be used: {e}"),
+            })?
+        }
+    };
     Ok(Arc::new(config))
+}
+
+/// The client certificate chain in `cert` and the private key in `key` (PEM), or why not.
+fn client_identity(cert: &str, key: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("could not read the client certificate {cert}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the client certificate {cert} is not PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("the client certificate file {cert} has no certificate"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!("the client key file {key} has no private key"),
+        e => format!("could not read the client key {key}: {e}"),
+    })?;
+    Ok((chain, key_der))
 }
 
 /// A TLS session on a new connection to `host`.
@@ -85,4 +113,56 @@ pub fn write(tls: &mut ClientConnection, socket: &mut impl Write, plain: &[u8]) 
         }
     }
     Ok(taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A URL to a TLS broker with the client certificate and key `cert`, `key` (file names in
+    /// `dir`), the CA `ca.pem` there.
+    fn url(dir: &std::path::Path, cert: &str, key: &str) -> ClusterUrl {
+        let path = |f: &str| dir.join(f).display().to_string();
+        super::super::url::parse(&format!(
+            "rediss://127.0.0.1:1?ca={}&cert={}&key={}",
+            path("ca.pem"),
+            path(cert),
+            path(key)
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn client_certificates_are_loaded_and_a_mismatch_or_a_missing_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("host-cluster-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap().self_signed(&key).unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        for (name, text) in [
+            ("ca.pem", cert.pem()),
+            ("client.pem", cert.pem()),
+            ("client.key", key.serialize_pem()),
+            ("other.key", other.serialize_pem()),
+            ("empty.pem", String::new()),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let check = |cert: &str, key: &str| client_config(&url(&dir, cert, key)).map(|_| ());
+        assert_eq!(check("client.pem", "client.key"), Ok(()));
+        let mismatch = check("client.pem", "other.key").unwrap_err();
+        assert!(mismatch.contains("is not the key of the certificate"), "{mismatch}");
+        let missing = check("gone.pem", "client.key").unwrap_err();
+        assert!(
+            missing.starts_with("could not read the client certificate") && missing.contains("gone.pem"),
+            "{missing}"
+        );
+        let missing = check("client.pem", "gone.key").unwrap_err();
+        assert!(missing.starts_with("could not read the client key") && missing.contains("gone.key"), "{missing}");
+        let empty = check("empty.pem", "client.key").unwrap_err();
+        assert!(empty.contains("has no certificate"), "{empty}");
+        let no_key = check("client.pem", "client.pem").unwrap_err();
+        assert!(no_key.contains("has no private key"), "{no_key}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,7 +1,9 @@
 //! The `--cluster` URL: `redis://[[user]:password@]HOST[:PORT][/db]`, `rediss://` (TLS),
 //! `nats://[user:pass@|token@]HOST[:PORT]`, `tls://` (NATS over TLS). A TLS URL may name the CA
 //! file that signed the broker's certificate: `rediss://HOST:PORT?ca=/etc/redis/ca.pem` (else
-//! the system's CA bundle). A Redis Cluster: `redis+cluster://HOST:PORT[,HOST:PORT…]` (or
+//! the system's CA bundle), and a client certificate for brokers that ask for one (Redis
+//! `tls-auth-clients yes`, NATS `tls { verify: true }`): `?cert=FILE&key=FILE` (PEM: the
+//! certificate chain, the private key), with or without `ca=`. A Redis Cluster: `redis+cluster://HOST:PORT[,HOST:PORT…]` (or
 //! `rediss+cluster://`): the seed nodes asked for the slot map, sharded pub/sub. No syscalls.
 
 use std::fmt;
@@ -31,6 +33,9 @@ pub struct ClusterUrl {
     pub db: Option<u32>,
     /// `?ca=PATH` of a TLS URL: the PEM file of the CAs to trust (None: the system's bundle).
     pub ca_file: Option<String>,
+    /// `cert=PATH&key=PATH` of a TLS URL: the client certificate chain and its private key
+    /// (PEM), offered when the broker asks for one. Both or neither.
+    pub client_cert: Option<(String, String)>,
     /// `redis+cluster://`: a Redis Cluster, reached through sharded pub/sub on the node that
     /// owns each topic's slot.
     pub cluster: bool,
@@ -72,8 +77,13 @@ impl fmt::Display for ClusterUrl {
         if let Some(db) = self.db {
             write!(f, "/{db}")?;
         }
+        let mut sep = '?';
         if let Some(ca) = &self.ca_file {
-            write!(f, "?ca={ca}")?;
+            write!(f, "{sep}ca={ca}")?;
+            sep = '&';
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            write!(f, "{sep}cert={cert}&key={key}")?;
         }
         Ok(())
     }
@@ -99,8 +109,10 @@ pub enum UrlError {
     Seeds,
     #[error("a redis+cluster:// URL has no database path (a Redis Cluster has database 0 only), found {0:?}")]
     ClusterDb(String),
-    #[error("the cluster URL's query {0:?} is not ca=FILE (and only a TLS URL, rediss:// or tls://, takes one)")]
+    #[error("the cluster URL's query {0:?} is not ca=FILE, cert=FILE, key=FILE joined by & (each once; only a TLS URL, rediss:// or tls://, takes one)")]
     Query(String),
+    #[error("the cluster URL names a client certificate and its key together: cert=FILE&key=FILE (found only {0}=)")]
+    CertKey(&'static str),
 }
 
 /// Parse a cluster URL.
@@ -145,14 +157,31 @@ pub fn parse(text: &str) -> Result<ClusterUrl, UrlError> {
         token: None,
         db: None,
         ca_file: None,
+        client_cert: None,
         cluster,
         more_seeds: seeds,
     };
     if let Some(query) = query {
-        match query.strip_prefix("ca=") {
-            Some(path) if tls && !path.is_empty() => url.ca_file = Some(percent_decode(path, "CA file")?),
-            _ => return Err(UrlError::Query(query.into())),
+        let (mut cert, mut key) = (None, None);
+        for pair in query.split('&') {
+            let (name, path) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match name {
+                "ca" => &mut url.ca_file,
+                "cert" => &mut cert,
+                "key" => &mut key,
+                _ => return Err(UrlError::Query(query.into())),
+            };
+            if !tls || path.is_empty() || slot.is_some() {
+                return Err(UrlError::Query(query.into()));
+            }
+            *slot = Some(percent_decode(path, "file name")?);
         }
+        url.client_cert = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => return Err(UrlError::CertKey("cert")),
+            (None, Some(_)) => return Err(UrlError::CertKey("key")),
+        };
     }
     if let Some(info) = userinfo {
         match info.split_once(':') {
@@ -236,7 +265,18 @@ mod tests {
         let u = parse("rediss://h:6380?ca=/etc/redis/my%20ca.pem").unwrap();
         assert_eq!((u.tls, u.ca_file.as_deref()), (true, Some("/etc/redis/my ca.pem")));
         assert_eq!(parse("redis://h?ca=/x"), Err(UrlError::Query("ca=/x".into())), "no TLS, no CA");
-        assert_eq!(parse("rediss://h?cert=/x"), Err(UrlError::Query("cert=/x".into())));
+        assert_eq!(parse("rediss://h?cert=/x"), Err(UrlError::CertKey("cert")));
+        assert_eq!(parse("rediss://h?key=/x"), Err(UrlError::CertKey("key")));
+        assert_eq!(parse("rediss://h?ca=/a&ca=/b"), Err(UrlError::Query("ca=/a&ca=/b".into())));
+        assert_eq!(parse("rediss://h?cert=&key=/k"), Err(UrlError::Query("cert=&key=/k".into())));
+        assert_eq!(parse("rediss://h?crt=/c"), Err(UrlError::Query("crt=/c".into())));
+        assert_eq!(parse("redis://h?cert=/c&key=/k"), Err(UrlError::Query("cert=/c&key=/k".into())));
+        let u = parse("rediss://h?key=/k%201.pem&ca=/ca.pem&cert=/c.pem").unwrap();
+        assert_eq!(u.ca_file.as_deref(), Some("/ca.pem"));
+        assert_eq!(u.client_cert, Some(("/c.pem".into(), "/k 1.pem".into())));
+        assert_eq!(u.to_string(), "rediss://h:6379?ca=/ca.pem&cert=/c.pem&key=/k 1.pem");
+        let u = parse("tls://h?cert=/c.pem&key=/k.pem").unwrap();
+        assert_eq!((u.ca_file.clone(), u.to_string()), (None, "tls://h:4222?cert=/c.pem&key=/k.pem".to_string()));
     }
 
     #[test]

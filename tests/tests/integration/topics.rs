@@ -460,6 +460,89 @@ fn two_hosts_through_nats_over_tls() {
     two_hosts_over_tls(BrokerKind::Nats);
 }
 
+// Client certificates: a broker that requires one signed by its CA (Redis `tls-auth-clients
+// yes`, NATS `--tlsverify`). Two hosts offering one (`?cert=&key=`) share a room; a host
+// without one is refused by the broker; files that cannot be read or do not match refuse the
+// start, saying which.
+fn two_hosts_with_client_certificates(kind: BrokerKind) {
+    let dir = host_tests::TempDir::new();
+    let ca_key = rcgen::KeyPair::generate().expect("a key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "topics test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("the CA");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let signed = |name: &str, usage: rcgen::ExtendedKeyUsagePurpose| {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+        params.subject_alt_names.push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        params.extended_key_usages.push(usage);
+        let cert = params.signed_by(&key, &issuer).expect("signed");
+        let cert_file = dir.write(format!("{name}.crt"), cert.pem().as_bytes());
+        let key_file = dir.write(format!("{name}.key"), key.serialize_pem().as_bytes());
+        (cert_file, key_file)
+    };
+    let ca_file = dir.write("ca.crt", ca_cert.pem().as_bytes());
+    let (server_cert, server_key) = signed("localhost", rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = signed("host-client", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    let broker = Broker::start_tls_verifying(kind, server_cert, server_key, ca_file.clone());
+    let url = format!(
+        "{}?ca={}&cert={}&key={}",
+        broker.url(),
+        ca_file.display(),
+        client_cert.display(),
+        client_key.display()
+    );
+    let start = || {
+        let host = Host::start("ws_chat", &["--count", "2", "--cluster", &url]);
+        host.log()
+            .wait_for_nth("connected to the cluster's broker", 2, READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("the workers did not connect to {url}: {e}"));
+        host
+    };
+    let (a, b) = (start(), start());
+    let (pa, pb) = (a.port(), b.port());
+    let script = format!(
+        r#"{TWO_HOSTS}
+a1, b1 = member({pa}, "certified"), member({pb}, "certified")
+print("synced", synced([a1], [b1]), synced([b1], [a1]))
+"#
+    );
+    assert_eq!(python(&script, pa), "synced True True\n");
+    // No client certificate: the broker ends the handshake.
+    let without = format!("{}?ca={}", broker.url(), ca_file.display());
+    let host = Host::start("ws_chat", &["--cluster", &without]);
+    host.log().wait_for("broker connection is down", READY_TIMEOUT).expect("refused by the broker");
+    assert!(!host.log().text().contains("connected to the cluster's broker"), "{}", host.log().text());
+    // Files that cannot be read, or a key that is not the certificate's: the start is refused.
+    let plugin_dir = host_tests::target_dir();
+    let refused = |query: String| {
+        let url = format!("{}?ca={}&{query}", broker.url(), ca_file.display());
+        let args = ["--plugin-dir", plugin_dir.to_str().unwrap(), "--plugin", "ws_chat", "--listen", "127.0.0.1:0"];
+        let out = host_tests::run_host(args.iter().copied().chain(["--cluster", url.as_str()]), READY_TIMEOUT);
+        assert!(!out.status.success(), "started with {url}");
+        out.stderr
+    };
+    let gone = dir.path().join("gone.crt");
+    let err = refused(format!("cert={}&key={}", gone.display(), client_key.display()));
+    assert!(err.contains("could not read the client certificate") && err.contains("gone.crt"), "{err}");
+    let err = refused(format!("cert={}&key={}", client_cert.display(), ca_file.display()));
+    assert!(err.contains("has no private key"), "{err}");
+    let (_, other_key) = signed("other", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    let err = refused(format!("cert={}&key={}", client_cert.display(), other_key.display()));
+    assert!(err.contains("is not the key of the certificate"), "{err}");
+}
+
+#[test]
+fn two_hosts_through_redis_with_client_certificates() {
+    two_hosts_with_client_certificates(BrokerKind::Redis);
+}
+
+#[test]
+fn two_hosts_through_nats_with_client_certificates() {
+    two_hosts_with_client_certificates(BrokerKind::Nats);
+}
+
 // ---- Across hosts through a Redis Cluster (sharded pub/sub) ----
 
 /// The room of a sharded channel (`host:<service>:<room>`).
@@ -573,4 +656,56 @@ print("alive", ok, "local", local)
     let out = a.command(["status"], COMMAND_TIMEOUT).stdout;
     let line = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default();
     assert!(line.contains("2/3 nodes"), "{out}");
+}
+
+// A failover in a real Redis Cluster (three masters, node 3 a replica of node 0): with members
+// of rooms on both hosts connected, `CLUSTER FAILOVER` on the replica. The rooms node 0 held go
+// on across hosts through node 3 (subscribed there now), and the workers that heard of it close
+// their connection to node 0, which owns no slot any more.
+#[test]
+fn two_hosts_through_a_redis_cluster_failover() {
+    use host_tests::broker::RedisCluster;
+    let cluster = RedisCluster::start_with_replica();
+    let url = cluster.url();
+    let start = || {
+        let host = Host::start("ws_chat", &["--count", "2", "--cluster", &url]);
+        host.log()
+            .wait_for_nth("connected to the cluster's broker", 2, READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("the workers did not get the slot map from {url}: {e}"));
+        host
+    };
+    let (mut a, mut b) = (start(), start());
+    let (pa, pb) = (a.port(), b.port());
+    let ports: Vec<u16> = (0..4).map(|n| cluster.port(n)).collect();
+    let script = format!(
+        r#"{TWO_HOSTS}
+import subprocess
+def cli(p, *a):
+    return subprocess.run(["redis-cli", "-p", str(p)] + list(a), capture_output=True, timeout=5).stdout.decode().strip()
+ports = {ports:?}
+rooms = ["room%d" % i for i in range(9)]
+members = {{r: (member({pa}, r), member({pb}, r)) for r in rooms}}
+before = all(synced([a1], [b1]) and synced([b1], [a1]) for a1, b1 in members.values())
+held = [c.rsplit(":", 1)[1] for c in cli(ports[0], "pubsub", "shardchannels").split()]
+assert held, "node 0 holds none of the rooms"
+assert cli(ports[3], "cluster", "failover") == "OK"
+deadline = time.time() + 30
+while cli(ports[3], "role").split()[0] != "master" and time.time() < deadline:
+    time.sleep(0.05)
+after = all(synced([members[r][0]], [members[r][1]], "after") and synced([members[r][1]], [members[r][0]], "after") for r in held)
+there = sorted(c.rsplit(":", 1)[1] for c in cli(ports[3], "pubsub", "shardchannels").split())
+print("before", before, "after", after, "moved", there == sorted(held))
+"#
+    );
+    assert_eq!(crate::websocket::python(&script, pa), "before True after True moved True\n");
+    // A worker with members in node 0's rooms heard it end their subscriptions and took the new
+    // map (one without learns it at the next periodic refresh, within a minute).
+    for host in [&mut a, &mut b] {
+        host.log()
+            .wait_for("closing the connection to a node that owns no slot", READY_TIMEOUT)
+            .expect("a worker closes its connection to the demoted node");
+        let out = host.command(["status"], COMMAND_TIMEOUT).stdout;
+        let line = out.lines().find(|l| l.starts_with("cluster:")).unwrap_or_default();
+        assert!(line.contains("ready 3/3 nodes") && !line.contains("down"), "{out}");
+    }
 }

@@ -10,6 +10,7 @@ mod conn;
 mod connect;
 mod export;
 mod host;
+mod relay;
 mod stats;
 mod topics;
 

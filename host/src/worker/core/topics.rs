@@ -120,6 +120,7 @@ impl Core {
         }
         self.topics.stats.received += 1;
         self.fan_out(from, topic, msg);
+        self.relay_to_broker(from, topic, msg);
         if !self.topics.seam_marks.is_empty() {
             // Read past every mark of a connection: nothing more of the old worker's can come.
             let seen = &self.topics.seen;
@@ -321,14 +322,17 @@ impl Core {
     fn cluster_events(&mut self, events: Vec<Event>) {
         for event in events {
             match event {
-                Event::Message { topic, payload } => self.deliver_published(None, &topic, &payload),
+                Event::Message { topic, payload } => {
+                    self.deliver_published(None, &topic, &payload);
+                    self.relay_from_broker(&topic, &payload);
+                }
                 Event::Connected => tracing::info!("connected to the cluster's broker"),
                 Event::Disconnected { reason } => {
                     tracing::warn!("the cluster's broker connection is down: {reason}; local delivery goes on")
                 }
                 Event::BrokerError(message) => tracing::warn!("the cluster's broker reported: {message}"),
                 // The driver's and the Redis Cluster router's own business (never reported).
-                Event::StartTls | Event::Slots(_) | Event::Unsubscribed { .. } => {}
+                Event::StartTls | Event::Slots(_) | Event::Unsubscribed { .. } | Event::Redirect { .. } => {}
             }
         }
     }
