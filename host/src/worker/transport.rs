@@ -499,7 +499,10 @@ impl Transport {
             return Err(e);
         }
         let unsent = r.take_unsent();
-        let Some(mut tls) = self.tls.take().filter(|_| !unsent.is_empty()) else { return Ok(unsent) };
+        if unsent.is_empty() || self.tls.is_none() {
+            return Ok(unsent);
+        }
+        let mut tls = self.tls.take().expect("checked above");
         // TLS: the ring's records go before those TLS holds; the rest of TLS's plaintext is
         // the connection's input.
         if let Err(why) = tls.settle(input) {

@@ -109,8 +109,8 @@ pub enum ExportError {
     #[error("a TLS connection cannot move: {0}")]
     Tls(CannotMove),
     /// On the io_uring backend, it could not leave the ring ([`Stay::InRing`]).
-    #[error("it could not leave the io_uring ring: {0}")]
-    InRing(String),
+    #[error("it could not leave the io_uring ring")]
+    InRing,
 }
 
 /// An import that failed: the connection is given back whole, with the reason.
@@ -260,7 +260,7 @@ impl Core {
             return Err(ExportError::Phase(c.phase));
         }
         if !c.stream.ring_lets_go() {
-            return Err(ExportError::InRing("it failed or is shutting down".into()));
+            return Err(ExportError::InRing);
         }
         // On io_uring, it leaves the ring first: what the ring received is read into its input,
         // what it had not sent goes before its output. (Checked before it leaves the table: a
@@ -277,7 +277,10 @@ impl Core {
         let left = left.map(|unsent| c.requeue_front(unsent));
         // TLS gives up the plaintext it holds to the connection's input (it moves with it).
         let settled = left
-            .map_err(|e| ExportError::InRing(e.to_string()))
+            .map_err(|e| {
+                tracing::debug!(conn = id.0, "could not leave the io_uring ring: {e}");
+                ExportError::InRing
+            })
             .and_then(|()| c.stream.settle_tls(&mut c.input).map_err(ExportError::Tls));
         if let Err(e) = settled {
             // It stays: back on the ring, its output flushed, what it read dispatched.

@@ -28,6 +28,12 @@
 //! its descriptor there until they are sent (or [`ORPHAN_MS`] pass), then it is closed; a
 //! dropped socket's receive is cancelled.
 //!
+//! A socket leaves the ring whole for an export ([`RingSocket::leave`]): its receive, send and
+//! `POLLOUT` wait are cancelled and their completions awaited (the socket enters the ring
+//! itself: the ring is shared with the sockets, [`Engine`]); then what it received is read as
+//! ever, what it had not sent is taken ([`RingSocket::take_unsent`]), and the descriptor alone
+//! holds the connection.
+//!
 //! Like `host/src/sys/`, this module is an OS boundary and may use `unsafe`: the ring shares
 //! memory with the kernel (the provided buffers, the bytes of a send in flight), which no safe
 //! interface can check; each block says who owns what until when.
@@ -357,7 +363,12 @@ impl RingHandle {
             _ => return stream,
         };
         let key = self.table.borrow_mut().insert(fd);
-        Stream::Ring(RingSocket { inner: Box::new(stream), key, table: self.table.clone(), engine: self.engine.clone() })
+        Stream::Ring(RingSocket {
+            inner: Box::new(stream),
+            key,
+            table: self.table.clone(),
+            engine: self.engine.clone(),
+        })
     }
 }
 
@@ -489,7 +500,8 @@ impl Ring {
             if s.fd < 0 {
                 continue;
             }
-            let want_recv = s.live && !s.leaving && s.token.is_some() && !s.eof && s.error.is_none() && s.unread() < INBOX_HIGH;
+            let want_recv =
+                s.live && !s.leaving && s.token.is_some() && !s.eof && s.error.is_none() && s.unread() < INBOX_HIGH;
             match (s.recv, want_recv) {
                 (RecvOp::Idle, true) => {
                     let recv = opcode::RecvMulti::new(fd, BGID).build();
@@ -565,95 +577,94 @@ impl Ring {
         self.again = again;
         Ok(())
     }
-
 }
 
 /// Handles the completions; true when the epoll descriptor became readable.
 fn complete(engine: &mut Engine, table: &mut Table) -> bool {
-        let mut epoll_ready = false;
-        let Engine { ring, bufs, epoll_armed, recycled, .. } = engine;
-        for cqe in ring.completion() {
-            let (kind, gen, key) = split_user_data(cqe.user_data());
-            let (res, flags) = (cqe.result(), cqe.flags());
-            if kind == Kind::Epoll as u8 {
-                epoll_ready = true;
-                if !cqueue::more(flags) {
-                    *epoll_armed = false;
-                }
-                continue;
+    let mut epoll_ready = false;
+    let Engine { ring, bufs, epoll_armed, recycled, .. } = engine;
+    for cqe in ring.completion() {
+        let (kind, gen, key) = split_user_data(cqe.user_data());
+        let (res, flags) = (cqe.result(), cqe.flags());
+        if kind == Kind::Epoll as u8 {
+            epoll_ready = true;
+            if !cqueue::more(flags) {
+                *epoll_armed = false;
             }
-            if kind == Kind::Cancel as u8 || table.socks.get(key as usize).is_none_or(|s| s.gen != gen) {
-                // (A buffer picked for a completion nobody wants still goes back.)
-                if let Some(bid) = cqueue::buffer_select(flags) {
-                    bufs.give_back(bid);
-                    *recycled = true;
-                }
-                continue;
-            }
-            match kind {
-                k if k == Kind::Recv as u8 => {
-                    let more = cqueue::more(flags);
-                    let s = &mut table.socks[key as usize];
-                    if !more {
-                        s.recv = RecvOp::Idle;
-                    }
-                    let mut hup = false;
-                    let mut read = false;
-                    if res > 0 {
-                        if let Some(bid) = cqueue::buffer_select(flags) {
-                            if s.live {
-                                s.inbox.extend_from_slice(bufs.data(bid, res as usize));
-                                read = true;
-                            }
-                            bufs.give_back(bid);
-                            *recycled = true;
-                        }
-                    } else if res == 0 {
-                        s.eof = true;
-                        hup = true;
-                    } else if -res != libc::ENOBUFS && -res != libc::ECANCELED {
-                        s.error = Some(-res);
-                        hup = true;
-                    }
-                    let over = s.unread() >= INBOX_HIGH;
-                    if !more || over || !s.live {
-                        // Re-armed (it ended: out of buffers, or the kernel's choice),
-                        // stopped (too much unread) or freed.
-                        table.schedule(key);
-                    }
-                    table.notify(key, read || hup, hup, false);
-                }
-                k if k == Kind::Send as u8 => {
-                    let s = &mut table.socks[key as usize];
-                    s.sending = false;
-                    let cancelled = std::mem::take(&mut s.send_cancelled);
-                    if res >= 0 {
-                        s.sent += res as usize;
-                        if s.sent >= s.inflight.len() {
-                            s.inflight.clear();
-                            s.sent = 0;
-                        }
-                    } else if -res == libc::ECANCELED && cancelled {
-                        // Stopped for an export ([`RingSocket::leave`]): its bytes stay unsent.
-                    } else if -res != libc::ECANCELED || s.error.is_none() {
-                        s.error = Some(-res);
-                    }
-                    let failed = s.error.is_some();
-                    let write = std::mem::take(&mut s.blocked) || failed;
-                    table.schedule(key);
-                    table.notify(key, failed, failed, write);
-                }
-                k if k == Kind::PollOut as u8 => {
-                    let s = &mut table.socks[key as usize];
-                    s.poll_out = false;
-                    s.blocked = false;
-                    table.schedule(key);
-                    table.notify(key, false, false, true);
-                }
-                _ => {}
-            }
+            continue;
         }
-        epoll_ready
+        if kind == Kind::Cancel as u8 || table.socks.get(key as usize).is_none_or(|s| s.gen != gen) {
+            // (A buffer picked for a completion nobody wants still goes back.)
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                bufs.give_back(bid);
+                *recycled = true;
+            }
+            continue;
+        }
+        match kind {
+            k if k == Kind::Recv as u8 => {
+                let more = cqueue::more(flags);
+                let s = &mut table.socks[key as usize];
+                if !more {
+                    s.recv = RecvOp::Idle;
+                }
+                let mut hup = false;
+                let mut read = false;
+                if res > 0 {
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        if s.live {
+                            s.inbox.extend_from_slice(bufs.data(bid, res as usize));
+                            read = true;
+                        }
+                        bufs.give_back(bid);
+                        *recycled = true;
+                    }
+                } else if res == 0 {
+                    s.eof = true;
+                    hup = true;
+                } else if -res != libc::ENOBUFS && -res != libc::ECANCELED {
+                    s.error = Some(-res);
+                    hup = true;
+                }
+                let over = s.unread() >= INBOX_HIGH;
+                if !more || over || !s.live {
+                    // Re-armed (it ended: out of buffers, or the kernel's choice),
+                    // stopped (too much unread) or freed.
+                    table.schedule(key);
+                }
+                table.notify(key, read || hup, hup, false);
+            }
+            k if k == Kind::Send as u8 => {
+                let s = &mut table.socks[key as usize];
+                s.sending = false;
+                let cancelled = std::mem::take(&mut s.send_cancelled);
+                if res >= 0 {
+                    s.sent += res as usize;
+                    if s.sent >= s.inflight.len() {
+                        s.inflight.clear();
+                        s.sent = 0;
+                    }
+                } else if -res == libc::ECANCELED && cancelled {
+                    // Stopped for an export ([`RingSocket::leave`]): its bytes stay unsent.
+                } else if -res != libc::ECANCELED || s.error.is_none() {
+                    s.error = Some(-res);
+                }
+                let failed = s.error.is_some();
+                let write = std::mem::take(&mut s.blocked) || failed;
+                table.schedule(key);
+                table.notify(key, failed, failed, write);
+            }
+            k if k == Kind::PollOut as u8 => {
+                let s = &mut table.socks[key as usize];
+                s.poll_out = false;
+                s.blocked = false;
+                table.schedule(key);
+                table.notify(key, false, false, true);
+            }
+            _ => {}
+        }
+    }
+    epoll_ready
 }
 
 /// Pushes a submission, submitting the queue first when it is full.
