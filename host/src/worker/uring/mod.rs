@@ -780,6 +780,20 @@ impl RingSocket {
         if !self.can_leave() {
             return Err(io::Error::other("the socket failed or is shutting down"));
         }
+        let result = self.cancel_and_wait();
+        if result.is_err() {
+            // It goes on on the ring: receives again, sends what it has.
+            self.with(|s, work| {
+                s.leaving = false;
+                s.poll_cancelled = false;
+                work.schedule(s);
+            });
+        }
+        result
+    }
+
+    /// [`RingSocket::leave`]'s cancels, and the wait for their completions.
+    fn cancel_and_wait(&mut self) -> io::Result<()> {
         let key = self.key;
         let start = std::time::Instant::now();
         let mut engine = self.engine.borrow_mut();
@@ -806,15 +820,10 @@ impl RingSocket {
             }
             if s.idle_in_kernel() {
                 s.poll_cancelled = false;
-                // A writer refused meanwhile waits for nothing here: the export takes it all.
-                s.want_poll_out = false;
                 break;
             }
             let left = LEAVE_WAIT.saturating_sub(start.elapsed());
             if left.is_zero() {
-                s.leaving = false;
-                s.poll_cancelled = false;
-                table.schedule(key);
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "the ring did not give the socket up in time"));
             }
             let ts = types::Timespec::new().sec(left.as_secs()).nsec(left.subsec_nanos());
