@@ -1019,3 +1019,30 @@ fn a_udp_session_snapshot_that_makes_no_sense_is_refused() {
     assert_eq!(c.core.import_session(good.clone()), Err(BadSession::NoSocket));
     assert_eq!(b.core.import_session(good).map(|_| ()), Ok(()));
 }
+
+/// What the io_uring ring had not sent when a connection left it goes before the output still
+/// queued (`Conn::requeue_front`): the file ranges keep their place after the bytes before them,
+/// and the bytes count as written once they are written again.
+#[test]
+fn bytes_the_ring_had_not_sent_go_before_the_queued_output() {
+    let mut b = Bench::new(Limits { max_send_buffer: 1 << 20, ..Limits::default() });
+    let (ours, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let id = b.accept(Stream::Unix(mio::net::UnixStream::from_std(ours)));
+    let (file, _) = file_of(3000);
+    assert!(b.core.send(id, b"head;"));
+    assert_eq!(b.core.send_file(id, file.as_raw_fd(), 1000, 500), Ok(()));
+    assert!(b.core.send(id, b";tail"));
+    {
+        let c = b.core.get_mut(id).unwrap();
+        // As if "hea" was written already: the output's front is spent.
+        c.output_pos = 3;
+        c.bytes_out = 103;
+        c.requeue_front(b"unsent:".to_vec());
+        assert_eq!(c.bytes_out, 96);
+    }
+    let s = b.core.snapshot(id).unwrap();
+    assert_eq!(s.output, b"unsent:d;;tail");
+    assert_eq!(s.files.len(), 1);
+    assert_eq!(s.files[0].at, b"unsent:d;".len(), "the file range after the bytes before it");
+}

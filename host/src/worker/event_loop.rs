@@ -162,6 +162,7 @@ impl Worker {
             poll,
         };
         worker.core.worker_count = spec.worker_count;
+        worker.core.ring = worker.ring.as_ref().map(Ring::handle);
         // The loop's clock (`now_ms`, from `epoch`) on the system's monotonic clock.
         worker.core.watch = super::core::Watch::new(watch, sys::monotonic_ms());
         worker.core.udp = udp;

@@ -474,10 +474,91 @@ impl Transport {
         self.tls.as_ref().map_or(Ok(()), |t| t.movable())
     }
 
-    /// On the io_uring backend, whether bytes of it are in the ring (received and not read, or
-    /// written and not sent): then [`Transport::into_parts`] cannot take it apart.
-    pub fn bytes_in_ring(&self) -> bool {
-        matches!(&self.stream, Stream::Ring(r) if !r.is_settled())
+    /// On the io_uring backend, whether the ring can let it go ([`Transport::leave_ring`]): not
+    /// a socket that failed or whose shutdown waits for its queued bytes.
+    pub fn ring_lets_go(&self) -> bool {
+        match &self.stream {
+            Stream::Ring(r) => r.can_leave(),
+            _ => true,
+        }
+    }
+
+    /// Takes a connection on the io_uring ring off it, for an export (nothing to do for other
+    /// streams): its receive and its send in flight are stopped and awaited; what the ring
+    /// received and the connection had not read is read through the transport (TLS opens its
+    /// records) and appended to `input`; what was written and the ring had not sent is given
+    /// back: returned for a plain stream (the caller writes it before its output), under TLS
+    /// (records sealed already) put before the records the TLS state holds to send, the state
+    /// going on as a moved record layer. Then [`Transport::into_parts`] can take it apart.
+    /// Refused: it goes on on the ring (what was read into `input` stays there: dispatch it).
+    pub fn leave_ring(&mut self, input: &mut Vec<u8>) -> io::Result<Vec<u8>> {
+        let Stream::Ring(r) = &mut self.stream else { return Ok(Vec::new()) };
+        r.leave()?;
+        let mut chunk = [0u8; TLS_FILE_CHUNK];
+        let read = loop {
+            match self.read(&mut chunk) {
+                // (Its end: the socket says so again to whoever reads it next.)
+                Ok(0) => break Ok(()),
+                Ok(n) => input.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let Stream::Ring(r) = &mut self.stream else { unreachable!("a ring socket above") };
+        if let Err(e) = read {
+            r.stay(Vec::new());
+            return Err(e);
+        }
+        let unsent = r.take_unsent();
+        if unsent.is_empty() || self.tls.is_none() {
+            return Ok(unsent);
+        }
+        let mut tls = self.tls.take().expect("checked above");
+        // TLS: the ring's records go before those TLS holds; the rest of TLS's plaintext is
+        // the connection's input.
+        if let Err(why) = tls.settle(input) {
+            self.tls = Some(tls);
+            r.stay(unsent);
+            return Err(io::Error::other(why));
+        }
+        let lost = match tls.into_moved() {
+            Ok(mut moved) => {
+                moved.unsent.splice(0..0, unsent);
+                match TlsSession::from_moved(moved) {
+                    Ok(session) => {
+                        self.tls = Some(session);
+                        return Ok(Vec::new());
+                    }
+                    Err(e) => e.to_string(),
+                }
+            }
+            Err((Some(back), why)) => {
+                self.tls = Some(back);
+                r.stay(unsent);
+                return Err(io::Error::other(why));
+            }
+            Err((None, why)) => why.to_string(),
+        };
+        // The TLS state is gone (not expected: `movable` checked it): nothing more can be said
+        // on this connection; the socket fails, and the connection closes on its next read.
+        r.fail();
+        Err(io::Error::other(format!("its TLS state was lost: {lost}")))
+    }
+
+    /// Puts a connection [`Transport::leave_ring`] took off the ring back on it (the export
+    /// failed after it).
+    pub fn stay_on_ring(&mut self) {
+        if let Stream::Ring(r) = &mut self.stream {
+            r.stay(Vec::new());
+        }
+    }
+
+    /// Puts the stream's I/O on the worker's io_uring ring (an imported connection, on a
+    /// worker with `--io uring`).
+    pub fn adopt_ring(&mut self, ring: &super::uring::RingHandle) {
+        let stream = std::mem::replace(&mut self.stream, Stream::Datagram(SocketAddr::from(([0, 0, 0, 0], 0))));
+        self.stream = ring.adopt(stream);
     }
 
     /// Whether registering it announces what is waiting to be read already: a plain TCP or Unix

@@ -449,8 +449,10 @@ fn a_replacement_serves_no_one_before_the_old_state_is_in() {
         .find_map(|w| w.strip_prefix("pid="))
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no pid in {started}"));
-    // In its loop (epoll_wait, 232 on x86_64; its start polls with poll(2)): ready, waiting.
-    let in_loop = host_tests::poll_until(LOG_TIMEOUT, || (syscall_of(new).as_deref() == Some("232")).then_some(()));
+    // In its loop (epoll_wait, 232 on x86_64, or with `--io uring` io_uring_enter, 426; its
+    // start polls with poll(2)): ready, waiting.
+    let waiting = |s: Option<String>| matches!(s.as_deref(), Some("232" | "426"));
+    let in_loop = host_tests::poll_until(LOG_TIMEOUT, || waiting(syscall_of(new)).then_some(()));
     kill(Pid::from_raw(old[0]), Signal::SIGSTOP).expect("SIGSTOP the old worker");
     host_tests::poll_until(LOG_TIMEOUT, || (process_state(old[0]) == Some('T')).then_some(()))
         .expect("the old worker did not stop");

@@ -218,6 +218,22 @@ impl Conn {
         result
     }
 
+    /// Puts bytes counted as written back before the output (what the io_uring ring had not
+    /// sent when the connection left it, for an export): they are written first, and counted
+    /// again then.
+    pub fn requeue_front(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.compact();
+        let n = bytes.len();
+        self.output.splice(0..0, bytes);
+        for f in &mut self.files {
+            f.at += n;
+        }
+        self.bytes_out = self.bytes_out.saturating_sub(n as u64);
+    }
+
     /// Drops the written bytes from the front of the output (file ranges keep their place).
     /// Written bytes must not pile up while some output is always pending (a client that reads
     /// a little slower than it is sent to).

@@ -108,8 +108,8 @@ pub enum ExportError {
     /// A TLS connection that cannot move (its handshake is not finished, say).
     #[error("a TLS connection cannot move: {0}")]
     Tls(CannotMove),
-    /// Its bytes are in the io_uring ring ([`Stay::InRing`]).
-    #[error("its bytes are in the io_uring ring")]
+    /// On the io_uring backend, it could not leave the ring ([`Stay::InRing`]).
+    #[error("it could not leave the io_uring ring")]
     InRing,
 }
 
@@ -136,9 +136,10 @@ pub enum Stay {
     /// (`RawHostExt::handover_carry`): still connecting, or its owner stays.
     #[error("outbound, not carried")]
     Outbound,
-    /// On the io_uring backend, bytes of it are still in the ring (received and not read, or
-    /// written and not sent): only its descriptor could move, and those bytes would be lost.
-    #[error("its bytes are in the io_uring ring")]
+    /// On the io_uring backend, the ring cannot let it go: its socket failed, or a shutdown
+    /// waits for its queued bytes (it is closing). (A connection with bytes in the ring moves:
+    /// [`Core::export`] takes them.)
+    #[error("the io_uring ring cannot let it go")]
     InRing,
 }
 
@@ -192,7 +193,7 @@ impl Core {
         if c.stream.tls_movable().is_err() {
             return Err(Stay::Tls);
         }
-        if c.stream.bytes_in_ring() {
+        if !c.stream.ring_lets_go() {
             return Err(Stay::InRing);
         }
         Ok(c.origin)
@@ -258,13 +259,36 @@ impl Core {
         if !matches!(c.phase, ConnPhase::Open | ConnPhase::Closing { announced: true }) {
             return Err(ExportError::Phase(c.phase));
         }
-        if c.stream.bytes_in_ring() {
-            // Checked before it leaves the table: a connection is never lost to an export.
+        if !c.stream.ring_lets_go() {
             return Err(ExportError::InRing);
         }
-        // TLS gives up the plaintext it holds to the connection's input (it moves with it).
+        // On io_uring, it leaves the ring first: what the ring received is read into its input,
+        // what it had not sent goes before its output. (Checked before it leaves the table: a
+        // connection is never lost to an export.)
+        let now = self.now_ms;
         let c = self.get_mut(id).expect("checked above");
-        c.stream.settle_tls(&mut c.input).map_err(ExportError::Tls)?;
+        let had = c.input.len();
+        let left = c.stream.leave_ring(&mut c.input);
+        let received = (c.input.len() - had) as u64;
+        c.bytes_in += received;
+        if received > 0 && c.message_started_ms.is_none() {
+            c.message_started_ms = Some(now);
+        }
+        let left = left.map(|unsent| c.requeue_front(unsent));
+        // TLS gives up the plaintext it holds to the connection's input (it moves with it).
+        let settled = left
+            .map_err(|e| {
+                tracing::debug!(conn = id.0, "could not leave the io_uring ring: {e}");
+                ExportError::InRing
+            })
+            .and_then(|()| c.stream.settle_tls(&mut c.input).map_err(ExportError::Tls));
+        if let Err(e) = settled {
+            // It stays: back on the ring, its output flushed, what it read dispatched.
+            c.stream.stay_on_ring();
+            self.mark_dirty(id.index());
+            self.deferred.push_back((id, Deferred::Resume));
+            return Err(e);
+        }
         let snapshot = self.snapshot(id).expect("checked above");
         let conn = self.take(id.index()).expect("checked above");
         let (socket, tls) = match conn.stream.into_parts() {
@@ -307,6 +331,10 @@ impl Core {
     fn import_at(&mut self, id: ConnId, conn: ExportedConn) -> Result<ConnId, ImportError> {
         let ExportedConn { socket, tls, files, snapshot: s } = conn;
         let mut stream = Transport::from_parts(socket, tls);
+        if let Some(ring) = &self.ring {
+            // On io_uring: on this worker's ring, as the connections it accepts.
+            stream.adopt_ring(ring);
+        }
         let index = id.index();
         if let Err(source) = self.registry.register(&mut stream, Token(index + CONN_TOKEN_BASE), Interest::READABLE) {
             self.release_id(id);

@@ -118,6 +118,8 @@ pub struct Core {
     /// an export, and the old ids of those that arrived during an adoption.
     pub carry: export::Carry,
     registry: Registry,
+    /// With `--io uring`: the worker's ring, where imported connections go.
+    pub ring: Option<super::uring::RingHandle>,
 }
 
 /// The worker's side of its watch page (`ctl::watch`): which plugin callback the loop is in, for
@@ -207,6 +209,7 @@ impl Core {
             topics: TopicTable::new(limits.topics, super::topic_seam::publisher_id()),
             carry: export::Carry::default(),
             registry,
+            ring: None,
         }
     }
 

@@ -28,6 +28,12 @@
 //! its descriptor there until they are sent (or [`ORPHAN_MS`] pass), then it is closed; a
 //! dropped socket's receive is cancelled.
 //!
+//! A socket leaves the ring whole for an export ([`RingSocket::leave`]): its receive, send and
+//! `POLLOUT` wait are cancelled and their completions awaited (the socket enters the ring
+//! itself: the ring is shared with the sockets, [`Engine`]); then what it received is read as
+//! ever, what it had not sent is taken ([`RingSocket::take_unsent`]), and the descriptor alone
+//! holds the connection.
+//!
 //! Like `host/src/sys/`, this module is an OS boundary and may use `unsafe`: the ring shares
 //! memory with the kernel (the provided buffers, the bytes of a send in flight), which no safe
 //! interface can check; each block says who owns what until when.
@@ -69,6 +75,8 @@ const INBOX_HIGH: usize = 64 * 1024;
 /// How long a socket dropped with bytes still to send keeps sending them before they are
 /// cancelled and it is closed.
 const ORPHAN_MS: u64 = 10_000;
+/// How long a socket leaving the ring waits for its cancelled operations at most.
+const LEAVE_WAIT: Duration = Duration::from_millis(200);
 
 /// What a completion was for (the top byte of its user data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +148,11 @@ struct Sock {
     ev_listed: bool,
     /// A dropped socket's sends are cancelled at this time.
     orphan_until: Option<u64>,
+    /// It is leaving the ring (an export, [`RingSocket::leave`]): nothing new is submitted for
+    /// it, what is in flight is cancelled.
+    leaving: bool,
+    /// The send in flight was asked to stop ([`RingSocket::leave`]).
+    send_cancelled: bool,
 }
 
 impl Sock {
@@ -149,6 +162,11 @@ impl Sock {
 
     fn unsent(&self) -> bool {
         self.sending || !self.queued.is_empty() || self.sent < self.inflight.len()
+    }
+
+    /// The kernel holds no operation of it (no receive, send or `POLLOUT` wait in flight).
+    fn idle_in_kernel(&self) -> bool {
+        self.recv == RecvOp::Idle && !self.sending && !self.poll_out
     }
 }
 
@@ -300,24 +318,58 @@ impl BufRing {
 impl Drop for BufRing {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout; the ring that used it is gone (the
-        // `Ring` drops its `IoUring` first: field order).
+        // `Engine` drops its `IoUring` first: field order).
         unsafe { std::alloc::dealloc(self.entries.cast(), self.layout) };
     }
 }
 
-/// The worker's ring.
-pub struct Ring {
+/// The ring itself and its provided buffers, shared by the [`Ring`] (a loop turn) and the
+/// sockets (a socket leaving the ring waits for its cancelled operations: [`RingSocket::leave`]).
+struct Engine {
     // (Dropped first: the kernel stops using the buffers before they are freed.)
     ring: IoUring,
     bufs: BufRing,
+    epoll_armed: bool,
+    /// The epoll descriptor's watch completed outside a turn (reported by the next one).
+    epoll_ready: bool,
+    /// Buffers given back, not yet published.
+    recycled: bool,
+}
+
+/// The worker's ring.
+pub struct Ring {
+    engine: Rc<RefCell<Engine>>,
     table: Rc<RefCell<Table>>,
     /// The mio poller's epoll descriptor, watched through the ring.
     epoll_fd: RawFd,
-    epoll_armed: bool,
-    /// Buffers given back this turn, published once at its end.
-    recycled: bool,
     /// Dropped sockets still sending, looked at again next turn (kept: no allocation a turn).
     again: Vec<u32>,
+}
+
+/// What puts a stream on the worker's ring, kept by the connection table for the connections
+/// it imports (a hand-over, or one taken back after a hand-over failed).
+#[derive(Clone)]
+pub struct RingHandle {
+    engine: Rc<RefCell<Engine>>,
+    table: Rc<RefCell<Table>>,
+}
+
+impl RingHandle {
+    /// Puts a stream's I/O on the ring (a UDP session's or a fake socket is given back).
+    pub fn adopt(&self, stream: Stream) -> Stream {
+        let fd = match &stream {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+            _ => return stream,
+        };
+        let key = self.table.borrow_mut().insert(fd);
+        Stream::Ring(RingSocket {
+            inner: Box::new(stream),
+            key,
+            table: self.table.clone(),
+            engine: self.engine.clone(),
+        })
+    }
 }
 
 impl Ring {
@@ -349,18 +401,18 @@ impl Ring {
         // SAFETY: the entries stay allocated until `bufs` is dropped, which happens after the
         // ring (see `Ring`'s field order), and the ring is not shared.
         unsafe { ring.submitter().register_buf_ring_with_flags(bufs.entries as u64, BUF_COUNT, BGID, 0)? };
-        Ok(Ring { ring, bufs, table: Rc::default(), epoll_fd, epoll_armed: false, recycled: false, again: Vec::new() })
+        let engine = Engine { ring, bufs, epoll_armed: false, epoll_ready: false, recycled: false };
+        Ok(Ring { engine: Rc::new(RefCell::new(engine)), table: Rc::default(), epoll_fd, again: Vec::new() })
+    }
+
+    /// What puts streams on this ring (for the connection table's imports).
+    pub fn handle(&self) -> RingHandle {
+        RingHandle { engine: self.engine.clone(), table: self.table.clone() }
     }
 
     /// Puts an accepted stream's I/O on the ring.
     pub fn adopt(&self, stream: Stream) -> Stream {
-        let fd = match &stream {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-            _ => return stream,
-        };
-        let key = self.table.borrow_mut().insert(fd);
-        Stream::Ring(RingSocket { inner: Box::new(stream), key, table: self.table.clone() })
+        self.handle().adopt(stream)
     }
 
     /// One turn's wait: submits what the sockets queued (receives to arm, sends), waits up to
@@ -369,7 +421,11 @@ impl Ring {
     pub fn turn(&mut self, timeout: Option<Duration>, now_ms: u64, events: &mut Vec<RingEvent>) -> io::Result<bool> {
         events.clear();
         self.prepare(now_ms)?;
-        let submitter = self.ring.submitter();
+        let mut engine = self.engine.borrow_mut();
+        // Completions handled outside a turn (a socket that left the ring) are reported now.
+        let handled = engine.epoll_ready || !self.table.borrow().events.is_empty();
+        let timeout = if handled { Some(Duration::ZERO) } else { timeout };
+        let submitter = engine.ring.submitter();
         let result = match timeout {
             // (A zero timeout still asks for completions: deferred task work runs only then.)
             Some(t) if t.is_zero() => {
@@ -386,11 +442,11 @@ impl Ring {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
             Err(e) => return Err(e),
         }
-        let epoll_ready = self.complete();
-        if std::mem::take(&mut self.recycled) {
-            self.bufs.publish();
-        }
         let mut table = self.table.borrow_mut();
+        let epoll_ready = complete(&mut engine, &mut table) | std::mem::take(&mut engine.epoll_ready);
+        if std::mem::take(&mut engine.recycled) {
+            engine.bufs.publish();
+        }
         let keys = std::mem::take(&mut table.events);
         for &key in &keys {
             let s = &mut table.socks[key as usize];
@@ -426,11 +482,14 @@ impl Ring {
 
     /// Queues the submissions of the sockets on the work list.
     fn prepare(&mut self, now_ms: u64) -> io::Result<()> {
-        if !self.epoll_armed {
+        let mut engine = self.engine.borrow_mut();
+        let engine = &mut *engine;
+        if !engine.epoll_armed {
             let poll = opcode::PollAdd::new(types::Fd(self.epoll_fd), libc::POLLIN as u32).multi(true).build();
-            push(&mut self.ring, poll.user_data(user_data(Kind::Epoll, 0, 0)))?;
-            self.epoll_armed = true;
+            push(&mut engine.ring, poll.user_data(user_data(Kind::Epoll, 0, 0)))?;
+            engine.epoll_armed = true;
         }
+        let ring = &mut engine.ring;
         let mut table = self.table.borrow_mut();
         let mut work = std::mem::take(&mut table.work);
         let mut again = std::mem::take(&mut self.again);
@@ -441,16 +500,17 @@ impl Ring {
             if s.fd < 0 {
                 continue;
             }
-            let want_recv = s.live && s.token.is_some() && !s.eof && s.error.is_none() && s.unread() < INBOX_HIGH;
+            let want_recv =
+                s.live && !s.leaving && s.token.is_some() && !s.eof && s.error.is_none() && s.unread() < INBOX_HIGH;
             match (s.recv, want_recv) {
                 (RecvOp::Idle, true) => {
                     let recv = opcode::RecvMulti::new(fd, BGID).build();
-                    push(&mut self.ring, recv.user_data(user_data(Kind::Recv, key, gen)))?;
+                    push(ring, recv.user_data(user_data(Kind::Recv, key, gen)))?;
                     s.recv = RecvOp::Armed;
                 }
                 (RecvOp::Armed, false) => {
                     let cancel = opcode::AsyncCancel::new(user_data(Kind::Recv, key, gen)).build();
-                    push(&mut self.ring, cancel.user_data(user_data(Kind::Cancel, key, gen)))?;
+                    push(ring, cancel.user_data(user_data(Kind::Cancel, key, gen)))?;
                     s.recv = RecvOp::Cancelling;
                 }
                 _ => {}
@@ -461,14 +521,14 @@ impl Ring {
                     Some(t) if now_ms >= t => {
                         if s.sending {
                             let cancel = opcode::AsyncCancel::new(user_data(Kind::Send, key, gen)).build();
-                            push(&mut self.ring, cancel.user_data(user_data(Kind::Cancel, key, gen)))?;
+                            push(ring, cancel.user_data(user_data(Kind::Cancel, key, gen)))?;
                         }
                         s.error = Some(libc::ETIMEDOUT);
                     }
                     Some(_) => {}
                 }
             }
-            if !s.sending && s.error.is_none() {
+            if !s.sending && s.error.is_none() && !s.leaving {
                 if s.sent >= s.inflight.len() && !s.queued.is_empty() {
                     std::mem::swap(&mut s.queued, &mut s.inflight);
                     s.queued.clear();
@@ -483,18 +543,18 @@ impl Ring {
                     // The bytes stay where they are until the completion: `inflight` is not
                     // touched while `sending` (its heap buffer does not move with the table).
                     let send = opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32).flags(flags).build();
-                    push(&mut self.ring, send.user_data(user_data(Kind::Send, key, gen)))?;
+                    push(ring, send.user_data(user_data(Kind::Send, key, gen)))?;
                     s.sending = true;
                 }
             }
             if !s.live && s.poll_out && !s.poll_cancelled {
                 let cancel = opcode::AsyncCancel::new(user_data(Kind::PollOut, key, gen)).build();
-                push(&mut self.ring, cancel.user_data(user_data(Kind::Cancel, key, gen)))?;
+                push(ring, cancel.user_data(user_data(Kind::Cancel, key, gen)))?;
                 s.poll_cancelled = true;
             }
-            if s.want_poll_out && !s.poll_out && s.live {
+            if s.want_poll_out && !s.poll_out && s.live && !s.leaving {
                 let poll = opcode::PollAdd::new(fd, libc::POLLOUT as u32).build();
-                push(&mut self.ring, poll.user_data(user_data(Kind::PollOut, key, gen)))?;
+                push(ring, poll.user_data(user_data(Kind::PollOut, key, gen)))?;
                 s.poll_out = true;
                 s.want_poll_out = false;
             }
@@ -517,91 +577,94 @@ impl Ring {
         self.again = again;
         Ok(())
     }
+}
 
-    /// Handles the completions; true when the epoll descriptor became readable.
-    fn complete(&mut self) -> bool {
-        let mut epoll_ready = false;
-        let mut table = self.table.borrow_mut();
-        for cqe in self.ring.completion() {
-            let (kind, gen, key) = split_user_data(cqe.user_data());
-            let (res, flags) = (cqe.result(), cqe.flags());
-            if kind == Kind::Epoll as u8 {
-                epoll_ready = true;
-                if !cqueue::more(flags) {
-                    self.epoll_armed = false;
-                }
-                continue;
+/// Handles the completions; true when the epoll descriptor became readable.
+fn complete(engine: &mut Engine, table: &mut Table) -> bool {
+    let mut epoll_ready = false;
+    let Engine { ring, bufs, epoll_armed, recycled, .. } = engine;
+    for cqe in ring.completion() {
+        let (kind, gen, key) = split_user_data(cqe.user_data());
+        let (res, flags) = (cqe.result(), cqe.flags());
+        if kind == Kind::Epoll as u8 {
+            epoll_ready = true;
+            if !cqueue::more(flags) {
+                *epoll_armed = false;
             }
-            if kind == Kind::Cancel as u8 || table.socks.get(key as usize).is_none_or(|s| s.gen != gen) {
-                // (A buffer picked for a completion nobody wants still goes back.)
-                if let Some(bid) = cqueue::buffer_select(flags) {
-                    self.bufs.give_back(bid);
-                    self.recycled = true;
-                }
-                continue;
-            }
-            match kind {
-                k if k == Kind::Recv as u8 => {
-                    let more = cqueue::more(flags);
-                    let s = &mut table.socks[key as usize];
-                    if !more {
-                        s.recv = RecvOp::Idle;
-                    }
-                    let mut hup = false;
-                    let mut read = false;
-                    if res > 0 {
-                        if let Some(bid) = cqueue::buffer_select(flags) {
-                            if s.live {
-                                s.inbox.extend_from_slice(self.bufs.data(bid, res as usize));
-                                read = true;
-                            }
-                            self.bufs.give_back(bid);
-                            self.recycled = true;
-                        }
-                    } else if res == 0 {
-                        s.eof = true;
-                        hup = true;
-                    } else if -res != libc::ENOBUFS && -res != libc::ECANCELED {
-                        s.error = Some(-res);
-                        hup = true;
-                    }
-                    let over = s.unread() >= INBOX_HIGH;
-                    if !more || over || !s.live {
-                        // Re-armed (it ended: out of buffers, or the kernel's choice),
-                        // stopped (too much unread) or freed.
-                        table.schedule(key);
-                    }
-                    table.notify(key, read || hup, hup, false);
-                }
-                k if k == Kind::Send as u8 => {
-                    let s = &mut table.socks[key as usize];
-                    s.sending = false;
-                    if res >= 0 {
-                        s.sent += res as usize;
-                        if s.sent >= s.inflight.len() {
-                            s.inflight.clear();
-                            s.sent = 0;
-                        }
-                    } else if -res != libc::ECANCELED || s.error.is_none() {
-                        s.error = Some(-res);
-                    }
-                    let failed = s.error.is_some();
-                    let write = std::mem::take(&mut s.blocked) || failed;
-                    table.schedule(key);
-                    table.notify(key, failed, failed, write);
-                }
-                k if k == Kind::PollOut as u8 => {
-                    let s = &mut table.socks[key as usize];
-                    s.poll_out = false;
-                    s.blocked = false;
-                    table.schedule(key);
-                    table.notify(key, false, false, true);
-                }
-                _ => {}
-            }
+            continue;
         }
-        epoll_ready
+        if kind == Kind::Cancel as u8 || table.socks.get(key as usize).is_none_or(|s| s.gen != gen) {
+            // (A buffer picked for a completion nobody wants still goes back.)
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                bufs.give_back(bid);
+                *recycled = true;
+            }
+            continue;
+        }
+        match kind {
+            k if k == Kind::Recv as u8 => {
+                let more = cqueue::more(flags);
+                let s = &mut table.socks[key as usize];
+                if !more {
+                    s.recv = RecvOp::Idle;
+                }
+                let mut hup = false;
+                let mut read = false;
+                if res > 0 {
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        if s.live {
+                            s.inbox.extend_from_slice(bufs.data(bid, res as usize));
+                            read = true;
+                        }
+                        bufs.give_back(bid);
+                        *recycled = true;
+                    }
+                } else if res == 0 {
+                    s.eof = true;
+                    hup = true;
+                } else if -res != libc::ENOBUFS && -res != libc::ECANCELED {
+                    s.error = Some(-res);
+                    hup = true;
+                }
+                let over = s.unread() >= INBOX_HIGH;
+                if !more || over || !s.live {
+                    // Re-armed (it ended: out of buffers, or the kernel's choice),
+                    // stopped (too much unread) or freed.
+                    table.schedule(key);
+                }
+                table.notify(key, read || hup, hup, false);
+            }
+            k if k == Kind::Send as u8 => {
+                let s = &mut table.socks[key as usize];
+                s.sending = false;
+                let cancelled = std::mem::take(&mut s.send_cancelled);
+                if res >= 0 {
+                    s.sent += res as usize;
+                    if s.sent >= s.inflight.len() {
+                        s.inflight.clear();
+                        s.sent = 0;
+                    }
+                } else if -res == libc::ECANCELED && cancelled {
+                    // Stopped for an export ([`RingSocket::leave`]): its bytes stay unsent.
+                } else if -res != libc::ECANCELED || s.error.is_none() {
+                    s.error = Some(-res);
+                }
+                let failed = s.error.is_some();
+                let write = std::mem::take(&mut s.blocked) || failed;
+                table.schedule(key);
+                table.notify(key, failed, failed, write);
+            }
+            k if k == Kind::PollOut as u8 => {
+                let s = &mut table.socks[key as usize];
+                s.poll_out = false;
+                s.blocked = false;
+                table.schedule(key);
+                table.notify(key, false, false, true);
+            }
+            _ => {}
+        }
     }
+    epoll_ready
 }
 
 /// Pushes a submission, submitting the queue first when it is full.
@@ -661,6 +724,7 @@ pub struct RingSocket {
     inner: Box<Stream>,
     key: u32,
     table: Rc<RefCell<Table>>,
+    engine: Rc<RefCell<Engine>>,
 }
 
 impl RingSocket {
@@ -690,12 +754,137 @@ impl RingSocket {
         table.schedule(self.key);
     }
 
-    /// Nothing received is unread and nothing written is unsent: the descriptor alone holds
-    /// the connection (an export may take it).
+    /// Nothing received is unread, nothing written is unsent and the kernel holds no operation
+    /// of it: the descriptor alone holds the connection (an export may take it).
     pub fn is_settled(&self) -> bool {
         let table = self.table.borrow();
         let s = &table.socks[self.key as usize];
-        s.unread() == 0 && !s.unsent()
+        s.unread() == 0 && !s.unsent() && s.idle_in_kernel()
+    }
+
+    /// Whether [`RingSocket::leave`] can take it off the ring: not when the socket failed or a
+    /// shutdown waits for its queued bytes (it is closing: it stays and ends here).
+    pub fn can_leave(&self) -> bool {
+        let table = self.table.borrow();
+        let s = &table.socks[self.key as usize];
+        s.error.is_none() && s.shutdown.is_none() && s.live
+    }
+
+    /// Readies the socket to leave the ring (an export): its receive, its send in flight and
+    /// its `POLLOUT` wait are cancelled and their completions awaited (what a receive brought
+    /// before its cancel is in the inbox, read on with `read`; what a send had not sent stays
+    /// queued, taken with [`RingSocket::take_unsent`]); nothing new is submitted for it after.
+    /// Waits [`LEAVE_WAIT`] at most (the kernel answers a cancel at once: not expected); then
+    /// it goes on on the ring as before, and the error says why.
+    pub fn leave(&mut self) -> io::Result<()> {
+        if !self.can_leave() {
+            return Err(io::Error::other("the socket failed or is shutting down"));
+        }
+        let result = self.cancel_and_wait();
+        if result.is_err() {
+            // It goes on on the ring: receives again, sends what it has.
+            self.with(|s, work| {
+                s.leaving = false;
+                s.poll_cancelled = false;
+                work.schedule(s);
+            });
+        }
+        result
+    }
+
+    /// [`RingSocket::leave`]'s cancels, and the wait for their completions.
+    fn cancel_and_wait(&mut self) -> io::Result<()> {
+        let key = self.key;
+        let start = std::time::Instant::now();
+        let mut engine = self.engine.borrow_mut();
+        let engine = &mut *engine;
+        let mut table = self.table.borrow_mut();
+        table.socks[key as usize].leaving = true;
+        loop {
+            let s = &mut table.socks[key as usize];
+            let gen = s.gen;
+            if s.recv == RecvOp::Armed {
+                let cancel = opcode::AsyncCancel::new(user_data(Kind::Recv, key, gen)).build();
+                push(&mut engine.ring, cancel.user_data(user_data(Kind::Cancel, key, gen)))?;
+                s.recv = RecvOp::Cancelling;
+            }
+            if s.sending && !s.send_cancelled {
+                let cancel = opcode::AsyncCancel::new(user_data(Kind::Send, key, gen)).build();
+                push(&mut engine.ring, cancel.user_data(user_data(Kind::Cancel, key, gen)))?;
+                s.send_cancelled = true;
+            }
+            if s.poll_out && !s.poll_cancelled {
+                let cancel = opcode::AsyncCancel::new(user_data(Kind::PollOut, key, gen)).build();
+                push(&mut engine.ring, cancel.user_data(user_data(Kind::Cancel, key, gen)))?;
+                s.poll_cancelled = true;
+            }
+            if s.idle_in_kernel() {
+                s.poll_cancelled = false;
+                break;
+            }
+            let left = LEAVE_WAIT.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the ring did not give the socket up in time"));
+            }
+            let ts = types::Timespec::new().sec(left.as_secs()).nsec(left.subsec_nanos());
+            match engine.ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts)) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+                Err(e) => return Err(e),
+            }
+            // Other sockets' completions are handled as in a turn (their events wait for the
+            // next one, as does the poll's readiness).
+            if complete(engine, &mut table) {
+                engine.epoll_ready = true;
+            }
+            if std::mem::take(&mut engine.recycled) {
+                engine.bufs.publish();
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection cannot go on (its TLS state was lost while it left the ring): the socket
+    /// is shut down and fails every read and write from now on; nothing queued is sent.
+    pub fn fail(&mut self) {
+        self.with(|s, work| {
+            s.error = Some(libc::EPIPE);
+            s.queued.clear();
+            s.inflight.clear();
+            s.sent = 0;
+            s.leaving = false;
+            work.schedule(s);
+        });
+        let _ = match &*self.inner {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+            _ => Ok(()),
+        };
+    }
+
+    /// After [`RingSocket::leave`]: the bytes written and not sent, in order (the ring forgets
+    /// them: whoever takes them sends them).
+    pub fn take_unsent(&mut self) -> Vec<u8> {
+        self.with(|s, _| {
+            let mut unsent = s.inflight.split_off(s.sent.min(s.inflight.len()));
+            unsent.append(&mut s.queued);
+            s.inflight.clear();
+            s.sent = 0;
+            s.more = false;
+            unsent
+        })
+    }
+
+    /// Gives bytes taken by [`RingSocket::take_unsent`] back (the export did not happen): they
+    /// are sent first, and the socket goes on on the ring.
+    pub fn stay(&mut self, unsent: Vec<u8>) {
+        self.with(|s, work| {
+            let mut queued = unsent;
+            queued.append(&mut s.queued);
+            s.queued = queued;
+            s.leaving = false;
+            work.schedule(s);
+        })
     }
 
     /// Takes the stream back off the ring (an export: see [`RingSocket::is_settled`]).

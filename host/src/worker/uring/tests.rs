@@ -286,3 +286,82 @@ fn a_socket_dropped_while_it_waits_to_send_a_file_is_freed() {
     drop(client);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The export's part of the ring: a socket with bytes received and not read, and bytes written
+/// and not sent (its peer reads nothing), leaves the ring. What it received before is read from
+/// it; what the peer sends after stays in the socket (its receive was stopped, not left to take
+/// bytes nobody would read); what it had not sent is given back, so that the peer gets every
+/// byte once, in order, once the new owner sends them.
+#[test]
+fn a_socket_leaves_the_ring_with_what_it_received_and_had_not_sent() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let (mut socket, mut client) = pair(&ring);
+    client.write_all(b"first").unwrap();
+    turn_until(&mut ring, |e| e.readable);
+    // Written until the kernel's buffers and the ring's queue are full, a send waiting.
+    let data = pattern(16 << 20);
+    let (mut written, mut stalled) = (0, 0);
+    while stalled < 5 {
+        let before = written;
+        loop {
+            match socket.write(&data[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write failed: {e}"),
+            }
+        }
+        assert!(written < data.len(), "the socket took 16 MiB without a reader");
+        spin(&mut ring, 1);
+        stalled = if written == before { stalled + 1 } else { 0 };
+    }
+    assert!(ring.table.borrow().socks[socket.key as usize].sending, "a send waits for room");
+
+    socket.leave().unwrap();
+    assert!(ring.table.borrow().socks[socket.key as usize].idle_in_kernel(), "nothing of it in flight");
+    client.write_all(b"second").unwrap();
+    spin(&mut ring, 3);
+    let mut got = Vec::new();
+    assert!(!drain(&mut socket, &mut got));
+    assert_eq!(got, b"first", "what came before the leave, and only that");
+    let unsent = socket.take_unsent();
+    assert!(!unsent.is_empty(), "bytes were queued");
+    assert!(socket.is_settled());
+
+    let Stream::Tcp(stream) = socket.into_inner() else { panic!("a TCP stream") };
+    let mut stream = TcpStream::from(std::os::fd::OwnedFd::from(stream));
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut second = [0u8; 6];
+    stream.read_exact(&mut second).unwrap();
+    assert_eq!(&second, b"second", "what came after the leave waits in the socket");
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; written];
+        client.read_exact(&mut got).unwrap();
+        got
+    });
+    stream.write_all(&unsent).unwrap();
+    let got = reader.join().unwrap();
+    assert!(got == data[..written], "every byte written once, in order ({written} bytes)");
+}
+
+/// A socket that left the ring and stays (the export did not happen) receives and sends again,
+/// its unsent bytes first.
+#[test]
+fn a_socket_that_stays_after_leaving_goes_on() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let (mut socket, mut client) = pair(&ring);
+    socket.write_all(b"one ").unwrap();
+    socket.leave().unwrap();
+    let unsent = socket.take_unsent();
+    socket.stay(unsent);
+    socket.write_all(b"two").unwrap();
+    spin(&mut ring, 2);
+    let mut got = [0u8; 7];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"one two");
+    client.write_all(b"more").unwrap();
+    turn_until(&mut ring, |e| e.readable);
+    let mut got = Vec::new();
+    drain(&mut socket, &mut got);
+    assert_eq!(got, b"more");
+}
