@@ -322,6 +322,7 @@ impl<P: Processes> Supervisor<P> {
             messages: 0,
             rss_bytes: 0,
             recycled: None,
+            handing_over_to: None,
         })
     }
 
