@@ -269,8 +269,46 @@ fn a_replacement_stuck_after_accepting_is_ended_before_the_old_worker_takes_its_
         assert_eq!(read_line(c), format!("half {i}\n"), "the old worker completes the line it had read half of");
     }
     assert!(host.worker_pids().contains(&old[0]), "the old worker drains on");
+    // Each connection once, in the old worker.
     let out = host.command(["connections"], Duration::from_secs(5));
-    eprintln!("CONNECTIONS {}", out.stdout);
+    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.contains(" open")).collect();
+    assert_eq!(rows.len(), N, "{}", out.stdout);
+    assert!(rows.iter().all(|r| r.starts_with(&format!("{} ", old[0]))), "{}", out.stdout);
+}
+
+// The replacement does not give up on its own once it accepted the offer, and the old worker's
+// deadline counts from the worker state sent: the old worker stops (SIGSTOP, fixture_crash's
+// `export = "stop"`) while exporting its worker state, for longer than `--handover-timeout 1`.
+// Continued, it sends the state and the connections, which the replacement, still waiting,
+// adopts: every connection moves, the line read half of is completed by the new worker.
+#[test]
+fn an_old_worker_slow_to_write_its_state_still_hands_over() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const N: usize = 3;
+    let config = "handover = \"on\"\nexport = \"stop\"\n";
+    let args = ["--plugin-config", config, "--drain-timeout", "30", "--handover-timeout", "1"];
+    let mut host = Host::start("fixture_crash", &args);
+    let old = host.worker_pids();
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        half_line_read(&mut host, c, format!("before {i}\n").as_bytes(), b"hal");
+    }
+    reload(&mut host, &["reload", "-g"]);
+    let stopped = host.log().wait_for("stops itself while exporting", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(stopped.contains(&format!("pid={}", old[0])), "{stopped}");
+    host_tests::poll_until(LOG_TIMEOUT, || (process_state(old[0]) == Some('T')).then_some(()))
+        .expect("the old worker did not stop");
+    // Not a synchronisation: the timeout under test passes (the replacement's, had it kept one
+    // after accepting, and the old worker's own, had it counted the export).
+    std::thread::sleep(Duration::from_millis(2500));
+    kill(Pid::from_raw(old[0]), Signal::SIGCONT).expect("SIGCONT the old worker");
+    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains(&format!("moved={N} stayed=0")), "{line}\n{}", host.log_text());
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("f {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("half {i}\n"), "the new worker completes the line");
+    }
 }
 
 // The new plugin refuses the old state (its version): nothing moves, the old worker serves on.

@@ -22,9 +22,12 @@
 //!       (or stops) what is left.
 //! ```
 //!
-//! No acknowledgement by the deadline, the new worker gone (its end closed), a refusal or a
-//! failure to adopt the worker state: the old worker restores every connection it holds and
-//! drains as before. The old instance keeps its plugin state throughout (an export does not
+//! The new worker gone (its end closed), a refusal or a failure to adopt the worker state: the
+//! old worker restores every connection it holds and drains as before. Only the old worker
+//! decides a timeout (the replacement gives up on its own only while it waits for the offer):
+//! at its deadline (counted again once the worker state is sent), with connections lent, it asks
+//! the master to kill the replacement (`HandoverTimedOut`) and restores what was not
+//! acknowledged only once the channel closed, so that no connection is ever read by both. The old instance keeps its plugin state throughout (an export does not
 //! consume it), so a restored connection goes on where it was.
 //!
 //! UDP sessions: both workers share the slot's socket (one receive queue). The old worker stops
