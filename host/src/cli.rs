@@ -232,8 +232,9 @@ pub struct StartArgs {
     /// them over to their replacement.
     #[arg(long)]
     pub no_handover: bool,
-    /// Seconds a replaced worker waits for its replacement to take its connections over before
-    /// it takes them back and drains [default: 10].
+    /// Seconds a replacement may take to adopt a replaced worker's connections, counted from the
+    /// worker state sent; past them the replacement is killed, and the replaced worker takes back
+    /// what it did not acknowledge and drains [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub handover_timeout: Option<u64>,
     /// Seconds without traffic after which a connection is closed (0: never) [default: 60].

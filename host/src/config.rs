@@ -34,8 +34,9 @@ pub const MAX_TASK_THREADS: u64 = 1024;
 /// The longest task queue of one worker.
 pub const MAX_TASK_QUEUE: u64 = 1 << 20;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a replaced worker waits for its replacement to acknowledge a hand-over before it
-/// takes its connections back and drains (`handover_timeout`).
+/// How long a replacement may take to adopt a hand-over (from the worker state sent) before it
+/// is killed and the replaced worker takes back what it did not acknowledge and drains
+/// (`handover_timeout`).
 pub const DEFAULT_HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one message may take to arrive whole (slowloris: 1 byte a second keeps a connection
 /// active, but not its message).

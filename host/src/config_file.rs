@@ -170,7 +170,8 @@ struct RawService {
     max_memory: Option<Spanned<Size>>,
     /// Replaced workers hand their connections over (default) or drain them (false).
     handover: Option<bool>,
-    /// Seconds a hand-over may take before the old worker takes its connections back.
+    /// Seconds the replacement may take to adopt (from the worker state sent) before it is
+    /// killed and the old worker takes back what it did not acknowledge.
     handover_timeout: Option<Spanned<u64>>,
     /// PEM certificate (chain) and key files: the service is served over TLS.
     tls_cert: Option<Spanned<PathBuf>>,

@@ -121,6 +121,11 @@ pub struct Peer {
     pub serving: bool,
 }
 
+/// How long an old worker whose hand-over timed out waits, after `HandoverTimedOut`, for the
+/// master to end the replacement (its end of the pair closing); then it takes everything it holds
+/// back anyway. The master's kill deadline of the old worker grows by it.
+pub const HANDOVER_KILL_WAIT_MS: u64 = 5_000;
+
 /// A message from a worker to the master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToMaster {
@@ -146,6 +151,13 @@ pub enum ToMaster {
     /// An old worker's hand-over ended (protocol 7): what moved, what stayed (and drains or
     /// stops), and why when it failed.
     HandedOver(HandoverReport),
+    /// The old worker's hand-over deadline passed with connections lent to the replacement
+    /// (protocol 10): the master kills that replacement (the one it named in this worker's
+    /// `HandOver`; a worker has one hand-over in its life) if it still runs, as if it had died
+    /// while adopting. The old worker then reads its end of the pair until it closes: what the
+    /// replacement acknowledged before is its own, the rest comes back. Only the old side
+    /// decides a timeout, so no connection is ever read by both.
+    HandoverTimedOut,
 }
 
 /// What one hand-over did, as the old worker saw it.

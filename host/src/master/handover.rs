@@ -11,7 +11,10 @@ use std::time::Duration;
 use super::process::Processes;
 use super::slots::WorkerId;
 use super::supervisor::{Output, Supervisor};
-use crate::ctl::{Fallback, HandoverReport, ToWorker};
+use nix::sys::signal::Signal;
+
+use super::slots::Kill;
+use crate::ctl::{Fallback, HandoverReport, ToWorker, HANDOVER_KILL_WAIT_MS};
 
 /// The first worker protocol with hand-overs.
 pub const HANDOVER_PROTOCOL: u32 = 7;
@@ -62,14 +65,43 @@ impl<P: Processes> Supervisor<P> {
             true => Fallback::Drain { timeout_ms: drain.as_millis() as u64 },
             false => Fallback::Stop,
         };
-        let kill_at = now + timeout + if graceful { drain } else { Duration::ZERO } + kill;
+        // The hand-over's timeout counts from the worker state sent, and a timed-out one waits
+        // for the replacement's end (`HANDOVER_KILL_WAIT_MS` at most) before the fallback.
+        let wait = Duration::from_millis(HANDOVER_KILL_WAIT_MS);
+        let kill_at = now + timeout + wait + if graceful { drain } else { Duration::ZERO } + kill;
         w.kill_at = Some(w.kill_at.map_or(kill_at, |k| k.min(kill_at)));
+        w.handing_over_to = Some(new);
         w.stall_at = None;
         w.retired_at.get_or_insert(now);
         self.slots.retire(old);
         let timeout_ms = timeout.as_millis() as u64;
         self.out.push(Output::HandOver { old, new, timeout_ms, fallback });
         true
+    }
+
+    /// `old`'s hand-over timed out with connections lent to its replacement: that replacement is
+    /// killed (if it still runs) as if it had died while adopting, so that it never reads a
+    /// connection the old worker takes back. Only the old side decides the timeout: the
+    /// replacement waits for the end of the hand-over, its pair's end closing at the latest.
+    pub fn handover_timed_out(&mut self, old: WorkerId) {
+        let Some(new) = self.slots.worker(old).and_then(|w| w.handing_over_to) else {
+            tracing::warn!(worker = old.0, "a hand-over timeout from a worker that hands nothing over ignored");
+            return;
+        };
+        let timeout_ms =
+            self.slots.worker(old).map_or(0, |w| self.services[w.key.service.0].service.limits.handover_timeout_ms);
+        let Some(w) = self.slots.worker_mut(new) else {
+            // Gone already (its end of the pair closes, or closed: the old worker sees it).
+            return;
+        };
+        if w.killed.is_some() {
+            return;
+        }
+        w.killed = Some(Kill::HandoverTimeout);
+        w.error = Some(format!("it did not adopt the previous worker's connections within {timeout_ms} ms"));
+        let (pid, key) = (w.pid, w.key);
+        tracing::warn!(service = %self.service_name(key.service), slot = key.slot, pid = pid.as_raw(), timeout_ms, "the replacement did not adopt its predecessor's connections in time; killing it (the old worker keeps what it did not acknowledge)");
+        self.procs.kill(pid, Signal::SIGKILL);
     }
 
     /// An old worker's hand-over ended: the log line, and the service's totals.

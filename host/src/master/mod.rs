@@ -820,6 +820,7 @@ impl Master {
                     self.parent_death.insert(id, kill);
                 }
                 ToMaster::HandedOver(report) => self.sup.handed_over(id, report),
+                ToMaster::HandoverTimedOut => self.sup.handover_timed_out(id),
             }
         }
         // A worker of another version, a frame over the limit, a worker that does not read: the

@@ -92,6 +92,9 @@ pub enum Kill {
     Watchdog(String),
     /// Its resident memory grew far past `max_memory` (see `recycle::HARD_FACTOR`).
     MaxMemory,
+    /// A replacement that did not finish adopting its predecessor's connections within
+    /// `handover_timeout` (the old worker asked: `HandoverTimedOut`).
+    HandoverTimeout,
 }
 
 impl fmt::Display for Kill {
@@ -99,6 +102,7 @@ impl fmt::Display for Kill {
         match self {
             Kill::Watchdog(place) => write!(f, "watchdog ({place})"),
             Kill::MaxMemory => f.write_str("max_memory"),
+            Kill::HandoverTimeout => f.write_str("hand-over timeout"),
         }
     }
 }
@@ -136,6 +140,9 @@ pub struct Worker {
     pub rss_bytes: u64,
     /// It is being recycled, and why.
     pub recycled: Option<Recycle>,
+    /// It was told to hand its connections over to this replacement (killed on its
+    /// `HandoverTimedOut`).
+    pub handing_over_to: Option<WorkerId>,
 }
 
 /// One worker slot of a service: successive workers of a slot share its listening socket.
@@ -434,6 +441,7 @@ mod tests {
             messages: 0,
             rss_bytes: 0,
             recycled: None,
+            handing_over_to: None,
         }
     }
 

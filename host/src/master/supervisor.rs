@@ -322,6 +322,7 @@ impl<P: Processes> Supervisor<P> {
             messages: 0,
             rss_bytes: 0,
             recycled: None,
+            handing_over_to: None,
         })
     }
 
@@ -979,8 +980,10 @@ mod tests {
         let out = outputs(&mut sup);
         assert!(out.iter().any(|o| matches!(o, Output::Answer(ClientId(9), Answer::Ok { .. }))), "{out:?}");
         assert_eq!(sup.slots.workers().count(), 4, "the old ones still retire");
-        // They are killed at their deadline: the hand-over's, then the drain's.
-        sup.procs().advance(crate::config::DEFAULT_HANDOVER_TIMEOUT + TIMEOUTS.drain + TIMEOUTS.kill);
+        // They are killed at their deadline: the hand-over's (and its wait for a timed-out
+        // replacement's end), then the drain's.
+        let wait = Duration::from_millis(crate::ctl::HANDOVER_KILL_WAIT_MS);
+        sup.procs().advance(crate::config::DEFAULT_HANDOVER_TIMEOUT + wait + TIMEOUTS.drain + TIMEOUTS.kill);
         sup.tick();
         assert_eq!(sup.procs().signals.iter().filter(|(_, s)| *s == Signal::SIGKILL).count(), 2);
     }
@@ -1094,14 +1097,49 @@ mod tests {
         });
         assert_eq!(timeout, Some(3000), "{out:?}");
         let p = pid(&sup, old);
-        let kill_after = Duration::from_millis(3000) + TIMEOUTS.drain + TIMEOUTS.kill;
+        let wait = Duration::from_millis(crate::ctl::HANDOVER_KILL_WAIT_MS);
+        let kill_after = Duration::from_millis(3000) + wait + TIMEOUTS.drain + TIMEOUTS.kill;
         sup.procs().advance(kill_after - Duration::from_millis(1));
         sup.tick();
         let killed = |sup: &mut Supervisor<FakeProcesses>| sup.procs().signals.contains(&(p, Signal::SIGKILL));
-        assert!(!killed(&mut sup), "not before the hand-over, drain and kill timeouts");
+        assert!(
+            !killed(&mut sup),
+            "not before the hand-over (and its wait for the replacement's end), drain and kill timeouts"
+        );
         sup.procs().advance(Duration::from_millis(1));
         sup.tick();
         assert!(killed(&mut sup), "killed at their sum");
+    }
+
+    // An old worker whose hand-over timed out asks the master to end its replacement: the master
+    // kills that one (the replacement it named in the `HandOver`), once, and only it; it is then
+    // replaced as a worker that died would be. A worker that hands nothing over asks in vain.
+    #[test]
+    fn a_handover_timeout_kills_the_replacement_and_only_it() {
+        let mut sup = started(vec![(state("http", 1, true), Some(1))]);
+        let old = serving(&sup, 0, 0).unwrap();
+        sup.handover_timed_out(old);
+        assert!(sup.procs().signals.is_empty(), "no hand-over yet: {:?}", sup.procs().signals);
+        sup.request_reload(true, Trigger::Command, None);
+        let out = outputs(&mut sup);
+        sup.checked(done(checks(&out)[0], 2));
+        let new = attached(&outputs(&mut sup));
+        sup.worker_ready(new[0]);
+        let out = outputs(&mut sup);
+        assert!(out.iter().any(|o| matches!(o, Output::HandOver { old: o, new: n, .. } if *o == old && *n == new[0])));
+        let (p_old, p_new) = (pid(&sup, old), pid(&sup, new[0]));
+        sup.handover_timed_out(new[0]);
+        assert!(sup.procs().signals.is_empty(), "the replacement hands nothing over");
+        sup.handover_timed_out(old);
+        sup.handover_timed_out(old);
+        assert_eq!(sup.procs().signals, vec![(p_new, Signal::SIGKILL)], "the replacement, once");
+        assert!(!sup.procs().signals.contains(&(p_old, Signal::SIGKILL)));
+        sup.procs().exit(p_new, "signal SIGKILL");
+        sup.reap();
+        assert!(sup.slots.worker(new[0]).is_none(), "the killed replacement is gone");
+        // Once it is gone, a late ask kills nothing.
+        sup.handover_timed_out(old);
+        assert_eq!(sup.procs().signals.len(), 1);
     }
 
     #[test]

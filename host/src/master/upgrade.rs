@@ -995,6 +995,7 @@ impl Master {
                 messages: 0,
                 rss_bytes: 0,
                 recycled: None,
+                handing_over_to: None,
             };
             let role = match w.role {
                 HandedRole::Serving => Role::Serving,

@@ -749,6 +749,7 @@ fn msg_name(msg: &ToMaster) -> &'static str {
         ToMaster::LogsReopened { .. } => "logs reopened",
         ToMaster::ParentDeath { .. } => "parent death",
         ToMaster::HandedOver(_) => "hand-over report",
+        ToMaster::HandoverTimedOut => "hand-over timed out",
     }
 }
 

@@ -225,6 +225,92 @@ fn a_replacement_that_dies_mid_way_through_the_batches_loses_only_what_it_acknow
     assert_eq!((closed, answered), (256, N - 256), "{}", host.log_text());
 }
 
+// A replacement stuck after it accepted the offer (fixture_crash stops itself with SIGSTOP
+// while adopting the first connection), `--handover-timeout 1`: at its deadline the old worker
+// holds lent connections whose frames wait in the replacement's socket, so it asks the master to
+// end the replacement, and takes back what was not acknowledged only once the replacement's end
+// of the pair has closed. The stopped replacement is dead by then (continued, it would adopt
+// those frames and read the connections the old worker serves again: two workers on one
+// connection), and the old worker answers every client, the line it had read half of included.
+#[test]
+fn a_replacement_stuck_after_accepting_is_ended_before_the_old_worker_takes_its_connections_back() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const N: usize = 3;
+    let config = "handover = \"on\"\nadopt = \"stop\"\n";
+    let args = ["--plugin-config", config, "--drain-timeout", "30", "--handover-timeout", "1"];
+    let mut host = Host::start("fixture_crash", &args);
+    let old = host.worker_pids();
+    assert_eq!(old.len(), 1, "one worker: {old:?}");
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        half_line_read(&mut host, c, format!("before {i}\n").as_bytes(), b"hal");
+    }
+    reload(&mut host, &["reload", "-g"]);
+    let stopped = host.log().wait_for("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let new: i32 = stopped
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no pid in {stopped}"));
+    let line = host.log().wait_for("hand-over failed", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    // Were it still there, this would let it go on adopting.
+    let _ = kill(Pid::from_raw(new), Signal::SIGCONT);
+    let gone = host_tests::poll_until(LOG_TIMEOUT, || matches!(process_state(new), None | Some('Z')).then_some(()));
+    assert!(gone.is_some(), "the stuck replacement {new} still runs ({line}): {}", host.log_text());
+    assert!(line.contains("within 1000 ms (it was ended)"), "{line}");
+    assert!(
+        host.log().count("did not adopt its predecessor's connections in time; killing it") == 1,
+        "{}",
+        host.log_text()
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("f {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("half {i}\n"), "the old worker completes the line it had read half of");
+    }
+    assert!(host.worker_pids().contains(&old[0]), "the old worker drains on");
+    // Each connection once, in the old worker.
+    let out = host.command(["connections"], Duration::from_secs(5));
+    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.contains(" open")).collect();
+    assert_eq!(rows.len(), N, "{}", out.stdout);
+    assert!(rows.iter().all(|r| r.starts_with(&format!("{} ", old[0]))), "{}", out.stdout);
+}
+
+// The replacement does not give up on its own once it accepted the offer, and the old worker's
+// deadline counts from the worker state sent: the old worker stops (SIGSTOP, fixture_crash's
+// `export = "stop"`) while exporting its worker state, for longer than `--handover-timeout 1`.
+// Continued, it sends the state and the connections, which the replacement, still waiting,
+// adopts: every connection moves, the line read half of is completed by the new worker.
+#[test]
+fn an_old_worker_slow_to_write_its_state_still_hands_over() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const N: usize = 3;
+    let config = "handover = \"on\"\nexport = \"stop\"\n";
+    let args = ["--plugin-config", config, "--drain-timeout", "30", "--handover-timeout", "1"];
+    let mut host = Host::start("fixture_crash", &args);
+    let old = host.worker_pids();
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        half_line_read(&mut host, c, format!("before {i}\n").as_bytes(), b"hal");
+    }
+    reload(&mut host, &["reload", "-g"]);
+    let stopped = host.log().wait_for("stops itself while exporting", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(stopped.contains(&format!("pid={}", old[0])), "{stopped}");
+    host_tests::poll_until(LOG_TIMEOUT, || (process_state(old[0]) == Some('T')).then_some(()))
+        .expect("the old worker did not stop");
+    // Not a synchronisation: the timeout under test passes (the replacement's, had it kept one
+    // after accepting, and the old worker's own, had it counted the export).
+    std::thread::sleep(Duration::from_millis(2500));
+    kill(Pid::from_raw(old[0]), Signal::SIGCONT).expect("SIGCONT the old worker");
+    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains(&format!("moved={N} stayed=0")), "{line}\n{}", host.log_text());
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("f {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("half {i}\n"), "the new worker completes the line");
+    }
+}
+
 // The new plugin refuses the old state (its version): nothing moves, the old worker serves on.
 #[test]
 fn a_replacement_that_refuses_the_state_loses_nothing() {

@@ -26,9 +26,13 @@
 //!  old: drains (or stops) what is left.
 //! ```
 //!
-//! No acknowledgement by the deadline, the new worker gone (its end closed), a refusal or a
-//! failure to adopt the worker state: the old worker restores every connection it holds (those
-//! of frames not acknowledged yet) and drains as before. The old instance keeps its plugin state throughout (an export does not
+//! The new worker gone (its end closed), a refusal or a failure to adopt the worker state: the
+//! old worker restores every connection it holds (those of frames not acknowledged yet) and
+//! drains as before. Only the old worker decides a timeout (the replacement gives up on its own
+//! only while it waits for the offer): at its deadline (counted again once the worker state is
+//! sent), with connections lent, it asks the master to kill the replacement (`HandoverTimedOut`)
+//! and restores what was not acknowledged only once the channel closed, so that no connection is
+//! ever read by both. The old instance keeps its plugin state throughout (an export does not
 //! consume it), so a restored connection goes on where it was.
 //!
 //! UDP sessions: both workers share the slot's socket (one receive queue). The old worker stops
@@ -73,7 +77,14 @@ pub(super) enum Session {
 pub(super) struct OldSide {
     channel: HandoverChannel<UnixStream>,
     fallback: Fallback,
+    /// The service's `handover_timeout`: how long the replacement may take to adopt (counted
+    /// again once the worker state is sent: writing it is this worker's time, not the
+    /// replacement's).
+    timeout_ms: u64,
     deadline_ms: u64,
+    /// The deadline passed with connections lent: the master was asked to end the replacement
+    /// (`HandoverTimedOut`); this side reads its channel until it closes, sending nothing more.
+    timed_out: bool,
     /// Taken out and not acknowledged, in the order sent: each under the id it had here (held:
     /// not reused). The first is the `held_base`-th connection held in this hand-over.
     held: VecDeque<(ConnId, ExportedConn)>,
@@ -112,8 +123,12 @@ pub(super) struct NewSide {
     tally: adopt::Tally,
     /// Its part is over; the session ends once the channel has written what is queued.
     finished: bool,
-    /// It gives up waiting (and accepts again) at this time.
-    deadline_ms: u64,
+    /// It gives up waiting for the offer (and accepts again) at this time; None once it
+    /// accepted: then only the old side decides a timeout (it has the master end this worker
+    /// should it be stuck), and this side waits for `Done` or its channel's end. Were it to give
+    /// up on its own, the old worker might be writing a large state still (and take back what
+    /// it held, or drain it away), or have given up already while frames it sent wait here.
+    deadline_ms: Option<u64>,
 }
 
 /// Where the worker state goes while the plugin writes it: memory, then a memfd once it is
@@ -224,7 +239,9 @@ impl Worker {
         let mut old = OldSide {
             channel,
             fallback,
+            timeout_ms,
             deadline_ms: self.core.now_ms + timeout_ms,
+            timed_out: false,
             held: VecDeque::new(),
             held_base: 0,
             held_sessions: VecDeque::new(),
@@ -268,7 +285,7 @@ impl Worker {
                     state_in: false,
                     tally: adopt::Tally::default(),
                     finished: false,
-                    deadline_ms,
+                    deadline_ms: Some(deadline_ms),
                 };
                 self.handover = Some(Session::New(Box::new(new)));
             }
@@ -294,7 +311,7 @@ impl Worker {
     pub(super) fn handover_deadline(&self) -> Option<u64> {
         match &self.handover {
             Some(Session::Old(old)) => Some(old.deadline_ms),
-            Some(Session::New(new)) => Some(new.deadline_ms),
+            Some(Session::New(new)) => new.deadline_ms,
             None => None,
         }
     }
@@ -341,6 +358,9 @@ impl Worker {
         }
         if old.channel.closed {
             let why = match &old.channel.error {
+                _ if old.timed_out => {
+                    format!("no acknowledgement from the new worker within {} ms (it was ended)", old.timeout_ms)
+                }
                 Some(e) => format!("the channel to the new worker broke: {e}"),
                 None => "the new worker is gone".to_string(),
             };
@@ -348,17 +368,59 @@ impl Worker {
             return None;
         }
         if self.core.now_ms >= old.deadline_ms {
-            self.end_old(old, "no acknowledgement from the new worker in time".into());
-            return None;
+            if old.timed_out {
+                // The master did not act: the replacement may still adopt what it was sent.
+                tracing::error!(
+                    wait_ms = crate::ctl::HANDOVER_KILL_WAIT_MS,
+                    "the replacement was not ended after the hand-over timed out; taking the connections back anyway"
+                );
+                let why = format!(
+                    "no acknowledgement from the new worker within {} ms, and it was not ended",
+                    old.timeout_ms
+                );
+                self.end_old(old, why);
+                return None;
+            }
+            if old.held.is_empty() && old.held_sessions.is_empty() {
+                // Nothing is lent (the replacement has not accepted, or acknowledged everything
+                // but `Done`): it can read nothing this worker keeps.
+                let why = format!("no acknowledgement from the new worker within {} ms", old.timeout_ms);
+                self.end_old(old, why);
+                return None;
+            }
+            // Connections are lent: the replacement may adopt them yet (their frames wait in its
+            // socket). Only once it has ended is what it did not acknowledge this worker's again.
+            tracing::warn!(
+                timeout_ms = old.timeout_ms,
+                held = old.held.len() + old.held_sessions.len(),
+                "the replacement did not adopt in time; asking the master to end it"
+            );
+            self.send_control(&ToMaster::HandoverTimedOut);
+            old.timed_out = true;
+            old.deadline_ms = self.core.now_ms + crate::ctl::HANDOVER_KILL_WAIT_MS;
+            let _ = self.poll.registry().reregister(&mut old.channel.stream, HANDOVER, Interest::READABLE);
+        }
+        if old.timed_out {
+            // Nothing more goes out: the channel's end is awaited.
+            return Some(old);
         }
         // In batches: the next ones, while few are in flight.
         if let Err(why) = self.export_more(&mut old) {
             self.end_old(old, why);
             return None;
         }
-        if let Err(e) = send::send_outgoing(&mut old) {
-            self.end_old(old, format!("could not send connections: {e}"));
-            return None;
+        match send::send_outgoing(&mut old) {
+            Ok(true) => {
+                // The worker state is sent: the replacement's time to adopt starts now (this
+                // turn's clock is old when the plugin took long to write a large state).
+                let now = self.epoch.elapsed().as_millis() as u64;
+                old.deadline_ms = now.max(self.core.now_ms) + old.timeout_ms;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.end_old(old, format!("could not send connections: {e}"));
+                return None;
+            }
         }
         self.flush_handover(&mut old.channel, !old.outgoing.is_empty());
         Some(old)

@@ -54,6 +54,12 @@ impl Worker {
                         0 => Handover::Refuse("the new plugin does not take part in hand-overs".into()),
                         _ if dispatch::handover_accepts(&mut self.plugin, &mut self.core, &plugin, version) => {
                             new.version = Some(version);
+                            // From here on only the old worker decides a timeout: this side
+                            // waits for `Done` or the channel's end (the old worker gone, or
+                            // having taken everything back), and keeps the topic messages it
+                            // takes meanwhile until then (their bound in bytes stands).
+                            new.deadline_ms = None;
+                            self.core.topics.recent.until_ms = u64::MAX;
                             Handover::Accept
                         }
                         _ => {
@@ -96,8 +102,8 @@ impl Worker {
                 }
             }
         }
-        if !new.finished && self.core.now_ms >= new.deadline_ms {
-            tracing::warn!("the previous worker handed nothing over in time; serving without it");
+        if !new.finished && new.deadline_ms.is_some_and(|d| self.core.now_ms >= d) {
+            tracing::warn!("the previous worker offered nothing in time; serving without it");
             new.finished = true;
             new.channel.shut_down();
         }

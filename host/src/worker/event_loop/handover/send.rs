@@ -42,6 +42,8 @@ pub(super) struct Outgoing {
     lends: Range<usize>,
     /// Descriptors it carries that are its own (the worker state's memfd).
     owned: Vec<OwnedFd>,
+    /// It is the worker state (`State`).
+    state: bool,
 }
 
 /// A frame the replacement answers with an `Ack`.
@@ -141,7 +143,7 @@ impl Worker {
         };
         let queued = self.queue_conns(old, with_state);
         let place = old.held_base + old.held.len();
-        old.outgoing.push_back(Outgoing { frame, lends: place..place, owned: fds });
+        old.outgoing.push_back(Outgoing { frame, lends: place..place, owned: fds, state: true });
         let queued_too = self.queue_conns(old, taken);
         queued.and(queued_too)
     }
@@ -240,7 +242,7 @@ impl Worker {
             if !batch.is_empty() && (nfds + need > max_fds || bytes >= FRAME_BYTES) {
                 let place = first + i;
                 let frame = Handover::Conns(std::mem::take(&mut batch));
-                old.outgoing.push_back(Outgoing { frame, lends: start..place, owned: Vec::new() });
+                old.outgoing.push_back(Outgoing { frame, lends: start..place, owned: Vec::new(), state: false });
                 old.awaiting.push_back(Awaited::Conns { count: place - start, since_ms: now });
                 (start, nfds, bytes) = (place, 0, 0);
             }
@@ -265,7 +267,12 @@ impl Worker {
         }
         if !batch.is_empty() {
             let place = first + needs.len();
-            old.outgoing.push_back(Outgoing { frame: Handover::Conns(batch), lends: start..place, owned: Vec::new() });
+            old.outgoing.push_back(Outgoing {
+                frame: Handover::Conns(batch),
+                lends: start..place,
+                owned: Vec::new(),
+                state: false,
+            });
             old.awaiting.push_back(Awaited::Conns { count: place - start, since_ms: now });
         }
         Ok(())
@@ -291,6 +298,7 @@ impl Worker {
                     frame: Handover::Sessions(std::mem::take(&mut batch)),
                     lends: place..place,
                     owned: Vec::new(),
+                    state: false,
                 });
                 old.awaiting.push_back(Awaited::Sessions { count });
                 bytes = 0;
@@ -305,10 +313,16 @@ impl Worker {
                 frame: Handover::Sessions(batch),
                 lends: place..place,
                 owned: Vec::new(),
+                state: false,
             });
             old.awaiting.push_back(Awaited::Sessions { count });
         }
-        old.outgoing.push_back(Outgoing { frame: Handover::Done, lends: place..place, owned: Vec::new() });
+        old.outgoing.push_back(Outgoing {
+            frame: Handover::Done,
+            lends: place..place,
+            owned: Vec::new(),
+            state: false,
+        });
         old.awaiting.push_back(Awaited::Done);
         old.done_queued = true;
         tracing::debug!(
@@ -382,11 +396,14 @@ fn hold(old: &mut OldSide, taken: Vec<Taken>) -> Vec<Beside> {
 
 /// Gives the channel the frames it takes now, each with the descriptors it lends (the sockets
 /// and queued files of its connections, which `held` keeps open until the replacement answers).
-pub(super) fn send_outgoing(old: &mut OldSide) -> io::Result<()> {
+/// Ok(true): the worker state went to the channel.
+pub(super) fn send_outgoing(old: &mut OldSide) -> io::Result<bool> {
+    let mut state_sent = false;
     while let Some(next) = old.outgoing.front_mut() {
         if !next.owned.is_empty() {
             let owned = std::mem::take(&mut next.owned);
             old.channel.send_with_fds(&next.frame, owned)?;
+            state_sent |= next.state;
             old.outgoing.pop_front();
             continue;
         }
@@ -402,9 +419,10 @@ pub(super) fn send_outgoing(old: &mut OldSide) -> io::Result<()> {
             fds.extend(conn.files.iter().map(AsFd::as_fd));
         }
         if !old.channel.send_lending_fds(&next.frame, &fds)? {
-            return Ok(());
+            return Ok(state_sent);
         }
+        state_sent |= next.state;
         old.outgoing.pop_front();
     }
-    Ok(())
+    Ok(state_sent)
 }
