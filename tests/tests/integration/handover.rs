@@ -304,7 +304,7 @@ fn an_old_worker_slow_to_write_its_state_still_hands_over() {
     std::thread::sleep(Duration::from_millis(2500));
     kill(Pid::from_raw(old[0]), Signal::SIGCONT).expect("SIGCONT the old worker");
     let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(line.contains(&format!("moved={N} stayed=0")), "{line}\n{}", host.log_text());
+    assert!(line.contains(&format!("moved={N} ")) && line.contains(" stayed=0 "), "{line}\n{}", host.log_text());
     for (i, c) in clients.iter_mut().enumerate() {
         c.send(format!("f {i}\n").as_bytes());
         assert_eq!(read_line(c), format!("half {i}\n"), "the new worker completes the line");
