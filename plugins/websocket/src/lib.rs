@@ -27,6 +27,8 @@ impl Handler for Echo {
     /// An echo keeps nothing per connection: its connections move on a reload with the layer's
     /// state alone.
     const HANDOVER_VERSION: u32 = 1;
+    /// Each connection is its own: they move a few hundred at a time while the rest are served.
+    const HANDOVER_IN_BATCHES: bool = true;
 
     fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
         Ok(Echo)
@@ -41,3 +43,30 @@ impl Handler for Echo {
 }
 
 export_plugin!(WebSocket<Echo>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::Protocol;
+
+    #[test]
+    fn the_echo_moves_in_batches_and_a_handler_by_default_does_not() {
+        struct Room;
+        impl Handler for Room {
+            fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
+                Ok(Room)
+            }
+            fn on_message(&mut self, _ws: &mut Ws<'_, '_>, _conn: ConnId, _msg: Message<'_>) {}
+        }
+        let info = WorkerInfo {
+            service: "t".into(),
+            slot: 0,
+            pid: 1,
+            max_package_size: 1 << 20,
+            max_send_buffer: 1 << 20,
+            worker_count: Some(1),
+        };
+        assert!(WebSocket::<Echo>::new("", &info).unwrap().handover_in_batches());
+        assert!(!WebSocket::<Room>::new("", &info).unwrap().handover_in_batches());
+    }
+}

@@ -671,6 +671,36 @@ fn websocket_clients_stay_connected_across_a_reload() {
     assert_eq!(moved, 10, "every client moved:\n{}", host.log_text());
 }
 
+// The websocket echo answers `handover_in_batches`: 300 clients on one worker (two batches of
+// at most 256) move a batch at a time across `host reload -g`, and every later message comes
+// back in order on the same connection.
+#[test]
+fn websocket_connections_move_in_batches_across_a_reload() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    const N: usize = 300;
+    let mut host = Host::start("websocket", &["--count", "1", "--drain-timeout", "30"]);
+    let mut py = Command::new("timeout")
+        .args(["120", "python3", "-c", WS_PY, &host.port().to_string(), &N.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with websockets");
+    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    reload(&mut host, &["reload", "-g"]);
+    let moved = format!("hand-over: {N} connections moved");
+    host.log().wait_for(&moved, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}: {}", host.log_text()));
+    assert_eq!(host.log().count("handing over in batches"), 1, "{}", host.log_text());
+    writeln!(py.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, format!("in order {}\n", N * 20));
+    assert!(py.wait().unwrap().success());
+}
+
 /// A rustls client of `port` trusting `der`, limited to `version`.
 fn tls_client(
     port: u16,

@@ -99,6 +99,11 @@ pub trait Handler: Sized + 'static {
     /// The version of the state this handler writes; 0 (the default): it does not take part,
     /// and its connections drain (a close frame 1001) on a replacement.
     const HANDOVER_VERSION: u32 = 0;
+    /// Whether its connections may move in batches, the old worker serving those not moved yet
+    /// meanwhile (`Protocol::handover_in_batches`): true only when handling a connection changes
+    /// nothing `export_worker` moves and never reaches another connection (an echo, not a room).
+    /// The host moves all at once anyway while connections have topic subscriptions.
+    const HANDOVER_IN_BATCHES: bool = false;
     /// In the new worker: whether it reads state of `version` (default: its own only).
     fn handover_accepts(&mut self, version: u32) -> bool {
         version == Self::HANDOVER_VERSION
@@ -692,6 +697,10 @@ impl<H: Handler> Protocol for WebSocket<H> {
 
     fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
         self.export_conn_state(conn, out)
+    }
+
+    fn handover_in_batches(&self) -> bool {
+        H::HANDOVER_IN_BATCHES
     }
 
     fn adopt_conn(&mut self, host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {

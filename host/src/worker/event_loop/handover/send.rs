@@ -82,7 +82,7 @@ impl Worker {
         }
         let batched = dispatch::handover_in_batches(&mut self.plugin) && self.core.topics.subscription_count() == 0;
         if batched {
-            tracing::debug!(connections = old.pending.len(), "handing over in batches");
+            tracing::info!(connections = old.pending.len(), "handing over in batches");
             self.queue_worker_state(old, Vec::new())?;
             return self.export_more(old);
         }
