@@ -1168,6 +1168,9 @@ mod tests {
                 let _ = (host, topic, msg);
                 CallStatus::Ok
             }
+            fn handover_in_batches(&self) -> bool {
+                false
+            }
             fn on_future(&mut self, data: u64) -> u32 {
                 let _ = data;
                 0
