@@ -821,6 +821,7 @@ impl Master {
                 }
                 ToMaster::HandedOver(report) => self.sup.handed_over(id, report),
                 ToMaster::HandoverTimedOut => self.sup.handover_timed_out(id),
+                ToMaster::HandoverProgress { state_bytes } => self.sup.handover_progress(id, state_bytes),
             }
         }
         // A worker of another version, a frame over the limit, a worker that does not read: the

@@ -744,6 +744,7 @@ fn msg_name(msg: &ToMaster) -> &'static str {
         ToMaster::ParentDeath { .. } => "parent death",
         ToMaster::HandedOver(_) => "hand-over report",
         ToMaster::HandoverTimedOut => "hand-over timed out",
+        ToMaster::HandoverProgress { .. } => "hand-over progress",
     }
 }
 

@@ -311,6 +311,78 @@ fn an_old_worker_slow_to_write_its_state_still_hands_over() {
     }
 }
 
+// A replacement slower than `handover_timeout` but not stuck is not killed: at its deadline the
+// old worker sends nothing more but `Done` after what it lent; the replacement (stopped while
+// adopting, fixture_crash's `adopt = "stop"`, then continued) adopts what it had been sent,
+// acknowledges it and answers: every connection is its own, none served by both workers, none
+// closed (killed, it would have taken the connections it acknowledged down with it).
+#[test]
+fn a_replacement_slower_than_the_timeout_keeps_what_it_was_sent_and_is_not_killed() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const N: usize = 3;
+    let config = "handover = \"on\"\nadopt = \"stop\"\n";
+    let args = ["--plugin-config", config, "--drain-timeout", "30", "--handover-timeout", "1"];
+    let mut host = Host::start("fixture_crash", &args);
+    let old = host.worker_pids();
+    assert_eq!(old.len(), 1, "one worker: {old:?}");
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        half_line_read(&mut host, c, format!("before {i}\n").as_bytes(), b"hal");
+    }
+    reload(&mut host, &["reload", "-g"]);
+    let stopped = host.log().wait_for("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let new: i32 = stopped
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no pid in {stopped}"));
+    // The old worker's deadline passed (then the replacement has `HANDOVER_CANCEL_WAIT_MS`).
+    host.log()
+        .wait_for("the replacement did not adopt in time; it keeps what it was sent", LOG_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    kill(Pid::from_raw(new), Signal::SIGCONT).expect("SIGCONT the replacement");
+    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains(&format!("moved={N} ")) && line.contains(" stayed=0 "), "{line}\n{}", host.log_text());
+    assert!(!matches!(process_state(new), None | Some('Z')), "the replacement was ended: {}", host.log_text());
+    assert_eq!(host.log().count("killing it"), 0, "{}", host.log_text());
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("f {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("half {i}\n"), "the replacement completes the line");
+    }
+    // Each connection once, in the replacement.
+    let out = host.command(["connections"], Duration::from_secs(5));
+    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.contains(" open")).collect();
+    assert_eq!(rows.len(), N, "{}", out.stdout);
+    assert!(rows.iter().all(|r| r.starts_with(&format!("{new} "))), "{}", out.stdout);
+}
+
+// An old worker whose worker state takes longer to write than the master's kill deadline of it
+// (from `HandOver`: `handover_timeout`, the waits of a timed-out hand-over, the drain and kill
+// timeouts: 1 + 10 + 0.5 + 0.5 s here) is not killed while it writes (fixture_crash's
+// `export = "slow"`, 14 s): it tells the master it goes on (`HandoverProgress`), and every
+// connection moves.
+#[test]
+fn an_old_worker_writing_its_state_for_longer_than_its_kill_deadline_is_not_killed() {
+    const N: usize = 2;
+    let config = "handover = \"on\"\nexport = \"slow\"\nexport_ms = \"14000\"\n";
+    let args =
+        ["--plugin-config", config, "--drain-timeout", "0.5", "--kill-timeout", "0.5", "--handover-timeout", "1"];
+    let mut host = Host::start("fixture_crash", &args);
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        half_line_read(&mut host, c, format!("before {i}\n").as_bytes(), b"hal");
+    }
+    reload(&mut host, &["reload", "-g"]);
+    host.log().wait_for("writes its state slowly", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let line = host.log().wait_for("hand-over ended", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains(&format!("moved={N} ")) && line.contains(" stayed=0 "), "{line}\n{}", host.log_text());
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("f {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("half {i}\n"), "the new worker completes the line");
+    }
+}
+
 // The new plugin refuses the old state (its version): nothing moves, the old worker serves on.
 #[test]
 fn a_replacement_that_refuses_the_state_loses_nothing() {
@@ -1038,4 +1110,55 @@ fn a_refused_clients_carried_connection_goes_back_with_it() {
     c.send(b"send two\n");
     assert_eq!(read_line(&mut c), "data 1:two\n", "the old worker, through the same upstream connection");
     assert_eq!(accepts.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+// `host upgrade` waits for the end of a hand-over: the master that started one is the one that
+// kills its replacement should it time out (`HandoverTimedOut`; a new master would not know the
+// pair). While the replacement is stuck adopting (fixture_crash's `adopt = "stop"`), the upgrade
+// is refused with the reason and the master goes on; once the hand-over ended (the replacement
+// continued and adopted), the same upgrade goes through and the moved connection is served.
+#[test]
+fn host_upgrade_is_refused_while_a_hand_over_is_under_way() {
+    use host_tests::copied_host::CopiedHost;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let fixtures = host_tests::fixtures_dir();
+    let fixtures = fixtures.to_str().unwrap();
+    let config = "handover = \"on\"\nadopt = \"stop\"\n";
+    let args = [
+        "--plugin",
+        "fixture_crash",
+        "--plugin-dir",
+        fixtures,
+        "--listen",
+        "127.0.0.1:0",
+        "--plugin-config",
+        config,
+        "--drain-timeout",
+        "30",
+        "--handover-timeout",
+        "120",
+    ];
+    let host = CopiedHost::start(&args);
+    let mut c = Client::connect(host.port());
+    c.send(b"first\n");
+    assert_eq!(read_line(&mut c), "first\n");
+    let out = host.command(&["reload", "-g"], RELOAD_TIMEOUT);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let stopped = host.wait_for_log("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let new: i32 = stopped
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no pid in {stopped}"));
+    host.replace_binary();
+    let out = host.command(&["upgrade"], RELOAD_TIMEOUT);
+    assert!(!out.status.success(), "the upgrade went on during a hand-over:\n{}", host.log());
+    assert!(out.stderr.contains("a hand-over is under way"), "{}{}", out.stdout, out.stderr);
+    let _ = kill(Pid::from_raw(new), Signal::SIGCONT);
+    host.wait_for_log("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = host.command(&["upgrade"], RELOAD_TIMEOUT);
+    assert!(out.status.success(), "host upgrade failed: {}{}\nlog:\n{}", out.stdout, out.stderr, host.log());
+    c.send(b"after\n");
+    assert_eq!(read_line(&mut c), "after\n");
 }
