@@ -357,6 +357,60 @@ fn a_replacement_slower_than_the_timeout_keeps_what_it_was_sent_and_is_not_kille
     assert!(rows.iter().all(|r| r.starts_with(&format!("{new} "))), "{}", out.stdout);
 }
 
+// The same in batches, with more connections than may wait for their acknowledgement at once:
+// at the deadline the replacement (stopped while adopting its first connection) holds the
+// batches it was sent; the connections not taken out yet stay with the old worker (`the
+// hand-over timed out`). Continued, the replacement adopts what it was sent and answers `Done`:
+// every client is answered, each by one worker, none closed.
+#[test]
+fn a_slow_replacement_in_batches_keeps_the_batches_it_was_sent_and_the_rest_stays() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const N: usize = 600;
+    let config = "handover = \"on\"\nbatches = \"on\"\nadopt = \"stop\"\n";
+    let args = ["--plugin-config", config, "--drain-timeout", "30", "--handover-timeout", "1"];
+    let mut host = Host::start("fixture_crash", &args);
+    let old = host.worker_pids();
+    assert_eq!(old.len(), 1, "one worker: {old:?}");
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("before {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("before {i}\n"));
+    }
+    reload(&mut host, &["reload", "-g"]);
+    let stopped = host.log().wait_for("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let new: i32 = stopped
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no pid in {stopped}"));
+    host.log()
+        .wait_for("the replacement did not adopt in time; it keeps what it was sent", LOG_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    kill(Pid::from_raw(new), Signal::SIGCONT).expect("SIGCONT the replacement");
+    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let field = |name: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    let (moved, stayed) = (field("moved="), field("stayed="));
+    assert!(moved > 0 && stayed > 0 && moved + stayed == N, "{line}\n{}", host.log_text());
+    assert!(line.contains("it kept the"), "{line}");
+    assert!(!matches!(process_state(new), None | Some('Z')), "the replacement was ended: {}", host.log_text());
+    assert_eq!(host.log().count("killing it"), 0, "{}", host.log_text());
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("after {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("after {i}\n"), "client {i}");
+    }
+    // Each connection once: those sent in the replacement, the rest in the old worker.
+    let out = host.command(["connections"], Duration::from_secs(5));
+    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.contains(" open")).collect();
+    let in_new = rows.iter().filter(|r| r.starts_with(&format!("{new} "))).count();
+    let in_old = rows.iter().filter(|r| r.starts_with(&format!("{} ", old[0]))).count();
+    assert_eq!((in_new, in_old), (moved, stayed), "{}", out.stdout);
+}
+
 // An old worker whose worker state takes longer to write than the master's kill deadline of it
 // (from `HandOver`: `handover_timeout`, the waits of a timed-out hand-over, the drain and kill
 // timeouts: 1 + 10 + 0.5 + 0.5 s here) is not killed while it writes (fixture_crash's
