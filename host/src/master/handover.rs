@@ -127,6 +127,14 @@ impl<P: Processes> Supervisor<P> {
         );
     }
 
+    /// `old` was told to drain (or stop) instead of handing over (a worker protocol without
+    /// hand-overs, no socket pair): no `HandedOver` comes, and nothing is under way.
+    pub fn handover_not_started(&mut self, old: WorkerId) {
+        if let Some(w) = self.slots.worker_mut(old) {
+            w.handing_over_to = None;
+        }
+    }
+
     /// An old worker's hand-over ended: the log line, and the service's totals.
     pub fn handed_over(&mut self, id: WorkerId, report: HandoverReport) {
         let Some(w) = self.slots.worker_mut(id) else { return };
