@@ -227,9 +227,10 @@ fn a_replacement_that_dies_mid_way_through_the_batches_loses_only_what_it_acknow
 
 // A replacement stuck after it accepted the offer (fixture_crash stops itself with SIGSTOP
 // while adopting the first connection), `--handover-timeout 1`: at its deadline the old worker
-// holds lent connections whose frames wait in the replacement's socket, so it asks the master to
-// end the replacement, and takes back what was not acknowledged only once the replacement's end
-// of the pair has closed. The stopped replacement is dead by then (continued, it would adopt
+// holds lent connections whose frames wait in the replacement's socket, so it sends `Done` after
+// them; unanswered within `HANDOVER_CANCEL_WAIT_MS` too, it asks the master to end the
+// replacement, and takes back what was not acknowledged only once the replacement's end of the
+// pair has closed. The stopped replacement is dead by then (continued, it would adopt
 // those frames and read the connections the old worker serves again: two workers on one
 // connection), and the old worker answers every client, the line it had read half of included.
 #[test]
