@@ -7,9 +7,8 @@
 # - local:  one host, 2 workers (delivery between the workers through their mailboxes);
 # - redis:  two hosts of 2 workers each, sharing the room through a redis-server;
 # - nats:   the same through a nats-server;
-# - redis-relay, nats-relay: the same, with one broker connection per host instead of one per
-#           worker: worker 0 connects and relays to the other worker through the mailboxes
-#           (`HOST_BENCH_CLUSTER_RELAY=1`, a measurement only: host/src/worker/core/relay.rs);
+#   (One broker connection per host, relayed by worker 0, was measured once and dropped: the
+#   `*-relay` rows of bench/README.md; the experiment's code is in git history, commit df22841.)
 # - ws:     the same chat on Node's `ws` (bench/topics/ws_server.js, one process, the usual
 #           broadcast loop), when `node` is installed (`npm install --prefix bench/topics` once:
 #           done here when bench/topics/node_modules is missing);
@@ -73,11 +72,10 @@ round() {
             ports=$host_port
             procs=("$host_pid")
             ;;
-        redis|nats|redis-relay|nats-relay)
-            local bport url relay=0 ready='^cluster: #0 ready, #1 ready'
-            if [ "${scenario%-relay}" != "$scenario" ]; then relay=1 ready='^cluster: #0 ready'; fi
+        redis|nats)
+            local bport url ready='^cluster: #0 ready, #1 ready'
             bport=$(free_port)
-            if [ "${scenario%-relay}" = redis ]; then
+            if [ "$scenario" = redis ]; then
                 start_peer "$bport" redis-server --port "$bport" --bind 127.0.0.1 --save '' --appendonly no \
                     --dir "$tmp" >/dev/null
                 url=redis://127.0.0.1:$bport
@@ -86,15 +84,14 @@ round() {
                 url=nats://127.0.0.1:$bport
             fi
             broker_pid=$peer_pid
-            HOST_BENCH_CLUSTER_RELAY=$relay start_host "${scenario}_a" --plugin ws_chat --count 2 --idle-timeout 0 --max-connections "$max_conns" \
+            start_host "${scenario}_a" --plugin ws_chat --count 2 --idle-timeout 0 --max-connections "$max_conns" \
                 --cluster "$url"
             local a_pid=$host_pid a_port=$host_port
-            HOST_BENCH_CLUSTER_RELAY=$relay start_host "${scenario}_b" --plugin ws_chat --count 2 --idle-timeout 0 --max-connections "$max_conns" \
+            start_host "${scenario}_b" --plugin ws_chat --count 2 --idle-timeout 0 --max-connections "$max_conns" \
                 --cluster "$url"
             ports=$a_port,$host_port
             procs=("$a_pid" "$host_pid" "$broker_pid")
-            # Every worker connected to the broker (status: `cluster: #0 ready, #1 ready`; with
-            # the relay, worker 0 only).
+            # Every worker connected to the broker (status: `cluster: #0 ready, #1 ready`).
             for pf in "$tmp/${scenario}_a.pid" "$tmp/${scenario}_b.pid"; do
                 for _ in $(seq 100); do
                     target/release/host status --pid-file "$pf" | grep -q "$ready" && break

@@ -141,6 +141,28 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
         self
     }
 
+    /// `msg` as one frame (header and payload) announcing `fds` descriptors; refused (the
+    /// channel stays usable) when the payload or the descriptors are over the limit.
+    fn encode(&self, msg: &Tx, fds: usize) -> io::Result<Vec<u8>> {
+        let payload = postcard::to_stdvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if payload.len() > self.max_frame || fds > self.max_fds {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a message of {} bytes with {fds} descriptors is over the limit ({} bytes, {} descriptors)",
+                    payload.len(),
+                    self.max_frame,
+                    self.max_fds
+                ),
+            ));
+        }
+        let mut frame = Vec::with_capacity(HEADER + payload.len());
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.push(fds as u8);
+        frame.extend_from_slice(&payload);
+        Ok(frame)
+    }
+
     /// Queues `msg` and writes what the peer takes now. A message over the frame limit is
     /// refused (the channel stays usable); a full queue or a failed write breaks the channel.
     pub fn send(&mut self, msg: &Tx) -> io::Result<()> {
@@ -152,29 +174,15 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
         if self.closed {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the channel is closed"));
         }
-        let payload = postcard::to_stdvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        if payload.len() > self.max_frame || fds.len() > self.max_fds {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a message of {} bytes with {} descriptors is over the limit ({} bytes, {} descriptors)",
-                    payload.len(),
-                    fds.len(),
-                    self.max_frame,
-                    self.max_fds
-                ),
-            ));
-        }
+        let frame = self.encode(msg, fds.len())?;
         let queued = self.queued();
-        if queued + HEADER + payload.len() > self.max_output {
+        if queued + frame.len() > self.max_output {
             let why = format!("the peer does not read: {queued} bytes are queued for it already");
             self.break_off(why.clone());
             return Err(io::Error::other(why));
         }
         let start = self.output.len();
-        self.output.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        self.output.push(fds.len() as u8);
-        self.output.extend_from_slice(&payload);
+        self.output.extend_from_slice(&frame);
         if !fds.is_empty() {
             self.out_fds.push_back((start, fds));
         }
@@ -194,23 +202,7 @@ impl<S: AsFd, Tx: Serialize, Rx: Message> Channel<S, Tx, Rx> {
         if !self.flush()? {
             return Ok(false);
         }
-        let payload = postcard::to_stdvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        if payload.len() > self.max_frame || fds.len() > self.max_fds {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a message of {} bytes with {} descriptors is over the limit ({} bytes, {} descriptors)",
-                    payload.len(),
-                    fds.len(),
-                    self.max_frame,
-                    self.max_fds
-                ),
-            ));
-        }
-        let mut frame = Vec::with_capacity(HEADER + payload.len());
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.push(fds.len() as u8);
-        frame.extend_from_slice(&payload);
+        let frame = self.encode(msg, fds.len())?;
         let sent = loop {
             match sys::send_with_fds(self.stream.as_fd(), &frame, fds) {
                 Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),

@@ -23,7 +23,9 @@ use crate::config::WorkerSpec;
 /// (`Done` with an empty `Ack`), the connections the worker state carries come before `State`:
 /// a hand-over may go in batches; a hand-over report counts the UDP sessions moved apart from
 /// the connections (`HandoverReport::sessions`).
-pub const PROTOCOL: u32 = 10;
+/// 11: an old worker writing a large worker state tells the master it goes on
+/// (`ToMaster::HandoverProgress`), which extends its kill deadline.
+pub const PROTOCOL: u32 = 11;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;
@@ -121,10 +123,18 @@ pub struct Peer {
     pub serving: bool,
 }
 
+/// How long an old worker whose hand-over timed out with connections lent waits for the
+/// replacement's answer to the `Done` it then sends (the replacement adopts and acknowledges
+/// what came before it, and answers: nothing is killed); then it asks the master to end the
+/// replacement (`HandoverTimedOut`).
+pub const HANDOVER_CANCEL_WAIT_MS: u64 = 5_000;
 /// How long an old worker whose hand-over timed out waits, after `HandoverTimedOut`, for the
 /// master to end the replacement (its end of the pair closing); then it takes everything it holds
-/// back anyway. The master's kill deadline of the old worker grows by it.
+/// back anyway.
 pub const HANDOVER_KILL_WAIT_MS: u64 = 5_000;
+/// The most a timed-out hand-over waits past its deadline before the old worker's fallback: the
+/// master's kill deadline of the old worker grows by it.
+pub const HANDOVER_END_WAIT_MS: u64 = HANDOVER_CANCEL_WAIT_MS + HANDOVER_KILL_WAIT_MS;
 
 /// A message from a worker to the master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,13 +161,19 @@ pub enum ToMaster {
     /// An old worker's hand-over ended (protocol 7): what moved, what stayed (and drains or
     /// stops), and why when it failed.
     HandedOver(HandoverReport),
-    /// The old worker's hand-over deadline passed with connections lent to the replacement
-    /// (protocol 10): the master kills that replacement (the one it named in this worker's
+    /// The old worker's hand-over deadline passed with connections lent to the replacement, and
+    /// the replacement did not answer the `Done` sent then either (protocol 10): the master kills that replacement (the one it named in this worker's
     /// `HandOver`; a worker has one hand-over in its life) if it still runs, as if it had died
     /// while adopting. The old worker then reads its end of the pair until it closes: what the
     /// replacement acknowledged before is its own, the rest comes back. Only the old side
     /// decides a timeout, so no connection is ever read by both.
     HandoverTimedOut,
+    /// The old worker is writing its worker state for a hand-over and goes on (protocol 11):
+    /// `state_bytes` written so far. Sent at most once a second while the plugin writes, and
+    /// once the state is sent: the master's kill deadline of the old worker counts again from
+    /// it, so that a long export (a large keyspace on a loaded machine) is not killed while it
+    /// makes progress; a plugin that hangs in it writes nothing and is.
+    HandoverProgress { state_bytes: u64 },
 }
 
 /// What one hand-over did, as the old worker saw it.

@@ -23,7 +23,7 @@ use std::io::{self, Read, Write};
 pub use self::channel::Channel;
 pub use self::messages::{
     Carrier, Fallback, Handover, HandoverReport, MovedConn, MovedSession, Peer, ReportKind, ToMaster, ToWorker,
-    FINAL_REPORT, HANDOVER_KILL_WAIT_MS, PROTOCOL,
+    FINAL_REPORT, HANDOVER_CANCEL_WAIT_MS, HANDOVER_END_WAIT_MS, HANDOVER_KILL_WAIT_MS, PROTOCOL,
 };
 
 /// The master's end of a worker's channel.

@@ -14,7 +14,7 @@ use super::supervisor::{Output, Supervisor};
 use nix::sys::signal::Signal;
 
 use super::slots::Kill;
-use crate::ctl::{Fallback, HandoverReport, ToWorker, HANDOVER_KILL_WAIT_MS};
+use crate::ctl::{Fallback, HandoverReport, ToWorker, HANDOVER_END_WAIT_MS};
 
 /// The first worker protocol with hand-overs.
 pub const HANDOVER_PROTOCOL: u32 = 7;
@@ -65,12 +65,15 @@ impl<P: Processes> Supervisor<P> {
             true => Fallback::Drain { timeout_ms: drain.as_millis() as u64 },
             false => Fallback::Stop,
         };
-        // The hand-over's timeout counts from the worker state sent, and a timed-out one waits
-        // for the replacement's end (`HANDOVER_KILL_WAIT_MS` at most) before the fallback.
-        let wait = Duration::from_millis(HANDOVER_KILL_WAIT_MS);
-        let kill_at = now + timeout + wait + if graceful { drain } else { Duration::ZERO } + kill;
+        // The hand-over's timeout counts from the worker state sent (the old worker says when:
+        // `HandoverProgress`, which counts this again), and a timed-out one waits for the
+        // replacement's answer, then its end (`HANDOVER_END_WAIT_MS` at most) before the fallback.
+        let wait = Duration::from_millis(HANDOVER_END_WAIT_MS);
+        let grace = timeout + wait + if graceful { drain } else { Duration::ZERO } + kill;
+        let kill_at = now + grace;
         w.kill_at = Some(w.kill_at.map_or(kill_at, |k| k.min(kill_at)));
         w.handing_over_to = Some(new);
+        w.handover_grace = grace;
         w.stall_at = None;
         w.retired_at.get_or_insert(now);
         self.slots.retire(old);
@@ -104,9 +107,40 @@ impl<P: Processes> Supervisor<P> {
         self.procs.kill(pid, Signal::SIGKILL);
     }
 
+    /// The old worker `id` writes its worker state, or sent it (`state_bytes` so far): its kill
+    /// deadline counts again from now, as at its `HandOver` (it only ever grows here). A worker
+    /// that is not handing over, or was killed already, is left as it is.
+    pub fn handover_progress(&mut self, id: WorkerId, state_bytes: u64) {
+        let now = self.procs.now();
+        let Some(w) = self.slots.worker_mut(id) else { return };
+        if w.handing_over_to.is_none() || w.killed.is_some() {
+            return;
+        }
+        let kill_at = now + w.handover_grace;
+        if w.kill_at.is_some_and(|k| k < kill_at) {
+            w.kill_at = Some(kill_at);
+        }
+        tracing::debug!(
+            worker = id.0,
+            state_bytes,
+            "the old worker's hand-over goes on; its kill deadline counts again"
+        );
+    }
+
+    /// `old` was told to drain (or stop) instead of handing over (a worker protocol without
+    /// hand-overs, no socket pair): no `HandedOver` comes, and nothing is under way.
+    pub fn handover_not_started(&mut self, old: WorkerId) {
+        if let Some(w) = self.slots.worker_mut(old) {
+            w.handing_over_to = None;
+        }
+    }
+
     /// An old worker's hand-over ended: the log line, and the service's totals.
     pub fn handed_over(&mut self, id: WorkerId, report: HandoverReport) {
-        let Some(key) = self.slots.worker(id).map(|w| w.key) else { return };
+        let Some(w) = self.slots.worker_mut(id) else { return };
+        // Over: nothing is lent any more (an upgrade may go on).
+        w.handing_over_to = None;
+        let key = w.key;
         let service = self.service_name(key.service).to_string();
         let text = describe(&report);
         match &report.failure {

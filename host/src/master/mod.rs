@@ -672,6 +672,7 @@ impl Master {
             |id| self.channels.get(&id).and_then(|c| c.peer_protocol).is_some_and(|p| p >= handover::HANDOVER_PROTOCOL);
         if !speaks(old) || !speaks(new) {
             tracing::info!(worker = old.0, "the worker's protocol has no hand-over; it drains");
+            self.sup.handover_not_started(old);
             self.send(new, &ToWorker::Serve);
             return self.send(old, &handover::fallback_message(fallback));
         }
@@ -680,6 +681,7 @@ impl Master {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(worker = old.0, "could not make a hand-over socket pair: {e}; the worker drains");
+                self.sup.handover_not_started(old);
                 self.send(new, &ToWorker::Serve);
                 return self.send(old, &handover::fallback_message(fallback));
             }
@@ -821,6 +823,7 @@ impl Master {
                 }
                 ToMaster::HandedOver(report) => self.sup.handed_over(id, report),
                 ToMaster::HandoverTimedOut => self.sup.handover_timed_out(id),
+                ToMaster::HandoverProgress { state_bytes } => self.sup.handover_progress(id, state_bytes),
             }
         }
         // A worker of another version, a frame over the limit, a worker that does not read: the

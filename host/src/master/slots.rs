@@ -141,8 +141,11 @@ pub struct Worker {
     /// It is being recycled, and why.
     pub recycled: Option<Recycle>,
     /// It was told to hand its connections over to this replacement (killed on its
-    /// `HandoverTimedOut`).
+    /// `HandoverTimedOut`); None again once it reported the end (`HandedOver`). While one is
+    /// set, `host upgrade` is refused.
     pub handing_over_to: Option<WorkerId>,
+    /// From its `HandOver` (and each `HandoverProgress`) to its kill deadline.
+    pub handover_grace: Duration,
 }
 
 /// One worker slot of a service: successive workers of a slot share its listening socket.
@@ -442,6 +445,7 @@ mod tests {
             rss_bytes: 0,
             recycled: None,
             handing_over_to: None,
+            handover_grace: Duration::ZERO,
         }
     }
 

@@ -187,6 +187,11 @@ impl<P: Processes> Supervisor<P> {
         self.reloader.is_idle()
     }
 
+    /// Whether an old worker hands over and has not reported the end (`HandedOver`).
+    pub fn handover_under_way(&self) -> bool {
+        self.slots.workers().any(|w| w.handing_over_to.is_some())
+    }
+
     /// The drain and kill timeouts (a stop waits for both).
     pub fn drain_and_kill(&self) -> (Duration, Duration) {
         (self.timeouts.drain, self.timeouts.kill)
@@ -323,6 +328,7 @@ impl<P: Processes> Supervisor<P> {
             rss_bytes: 0,
             recycled: None,
             handing_over_to: None,
+            handover_grace: Duration::ZERO,
         })
     }
 
@@ -982,7 +988,7 @@ mod tests {
         assert_eq!(sup.slots.workers().count(), 4, "the old ones still retire");
         // They are killed at their deadline: the hand-over's (and its wait for a timed-out
         // replacement's end), then the drain's.
-        let wait = Duration::from_millis(crate::ctl::HANDOVER_KILL_WAIT_MS);
+        let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS);
         sup.procs().advance(crate::config::DEFAULT_HANDOVER_TIMEOUT + wait + TIMEOUTS.drain + TIMEOUTS.kill);
         sup.tick();
         assert_eq!(sup.procs().signals.iter().filter(|(_, s)| *s == Signal::SIGKILL).count(), 2);
@@ -1097,7 +1103,7 @@ mod tests {
         });
         assert_eq!(timeout, Some(3000), "{out:?}");
         let p = pid(&sup, old);
-        let wait = Duration::from_millis(crate::ctl::HANDOVER_KILL_WAIT_MS);
+        let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS);
         let kill_after = Duration::from_millis(3000) + wait + TIMEOUTS.drain + TIMEOUTS.kill;
         sup.procs().advance(kill_after - Duration::from_millis(1));
         sup.tick();
@@ -1109,6 +1115,45 @@ mod tests {
         sup.procs().advance(Duration::from_millis(1));
         sup.tick();
         assert!(killed(&mut sup), "killed at their sum");
+    }
+
+    // An old worker writing a long worker state reports progress (`HandoverProgress`): its kill
+    // deadline counts again from each report, so it is not killed while it goes on; once its
+    // hand-over ended (`HandedOver`), a report extends nothing, and an upgrade may go on.
+    #[test]
+    fn handover_progress_extends_the_old_workers_kill_deadline() {
+        let mut s = state("http", 1, true);
+        s.service.limits.handover_timeout_ms = 3000;
+        let mut sup = started(vec![(s, Some(1))]);
+        let old = serving(&sup, 0, 0).unwrap();
+        assert!(!sup.handover_under_way());
+        sup.request_reload(true, Trigger::Command, None);
+        let out = outputs(&mut sup);
+        sup.checked(done(checks(&out)[0], 2));
+        let new = attached(&outputs(&mut sup));
+        sup.worker_ready(new[0]);
+        let _ = outputs(&mut sup);
+        assert!(sup.handover_under_way());
+        let p = pid(&sup, old);
+        let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS);
+        let grace = Duration::from_millis(3000) + wait + TIMEOUTS.drain + TIMEOUTS.kill;
+        let killed = |sup: &mut Supervisor<FakeProcesses>| sup.procs().signals.contains(&(p, Signal::SIGKILL));
+        // Each report comes 1 ms before the deadline the last one set.
+        for _ in 0..3 {
+            sup.procs().advance(grace - Duration::from_millis(1));
+            sup.tick();
+            assert!(!killed(&mut sup), "killed while it reported progress");
+            sup.handover_progress(old, 1 << 30);
+        }
+        sup.handed_over(old, crate::ctl::HandoverReport { attempted: true, moved: 1, ..Default::default() });
+        assert!(!sup.handover_under_way(), "the hand-over ended");
+        sup.procs().advance(grace - Duration::from_millis(1));
+        sup.tick();
+        assert!(!killed(&mut sup));
+        sup.handover_progress(old, 1 << 30);
+        sup.procs().advance(Duration::from_millis(1));
+        sup.tick();
+        assert!(killed(&mut sup), "a report after the end extends nothing");
     }
 
     // An old worker whose hand-over timed out asks the master to end its replacement: the master

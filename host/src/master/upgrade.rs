@@ -91,6 +91,10 @@ pub enum UpgradeError {
     ReloadUnderWay,
     #[error("an upgrade is under way already")]
     UnderWay,
+    /// A worker hands its connections over: the master that would kill a replacement stuck
+    /// in it (`ToMaster::HandoverTimedOut`) must be the one that started it.
+    #[error("a hand-over is under way; try again once it is done")]
+    HandoverUnderWay,
     #[error("could not hand the state over: {0}")]
     HandOver(&'static str),
     #[error("could not write the state: {0}")]
@@ -685,6 +689,9 @@ impl Master {
         if !self.sup.reloader_idle() {
             return Err(UpgradeError::ReloadUnderWay);
         }
+        if self.sup.handover_under_way() {
+            return Err(UpgradeError::HandoverUnderWay);
+        }
         Ok(())
     }
 
@@ -996,6 +1003,7 @@ impl Master {
                 rss_bytes: 0,
                 recycled: None,
                 handing_over_to: None,
+                handover_grace: Duration::ZERO,
             };
             let role = match w.role {
                 HandedRole::Serving => Role::Serving,

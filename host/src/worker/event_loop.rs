@@ -174,13 +174,7 @@ impl Worker {
             worker.core.tls_alpn_fixed = tls.alpn_fixed;
         }
         if let Some(url) = &spec.cluster {
-            // A measurement, not a mode to run (docs/architecture.md, "Which process holds the
-            // broker connection"): only slot 0 connects and relays for the others.
-            let relay = std::env::var_os("HOST_BENCH_CLUSTER_RELAY").is_some_and(|v| v == "1");
-            if !relay || spec.slot == 0 {
-                worker.core.join_cluster(url).map_err(anyhow::Error::msg)?;
-                worker.core.topics.relay = relay;
-            }
+            worker.core.join_cluster(url).map_err(anyhow::Error::msg)?;
         }
         if let RResult::RErr(e) = dispatch::worker_start(&mut worker.plugin, &mut worker.core) {
             anyhow::bail!("plugin {} failed to start: {}", loaded.name, e);
@@ -750,6 +744,7 @@ fn msg_name(msg: &ToMaster) -> &'static str {
         ToMaster::ParentDeath { .. } => "parent death",
         ToMaster::HandedOver(_) => "hand-over report",
         ToMaster::HandoverTimedOut => "hand-over timed out",
+        ToMaster::HandoverProgress { .. } => "hand-over progress",
     }
 }
 

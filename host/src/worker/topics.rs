@@ -63,10 +63,6 @@ pub struct TopicTable {
     pub heard: VecDeque<(Box<[u8]>, Vec<u8>)>,
     /// The broker connection of the service's cluster (`--cluster`), when it has one.
     pub cluster: Option<Link>,
-    /// A measurement only (`HOST_BENCH_CLUSTER_RELAY`, `bench/topics.sh`'s `*-relay` rows): this
-    /// worker holds the host's one broker connection and relays between it and the other
-    /// workers' mailboxes (see `Core::relay_from_broker`).
-    pub relay: bool,
     /// This worker's id as a publisher, and the number of its last publish.
     pub publisher: u64,
     pub seq: u64,

@@ -227,9 +227,10 @@ fn a_replacement_that_dies_mid_way_through_the_batches_loses_only_what_it_acknow
 
 // A replacement stuck after it accepted the offer (fixture_crash stops itself with SIGSTOP
 // while adopting the first connection), `--handover-timeout 1`: at its deadline the old worker
-// holds lent connections whose frames wait in the replacement's socket, so it asks the master to
-// end the replacement, and takes back what was not acknowledged only once the replacement's end
-// of the pair has closed. The stopped replacement is dead by then (continued, it would adopt
+// holds lent connections whose frames wait in the replacement's socket, so it sends `Done` after
+// them; unanswered within `HANDOVER_CANCEL_WAIT_MS` too, it asks the master to end the
+// replacement, and takes back what was not acknowledged only once the replacement's end of the
+// pair has closed. The stopped replacement is dead by then (continued, it would adopt
 // those frames and read the connections the old worker serves again: two workers on one
 // connection), and the old worker answers every client, the line it had read half of included.
 #[test]
@@ -304,6 +305,132 @@ fn an_old_worker_slow_to_write_its_state_still_hands_over() {
     std::thread::sleep(Duration::from_millis(2500));
     kill(Pid::from_raw(old[0]), Signal::SIGCONT).expect("SIGCONT the old worker");
     let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains(&format!("moved={N} ")) && line.contains(" stayed=0 "), "{line}\n{}", host.log_text());
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("f {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("half {i}\n"), "the new worker completes the line");
+    }
+}
+
+// A replacement slower than `handover_timeout` but not stuck is not killed: at its deadline the
+// old worker sends nothing more but `Done` after what it lent; the replacement (stopped while
+// adopting, fixture_crash's `adopt = "stop"`, then continued) adopts what it had been sent,
+// acknowledges it and answers: every connection is its own, none served by both workers, none
+// closed (killed, it would have taken the connections it acknowledged down with it).
+#[test]
+fn a_replacement_slower_than_the_timeout_keeps_what_it_was_sent_and_is_not_killed() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const N: usize = 3;
+    let config = "handover = \"on\"\nadopt = \"stop\"\n";
+    let args = ["--plugin-config", config, "--drain-timeout", "30", "--handover-timeout", "1"];
+    let mut host = Host::start("fixture_crash", &args);
+    let old = host.worker_pids();
+    assert_eq!(old.len(), 1, "one worker: {old:?}");
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        half_line_read(&mut host, c, format!("before {i}\n").as_bytes(), b"hal");
+    }
+    reload(&mut host, &["reload", "-g"]);
+    let stopped = host.log().wait_for("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let new: i32 = stopped
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no pid in {stopped}"));
+    // The old worker's deadline passed (then the replacement has `HANDOVER_CANCEL_WAIT_MS`).
+    host.log()
+        .wait_for("the replacement did not adopt in time; it keeps what it was sent", LOG_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    kill(Pid::from_raw(new), Signal::SIGCONT).expect("SIGCONT the replacement");
+    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains(&format!("moved={N} ")) && line.contains(" stayed=0 "), "{line}\n{}", host.log_text());
+    assert!(!matches!(process_state(new), None | Some('Z')), "the replacement was ended: {}", host.log_text());
+    assert_eq!(host.log().count("killing it"), 0, "{}", host.log_text());
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("f {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("half {i}\n"), "the replacement completes the line");
+    }
+    // Each connection once, in the replacement.
+    let out = host.command(["connections"], Duration::from_secs(5));
+    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.contains(" open")).collect();
+    assert_eq!(rows.len(), N, "{}", out.stdout);
+    assert!(rows.iter().all(|r| r.starts_with(&format!("{new} "))), "{}", out.stdout);
+}
+
+// The same in batches, with more connections than may wait for their acknowledgement at once:
+// at the deadline the replacement (stopped while adopting its first connection) holds the
+// batches it was sent; the connections not taken out yet stay with the old worker (`the
+// hand-over timed out`). Continued, the replacement adopts what it was sent and answers `Done`:
+// every client is answered, each by one worker, none closed.
+#[test]
+fn a_slow_replacement_in_batches_keeps_the_batches_it_was_sent_and_the_rest_stays() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const N: usize = 600;
+    let config = "handover = \"on\"\nbatches = \"on\"\nadopt = \"stop\"\n";
+    let args = ["--plugin-config", config, "--drain-timeout", "30", "--handover-timeout", "1"];
+    let mut host = Host::start("fixture_crash", &args);
+    let old = host.worker_pids();
+    assert_eq!(old.len(), 1, "one worker: {old:?}");
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("before {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("before {i}\n"));
+    }
+    reload(&mut host, &["reload", "-g"]);
+    let stopped = host.log().wait_for("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let new: i32 = stopped
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no pid in {stopped}"));
+    host.log()
+        .wait_for("the replacement did not adopt in time; it keeps what it was sent", LOG_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    kill(Pid::from_raw(new), Signal::SIGCONT).expect("SIGCONT the replacement");
+    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let field = |name: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    let (moved, stayed) = (field("moved="), field("stayed="));
+    assert!(moved > 0 && stayed > 0 && moved + stayed == N, "{line}\n{}", host.log_text());
+    assert!(line.contains("it kept the"), "{line}");
+    assert!(!matches!(process_state(new), None | Some('Z')), "the replacement was ended: {}", host.log_text());
+    assert_eq!(host.log().count("killing it"), 0, "{}", host.log_text());
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("after {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("after {i}\n"), "client {i}");
+    }
+    // Each connection once: those sent in the replacement, the rest in the old worker.
+    let out = host.command(["connections"], Duration::from_secs(5));
+    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.contains(" open")).collect();
+    let in_new = rows.iter().filter(|r| r.starts_with(&format!("{new} "))).count();
+    let in_old = rows.iter().filter(|r| r.starts_with(&format!("{} ", old[0]))).count();
+    assert_eq!((in_new, in_old), (moved, stayed), "{}", out.stdout);
+}
+
+// An old worker whose worker state takes longer to write than the master's kill deadline of it
+// (from `HandOver`: `handover_timeout`, the waits of a timed-out hand-over, the drain and kill
+// timeouts: 1 + 10 + 0.5 + 0.5 s here) is not killed while it writes (fixture_crash's
+// `export = "slow"`, 14 s): it tells the master it goes on (`HandoverProgress`), and every
+// connection moves.
+#[test]
+fn an_old_worker_writing_its_state_for_longer_than_its_kill_deadline_is_not_killed() {
+    const N: usize = 2;
+    let config = "handover = \"on\"\nexport = \"slow\"\nexport_ms = \"14000\"\n";
+    let args =
+        ["--plugin-config", config, "--drain-timeout", "0.5", "--kill-timeout", "0.5", "--handover-timeout", "1"];
+    let mut host = Host::start("fixture_crash", &args);
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        half_line_read(&mut host, c, format!("before {i}\n").as_bytes(), b"hal");
+    }
+    reload(&mut host, &["reload", "-g"]);
+    host.log().wait_for("writes its state slowly", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let line = host.log().wait_for("hand-over ended", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
     assert!(line.contains(&format!("moved={N} ")) && line.contains(" stayed=0 "), "{line}\n{}", host.log_text());
     for (i, c) in clients.iter_mut().enumerate() {
         c.send(format!("f {i}\n").as_bytes());
@@ -1038,4 +1165,55 @@ fn a_refused_clients_carried_connection_goes_back_with_it() {
     c.send(b"send two\n");
     assert_eq!(read_line(&mut c), "data 1:two\n", "the old worker, through the same upstream connection");
     assert_eq!(accepts.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+// `host upgrade` waits for the end of a hand-over: the master that started one is the one that
+// kills its replacement should it time out (`HandoverTimedOut`; a new master would not know the
+// pair). While the replacement is stuck adopting (fixture_crash's `adopt = "stop"`), the upgrade
+// is refused with the reason and the master goes on; once the hand-over ended (the replacement
+// continued and adopted), the same upgrade goes through and the moved connection is served.
+#[test]
+fn host_upgrade_is_refused_while_a_hand_over_is_under_way() {
+    use host_tests::copied_host::CopiedHost;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let fixtures = host_tests::fixtures_dir();
+    let fixtures = fixtures.to_str().unwrap();
+    let config = "handover = \"on\"\nadopt = \"stop\"\n";
+    let args = [
+        "--plugin",
+        "fixture_crash",
+        "--plugin-dir",
+        fixtures,
+        "--listen",
+        "127.0.0.1:0",
+        "--plugin-config",
+        config,
+        "--drain-timeout",
+        "30",
+        "--handover-timeout",
+        "120",
+    ];
+    let host = CopiedHost::start(&args);
+    let mut c = Client::connect(host.port());
+    c.send(b"first\n");
+    assert_eq!(read_line(&mut c), "first\n");
+    let out = host.command(&["reload", "-g"], RELOAD_TIMEOUT);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let stopped = host.wait_for_log("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let new: i32 = stopped
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no pid in {stopped}"));
+    host.replace_binary();
+    let out = host.command(&["upgrade"], RELOAD_TIMEOUT);
+    assert!(!out.status.success(), "the upgrade went on during a hand-over:\n{}", host.log());
+    assert!(out.stderr.contains("a hand-over is under way"), "{}{}", out.stdout, out.stderr);
+    let _ = kill(Pid::from_raw(new), Signal::SIGCONT);
+    host.wait_for_log("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = host.command(&["upgrade"], RELOAD_TIMEOUT);
+    assert!(out.status.success(), "host upgrade failed: {}{}\nlog:\n{}", out.stdout, out.stderr, host.log());
+    c.send(b"after\n");
+    assert_eq!(read_line(&mut c), "after\n");
 }

@@ -10,7 +10,6 @@ mod conn;
 mod connect;
 mod export;
 mod host;
-mod relay;
 mod stats;
 mod topics;
 

@@ -120,7 +120,6 @@ impl Core {
         }
         self.topics.stats.received += 1;
         self.fan_out(from, topic, msg);
-        self.relay_to_broker(from, topic, msg);
         if !self.topics.seam_marks.is_empty() {
             // Read past every mark of a connection: nothing more of the old worker's can come.
             let seen = &self.topics.seen;
@@ -324,7 +323,6 @@ impl Core {
             match event {
                 Event::Message { topic, payload } => {
                     self.deliver_published(None, &topic, &payload);
-                    self.relay_from_broker(&topic, &payload);
                 }
                 Event::Connected => tracing::info!("connected to the cluster's broker"),
                 Event::Disconnected { reason } => {

@@ -30,9 +30,11 @@
 //! old worker restores every connection it holds (those of frames not acknowledged yet) and
 //! drains as before. Only the old worker decides a timeout (the replacement gives up on its own
 //! only while it waits for the offer): at its deadline (counted again once the worker state is
-//! sent), with connections lent, it asks the master to kill the replacement (`HandoverTimedOut`)
-//! and restores what was not acknowledged only once the channel closed, so that no connection is
-//! ever read by both. The old instance keeps its plugin state throughout (an export does not
+//! sent), with connections lent, it sends nothing more but `Done` after what went (the rest
+//! comes back: `send::cancel_unsent`); a replacement that is slow, not stuck, adopts and
+//! acknowledges what it was sent and answers. No answer within `HANDOVER_CANCEL_WAIT_MS`: it
+//! asks the master to kill the replacement (`HandoverTimedOut`) and restores what was not
+//! acknowledged only once the channel closed, so that no connection is ever read by both. The old instance keeps its plugin state throughout (an export does not
 //! consume it), so a restored connection goes on where it was.
 //!
 //! UDP sessions: both workers share the slot's socket (one receive queue). The old worker stops
@@ -60,6 +62,7 @@ use crate::ctl::{Fallback, Handover, HandoverChannel, HandoverReport, ToMaster, 
 use crate::sys;
 
 mod adopt;
+mod progress;
 mod send;
 
 /// The token of the hand-over's socket pair.
@@ -82,7 +85,11 @@ pub(super) struct OldSide {
     /// replacement's).
     timeout_ms: u64,
     deadline_ms: u64,
-    /// The deadline passed with connections lent: the master was asked to end the replacement
+    /// The deadline passed with connections lent: what was not sent came back, and `Done` went
+    /// after what was (`send::cancel_unsent`); the replacement answers it once it adopted the
+    /// rest, within `HANDOVER_CANCEL_WAIT_MS`.
+    cancelled: bool,
+    /// No answer to that `Done` in time either: the master was asked to end the replacement
     /// (`HandoverTimedOut`); this side reads its channel until it closes, sending nothing more.
     timed_out: bool,
     /// Taken out and not acknowledged, in the order sent: each under the id it had here (held:
@@ -241,6 +248,7 @@ impl Worker {
             fallback,
             timeout_ms,
             deadline_ms: self.core.now_ms + timeout_ms,
+            cancelled: false,
             timed_out: false,
             held: VecDeque::new(),
             held_base: 0,
@@ -329,6 +337,13 @@ impl Worker {
                 Handover::Ack(adopted) if !old.awaiting.is_empty() => match self.acknowledged(&mut old, adopted) {
                     Ok(false) => {}
                     Ok(true) => {
+                        if old.cancelled && old.report.stayed > 0 {
+                            // Late: the replacement kept what it had been sent, the rest stayed.
+                            old.report.failure = Some(format!(
+                                "no acknowledgement from the new worker within {} ms (it kept the {} it had adopted by then)",
+                                old.timeout_ms, old.report.moved
+                            ));
+                        }
                         let (report, fallback) = (std::mem::take(&mut old.report), old.fallback);
                         self.handover_ended(report, fallback);
                         return None;
@@ -340,6 +355,12 @@ impl Worker {
                 },
                 Handover::Refuse(why) => {
                     self.end_old(old, format!("the new worker refused the state: {why}"));
+                    return None;
+                }
+                Handover::Failed(_) if old.cancelled => {
+                    // `Done` before the worker state it never got: it adopted nothing.
+                    let why = format!("no acknowledgement from the new worker within {} ms", old.timeout_ms);
+                    self.end_old(old, why);
                     return None;
                 }
                 Handover::Failed(why) => {
@@ -381,24 +402,38 @@ impl Worker {
                 self.end_old(old, why);
                 return None;
             }
-            if old.held.is_empty() && old.held_sessions.is_empty() {
-                // Nothing is lent (the replacement has not accepted, or acknowledged everything
-                // but `Done`): it can read nothing this worker keeps.
-                let why = format!("no acknowledgement from the new worker within {} ms", old.timeout_ms);
-                self.end_old(old, why);
-                return None;
+            if !old.cancelled {
+                if !self.cancel_unsent(&mut old) {
+                    // Nothing is lent (the replacement has not accepted, or acknowledged
+                    // everything but `Done`): it can read nothing this worker keeps.
+                    let why = format!("no acknowledgement from the new worker within {} ms", old.timeout_ms);
+                    self.end_old(old, why);
+                    return None;
+                }
+                // Connections are lent: the replacement may adopt them yet (their frames wait in
+                // its socket). `Done` follows them: it adopts and acknowledges what came before,
+                // in order, then answers, and nothing is lent any more (none is served by two,
+                // none closed).
+                tracing::warn!(
+                    timeout_ms = old.timeout_ms,
+                    held = old.held.len() + old.held_sessions.len(),
+                    "the replacement did not adopt in time; it keeps what it was sent, and nothing more is"
+                );
+                old.cancelled = true;
+                old.deadline_ms = self.core.now_ms + crate::ctl::HANDOVER_CANCEL_WAIT_MS;
+            } else {
+                // No answer to `Done` either: the replacement is stuck. Only once it has ended
+                // is what it did not acknowledge this worker's again.
+                tracing::warn!(
+                    wait_ms = crate::ctl::HANDOVER_CANCEL_WAIT_MS,
+                    held = old.held.len() + old.held_sessions.len(),
+                    "the replacement did not answer in time; asking the master to end it"
+                );
+                self.send_control(&ToMaster::HandoverTimedOut);
+                old.timed_out = true;
+                old.deadline_ms = self.core.now_ms + crate::ctl::HANDOVER_KILL_WAIT_MS;
+                let _ = self.poll.registry().reregister(&mut old.channel.stream, HANDOVER, Interest::READABLE);
             }
-            // Connections are lent: the replacement may adopt them yet (their frames wait in its
-            // socket). Only once it has ended is what it did not acknowledge this worker's again.
-            tracing::warn!(
-                timeout_ms = old.timeout_ms,
-                held = old.held.len() + old.held_sessions.len(),
-                "the replacement did not adopt in time; asking the master to end it"
-            );
-            self.send_control(&ToMaster::HandoverTimedOut);
-            old.timed_out = true;
-            old.deadline_ms = self.core.now_ms + crate::ctl::HANDOVER_KILL_WAIT_MS;
-            let _ = self.poll.registry().reregister(&mut old.channel.stream, HANDOVER, Interest::READABLE);
         }
         if old.timed_out {
             // Nothing more goes out: the channel's end is awaited.
@@ -412,9 +447,11 @@ impl Worker {
         match send::send_outgoing(&mut old) {
             Ok(true) => {
                 // The worker state is sent: the replacement's time to adopt starts now (this
-                // turn's clock is old when the plugin took long to write a large state).
+                // turn's clock is old when the plugin took long to write a large state), and so
+                // does the master's kill deadline of this worker.
                 let now = self.epoch.elapsed().as_millis() as u64;
                 old.deadline_ms = now.max(self.core.now_ms) + old.timeout_ms;
+                self.send_control(&ToMaster::HandoverProgress { state_bytes: old.report.state_bytes });
             }
             Ok(false) => {}
             Err(e) => {

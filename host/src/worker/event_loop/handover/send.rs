@@ -116,7 +116,9 @@ impl Worker {
     fn queue_worker_state(&mut self, old: &mut OldSide, taken: Vec<Taken>) -> Result<(), String> {
         let mut sink = StateSink::default();
         self.core.carry.exporting = Some(Vec::new());
-        let answer = dispatch::handover_export_worker(&mut self.plugin, &mut self.core, &mut sink);
+        // A long export tells the master it goes on (its kill deadline counts again).
+        let mut reporting = super::progress::Reporting::new(&mut sink, &mut self.control);
+        let answer = dispatch::handover_export_worker(&mut self.plugin, &mut self.core, &mut reporting);
         let carried = self.core.carry.exporting.take().unwrap_or_default();
         let mut with_state = Vec::new();
         for c in carried {
@@ -381,6 +383,60 @@ impl Worker {
             Some(Awaited::Done) => Err("the new worker acknowledged connections that were not sent".into()),
             None => Err("an acknowledgement out of turn".into()),
         }
+    }
+}
+
+impl Worker {
+    /// The hand-over's deadline passed: the frames not given to the channel yet are not sent
+    /// (their connections and UDP sessions come back under their ids, with those not taken out
+    /// yet: they stay, for the timeout); `Done` follows what was sent, unless it went already.
+    /// The replacement adopts and acknowledges what came before it, in order, and answers it:
+    /// then nothing is lent any more. Whether something is lent now (else the caller ends).
+    pub(super) fn cancel_unsent(&mut self, old: &mut OldSide) -> bool {
+        let unsent: Vec<Outgoing> = old.outgoing.drain(..).collect();
+        let mut first_place = None;
+        let (mut sessions, mut done_unsent) = (0, false);
+        for frame in unsent.iter().rev().filter(|f| !f.state) {
+            match old.awaiting.pop_back() {
+                Some(Awaited::Sessions { count }) => sessions += count,
+                Some(Awaited::Done) => done_unsent = true,
+                Some(Awaited::Conns { .. }) | None => {}
+            }
+            if !frame.lends.is_empty() {
+                first_place = Some(frame.lends.start);
+            }
+        }
+        let mut stays = 0u64;
+        if let Some(place) = first_place {
+            let back = old.held.split_off(place - old.held_base);
+            stays += back.len() as u64;
+            for (id, conn) in back {
+                self.restore_conn(id, conn);
+            }
+        }
+        let back = old.held_sessions.split_off(old.held_sessions.len() - sessions);
+        let not_sent: Vec<_> = old.sessions.drain(..).map(|(id, snapshot, _)| (id, snapshot)).collect();
+        stays += (back.len() + not_sent.len()) as u64;
+        for (id, snapshot) in back.into_iter().chain(not_sent) {
+            self.restore_session(id, snapshot);
+        }
+        // Never out of the table: they stay where they are.
+        stays += old.pending.drain(..).count() as u64;
+        stays += old.outbound.drain(..).filter(|&id| self.core.get(id).is_some()).count() as u64;
+        old.report.stay("the hand-over timed out", stays);
+        let lent = !old.held.is_empty() || !old.held_sessions.is_empty();
+        if lent && (done_unsent || !old.done_queued) {
+            let place = old.held_base + old.held.len();
+            old.outgoing.push_back(Outgoing {
+                frame: Handover::Done,
+                lends: place..place,
+                owned: Vec::new(),
+                state: false,
+            });
+            old.awaiting.push_back(Awaited::Done);
+        }
+        old.done_queued = true;
+        lent
     }
 }
 
