@@ -74,10 +74,10 @@ pub fn write_worker(server: &Server, now: u64, out: &mut impl Write) -> io::Resu
 /// The size of the pieces [`write_worker`] hands to the host.
 const WRITE_CHUNK: usize = 256 * 1024;
 
-/// Reads what [`write_worker`] wrote into `server`'s keyspace, all or nothing: the whole state
-/// is checked first (lengths, the end), and nothing changes unless all of it reads, so a
-/// refused state leaves an empty keyspace behind, not part of one. The check also counts the
-/// keys and deadlines, so the keyspace's tables are sized once.
+/// Reads what [`write_worker`] wrote into `server`'s keyspace, all or nothing: a state that
+/// turns out unreadable part of the way (a length beyond its end, bytes after it) is refused and
+/// what it had put in is taken out again, so a refused state leaves the keyspace as it was
+/// (empty), not part of one.
 pub fn read_worker(server: &mut Server, now: u64, bytes: &[u8]) -> Result<(), String> {
     let mut r = Reader(bytes);
     if r.take(MAGIC.len())? != MAGIC {
@@ -86,34 +86,37 @@ pub fn read_worker(server: &mut Server, now: u64, bytes: &[u8]) -> Result<(), St
     let counters = [r.u64()?, r.u64()?, r.u64()?];
     let expired = r.u64()?;
     let keys = r.u64()?;
-    let entries = r.0;
-    // Bounded by the bytes, whatever the count says: an entry takes at least 20 of them.
-    let mut volatile = 0usize;
-    for _ in 0..keys {
-        if next_entry(&mut r)?.2 != -1 {
-            volatile += 1;
-        }
-    }
-    if !r.0.is_empty() {
-        return Err(format!("{} bytes after the keyspace", r.0.len()));
-    }
-    let keys = usize::try_from(keys).map_err(|_| "too many keys".to_string())?;
-    server.store.reserve(keys, volatile);
+    // The table sized once, bounded by the bytes whatever the count says (an entry takes at
+    // least MIN_ENTRY of them).
+    server.store.reserve(usize::try_from(keys).unwrap_or(usize::MAX).min(r.0.len() / MIN_ENTRY));
+    let mark = server.store.moved_mark();
     let unix_now = server.unix_ms(now);
-    let mut r = Reader(entries);
-    for _ in 0..keys {
-        let (key, value, deadline) = next_entry(&mut r)?;
-        let expires_at = match deadline {
-            -1 => NEVER,
-            // One that expired during the hand-over expires at the next touch.
-            deadline => now.saturating_add(u64::try_from(deadline.saturating_sub(unix_now)).unwrap_or(0)),
-        };
-        server.store.insert_moved(key.into(), value.to_vec(), expires_at);
+    let mut read = || {
+        for _ in 0..keys {
+            let (key, value, deadline) = next_entry(&mut r)?;
+            let expires_at = match deadline {
+                -1 => NEVER,
+                // One that expired during the hand-over expires at the next touch.
+                deadline => now.saturating_add(u64::try_from(deadline.saturating_sub(unix_now)).unwrap_or(0)),
+            };
+            server.store.insert_moved(key.into(), value.to_vec(), expires_at);
+        }
+        match r.0.len() {
+            0 => Ok(()),
+            n => Err(format!("{n} bytes after the keyspace")),
+        }
+    };
+    if let Err(e) = read() {
+        server.store.undo_moved(mark);
+        return Err(e);
     }
     server.store.expired_keys += expired;
     server.adopt_counters(counters);
     Ok(())
 }
+
+/// The fewest bytes an entry takes: its three lengths and deadline.
+const MIN_ENTRY: usize = 4 + 8 + 8;
 
 /// One entry of the keyspace: key, value, deadline (Unix ms, -1 for none).
 fn next_entry<'a>(r: &mut Reader<'a>) -> Result<(&'a [u8], &'a [u8], i64), String> {

@@ -124,11 +124,25 @@ impl Store {
         self.map.iter().map(|(k, e)| (&**k, e))
     }
 
-    /// Makes room for `keys` more keys, `volatile` of them with a deadline (a hand-over knows
-    /// how many come: the tables are sized once instead of doubling, and rehashing, ~20 times).
-    pub fn reserve(&mut self, keys: usize, volatile: usize) {
+    /// Makes room for `keys` more keys (a hand-over knows how many come: the table is sized
+    /// once instead of doubling ~20 times).
+    pub fn reserve(&mut self, keys: usize) {
         self.map.reserve(keys);
-        self.volatile.reserve(volatile);
+    }
+
+    /// Where the keyspace stands before a hand-over's entries go in ([`Store::undo_moved`]).
+    pub fn moved_mark(&self) -> (usize, usize) {
+        (self.map.len(), self.volatile.len())
+    }
+
+    /// Takes out again every entry [`Store::insert_moved`] put in since `mark` (a state that
+    /// turned out unreadable half-way): they are the last ones in both tables, as it appends
+    /// and nothing else ran meanwhile.
+    pub fn undo_moved(&mut self, (keys, volatile): (usize, usize)) {
+        self.map.truncate(keys);
+        self.volatile.truncate(volatile);
+        self.map.shrink_to_fit();
+        self.volatile.shrink_to_fit();
     }
 
     /// Puts an entry in as it came from a hand-over (`expires_at` on this worker's clock, or
