@@ -21,6 +21,12 @@
 //! message published during the move once, in order (the hand-over's topic seam). Subscribe mode
 //! (what a RESP2 connection may run) and `SUBSCRIBE`'s counts follow from the list.
 //!
+//! The keyspace is written straight from the store into the host's sink (no list or copy of its
+//! entries) and read in one pass into tables sized once from the key count; a state that turns
+//! out unreadable part of the way is refused and what it had put in taken out again
+//! ([`read_worker`]: all or nothing, never part of a keyspace). `handover_cost` (an ignored
+//! test) measures both sides.
+//!
 //! Deadlines travel as Unix milliseconds: each worker's clock has its own epoch. A key already
 //! expired is not written. A connection inside `MULTI` or with `WATCH`ed keys is not moved (its
 //! transaction finishes on the old worker, which drains it): queued commands and watch stamps
