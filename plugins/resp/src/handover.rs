@@ -22,7 +22,7 @@
 //! (what a RESP2 connection may run) and `SUBSCRIBE`'s counts follow from the list.
 //!
 //! The keyspace is written straight from the store into the host's sink (no list or copy of its
-//! entries) and read in one pass into tables sized once from the key count; a state that turns
+//! entries) and read in one pass into a table sized once from the key count; a state that turns
 //! out unreadable part of the way is refused and what it had put in taken out again
 //! ([`read_worker`]: all or nothing, never part of a keyspace). `handover_cost` (an ignored
 //! test) measures both sides.
@@ -121,7 +121,7 @@ pub fn read_worker(server: &mut Server, now: u64, bytes: &[u8]) -> Result<(), St
     Ok(())
 }
 
-/// The fewest bytes an entry takes: its three lengths and deadline.
+/// The fewest bytes an entry takes: its two lengths and its deadline.
 const MIN_ENTRY: usize = 4 + 8 + 8;
 
 /// One entry of the keyspace: key, value, deadline (Unix ms, -1 for none).
