@@ -55,6 +55,8 @@
 pub mod commands;
 pub mod glob;
 pub mod handover;
+#[cfg(test)]
+mod handover_cost;
 pub mod proto;
 pub mod pubsub;
 pub mod reply;

@@ -124,17 +124,37 @@ impl Store {
         self.map.iter().map(|(k, e)| (&**k, e))
     }
 
+    /// Makes room for `keys` more keys (a hand-over knows how many come: the table is sized
+    /// once instead of doubling ~20 times).
+    pub fn reserve(&mut self, keys: usize) {
+        self.map.reserve(keys);
+    }
+
+    /// Where the keyspace stands before a hand-over's entries go in ([`Store::undo_moved`]).
+    pub fn moved_mark(&self) -> (usize, usize) {
+        (self.map.len(), self.volatile.len())
+    }
+
+    /// Takes out again every entry [`Store::insert_moved`] put in since `mark` (a state that
+    /// turned out unreadable half-way): they are the last ones in both tables, as it appends
+    /// and nothing else ran meanwhile.
+    pub fn undo_moved(&mut self, (keys, volatile): (usize, usize)) {
+        self.map.truncate(keys);
+        self.volatile.truncate(volatile);
+        self.map.shrink_to_fit();
+        self.volatile.shrink_to_fit();
+    }
+
     /// Puts an entry in as it came from a hand-over (`expires_at` on this worker's clock, or
     /// [`NEVER`]). A key this worker has already is newer (written since it started serving):
-    /// it stays.
+    /// it stays. One hash lookup.
     pub fn insert_moved(&mut self, key: Box<[u8]>, value: Vec<u8>, expires_at: u64) {
-        if self.map.contains_key(&key) {
-            return;
+        if let indexmap::map::Entry::Vacant(slot) = self.map.entry(key) {
+            if expires_at != NEVER {
+                self.volatile.insert(slot.key().clone());
+            }
+            slot.insert(Entry { value, expires_at });
         }
-        if expires_at != NEVER {
-            self.volatile.insert(key.clone());
-        }
-        self.map.insert(key, Entry { value, expires_at });
     }
 
     /// Keys with a deadline.
