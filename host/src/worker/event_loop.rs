@@ -122,7 +122,7 @@ impl Worker {
         let poll = Poll::new()?;
         let ring = match spec.io {
             IoBackend::Epoll => None,
-            IoBackend::Uring => match Ring::new(poll.as_raw_fd(), spec.limits.max_connections) {
+            IoBackend::Uring => match Ring::new(poll.as_raw_fd()) {
                 Ok(ring) => Some(ring),
                 Err(e) => {
                     tracing::warn!("io_uring is unavailable here ({e}); this worker uses epoll");

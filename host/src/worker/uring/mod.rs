@@ -19,16 +19,13 @@
 //!
 //! What stays a system call: `sendfile` of a file range (when nothing is queued before it; a
 //! socket it finds full is waited for with a one-shot `POLL_ADD` for `POLLOUT`), `shutdown`
-//! (after the queued bytes are sent), the accept (on epoll).
-//!
-//! Registered files: each connection's socket is put in the ring's fixed file table (its slot is
-//! its place in the ring's table, [`Ring::new`] sizes the file table to the worker's connection
-//! limit), so its receives, sends and `POLLOUT` waits name it by slot (`IOSQE_FIXED_FILE`) and
-//! the kernel skips taking and dropping a file reference per operation. The descriptor stays an
-//! ordinary one too (`sendfile`, `shutdown`, an export and the transport's other calls use it);
-//! the slot is cleared when the connection's place is freed (closed, or gone in an export), so
-//! the slot never keeps a socket open that the worker closed. A connection whose place is past
-//! the file table (more connections than the limit, during a hand-over) uses its descriptor.
+//! (after the queued bytes are sent), the accept (on epoll). Not used: registered files (every
+//! connection's descriptor is an ordinary one, so `sendfile`, `shutdown`, an export and the
+//! transport's other calls work on it). A fixed file table was built and measured (bench/README.md,
+//! "io_uring", run 5): no saving above the noise under keep-alive, two `io_uring_register` calls
+//! per connection (fill and clear its slot), and before Linux 6.13 a cleared slot's socket stays
+//! open until every older request completes (the kernel retired its resource nodes in order: a
+//! long-lived multishot receive would hold every later-closed socket open).
 //!
 //! A connection's state lives in the ring's table ([`Sock`]) as long as the kernel may still
 //! use its buffers: a socket dropped with bytes still queued or in flight keeps a duplicate of
@@ -82,8 +79,6 @@ const INBOX_HIGH: usize = 64 * 1024;
 /// How long a socket dropped with bytes still to send keeps sending them before they are
 /// cancelled and it is closed.
 const ORPHAN_MS: u64 = 10_000;
-/// The largest fixed file table asked for (the kernel's own limit is 2^20 slots, 8 bytes each).
-const MAX_FIXED_FILES: u64 = 1 << 16;
 /// How long a socket leaving the ring waits for its cancelled operations at most.
 const LEAVE_WAIT: Duration = Duration::from_millis(200);
 
@@ -122,9 +117,6 @@ struct Sock {
     gen: u32,
     /// The descriptor the ring's operations use (the socket's own, or `dup` once it is dropped).
     fd: RawFd,
-    /// The socket is in the ring's fixed file table at this place's index: operations name it
-    /// by slot ([`Sock::target`]).
-    fixed: bool,
     /// A duplicate of the descriptor, kept while the socket is dropped with bytes to send.
     dup: Option<OwnedFd>,
     /// Its [`RingSocket`] exists.
@@ -180,20 +172,6 @@ impl Sock {
     fn idle_in_kernel(&self) -> bool {
         self.recv == RecvOp::Idle && !self.sending && !self.poll_out
     }
-}
-
-/// Builds `$op` with `$fd` naming socket `$key` (state `$s`) by its fixed file slot when it has
-/// one, else by its descriptor (the opcodes take either type).
-macro_rules! on_sock {
-    ($s:expr, $key:expr, |$fd:ident| $op:expr) => {
-        if $s.fixed {
-            let $fd = types::Fixed($key);
-            $op
-        } else {
-            let $fd = types::Fd($s.fd);
-            $op
-        }
-    };
 }
 
 /// What the loop learns of a connection from a turn's completions (mio's event, in effect).
@@ -261,25 +239,14 @@ impl Table {
         key
     }
 
-    /// Frees a dropped socket's place once the kernel holds nothing of it (clearing its slot in
-    /// `ring`'s fixed file table: the slot holds the socket open).
-    fn maybe_free(&mut self, key: u32, ring: &IoUring) {
+    /// Frees a dropped socket's place once the kernel holds nothing of it.
+    fn maybe_free(&mut self, key: u32) {
         let s = &mut self.socks[key as usize];
         if s.live || s.listed || s.recv != RecvOp::Idle || s.sending || s.poll_out || s.fd < 0 {
             return;
         }
         if s.unsent() && s.error.is_none() && s.dup.is_some() {
             return;
-        }
-        if s.fixed {
-            if let Err(e) = ring.submitter().register_files_update(key, &[-1]) {
-                // Not expected (the slot was filled by this ring): the place is not reused,
-                // so the table never names two sockets at once.
-                tracing::warn!("io_uring: clearing fixed file slot {key} failed: {e}");
-                s.fd = -1;
-                return;
-            }
-            s.fixed = false;
         }
         s.dup = None;
         s.fd = -1;
@@ -367,9 +334,6 @@ struct Engine {
     ring: IoUring,
     bufs: BufRing,
     epoll_armed: bool,
-    /// Slots in the fixed file table (0: none registered): a socket whose place in the table
-    /// is below it is put there.
-    fixed_files: u32,
     /// The epoll descriptor's watch completed outside a turn (reported by the next one).
     epoll_ready: bool,
     /// Buffers given back, not yet published.
@@ -402,15 +366,7 @@ impl RingHandle {
             Stream::Unix(s) => s.as_raw_fd(),
             _ => return stream,
         };
-        let mut table = self.table.borrow_mut();
-        let key = table.insert(fd);
-        let engine = self.engine.borrow();
-        if key < engine.fixed_files {
-            // (A failure leaves it on its descriptor: slower, not wrong.)
-            let done = engine.ring.submitter().register_files_update(key, &[fd]);
-            table.socks[key as usize].fixed = matches!(done, Ok(1));
-        }
-        drop((table, engine));
+        let key = self.table.borrow_mut().insert(fd);
         Stream::Ring(RingSocket {
             inner: Box::new(stream),
             key,
@@ -421,13 +377,11 @@ impl RingHandle {
 }
 
 impl Ring {
-    /// A ring for a worker whose other sources are on the epoll descriptor `epoll_fd`, with a
-    /// fixed file table of `fixed_files` slots (the worker's connection limit; fewer where the
-    /// descriptor limit is lower, none where the kernel refuses the table). Fails
+    /// A ring for a worker whose other sources are on the epoll descriptor `epoll_fd`. Fails
     /// where io_uring is unavailable (an old kernel, a seccomp profile that forbids
     /// `io_uring_setup`, `kernel.io_uring_disabled`) or lacks what this backend needs
     /// (provided buffer rings, 5.19; multishot receive, 6.0; waits with a timeout, 5.11).
-    pub fn new(epoll_fd: RawFd, fixed_files: usize) -> io::Result<Ring> {
+    pub fn new(epoll_fd: RawFd) -> io::Result<Ring> {
         kernel_at_least(6, 0)?;
         // One thread submits, and completions are processed when it waits (not by interrupting
         // it as each packet arrives): the kernel's task work for a whole turn runs at once.
@@ -451,19 +405,7 @@ impl Ring {
         // SAFETY: the entries stay allocated until `bufs` is dropped, which happens after the
         // ring (see `Ring`'s field order), and the ring is not shared.
         unsafe { ring.submitter().register_buf_ring_with_flags(bufs.entries as u64, BUF_COUNT, BGID, 0)? };
-        // The kernel refuses a table larger than the descriptor limit (EMFILE).
-        let fd_limit =
-            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
-        let slots = (fixed_files as u64).min(fd_limit).min(MAX_FIXED_FILES) as u32;
-        let fixed_files = match ring.submitter().register_files_sparse(slots) {
-            Ok(()) if slots > 0 => slots,
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::debug!("io_uring: no fixed file table ({e}): connections use their descriptors");
-                0
-            }
-        };
-        let engine = Engine { ring, bufs, epoll_armed: false, fixed_files, epoll_ready: false, recycled: false };
+        let engine = Engine { ring, bufs, epoll_armed: false, epoll_ready: false, recycled: false };
         Ok(Ring { engine: Rc::new(RefCell::new(engine)), table: Rc::default(), epoll_fd, again: Vec::new() })
     }
 
@@ -558,7 +500,7 @@ impl Ring {
         for key in work.drain(..) {
             let s = &mut table.socks[key as usize];
             s.listed = false;
-            let gen = s.gen;
+            let (fd, gen) = (types::Fd(s.fd), s.gen);
             if s.fd < 0 {
                 continue;
             }
@@ -566,7 +508,7 @@ impl Ring {
                 s.live && !s.leaving && s.token.is_some() && !s.eof && s.error.is_none() && s.unread() < INBOX_HIGH;
             match (s.recv, want_recv) {
                 (RecvOp::Idle, true) => {
-                    let recv = on_sock!(s, key, |fd| opcode::RecvMulti::new(fd, BGID).build());
+                    let recv = opcode::RecvMulti::new(fd, BGID).build();
                     push(ring, recv.user_data(user_data(Kind::Recv, key, gen)))?;
                     s.recv = RecvOp::Armed;
                 }
@@ -604,9 +546,7 @@ impl Ring {
                     }
                     // The bytes stay where they are until the completion: `inflight` is not
                     // touched while `sending` (its heap buffer does not move with the table).
-                    let send = on_sock!(s, key, |fd| opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32)
-                        .flags(flags)
-                        .build());
+                    let send = opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32).flags(flags).build();
                     push(ring, send.user_data(user_data(Kind::Send, key, gen)))?;
                     s.sending = true;
                 }
@@ -617,7 +557,7 @@ impl Ring {
                 s.poll_cancelled = true;
             }
             if s.want_poll_out && !s.poll_out && s.live && !s.leaving {
-                let poll = on_sock!(s, key, |fd| opcode::PollAdd::new(fd, libc::POLLOUT as u32).build());
+                let poll = opcode::PollAdd::new(fd, libc::POLLOUT as u32).build();
                 push(ring, poll.user_data(user_data(Kind::PollOut, key, gen)))?;
                 s.poll_out = true;
                 s.want_poll_out = false;
@@ -632,7 +572,7 @@ impl Ring {
                 // Looked at again next turn (its deadline) until its bytes are sent.
                 again.push(key);
             }
-            table.maybe_free(key, ring);
+            table.maybe_free(key);
         }
         table.work = work;
         for key in again.drain(..) {
@@ -1010,10 +950,7 @@ impl Drop for RingSocket {
             }
         }
         table.schedule(self.key);
-        // (Else the next turn frees it.)
-        if let Ok(engine) = self.engine.try_borrow() {
-            table.maybe_free(self.key, &engine.ring);
-        }
+        table.maybe_free(self.key);
     }
 }
 

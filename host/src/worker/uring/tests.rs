@@ -15,13 +15,8 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// A ring over a fresh poll (kept: the ring watches its descriptor), or None where io_uring
 /// is unavailable.
 fn ring() -> Option<(Ring, mio::Poll)> {
-    ring_with(64)
-}
-
-/// [`ring`] with a fixed file table of `slots`.
-fn ring_with(slots: usize) -> Option<(Ring, mio::Poll)> {
     let poll = mio::Poll::new().unwrap();
-    match Ring::new(poll.as_raw_fd(), slots) {
+    match Ring::new(poll.as_raw_fd()) {
         Ok(ring) => Some((ring, poll)),
         Err(e) => {
             eprintln!("io_uring unavailable ({e}): test skipped");
@@ -332,14 +327,7 @@ fn a_socket_leaves_the_ring_with_what_it_received_and_had_not_sent() {
     assert!(!unsent.is_empty(), "bytes were queued");
     assert!(socket.is_settled());
 
-    let key = socket.key;
-    assert!(ring.table.borrow().socks[key as usize].fixed, "it was in the fixed file table");
     let Stream::Tcp(stream) = socket.into_inner() else { panic!("a TCP stream") };
-    // Its fixed file slot is cleared once it is gone from the ring (the slot would hold the
-    // socket open in this process after it moved).
-    spin(&mut ring, 1);
-    assert!(!ring.table.borrow().socks[key as usize].fixed);
-    assert_eq!(ring.table.borrow().free, [key]);
     let mut stream = TcpStream::from(std::os::fd::OwnedFd::from(stream));
     stream.set_nonblocking(false).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -355,52 +343,9 @@ fn a_socket_leaves_the_ring_with_what_it_received_and_had_not_sent() {
     let (mut client, got) = reader.join().unwrap();
     assert!(got == data[..written], "every byte written once, in order ({written} bytes)");
     // Its new owner closes it: the peer sees the end (nothing of the ring holds it open).
+    spin(&mut ring, 1);
     drop(stream);
     assert_eq!(client.read(&mut [0u8; 16]).unwrap(), 0, "the end of the stream");
-}
-
-/// Connections go into the fixed file table (their operations name them by slot) and leave it
-/// when they close: the peer of a closed connection sees its end (a slot left filled would hold
-/// the socket open), and the slot serves the next connection. A connection past the table's
-/// size uses its descriptor and works the same.
-#[test]
-fn connections_use_fixed_file_slots_and_a_close_clears_theirs() {
-    let Some((mut ring, _poll)) = ring_with(1) else { return };
-    for round in 0..3 {
-        let (mut socket, mut client) = pair(&ring);
-        let (mut other, mut other_client) = pair(&ring);
-        assert!(ring.table.borrow().socks[socket.key as usize].fixed, "round {round}: the first is in the table");
-        assert!(!ring.table.borrow().socks[other.key as usize].fixed, "round {round}: no slot left for the second");
-        for (socket, client) in [(&mut socket, &mut client), (&mut other, &mut other_client)] {
-            client.write_all(b"ping").unwrap();
-            let mut got = Vec::new();
-            while got.len() < 4 {
-                turn_until(&mut ring, |e| e.readable);
-                drain(socket, &mut got);
-            }
-            assert_eq!(got, b"ping");
-            socket.write_all(b"pong").unwrap();
-            spin(&mut ring, 1);
-            let mut back = [0u8; 4];
-            client.read_exact(&mut back).unwrap();
-            assert_eq!(&back, b"pong");
-        }
-        drop((socket, other));
-        for client in [&mut client, &mut other_client] {
-            let reader = {
-                let mut client = client.try_clone().unwrap();
-                std::thread::spawn(move || client.read(&mut [0u8; 16]).map_err(|e| e.kind()))
-            };
-            let start = Instant::now();
-            while !reader.is_finished() {
-                assert!(start.elapsed() < DEADLINE, "round {round}: a closed connection's peer never saw its end");
-                spin(&mut ring, 1);
-            }
-            assert_eq!(reader.join().unwrap(), Ok(0), "round {round}: the end of the stream");
-        }
-        spin(&mut ring, 1);
-        assert_eq!(ring.table.borrow().free.len(), 2, "round {round}: both places are free again");
-    }
 }
 
 /// A socket that left the ring and stays (the export did not happen) receives and sends again,
