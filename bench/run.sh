@@ -23,9 +23,10 @@
 #   process  start to first 200 (host vs nginx), one worker holding IDLE_CONNS idle keep-alive
 #            connections, and the spread of 64 connections over `--count 4` workers
 #   io       the worker's two I/O backends side by side with nginx (`--io epoll`, `--io uring`,
-#            nginx, alternately): keep-alive -c64 and -c1000, 16 pipelined, the 1 MiB file, https
-#            keep-alive; then system calls per request of each under `strace -c -f` (keep-alive
-#            -c64, SYSCALL_SECONDS=3: strace slows the servers, the counts per request stand)
+#            nginx, alternately): keep-alive -c64 and -c1000, 16 pipelined, a connection per
+#            request, the 1 MiB file, https keep-alive; then system calls per request of each
+#            under `strace -c -f` (keep-alive -c64, then a connection per request,
+#            SYSCALL_SECONDS=3: strace slows the servers, the counts per request stand)
 #   handover the hand-over of one slot on `host reload -g` (bench/handover_text.py and
 #            bench/handover_resp.py): HANDOVER_CONNS (10000) text connections moved, the pause
 #            their clients see and that every one echoes afterwards; then a resp keyspace of
@@ -372,16 +373,18 @@ io_stop() {
     stop_pid "$nginx_pid"
 }
 
-# `syscalls NAME PID PORT`: the system calls per request of PID's workers under wrk -t1 -c64
-# keep-alive (strace -c -f on each worker), the busiest ones by name.
+# `syscalls NAME PID PORT [WRK-ARGS...]`: the system calls per request of PID's workers under
+# wrk -t1 -c64 (keep-alive unless WRK-ARGS say otherwise; strace -c -f on each worker), the
+# busiest ones by name.
 syscalls() {
     local name=$1 pid=$2 port=$3 args=() p
+    shift 3
     for p in $(children "$pid"); do args+=(-p "$p"); done
     strace -c -f -o "$tmp/strace.out" "${args[@]}" 2>"$tmp/strace.err" &
     local strace_pid=$!
     pids+=("$strace_pid")
     for _ in $(seq 100); do [ "$(grep -c attached "$tmp/strace.err")" -ge "${#args[@]}" ] && break; sleep 0.05; done
-    timeout $((SYSCALL_SECONDS + 30)) wrk -t1 -c64 -d"${SYSCALL_SECONDS}s" "http://127.0.0.1:$port/" >"$tmp/wrk.out" 2>&1 || true
+    timeout $((SYSCALL_SECONDS + 30)) wrk -t1 -c64 -d"${SYSCALL_SECONDS}s" "$@" "http://127.0.0.1:$port/" >"$tmp/wrk.out" 2>&1 || true
     kill -INT "$strace_pid"
     wait "$strace_pid" || true
     python3 - "$name" "$(awk '/requests in/ {print $1}' "$tmp/wrk.out")" "$tmp/strace.out" <<'PY'
@@ -393,7 +396,7 @@ for line in open(path):
     if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
         calls[f[-1]] = int(f[3])
 total = sum(calls.values())
-top = sorted(calls.items(), key=lambda kv: -kv[1])[:5]
+top = sorted(calls.items(), key=lambda kv: -kv[1])[:6]
 per = lambda n: f"{n / max(reqs, 1):.3f}"
 print(f"| {name} | {reqs:,} | {per(total)} | " + ", ".join(f"{k} {per(v)}" for k, v in top) + " |")
 PY
@@ -405,6 +408,7 @@ section_io() {
     io_scenario "io: keep-alive (wrk -t1 -c64)" http / -c64
     io_scenario "io: 1000 connections (wrk -t1 -c1000)" http / -c1000
     io_scenario "io: 16 pipelined per write (wrk -t1 -c64 -s bench/pipeline.lua)" http / -c64 -s bench/pipeline.lua
+    io_scenario "io: a connection per request (wrk -t1 -c64 -H 'Connection: close')" http / -c64 -H "Connection: close"
     echo "system calls per request (strace -c -f, wrk -t1 -c64 ${SYSCALL_SECONDS}s)..." >&2
     {
         echo "| server | requests under strace | system calls per request | the busiest, per request |"
@@ -412,6 +416,14 @@ section_io() {
         syscalls epoll "$epoll_pid" "$epoll_port"
         syscalls uring "$uring_pid" "$uring_port"
         syscalls nginx "$nginx_pid" "$nginx_port"
+        echo
+        echo "a connection per request (-H 'Connection: close'):"
+        echo
+        echo "| server | requests under strace | system calls per request | the busiest, per request |"
+        echo "|---|---|---|---|"
+        syscalls epoll "$epoll_pid" "$epoll_port" -H "Connection: close"
+        syscalls uring "$uring_pid" "$uring_port" -H "Connection: close"
+        syscalls nginx "$nginx_pid" "$nginx_port" -H "Connection: close"
     } >"$tmp/syscalls.md"
     io_stop
     io_start static plain_server --plugin-config "root = \"$www\""

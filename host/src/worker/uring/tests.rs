@@ -337,11 +337,15 @@ fn a_socket_leaves_the_ring_with_what_it_received_and_had_not_sent() {
     let reader = std::thread::spawn(move || {
         let mut got = vec![0u8; written];
         client.read_exact(&mut got).unwrap();
-        got
+        (client, got)
     });
     stream.write_all(&unsent).unwrap();
-    let got = reader.join().unwrap();
+    let (mut client, got) = reader.join().unwrap();
     assert!(got == data[..written], "every byte written once, in order ({written} bytes)");
+    // Its new owner closes it: the peer sees the end (nothing of the ring holds it open).
+    spin(&mut ring, 1);
+    drop(stream);
+    assert_eq!(client.read(&mut [0u8; 16]).unwrap(), 0, "the end of the stream");
 }
 
 /// A socket that left the ring and stays (the export did not happen) receives and sends again,
