@@ -19,6 +19,10 @@
 //! their order on each path; should a forwarded one arrive after a later one came direct, it is
 //! dropped rather than written out of order).
 //!
+//! The old worker keeps what it takes from the start of its hand-over too ([`Recent`] again):
+//! a connection taken out and then back (the new plugin refused it, the hand-over failed) is
+//! written what it missed while it was out, past its own marks, as the new worker would have.
+//!
 //! What this cannot cover, said where it is documented (docs/architecture.md, "Hand-over"):
 //! messages from other hosts (`--cluster`: at-most-once anyway), and messages older than what
 //! [`Recent`] keeps (counted as `seam_lost`).
@@ -79,6 +83,14 @@ impl Recent {
             self.bytes -= old.topic.len() + old.msg.len();
             self.evicted.insert(old.publisher, old.seq);
         }
+    }
+
+    /// Keeps what comes from now on, until [`Recent::stop`] (an old worker during its hand-over:
+    /// a connection that comes back is written what it missed while it was out). What it keeps
+    /// already (a worker that was a replacement lately) stays.
+    pub fn keep_from_now(&mut self) {
+        self.on = true;
+        self.until_ms = u64::MAX;
     }
 
     /// Stops keeping and frees what was kept.
