@@ -833,9 +833,10 @@ pub trait Protocol: Sized + 'static {
     /// those not moved yet meanwhile, so that each client's pause is its batch's and not the
     /// whole worker's (10,000 connections). Answer true only when serving a connection changes
     /// nothing [`Protocol::export_worker`] moves (or it moves nothing) and no connection's
-    /// handling reaches another connection (a plugin-kept room sending to its members): once a
-    /// batch moved, this instance no longer has its connections. The host moves everything at
-    /// once anyway while connections have topic subscriptions. False (the default): every
+    /// handling reaches another connection but through the host's topics ([`Host::publish`]
+    /// reaches the members in both workers, each message once; a plugin-kept room sending to its
+    /// members does not: once a batch moved, this instance no longer has its connections, and a
+    /// membership changed here after the worker state went is lost). False (the default): every
     /// connection stops at once, then they move.
     fn handover_in_batches(&self) -> bool {
         false

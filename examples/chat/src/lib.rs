@@ -15,7 +15,8 @@
 //!
 //! On a reload, upgrade or recycle the clients move to the new worker (hand-over): the host moves
 //! each connection with its subscriptions and a half-typed line, the plugin its rooms (state
-//! version 1, [`encode_rooms`]). A worker that drains instead (`handover = false`, a graceful
+//! version 1, [`encode_rooms`]), a few hundred clients at a time (each pauses for its batch
+//! only). A worker that drains instead (`handover = false`, a graceful
 //! stop) keeps its clients until they leave or the drain timeout. Idle clients are closed by the
 //! host's `--idle-timeout`.
 
@@ -131,6 +132,13 @@ impl Protocol for Chat {
     fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
         let rooms = self.rooms.get(conn).map_or(&[][..], Vec::as_slice);
         out.write_all(&encode_rooms(rooms)).is_ok()
+    }
+
+    /// A client's rooms are its own (its topics and its list here); the lines reach members
+    /// through the host's topics, wherever they are: nothing worker-wide changes while the
+    /// clients move a batch at a time.
+    fn handover_in_batches(&self) -> bool {
+        true
     }
 
     fn adopt_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {

@@ -10,7 +10,7 @@
 //! On a reload, upgrade or recycle the clients move to the new worker (hand-over) and stay in
 //! their rooms: the host moves the subscriptions, `websocket-core` the connection and its list of
 //! rooms ([`Ws::topics`]); the chat itself keeps nothing per client or per worker (state
-//! version 1: empty).
+//! version 1: empty). They move in batches: a client pauses for its batch, not the worker's.
 
 use plugin_api::{export_plugin, ConnId, WorkerInfo};
 use websocket_core::{Handler, Message, WebSocket, Ws};
@@ -23,6 +23,11 @@ pub struct Chat {
 impl Handler for Chat {
     /// Version 1: nothing of its own (the rooms are the layer's topics).
     const HANDOVER_VERSION: u32 = 1;
+    /// The rooms are the host's topics, per connection: a member's message reaches the members
+    /// still in the old worker and those moved alike (the host's fan-out and mailboxes), and
+    /// serving a client changes no worker state. So the clients move a few hundred at a time,
+    /// each pausing for its batch only.
+    const HANDOVER_IN_BATCHES: bool = true;
 
     fn new(_config: &str, worker: &WorkerInfo) -> Result<Self, String> {
         Ok(Chat { slot: worker.slot, pid: worker.pid })

@@ -901,6 +901,40 @@ fn a_moved_subscriber_hears_each_topic_message_once() {
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
 }
 
+// A connection taken out for a hand-over and back (the new plugin refused it; the hand-over
+// failed) is written what the old worker took on its topics while it was out: in batches that is
+// a batch's round trip of messages, which the old worker keeps writing to the connections not
+// taken out. Without the old worker keeping them (`Recent::keep_from_now`) P3 and P4 were lost.
+#[test]
+fn a_subscriber_taken_back_hears_what_came_while_it_was_out() {
+    const P: u64 = 77;
+    let mut old = Bench::new(limits());
+    let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let id = old.accept(Stream::Unix(mio::net::UnixStream::from_std(ours)));
+    let stays = old.accept(Stream::Fake(FakeSocket::with_room(1 << 20)));
+    assert_eq!(old.core.subscribe(id, b"red"), 1);
+    assert_eq!(old.core.subscribe(stays, b"red"), 1);
+    // Long past the worker's start: a worker keeps nothing by then, but for a hand-over.
+    old.core.now_ms = crate::worker::topic_seam::RECENT_MS + 1;
+    old.core.deliver_published(Some((P, 1)), b"red", b"P1;");
+    old.core.topics.recent.keep_from_now();
+    old.core.deliver_published(Some((P, 2)), b"red", b"P2;");
+    let held = old.core.hold(id).unwrap();
+    old.core.deliver_published(Some((P, 3)), b"red", b"P3;");
+    old.core.deliver_published(Some((P, 4)), b"red", b"P4;");
+    assert_eq!(old.core.get(stays).unwrap().pending_output(), 12, "the others go on hearing them");
+    assert_eq!(old.core.restore(id, held).unwrap(), id);
+    old.core.deliver_published(Some((P, 5)), b"red", b"P5;");
+    old.settle();
+    let want = b"P1;P2;P3;P4;P5;";
+    let mut got = vec![0; want.len()];
+    std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    assert_eq!(old.core.topics.stats.seam_replayed, 2);
+}
+
 /// A bench with a UDP socket of its own on 127.0.0.1 (its address).
 fn udp_bench() -> (Bench, std::net::SocketAddr) {
     let mut b = Bench::new(limits());

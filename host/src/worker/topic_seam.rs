@@ -19,6 +19,10 @@
 //! their order on each path; should a forwarded one arrive after a later one came direct, it is
 //! dropped rather than written out of order).
 //!
+//! The old worker keeps what it takes from the start of its hand-over too ([`Recent`] again):
+//! a connection taken out and then back (the new plugin refused it, the hand-over failed) is
+//! written what it missed while it was out, past its own marks, as the new worker would have.
+//!
 //! What this cannot cover, said where it is documented (docs/architecture.md, "Hand-over"):
 //! messages from other hosts (`--cluster`: at-most-once anyway), and messages older than what
 //! [`Recent`] keeps (counted as `seam_lost`).
@@ -55,11 +59,20 @@ pub struct Recent {
     pub until_ms: u64,
     /// Per publisher, the newest number dropped from the log for room.
     evicted: Marks,
+    /// Per publisher, its messages in the log (a publisher's numbers grow along the log).
+    publishers: HashMap<u64, usize>,
 }
 
 impl Default for Recent {
     fn default() -> Self {
-        Recent { log: VecDeque::new(), bytes: 0, on: true, until_ms: RECENT_MS, evicted: Marks::new() }
+        Recent {
+            log: VecDeque::new(),
+            bytes: 0,
+            on: true,
+            until_ms: RECENT_MS,
+            evicted: Marks::new(),
+            publishers: HashMap::new(),
+        }
     }
 }
 
@@ -74,11 +87,26 @@ impl Recent {
         }
         self.bytes += topic.len() + msg.len();
         self.log.push_back(Logged { publisher, seq, topic: topic.into(), msg: msg.to_vec() });
+        *self.publishers.entry(publisher).or_default() += 1;
         while self.bytes > RECENT_BYTES {
             let Some(old) = self.log.pop_front() else { break };
             self.bytes -= old.topic.len() + old.msg.len();
             self.evicted.insert(old.publisher, old.seq);
+            if let Some(n) = self.publishers.get_mut(&old.publisher) {
+                *n -= 1;
+                if *n == 0 {
+                    self.publishers.remove(&old.publisher);
+                }
+            }
         }
+    }
+
+    /// Keeps what comes from now on, until [`Recent::stop`] (an old worker during its hand-over:
+    /// a connection that comes back is written what it missed while it was out). What it keeps
+    /// already (a worker that was a replacement lately) stays.
+    pub fn keep_from_now(&mut self) {
+        self.on = true;
+        self.until_ms = u64::MAX;
     }
 
     /// Stops keeping and frees what was kept.
@@ -95,7 +123,21 @@ impl Recent {
             .filter(|(p, &evicted)| evicted > marks.get(p).copied().unwrap_or(0))
             .map(|(p, &evicted)| evicted - marks.get(p).copied().unwrap_or(0))
             .sum();
-        let missed = self.log.iter().filter(move |m| {
+        // What is past the marks is at the log's end: each publisher's numbers grow along the
+        // log, so the scan from the end stops once it met, for every publisher in the log, a
+        // number at or below its mark (an import costs what it missed, not the whole log: a
+        // hand-over in batches of 10,000 subscribers imports each against the same log).
+        let (mut start, mut done) = (self.log.len(), Vec::new());
+        for (i, m) in self.log.iter().enumerate().rev() {
+            if done.len() == self.publishers.len() {
+                break;
+            }
+            start = i;
+            if m.seq <= marks.get(&m.publisher).copied().unwrap_or(0) && !done.contains(&m.publisher) {
+                done.push(m.publisher);
+            }
+        }
+        let missed = self.log.range(start..).filter(move |m| {
             m.seq > marks.get(&m.publisher).copied().unwrap_or(0) && topics.iter().any(|t| t[..] == m.topic[..])
         });
         (missed, lost)
@@ -137,6 +179,25 @@ mod tests {
         assert_eq!(r.missed(&marks, &topics(&["red"])).0.count(), 0);
         r.keep(0, 7, 6, b"red", b"late");
         assert_eq!(r.missed(&marks, &topics(&["red"])).0.count(), 0, "a stopped log keeps nothing");
+    }
+
+    // The scan from the end stops at the marks (what is older is never looked at), and a
+    // publisher the old worker never heard of (mark 0) keeps it going: nothing is missed.
+    #[test]
+    fn the_scan_stops_once_every_publisher_met_its_mark() {
+        let mut r = Recent::default();
+        for seq in 1..=1000 {
+            r.keep(0, 7, seq, b"red", b"x");
+        }
+        r.keep(0, 9, 1, b"red", b"q");
+        r.keep(0, 7, 1001, b"red", b"y");
+        let t = topics(&["red"]);
+        let marks = Marks::from([(7, 999), (9, 1)]);
+        let (missed, _) = r.missed(&marks, &t);
+        assert_eq!(missed.map(|m| (m.publisher, m.seq)).collect::<Vec<_>>(), [(7, 1000), (7, 1001)]);
+        let unknown = Marks::from([(7, 999)]);
+        let (missed, _) = r.missed(&unknown, &t);
+        assert_eq!(missed.count(), 3, "9's first message too");
     }
 
     #[test]

@@ -828,6 +828,100 @@ fn websocket_connections_move_in_batches_across_a_reload() {
     assert!(py.wait().unwrap().success());
 }
 
+/// 600 `ws_chat` clients (python `websockets`), every thirtieth a member of the room `room` and the
+/// others of `quiet` (so the members are spread over the hand-over's batches and every client
+/// has a subscription), the first of them publishing in `room` (it moves in the first batch,
+/// and publishes from the new worker while the old one writes to the rest): it sends `m 1`, `m 2`, ... every 1 ms from
+/// `ready` until a line on stdin (the test reloads meanwhile), then `end`; each of the 21
+/// members must hear every message once, in order, on its first connection.
+const WS_ROOM_PY: &str = r#"
+import asyncio, sys
+from websockets.asyncio.client import connect
+
+N = 600
+
+async def main(port):
+    socks = [await connect(f"ws://127.0.0.1:{port}/", compression=None) for _ in range(N + 1)]
+    rooms = ["room" if i % 30 == 0 else "quiet" for i in range(N + 1)]
+    for ws, room in zip(socks, rooms):
+        await ws.send(f"/join {room}")
+    for ws, room in zip(socks, rooms):
+        assert await ws.recv() == f"joined {room}"
+    members = [ws for ws, room in zip(socks, rooms) if room == "room"]
+    stop = asyncio.Event()
+    async def publish(ws):
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            await ws.send(f"m {seq}")
+            await asyncio.sleep(0.001)
+        await ws.send("end")
+        return seq
+    async def listen(ws):
+        got = []
+        while (m := await ws.recv()) != "end":
+            got.append(m)
+        return got
+    listeners = [asyncio.create_task(listen(ws)) for ws in members]
+    sender = asyncio.create_task(publish(socks[0]))
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    stop.set()
+    sent = await sender
+    want = [f"m {i}" for i in range(1, sent + 1)]
+    lists = await asyncio.gather(*listeners)
+    bad = [(i, got) for i, got in enumerate(lists) if got != want]
+    if bad:
+        i, got = bad[0]
+        first = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        print(f"{len(bad)} of {len(members)} wrong: client {i} heard {len(got)} of {sent}, first difference at {first}: {got[first:first + 3]} for {want[first:first + 3]}", flush=True)
+    else:
+        print("every message once, in order", flush=True)
+    print("sent", sent, flush=True)
+    # Every client is still on its first connection, now served by one worker.
+    for ws in socks:
+        await ws.send("/whoami")
+    pids = {(await ws.recv()).split()[-1] for ws in socks}
+    print("answered", len(socks), "workers", len(pids), flush=True)
+    for ws in socks:
+        await ws.close()
+
+asyncio.run(asyncio.wait_for(main(int(sys.argv[1])), 100))
+"#;
+
+// Chat rooms move in batches (issue #21): 600 `ws_chat` clients with subscriptions on one
+// worker, 20 of them members of a room spread over the batches, and a member publishing sequence
+// numbers throughout `host reload -g`. The clients move 256 at a time (the "handing over in batches" line), the old worker writing the room's messages to those
+// not moved yet meanwhile, and the topic seam is each connection's own (its marks taken as it
+// leaves): every member hears every message once, in order, without a reconnect. Before, a
+// worker with topic subscriptions moved everything at once (every member paused for the whole
+// slot's hand-over).
+#[test]
+fn chat_room_members_move_in_batches_and_hear_every_message_once() {
+    use std::io::{BufRead, Write};
+    let mut host = Host::start("ws_chat", &["--count", "1", "--drain-timeout", "30"]);
+    let (mut py, mut out) = python_ready(WS_ROOM_PY, host.port());
+    reload(&mut host, &["reload", "-g"]);
+    host.log()
+        .wait_for("hand-over: 601 connections moved", LOG_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}: {}", host.log_text()));
+    assert_eq!(host.log().count("handing over in batches"), 1, "{}", host.log_text());
+    writeln!(py.stdin.as_mut().unwrap()).unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "every message once, in order\n", "{}", host.log_text());
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let sent: usize =
+        line.trim().strip_prefix("sent ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
+    assert!(sent >= 2, "{sent} messages");
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "answered 601 workers 1\n");
+    assert!(py.wait().unwrap().success());
+    assert_eq!(host.log().count("hand-over failed"), 0);
+}
+
 /// A rustls client of `port` trusting `der`, limited to `version`.
 fn tls_client(
     port: u16,

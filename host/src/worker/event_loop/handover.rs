@@ -540,6 +540,8 @@ impl Worker {
 
     /// The master hears what the hand-over did; what stayed drains (or the worker stops).
     fn handover_ended(&mut self, report: HandoverReport, fallback: Fallback) {
+        // Nothing more comes back: what was kept for it goes.
+        self.core.topics.recent.stop();
         tracing::info!(
             moved = report.moved,
             udp_sessions = report.sessions,

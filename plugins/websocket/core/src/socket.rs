@@ -101,8 +101,10 @@ pub trait Handler: Sized + 'static {
     const HANDOVER_VERSION: u32 = 0;
     /// Whether its connections may move in batches, the old worker serving those not moved yet
     /// meanwhile (`Protocol::handover_in_batches`): true only when handling a connection changes
-    /// nothing `export_worker` moves and never reaches another connection (an echo, not a room).
-    /// The host moves all at once anyway while connections have topic subscriptions.
+    /// nothing `export_worker` moves and reaches other connections only through the host's
+    /// topics (an echo, or rooms on topics as `ws_chat`'s; not rooms kept as member lists in the
+    /// handler: the worker state moves before the first batch, so a member joining after it in
+    /// the old worker would be lost, and a message to a member that moved would not reach it).
     const HANDOVER_IN_BATCHES: bool = false;
     /// In the new worker: whether it reads state of `version` (default: its own only).
     fn handover_accepts(&mut self, version: u32) -> bool {

@@ -4,10 +4,17 @@
 //! All at once (the default): every movable connection is taken out in one turn, then the
 //! worker state; the frames go in this order: the connections the worker state carries,
 //! `State`, the other connections, the UDP sessions, `Done`. In batches (the plugin answers
-//! `handover_in_batches`, and no connection has topic subscriptions): the worker state and
-//! what it carries first, then [`BATCH`] connections at a time, the next batch once fewer than
-//! [`IN_FLIGHT`] wait for their acknowledgement, this worker serving those not taken out yet
-//! meanwhile (a client's pause is its batch's); then the UDP sessions and `Done`.
+//! `handover_in_batches`): the worker state and what it carries first, then [`BATCH`]
+//! connections at a time, the next batch once fewer than [`IN_FLIGHT`] wait for their
+//! acknowledgement, this worker serving those not taken out yet meanwhile (a client's pause is
+//! its batch's); then the UDP sessions and `Done`.
+//!
+//! Topic subscribers move in batches too: the seam (`worker::topic_seam`) is per connection.
+//! Each connection carries the marks of this worker at the moment it is taken out (what it was
+//! written up to then, by the fan-out and by the plugin's `on_publish`, which hears what is
+//! queued for it first); this worker goes on writing the topics' messages to those not taken
+//! out yet, and keeps what it takes from the start of the hand-over so that a connection coming
+//! back (refused, or a failed hand-over) is written what it missed while it was out.
 //!
 //! The replacement acknowledges each `Conns` and `Sessions` frame as it adopts it, and `Done`
 //! with an empty `Ack`: the acknowledged connections' descriptors close here (the replacement
@@ -73,6 +80,8 @@ impl Worker {
         // Topic messages waiting in the mailbox are delivered first: they count in the marks
         // the connections take along (`worker::topic_seam`).
         self.read_mailbox_to_end();
+        // What this worker takes from now on is kept for the connections that may come back.
+        self.core.topics.recent.keep_from_now();
         for id in self.core.ids() {
             // Outbound connections move only when their owner carries them.
             match self.core.is_outbound(id) {
@@ -80,8 +89,10 @@ impl Worker {
                 false => old.pending.push_back(id),
             }
         }
-        let batched = dispatch::handover_in_batches(&mut self.plugin) && self.core.topics.subscription_count() == 0;
-        if batched {
+        // `HOST_BENCH_HANDOVER_ALL_AT_ONCE=1`: a measurement only (`bench/handover_chat.py`
+        // compares a plugin's batches with all at once on the same build).
+        let all_at_once = std::env::var_os("HOST_BENCH_HANDOVER_ALL_AT_ONCE").is_some_and(|v| v == "1");
+        if !all_at_once && dispatch::handover_in_batches(&mut self.plugin) {
             tracing::info!(connections = old.pending.len(), "handing over in batches");
             self.queue_worker_state(old, Vec::new())?;
             return self.export_more(old);
@@ -154,6 +165,10 @@ impl Worker {
     /// `old.sessions`), each after the outbound connections it carries; what cannot move stays,
     /// counted in the report.
     fn export_conns(&mut self, old: &mut OldSide, ids: Vec<ConnId>) -> Vec<Taken> {
+        // What the plugin's `on_publish` is to hear of the topic messages taken so far is heard
+        // now, while the connections it writes to are here: its deliveries count in the marks
+        // the connections take along, as the fan-out's do.
+        dispatch::published(&mut self.plugin, &mut self.core);
         let mut conns = Vec::with_capacity(ids.len());
         for id in ids {
             if self.core.get(id).is_none() {

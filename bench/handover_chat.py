@@ -1,0 +1,201 @@
+# The gap chat-room members see across a hand-over (issue 21): one slot of `ws_chat` holds N
+# WebSocket clients, every one subscribed to a room (so before this release the slot moved all
+# at once); PROBES of them are each alone in a room of their own and keep sending numbered
+# messages to it (each sends its next one as soon as the previous came back through the room's
+# topic and INTERVAL_MS passed) while `host reload -g` moves every client to the new worker. A
+# probe's longest wait for its message is the gap it saw; the script prints the gaps' p50/p99/max
+# before and across the reload, checks that every probe got every message back once, in order,
+# and that every other client still answers `/whoami` on its connection afterwards.
+#
+# MODE=batches (the default: ws_chat moves 256 clients at a time) or MODE=all (the same build
+# with HOST_BENCH_HANDOVER_ALL_AT_ONCE=1: every client stops at once, as a slot with topic
+# subscriptions did before). Alternate the two on a shared machine.
+# Run: cargo build --release -p host -p host-example-ws-chat && python3 bench/handover_chat.py 10000
+# Env: HOST_BIN (target/release/host; the plugin is looked for beside it), PROBES (100),
+# INTERVAL_MS (20), MODE (batches|all), HOST_NICE (a nice level for the host), HOST_ARGS (more
+# flags). Bounded: every wait has a timeout; only the host it started is stopped. Loopback only.
+import os, re, resource, selectors, socket, subprocess, sys, tempfile, threading, time
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
+PROBES = int(os.environ.get("PROBES", "100"))
+INTERVAL = int(os.environ.get("INTERVAL_MS", "20")) / 1000
+MODE = os.environ.get("MODE", "batches")
+assert MODE in ("batches", "all"), MODE
+host = os.path.abspath(os.environ.get("HOST_BIN", "target/release/host"))
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+d = tempfile.mkdtemp(prefix="host-handover-chat-")
+log = open(f"{d}/log", "w")
+cmd = [host, "--plugin", "ws_chat", "--listen", "127.0.0.1:0", "--count", "1", "--pid-file", f"{d}/host.pid",
+       "--max-connections", str(N + 100), "--drain-timeout", "30"] + os.environ.get("HOST_ARGS", "").split()
+if os.environ.get("HOST_NICE"):
+    cmd = ["nice", "-n", os.environ["HOST_NICE"]] + cmd
+env = dict(os.environ)
+env["HOST_BENCH_HANDOVER_ALL_AT_ONCE"] = "1" if MODE == "all" else "0"
+p = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d, env=env)
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
+
+
+def text_frame(text):
+    """A masked client text frame (a zero mask: the payload as it is)."""
+    data = text.encode()
+    assert len(data) < 126
+    return bytes([0x81, 0x80 | len(data)]) + b"\0\0\0\0" + data
+
+
+def frames(buf):
+    """The complete server text frames at the start of `buf` (pings and others skipped), and
+    the rest."""
+    out = []
+    while len(buf) >= 2:
+        op, n = buf[0] & 0x0F, buf[1] & 0x7F
+        assert n < 126, "a long frame"
+        if len(buf) < 2 + n:
+            break
+        if op == 1:
+            out.append(buf[2:2 + n].decode())
+        buf = buf[2 + n:]
+    return out, buf
+
+
+def ws_connect(port):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(30)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        assert chunk, "closed during the handshake"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head[:40]
+    return s, head.split(b"\r\n\r\n", 1)[1]
+
+
+def read_text(s, buf):
+    while True:
+        got, buf = frames(buf)
+        if got:
+            return got[0], buf
+        chunk = s.recv(4096)
+        assert chunk, "closed"
+        buf += chunk
+
+
+class Probe:
+    def __init__(self, s, room):
+        self.s, self.room, self.seq, self.sent_at, self.buf, self.next_at = s, room, 0, None, b"", 0.0
+        self.errors, self.gap = [], {"before": 0.0, "across": 0.0}
+
+
+def probe_loop(probes, stop, phase):
+    sel = selectors.DefaultSelector()
+    for pr in probes:
+        sel.register(pr.s, selectors.EVENT_READ, pr)
+    while not stop.is_set():
+        now = time.monotonic()
+        for pr in probes:
+            if pr.sent_at is None and now >= pr.next_at and not pr.errors:
+                pr.seq += 1
+                try:
+                    pr.s.sendall(text_frame(f"p{pr.seq}"))
+                except OSError as e:
+                    pr.errors.append(f"send: {e}")
+                    continue
+                pr.sent_at = now
+        for key, _ in sel.select(0.002):
+            pr = key.data
+            try:
+                data = pr.s.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                pr.errors.append("closed")
+                sel.unregister(pr.s)
+                continue
+            got, pr.buf = frames(pr.buf + data)
+            for m in got:
+                if m != f"p{pr.seq}":
+                    pr.errors.append(f"got {m!r}, expected p{pr.seq}")
+                t = time.monotonic()
+                if pr.sent_at is not None:
+                    pr.gap[phase[0]] = max(pr.gap[phase[0]], t - pr.sent_at)
+                pr.sent_at, pr.next_at = None, t + INTERVAL
+
+
+socks = []
+try:
+    port = None
+    for _ in range(400):
+        t = open(f"{d}/log").read()
+        a = re.search(r"address=127\.0\.0\.1:(\d+)", t)
+        if "host ready" in t and a:
+            port = int(a.group(1))
+            break
+        time.sleep(0.05)
+    assert port, "the host did not start"
+    step = max(1, N // PROBES)
+    probe_at = set(range(0, N, step)[:PROBES])
+    for i in range(N):
+        s, rest = ws_connect(port)
+        room = f"p{i}" if i in probe_at else "quiet"
+        s.sendall(text_frame(f"/join {room}"))
+        socks.append((s, rest, room))
+    for i, (s, rest, room) in enumerate(socks):
+        answer, rest = read_text(s, rest)
+        assert answer == f"joined {room}", answer
+        socks[i] = (s, rest, room)
+    probes = [Probe(socks[i][0], socks[i][2]) for i in sorted(probe_at)]
+    stop, phase = threading.Event(), ["before"]
+    th = threading.Thread(target=probe_loop, args=(probes, stop, phase), daemon=True)
+    th.start()
+    time.sleep(1.0)
+    phase[0] = "across"
+    r = subprocess.run([host, "reload", "-g", "--pid-file", f"{d}/host.pid"], capture_output=True, text=True, timeout=120)
+    line = None
+    for _ in range(1200):
+        line = next((l for l in open(f"{d}/log").read().splitlines() if "hand-over:" in l), None)
+        if line:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    stop.set()
+    th.join(10)
+    batches = "handing over in batches" in open(f"{d}/log").read()
+    messages = sum(pr.seq for pr in probes)
+    errors = [e for pr in probes for e in pr.errors]
+    others = [(i, s, rest) for i, (s, rest, _) in enumerate(socks) if i not in probe_at]
+    for _, s, _ in others:
+        try:
+            s.sendall(text_frame("/whoami"))
+        except OSError:
+            pass
+    ok = 0
+    for _, s, rest in others:
+        try:
+            answer, _ = read_text(s, rest)
+            ok += answer.startswith("slot ")
+        except (OSError, AssertionError):
+            pass
+    before = [pr.gap["before"] * 1000 for pr in probes]
+    across = [pr.gap["across"] * 1000 for pr in probes]
+    closed = sum(1 for pr in probes if pr.errors)
+    print(f"MODE={MODE} (handed over in batches: {batches}) N={N} probes={len(probes)} interval={INTERVAL*1000:.0f}ms "
+          f"messages back through the probes' rooms: {messages}, errors: {len(errors)} {errors[:3]}; probes closed: {closed}")
+    print(f"longest wait for a message, before the reload: p50 {pct(before, .5):.1f} ms, p99 {pct(before, .99):.1f} ms, max {max(before):.1f} ms")
+    print(f"longest wait for a message, across the reload: p50 {pct(across, .5):.1f} ms, p99 {pct(across, .99):.1f} ms, max {max(across):.1f} ms")
+    print(f"the other clients answer /whoami after it: {ok}/{len(others)}")
+    print(line[line.find("hand-over:"):] if line else "no hand-over line")
+finally:
+    for s, _, _ in socks:
+        s.close()
+    p.terminate()
+    try:
+        p.wait(40)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(10)
