@@ -8,24 +8,17 @@
 # Env: HOST_BIN (target/release/host), PROBES (100), INTERVAL_MS (20), HOST_NICE (a nice level
 # for the host, e.g. -5, to keep other load on a shared machine out of the figure), HOST_ARGS
 # (more flags, e.g. `--no-handover` for the drain side by side: the clients are closed then).
-import os, re, selectors, socket, subprocess, sys, tempfile, threading, time
+import os, selectors, socket, sys, threading, time
+
+from handover_lib import Host, cleanup, pct, tempdir
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
 PROBES = int(os.environ.get("PROBES", "100"))
 INTERVAL = int(os.environ.get("INTERVAL_MS", "20")) / 1000
-host = os.path.abspath(os.environ.get("HOST_BIN", "target/release/host"))
-d = tempfile.mkdtemp(prefix="host-handover-gap-")
-log = open(f"{d}/log", "w")
-cmd = [host, "--plugin", "text", "--listen", "127.0.0.1:0", "--count", "1", "--pid-file", f"{d}/host.pid",
-       "--max-connections", str(N + 100), "--drain-timeout", "30"] + os.environ.get("HOST_ARGS", "").split()
-if os.environ.get("HOST_NICE"):
-    cmd = ["nice", "-n", os.environ["HOST_NICE"]] + cmd
-p = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d)
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
+d = tempdir("host-handover-gap-")
+host_args = os.environ.get("HOST_ARGS", "").split()
+h = Host(d, ["--plugin", "text", "--count", "1", "--max-connections", str(N + 100), "--drain-timeout", "30"] + host_args,
+         wrap=["nice", "-n", os.environ["HOST_NICE"]] if os.environ.get("HOST_NICE") else [])
 
 
 class Probe:
@@ -71,15 +64,7 @@ def probe_loop(probes, stop, phase):
 
 
 try:
-    port = None
-    for _ in range(400):
-        t = open(f"{d}/log").read()
-        a = re.search(r"address=127\.0\.0\.1:(\d+)", t)
-        if "host ready" in t and a:
-            port = int(a.group(1))
-            break
-        time.sleep(0.05)
-    assert port, "the host did not start"
+    port = h.wait_ready()
     socks = []
     for i in range(N):
         s = socket.create_connection(("127.0.0.1", port))
@@ -93,14 +78,8 @@ try:
     th.start()
     time.sleep(1.0)
     phase[0] = "across"
-    t0 = time.time()
-    r = subprocess.run([host, "reload", "-g", "--pid-file", f"{d}/host.pid"], capture_output=True, text=True, timeout=120)
-    line = None
-    for _ in range(100 if "--no-handover" in cmd else 600):
-        line = next((l for l in open(f"{d}/log").read().splitlines() if "hand-over:" in l), None)
-        if line:
-            break
-        time.sleep(0.05)
+    h.reload()
+    line = h.wait_handover(timeout=5 if "--no-handover" in host_args else 30)
     time.sleep(1.0)
     stop.set()
     th.join(10)
@@ -133,7 +112,7 @@ try:
     print(f"longest wait for an echo, before the reload: p50 {pct(before, .5):.1f} ms, p99 {pct(before, .99):.1f} ms, max {max(before):.1f} ms")
     print(f"longest wait for an echo, across the reload: p50 {pct(across, .5):.1f} ms, p99 {pct(across, .99):.1f} ms, max {max(across):.1f} ms")
     print(f"the other connections echo after it: {ok}/{N - len(probes)}")
-    print(line[line.find("hand-over:"):] if line else "no hand-over line")
+    print(line or "no hand-over line")
 finally:
-    p.terminate()
-    p.wait(10)
+    h.stop()
+    cleanup(d)

@@ -4,13 +4,13 @@
 # Run: cargo build --release -p host -p host-plugin-http && python3 bench/handover_http.py 10000 [h2c]
 # Prints how long `host reload -g` took, the master's hand-over line (connections moved, the
 # pause) and how many connections answer a second request afterwards (all of them must).
-import os, re, socket, subprocess, sys, tempfile, time
+import socket, sys, time
+
+from handover_lib import Host, cleanup, tempdir
+
 N = int(sys.argv[1]); mode = sys.argv[2] if len(sys.argv) > 2 else "h1"
-host = os.path.abspath(os.environ.get("HOST_BIN", "target/release/host"))
-d = tempfile.mkdtemp(prefix="host-handover-http-")
-log = open(f"{d}/log", "w")
-p = subprocess.Popen([host, "--plugin", "http", "--listen", "127.0.0.1:0", "--count", "1", "--pid-file", f"{d}/host.pid",
-                      "--max-connections", "50000", "--drain-timeout", "30"], stdout=log, stderr=log, cwd=d)
+d = tempdir("host-handover-http-")
+h = Host(d, ["--plugin", "http", "--count", "1", "--max-connections", "50000", "--drain-timeout", "30"])
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 if mode == "h2c":
     import h2.connection, h2.config, h2.events
@@ -39,12 +39,7 @@ def request(s, conn, sid):
 
 socks = []
 try:
-    port = None
-    for _ in range(200):
-        t = open(f"{d}/log").read()
-        a = re.search(r"address=127\.0\.0\.1:(\d+)", t)
-        if "host ready" in t and a: port = int(a.group(1)); break
-        time.sleep(0.05)
+    port = h.wait_ready()
     for i in range(N):
         s = socket.create_connection(("127.0.0.1", port)); s.settimeout(20)
         c = None
@@ -53,15 +48,12 @@ try:
         socks.append((s, c))
     before = sum(request(s, c, 1) for s, c in socks)
     t0 = time.time()
-    r = subprocess.run([host, "reload", "-g", "--pid-file", f"{d}/host.pid"], capture_output=True, text=True, timeout=120)
+    h.reload()
     t1 = time.time()
-    for _ in range(600):
-        if "hand-over:" in open(f"{d}/log").read(): break
-        time.sleep(0.05)
-    line = [l for l in open(f"{d}/log").read().splitlines() if "hand-over:" in l]
+    line = h.wait_handover(timeout=30)
     after = sum(request(s, c, 3) for s, c in socks)
     print(f"N={N} {mode}: answered before {before}/{N}; reload -g took {t1-t0:.3f}s; answered after on the same connection: {after}/{N}")
-    print(line[0][line[0].find("hand-over:"):] if line else "no hand-over line")
+    print(line or "no hand-over line")
 finally:
     for s, _ in socks: s.close()
-    p.terminate(); p.wait(40)
+    h.stop(); cleanup(d)

@@ -5,21 +5,16 @@
 # stopped after the last reload.
 # Run: cargo build --release -p host -p host-plugin-resp && python3 bench/handover_redis.py
 # Env: HOST_BIN (target/release/host), RELOADS (10), KEYS (20000), CLIENTS (50).
-import hashlib, os, re, signal, subprocess, sys, tempfile, time
+import hashlib, os, re, signal, subprocess, time
 import redis
+
+from handover_lib import Host, cleanup, since, tempdir
 
 RELOADS = int(os.environ.get("RELOADS", "10"))
 KEYS = int(os.environ.get("KEYS", "20000"))
 CLIENTS = os.environ.get("CLIENTS", "50")
-host = os.path.abspath(os.environ.get("HOST_BIN", "target/release/host"))
-d = tempfile.mkdtemp(prefix="host-handover-redis-")
-log = open(f"{d}/log", "w")
-p = subprocess.Popen([host, "--plugin", "resp", "--listen", "127.0.0.1:0", "--count", "1",
-                      "--pid-file", f"{d}/host.pid", "--drain-timeout", "30"], stdout=log, stderr=log, cwd=d)
-
-
-def log_text():
-    return open(f"{d}/log").read()
+d = tempdir("host-handover-redis-")
+h = Host(d, ["--plugin", "resp", "--count", "1", "--drain-timeout", "30"])
 
 
 def checksum(r):
@@ -33,14 +28,7 @@ def checksum(r):
 
 bench = None
 try:
-    port = None
-    for _ in range(400):
-        a = re.search(r"address=127\.0\.0\.1:(\d+)", log_text())
-        if "host ready" in log_text() and a:
-            port = int(a.group(1))
-            break
-        time.sleep(0.05)
-    assert port, "the host did not start"
+    port = h.wait_ready()
     r = redis.Redis(port=port, socket_timeout=30)
     for start in range(0, KEYS, 5000):
         pipe = r.pipeline(transaction=False)
@@ -55,14 +43,10 @@ try:
     pauses = []
     t0 = time.time()
     for n in range(1, RELOADS + 1):
-        out = subprocess.run([host, "reload", "-g", "--pid-file", f"{d}/host.pid"], capture_output=True, text=True, timeout=120)
+        out = h.reload()
         assert out.returncode == 0, out.stdout + out.stderr
-        for _ in range(600):
-            lines = [l for l in log_text().splitlines() if "hand-over:" in l]
-            if len(lines) >= n:
-                break
-            time.sleep(0.05)
-        m = re.search(r"paused (\d+) ms", lines[n - 1])
+        line = h.wait_handover(n, timeout=30)
+        m = re.search(r"paused (\d+) ms", line or "")
         pauses.append(int(m.group(1)) if m else -1)
         time.sleep(0.5)
     took = time.time() - t0
@@ -76,7 +60,7 @@ try:
     errors = [l for l in out.replace("\r", "\n").splitlines() if "rror" in l]
     after = checksum(r)
     dbsize = r.dbsize()
-    moved = [l[l.find("hand-over:"):].split(" service=")[0] for l in log_text().splitlines() if "hand-over:" in l]
+    moved = [since(l, "hand-over:").split(" service=")[0] for l in h.handover_lines()]
     print(f"{RELOADS} reload -g in {took:.1f} s under redis-benchmark -c {CLIENTS}: errors {len(errors)} {errors[:3]}")
     print(f"fixed dataset of {KEYS} keys: checksum {'unchanged' if before == after else 'CHANGED'}; DBSIZE after {dbsize}")
     print(f"pauses (ms): {pauses}")
@@ -84,5 +68,5 @@ try:
 finally:
     if bench and bench.poll() is None:
         bench.kill()
-    p.terminate()
-    p.wait(10)
+    h.stop()
+    cleanup(d)

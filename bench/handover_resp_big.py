@@ -11,32 +11,22 @@
 # HANDOVER_TIMEOUT (120 s: the host's default of 10 s bounds a hand-over this big on a loaded
 # machine), KEEP=1 (keep the temporary directory with the host's log). Bounded: every wait has a
 # timeout; only the host it started is stopped, by pid.
-import hashlib, os, random, re, shutil, signal, subprocess, sys, tempfile, threading, time
+import hashlib, os, random, subprocess, threading, time
 import redis
+
+from handover_lib import HOST_BIN, Host, cleanup, since, tempdir
 
 KEYS = int(os.environ.get("KEYS", "1000000"))
 VALUE = int(os.environ.get("VALUE", "1024"))
 SAMPLE = min(KEYS, int(os.environ.get("SAMPLE", "2000")))
-host = os.path.abspath(os.environ.get("HOST_BIN", "target/release/host"))
-plugin_dir = os.path.dirname(host)
-d = tempfile.mkdtemp(prefix="host-handover-bigresp-")
-log = open(f"{d}/log", "w")
-p = subprocess.Popen([host, "--plugin-dir", plugin_dir, "--plugin", "resp", "--listen", "127.0.0.1:0", "--count", "1",
-                      "--pid-file", f"{d}/host.pid", "--drain-timeout", "30", "--log-level", "warn,host::master=info",
-                      "--handover-timeout", os.environ.get("HANDOVER_TIMEOUT", "120")],
-                     stdout=log, stderr=log, cwd=d)
+d = tempdir("host-handover-bigresp-")
+h = Host(d, ["--plugin-dir", os.path.dirname(HOST_BIN), "--plugin", "resp", "--count", "1", "--drain-timeout", "30",
+             "--log-level", "warn,host::master=info", "--handover-timeout", os.environ.get("HANDOVER_TIMEOUT", "120")])
 
 
 def value(i):
     head = b"%d:" % i
     return head + b"v" * (VALUE - len(head))
-
-
-def children(pid):
-    try:
-        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
-    except OSError:
-        return []
 
 
 def status(pid):
@@ -72,15 +62,7 @@ def mem_available():
 
 MiB = 1024 * 1024
 try:
-    port = None
-    for _ in range(400):
-        t = open(f"{d}/log").read()
-        a = re.search(r"address=127\.0\.0\.1:(\d+)", t)
-        if "host ready" in t and a:
-            port = int(a.group(1))
-            break
-        time.sleep(0.05)
-    assert port, "the host did not start"
+    port = h.wait_ready()
     t0 = time.time()
     # The fill: RESP commands generated in pieces and piped to redis-cli, which reads the answers.
     pipe = subprocess.Popen(["redis-cli", "-p", str(port), "--pipe", "--pipe-timeout", "120"], stdin=subprocess.PIPE,
@@ -113,7 +95,7 @@ try:
         mem = r.info("memory")
     except redis.RedisError:
         mem = {}
-    workers = children(p.pid)
+    workers = h.workers()
     base = {w: status(w) for w in workers}
     print(f"keys={KEYS} value={VALUE} B: filled in {fill_s:.1f} s ({fill_out.strip().splitlines()[-1] if fill_out.strip() else ''}); "
           f"DBSIZE {n_before}; used_memory {mem.get('used_memory', '?')}; worker RSS "
@@ -142,7 +124,7 @@ try:
 
     def sampling():
         while not stop.is_set():
-            for w in set(children(p.pid)) | set(peaks):
+            for w in set(h.workers()) | set(peaks):
                 c = cpu_s(w)
                 if c is not None:
                     cpu.setdefault(w, [c, c])[1] = c
@@ -162,12 +144,12 @@ try:
         th.start()
     time.sleep(1.0)
     t_reload = time.monotonic()
-    out = subprocess.run([host, "reload", "-g", "--pid-file", f"{d}/host.pid"], capture_output=True, text=True, timeout=300)
+    out = h.ctl("reload", "-g", timeout=300)
     reload_s = time.monotonic() - t_reload
     line = None
     for _ in range(6000):
-        line = next((l for l in open(f"{d}/log").read().splitlines() if "hand-over" in l), None)
-        if line and len(children(p.pid)) <= 1:
+        line = next((l for l in h.lines() if "hand-over" in l), None)
+        if line and len(h.workers()) <= 1:
             break
         time.sleep(0.05)
     done_s = time.monotonic() - t_reload
@@ -180,7 +162,7 @@ try:
     n_after = r.dbsize()
     sum_after = checksum()
     print(f"reload -g returned in {reload_s:.2f} s (rc {out.returncode}); the old worker gone {done_s:.1f} s after it")
-    print(line[line.find("hand-over"):] if line else "no hand-over line")
+    print(since(line, "hand-over") if line else "no hand-over line")
     print(f"probe: {len(across)} PINGs across it, longest wait {1000 * max(across, default=0):.0f} ms "
           f"(before it: {1000 * max(before, default=0):.1f} ms); errors {len(errors)} {errors[:2]}")
     for w, pk in sorted(peaks.items()):
@@ -193,13 +175,5 @@ try:
     print(f"keyspace: DBSIZE {n_before} before, {n_after} after; checksum of {SAMPLE} sampled keys {sum_before} before, "
           f"{sum_after} after: {'intact' if n_before == n_after == KEYS and sum_before == sum_after and bad_values == 0 else 'CHANGED'}")
 finally:
-    p.send_signal(signal.SIGINT)
-    try:
-        p.wait(30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(10)
-    if os.environ.get("KEEP"):
-        print(f"kept {d}")
-    else:
-        shutil.rmtree(d, ignore_errors=True)
+    h.stop()
+    cleanup(d)

@@ -7,26 +7,17 @@
 # deadline passes first): run it a few times.
 # Run: cargo build --release -p host -p host-plugin-resp && python3 bench/handover_resp_timeout.py 300000
 # Env: HOST_BIN (target/release/host), TIMEOUT (1, seconds). Bounded; stops only its own host.
-import os, re, shutil, signal, subprocess, sys, tempfile, time
+import os, subprocess, sys, time
 import redis
 
+from handover_lib import HOST_BIN, Host, cleanup, since, tempdir
+
 KEYS = int(sys.argv[1]) if len(sys.argv) > 1 else 300000
-host = os.path.abspath(os.environ.get("HOST_BIN", "target/release/host"))
-d = tempfile.mkdtemp(prefix="host-handover-timeout-")
-log = open(f"{d}/log", "w")
-p = subprocess.Popen([host, "--plugin-dir", os.path.dirname(host), "--plugin", "resp", "--listen", "127.0.0.1:0", "--count", "1",
-                      "--pid-file", f"{d}/host.pid", "--log-level", "warn,host::master=info",
-                      "--handover-timeout", os.environ.get("TIMEOUT", "1")], stdout=log, stderr=log, cwd=d)
+d = tempdir("host-handover-timeout-")
+h = Host(d, ["--plugin-dir", os.path.dirname(HOST_BIN), "--plugin", "resp", "--count", "1", "--log-level", "warn,host::master=info",
+             "--handover-timeout", os.environ.get("TIMEOUT", "1")])
 try:
-    port = None
-    for _ in range(400):
-        t = open(f"{d}/log").read()
-        a = re.search(r"address=127\.0\.0\.1:(\d+)", t)
-        if "host ready" in t and a:
-            port = int(a.group(1))
-            break
-        time.sleep(0.05)
-    assert port, "the host did not start"
+    port = h.wait_ready()
     fill = subprocess.Popen(["redis-cli", "-p", str(port), "--pipe", "--pipe-timeout", "120"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     v = b"v" * 1024
     for s in range(0, KEYS, 20000):
@@ -37,15 +28,16 @@ try:
     fill.wait(300)
     w = redis.Redis(port=port, socket_timeout=120)
     print(f"keys={KEYS}: DBSIZE {w.dbsize()}, CLIENT ID {w.client_id()}")
-    subprocess.run([host, "reload", "-g", "--pid-file", f"{d}/host.pid"], capture_output=True, timeout=60)
+    h.reload(timeout=60)
     time.sleep(0.3)
     t0 = time.time()
     try:
         print(f"SET during the hand-over: {w.set('marker', 'written-during-handover')}, answered after {time.time() - t0:.2f} s")
     except redis.RedisError as e:
         print(f"SET during the hand-over failed: {e!r}")
-    for _ in range(1200):
-        t = open(f"{d}/log").read()
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        t = h.text()
         if "hand-over" in t and "worker stopped" in t:
             break
         time.sleep(0.1)
@@ -57,14 +49,9 @@ try:
     fresh = redis.Redis(port=port, socket_timeout=60)
     n = fresh.dbsize()
     print(f"a fresh connection: GET marker {fresh.get('marker')!r}, DBSIZE {n} ({'intact' if n == KEYS + 1 else f'{KEYS + 1 - n} keys lost'})")
-    for line in open(f"{d}/log").read().splitlines():
+    for line in h.lines():
         if "hand-over" in line:
-            print(line[line.find("host::"):][:200])
+            print(since(line, "host::")[:200])
 finally:
-    p.send_signal(signal.SIGINT)
-    try:
-        p.wait(30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(10)
-    shutil.rmtree(d, ignore_errors=True)
+    h.stop()
+    cleanup(d)

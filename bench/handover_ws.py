@@ -21,7 +21,9 @@
 # (target/release/libwebsocket.so), WSSEQ (target/release/wsseq), KEEP=1 (keep the temporary
 # directory with the logs). Bounded: every wait has a timeout and wsseq stops by itself; only
 # the processes it started are stopped, by pid. Loopback only.
-import json, os, re, resource, shutil, signal, subprocess, sys, tempfile, threading, time
+import json, os, re, resource, shutil, signal, subprocess, sys, threading, time
+
+from handover_lib import HANDOVER, Host, cleanup, stop, tempdir
 
 CLIENTS = int(os.environ.get("CLIENTS", "10000"))
 INTERVAL = int(os.environ.get("INTERVAL_MS", "1000"))
@@ -40,7 +42,7 @@ root = os.getcwd()
 host_src = os.path.abspath(os.environ.get("HOST_BIN", "target/release/host"))
 plugin_src = os.path.abspath(os.environ.get("PLUGIN", "target/release/libwebsocket.so"))
 wsseq_bin = os.path.abspath(os.environ.get("WSSEQ", "target/release/wsseq"))
-d = tempfile.mkdtemp(prefix="host-handover-ws-")
+d = tempdir("host-handover-ws-")
 procs = []
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -69,38 +71,12 @@ def variant(tag):
 
 
 def start_host(name, args):
-    log = open(f"{d}/{name}.log", "w")
-    cmd = [host, "--plugin-dir", f"{d}/plugins", "--plugin", "websocket", "--listen", "127.0.0.1:0",
-           "--pid-file", f"{d}/{name}.pid", "--log-level", "warn,host::master=info",
-           "--max-connections", str(CLIENTS + 1000)] + args
-    p = subprocess.Popen(NICE + cmd, stdout=log, stderr=log, cwd=d)
-    procs.append(p)
-    for _ in range(400):
-        t = open(f"{d}/{name}.log").read()
-        a = re.search(r"address=127\.0\.0\.1:(\d+)", t)
-        if "host ready" in t and a:
-            return p, int(a.group(1))
-        if p.poll() is not None:
-            break
-        time.sleep(0.05)
-    sys.exit(f"the host did not start:\n{open(f'{d}/{name}.log').read()[-2000:]}")
-
-
-def log_lines(name):
-    return open(f"{d}/{name}.log", errors="replace").read().splitlines()
-
-
-def count(name, pattern):
-    return sum(1 for l in log_lines(name) if re.search(pattern, l))
-
-
-def wait_count(name, pattern, n, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if count(name, pattern) >= n:
-            return True
-        time.sleep(0.05)
-    return False
+    """A host of the websocket plugin from the watched directory, ready (its port in `.port`)."""
+    h = Host(d, ["--plugin-dir", f"{d}/plugins", "--plugin", "websocket", "--log-level", "warn,host::master=info",
+                 "--max-connections", str(CLIENTS + 1000)] + args, name=name, wrap=NICE, binary=host)
+    procs.append(h.p)
+    h.wait_ready()
+    return h
 
 
 class Wsseq:
@@ -128,6 +104,18 @@ class Wsseq:
         self.p.wait(60)
         time.sleep(0.1)
         return json.loads(self.lines[-1])
+
+
+def connected(port, max_secs):
+    """wsseq's clients of `port` (reconnecting), all connected, then 2 s of the phase `before`;
+    with the time that phase began."""
+    ws = Wsseq(port, max_secs, reconnect=True)
+    if not ws.ready.wait(120):
+        sys.exit(f"the clients did not connect: {open(f'{d}/wsseq.err').read()[-1000:]}")
+    t0 = time.monotonic()
+    ws.say("phase before")
+    time.sleep(2.0)
+    return ws, t0
 
 
 def pct_str(w):
@@ -159,12 +147,9 @@ def report(result, events, elapsed):
               f"{sorted(w['p99'] for w in waits)[len(waits) // 2]:.1f} ms, max {max(w['max'] for w in waits):.1f} ms")
 
 
-HANDOVER = r"hand-over: (\d+) connections moved, (\d+) drained.*?paused (\d+) ms"
-
-
-def handovers_since(name, start):
+def handovers_since(h, start):
     """The hand-over lines after the first `start`, as `moved/drained/pause ms` per slot."""
-    found = [l for l in log_lines(name) if "hand-over" in l][start:]
+    found = [l for l in h.lines() if "hand-over" in l][start:]
     out = []
     for l in found:
         m = re.search(HANDOVER, l)
@@ -176,49 +161,44 @@ def handovers_since(name, start):
 
 def run_host():
     max_requests = int(os.environ.get("MAX_REQUESTS", "0")) or int(CLIENTS / COUNT * 1000 / INTERVAL * 10)
-    _, port = start_host("host", ["--count", str(COUNT), "--max-requests", str(max_requests), "--drain-timeout", "10"] + HOST_ARGS)
-    ws = Wsseq(port, 120 + RELOADS * 20, reconnect=True)
-    if not ws.ready.wait(120):
-        sys.exit(f"the clients did not connect: {open(f'{d}/wsseq.err').read()[-1000:]}")
-    t0 = time.monotonic()
+    h = start_host("host", ["--count", str(COUNT), "--max-requests", str(max_requests), "--drain-timeout", "10"] + HOST_ARGS)
+    ws, t0 = connected(h.port, 120 + RELOADS * 20)
     events = {}
-    ws.say("phase before")
-    time.sleep(2.0)
-    hand = lambda: count("host", r"hand-over")
+    hand = lambda: h.count(r"hand-over")
     for i in range(1, RELOADS + 1):
         name = f"reload {i}"
         ws.say(f"phase {name}")
-        h0, r0, t = hand(), count("host", r"reload done"), time.monotonic()
+        h0, r0, t = hand(), h.count(r"reload done"), time.monotonic()
         variant(i)
-        ok = wait_count("host", r"reload done", r0 + 1, 60)
+        ok = h.wait_count(r"reload done", r0 + 1, 60)
         if not NO_HANDOVER:
-            ok = wait_count("host", r"hand-over", h0 + COUNT, 60) and ok
-        events[name] = (handovers_since("host", h0) if not NO_HANDOVER else "drain") + ("" if ok else " (timed out)") + f", {time.monotonic() - t:.2f} s"
+            ok = h.wait_count(r"hand-over", h0 + COUNT, 60) and ok
+        events[name] = (handovers_since(h, h0) if not NO_HANDOVER else "drain") + ("" if ok else " (timed out)") + f", {time.monotonic() - t:.2f} s"
         time.sleep(SETTLE)
     ws.say("phase upgrade")
     h0, t = hand(), time.monotonic()
-    up = subprocess.run([host, "upgrade", "--pid-file", f"{d}/host.pid"], capture_output=True, text=True, timeout=120)
-    ok = up.returncode == 0 and (NO_HANDOVER or wait_count("host", r"hand-over", h0 + COUNT, 60))
-    events["upgrade"] = (handovers_since("host", h0) if not NO_HANDOVER else "drain") + ("" if ok else f" (failed: {up.stdout.strip()[-200:]} {up.stderr.strip()[-200:]})") + f", {time.monotonic() - t:.2f} s"
+    up = h.ctl("upgrade")
+    ok = up.returncode == 0 and (NO_HANDOVER or h.wait_count(r"hand-over", h0 + COUNT, 60))
+    events["upgrade"] = (handovers_since(h, h0) if not NO_HANDOVER else "drain") + ("" if ok else f" (failed: {up.stdout.strip()[-200:]} {up.stderr.strip()[-200:]})") + f", {time.monotonic() - t:.2f} s"
     time.sleep(SETTLE)
     ws.say("phase recycle")
-    h0, c0, t = hand(), count("host", r"max_requests messages; recycling"), time.monotonic()
-    ok = wait_count("host", r"max_requests messages; recycling", c0 + COUNT, 60)
-    ok = (NO_HANDOVER or wait_count("host", r"hand-over", h0 + COUNT, 60)) and ok
+    h0, c0, t = hand(), h.count(r"max_requests messages; recycling"), time.monotonic()
+    ok = h.wait_count(r"max_requests messages; recycling", c0 + COUNT, 60)
+    ok = (NO_HANDOVER or h.wait_count(r"hand-over", h0 + COUNT, 60)) and ok
     if NO_HANDOVER:
         time.sleep(3)
-    events["recycle"] = (handovers_since("host", h0) if not NO_HANDOVER else "drain") + ("" if ok else " (timed out)") + f", {time.monotonic() - t:.2f} s"
+    events["recycle"] = (handovers_since(h, h0) if not NO_HANDOVER else "drain") + ("" if ok else " (timed out)") + f", {time.monotonic() - t:.2f} s"
     time.sleep(SETTLE)
     ws.say("phase after")
     time.sleep(2.0)
     result = ws.end()
-    stray = count("host", r"max_requests messages; recycling") - COUNT
+    stray = h.count(r"max_requests messages; recycling") - COUNT
     print(f"== {CLIENTS} websocket clients, `host --plugin websocket --count {COUNT} {' '.join(HOST_ARGS)}`, max_requests {max_requests}: "
           f"{RELOADS} watcher reloads, host upgrade, recycling")
     report(result, events, time.monotonic() - t0)
-    failed = count("host", r"hand-over failed")
-    print(f"hand-overs failed: {failed}; recycles outside the recycling phase: {max(0, stray)}; workers died: {count('host', r'worker died|killed')}")
-    st = subprocess.run([host, "status", "--json", "--pid-file", f"{d}/host.pid"], capture_output=True, text=True, timeout=30)
+    failed = h.count(r"hand-over failed")
+    print(f"hand-overs failed: {failed}; recycles outside the recycling phase: {max(0, stray)}; workers died: {h.count(r'worker died|killed')}")
+    st = h.ctl("status", "--json", timeout=30)
     try:
         for row in json.loads(st.stdout).get("handovers", []):
             print(f"status --json: {row['handovers']} hand-overs ({row['failed']} failed), {row['moved']} connections moved, "
@@ -228,7 +208,7 @@ def run_host():
 
 
 def run_nginx():
-    _, up = start_host("upstream", ["--count", "2"])
+    up = start_host("upstream", ["--count", "2"]).port
     port = int(subprocess.check_output([sys.executable, "-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"]))
     conf = f"{d}/nginx.conf"
     with open(conf, "w") as f:
@@ -264,13 +244,8 @@ http {{
             break
         except OSError:
             time.sleep(0.05)
-    ws = Wsseq(port, 60 + NGINX_RELOADS * (SHUTDOWN_TIMEOUT + 10), reconnect=True)
-    if not ws.ready.wait(120):
-        sys.exit(f"the clients did not connect: {open(f'{d}/wsseq.err').read()[-1000:]}")
-    t0 = time.monotonic()
+    ws, t0 = connected(port, 60 + NGINX_RELOADS * (SHUTDOWN_TIMEOUT + 10))
     events = {}
-    ws.say("phase before")
-    time.sleep(2.0)
     for i in range(1, NGINX_RELOADS + 1):
         name = f"nginx reload {i}"
         ws.say(f"phase {name}")
@@ -295,12 +270,5 @@ finally:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM if "nginx" in p.args[:4] else signal.SIGINT)
     for p in reversed(procs):
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-    if os.environ.get("KEEP"):
-        print(f"kept {d}")
-    else:
-        shutil.rmtree(d, ignore_errors=True)
+        stop(p, timeout=10)
+    cleanup(d)

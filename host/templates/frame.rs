@@ -100,6 +100,15 @@ impl Protocol for {{Type}} {
     // timer or task ids in it.
     const HANDOVER_VERSION: u32 = 1;
 
+    /// Each connection's handling touches only its own session and there is no worker state, so
+    /// the connections move a few hundred at a time while this worker serves the rest (each
+    /// client pauses for its batch, not for all of them). Answer false once a message can reach
+    /// another connection (a room kept in the plugin, a broadcast) or change state that
+    /// `export_worker` moves: a batch already moved would miss it.
+    fn handover_in_batches(&self) -> bool {
+        true
+    }
+
     fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
         let session = self.sessions.get(conn).copied().unwrap_or_default();
         out.write_all(&session.encode()).is_ok()

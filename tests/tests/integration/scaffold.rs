@@ -145,10 +145,13 @@ fn a_new_plugin_builds_serves_and_passes_its_own_test() {
     let line = client.read_line().unwrap_or_else(|e| panic!("no answer: {e}\n{}", host.log_text()));
     assert_eq!(line, b"hello from a new plugin\n");
     host.wait_for_log(&format!("{lib} is ready"), Duration::from_secs(5)).unwrap();
-    // It takes part in hand-overs: the client stays on its connection across `reload -g`.
+    // It takes part in hand-overs, in batches: the client stays on its connection across
+    // `reload -g`.
     let reload = host.command(["reload", "-g"], COMMAND_TIMEOUT);
     assert!(reload.status.success(), "{}{}", reload.stdout, reload.stderr);
     host.wait_for_log("hand-over: 1 connections moved", Duration::from_secs(15)).unwrap();
+    // Its connections are independent (the template answers `handover_in_batches`).
+    host.wait_for_log("handing over in batches", Duration::from_secs(5)).unwrap();
     client.send(b"after the reload\n");
     assert_eq!(client.read_line().unwrap(), b"after the reload\n");
     drop(host);

@@ -113,6 +113,11 @@ pub(super) struct OldSide {
     outbound: Vec<ConnId>,
     /// Everything is queued, `Done` included.
     done_queued: bool,
+    /// In batches: how many were taken out, in how many loop turns, and the worker's message
+    /// count when the first went (the messages it served meanwhile: its log line at the end).
+    batches: u64,
+    turns: u64,
+    messages_at_start: u64,
     report: HandoverReport,
 }
 
@@ -260,6 +265,9 @@ impl Worker {
             pending: VecDeque::new(),
             outbound: Vec::new(),
             done_queued: false,
+            batches: 0,
+            turns: 0,
+            messages_at_start: 0,
             report,
         };
         let offer = Handover::Offer { plugin: self.plugin_name.clone(), version };
