@@ -947,15 +947,26 @@ impl<T> ConnMap<T> {
         }
     }
 
-    /// The entry for `conn`, created with `T::default()` when missing.
+    /// The entry for `conn`, created with `T::default()` when missing (one look-up: plugins
+    /// call this for every message).
+    #[inline]
     pub fn entry(&mut self, conn: ConnId) -> &mut T
     where
         T: Default,
     {
-        if self.get(conn).is_none() {
-            self.insert(conn, T::default());
+        let i = conn.index();
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
         }
-        self.get_mut(conn).expect("just inserted")
+        let slot = &mut self.slots[i];
+        if !matches!(slot, Some((c, _)) if *c == conn) {
+            // Empty, or left by an older connection at this index.
+            *slot = Some((conn, T::default()));
+        }
+        match slot {
+            Some((_, v)) => v,
+            None => unreachable!("filled above"),
+        }
     }
 
     /// Removes and returns the entry of `conn` (never that of a newer connection at its index).
@@ -1005,6 +1016,14 @@ mod tests {
         *m.entry(c) += 3;
         assert_eq!(m.get(c), Some(&5));
         assert_eq!(m.len(), 1);
+        // A newer connection at the same index starts from the default, not the old entry.
+        let newer = ConnId::new(0, 8);
+        assert_eq!(*m.entry(newer), 0);
+        assert_eq!(m.get(c), None);
+        // An index past the end grows the map.
+        *m.entry(ConnId::new(9, 1)) += 4;
+        assert_eq!(m.get(ConnId::new(9, 1)), Some(&4));
+        assert_eq!(m.len(), 2);
     }
 
     #[test]
