@@ -947,26 +947,31 @@ impl<T> ConnMap<T> {
         }
     }
 
-    /// The entry for `conn`, created with `T::default()` when missing (one look-up: plugins
-    /// call this for every message).
+    /// The entry for `conn`, created with `T::default()` when missing (one look-up, inlined:
+    /// plugins call this for every message; the creation is out of line).
     #[inline]
     pub fn entry(&mut self, conn: ConnId) -> &mut T
     where
         T: Default,
     {
         let i = conn.index();
-        if i >= self.slots.len() {
-            self.slots.resize_with(i + 1, || None);
+        if !matches!(self.slots.get(i), Some(Some((c, _))) if *c == conn) {
+            self.create(conn);
         }
-        let slot = &mut self.slots[i];
-        if !matches!(slot, Some((c, _)) if *c == conn) {
-            // Empty, or left by an older connection at this index.
-            *slot = Some((conn, T::default()));
-        }
-        match slot {
+        match &mut self.slots[i] {
             Some((_, v)) => v,
-            None => unreachable!("filled above"),
+            None => unreachable!("created above"),
         }
+    }
+
+    /// A new default entry for `conn` (its slot empty, or left by an older connection).
+    #[cold]
+    #[inline(never)]
+    fn create(&mut self, conn: ConnId)
+    where
+        T: Default,
+    {
+        self.insert(conn, T::default());
     }
 
     /// Removes and returns the entry of `conn` (never that of a newer connection at its index).
