@@ -755,11 +755,21 @@ pub(super) fn grew_to_report(reported: u64, rss: u64) -> bool {
     rss >= reported.saturating_add((reported / 8).max(MIN_GROWTH))
 }
 
-/// The process's resident memory in bytes, from `/proc/self/statm` (one short read; 0 if it
-/// cannot be read).
-fn resident_bytes() -> u64 {
-    let Ok(text) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
-    let pages: u64 = text.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+/// The process's resident memory in bytes, from `/proc/self/statm` (one short read into a stack
+/// buffer: this runs every 50 ms and allocates nothing; 0 if it cannot be read).
+pub(super) fn resident_bytes() -> u64 {
+    use std::io::Read;
+    // Seven numbers of at most 20 digits each, and their separators.
+    let mut buf = [0u8; 160];
+    let Ok(mut file) = std::fs::File::open("/proc/self/statm") else { return 0 };
+    let Ok(n) = file.read(&mut buf) else { return 0 };
+    let pages = statm_resident_pages(&buf[..n]);
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096);
     pages * page as u64
+}
+
+/// The second field of `/proc/self/statm` (resident pages), or 0.
+pub(super) fn statm_resident_pages(statm: &[u8]) -> u64 {
+    let text = std::str::from_utf8(statm).unwrap_or("");
+    text.split_ascii_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
 }

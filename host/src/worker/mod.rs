@@ -237,6 +237,19 @@ mod tests {
         assert!(grew_to_report(0, 8 * MIB));
     }
 
+    #[test]
+    fn resident_memory_is_read_from_statm() {
+        use super::event_loop::{resident_bytes, statm_resident_pages};
+        assert_eq!(statm_resident_pages(b"5853 1234 567 221 0 876 0\n"), 1234);
+        assert_eq!(statm_resident_pages(b"18446744073709551615 18446744073709551615 1 1 0 1 0\n"), u64::MAX);
+        assert_eq!(statm_resident_pages(b"5853"), 0, "a short read");
+        assert_eq!(statm_resident_pages(b"\xff 12"), 0, "not text");
+        assert_eq!(statm_resident_pages(b""), 0);
+        // This test process has some memory resident, and not more than a few GiB.
+        let rss = resident_bytes();
+        assert!(rss > 1 << 20 && rss < 16 << 30, "{rss}");
+    }
+
     use super::*;
     use crate::config::Limits;
     use crate::ctl::MasterChannel;

@@ -348,6 +348,7 @@ impl Transport {
 
 impl Read for Transport {
     /// Plaintext. Ok(0): the peer closed (TLS: `close_notify`, or the socket closed without it).
+    #[inline]
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.tls.as_mut() {
             None => self.stream.read(buf),
@@ -359,6 +360,7 @@ impl Read for Transport {
 impl Write for Transport {
     /// Plaintext: how much was taken (TLS: encrypted into records, written by later calls or by
     /// [`Transport::flush_pending`]).
+    #[inline]
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         match self.tls.as_mut() {
             None => self.stream.write(data),

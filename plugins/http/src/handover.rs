@@ -95,7 +95,7 @@ impl Http {
                     }
                 };
                 let log = read_log(&mut r)?;
-                Conn { state, stream, log, h2: None, http1: true }
+                Conn { state: Box::new(state), stream, log, h2: None, http1: true }
             }
             HTTP2 => {
                 let h2 = adopt_h2(&mut r, host.now_ms())?;

@@ -154,6 +154,8 @@ pub struct Http {
     log_time: LogTime,
     /// The access-log line being written (reused).
     log_line: Vec<u8>,
+    /// Stands in a connection's entry while its request is answered (see `on_message`).
+    spare_state: Option<Box<ConnState>>,
 }
 
 /// What [`Http::respond`] wrote into `out`: a whole response, or the head of one whose body
@@ -167,7 +169,8 @@ enum Response {
 /// Per-connection state.
 #[derive(Debug, Default)]
 struct Conn {
-    state: ConnState,
+    /// Boxed: moved out of the entry and back for every request (a pointer, not the state).
+    state: Box<ConnState>,
     /// A file body being sent a send buffer at a time.
     stream: Option<Stream>,
     /// Its access-log line, written when the stream ends or the connection closes.
@@ -217,6 +220,7 @@ impl Protocol for Http {
             log_format,
             log_time: LogTime::default(),
             log_line: Vec::new(),
+            spare_state: None,
         })
     }
 
@@ -268,11 +272,14 @@ impl Protocol for Http {
     }
 
     fn on_message(&mut self, host: &mut Host<'_>, conn: ConnId, msg: &[u8]) {
-        if self.conns.get(conn).is_some_and(|c| c.h2.is_some()) {
+        let c = self.conns.entry(conn);
+        if c.h2.is_some() {
             return self.h2_message(host, conn, msg);
         }
-        // Out of its entry while the request is answered (which needs the whole plugin).
-        let mut state = std::mem::take(&mut self.conns.entry(conn).state);
+        // Out of its entry while the request is answered (which needs the whole plugin): swapped
+        // with a spare, so two pointers move, not the state (allocated once, not per request).
+        let spare = self.spare_state.take().unwrap_or_default();
+        let mut state = std::mem::replace(&mut c.state, spare);
         let mut answered = None;
         let limits = self.limits;
         let delivered = state.on_message(host, msg, &limits, |host, req| {
@@ -285,7 +292,7 @@ impl Protocol for Http {
             persist
         });
         let c = self.conns.entry(conn);
-        c.state = state;
+        self.spare_state = Some(std::mem::replace(&mut c.state, state));
         let persist = match delivered {
             Delivered::Ignored => return,
             Delivered::Answered(persist) => persist,
@@ -295,8 +302,6 @@ impl Protocol for Http {
                 return self.count_response(host);
             }
         };
-        self.count_response(host);
-        let c = self.conns.entry(conn);
         match answered {
             Some((Response::Streamed { file, parts }, log)) => {
                 // The head goes now; the body follows as the connection drains.
@@ -304,14 +309,18 @@ impl Protocol for Http {
                 c.stream = Some(Stream { file, parts, close: persist == Persist::Close, reading: false });
                 c.log = log;
                 host.pause_recv(conn);
+                // (Counted from the head in `out` before the body's first piece is read.)
+                self.count_response(host);
                 self.pump(host, conn);
             }
             _ if persist == Persist::Close => {
                 c.state.closing = true;
                 host.close_with(conn, &self.out);
+                self.count_response(host);
             }
             _ => {
                 host.send(conn, &self.out);
+                self.count_response(host);
             }
         }
         self.trim_buffers();
@@ -418,13 +427,13 @@ impl Http {
         }
         let echo = self.config.echo;
         let root_allow: &[u8] = if echo { b"GET, HEAD, OPTIONS, POST, PUT" } else { b"GET, HEAD, OPTIONS" };
-        if req.target() == "*" {
+        if req.target_bytes() == b"*" {
             return match method {
                 Method::Options => self.options(root_allow, persist),
                 _ => self.error(Status::BAD_REQUEST, persist, head_only, &[]),
             };
         }
-        let path = req.path().as_bytes();
+        let path = req.path_bytes();
         if path.first() != Some(&b'/') {
             return self.error(Status::BAD_REQUEST, persist, head_only, &[]);
         }

@@ -53,13 +53,14 @@ impl Core {
         }
         // Like Workerman: a send is refused once the buffer is already full, but one large send
         // into a buffer below the limit is taken whole (a big response is one send).
-        if c.pending_output() >= max {
+        let pending = c.pending_output();
+        if pending >= max {
             self.stats.send_failures += 1;
             self.deferred.push_back((id, Deferred::Error(ConnError::SendFailed)));
             return false;
         }
         c.output.extend_from_slice(data);
-        let now_full = c.pending_output() >= max && !c.hold.buffer_full;
+        let now_full = pending.saturating_add(data.len()) >= max && !c.hold.buffer_full;
         if now_full {
             c.hold.buffer_full = true;
             self.deferred.push_back((id, Deferred::BufferFull));

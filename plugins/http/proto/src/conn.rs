@@ -78,24 +78,25 @@ impl ConnState {
         if self.closing {
             return Delivered::Ignored;
         }
-        let mut framer = std::mem::take(&mut self.framer);
-        let answered = match framer.take_request(msg, limits) {
+        // (The framer is borrowed in place, not moved out and back: a request is answered
+        // without copying the connection's state.)
+        let answered = match self.framer.take_request(msg, limits) {
             Err(status) => Err(status),
             Ok(None) => Ok(None),
             Ok(Some(req)) => Ok(Some(answer(host, &req))),
         };
         match answered {
-            Ok(None) => {
-                self.framer = framer;
-                Delivered::Ignored
-            }
+            Ok(None) => Delivered::Ignored,
             Ok(Some(persist)) => {
-                framer.finish();
-                self.framer = framer;
+                self.framer.finish();
                 self.in_flight = false;
                 Delivered::Answered(persist)
             }
-            Err(status) => Delivered::Refused(status),
+            Err(status) => {
+                // What was framed of the refused request is dropped (the connection closes).
+                self.framer = Framer::default();
+                Delivered::Refused(status)
+            }
         }
     }
 

@@ -46,7 +46,18 @@ impl<'a> Request<'a> {
 
     /// The target's path, still percent-encoded (`/` for an absolute-form target without one).
     pub fn path(&self) -> &'a str {
-        str_of(request_path(self.target().as_bytes()))
+        str_of(self.path_bytes())
+    }
+
+    /// [`Request::target`] as bytes, not checked again for UTF-8 (the parser did): what the
+    /// per-request route checks compare.
+    pub fn target_bytes(&self) -> &'a [u8] {
+        &self.raw[self.head.target.clone()]
+    }
+
+    /// [`Request::path`] as bytes, not checked again for UTF-8.
+    pub fn path_bytes(&self) -> &'a [u8] {
+        request_path(self.target_bytes())
     }
 
     /// The target's query, without the `?`, when it has one.
@@ -187,6 +198,8 @@ mod tests {
         assert_eq!(r.method_name(), "POST");
         assert_eq!(r.target(), "/sum?x=1&name=a%20b+c");
         assert_eq!(r.path(), "/sum");
+        assert_eq!(r.target_bytes(), b"/sum?x=1&name=a%20b+c");
+        assert_eq!(r.path_bytes(), b"/sum");
         assert_eq!(r.query(), Some("x=1&name=a%20b+c"));
         assert_eq!(r.query_param("name").as_deref(), Some("a b c"));
         assert_eq!(r.query_param("nope"), None);
