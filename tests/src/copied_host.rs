@@ -94,6 +94,12 @@ impl CopiedHost {
             .ok_or_else(|| format!("no line with {pattern:?} in {timeout:?}; log:\n{}", self.log()))
     }
 
+    /// Waits until `n` lines of the log contain `pattern` and returns the `n`th.
+    pub fn wait_for_nth(&self, pattern: &str, n: usize, timeout: Duration) -> Result<String, String> {
+        poll_until(timeout, || self.log().lines().filter(|l| l.contains(pattern)).nth(n - 1).map(String::from))
+            .ok_or_else(|| format!("no {n} line(s) with {pattern:?} in {timeout:?}; log:\n{}", self.log()))
+    }
+
     /// The master's worker processes (its children titled `host: worker …`), sorted.
     pub fn worker_pids(&self) -> Vec<i32> {
         let pid = self.pid();

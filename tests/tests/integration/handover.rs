@@ -1366,8 +1366,20 @@ fn host_upgrade_is_refused_while_a_hand_over_is_under_way() {
     assert!(out.stderr.contains("a hand-over is under way"), "{}{}", out.stdout, out.stderr);
     let _ = kill(Pid::from_raw(new), Signal::SIGCONT);
     host.wait_for_log("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    c.send(b"moved\n");
+    assert_eq!(read_line(&mut c), "moved\n");
     let out = host.command(&["upgrade"], RELOAD_TIMEOUT);
     assert!(out.status.success(), "host upgrade failed: {}{}\nlog:\n{}", out.stdout, out.stderr, host.log());
+    // The upgraded master's replacement runs the same fixture: it stops itself while adopting
+    // the connection too, and goes on once continued.
+    let stopped = host.wait_for_nth("fixture_crash stops itself", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let new: i32 = stopped
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no pid in {stopped}"));
+    let _ = kill(Pid::from_raw(new), Signal::SIGCONT);
+    host.wait_for_nth("hand-over: 1 connections moved", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     c.send(b"after\n");
     assert_eq!(read_line(&mut c), "after\n");
 }
