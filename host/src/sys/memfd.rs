@@ -19,8 +19,7 @@ pub fn sealed_memfd(name: &str, from: &mut impl std::io::Read) -> io::Result<Own
     // Copied a piece at a time (io::copy), never held whole in memory.
     std::io::copy(from, &mut file)?;
     let fd = OwnedFd::from(file);
-    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
-    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
+    seal(&fd)?;
     Ok(fd)
 }
 
@@ -33,8 +32,21 @@ pub fn sealable_memfd(name: &str) -> io::Result<std::fs::File> {
 }
 
 /// Seals a memfd of [`sealable_memfd`] against any change (and against removing the seals).
+///
+/// `F_SEAL_WRITE` fails with `EBUSY` while a page of the file holds a reference other than
+/// its mapping's. Just after the file was written, the kernel's own per-CPU page batches can
+/// hold one for a moment (it drains and waits a little, and gives up on a loaded machine), so a
+/// few more tries over about a second are made before the error is the caller's.
 pub fn seal(fd: &impl AsRawFd) -> io::Result<()> {
     let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
+    let mut pause = std::time::Duration::from_millis(1);
+    for _ in 0..10 {
+        match fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals)) {
+            Err(nix::errno::Errno::EBUSY) => std::thread::sleep(pause),
+            done => return done.map(drop).map_err(io::Error::from),
+        }
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
+    }
     fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
     Ok(())
 }
