@@ -7,37 +7,30 @@
 # before and across the reload, checks that every probe got every message back once, in order,
 # and that every other client still answers `/whoami` on its connection afterwards.
 #
-# MODE=batches (the default: ws_chat moves 256 clients at a time) or MODE=all (the same build
+# MODE=batches (the default: ws_chat moves 64 clients at a time) or MODE=all (the same build
 # with HOST_BENCH_HANDOVER_ALL_AT_ONCE=1: every client stops at once, as a slot with topic
 # subscriptions did before). Alternate the two on a shared machine.
 # Run: cargo build --release -p host -p host-example-ws-chat && python3 bench/handover_chat.py 10000
 # Env: HOST_BIN (target/release/host; the plugin is looked for beside it), PROBES (100),
 # INTERVAL_MS (20), MODE (batches|all), HOST_NICE (a nice level for the host), HOST_ARGS (more
 # flags). Bounded: every wait has a timeout; only the host it started is stopped. Loopback only.
-import os, re, resource, selectors, socket, subprocess, sys, tempfile, threading, time
+import os, resource, selectors, socket, sys, threading, time
+
+from handover_lib import Host, cleanup, pct, tempdir
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
 PROBES = int(os.environ.get("PROBES", "100"))
 INTERVAL = int(os.environ.get("INTERVAL_MS", "20")) / 1000
 MODE = os.environ.get("MODE", "batches")
 assert MODE in ("batches", "all"), MODE
-host = os.path.abspath(os.environ.get("HOST_BIN", "target/release/host"))
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-d = tempfile.mkdtemp(prefix="host-handover-chat-")
-log = open(f"{d}/log", "w")
-cmd = [host, "--plugin", "ws_chat", "--listen", "127.0.0.1:0", "--count", "1", "--pid-file", f"{d}/host.pid",
-       "--max-connections", str(N + 100), "--drain-timeout", "30"] + os.environ.get("HOST_ARGS", "").split()
-if os.environ.get("HOST_NICE"):
-    cmd = ["nice", "-n", os.environ["HOST_NICE"]] + cmd
-env = dict(os.environ)
-env["HOST_BENCH_HANDOVER_ALL_AT_ONCE"] = "1" if MODE == "all" else "0"
-p = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=d, env=env)
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
+d = tempdir("host-handover-chat-")
+# The measurement-only switch is read by the workers from the master's environment.
+os.environ["HOST_BENCH_HANDOVER_ALL_AT_ONCE"] = "1" if MODE == "all" else "0"
+wrap = ["nice", "-n", os.environ["HOST_NICE"]] if os.environ.get("HOST_NICE") else []
+host = Host(d, ["--plugin", "ws_chat", "--count", "1", "--max-connections", str(N + 100), "--drain-timeout", "30"]
+            + os.environ.get("HOST_ARGS", "").split(), wrap=wrap)
 
 
 def text_frame(text):
@@ -129,15 +122,7 @@ def probe_loop(probes, stop, phase):
 
 socks = []
 try:
-    port = None
-    for _ in range(400):
-        t = open(f"{d}/log").read()
-        a = re.search(r"address=127\.0\.0\.1:(\d+)", t)
-        if "host ready" in t and a:
-            port = int(a.group(1))
-            break
-        time.sleep(0.05)
-    assert port, "the host did not start"
+    port = host.wait_ready()
     step = max(1, N // PROBES)
     probe_at = set(range(0, N, step)[:PROBES])
     for i in range(N):
@@ -155,17 +140,12 @@ try:
     th.start()
     time.sleep(1.0)
     phase[0] = "across"
-    r = subprocess.run([host, "reload", "-g", "--pid-file", f"{d}/host.pid"], capture_output=True, text=True, timeout=120)
-    line = None
-    for _ in range(1200):
-        line = next((l for l in open(f"{d}/log").read().splitlines() if "hand-over:" in l), None)
-        if line:
-            break
-        time.sleep(0.05)
+    host.reload()
+    line = host.wait_handover(1, timeout=60)
     time.sleep(1.0)
     stop.set()
     th.join(10)
-    batches = "handing over in batches" in open(f"{d}/log").read()
+    batches = "handing over in batches" in host.text()
     messages = sum(pr.seq for pr in probes)
     errors = [e for pr in probes for e in pr.errors]
     others = [(i, s, rest) for i, (s, rest, _) in enumerate(socks) if i not in probe_at]
@@ -189,13 +169,9 @@ try:
     print(f"longest wait for a message, before the reload: p50 {pct(before, .5):.1f} ms, p99 {pct(before, .99):.1f} ms, max {max(before):.1f} ms")
     print(f"longest wait for a message, across the reload: p50 {pct(across, .5):.1f} ms, p99 {pct(across, .99):.1f} ms, max {max(across):.1f} ms")
     print(f"the other clients answer /whoami after it: {ok}/{len(others)}")
-    print(line[line.find("hand-over:"):] if line else "no hand-over line")
+    print(line or "no hand-over line")
 finally:
     for s, _, _ in socks:
         s.close()
-    p.terminate()
-    try:
-        p.wait(40)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(10)
+    host.stop(timeout=40)
+    cleanup(d)

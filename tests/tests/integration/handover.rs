@@ -626,6 +626,16 @@ fn syscall_of(pid: i32) -> Option<String> {
     text.split_whitespace().next().map(str::to_string)
 }
 
+/// Continues `pid` once it has stopped: `fixture_crash` logs that it stops itself before its
+/// `kill -STOP` has run, so a SIGCONT sent on the log line alone could come first and be lost.
+fn continue_once_stopped(pid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    host_tests::poll_until(LOG_TIMEOUT, || (process_state(pid) == Some('T')).then_some(()))
+        .unwrap_or_else(|| panic!("{pid} never stopped"));
+    kill(Pid::from_raw(pid), Signal::SIGCONT).expect("SIGCONT");
+}
+
 /// The state letter of `/proc/PID/stat` (`T`: stopped).
 fn process_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -1329,8 +1339,6 @@ fn a_refused_clients_carried_connection_goes_back_with_it() {
 #[test]
 fn host_upgrade_is_refused_while_a_hand_over_is_under_way() {
     use host_tests::copied_host::CopiedHost;
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
     let fixtures = host_tests::fixtures_dir();
     let fixtures = fixtures.to_str().unwrap();
     let config = "handover = \"on\"\nadopt = \"stop\"\n";
@@ -1364,7 +1372,7 @@ fn host_upgrade_is_refused_while_a_hand_over_is_under_way() {
     let out = host.command(&["upgrade"], RELOAD_TIMEOUT);
     assert!(!out.status.success(), "the upgrade went on during a hand-over:\n{}", host.log());
     assert!(out.stderr.contains("a hand-over is under way"), "{}{}", out.stdout, out.stderr);
-    let _ = kill(Pid::from_raw(new), Signal::SIGCONT);
+    continue_once_stopped(new);
     host.wait_for_log("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     c.send(b"moved\n");
     assert_eq!(read_line(&mut c), "moved\n");
@@ -1378,7 +1386,7 @@ fn host_upgrade_is_refused_while_a_hand_over_is_under_way() {
         .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
         .next()
         .unwrap_or_else(|| panic!("no pid in {stopped}"));
-    let _ = kill(Pid::from_raw(new), Signal::SIGCONT);
+    continue_once_stopped(new);
     host.wait_for_nth("hand-over: 1 connections moved", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     c.send(b"after\n");
     assert_eq!(read_line(&mut c), "after\n");
