@@ -12,14 +12,18 @@
 //! - its sends: `write` appends to the connection's queue (at most [`SEND_CAP`] bytes, then
 //!   `WouldBlock` as a full socket would), and [`Ring::turn`] submits one `SEND` per connection
 //!   with bytes queued, all in the same `io_uring_enter` that waits for the next completions;
+//! - the listener's accepts: one multishot `ACCEPT` ([`Ring::listen_on`]) whose completions
+//!   are queued for the loop ([`Ring::take_accepted`]); cancelled when the worker stops
+//!   accepting ([`Ring::accepting`], or [`Ring::stop_accepting`], which waits for its end so that
+//!   later clients stay in the listener's queue), armed again when it resumes or the kernel ends it;
 //! - the mio poller itself: its epoll descriptor is watched with a multishot `POLL_ADD`, so the
-//!   listener, the master's channel, the signals, the mailbox, the wakers, outbound connections
-//!   and UDP stay on epoll (read with a zero timeout when it has something) and a turn still
+//!   master's channel, the signals, the mailbox, the wakers, outbound connections and UDP stay
+//!   on epoll (read with a zero timeout when it has something) and a turn still
 //!   blocks in one place.
 //!
 //! What stays a system call: `sendfile` of a file range (when nothing is queued before it; a
 //! socket it finds full is waited for with a one-shot `POLL_ADD` for `POLLOUT`), `shutdown`
-//! (after the queued bytes are sent), the accept (on epoll). Not used: registered files (every
+//! (after the queued bytes are sent). Not used: registered files (every
 //! connection's descriptor is an ordinary one, so `sendfile`, `shutdown`, an export and the
 //! transport's other calls work on it). A fixed file table was built and measured (bench/README.md,
 //! "io_uring", run 5): no saving above the noise under keep-alive, two `io_uring_register` calls
