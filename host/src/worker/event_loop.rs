@@ -91,6 +91,9 @@ pub(super) struct Worker {
     /// The listener's connections come from the ring's multishot accept (`--io uring`, a
     /// stream listener, a kernel that takes it), not from `accept4` on epoll's readiness.
     ring_accepts: bool,
+    /// The ring's accept is wanted (the listener is watched): false from a stop to the resume,
+    /// so that what is taken meanwhile (a replacement paused for a hand-over) does not re-arm it.
+    ring_listening: bool,
     /// The poll had more events than one call takes: read it again next turn.
     poll_more: bool,
 }
@@ -164,6 +167,7 @@ impl Worker {
             ring,
             ring_events: Vec::new(),
             ring_accepts: false,
+            ring_listening: false,
             poll_more: false,
             poll,
         };
@@ -383,6 +387,7 @@ impl Worker {
                 return;
             }
             let next = match self.ring.as_mut() {
+                Some(_) if self.ring_accepts && !self.ring_listening => return,
                 Some(ring) if self.ring_accepts => match ring.take_accepted() {
                     Some(next) => next.map(|fd| self.listener.stream_from(fd)),
                     None => {
@@ -489,6 +494,7 @@ impl Worker {
         match self.ring.as_mut() {
             Some(ring) if self.ring_accepts => {
                 ring.accepting(true);
+                self.ring_listening = true;
                 Ok(())
             }
             _ => self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE),
@@ -755,6 +761,7 @@ impl Worker {
     fn stop_accepting(&mut self) {
         match self.ring.as_mut() {
             Some(ring) if self.ring_accepts => {
+                self.ring_listening = false;
                 if let Err(e) = ring.stop_accepting() {
                     // What it still completes is served when it comes (`ring_accepted`).
                     tracing::warn!("could not stop the ring's accept: {e}");
