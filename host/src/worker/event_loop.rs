@@ -16,10 +16,12 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use plugin_api::abi::RawPluginBox;
+use plugin_api::ConnId;
 
 use super::core::{Core, CONN_TOKEN_BASE};
 use super::listener::Listener;
 use super::phase::{ConnPhase, Exit, WorkerPhase};
+use super::transport::Stream;
 use super::uring::{Ring, RingEvent};
 use super::{datagram, dispatch, load_snapshot, mailbox, new_instance, outbound, tasks, FAREWELL_TIMEOUT};
 use crate::config::{IoBackend, WorkerSpec};
@@ -86,6 +88,12 @@ pub(super) struct Worker {
     /// watches the poll (`worker/uring`).
     ring: Option<Ring>,
     ring_events: Vec<RingEvent>,
+    /// The listener's connections come from the ring's multishot accept (`--io uring`, a
+    /// stream listener, a kernel that takes it), not from `accept4` on epoll's readiness.
+    ring_accepts: bool,
+    /// The ring's accept is wanted (the listener is watched): false from a stop to the resume,
+    /// so that what is taken meanwhile (a replacement paused for a hand-over) does not re-arm it.
+    ring_listening: bool,
     /// The poll had more events than one call takes: read it again next turn.
     poll_more: bool,
 }
@@ -158,11 +166,17 @@ impl Worker {
             awaiting_handover: spec.await_handover,
             ring,
             ring_events: Vec::new(),
+            ring_accepts: false,
+            ring_listening: false,
             poll_more: false,
             poll,
         };
         worker.core.worker_count = spec.worker_count;
         worker.core.ring = worker.ring.as_ref().map(Ring::handle);
+        if let (Some(ring), Some(fd)) = (worker.ring.as_mut(), worker.listener.stream_fd()) {
+            ring.listen_on(fd);
+            worker.ring_accepts = true;
+        }
         // The loop's clock (`now_ms`, from `epoch`) on the system's monotonic clock.
         worker.core.watch = super::core::Watch::new(watch, sys::monotonic_ms());
         worker.core.udp = udp;
@@ -179,16 +193,17 @@ impl Worker {
         if let RResult::RErr(e) = dispatch::worker_start(&mut worker.plugin, &mut worker.core) {
             anyhow::bail!("plugin {} failed to start: {}", loaded.name, e);
         }
-        let registry = worker.poll.registry();
         // A replacement awaiting a hand-over watches the slot's socket once it has ended.
         if !worker.awaiting_handover {
-            registry.register(&mut worker.listener, LISTENER, Interest::READABLE)?;
+            worker.watch_listener()?;
+            let registry = worker.poll.registry();
             if let Some(udp) = worker.core.udp.as_mut() {
                 registry.register(udp, LISTENER, Interest::READABLE)?;
                 // Datagrams may have queued before this worker watched the socket.
                 worker.udp_pending = true;
             }
         }
+        let registry = worker.poll.registry();
         registry.register(&mut worker.control.stream, CONTROL, Interest::READABLE)?;
         registry.register(&mut SourceFd(&worker.signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         worker.send_control(&ToMaster::Ready);
@@ -229,6 +244,9 @@ impl Worker {
                 }
             }
             self.ring_events = ring_events;
+            if self.ring_accepts {
+                self.ring_accepted();
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER if self.listener.is_udp() => self.udp_pending = self.core.phase.accepting(),
@@ -361,22 +379,29 @@ impl Worker {
         while self.core.phase.accepting() && !self.awaiting_handover {
             if self.core.len() >= self.core.limits.max_connections {
                 self.accept_blocked = true;
+                // The ring's accept is cancelled next turn (what it completes meanwhile waits
+                // in its queue for a free place, as the rest waits in the listener's).
+                if let Some(ring) = self.ring.as_mut().filter(|_| self.ring_accepts) {
+                    ring.accepting(false);
+                }
                 return;
             }
-            match self.listener.accept() {
-                Ok(stream) => match self.core.insert(match &self.ring {
-                    Some(ring) => ring.adopt(stream),
-                    None => stream,
-                }) {
-                    Ok(id) => {
-                        self.core.stats.accepted += 1;
-                        // TLS: the plugin hears of it once the handshake is done.
-                        if self.core.get(id).is_some_and(|c| c.phase == ConnPhase::Open) {
-                            dispatch::connect(&mut self.plugin, &mut self.core, id);
-                        }
+            let next = match self.ring.as_mut() {
+                Some(_) if self.ring_accepts && !self.ring_listening => return,
+                Some(ring) if self.ring_accepts => match ring.take_accepted() {
+                    Some(next) => next.map(|fd| self.listener.stream_from(fd)),
+                    None => {
+                        // All taken: the accept goes on (or is armed again).
+                        ring.accepting(true);
+                        return;
                     }
-                    Err(e) => tracing::warn!("could not register a connection: {e}"),
                 },
+                _ => self.listener.accept(),
+            };
+            match next {
+                Ok(stream) => {
+                    self.admit(stream);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // The client gave up before it was accepted (or a firewall refused it): the next
@@ -397,6 +422,82 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// Puts an accepted stream in the table (on the ring with `--io uring`) and tells the plugin.
+    fn admit(&mut self, stream: Stream) -> Option<ConnId> {
+        let stream = match &self.ring {
+            Some(ring) => ring.adopt(stream),
+            None => stream,
+        };
+        match self.core.insert(stream) {
+            Ok(id) => {
+                self.core.stats.accepted += 1;
+                // TLS: the plugin hears of it once the handshake is done.
+                if self.core.get(id).is_some_and(|c| c.phase == ConnPhase::Open) {
+                    dispatch::connect(&mut self.plugin, &mut self.core, id);
+                }
+                Some(id)
+            }
+            Err(e) => {
+                tracing::warn!("could not register a connection: {e}");
+                None
+            }
+        }
+    }
+
+    /// After a turn with `--io uring`: the connections the ring's accept brought are taken, and
+    /// a kernel that refused the multishot accept has the listener go back to epoll.
+    fn ring_accepted(&mut self) {
+        let Some(ring) = self.ring.as_ref() else { return };
+        if ring.accept_refused() {
+            tracing::debug!("the kernel refused io_uring's multishot accept: the listener is on epoll");
+            self.ring_accepts = false;
+            if self.core.phase.accepting() && !self.awaiting_handover {
+                self.resume_accepting();
+            }
+        }
+        if !self.ring.as_ref().is_some_and(Ring::has_accepted) {
+            return;
+        }
+        if self.core.phase.accepting() {
+            self.accept_all();
+        } else {
+            // A draining (or handing-over) worker whose accept ended late: the kernel took
+            // them, so they are served here.
+            self.serve_accepted(true);
+        }
+    }
+
+    /// Serves the connections the ring's accept completed before it ended, whether or not the
+    /// worker accepts (the kernel took them: no other worker will); `drain`: the plugin hears
+    /// `on_drain` for each too (a drain began before they arrived).
+    fn serve_accepted(&mut self, drain: bool) {
+        while let Some(next) = self.ring.as_mut().and_then(Ring::take_accepted) {
+            match next {
+                Ok(fd) => {
+                    let stream = self.listener.stream_from(fd);
+                    if let Some(id) = self.admit(stream) {
+                        if drain && matches!(self.core.phase, WorkerPhase::Draining { .. }) {
+                            dispatch::drain(&mut self.plugin, &mut self.core, id);
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!("accept: {e}"),
+            }
+        }
+    }
+
+    /// Watches the listening socket: through the ring's accept, or on epoll.
+    fn watch_listener(&mut self) -> io::Result<()> {
+        match self.ring.as_mut() {
+            Some(ring) if self.ring_accepts => {
+                ring.accepting(true);
+                self.ring_listening = true;
+                Ok(())
+            }
+            _ => self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE),
         }
     }
 
@@ -640,7 +741,7 @@ impl Worker {
         if !self.core.phase.accepting() || self.awaiting_handover {
             return;
         }
-        if let Err(e) = self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE) {
+        if let Err(e) = self.watch_listener() {
             tracing::error!("could not watch the listening socket again: {e}");
         }
         if let Some(udp) = self.core.udp.as_mut() {
@@ -654,8 +755,25 @@ impl Worker {
     }
 
     /// Stops taking connections (and datagrams): the slot's replacement serves from now on.
+    /// With the ring's accept: it is cancelled and its end awaited, so that the connections
+    /// after it stay in the listener's queue; those it completed before are served now if the
+    /// worker is leaving (draining, handing over), or wait for [`Worker::resume_accepting`].
     fn stop_accepting(&mut self) {
-        let _ = self.poll.registry().deregister(&mut self.listener);
+        match self.ring.as_mut() {
+            Some(ring) if self.ring_accepts => {
+                self.ring_listening = false;
+                if let Err(e) = ring.stop_accepting() {
+                    // What it still completes is served when it comes (`ring_accepted`).
+                    tracing::warn!("could not stop the ring's accept: {e}");
+                }
+                if !self.core.phase.accepting() {
+                    self.serve_accepted(false);
+                }
+            }
+            _ => {
+                let _ = self.poll.registry().deregister(&mut self.listener);
+            }
+        }
         // UDP: the slot's socket is shared with the replacement, which reads it from now on.
         if let Some(udp) = self.core.udp.as_mut() {
             let _ = self.poll.registry().deregister(udp);

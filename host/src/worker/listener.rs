@@ -48,6 +48,25 @@ impl Listener {
         matches!(self, Listener::Udp)
     }
 
+    /// The listening socket's descriptor (None for UDP: the core's socket).
+    pub fn stream_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Listener::Tcp(l) => Some(l.as_raw_fd()),
+            Listener::Unix(l) => Some(l.as_raw_fd()),
+            Listener::Udp => None,
+        }
+    }
+
+    /// A connection accepted on this listener elsewhere (io_uring's accept: the descriptor is
+    /// non-blocking already).
+    pub fn stream_from(&self, fd: OwnedFd) -> Stream {
+        match self {
+            Listener::Unix(_) => Stream::Unix(mio::net::UnixStream::from_std(fd.into())),
+            _ => Stream::Tcp(mio::net::TcpStream::from_std(fd.into())),
+        }
+    }
+
     /// The next connection (`WouldBlock` when none is queued, and always for UDP).
     pub fn accept(&self) -> io::Result<Stream> {
         match self {

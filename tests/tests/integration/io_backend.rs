@@ -125,3 +125,40 @@ fn an_unknown_backend_is_refused_with_the_choices() {
     assert_contains!(out.stderr, "invalid value 'kqueue' for '--io <BACKEND>'");
     assert_contains!(out.stderr, "epoll, uring");
 }
+
+/// A client of the echo service: what it sends comes back (read within `timeout`).
+fn echo_round(s: &mut TcpStream, msg: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(msg)?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got)?;
+    Ok(got)
+}
+
+// At `--max-connections` a worker takes no more (on io_uring its multishot accept is cancelled):
+// the next client waits in the listener's queue, and is served once a place frees (the accept
+// is armed again).
+#[test]
+fn at_max_connections_a_client_waits_in_the_queue_until_a_place_frees() {
+    for io in ["uring", "epoll"] {
+        let host = Host::start("echo", &["--count", "1", "--io", io, "--max-connections", "2"]);
+        let port = host.port();
+        let mut first = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut second = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(echo_round(&mut first, b"one", IO_TIMEOUT).unwrap(), b"one", "{io}");
+        assert_eq!(echo_round(&mut second, b"two", IO_TIMEOUT).unwrap(), b"two", "{io}");
+        let mut third = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // Not served while two are open (a broken limit answers at once).
+        let early = echo_round(&mut third, b"three", Duration::from_millis(300));
+        assert!(early.is_err(), "{io}: the third client was served beyond the limit");
+        drop(first);
+        third.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut got = [0u8; 5];
+        third.read_exact(&mut got).unwrap_or_else(|e| panic!("{io}: the waiting client was not served: {e}"));
+        assert_eq!(&got, b"three", "{io}");
+        // And the accept goes on after it: another place frees, another client is served.
+        drop(second);
+        let mut fourth = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(echo_round(&mut fourth, b"four", IO_TIMEOUT).unwrap(), b"four", "{io}");
+    }
+}

@@ -12,14 +12,18 @@
 //! - its sends: `write` appends to the connection's queue (at most [`SEND_CAP`] bytes, then
 //!   `WouldBlock` as a full socket would), and [`Ring::turn`] submits one `SEND` per connection
 //!   with bytes queued, all in the same `io_uring_enter` that waits for the next completions;
+//! - the listener's accepts: one multishot `ACCEPT` ([`Ring::listen_on`]) whose completions
+//!   are queued for the loop ([`Ring::take_accepted`]); cancelled when the worker stops
+//!   accepting ([`Ring::accepting`], or [`Ring::stop_accepting`], which waits for its end so that
+//!   later clients stay in the listener's queue), armed again when it resumes or the kernel ends it;
 //! - the mio poller itself: its epoll descriptor is watched with a multishot `POLL_ADD`, so the
-//!   listener, the master's channel, the signals, the mailbox, the wakers, outbound connections
-//!   and UDP stay on epoll (read with a zero timeout when it has something) and a turn still
+//!   master's channel, the signals, the mailbox, the wakers, outbound connections and UDP stay
+//!   on epoll (read with a zero timeout when it has something) and a turn still
 //!   blocks in one place.
 //!
 //! What stays a system call: `sendfile` of a file range (when nothing is queued before it; a
 //! socket it finds full is waited for with a one-shot `POLL_ADD` for `POLLOUT`), `shutdown`
-//! (after the queued bytes are sent), the accept (on epoll). Not used: registered files (every
+//! (after the queued bytes are sent). Not used: registered files (every
 //! connection's descriptor is an ordinary one, so `sendfile`, `shutdown`, an export and the
 //! transport's other calls work on it). A fixed file table was built and measured (bench/README.md,
 //! "io_uring", run 5): no saving above the noise under keep-alive, two `io_uring_register` calls
@@ -44,10 +48,11 @@
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -91,6 +96,7 @@ enum Kind {
     PollOut = 3,
     Cancel = 4,
     Epoll = 5,
+    Accept = 6,
 }
 
 fn user_data(kind: Kind, key: u32, gen: u32) -> u64 {
@@ -338,6 +344,25 @@ struct Engine {
     epoll_ready: bool,
     /// Buffers given back, not yet published.
     recycled: bool,
+    accept: Acceptor,
+}
+
+/// The listener's multishot accept ([`Ring::listen_on`]): one submission whose completions
+/// are the accepted connections' descriptors, until it is cancelled or the kernel ends it.
+#[derive(Default)]
+struct Acceptor {
+    /// The listening socket (the worker's, which outlives the ring's use of it).
+    fd: Option<RawFd>,
+    /// The worker accepts: the accept is armed next turn if it is not.
+    want: bool,
+    /// The accept is in the kernel (until its last completion, without `IORING_CQE_F_MORE`).
+    armed: bool,
+    /// A cancel of it was submitted.
+    cancelling: bool,
+    /// The kernel refused it (`EINVAL`: no multishot accept here): the listener goes on epoll.
+    refused: bool,
+    /// What its completions brought, oldest first: descriptors, and the error that ended it.
+    queue: VecDeque<Result<OwnedFd, i32>>,
 }
 
 /// The worker's ring.
@@ -405,13 +430,72 @@ impl Ring {
         // SAFETY: the entries stay allocated until `bufs` is dropped, which happens after the
         // ring (see `Ring`'s field order), and the ring is not shared.
         unsafe { ring.submitter().register_buf_ring_with_flags(bufs.entries as u64, BUF_COUNT, BGID, 0)? };
-        let engine = Engine { ring, bufs, epoll_armed: false, epoll_ready: false, recycled: false };
+        let engine =
+            Engine { ring, bufs, epoll_armed: false, epoll_ready: false, recycled: false, accept: Acceptor::default() };
         Ok(Ring { engine: Rc::new(RefCell::new(engine)), table: Rc::default(), epoll_fd, again: Vec::new() })
     }
 
     /// What puts streams on this ring (for the connection table's imports).
     pub fn handle(&self) -> RingHandle {
         RingHandle { engine: self.engine.clone(), table: self.table.clone() }
+    }
+
+    /// Accepts the connections of the listening socket `fd` through the ring (one multishot
+    /// `ACCEPT`), once [`Ring::accepting`] says so. `fd` must stay open as long as the ring.
+    pub fn listen_on(&mut self, fd: RawFd) {
+        self.engine.borrow_mut().accept.fd = Some(fd);
+    }
+
+    /// Whether the listener's accept is to be in the kernel: on, it is armed next turn (and
+    /// again whenever the kernel ends it, until an error does: see [`Ring::take_accepted`]);
+    /// off, it is cancelled next turn (what completes before that is still queued). To stop at
+    /// once, [`Ring::stop_accepting`].
+    pub fn accepting(&mut self, on: bool) {
+        self.engine.borrow_mut().accept.want = on;
+    }
+
+    /// Cancels the listener's accept and waits (up to [`LEAVE_WAIT`]) until the kernel has
+    /// ended it: from then on the connections stay in the listener's queue (for another
+    /// worker of the slot); those accepted before are in [`Ring::take_accepted`]'s queue.
+    pub fn stop_accepting(&mut self) -> io::Result<()> {
+        let start = std::time::Instant::now();
+        let mut engine = self.engine.borrow_mut();
+        let engine = &mut *engine;
+        let mut table = self.table.borrow_mut();
+        engine.accept.want = false;
+        loop {
+            let accept = &mut engine.accept;
+            if !accept.armed {
+                return Ok(());
+            }
+            if !accept.cancelling {
+                let cancel = opcode::AsyncCancel::new(user_data(Kind::Accept, 0, 0)).build();
+                push(&mut engine.ring, cancel.user_data(user_data(Kind::Cancel, 0, 0)))?;
+                engine.accept.cancelling = true;
+            }
+            let left = LEAVE_WAIT.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the ring did not end the accept in time"));
+            }
+            wait_some(engine, &mut table, left)?;
+        }
+    }
+
+    /// The next connection the listener's accept brought (None when none is queued); an error
+    /// ended the accept (it is armed again with [`Ring::accepting`]).
+    pub fn take_accepted(&mut self) -> Option<io::Result<OwnedFd>> {
+        let next = self.engine.borrow_mut().accept.queue.pop_front()?;
+        Some(next.map_err(io::Error::from_raw_os_error))
+    }
+
+    /// Connections (or an error) wait in [`Ring::take_accepted`]'s queue.
+    pub fn has_accepted(&self) -> bool {
+        !self.engine.borrow().accept.queue.is_empty()
+    }
+
+    /// The kernel refused the multishot accept: the listener is to be read on epoll.
+    pub fn accept_refused(&self) -> bool {
+        self.engine.borrow().accept.refused
     }
 
     /// Puts an accepted stream's I/O on the ring.
@@ -492,6 +576,21 @@ impl Ring {
             let poll = opcode::PollAdd::new(types::Fd(self.epoll_fd), libc::POLLIN as u32).multi(true).build();
             push(&mut engine.ring, poll.user_data(user_data(Kind::Epoll, 0, 0)))?;
             engine.epoll_armed = true;
+        }
+        let accept = &mut engine.accept;
+        if let Some(fd) = accept.fd {
+            if accept.want && !accept.armed && !accept.refused {
+                // The flags are `accept4`'s: the descriptors come non-blocking and close-on-exec.
+                let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+                let entry = opcode::AcceptMulti::new(types::Fd(fd)).flags(flags).build();
+                push(&mut engine.ring, entry.user_data(user_data(Kind::Accept, 0, 0)))?;
+                engine.accept.armed = true;
+                engine.accept.cancelling = false;
+            } else if !accept.want && accept.armed && !accept.cancelling {
+                let cancel = opcode::AsyncCancel::new(user_data(Kind::Accept, 0, 0)).build();
+                push(&mut engine.ring, cancel.user_data(user_data(Kind::Cancel, 0, 0)))?;
+                engine.accept.cancelling = true;
+            }
         }
         let ring = &mut engine.ring;
         let mut table = self.table.borrow_mut();
@@ -586,10 +685,31 @@ impl Ring {
 /// Handles the completions; true when the epoll descriptor became readable.
 fn complete(engine: &mut Engine, table: &mut Table) -> bool {
     let mut epoll_ready = false;
-    let Engine { ring, bufs, epoll_armed, recycled, .. } = engine;
+    let Engine { ring, bufs, epoll_armed, recycled, accept, .. } = engine;
     for cqe in ring.completion() {
         let (kind, gen, key) = split_user_data(cqe.user_data());
         let (res, flags) = (cqe.result(), cqe.flags());
+        if kind == Kind::Accept as u8 {
+            if !cqueue::more(flags) {
+                accept.armed = false;
+                accept.cancelling = false;
+            }
+            match res {
+                // SAFETY: a completed accept's result is a new descriptor nothing else owns.
+                fd if fd >= 0 => accept.queue.push_back(Ok(unsafe { OwnedFd::from_raw_fd(fd) })),
+                e if e == -libc::ECANCELED => {}
+                e if e == -libc::EINVAL || e == -libc::EOPNOTSUPP => {
+                    accept.refused = true;
+                    accept.want = false;
+                }
+                e => {
+                    // It ended: the worker decides when to accept again (EMFILE waits a while).
+                    accept.want = false;
+                    accept.queue.push_back(Err(-e));
+                }
+            }
+            continue;
+        }
         if kind == Kind::Epoll as u8 {
             epoll_ready = true;
             if !cqueue::more(flags) {
@@ -669,6 +789,25 @@ fn complete(engine: &mut Engine, table: &mut Table) -> bool {
         }
     }
     epoll_ready
+}
+
+/// Submits what is queued and waits up to `left` for a completion, outside a turn: the
+/// completions are handled as in a turn (the sockets' events wait for the next one, as does
+/// the poll's readiness).
+fn wait_some(engine: &mut Engine, table: &mut Table, left: Duration) -> io::Result<()> {
+    let ts = types::Timespec::new().sec(left.as_secs()).nsec(left.subsec_nanos());
+    match engine.ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts)) {
+        Ok(_) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+        Err(e) => return Err(e),
+    }
+    if complete(engine, table) {
+        engine.epoll_ready = true;
+    }
+    if std::mem::take(&mut engine.recycled) {
+        engine.bufs.publish();
+    }
+    Ok(())
 }
 
 /// Pushes a submission, submitting the queue first when it is full.
@@ -830,20 +969,7 @@ impl RingSocket {
             if left.is_zero() {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "the ring did not give the socket up in time"));
             }
-            let ts = types::Timespec::new().sec(left.as_secs()).nsec(left.subsec_nanos());
-            match engine.ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts)) {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
-                Err(e) => return Err(e),
-            }
-            // Other sockets' completions are handled as in a turn (their events wait for the
-            // next one, as does the poll's readiness).
-            if complete(engine, &mut table) {
-                engine.epoll_ready = true;
-            }
-            if std::mem::take(&mut engine.recycled) {
-                engine.bufs.publish();
-            }
+            wait_some(engine, &mut table, left)?;
         }
         Ok(())
     }

@@ -369,3 +369,144 @@ fn a_socket_that_stays_after_leaving_goes_on() {
     drain(&mut socket, &mut got);
     assert_eq!(got, b"more");
 }
+
+/// A non-blocking listener on loopback whose accepts go through the ring.
+fn ring_listener(ring: &mut Ring) -> TcpListener {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    ring.listen_on(listener.as_raw_fd());
+    ring.accepting(true);
+    listener
+}
+
+/// Turns the ring until `count` accepted connections are queued (bounded by `DEADLINE`),
+/// and takes them.
+fn accepted(ring: &mut Ring, count: usize) -> Vec<OwnedFd> {
+    let start = Instant::now();
+    let mut events = Vec::new();
+    let mut fds = Vec::new();
+    while fds.len() < count {
+        assert!(start.elapsed() < DEADLINE, "{} of {count} connections accepted in {DEADLINE:?}", fds.len());
+        ring.turn(Some(Duration::from_millis(100)), 0, &mut events).unwrap();
+        while let Some(next) = ring.take_accepted() {
+            fds.push(next.expect("the accept succeeds"));
+        }
+    }
+    fds
+}
+
+/// The connections waiting in the listener's own queue (nobody accepted them).
+fn backlog(listener: &TcpListener) -> Vec<TcpStream> {
+    let mut streams = Vec::new();
+    while let Ok((stream, _)) = listener.accept() {
+        streams.push(stream);
+    }
+    streams
+}
+
+#[test]
+fn accepts_arrive_through_the_ring_non_blocking_and_close_on_exec() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let listener = ring_listener(&mut ring);
+    spin(&mut ring, 1);
+    let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(listener.local_addr().unwrap()).unwrap()).collect();
+    let fds = accepted(&mut ring, 3);
+    let mut peers: Vec<_> = fds
+        .iter()
+        .map(|fd| {
+            let fl = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+            assert!(fl & libc::O_NONBLOCK != 0, "the accepted socket is non-blocking");
+            let fd_flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+            assert!(fd_flags & libc::FD_CLOEXEC != 0, "the accepted socket is close-on-exec");
+            let stream = std::net::TcpStream::from(fd.try_clone().unwrap());
+            stream.peer_addr().unwrap()
+        })
+        .collect();
+    let mut locals: Vec<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    peers.sort();
+    locals.sort();
+    assert_eq!(peers, locals, "each accepted descriptor is one of the clients' connections");
+    // An accepted connection carries bytes on the ring like any.
+    let server = std::net::TcpStream::from(fds.into_iter().next().unwrap());
+    let peer = server.peer_addr().unwrap();
+    let Stream::Ring(mut socket) = ring.adopt(Stream::Tcp(mio::net::TcpStream::from_std(server))) else {
+        panic!("a TCP stream goes on the ring");
+    };
+    socket.arm(TOKEN);
+    socket.write_all(b"hello").unwrap();
+    spin(&mut ring, 2);
+    let mut client = clients.into_iter().find(|c| c.local_addr().unwrap() == peer).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = [0u8; 5];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    assert!(backlog(&listener).is_empty());
+}
+
+#[test]
+fn after_a_stop_connections_stay_in_the_listeners_queue_for_another() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let listener = ring_listener(&mut ring);
+    spin(&mut ring, 1);
+    let _first = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    assert_eq!(accepted(&mut ring, 1).len(), 1);
+    ring.stop_accepting().unwrap();
+    assert!(!ring.engine.borrow().accept.armed, "the accept has ended when the stop returns");
+    let second = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    spin(&mut ring, 3);
+    assert!(!ring.has_accepted(), "the ring accepted nothing after its stop");
+    let waiting = backlog(&listener);
+    assert_eq!(waiting.len(), 1, "the connection waits in the listener's queue");
+    assert_eq!(waiting[0].peer_addr().unwrap(), second.local_addr().unwrap());
+    // Accepting again re-arms it.
+    ring.accepting(true);
+    spin(&mut ring, 1);
+    let _third = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    assert_eq!(accepted(&mut ring, 1).len(), 1);
+}
+
+#[test]
+fn connections_completed_before_a_stop_are_kept_none_is_lost() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let listener = ring_listener(&mut ring);
+    spin(&mut ring, 1);
+    // Connected while the accept is armed, not reaped yet: each is either in the ring's queue
+    // (completed before the cancel) or still in the listener's, never closed.
+    let clients: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(listener.local_addr().unwrap()).unwrap()).collect();
+    ring.stop_accepting().unwrap();
+    assert!(!ring.engine.borrow().accept.armed, "the accept has ended when the stop returns");
+    let mut kept = Vec::new();
+    while let Some(next) = ring.take_accepted() {
+        kept.push(std::net::TcpStream::from(next.unwrap()).peer_addr().unwrap());
+    }
+    kept.extend(backlog(&listener).iter().map(|s| s.peer_addr().unwrap()));
+    kept.sort();
+    let mut locals: Vec<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    locals.sort();
+    assert_eq!(kept, locals);
+    spin(&mut ring, 2);
+    assert!(!ring.has_accepted());
+}
+
+#[test]
+fn accepting_off_cancels_at_the_next_turn_and_keeps_what_came_before() {
+    let Some((mut ring, _poll)) = ring() else { return };
+    let listener = ring_listener(&mut ring);
+    spin(&mut ring, 1);
+    let _a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    ring.accepting(false);
+    // The turn that submits the cancel reaps what completed before it.
+    let mut got = 0;
+    let start = Instant::now();
+    while got + backlog(&listener).len() < 1 {
+        assert!(start.elapsed() < DEADLINE);
+        spin(&mut ring, 1);
+        while ring.take_accepted().is_some() {
+            got += 1;
+        }
+    }
+    let _b = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    spin(&mut ring, 3);
+    assert!(!ring.has_accepted(), "nothing is accepted after the cancel");
+    assert_eq!(backlog(&listener).len(), 1);
+}
