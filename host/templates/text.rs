@@ -88,7 +88,7 @@ impl Protocol for {{Type}} {
     const HANDOVER_VERSION: u32 = 1;
 
     /// Each connection's handling touches only its own session and there is no worker state, so
-    /// the connections move a few hundred at a time while this worker serves the rest (each
+    /// the connections move a batch at a time while this worker serves the rest (each
     /// client pauses for its batch, not for all of them). Answer false once a message can reach
     /// another connection (a room kept in the plugin, a broadcast) or change state that
     /// `export_worker` moves: a batch already moved would miss it.

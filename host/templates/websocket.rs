@@ -28,7 +28,7 @@ impl Handler for {{Type}} {
     /// per-connection state? Write it in `export_conn`, read it in `adopt_conn` (version it, and
     /// bump this when its format changes); see "Hand-over" in the host's docs/plugins.md.
     const HANDOVER_VERSION: u32 = 1;
-    /// An echo's connections are independent: they move a few hundred at a time while this
+    /// An echo's connections are independent: they move a batch at a time while this
     /// worker serves the rest (each client pauses for its batch, not for all of them). Set it to
     /// false once a message can reach another connection (a room kept in the handler, a
     /// broadcast) or change worker-wide state: a batch already moved would miss it. (Topic

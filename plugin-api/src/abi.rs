@@ -735,7 +735,7 @@ pub trait RawPluginExt {
     // Hand-over in batches.
 
     /// Whether a hand-over may move this instance's connections in batches: the worker state
-    /// first, then a few hundred connections at a time while the old worker goes on serving those
+    /// first, then a batch of connections at a time while the old worker goes on serving those
     /// not moved yet (each client's pause is its batch's, not the whole worker's). True only
     /// when serving a connection changes nothing the worker state moves and no connection's
     /// handling touches another connection. False (the default): every connection stops at

@@ -829,7 +829,7 @@ pub trait Protocol: Sized + 'static {
     }
 
     /// Whether the connections may move in batches (`handover_in_batches` in the ABI): the
-    /// worker state first, then a few hundred connections at a time, the old instance serving
+    /// worker state first, then a batch of connections at a time, the old instance serving
     /// those not moved yet meanwhile, so that each client's pause is its batch's and not the
     /// whole worker's (10,000 connections). Answer true only when serving a connection changes
     /// nothing [`Protocol::export_worker`] moves (or it moves nothing) and no connection's

@@ -58,6 +58,14 @@ pub(super) struct Outgoing {
     state: bool,
 }
 
+impl Outgoing {
+    /// A frame that lends no descriptor and carries none of its own, queued after the
+    /// connection held at `place`.
+    fn bare(frame: Handover, place: usize) -> Outgoing {
+        Outgoing { frame, lends: place..place, owned: Vec::new(), state: false }
+    }
+}
+
 /// A frame the replacement answers with an `Ack`.
 pub(super) enum Awaited {
     /// `count` connections, taken out at `since_ms` (their pause ends with the answer).
@@ -320,12 +328,7 @@ impl Worker {
         for (id, snapshot, state) in std::mem::take(&mut old.sessions) {
             if bytes >= FRAME_BYTES {
                 let count = batch.len();
-                old.outgoing.push_back(Outgoing {
-                    frame: Handover::Sessions(std::mem::take(&mut batch)),
-                    lends: place..place,
-                    owned: Vec::new(),
-                    state: false,
-                });
+                old.outgoing.push_back(Outgoing::bare(Handover::Sessions(std::mem::take(&mut batch)), place));
                 old.awaiting.push_back(Awaited::Sessions { count });
                 bytes = 0;
             }
@@ -335,20 +338,10 @@ impl Worker {
         }
         if !batch.is_empty() {
             let count = batch.len();
-            old.outgoing.push_back(Outgoing {
-                frame: Handover::Sessions(batch),
-                lends: place..place,
-                owned: Vec::new(),
-                state: false,
-            });
+            old.outgoing.push_back(Outgoing::bare(Handover::Sessions(batch), place));
             old.awaiting.push_back(Awaited::Sessions { count });
         }
-        old.outgoing.push_back(Outgoing {
-            frame: Handover::Done,
-            lends: place..place,
-            owned: Vec::new(),
-            state: false,
-        });
+        old.outgoing.push_back(Outgoing::bare(Handover::Done, place));
         old.awaiting.push_back(Awaited::Done);
         old.done_queued = true;
         tracing::debug!(
@@ -461,12 +454,7 @@ impl Worker {
         let lent = !old.held.is_empty() || !old.held_sessions.is_empty();
         if lent && (done_unsent || !old.done_queued) {
             let place = old.held_base + old.held.len();
-            old.outgoing.push_back(Outgoing {
-                frame: Handover::Done,
-                lends: place..place,
-                owned: Vec::new(),
-                state: false,
-            });
+            old.outgoing.push_back(Outgoing::bare(Handover::Done, place));
             old.awaiting.push_back(Awaited::Done);
         }
         old.done_queued = true;
