@@ -291,6 +291,17 @@ impl<P: Protocol> RawPluginExt for Glue<P> {
     fn handover_in_batches(&self) -> bool {
         panic::catch_unwind(AssertUnwindSafe(|| self.0.handover_in_batches())).unwrap_or(false)
     }
+
+    fn on_publish_missed(
+        &mut self,
+        host: RawHostRef<'_>,
+        conn: ConnId,
+        topic: RSlice<'_, u8>,
+        msg: RSlice<'_, u8>,
+    ) -> CallStatus {
+        let mut host = Host::from_raw(host);
+        guard(|| self.0.on_publish_missed(&mut host, conn, topic.as_slice(), msg.as_slice()))
+    }
 }
 
 /// An export's answer: a move only when the plugin said so and every write was stored.

@@ -131,7 +131,7 @@ pub struct Patterns {
 
 impl Patterns {
     /// Subscribes `conn` to `pattern`; the worker starts listening with its first pattern.
-    fn add(&mut self, host: &mut Host<'_>, pattern: &[u8], conn: ConnId, resp3: bool) -> Result<(), TopicError> {
+    pub fn add(&mut self, host: &mut Host<'_>, pattern: &[u8], conn: ConnId, resp3: bool) -> Result<(), TopicError> {
         if self.by_pattern.is_empty() {
             host.subscribe_worker(PATTERN_TOPIC)?;
         }
@@ -190,6 +190,25 @@ impl Patterns {
                 for &conn in subs {
                     host.send(conn, out);
                 }
+            }
+        }
+    }
+}
+
+impl Patterns {
+    /// A message on [`PATTERN_TOPIC`] that `conn` (speaking `resp3`) missed across a hand-over
+    /// (`on_publish_missed`): the `pmessage`s of its matching patterns, to it alone, in the
+    /// order [`Patterns::deliver`] sends them.
+    pub fn deliver_to(&self, host: &mut Host<'_>, conn: ConnId, resp3: bool, payload: &[u8], out: &mut Vec<u8>) {
+        let Some((channel, msg)) = split_pattern_payload(payload) else {
+            plugin_api::tracing::warn!("a malformed pattern message was skipped");
+            return;
+        };
+        for (pattern, subs) in &self.by_pattern {
+            if subs[resp3 as usize].contains(&conn) && glob_match(pattern, channel, false) {
+                out.clear();
+                pmessage(out, pattern, channel, msg, resp3);
+                host.send(conn, out);
             }
         }
     }
