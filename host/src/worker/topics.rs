@@ -52,6 +52,10 @@ pub enum Change {
     Removed { last: bool },
 }
 
+/// A message queued for the plugin's `on_publish`: topic, message, and its publisher and number
+/// when it came from a worker of this host.
+pub type Heard = (Box<[u8]>, Vec<u8>, Option<(u64, u64)>);
+
 /// A moved connection's topics heard through the plugin (`RawHostExt::handover_hears`) and the
 /// marks it was written up to on them (`topic_seam`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,7 +74,7 @@ pub struct TopicTable {
     /// after the plugin call that published them, never inside it).
     /// Each with its publisher and number when it came from a worker of this host (the drop
     /// rule of `topic_seam`: [`TopicTable::hearing`]).
-    pub heard: VecDeque<(Box<[u8]>, Vec<u8>, Option<(u64, u64)>)>,
+    pub heard: VecDeque<Heard>,
     /// While the plugin's `on_publish` runs: the message's topic, publisher and number (a
     /// send from it to a connection that had that message already is dropped: `topic_seam`).
     pub hearing: Option<(Box<[u8]>, u64, u64)>,
