@@ -1,25 +1,31 @@
 //! The state a resp worker hands over to its replacement (docs/plugins.md, "Hand-over"): the
 //! keyspace with its deadlines and the server's counters (worker-wide), and each connection's
-//! session (client id, name, library name and version, RESP2 or RESP3, the channels it is
-//! subscribed to).
+//! session (client id, name, library name and version, RESP2 or RESP3, the channels and the
+//! patterns it is subscribed to).
 //!
-//! Format version [`STATE_VERSION`] = 2, little-endian, length-prefixed:
+//! Format version [`STATE_VERSION`] = 3, little-endian, length-prefixed:
 //!
 //! ```text
 //! worker:  "RESPKS1\0" · next_client_id u64 · total_connections u64 · total_commands u64 ·
 //!          expired_keys u64 · keys u64 · keys × (key: u32 len + bytes · value: u64 len + bytes ·
 //!          deadline: i64 Unix ms, -1 for none)
 //! session: id u64 · resp3 u8 · name, lib_name, lib_ver: each u32 len + bytes ·
-//!          channels u32 · channels × (u32 len + bytes)
+//!          channels u32 · channels × (u32 len + bytes) ·
+//!          patterns u32 · patterns × (u32 len + bytes)
 //! ```
 //!
-//! Version 1 (the same without the channels: a version 1 worker never moved a subscribed
-//! connection) is read too, so a release with version 2 takes over from one with version 1.
+//! Versions 1 (without the channels: a version 1 worker never moved a subscribed connection) and
+//! 2 (without the patterns: a version 2 worker never moved a pattern subscriber) are read too,
+//! so a release with version 3 takes over from either.
 //!
-//! A subscribed connection moves with its channel list, in subscription order; the host moves
-//! its subscriptions to the channels' topics (`2:`/`3:` by its protocol) and writes it every
-//! message published during the move once, in order (the hand-over's topic seam). Subscribe mode
-//! (what a RESP2 connection may run) and `SUBSCRIBE`'s counts follow from the list.
+//! A subscribed connection moves with its channel list and its pattern list, each in
+//! subscription order. The host moves its subscriptions to the channels' topics (`2:`/`3:` by its
+//! protocol) and writes it every message published during the move once, in order (the
+//! hand-over's topic seam). Its patterns are the plugin's own delivery: the export declares that
+//! it hears [`crate::pubsub::PATTERN_TOPIC`] (`Host::handover_hears`, or it drains), the adoption
+//! registers its patterns (the worker listens with the first), and the host brings what it
+//! missed to `on_publish_missed` (the same seam). Subscribe mode (what a RESP2 connection may
+//! run) and the confirmations' counts follow from the lists.
 //!
 //! The keyspace is written straight from the store into the host's sink (no list or copy of its
 //! entries) and read in one pass into a table sized once from the key count; a state that turns

@@ -27,11 +27,15 @@
 //!
 //! A RESP2 connection with subscriptions accepts only `(P)(UN)SUBSCRIBE`, `PING` and `QUIT`, as
 //! Redis; a RESP3 one runs every command. Not done: sharded channels (`SSUBSCRIBE`, `SPUBLISH`)
-//! answer an error. A connection subscribed to channels only is handed over to a new worker on a
-//! reload with its channels ([`crate::handover`]): it stays open and hears every message once, in
-//! order. One with patterns drains on the old worker (its client reconnects and subscribes
-//! again): the host's hand-over seam, which writes a moved connection each message once, covers
-//! what the host writes, not what the plugin sends from `on_publish`. The service's topic limits
+//! answer an error. A subscribed connection is handed over to a new worker on a reload with its
+//! channels and its patterns ([`crate::handover`]): it stays open and hears every message once,
+//! in order. Its channels are host topics: the host's hand-over seam writes them. Its patterns
+//! are this plugin's delivery: its export tells the host it hears [`PATTERN_TOPIC`] through
+//! `on_publish` (`Host::handover_hears`; a host that cannot answers false and the connection
+//! drains); the new instance's adoption registers its patterns (the worker listens from the
+//! first), the host then brings what it missed across the move to `on_publish_missed`, which
+//! sends that connection alone its `pmessage`s ([`Patterns::deliver_to`]), and drops a send of
+//! `on_publish` of a message it had already. The service's topic limits
 //! apply to channels: a channel name is at most `topic_max_len` bytes minus 2, a connection has
 //! at most `topics_per_connection` channels, a message at most `topic_max_message` bytes with
 //! its framing.
