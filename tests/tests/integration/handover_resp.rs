@@ -131,13 +131,16 @@ fn reload(host: &mut Host, args: &[&str]) {
 }
 
 // Pattern subscribers in RESP2 and RESP3 and channel subscribers, spread over two workers, keep
-// their connection through `host reload -g` and a plain `host reload` (the watcher's kind) while
+// their connection through `host reload -g` and a reload the watcher starts (a new plugin file) while
 // a message is published every millisecond: each hears every message once, in order, and each
 // hand-over says its connections moved, none drained. Before the plugin told the host what its
 // pattern subscribers hear (`handover_hears`) they drained: closed at the reload.
 #[test]
 fn pattern_and_channel_subscribers_hear_every_message_once_across_reloads() {
-    let mut host = Host::start("resp", &["--count", "2", "--drain-timeout", "30"]);
+    use host_tests::plugin_dir::{variant, PluginDir};
+    let dir = PluginDir::new();
+    dir.mv("resp.so", &std::fs::read(host_tests::plugin_file("resp")).unwrap());
+    let mut host = Host::start("resp", &["--plugin-dir", &dir.arg(), "--count", "2", "--drain-timeout", "30"]);
     let port = host.port();
     let mut subs = Vec::new();
     for i in 0..3 {
@@ -156,7 +159,8 @@ fn pattern_and_channel_subscribers_hear_every_message_once_across_reloads() {
         .expect("the publisher publishes");
     reload(&mut host, &["reload", "-g"]);
     host.log().wait_for_nth("hand-over: ", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    reload(&mut host, &["reload"]);
+    // The watcher's: a new resp.so moved into the plugin directory.
+    dir.mv("resp.so", &variant(&host_tests::plugin_file("resp"), "next"));
     host.log().wait_for_nth("hand-over: ", 4, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     stop.store(true, Ordering::Relaxed);
     let last = publishing.join().expect("the publisher");
