@@ -76,9 +76,9 @@ pub struct Snapshot {
     pub bytes_out: u64,
     /// The topics it is subscribed to (`Host::subscribe`), in order: they move with it.
     pub topics: Vec<Vec<u8>>,
-    /// With topics: the last number this worker took from each publisher (publisher, number):
-    /// it was written every message up to these, the new worker writes it the later ones
-    /// (`worker::topic_seam`).
+    /// With topics (or [`Snapshot::heard`] ones): the last number this worker took from each
+    /// publisher (publisher, number): it was written every message up to these, the new worker
+    /// writes it the later ones (`worker::topic_seam`).
     pub topic_marks: Vec<(u64, u64)>,
     /// Topics it hears through the plugin's `on_publish` (`RawHostExt::handover_hears`): the
     /// new worker does not subscribe it to them, it replays what it missed on them past
