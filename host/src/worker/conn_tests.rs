@@ -1058,6 +1058,48 @@ fn a_connection_hearing_a_topic_through_the_plugin_moves_with_each_message_once(
     assert_reads(&mut peer, b"P1;P2;P3;P4;P5;P6;");
 }
 
+// The old worker ahead of the new one: it wrote the connection P up to 4, the new worker had
+// taken P's first two only. Adopted, nothing is missed; P3 and P4 then reach the new worker late
+// and its plugin's `on_publish` sends them to its subscribers, but not to this connection (the
+// drop rule); P5 goes to it.
+#[test]
+fn a_connection_hearing_a_topic_through_the_plugin_gets_no_late_message_twice() {
+    use plugin_api::abi::WORKER_CONN;
+    const P: u64 = 77;
+    let mut old = Bench::new(limits());
+    old.script().input_end = Some(RawInputEnd::CLOSE);
+    let (id, mut peer) = unix_conn(&mut old);
+    old.script().relay = vec![id];
+    old.script().hears = Some(b"*".to_vec());
+    assert_eq!(old.core.subscribe(WORKER_CONN, b"*"), 1);
+    for n in 1..=4 {
+        old.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
+    }
+    dispatch::published(&mut old.plugin, &mut old.core);
+    assert_eq!(dispatch::handover_export_conn(&mut old.plugin, &mut old.core, id, &mut Vec::new()), RawHandover::MOVE);
+    let exported = old.core.hold(id).unwrap();
+
+    let mut new = Bench::new(limits());
+    new.script().input_end = Some(RawInputEnd::CLOSE);
+    new.script().adopt_listens = Some(b"*".to_vec());
+    let (other, mut other_peer) = unix_conn(&mut new);
+    for n in 1..=2 {
+        new.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
+    }
+    let id = new.core.import(exported).unwrap();
+    new.heard();
+    assert_eq!(dispatch::handover_adopt_conn(&mut new.plugin, &mut new.core, id, 1, &[]), RawHandover::MOVE);
+    assert_eq!(new.heard(), [], "nothing missed");
+    new.script().relay = vec![other, id];
+    for n in 3..=5 {
+        new.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
+    }
+    dispatch::published(&mut new.plugin, &mut new.core);
+    new.settle();
+    assert_reads(&mut peer, b"P1;P2;P3;P4;P5;");
+    assert_reads(&mut other_peer, b"P3;P4;P5;");
+}
+
 // Taken back (the new plugin refused it, the hand-over failed): the old worker's plugin writes
 // it what it missed while out, from the old worker's own log, and what is still queued for
 // `on_publish` is not sent to it twice.
