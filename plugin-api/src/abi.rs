@@ -743,6 +743,25 @@ pub trait RawPluginExt {
     fn handover_in_batches(&self) -> bool {
         false
     }
+
+    // Topic messages a plugin delivers itself, in a hand-over.
+
+    /// In the replacement, right after [`RawPluginExt::handover_adopt_conn`] adopted `conn`: a
+    /// message on `topic` that `conn` hears through this plugin's [`RawPluginExt::on_publish`]
+    /// (declared by the old instance with [`RawHostExt::handover_hears`]) and missed across its
+    /// move: write it to `conn` alone, as `on_publish` would have. The host calls it once per
+    /// missed message, in order, before any later `on_publish`; the old worker calls it too
+    /// for a connection it takes back. The default: nothing.
+    fn on_publish_missed(
+        &mut self,
+        host: RawHostRef<'_>,
+        conn: ConnId,
+        topic: RSlice<'_, u8>,
+        msg: RSlice<'_, u8>,
+    ) -> CallStatus {
+        let _ = (host, conn, topic, msg);
+        CallStatus::Ok
+    }
 }
 
 /// What a plugin answers to a hand-over event ([`RawPluginExt::handover_export_conn`] and the
@@ -907,6 +926,21 @@ pub trait RawHostExt {
     fn handover_carried(&self, old: ConnId) -> ROption<ConnId> {
         let _ = old;
         ROption::RNone
+    }
+
+    // Topic messages a plugin delivers itself, in a hand-over.
+
+    /// Called from [`RawPluginExt::handover_export_conn`] of `conn`: `conn` hears `topic` (a
+    /// topic this worker subscribed to itself, [`WORKER_CONN`]) through the plugin's
+    /// [`RawPluginExt::on_publish`]. The host keeps the hand-over's seam for it: the new worker
+    /// calls [`RawPluginExt::on_publish_missed`] for each message of `topic` that `conn` missed
+    /// across the move, and drops a send to `conn` from `on_publish` of a message it had
+    /// already. The new worker does not subscribe `conn` to `topic`. True when recorded; false
+    /// (no such worker subscription, no export of `conn` under way, an older host): decline
+    /// `conn`, or it loses or repeats messages.
+    fn handover_hears(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> bool {
+        let _ = (conn, topic);
+        false
     }
 }
 
@@ -1170,6 +1204,16 @@ mod tests {
             }
             fn handover_in_batches(&self) -> bool {
                 false
+            }
+            fn on_publish_missed(
+                &mut self,
+                host: RawHostRef<'_>,
+                conn: ConnId,
+                topic: RSlice<'_, u8>,
+                msg: RSlice<'_, u8>,
+            ) -> CallStatus {
+                let _ = (host, conn, topic, msg);
+                CallStatus::Ok
             }
             fn on_future(&mut self, data: u64) -> u32 {
                 let _ = data;

@@ -291,6 +291,17 @@ impl<P: Protocol> RawPluginExt for Glue<P> {
     fn handover_in_batches(&self) -> bool {
         panic::catch_unwind(AssertUnwindSafe(|| self.0.handover_in_batches())).unwrap_or(false)
     }
+
+    fn on_publish_missed(
+        &mut self,
+        host: RawHostRef<'_>,
+        conn: ConnId,
+        topic: RSlice<'_, u8>,
+        msg: RSlice<'_, u8>,
+    ) -> CallStatus {
+        let mut host = Host::from_raw(host);
+        guard(|| self.0.on_publish_missed(&mut host, conn, topic.as_slice(), msg.as_slice()))
+    }
 }
 
 /// An export's answer: a move only when the plugin said so and every write was stored.
@@ -594,6 +605,29 @@ mod tests {
         fn handover_in_batches(&self) -> bool {
             self.total != 0
         }
+        fn on_publish_missed(&mut self, host: &mut Host<'_>, conn: ConnId, topic: &[u8], msg: &[u8]) {
+            assert_eq!(topic, b"*");
+            if msg == b"boom" {
+                panic!("a message it cannot take");
+            }
+            host.send(conn, msg);
+        }
+    }
+
+    // `on_publish_missed` reaches the instance with its connection, topic and message; a panic
+    // in it is caught and answered as one.
+    #[test]
+    fn a_missed_message_crosses_the_boundary() {
+        let mut p = instance(Mover::new("", &crate::testing::TestHost::new().worker_info()).unwrap());
+        let mut host = crate::testing::TestHost::new();
+        let conn = ConnId::new(4, 1);
+        let mut ext = p.extension();
+        let (star, msg) = (RSlice::from_slice(b"*"), RSlice::from_slice(b"m1"));
+        assert_eq!(ext.ext.on_publish_missed(host.raw(), conn, star, msg), CallStatus::Ok);
+        let boom = RSlice::from_slice(b"boom");
+        assert_eq!(ext.ext.on_publish_missed(host.raw(), conn, star, boom), CallStatus::Panicked);
+        drop(ext);
+        assert_eq!(host.take_sent(conn), b"m1");
     }
 
     // The hand-over events through the ABI: the version, the state written through the host's

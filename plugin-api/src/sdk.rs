@@ -450,6 +450,16 @@ impl<'a> Host<'a> {
         self.extension().and_then(|ext| ext.ext.handover_carried(old).into_option())
     }
 
+    /// In a hand-over's `export_conn` of `conn`: `conn` hears `topic` (a topic this worker
+    /// subscribed to itself, [`Host::subscribe_worker`]) through [`Protocol::on_publish`], as
+    /// [`RawHostExt::handover_hears`](crate::abi::RawHostExt::handover_hears) says: the host
+    /// keeps each message once, in order, across the move (the replacement hears what `conn`
+    /// missed as [`Protocol::on_publish_missed`]). False (no such worker subscription, no export
+    /// of `conn` under way, a host older than this call): decline `conn`.
+    pub fn handover_hears(&mut self, conn: ConnId, topic: &[u8]) -> bool {
+        self.extension().is_some_and(|mut ext| ext.ext.handover_hears(conn, RSlice::from_slice(topic)))
+    }
+
     /// The host's calls added since plugin-api 0.1.3, once their layout is checked (`None` when
     /// it does not match this `plugin-api`'s: each call then answers "unsupported").
     fn extension(&mut self) -> Option<HostExtension<'_>> {
@@ -860,6 +870,14 @@ pub trait Protocol: Sized + 'static {
     /// ([`Host::subscribe_worker`]), once per message, wherever in the service or its cluster
     /// it was published (this worker included). A host older than plugin-api 0.1.4 never calls it.
     fn on_publish(&mut self, _host: &mut Host<'_>, _topic: &[u8], _msg: &[u8]) {}
+
+    /// In the replacement (or the old worker, for a connection it takes back), right after
+    /// [`Protocol::adopt_conn`]: a message on `topic` that `conn` hears through
+    /// [`Protocol::on_publish`] (the old instance said so with [`Host::handover_hears`]) and
+    /// missed across its move. Write it to `conn` alone, as `on_publish` would have; the host
+    /// calls it for each missed message, in order, before any later `on_publish`. The default:
+    /// nothing (a plugin that never calls `handover_hears` never hears it).
+    fn on_publish_missed(&mut self, _host: &mut Host<'_>, _conn: ConnId, _topic: &[u8], _msg: &[u8]) {}
 }
 
 /// Where a plugin writes its hand-over state ([`Protocol::export_conn`],

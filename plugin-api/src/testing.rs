@@ -130,6 +130,9 @@ pub struct TestHost {
     /// While [`TestPlugin::hand_over_to`] adopts: old id → new id of each carried connection
     /// ([`Host::handover_carried`]).
     pub carried: HashMap<u64, ConnId>,
+    /// What the plugin declared with [`Host::handover_hears`] while [`TestPlugin::hand_over_to`]
+    /// exported: `(connection, topic)`, in order.
+    pub hears: Vec<(ConnId, Vec<u8>)>,
     /// Subscriptions by topic ([`Host::subscribe`]; [`crate::abi::WORKER_CONN`] for the worker's own).
     pub subscriptions: BTreeMap<Vec<u8>, BTreeSet<ConnId>>,
     /// What the plugin published: `(topic, message)`. Each was also written to the topic's
@@ -171,6 +174,7 @@ impl Default for TestHost {
             connects: Vec::new(),
             carrying: None,
             carried: HashMap::new(),
+            hears: Vec::new(),
             subscriptions: BTreeMap::new(),
             published: Vec::new(),
             logs: Arc::default(),
@@ -300,6 +304,13 @@ impl RawHostExt for TestHost {
     }
     fn handover_carried(&self, old: ConnId) -> ROption<ConnId> {
         self.carried.get(&old.0).copied().into()
+    }
+    fn handover_hears(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> bool {
+        let hears = self.carrying.is_some() && self.worker_subscribed(&topic);
+        if hears {
+            self.hears.push((conn, topic.to_vec()));
+        }
+        hears
     }
 }
 
@@ -573,6 +584,12 @@ impl<P: Protocol> TestPlugin<P> {
             self.call(|p, h| p.on_publish(h, topic, msg));
         }
         n
+    }
+
+    /// A message on `topic` that `conn` missed across a hand-over, as the host replays it
+    /// (`on_publish_missed`).
+    pub fn publish_missed(&mut self, conn: ConnId, topic: &[u8], msg: &[u8]) {
+        self.call(|p, h| p.on_publish_missed(h, conn, topic, msg));
     }
 
     /// The peer of `conn` finished sending (`on_input_end`): with [`InputEnd::Close`] the worker

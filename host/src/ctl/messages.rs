@@ -25,7 +25,9 @@ use crate::config::WorkerSpec;
 /// the connections (`HandoverReport::sessions`).
 /// 11: an old worker writing a large worker state tells the master it goes on
 /// (`ToMaster::HandoverProgress`), which extends its kill deadline.
-pub const PROTOCOL: u32 = 11;
+/// 12: a moved connection's snapshot lists the topics it hears through the plugin's
+/// `on_publish` (`Snapshot::heard`, `RawHostExt::handover_hears`).
+pub const PROTOCOL: u32 = 12;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;

@@ -11,8 +11,8 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RString};
 use mio::Poll;
 use plugin_api::abi::{
-    CallStatus, ConnError, ConnErrorCode, PluginExtension, RawFrame, RawHostRef, RawInputEnd, RawPlugin, RawPluginBox,
-    RawPluginExt, RawPluginExt_TO, RawPlugin_TO,
+    CallStatus, ConnError, ConnErrorCode, PluginExtension, RawFrame, RawHandover, RawHostRef, RawInputEnd, RawPlugin,
+    RawPluginBox, RawPluginExt, RawPluginExt_TO, RawPlugin_TO,
 };
 use plugin_api::{ConnId, TimerId};
 
@@ -36,6 +36,8 @@ enum Heard {
     InputEnd(ConnId),
     /// `on_publish`: the topic and the message's length.
     Published(Vec<u8>, usize),
+    /// `on_publish_missed`: the connection and the message.
+    Missed(ConnId, Vec<u8>),
 }
 
 /// How the plugin answers.
@@ -49,6 +51,14 @@ struct Script {
     bye: Option<Vec<u8>>,
     /// The answer to `on_input_end`; None: a plugin without the event (older than 0.1.3).
     input_end: Option<RawInputEnd>,
+    /// `on_publish` sends each message to these connections (a plugin that delivers topic
+    /// messages itself, as resp's pattern subscriptions).
+    relay: Vec<ConnId>,
+    /// `handover_export_conn` declares that the connection hears this topic
+    /// (`handover_hears`) and moves it when the host says yes.
+    hears: Option<Vec<u8>>,
+    /// `handover_adopt_conn` subscribes the worker to this topic and adopts.
+    adopt_listens: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -140,8 +150,41 @@ impl RawPluginExt for LinePlugin {
         self.hear(Heard::InputEnd(conn));
         self.0.borrow().script.input_end.expect("asked only when the plugin has the event")
     }
-    fn on_publish(&mut self, _: RawHostRef<'_>, topic: RSlice<'_, u8>, msg: RSlice<'_, u8>) -> CallStatus {
+    fn on_publish(&mut self, mut host: RawHostRef<'_>, topic: RSlice<'_, u8>, msg: RSlice<'_, u8>) -> CallStatus {
+        let relay = self.0.borrow().script.relay.clone();
+        for conn in relay {
+            host.send(conn, msg);
+        }
         self.hear(Heard::Published(topic.to_vec(), msg.len()))
+    }
+    fn on_publish_missed(
+        &mut self,
+        mut host: RawHostRef<'_>,
+        conn: ConnId,
+        _: RSlice<'_, u8>,
+        msg: RSlice<'_, u8>,
+    ) -> CallStatus {
+        host.send(conn, msg);
+        self.hear(Heard::Missed(conn, msg.to_vec()))
+    }
+    fn handover_export_conn(
+        &mut self,
+        mut host: RawHostRef<'_>,
+        conn: ConnId,
+        _: plugin_api::abi::RawStateSinkRef<'_>,
+    ) -> RawHandover {
+        let hears = self.0.borrow().script.hears.clone();
+        match hears {
+            Some(topic) if host.extension().ext.handover_hears(conn, RSlice::from_slice(&topic)) => RawHandover::MOVE,
+            _ => RawHandover::DECLINE,
+        }
+    }
+    fn handover_adopt_conn(&mut self, mut host: RawHostRef<'_>, _: ConnId, _: u32, _: RSlice<'_, u8>) -> RawHandover {
+        let listens = self.0.borrow().script.adopt_listens.clone();
+        if let Some(topic) = listens {
+            host.extension().ext.subscribe(plugin_api::abi::WORKER_CONN, RSlice::from_slice(&topic));
+        }
+        RawHandover::MOVE
     }
 }
 
@@ -933,6 +976,165 @@ fn a_subscriber_taken_back_hears_what_came_while_it_was_out() {
     std::io::Read::read_exact(&mut peer, &mut got).unwrap();
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
     assert_eq!(old.core.topics.stats.seam_replayed, 2);
+}
+
+/// A connection of `b` on a Unix socket pair, and the peer's end (reads time out).
+fn unix_conn(b: &mut Bench) -> (ConnId, std::os::unix::net::UnixStream) {
+    let (ours, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    (b.accept(Stream::Unix(mio::net::UnixStream::from_std(ours))), peer)
+}
+
+/// Reads `want.len()` bytes from `peer` and compares them as text.
+fn assert_reads(peer: &mut std::os::unix::net::UnixStream, want: &[u8]) {
+    let mut got = vec![0; want.len()];
+    std::io::Read::read_exact(peer, &mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    peer.set_nonblocking(true).unwrap();
+    let mut more = [0; 64];
+    let extra = std::io::Read::read(peer, &mut more).map_or(0, |n| n);
+    assert_eq!(String::from_utf8_lossy(&more[..extra]), "", "nothing more (no message twice)");
+}
+
+// A connection that hears a topic through the plugin's `on_publish` (resp's pattern
+// subscribers) moves: the old worker's plugin wrote it P up to 3 (its queued `on_publish`
+// heard first, as before each batch); the new worker took P's 2nd to 4th before its plugin
+// listened to the topic (its log alone), and P's 5th after (also queued for `on_publish`).
+// Adopted, the plugin writes it P4 and P5 (`on_publish_missed`) and its marks advance to 5: the
+// queued P5 is not sent to it again (the drop rule), P6 is. Without the replay P4 is lost;
+// without the drop rule or the advanced marks P5 comes twice.
+#[test]
+fn a_connection_hearing_a_topic_through_the_plugin_moves_with_each_message_once() {
+    use plugin_api::abi::{RawHostExt, WORKER_CONN};
+    const P: u64 = 77;
+    let mut old = Bench::new(limits());
+    old.script().input_end = Some(RawInputEnd::CLOSE);
+    let (id, mut peer) = unix_conn(&mut old);
+    old.script().relay = vec![id];
+    old.script().hears = Some(b"*".to_vec());
+    assert_eq!(old.core.subscribe(WORKER_CONN, b"*"), 1);
+    for n in 1..=3 {
+        old.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
+    }
+    dispatch::published(&mut old.plugin, &mut old.core);
+    // Declared during its export only, and only for a topic the worker listens to.
+    assert!(!old.host().handover_hears(id, RSlice::from_slice(b"*")), "no export under way");
+    let mut state = Vec::new();
+    old.script().hears = Some(b"other".to_vec());
+    assert_eq!(dispatch::handover_export_conn(&mut old.plugin, &mut old.core, id, &mut state), RawHandover::DECLINE);
+    old.script().hears = Some(b"*".to_vec());
+    assert_eq!(dispatch::handover_export_conn(&mut old.plugin, &mut old.core, id, &mut state), RawHandover::MOVE);
+    let exported = old.core.hold(id).unwrap();
+    assert_eq!(exported.snapshot.heard, [b"*".to_vec()]);
+    assert!(exported.snapshot.topics.is_empty());
+    assert_eq!(exported.snapshot.topic_marks, [(P, 3)]);
+    assert!(old.core.topics.handed_over.contains(&b"*"[..]), "what comes on it is forwarded");
+    // Out: the old plugin's sends to it go nowhere.
+    old.core.deliver_published(Some((P, 4)), b"*", b"P4;");
+    dispatch::published(&mut old.plugin, &mut old.core);
+
+    let mut new = Bench::new(limits());
+    new.script().input_end = Some(RawInputEnd::CLOSE);
+    new.script().adopt_listens = Some(b"*".to_vec());
+    for n in 2..=4 {
+        new.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
+    }
+    assert_eq!(new.core.subscribe(WORKER_CONN, b"*"), 1, "another pattern subscriber came first");
+    new.core.deliver_published(Some((P, 5)), b"*", b"P5;");
+    let id = new.core.import(exported).unwrap();
+    assert!(new.core.topics.topics_of(id).is_empty(), "not a host subscriber of the topic");
+    new.heard();
+    assert_eq!(dispatch::handover_adopt_conn(&mut new.plugin, &mut new.core, id, 1, &[]), RawHandover::MOVE);
+    assert_eq!(new.heard(), [Heard::Missed(id, b"P4;".to_vec()), Heard::Missed(id, b"P5;".to_vec())]);
+    assert_eq!(new.core.topics.stats.seam_replayed, 2);
+    new.script().relay = vec![id];
+    dispatch::published(&mut new.plugin, &mut new.core);
+    assert_eq!(new.heard(), [Heard::Published(b"*".to_vec(), 3)], "P5 heard, not sent to it again");
+    new.core.deliver_published(Some((P, 6)), b"*", b"P6;");
+    dispatch::published(&mut new.plugin, &mut new.core);
+    assert!(new.core.topics.heard_marks.is_empty(), "read past its marks: no drop rule any more");
+    new.settle();
+    assert_reads(&mut peer, b"P1;P2;P3;P4;P5;P6;");
+}
+
+// The old worker ahead of the new one: it wrote the connection P up to 4, the new worker had
+// taken P's first two only. Adopted, nothing is missed; P3 and P4 then reach the new worker late
+// and its plugin's `on_publish` sends them to its subscribers, but not to this connection (the
+// drop rule); P5 goes to it.
+#[test]
+fn a_connection_hearing_a_topic_through_the_plugin_gets_no_late_message_twice() {
+    use plugin_api::abi::WORKER_CONN;
+    const P: u64 = 77;
+    let mut old = Bench::new(limits());
+    old.script().input_end = Some(RawInputEnd::CLOSE);
+    let (id, mut peer) = unix_conn(&mut old);
+    old.script().relay = vec![id];
+    old.script().hears = Some(b"*".to_vec());
+    assert_eq!(old.core.subscribe(WORKER_CONN, b"*"), 1);
+    for n in 1..=4 {
+        old.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
+    }
+    dispatch::published(&mut old.plugin, &mut old.core);
+    assert_eq!(dispatch::handover_export_conn(&mut old.plugin, &mut old.core, id, &mut Vec::new()), RawHandover::MOVE);
+    let exported = old.core.hold(id).unwrap();
+
+    let mut new = Bench::new(limits());
+    new.script().input_end = Some(RawInputEnd::CLOSE);
+    new.script().adopt_listens = Some(b"*".to_vec());
+    let (other, mut other_peer) = unix_conn(&mut new);
+    for n in 1..=2 {
+        new.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
+    }
+    let id = new.core.import(exported).unwrap();
+    new.heard();
+    assert_eq!(dispatch::handover_adopt_conn(&mut new.plugin, &mut new.core, id, 1, &[]), RawHandover::MOVE);
+    assert_eq!(new.heard(), [], "nothing missed");
+    new.script().relay = vec![other, id];
+    for n in 3..=5 {
+        new.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
+    }
+    dispatch::published(&mut new.plugin, &mut new.core);
+    new.settle();
+    assert_reads(&mut peer, b"P1;P2;P3;P4;P5;");
+    assert_reads(&mut other_peer, b"P3;P4;P5;");
+}
+
+// Taken back (the new plugin refused it, the hand-over failed): the old worker's plugin writes
+// it what it missed while out, from the old worker's own log, and what is still queued for
+// `on_publish` is not sent to it twice.
+#[test]
+fn a_connection_hearing_a_topic_through_the_plugin_taken_back_misses_nothing() {
+    use plugin_api::abi::WORKER_CONN;
+    const P: u64 = 77;
+    let mut old = Bench::new(limits());
+    old.script().input_end = Some(RawInputEnd::CLOSE);
+    let (id, mut peer) = unix_conn(&mut old);
+    old.script().relay = vec![id];
+    old.script().hears = Some(b"*".to_vec());
+    assert_eq!(old.core.subscribe(WORKER_CONN, b"*"), 1);
+    old.core.now_ms = crate::worker::topic_seam::RECENT_MS + 1;
+    old.core.deliver_published(Some((P, 1)), b"*", b"P1;");
+    old.core.topics.recent.keep_from_now();
+    dispatch::published(&mut old.plugin, &mut old.core);
+    assert_eq!(dispatch::handover_export_conn(&mut old.plugin, &mut old.core, id, &mut Vec::new()), RawHandover::MOVE);
+    let held = old.core.hold(id).unwrap();
+    for n in 2..=3 {
+        old.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
+    }
+    dispatch::published(&mut old.plugin, &mut old.core);
+    old.core.deliver_published(Some((P, 4)), b"*", b"P4;");
+    // Back, as the worker's `restore_conn` does it.
+    assert_eq!(old.core.restore(id, held).unwrap(), id);
+    old.heard();
+    dispatch::publish_missed(&mut old.plugin, &mut old.core, id);
+    let missed: Vec<Heard> = (2..=4).map(|n| Heard::Missed(id, format!("P{n};").into_bytes())).collect();
+    assert_eq!(old.heard(), missed);
+    dispatch::published(&mut old.plugin, &mut old.core);
+    old.core.deliver_published(Some((P, 5)), b"*", b"P5;");
+    dispatch::published(&mut old.plugin, &mut old.core);
+    old.settle();
+    assert_reads(&mut peer, b"P1;P2;P3;P4;P5;");
 }
 
 /// A bench with a UDP socket of its own on 127.0.0.1 (its address).

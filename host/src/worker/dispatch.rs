@@ -93,13 +93,37 @@ pub fn worker_message(plugin: &mut RawPluginBox, core: &mut Core, from_slot: u32
 /// each (`on_publish`). Those its own `on_publish` publishes wait for the next turn.
 pub fn published(plugin: &mut RawPluginBox, core: &mut Core) {
     for _ in 0..core.topics.heard.len() {
-        let Some((topic, msg)) = core.topics.heard.pop_front() else { return };
-        let (topic, msg) = (RSlice::from_slice(&topic), RSlice::from_slice(&msg));
-        if call!(plugin.extension().ext, core, on_publish, topic, msg) == CallStatus::Panicked {
+        let Some((topic, msg, from)) = core.topics.heard.pop_front() else { break };
+        // The drop rule of a hand-over's seam (`topic_seam`): its sends to connections that had
+        // this message already are dropped.
+        let seam = !core.topics.heard_marks.is_empty();
+        if let (true, Some((publisher, seq))) = (seam, from) {
+            core.topics.hearing = Some((topic.clone(), publisher, seq));
+        }
+        let (t, m) = (RSlice::from_slice(&topic), RSlice::from_slice(&msg));
+        let status = call!(plugin.extension().ext, core, on_publish, t, m);
+        core.topics.hearing = None;
+        if status == CallStatus::Panicked {
             count_panic(core);
             tracing::error!("plugin panicked in on_publish");
         }
     }
+    core.heard_settled();
+}
+
+/// A connection that hears topics through the plugin's `on_publish`, just adopted (or taken
+/// back): the plugin writes it what it missed on them across the move (`on_publish_missed`),
+/// in order; its marks then advance past those (`topic_seam`).
+pub fn publish_missed(plugin: &mut RawPluginBox, core: &mut Core, id: ConnId) {
+    let Some((seam, missed)) = core.heard_missed(id) else { return };
+    for m in &missed {
+        let (topic, msg) = (RSlice::from_slice(&m.topic), RSlice::from_slice(&m.msg));
+        if call!(plugin.extension().ext, core, on_publish_missed, id, topic, msg) == CallStatus::Panicked {
+            count_panic(core);
+            tracing::error!(conn = id.0, "plugin panicked in on_publish_missed");
+        }
+    }
+    core.heard_replayed(id, seam, &missed);
 }
 
 pub fn task_done(plugin: &mut RawPluginBox, core: &mut Core, task: u64, result: Result<RVec<u8>, RString>) {
@@ -142,8 +166,16 @@ pub fn handover_export_conn(
     id: ConnId,
     state: &mut Vec<u8>,
 ) -> RawHandover {
+    // What it hears through `on_publish` the plugin declares now (`RawHostExt::handover_hears`).
+    core.topics.declared.remove(&id);
+    core.topics.exporting = Some(id);
     let answer = call!(plugin.extension().ext, core, handover_export_conn, id, state_sink(state));
-    handover_answer(core, answer, "handover_export_conn")
+    core.topics.exporting = None;
+    let answer = handover_answer(core, answer, "handover_export_conn");
+    if answer != RawHandover::MOVE {
+        core.topics.declared.remove(&id);
+    }
+    answer
 }
 
 pub fn handover_export_worker(plugin: &mut RawPluginBox, core: &mut Core, sink: &mut impl RawStateSink) -> RawHandover {
@@ -164,7 +196,12 @@ pub fn handover_adopt_conn(
     state: &[u8],
 ) -> RawHandover {
     let answer = call!(plugin.extension().ext, core, handover_adopt_conn, id, version, RSlice::from_slice(state));
-    handover_answer(core, answer, "handover_adopt_conn")
+    let answer = handover_answer(core, answer, "handover_adopt_conn");
+    if answer == RawHandover::MOVE {
+        // What it missed on the topics it hears through the plugin: written first.
+        publish_missed(plugin, core, id);
+    }
+    answer
 }
 
 fn handover_answer(core: &mut Core, answer: RawHandover, what: &str) -> RawHandover {

@@ -17,7 +17,23 @@
 //! moved connections' topics to its slot's replacement (`TopicTable::handed_over`), and a worker
 //! takes each publisher's number once, whichever path it came by (a publisher's messages keep
 //! their order on each path; should a forwarded one arrive after a later one came direct, it is
-//! dropped rather than written out of order).
+//! dropped rather than written out of order: that loses it for the moved connections, and it
+//! happens only when a publisher sent a message on a moved connection's topic to the old worker
+//! alone, then learnt of the replacement and sent the next one direct before the old worker's
+//! forward of the first reached the replacement — a window of the mailbox's latency at the start
+//! of a reload chain. Taking the late message anyway would turn the loss into a reordering, and
+//! holding a publisher's later messages until a gap fills would need to know that the missing
+//! number is on a forwarded topic, which the numbers do not say: left as it is, and said).
+//!
+//! A connection may hear a topic through the plugin rather than the host: the worker listens
+//! (`subscribe_worker`) and the plugin's `on_publish` sends to it (resp's pattern subscribers).
+//! Its export declares so (`RawHostExt::handover_hears`: [`crate::worker::Snapshot::heard`]).
+//! The old worker's plugin hears its queued `on_publish` messages before each connection leaves,
+//! so the marks cover what it sent; in the new worker, once the plugin adopted the connection,
+//! the messages of those topics past the marks go to the plugin's `on_publish_missed` for it,
+//! in order, and its marks advance past them; then a send from `on_publish` of a message (each
+//! queued with its publisher and number) to a connection whose mark is at or above it is
+//! dropped: it had that message (`TopicTable::had_already`, the drop rule).
 //!
 //! The old worker keeps what it takes from the start of its hand-over too ([`Recent`] again):
 //! a connection taken out and then back (the new plugin refused it, the hand-over failed) is

@@ -52,6 +52,18 @@ pub enum Change {
     Removed { last: bool },
 }
 
+/// A message queued for the plugin's `on_publish`: topic, message, and its publisher and number
+/// when it came from a worker of this host.
+pub type Heard = (Box<[u8]>, Vec<u8>, Option<(u64, u64)>);
+
+/// A moved connection's topics heard through the plugin (`RawHostExt::handover_hears`) and the
+/// marks it was written up to on them (`topic_seam`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeardSeam {
+    pub topics: Vec<Vec<u8>>,
+    pub marks: Marks,
+}
+
 #[derive(Debug, Default)]
 pub struct TopicTable {
     by_topic: HashMap<Box<[u8]>, IndexSet<ConnId>>,
@@ -60,7 +72,25 @@ pub struct TopicTable {
     pub stats: TopicStats,
     /// Messages on topics the worker itself subscribed to, for the plugin's `on_publish` (heard
     /// after the plugin call that published them, never inside it).
-    pub heard: VecDeque<(Box<[u8]>, Vec<u8>)>,
+    /// Each with its publisher and number when it came from a worker of this host (the drop
+    /// rule of `topic_seam`: [`TopicTable::hearing`]).
+    pub heard: VecDeque<Heard>,
+    /// While the plugin's `on_publish` runs: the message's topic, publisher and number (a
+    /// send from it to a connection that had that message already is dropped: `topic_seam`).
+    pub hearing: Option<(Box<[u8]>, u64, u64)>,
+    /// While the plugin exports a connection in a hand-over: its id (`RawHostExt::handover_hears`
+    /// is answered for it alone).
+    pub exporting: Option<ConnId>,
+    /// The topics each connection hears through the plugin's `on_publish`, as its plugin
+    /// declared in its export (`RawHostExt::handover_hears`): they go in its snapshot.
+    pub declared: HashMap<ConnId, Vec<Vec<u8>>>,
+    /// Connections imported with such topics, until the plugin adopted them and heard what they
+    /// missed (`on_publish_missed`): their topics and the old worker's marks.
+    pub heard_pending: HashMap<ConnId, HeardSeam>,
+    /// Connections that heard what they missed, with their marks advanced past it, until this
+    /// worker has read past them: a send from `on_publish` of a message at or below its
+    /// publisher's mark is dropped (it had it, from the old worker or the replay).
+    pub heard_marks: HashMap<ConnId, HeardSeam>,
     /// The broker connection of the service's cluster (`--cluster`), when it has one.
     pub cluster: Option<Link>,
     /// This worker's id as a publisher, and the number of its last publish.
@@ -160,6 +190,9 @@ impl TopicTable {
     /// that have no subscriber left in this worker.
     pub fn remove_conn(&mut self, conn: ConnId) -> Vec<Box<[u8]>> {
         self.seam_marks.remove(&conn);
+        self.declared.remove(&conn);
+        self.heard_pending.remove(&conn);
+        self.heard_marks.remove(&conn);
         let Some(topics) = self.by_conn.remove(&conn) else { return Vec::new() };
         let mut emptied = Vec::new();
         for topic in topics {
@@ -172,6 +205,29 @@ impl TopicTable {
             }
         }
         emptied
+    }
+
+    /// `RawHostExt::handover_hears`: during the export of `conn`, it hears `topic`, a topic the
+    /// worker subscribed to itself, through the plugin. False otherwise.
+    pub fn declare_heard(&mut self, conn: ConnId, topic: &[u8]) -> bool {
+        let worker = self.by_topic.get(topic).is_some_and(|s| s.contains(&WORKER_CONN));
+        if !worker || self.exporting != Some(conn) {
+            return false;
+        }
+        let topics = self.declared.entry(conn).or_default();
+        if !topics.iter().any(|t| t[..] == *topic) {
+            topics.push(topic.to_vec());
+        }
+        true
+    }
+
+    /// The drop rule (`topic_seam`): while `on_publish` runs for a message, whether a send of
+    /// it to `conn` repeats what `conn` had already (from the old worker, or the replay).
+    pub fn had_already(&self, conn: ConnId) -> bool {
+        let Some((topic, publisher, seq)) = &self.hearing else { return false };
+        self.heard_marks.get(&conn).is_some_and(|h| {
+            h.marks.get(publisher).is_some_and(|m| seq <= m) && h.topics.iter().any(|t| t[..] == topic[..])
+        })
     }
 
     /// The subscribers of `topic` (the worker itself among them as [`WORKER_CONN`]).

@@ -1,25 +1,31 @@
 //! The state a resp worker hands over to its replacement (docs/plugins.md, "Hand-over"): the
 //! keyspace with its deadlines and the server's counters (worker-wide), and each connection's
-//! session (client id, name, library name and version, RESP2 or RESP3, the channels it is
-//! subscribed to).
+//! session (client id, name, library name and version, RESP2 or RESP3, the channels and the
+//! patterns it is subscribed to).
 //!
-//! Format version [`STATE_VERSION`] = 2, little-endian, length-prefixed:
+//! Format version [`STATE_VERSION`] = 3, little-endian, length-prefixed:
 //!
 //! ```text
 //! worker:  "RESPKS1\0" · next_client_id u64 · total_connections u64 · total_commands u64 ·
 //!          expired_keys u64 · keys u64 · keys × (key: u32 len + bytes · value: u64 len + bytes ·
 //!          deadline: i64 Unix ms, -1 for none)
 //! session: id u64 · resp3 u8 · name, lib_name, lib_ver: each u32 len + bytes ·
-//!          channels u32 · channels × (u32 len + bytes)
+//!          channels u32 · channels × (u32 len + bytes) ·
+//!          patterns u32 · patterns × (u32 len + bytes)
 //! ```
 //!
-//! Version 1 (the same without the channels: a version 1 worker never moved a subscribed
-//! connection) is read too, so a release with version 2 takes over from one with version 1.
+//! Versions 1 (without the channels: a version 1 worker never moved a subscribed connection) and
+//! 2 (without the patterns: a version 2 worker never moved a pattern subscriber) are read too,
+//! so a release with version 3 takes over from either.
 //!
-//! A subscribed connection moves with its channel list, in subscription order; the host moves
-//! its subscriptions to the channels' topics (`2:`/`3:` by its protocol) and writes it every
-//! message published during the move once, in order (the hand-over's topic seam). Subscribe mode
-//! (what a RESP2 connection may run) and `SUBSCRIBE`'s counts follow from the list.
+//! A subscribed connection moves with its channel list and its pattern list, each in
+//! subscription order. The host moves its subscriptions to the channels' topics (`2:`/`3:` by its
+//! protocol) and writes it every message published during the move once, in order (the
+//! hand-over's topic seam). Its patterns are the plugin's own delivery: the export declares that
+//! it hears [`crate::pubsub::PATTERN_TOPIC`] (`Host::handover_hears`, or it drains), the adoption
+//! registers its patterns (the worker listens with the first), and the host brings what it
+//! missed to `on_publish_missed` (the same seam). Subscribe mode (what a RESP2 connection may
+//! run) and the confirmations' counts follow from the lists.
 //!
 //! The keyspace is written straight from the store into the host's sink (no list or copy of its
 //! entries) and read in one pass into a table sized once from the key count; a state that turns
@@ -35,14 +41,15 @@
 use std::io::{self, Write};
 
 use crate::commands::{Server, Session};
+use crate::pubsub::{Subscriptions, MAX_PATTERNS, MAX_PATTERN_LEN};
 use crate::store::NEVER;
 
 /// The version of the format above.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
-/// Whether [`read_session`] reads state `version` (the worker format is the same in both).
+/// Whether [`read_session`] reads state `version` (the worker format is the same in each).
 pub fn reads(version: u32) -> bool {
-    matches!(version, 1 | 2)
+    matches!(version, 1..=3)
 }
 
 const MAGIC: &[u8; 8] = b"RESPKS1\0";
@@ -133,13 +140,14 @@ fn next_entry<'a>(r: &mut Reader<'a>) -> Result<(&'a [u8], &'a [u8], i64), Strin
     Ok((key, value, r.i64()?))
 }
 
-/// Writes a connection's session and its `channels`; false when it does not move (a transaction
-/// or watches).
-pub fn write_session(session: &Session, channels: &[Vec<u8>], out: &mut impl Write) -> io::Result<bool> {
+/// Writes a connection's session and its subscriptions; false when it does not move (a
+/// transaction or watches).
+pub fn write_session(session: &Session, subs: &Subscriptions, out: &mut impl Write) -> io::Result<bool> {
     if session.multi.is_some() || !session.watched.is_empty() {
         return Ok(false);
     }
-    let mut bytes = Vec::with_capacity(32 + channels.iter().map(|c| c.len() + 4).sum::<usize>());
+    let (channels, patterns) = (&subs.channels, &subs.patterns);
+    let mut bytes = Vec::with_capacity(36 + channels.iter().chain(patterns).map(|c| c.len() + 4).sum::<usize>());
     bytes.extend_from_slice(&session.id.to_le_bytes());
     bytes.push(session.resp3 as u8);
     for field in [&session.name, &session.lib_name, &session.lib_ver] {
@@ -151,13 +159,18 @@ pub fn write_session(session: &Session, channels: &[Vec<u8>], out: &mut impl Wri
         bytes.extend_from_slice(&(channel.len() as u32).to_le_bytes());
         bytes.extend_from_slice(channel);
     }
+    bytes.extend_from_slice(&(patterns.len() as u32).to_le_bytes());
+    for pattern in patterns {
+        bytes.extend_from_slice(&(pattern.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(pattern);
+    }
     out.write_all(&bytes)?;
     Ok(true)
 }
 
-/// Reads what [`write_session`] wrote at `version` (1: no channels): the session and its
-/// channels.
-pub fn read_session(version: u32, bytes: &[u8]) -> Result<(Session, Vec<Vec<u8>>), String> {
+/// Reads what [`write_session`] wrote at `version` (1: no channels, 2: no patterns): the
+/// session and its subscriptions.
+pub fn read_session(version: u32, bytes: &[u8]) -> Result<(Session, Subscriptions), String> {
     if !reads(version) {
         return Err(format!("session state version {version} is not one this plugin reads"));
     }
@@ -169,21 +182,20 @@ pub fn read_session(version: u32, bytes: &[u8]) -> Result<(Session, Vec<Vec<u8>>
         other => return Err(format!("bad protocol flag {other:?}")),
     };
     let (name, lib_name, lib_ver) = (r.bytes()?, r.bytes()?, r.bytes()?);
-    let mut channels = Vec::new();
+    let mut subs = Subscriptions::default();
     if version >= 2 {
-        let count = r.u32()?;
-        for _ in 0..count {
-            let channel = r.bytes()?;
-            if channel.is_empty() || channels.contains(&channel) {
-                return Err("an empty or repeated channel".into());
-            }
-            channels.push(channel);
+        subs.channels = r.list("channel", usize::MAX)?;
+    }
+    if version >= 3 {
+        subs.patterns = r.list("pattern", MAX_PATTERN_LEN)?;
+        if subs.patterns.len() > MAX_PATTERNS {
+            return Err(format!("{} patterns, more than {MAX_PATTERNS}", subs.patterns.len()));
         }
     }
     if !r.0.is_empty() {
         return Err("bytes after the session".into());
     }
-    Ok((Session { id, resp3, name, lib_name, lib_ver, ..Session::default() }, channels))
+    Ok((Session { id, resp3, name, lib_name, lib_ver, ..Session::default() }, subs))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -196,6 +208,21 @@ impl<'a> Reader<'a> {
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
         Ok(head)
+    }
+
+    /// A `u32` count and as many distinct non-empty items of at most `max` bytes (channels,
+    /// patterns).
+    fn list(&mut self, what: &str, max: usize) -> Result<Vec<Vec<u8>>, String> {
+        let count = self.u32()?;
+        let mut items: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..count {
+            let item = self.bytes()?;
+            if item.is_empty() || item.len() > max || items.contains(&item) {
+                return Err(format!("an empty, too long or repeated {what}"));
+            }
+            items.push(item);
+        }
+        Ok(items)
     }
 
     /// A `u32` length and the bytes.
@@ -346,21 +373,63 @@ mod tests {
         assert!(refused(&fewer), "fewer keys than written");
     }
 
+    fn subs(channels: &[&str], patterns: &[&str]) -> Subscriptions {
+        let list = |items: &[&str]| items.iter().map(|i| i.as_bytes().to_vec()).collect();
+        Subscriptions { channels: list(channels), patterns: list(patterns) }
+    }
+
     #[test]
     fn a_session_moves_unless_it_is_in_a_transaction() {
         let mut s =
             Session { id: 7, resp3: true, name: b"app".to_vec(), lib_ver: b"5.0".to_vec(), ..Session::default() };
         let mut bytes = Vec::new();
-        let channels = [b"news".to_vec(), b"a b".to_vec()];
-        assert!(write_session(&s, &channels, &mut bytes).unwrap());
-        let (back, back_channels) = read_session(STATE_VERSION, &bytes).unwrap();
+        let moved = subs(&["news", "a b"], &["n*", "h?llo", "[ab]*"]);
+        assert!(write_session(&s, &moved, &mut bytes).unwrap());
+        let (back, back_subs) = read_session(STATE_VERSION, &bytes).unwrap();
         assert_eq!((back.id, back.resp3, &back.name[..], &back.lib_ver[..]), (7, true, &b"app"[..], &b"5.0"[..]));
-        assert_eq!(back_channels, channels, "the channels, in order");
+        assert_eq!(back_subs.channels, moved.channels, "the channels, in order");
+        assert_eq!(back_subs.patterns, moved.patterns, "the patterns, in order");
         s.watched.insert(b"k".to_vec().into(), 1);
-        assert!(!write_session(&s, &[], &mut Vec::new()).unwrap());
-        assert!(read_session(STATE_VERSION, &bytes[..3]).is_err());
-        assert!(read_session(STATE_VERSION, &bytes[..bytes.len() - 1]).is_err());
-        assert!(read_session(3, &bytes).is_err(), "a newer format is refused");
+        assert!(!write_session(&s, &Subscriptions::default(), &mut Vec::new()).unwrap());
+        for len in 0..bytes.len() {
+            assert!(read_session(STATE_VERSION, &bytes[..len]).is_err(), "cut at {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(read_session(STATE_VERSION, &longer).is_err());
+        assert!(read_session(4, &bytes).is_err(), "a newer format is refused");
+        // A repeated pattern, or more than a connection may have: refused.
+        let mut twice = Vec::new();
+        write_session(&Session::default(), &subs(&[], &["a*", "a*"]), &mut twice).unwrap();
+        assert!(read_session(3, &twice).is_err());
+        let many: Vec<String> = (0..=MAX_PATTERNS).map(|i| format!("p{i}*")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let mut too_many = Vec::new();
+        write_session(&Session::default(), &subs(&[], &many), &mut too_many).unwrap();
+        assert!(read_session(3, &too_many).is_err());
+    }
+
+    // What a version 2 plugin wrote (channels, no patterns) is read by this one: a release with
+    // version 3 takes over from one with version 2.
+    #[test]
+    fn a_version_2_session_is_read() {
+        let mut v2 = 9u64.to_le_bytes().to_vec();
+        v2.push(1);
+        for field in [&b"n"[..], b"", b"7"] {
+            v2.extend_from_slice(&(field.len() as u32).to_le_bytes());
+            v2.extend_from_slice(field);
+        }
+        v2.extend_from_slice(&1u32.to_le_bytes());
+        v2.extend_from_slice(&4u32.to_le_bytes());
+        v2.extend_from_slice(b"news");
+        let (s, subs) = read_session(2, &v2).unwrap();
+        assert_eq!((s.id, s.resp3, &subs.channels[..], subs.patterns.len()), (9, true, &[b"news".to_vec()][..], 0));
+        assert!(read_session(3, &v2).is_err(), "version 3 has the pattern count");
+        // What this version writes without patterns is version 2's bytes and a zero count.
+        let mut v3 = Vec::new();
+        let session = Session { id: 9, resp3: true, name: b"n".to_vec(), lib_ver: b"7".to_vec(), ..Session::default() };
+        write_session(&session, &subs, &mut v3).unwrap();
+        assert_eq!(v3, [&v2[..], &0u32.to_le_bytes()].concat());
     }
 
     #[test]
@@ -372,9 +441,9 @@ mod tests {
             v1.extend_from_slice(&(field.len() as u32).to_le_bytes());
             v1.extend_from_slice(field);
         }
-        let (s, channels) = read_session(1, &v1).unwrap();
-        assert_eq!((s.id, s.resp3, &s.name[..], &s.lib_ver[..], channels.len()), (9, false, &b"n"[..], &b"7"[..], 0));
+        let (s, subs) = read_session(1, &v1).unwrap();
+        assert_eq!((s.id, s.resp3, &s.name[..], &s.lib_ver[..], subs.count()), (9, false, &b"n"[..], &b"7"[..], 0));
         assert!(read_session(2, &v1).is_err(), "version 2 has the channel count");
-        assert!(reads(1) && reads(2) && !reads(0) && !reads(3));
+        assert!(reads(1) && reads(2) && reads(3) && !reads(0) && !reads(4));
     }
 }

@@ -57,6 +57,8 @@ pub mod glob;
 pub mod handover;
 #[cfg(test)]
 mod handover_cost;
+#[cfg(test)]
+mod handover_tests;
 pub mod proto;
 pub mod pubsub;
 pub mod reply;
@@ -217,6 +219,15 @@ impl Protocol for Resp {
         }
     }
 
+    fn on_publish_missed(&mut self, host: &mut Host<'_>, conn: ConnId, topic: &[u8], msg: &[u8]) {
+        if topic != pubsub::PATTERN_TOPIC {
+            return;
+        }
+        if let Some(c) = self.conns.get(conn) {
+            self.patterns.deliver_to(host, conn, c.session.resp3, msg, &mut self.out);
+        }
+    }
+
     fn on_timer(&mut self, host: &mut Host<'_>, _timer: TimerId, data: u64) {
         if data != EXPIRE_TIMER {
             return;
@@ -235,12 +246,14 @@ impl Protocol for Resp {
         handover::reads(version)
     }
 
-    fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+    fn export_conn(&mut self, host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
         match self.conns.get(conn) {
-            // Its channels move with it (the host's topics), the list in its state. Patterns are
-            // the plugin's own delivery, which the hand-over's seam does not cover: it drains.
-            Some(c) if !c.close_after_command && c.subs.patterns.is_empty() => {
-                handover::write_session(&c.session, &c.subs.channels, out).unwrap_or(false)
+            // Its channels move with it (the host's topics), the list in its state. Its patterns
+            // are this plugin's own delivery (`on_publish`): the host keeps the seam for them
+            // once told (`handover_hears`); a host that cannot leaves it to drain here.
+            Some(c) if !c.close_after_command => {
+                (c.subs.patterns.is_empty() || host.handover_hears(conn, pubsub::PATTERN_TOPIC))
+                    && handover::write_session(&c.session, &c.subs, out).unwrap_or(false)
             }
             _ => false,
         }
@@ -248,9 +261,19 @@ impl Protocol for Resp {
 
     fn adopt_conn(&mut self, host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
         match handover::read_session(version, state) {
-            Ok((session, channels)) => {
+            Ok((session, subs)) => {
+                // Its patterns in this worker's table (the worker listens from the first).
+                let resp3 = session.resp3;
+                for (i, pattern) in subs.patterns.iter().enumerate() {
+                    if let Err(e) = self.patterns.add(host, pattern, conn, resp3) {
+                        plugin_api::tracing::warn!("a moved connection's patterns cannot be heard here: {e}");
+                        for added in &subs.patterns[..i] {
+                            self.patterns.remove(host, added, conn, resp3);
+                        }
+                        return false;
+                    }
+                }
                 let session = self.server.adopt_session(session, host.peer_addr(conn), host.local_addr(conn));
-                let subs = pubsub::Subscriptions { channels, ..Default::default() };
                 self.conns.insert(conn, Conn { session, subs, ..Conn::default() });
                 true
             }

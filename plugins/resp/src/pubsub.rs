@@ -27,11 +27,15 @@
 //!
 //! A RESP2 connection with subscriptions accepts only `(P)(UN)SUBSCRIBE`, `PING` and `QUIT`, as
 //! Redis; a RESP3 one runs every command. Not done: sharded channels (`SSUBSCRIBE`, `SPUBLISH`)
-//! answer an error. A connection subscribed to channels only is handed over to a new worker on a
-//! reload with its channels ([`crate::handover`]): it stays open and hears every message once, in
-//! order. One with patterns drains on the old worker (its client reconnects and subscribes
-//! again): the host's hand-over seam, which writes a moved connection each message once, covers
-//! what the host writes, not what the plugin sends from `on_publish`. The service's topic limits
+//! answer an error. A subscribed connection is handed over to a new worker on a reload with its
+//! channels and its patterns ([`crate::handover`]): it stays open and hears every message once,
+//! in order. Its channels are host topics: the host's hand-over seam writes them. Its patterns
+//! are this plugin's delivery: its export tells the host it hears [`PATTERN_TOPIC`] through
+//! `on_publish` (`Host::handover_hears`; a host that cannot answers false and the connection
+//! drains); the new instance's adoption registers its patterns (the worker listens from the
+//! first), the host then brings what it missed across the move to `on_publish_missed`, which
+//! sends that connection alone its `pmessage`s ([`Patterns::deliver_to`]), and drops a send of
+//! `on_publish` of a message it had already. The service's topic limits
 //! apply to channels: a channel name is at most `topic_max_len` bytes minus 2, a connection has
 //! at most `topics_per_connection` channels, a message at most `topic_max_message` bytes with
 //! its framing.
@@ -131,7 +135,7 @@ pub struct Patterns {
 
 impl Patterns {
     /// Subscribes `conn` to `pattern`; the worker starts listening with its first pattern.
-    fn add(&mut self, host: &mut Host<'_>, pattern: &[u8], conn: ConnId, resp3: bool) -> Result<(), TopicError> {
+    pub fn add(&mut self, host: &mut Host<'_>, pattern: &[u8], conn: ConnId, resp3: bool) -> Result<(), TopicError> {
         if self.by_pattern.is_empty() {
             host.subscribe_worker(PATTERN_TOPIC)?;
         }
@@ -190,6 +194,25 @@ impl Patterns {
                 for &conn in subs {
                     host.send(conn, out);
                 }
+            }
+        }
+    }
+}
+
+impl Patterns {
+    /// A message on [`PATTERN_TOPIC`] that `conn` (speaking `resp3`) missed across a hand-over
+    /// (`on_publish_missed`): the `pmessage`s of its matching patterns, to it alone, in the
+    /// order [`Patterns::deliver`] sends them.
+    pub fn deliver_to(&self, host: &mut Host<'_>, conn: ConnId, resp3: bool, payload: &[u8], out: &mut Vec<u8>) {
+        let Some((channel, msg)) = split_pattern_payload(payload) else {
+            plugin_api::tracing::warn!("a malformed pattern message was skipped");
+            return;
+        };
+        for (pattern, subs) in &self.by_pattern {
+            if subs[resp3 as usize].contains(&conn) && glob_match(pattern, channel, false) {
+                out.clear();
+                pmessage(out, pattern, channel, msg, resp3);
+                host.send(conn, out);
             }
         }
     }

@@ -24,6 +24,9 @@ use plugin_api::ConnId;
 
 use crate::tls::moved::CannotMove;
 
+use super::super::topic_seam::Marks;
+use super::super::topics::HeardSeam;
+
 use super::super::phase::ConnPhase;
 use super::super::transport::{Socket, Stream, TlsSession, Transport};
 use super::conn::{Conn, FileOut, Hold, Origin, ReadSide, Sched};
@@ -73,10 +76,14 @@ pub struct Snapshot {
     pub bytes_out: u64,
     /// The topics it is subscribed to (`Host::subscribe`), in order: they move with it.
     pub topics: Vec<Vec<u8>>,
-    /// With topics: the last number this worker took from each publisher (publisher, number):
-    /// it was written every message up to these, the new worker writes it the later ones
-    /// (`worker::topic_seam`).
+    /// With topics (or [`Snapshot::heard`] ones): the last number this worker took from each
+    /// publisher (publisher, number): it was written every message up to these, the new worker
+    /// writes it the later ones (`worker::topic_seam`).
     pub topic_marks: Vec<(u64, u64)>,
+    /// Topics it hears through the plugin's `on_publish` (`RawHostExt::handover_hears`): the
+    /// new worker does not subscribe it to them, it replays what it missed on them past
+    /// `topic_marks` to the plugin's `on_publish_missed` once adopted.
+    pub heard: Vec<Vec<u8>>,
 }
 
 /// A connection out of its table.
@@ -242,10 +249,11 @@ impl Core {
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
             topics: self.topics.topics_of(id),
-            topic_marks: match self.topics.topics_of(id).is_empty() {
+            topic_marks: match self.topics.topics_of(id).is_empty() && !self.topics.declared.contains_key(&id) {
                 true => Vec::new(),
                 false => self.topics.seen.iter().map(|(&p, &n)| (p, n)).collect(),
             },
+            heard: self.topics.declared.get(&id).cloned().unwrap_or_default(),
         })
     }
 
@@ -305,7 +313,8 @@ impl Core {
     pub fn hold(&mut self, id: ConnId) -> Result<ExportedConn, ExportError> {
         let exported = self.export(id)?;
         // Topic messages on its topics that reach this worker from now on are forwarded.
-        self.topics.handed_over.extend(exported.snapshot.topics.iter().map(|t| t[..].into()));
+        let s = &exported.snapshot;
+        self.topics.handed_over.extend(s.topics.iter().chain(&s.heard).map(|t| t[..].into()));
         // `take` freed the index last: reserve it again.
         self.keep_reserved(id);
         Ok(exported)
@@ -393,9 +402,14 @@ impl Core {
             self.subscribe(id, topic);
         }
         // What this worker took on its topics that the old one had not: written first.
+        let marks: Marks = s.topic_marks.iter().copied().collect();
         if !s.topics.is_empty() {
-            let marks = s.topic_marks.iter().copied().collect();
             self.replay_missed(id, &marks, &s.topics);
+        }
+        // What it missed on the topics the plugin delivers: once the plugin adopted it
+        // (`Core::heard_missed`).
+        if !s.heard.is_empty() {
+            self.topics.heard_pending.insert(id, HeardSeam { topics: s.heard, marks });
         }
     }
 
@@ -422,7 +436,7 @@ impl Core {
         }
         let snapshot = self.snapshot(id).expect("checked above");
         self.take(id.index()).expect("checked above");
-        self.topics.handed_over.extend(snapshot.topics.iter().map(|t| t[..].into()));
+        self.topics.handed_over.extend(snapshot.topics.iter().chain(&snapshot.heard).map(|t| t[..].into()));
         self.keep_reserved(id);
         Ok(snapshot)
     }

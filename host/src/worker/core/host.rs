@@ -22,6 +22,11 @@ impl Core {
     /// session). False when refused: no such connection, a phase that takes no output, or a
     /// send buffer already full.
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> bool {
+        if self.topics.hearing.is_some() && self.topics.had_already(id) {
+            // From `on_publish`, a message this connection had already across a hand-over
+            // (`topic_seam`): taken as sent, not written twice.
+            return true;
+        }
         let max = self.limits.max_send_buffer;
         let now = self.now_ms;
         let Some(c) = self.conns.get_mut(id.index()).and_then(Option::as_mut).filter(|c| c.id == id) else {
@@ -134,6 +139,10 @@ impl RawHostExt for Ctx<'_> {
 
     fn handover_carried(&self, old: ConnId) -> ROption<ConnId> {
         self.core.carry.adopted.get(&old.0).copied().into()
+    }
+
+    fn handover_hears(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> bool {
+        self.core.topics.declare_heard(conn, topic.as_slice())
     }
 
     fn subscribe(&mut self, conn: ConnId, topic: RSlice<'_, u8>) -> i64 {

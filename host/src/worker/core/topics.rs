@@ -19,8 +19,8 @@ use plugin_api::abi::{TopicStatus, WORKER_CONN};
 use plugin_api::ConnId;
 
 use super::super::phase::ConnPhase;
-use super::super::topic_seam::Marks;
-use super::super::topics::Change;
+use super::super::topic_seam::{Logged, Marks};
+use super::super::topics::{Change, HeardSeam};
 use super::conn::Conn;
 use super::{Core, Deferred};
 use crate::cluster::link::Link;
@@ -161,6 +161,49 @@ impl Core {
         }
     }
 
+    /// A connection a hand-over brought (or gave back) that hears topics through the plugin,
+    /// once the plugin adopted it: what it missed on them past the old worker's marks, in
+    /// order, for the plugin's `on_publish_missed`. None when it hears none.
+    pub fn heard_missed(&mut self, id: ConnId) -> Option<(HeardSeam, Vec<Logged>)> {
+        let seam = self.topics.heard_pending.remove(&id)?;
+        let (missed, lost) = self.topics.recent.missed(&seam.marks, &seam.topics);
+        let missed: Vec<Logged> = missed.cloned().collect();
+        if lost > 0 {
+            tracing::warn!(
+                conn = id.0,
+                lost,
+                "a moved connection missed topic messages its plugin delivers, older than the worker's log"
+            );
+        }
+        self.topics.stats.seam_lost += lost;
+        Some((seam, missed))
+    }
+
+    /// After the plugin wrote `replayed` (what [`Core::heard_missed`] gave) to `id`: its marks
+    /// advance past them, so that `on_publish` of any of them (still queued, or late from
+    /// another path) is not sent to it again (the drop rule: [`TopicTable::had_already`]).
+    pub fn heard_replayed(&mut self, id: ConnId, mut seam: HeardSeam, replayed: &[Logged]) {
+        for m in replayed {
+            let mark = seam.marks.entry(m.publisher).or_default();
+            *mark = (*mark).max(m.seq);
+        }
+        self.topics.stats.seam_replayed += replayed.len() as u64;
+        tracing::debug!(conn = id.0, replayed = replayed.len(), "seam: the plugin wrote what the old worker had not");
+        if self.get(id).is_some() {
+            self.topics.heard_marks.insert(id, seam);
+        }
+    }
+
+    /// Once the plugin heard every queued message: connections whose marks this worker has
+    /// read past need no drop rule any more.
+    pub fn heard_settled(&mut self) {
+        if self.topics.heard_marks.is_empty() || !self.topics.heard.is_empty() {
+            return;
+        }
+        let seen = &self.topics.seen;
+        self.topics.heard_marks.retain(|_, h| h.marks.iter().any(|(p, &m)| seen.get(p).copied().unwrap_or(0) < m));
+    }
+
     /// Writes `msg` to every subscribed connection of `topic` with room in its send buffer,
     /// queues it for the plugin's `on_publish` when the worker itself is subscribed; returns
     /// how many connections it was written to.
@@ -190,7 +233,7 @@ impl Core {
             }
         }
         if worker {
-            self.topics.heard.push_back((topic.into(), msg.to_vec()));
+            self.topics.heard.push_back((topic.into(), msg.to_vec(), from));
         }
         self.topics.stats.delivered += written;
         self.topics.stats.dropped_slow += dropped;

@@ -529,7 +529,10 @@ impl Worker {
     }
 
     fn restore_conn(&mut self, id: ConnId, conn: ExportedConn) {
-        if let Err(e) = self.core.restore(id, conn) {
+        let restored = self.core.restore(id, conn);
+        // What it missed while out on the topics the plugin delivers (`topic_seam`).
+        dispatch::publish_missed(&mut self.plugin, &mut self.core, id);
+        if let Err(e) = restored {
             // Its socket closes as the value drops; the plugin hears the close.
             // (`Core::restore` freed its id already: freeing it twice would give one index to
             // two later connections.)
@@ -539,7 +542,9 @@ impl Worker {
     }
 
     fn restore_session(&mut self, id: ConnId, snapshot: Snapshot) {
-        if let Err(e) = self.core.restore_session(id, snapshot) {
+        let restored = self.core.restore_session(id, snapshot);
+        dispatch::publish_missed(&mut self.plugin, &mut self.core, id);
+        if let Err(e) = restored {
             // Not expected: this worker reads no datagram while it holds sessions.
             tracing::warn!(conn = id.0, "could not take a UDP session back: {e}");
             dispatch::closed_elsewhere(&mut self.plugin, &mut self.core, id);
