@@ -8,8 +8,8 @@
 # and that every other client still answers `/whoami` on its connection afterwards.
 #
 # MODE=batches (the default: ws_chat moves 64 clients at a time) or MODE=all (the same build
-# with HOST_BENCH_HANDOVER_ALL_AT_ONCE=1: every client stops at once, as a slot with topic
-# subscriptions did before). Alternate the two on a shared machine.
+# with --no-handover-batches: every client stops at once, as a slot with topic subscriptions did
+# before). Alternate the two on a shared machine.
 # Run: cargo build --release -p host -p host-example-ws-chat && python3 bench/handover_chat.py 10000
 # Env: HOST_BIN (target/release/host; the plugin is looked for beside it), PROBES (100),
 # INTERVAL_MS (20), MODE (batches|all), HOST_NICE (a nice level for the host), HOST_ARGS (more
@@ -26,11 +26,10 @@ assert MODE in ("batches", "all"), MODE
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 d = tempdir("host-handover-chat-")
-# The measurement-only switch is read by the workers from the master's environment.
-os.environ["HOST_BENCH_HANDOVER_ALL_AT_ONCE"] = "1" if MODE == "all" else "0"
 wrap = ["nice", "-n", os.environ["HOST_NICE"]] if os.environ.get("HOST_NICE") else []
 host = Host(d, ["--plugin", "ws_chat", "--count", "1", "--max-connections", str(N + 100), "--drain-timeout", "30"]
-            + os.environ.get("HOST_ARGS", "").split(), wrap=wrap)
+            + (["--no-handover-batches"] if MODE == "all" else []) + os.environ.get("HOST_ARGS", "").split(),
+            wrap=wrap)
 
 
 def text_frame(text):

@@ -285,6 +285,7 @@ impl<P: Processes> Supervisor<P> {
             cluster: state.service.cluster.clone(),
             io: self.io,
             await_handover: false,
+            handover_batches: state.service.handover_batches,
         }
     }
 

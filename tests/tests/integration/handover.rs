@@ -855,19 +855,17 @@ async def main(port, n):
 asyncio.run(asyncio.wait_for(main(int(sys.argv[1]), int(sys.argv[2])), 90))
 "#;
 
-// The websocket echo answers `handover_in_batches`: 400 clients on one worker, each echoing a
-// numbered message every 10 ms throughout `host reload -g`. More than the old worker takes out
-// at once (`IN_FLIGHT`), so later batches leave only once earlier ones are acknowledged, the
-// old worker serving them meanwhile (its log line counts the batches and the take-out turns);
-// every client's messages come back in order, once, on the same connection, the moved ones and
-// those served by the old worker until their batch left. (All at once, the old worker would say
-// nothing of batches; with fewer clients than `IN_FLIGHT`, one turn would take all.)
-#[test]
-fn websocket_connections_move_in_batches_across_a_reload() {
+/// 400 websocket echo clients on one worker started with `args`, each echoing a numbered
+/// message every 10 ms throughout `host reload -g`; checks that all 400 moved and that every
+/// client's messages came back in order, once, on its first connection (a closed one fails the
+/// script), and returns the host for what the caller checks of how they moved.
+fn websocket_echoes_through_a_reload(args: &[&str]) -> Host {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
     const N: usize = 400;
-    let mut host = Host::start("websocket", &["--count", "1", "--drain-timeout", "30"]);
+    let mut all = vec!["--count", "1", "--drain-timeout", "30"];
+    all.extend_from_slice(args);
+    let mut host = Host::start("websocket", &all);
     let mut py = Command::new("timeout")
         .args(["120", "python3", "-c", WS_STREAM_PY, &host.port().to_string(), &N.to_string()])
         .stdin(Stdio::piped())
@@ -881,14 +879,6 @@ fn websocket_connections_move_in_batches_across_a_reload() {
     reload(&mut host, &["reload", "-g"]);
     let moved = format!("hand-over: {N} connections moved");
     host.log().wait_for(&moved, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}: {}", host.log_text()));
-    assert_eq!(host.log().count("handing over in batches"), 1, "{}", host.log_text());
-    let done = host.log().wait_for("handed over in batches", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let field = |name: &str| -> usize {
-        let value = done.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok());
-        value.unwrap_or_else(|| panic!("no {name} in {done}"))
-    };
-    assert!(field("batches") >= 3, "{done}");
-    assert!(field("turns") >= 2, "a later batch left after an acknowledgement: {done}");
     writeln!(py.stdin.as_mut().unwrap()).unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
@@ -896,6 +886,37 @@ fn websocket_connections_move_in_batches_across_a_reload() {
         line.strip_prefix("in order ").and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("{line}"));
     assert!(echoed >= 2 * N, "every client echoed during and after: {line}");
     assert!(py.wait().unwrap().success());
+    host
+}
+
+// The websocket echo answers `handover_in_batches`: 400 clients, more than the old worker takes
+// out at once (`IN_FLIGHT`), so later batches leave only once earlier ones are acknowledged, the
+// old worker serving them meanwhile (its log line counts the batches and the take-out turns).
+// (All at once, the old worker would say nothing of batches; with fewer clients than
+// `IN_FLIGHT`, one turn would take all.)
+#[test]
+fn websocket_connections_move_in_batches_across_a_reload() {
+    let host = websocket_echoes_through_a_reload(&[]);
+    assert_eq!(host.log().count("handing over in batches"), 1, "{}", host.log_text());
+    assert_eq!(host.log().count("handing over all at once"), 0, "{}", host.log_text());
+    let done = host.log().wait_for("handed over in batches", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let field = |name: &str| -> usize {
+        let value = done.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok());
+        value.unwrap_or_else(|| panic!("no {name} in {done}"))
+    };
+    assert!(field("batches") >= 3, "{done}");
+    assert!(field("turns") >= 2, "a later batch left after an acknowledgement: {done}");
+}
+
+// `--no-handover-batches` (`handover_batches = false`): the same plugin and clients move all at
+// once, in the one turn, and every client stays connected all the same.
+#[test]
+fn websocket_connections_move_all_at_once_without_handover_batches() {
+    let host = websocket_echoes_through_a_reload(&["--no-handover-batches"]);
+    let log = host.log_text();
+    assert_eq!(host.log().count("handing over all at once (handover_batches = false)"), 1, "{log}");
+    assert_eq!(host.log().count("handing over in batches"), 0, "{log}");
+    assert_eq!(host.log().count("handed over in batches"), 0, "{log}");
 }
 
 /// 600 `ws_chat` clients (python `websockets`), every thirtieth a member of the room `room` and the

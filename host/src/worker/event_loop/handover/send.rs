@@ -102,14 +102,16 @@ impl Worker {
                 false => old.pending.push_back(id),
             }
         }
-        // `HOST_BENCH_HANDOVER_ALL_AT_ONCE=1`: a measurement only (`bench/handover_chat.py`
-        // compares a plugin's batches with all at once on the same build).
-        let all_at_once = std::env::var_os("HOST_BENCH_HANDOVER_ALL_AT_ONCE").is_some_and(|v| v == "1");
-        if !all_at_once && dispatch::handover_in_batches(&mut self.plugin) {
+        // In batches when the plugin can and the service lets it (`handover_batches`).
+        let can_batch = dispatch::handover_in_batches(&mut self.plugin);
+        if can_batch && self.handover_batches {
             tracing::info!(connections = old.pending.len(), "handing over in batches");
             old.messages_at_start = self.core.stats.messages;
             self.queue_worker_state(old, Vec::new())?;
             return self.export_more(old);
+        }
+        if can_batch {
+            tracing::info!(connections = old.pending.len(), "handing over all at once (handover_batches = false)");
         }
         let ids: Vec<ConnId> = old.pending.drain(..).collect();
         let taken = self.export_conns(old, ids);
