@@ -273,6 +273,11 @@ fn a_replacement_that_dies_mid_way_through_the_batches_loses_only_what_it_acknow
         }
     }
     assert_eq!((closed, answered), (256, N - 256), "{}", host.log_text());
+    // The report counts every connection that stayed, those not taken out yet included.
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let row = &json["handovers"][0];
+    assert_eq!((&row["failed"], &row["moved"], &row["drained"]), (&1.into(), &256.into(), &(N - 256).into()), "{json}");
 }
 
 // A replacement stuck after it accepted the offer (fixture_crash stops itself with SIGSTOP
@@ -424,6 +429,9 @@ fn a_replacement_that_refuses_the_state_loses_nothing() {
     assert!(line.contains("refused the state"), "{line}");
     c.send(b"o\n");
     assert_eq!(read_line(&mut c), "two\n");
+    // Nothing was taken out, and the connection that stayed is counted.
+    let report = host.log().wait_for("hand-over failed, ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains("hand-over failed, 1 drained: the new worker refused the state"), "{report}");
 }
 
 /// Runs a python `script` (with redis-py or websockets) on the host's `port` (and `more`

@@ -512,15 +512,23 @@ impl Worker {
         let held = std::mem::take(&mut old.held);
         let mut sessions: Vec<_> = std::mem::take(&mut old.held_sessions).into();
         sessions.extend(old.sessions.drain(..).map(|(id, snapshot, _)| (id, snapshot)));
-        old.report.stay("the hand-over failed", (held.len() + sessions.len()) as u64);
+        // What never left the table stays too: every connection when none was taken out yet
+        // (no `Accept`), else those not taken out yet (in batches) and the outbound ones not
+        // looked at yet (`queue_end` counts them once everything is out).
+        let untouched = match old.stopped_ms {
+            None => self.core.open_count(),
+            Some(_) => {
+                let present = |id: &ConnId| self.core.get(*id).is_some();
+                old.pending.drain(..).filter(present).count() + old.outbound.drain(..).filter(present).count()
+            }
+        };
+        old.report.stay("the hand-over failed", (held.len() + sessions.len() + untouched) as u64);
         for (id, conn) in held {
             self.restore_conn(id, conn);
         }
         for (id, snapshot) in sessions {
             self.restore_session(id, snapshot);
         }
-        // Those not taken out yet were never out of the table; outbound ones stay as they are.
-        old.pending.clear();
         let _ = self.poll.registry().deregister(&mut old.channel.stream);
         old.report.failure = Some(why);
         // (`moved`: those the replacement acknowledged before: they are its own.)
