@@ -199,6 +199,23 @@ fn each_answers(clients: &mut [Client], prefix: &str, answer: &str, why: &str) {
     }
 }
 
+/// `reload -g` to a replacement that stops itself while adopting (fixture_crash's
+/// `adopt = "stop"`), continued once the old worker's deadline passed (it keeps what it was
+/// sent, and has `HANDOVER_CANCEL_WAIT_MS` to answer): its pid and the old worker's `hand-over
+/// ended` line, once it is seen that the replacement was neither ended nor killed.
+fn a_slow_replacement_continued(host: &mut Host) -> (i32, String) {
+    reload(host, &["reload", "-g"]);
+    let new = stopped_replacement(host);
+    host.log()
+        .wait_for("the replacement did not adopt in time; it keeps what it was sent", LOG_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    continue_once_stopped(new);
+    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!matches!(process_state(new), None | Some('Z')), "the replacement was ended: {}", host.log_text());
+    assert_eq!(host.log().count("killing it"), 0, "{}", host.log_text());
+    (new, line)
+}
+
 /// The `pid=` of a log line.
 fn pid_in(line: &str) -> i32 {
     line.split_whitespace()
@@ -352,17 +369,8 @@ fn a_replacement_slower_than_the_timeout_keeps_what_it_was_sent_and_is_not_kille
     let old = host.worker_pids();
     assert_eq!(old.len(), 1, "one worker: {old:?}");
     let mut clients = clients_with_a_line(&mut host, N, true);
-    reload(&mut host, &["reload", "-g"]);
-    let new = stopped_replacement(&host);
-    // The old worker's deadline passed (then the replacement has `HANDOVER_CANCEL_WAIT_MS`).
-    host.log()
-        .wait_for("the replacement did not adopt in time; it keeps what it was sent", LOG_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    continue_once_stopped(new);
-    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let (new, line) = a_slow_replacement_continued(&mut host);
     assert!(line.contains(&format!("moved={N} ")) && line.contains(" stayed=0 "), "{line}\n{}", host.log_text());
-    assert!(!matches!(process_state(new), None | Some('Z')), "the replacement was ended: {}", host.log_text());
-    assert_eq!(host.log().count("killing it"), 0, "{}", host.log_text());
     each_answers(&mut clients, "f", "half", "the replacement completes the line");
     assert_eq!(open_connections(&mut host), [new; N], "each connection once, in the replacement");
 }
@@ -379,18 +387,10 @@ fn a_slow_replacement_in_batches_keeps_the_batches_it_was_sent_and_the_rest_stay
     let old = host.worker_pids();
     assert_eq!(old.len(), 1, "one worker: {old:?}");
     let mut clients = clients_with_a_line(&mut host, N, false);
-    reload(&mut host, &["reload", "-g"]);
-    let new = stopped_replacement(&host);
-    host.log()
-        .wait_for("the replacement did not adopt in time; it keeps what it was sent", LOG_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    continue_once_stopped(new);
-    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let (new, line) = a_slow_replacement_continued(&mut host);
     let (moved, stayed) = (field_of(&line, "moved"), field_of(&line, "stayed"));
     assert!(moved > 0 && stayed > 0 && moved + stayed == N, "{line}\n{}", host.log_text());
     assert!(line.contains("it kept the"), "{line}");
-    assert!(!matches!(process_state(new), None | Some('Z')), "the replacement was ended: {}", host.log_text());
-    assert_eq!(host.log().count("killing it"), 0, "{}", host.log_text());
     each_answers(&mut clients, "after", "after", "answered by one worker");
     // Each connection once: those sent in the replacement, the rest in the old worker.
     let pids = open_connections(&mut host);
@@ -734,18 +734,26 @@ fn a_half_sent_line_is_completed_after_host_upgrade() {
     assert_eq!(read_line(&mut c), "again\n");
 }
 
-/// python `websockets` clients that send sequence-numbered messages, say `ready`, wait for a
-/// line on stdin (the test reloads meanwhile), send more and print what came back.
-const WS_PY: &str = r#"
+/// What the python `websockets` scripts below start with: `ready(port, n)` connects `n`
+/// clients, has each echo `i:0`, says `ready` and returns them.
+const WS_READY_PY: &str = r#"
 import asyncio, sys
 from websockets.asyncio.client import connect
 
-async def main(port, n):
+async def ready(port, n):
     socks = [await connect(f"ws://127.0.0.1:{port}/", compression=None) for _ in range(n)]
     for i, ws in enumerate(socks):
         await ws.send(f"{i}:0")
         assert await ws.recv() == f"{i}:0"
     print("ready", flush=True)
+    return socks
+"#;
+
+/// python `websockets` clients that send sequence-numbered messages, say `ready`, wait for a
+/// line on stdin (the test reloads meanwhile), send more and print what came back.
+const WS_PY: &str = r#"
+async def main(port, n):
+    socks = await ready(port, n)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     got = []
     for seq in range(1, 21):
@@ -766,7 +774,7 @@ asyncio.run(asyncio.wait_for(main(int(sys.argv[1]), int(sys.argv[2])), 60))
 fn websocket_clients_stay_connected_across_a_reload() {
     use std::io::{BufRead, Write};
     let mut host = Host::start("websocket", &["--count", "2", "--drain-timeout", "30"]);
-    let (mut py, mut out) = python_ready(WS_PY, host.port(), &["10"]);
+    let (mut py, mut out) = python_ready(&format!("{WS_READY_PY}{WS_PY}"), host.port(), &["10"]);
     let mut line = String::new();
     reload(&mut host, &["reload", "-g"]);
     host.log().wait_for_nth("hand-over: ", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
@@ -788,15 +796,8 @@ fn websocket_clients_stay_connected_across_a_reload() {
 /// once; "ready"; then each sends a numbered message every 10 ms and checks its echo (in order,
 /// once) until a line on stdin; then one more each; prints "in order <echoes>" or what went wrong.
 const WS_STREAM_PY: &str = r#"
-import asyncio, sys
-from websockets.asyncio.client import connect
-
 async def main(port, n):
-    socks = [await connect(f"ws://127.0.0.1:{port}/", compression=None) for _ in range(n)]
-    for i, ws in enumerate(socks):
-        await ws.send(f"{i}:0")
-        assert await ws.recv() == f"{i}:0"
-    print("ready", flush=True)
+    socks = await ready(port, n)
     stop = asyncio.Event()
     echoed, bad = [0], []
 
@@ -837,7 +838,7 @@ fn websocket_echoes_through_a_reload(args: &[&str]) -> Host {
     let mut all = vec!["--count", "1", "--drain-timeout", "30"];
     all.extend_from_slice(args);
     let mut host = Host::start("websocket", &all);
-    let (mut py, mut out) = python_ready(WS_STREAM_PY, host.port(), &[&N.to_string()]);
+    let (mut py, mut out) = python_ready(&format!("{WS_READY_PY}{WS_STREAM_PY}"), host.port(), &[&N.to_string()]);
     let mut line = String::new();
     reload(&mut host, &["reload", "-g"]);
     let moved = format!("hand-over: {N} connections moved");
@@ -1121,6 +1122,24 @@ fn chat_rooms_go_on_across_a_graceful_reload() {
     assert_eq!(read_line(&mut outsider), "in blue\n");
 }
 
+/// `fixture_udp_count` on one worker with `more` flags, ready; and its address.
+fn udp_count_host(more: &[&str]) -> (Host, std::net::SocketAddr) {
+    let mut args =
+        vec!["--plugin", "fixture_udp_count", "--listen", "udp://127.0.0.1:0", "--count", "1", "--drain-timeout", "30"];
+    args.extend_from_slice(more);
+    let host = Host::spawn(args);
+    host.wait_for_log("host ready", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let server = format!("127.0.0.1:{}", host.port()).parse().unwrap();
+    (host, server)
+}
+
+/// A UDP peer on a port of its own, its answers waited for at most `LOG_TIMEOUT`.
+fn udp_peer() -> std::net::UdpSocket {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(LOG_TIMEOUT)).unwrap();
+    s
+}
+
 /// A UDP client of `fixture_udp_count`: sends a datagram, returns the answer's (count, pid).
 fn udp_count(s: &std::net::UdpSocket, server: std::net::SocketAddr) -> (u64, u32) {
     s.send_to(b"x", server).expect("send");
@@ -1140,26 +1159,8 @@ fn udp_count(s: &std::net::UdpSocket, server: std::net::SocketAddr) -> (u64, u32
 #[test]
 fn udp_sessions_move_with_their_peers() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let mut host = Host::spawn([
-        "--plugin",
-        "fixture_udp_count",
-        "--listen",
-        "udp://127.0.0.1:0",
-        "--count",
-        "1",
-        "--drain-timeout",
-        "30",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    host.wait_for_log("host ready", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let server: std::net::SocketAddr = format!("127.0.0.1:{}", host.port()).parse().unwrap();
-    let client = || {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.set_read_timeout(Some(LOG_TIMEOUT)).unwrap();
-        s
-    };
-    let quiet: Vec<_> = (0..2).map(|_| client()).collect();
+    let (mut host, server) = udp_count_host(&["--admin-listen", "127.0.0.1:0"]);
+    let quiet: Vec<_> = (0..2).map(|_| udp_peer()).collect();
     let mut old_pid = 0;
     for c in &quiet {
         for n in 1..=3 {
@@ -1168,7 +1169,7 @@ fn udp_sessions_move_with_their_peers() {
             old_pid = pid;
         }
     }
-    let busy = client();
+    let busy = udp_peer();
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let sending = {
         let stop = std::sync::Arc::clone(&stop);
@@ -1213,22 +1214,8 @@ fn udp_sessions_move_with_their_peers() {
 // new sessions in the new worker.
 #[test]
 fn udp_sessions_the_new_plugin_refuses_go_back_and_end() {
-    let mut host = Host::spawn([
-        "--plugin",
-        "fixture_udp_count",
-        "--plugin-config",
-        "adopt = \"refuse\"\n",
-        "--listen",
-        "udp://127.0.0.1:0",
-        "--count",
-        "1",
-        "--drain-timeout",
-        "30",
-    ]);
-    host.wait_for_log("host ready", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let server: std::net::SocketAddr = format!("127.0.0.1:{}", host.port()).parse().unwrap();
-    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    c.set_read_timeout(Some(LOG_TIMEOUT)).unwrap();
+    let (mut host, server) = udp_count_host(&["--plugin-config", "adopt = \"refuse\"\n"]);
+    let c = udp_peer();
     assert_eq!(udp_count(&c, server).0, 1);
     let (count, old_pid) = udp_count(&c, server);
     assert_eq!(count, 2);
