@@ -391,8 +391,60 @@ fn a_slow_replacement_in_batches_keeps_the_batches_it_was_sent_and_the_rest_stay
     let (moved, stayed) = (field_of(&line, "moved"), field_of(&line, "stayed"));
     assert!(moved > 0 && stayed > 0 && moved + stayed == N, "{line}\n{}", host.log_text());
     assert!(line.contains("it kept the"), "{line}");
+    // What stayed stayed for the timeout: the connections not taken out yet (and the frames not
+    // sent), none refused, none declined.
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let stays = serde_json::json!([["the hand-over timed out", stayed]]);
+    assert_eq!(json["handovers"][0]["last_stays"], stays, "{json}");
     each_answers(&mut clients, "after", "after", "answered by one worker");
     // Each connection once: those sent in the replacement, the rest in the old worker.
+    let pids = open_connections(&mut host);
+    let in_new = pids.iter().filter(|&&p| p == new).count();
+    let in_old = pids.iter().filter(|&&p| p == old[0]).count();
+    assert_eq!((in_new, in_old, pids.len()), (moved, stayed, N), "{pids:?}");
+}
+
+// Frames stuck behind a full channel at the deadline are not sent (`send::cancel_unsent`): all
+// at once, 600 connections go in three `Conns` frames (253 descriptors a frame), each
+// connection carrying 4000 bytes of a line it sent and the worker read (about 1 MB a frame).
+// The replacement reads the first frame and stops while adopting it; the second fills the
+// socket and waits in the channel, the third waits behind it. At the deadline the third is
+// dropped and its connections stay (`the hand-over timed out`; all at once nothing else can
+// stay for it), `Done` follows the second; continued, the replacement adopts the first two.
+// Every client's line is completed, by one worker, nothing lost.
+#[test]
+fn frames_stuck_behind_a_full_channel_at_the_deadline_stay() {
+    const N: usize = 600;
+    const HALF: usize = 4000;
+    let mut host = fixture_crash("adopt = \"stop\"\n", &STUCK_ARGS);
+    let old = host.worker_pids();
+    assert_eq!(old.len(), 1, "one worker: {old:?}");
+    let mut clients = clients_with_a_line(&mut host, N, false);
+    for c in &mut clients {
+        c.send(&[b'x'; HALF]);
+    }
+    // Every half line is in the worker's buffers (then it travels in the frames).
+    host_tests::poll_until(LOG_TIMEOUT, || {
+        let out = host.command(["connections", "--json"], Duration::from_secs(10));
+        let json: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        let read =
+            json["connections"].as_array()?.iter().filter(|r| r["conn"]["bytes_in"].as_u64() >= Some(HALF as u64));
+        (read.count() == N).then_some(())
+    })
+    .expect("the half lines never all reached the worker");
+    let (new, line) = a_slow_replacement_continued(&mut host);
+    let (moved, stayed) = (field_of(&line, "moved"), field_of(&line, "stayed"));
+    assert!(moved >= 253 && stayed > 0 && moved + stayed == N, "{line}\n{}", host.log_text());
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let stays = serde_json::json!([["the hand-over timed out", stayed]]);
+    assert_eq!(json["handovers"][0]["last_stays"], stays, "{json}");
+    let whole = format!("{}y\n", "x".repeat(HALF));
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(b"y\n");
+        assert!(read_line(c) == whole, "client {i}: its line was not completed");
+    }
     let pids = open_connections(&mut host);
     let in_new = pids.iter().filter(|&&p| p == new).count();
     let in_old = pids.iter().filter(|&&p| p == old[0]).count();
