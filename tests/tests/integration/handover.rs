@@ -204,8 +204,18 @@ fn each_answers(clients: &mut [Client], prefix: &str, answer: &str, why: &str) {
 /// sent, and has `HANDOVER_CANCEL_WAIT_MS` to answer): its pid and the old worker's `hand-over
 /// ended` line, once it is seen that the replacement was neither ended nor killed.
 fn a_slow_replacement_continued(host: &mut Host) -> (i32, String) {
-    reload(host, &["reload", "-g"]);
+    // `reload -g` answers once the slot's replacement is ready, before the hand-over it begins
+    // has ended (it cannot end while the replacement is stopped): docs/architecture.md, "The
+    // reload pipeline".
+    let out = host.command(["reload", "-g"], RELOAD_TIMEOUT);
+    assert!(
+        out.status.success() && out.stdout.contains("reload done: 1 workers replaced"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
     let new = stopped_replacement(host);
+    assert_eq!(host.log().count("hand-over ended"), 0, "{}", host.log_text());
     host.log()
         .wait_for("the replacement did not adopt in time; it keeps what it was sent", LOG_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -405,16 +415,18 @@ fn a_slow_replacement_in_batches_keeps_the_batches_it_was_sent_and_the_rest_stay
     assert_eq!((in_new, in_old, pids.len()), (moved, stayed, N), "{pids:?}");
 }
 
-// Frames stuck behind a full channel at the deadline are not sent (`send::cancel_unsent`): all
-// at once, 600 connections go in three `Conns` frames (253 descriptors a frame), each
-// connection carrying 4000 bytes of a line it sent and the worker read (about 1 MB a frame).
-// The replacement reads the first frame and stops while adopting it; the second fills the
-// socket and waits in the channel, the third waits behind it. At the deadline the third is
-// dropped and its connections stay (`the hand-over timed out`; all at once nothing else can
-// stay for it), `Done` follows the second; continued, the replacement adopts the first two.
-// Every client's line is completed, by one worker, nothing lost.
+// A large hand-over all at once to a slow replacement: 600 connections go in three `Conns`
+// frames (253 descriptors a frame), each connection carrying 4000 bytes of a line it sent and
+// the worker read (about 1 MB a frame). The replacement stops while adopting the first frame;
+// the frames it did not read by then wait in the full socket or behind it, and at the deadline
+// those not handed to the channel yet are dropped (`send::cancel_unsent`): their connections
+// stay (`the hand-over timed out`), `Done` follows what was sent. (How many frames the
+// replacement read before it stopped is the scheduler's business: it may have read them all,
+// then nothing stays; the unit test `cancel_drops_the_frames_stuck_behind_a_full_channel` covers
+// the dropping without processes.) Continued, the replacement adopts what it was sent: every
+// client's line is completed, by one worker, nothing lost.
 #[test]
-fn frames_stuck_behind_a_full_channel_at_the_deadline_stay() {
+fn a_large_hand_over_all_at_once_to_a_slow_replacement_loses_nothing() {
     const N: usize = 600;
     const HALF: usize = 4000;
     let mut host = fixture_crash("adopt = \"stop\"\n", &STUCK_ARGS);
@@ -435,10 +447,13 @@ fn frames_stuck_behind_a_full_channel_at_the_deadline_stay() {
     .expect("the half lines never all reached the worker");
     let (new, line) = a_slow_replacement_continued(&mut host);
     let (moved, stayed) = (field_of(&line, "moved"), field_of(&line, "stayed"));
-    assert!(moved >= 253 && stayed > 0 && moved + stayed == N, "{line}\n{}", host.log_text());
+    assert!(moved >= 253 && moved + stayed == N, "{line}\n{}", host.log_text());
     let out = host.command(["status", "--json"], Duration::from_secs(10));
     let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
-    let stays = serde_json::json!([["the hand-over timed out", stayed]]);
+    let stays = match stayed {
+        0 => serde_json::json!([]),
+        _ => serde_json::json!([["the hand-over timed out", stayed]]),
+    };
     assert_eq!(json["handovers"][0]["last_stays"], stays, "{json}");
     let whole = format!("{}y\n", "x".repeat(HALF));
     for (i, c) in clients.iter_mut().enumerate() {
