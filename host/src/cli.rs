@@ -35,7 +35,9 @@ pub enum Command {
     },
     /// Stop the running master (if any), then start again.
     Restart(RestartCmd),
-    /// Replace every worker, one at a time, with the plugin files as they are now.
+    /// Replace every worker, one at a time, with the plugin files as they are now. Answers once
+    /// every slot's replacement is ready; the hand-overs it starts end after (their outcome: the
+    /// log's `hand-over:` lines, `host status`).
     Reload {
         /// Old workers drain their connections instead of closing them.
         #[arg(short, long)]
