@@ -37,11 +37,15 @@ pub enum Command {
     Restart(RestartCmd),
     /// Replace every worker, one at a time, with the plugin files as they are now. Answers once
     /// every slot's replacement is ready; the hand-overs it starts end after (their outcome: the
-    /// log's `hand-over:` lines, `host status`).
+    /// log's `hand-over:` lines, `host status`, or `--handovers`).
     Reload {
         /// Old workers drain their connections instead of closing them.
         #[arg(short, long)]
         graceful: bool,
+        /// Answer once the hand-overs the reload starts have ended too, with their outcome
+        /// (connections moved and drained; at most the old workers' kill deadlines later).
+        #[arg(long)]
+        handovers: bool,
     },
     /// Replace the master's own program with the binary now installed at its path, without
     /// closing a socket or dropping a connection (same pid), then move every worker onto it.
@@ -483,7 +487,7 @@ mod tests {
         assert_eq!(cmd.args.service().unwrap().name, "text");
         assert_eq!(cli.global.pid_file, Some(PathBuf::from("/tmp/h.pid")));
         assert!(matches!(parse(&["stop", "-g"]).command, Some(Command::Stop { graceful: true })));
-        assert!(matches!(parse(&["reload"]).command, Some(Command::Reload { graceful: false })));
+        assert!(matches!(parse(&["reload"]).command, Some(Command::Reload { graceful: false, handovers: false })));
         assert!(matches!(parse(&["reopen-logs"]).command, Some(Command::ReopenLogs)));
         assert!(matches!(parse(&["status", "--live"]).command, Some(Command::Status { live: true, .. })));
         assert!(matches!(parse(&["status", "--json"]).command, Some(Command::Status { json: true, .. })));

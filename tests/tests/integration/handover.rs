@@ -142,6 +142,28 @@ fn connections_of_several_frames_all_move_with_what_they_sent_meanwhile() {
     lines_sent_during_a_reload_arrive(&mut host, N, &["reload", "-g"], Some(&moved));
 }
 
+// `host reload -g --handovers` answers once the hand-overs it began have ended, with their
+// outcome (a plain `reload -g` answers at the chain's end: `a_slow_replacement_continued`); by
+// then every client was moved, and each is answered by the new worker.
+#[test]
+fn reload_with_handovers_answers_with_their_outcome() {
+    const N: usize = 3;
+    let mut host = Host::start("text", &["--count", "1", "--drain-timeout", "30"]);
+    let old = host.worker_pids();
+    let mut clients = clients_with_a_line(&mut host, N, false);
+    let out = host.command(["reload", "-g", "--handovers"], RELOAD_TIMEOUT);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("reload done: 1 workers replaced"), "{}", out.stdout);
+    assert!(
+        out.stdout.trim_end().ends_with(&format!("; hand-overs: {N} connections moved, 0 drained")),
+        "{}",
+        out.stdout
+    );
+    each_answers(&mut clients, "after", "after", "still connected");
+    let pids = open_connections(&mut host);
+    assert!(pids.len() == N && !pids.contains(&old[0]), "every connection in the new worker: {pids:?}");
+}
+
 // `--no-handover` keeps the drain: the half line is finished by the old worker, which then
 // closes the connection.
 #[test]
