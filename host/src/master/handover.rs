@@ -96,12 +96,17 @@ impl<P: Processes> Supervisor<P> {
     pub(in crate::master) fn answer_reload(&mut self, waiters: &[ClientId], answer: &Answer) {
         let handing: Vec<WorkerId> =
             self.slots.workers().filter(|w| w.handing_over_to.is_some()).map(|w| w.id).collect();
+        // A master that stops answers at once (its reload was abandoned).
+        let stopping = self.phase == super::supervisor::Phase::Stopping;
         for &client in waiters {
-            let Some(i) = self.after_handovers.iter().position(|&c| c == client) else {
+            let asked = self.after_handovers.iter().position(|&c| c == client);
+            if let Some(i) = asked {
+                self.after_handovers.swap_remove(i);
+            }
+            let Some(_) = asked.filter(|_| !stopping) else {
                 self.out.push(Output::Answer(client, answer.clone()));
                 continue;
             };
-            self.after_handovers.swap_remove(i);
             let held = HeldAnswer {
                 client,
                 answer: answer.clone(),
@@ -116,6 +121,16 @@ impl<P: Processes> Supervisor<P> {
                 true => self.out.push(Output::Answer(client, held.finish())),
                 false => self.held_answers.push(held),
             }
+        }
+    }
+
+    /// The master stops: the answers held for hand-overs go now, with what ended so far (the
+    /// rest counted as ended without a report).
+    pub(in crate::master) fn answer_held_now(&mut self) {
+        for mut held in std::mem::take(&mut self.held_answers) {
+            held.unreported += held.handing.len() as u64;
+            let client = held.client;
+            self.out.push(Output::Answer(client, held.finish()));
         }
     }
 

@@ -619,6 +619,7 @@ impl<P: Processes> Supervisor<P> {
         self.phase = Phase::Stopping;
         let fx = self.reloader.stop();
         self.apply(fx);
+        self.answer_held_now();
         self.slots.cancel_restarts();
         self.retire_all(graceful);
     }
@@ -1094,10 +1095,11 @@ mod tests {
 
     // `host reload --handovers`: the answer waits for the hand-over the reload began, then says
     // what it did; an old worker that exits without a report (killed at its deadline) ends the
-    // wait too. (A client that did not ask hears the chain's end at once: the tests above.)
+    // wait too, and so does a master that stops. (A client that did not ask hears the chain's
+    // end at once: the tests above.)
     #[test]
     fn a_reload_asked_with_handovers_answers_once_they_ended() {
-        for reported in [true, false] {
+        for how in ["reported", "killed", "stopped"] {
             let mut sup = started(vec![(state("http", 1, true), Some(1))]);
             let old = serving(&sup, 0, 0).unwrap();
             sup.answer_after_handovers(ClientId(7));
@@ -1109,16 +1111,17 @@ mod tests {
             let out = outputs(&mut sup);
             assert!(out.iter().any(|o| matches!(o, Output::HandOver { old: o, .. } if *o == old)), "{out:?}");
             assert!(!out.iter().any(|o| matches!(o, Output::Answer(..))), "not before the hand-over ended: {out:?}");
-            match reported {
-                true => sup.handed_over(
+            match how {
+                "reported" => sup.handed_over(
                     old,
                     crate::ctl::HandoverReport { attempted: true, moved: 3, stayed: 1, ..Default::default() },
                 ),
-                false => {
+                "killed" => {
                     let p = pid(&sup, old);
                     sup.procs().exit(p, "signal SIGKILL");
                     sup.reap();
                 }
+                _ => sup.stop(true),
             }
             let out = outputs(&mut sup);
             let message = out.iter().find_map(|o| match o {
@@ -1126,9 +1129,9 @@ mod tests {
                 _ => None,
             });
             let message = message.unwrap_or_else(|| panic!("no answer: {out:?}"));
-            let outcome = match reported {
-                true => "; hand-overs: 3 connections moved, 1 drained",
-                false => "; hand-overs: 0 connections moved, 0 drained, 1 ended without a report",
+            let outcome = match how {
+                "reported" => "; hand-overs: 3 connections moved, 1 drained",
+                _ => "; hand-overs: 0 connections moved, 0 drained, 1 ended without a report",
             };
             assert!(message.starts_with("reload done: 1 workers replaced") && message.ends_with(outcome), "{message}");
             assert!(sup.held_answers.is_empty() && sup.after_handovers.is_empty());
