@@ -248,6 +248,15 @@ fn a_slow_replacement_continued(host: &mut Host) -> (i32, String) {
     (new, line)
 }
 
+/// Each open connection once (`host connections`): `moved` in the replacement `new`, `stayed` in
+/// the old worker, none elsewhere.
+fn assert_each_once_in(host: &mut Host, (new, moved): (i32, usize), (old, stayed): (i32, usize)) {
+    let pids = open_connections(host);
+    let in_new = pids.iter().filter(|&&p| p == new).count();
+    let in_old = pids.iter().filter(|&&p| p == old).count();
+    assert_eq!((in_new, in_old, pids.len()), (moved, stayed, moved + stayed), "{pids:?}");
+}
+
 /// The `pid=` of a log line.
 fn pid_in(line: &str) -> i32 {
     line.split_whitespace()
@@ -430,11 +439,7 @@ fn a_slow_replacement_in_batches_keeps_the_batches_it_was_sent_and_the_rest_stay
     let stays = serde_json::json!([["the hand-over timed out", stayed]]);
     assert_eq!(json["handovers"][0]["last_stays"], stays, "{json}");
     each_answers(&mut clients, "after", "after", "answered by one worker");
-    // Each connection once: those sent in the replacement, the rest in the old worker.
-    let pids = open_connections(&mut host);
-    let in_new = pids.iter().filter(|&&p| p == new).count();
-    let in_old = pids.iter().filter(|&&p| p == old[0]).count();
-    assert_eq!((in_new, in_old, pids.len()), (moved, stayed, N), "{pids:?}");
+    assert_each_once_in(&mut host, (new, moved), (old[0], stayed));
 }
 
 // A large hand-over all at once to a slow replacement: 600 connections go in three `Conns`
@@ -482,10 +487,7 @@ fn a_large_hand_over_all_at_once_to_a_slow_replacement_loses_nothing() {
         c.send(b"y\n");
         assert!(read_line(c) == whole, "client {i}: its line was not completed");
     }
-    let pids = open_connections(&mut host);
-    let in_new = pids.iter().filter(|&&p| p == new).count();
-    let in_old = pids.iter().filter(|&&p| p == old[0]).count();
-    assert_eq!((in_new, in_old, pids.len()), (moved, stayed, N), "{pids:?}");
+    assert_each_once_in(&mut host, (new, moved), (old[0], stayed));
 }
 
 // An old worker whose worker state takes longer to write than the master's kill deadline of it

@@ -1,36 +1,15 @@
 //! The old worker's frames at the deadline, without processes: what `cancel_unsent` drops.
 
-use std::collections::VecDeque;
-
 use super::*;
-use crate::ctl::{Fallback, HandoverChannel, HandoverReport, MovedSession};
+use crate::ctl::{Fallback, HandoverChannel, MovedSession};
 use crate::worker::core::Origin;
 use crate::worker::phase::ConnPhase;
 
-/// An old worker's side of a hand-over over `channel`, nothing queued yet.
+/// An old worker's side of a hand-over over `channel`, accepted, nothing queued yet.
 fn old_side(channel: HandoverChannel<mio::net::UnixStream>) -> OldSide {
-    OldSide {
-        channel,
-        fallback: Fallback::Stop,
-        timeout_ms: 1000,
-        deadline_ms: 1000,
-        cancelled: false,
-        timed_out: false,
-        held: VecDeque::new(),
-        held_base: 0,
-        held_sessions: VecDeque::new(),
-        sessions: Vec::new(),
-        stopped_ms: Some(0),
-        outgoing: VecDeque::new(),
-        awaiting: VecDeque::new(),
-        pending: VecDeque::new(),
-        outbound: Vec::new(),
-        done_queued: false,
-        batches: 0,
-        turns: 0,
-        messages_at_start: 0,
-        report: HandoverReport::default(),
-    }
+    let mut old = OldSide::new(channel, Fallback::Stop, 1000, 1000);
+    old.stopped_ms = Some(0);
+    old
 }
 
 /// A UDP session's snapshot.
