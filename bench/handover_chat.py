@@ -8,15 +8,15 @@
 # and that every other client still answers `/whoami` on its connection afterwards.
 #
 # MODE=batches (the default: ws_chat moves 64 clients at a time) or MODE=all (the same build
-# with HOST_BENCH_HANDOVER_ALL_AT_ONCE=1: every client stops at once, as a slot with topic
-# subscriptions did before). Alternate the two on a shared machine.
+# with --no-handover-batches: every client stops at once, as a slot with topic subscriptions did
+# before). Alternate the two on a shared machine.
 # Run: cargo build --release -p host -p host-example-ws-chat && python3 bench/handover_chat.py 10000
 # Env: HOST_BIN (target/release/host; the plugin is looked for beside it), PROBES (100),
 # INTERVAL_MS (20), MODE (batches|all), HOST_NICE (a nice level for the host), HOST_ARGS (more
 # flags). Bounded: every wait has a timeout; only the host it started is stopped. Loopback only.
-import os, resource, selectors, socket, sys, threading, time
+import os, resource, socket, sys
 
-from handover_lib import Host, cleanup, pct, tempdir
+from handover_lib import Host, Probe, Speech, cleanup, print_gaps, probe_across_reload, tempdir
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
 PROBES = int(os.environ.get("PROBES", "100"))
@@ -26,11 +26,10 @@ assert MODE in ("batches", "all"), MODE
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 d = tempdir("host-handover-chat-")
-# The measurement-only switch is read by the workers from the master's environment.
-os.environ["HOST_BENCH_HANDOVER_ALL_AT_ONCE"] = "1" if MODE == "all" else "0"
 wrap = ["nice", "-n", os.environ["HOST_NICE"]] if os.environ.get("HOST_NICE") else []
 host = Host(d, ["--plugin", "ws_chat", "--count", "1", "--max-connections", str(N + 100), "--drain-timeout", "30"]
-            + os.environ.get("HOST_ARGS", "").split(), wrap=wrap)
+            + (["--no-handover-batches"] if MODE == "all" else []) + os.environ.get("HOST_ARGS", "").split(),
+            wrap=wrap)
 
 
 def text_frame(text):
@@ -79,45 +78,7 @@ def read_text(s, buf):
         buf += chunk
 
 
-class Probe:
-    def __init__(self, s, room):
-        self.s, self.room, self.seq, self.sent_at, self.buf, self.next_at = s, room, 0, None, b"", 0.0
-        self.errors, self.gap = [], {"before": 0.0, "across": 0.0}
-
-
-def probe_loop(probes, stop, phase):
-    sel = selectors.DefaultSelector()
-    for pr in probes:
-        sel.register(pr.s, selectors.EVENT_READ, pr)
-    while not stop.is_set():
-        now = time.monotonic()
-        for pr in probes:
-            if pr.sent_at is None and now >= pr.next_at and not pr.errors:
-                pr.seq += 1
-                try:
-                    pr.s.sendall(text_frame(f"p{pr.seq}"))
-                except OSError as e:
-                    pr.errors.append(f"send: {e}")
-                    continue
-                pr.sent_at = now
-        for key, _ in sel.select(0.002):
-            pr = key.data
-            try:
-                data = pr.s.recv(4096)
-            except OSError:
-                data = b""
-            if not data:
-                pr.errors.append("closed")
-                sel.unregister(pr.s)
-                continue
-            got, pr.buf = frames(pr.buf + data)
-            for m in got:
-                if m != f"p{pr.seq}":
-                    pr.errors.append(f"got {m!r}, expected p{pr.seq}")
-                t = time.monotonic()
-                if pr.sent_at is not None:
-                    pr.gap[phase[0]] = max(pr.gap[phase[0]], t - pr.sent_at)
-                pr.sent_at, pr.next_at = None, t + INTERVAL
+WS = Speech(encode=lambda seq: text_frame(f"p{seq}"), split=frames, want=lambda seq: f"p{seq}")
 
 
 socks = []
@@ -134,17 +95,8 @@ try:
         answer, rest = read_text(s, rest)
         assert answer == f"joined {room}", answer
         socks[i] = (s, rest, room)
-    probes = [Probe(socks[i][0], socks[i][2]) for i in sorted(probe_at)]
-    stop, phase = threading.Event(), ["before"]
-    th = threading.Thread(target=probe_loop, args=(probes, stop, phase), daemon=True)
-    th.start()
-    time.sleep(1.0)
-    phase[0] = "across"
-    host.reload()
-    line = host.wait_handover(1, timeout=60)
-    time.sleep(1.0)
-    stop.set()
-    th.join(10)
+    probes = [Probe(socks[i][0], socks[i][1]) for i in sorted(probe_at)]
+    line = probe_across_reload(host, probes, INTERVAL, WS, timeout=60)
     batches = "handing over in batches" in host.text()
     messages = sum(pr.seq for pr in probes)
     errors = [e for pr in probes for e in pr.errors]
@@ -161,13 +113,10 @@ try:
             ok += answer.startswith("slot ")
         except (OSError, AssertionError):
             pass
-    before = [pr.gap["before"] * 1000 for pr in probes]
-    across = [pr.gap["across"] * 1000 for pr in probes]
     closed = sum(1 for pr in probes if pr.errors)
     print(f"MODE={MODE} (handed over in batches: {batches}) N={N} probes={len(probes)} interval={INTERVAL*1000:.0f}ms "
           f"messages back through the probes' rooms: {messages}, errors: {len(errors)} {errors[:3]}; probes closed: {closed}")
-    print(f"longest wait for a message, before the reload: p50 {pct(before, .5):.1f} ms, p99 {pct(before, .99):.1f} ms, max {max(before):.1f} ms")
-    print(f"longest wait for a message, across the reload: p50 {pct(across, .5):.1f} ms, p99 {pct(across, .99):.1f} ms, max {max(across):.1f} ms")
+    print_gaps(probes, "a message")
     print(f"the other clients answer /whoami after it: {ok}/{len(others)}")
     print(line or "no hand-over line")
 finally:

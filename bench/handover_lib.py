@@ -1,10 +1,11 @@
 # What the hand-over scripts (bench/handover_*.py) share: a host started on 127.0.0.1 with an
 # OS-chosen port and its log in a temporary directory, the readiness wait, the log's lines and
-# hand-over lines, `host reload`/`upgrade`/`status` through the control socket, percentiles, and
-# the cleanup (only the processes a script started, by pid; the directory unless KEEP=1).
+# hand-over lines, `host reload`/`upgrade`/`status` through the control socket, percentiles, the
+# probes that time the gap clients see across a reload (whatever protocol they speak), and the
+# cleanup (only the processes a script started, by pid; the directory unless KEEP=1).
 # Every wait is bounded. Imported by the scripts next to it (python3 bench/handover_x.py puts
 # bench/ on sys.path).
-import os, re, shutil, signal, subprocess, sys, tempfile, time
+import os, re, selectors, shutil, signal, subprocess, sys, tempfile, threading, time
 
 HOST_BIN = os.path.abspath(os.environ.get("HOST_BIN", "target/release/host"))
 HANDOVER = r"hand-over: (\d+) connections moved, (\d+) drained.*?paused (\d+) ms"
@@ -119,3 +120,82 @@ class Host:
 
     def stop(self, sig=signal.SIGINT, timeout=30):
         stop(self.p, sig, timeout)
+
+
+class Probe:
+    """A client on socket `s` that sends numbered messages, the next one as soon as the last
+    came back and the interval passed; its longest wait for one, per phase (`before`, `across`
+    the reload), is the gap it saw. `buf` holds what it received and did not parse yet."""
+
+    def __init__(self, s, buf=b""):
+        self.s, self.seq, self.sent_at, self.buf, self.next_at = s, 0, None, buf, 0.0
+        self.errors, self.gap = [], {"before": 0.0, "across": 0.0}
+
+
+class Speech:
+    """How probes speak: `encode(seq)` is the bytes of message `seq`, `split(buf)` the complete
+    messages at the start of `buf` and the rest, `want(seq)` what message `seq` comes back as."""
+
+    def __init__(self, encode, split, want):
+        self.encode, self.split, self.want = encode, split, want
+
+
+def probe_loop(probes, stop, phase, interval, speech):
+    """Runs `probes` until `stop` is set, each timing its messages into `phase[0]`'s gap; a
+    closed connection, a failed send or a message out of turn is an error of its probe."""
+    sel = selectors.DefaultSelector()
+    for pr in probes:
+        sel.register(pr.s, selectors.EVENT_READ, pr)
+    while not stop.is_set():
+        now = time.monotonic()
+        for pr in probes:
+            if pr.sent_at is None and now >= pr.next_at and not pr.errors:
+                pr.seq += 1
+                try:
+                    pr.s.sendall(speech.encode(pr.seq))
+                except OSError as e:
+                    pr.errors.append(f"send: {e}")
+                    continue
+                pr.sent_at = now
+        for key, _ in sel.select(0.002):
+            pr = key.data
+            try:
+                data = pr.s.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                pr.errors.append("closed")
+                sel.unregister(pr.s)
+                continue
+            got, pr.buf = speech.split(pr.buf + data)
+            for m in got:
+                if m != speech.want(pr.seq):
+                    pr.errors.append(f"got {m!r}, expected {speech.want(pr.seq)!r}")
+                t = time.monotonic()
+                if pr.sent_at is not None:
+                    pr.gap[phase[0]] = max(pr.gap[phase[0]], t - pr.sent_at)
+                pr.sent_at, pr.next_at = None, t + interval
+
+
+def probe_across_reload(host, probes, interval, speech, timeout=30.0):
+    """Runs `probes` for a second, then across `host reload -g` until a second after its
+    hand-over line (waited for at most `timeout` s); returns that line (None if none came)."""
+    stop, phase = threading.Event(), ["before"]
+    th = threading.Thread(target=probe_loop, args=(probes, stop, phase, interval, speech), daemon=True)
+    th.start()
+    time.sleep(1.0)
+    phase[0] = "across"
+    host.reload()
+    line = host.wait_handover(1, timeout=timeout)
+    time.sleep(1.0)
+    stop.set()
+    th.join(10)
+    return line
+
+
+def print_gaps(probes, what):
+    """The probes' longest waits for `what` (p50, p99, max) before and across the reload."""
+    for phase in ("before", "across"):
+        gaps = [pr.gap[phase] * 1000 for pr in probes]
+        print(f"longest wait for {what}, {phase} the reload: p50 {pct(gaps, .5):.1f} ms, "
+              f"p99 {pct(gaps, .99):.1f} ms, max {max(gaps):.1f} ms")

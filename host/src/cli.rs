@@ -35,11 +35,17 @@ pub enum Command {
     },
     /// Stop the running master (if any), then start again.
     Restart(RestartCmd),
-    /// Replace every worker, one at a time, with the plugin files as they are now.
+    /// Replace every worker, one at a time, with the plugin files as they are now. Answers once
+    /// every slot's replacement is ready; the hand-overs it starts end after (their outcome: the
+    /// log's `hand-over:` lines, `host status`, or `--handovers`).
     Reload {
         /// Old workers drain their connections instead of closing them.
         #[arg(short, long)]
         graceful: bool,
+        /// Answer once the hand-overs the reload starts have ended too, with their outcome
+        /// (connections moved and drained; at most the old workers' kill deadlines later).
+        #[arg(long)]
+        handovers: bool,
     },
     /// Replace the master's own program with the binary now installed at its path, without
     /// closing a socket or dropping a connection (same pid), then move every worker onto it.
@@ -232,6 +238,11 @@ pub struct StartArgs {
     /// them over to their replacement.
     #[arg(long)]
     pub no_handover: bool,
+    /// A hand-over moves all of a worker's connections at once, every client paused for the
+    /// whole of it, even when the plugin can move them in batches (the default: a batch at a
+    /// time, the old worker serving the rest meanwhile).
+    #[arg(long)]
+    pub no_handover_batches: bool,
     /// Seconds a replacement may take to adopt a replaced worker's connections, counted from the
     /// worker state sent; past them the replacement is killed, and the replaced worker takes back
     /// what it did not acknowledge and drains [default: 10].
@@ -310,7 +321,7 @@ impl StartArgs {
     /// Flags that describe a service (they may not be mixed with a config file).
     pub fn service_flags(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
-        let flags: [(&'static str, bool); 24] = [
+        let flags: [(&'static str, bool); 25] = [
             ("--plugin", self.plugin.is_some()),
             ("--count", self.count.is_some()),
             ("--listen", self.listen.is_some()),
@@ -333,6 +344,7 @@ impl StartArgs {
             ("--tls-key", self.tls_key.is_some()),
             ("--access-log", self.access_log.is_some()),
             ("--no-handover", self.no_handover),
+            ("--no-handover-batches", self.no_handover_batches),
             ("--handover-timeout", self.handover_timeout.is_some()),
             ("--cluster", self.cluster.is_some()),
         ];
@@ -438,6 +450,7 @@ impl StartArgs {
                 max_memory: self.max_memory.unwrap_or(0),
             },
             handover: !self.no_handover,
+            handover_batches: !self.no_handover_batches,
             cluster: self.cluster.clone(),
         };
         config::validate(&service)?;
@@ -474,7 +487,7 @@ mod tests {
         assert_eq!(cmd.args.service().unwrap().name, "text");
         assert_eq!(cli.global.pid_file, Some(PathBuf::from("/tmp/h.pid")));
         assert!(matches!(parse(&["stop", "-g"]).command, Some(Command::Stop { graceful: true })));
-        assert!(matches!(parse(&["reload"]).command, Some(Command::Reload { graceful: false })));
+        assert!(matches!(parse(&["reload"]).command, Some(Command::Reload { graceful: false, handovers: false })));
         assert!(matches!(parse(&["reopen-logs"]).command, Some(Command::ReopenLogs)));
         assert!(matches!(parse(&["status", "--live"]).command, Some(Command::Status { live: true, .. })));
         assert!(matches!(parse(&["status", "--json"]).command, Some(Command::Status { json: true, .. })));
@@ -566,6 +579,9 @@ mod tests {
         assert_eq!(s.limits.handover_timeout_ms, 3000);
         let s = parse(&["--plugin", "http"]).start.service().unwrap();
         assert_eq!(s.limits.handover_timeout_ms, 10_000, "10 s by default");
+        assert!(s.handover_batches, "in batches by default");
+        let s = parse(&["--plugin", "http", "--no-handover-batches"]).start.service().unwrap();
+        assert!(!s.handover_batches && s.handover, "all at once, still handed over");
         // The largest values pass, converted without overflow.
         let s = parse(&["--plugin", "http", "--idle-timeout", "31536000", "--max-send-buffer", "9223372036854775807"])
             .start

@@ -164,8 +164,8 @@ impl FilesRefused {
 }
 
 /// Runs the reload chain and reports how it ended.
-pub fn reload(pid_file: &Path, graceful: bool) -> anyhow::Result<()> {
-    match ask(pid_file, ControlRequest::Reload { graceful }, RELOAD_WAIT)? {
+pub fn reload(pid_file: &Path, graceful: bool, handovers: bool) -> anyhow::Result<()> {
+    match ask(pid_file, ControlRequest::Reload { graceful, handovers }, RELOAD_WAIT)? {
         Answer::Ok { message, .. } => {
             println!("{message}");
             Ok(())

@@ -281,6 +281,11 @@ pub struct Service {
     /// A replaced worker hands its connections and plugin state over to its replacement (when
     /// both plugins take part); false: it drains them, as before hand-overs existed.
     pub handover: bool,
+    /// A hand-over moves the connections of a plugin that answers `handover_in_batches` a batch
+    /// at a time, the old worker serving the rest meanwhile (the default); false: all at once,
+    /// every client paused for the whole hand-over (`handover_batches = false`,
+    /// `--no-handover-batches`).
+    pub handover_batches: bool,
     /// The broker every host of the service's cluster shares topics through
     /// (`redis://HOST:PORT`, `nats://HOST:PORT`; checked by [`validate`]); None: topics reach the
     /// workers of this host only.
@@ -302,6 +307,7 @@ impl Service {
             access_log: None,
             recycle: Recycle::default(),
             handover: true,
+            handover_batches: true,
             cluster: None,
         }
     }
@@ -458,6 +464,14 @@ pub struct WorkerSpec {
     /// sees the plugin's state without what the old worker brings.
     #[serde(default)]
     pub await_handover: bool,
+    /// `Service::handover_batches`: as the old worker of a hand-over, move the connections in
+    /// batches when the plugin answers `handover_in_batches` (false: all at once).
+    #[serde(default = "default_handover_batches")]
+    pub handover_batches: bool,
+}
+
+fn default_handover_batches() -> bool {
+    true
 }
 
 /// The worker loop's I/O backend (`--io`, `io` in the config file).
@@ -569,6 +583,7 @@ mod tests {
             cluster: Some("nats://127.0.0.1:4222".into()),
             io: IoBackend::Uring,
             await_handover: true,
+            handover_batches: false,
         };
         assert_eq!(postcard::from_bytes::<WorkerSpec>(&postcard::to_stdvec(&spec).unwrap()).unwrap(), spec);
     }

@@ -170,6 +170,8 @@ struct RawService {
     max_memory: Option<Spanned<Size>>,
     /// Replaced workers hand their connections over (default) or drain them (false).
     handover: Option<bool>,
+    /// A plugin that can is handed over in batches (default) or all at once (false).
+    handover_batches: Option<bool>,
     /// Seconds the replacement may take to adopt (from the worker state sent) before it is
     /// killed and the old worker takes back what it did not acknowledge.
     handover_timeout: Option<Spanned<u64>>,
@@ -416,6 +418,7 @@ impl RawService {
         };
         let recycle = config::Recycle { max_requests: self.max_requests.unwrap_or(0), max_memory };
         let handover = self.handover.unwrap_or(true);
+        let handover_batches = self.handover_batches.unwrap_or(true);
         if let Some(url) = &self.cluster {
             if let Err(e) = crate::cluster::url::parse(url.get_ref()) {
                 return Err(invalid(url.span(), format!("cluster: {e}")));
@@ -433,6 +436,7 @@ impl RawService {
             access_log,
             recycle,
             handover,
+            handover_batches,
             cluster,
         };
         // What the flags refuse, the file refuses too (a backstop: the checks above name the keys).
@@ -514,6 +518,7 @@ listen = "127.0.0.1:8080"
 count = 4
 reloadable = false
 handover = false
+handover_batches = false
 handover_timeout = 3
 user = "www-data"
 group = "www-data"
@@ -564,6 +569,7 @@ root = "/srv/www"
                 access_log: Some("/etc/host/logs/web.access.log".into()),
                 recycle: config::Recycle { max_requests: 10_000, max_memory: 256 << 20 },
                 handover: false,
+                handover_batches: false,
                 cluster: None,
             },
             reloadable: false,

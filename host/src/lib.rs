@@ -122,7 +122,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Start(ref cmd)) => start(global, cmd),
         Some(Command::Restart(ref cmd)) => restart(global, cmd),
         Some(Command::Stop { graceful }) => with_logging(global, |g| client::stop(&pid_file(g)?, graceful)),
-        Some(Command::Reload { graceful }) => with_logging(global, |g| client::reload(&pid_file(g)?, graceful)),
+        Some(Command::Reload { graceful, handovers }) => {
+            with_logging(global, |g| client::reload(&pid_file(g)?, graceful, handovers))
+        }
         Some(Command::Upgrade) => with_logging(global, |g| client::upgrade(&pid_file(g)?)),
         Some(Command::UpgradeCheck) => with_logging(global, |_| upgrade_check()),
         Some(Command::Status { live, json }) => with_logging(global, |g| client::status(&pid_file(g)?, live, json)),

@@ -20,6 +20,8 @@ pub enum Request {
     },
     Reload {
         graceful: bool,
+        /// Answer once the hand-overs the reload starts have ended too, with their outcome.
+        handovers: bool,
     },
     Status,
     Connections,
@@ -34,8 +36,10 @@ impl Request {
         match line.trim() {
             "stop" => Some(Request::Stop { graceful: false }),
             "stop graceful" => Some(Request::Stop { graceful: true }),
-            "reload" => Some(Request::Reload { graceful: false }),
-            "reload graceful" => Some(Request::Reload { graceful: true }),
+            "reload" => Some(Request::Reload { graceful: false, handovers: false }),
+            "reload graceful" => Some(Request::Reload { graceful: true, handovers: false }),
+            "reload handovers" => Some(Request::Reload { graceful: false, handovers: true }),
+            "reload graceful handovers" => Some(Request::Reload { graceful: true, handovers: true }),
             "status" => Some(Request::Status),
             "connections" => Some(Request::Connections),
             "upgrade" => Some(Request::Upgrade),
@@ -48,8 +52,10 @@ impl Request {
         match self {
             Request::Stop { graceful: false } => "stop\n",
             Request::Stop { graceful: true } => "stop graceful\n",
-            Request::Reload { graceful: false } => "reload\n",
-            Request::Reload { graceful: true } => "reload graceful\n",
+            Request::Reload { graceful: false, handovers: false } => "reload\n",
+            Request::Reload { graceful: true, handovers: false } => "reload graceful\n",
+            Request::Reload { graceful: false, handovers: true } => "reload handovers\n",
+            Request::Reload { graceful: true, handovers: true } => "reload graceful handovers\n",
             Request::Status => "status\n",
             Request::Connections => "connections\n",
             Request::Upgrade => "upgrade\n",
@@ -232,8 +238,10 @@ mod tests {
         for r in [
             Request::Stop { graceful: false },
             Request::Stop { graceful: true },
-            Request::Reload { graceful: false },
-            Request::Reload { graceful: true },
+            Request::Reload { graceful: false, handovers: false },
+            Request::Reload { graceful: true, handovers: false },
+            Request::Reload { graceful: false, handovers: true },
+            Request::Reload { graceful: true, handovers: true },
             Request::Status,
             Request::Connections,
             Request::Upgrade,

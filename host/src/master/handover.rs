@@ -9,12 +9,13 @@
 use std::time::Duration;
 
 use super::process::Processes;
-use super::slots::WorkerId;
+use super::slots::{ClientId, WorkerId};
 use super::supervisor::{Output, Supervisor};
 use nix::sys::signal::Signal;
 
 use super::slots::Kill;
 use crate::ctl::{Fallback, HandoverReport, ToWorker, HANDOVER_END_WAIT_MS};
+use crate::status::Answer;
 
 /// The first worker protocol with hand-overs.
 pub const HANDOVER_PROTOCOL: u32 = 7;
@@ -37,7 +38,128 @@ pub struct HandoverTotals {
     pub last: Option<HandoverReport>,
 }
 
+/// The answer to a `host reload --handovers`, held until the hand-overs under way when its chain
+/// ended have ended too (each old worker's `HandedOver`, or its exit without one: its kill
+/// deadline bounds the wait); then it says what they did.
+#[derive(Debug)]
+pub struct HeldAnswer {
+    client: ClientId,
+    answer: Answer,
+    /// The old workers whose hand-over has not ended yet.
+    handing: Vec<WorkerId>,
+    moved: u64,
+    sessions: u64,
+    drained: u64,
+    failed: u64,
+    /// Old workers that ended without a report (killed at their deadline, say).
+    unreported: u64,
+}
+
+impl HeldAnswer {
+    /// The chain's answer with the hand-overs' outcome after it.
+    fn finish(self) -> Answer {
+        let ended = self.moved + self.sessions + self.drained + self.failed + self.unreported;
+        let mut note = match ended {
+            0 => "; no hand-over".to_string(),
+            _ => format!("; hand-overs: {} connections moved", self.moved),
+        };
+        if self.sessions > 0 {
+            note.push_str(&format!(", {} UDP sessions moved", self.sessions));
+        }
+        if ended > 0 {
+            note.push_str(&format!(", {} drained", self.drained));
+        }
+        if self.failed > 0 {
+            note.push_str(&format!(", {} failed", self.failed));
+        }
+        if self.unreported > 0 {
+            note.push_str(&format!(", {} ended without a report", self.unreported));
+        }
+        match self.answer {
+            Answer::Ok { message, wait_ms } => Answer::Ok { message: message + &note, wait_ms },
+            Answer::Refused { message } => Answer::Refused { message: message + &note },
+            Answer::Error { message } => Answer::Error { message: message + &note },
+            other => other,
+        }
+    }
+}
+
 impl<P: Processes> Supervisor<P> {
+    /// `client` asked (`host reload --handovers`) to hear, with its reload's outcome, how the
+    /// hand-overs the reload starts ended.
+    pub fn answer_after_handovers(&mut self, client: ClientId) {
+        self.after_handovers.push(client);
+    }
+
+    /// Answers `waiters` with a reload's `answer`; a waiter that asked for the hand-overs'
+    /// outcome hears it once the hand-overs under way now have ended.
+    pub(in crate::master) fn answer_reload(&mut self, waiters: &[ClientId], answer: &Answer) {
+        let handing: Vec<WorkerId> =
+            self.slots.workers().filter(|w| w.handing_over_to.is_some()).map(|w| w.id).collect();
+        // A master that stops answers at once (its reload was abandoned).
+        let stopping = self.phase == super::supervisor::Phase::Stopping;
+        for &client in waiters {
+            let asked = self.after_handovers.iter().position(|&c| c == client);
+            if let Some(i) = asked {
+                self.after_handovers.swap_remove(i);
+            }
+            let Some(_) = asked.filter(|_| !stopping) else {
+                self.out.push(Output::Answer(client, answer.clone()));
+                continue;
+            };
+            let held = HeldAnswer {
+                client,
+                answer: answer.clone(),
+                handing: handing.clone(),
+                moved: 0,
+                sessions: 0,
+                drained: 0,
+                failed: 0,
+                unreported: 0,
+            };
+            match handing.is_empty() {
+                true => self.out.push(Output::Answer(client, held.finish())),
+                false => self.held_answers.push(held),
+            }
+        }
+    }
+
+    /// The master stops: the answers held for hand-overs go now, with what ended so far (the
+    /// rest counted as ended without a report).
+    pub(in crate::master) fn answer_held_now(&mut self) {
+        for mut held in std::mem::take(&mut self.held_answers) {
+            held.unreported += held.handing.len() as u64;
+            let client = held.client;
+            self.out.push(Output::Answer(client, held.finish()));
+        }
+    }
+
+    /// `id`'s hand-over ended with `report`, or will not report (None: it did not start, or the
+    /// worker is gone): the held answers that waited for it count it, and those that wait for
+    /// nothing more go.
+    pub(in crate::master) fn settle_held_answers(&mut self, id: WorkerId, report: Option<&HandoverReport>) {
+        for held in &mut self.held_answers {
+            let Some(i) = held.handing.iter().position(|&w| w == id) else { continue };
+            held.handing.swap_remove(i);
+            match report {
+                Some(r) => {
+                    held.moved += r.moved;
+                    held.sessions += r.sessions;
+                    held.drained += r.stayed;
+                    held.failed += (r.failure.is_some() && r.attempted) as u64;
+                }
+                None => held.unreported += 1,
+            }
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.held_answers).into_iter().partition(|h| h.handing.is_empty());
+        self.held_answers = waiting;
+        for held in done {
+            let client = held.client;
+            self.out.push(Output::Answer(client, held.finish()));
+        }
+    }
+
     /// Retires `old` (if any), replaced in its slot by `new`: a hand-over when the service has
     /// it on, else a drain (graceful) or a stop, with the kill deadline after either. A `new`
     /// that waits for a hand-over that does not come is told to serve (`Serve`).
@@ -133,6 +255,7 @@ impl<P: Processes> Supervisor<P> {
         if let Some(w) = self.slots.worker_mut(old) {
             w.handing_over_to = None;
         }
+        self.settle_held_answers(old, None);
     }
 
     /// An old worker's hand-over ended: the log line, and the service's totals.
@@ -161,6 +284,7 @@ impl<P: Processes> Supervisor<P> {
         totals.stayed += report.stayed;
         totals.state_bytes += report.state_bytes;
         totals.last = Some(report.clone());
+        self.settle_held_answers(id, Some(&report));
         self.out.push(Output::HandedOver(report));
     }
 }

@@ -746,7 +746,12 @@ impl Master {
                 self.answer_all(&[client], &Answer::Ok { message, wait_ms: wait.as_millis() as u64 });
                 self.sup.stop(graceful);
             }
-            Request::Reload { graceful } => self.sup.request_reload(graceful, Trigger::Command, Some(client)),
+            Request::Reload { graceful, handovers } => {
+                if handovers {
+                    self.sup.answer_after_handovers(client);
+                }
+                self.sup.request_reload(graceful, Trigger::Command, Some(client))
+            }
             Request::Status => self.start_gather(ReportKind::Status, Requester::Control(client)),
             Request::Connections => self.start_gather(ReportKind::Connections, Requester::Control(client)),
             Request::Upgrade => self.upgrade(Some(client)),

@@ -138,6 +138,10 @@ pub struct Supervisor<P> {
     pub handovers: BTreeMap<String, super::handover::HandoverTotals>,
     /// The workers' I/O backend (`--io`).
     pub(in crate::master) io: crate::config::IoBackend,
+    /// Control clients whose reload answers after its hand-overs (`host reload --handovers`),
+    /// until their reload ends; then their answers wait in `held_answers`.
+    pub(in crate::master) after_handovers: Vec<super::slots::ClientId>,
+    pub(in crate::master) held_answers: Vec<super::handover::HeldAnswer>,
 }
 
 impl<P: Processes> Supervisor<P> {
@@ -176,6 +180,8 @@ impl<P: Processes> Supervisor<P> {
             steered: BTreeMap::new(),
             tickets: Default::default(),
             handovers: BTreeMap::new(),
+            after_handovers: Vec::new(),
+            held_answers: Vec::new(),
         }
     }
 
@@ -285,6 +291,7 @@ impl<P: Processes> Supervisor<P> {
             cluster: state.service.cluster.clone(),
             io: self.io,
             await_handover: false,
+            handover_batches: state.service.handover_batches,
         }
     }
 
@@ -451,6 +458,8 @@ impl<P: Processes> Supervisor<P> {
 
     /// A worker exited (reaped by [`Supervisor::take_exits`]).
     pub fn worker_exited(&mut self, id: WorkerId, exit: &Exit) {
+        // An old worker gone before its hand-over's report: the answers that waited for it go.
+        self.settle_held_answers(id, None);
         let slot = self.slots.worker(id).and_then(|w| self.slots.slot(w.key));
         let replacing = slot.filter(|s| s.replacement() == Some(id)).and_then(|s| s.replacing());
         let Some((w, role)) = self.slots.remove(id) else { return };
@@ -610,6 +619,7 @@ impl<P: Processes> Supervisor<P> {
         self.phase = Phase::Stopping;
         let fx = self.reloader.stop();
         self.apply(fx);
+        self.answer_held_now();
         self.slots.cancel_restarts();
         self.retire_all(graceful);
     }
@@ -1080,6 +1090,51 @@ mod tests {
             let drained = out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Drain { .. }) if *id == old));
             let served = out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Serve) if *id == new[0]));
             assert_eq!((handed, drained, served), (handover, !handover, !handover), "handover = {handover}: {out:?}");
+        }
+    }
+
+    // `host reload --handovers`: the answer waits for the hand-over the reload began, then says
+    // what it did; an old worker that exits without a report (killed at its deadline) ends the
+    // wait too, and so does a master that stops. (A client that did not ask hears the chain's
+    // end at once: the tests above.)
+    #[test]
+    fn a_reload_asked_with_handovers_answers_once_they_ended() {
+        for how in ["reported", "killed", "stopped"] {
+            let mut sup = started(vec![(state("http", 1, true), Some(1))]);
+            let old = serving(&sup, 0, 0).unwrap();
+            sup.answer_after_handovers(ClientId(7));
+            sup.request_reload(true, Trigger::Command, Some(ClientId(7)));
+            let out = outputs(&mut sup);
+            sup.checked(done(checks(&out)[0], 2));
+            let new = attached(&outputs(&mut sup));
+            sup.worker_ready(new[0]);
+            let out = outputs(&mut sup);
+            assert!(out.iter().any(|o| matches!(o, Output::HandOver { old: o, .. } if *o == old)), "{out:?}");
+            assert!(!out.iter().any(|o| matches!(o, Output::Answer(..))), "not before the hand-over ended: {out:?}");
+            match how {
+                "reported" => sup.handed_over(
+                    old,
+                    crate::ctl::HandoverReport { attempted: true, moved: 3, stayed: 1, ..Default::default() },
+                ),
+                "killed" => {
+                    let p = pid(&sup, old);
+                    sup.procs().exit(p, "signal SIGKILL");
+                    sup.reap();
+                }
+                _ => sup.stop(true),
+            }
+            let out = outputs(&mut sup);
+            let message = out.iter().find_map(|o| match o {
+                Output::Answer(ClientId(7), Answer::Ok { message, .. }) => Some(message.clone()),
+                _ => None,
+            });
+            let message = message.unwrap_or_else(|| panic!("no answer: {out:?}"));
+            let outcome = match how {
+                "reported" => "; hand-overs: 3 connections moved, 1 drained",
+                _ => "; hand-overs: 0 connections moved, 0 drained, 1 ended without a report",
+            };
+            assert!(message.starts_with("reload done: 1 workers replaced") && message.ends_with(outcome), "{message}");
+            assert!(sup.held_answers.is_empty() && sup.after_handovers.is_empty());
         }
     }
 

@@ -6,6 +6,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
@@ -39,16 +40,27 @@ pub fn sealable_memfd(name: &str) -> io::Result<std::fs::File> {
 /// few more tries over about a second are made before the error is the caller's.
 pub fn seal(fd: &impl AsRawFd) -> io::Result<()> {
     let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
-    let mut pause = std::time::Duration::from_millis(1);
-    for _ in 0..10 {
-        match fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals)) {
-            Err(nix::errno::Errno::EBUSY) => std::thread::sleep(pause),
-            done => return done.map(drop).map_err(io::Error::from),
+    retry_busy(|| fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals)).map(drop), std::thread::sleep)
+}
+
+/// How many times [`seal`] tries again after `EBUSY`, waiting 1 ms, then twice as long each time
+/// up to [`SEAL_MAX_PAUSE`]: about 0.65 s of waiting in all.
+const SEAL_RETRIES: usize = 10;
+const SEAL_MAX_PAUSE: Duration = Duration::from_millis(200);
+
+/// Runs `attempt` until it succeeds or fails with anything but `EBUSY`, at most
+/// `1 + SEAL_RETRIES` times, calling `wait` with the pause before each retry; the last `EBUSY`
+/// is the caller's.
+fn retry_busy(mut attempt: impl FnMut() -> nix::Result<()>, mut wait: impl FnMut(Duration)) -> io::Result<()> {
+    let mut pause = Duration::from_millis(1);
+    for _ in 0..SEAL_RETRIES {
+        match attempt() {
+            Err(nix::errno::Errno::EBUSY) => wait(pause),
+            done => return done.map_err(io::Error::from),
         }
-        pause = (pause * 2).min(std::time::Duration::from_millis(200));
+        pause = (pause * 2).min(SEAL_MAX_PAUSE);
     }
-    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
-    Ok(())
+    attempt().map_err(io::Error::from)
 }
 
 /// Whether a memfd is sealed as [`seal`] seals it (a hand-over's receiver trusts no other).
@@ -131,6 +143,58 @@ mod tests {
         let map = SealedMap::map(&fd, 11).unwrap();
         drop(fd);
         assert_eq!(map.as_slice(), b"state bytes", "the mapping outlives the descriptor");
+    }
+
+    // The retry loop with injected answers: `EBUSY` twice, then done; `EBUSY` for good, given
+    // up after the bounded tries and pauses; another error at once, without a pause.
+    #[test]
+    fn sealing_tries_again_on_ebusy_only_and_for_a_bounded_time() {
+        use nix::errno::Errno;
+        let run = |answers: &[nix::Result<()>]| {
+            let (mut tries, mut pauses) = (0, Vec::new());
+            let result = retry_busy(
+                || {
+                    tries += 1;
+                    answers.get(tries - 1).copied().unwrap_or(Err(Errno::EBUSY))
+                },
+                |d| pauses.push(d.as_millis() as u64),
+            );
+            (result.map_err(|e| e.raw_os_error()), tries, pauses)
+        };
+        assert_eq!(run(&[Err(Errno::EBUSY), Err(Errno::EBUSY), Ok(())]), (Ok(()), 3, vec![1, 2]));
+        let (result, tries, pauses) = run(&[]);
+        assert_eq!((result, tries), (Err(Some(nix::libc::EBUSY)), 1 + SEAL_RETRIES));
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 64, 128, 200, 200]);
+        assert_eq!(run(&[Err(Errno::EPERM)]), (Err(Some(nix::libc::EPERM)), 1, vec![]));
+        assert_eq!(run(&[Ok(())]), (Ok(()), 1, vec![]));
+    }
+
+    // A real `EBUSY`: `F_SEAL_WRITE` is refused while a writable shared mapping of the file
+    // exists. `seal` tries again, then says so (and seals once the mapping is gone).
+    #[test]
+    fn sealing_a_memfd_mapped_for_writing_fails_with_ebusy_after_the_retries() {
+        let mut file = sealable_memfd("test-busy").unwrap();
+        file.write_all(&[7; 4096]).unwrap();
+        // SAFETY: a fresh shared writable mapping of one page of a file we own, at an address
+        // the kernel picks (it aliases nothing of ours); nothing reads or writes through it, and
+        // it is unmapped below before the file is used again.
+        let ptr = unsafe {
+            nix::libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                nix::libc::PROT_READ | nix::libc::PROT_WRITE,
+                nix::libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(ptr, nix::libc::MAP_FAILED, "{}", io::Error::last_os_error());
+        let busy = seal(&file).unwrap_err();
+        assert_eq!(busy.raw_os_error(), Some(nix::libc::EBUSY), "{busy}");
+        // SAFETY: unmaps exactly the mapping made above; no reference into it exists.
+        assert_eq!(unsafe { nix::libc::munmap(ptr, 4096) }, 0);
+        seal(&file).unwrap();
+        assert!(is_sealed(&file).unwrap());
     }
 
     #[test]

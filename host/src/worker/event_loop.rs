@@ -84,6 +84,9 @@ pub(super) struct Worker {
     /// A replacement started awaiting its predecessor's hand-over (`WorkerSpec::await_handover`):
     /// it accepts nothing until `Adopt` (then until the hand-over ends) or `Serve`.
     awaiting_handover: bool,
+    /// As the old worker of a hand-over, move a plugin's connections in batches when it can
+    /// (`WorkerSpec::handover_batches`); false: all at once.
+    handover_batches: bool,
     /// `--io uring`: the connections' receives and sends go through this ring, which also
     /// watches the poll (`worker/uring`).
     ring: Option<Ring>,
@@ -164,6 +167,7 @@ impl Worker {
             plugin_name: loaded.name.clone(),
             handover: None,
             awaiting_handover: spec.await_handover,
+            handover_batches: spec.handover_batches,
             ring,
             ring_events: Vec::new(),
             ring_accepts: false,

@@ -279,6 +279,7 @@ mod tests {
             cluster: None,
             io: Default::default(),
             await_handover: false,
+            handover_batches: true,
         }
     }
 

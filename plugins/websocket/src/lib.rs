@@ -58,14 +58,7 @@ mod tests {
             }
             fn on_message(&mut self, _ws: &mut Ws<'_, '_>, _conn: ConnId, _msg: Message<'_>) {}
         }
-        let info = WorkerInfo {
-            service: "t".into(),
-            slot: 0,
-            pid: 1,
-            max_package_size: 1 << 20,
-            max_send_buffer: 1 << 20,
-            worker_count: Some(1),
-        };
+        let info = plugin_api::testing::TestHost::default().worker_info();
         assert!(WebSocket::<Echo>::new("", &info).unwrap().handover_in_batches());
         assert!(!WebSocket::<Room>::new("", &info).unwrap().handover_in_batches());
     }

@@ -98,30 +98,35 @@ fn a_recycled_worker_hands_its_connection_over() {
     assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
 }
 
-// A plain reload (`host reload`, old workers stop at once) hands over too, and what the client
-// sends while it runs is not lost.
-#[test]
-fn a_plain_reload_hands_over_what_arrives_meanwhile() {
-    let mut host = Host::start("text", &["--count", "2"]);
-    let mut clients: Vec<Client> = (0..6).map(|_| Client::connect(host.port())).collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(format!("before {i}\n").as_bytes());
-        assert_eq!(read_line(c), format!("before {i}\n"));
-    }
+/// `n` clients, each with a line echoed, send `during {i}` while `host <args>` runs; once the
+/// log says `moved` (when given), each reads its line back and has `after {i}` echoed: nothing
+/// lost, repeated or reordered, no connection closed, no hand-over failed.
+fn lines_sent_during_a_reload_arrive(host: &mut Host, n: usize, args: &[&str], moved: Option<&str>) {
+    let mut clients = clients_with_a_line(host, n, false);
     let writers: Vec<_> = clients.iter().map(Client::writer).collect();
     let during = std::thread::spawn(move || {
         for (i, mut w) in writers.into_iter().enumerate() {
             std::io::Write::write_all(&mut w, format!("during {i}\n").as_bytes()).expect("the connection is open");
         }
     });
-    reload(&mut host, &["reload"]);
+    reload(host, args);
     during.join().unwrap();
+    if let Some(moved) = moved {
+        host.log().wait_for(moved, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}: {}", host.log_text()));
+    }
     for (i, c) in clients.iter_mut().enumerate() {
         assert_eq!(read_line(c), format!("during {i}\n"));
-        c.send(format!("after {i}\n").as_bytes());
-        assert_eq!(read_line(c), format!("after {i}\n"));
     }
+    each_answers(&mut clients, "after", "after", "still connected");
     assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+}
+
+// A plain reload (`host reload`, old workers stop at once) hands over too, and what the client
+// sends while it runs is not lost.
+#[test]
+fn a_plain_reload_hands_over_what_arrives_meanwhile() {
+    let mut host = Host::start("text", &["--count", "2"]);
+    lines_sent_during_a_reload_arrive(&mut host, 6, &["reload"], None);
 }
 
 // More connections than one frame carries (253 descriptors): every one moves, its socket lent
@@ -133,27 +138,30 @@ fn a_plain_reload_hands_over_what_arrives_meanwhile() {
 fn connections_of_several_frames_all_move_with_what_they_sent_meanwhile() {
     const N: usize = 600;
     let mut host = Host::start("text", &["--count", "1"]);
-    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(format!("before {i}\n").as_bytes());
-        assert_eq!(read_line(c), format!("before {i}\n"));
-    }
-    let writers: Vec<_> = clients.iter().map(Client::writer).collect();
-    let during = std::thread::spawn(move || {
-        for (i, mut w) in writers.into_iter().enumerate() {
-            std::io::Write::write_all(&mut w, format!("during {i}\n").as_bytes()).expect("the connection is open");
-        }
-    });
-    reload(&mut host, &["reload", "-g"]);
-    during.join().unwrap();
     let moved = format!("hand-over: {N} connections moved");
-    host.log().wait_for(&moved, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}: {}", host.log_text()));
-    for (i, c) in clients.iter_mut().enumerate() {
-        assert_eq!(read_line(c), format!("during {i}\n"));
-        c.send(format!("after {i}\n").as_bytes());
-        assert_eq!(read_line(c), format!("after {i}\n"));
-    }
-    assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+    lines_sent_during_a_reload_arrive(&mut host, N, &["reload", "-g"], Some(&moved));
+}
+
+// `host reload -g --handovers` answers once the hand-overs it began have ended, with their
+// outcome (a plain `reload -g` answers at the chain's end: `a_slow_replacement_continued`); by
+// then every client was moved, and each is answered by the new worker.
+#[test]
+fn reload_with_handovers_answers_with_their_outcome() {
+    const N: usize = 3;
+    let mut host = Host::start("text", &["--count", "1", "--drain-timeout", "30"]);
+    let old = host.worker_pids();
+    let mut clients = clients_with_a_line(&mut host, N, false);
+    let out = host.command(["reload", "-g", "--handovers"], RELOAD_TIMEOUT);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("reload done: 1 workers replaced"), "{}", out.stdout);
+    assert!(
+        out.stdout.trim_end().ends_with(&format!("; hand-overs: {N} connections moved, 0 drained")),
+        "{}",
+        out.stdout
+    );
+    each_answers(&mut clients, "after", "after", "still connected");
+    let pids = open_connections(&mut host);
+    assert!(pids.len() == N && !pids.contains(&old[0]), "every connection in the new worker: {pids:?}");
 }
 
 // `--no-handover` keeps the drain: the half line is finished by the old worker, which then
@@ -170,10 +178,110 @@ fn no_handover_drains_as_before() {
     assert_eq!(host.log().count("hand-over"), 0, "{}", host.log_text());
 }
 
-/// fixture_crash taking part in hand-overs, its replacement failing as `adopt` says.
+/// fixture_crash taking part in hand-overs, with `config` (more `key = "value"` lines: how its
+/// replacement or its old worker misbehaves) and `args`.
+fn fixture_crash(config: &str, args: &[&str]) -> Host {
+    let config = format!("handover = \"on\"\n{config}");
+    let mut all = vec!["--plugin-config", config.as_str()];
+    all.extend_from_slice(args);
+    Host::start("fixture_crash", &all)
+}
+
+/// The flags of the tests whose replacement is stuck or slow: a long drain, a short hand-over.
+const STUCK_ARGS: [&str; 4] = ["--drain-timeout", "30", "--handover-timeout", "1"];
+
+/// fixture_crash with its replacement failing as `adopt` says.
 fn failing_replacement(adopt: &str) -> Host {
-    let config = format!("handover = \"on\"\nadopt = \"{adopt}\"\n");
-    Host::start("fixture_crash", &["--plugin-config", &config, "--drain-timeout", "30"])
+    fixture_crash(&format!("adopt = \"{adopt}\"\n"), &["--drain-timeout", "30"])
+}
+
+/// `n` clients, each having sent `before {i}` and read its echo; with `half`, each also sent the
+/// half line `hal`, which the worker has read (`half_line_read`).
+fn clients_with_a_line(host: &mut Host, n: usize, half: bool) -> Vec<Client> {
+    let mut clients: Vec<Client> = (0..n).map(|_| Client::connect(host.port())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let first = format!("before {i}\n");
+        match half {
+            true => half_line_read(host, c, first.as_bytes(), b"hal"),
+            false => {
+                c.send(first.as_bytes());
+                assert_eq!(read_line(c), first);
+            }
+        }
+    }
+    clients
+}
+
+/// Each client sends `{prefix} {i}` and must hear `{answer} {i}` back (`half` and the client's
+/// half line completed by `f`, or its line echoed).
+fn each_answers(clients: &mut [Client], prefix: &str, answer: &str, why: &str) {
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("{prefix} {i}\n").as_bytes());
+        assert_eq!(read_line(c), format!("{answer} {i}\n"), "client {i}: {why}");
+    }
+}
+
+/// `reload -g` to a replacement that stops itself while adopting (fixture_crash's
+/// `adopt = "stop"`), continued once the old worker's deadline passed (it keeps what it was
+/// sent, and has `HANDOVER_CANCEL_WAIT_MS` to answer): its pid and the old worker's `hand-over
+/// ended` line, once it is seen that the replacement was neither ended nor killed.
+fn a_slow_replacement_continued(host: &mut Host) -> (i32, String) {
+    // `reload -g` answers once the slot's replacement is ready, before the hand-over it begins
+    // has ended (it cannot end while the replacement is stopped): docs/architecture.md, "The
+    // reload pipeline".
+    let out = host.command(["reload", "-g"], RELOAD_TIMEOUT);
+    assert!(
+        out.status.success() && out.stdout.contains("reload done: 1 workers replaced"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let new = stopped_replacement(host);
+    assert_eq!(host.log().count("hand-over ended"), 0, "{}", host.log_text());
+    host.log()
+        .wait_for("the replacement did not adopt in time; it keeps what it was sent", LOG_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    continue_once_stopped(new);
+    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!matches!(process_state(new), None | Some('Z')), "the replacement was ended: {}", host.log_text());
+    assert_eq!(host.log().count("killing it"), 0, "{}", host.log_text());
+    (new, line)
+}
+
+/// Each open connection once (`host connections`): `moved` in the replacement `new`, `stayed` in
+/// the old worker, none elsewhere.
+fn assert_each_once_in(host: &mut Host, (new, moved): (i32, usize), (old, stayed): (i32, usize)) {
+    let pids = open_connections(host);
+    let in_new = pids.iter().filter(|&&p| p == new).count();
+    let in_old = pids.iter().filter(|&&p| p == old).count();
+    assert_eq!((in_new, in_old, pids.len()), (moved, stayed, moved + stayed), "{pids:?}");
+}
+
+/// The `pid=` of a log line.
+fn pid_in(line: &str) -> i32 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line}"))
+}
+
+/// After a `reload -g` to a fixture_crash whose replacement stops itself while adopting
+/// (`adopt = "stop"`): the replacement's pid.
+fn stopped_replacement(host: &Host) -> i32 {
+    pid_in(&host.log().wait_for("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// The number `name=N` of a log line.
+fn field_of(line: &str, name: &str) -> usize {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+/// The pid of the worker serving each open connection (`host connections`), one a connection.
+fn open_connections(host: &mut Host) -> Vec<i32> {
+    let out = host.command(["connections"], Duration::from_secs(5));
+    let rows = out.stdout.lines().filter(|l| l.contains(" open"));
+    rows.map(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{r}"))).collect()
 }
 
 // The replacement dies while adopting: the old worker takes its connections back and serves
@@ -202,13 +310,9 @@ fn a_replacement_that_crashes_while_adopting_loses_nothing() {
 #[test]
 fn a_replacement_that_dies_mid_way_through_the_batches_loses_only_what_it_acknowledged() {
     const N: usize = 400;
-    let config = "handover = \"on\"\nbatches = \"on\"\nadopt = \"abort\"\nabort_after = \"300\"\n";
-    let mut host = Host::start("fixture_crash", &["--plugin-config", config, "--drain-timeout", "30"]);
-    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(format!("before {i}\n").as_bytes());
-        assert_eq!(read_line(c), format!("before {i}\n"));
-    }
+    let config = "batches = \"on\"\nadopt = \"abort\"\nabort_after = \"300\"\n";
+    let mut host = fixture_crash(config, &["--drain-timeout", "30"]);
+    let mut clients = clients_with_a_line(&mut host, N, false);
     reload(&mut host, &["reload", "-g"]);
     let line = host.log().wait_for("hand-over failed", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     // The old worker learns it from the channel's end, a reset, or (a later batch on its way as
@@ -227,6 +331,11 @@ fn a_replacement_that_dies_mid_way_through_the_batches_loses_only_what_it_acknow
         }
     }
     assert_eq!((closed, answered), (256, N - 256), "{}", host.log_text());
+    // The report counts every connection that stayed, those not taken out yet included.
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let row = &json["handovers"][0];
+    assert_eq!((&row["failed"], &row["moved"], &row["drained"]), (&1.into(), &256.into(), &(N - 256).into()), "{json}");
 }
 
 // A replacement stuck after it accepted the offer (fixture_crash stops itself with SIGSTOP
@@ -242,22 +351,12 @@ fn a_replacement_stuck_after_accepting_is_ended_before_the_old_worker_takes_its_
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     const N: usize = 3;
-    let config = "handover = \"on\"\nadopt = \"stop\"\n";
-    let args = ["--plugin-config", config, "--drain-timeout", "30", "--handover-timeout", "1"];
-    let mut host = Host::start("fixture_crash", &args);
+    let mut host = fixture_crash("adopt = \"stop\"\n", &STUCK_ARGS);
     let old = host.worker_pids();
     assert_eq!(old.len(), 1, "one worker: {old:?}");
-    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        half_line_read(&mut host, c, format!("before {i}\n").as_bytes(), b"hal");
-    }
+    let mut clients = clients_with_a_line(&mut host, N, true);
     reload(&mut host, &["reload", "-g"]);
-    let stopped = host.log().wait_for("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let new: i32 = stopped
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
-        .next()
-        .unwrap_or_else(|| panic!("no pid in {stopped}"));
+    let new = stopped_replacement(&host);
     let line = host.log().wait_for("hand-over failed", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     // Were it still there, this would let it go on adopting.
     let _ = kill(Pid::from_raw(new), Signal::SIGCONT);
@@ -269,16 +368,9 @@ fn a_replacement_stuck_after_accepting_is_ended_before_the_old_worker_takes_its_
         "{}",
         host.log_text()
     );
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(format!("f {i}\n").as_bytes());
-        assert_eq!(read_line(c), format!("half {i}\n"), "the old worker completes the line it had read half of");
-    }
+    each_answers(&mut clients, "f", "half", "the old worker completes the line it had read half of");
     assert!(host.worker_pids().contains(&old[0]), "the old worker drains on");
-    // Each connection once, in the old worker.
-    let out = host.command(["connections"], Duration::from_secs(5));
-    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.contains(" open")).collect();
-    assert_eq!(rows.len(), N, "{}", out.stdout);
-    assert!(rows.iter().all(|r| r.starts_with(&format!("{} ", old[0]))), "{}", out.stdout);
+    assert_eq!(open_connections(&mut host), [old[0]; N], "each connection once, in the old worker");
 }
 
 // The replacement does not give up on its own once it accepted the offer, and the old worker's
@@ -288,32 +380,22 @@ fn a_replacement_stuck_after_accepting_is_ended_before_the_old_worker_takes_its_
 // adopts: every connection moves, the line read half of is completed by the new worker.
 #[test]
 fn an_old_worker_slow_to_write_its_state_still_hands_over() {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
     const N: usize = 3;
-    let config = "handover = \"on\"\nexport = \"stop\"\n";
-    let args = ["--plugin-config", config, "--drain-timeout", "30", "--handover-timeout", "1"];
-    let mut host = Host::start("fixture_crash", &args);
+    let mut host = fixture_crash("export = \"stop\"\n", &STUCK_ARGS);
     let old = host.worker_pids();
-    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        half_line_read(&mut host, c, format!("before {i}\n").as_bytes(), b"hal");
-    }
+    let mut clients = clients_with_a_line(&mut host, N, true);
     reload(&mut host, &["reload", "-g"]);
     let stopped = host.log().wait_for("stops itself while exporting", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(stopped.contains(&format!("pid={}", old[0])), "{stopped}");
+    assert_eq!(pid_in(&stopped), old[0], "{stopped}");
     host_tests::poll_until(LOG_TIMEOUT, || (process_state(old[0]) == Some('T')).then_some(()))
         .expect("the old worker did not stop");
     // Not a synchronisation: the timeout under test passes (the replacement's, had it kept one
     // after accepting, and the old worker's own, had it counted the export).
     std::thread::sleep(Duration::from_millis(2500));
-    kill(Pid::from_raw(old[0]), Signal::SIGCONT).expect("SIGCONT the old worker");
+    continue_once_stopped(old[0]);
     let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(line.contains(&format!("moved={N} ")) && line.contains(" stayed=0 "), "{line}\n{}", host.log_text());
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(format!("f {i}\n").as_bytes());
-        assert_eq!(read_line(c), format!("half {i}\n"), "the new worker completes the line");
-    }
+    each_answers(&mut clients, "f", "half", "the new worker completes the line");
 }
 
 // A replacement slower than `handover_timeout` but not stuck is not killed: at its deadline the
@@ -323,43 +405,15 @@ fn an_old_worker_slow_to_write_its_state_still_hands_over() {
 // closed (killed, it would have taken the connections it acknowledged down with it).
 #[test]
 fn a_replacement_slower_than_the_timeout_keeps_what_it_was_sent_and_is_not_killed() {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
     const N: usize = 3;
-    let config = "handover = \"on\"\nadopt = \"stop\"\n";
-    let args = ["--plugin-config", config, "--drain-timeout", "30", "--handover-timeout", "1"];
-    let mut host = Host::start("fixture_crash", &args);
+    let mut host = fixture_crash("adopt = \"stop\"\n", &STUCK_ARGS);
     let old = host.worker_pids();
     assert_eq!(old.len(), 1, "one worker: {old:?}");
-    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        half_line_read(&mut host, c, format!("before {i}\n").as_bytes(), b"hal");
-    }
-    reload(&mut host, &["reload", "-g"]);
-    let stopped = host.log().wait_for("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let new: i32 = stopped
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
-        .next()
-        .unwrap_or_else(|| panic!("no pid in {stopped}"));
-    // The old worker's deadline passed (then the replacement has `HANDOVER_CANCEL_WAIT_MS`).
-    host.log()
-        .wait_for("the replacement did not adopt in time; it keeps what it was sent", LOG_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    kill(Pid::from_raw(new), Signal::SIGCONT).expect("SIGCONT the replacement");
-    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let mut clients = clients_with_a_line(&mut host, N, true);
+    let (new, line) = a_slow_replacement_continued(&mut host);
     assert!(line.contains(&format!("moved={N} ")) && line.contains(" stayed=0 "), "{line}\n{}", host.log_text());
-    assert!(!matches!(process_state(new), None | Some('Z')), "the replacement was ended: {}", host.log_text());
-    assert_eq!(host.log().count("killing it"), 0, "{}", host.log_text());
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(format!("f {i}\n").as_bytes());
-        assert_eq!(read_line(c), format!("half {i}\n"), "the replacement completes the line");
-    }
-    // Each connection once, in the replacement.
-    let out = host.command(["connections"], Duration::from_secs(5));
-    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.contains(" open")).collect();
-    assert_eq!(rows.len(), N, "{}", out.stdout);
-    assert!(rows.iter().all(|r| r.starts_with(&format!("{new} "))), "{}", out.stdout);
+    each_answers(&mut clients, "f", "half", "the replacement completes the line");
+    assert_eq!(open_connections(&mut host), [new; N], "each connection once, in the replacement");
 }
 
 // The same in batches, with more connections than may wait for their acknowledgement at once:
@@ -369,51 +423,71 @@ fn a_replacement_slower_than_the_timeout_keeps_what_it_was_sent_and_is_not_kille
 // every client is answered, each by one worker, none closed.
 #[test]
 fn a_slow_replacement_in_batches_keeps_the_batches_it_was_sent_and_the_rest_stays() {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
     const N: usize = 600;
-    let config = "handover = \"on\"\nbatches = \"on\"\nadopt = \"stop\"\n";
-    let args = ["--plugin-config", config, "--drain-timeout", "30", "--handover-timeout", "1"];
-    let mut host = Host::start("fixture_crash", &args);
+    let mut host = fixture_crash("batches = \"on\"\nadopt = \"stop\"\n", &STUCK_ARGS);
     let old = host.worker_pids();
     assert_eq!(old.len(), 1, "one worker: {old:?}");
-    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(format!("before {i}\n").as_bytes());
-        assert_eq!(read_line(c), format!("before {i}\n"));
-    }
-    reload(&mut host, &["reload", "-g"]);
-    let stopped = host.log().wait_for("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let new: i32 = stopped
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
-        .next()
-        .unwrap_or_else(|| panic!("no pid in {stopped}"));
-    host.log()
-        .wait_for("the replacement did not adopt in time; it keeps what it was sent", LOG_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    kill(Pid::from_raw(new), Signal::SIGCONT).expect("SIGCONT the replacement");
-    let line = host.log().wait_for("hand-over ended", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let field = |name: &str| -> usize {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {line}"))
-    };
-    let (moved, stayed) = (field("moved="), field("stayed="));
+    let mut clients = clients_with_a_line(&mut host, N, false);
+    let (new, line) = a_slow_replacement_continued(&mut host);
+    let (moved, stayed) = (field_of(&line, "moved"), field_of(&line, "stayed"));
     assert!(moved > 0 && stayed > 0 && moved + stayed == N, "{line}\n{}", host.log_text());
     assert!(line.contains("it kept the"), "{line}");
-    assert!(!matches!(process_state(new), None | Some('Z')), "the replacement was ended: {}", host.log_text());
-    assert_eq!(host.log().count("killing it"), 0, "{}", host.log_text());
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(format!("after {i}\n").as_bytes());
-        assert_eq!(read_line(c), format!("after {i}\n"), "client {i}");
+    // What stayed stayed for the timeout: the connections not taken out yet (and the frames not
+    // sent), none refused, none declined.
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let stays = serde_json::json!([["the hand-over timed out", stayed]]);
+    assert_eq!(json["handovers"][0]["last_stays"], stays, "{json}");
+    each_answers(&mut clients, "after", "after", "answered by one worker");
+    assert_each_once_in(&mut host, (new, moved), (old[0], stayed));
+}
+
+// A large hand-over all at once to a slow replacement: 600 connections go in three `Conns`
+// frames (253 descriptors a frame), each connection carrying 4000 bytes of a line it sent and
+// the worker read (about 1 MB a frame). The replacement stops while adopting the first frame;
+// the frames it did not read by then wait in the full socket or behind it, and at the deadline
+// those not handed to the channel yet are dropped (`send::cancel_unsent`): their connections
+// stay (`the hand-over timed out`), `Done` follows what was sent. (How many frames the
+// replacement read before it stopped is the scheduler's business: it may have read them all,
+// then nothing stays; the unit test `cancel_drops_the_frames_stuck_behind_a_full_channel` covers
+// the dropping without processes.) Continued, the replacement adopts what it was sent: every
+// client's line is completed, by one worker, nothing lost.
+#[test]
+fn a_large_hand_over_all_at_once_to_a_slow_replacement_loses_nothing() {
+    const N: usize = 600;
+    const HALF: usize = 4000;
+    let mut host = fixture_crash("adopt = \"stop\"\n", &STUCK_ARGS);
+    let old = host.worker_pids();
+    assert_eq!(old.len(), 1, "one worker: {old:?}");
+    let mut clients = clients_with_a_line(&mut host, N, false);
+    for c in &mut clients {
+        c.send(&[b'x'; HALF]);
     }
-    // Each connection once: those sent in the replacement, the rest in the old worker.
-    let out = host.command(["connections"], Duration::from_secs(5));
-    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.contains(" open")).collect();
-    let in_new = rows.iter().filter(|r| r.starts_with(&format!("{new} "))).count();
-    let in_old = rows.iter().filter(|r| r.starts_with(&format!("{} ", old[0]))).count();
-    assert_eq!((in_new, in_old), (moved, stayed), "{}", out.stdout);
+    // Every half line is in the worker's buffers (then it travels in the frames).
+    host_tests::poll_until(LOG_TIMEOUT, || {
+        let out = host.command(["connections", "--json"], Duration::from_secs(10));
+        let json: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        let read =
+            json["connections"].as_array()?.iter().filter(|r| r["conn"]["bytes_in"].as_u64() >= Some(HALF as u64));
+        (read.count() == N).then_some(())
+    })
+    .expect("the half lines never all reached the worker");
+    let (new, line) = a_slow_replacement_continued(&mut host);
+    let (moved, stayed) = (field_of(&line, "moved"), field_of(&line, "stayed"));
+    assert!(moved >= 253 && moved + stayed == N, "{line}\n{}", host.log_text());
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let stays = match stayed {
+        0 => serde_json::json!([]),
+        _ => serde_json::json!([["the hand-over timed out", stayed]]),
+    };
+    assert_eq!(json["handovers"][0]["last_stays"], stays, "{json}");
+    let whole = format!("{}y\n", "x".repeat(HALF));
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(b"y\n");
+        assert!(read_line(c) == whole, "client {i}: its line was not completed");
+    }
+    assert_each_once_in(&mut host, (new, moved), (old[0], stayed));
 }
 
 // An old worker whose worker state takes longer to write than the master's kill deadline of it
@@ -424,22 +498,15 @@ fn a_slow_replacement_in_batches_keeps_the_batches_it_was_sent_and_the_rest_stay
 #[test]
 fn an_old_worker_writing_its_state_for_longer_than_its_kill_deadline_is_not_killed() {
     const N: usize = 2;
-    let config = "handover = \"on\"\nexport = \"slow\"\nexport_ms = \"14000\"\n";
-    let args =
-        ["--plugin-config", config, "--drain-timeout", "0.5", "--kill-timeout", "0.5", "--handover-timeout", "1"];
-    let mut host = Host::start("fixture_crash", &args);
-    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        half_line_read(&mut host, c, format!("before {i}\n").as_bytes(), b"hal");
-    }
+    let config = "export = \"slow\"\nexport_ms = \"14000\"\n";
+    let mut host =
+        fixture_crash(config, &["--drain-timeout", "0.5", "--kill-timeout", "0.5", "--handover-timeout", "1"]);
+    let mut clients = clients_with_a_line(&mut host, N, true);
     reload(&mut host, &["reload", "-g"]);
     host.log().wait_for("writes its state slowly", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let line = host.log().wait_for("hand-over ended", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
     assert!(line.contains(&format!("moved={N} ")) && line.contains(" stayed=0 "), "{line}\n{}", host.log_text());
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(format!("f {i}\n").as_bytes());
-        assert_eq!(read_line(c), format!("half {i}\n"), "the new worker completes the line");
-    }
+    each_answers(&mut clients, "f", "half", "the new worker completes the line");
 }
 
 // The new plugin refuses the old state (its version): nothing moves, the old worker serves on.
@@ -453,19 +520,28 @@ fn a_replacement_that_refuses_the_state_loses_nothing() {
     assert!(line.contains("refused the state"), "{line}");
     c.send(b"o\n");
     assert_eq!(read_line(&mut c), "two\n");
+    // Nothing was taken out, and the connection that stayed is counted.
+    let report = host.log().wait_for("hand-over failed, ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains("hand-over failed, 1 drained: the new worker refused the state"), "{report}");
 }
 
-/// Runs a python `script` (with redis-py) on the host's `port` until it prints `ready`: its
-/// stdin takes the test's go-ahead, its stdout what it saw after.
-fn python_ready(script: &str, port: u16) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+/// Runs a python `script` (with redis-py or websockets) on the host's `port` (and `more`
+/// arguments) until it prints `ready`: its stdin takes the test's go-ahead, its stdout what it
+/// saw after.
+fn python_ready(
+    script: &str,
+    port: u16,
+    more: &[&str],
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     let mut py = Command::new("timeout")
         .args(["120", "python3", "-c", script, &port.to_string()])
+        .args(more)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("python3 with redis-py");
+        .expect("python3 with redis-py and websockets");
     let mut out = std::io::BufReader::new(py.stdout.take().expect("piped"));
     let mut line = String::new();
     out.read_line(&mut line).expect("the script's first line");
@@ -504,7 +580,7 @@ fn redis_clients_keep_the_keyspace_and_the_connection_across_reloads() {
     use std::io::{BufRead, Write};
     use std::process::Command;
     let mut host = Host::start("resp", &["--drain-timeout", "30"]);
-    let (mut py, mut out) = python_ready(REDIS_PY, host.port());
+    let (mut py, mut out) = python_ready(REDIS_PY, host.port(), &[]);
     let mut line = String::new();
     reload(&mut host, &["reload", "-g"]);
     let moved = host.log().wait_for("hand-over: 1 connections moved", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
@@ -602,7 +678,7 @@ cli.kill()
 fn redis_subscribers_keep_their_connection_and_every_message_across_reloads() {
     use std::io::{BufRead, Write};
     let mut host = Host::start("resp", &["--count", "2", "--drain-timeout", "30"]);
-    let (mut py, mut out) = python_ready(SUBSCRIBERS_PY, host.port());
+    let (mut py, mut out) = python_ready(SUBSCRIBERS_PY, host.port(), &[]);
     let mut line = String::new();
     reload(&mut host, &["reload", "-g"]);
     host.log().wait_for_nth("hand-over: ", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
@@ -671,11 +747,7 @@ fn a_replacement_serves_no_one_before_the_old_state_is_in() {
     host.signal(Signal::SIGSTOP);
     host_tests::poll_until(LOG_TIMEOUT, || (process_state(host.pid()) == Some('T')).then_some(()))
         .expect("the master did not stop");
-    let new: i32 = started
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("pid="))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {started}"));
+    let new = pid_in(&started);
     // In its loop (epoll_wait, 232 on x86_64, or with `--io uring` io_uring_enter, 426; its
     // start polls with poll(2)): ready, waiting.
     let waiting = |s: Option<String>| matches!(s.as_deref(), Some("232" | "426"));
@@ -753,18 +825,26 @@ fn a_half_sent_line_is_completed_after_host_upgrade() {
     assert_eq!(read_line(&mut c), "again\n");
 }
 
-/// python `websockets` clients that send sequence-numbered messages, say `ready`, wait for a
-/// line on stdin (the test reloads meanwhile), send more and print what came back.
-const WS_PY: &str = r#"
+/// What the python `websockets` scripts below start with: `ready(port, n)` connects `n`
+/// clients, has each echo `i:0`, says `ready` and returns them.
+const WS_READY_PY: &str = r#"
 import asyncio, sys
 from websockets.asyncio.client import connect
 
-async def main(port, n):
+async def ready(port, n):
     socks = [await connect(f"ws://127.0.0.1:{port}/", compression=None) for _ in range(n)]
     for i, ws in enumerate(socks):
         await ws.send(f"{i}:0")
         assert await ws.recv() == f"{i}:0"
     print("ready", flush=True)
+    return socks
+"#;
+
+/// python `websockets` clients that send sequence-numbered messages, say `ready`, wait for a
+/// line on stdin (the test reloads meanwhile), send more and print what came back.
+const WS_PY: &str = r#"
+async def main(port, n):
+    socks = await ready(port, n)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     got = []
     for seq in range(1, 21):
@@ -783,19 +863,10 @@ asyncio.run(asyncio.wait_for(main(int(sys.argv[1]), int(sys.argv[2])), 60))
 // later message back in order: no close frame 1001, no reconnect.
 #[test]
 fn websocket_clients_stay_connected_across_a_reload() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
+    use std::io::{BufRead, Write};
     let mut host = Host::start("websocket", &["--count", "2", "--drain-timeout", "30"]);
-    let mut py = Command::new("timeout")
-        .args(["120", "python3", "-c", WS_PY, &host.port().to_string(), "10"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with websockets");
-    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let (mut py, mut out) = python_ready(&format!("{WS_READY_PY}{WS_PY}"), host.port(), &["10"]);
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
     reload(&mut host, &["reload", "-g"]);
     host.log().wait_for_nth("hand-over: ", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     writeln!(py.stdin.as_mut().unwrap()).unwrap();
@@ -816,15 +887,8 @@ fn websocket_clients_stay_connected_across_a_reload() {
 /// once; "ready"; then each sends a numbered message every 10 ms and checks its echo (in order,
 /// once) until a line on stdin; then one more each; prints "in order <echoes>" or what went wrong.
 const WS_STREAM_PY: &str = r#"
-import asyncio, sys
-from websockets.asyncio.client import connect
-
 async def main(port, n):
-    socks = [await connect(f"ws://127.0.0.1:{port}/", compression=None) for _ in range(n)]
-    for i, ws in enumerate(socks):
-        await ws.send(f"{i}:0")
-        assert await ws.recv() == f"{i}:0"
-    print("ready", flush=True)
+    socks = await ready(port, n)
     stop = asyncio.Event()
     echoed, bad = [0], []
 
@@ -855,40 +919,21 @@ async def main(port, n):
 asyncio.run(asyncio.wait_for(main(int(sys.argv[1]), int(sys.argv[2])), 90))
 "#;
 
-// The websocket echo answers `handover_in_batches`: 400 clients on one worker, each echoing a
-// numbered message every 10 ms throughout `host reload -g`. More than the old worker takes out
-// at once (`IN_FLIGHT`), so later batches leave only once earlier ones are acknowledged, the
-// old worker serving them meanwhile (its log line counts the batches and the take-out turns);
-// every client's messages come back in order, once, on the same connection, the moved ones and
-// those served by the old worker until their batch left. (All at once, the old worker would say
-// nothing of batches; with fewer clients than `IN_FLIGHT`, one turn would take all.)
-#[test]
-fn websocket_connections_move_in_batches_across_a_reload() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
+/// 400 websocket echo clients on one worker started with `args`, each echoing a numbered
+/// message every 10 ms throughout `host reload -g`; checks that all 400 moved and that every
+/// client's messages came back in order, once, on its first connection (a closed one fails the
+/// script), and returns the host for what the caller checks of how they moved.
+fn websocket_echoes_through_a_reload(args: &[&str]) -> Host {
+    use std::io::{BufRead, Write};
     const N: usize = 400;
-    let mut host = Host::start("websocket", &["--count", "1", "--drain-timeout", "30"]);
-    let mut py = Command::new("timeout")
-        .args(["120", "python3", "-c", WS_STREAM_PY, &host.port().to_string(), &N.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with websockets");
-    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut all = vec!["--count", "1", "--drain-timeout", "30"];
+    all.extend_from_slice(args);
+    let mut host = Host::start("websocket", &all);
+    let (mut py, mut out) = python_ready(&format!("{WS_READY_PY}{WS_STREAM_PY}"), host.port(), &[&N.to_string()]);
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
     reload(&mut host, &["reload", "-g"]);
     let moved = format!("hand-over: {N} connections moved");
     host.log().wait_for(&moved, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}: {}", host.log_text()));
-    assert_eq!(host.log().count("handing over in batches"), 1, "{}", host.log_text());
-    let done = host.log().wait_for("handed over in batches", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let field = |name: &str| -> usize {
-        let value = done.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok());
-        value.unwrap_or_else(|| panic!("no {name} in {done}"))
-    };
-    assert!(field("batches") >= 3, "{done}");
-    assert!(field("turns") >= 2, "a later batch left after an acknowledgement: {done}");
     writeln!(py.stdin.as_mut().unwrap()).unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
@@ -896,6 +941,33 @@ fn websocket_connections_move_in_batches_across_a_reload() {
         line.strip_prefix("in order ").and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("{line}"));
     assert!(echoed >= 2 * N, "every client echoed during and after: {line}");
     assert!(py.wait().unwrap().success());
+    host
+}
+
+// The websocket echo answers `handover_in_batches`: 400 clients, more than the old worker takes
+// out at once (`IN_FLIGHT`), so later batches leave only once earlier ones are acknowledged, the
+// old worker serving them meanwhile (its log line counts the batches and the take-out turns).
+// (All at once, the old worker would say nothing of batches; with fewer clients than
+// `IN_FLIGHT`, one turn would take all.)
+#[test]
+fn websocket_connections_move_in_batches_across_a_reload() {
+    let host = websocket_echoes_through_a_reload(&[]);
+    assert_eq!(host.log().count("handing over in batches"), 1, "{}", host.log_text());
+    assert_eq!(host.log().count("handing over all at once"), 0, "{}", host.log_text());
+    let done = host.log().wait_for("handed over in batches", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(field_of(&done, "batches") >= 3, "{done}");
+    assert!(field_of(&done, "turns") >= 2, "a later batch left after an acknowledgement: {done}");
+}
+
+// `--no-handover-batches` (`handover_batches = false`): the same plugin and clients move all at
+// once, in the one turn, and every client stays connected all the same.
+#[test]
+fn websocket_connections_move_all_at_once_without_handover_batches() {
+    let host = websocket_echoes_through_a_reload(&["--no-handover-batches"]);
+    let log = host.log_text();
+    assert_eq!(host.log().count("handing over all at once (handover_batches = false)"), 1, "{log}");
+    assert_eq!(host.log().count("handing over in batches"), 0, "{log}");
+    assert_eq!(host.log().count("handed over in batches"), 0, "{log}");
 }
 
 /// 600 `ws_chat` clients (python `websockets`), every thirtieth a member of the room `room` and the
@@ -970,7 +1042,7 @@ asyncio.run(asyncio.wait_for(main(int(sys.argv[1])), 100))
 fn chat_room_members_move_in_batches_and_hear_every_message_once() {
     use std::io::{BufRead, Write};
     let mut host = Host::start("ws_chat", &["--count", "1", "--drain-timeout", "30"]);
-    let (mut py, mut out) = python_ready(WS_ROOM_PY, host.port());
+    let (mut py, mut out) = python_ready(WS_ROOM_PY, host.port(), &[]);
     reload(&mut host, &["reload", "-g"]);
     host.log()
         .wait_for("hand-over: 601 connections moved", LOG_TIMEOUT)
@@ -1141,6 +1213,24 @@ fn chat_rooms_go_on_across_a_graceful_reload() {
     assert_eq!(read_line(&mut outsider), "in blue\n");
 }
 
+/// `fixture_udp_count` on one worker with `more` flags, ready; and its address.
+fn udp_count_host(more: &[&str]) -> (Host, std::net::SocketAddr) {
+    let mut args =
+        vec!["--plugin", "fixture_udp_count", "--listen", "udp://127.0.0.1:0", "--count", "1", "--drain-timeout", "30"];
+    args.extend_from_slice(more);
+    let host = Host::spawn(args);
+    host.wait_for_log("host ready", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let server = format!("127.0.0.1:{}", host.port()).parse().unwrap();
+    (host, server)
+}
+
+/// A UDP peer on a port of its own, its answers waited for at most `LOG_TIMEOUT`.
+fn udp_peer() -> std::net::UdpSocket {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(LOG_TIMEOUT)).unwrap();
+    s
+}
+
 /// A UDP client of `fixture_udp_count`: sends a datagram, returns the answer's (count, pid).
 fn udp_count(s: &std::net::UdpSocket, server: std::net::SocketAddr) -> (u64, u32) {
     s.send_to(b"x", server).expect("send");
@@ -1160,26 +1250,8 @@ fn udp_count(s: &std::net::UdpSocket, server: std::net::SocketAddr) -> (u64, u32
 #[test]
 fn udp_sessions_move_with_their_peers() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let mut host = Host::spawn([
-        "--plugin",
-        "fixture_udp_count",
-        "--listen",
-        "udp://127.0.0.1:0",
-        "--count",
-        "1",
-        "--drain-timeout",
-        "30",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    host.wait_for_log("host ready", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let server: std::net::SocketAddr = format!("127.0.0.1:{}", host.port()).parse().unwrap();
-    let client = || {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.set_read_timeout(Some(LOG_TIMEOUT)).unwrap();
-        s
-    };
-    let quiet: Vec<_> = (0..2).map(|_| client()).collect();
+    let (mut host, server) = udp_count_host(&["--admin-listen", "127.0.0.1:0"]);
+    let quiet: Vec<_> = (0..2).map(|_| udp_peer()).collect();
     let mut old_pid = 0;
     for c in &quiet {
         for n in 1..=3 {
@@ -1188,7 +1260,7 @@ fn udp_sessions_move_with_their_peers() {
             old_pid = pid;
         }
     }
-    let busy = client();
+    let busy = udp_peer();
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let sending = {
         let stop = std::sync::Arc::clone(&stop);
@@ -1233,22 +1305,8 @@ fn udp_sessions_move_with_their_peers() {
 // new sessions in the new worker.
 #[test]
 fn udp_sessions_the_new_plugin_refuses_go_back_and_end() {
-    let mut host = Host::spawn([
-        "--plugin",
-        "fixture_udp_count",
-        "--plugin-config",
-        "adopt = \"refuse\"\n",
-        "--listen",
-        "udp://127.0.0.1:0",
-        "--count",
-        "1",
-        "--drain-timeout",
-        "30",
-    ]);
-    host.wait_for_log("host ready", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let server: std::net::SocketAddr = format!("127.0.0.1:{}", host.port()).parse().unwrap();
-    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    c.set_read_timeout(Some(LOG_TIMEOUT)).unwrap();
+    let (mut host, server) = udp_count_host(&["--plugin-config", "adopt = \"refuse\"\n"]);
+    let c = udp_peer();
     assert_eq!(udp_count(&c, server).0, 1);
     let (count, old_pid) = udp_count(&c, server);
     assert_eq!(count, 2);
@@ -1362,12 +1420,7 @@ fn host_upgrade_is_refused_while_a_hand_over_is_under_way() {
     assert_eq!(read_line(&mut c), "first\n");
     let out = host.command(&["reload", "-g"], RELOAD_TIMEOUT);
     assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
-    let stopped = host.wait_for_log("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let new: i32 = stopped
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
-        .next()
-        .unwrap_or_else(|| panic!("no pid in {stopped}"));
+    let new = pid_in(&host.wait_for_log("fixture_crash stops itself", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}")));
     host.replace_binary();
     let out = host.command(&["upgrade"], RELOAD_TIMEOUT);
     assert!(!out.status.success(), "the upgrade went on during a hand-over:\n{}", host.log());
@@ -1381,11 +1434,7 @@ fn host_upgrade_is_refused_while_a_hand_over_is_under_way() {
     // The upgraded master's replacement runs the same fixture: it stops itself while adopting
     // the connection too, and goes on once continued.
     let stopped = host.wait_for_nth("fixture_crash stops itself", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let new: i32 = stopped
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
-        .next()
-        .unwrap_or_else(|| panic!("no pid in {stopped}"));
+    let new = pid_in(&stopped);
     continue_once_stopped(new);
     host.wait_for_nth("hand-over: 1 connections moved", 2, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     c.send(b"after\n");

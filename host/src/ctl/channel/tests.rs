@@ -25,6 +25,7 @@ fn spec() -> WorkerSpec {
         cluster: None,
         io: crate::config::IoBackend::Uring,
         await_handover: true,
+        handover_batches: true,
     }
 }
 

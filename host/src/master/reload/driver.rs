@@ -62,6 +62,7 @@ impl<P: Processes> Supervisor<P> {
             let message = "reload refused: the master is still starting or is stopping".to_string();
             tracing::warn!(reason = %request.reason(), "{message}");
             for &w in &request.waiters {
+                self.after_handovers.retain(|&c| c != w);
                 self.out.push(Output::Answer(w, Answer::Error { message: message.clone() }));
             }
             return;
@@ -352,9 +353,7 @@ impl<P: Processes> Supervisor<P> {
                 });
                 let message = format!("reload: nothing to replace{}", notes(n));
                 let answer = answer_of(message, n);
-                for &w in &request.waiters {
-                    self.out.push(Output::Answer(w, answer.clone()));
-                }
+                self.answer_reload(&request.waiters, &answer);
                 return self.note_next_reload();
             }
             Outcome::Refused { service, reason: why } => {
@@ -401,9 +400,7 @@ impl<P: Processes> Supervisor<P> {
             _ if ok => Answer::Ok { message, wait_ms: 0 },
             _ => Answer::Error { message },
         };
-        for &w in &request.waiters {
-            self.out.push(Output::Answer(w, answer.clone()));
-        }
+        self.answer_reload(&request.waiters, &answer);
         self.last_reload = Some(ReloadRecord { at: SystemTime::now(), trigger: reason, summary });
         self.last_unchanged = None;
         self.note_next_reload();

@@ -121,6 +121,35 @@ pub(super) struct OldSide {
     report: HandoverReport,
 }
 
+impl OldSide {
+    /// An old worker's side over `channel` as the hand-over begins: nothing offered or taken
+    /// out yet.
+    fn new(channel: HandoverChannel<UnixStream>, fallback: Fallback, timeout_ms: u64, deadline_ms: u64) -> OldSide {
+        OldSide {
+            channel,
+            fallback,
+            timeout_ms,
+            deadline_ms,
+            cancelled: false,
+            timed_out: false,
+            held: VecDeque::new(),
+            held_base: 0,
+            held_sessions: VecDeque::new(),
+            sessions: Vec::new(),
+            stopped_ms: None,
+            outgoing: VecDeque::new(),
+            awaiting: VecDeque::new(),
+            pending: VecDeque::new(),
+            outbound: Vec::new(),
+            done_queued: false,
+            batches: 0,
+            turns: 0,
+            messages_at_start: 0,
+            report: HandoverReport { attempted: true, ..HandoverReport::default() },
+        }
+    }
+}
+
 /// The replacement.
 pub(super) struct NewSide {
     channel: HandoverChannel<UnixStream>,
@@ -247,29 +276,7 @@ impl Worker {
         self.core.phase.hand_over(self.core.now_ms + timeout_ms);
         self.stop_accepting();
         tracing::info!(connections = self.core.open_count(), timeout_ms, "handing over");
-        let report = HandoverReport { attempted: true, ..HandoverReport::default() };
-        let mut old = OldSide {
-            channel,
-            fallback,
-            timeout_ms,
-            deadline_ms: self.core.now_ms + timeout_ms,
-            cancelled: false,
-            timed_out: false,
-            held: VecDeque::new(),
-            held_base: 0,
-            held_sessions: VecDeque::new(),
-            sessions: Vec::new(),
-            stopped_ms: None,
-            outgoing: VecDeque::new(),
-            awaiting: VecDeque::new(),
-            pending: VecDeque::new(),
-            outbound: Vec::new(),
-            done_queued: false,
-            batches: 0,
-            turns: 0,
-            messages_at_start: 0,
-            report,
-        };
+        let mut old = OldSide::new(channel, fallback, timeout_ms, self.core.now_ms + timeout_ms);
         let offer = Handover::Offer { plugin: self.plugin_name.clone(), version };
         if let Err(e) = old.channel.send(&offer) {
             return self.end_old(old, format!("could not offer the connections: {e}"));
@@ -512,15 +519,23 @@ impl Worker {
         let held = std::mem::take(&mut old.held);
         let mut sessions: Vec<_> = std::mem::take(&mut old.held_sessions).into();
         sessions.extend(old.sessions.drain(..).map(|(id, snapshot, _)| (id, snapshot)));
-        old.report.stay("the hand-over failed", (held.len() + sessions.len()) as u64);
+        // What never left the table stays too: every connection when none was taken out yet
+        // (no `Accept`), else those not taken out yet (in batches) and the outbound ones not
+        // looked at yet (`queue_end` counts them once everything is out).
+        let untouched = match old.stopped_ms {
+            None => self.core.open_count(),
+            Some(_) => {
+                let present = |id: &ConnId| self.core.get(*id).is_some();
+                old.pending.drain(..).filter(present).count() + old.outbound.drain(..).filter(present).count()
+            }
+        };
+        old.report.stay("the hand-over failed", (held.len() + sessions.len() + untouched) as u64);
         for (id, conn) in held {
             self.restore_conn(id, conn);
         }
         for (id, snapshot) in sessions {
             self.restore_session(id, snapshot);
         }
-        // Those not taken out yet were never out of the table; outbound ones stay as they are.
-        old.pending.clear();
         let _ = self.poll.registry().deregister(&mut old.channel.stream);
         old.report.failure = Some(why);
         // (`moved`: those the replacement acknowledged before: they are its own.)

@@ -33,14 +33,9 @@ impl Client {
 
     /// A connection to a worker whose host's max package size is `max_package`.
     fn with_package(config: &str, max_package: usize) -> Self {
-        let worker = WorkerInfo {
-            service: "web".into(),
-            slot: 0,
-            pid: 1,
-            max_package_size: max_package,
-            max_send_buffer: 1 << 20,
-            worker_count: Some(1),
-        };
+        let mut host = TestHost::new();
+        host.max_package_size = max_package;
+        let worker = host.worker_info();
         let mut c = Client {
             http: Http::new(config, &worker).unwrap(),
             host: TestHost::new(),

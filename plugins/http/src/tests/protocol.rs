@@ -232,14 +232,7 @@ fn config() {
     assert!(Config::parse("max_header = 0").is_err());
     assert!(Config::parse("root = \"\"").is_err());
     assert!(Config::parse("max_body = \"big\"").is_err());
-    let worker = WorkerInfo {
-        service: "web".into(),
-        slot: 0,
-        pid: 1,
-        max_package_size: 1 << 20,
-        max_send_buffer: 1 << 20,
-        worker_count: Some(1),
-    };
+    let worker = plugin_api::testing::TestHost::default().worker_info();
     assert!(Http::new("root = \"/nonexistent/host-http-test\"", &worker).is_err());
     let c = Config::parse("max_body = 10\nmax_header = 100").unwrap();
     assert_eq!((c.max_body, c.max_header, c.root), (10, 100, None));

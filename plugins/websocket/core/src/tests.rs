@@ -264,15 +264,7 @@ const CONN: ConnId = ConnId::new(0, 1);
 
 impl Conn {
     fn open(max: usize) -> Conn {
-        let info = WorkerInfo {
-            service: "t".into(),
-            slot: 0,
-            pid: 1,
-            max_package_size: max,
-            max_send_buffer: 1 << 20,
-            worker_count: Some(1),
-        };
-        let ws = WebSocket::new("ping_interval = 0", &info).unwrap();
+        let ws = WebSocket::new("ping_interval = 0", &worker(max)).unwrap();
         let mut c = Conn { ws, host: TestHost::default(), buf: Vec::new(), failed: false, max };
         c.feed(upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes());
         let response = String::from_utf8(c.host.take_sent(CONN)).unwrap();
@@ -468,16 +460,8 @@ fn drain_sends_going_away_and_closes_when_the_peer_answers() {
 
 #[test]
 fn server_pings_close_only_peers_that_stay_silent() {
-    let info = WorkerInfo {
-        service: "t".into(),
-        slot: 0,
-        pid: 1,
-        max_package_size: 1 << 20,
-        max_send_buffer: 1 << 20,
-        worker_count: Some(1),
-    };
     let mut c = Conn::open(1 << 20);
-    c.ws = WebSocket::new("ping_interval = 1", &info).unwrap();
+    c.ws = WebSocket::new("ping_interval = 1", &worker(1 << 20)).unwrap();
     c.feed(upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes());
     c.host.take_sent(CONN);
     let tick = |c: &mut Conn| c.with_host(|ws, h| ws.on_timer(h, TimerId(1), CONN.0));
@@ -521,15 +505,11 @@ fn open_deflate(max: usize, offer: &str) -> (Conn, String) {
     (c, line)
 }
 
+/// The worker a test's plugin is made for: the test host's, with `max` as its largest message.
 fn worker(max: usize) -> WorkerInfo {
-    WorkerInfo {
-        service: "t".into(),
-        slot: 0,
-        pid: 1,
-        max_package_size: max,
-        max_send_buffer: 1 << 20,
-        worker_count: Some(1),
-    }
+    let mut host = TestHost::default();
+    host.max_package_size = max;
+    host.worker_info()
 }
 
 fn compressed(data: &[u8]) -> Vec<u8> {
@@ -673,15 +653,7 @@ fn an_open_connection_moves_between_messages_only() {
     let mut state = Vec::new();
     assert!(export(&mut old, &mut state));
 
-    let info = WorkerInfo {
-        service: "t".into(),
-        slot: 0,
-        pid: 2,
-        max_package_size: 1 << 20,
-        max_send_buffer: 1 << 20,
-        worker_count: Some(1),
-    };
-    let ws = WebSocket::new("ping_interval = 0", &info).unwrap();
+    let ws = WebSocket::new("ping_interval = 0", &worker(1 << 20)).unwrap();
     let mut new = Conn { ws, host: TestHost::default(), buf: Vec::new(), failed: false, max: 1 << 20 };
     assert!(!new.with_host(|ws, h| ws.adopt_conn(h, CONN, 1, &state[..2])), "a cut state is refused");
     assert!(new.with_host(|ws, h| ws.adopt_conn(h, CONN, 1, &state)));

@@ -102,14 +102,16 @@ impl Worker {
                 false => old.pending.push_back(id),
             }
         }
-        // `HOST_BENCH_HANDOVER_ALL_AT_ONCE=1`: a measurement only (`bench/handover_chat.py`
-        // compares a plugin's batches with all at once on the same build).
-        let all_at_once = std::env::var_os("HOST_BENCH_HANDOVER_ALL_AT_ONCE").is_some_and(|v| v == "1");
-        if !all_at_once && dispatch::handover_in_batches(&mut self.plugin) {
+        // In batches when the plugin can and the service lets it (`handover_batches`).
+        let can_batch = dispatch::handover_in_batches(&mut self.plugin);
+        if can_batch && self.handover_batches {
             tracing::info!(connections = old.pending.len(), "handing over in batches");
             old.messages_at_start = self.core.stats.messages;
             self.queue_worker_state(old, Vec::new())?;
             return self.export_more(old);
+        }
+        if can_batch {
+            tracing::info!(connections = old.pending.len(), "handing over all at once (handover_batches = false)");
         }
         let ids: Vec<ConnId> = old.pending.drain(..).collect();
         let taken = self.export_conns(old, ids);
@@ -420,19 +422,7 @@ impl Worker {
     /// The replacement adopts and acknowledges what came before it, in order, and answers it:
     /// then nothing is lent any more. Whether something is lent now (else the caller ends).
     pub(super) fn cancel_unsent(&mut self, old: &mut OldSide) -> bool {
-        let unsent: Vec<Outgoing> = old.outgoing.drain(..).collect();
-        let mut first_place = None;
-        let (mut sessions, mut done_unsent) = (0, false);
-        for frame in unsent.iter().rev().filter(|f| !f.state) {
-            match old.awaiting.pop_back() {
-                Some(Awaited::Sessions { count }) => sessions += count,
-                Some(Awaited::Done) => done_unsent = true,
-                Some(Awaited::Conns { .. }) | None => {}
-            }
-            if !frame.lends.is_empty() {
-                first_place = Some(frame.lends.start);
-            }
-        }
+        let Unsent { first_place, sessions, done: done_unsent } = drop_unsent(old);
         let mut stays = 0u64;
         if let Some(place) = first_place {
             let back = old.held.split_off(place - old.held_base);
@@ -460,6 +450,36 @@ impl Worker {
         old.done_queued = true;
         lent
     }
+}
+
+/// What [`drop_unsent`] took out of a hand-over at its deadline.
+#[derive(Debug, PartialEq, Eq)]
+struct Unsent {
+    /// The first place in `held` that the dropped frames lend (None: they lend none): the
+    /// connections from there on come back.
+    first_place: Option<usize>,
+    /// The UDP sessions the dropped frames carry: the last ones of `held_sessions`.
+    sessions: usize,
+    /// `Done` was among them.
+    done: bool,
+}
+
+/// Drops the frames not handed to the channel yet (queued behind a frame the channel has not
+/// written whole, or not tried yet) from `outgoing`, and the answers they would have had from
+/// `awaiting`; what they carried is for the caller to take back.
+fn drop_unsent(old: &mut OldSide) -> Unsent {
+    let mut unsent = Unsent { first_place: None, sessions: 0, done: false };
+    for frame in old.outgoing.drain(..).rev().filter(|f| !f.state) {
+        match old.awaiting.pop_back() {
+            Some(Awaited::Sessions { count }) => unsent.sessions += count,
+            Some(Awaited::Done) => unsent.done = true,
+            Some(Awaited::Conns { .. }) | None => {}
+        }
+        if !frame.lends.is_empty() {
+            unsent.first_place = Some(frame.lends.start);
+        }
+    }
+    unsent
 }
 
 /// Puts `taken` in `old.held` (in order) and returns the rest of each: state, TLS, carrier.
@@ -504,3 +524,7 @@ pub(super) fn send_outgoing(old: &mut OldSide) -> io::Result<bool> {
     }
     Ok(state_sent)
 }
+
+#[cfg(test)]
+#[path = "send_tests.rs"]
+mod tests;
