@@ -26,7 +26,8 @@ use crate::config::WorkerSpec;
 /// 11: an old worker writing a large worker state tells the master it goes on
 /// (`ToMaster::HandoverProgress`), which extends its kill deadline.
 /// 12: a moved connection's snapshot lists the topics it hears through the plugin's
-/// `on_publish` (`Snapshot::heard`, `RawHostExt::handover_hears`).
+/// `on_publish` (`Snapshot::heard`, `RawHostExt::handover_hears`); a worker is told whether its
+/// hand-over may go in batches (`WorkerSpec::handover_batches`).
 pub const PROTOCOL: u32 = 12;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
