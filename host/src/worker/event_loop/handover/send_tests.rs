@@ -35,6 +35,7 @@ fn session() -> crate::worker::Snapshot {
         bytes_out: 0,
         topics: Vec::new(),
         topic_marks: Vec::new(),
+        heard: Vec::new(),
     }
 }
 
