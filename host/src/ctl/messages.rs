@@ -25,7 +25,10 @@ use crate::config::WorkerSpec;
 /// the connections (`HandoverReport::sessions`).
 /// 11: an old worker writing a large worker state tells the master it goes on
 /// (`ToMaster::HandoverProgress`), which extends its kill deadline.
-pub const PROTOCOL: u32 = 11;
+/// 12: pre-copy: a replacement that adopts the worker state in steps answers `AcceptSteps`, and
+/// the old worker sends `Step`s (each acknowledged) while it serves, before the connections
+/// stop; a hand-over report says the copy's steps, bytes and time (`HandoverReport::copy_*`).
+pub const PROTOCOL: u32 = 12;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;
@@ -200,6 +203,12 @@ pub struct HandoverReport {
     pub attempted: bool,
     /// Why connections stayed, with how many for each reason (they add up to `stayed`).
     pub stays: Vec<(String, u64)>,
+    /// Pre-copy (protocol 12): the steps of the worker state sent while the old worker served,
+    /// their bytes (also in `state_bytes`), and how long the copy ran before the connections
+    /// stopped (not in `pause_ms`).
+    pub copy_steps: u64,
+    pub copy_bytes: u64,
+    pub copy_ms: u64,
 }
 
 impl HandoverReport {
@@ -218,7 +227,8 @@ impl HandoverReport {
 
 /// A message between an old worker and its replacement, on the socket pair the master made
 /// for their hand-over (the same framing as the master's channel: variant 0 is the hello,
-/// variant 1 an error). Order: old `Offer` → new `Accept` or `Refuse` → old: the `Conns` the
+/// variant 1 an error). Order: old `Offer` → new `Accept`, `AcceptSteps` or `Refuse` → (after
+/// `AcceptSteps`, old: `Step`s while it serves, each answered with an empty `Ack`) → old: the `Conns` the
 /// worker state carries, `State`, the other `Conns`… (each with its descriptors), `Sessions`…,
 /// `Done`; new: an `Ack` for each `Conns` and `Sessions` frame as it adopts it, an empty `Ack`
 /// for `Done`, or `Failed`.
@@ -256,6 +266,17 @@ pub enum Handover {
     /// (the slot's socket is the replacement's already). `Ack` answers them after the
     /// connections, in order.
     Sessions(Vec<MovedSession>),
+    /// The new instance reads that version and adopts the worker state in steps (protocol 12,
+    /// pre-copy): the old worker sends `Step`s while it serves, then stops and sends as after
+    /// `Accept`.
+    AcceptSteps,
+    /// One step of the worker state (protocol 12), `len` bytes: inline, or (None) in the sealed
+    /// memfd the frame carries. Sent while the old worker serves; each is answered with an
+    /// empty `Ack` once adopted (staged), or `Failed`.
+    Step {
+        len: u64,
+        inline: Option<Vec<u8>>,
+    },
 }
 
 impl Message for Handover {

@@ -64,6 +64,11 @@ impl Outgoing {
     fn bare(frame: Handover, place: usize) -> Outgoing {
         Outgoing { frame, lends: place..place, owned: Vec::new(), state: false }
     }
+
+    /// A frame that carries descriptors of its own (a step's memfd) and lends none.
+    pub(super) fn owning(frame: Handover, owned: Vec<OwnedFd>, place: usize) -> Outgoing {
+        Outgoing { frame, lends: place..place, owned, state: false }
+    }
 }
 
 /// A frame the replacement answers with an `Ack`.
@@ -77,6 +82,8 @@ pub(super) enum Awaited {
         count: usize,
     },
     Done,
+    /// A step of the worker state (pre-copy: `copy.rs`), answered with an empty `Ack`.
+    Step,
 }
 
 /// A connection taken out: its id here, itself, the plugin's state for it, its TLS record layer
@@ -147,6 +154,7 @@ impl Worker {
         // A long export tells the master it goes on (its kill deadline counts again).
         let mut reporting = super::progress::Reporting::new(&mut sink, &mut self.control);
         let answer = dispatch::handover_export_worker(&mut self.plugin, &mut self.core, &mut reporting);
+        old.final_exported = true;
         let carried = self.core.carry.exporting.take().unwrap_or_default();
         let mut with_state = Vec::new();
         for c in carried {
@@ -393,6 +401,7 @@ impl Worker {
                 }
                 Ok(false)
             }
+            Some(Awaited::Step) if adopted.is_empty() => self.step_acknowledged(old).map(|()| false),
             Some(Awaited::Done) if adopted.is_empty() => {
                 if old.batches > 0 {
                     tracing::info!(
@@ -407,7 +416,9 @@ impl Worker {
             Some(Awaited::Conns { count, .. } | Awaited::Sessions { count }) => {
                 Err(format!("the new worker acknowledged {} connections of a frame of {count}", adopted.len()))
             }
-            Some(Awaited::Done) => Err("the new worker acknowledged connections that were not sent".into()),
+            Some(Awaited::Done | Awaited::Step) => {
+                Err("the new worker acknowledged connections that were not sent".into())
+            }
             None => Err("an acknowledgement out of turn".into()),
         }
     }
@@ -427,7 +438,7 @@ impl Worker {
             match old.awaiting.pop_back() {
                 Some(Awaited::Sessions { count }) => sessions += count,
                 Some(Awaited::Done) => done_unsent = true,
-                Some(Awaited::Conns { .. }) | None => {}
+                Some(Awaited::Conns { .. } | Awaited::Step) | None => {}
             }
             if !frame.lends.is_empty() {
                 first_place = Some(frame.lends.start);
