@@ -724,9 +724,15 @@ mod tests {
         let mut theirs = new.extension();
         assert!(theirs.ext.handover_adopts_steps());
         for step in &steps {
-            assert_eq!(theirs.ext.handover_adopt_worker_step(host.raw(), 1, RSlice::from_slice(step)), RawHandover::MOVE);
+            assert_eq!(
+                theirs.ext.handover_adopt_worker_step(host.raw(), 1, RSlice::from_slice(step)),
+                RawHandover::MOVE
+            );
         }
-        assert_eq!(theirs.ext.handover_adopt_worker_step(host.raw(), 2, RSlice::from_slice(&[1])), RawHandover::DECLINE);
+        assert_eq!(
+            theirs.ext.handover_adopt_worker_step(host.raw(), 2, RSlice::from_slice(&[1])),
+            RawHandover::DECLINE
+        );
         assert_eq!(theirs.ext.handover_drop_steps(host.raw()), CallStatus::Ok);
 
         let mut panics = instance(Stepper { left: vec![9], ..Stepper::new("", &info).unwrap() });

@@ -11,8 +11,8 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::RStr;
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use plugin_api::abi::{
-    state_sink, CallStatus, ConnError, ConnErrorCode, RawFrame, RawHandover, RawHost_TO, RawInputEnd, RawPluginBox, RawStep,
-    RawStateSink,
+    state_sink, CallStatus, ConnError, ConnErrorCode, RawFrame, RawHandover, RawHost_TO, RawInputEnd, RawPluginBox,
+    RawStateSink, RawStep,
 };
 use plugin_api::{ConnId, TimerId};
 
@@ -168,7 +168,11 @@ pub fn handover_adopt_conn(
 }
 
 /// Pre-copy: the next step of the worker state into `sink` (old worker).
-pub fn handover_export_worker_step(plugin: &mut RawPluginBox, core: &mut Core, sink: &mut impl RawStateSink) -> RawStep {
+pub fn handover_export_worker_step(
+    plugin: &mut RawPluginBox,
+    core: &mut Core,
+    sink: &mut impl RawStateSink,
+) -> RawStep {
     call!(plugin.extension().ext, core, handover_export_worker_step, state_sink(sink))
 }
 
@@ -178,7 +182,12 @@ pub fn handover_adopts_steps(plugin: &mut RawPluginBox) -> bool {
 }
 
 /// Pre-copy: one step of the old worker's state, staged by the plugin (replacement).
-pub fn handover_adopt_worker_step(plugin: &mut RawPluginBox, core: &mut Core, version: u32, state: &[u8]) -> RawHandover {
+pub fn handover_adopt_worker_step(
+    plugin: &mut RawPluginBox,
+    core: &mut Core,
+    version: u32,
+    state: &[u8],
+) -> RawHandover {
     let answer = call!(plugin.extension().ext, core, handover_adopt_worker_step, version, RSlice::from_slice(state));
     handover_answer(core, answer, "handover_adopt_worker_step")
 }

@@ -57,6 +57,8 @@ mod reload;
 // Hand-over: connections and plugin state move to the replacement on a reload.
 mod handover;
 mod handover_http;
+// The pre-copy hand-over of a large worker state: a resp keyspace copied while it is written.
+mod handover_state;
 // `host upgrade`: the master re-executes the binary installed at its path (same pid, sockets and
 // connections kept), every worker follows; refusals leave the old master serving.
 mod upgrade;

@@ -179,8 +179,9 @@ impl Worker {
     fn adopt_step(&mut self, new: &mut NewSide, len: u64, inline: Option<Vec<u8>>, fds: Vec<OwnedFd>) {
         let version = new.version.expect("accepted before");
         new.staged = true;
-        let adopted = received(len, inline, fds)
-            .map(|state| dispatch::handover_adopt_worker_step(&mut self.plugin, &mut self.core, version, state.bytes()));
+        let adopted = received(len, inline, fds).map(|state| {
+            dispatch::handover_adopt_worker_step(&mut self.plugin, &mut self.core, version, state.bytes())
+        });
         let failed = match adopted {
             Ok(RawHandover::MOVE) => None,
             Ok(_) => Some("the plugin refused a step of the worker state".to_string()),
