@@ -157,3 +157,46 @@ fn a_keyspace_copied_while_serving_ends_with_every_write() {
     // A fresh client sees the same keyspace.
     assert_eq!(command(&mut Client::connect(host.port()), "DBSIZE"), format!(":{live}"));
 }
+
+/// fixture_crash taking part in hand-overs with a worker state of `steps` steps, its
+/// replacement failing as `adopt` says; a client on it, its echo checked.
+fn crash_fixture(steps: u32, adopt: &str) -> (Host, Client) {
+    let config = format!("handover = \"on\"\nsteps = \"{steps}\"\nadopt = \"{adopt}\"\nabort_after = \"3\"");
+    let host = Host::start("fixture_crash", &["--plugin-config", &config, "--drain-timeout", "30"]);
+    let mut c = Client::connect(host.port());
+    c.send(b"before\n");
+    assert_eq!(read_line(&mut c), "before");
+    (host, c)
+}
+
+// The replacement dies while it adopts the 4th of 20 steps: the hand-over fails, the old worker
+// (which kept everything: nothing was lent during the copy) serves its client on, and its plugin
+// forgets the copy (`handover_drop_steps`).
+#[test]
+fn a_replacement_that_dies_during_the_copy_leaves_everything_with_the_old_worker() {
+    let (mut host, mut c) = crash_fixture(20, "abort_step");
+    reload(&mut host);
+    host.log().wait_for("fixture_crash aborts while adopting a step", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let failed = host.log().wait_for("hand-over failed, ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(failed.contains("1 drained"), "{failed}");
+    host.log().wait_for("fixture_crash forgets its copy", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    c.send(b"after\n");
+    assert_eq!(read_line(&mut c), "after", "the old worker still serves it");
+}
+
+// The replacement staged 20 steps, then refuses the worker state: it drops what it staged (the
+// plugin hears `handover_drop_steps`), the old worker serves its client on.
+#[test]
+fn a_replacement_that_refuses_the_state_after_the_steps_drops_them() {
+    let (mut host, mut c) = crash_fixture(20, "refuse_state");
+    reload(&mut host);
+    host.log().wait_for("fixture_crash refuses the worker state", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let dropped = host.log().wait_for("dropping the staged steps", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(dropped.contains("steps=20"), "{dropped}");
+    host.log().wait_for("fixture_crash drops 81920 staged bytes", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let failed = host.log().wait_for("hand-over failed, ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(failed.contains("refused the worker state"), "{failed}");
+    assert_eq!(host.log().count("fixture_crash forgets its copy"), 0, "its last part was written");
+    c.send(b"after\n");
+    assert_eq!(read_line(&mut c), "after", "the old worker still serves it");
+}

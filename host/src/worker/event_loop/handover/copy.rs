@@ -114,6 +114,10 @@ impl Worker {
             dispatch::handover_drop_steps(&mut self.plugin, &mut self.core);
             old.copy_started = false;
         }
-        old.copy = None;
+        if let Some(copy) = old.copy.take() {
+            // Failed during the copy: every connection stays (none was taken out).
+            old.report.copy_ms = self.core.now_ms.saturating_sub(copy.started_ms);
+            old.report.stay("the hand-over failed", self.core.open_count() as u64);
+        }
     }
 }
