@@ -191,7 +191,7 @@ pub struct HandoverReport {
     pub stayed: u64,
     /// Bytes of plugin state sent: the connections' and the worker's.
     pub state_bytes: u64,
-    /// The worker-wide state went through a sealed memfd (it was large).
+    /// The worker-wide state (or a step of it) went through a sealed memfd (it was large).
     pub memfd: bool,
     /// Milliseconds from the old worker's last read to the replacement's acknowledgement (the
     /// replacement reads at once on adoption: the pause a client of a moved connection sees).

@@ -69,6 +69,7 @@ impl Worker {
                 let len = sink.len;
                 let (inline, fds) =
                     sink.finish_parts().map_err(|e| format!("could not store a step of the worker state: {e}"))?;
+                old.report.memfd |= !fds.is_empty();
                 let place = old.held_base + old.held.len();
                 old.outgoing.push_back(Outgoing::owning(Handover::Step { len, inline }, fds, place));
                 old.awaiting.push_back(Awaited::Step);

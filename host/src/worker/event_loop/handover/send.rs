@@ -166,7 +166,7 @@ impl Worker {
         let state = match answer == RawHandover::MOVE {
             true => {
                 old.report.state_bytes += sink.len;
-                old.report.memfd = sink.memfd.is_some();
+                old.report.memfd |= sink.memfd.is_some();
                 sink.finish().map_err(|e| format!("could not store the worker state: {e}"))
             }
             false => Err("the plugin did not export its worker state".to_string()),
