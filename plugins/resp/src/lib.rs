@@ -45,6 +45,8 @@
 //! On a reload, `host upgrade` or a recycle the keyspace (with its deadlines), the counters and
 //! every connection's session (client id and name, RESP3) move to the new worker, and so do the
 //! connections (hand-over, [`handover`]): a client sees the same keys on an unbroken connection.
+//! The keyspace is copied in steps while the old worker serves ([`precopy`]); clients pause only
+//! for the keys written during the copy.
 //! A subscriber moves with its channels and hears every message once, in order. A connection
 //! inside `MULTI`, with `WATCH`ed keys or with patterns (`PSUBSCRIBE`) finishes on the old
 //! worker, which drains it.
