@@ -101,6 +101,10 @@ impl Worker {
         copy.in_flight = copy.in_flight.saturating_sub(1);
         let now = self.core.now_ms;
         old.deadline_ms = now + old.timeout_ms;
+        // The phase's deadline (the poll's) follows: past it, the loop would spin.
+        if let super::super::WorkerPhase::HandingOver { deadline_ms } = &mut self.core.phase {
+            *deadline_ms = old.deadline_ms;
+        }
         if now >= copy.reported_ms + PROGRESS_EVERY_MS {
             copy.reported_ms = now;
             self.send_control(&ToMaster::HandoverProgress { state_bytes: old.report.state_bytes });
