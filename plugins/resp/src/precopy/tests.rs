@@ -202,3 +202,45 @@ fn an_unreadable_part_leaves_the_replacement_without_any_of_the_copy() {
     run(&mut old, &mut s, OLD, "SET k3 x");
     assert_eq!(old.store.dirty_bytes(), 0);
 }
+
+// Through the plugin's own events (`plugin_api::testing`, as the host calls them): a copy in
+// steps with writes between them; then a replacement told to drop its staged steps keeps none.
+#[test]
+fn the_plugin_copies_in_steps_and_drops_what_it_staged_when_told() {
+    use plugin_api::testing::TestPlugin;
+    let mut old = TestPlugin::<crate::Resp>::new("").unwrap();
+    let c = old.connect();
+    let value = "v".repeat(100);
+    let fill: String = (0..20_000).map(|i| format!("SET key:{i} {value}\r\n")).collect();
+    old.feed(c, fill.as_bytes());
+    old.host.take_sent(c);
+    let mut new = TestPlugin::<crate::Resp>::new("").unwrap();
+    let mut between = 0;
+    let moved = old
+        .hand_over_with_steps(&mut new, &[c], |old| {
+            between += 1;
+            let n = between;
+            old.feed(
+                c,
+                format!("SET key:{n} w{n}\r\nDEL key:{}\r\nAPPEND key:{} +\r\n", 10_000 + n, 500 + n).as_bytes(),
+            );
+        })
+        .unwrap();
+    assert!(between >= 1, "several steps (20,000 keys of 100 bytes, steps of 2 MiB)");
+    assert_eq!(moved.len(), 1);
+    let values = |p: &TestPlugin<crate::Resp>| -> BTreeMap<Vec<u8>, Vec<u8>> {
+        p.plugin.server.store.entries().map(|(k, e)| (k.to_vec(), e.value.clone())).collect()
+    };
+    assert_eq!(values(&new), values(&old));
+    assert!(new.plugin.staged.is_none() && old.plugin.copy.is_none());
+
+    // A step staged, then dropped: nothing of it is in the keyspace, nothing is kept.
+    let mut again = TestPlugin::<crate::Resp>::new("").unwrap();
+    let mut step = Vec::new();
+    let mut copy = Copy::start(&mut new.plugin.server.store);
+    write_step(&new.plugin.server, &mut copy, 0, &mut step).unwrap();
+    assert!(again.call(|q, h| plugin_api::Protocol::adopt_worker_step(q, h, crate::handover::STATE_VERSION, &step)));
+    assert!(again.plugin.staged.as_ref().is_some_and(|s| !s.is_empty()));
+    again.call(|q, h| plugin_api::Protocol::drop_worker_steps(q, h));
+    assert!(again.plugin.staged.is_none() && again.plugin.server.store.is_empty());
+}
