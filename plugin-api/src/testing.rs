@@ -626,7 +626,8 @@ impl<P: Protocol> TestPlugin<P> {
             return Err(format!("the new plugin refuses state version {}", P::HANDOVER_VERSION));
         }
         let mut steps = 0u64;
-        while Q::HANDOVER_STEPS {
+        let mut copying = Q::HANDOVER_STEPS;
+        while copying {
             let mut step = Vec::new();
             let answer = self
                 .call(|p, h| p.export_worker_step(h, &mut crate::StateWriter::new(crate::abi::state_sink(&mut step))));
@@ -637,10 +638,10 @@ impl<P: Protocol> TestPlugin<P> {
                 to.call(|q, h| q.drop_worker_steps(h));
                 return Err(format!("the copy failed after {steps} steps"));
             }
-            if answer == crate::ExportStep::Ready {
-                break;
+            copying = answer == crate::ExportStep::More;
+            if copying {
+                between(self);
             }
-            between(self);
         }
         let mut states = Vec::new();
         for &conn in conns {

@@ -241,6 +241,6 @@ fn the_plugin_copies_in_steps_and_drops_what_it_staged_when_told() {
     write_step(&new.plugin.server, &mut copy, 0, &mut step).unwrap();
     assert!(again.call(|q, h| plugin_api::Protocol::adopt_worker_step(q, h, crate::handover::STATE_VERSION, &step)));
     assert!(again.plugin.staged.as_ref().is_some_and(|s| !s.is_empty()));
-    again.call(|q, h| plugin_api::Protocol::drop_worker_steps(q, h));
+    again.call(plugin_api::Protocol::drop_worker_steps);
     assert!(again.plugin.staged.is_none() && again.plugin.server.store.is_empty());
 }
