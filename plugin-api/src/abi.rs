@@ -762,6 +762,56 @@ pub trait RawPluginExt {
         let _ = (host, conn, topic, msg);
         CallStatus::Ok
     }
+    // Pre-copy (one block): a large worker state goes out in steps while the old worker serves;
+    // only what changed meanwhile goes in `handover_export_worker`, with the connections stopped.
+
+    /// In the old worker, once per loop turn before its connections stop, while the
+    /// replacement takes steps ([`RawPluginExt::handover_adopts_steps`]): writes the next slice
+    /// of the worker state into `sink` (one frame; keep it to a few MiB or milliseconds: clients
+    /// wait for this turn) and answers [`RawStep::MORE`], or [`RawStep::READY`]: the copy is
+    /// over, `handover_export_worker` follows (and writes what changed since the first step).
+    /// [`RawStep::FAILED`]: the hand-over fails, the old worker keeps everything. The default:
+    /// `READY` having written nothing (no step, today's hand-over).
+    fn handover_export_worker_step(&mut self, host: RawHostRef<'_>, sink: RawStateSinkRef<'_>) -> RawStep {
+        let _ = (host, sink);
+        RawStep::READY
+    }
+    /// In the replacement, when it accepts: whether it adopts steps
+    /// ([`RawPluginExt::handover_adopt_worker_step`]). False (the default): the old worker
+    /// writes no step, its whole state goes in `handover_export_worker`.
+    fn handover_adopts_steps(&self) -> bool {
+        false
+    }
+    /// In the replacement, for each step in order: a slice of the worker state the old instance
+    /// exported at `version`, to be kept aside (staged) until `handover_adopt_worker` commits it:
+    /// nothing of it may be served before. [`RawHandover::MOVE`]: kept; anything else (the
+    /// default) fails the hand-over.
+    fn handover_adopt_worker_step(&mut self, host: RawHostRef<'_>, version: u32, state: RSlice<'_, u8>) -> RawHandover {
+        let _ = (host, version, state);
+        RawHandover::DECLINE
+    }
+    /// A hand-over with steps ended without its last part: in the old worker, nothing of the
+    /// copy is wanted any more (stop recording changes); in the replacement, what the steps
+    /// staged is dropped (its memory freed). Also after a refused `handover_adopt_worker`.
+    fn handover_drop_steps(&mut self, host: RawHostRef<'_>) -> CallStatus {
+        let _ = host;
+        CallStatus::Ok
+    }
+}
+
+/// What a plugin answers to [`RawPluginExt::handover_export_worker_step`]. Growable: a host
+/// reads a value it does not know as [`RawStep::FAILED`].
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawStep(pub u8);
+
+impl RawStep {
+    /// The copy is over (what this call wrote, if anything, is its last step).
+    pub const READY: Self = RawStep(0);
+    /// Another step follows, at the next loop turn.
+    pub const MORE: Self = RawStep(1);
+    /// The step could not be written (or the plugin panicked): the hand-over fails.
+    pub const FAILED: Self = RawStep(2);
 }
 
 /// What a plugin answers to a hand-over event ([`RawPluginExt::handover_export_conn`] and the
@@ -1150,7 +1200,7 @@ mod tests {
             std_types::{RSlice, RStr},
         };
 
-        use crate::abi::{CallStatus, ConnId, RawHandover, RawHostRef, RawInputEnd, RawStateSinkRef};
+        use crate::abi::{CallStatus, ConnId, RawHandover, RawHostRef, RawInputEnd, RawStateSinkRef, RawStep};
         #[sabi_trait]
         pub trait RawPluginExt {
             #[sabi(last_prefix_field)]
@@ -1213,6 +1263,26 @@ mod tests {
                 msg: RSlice<'_, u8>,
             ) -> CallStatus {
                 let _ = (host, conn, topic, msg);
+                CallStatus::Ok
+            }
+            fn handover_export_worker_step(&mut self, host: RawHostRef<'_>, sink: RawStateSinkRef<'_>) -> RawStep {
+                let _ = (host, sink);
+                RawStep::READY
+            }
+            fn handover_adopts_steps(&self) -> bool {
+                false
+            }
+            fn handover_adopt_worker_step(
+                &mut self,
+                host: RawHostRef<'_>,
+                version: u32,
+                state: RSlice<'_, u8>,
+            ) -> RawHandover {
+                let _ = (host, version, state);
+                RawHandover::DECLINE
+            }
+            fn handover_drop_steps(&mut self, host: RawHostRef<'_>) -> CallStatus {
+                let _ = host;
                 CallStatus::Ok
             }
             fn on_future(&mut self, data: u64) -> u32 {

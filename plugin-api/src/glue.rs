@@ -14,10 +14,10 @@ use abi_stable::{
 use crate::abi::{
     self, CallStatus, ConnErrorCode, ConnId, LogFn, LogLevel, PluginExtension, PluginMod, PluginModRef, RawFrame,
     RawHandover, RawHostRef, RawInputEnd, RawJob, RawJobBox, RawJob_TO, RawPlugin, RawPluginBox, RawPluginExt,
-    RawPluginExt_TO, RawPlugin_TO, RawStateSinkRef, RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
+    RawPluginExt_TO, RawPlugin_TO, RawStateSinkRef, RawStep, RawWorkerInfo, TimerId, WorkerEnvRef, ABI_VERSION,
 };
 use crate::log;
-use crate::sdk::{ConnError, Host, Protocol, StateWriter, WorkerInfo};
+use crate::sdk::{ConnError, ExportStep, Host, Protocol, StateWriter, WorkerInfo};
 
 /// What [`crate::export_plugin!`] declares about the plugin crate it is used in.
 pub trait Export {
@@ -301,6 +301,33 @@ impl<P: Protocol> RawPluginExt for Glue<P> {
     ) -> CallStatus {
         let mut host = Host::from_raw(host);
         guard(|| self.0.on_publish_missed(&mut host, conn, topic.as_slice(), msg.as_slice()))
+    }
+
+    fn handover_export_worker_step(&mut self, host: RawHostRef<'_>, sink: RawStateSinkRef<'_>) -> RawStep {
+        let mut host = Host::from_raw(host);
+        let mut out = StateWriter::new(sink);
+        match panic::catch_unwind(AssertUnwindSafe(|| self.0.export_worker_step(&mut host, &mut out))) {
+            Ok(_) if out.failed() => RawStep::FAILED,
+            Ok(ExportStep::More) => RawStep::MORE,
+            Ok(ExportStep::Ready) => RawStep::READY,
+            Ok(ExportStep::Failed) | Err(_) => RawStep::FAILED,
+        }
+    }
+
+    fn handover_adopts_steps(&self) -> bool {
+        P::HANDOVER_STEPS
+    }
+
+    fn handover_adopt_worker_step(&mut self, host: RawHostRef<'_>, version: u32, state: RSlice<'_, u8>) -> RawHandover {
+        let mut host = Host::from_raw(host);
+        let adopted =
+            panic::catch_unwind(AssertUnwindSafe(|| self.0.adopt_worker_step(&mut host, version, state.as_slice())));
+        adopt_answer(adopted)
+    }
+
+    fn handover_drop_steps(&mut self, host: RawHostRef<'_>) -> CallStatus {
+        let mut host = Host::from_raw(host);
+        guard(|| self.0.drop_worker_steps(&mut host))
     }
 }
 
@@ -671,6 +698,88 @@ mod tests {
             RawHandover::DECLINE,
             "a state it cannot read"
         );
+    }
+
+    /// A plugin whose worker state goes out in steps: `left` bytes, two a step; a step of 9
+    /// panics.
+    struct Stepper {
+        left: Vec<u8>,
+        staged: Vec<u8>,
+    }
+
+    impl Protocol for Stepper {
+        const HANDOVER_VERSION: u32 = 1;
+        const HANDOVER_STEPS: bool = true;
+        fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
+            Ok(Stepper { left: Vec::new(), staged: Vec::new() })
+        }
+        fn input(&mut self, _: &mut Host<'_>, _: ConnId, buf: &[u8]) -> crate::Frame {
+            crate::Frame::Complete(buf.len())
+        }
+        fn on_message(&mut self, _: &mut Host<'_>, _: ConnId, _: &[u8]) {}
+        fn export_worker_step(&mut self, _: &mut Host<'_>, out: &mut StateWriter<'_>) -> ExportStep {
+            use std::io::Write;
+            let n = self.left.len().min(2);
+            let step: Vec<u8> = self.left.drain(..n).collect();
+            assert!(step != [9], "a step of 9");
+            match out.write_all(&step) {
+                Ok(()) if self.left.is_empty() => ExportStep::Ready,
+                Ok(()) => ExportStep::More,
+                Err(_) => ExportStep::Failed,
+            }
+        }
+        fn adopt_worker_step(&mut self, _: &mut Host<'_>, version: u32, state: &[u8]) -> bool {
+            self.staged.extend_from_slice(state);
+            version == 1 && !state.is_empty()
+        }
+        fn drop_worker_steps(&mut self, _: &mut Host<'_>) {
+            self.staged = Vec::new();
+        }
+    }
+
+    // The pre-copy events through the ABI: steps until ready, staged, dropped; a panic is a
+    // failure; a plugin without them writes no step and adopts none.
+    #[test]
+    fn steps_cross_the_boundary_and_default_to_none() {
+        use crate::abi::{state_sink, RawHandover, RawStep};
+        let mut host = crate::testing::TestHost::new();
+        let info = host.worker_info();
+        let mut old = instance(Stepper { left: vec![1, 2, 3, 4, 5], ..Stepper::new("", &info).unwrap() });
+        let mut new = instance(Stepper::new("", &info).unwrap());
+        let mut ext = old.extension();
+        let (mut steps, mut answers) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let mut step = Vec::new();
+            answers.push(ext.ext.handover_export_worker_step(host.raw(), state_sink(&mut step)));
+            steps.push(step);
+        }
+        assert_eq!(answers, [RawStep::MORE, RawStep::MORE, RawStep::READY]);
+        assert_eq!(steps, [vec![1, 2], vec![3, 4], vec![5]]);
+        let mut theirs = new.extension();
+        assert!(theirs.ext.handover_adopts_steps());
+        for step in &steps {
+            assert_eq!(
+                theirs.ext.handover_adopt_worker_step(host.raw(), 1, RSlice::from_slice(step)),
+                RawHandover::MOVE
+            );
+        }
+        assert_eq!(
+            theirs.ext.handover_adopt_worker_step(host.raw(), 2, RSlice::from_slice(&[1])),
+            RawHandover::DECLINE
+        );
+        assert_eq!(theirs.ext.handover_drop_steps(host.raw()), CallStatus::Ok);
+
+        let mut panics = instance(Stepper { left: vec![9], ..Stepper::new("", &info).unwrap() });
+        let mut ext = panics.extension();
+        assert_eq!(ext.ext.handover_export_worker_step(host.raw(), state_sink(&mut Vec::new())), RawStep::FAILED);
+
+        let mut plain = instance(Mover::new("", &info).unwrap());
+        let mut ext = plain.extension();
+        let mut step = Vec::new();
+        assert_eq!(ext.ext.handover_export_worker_step(host.raw(), state_sink(&mut step)), RawStep::READY);
+        assert!(step.is_empty(), "the default writes nothing");
+        assert!(!ext.ext.handover_adopts_steps());
+        assert_eq!(ext.ext.handover_adopt_worker_step(host.raw(), 3, RSlice::from_slice(&[1])), RawHandover::DECLINE);
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub use abi::{
     MAX_WORKER_MESSAGE,
 };
 pub use sdk::{
-    raw_sock_addr, ConnError, ConnMap, ConnectAddr, ConnectError, Counter, Frame, Host, InputEnd, Notifier,
+    raw_sock_addr, ConnError, ConnMap, ConnectAddr, ConnectError, Counter, ExportStep, Frame, Host, InputEnd, Notifier,
     NotifyError, PeerCred, Protocol, SendFileError, StateWriter, TaskError, TaskId, TopicError, Transport, WorkerInfo,
     WorkerMsgError,
 };

@@ -878,6 +878,49 @@ pub trait Protocol: Sized + 'static {
     /// calls it for each missed message, in order, before any later `on_publish`. The default:
     /// nothing (a plugin that never calls `handover_hears` never hears it).
     fn on_publish_missed(&mut self, _host: &mut Host<'_>, _conn: ConnId, _topic: &[u8], _msg: &[u8]) {}
+    // Pre-copy (plugin-api 0.1.4): a large worker state (a keyspace) goes out in steps while
+    // the old worker serves; `export_worker` then writes only what changed meanwhile, with the
+    // connections stopped. See "Pre-copy" in docs/plugins.md.
+
+    /// Whether this instance adopts steps ([`Protocol::adopt_worker_step`]) in a replacement.
+    /// False (the default): the old worker writes no step, its whole state goes in
+    /// [`Protocol::export_worker`].
+    const HANDOVER_STEPS: bool = false;
+
+    /// In the old worker, once per loop turn before its connections stop (only when the
+    /// replacement adopts steps): writes the next slice of the worker state to `out` (a few MiB
+    /// or milliseconds: this worker's clients wait for this turn). [`ExportStep::More`]: another
+    /// turn follows; [`ExportStep::Ready`] (the default, having written nothing): the copy is
+    /// over and [`Protocol::export_worker`] follows, which then writes what changed since the
+    /// first step (the instance records it from that call on); [`ExportStep::Failed`]: the
+    /// hand-over fails (the old worker keeps everything).
+    fn export_worker_step(&mut self, _host: &mut Host<'_>, _out: &mut StateWriter<'_>) -> ExportStep {
+        ExportStep::Ready
+    }
+
+    /// In the replacement, for each step in order: a slice of the old instance's worker state,
+    /// at `version`. Keep it aside (staged) until [`Protocol::adopt_worker`] commits it: nothing
+    /// of it may be served before (the hand-over can still fail). False (the default): the
+    /// hand-over fails.
+    fn adopt_worker_step(&mut self, _host: &mut Host<'_>, _version: u32, _state: &[u8]) -> bool {
+        false
+    }
+
+    /// A hand-over with steps ended without its last part (or the last part was refused): in
+    /// the old worker, stop recording changes for the copy; in the replacement, drop what the
+    /// steps staged.
+    fn drop_worker_steps(&mut self, _host: &mut Host<'_>) {}
+}
+
+/// What [`Protocol::export_worker_step`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportStep {
+    /// Another step follows at the next loop turn.
+    More,
+    /// The copy is over; `export_worker` follows.
+    Ready,
+    /// The step could not be written: the hand-over fails.
+    Failed,
 }
 
 /// Where a plugin writes its hand-over state ([`Protocol::export_conn`],

@@ -621,12 +621,44 @@ impl<P: Protocol> TestPlugin<P> {
         to: &mut TestPlugin<Q>,
         conns: &[ConnId],
     ) -> Result<Vec<(ConnId, ConnId)>, String> {
+        self.hand_over_with_steps(to, conns, |_| {})
+    }
+
+    /// [`TestPlugin::hand_over_to`], with the pre-copy the host runs first when `to` adopts
+    /// steps (`Q::HANDOVER_STEPS`): this plugin's `export_worker_step` until it is ready, each
+    /// step staged by `to` (`adopt_worker_step`), `between(self)` after each step but the last
+    /// (serve this plugin meanwhile: the writes the last part must carry). A failure after steps
+    /// tells both sides `drop_worker_steps`, as the host does.
+    pub fn hand_over_with_steps<Q: Protocol>(
+        &mut self,
+        to: &mut TestPlugin<Q>,
+        conns: &[ConnId],
+        mut between: impl FnMut(&mut Self),
+    ) -> Result<Vec<(ConnId, ConnId)>, String> {
         let name = std::any::type_name::<P>().to_string();
         if P::HANDOVER_VERSION == 0 {
             return Err("the old plugin does not take part".into());
         }
         if !to.call(|q, h| q.handover_accepts(h, &name, P::HANDOVER_VERSION)) {
             return Err(format!("the new plugin refuses state version {}", P::HANDOVER_VERSION));
+        }
+        let mut steps = 0u64;
+        let mut copying = Q::HANDOVER_STEPS;
+        while copying {
+            let mut step = Vec::new();
+            let answer = self
+                .call(|p, h| p.export_worker_step(h, &mut crate::StateWriter::new(crate::abi::state_sink(&mut step))));
+            let refused = !step.is_empty() && !to.call(|q, h| q.adopt_worker_step(h, P::HANDOVER_VERSION, &step));
+            steps += u64::from(!step.is_empty());
+            if answer == crate::ExportStep::Failed || refused {
+                self.call(|p, h| p.drop_worker_steps(h));
+                to.call(|q, h| q.drop_worker_steps(h));
+                return Err(format!("the copy failed after {steps} steps"));
+            }
+            copying = answer == crate::ExportStep::More;
+            if copying {
+                between(self);
+            }
         }
         let mut states = Vec::new();
         for &conn in conns {
@@ -645,6 +677,9 @@ impl<P: Protocol> TestPlugin<P> {
             self.call(|p, h| p.export_worker(h, &mut crate::StateWriter::new(crate::abi::state_sink(&mut worker))));
         let worker_carried = self.host.carrying.take().unwrap_or_default();
         if !exported {
+            if steps > 0 {
+                to.call(|q, h| q.drop_worker_steps(h));
+            }
             return Err("the old plugin declined to export its worker state".into());
         }
         // Each carried connection gets its new id before anything is adopted; it moves with what
@@ -663,6 +698,9 @@ impl<P: Protocol> TestPlugin<P> {
         let mut carried_pairs = carry(&worker_carried);
         let states: Vec<_> = states.into_iter().map(|(conn, state, carried)| (conn, state, carry(&carried))).collect();
         if !to.call(|q, h| q.adopt_worker(h, P::HANDOVER_VERSION, &worker)) {
+            if steps > 0 {
+                to.call(|q, h| q.drop_worker_steps(h));
+            }
             return Err("the new plugin refused the worker state".into());
         }
         let mut moved = Vec::new();

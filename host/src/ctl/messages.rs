@@ -28,6 +28,9 @@ use crate::config::WorkerSpec;
 /// 12: a moved connection's snapshot lists the topics it hears through the plugin's
 /// `on_publish` (`Snapshot::heard`, `RawHostExt::handover_hears`); a worker is told whether its
 /// hand-over may go in batches (`WorkerSpec::handover_batches`).
+/// Also in 12, the pre-copy: a replacement that adopts the worker state in steps answers `AcceptSteps`, and
+/// the old worker sends `Step`s (each acknowledged) while it serves, before the connections
+/// stop; a hand-over report says the copy's steps, bytes and time (`HandoverReport::copy_*`).
 pub const PROTOCOL: u32 = 12;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
@@ -191,7 +194,7 @@ pub struct HandoverReport {
     pub stayed: u64,
     /// Bytes of plugin state sent: the connections' and the worker's.
     pub state_bytes: u64,
-    /// The worker-wide state went through a sealed memfd (it was large).
+    /// The worker-wide state (or a step of it) went through a sealed memfd (it was large).
     pub memfd: bool,
     /// Milliseconds from the old worker's last read to the replacement's acknowledgement (the
     /// replacement reads at once on adoption: the pause a client of a moved connection sees).
@@ -203,6 +206,12 @@ pub struct HandoverReport {
     pub attempted: bool,
     /// Why connections stayed, with how many for each reason (they add up to `stayed`).
     pub stays: Vec<(String, u64)>,
+    /// Pre-copy (protocol 12): the steps of the worker state sent while the old worker served,
+    /// their bytes (also in `state_bytes`), and how long the copy ran before the connections
+    /// stopped (not in `pause_ms`).
+    pub copy_steps: u64,
+    pub copy_bytes: u64,
+    pub copy_ms: u64,
 }
 
 impl HandoverReport {
@@ -221,7 +230,8 @@ impl HandoverReport {
 
 /// A message between an old worker and its replacement, on the socket pair the master made
 /// for their hand-over (the same framing as the master's channel: variant 0 is the hello,
-/// variant 1 an error). Order: old `Offer` → new `Accept` or `Refuse` → old: the `Conns` the
+/// variant 1 an error). Order: old `Offer` → new `Accept`, `AcceptSteps` or `Refuse` → (after
+/// `AcceptSteps`, old: `Step`s while it serves, each answered with an empty `Ack`) → old: the `Conns` the
 /// worker state carries, `State`, the other `Conns`… (each with its descriptors), `Sessions`…,
 /// `Done`; new: an `Ack` for each `Conns` and `Sessions` frame as it adopts it, an empty `Ack`
 /// for `Done`, or `Failed`.
@@ -259,6 +269,17 @@ pub enum Handover {
     /// (the slot's socket is the replacement's already). `Ack` answers them after the
     /// connections, in order.
     Sessions(Vec<MovedSession>),
+    /// The new instance reads that version and adopts the worker state in steps (protocol 12,
+    /// pre-copy): the old worker sends `Step`s while it serves, then stops and sends as after
+    /// `Accept`.
+    AcceptSteps,
+    /// One step of the worker state (protocol 12), `len` bytes: inline, or (None) in the sealed
+    /// memfd the frame carries. Sent while the old worker serves; each is answered with an
+    /// empty `Ack` once adopted (staged), or `Failed`.
+    Step {
+        len: u64,
+        inline: Option<Vec<u8>>,
+    },
 }
 
 impl Message for Handover {

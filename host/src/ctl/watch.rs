@@ -6,7 +6,7 @@
 
 /// Every plugin callback the worker's loop makes, by the name of its `RawPlugin` (or
 /// `RawPluginExt`) method.
-pub const CALLBACKS: [&str; 24] = [
+pub const CALLBACKS: [&str; 27] = [
     "on_worker_start",
     "on_worker_stop",
     "on_worker_reload",
@@ -31,6 +31,9 @@ pub const CALLBACKS: [&str; 24] = [
     "handover_adopt_conn",
     "on_publish",
     "on_publish_missed",
+    "handover_export_worker_step",
+    "handover_adopt_worker_step",
+    "handover_drop_steps",
 ];
 
 const TIME_BITS: u32 = 56;

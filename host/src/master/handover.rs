@@ -302,7 +302,7 @@ pub fn describe(r: &HandoverReport) -> String {
     };
     match &r.failure {
         None => format!(
-            "{} connections moved{}, {} drained{stays}, {} bytes of state{}, paused {} ms",
+            "{} connections moved{}, {} drained{stays}, {} bytes of state{}{}, paused {} ms",
             r.moved,
             match r.sessions {
                 0 => String::new(),
@@ -311,6 +311,10 @@ pub fn describe(r: &HandoverReport) -> String {
             r.stayed,
             r.state_bytes,
             if r.memfd { " (memfd)" } else { "" },
+            match r.copy_steps {
+                0 => String::new(),
+                n => format!(" ({} of them copied in {n} steps over {} ms while serving)", r.copy_bytes, r.copy_ms),
+            },
             r.pause_ms
         ),
         Some(why) if !r.attempted => format!("{} drained{stays}: {why}", r.stayed),
@@ -341,6 +345,11 @@ mod tests {
     fn a_report_says_why_connections_stayed() {
         let mut r = HandoverReport { moved: 10, state_bytes: 4096, pause_ms: 3, attempted: true, ..Default::default() };
         assert_eq!(describe(&r), "10 connections moved, 0 drained, 4096 bytes of state, paused 3 ms");
+        let copied = HandoverReport { copy_steps: 3, copy_bytes: 4000, copy_ms: 25, ..r.clone() };
+        assert_eq!(
+            describe(&copied),
+            "10 connections moved, 0 drained, 4096 bytes of state (4000 of them copied in 3 steps over 25 ms while serving), paused 3 ms"
+        );
         let udp = HandoverReport { sessions: 3, ..r.clone() };
         assert_eq!(
             describe(&udp),

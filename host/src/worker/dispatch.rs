@@ -12,7 +12,7 @@ use abi_stable::std_types::RStr;
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use plugin_api::abi::{
     state_sink, CallStatus, ConnError, ConnErrorCode, RawFrame, RawHandover, RawHost_TO, RawInputEnd, RawPluginBox,
-    RawStateSink,
+    RawStateSink, RawStep,
 };
 use plugin_api::{ConnId, TimerId};
 
@@ -202,6 +202,39 @@ pub fn handover_adopt_conn(
         publish_missed(plugin, core, id);
     }
     answer
+}
+
+/// Pre-copy: the next step of the worker state into `sink` (old worker).
+pub fn handover_export_worker_step(
+    plugin: &mut RawPluginBox,
+    core: &mut Core,
+    sink: &mut impl RawStateSink,
+) -> RawStep {
+    call!(plugin.extension().ext, core, handover_export_worker_step, state_sink(sink))
+}
+
+/// Pre-copy: whether the plugin adopts steps (replacement).
+pub fn handover_adopts_steps(plugin: &mut RawPluginBox) -> bool {
+    plugin.extension().ext.handover_adopts_steps()
+}
+
+/// Pre-copy: one step of the old worker's state, staged by the plugin (replacement).
+pub fn handover_adopt_worker_step(
+    plugin: &mut RawPluginBox,
+    core: &mut Core,
+    version: u32,
+    state: &[u8],
+) -> RawHandover {
+    let answer = call!(plugin.extension().ext, core, handover_adopt_worker_step, version, RSlice::from_slice(state));
+    handover_answer(core, answer, "handover_adopt_worker_step")
+}
+
+/// Pre-copy: the hand-over ended without its last part; what the steps kept goes.
+pub fn handover_drop_steps(plugin: &mut RawPluginBox, core: &mut Core) {
+    if call!(plugin.extension().ext, core, handover_drop_steps) == CallStatus::Panicked {
+        count_panic(core);
+        tracing::error!("plugin panicked in handover_drop_steps");
+    }
 }
 
 fn handover_answer(core: &mut Core, answer: RawHandover, what: &str) -> RawHandover {

@@ -132,7 +132,7 @@ pub fn read_worker(server: &mut Server, now: u64, bytes: &[u8]) -> Result<(), St
 const MIN_ENTRY: usize = 4 + 8 + 8;
 
 /// One entry of the keyspace: key, value, deadline (Unix ms, -1 for none).
-fn next_entry<'a>(r: &mut Reader<'a>) -> Result<(&'a [u8], &'a [u8], i64), String> {
+pub(crate) fn next_entry<'a>(r: &mut Reader<'a>) -> Result<(&'a [u8], &'a [u8], i64), String> {
     let key_len = r.u32()? as usize;
     let key = r.take(key_len)?;
     let value_len = usize::try_from(r.u64()?).map_err(|_| "a value too large".to_string())?;
@@ -198,10 +198,10 @@ pub fn read_session(version: u32, bytes: &[u8]) -> Result<(Session, Subscription
     Ok((Session { id, resp3, name, lib_name, lib_ver, ..Session::default() }, subs))
 }
 
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if self.0.len() < n {
             return Err(format!("the state ends early ({} bytes left, {n} wanted)", self.0.len()));
         }
@@ -231,15 +231,15 @@ impl<'a> Reader<'a> {
         Ok(self.take(len)?.to_vec())
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    pub(crate) fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    pub(crate) fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
-    fn i64(&mut self) -> Result<i64, String> {
+    pub(crate) fn i64(&mut self) -> Result<i64, String> {
         Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 }

@@ -45,6 +45,8 @@
 //! On a reload, `host upgrade` or a recycle the keyspace (with its deadlines), the counters and
 //! every connection's session (client id and name, RESP3) move to the new worker, and so do the
 //! connections (hand-over, [`handover`]): a client sees the same keys on an unbroken connection.
+//! The keyspace is copied in steps while the old worker serves ([`precopy`]); clients pause only
+//! for the keys written during the copy.
 //! A subscriber moves with its channels and hears every message once, in order. A connection
 //! inside `MULTI`, with `WATCH`ed keys or with patterns (`PSUBSCRIBE`) finishes on the old
 //! worker, which drains it.
@@ -59,6 +61,7 @@ pub mod handover;
 mod handover_cost;
 #[cfg(test)]
 mod handover_tests;
+pub mod precopy;
 pub mod proto;
 pub mod pubsub;
 pub mod reply;
@@ -66,7 +69,7 @@ pub mod store;
 
 use std::time::{Duration, Instant};
 
-use plugin_api::{export_plugin, ConnId, ConnMap, Frame, Host, Protocol, StateWriter, TimerId, WorkerInfo};
+use plugin_api::{export_plugin, ConnId, ConnMap, ExportStep, Frame, Host, Protocol, StateWriter, TimerId, WorkerInfo};
 
 use crate::commands::{execute, After, Server, ServerInfo, Session};
 use crate::proto::{frame_command, Args, Framed, Progress, BULK_MAX};
@@ -103,6 +106,10 @@ pub struct Resp {
     args: Args,
     out: Vec<u8>,
     max_package_size: usize,
+    /// A hand-over's pre-copy under way in this (old) worker ([`precopy`]).
+    copy: Option<precopy::Copy>,
+    /// The keyspace a hand-over's steps staged in this (new) worker, served once committed.
+    staged: Option<store::Store>,
 }
 
 impl Resp {
@@ -132,6 +139,8 @@ impl Protocol for Resp {
             args: Args::default(),
             out: Vec::with_capacity(4096),
             max_package_size: worker.max_package_size,
+            copy: None,
+            staged: None,
         })
     }
 
@@ -285,20 +294,63 @@ impl Protocol for Resp {
     }
 
     fn export_worker(&mut self, host: &mut Host<'_>, out: &mut StateWriter<'_>) -> bool {
-        handover::write_worker(&self.server, host.now_ms(), out).is_ok()
+        match self.copy.take() {
+            // After steps: what changed since the copy began, and what it did not reach.
+            Some(copy) => precopy::write_last(&mut self.server, copy, host.now_ms(), out).is_ok(),
+            None => handover::write_worker(&self.server, host.now_ms(), out).is_ok(),
+        }
     }
 
     fn adopt_worker(&mut self, host: &mut Host<'_>, version: u32, state: &[u8]) -> bool {
+        let staged = self.staged.take();
         if !handover::reads(version) {
             return false;
         }
-        match handover::read_worker(&mut self.server, host.now_ms(), state) {
+        let read = match precopy::is_last(state) {
+            true => precopy::read_last(&mut self.server, staged.unwrap_or_default(), host.now_ms(), state),
+            false => handover::read_worker(&mut self.server, host.now_ms(), state),
+        };
+        match read {
             Ok(()) => true,
             Err(e) => {
                 plugin_api::tracing::error!("the previous worker's keyspace is unreadable: {e}");
                 false
             }
         }
+    }
+
+    const HANDOVER_STEPS: bool = true;
+
+    fn export_worker_step(&mut self, host: &mut Host<'_>, out: &mut StateWriter<'_>) -> ExportStep {
+        let copy = self.copy.get_or_insert_with(|| precopy::Copy::start(&mut self.server.store));
+        match precopy::write_step(&self.server, copy, host.now_ms(), out) {
+            Ok(true) => ExportStep::Ready,
+            Ok(false) => ExportStep::More,
+            Err(_) => ExportStep::Failed,
+        }
+    }
+
+    fn adopt_worker_step(&mut self, host: &mut Host<'_>, version: u32, state: &[u8]) -> bool {
+        if !handover::reads(version) {
+            return false;
+        }
+        let now = host.now_ms();
+        let unix_now = self.server.unix_ms(now);
+        let staged = self.staged.get_or_insert_with(store::Store::default);
+        match precopy::read_step(staged, unix_now, now, state) {
+            Ok(()) => true,
+            Err(e) => {
+                plugin_api::tracing::error!("a step of the previous worker's keyspace is unreadable: {e}");
+                false
+            }
+        }
+    }
+
+    fn drop_worker_steps(&mut self, _host: &mut Host<'_>) {
+        if self.copy.take().is_some() {
+            self.server.store.stop_recording();
+        }
+        self.staged = None;
     }
 
     fn on_drain(&mut self, host: &mut Host<'_>, conn: ConnId) {

@@ -5,7 +5,7 @@
 //! insertion-ordered hash map: a key's position gives `SCAN` a cursor and active expiry a random
 //! pick in O(1). Keys with a deadline are also kept in a second set, the one active expiry samples.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use indexmap::{IndexMap, IndexSet};
 
@@ -42,7 +42,23 @@ pub struct Store {
     watched: HashMap<Box<[u8]>, Watched>,
     /// Counts the changes of watched keys.
     changes: u64,
+    /// While a hand-over's pre-copy is under way (`precopy`): the keys changed since it began.
+    dirty: Option<Dirty>,
 }
+
+/// The keys written, deleted or expired since a pre-copy began (every change goes through
+/// [`Store::touch`]), and whether the keyspace was flushed meanwhile (then only the keys
+/// changed since the flush are in `keys`).
+#[derive(Debug, Default)]
+pub struct Dirty {
+    pub keys: HashSet<Box<[u8]>>,
+    /// The bytes of `keys` with a rough per-key overhead (the set's bound).
+    pub bytes: usize,
+    pub flushed: bool,
+}
+
+/// What one recorded key is counted as beyond its bytes (the set's slot and the box).
+const DIRTY_KEY_OVERHEAD: usize = 48;
 
 #[derive(Debug, Clone, Copy)]
 struct Watched {
@@ -66,6 +82,88 @@ impl Store {
             expired_keys: 0,
             watched: HashMap::new(),
             changes: 0,
+            dirty: None,
+        }
+    }
+
+    /// A copy of the keys and values (tests).
+    #[cfg(test)]
+    pub fn clone_for_test(&self) -> Store {
+        Store { map: self.map.clone(), volatile: self.volatile.clone(), ..Store::default() }
+    }
+
+    /// Starts recording the keys that change (a pre-copy began); what was recorded before goes.
+    pub fn start_recording(&mut self) {
+        self.dirty = Some(Dirty::default());
+    }
+
+    /// Stops recording and returns what was (None: nothing was).
+    pub fn stop_recording(&mut self) -> Option<Dirty> {
+        self.dirty.take()
+    }
+
+    /// The bytes the recorded keys take (0 when nothing is recorded).
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty.as_ref().map_or(0, |d| d.bytes)
+    }
+
+    /// The key and entry at position `i` of the keyspace's order (expired ones included).
+    pub fn get_index(&self, i: usize) -> Option<(&[u8], &Entry)> {
+        self.map.get_index(i).map(|(k, e)| (&**k, e))
+    }
+
+    /// The entry of `key` as it is (an expired one included, nothing removed).
+    pub fn peek(&self, key: &[u8]) -> Option<&Entry> {
+        self.map.get(key)
+    }
+
+    /// Puts an entry in from a hand-over's step or last part, replacing the key's entry: a later
+    /// record of a key is newer than an earlier one.
+    pub fn put_moved(&mut self, key: Box<[u8]>, value: Vec<u8>, expires_at: u64) {
+        match self.map.entry(key) {
+            indexmap::map::Entry::Occupied(mut slot) => {
+                let was = slot.get().expires_at;
+                match (was == NEVER, expires_at == NEVER) {
+                    (true, false) => {
+                        self.volatile.insert(slot.key().clone());
+                    }
+                    (false, true) => {
+                        self.volatile.swap_remove(slot.key());
+                    }
+                    _ => {}
+                }
+                slot.insert(Entry { value, expires_at });
+            }
+            indexmap::map::Entry::Vacant(slot) => {
+                if expires_at != NEVER {
+                    self.volatile.insert(slot.key().clone());
+                }
+                slot.insert(Entry { value, expires_at });
+            }
+        }
+    }
+
+    /// Takes a key out as a hand-over's tombstone says (deleted or expired in the old worker).
+    pub fn remove_moved(&mut self, key: &[u8]) {
+        if let Some(entry) = self.map.swap_remove(key) {
+            if entry.expires_at != NEVER {
+                self.volatile.swap_remove(key);
+            }
+        }
+    }
+
+    /// Takes in a keyspace staged by a hand-over's steps (and its last part): as it is when
+    /// this one is empty (a replacement serves no one before), else entry by entry, the keys
+    /// this one has staying (they are newer).
+    pub fn adopt_staged(&mut self, staged: Store) {
+        if self.map.is_empty() {
+            self.map = staged.map;
+            self.volatile = staged.volatile;
+            return;
+        }
+        self.reserve(staged.map.len());
+        for (key, entry) in staged.map {
+            self.insert_moved(key, entry.value, entry.expires_at);
         }
     }
 
@@ -93,8 +191,15 @@ impl Store {
         self.watched.get(key).is_some_and(|w| w.stamp != stamp)
     }
 
-    /// Records a change of `key` for its watchers (Redis' `signalModifiedKey`).
+    /// Records a change of `key` for its watchers (Redis' `signalModifiedKey`), and for a
+    /// pre-copy under way: every write, removal and expiry of a key comes through here.
     fn touch(&mut self, key: &[u8]) {
+        if let Some(dirty) = &mut self.dirty {
+            if !dirty.keys.contains(key) {
+                dirty.bytes += key.len() + DIRTY_KEY_OVERHEAD;
+                dirty.keys.insert(key.into());
+            }
+        }
         if self.watched.is_empty() {
             return;
         }
@@ -278,6 +383,10 @@ impl Store {
         let existing: Vec<Box<[u8]>> = self.watched.keys().filter(|k| self.map.contains_key(&***k)).cloned().collect();
         for key in existing {
             self.touch(&key);
+        }
+        // A pre-copy's last part says so: the replacement drops what was copied before.
+        if let Some(dirty) = &mut self.dirty {
+            *dirty = Dirty { flushed: true, ..Dirty::default() };
         }
         self.map = IndexMap::new();
         self.volatile = IndexSet::new();

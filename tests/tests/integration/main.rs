@@ -59,6 +59,8 @@ mod handover;
 mod handover_http;
 // resp's pattern and channel subscribers across reloads: every message once, in order.
 mod handover_resp;
+// The pre-copy hand-over of a large worker state: a resp keyspace copied while it is written.
+mod handover_state;
 // `host upgrade`: the master re-executes the binary installed at its path (same pid, sockets and
 // connections kept), every worker follows; refusals leave the old master serving.
 mod upgrade;

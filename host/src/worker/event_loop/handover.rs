@@ -62,6 +62,7 @@ use crate::ctl::{Fallback, Handover, HandoverChannel, HandoverReport, ToMaster, 
 use crate::sys;
 
 mod adopt;
+mod copy;
 mod progress;
 mod send;
 
@@ -119,6 +120,14 @@ pub(super) struct OldSide {
     turns: u64,
     messages_at_start: u64,
     report: HandoverReport,
+    /// The replacement answered the offer (`Accept` or `AcceptSteps`).
+    accepted: bool,
+    /// Pre-copy: the steps under way (`copy.rs`); None without steps, or once they are over.
+    copy: Option<copy::Copy>,
+    /// The plugin wrote a step, and `handover_export_worker` has (not) been called since: a
+    /// failure in between tells it to forget the copy (`handover_drop_steps`).
+    copy_started: bool,
+    final_exported: bool,
 }
 
 impl OldSide {
@@ -146,6 +155,10 @@ impl OldSide {
             turns: 0,
             messages_at_start: 0,
             report: HandoverReport { attempted: true, ..HandoverReport::default() },
+            accepted: false,
+            copy: None,
+            copy_started: false,
+            final_exported: false,
         }
     }
 }
@@ -170,6 +183,11 @@ pub(super) struct NewSide {
     /// up on its own, the old worker might be writing a large state still (and take back what
     /// it held, or drain it away), or have given up already while frames it sent wait here.
     deadline_ms: Option<u64>,
+    /// It answered `AcceptSteps` (its plugin adopts steps).
+    steps: bool,
+    /// Steps were staged and not committed by the worker state yet: should the hand-over end
+    /// before, the plugin drops them (`handover_drop_steps`).
+    staged: bool,
 }
 
 /// Where the worker state goes while the plugin writes it: memory, then a memfd once it is
@@ -223,14 +241,21 @@ impl RawStateSink for StateSink {
 impl StateSink {
     /// The `State` frame and its descriptor (the sealed memfd), or why the state cannot go.
     fn finish(self) -> io::Result<(Handover, Vec<OwnedFd>)> {
+        let len = self.len;
+        let (inline, fds) = self.finish_parts()?;
+        Ok((Handover::State { len, inline }, fds))
+    }
+
+    /// The bytes inline, or (None) the sealed memfd that holds them.
+    fn finish_parts(self) -> io::Result<(Option<Vec<u8>>, Vec<OwnedFd>)> {
         if let Some(e) = self.error {
             return Err(e);
         }
         match self.memfd {
-            None => Ok((Handover::State { len: self.len, inline: Some(self.inline) }, Vec::new())),
+            None => Ok((Some(self.inline), Vec::new())),
             Some(file) => {
                 sys::seal(&file)?;
-                Ok((Handover::State { len: self.len, inline: None }, vec![OwnedFd::from(file)]))
+                Ok((None, vec![OwnedFd::from(file)]))
             }
         }
     }
@@ -309,6 +334,8 @@ impl Worker {
                     tally: adopt::Tally::default(),
                     finished: false,
                     deadline_ms: Some(deadline_ms),
+                    steps: false,
+                    staged: false,
                 };
                 self.handover = Some(Session::New(Box::new(new)));
             }
@@ -330,9 +357,11 @@ impl Worker {
         };
     }
 
-    /// The hand-over's deadline, for the poll's timeout.
+    /// The hand-over's deadline, for the poll's timeout (now, while a copy has room for another
+    /// step: the next turn writes it).
     pub(super) fn handover_deadline(&self) -> Option<u64> {
         match &self.handover {
+            Some(Session::Old(old)) if old.copy.as_ref().is_some_and(|c| c.wants_turn()) => Some(self.core.now_ms),
             Some(Session::Old(old)) => Some(old.deadline_ms),
             Some(Session::New(new)) => new.deadline_ms,
             None => None,
@@ -343,11 +372,19 @@ impl Worker {
         for (msg, _fds) in old.channel.read_with_fds() {
             match msg {
                 Handover::Hello { .. } => {}
-                Handover::Accept if old.stopped_ms.is_none() => {
+                Handover::Accept if !old.accepted => {
+                    old.accepted = true;
                     if let Err(why) = self.begin_sending(&mut old) {
                         self.end_old(old, why);
                         return None;
                     }
+                }
+                Handover::AcceptSteps if !old.accepted => {
+                    // Pre-copy: the worker state goes in steps while this worker serves
+                    // (`copy.rs`); the connections stop once they are over.
+                    old.accepted = true;
+                    old.messages_at_start = self.core.stats.messages;
+                    old.copy = Some(copy::Copy::new(self.core.now_ms));
                 }
                 Handover::Ack(adopted) if !old.awaiting.is_empty() => match self.acknowledged(&mut old, adopted) {
                     Ok(false) => {}
@@ -454,6 +491,11 @@ impl Worker {
             // Nothing more goes out: the channel's end is awaited.
             return Some(old);
         }
+        // Pre-copy: the next step, or the connections stop once the steps are over.
+        if let Err(why) = self.copy_more(&mut old) {
+            self.end_old(old, why);
+            return None;
+        }
         // In batches: the next ones, while few are in flight.
         if let Err(why) = self.export_more(&mut old) {
             self.end_old(old, why);
@@ -516,6 +558,7 @@ impl Worker {
     /// The hand-over failed: every connection comes back, and what the fallback says follows.
     fn end_old(&mut self, mut old: OldSide, why: String) {
         tracing::warn!("hand-over failed: {why}; taking the connections back");
+        self.copy_abandoned(&mut old);
         let held = std::mem::take(&mut old.held);
         let mut sessions: Vec<_> = std::mem::take(&mut old.held_sessions).into();
         sessions.extend(old.sessions.drain(..).map(|(id, snapshot, _)| (id, snapshot)));
@@ -577,6 +620,9 @@ impl Worker {
             state_bytes = report.state_bytes,
             memfd = report.memfd,
             pause_ms = report.pause_ms,
+            copy_steps = report.copy_steps,
+            copy_bytes = report.copy_bytes,
+            copy_ms = report.copy_ms,
             failure = report.failure.as_deref().unwrap_or("-"),
             "hand-over ended"
         );
@@ -615,6 +661,8 @@ fn name(msg: &Handover) -> &'static str {
         Handover::Ack(_) => "ack",
         Handover::Failed(_) => "failed",
         Handover::Sessions(_) => "sessions",
+        Handover::AcceptSteps => "accept-steps",
+        Handover::Step { .. } => "step",
     }
 }
 

@@ -39,6 +39,8 @@ pub(in crate::worker::event_loop) struct Tally {
     sessions: u64,
     offered: u64,
     state_bytes: u64,
+    /// Pre-copy steps staged.
+    steps: u64,
 }
 
 impl Worker {
@@ -60,7 +62,13 @@ impl Worker {
                             // takes meanwhile until then (their bound in bytes stands).
                             new.deadline_ms = None;
                             self.core.topics.recent.until_ms = u64::MAX;
-                            Handover::Accept
+                            // Pre-copy: a plugin that stages steps has the old worker write its
+                            // state while it serves.
+                            new.steps = dispatch::handover_adopts_steps(&mut self.plugin);
+                            match new.steps {
+                                true => Handover::AcceptSteps,
+                                false => Handover::Accept,
+                            }
                         }
                         _ => {
                             Handover::Refuse(format!("the new plugin cannot read state version {version} of {plugin}"))
@@ -79,6 +87,9 @@ impl Worker {
                         false => new.early.push(items),
                     }
                 }
+                Handover::Step { len, inline } if new.steps && new.version.is_some() && !new.state_in => {
+                    self.adopt_step(&mut new, len, inline, fds);
+                }
                 Handover::State { len, inline } if new.version.is_some() && !new.state_in => {
                     self.adopt_state(&mut new, len, inline, fds);
                 }
@@ -90,6 +101,7 @@ impl Worker {
                         udp_sessions = t.sessions,
                         offered = t.offered,
                         state_bytes = t.state_bytes,
+                        steps = t.steps,
                         "connections adopted"
                     );
                     send_ack(&mut new, Vec::new());
@@ -110,6 +122,8 @@ impl Worker {
         self.flush_handover(&mut new.channel, false);
         if new.channel.closed || (new.finished && !new.channel.pending()) {
             let _ = self.poll.registry().deregister(&mut new.channel.stream);
+            // Steps never committed by the worker state: nothing of them is served.
+            self.drop_staged(&mut new);
             self.resume_accepting();
             // No more connections come: the topic messages kept for them go, and so do the
             // lookups of carried connections.
@@ -129,17 +143,7 @@ impl Worker {
         let version = new.version.expect("accepted before");
         let mut early = std::mem::take(&mut new.early);
         let ids: Vec<Vec<Option<ConnId>>> = early.iter_mut().map(|items| self.import_carried(items)).collect();
-        // A large state is read in place from the sealed memfd's mapping: no copy.
-        let mapped = match inline {
-            Some(bytes) if bytes.len() as u64 == len => Ok(State::Inline(bytes)),
-            Some(bytes) => Err(format!("{} bytes of state, {len} announced", bytes.len())),
-            None => match (fds.into_iter().next(), usize::try_from(len)) {
-                (Some(fd), Ok(len)) => sys::SealedMap::map(&fd, len)
-                    .map(State::Mapped)
-                    .map_err(|e| format!("could not map the state: {e}")),
-                _ => Err("no memfd came with the state".into()),
-            },
-        };
+        let mapped = received(len, inline, fds);
         let adopted = mapped.map(|state| {
             let bytes = state.bytes();
             new.tally.state_bytes += bytes.len() as u64;
@@ -156,14 +160,53 @@ impl Worker {
                 let _ = self.core.export(id);
             }
             self.core.carry.adopted.clear();
+            self.drop_staged(new);
             let _ = new.channel.send(&Handover::Failed(why));
             new.finished = true;
             return;
         }
+        // The steps are committed with it.
+        new.staged = false;
         new.state_in = true;
         for (items, ids) in early.into_iter().zip(ids) {
             let acks = self.adopt_items(new, version, items, ids);
             send_ack(new, acks);
+        }
+    }
+
+    /// `Step` (pre-copy): a slice of the worker state, staged by the plugin (nothing of it is
+    /// served before the worker state commits it), acknowledged; or the hand-over fails.
+    fn adopt_step(&mut self, new: &mut NewSide, len: u64, inline: Option<Vec<u8>>, fds: Vec<OwnedFd>) {
+        let version = new.version.expect("accepted before");
+        new.staged = true;
+        let adopted = received(len, inline, fds).map(|state| {
+            dispatch::handover_adopt_worker_step(&mut self.plugin, &mut self.core, version, state.bytes())
+        });
+        let failed = match adopted {
+            Ok(RawHandover::MOVE) => None,
+            Ok(_) => Some("the plugin refused a step of the worker state".to_string()),
+            Err(why) => Some(why),
+        };
+        match failed {
+            None => {
+                new.tally.steps += 1;
+                new.tally.state_bytes += len;
+                send_ack(new, Vec::new());
+            }
+            Some(why) => {
+                tracing::warn!("hand-over: {why}; giving up");
+                self.drop_staged(new);
+                let _ = new.channel.send(&Handover::Failed(why));
+                new.finished = true;
+            }
+        }
+    }
+
+    /// The plugin drops what steps it staged, once (the hand-over ended without committing them).
+    fn drop_staged(&mut self, new: &mut NewSide) {
+        if std::mem::take(&mut new.staged) {
+            tracing::info!(steps = new.tally.steps, "dropping the staged steps of a hand-over that did not finish");
+            dispatch::handover_drop_steps(&mut self.plugin, &mut self.core);
         }
     }
 
@@ -310,6 +353,21 @@ impl Worker {
             self.core.forget_session(id);
         }
         answer == RawHandover::MOVE
+    }
+}
+
+/// A worker state or a step as it came: `len` bytes inline, or (large) read in place from the
+/// sealed memfd's mapping (no copy).
+fn received(len: u64, inline: Option<Vec<u8>>, fds: Vec<OwnedFd>) -> Result<State, String> {
+    match inline {
+        Some(bytes) if bytes.len() as u64 == len => Ok(State::Inline(bytes)),
+        Some(bytes) => Err(format!("{} bytes of state, {len} announced", bytes.len())),
+        None => match (fds.into_iter().next(), usize::try_from(len)) {
+            (Some(fd), Ok(len)) => {
+                sys::SealedMap::map(&fd, len).map(State::Mapped).map_err(|e| format!("could not map the state: {e}"))
+            }
+            _ => Err("no memfd came with the state".into()),
+        },
     }
 }
 

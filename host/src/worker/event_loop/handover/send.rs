@@ -64,6 +64,11 @@ impl Outgoing {
     fn bare(frame: Handover, place: usize) -> Outgoing {
         Outgoing { frame, lends: place..place, owned: Vec::new(), state: false }
     }
+
+    /// A frame that carries descriptors of its own (a step's memfd) and lends none.
+    pub(super) fn owning(frame: Handover, owned: Vec<OwnedFd>, place: usize) -> Outgoing {
+        Outgoing { frame, lends: place..place, owned, state: false }
+    }
 }
 
 /// A frame the replacement answers with an `Ack`.
@@ -77,6 +82,8 @@ pub(super) enum Awaited {
         count: usize,
     },
     Done,
+    /// A step of the worker state (pre-copy: `copy.rs`), answered with an empty `Ack`.
+    Step,
 }
 
 /// A connection taken out: its id here, itself, the plugin's state for it, its TLS record layer
@@ -149,6 +156,7 @@ impl Worker {
         // A long export tells the master it goes on (its kill deadline counts again).
         let mut reporting = super::progress::Reporting::new(&mut sink, &mut self.control);
         let answer = dispatch::handover_export_worker(&mut self.plugin, &mut self.core, &mut reporting);
+        old.final_exported = true;
         let carried = self.core.carry.exporting.take().unwrap_or_default();
         let mut with_state = Vec::new();
         for c in carried {
@@ -160,7 +168,7 @@ impl Worker {
         let state = match answer == RawHandover::MOVE {
             true => {
                 old.report.state_bytes += sink.len;
-                old.report.memfd = sink.memfd.is_some();
+                old.report.memfd |= sink.memfd.is_some();
                 sink.finish().map_err(|e| format!("could not store the worker state: {e}"))
             }
             false => Err("the plugin did not export its worker state".to_string()),
@@ -395,6 +403,7 @@ impl Worker {
                 }
                 Ok(false)
             }
+            Some(Awaited::Step) if adopted.is_empty() => self.step_acknowledged(old).map(|()| false),
             Some(Awaited::Done) if adopted.is_empty() => {
                 if old.batches > 0 {
                     tracing::info!(
@@ -409,7 +418,9 @@ impl Worker {
             Some(Awaited::Conns { count, .. } | Awaited::Sessions { count }) => {
                 Err(format!("the new worker acknowledged {} connections of a frame of {count}", adopted.len()))
             }
-            Some(Awaited::Done) => Err("the new worker acknowledged connections that were not sent".into()),
+            Some(Awaited::Done | Awaited::Step) => {
+                Err("the new worker acknowledged connections that were not sent".into())
+            }
             None => Err("an acknowledgement out of turn".into()),
         }
     }
@@ -473,7 +484,7 @@ fn drop_unsent(old: &mut OldSide) -> Unsent {
         match old.awaiting.pop_back() {
             Some(Awaited::Sessions { count }) => unsent.sessions += count,
             Some(Awaited::Done) => unsent.done = true,
-            Some(Awaited::Conns { .. }) | None => {}
+            Some(Awaited::Conns { .. } | Awaited::Step) | None => {}
         }
         if !frame.lends.is_empty() {
             unsent.first_place = Some(frame.lends.start);

@@ -51,11 +51,11 @@ fn queue_done(old: &mut OldSide) {
     old.awaiting.push_back(Awaited::Done);
 }
 
-/// The counts of the answers still awaited, in order (`Done`: None).
+/// The counts of the answers still awaited, in order (`Done` and a step: None).
 fn awaited(old: &OldSide) -> Vec<Option<usize>> {
     let count = |a: &Awaited| match a {
         Awaited::Conns { count, .. } | Awaited::Sessions { count } => Some(*count),
-        Awaited::Done => None,
+        Awaited::Done | Awaited::Step => None,
     };
     old.awaiting.iter().map(count).collect()
 }

@@ -1,0 +1,202 @@
+//! The pre-copy hand-over of a large worker state (docs/architecture.md, "Hand-over"): the old
+//! worker writes its keyspace in steps while it serves, then stops its connections only for what
+//! changed meanwhile. A writer client writes across the reload and every key ends as it wrote
+//! it last; a copy that fails half-way leaves nothing of itself in the replacement.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use host_tests::{Client, Host};
+
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+const LOG_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn read_line(c: &mut Client) -> String {
+    let line = c.read_line().unwrap_or_else(|e| panic!("no line: {e}"));
+    String::from_utf8_lossy(&line).trim_end().to_string()
+}
+
+/// One RESP reply as text: a simple line, an integer, or a bulk string's bytes (`(nil)`).
+fn reply(c: &mut Client) -> String {
+    let line = read_line(c);
+    match line.strip_prefix('$') {
+        Some("-1") => "(nil)".to_string(),
+        Some(_) => read_line(c),
+        None => line,
+    }
+}
+
+fn command(c: &mut Client, line: &str) -> String {
+    c.send(format!("{line}\r\n").as_bytes());
+    reply(c)
+}
+
+/// The value the filler writes for key `i`.
+fn fill_value(i: usize) -> String {
+    format!("v{i}-{}", "x".repeat(60))
+}
+
+/// Writes keys `k:0` … `k:{n-1}` in pipelined batches.
+fn fill(port: u16, n: usize) {
+    let mut c = Client::connect(port);
+    for start in (0..n).step_by(5000) {
+        let end = (start + 5000).min(n);
+        let batch: String = (start..end).map(|i| format!("SET k:{i} {}\r\n", fill_value(i))).collect();
+        c.send(batch.as_bytes());
+        for _ in start..end {
+            assert_eq!(read_line(&mut c), "+OK");
+        }
+    }
+}
+
+fn reload(host: &mut Host) {
+    let out = host.command(["reload", "-g"], RELOAD_TIMEOUT);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+}
+
+/// What the writer wrote last for each key it touched (None: it deleted it).
+type Record = HashMap<String, Option<String>>;
+
+/// Writes until `stop`, one command at a time (each answered before the next: its record is
+/// exact): new keys, keys of the filled keyspace overwritten, appended to and deleted, a counter.
+fn write_until(mut c: Client, stop: Arc<AtomicBool>, filled: usize) -> (Client, Record, u64) {
+    let mut record = Record::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) || n < 200 {
+        n += 1;
+        let i = n as usize;
+        match n % 5 {
+            0 => {
+                let key = format!("w:{}", i % 3000);
+                assert_eq!(command(&mut c, &format!("SET {key} s{n}")), "+OK");
+                record.insert(key, Some(format!("s{n}")));
+            }
+            1 => {
+                let key = format!("k:{}", (i * 7919) % filled);
+                assert_eq!(command(&mut c, &format!("SET {key} o{n}")), "+OK");
+                record.insert(key, Some(format!("o{n}")));
+            }
+            2 => {
+                let key = format!("k:{}", (i * 104_729) % filled);
+                let deleted = command(&mut c, &format!("DEL {key}"));
+                assert!(deleted == ":1" || deleted == ":0", "{deleted}");
+                record.insert(key, None);
+            }
+            3 => {
+                let key = format!("k:{}", (i * 1_299_709) % filled);
+                let before = record.get(&key).cloned().unwrap_or_else(|| Some(fill_value((i * 1_299_709) % filled)));
+                let len = command(&mut c, &format!("APPEND {key} +a"));
+                assert!(len.starts_with(':'), "{len}");
+                let after = format!("{}+a", before.unwrap_or_default());
+                assert_eq!(len, format!(":{}", after.len()), "APPEND {key}");
+                record.insert(key, Some(after));
+            }
+            _ => {
+                let count = command(&mut c, "INCR counter");
+                record.insert("counter".into(), Some(count.trim_start_matches(':').to_string()));
+            }
+        }
+    }
+    (c, record, n)
+}
+
+// 100,000 keys (~8 MB) copied in steps while a writer writes across `host reload -g`: the
+// log says the copy's steps apart from the pause, the writer's connection moved (the same
+// `CLIENT ID`), every key is what the writer wrote last (or the filler, for the others), and
+// DBSIZE counts exactly those.
+#[test]
+fn a_keyspace_copied_while_serving_ends_with_every_write() {
+    const FILLED: usize = 100_000;
+    let mut host = Host::start("resp", &["--count", "1", "--drain-timeout", "30", "--handover-timeout", "30"]);
+    fill(host.port(), FILLED);
+    let mut writer = Client::connect(host.port());
+    let id = command(&mut writer, "CLIENT ID");
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || write_until(writer, stop, FILLED))
+    };
+    reload(&mut host);
+    let line = host.log().wait_for("hand-over: ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    stop.store(true, Ordering::Relaxed);
+    let (mut writer, record, writes) = thread.join().expect("the writer");
+    let steps: u64 = line
+        .split(" steps over ")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no steps in {line}"));
+    assert!(steps >= 3, "the copy took several steps: {line}");
+    assert!(line.contains("while serving"), "{line}");
+    assert!(writes > 200, "the writer wrote across the reload ({writes} writes)");
+    assert_eq!(command(&mut writer, "CLIENT ID"), id, "the same connection, moved");
+
+    // Every key, through the writer's connection (MGET in batches).
+    let mut expected: HashMap<String, Option<String>> =
+        (0..FILLED).map(|i| (format!("k:{i}"), Some(fill_value(i)))).collect();
+    expected.extend(record);
+    let keys: Vec<&String> = expected.keys().collect();
+    let mut wrong = Vec::new();
+    for batch in keys.chunks(2000) {
+        let names: Vec<&str> = batch.iter().map(|k| k.as_str()).collect();
+        writer.send(format!("MGET {}\r\n", names.join(" ")).as_bytes());
+        assert_eq!(read_line(&mut writer), format!("*{}", batch.len()));
+        for key in batch {
+            let got = reply(&mut writer);
+            let want = expected[*key].clone().unwrap_or_else(|| "(nil)".into());
+            if got != want && wrong.len() < 10 {
+                wrong.push(format!("{key}: got {got:?}, want {want:?}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "keys not as last written: {wrong:#?}");
+    let live = expected.values().filter(|v| v.is_some()).count();
+    assert_eq!(command(&mut writer, "DBSIZE"), format!(":{live}"));
+    // A fresh client sees the same keyspace.
+    assert_eq!(command(&mut Client::connect(host.port()), "DBSIZE"), format!(":{live}"));
+}
+
+/// fixture_crash taking part in hand-overs with a worker state of `steps` steps, its
+/// replacement failing as `adopt` says; a client on it, its echo checked.
+fn crash_fixture(steps: u32, adopt: &str) -> (Host, Client) {
+    let config = format!("handover = \"on\"\nsteps = \"{steps}\"\nadopt = \"{adopt}\"\nabort_after = \"3\"");
+    let host = Host::start("fixture_crash", &["--plugin-config", &config, "--drain-timeout", "30"]);
+    let mut c = Client::connect(host.port());
+    c.send(b"before\n");
+    assert_eq!(read_line(&mut c), "before");
+    (host, c)
+}
+
+// The replacement dies while it adopts the 4th of 20 steps: the hand-over fails, the old worker
+// (which kept everything: nothing was lent during the copy) serves its client on, and its plugin
+// forgets the copy (`handover_drop_steps`).
+#[test]
+fn a_replacement_that_dies_during_the_copy_leaves_everything_with_the_old_worker() {
+    let (mut host, mut c) = crash_fixture(20, "abort_step");
+    reload(&mut host);
+    host.log().wait_for("fixture_crash aborts while adopting a step", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let failed = host.log().wait_for("hand-over failed, ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(failed.contains("1 drained"), "{failed}");
+    host.log().wait_for("fixture_crash forgets its copy", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    c.send(b"after\n");
+    assert_eq!(read_line(&mut c), "after", "the old worker still serves it");
+}
+
+// The replacement staged 20 steps, then refuses the worker state: it drops what it staged (the
+// plugin hears `handover_drop_steps`), the old worker serves its client on.
+#[test]
+fn a_replacement_that_refuses_the_state_after_the_steps_drops_them() {
+    let (mut host, mut c) = crash_fixture(20, "refuse_state");
+    reload(&mut host);
+    host.log().wait_for("fixture_crash refuses the worker state", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let dropped = host.log().wait_for("dropping the staged steps", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(dropped.contains("steps=20"), "{dropped}");
+    host.log().wait_for("fixture_crash drops 81920 staged bytes", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let failed = host.log().wait_for("hand-over failed, ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(failed.contains("refused the worker state"), "{failed}");
+    assert_eq!(host.log().count("fixture_crash forgets its copy"), 0, "its last part was written");
+    c.send(b"after\n");
+    assert_eq!(read_line(&mut c), "after", "the old worker still serves it");
+}
