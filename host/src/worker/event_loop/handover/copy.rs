@@ -120,9 +120,9 @@ impl Worker {
             old.copy_started = false;
         }
         if let Some(copy) = old.copy.take() {
-            // Failed during the copy: every connection stays (none was taken out).
+            // Failed during the copy: none was taken out, and `end_old` counts every connection
+            // as stayed (the connections were not stopped yet).
             old.report.copy_ms = self.core.now_ms.saturating_sub(copy.started_ms);
-            old.report.stay("the hand-over failed", self.core.open_count() as u64);
         }
     }
 }
