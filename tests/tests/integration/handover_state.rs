@@ -209,10 +209,23 @@ fn a_replacement_that_refuses_the_state_after_the_steps_drops_them() {
 // for the whole copy (here: forever, its read timing out).
 #[test]
 fn a_client_that_connects_during_the_copy_is_served_at_once_and_moves() {
+    client_during_the_copy(false);
+}
+
+// The same when the connections then move in batches: the client accepted during the copy is in
+// the batches' list when the connections stop.
+#[test]
+fn a_client_that_connects_during_the_copy_moves_in_the_batches() {
+    client_during_the_copy(true);
+}
+
+fn client_during_the_copy(batches: bool) {
     let files = TempDir::new();
     let hold = files.path().join("hold");
     std::fs::write(&hold, b"").expect("the hold file");
-    let config = format!("handover = \"on\"\nsteps = \"3\"\nhold_copy = \"{}\"", hold.display());
+    let batches = if batches { "on" } else { "off" };
+    let config =
+        format!("handover = \"on\"\nsteps = \"3\"\nbatches = \"{batches}\"\nhold_copy = \"{}\"", hold.display());
     let host = Host::start(
         "fixture_crash",
         &["--count", "1", "--plugin-config", &config, "--drain-timeout", "30", "--handover-timeout", "30"],
@@ -233,6 +246,8 @@ fn a_client_that_connects_during_the_copy_is_served_at_once_and_moves() {
     std::fs::remove_file(&hold).expect("the hold file removed");
     let line = host.log().wait_for("hand-over: ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(line.contains("2 connections moved, 0 drained"), "both clients moved: {line}");
+    let batched = host.log().count("handing over in batches");
+    assert_eq!(batched, usize::from(batches == "on"), "batches = {batches}");
     assert!(line.contains("while serving"), "{line}");
     let out = reload.join().expect("the reload");
     assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
