@@ -96,9 +96,15 @@ pub enum Exit {
 /// ```text
 ///  Serving ──Drain / SIGTERM──► Draining ──nothing left, or deadline──► Exiting(Drained)
 ///  Serving | Draining ──Stop / SIGINT / master gone──► Exiting
-///  Serving ──HandOver──► HandingOver ──acknowledged, refused, failed or timed out──►
+///  Serving ──HandOver──► HandingOver { serving } ──connections stop──► HandingOver { !serving }
+///  HandingOver ──acknowledged, refused, failed or timed out──►
 ///      Draining (what stayed drains: `Fallback::Drain`) | Exiting (`Fallback::Stop`)
 /// ```
+///
+/// A hand-over begins `serving`: while the replacement has not accepted, and while the worker
+/// state is copied in steps (pre-copy), the worker goes on accepting and serving as before; it
+/// stops accepting once its connections stop (`send::begin_sending`), and from then on the
+/// slot's new clients wait in its accept queue for the replacement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerPhase {
     /// Accepting connections (or reading the UDP socket) and serving them.
@@ -106,11 +112,13 @@ pub enum WorkerPhase {
     /// Not accepting: the plugin heard `on_drain` for every connection; the worker exits once no
     /// connection and no task is left, or at `deadline_ms`.
     Draining { deadline_ms: u64 },
-    /// Not accepting: moving its connections to the slot's replacement (each leaves the table as
-    /// an `ExportedConn`), until the replacement acknowledges, refuses or fails, or
-    /// `deadline_ms`; then what stayed (or was taken back) drains or stops. The hand-over ends
-    /// it (`event_loop/handover.rs`), never an idle table: every connection may be out of it.
-    HandingOver { deadline_ms: u64 },
+    /// Moving its connections to the slot's replacement (each leaves the table as an
+    /// `ExportedConn`), until the replacement acknowledges, refuses or fails, or `deadline_ms`;
+    /// then what stayed (or was taken back) drains or stops. The hand-over ends it
+    /// (`event_loop/handover.rs`), never an idle table: every connection may be out of it.
+    /// `serving`: the connections have not stopped yet (no answer to the offer yet, or the
+    /// worker state is being copied in steps): the worker still accepts and is not draining.
+    HandingOver { deadline_ms: u64, serving: bool },
     /// The loop ends after this turn; `was_draining`: what `Host::is_draining` says meanwhile.
     Exiting { exit: Exit, was_draining: bool },
 }
@@ -118,14 +126,14 @@ pub enum WorkerPhase {
 impl WorkerPhase {
     /// The listening socket is read: new connections (or UDP sessions) are taken.
     pub fn accepting(self) -> bool {
-        self == WorkerPhase::Serving
+        matches!(self, WorkerPhase::Serving | WorkerPhase::HandingOver { serving: true, .. })
     }
 
     /// What `Host::is_draining` tells the plugin.
     pub fn is_draining(self) -> bool {
         match self {
-            WorkerPhase::Serving => false,
-            WorkerPhase::Draining { .. } | WorkerPhase::HandingOver { .. } => true,
+            WorkerPhase::Serving | WorkerPhase::HandingOver { serving: true, .. } => false,
+            WorkerPhase::Draining { .. } | WorkerPhase::HandingOver { serving: false, .. } => true,
             WorkerPhase::Exiting { was_draining, .. } => was_draining,
         }
     }
@@ -153,12 +161,34 @@ impl WorkerPhase {
     }
 
     /// Starts a hand-over ending at `deadline_ms` (only from serving): true when it began now.
+    /// The worker goes on serving (and accepting) until [`WorkerPhase::stop_serving`].
     pub fn hand_over(&mut self, deadline_ms: u64) -> bool {
         if *self != WorkerPhase::Serving {
             return false;
         }
-        *self = WorkerPhase::HandingOver { deadline_ms };
+        *self = WorkerPhase::HandingOver { deadline_ms, serving: true };
         true
+    }
+
+    /// The hand-over's connections stop (they are about to move): no more accepting. True when
+    /// the worker was accepting until now (the caller stops watching the listener); false in
+    /// any other phase (a drain or a stop asked meanwhile stopped the accepting already).
+    pub fn stop_serving(&mut self) -> bool {
+        match self {
+            WorkerPhase::HandingOver { serving, .. } if *serving => {
+                *serving = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The hand-over's deadline moves to `deadline_ms` (the replacement made progress); no
+    /// change in any other phase.
+    pub fn extend_hand_over(&mut self, to_ms: u64) {
+        if let WorkerPhase::HandingOver { deadline_ms, .. } = self {
+            *deadline_ms = to_ms;
+        }
     }
 
     /// The loop is to end after this turn. The first reason stands, except that a channel that
@@ -175,7 +205,7 @@ impl WorkerPhase {
     /// The deadline the loop's poll must wake up for.
     pub fn deadline_ms(self) -> Option<u64> {
         match self {
-            WorkerPhase::Draining { deadline_ms } | WorkerPhase::HandingOver { deadline_ms } => Some(deadline_ms),
+            WorkerPhase::Draining { deadline_ms } | WorkerPhase::HandingOver { deadline_ms, .. } => Some(deadline_ms),
             WorkerPhase::Serving | WorkerPhase::Exiting { .. } => None,
         }
     }
@@ -225,6 +255,7 @@ mod tests {
     fn a_hand_over_ends_only_by_its_outcome_then_drains() {
         let mut phase = WorkerPhase::Serving;
         assert!(phase.hand_over(100));
+        assert!(phase.stop_serving());
         assert!(!phase.accepting() && phase.is_draining());
         assert!(!phase.tells_plugin_draining(), "its connections move: responses keep them open");
         assert!(!phase.hand_over(200), "one hand-over at a time");
@@ -250,5 +281,39 @@ mod tests {
         draining.stop(Exit::Stopped);
         draining.stop(Exit::MasterGone);
         assert_eq!(draining.after_turn(|| false, 0), Some(Exit::MasterGone), "a broken channel is what is said");
+    }
+
+    #[test]
+    fn a_hand_over_accepts_until_its_connections_stop() {
+        let mut phase = WorkerPhase::Serving;
+        assert!(phase.hand_over(100));
+        assert!(phase.accepting(), "new clients are served while the offer waits and the state is copied");
+        assert!(!phase.is_draining() && !phase.tells_plugin_draining(), "nothing drains yet");
+        assert!(!phase.hand_over(200), "one hand-over at a time, even while it accepts");
+        phase.extend_hand_over(300);
+        assert_eq!(phase.deadline_ms(), Some(300), "the poll wakes up for the hand-over meanwhile");
+        assert_eq!(phase.after_turn(|| true, 500), None);
+        assert!(phase.stop_serving(), "the connections stop: accepting ends now");
+        assert!(!phase.accepting() && phase.is_draining() && !phase.tells_plugin_draining());
+        assert!(!phase.stop_serving(), "once");
+        assert_eq!(phase.deadline_ms(), Some(300));
+    }
+
+    #[test]
+    fn a_drain_or_a_stop_during_the_copy_ends_the_accepting() {
+        let mut drained = WorkerPhase::Serving;
+        drained.hand_over(100);
+        assert!(drained.drain(50), "a drain asked during the copy begins now");
+        assert!(!drained.accepting() && drained.tells_plugin_draining());
+        assert!(!drained.stop_serving(), "the drain stopped the accepting already");
+        drained.extend_hand_over(900);
+        assert_eq!(drained.deadline_ms(), Some(50), "the drain's deadline stands");
+
+        let mut stopped = WorkerPhase::Serving;
+        stopped.hand_over(100);
+        stopped.stop(Exit::Stopped);
+        assert!(!stopped.accepting() && !stopped.is_draining(), "it was serving when stopped");
+        assert!(!stopped.stop_serving());
+        assert_eq!(stopped.after_turn(|| false, 0), Some(Exit::Stopped));
     }
 }

@@ -1,14 +1,15 @@
 //! The pre-copy hand-over of a large worker state (docs/architecture.md, "Hand-over"): the old
 //! worker writes its keyspace in steps while it serves, then stops its connections only for what
 //! changed meanwhile. A writer client writes across the reload and every key ends as it wrote
-//! it last; a copy that fails half-way leaves nothing of itself in the replacement.
+//! it last; a client that connects during the copy is served at once by the old worker and
+//! moves with the others; a copy that fails half-way leaves nothing of itself in the replacement.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use host_tests::{Client, Host};
+use host_tests::{run_host_in, Client, Host, TempDir};
 
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 const LOG_TIMEOUT: Duration = Duration::from_secs(30);
@@ -199,4 +200,59 @@ fn a_replacement_that_refuses_the_state_after_the_steps_drops_them() {
     assert_eq!(host.log().count("fixture_crash forgets its copy"), 0, "its last part was written");
     c.send(b"after\n");
     assert_eq!(read_line(&mut c), "after", "the old worker still serves it");
+}
+
+// A client that connects while the worker state is copied is accepted and served by the old
+// worker at once (the copy cannot end before: fixture_crash holds it while a file exists, so
+// nothing here depends on timing), and it moves with the others once the connections stop.
+// Before, the old worker stopped accepting at `HandOver`: the client waited in the accept queue
+// for the whole copy (here: forever, its read timing out).
+#[test]
+fn a_client_that_connects_during_the_copy_is_served_at_once_and_moves() {
+    client_during_the_copy(false);
+}
+
+// The same when the connections then move in batches: the client accepted during the copy is in
+// the batches' list when the connections stop.
+#[test]
+fn a_client_that_connects_during_the_copy_moves_in_the_batches() {
+    client_during_the_copy(true);
+}
+
+fn client_during_the_copy(batches: bool) {
+    let files = TempDir::new();
+    let hold = files.path().join("hold");
+    std::fs::write(&hold, b"").expect("the hold file");
+    let batches = if batches { "on" } else { "off" };
+    let config =
+        format!("handover = \"on\"\nsteps = \"3\"\nbatches = \"{batches}\"\nhold_copy = \"{}\"", hold.display());
+    let host = Host::start(
+        "fixture_crash",
+        &["--count", "1", "--plugin-config", &config, "--drain-timeout", "30", "--handover-timeout", "30"],
+    );
+    let mut before = Client::connect(host.port());
+    before.send(b"before\n");
+    assert_eq!(read_line(&mut before), "before");
+    let dir = host.dir().path().to_path_buf();
+    let reload = std::thread::spawn(move || run_host_in(&dir, ["reload", "-g"], RELOAD_TIMEOUT));
+    host.log().wait_for("fixture_crash holds its copy", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+
+    let mut during = Client::connect(host.port());
+    during.send(b"during\n");
+    assert_eq!(read_line(&mut during), "during", "the old worker serves a new client during the copy");
+    assert_eq!(host.log().count("worker state copied while serving"), 0, "the copy is still held");
+    assert_eq!(host.log().count("hand-over: "), 0);
+
+    std::fs::remove_file(&hold).expect("the hold file removed");
+    let line = host.log().wait_for("hand-over: ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("2 connections moved, 0 drained"), "both clients moved: {line}");
+    let batched = host.log().count("handing over in batches");
+    assert_eq!(batched, usize::from(batches == "on"), "batches = {batches}");
+    assert!(line.contains("while serving"), "{line}");
+    let out = reload.join().expect("the reload");
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    for (c, text) in [(&mut during, "after"), (&mut before, "again")] {
+        c.send(format!("{text}\n").as_bytes());
+        assert_eq!(read_line(c), text, "served by the replacement");
+    }
 }

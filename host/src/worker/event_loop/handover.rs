@@ -38,8 +38,8 @@
 //! consume it), so a restored connection goes on where it was.
 //!
 //! UDP sessions: both workers share the slot's socket (one receive queue). The old worker stops
-//! reading it when the hand-over begins (every datagram it read was delivered to its plugin
-//! then); the replacement reads it only once the hand-over has ended, its sessions adopted. A
+//! reading it when its connections stop (`send::begin_sending`: every datagram it read was
+//! delivered to its plugin then); the replacement reads it only once the hand-over has ended, its sessions adopted. A
 //! datagram that arrives in between waits in the socket's queue and reaches the adopted session
 //! (no new session, no `on_connect`): a peer never has a session in both workers. Should the
 //! hand-over fail, the old worker takes its sessions back (and drains: they close), and their
@@ -274,11 +274,12 @@ fn open_channel(worker: &mut Worker, fds: Vec<OwnedFd>) -> io::Result<HandoverCh
 }
 
 impl Worker {
-    /// `HandOver` from the master: stop accepting (the replacement serves from now on) and offer
-    /// the connections to the replacement; without a hand-over (the plugin does not take part,
-    /// the socket is missing), do `fallback` at once.
+    /// `HandOver` from the master: offer the connections to the replacement; without a hand-over
+    /// (the plugin does not take part, the socket is missing), do `fallback` at once. The worker
+    /// goes on accepting until its connections stop (`send::begin_sending`: at once after
+    /// `Accept`, after the copy with `AcceptSteps`): until then the replacement serves nobody.
     pub(super) fn start_handover(&mut self, fds: Vec<OwnedFd>, timeout_ms: u64, fallback: Fallback) {
-        if !self.core.phase.accepting() {
+        if self.core.phase != super::WorkerPhase::Serving {
             tracing::debug!("a hand-over asked of a worker that is not serving ignored");
             return;
         }
@@ -299,7 +300,6 @@ impl Worker {
             }
         };
         self.core.phase.hand_over(self.core.now_ms + timeout_ms);
-        self.stop_accepting();
         tracing::info!(connections = self.core.open_count(), timeout_ms, "handing over");
         let mut old = OldSide::new(channel, fallback, timeout_ms, self.core.now_ms + timeout_ms);
         let offer = Handover::Offer { plugin: self.plugin_name.clone(), version };

@@ -1,5 +1,7 @@
 //! Pre-copy: the old worker's plugin writes its worker state in steps while the worker goes on
-//! serving every client, before anything stops (docs/architecture.md, "Hand-over", pre-copy).
+//! serving every client, and accepting new ones, before anything stops (docs/architecture.md,
+//! "Hand-over", pre-copy). Those it accepts meanwhile are in the table when the connections
+//! stop, and move with the rest.
 //!
 //! The replacement answers the offer with `AcceptSteps` when its plugin adopts steps. From then
 //! on, once per loop turn while fewer than [`STEPS_IN_FLIGHT`] steps wait for their
@@ -102,9 +104,7 @@ impl Worker {
         let now = self.core.now_ms;
         old.deadline_ms = now + old.timeout_ms;
         // The phase's deadline (the poll's) follows: past it, the loop would spin.
-        if let super::super::WorkerPhase::HandingOver { deadline_ms } = &mut self.core.phase {
-            *deadline_ms = old.deadline_ms;
-        }
+        self.core.phase.extend_hand_over(old.deadline_ms);
         if now >= copy.reported_ms + PROGRESS_EVERY_MS {
             copy.reported_ms = now;
             self.send_control(&ToMaster::HandoverProgress { state_bytes: old.report.state_bytes });

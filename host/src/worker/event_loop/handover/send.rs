@@ -93,8 +93,14 @@ type Taken = (ConnId, ExportedConn, Vec<u8>, Option<Zeroizing<Vec<u8>>>, Option<
 type Beside = (Vec<u8>, Option<Zeroizing<Vec<u8>>>, Option<Carrier>);
 
 impl Worker {
-    /// `Accept`: takes out what moves (all of it, or the first batch) and queues its frames.
+    /// `Accept` (or the copy's end): the worker stops accepting, then takes out what moves (all
+    /// of it, or the first batch) and queues its frames.
     pub(super) fn begin_sending(&mut self, old: &mut OldSide) -> Result<(), String> {
+        // From now on the slot's new clients wait in its accept queue for the replacement. Those
+        // the ring's accept completed before it ended are taken now: they are in the ids below.
+        if self.core.phase.stop_serving() {
+            self.stop_accepting();
+        }
         // The pause clients of moved connections see starts with the first one taken out.
         old.stopped_ms = Some(self.core.now_ms);
         // Topic messages waiting in the mailbox are delivered first: they count in the marks
