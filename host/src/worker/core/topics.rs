@@ -131,16 +131,7 @@ impl Core {
     /// worker took on them after the old worker's `marks`, before anything later
     /// (`worker::topic_seam`).
     pub(super) fn replay_missed(&mut self, id: ConnId, marks: &Marks, topics: &[Vec<u8>]) {
-        let (missed, lost) = self.topics.recent.missed(marks, topics);
-        let missed: Vec<Vec<u8>> = missed.map(|m| m.msg.clone()).collect();
-        if lost > 0 {
-            tracing::warn!(
-                conn = id.0,
-                lost,
-                "a moved connection missed topic messages older than the new worker's log"
-            );
-        }
-        self.topics.stats.seam_lost += lost;
+        let missed: Vec<Vec<u8>> = self.missed_since(id, marks, topics).into_iter().map(|m| m.msg).collect();
         tracing::debug!(
             conn = id.0,
             replayed = missed.len(),
@@ -166,17 +157,20 @@ impl Core {
     /// order, for the plugin's `on_publish_missed`. None when it hears none.
     pub fn heard_missed(&mut self, id: ConnId) -> Option<(HeardSeam, Vec<Logged>)> {
         let seam = self.topics.heard_pending.remove(&id)?;
-        let (missed, lost) = self.topics.recent.missed(&seam.marks, &seam.topics);
+        let missed = self.missed_since(id, &seam.marks, &seam.topics);
+        Some((seam, missed))
+    }
+
+    /// What this worker's log holds on `topics` past `marks`, for connection `id`, in order;
+    /// what the log no longer holds is said and counted (`seam_lost`).
+    fn missed_since(&mut self, id: ConnId, marks: &Marks, topics: &[Vec<u8>]) -> Vec<Logged> {
+        let (missed, lost) = self.topics.recent.missed(marks, topics);
         let missed: Vec<Logged> = missed.cloned().collect();
         if lost > 0 {
-            tracing::warn!(
-                conn = id.0,
-                lost,
-                "a moved connection missed topic messages its plugin delivers, older than the worker's log"
-            );
+            tracing::warn!(conn = id.0, lost, "a moved connection missed topic messages older than this worker's log");
         }
         self.topics.stats.seam_lost += lost;
-        Some((seam, missed))
+        missed
     }
 
     /// After the plugin wrote `replayed` (what [`Core::heard_missed`] gave) to `id`: its marks
