@@ -84,6 +84,17 @@ impl HeldAnswer {
     }
 }
 
+/// A hand-over held because its old worker is still adopting from its own predecessor (a
+/// second reload's replacement ready before the first hand-over ended, issue 21): telling that
+/// worker to hand over now would end its adoption half-way. It starts once the earlier one has
+/// ended (its `HandedOver`, or the exit of either worker of it); its deadlines count from then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldHandover {
+    pub old: WorkerId,
+    pub new: WorkerId,
+    pub graceful: bool,
+}
+
 impl<P: Processes> Supervisor<P> {
     /// `client` asked (`host reload --handovers`) to hear, with its reload's outcome, how the
     /// hand-overs the reload starts ended.
@@ -94,8 +105,15 @@ impl<P: Processes> Supervisor<P> {
     /// Answers `waiters` with a reload's `answer`; a waiter that asked for the hand-overs'
     /// outcome hears it once the hand-overs under way now have ended.
     pub(in crate::master) fn answer_reload(&mut self, waiters: &[ClientId], answer: &Answer) {
-        let handing: Vec<WorkerId> =
-            self.slots.workers().filter(|w| w.handing_over_to.is_some()).map(|w| w.id).collect();
+        // Those under way, and those held until one under way ended (they start later; their old
+        // worker reports, or exits, as any).
+        let handing: Vec<WorkerId> = self
+            .slots
+            .workers()
+            .filter(|w| w.handing_over_to.is_some())
+            .map(|w| w.id)
+            .chain(self.held_handovers.iter().map(|h| h.old))
+            .collect();
         // A master that stops answers at once (its reload was abandoned).
         let stopping = self.phase == super::supervisor::Phase::Stopping;
         for &client in waiters {
@@ -170,13 +188,68 @@ impl<P: Processes> Supervisor<P> {
         }
     }
 
-    /// Starts `old`'s hand-over to `new`, or retires it as before; whether a hand-over began.
+    /// The worker `id` still adopts from (its hand-over to `id` under way), or is to adopt from
+    /// (a hand-over to `id` held itself): `id` hands over only once that one ended.
+    fn adopting_from(&self, id: WorkerId) -> Option<WorkerId> {
+        let under_way = self.slots.workers().find(|w| w.handing_over_to == Some(id)).map(|w| w.id);
+        under_way.or_else(|| self.held_handovers.iter().find(|h| h.new == id).map(|h| h.old))
+    }
+
+    /// Starts the held hand-overs whose old worker adopts no more (its own hand-over ended);
+    /// one whose old worker is gone tells its replacement to serve, as a hand-over from a dead
+    /// worker does.
+    pub(in crate::master) fn start_held_handovers(&mut self) {
+        let mut i = 0;
+        while i < self.held_handovers.len() {
+            let held = self.held_handovers[i];
+            if self.slots.worker(held.old).is_some() && self.adopting_from(held.old).is_some() {
+                i += 1;
+                continue;
+            }
+            self.held_handovers.remove(i);
+            if self.slots.worker(held.new).is_none() {
+                // Its replacement is gone too: the old worker goes as a retired one does.
+                self.retire(held.old, held.graceful);
+                continue;
+            }
+            if self.slots.worker(held.old).is_none() {
+                tracing::info!(
+                    worker = held.new.0,
+                    "the worker a held hand-over was to come from is gone; its replacement serves"
+                );
+            } else {
+                tracing::info!(
+                    old = held.old.0,
+                    new = held.new.0,
+                    "the hand-over the old worker adopted in ended; its own hand-over starts"
+                );
+            }
+            self.retire_for(Some(held.old), Some(held.new), held.graceful);
+        }
+    }
+
+    /// Starts `old`'s hand-over to `new`, or retires it as before; whether a hand-over began
+    /// (or was held: `old` still adopts from its predecessor, and hands over once that ended).
     fn hand_over(&mut self, old: WorkerId, new: Option<WorkerId>, graceful: bool) -> bool {
         let handover = self.slots.worker(old).is_some_and(|w| self.services[w.key.service.0].service.handover);
         let Some(new) = new.filter(|_| handover) else {
             self.retire(old, graceful);
             return false;
         };
+        if let Some(earlier) = self.adopting_from(old) {
+            let service =
+                self.slots.worker(old).map(|w| w.key).map(|k| (self.service_name(k.service).to_string(), k.slot));
+            let pid = |id| self.slots.worker(id).map_or(0, |w| w.pid.as_raw());
+            let (old_pid, new_pid, earlier_pid) = (pid(old), pid(new), pid(earlier));
+            let (service, slot) = service.unwrap_or_default();
+            tracing::info!(service = %service, slot, old_pid, new_pid, earlier_pid, "hand-over to {new_pid} waits for the one to {old_pid} (from {earlier_pid}) to end");
+            // It is the slot's worker no more (retiring); it serves on, watched as a serving
+            // worker is, without a kill deadline until its hand-over starts (the earlier
+            // hand-over's own deadline bounds the wait: its old worker's exit starts this one).
+            self.slots.retire(old);
+            self.held_handovers.push(HeldHandover { old, new, graceful });
+            return true;
+        }
         let (drain, kill) = (self.timeouts.drain, self.timeouts.kill);
         let now = self.procs.now();
         // How long the old worker waits for the acknowledgement (the service's `handover_timeout`).
@@ -256,6 +329,7 @@ impl<P: Processes> Supervisor<P> {
             w.handing_over_to = None;
         }
         self.settle_held_answers(old, None);
+        self.start_held_handovers();
     }
 
     /// An old worker's hand-over ended: the log line, and the service's totals.
@@ -286,6 +360,8 @@ impl<P: Processes> Supervisor<P> {
         totals.last = Some(report.clone());
         self.settle_held_answers(id, Some(&report));
         self.out.push(Output::HandedOver(report));
+        // Its replacement adopts no more: a hand-over held for it starts.
+        self.start_held_handovers();
     }
 }
 

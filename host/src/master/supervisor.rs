@@ -142,6 +142,9 @@ pub struct Supervisor<P> {
     /// until their reload ends; then their answers wait in `held_answers`.
     pub(in crate::master) after_handovers: Vec<super::slots::ClientId>,
     pub(in crate::master) held_answers: Vec<super::handover::HeldAnswer>,
+    /// Hand-overs whose old worker is itself still adopting (the target of one under way): each
+    /// starts once that one ended (`handover.rs`, issue 21).
+    pub(in crate::master) held_handovers: Vec<super::handover::HeldHandover>,
 }
 
 impl<P: Processes> Supervisor<P> {
@@ -182,6 +185,7 @@ impl<P: Processes> Supervisor<P> {
             handovers: BTreeMap::new(),
             after_handovers: Vec::new(),
             held_answers: Vec::new(),
+            held_handovers: Vec::new(),
         }
     }
 
@@ -195,7 +199,7 @@ impl<P: Processes> Supervisor<P> {
 
     /// Whether an old worker hands over and has not reported the end (`HandedOver`).
     pub fn handover_under_way(&self) -> bool {
-        self.slots.workers().any(|w| w.handing_over_to.is_some())
+        !self.held_handovers.is_empty() || self.slots.workers().any(|w| w.handing_over_to.is_some())
     }
 
     /// The drain and kill timeouts (a stop waits for both).
@@ -465,6 +469,9 @@ impl<P: Processes> Supervisor<P> {
         let Some((w, role)) = self.slots.remove(id) else { return };
         let key = w.key;
         self.out.push(Output::Detach(id, key));
+        // Gone: the hand-over it handed over in (if any) is over, and one held for it as an old
+        // worker cannot start (its replacement is told to serve).
+        self.start_held_handovers();
         let service = self.service_name(key.service).to_string();
         let how = match (&w.killed, w.recycled) {
             (Some(kill), _) => format!("{kill}: {}", exit.how),
@@ -620,6 +627,9 @@ impl<P: Processes> Supervisor<P> {
         let fx = self.reloader.stop();
         self.apply(fx);
         self.answer_held_now();
+        // Held hand-overs never start: every worker is told to go (a replacement awaiting one
+        // drains or stops as any).
+        self.held_handovers.clear();
         self.slots.cancel_restarts();
         self.retire_all(graceful);
     }
@@ -1318,5 +1328,99 @@ mod tests {
         sup.worker_ready(chain[0]);
         assert_eq!(serving(&sup, 0, 0), Some(chain[0]));
         assert_eq!(sup.procs().started.iter().filter(|s| s.hash == 2).count(), 2, "the chain goes on with slot 1");
+    }
+
+    // Issue 21: a second reload's replacement W3 is ready while W2, the first one's, still
+    // adopts from W1. W2 is not told to hand over (that would end its adoption half-way): the
+    // hand-over to W3 is held, with no deadline on W2, and starts once W1's ended (its report or
+    // its exit). When W2 dies meanwhile, W3 serves; a master that stops drops it.
+    #[test]
+    fn a_handover_waits_while_its_old_worker_still_adopts() {
+        for how in ["reported", "earlier exits", "adopting dies", "stopped"] {
+            let mut s = state("http", 1, true);
+            s.service.limits.handover_timeout_ms = 3000;
+            let mut sup = started(vec![(s, Some(1))]);
+            let w1 = serving(&sup, 0, 0).unwrap();
+            sup.answer_after_handovers(ClientId(7));
+            sup.request_reload(true, Trigger::Command, None);
+            let out = outputs(&mut sup);
+            sup.checked(done(checks(&out)[0], 2));
+            let w2 = attached(&outputs(&mut sup))[0];
+            sup.worker_ready(w2);
+            let out = outputs(&mut sup);
+            assert!(out.iter().any(|o| matches!(o, Output::HandOver { old, new, .. } if *old == w1 && *new == w2)));
+            // The second reload, while W1 hands over to W2.
+            sup.request_reload(true, Trigger::Command, Some(ClientId(7)));
+            let out = outputs(&mut sup);
+            sup.checked(done(checks(&out)[0], 3));
+            let w3 = attached(&outputs(&mut sup))[0];
+            assert!(sup.procs().last().await_handover);
+            sup.worker_ready(w3);
+            let out = outputs(&mut sup);
+            let handover_to_w3 = |out: &[Output]| {
+                out.iter().any(|o| matches!(o, Output::HandOver { old, new, .. } if *old == w2 && *new == w3))
+            };
+            assert!(!handover_to_w3(&out), "not while W2 adopts: {out:?}");
+            assert!(!out.iter().any(|o| matches!(o, Output::Send(id, _) if *id == w2 || *id == w3)), "{out:?}");
+            assert!(!out.iter().any(|o| matches!(o, Output::Answer(..))), "the --handovers answer waits: {out:?}");
+            assert_eq!(serving(&sup, 0, 0), Some(w3));
+            assert!(sup.handover_under_way(), "an upgrade waits for the held one too");
+            // Long after the hand-over's own deadlines, W2 and W3 are left alone.
+            let (p2, p3) = (pid(&sup, w2), pid(&sup, w3));
+            sup.procs().advance(Duration::from_millis(3000) + TIMEOUTS.drain + TIMEOUTS.kill);
+            sup.handover_progress(w1, 1 << 20);
+            sup.tick();
+            assert!(!sup.procs().signals.iter().any(|&(p, _)| p == p2 || p == p3), "{:?}", sup.procs().signals);
+            let _ = outputs(&mut sup);
+            match how {
+                "reported" => {
+                    sup.handed_over(w1, crate::ctl::HandoverReport { attempted: true, moved: 2, ..Default::default() })
+                }
+                "earlier exits" => {
+                    let p = pid(&sup, w1);
+                    sup.procs().exit(p, "exit code 0");
+                    sup.reap();
+                }
+                "adopting dies" => {
+                    sup.procs().exit(p2, "signal SIGSEGV");
+                    sup.reap();
+                }
+                _ => sup.stop(true),
+            }
+            let out = outputs(&mut sup);
+            match how {
+                "reported" | "earlier exits" => {
+                    assert!(handover_to_w3(&out), "{how}: the held hand-over starts: {out:?}");
+                    // Its deadline counts from now.
+                    let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS);
+                    let grace = Duration::from_millis(3000) + wait + TIMEOUTS.drain + TIMEOUTS.kill;
+                    sup.procs().advance(grace - Duration::from_millis(1));
+                    sup.tick();
+                    assert!(!sup.procs().signals.contains(&(p2, Signal::SIGKILL)));
+                    assert!(!out.iter().any(|o| matches!(o, Output::Answer(..))), "{out:?}");
+                    sup.handed_over(w2, crate::ctl::HandoverReport { attempted: true, moved: 3, ..Default::default() });
+                    let out = outputs(&mut sup);
+                    // Both hand-overs under way or held when the second reload ended.
+                    let said = match how {
+                        "reported" => "; hand-overs: 5 connections moved, 0 drained",
+                        _ => "; hand-overs: 3 connections moved, 0 drained, 1 ended without a report",
+                    };
+                    let answered = out.iter().any(|o| matches!(o, Output::Answer(ClientId(7), Answer::Ok { message, .. }) if message.ends_with(said)));
+                    assert!(answered, "{out:?}");
+                    assert!(!sup.handover_under_way());
+                }
+                "adopting dies" => {
+                    assert!(!handover_to_w3(&out), "{out:?}");
+                    assert!(out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Serve) if *id == w3)), "{out:?}");
+                    assert!(sup.held_handovers.is_empty());
+                }
+                _ => {
+                    assert!(!handover_to_w3(&out), "{out:?}");
+                    assert!(sup.held_handovers.is_empty());
+                    sup.handed_over(w1, crate::ctl::HandoverReport { attempted: true, ..Default::default() });
+                    assert!(!handover_to_w3(&outputs(&mut sup)), "a stopping master starts none");
+                }
+            }
+        }
     }
 }

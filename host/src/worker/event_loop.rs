@@ -81,6 +81,9 @@ pub(super) struct Worker {
     plugin_name: String,
     /// A hand-over under way, as the old worker or as the replacement.
     handover: Option<handover::Session>,
+    /// A `HandOver` that came while this worker still adopted from its predecessor: it starts
+    /// once that adoption ended (`handover.rs`, `start_handover`).
+    deferred_handover: Option<handover::Deferred>,
     /// A replacement started awaiting its predecessor's hand-over (`WorkerSpec::await_handover`):
     /// it accepts nothing until `Adopt` (then until the hand-over ends) or `Serve`.
     awaiting_handover: bool,
@@ -166,6 +169,7 @@ impl Worker {
             tasks_pending: false,
             plugin_name: loaded.name.clone(),
             handover: None,
+            deferred_handover: None,
             awaiting_handover: spec.await_handover,
             handover_batches: spec.handover_batches,
             ring,

@@ -256,3 +256,56 @@ fn client_during_the_copy(batches: bool) {
         assert_eq!(read_line(c), text, "served by the replacement");
     }
 }
+
+/// The number after `name=` in a log line.
+fn field(line: &str, name: &str) -> i32 {
+    let at = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name}= in {line:?}")) + name.len() + 1;
+    let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("no number after {name}= in {line:?}"))
+}
+
+// Issue 21: a second reload while the first one's hand-over still copies (fixture_crash holds
+// its copy while a file exists). The second replacement W3 is ready, but W2, which still adopts
+// from W1, is not told to hand over (that ended its adoption half-way: W1 took its client back
+// and drained it, W2's staged steps and the state were lost): the hand-over to W3 waits for the
+// one to W2 to end, then goes. The client moves twice, never closed, nothing drained.
+#[test]
+fn a_second_reload_during_a_copy_hands_over_once_the_first_ended() {
+    let files = TempDir::new();
+    let hold = files.path().join("hold");
+    std::fs::write(&hold, b"").expect("the hold file");
+    let config = format!("handover = \"on\"\nsteps = \"3\"\nhold_copy = \"{}\"", hold.display());
+    let host = Host::start(
+        "fixture_crash",
+        &["--count", "1", "--plugin-config", &config, "--drain-timeout", "30", "--handover-timeout", "30"],
+    );
+    let mut c = Client::connect(host.port());
+    c.send(b"before\n");
+    assert_eq!(read_line(&mut c), "before");
+    let dir = host.dir().path().to_path_buf();
+    let first = std::thread::spawn(move || run_host_in(&dir, ["reload", "-g"], RELOAD_TIMEOUT));
+    host.log().wait_for("fixture_crash holds its copy", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = first.join().expect("the first reload");
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+
+    let dir = host.dir().path().to_path_buf();
+    let second = std::thread::spawn(move || run_host_in(&dir, ["reload", "-g"], RELOAD_TIMEOUT));
+    let waits = host.log().wait_for("waits for the one to", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = second.join().expect("the second reload");
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let third = field(&waits, "new_pid");
+    assert_eq!(host.log().count("hand-over: "), 0, "the copy is still held");
+    assert_eq!(host.log().count("hand-over failed"), 0);
+    c.send(b"during\n");
+    assert_eq!(read_line(&mut c), "during", "the first worker serves it meanwhile");
+
+    std::fs::remove_file(&hold).expect("the hold file removed");
+    for n in 1..=2 {
+        let line = host.log().wait_for_nth("hand-over: ", n, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        assert!(line.contains("1 connections moved, 0 drained"), "hand-over {n}: {line}");
+    }
+    host.wait_workers(1, LOG_TIMEOUT, |pids| pids == [third]).unwrap_or_else(|e| panic!("{e}"));
+    c.send(b"after\n");
+    assert_eq!(read_line(&mut c), "after", "served by the third worker");
+    assert_eq!(host.log().count("hand-over failed"), 0);
+}

@@ -71,6 +71,13 @@ pub const HANDOVER: Token = Token(6);
 /// Worker state larger than this goes through a sealed memfd rather than the channel.
 const INLINE_STATE: usize = 64 * 1024;
 
+/// A `HandOver` deferred until this worker's adoption ended (its pair's end, its terms).
+pub(super) struct Deferred {
+    fds: Vec<OwnedFd>,
+    timeout_ms: u64,
+    fallback: Fallback,
+}
+
 /// The worker's side of a hand-over under way.
 pub(super) enum Session {
     Old(Box<OldSide>),
@@ -279,6 +286,24 @@ impl Worker {
     /// goes on accepting until its connections stop (`send::begin_sending`: at once after
     /// `Accept`, after the copy with `AcceptSteps`): until then the replacement serves nobody.
     pub(super) fn start_handover(&mut self, fds: Vec<OwnedFd>, timeout_ms: u64, fallback: Fallback) {
+        // Still adopting from its own predecessor (the master holds such a hand-over until the
+        // earlier one ended, but its end is seen here a little later than there: the old
+        // worker's report, or its exit, may come before this side has committed). Starting now
+        // would drop the adoption half-way (its connections drained back, a plugin's staged
+        // steps never dropped, its state lost): it starts once the adoption ended, its own
+        // timeout counting from then. (Ignoring it instead would leave the master waiting for a
+        // report until its kill deadline.)
+        if matches!(self.handover, Some(Session::New(_))) {
+            if self.deferred_handover.is_some() {
+                tracing::error!("a second hand-over asked while one waits for the adoption to end ignored");
+                return;
+            }
+            tracing::error!(
+                "a hand-over asked while this worker still adopts from its predecessor; it starts once that ended"
+            );
+            self.deferred_handover = Some(Deferred { fds, timeout_ms, fallback });
+            return;
+        }
         if self.core.phase != super::WorkerPhase::Serving {
             tracing::debug!("a hand-over asked of a worker that is not serving ignored");
             return;
@@ -355,6 +380,12 @@ impl Worker {
             Some(Session::New(new)) => self.drive_new(*new).map(|new| Session::New(Box::new(new))),
             None => None,
         };
+        if self.handover.is_none() {
+            if let Some(Deferred { fds, timeout_ms, fallback }) = self.deferred_handover.take() {
+                tracing::info!("the adoption ended; the hand-over asked meanwhile starts");
+                self.start_handover(fds, timeout_ms, fallback);
+            }
+        }
     }
 
     /// The hand-over's deadline, for the poll's timeout (now, while a copy has room for another
