@@ -60,7 +60,8 @@ pub enum WireEvent {
     StartTls,
     /// Redis Cluster: the slot map (the answer to [`Protocol::request_slots`]).
     Slots(Vec<redis::SlotRange>),
-    /// Redis Cluster: the node ended a subscription on its own (the topic's slot moved).
+    /// Redis Cluster: the node ended a subscription on its own (the topic's slot moved), or
+    /// refused one (an error answer to SSUBSCRIBE, such as `-MOVED`).
     Unsubscribed { topic: Vec<u8> },
     /// Redis Cluster: a publish answered `-MOVED` (`ask` false) or `-ASK`: the node at
     /// `host:port` (an empty host: the one that answered) takes it. `again`: it had been sent
@@ -83,8 +84,8 @@ pub enum Event {
     StartTls,
     /// Redis Cluster (for `shards`): the slot map asked for with [`Broker::request_slots`].
     Slots(Vec<redis::SlotRange>),
-    /// Redis Cluster (for `shards`): the node dropped the subscription of a topic that still has
-    /// local subscribers (its slot moved); the broker session forgot it.
+    /// Redis Cluster (for `shards`): the node dropped (or refused) the subscription of a topic
+    /// that still has local subscribers (its slot moved); the broker session forgot it.
     Unsubscribed { topic: Vec<u8> },
     /// Redis Cluster (for `shards`): a publish to send again to the node named, once
     /// ([`WireEvent::Redirect`]; one redirected twice is dropped and counted by the session).

@@ -21,8 +21,9 @@
 //! SUNSUBSCRIBE and `smessage` pushes, on the node that owns the channel's slot. This client is
 //! one node's connection: it asks for the slot map (`CLUSTER SLOTS`, [`WireEvent::Slots`]) and
 //! reports a `sunsubscribe` push the node sent on its own (the slot moved away:
-//! [`WireEvent::Unsubscribed`]); the routing over the nodes is `super::shards`. A `-MOVED`
-//! answer to a subscription comes back as a broker error, which makes `shards` refresh the map.
+//! [`WireEvent::Unsubscribed`]); the routing over the nodes is `super::shards`. An error answer
+//! to a subscription (`-MOVED`: the node does not serve the slot) is reported the same way, the
+//! subscription not made, and as a broker error, which makes `shards` refresh the map.
 //! A sharded publish keeps its topic and payload until its answer: one answered `-MOVED` or
 //! `-ASK` (a slot migrating) comes back as [`WireEvent::Redirect`] for `shards` to send again,
 //! once, to the node named (after `ASKING` for `-ASK`).
@@ -106,7 +107,7 @@ enum Pending {
     Slots,
     /// Sharded only: an SSUBSCRIBE / SUNSUBSCRIBE of this channel, answered by a push (or an
     /// error such as `-MOVED`), which must not be taken for the answer of another command.
-    Subscribe,
+    Subscribe(Vec<u8>),
     Unsubscribe(Vec<u8>),
 }
 
@@ -141,7 +142,7 @@ impl RedisClient {
         if let OwnedFrame::Push { data, .. } = &frame {
             let kind = data.first().and_then(bytes_of).unwrap_or_default();
             if kind.eq_ignore_ascii_case(b"ssubscribe") {
-                if self.pending.front() == Some(&Pending::Subscribe) {
+                if matches!(self.pending.front(), Some(Pending::Subscribe(_))) {
                     self.pending.pop_front();
                 }
                 return Ok(());
@@ -202,6 +203,14 @@ impl RedisClient {
                     }
                     None => events.push(WireEvent::ServerError(e)),
                 }
+                Ok(())
+            }
+            Some(Pending::Subscribe(channel)) if error.is_some() => {
+                // Refused (`-MOVED`: another node serves the slot; `-CLUSTERDOWN`): not subscribed.
+                if let Some(topic) = channel.strip_prefix(self.options.prefix.as_slice()) {
+                    events.push(WireEvent::Unsubscribed { topic: topic.to_vec() });
+                }
+                events.push(WireEvent::ServerError(error.unwrap_or_default()));
                 Ok(())
             }
             _ => {
@@ -408,8 +417,9 @@ impl Protocol for RedisClient {
 
     fn subscribe(&mut self, topic: &[u8], out: &mut Vec<u8>) {
         if self.options.sharded {
-            push_command(out, &[b"SSUBSCRIBE", &self.channel(topic)]);
-            self.pending.push_back(Pending::Subscribe);
+            let channel = self.channel(topic);
+            push_command(out, &[b"SSUBSCRIBE", &channel]);
+            self.pending.push_back(Pending::Subscribe(channel));
         } else {
             push_command(out, &[b"SUBSCRIBE", &self.channel(topic)]);
         }
@@ -617,7 +627,8 @@ mod tests {
         assert!(c.request_slots(&mut out));
         let mut input = push(&[b"ssubscribe", b"host:chat:a", b"1"]);
         input.extend(push(&[b"sunsubscribe", b"host:chat:b", b"0"]));
-        // The node refuses `c` (another node owns its slot): not taken for the map's answer.
+        // The node refuses `c` (another node owns its slot): not taken for the map's answer,
+        // and reported as not subscribed.
         input.extend(b"-MOVED 7365 127.0.0.1:7002\r\n");
         // A sunsubscribe nobody asked for: the slot of `a` moved away.
         input.extend(push(&[b"sunsubscribe", b"host:chat:a", b"0"]));
@@ -628,6 +639,7 @@ mod tests {
         assert_eq!(
             events,
             vec![
+                WireEvent::Unsubscribed { topic: b"c".to_vec() },
                 WireEvent::ServerError("MOVED 7365 127.0.0.1:7002".into()),
                 WireEvent::Unsubscribed { topic: b"a".to_vec() },
                 WireEvent::Slots(vec![

@@ -10,9 +10,15 @@
 //! - a topic is subscribed (`SSUBSCRIBE`) on the node that owns its slot, once, while it has
 //!   local subscribers; a publish goes (`SPUBLISH`) to that node;
 //! - the map is asked for again when a node answers `-MOVED`, when a node ends a subscription on
-//!   its own (a `sunsubscribe` push: the slot migrated), when a node's connection drops (a
-//!   failover may move its slots), and every [`REFRESH_EVERY`]; topics whose owner changed are
-//!   moved to the new one;
+//!   its own (a `sunsubscribe` push: the slot migrated, or a failover gave it to a replica) or
+//!   refuses one, when a node's connection drops (a failover may move its slots), and every
+//!   [`REFRESH_EVERY`]; topics whose owner changed are moved to the new one;
+//! - a map that still names the node that ended (or refused) a topic's subscription as its owner
+//!   is older than that node's word: the node asked has not heard of the failover or migration
+//!   yet (the cluster bus tells the nodes one by one). The topic is subscribed there meanwhile (a
+//!   demoted master, now a replica of the new owner, still serves the slot's subscriptions) and
+//!   the map asked for again, of the next node, after [`REFRESH_MIN`], up to [`STALE_MAPS_MAX`]
+//!   times in a row;
 //! - a publish answered `-MOVED` or `-ASK` (its slot migrating) is sent again, once, to the
 //!   node named (after `ASKING` for `-ASK`; `-MOVED` also refreshes the map); redirected again,
 //!   or the node named not connected, it is dropped and counted;
@@ -45,6 +51,9 @@ pub const REFRESH_MIN: Duration = Duration::from_secs(1);
 pub const REFRESH_EVERY: Duration = Duration::from_secs(60);
 /// A map request unanswered this long is given up (and asked of another node).
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stale maps (see the module's doc) asked for again in a row at most; the next one is taken as
+/// it is.
+pub const STALE_MAPS_MAX: u32 = 10;
 const SLOTS: usize = 16384;
 const UNOWNED: u16 = u16::MAX;
 
@@ -61,6 +70,9 @@ struct Topic {
     count: usize,
     /// The node it is subscribed on; None while its slot has no reachable owner in the map.
     node: Option<usize>,
+    /// The node that ended or refused its subscription, until a map names another owner (or
+    /// [`STALE_MAPS_MAX`] maps in a row still name it).
+    disowned: Option<usize>,
 }
 
 /// The sharded pub/sub of one worker over a Redis Cluster.
@@ -87,6 +99,8 @@ pub struct Shards {
     /// Publishes dropped because no reachable node owns the topic's slot (no map yet, a slot
     /// without owner, more nodes than [`MAX_NODES`]).
     unrouted: u64,
+    /// Stale maps in a row (a topic's owner in them is the node that gave it away).
+    stale_maps: u32,
 }
 
 impl Shards {
@@ -112,6 +126,7 @@ impl Shards {
             last_refresh: None,
             next_ask: 0,
             unrouted: 0,
+            stale_maps: 0,
         };
         shards.node(&url.host, url.port)?;
         for (host, port) in &url.more_seeds {
@@ -203,7 +218,7 @@ impl Shards {
         if let Some(i) = node {
             self.nodes[i].driver.subscribe(topic)?;
         }
-        self.topics.insert(topic.to_vec(), Topic { count: 1, node });
+        self.topics.insert(topic.to_vec(), Topic { count: 1, node, disowned: None });
         Ok(())
     }
 
@@ -305,9 +320,15 @@ impl Shards {
                     }
                 }
                 Event::Unsubscribed { topic } => {
+                    tracing::debug!(
+                        node = %self.nodes[i].driver_url(),
+                        topic = %String::from_utf8_lossy(&topic),
+                        "the node ended or refused a subscription"
+                    );
                     if let Some(t) = self.topics.get_mut(&topic) {
                         if t.node == Some(i) {
                             t.node = None;
+                            t.disowned = Some(i);
                         }
                     }
                     self.want_refresh = true;
@@ -388,9 +409,17 @@ impl Shards {
         self.slots = slots;
         let mut topics: Vec<Vec<u8>> = self.topics.keys().cloned().collect();
         topics.sort();
+        let mut stale = false;
         for topic in topics {
             let owner = self.owner(&topic);
             let Some(t) = self.topics.get_mut(&topic) else { continue };
+            if t.disowned.is_some() {
+                if t.disowned == owner && self.stale_maps < STALE_MAPS_MAX {
+                    stale = true;
+                } else {
+                    t.disowned = None;
+                }
+            }
             if t.node == owner {
                 continue;
             }
@@ -415,7 +444,18 @@ impl Shards {
                 }
             }
         }
-        tracing::debug!(nodes = owners.len(), "the Redis Cluster's slot map applied");
+        if stale {
+            self.stale_maps += 1;
+            self.want_refresh = true;
+            tracing::debug!(
+                from = %self.nodes[from].driver_url(),
+                "the slot map names a node that gave a topic's slot away: asked for again"
+            );
+        } else {
+            self.stale_maps = 0;
+        }
+        let from = self.nodes[from].driver_url();
+        tracing::debug!(nodes = owners.len(), %from, "the Redis Cluster's slot map applied");
     }
 }
 
@@ -594,5 +634,66 @@ mod tests {
         feed(&mut s, 2, format!("-MOVED {high_slot} 127.0.0.1:7001\r\n").as_bytes(), later);
         assert!(!s.nodes[1].driver.is_closed());
         assert!(s.nodes[1].driver.next_deadline().is_some_and(|at| at <= later));
+    }
+
+    /// Asks for the map at `now` and answers it with `ranges` from the node asked.
+    fn answer_map(s: &mut Shards, ranges: &[(u16, u16, u16)], now: Instant) {
+        for i in 0..s.nodes.len() {
+            sent(s, i);
+        }
+        s.maybe_refresh(now);
+        let asked = (0..s.nodes.len()).find(|&i| sent(s, i) == ["CLUSTER SLOTS"]).expect("a node asked for the map");
+        feed(s, asked, &slots_reply(ranges), now);
+    }
+
+    #[test]
+    fn a_map_older_than_a_failover_is_asked_for_again_until_it_names_the_new_owner() {
+        let now = Instant::now();
+        let mut s = shards();
+        ready(&mut s, 0, now);
+        answer_map(&mut s, &[(0, 8191, 7000), (8192, 16383, 7001)], now);
+        ready(&mut s, 1, now);
+        let (high, _) = topic_in(false);
+        let channel = [b"host:chat:".as_slice(), &high].concat();
+        s.subscribe(&high).unwrap();
+        assert_eq!(sent(&mut s, 1), [format!("SSUBSCRIBE {}", String::from_utf8_lossy(&channel))]);
+        feed(&mut s, 1, &push(&[b"ssubscribe", &channel, b"1"]), now);
+
+        // A failover gives node 1's slots to its replica (7002): node 1 ends the subscription.
+        // The node asked next has not heard of it yet and still names node 1.
+        feed(&mut s, 1, &push(&[b"sunsubscribe", &channel, b"0"]), now);
+        assert!(s.want_refresh);
+        let t1 = now + REFRESH_MIN;
+        answer_map(&mut s, &[(0, 8191, 7000), (8192, 16383, 7001)], t1);
+        // Subscribed there meanwhile (a demoted master serves its new master's slots), and the
+        // map is asked for again after REFRESH_MIN, not at the periodic refresh.
+        assert_eq!(sent(&mut s, 1), [format!("SSUBSCRIBE {}", String::from_utf8_lossy(&channel))]);
+        assert!(s.want_refresh, "a stale map is asked for again");
+        assert_eq!(s.next_deadline(), Some(t1 + REFRESH_MIN));
+        assert!(!s.nodes[1].driver.is_closed());
+
+        // The next map names the new owner: the topic moves there, node 1 is closed, and the map
+        // is not asked for again before the periodic refresh.
+        let t2 = t1 + REFRESH_MIN;
+        answer_map(&mut s, &[(0, 8191, 7000), (8192, 16383, 7002)], t2);
+        assert_eq!(s.nodes.len(), 3);
+        assert!(s.nodes[1].driver.is_closed());
+        assert!(!s.want_refresh);
+        ready(&mut s, 2, t2);
+        assert_eq!(sent(&mut s, 2), [format!("SSUBSCRIBE {}", String::from_utf8_lossy(&channel))]);
+
+        // A subscription refused (-MOVED) is not taken for one: the map is asked for again, and
+        // one still naming the node that refused is asked for again too, at most STALE_MAPS_MAX
+        // times in a row; the next one is taken as it is.
+        let mut at = t2;
+        for k in 0..=STALE_MAPS_MAX {
+            feed(&mut s, 2, b"-MOVED 9000 127.0.0.1:7001\r\n", at);
+            assert!(s.want_refresh);
+            at += REFRESH_MIN;
+            answer_map(&mut s, &[(0, 8191, 7000), (8192, 16383, 7002)], at);
+            assert_eq!(sent(&mut s, 2), [format!("SSUBSCRIBE {}", String::from_utf8_lossy(&channel))], "map {k}");
+            assert_eq!(s.want_refresh, k < STALE_MAPS_MAX, "map {k}");
+        }
+        assert_eq!(s.next_deadline(), Some(at + REFRESH_EVERY));
     }
 }
