@@ -399,8 +399,9 @@ impl Worker {
         }
     }
 
-    fn drive_old(&mut self, mut old: OldSide) -> Option<OldSide> {
-        for (msg, _fds) in old.channel.read_with_fds() {
+    /// What the replacement sent: its answers, in order. None: one of them ended the hand-over.
+    fn take_answers(&mut self, mut old: OldSide, answers: Vec<(Handover, Vec<OwnedFd>)>) -> Option<OldSide> {
+        for (msg, _fds) in answers {
             match msg {
                 Handover::Hello { .. } => {}
                 Handover::Accept if !old.accepted => {
@@ -460,6 +461,12 @@ impl Worker {
                 }
             }
         }
+        Some(old)
+    }
+
+    fn drive_old(&mut self, mut old: OldSide) -> Option<OldSide> {
+        let answers = old.channel.read_with_fds();
+        let mut old = self.take_answers(old, answers)?;
         if old.channel.closed {
             let why = match &old.channel.error {
                 _ if old.timed_out => {
@@ -542,8 +549,13 @@ impl Worker {
                 self.send_control(&ToMaster::HandoverProgress { state_bytes: old.report.state_bytes });
             }
             Ok(false) => {}
-            Err(e) => {
-                self.end_old(old, format!("could not send connections: {e}"));
+            Err(failed) => {
+                // The replacement may have answered and closed its end while this frame was
+                // written (a refusal of the worker state after the steps, say): its answer, read
+                // with the error, says why the hand-over failed; the write's error only when it
+                // said nothing.
+                let old = self.take_answers(old, failed.answers)?;
+                self.end_old(old, format!("could not send connections: {}", failed.error));
                 return None;
             }
         }
