@@ -241,6 +241,10 @@ pub struct HandoverRow {
     /// hand-over failed…
     #[serde(default)]
     pub last_stays: Vec<(String, u64)>,
+    /// Why the last one failed, as a name (`gone`, `timed_out`, `refused`, `not_adopted`, …);
+    /// None when it went through. `last` says it in words.
+    #[serde(default)]
+    pub last_cause: Option<crate::ctl::HandoverFailure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -371,6 +371,10 @@ fn a_replacement_stuck_after_accepting_is_ended_before_the_old_worker_takes_its_
     each_answers(&mut clients, "f", "half", "the old worker completes the line it had read half of");
     assert!(host.worker_pids().contains(&old[0]), "the old worker drains on");
     assert_eq!(open_connections(&mut host), [old[0]; N], "each connection once, in the old worker");
+    // The cause, as a name, in `status --json`: the hand-over timed out.
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(json["handovers"][0]["last_cause"], "timed_out", "{json}");
 }
 
 // The replacement does not give up on its own once it accepted the offer, and the old worker's

@@ -170,16 +170,29 @@ fn crash_fixture(steps: u32, adopt: &str) -> (Host, Client) {
     (host, c)
 }
 
+/// The service's hand-over row of `status --json`: its last hand-over's cause and stays.
+fn last_handover(host: &mut Host) -> (serde_json::Value, serde_json::Value) {
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let row = &json["handovers"][0];
+    (row["last_cause"].clone(), row["last_stays"].clone())
+}
+
 // The replacement dies while it adopts the 4th of 20 steps: the hand-over fails, the old worker
 // (which kept everything: nothing was lent during the copy) serves its client on, and its plugin
-// forgets the copy (`handover_drop_steps`).
+// forgets the copy (`handover_drop_steps`). The report says the replacement is gone (whether the
+// old worker saw its end close or a write to it fail), in the log and `status --json`.
 #[test]
 fn a_replacement_that_dies_during_the_copy_leaves_everything_with_the_old_worker() {
     let (mut host, mut c) = crash_fixture(20, "abort_step");
     reload(&mut host);
     host.log().wait_for("fixture_crash aborts while adopting a step", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let failed = host.log().wait_for("hand-over failed, ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(failed.contains("1 drained"), "{failed}");
+    assert!(failed.contains("1 drained: the new worker is gone"), "{failed}");
+    assert!(failed.contains("cause=gone"), "{failed}");
+    let (cause, stays) = last_handover(&mut host);
+    assert_eq!(cause, "gone");
+    assert_eq!(stays, serde_json::json!([["the replacement is gone", 1]]));
     host.log().wait_for("fixture_crash forgets its copy", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     c.send(b"after\n");
     assert_eq!(read_line(&mut c), "after", "the old worker still serves it");
@@ -199,6 +212,9 @@ fn a_replacement_that_refuses_the_state_after_the_steps_drops_them() {
     // The refusal may close the channel while the old worker still writes its connection's
     // frame: the refusal, read after the failed write, is still the reason.
     assert!(failed.contains("could not adopt: the plugin refused the worker state"), "{failed}");
+    let (cause, stays) = last_handover(&mut host);
+    assert_eq!(cause, "not_adopted");
+    assert_eq!(stays, serde_json::json!([["the replacement could not adopt the state", 1]]));
     assert_eq!(host.log().count("fixture_crash forgets its copy"), 0, "its last part was written");
     c.send(b"after\n");
     assert_eq!(read_line(&mut c), "after", "the old worker still serves it");

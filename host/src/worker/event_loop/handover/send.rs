@@ -32,7 +32,7 @@ use super::super::super::core::{ExportedConn, Stay};
 use super::super::super::dispatch;
 use super::super::Worker;
 use super::{OldSide, StateSink};
-use crate::ctl::{Carrier, Handover, MovedConn, MovedSession};
+use crate::ctl::{Carrier, Handover, HandoverFailure, MovedConn, MovedSession};
 
 /// Connections taken out per batch: one frame each (under the channel's 253 descriptors). Chosen
 /// by measurement (bench/README.md, "Hand-over … batch size"): 64 with two batches in flight
@@ -457,7 +457,7 @@ impl Worker {
         // Never out of the table: they stay where they are.
         stays += old.pending.drain(..).count() as u64;
         stays += old.outbound.drain(..).filter(|&id| self.core.get(id).is_some()).count() as u64;
-        old.report.stay("the hand-over timed out", stays);
+        old.report.stay(HandoverFailure::TimedOut.stay_reason(), stays);
         let lent = !old.held.is_empty() || !old.held_sessions.is_empty();
         if lent && (done_unsent || !old.done_queued) {
             let place = old.held_base + old.held.len();
