@@ -5,11 +5,12 @@
 //! moves with the others; a copy that fails half-way leaves nothing of itself in the replacement.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use host_tests::{run_host_in, Client, Host, TempDir};
+use host_tests::{run_host_in, Client, Host, Output, TempDir};
 
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 const LOG_TIMEOUT: Duration = Duration::from_secs(30);
@@ -237,23 +238,44 @@ fn a_client_that_connects_during_the_copy_moves_in_the_batches() {
     client_during_the_copy(true);
 }
 
-fn client_during_the_copy(batches: bool) {
+/// One fixture_crash worker whose copy of 3 steps is held while a file exists (`hold_copy`: a test
+/// acts during the copy for as long as it needs, then removes the file), `config` added, and a
+/// client on it (its echo checked). The file's directory comes along: it is removed on drop.
+struct HeldCopy {
+    _files: TempDir,
+    hold: PathBuf,
+    host: Host,
+    client: Client,
+}
+
+fn held_copy(config: &str) -> HeldCopy {
     let files = TempDir::new();
     let hold = files.path().join("hold");
     std::fs::write(&hold, b"").expect("the hold file");
-    let batches = if batches { "on" } else { "off" };
-    let config =
-        format!("handover = \"on\"\nsteps = \"3\"\nbatches = \"{batches}\"\nhold_copy = \"{}\"", hold.display());
+    let config = format!("handover = \"on\"\nsteps = \"3\"\n{config}hold_copy = \"{}\"", hold.display());
     let host = Host::start(
         "fixture_crash",
         &["--count", "1", "--plugin-config", &config, "--drain-timeout", "30", "--handover-timeout", "30"],
     );
-    let mut before = Client::connect(host.port());
-    before.send(b"before\n");
-    assert_eq!(read_line(&mut before), "before");
+    let mut client = Client::connect(host.port());
+    client.send(b"before\n");
+    assert_eq!(read_line(&mut client), "before");
+    HeldCopy { _files: files, hold, host, client }
+}
+
+/// `host reload -g`, in a thread of its own (it answers once the replacement is ready: during the
+/// copy), and the copy under way and held.
+fn reload_during_the_copy(host: &Host) -> std::thread::JoinHandle<Output> {
     let dir = host.dir().path().to_path_buf();
     let reload = std::thread::spawn(move || run_host_in(&dir, ["reload", "-g"], RELOAD_TIMEOUT));
     host.log().wait_for("fixture_crash holds its copy", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    reload
+}
+
+fn client_during_the_copy(batches: bool) {
+    let batches = if batches { "on" } else { "off" };
+    let HeldCopy { _files, hold, host, client: mut before } = held_copy(&format!("batches = \"{batches}\"\n"));
+    let reload = reload_during_the_copy(&host);
 
     let mut during = Client::connect(host.port());
     during.send(b"during\n");
@@ -289,21 +311,8 @@ fn field(line: &str, name: &str) -> i32 {
 // one to W2 to end, then goes. The client moves twice, never closed, nothing drained.
 #[test]
 fn a_second_reload_during_a_copy_hands_over_once_the_first_ended() {
-    let files = TempDir::new();
-    let hold = files.path().join("hold");
-    std::fs::write(&hold, b"").expect("the hold file");
-    let config = format!("handover = \"on\"\nsteps = \"3\"\nhold_copy = \"{}\"", hold.display());
-    let host = Host::start(
-        "fixture_crash",
-        &["--count", "1", "--plugin-config", &config, "--drain-timeout", "30", "--handover-timeout", "30"],
-    );
-    let mut c = Client::connect(host.port());
-    c.send(b"before\n");
-    assert_eq!(read_line(&mut c), "before");
-    let dir = host.dir().path().to_path_buf();
-    let first = std::thread::spawn(move || run_host_in(&dir, ["reload", "-g"], RELOAD_TIMEOUT));
-    host.log().wait_for("fixture_crash holds its copy", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let out = first.join().expect("the first reload");
+    let HeldCopy { _files, hold, host, client: mut c } = held_copy("");
+    let out = reload_during_the_copy(&host).join().expect("the first reload");
     assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
 
     let dir = host.dir().path().to_path_buf();
