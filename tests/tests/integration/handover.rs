@@ -527,6 +527,12 @@ fn a_replacement_that_refuses_the_state_loses_nothing() {
     // Nothing was taken out, and the connection that stayed is counted.
     let report = host.log().wait_for("hand-over failed, ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(report.contains("hand-over failed, 1 drained: the new worker refused the state"), "{report}");
+    // Refused before anything moved: the cause, and the reason the connection stayed, say so.
+    assert!(report.contains("cause=refused"), "{report}");
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let row = &json["handovers"][0];
+    assert_eq!(row["last_stays"], serde_json::json!([["the new plugin refused the state", 1]]), "{json}");
 }
 
 /// Runs a python `script` (with redis-py or websockets) on the host's `port` (and `more`
