@@ -237,10 +237,14 @@ pub struct HandoverRow {
     pub last: String,
     /// Why connections stayed (drained) in the last one, with how many for each reason: not
     /// open (handshaking, closing), its TLS cannot move now, outbound, a UDP session, declined by
-    /// the plugin, refused by the new plugin, the plugin does not take part (an old ABI), the
-    /// hand-over failed…
+    /// the plugin, refused by the new plugin, the plugin does not take part (an old ABI), and
+    /// the cause of a failed one (`HandoverFailure::stay_reason`)…
     #[serde(default)]
     pub last_stays: Vec<(String, u64)>,
+    /// Why the last one failed, as a name (`gone`, `timed_out`, `refused`, `not_adopted`, …);
+    /// None when it went through. `last` says it in words.
+    #[serde(default)]
+    pub last_cause: Option<crate::ctl::HandoverFailure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -97,7 +97,9 @@ impl Protocol for {{Type}} {
 
     // Hand-over: see "Hand-over" in the host's docs/plugins.md. Keep the state after exporting
     // (the hand-over may fail and the connection come back); never put pointers, descriptors,
-    // timer or task ids in it.
+    // timer or task ids in it. Worker-wide state (a cache, rooms) moves with `export_worker` and
+    // `adopt_worker`; a large one can be copied in steps while this worker still serves
+    // (`HANDOVER_STEPS`, `export_worker_step`: "Pre-copy" in the same docs).
     const HANDOVER_VERSION: u32 = 1;
 
     /// Each connection's handling touches only its own session and there is no worker state, so

@@ -31,7 +31,8 @@ use crate::config::WorkerSpec;
 /// Also in 12, the pre-copy: a replacement that adopts the worker state in steps answers `AcceptSteps`, and
 /// the old worker sends `Step`s (each acknowledged) while it serves, before the connections
 /// stop; a hand-over report says the copy's steps, bytes and time (`HandoverReport::copy_*`).
-pub const PROTOCOL: u32 = 12;
+/// 13: a failed hand-over's report says why as a type (`HandoverReport::cause`).
+pub const PROTOCOL: u32 = 13;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
 pub const FINAL_REPORT: u64 = 0;
@@ -212,6 +213,66 @@ pub struct HandoverReport {
     pub copy_steps: u64,
     pub copy_bytes: u64,
     pub copy_ms: u64,
+    /// Why it failed, as a type (protocol 13): None when it went through, or did not begin (the
+    /// plugin does not take part). `failure` says it in words, with the detail.
+    #[serde(default)]
+    pub cause: Option<HandoverFailure>,
+}
+
+/// Why a hand-over failed, as the old worker saw it (`status --json`'s `last_cause`, the log's
+/// `cause`). Whatever the cause, the old worker took back every connection it still held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoverFailure {
+    /// The replacement could not be reached: the pair's socket was unusable, or the offer could
+    /// not be written.
+    Unreachable,
+    /// The new plugin refused the old one's state (`handover_accepts`), or takes no part.
+    Refused,
+    /// The replacement could not adopt the worker state or a step of it (`Failed`).
+    NotAdopted,
+    /// The replacement said it failed (`Error`), or answered against the protocol (a message
+    /// out of turn, an acknowledgement that does not match).
+    Protocol,
+    /// The replacement's end closed without an answer: it died or exited.
+    Gone,
+    /// No acknowledgement within `handover_timeout`.
+    TimedOut,
+    /// The channel broke: a write that failed, a frame over the limits.
+    Channel,
+    /// This worker could not send what it has: its plugin did not export, or the state could
+    /// not be stored.
+    Export,
+}
+
+impl HandoverFailure {
+    /// Its name in `status --json` and the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandoverFailure::Unreachable => "unreachable",
+            HandoverFailure::Refused => "refused",
+            HandoverFailure::NotAdopted => "not_adopted",
+            HandoverFailure::Protocol => "protocol",
+            HandoverFailure::Gone => "gone",
+            HandoverFailure::TimedOut => "timed_out",
+            HandoverFailure::Channel => "channel",
+            HandoverFailure::Export => "export",
+        }
+    }
+
+    /// The reason the connections it left behind stayed (a report's `stays`).
+    pub fn stay_reason(self) -> &'static str {
+        match self {
+            HandoverFailure::Unreachable => "the replacement could not be reached",
+            HandoverFailure::Refused => "the new plugin refused the state",
+            HandoverFailure::NotAdopted => "the replacement could not adopt the state",
+            HandoverFailure::Protocol => "the replacement broke the protocol",
+            HandoverFailure::Gone => "the replacement is gone",
+            HandoverFailure::TimedOut => "the hand-over timed out",
+            HandoverFailure::Channel => "the channel to the replacement broke",
+            HandoverFailure::Export => "the state could not be exported",
+        }
+    }
 }
 
 impl HandoverReport {

@@ -22,8 +22,8 @@ use std::io::{self, Read, Write};
 
 pub use self::channel::Channel;
 pub use self::messages::{
-    Carrier, Fallback, Handover, HandoverReport, MovedConn, MovedSession, Peer, ReportKind, ToMaster, ToWorker,
-    FINAL_REPORT, HANDOVER_CANCEL_WAIT_MS, HANDOVER_END_WAIT_MS, HANDOVER_KILL_WAIT_MS, PROTOCOL,
+    Carrier, Fallback, Handover, HandoverFailure, HandoverReport, MovedConn, MovedSession, Peer, ReportKind, ToMaster,
+    ToWorker, FINAL_REPORT, HANDOVER_CANCEL_WAIT_MS, HANDOVER_END_WAIT_MS, HANDOVER_KILL_WAIT_MS, PROTOCOL,
 };
 
 /// The master's end of a worker's channel.
@@ -136,6 +136,21 @@ impl<S: Read + Write> LineConn<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A failed hand-over's cause has one name, in `status --json` (serde) and the log (`as_str`),
+    // and its own reason for the connections left behind.
+    #[test]
+    fn a_hand_over_failure_has_one_name() {
+        use HandoverFailure::*;
+        let all = [Unreachable, Refused, NotAdopted, Protocol, Gone, TimedOut, Channel, Export];
+        for cause in all {
+            assert_eq!(serde_json::to_value(cause).unwrap(), cause.as_str(), "{cause:?}");
+            let back: HandoverFailure = serde_json::from_value(cause.as_str().into()).unwrap();
+            assert_eq!(back, cause);
+        }
+        let reasons: std::collections::HashSet<_> = all.iter().map(|c| c.stay_reason()).collect();
+        assert_eq!(reasons.len(), all.len(), "each its own reason");
+    }
 
     #[test]
     fn lines_are_split_and_partial_kept() {

@@ -321,6 +321,11 @@ pub struct MasterMetrics {
     pub handover_udp_sessions: Counter,
     pub handover_state_bytes: Counter,
     pub handover_pause_seconds: Histogram,
+    /// Pre-copy: the steps of worker state sent while the old worker served, their bytes (also
+    /// in `handover_state_bytes`), and how long the copy ran before the connections stopped.
+    pub handover_copy_steps: Counter,
+    pub handover_copy_bytes: Counter,
+    pub handover_copy_seconds: Histogram,
 }
 
 impl Default for MasterMetrics {
@@ -333,6 +338,9 @@ impl Default for MasterMetrics {
             handover_udp_sessions: Counter::default(),
             handover_state_bytes: Counter::default(),
             handover_pause_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            handover_copy_steps: Counter::default(),
+            handover_copy_bytes: Counter::default(),
+            handover_copy_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
         }
     }
 }
@@ -352,8 +360,14 @@ impl MasterMetrics {
         self.handover_connections.get_or_create(&labels(&[("outcome", "drained")])).inc_by(report.stayed);
         self.handover_udp_sessions.inc_by(report.sessions);
         self.handover_state_bytes.inc_by(report.state_bytes);
+        // Steps sent count even when the hand-over then failed: the old worker did that work.
+        self.handover_copy_steps.inc_by(report.copy_steps);
+        self.handover_copy_bytes.inc_by(report.copy_bytes);
         if report.failure.is_none() {
             self.handover_pause_seconds.observe(report.pause_ms as f64 / 1000.0);
+            if report.copy_steps > 0 {
+                self.handover_copy_seconds.observe(report.copy_ms as f64 / 1000.0);
+            }
         }
     }
 }
@@ -430,6 +444,21 @@ pub fn render_metrics(status: &Status, master: &MasterMetrics, format: MetricsFo
         "handover_pause_seconds",
         "How long moved connections went unread during a hand-over",
         master.handover_pause_seconds.clone(),
+    );
+    registry.register(
+        "handover_copy_steps",
+        "Steps of worker state copied while the old worker served (pre-copy)",
+        master.handover_copy_steps.clone(),
+    );
+    registry.register(
+        "handover_copy_bytes",
+        "Bytes of worker state copied in steps while the old worker served (also in handover_state_bytes)",
+        master.handover_copy_bytes.clone(),
+    );
+    registry.register(
+        "handover_copy_seconds",
+        "How long the pre-copy of a hand-over that went through ran before the connections stopped",
+        master.handover_copy_seconds.clone(),
     );
 
     for service in &status.services {
@@ -713,6 +742,61 @@ mod tests {
             assert!(text.contains(line), "{line}in:\n{text}");
         }
         assert!(!text.contains("host_topics{service=\"chat\",slot=\"1\"}"), "{text}");
+    }
+
+    // Issue 21: a hand-over's pre-copy (steps, their bytes, the copy's duration) is in
+    // /metrics beside the other hand-over series; the steps of a failed one count too, its
+    // duration does not.
+    #[test]
+    fn metrics_count_the_pre_copy_of_hand_overs() {
+        let status = Status {
+            master_pid: 1,
+            master_rss_kb: 1,
+            start_dir: String::new(),
+            start_args: Vec::new(),
+            version: "0.1.0".into(),
+            started_at: 100,
+            uptime_s: 5,
+            load_avg: String::new(),
+            services: Vec::new(),
+            workers: Vec::new(),
+            exits: Vec::new(),
+            last_reload: None,
+            handovers: Vec::new(),
+        };
+        let m = MasterMetrics::default();
+        let text = render_metrics(&status, &m, MetricsFormat::Prometheus);
+        assert!(text.contains("host_handover_copy_steps_total 0\n"), "{text}");
+        let copied = crate::ctl::HandoverReport {
+            attempted: true,
+            moved: 1,
+            state_bytes: 81_920 + 100,
+            copy_steps: 20,
+            copy_bytes: 81_920,
+            copy_ms: 1_500,
+            ..Default::default()
+        };
+        m.handed_over(&copied);
+        let failed = crate::ctl::HandoverReport {
+            copy_steps: 3,
+            copy_bytes: 300,
+            copy_ms: 40,
+            failure: Some("the new worker is gone".into()),
+            ..copied.clone()
+        };
+        m.handed_over(&failed);
+        let text = render_metrics(&status, &m, MetricsFormat::Prometheus);
+        for line in [
+            "host_handover_copy_steps_total 23\n",
+            "host_handover_copy_bytes_total 82220\n",
+            "host_handover_copy_seconds_sum 1.5\n",
+            "host_handover_copy_seconds_count 1\n",
+            "host_handover_copy_seconds_bucket{le=\"1.28\"} 0\n",
+            "host_handover_copy_seconds_bucket{le=\"2.56\"} 1\n",
+            "# TYPE host_handover_copy_seconds histogram\n",
+        ] {
+            assert!(text.contains(line), "{line}in:\n{text}");
+        }
     }
 
     #[test]

@@ -348,7 +348,10 @@ impl<P: Processes> Supervisor<P> {
             Some(_) if !report.attempted => {
                 tracing::info!(service = %service, slot = key.slot, drained = report.stayed, "no hand-over: {text}")
             }
-            Some(_) => tracing::warn!(service = %service, slot = key.slot, drained = report.stayed, "hand-over {text}"),
+            Some(_) => {
+                let cause = report.cause.map_or("-", crate::ctl::HandoverFailure::as_str);
+                tracing::warn!(service = %service, slot = key.slot, drained = report.stayed, cause = %cause, "hand-over {text}")
+            }
         }
         let totals = self.handovers.entry(service.clone()).or_default();
         totals.handovers += 1;
@@ -444,9 +447,9 @@ mod tests {
         // A failure with one reason names it once.
         let mut f =
             HandoverReport { attempted: true, failure: Some("the new worker is gone".into()), ..Default::default() };
-        f.stay("the hand-over failed", 5);
+        f.stay(crate::ctl::HandoverFailure::Gone.stay_reason(), 5);
         assert_eq!(describe(&f), "failed, 5 drained: the new worker is gone");
         f.stay("not open", 1);
-        assert_eq!(describe(&f), "failed, 6 drained (5 the hand-over failed, 1 not open): the new worker is gone");
+        assert_eq!(describe(&f), "failed, 6 drained (5 the replacement is gone, 1 not open): the new worker is gone");
     }
 }

@@ -229,6 +229,7 @@ impl Master {
                     state_bytes: t.state_bytes,
                     last: t.last.as_ref().map(super::handover::describe).unwrap_or_default(),
                     last_stays: t.last.as_ref().map(|l| l.stays.clone()).unwrap_or_default(),
+                    last_cause: t.last.as_ref().and_then(|l| l.cause),
                 })
                 .collect(),
         }

@@ -371,6 +371,10 @@ fn a_replacement_stuck_after_accepting_is_ended_before_the_old_worker_takes_its_
     each_answers(&mut clients, "f", "half", "the old worker completes the line it had read half of");
     assert!(host.worker_pids().contains(&old[0]), "the old worker drains on");
     assert_eq!(open_connections(&mut host), [old[0]; N], "each connection once, in the old worker");
+    // The cause, as a name, in `status --json`: the hand-over timed out.
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(json["handovers"][0]["last_cause"], "timed_out", "{json}");
 }
 
 // The replacement does not give up on its own once it accepted the offer, and the old worker's
@@ -523,6 +527,12 @@ fn a_replacement_that_refuses_the_state_loses_nothing() {
     // Nothing was taken out, and the connection that stayed is counted.
     let report = host.log().wait_for("hand-over failed, ", LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(report.contains("hand-over failed, 1 drained: the new worker refused the state"), "{report}");
+    // Refused before anything moved: the cause, and the reason the connection stayed, say so.
+    assert!(report.contains("cause=refused"), "{report}");
+    let out = host.command(["status", "--json"], Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let row = &json["handovers"][0];
+    assert_eq!(row["last_stays"], serde_json::json!([["the new plugin refused the state", 1]]), "{json}");
 }
 
 /// Runs a python `script` (with redis-py or websockets) on the host's `port` (and `more`

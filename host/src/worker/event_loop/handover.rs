@@ -58,7 +58,7 @@ use super::super::core::{ExportedConn, Snapshot, Stay};
 use super::super::dispatch;
 use super::super::transport::TlsSession;
 use super::Worker;
-use crate::ctl::{Fallback, Handover, HandoverChannel, HandoverReport, ToMaster, PROTOCOL};
+use crate::ctl::{Fallback, Handover, HandoverChannel, HandoverFailure, HandoverReport, ToMaster, PROTOCOL};
 use crate::sys;
 
 mod adopt;
@@ -319,8 +319,9 @@ impl Worker {
         let channel = match open_channel(self, fds) {
             Ok(channel) => channel,
             Err(e) => {
-                report.stay("the replacement could not be reached", open);
+                report.stay(HandoverFailure::Unreachable.stay_reason(), open);
                 report.failure = Some(format!("could not reach the replacement: {e}"));
+                report.cause = Some(HandoverFailure::Unreachable);
                 return self.handover_ended(report, fallback);
             }
         };
@@ -329,7 +330,7 @@ impl Worker {
         let mut old = OldSide::new(channel, fallback, timeout_ms, self.core.now_ms + timeout_ms);
         let offer = Handover::Offer { plugin: self.plugin_name.clone(), version };
         if let Err(e) = old.channel.send(&offer) {
-            return self.end_old(old, format!("could not offer the connections: {e}"));
+            return self.end_old(old, HandoverFailure::Unreachable, format!("could not offer the connections: {e}"));
         }
         self.handover = Some(Session::Old(Box::new(old)));
     }
@@ -399,14 +400,15 @@ impl Worker {
         }
     }
 
-    fn drive_old(&mut self, mut old: OldSide) -> Option<OldSide> {
-        for (msg, _fds) in old.channel.read_with_fds() {
+    /// What the replacement sent: its answers, in order. None: one of them ended the hand-over.
+    fn take_answers(&mut self, mut old: OldSide, answers: Vec<(Handover, Vec<OwnedFd>)>) -> Option<OldSide> {
+        for (msg, _fds) in answers {
             match msg {
                 Handover::Hello { .. } => {}
                 Handover::Accept if !old.accepted => {
                     old.accepted = true;
                     if let Err(why) = self.begin_sending(&mut old) {
-                        self.end_old(old, why);
+                        self.end_old(old, HandoverFailure::Export, why);
                         return None;
                     }
                 }
@@ -426,49 +428,64 @@ impl Worker {
                                 "no acknowledgement from the new worker within {} ms (it kept the {} it had adopted by then)",
                                 old.timeout_ms, old.report.moved
                             ));
+                            old.report.cause = Some(HandoverFailure::TimedOut);
                         }
                         let (report, fallback) = (std::mem::take(&mut old.report), old.fallback);
                         self.handover_ended(report, fallback);
                         return None;
                     }
                     Err(why) => {
-                        self.end_old(old, why);
+                        self.end_old(old, HandoverFailure::Protocol, why);
                         return None;
                     }
                 },
                 Handover::Refuse(why) => {
-                    self.end_old(old, format!("the new worker refused the state: {why}"));
+                    self.end_old(old, HandoverFailure::Refused, format!("the new worker refused the state: {why}"));
                     return None;
                 }
                 Handover::Failed(_) if old.cancelled => {
                     // `Done` before the worker state it never got: it adopted nothing.
                     let why = format!("no acknowledgement from the new worker within {} ms", old.timeout_ms);
-                    self.end_old(old, why);
+                    self.end_old(old, HandoverFailure::TimedOut, why);
                     return None;
                 }
                 Handover::Failed(why) => {
-                    self.end_old(old, format!("the new worker could not adopt: {why}"));
+                    self.end_old(old, HandoverFailure::NotAdopted, format!("the new worker could not adopt: {why}"));
                     return None;
                 }
                 Handover::Error(why) => {
-                    self.end_old(old, format!("the new worker failed: {why}"));
+                    self.end_old(old, HandoverFailure::Protocol, format!("the new worker failed: {why}"));
                     return None;
                 }
                 other => {
-                    self.end_old(old, format!("the new worker sent {} out of turn", name(&other)));
+                    self.end_old(
+                        old,
+                        HandoverFailure::Protocol,
+                        format!("the new worker sent {} out of turn", name(&other)),
+                    );
                     return None;
                 }
             }
         }
+        Some(old)
+    }
+
+    fn drive_old(&mut self, mut old: OldSide) -> Option<OldSide> {
+        let answers = old.channel.read_with_fds();
+        let mut old = self.take_answers(old, answers)?;
         if old.channel.closed {
-            let why = match &old.channel.error {
-                _ if old.timed_out => {
-                    format!("no acknowledgement from the new worker within {} ms (it was ended)", old.timeout_ms)
-                }
-                Some(e) => format!("the channel to the new worker broke: {e}"),
-                None => "the new worker is gone".to_string(),
+            let (cause, why) = match &old.channel.error {
+                _ if old.timed_out => (
+                    HandoverFailure::TimedOut,
+                    format!("no acknowledgement from the new worker within {} ms (it was ended)", old.timeout_ms),
+                ),
+                Some(e) => (HandoverFailure::Channel, format!("the channel to the new worker broke: {e}")),
+                None => (
+                    HandoverFailure::Gone,
+                    "the new worker is gone (its end closed without an answer: it died or exited)".to_string(),
+                ),
             };
-            self.end_old(old, why);
+            self.end_old(old, cause, why);
             return None;
         }
         if self.core.now_ms >= old.deadline_ms {
@@ -482,7 +499,7 @@ impl Worker {
                     "no acknowledgement from the new worker within {} ms, and it was not ended",
                     old.timeout_ms
                 );
-                self.end_old(old, why);
+                self.end_old(old, HandoverFailure::TimedOut, why);
                 return None;
             }
             if !old.cancelled {
@@ -490,7 +507,7 @@ impl Worker {
                     // Nothing is lent (the replacement has not accepted, or acknowledged
                     // everything but `Done`): it can read nothing this worker keeps.
                     let why = format!("no acknowledgement from the new worker within {} ms", old.timeout_ms);
-                    self.end_old(old, why);
+                    self.end_old(old, HandoverFailure::TimedOut, why);
                     return None;
                 }
                 // Connections are lent: the replacement may adopt them yet (their frames wait in
@@ -524,12 +541,12 @@ impl Worker {
         }
         // Pre-copy: the next step, or the connections stop once the steps are over.
         if let Err(why) = self.copy_more(&mut old) {
-            self.end_old(old, why);
+            self.end_old(old, HandoverFailure::Export, why);
             return None;
         }
         // In batches: the next ones, while few are in flight.
         if let Err(why) = self.export_more(&mut old) {
-            self.end_old(old, why);
+            self.end_old(old, HandoverFailure::Export, why);
             return None;
         }
         match send::send_outgoing(&mut old) {
@@ -542,8 +559,21 @@ impl Worker {
                 self.send_control(&ToMaster::HandoverProgress { state_bytes: old.report.state_bytes });
             }
             Ok(false) => {}
-            Err(e) => {
-                self.end_old(old, format!("could not send connections: {e}"));
+            Err(failed) => {
+                // The replacement may have answered and closed its end while this frame was
+                // written (a refusal of the worker state after the steps, say): its answer, read
+                // with the error, says why the hand-over failed; the write's error only when it
+                // said nothing.
+                let old = self.take_answers(old, failed.answers)?;
+                let (cause, why) = match failed.error.kind() {
+                    // Its end closed: it died or exited.
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => (
+                        HandoverFailure::Gone,
+                        format!("the new worker is gone (could not send connections: {})", failed.error),
+                    ),
+                    _ => (HandoverFailure::Channel, format!("could not send connections: {}", failed.error)),
+                };
+                self.end_old(old, cause, why);
                 return None;
             }
         }
@@ -587,7 +617,7 @@ impl Worker {
     }
 
     /// The hand-over failed: every connection comes back, and what the fallback says follows.
-    fn end_old(&mut self, mut old: OldSide, why: String) {
+    fn end_old(&mut self, mut old: OldSide, cause: HandoverFailure, why: String) {
         tracing::warn!("hand-over failed: {why}; taking the connections back");
         self.copy_abandoned(&mut old);
         let held = std::mem::take(&mut old.held);
@@ -603,7 +633,7 @@ impl Worker {
                 old.pending.drain(..).filter(present).count() + old.outbound.drain(..).filter(present).count()
             }
         };
-        old.report.stay("the hand-over failed", (held.len() + sessions.len() + untouched) as u64);
+        old.report.stay(cause.stay_reason(), (held.len() + sessions.len() + untouched) as u64);
         for (id, conn) in held {
             self.restore_conn(id, conn);
         }
@@ -612,6 +642,7 @@ impl Worker {
         }
         let _ = self.poll.registry().deregister(&mut old.channel.stream);
         old.report.failure = Some(why);
+        old.report.cause = Some(cause);
         // (`moved`: those the replacement acknowledged before: they are its own.)
         let (report, fallback) = (std::mem::take(&mut old.report), old.fallback);
         self.handover_ended(report, fallback);
@@ -654,6 +685,7 @@ impl Worker {
             copy_steps = report.copy_steps,
             copy_bytes = report.copy_bytes,
             copy_ms = report.copy_ms,
+            cause = %report.cause.map_or("-", HandoverFailure::as_str),
             failure = report.failure.as_deref().unwrap_or("-"),
             "hand-over ended"
         );

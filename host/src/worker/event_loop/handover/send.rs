@@ -32,7 +32,7 @@ use super::super::super::core::{ExportedConn, Stay};
 use super::super::super::dispatch;
 use super::super::Worker;
 use super::{OldSide, StateSink};
-use crate::ctl::{Carrier, Handover, MovedConn, MovedSession};
+use crate::ctl::{Carrier, Handover, HandoverFailure, MovedConn, MovedSession};
 
 /// Connections taken out per batch: one frame each (under the channel's 253 descriptors). Chosen
 /// by measurement (bench/README.md, "Hand-over … batch size"): 64 with two batches in flight
@@ -457,7 +457,7 @@ impl Worker {
         // Never out of the table: they stay where they are.
         stays += old.pending.drain(..).count() as u64;
         stays += old.outbound.drain(..).filter(|&id| self.core.get(id).is_some()).count() as u64;
-        old.report.stay("the hand-over timed out", stays);
+        old.report.stay(HandoverFailure::TimedOut.stay_reason(), stays);
         let lent = !old.held.is_empty() || !old.held_sessions.is_empty();
         if lent && (done_unsent || !old.done_queued) {
             let place = old.held_base + old.held.len();
@@ -509,10 +509,25 @@ fn hold(old: &mut OldSide, taken: Vec<Taken>) -> Vec<Beside> {
     rest
 }
 
+/// A write to the replacement failed (it closed its end: `EPIPE`, `ECONNRESET`), with what it
+/// had sent before it closed.
+#[derive(Debug)]
+pub(super) struct SendFailed {
+    pub(super) error: io::Error,
+    /// The replacement's frames that were in this side's socket (a failed write does not end
+    /// reading): a refusal, a failure to adopt, acknowledgements. They are taken in order before
+    /// the error counts, and one that ends the hand-over is its reason.
+    pub(super) answers: Vec<(Handover, Vec<OwnedFd>)>,
+}
+
 /// Gives the channel the frames it takes now, each with the descriptors it lends (the sockets
 /// and queued files of its connections, which `held` keeps open until the replacement answers).
 /// Ok(true): the worker state went to the channel.
-pub(super) fn send_outgoing(old: &mut OldSide) -> io::Result<bool> {
+pub(super) fn send_outgoing(old: &mut OldSide) -> Result<bool, SendFailed> {
+    send_frames(old).map_err(|error| SendFailed { error, answers: old.channel.read_with_fds() })
+}
+
+fn send_frames(old: &mut OldSide) -> io::Result<bool> {
     let mut state_sent = false;
     while let Some(next) = old.outgoing.front_mut() {
         if !next.owned.is_empty() {

@@ -1,7 +1,7 @@
-//! The old worker's frames at the deadline, without processes: what `cancel_unsent` drops.
+//! The old worker's frames, without processes: what `cancel_unsent` drops, what a failed write brings back.
 
 use super::*;
-use crate::ctl::{Fallback, HandoverChannel, MovedSession};
+use crate::ctl::{Fallback, HandoverChannel, MovedSession, PROTOCOL};
 use crate::worker::core::Origin;
 use crate::worker::phase::ConnPhase;
 
@@ -103,4 +103,42 @@ fn cancel_takes_back_from_the_first_connection_a_dropped_frame_lends() {
     assert_eq!(drop_unsent(&mut old), Unsent { first_place: Some(12), sessions: 0, done: true });
     assert!(old.outgoing.is_empty());
     assert_eq!(awaited(&old), [Some(2)]);
+}
+
+// The replacement refuses and closes its end while this side still writes a frame (CI saw it:
+// a worker state refused after the copy's steps, the connections' frame going): the write fails
+// (`ECONNRESET` or `EPIPE`), and the refusal, in this side's socket already, comes with the
+// error, so that the hand-over reports it rather than the broken pipe.
+#[test]
+fn a_refusal_sent_while_a_frame_is_written_comes_with_the_send_error() {
+    let (ours, theirs) = mio::net::UnixStream::pair().unwrap();
+    let mut old = old_side(HandoverChannel::new(ours).with_max_fds(crate::ctl::channel::MAX_FDS_PER_HANDOVER_FRAME));
+    queue_sessions(&mut old, 2, 1 << 20);
+    assert!(!send_outgoing(&mut old).unwrap(), "no worker state among them");
+    assert!(old.channel.pending(), "the socket is full: the frame is partly queued");
+    let mut replacement: HandoverChannel<mio::net::UnixStream> = HandoverChannel::new(theirs);
+    replacement.send(&Handover::Hello { protocol: PROTOCOL }).unwrap();
+    replacement.send(&Handover::Failed("the plugin refused the worker state".into())).unwrap();
+    drop(replacement);
+    queue_done(&mut old);
+    let failed = send_outgoing(&mut old).expect_err("the replacement's end is closed");
+    let answers: Vec<Handover> = failed.answers.into_iter().map(|(msg, _)| msg).collect();
+    assert_eq!(
+        answers,
+        [Handover::Hello { protocol: PROTOCOL }, Handover::Failed("the plugin refused the worker state".into())],
+        "{}",
+        failed.error
+    );
+}
+
+// A replacement gone without a word: the error alone.
+#[test]
+fn a_replacement_gone_without_an_answer_leaves_the_send_error_alone() {
+    let (ours, theirs) = mio::net::UnixStream::pair().unwrap();
+    let mut old = old_side(HandoverChannel::new(ours));
+    drop(theirs);
+    queue_done(&mut old);
+    let failed = send_outgoing(&mut old).expect_err("the replacement's end is closed");
+    assert!(failed.answers.is_empty());
+    assert_eq!(failed.error.kind(), io::ErrorKind::BrokenPipe, "{}", failed.error);
 }
