@@ -683,16 +683,7 @@ impl Master {
 
     /// Whether the master can hand its state over now.
     fn can_hand_over(&self) -> Result<(), UpgradeError> {
-        if self.sup.phase() != Phase::Running {
-            return Err(UpgradeError::NotRunning);
-        }
-        if !self.sup.reloader_idle() {
-            return Err(UpgradeError::ReloadUnderWay);
-        }
-        if self.sup.handover_under_way() {
-            return Err(UpgradeError::HandoverUnderWay);
-        }
-        Ok(())
+        self.sup.may_upgrade()
     }
 
     fn start_upgrade(&mut self, client: Option<ClientId>) -> Result<(), UpgradeError> {
