@@ -15,10 +15,10 @@
 # WRITE_KEYS (1000, MODE=overwrite), SAMPLE (2000), HOST_BIN (target/release/host),
 # HANDOVER_TIMEOUT (60 s), KEEP=1. Loopback only; every wait is bounded; only the host it
 # started is stopped, by pid.
-import hashlib, os, random, re, socket, subprocess, threading, time
+import os, random, re, socket, threading, time
 import redis
 
-from handover_lib import HOST_BIN, Host, cleanup, since, tempdir
+from handover_lib import HOST_BIN, Host, PingProbe, cleanup, resp_checksum, resp_cmd, resp_fill, since, tempdir
 
 KEYS = int(os.environ.get("KEYS", "300000"))
 VALUE = int(os.environ.get("VALUE", "1024"))
@@ -46,10 +46,6 @@ def wkey(n):
     return head + b"k" * max(0, KEYLEN - len(head))
 
 
-def cmd(*parts):
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-
-
 class Writer:
     """SETs as fast as answers come: DEPTH commands sent, then their DEPTH `+OK`s read. Counts
     the acknowledged writes and times the longest wait for a batch's answers, per phase."""
@@ -67,7 +63,7 @@ class Writer:
         v = b"x" * WVALUE
         want = b"+OK\r\n" * DEPTH
         while not self.stop.is_set():
-            batch = b"".join(cmd(b"SET", wkey(self.n + i), v) for i in range(DEPTH))
+            batch = b"".join(resp_cmd(b"SET", wkey(self.n + i), v) for i in range(DEPTH))
             a = time.monotonic()
             try:
                 self.s.sendall(batch)
@@ -92,26 +88,13 @@ MiB = 1024 * 1024
 try:
     port = h.wait_ready()
     t0 = time.time()
-    pipe = subprocess.Popen(["redis-cli", "-p", str(port), "--pipe", "--pipe-timeout", "120"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    for start in range(0, KEYS, 20000):
-        pipe.stdin.write(b"".join(cmd(b"SET", b"key:%d" % i, value(i)) for i in range(start, min(KEYS, start + 20000))))
-    pipe.stdin.close()
-    pipe.stdout.read()
-    pipe.wait(300)
+    resp_fill(port, KEYS, value)
     r = redis.Redis(port=port, socket_timeout=120)
     n_before = r.dbsize()
     rnd = random.Random(21)
     sample = [b"key:%d" % rnd.randrange(KEYS) for _ in range(SAMPLE)]
 
-    def checksum():
-        h = hashlib.sha256()
-        for start in range(0, len(sample), 500):
-            for v in r.mget(sample[start:start + 500]):
-                h.update(v or b"<nil>")
-        return h.hexdigest()[:16]
-
-    sum_before = checksum()
+    sum_before = resp_checksum(r, sample)
     # What a step writes of an entry: its key and value and 20 bytes (lengths, deadline).
     fill_bytes = sum(len(b"key:%d" % i) + VALUE + 20 for i in range(KEYS))
     keyspace_bytes = sum(len(b"key:%d" % i) + VALUE for i in range(KEYS))
@@ -119,26 +102,9 @@ try:
           f"{time.time() - t0:.1f} s, DBSIZE {n_before}; writer: MODE={MODE}, keys of {KEYLEN} B, values of {WVALUE} B, "
           f"{DEPTH} in flight")
 
-    probe = redis.Redis(port=port, socket_timeout=120)
-    probe.ping()
-    stop, waits, probe_errors = threading.Event(), [], []
-
-    def probing():
-        while not stop.is_set():
-            a = time.monotonic()
-            try:
-                probe.ping()
-            except Exception as e:  # noqa: BLE001 - counted and shown
-                probe_errors.append(repr(e))
-                time.sleep(0.01)
-                continue
-            waits.append((a, time.monotonic() - a))
-            time.sleep(0.001)
-
+    probe = PingProbe(redis.Redis(port=port, socket_timeout=120))
     w = Writer(port)
     w.th.start()
-    pth = threading.Thread(target=probing, daemon=True)
-    pth.start()
     time.sleep(1.0)
     acked_at_reload, t_reload = w.acked, time.monotonic()
     # The keyspace when the copy begins is at least this (the writer's keys so far added).
@@ -150,12 +116,11 @@ try:
     done_s = time.monotonic() - t_reload
     time.sleep(1.0)
     w.stop.set()
-    stop.set()
+    probe.stop()
     w.th.join(60)
-    pth.join(10)
     rate = (w.acked - acked_at_reload) / max(done_s, 1e-9)
-    before = [x for a, x in waits if a < t_reload]
-    across = [x for a, x in waits if a >= t_reload]
+    longest_before, longest_across = probe.longest(t_reload)
+    across = [x for a, x in probe.waits if a >= t_reload]
     print(f"reload -g rc {out.returncode}; the hand-over line {done_s:.2f} s after it; the writer's acknowledged SETs "
           f"{w.acked} ({rate:,.0f}/s meanwhile), errors {w.errors[:2]}")
     print(since(line, "hand-over:") if line else "no hand-over line:\n" + h.text()[-2000:])
@@ -169,10 +134,10 @@ try:
               f"last part {(state - copied) / MiB:.0f} MiB (the keys not reached and the {MODE} keys recorded)")
     print(f"writer's longest wait for a batch of {DEPTH}: {1000 * w.longest['before']:.0f} ms before, "
           f"{1000 * w.longest['across']:.0f} ms across the reload")
-    print(f"probe: {len(across)} PINGs across it, longest wait {1000 * max(across, default=0):.0f} ms "
-          f"(before it: {1000 * max(before, default=0):.1f} ms); errors {len(probe_errors)} {probe_errors[:2]}")
+    print(f"probe: {len(across)} PINGs across it, longest wait {1000 * longest_across:.0f} ms "
+          f"(before it: {1000 * longest_before:.1f} ms); errors {len(probe.errors)} {probe.errors[:2]}")
     n_after = r.dbsize()
-    sum_after = checksum()
+    sum_after = resp_checksum(r, sample)
     want = KEYS + (w.acked if MODE == "new" else min(w.acked, WRITE_KEYS))
     print(f"keyspace: DBSIZE {n_before} before, {n_after} after (fill + acknowledged writes: {want}); checksum of {SAMPLE} "
           f"sampled keys {sum_before} before, {sum_after} after: "
