@@ -206,9 +206,16 @@ def resp_cmd(*parts):
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
-def resp_fill(port, keys, value):
-    """SETs `key:{i}` to `value(i)` for i < `keys` through `redis-cli --pipe` (generated in
-    pieces); its last line of output."""
+def fill_value(i, size):
+    """The value of `key:{i}` in a fill: `{i}:` padded with `v` to `size` bytes."""
+    head = b"%d:" % i
+    return head + b"v" * (size - len(head))
+
+
+def resp_fill(port, keys, size):
+    """SETs `key:{i}` to `fill_value(i, size)` for i < `keys` through `redis-cli --pipe`
+    (generated in pieces); its last line of output."""
+    value = lambda i: fill_value(i, size)  # noqa: E731
     pipe = subprocess.Popen(["redis-cli", "-p", str(port), "--pipe", "--pipe-timeout", "120"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     for start in range(0, keys, 20000):

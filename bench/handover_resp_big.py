@@ -14,7 +14,7 @@
 import os, random, threading, time
 import redis
 
-from handover_lib import HOST_BIN, Host, PingProbe, cleanup, resp_checksum, resp_fill, since, tempdir
+from handover_lib import HOST_BIN, Host, PingProbe, cleanup, fill_value, resp_checksum, resp_fill, since, tempdir
 
 KEYS = int(os.environ.get("KEYS", "1000000"))
 VALUE = int(os.environ.get("VALUE", "1024"))
@@ -22,11 +22,6 @@ SAMPLE = min(KEYS, int(os.environ.get("SAMPLE", "2000")))
 d = tempdir("host-handover-bigresp-")
 h = Host(d, ["--plugin-dir", os.path.dirname(HOST_BIN), "--plugin", "resp", "--count", "1", "--drain-timeout", "30",
              "--log-level", "warn,host::master=info", "--handover-timeout", os.environ.get("HANDOVER_TIMEOUT", "120")])
-
-
-def value(i):
-    head = b"%d:" % i
-    return head + b"v" * (VALUE - len(head))
 
 
 def status(pid):
@@ -65,7 +60,7 @@ try:
     port = h.wait_ready()
     t0 = time.time()
     # The fill: RESP commands generated in pieces and piped to redis-cli, which reads the answers.
-    fill_out = resp_fill(port, KEYS, value)
+    fill_out = resp_fill(port, KEYS, VALUE)
     r = redis.Redis(port=port, socket_timeout=300)
     n_before = r.dbsize()
     fill_s = time.time() - t0
@@ -73,7 +68,7 @@ try:
     sample = [b"key:%d" % rnd.randrange(KEYS) for _ in range(SAMPLE)]
 
     sum_before = resp_checksum(r, sample)
-    bad_values = sum(1 for k in sample[:200] if r.get(k) != value(int(k.split(b":")[1])))
+    bad_values = sum(1 for k in sample[:200] if r.get(k) != fill_value(int(k.split(b":")[1]), VALUE))
     try:
         mem = r.info("memory")
     except redis.RedisError:

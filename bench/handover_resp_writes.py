@@ -34,11 +34,6 @@ h = Host(d, ["--plugin-dir", os.path.dirname(HOST_BIN), "--plugin", "resp", "--c
              "--log-level", "warn,host::master=info", "--handover-timeout", os.environ.get("HANDOVER_TIMEOUT", "60")])
 
 
-def value(i):
-    head = b"%d:" % i
-    return head + b"v" * (VALUE - len(head))
-
-
 def wkey(n):
     """The writer's `n`th key: KEYLEN bytes, distinct per `n` (MODE=new) or one of WRITE_KEYS."""
     n = n if MODE == "new" else n % WRITE_KEYS
@@ -88,7 +83,7 @@ MiB = 1024 * 1024
 try:
     port = h.wait_ready()
     t0 = time.time()
-    resp_fill(port, KEYS, value)
+    resp_fill(port, KEYS, VALUE)
     r = redis.Redis(port=port, socket_timeout=120)
     n_before = r.dbsize()
     rnd = random.Random(21)
