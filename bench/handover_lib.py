@@ -199,3 +199,71 @@ def print_gaps(probes, what):
         gaps = [pr.gap[phase] * 1000 for pr in probes]
         print(f"longest wait for {what}, {phase} the reload: p50 {pct(gaps, .5):.1f} ms, "
               f"p99 {pct(gaps, .99):.1f} ms, max {max(gaps):.1f} ms")
+
+
+def resp_cmd(*parts):
+    """One RESP command (an array of bulk strings)."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def fill_value(i, size):
+    """The value of `key:{i}` in a fill: `{i}:` padded with `v` to `size` bytes."""
+    head = b"%d:" % i
+    return head + b"v" * (size - len(head))
+
+
+def resp_fill(port, keys, size):
+    """SETs `key:{i}` to `fill_value(i, size)` for i < `keys` through `redis-cli --pipe`
+    (generated in pieces); its last line of output."""
+    value = lambda i: fill_value(i, size)  # noqa: E731
+    pipe = subprocess.Popen(["redis-cli", "-p", str(port), "--pipe", "--pipe-timeout", "120"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for start in range(0, keys, 20000):
+        pipe.stdin.write(b"".join(resp_cmd(b"SET", b"key:%d" % i, value(i)) for i in range(start, min(keys, start + 20000))))
+    pipe.stdin.close()
+    out = pipe.stdout.read().decode(errors="replace").strip()
+    pipe.wait(300)
+    return out.splitlines()[-1] if out else ""
+
+
+def resp_checksum(r, keys):
+    """A hash of the values of `keys` read with MGET (500 at a time) on redis-py client `r`."""
+    import hashlib
+    h = hashlib.sha256()
+    for start in range(0, len(keys), 500):
+        for v in r.mget(keys[start:start + 500]):
+            h.update(v or b"<nil>")
+    return h.hexdigest()[:16]
+
+
+class PingProbe:
+    """PINGs on a connection of its own (redis-py client `r`), one at a time, as fast as answers
+    come, until `stop()`: `waits` holds (start, wait) of each, `errors` what failed."""
+
+    def __init__(self, r):
+        self.r, self.waits, self.errors = r, [], []
+        self.r.ping()
+        self.done = threading.Event()
+        self.th = threading.Thread(target=self.run, daemon=True)
+        self.th.start()
+
+    def run(self):
+        while not self.done.is_set():
+            a = time.monotonic()
+            try:
+                self.r.ping()
+            except Exception as e:  # noqa: BLE001 - counted and shown
+                self.errors.append(repr(e))
+                time.sleep(0.01)
+                continue
+            self.waits.append((a, time.monotonic() - a))
+            time.sleep(0.001)
+
+    def stop(self):
+        self.done.set()
+        self.th.join(10)
+
+    def longest(self, since_t):
+        """The longest wait of the PINGs sent before `since_t`, and of those sent from it on."""
+        return (max((w for a, w in self.waits if a < since_t), default=0.0),
+                max((w for a, w in self.waits if a >= since_t), default=0.0))

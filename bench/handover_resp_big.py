@@ -11,10 +11,10 @@
 # HANDOVER_TIMEOUT (120 s: the host's default of 10 s bounds a hand-over this big on a loaded
 # machine), KEEP=1 (keep the temporary directory with the host's log). Bounded: every wait has a
 # timeout; only the host it started is stopped, by pid.
-import hashlib, os, random, subprocess, threading, time
+import os, random, threading, time
 import redis
 
-from handover_lib import HOST_BIN, Host, cleanup, since, tempdir
+from handover_lib import HOST_BIN, Host, PingProbe, cleanup, fill_value, resp_checksum, resp_fill, since, tempdir
 
 KEYS = int(os.environ.get("KEYS", "1000000"))
 VALUE = int(os.environ.get("VALUE", "1024"))
@@ -22,11 +22,6 @@ SAMPLE = min(KEYS, int(os.environ.get("SAMPLE", "2000")))
 d = tempdir("host-handover-bigresp-")
 h = Host(d, ["--plugin-dir", os.path.dirname(HOST_BIN), "--plugin", "resp", "--count", "1", "--drain-timeout", "30",
              "--log-level", "warn,host::master=info", "--handover-timeout", os.environ.get("HANDOVER_TIMEOUT", "120")])
-
-
-def value(i):
-    head = b"%d:" % i
-    return head + b"v" * (VALUE - len(head))
 
 
 def status(pid):
@@ -65,58 +60,28 @@ try:
     port = h.wait_ready()
     t0 = time.time()
     # The fill: RESP commands generated in pieces and piped to redis-cli, which reads the answers.
-    pipe = subprocess.Popen(["redis-cli", "-p", str(port), "--pipe", "--pipe-timeout", "120"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    for start in range(0, KEYS, 20000):
-        chunk = []
-        for i in range(start, min(KEYS, start + 20000)):
-            k, v = b"key:%d" % i, value(i)
-            chunk.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v))
-        pipe.stdin.write(b"".join(chunk))
-    pipe.stdin.close()
-    fill_out = pipe.stdout.read().decode(errors="replace")
-    pipe.wait(300)
+    fill_out = resp_fill(port, KEYS, VALUE)
     r = redis.Redis(port=port, socket_timeout=300)
     n_before = r.dbsize()
     fill_s = time.time() - t0
     rnd = random.Random(21)
     sample = [b"key:%d" % rnd.randrange(KEYS) for _ in range(SAMPLE)]
 
-    def checksum():
-        h = hashlib.sha256()
-        for start in range(0, len(sample), 500):
-            for v in r.mget(sample[start:start + 500]):
-                h.update(v or b"<nil>")
-        return h.hexdigest()[:16]
-
-    sum_before = checksum()
-    bad_values = sum(1 for k in sample[:200] if r.get(k) != value(int(k.split(b":")[1])))
+    sum_before = resp_checksum(r, sample)
+    bad_values = sum(1 for k in sample[:200] if r.get(k) != fill_value(int(k.split(b":")[1]), VALUE))
     try:
         mem = r.info("memory")
     except redis.RedisError:
         mem = {}
     workers = h.workers()
     base = {w: status(w) for w in workers}
-    print(f"keys={KEYS} value={VALUE} B: filled in {fill_s:.1f} s ({fill_out.strip().splitlines()[-1] if fill_out.strip() else ''}); "
+    print(f"keys={KEYS} value={VALUE} B: filled in {fill_s:.1f} s ({fill_out}); "
           f"DBSIZE {n_before}; used_memory {mem.get('used_memory', '?')}; worker RSS "
           + ", ".join(f"{w}: {s['VmRSS'] / MiB:.0f} MiB" for w, s in base.items() if s))
 
     # The probe: PING on its own connection, one at a time; its longest wait is the pause it sees.
-    probe = redis.Redis(port=port, socket_timeout=300)
-    probe.ping()
-    stop, waits, errors = threading.Event(), [], []
-
-    def probing():
-        while not stop.is_set():
-            a = time.monotonic()
-            try:
-                probe.ping()
-            except Exception as e:  # noqa: BLE001 - counted and shown
-                errors.append(repr(e))
-                time.sleep(0.01)
-                continue
-            waits.append((a, time.monotonic() - a))
-            time.sleep(0.001)
+    probe = PingProbe(redis.Redis(port=port, socket_timeout=300))
+    stop = threading.Event()
 
     peaks, avail_min, shmem0 = {}, [mem_available()], meminfo("Shmem")
     cpu = {}  # pid: [first reading, last reading]
@@ -139,9 +104,8 @@ try:
             shmem_max[0] = max(shmem_max[0], meminfo("Shmem"))
             time.sleep(0.02)
 
-    threads = [threading.Thread(target=probing, daemon=True), threading.Thread(target=sampling, daemon=True)]
-    for th in threads:
-        th.start()
+    sampler = threading.Thread(target=sampling, daemon=True)
+    sampler.start()
     time.sleep(1.0)
     t_reload = time.monotonic()
     out = h.ctl("reload", "-g", timeout=300)
@@ -155,16 +119,16 @@ try:
     done_s = time.monotonic() - t_reload
     time.sleep(1.0)
     stop.set()
-    for th in threads:
-        th.join(10)
-    before = [w for a, w in waits if a < t_reload]
-    across = [w for a, w in waits if a >= t_reload]
+    probe.stop()
+    sampler.join(10)
+    longest_before, longest_across = probe.longest(t_reload)
+    across = [w for a, w in probe.waits if a >= t_reload]
     n_after = r.dbsize()
-    sum_after = checksum()
+    sum_after = resp_checksum(r, sample)
     print(f"reload -g returned in {reload_s:.2f} s (rc {out.returncode}); the old worker gone {done_s:.1f} s after it")
     print(since(line, "hand-over") if line else "no hand-over line")
-    print(f"probe: {len(across)} PINGs across it, longest wait {1000 * max(across, default=0):.0f} ms "
-          f"(before it: {1000 * max(before, default=0):.1f} ms); errors {len(errors)} {errors[:2]}")
+    print(f"probe: {len(across)} PINGs across it, longest wait {1000 * longest_across:.0f} ms "
+          f"(before it: {1000 * longest_before:.1f} ms); errors {len(probe.errors)} {probe.errors[:2]}")
     for w, pk in sorted(peaks.items()):
         s = pk["at_peak"]
         role = "old" if w in workers else "new"

@@ -49,7 +49,13 @@ pub enum Command {
     },
     /// Replace the master's own program with the binary now installed at its path, without
     /// closing a socket or dropping a connection (same pid), then move every worker onto it.
-    Upgrade,
+    /// Answers once that chain's replacements are ready (as `reload`).
+    Upgrade {
+        /// Answer once the hand-overs of that chain have ended too, with their outcome
+        /// (connections moved and drained; at most the old workers' kill deadlines later).
+        #[arg(long)]
+        handovers: bool,
+    },
     /// Show the master, its services and every worker (exit code 3 when no host runs).
     Status {
         /// Refresh every second until interrupted.

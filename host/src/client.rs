@@ -177,10 +177,11 @@ pub fn reload(pid_file: &Path, graceful: bool, handovers: bool) -> anyhow::Resul
 }
 
 /// `host upgrade`: the master runs the binary installed at its path now (same pid), then
-/// replaces every worker; waits for that chain like `reload`, or prints why it was refused.
-pub fn upgrade(pid_file: &Path) -> anyhow::Result<()> {
+/// replaces every worker; waits for that chain like `reload` (with `handovers`, for its
+/// hand-overs too), or prints why it was refused.
+pub fn upgrade(pid_file: &Path, handovers: bool) -> anyhow::Result<()> {
     let pid = pidfile::read_running(pid_file)?;
-    match ask(pid_file, ControlRequest::Upgrade, RELOAD_WAIT)? {
+    match ask(pid_file, ControlRequest::Upgrade { handovers }, RELOAD_WAIT)? {
         Answer::Ok { message, .. } => {
             println!("host upgraded (master pid {pid}): {message}");
             Ok(())

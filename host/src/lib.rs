@@ -125,7 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Reload { graceful, handovers }) => {
             with_logging(global, |g| client::reload(&pid_file(g)?, graceful, handovers))
         }
-        Some(Command::Upgrade) => with_logging(global, |g| client::upgrade(&pid_file(g)?)),
+        Some(Command::Upgrade { handovers }) => with_logging(global, |g| client::upgrade(&pid_file(g)?, handovers)),
         Some(Command::UpgradeCheck) => with_logging(global, |_| upgrade_check()),
         Some(Command::Status { live, json }) => with_logging(global, |g| client::status(&pid_file(g)?, live, json)),
         Some(Command::Connections { json }) => with_logging(global, |g| client::connections(&pid_file(g)?, json)),

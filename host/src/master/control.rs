@@ -26,7 +26,10 @@ pub enum Request {
     Status,
     Connections,
     /// Replace the master's own program with the binary now installed at its path.
-    Upgrade,
+    Upgrade {
+        /// Answer once the hand-overs of the upgrade's chain have ended too, with their outcome.
+        handovers: bool,
+    },
     /// Reopen the host's log file (daemon) and every access log (logrotate).
     ReopenLogs,
 }
@@ -42,7 +45,8 @@ impl Request {
             "reload graceful handovers" => Some(Request::Reload { graceful: true, handovers: true }),
             "status" => Some(Request::Status),
             "connections" => Some(Request::Connections),
-            "upgrade" => Some(Request::Upgrade),
+            "upgrade" => Some(Request::Upgrade { handovers: false }),
+            "upgrade handovers" => Some(Request::Upgrade { handovers: true }),
             "reopen-logs" => Some(Request::ReopenLogs),
             _ => None,
         }
@@ -58,7 +62,8 @@ impl Request {
             Request::Reload { graceful: true, handovers: true } => "reload graceful handovers\n",
             Request::Status => "status\n",
             Request::Connections => "connections\n",
-            Request::Upgrade => "upgrade\n",
+            Request::Upgrade { handovers: false } => "upgrade\n",
+            Request::Upgrade { handovers: true } => "upgrade handovers\n",
             Request::ReopenLogs => "reopen-logs\n",
         }
     }
@@ -244,7 +249,8 @@ mod tests {
             Request::Reload { graceful: true, handovers: true },
             Request::Status,
             Request::Connections,
-            Request::Upgrade,
+            Request::Upgrade { handovers: false },
+            Request::Upgrade { handovers: true },
             Request::ReopenLogs,
         ] {
             assert_eq!(Request::parse(r.encode()), Some(r));

@@ -727,7 +727,7 @@ impl Master {
                 Signal::SIGHUP => self.sup.request_reload(true, Trigger::Signal("SIGHUP"), None),
                 Signal::SIGUSR2 => self.start_gather(ReportKind::Status, Requester::Log),
                 Signal::SIGIO => self.start_gather(ReportKind::Connections, Requester::Log),
-                Signal::SIGURG => self.upgrade(None),
+                Signal::SIGURG => self.upgrade(None, false),
                 other => tracing::debug!(signal = %other, "signal ignored"),
             }
         }
@@ -754,7 +754,7 @@ impl Master {
             }
             Request::Status => self.start_gather(ReportKind::Status, Requester::Control(client)),
             Request::Connections => self.start_gather(ReportKind::Connections, Requester::Control(client)),
-            Request::Upgrade => self.upgrade(Some(client)),
+            Request::Upgrade { handovers } => self.upgrade(Some(client), handovers),
             Request::ReopenLogs => self.reopen_logs(client),
         }
     }

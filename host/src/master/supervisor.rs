@@ -202,6 +202,24 @@ impl<P: Processes> Supervisor<P> {
         !self.held_handovers.is_empty() || self.slots.workers().any(|w| w.handing_over_to.is_some())
     }
 
+    /// Whether the master may hand its state over to a new binary now (`host upgrade`): only
+    /// while running, with no reload and no hand-over under way or held (the master that would
+    /// kill a stuck replacement must be the one that knows the pair, and a held one lives only
+    /// in this master's memory).
+    pub fn may_upgrade(&self) -> Result<(), super::upgrade::UpgradeError> {
+        use super::upgrade::UpgradeError;
+        if self.phase != Phase::Running {
+            return Err(UpgradeError::NotRunning);
+        }
+        if !self.reloader.is_idle() {
+            return Err(UpgradeError::ReloadUnderWay);
+        }
+        if self.handover_under_way() {
+            return Err(UpgradeError::HandoverUnderWay);
+        }
+        Ok(())
+    }
+
     /// The drain and kill timeouts (a stop waits for both).
     pub fn drain_and_kill(&self) -> (Duration, Duration) {
         (self.timeouts.drain, self.timeouts.kill)
@@ -1330,6 +1348,37 @@ mod tests {
         assert_eq!(sup.procs().started.iter().filter(|s| s.hash == 2).count(), 2, "the chain goes on with slot 1");
     }
 
+    /// Whether `out` tells `old` to hand over to `new`.
+    fn handover(out: &[Output], old: WorkerId, new: WorkerId) -> bool {
+        out.iter().any(|o| matches!(o, Output::HandOver { old: o, new: n, .. } if *o == old && *n == new))
+    }
+
+    /// A reload of slot 0 onto snapshot `hash` for `client`, until its replacement is ready
+    /// (started awaiting a hand-over); the replacement.
+    fn reload_ready(sup: &mut Supervisor<FakeProcesses>, client: Option<ClientId>, hash: u64) -> WorkerId {
+        sup.request_reload(true, Trigger::Command, client);
+        let out = outputs(sup);
+        sup.checked(done(checks(&out)[0], hash));
+        let new = attached(&outputs(sup))[0];
+        assert!(sup.procs().last().await_handover);
+        sup.worker_ready(new);
+        new
+    }
+
+    /// A reload whose hand-over begins at once (slot 0's worker adopts from none): the old
+    /// worker and its replacement.
+    fn reload_handing_over(
+        sup: &mut Supervisor<FakeProcesses>,
+        client: Option<ClientId>,
+        hash: u64,
+    ) -> (WorkerId, WorkerId) {
+        let old = serving(sup, 0, 0).unwrap();
+        let new = reload_ready(sup, client, hash);
+        let out = outputs(sup);
+        assert!(handover(&out, old, new), "{out:?}");
+        (old, new)
+    }
+
     // Issue 21: a second reload's replacement W3 is ready while W2, the first one's, still
     // adopts from W1. W2 is not told to hand over (that would end its adoption half-way): the
     // hand-over to W3 is held, with no deadline on W2, and starts once W1's ended (its report or
@@ -1340,26 +1389,12 @@ mod tests {
             let mut s = state("http", 1, true);
             s.service.limits.handover_timeout_ms = 3000;
             let mut sup = started(vec![(s, Some(1))]);
-            let w1 = serving(&sup, 0, 0).unwrap();
             sup.answer_after_handovers(ClientId(7));
-            sup.request_reload(true, Trigger::Command, None);
-            let out = outputs(&mut sup);
-            sup.checked(done(checks(&out)[0], 2));
-            let w2 = attached(&outputs(&mut sup))[0];
-            sup.worker_ready(w2);
-            let out = outputs(&mut sup);
-            assert!(out.iter().any(|o| matches!(o, Output::HandOver { old, new, .. } if *old == w1 && *new == w2)));
+            let (w1, w2) = reload_handing_over(&mut sup, None, 2);
             // The second reload, while W1 hands over to W2.
-            sup.request_reload(true, Trigger::Command, Some(ClientId(7)));
+            let w3 = reload_ready(&mut sup, Some(ClientId(7)), 3);
             let out = outputs(&mut sup);
-            sup.checked(done(checks(&out)[0], 3));
-            let w3 = attached(&outputs(&mut sup))[0];
-            assert!(sup.procs().last().await_handover);
-            sup.worker_ready(w3);
-            let out = outputs(&mut sup);
-            let handover_to_w3 = |out: &[Output]| {
-                out.iter().any(|o| matches!(o, Output::HandOver { old, new, .. } if *old == w2 && *new == w3))
-            };
+            let handover_to_w3 = |out: &[Output]| handover(out, w2, w3);
             assert!(!handover_to_w3(&out), "not while W2 adopts: {out:?}");
             assert!(!out.iter().any(|o| matches!(o, Output::Send(id, _) if *id == w2 || *id == w3)), "{out:?}");
             assert!(!out.iter().any(|o| matches!(o, Output::Answer(..))), "the --handovers answer waits: {out:?}");
@@ -1421,6 +1456,137 @@ mod tests {
                     assert!(!handover_to_w3(&outputs(&mut sup)), "a stopping master starts none");
                 }
             }
+        }
+    }
+
+    // A recycle while a hand-over is held or under way waits its turn as a reload's does:
+    // "adopting" — W2, still adopting from W1, reaches max_memory (a large state arriving): its
+    // recycle's W3 is ready before W1's hand-over ended, so W2's hand-over to W3 is held; W2
+    // heard over its limit again starts no second recycle, and once past the hard limit it is
+    // killed and W3 serves. "held" — W3, the held hand-over's new worker, reaches max_requests:
+    // its recycle's W4 waits behind W2's hand-over to W3, which waits behind W1's. Each starts
+    // once the one before it ended, and `host upgrade` is refused until the last has.
+    #[test]
+    fn a_recycle_during_a_held_handover_waits_its_turn() {
+        let mb = 1 << 20;
+        for case in ["adopting", "adopting grows on", "held"] {
+            let mut s = state("http", 1, true);
+            s.service.recycle = crate::config::Recycle { max_requests: 1000, max_memory: 64 * mb };
+            let mut sup = started(vec![(s, Some(1))]);
+            let (w1, w2) = reload_handing_over(&mut sup, None, 2);
+            // The worker W4's hand-over comes from, and the one it adopts from meanwhile.
+            let (old, held_behind) = if case == "held" {
+                let w3 = reload_ready(&mut sup, None, 3);
+                assert!(!handover(&outputs(&mut sup), w2, w3));
+                (w3, w2)
+            } else {
+                (w2, w1)
+            };
+            match case {
+                "held" => sup.worker_alive(old, 2000, mb),
+                _ => sup.worker_alive(old, 10, 80 * mb),
+            }
+            let new = attached(&outputs(&mut sup));
+            assert_eq!(new.len(), 1, "{case}: a recycle starts");
+            let new = new[0];
+            assert!(sup.procs().last().await_handover, "{case}");
+            sup.worker_ready(new);
+            let out = outputs(&mut sup);
+            assert_eq!(serving(&sup, 0, 0), Some(new), "{case}");
+            assert!(!handover(&out, old, new), "{case}: not while {old:?} adopts: {out:?}");
+            assert!(
+                !out.iter().any(|o| matches!(o, Output::Send(id, _) if *id == old || *id == new)),
+                "{case}: {out:?}"
+            );
+            assert!(sup.handover_under_way(), "{case}: an upgrade is refused");
+            // Heard over its limit again: no second recycle (it is not the slot's worker now).
+            sup.worker_alive(old, 3000, 80 * mb);
+            assert!(attached(&outputs(&mut sup)).is_empty(), "{case}: one recycle");
+            if case == "adopting grows on" {
+                // Past the hard limit while held: killed; its replacement serves.
+                sup.worker_alive(old, 3000, 200 * mb);
+                let p = pid(&sup, old);
+                assert_eq!(sup.procs().signals, vec![(p, Signal::SIGKILL)]);
+                sup.procs().exit(p, "signal SIGKILL");
+                sup.reap();
+                let out = outputs(&mut sup);
+                assert!(out.iter().any(|o| matches!(o, Output::Send(id, ToWorker::Serve) if *id == new)), "{out:?}");
+                assert!(sup.held_handovers.is_empty());
+                assert!(sup.handover_under_way(), "W1's hand-over to the dead W2 has not reported");
+                sup.handed_over(w1, crate::ctl::HandoverReport { attempted: true, ..Default::default() });
+                assert!(!sup.handover_under_way());
+                assert_eq!(sup.exits.get(&("http".into(), "max_memory: signal SIGKILL".into())), Some(&1));
+                continue;
+            }
+            let report = crate::ctl::HandoverReport { attempted: true, moved: 1, ..Default::default() };
+            sup.handed_over(w1, report.clone());
+            let out = outputs(&mut sup);
+            if case == "held" {
+                assert!(handover(&out, w2, old), "{out:?}");
+                assert!(!handover(&out, old, new), "W3 still adopts from W2: {out:?}");
+                assert!(sup.handover_under_way());
+                sup.handed_over(held_behind, report.clone());
+            }
+            let out = outputs(&mut sup);
+            let started_now = case != "held" || handover(&out, old, new);
+            assert!(started_now, "{case}: {out:?}");
+            assert!(sup.handover_under_way(), "{case}: the recycle's own hand-over");
+            sup.handed_over(old, report.clone());
+            assert!(!sup.handover_under_way(), "{case}");
+            let p = pid(&sup, old);
+            sup.procs().exit(p, "exit code 0");
+            sup.reap();
+            sup.tick();
+            assert!(attached(&outputs(&mut sup)).is_empty(), "{case}: nothing else starts");
+            let how = if case == "held" { "max_requests: exit code 0" } else { "max_memory: exit code 0" };
+            assert_eq!(sup.exits.get(&("http".into(), how.into())), Some(&1), "{case}: {:?}", sup.exits);
+            assert_eq!(serving(&sup, 0, 0), Some(new));
+        }
+    }
+
+    // `host upgrade` arriving while a hand-over is held is refused (`a hand-over is under way`),
+    // and so at every step until the last hand-over of the slot's chain ended: the held one
+    // lives only in this master, and its old worker has no kill deadline the state could carry.
+    // When the adopting worker dies, its replacement serves, and the upgrade may go once the
+    // hand-over to the dead one reported.
+    #[test]
+    fn an_upgrade_is_refused_while_a_handover_is_held_and_until_the_chain_ended() {
+        use super::super::upgrade::UpgradeError;
+        let refused = |sup: &Supervisor<FakeProcesses>| match sup.may_upgrade() {
+            Err(UpgradeError::HandoverUnderWay) => true,
+            Ok(()) => false,
+            Err(e) => panic!("refused for another reason: {e}"),
+        };
+        for adopting_dies in [false, true] {
+            let mut sup = started(vec![(state("http", 1, true), Some(1))]);
+            assert!(!refused(&sup));
+            let (w1, w2) = reload_handing_over(&mut sup, None, 2);
+            assert!(refused(&sup), "W1 hands over to W2");
+            sup.request_reload(true, Trigger::Command, None);
+            assert!(matches!(sup.may_upgrade(), Err(UpgradeError::ReloadUnderWay)));
+            let out = outputs(&mut sup);
+            sup.checked(done(checks(&out)[0], 3));
+            let w3 = attached(&outputs(&mut sup))[0];
+            sup.worker_ready(w3);
+            assert!(!handover(&outputs(&mut sup), w2, w3));
+            assert!(sup.reloader_idle());
+            assert_eq!(sup.held_handovers.len(), 1);
+            assert!(refused(&sup), "held");
+            let report = crate::ctl::HandoverReport { attempted: true, moved: 1, ..Default::default() };
+            if adopting_dies {
+                let p = pid(&sup, w2);
+                sup.procs().exit(p, "signal SIGSEGV");
+                sup.reap();
+                assert!(sup.held_handovers.is_empty());
+                assert!(refused(&sup), "W1 has not reported the end of its hand-over to the dead W2");
+                sup.handed_over(w1, crate::ctl::HandoverReport { failure: Some("gone".into()), ..report });
+            } else {
+                sup.handed_over(w1, report.clone());
+                assert!(handover(&outputs(&mut sup), w2, w3));
+                assert!(refused(&sup), "W2 hands over to W3");
+                sup.handed_over(w2, report);
+            }
+            assert!(sup.may_upgrade().is_ok(), "adopting dies: {adopting_dies}");
         }
     }
 }

@@ -143,6 +143,9 @@ pub struct State {
     pub last_worker_id: u64,
     /// The `host upgrade` client waiting for the answer.
     pub client: Option<RawFd>,
+    /// That client asked to hear how the chain's hand-overs ended too (`--handovers`).
+    #[serde(default)]
+    pub client_handovers: bool,
     /// (service, how it ended, count).
     pub exits: Vec<(String, String, u64)>,
     /// Per slot (service index, slot), the counters of its workers that exited.
@@ -521,6 +524,8 @@ fn check_binary(path: &Path) -> Result<(u64, u64), UpgradeError> {
 /// The check of the new binary under way, off the master's loop.
 pub(super) struct DryRun {
     client: Option<ClientId>,
+    /// The client asked for the outcome of the hand-overs too (`host upgrade --handovers`).
+    handovers: bool,
     exe: PathBuf,
     identity: (u64, u64),
     done: mpsc::Receiver<Result<Accepted, UpgradeError>>,
@@ -664,9 +669,9 @@ fn epoch_ms(t: SystemTime) -> u64 {
 impl Master {
     /// `host upgrade` or SIGURG: checks the new binary (off the loop; [`Master::upgrade_checked`]
     /// goes on when the check is done). A refusal is answered and logged: the old master goes on.
-    pub(super) fn upgrade(&mut self, client: Option<ClientId>) {
+    pub(super) fn upgrade(&mut self, client: Option<ClientId>, handovers: bool) {
         tracing::info!("binary upgrade requested");
-        if let Err(e) = self.start_upgrade(client) {
+        if let Err(e) = self.start_upgrade(client, handovers) {
             self.refuse_upgrade(client, &e);
         }
     }
@@ -683,32 +688,23 @@ impl Master {
 
     /// Whether the master can hand its state over now.
     fn can_hand_over(&self) -> Result<(), UpgradeError> {
-        if self.sup.phase() != Phase::Running {
-            return Err(UpgradeError::NotRunning);
-        }
-        if !self.sup.reloader_idle() {
-            return Err(UpgradeError::ReloadUnderWay);
-        }
-        if self.sup.handover_under_way() {
-            return Err(UpgradeError::HandoverUnderWay);
-        }
-        Ok(())
+        self.sup.may_upgrade()
     }
 
-    fn start_upgrade(&mut self, client: Option<ClientId>) -> Result<(), UpgradeError> {
+    fn start_upgrade(&mut self, client: Option<ClientId>, handovers: bool) -> Result<(), UpgradeError> {
         if self.upgrading.is_some() {
             return Err(UpgradeError::UnderWay);
         }
         let exe = spawn::started_from().cloned().ok_or(UpgradeError::NoPath)?;
         let identity = check_binary(&exe)?;
         self.can_hand_over()?;
-        let (state, _) = self.hand_over(client)?;
+        let (state, _) = self.hand_over(client, handovers)?;
         let json = serde_json::to_vec(&state).map_err(|e| UpgradeError::WriteState(e.into()))?;
         let memfd = sys::sealed_memfd("host-upgrade-state", &mut &json[..]).map_err(UpgradeError::WriteState)?;
         let done = start_dry_run(exe.clone(), memfd, state.start_dir.clone(), self.waker.clone())
             .map_err(|source| UpgradeError::Run { path: exe.clone(), source })?;
         tracing::info!(path = %exe.display(), "checking the new binary (`host upgrade-check`)");
-        self.upgrading = Some(DryRun { client, exe, identity, done });
+        self.upgrading = Some(DryRun { client, handovers, exe, identity, done });
         Ok(())
     }
 
@@ -723,8 +719,8 @@ impl Master {
                 source: io::Error::other("the thread that ran the check ended"),
             }),
         };
-        let Some(DryRun { client, exe, identity, .. }) = self.upgrading.take() else { return };
-        let Err(e) = result.and_then(|accepted| self.exec_upgrade(client, &exe, identity, accepted));
+        let Some(DryRun { client, handovers, exe, identity, .. }) = self.upgrading.take() else { return };
+        let Err(e) = result.and_then(|accepted| self.exec_upgrade(client, handovers, &exe, identity, accepted));
         self.refuse_upgrade(client, &e);
     }
 
@@ -773,6 +769,7 @@ impl Master {
     fn exec_upgrade(
         &mut self,
         client: Option<ClientId>,
+        handovers: bool,
         exe: &Path,
         identity: (u64, u64),
         accepted: Accepted,
@@ -803,7 +800,7 @@ impl Master {
         self.notifier.upgrading();
         // Kept across the exec: the new image goes back to it if it fails before it is ready.
         let image = sys::open_running_image().map_err(UpgradeError::KeepImage)?;
-        let (mut state, handed) = self.hand_over(client)?;
+        let (mut state, handed) = self.hand_over(client, handovers)?;
         state.previous_image = Some(image.as_raw_fd());
         let json = serde_json::to_vec(&state).map_err(|e| UpgradeError::WriteState(e.into()))?;
         let memfd = sys::sealed_memfd("host-upgrade-state", &mut &json[..]).map_err(UpgradeError::WriteState)?;
@@ -864,7 +861,11 @@ impl Master {
     }
 
     /// The state, and the descriptors it names (borrowed from the master).
-    fn hand_over(&self, client: Option<ClientId>) -> Result<(State, Vec<BorrowedFd<'_>>), UpgradeError> {
+    fn hand_over(
+        &self,
+        client: Option<ClientId>,
+        handovers: bool,
+    ) -> Result<(State, Vec<BorrowedFd<'_>>), UpgradeError> {
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         let number = |fd: BorrowedFd<'_>| fd.as_raw_fd();
         let mut snapshots: Vec<(Rc<Snapshot>, HandedSnapshot)> = Vec::new();
@@ -961,6 +962,7 @@ impl Master {
             workers,
             last_worker_id: self.sup.slots.last_worker_id(),
             client: client_fd.map(|c| c.as_raw_fd()),
+            client_handovers: handovers && client_fd.is_some(),
             exits: self.sup.exits.iter().map(|((s, how), n)| (s.clone(), how.clone(), *n)).collect(),
             carried: self.carried.iter().map(|(k, r)| (k.service.0, k.slot, r.clone())).collect(),
             last_reload: self.sup.last_reload.as_ref().map(|r| (epoch_ms(r.at), r.trigger.clone(), r.summary.clone())),
@@ -1079,6 +1081,10 @@ impl Master {
             return Ok(());
         }
         tracing::info!(from = %state.version, to = %env!("CARGO_PKG_VERSION"), workers = state.workers.len(), pid = std::process::id(), "upgraded: this binary took the master over; replacing every worker");
+        // `host upgrade --handovers`: the answer waits for the chain's hand-overs, as a reload's.
+        if let Some(client) = client.filter(|_| state.client_handovers) {
+            self.sup.answer_after_handovers(client);
+        }
         self.sup.request_reload(true, super::reload::state::Trigger::Upgrade, client);
         Ok(())
     }
@@ -1123,6 +1129,7 @@ mod tests {
             workers: Vec::new(),
             last_worker_id: 2,
             client: None,
+            client_handovers: false,
             exits: Vec::new(),
             carried: Vec::new(),
             last_reload: None,

@@ -997,6 +997,37 @@ fn assert_reads(peer: &mut std::os::unix::net::UnixStream, want: &[u8]) {
     assert_eq!(String::from_utf8_lossy(&more[..extra]), "", "nothing more (no message twice)");
 }
 
+/// The old worker of the tests below, whose plugin hears the topic `*` (the worker listens to
+/// it) and sends what it hears to a connection on a Unix socket pair, declaring `*` in that
+/// connection's export: the bench, the connection and its peer's end.
+fn old_worker_hearing() -> (Bench, ConnId, std::os::unix::net::UnixStream) {
+    let mut old = Bench::new(limits());
+    old.script().input_end = Some(RawInputEnd::CLOSE);
+    let (id, peer) = unix_conn(&mut old);
+    old.script().relay = vec![id];
+    old.script().hears = Some(b"*".to_vec());
+    assert_eq!(old.core.subscribe(plugin_api::abi::WORKER_CONN, b"*"), 1);
+    (old, id, peer)
+}
+
+/// The new worker of the tests below: its plugin listens to `*` once it adopts a connection.
+fn new_worker_listening() -> Bench {
+    let new = Bench::new(limits());
+    new.script().input_end = Some(RawInputEnd::CLOSE);
+    new.script().adopt_listens = Some(b"*".to_vec());
+    new
+}
+
+/// The publisher of the tests below.
+const P: u64 = 77;
+
+/// Publisher `P`'s messages `ns` on `*` reach `b`'s mailbox, each `P{n};`.
+fn deliver_p(b: &mut Bench, ns: std::ops::RangeInclusive<u64>) {
+    for n in ns {
+        b.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
+    }
+}
+
 // A connection that hears a topic through the plugin's `on_publish` (resp's pattern
 // subscribers) moves: the old worker's plugin wrote it P up to 3 (its queued `on_publish`
 // heard first, as before each batch); the new worker took P's 2nd to 4th before its plugin
@@ -1007,16 +1038,8 @@ fn assert_reads(peer: &mut std::os::unix::net::UnixStream, want: &[u8]) {
 #[test]
 fn a_connection_hearing_a_topic_through_the_plugin_moves_with_each_message_once() {
     use plugin_api::abi::{RawHostExt, WORKER_CONN};
-    const P: u64 = 77;
-    let mut old = Bench::new(limits());
-    old.script().input_end = Some(RawInputEnd::CLOSE);
-    let (id, mut peer) = unix_conn(&mut old);
-    old.script().relay = vec![id];
-    old.script().hears = Some(b"*".to_vec());
-    assert_eq!(old.core.subscribe(WORKER_CONN, b"*"), 1);
-    for n in 1..=3 {
-        old.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
-    }
+    let (mut old, id, mut peer) = old_worker_hearing();
+    deliver_p(&mut old, 1..=3);
     dispatch::published(&mut old.plugin, &mut old.core);
     // Declared during its export only, and only for a topic the worker listens to.
     assert!(!old.host().handover_hears(id, RSlice::from_slice(b"*")), "no export under way");
@@ -1031,17 +1054,13 @@ fn a_connection_hearing_a_topic_through_the_plugin_moves_with_each_message_once(
     assert_eq!(exported.snapshot.topic_marks, [(P, 3)]);
     assert!(old.core.topics.handed_over.contains(&b"*"[..]), "what comes on it is forwarded");
     // Out: the old plugin's sends to it go nowhere.
-    old.core.deliver_published(Some((P, 4)), b"*", b"P4;");
+    deliver_p(&mut old, 4..=4);
     dispatch::published(&mut old.plugin, &mut old.core);
 
-    let mut new = Bench::new(limits());
-    new.script().input_end = Some(RawInputEnd::CLOSE);
-    new.script().adopt_listens = Some(b"*".to_vec());
-    for n in 2..=4 {
-        new.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
-    }
+    let mut new = new_worker_listening();
+    deliver_p(&mut new, 2..=4);
     assert_eq!(new.core.subscribe(WORKER_CONN, b"*"), 1, "another pattern subscriber came first");
-    new.core.deliver_published(Some((P, 5)), b"*", b"P5;");
+    deliver_p(&mut new, 5..=5);
     let id = new.core.import(exported).unwrap();
     assert!(new.core.topics.topics_of(id).is_empty(), "not a host subscriber of the topic");
     new.heard();
@@ -1051,7 +1070,7 @@ fn a_connection_hearing_a_topic_through_the_plugin_moves_with_each_message_once(
     new.script().relay = vec![id];
     dispatch::published(&mut new.plugin, &mut new.core);
     assert_eq!(new.heard(), [Heard::Published(b"*".to_vec(), 3)], "P5 heard, not sent to it again");
-    new.core.deliver_published(Some((P, 6)), b"*", b"P6;");
+    deliver_p(&mut new, 6..=6);
     dispatch::published(&mut new.plugin, &mut new.core);
     assert!(new.core.topics.heard_marks.is_empty(), "read past its marks: no drop rule any more");
     new.settle();
@@ -1064,36 +1083,21 @@ fn a_connection_hearing_a_topic_through_the_plugin_moves_with_each_message_once(
 // drop rule); P5 goes to it.
 #[test]
 fn a_connection_hearing_a_topic_through_the_plugin_gets_no_late_message_twice() {
-    use plugin_api::abi::WORKER_CONN;
-    const P: u64 = 77;
-    let mut old = Bench::new(limits());
-    old.script().input_end = Some(RawInputEnd::CLOSE);
-    let (id, mut peer) = unix_conn(&mut old);
-    old.script().relay = vec![id];
-    old.script().hears = Some(b"*".to_vec());
-    assert_eq!(old.core.subscribe(WORKER_CONN, b"*"), 1);
-    for n in 1..=4 {
-        old.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
-    }
+    let (mut old, id, mut peer) = old_worker_hearing();
+    deliver_p(&mut old, 1..=4);
     dispatch::published(&mut old.plugin, &mut old.core);
     assert_eq!(dispatch::handover_export_conn(&mut old.plugin, &mut old.core, id, &mut Vec::new()), RawHandover::MOVE);
     let exported = old.core.hold(id).unwrap();
 
-    let mut new = Bench::new(limits());
-    new.script().input_end = Some(RawInputEnd::CLOSE);
-    new.script().adopt_listens = Some(b"*".to_vec());
+    let mut new = new_worker_listening();
     let (other, mut other_peer) = unix_conn(&mut new);
-    for n in 1..=2 {
-        new.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
-    }
+    deliver_p(&mut new, 1..=2);
     let id = new.core.import(exported).unwrap();
     new.heard();
     assert_eq!(dispatch::handover_adopt_conn(&mut new.plugin, &mut new.core, id, 1, &[]), RawHandover::MOVE);
     assert_eq!(new.heard(), [], "nothing missed");
     new.script().relay = vec![other, id];
-    for n in 3..=5 {
-        new.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
-    }
+    deliver_p(&mut new, 3..=5);
     dispatch::published(&mut new.plugin, &mut new.core);
     new.settle();
     assert_reads(&mut peer, b"P1;P2;P3;P4;P5;");
@@ -1105,25 +1109,16 @@ fn a_connection_hearing_a_topic_through_the_plugin_gets_no_late_message_twice() 
 // `on_publish` is not sent to it twice.
 #[test]
 fn a_connection_hearing_a_topic_through_the_plugin_taken_back_misses_nothing() {
-    use plugin_api::abi::WORKER_CONN;
-    const P: u64 = 77;
-    let mut old = Bench::new(limits());
-    old.script().input_end = Some(RawInputEnd::CLOSE);
-    let (id, mut peer) = unix_conn(&mut old);
-    old.script().relay = vec![id];
-    old.script().hears = Some(b"*".to_vec());
-    assert_eq!(old.core.subscribe(WORKER_CONN, b"*"), 1);
+    let (mut old, id, mut peer) = old_worker_hearing();
     old.core.now_ms = crate::worker::topic_seam::RECENT_MS + 1;
-    old.core.deliver_published(Some((P, 1)), b"*", b"P1;");
+    deliver_p(&mut old, 1..=1);
     old.core.topics.recent.keep_from_now();
     dispatch::published(&mut old.plugin, &mut old.core);
     assert_eq!(dispatch::handover_export_conn(&mut old.plugin, &mut old.core, id, &mut Vec::new()), RawHandover::MOVE);
     let held = old.core.hold(id).unwrap();
-    for n in 2..=3 {
-        old.core.deliver_published(Some((P, n)), b"*", format!("P{n};").as_bytes());
-    }
+    deliver_p(&mut old, 2..=3);
     dispatch::published(&mut old.plugin, &mut old.core);
-    old.core.deliver_published(Some((P, 4)), b"*", b"P4;");
+    deliver_p(&mut old, 4..=4);
     // Back, as the worker's `restore_conn` does it.
     assert_eq!(old.core.restore(id, held).unwrap(), id);
     old.heard();
@@ -1131,7 +1126,7 @@ fn a_connection_hearing_a_topic_through_the_plugin_taken_back_misses_nothing() {
     let missed: Vec<Heard> = (2..=4).map(|n| Heard::Missed(id, format!("P{n};").into_bytes())).collect();
     assert_eq!(old.heard(), missed);
     dispatch::published(&mut old.plugin, &mut old.core);
-    old.core.deliver_published(Some((P, 5)), b"*", b"P5;");
+    deliver_p(&mut old, 5..=5);
     dispatch::published(&mut old.plugin, &mut old.core);
     old.settle();
     assert_reads(&mut peer, b"P1;P2;P3;P4;P5;");

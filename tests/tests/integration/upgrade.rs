@@ -393,3 +393,42 @@ fn a_binary_that_dies_before_running_the_host_is_taken_back_by_the_guardian_and_
     assert!(out.status.success(), "stop failed: {}{}", out.stdout, out.stderr);
     poll_until(SETTLE_TIMEOUT, || (!host_tests::is_alive(new_pid)).then_some(())).expect("the new master did not stop");
 }
+
+// `host upgrade --handovers` answers once the hand-overs of the upgrade's chain have ended, with
+// their outcome, as `host reload --handovers` does: by then every client of the text plugin was
+// moved to a worker of the new binary, and each is still answered there.
+#[test]
+fn upgrade_with_handovers_answers_with_their_outcome() {
+    const N: usize = 3;
+    let dir = PluginDir::new();
+    dir.mv("text.so", &fs::read(plugin_file("text")).unwrap());
+    let plugin_dir = dir.arg();
+    let args = ["--plugin", "text", "--count", "1", "--listen", "127.0.0.1:0", "--drain-timeout", "30"];
+    let mut args = args.to_vec();
+    args.extend(["--plugin-dir", &plugin_dir]);
+    let host = CopiedHost::start(&args);
+    let old = poll_until(SETTLE_TIMEOUT, || Some(host.worker_pids()).filter(|p| p.len() == 1)).expect("1 worker");
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(host.port())).collect();
+    let each_answers = |clients: &mut [Client], prefix: &str| {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send(format!("{prefix} {i}\n").as_bytes());
+            let line = c.read_line().unwrap_or_else(|e| panic!("client {i}: no line after {prefix}: {e}"));
+            assert_eq!(String::from_utf8_lossy(&line), format!("{prefix} {i}\n"), "client {i}");
+        }
+    };
+    each_answers(&mut clients, "before");
+
+    host.replace_binary();
+    let out = host.command(&["upgrade", "--handovers"], UPGRADE_TIMEOUT);
+    assert!(out.status.success(), "host upgrade failed: {}{}\nlog:\n{}", out.stdout, out.stderr, host.log());
+    assert_contains!(out.stdout, format!("host upgraded (master pid {})", host.pid()));
+    assert!(
+        out.stdout.trim_end().ends_with(&format!("; hand-overs: {N} connections moved, 0 drained")),
+        "{}\nlog:\n{}",
+        out.stdout,
+        host.log()
+    );
+    each_answers(&mut clients, "after");
+    let new = host.worker_pids();
+    assert!(new.len() == 1 && new[0] != old[0], "the worker was not replaced: {new:?}");
+}

@@ -111,7 +111,12 @@ pub trait Handler: Sized + 'static {
         version == Self::HANDOVER_VERSION
     }
     /// In the old worker: write `conn`'s state (after the layer's); false: it drains here.
-    fn export_conn(&mut self, _conn: ConnId, _out: &mut StateWriter<'_>) -> bool {
+    /// Through `ws` the handler reaches the host while it exports: a connection that hears a
+    /// topic through [`Handler::on_publish`] (the worker subscribed, the handler sends on) says
+    /// so with `ws.host().handover_hears(conn, topic)` (false: the host cannot replay that topic
+    /// to it, so decline), and an outbound connection it owns moves with
+    /// `ws.host().handover_carry(id)`.
+    fn export_conn(&mut self, _ws: &mut Ws<'_, '_>, _conn: ConnId, _out: &mut StateWriter<'_>) -> bool {
         true
     }
     /// In the new worker: `conn` is open again (no `on_open`) with the state `export_conn` wrote.
@@ -119,13 +124,17 @@ pub trait Handler: Sized + 'static {
         state.is_empty()
     }
     /// The worker-wide state (rooms, say), written after the connections' in the old worker.
-    fn export_worker(&mut self, _out: &mut StateWriter<'_>) -> bool {
+    fn export_worker(&mut self, _ws: &mut Ws<'_, '_>, _out: &mut StateWriter<'_>) -> bool {
         true
     }
     /// Read in the new worker before the connections arrive; false fails the hand-over.
     fn adopt_worker(&mut self, _ws: &mut Ws<'_, '_>, _version: u32, state: &[u8]) -> bool {
         state.is_empty()
     }
+    /// In the new worker: a message of `topic` that the adopted `conn` missed while it moved
+    /// (its export declared that it hears `topic` with `handover_hears`), in order, before the
+    /// live ones reach [`Handler::on_publish`]; send it to `conn` alone.
+    fn on_publish_missed(&mut self, _ws: &mut Ws<'_, '_>, _conn: ConnId, _topic: &[u8], _msg: &[u8]) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -606,6 +615,11 @@ impl<H: Handler> Protocol for WebSocket<H> {
         handler.on_publish(&mut ws, topic, msg);
     }
 
+    fn on_publish_missed(&mut self, host: &mut Host<'_>, conn: ConnId, topic: &[u8], msg: &[u8]) {
+        let (handler, mut ws) = self.ws(host);
+        handler.on_publish_missed(&mut ws, conn, topic, msg);
+    }
+
     fn input(&mut self, host: &mut Host<'_>, conn: ConnId, buf: &[u8]) -> Frame {
         match self.conns.entry(conn).state {
             State::Handshake => match head_len(buf) {
@@ -697,8 +711,8 @@ impl<H: Handler> Protocol for WebSocket<H> {
         self.handler.handover_accepts(version)
     }
 
-    fn export_conn(&mut self, _host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
-        self.export_conn_state(conn, out)
+    fn export_conn(&mut self, host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+        self.export_conn_state(host, conn, out)
     }
 
     fn handover_in_batches(&self) -> bool {
@@ -709,8 +723,9 @@ impl<H: Handler> Protocol for WebSocket<H> {
         self.adopt_conn_state(host, conn, version, state)
     }
 
-    fn export_worker(&mut self, _host: &mut Host<'_>, out: &mut StateWriter<'_>) -> bool {
-        self.handler.export_worker(out)
+    fn export_worker(&mut self, host: &mut Host<'_>, out: &mut StateWriter<'_>) -> bool {
+        let (handler, mut ws) = self.ws(host);
+        handler.export_worker(&mut ws, out)
     }
 
     fn adopt_worker(&mut self, host: &mut Host<'_>, version: u32, state: &[u8]) -> bool {

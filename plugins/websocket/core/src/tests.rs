@@ -3,7 +3,9 @@
 //! it (framing with `input`, then `on_message` with each complete frame).
 
 use plugin_api::testing::TestHost;
-use plugin_api::{ConnError, ConnId, Frame, Host, Protocol, TimerId, WorkerInfo};
+use std::io::Write;
+
+use plugin_api::{ConnError, ConnId, Frame, Host, Protocol, StateWriter, TimerId, WorkerInfo};
 
 use crate::frame::*;
 use crate::handshake::{accept_key, handshake, head_len, Policy, Rejection};
@@ -660,4 +662,83 @@ fn an_open_connection_moves_between_messages_only() {
     new.feed(&client_frame(FIN | 0x02, b"after"));
     assert_eq!(new.sent(), [(OpCode::Binary, b"after".to_vec())]);
     assert_eq!(new.got(), [(false, b"after".to_vec())]);
+}
+
+/// An application whose listeners hear a topic through the handler: the worker subscribes to
+/// "news" and `on_publish` sends each message to the connections that said "listen".
+#[derive(Default)]
+struct Listeners {
+    listening: Vec<ConnId>,
+}
+
+impl Handler for Listeners {
+    const HANDOVER_VERSION: u32 = 1;
+
+    fn new(_config: &str, _worker: &WorkerInfo) -> Result<Self, String> {
+        Ok(Listeners::default())
+    }
+    fn on_worker_start(&mut self, ws: &mut Ws<'_, '_>) -> Result<(), String> {
+        ws.host().subscribe_worker(b"news").map(|_| ()).map_err(|e| e.to_string())
+    }
+    fn on_message(&mut self, _ws: &mut Ws<'_, '_>, conn: ConnId, msg: Message<'_>) {
+        if msg == Message::Text("listen") {
+            self.listening.push(conn);
+        }
+    }
+    fn on_publish(&mut self, ws: &mut Ws<'_, '_>, _topic: &[u8], msg: &[u8]) {
+        for &conn in &self.listening {
+            ws.send_binary(conn, msg);
+        }
+    }
+    fn export_conn(&mut self, ws: &mut Ws<'_, '_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+        let listening = self.listening.contains(&conn);
+        (!listening || ws.host().handover_hears(conn, b"news")) && out.write_all(&[listening as u8]).is_ok()
+    }
+    fn adopt_conn(&mut self, _ws: &mut Ws<'_, '_>, conn: ConnId, _version: u32, state: &[u8]) -> bool {
+        match state {
+            [0] => true,
+            [1] => {
+                self.listening.push(conn);
+                true
+            }
+            _ => false,
+        }
+    }
+    fn on_publish_missed(&mut self, ws: &mut Ws<'_, '_>, conn: ConnId, _topic: &[u8], msg: &[u8]) {
+        if self.listening.contains(&conn) {
+            ws.send_binary(conn, msg);
+        }
+    }
+}
+
+// An application on the layer declares, in its export, that a connection hears a topic through
+// its `on_publish` (through the host `Ws` now gives it), and gets what that connection missed
+// after the move (`on_publish_missed`), to it alone; the other connection declares nothing.
+#[test]
+fn a_connection_that_hears_a_topic_through_the_handler_declares_it_and_gets_what_it_missed() {
+    use plugin_api::testing::TestPlugin;
+    let open = |t: &mut TestPlugin<WebSocket<Listeners>>| {
+        let conn = t.connect();
+        t.feed(conn, upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes());
+        assert!(t.host.take_sent(conn).starts_with(b"HTTP/1.1 101"));
+        conn
+    };
+    let mut old = TestPlugin::<WebSocket<Listeners>>::new("ping_interval = 0").unwrap();
+    let (listener, other) = (open(&mut old), open(&mut old));
+    old.feed(listener, &client_frame(FIN | 0x01, b"listen"));
+    old.publish(b"news", b"m0");
+    assert_eq!(server_frames(&old.host.take_sent(listener)), [(false, OpCode::Binary, b"m0".to_vec())]);
+
+    let mut new = TestPlugin::<WebSocket<Listeners>>::new("ping_interval = 0").unwrap();
+    let moved = old.hand_over_to(&mut new, &[listener, other]).unwrap();
+    assert_eq!(moved.len(), 2, "both connections move");
+    assert_eq!(old.host.hears, [(listener, b"news".to_vec())], "only the listener declared the topic");
+    let id = |old_id: ConnId| moved.iter().find(|m| m.0 == old_id).unwrap().1;
+    let (listener, other) = (id(listener), id(other));
+
+    new.publish_missed(listener, b"news", b"m1");
+    assert_eq!(server_frames(&new.host.take_sent(listener)), [(false, OpCode::Binary, b"m1".to_vec())]);
+    new.publish(b"news", b"m2");
+    assert_eq!(server_frames(&new.host.take_sent(listener)), [(false, OpCode::Binary, b"m2".to_vec())]);
+    assert!(new.host.take_sent(other).is_empty(), "the other connection hears nothing");
 }

@@ -27,7 +27,7 @@ const LAYER_FORMAT_1: u8 = 1;
 const NO_PROTOCOL: u16 = u16::MAX;
 
 impl<H: Handler> WebSocket<H> {
-    pub(super) fn export_conn_state(&mut self, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
+    pub(super) fn export_conn_state(&mut self, host: &mut Host<'_>, conn: ConnId, out: &mut StateWriter<'_>) -> bool {
         let Some(c) = self.conns.get(conn) else { return false };
         let mid_message = c.frame.is_some() || c.kind.is_some() || !c.message.is_empty();
         let window = c.deflate.is_some_and(|d| !d.client_no_context_takeover) && c.inflater.is_some();
@@ -51,7 +51,11 @@ impl<H: Handler> WebSocket<H> {
         if !encode_topics(&c.topics, &mut head) {
             return false;
         }
-        out.write_all(&head).is_ok() && self.handler.export_conn(conn, out)
+        if out.write_all(&head).is_err() {
+            return false;
+        }
+        let (handler, mut ws) = self.ws(host);
+        handler.export_conn(&mut ws, conn, out)
     }
 
     pub(super) fn adopt_conn_state(&mut self, host: &mut Host<'_>, conn: ConnId, version: u32, state: &[u8]) -> bool {
