@@ -176,6 +176,11 @@ impl Mailboxes {
         out
     }
 
+    /// Every held hand-over, given up (the master stops).
+    pub fn take_held(&mut self) -> Vec<PendingHandOver> {
+        self.held.drain(..).map(|h| h.handover).collect()
+    }
+
     /// When the first held hand-over starts without its acknowledgements.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.held.iter().map(|h| h.since + PEERS_ACK_WAIT).min()
@@ -346,6 +351,10 @@ mod tests {
         assert_eq!(m.hold(handover(4, 5), t0), None);
         m.close(WorkerId(5));
         assert_eq!(m.release(t0)[0].unaware, vec![]);
+        // The master stops: what is held is given up, and nothing waits any more.
+        m.changes_to(service(&[member(3, 0, false), member(4, 1, true), member(1, 0, true)]), |_| true);
+        assert_eq!(m.hold(handover(3, 1), t0), None);
+        assert_eq!((m.take_held(), m.next_deadline()), (vec![handover(3, 1)], None));
     }
 
     // A set larger than one frame's descriptors names its generation on its last frame only, so

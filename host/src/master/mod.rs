@@ -679,6 +679,15 @@ impl Master {
     /// Starts the hand-overs held until the replacement's peers know it (`mailbox`), once they
     /// do (or exited), or the wait is over.
     fn release_handovers(&mut self) {
+        // As the supervisor's held hand-overs: none starts once the master stops (every worker was
+        // told to go).
+        if self.sup.phase() == Phase::Stopping {
+            for h in self.mailboxes.take_held() {
+                tracing::debug!(old = h.old.0, new = h.new.0, "a hand-over held for its peers dropped: stopping");
+                self.sup.handover_not_started(h.old);
+            }
+            return;
+        }
         for r in self.mailboxes.release(Instant::now()) {
             let h = r.handover;
             let waited_ms = r.waited.as_millis() as u64;
