@@ -31,7 +31,9 @@ use crate::config::WorkerSpec;
 /// Also in 12, the pre-copy: a replacement that adopts the worker state in steps answers `AcceptSteps`, and
 /// the old worker sends `Step`s (each acknowledged) while it serves, before the connections
 /// stop; a hand-over report says the copy's steps, bytes and time (`HandoverReport::copy_*`).
-/// 13: a failed hand-over's report says why as a type (`HandoverReport::cause`).
+/// 13: a failed hand-over's report says why as a type (`HandoverReport::cause`); the last `Peers` frame of a set carries the set's generation, and the worker answers it
+/// with `PeersKnown` once it applied the set (the master starts a hand-over once every peer knows
+/// the replacement: `master::mailbox`).
 pub const PROTOCOL: u32 = 13;
 
 /// The id of the status report a worker sends unasked as it exits (requests count from 1).
@@ -70,10 +72,13 @@ pub enum ToWorker {
     /// The workers of the service this worker may send messages to, each with the sending end of
     /// its mailbox (the frame carries one descriptor per peer, in this order). `replace`: this
     /// list starts a new set (the previous peers are dropped); false: it continues the previous
-    /// frame (a set larger than one frame's descriptors is split).
+    /// frame (a set larger than one frame's descriptors is split). `generation`: 0, except on
+    /// the last frame of a set, which the worker answers with [`ToMaster::PeersKnown`] once it
+    /// applied the whole set (protocol 13).
     Peers {
         replace: bool,
         peers: Vec<Peer>,
+        generation: u64,
     },
     /// Where the worker's logs go from now on: the frame carries the new access log's
     /// descriptor when `access_log`, then the host's log file's when `log_file` (made the
@@ -181,6 +186,9 @@ pub enum ToMaster {
     /// it, so that a long export (a large keyspace on a loaded machine) is not killed while it
     /// makes progress; a plugin that hangs in it writes nothing and is.
     HandoverProgress { state_bytes: u64 },
+    /// The worker applied the set of peers whose last `Peers` frame carried `generation`
+    /// (protocol 13): from now on what it sends reaches every worker of that set.
+    PeersKnown { generation: u64 },
 }
 
 /// What one hand-over did, as the old worker saw it.

@@ -263,7 +263,9 @@ impl<P: Processes> Supervisor<P> {
         // The hand-over's timeout counts from the worker state sent (the old worker says when:
         // `HandoverProgress`, which counts this again), and a timed-out one waits for the
         // replacement's answer, then its end (`HANDOVER_END_WAIT_MS` at most) before the fallback.
-        let wait = Duration::from_millis(HANDOVER_END_WAIT_MS);
+        // The master may hold the `HandOver` until the peers know the replacement
+        // (`PEERS_ACK_WAIT` at most): the deadline counts from before that wait.
+        let wait = Duration::from_millis(HANDOVER_END_WAIT_MS) + super::mailbox::PEERS_ACK_WAIT;
         let grace = timeout + wait + if graceful { drain } else { Duration::ZERO } + kill;
         let kill_at = now + grace;
         w.kill_at = Some(w.kill_at.map_or(kill_at, |k| k.min(kill_at)));

@@ -573,6 +573,7 @@ impl Master {
             // Before the outputs: a worker hears of its peers before anyone hears it is ready
             // (`Started`, a reload's end).
             self.tell_peers();
+            self.release_handovers();
             let outputs = self.sup.take_outputs();
             if outputs.is_empty() {
                 return;
@@ -592,7 +593,16 @@ impl Master {
                     }
                     Output::Send(id, msg) => self.send(id, &msg),
                     Output::HandOver { old, new, timeout_ms, fallback } => {
-                        self.start_handover(old, new, timeout_ms, fallback)
+                        let handover = mailbox::PendingHandOver { old, new, timeout_ms, fallback };
+                        if let Some(h) = self.mailboxes.hold(handover, Instant::now()) {
+                            tracing::debug!(
+                                old = old.0,
+                                new = new.0,
+                                waited_ms = 0,
+                                "hand-over starts: its peers know the replacement"
+                            );
+                            self.start_handover(h.old, h.new, h.timeout_ms, h.fallback);
+                        }
                     }
                     Output::HandedOver(report) => self.metrics.handed_over(&report),
                     Output::Answer(client, answer) => self.answer_all(&[client], &answer),
@@ -653,13 +663,48 @@ impl Master {
     /// Tells the workers of each service whose set of ready workers changed who their peers
     /// are now (see `mailbox`).
     fn tell_peers(&mut self) {
-        for (id, msg, fds) in self.mailboxes.changes(&self.sup.slots) {
+        let channels = &self.channels;
+        let acks =
+            |id| channels.get(&id).and_then(|c| c.peer_protocol).is_some_and(|p| p >= mailbox::PEERS_ACK_PROTOCOL);
+        for (id, msg, fds) in self.mailboxes.changes(&self.sup.slots, acks) {
             if let Some(channel) = self.channels.get_mut(&id) {
                 if let Err(e) = channel.send_with_fds(&msg, fds) {
                     tracing::warn!(worker = id.0, "could not tell a worker its peers: {e}");
                 }
             }
             self.watch_channel_output(id);
+        }
+    }
+
+    /// Starts the hand-overs held until the replacement's peers know it (`mailbox`), once they
+    /// do (or exited), or the wait is over.
+    fn release_handovers(&mut self) {
+        // As the supervisor's held hand-overs: none starts once the master stops (every worker was
+        // told to go).
+        if self.sup.phase() == Phase::Stopping {
+            for h in self.mailboxes.take_held() {
+                tracing::debug!(old = h.old.0, new = h.new.0, "a hand-over held for its peers dropped: stopping");
+                self.sup.handover_not_started(h.old);
+            }
+            return;
+        }
+        for r in self.mailboxes.release(Instant::now()) {
+            let h = r.handover;
+            let waited_ms = r.waited.as_millis() as u64;
+            if r.unaware.is_empty() {
+                tracing::debug!(
+                    old = h.old.0,
+                    new = h.new.0,
+                    waited_ms,
+                    "hand-over starts: its peers know the replacement"
+                );
+            } else {
+                let pids: Vec<i32> =
+                    r.unaware.iter().filter_map(|&id| self.sup.slots.worker(id)).map(|w| w.pid.as_raw()).collect();
+                let pid = |id: WorkerId| self.sup.slots.worker(id).map_or(0, |w| w.pid.as_raw());
+                tracing::info!(old_pid = pid(h.old), new_pid = pid(h.new), waited_ms, ?pids, "hand-over starts before every peer acknowledged the replacement (what reaches the old worker alone is forwarded)");
+            }
+            self.start_handover(h.old, h.new, h.timeout_ms, h.fallback);
         }
     }
 
@@ -829,6 +874,7 @@ impl Master {
                 ToMaster::HandedOver(report) => self.sup.handed_over(id, report),
                 ToMaster::HandoverTimedOut => self.sup.handover_timed_out(id),
                 ToMaster::HandoverProgress { state_bytes } => self.sup.handover_progress(id, state_bytes),
+                ToMaster::PeersKnown { generation } => self.mailboxes.peers_known(id, generation),
             }
         }
         // A worker of another version, a frame over the limit, a worker that does not read: the
@@ -859,7 +905,9 @@ impl Master {
         let gathers = self.gathers.values().map(|g| g.deadline);
         let admin = self.admin.as_ref().and_then(admin::AdminServer::next_deadline);
         let reopens = self.logs.next_deadline();
-        self.sup.next_deadline().into_iter().chain(watch).chain(gathers).chain(admin).chain(reopens).min()
+        let held = self.mailboxes.next_deadline();
+        let sup = self.sup.next_deadline();
+        sup.into_iter().chain(watch).chain(gathers).chain(admin).chain(reopens).chain(held).min()
     }
 
     fn run_deadlines(&mut self) {

@@ -1024,9 +1024,9 @@ mod tests {
         let out = outputs(&mut sup);
         assert!(out.iter().any(|o| matches!(o, Output::Answer(ClientId(9), Answer::Ok { .. }))), "{out:?}");
         assert_eq!(sup.slots.workers().count(), 4, "the old ones still retire");
-        // They are killed at their deadline: the hand-over's (and its wait for a timed-out
+        // They are killed at their deadline: the hand-over's (and its waits for the peers and for a timed-out
         // replacement's end), then the drain's.
-        let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS);
+        let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS) + crate::master::mailbox::PEERS_ACK_WAIT;
         sup.procs().advance(crate::config::DEFAULT_HANDOVER_TIMEOUT + wait + TIMEOUTS.drain + TIMEOUTS.kill);
         sup.tick();
         assert_eq!(sup.procs().signals.iter().filter(|(_, s)| *s == Signal::SIGKILL).count(), 2);
@@ -1186,7 +1186,7 @@ mod tests {
         });
         assert_eq!(timeout, Some(3000), "{out:?}");
         let p = pid(&sup, old);
-        let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS);
+        let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS) + crate::master::mailbox::PEERS_ACK_WAIT;
         let kill_after = Duration::from_millis(3000) + wait + TIMEOUTS.drain + TIMEOUTS.kill;
         sup.procs().advance(kill_after - Duration::from_millis(1));
         sup.tick();
@@ -1218,7 +1218,7 @@ mod tests {
         let _ = outputs(&mut sup);
         assert!(sup.handover_under_way());
         let p = pid(&sup, old);
-        let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS);
+        let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS) + crate::master::mailbox::PEERS_ACK_WAIT;
         let grace = Duration::from_millis(3000) + wait + TIMEOUTS.drain + TIMEOUTS.kill;
         let killed = |sup: &mut Supervisor<FakeProcesses>| sup.procs().signals.contains(&(p, Signal::SIGKILL));
         // Each report comes 1 ms before the deadline the last one set.
@@ -1427,7 +1427,8 @@ mod tests {
                 "reported" | "earlier exits" => {
                     assert!(handover_to_w3(&out), "{how}: the held hand-over starts: {out:?}");
                     // Its deadline counts from now.
-                    let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS);
+                    let wait = Duration::from_millis(crate::ctl::HANDOVER_END_WAIT_MS)
+                        + crate::master::mailbox::PEERS_ACK_WAIT;
                     let grace = Duration::from_millis(3000) + wait + TIMEOUTS.drain + TIMEOUTS.kill;
                     sup.procs().advance(grace - Duration::from_millis(1));
                     sup.tick();

@@ -513,8 +513,14 @@ impl Worker {
         for (msg, fds) in self.control.read_with_fds() {
             match msg {
                 ToWorker::Mailbox => self.take_mailbox(fds),
-                ToWorker::Peers { replace, peers } => {
-                    self.core.mailbox.set_peers(replace, peers, fds, self.poll.registry())
+                ToWorker::Peers { replace, peers, generation } => {
+                    self.core.mailbox.set_peers(replace, peers, fds, self.poll.registry());
+                    // The last frame of a set: what this worker sends from now on reaches all
+                    // of it (the master may be holding a hand-over until it knows).
+                    if generation != 0 {
+                        self.core.mailbox.peers_complete();
+                        self.send_control(&ToMaster::PeersKnown { generation });
+                    }
                 }
                 ToWorker::Hello { .. } => tracing::warn!("a second hello from the master ignored"),
                 ToWorker::Stop => self.core.phase.stop(Exit::Stopped),
@@ -871,6 +877,7 @@ fn msg_name(msg: &ToMaster) -> &'static str {
         ToMaster::HandedOver(_) => "hand-over report",
         ToMaster::HandoverTimedOut => "hand-over timed out",
         ToMaster::HandoverProgress { .. } => "hand-over progress",
+        ToMaster::PeersKnown { .. } => "peers known",
     }
 }
 

@@ -32,6 +32,13 @@
 //! loop watches that peer's end for room ([`PEERS`]) and sends what waits when it comes; not
 //! otherwise (a watched datagram socket would wake the sender each time the peer reads one). A peer that is gone (`EPIPE`,
 //! `ECONNREFUSED`) drops everything waiting for it.
+//!
+//! **A new set of peers** keeps what waits for a peer that stays (matched by its worker id). A
+//! peer that appears on a slot whose previous worker has topic messages waiting here (its
+//! mailbox was full: it is being replaced, and the hand-over's old worker drains its mailbox
+//! once every peer knows the replacement, `master::mailbox`) gets a copy of those messages in
+//! front of its own queue: whole messages only, never a worker message. The replacement keeps
+//! each publisher's number once (`worker::topic_seam`), so a message both get is written once.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -77,6 +84,8 @@ struct PeerEnd {
     waiting_bytes: usize,
     /// Its end is in the poll (something waits).
     watched: bool,
+    /// It appeared in the set being applied (it was not in the one before).
+    fresh: bool,
 }
 
 /// A large body being put together from its fragments.
@@ -101,6 +110,9 @@ pub struct Mailbox {
     /// The receiving end, once the master sent it.
     pub receiver: Option<OwnedFd>,
     peers: Vec<PeerEnd>,
+    /// The peers of the previous set not (yet) in the one being applied: dropped once it is
+    /// complete ([`Mailbox::peers_complete`]).
+    previous: Vec<PeerEnd>,
     /// The message being sent, as datagrams (the first `frame_count` of these; their buffers
     /// are kept to avoid allocations per message).
     frames: Vec<Vec<u8>>,
@@ -132,6 +144,7 @@ impl Mailbox {
         Mailbox {
             receiver: None,
             peers: Vec::new(),
+            previous: Vec::new(),
             frames: Vec::new(),
             frame_count: 0,
             backlog: max_message.saturating_mul(2).max(MIN_PEER_BACKLOG),
@@ -147,31 +160,104 @@ impl Mailbox {
         }
     }
 
-    /// Takes the master's list of peers (`replace`: a new set; else more of the last one).
+    /// Takes the master's list of peers (`replace`: a new set; else more of the last one). A
+    /// peer of the previous set keeps what waits for it; the set is complete at
+    /// [`Mailbox::peers_complete`].
     pub fn set_peers(&mut self, replace: bool, peers: Vec<Peer>, fds: Vec<OwnedFd>, registry: &Registry) {
         if self.registry.is_none() {
             self.registry = registry.try_clone().ok();
         }
         if replace {
-            for p in self.peers.drain(..) {
-                if p.watched {
-                    // Before the descriptor closes: the peer's other holders keep the file open,
-                    // and its registration would outlive our descriptor.
-                    let _ = registry.deregister(&mut SourceFd(&p.fd.as_raw_fd()));
-                }
-                if !p.waiting.is_empty() {
-                    self.dropped += p.waiting.iter().filter(|w| w.1).count() as u64;
-                }
-            }
+            // What is left of a set before the last one (never completed) goes now.
+            self.drop_previous();
+            self.previous = std::mem::take(&mut self.peers);
         }
         if peers.len() != fds.len() {
             tracing::warn!(peers = peers.len(), fds = fds.len(), "a peer list without its descriptors ignored");
             return;
         }
         for (peer, fd) in peers.into_iter().zip(fds) {
-            self.peers.push(PeerEnd { peer, fd, waiting: VecDeque::new(), waiting_bytes: 0, watched: false });
+            match self.previous.iter().position(|p| p.peer.worker == peer.worker) {
+                // The same worker: its end (and its registration) stays, with what waits for it.
+                Some(k) => {
+                    let mut end = self.previous.swap_remove(k);
+                    end.peer = peer;
+                    self.peers.push(end);
+                }
+                None => self.peers.push(PeerEnd {
+                    peer,
+                    fd,
+                    waiting: VecDeque::new(),
+                    waiting_bytes: 0,
+                    watched: false,
+                    fresh: true,
+                }),
+            }
         }
         tracing::debug!(peers = self.peers.len(), "worker peers");
+    }
+
+    /// The set of peers is complete (its last frame came): the peers of the previous set that
+    /// are not in it are dropped, and a peer new on a slot gets a copy of the topic messages
+    /// waiting for the slot's previous worker (see the module's doc).
+    pub fn peers_complete(&mut self) {
+        self.drop_previous();
+        for i in 0..self.peers.len() {
+            if self.peers[i].fresh {
+                self.copy_backlog(i);
+            }
+        }
+        for p in &mut self.peers {
+            p.fresh = false;
+        }
+    }
+
+    /// Drops the peers of the previous set left out of the new one, with what waits for them.
+    fn drop_previous(&mut self) {
+        for p in self.previous.drain(..) {
+            if p.watched {
+                if let Some(registry) = &self.registry {
+                    // Before the descriptor closes: the peer's other holders keep the file open,
+                    // and its registration would outlive our descriptor.
+                    let _ = registry.deregister(&mut SourceFd(&p.fd.as_raw_fd()));
+                }
+            }
+            if !p.waiting.is_empty() {
+                self.dropped += p.waiting.iter().filter(|w| w.1).count() as u64;
+            }
+        }
+    }
+
+    /// Peer `i` is new on its slot: the whole topic messages waiting for the slot's latest
+    /// worker before it (the highest worker id below its own: the one it replaces) go in front
+    /// of its queue.
+    fn copy_backlog(&mut self, i: usize) {
+        let (slot, worker) = (self.peers[i].peer.slot, self.peers[i].peer.worker);
+        let before = self
+            .peers
+            .iter()
+            .filter(|p| !p.fresh && p.peer.slot == slot && p.peer.worker < worker)
+            .max_by_key(|p| p.peer.worker);
+        let Some(before) = before.filter(|p| !p.waiting.is_empty()) else { return };
+        let mut copied = whole_topic_messages(&before.waiting);
+        if copied.is_empty() {
+            return;
+        }
+        let messages = copied.iter().filter(|w| w.1).count();
+        let bytes: usize = copied.iter().map(|w| w.0.len()).sum();
+        tracing::debug!(
+            slot,
+            messages,
+            bytes,
+            "topic messages waiting for the slot's previous worker copied to its replacement"
+        );
+        let peer = &mut self.peers[i];
+        copied.append(&mut peer.waiting);
+        peer.waiting = copied;
+        peer.waiting_bytes += bytes;
+        if self.flush_peer(i) && !self.peers[i].waiting.is_empty() {
+            self.watch(i, true);
+        }
     }
 
     /// Sends `msg` from `from_slot` to every peer; returns how many took it, or a negative
@@ -458,6 +544,37 @@ impl Mailbox {
     }
 }
 
+/// The whole topic messages of a peer's queue (`waiting`), in order: a message whose first
+/// fragments left already and worker messages (no [`TOPIC_FLAG`]) are left out.
+fn whole_topic_messages(waiting: &VecDeque<(Vec<u8>, bool)>) -> VecDeque<(Vec<u8>, bool)> {
+    let word = |frame: &[u8]| frame.first_chunk::<4>().map_or(0, |w| u32::from_le_bytes(*w));
+    // A fragment's offset: after the slot's word, the sender's pid and the body's length.
+    let offset = |frame: &[u8]| {
+        frame.get(HEADER + 8..HEADER + 12).map_or(0, |o| u32::from_le_bytes(o.try_into().expect("4 bytes")))
+    };
+    let mut rest = waiting.iter().peekable();
+    // The front may be the rest of a message cut when the mailbox filled: skipped.
+    if rest.peek().is_some_and(|(front, _)| word(front) & FRAGMENT_FLAG != 0 && offset(front) != 0) {
+        for (_, last) in rest.by_ref() {
+            if *last {
+                break;
+            }
+        }
+    }
+    let mut out = VecDeque::new();
+    let mut message = Vec::new();
+    for (frame, last) in rest {
+        message.push((frame.clone(), *last));
+        if *last {
+            if word(&message[0].0) & TOPIC_FLAG != 0 {
+                out.extend(message.drain(..));
+            }
+            message.clear();
+        }
+    }
+    out
+}
+
 /// Sends one datagram without blocking: true when sent, false when the mailbox has no room.
 fn send_datagram(fd: &OwnedFd, datagram: &[u8]) -> Result<bool, Errno> {
     loop {
@@ -690,5 +807,94 @@ mod tests {
         a.publish(0, 1, 1, b"t", b"fine");
         let got = assemble(&mut b, &mut [&mut a]);
         assert_eq!(got.iter().map(|(_, body)| split_topic(body).unwrap().msg).collect::<Vec<_>>(), [&b"fine"[..]]);
+    }
+
+    /// The topic numbers (or `None` for a worker message) read from `b` (the mailbox of `a`'s
+    /// peer `worker`) until it is empty and nothing waits for it in `a`.
+    fn numbers(b: &mut Mailbox, a: &mut Mailbox, worker: u64) -> Vec<Option<u64>> {
+        let mut buf = vec![0; RECV_BUFFER];
+        let mut out = Vec::new();
+        loop {
+            a.flush_waiting();
+            match b.next(&mut buf).unwrap() {
+                Some(Incoming::Datagram { from, len }) if from & TOPIC_FLAG != 0 => {
+                    out.push(Some(split_topic(&buf[HEADER..HEADER + len]).unwrap().seq))
+                }
+                Some(Incoming::Assembled { body, .. }) => out.push(Some(split_topic(&body).unwrap().seq)),
+                Some(Incoming::Datagram { .. }) => out.push(None),
+                Some(Incoming::Fragment) => {}
+                None if a.peers.iter().all(|p| p.peer.worker != worker || p.waiting.is_empty()) => return out,
+                None => {}
+            }
+        }
+    }
+
+    // A new set keeps what waits for a peer that stays, and a peer new on a slot gets a copy
+    // of the topic messages waiting for the slot's previous worker (not its worker messages),
+    // before what is published later.
+    #[test]
+    fn a_replacement_gets_the_topic_messages_waiting_for_its_predecessor() {
+        let (rx_old, tx_old) = pair();
+        let (rx_new, tx_new) = pair();
+        let p = poll();
+        let mut a = Mailbox::default();
+        a.set_peers(true, vec![peer(1, true)], vec![tx_old.try_clone().unwrap()], p.registry());
+        a.peers_complete();
+        let msg = vec![5u8; 60_000];
+        let mut seq = 0;
+        while a.waiting_bytes() == 0 {
+            seq += 1;
+            a.publish(0, 7, seq, b"room", &msg);
+        }
+        let first_waiting = seq;
+        assert_eq!(a.send_to(0, 1, b"to the worker"), 1, "waits too");
+        for _ in 0..3 {
+            seq += 1;
+            a.publish(0, 7, seq, b"room", &msg);
+        }
+        // The slot's replacement (a higher worker id) joins; the old worker stays a peer.
+        let replacement = Peer { slot: 1, worker: 200, serving: true };
+        let old = Peer { serving: false, ..peer(1, true) };
+        a.set_peers(true, vec![old, replacement], vec![tx_old, tx_new], p.registry());
+        a.peers_complete();
+        seq += 1;
+        a.publish(0, 7, seq, b"room", b"after");
+        assert_eq!(a.dropped, 0, "nothing that waited was dropped");
+        let mut new = Mailbox { receiver: Some(rx_new), ..Mailbox::default() };
+        let mut expect: Vec<Option<u64>> = (first_waiting..=seq).map(Some).collect();
+        assert_eq!(numbers(&mut new, &mut a, 200), expect, "the copy, then what came after, in order");
+        let mut old = Mailbox { receiver: Some(rx_old), ..Mailbox::default() };
+        expect = (1..first_waiting).map(Some).collect();
+        expect.push(Some(first_waiting));
+        expect.push(None);
+        expect.extend((first_waiting + 1..=seq).map(Some));
+        assert_eq!(numbers(&mut old, &mut a, 101), expect, "the old worker still gets all it had waiting");
+    }
+
+    // Only whole topic messages are copied: the rest of a message whose first fragments left,
+    // and worker messages, are not.
+    #[test]
+    fn only_whole_topic_messages_are_copied() {
+        let mut a = Mailbox::default();
+        let mut frames = |word: u32, seq: u64, len: usize| {
+            if word & TOPIC_FLAG != 0 {
+                a.frame_body(word, &[&TopicHead::new(7, seq, b"t").0, b"t", &vec![1; len]]);
+            } else {
+                a.prepare(word, &vec![1; len]);
+            }
+            let n = a.frame_count;
+            a.frames[..n].iter().enumerate().map(|(k, f)| (f.clone(), k + 1 == n)).collect::<Vec<_>>()
+        };
+        let cut = frames(TOPIC_FLAG, 1, 2 * MAX_WORKER_MESSAGE);
+        let worker = frames(0, 0, 10);
+        let small = frames(TOPIC_FLAG, 2, 10);
+        let large = frames(TOPIC_FLAG, 3, 2 * MAX_WORKER_MESSAGE);
+        assert!(cut.len() == 3 && large.len() == 3);
+        let waiting: VecDeque<_> = cut[1..].iter().chain(&worker).chain(&small).chain(&large).cloned().collect();
+        let copied: Vec<_> = whole_topic_messages(&waiting).into_iter().collect();
+        assert_eq!(copied, [small, large].concat());
+        // A queue that starts with a whole message keeps it.
+        let whole: VecDeque<_> = cut.iter().cloned().collect();
+        assert_eq!(whole_topic_messages(&whole).len(), 3);
     }
 }

@@ -13,17 +13,19 @@
 //! the two workers.
 //!
 //! A publisher that did not know the new worker yet (the previous slot's replacement, say, early
-//! in a reload chain) sends to the old worker only: the old worker forwards what it takes on the
-//! moved connections' topics to its slot's replacement (`TopicTable::handed_over`), and a worker
-//! takes each publisher's number once, whichever path it came by (a publisher's messages keep
-//! their order on each path; should a forwarded one arrive after a later one came direct, it is
-//! dropped rather than written out of order: that loses it for the moved connections, and it
-//! happens only when a publisher sent a message on a moved connection's topic to the old worker
-//! alone, then learnt of the replacement and sent the next one direct before the old worker's
-//! forward of the first reached the replacement — a window of the mailbox's latency at the start
-//! of a reload chain. Taking the late message anyway would turn the loss into a reordering, and
-//! holding a publisher's later messages until a gap fills would need to know that the missing
-//! number is on a forwarded topic, which the numbers do not say: left as it is, and said).
+//! in a reload chain) sends to the old worker only. The master starts a hand-over only once
+//! every peer of the replacement acknowledged the set of peers naming it (`master::mailbox`,
+//! `PEERS_ACK_WAIT` at most), and a publisher copies what it had queued for the old worker alone
+//! to the replacement when it learns of it (`worker::mailbox`): so what was published to the old
+//! worker alone is in its mailbox when it reads it to the end before taking connections out, and
+//! the marks are exact. The forwarding stays as the fallback (a peer that did not acknowledge in
+//! time): the old worker forwards what it takes on the moved connections' topics to its slot's
+//! replacement (`TopicTable::handed_over`), and a worker takes each publisher's number once,
+//! whichever path it came by (a publisher's messages keep their order on each path; should a
+//! forwarded one arrive after a later one came direct, it is dropped rather than written out of
+//! order: that loses it for the moved connections. Taking the late message anyway would turn the
+//! loss into a reordering, and holding a publisher's later messages until a gap fills would need
+//! to know that the missing number is on a forwarded topic, which the numbers do not say).
 //!
 //! A connection may hear a topic through the plugin rather than the host: the worker listens
 //! (`subscribe_worker`) and the plugin's `on_publish` sends to it (resp's pattern subscribers).

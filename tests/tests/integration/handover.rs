@@ -1450,3 +1450,68 @@ fn host_upgrade_is_refused_while_a_hand_over_is_under_way() {
     c.send(b"after\n");
     assert_eq!(read_line(&mut c), "after\n");
 }
+
+// The topic seam across a reload chain (`master::mailbox`, `worker::topic_seam`): a publisher
+// busy in one plugin call (`fixture_crash`'s `burst`: it reads nothing meanwhile, so it hears of
+// no new peer) publishes numbered lines while `host reload -g` replaces the slot of a subscriber
+// on another worker. The subscriber's hand-over waits until the publisher knows the
+// replacement, so the old worker has every line sent to it alone before it hands over, and the
+// subscriber hears every line once, in order. Without that wait the old worker hands over and
+// exits during the burst; the lines the publisher sends after (20 at least: the burst goes on
+// for 20 lines once the test saw the old worker gone) reach no one.
+#[test]
+fn a_subscriber_hears_every_line_of_a_publisher_busy_while_its_slot_is_replaced() {
+    let stop = std::env::temp_dir().join(format!("host-burst-stop-{}", std::process::id()));
+    let _ = std::fs::remove_file(&stop);
+    // Shorter than the hand-over's wait for the publisher (2 s), which it must outlast.
+    let config = format!("topics = \"on\"\nburst_ms = \"1500\"\nburst_stop = \"{}\"\n", stop.display());
+    let host =
+        fixture_crash(&config, &["--count", "3", "--drain-timeout", "30", "--log-level", "info,host::master=debug"]);
+    // A subscriber on slot 0 (replaced first), the publisher on slot 2 (replaced last).
+    let (mut subscriber, mut publisher) = (None, None);
+    for _ in 0..200 {
+        if subscriber.is_some() && publisher.is_some() {
+            break;
+        }
+        let mut c = Client::connect(host.port());
+        c.send(b"slot\n");
+        let line = read_line(&mut c);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (slot, pid) = (words[1].to_string(), words[3].parse::<i32>().unwrap());
+        match slot.as_str() {
+            "0" if subscriber.is_none() => subscriber = Some((c, pid)),
+            "2" if publisher.is_none() => publisher = Some(c),
+            _ => {}
+        }
+    }
+    let (Some((mut subscriber, old_pid)), Some(mut publisher)) = (subscriber, publisher) else {
+        panic!("200 clients did not land on slots 0 and 2");
+    };
+    subscriber.send(b"sub feed\n");
+    assert_eq!(read_line(&mut subscriber), "subscribed feed\n");
+    publisher.send(b"burst feed\n");
+    assert_eq!(read_line(&mut subscriber), "1\n", "the burst runs");
+    host.signal(nix::sys::signal::Signal::SIGHUP);
+    // The subscriber's old worker is gone (its hand-over over): the burst ends 20 lines later.
+    let gone = host_tests::poll_until(Duration::from_secs(20), || {
+        (!std::path::Path::new(&format!("/proc/{old_pid}")).exists()).then_some(())
+    });
+    std::fs::write(&stop, b"").unwrap();
+    gone.expect("the subscriber's old worker did not exit");
+    let published = read_line(&mut publisher);
+    let n: u64 = published.strip_prefix("published ").and_then(|n| n.trim().parse().ok()).expect(&published);
+    for i in 2..=n {
+        let line = subscriber.read_line().map(|l| String::from_utf8_lossy(&l).into_owned());
+        assert_eq!(line.ok().as_deref(), Some(format!("{i}\n").as_str()), "line {i} of {n}:\n{}", host.log_text());
+    }
+    let _ = std::fs::remove_file(&stop);
+    // Every slot handed over (the publisher's last, once its burst was over); the subscriber's
+    // old worker moved it and drained nothing.
+    host.log().wait_for_nth("hand-over: ", 3, LOG_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let log = host.log_text();
+    let slot0 = log.lines().find(|l| l.contains("hand-over: ") && l.contains("slot=0")).expect("slot 0's hand-over");
+    assert!(slot0.contains(" connections moved, 0 drained") && !slot0.contains("hand-over: 0 "), "{slot0}");
+    publisher.send(b"still here\n");
+    assert_eq!(read_line(&mut publisher), "still here\n");
+    assert_eq!(host.log().count("hand-over failed"), 0, "{}", host.log_text());
+}
