@@ -65,7 +65,7 @@ pub const ROUND_BYTES: usize = 2 << 20;
 /// Rounds once every position was copied, at most: then the copy ends with what is recorded (at
 /// most what one loop turn's clients changed since the last round).
 pub const END_ROUNDS: u64 = 8;
-/// A copy sends at most its keyspace's bytes at the start times this, plus [`SENT_SLACK`]…
+/// A copy sends at most its keyspace's bytes at the start (estimated) times this, plus [`SENT_SLACK`]…
 pub const SENT_FACTOR: u64 = 2;
 /// …(steps and rounds together); then it ends as it stands.
 pub const SENT_SLACK: u64 = 256 << 20;
@@ -93,7 +93,7 @@ impl Copy {
     /// Starts a copy of `store` (it records changes from now on).
     pub fn start(store: &mut Store) -> Copy {
         store.start_recording();
-        let max_sent = (store.dataset_bytes() as u64).saturating_mul(SENT_FACTOR).saturating_add(SENT_SLACK);
+        let max_sent = (store.estimated_bytes() as u64).saturating_mul(SENT_FACTOR).saturating_add(SENT_SLACK);
         Copy {
             steps: 0,
             rounds: 0,

@@ -299,6 +299,22 @@ impl Store {
         self.map.iter().map(|(k, e)| k.len() + e.value.len()).sum()
     }
 
+    /// About [`Store::dataset_bytes`] in O(1): exact up to 4,096 keys, else the mean of 1,024
+    /// keys at evenly spaced positions times the count (a pre-copy's bound, set while clients
+    /// wait: a pass over a million keys would take them ~10 ms).
+    pub fn estimated_bytes(&self) -> usize {
+        const SAMPLE: usize = 1024;
+        let len = self.map.len();
+        if len <= 4 * SAMPLE {
+            return self.dataset_bytes();
+        }
+        let sampled: usize = (0..SAMPLE)
+            .filter_map(|n| self.map.get_index(n * len / SAMPLE))
+            .map(|(k, e)| k.len() + e.value.len())
+            .sum();
+        sampled / SAMPLE * len
+    }
+
     /// Every entry in the keyspace's order, expired ones not yet removed included (a hand-over
     /// writes them out).
     pub fn entries(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
