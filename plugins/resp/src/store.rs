@@ -666,6 +666,21 @@ mod tests {
     }
 
     #[test]
+    fn the_estimate_of_the_bytes_is_close() {
+        let mut s = Store::default();
+        for i in 0..100_000u32 {
+            let value = vec![b'v'; (i % 200) as usize];
+            s.set(format!("key:{i}").as_bytes(), &value, None, 0);
+        }
+        let (exact, estimate) = (s.dataset_bytes(), s.estimated_bytes());
+        assert!(estimate.abs_diff(exact) * 20 < exact, "{estimate} against {exact}");
+        s.remove(b"key:1", 0);
+        let mut small = Store::default();
+        small.set(b"k", b"12345", None, 0);
+        assert_eq!(small.estimated_bytes(), 6, "exact when small");
+    }
+
+    #[test]
     fn keys_filters_by_pattern_and_expiry() {
         let mut s = Store::default();
         s.set(b"user:1", b"a", None, 0);
