@@ -1,11 +1,14 @@
 # Pre-copy under writes (issue 21): one resp worker filled with KEYS keys of VALUE bytes, then
 # `host reload -g` while a write-heavy client SETs new keys of KEYLEN bytes as fast as it can
-# (pipelined, DEPTH commands in flight), each new key one more recorded change. The copy ends
-# early once the recorded keys pass resp's bound (`precopy::DIRTY_MAX_BYTES`, 64 MiB: a key's
-# bytes + 48 each): the rest of the keyspace and every recorded key go in the last part, with
-# the connections stopped. Measured: the master's hand-over line (pause, bytes copied while
-# serving, state bytes), whether the copy ended early (bytes copied while serving < the
-# keyspace's), the last part's bytes, the longest wait of the writer (a batch's answers) and of
+# (pipelined, DEPTH commands in flight). resp's copy walks the keyspace upwards: new keys land
+# past its cursor and the steps copy them (nothing recorded); changes to keys it passed are
+# recorded and sent in rounds (`plugins/resp/src/precopy.rs`). A copy that outruns its bounds
+# (8 rounds past the end, or twice the keyspace + 256 MiB sent) ends early: the rest of the
+# keyspace and every recorded key go in the last part, with the connections stopped. (Before
+# rounds, the copy ended early once 64 MiB of keys were recorded, each new key one more.)
+# Measured: the master's hand-over line (pause, bytes copied while
+# serving, state bytes), whether the copy ended early (bytes copied while serving, rounds
+# included, < the keyspace's), the last part's bytes, the longest wait of the writer (a batch's answers) and of
 # a PING probe on its own connection across the reload, and the keyspace afterwards: DBSIZE ==
 # KEYS + every acknowledged write, and a checksum of SAMPLE keys of the fill unchanged.
 # MODE=overwrite instead writes WRITE_KEYS keys over and over (the recorded set stays small:
@@ -28,7 +31,6 @@ DEPTH = int(os.environ.get("DEPTH", "256"))
 MODE = os.environ.get("MODE", "new")
 WRITE_KEYS = int(os.environ.get("WRITE_KEYS", "1000"))
 SAMPLE = min(KEYS, int(os.environ.get("SAMPLE", "2000")))
-DIRTY_MAX = 64 << 20
 d = tempdir("host-handover-writes-")
 h = Host(d, ["--plugin-dir", os.path.dirname(HOST_BIN), "--plugin", "resp", "--count", "1", "--drain-timeout", "30",
              "--log-level", "warn,host::master=info", "--handover-timeout", os.environ.get("HANDOVER_TIMEOUT", "60")])
@@ -125,7 +127,7 @@ try:
         early = copied < at_reload
         print(f"copy while serving: {copied / MiB:.0f} MiB in {steps} steps over {copy_ms} ms, of a keyspace of at "
               f"least {at_reload / MiB:.0f} MiB when it began: "
-              f"{'ENDED EARLY (the recorded keys passed 64 MiB)' if early else 'ran to its end'}; "
+              f"{'ENDED EARLY' if early else 'ran to its end'}; "
               f"last part {(state - copied) / MiB:.0f} MiB (the keys not reached and the {MODE} keys recorded)")
     print(f"writer's longest wait for a batch of {DEPTH}: {1000 * w.longest['before']:.0f} ms before, "
           f"{1000 * w.longest['across']:.0f} ms across the reload")

@@ -3,7 +3,8 @@
 //! session (client id, name, library name and version, RESP2 or RESP3, the channels and the
 //! patterns it is subscribed to).
 //!
-//! Format version [`STATE_VERSION`] = 3, little-endian, length-prefixed:
+//! Format version [`STATE_VERSION`] = 4, little-endian, length-prefixed (4 is 3 with the
+//! pre-copy's rounds, `precopy`; the formats here are the same):
 //!
 //! ```text
 //! worker:  "RESPKS1\0" · next_client_id u64 · total_connections u64 · total_commands u64 ·
@@ -16,7 +17,7 @@
 //!
 //! Versions 1 (without the channels: a version 1 worker never moved a subscribed connection) and
 //! 2 (without the patterns: a version 2 worker never moved a pattern subscriber) are read too,
-//! so a release with version 3 takes over from either.
+//! so a release with version 3 or 4 takes over from either.
 //!
 //! A subscribed connection moves with its channel list and its pattern list, each in
 //! subscription order. The host moves its subscriptions to the channels' topics (`2:`/`3:` by its
@@ -45,11 +46,11 @@ use crate::pubsub::{Subscriptions, MAX_PATTERNS, MAX_PATTERN_LEN};
 use crate::store::NEVER;
 
 /// The version of the format above.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// Whether [`read_session`] reads state `version` (the worker format is the same in each).
 pub fn reads(version: u32) -> bool {
-    matches!(version, 1..=3)
+    matches!(version, 1..=4)
 }
 
 const MAGIC: &[u8; 8] = b"RESPKS1\0";
@@ -397,7 +398,7 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(read_session(STATE_VERSION, &longer).is_err());
-        assert!(read_session(4, &bytes).is_err(), "a newer format is refused");
+        assert!(read_session(5, &bytes).is_err(), "a newer format is refused");
         // A repeated pattern, or more than a connection may have: refused.
         let mut twice = Vec::new();
         write_session(&Session::default(), &subs(&[], &["a*", "a*"]), &mut twice).unwrap();
@@ -444,6 +445,6 @@ mod tests {
         let (s, subs) = read_session(1, &v1).unwrap();
         assert_eq!((s.id, s.resp3, &s.name[..], &s.lib_ver[..], subs.count()), (9, false, &b"n"[..], &b"7"[..], 0));
         assert!(read_session(2, &v1).is_err(), "version 2 has the channel count");
-        assert!(reads(1) && reads(2) && reads(3) && !reads(0) && !reads(4));
+        assert!(reads(1) && reads(2) && reads(3) && reads(4) && !reads(0) && !reads(5));
     }
 }

@@ -323,7 +323,7 @@ impl Protocol for Resp {
 
     fn export_worker_step(&mut self, host: &mut Host<'_>, out: &mut StateWriter<'_>) -> ExportStep {
         let copy = self.copy.get_or_insert_with(|| precopy::Copy::start(&mut self.server.store));
-        match precopy::write_step(&self.server, copy, host.now_ms(), out) {
+        match precopy::write_step(&mut self.server, copy, host.now_ms(), out) {
             Ok(true) => ExportStep::Ready,
             Ok(false) => ExportStep::More,
             Err(_) => ExportStep::Failed,
