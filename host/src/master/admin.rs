@@ -601,6 +601,25 @@ mod tests {
     use super::*;
     use crate::status::{ExitRow, ServiceRow, WorkerReport, WorkerRow};
 
+    /// A master's status with `workers`, and no service, exit, reload or hand-over.
+    fn status(workers: Vec<WorkerRow>) -> Status {
+        Status {
+            master_pid: 1,
+            master_rss_kb: 1,
+            start_dir: String::new(),
+            start_args: Vec::new(),
+            version: "0.1.0".into(),
+            started_at: 100,
+            uptime_s: 5,
+            load_avg: String::new(),
+            services: Vec::new(),
+            workers,
+            exits: Vec::new(),
+            last_reload: None,
+            handovers: Vec::new(),
+        }
+    }
+
     #[test]
     fn metrics_name_every_slot_and_count_from_its_totals() {
         let row = |slot: u32, messages: u64| WorkerRow {
@@ -617,28 +636,16 @@ mod tests {
             report: Some(WorkerReport { messages: 1, connections: 2, ..Default::default() }),
             slot_totals: Some(WorkerReport { messages, ..Default::default() }),
         };
-        let mut status = Status {
-            master_pid: 1,
-            master_rss_kb: 1,
-            start_dir: String::new(),
-            start_args: Vec::new(),
-            version: "0.1.0".into(),
-            started_at: 100,
-            uptime_s: 5,
-            load_avg: String::new(),
-            services: vec![ServiceRow {
-                name: "web".into(),
-                listen: "127.0.0.1:80".into(),
-                plugin: "http 0.1.0".into(),
-                count: 2,
-                reloadable: true,
-                tls: None,
-            }],
-            workers: vec![row(0, 40), row(1, 2)],
-            exits: vec![ExitRow { service: "web".into(), how: "signal SIGKILL".into(), count: 3 }],
-            last_reload: None,
-            handovers: Vec::new(),
-        };
+        let mut status = status(vec![row(0, 40), row(1, 2)]);
+        status.services = vec![ServiceRow {
+            name: "web".into(),
+            listen: "127.0.0.1:80".into(),
+            plugin: "http 0.1.0".into(),
+            count: 2,
+            reloadable: true,
+            tls: None,
+        }];
+        status.exits = vec![ExitRow { service: "web".into(), how: "signal SIGKILL".into(), count: 3 }];
         // Moved TLS connections closed since (a KeyUpdate, the AEAD limit): from the slot's totals.
         let totals = status.workers[0].slot_totals.as_mut().unwrap();
         (totals.tls_closed_key_update, totals.tls_closed_aead_limit) = (2, 1);
@@ -714,21 +721,7 @@ mod tests {
             report: Some(WorkerReport { topics: topics.clone(), ..Default::default() }),
             slot_totals: Some(WorkerReport { topics, ..Default::default() }),
         };
-        let status = Status {
-            master_pid: 1,
-            master_rss_kb: 1,
-            start_dir: String::new(),
-            start_args: Vec::new(),
-            version: "0.1.0".into(),
-            started_at: 100,
-            uptime_s: 5,
-            load_avg: String::new(),
-            services: Vec::new(),
-            workers: vec![row(0, topics), row(1, TopicReport::default())],
-            exits: Vec::new(),
-            last_reload: None,
-            handovers: Vec::new(),
-        };
+        let status = status(vec![row(0, topics), row(1, TopicReport::default())]);
         let text = render_metrics(&status, &MasterMetrics::default(), MetricsFormat::Prometheus);
         for line in [
             "host_topic_messages_total{service=\"chat\",slot=\"0\",event=\"delivered\"} 35\n",
@@ -749,21 +742,7 @@ mod tests {
     // duration does not.
     #[test]
     fn metrics_count_the_pre_copy_of_hand_overs() {
-        let status = Status {
-            master_pid: 1,
-            master_rss_kb: 1,
-            start_dir: String::new(),
-            start_args: Vec::new(),
-            version: "0.1.0".into(),
-            started_at: 100,
-            uptime_s: 5,
-            load_avg: String::new(),
-            services: Vec::new(),
-            workers: Vec::new(),
-            exits: Vec::new(),
-            last_reload: None,
-            handovers: Vec::new(),
-        };
+        let status = status(Vec::new());
         let m = MasterMetrics::default();
         let text = render_metrics(&status, &m, MetricsFormat::Prometheus);
         assert!(text.contains("host_handover_copy_steps_total 0\n"), "{text}");
